@@ -1,0 +1,27 @@
+//! Known game ids, the library scan of a games directory, `version.ini` parsing and
+//! relative file descriptors.
+//!
+//! Everything here is either a pure function (parsing, path checks) or a read-only walk of
+//! the local filesystem. This crate never does network IO and never writes.
+#![warn(missing_docs)]
+
+mod catalog;
+mod error;
+mod ids;
+mod relpath;
+mod scan;
+
+pub use catalog::{Catalog, CatalogEntry, BUILTIN_IDS};
+pub use error::CatalogError;
+pub use ids::{GameId, Version};
+pub use relpath::{is_reserved_top_level, RelPath};
+pub use scan::{
+    scan_games_dir, scan_root, Availability, FileDescriptor, GameRoot, Library, INSTALLED_MARKER,
+};
+
+/// Name of the commit sentinel inside a game root.
+pub const VERSION_FILE: &str = "version.ini";
+/// Name of the install target inside a game root.
+pub const LOCAL_DIR: &str = "local";
+/// Prefix of daemon metadata entries inside a game root.
+pub const METADATA_PREFIX: &str = ".lanspread";

@@ -1,0 +1,133 @@
+//! Checked relative paths inside a game root.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{CatalogError, LOCAL_DIR, METADATA_PREFIX};
+
+/// Longest accepted relative path, in bytes.
+const MAX_PATH_LEN: usize = 4096;
+
+/// A `/`-separated path relative to a game root that can never escape it: no empty,
+/// `.` or `..` components, not absolute, no NUL or backslash, and not under `local/` or
+/// `.lanspread*`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct RelPath(String);
+
+/// True when a top-level entry of a game root is never advertised, transferred or accepted.
+pub fn is_reserved_top_level(name: &str) -> bool {
+    name == LOCAL_DIR || name.starts_with(METADATA_PREFIX)
+}
+
+impl RelPath {
+    /// Checks and wraps a relative path.
+    pub fn new(path: &str) -> Result<Self, CatalogError> {
+        let refuse = |why| {
+            Err(CatalogError::InvalidPath {
+                path: path.chars().take(256).collect(),
+                why,
+            })
+        };
+        if path.is_empty() {
+            return refuse("empty");
+        }
+        if path.len() > MAX_PATH_LEN {
+            return refuse("too long");
+        }
+        if path.starts_with('/') {
+            return refuse("absolute");
+        }
+        if path.contains('\0') || path.contains('\\') {
+            return refuse("contains NUL or backslash");
+        }
+        for (i, comp) in path.split('/').enumerate() {
+            match comp {
+                "" => return refuse("empty component"),
+                "." | ".." => return refuse("dot component escapes the root"),
+                c if i == 0 && is_reserved_top_level(c) => {
+                    return refuse("under local/ or .lanspread*")
+                }
+                _ => {}
+            }
+        }
+        Ok(Self(path.to_owned()))
+    }
+
+    /// The path as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Joins this path onto a root directory.
+    pub fn to_path(&self, root: &Path) -> PathBuf {
+        let mut p = root.to_path_buf();
+        p.extend(self.0.split('/'));
+        p
+    }
+
+    /// True for the commit sentinel `version.ini` at the top of the root.
+    pub fn is_version_file(&self) -> bool {
+        self.0 == crate::VERSION_FILE
+    }
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for RelPath {
+    type Error = CatalogError;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::new(&s)
+    }
+}
+
+impl From<RelPath> for String {
+    fn from(p: RelPath) -> Self {
+        p.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_relative_paths() {
+        for good in ["a.eti", "dir/sub/file.bin", "localx/file", "x/local/y", "x/.lanspread"] {
+            assert!(RelPath::new(good).is_ok(), "{good} refused");
+        }
+    }
+
+    #[test]
+    fn refuses_escapes_and_reserved_entries() {
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../x",
+            "a/../../x",
+            "a/./b",
+            "a//b",
+            "a/",
+            "local",
+            "local/game.exe",
+            ".lanspread",
+            ".lanspread-meta/x",
+            "a\\..\\b",
+            "nul\0byte",
+        ] {
+            assert!(RelPath::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn joins_under_root() {
+        let p = RelPath::new("a/b.txt").unwrap();
+        assert_eq!(p.to_path(Path::new("/g/x")), PathBuf::from("/g/x/a/b.txt"));
+    }
+}
