@@ -1,0 +1,11 @@
+//! Install, uninstall and reinstall of game roots, and the RAR5 store writer used by
+//! `lanspread pack` and the fixture lab.
+//!
+//! **Architecture invariant:** only this crate writes under a game's `local/`.
+#![warn(missing_docs)]
+
+mod error;
+pub mod rar5;
+
+pub use error::InstallError;
+pub use rar5::{pack_dir, PackSummary, Rar5Writer, WriterOptions};
