@@ -1,0 +1,21 @@
+//! The wire: peer identity (persistent key, peer id derived from the public key), TLS and
+//! QUIC endpoint setup, and the versioned postcard frame protocol spoken between daemons.
+//!
+//! **Architecture invariant:** this crate knows nothing of the control socket or the
+//! peer table; it moves typed frames between two authenticated endpoints.
+#![warn(missing_docs)]
+
+mod endpoint;
+mod error;
+mod frame;
+mod identity;
+mod protocol;
+mod tls;
+
+pub use endpoint::{connect, make_endpoint, peer_id_of, TransportTuning};
+pub use error::TransferError;
+pub use frame::{decode_frame, encode_frame, read_frame, write_frame, FrameError, MAX_FRAME_LEN};
+pub use identity::{Identity, PeerId, KEY_FILE};
+pub use protocol::{
+    close_code, GameAd, Hello, Message, ALPN, PROTOCOL_VERSION, SERVER_NAME,
+};

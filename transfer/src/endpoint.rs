@@ -1,0 +1,138 @@
+//! QUIC endpoint construction and dialling.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use quinn::{Connection, Endpoint, TransportConfig, VarInt};
+use rustls_pki_types::CertificateDer;
+
+use crate::tls::{client_config, server_config};
+use crate::{Identity, PeerId, TransferError, SERVER_NAME};
+
+/// Transport settings for a LAN.
+#[derive(Debug, Clone)]
+pub struct TransportTuning {
+    /// Interval of QUIC keep-alive packets.
+    pub keep_alive: Duration,
+    /// A connection with no packets for this long is dead.
+    pub idle_timeout: Duration,
+    /// Per-stream receive window in bytes.
+    pub stream_window: u32,
+    /// Per-connection receive window in bytes.
+    pub conn_window: u32,
+    /// Most concurrent bidirectional streams a peer may open.
+    pub max_bidi_streams: u32,
+    /// How long a dial may take before it is abandoned.
+    pub connect_timeout: Duration,
+}
+
+impl Default for TransportTuning {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(1),
+            idle_timeout: Duration::from_secs(8),
+            stream_window: 32 << 20,
+            conn_window: 256 << 20,
+            max_bidi_streams: 256,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TransportTuning {
+    fn transport(&self) -> TransportConfig {
+        let mut t = TransportConfig::default();
+        t.keep_alive_interval(Some(self.keep_alive));
+        // The idle timeout is bounded by QUIC's varint range; our values are far below it.
+        if let Ok(idle) = self.idle_timeout.try_into() {
+            t.max_idle_timeout(Some(idle));
+        }
+        t.stream_receive_window(VarInt::from_u32(self.stream_window));
+        t.receive_window(VarInt::from_u32(self.conn_window));
+        t.send_window(u64::from(self.conn_window));
+        t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_bidi_streams));
+        t.max_concurrent_uni_streams(VarInt::from_u32(16));
+        t
+    }
+}
+
+/// Binds a QUIC endpoint that both accepts and dials, with our identity on both sides.
+/// Must be called inside a tokio runtime.
+pub fn make_endpoint(id: &Identity, listen: SocketAddr, tuning: &TransportTuning) -> Result<Endpoint, TransferError> {
+    let transport = Arc::new(tuning.transport());
+    let server_crypto = QuicServerConfig::try_from(server_config(id)?).map_err(|e| TransferError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server.transport_config(transport.clone());
+    let client_crypto = QuicClientConfig::try_from(client_config(id)?).map_err(|e| TransferError::Tls(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+    client.transport_config(transport);
+    let mut endpoint = Endpoint::server(server, listen).map_err(|source| TransferError::Bind { addr: listen, source })?;
+    endpoint.set_default_client_config(client);
+    Ok(endpoint)
+}
+
+/// Dials `addr` and returns the connection with the peer id proven by its handshake.
+pub async fn connect(endpoint: &Endpoint, addr: SocketAddr, timeout: Duration) -> Result<(Connection, PeerId), TransferError> {
+    let err = |why: String| TransferError::Connect { addr, why };
+    let connecting = endpoint.connect(addr, SERVER_NAME).map_err(|e| err(e.to_string()))?;
+    let conn = match tokio::time::timeout(timeout, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(err(e.to_string())),
+        Err(_) => return Err(err(format!("no answer within {} ms", timeout.as_millis()))),
+    };
+    let id = peer_id_of(&conn)?;
+    Ok((conn, id))
+}
+
+/// The peer id bound to a connection's TLS key.
+pub fn peer_id_of(conn: &Connection) -> Result<PeerId, TransferError> {
+    let identity = conn.peer_identity().ok_or(TransferError::NoPeerIdentity)?;
+    let certs = identity
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .map_err(|_| TransferError::NoPeerIdentity)?;
+    let first = certs.first().ok_or(TransferError::NoPeerIdentity)?;
+    PeerId::from_cert(first)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{read_frame, write_frame, Message};
+
+    #[tokio::test]
+    async fn mutual_identity_over_loopback() {
+        let a = Identity::ephemeral().unwrap();
+        let b = Identity::ephemeral().unwrap();
+        let tuning = TransportTuning::default();
+        let ea = make_endpoint(&a, "127.0.0.1:0".parse().unwrap(), &tuning).unwrap();
+        let eb = make_endpoint(&b, "127.0.0.1:0".parse().unwrap(), &tuning).unwrap();
+        let b_addr = eb.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let conn = eb.accept().await.unwrap().await.unwrap();
+            let client_id = peer_id_of(&conn).unwrap();
+            let mut recv = conn.accept_uni().await.unwrap();
+            let msg: Message = read_frame(&mut recv).await.unwrap().unwrap();
+            (client_id, msg)
+        });
+        let (conn, server_id) = connect(&ea, b_addr, tuning.connect_timeout).await.unwrap();
+        assert_eq!(&server_id, b.peer_id());
+        let mut send = conn.open_uni().await.unwrap();
+        write_frame(&mut send, &Message::Goodbye { reason: "x".into() }).await.unwrap();
+        send.finish().unwrap();
+        let (client_id, msg) = server.await.unwrap();
+        assert_eq!(&client_id, a.peer_id());
+        assert_eq!(msg, Message::Goodbye { reason: "x".into() });
+    }
+
+    #[tokio::test]
+    async fn dialling_nothing_times_out_cleanly() {
+        let a = Identity::ephemeral().unwrap();
+        let ea = make_endpoint(&a, "127.0.0.1:0".parse().unwrap(), &TransportTuning::default()).unwrap();
+        // A bound UDP socket that never answers.
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let err = connect(&ea, silent.local_addr().unwrap(), Duration::from_millis(300)).await.unwrap_err();
+        assert!(err.to_string().contains("cannot connect"), "{err}");
+    }
+}

@@ -1,0 +1,51 @@
+use std::path::PathBuf;
+
+use crate::FrameError;
+
+/// Errors of the transfer crate.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    /// Reading or writing the identity key failed.
+    #[error("identity key {path}: {source}")]
+    KeyIo {
+        /// The key file.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The key file exists but does not hold a usable key.
+    #[error("identity key {path} is unusable: {why}")]
+    BadKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
+    /// Building the certificate or TLS configuration failed.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    /// Binding the UDP socket failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The requested address.
+        addr: std::net::SocketAddr,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Dialling a peer failed before the QUIC handshake completed.
+    #[error("cannot connect to {addr}: {why}")]
+    Connect {
+        /// The dialled address.
+        addr: std::net::SocketAddr,
+        /// What went wrong.
+        why: String,
+    },
+    /// The peer presented no certificate or one whose key cannot be read.
+    #[error("peer presented no usable certificate")]
+    NoPeerIdentity,
+    /// A frame could not be read or written.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}

@@ -1,0 +1,208 @@
+//! The daemon's persistent identity: an ECDSA P-256 key in the state dir and a peer id
+//! derived from its public key, so a peer cannot claim another's id without its key.
+
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use rcgen::{CertificateParams, KeyPair};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{TransferError, SERVER_NAME};
+
+/// File name of the private key inside the state dir.
+pub const KEY_FILE: &str = "identity.key";
+
+/// Bytes of the SHA-256 of the public key that form the peer id (128 bits).
+const PEER_ID_BYTES: usize = 16;
+
+/// A peer id: lowercase hex of the first 16 bytes of SHA-256 over the DER
+/// `SubjectPublicKeyInfo` of the peer's key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct PeerId(String);
+
+impl PeerId {
+    /// Derives the id of a public key given as DER `SubjectPublicKeyInfo`.
+    pub fn from_spki(spki_der: &[u8]) -> Self {
+        let digest = Sha256::digest(spki_der);
+        Self(hex::encode(&digest[..PEER_ID_BYTES]))
+    }
+
+    /// Derives the id of the key in a DER X.509 certificate.
+    pub fn from_cert(cert: &CertificateDer<'_>) -> Result<Self, TransferError> {
+        let ee = webpki::EndEntityCert::try_from(cert).map_err(|_| TransferError::NoPeerIdentity)?;
+        Ok(Self::from_spki(ee.subject_public_key_info().as_ref()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A short prefix for human tables and logs.
+    pub fn short(&self) -> &str {
+        &self.0[..12.min(self.0.len())]
+    }
+}
+
+impl fmt::Display for PeerId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl TryFrom<String> for PeerId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        let ok = s.len() == PEER_ID_BYTES * 2 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if ok {
+            Ok(Self(s))
+        } else {
+            Err(format!("invalid peer id {s:?}"))
+        }
+    }
+}
+
+impl From<PeerId> for String {
+    fn from(p: PeerId) -> Self {
+        p.0
+    }
+}
+
+/// The local identity: key, self-signed certificate and derived peer id.
+pub struct Identity {
+    key_der: Vec<u8>,
+    cert: CertificateDer<'static>,
+    peer_id: PeerId,
+}
+
+impl fmt::Debug for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Identity").field("peer_id", &self.peer_id).finish_non_exhaustive()
+    }
+}
+
+impl Identity {
+    /// Loads the key from `state/identity.key`, creating it (mode 0600) on first start.
+    /// The certificate is regenerated from the key on every start; only the key persists.
+    pub fn load_or_create(state: &Path) -> Result<Self, TransferError> {
+        let path = state.join(KEY_FILE);
+        let key_io = |source| TransferError::KeyIo {
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(state).map_err(key_io)?;
+        let key = match fs::read_to_string(&path) {
+            Ok(pem) => {
+                let mode = fs::metadata(&path).map_err(key_io)?.permissions().mode();
+                if mode & 0o077 != 0 {
+                    tracing::warn!(path = %path.display(), "identity key is readable by others; fixing mode to 0600");
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(key_io)?;
+                }
+                KeyPair::from_pem(&pem).map_err(|e| TransferError::BadKey {
+                    path: path.clone(),
+                    why: e.to_string(),
+                })?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = KeyPair::generate().map_err(|e| TransferError::Tls(e.to_string()))?;
+                let tmp = state.join(format!("{KEY_FILE}.tmp"));
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(key_io)?;
+                f.write_all(key.serialize_pem().as_bytes()).map_err(key_io)?;
+                f.sync_all().map_err(key_io)?;
+                fs::rename(&tmp, &path).map_err(key_io)?;
+                key
+            }
+            Err(e) => return Err(key_io(e)),
+        };
+        Self::from_key(key)
+    }
+
+    /// An identity from a fresh in-memory key (tests and tools).
+    pub fn ephemeral() -> Result<Self, TransferError> {
+        Self::from_key(KeyPair::generate().map_err(|e| TransferError::Tls(e.to_string()))?)
+    }
+
+    fn from_key(key: KeyPair) -> Result<Self, TransferError> {
+        let params = CertificateParams::new(vec![SERVER_NAME.to_owned()]).map_err(|e| TransferError::Tls(e.to_string()))?;
+        let cert = params.self_signed(&key).map_err(|e| TransferError::Tls(e.to_string()))?;
+        let cert = cert.der().clone();
+        let peer_id = PeerId::from_cert(&cert)?;
+        Ok(Self {
+            key_der: key.serialize_der(),
+            cert,
+            peer_id,
+        })
+    }
+
+    /// This node's peer id.
+    pub fn peer_id(&self) -> &PeerId {
+        &self.peer_id
+    }
+
+    /// The self-signed certificate.
+    pub fn cert(&self) -> CertificateDer<'static> {
+        self.cert.clone()
+    }
+
+    /// The private key for rustls.
+    pub fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_persists_with_mode_0600_and_same_id() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Identity::load_or_create(t.path()).unwrap();
+        let mode = fs::metadata(t.path().join(KEY_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let b = Identity::load_or_create(t.path()).unwrap();
+        assert_eq!(a.peer_id(), b.peer_id());
+        assert_eq!(a.peer_id().as_str().len(), 32);
+        let other = tempfile::tempdir().unwrap();
+        let c = Identity::load_or_create(other.path()).unwrap();
+        assert_ne!(a.peer_id(), c.peer_id());
+    }
+
+    #[test]
+    fn peer_id_depends_on_the_key_not_the_certificate() {
+        let t = tempfile::tempdir().unwrap();
+        let a = Identity::load_or_create(t.path()).unwrap();
+        let b = Identity::load_or_create(t.path()).unwrap();
+        // Certificates differ (fresh serial per start) but the id is the key's.
+        assert_ne!(a.cert(), b.cert());
+        assert_eq!(PeerId::from_cert(&a.cert()).unwrap(), PeerId::from_cert(&b.cert()).unwrap());
+    }
+
+    #[test]
+    fn garbage_key_file_is_a_clear_error() {
+        let t = tempfile::tempdir().unwrap();
+        fs::write(t.path().join(KEY_FILE), "not a key").unwrap();
+        let err = Identity::load_or_create(t.path()).unwrap_err();
+        assert!(err.to_string().contains("unusable"), "{err}");
+    }
+
+    #[test]
+    fn peer_id_text_is_checked() {
+        assert!(PeerId::try_from("ab".repeat(16)).is_ok());
+        assert!(PeerId::try_from("AB".repeat(16)).is_err());
+        assert!(PeerId::try_from("ab".to_string()).is_err());
+        assert!(PeerId::from_cert(&CertificateDer::from(vec![1, 2, 3])).is_err());
+    }
+}

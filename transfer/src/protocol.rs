@@ -1,0 +1,69 @@
+//! Messages exchanged between daemons. Each side opens one unidirectional *announce*
+//! stream per connection and writes `Hello`, then `Library` (again whenever it changes),
+//! and `Goodbye` before it closes.
+
+use std::net::SocketAddr;
+
+use lanspread_catalog::{GameId, Version};
+use serde::{Deserialize, Serialize};
+
+use crate::PeerId;
+
+/// Wire protocol version; a peer with another version is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// TLS ALPN identifier.
+pub const ALPN: &[u8] = b"lanspread/1";
+/// Server name used in certificates and SNI; identity comes from the key, not the name.
+pub const SERVER_NAME: &str = "lanspread";
+
+/// QUIC application close codes.
+pub mod close_code {
+    /// Orderly shutdown after a goodbye.
+    pub const GOODBYE: u32 = 0;
+    /// The peer broke the protocol (garbage, oversized frame, id mismatch).
+    pub const PROTOCOL_ERROR: u32 = 1;
+    /// The connection reached the node itself.
+    pub const SELF_CONNECT: u32 = 2;
+    /// Another connection to the same peer is kept instead of this one.
+    pub const DUPLICATE: u32 = 3;
+    /// The peer speaks another protocol version.
+    pub const VERSION_MISMATCH: u32 = 4;
+}
+
+/// First frame on an announce stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's peer id; must equal the id derived from its TLS key.
+    pub peer_id: PeerId,
+    /// Where the sender listens for QUIC.
+    pub listen: SocketAddr,
+    /// The sender's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// Free-form software name and version, for logs.
+    pub agent: String,
+}
+
+/// One advertised game: only ready roots (valid sentinel, no active operation) are sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GameAd {
+    /// Game id.
+    pub id: GameId,
+    /// Committed version.
+    pub version: Version,
+    /// Total payload bytes.
+    pub size: u64,
+}
+
+/// A frame on an announce stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Message {
+    /// Identity and listen address.
+    Hello(Hello),
+    /// The sender's complete library; replaces the previous one.
+    Library(Vec<GameAd>),
+    /// The sender is leaving.
+    Goodbye {
+        /// Why, for logs.
+        reason: String,
+    },
+}
