@@ -1,0 +1,82 @@
+//! Rules for connections: refuse the node itself, and keep exactly one connection per
+//! peer when both sides dial at once.
+
+use lanspread_transfer::PeerId;
+
+/// Errors of the peer crate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// A dial reached this node itself (S27).
+    #[error("cannot connect peer to itself")]
+    SelfConnect,
+}
+
+/// Who opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// We dialled.
+    Outbound,
+    /// The peer dialled.
+    Inbound,
+}
+
+/// Refuses a connection whose proven peer id is our own.
+pub fn check_not_self(local: &PeerId, remote: &PeerId) -> Result<(), PeerError> {
+    if local == remote {
+        Err(PeerError::SelfConnect)
+    } else {
+        Ok(())
+    }
+}
+
+/// Decides whether a new connection to `remote` replaces the existing one.
+///
+/// A dead existing connection is always replaced. Between two live ones, both sides must
+/// reach the same verdict without talking, so the connection dialled by the peer with
+/// the smaller id is kept.
+pub fn prefer_new_link(local: &PeerId, remote: &PeerId, existing_alive: bool, existing: Direction, new: Direction) -> bool {
+    if !existing_alive {
+        return true;
+    }
+    if existing == new {
+        // A redial in the same direction supersedes the old connection (e.g. `connect`
+        // again after the peer moved).
+        return true;
+    }
+    let dialled_by_smaller = |d: Direction| match d {
+        Direction::Outbound => local < remote,
+        Direction::Inbound => remote < local,
+    };
+    dialled_by_smaller(new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::table::tests::pid;
+
+    #[test]
+    fn self_is_refused() {
+        assert_eq!(check_not_self(&pid(1), &pid(1)), Err(PeerError::SelfConnect));
+        assert_eq!(check_not_self(&pid(1), &pid(2)), Ok(()));
+        assert_eq!(PeerError::SelfConnect.to_string(), "cannot connect peer to itself");
+    }
+
+    #[test]
+    fn both_sides_keep_the_same_connection() {
+        let (a, b) = (pid(1), pid(2));
+        // Connection X dialled by a, connection Y dialled by b. a registered X first,
+        // b registered Y first.
+        let a_keeps_y = prefer_new_link(&a, &b, true, Direction::Outbound, Direction::Inbound);
+        let b_keeps_x = prefer_new_link(&b, &a, true, Direction::Outbound, Direction::Inbound);
+        // a (smaller) keeps its own dial X; b switches to X.
+        assert!(!a_keeps_y);
+        assert!(b_keeps_x);
+    }
+
+    #[test]
+    fn dead_or_same_direction_is_replaced() {
+        assert!(prefer_new_link(&pid(1), &pid(2), false, Direction::Outbound, Direction::Inbound));
+        assert!(prefer_new_link(&pid(1), &pid(2), true, Direction::Inbound, Direction::Inbound));
+    }
+}
