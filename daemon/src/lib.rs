@@ -1,0 +1,20 @@
+//! The lanspread daemon (`lanspreadd`) and its control protocol, plus the CLI client
+//! (`lanspread`). Both binaries are thin: `main` maps results to exit codes.
+//!
+//! **Architecture invariant:** only this crate knows the control protocol.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod cli;
+pub mod config;
+mod control;
+mod daemon;
+mod error;
+mod events;
+mod links;
+pub mod paths;
+mod state;
+
+pub use config::{DaemonArgs, DaemonConfig};
+pub use daemon::Daemon;
+pub use error::DaemonError;

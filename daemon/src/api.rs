@@ -1,0 +1,254 @@
+//! The control protocol: JSON lines over the Unix socket. The CLI sends one [`Request`]
+//! per line; the daemon answers with one [`Reply`] per line (`events` answers with a
+//! stream of [`Reply::Event`]). Events are data, also appended to the events file.
+
+use lanspread_catalog::{Availability, GameId, Version};
+use lanspread_peer::RemoteRow;
+use lanspread_transfer::PeerId;
+use serde::{Deserialize, Serialize};
+
+/// A request from a client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    /// Peer id, listen address, games dir, active operations.
+    Status,
+    /// Dial a peer directly.
+    Connect {
+        /// `host:port`.
+        addr: String,
+    },
+    /// Local and aggregated remote games.
+    ListGames,
+    /// Known peers and their games.
+    ListPeers,
+    /// Block until `count` peers are connected or `timeout_ms` passes.
+    WaitPeers {
+        /// Peers to wait for.
+        count: usize,
+        /// Give up after this many milliseconds.
+        timeout_ms: u64,
+    },
+    /// Stream every event from now on.
+    Events,
+    /// Say goodbye to peers and exit.
+    Shutdown,
+}
+
+/// A reply from the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reply {
+    /// Answer to `status`.
+    Status(StatusInfo),
+    /// Answer to `connect`: the peer now connected.
+    Connected(PeerInfo),
+    /// Answer to `list-games`.
+    Games(GamesList),
+    /// Answer to `list-peers` and `wait-peers`.
+    Peers(Vec<PeerInfo>),
+    /// One streamed event.
+    Event(Event),
+    /// Done, nothing to report.
+    Ok,
+    /// The daemon refused the request or it failed.
+    Error {
+        /// Human-readable reason.
+        message: String,
+    },
+}
+
+/// Answer to `status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    /// Our peer id.
+    pub peer_id: PeerId,
+    /// Our QUIC listen address.
+    pub addr: String,
+    /// The games directory.
+    pub games_dir: String,
+    /// Operations in progress.
+    pub operations: Vec<OperationInfo>,
+    /// Connected peers.
+    pub peers: usize,
+    /// Daemon software version.
+    pub version: String,
+}
+
+/// One operation in progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OperationInfo {
+    /// The game.
+    pub game_id: GameId,
+    /// `download`, `install` or `uninstall`.
+    pub kind: String,
+}
+
+/// Answer to `list-games`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GamesList {
+    /// Catalog games present in the games dir.
+    pub local: Vec<LocalGame>,
+    /// Catalog games advertised by connected peers, one row each.
+    pub remote: Vec<RemoteGameRow>,
+}
+
+/// A local game row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalGame {
+    /// Game id.
+    pub id: GameId,
+    /// Committed version, if the sentinel is valid.
+    pub version: Option<Version>,
+    /// True when the root is committed (valid sentinel).
+    pub downloaded: bool,
+    /// True when `local/` holds a completed install.
+    pub installed: bool,
+    /// Ready, Downloading, Installing or NotReady.
+    pub availability: Availability,
+    /// Payload bytes.
+    pub size: u64,
+}
+
+/// A remote game row (one per id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteGameRow {
+    /// Game id.
+    pub id: GameId,
+    /// Newest version among peers.
+    pub eti_game_version: Version,
+    /// Peers having the game at any version.
+    pub peer_count: usize,
+    /// Size at the newest version.
+    pub size: u64,
+}
+
+impl From<RemoteRow> for RemoteGameRow {
+    fn from(r: RemoteRow) -> Self {
+        Self {
+            id: r.id,
+            eti_game_version: r.eti_game_version,
+            peer_count: r.peer_count,
+            size: r.size,
+        }
+    }
+}
+
+/// A peer row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    /// Its peer id.
+    pub peer_id: PeerId,
+    /// Its address.
+    pub addr: String,
+    /// Its games.
+    pub games: Vec<GameVersion>,
+}
+
+/// A game id with a version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GameVersion {
+    /// Game id.
+    pub id: GameId,
+    /// Version.
+    pub version: Version,
+}
+
+/// A local game as reported by `local-library-changed`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalGameState {
+    /// Game id.
+    pub id: GameId,
+    /// Committed version, if any.
+    pub version: Option<Version>,
+    /// Committed (valid sentinel).
+    pub downloaded: bool,
+    /// Installed into `local/`.
+    pub installed: bool,
+}
+
+/// A file as reported by `got-game-files`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSize {
+    /// Relative path.
+    pub path: String,
+    /// Bytes.
+    pub size: u64,
+}
+
+/// An event with its timestamp (milliseconds since the Unix epoch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// When it happened.
+    pub ts_ms: u64,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// Every event of the contract; `"event"` holds the kebab-case name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+#[allow(missing_docs)]
+pub enum EventKind {
+    DaemonStarted { version: String, pid: u32 },
+    LocalPeerReady { peer_id: PeerId, addr: String },
+    LocalLibraryChanged { games: Vec<LocalGameState> },
+    PeerConnected { peer_id: PeerId, addr: String },
+    PeerLost { peer_id: PeerId, addr: String },
+    RemoteLibraryChanged { peer_id: PeerId, games: Vec<GameVersion> },
+    NoPeersHaveGame { game_id: GameId },
+    GotGameFiles { game_id: GameId, version: Version, files: Vec<FileSize>, sources: Vec<PeerId> },
+    DownloadBegin { game_id: GameId, version: Version, bytes: u64, files: u64, chunks: u64 },
+    DownloadChunkFinished { game_id: GameId, path: String, offset: u64, len: u64, peer_id: PeerId, addr: String },
+    DownloadFinished { game_id: GameId, version: Version, bytes: u64, chunks: u64, duration_ms: u64, mib_per_s: f64, mbit_per_s: f64 },
+    DownloadFailed { game_id: GameId, reason: String },
+    InstallBegin { game_id: GameId },
+    InstallFinished { game_id: GameId },
+    InstallFailed { game_id: GameId, reason: String },
+    UninstallFinished { game_id: GameId },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_json_shape() {
+        let e = Event {
+            ts_ms: 7,
+            kind: EventKind::DaemonStarted {
+                version: "0.1.0".into(),
+                pid: 42,
+            },
+        };
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json, serde_json::json!({"ts_ms": 7, "event": "daemon-started", "version": "0.1.0", "pid": 42}));
+        let back: Event = serde_json::from_value(json).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn request_json_shape() {
+        let r: Request = serde_json::from_str(r#"{"cmd":"wait-peers","count":2,"timeout_ms":100}"#).unwrap();
+        assert_eq!(r, Request::WaitPeers { count: 2, timeout_ms: 100 });
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
+        assert_eq!(serde_json::to_string(&Reply::Ok).unwrap(), r#""ok""#);
+    }
+
+    #[test]
+    fn local_game_json_matches_the_contract() {
+        let g = LocalGame {
+            id: GameId::new("bf1942").unwrap(),
+            version: Some(Version::parse("20250101").unwrap()),
+            downloaded: true,
+            installed: false,
+            availability: Availability::Ready,
+            size: 123,
+        };
+        assert_eq!(
+            serde_json::to_value(&g).unwrap(),
+            serde_json::json!({"id":"bf1942","version":"20250101","downloaded":true,"installed":false,"availability":"Ready","size":123})
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! `lanspread`: the command-line client. Parses, runs, maps the result to an exit code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use lanspread_daemon::cli::{run, Cli};
+
+fn main() -> ExitCode {
+    // Usage errors exit 2 (clap's convention), --help/--version exit 0.
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("LANSPREAD_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let json = cli.json;
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lanspread: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lanspread: {}", e.message());
+            if json {
+                println!("{}", serde_json::json!({ "error": e.message() }));
+            }
+            ExitCode::from(e.exit_code())
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! A control-socket client: one JSON line out, one JSON line back.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+
+use super::CliError;
+use crate::api::{Reply, Request};
+
+/// A connection to the daemon's control socket.
+pub struct Client {
+    lines: Lines<BufReader<OwnedReadHalf>>,
+    write: OwnedWriteHalf,
+}
+
+impl Client {
+    /// Connects; failure means the daemon is unreachable (exit 3).
+    pub async fn connect(path: &Path) -> Result<Self, CliError> {
+        let stream = UnixStream::connect(path).await.map_err(|e| {
+            CliError::Unreachable(format!(
+                "cannot reach lanspreadd at {}: {e} (is the daemon running? use --socket or $LANSPREAD_SOCKET)",
+                path.display()
+            ))
+        })?;
+        let (read, write) = stream.into_split();
+        Ok(Self {
+            lines: BufReader::new(read).lines(),
+            write,
+        })
+    }
+
+    /// Sends a request without waiting for the reply.
+    pub async fn send(&mut self, request: &Request) -> Result<(), CliError> {
+        let mut line = serde_json::to_vec(request).map_err(|e| CliError::Failed(e.to_string()))?;
+        line.push(b'\n');
+        self.write.write_all(&line).await.map_err(|e| CliError::Unreachable(format!("control socket: {e}")))
+    }
+
+    /// The next reply; `None` when the daemon closed the connection.
+    pub async fn next(&mut self) -> Result<Option<Reply>, CliError> {
+        match self.lines.next_line().await {
+            Ok(Some(line)) => serde_json::from_str(&line)
+                .map(Some)
+                .map_err(|e| CliError::Failed(format!("malformed reply from the daemon: {e}"))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(CliError::Unreachable(format!("control socket: {e}"))),
+        }
+    }
+
+    /// Sends a request and returns its reply; a daemon refusal becomes `CliError::Failed`.
+    pub async fn request(&mut self, request: &Request) -> Result<Reply, CliError> {
+        self.send(request).await?;
+        match self.next().await? {
+            Some(Reply::Error { message }) => Err(CliError::Failed(message)),
+            Some(reply) => Ok(reply),
+            None => Err(CliError::Unreachable("the daemon closed the connection".into())),
+        }
+    }
+
+    /// Waits (boundedly) until the daemon closes this connection.
+    pub async fn wait_closed(&mut self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async { while let Ok(Some(_)) = self.lines.next_line().await {} }).await;
+    }
+}

@@ -1,0 +1,114 @@
+//! Human-readable renderings of replies.
+
+use crate::api::{GamesList, PeerInfo, StatusInfo};
+
+/// Bytes with a binary unit.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Left-aligned columns separated by two spaces.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        padded.join("  ").trim_end().to_owned()
+    };
+    let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
+    out.extend(rows.iter().map(|r| line(r.clone())));
+    out.join("\n")
+}
+
+/// `status`.
+pub fn status(s: &StatusInfo) -> String {
+    let ops = if s.operations.is_empty() {
+        "none".to_owned()
+    } else {
+        s.operations.iter().map(|o| format!("{} {}", o.kind, o.game_id)).collect::<Vec<_>>().join(", ")
+    };
+    format!(
+        "peer id:     {}\nlisten:      {}\ngames dir:   {}\npeers:       {}\noperations:  {}\nversion:     {}",
+        s.peer_id, s.addr, s.games_dir, s.peers, ops, s.version
+    )
+}
+
+/// `list-games`.
+pub fn games(g: &GamesList) -> String {
+    let local: Vec<Vec<String>> = g
+        .local
+        .iter()
+        .map(|l| {
+            vec![
+                l.id.to_string(),
+                l.version.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                format!("{:?}", l.availability),
+                if l.installed { "yes" } else { "no" }.into(),
+                bytes(l.size),
+            ]
+        })
+        .collect();
+    let remote: Vec<Vec<String>> = g
+        .remote
+        .iter()
+        .map(|r| vec![r.id.to_string(), r.eti_game_version.to_string(), r.peer_count.to_string(), bytes(r.size)])
+        .collect();
+    let mut out = String::from("LOCAL\n");
+    if local.is_empty() {
+        out.push_str("(no games)\n");
+    } else {
+        out.push_str(&table(&["GAME", "VERSION", "STATE", "INSTALLED", "SIZE"], &local));
+        out.push('\n');
+    }
+    out.push_str("\nREMOTE\n");
+    if remote.is_empty() {
+        out.push_str("(no games offered by peers)");
+    } else {
+        out.push_str(&table(&["GAME", "NEWEST", "PEERS", "SIZE"], &remote));
+    }
+    out
+}
+
+/// `list-peers`.
+pub fn peers(p: &[PeerInfo]) -> String {
+    if p.is_empty() {
+        return "(no peers)".into();
+    }
+    let rows: Vec<Vec<String>> = p
+        .iter()
+        .map(|p| {
+            let games = p.games.iter().map(|g| format!("{}@{}", g.id, g.version)).collect::<Vec<_>>().join(" ");
+            vec![p.peer_id.to_string(), p.addr.clone(), p.games.len().to_string(), games]
+        })
+        .collect();
+    table(&["PEER ID", "ADDRESS", "GAMES", "LIBRARY"], &rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn units_and_tables() {
+        assert_eq!(bytes(0), "0 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 30), "3.0 GiB");
+        let t = table(&["A", "LONGER"], &[vec!["xxxx".into(), "y".into()]]);
+        assert_eq!(t, "A     LONGER\nxxxx  y");
+    }
+}

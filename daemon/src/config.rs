@@ -1,0 +1,192 @@
+//! Daemon settings: command-line flags over an optional TOML config file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::DaemonError;
+
+/// Config file read when `--config` is not given, if it exists.
+pub const DEFAULT_CONFIG: &str = "/etc/lanspread/lanspreadd.toml";
+/// Default QUIC listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:41741";
+
+/// `lanspreadd` flags.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(name = "lanspreadd", version, about = "lanspread daemon: shares a games directory with LAN peers over QUIC")]
+pub struct DaemonArgs {
+    /// Games directory (one folder per game id).
+    #[arg(long, value_name = "DIR")]
+    pub games: Option<PathBuf>,
+    /// State directory (identity key, daemon state).
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// QUIC listen address (UDP); port 0 picks a free port [default: 0.0.0.0:41741].
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Control socket path.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Catalog file replacing the built-in game ids.
+    #[arg(long, value_name = "FILE")]
+    pub catalog: Option<PathBuf>,
+    /// Also append every event as a JSON line to PATH (`-` = stdout).
+    #[arg(long, value_name = "PATH|-")]
+    pub events: Option<PathBuf>,
+    /// Do not announce or browse with mDNS.
+    #[arg(long)]
+    pub no_mdns: bool,
+    /// TOML config file [default: /etc/lanspread/lanspreadd.toml when present].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// LAN secret: only peers holding the same secret may connect.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Upload limit in MiB/s.
+    #[arg(long, value_name = "N")]
+    pub max_upload_mib_s: Option<f64>,
+    /// Download limit in MiB/s.
+    #[arg(long, value_name = "N")]
+    pub max_download_mib_s: Option<f64>,
+}
+
+/// The config file: the flags' names with `_` for `-`, plus `peers`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    games: Option<PathBuf>,
+    state: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    socket: Option<PathBuf>,
+    catalog: Option<PathBuf>,
+    events: Option<PathBuf>,
+    mdns: Option<bool>,
+    secret_file: Option<PathBuf>,
+    max_upload_mib_s: Option<f64>,
+    max_download_mib_s: Option<f64>,
+    #[serde(default)]
+    peers: Vec<String>,
+}
+
+/// Resolved daemon settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    /// Games directory.
+    pub games: PathBuf,
+    /// State directory.
+    pub state: PathBuf,
+    /// QUIC listen address.
+    pub listen: SocketAddr,
+    /// Control socket path.
+    pub socket: PathBuf,
+    /// Catalog file, if any.
+    pub catalog: Option<PathBuf>,
+    /// Events file, if any.
+    pub events: Option<PathBuf>,
+    /// mDNS on or off.
+    pub mdns: bool,
+    /// Static peers dialled at start.
+    pub peers: Vec<String>,
+}
+
+impl DaemonArgs {
+    /// Merges flags over the config file (flags win) and checks the result.
+    pub fn resolve(self) -> Result<DaemonConfig, DaemonError> {
+        let file = match &self.config {
+            Some(p) => load_file(p)?,
+            None if Path::new(DEFAULT_CONFIG).exists() => load_file(Path::new(DEFAULT_CONFIG))?,
+            None => FileConfig::default(),
+        };
+        if self.secret_file.is_some() || file.secret_file.is_some() {
+            return Err(DaemonError::Config(
+                "secret_file: LAN secrets are not supported by this version yet".into(),
+            ));
+        }
+        if self.max_upload_mib_s.or(file.max_upload_mib_s).is_some()
+            || self.max_download_mib_s.or(file.max_download_mib_s).is_some()
+        {
+            return Err(DaemonError::Config(
+                "max_upload_mib_s/max_download_mib_s: bandwidth limits are not supported by this version yet".into(),
+            ));
+        }
+        let games = self
+            .games
+            .or(file.games)
+            .ok_or_else(|| DaemonError::Config("missing --games DIR (or `games` in the config file)".into()))?;
+        let state = self
+            .state
+            .or(file.state)
+            .ok_or_else(|| DaemonError::Config("missing --state DIR (or `state` in the config file)".into()))?;
+        let listen = match self.listen.or(file.listen) {
+            Some(l) => l,
+            None => DEFAULT_LISTEN
+                .parse()
+                .map_err(|e| DaemonError::Config(format!("default listen address: {e}")))?,
+        };
+        let socket = self.socket.or(file.socket).unwrap_or_else(crate::paths::socket_path_from_env);
+        Ok(DaemonConfig {
+            games,
+            state,
+            listen,
+            socket,
+            catalog: self.catalog.or(file.catalog),
+            events: self.events.or(file.events),
+            mdns: !self.no_mdns && file.mdns.unwrap_or(true),
+            peers: file.peers,
+        })
+    }
+}
+
+fn load_file(path: &Path) -> Result<FileConfig, DaemonError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DaemonError::io(path, e))?;
+    toml::from_str(&text).map_err(|e| DaemonError::Config(format!("{}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> DaemonArgs {
+        let mut v = vec!["lanspreadd"];
+        v.extend_from_slice(extra);
+        DaemonArgs::parse_from(v)
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let cfg = t.path().join("d.toml");
+        std::fs::write(
+            &cfg,
+            "games = \"/g\"\nstate = \"/s\"\nlisten = \"127.0.0.1:9\"\nmdns = false\npeers = [\"10.0.0.1:41741\"]\n",
+        )
+        .unwrap();
+        let c = args(&["--config", cfg.to_str().unwrap(), "--games", "/other", "--socket", "/x.sock"])
+            .resolve()
+            .unwrap();
+        assert_eq!(c.games, PathBuf::from("/other"));
+        assert_eq!(c.state, PathBuf::from("/s"));
+        assert_eq!(c.listen, "127.0.0.1:9".parse().unwrap());
+        assert!(!c.mdns);
+        assert_eq!(c.peers, ["10.0.0.1:41741"]);
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_dirs_are_errors() {
+        let t = tempfile::tempdir().unwrap();
+        let cfg = t.path().join("d.toml");
+        std::fs::write(&cfg, "games = \"/g\"\nstate = \"/s\"\ngamez = 1\n").unwrap();
+        let err = args(&["--config", cfg.to_str().unwrap()]).resolve().unwrap_err();
+        assert!(err.to_string().contains("gamez"), "{err}");
+        let err = args(&["--state", "/s", "--socket", "/x"]).resolve().unwrap_err();
+        assert!(err.to_string().contains("--games"), "{err}");
+    }
+
+    #[test]
+    fn unsupported_features_are_refused_not_ignored() {
+        let err = args(&["--games", "/g", "--state", "/s", "--secret-file", "/k"]).resolve().unwrap_err();
+        assert!(err.to_string().contains("not supported"), "{err}");
+    }
+}

@@ -1,0 +1,171 @@
+//! The Unix control socket: JSON-line requests in, JSON-line replies out.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{debug, warn};
+
+use crate::api::{Reply, Request};
+use crate::links::dial;
+use crate::state::Shared;
+use crate::DaemonError;
+
+/// Longest accepted request line.
+const MAX_REQUEST: usize = 64 * 1024;
+
+/// Binds the control socket. An existing socket file is replaced only when no daemon
+/// answers on it; the socket gets mode 0660.
+pub async fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| DaemonError::io(dir, e))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| DaemonError::io(dir, e))?;
+        }
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(DaemonError::SocketInUse(path.to_path_buf()));
+        }
+        debug!(path = %path.display(), "removing stale control socket");
+        std::fs::remove_file(path).map_err(|e| DaemonError::io(path, e))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| DaemonError::io(path, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|e| DaemonError::io(path, e))?;
+    Ok(listener)
+}
+
+/// Serves clients until shutdown.
+pub async fn serve(shared: Arc<Shared>, listener: UnixListener) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(client(shared.clone(), stream));
+                }
+                Err(e) => {
+                    warn!("control socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = crate::state::until_shutdown(&mut shutdown) => break,
+        }
+    }
+}
+
+/// Removes the socket file if it is still ours.
+pub fn unlink(path: &PathBuf) {
+    let _ = std::fs::remove_file(path);
+}
+
+async fn client(shared: Arc<Shared>, stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read.take(MAX_REQUEST as u64 * 64)).lines();
+    loop {
+        let line = match lines.next_line().await {
+            Ok(Some(l)) => l,
+            Ok(None) => return,
+            Err(e) => {
+                debug!("control client: {e}");
+                return;
+            }
+        };
+        if line.len() > MAX_REQUEST {
+            let _ = send(&mut write, &error("request too long")).await;
+            return;
+        }
+        let request: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                if send(&mut write, &error(&format!("bad request: {e}"))).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if matches!(request, Request::Events) {
+            stream_events(&shared, &mut write).await;
+            return;
+        }
+        let reply = handle(&shared, request).await;
+        if send(&mut write, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn error(message: &str) -> Reply {
+    Reply::Error {
+        message: message.to_owned(),
+    }
+}
+
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
+    match request {
+        Request::Status => Reply::Status(shared.status()),
+        Request::ListGames => Reply::Games(shared.games()),
+        Request::ListPeers => Reply::Peers(shared.peers()),
+        Request::Connect { addr } => match resolve(&addr).await {
+            Ok(sa) => match dial(shared, sa).await {
+                Ok(info) => Reply::Connected(info),
+                Err(e) => error(&e),
+            },
+            Err(e) => error(&e),
+        },
+        Request::WaitPeers { count, timeout_ms } => {
+            let mut rx = shared.peer_count.subscribe();
+            let wait = async move { rx.wait_for(|n| *n >= count).await.is_ok() };
+            match tokio::time::timeout(Duration::from_millis(timeout_ms), wait).await {
+                Ok(true) => Reply::Peers(shared.peers()),
+                _ => error(&format!(
+                    "timed out after {timeout_ms} ms waiting for {count} peers ({} connected)",
+                    *shared.peer_count.borrow()
+                )),
+            }
+        }
+        Request::Shutdown => {
+            shared.shutdown.send_replace(true);
+            Reply::Ok
+        }
+        Request::Events => error("events is a stream"),
+    }
+}
+
+async fn resolve(addr: &str) -> Result<std::net::SocketAddr, String> {
+    let mut addrs = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| format!("invalid peer address {addr:?}: {e} (expected host:port)"))?;
+    addrs.next().ok_or_else(|| format!("{addr} resolves to no address"))
+}
+
+async fn stream_events(shared: &Shared, write: &mut tokio::net::unix::OwnedWriteHalf) {
+    let mut rx = shared.events.subscribe();
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let event = tokio::select! {
+            e = rx.recv() => e,
+            _ = crate::state::until_shutdown(&mut shutdown) => return,
+        };
+        match event {
+            Ok(e) => {
+                if send(write, &Reply::Event(e)).await.is_err() {
+                    return;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                warn!("events client lagged; {n} events dropped");
+            }
+            Err(_) => return,
+        }
+    }
+}

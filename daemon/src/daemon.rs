@@ -1,0 +1,140 @@
+//! Daemon start-up and shutdown. [`Daemon::start`] binds everything and returns a handle,
+//! so the binary, the demo and tests run the same code in-process or as a process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanspread_catalog::{scan_games_dir, Catalog};
+use lanspread_transfer::{close_code, make_endpoint, Identity, PeerId, TransportTuning};
+use quinn::VarInt;
+use tracing::{info, warn};
+
+use crate::api::EventKind;
+use crate::config::DaemonConfig;
+use crate::events::EventBus;
+use crate::state::Shared;
+use crate::{control, links, DaemonError};
+
+/// How often the games dir is rescanned as a whole.
+const RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+
+async fn periodic_rescan(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(RESCAN_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        shared.rescan().await;
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    shared: Arc<Shared>,
+    socket: PathBuf,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Opens the events file, scans the games dir, loads the identity, binds the control
+    /// socket and the QUIC endpoint, then starts serving.
+    pub async fn start(config: DaemonConfig) -> Result<Self, DaemonError> {
+        let events = EventBus::new(config.events.as_deref())?;
+        events.emit(EventKind::DaemonStarted {
+            version: env!("CARGO_PKG_VERSION").into(),
+            pid: std::process::id(),
+        });
+        let catalog = match &config.catalog {
+            Some(p) => Catalog::load(p)?,
+            None => Catalog::builtin(),
+        };
+        let library = scan_games_dir(&config.games, &catalog)?;
+        let identity = Identity::load_or_create(&config.state)?;
+        let listener = control::bind(&config.socket).await?;
+        let endpoint = make_endpoint(&identity, config.listen, &TransportTuning::default())?;
+        let listen = endpoint.local_addr().map_err(|e| DaemonError::io("quic socket", e))?;
+        let shared = Shared::new(
+            identity.peer_id().clone(),
+            listen,
+            config.games.clone(),
+            catalog,
+            endpoint,
+            events,
+            library,
+        );
+        info!(peer_id = %shared.local_id, %listen, games = %config.games.display(), socket = %config.socket.display(), "lanspreadd ready");
+        if config.mdns {
+            warn!("mDNS discovery is not available in this build; use `lanspread connect` or `peers = [...]`");
+        }
+        shared.events.emit(EventKind::LocalPeerReady {
+            peer_id: shared.local_id.clone(),
+            addr: listen.to_string(),
+        });
+        shared.events.emit(EventKind::LocalLibraryChanged {
+            games: shared.local_states(),
+        });
+        let mut tasks = vec![
+            tokio::spawn(links::accept_loop(shared.clone())),
+            tokio::spawn(control::serve(shared.clone(), listener)),
+        ];
+        tasks.push(tokio::spawn(periodic_rescan(shared.clone())));
+        for peer in config.peers {
+            let shared = shared.clone();
+            tasks.push(tokio::spawn(async move {
+                match tokio::net::lookup_host(&peer).await.map(|mut a| a.next()) {
+                    Ok(Some(addr)) => {
+                        if let Err(e) = links::dial(&shared, addr).await {
+                            warn!(%peer, "static peer: {e}");
+                        }
+                    }
+                    _ => warn!(%peer, "static peer address does not resolve"),
+                }
+            }));
+        }
+        Ok(Self {
+            shared,
+            socket: config.socket,
+            tasks,
+        })
+    }
+
+    /// Our peer id.
+    pub fn peer_id(&self) -> &PeerId {
+        &self.shared.local_id
+    }
+
+    /// Our bound QUIC address.
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.listen
+    }
+
+    /// Resolves when shutdown was requested (by `shutdown` or [`Daemon::request_shutdown`]).
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.shared.shutdown.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    /// Asks the daemon to stop.
+    pub fn request_shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Says goodbye to every peer, closes the endpoint and removes the control socket.
+    pub async fn stop(self) {
+        self.request_shutdown();
+        // Link tasks send goodbyes and remove themselves; wait for them, boundedly.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !self.shared.lock().links.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.shared.endpoint.close(VarInt::from_u32(close_code::GOODBYE), b"goodbye");
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+        for t in self.tasks {
+            t.abort();
+        }
+        control::unlink(&self.socket);
+        info!("lanspreadd stopped");
+    }
+}

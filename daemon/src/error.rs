@@ -1,0 +1,36 @@
+use std::path::PathBuf;
+
+/// Errors of the daemon library.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A filesystem operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(String),
+    /// Another daemon answers on the control socket.
+    #[error("another lanspreadd is already listening on {0}")]
+    SocketInUse(PathBuf),
+    /// The catalog could not be loaded or the games dir scanned.
+    #[error(transparent)]
+    Catalog(#[from] lanspread_catalog::CatalogError),
+    /// QUIC or identity setup failed.
+    #[error(transparent)]
+    Transfer(#[from] lanspread_transfer::TransferError),
+}
+
+impl DaemonError {
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! Peer links: accepting and dialling QUIC connections, the hello exchange, library
+//! announcements and goodbyes. One task per connection reads the peer's announce stream;
+//! a second task writes ours.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanspread_peer::{check_not_self, prefer_new_link, Direction, Upsert};
+use lanspread_transfer::{close_code, connect, peer_id_of, read_frame, write_frame, Hello, Message, PeerId, PROTOCOL_VERSION};
+use quinn::{Connection, SendStream, VarInt};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use crate::api::{EventKind, PeerInfo};
+use crate::state::{peer_info, Link, Shared};
+
+/// How long a peer has to send its hello and first library.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a link could not be set up, as told to a `connect` caller.
+pub type LinkResult = Result<PeerInfo, String>;
+
+/// Accepts incoming connections until the endpoint closes.
+pub async fn accept_loop(shared: Arc<Shared>) {
+    while let Some(incoming) = shared.endpoint.accept().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let remote = incoming.remote_address();
+            match incoming.await {
+                Ok(conn) => run_link(shared, conn, Direction::Inbound, None).await,
+                Err(e) => debug!(%remote, "incoming handshake failed: {e}"),
+            }
+        });
+    }
+}
+
+/// Dials `addr`, runs the link in the background and returns once the peer's hello and
+/// first library arrived.
+pub async fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> LinkResult {
+    if is_own_address(shared.listen, addr) {
+        return Err(lanspread_peer::PeerError::SelfConnect.to_string());
+    }
+    let timeout = lanspread_transfer::TransportTuning::default().connect_timeout;
+    let (conn, remote) = match connect(&shared.endpoint, addr, timeout).await {
+        Ok(c) => c,
+        Err(e) => return Err(self_or(e.to_string())),
+    };
+    if let Err(e) = check_not_self(&shared.local_id, &remote) {
+        conn.close(VarInt::from_u32(close_code::SELF_CONNECT), b"self");
+        return Err(e.to_string());
+    }
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(run_link(shared.clone(), conn, Direction::Outbound, Some(tx)));
+    match tokio::time::timeout(HELLO_TIMEOUT + Duration::from_secs(1), rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(format!("connection to {addr} closed during the hello exchange")),
+        Err(_) => Err(format!("{addr} did not complete the hello exchange")),
+    }
+}
+
+/// A refused self-connection may surface as the remote (ourselves) closing the dial.
+fn self_or(msg: String) -> String {
+    if msg.contains("self") {
+        lanspread_peer::PeerError::SelfConnect.to_string()
+    } else {
+        msg
+    }
+}
+
+/// True when `addr` is our own listen address (or a loopback alias of a wildcard bind).
+fn is_own_address(listen: SocketAddr, addr: SocketAddr) -> bool {
+    if addr == listen {
+        return true;
+    }
+    addr.port() == listen.port() && listen.ip().is_unspecified() && (addr.ip().is_loopback() || addr.ip().is_unspecified())
+}
+
+/// Runs one connection until it ends. `ready` gets the outcome of the hello exchange.
+async fn run_link(shared: Arc<Shared>, conn: Connection, direction: Direction, mut ready: Option<oneshot::Sender<LinkResult>>) {
+    let mut tell = |r: LinkResult| {
+        if let Some(tx) = ready.take() {
+            let _ = tx.send(r);
+        }
+    };
+    let remote = match peer_id_of(&conn) {
+        Ok(id) => id,
+        Err(e) => {
+            warn!(addr = %conn.remote_address(), "refused: {e}");
+            conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"no identity");
+            return tell(Err(e.to_string()));
+        }
+    };
+    if check_not_self(&shared.local_id, &remote).is_err() {
+        debug!("refused a connection from ourselves");
+        conn.close(VarInt::from_u32(close_code::SELF_CONNECT), b"self");
+        return tell(Err(lanspread_peer::PeerError::SelfConnect.to_string()));
+    }
+    let span = tracing::info_span!("peer", id = %remote.short());
+    let _enter = span.enter();
+    drop(_enter);
+
+    // Our announce stream: hello, library now and on every change, goodbye on shutdown.
+    let send = match conn.open_uni().await {
+        Ok(s) => s,
+        Err(e) => return tell(Err(format!("cannot open a stream: {e}"))),
+    };
+    let mut writer = tokio::spawn(announce(shared.clone(), send));
+    let mut shutdown = shared.shutdown.subscribe();
+
+    // Their announce stream: hello first.
+    let first = tokio::time::timeout(HELLO_TIMEOUT, async {
+        let mut recv = conn.accept_uni().await.map_err(|e| e.to_string())?;
+        let hello: Option<Message> = read_frame(&mut recv).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((recv, hello))
+    })
+    .await;
+    let (mut recv, hello) = match first {
+        Ok(Ok((recv, Some(Message::Hello(h))))) => (recv, h),
+        Ok(Ok((_, other))) => {
+            return refuse(&conn, &mut tell, writer, close_code::PROTOCOL_ERROR, format!("expected hello, got {other:?}"))
+        }
+        Ok(Err(e)) => return refuse(&conn, &mut tell, writer, close_code::PROTOCOL_ERROR, e),
+        Err(_) => return refuse(&conn, &mut tell, writer, close_code::PROTOCOL_ERROR, "no hello in time".into()),
+    };
+    if let Err(why) = check_hello(&hello, &remote) {
+        let code = if hello.protocol != PROTOCOL_VERSION {
+            close_code::VERSION_MISMATCH
+        } else {
+            close_code::PROTOCOL_ERROR
+        };
+        return refuse(&conn, &mut tell, writer, code, why);
+    }
+    let addr = SocketAddr::new(conn.remote_address().ip(), hello.listen.port());
+
+    // Register, keeping one connection per peer.
+    let upsert = {
+        let mut inner = shared.lock();
+        if let Some(existing) = inner.links.get(&remote) {
+            let alive = existing.conn.close_reason().is_none();
+            if !prefer_new_link(&shared.local_id, &remote, alive, existing.direction, direction) {
+                let info = inner.peers.get(&remote).map(|e| peer_info(&remote, e));
+                drop(inner);
+                debug!("keeping the existing connection");
+                conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+                writer.abort();
+                return tell(info.ok_or_else(|| "duplicate connection".to_string()));
+            }
+            existing.conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+        }
+        inner.links.insert(remote.clone(), Link { conn: conn.clone(), direction });
+        let upsert = inner.peers.upsert(&remote, addr);
+        shared.peer_count.send_replace(inner.peers.len());
+        upsert
+    };
+    match upsert {
+        Upsert::New => info!(%addr, "peer connected"),
+        Upsert::Moved { from } => info!(%from, to = %addr, "peer moved"),
+        Upsert::Unchanged => debug!("peer reconnected"),
+    }
+    if upsert != Upsert::Unchanged {
+        shared.events.emit(EventKind::PeerConnected {
+            peer_id: remote.clone(),
+            addr: addr.to_string(),
+        });
+    }
+
+    // Announcements until goodbye, error or close.
+    let mut first_library = true;
+    let end = loop {
+        let msg = tokio::select! {
+            m = read_frame::<_, Message>(&mut recv) => m,
+            reason = conn.closed() => break format!("connection closed: {reason}"),
+            _ = crate::state::until_shutdown(&mut shutdown) => {
+                // The writer sends the goodbye; close once it is out (or after a bound).
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut writer).await;
+                conn.close(VarInt::from_u32(close_code::GOODBYE), b"goodbye");
+                break "local shutdown".into();
+            }
+        };
+        match msg {
+            Ok(Some(Message::Library(ads))) => {
+                let (changed, info) = {
+                    let mut inner = shared.lock();
+                    let changed = inner.peers.set_library(&remote, &ads, &shared.catalog);
+                    (changed, inner.peers.get(&remote).map(|e| peer_info(&remote, e)))
+                };
+                let Some(info) = info else { break "peer entry replaced".into() };
+                if changed || first_library {
+                    shared.events.emit(EventKind::RemoteLibraryChanged {
+                        peer_id: remote.clone(),
+                        games: info.games.clone(),
+                    });
+                }
+                if first_library {
+                    first_library = false;
+                    tell(Ok(info));
+                }
+            }
+            Ok(Some(Message::Goodbye { reason })) => break format!("goodbye: {reason}"),
+            Ok(Some(Message::Hello(_))) => {
+                warn!("protocol error: second hello");
+                conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"second hello");
+                break "protocol error".into();
+            }
+            Ok(None) => break "announce stream ended".into(),
+            Err(e) => {
+                warn!("protocol error, disconnecting: {e}");
+                conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"protocol error");
+                break format!("protocol error: {e}");
+            }
+        }
+    };
+    tell(Err(end.clone()));
+    writer.abort();
+    drop_link(&shared, &remote, &conn, addr, &end);
+}
+
+/// Removes the peer if this connection is still the one kept for it.
+fn drop_link(shared: &Shared, remote: &PeerId, conn: &Connection, addr: SocketAddr, why: &str) {
+    let removed = {
+        let mut inner = shared.lock();
+        let ours = inner.links.get(remote).is_some_and(|l| l.conn.stable_id() == conn.stable_id());
+        if ours {
+            inner.links.remove(remote);
+            inner.peers.remove(remote);
+            shared.peer_count.send_replace(inner.peers.len());
+        }
+        ours
+    };
+    if removed {
+        info!(peer = %remote.short(), "peer lost: {why}");
+        shared.events.emit(EventKind::PeerLost {
+            peer_id: remote.clone(),
+            addr: addr.to_string(),
+        });
+    }
+}
+
+fn check_hello(hello: &Hello, proven: &PeerId) -> Result<(), String> {
+    if hello.protocol != PROTOCOL_VERSION {
+        return Err(format!("protocol version {} (we speak {PROTOCOL_VERSION})", hello.protocol));
+    }
+    if &hello.peer_id != proven {
+        return Err(format!("hello claims peer id {} but the TLS key proves {proven}", hello.peer_id));
+    }
+    Ok(())
+}
+
+fn refuse(
+    conn: &Connection,
+    tell: &mut impl FnMut(LinkResult),
+    writer: tokio::task::JoinHandle<()>,
+    code: u32,
+    why: String,
+) {
+    warn!(addr = %conn.remote_address(), "refused peer: {why}");
+    writer.abort();
+    conn.close(VarInt::from_u32(code), why.as_bytes());
+    tell(Err(why));
+}
+
+/// Writes our announce stream: hello, the library on every change, goodbye on shutdown.
+async fn announce(shared: Arc<Shared>, mut send: SendStream) {
+    let hello = Message::Hello(Hello {
+        peer_id: shared.local_id.clone(),
+        listen: shared.listen,
+        protocol: PROTOCOL_VERSION,
+        agent: concat!("lanspread/", env!("CARGO_PKG_VERSION")).into(),
+    });
+    let mut advert = shared.advert.subscribe();
+    let mut shutdown = shared.shutdown.subscribe();
+    let result: Result<(), lanspread_transfer::FrameError> = async {
+        write_frame(&mut send, &hello).await?;
+        loop {
+            let lib = advert.borrow_and_update().clone();
+            write_frame(&mut send, &Message::Library(lib.to_vec())).await?;
+            tokio::select! {
+                changed = advert.changed() => if changed.is_err() { break },
+                _ = crate::state::until_shutdown(&mut shutdown) => break,
+            }
+        }
+        write_frame(&mut send, &Message::Goodbye { reason: "shutdown".into() }).await?;
+        let _ = send.finish();
+        // Wait until the peer has the goodbye, briefly.
+        let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        debug!("announce stream ended: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_address_detection() {
+        let l: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        assert!(is_own_address(l, l));
+        assert!(!is_own_address(l, "127.0.0.1:5001".parse().unwrap()));
+        let any: SocketAddr = "0.0.0.0:5000".parse().unwrap();
+        assert!(is_own_address(any, "127.0.0.1:5000".parse().unwrap()));
+        assert!(!is_own_address(any, "192.0.2.1:5000".parse().unwrap()));
+    }
+}

@@ -1,0 +1,253 @@
+//! Shared daemon state. The lock is a plain mutex that is never held across an await.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use lanspread_catalog::{Availability, Catalog, GameId, Library};
+use lanspread_peer::{aggregate, Direction, PeerTable};
+use lanspread_transfer::{GameAd, PeerId};
+use quinn::Connection;
+use tokio::sync::watch;
+
+use crate::api::{GameVersion, GamesList, LocalGame, LocalGameState, OperationInfo, PeerInfo, StatusInfo};
+use crate::events::EventBus;
+
+/// The connection currently kept for a peer.
+pub struct Link {
+    /// The QUIC connection.
+    pub conn: Connection,
+    /// Who dialled it.
+    pub direction: Direction,
+}
+
+/// Kind of an operation on a game.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[expect(dead_code, reason = "operations are started by downloads and installs, which come next")]
+pub enum OpKind {
+    /// Download in progress.
+    Download,
+    /// Install in progress.
+    Install,
+}
+
+/// Mutable state behind the lock.
+#[derive(Default)]
+pub struct Inner {
+    /// Local game roots.
+    pub library: Library,
+    /// Connected peers and their libraries.
+    pub peers: PeerTable,
+    /// The kept connection per peer.
+    pub links: HashMap<PeerId, Link>,
+    /// Active operations per game.
+    pub operations: BTreeMap<GameId, OpKind>,
+}
+
+/// State shared by every task of the daemon.
+pub struct Shared {
+    /// Our peer id.
+    pub local_id: PeerId,
+    /// Our bound QUIC address.
+    pub listen: SocketAddr,
+    /// The games directory.
+    pub games_dir: PathBuf,
+    /// Known game ids.
+    pub catalog: Catalog,
+    /// The QUIC endpoint.
+    pub endpoint: quinn::Endpoint,
+    /// Event fan-out.
+    pub events: EventBus,
+    /// What we advertise; link writers watch it.
+    pub advert: watch::Sender<Arc<Vec<GameAd>>>,
+    /// Number of connected peers; `wait-peers` watches it.
+    pub peer_count: watch::Sender<usize>,
+    /// Flips to true once on shutdown.
+    pub shutdown: watch::Sender<bool>,
+    inner: Mutex<Inner>,
+}
+
+impl Shared {
+    /// Builds the shared state.
+    pub fn new(
+        local_id: PeerId,
+        listen: SocketAddr,
+        games_dir: PathBuf,
+        catalog: Catalog,
+        endpoint: quinn::Endpoint,
+        events: EventBus,
+        library: Library,
+    ) -> Arc<Self> {
+        let inner = Inner {
+            library,
+            ..Inner::default()
+        };
+        let advert = advert_of(&inner);
+        Arc::new(Self {
+            local_id,
+            listen,
+            games_dir,
+            catalog,
+            endpoint,
+            events,
+            advert: watch::channel(Arc::new(advert)).0,
+            peer_count: watch::channel(0).0,
+            shutdown: watch::channel(false).0,
+            inner: Mutex::new(inner),
+        })
+    }
+
+    /// Locks the state. A poisoned lock is recovered: every mutation keeps it consistent
+    /// step by step, so a panic elsewhere leaves usable data.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Answer to `status`.
+    pub fn status(&self) -> StatusInfo {
+        let inner = self.lock();
+        StatusInfo {
+            peer_id: self.local_id.clone(),
+            addr: self.listen.to_string(),
+            games_dir: self.games_dir.display().to_string(),
+            operations: inner
+                .operations
+                .iter()
+                .map(|(id, k)| OperationInfo {
+                    game_id: id.clone(),
+                    kind: match k {
+                        OpKind::Download => "download",
+                        OpKind::Install => "install",
+                    }
+                    .into(),
+                })
+                .collect(),
+            peers: inner.peers.len(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        }
+    }
+
+    /// Answer to `list-games`.
+    pub fn games(&self) -> GamesList {
+        let inner = self.lock();
+        let local = inner
+            .library
+            .values()
+            .map(|root| LocalGame {
+                id: root.id.clone(),
+                version: root.version,
+                downloaded: root.version.is_some(),
+                installed: root.installed,
+                availability: availability(&inner, &root.id, root.availability()),
+                size: root.size(),
+            })
+            .collect();
+        let remote = aggregate(&inner.peers).into_iter().map(Into::into).collect();
+        GamesList { local, remote }
+    }
+
+    /// Answer to `list-peers`.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let inner = self.lock();
+        inner.peers.iter().map(|(id, e)| peer_info(id, e)).collect()
+    }
+
+    /// The local library as reported by `local-library-changed`.
+    pub fn local_states(&self) -> Vec<LocalGameState> {
+        let inner = self.lock();
+        inner
+            .library
+            .values()
+            .map(|r| LocalGameState {
+                id: r.id.clone(),
+                version: r.version,
+                downloaded: r.version.is_some(),
+                installed: r.installed,
+            })
+            .collect()
+    }
+
+    /// Rescans the games dir. On a change, emits `local-library-changed` and updates the
+    /// advertisement (which the link writers send to every peer).
+    pub async fn rescan(self: &Arc<Self>) {
+        let this = self.clone();
+        let scanned = tokio::task::spawn_blocking(move || lanspread_catalog::scan_games_dir(&this.games_dir, &this.catalog)).await;
+        let library = match scanned {
+            Ok(Ok(lib)) => lib,
+            Ok(Err(e)) => return tracing::warn!("rescan failed: {e}"),
+            Err(e) => return tracing::warn!("rescan task failed: {e}"),
+        };
+        let changed = {
+            let mut inner = self.lock();
+            let changed = inner.library != library;
+            inner.library = library;
+            changed
+        };
+        if changed {
+            self.events.emit(crate::api::EventKind::LocalLibraryChanged {
+                games: self.local_states(),
+            });
+            self.refresh_advert();
+        }
+    }
+
+    /// Recomputes the advertisement after a library or operation change.
+    pub fn refresh_advert(&self) {
+        let ads = advert_of(&self.lock());
+        self.advert.send_if_modified(|cur| {
+            if **cur == ads {
+                false
+            } else {
+                *cur = Arc::new(ads);
+                true
+            }
+        });
+    }
+}
+
+/// A peer table entry as a `list-peers` row.
+pub fn peer_info(id: &PeerId, e: &lanspread_peer::PeerEntry) -> PeerInfo {
+    PeerInfo {
+        peer_id: id.clone(),
+        addr: e.addr.to_string(),
+        games: e
+            .games
+            .iter()
+            .map(|(g, r)| GameVersion {
+                id: g.clone(),
+                version: r.version,
+            })
+            .collect(),
+    }
+}
+
+fn availability(inner: &Inner, id: &GameId, base: Availability) -> Availability {
+    match inner.operations.get(id) {
+        Some(OpKind::Download) => Availability::Downloading,
+        Some(OpKind::Install) => Availability::Installing,
+        None => base,
+    }
+}
+
+/// Only ready roots with no active operation are advertised.
+fn advert_of(inner: &Inner) -> Vec<GameAd> {
+    inner
+        .library
+        .values()
+        .filter(|r| availability(inner, &r.id, r.availability()) == Availability::Ready)
+        .filter_map(|r| {
+            Some(GameAd {
+                id: r.id.clone(),
+                version: r.version?,
+                size: r.size(),
+            })
+        })
+        .collect()
+}
+
+/// Resolves once shutdown was requested. The watch guard is dropped inside, so callers
+/// can hold this future across awaits in `select!`.
+pub async fn until_shutdown(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}

@@ -1,0 +1,70 @@
+//! The CLI's exit codes and the daemon-less `pack` command, through the real binaries.
+//! (This integration test also makes `cargo test --workspace` build both binaries, which
+//! the scenario tests then drive.)
+
+use std::process::Command;
+
+fn cli() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lanspread"))
+}
+
+#[test]
+fn usage_error_exits_2() {
+    let out = cli().arg("no-such-command").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = cli().args(["wait-peers", "not-a-number"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn unreachable_daemon_exits_3_with_a_message() {
+    let t = tempfile::tempdir().unwrap();
+    let sock = t.path().join("none.sock");
+    let out = cli().arg("--socket").arg(&sock).arg("status").output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach lanspreadd"), "{err}");
+    let out = cli().arg("--socket").arg(&sock).args(["--json", "list-games"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["error"].as_str().unwrap().contains("cannot reach"));
+}
+
+#[test]
+fn pack_writes_a_rar5_archive() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/a.txt"), b"abc").unwrap();
+    let out_file = t.path().join("x.eti");
+    let out = cli().arg("--json").arg("pack").arg(&src).arg("-o").arg(&out_file).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["files"], 1);
+    assert_eq!(v["bytes"], 3);
+    let bytes = std::fs::read(&out_file).unwrap();
+    assert_eq!(&bytes[..8], b"Rar!\x1a\x07\x01\x00");
+    // A missing source directory is a failure (exit 1), and leaves no archive.
+    let missing = t.path().join("missing.eti");
+    let out = cli().arg("pack").arg(t.path().join("nope")).arg("-o").arg(&missing).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!missing.exists());
+}
+
+#[test]
+fn daemon_refuses_a_missing_games_dir_clearly() {
+    let t = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_lanspreadd"))
+        .arg("--games")
+        .arg(t.path().join("nope"))
+        .arg("--state")
+        .arg(t.path().join("state"))
+        .arg("--socket")
+        .arg(t.path().join("d.sock"))
+        .args(["--listen", "127.0.0.1:0", "--no-mdns"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nope") && err.contains("No such file"), "{err}");
+}
