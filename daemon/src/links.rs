@@ -68,12 +68,17 @@ fn self_or(msg: String) -> String {
     }
 }
 
-/// True when `addr` is our own listen address (or a loopback alias of a wildcard bind).
+/// True when `addr` is plainly our own listen address. Other routes to ourselves (another
+/// local address of a wildcard bind) are caught after the handshake by the peer id.
 fn is_own_address(listen: SocketAddr, addr: SocketAddr) -> bool {
     if addr == listen {
         return true;
     }
-    addr.port() == listen.port() && listen.ip().is_unspecified() && (addr.ip().is_loopback() || addr.ip().is_unspecified())
+    let canonical_local = match addr.ip() {
+        std::net::IpAddr::V4(v4) => v4 == std::net::Ipv4Addr::LOCALHOST || v4.is_unspecified(),
+        std::net::IpAddr::V6(v6) => v6 == std::net::Ipv6Addr::LOCALHOST || v6.is_unspecified(),
+    };
+    addr.port() == listen.port() && listen.ip().is_unspecified() && canonical_local
 }
 
 /// Runs one connection until it ends. `ready` gets the outcome of the hello exchange.
@@ -304,5 +309,7 @@ mod tests {
         let any: SocketAddr = "0.0.0.0:5000".parse().unwrap();
         assert!(is_own_address(any, "127.0.0.1:5000".parse().unwrap()));
         assert!(!is_own_address(any, "192.0.2.1:5000".parse().unwrap()));
+        // Left to the handshake-level check.
+        assert!(!is_own_address(any, "127.0.0.2:5000".parse().unwrap()));
     }
 }

@@ -1,0 +1,27 @@
+//! The scenario harness: locates the built binaries, starts real `lanspreadd` processes
+//! in temp dirs on `127.0.0.1:0` with `--no-mdns` and an events file, runs `lanspread`
+//! commands, waits on events with timeouts and compares SHA-256 manifests with a
+//! readable diff. It kills only what it started (on drop as well).
+
+mod manifest;
+mod node;
+
+pub use manifest::{assert_same_tree, manifest, Manifest};
+pub use node::{bin, lab, CliOutput, Node, NodeOptions};
+
+use std::time::{Duration, Instant};
+
+/// How long any wait in a scenario may take before the scenario fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Polls `f` until it returns `Some`, failing the test with `what` after [`WAIT`].
+pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

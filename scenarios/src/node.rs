@@ -1,0 +1,294 @@
+//! One `lanspreadd` process under test.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::{wait_for, WAIT};
+
+/// Path of a built binary (`lanspreadd`, `lanspread`) in the target dir of this test.
+pub fn bin(name: &str) -> PathBuf {
+    // The test executable lives in target/<profile>/deps/; binaries in target/<profile>/.
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run the scenarios through `cargo test --workspace` (which builds the binaries) \
+         or `cargo build --bins` with the same profile first",
+        path.display()
+    );
+    path
+}
+
+/// The fixture lab, generated once per target dir and shared read-only by scenarios.
+pub fn lab() -> &'static Path {
+    static LAB: OnceLock<PathBuf> = OnceLock::new();
+    LAB.get_or_init(|| {
+        let exe = std::env::current_exe().expect("current_exe");
+        let target = exe.parent().and_then(Path::parent).expect("target dir");
+        let dir = target.join("lanspread-lab-v1");
+        if !dir.join("complete").exists() {
+            let tmp = target.join(format!("lanspread-lab-tmp-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&tmp);
+            lanspread_fixtures::lab(&tmp).expect("writing the fixture lab");
+            fs::write(tmp.join("complete"), b"").expect("lab marker");
+            // Another test process may have won the race; theirs is identical.
+            if fs::rename(&tmp, &dir).is_err() {
+                let _ = fs::remove_dir_all(&tmp);
+            }
+        }
+        dir
+    })
+}
+
+/// Extra settings for a node.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOptions {
+    /// `--listen` (default `127.0.0.1:0`).
+    pub listen: Option<String>,
+    /// `--catalog FILE` content.
+    pub catalog: Option<String>,
+    /// Reuse this state dir (same identity).
+    pub state: Option<PathBuf>,
+}
+
+/// Output of one CLI run.
+#[derive(Debug)]
+pub struct CliOutput {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl CliOutput {
+    /// Parses stdout as one JSON document.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
+    }
+}
+
+/// A running daemon with its own temp dir (state, socket, events).
+pub struct Node {
+    /// Name for messages.
+    pub name: String,
+    /// Its games dir.
+    pub games: PathBuf,
+    /// Its state dir.
+    pub state: PathBuf,
+    /// Its peer id.
+    pub peer_id: String,
+    /// Its QUIC address.
+    pub addr: String,
+    dir: TempDir,
+    socket: PathBuf,
+    events: PathBuf,
+    opts: NodeOptions,
+    child: Option<Child>,
+}
+
+impl Node {
+    /// Starts a daemon on `games` and waits for `local-peer-ready`.
+    pub fn start(name: &str, games: &Path) -> Node {
+        Self::start_with(name, games, NodeOptions::default())
+    }
+
+    /// Like [`Node::start`] with options.
+    pub fn start_with(name: &str, games: &Path, opts: NodeOptions) -> Node {
+        let dir = tempfile::Builder::new().prefix(&format!("ls-{name}-")).tempdir().expect("tempdir");
+        let state = opts.state.clone().unwrap_or_else(|| dir.path().join("state"));
+        let mut node = Node {
+            name: name.to_owned(),
+            games: games.to_path_buf(),
+            state,
+            peer_id: String::new(),
+            addr: String::new(),
+            socket: dir.path().join("ctl.sock"),
+            events: dir.path().join("events.jsonl"),
+            dir,
+            opts,
+            child: None,
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let _ = fs::remove_file(&self.events);
+        let mut cmd = Command::new(bin("lanspreadd"));
+        cmd.arg("--games")
+            .arg(&self.games)
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--events")
+            .arg(&self.events)
+            .arg("--listen")
+            .arg(self.opts.listen.as_deref().unwrap_or("127.0.0.1:0"))
+            .arg("--no-mdns")
+            .env("LANSPREAD_LOG", "info,quinn=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(
+                fs::File::options()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.path().join("daemon.log"))
+                    .map(Stdio::from)
+                    .unwrap_or_else(|_| Stdio::null()),
+            );
+        if let Some(catalog) = &self.opts.catalog {
+            let path = self.dir.path().join("catalog.txt");
+            fs::write(&path, catalog).expect("catalog");
+            cmd.arg("--catalog").arg(path);
+        }
+        self.child = Some(cmd.spawn().expect("spawn lanspreadd"));
+        let ready = self.wait_event("local-peer-ready", |_| true);
+        self.peer_id = ready["peer_id"].as_str().expect("peer_id").to_owned();
+        self.addr = ready["addr"].as_str().expect("addr").to_owned();
+    }
+
+    /// Runs `lanspread --socket <ours> args...`.
+    pub fn cli(&self, args: &[&str]) -> CliOutput {
+        let out = Command::new(bin("lanspread"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run lanspread");
+        CliOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs a command with `--json`, asserts exit 0 and returns the document.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        let out = self.cli(&a);
+        assert_eq!(out.code, 0, "{}: lanspread {args:?} failed: {}{}", self.name, out.stderr, self.log_tail());
+        out.json()
+    }
+
+    /// `connect` to another node, asserting success.
+    pub fn connect(&self, other: &Node) -> Value {
+        self.json(&["connect", &other.addr])
+    }
+
+    /// Every event so far.
+    pub fn events(&self) -> Vec<Value> {
+        let text = fs::read_to_string(&self.events).unwrap_or_default();
+        text.lines()
+            .filter(|l| l.ends_with('}'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad event line {l:?}: {e}", self.name)))
+            .collect()
+    }
+
+    /// Events named `name` so far.
+    pub fn events_named(&self, name: &str) -> Vec<Value> {
+        self.events().into_iter().filter(|e| e["event"] == name).collect()
+    }
+
+    /// Waits for an event named `name` matching `pred`.
+    pub fn wait_event(&self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| e["event"] == name && pred(e)) {
+                return e;
+            }
+            assert!(start.elapsed() < WAIT, "{}: no `{name}` event within {WAIT:?}{}", self.name, self.log_tail());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Peer ids this node lists.
+    pub fn peer_ids(&self) -> Vec<String> {
+        let v = self.json(&["list-peers"]);
+        v.as_array().expect("peers array").iter().map(|p| p["peer_id"].as_str().unwrap_or("").to_owned()).collect()
+    }
+
+    /// Asks the daemon to shut down and waits for a clean exit (code 0).
+    pub fn shutdown(&mut self) {
+        let out = self.cli(&["shutdown"]);
+        assert_eq!(out.code, 0, "{}: shutdown failed: {}", self.name, out.stderr);
+        let code = self.wait_exit();
+        assert_eq!(code, Some(0), "{}: daemon exit status{}", self.name, self.log_tail());
+    }
+
+    /// Kills the daemon with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+        }
+        self.wait_exit();
+    }
+
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGTERM) };
+        }
+        self.wait_exit()
+    }
+
+    fn wait_exit(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let start = Instant::now();
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.code(),
+                Ok(None) if start.elapsed() < WAIT => std::thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("{}: daemon did not exit{}", self.name, self.log_tail());
+                }
+            }
+        }
+    }
+
+    /// Starts the daemon again with the same games and state dir (same peer id), on a
+    /// new port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{}: restart of a running node", self.name);
+        self.opts.state = Some(self.state.clone());
+        self.spawn();
+    }
+
+    /// Waits until `list-games --json` satisfies `pred`, returning it.
+    pub fn wait_games(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        wait_for(&format!("{}: {what}", self.name), || {
+            let v = self.json(&["list-games"]);
+            pred(&v).then_some(v)
+        })
+    }
+
+    /// The last lines of the daemon log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let log = fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        format!("\n--- {} daemon log (tail) ---\n{tail}", self.name)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

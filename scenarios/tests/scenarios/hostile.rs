@@ -1,0 +1,121 @@
+//! Peers speaking garbage or lying about their identity are disconnected and logged; the
+//! daemon carries on (foundation part of S40/S41), using a raw protocol client.
+
+use std::time::Duration;
+
+use lanspread_catalog::{GameId, Version};
+use lanspread_scenarios::Node;
+use lanspread_transfer::{close_code, connect, encode_frame, make_endpoint, GameAd, Hello, Identity, Message, TransportTuning, PROTOCOL_VERSION};
+use quinn::{ConnectionError, VarInt};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// Connects a raw client, sends `bytes` on an announce stream and returns how the daemon
+/// closed the connection.
+async fn send_raw(addr: &str, bytes: Vec<Vec<u8>>) -> ConnectionError {
+    let id = Identity::ephemeral().unwrap();
+    let ep = make_endpoint(&id, "127.0.0.1:0".parse().unwrap(), &TransportTuning::default()).unwrap();
+    let (conn, _) = connect(&ep, addr.parse().unwrap(), Duration::from_secs(5)).await.unwrap();
+    let mut send = conn.open_uni().await.unwrap();
+    for b in bytes {
+        if send.write_all(&b).await.is_err() {
+            break;
+        }
+    }
+    let _ = send.finish();
+    tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.expect("daemon closes the connection")
+}
+
+fn hello(id: &Identity) -> Vec<u8> {
+    encode_frame(&Message::Hello(Hello {
+        peer_id: id.peer_id().clone(),
+        listen: "127.0.0.1:1".parse().unwrap(),
+        protocol: PROTOCOL_VERSION,
+        agent: "raw".into(),
+    }))
+    .unwrap()
+}
+
+fn closed_with(err: &ConnectionError, code: u32) -> bool {
+    matches!(err, ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(code))
+}
+
+#[test]
+fn garbage_frames_disconnect_and_the_daemon_carries_on() {
+    let games = tempfile::tempdir().unwrap();
+    let n = Node::start("target", games.path());
+    let rt = rt();
+    // Not postcard at all.
+    let err = rt.block_on(send_raw(&n.addr, vec![vec![5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]]));
+    assert!(closed_with(&err, close_code::PROTOCOL_ERROR), "{err:?}");
+    // An oversized frame header.
+    let err = rt.block_on(send_raw(&n.addr, vec![u32::MAX.to_le_bytes().to_vec()]));
+    assert!(closed_with(&err, close_code::PROTOCOL_ERROR), "{err:?}");
+    // A library before the hello.
+    let lib = encode_frame(&Message::Library(vec![GameAd {
+        id: GameId::new("ggoo").unwrap(),
+        version: Version::parse("20250101").unwrap(),
+        size: 1,
+    }]))
+    .unwrap();
+    let err = rt.block_on(send_raw(&n.addr, vec![lib]));
+    assert!(closed_with(&err, close_code::PROTOCOL_ERROR), "{err:?}");
+    // The daemon is fine and lists no peer.
+    assert!(n.peer_ids().is_empty());
+    assert!(n.events_named("peer-connected").is_empty());
+    assert!(n.log_tail().contains("refused peer") || n.log_tail().contains("protocol error"), "{}", n.log_tail());
+}
+
+#[test]
+fn a_hello_claiming_another_peer_id_is_refused() {
+    let games = tempfile::tempdir().unwrap();
+    let n = Node::start("target", games.path());
+    let victim = Identity::ephemeral().unwrap();
+    let err = rt().block_on(send_raw(&n.addr, vec![hello(&victim)]));
+    assert!(closed_with(&err, close_code::PROTOCOL_ERROR), "{err:?}");
+    assert!(n.peer_ids().is_empty());
+    assert!(n.log_tail().contains("TLS key proves"), "{}", n.log_tail());
+}
+
+#[test]
+fn another_protocol_version_is_refused() {
+    let games = tempfile::tempdir().unwrap();
+    let n = Node::start("target", games.path());
+    let rt = rt();
+    let err = rt.block_on(async {
+        let id = Identity::ephemeral().unwrap();
+        let ep = make_endpoint(&id, "127.0.0.1:0".parse().unwrap(), &TransportTuning::default()).unwrap();
+        let (conn, _) = connect(&ep, n.addr.parse().unwrap(), Duration::from_secs(5)).await.unwrap();
+        let mut send = conn.open_uni().await.unwrap();
+        let frame = encode_frame(&Message::Hello(Hello {
+            peer_id: id.peer_id().clone(),
+            listen: "127.0.0.1:1".parse().unwrap(),
+            protocol: PROTOCOL_VERSION + 1,
+            agent: "future".into(),
+        }))
+        .unwrap();
+        send.write_all(&frame).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.unwrap()
+    });
+    assert!(closed_with(&err, close_code::VERSION_MISMATCH), "{err:?}");
+    assert!(n.peer_ids().is_empty());
+}
+
+#[test]
+fn raw_udp_garbage_is_ignored() {
+    let games = tempfile::tempdir().unwrap();
+    let n = Node::start("target", games.path());
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..200u32 {
+        let junk: Vec<u8> = (0..1200).map(|j| (i.wrapping_mul(31).wrapping_add(j) % 251) as u8).collect();
+        sock.send_to(&junk, &n.addr).unwrap();
+    }
+    // Still answers and still accepts a real peer.
+    assert_eq!(n.json(&["status"])["peer_id"], n.peer_id.as_str());
+    let other = tempfile::tempdir().unwrap();
+    let m = Node::start("other", other.path());
+    m.connect(&n);
+    assert_eq!(n.peer_ids().len(), 1);
+}

@@ -1,0 +1,6 @@
+//! End-to-end scenarios (see `shared/scenarios.md`), one test binary split by topic.
+//! Run one with `cargo test -p lanspread-scenarios s03`.
+
+mod hostile;
+mod library;
+mod util;

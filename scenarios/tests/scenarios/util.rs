@@ -1,0 +1,35 @@
+//! Helpers shared by the scenario modules.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use lanspread_scenarios::manifest;
+use serde_json::Value;
+
+/// Expected `list-games` remote rows: id → (version, peer_count, size).
+pub type Rows = BTreeMap<String, (String, u64, u64)>;
+
+/// The remote rows of a `list-games --json` document, asserting each id appears once.
+pub fn remote_rows(games: &Value) -> Rows {
+    let mut rows = Rows::new();
+    for r in games["remote"].as_array().expect("remote array") {
+        let id = r["id"].as_str().expect("id").to_owned();
+        let row = (
+            r["eti_game_version"].as_str().expect("version").to_owned(),
+            r["peer_count"].as_u64().expect("peer_count"),
+            r["size"].as_u64().expect("size"),
+        );
+        assert!(rows.insert(id.clone(), row).is_none(), "{id} listed twice: {games}");
+    }
+    rows
+}
+
+/// The size a game root advertises: every payload file (version.ini included).
+pub fn root_size(root: &Path) -> u64 {
+    manifest(root).values().map(|(size, _)| size).sum()
+}
+
+/// The ids of the local rows.
+pub fn local_ids(games: &Value) -> Vec<String> {
+    games["local"].as_array().expect("local array").iter().map(|g| g["id"].as_str().unwrap_or("").to_owned()).collect()
+}
