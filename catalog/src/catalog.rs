@@ -6,7 +6,15 @@ use std::path::Path;
 use crate::{CatalogError, GameId};
 
 /// Ids known without a catalog file.
-pub const BUILTIN_IDS: &[&str] = &["alienswarm", "bf1942", "bfbc2", "cnc4", "cnctw", "cod5", "ggoo"];
+pub const BUILTIN_IDS: &[&str] = &[
+    "alienswarm",
+    "bf1942",
+    "bfbc2",
+    "cnc4",
+    "cnctw",
+    "cod5",
+    "ggoo",
+];
 
 /// One known game.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +107,15 @@ mod tests {
     #[test]
     fn builtin_has_the_contract_ids() {
         let c = Catalog::builtin();
-        for id in ["alienswarm", "bf1942", "bfbc2", "cnc4", "cnctw", "cod5", "ggoo"] {
+        for id in [
+            "alienswarm",
+            "bf1942",
+            "bfbc2",
+            "cnc4",
+            "cnctw",
+            "cod5",
+            "ggoo",
+        ] {
             assert!(c.get(id).is_some(), "{id} missing");
         }
         assert!(c.get("mystery-game").is_none());
@@ -118,7 +134,10 @@ mod tests {
         assert_eq!(entries[0].name, None);
         assert_eq!(entries[2].id.as_str(), "mystery-game");
         assert_eq!(entries[2].name.as_deref(), Some("Mystery Game Deluxe"));
-        assert!(c.get("alienswarm").is_none(), "a file replaces the built-in list");
+        assert!(
+            c.get("alienswarm").is_none(),
+            "a file replaces the built-in list"
+        );
     }
 
     #[test]

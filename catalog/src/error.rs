@@ -4,7 +4,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     /// A game id is empty, too long or holds characters outside `[A-Za-z0-9._-]`.
-    #[error("invalid game id {0:?}: use 1-64 characters of A-Z a-z 0-9 . _ - (not starting with '.')")]
+    #[error(
+        "invalid game id {0:?}: use 1-64 characters of A-Z a-z 0-9 . _ - (not starting with '.')"
+    )]
     InvalidGameId(String),
     /// A version is not exactly eight ASCII digits.
     #[error("invalid version {0:?}: expected 8 digits YYYYMMDD")]

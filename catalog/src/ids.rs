@@ -125,12 +125,23 @@ mod tests {
     #[test]
     fn version_accepts_eight_digits_with_whitespace() {
         assert_eq!(Version::parse("20250101").unwrap().as_str(), "20250101");
-        assert_eq!(Version::parse("  20250301\r\n").unwrap().as_str(), "20250301");
+        assert_eq!(
+            Version::parse("  20250301\r\n").unwrap().as_str(),
+            "20250301"
+        );
     }
 
     #[test]
     fn version_rejects_everything_else() {
-        for bad in ["", "2025010", "202501011", "2025-01-01", "abcdefgh", "2025 0101", "２０２５０１０１"] {
+        for bad in [
+            "",
+            "2025010",
+            "202501011",
+            "2025-01-01",
+            "abcdefgh",
+            "2025 0101",
+            "２０２５０１０１",
+        ] {
             assert!(Version::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

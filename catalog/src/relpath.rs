@@ -99,7 +99,13 @@ mod tests {
 
     #[test]
     fn accepts_plain_relative_paths() {
-        for good in ["a.eti", "dir/sub/file.bin", "localx/file", "x/local/y", "x/.lanspread"] {
+        for good in [
+            "a.eti",
+            "dir/sub/file.bin",
+            "localx/file",
+            "x/local/y",
+            "x/.lanspread",
+        ] {
             assert!(RelPath::new(good).is_ok(), "{good} refused");
         }
     }

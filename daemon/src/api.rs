@@ -191,22 +191,79 @@ pub struct Event {
 #[serde(tag = "event", rename_all = "kebab-case")]
 #[allow(missing_docs)]
 pub enum EventKind {
-    DaemonStarted { version: String, pid: u32 },
-    LocalPeerReady { peer_id: PeerId, addr: String },
-    LocalLibraryChanged { games: Vec<LocalGameState> },
-    PeerConnected { peer_id: PeerId, addr: String },
-    PeerLost { peer_id: PeerId, addr: String },
-    RemoteLibraryChanged { peer_id: PeerId, games: Vec<GameVersion> },
-    NoPeersHaveGame { game_id: GameId },
-    GotGameFiles { game_id: GameId, version: Version, files: Vec<FileSize>, sources: Vec<PeerId> },
-    DownloadBegin { game_id: GameId, version: Version, bytes: u64, files: u64, chunks: u64 },
-    DownloadChunkFinished { game_id: GameId, path: String, offset: u64, len: u64, peer_id: PeerId, addr: String },
-    DownloadFinished { game_id: GameId, version: Version, bytes: u64, chunks: u64, duration_ms: u64, mib_per_s: f64, mbit_per_s: f64 },
-    DownloadFailed { game_id: GameId, reason: String },
-    InstallBegin { game_id: GameId },
-    InstallFinished { game_id: GameId },
-    InstallFailed { game_id: GameId, reason: String },
-    UninstallFinished { game_id: GameId },
+    DaemonStarted {
+        version: String,
+        pid: u32,
+    },
+    LocalPeerReady {
+        peer_id: PeerId,
+        addr: String,
+    },
+    LocalLibraryChanged {
+        games: Vec<LocalGameState>,
+    },
+    PeerConnected {
+        peer_id: PeerId,
+        addr: String,
+    },
+    PeerLost {
+        peer_id: PeerId,
+        addr: String,
+    },
+    RemoteLibraryChanged {
+        peer_id: PeerId,
+        games: Vec<GameVersion>,
+    },
+    NoPeersHaveGame {
+        game_id: GameId,
+    },
+    GotGameFiles {
+        game_id: GameId,
+        version: Version,
+        files: Vec<FileSize>,
+        sources: Vec<PeerId>,
+    },
+    DownloadBegin {
+        game_id: GameId,
+        version: Version,
+        bytes: u64,
+        files: u64,
+        chunks: u64,
+    },
+    DownloadChunkFinished {
+        game_id: GameId,
+        path: String,
+        offset: u64,
+        len: u64,
+        peer_id: PeerId,
+        addr: String,
+    },
+    DownloadFinished {
+        game_id: GameId,
+        version: Version,
+        bytes: u64,
+        chunks: u64,
+        duration_ms: u64,
+        mib_per_s: f64,
+        mbit_per_s: f64,
+    },
+    DownloadFailed {
+        game_id: GameId,
+        reason: String,
+    },
+    InstallBegin {
+        game_id: GameId,
+    },
+    InstallFinished {
+        game_id: GameId,
+    },
+    InstallFailed {
+        game_id: GameId,
+        reason: String,
+    },
+    UninstallFinished {
+        game_id: GameId,
+    },
 }
 
 #[cfg(test)]
@@ -223,15 +280,25 @@ mod tests {
             },
         };
         let json = serde_json::to_value(&e).unwrap();
-        assert_eq!(json, serde_json::json!({"ts_ms": 7, "event": "daemon-started", "version": "0.1.0", "pid": 42}));
+        assert_eq!(
+            json,
+            serde_json::json!({"ts_ms": 7, "event": "daemon-started", "version": "0.1.0", "pid": 42})
+        );
         let back: Event = serde_json::from_value(json).unwrap();
         assert_eq!(back, e);
     }
 
     #[test]
     fn request_json_shape() {
-        let r: Request = serde_json::from_str(r#"{"cmd":"wait-peers","count":2,"timeout_ms":100}"#).unwrap();
-        assert_eq!(r, Request::WaitPeers { count: 2, timeout_ms: 100 });
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"wait-peers","count":2,"timeout_ms":100}"#).unwrap();
+        assert_eq!(
+            r,
+            Request::WaitPeers {
+                count: 2,
+                timeout_ms: 100
+            }
+        );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
         assert_eq!(serde_json::to_string(&Reply::Ok).unwrap(), r#""ok""#);
     }

@@ -15,7 +15,11 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:41741";
 
 /// `lanspreadd` flags.
 #[derive(Debug, Clone, Default, Parser)]
-#[command(name = "lanspreadd", version, about = "lanspread daemon: shares a games directory with LAN peers over QUIC")]
+#[command(
+    name = "lanspreadd",
+    version,
+    about = "lanspread daemon: shares a games directory with LAN peers over QUIC"
+)]
 pub struct DaemonArgs {
     /// Games directory (one folder per game id).
     #[arg(long, value_name = "DIR")]
@@ -105,27 +109,31 @@ impl DaemonArgs {
             ));
         }
         if self.max_upload_mib_s.or(file.max_upload_mib_s).is_some()
-            || self.max_download_mib_s.or(file.max_download_mib_s).is_some()
+            || self
+                .max_download_mib_s
+                .or(file.max_download_mib_s)
+                .is_some()
         {
             return Err(DaemonError::Config(
                 "max_upload_mib_s/max_download_mib_s: bandwidth limits are not supported by this version yet".into(),
             ));
         }
-        let games = self
-            .games
-            .or(file.games)
-            .ok_or_else(|| DaemonError::Config("missing --games DIR (or `games` in the config file)".into()))?;
-        let state = self
-            .state
-            .or(file.state)
-            .ok_or_else(|| DaemonError::Config("missing --state DIR (or `state` in the config file)".into()))?;
+        let games = self.games.or(file.games).ok_or_else(|| {
+            DaemonError::Config("missing --games DIR (or `games` in the config file)".into())
+        })?;
+        let state = self.state.or(file.state).ok_or_else(|| {
+            DaemonError::Config("missing --state DIR (or `state` in the config file)".into())
+        })?;
         let listen = match self.listen.or(file.listen) {
             Some(l) => l,
             None => DEFAULT_LISTEN
                 .parse()
                 .map_err(|e| DaemonError::Config(format!("default listen address: {e}")))?,
         };
-        let socket = self.socket.or(file.socket).unwrap_or_else(crate::paths::socket_path_from_env);
+        let socket = self
+            .socket
+            .or(file.socket)
+            .unwrap_or_else(crate::paths::socket_path_from_env);
         Ok(DaemonConfig {
             games,
             state,
@@ -163,9 +171,16 @@ mod tests {
             "games = \"/g\"\nstate = \"/s\"\nlisten = \"127.0.0.1:9\"\nmdns = false\npeers = [\"10.0.0.1:41741\"]\n",
         )
         .unwrap();
-        let c = args(&["--config", cfg.to_str().unwrap(), "--games", "/other", "--socket", "/x.sock"])
-            .resolve()
-            .unwrap();
+        let c = args(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--games",
+            "/other",
+            "--socket",
+            "/x.sock",
+        ])
+        .resolve()
+        .unwrap();
         assert_eq!(c.games, PathBuf::from("/other"));
         assert_eq!(c.state, PathBuf::from("/s"));
         assert_eq!(c.listen, "127.0.0.1:9".parse().unwrap());
@@ -178,15 +193,21 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let cfg = t.path().join("d.toml");
         std::fs::write(&cfg, "games = \"/g\"\nstate = \"/s\"\ngamez = 1\n").unwrap();
-        let err = args(&["--config", cfg.to_str().unwrap()]).resolve().unwrap_err();
+        let err = args(&["--config", cfg.to_str().unwrap()])
+            .resolve()
+            .unwrap_err();
         assert!(err.to_string().contains("gamez"), "{err}");
-        let err = args(&["--state", "/s", "--socket", "/x"]).resolve().unwrap_err();
+        let err = args(&["--state", "/s", "--socket", "/x"])
+            .resolve()
+            .unwrap_err();
         assert!(err.to_string().contains("--games"), "{err}");
     }
 
     #[test]
     fn unsupported_features_are_refused_not_ignored() {
-        let err = args(&["--games", "/g", "--state", "/s", "--secret-file", "/k"]).resolve().unwrap_err();
+        let err = args(&["--games", "/g", "--state", "/s", "--secret-file", "/k"])
+            .resolve()
+            .unwrap_err();
         assert!(err.to_string().contains("not supported"), "{err}");
     }
 }

@@ -23,7 +23,8 @@ pub async fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             std::fs::create_dir_all(dir).map_err(|e| DaemonError::io(dir, e))?;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).map_err(|e| DaemonError::io(dir, e))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                .map_err(|e| DaemonError::io(dir, e))?;
         }
     }
     if path.exists() {
@@ -34,7 +35,8 @@ pub async fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
         std::fs::remove_file(path).map_err(|e| DaemonError::io(path, e))?;
     }
     let listener = UnixListener::bind(path).map_err(|e| DaemonError::io(path, e))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(|e| DaemonError::io(path, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| DaemonError::io(path, e))?;
     Ok(listener)
 }
 
@@ -81,7 +83,10 @@ async fn client(shared: Arc<Shared>, stream: UnixStream) {
         let request: Request = match serde_json::from_str(&line) {
             Ok(r) => r,
             Err(e) => {
-                if send(&mut write, &error(&format!("bad request: {e}"))).await.is_err() {
+                if send(&mut write, &error(&format!("bad request: {e}")))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
                 continue;
@@ -145,7 +150,9 @@ async fn resolve(addr: &str) -> Result<std::net::SocketAddr, String> {
     let mut addrs = tokio::net::lookup_host(addr)
         .await
         .map_err(|e| format!("invalid peer address {addr:?}: {e} (expected host:port)"))?;
-    addrs.next().ok_or_else(|| format!("{addr} resolves to no address"))
+    addrs
+        .next()
+        .ok_or_else(|| format!("{addr} resolves to no address"))
 }
 
 async fn stream_events(shared: &Shared, write: &mut tokio::net::unix::OwnedWriteHalf) {

@@ -54,7 +54,9 @@ impl Daemon {
         let identity = Identity::load_or_create(&config.state)?;
         let listener = control::bind(&config.socket).await?;
         let endpoint = make_endpoint(&identity, config.listen, &TransportTuning::default())?;
-        let listen = endpoint.local_addr().map_err(|e| DaemonError::io("quic socket", e))?;
+        let listen = endpoint
+            .local_addr()
+            .map_err(|e| DaemonError::io("quic socket", e))?;
         let shared = Shared::new(
             identity.peer_id().clone(),
             listen,
@@ -129,8 +131,11 @@ impl Daemon {
         while !self.shared.lock().links.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.shared.endpoint.close(VarInt::from_u32(close_code::GOODBYE), b"goodbye");
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+        self.shared
+            .endpoint
+            .close(VarInt::from_u32(close_code::GOODBYE), b"goodbye");
+        let _ =
+            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
         for t in self.tasks {
             t.abort();
         }

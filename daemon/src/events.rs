@@ -48,7 +48,10 @@ impl EventBus {
 
     /// Records an event.
     pub fn emit(&self, kind: EventKind) {
-        let event = Event { ts_ms: now_ms(), kind };
+        let event = Event {
+            ts_ms: now_ms(),
+            kind,
+        };
         match serde_json::to_string(&event) {
             Ok(line) => {
                 let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
@@ -75,5 +78,8 @@ impl EventBus {
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

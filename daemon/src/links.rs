@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanspread_peer::{check_not_self, prefer_new_link, Direction, Upsert};
-use lanspread_transfer::{close_code, connect, peer_id_of, read_frame, write_frame, Hello, Message, PeerId, PROTOCOL_VERSION};
+use lanspread_transfer::{
+    close_code, connect, peer_id_of, read_frame, write_frame, Hello, Message, PeerId,
+    PROTOCOL_VERSION,
+};
 use quinn::{Connection, SendStream, VarInt};
 use tokio::sync::oneshot;
 use tracing::{debug, info, warn};
@@ -51,10 +54,17 @@ pub async fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> LinkResult {
         return Err(e.to_string());
     }
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(run_link(shared.clone(), conn, Direction::Outbound, Some(tx)));
+    tokio::spawn(run_link(
+        shared.clone(),
+        conn,
+        Direction::Outbound,
+        Some(tx),
+    ));
     match tokio::time::timeout(HELLO_TIMEOUT + Duration::from_secs(1), rx).await {
         Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(format!("connection to {addr} closed during the hello exchange")),
+        Ok(Err(_)) => Err(format!(
+            "connection to {addr} closed during the hello exchange"
+        )),
         Err(_) => Err(format!("{addr} did not complete the hello exchange")),
     }
 }
@@ -82,7 +92,12 @@ fn is_own_address(listen: SocketAddr, addr: SocketAddr) -> bool {
 }
 
 /// Runs one connection until it ends. `ready` gets the outcome of the hello exchange.
-async fn run_link(shared: Arc<Shared>, conn: Connection, direction: Direction, mut ready: Option<oneshot::Sender<LinkResult>>) {
+async fn run_link(
+    shared: Arc<Shared>,
+    conn: Connection,
+    direction: Direction,
+    mut ready: Option<oneshot::Sender<LinkResult>>,
+) {
     let mut tell = |r: LinkResult| {
         if let Some(tx) = ready.take() {
             let _ = tx.send(r);
@@ -123,10 +138,24 @@ async fn run_link(shared: Arc<Shared>, conn: Connection, direction: Direction, m
     let (mut recv, hello) = match first {
         Ok(Ok((recv, Some(Message::Hello(h))))) => (recv, h),
         Ok(Ok((_, other))) => {
-            return refuse(&conn, &mut tell, writer, close_code::PROTOCOL_ERROR, format!("expected hello, got {other:?}"))
+            return refuse(
+                &conn,
+                &mut tell,
+                writer,
+                close_code::PROTOCOL_ERROR,
+                format!("expected hello, got {other:?}"),
+            )
         }
         Ok(Err(e)) => return refuse(&conn, &mut tell, writer, close_code::PROTOCOL_ERROR, e),
-        Err(_) => return refuse(&conn, &mut tell, writer, close_code::PROTOCOL_ERROR, "no hello in time".into()),
+        Err(_) => {
+            return refuse(
+                &conn,
+                &mut tell,
+                writer,
+                close_code::PROTOCOL_ERROR,
+                "no hello in time".into(),
+            )
+        }
     };
     if let Err(why) = check_hello(&hello, &remote) {
         let code = if hello.protocol != PROTOCOL_VERSION {
@@ -143,7 +172,13 @@ async fn run_link(shared: Arc<Shared>, conn: Connection, direction: Direction, m
         let mut inner = shared.lock();
         if let Some(existing) = inner.links.get(&remote) {
             let alive = existing.conn.close_reason().is_none();
-            if !prefer_new_link(&shared.local_id, &remote, alive, existing.direction, direction) {
+            if !prefer_new_link(
+                &shared.local_id,
+                &remote,
+                alive,
+                existing.direction,
+                direction,
+            ) {
                 let info = inner.peers.get(&remote).map(|e| peer_info(&remote, e));
                 drop(inner);
                 debug!("keeping the existing connection");
@@ -151,9 +186,17 @@ async fn run_link(shared: Arc<Shared>, conn: Connection, direction: Direction, m
                 writer.abort();
                 return tell(info.ok_or_else(|| "duplicate connection".to_string()));
             }
-            existing.conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+            existing
+                .conn
+                .close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
         }
-        inner.links.insert(remote.clone(), Link { conn: conn.clone(), direction });
+        inner.links.insert(
+            remote.clone(),
+            Link {
+                conn: conn.clone(),
+                direction,
+            },
+        );
         let upsert = inner.peers.upsert(&remote, addr);
         shared.peer_count.send_replace(inner.peers.len());
         upsert
@@ -188,9 +231,14 @@ async fn run_link(shared: Arc<Shared>, conn: Connection, direction: Direction, m
                 let (changed, info) = {
                     let mut inner = shared.lock();
                     let changed = inner.peers.set_library(&remote, &ads, &shared.catalog);
-                    (changed, inner.peers.get(&remote).map(|e| peer_info(&remote, e)))
+                    (
+                        changed,
+                        inner.peers.get(&remote).map(|e| peer_info(&remote, e)),
+                    )
                 };
-                let Some(info) = info else { break "peer entry replaced".into() };
+                let Some(info) = info else {
+                    break "peer entry replaced".into();
+                };
                 if changed || first_library {
                     shared.events.emit(EventKind::RemoteLibraryChanged {
                         peer_id: remote.clone(),
@@ -205,13 +253,19 @@ async fn run_link(shared: Arc<Shared>, conn: Connection, direction: Direction, m
             Ok(Some(Message::Goodbye { reason })) => break format!("goodbye: {reason}"),
             Ok(Some(Message::Hello(_))) => {
                 warn!("protocol error: second hello");
-                conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"second hello");
+                conn.close(
+                    VarInt::from_u32(close_code::PROTOCOL_ERROR),
+                    b"second hello",
+                );
                 break "protocol error".into();
             }
             Ok(None) => break "announce stream ended".into(),
             Err(e) => {
                 warn!("protocol error, disconnecting: {e}");
-                conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"protocol error");
+                conn.close(
+                    VarInt::from_u32(close_code::PROTOCOL_ERROR),
+                    b"protocol error",
+                );
                 break format!("protocol error: {e}");
             }
         }
@@ -225,7 +279,10 @@ async fn run_link(shared: Arc<Shared>, conn: Connection, direction: Direction, m
 fn drop_link(shared: &Shared, remote: &PeerId, conn: &Connection, addr: SocketAddr, why: &str) {
     let removed = {
         let mut inner = shared.lock();
-        let ours = inner.links.get(remote).is_some_and(|l| l.conn.stable_id() == conn.stable_id());
+        let ours = inner
+            .links
+            .get(remote)
+            .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
         if ours {
             inner.links.remove(remote);
             inner.peers.remove(remote);
@@ -244,10 +301,16 @@ fn drop_link(shared: &Shared, remote: &PeerId, conn: &Connection, addr: SocketAd
 
 fn check_hello(hello: &Hello, proven: &PeerId) -> Result<(), String> {
     if hello.protocol != PROTOCOL_VERSION {
-        return Err(format!("protocol version {} (we speak {PROTOCOL_VERSION})", hello.protocol));
+        return Err(format!(
+            "protocol version {} (we speak {PROTOCOL_VERSION})",
+            hello.protocol
+        ));
     }
     if &hello.peer_id != proven {
-        return Err(format!("hello claims peer id {} but the TLS key proves {proven}", hello.peer_id));
+        return Err(format!(
+            "hello claims peer id {} but the TLS key proves {proven}",
+            hello.peer_id
+        ));
     }
     Ok(())
 }
@@ -285,7 +348,13 @@ async fn announce(shared: Arc<Shared>, mut send: SendStream) {
                 _ = crate::state::until_shutdown(&mut shutdown) => break,
             }
         }
-        write_frame(&mut send, &Message::Goodbye { reason: "shutdown".into() }).await?;
+        write_frame(
+            &mut send,
+            &Message::Goodbye {
+                reason: "shutdown".into(),
+            },
+        )
+        .await?;
         let _ = send.finish();
         // Wait until the peer has the goodbye, briefly.
         let _ = tokio::time::timeout(Duration::from_millis(500), send.stopped()).await;

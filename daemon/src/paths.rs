@@ -37,18 +37,40 @@ mod tests {
     use std::collections::HashMap;
 
     fn resolve(vars: &[(&str, &str)], uid: u32) -> PathBuf {
-        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         default_socket_path(|k| m.get(k).cloned(), uid)
     }
 
     #[test]
     fn precedence() {
-        let all = [("LANSPREAD_SOCKET", "/x.sock"), ("RUNTIME_DIRECTORY", "/run/sd"), ("XDG_RUNTIME_DIR", "/run/user/1000")];
+        let all = [
+            ("LANSPREAD_SOCKET", "/x.sock"),
+            ("RUNTIME_DIRECTORY", "/run/sd"),
+            ("XDG_RUNTIME_DIR", "/run/user/1000"),
+        ];
         assert_eq!(resolve(&all, 1000), PathBuf::from("/x.sock"));
-        assert_eq!(resolve(&all[1..], 0), PathBuf::from("/run/sd/lanspread.sock"));
-        assert_eq!(resolve(&all[2..], 0), PathBuf::from("/run/lanspread/lanspread.sock"));
-        assert_eq!(resolve(&all[2..], 1000), PathBuf::from("/run/user/1000/lanspread/lanspread.sock"));
-        assert_eq!(resolve(&[], 1000), PathBuf::from("/tmp/lanspread-1000/lanspread.sock"));
-        assert_eq!(resolve(&[("LANSPREAD_SOCKET", "")], 0), PathBuf::from("/run/lanspread/lanspread.sock"));
+        assert_eq!(
+            resolve(&all[1..], 0),
+            PathBuf::from("/run/sd/lanspread.sock")
+        );
+        assert_eq!(
+            resolve(&all[2..], 0),
+            PathBuf::from("/run/lanspread/lanspread.sock")
+        );
+        assert_eq!(
+            resolve(&all[2..], 1000),
+            PathBuf::from("/run/user/1000/lanspread/lanspread.sock")
+        );
+        assert_eq!(
+            resolve(&[], 1000),
+            PathBuf::from("/tmp/lanspread-1000/lanspread.sock")
+        );
+        assert_eq!(
+            resolve(&[("LANSPREAD_SOCKET", "")], 0),
+            PathBuf::from("/run/lanspread/lanspread.sock")
+        );
     }
 }

@@ -11,7 +11,9 @@ use lanspread_transfer::{GameAd, PeerId};
 use quinn::Connection;
 use tokio::sync::watch;
 
-use crate::api::{GameVersion, GamesList, LocalGame, LocalGameState, OperationInfo, PeerInfo, StatusInfo};
+use crate::api::{
+    GameVersion, GamesList, LocalGame, LocalGameState, OperationInfo, PeerInfo, StatusInfo,
+};
 use crate::events::EventBus;
 
 /// The connection currently kept for a peer.
@@ -24,7 +26,10 @@ pub struct Link {
 
 /// Kind of an operation on a game.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[expect(dead_code, reason = "operations are started by downloads and installs, which come next")]
+#[expect(
+    dead_code,
+    reason = "operations are started by downloads and installs, which come next"
+)]
 pub enum OpKind {
     /// Download in progress.
     Download,
@@ -143,7 +148,10 @@ impl Shared {
                 size: root.size(),
             })
             .collect();
-        let remote = aggregate(&inner.peers).into_iter().map(Into::into).collect();
+        let remote = aggregate(&inner.peers)
+            .into_iter()
+            .map(Into::into)
+            .collect();
         GamesList { local, remote }
     }
 
@@ -172,7 +180,10 @@ impl Shared {
     /// advertisement (which the link writers send to every peer).
     pub async fn rescan(self: &Arc<Self>) {
         let this = self.clone();
-        let scanned = tokio::task::spawn_blocking(move || lanspread_catalog::scan_games_dir(&this.games_dir, &this.catalog)).await;
+        let scanned = tokio::task::spawn_blocking(move || {
+            lanspread_catalog::scan_games_dir(&this.games_dir, &this.catalog)
+        })
+        .await;
         let library = match scanned {
             Ok(Ok(lib)) => lib,
             Ok(Err(e)) => return tracing::warn!("rescan failed: {e}"),
@@ -185,9 +196,10 @@ impl Shared {
             changed
         };
         if changed {
-            self.events.emit(crate::api::EventKind::LocalLibraryChanged {
-                games: self.local_states(),
-            });
+            self.events
+                .emit(crate::api::EventKind::LocalLibraryChanged {
+                    games: self.local_states(),
+                });
             self.refresh_advert();
         }
     }

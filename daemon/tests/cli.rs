@@ -20,11 +20,21 @@ fn usage_error_exits_2() {
 fn unreachable_daemon_exits_3_with_a_message() {
     let t = tempfile::tempdir().unwrap();
     let sock = t.path().join("none.sock");
-    let out = cli().arg("--socket").arg(&sock).arg("status").output().unwrap();
+    let out = cli()
+        .arg("--socket")
+        .arg(&sock)
+        .arg("status")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach lanspreadd"), "{err}");
-    let out = cli().arg("--socket").arg(&sock).args(["--json", "list-games"]).output().unwrap();
+    let out = cli()
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--json", "list-games"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["error"].as_str().unwrap().contains("cannot reach"));
@@ -37,8 +47,20 @@ fn pack_writes_a_rar5_archive() {
     std::fs::create_dir_all(src.join("d")).unwrap();
     std::fs::write(src.join("d/a.txt"), b"abc").unwrap();
     let out_file = t.path().join("x.eti");
-    let out = cli().arg("--json").arg("pack").arg(&src).arg("-o").arg(&out_file).output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli()
+        .arg("--json")
+        .arg("pack")
+        .arg(&src)
+        .arg("-o")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["files"], 1);
     assert_eq!(v["bytes"], 3);
@@ -46,7 +68,13 @@ fn pack_writes_a_rar5_archive() {
     assert_eq!(&bytes[..8], b"Rar!\x1a\x07\x01\x00");
     // A missing source directory is a failure (exit 1), and leaves no archive.
     let missing = t.path().join("missing.eti");
-    let out = cli().arg("pack").arg(t.path().join("nope")).arg("-o").arg(&missing).output().unwrap();
+    let out = cli()
+        .arg("pack")
+        .arg(t.path().join("nope"))
+        .arg("-o")
+        .arg(&missing)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(!missing.exists());
 }
@@ -66,5 +94,8 @@ fn daemon_refuses_a_missing_games_dir_clearly() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("nope") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("nope") && err.contains("No such file"),
+        "{err}"
+    );
 }

@@ -119,7 +119,14 @@ impl<W: Write + Seek> Rar5Writer<W> {
             });
         }
         let end = self.out.stream_position().map_err(io_err)?;
-        let fixed = file_header(name, S_IFREG | (mode & 0o7777), mtime, size, hasher.finalize(), false);
+        let fixed = file_header(
+            name,
+            S_IFREG | (mode & 0o7777),
+            mtime,
+            size,
+            hasher.finalize(),
+            false,
+        );
         debug_assert_eq!(fixed.len(), header.len());
         self.out.seek(SeekFrom::Start(start)).map_err(io_err)?;
         self.out.write_all(&fixed).map_err(io_err)?;
@@ -178,9 +185,17 @@ pub fn pack_dir(dir: &Path, out: &Path) -> Result<PackSummary, InstallError> {
             bytes: 0,
         };
         let out_canon = fs::canonicalize(out.parent().unwrap_or(Path::new("."))).ok();
-        pack_walk(dir, "", &mut w, &mut summary, out_canon.map(|p| p.join(file_name(&tmp))))?;
+        pack_walk(
+            dir,
+            "",
+            &mut w,
+            &mut summary,
+            out_canon.map(|p| p.join(file_name(&tmp))),
+        )?;
         let buf = w.finish()?;
-        let file = buf.into_inner().map_err(|e| InstallError::io(&tmp, e.into_error()))?;
+        let file = buf
+            .into_inner()
+            .map_err(|e| InstallError::io(&tmp, e.into_error()))?;
         file.sync_all().map_err(|e| InstallError::io(&tmp, e))?;
         fs::rename(&tmp, out).map_err(|e| InstallError::io(out, e))?;
         Ok(summary)
@@ -208,7 +223,11 @@ fn pack_walk<W: Write + Seek>(
         let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
             return Err(InstallError::UnsafeName(path.display().to_string()));
         };
-        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         let meta = fs::symlink_metadata(&path).map_err(|e| InstallError::io(&path, e))?;
         let mode = meta.permissions().mode();
         let mtime = u32::try_from(meta.mtime().max(0)).unwrap_or(u32::MAX);
@@ -218,7 +237,10 @@ fn pack_walk<W: Write + Seek>(
             pack_walk(&path, &rel, w, summary, skip.clone())?;
         } else if meta.is_file() {
             // Never pack the archive being written into itself.
-            if skip.as_deref().is_some_and(|s| fs::canonicalize(&path).ok().as_deref() == Some(s)) {
+            if skip
+                .as_deref()
+                .is_some_and(|s| fs::canonicalize(&path).ok().as_deref() == Some(s))
+            {
                 continue;
             }
             let f = File::open(&path).map_err(|e| InstallError::io(&path, e))?;
@@ -231,7 +253,10 @@ fn pack_walk<W: Write + Seek>(
 }
 
 fn tmp_name(out: &Path) -> PathBuf {
-    let mut name = out.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".partial");
     out.with_file_name(name)
 }

@@ -54,7 +54,11 @@ pub fn aggregate(table: &PeerTable) -> Vec<RemoteRow> {
 /// The newest version of `id` among the peers and the peers that have it; `None` when no
 /// peer has the game. Stale peers are never sources.
 pub fn latest_sources(table: &PeerTable, id: &GameId) -> Option<Sources> {
-    let version = table.iter().filter_map(|(_, e)| e.games.get(id)).map(|g| g.version).max()?;
+    let version = table
+        .iter()
+        .filter_map(|(_, e)| e.games.get(id))
+        .map(|g| g.version)
+        .max()?;
     let peers = table
         .iter()
         .filter(|(_, e)| e.games.get(id).is_some_and(|g| g.version == version))
@@ -69,10 +73,18 @@ mod tests {
     use crate::table::tests::{ad, pid};
     use lanspread_catalog::Catalog;
 
-    fn table(libs: &[(u8, &[(&str, &str, u64)])]) -> PeerTable {
+    /// (peer number, [(id, version, size)]).
+    type Lib<'a> = (u8, &'a [(&'a str, &'a str, u64)]);
+
+    fn table(libs: &[Lib<'_>]) -> PeerTable {
         let mut t = PeerTable::new();
         for (n, games) in libs {
-            t.upsert(&pid(*n), format!("127.0.0.1:{}", 1000 + u16::from(*n)).parse().unwrap());
+            t.upsert(
+                &pid(*n),
+                format!("127.0.0.1:{}", 1000 + u16::from(*n))
+                    .parse()
+                    .unwrap(),
+            );
             let ads: Vec<_> = games.iter().map(|(i, v, s)| ad(i, v, *s)).collect();
             t.set_library(&pid(*n), &ads, &Catalog::builtin());
         }
@@ -82,14 +94,39 @@ mod tests {
     #[test]
     fn s3_each_game_once_with_peer_counts() {
         let t = table(&[
-            (1, &[("alienswarm", "20250101", 100), ("bf1942", "20250115", 10), ("ggoo", "20250301", 7)]),
-            (2, &[("bfbc2", "20250201", 20), ("cnc4", "20250101", 5), ("cnctw", "20250110", 6), ("ggoo", "20250301", 7)]),
+            (
+                1,
+                &[
+                    ("alienswarm", "20250101", 100),
+                    ("bf1942", "20250115", 10),
+                    ("ggoo", "20250301", 7),
+                ],
+            ),
+            (
+                2,
+                &[
+                    ("bfbc2", "20250201", 20),
+                    ("cnc4", "20250101", 5),
+                    ("cnctw", "20250110", 6),
+                    ("ggoo", "20250301", 7),
+                ],
+            ),
         ]);
         let rows = aggregate(&t);
-        let got: Vec<_> = rows.iter().map(|r| (r.id.as_str(), r.peer_count, r.size)).collect();
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.id.as_str(), r.peer_count, r.size))
+            .collect();
         assert_eq!(
             got,
-            [("alienswarm", 1, 100), ("bf1942", 1, 10), ("bfbc2", 1, 20), ("cnc4", 1, 5), ("cnctw", 1, 6), ("ggoo", 2, 7)]
+            [
+                ("alienswarm", 1, 100),
+                ("bf1942", 1, 10),
+                ("bfbc2", 1, 20),
+                ("cnc4", 1, 5),
+                ("cnctw", 1, 6),
+                ("ggoo", 2, 7)
+            ]
         );
     }
 
@@ -111,13 +148,16 @@ mod tests {
 
     #[test]
     fn s36_singleton_newest_is_the_only_source() {
-        let mut libs: Vec<(u8, &[(&str, &str, u64)])> = vec![(9, &[("cod5", "20260501", 9)])];
+        let mut libs: Vec<Lib<'_>> = vec![(9, &[("cod5", "20260501", 9)])];
         for n in 1..=4 {
             libs.push((n, &[("cod5", "20250101", 1)]));
         }
         let t = table(&libs);
         let rows = aggregate(&t);
-        assert_eq!((rows[0].peer_count, rows[0].eti_game_version.as_str()), (5, "20260501"));
+        assert_eq!(
+            (rows[0].peer_count, rows[0].eti_game_version.as_str()),
+            (5, "20260501")
+        );
         let s = latest_sources(&t, &GameId::new("cod5").unwrap()).unwrap();
         assert_eq!(s.version.as_str(), "20260501");
         assert_eq!(s.peers, [pid(9)]);
@@ -146,7 +186,17 @@ mod tests {
             (5, &[]),
         ]);
         let rows = aggregate(&t);
-        let got: Vec<_> = rows.iter().map(|r| (r.id.as_str(), r.eti_game_version.as_str(), r.peer_count)).collect();
-        assert_eq!(got, [("bf1942", "20250115", 1), ("cnc4", "20250201", 3), ("ggoo", "20250301", 3)]);
+        let got: Vec<_> = rows
+            .iter()
+            .map(|r| (r.id.as_str(), r.eti_game_version.as_str(), r.peer_count))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("bf1942", "20250115", 1),
+                ("cnc4", "20250201", 3),
+                ("ggoo", "20250301", 3)
+            ]
+        );
     }
 }

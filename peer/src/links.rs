@@ -34,7 +34,13 @@ pub fn check_not_self(local: &PeerId, remote: &PeerId) -> Result<(), PeerError> 
 /// A dead existing connection is always replaced. Between two live ones, both sides must
 /// reach the same verdict without talking, so the connection dialled by the peer with
 /// the smaller id is kept.
-pub fn prefer_new_link(local: &PeerId, remote: &PeerId, existing_alive: bool, existing: Direction, new: Direction) -> bool {
+pub fn prefer_new_link(
+    local: &PeerId,
+    remote: &PeerId,
+    existing_alive: bool,
+    existing: Direction,
+    new: Direction,
+) -> bool {
     if !existing_alive {
         return true;
     }
@@ -57,9 +63,15 @@ mod tests {
 
     #[test]
     fn self_is_refused() {
-        assert_eq!(check_not_self(&pid(1), &pid(1)), Err(PeerError::SelfConnect));
+        assert_eq!(
+            check_not_self(&pid(1), &pid(1)),
+            Err(PeerError::SelfConnect)
+        );
         assert_eq!(check_not_self(&pid(1), &pid(2)), Ok(()));
-        assert_eq!(PeerError::SelfConnect.to_string(), "cannot connect peer to itself");
+        assert_eq!(
+            PeerError::SelfConnect.to_string(),
+            "cannot connect peer to itself"
+        );
     }
 
     #[test]
@@ -76,7 +88,19 @@ mod tests {
 
     #[test]
     fn dead_or_same_direction_is_replaced() {
-        assert!(prefer_new_link(&pid(1), &pid(2), false, Direction::Outbound, Direction::Inbound));
-        assert!(prefer_new_link(&pid(1), &pid(2), true, Direction::Inbound, Direction::Inbound));
+        assert!(prefer_new_link(
+            &pid(1),
+            &pid(2),
+            false,
+            Direction::Outbound,
+            Direction::Inbound
+        ));
+        assert!(prefer_new_link(
+            &pid(1),
+            &pid(2),
+            true,
+            Direction::Inbound,
+            Direction::Inbound
+        ));
     }
 }

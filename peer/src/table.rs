@@ -158,11 +158,17 @@ pub(crate) mod tests {
     fn unknown_ids_are_dropped_and_unchanged_libraries_report_false() {
         let mut t = PeerTable::new();
         t.upsert(&pid(1), "127.0.0.1:1".parse().unwrap());
-        let lib = [ad("mystery-game", "20250101", 1), ad("bf1942", "20250101", 2)];
+        let lib = [
+            ad("mystery-game", "20250101", 1),
+            ad("bf1942", "20250101", 2),
+        ];
         assert!(t.set_library(&pid(1), &lib, &Catalog::builtin()));
         assert_eq!(t.get(&pid(1)).unwrap().games.len(), 1);
         assert!(!t.set_library(&pid(1), &lib, &Catalog::builtin()));
-        assert!(!t.set_library(&pid(9), &lib, &Catalog::builtin()), "unknown peer");
+        assert!(
+            !t.set_library(&pid(9), &lib, &Catalog::builtin()),
+            "unknown peer"
+        );
         assert!(t.remove(&pid(1)).is_some());
         assert!(t.is_empty());
     }

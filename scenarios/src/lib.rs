@@ -21,7 +21,10 @@ pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < WAIT, "timed out after {WAIT:?} waiting for {what}");
+        assert!(
+            start.elapsed() < WAIT,
+            "timed out after {WAIT:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(25));
     }
 }

@@ -18,15 +18,23 @@ pub fn manifest(root: &Path) -> Manifest {
 }
 
 fn walk(dir: &Path, prefix: &str, out: &mut Manifest) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if prefix.is_empty() && (name == "local" || name.starts_with(".lanspread")) {
             continue;
         }
-        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         let path = e.path();
-        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
         if meta.is_dir() {
             walk(&path, &rel, out);
         } else if meta.is_file() {
@@ -40,7 +48,9 @@ fn sha256_file(path: &Path) -> String {
     let mut f = fs::File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = f.read(&mut buf).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+        let n = f
+            .read(&mut buf)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         if n == 0 {
             break;
         }
@@ -59,12 +69,22 @@ pub fn assert_same_tree(expected: &Path, actual: &Path) {
     for (p, v) in &e {
         match a.get(p) {
             None => diff.push_str(&format!("  missing  {p}\n")),
-            Some(w) if w != v => diff.push_str(&format!("  differs  {p}: expected {} B {}, got {} B {}\n", v.0, &v.1[..12], w.0, &w.1[..12])),
+            Some(w) if w != v => diff.push_str(&format!(
+                "  differs  {p}: expected {} B {}, got {} B {}\n",
+                v.0,
+                &v.1[..12],
+                w.0,
+                &w.1[..12]
+            )),
             _ => {}
         }
     }
     for p in a.keys().filter(|p| !e.contains_key(*p)) {
         diff.push_str(&format!("  extra    {p}\n"));
     }
-    panic!("{} does not match {}:\n{diff}", actual.display(), expected.display());
+    panic!(
+        "{} does not match {}:\n{diff}",
+        actual.display(),
+        expected.display()
+    );
 }

@@ -72,7 +72,8 @@ pub struct CliOutput {
 impl CliOutput {
     /// Parses stdout as one JSON document.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
     }
 }
 
@@ -103,8 +104,14 @@ impl Node {
 
     /// Like [`Node::start`] with options.
     pub fn start_with(name: &str, games: &Path, opts: NodeOptions) -> Node {
-        let dir = tempfile::Builder::new().prefix(&format!("ls-{name}-")).tempdir().expect("tempdir");
-        let state = opts.state.clone().unwrap_or_else(|| dir.path().join("state"));
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("ls-{name}-"))
+            .tempdir()
+            .expect("tempdir");
+        let state = opts
+            .state
+            .clone()
+            .unwrap_or_else(|| dir.path().join("state"));
         let mut node = Node {
             name: name.to_owned(),
             games: games.to_path_buf(),
@@ -177,7 +184,14 @@ impl Node {
         let mut a = vec!["--json"];
         a.extend_from_slice(args);
         let out = self.cli(&a);
-        assert_eq!(out.code, 0, "{}: lanspread {args:?} failed: {}{}", self.name, out.stderr, self.log_tail());
+        assert_eq!(
+            out.code,
+            0,
+            "{}: lanspread {args:?} failed: {}{}",
+            self.name,
+            out.stderr,
+            self.log_tail()
+        );
         out.json()
     }
 
@@ -191,23 +205,38 @@ impl Node {
         let text = fs::read_to_string(&self.events).unwrap_or_default();
         text.lines()
             .filter(|l| l.ends_with('}'))
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: bad event line {l:?}: {e}", self.name)))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{}: bad event line {l:?}: {e}", self.name))
+            })
             .collect()
     }
 
     /// Events named `name` so far.
     pub fn events_named(&self, name: &str) -> Vec<Value> {
-        self.events().into_iter().filter(|e| e["event"] == name).collect()
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == name)
+            .collect()
     }
 
     /// Waits for an event named `name` matching `pred`.
     pub fn wait_event(&self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let start = Instant::now();
         loop {
-            if let Some(e) = self.events().into_iter().find(|e| e["event"] == name && pred(e)) {
+            if let Some(e) = self
+                .events()
+                .into_iter()
+                .find(|e| e["event"] == name && pred(e))
+            {
                 return e;
             }
-            assert!(start.elapsed() < WAIT, "{}: no `{name}` event within {WAIT:?}{}", self.name, self.log_tail());
+            assert!(
+                start.elapsed() < WAIT,
+                "{}: no `{name}` event within {WAIT:?}{}",
+                self.name,
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -215,15 +244,29 @@ impl Node {
     /// Peer ids this node lists.
     pub fn peer_ids(&self) -> Vec<String> {
         let v = self.json(&["list-peers"]);
-        v.as_array().expect("peers array").iter().map(|p| p["peer_id"].as_str().unwrap_or("").to_owned()).collect()
+        v.as_array()
+            .expect("peers array")
+            .iter()
+            .map(|p| p["peer_id"].as_str().unwrap_or("").to_owned())
+            .collect()
     }
 
     /// Asks the daemon to shut down and waits for a clean exit (code 0).
     pub fn shutdown(&mut self) {
         let out = self.cli(&["shutdown"]);
-        assert_eq!(out.code, 0, "{}: shutdown failed: {}", self.name, out.stderr);
+        assert_eq!(
+            out.code, 0,
+            "{}: shutdown failed: {}",
+            self.name, out.stderr
+        );
         let code = self.wait_exit();
-        assert_eq!(code, Some(0), "{}: daemon exit status{}", self.name, self.log_tail());
+        assert_eq!(
+            code,
+            Some(0),
+            "{}: daemon exit status{}",
+            self.name,
+            self.log_tail()
+        );
     }
 
     /// Kills the daemon with SIGKILL.
@@ -262,7 +305,11 @@ impl Node {
     /// Starts the daemon again with the same games and state dir (same peer id), on a
     /// new port.
     pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "{}: restart of a running node", self.name);
+        assert!(
+            self.child.is_none(),
+            "{}: restart of a running node",
+            self.name
+        );
         self.opts.state = Some(self.state.clone());
         self.spawn();
     }

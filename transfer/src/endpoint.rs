@@ -60,23 +60,38 @@ impl TransportTuning {
 
 /// Binds a QUIC endpoint that both accepts and dials, with our identity on both sides.
 /// Must be called inside a tokio runtime.
-pub fn make_endpoint(id: &Identity, listen: SocketAddr, tuning: &TransportTuning) -> Result<Endpoint, TransferError> {
+pub fn make_endpoint(
+    id: &Identity,
+    listen: SocketAddr,
+    tuning: &TransportTuning,
+) -> Result<Endpoint, TransferError> {
     let transport = Arc::new(tuning.transport());
-    let server_crypto = QuicServerConfig::try_from(server_config(id)?).map_err(|e| TransferError::Tls(e.to_string()))?;
+    let server_crypto = QuicServerConfig::try_from(server_config(id)?)
+        .map_err(|e| TransferError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(transport.clone());
-    let client_crypto = QuicClientConfig::try_from(client_config(id)?).map_err(|e| TransferError::Tls(e.to_string()))?;
+    let client_crypto = QuicClientConfig::try_from(client_config(id)?)
+        .map_err(|e| TransferError::Tls(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(transport);
-    let mut endpoint = Endpoint::server(server, listen).map_err(|source| TransferError::Bind { addr: listen, source })?;
+    let mut endpoint = Endpoint::server(server, listen).map_err(|source| TransferError::Bind {
+        addr: listen,
+        source,
+    })?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
 
 /// Dials `addr` and returns the connection with the peer id proven by its handshake.
-pub async fn connect(endpoint: &Endpoint, addr: SocketAddr, timeout: Duration) -> Result<(Connection, PeerId), TransferError> {
+pub async fn connect(
+    endpoint: &Endpoint,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(Connection, PeerId), TransferError> {
     let err = |why: String| TransferError::Connect { addr, why };
-    let connecting = endpoint.connect(addr, SERVER_NAME).map_err(|e| err(e.to_string()))?;
+    let connecting = endpoint
+        .connect(addr, SERVER_NAME)
+        .map_err(|e| err(e.to_string()))?;
     let conn = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Err(err(e.to_string())),
@@ -119,7 +134,9 @@ mod tests {
         let (conn, server_id) = connect(&ea, b_addr, tuning.connect_timeout).await.unwrap();
         assert_eq!(&server_id, b.peer_id());
         let mut send = conn.open_uni().await.unwrap();
-        write_frame(&mut send, &Message::Goodbye { reason: "x".into() }).await.unwrap();
+        write_frame(&mut send, &Message::Goodbye { reason: "x".into() })
+            .await
+            .unwrap();
         send.finish().unwrap();
         let (client_id, msg) = server.await.unwrap();
         assert_eq!(&client_id, a.peer_id());
@@ -129,10 +146,21 @@ mod tests {
     #[tokio::test]
     async fn dialling_nothing_times_out_cleanly() {
         let a = Identity::ephemeral().unwrap();
-        let ea = make_endpoint(&a, "127.0.0.1:0".parse().unwrap(), &TransportTuning::default()).unwrap();
+        let ea = make_endpoint(
+            &a,
+            "127.0.0.1:0".parse().unwrap(),
+            &TransportTuning::default(),
+        )
+        .unwrap();
         // A bound UDP socket that never answers.
         let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let err = connect(&ea, silent.local_addr().unwrap(), Duration::from_millis(300)).await.unwrap_err();
+        let err = connect(
+            &ea,
+            silent.local_addr().unwrap(),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
         assert!(err.to_string().contains("cannot connect"), "{err}");
     }
 }

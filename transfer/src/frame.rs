@@ -81,7 +81,11 @@ where
     while got < 4 {
         let n = r.read(&mut head[got..]).await?;
         if n == 0 {
-            return if got == 0 { Ok(None) } else { Err(FrameError::Truncated) };
+            return if got == 0 {
+                Ok(None)
+            } else {
+                Err(FrameError::Truncated)
+            };
         }
         got += n;
     }
@@ -91,7 +95,9 @@ where
         std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
         _ => FrameError::Io(e),
     })?;
-    postcard::from_bytes(&body).map(Some).map_err(|e| FrameError::Malformed(e.to_string()))
+    postcard::from_bytes(&body)
+        .map(Some)
+        .map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
 #[cfg(test)]
@@ -113,7 +119,9 @@ mod tests {
                 version: Version::parse("20250301").unwrap(),
                 size: 456,
             }]),
-            Message::Goodbye { reason: "bye".into() },
+            Message::Goodbye {
+                reason: "bye".into(),
+            },
         ]
     }
 
@@ -156,7 +164,10 @@ mod tests {
         let err = read_frame::<_, Message>(&mut b).await.unwrap_err();
         assert!(matches!(err, FrameError::TooLarge(_)), "{err}");
         let big = ((MAX_FRAME_LEN + 1) as u32).to_le_bytes();
-        assert!(matches!(decode_frame::<Message>(&big), Err(FrameError::TooLarge(_))));
+        assert!(matches!(
+            decode_frame::<Message>(&big),
+            Err(FrameError::TooLarge(_))
+        ));
     }
 
     #[tokio::test]
@@ -166,8 +177,14 @@ mod tests {
         a.write_all(&[0xff, 0xff, 0xff]).await.unwrap();
         a.write_all(&[9, 0]).await.unwrap();
         drop(a);
-        assert!(matches!(read_frame::<_, Message>(&mut b).await, Err(FrameError::Malformed(_))));
-        assert!(matches!(read_frame::<_, Message>(&mut b).await, Err(FrameError::Truncated)));
+        assert!(matches!(
+            read_frame::<_, Message>(&mut b).await,
+            Err(FrameError::Malformed(_))
+        ));
+        assert!(matches!(
+            read_frame::<_, Message>(&mut b).await,
+            Err(FrameError::Truncated)
+        ));
     }
 
     #[test]
@@ -180,9 +197,16 @@ mod tests {
             Hello(u8),
             Library(Vec<(String, String, u64)>),
         }
-        let frame = encode_frame(&Raw::Library(vec![("../x".into(), "20250101".into(), 1)])).unwrap();
-        assert!(matches!(decode_frame::<Message>(&frame), Err(FrameError::Malformed(_))));
+        let frame =
+            encode_frame(&Raw::Library(vec![("../x".into(), "20250101".into(), 1)])).unwrap();
+        assert!(matches!(
+            decode_frame::<Message>(&frame),
+            Err(FrameError::Malformed(_))
+        ));
         let frame = encode_frame(&Raw::Library(vec![("ggoo".into(), "2025".into(), 1)])).unwrap();
-        assert!(matches!(decode_frame::<Message>(&frame), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            decode_frame::<Message>(&frame),
+            Err(FrameError::Malformed(_))
+        ));
     }
 }

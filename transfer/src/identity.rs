@@ -35,7 +35,8 @@ impl PeerId {
 
     /// Derives the id of the key in a DER X.509 certificate.
     pub fn from_cert(cert: &CertificateDer<'_>) -> Result<Self, TransferError> {
-        let ee = webpki::EndEntityCert::try_from(cert).map_err(|_| TransferError::NoPeerIdentity)?;
+        let ee =
+            webpki::EndEntityCert::try_from(cert).map_err(|_| TransferError::NoPeerIdentity)?;
         Ok(Self::from_spki(ee.subject_public_key_info().as_ref()))
     }
 
@@ -59,7 +60,8 @@ impl fmt::Display for PeerId {
 impl TryFrom<String> for PeerId {
     type Error = String;
     fn try_from(s: String) -> Result<Self, Self::Error> {
-        let ok = s.len() == PEER_ID_BYTES * 2 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        let ok = s.len() == PEER_ID_BYTES * 2
+            && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
         if ok {
             Ok(Self(s))
         } else {
@@ -83,7 +85,9 @@ pub struct Identity {
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity").field("peer_id", &self.peer_id).finish_non_exhaustive()
+        f.debug_struct("Identity")
+            .field("peer_id", &self.peer_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -102,7 +106,8 @@ impl Identity {
                 let mode = fs::metadata(&path).map_err(key_io)?.permissions().mode();
                 if mode & 0o077 != 0 {
                     tracing::warn!(path = %path.display(), "identity key is readable by others; fixing mode to 0600");
-                    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(key_io)?;
+                    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                        .map_err(key_io)?;
                 }
                 KeyPair::from_pem(&pem).map_err(|e| TransferError::BadKey {
                     path: path.clone(),
@@ -119,7 +124,8 @@ impl Identity {
                     .mode(0o600)
                     .open(&tmp)
                     .map_err(key_io)?;
-                f.write_all(key.serialize_pem().as_bytes()).map_err(key_io)?;
+                f.write_all(key.serialize_pem().as_bytes())
+                    .map_err(key_io)?;
                 f.sync_all().map_err(key_io)?;
                 fs::rename(&tmp, &path).map_err(key_io)?;
                 key
@@ -135,8 +141,11 @@ impl Identity {
     }
 
     fn from_key(key: KeyPair) -> Result<Self, TransferError> {
-        let params = CertificateParams::new(vec![SERVER_NAME.to_owned()]).map_err(|e| TransferError::Tls(e.to_string()))?;
-        let cert = params.self_signed(&key).map_err(|e| TransferError::Tls(e.to_string()))?;
+        let params = CertificateParams::new(vec![SERVER_NAME.to_owned()])
+            .map_err(|e| TransferError::Tls(e.to_string()))?;
+        let cert = params
+            .self_signed(&key)
+            .map_err(|e| TransferError::Tls(e.to_string()))?;
         let cert = cert.der().clone();
         let peer_id = PeerId::from_cert(&cert)?;
         Ok(Self {
@@ -170,7 +179,10 @@ mod tests {
     fn key_persists_with_mode_0600_and_same_id() {
         let t = tempfile::tempdir().unwrap();
         let a = Identity::load_or_create(t.path()).unwrap();
-        let mode = fs::metadata(t.path().join(KEY_FILE)).unwrap().permissions().mode();
+        let mode = fs::metadata(t.path().join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let b = Identity::load_or_create(t.path()).unwrap();
         assert_eq!(a.peer_id(), b.peer_id());
@@ -187,7 +199,10 @@ mod tests {
         let b = Identity::load_or_create(t.path()).unwrap();
         // Certificates differ (fresh serial per start) but the id is the key's.
         assert_ne!(a.cert(), b.cert());
-        assert_eq!(PeerId::from_cert(&a.cert()).unwrap(), PeerId::from_cert(&b.cert()).unwrap());
+        assert_eq!(
+            PeerId::from_cert(&a.cert()).unwrap(),
+            PeerId::from_cert(&b.cert()).unwrap()
+        );
     }
 
     #[test]

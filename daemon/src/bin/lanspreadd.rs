@@ -7,13 +7,17 @@ use tokio::signal::unix::{signal, SignalKind};
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LANSPREAD_LOG").unwrap_or_else(|_| "info,quinn=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("LANSPREAD_LOG")
+                .unwrap_or_else(|_| "info,quinn=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = DaemonArgs::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("lanspreadd: cannot start the runtime: {e}");

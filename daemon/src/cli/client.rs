@@ -36,7 +36,10 @@ impl Client {
     pub async fn send(&mut self, request: &Request) -> Result<(), CliError> {
         let mut line = serde_json::to_vec(request).map_err(|e| CliError::Failed(e.to_string()))?;
         line.push(b'\n');
-        self.write.write_all(&line).await.map_err(|e| CliError::Unreachable(format!("control socket: {e}")))
+        self.write
+            .write_all(&line)
+            .await
+            .map_err(|e| CliError::Unreachable(format!("control socket: {e}")))
     }
 
     /// The next reply; `None` when the daemon closed the connection.
@@ -56,12 +59,17 @@ impl Client {
         match self.next().await? {
             Some(Reply::Error { message }) => Err(CliError::Failed(message)),
             Some(reply) => Ok(reply),
-            None => Err(CliError::Unreachable("the daemon closed the connection".into())),
+            None => Err(CliError::Unreachable(
+                "the daemon closed the connection".into(),
+            )),
         }
     }
 
     /// Waits (boundedly) until the daemon closes this connection.
     pub async fn wait_closed(&mut self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, async { while let Ok(Some(_)) = self.lines.next_line().await {} }).await;
+        let _ = tokio::time::timeout(limit, async {
+            while let Ok(Some(_)) = self.lines.next_line().await {}
+        })
+        .await;
     }
 }

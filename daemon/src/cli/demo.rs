@@ -28,7 +28,10 @@ async fn start(dir: &Path, name: &str, games: &Path) -> Result<Daemon, CliError>
 
 /// Runs the demo.
 pub async fn run() -> Result<(), CliError> {
-    let tmp = tempfile::Builder::new().prefix("lanspread-demo-").tempdir().map_err(failed)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("lanspread-demo-")
+        .tempdir()
+        .map_err(failed)?;
     let dir = tmp.path();
     println!("writing the fixture lab into {} ...", dir.display());
     lanspread_fixtures::lab(dir).map_err(failed)?;
@@ -39,9 +42,16 @@ pub async fn run() -> Result<(), CliError> {
 
     let result = async {
         let mut a = Client::connect(&dir.join("alpha.sock")).await?;
-        let reply = a.request(&Request::Connect { addr: bravo.addr().to_string() }).await?;
+        let reply = a
+            .request(&Request::Connect {
+                addr: bravo.addr().to_string(),
+            })
+            .await?;
         if let Reply::Connected(p) = reply {
-            println!("alpha connected to bravo ({} games offered)\n", p.games.len());
+            println!(
+                "alpha connected to bravo ({} games offered)\n",
+                p.games.len()
+            );
         }
         if let Reply::Games(g) = a.request(&Request::ListGames).await? {
             println!("alpha's view:\n{}\n", output::games(&g));

@@ -16,7 +16,11 @@ pub use client::Client;
 
 /// `lanspread` arguments.
 #[derive(Debug, Parser)]
-#[command(name = "lanspread", version, about = "Control a lanspreadd daemon and share games on the LAN")]
+#[command(
+    name = "lanspread",
+    version,
+    about = "Control a lanspreadd daemon and share games on the LAN"
+)]
 pub struct Cli {
     /// Control socket of the daemon [default: $LANSPREAD_SOCKET, $RUNTIME_DIRECTORY/lanspread.sock, /run/lanspread/lanspread.sock (root), $XDG_RUNTIME_DIR/lanspread/lanspread.sock].
     #[arg(long, global = true, value_name = "PATH")]
@@ -95,7 +99,10 @@ impl CliError {
 
 /// Runs a parsed command line.
 pub async fn run(cli: Cli) -> Result<(), CliError> {
-    let socket = cli.socket.clone().unwrap_or_else(crate::paths::socket_path_from_env);
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(crate::paths::socket_path_from_env);
     let json = cli.json;
     match cli.command {
         Command::Pack { dir, output } => {
@@ -115,7 +122,13 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 bytes: s.bytes,
             };
             print(json, &p, || {
-                format!("packed {} files, {} dirs, {} into {}", p.files, p.dirs, output::bytes(p.bytes), p.archive)
+                format!(
+                    "packed {} files, {} dirs, {} into {}",
+                    p.files,
+                    p.dirs,
+                    output::bytes(p.bytes),
+                    p.archive
+                )
             });
             Ok(())
         }
@@ -126,7 +139,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             loop {
                 match c.next().await? {
                     Some(Reply::Event(e)) => {
-                        let line = serde_json::to_string(&e).map_err(|e| CliError::Failed(e.to_string()))?;
+                        let line = serde_json::to_string(&e)
+                            .map_err(|e| CliError::Failed(e.to_string()))?;
                         println!("{line}");
                     }
                     Some(other) => return Err(unexpected(other)),
@@ -143,7 +157,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 Command::ListPeers => Request::ListPeers,
                 Command::WaitPeers { n, timeout } => Request::WaitPeers {
                     count: *n,
-                    timeout_ms: Duration::try_from_secs_f64(*timeout).map(|d| d.as_millis() as u64).unwrap_or(0),
+                    timeout_ms: Duration::try_from_secs_f64(*timeout)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0),
                 },
                 Command::Shutdown => Request::Shutdown,
                 Command::Pack { .. } | Command::Demo | Command::Events => unreachable_command(),
@@ -186,7 +202,12 @@ fn render(json: bool, reply: Reply) -> Result<(), CliError> {
     match reply {
         Reply::Status(s) => print(json, &s, || output::status(&s)),
         Reply::Connected(p) => print(json, &p, || {
-            format!("connected to {} at {} ({} games)", p.peer_id, p.addr, p.games.len())
+            format!(
+                "connected to {} at {} ({} games)",
+                p.peer_id,
+                p.addr,
+                p.games.len()
+            )
         }),
         Reply::Games(g) => print(json, &g, || output::games(&g)),
         Reply::Peers(p) => print(json, &p, || output::peers(&p)),

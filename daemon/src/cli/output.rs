@@ -27,7 +27,11 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         }
     }
     let line = |cells: Vec<String>| {
-        let padded: Vec<String> = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         padded.join("  ").trim_end().to_owned()
     };
     let mut out = vec![line(headers.iter().map(|h| h.to_string()).collect())];
@@ -40,7 +44,11 @@ pub fn status(s: &StatusInfo) -> String {
     let ops = if s.operations.is_empty() {
         "none".to_owned()
     } else {
-        s.operations.iter().map(|o| format!("{} {}", o.kind, o.game_id)).collect::<Vec<_>>().join(", ")
+        s.operations
+            .iter()
+            .map(|o| format!("{} {}", o.kind, o.game_id))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     format!(
         "peer id:     {}\nlisten:      {}\ngames dir:   {}\npeers:       {}\noperations:  {}\nversion:     {}",
@@ -56,7 +64,9 @@ pub fn games(g: &GamesList) -> String {
         .map(|l| {
             vec![
                 l.id.to_string(),
-                l.version.map(|v| v.to_string()).unwrap_or_else(|| "-".into()),
+                l.version
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 format!("{:?}", l.availability),
                 if l.installed { "yes" } else { "no" }.into(),
                 bytes(l.size),
@@ -66,13 +76,23 @@ pub fn games(g: &GamesList) -> String {
     let remote: Vec<Vec<String>> = g
         .remote
         .iter()
-        .map(|r| vec![r.id.to_string(), r.eti_game_version.to_string(), r.peer_count.to_string(), bytes(r.size)])
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.eti_game_version.to_string(),
+                r.peer_count.to_string(),
+                bytes(r.size),
+            ]
+        })
         .collect();
     let mut out = String::from("LOCAL\n");
     if local.is_empty() {
         out.push_str("(no games)\n");
     } else {
-        out.push_str(&table(&["GAME", "VERSION", "STATE", "INSTALLED", "SIZE"], &local));
+        out.push_str(&table(
+            &["GAME", "VERSION", "STATE", "INSTALLED", "SIZE"],
+            &local,
+        ));
         out.push('\n');
     }
     out.push_str("\nREMOTE\n");
@@ -92,8 +112,18 @@ pub fn peers(p: &[PeerInfo]) -> String {
     let rows: Vec<Vec<String>> = p
         .iter()
         .map(|p| {
-            let games = p.games.iter().map(|g| format!("{}@{}", g.id, g.version)).collect::<Vec<_>>().join(" ");
-            vec![p.peer_id.to_string(), p.addr.clone(), p.games.len().to_string(), games]
+            let games = p
+                .games
+                .iter()
+                .map(|g| format!("{}@{}", g.id, g.version))
+                .collect::<Vec<_>>()
+                .join(" ");
+            vec![
+                p.peer_id.to_string(),
+                p.addr.clone(),
+                p.games.len().to_string(),
+                games,
+            ]
         })
         .collect();
     table(&["PEER ID", "ADDRESS", "GAMES", "LIBRARY"], &rows)

@@ -40,7 +40,9 @@ struct Entry {
 /// Reads an archive with UnRAR, extracting into `dest`, and returns what it listed.
 fn read_back(archive: &Path, dest: &Path) -> BTreeMap<String, Entry> {
     let mut out = BTreeMap::new();
-    let mut open = unrar::Archive::new(archive).open_for_processing().expect("unrar opens the archive");
+    let mut open = unrar::Archive::new(archive)
+        .open_for_processing()
+        .expect("unrar opens the archive");
     while let Some(header) = open.read_header().expect("unrar reads the header") {
         let entry = header.entry();
         let name = entry.filename.to_string_lossy().replace('\\', "/");
@@ -69,7 +71,9 @@ fn unrar_reads_back_bytes_and_modes() {
     fs::create_dir_all(src.join("bin/deep")).unwrap();
     fs::write(src.join("readme.txt"), b"hello rar5\n").unwrap();
     fs::write(src.join("empty.dat"), b"").unwrap();
-    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let big: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     fs::write(src.join("bin/deep/big.bin"), &big).unwrap();
     fs::write(src.join("bin/run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
     fs::set_permissions(src.join("bin/run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
@@ -85,7 +89,17 @@ fn unrar_reads_back_bytes_and_modes() {
     fs::create_dir_all(&dest).unwrap();
     let got = read_back(&archive, &dest);
     let names: Vec<_> = got.keys().cloned().collect();
-    assert_eq!(names, ["bin", "bin/deep", "bin/deep/big.bin", "bin/run.sh", "empty.dat", "readme.txt"]);
+    assert_eq!(
+        names,
+        [
+            "bin",
+            "bin/deep",
+            "bin/deep/big.bin",
+            "bin/run.sh",
+            "empty.dat",
+            "readme.txt"
+        ]
+    );
     assert!(got["bin"].dir);
     assert_eq!(got["bin/deep/big.bin"].data, big);
     assert_eq!(got["readme.txt"].data, b"hello rar5\n");
@@ -107,7 +121,14 @@ fn streamed_entry_has_the_right_crc() {
     let f = File::create(&path).unwrap();
     let mut w = Rar5Writer::new(f).unwrap();
     let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
-    w.add_file("x/data.bin", 0o600, 1_735_689_600, data.len() as u64, &data[..]).unwrap();
+    w.add_file(
+        "x/data.bin",
+        0o600,
+        1_735_689_600,
+        data.len() as u64,
+        &data[..],
+    )
+    .unwrap();
     w.finish().unwrap();
     let got = read_back(&path, t.path());
     assert_eq!(got["x/data.bin"].data, data);
@@ -117,7 +138,10 @@ fn streamed_entry_has_the_right_crc() {
 fn lying_reader_is_refused() {
     let mut w = Rar5Writer::new(Cursor::new(Vec::new())).unwrap();
     let err = w.add_file("a", 0o644, 0, 10, &b"short"[..]).unwrap_err();
-    assert!(matches!(err, InstallError::SizeMismatch { read: 5, .. }), "{err}");
+    assert!(
+        matches!(err, InstallError::SizeMismatch { read: 5, .. }),
+        "{err}"
+    );
     let err = w.add_file("b", 0o644, 0, 2, &b"toolong"[..]).unwrap_err();
     assert!(matches!(err, InstallError::SizeMismatch { .. }), "{err}");
 }
@@ -126,7 +150,10 @@ fn lying_reader_is_refused() {
 fn unsafe_names_need_the_test_option() {
     let mut w = Rar5Writer::new(Cursor::new(Vec::new())).unwrap();
     for bad in ["../x", "/abs", "a/../../x", "", "a//b"] {
-        assert!(w.add_file(bad, 0o644, 0, 0, &b""[..]).is_err(), "{bad:?} accepted");
+        assert!(
+            w.add_file(bad, 0o644, 0, 0, &b""[..]).is_err(),
+            "{bad:?} accepted"
+        );
     }
     let opts = WriterOptions {
         allow_unsafe_names: true,

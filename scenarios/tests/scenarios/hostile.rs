@@ -5,19 +5,32 @@ use std::time::Duration;
 
 use lanspread_catalog::{GameId, Version};
 use lanspread_scenarios::Node;
-use lanspread_transfer::{close_code, connect, encode_frame, make_endpoint, GameAd, Hello, Identity, Message, TransportTuning, PROTOCOL_VERSION};
+use lanspread_transfer::{
+    close_code, connect, encode_frame, make_endpoint, GameAd, Hello, Identity, Message,
+    TransportTuning, PROTOCOL_VERSION,
+};
 use quinn::{ConnectionError, VarInt};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// Connects a raw client, sends `bytes` on an announce stream and returns how the daemon
 /// closed the connection.
 async fn send_raw(addr: &str, bytes: Vec<Vec<u8>>) -> ConnectionError {
     let id = Identity::ephemeral().unwrap();
-    let ep = make_endpoint(&id, "127.0.0.1:0".parse().unwrap(), &TransportTuning::default()).unwrap();
-    let (conn, _) = connect(&ep, addr.parse().unwrap(), Duration::from_secs(5)).await.unwrap();
+    let ep = make_endpoint(
+        &id,
+        "127.0.0.1:0".parse().unwrap(),
+        &TransportTuning::default(),
+    )
+    .unwrap();
+    let (conn, _) = connect(&ep, addr.parse().unwrap(), Duration::from_secs(5))
+        .await
+        .unwrap();
     let mut send = conn.open_uni().await.unwrap();
     for b in bytes {
         if send.write_all(&b).await.is_err() {
@@ -25,7 +38,9 @@ async fn send_raw(addr: &str, bytes: Vec<Vec<u8>>) -> ConnectionError {
         }
     }
     let _ = send.finish();
-    tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.expect("daemon closes the connection")
+    tokio::time::timeout(Duration::from_secs(20), conn.closed())
+        .await
+        .expect("daemon closes the connection")
 }
 
 fn hello(id: &Identity) -> Vec<u8> {
@@ -48,7 +63,10 @@ fn garbage_frames_disconnect_and_the_daemon_carries_on() {
     let n = Node::start("target", games.path());
     let rt = rt();
     // Not postcard at all.
-    let err = rt.block_on(send_raw(&n.addr, vec![vec![5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]]));
+    let err = rt.block_on(send_raw(
+        &n.addr,
+        vec![vec![5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]],
+    ));
     assert!(closed_with(&err, close_code::PROTOCOL_ERROR), "{err:?}");
     // An oversized frame header.
     let err = rt.block_on(send_raw(&n.addr, vec![u32::MAX.to_le_bytes().to_vec()]));
@@ -65,7 +83,11 @@ fn garbage_frames_disconnect_and_the_daemon_carries_on() {
     // The daemon is fine and lists no peer.
     assert!(n.peer_ids().is_empty());
     assert!(n.events_named("peer-connected").is_empty());
-    assert!(n.log_tail().contains("refused peer") || n.log_tail().contains("protocol error"), "{}", n.log_tail());
+    assert!(
+        n.log_tail().contains("refused peer") || n.log_tail().contains("protocol error"),
+        "{}",
+        n.log_tail()
+    );
 }
 
 #[test]
@@ -86,8 +108,15 @@ fn another_protocol_version_is_refused() {
     let rt = rt();
     let err = rt.block_on(async {
         let id = Identity::ephemeral().unwrap();
-        let ep = make_endpoint(&id, "127.0.0.1:0".parse().unwrap(), &TransportTuning::default()).unwrap();
-        let (conn, _) = connect(&ep, n.addr.parse().unwrap(), Duration::from_secs(5)).await.unwrap();
+        let ep = make_endpoint(
+            &id,
+            "127.0.0.1:0".parse().unwrap(),
+            &TransportTuning::default(),
+        )
+        .unwrap();
+        let (conn, _) = connect(&ep, n.addr.parse().unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap();
         let mut send = conn.open_uni().await.unwrap();
         let frame = encode_frame(&Message::Hello(Hello {
             peer_id: id.peer_id().clone(),
@@ -97,7 +126,9 @@ fn another_protocol_version_is_refused() {
         }))
         .unwrap();
         send.write_all(&frame).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.unwrap()
+        tokio::time::timeout(Duration::from_secs(20), conn.closed())
+            .await
+            .unwrap()
     });
     assert!(closed_with(&err, close_code::VERSION_MISMATCH), "{err:?}");
     assert!(n.peer_ids().is_empty());
@@ -109,7 +140,9 @@ fn raw_udp_garbage_is_ignored() {
     let n = Node::start("target", games.path());
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for i in 0..200u32 {
-        let junk: Vec<u8> = (0..1200).map(|j| (i.wrapping_mul(31).wrapping_add(j) % 251) as u8).collect();
+        let junk: Vec<u8> = (0..1200)
+            .map(|j| (i.wrapping_mul(31).wrapping_add(j) % 251) as u8)
+            .collect();
         sock.send_to(&junk, &n.addr).unwrap();
     }
     // Still answers and still accepts a real peer.

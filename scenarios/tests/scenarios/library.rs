@@ -24,7 +24,10 @@ fn lab_rows() -> Rows {
     let b = lab().join(BRAVO);
     let row = |v: &str, n: u64, root: std::path::PathBuf| (v.to_owned(), n, root_size(&root));
     Rows::from([
-        ("alienswarm".into(), row("20250101", 1, a.join("alienswarm"))),
+        (
+            "alienswarm".into(),
+            row("20250101", 1, a.join("alienswarm")),
+        ),
         ("bf1942".into(), row("20250115", 1, a.join("bf1942"))),
         ("bfbc2".into(), row("20250201", 1, b.join("bfbc2"))),
         ("cnc4".into(), row("20250101", 1, b.join("cnc4"))),
@@ -38,7 +41,12 @@ fn s01_startup_scan() {
     let a = alpha();
     a.wait_event("local-peer-ready", |e| e["peer_id"] == a.peer_id.as_str());
     let lib = a.wait_event("local-library-changed", |_| true);
-    let mut listed: Vec<_> = lib["games"].as_array().unwrap().iter().map(|g| g["id"].as_str().unwrap().to_owned()).collect();
+    let mut listed: Vec<_> = lib["games"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["id"].as_str().unwrap().to_owned())
+        .collect();
     listed.sort();
     assert_eq!(listed, ["alienswarm", "bf1942", "ggoo"]);
     let games = a.json(&["list-games"]);
@@ -59,7 +67,10 @@ fn s01_startup_scan() {
 #[test]
 fn s01_not_ready_and_foreign_roots() {
     let games = tempfile::tempdir().unwrap();
-    GameSpec::new("cnc4", "20250101").with_archive(1, &[1000]).write(games.path()).unwrap();
+    GameSpec::new("cnc4", "20250101")
+        .with_archive(1, &[1000])
+        .write(games.path())
+        .unwrap();
     let mut broken = GameSpec::new("bf1942", "2025").with_archive(2, &[10]);
     broken.write(games.path()).unwrap();
     broken.id = "not-in-catalog".into();
@@ -83,20 +94,28 @@ fn s02_direct_connect() {
     let b = bravo();
     let reply = a.connect(&b);
     assert_eq!(reply["peer_id"], b.peer_id.as_str());
-    b.wait_event("remote-library-changed", |e| e["peer_id"] == a.peer_id.as_str());
-    assert_eq!(a.peer_ids(), [b.peer_id.clone()]);
-    assert_eq!(b.peer_ids(), [a.peer_id.clone()]);
+    b.wait_event("remote-library-changed", |e| {
+        e["peer_id"] == a.peer_id.as_str()
+    });
+    assert_eq!(a.peer_ids(), vec![b.peer_id.clone()]);
+    assert_eq!(b.peer_ids(), vec![a.peer_id.clone()]);
     let seen_by_a: Vec<_> = remote_rows(&a.json(&["list-games"])).into_keys().collect();
     assert_eq!(seen_by_a, ["bfbc2", "cnc4", "cnctw", "ggoo"]);
     let seen_by_b: Vec<_> = remote_rows(&b.json(&["list-games"])).into_keys().collect();
     assert_eq!(seen_by_b, ["alienswarm", "bf1942", "ggoo"]);
     // Both sides emitted peer-connected for each other.
     a.wait_event("peer-connected", |e| e["peer_id"] == b.peer_id.as_str());
-    b.wait_event("peer-connected", |e| e["peer_id"] == a.peer_id.as_str() && e["addr"] == a.addr.as_str());
+    b.wait_event("peer-connected", |e| {
+        e["peer_id"] == a.peer_id.as_str() && e["addr"] == a.addr.as_str()
+    });
     // Human output lists the other peer.
     let human = a.cli(&["list-peers"]);
     assert_eq!(human.code, 0);
-    assert!(human.stdout.contains(&b.peer_id) && human.stdout.contains(&b.addr), "{}", human.stdout);
+    assert!(
+        human.stdout.contains(&b.peer_id) && human.stdout.contains(&b.addr),
+        "{}",
+        human.stdout
+    );
 }
 
 #[test]
@@ -112,8 +131,20 @@ fn s03_aggregation() {
     // Human table: one line per game plus headers.
     let human = c.cli(&["list-games"]);
     assert_eq!(human.code, 0);
-    assert_eq!(human.stdout.lines().filter(|l| l.starts_with("ggoo")).count(), 1, "{}", human.stdout);
-    assert!(human.stdout.lines().any(|l| l.starts_with("ggoo") && l.contains("20250301") && l.contains(" 2 ")));
+    assert_eq!(
+        human
+            .stdout
+            .lines()
+            .filter(|l| l.starts_with("ggoo"))
+            .count(),
+        1,
+        "{}",
+        human.stdout
+    );
+    assert!(human
+        .stdout
+        .lines()
+        .any(|l| l.starts_with("ggoo") && l.contains("20250301") && l.contains(" 2 ")));
 }
 
 #[test]
@@ -127,7 +158,10 @@ fn s10_goodbye() {
     let lost = a.wait_event("peer-lost", |e| e["peer_id"] == bravo_id.as_str());
     assert_eq!(lost["addr"], b.addr.as_str());
     assert!(a.peer_ids().is_empty());
-    assert!(remote_rows(&a.json(&["list-games"])).is_empty(), "bravo's games left alpha's list");
+    assert!(
+        remote_rows(&a.json(&["list-games"])).is_empty(),
+        "bravo's games left alpha's list"
+    );
     // SIGTERM is a clean exit too.
     let mut a = a;
     assert_eq!(a.terminate(), Some(0));
@@ -158,7 +192,11 @@ fn s27_self_connect() {
     let a = alpha();
     let out = a.cli(&["connect", &a.addr]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("cannot connect peer to itself"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot connect peer to itself"),
+        "{}",
+        out.stderr
+    );
     assert!(a.peer_ids().is_empty());
     assert_eq!(a.json(&["status"])["peer_id"], a.peer_id.as_str());
 }
@@ -179,7 +217,11 @@ fn s27_self_connect_through_another_address() {
     let port = a.addr.rsplit(':').next().unwrap();
     let out = a.cli(&["connect", &format!("127.0.0.2:{port}")]);
     assert_eq!(out.code, 1, "{out:?}");
-    assert!(out.stderr.contains("cannot connect peer to itself"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("cannot connect peer to itself"),
+        "{}",
+        out.stderr
+    );
     assert!(a.peer_ids().is_empty());
     assert!(a.events_named("peer-connected").is_empty());
     assert_eq!(a.json(&["status"])["peers"], 0);
@@ -190,7 +232,11 @@ fn s30_mesh() {
     let dirs: Vec<tempfile::TempDir> = (0..6).map(|_| tempfile::tempdir().unwrap()).collect();
     let specs: [&[(&str, &str, u64)]; 6] = [
         &[("ggoo", "20250301", 11), ("cnc4", "20250101", 12)],
-        &[("ggoo", "20250301", 11), ("cnc4", "20250201", 13), ("bf1942", "20250115", 14)],
+        &[
+            ("ggoo", "20250301", 11),
+            ("cnc4", "20250201", 13),
+            ("bf1942", "20250115", 14),
+        ],
         &[("ggoo", "20250101", 15), ("cod5", "20250505", 16)],
         &[("cnc4", "20250201", 13), ("cod5", "20250505", 16)],
         &[("bf1942", "20250201", 17)],
@@ -199,10 +245,17 @@ fn s30_mesh() {
     ];
     for (dir, games) in dirs.iter().zip(specs) {
         for (id, version, seed) in games {
-            GameSpec::new(id, version).with_archive(*seed, &[1000 + *seed * 100]).write(dir.path()).unwrap();
+            GameSpec::new(id, version)
+                .with_archive(*seed, &[1000 + *seed * 100])
+                .write(dir.path())
+                .unwrap();
         }
     }
-    let nodes: Vec<Node> = dirs.iter().enumerate().map(|(i, d)| Node::start(&format!("p{}", i + 1), d.path())).collect();
+    let nodes: Vec<Node> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| Node::start(&format!("p{}", i + 1), d.path()))
+        .collect();
     // The first five form a partial mesh among themselves.
     nodes[0].connect(&nodes[1]);
     nodes[1].connect(&nodes[2]);
@@ -228,10 +281,13 @@ fn s30_mesh() {
     assert_eq!(ids, want, "five peers, no self, no duplicates");
     // Each of the five sees the sixth exactly once, next to its mesh neighbours.
     for (i, n) in nodes[..5].iter().enumerate() {
-        let peers = wait_for(&format!("p{} sees its neighbours and the sixth", i + 1), || {
-            let p = n.peer_ids();
-            (p.len() == 3).then_some(p)
-        });
+        let peers = wait_for(
+            &format!("p{} sees its neighbours and the sixth", i + 1),
+            || {
+                let p = n.peer_ids();
+                (p.len() == 3).then_some(p)
+            },
+        );
         assert_eq!(peers.iter().filter(|p| **p == sixth.peer_id).count(), 1);
         assert!(!peers.contains(&n.peer_id));
     }

@@ -19,7 +19,10 @@ pub fn remote_rows(games: &Value) -> Rows {
             r["peer_count"].as_u64().expect("peer_count"),
             r["size"].as_u64().expect("size"),
         );
-        assert!(rows.insert(id.clone(), row).is_none(), "{id} listed twice: {games}");
+        assert!(
+            rows.insert(id.clone(), row).is_none(),
+            "{id} listed twice: {games}"
+        );
     }
     rows
 }
@@ -31,5 +34,10 @@ pub fn root_size(root: &Path) -> u64 {
 
 /// The ids of the local rows.
 pub fn local_ids(games: &Value) -> Vec<String> {
-    games["local"].as_array().expect("local array").iter().map(|g| g["id"].as_str().unwrap_or("").to_owned()).collect()
+    games["local"]
+        .as_array()
+        .expect("local array")
+        .iter()
+        .map(|g| g["id"].as_str().unwrap_or("").to_owned())
+        .collect()
 }
