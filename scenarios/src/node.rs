@@ -164,6 +164,11 @@ impl Node {
         self.addr = ready["addr"].as_str().expect("addr").to_owned();
     }
 
+    /// The control socket path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket.clone()
+    }
+
     /// Runs `lanspread --socket <ours> args...`.
     pub fn cli(&self, args: &[&str]) -> CliOutput {
         let out = Command::new(bin("lanspread"))

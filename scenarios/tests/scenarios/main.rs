@@ -1,6 +1,7 @@
 //! End-to-end scenarios (see `shared/scenarios.md`), one test binary split by topic.
 //! Run one with `cargo test -p lanspread-scenarios s03`.
 
+mod control;
 mod hostile;
 mod library;
 mod util;

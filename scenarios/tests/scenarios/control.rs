@@ -1,0 +1,126 @@
+//! The control socket and CLI commands beyond listing: stale sockets, wait-peers, events.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use lanspread_scenarios::{bin, Node};
+
+#[test]
+fn socket_in_use_is_refused_and_stale_socket_is_replaced() {
+    let games = tempfile::tempdir().unwrap();
+    let a = Node::start("first", games.path());
+    let sock = a.json(&["status"]);
+    assert_eq!(sock["peers"], 0);
+    let dir = tempfile::tempdir().unwrap();
+    // A second daemon on the live socket fails and leaves the first one working.
+    let live = a.socket_path();
+    let out = Command::new(bin("lanspreadd"))
+        .arg("--games")
+        .arg(games.path())
+        .arg("--state")
+        .arg(dir.path().join("s"))
+        .arg("--socket")
+        .arg(&live)
+        .args(["--listen", "127.0.0.1:0", "--no-mdns"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already listening"),
+        "{out:?}"
+    );
+    assert_eq!(a.json(&["status"])["peer_id"], a.peer_id.as_str());
+
+    // A socket file nobody answers on is replaced.
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let mut child = Command::new(bin("lanspreadd"))
+        .arg("--games")
+        .arg(games.path())
+        .arg("--state")
+        .arg(dir.path().join("s2"))
+        .arg("--socket")
+        .arg(&stale)
+        .args(["--listen", "127.0.0.1:0", "--no-mdns", "--events", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.contains("daemon-started"), "{first}");
+    let ready = lines.find(|l| l.as_ref().is_ok_and(|l| l.contains("local-peer-ready")));
+    assert!(ready.is_some());
+    let out = Command::new(bin("lanspread"))
+        .arg("--socket")
+        .arg(&stale)
+        .arg("shutdown")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!stale.exists(), "the socket file is removed on exit");
+}
+
+#[test]
+fn wait_peers_times_out_then_succeeds() {
+    let g1 = tempfile::tempdir().unwrap();
+    let g2 = tempfile::tempdir().unwrap();
+    let a = Node::start("a", g1.path());
+    let b = Node::start("b", g2.path());
+    let out = a.cli(&["wait-peers", "1", "--timeout", "0.2"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("timed out"), "{}", out.stderr);
+    b.connect(&a);
+    let peers = a.json(&["wait-peers", "1", "--timeout", "20"]);
+    assert_eq!(peers[0]["peer_id"], b.peer_id.as_str());
+}
+
+#[test]
+fn events_command_streams_json_lines() {
+    let g1 = tempfile::tempdir().unwrap();
+    let a = Node::start("a", g1.path());
+    let mut child = Command::new(bin("lanspread"))
+        .arg("--socket")
+        .arg(a.socket_path())
+        .arg("events")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Subscribing is asynchronous: keep making events until the stream shows one.
+    let mut peers = Vec::new();
+    let mut dirs = Vec::new();
+    let line = loop {
+        assert!(peers.len() < 10, "the events stream stayed silent");
+        let g = tempfile::tempdir().unwrap();
+        let b = Node::start("b", g.path());
+        b.connect(&a);
+        peers.push(b);
+        dirs.push(g);
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(3)) {
+            break line;
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert!(v["ts_ms"].as_u64().unwrap() > 0);
+    assert!(
+        v["event"] == "peer-connected" || v["event"] == "remote-library-changed",
+        "{v}"
+    );
+    assert!(
+        peers.iter().any(|p| v["peer_id"] == p.peer_id.as_str()),
+        "{v}"
+    );
+}
