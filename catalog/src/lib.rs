@@ -1,18 +1,21 @@
 //! Known game ids, the library scan of a games directory, `version.ini` parsing and
 //! relative file descriptors.
 //!
-//! Everything here is either a pure function (parsing, path checks) or a read-only walk of
-//! the local filesystem. This crate never does network IO and never writes.
+//! Everything here is either a pure function (parsing, path checks), a read-only walk of
+//! the local filesystem, or chunk hashing with its cache. This crate never does network IO;
+//! the only thing it writes is its own hash cache under a root's `.lanspread/`.
 #![warn(missing_docs)]
 
 mod catalog;
 mod error;
+mod hashes;
 mod ids;
 mod relpath;
 mod scan;
 
 pub use catalog::{Catalog, CatalogEntry, BUILTIN_IDS};
 pub use error::CatalogError;
+pub use hashes::{chunk_count, chunk_ranges, hash_chunks, ChunkHash, FileManifest, HashCache, CHUNK_SIZE};
 pub use ids::{GameId, Version};
 pub use relpath::{is_reserved_top_level, RelPath};
 pub use scan::{

@@ -1,15 +1,26 @@
 //! Peers and what they offer: the peer table keyed by peer id, aggregation of remote
 //! libraries into one row per game, latest-version source selection and the rules for
-//! which connection to a peer is kept.
+//! which connection to a peer is kept; serve gates, metadata validation, the chunk
+//! planner and single-flight operations.
 //!
 //! **Architecture invariant:** everything here is sans-IO: no sockets, files or clock.
 //! The daemon feeds events in and reads decisions out.
 #![warn(missing_docs)]
 
 mod aggregate;
+mod error;
+mod gates;
 mod links;
+mod ops;
+mod planner;
 mod table;
+mod validate;
 
 pub use aggregate::{aggregate, latest_sources, RemoteRow, Sources};
-pub use links::{check_not_self, prefer_new_link, Direction, PeerError};
+pub use error::PeerError;
+pub use gates::{gate_chunk, gate_files};
+pub use links::{check_not_self, prefer_new_link, Direction};
+pub use ops::{OpKind, Operations};
+pub use planner::{Assignment, ChunkSpec, FailKind, Planner, PlannerStatus};
+pub use validate::{check_manifest, choose_manifest, Chosen};
 pub use table::{PeerEntry, PeerTable, RemoteGame, Upsert};

@@ -3,13 +3,8 @@
 
 use lanspread_transfer::PeerId;
 
-/// Errors of the peer crate.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PeerError {
-    /// A dial reached this node itself (S27).
-    #[error("cannot connect peer to itself")]
-    SelfConnect,
-}
+use crate::PeerError;
+
 
 /// Who opened a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,7 +6,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Largest accepted frame body in bytes.
-pub const MAX_FRAME_LEN: usize = 4 << 20;
+pub const MAX_FRAME_LEN: usize = 16 << 20;
 
 /// Frame errors; every one of them ends the stream it happened on.
 #[derive(Debug, thiserror::Error)]

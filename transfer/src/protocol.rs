@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use lanspread_catalog::{GameId, Version};
+use lanspread_catalog::{FileManifest, GameId, RelPath, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::PeerId;
@@ -64,6 +64,48 @@ pub enum Message {
     /// The sender is leaving.
     Goodbye {
         /// Why, for logs.
+        reason: String,
+    },
+}
+
+/// A request on a bidirectional stream opened by a downloader. One request per stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// The manifest (files with chunk hashes) of a game at a version.
+    Files {
+        /// The game.
+        game: GameId,
+        /// The version the downloader selected.
+        version: Version,
+    },
+    /// A byte range of one file; answered by [`PeerResponse::Chunk`] and the raw bytes.
+    Chunk {
+        /// The game.
+        game: GameId,
+        /// The version the downloader selected.
+        version: Version,
+        /// The file.
+        path: RelPath,
+        /// First byte.
+        offset: u64,
+        /// Number of bytes.
+        len: u64,
+    },
+}
+
+/// The answer frame on a request stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// The manifest.
+    Files(Vec<FileManifest>),
+    /// `len` raw bytes follow on the stream.
+    Chunk {
+        /// Bytes that follow.
+        len: u64,
+    },
+    /// The serve gate refused the request.
+    Refused {
+        /// Why.
         reason: String,
     },
 }

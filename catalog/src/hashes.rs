@@ -1,0 +1,267 @@
+//! SHA-256 per 32 MiB chunk of every file of a root, and a cache of them keyed by file
+//! identity (size, mtime, inode) so that serving a file twice never hashes it twice.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{CatalogError, FileDescriptor, GameRoot, RelPath};
+
+/// Size of a transfer chunk: 32 MiB. A file is split into chunks of this size; the last
+/// one may be shorter; an empty file has none.
+pub const CHUNK_SIZE: u64 = 32 << 20;
+
+/// SHA-256 of one chunk.
+pub type ChunkHash = [u8; 32];
+
+/// A file with its chunk hashes: what a source tells a downloader.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct FileManifest {
+    /// Path relative to the root.
+    pub path: RelPath,
+    /// Size in bytes.
+    pub size: u64,
+    /// Unix permission bits.
+    pub mode: u32,
+    /// SHA-256 of each chunk, in order.
+    pub chunks: Vec<ChunkHash>,
+}
+
+/// Number of chunks of a file of `size` bytes.
+pub fn chunk_count(size: u64) -> u64 {
+    size.div_ceil(CHUNK_SIZE)
+}
+
+/// `(offset, len)` of every chunk of a file of `size` bytes.
+pub fn chunk_ranges(size: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..chunk_count(size)).map(move |i| {
+        let off = i * CHUNK_SIZE;
+        (off, CHUNK_SIZE.min(size - off))
+    })
+}
+
+/// Hashes every chunk of a file.
+pub fn hash_chunks(path: &Path) -> Result<Vec<ChunkHash>, CatalogError> {
+    let mut f = File::open(path).map_err(|e| CatalogError::io(path, e))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut out = Vec::new();
+    let mut h = Sha256::new();
+    let mut in_chunk = 0u64;
+    loop {
+        let want = (CHUNK_SIZE - in_chunk).min(buf.len() as u64) as usize;
+        let n = match f.read(&mut buf[..want]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(CatalogError::io(path, e)),
+        };
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        in_chunk += n as u64;
+        if in_chunk == CHUNK_SIZE {
+            out.push(h.finalize_reset().into());
+            in_chunk = 0;
+        }
+    }
+    if in_chunk > 0 {
+        out.push(h.finalize().into());
+    }
+    Ok(out)
+}
+
+/// Identity of a file's content as far as the cache is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+struct FileKey {
+    size: u64,
+    mtime_ns: i128,
+    ino: u64,
+    dev: u64,
+}
+
+impl FileKey {
+    fn of(meta: &fs::Metadata) -> Self {
+        Self {
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ino: meta.ino(),
+            dev: meta.dev(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct CacheFile {
+    entries: BTreeMap<String, (FileKey, Vec<String>)>,
+}
+
+/// Chunk hashes of served files, in memory and persisted per root in
+/// `<root>/.lanspread/chunks.json`. A persisted cache that cannot be written (read-only
+/// games dir) only costs a re-hash after a restart.
+#[derive(Debug, Default)]
+pub struct HashCache {
+    mem: Mutex<BTreeMap<(PathBuf, FileKey), Vec<ChunkHash>>>,
+}
+
+/// Folder of daemon metadata inside a root.
+const META_DIR: &str = ".lanspread";
+const CACHE_FILE: &str = "chunks.json";
+
+impl HashCache {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The manifest of a root: every file with its chunk hashes, hashing only files whose
+    /// identity is not cached yet. Blocking; call from a blocking thread.
+    pub fn manifest(&self, root: &GameRoot) -> Result<Vec<FileManifest>, CatalogError> {
+        let mut persisted = load_cache(&root.dir);
+        let mut dirty = false;
+        let mut out = Vec::with_capacity(root.files.len());
+        for FileDescriptor { path, size, mode } in &root.files {
+            let full = path.to_path(&root.dir);
+            let meta = fs::metadata(&full).map_err(|e| CatalogError::io(&full, e))?;
+            let key = FileKey::of(&meta);
+            let mem_key = (full.clone(), key);
+            let cached = self.mem.lock().unwrap_or_else(|p| p.into_inner()).get(&mem_key).cloned();
+            let chunks = match cached.or_else(|| from_persisted(&persisted, path, key)) {
+                Some(c) => c,
+                None => {
+                    let c = hash_chunks(&full)?;
+                    persisted
+                        .entries
+                        .insert(path.as_str().to_owned(), (key, c.iter().map(hex_of).collect()));
+                    dirty = true;
+                    c
+                }
+            };
+            self.mem.lock().unwrap_or_else(|p| p.into_inner()).insert(mem_key, chunks.clone());
+            if chunks.len() as u64 != chunk_count(meta.size()) || meta.size() != *size {
+                // The file changed between the scan and now; the caller rescans.
+                return Err(CatalogError::io(&full, std::io::Error::other("file changed while hashing")));
+            }
+            out.push(FileManifest {
+                path: path.clone(),
+                size: *size,
+                mode: *mode,
+                chunks,
+            });
+        }
+        if dirty {
+            persisted.entries.retain(|p, _| root.files.iter().any(|f| f.path.as_str() == p));
+            store_cache(&root.dir, &persisted);
+        }
+        Ok(out)
+    }
+}
+
+fn hex_of(h: &ChunkHash) -> String {
+    h.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_hex(s: &str) -> Option<ChunkHash> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn from_persisted(c: &CacheFile, path: &RelPath, key: FileKey) -> Option<Vec<ChunkHash>> {
+    let (k, hashes) = c.entries.get(path.as_str())?;
+    if *k != key {
+        return None;
+    }
+    hashes.iter().map(|h| parse_hex(h)).collect()
+}
+
+fn load_cache(root: &Path) -> CacheFile {
+    fs::read(root.join(META_DIR).join(CACHE_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn store_cache(root: &Path, c: &CacheFile) {
+    let dir = root.join(META_DIR);
+    let res = (|| {
+        fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!("{CACHE_FILE}.{}.tmp", std::process::id()));
+        fs::write(&tmp, serde_json::to_vec(c).map_err(std::io::Error::other)?)?;
+        fs::rename(&tmp, dir.join(CACHE_FILE))
+    })();
+    if let Err(e) = res {
+        tracing::debug!(root = %root.display(), "hash cache not persisted: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{scan_root, GameId};
+
+    #[test]
+    fn ranges_cover_the_file() {
+        assert_eq!(chunk_ranges(0).count(), 0);
+        assert_eq!(chunk_ranges(1).collect::<Vec<_>>(), [(0, 1)]);
+        let r: Vec<_> = chunk_ranges(CHUNK_SIZE * 2 + 5).collect();
+        assert_eq!(r, [(0, CHUNK_SIZE), (CHUNK_SIZE, CHUNK_SIZE), (2 * CHUNK_SIZE, 5)]);
+        assert_eq!(chunk_count(CHUNK_SIZE), 1);
+    }
+
+    #[test]
+    fn hashes_per_chunk_and_caches_by_identity() {
+        let t = tempfile::tempdir().unwrap();
+        let root_dir = t.path().join("cnc4");
+        fs::create_dir_all(&root_dir).unwrap();
+        fs::write(root_dir.join("version.ini"), "20250101").unwrap();
+        let data: Vec<u8> = (0..(CHUNK_SIZE + 10)).map(|i| (i % 253) as u8).collect();
+        fs::write(root_dir.join("big.bin"), &data).unwrap();
+        fs::write(root_dir.join("empty"), b"").unwrap();
+        let root = scan_root(&root_dir, GameId::new("cnc4").unwrap());
+        let cache = HashCache::new();
+        let m = cache.manifest(&root).unwrap();
+        let big = m.iter().find(|f| f.path.as_str() == "big.bin").unwrap();
+        assert_eq!(big.chunks.len(), 2);
+        let first: ChunkHash = Sha256::digest(&data[..CHUNK_SIZE as usize]).into();
+        let second: ChunkHash = Sha256::digest(&data[CHUNK_SIZE as usize..]).into();
+        assert_eq!(big.chunks, [first, second]);
+        assert!(m.iter().find(|f| f.path.as_str() == "empty").unwrap().chunks.is_empty());
+        // Persisted: a fresh cache reads the hashes back without hashing.
+        assert!(root_dir.join(".lanspread/chunks.json").is_file());
+        let fresh = HashCache::new();
+        let persisted = load_cache(&root_dir);
+        let key = FileKey::of(&fs::metadata(root_dir.join("big.bin")).unwrap());
+        assert_eq!(from_persisted(&persisted, &big.path, key).unwrap(), big.chunks);
+        assert_eq!(fresh.manifest(&root).unwrap(), m);
+        // The metadata dir is never part of the root.
+        let rescanned = scan_root(&root_dir, GameId::new("cnc4").unwrap());
+        assert_eq!(rescanned.files, root.files);
+    }
+
+    #[test]
+    fn a_changed_file_is_rehashed() {
+        let t = tempfile::tempdir().unwrap();
+        let root_dir = t.path().join("cnc4");
+        fs::create_dir_all(&root_dir).unwrap();
+        fs::write(root_dir.join("a.bin"), b"one").unwrap();
+        let cache = HashCache::new();
+        let m1 = cache.manifest(&scan_root(&root_dir, GameId::new("cnc4").unwrap())).unwrap();
+        // New content, new inode (rename over): the identity changes.
+        fs::write(root_dir.join("a.tmp"), b"two").unwrap();
+        fs::rename(root_dir.join("a.tmp"), root_dir.join("a.bin")).unwrap();
+        let m2 = cache.manifest(&scan_root(&root_dir, GameId::new("cnc4").unwrap())).unwrap();
+        assert_ne!(m1[0].chunks, m2[0].chunks);
+        assert_eq!(m2[0].chunks[0], <ChunkHash>::from(Sha256::digest(b"two")));
+    }
+}

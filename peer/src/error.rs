@@ -1,0 +1,33 @@
+use lanspread_catalog::GameId;
+
+/// Errors of the peer crate: every refusal and failure a decision function reports.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PeerError {
+    /// A dial reached this node itself (S27).
+    #[error("cannot connect peer to itself")]
+    SelfConnect,
+    /// Another operation runs on the game (S26).
+    #[error("operation already in progress for game {0}")]
+    Busy(GameId),
+    /// No eligible source answered with a usable manifest.
+    #[error("no source sent usable metadata for game {0}")]
+    NoMetadata(GameId),
+    /// The newest sources disagree and no manifest has a strict majority (S8, S17).
+    #[error("conflicting metadata for game {game}: {groups} different file sets, top vote {top} of {voters}")]
+    MetadataConflict {
+        /// The game.
+        game: GameId,
+        /// Distinct manifests.
+        groups: usize,
+        /// Votes of the largest group.
+        top: usize,
+        /// Voting sources.
+        voters: usize,
+    },
+    /// A manifest is internally inconsistent.
+    #[error("invalid manifest: {0}")]
+    InvalidManifest(String),
+    /// A serve request was refused by a gate (S12).
+    #[error("{0}")]
+    Refused(String),
+}

@@ -1,0 +1,112 @@
+//! Serve gates (S12): what a source agrees to send. Pure functions over the scanned root.
+
+use lanspread_catalog::{Catalog, FileDescriptor, GameId, GameRoot, RelPath, Version, CHUNK_SIZE};
+
+use crate::PeerError;
+
+/// Checks a manifest or chunk request for a game: it must be in the catalog, present with
+/// a valid sentinel at exactly the requested version, and not under an operation.
+pub fn gate_files<'a>(
+    catalog: &Catalog,
+    id: &GameId,
+    root: Option<&'a GameRoot>,
+    operation_active: bool,
+    version: Version,
+) -> Result<&'a GameRoot, PeerError> {
+    let refuse = |why: String| Err(PeerError::Refused(why));
+    if !catalog.contains(id) {
+        return refuse(format!("game {id} is not in the catalog"));
+    }
+    let Some(root) = root else {
+        return refuse(format!("game {id} is not here"));
+    };
+    let Some(have) = root.version else {
+        return refuse(format!("game {id} is not ready (no valid version.ini)"));
+    };
+    if operation_active {
+        return refuse(format!("game {id} is busy (an operation is in progress)"));
+    }
+    if have != version {
+        return refuse(format!("game {id} is at version {have}, not {version}"));
+    }
+    Ok(root)
+}
+
+/// Checks a chunk request against a gated root: the path must be one of the scanned files
+/// (never `local/`, `.lanspread*` or outside the root — `RelPath` cannot even express
+/// those) and the range must lie inside the file and within one chunk.
+pub fn gate_chunk<'a>(root: &'a GameRoot, path: &RelPath, offset: u64, len: u64) -> Result<&'a FileDescriptor, PeerError> {
+    let Some(file) = root.files.iter().find(|f| &f.path == path) else {
+        return Err(PeerError::Refused(format!("no file {path} in game {}", root.id)));
+    };
+    if len == 0 || len > CHUNK_SIZE {
+        return Err(PeerError::Refused(format!("chunk length {len} outside 1..={CHUNK_SIZE}")));
+    }
+    match offset.checked_add(len) {
+        Some(end) if end <= file.size => Ok(file),
+        _ => Err(PeerError::Refused(format!("range {offset}+{len} past the end of {path} ({} bytes)", file.size))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn root(version: Option<&str>) -> GameRoot {
+        GameRoot {
+            id: GameId::new("ggoo").unwrap(),
+            dir: PathBuf::from("/g/ggoo"),
+            version: version.map(|v| Version::parse(v).unwrap()),
+            files: vec![
+                FileDescriptor {
+                    path: RelPath::new("ggoo.eti").unwrap(),
+                    size: 100,
+                    mode: 0o644,
+                },
+                FileDescriptor {
+                    path: RelPath::new("version.ini").unwrap(),
+                    size: 9,
+                    mode: 0o644,
+                },
+            ],
+            installed: false,
+        }
+    }
+
+    fn v(s: &str) -> Version {
+        Version::parse(s).unwrap()
+    }
+
+    #[test]
+    fn files_gate() {
+        let c = Catalog::builtin();
+        let id = GameId::new("ggoo").unwrap();
+        let r = root(Some("20250301"));
+        assert!(gate_files(&c, &id, Some(&r), false, v("20250301")).is_ok());
+        let unknown = GameId::new("mystery-game").unwrap();
+        let err = gate_files(&c, &unknown, Some(&r), false, v("20250301")).unwrap_err();
+        assert!(err.to_string().contains("not in the catalog"));
+        assert!(gate_files(&c, &id, None, false, v("20250301")).unwrap_err().to_string().contains("not here"));
+        let nr = root(None);
+        assert!(gate_files(&c, &id, Some(&nr), false, v("20250301")).unwrap_err().to_string().contains("not ready"));
+        assert!(gate_files(&c, &id, Some(&r), true, v("20250301")).unwrap_err().to_string().contains("busy"));
+        assert!(gate_files(&c, &id, Some(&r), false, v("20250101")).unwrap_err().to_string().contains("version"));
+    }
+
+    #[test]
+    fn chunk_gate() {
+        let r = root(Some("20250301"));
+        let p = RelPath::new("ggoo.eti").unwrap();
+        assert!(gate_chunk(&r, &p, 0, 100).is_ok());
+        assert!(gate_chunk(&r, &p, 99, 1).is_ok());
+        assert!(gate_chunk(&r, &p, 99, 2).is_err());
+        assert!(gate_chunk(&r, &p, u64::MAX, 2).is_err(), "overflow");
+        assert!(gate_chunk(&r, &p, 0, 0).is_err());
+        assert!(gate_chunk(&r, &RelPath::new("other.bin").unwrap(), 0, 1).is_err());
+        // Paths under local/ or .lanspread*, or escaping the root, are not even RelPaths.
+        for bad in ["local/game.exe", ".lanspread/chunks.json", "../ggoo.eti", "/etc/passwd"] {
+            assert!(RelPath::new(bad).is_err(), "{bad}");
+        }
+    }
+}

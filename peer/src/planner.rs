@@ -1,0 +1,234 @@
+//! The chunk planner: a sans-IO state machine that spreads 32 MiB chunks over the sources,
+//! keeps per-source totals within one chunk of each other (S14), bounds chunks in flight
+//! per source, retries a failed chunk elsewhere (S18) and drops a source that sent bad
+//! bytes (S38). The caller drives it: `poll_assign` → transfer → `on_done`/`on_failed`.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use lanspread_catalog::{chunk_ranges, ChunkHash, FileManifest, CHUNK_SIZE};
+use lanspread_transfer::PeerId;
+
+/// One chunk: a byte range of one file with its expected hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkSpec {
+    /// Index into the manifest's files.
+    pub file: usize,
+    /// First byte.
+    pub offset: u64,
+    /// Length (1..=CHUNK_SIZE).
+    pub len: u64,
+    /// Expected SHA-256.
+    pub hash: ChunkHash,
+}
+
+/// A chunk to fetch from a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// Index into [`Planner::chunks`].
+    pub chunk: usize,
+    /// The source.
+    pub peer: PeerId,
+}
+
+/// Why a chunk transfer failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailKind {
+    /// The source vanished or refused: it is dropped for this download.
+    SourceGone,
+    /// The bytes did not match the hash: the source is dropped for this download.
+    BadData,
+    /// A local problem (the chunk is retried; the source is kept).
+    Transient,
+}
+
+/// Where the download stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlannerStatus {
+    /// Chunks remain.
+    Running,
+    /// Every chunk is verified.
+    Finished,
+    /// Chunks remain but no source can send them.
+    Failed(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Pending,
+    InFlight,
+    Done,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Source {
+    in_flight: usize,
+    /// Bytes done or in flight from this source.
+    assigned: u64,
+    dropped: bool,
+}
+
+/// Most times one chunk is retried after transient failures.
+const MAX_TRANSIENT_RETRIES: u32 = 5;
+
+/// The planner.
+#[derive(Debug, Clone)]
+pub struct Planner {
+    chunks: Vec<ChunkSpec>,
+    state: Vec<State>,
+    owner: Vec<Option<PeerId>>,
+    retries: Vec<u32>,
+    pending: VecDeque<usize>,
+    sources: BTreeMap<PeerId, Source>,
+    max_in_flight: usize,
+    done: usize,
+    failed: Option<String>,
+}
+
+impl Planner {
+    /// Plans every chunk of every file (empty files have none) over `sources`, with at
+    /// most `max_in_flight` chunks per source at once.
+    pub fn new(files: &[FileManifest], sources: &[PeerId], max_in_flight: usize) -> Self {
+        let chunks: Vec<ChunkSpec> = files
+            .iter()
+            .enumerate()
+            .flat_map(|(i, f)| {
+                chunk_ranges(f.size).zip(f.chunks.iter()).map(move |((offset, len), hash)| ChunkSpec {
+                    file: i,
+                    offset,
+                    len,
+                    hash: *hash,
+                })
+            })
+            .collect();
+        let n = chunks.len();
+        Self {
+            chunks,
+            state: vec![State::Pending; n],
+            owner: vec![None; n],
+            retries: vec![0; n],
+            pending: (0..n).collect(),
+            sources: sources.iter().map(|p| (p.clone(), Source::default())).collect(),
+            max_in_flight: max_in_flight.max(1),
+            done: 0,
+            failed: None,
+        }
+    }
+
+    /// All chunks.
+    pub fn chunks(&self) -> &[ChunkSpec] {
+        &self.chunks
+    }
+
+    /// The next chunk to start, if a source has room and balance allows it. Call until
+    /// `None` after every event.
+    pub fn poll_assign(&mut self) -> Option<Assignment> {
+        if self.failed.is_some() {
+            return None;
+        }
+        let &chunk = self.pending.front()?;
+        let live = self.sources.iter().filter(|(_, s)| !s.dropped);
+        let floor = live.clone().map(|(_, s)| s.assigned).min()?;
+        let (peer, _) = live
+            .filter(|(_, s)| s.in_flight < self.max_in_flight && s.assigned < floor + CHUNK_SIZE)
+            .min_by_key(|(p, s)| (s.assigned, s.in_flight, (*p).clone()))?;
+        let peer = peer.clone();
+        self.pending.pop_front();
+        let len = self.chunks[chunk].len;
+        let s = self.sources.get_mut(&peer)?;
+        s.in_flight += 1;
+        s.assigned += len;
+        self.state[chunk] = State::InFlight;
+        self.owner[chunk] = Some(peer.clone());
+        Some(Assignment { chunk, peer })
+    }
+
+    /// A chunk arrived and matched its hash.
+    pub fn on_done(&mut self, chunk: usize, peer: &PeerId) {
+        if !self.is_in_flight_from(chunk, peer) {
+            return;
+        }
+        if let Some(s) = self.sources.get_mut(peer) {
+            s.in_flight -= 1;
+        }
+        self.state[chunk] = State::Done;
+        self.done += 1;
+    }
+
+    /// A chunk failed; it goes back to the queue, and the source is dropped unless the
+    /// failure was local.
+    pub fn on_failed(&mut self, chunk: usize, peer: &PeerId, kind: FailKind) {
+        if !self.is_in_flight_from(chunk, peer) {
+            return;
+        }
+        let len = self.chunks[chunk].len;
+        if let Some(s) = self.sources.get_mut(peer) {
+            s.in_flight -= 1;
+            s.assigned -= len;
+            if kind != FailKind::Transient {
+                s.dropped = true;
+            }
+        }
+        self.state[chunk] = State::Pending;
+        self.owner[chunk] = None;
+        if kind == FailKind::Transient {
+            self.retries[chunk] += 1;
+            if self.retries[chunk] > MAX_TRANSIENT_RETRIES {
+                self.failed = Some(format!("chunk {chunk} failed {MAX_TRANSIENT_RETRIES} times"));
+            }
+        }
+        // Retry it before anything else.
+        self.pending.push_front(chunk);
+        if self.pending.len() + self.done < self.chunks.len() {
+            return;
+        }
+        if self.sources.values().all(|s| s.dropped) {
+            self.failed = Some("no eligible source left".into());
+        }
+    }
+
+    /// A source left (connection lost): it is dropped; its in-flight chunks are reported
+    /// separately through `on_failed` by the transfers that were using it.
+    pub fn drop_source(&mut self, peer: &PeerId) {
+        if let Some(s) = self.sources.get_mut(peer) {
+            s.dropped = true;
+        }
+        self.check_sources();
+    }
+
+    fn check_sources(&mut self) {
+        let in_flight: usize = self.sources.values().map(|s| s.in_flight).sum();
+        if self.done < self.chunks.len() && in_flight == 0 && self.sources.values().all(|s| s.dropped) {
+            self.failed = Some("no eligible source left".into());
+        }
+    }
+
+    /// Where the download stands.
+    pub fn status(&self) -> PlannerStatus {
+        if self.done == self.chunks.len() {
+            PlannerStatus::Finished
+        } else if let Some(f) = &self.failed {
+            PlannerStatus::Failed(f.clone())
+        } else if self.sources.values().all(|s| s.dropped) && self.sources.values().all(|s| s.in_flight == 0) {
+            PlannerStatus::Failed("no eligible source left".into())
+        } else {
+            PlannerStatus::Running
+        }
+    }
+
+    /// Chunks verified so far.
+    pub fn done(&self) -> usize {
+        self.done
+    }
+
+    /// Bytes done or in flight per source (dropped sources included).
+    pub fn per_source(&self) -> BTreeMap<PeerId, u64> {
+        self.sources.iter().map(|(p, s)| (p.clone(), s.assigned)).collect()
+    }
+
+    fn is_in_flight_from(&self, chunk: usize, peer: &PeerId) -> bool {
+        self.state.get(chunk) == Some(&State::InFlight) && self.owner[chunk].as_ref() == Some(peer)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,183 @@
+use super::*;
+use crate::table::tests::pid;
+use lanspread_catalog::RelPath;
+use proptest::prelude::*;
+
+fn file(name: &str, size: u64) -> FileManifest {
+    FileManifest {
+        path: RelPath::new(name).unwrap(),
+        size,
+        mode: 0o644,
+        chunks: (0..lanspread_catalog::chunk_count(size)).map(|i| [i as u8; 32]).collect(),
+    }
+}
+
+const C: u64 = CHUNK_SIZE;
+
+#[test]
+fn s14_two_sources_stay_within_one_chunk() {
+    let files = [file("big.eti", 3 * C + C / 2 + 7), file("version.ini", 9)];
+    let mut p = Planner::new(&files, &[pid(1), pid(2)], 2);
+    assert_eq!(p.chunks().len(), 5);
+    // Source 1 is much faster: it finishes everything it gets at once.
+    let mut steps = 0;
+    while p.status() == PlannerStatus::Running {
+        steps += 1;
+        assert!(steps < 100);
+        let mut started = Vec::new();
+        while let Some(a) = p.poll_assign() {
+            started.push(a);
+        }
+        let a = started.iter().find(|a| a.peer == pid(1)).or(started.first()).cloned();
+        if let Some(a) = a {
+            p.on_done(a.chunk, &a.peer);
+            for other in started.into_iter().filter(|o| o != &a) {
+                p.on_done(other.chunk, &other.peer);
+            }
+        }
+    }
+    assert_eq!(p.status(), PlannerStatus::Finished);
+    let per = p.per_source();
+    let (a, b) = (per[&pid(1)], per[&pid(2)]);
+    assert!(a.abs_diff(b) < C, "{a} vs {b}");
+    assert_eq!(a + b, 3 * C + C / 2 + 7 + 9);
+}
+
+#[test]
+fn s18_chunk_of_a_dead_source_is_retried_on_the_survivor() {
+    let files = [file("g.eti", 4 * C)];
+    let mut p = Planner::new(&files, &[pid(1), pid(2)], 1);
+    let a = p.poll_assign().unwrap();
+    let b = p.poll_assign().unwrap();
+    assert_ne!(a.peer, b.peer);
+    let dead = b.peer.clone();
+    p.on_failed(b.chunk, &dead, FailKind::SourceGone);
+    p.on_done(a.chunk, &a.peer);
+    let mut fetched_from = Vec::new();
+    while let Some(x) = p.poll_assign() {
+        fetched_from.push(x.peer.clone());
+        p.on_done(x.chunk, &x.peer);
+    }
+    assert_eq!(p.status(), PlannerStatus::Finished);
+    assert!(fetched_from.iter().all(|x| x == &a.peer), "nothing more from the dead source");
+    assert_eq!(fetched_from.len(), 3, "the failed chunk is fetched again");
+}
+
+#[test]
+fn s38_bad_data_drops_the_source_and_refetches() {
+    let files = [file("g.eti", 2 * C)];
+    let mut p = Planner::new(&files, &[pid(1), pid(2)], 1);
+    let a = p.poll_assign().unwrap();
+    let b = p.poll_assign().unwrap();
+    p.on_failed(a.chunk, &a.peer, FailKind::BadData);
+    p.on_done(b.chunk, &b.peer);
+    let r = p.poll_assign().unwrap();
+    assert_eq!(r.chunk, a.chunk);
+    assert_eq!(r.peer, b.peer);
+    p.on_done(r.chunk, &r.peer);
+    assert_eq!(p.status(), PlannerStatus::Finished);
+}
+
+#[test]
+fn s19_sole_source_gone_fails() {
+    let files = [file("g.eti", 2 * C)];
+    let mut p = Planner::new(&files, &[pid(1)], 4);
+    let a = p.poll_assign().unwrap();
+    let b = p.poll_assign().unwrap();
+    p.on_failed(a.chunk, &a.peer, FailKind::SourceGone);
+    assert_eq!(p.status(), PlannerStatus::Running, "one chunk still in flight");
+    p.on_failed(b.chunk, &b.peer, FailKind::SourceGone);
+    assert_eq!(p.status(), PlannerStatus::Failed("no eligible source left".into()));
+    assert!(p.poll_assign().is_none());
+}
+
+#[test]
+fn transient_failures_retry_then_give_up() {
+    let files = [file("g.eti", 10)];
+    let mut p = Planner::new(&files, &[pid(1)], 1);
+    for _ in 0..MAX_TRANSIENT_RETRIES {
+        let a = p.poll_assign().unwrap();
+        p.on_failed(a.chunk, &a.peer, FailKind::Transient);
+        assert_eq!(p.status(), PlannerStatus::Running);
+    }
+    let a = p.poll_assign().unwrap();
+    p.on_failed(a.chunk, &a.peer, FailKind::Transient);
+    assert!(matches!(p.status(), PlannerStatus::Failed(_)));
+}
+
+#[test]
+fn empty_files_need_no_chunks() {
+    let p = Planner::new(&[file("empty", 0)], &[pid(1)], 1);
+    assert_eq!(p.status(), PlannerStatus::Finished);
+}
+
+#[test]
+fn late_reports_from_a_replaced_owner_are_ignored() {
+    let files = [file("g.eti", 10)];
+    let mut p = Planner::new(&files, &[pid(1), pid(2)], 1);
+    let a = p.poll_assign().unwrap();
+    p.on_failed(a.chunk, &a.peer, FailKind::SourceGone);
+    let b = p.poll_assign().unwrap();
+    p.on_done(a.chunk, &a.peer); // stale
+    assert_eq!(p.status(), PlannerStatus::Running);
+    p.on_done(b.chunk, &b.peer);
+    assert_eq!(p.status(), PlannerStatus::Finished);
+}
+
+proptest! {
+    /// Whatever the sizes, sources, completion order and failures: when the planner
+    /// finishes, every byte of every file was fetched exactly once by a successful chunk,
+    /// and no chunk reaches past its file's end.
+    #[test]
+    fn every_byte_exactly_once(
+        sizes in proptest::collection::vec(0u64..(3 * C), 1..6),
+        n_sources in 1usize..5,
+        max_in_flight in 1usize..4,
+        script in proptest::collection::vec((0usize..8, 0u8..10), 0..200),
+    ) {
+        let files: Vec<_> = sizes.iter().enumerate().map(|(i, s)| file(&format!("f{i}"), *s)).collect();
+        let sources: Vec<_> = (0..n_sources).map(|i| pid(i as u8 + 1)).collect();
+        let mut p = Planner::new(&files, &sources, max_in_flight);
+        for c in p.chunks() {
+            prop_assert!(c.len > 0 && c.len <= C);
+            prop_assert!(c.offset + c.len <= files[c.file].size);
+        }
+        let mut in_flight: Vec<Assignment> = Vec::new();
+        let mut covered: Vec<Vec<(u64, u64)>> = vec![Vec::new(); files.len()];
+        let mut script = script.into_iter();
+        loop {
+            while let Some(a) = p.poll_assign() {
+                in_flight.push(a);
+            }
+            if in_flight.is_empty() {
+                break;
+            }
+            let (pick, what) = script.next().unwrap_or((0, 9));
+            let a = in_flight.remove(pick % in_flight.len());
+            // Failures only while another source is still live, so the download can end.
+            match what {
+                0 if n_sources > 1 => p.on_failed(a.chunk, &a.peer, FailKind::BadData),
+                1 => p.on_failed(a.chunk, &a.peer, FailKind::Transient),
+                _ => {
+                    let c = &p.chunks()[a.chunk];
+                    covered[c.file].push((c.offset, c.len));
+                    p.on_done(a.chunk, &a.peer);
+                }
+            }
+            if let PlannerStatus::Failed(_) = p.status() {
+                // Everything dropped: allowed only when failures were injected.
+                return Ok(());
+            }
+        }
+        prop_assert_eq!(p.status(), PlannerStatus::Finished);
+        for (f, mut ranges) in files.iter().zip(covered) {
+            ranges.sort();
+            let mut next = 0;
+            for (off, len) in ranges {
+                prop_assert_eq!(off, next, "gap or overlap in {}", f.path);
+                next = off + len;
+            }
+            prop_assert_eq!(next, f.size);
+        }
+    }
+}
