@@ -130,22 +130,34 @@ impl HashCache {
             let meta = fs::metadata(&full).map_err(|e| CatalogError::io(&full, e))?;
             let key = FileKey::of(&meta);
             let mem_key = (full.clone(), key);
-            let cached = self.mem.lock().unwrap_or_else(|p| p.into_inner()).get(&mem_key).cloned();
+            let cached = self
+                .mem
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&mem_key)
+                .cloned();
             let chunks = match cached.or_else(|| from_persisted(&persisted, path, key)) {
                 Some(c) => c,
                 None => {
                     let c = hash_chunks(&full)?;
-                    persisted
-                        .entries
-                        .insert(path.as_str().to_owned(), (key, c.iter().map(hex_of).collect()));
+                    persisted.entries.insert(
+                        path.as_str().to_owned(),
+                        (key, c.iter().map(hex_of).collect()),
+                    );
                     dirty = true;
                     c
                 }
             };
-            self.mem.lock().unwrap_or_else(|p| p.into_inner()).insert(mem_key, chunks.clone());
+            self.mem
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(mem_key, chunks.clone());
             if chunks.len() as u64 != chunk_count(meta.size()) || meta.size() != *size {
                 // The file changed between the scan and now; the caller rescans.
-                return Err(CatalogError::io(&full, std::io::Error::other("file changed while hashing")));
+                return Err(CatalogError::io(
+                    &full,
+                    std::io::Error::other("file changed while hashing"),
+                ));
             }
             out.push(FileManifest {
                 path: path.clone(),
@@ -155,7 +167,9 @@ impl HashCache {
             });
         }
         if dirty {
-            persisted.entries.retain(|p, _| root.files.iter().any(|f| f.path.as_str() == p));
+            persisted
+                .entries
+                .retain(|p, _| root.files.iter().any(|f| f.path.as_str() == p));
             store_cache(&root.dir, &persisted);
         }
         Ok(out)
@@ -215,7 +229,14 @@ mod tests {
         assert_eq!(chunk_ranges(0).count(), 0);
         assert_eq!(chunk_ranges(1).collect::<Vec<_>>(), [(0, 1)]);
         let r: Vec<_> = chunk_ranges(CHUNK_SIZE * 2 + 5).collect();
-        assert_eq!(r, [(0, CHUNK_SIZE), (CHUNK_SIZE, CHUNK_SIZE), (2 * CHUNK_SIZE, 5)]);
+        assert_eq!(
+            r,
+            [
+                (0, CHUNK_SIZE),
+                (CHUNK_SIZE, CHUNK_SIZE),
+                (2 * CHUNK_SIZE, 5)
+            ]
+        );
         assert_eq!(chunk_count(CHUNK_SIZE), 1);
     }
 
@@ -236,13 +257,21 @@ mod tests {
         let first: ChunkHash = Sha256::digest(&data[..CHUNK_SIZE as usize]).into();
         let second: ChunkHash = Sha256::digest(&data[CHUNK_SIZE as usize..]).into();
         assert_eq!(big.chunks, [first, second]);
-        assert!(m.iter().find(|f| f.path.as_str() == "empty").unwrap().chunks.is_empty());
+        assert!(m
+            .iter()
+            .find(|f| f.path.as_str() == "empty")
+            .unwrap()
+            .chunks
+            .is_empty());
         // Persisted: a fresh cache reads the hashes back without hashing.
         assert!(root_dir.join(".lanspread/chunks.json").is_file());
         let fresh = HashCache::new();
         let persisted = load_cache(&root_dir);
         let key = FileKey::of(&fs::metadata(root_dir.join("big.bin")).unwrap());
-        assert_eq!(from_persisted(&persisted, &big.path, key).unwrap(), big.chunks);
+        assert_eq!(
+            from_persisted(&persisted, &big.path, key).unwrap(),
+            big.chunks
+        );
         assert_eq!(fresh.manifest(&root).unwrap(), m);
         // The metadata dir is never part of the root.
         let rescanned = scan_root(&root_dir, GameId::new("cnc4").unwrap());
@@ -256,11 +285,15 @@ mod tests {
         fs::create_dir_all(&root_dir).unwrap();
         fs::write(root_dir.join("a.bin"), b"one").unwrap();
         let cache = HashCache::new();
-        let m1 = cache.manifest(&scan_root(&root_dir, GameId::new("cnc4").unwrap())).unwrap();
+        let m1 = cache
+            .manifest(&scan_root(&root_dir, GameId::new("cnc4").unwrap()))
+            .unwrap();
         // New content, new inode (rename over): the identity changes.
         fs::write(root_dir.join("a.tmp"), b"two").unwrap();
         fs::rename(root_dir.join("a.tmp"), root_dir.join("a.bin")).unwrap();
-        let m2 = cache.manifest(&scan_root(&root_dir, GameId::new("cnc4").unwrap())).unwrap();
+        let m2 = cache
+            .manifest(&scan_root(&root_dir, GameId::new("cnc4").unwrap()))
+            .unwrap();
         assert_ne!(m1[0].chunks, m2[0].chunks);
         assert_eq!(m2[0].chunks[0], <ChunkHash>::from(Sha256::digest(b"two")));
     }

@@ -15,7 +15,9 @@ mod scan;
 
 pub use catalog::{Catalog, CatalogEntry, BUILTIN_IDS};
 pub use error::CatalogError;
-pub use hashes::{chunk_count, chunk_ranges, hash_chunks, ChunkHash, FileManifest, HashCache, CHUNK_SIZE};
+pub use hashes::{
+    chunk_count, chunk_ranges, hash_chunks, ChunkHash, FileManifest, HashCache, CHUNK_SIZE,
+};
 pub use ids::{GameId, Version};
 pub use relpath::{is_reserved_top_level, RelPath};
 pub use scan::{

@@ -31,8 +31,27 @@ pub enum Request {
     },
     /// Stream every event from now on.
     Events,
+    /// Download a game from the peers with its newest version.
+    Download {
+        /// Game id.
+        game: String,
+        /// Install after the download commits.
+        install: bool,
+        /// Answer at once instead of streaming the game's events to the end.
+        detach: bool,
+    },
     /// Say goodbye to peers and exit.
     Shutdown,
+    /// Extract a downloaded game's archives into `local/`.
+    Install {
+        /// Game id.
+        game: String,
+    },
+    /// Remove a game's `local/`.
+    Uninstall {
+        /// Game id.
+        game: String,
+    },
 }
 
 /// A reply from the daemon.
@@ -49,6 +68,11 @@ pub enum Reply {
     Peers(Vec<PeerInfo>),
     /// One streamed event.
     Event(Event),
+    /// An operation was started in the background (`--detach`).
+    Started {
+        /// The game.
+        game_id: GameId,
+    },
     /// Done, nothing to report.
     Ok,
     /// The daemon refused the request or it failed.
@@ -121,6 +145,25 @@ pub struct RemoteGameRow {
     pub peer_count: usize,
     /// Size at the newest version.
     pub size: u64,
+}
+
+impl EventKind {
+    /// The game an event is about, if any.
+    pub fn game_id(&self) -> Option<&GameId> {
+        match self {
+            EventKind::NoPeersHaveGame { game_id }
+            | EventKind::GotGameFiles { game_id, .. }
+            | EventKind::DownloadBegin { game_id, .. }
+            | EventKind::DownloadChunkFinished { game_id, .. }
+            | EventKind::DownloadFinished { game_id, .. }
+            | EventKind::DownloadFailed { game_id, .. }
+            | EventKind::InstallBegin { game_id }
+            | EventKind::InstallFinished { game_id }
+            | EventKind::InstallFailed { game_id, .. }
+            | EventKind::UninstallFinished { game_id } => Some(game_id),
+            _ => None,
+        }
+    }
 }
 
 impl From<RemoteRow> for RemoteGameRow {

@@ -96,6 +96,15 @@ async fn client(shared: Arc<Shared>, stream: UnixStream) {
             stream_events(&shared, &mut write).await;
             return;
         }
+        if let Request::Download {
+            game,
+            install,
+            detach,
+        } = request
+        {
+            download(&shared, &mut write, &game, install, detach).await;
+            return;
+        }
         let reply = handle(&shared, request).await;
         if send(&mut write, &reply).await.is_err() {
             return;
@@ -138,11 +147,25 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
                 )),
             }
         }
+        Request::Install { game } => match shared.catalog.get(&game) {
+            Some(id) => match crate::install::install(shared, &id, false).await {
+                Ok(()) => Reply::Ok,
+                Err(e) => error(&e),
+            },
+            None => error(&format!("game {game} is not in the local catalog")),
+        },
+        Request::Uninstall { game } => match shared.catalog.get(&game) {
+            Some(id) => match crate::install::uninstall(shared, &id).await {
+                Ok(()) => Reply::Ok,
+                Err(e) => error(&e),
+            },
+            None => error(&format!("game {game} is not in the local catalog")),
+        },
         Request::Shutdown => {
             shared.shutdown.send_replace(true);
             Reply::Ok
         }
-        Request::Events => error("events is a stream"),
+        Request::Events | Request::Download { .. } => error("this request is a stream"),
     }
 }
 
@@ -174,5 +197,66 @@ async fn stream_events(shared: &Shared, write: &mut tokio::net::unix::OwnedWrite
             }
             Err(_) => return,
         }
+    }
+}
+
+/// Starts a download; unless detached, streams the game's events until the terminal one.
+async fn download(
+    shared: &Arc<Shared>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    game: &str,
+    install: bool,
+    detach: bool,
+) {
+    // Subscribe before starting, so no event of this download is missed.
+    let mut rx = shared.events.subscribe();
+    let (id, sources) = match crate::download::begin(shared, game) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = send(write, &error(&e)).await;
+            return;
+        }
+    };
+    let task = tokio::spawn(crate::download::run_with_install(
+        shared.clone(),
+        id.clone(),
+        sources,
+        install,
+    ));
+    if detach {
+        let _ = send(write, &Reply::Started { game_id: id }).await;
+        return;
+    }
+    loop {
+        let event = match rx.recv().await {
+            Ok(e) => e,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                warn!("download client lagged; {n} events dropped");
+                continue;
+            }
+            Err(_) => return,
+        };
+        if event.kind.game_id() != Some(&id) {
+            continue;
+        }
+        let terminal = is_terminal(&event.kind, install);
+        if send(write, &Reply::Event(event)).await.is_err() {
+            // The client left; the download goes on.
+            return;
+        }
+        if terminal {
+            break;
+        }
+    }
+    let _ = task.await;
+}
+
+/// The event that ends a `download` stream.
+fn is_terminal(kind: &crate::api::EventKind, install: bool) -> bool {
+    use crate::api::EventKind as K;
+    match kind {
+        K::DownloadFailed { .. } | K::InstallFinished { .. } | K::InstallFailed { .. } => true,
+        K::DownloadFinished { .. } => !install,
+        _ => false,
     }
 }

@@ -9,10 +9,13 @@ pub mod cli;
 pub mod config;
 mod control;
 mod daemon;
+mod download;
 mod error;
 mod events;
+mod install;
 mod links;
 pub mod paths;
+mod serve;
 mod state;
 
 pub use config::{DaemonArgs, DaemonConfig};

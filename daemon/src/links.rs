@@ -206,6 +206,11 @@ async fn run_link(
         Upsert::Moved { from } => info!(%from, to = %addr, "peer moved"),
         Upsert::Unchanged => debug!("peer reconnected"),
     }
+    let server = tokio::spawn(crate::serve::serve_requests(
+        shared.clone(),
+        conn.clone(),
+        remote.clone(),
+    ));
     if upsert != Upsert::Unchanged {
         shared.events.emit(EventKind::PeerConnected {
             peer_id: remote.clone(),
@@ -272,6 +277,7 @@ async fn run_link(
     };
     tell(Err(end.clone()));
     writer.abort();
+    server.abort();
     drop_link(&shared, &remote, &conn, addr, &end);
 }
 

@@ -1,12 +1,12 @@
 //! Shared daemon state. The lock is a plain mutex that is never held across an await.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use lanspread_catalog::{Availability, Catalog, GameId, Library};
-use lanspread_peer::{aggregate, Direction, PeerTable};
+use lanspread_catalog::{Availability, Catalog, GameId, HashCache, Library};
+use lanspread_peer::{aggregate, Direction, OpKind, Operations, PeerTable};
 use lanspread_transfer::{GameAd, PeerId};
 use quinn::Connection;
 use tokio::sync::watch;
@@ -24,19 +24,6 @@ pub struct Link {
     pub direction: Direction,
 }
 
-/// Kind of an operation on a game.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[expect(
-    dead_code,
-    reason = "operations are started by downloads and installs, which come next"
-)]
-pub enum OpKind {
-    /// Download in progress.
-    Download,
-    /// Install in progress.
-    Install,
-}
-
 /// Mutable state behind the lock.
 #[derive(Default)]
 pub struct Inner {
@@ -47,7 +34,7 @@ pub struct Inner {
     /// The kept connection per peer.
     pub links: HashMap<PeerId, Link>,
     /// Active operations per game.
-    pub operations: BTreeMap<GameId, OpKind>,
+    pub operations: Operations,
 }
 
 /// State shared by every task of the daemon.
@@ -70,6 +57,10 @@ pub struct Shared {
     pub peer_count: watch::Sender<usize>,
     /// Flips to true once on shutdown.
     pub shutdown: watch::Sender<bool>,
+    /// Chunk hashes of served files.
+    pub hashes: Arc<HashCache>,
+    /// The io_uring writer for downloads.
+    pub writer: crate::download::Writer,
     inner: Mutex<Inner>,
 }
 
@@ -99,6 +90,8 @@ impl Shared {
             advert: watch::channel(Arc::new(advert)).0,
             peer_count: watch::channel(0).0,
             shutdown: watch::channel(false).0,
+            hashes: Arc::new(HashCache::new()),
+            writer: crate::download::Writer::new(),
             inner: Mutex::new(inner),
         })
     }
@@ -121,11 +114,7 @@ impl Shared {
                 .iter()
                 .map(|(id, k)| OperationInfo {
                     game_id: id.clone(),
-                    kind: match k {
-                        OpKind::Download => "download",
-                        OpKind::Install => "install",
-                    }
-                    .into(),
+                    kind: k.as_str().into(),
                 })
                 .collect(),
             peers: inner.peers.len(),
@@ -174,6 +163,34 @@ impl Shared {
                 installed: r.installed,
             })
             .collect()
+    }
+
+    /// Rescans one game root after a download or install and announces the change.
+    pub async fn rescan_root(self: &Arc<Self>, id: &GameId) {
+        let dir = self.games_dir.join(id.as_str());
+        let gid = id.clone();
+        let scanned = tokio::task::spawn_blocking(move || {
+            dir.is_dir()
+                .then(|| lanspread_catalog::scan_root(&dir, gid))
+        })
+        .await;
+        {
+            let mut inner = self.lock();
+            match scanned {
+                Ok(Some(root)) => {
+                    inner.library.insert(id.clone(), root);
+                }
+                Ok(None) => {
+                    inner.library.remove(id);
+                }
+                Err(e) => tracing::warn!("rescan of {id} failed: {e}"),
+            }
+        }
+        self.events
+            .emit(crate::api::EventKind::LocalLibraryChanged {
+                games: self.local_states(),
+            });
+        self.refresh_advert();
     }
 
     /// Rescans the games dir. On a change, emits `local-library-changed` and updates the
@@ -237,7 +254,7 @@ pub fn peer_info(id: &PeerId, e: &lanspread_peer::PeerEntry) -> PeerInfo {
 fn availability(inner: &Inner, id: &GameId, base: Availability) -> Availability {
     match inner.operations.get(id) {
         Some(OpKind::Download) => Availability::Downloading,
-        Some(OpKind::Install) => Availability::Installing,
+        Some(OpKind::Install | OpKind::Uninstall) => Availability::Installing,
         None => base,
     }
 }

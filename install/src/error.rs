@@ -16,6 +16,35 @@ pub enum InstallError {
         /// Bytes actually read.
         read: u64,
     },
+    /// UnRAR refused an archive (corrupt, truncated, CRC error, unsupported).
+    #[error("archive {archive}: {why}")]
+    Archive {
+        /// The archive.
+        archive: PathBuf,
+        /// UnRAR's error.
+        why: String,
+    },
+    /// Two archives hold the same file.
+    #[error("{name} is in both {first} and {second}")]
+    Clash {
+        /// The entry.
+        name: String,
+        /// The first archive.
+        first: String,
+        /// The second archive.
+        second: String,
+    },
+    /// An extracted symlink points outside the install folder.
+    #[error("symlink {0} points outside the install folder")]
+    SymlinkEscape(String),
+    /// The filesystem lacks room for the unpacked size.
+    #[error("not enough free space: need {need} bytes, {free} available")]
+    NoSpace {
+        /// Unpacked bytes.
+        need: u64,
+        /// Free bytes.
+        free: u64,
+    },
     /// The writer was used after `finish`.
     #[error("archive already finished")]
     Finished,

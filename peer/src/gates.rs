@@ -35,16 +35,29 @@ pub fn gate_files<'a>(
 /// Checks a chunk request against a gated root: the path must be one of the scanned files
 /// (never `local/`, `.lanspread*` or outside the root — `RelPath` cannot even express
 /// those) and the range must lie inside the file and within one chunk.
-pub fn gate_chunk<'a>(root: &'a GameRoot, path: &RelPath, offset: u64, len: u64) -> Result<&'a FileDescriptor, PeerError> {
+pub fn gate_chunk<'a>(
+    root: &'a GameRoot,
+    path: &RelPath,
+    offset: u64,
+    len: u64,
+) -> Result<&'a FileDescriptor, PeerError> {
     let Some(file) = root.files.iter().find(|f| &f.path == path) else {
-        return Err(PeerError::Refused(format!("no file {path} in game {}", root.id)));
+        return Err(PeerError::Refused(format!(
+            "no file {path} in game {}",
+            root.id
+        )));
     };
     if len == 0 || len > CHUNK_SIZE {
-        return Err(PeerError::Refused(format!("chunk length {len} outside 1..={CHUNK_SIZE}")));
+        return Err(PeerError::Refused(format!(
+            "chunk length {len} outside 1..={CHUNK_SIZE}"
+        )));
     }
     match offset.checked_add(len) {
         Some(end) if end <= file.size => Ok(file),
-        _ => Err(PeerError::Refused(format!("range {offset}+{len} past the end of {path} ({} bytes)", file.size))),
+        _ => Err(PeerError::Refused(format!(
+            "range {offset}+{len} past the end of {path} ({} bytes)",
+            file.size
+        ))),
     }
 }
 
@@ -87,11 +100,23 @@ mod tests {
         let unknown = GameId::new("mystery-game").unwrap();
         let err = gate_files(&c, &unknown, Some(&r), false, v("20250301")).unwrap_err();
         assert!(err.to_string().contains("not in the catalog"));
-        assert!(gate_files(&c, &id, None, false, v("20250301")).unwrap_err().to_string().contains("not here"));
+        assert!(gate_files(&c, &id, None, false, v("20250301"))
+            .unwrap_err()
+            .to_string()
+            .contains("not here"));
         let nr = root(None);
-        assert!(gate_files(&c, &id, Some(&nr), false, v("20250301")).unwrap_err().to_string().contains("not ready"));
-        assert!(gate_files(&c, &id, Some(&r), true, v("20250301")).unwrap_err().to_string().contains("busy"));
-        assert!(gate_files(&c, &id, Some(&r), false, v("20250101")).unwrap_err().to_string().contains("version"));
+        assert!(gate_files(&c, &id, Some(&nr), false, v("20250301"))
+            .unwrap_err()
+            .to_string()
+            .contains("not ready"));
+        assert!(gate_files(&c, &id, Some(&r), true, v("20250301"))
+            .unwrap_err()
+            .to_string()
+            .contains("busy"));
+        assert!(gate_files(&c, &id, Some(&r), false, v("20250101"))
+            .unwrap_err()
+            .to_string()
+            .contains("version"));
     }
 
     #[test]
@@ -105,7 +130,12 @@ mod tests {
         assert!(gate_chunk(&r, &p, 0, 0).is_err());
         assert!(gate_chunk(&r, &RelPath::new("other.bin").unwrap(), 0, 1).is_err());
         // Paths under local/ or .lanspread*, or escaping the root, are not even RelPaths.
-        for bad in ["local/game.exe", ".lanspread/chunks.json", "../ggoo.eti", "/etc/passwd"] {
+        for bad in [
+            "local/game.exe",
+            ".lanspread/chunks.json",
+            "../ggoo.eti",
+            "/etc/passwd",
+        ] {
             assert!(RelPath::new(bad).is_err(), "{bad}");
         }
     }

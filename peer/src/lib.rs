@@ -22,5 +22,5 @@ pub use gates::{gate_chunk, gate_files};
 pub use links::{check_not_self, prefer_new_link, Direction};
 pub use ops::{OpKind, Operations};
 pub use planner::{Assignment, ChunkSpec, FailKind, Planner, PlannerStatus};
-pub use validate::{check_manifest, choose_manifest, Chosen};
 pub use table::{PeerEntry, PeerTable, RemoteGame, Upsert};
+pub use validate::{check_manifest, choose_manifest, Chosen};

@@ -5,7 +5,6 @@ use lanspread_transfer::PeerId;
 
 use crate::PeerError;
 
-
 /// Who opened a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {

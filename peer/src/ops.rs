@@ -72,7 +72,10 @@ mod tests {
         ops.begin(&g, OpKind::Download).unwrap();
         ops.begin(&h, OpKind::Download).unwrap();
         let err = ops.begin(&g, OpKind::Install).unwrap_err();
-        assert_eq!(err.to_string(), "operation already in progress for game ggoo");
+        assert_eq!(
+            err.to_string(),
+            "operation already in progress for game ggoo"
+        );
         ops.end(&g);
         ops.begin(&g, OpKind::Install).unwrap();
         assert_eq!(ops.get(&g), Some(OpKind::Install));

@@ -92,12 +92,14 @@ impl Planner {
             .iter()
             .enumerate()
             .flat_map(|(i, f)| {
-                chunk_ranges(f.size).zip(f.chunks.iter()).map(move |((offset, len), hash)| ChunkSpec {
-                    file: i,
-                    offset,
-                    len,
-                    hash: *hash,
-                })
+                chunk_ranges(f.size)
+                    .zip(f.chunks.iter())
+                    .map(move |((offset, len), hash)| ChunkSpec {
+                        file: i,
+                        offset,
+                        len,
+                        hash: *hash,
+                    })
             })
             .collect();
         let n = chunks.len();
@@ -107,7 +109,10 @@ impl Planner {
             owner: vec![None; n],
             retries: vec![0; n],
             pending: (0..n).collect(),
-            sources: sources.iter().map(|p| (p.clone(), Source::default())).collect(),
+            sources: sources
+                .iter()
+                .map(|p| (p.clone(), Source::default()))
+                .collect(),
             max_in_flight: max_in_flight.max(1),
             done: 0,
             failed: None,
@@ -173,7 +178,9 @@ impl Planner {
         if kind == FailKind::Transient {
             self.retries[chunk] += 1;
             if self.retries[chunk] > MAX_TRANSIENT_RETRIES {
-                self.failed = Some(format!("chunk {chunk} failed {MAX_TRANSIENT_RETRIES} times"));
+                self.failed = Some(format!(
+                    "chunk {chunk} failed {MAX_TRANSIENT_RETRIES} times"
+                ));
             }
         }
         // Retry it before anything else.
@@ -197,7 +204,10 @@ impl Planner {
 
     fn check_sources(&mut self) {
         let in_flight: usize = self.sources.values().map(|s| s.in_flight).sum();
-        if self.done < self.chunks.len() && in_flight == 0 && self.sources.values().all(|s| s.dropped) {
+        if self.done < self.chunks.len()
+            && in_flight == 0
+            && self.sources.values().all(|s| s.dropped)
+        {
             self.failed = Some("no eligible source left".into());
         }
     }
@@ -208,7 +218,9 @@ impl Planner {
             PlannerStatus::Finished
         } else if let Some(f) = &self.failed {
             PlannerStatus::Failed(f.clone())
-        } else if self.sources.values().all(|s| s.dropped) && self.sources.values().all(|s| s.in_flight == 0) {
+        } else if self.sources.values().all(|s| s.dropped)
+            && self.sources.values().all(|s| s.in_flight == 0)
+        {
             PlannerStatus::Failed("no eligible source left".into())
         } else {
             PlannerStatus::Running
@@ -222,7 +234,10 @@ impl Planner {
 
     /// Bytes done or in flight per source (dropped sources included).
     pub fn per_source(&self) -> BTreeMap<PeerId, u64> {
-        self.sources.iter().map(|(p, s)| (p.clone(), s.assigned)).collect()
+        self.sources
+            .iter()
+            .map(|(p, s)| (p.clone(), s.assigned))
+            .collect()
     }
 
     fn is_in_flight_from(&self, chunk: usize, peer: &PeerId) -> bool {

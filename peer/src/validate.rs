@@ -32,13 +32,27 @@ pub fn check_manifest(files: &[FileManifest]) -> Result<(), PeerError> {
             return bad(format!("{} listed twice", f.path));
         }
         if f.chunks.len() as u64 != chunk_count(f.size) {
-            return bad(format!("{}: {} chunk hashes for {} bytes", f.path, f.chunks.len(), f.size));
+            return bad(format!(
+                "{}: {} chunk hashes for {} bytes",
+                f.path,
+                f.chunks.len(),
+                f.size
+            ));
         }
     }
     for f in files {
         // "a/b" needs "a" to be a folder, so a file named "a" cannot coexist.
         let mut prefix = String::new();
-        for comp in f.path.as_str().split('/').collect::<Vec<_>>().iter().rev().skip(1).rev() {
+        for comp in f
+            .path
+            .as_str()
+            .split('/')
+            .collect::<Vec<_>>()
+            .iter()
+            .rev()
+            .skip(1)
+            .rev()
+        {
             if !prefix.is_empty() {
                 prefix.push('/');
             }
@@ -50,14 +64,19 @@ pub fn check_manifest(files: &[FileManifest]) -> Result<(), PeerError> {
     }
     match files.iter().find(|f| f.path.as_str() == VERSION_FILE) {
         None => bad("no version.ini".into()),
-        Some(v) if v.size == 0 || v.size > MAX_VERSION_FILE => bad(format!("version.ini of {} bytes", v.size)),
+        Some(v) if v.size == 0 || v.size > MAX_VERSION_FILE => {
+            bad(format!("version.ini of {} bytes", v.size))
+        }
         Some(_) => Ok(()),
     }
 }
 
 /// Picks the manifest with a strict plurality among the answers. Invalid manifests do not
 /// vote. A tie for the top spot fails the download.
-pub fn choose_manifest(game: &GameId, answers: Vec<(PeerId, Vec<FileManifest>)>) -> Result<Chosen, PeerError> {
+pub fn choose_manifest(
+    game: &GameId,
+    answers: Vec<(PeerId, Vec<FileManifest>)>,
+) -> Result<Chosen, PeerError> {
     let mut rejected = Vec::new();
     let mut groups: BTreeMap<Vec<FileManifest>, Vec<PeerId>> = BTreeMap::new();
     for (peer, mut files) in answers {
@@ -68,7 +87,11 @@ pub fn choose_manifest(game: &GameId, answers: Vec<(PeerId, Vec<FileManifest>)>)
         }
     }
     let voters: usize = groups.values().map(Vec::len).sum();
-    let top = groups.values().map(Vec::len).max().ok_or_else(|| PeerError::NoMetadata(game.clone()))?;
+    let top = groups
+        .values()
+        .map(Vec::len)
+        .max()
+        .ok_or_else(|| PeerError::NoMetadata(game.clone()))?;
     let leaders = groups.values().filter(|v| v.len() == top).count();
     if leaders > 1 {
         return Err(PeerError::MetadataConflict {
@@ -84,7 +107,11 @@ pub fn choose_manifest(game: &GameId, answers: Vec<(PeerId, Vec<FileManifest>)>)
         if peers.len() == top {
             chosen = Some((files, peers));
         } else {
-            rejected.extend(peers.into_iter().map(|p| (p, "outvoted manifest".to_owned())));
+            rejected.extend(
+                peers
+                    .into_iter()
+                    .map(|p| (p, "outvoted manifest".to_owned())),
+            );
         }
     }
     let (files, sources) = chosen.ok_or_else(|| PeerError::NoMetadata(game.clone()))?;
@@ -106,7 +133,9 @@ mod tests {
             path: RelPath::new(path).unwrap(),
             size,
             mode: 0o644,
-            chunks: (0..chunk_count(size)).map(|i| [seed.wrapping_add(i as u8); 32]).collect(),
+            chunks: (0..chunk_count(size))
+                .map(|i| [seed.wrapping_add(i as u8); 32])
+                .collect(),
         }
     }
 
@@ -120,20 +149,43 @@ mod tests {
 
     #[test]
     fn agreement_and_majority() {
-        let c = choose_manifest(&id(), vec![(pid(2), game(100, 7)), (pid(1), game(100, 7))]).unwrap();
+        let c =
+            choose_manifest(&id(), vec![(pid(2), game(100, 7)), (pid(1), game(100, 7))]).unwrap();
         assert_eq!(c.sources, [pid(1), pid(2)]);
         assert_eq!(c.files[0].path.as_str(), "g.eti", "sorted by path");
-        let c = choose_manifest(&id(), vec![(pid(1), game(100, 7)), (pid(2), game(100, 7)), (pid(3), game(101, 7))]).unwrap();
+        let c = choose_manifest(
+            &id(),
+            vec![
+                (pid(1), game(100, 7)),
+                (pid(2), game(100, 7)),
+                (pid(3), game(101, 7)),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.sources, [pid(1), pid(2)]);
         assert_eq!(c.rejected, [(pid(3), "outvoted manifest".to_owned())]);
     }
 
     #[test]
     fn s8_s17_tie_fails() {
-        let err = choose_manifest(&id(), vec![(pid(1), game(100, 7)), (pid(2), game(200, 7))]).unwrap_err();
-        assert!(matches!(err, PeerError::MetadataConflict { groups: 2, top: 1, voters: 2, .. }), "{err}");
+        let err = choose_manifest(&id(), vec![(pid(1), game(100, 7)), (pid(2), game(200, 7))])
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PeerError::MetadataConflict {
+                    groups: 2,
+                    top: 1,
+                    voters: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
         // Same sizes, different bytes: still a conflict.
-        assert!(choose_manifest(&id(), vec![(pid(1), game(100, 7)), (pid(2), game(100, 8))]).is_err());
+        assert!(
+            choose_manifest(&id(), vec![(pid(1), game(100, 7)), (pid(2), game(100, 8))]).is_err()
+        );
     }
 
     #[test]
@@ -144,14 +196,30 @@ mod tests {
         wrong_chunks[1].chunks.clear();
         let no_version = vec![f("g.eti", 100, 7)];
         let clash = vec![f("version.ini", 9, 1), f("a", 1, 1), f("a/b", 1, 1)];
-        for bad in [dup.clone(), wrong_chunks.clone(), no_version.clone(), clash.clone()] {
+        for bad in [
+            dup.clone(),
+            wrong_chunks.clone(),
+            no_version.clone(),
+            clash.clone(),
+        ] {
             assert!(check_manifest(&bad).is_err(), "{bad:?}");
         }
-        let c = choose_manifest(&id(), vec![(pid(1), dup), (pid(2), wrong_chunks), (pid(3), game(100, 7))]).unwrap();
+        let c = choose_manifest(
+            &id(),
+            vec![
+                (pid(1), dup),
+                (pid(2), wrong_chunks),
+                (pid(3), game(100, 7)),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.sources, [pid(3)]);
         assert_eq!(c.rejected.len(), 2);
         let err = choose_manifest(&id(), vec![(pid(1), no_version)]).unwrap_err();
         assert_eq!(err, PeerError::NoMetadata(id()));
-        assert!(check_manifest(&game(0, 1)).is_ok(), "empty payload files are fine");
+        assert!(
+            check_manifest(&game(0, 1)).is_ok(),
+            "empty payload files are fine"
+        );
     }
 }

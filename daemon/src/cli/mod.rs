@@ -4,6 +4,7 @@
 mod client;
 mod demo;
 mod output;
+mod progress;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -59,6 +60,27 @@ pub enum Command {
     Events,
     /// Stop the daemon (goodbye to peers, clean exit).
     Shutdown,
+    /// Download a game from the peers with its newest version, then install it.
+    Download {
+        /// Game id.
+        game: String,
+        /// Only download; do not extract into local/.
+        #[arg(long)]
+        no_install: bool,
+        /// Start it and return at once.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Extract a downloaded game's archives into <games>/<id>/local/.
+    Install {
+        /// Game id.
+        game: String,
+    },
+    /// Remove <games>/<id>/local/ (the download stays).
+    Uninstall {
+        /// Game id.
+        game: String,
+    },
     /// Write a RAR5 store archive of a directory (no daemon needed).
     Pack {
         /// Directory to pack.
@@ -133,6 +155,14 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Demo => demo::run().await,
+        Command::Download {
+            game,
+            no_install,
+            detach,
+        } => {
+            let mut c = Client::connect(&socket).await?;
+            progress::download(&mut c, &game, !no_install, detach, json).await
+        }
         Command::Events => {
             let mut c = Client::connect(&socket).await?;
             c.send(&Request::Events).await?;
@@ -162,7 +192,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                         .unwrap_or(0),
                 },
                 Command::Shutdown => Request::Shutdown,
-                Command::Pack { .. } | Command::Demo | Command::Events => unreachable_command(),
+                Command::Install { game } => Request::Install { game: game.clone() },
+                Command::Uninstall { game } => Request::Uninstall { game: game.clone() },
+                Command::Pack { .. }
+                | Command::Demo
+                | Command::Events
+                | Command::Download { .. } => unreachable_command(),
             };
             let reply = c.request(&request).await?;
             render(json, reply)?;
@@ -180,14 +215,14 @@ fn unreachable_command() -> Request {
     Request::Status
 }
 
-fn unexpected(reply: Reply) -> CliError {
+pub(crate) fn unexpected(reply: Reply) -> CliError {
     match reply {
         Reply::Error { message } => CliError::Failed(message),
         other => CliError::Failed(format!("unexpected reply from the daemon: {other:?}")),
     }
 }
 
-fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) {
+pub(crate) fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) {
     if json {
         match serde_json::to_string(value) {
             Ok(s) => println!("{s}"),

@@ -8,7 +8,9 @@ fn file(name: &str, size: u64) -> FileManifest {
         path: RelPath::new(name).unwrap(),
         size,
         mode: 0o644,
-        chunks: (0..lanspread_catalog::chunk_count(size)).map(|i| [i as u8; 32]).collect(),
+        chunks: (0..lanspread_catalog::chunk_count(size))
+            .map(|i| [i as u8; 32])
+            .collect(),
     }
 }
 
@@ -28,7 +30,11 @@ fn s14_two_sources_stay_within_one_chunk() {
         while let Some(a) = p.poll_assign() {
             started.push(a);
         }
-        let a = started.iter().find(|a| a.peer == pid(1)).or(started.first()).cloned();
+        let a = started
+            .iter()
+            .find(|a| a.peer == pid(1))
+            .or(started.first())
+            .cloned();
         if let Some(a) = a {
             p.on_done(a.chunk, &a.peer);
             for other in started.into_iter().filter(|o| o != &a) {
@@ -59,7 +65,10 @@ fn s18_chunk_of_a_dead_source_is_retried_on_the_survivor() {
         p.on_done(x.chunk, &x.peer);
     }
     assert_eq!(p.status(), PlannerStatus::Finished);
-    assert!(fetched_from.iter().all(|x| x == &a.peer), "nothing more from the dead source");
+    assert!(
+        fetched_from.iter().all(|x| x == &a.peer),
+        "nothing more from the dead source"
+    );
     assert_eq!(fetched_from.len(), 3, "the failed chunk is fetched again");
 }
 
@@ -85,9 +94,16 @@ fn s19_sole_source_gone_fails() {
     let a = p.poll_assign().unwrap();
     let b = p.poll_assign().unwrap();
     p.on_failed(a.chunk, &a.peer, FailKind::SourceGone);
-    assert_eq!(p.status(), PlannerStatus::Running, "one chunk still in flight");
+    assert_eq!(
+        p.status(),
+        PlannerStatus::Running,
+        "one chunk still in flight"
+    );
     p.on_failed(b.chunk, &b.peer, FailKind::SourceGone);
-    assert_eq!(p.status(), PlannerStatus::Failed("no eligible source left".into()));
+    assert_eq!(
+        p.status(),
+        PlannerStatus::Failed("no eligible source left".into())
+    );
     assert!(p.poll_assign().is_none());
 }
 

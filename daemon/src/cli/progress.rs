@@ -1,0 +1,137 @@
+//! `lanspread download`: streams the download's events, shows an indicatif progress bar on
+//! a terminal (plain lines when piped) and ends with the terminal event.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::{output, unexpected, CliError, Client};
+use crate::api::{EventKind, Reply, Request};
+
+/// Runs a download request to its end.
+pub async fn download(
+    c: &mut Client,
+    game: &str,
+    install: bool,
+    detach: bool,
+    json: bool,
+) -> Result<(), CliError> {
+    c.send(&Request::Download {
+        game: game.to_owned(),
+        install,
+        detach,
+    })
+    .await?;
+    let bar = (!json && std::io::stdout().is_terminal()).then(|| {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template(
+                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_message(game.to_owned());
+        b
+    });
+    let mut finished: Option<serde_json::Value> = None;
+    loop {
+        let reply = match c.next().await? {
+            Some(r) => r,
+            None => {
+                return Err(CliError::Failed(
+                    "the daemon closed the connection before the download ended".into(),
+                ))
+            }
+        };
+        let event = match reply {
+            Reply::Started { game_id } => {
+                super::print(json, &serde_json::json!({"started": game_id}), || {
+                    format!("download of {game_id} started")
+                });
+                return Ok(());
+            }
+            Reply::Event(e) => e,
+            other => return Err(unexpected(other)),
+        };
+        let value = serde_json::to_value(&event).map_err(|e| CliError::Failed(e.to_string()))?;
+        match &event.kind {
+            EventKind::GotGameFiles { files, sources, .. } if bar.is_none() && !json => {
+                println!(
+                    "{game}: {} files from {} source(s)",
+                    files.len(),
+                    sources.len()
+                );
+            }
+            EventKind::DownloadBegin { bytes, chunks, .. } => match &bar {
+                Some(b) => b.set_length(*bytes),
+                None if !json => println!(
+                    "{game}: downloading {} in {chunks} chunks",
+                    output::bytes(*bytes)
+                ),
+                None => {}
+            },
+            EventKind::DownloadChunkFinished { len, .. } => {
+                if let Some(b) = &bar {
+                    b.inc(*len);
+                }
+            }
+            EventKind::DownloadFinished {
+                bytes,
+                mib_per_s,
+                duration_ms,
+                ..
+            } => {
+                if let Some(b) = &bar {
+                    b.finish_and_clear();
+                }
+                if !json {
+                    println!(
+                        "{game}: downloaded {} in {duration_ms} ms ({mib_per_s:.1} MiB/s)",
+                        output::bytes(*bytes)
+                    );
+                }
+                if !install {
+                    if json {
+                        println!("{value}");
+                    }
+                    return Ok(());
+                }
+                finished = Some(value);
+            }
+            EventKind::DownloadFailed { reason, .. } => {
+                if let Some(b) = &bar {
+                    b.abandon();
+                }
+                if json {
+                    println!("{value}");
+                }
+                return Err(CliError::Failed(format!(
+                    "download of {game} failed: {reason}"
+                )));
+            }
+            EventKind::InstallBegin { .. } if !json => println!("{game}: installing"),
+            EventKind::InstallFinished { .. } => {
+                let mut doc = finished.take().unwrap_or_else(|| serde_json::json!({}));
+                doc["install"] = value;
+                if json {
+                    println!("{doc}");
+                } else {
+                    println!("{game}: installed");
+                }
+                return Ok(());
+            }
+            EventKind::InstallFailed { reason, .. } => {
+                let mut doc = finished.take().unwrap_or_else(|| serde_json::json!({}));
+                doc["install"] = value;
+                if json {
+                    println!("{doc}");
+                }
+                return Err(CliError::Failed(format!(
+                    "install of {game} failed: {reason}"
+                )));
+            }
+            _ => {}
+        }
+    }
+}

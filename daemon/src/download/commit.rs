@@ -1,0 +1,167 @@
+//! Preparing a root for a download and committing it: files land at their final paths,
+//! except `version.ini`, which is received under `.lanspread/incoming/` and renamed into
+//! place last, after every data file is synced, followed by a directory fsync.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use lanspread_catalog::{is_reserved_top_level, FileManifest, Version, VERSION_FILE};
+
+use super::is_sentinel;
+
+const INCOMING: &str = ".lanspread/incoming";
+
+fn err(path: &Path, e: io::Error) -> String {
+    format!("{}: {e}", path.display())
+}
+
+/// Creates the root and parent folders without following symlinks, removes a committed
+/// `version.ini` (the root is not Ready from here on) and returns each file's destination.
+pub async fn prepare(root: &Path, files: &[FileManifest]) -> Result<Vec<PathBuf>, String> {
+    let root = root.to_path_buf();
+    let files = files.to_vec();
+    tokio::task::spawn_blocking(move || prepare_blocking(&root, &files))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+fn prepare_blocking(root: &Path, files: &[FileManifest]) -> Result<Vec<PathBuf>, String> {
+    match fs::symlink_metadata(root) {
+        Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
+            return Err(format!("{} exists and is not a folder", root.display()));
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir(root).map_err(|e| err(root, e))?
+        }
+        Err(e) => return Err(err(root, e)),
+    }
+    let sentinel = root.join(VERSION_FILE);
+    match fs::remove_file(&sentinel) {
+        Ok(()) => sync_dir(root)?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(&sentinel, e)),
+    }
+    let incoming = root.join(INCOMING);
+    fs::create_dir_all(&incoming).map_err(|e| err(&incoming, e))?;
+    let mut dests = Vec::with_capacity(files.len());
+    for f in files {
+        let dest = if is_sentinel(f) {
+            incoming.join(VERSION_FILE)
+        } else {
+            create_parents(root, f.path.as_str())?
+        };
+        // Never write through a symlink left at the destination.
+        if fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs::remove_file(&dest).map_err(|e| err(&dest, e))?;
+        }
+        dests.push(dest);
+    }
+    Ok(dests)
+}
+
+/// Creates the folders of `rel` under `root` one by one, refusing symlinks and files in
+/// the way, and returns the destination path.
+fn create_parents(root: &Path, rel: &str) -> Result<PathBuf, String> {
+    let comps: Vec<&str> = rel.split('/').collect();
+    let mut dir = root.to_path_buf();
+    for comp in &comps[..comps.len().saturating_sub(1)] {
+        dir.push(comp);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("{} is in the way (not a folder)", dir.display())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&dir).map_err(|e| err(&dir, e))?
+            }
+            Err(e) => return Err(err(&dir, e)),
+        }
+    }
+    Ok(dir.join(comps.last().copied().unwrap_or_default()))
+}
+
+/// Applies modes, removes files the manifest does not list, checks the received
+/// `version.ini` and renames it into place, then fsyncs the root.
+pub async fn commit(
+    root: &Path,
+    files: &[FileManifest],
+    dests: &[PathBuf],
+    version: Version,
+) -> Result<(), String> {
+    let (root, files, dests) = (root.to_path_buf(), files.to_vec(), dests.to_vec());
+    tokio::task::spawn_blocking(move || commit_blocking(&root, &files, &dests, version))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+fn commit_blocking(
+    root: &Path,
+    files: &[FileManifest],
+    dests: &[PathBuf],
+    version: Version,
+) -> Result<(), String> {
+    for (f, dest) in files.iter().zip(dests) {
+        fs::set_permissions(dest, fs::Permissions::from_mode(f.mode & 0o7777))
+            .map_err(|e| err(dest, e))?;
+    }
+    remove_extra(root, "", files)?;
+    let incoming = root.join(INCOMING).join(VERSION_FILE);
+    let text = fs::read_to_string(&incoming).map_err(|e| err(&incoming, e))?;
+    match Version::parse(&text) {
+        Ok(v) if v == version => {}
+        Ok(v) => return Err(format!("received version.ini says {v}, expected {version}")),
+        Err(e) => return Err(format!("received version.ini: {e}")),
+    }
+    fs::File::open(&incoming)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| err(&incoming, e))?;
+    fs::rename(&incoming, root.join(VERSION_FILE)).map_err(|e| err(root, e))?;
+    sync_dir(root)?;
+    let _ = fs::remove_dir(root.join(INCOMING));
+    Ok(())
+}
+
+/// Removes regular files and symlinks under `root` that the manifest does not list (files
+/// of an older version), leaving `local/` and `.lanspread*` alone.
+fn remove_extra(dir: &Path, prefix: &str, files: &[FileManifest]) -> Result<(), String> {
+    for entry in fs::read_dir(dir).map_err(|e| err(dir, e))?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if prefix.is_empty() && (is_reserved_top_level(&name) || name == VERSION_FILE) {
+            continue;
+        }
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
+        let path = entry.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            remove_extra(&path, &rel, files)?;
+            if files
+                .iter()
+                .all(|f| !f.path.as_str().starts_with(&format!("{rel}/")))
+            {
+                let _ = fs::remove_dir(&path);
+            }
+        } else if !files.iter().any(|f| f.path.as_str() == rel) {
+            fs::remove_file(&path).map_err(|e| err(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// After a failed download: no received sentinel may survive.
+pub async fn discard_incoming(root: &Path) {
+    let incoming = root.join(INCOMING);
+    let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(incoming)).await;
+}
+
+fn sync_dir(dir: &Path) -> Result<(), String> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| err(dir, e))
+}

@@ -1,0 +1,296 @@
+//! Download orchestration: pick the sources with the newest version, validate their
+//! manifests by plurality, drive the chunk planner over QUIC streams, write through the
+//! io_uring writer into preallocated files, and commit `version.ini` last.
+
+mod commit;
+mod fetch;
+mod writer;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lanspread_catalog::{FileManifest, GameId, VERSION_FILE};
+use lanspread_peer::{choose_manifest, latest_sources, OpKind, Planner, PlannerStatus, Sources};
+use lanspread_transfer::{read_frame, write_frame, PeerId, PeerRequest, PeerResponse};
+use quinn::Connection;
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+pub use writer::Writer;
+
+use crate::api::{EventKind, FileSize};
+use crate::state::Shared;
+use fetch::{ChunkJob, FetchError};
+
+/// Chunks in flight per source.
+const MAX_IN_FLIGHT: usize = 4;
+/// How long a source may take to send a manifest (it may hash a large game first).
+const MANIFEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Checks a download request and registers the operation. Refusals leave nothing behind.
+pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), String> {
+    let Some(id) = shared.catalog.get(game) else {
+        return Err(format!("game {game} is not in the local catalog"));
+    };
+    let mut inner = shared.lock();
+    let Some(sources) = latest_sources(&inner.peers, &id) else {
+        drop(inner);
+        shared.events.emit(EventKind::NoPeersHaveGame {
+            game_id: id.clone(),
+        });
+        return Err(format!("no peers have game {id}"));
+    };
+    if let Some(have) = inner.library.get(&id).and_then(|r| r.version) {
+        if have >= sources.version && inner.operations.get(&id).is_none() {
+            return Err(format!(
+                "game {id} is already downloaded at version {have} (newest on peers: {})",
+                sources.version
+            ));
+        }
+    }
+    inner
+        .operations
+        .begin(&id, OpKind::Download)
+        .map_err(|e| e.to_string())?;
+    drop(inner);
+    shared.refresh_advert();
+    Ok((id, sources))
+}
+
+/// Runs a registered download and, when asked and it succeeded, installs the game.
+pub async fn run_with_install(shared: Arc<Shared>, id: GameId, sources: Sources, install: bool) {
+    if run(shared.clone(), id.clone(), sources).await && install {
+        let _ = crate::install::install(&shared, &id, true).await;
+    }
+}
+
+/// Runs a registered download to its end and emits the terminal event. The operation is
+/// cleared before that event, so a retry right after a failure is accepted.
+pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
+    let mut files = Vec::new();
+    let result = download(&shared, &id, &sources, &mut files).await;
+    for f in files {
+        shared.writer.close(f).await;
+    }
+    if result.is_err() {
+        commit::discard_incoming(&shared.games_dir.join(id.as_str())).await;
+    }
+    shared.lock().operations.end(&id);
+    shared.rescan_root(&id).await;
+    match result {
+        Ok(done) => {
+            let secs = done.duration.as_secs_f64().max(1e-6);
+            info!(game = %id, bytes = done.bytes, ms = done.duration.as_millis() as u64, "download finished");
+            shared.events.emit(EventKind::DownloadFinished {
+                game_id: id,
+                version: sources.version,
+                bytes: done.bytes,
+                chunks: done.chunks,
+                duration_ms: done.duration.as_millis() as u64,
+                mib_per_s: done.bytes as f64 / (1024.0 * 1024.0) / secs,
+                mbit_per_s: done.bytes as f64 * 8.0 / 1e6 / secs,
+            });
+            true
+        }
+        Err(reason) => {
+            warn!(game = %id, "download failed: {reason}");
+            shared.events.emit(EventKind::DownloadFailed {
+                game_id: id,
+                reason,
+            });
+            false
+        }
+    }
+}
+
+struct Done {
+    bytes: u64,
+    chunks: u64,
+    duration: Duration,
+}
+
+fn link(shared: &Shared, peer: &PeerId) -> Option<(Connection, String)> {
+    let inner = shared.lock();
+    let conn = inner.links.get(peer)?.conn.clone();
+    let addr = inner
+        .peers
+        .get(peer)
+        .map(|e| e.addr.to_string())
+        .unwrap_or_default();
+    Some((conn, addr))
+}
+
+async fn download(
+    shared: &Arc<Shared>,
+    id: &GameId,
+    sources: &Sources,
+    files_open: &mut Vec<u64>,
+) -> Result<Done, String> {
+    // Metadata from every newest source, validated by plurality.
+    let mut asks = JoinSet::new();
+    for peer in &sources.peers {
+        let Some((conn, _)) = link(shared, peer) else {
+            continue;
+        };
+        let (peer, id, version) = (peer.clone(), id.clone(), sources.version);
+        asks.spawn(async move {
+            let answer =
+                tokio::time::timeout(MANIFEST_TIMEOUT, request_files(&conn, id, version)).await;
+            (
+                peer,
+                answer.unwrap_or_else(|_| Err("no manifest in time".into())),
+            )
+        });
+    }
+    let mut answers = Vec::new();
+    while let Some(joined) = asks.join_next().await {
+        match joined {
+            Ok((peer, Ok(files))) => answers.push((peer, files)),
+            Ok((peer, Err(e))) => warn!(peer = %peer.short(), "no manifest: {e}"),
+            Err(e) => warn!("manifest task failed: {e}"),
+        }
+    }
+    let chosen = choose_manifest(id, answers).map_err(|e| e.to_string())?;
+    for (peer, why) in &chosen.rejected {
+        warn!(peer = %peer.short(), "not a source for {id}: {why}");
+    }
+    shared.events.emit(EventKind::GotGameFiles {
+        game_id: id.clone(),
+        version: sources.version,
+        files: chosen
+            .files
+            .iter()
+            .map(|f| FileSize {
+                path: f.path.to_string(),
+                size: f.size,
+            })
+            .collect(),
+        sources: chosen.sources.clone(),
+    });
+
+    // Prepare the root: no committed sentinel from here on, every file preallocated.
+    let root = shared.games_dir.join(id.as_str());
+    let dests = commit::prepare(&root, &chosen.files).await?;
+    for (f, dest) in chosen.files.iter().zip(&dests) {
+        let fid = shared
+            .writer
+            .open(dest.clone(), f.size)
+            .await
+            .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+        files_open.push(fid);
+    }
+    let bytes: u64 = chosen.files.iter().map(|f| f.size).sum();
+    let mut planner = Planner::new(&chosen.files, &chosen.sources, MAX_IN_FLIGHT);
+    let chunks = planner.chunks().len() as u64;
+    shared.events.emit(EventKind::DownloadBegin {
+        game_id: id.clone(),
+        version: sources.version,
+        bytes,
+        files: chosen.files.len() as u64,
+        chunks,
+    });
+    let started = Instant::now();
+    transfer(shared, id, sources, &chosen.files, files_open, &mut planner).await?;
+    for &f in files_open.iter() {
+        shared
+            .writer
+            .sync(f)
+            .await
+            .map_err(|e| format!("flushing files: {e}"))?;
+    }
+    commit::commit(&root, &chosen.files, &dests, sources.version).await?;
+    Ok(Done {
+        bytes,
+        chunks,
+        duration: started.elapsed(),
+    })
+}
+
+async fn transfer(
+    shared: &Arc<Shared>,
+    id: &GameId,
+    sources: &Sources,
+    files: &[FileManifest],
+    file_ids: &[u64],
+    planner: &mut Planner,
+) -> Result<(), String> {
+    let mut running = JoinSet::new();
+    loop {
+        while let Some(a) = planner.poll_assign() {
+            let spec = &planner.chunks()[a.chunk];
+            let file = &files[spec.file];
+            let job = ChunkJob {
+                game: id.clone(),
+                version: sources.version,
+                path: file.path.clone(),
+                file: file_ids[spec.file],
+                offset: spec.offset,
+                len: spec.len,
+                hash: spec.hash,
+            };
+            let link = link(shared, &a.peer);
+            let shared = shared.clone();
+            running.spawn(async move {
+                let res = match &link {
+                    Some((conn, _)) => fetch::fetch(conn, &shared.writer, &job).await,
+                    None => Err(FetchError::Source(
+                        lanspread_peer::FailKind::SourceGone,
+                        "peer disconnected".into(),
+                    )),
+                };
+                (a, job, link.map(|l| l.1).unwrap_or_default(), res)
+            });
+        }
+        match planner.status() {
+            PlannerStatus::Finished => return Ok(()),
+            PlannerStatus::Failed(reason) => return Err(reason),
+            PlannerStatus::Running => {}
+        }
+        let Some(joined) = running.join_next().await else {
+            return Err("download stalled: nothing in flight and nothing assignable".into());
+        };
+        let (a, job, addr, res) = joined.map_err(|e| format!("chunk task failed: {e}"))?;
+        match res {
+            Ok(()) => {
+                planner.on_done(a.chunk, &a.peer);
+                shared.events.emit(EventKind::DownloadChunkFinished {
+                    game_id: id.clone(),
+                    path: job.path.to_string(),
+                    offset: job.offset,
+                    len: job.len,
+                    peer_id: a.peer.clone(),
+                    addr,
+                });
+            }
+            Err(FetchError::Source(kind, why)) => {
+                warn!(peer = %a.peer.short(), chunk = a.chunk, "chunk failed ({kind:?}): {why}");
+                planner.on_failed(a.chunk, &a.peer, kind);
+            }
+            Err(FetchError::Local(why)) => return Err(why),
+        }
+    }
+}
+
+async fn request_files(
+    conn: &Connection,
+    game: GameId,
+    version: lanspread_catalog::Version,
+) -> Result<Vec<FileManifest>, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    write_frame(&mut send, &PeerRequest::Files { game, version })
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    match read_frame::<_, PeerResponse>(&mut recv).await {
+        Ok(Some(PeerResponse::Files(files))) => Ok(files),
+        Ok(Some(PeerResponse::Refused { reason })) => Err(format!("refused: {reason}")),
+        Ok(Some(other)) => Err(format!("unexpected answer {other:?}")),
+        Ok(None) => Err("stream ended".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Whether a manifest path is the commit sentinel.
+fn is_sentinel(f: &FileManifest) -> bool {
+    f.path.as_str() == VERSION_FILE
+}

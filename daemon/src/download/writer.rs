@@ -1,0 +1,278 @@
+//! The io_uring writer: one thread running a tokio-uring runtime that creates and
+//! preallocates files, writes buffers at their offsets and syncs, fed by a bounded channel.
+//! Buffers come from a fixed pool, so a download never holds more than the pool in
+//! memory, whatever the chunk or file size.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+
+/// Size of one pool buffer.
+pub const BUF_SIZE: usize = 1 << 20;
+/// Buffers in the pool (the most download data held in memory at once).
+pub const POOL_BUFFERS: usize = 48;
+
+/// A pool buffer; returns to the pool when dropped.
+pub struct PoolBuf {
+    vec: Option<Vec<u8>>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PoolBuf {
+    /// The bytes filled so far.
+    pub fn filled(&self) -> usize {
+        self.vec.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Room left.
+    pub fn room(&self) -> usize {
+        BUF_SIZE - self.filled()
+    }
+
+    /// Appends bytes (at most `room()`).
+    pub fn extend(&mut self, bytes: &[u8]) {
+        if let Some(v) = &mut self.vec {
+            v.extend_from_slice(bytes);
+        }
+    }
+}
+
+impl Drop for PoolBuf {
+    fn drop(&mut self) {
+        if let Some(mut v) = self.vec.take() {
+            v.clear();
+            self.pool
+                .bufs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(v);
+        }
+    }
+}
+
+struct Pool {
+    sem: Arc<Semaphore>,
+    bufs: Mutex<Vec<Vec<u8>>>,
+}
+
+enum Job {
+    Open {
+        path: PathBuf,
+        size: u64,
+        reply: oneshot::Sender<io::Result<u64>>,
+    },
+    Write {
+        file: u64,
+        offset: u64,
+        buf: PoolBuf,
+        reply: oneshot::Sender<io::Result<()>>,
+    },
+    Sync {
+        file: u64,
+        reply: oneshot::Sender<io::Result<()>>,
+    },
+    Close {
+        file: u64,
+    },
+}
+
+/// Handle to the writer thread (started on first use).
+pub struct Writer {
+    pool: Arc<Pool>,
+    tx: OnceLock<mpsc::Sender<Job>>,
+}
+
+impl Default for Writer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::other("the io_uring writer thread is gone")
+}
+
+impl Writer {
+    /// A writer with a full pool; the thread starts on the first job.
+    pub fn new() -> Self {
+        Self {
+            pool: Arc::new(Pool {
+                sem: Arc::new(Semaphore::new(POOL_BUFFERS)),
+                bufs: Mutex::new(Vec::new()),
+            }),
+            tx: OnceLock::new(),
+        }
+    }
+
+    /// Waits for a free pool buffer.
+    pub async fn buffer(&self) -> io::Result<PoolBuf> {
+        let permit = self
+            .pool
+            .sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| gone())?;
+        let vec = self
+            .pool
+            .bufs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(BUF_SIZE));
+        Ok(PoolBuf {
+            vec: Some(vec),
+            pool: self.pool.clone(),
+            _permit: permit,
+        })
+    }
+
+    fn sender(&self) -> io::Result<&mpsc::Sender<Job>> {
+        if let Some(tx) = self.tx.get() {
+            return Ok(tx);
+        }
+        let (tx, rx) = mpsc::channel(POOL_BUFFERS * 2);
+        std::thread::Builder::new()
+            .name("lanspread-uring".into())
+            .spawn(move || tokio_uring::start(run(rx)))?;
+        // Another caller may have won the race; its thread serves everyone and ours ends
+        // when its channel closes.
+        let _ = self.tx.set(tx);
+        self.tx.get().ok_or_else(gone)
+    }
+
+    async fn call<T>(
+        &self,
+        job: impl FnOnce(oneshot::Sender<io::Result<T>>) -> Job,
+    ) -> io::Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?.send(job(reply)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Creates `path` (parents must exist), preallocates it to `size` bytes and returns a
+    /// file handle for writes.
+    pub async fn open(&self, path: PathBuf, size: u64) -> io::Result<u64> {
+        self.call(|reply| Job::Open { path, size, reply }).await
+    }
+
+    /// Queues a buffer for writing at `offset`; the receiver resolves when it is written.
+    pub async fn write(
+        &self,
+        file: u64,
+        offset: u64,
+        buf: PoolBuf,
+    ) -> io::Result<oneshot::Receiver<io::Result<()>>> {
+        let (reply, rx) = oneshot::channel();
+        self.sender()?
+            .send(Job::Write {
+                file,
+                offset,
+                buf,
+                reply,
+            })
+            .await
+            .map_err(|_| gone())?;
+        Ok(rx)
+    }
+
+    /// Flushes a file's data to disk (fdatasync).
+    pub async fn sync(&self, file: u64) -> io::Result<()> {
+        self.call(|reply| Job::Sync { file, reply }).await
+    }
+
+    /// Closes a file handle.
+    pub async fn close(&self, file: u64) {
+        if let Ok(tx) = self.sender() {
+            let _ = tx.send(Job::Close { file }).await;
+        }
+    }
+}
+
+type Files = Rc<RefCell<HashMap<u64, Rc<tokio_uring::fs::File>>>>;
+
+async fn run(mut rx: mpsc::Receiver<Job>) {
+    let files: Files = Rc::default();
+    let mut next_id = 0u64;
+    while let Some(job) = rx.recv().await {
+        match job {
+            Job::Open { path, size, reply } => {
+                next_id += 1;
+                let id = next_id;
+                let files = files.clone();
+                tokio_uring::spawn(async move {
+                    let res = open(path, size).await.map(|f| {
+                        files.borrow_mut().insert(id, Rc::new(f));
+                        id
+                    });
+                    let _ = reply.send(res);
+                });
+            }
+            Job::Write {
+                file,
+                offset,
+                mut buf,
+                reply,
+            } => {
+                let f = files.borrow().get(&file).cloned();
+                tokio_uring::spawn(async move {
+                    let res = match (f, buf.vec.take()) {
+                        (Some(f), Some(v)) => {
+                            let (res, v) = f.write_all_at(v, offset).await;
+                            buf.vec = Some(v);
+                            res
+                        }
+                        _ => Err(io::Error::other("write to a closed file")),
+                    };
+                    drop(buf);
+                    let _ = reply.send(res);
+                });
+            }
+            Job::Sync { file, reply } => {
+                let f = files.borrow().get(&file).cloned();
+                tokio_uring::spawn(async move {
+                    let res = match f {
+                        Some(f) => f.sync_data().await,
+                        None => Err(io::Error::other("sync of a closed file")),
+                    };
+                    let _ = reply.send(res);
+                });
+            }
+            Job::Close { file } => {
+                // Dropping the last handle closes the descriptor.
+                files.borrow_mut().remove(&file);
+            }
+        }
+    }
+}
+
+/// Creates the file and gives it its full size up front: `fallocate` reserves the blocks
+/// (so a full disk fails here, not half-way), `set_len` trims a longer leftover.
+async fn open(path: PathBuf, size: u64) -> io::Result<tokio_uring::fs::File> {
+    let std_file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(&path)?;
+    let f = tokio_uring::fs::File::from_std(std_file.try_clone()?);
+    if size > 0 {
+        match f.fallocate(0, size, 0).await {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {}
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("{}: preallocating {size} bytes: {e}", path.display()),
+                ))
+            }
+        }
+    }
+    std_file.set_len(size)?;
+    Ok(f)
+}

@@ -1,0 +1,169 @@
+//! Serving peers: manifests and chunks on request streams, behind the serve gates (S12).
+
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use lanspread_catalog::GameRoot;
+use lanspread_peer::{gate_chunk, gate_files};
+use lanspread_transfer::{close_code, read_frame, write_frame, PeerId, PeerRequest, PeerResponse};
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::state::Shared;
+
+/// Size of one read from disk while serving.
+const READ_SIZE: usize = 2 << 20;
+/// How long a peer has to send its request after opening a stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts request streams on a connection until it closes.
+pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerId) {
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(peer = %remote.short(), "request loop ended: {e}");
+                return;
+            }
+        };
+        let (shared, conn, remote) = (shared.clone(), conn.clone(), remote.clone());
+        tokio::spawn(async move {
+            if let Err(e) = handle(&shared, send, recv).await {
+                warn!(peer = %remote.short(), "protocol error on a request stream, disconnecting: {e}");
+                conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"bad request");
+            }
+        });
+    }
+}
+
+/// Answers one request. An `Err` is a protocol violation that ends the connection; a
+/// refused or failed request is answered and the connection stays.
+async fn handle(shared: &Shared, mut send: SendStream, mut recv: RecvStream) -> Result<(), String> {
+    let request = match tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        read_frame::<_, PeerRequest>(&mut recv),
+    )
+    .await
+    {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => return Err("empty request stream".into()),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("no request in time".into()),
+    };
+    match request {
+        PeerRequest::Files { game, version } => {
+            let root = gated_root(shared, &game, version);
+            let answer = match root {
+                Err(reason) => PeerResponse::Refused { reason },
+                Ok(root) => {
+                    let hashes = shared_hashes(shared, root).await;
+                    match hashes {
+                        Ok(files) => PeerResponse::Files(files),
+                        Err(reason) => PeerResponse::Refused { reason },
+                    }
+                }
+            };
+            let _ = write_frame(&mut send, &answer).await;
+            let _ = send.finish();
+        }
+        PeerRequest::Chunk {
+            game,
+            version,
+            path,
+            offset,
+            len,
+        } => {
+            let file = gated_root(shared, &game, version).and_then(|root| {
+                gate_chunk(&root, &path, offset, len).map_err(|e| e.to_string())?;
+                Ok(path.to_path(&root.dir))
+            });
+            let file = match file {
+                Ok(p) => p,
+                Err(reason) => {
+                    let _ = write_frame(&mut send, &PeerResponse::Refused { reason }).await;
+                    let _ = send.finish();
+                    return Ok(());
+                }
+            };
+            let _ = write_frame(&mut send, &PeerResponse::Chunk { len }).await;
+            if let Err(e) = stream_range(&mut send, file, offset, len).await {
+                debug!("chunk stream ended early: {e}");
+                let _ = send.reset(VarInt::from_u32(1));
+                return Ok(());
+            }
+            let _ = send.finish();
+        }
+    }
+    Ok(())
+}
+
+fn gated_root(
+    shared: &Shared,
+    game: &lanspread_catalog::GameId,
+    version: lanspread_catalog::Version,
+) -> Result<GameRoot, String> {
+    let inner = shared.lock();
+    let active = inner.operations.get(game).is_some();
+    gate_files(
+        &shared.catalog,
+        game,
+        inner.library.get(game),
+        active,
+        version,
+    )
+    .cloned()
+    .map_err(|e| e.to_string())
+}
+
+async fn shared_hashes(
+    shared: &Shared,
+    root: GameRoot,
+) -> Result<Vec<lanspread_catalog::FileManifest>, String> {
+    let cache = shared.hashes.clone();
+    tokio::task::spawn_blocking(move || cache.manifest(&root))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())
+}
+
+/// Reads `[offset, offset+len)` on a blocking thread in large pieces and writes them to the
+/// stream as they come, one piece ahead.
+async fn stream_range(
+    send: &mut SendStream,
+    path: std::path::PathBuf,
+    offset: u64,
+    len: u64,
+) -> Result<(), String> {
+    let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(2);
+    let reader = tokio::task::spawn_blocking(move || {
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        let mut pos = offset;
+        let end = offset + len;
+        while pos < end {
+            let n = READ_SIZE.min((end - pos) as usize);
+            let mut buf = vec![0u8; n];
+            let res = file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf));
+            let failed = res.is_err();
+            if tx.blocking_send(res).is_err() || failed {
+                return;
+            }
+            pos += n as u64;
+        }
+    });
+    while let Some(piece) = rx.recv().await {
+        let piece = piece.map_err(|e| e.to_string())?;
+        send.write_chunk(piece).await.map_err(|e| e.to_string())?;
+    }
+    drop(rx);
+    let _ = reader.await;
+    Ok(())
+}

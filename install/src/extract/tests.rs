@@ -1,0 +1,175 @@
+//! Installs of archives made by our writer, and hostile archives made with the writer's
+//! test-only option: each hostile one is refused, nothing lands outside staging, no
+//! `local/` is left.
+
+use super::*;
+use crate::{Rar5Writer, WriterOptions};
+use std::io::Cursor;
+
+fn archive(path: &Path, entries: &[(&str, u32, &[u8])], unsafe_names: bool) {
+    let f = fs::File::create(path).unwrap();
+    let mut w = Rar5Writer::with_options(
+        f,
+        WriterOptions {
+            allow_unsafe_names: unsafe_names,
+        },
+    )
+    .unwrap();
+    for (name, mode, data) in entries {
+        w.add_file(
+            name,
+            *mode,
+            1_700_000_000,
+            data.len() as u64,
+            Cursor::new(data.to_vec()),
+        )
+        .unwrap();
+    }
+    w.finish().unwrap();
+}
+
+fn root_with(entries: &[(&str, u32, &[u8])], unsafe_names: bool) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("games/cnctw");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("version.ini"), "20250101\n").unwrap();
+    archive(&root.join("cnctw.eti"), entries, unsafe_names);
+    (t, root)
+}
+
+fn assert_failed_clean(t: &tempfile::TempDir, root: &Path, err: InstallError) {
+    assert!(!root.join("local").exists(), "{err}: local/ left behind");
+    assert!(!root.join(STAGING).exists(), "{err}: staging left behind");
+    // Nothing was written next to the root or the games dir.
+    let mut top: Vec<_> = fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["games"], "{err}");
+    let games: Vec<_> = fs::read_dir(t.path().join("games"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(games, ["cnctw"], "{err}");
+}
+
+#[test]
+fn installs_bytes_and_modes_and_reinstalls() {
+    let (_t, root) = root_with(
+        &[
+            ("bin/run.sh", 0o755, b"#!/bin/sh\n"),
+            ("data/a.bin", 0o640, b"abc"),
+        ],
+        false,
+    );
+    archive(
+        &root.join("b-extra.eti"),
+        &[("extra.txt", 0o644, b"more")],
+        false,
+    );
+    let s = install_root(&root).unwrap();
+    assert_eq!((s.archives, s.files, s.bytes), (2, 3, 17));
+    let local = root.join("local");
+    assert_eq!(fs::read(local.join("bin/run.sh")).unwrap(), b"#!/bin/sh\n");
+    assert_eq!(fs::read(local.join("extra.txt")).unwrap(), b"more");
+    assert_eq!(
+        fs::metadata(local.join("bin/run.sh"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o755
+    );
+    assert_eq!(
+        fs::metadata(local.join("data/a.bin"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o640
+    );
+    assert!(local.join(INSTALLED_MARKER).exists());
+    // Reinstall after the archive changed: local/ holds the new contents only.
+    archive(
+        &root.join("b-extra.eti"),
+        &[("other.txt", 0o644, b"new")],
+        false,
+    );
+    install_root(&root).unwrap();
+    assert!(!local.join("extra.txt").exists());
+    assert_eq!(fs::read(local.join("other.txt")).unwrap(), b"new");
+    uninstall_root(&root).unwrap();
+    assert!(!local.exists());
+    assert!(root.join("cnctw.eti").exists() && root.join("version.ini").exists());
+}
+
+#[test]
+fn a_root_without_archives_installs_empty() {
+    let t = tempfile::tempdir().unwrap();
+    fs::write(t.path().join("version.ini"), "20250101").unwrap();
+    let s = install_root(t.path()).unwrap();
+    assert_eq!(s.files, 0);
+    assert!(t.path().join("local").join(INSTALLED_MARKER).exists());
+}
+
+#[test]
+fn hostile_names_are_refused() {
+    for bad in ["../x", "../../x", "/abs/x", "a/../../x"] {
+        let (t, root) = root_with(&[("ok.txt", 0o644, b"fine"), (bad, 0o644, b"evil")], true);
+        let err = install_root(&root).unwrap_err();
+        assert!(matches!(err, InstallError::UnsafeName(_)), "{bad}: {err}");
+        assert_failed_clean(&t, &root, err);
+    }
+}
+
+#[test]
+fn clashing_archives_are_refused() {
+    let (t, root) = root_with(&[("same.txt", 0o644, b"one")], false);
+    archive(&root.join("z.eti"), &[("same.txt", 0o644, b"two")], false);
+    let err = install_root(&root).unwrap_err();
+    assert!(matches!(err, InstallError::Clash { .. }), "{err}");
+    assert_failed_clean(&t, &root, err);
+}
+
+#[test]
+fn corrupt_archives_are_refused() {
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 249) as u8).collect();
+    // A flipped data byte: the CRC check fails.
+    let (t, root) = root_with(&[("big.bin", 0o644, &data)], false);
+    let eti = root.join("cnctw.eti");
+    let mut bytes = fs::read(&eti).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    fs::write(&eti, &bytes).unwrap();
+    let err = install_root(&root).unwrap_err();
+    assert!(matches!(err, InstallError::Archive { .. }), "{err}");
+    assert_failed_clean(&t, &root, err);
+    // A truncated archive.
+    let (t, root) = root_with(&[("big.bin", 0o644, &data)], false);
+    let eti = root.join("cnctw.eti");
+    let bytes = fs::read(&eti).unwrap();
+    fs::write(&eti, &bytes[..bytes.len() / 3]).unwrap();
+    let err = install_root(&root).unwrap_err();
+    assert!(matches!(err, InstallError::Archive { .. }), "{err}");
+    assert_failed_clean(&t, &root, err);
+}
+
+#[test]
+fn a_failed_reinstall_keeps_the_old_install() {
+    let (_t, root) = root_with(&[("a.txt", 0o644, b"one")], false);
+    install_root(&root).unwrap();
+    archive(&root.join("cnctw.eti"), &[("../evil", 0o644, b"x")], true);
+    assert!(install_root(&root).is_err());
+    assert_eq!(fs::read(root.join("local/a.txt")).unwrap(), b"one");
+}
+
+#[test]
+fn entry_paths() {
+    let b = Path::new("/s");
+    assert_eq!(safe_entry_path(b, "a/b").unwrap(), PathBuf::from("/s/a/b"));
+    assert_eq!(safe_entry_path(b, "a\\b").unwrap(), PathBuf::from("/s/a/b"));
+    for bad in ["", "..", "../a", "/a", "a/../../b", "."] {
+        assert!(safe_entry_path(b, bad).is_err(), "{bad}");
+    }
+}
