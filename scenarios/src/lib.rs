@@ -5,9 +5,11 @@
 
 mod manifest;
 mod node;
+mod privileged;
 
 pub use manifest::{assert_same_tree, manifest, Manifest};
 pub use node::{bin, lab, CliOutput, Node, NodeOptions};
+pub use privileged::{skip_privileged, Tmpfs};
 
 use std::time::{Duration, Instant};
 

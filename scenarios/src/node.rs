@@ -205,6 +205,59 @@ impl Node {
         self.json(&["connect", &other.addr])
     }
 
+    /// Runs `download GAME --json` with extra flags and returns the CLI output.
+    pub fn download(&self, game: &str, flags: &[&str]) -> CliOutput {
+        let mut a = vec!["--json", "download", game];
+        a.extend_from_slice(flags);
+        self.cli(&a)
+    }
+
+    /// Downloads and asserts success; returns the terminal JSON document.
+    pub fn download_ok(&self, game: &str, flags: &[&str]) -> Value {
+        let out = self.download(game, flags);
+        assert_eq!(
+            out.code,
+            0,
+            "{}: download {game} failed: {}{}",
+            self.name,
+            out.stderr,
+            self.log_tail()
+        );
+        out.json()
+    }
+
+    /// Events about one game.
+    pub fn game_events(&self, game: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["game_id"] == game)
+            .collect()
+    }
+
+    /// Bytes per source peer id from `download-chunk-finished` events of a game.
+    pub fn bytes_per_source(&self, game: &str) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for e in self
+            .game_events(game)
+            .iter()
+            .filter(|e| e["event"] == "download-chunk-finished")
+        {
+            *out.entry(e["peer_id"].as_str().unwrap_or("").to_owned())
+                .or_insert(0) += e["len"].as_u64().unwrap_or(0);
+        }
+        out
+    }
+
+    /// The local row of a game in `list-games`.
+    pub fn local_row(&self, game: &str) -> Option<Value> {
+        let v = self.json(&["list-games"]);
+        v["local"]
+            .as_array()?
+            .iter()
+            .find(|g| g["id"] == game)
+            .cloned()
+    }
+
     /// Every event so far.
     pub fn events(&self) -> Vec<Value> {
         let text = fs::read_to_string(&self.events).unwrap_or_default();

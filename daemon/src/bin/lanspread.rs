@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lanspread: {}", e.message());
-            if json {
+            if json && !e.printed() {
                 println!("{}", serde_json::json!({ "error": e.message() }));
             }
             ExitCode::from(e.exit_code())

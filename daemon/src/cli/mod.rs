@@ -98,6 +98,8 @@ pub enum Command {
 pub enum CliError {
     /// The daemon refused or the operation failed (exit 1).
     Failed(String),
+    /// The operation failed and its terminal JSON document was already printed (exit 1).
+    FailedPrinted(String),
     /// The daemon could not be reached (exit 3).
     Unreachable(String),
 }
@@ -106,15 +108,20 @@ impl CliError {
     /// The process exit code.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::Failed(_) => 1,
+            CliError::Failed(_) | CliError::FailedPrinted(_) => 1,
             CliError::Unreachable(_) => 3,
         }
+    }
+
+    /// True when stdout already holds the JSON document for this failure.
+    pub fn printed(&self) -> bool {
+        matches!(self, CliError::FailedPrinted(_))
     }
 
     /// The message for stderr.
     pub fn message(&self) -> &str {
         match self {
-            CliError::Failed(m) | CliError::Unreachable(m) => m,
+            CliError::Failed(m) | CliError::FailedPrinted(m) | CliError::Unreachable(m) => m,
         }
     }
 }

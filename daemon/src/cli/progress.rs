@@ -103,12 +103,12 @@ pub async fn download(
                 if let Some(b) = &bar {
                     b.abandon();
                 }
+                let msg = format!("download of {game} failed: {reason}");
                 if json {
                     println!("{value}");
+                    return Err(CliError::FailedPrinted(msg));
                 }
-                return Err(CliError::Failed(format!(
-                    "download of {game} failed: {reason}"
-                )));
+                return Err(CliError::Failed(msg));
             }
             EventKind::InstallBegin { .. } if !json => println!("{game}: installing"),
             EventKind::InstallFinished { .. } => {
@@ -124,12 +124,12 @@ pub async fn download(
             EventKind::InstallFailed { reason, .. } => {
                 let mut doc = finished.take().unwrap_or_else(|| serde_json::json!({}));
                 doc["install"] = value;
+                let msg = format!("install of {game} failed: {reason}");
                 if json {
                     println!("{doc}");
+                    return Err(CliError::FailedPrinted(msg));
                 }
-                return Err(CliError::Failed(format!(
-                    "install of {game} failed: {reason}"
-                )));
+                return Err(CliError::Failed(msg));
             }
             _ => {}
         }

@@ -2,6 +2,7 @@
 //! Run one with `cargo test -p lanspread-scenarios s03`.
 
 mod control;
+mod downloads;
 mod hostile;
 mod library;
 mod util;

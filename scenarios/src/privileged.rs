@@ -1,0 +1,71 @@
+//! Things that need root: a tmpfs mount for disk-full tests. Without root a test fails
+//! with a message saying so, unless `LANSPREAD_SKIP_PRIVILEGED=1` was set on purpose.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// True when privileged tests should be skipped (announced on stderr).
+pub fn skip_privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if root {
+        return false;
+    }
+    if std::env::var("LANSPREAD_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+        eprintln!("{test}: SKIPPED (needs root; LANSPREAD_SKIP_PRIVILEGED=1)");
+        return true;
+    }
+    panic!("{test} needs root (it mounts a tmpfs); run as root or set LANSPREAD_SKIP_PRIVILEGED=1 to skip it on purpose");
+}
+
+/// A tmpfs mounted for the life of this value.
+pub struct Tmpfs {
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size_mib` MiB on a fresh temp dir.
+    pub fn mount(size_mib: u64) -> Tmpfs {
+        let dir = tempfile::Builder::new()
+            .prefix("ls-tmpfs-")
+            .tempdir()
+            .expect("tempdir");
+        let path = dir.path().to_path_buf();
+        let target = CString::new(path.as_os_str().as_bytes()).expect("path");
+        let opts = CString::new(format!("size={size_mib}m,mode=0755")).expect("opts");
+        // SAFETY: valid NUL-terminated strings; the mount point exists.
+        let rc = unsafe {
+            libc::mount(
+                c"tmpfs".as_ptr(),
+                target.as_ptr(),
+                c"tmpfs".as_ptr(),
+                0,
+                opts.as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mount tmpfs on {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        Tmpfs { path, _dir: dir }
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Ok(target) = CString::new(self.path.as_os_str().as_bytes()) {
+            // SAFETY: valid path; MNT_DETACH so a busy mount never blocks the test.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}

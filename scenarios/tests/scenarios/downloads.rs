@@ -1,0 +1,478 @@
+//! Downloads and validation: S4, S7, S8, S9, S13, S14, S15, S16, S17, S34, S35, S36, S37.
+
+use std::fs;
+use std::path::Path;
+
+use lanspread_fixtures::{Content, GameSpec, ALPHA, BRAVO};
+use lanspread_scenarios::{assert_same_tree, lab, Node, NodeOptions};
+use serde_json::Value;
+
+use crate::util::remote_rows;
+
+const CHUNK: u64 = 32 << 20;
+
+pub fn source(name: &str, dir: &Path) -> Node {
+    Node::start(name, dir)
+}
+
+pub fn client() -> (Node, tempfile::TempDir) {
+    let games = tempfile::tempdir().unwrap();
+    (Node::start("client", games.path()), games)
+}
+
+/// Names of a game's events in order, chunk events left out.
+pub fn flow(n: &Node, game: &str) -> Vec<String> {
+    n.game_events(game)
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or("").to_owned())
+        .filter(|e| e != "download-chunk-finished")
+        .collect()
+}
+
+/// A root must have no committed sentinel and must not be listed as Ready.
+pub fn assert_not_committed(n: &Node, games: &Path, game: &str) {
+    assert!(
+        !games.join(game).join("version.ini").exists(),
+        "{game}: version.ini committed"
+    );
+    if let Some(row) = n.local_row(game) {
+        assert_ne!(row["availability"], "Ready", "{row}");
+        assert_eq!(row["downloaded"], false, "{row}");
+    }
+    assert!(
+        n.json(&["status"])["operations"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "operation left active"
+    );
+}
+
+#[test]
+fn s04_single_source_no_install() {
+    let b = source("bravo", &lab().join(BRAVO));
+    let (c, games) = client();
+    c.connect(&b);
+    let done = c.download_ok("bfbc2", &["--no-install"]);
+    assert_eq!(done["event"], "download-finished");
+    assert_eq!(done["game_id"], "bfbc2");
+    assert_eq!(
+        flow(&c, "bfbc2"),
+        ["got-game-files", "download-begin", "download-finished"]
+    );
+    let begin = &c.game_events("bfbc2")[1];
+    let src = lab().join(BRAVO).join("bfbc2");
+    let size = crate::util::root_size(&src);
+    assert_eq!(begin["bytes"].as_u64(), Some(size));
+    assert_eq!(done["bytes"].as_u64(), Some(size));
+    assert_eq!(done["chunks"], begin["chunks"]);
+    for k in ["duration_ms", "mib_per_s", "mbit_per_s"] {
+        assert!(done[k].is_number(), "{k} in {done}");
+    }
+    let row = c.local_row("bfbc2").unwrap();
+    assert_eq!(
+        (row["downloaded"].clone(), row["installed"].clone()),
+        (Value::Bool(true), Value::Bool(false))
+    );
+    assert_eq!(row["availability"], "Ready");
+    assert_same_tree(&src, &games.path().join("bfbc2"));
+    assert!(!games.path().join("bfbc2/local").exists());
+    // Modes survive the transfer.
+    let ggoo_src = lab().join(ALPHA).join("ggoo");
+    let a = source("alpha", &lab().join(ALPHA));
+    c.connect(&a);
+    c.download_ok("ggoo", &["--no-install"]);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(&games.path().join("ggoo/bin/ggoo.sh")),
+        mode(&ggoo_src.join("bin/ggoo.sh"))
+    );
+    assert_eq!(mode(&games.path().join("ggoo/bin/ggoo.sh")), 0o755);
+}
+
+#[test]
+fn s07_two_sources_agree() {
+    let a = source("alpha", &lab().join(ALPHA));
+    let b = source("bravo", &lab().join(BRAVO));
+    let (c, games) = client();
+    c.connect(&a);
+    c.connect(&b);
+    c.download_ok("ggoo", &["--no-install"]);
+    let got = c
+        .game_events("ggoo")
+        .into_iter()
+        .find(|e| e["event"] == "got-game-files")
+        .unwrap();
+    let mut sources: Vec<_> = got["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    sources.sort();
+    let mut want = vec![a.peer_id.clone(), b.peer_id.clone()];
+    want.sort();
+    assert_eq!(sources, want);
+    assert_eq!(c.local_row("ggoo").unwrap()["installed"], false);
+    assert_same_tree(&lab().join(ALPHA).join("ggoo"), &games.path().join("ggoo"));
+}
+
+fn conflict_setup(specs: &[(&str, u64)]) -> (Vec<Node>, Vec<tempfile::TempDir>) {
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, (version, eti_size)) in specs.iter().enumerate() {
+        let d = tempfile::tempdir().unwrap();
+        GameSpec::new("cnc4", version)
+            .file(
+                "cnc4.eti",
+                0o644,
+                Content::Random {
+                    seed: 40 + i as u64,
+                    size: *eti_size,
+                },
+            )
+            .write(d.path())
+            .unwrap();
+        nodes.push(source(&format!("src{i}"), d.path()));
+        dirs.push(d);
+    }
+    (nodes, dirs)
+}
+
+#[test]
+fn s08_conflicting_metadata() {
+    let (srcs, _dirs) = conflict_setup(&[("20250101", 1000), ("20250101", 2000)]);
+    let (c, games) = client();
+    for s in &srcs {
+        c.connect(s);
+    }
+    let out = c.download("cnc4", &["--no-install"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let failed = out.json();
+    assert_eq!(failed["event"], "download-failed");
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("conflicting metadata"),
+        "{failed}"
+    );
+    assert_not_committed(&c, games.path(), "cnc4");
+}
+
+#[test]
+fn s09_missing_game() {
+    let a = source("alpha", &lab().join(ALPHA));
+    let (c, games) = client();
+    c.connect(&a);
+    let out = c.download("cod5", &[]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("no peers have game cod5"),
+        "{}",
+        out.stderr
+    );
+    c.wait_event("no-peers-have-game", |e| e["game_id"] == "cod5");
+    assert!(!games.path().join("cod5").exists());
+    assert_eq!(
+        fs::read_dir(games.path()).unwrap().count(),
+        0,
+        "nothing created"
+    );
+}
+
+#[test]
+fn s13_exactness() {
+    let a = source("alpha", &lab().join(ALPHA));
+    let b = source("bravo", &lab().join(BRAVO));
+    let (c, games) = client();
+    c.connect(&a);
+    c.connect(&b);
+    c.download_ok("bfbc2", &["--no-install"]);
+    c.download_ok("alienswarm", &["--no-install"]);
+    assert_same_tree(
+        &lab().join(BRAVO).join("bfbc2"),
+        &games.path().join("bfbc2"),
+    );
+    assert_same_tree(
+        &lab().join(ALPHA).join("alienswarm"),
+        &games.path().join("alienswarm"),
+    );
+    // 126 MB in 32 MiB chunks plus version.ini.
+    let begin = c
+        .game_events("alienswarm")
+        .into_iter()
+        .find(|e| e["event"] == "download-begin")
+        .unwrap();
+    assert_eq!(begin["chunks"], 5);
+}
+
+#[test]
+fn s14_multi_source_large_file() {
+    let a = source("alpha", &lab().join(ALPHA));
+    let (b, b_games) = {
+        let g = tempfile::tempdir().unwrap();
+        (Node::start("b", g.path()), g)
+    };
+    b.connect(&a);
+    b.download_ok("alienswarm", &["--no-install"]);
+    let (c, games) = client();
+    c.connect(&a);
+    c.connect(&b);
+    c.download_ok("alienswarm", &["--no-install"]);
+    let per = c.bytes_per_source("alienswarm");
+    assert_eq!(per.len(), 2, "chunks from both sources: {per:?}");
+    let (x, y) = (per[&a.peer_id], per[&b.peer_id]);
+    assert!(
+        x.abs_diff(y) < CHUNK,
+        "per-source totals {x} and {y} differ by a chunk or more"
+    );
+    assert_same_tree(
+        &lab().join(ALPHA).join("alienswarm"),
+        &games.path().join("alienswarm"),
+    );
+    assert_same_tree(
+        &lab().join(ALPHA).join("alienswarm"),
+        &b_games.path().join("alienswarm"),
+    );
+}
+
+fn skewed(versions: &[(&str, u64, u64)]) -> (Vec<Node>, Vec<tempfile::TempDir>) {
+    let mut nodes = Vec::new();
+    let mut dirs = Vec::new();
+    for (i, (version, seed, size)) in versions.iter().enumerate() {
+        let d = tempfile::tempdir().unwrap();
+        GameSpec::new("cnc4", version)
+            .with_archive(*seed, &[*size])
+            .write(d.path())
+            .unwrap();
+        nodes.push(source(&format!("p{i}"), d.path()));
+        dirs.push(d);
+    }
+    (nodes, dirs)
+}
+
+#[test]
+fn s15_three_way_skew() {
+    let (srcs, dirs) = skewed(&[
+        ("20250101", 1, 3 << 20),
+        ("20250201", 2, 5 << 20),
+        ("20250301", 3, 4 << 20),
+    ]);
+    let (c, games) = client();
+    for s in &srcs {
+        c.connect(s);
+    }
+    let rows = remote_rows(&c.json(&["list-games"]));
+    assert_eq!(rows["cnc4"].0, "20250301");
+    assert_eq!(rows["cnc4"].1, 3);
+    c.download_ok("cnc4", &["--no-install"]);
+    let got = c
+        .game_events("cnc4")
+        .into_iter()
+        .find(|e| e["event"] == "got-game-files")
+        .unwrap();
+    assert_eq!(got["sources"], serde_json::json!([srcs[2].peer_id]));
+    assert_eq!(got["version"], "20250301");
+    let per = c.bytes_per_source("cnc4");
+    assert_eq!(
+        per.keys().collect::<Vec<_>>(),
+        [&srcs[2].peer_id],
+        "every chunk from the newest peer"
+    );
+    assert_same_tree(&dirs[2].path().join("cnc4"), &games.path().join("cnc4"));
+}
+
+#[test]
+fn s16_stale_peer_present() {
+    // B and C hold the same newest bytes (a 3-chunk file); A is older.
+    let newest = |d: &Path| {
+        GameSpec::new("cnc4", "20250201")
+            .file(
+                "cnc4.eti",
+                0o644,
+                Content::Random {
+                    seed: 77,
+                    size: 2 * CHUNK + 12345,
+                },
+            )
+            .write(d)
+            .unwrap();
+    };
+    let da = tempfile::tempdir().unwrap();
+    GameSpec::new("cnc4", "20250101")
+        .with_archive(5, &[1 << 20])
+        .write(da.path())
+        .unwrap();
+    let (db, dc) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    newest(db.path());
+    newest(dc.path());
+    let (a, b, cc) = (
+        source("a", da.path()),
+        source("b", db.path()),
+        source("c", dc.path()),
+    );
+    let (client, games) = client();
+    for s in [&a, &b, &cc] {
+        client.connect(s);
+    }
+    assert_eq!(remote_rows(&client.json(&["list-games"]))["cnc4"].1, 3);
+    client.download_ok("cnc4", &["--no-install"]);
+    let per = client.bytes_per_source("cnc4");
+    assert!(
+        !per.contains_key(&a.peer_id),
+        "bytes from the stale peer: {per:?}"
+    );
+    assert!(per.keys().all(|p| *p == b.peer_id || *p == cc.peer_id));
+    assert_same_tree(&db.path().join("cnc4"), &games.path().join("cnc4"));
+}
+
+#[test]
+fn s17_latest_conflict() {
+    let (srcs, _dirs) =
+        conflict_setup(&[("20250101", 500), ("20250201", 1000), ("20250201", 2000)]);
+    let (c, games) = client();
+    for s in &srcs {
+        c.connect(s);
+    }
+    let out = c.download("cnc4", &["--no-install"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("conflicting"),
+        "{}",
+        out.stdout
+    );
+    assert_not_committed(&c, games.path(), "cnc4");
+}
+
+#[test]
+fn s34_many_small_files() {
+    for count in [20usize, 2000] {
+        let d = tempfile::tempdir().unwrap();
+        GameSpec::new("cod5", "20250101")
+            .with_small_files(count as u64, count, 1000)
+            .write(d.path())
+            .unwrap();
+        let s = source("many", d.path());
+        let (c, games) = client();
+        c.connect(&s);
+        let done = c.download_ok("cod5", &["--no-install"]);
+        // Every file (and version.ini) is one chunk.
+        assert_eq!(done["chunks"].as_u64(), Some(count as u64 + 1));
+        let chunks = c
+            .game_events("cod5")
+            .into_iter()
+            .filter(|e| e["event"] == "download-chunk-finished")
+            .count();
+        assert_eq!(chunks, count + 1);
+        assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
+    }
+}
+
+#[test]
+fn s34_empty_files_and_folders() {
+    let d = tempfile::tempdir().unwrap();
+    GameSpec::new("cod5", "20250101")
+        .file("empty.dat", 0o644, Content::Bytes(Vec::new()))
+        .file("deep/er/still.txt", 0o600, Content::Bytes(b"x".to_vec()))
+        .write(d.path())
+        .unwrap();
+    let s = source("src", d.path());
+    let (c, games) = client();
+    c.connect(&s);
+    let done = c.download_ok("cod5", &["--no-install"]);
+    assert_eq!(done["chunks"], 2, "empty files need no chunk");
+    assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
+    assert_eq!(
+        fs::metadata(games.path().join("cod5/empty.dat"))
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn s35_unknown_id() {
+    let d = tempfile::tempdir().unwrap();
+    GameSpec::new("mystery-game", "20250101")
+        .with_archive(9, &[1000])
+        .write(d.path())
+        .unwrap();
+    let s = Node::start_with(
+        "mystery",
+        d.path(),
+        NodeOptions {
+            catalog: Some("mystery-game Mystery\nggoo\n".into()),
+            ..Default::default()
+        },
+    );
+    assert_eq!(s.json(&["list-games"])["local"][0]["id"], "mystery-game");
+    let (c, games) = client();
+    c.connect(&s);
+    assert!(remote_rows(&c.json(&["list-games"])).is_empty());
+    let out = c.download("mystery-game", &[]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("not in the local catalog"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(fs::read_dir(games.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn s36_latest_singleton() {
+    let mut specs = vec![("20260501", 1u64, 2u64 << 20)];
+    for i in 0..4 {
+        specs.push(("20250101", 10 + i, 1 << 20));
+    }
+    let (srcs, dirs) = skewed(&specs);
+    let (c, games) = client();
+    for s in &srcs {
+        c.connect(s);
+    }
+    let rows = remote_rows(&c.json(&["list-games"]));
+    assert_eq!((rows["cnc4"].0.as_str(), rows["cnc4"].1), ("20260501", 5));
+    c.download_ok("cnc4", &["--no-install"]);
+    let per = c.bytes_per_source("cnc4");
+    assert_eq!(per.keys().collect::<Vec<_>>(), [&srcs[0].peer_id]);
+    assert_same_tree(&dirs[0].path().join("cnc4"), &games.path().join("cnc4"));
+}
+
+#[test]
+fn s37_single_source_throughput() {
+    let bytes: u64 = std::env::var("LANSPREAD_S37_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256 << 20);
+    let d = tempfile::tempdir().unwrap();
+    GameSpec::new("cod5", "20250101")
+        .file("cod5.eti", 0o644, Content::Sparse { size: bytes })
+        .write(d.path())
+        .unwrap();
+    let s = source("src", d.path());
+    let (c, games) = client();
+    c.connect(&s);
+    let done = c.download_ok("cod5", &["--no-install"]);
+    assert_eq!(done["bytes"].as_u64(), Some(bytes + 9));
+    for k in ["duration_ms", "mib_per_s", "mbit_per_s"] {
+        assert!(done[k].as_f64().is_some_and(|v| v >= 0.0), "{k} in {done}");
+    }
+    eprintln!(
+        "S37 ({} MiB): {:.1} MiB/s, {:.0} Mbit/s",
+        bytes >> 20,
+        done["mib_per_s"].as_f64().unwrap_or(0.0),
+        done["mbit_per_s"].as_f64().unwrap_or(0.0)
+    );
+    assert_eq!(
+        fs::metadata(games.path().join("cod5/cod5.eti"))
+            .unwrap()
+            .len(),
+        bytes
+    );
+    assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
+}
