@@ -3,6 +3,9 @@
 
 mod control;
 mod downloads;
+mod failures;
+mod gates;
 mod hostile;
+mod install;
 mod library;
 mod util;

@@ -1,0 +1,288 @@
+//! Failures and concurrency: S18, S19, S20, S24, S25, S26, S31, S38.
+
+use std::fs;
+use std::path::Path;
+
+use lanspread_fixtures::{Content, GameSpec, ALPHA, BRAVO};
+use lanspread_scenarios::{assert_same_tree, lab, skip_privileged, wait_for, Node, Tmpfs};
+use serde_json::Value;
+
+use crate::downloads::{assert_not_committed, client, source};
+
+const CHUNK: u64 = 32 << 20;
+
+/// A game big enough to still be in flight a moment after `download-begin`.
+fn big_game(dir: &Path, chunks: u64) {
+    GameSpec::new("cod5", "20250101")
+        .file(
+            "cod5.eti",
+            0o644,
+            Content::Sparse {
+                size: chunks * CHUNK,
+            },
+        )
+        .write(dir)
+        .unwrap();
+}
+
+/// Waits for the terminal download event of a game.
+fn terminal(n: &Node, game: &str) -> Value {
+    wait_for(&format!("{}: end of {game}", n.name), || {
+        n.game_events(game)
+            .into_iter()
+            .find(|e| e["event"] == "download-finished" || e["event"] == "download-failed")
+    })
+}
+
+#[test]
+fn s18_redundant_source_dies() {
+    let d = tempfile::tempdir().unwrap();
+    big_game(d.path(), 12);
+    let a = source("a", d.path());
+    let mut b = source("b", d.path());
+    let (c, games) = client();
+    c.connect(&a);
+    c.connect(&b);
+    let started = c.download_ok("cod5", &["--no-install", "--detach"]);
+    assert_eq!(started["started"], "cod5");
+    c.wait_event("download-begin", |e| e["game_id"] == "cod5");
+    b.kill();
+    let end = terminal(&c, "cod5");
+    assert_eq!(end["event"], "download-finished", "{end}");
+    assert!(c
+        .game_events("cod5")
+        .iter()
+        .all(|e| e["event"] != "download-failed"));
+    let per = c.bytes_per_source("cod5");
+    assert!(
+        per.get(&b.peer_id).copied().unwrap_or(0) < 12 * CHUNK / 2,
+        "the killed source delivered its whole share: {per:?}"
+    );
+    assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
+}
+
+#[test]
+fn s19_sole_source_dies() {
+    let d = tempfile::tempdir().unwrap();
+    big_game(d.path(), 12);
+    let mut a = source("a", d.path());
+    let (c, games) = client();
+    c.connect(&a);
+    c.download_ok("cod5", &["--no-install", "--detach"]);
+    c.wait_event("download-begin", |e| e["game_id"] == "cod5");
+    a.kill();
+    let end = terminal(&c, "cod5");
+    assert_eq!(end["event"], "download-failed", "{end}");
+    assert_not_committed(&c, games.path(), "cod5");
+    // Not advertised: a third peer does not see the partial root.
+    let g3 = tempfile::tempdir().unwrap();
+    let third = Node::start("third", g3.path());
+    third.connect(&c);
+    assert!(crate::util::remote_rows(&third.json(&["list-games"])).is_empty());
+    // The operation is cleared: a retry is accepted (and refused only for want of peers).
+    let retry = c.download("cod5", &["--no-install"]);
+    assert_eq!(retry.code, 1);
+    assert!(
+        retry.stderr.contains("no peers have game cod5"),
+        "{}",
+        retry.stderr
+    );
+}
+
+#[test]
+fn s20_disk_full() {
+    if skip_privileged("s20_disk_full") {
+        return;
+    }
+    let fs32 = Tmpfs::mount(32);
+    let a = source("alpha", &lab().join(ALPHA));
+    let c = Node::start("client", fs32.path());
+    c.connect(&a);
+    let out = c.download("alienswarm", &["--no-install"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let failed = out.json();
+    assert_eq!(failed["event"], "download-failed");
+    assert!(
+        failed["reason"].as_str().unwrap().contains("No space left"),
+        "{failed}"
+    );
+    assert_not_committed(&c, fs32.path(), "alienswarm");
+    // Healthy afterwards: a small game still fits and downloads.
+    c.download_ok("ggoo", &["--no-install"]);
+    assert_same_tree(&lab().join(ALPHA).join("ggoo"), &fs32.path().join("ggoo"));
+    drop(c);
+}
+
+#[test]
+fn s24_two_clients_one_source() {
+    let a = source("alpha", &lab().join(ALPHA));
+    let (c1, g1) = client();
+    let (c2, g2) = client();
+    c1.connect(&a);
+    c2.connect(&a);
+    std::thread::scope(|s| {
+        let t1 = s.spawn(|| c1.download_ok("alienswarm", &["--no-install"]));
+        let t2 = s.spawn(|| c2.download_ok("alienswarm", &["--no-install"]));
+        // The source keeps answering while it serves.
+        while !(t1.is_finished() && t2.is_finished()) {
+            assert_eq!(a.json(&["status"])["peer_id"], a.peer_id.as_str());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        t1.join().unwrap();
+        t2.join().unwrap();
+    });
+    assert_same_tree(
+        &lab().join(ALPHA).join("alienswarm"),
+        &g1.path().join("alienswarm"),
+    );
+    assert_same_tree(
+        &lab().join(ALPHA).join("alienswarm"),
+        &g2.path().join("alienswarm"),
+    );
+}
+
+#[test]
+fn s25_two_games_at_once() {
+    let b = source("bravo", &lab().join(BRAVO));
+    let (c, games) = client();
+    c.connect(&b);
+    std::thread::scope(|s| {
+        let t1 = s.spawn(|| c.download_ok("bfbc2", &["--no-install"]));
+        let t2 = s.spawn(|| c.download_ok("cnctw", &[]));
+        t1.join().unwrap();
+        t2.join().unwrap();
+    });
+    assert_same_tree(
+        &lab().join(BRAVO).join("bfbc2"),
+        &games.path().join("bfbc2"),
+    );
+    assert_same_tree(
+        &lab().join(BRAVO).join("cnctw"),
+        &games.path().join("cnctw"),
+    );
+    assert_eq!(c.local_row("bfbc2").unwrap()["installed"], false);
+    assert_eq!(c.local_row("cnctw").unwrap()["installed"], true);
+}
+
+#[test]
+fn s26_single_flight() {
+    let d = tempfile::tempdir().unwrap();
+    big_game(d.path(), 8);
+    let a = source("a", d.path());
+    let (c, games) = client();
+    c.connect(&a);
+    c.download_ok("cod5", &["--no-install", "--detach"]);
+    let second = c.download("cod5", &["--no-install"]);
+    assert_eq!(second.code, 1, "{second:?}");
+    assert!(
+        second
+            .stderr
+            .contains("operation already in progress for game cod5"),
+        "{}",
+        second.stderr
+    );
+    let status = c.json(&["status"]);
+    assert_eq!(status["operations"][0]["game_id"], "cod5");
+    assert_eq!(status["operations"][0]["kind"], "download");
+    assert_eq!(terminal(&c, "cod5")["event"], "download-finished");
+    assert_eq!(
+        c.game_events("cod5")
+            .iter()
+            .filter(|e| e["event"] == "download-begin")
+            .count(),
+        1
+    );
+    assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
+}
+
+#[test]
+fn s31_bootstrapped_source() {
+    let mut b = source("bravo", &lab().join(BRAVO));
+    let (c, c_games) = client();
+    c.connect(&b);
+    c.download_ok("bfbc2", &["--no-install"]);
+    b.shutdown();
+    let g3 = tempfile::tempdir().unwrap();
+    let third = Node::start("third", g3.path());
+    third.connect(&c);
+    third.download_ok("bfbc2", &["--no-install"]);
+    let per = third.bytes_per_source("bfbc2");
+    assert_eq!(per.keys().collect::<Vec<_>>(), [&c.peer_id]);
+    assert_same_tree(&lab().join(BRAVO).join("bfbc2"), &g3.path().join("bfbc2"));
+    assert_same_tree(
+        &lab().join(BRAVO).join("bfbc2"),
+        &c_games.path().join("bfbc2"),
+    );
+}
+
+/// Makes the root in `dir` serve a flipped byte at `offset` of `cod5.eti` while its cached
+/// chunk hashes still describe the good bytes (bit rot under an unchanged mtime).
+fn make_liar(dir: &Path, offset: u64) {
+    use lanspread_catalog::{scan_root, GameId, HashCache};
+    use std::io::{Seek, SeekFrom, Write};
+    let root = dir.join("cod5");
+    HashCache::new()
+        .manifest(&scan_root(&root, GameId::new("cod5").unwrap()))
+        .unwrap();
+    let path = root.join("cod5.eti");
+    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+    let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(&[0xff]).unwrap();
+    f.set_modified(mtime).unwrap();
+}
+
+fn random_game(dir: &Path) {
+    GameSpec::new("cod5", "20250101")
+        .file(
+            "cod5.eti",
+            0o644,
+            Content::Random {
+                seed: 38,
+                size: 3 * CHUNK + 100,
+            },
+        )
+        .write(dir)
+        .unwrap();
+}
+
+#[test]
+fn s38_corrupted_source() {
+    let (good, bad) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    random_game(good.path());
+    random_game(bad.path());
+    make_liar(bad.path(), CHUNK + 5);
+    let g = source("good", good.path());
+    let liar = source("liar", bad.path());
+    let (c, games) = client();
+    c.connect(&g);
+    c.connect(&liar);
+    c.download_ok("cod5", &["--no-install"]);
+    assert_same_tree(&good.path().join("cod5"), &games.path().join("cod5"));
+    // The corrupted chunk came from the good source in the end.
+    let second = c
+        .game_events("cod5")
+        .into_iter()
+        .find(|e| {
+            e["event"] == "download-chunk-finished"
+                && e["path"] == "cod5.eti"
+                && e["offset"] == CHUNK
+        })
+        .unwrap();
+    assert_eq!(second["peer_id"], g.peer_id.as_str());
+
+    // A single lying source: the download fails and nothing is committed.
+    let (c2, games2) = client();
+    c2.connect(&liar);
+    let out = c2.download("cod5", &["--no-install"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no eligible source"),
+        "{}",
+        out.stdout
+    );
+    assert_not_committed(&c2, games2.path(), "cod5");
+}

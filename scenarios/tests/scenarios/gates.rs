@@ -1,0 +1,124 @@
+//! S12 end to end: a raw protocol client asks a source for what the gates must refuse.
+
+use std::time::Duration;
+
+use lanspread_catalog::{GameId, RelPath, Version};
+use lanspread_fixtures::{Content, GameSpec};
+use lanspread_scenarios::Node;
+use lanspread_transfer::{
+    close_code, connect, encode_frame, make_endpoint, read_frame, write_frame, Hello, Identity,
+    Message, PeerRequest, PeerResponse, TransportTuning, PROTOCOL_VERSION,
+};
+use quinn::{Connection, ConnectionError, VarInt};
+
+async fn raw_peer(addr: &str) -> (Connection, quinn::Endpoint) {
+    let id = Identity::ephemeral().unwrap();
+    let ep = make_endpoint(
+        &id,
+        "127.0.0.1:0".parse().unwrap(),
+        &TransportTuning::default(),
+    )
+    .unwrap();
+    let (conn, _) = connect(&ep, addr.parse().unwrap(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut announce = conn.open_uni().await.unwrap();
+    let hello = Message::Hello(Hello {
+        peer_id: id.peer_id().clone(),
+        listen: ep.local_addr().unwrap(),
+        protocol: PROTOCOL_VERSION,
+        agent: "raw".into(),
+    });
+    write_frame(&mut announce, &hello).await.unwrap();
+    write_frame(&mut announce, &Message::Library(Vec::new()))
+        .await
+        .unwrap();
+    // Keep the announce stream open: finishing it would end the link.
+    std::mem::forget(announce);
+    (conn, ep)
+}
+
+async fn ask(conn: &Connection, req: &PeerRequest) -> PeerResponse {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    write_frame(&mut send, req).await.unwrap();
+    send.finish().unwrap();
+    read_frame(&mut recv).await.unwrap().unwrap()
+}
+
+fn refused(r: &PeerResponse, needle: &str) -> bool {
+    matches!(r, PeerResponse::Refused { reason } if reason.contains(needle))
+}
+
+#[test]
+fn s12_serve_gates() {
+    let games = tempfile::tempdir().unwrap();
+    GameSpec::new("ggoo", "20250301")
+        .with_archive(1, &[5000])
+        .write(games.path())
+        .unwrap();
+    GameSpec::new("cnc4", "2025")
+        .with_archive(2, &[100])
+        .write(games.path())
+        .unwrap();
+    GameSpec::new("mystery-game", "20250101")
+        .file("x.bin", 0o644, Content::Bytes(vec![1]))
+        .write(games.path())
+        .unwrap();
+    std::fs::create_dir_all(games.path().join("ggoo/local")).unwrap();
+    std::fs::write(games.path().join("ggoo/local/secret.txt"), b"installed").unwrap();
+    let n = Node::start("source", games.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (conn, _ep) = raw_peer(&n.addr).await;
+        let g = |s: &str| GameId::new(s).unwrap();
+        let v = |s: &str| Version::parse(s).unwrap();
+        let files = |game: &str, version: &str| PeerRequest::Files { game: g(game), version: v(version) };
+        let chunk = |path: &str, offset: u64, len: u64| PeerRequest::Chunk {
+            game: g("ggoo"),
+            version: v("20250301"),
+            path: RelPath::new(path).unwrap(),
+            offset,
+            len,
+        };
+        // Allowed: the manifest of a ready root, and a chunk of it.
+        let PeerResponse::Files(m) = ask(&conn, &files("ggoo", "20250301")).await else { panic!("ggoo refused") };
+        assert!(m.iter().all(|f| !f.path.as_str().starts_with("local")), "local/ advertised");
+        let eti = m.iter().find(|f| f.path.as_str() == "ggoo.eti").unwrap().size;
+        assert_eq!(ask(&conn, &chunk("ggoo.eti", 0, 10)).await, PeerResponse::Chunk { len: 10 });
+        // Refused: not in the catalog, no valid sentinel, wrong version, not a listed file,
+        // past the end of the file.
+        assert!(refused(&ask(&conn, &files("mystery-game", "20250101")).await, "not in the catalog"));
+        assert!(refused(&ask(&conn, &files("cnc4", "20250101")).await, "not ready"));
+        assert!(refused(&ask(&conn, &files("ggoo", "20250101")).await, "version"));
+        assert!(refused(&ask(&conn, &files("bf1942", "20250101")).await, "not here"));
+        assert!(refused(&ask(&conn, &chunk("nope.bin", 0, 1)).await, "no file"));
+        assert!(refused(&ask(&conn, &chunk("ggoo.eti", eti - 1, 2)).await, "past the end"));
+        // Paths under local/ or .lanspread*, or escaping the root, cannot even be decoded:
+        // the request is malformed and the peer is disconnected.
+        #[derive(serde::Serialize)]
+        enum RawRequest {
+            #[allow(dead_code)]
+            Files(String, String),
+            Chunk(String, String, String, u64, u64),
+        }
+        for bad in ["local/secret.txt", ".lanspread/chunks.json", "../ggoo/version.ini", "/etc/passwd"] {
+            let (conn, _ep) = raw_peer(&n.addr).await;
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let frame = encode_frame(&RawRequest::Chunk("ggoo".into(), "20250301".into(), bad.into(), 0, 1)).unwrap();
+            send.write_all(&frame).await.unwrap();
+            send.finish().unwrap();
+            let got: Result<Option<PeerResponse>, _> = read_frame(&mut recv).await;
+            assert!(!matches!(got, Ok(Some(PeerResponse::Chunk { .. }))), "{bad}: served");
+            let closed = tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.unwrap();
+            assert!(
+                matches!(&closed, ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(close_code::PROTOCOL_ERROR)),
+                "{bad}: {closed:?}"
+            );
+        }
+    });
+    // The source is still healthy.
+    assert_eq!(n.json(&["status"])["peer_id"], n.peer_id.as_str());
+}

@@ -1,0 +1,150 @@
+//! Install: S5, S6, S32, S33.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::Path;
+
+use lanspread_fixtures::{Content, GameSpec, RandomReader, BRAVO};
+use lanspread_scenarios::{assert_same_tree, lab};
+
+use crate::downloads::{client, flow, source};
+
+/// What the writer packed into a spec's archive: name → bytes.
+fn packed(spec: &GameSpec) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for f in &spec.files {
+        if let Content::Archive(entries) = &f.content {
+            for e in entries {
+                let bytes = match &e.content {
+                    Content::Random { seed, size } => {
+                        let mut v = Vec::new();
+                        RandomReader::new(*seed, *size).read_to_end(&mut v).unwrap();
+                        v
+                    }
+                    Content::Bytes(b) => b.clone(),
+                    other => panic!("unexpected entry content {other:?}"),
+                };
+                out.insert(e.name.clone(), bytes);
+            }
+        }
+    }
+    out
+}
+
+/// Every regular file under `local/` except the install marker.
+fn installed(local: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in fs::read_dir(local).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name != ".lanspread-installed" && e.path().is_file() {
+            out.insert(name, fs::read(e.path()).unwrap());
+        }
+    }
+    out
+}
+
+#[test]
+fn s05_auto_install() {
+    let b = source("bravo", &lab().join(BRAVO));
+    let (c, games) = client();
+    c.connect(&b);
+    let done = c.download_ok("cnctw", &[]);
+    assert_eq!(done["event"], "download-finished");
+    assert_eq!(done["install"]["event"], "install-finished");
+    assert_eq!(
+        flow(&c, "cnctw"),
+        [
+            "got-game-files",
+            "download-begin",
+            "download-finished",
+            "install-begin",
+            "install-finished"
+        ]
+    );
+    let row = c.local_row("cnctw").unwrap();
+    assert_eq!(
+        (row["downloaded"].as_bool(), row["installed"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert_eq!(
+        installed(&games.path().join("cnctw/local")),
+        packed(&GameSpec::lab_cnctw())
+    );
+    assert_same_tree(
+        &lab().join(BRAVO).join("cnctw"),
+        &games.path().join("cnctw"),
+    );
+}
+
+#[test]
+fn s06_install_uninstall_and_s32_reinstall() {
+    let b = source("bravo", &lab().join(BRAVO));
+    let (c, games) = client();
+    c.connect(&b);
+    c.download_ok("bfbc2", &["--no-install"]);
+    let local = games.path().join("bfbc2/local");
+    assert!(!local.exists());
+    assert_eq!(
+        c.json(&["install", "bfbc2"]),
+        serde_json::json!({"ok": true})
+    );
+    assert_eq!(c.local_row("bfbc2").unwrap()["installed"], true);
+    assert_eq!(installed(&local), packed(&GameSpec::lab_bfbc2()));
+    c.json(&["uninstall", "bfbc2"]);
+    assert!(!local.exists());
+    assert_eq!(c.local_row("bfbc2").unwrap()["installed"], false);
+    assert_eq!(c.local_row("bfbc2").unwrap()["downloaded"], true);
+    assert_same_tree(
+        &lab().join(BRAVO).join("bfbc2"),
+        &games.path().join("bfbc2"),
+    );
+    // S32: install again, without any transfer.
+    c.json(&["install", "bfbc2"]);
+    assert_eq!(c.local_row("bfbc2").unwrap()["installed"], true);
+    let begins = c
+        .game_events("bfbc2")
+        .iter()
+        .filter(|e| e["event"] == "download-begin")
+        .count();
+    assert_eq!(begins, 1, "no second transfer");
+    let names: Vec<_> = c
+        .game_events("bfbc2")
+        .iter()
+        .map(|e| e["event"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names.iter().filter(|n| *n == "install-finished").count(), 2);
+    assert_eq!(
+        names.iter().filter(|n| *n == "uninstall-finished").count(),
+        1
+    );
+    // Refusals: unknown id, not downloaded.
+    let out = c.cli(&["install", "mystery-game"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("not in the local catalog"),
+        "{}",
+        out.stderr
+    );
+    let out = c.cli(&["install", "cod5"]);
+    assert_eq!(out.code, 1);
+}
+
+#[test]
+fn s33_install_after_external_change() {
+    let b = source("bravo", &lab().join(BRAVO));
+    let (c, games) = client();
+    c.connect(&b);
+    c.download_ok("cnc4", &["--no-install"]);
+    // Replace the downloaded archive by another valid one.
+    let other = tempfile::tempdir().unwrap();
+    let spec = GameSpec::new("cnc4", "20250101").with_archive(4242, &[12345, 678]);
+    spec.write(other.path()).unwrap();
+    fs::copy(
+        other.path().join("cnc4/cnc4.eti"),
+        games.path().join("cnc4/cnc4.eti"),
+    )
+    .unwrap();
+    c.json(&["install", "cnc4"]);
+    assert_eq!(installed(&games.path().join("cnc4/local")), packed(&spec));
+}
