@@ -99,3 +99,30 @@ fn daemon_refuses_a_missing_games_dir_clearly() {
         "{err}"
     );
 }
+
+#[test]
+fn demo_downloads_and_cleans_up() {
+    let out = cli()
+        .arg("demo")
+        .env("LANSPREAD_DEMO_BYTES", (40u64 << 20).to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("SHA-256 of the copy matches the source"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("MiB/s"), "{stdout}");
+    let dir = stdout
+        .lines()
+        .find_map(|l| l.split(" in ").nth(1))
+        .map(|d| d.trim_end_matches(" ...").to_owned())
+        .unwrap();
+    assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
+}
