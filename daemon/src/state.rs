@@ -35,6 +35,9 @@ pub struct Inner {
     pub links: HashMap<PeerId, Link>,
     /// Active operations per game.
     pub operations: Operations,
+    /// Bumped by every targeted root rescan, so a slower whole-dir scan that started
+    /// earlier never overwrites a newer root state.
+    pub library_gen: u64,
 }
 
 /// State shared by every task of the daemon.
@@ -176,6 +179,7 @@ impl Shared {
         .await;
         {
             let mut inner = self.lock();
+            inner.library_gen += 1;
             match scanned {
                 Ok(Some(root)) => {
                     inner.library.insert(id.clone(), root);
@@ -197,6 +201,7 @@ impl Shared {
     /// advertisement (which the link writers send to every peer).
     pub async fn rescan(self: &Arc<Self>) {
         let this = self.clone();
+        let gen = self.lock().library_gen;
         let scanned = tokio::task::spawn_blocking(move || {
             lanspread_catalog::scan_games_dir(&this.games_dir, &this.catalog)
         })
@@ -208,6 +213,10 @@ impl Shared {
         };
         let changed = {
             let mut inner = self.lock();
+            if inner.library_gen != gen {
+                // A download or install changed a root meanwhile; the next pass catches up.
+                return;
+            }
             let changed = inner.library != library;
             inner.library = library;
             changed
