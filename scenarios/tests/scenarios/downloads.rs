@@ -118,26 +118,37 @@ fn s07_two_sources_agree() {
     assert_same_tree(&lab().join(ALPHA).join("ggoo"), &games.path().join("ggoo"));
 }
 
-fn conflict_setup(specs: &[(&str, u64)]) -> (Vec<Node>, Vec<tempfile::TempDir>) {
+/// One source per spec, each with its own games dir holding that root.
+pub fn sources_of(specs: Vec<GameSpec>) -> (Vec<Node>, Vec<tempfile::TempDir>) {
     let mut nodes = Vec::new();
     let mut dirs = Vec::new();
-    for (i, (version, eti_size)) in specs.iter().enumerate() {
+    for (i, spec) in specs.into_iter().enumerate() {
         let d = tempfile::tempdir().unwrap();
-        GameSpec::new("cnc4", version)
-            .file(
-                "cnc4.eti",
-                0o644,
-                Content::Random {
-                    seed: 40 + i as u64,
-                    size: *eti_size,
-                },
-            )
-            .write(d.path())
-            .unwrap();
-        nodes.push(source(&format!("src{i}"), d.path()));
+        spec.write(d.path()).unwrap();
+        nodes.push(source(&format!("p{i}"), d.path()));
         dirs.push(d);
     }
     (nodes, dirs)
+}
+
+/// `cnc4` roots whose `.eti` differ in size: (version, size).
+fn conflict_setup(specs: &[(&str, u64)]) -> (Vec<Node>, Vec<tempfile::TempDir>) {
+    sources_of(
+        specs
+            .iter()
+            .enumerate()
+            .map(|(i, (version, size))| {
+                GameSpec::new("cnc4", version).file(
+                    "cnc4.eti",
+                    0o644,
+                    Content::Random {
+                        seed: 40 + i as u64,
+                        size: *size,
+                    },
+                )
+            })
+            .collect(),
+    )
 }
 
 #[test]
@@ -238,19 +249,14 @@ fn s14_multi_source_large_file() {
     );
 }
 
+/// `cnc4` roots with archives: (version, seed, payload size).
 fn skewed(versions: &[(&str, u64, u64)]) -> (Vec<Node>, Vec<tempfile::TempDir>) {
-    let mut nodes = Vec::new();
-    let mut dirs = Vec::new();
-    for (i, (version, seed, size)) in versions.iter().enumerate() {
-        let d = tempfile::tempdir().unwrap();
-        GameSpec::new("cnc4", version)
-            .with_archive(*seed, &[*size])
-            .write(d.path())
-            .unwrap();
-        nodes.push(source(&format!("p{i}"), d.path()));
-        dirs.push(d);
-    }
-    (nodes, dirs)
+    sources_of(
+        versions
+            .iter()
+            .map(|(v, seed, size)| GameSpec::new("cnc4", v).with_archive(*seed, &[*size]))
+            .collect(),
+    )
 }
 
 #[test]

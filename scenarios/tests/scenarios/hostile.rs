@@ -6,8 +6,7 @@ use std::time::Duration;
 use lanspread_catalog::{GameId, Version};
 use lanspread_scenarios::Node;
 use lanspread_transfer::{
-    close_code, connect, encode_frame, make_endpoint, GameAd, Hello, Identity, Message,
-    TransportTuning, PROTOCOL_VERSION,
+    close_code, encode_frame, GameAd, Hello, Identity, Message, PROTOCOL_VERSION,
 };
 use quinn::{ConnectionError, VarInt};
 
@@ -18,21 +17,12 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// Connects a raw client, sends `bytes` on an announce stream and returns how the daemon
-/// closed the connection.
-async fn send_raw(addr: &str, bytes: Vec<Vec<u8>>) -> ConnectionError {
-    let id = Identity::ephemeral().unwrap();
-    let ep = make_endpoint(
-        &id,
-        "127.0.0.1:0".parse().unwrap(),
-        &TransportTuning::default(),
-    )
-    .unwrap();
-    let (conn, _) = connect(&ep, addr.parse().unwrap(), Duration::from_secs(5))
-        .await
-        .unwrap();
+/// Connects a raw client, sends the frames `bytes(identity)` on an announce stream and
+/// returns how the daemon closed the connection.
+async fn send_raw(addr: &str, bytes: impl FnOnce(&Identity) -> Vec<Vec<u8>>) -> ConnectionError {
+    let (id, _ep, conn) = crate::util::raw_client(addr).await;
     let mut send = conn.open_uni().await.unwrap();
-    for b in bytes {
+    for b in bytes(&id) {
         if send.write_all(&b).await.is_err() {
             break;
         }
@@ -43,11 +33,11 @@ async fn send_raw(addr: &str, bytes: Vec<Vec<u8>>) -> ConnectionError {
         .expect("daemon closes the connection")
 }
 
-fn hello(id: &Identity) -> Vec<u8> {
+fn hello(id: &Identity, protocol: u32) -> Vec<u8> {
     encode_frame(&Message::Hello(Hello {
         peer_id: id.peer_id().clone(),
         listen: "127.0.0.1:1".parse().unwrap(),
-        protocol: PROTOCOL_VERSION,
+        protocol,
         agent: "raw".into(),
     }))
     .unwrap()
@@ -63,13 +53,12 @@ fn garbage_frames_disconnect_and_the_daemon_carries_on() {
     let n = Node::start("target", games.path());
     let rt = rt();
     // Not postcard at all.
-    let err = rt.block_on(send_raw(
-        &n.addr,
-        vec![vec![5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]],
-    ));
+    let err = rt.block_on(send_raw(&n.addr, |_| {
+        vec![vec![5, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0xff]]
+    }));
     assert!(closed_with(&err, close_code::PROTOCOL_ERROR), "{err:?}");
     // An oversized frame header.
-    let err = rt.block_on(send_raw(&n.addr, vec![u32::MAX.to_le_bytes().to_vec()]));
+    let err = rt.block_on(send_raw(&n.addr, |_| vec![u32::MAX.to_le_bytes().to_vec()]));
     assert!(closed_with(&err, close_code::PROTOCOL_ERROR), "{err:?}");
     // A library before the hello.
     let lib = encode_frame(&Message::Library(vec![GameAd {
@@ -78,7 +67,7 @@ fn garbage_frames_disconnect_and_the_daemon_carries_on() {
         size: 1,
     }]))
     .unwrap();
-    let err = rt.block_on(send_raw(&n.addr, vec![lib]));
+    let err = rt.block_on(send_raw(&n.addr, |_| vec![lib]));
     assert!(closed_with(&err, close_code::PROTOCOL_ERROR), "{err:?}");
     // The daemon is fine and lists no peer.
     assert!(n.peer_ids().is_empty());
@@ -95,7 +84,9 @@ fn a_hello_claiming_another_peer_id_is_refused() {
     let games = tempfile::tempdir().unwrap();
     let n = Node::start("target", games.path());
     let victim = Identity::ephemeral().unwrap();
-    let err = rt().block_on(send_raw(&n.addr, vec![hello(&victim)]));
+    let err = rt().block_on(send_raw(&n.addr, |_| {
+        vec![hello(&victim, PROTOCOL_VERSION)]
+    }));
     assert!(closed_with(&err, close_code::PROTOCOL_ERROR), "{err:?}");
     assert!(n.peer_ids().is_empty());
     assert!(n.log_tail().contains("TLS key proves"), "{}", n.log_tail());
@@ -105,31 +96,9 @@ fn a_hello_claiming_another_peer_id_is_refused() {
 fn another_protocol_version_is_refused() {
     let games = tempfile::tempdir().unwrap();
     let n = Node::start("target", games.path());
-    let rt = rt();
-    let err = rt.block_on(async {
-        let id = Identity::ephemeral().unwrap();
-        let ep = make_endpoint(
-            &id,
-            "127.0.0.1:0".parse().unwrap(),
-            &TransportTuning::default(),
-        )
-        .unwrap();
-        let (conn, _) = connect(&ep, n.addr.parse().unwrap(), Duration::from_secs(5))
-            .await
-            .unwrap();
-        let mut send = conn.open_uni().await.unwrap();
-        let frame = encode_frame(&Message::Hello(Hello {
-            peer_id: id.peer_id().clone(),
-            listen: "127.0.0.1:1".parse().unwrap(),
-            protocol: PROTOCOL_VERSION + 1,
-            agent: "future".into(),
-        }))
-        .unwrap();
-        send.write_all(&frame).await.unwrap();
-        tokio::time::timeout(Duration::from_secs(20), conn.closed())
-            .await
-            .unwrap()
-    });
+    let err = rt().block_on(send_raw(&n.addr, |id| {
+        vec![hello(id, PROTOCOL_VERSION + 1)]
+    }));
     assert!(closed_with(&err, close_code::VERSION_MISMATCH), "{err:?}");
     assert!(n.peer_ids().is_empty());
 }

@@ -41,3 +41,30 @@ pub fn local_ids(games: &Value) -> Vec<String> {
         .map(|g| g["id"].as_str().unwrap_or("").to_owned())
         .collect()
 }
+
+/// A raw protocol client: a fresh identity and endpoint, connected to `addr` (QUIC + TLS
+/// only; no hello sent yet).
+pub async fn raw_client(
+    addr: &str,
+) -> (
+    lanspread_transfer::Identity,
+    quinn::Endpoint,
+    quinn::Connection,
+) {
+    use lanspread_transfer::{connect, make_endpoint, Identity, TransportTuning};
+    let id = Identity::ephemeral().unwrap();
+    let ep = make_endpoint(
+        &id,
+        "127.0.0.1:0".parse().unwrap(),
+        &TransportTuning::default(),
+    )
+    .unwrap();
+    let (conn, _) = connect(
+        &ep,
+        addr.parse().unwrap(),
+        std::time::Duration::from_secs(5),
+    )
+    .await
+    .unwrap();
+    (id, ep, conn)
+}
