@@ -129,6 +129,40 @@ async fn shared_hashes(
         .map_err(|e| e.to_string())
 }
 
+/// Most idle read buffers kept for reuse.
+const POOL_KEEP: usize = 32;
+
+/// Read buffers are recycled: quinn holds each piece until the peer acknowledged it, then
+/// drops it, and the buffer comes back here instead of being freed and faulted in again.
+static READ_POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+struct Pooled {
+    buf: Vec<u8>,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let mut pool = READ_POOL.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_KEEP {
+            pool.push(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+fn read_piece(file: &std::fs::File, pos: u64, n: usize) -> std::io::Result<Bytes> {
+    let popped = READ_POOL.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let mut buf = popped.unwrap_or_else(|| vec![0u8; READ_SIZE]);
+    file.read_exact_at(&mut buf[..n], pos)?;
+    Ok(Bytes::from_owner(Pooled { buf, len: n }))
+}
+
 /// Reads `[offset, offset+len)` on a blocking thread in large pieces and writes them to the
 /// stream as they come, one piece ahead.
 async fn stream_range(
@@ -150,8 +184,7 @@ async fn stream_range(
         let end = offset + len;
         while pos < end {
             let n = READ_SIZE.min((end - pos) as usize);
-            let mut buf = vec![0u8; n];
-            let res = file.read_exact_at(&mut buf, pos).map(|()| Bytes::from(buf));
+            let res = read_piece(&file, pos, n);
             let failed = res.is_err();
             if tx.blocking_send(res).is_err() || failed {
                 return;
