@@ -149,14 +149,14 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
         }
         Request::Install { game } => match shared.catalog.get(&game) {
             Some(id) => match crate::install::install(shared, &id, false).await {
-                Ok(()) => Reply::Ok,
+                Ok(event) => Reply::Event(event),
                 Err(e) => error(&e),
             },
             None => error(&format!("game {game} is not in the local catalog")),
         },
         Request::Uninstall { game } => match shared.catalog.get(&game) {
             Some(id) => match crate::install::uninstall(shared, &id).await {
-                Ok(()) => Reply::Ok,
+                Ok(event) => Reply::Event(event),
                 Err(e) => error(&e),
             },
             None => error(&format!("game {game} is not in the local catalog")),

@@ -46,8 +46,8 @@ impl EventBus {
         })
     }
 
-    /// Records an event.
-    pub fn emit(&self, kind: EventKind) {
+    /// Records an event and returns it.
+    pub fn emit(&self, kind: EventKind) -> Event {
         let event = Event {
             ts_ms: now_ms(),
             kind,
@@ -67,7 +67,8 @@ impl EventBus {
             Err(e) => tracing::warn!("cannot encode event: {e}"),
         }
         // No subscriber is not an error.
-        let _ = self.tx.send(event);
+        let _ = self.tx.send(event.clone());
+        event
     }
 
     /// A new subscriber; sees events emitted from now on.

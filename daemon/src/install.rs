@@ -6,7 +6,7 @@ use std::sync::Arc;
 use lanspread_catalog::GameId;
 use lanspread_peer::OpKind;
 
-use crate::api::EventKind;
+use crate::api::{Event, EventKind};
 use crate::state::Shared;
 
 /// Installs a downloaded game. Emits `install-begin` then `install-finished` or
@@ -17,7 +17,7 @@ pub async fn install(
     shared: &Arc<Shared>,
     id: &GameId,
     report_refusal: bool,
-) -> Result<(), String> {
+) -> Result<Event, String> {
     let root = match begin(shared, id, OpKind::Install) {
         Ok(r) => r,
         Err(e) => {
@@ -42,10 +42,9 @@ pub async fn install(
     match res {
         Ok(summary) => {
             tracing::info!(game = %id, files = summary.files, bytes = summary.bytes, "installed");
-            shared.events.emit(EventKind::InstallFinished {
+            Ok(shared.events.emit(EventKind::InstallFinished {
                 game_id: id.clone(),
-            });
-            Ok(())
+            }))
         }
         Err(reason) => {
             tracing::warn!(game = %id, "install failed: {reason}");
@@ -59,7 +58,7 @@ pub async fn install(
 }
 
 /// Removes a game's `local/`, keeping the downloaded root.
-pub async fn uninstall(shared: &Arc<Shared>, id: &GameId) -> Result<(), String> {
+pub async fn uninstall(shared: &Arc<Shared>, id: &GameId) -> Result<Event, String> {
     let root = begin(shared, id, OpKind::Uninstall)?;
     let res = tokio::task::spawn_blocking(move || lanspread_install::uninstall_root(&root))
         .await
@@ -68,10 +67,9 @@ pub async fn uninstall(shared: &Arc<Shared>, id: &GameId) -> Result<(), String> 
     shared.lock().operations.end(id);
     shared.rescan_root(id).await;
     res?;
-    shared.events.emit(EventKind::UninstallFinished {
+    Ok(shared.events.emit(EventKind::UninstallFinished {
         game_id: id.clone(),
-    });
-    Ok(())
+    }))
 }
 
 fn begin(shared: &Arc<Shared>, id: &GameId, kind: OpKind) -> Result<std::path::PathBuf, String> {

@@ -206,7 +206,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 | Command::Events
                 | Command::Download { .. } => unreachable_command(),
             };
-            let reply = c.request(&request).await?;
+            // Installs can take a while: a spinner on a terminal.
+            let spinner = matches!(cmd, Command::Install { .. } | Command::Uninstall { .. })
+                .then(|| progress::spinner(json, &format!("{cmd:?}").to_lowercase()))
+                .flatten();
+            let reply = c.request(&request).await;
+            if let Some(s) = spinner {
+                s.finish_and_clear();
+            }
+            let reply = reply?;
             render(json, reply)?;
             if matches!(cmd, Command::Shutdown) {
                 // Wait until the daemon has said goodbye and closed the socket.
@@ -254,6 +262,13 @@ fn render(json: bool, reply: Reply) -> Result<(), CliError> {
         Reply::Games(g) => print(json, &g, || output::games(&g)),
         Reply::Peers(p) => print(json, &p, || output::peers(&p)),
         Reply::Ok => print(json, &serde_json::json!({"ok": true}), || "ok".into()),
+        Reply::Event(e) => print(json, &e, || match &e.kind {
+            crate::api::EventKind::InstallFinished { game_id } => format!("installed {game_id}"),
+            crate::api::EventKind::UninstallFinished { game_id } => {
+                format!("uninstalled {game_id}")
+            }
+            other => format!("{other:?}"),
+        }),
         other => return Err(unexpected(other)),
     }
     Ok(())

@@ -135,3 +135,14 @@ pub async fn download(
         }
     }
 }
+
+/// A spinner with a message while a request runs, only on a terminal and without --json.
+pub fn spinner(json: bool, msg: &str) -> Option<ProgressBar> {
+    if json || !std::io::stdout().is_terminal() {
+        return None;
+    }
+    let s = ProgressBar::new_spinner();
+    s.set_message(msg.to_owned());
+    s.enable_steady_tick(std::time::Duration::from_millis(100));
+    Some(s)
+}

@@ -85,12 +85,17 @@ fn s06_install_uninstall_and_s32_reinstall() {
     c.download_ok("bfbc2", &["--no-install"]);
     let local = games.path().join("bfbc2/local");
     assert!(!local.exists());
-    assert_eq!(
-        c.json(&["install", "bfbc2"]),
-        serde_json::json!({"ok": true})
-    );
+    let done = c.json(&["install", "bfbc2"]);
+    assert_eq!(done["event"], "install-finished");
+    assert_eq!(done["game_id"], "bfbc2");
     assert_eq!(c.local_row("bfbc2").unwrap()["installed"], true);
     assert_eq!(installed(&local), packed(&GameSpec::lab_bfbc2()));
+    assert_eq!(
+        c.json(&["uninstall", "bfbc2"])["event"],
+        "uninstall-finished"
+    );
+    let human = c.cli(&["install", "bfbc2"]);
+    assert_eq!((human.code, human.stdout.trim()), (0, "installed bfbc2"));
     c.json(&["uninstall", "bfbc2"]);
     assert!(!local.exists());
     assert_eq!(c.local_row("bfbc2").unwrap()["installed"], false);
@@ -113,10 +118,10 @@ fn s06_install_uninstall_and_s32_reinstall() {
         .iter()
         .map(|e| e["event"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(names.iter().filter(|n| *n == "install-finished").count(), 2);
+    assert_eq!(names.iter().filter(|n| *n == "install-finished").count(), 3);
     assert_eq!(
         names.iter().filter(|n| *n == "uninstall-finished").count(),
-        1
+        2
     );
     // Refusals: unknown id, not downloaded.
     let out = c.cli(&["install", "mystery-game"]);
