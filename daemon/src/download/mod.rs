@@ -33,6 +33,9 @@ pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Stri
         return Err(format!("game {game} is not in the local catalog"));
     };
     let mut inner = shared.lock();
+    if inner.operations.get(&id).is_some() {
+        return Err(lanspread_peer::PeerError::Busy(id).to_string());
+    }
     let Some(sources) = latest_sources(&inner.peers, &id) else {
         drop(inner);
         shared.events.emit(EventKind::NoPeersHaveGame {
@@ -41,7 +44,7 @@ pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Stri
         return Err(format!("no peers have game {id}"));
     };
     if let Some(have) = inner.library.get(&id).and_then(|r| r.version) {
-        if have >= sources.version && inner.operations.get(&id).is_none() {
+        if have >= sources.version {
             return Err(format!(
                 "game {id} is already downloaded at version {have} (newest on peers: {})",
                 sources.version
