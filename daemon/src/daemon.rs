@@ -15,13 +15,15 @@ use crate::api::EventKind;
 use crate::config::DaemonConfig;
 use crate::events::EventBus;
 use crate::state::Shared;
-use crate::{control, links, DaemonError};
+use crate::{control, links, watch, DaemonError};
 
-/// How often the games dir is rescanned as a whole.
+/// How often the games dir is rescanned as a whole without inotify.
 const RESCAN_INTERVAL: Duration = Duration::from_secs(5);
+/// How often it is rescanned as a backup of inotify (overflow, watch limits).
+const RESCAN_BACKUP: Duration = Duration::from_secs(30);
 
-async fn periodic_rescan(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(RESCAN_INTERVAL);
+async fn periodic_rescan(shared: Arc<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
@@ -35,6 +37,7 @@ pub struct Daemon {
     shared: Arc<Shared>,
     socket: PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl Daemon {
@@ -81,14 +84,29 @@ impl Daemon {
             tokio::spawn(links::accept_loop(shared.clone())),
             tokio::spawn(control::serve(shared.clone(), listener)),
         ];
-        tasks.push(tokio::spawn(periodic_rescan(shared.clone())));
+        if let Some(rx) = shared
+            .redial_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            tasks.push(tokio::spawn(links::redial_manager(shared.clone(), rx)));
+        }
+        let watcher = watch::start(shared.clone());
+        let interval = if watcher.is_some() {
+            RESCAN_BACKUP
+        } else {
+            RESCAN_INTERVAL
+        };
+        tasks.push(tokio::spawn(periodic_rescan(shared.clone(), interval)));
         for peer in config.peers {
             let shared = shared.clone();
             tasks.push(tokio::spawn(async move {
                 match tokio::net::lookup_host(&peer).await.map(|mut a| a.next()) {
                     Ok(Some(addr)) => {
                         if let Err(e) = links::dial(&shared, addr).await {
-                            warn!(%peer, "static peer: {e}");
+                            warn!(%peer, "static peer: {e}; retrying with backoff");
+                            let _ = shared.redial.send((None, addr));
                         }
                     }
                     _ => warn!(%peer, "static peer address does not resolve"),
@@ -99,6 +117,7 @@ impl Daemon {
             shared,
             socket: config.socket,
             tasks,
+            _watcher: watcher,
         })
     }
 

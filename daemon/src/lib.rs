@@ -17,6 +17,7 @@ mod links;
 pub mod paths;
 mod serve;
 mod state;
+mod watch;
 
 pub use config::{DaemonArgs, DaemonConfig};
 pub use daemon::Daemon;

@@ -31,7 +31,7 @@ pub async fn accept_loop(shared: Arc<Shared>) {
         tokio::spawn(async move {
             let remote = incoming.remote_address();
             match incoming.await {
-                Ok(conn) => run_link(shared, conn, Direction::Inbound, None).await,
+                Ok(conn) => run_link(shared, conn, Direction::Inbound, None, None).await,
                 Err(e) => debug!(%remote, "incoming handshake failed: {e}"),
             }
         });
@@ -58,6 +58,7 @@ pub async fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> LinkResult {
         shared.clone(),
         conn,
         Direction::Outbound,
+        Some(addr),
         Some(tx),
     ));
     match tokio::time::timeout(HELLO_TIMEOUT + Duration::from_secs(1), rx).await {
@@ -92,10 +93,13 @@ fn is_own_address(listen: SocketAddr, addr: SocketAddr) -> bool {
 }
 
 /// Runs one connection until it ends. `ready` gets the outcome of the hello exchange.
+/// Runs one connection until it ends. `dialled` is the address we dialled (outbound),
+/// redialled with backoff if the link is lost; `ready` gets the outcome of the hello.
 async fn run_link(
     shared: Arc<Shared>,
     conn: Connection,
     direction: Direction,
+    dialled: Option<SocketAddr>,
     mut ready: Option<oneshot::Sender<LinkResult>>,
 ) {
     let mut tell = |r: LinkResult| {
@@ -278,11 +282,66 @@ async fn run_link(
     tell(Err(end.clone()));
     writer.abort();
     server.abort();
-    drop_link(&shared, &remote, &conn, addr, &end);
+    let lost = drop_link(&shared, &remote, &conn, addr, &end);
+    if let (true, Some(addr)) = (lost, dialled) {
+        if !*shared.shutdown.borrow() {
+            let _ = shared.redial.send((Some(remote), addr));
+        }
+    }
+}
+
+/// First wait before redialling a lost peer, doubled after each failure up to the max.
+const REDIAL_FIRST: Duration = Duration::from_secs(1);
+const REDIAL_MAX: Duration = Duration::from_secs(60);
+
+/// Takes redial requests from lost outbound links (through a channel, so that a link
+/// task never has to name the dial future it came from) and runs one redial per peer.
+pub async fn redial_manager(
+    shared: Arc<Shared>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::state::Redial>,
+) {
+    while let Some((peer, addr)) = rx.recv().await {
+        tokio::spawn(redial(shared.clone(), peer, addr));
+    }
+}
+
+/// Redials a lost peer that we had dialled (`connect` or a static peer) until it is back,
+/// by this dial or any other route, or the daemon stops.
+async fn redial(shared: Arc<Shared>, peer: Option<PeerId>, addr: SocketAddr) {
+    let mut backoff = REDIAL_FIRST;
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = crate::state::until_shutdown(&mut shutdown) => return,
+        }
+        if peer
+            .as_ref()
+            .is_some_and(|p| shared.lock().links.contains_key(p))
+        {
+            return;
+        }
+        match dial(&shared, addr).await {
+            Ok(info) => {
+                info!(peer = %info.peer_id.short(), %addr, "redialled");
+                return;
+            }
+            Err(e) => {
+                debug!(%addr, "redial failed: {e}");
+                backoff = (backoff * 2).min(REDIAL_MAX);
+            }
+        }
+    }
 }
 
 /// Removes the peer if this connection is still the one kept for it.
-fn drop_link(shared: &Shared, remote: &PeerId, conn: &Connection, addr: SocketAddr, why: &str) {
+fn drop_link(
+    shared: &Shared,
+    remote: &PeerId,
+    conn: &Connection,
+    addr: SocketAddr,
+    why: &str,
+) -> bool {
     let removed = {
         let mut inner = shared.lock();
         let ours = inner
@@ -303,6 +362,7 @@ fn drop_link(shared: &Shared, remote: &PeerId, conn: &Connection, addr: SocketAd
             addr: addr.to_string(),
         });
     }
+    removed
 }
 
 fn check_hello(hello: &Hello, proven: &PeerId) -> Result<(), String> {

@@ -24,6 +24,9 @@ pub struct Link {
     pub direction: Direction,
 }
 
+/// An address to redial, with the peer id expected there when known.
+pub type Redial = (Option<PeerId>, SocketAddr);
+
 /// Mutable state behind the lock.
 #[derive(Default)]
 pub struct Inner {
@@ -60,6 +63,11 @@ pub struct Shared {
     pub peer_count: watch::Sender<usize>,
     /// Flips to true once on shutdown.
     pub shutdown: watch::Sender<bool>,
+    /// Addresses to redial with backoff: lost outbound links (with their peer id) and
+    /// static peers that did not answer at start (without).
+    pub redial: tokio::sync::mpsc::UnboundedSender<Redial>,
+    /// The receiving end, taken once by the redial manager.
+    pub redial_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Redial>>>,
     /// Chunk hashes of served files.
     pub hashes: Arc<HashCache>,
     /// The io_uring writer for downloads.
@@ -83,6 +91,7 @@ impl Shared {
             ..Inner::default()
         };
         let advert = advert_of(&inner);
+        let (redial, redial_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Self {
             local_id,
             listen,
@@ -93,6 +102,8 @@ impl Shared {
             advert: watch::channel(Arc::new(advert)).0,
             peer_count: watch::channel(0).0,
             shutdown: watch::channel(false).0,
+            redial,
+            redial_rx: Mutex::new(Some(redial_rx)),
             hashes: Arc::new(HashCache::new()),
             writer: crate::download::Writer::new(),
             inner: Mutex::new(inner),
@@ -172,28 +183,34 @@ impl Shared {
     pub async fn rescan_root(self: &Arc<Self>, id: &GameId) {
         let dir = self.games_dir.join(id.as_str());
         let gid = id.clone();
+        // Like the whole-dir scan: a root is a real folder, never a symlink to elsewhere.
         let scanned = tokio::task::spawn_blocking(move || {
-            dir.is_dir()
+            std::fs::symlink_metadata(&dir)
+                .is_ok_and(|m| m.is_dir())
                 .then(|| lanspread_catalog::scan_root(&dir, gid))
         })
         .await;
-        {
+        let changed = {
             let mut inner = self.lock();
             inner.library_gen += 1;
             match scanned {
                 Ok(Some(root)) => {
-                    inner.library.insert(id.clone(), root);
+                    inner.library.insert(id.clone(), root.clone()).as_ref() != Some(&root)
                 }
-                Ok(None) => {
-                    inner.library.remove(id);
+                Ok(None) => inner.library.remove(id).is_some(),
+                Err(e) => {
+                    tracing::warn!("rescan of {id} failed: {e}");
+                    false
                 }
-                Err(e) => tracing::warn!("rescan of {id} failed: {e}"),
             }
+        };
+        if changed {
+            self.events
+                .emit(crate::api::EventKind::LocalLibraryChanged {
+                    games: self.local_states(),
+                });
         }
-        self.events
-            .emit(crate::api::EventKind::LocalLibraryChanged {
-                games: self.local_states(),
-            });
+        // Operations may have ended even when the files did not change.
         self.refresh_advert();
     }
 

@@ -32,7 +32,7 @@ impl Default for TransportTuning {
     fn default() -> Self {
         Self {
             keep_alive: Duration::from_secs(1),
-            idle_timeout: Duration::from_secs(8),
+            idle_timeout: Duration::from_secs(5),
             stream_window: 32 << 20,
             conn_window: 256 << 20,
             max_bidi_streams: 256,

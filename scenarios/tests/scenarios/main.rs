@@ -8,4 +8,5 @@ mod gates;
 mod hostile;
 mod install;
 mod library;
+mod live;
 mod util;
