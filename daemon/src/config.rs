@@ -42,6 +42,9 @@ pub struct DaemonArgs {
     /// Do not announce or browse with mDNS.
     #[arg(long)]
     pub no_mdns: bool,
+    /// Use mDNS only on this interface (repeatable; default: all).
+    #[arg(long = "mdns-interface", value_name = "NAME")]
+    pub mdns_interfaces: Vec<String>,
     /// TOML config file [default: /etc/lanspread/lanspreadd.toml when present].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -67,6 +70,8 @@ struct FileConfig {
     catalog: Option<PathBuf>,
     events: Option<PathBuf>,
     mdns: Option<bool>,
+    #[serde(default)]
+    mdns_interfaces: Vec<String>,
     secret_file: Option<PathBuf>,
     max_upload_mib_s: Option<f64>,
     max_download_mib_s: Option<f64>,
@@ -91,6 +96,8 @@ pub struct DaemonConfig {
     pub events: Option<PathBuf>,
     /// mDNS on or off.
     pub mdns: bool,
+    /// Interfaces mDNS may use (empty: all).
+    pub mdns_interfaces: Vec<String>,
     /// Static peers dialled at start.
     pub peers: Vec<String>,
 }
@@ -142,6 +149,11 @@ impl DaemonArgs {
             catalog: self.catalog.or(file.catalog),
             events: self.events.or(file.events),
             mdns: !self.no_mdns && file.mdns.unwrap_or(true),
+            mdns_interfaces: if self.mdns_interfaces.is_empty() {
+                file.mdns_interfaces
+            } else {
+                self.mdns_interfaces
+            },
             peers: file.peers,
         })
     }

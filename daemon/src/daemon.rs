@@ -15,7 +15,7 @@ use crate::api::EventKind;
 use crate::config::DaemonConfig;
 use crate::events::EventBus;
 use crate::state::Shared;
-use crate::{control, links, watch, DaemonError};
+use crate::{control, links, mdns, watch, DaemonError};
 
 /// How often the games dir is rescanned as a whole without inotify.
 const RESCAN_INTERVAL: Duration = Duration::from_secs(5);
@@ -38,6 +38,7 @@ pub struct Daemon {
     socket: PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
+    _mdns: Option<mdns::Mdns>,
 }
 
 impl Daemon {
@@ -70,9 +71,6 @@ impl Daemon {
             library,
         );
         info!(peer_id = %shared.local_id, %listen, games = %config.games.display(), socket = %config.socket.display(), "lanspreadd ready");
-        if config.mdns {
-            warn!("mDNS discovery is not available in this build; use `lanspread connect` or `peers = [...]`");
-        }
         shared.events.emit(EventKind::LocalPeerReady {
             peer_id: shared.local_id.clone(),
             addr: listen.to_string(),
@@ -92,6 +90,17 @@ impl Daemon {
         {
             tasks.push(tokio::spawn(links::redial_manager(shared.clone(), rx)));
         }
+        let mdns = if config.mdns {
+            match mdns::start(shared.clone(), &config.mdns_interfaces) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    warn!("{e}; discovery off (use `lanspread connect` or `peers = [...]`)");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let watcher = watch::start(shared.clone());
         let interval = if watcher.is_some() {
             RESCAN_BACKUP
@@ -118,6 +127,7 @@ impl Daemon {
             socket: config.socket,
             tasks,
             _watcher: watcher,
+            _mdns: mdns,
         })
     }
 

@@ -14,6 +14,7 @@ mod error;
 mod events;
 mod install;
 mod links;
+mod mdns;
 pub mod paths;
 mod serve;
 mod state;

@@ -4,10 +4,12 @@
 //! readable diff. It kills only what it started (on drop as well).
 
 mod manifest;
+mod netns;
 mod node;
 mod privileged;
 
 pub use manifest::{assert_same_tree, manifest, Manifest};
+pub use netns::NetLab;
 pub use node::{bin, lab, CliOutput, Node, NodeOptions};
 pub use privileged::{skip_privileged, Tmpfs};
 

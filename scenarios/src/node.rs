@@ -56,6 +56,10 @@ pub struct NodeOptions {
     pub catalog: Option<String>,
     /// Reuse this state dir (same identity).
     pub state: Option<PathBuf>,
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    /// Leave mDNS on (scenarios default to `--no-mdns`).
+    pub mdns: bool,
 }
 
 /// Output of one CLI run.
@@ -130,7 +134,17 @@ impl Node {
 
     fn spawn(&mut self) {
         let _ = fs::remove_file(&self.events);
-        let mut cmd = Command::new(bin("lanspreadd"));
+        let mut cmd = match &self.opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("lanspreadd"));
+                c
+            }
+            None => Command::new(bin("lanspreadd")),
+        };
+        if !self.opts.mdns {
+            cmd.arg("--no-mdns");
+        }
         cmd.arg("--games")
             .arg(&self.games)
             .arg("--state")
@@ -141,7 +155,6 @@ impl Node {
             .arg(&self.events)
             .arg("--listen")
             .arg(self.opts.listen.as_deref().unwrap_or("127.0.0.1:0"))
-            .arg("--no-mdns")
             .env("LANSPREAD_LOG", "info,quinn=warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

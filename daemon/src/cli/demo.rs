@@ -29,6 +29,7 @@ async fn start(dir: &Path, name: &str, games: &Path) -> Result<Daemon, CliError>
         catalog: None,
         events: None,
         mdns: false,
+        mdns_interfaces: Vec::new(),
         peers: Vec::new(),
     };
     Daemon::start(cfg).await.map_err(failed)

@@ -9,4 +9,5 @@ mod hostile;
 mod install;
 mod library;
 mod live;
+mod mdns;
 mod util;

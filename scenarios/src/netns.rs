@@ -1,0 +1,98 @@
+//! Test hosts in network namespaces joined by a bridge (for mDNS across hosts). Names are
+//! unique per process and call; everything is deleted on drop, also when a test fails.
+//! Needs root and iproute2's `ip`.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A small LAN: one namespace per host plus one holding the bridge.
+pub struct NetLab {
+    bridge_ns: String,
+    hosts: Vec<(String, String)>,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("ip {args:?}: {e} (is iproute2 installed?)"));
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl NetLab {
+    /// Creates `hosts` namespaces on 10.231.<n>.0/24, each with `eth0` on one bridge.
+    pub fn new(hosts: usize) -> NetLab {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let subnet = (std::process::id() % 200) + 20;
+        let mut lab = NetLab {
+            bridge_ns: format!("lsbr-{tag}"),
+            hosts: Vec::new(),
+        };
+        ip(&["netns", "add", &lab.bridge_ns]);
+        let br = lab.bridge_ns.clone();
+        ip(&[
+            "-n",
+            &br,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        ip(&["-n", &br, "link", "set", "br0", "up"]);
+        for i in 0..hosts {
+            let ns = format!("lsh{i}-{tag}");
+            ip(&["netns", "add", &ns]);
+            let addr = format!("10.231.{subnet}.{}", i + 1);
+            // Push now, so a failure below still deletes this namespace.
+            lab.hosts.push((ns.clone(), addr.clone()));
+            let port = format!("p{i}");
+            ip(&[
+                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
+                &br,
+            ]);
+            ip(&["-n", &br, "link", "set", &port, "master", "br0", "up"]);
+            ip(&[
+                "-n",
+                &ns,
+                "addr",
+                "add",
+                &format!("{addr}/24"),
+                "dev",
+                "eth0",
+            ]);
+            ip(&["-n", &ns, "link", "set", "eth0", "up", "multicast", "on"]);
+            ip(&["-n", &ns, "link", "set", "lo", "up"]);
+            ip(&["-n", &ns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
+        }
+        lab
+    }
+
+    /// Namespace name and address of host `i`.
+    pub fn host(&self, i: usize) -> (&str, &str) {
+        let (ns, addr) = &self.hosts[i];
+        (ns, addr)
+    }
+}
+
+impl Drop for NetLab {
+    fn drop(&mut self) {
+        for (ns, _) in &self.hosts {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.bridge_ns])
+            .output();
+    }
+}
