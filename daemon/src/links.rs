@@ -169,7 +169,11 @@ async fn run_link(
         };
         return refuse(&conn, &mut tell, writer, code, why);
     }
-    let addr = SocketAddr::new(conn.remote_address().ip(), hello.listen.port());
+    // IPv4 peers of a dual-stack socket show up as IPv4-mapped IPv6; list them as IPv4.
+    let addr = SocketAddr::new(
+        conn.remote_address().ip().to_canonical(),
+        hello.listen.port(),
+    );
 
     // Register, keeping one connection per peer.
     let upsert = {

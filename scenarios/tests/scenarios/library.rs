@@ -292,3 +292,45 @@ fn s30_mesh() {
         assert!(!peers.contains(&n.peer_id));
     }
 }
+
+#[test]
+fn dual_stack_listener_takes_ipv4_and_ipv6_peers() {
+    let (g1, g2, g3) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let both = Node::start_with(
+        "both",
+        g1.path(),
+        NodeOptions {
+            listen: Some("[::]:0".into()),
+            ..Default::default()
+        },
+    );
+    let port = both.addr.rsplit(':').next().unwrap().to_owned();
+    let v4 = Node::start("v4", g2.path());
+    let v6 = Node::start_with(
+        "v6",
+        g3.path(),
+        NodeOptions {
+            listen: Some("[::1]:0".into()),
+            ..Default::default()
+        },
+    );
+    v4.json(&["connect", &format!("127.0.0.1:{port}")]);
+    v6.json(&["connect", &format!("[::1]:{port}")]);
+    let peers = both.json(&["list-peers"]);
+    let mut addrs: Vec<_> = peers
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["addr"].as_str().unwrap().to_owned())
+        .collect();
+    addrs.sort();
+    assert_eq!(
+        addrs,
+        [v4.addr.clone(), v6.addr.clone()],
+        "IPv4 peers are listed as IPv4, not mapped"
+    );
+}
