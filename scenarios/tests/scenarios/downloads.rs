@@ -20,6 +20,16 @@ pub fn client() -> (Node, tempfile::TempDir) {
     (Node::start("client", games.path()), games)
 }
 
+/// Alpha and bravo from the lab, and an empty client connected to both.
+fn client_of_lab() -> (Node, Node, Node, tempfile::TempDir) {
+    let a = source("alpha", &lab().join(ALPHA));
+    let b = source("bravo", &lab().join(BRAVO));
+    let (c, games) = client();
+    c.connect(&a);
+    c.connect(&b);
+    (a, b, c, games)
+}
+
 /// Names of a game's events in order, chunk events left out.
 pub fn flow(n: &Node, game: &str) -> Vec<String> {
     n.game_events(game)
@@ -93,11 +103,7 @@ fn s04_single_source_no_install() {
 
 #[test]
 fn s07_two_sources_agree() {
-    let a = source("alpha", &lab().join(ALPHA));
-    let b = source("bravo", &lab().join(BRAVO));
-    let (c, games) = client();
-    c.connect(&a);
-    c.connect(&b);
+    let (a, b, c, games) = client_of_lab();
     c.download_ok("ggoo", &["--no-install"]);
     let got = c
         .game_events("ggoo")
@@ -195,11 +201,7 @@ fn s09_missing_game() {
 
 #[test]
 fn s13_exactness() {
-    let a = source("alpha", &lab().join(ALPHA));
-    let b = source("bravo", &lab().join(BRAVO));
-    let (c, games) = client();
-    c.connect(&a);
-    c.connect(&b);
+    let (_a, _b, c, games) = client_of_lab();
     c.download_ok("bfbc2", &["--no-install"]);
     c.download_ok("alienswarm", &["--no-install"]);
     assert_same_tree(

@@ -6,22 +6,13 @@ use lanspread_catalog::{GameId, RelPath, Version};
 use lanspread_fixtures::{Content, GameSpec};
 use lanspread_scenarios::Node;
 use lanspread_transfer::{
-    close_code, connect, encode_frame, make_endpoint, read_frame, write_frame, Hello, Identity,
-    Message, PeerRequest, PeerResponse, TransportTuning, PROTOCOL_VERSION,
+    close_code, encode_frame, read_frame, write_frame, Hello, Message, PeerRequest, PeerResponse,
+    PROTOCOL_VERSION,
 };
 use quinn::{Connection, ConnectionError, VarInt};
 
 async fn raw_peer(addr: &str) -> (Connection, quinn::Endpoint) {
-    let id = Identity::ephemeral().unwrap();
-    let ep = make_endpoint(
-        &id,
-        "127.0.0.1:0".parse().unwrap(),
-        &TransportTuning::default(),
-    )
-    .unwrap();
-    let (conn, _) = connect(&ep, addr.parse().unwrap(), Duration::from_secs(5))
-        .await
-        .unwrap();
+    let (id, ep, conn) = crate::util::raw_client(addr).await;
     let mut announce = conn.open_uni().await.unwrap();
     let hello = Message::Hello(Hello {
         peer_id: id.peer_id().clone(),
