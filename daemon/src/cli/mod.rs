@@ -185,49 +185,64 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 }
             }
         }
-        cmd => {
-            let mut c = Client::connect(&socket).await?;
-            let request = match &cmd {
-                Command::Status => Request::Status,
-                Command::Connect { addr } => Request::Connect { addr: addr.clone() },
-                Command::ListGames => Request::ListGames,
-                Command::ListPeers => Request::ListPeers,
-                Command::WaitPeers { n, timeout } => Request::WaitPeers {
-                    count: *n,
-                    timeout_ms: Duration::try_from_secs_f64(*timeout)
-                        .map(|d| d.as_millis() as u64)
-                        .unwrap_or(0),
-                },
-                Command::Shutdown => Request::Shutdown,
-                Command::Install { game } => Request::Install { game: game.clone() },
-                Command::Uninstall { game } => Request::Uninstall { game: game.clone() },
-                Command::Pack { .. }
-                | Command::Demo
-                | Command::Events
-                | Command::Download { .. } => unreachable_command(),
+        Command::Status => one_shot(&socket, json, Request::Status, None)
+            .await
+            .map(drop),
+        Command::Connect { addr } => one_shot(&socket, json, Request::Connect { addr }, None)
+            .await
+            .map(drop),
+        Command::ListGames => one_shot(&socket, json, Request::ListGames, None)
+            .await
+            .map(drop),
+        Command::ListPeers => one_shot(&socket, json, Request::ListPeers, None)
+            .await
+            .map(drop),
+        Command::WaitPeers { n, timeout } => {
+            let timeout_ms = Duration::try_from_secs_f64(timeout)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let request = Request::WaitPeers {
+                count: n,
+                timeout_ms,
             };
-            // Installs can take a while: a spinner on a terminal.
-            let spinner = matches!(cmd, Command::Install { .. } | Command::Uninstall { .. })
-                .then(|| progress::spinner(json, &format!("{cmd:?}").to_lowercase()))
-                .flatten();
-            let reply = c.request(&request).await;
-            if let Some(s) = spinner {
-                s.finish_and_clear();
-            }
-            let reply = reply?;
-            render(json, reply)?;
-            if matches!(cmd, Command::Shutdown) {
-                // Wait until the daemon has said goodbye and closed the socket.
-                c.wait_closed(Duration::from_secs(10)).await;
-            }
+            one_shot(&socket, json, request, None).await.map(drop)
+        }
+        Command::Install { game } => {
+            let msg = format!("installing {game}");
+            one_shot(&socket, json, Request::Install { game }, Some(msg))
+                .await
+                .map(drop)
+        }
+        Command::Uninstall { game } => {
+            let msg = format!("uninstalling {game}");
+            one_shot(&socket, json, Request::Uninstall { game }, Some(msg))
+                .await
+                .map(drop)
+        }
+        Command::Shutdown => {
+            let mut c = one_shot(&socket, json, Request::Shutdown, None).await?;
+            // Wait until the daemon has said goodbye and closed the socket.
+            c.wait_closed(Duration::from_secs(10)).await;
             Ok(())
         }
     }
 }
 
-fn unreachable_command() -> Request {
-    // Handled by the arms above; kept total without a panic.
-    Request::Status
+/// One request, one rendered reply; `spinner` shows a message on a terminal meanwhile.
+async fn one_shot(
+    socket: &std::path::Path,
+    json: bool,
+    request: Request,
+    spinner: Option<String>,
+) -> Result<Client, CliError> {
+    let mut c = Client::connect(socket).await?;
+    let spinner = spinner.and_then(|msg| progress::spinner(json, &msg));
+    let reply = c.request(&request).await;
+    if let Some(s) = spinner {
+        s.finish_and_clear();
+    }
+    render(json, reply?)?;
+    Ok(c)
 }
 
 pub(crate) fn unexpected(reply: Reply) -> CliError {
