@@ -120,9 +120,6 @@ async fn run_link(
         conn.close(VarInt::from_u32(close_code::SELF_CONNECT), b"self");
         return tell(Err(lanspread_peer::PeerError::SelfConnect.to_string()));
     }
-    let span = tracing::info_span!("peer", id = %remote.short());
-    let _enter = span.enter();
-    drop(_enter);
 
     // Our announce stream: hello, library now and on every change, goodbye on shutdown.
     let send = match conn.open_uni().await {
