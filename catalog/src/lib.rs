@@ -21,7 +21,8 @@ pub use hashes::{
 pub use ids::{GameId, Version};
 pub use relpath::{is_reserved_top_level, RelPath};
 pub use scan::{
-    scan_games_dir, scan_root, Availability, FileDescriptor, GameRoot, Library, INSTALLED_MARKER,
+    free_space, scan_games_dir, scan_root, Availability, FileDescriptor, GameRoot, Library,
+    INSTALLED_MARKER,
 };
 
 /// Name of the commit sentinel inside a game root.

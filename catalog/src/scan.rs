@@ -181,6 +181,20 @@ fn walk(
     Ok(())
 }
 
+/// Bytes an unprivileged writer may still allocate on the filesystem holding `path`.
+pub fn free_space(path: &Path) -> Result<u64, CatalogError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|e| CatalogError::io(path, std::io::Error::other(e)))?;
+    // SAFETY: statvfs is plain old data; all-zero is a valid value to overwrite.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is a valid NUL-terminated path and st a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(CatalogError::io(path, std::io::Error::last_os_error()));
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +266,13 @@ mod tests {
         write(&root.join("version.ini"), b"20250101");
         write(&root.join("local").join(INSTALLED_MARKER), b"");
         assert!(scan_root(&root, GameId::new("cnctw").unwrap()).installed);
+    }
+
+    #[test]
+    fn free_space_of_a_real_filesystem() {
+        let t = tempfile::tempdir().unwrap();
+        assert!(free_space(t.path()).unwrap() > 0);
+        assert!(free_space(Path::new("/nonexistent/x")).is_err());
     }
 
     #[test]

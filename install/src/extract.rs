@@ -4,9 +4,7 @@
 //! written; a failure leaves no `local/` behind (an earlier install stays untouched).
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -108,18 +106,6 @@ fn plan(archives: &[PathBuf]) -> Result<u64, InstallError> {
     Ok(total)
 }
 
-/// Free bytes for an unprivileged writer on the filesystem holding `path`.
-fn free_space(path: &Path) -> Result<u64, InstallError> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|e| InstallError::io(path, std::io::Error::other(e)))?;
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c is a valid NUL-terminated path and st a writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(InstallError::io(path, std::io::Error::last_os_error()));
-    }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
-}
-
 /// Installs a root (blocking). See the module docs.
 pub fn install_root(root: &Path) -> Result<InstallSummary, InstallError> {
     let staging = root.join(STAGING);
@@ -129,7 +115,8 @@ pub fn install_root(root: &Path) -> Result<InstallSummary, InstallError> {
     let result = (|| {
         let archives = archives(root)?;
         let need = plan(&archives)?;
-        let free = free_space(root)?;
+        let free = lanspread_catalog::free_space(root)
+            .map_err(|e| InstallError::io(root, std::io::Error::other(e)))?;
         if need > free {
             return Err(InstallError::NoSpace { need, free });
         }

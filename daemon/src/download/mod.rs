@@ -171,8 +171,11 @@ async fn download(
         sources: chosen.sources.clone(),
     });
 
-    // Prepare the root: no committed sentinel from here on, every file preallocated.
+    // Refuse up front when the files cannot fit (bytes already there count as reusable).
     let root = shared.games_dir.join(id.as_str());
+    check_space(&shared.games_dir, &root, &chosen.files).await?;
+
+    // Prepare the root: no committed sentinel from here on, every file preallocated.
     let dests = commit::prepare(&root, &chosen.files).await?;
     for (f, dest) in chosen.files.iter().zip(&dests) {
         let fid = shared
@@ -291,6 +294,36 @@ async fn request_files(
         Ok(None) => Err("stream ended".into()),
         Err(e) => Err(e.to_string()),
     }
+}
+
+/// Fails with the numbers when the games filesystem lacks room for the files.
+async fn check_space(
+    games: &std::path::Path,
+    root: &std::path::Path,
+    files: &[FileManifest],
+) -> Result<(), String> {
+    let (games, root, files) = (games.to_path_buf(), root.to_path_buf(), files.to_vec());
+    tokio::task::spawn_blocking(move || {
+        let need: u64 = files
+            .iter()
+            .map(|f| {
+                let have = std::fs::symlink_metadata(f.path.to_path(&root))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+                f.size.saturating_sub(have)
+            })
+            .sum();
+        let free = lanspread_catalog::free_space(&games).map_err(|e| e.to_string())?;
+        if need > free {
+            return Err(format!(
+                "not enough free space in {}: need {need} bytes, {free} available",
+                games.display()
+            ));
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| e.to_string())?
 }
 
 /// Whether a manifest path is the commit sentinel.

@@ -102,14 +102,58 @@ fn s20_disk_full() {
     assert_eq!(out.code, 1, "{out:?}");
     let failed = out.json();
     assert_eq!(failed["event"], "download-failed");
+    // Refused up front, with the numbers, before anything is preallocated.
+    let reason = failed["reason"].as_str().unwrap();
     assert!(
-        failed["reason"].as_str().unwrap().contains("No space left"),
+        reason.contains("not enough free space") && reason.contains("need"),
         "{failed}"
     );
+    assert!(c
+        .game_events("alienswarm")
+        .iter()
+        .all(|e| e["event"] != "download-begin"));
     assert_not_committed(&c, fs32.path(), "alienswarm");
     // Healthy afterwards: a small game still fits and downloads.
     c.download_ok("ggoo", &["--no-install"]);
     assert_same_tree(&lab().join(ALPHA).join("ggoo"), &fs32.path().join("ggoo"));
+    drop(c);
+
+    // Two downloads that each fit alone but not together: whichever path catches it (the
+    // up-front check, or fallocate's ENOSPC when both passed the check at once, which may
+    // fail both), at least one fails, a failed one commits nothing, and a finished one is
+    // exact.
+    let fs32 = Tmpfs::mount(32);
+    let d = tempfile::tempdir().unwrap();
+    for id in ["cod5", "cnc4"] {
+        GameSpec::new(id, "20250101")
+            .file(
+                &format!("{id}.eti"),
+                0o644,
+                Content::Sparse { size: 20 << 20 },
+            )
+            .write(d.path())
+            .unwrap();
+    }
+    let s = source("two", d.path());
+    let c = Node::start("client", fs32.path());
+    c.connect(&s);
+    let outs = std::thread::scope(|sc| {
+        let t1 = sc.spawn(|| c.download("cod5", &["--no-install"]));
+        let t2 = sc.spawn(|| c.download("cnc4", &["--no-install"]));
+        [("cod5", t1.join().unwrap()), ("cnc4", t2.join().unwrap())]
+    });
+    assert!(
+        outs.iter().any(|(_, o)| o.code != 0),
+        "40 MiB fitted into 32: {outs:?}"
+    );
+    for (id, out) in &outs {
+        if out.code == 0 {
+            assert_same_tree(&d.path().join(id), &fs32.path().join(id));
+        } else {
+            assert_eq!(out.json()["event"], "download-failed", "{out:?}");
+            assert_not_committed(&c, fs32.path(), id);
+        }
+    }
     drop(c);
 }
 
