@@ -126,3 +126,43 @@ fn demo_downloads_and_cleans_up() {
         .unwrap();
     assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
 }
+
+#[test]
+fn daemon_signals_readiness_to_systemd() {
+    use std::os::unix::net::UnixDatagram;
+    let t = tempfile::tempdir().unwrap();
+    let notify = t.path().join("notify.sock");
+    let listener = UnixDatagram::bind(&notify).unwrap();
+    listener
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    std::fs::create_dir_all(t.path().join("games")).unwrap();
+    let sock = t.path().join("d.sock");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lanspreadd"))
+        .arg("--games")
+        .arg(t.path().join("games"))
+        .arg("--state")
+        .arg(t.path().join("state"))
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--listen", "127.0.0.1:0", "--no-mdns"])
+        .env("NOTIFY_SOCKET", &notify)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let n = listener.recv(&mut buf).unwrap();
+    let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+    // Ready is sent only once the control socket answers.
+    let status = cli()
+        .arg("--socket")
+        .arg(&sock)
+        .arg("status")
+        .output()
+        .unwrap();
+    let _ = cli().arg("--socket").arg(&sock).arg("shutdown").output();
+    let _ = child.wait();
+    assert!(msg.lines().any(|l| l == "READY=1"), "{msg}");
+    assert!(msg.lines().any(|l| l.starts_with("STATUS=peer ")), "{msg}");
+    assert_eq!(status.status.code(), Some(0));
+}

@@ -42,11 +42,24 @@ async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let daemon = Daemon::start(config).await?;
+    // systemd (Type=notify): ready only now that the control socket and QUIC are up. Without
+    // NOTIFY_SOCKET this does nothing.
+    let status = format!("peer {} listening on {}", daemon.peer_id(), daemon.addr());
+    if let Err(e) = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ],
+    ) {
+        tracing::warn!("sd_notify: {e}");
+    }
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
         _ = daemon.shutdown_requested() => tracing::info!("shutdown requested"),
     }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     daemon.stop().await;
     Ok(())
 }
