@@ -48,7 +48,8 @@ pub enum PlannerStatus {
     Running,
     /// Every chunk is verified.
     Finished,
-    /// Chunks remain but no source can send them.
+    /// Chunks remain but no source can send them (every source dropped and nothing in
+    /// flight), or one chunk kept failing locally.
     Failed(String),
 }
 
@@ -185,31 +186,6 @@ impl Planner {
         }
         // Retry it before anything else.
         self.pending.push_front(chunk);
-        if self.pending.len() + self.done < self.chunks.len() {
-            return;
-        }
-        if self.sources.values().all(|s| s.dropped) {
-            self.failed = Some("no eligible source left".into());
-        }
-    }
-
-    /// A source left (connection lost): it is dropped; its in-flight chunks are reported
-    /// separately through `on_failed` by the transfers that were using it.
-    pub fn drop_source(&mut self, peer: &PeerId) {
-        if let Some(s) = self.sources.get_mut(peer) {
-            s.dropped = true;
-        }
-        self.check_sources();
-    }
-
-    fn check_sources(&mut self) {
-        let in_flight: usize = self.sources.values().map(|s| s.in_flight).sum();
-        if self.done < self.chunks.len()
-            && in_flight == 0
-            && self.sources.values().all(|s| s.dropped)
-        {
-            self.failed = Some("no eligible source left".into());
-        }
     }
 
     /// Where the download stands.
@@ -225,11 +201,6 @@ impl Planner {
         } else {
             PlannerStatus::Running
         }
-    }
-
-    /// Chunks verified so far.
-    pub fn done(&self) -> usize {
-        self.done
     }
 
     /// Bytes done or in flight per source (dropped sources included).
