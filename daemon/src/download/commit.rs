@@ -2,6 +2,7 @@
 //! except `version.ini`, which is received under `.lanspread/incoming/` and renamed into
 //! place last, after every data file is synced, followed by a directory fsync.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -105,7 +106,14 @@ fn commit_blocking(
         fs::set_permissions(dest, fs::Permissions::from_mode(f.mode & 0o7777))
             .map_err(|e| err(dest, e))?;
     }
-    remove_extra(root, "", files)?;
+    // Listed files and every folder that holds one, looked up once per entry.
+    let mut keep: BTreeSet<&str> = BTreeSet::new();
+    for f in files {
+        let p = f.path.as_str();
+        keep.insert(p);
+        keep.extend(p.match_indices('/').map(|(i, _)| &p[..i]));
+    }
+    remove_extra(root, "", &keep)?;
     let incoming = root.join(INCOMING).join(VERSION_FILE);
     let text = fs::read_to_string(&incoming).map_err(|e| err(&incoming, e))?;
     match Version::parse(&text) {
@@ -124,7 +132,7 @@ fn commit_blocking(
 
 /// Removes regular files and symlinks under `root` that the manifest does not list (files
 /// of an older version), leaving `local/` and `.lanspread*` alone.
-fn remove_extra(dir: &Path, prefix: &str, files: &[FileManifest]) -> Result<(), String> {
+fn remove_extra(dir: &Path, prefix: &str, keep: &BTreeSet<&str>) -> Result<(), String> {
     for entry in fs::read_dir(dir).map_err(|e| err(dir, e))?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if prefix.is_empty() && (is_reserved_top_level(&name) || name == VERSION_FILE) {
@@ -140,14 +148,11 @@ fn remove_extra(dir: &Path, prefix: &str, files: &[FileManifest]) -> Result<(), 
             continue;
         };
         if meta.is_dir() {
-            remove_extra(&path, &rel, files)?;
-            if files
-                .iter()
-                .all(|f| !f.path.as_str().starts_with(&format!("{rel}/")))
-            {
+            remove_extra(&path, &rel, keep)?;
+            if !keep.contains(rel.as_str()) {
                 let _ = fs::remove_dir(&path);
             }
-        } else if !files.iter().any(|f| f.path.as_str() == rel) {
+        } else if !keep.contains(rel.as_str()) {
             fs::remove_file(&path).map_err(|e| err(&path, e))?;
         }
     }

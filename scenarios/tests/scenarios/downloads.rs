@@ -484,3 +484,24 @@ fn s37_single_source_throughput() {
     );
     assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
 }
+
+#[test]
+fn update_replaces_an_older_root_and_removes_its_stale_files() {
+    let (src, dirs) = skewed(&[("20250301", 3, 3 << 20)]);
+    let games = tempfile::tempdir().unwrap();
+    GameSpec::new("cnc4", "20250101")
+        .with_archive(1, &[1 << 20])
+        .file(
+            "old/stale.dat",
+            0o644,
+            Content::Bytes(b"from the old version".to_vec()),
+        )
+        .write(games.path())
+        .unwrap();
+    let c = Node::start("client", games.path());
+    c.connect(&src[0]);
+    c.download_ok("cnc4", &["--no-install"]);
+    assert_same_tree(&dirs[0].path().join("cnc4"), &games.path().join("cnc4"));
+    assert!(!games.path().join("cnc4/old").exists(), "stale folder left");
+    assert_eq!(c.local_row("cnc4").unwrap()["version"], "20250301");
+}
