@@ -100,6 +100,8 @@ pub struct DaemonConfig {
     pub mdns_interfaces: Vec<String>,
     /// Static peers dialled at start.
     pub peers: Vec<String>,
+    /// LAN secret file, if any.
+    pub secret_file: Option<PathBuf>,
 }
 
 impl DaemonArgs {
@@ -110,11 +112,6 @@ impl DaemonArgs {
             None if Path::new(DEFAULT_CONFIG).exists() => load_file(Path::new(DEFAULT_CONFIG))?,
             None => FileConfig::default(),
         };
-        if self.secret_file.is_some() || file.secret_file.is_some() {
-            return Err(DaemonError::Config(
-                "secret_file: LAN secrets are not supported by this version yet".into(),
-            ));
-        }
         if self.max_upload_mib_s.or(file.max_upload_mib_s).is_some()
             || self
                 .max_download_mib_s
@@ -155,6 +152,7 @@ impl DaemonArgs {
                 self.mdns_interfaces
             },
             peers: file.peers,
+            secret_file: self.secret_file.or(file.secret_file),
         })
     }
 }
@@ -217,7 +215,7 @@ mod tests {
 
     #[test]
     fn unsupported_features_are_refused_not_ignored() {
-        let err = args(&["--games", "/g", "--state", "/s", "--secret-file", "/k"])
+        let err = args(&["--games", "/g", "--state", "/s", "--max-upload-mib-s", "5"])
             .resolve()
             .unwrap_err();
         assert!(err.to_string().contains("not supported"), "{err}");

@@ -7,14 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanspread_catalog::{scan_games_dir, Catalog};
-use lanspread_transfer::{close_code, make_endpoint, Identity, PeerId, TransportTuning};
+use lanspread_transfer::{close_code, make_endpoint, Identity, LanSecret, PeerId, TransportTuning};
 use quinn::VarInt;
 use tracing::{info, warn};
 
 use crate::api::EventKind;
 use crate::config::DaemonConfig;
 use crate::events::EventBus;
-use crate::state::Shared;
+use crate::state::{NetSetup, Shared};
 use crate::{control, links, mdns, watch, DaemonError};
 
 /// How often the games dir is rescanned as a whole without inotify.
@@ -56,20 +56,22 @@ impl Daemon {
         };
         let library = scan_games_dir(&config.games, &catalog)?;
         let identity = Identity::load_or_create(&config.state)?;
+        let secret = match &config.secret_file {
+            Some(p) => Some(LanSecret::load(p)?),
+            None => None,
+        };
         let listener = control::bind(&config.socket).await?;
         let endpoint = make_endpoint(&identity, config.listen, &TransportTuning::default())?;
         let listen = endpoint
             .local_addr()
             .map_err(|e| DaemonError::io("quic socket", e))?;
-        let shared = Shared::new(
-            identity.peer_id().clone(),
+        let net = NetSetup {
+            local_id: identity.peer_id().clone(),
             listen,
-            config.games.clone(),
-            catalog,
             endpoint,
-            events,
-            library,
-        );
+            secret,
+        };
+        let shared = Shared::new(net, config.games.clone(), catalog, events, library);
         info!(peer_id = %shared.local_id, %listen, games = %config.games.display(), socket = %config.socket.display(), "lanspreadd ready");
         shared.events.emit(EventKind::LocalPeerReady {
             peer_id: shared.local_id.clone(),

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use lanspread_peer::{check_not_self, prefer_new_link, Direction, Upsert};
 use lanspread_transfer::{
-    close_code, connect, peer_id_of, read_frame, write_frame, Hello, Message, PeerId,
-    PROTOCOL_VERSION,
+    close_code, connect, peer_id_of, read_frame, secret_proof, session_binding, write_frame, Hello,
+    Message, PeerId, SecretCheck, PROTOCOL_VERSION,
 };
 use quinn::{Connection, SendStream, VarInt};
 use tokio::sync::oneshot;
@@ -121,12 +121,27 @@ async fn run_link(
         return tell(Err(lanspread_peer::PeerError::SelfConnect.to_string()));
     }
 
-    // Our announce stream: hello, library now and on every change, goodbye on shutdown.
+    // The LAN secret proof is bound to this TLS session and to our role in it.
+    let binding = match session_binding(&conn) {
+        Ok(b) => b,
+        Err(e) => {
+            conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"tls");
+            return tell(Err(e.to_string()));
+        }
+    };
+    let proof = shared
+        .secret
+        .as_ref()
+        .map(|s| s.prove(&binding, direction == Direction::Outbound));
+
+    // Our announce stream: hello now; the library only once the peer's hello passed our
+    // checks (so a peer without the secret learns nothing), then on every change.
     let send = match conn.open_uni().await {
         Ok(s) => s,
         Err(e) => return tell(Err(format!("cannot open a stream: {e}"))),
     };
-    let mut writer = tokio::spawn(announce(shared.clone(), send));
+    let (accepted, go) = oneshot::channel();
+    let mut writer = tokio::spawn(announce(shared.clone(), send, proof, go));
     let mut shutdown = shared.shutdown.subscribe();
 
     // Their announce stream: hello first.
@@ -147,7 +162,10 @@ async fn run_link(
                 format!("expected hello, got {other:?}"),
             )
         }
-        Ok(Err(e)) => return refuse(&conn, &mut tell, writer, close_code::PROTOCOL_ERROR, e),
+        Ok(Err(e)) => {
+            let why = refused_by_peer(&conn).unwrap_or(e);
+            return refuse(&conn, &mut tell, writer, close_code::PROTOCOL_ERROR, why);
+        }
         Err(_) => {
             return refuse(
                 &conn,
@@ -166,6 +184,17 @@ async fn run_link(
         };
         return refuse(&conn, &mut tell, writer, code, why);
     }
+    let their_role_client = direction == Direction::Inbound;
+    let check = secret_proof(
+        shared.secret.as_ref(),
+        &binding,
+        their_role_client,
+        hello.proof.as_ref(),
+    );
+    if let SecretCheck::Refused(why) = check {
+        return refuse(&conn, &mut tell, writer, close_code::SECRET_MISMATCH, why);
+    }
+    let _ = accepted.send(());
     // IPv4 peers of a dual-stack socket show up as IPv4-mapped IPv6; list them as IPv4.
     let addr = SocketAddr::new(
         conn.remote_address().ip().to_canonical(),
@@ -395,18 +424,43 @@ fn refuse(
     tell(Err(why));
 }
 
-/// Writes our announce stream: hello, the library on every change, goodbye on shutdown.
-async fn announce(shared: Arc<Shared>, mut send: SendStream) {
+/// Why the peer closed the connection, when it refused us on purpose.
+fn refused_by_peer(conn: &Connection) -> Option<String> {
+    match conn.close_reason()? {
+        quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code != VarInt::from_u32(close_code::GOODBYE) =>
+        {
+            Some(format!(
+                "refused by the peer: {}",
+                String::from_utf8_lossy(&c.reason)
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// Writes our announce stream: hello, then (once `accepted` fires) the library on every
+/// change, goodbye on shutdown.
+async fn announce(
+    shared: Arc<Shared>,
+    mut send: SendStream,
+    proof: Option<[u8; 32]>,
+    accepted: oneshot::Receiver<()>,
+) {
     let hello = Message::Hello(Hello {
         peer_id: shared.local_id.clone(),
         listen: shared.listen,
         protocol: PROTOCOL_VERSION,
         agent: concat!("lanspread/", env!("CARGO_PKG_VERSION")).into(),
+        proof,
     });
     let mut advert = shared.advert.subscribe();
     let mut shutdown = shared.shutdown.subscribe();
     let result: Result<(), lanspread_transfer::FrameError> = async {
         write_frame(&mut send, &hello).await?;
+        if accepted.await.is_err() {
+            return Ok(());
+        }
         loop {
             let lib = advert.borrow_and_update().clone();
             write_frame(&mut send, &Message::Library(lib.to_vec())).await?;

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use lanspread_catalog::{Availability, Catalog, GameId, HashCache, Library};
 use lanspread_peer::{aggregate, Direction, OpKind, Operations, PeerTable};
-use lanspread_transfer::{GameAd, PeerId};
+use lanspread_transfer::{GameAd, LanSecret, PeerId};
 use quinn::Connection;
 use tokio::sync::watch;
 
@@ -43,6 +43,18 @@ pub struct Inner {
     pub library_gen: u64,
 }
 
+/// The network side of a daemon, bound before the shared state is built.
+pub struct NetSetup {
+    /// Our peer id.
+    pub local_id: PeerId,
+    /// Our bound QUIC address.
+    pub listen: SocketAddr,
+    /// The QUIC endpoint.
+    pub endpoint: quinn::Endpoint,
+    /// The LAN secret, if configured.
+    pub secret: Option<LanSecret>,
+}
+
 /// State shared by every task of the daemon.
 pub struct Shared {
     /// Our peer id.
@@ -55,6 +67,8 @@ pub struct Shared {
     pub catalog: Catalog,
     /// The QUIC endpoint.
     pub endpoint: quinn::Endpoint,
+    /// The LAN secret, if configured: peers must prove the same one.
+    pub secret: Option<LanSecret>,
     /// Event fan-out.
     pub events: EventBus,
     /// What we advertise; link writers watch it.
@@ -78,14 +92,18 @@ pub struct Shared {
 impl Shared {
     /// Builds the shared state.
     pub fn new(
-        local_id: PeerId,
-        listen: SocketAddr,
+        net: NetSetup,
         games_dir: PathBuf,
         catalog: Catalog,
-        endpoint: quinn::Endpoint,
         events: EventBus,
         library: Library,
     ) -> Arc<Self> {
+        let NetSetup {
+            local_id,
+            listen,
+            endpoint,
+            secret,
+        } = net;
         let inner = Inner {
             library,
             ..Inner::default()
@@ -98,6 +116,7 @@ impl Shared {
             games_dir,
             catalog,
             endpoint,
+            secret,
             events,
             advert: watch::channel(Arc::new(advert)).0,
             peer_count: watch::channel(0).0,

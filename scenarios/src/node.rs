@@ -60,6 +60,8 @@ pub struct NodeOptions {
     pub netns: Option<String>,
     /// Leave mDNS on (scenarios default to `--no-mdns`).
     pub mdns: bool,
+    /// More daemon flags.
+    pub args: Vec<String>,
 }
 
 /// Output of one CLI run.
@@ -166,6 +168,7 @@ impl Node {
                     .map(Stdio::from)
                     .unwrap_or_else(|_| Stdio::null()),
             );
+        cmd.args(&self.opts.args);
         if let Some(catalog) = &self.opts.catalog {
             let path = self.dir.path().join("catalog.txt");
             fs::write(&path, catalog).expect("catalog");

@@ -114,6 +114,15 @@ pub fn peer_id_of(conn: &Connection) -> Result<PeerId, TransferError> {
     PeerId::from_cert(first)
 }
 
+/// 32 bytes of TLS exported keying material for the LAN secret proof; both ends of one
+/// connection get the same bytes, other connections different ones.
+pub fn session_binding(conn: &Connection) -> Result<[u8; 32], TransferError> {
+    let mut out = [0u8; 32];
+    conn.export_keying_material(&mut out, crate::secret::EXPORTER_LABEL, b"")
+        .map_err(|_| TransferError::Tls("cannot export keying material".into()))?;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -132,7 +141,7 @@ mod tests {
             let client_id = peer_id_of(&conn).unwrap();
             let mut recv = conn.accept_uni().await.unwrap();
             let msg: Message = read_frame(&mut recv).await.unwrap().unwrap();
-            (client_id, msg)
+            (client_id, msg, session_binding(&conn).unwrap())
         });
         let (conn, server_id) = connect(&ea, b_addr, tuning.connect_timeout).await.unwrap();
         assert_eq!(&server_id, b.peer_id());
@@ -141,8 +150,11 @@ mod tests {
             .await
             .unwrap();
         send.finish().unwrap();
-        let (client_id, msg) = server.await.unwrap();
+        let (client_id, msg, server_binding) = server.await.unwrap();
         assert_eq!(&client_id, a.peer_id());
+        // Both ends derive the same session binding for the LAN secret proof.
+        assert_eq!(session_binding(&conn).unwrap(), server_binding);
+        assert_ne!(server_binding, [0u8; 32]);
         assert_eq!(msg, Message::Goodbye { reason: "x".into() });
     }
 

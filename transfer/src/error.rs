@@ -45,6 +45,14 @@ pub enum TransferError {
     /// The peer presented no certificate or one whose key cannot be read.
     #[error("peer presented no usable certificate")]
     NoPeerIdentity,
+    /// The LAN secret file cannot be used.
+    #[error("LAN secret {path}: {why}")]
+    Secret {
+        /// The secret file.
+        path: PathBuf,
+        /// What is wrong.
+        why: String,
+    },
     /// A frame could not be read or written.
     #[error(transparent)]
     Frame(#[from] FrameError),

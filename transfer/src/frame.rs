@@ -113,6 +113,7 @@ mod tests {
                 listen: "127.0.0.1:41741".parse().unwrap(),
                 protocol: PROTOCOL_VERSION,
                 agent: "test".into(),
+                proof: None,
             }),
             Message::Library(vec![GameAd {
                 id: GameId::new("ggoo").unwrap(),

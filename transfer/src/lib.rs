@@ -10,9 +10,10 @@ mod error;
 mod frame;
 mod identity;
 mod protocol;
+mod secret;
 mod tls;
 
-pub use endpoint::{connect, make_endpoint, peer_id_of, TransportTuning};
+pub use endpoint::{connect, make_endpoint, peer_id_of, session_binding, TransportTuning};
 pub use error::TransferError;
 pub use frame::{decode_frame, encode_frame, read_frame, write_frame, FrameError, MAX_FRAME_LEN};
 pub use identity::{Identity, PeerId, KEY_FILE};
@@ -20,3 +21,4 @@ pub use protocol::{
     close_code, GameAd, Hello, Message, PeerRequest, PeerResponse, ALPN, PROTOCOL_VERSION,
     SERVER_NAME,
 };
+pub use secret::{secret_proof, LanSecret, SecretCheck, MIN_SECRET_LEN};

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::PeerId;
 
 /// Wire protocol version; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// TLS ALPN identifier.
 pub const ALPN: &[u8] = b"lanspread/1";
 /// Server name used in certificates and SNI; identity comes from the key, not the name.
@@ -28,6 +28,8 @@ pub mod close_code {
     pub const DUPLICATE: u32 = 3;
     /// The peer speaks another protocol version.
     pub const VERSION_MISMATCH: u32 = 4;
+    /// The LAN secret check failed (one side has none, or they differ).
+    pub const SECRET_MISMATCH: u32 = 5;
 }
 
 /// First frame on an announce stream.
@@ -41,6 +43,9 @@ pub struct Hello {
     pub protocol: u32,
     /// Free-form software name and version, for logs.
     pub agent: String,
+    /// Proof of the LAN secret bound to this TLS session (see `LanSecret`), if the
+    /// sender has one.
+    pub proof: Option<[u8; 32]>,
 }
 
 /// One advertised game: only ready roots (valid sentinel, no active operation) are sent.

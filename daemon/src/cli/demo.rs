@@ -31,6 +31,7 @@ async fn start(dir: &Path, name: &str, games: &Path) -> Result<Daemon, CliError>
         mdns: false,
         mdns_interfaces: Vec::new(),
         peers: Vec::new(),
+        secret_file: None,
     };
     Daemon::start(cfg).await.map_err(failed)
 }

@@ -19,6 +19,7 @@ async fn raw_peer(addr: &str) -> (Connection, quinn::Endpoint) {
         listen: ep.local_addr().unwrap(),
         protocol: PROTOCOL_VERSION,
         agent: "raw".into(),
+        proof: None,
     });
     write_frame(&mut announce, &hello).await.unwrap();
     write_frame(&mut announce, &Message::Library(Vec::new()))

@@ -39,6 +39,7 @@ fn hello(id: &Identity, protocol: u32) -> Vec<u8> {
         listen: "127.0.0.1:1".parse().unwrap(),
         protocol,
         agent: "raw".into(),
+        proof: None,
     }))
     .unwrap()
 }

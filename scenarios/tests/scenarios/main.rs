@@ -10,4 +10,5 @@ mod install;
 mod library;
 mod live;
 mod mdns;
+mod trust;
 mod util;
