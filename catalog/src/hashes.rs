@@ -33,6 +33,24 @@ pub struct FileManifest {
     pub chunks: Vec<ChunkHash>,
 }
 
+/// SHA-256 over everything a manifest says (paths, sizes, modes, chunk hashes), in order:
+/// two manifests with the same digest describe the same bytes at the same places.
+pub fn manifest_digest(files: &[FileManifest]) -> ChunkHash {
+    let mut h = Sha256::new();
+    h.update((files.len() as u64).to_le_bytes());
+    for f in files {
+        h.update((f.path.as_str().len() as u64).to_le_bytes());
+        h.update(f.path.as_str().as_bytes());
+        h.update(f.size.to_le_bytes());
+        h.update(f.mode.to_le_bytes());
+        h.update((f.chunks.len() as u64).to_le_bytes());
+        for c in &f.chunks {
+            h.update(c);
+        }
+    }
+    h.finalize().into()
+}
+
 /// Number of chunks of a file of `size` bytes.
 pub fn chunk_count(size: u64) -> u64 {
     size.div_ceil(CHUNK_SIZE)

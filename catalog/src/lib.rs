@@ -16,7 +16,8 @@ mod scan;
 pub use catalog::{Catalog, CatalogEntry, BUILTIN_IDS};
 pub use error::CatalogError;
 pub use hashes::{
-    chunk_count, chunk_ranges, hash_chunks, ChunkHash, FileManifest, HashCache, CHUNK_SIZE,
+    chunk_count, chunk_ranges, hash_chunks, manifest_digest, ChunkHash, FileManifest, HashCache,
+    CHUNK_SIZE,
 };
 pub use ids::{GameId, Version};
 pub use relpath::{is_reserved_top_level, RelPath};

@@ -272,6 +272,10 @@ pub enum EventKind {
         bytes: u64,
         files: u64,
         chunks: u64,
+        /// Chunks verified by an interrupted earlier attempt and not fetched again.
+        resumed_chunks: u64,
+        /// Their bytes.
+        resumed_bytes: u64,
     },
     DownloadChunkFinished {
         game_id: GameId,
@@ -287,6 +291,8 @@ pub enum EventKind {
         bytes: u64,
         chunks: u64,
         duration_ms: u64,
+        /// Bytes reused from an interrupted earlier attempt (not in the rate).
+        resumed_bytes: u64,
         mib_per_s: f64,
         mbit_per_s: f64,
     },

@@ -13,6 +13,7 @@ mod gates;
 mod links;
 mod ops;
 mod planner;
+mod resume;
 mod table;
 mod validate;
 
@@ -22,5 +23,6 @@ pub use gates::{gate_chunk, gate_files};
 pub use links::{check_not_self, prefer_new_link, Direction};
 pub use ops::{OpKind, Operations};
 pub use planner::{Assignment, ChunkSpec, FailKind, Planner, PlannerStatus};
+pub use resume::{journal_entry, journal_header, judge_journal, ResumeDecision};
 pub use table::{PeerEntry, PeerTable, RemoteGame, Upsert};
 pub use validate::{check_manifest, choose_manifest, Chosen};

@@ -148,6 +148,18 @@ impl Planner {
         Some(Assignment { chunk, peer })
     }
 
+    /// Marks a chunk as already present and verified (resumed from an earlier attempt);
+    /// it is not fetched and counts for no source. Only a pending chunk can be marked.
+    pub fn mark_present(&mut self, chunk: usize) -> bool {
+        if self.state.get(chunk) != Some(&State::Pending) {
+            return false;
+        }
+        self.pending.retain(|&c| c != chunk);
+        self.state[chunk] = State::Done;
+        self.done += 1;
+        true
+    }
+
     /// A chunk arrived and matched its hash.
     pub fn on_done(&mut self, chunk: usize, peer: &PeerId) {
         if !self.is_in_flight_from(chunk, peer) {

@@ -351,6 +351,14 @@ impl Node {
         self.wait_exit();
     }
 
+    /// Sends a signal to the running daemon (SIGSTOP/SIGCONT to freeze a source).
+    pub fn signal(&self, sig: libc::c_int) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
+            unsafe { libc::kill(c.id() as libc::pid_t, sig) };
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         if let Some(c) = &self.child {

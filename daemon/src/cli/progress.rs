@@ -63,8 +63,23 @@ pub async fn download(
                     sources.len()
                 );
             }
-            EventKind::DownloadBegin { bytes, chunks, .. } => match &bar {
-                Some(b) => b.set_length(*bytes),
+            EventKind::DownloadBegin {
+                bytes,
+                chunks,
+                resumed_chunks,
+                resumed_bytes,
+                ..
+            } => match &bar {
+                Some(b) => {
+                    b.set_length(*bytes);
+                    b.set_position(*resumed_bytes);
+                }
+                None if !json && *resumed_chunks > 0 => println!(
+                    "{game}: resuming, {} of {} already here, {} chunks to fetch",
+                    output::bytes(*resumed_bytes),
+                    output::bytes(*bytes),
+                    chunks - resumed_chunks
+                ),
                 None if !json => println!(
                     "{game}: downloading {} in {chunks} chunks",
                     output::bytes(*bytes)

@@ -4,12 +4,13 @@
 
 mod commit;
 mod fetch;
+mod journal;
 mod writer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lanspread_catalog::{FileManifest, GameId, VERSION_FILE};
+use lanspread_catalog::{manifest_digest, FileManifest, GameId, VERSION_FILE};
 use lanspread_peer::{choose_manifest, latest_sources, OpKind, Planner, PlannerStatus, Sources};
 use lanspread_transfer::{read_frame, write_frame, PeerId, PeerRequest, PeerResponse};
 use quinn::Connection;
@@ -83,6 +84,8 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
     match result {
         Ok(done) => {
             let secs = done.duration.as_secs_f64().max(1e-6);
+            // The rate counts what crossed the network in this attempt.
+            let moved = done.bytes - done.resumed_bytes;
             info!(game = %id, bytes = done.bytes, ms = done.duration.as_millis() as u64, "download finished");
             shared.events.emit(EventKind::DownloadFinished {
                 game_id: id,
@@ -90,8 +93,9 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
                 bytes: done.bytes,
                 chunks: done.chunks,
                 duration_ms: done.duration.as_millis() as u64,
-                mib_per_s: done.bytes as f64 / (1024.0 * 1024.0) / secs,
-                mbit_per_s: done.bytes as f64 * 8.0 / 1e6 / secs,
+                resumed_bytes: done.resumed_bytes,
+                mib_per_s: moved as f64 / (1024.0 * 1024.0) / secs,
+                mbit_per_s: moved as f64 * 8.0 / 1e6 / secs,
             });
             true
         }
@@ -108,6 +112,7 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
 
 struct Done {
     bytes: u64,
+    resumed_bytes: u64,
     chunks: u64,
     duration: Duration,
 }
@@ -188,15 +193,35 @@ async fn download(
     let bytes: u64 = chosen.files.iter().map(|f| f.size).sum();
     let mut planner = Planner::new(&chosen.files, &chosen.sources, MAX_IN_FLIGHT);
     let chunks = planner.chunks().len() as u64;
+    // Chunks an interrupted attempt at this same version and manifest already verified.
+    let digest = manifest_digest(&chosen.files);
+    let (mut journal, present) =
+        journal::open(&root, &dests, planner.chunks(), sources.version, digest).await?;
+    let mut resumed_bytes = 0;
+    for &c in &present {
+        if planner.mark_present(c) {
+            resumed_bytes += planner.chunks()[c].len;
+        }
+    }
+    if !present.is_empty() {
+        info!(game = %id, chunks = present.len(), bytes = resumed_bytes, "resuming");
+    }
     shared.events.emit(EventKind::DownloadBegin {
         game_id: id.clone(),
         version: sources.version,
         bytes,
         files: chosen.files.len() as u64,
         chunks,
+        resumed_chunks: present.len() as u64,
+        resumed_bytes,
     });
     let started = Instant::now();
-    transfer(shared, id, sources, &chosen.files, files_open, &mut planner).await?;
+    let work = Work {
+        files: &chosen.files,
+        file_ids: files_open,
+        journal: &mut journal,
+    };
+    transfer(shared, id, sources, work, &mut planner).await?;
     for &f in files_open.iter() {
         shared
             .writer
@@ -205,21 +230,34 @@ async fn download(
             .map_err(|e| format!("flushing files: {e}"))?;
     }
     commit::commit(&root, &chosen.files, &dests, sources.version).await?;
+    journal::remove(&root).await;
     Ok(Done {
         bytes,
+        resumed_bytes,
         chunks,
         duration: started.elapsed(),
     })
+}
+
+/// What `transfer` writes into.
+struct Work<'a> {
+    files: &'a [FileManifest],
+    file_ids: &'a [u64],
+    journal: &'a mut journal::Journal,
 }
 
 async fn transfer(
     shared: &Arc<Shared>,
     id: &GameId,
     sources: &Sources,
-    files: &[FileManifest],
-    file_ids: &[u64],
+    work: Work<'_>,
     planner: &mut Planner,
 ) -> Result<(), String> {
+    let Work {
+        files,
+        file_ids,
+        journal,
+    } = work;
     let mut running = JoinSet::new();
     loop {
         while let Some(a) = planner.poll_assign() {
@@ -259,6 +297,7 @@ async fn transfer(
         match res {
             Ok(()) => {
                 planner.on_done(a.chunk, &a.peer);
+                journal.record(a.chunk);
                 shared.events.emit(EventKind::DownloadChunkFinished {
                     game_id: id.clone(),
                     path: job.path.to_string(),

@@ -197,3 +197,34 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn s39_present_chunks_are_never_assigned() {
+    let files = [file("big.eti", 4 * C), file("version.ini", 9)];
+    let mut p = Planner::new(&files, &[pid(1)], 8);
+    assert!(p.mark_present(1));
+    assert!(p.mark_present(4));
+    assert!(!p.mark_present(1), "marked twice");
+    assert!(!p.mark_present(99), "out of range");
+    let mut got = Vec::new();
+    while let Some(a) = p.poll_assign() {
+        got.push(a.chunk);
+    }
+    assert_eq!(got, [0, 2, 3]);
+    assert!(!p.mark_present(0), "in flight");
+    for c in got {
+        p.on_done(c, &pid(1));
+    }
+    assert_eq!(p.status(), PlannerStatus::Finished);
+    // Resumed chunks count for no source.
+    assert_eq!(p.per_source()[&pid(1)], 3 * C);
+}
+
+#[test]
+fn everything_present_is_finished_at_once() {
+    let files = [file("a", C + 1)];
+    let mut p = Planner::new(&files, &[pid(1)], 2);
+    assert!(p.mark_present(0) && p.mark_present(1));
+    assert_eq!(p.poll_assign(), None);
+    assert_eq!(p.status(), PlannerStatus::Finished);
+}

@@ -10,5 +10,6 @@ mod install;
 mod library;
 mod live;
 mod mdns;
+mod resume;
 mod trust;
 mod util;
