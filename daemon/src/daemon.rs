@@ -54,6 +54,8 @@ impl Daemon {
             Some(p) => Catalog::load(p)?,
             None => Catalog::builtin(),
         };
+        let games = config.games.clone();
+        let _ = tokio::task::spawn_blocking(move || crate::recover::sweep(&games)).await;
         let library = scan_games_dir(&config.games, &catalog)?;
         let identity = Identity::load_or_create(&config.state)?;
         let secret = match &config.secret_file {

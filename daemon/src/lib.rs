@@ -16,6 +16,7 @@ mod install;
 mod links;
 mod mdns;
 pub mod paths;
+mod recover;
 mod serve;
 mod state;
 mod watch;

@@ -2,6 +2,7 @@
 //! Run one with `cargo test -p lanspread-scenarios s03`.
 
 mod control;
+mod crash;
 mod downloads;
 mod failures;
 mod gates;
