@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 mod catalog;
+mod confine;
 mod error;
 mod hashes;
 mod ids;
@@ -14,6 +15,7 @@ mod relpath;
 mod scan;
 
 pub use catalog::{Catalog, CatalogEntry, BUILTIN_IDS};
+pub use confine::open_inside;
 pub use error::CatalogError;
 pub use hashes::{
     chunk_count, chunk_ranges, hash_chunks, manifest_digest, ChunkHash, FileManifest, HashCache,

@@ -78,11 +78,28 @@ async fn handle(shared: &Shared, mut send: SendStream, mut recv: RecvStream) -> 
         } => {
             let file = gated_root(shared, &game, version).and_then(|root| {
                 gate_chunk(&root, &path, offset, len).map_err(|e| e.to_string())?;
-                Ok(path.to_path(&root.dir))
+                Ok((root.dir.clone(), path.to_path(&root.dir)))
             });
             let file = match file {
                 Ok(p) => p,
                 Err(reason) => {
+                    let _ = write_frame(&mut send, &PeerResponse::Refused { reason }).await;
+                    let _ = send.finish();
+                    return Ok(());
+                }
+            };
+            // Opened before answering, so a file that now leaves the root is refused.
+            let (root, file) = file;
+            let opened = tokio::task::spawn_blocking(move || {
+                lanspread_catalog::open_inside(&root, &file).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
+            let file = match opened {
+                Ok(f) => f,
+                Err(reason) => {
+                    warn!("refused a chunk: {reason}");
                     let _ = write_frame(&mut send, &PeerResponse::Refused { reason }).await;
                     let _ = send.finish();
                     return Ok(());
@@ -167,19 +184,12 @@ fn read_piece(file: &std::fs::File, pos: u64, n: usize) -> std::io::Result<Bytes
 /// stream as they come, one piece ahead.
 async fn stream_range(
     send: &mut SendStream,
-    path: std::path::PathBuf,
+    file: std::fs::File,
     offset: u64,
     len: u64,
 ) -> Result<(), String> {
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(2);
     let reader = tokio::task::spawn_blocking(move || {
-        let file = match std::fs::File::open(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e));
-                return;
-            }
-        };
         let mut pos = offset;
         let end = offset + len;
         while pos < end {

@@ -10,8 +10,13 @@ pub enum PeerError {
     #[error("operation already in progress for game {0}")]
     Busy(GameId),
     /// No eligible source answered with a usable manifest.
-    #[error("no source sent usable metadata for game {0}")]
-    NoMetadata(GameId),
+    #[error("no source sent usable metadata for game {game}{why}")]
+    NoMetadata {
+        /// The game.
+        game: GameId,
+        /// Why the answers were refused (`: peer: reason; ...`), or empty.
+        why: String,
+    },
     /// The newest sources disagree and no manifest has a strict majority (S8, S17).
     #[error("conflicting metadata for game {game}: {groups} different file sets, top vote {top} of {voters}")]
     MetadataConflict {

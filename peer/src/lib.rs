@@ -25,4 +25,4 @@ pub use ops::{OpKind, Operations};
 pub use planner::{Assignment, ChunkSpec, FailKind, Planner, PlannerStatus};
 pub use resume::{journal_entry, journal_header, judge_journal, ResumeDecision};
 pub use table::{PeerEntry, PeerTable, RemoteGame, Upsert};
-pub use validate::{check_manifest, choose_manifest, Chosen};
+pub use validate::{check_manifest, choose_manifest, Chosen, MAX_FILES_PER_GAME};

@@ -10,6 +10,8 @@ use crate::PeerError;
 
 /// Largest accepted `version.ini`.
 const MAX_VERSION_FILE: u64 = 64;
+/// Most files a game's manifest may list (a real game has a few thousand).
+pub const MAX_FILES_PER_GAME: usize = 100_000;
 
 /// The validated manifest and the sources that vouched for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +28,19 @@ pub struct Chosen {
 /// chunk counts matching sizes, and a small `version.ini`.
 pub fn check_manifest(files: &[FileManifest]) -> Result<(), PeerError> {
     let bad = |why: String| Err(PeerError::InvalidManifest(why));
+    if files.len() > MAX_FILES_PER_GAME {
+        return bad(format!(
+            "{} files (at most {MAX_FILES_PER_GAME})",
+            files.len()
+        ));
+    }
+    if files
+        .iter()
+        .try_fold(0u64, |sum, f| sum.checked_add(f.size))
+        .is_none()
+    {
+        return bad("file sizes add up past 2^64 bytes".into());
+    }
     let mut paths = BTreeSet::new();
     for f in files {
         if !paths.insert(f.path.as_str()) {
@@ -71,6 +86,23 @@ pub fn check_manifest(files: &[FileManifest]) -> Result<(), PeerError> {
     }
 }
 
+/// "No usable metadata", with every refused answer's reason.
+fn no_metadata(game: &GameId, rejected: &[(PeerId, String)]) -> PeerError {
+    let why = if rejected.is_empty() {
+        String::new()
+    } else {
+        let each: Vec<String> = rejected
+            .iter()
+            .map(|(p, why)| format!("{}: {why}", p.short()))
+            .collect();
+        format!(" ({})", each.join("; "))
+    };
+    PeerError::NoMetadata {
+        game: game.clone(),
+        why,
+    }
+}
+
 /// Picks the manifest with a strict plurality among the answers. Invalid manifests do not
 /// vote. A tie for the top spot fails the download.
 pub fn choose_manifest(
@@ -91,7 +123,7 @@ pub fn choose_manifest(
         .values()
         .map(Vec::len)
         .max()
-        .ok_or_else(|| PeerError::NoMetadata(game.clone()))?;
+        .ok_or_else(|| no_metadata(game, &rejected))?;
     let leaders = groups.values().filter(|v| v.len() == top).count();
     if leaders > 1 {
         return Err(PeerError::MetadataConflict {
@@ -114,7 +146,7 @@ pub fn choose_manifest(
             );
         }
     }
-    let (files, sources) = chosen.ok_or_else(|| PeerError::NoMetadata(game.clone()))?;
+    let (files, sources) = chosen.ok_or_else(|| no_metadata(game, &[]))?;
     Ok(Chosen {
         files,
         sources,
@@ -189,6 +221,21 @@ mod tests {
     }
 
     #[test]
+    fn s40_too_many_files_and_overflowing_sizes_are_refused() {
+        let mut many = game(1, 1);
+        many.extend((0..MAX_FILES_PER_GAME).map(|i| f(&format!("f{i}"), 0, 0)));
+        let err = check_manifest(&many).unwrap_err();
+        assert!(err.to_string().contains("files"), "{err}");
+        let mut huge = game(1, 1);
+        let mut a = f("a", 1, 0);
+        a.size = u64::MAX;
+        a.chunks.clear();
+        huge.push(a);
+        let err = check_manifest(&huge).unwrap_err();
+        assert!(err.to_string().contains("2^64"), "{err}");
+    }
+
+    #[test]
     fn invalid_manifests_do_not_vote() {
         let mut dup = game(100, 7);
         dup.push(f("g.eti", 100, 7));
@@ -216,7 +263,10 @@ mod tests {
         assert_eq!(c.sources, [pid(3)]);
         assert_eq!(c.rejected.len(), 2);
         let err = choose_manifest(&id(), vec![(pid(1), no_version)]).unwrap_err();
-        assert_eq!(err, PeerError::NoMetadata(id()));
+        assert!(
+            matches!(&err, PeerError::NoMetadata { why, .. } if why.contains("no version.ini")),
+            "{err}"
+        );
         assert!(
             check_manifest(&game(0, 1)).is_ok(),
             "empty payload files are fine"

@@ -62,6 +62,8 @@ pub struct NodeOptions {
     pub mdns: bool,
     /// More daemon flags.
     pub args: Vec<String>,
+    /// Extra environment variables for the daemon.
+    pub env: Vec<(String, String)>,
 }
 
 /// Output of one CLI run.
@@ -169,6 +171,7 @@ impl Node {
                     .unwrap_or_else(|_| Stdio::null()),
             );
         cmd.args(&self.opts.args);
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         if let Some(catalog) = &self.opts.catalog {
             let path = self.dir.path().join("catalog.txt");
             fs::write(&path, catalog).expect("catalog");
@@ -402,6 +405,11 @@ impl Node {
             let v = self.json(&["list-games"]);
             pred(&v).then_some(v)
         })
+    }
+
+    /// The whole daemon log (all runs of this node).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
     }
 
     /// The last lines of the daemon log, for failure messages.

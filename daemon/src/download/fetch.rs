@@ -7,6 +7,8 @@ use lanspread_peer::FailKind;
 use lanspread_transfer::{read_frame, write_frame, PeerRequest, PeerResponse};
 use quinn::Connection;
 use sha2::{Digest, Sha256};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use super::writer::Writer;
 
@@ -37,6 +39,31 @@ pub struct ChunkJob {
     pub hash: ChunkHash,
 }
 
+/// Longest wait for the next bytes of a chunk (or its answer) before the source is
+/// treated as gone. Generous: with several chunks in flight on a slow link one stream may
+/// wait while others drain. `LANSPREAD_STALL_TIMEOUT_MS` overrides it (tests, tuning).
+pub const CHUNK_STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn stall_timeout() -> Duration {
+    static T: OnceLock<Duration> = OnceLock::new();
+    *T.get_or_init(|| {
+        std::env::var("LANSPREAD_STALL_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(CHUNK_STALL_TIMEOUT, Duration::from_millis)
+    })
+}
+
+/// Runs `f`, failing with "stalled" when the source sends nothing for the stall timeout.
+async fn in_time<T>(f: impl std::future::Future<Output = T>) -> Result<T, FetchError> {
+    tokio::time::timeout(stall_timeout(), f).await.map_err(|_| {
+        gone(format!(
+            "source stalled: nothing for {} ms",
+            stall_timeout().as_millis()
+        ))
+    })
+}
+
 fn gone(e: impl std::fmt::Display) -> FetchError {
     FetchError::Source(FailKind::SourceGone, e.to_string())
 }
@@ -53,7 +80,7 @@ pub async fn fetch(conn: &Connection, writer: &Writer, job: &ChunkJob) -> Result
     };
     write_frame(&mut send, &request).await.map_err(gone)?;
     let _ = send.finish();
-    match read_frame::<_, PeerResponse>(&mut recv).await {
+    match in_time(read_frame::<_, PeerResponse>(&mut recv)).await? {
         Ok(Some(PeerResponse::Chunk { len })) if len == job.len => {}
         Ok(Some(PeerResponse::Refused { reason })) => {
             return Err(gone(format!("refused: {reason}")))
@@ -83,7 +110,7 @@ pub async fn fetch(conn: &Connection, writer: &Writer, job: &ChunkJob) -> Result
             ),
         };
         let want = (job.len - got).min(b.room() as u64) as usize;
-        let piece = match recv.read_chunk(want, true).await {
+        let piece = match in_time(recv.read_chunk(want, true)).await? {
             Ok(Some(c)) => c.bytes,
             Ok(None) => {
                 return Err(gone(format!(
@@ -107,7 +134,7 @@ pub async fn fetch(conn: &Connection, writer: &Writer, job: &ChunkJob) -> Result
         }
     }
     // A source that sends more than it announced is lying.
-    match recv.read_chunk(1, true).await {
+    match in_time(recv.read_chunk(1, true)).await? {
         Ok(None) => {}
         Ok(Some(_)) => {
             return Err(FetchError::Source(

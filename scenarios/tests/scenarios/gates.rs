@@ -114,3 +114,76 @@ fn s12_serve_gates() {
     // The source is still healthy.
     assert_eq!(n.json(&["status"])["peer_id"], n.peer_id.as_str());
 }
+
+/// Symlinks inside a served root never export files from outside it: they are left out
+/// of the manifest, chunk requests for them are refused, and a file swapped for such a
+/// symlink after the scan is refused when it is opened.
+#[test]
+fn symlinks_in_a_served_root_never_export_outside_files() {
+    use std::os::unix::fs::symlink;
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("shadow");
+    std::fs::write(&secret, vec![b'S'; 6000]).unwrap();
+    std::fs::create_dir(outside.path().join("dir")).unwrap();
+    std::fs::write(outside.path().join("dir/inner.txt"), b"outside").unwrap();
+    let games = tempfile::tempdir().unwrap();
+    GameSpec::new("ggoo", "20250301")
+        .with_archive(1, &[5000])
+        .file("notes.txt", 0o644, Content::Bytes(vec![b'n'; 6000]))
+        .write(games.path())
+        .unwrap();
+    let root = games.path().join("ggoo");
+    symlink(&secret, root.join("leak.txt")).unwrap();
+    symlink(outside.path().join("dir"), root.join("dirlink")).unwrap();
+    symlink(root.join("notes.txt"), root.join("alias.txt")).unwrap();
+    let n = Node::start("source", games.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (conn, _ep) = raw_peer(&n.addr).await;
+        let game = GameId::new("ggoo").unwrap();
+        let version = Version::parse("20250301").unwrap();
+        let PeerResponse::Files(m) = ask(
+            &conn,
+            &PeerRequest::Files {
+                game: game.clone(),
+                version,
+            },
+        )
+        .await
+        else {
+            panic!("ggoo refused")
+        };
+        let listed: Vec<&str> = m.iter().map(|f| f.path.as_str()).collect();
+        assert!(listed.contains(&"alias.txt"), "{listed:?}");
+        assert!(
+            listed
+                .iter()
+                .all(|p| !p.starts_with("leak") && !p.starts_with("dirlink")),
+            "{listed:?}"
+        );
+        let chunk = |path: &str| PeerRequest::Chunk {
+            game: game.clone(),
+            version,
+            path: RelPath::new(path).unwrap(),
+            offset: 0,
+            len: 10,
+        };
+        assert!(refused(&ask(&conn, &chunk("leak.txt")).await, "no file"));
+        assert!(refused(
+            &ask(&conn, &chunk("dirlink/inner.txt")).await,
+            "no file"
+        ));
+        // Swap a scanned file for a symlink out of the root: refused at open.
+        std::fs::remove_file(root.join("notes.txt")).unwrap();
+        symlink(&secret, root.join("notes.txt")).unwrap();
+        let got = ask(&conn, &chunk("notes.txt")).await;
+        assert!(
+            matches!(&got, PeerResponse::Refused { .. }),
+            "swapped file served: {got:?}"
+        );
+    });
+    assert!(n.log().contains("leaves the game root") || n.log().contains("leaves the root"));
+}

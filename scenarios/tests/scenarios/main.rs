@@ -7,6 +7,7 @@ mod downloads;
 mod failures;
 mod gates;
 mod hostile;
+mod hostile_source;
 mod install;
 mod library;
 mod live;

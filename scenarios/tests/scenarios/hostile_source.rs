@@ -1,0 +1,346 @@
+//! S40, the source side: a raw protocol peer advertises a game and then lies in its
+//! descriptors (escaping paths, reserved names, duplicates, huge counts and sizes,
+//! malformed postcard, oversized frames) or in its chunks (longer, shorter, never
+//! ending, wrong bytes). Each download is refused with a logged reason, nothing is
+//! written outside the game root, no sentinel is committed, and the daemon carries on.
+
+use std::path::Path;
+use std::time::Duration;
+
+use lanspread_catalog::{GameId, Version};
+use lanspread_fixtures::BRAVO;
+use lanspread_scenarios::{lab, wait_for, Node, NodeOptions};
+use lanspread_transfer::{
+    encode_frame, make_endpoint, read_frame, GameAd, Hello, Identity, Message, PeerRequest,
+    TransportTuning, PROTOCOL_VERSION,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+const VERSION: &str = "20250101";
+const DATA_LEN: usize = 1 << 20;
+
+/// Same wire layout as `FileManifest`, but the path is any string.
+#[derive(Serialize, Clone)]
+struct RawFile {
+    path: String,
+    size: u64,
+    mode: u32,
+    chunks: Vec<[u8; 32]>,
+}
+
+/// Same wire layout as `PeerResponse`.
+#[derive(Serialize)]
+enum RawResponse {
+    Files(Vec<RawFile>),
+    Chunk { len: u64 },
+}
+
+#[derive(Clone)]
+enum Lie {
+    /// Answer the manifest request with these frame bytes.
+    Manifest(Vec<u8>),
+    /// A valid manifest; chunk requests get this treatment.
+    Chunk(ChunkLie),
+}
+
+#[derive(Clone, Copy, Debug)]
+enum ChunkLie {
+    AnnounceMore,
+    AnnounceLess,
+    SendShort,
+    SendLong,
+    Stall,
+    WrongBytes,
+}
+
+fn data() -> Vec<u8> {
+    (0..DATA_LEN).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+fn sha(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+fn honest_files() -> Vec<RawFile> {
+    vec![
+        RawFile {
+            path: "version.ini".into(),
+            size: VERSION.len() as u64,
+            mode: 0o644,
+            chunks: vec![sha(VERSION.as_bytes())],
+        },
+        RawFile {
+            path: "cod5.eti".into(),
+            size: DATA_LEN as u64,
+            mode: 0o644,
+            chunks: vec![sha(&data())],
+        },
+    ]
+}
+
+fn manifest_frame(files: Vec<RawFile>) -> Vec<u8> {
+    encode_frame(&RawResponse::Files(files)).unwrap()
+}
+
+fn with_extra(path: &str) -> Lie {
+    let mut files = honest_files();
+    files.push(RawFile {
+        path: path.into(),
+        size: 4,
+        mode: 0o644,
+        chunks: vec![sha(b"evil")],
+    });
+    Lie::Manifest(manifest_frame(files))
+}
+
+/// Runs a lying source on its own thread until the returned sender is dropped.
+fn lying_source(lie: Lie) -> (String, std::sync::mpsc::Sender<()>) {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let id = Identity::ephemeral().unwrap();
+            let ep = make_endpoint(
+                &id,
+                "127.0.0.1:0".parse().unwrap(),
+                &TransportTuning::default(),
+            )
+            .unwrap();
+            let addr = ep.local_addr().unwrap();
+            addr_tx.send(addr.to_string()).unwrap();
+            let serve = async {
+                while let Some(inc) = ep.accept().await {
+                    let Ok(conn) = inc.await else { continue };
+                    tokio::spawn(serve_conn(conn, id.peer_id().clone(), addr, lie.clone()));
+                }
+            };
+            let stop = tokio::task::spawn_blocking(move || {
+                let _ = stop_rx.recv();
+            });
+            tokio::select! {
+                _ = serve => {}
+                _ = stop => {}
+            }
+            ep.close(0u32.into(), b"done");
+            ep.wait_idle().await;
+        });
+    });
+    (addr_rx.recv().unwrap(), stop_tx)
+}
+
+async fn serve_conn(
+    conn: quinn::Connection,
+    id: lanspread_transfer::PeerId,
+    addr: std::net::SocketAddr,
+    lie: Lie,
+) {
+    let Ok(mut theirs) = conn.accept_uni().await else {
+        return;
+    };
+    let _: Option<Message> = read_frame(&mut theirs).await.ok().flatten();
+    let Ok(mut ours) = conn.open_uni().await else {
+        return;
+    };
+    let hello = Message::Hello(Hello {
+        peer_id: id,
+        listen: addr,
+        protocol: PROTOCOL_VERSION,
+        agent: "liar".into(),
+        proof: None,
+    });
+    let lib = Message::Library(vec![GameAd {
+        id: GameId::new("cod5").unwrap(),
+        version: Version::parse(VERSION).unwrap(),
+        size: (DATA_LEN + VERSION.len()) as u64,
+    }]);
+    for m in [hello, lib] {
+        if ours.write_all(&encode_frame(&m).unwrap()).await.is_err() {
+            return;
+        }
+    }
+    while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+        let lie = lie.clone();
+        tokio::spawn(async move {
+            let Ok(Some(req)) = read_frame::<_, PeerRequest>(&mut recv).await else {
+                return;
+            };
+            let out: Vec<u8> = match (req, &lie) {
+                (PeerRequest::Files { .. }, Lie::Manifest(frame)) => frame.clone(),
+                (PeerRequest::Files { .. }, Lie::Chunk(_)) => manifest_frame(honest_files()),
+                (PeerRequest::Chunk { path, len, .. }, Lie::Chunk(how)) => {
+                    let body = if path.as_str() == "version.ini" {
+                        VERSION.as_bytes().to_vec()
+                    } else {
+                        data()
+                    };
+                    let mut announced = len;
+                    let mut body = body[..len as usize].to_vec();
+                    match how {
+                        ChunkLie::AnnounceMore => announced += 1,
+                        ChunkLie::AnnounceLess => announced -= 1,
+                        ChunkLie::SendShort => body.truncate(body.len() / 2),
+                        ChunkLie::SendLong => body.extend_from_slice(b"extra"),
+                        ChunkLie::WrongBytes => body[0] ^= 1,
+                        ChunkLie::Stall => body.clear(),
+                    }
+                    if matches!(how, ChunkLie::Stall) && path.as_str() != "version.ini" {
+                        let head = encode_frame(&RawResponse::Chunk { len: announced }).unwrap();
+                        let _ = send.write_all(&head).await;
+                        // Never finish: keep the stream open for a minute.
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        return;
+                    }
+                    if matches!(how, ChunkLie::Stall) {
+                        body = VERSION.as_bytes().to_vec();
+                    }
+                    let mut out = encode_frame(&RawResponse::Chunk { len: announced }).unwrap();
+                    out.extend_from_slice(&body);
+                    out
+                }
+                (PeerRequest::Chunk { .. }, Lie::Manifest(_)) => return,
+            };
+            let _ = send.write_all(&out).await;
+            let _ = send.finish();
+            let _ = send.stopped().await;
+        });
+    }
+}
+
+/// Nothing outside `games/cod5`, and no committed sentinel in it.
+fn assert_contained(games: &Path, outside: &Path) {
+    for e in std::fs::read_dir(games).unwrap().flatten() {
+        assert_eq!(e.file_name(), "cod5", "written outside the root: {e:?}");
+    }
+    assert!(
+        !games.join("cod5/version.ini").exists(),
+        "sentinel committed"
+    );
+    for p in ["escape.eti", "x"] {
+        assert!(
+            !outside.join(p).exists(),
+            "{p} written next to the games dir"
+        );
+    }
+    assert!(!games.join("cod5/local").exists());
+}
+
+#[test]
+fn s40_lying_sources_are_refused_and_contained() {
+    let outer = tempfile::tempdir().unwrap();
+    let games = outer.path().join("games");
+    std::fs::create_dir(&games).unwrap();
+    let abs = outer.path().join("abs.eti");
+    let c = Node::start_with(
+        "client",
+        &games,
+        NodeOptions {
+            env: vec![("LANSPREAD_STALL_TIMEOUT_MS".into(), "1500".into())],
+            ..NodeOptions::default()
+        },
+    );
+    let mut many = honest_files();
+    many.extend((0..100_001).map(|i| RawFile {
+        path: format!("f{i}"),
+        size: 0,
+        mode: 0o644,
+        chunks: Vec::new(),
+    }));
+    let mut dup = honest_files();
+    dup.push(honest_files()[1].clone());
+    let mut huge = honest_files();
+    huge[1].size = 1 << 40;
+    huge[1].chunks = vec![[0u8; 32]; 1 << 15];
+    let mut garbage = 40u32.to_le_bytes().to_vec();
+    garbage.extend((0..40u8).map(|i| i.wrapping_mul(97) | 0x80));
+    let cases: Vec<(&str, Lie, &str)> = vec![
+        ("dot-dot", with_extra("../escape.eti"), "no manifest"),
+        ("nested dot-dot", with_extra("a/../../x"), "no manifest"),
+        ("absolute", with_extra(abs.to_str().unwrap()), "no manifest"),
+        ("local/", with_extra("local/x.exe"), "no manifest"),
+        (
+            ".lanspread",
+            with_extra(".lanspread/chunks.json"),
+            "no manifest",
+        ),
+        (
+            "duplicate",
+            Lie::Manifest(manifest_frame(dup)),
+            "listed twice",
+        ),
+        (
+            "too many files",
+            Lie::Manifest(manifest_frame(many)),
+            "100003 files (at most 100000)",
+        ),
+        (
+            "huge size",
+            Lie::Manifest(manifest_frame(huge)),
+            "not enough free space",
+        ),
+        ("malformed postcard", Lie::Manifest(garbage), "no manifest"),
+        (
+            "oversized frame",
+            Lie::Manifest(u32::MAX.to_le_bytes().to_vec()),
+            "exceeds",
+        ),
+        (
+            "announces more",
+            Lie::Chunk(ChunkLie::AnnounceMore),
+            "unexpected answer",
+        ),
+        (
+            "announces less",
+            Lie::Chunk(ChunkLie::AnnounceLess),
+            "unexpected answer",
+        ),
+        (
+            "short stream",
+            Lie::Chunk(ChunkLie::SendShort),
+            "stream ended after",
+        ),
+        (
+            "long stream",
+            Lie::Chunk(ChunkLie::SendLong),
+            "more bytes than announced",
+        ),
+        ("never ends", Lie::Chunk(ChunkLie::Stall), "stalled"),
+        (
+            "wrong bytes",
+            Lie::Chunk(ChunkLie::WrongBytes),
+            "SHA-256 mismatch",
+        ),
+    ];
+    for (name, lie, why) in cases {
+        let logged = c.log().len();
+        let (addr, stop) = lying_source(lie);
+        c.json(&["connect", &addr]);
+        let out = c.download("cod5", &["--no-install"]);
+        assert_eq!(out.code, 1, "{name}: {out:?}");
+        let log = c.log();
+        assert!(
+            log[logged..].contains(why),
+            "{name}: expected {why:?} in the log:\n{}",
+            &log[logged..]
+        );
+        assert_contained(&games, outer.path());
+        assert!(!abs.exists(), "{name}: absolute path written");
+        drop(stop);
+        wait_for(&format!("{name}: liar gone"), || {
+            c.peer_ids().is_empty().then_some(())
+        });
+        // Still answering.
+        assert!(c.json(&["status"])["operations"]
+            .as_array()
+            .unwrap()
+            .is_empty());
+    }
+    // And still downloading from honest peers.
+    let b = Node::start("bravo", &lab().join(BRAVO));
+    c.connect(&b);
+    c.download_ok("bfbc2", &["--no-install"]);
+}
