@@ -28,3 +28,11 @@ run-alpha DIR="/tmp/lanspread-lab":
 
 run-bravo DIR="/tmp/lanspread-lab":
     cargo run --release --bin lanspreadd -- --games {{DIR}}/fixture-bravo --state {{DIR}}/bravo-state --listen 127.0.0.1:41742 --socket {{DIR}}/bravo.sock --no-mdns --events -
+
+# Fuzz one target (wire_frame, control_json, catalog_text, rar5_roundtrip) for RUNS executions.
+fuzz TARGET RUNS="1000000":
+    cargo +nightly fuzz run --fuzz-dir fuzz/libfuzzer -O {{TARGET}} -- -runs={{RUNS}}
+
+# Shrink a target's corpus before committing it.
+fuzz-cmin TARGET:
+    cargo +nightly fuzz cmin --fuzz-dir fuzz/libfuzzer -O {{TARGET}}

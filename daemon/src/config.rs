@@ -51,6 +51,12 @@ pub struct DaemonArgs {
     /// LAN secret: only peers holding the same secret may connect.
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
+    /// Group that may open the control socket (read-only use unless also admin).
+    #[arg(long, value_name = "GROUP")]
+    pub group: Option<String>,
+    /// Group whose members may make changes (download, install, connect, shutdown).
+    #[arg(long, value_name = "GROUP")]
+    pub admin_group: Option<String>,
     /// Upload limit in MiB/s.
     #[arg(long, value_name = "N")]
     pub max_upload_mib_s: Option<f64>,
@@ -73,6 +79,8 @@ struct FileConfig {
     #[serde(default)]
     mdns_interfaces: Vec<String>,
     secret_file: Option<PathBuf>,
+    group: Option<String>,
+    admin_group: Option<String>,
     max_upload_mib_s: Option<f64>,
     max_download_mib_s: Option<f64>,
     #[serde(default)]
@@ -102,6 +110,10 @@ pub struct DaemonConfig {
     pub peers: Vec<String>,
     /// LAN secret file, if any.
     pub secret_file: Option<PathBuf>,
+    /// Group owning the control socket.
+    pub group: Option<String>,
+    /// Group allowed to make changes.
+    pub admin_group: Option<String>,
 }
 
 impl DaemonArgs {
@@ -153,6 +165,8 @@ impl DaemonArgs {
             },
             peers: file.peers,
             secret_file: self.secret_file.or(file.secret_file),
+            group: self.group.or(file.group),
+            admin_group: self.admin_group.or(file.admin_group),
         })
     }
 }

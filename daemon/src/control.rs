@@ -9,6 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
+use crate::access::{caller_of, Policy};
 use crate::api::{Reply, Request};
 use crate::links::dial;
 use crate::state::Shared;
@@ -19,7 +20,7 @@ const MAX_REQUEST: usize = 64 * 1024;
 
 /// Binds the control socket. An existing socket file is replaced only when no daemon
 /// answers on it; the socket gets mode 0660.
-pub async fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+pub async fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, DaemonError> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             std::fs::create_dir_all(dir).map_err(|e| DaemonError::io(dir, e))?;
@@ -37,17 +38,21 @@ pub async fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
     let listener = UnixListener::bind(path).map_err(|e| DaemonError::io(path, e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
         .map_err(|e| DaemonError::io(path, e))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| DaemonError::io(path, e))?;
+    }
     Ok(listener)
 }
 
 /// Serves clients until shutdown.
-pub async fn serve(shared: Arc<Shared>, listener: UnixListener) {
+pub async fn serve(shared: Arc<Shared>, listener: UnixListener, policy: Policy) {
+    let policy = Arc::new(policy);
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(client(shared.clone(), stream));
+                    tokio::spawn(client(shared.clone(), stream, policy.clone()));
                 }
                 Err(e) => {
                     warn!("control socket accept failed: {e}");
@@ -64,7 +69,14 @@ pub fn unlink(path: &PathBuf) {
     let _ = std::fs::remove_file(path);
 }
 
-async fn client(shared: Arc<Shared>, stream: UnixStream) {
+async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>) {
+    let caller = match stream.peer_cred() {
+        Ok(c) => caller_of(c.uid(), c.gid(), c.pid()),
+        Err(e) => {
+            warn!("control client without credentials: {e}");
+            return;
+        }
+    };
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read.take(MAX_REQUEST as u64 * 64)).lines();
     loop {
@@ -92,6 +104,13 @@ async fn client(shared: Arc<Shared>, stream: UnixStream) {
                 continue;
             }
         };
+        if let Err(why) = policy.check(&caller, &request) {
+            warn!(uid = caller.uid, "{why}");
+            if send(&mut write, &error(&why)).await.is_err() {
+                return;
+            }
+            continue;
+        }
         if matches!(request, Request::Events) {
             stream_events(&shared, &mut write).await;
             return;

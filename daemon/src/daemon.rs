@@ -11,6 +11,7 @@ use lanspread_transfer::{close_code, make_endpoint, Identity, LanSecret, PeerId,
 use quinn::VarInt;
 use tracing::{info, warn};
 
+use crate::access::{resolve_group, Policy};
 use crate::api::EventKind;
 use crate::config::DaemonConfig;
 use crate::events::EventBus;
@@ -62,7 +63,25 @@ impl Daemon {
             Some(p) => Some(LanSecret::load(p)?),
             None => None,
         };
-        let listener = control::bind(&config.socket).await?;
+        let group = match &config.group {
+            Some(g) => {
+                Some(resolve_group(g).map_err(|e| DaemonError::Config(format!("group: {e}")))?)
+            }
+            None => None,
+        };
+        let policy = Policy {
+            // SAFETY: geteuid has no preconditions.
+            daemon_uid: unsafe { libc::geteuid() },
+            admin: match &config.admin_group {
+                Some(g) => Some((
+                    g.clone(),
+                    resolve_group(g)
+                        .map_err(|e| DaemonError::Config(format!("admin_group: {e}")))?,
+                )),
+                None => None,
+            },
+        };
+        let listener = control::bind(&config.socket, group).await?;
         let endpoint = make_endpoint(&identity, config.listen, &TransportTuning::default())?;
         let listen = endpoint
             .local_addr()
@@ -84,7 +103,7 @@ impl Daemon {
         });
         let mut tasks = vec![
             tokio::spawn(links::accept_loop(shared.clone())),
-            tokio::spawn(control::serve(shared.clone(), listener)),
+            tokio::spawn(control::serve(shared.clone(), listener, policy)),
         ];
         if let Some(rx) = shared
             .redial_rx

@@ -4,6 +4,7 @@
 //! **Architecture invariant:** only this crate knows the control protocol.
 #![warn(missing_docs)]
 
+mod access;
 pub mod api;
 pub mod cli;
 pub mod config;

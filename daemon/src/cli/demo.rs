@@ -32,6 +32,8 @@ async fn start(dir: &Path, name: &str, games: &Path) -> Result<Daemon, CliError>
         mdns_interfaces: Vec::new(),
         peers: Vec::new(),
         secret_file: None,
+        group: None,
+        admin_group: None,
     };
     Daemon::start(cfg).await.map_err(failed)
 }

@@ -124,3 +124,91 @@ fn events_command_streams_json_lines() {
         "{v}"
     );
 }
+
+/// Runs `lanspread` as uid/gid 65534 (nobody/nogroup) from a copy it can execute.
+fn cli_as_nobody(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.path().join("lanspread");
+    std::fs::copy(bin("lanspread"), &exe).unwrap();
+    Command::new(&exe)
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap()
+}
+
+fn node_with(name: &str, games: &std::path::Path, args: &[&str]) -> Node {
+    use std::os::unix::fs::PermissionsExt;
+    let n = Node::start_with(
+        name,
+        games,
+        lanspread_scenarios::NodeOptions {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        },
+    );
+    // Let other users reach the socket file; its own mode and group decide the rest.
+    let dir = n.socket_path().parent().unwrap().to_path_buf();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    n
+}
+
+#[test]
+fn socket_access_reads_for_the_group_changes_for_admins() {
+    use std::os::unix::fs::MetadataExt;
+    if lanspread_scenarios::skip_privileged("socket_access_reads_for_the_group_changes_for_admins")
+    {
+        return;
+    }
+    let games = tempfile::tempdir().unwrap();
+    // Not in the socket's group: cannot even open it.
+    let closed = node_with("closed", games.path(), &[]);
+    let out = cli_as_nobody(&closed.socket_path(), &["status"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ermission denied"),
+        "{out:?}"
+    );
+
+    // In the socket's group: reads yes, changes no.
+    let n = node_with("grouped", games.path(), &["--group", "65534"]);
+    let meta = std::fs::metadata(n.socket_path()).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, 65534));
+    let out = cli_as_nobody(&n.socket_path(), &["--json", "status"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    for args in [
+        &["download", "cod5"][..],
+        &["install", "cod5"],
+        &["uninstall", "cod5"],
+        &["connect", "127.0.0.1:9"],
+        &["shutdown"],
+    ] {
+        let out = cli_as_nobody(&n.socket_path(), args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("permission denied"), "{args:?}: {err}");
+    }
+    assert_eq!(
+        n.json(&["status"])["peer_id"],
+        n.peer_id.as_str(),
+        "still up"
+    );
+    assert!(n.log().contains("permission denied: `shutdown`"));
+
+    // Members of the admin group may make changes.
+    let a = node_with(
+        "admin",
+        games.path(),
+        &["--group", "65534", "--admin-group", "65534"],
+    );
+    let out = cli_as_nobody(&a.socket_path(), &["download", "cod5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("permission denied"), "{err}");
+    assert!(err.contains("no peers have game cod5"), "{err}");
+}
