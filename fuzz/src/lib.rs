@@ -8,8 +8,11 @@ use lanspread_catalog::{Catalog, RelPath, Version};
 use lanspread_daemon::api::{Event, Reply, Request};
 use lanspread_transfer::{decode_frame, encode_frame, Message, PeerRequest, PeerResponse};
 
+/// A fuzz target body.
+pub type Target = fn(&[u8]);
+
 /// The fuzz targets, by name (the corpus folder names).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("wire_frame", wire_frame),
     ("control_json", control_json),
     ("catalog_text", catalog_text),
