@@ -83,7 +83,7 @@ pub enum Reply {
 }
 
 /// Answer to `status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StatusInfo {
     /// Our peer id.
     pub peer_id: PeerId,
@@ -97,6 +97,17 @@ pub struct StatusInfo {
     pub peers: usize,
     /// Daemon software version.
     pub version: String,
+    /// Bandwidth limits.
+    pub limits: Limits,
+}
+
+/// Bandwidth limits to and from LAN peers (`null`: unlimited).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Upload limit, MiB/s.
+    pub max_upload_mib_s: Option<f64>,
+    /// Download limit, MiB/s.
+    pub max_download_mib_s: Option<f64>,
 }
 
 /// One operation in progress.

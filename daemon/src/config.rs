@@ -114,6 +114,10 @@ pub struct DaemonConfig {
     pub group: Option<String>,
     /// Group allowed to make changes.
     pub admin_group: Option<String>,
+    /// Upload limit to LAN peers, MiB/s.
+    pub max_upload_mib_s: Option<f64>,
+    /// Download limit from LAN peers, MiB/s.
+    pub max_download_mib_s: Option<f64>,
 }
 
 impl DaemonArgs {
@@ -124,16 +128,18 @@ impl DaemonArgs {
             None if Path::new(DEFAULT_CONFIG).exists() => load_file(Path::new(DEFAULT_CONFIG))?,
             None => FileConfig::default(),
         };
-        if self.max_upload_mib_s.or(file.max_upload_mib_s).is_some()
-            || self
-                .max_download_mib_s
-                .or(file.max_download_mib_s)
-                .is_some()
-        {
-            return Err(DaemonError::Config(
-                "max_upload_mib_s/max_download_mib_s: bandwidth limits are not supported by this version yet".into(),
-            ));
-        }
+        let limit = |name: &str, v: Option<f64>| {
+            v.map(|v| lanspread_peer::check_limit(name, v).map_err(DaemonError::Config))
+                .transpose()
+        };
+        let max_upload_mib_s = limit(
+            "max_upload_mib_s",
+            self.max_upload_mib_s.or(file.max_upload_mib_s),
+        )?;
+        let max_download_mib_s = limit(
+            "max_download_mib_s",
+            self.max_download_mib_s.or(file.max_download_mib_s),
+        )?;
         let games = self.games.or(file.games).ok_or_else(|| {
             DaemonError::Config("missing --games DIR (or `games` in the config file)".into())
         })?;
@@ -167,6 +173,8 @@ impl DaemonArgs {
             secret_file: self.secret_file.or(file.secret_file),
             group: self.group.or(file.group),
             admin_group: self.admin_group.or(file.admin_group),
+            max_upload_mib_s,
+            max_download_mib_s,
         })
     }
 }
@@ -228,10 +236,21 @@ mod tests {
     }
 
     #[test]
-    fn unsupported_features_are_refused_not_ignored() {
-        let err = args(&["--games", "/g", "--state", "/s", "--max-upload-mib-s", "5"])
+    fn limits_must_be_positive() {
+        let err = args(&["--games", "/g", "--state", "/s", "--max-upload-mib-s", "0"])
             .resolve()
             .unwrap_err();
-        assert!(err.to_string().contains("not supported"), "{err}");
+        assert!(err.to_string().contains("max_upload_mib_s"), "{err}");
+        let c = args(&[
+            "--games",
+            "/g",
+            "--state",
+            "/s",
+            "--max-download-mib-s",
+            "12.5",
+        ])
+        .resolve()
+        .unwrap();
+        assert_eq!(c.max_download_mib_s, Some(12.5));
     }
 }

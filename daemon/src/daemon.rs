@@ -15,6 +15,7 @@ use crate::access::{resolve_group, Policy};
 use crate::api::EventKind;
 use crate::config::DaemonConfig;
 use crate::events::EventBus;
+use crate::limit::RateLimit;
 use crate::state::{NetSetup, Shared};
 use crate::{control, links, mdns, watch, DaemonError};
 
@@ -91,6 +92,8 @@ impl Daemon {
             listen,
             endpoint,
             secret,
+            upload_limit: config.max_upload_mib_s.map(RateLimit::new),
+            download_limit: config.max_download_mib_s.map(RateLimit::new),
         };
         let shared = Shared::new(net, config.games.clone(), catalog, events, library);
         info!(peer_id = %shared.local_id, %listen, games = %config.games.display(), socket = %config.socket.display(), "lanspreadd ready");

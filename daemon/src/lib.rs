@@ -14,6 +14,7 @@ mod download;
 mod error;
 mod events;
 mod install;
+mod limit;
 mod links;
 mod mdns;
 pub mod paths;

@@ -106,7 +106,8 @@ async fn handle(shared: &Shared, mut send: SendStream, mut recv: RecvStream) -> 
                 }
             };
             let _ = write_frame(&mut send, &PeerResponse::Chunk { len }).await;
-            if let Err(e) = stream_range(&mut send, file, offset, len).await {
+            let limit = shared.upload_limit.as_ref();
+            if let Err(e) = stream_range(&mut send, file, offset, len, limit).await {
                 debug!("chunk stream ended early: {e}");
                 let _ = send.reset(VarInt::from_u32(1));
                 return Ok(());
@@ -187,6 +188,7 @@ async fn stream_range(
     file: std::fs::File,
     offset: u64,
     len: u64,
+    limit: Option<&crate::limit::RateLimit>,
 ) -> Result<(), String> {
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(2);
     let reader = tokio::task::spawn_blocking(move || {
@@ -204,6 +206,7 @@ async fn stream_range(
     });
     while let Some(piece) = rx.recv().await {
         let piece = piece.map_err(|e| e.to_string())?;
+        crate::limit::take(limit, piece.len() as u64).await;
         send.write_chunk(piece).await.map_err(|e| e.to_string())?;
     }
     drop(rx);

@@ -15,6 +15,7 @@ use crate::api::{
     GameVersion, GamesList, LocalGame, LocalGameState, OperationInfo, PeerInfo, StatusInfo,
 };
 use crate::events::EventBus;
+use crate::limit::RateLimit;
 
 /// The connection currently kept for a peer.
 pub struct Link {
@@ -53,6 +54,10 @@ pub struct NetSetup {
     pub endpoint: quinn::Endpoint,
     /// The LAN secret, if configured.
     pub secret: Option<LanSecret>,
+    /// Upload limit to LAN peers.
+    pub upload_limit: Option<RateLimit>,
+    /// Download limit from LAN peers.
+    pub download_limit: Option<RateLimit>,
 }
 
 /// State shared by every task of the daemon.
@@ -69,6 +74,10 @@ pub struct Shared {
     pub endpoint: quinn::Endpoint,
     /// The LAN secret, if configured: peers must prove the same one.
     pub secret: Option<LanSecret>,
+    /// Upload limit to LAN peers, shared by every client served.
+    pub upload_limit: Option<RateLimit>,
+    /// Download limit from LAN peers, shared by every chunk in flight.
+    pub download_limit: Option<RateLimit>,
     /// Event fan-out.
     pub events: EventBus,
     /// What we advertise; link writers watch it.
@@ -103,6 +112,8 @@ impl Shared {
             listen,
             endpoint,
             secret,
+            upload_limit,
+            download_limit,
         } = net;
         let inner = Inner {
             library,
@@ -117,6 +128,8 @@ impl Shared {
             catalog,
             endpoint,
             secret,
+            upload_limit,
+            download_limit,
             events,
             advert: watch::channel(Arc::new(advert)).0,
             peer_count: watch::channel(0).0,
@@ -152,6 +165,10 @@ impl Shared {
                 .collect(),
             peers: inner.peers.len(),
             version: env!("CARGO_PKG_VERSION").into(),
+            limits: crate::api::Limits {
+                max_upload_mib_s: self.upload_limit.as_ref().map(|l| l.mib_per_s),
+                max_download_mib_s: self.download_limit.as_ref().map(|l| l.mib_per_s),
+            },
         }
     }
 

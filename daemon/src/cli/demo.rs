@@ -34,6 +34,8 @@ async fn start(dir: &Path, name: &str, games: &Path) -> Result<Daemon, CliError>
         secret_file: None,
         group: None,
         admin_group: None,
+        max_upload_mib_s: None,
+        max_download_mib_s: None,
     };
     Daemon::start(cfg).await.map_err(failed)
 }

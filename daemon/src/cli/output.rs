@@ -50,9 +50,17 @@ pub fn status(s: &StatusInfo) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let rate = |l: Option<f64>| l.map_or("unlimited".to_owned(), |v| format!("{v} MiB/s"));
     format!(
-        "peer id:     {}\nlisten:      {}\ngames dir:   {}\npeers:       {}\noperations:  {}\nversion:     {}",
-        s.peer_id, s.addr, s.games_dir, s.peers, ops, s.version
+        "peer id:     {}\nlisten:      {}\ngames dir:   {}\npeers:       {}\noperations:  {}\nlimits:      upload {}, download {}\nversion:     {}",
+        s.peer_id,
+        s.addr,
+        s.games_dir,
+        s.peers,
+        ops,
+        rate(s.limits.max_upload_mib_s),
+        rate(s.limits.max_download_mib_s),
+        s.version
     )
 }
 

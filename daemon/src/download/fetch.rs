@@ -11,6 +11,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::writer::Writer;
+use crate::limit::RateLimit;
 
 /// How a chunk fetch failed.
 #[derive(Debug)]
@@ -69,7 +70,12 @@ fn gone(e: impl std::fmt::Display) -> FetchError {
 }
 
 /// Fetches a chunk into its file.
-pub async fn fetch(conn: &Connection, writer: &Writer, job: &ChunkJob) -> Result<(), FetchError> {
+pub async fn fetch(
+    conn: &Connection,
+    writer: &Writer,
+    limit: Option<&RateLimit>,
+    job: &ChunkJob,
+) -> Result<(), FetchError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(gone)?;
     let request = PeerRequest::Chunk {
         game: job.game.clone(),
@@ -120,6 +126,7 @@ pub async fn fetch(conn: &Connection, writer: &Writer, job: &ChunkJob) -> Result
             }
             Err(e) => return Err(gone(e)),
         };
+        crate::limit::take(limit, piece.len() as u64).await;
         hasher.update(&piece);
         b.extend(&piece);
         got += piece.len() as u64;

@@ -276,7 +276,10 @@ async fn transfer(
             let shared = shared.clone();
             running.spawn(async move {
                 let res = match &link {
-                    Some((conn, _)) => fetch::fetch(conn, &shared.writer, &job).await,
+                    Some((conn, _)) => {
+                        fetch::fetch(conn, &shared.writer, shared.download_limit.as_ref(), &job)
+                            .await
+                    }
                     None => Err(FetchError::Source(
                         lanspread_peer::FailKind::SourceGone,
                         "peer disconnected".into(),

@@ -10,6 +10,7 @@ mod hostile;
 mod hostile_source;
 mod install;
 mod library;
+mod limits;
 mod live;
 mod mdns;
 mod resume;

@@ -1,0 +1,106 @@
+//! Bandwidth limits: `--max-download-mib-s` holds within 10% on a 256 MiB download, and
+//! `--max-upload-mib-s` is shared fairly by two clients downloading at once. Clients
+//! write to tmpfs so the disk's flush speed does not blur the rate (needs root).
+
+use lanspread_fixtures::{Content, GameSpec};
+use lanspread_scenarios::{skip_privileged, Node, NodeOptions, Tmpfs};
+
+use crate::downloads::source;
+
+const MIB: u64 = 1 << 20;
+
+fn bytes() -> u64 {
+    std::env::var("LANSPREAD_LIMIT_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256 * MIB)
+}
+
+fn game_source(dir: &std::path::Path, id: &str, size: u64, args: &[&str]) -> Node {
+    GameSpec::new(id, "20250101")
+        .file(&format!("{id}.eti"), 0o644, Content::Sparse { size })
+        .write(dir)
+        .unwrap();
+    if args.is_empty() {
+        return source("src", dir);
+    }
+    Node::start_with(
+        "src",
+        dir,
+        NodeOptions {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..NodeOptions::default()
+        },
+    )
+}
+
+fn within(rate: f64, limit: f64, tolerance: f64) -> bool {
+    (rate - limit).abs() <= limit * tolerance
+}
+
+#[test]
+fn download_limit_holds_within_ten_percent() {
+    if skip_privileged("download_limit_holds_within_ten_percent") {
+        return;
+    }
+    let size = bytes();
+    let src = tempfile::tempdir().unwrap();
+    let s = game_source(src.path(), "cod5", size, &[]);
+    let fs = Tmpfs::mount(size / MIB + 16);
+    let c = Node::start_with(
+        "client",
+        fs.path(),
+        NodeOptions {
+            args: vec!["--max-download-mib-s".into(), "64".into()],
+            ..NodeOptions::default()
+        },
+    );
+    assert_eq!(c.json(&["status"])["limits"]["max_download_mib_s"], 64.0);
+    assert!(c.cli(&["status"]).stdout.contains("download 64 MiB/s"));
+    c.connect(&s);
+    let done = c.download_ok("cod5", &["--no-install"]);
+    let rate = done["mib_per_s"].as_f64().unwrap();
+    eprintln!("download limit 64 MiB/s: measured {rate:.1} MiB/s");
+    assert!(
+        within(rate, 64.0, 0.10),
+        "{rate} MiB/s under a 64 MiB/s limit"
+    );
+}
+
+#[test]
+fn upload_limit_is_shared_fairly_between_clients() {
+    if skip_privileged("upload_limit_is_shared_fairly_between_clients") {
+        return;
+    }
+    let size = bytes() / 2;
+    let src = tempfile::tempdir().unwrap();
+    let s = game_source(src.path(), "cod5", size, &["--max-upload-mib-s", "64"]);
+    assert_eq!(s.json(&["status"])["limits"]["max_upload_mib_s"], 64.0);
+    let fs = Tmpfs::mount(2 * (size / MIB) + 32);
+    let clients: Vec<Node> = ["one", "two"]
+        .iter()
+        .map(|n| {
+            let dir = fs.path().join(n);
+            std::fs::create_dir(&dir).unwrap();
+            let c = Node::start(n, &dir);
+            c.connect(&s);
+            c
+        })
+        .collect();
+    let rates: Vec<f64> = std::thread::scope(|sc| {
+        let hs: Vec<_> = clients
+            .iter()
+            .map(|c| sc.spawn(move || c.download_ok("cod5", &["--no-install"])))
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().unwrap()["mib_per_s"].as_f64().unwrap())
+            .collect()
+    });
+    eprintln!("upload limit 64 MiB/s, two clients: {rates:?} MiB/s");
+    // Together they get the limit; each about half of it.
+    let sum: f64 = rates.iter().sum();
+    assert!(within(sum, 64.0, 0.15), "{rates:?}");
+    for r in &rates {
+        assert!(within(*r, 32.0, 0.2), "unfair split {rates:?}");
+    }
+}
