@@ -166,3 +166,26 @@ fn daemon_signals_readiness_to_systemd() {
     assert!(msg.lines().any(|l| l.starts_with("STATUS=peer ")), "{msg}");
     assert_eq!(status.status.code(), Some(0));
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_clap_definitions() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = cli().args(["completions", shell]).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{shell}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for sub in ["download", "list-games", "wait-peers", "no-install"] {
+            assert!(text.contains(sub), "{shell} completion lacks {sub}");
+        }
+    }
+    let out = cli().args(["completions", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "unknown shell is a usage error");
+    let out = cli().arg("man").output().unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH lanspread 1") && page.contains("download"), "{page}");
+    let out = cli().args(["man", "--daemon"]).output().unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.contains(".TH lanspreadd 1"), "{page}");
+    for flag in ["secret\\-file", "max\\-upload\\-mib\\-s", "admin\\-group"] {
+        assert!(page.contains(flag), "daemon page lacks {flag}");
+    }
+}

@@ -91,6 +91,17 @@ pub enum Command {
     },
     /// Two local peers on loopback exchanging their libraries; everything cleaned up.
     Demo,
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) of `lanspread`, or of `lanspreadd` with --daemon.
+    Man {
+        /// The daemon's page instead.
+        #[arg(long)]
+        daemon: bool,
+    },
 }
 
 /// How a command ended.
@@ -162,6 +173,21 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Demo => demo::run().await,
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "lanspread", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { daemon } => {
+            let cmd = if daemon {
+                <crate::config::DaemonArgs as clap::CommandFactory>::command()
+            } else {
+                <Cli as clap::CommandFactory>::command()
+            };
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(|e| CliError::Failed(format!("man page: {e}")))
+        }
         Command::Download {
             game,
             no_install,
