@@ -133,14 +133,23 @@ fn cli_as_nobody(socket: &std::path::Path, args: &[&str]) -> std::process::Outpu
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let exe = dir.path().join("lanspread");
     std::fs::copy(bin("lanspread"), &exe).unwrap();
-    Command::new(&exe)
-        .arg("--socket")
-        .arg(socket)
-        .args(args)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap()
+    // Another test thread may fork while our copy's fd is open (ETXTBSY): retry.
+    for _ in 0..50 {
+        match Command::new(&exe)
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+        {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("{} stayed busy", exe.display());
 }
 
 fn node_with(name: &str, games: &std::path::Path, args: &[&str]) -> Node {
