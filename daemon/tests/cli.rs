@@ -181,7 +181,10 @@ fn completions_and_man_pages_come_from_the_clap_definitions() {
     assert_eq!(out.status.code(), Some(2), "unknown shell is a usage error");
     let out = cli().arg("man").output().unwrap();
     let page = String::from_utf8_lossy(&out.stdout);
-    assert!(page.contains(".TH lanspread 1") && page.contains("download"), "{page}");
+    assert!(
+        page.contains(".TH lanspread 1") && page.contains("download"),
+        "{page}"
+    );
     let out = cli().args(["man", "--daemon"]).output().unwrap();
     let page = String::from_utf8_lossy(&out.stdout);
     assert!(page.contains(".TH lanspreadd 1"), "{page}");

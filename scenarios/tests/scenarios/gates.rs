@@ -59,11 +59,7 @@ fn s12_serve_gates() {
     std::fs::create_dir_all(games.path().join("ggoo/local")).unwrap();
     std::fs::write(games.path().join("ggoo/local/secret.txt"), b"installed").unwrap();
     let n = Node::start("source", games.path());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    crate::util::rt().block_on(async {
         let (conn, _ep) = raw_peer(&n.addr).await;
         let g = |s: &str| GameId::new(s).unwrap();
         let v = |s: &str| Version::parse(s).unwrap();
@@ -137,11 +133,7 @@ fn symlinks_in_a_served_root_never_export_outside_files() {
     symlink(outside.path().join("dir"), root.join("dirlink")).unwrap();
     symlink(root.join("notes.txt"), root.join("alias.txt")).unwrap();
     let n = Node::start("source", games.path());
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    crate::util::rt().block_on(async {
         let (conn, _ep) = raw_peer(&n.addr).await;
         let game = GameId::new("ggoo").unwrap();
         let version = Version::parse("20250301").unwrap();

@@ -10,12 +10,7 @@ use lanspread_transfer::{
 };
 use quinn::{ConnectionError, VarInt};
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use crate::util::rt;
 
 /// Connects a raw client, sends the frames `bytes(identity)` on an announce stream and
 /// returns how the daemon closed the connection.

@@ -99,11 +99,7 @@ fn lying_source(lie: Lie) -> (String, std::sync::mpsc::Sender<()>) {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
+        crate::util::rt().block_on(async move {
             let id = Identity::ephemeral().unwrap();
             let ep = make_endpoint(
                 &id,

@@ -35,6 +35,26 @@ fn with_secret(name: &str, games: &Path, secret: Option<&Path>) -> Node {
     )
 }
 
+/// Opens the announce stream of a raw peer and sends a hello with `peer_id` and `proof`.
+async fn send_hello(
+    conn: &quinn::Connection,
+    peer_id: lanspread_transfer::PeerId,
+    proof: Option<[u8; 32]>,
+) -> quinn::SendStream {
+    let mut send = conn.open_uni().await.unwrap();
+    let hello = Message::Hello(Hello {
+        peer_id,
+        listen: "127.0.0.1:1".parse().unwrap(),
+        protocol: PROTOCOL_VERSION,
+        agent: "raw".into(),
+        proof,
+    });
+    send.write_all(&encode_frame(&hello).unwrap())
+        .await
+        .unwrap();
+    send
+}
+
 /// `a connect b` fails on both sides with a LAN secret error, and neither lists the other.
 fn assert_refused(a: &Node, b: &Node) {
     let out = a.cli(&["connect", &b.addr]);
@@ -133,23 +153,9 @@ fn s41_raw_peer_without_the_secret_gets_no_library() {
     let keys = tempfile::tempdir().unwrap();
     let file = secret_file(keys.path(), "k", "the first lan party secret\n");
     let src = with_secret("src", &lab().join(BRAVO), Some(&file));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    crate::util::rt().block_on(async {
         let (id, _ep, conn) = crate::util::raw_client(&src.addr).await;
-        let mut send = conn.open_uni().await.unwrap();
-        let hello = Message::Hello(Hello {
-            peer_id: id.peer_id().clone(),
-            listen: "127.0.0.1:1".parse().unwrap(),
-            protocol: PROTOCOL_VERSION,
-            agent: "raw".into(),
-            proof: None,
-        });
-        send.write_all(&encode_frame(&hello).unwrap())
-            .await
-            .unwrap();
+        let _send = send_hello(&conn, id.peer_id().clone(), None).await;
         // The daemon may close before its hello is read; whatever arrives, no library.
         if let Ok(mut recv) = conn.accept_uni().await {
             while let Ok(Some(m)) = read_frame::<_, Message>(&mut recv).await {
@@ -173,17 +179,7 @@ fn s41_raw_peer_without_the_secret_gets_no_library() {
         let secret = LanSecret::load(&file).unwrap();
         let proof = secret.prove(&session_binding(&conn).unwrap(), true);
         let victim = lanspread_transfer::Identity::ephemeral().unwrap();
-        let mut send = conn.open_uni().await.unwrap();
-        let hello = Message::Hello(Hello {
-            peer_id: victim.peer_id().clone(),
-            listen: "127.0.0.1:1".parse().unwrap(),
-            protocol: PROTOCOL_VERSION,
-            agent: "raw".into(),
-            proof: Some(proof),
-        });
-        send.write_all(&encode_frame(&hello).unwrap())
-            .await
-            .unwrap();
+        let _send = send_hello(&conn, victim.peer_id().clone(), Some(proof)).await;
         let err = tokio::time::timeout(Duration::from_secs(10), conn.closed())
             .await
             .unwrap();
@@ -203,25 +199,11 @@ fn s41_raw_peer_with_the_secret_gets_the_library() {
     let keys = tempfile::tempdir().unwrap();
     let file = secret_file(keys.path(), "k", "the first lan party secret\n");
     let src = with_secret("src", &lab().join(BRAVO), Some(&file));
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
+    crate::util::rt().block_on(async {
         let (id, _ep, conn) = crate::util::raw_client(&src.addr).await;
         let secret = LanSecret::load(&file).unwrap();
         let proof = secret.prove(&session_binding(&conn).unwrap(), true);
-        let mut send = conn.open_uni().await.unwrap();
-        let hello = Message::Hello(Hello {
-            peer_id: id.peer_id().clone(),
-            listen: "127.0.0.1:1".parse().unwrap(),
-            protocol: PROTOCOL_VERSION,
-            agent: "raw".into(),
-            proof: Some(proof),
-        });
-        send.write_all(&encode_frame(&hello).unwrap())
-            .await
-            .unwrap();
+        let _send = send_hello(&conn, id.peer_id().clone(), Some(proof)).await;
         let mut recv = conn.accept_uni().await.unwrap();
         let first: Option<Message> = read_frame(&mut recv).await.unwrap();
         assert!(matches!(first, Some(Message::Hello(_))), "{first:?}");

@@ -68,3 +68,11 @@ pub async fn raw_client(
     .unwrap();
     (id, ep, conn)
 }
+
+/// A current-thread tokio runtime for a test's raw protocol client.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
