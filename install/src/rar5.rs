@@ -95,7 +95,9 @@ impl<W: Write + Seek> Rar5Writer<W> {
         let header = file_header(name, S_IFREG | (mode & 0o7777), mtime, size, 0, false);
         self.out.write_all(&header).map_err(io_err)?;
         let mut hasher = crc32fast::Hasher::new();
-        let mut buf = vec![0u8; 1 << 20];
+        // Sized to the file (one byte more, to notice a reader that has more than it
+        // announced), so packing many small files does not zero a MiB each.
+        let mut buf = vec![0u8; size.saturating_add(1).min(1 << 20) as usize];
         let mut read = 0u64;
         loop {
             let n = match data.read(&mut buf) {
