@@ -36,3 +36,15 @@ fuzz TARGET RUNS="1000000":
 # Shrink a target's corpus before committing it.
 fuzz-cmin TARGET:
     cargo +nightly fuzz cmin --fuzz-dir fuzz/libfuzzer -O {{TARGET}}
+
+# Install the binaries, the unit, completions and man pages (as root).
+install:
+    cargo install --path daemon --root /usr/local
+    id lanspread >/dev/null 2>&1 || useradd --system --home-dir /var/lib/lanspread --shell /usr/sbin/nologin lanspread
+    install -m 0644 daemon/systemd/lanspreadd.service /etc/systemd/system/
+    mkdir -p /etc/bash_completion.d /usr/local/share/man/man1
+    /usr/local/bin/lanspread completions bash > /etc/bash_completion.d/lanspread
+    /usr/local/bin/lanspread man > /usr/local/share/man/man1/lanspread.1
+    /usr/local/bin/lanspread man --daemon > /usr/local/share/man/man1/lanspreadd.1
+    systemctl daemon-reload
+    @echo "now: systemctl enable --now lanspreadd"
