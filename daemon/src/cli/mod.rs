@@ -202,8 +202,12 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             loop {
                 match c.next().await? {
                     Some(Reply::Event(e)) => {
-                        let line = serde_json::to_string(&e)
-                            .map_err(|e| CliError::Failed(e.to_string()))?;
+                        let line = if json {
+                            serde_json::to_string(&e)
+                                .map_err(|e| CliError::Failed(e.to_string()))?
+                        } else {
+                            output::event_line(&e)
+                        };
                         println!("{line}");
                     }
                     Some(other) => return Err(unexpected(other)),

@@ -37,6 +37,35 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         .join("\n")
 }
 
+/// One event as a readable line: `HH:MM:SS.mmm name key=value ...` (UTC; lists are
+/// shown by their length).
+pub fn event_line(e: &crate::api::Event) -> String {
+    let ms = e.ts_ms % 86_400_000;
+    let mut line = format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1000 % 60,
+        ms % 1000
+    );
+    let Ok(serde_json::Value::Object(map)) = serde_json::to_value(e) else {
+        return line;
+    };
+    if let Some(name) = map.get("event").and_then(|v| v.as_str()) {
+        line.push(' ');
+        line.push_str(name);
+    }
+    for (k, v) in map.iter().filter(|(k, _)| *k != "event" && *k != "ts_ms") {
+        let shown = match v {
+            serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Array(a) => format!("[{} items]", a.len()),
+            other => other.to_string(),
+        };
+        line.push_str(&format!(" {k}={shown}"));
+    }
+    line
+}
+
 /// `status`.
 pub fn status(s: &StatusInfo) -> String {
     let ops = if s.operations.is_empty() {
@@ -146,5 +175,20 @@ mod tests {
         assert_eq!(bytes(3 << 30), "3.0 GiB");
         let t = table(&["A", "LONGER"], &[vec!["xxxx".into(), "y".into()]]);
         assert_eq!(t, "A     LONGER\nxxxx  y");
+    }
+
+    #[test]
+    fn readable_event_lines() {
+        let e = crate::api::Event {
+            ts_ms: 86_400_000 + 3_723_004,
+            kind: crate::api::EventKind::DownloadFailed {
+                game_id: lanspread_catalog::GameId::new("cod5").unwrap(),
+                reason: "no peers".into(),
+            },
+        };
+        assert_eq!(
+            event_line(&e),
+            "01:02:03.004 download-failed game_id=cod5 reason=no peers"
+        );
     }
 }

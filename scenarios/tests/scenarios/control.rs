@@ -79,11 +79,39 @@ fn wait_peers_times_out_then_succeeds() {
 
 #[test]
 fn events_command_streams_json_lines() {
+    let (line, peers) = first_event_line(true);
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert!(v["ts_ms"].as_u64().unwrap() > 0);
+    assert!(
+        v["event"] == "peer-connected" || v["event"] == "remote-library-changed",
+        "{v}"
+    );
+    assert!(peers.iter().any(|p| v["peer_id"] == p.as_str()), "{v}");
+}
+
+#[test]
+fn events_command_has_a_readable_mode() {
+    let (line, peers) = first_event_line(false);
+    assert!(
+        line.contains(" peer-connected ") || line.contains(" remote-library-changed "),
+        "{line}"
+    );
+    assert!(
+        peers.iter().any(|p| line.contains(&format!("peer_id={p}"))),
+        "{line}"
+    );
+    assert!(serde_json::from_str::<serde_json::Value>(&line).is_err());
+}
+
+/// Starts `lanspread [--json] events` on a node and makes events until one line arrives;
+/// returns it and the peer ids that caused events.
+fn first_event_line(json: bool) -> (String, Vec<String>) {
     let g1 = tempfile::tempdir().unwrap();
     let a = Node::start("a", g1.path());
     let mut child = Command::new(bin("lanspread"))
         .arg("--socket")
         .arg(a.socket_path())
+        .args(json.then_some("--json"))
         .arg("events")
         .stdout(Stdio::piped())
         .spawn()
@@ -113,16 +141,7 @@ fn events_command_streams_json_lines() {
     };
     let _ = child.kill();
     let _ = child.wait();
-    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-    assert!(v["ts_ms"].as_u64().unwrap() > 0);
-    assert!(
-        v["event"] == "peer-connected" || v["event"] == "remote-library-changed",
-        "{v}"
-    );
-    assert!(
-        peers.iter().any(|p| v["peer_id"] == p.peer_id.as_str()),
-        "{v}"
-    );
+    (line, peers.iter().map(|p| p.peer_id.clone()).collect())
 }
 
 /// Runs `lanspread` as uid/gid 65534 (nobody/nogroup) from a copy it can execute.
