@@ -7,8 +7,10 @@ use lanspread_peer::FailKind;
 use lanspread_transfer::{read_frame, write_frame, PeerRequest, PeerResponse};
 use quinn::Connection;
 use sha2::{Digest, Sha256};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::writer::Writer;
 use crate::limit::RateLimit;
@@ -55,14 +57,47 @@ fn stall_timeout() -> Duration {
     })
 }
 
-/// Runs `f`, failing with "stalled" when the source sends nothing for the stall timeout.
-async fn in_time<T>(f: impl std::future::Future<Output = T>) -> Result<T, FetchError> {
-    tokio::time::timeout(stall_timeout(), f).await.map_err(|_| {
-        gone(format!(
-            "source stalled: nothing for {} ms",
-            stall_timeout().as_millis()
-        ))
-    })
+/// The stall watchdog of one chunk: a single timer, re-armed only when it fires (never
+/// per read), so the hot path pays an `Instant::now()` per read and no timer updates.
+struct Stall {
+    limit: Duration,
+    last: Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Stall {
+    fn new() -> Self {
+        let limit = stall_timeout();
+        Self {
+            limit,
+            last: Instant::now(),
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    /// Runs `f` to its end, failing with "stalled" (and dropping `f`, whose stream is then
+    /// abandoned) when the source sent nothing for the stall timeout.
+    async fn guard<T>(&mut self, f: impl Future<Output = T>) -> Result<T, FetchError> {
+        tokio::pin!(f);
+        loop {
+            tokio::select! {
+                out = &mut f => {
+                    self.last = Instant::now();
+                    return Ok(out);
+                }
+                () = &mut self.timer => {
+                    if self.last.elapsed() >= self.limit {
+                        return Err(gone(format!(
+                            "source stalled: nothing for {} ms",
+                            self.limit.as_millis()
+                        )));
+                    }
+                    let due = self.last + self.limit;
+                    self.timer.as_mut().reset(due.into());
+                }
+            }
+        }
+    }
 }
 
 fn gone(e: impl std::fmt::Display) -> FetchError {
@@ -86,7 +121,11 @@ pub async fn fetch(
     };
     write_frame(&mut send, &request).await.map_err(gone)?;
     let _ = send.finish();
-    match in_time(read_frame::<_, PeerResponse>(&mut recv)).await? {
+    let mut stall = Stall::new();
+    match stall
+        .guard(read_frame::<_, PeerResponse>(&mut recv))
+        .await?
+    {
         Ok(Some(PeerResponse::Chunk { len })) if len == job.len => {}
         Ok(Some(PeerResponse::Refused { reason })) => {
             return Err(gone(format!("refused: {reason}")))
@@ -116,7 +155,7 @@ pub async fn fetch(
             ),
         };
         let want = (job.len - got).min(b.room() as u64) as usize;
-        let piece = match in_time(recv.read_chunk(want, true)).await? {
+        let piece = match stall.guard(recv.read_chunk(want, true)).await? {
             Ok(Some(c)) => c.bytes,
             Ok(None) => {
                 return Err(gone(format!(
@@ -141,7 +180,7 @@ pub async fn fetch(
         }
     }
     // A source that sends more than it announced is lying.
-    match in_time(recv.read_chunk(1, true)).await? {
+    match stall.guard(recv.read_chunk(1, true)).await? {
         Ok(None) => {}
         Ok(Some(_)) => {
             return Err(FetchError::Source(
