@@ -7,33 +7,27 @@ use std::path::Path;
 
 use tracing::info;
 
-/// Sub-paths of a root that only exist while an operation runs.
-const TRANSIENT: &[&str] = &[".lanspread/incoming", ".lanspread/partial.tmp"];
-
 /// Cleans every root folder of `games` (symlinked roots are left alone).
 pub fn sweep(games: &Path) {
     let Ok(entries) = fs::read_dir(games) else {
         return;
     };
+    let leftovers = lanspread_install::LEFTOVERS
+        .iter()
+        .chain(&crate::download::LEFTOVERS);
     for e in entries.flatten() {
         if !e.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        let root = e.path();
-        let mut removed = lanspread_install::clean_leftovers(&root);
-        for t in TRANSIENT {
-            let p = root.join(t);
-            let gone = match fs::symlink_metadata(&p) {
+        for p in leftovers.clone().map(|l| e.path().join(l)) {
+            let removed = match fs::symlink_metadata(&p) {
                 Ok(m) if m.is_dir() => fs::remove_dir_all(&p).is_ok(),
                 Ok(_) => fs::remove_file(&p).is_ok(),
                 Err(_) => false,
             };
-            if gone {
-                removed.push(p);
+            if removed {
+                info!(path = %p.display(), "removed what an interrupted operation left");
             }
-        }
-        for p in removed {
-            info!(path = %p.display(), "removed what an interrupted operation left");
         }
     }
 }

@@ -13,6 +13,9 @@ use crate::InstallError;
 pub use lanspread_catalog::INSTALLED_MARKER;
 const STAGING: &str = ".lanspread-staging";
 const TRASH: &str = ".lanspread-trash";
+/// What an install or uninstall killed midway leaves in a root (the staging folder and a
+/// moved-aside old `local/`): safe to remove while no operation runs on it.
+pub const LEFTOVERS: [&str; 2] = [STAGING, TRASH];
 const LOCAL: &str = "local";
 
 /// What an install extracted.
@@ -238,25 +241,6 @@ fn check_extracted(staging: &Path, dest: &Path, name: &str) -> Result<(), Instal
         return Err(InstallError::SymlinkEscape(name.to_owned()));
     }
     Ok(())
-}
-
-/// Removes what an install or uninstall killed midway left behind (the staging folder
-/// and a moved-aside old `local/`); returns the paths removed. Call only while no
-/// operation runs on the root.
-pub fn clean_leftovers(root: &Path) -> Vec<PathBuf> {
-    [STAGING, TRASH]
-        .iter()
-        .map(|n| root.join(n))
-        .filter(|p| fs::symlink_metadata(p).is_ok())
-        .filter(|p| {
-            let is_dir = fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
-            if is_dir {
-                fs::remove_dir_all(p).is_ok()
-            } else {
-                fs::remove_file(p).is_ok()
-            }
-        })
-        .collect()
 }
 
 /// Removes `local/` (moved aside first, so a crash never leaves half of it looking

@@ -10,7 +10,6 @@ pub mod rar5;
 
 pub use error::InstallError;
 pub use extract::{
-    clean_leftovers, install_root, safe_entry_path, uninstall_root, InstallSummary,
-    INSTALLED_MARKER,
+    install_root, safe_entry_path, uninstall_root, InstallSummary, INSTALLED_MARKER, LEFTOVERS,
 };
 pub use rar5::{pack_dir, PackSummary, Rar5Writer, WriterOptions};

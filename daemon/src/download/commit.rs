@@ -12,7 +12,7 @@ use lanspread_catalog::{is_reserved_top_level, FileManifest, Version, VERSION_FI
 
 use super::is_sentinel;
 
-const INCOMING: &str = ".lanspread/incoming";
+pub const INCOMING: &str = ".lanspread/incoming";
 
 fn err(path: &Path, e: io::Error) -> String {
     format!("{}: {e}", path.display())

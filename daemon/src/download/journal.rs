@@ -17,6 +17,8 @@ use tracing::{info, warn};
 
 /// Journal path under a game root.
 pub const JOURNAL: &str = ".lanspread/partial";
+/// Where the journal is rewritten before it is renamed into place.
+pub const JOURNAL_TMP: &str = ".lanspread/partial.tmp";
 
 /// An open journal that verified chunks are appended to.
 pub struct Journal {
@@ -85,7 +87,7 @@ fn open_blocking(
     for &c in &kept {
         text.push_str(&journal_entry(c));
     }
-    let tmp = path.with_extension("tmp");
+    let tmp = root.join(JOURNAL_TMP);
     fs::write(&tmp, text)
         .and_then(|()| fs::rename(&tmp, &path))
         .map_err(|e| format!("{}: {e}", path.display()))?;

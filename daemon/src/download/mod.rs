@@ -19,6 +19,11 @@ use tracing::{info, warn};
 
 pub use writer::Writer;
 
+/// What a download killed midway leaves in a root besides its data files and journal
+/// (the received sentinel, a half-rewritten journal): safe to remove while no operation
+/// runs on it.
+pub const LEFTOVERS: [&str; 2] = [commit::INCOMING, journal::JOURNAL_TMP];
+
 use crate::api::{EventKind, FileSize};
 use crate::state::Shared;
 use fetch::{ChunkJob, FetchError};
