@@ -169,30 +169,27 @@ async fn serve_conn(
                 (PeerRequest::Files { .. }, Lie::Manifest(frame)) => frame.clone(),
                 (PeerRequest::Files { .. }, Lie::Chunk(_)) => manifest_frame(honest_files()),
                 (PeerRequest::Chunk { path, len, .. }, Lie::Chunk(how)) => {
-                    let body = if path.as_str() == "version.ini" {
+                    let sentinel = path.as_str() == "version.ini";
+                    if matches!(how, ChunkLie::Stall) && !sentinel {
+                        // The answer, then nothing: keep the stream open for a minute.
+                        let head = encode_frame(&RawResponse::Chunk { len }).unwrap();
+                        let _ = send.write_all(&head).await;
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                        return;
+                    }
+                    let mut body = if sentinel {
                         VERSION.as_bytes().to_vec()
                     } else {
-                        data()
+                        data()[..len as usize].to_vec()
                     };
                     let mut announced = len;
-                    let mut body = body[..len as usize].to_vec();
                     match how {
                         ChunkLie::AnnounceMore => announced += 1,
                         ChunkLie::AnnounceLess => announced -= 1,
                         ChunkLie::SendShort => body.truncate(body.len() / 2),
                         ChunkLie::SendLong => body.extend_from_slice(b"extra"),
                         ChunkLie::WrongBytes => body[0] ^= 1,
-                        ChunkLie::Stall => body.clear(),
-                    }
-                    if matches!(how, ChunkLie::Stall) && path.as_str() != "version.ini" {
-                        let head = encode_frame(&RawResponse::Chunk { len: announced }).unwrap();
-                        let _ = send.write_all(&head).await;
-                        // Never finish: keep the stream open for a minute.
-                        tokio::time::sleep(Duration::from_secs(60)).await;
-                        return;
-                    }
-                    if matches!(how, ChunkLie::Stall) {
-                        body = VERSION.as_bytes().to_vec();
+                        ChunkLie::Stall => {}
                     }
                     let mut out = encode_frame(&RawResponse::Chunk { len: announced }).unwrap();
                     out.extend_from_slice(&body);
