@@ -111,12 +111,18 @@ pub struct Limits {
 }
 
 /// One operation in progress.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OperationInfo {
     /// The game.
     pub game_id: GameId,
     /// `download`, `install` or `uninstall`.
     pub kind: String,
+    /// Bytes done (a resumed download counts what was already on disk).
+    pub done_bytes: u64,
+    /// Bytes in all; 0 while not known yet.
+    pub total_bytes: u64,
+    /// Percent done, one decimal, rounded down; `null` while the size is not known.
+    pub percent: Option<f64>,
 }
 
 /// Answer to `list-games`.

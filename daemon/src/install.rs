@@ -33,10 +33,18 @@ pub async fn install(
     shared.events.emit(EventKind::InstallBegin {
         game_id: id.clone(),
     });
-    let res = tokio::task::spawn_blocking(move || lanspread_install::install_root(&root))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let progress = {
+        let (shared, id) = (shared.clone(), id.clone());
+        move |p: lanspread_install::InstallProgress| {
+            shared.lock().operations.sized(&id, p.total, p.done)
+        }
+    };
+    let res = tokio::task::spawn_blocking(move || {
+        lanspread_install::install_root_with(&root, &mut { progress })
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
     shared.lock().operations.end(id);
     shared.rescan_root(id).await;
     match res {

@@ -16,6 +16,7 @@ mod events;
 mod install;
 mod limit;
 mod links;
+pub mod logging;
 mod mdns;
 pub mod paths;
 mod recover;

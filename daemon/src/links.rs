@@ -13,7 +13,7 @@ use lanspread_transfer::{
 };
 use quinn::{Connection, SendStream, VarInt};
 use tokio::sync::oneshot;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, info_span, warn, Instrument, Span};
 
 use crate::api::{EventKind, PeerInfo};
 use crate::state::{peer_info, Link, Shared};
@@ -28,13 +28,16 @@ pub type LinkResult = Result<PeerInfo, String>;
 pub async fn accept_loop(shared: Arc<Shared>) {
     while let Some(incoming) = shared.endpoint.accept().await {
         let shared = shared.clone();
-        tokio::spawn(async move {
-            let remote = incoming.remote_address();
-            match incoming.await {
-                Ok(conn) => run_link(shared, conn, Direction::Inbound, None, None).await,
-                Err(e) => debug!(%remote, "incoming handshake failed: {e}"),
+        let remote = incoming.remote_address();
+        tokio::spawn(
+            async move {
+                match incoming.await {
+                    Ok(conn) => run_link(shared, conn, Direction::Inbound, None, None).await,
+                    Err(e) => debug!("incoming handshake failed: {e}"),
+                }
             }
-        });
+            .instrument(link_span(remote, Direction::Inbound)),
+        );
     }
 }
 
@@ -54,13 +57,16 @@ pub async fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> LinkResult {
         return Err(e.to_string());
     }
     let (tx, rx) = oneshot::channel();
-    tokio::spawn(run_link(
-        shared.clone(),
-        conn,
-        Direction::Outbound,
-        Some(addr),
-        Some(tx),
-    ));
+    tokio::spawn(
+        run_link(
+            shared.clone(),
+            conn,
+            Direction::Outbound,
+            Some(addr),
+            Some(tx),
+        )
+        .instrument(link_span(addr, Direction::Outbound)),
+    );
     match tokio::time::timeout(HELLO_TIMEOUT + Duration::from_secs(1), rx).await {
         Ok(Ok(result)) => result,
         Ok(Err(_)) => Err(format!(
@@ -92,7 +98,16 @@ fn is_own_address(listen: SocketAddr, addr: SocketAddr) -> bool {
     addr.port() == listen.port() && listen.ip().is_unspecified() && canonical_local
 }
 
-/// Runs one connection until it ends. `ready` gets the outcome of the hello exchange.
+/// The span every log line of one peer link carries: the address at once, the peer id
+/// once its certificate is checked.
+fn link_span(addr: SocketAddr, direction: Direction) -> Span {
+    let dir = match direction {
+        Direction::Inbound => "in",
+        Direction::Outbound => "out",
+    };
+    info_span!("peer", %addr, dir, id = tracing::field::Empty)
+}
+
 /// Runs one connection until it ends. `dialled` is the address we dialled (outbound),
 /// redialled with backoff if the link is lost; `ready` gets the outcome of the hello.
 async fn run_link(
@@ -115,6 +130,7 @@ async fn run_link(
             return tell(Err(e.to_string()));
         }
     };
+    Span::current().record("id", tracing::field::display(remote.short()));
     if check_not_self(&shared.local_id, &remote).is_err() {
         debug!("refused a connection from ourselves");
         conn.close(VarInt::from_u32(close_code::SELF_CONNECT), b"self");
@@ -141,7 +157,7 @@ async fn run_link(
         Err(e) => return tell(Err(format!("cannot open a stream: {e}"))),
     };
     let (accepted, go) = oneshot::channel();
-    let mut writer = tokio::spawn(announce(shared.clone(), send, proof, go));
+    let mut writer = tokio::spawn(announce(shared.clone(), send, proof, go).in_current_span());
     let mut shutdown = shared.shutdown.subscribe();
 
     // Their announce stream: hello first.
@@ -240,11 +256,10 @@ async fn run_link(
         Upsert::Moved { from } => info!(%from, to = %addr, "peer moved"),
         Upsert::Unchanged => debug!("peer reconnected"),
     }
-    let server = tokio::spawn(crate::serve::serve_requests(
-        shared.clone(),
-        conn.clone(),
-        remote.clone(),
-    ));
+    let server = tokio::spawn(
+        crate::serve::serve_requests(shared.clone(), conn.clone(), remote.clone())
+            .in_current_span(),
+    );
     if upsert != Upsert::Unchanged {
         shared.events.emit(EventKind::PeerConnected {
             peer_id: remote.clone(),

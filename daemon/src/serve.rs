@@ -10,7 +10,7 @@ use lanspread_peer::{gate_chunk, gate_files};
 use lanspread_transfer::{close_code, read_frame, write_frame, PeerId, PeerRequest, PeerResponse};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
-use tracing::{debug, warn};
+use tracing::{debug, warn, Instrument};
 
 use crate::state::Shared;
 
@@ -30,12 +30,15 @@ pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerI
             }
         };
         let (shared, conn, remote) = (shared.clone(), conn.clone(), remote.clone());
-        tokio::spawn(async move {
-            if let Err(e) = handle(&shared, send, recv).await {
-                warn!(peer = %remote.short(), "protocol error on a request stream, disconnecting: {e}");
-                conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"bad request");
+        tokio::spawn(
+            async move {
+                if let Err(e) = handle(&shared, send, recv).await {
+                    warn!(peer = %remote.short(), "protocol error on a request stream, disconnecting: {e}");
+                    conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"bad request");
+                }
             }
-        });
+            .in_current_span(),
+        );
     }
 }
 

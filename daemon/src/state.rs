@@ -158,9 +158,12 @@ impl Shared {
             operations: inner
                 .operations
                 .iter()
-                .map(|(id, k)| OperationInfo {
+                .map(|(id, op)| OperationInfo {
                     game_id: id.clone(),
-                    kind: k.as_str().into(),
+                    kind: op.kind.as_str().into(),
+                    done_bytes: op.progress.done,
+                    total_bytes: op.progress.total,
+                    percent: op.progress.percent(),
                 })
                 .collect(),
             peers: inner.peers.len(),

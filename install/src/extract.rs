@@ -111,6 +111,24 @@ fn plan(archives: &[PathBuf]) -> Result<u64, InstallError> {
 
 /// Installs a root (blocking). See the module docs.
 pub fn install_root(root: &Path) -> Result<InstallSummary, InstallError> {
+    install_root_with(root, &mut |_| {})
+}
+
+/// How far an install is: bytes extracted of the archives' unpacked total.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InstallProgress {
+    /// Bytes extracted so far.
+    pub done: u64,
+    /// Unpacked size of every archive.
+    pub total: u64,
+}
+
+/// [`install_root`], calling `progress` once the archives are listed (done 0) and after
+/// each extracted file.
+pub fn install_root_with(
+    root: &Path,
+    progress: &mut dyn FnMut(InstallProgress),
+) -> Result<InstallSummary, InstallError> {
     let staging = root.join(STAGING);
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(io(&staging))?;
@@ -125,8 +143,18 @@ pub fn install_root(root: &Path) -> Result<InstallSummary, InstallError> {
         }
         fs::create_dir(&staging).map_err(io(&staging))?;
         let mut summary = InstallSummary::default();
+        progress(InstallProgress {
+            done: 0,
+            total: need,
+        });
+        let mut on_file = |s: &InstallSummary| {
+            progress(InstallProgress {
+                done: s.bytes,
+                total: need,
+            })
+        };
         for a in &archives {
-            extract(a, &staging, &mut summary)?;
+            extract(a, &staging, &mut summary, &mut on_file)?;
             summary.archives += 1;
         }
         let marker = staging.join(INSTALLED_MARKER);
@@ -154,6 +182,7 @@ fn extract(
     archive: &Path,
     staging: &Path,
     summary: &mut InstallSummary,
+    on_file: &mut dyn FnMut(&InstallSummary),
 ) -> Result<(), InstallError> {
     let mut open = unrar::Archive::new(archive)
         .open_for_processing()
@@ -181,6 +210,7 @@ fn extract(
             check_extracted(staging, &dest, &name)?;
             summary.files += 1;
             summary.bytes += size;
+            on_file(summary);
             next
         };
         // Unix archives carry st_mode; others DOS attributes, which say nothing of modes.

@@ -10,6 +10,7 @@ pub mod rar5;
 
 pub use error::InstallError;
 pub use extract::{
-    install_root, safe_entry_path, uninstall_root, InstallSummary, INSTALLED_MARKER, LEFTOVERS,
+    install_root, install_root_with, safe_entry_path, uninstall_root, InstallProgress,
+    InstallSummary, INSTALLED_MARKER, LEFTOVERS,
 };
 pub use rar5::{pack_dir, PackSummary, Rar5Writer, WriterOptions};

@@ -22,7 +22,7 @@ pub use aggregate::{aggregate, latest_sources, RemoteRow, Sources};
 pub use error::PeerError;
 pub use gates::{gate_chunk, gate_files};
 pub use links::{check_not_self, prefer_new_link, Direction};
-pub use ops::{OpKind, Operations};
+pub use ops::{OpKind, Operation, Operations, Progress};
 pub use pace::{check_limit, Pacer};
 pub use planner::{Assignment, ChunkSpec, FailKind, Planner, PlannerStatus};
 pub use resume::{journal_entry, journal_header, judge_journal, ResumeDecision};

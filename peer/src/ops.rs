@@ -28,10 +28,41 @@ impl OpKind {
     }
 }
 
+/// How far an operation is, in bytes. `total` is 0 until the operation knows its size
+/// (a download before the manifest is chosen, an install before its archives are listed).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Bytes done (for a resumed download, including what was already on disk).
+    pub done: u64,
+    /// Bytes in all.
+    pub total: u64,
+}
+
+impl Progress {
+    /// Percent done, one decimal; `None` while the size is unknown. An empty operation
+    /// whose size is known to be 0 is 100 % done.
+    pub fn percent(self) -> Option<f64> {
+        if self.total == 0 {
+            return None;
+        }
+        let p = self.done.min(self.total) as f64 * 100.0 / self.total as f64;
+        Some((p * 10.0).floor() / 10.0)
+    }
+}
+
+/// One running operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operation {
+    /// What it does.
+    pub kind: OpKind,
+    /// How far it is.
+    pub progress: Progress,
+}
+
 /// The active operations.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Operations {
-    active: BTreeMap<GameId, OpKind>,
+    active: BTreeMap<GameId, Operation>,
 }
 
 impl Operations {
@@ -40,7 +71,13 @@ impl Operations {
         if self.active.contains_key(id) {
             return Err(PeerError::Busy(id.clone()));
         }
-        self.active.insert(id.clone(), kind);
+        self.active.insert(
+            id.clone(),
+            Operation {
+                kind,
+                progress: Progress::default(),
+            },
+        );
         Ok(())
     }
 
@@ -49,14 +86,28 @@ impl Operations {
         self.active.remove(id);
     }
 
-    /// The operation on a game.
+    /// The kind of operation on a game.
     pub fn get(&self, id: &GameId) -> Option<OpKind> {
-        self.active.get(id).copied()
+        self.active.get(id).map(|o| o.kind)
+    }
+
+    /// Sets the size once known and what is already done (no-op without an operation).
+    pub fn sized(&mut self, id: &GameId, total: u64, done: u64) {
+        if let Some(o) = self.active.get_mut(id) {
+            o.progress = Progress { done, total };
+        }
+    }
+
+    /// Counts `bytes` more as done (no-op without an operation).
+    pub fn advance(&mut self, id: &GameId, bytes: u64) {
+        if let Some(o) = self.active.get_mut(id) {
+            o.progress.done = o.progress.done.saturating_add(bytes);
+        }
     }
 
     /// All operations, sorted by game.
-    pub fn iter(&self) -> impl Iterator<Item = (&GameId, OpKind)> {
-        self.active.iter().map(|(g, k)| (g, *k))
+    pub fn iter(&self) -> impl Iterator<Item = (&GameId, Operation)> {
+        self.active.iter().map(|(g, o)| (g, *o))
     }
 }
 
@@ -80,5 +131,48 @@ mod tests {
         ops.begin(&g, OpKind::Install).unwrap();
         assert_eq!(ops.get(&g), Some(OpKind::Install));
         assert_eq!(ops.iter().count(), 2);
+    }
+
+    #[test]
+    fn progress_counts_bytes_and_reports_percent() {
+        let mut ops = Operations::default();
+        let g = GameId::new("ggoo").unwrap();
+        ops.begin(&g, OpKind::Download).unwrap();
+        let first = ops.iter().next().unwrap().1.progress;
+        assert_eq!(first.percent(), None, "size unknown yet");
+        ops.sized(&g, 1000, 250);
+        ops.advance(&g, 123);
+        let p = ops.iter().next().unwrap().1.progress;
+        assert_eq!(
+            p,
+            Progress {
+                done: 373,
+                total: 1000
+            }
+        );
+        assert_eq!(p.percent(), Some(37.3));
+        ops.advance(&g, 10_000);
+        assert_eq!(ops.iter().next().unwrap().1.progress.percent(), Some(100.0));
+        // A new operation starts from zero; updates for a game without one do nothing.
+        ops.end(&g);
+        ops.advance(&g, 5);
+        ops.sized(&g, 5, 5);
+        assert_eq!(ops.iter().count(), 0);
+        ops.begin(&g, OpKind::Install).unwrap();
+        assert_eq!(ops.iter().next().unwrap().1.progress, Progress::default());
+    }
+
+    #[test]
+    fn percent_rounds_down_so_unfinished_never_reads_100() {
+        let p = Progress {
+            done: 9_999,
+            total: 10_000,
+        };
+        assert_eq!(p.percent(), Some(99.9));
+        let p = Progress {
+            done: 999_999,
+            total: 1_000_000,
+        };
+        assert_eq!(p.percent(), Some(99.9));
     }
 }

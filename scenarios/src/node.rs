@@ -64,6 +64,9 @@ pub struct NodeOptions {
     pub args: Vec<String>,
     /// Extra environment variables for the daemon.
     pub env: Vec<(String, String)>,
+    /// Tell the daemon its stderr is the journal, as systemd does (`JOURNAL_STREAM` set to
+    /// the log file's device and inode).
+    pub journal: bool,
 }
 
 /// Output of one CLI run.
@@ -161,15 +164,18 @@ impl Node {
             .arg(self.opts.listen.as_deref().unwrap_or("127.0.0.1:0"))
             .env("LANSPREAD_LOG", "info,quinn=warn")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                fs::File::options()
-                    .create(true)
-                    .append(true)
-                    .open(self.dir.path().join("daemon.log"))
-                    .map(Stdio::from)
-                    .unwrap_or_else(|_| Stdio::null()),
-            );
+            .stdout(Stdio::null());
+        let log = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .expect("daemon.log");
+        if self.opts.journal {
+            use std::os::unix::fs::MetadataExt;
+            let m = log.metadata().expect("daemon.log metadata");
+            cmd.env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
+        }
+        cmd.stderr(Stdio::from(log));
         cmd.args(&self.opts.args);
         cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         if let Some(catalog) = &self.opts.catalog {

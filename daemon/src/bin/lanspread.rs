@@ -8,14 +8,7 @@ use lanspread_daemon::cli::{run, Cli};
 fn main() -> ExitCode {
     // Usage errors exit 2 (clap's convention), --help/--version exit 0.
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LANSPREAD_LOG")
-                .unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    lanspread_daemon::logging::init("warn", false);
     let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -5,14 +5,8 @@ use lanspread_daemon::{Daemon, DaemonArgs};
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> std::process::ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LANSPREAD_LOG")
-                .unwrap_or_else(|_| "info,quinn=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let target = lanspread_daemon::logging::init("info,quinn=warn,notify=error", true);
+    tracing::debug!(?target, "logging");
     let args = DaemonArgs::parse();
     // One thread drives QUIC, the control socket and the downloads; blocking work (scans,
     // hashing, file reads) goes to the blocking pool and writes to the io_uring thread.

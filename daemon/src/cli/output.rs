@@ -73,7 +73,16 @@ pub fn status(s: &StatusInfo) -> String {
     } else {
         s.operations
             .iter()
-            .map(|o| format!("{} {}", o.kind, o.game_id))
+            .map(|o| match o.percent {
+                Some(p) => format!(
+                    "{} {} {p:.1}% ({} of {})",
+                    o.kind,
+                    o.game_id,
+                    bytes(o.done_bytes),
+                    bytes(o.total_bytes)
+                ),
+                None => format!("{} {}", o.kind, o.game_id),
+            })
             .collect::<Vec<_>>()
             .join(", ")
     };

@@ -15,7 +15,7 @@ use lanspread_peer::{choose_manifest, latest_sources, OpKind, Planner, PlannerSt
 use lanspread_transfer::{read_frame, write_frame, PeerId, PeerRequest, PeerResponse};
 use quinn::Connection;
 use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tracing::{info, info_span, warn, Instrument};
 
 pub use writer::Writer;
 
@@ -67,10 +67,16 @@ pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Stri
 }
 
 /// Runs a registered download and, when asked and it succeeded, installs the game.
+/// Every log line of it, chunk tasks included, carries a `download{game=..}` span.
 pub async fn run_with_install(shared: Arc<Shared>, id: GameId, sources: Sources, install: bool) {
-    if run(shared.clone(), id.clone(), sources).await && install {
-        let _ = crate::install::install(&shared, &id, true).await;
+    let span = info_span!("download", game = %id, version = %sources.version);
+    async move {
+        if run(shared.clone(), id.clone(), sources).await && install {
+            let _ = crate::install::install(&shared, &id, true).await;
+        }
     }
+    .instrument(span)
+    .await
 }
 
 /// Runs a registered download to its end and emits the terminal event. The operation is
@@ -146,14 +152,17 @@ async fn download(
             continue;
         };
         let (peer, id, version) = (peer.clone(), id.clone(), sources.version);
-        asks.spawn(async move {
-            let answer =
-                tokio::time::timeout(MANIFEST_TIMEOUT, request_files(&conn, id, version)).await;
-            (
-                peer,
-                answer.unwrap_or_else(|_| Err("no manifest in time".into())),
-            )
-        });
+        asks.spawn(
+            async move {
+                let answer =
+                    tokio::time::timeout(MANIFEST_TIMEOUT, request_files(&conn, id, version)).await;
+                (
+                    peer,
+                    answer.unwrap_or_else(|_| Err("no manifest in time".into())),
+                )
+            }
+            .in_current_span(),
+        );
     }
     let mut answers = Vec::new();
     while let Some(joined) = asks.join_next().await {
@@ -211,6 +220,7 @@ async fn download(
     if !present.is_empty() {
         info!(game = %id, chunks = present.len(), bytes = resumed_bytes, "resuming");
     }
+    shared.lock().operations.sized(id, bytes, resumed_bytes);
     shared.events.emit(EventKind::DownloadBegin {
         game_id: id.clone(),
         version: sources.version,
@@ -279,19 +289,22 @@ async fn transfer(
             };
             let link = link(shared, &a.peer);
             let shared = shared.clone();
-            running.spawn(async move {
-                let res = match &link {
-                    Some((conn, _)) => {
-                        fetch::fetch(conn, &shared.writer, shared.download_limit.as_ref(), &job)
-                            .await
-                    }
-                    None => Err(FetchError::Source(
-                        lanspread_peer::FailKind::SourceGone,
-                        "peer disconnected".into(),
-                    )),
-                };
-                (a, job, link.map(|l| l.1).unwrap_or_default(), res)
-            });
+            running.spawn(
+                async move {
+                    let res = match &link {
+                        Some((conn, _)) => {
+                            let limit = shared.download_limit.as_ref();
+                            fetch::fetch(conn, &shared.writer, limit, &job).await
+                        }
+                        None => Err(FetchError::Source(
+                            lanspread_peer::FailKind::SourceGone,
+                            "peer disconnected".into(),
+                        )),
+                    };
+                    (a, job, link.map(|l| l.1).unwrap_or_default(), res)
+                }
+                .in_current_span(),
+            );
         }
         match planner.status() {
             PlannerStatus::Finished => return Ok(()),
@@ -306,6 +319,7 @@ async fn transfer(
             Ok(()) => {
                 planner.on_done(a.chunk, &a.peer);
                 journal.record(a.chunk);
+                shared.lock().operations.advance(id, job.len);
                 shared.events.emit(EventKind::DownloadChunkFinished {
                     game_id: id.clone(),
                     path: job.path.to_string(),

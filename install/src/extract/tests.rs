@@ -68,8 +68,13 @@ fn installs_bytes_and_modes_and_reinstalls() {
         &[("extra.txt", 0o644, b"more")],
         false,
     );
-    let s = install_root(&root).unwrap();
+    let mut seen = Vec::new();
+    let s = install_root_with(&root, &mut |p| seen.push((p.done, p.total))).unwrap();
     assert_eq!((s.archives, s.files, s.bytes), (2, 3, 17));
+    // Size known before the first byte, then once per extracted file, ending at the total.
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert_eq!((seen[0], seen[3]), ((0, 17), (17, 17)), "{seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
     let local = root.join("local");
     assert_eq!(fs::read(local.join("bin/run.sh")).unwrap(), b"#!/bin/sh\n");
     assert_eq!(fs::read(local.join("extra.txt")).unwrap(), b"more");

@@ -13,6 +13,7 @@ mod library;
 mod limits;
 mod live;
 mod mdns;
+mod progress;
 mod resume;
 mod trust;
 mod util;
