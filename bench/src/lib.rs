@@ -1,79 +1,69 @@
 //! Throughput measurements with references taken in the same run (see `README.md`):
-//! a raw quinn memory-to-memory transfer with lanspread's own transport and TLS settings,
-//! and the S37 download through two real `lanspreadd` processes.
+//! S37 and S34 through two real `lanspreadd` processes (`app`), a raw quinn
+//! memory-to-memory transfer with lanspread's own transport and TLS settings (`raw`), and a
+//! plain TCP copy, sendfile → socket → write into the same filesystem (`tcp`). Shared by
+//! the `compare` tool and the criterion benches.
 
-use std::time::{Duration, Instant};
+pub mod app;
+pub mod raw;
+pub mod tcp;
 
-use bytes::Bytes;
-use lanspread_transfer::{connect, make_endpoint, Identity, TransportTuning};
+pub use raw::{raw_quinn, STREAMS};
 
-/// Streams used in parallel by the raw reference, like the app's chunks in flight.
-pub const STREAMS: usize = 4;
+/// MiB/s for `bytes` moved in `secs`.
+pub fn mib_per_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-9)
+}
 
-/// Sends `bytes` from memory to memory over one quinn connection on loopback, split over
-/// [`STREAMS`] unidirectional streams, and returns the elapsed time at the receiver.
-pub async fn raw_quinn(bytes: u64) -> anyhow::Result<Duration> {
-    let tuning = TransportTuning::default();
-    let (a, b) = (Identity::ephemeral()?, Identity::ephemeral()?);
-    let server = make_endpoint(&b, "127.0.0.1:0".parse()?, &tuning)?;
-    let client = make_endpoint(&a, "127.0.0.1:0".parse()?, &tuning)?;
-    let addr = server.local_addr()?;
-    let receiver = tokio::spawn(async move {
-        let conn = server
-            .accept()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("no connection"))?
-            .await?;
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..STREAMS {
-            let mut recv = conn.accept_uni().await?;
-            tasks.push(tokio::spawn(async move {
-                let mut got = 0u64;
-                while let Some(c) = recv.read_chunk(1 << 20, false).await? {
-                    got += c.bytes.len() as u64;
-                }
-                anyhow::Ok(got)
-            }));
-        }
-        let mut total = 0;
-        for t in tasks {
-            total += t.await??;
-        }
-        anyhow::Ok((start.elapsed(), total))
-    });
-    let (conn, _) = connect(&client, addr, Duration::from_secs(5)).await?;
-    let piece = Bytes::from(vec![0x5au8; 1 << 20]);
-    let per_stream = bytes / STREAMS as u64;
-    let mut senders = Vec::new();
-    for i in 0..STREAMS {
-        let mut send = conn.open_uni().await?;
-        let piece = piece.clone();
-        let n = if i == STREAMS - 1 {
-            bytes - per_stream * (STREAMS as u64 - 1)
-        } else {
-            per_stream
+/// Median of a non-empty sample (the upper middle for an even count); 0 when empty.
+pub fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Where a case writes: `LANSPREAD_BENCH_TMPFS` (default `/dev/shm`) for the tmpfs
+/// variant, `LANSPREAD_BENCH_DISK` (default the temp dir) for the disk variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fs {
+    /// A RAM filesystem: the network path alone.
+    Tmpfs,
+    /// The normal disk: includes writeback and the final fdatasync.
+    Disk,
+}
+
+impl Fs {
+    /// The base directory for this variant.
+    pub fn dir(self) -> std::path::PathBuf {
+        let (var, default) = match self {
+            Fs::Tmpfs => (
+                "LANSPREAD_BENCH_TMPFS",
+                std::path::PathBuf::from("/dev/shm"),
+            ),
+            Fs::Disk => ("LANSPREAD_BENCH_DISK", std::env::temp_dir()),
         };
-        senders.push(tokio::spawn(async move {
-            let mut left = n;
-            while left > 0 {
-                let k = left.min(piece.len() as u64) as usize;
-                send.write_chunk(piece.slice(..k)).await?;
-                left -= k as u64;
-            }
-            send.finish()?;
-            let _ = send.stopped().await;
-            anyhow::Ok(())
-        }));
+        std::env::var_os(var).map_or(default, std::path::PathBuf::from)
     }
-    for s in senders {
-        s.await??;
+
+    /// `tmpfs` or `disk`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fs::Tmpfs => "tmpfs",
+            Fs::Disk => "disk",
+        }
     }
-    let (elapsed, total) = receiver.await??;
-    anyhow::ensure!(
-        total == bytes,
-        "raw quinn received {total} of {bytes} bytes"
-    );
-    conn.close(0u32.into(), b"done");
-    Ok(elapsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_rate() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![]), 0.0);
+        assert_eq!(mib_per_s(4 << 20, 2.0), 2.0);
+    }
 }

@@ -1,175 +1,132 @@
-//! `cargo run --release -p lanspread-bench --bin compare [BYTES] [SAMPLES]`: S37 through two
-//! real daemons next to a raw quinn memory-to-memory transfer of the same size, measured
-//! in the same run; prints a table and one JSON line with medians, the ratio and the
-//! client's peak RSS. The daemons are the release binaries next to this one.
-
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+//! `cargo run --release -p lanspread-bench --bin compare -- [--bytes N] [--samples K]
+//! [--s34-files F] [--guard R]`: S37 through two real daemons (client on tmpfs and on the
+//! disk) next to a raw quinn memory-to-memory transfer and a TCP sendfile copy of the same
+//! size, all in this run; then S34 (F small files vs one file of the same total). Prints a
+//! table and one JSON line with medians, ratios and the client's peak RSS. With `--guard R`
+//! it exits 1 when the tmpfs ratio app / raw quinn is below R (the CI guard).
 
 use anyhow::{bail, Context};
-use lanspread_fixtures::{Content, GameSpec};
+use lanspread_bench::{app, median, mib_per_s, raw_quinn, tcp::tcp_copy, Fs};
 
-fn bin(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    let p = exe.parent().context("bin dir")?.join(name);
-    anyhow::ensure!(
-        p.is_file(),
-        "{} missing: cargo build --release --bins first",
-        p.display()
-    );
-    Ok(p)
+struct Args {
+    bytes: u64,
+    samples: usize,
+    s34_files: usize,
+    guard: Option<f64>,
 }
 
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-    addr: String,
-}
-
-impl Daemon {
-    fn start(dir: &Path, name: &str, games: &Path) -> anyhow::Result<Self> {
-        let socket = dir.join(format!("{name}.sock"));
-        let events = dir.join(format!("{name}.events"));
-        let child = Command::new(bin("lanspreadd")?)
-            .arg("--games")
-            .arg(games)
-            .arg("--state")
-            .arg(dir.join(format!("{name}-state")))
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--events")
-            .arg(&events)
-            .args(["--listen", "127.0.0.1:0", "--no-mdns"])
-            .env("LANSPREAD_LOG", "warn")
-            .stderr(Stdio::null())
-            .spawn()?;
-        let start = Instant::now();
-        let addr = loop {
-            let text = std::fs::read_to_string(&events).unwrap_or_default();
-            if let Some(line) = text.lines().find(|l| l.contains("local-peer-ready")) {
-                let v: serde_json::Value = serde_json::from_str(line)?;
-                break v["addr"].as_str().unwrap_or_default().to_owned();
-            }
-            anyhow::ensure!(
-                start.elapsed() < Duration::from_secs(20),
-                "{name} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        Ok(Self {
-            child,
-            socket,
-            addr,
-        })
-    }
-
-    fn cli(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        let out = Command::new(bin("lanspread")?)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--json")
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "lanspread {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+fn parse() -> anyhow::Result<Args> {
+    let mut a = Args {
+        bytes: 2 << 30,
+        samples: 3,
+        s34_files: 2000,
+        guard: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--bytes" => a.bytes = value()?.parse().context("--bytes")?,
+            "--samples" => a.samples = value()?.parse().context("--samples")?,
+            "--s34-files" => a.s34_files = value()?.parse().context("--s34-files")?,
+            "--guard" => a.guard = Some(value()?.parse().context("--guard")?),
+            other => bail!("unknown argument {other}; see the doc comment of compare.rs"),
         }
-        Ok(serde_json::from_slice(&out.stdout)?)
     }
-
-    /// Peak resident set size in KiB (VmHWM).
-    fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find(|l| l.starts_with("VmHWM:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One S37 sample: MiB/s from `download-finished` and the client's peak RSS.
-fn s37(bytes: u64) -> anyhow::Result<(f64, u64)> {
-    // LANSPREAD_BENCH_DIR puts the games dirs elsewhere, e.g. on a tmpfs (/dev/shm).
-    let base = std::env::var_os("LANSPREAD_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
-    let dir = tempfile::Builder::new()
-        .prefix("lanspread-s37-")
-        .tempdir_in(base)?;
-    let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
-    std::fs::create_dir_all(&dst)?;
-    GameSpec::new("cod5", "20250101")
-        .file("cod5.eti", 0o644, Content::Sparse { size: bytes })
-        .write(&src)?;
-    let source = Daemon::start(dir.path(), "source", &src)?;
-    let client = Daemon::start(dir.path(), "client", &dst)?;
-    client.cli(&["connect", &source.addr])?;
-    let done = client.cli(&["download", "cod5", "--no-install"])?;
-    let mib_s = done["mib_per_s"].as_f64().context("mib_per_s")?;
-    Ok((mib_s, client.peak_rss_kib()))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+    anyhow::ensure!(
+        a.samples > 0 && a.bytes >= 1 << 20,
+        "need ≥1 sample and ≥1 MiB"
+    );
+    anyhow::ensure!(a.s34_files > 0, "--s34-files must be > 0");
+    Ok(a)
 }
 
 fn main() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let bytes: u64 = args
-        .first()
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(2 << 30);
-    let samples: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let args = parse()?;
+    let bytes = args.bytes;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (mut app, mut raw, mut rss) = (Vec::new(), Vec::new(), 0u64);
-    for i in 0..samples {
-        let d = rt.block_on(lanspread_bench::raw_quinn(bytes))?;
-        raw.push(bytes as f64 / (1024.0 * 1024.0) / d.as_secs_f64());
-        let (mib_s, peak) = s37(bytes)?;
-        app.push(mib_s);
-        rss = rss.max(peak);
+    let mut raw = Vec::new();
+    let (mut tcp_t, mut tcp_d) = (Vec::new(), Vec::new());
+    let (mut app_t, mut app_d) = (Vec::new(), Vec::new());
+    let mut rss = 0u64;
+    // Interleaved, so drift in the machine's speed hits every case alike.
+    for i in 0..args.samples {
+        let d = rt.block_on(raw_quinn(bytes))?;
+        raw.push(mib_per_s(bytes, d.as_secs_f64()));
+        for (fs, tcp, s37) in [
+            (Fs::Tmpfs, &mut tcp_t, &mut app_t),
+            (Fs::Disk, &mut tcp_d, &mut app_d),
+        ] {
+            tcp.push(mib_per_s(bytes, tcp_copy(bytes, fs)?.as_secs_f64()));
+            let s = app::s37(bytes, fs)?;
+            s37.push(s.mib_s);
+            rss = rss.max(s.client_peak_rss_kib);
+        }
         eprintln!(
-            "sample {}: raw quinn {:.1} MiB/s, S37 {:.1} MiB/s, client peak RSS {} MiB",
+            "sample {}: raw quinn {:.0}, tcp tmpfs {:.0}, S37 tmpfs {:.0}, tcp disk {:.0}, S37 disk {:.0} MiB/s",
             i + 1,
             raw[i],
-            app[i],
-            peak / 1024
+            tcp_t[i],
+            app_t[i],
+            tcp_d[i],
+            app_d[i]
         );
     }
-    let (m_app, m_raw) = (median(app), median(raw));
-    println!("| case | MiB/s (median of {samples}) |");
+    // S34 at a size where per-file costs show: 2000 files of 32 KiB by default.
+    let s34_bytes = (args.s34_files as u64 * (32 << 10)).min(bytes);
+    let (mut many, mut one) = (Vec::new(), Vec::new());
+    for _ in 0..args.samples {
+        let (m, o) = app::s34(s34_bytes, args.s34_files, Fs::Tmpfs)?;
+        many.push(m.secs);
+        one.push(o.secs);
+    }
+    let (raw, tcp_t, tcp_d) = (median(raw), median(tcp_t), median(tcp_d));
+    let (app_t, app_d) = (median(app_t), median(app_d));
+    let (many, one) = (median(many), median(one));
+    let r_raw = app_t / raw;
+    let mib = bytes >> 20;
+    println!("| case ({mib} MiB, median of {}) | MiB/s |", args.samples);
     println!("|---|---|");
+    println!("| raw quinn memory→memory | {raw:.0} |");
+    println!("| TCP sendfile → tmpfs | {tcp_t:.0} |");
+    println!("| S37 lanspread → tmpfs | {app_t:.0} |");
+    println!("| TCP sendfile → disk | {tcp_d:.0} |");
+    println!("| S37 lanspread → disk | {app_d:.0} |");
+    println!("| ratio S37 / raw quinn (tmpfs) | {r_raw:.2} |");
     println!(
-        "| raw quinn memory→memory, {} MiB | {m_raw:.1} |",
-        bytes >> 20
+        "| ratio S37 / TCP (tmpfs, disk) | {:.2}, {:.2} |",
+        app_t / tcp_t,
+        app_d / tcp_d
     );
     println!(
-        "| S37 lanspread download, {} MiB | {m_app:.1} |",
-        bytes >> 20
+        "| S34 {} files vs 1 file, {} KiB (s) | {many:.3} vs {one:.3} = {:.2}× |",
+        args.s34_files,
+        s34_bytes >> 10,
+        many / one
     );
-    println!("| ratio app / raw quinn | {:.2} |", m_app / m_raw);
-    println!("| client peak RSS | {} MiB |", rss / 1024);
+    println!("| client peak RSS during S37 | {} MiB |", rss / 1024);
     println!(
         "{}",
-        serde_json::json!({"bytes": bytes, "samples": samples, "s37_mib_s": m_app, "raw_quinn_mib_s": m_raw,
-            "ratio_app_raw_quinn": m_app / m_raw, "client_peak_rss_mib": rss / 1024})
+        serde_json::json!({
+            "bytes": bytes, "samples": args.samples,
+            "raw_quinn_mib_s": raw,
+            "tcp_tmpfs_mib_s": tcp_t, "tcp_disk_mib_s": tcp_d,
+            "s37_tmpfs_mib_s": app_t, "s37_disk_mib_s": app_d,
+            "ratio_app_raw_quinn": r_raw,
+            "ratio_app_tcp_tmpfs": app_t / tcp_t, "ratio_app_tcp_disk": app_d / tcp_d,
+            "s34_files": args.s34_files, "s34_bytes": s34_bytes,
+            "s34_many_s": many, "s34_one_s": one, "s34_ratio": many / one,
+            "client_peak_rss_mib": rss / 1024,
+        })
     );
+    if let Some(min) = args.guard {
+        if r_raw < min {
+            eprintln!("GUARD FAILED: S37 / raw quinn = {r_raw:.2} < {min}");
+            std::process::exit(1);
+        }
+        eprintln!("guard ok: S37 / raw quinn = {r_raw:.2} ≥ {min}");
+    }
     Ok(())
 }

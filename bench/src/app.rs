@@ -1,0 +1,200 @@
+//! The app side: two real `lanspreadd` processes (the release binaries next to the running
+//! one) on loopback, driven through `lanspread --json`; figures come from the client's
+//! `download-finished` event (payload bytes / time from `download-begin` to commit).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use lanspread_fixtures::{Content, GameSpec};
+
+use crate::Fs;
+
+/// Game id of the S37 case (one sparse `.eti`).
+pub const S37_GAME: &str = "cod5";
+/// Game ids of the S34 case: many small files, and one file of the same total size.
+pub const S34_MANY: &str = "ggoo";
+/// See [`S34_MANY`].
+pub const S34_ONE: &str = "cnc4";
+
+/// A release binary next to the running executable (benches run from `target/release/deps`,
+/// so its parent is tried too).
+pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("bin dir")?;
+    for d in [Some(dir), dir.parent()].into_iter().flatten() {
+        let p = d.join(name);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!(
+        "{name} not found next to {}: cargo build --release --bins first",
+        exe.display()
+    )
+}
+
+/// A running daemon.
+pub struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    /// Its QUIC address.
+    pub addr: String,
+}
+
+impl Daemon {
+    /// Starts `lanspreadd` on `games` with its state, socket and events under `dir`.
+    pub fn start(dir: &Path, name: &str, games: &Path) -> anyhow::Result<Self> {
+        let socket = dir.join(format!("{name}.sock"));
+        let events = dir.join(format!("{name}.events"));
+        let child = Command::new(bin("lanspreadd")?)
+            .arg("--games")
+            .arg(games)
+            .arg("--state")
+            .arg(dir.join(format!("{name}-state")))
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--events")
+            .arg(&events)
+            .args(["--listen", "127.0.0.1:0", "--no-mdns"])
+            .env("LANSPREAD_LOG", "warn")
+            .stderr(Stdio::null())
+            .spawn()?;
+        let start = Instant::now();
+        let addr = loop {
+            let text = std::fs::read_to_string(&events).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.contains("local-peer-ready")) {
+                let v: serde_json::Value = serde_json::from_str(line)?;
+                break v["addr"].as_str().unwrap_or_default().to_owned();
+            }
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(20),
+                "{name} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Ok(Self {
+            child,
+            socket,
+            addr,
+        })
+    }
+
+    /// Runs `lanspread --json args...` against this daemon.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let out = Command::new(bin("lanspread")?)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--json")
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "lanspread {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Peak resident set size in KiB (VmHWM).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        status
+            .lines()
+            .find(|l| l.starts_with("VmHWM:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One download's figures.
+#[derive(Debug, Clone, Copy)]
+pub struct Download {
+    /// Seconds from `download-begin` to commit.
+    pub secs: f64,
+    /// `mib_per_s` as the daemon reported it.
+    pub mib_s: f64,
+    /// Client peak RSS after the download, KiB.
+    pub client_peak_rss_kib: u64,
+}
+
+/// A source with `specs` and an empty client, both in a fresh dir under `fs`, linked.
+pub struct Pair {
+    /// The serving daemon.
+    pub source: Daemon,
+    /// The downloading daemon.
+    pub client: Daemon,
+    _dir: tempfile::TempDir,
+}
+
+impl Pair {
+    /// Writes the games, starts both daemons and connects the client to the source.
+    pub fn new(fs: Fs, specs: &[GameSpec]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("lanspread-bench-")
+            .tempdir_in(fs.dir())
+            .with_context(|| format!("temp dir under {}", fs.dir().display()))?;
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::create_dir_all(&dst)?;
+        for s in specs {
+            s.write(&src)?;
+        }
+        let source = Daemon::start(dir.path(), "source", &src)?;
+        let client = Daemon::start(dir.path(), "client", &dst)?;
+        client.cli(&["connect", &source.addr])?;
+        Ok(Self {
+            source,
+            client,
+            _dir: dir,
+        })
+    }
+
+    /// Downloads `game` (`--no-install`) and returns the client's figures.
+    pub fn download(&self, game: &str) -> anyhow::Result<Download> {
+        let done = self.client.cli(&["download", game, "--no-install"])?;
+        let ms = done["duration_ms"].as_f64().context("duration_ms")?;
+        Ok(Download {
+            secs: ms / 1000.0,
+            mib_s: done["mib_per_s"].as_f64().context("mib_per_s")?,
+            client_peak_rss_kib: self.client.peak_rss_kib(),
+        })
+    }
+}
+
+/// S37: one sparse `.eti` of `bytes` from one source to one client writing into `fs`.
+pub fn s37(bytes: u64, fs: Fs) -> anyhow::Result<Download> {
+    let spec = GameSpec::new(S37_GAME, "20250101").file(
+        &format!("{S37_GAME}.eti"),
+        0o644,
+        Content::Sparse { size: bytes },
+    );
+    Pair::new(fs, &[spec])?.download(S37_GAME)
+}
+
+/// S34: `files` small files totalling `bytes`, then one file of `bytes`, through the same
+/// pair of daemons; returns (many, one).
+pub fn s34(bytes: u64, files: usize, fs: Fs) -> anyhow::Result<(Download, Download)> {
+    let each = bytes / files as u64;
+    let many = GameSpec::new(S34_MANY, "20250101").with_small_files(7, files, each);
+    let one = GameSpec::new(S34_ONE, "20250101").file(
+        "data.bin",
+        0o644,
+        Content::Random {
+            seed: 7,
+            size: each * files as u64,
+        },
+    );
+    let pair = Pair::new(fs, &[many, one])?;
+    Ok((pair.download(S34_MANY)?, pair.download(S34_ONE)?))
+}
