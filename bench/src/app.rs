@@ -58,8 +58,15 @@ impl Daemon {
             .arg("--events")
             .arg(&events)
             .args(["--listen", "127.0.0.1:0", "--no-mdns"])
-            .env("LANSPREAD_LOG", "warn")
-            .stderr(Stdio::null())
+            .env(
+                "LANSPREAD_LOG",
+                std::env::var("LANSPREAD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stderr(if std::env::var_os("LANSPREAD_BENCH_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
             .spawn()?;
         let start = Instant::now();
         let addr = loop {

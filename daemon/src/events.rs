@@ -53,12 +53,14 @@ impl EventBus {
             kind,
         };
         match serde_json::to_string(&event) {
-            Ok(line) => {
+            Ok(mut line) => {
+                // One write per line, so a reader tailing the file never sees half of one.
+                line.push('\n');
                 let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
                 let res = match &mut *sink {
                     Sink::None => Ok(()),
-                    Sink::Stdout => writeln!(std::io::stdout().lock(), "{line}"),
-                    Sink::File(f) => writeln!(f, "{line}"),
+                    Sink::Stdout => std::io::stdout().lock().write_all(line.as_bytes()),
+                    Sink::File(f) => f.write_all(line.as_bytes()),
                 };
                 if let Err(e) = res {
                     tracing::warn!("cannot write event: {e}");

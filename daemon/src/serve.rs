@@ -1,6 +1,7 @@
 //! Serving peers: manifests and chunks on request streams, behind the serve gates (S12).
 
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -79,10 +80,7 @@ async fn handle(shared: &Shared, mut send: SendStream, mut recv: RecvStream) -> 
             offset,
             len,
         } => {
-            let file = gated_root(shared, &game, version).and_then(|root| {
-                gate_chunk(&root, &path, offset, len).map_err(|e| e.to_string())?;
-                Ok((root.dir.clone(), path.to_path(&root.dir)))
-            });
+            let file = gated_chunk(shared, &game, version, &path, offset, len);
             let file = match file {
                 Ok(p) => p,
                 Err(reason) => {
@@ -91,26 +89,23 @@ async fn handle(shared: &Shared, mut send: SendStream, mut recv: RecvStream) -> 
                     return Ok(());
                 }
             };
-            // Opened before answering, so a file that now leaves the root is refused.
+            // One blocking task opens the file (before we answer, so a file that now
+            // leaves the root is refused) and reads it piece by piece, one piece ahead.
             let (root, file) = file;
-            let opened = tokio::task::spawn_blocking(move || {
-                lanspread_catalog::open_inside(&root, &file).map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r);
-            let file = match opened {
-                Ok(f) => f,
-                Err(reason) => {
+            let mut pieces = read_range(root, file, offset, len);
+            let first = match pieces.rx.recv().await {
+                Some(Ok(first)) => first,
+                Some(Err(reason)) => {
                     warn!("refused a chunk: {reason}");
                     let _ = write_frame(&mut send, &PeerResponse::Refused { reason }).await;
                     let _ = send.finish();
                     return Ok(());
                 }
+                None => return Err("the file reader stopped".into()),
             };
             let _ = write_frame(&mut send, &PeerResponse::Chunk { len }).await;
             let limit = shared.upload_limit.as_ref();
-            if let Err(e) = stream_range(&mut send, file, offset, len, limit).await {
+            if let Err(e) = stream_pieces(&mut send, first, &mut pieces, limit).await {
                 debug!("chunk stream ended early: {e}");
                 let _ = send.reset(VarInt::from_u32(1));
                 return Ok(());
@@ -137,6 +132,30 @@ fn gated_root(
     )
     .cloned()
     .map_err(|e| e.to_string())
+}
+
+/// Gates a chunk request under the lock and returns the root dir and the file's path,
+/// without copying the root's file list (a per-request clone of it made S34 quadratic).
+fn gated_chunk(
+    shared: &Shared,
+    game: &lanspread_catalog::GameId,
+    version: lanspread_catalog::Version,
+    path: &lanspread_catalog::RelPath,
+    offset: u64,
+    len: u64,
+) -> Result<(PathBuf, PathBuf), String> {
+    let inner = shared.lock();
+    let active = inner.operations.get(game).is_some();
+    let root = gate_files(
+        &shared.catalog,
+        game,
+        inner.library.get(game),
+        active,
+        version,
+    )
+    .map_err(|e| e.to_string())?;
+    gate_chunk(root, path, offset, len).map_err(|e| e.to_string())?;
+    Ok((root.dir.clone(), path.to_path(&root.dir)))
 }
 
 async fn shared_hashes(
@@ -179,27 +198,40 @@ impl Drop for Pooled {
 
 fn read_piece(file: &std::fs::File, pos: u64, n: usize) -> std::io::Result<Bytes> {
     let popped = READ_POOL.lock().unwrap_or_else(|p| p.into_inner()).pop();
-    let mut buf = popped.unwrap_or_else(|| vec![0u8; READ_SIZE]);
+    // A fresh buffer is sized to the read (small files need no 2 MiB buffer); a
+    // recycled one grows to full size once and is kept.
+    let mut buf = popped.unwrap_or_default();
+    if buf.len() < n {
+        buf.resize(n, 0);
+    }
     file.read_exact_at(&mut buf[..n], pos)?;
     Ok(Bytes::from_owner(Pooled { buf, len: n }))
 }
 
-/// Reads `[offset, offset+len)` on a blocking thread in large pieces and writes them to the
-/// stream as they come, one piece ahead.
-async fn stream_range(
-    send: &mut SendStream,
-    file: std::fs::File,
-    offset: u64,
-    len: u64,
-    limit: Option<&crate::limit::RateLimit>,
-) -> Result<(), String> {
-    let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(2);
+/// The pieces of one range, read ahead by a blocking task.
+struct Pieces {
+    rx: mpsc::Receiver<Result<Bytes, String>>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+/// Opens `file` inside `root` and reads `[offset, offset+len)` on one blocking thread in
+/// large pieces, one piece ahead of the sender. The first message is the first piece or
+/// why the file could not be opened or read.
+fn read_range(root: PathBuf, file: PathBuf, offset: u64, len: u64) -> Pieces {
+    let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(2);
     let reader = tokio::task::spawn_blocking(move || {
+        let file = match lanspread_catalog::open_inside(&root, &file) {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e.to_string()));
+                return;
+            }
+        };
         let mut pos = offset;
         let end = offset + len;
         while pos < end {
             let n = READ_SIZE.min((end - pos) as usize);
-            let res = read_piece(&file, pos, n);
+            let res = read_piece(&file, pos, n).map_err(|e| e.to_string());
             let failed = res.is_err();
             if tx.blocking_send(res).is_err() || failed {
                 return;
@@ -207,12 +239,24 @@ async fn stream_range(
             pos += n as u64;
         }
     });
-    while let Some(piece) = rx.recv().await {
-        let piece = piece.map_err(|e| e.to_string())?;
+    Pieces { rx, reader }
+}
+
+/// Writes `first` and the rest of the pieces to the stream.
+async fn stream_pieces(
+    send: &mut SendStream,
+    first: Bytes,
+    pieces: &mut Pieces,
+    limit: Option<&crate::limit::RateLimit>,
+) -> Result<(), String> {
+    let mut next = Some(Ok(first));
+    while let Some(piece) = next {
+        let piece = piece?;
         crate::limit::take(limit, piece.len() as u64).await;
         send.write_chunk(piece).await.map_err(|e| e.to_string())?;
+        next = pieces.rx.recv().await;
     }
-    drop(rx);
-    let _ = reader.await;
+    pieces.rx.close();
+    let _ = (&mut pieces.reader).await;
     Ok(())
 }

@@ -3,13 +3,13 @@
 //! backs this up (inotify overflow, watch limits, filesystems without inotify).
 
 use std::collections::BTreeSet;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Component, Path};
 use std::sync::Arc;
 use std::time::Duration;
 
 use lanspread_catalog::{is_reserved_top_level, Catalog, GameId};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tracing::{debug, warn};
 
 use crate::state::Shared;
@@ -44,21 +44,59 @@ pub fn touched(games: &Path, catalog: &Catalog, path: &Path) -> Option<Touched> 
     }
 }
 
+/// Changes seen by the watcher thread and not yet handled.
+#[derive(Default)]
+struct Pending {
+    todo: BTreeSet<Touched>,
+    /// Bumped by every relevant event, so the debounce sees activity.
+    events: u64,
+}
+
 /// Starts watching. Returns the watcher (dropping it stops the watch), or `None` when
 /// inotify is unavailable (the periodic rescan then carries the load alone).
+///
+/// The watcher thread maps each event to its root itself and drops events of roots with
+/// an operation running (a download writes thousands of files; that operation rescans
+/// its root when it ends), so those never wake the runtime; the runtime is woken once
+/// per new root, not once per event.
 pub fn start(shared: Arc<Shared>) -> Option<RecommendedWatcher> {
-    let (tx, rx) = mpsc::unbounded_channel::<Option<PathBuf>>();
-    let handler = move |res: notify::Result<notify::Event>| match res {
-        Ok(ev) => {
-            if ev.need_rescan() {
-                let _ = tx.send(None);
+    let pending = Arc::new(std::sync::Mutex::new(Pending::default()));
+    let wake = Arc::new(Notify::new());
+    let handler = {
+        let (shared, pending, wake) = (shared.clone(), pending.clone(), wake.clone());
+        move |res: notify::Result<notify::Event>| {
+            let mut found = Vec::new();
+            match res {
+                Ok(ev) => {
+                    if ev.need_rescan() {
+                        found.push(Touched::All);
+                    }
+                    for p in &ev.paths {
+                        found.extend(touched(&shared.games_dir, &shared.catalog, p));
+                    }
+                }
+                Err(_) => found.push(Touched::All),
             }
-            for p in ev.paths {
-                let _ = tx.send(Some(p));
+            if !found.is_empty() {
+                let busy = shared.lock();
+                found.retain(|t| match t {
+                    Touched::Root(id) => busy.operations.get(id).is_none(),
+                    Touched::All => true,
+                });
             }
-        }
-        Err(_) => {
-            let _ = tx.send(None);
+            if found.is_empty() {
+                return;
+            }
+            let mut p = pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.events += 1;
+            let mut new = false;
+            for t in found {
+                new |= p.todo.insert(t);
+            }
+            drop(p);
+            if new {
+                wake.notify_one();
+            }
         }
     };
     let mut watcher = match notify::recommended_watcher(handler) {
@@ -72,26 +110,25 @@ pub fn start(shared: Arc<Shared>) -> Option<RecommendedWatcher> {
         warn!(dir = %shared.games_dir.display(), "cannot watch the games dir ({e}); relying on the periodic rescan");
         return None;
     }
-    tokio::spawn(run(shared, rx));
+    tokio::spawn(run(shared, pending, wake));
     Some(watcher)
 }
 
-async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Option<PathBuf>>) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        // Collect until the events stop for a moment (a copy in progress keeps going).
-        while let Ok(Some(next)) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {
-            batch.push(next);
-        }
-        let mut todo = BTreeSet::new();
-        for p in batch {
-            match p {
-                Some(p) => todo.extend(touched(&shared.games_dir, &shared.catalog, &p)),
-                None => {
-                    todo.insert(Touched::All);
-                }
+async fn run(shared: Arc<Shared>, pending: Arc<std::sync::Mutex<Pending>>, wake: Arc<Notify>) {
+    let events = || pending.lock().unwrap_or_else(|e| e.into_inner()).events;
+    loop {
+        wake.notified().await;
+        // Wait until the events stop for a moment (a copy in progress keeps going).
+        let mut seen = events();
+        loop {
+            tokio::time::sleep(DEBOUNCE).await;
+            let now = events();
+            if now == seen {
+                break;
             }
+            seen = now;
         }
+        let todo = std::mem::take(&mut pending.lock().unwrap_or_else(|e| e.into_inner()).todo);
         if todo.contains(&Touched::All) {
             debug!("watch: full rescan");
             shared.rescan().await;

@@ -63,6 +63,8 @@ enum State {
 #[derive(Debug, Clone, Default)]
 struct Source {
     in_flight: usize,
+    /// Bytes of the chunks in flight from this source.
+    in_flight_bytes: u64,
     /// Bytes done or in flight from this source.
     assigned: u64,
     dropped: bool,
@@ -81,6 +83,7 @@ pub struct Planner {
     pending: VecDeque<usize>,
     sources: BTreeMap<PeerId, Source>,
     max_in_flight: usize,
+    max_in_flight_bytes: u64,
     done: usize,
     failed: Option<String>,
 }
@@ -115,9 +118,19 @@ impl Planner {
                 .map(|p| (p.clone(), Source::default()))
                 .collect(),
             max_in_flight: max_in_flight.max(1),
+            max_in_flight_bytes: u64::MAX,
             done: 0,
             failed: None,
         }
+    }
+
+    /// Also caps the bytes in flight per source: a source takes another chunk only while
+    /// less than `bytes` is in flight from it (at least one chunk always fits). With a
+    /// high chunk cap this keeps a few big chunks in flight but many small files at
+    /// once, whose cost is round trips rather than bytes.
+    pub fn limit_in_flight_bytes(mut self, bytes: u64) -> Self {
+        self.max_in_flight_bytes = bytes.max(1);
+        self
     }
 
     /// All chunks.
@@ -135,13 +148,18 @@ impl Planner {
         let live = self.sources.iter().filter(|(_, s)| !s.dropped);
         let floor = live.clone().map(|(_, s)| s.assigned).min()?;
         let (peer, _) = live
-            .filter(|(_, s)| s.in_flight < self.max_in_flight && s.assigned < floor + CHUNK_SIZE)
+            .filter(|(_, s)| {
+                s.in_flight < self.max_in_flight
+                    && s.in_flight_bytes < self.max_in_flight_bytes
+                    && s.assigned < floor + CHUNK_SIZE
+            })
             .min_by_key(|(p, s)| (s.assigned, s.in_flight, (*p).clone()))?;
         let peer = peer.clone();
         self.pending.pop_front();
         let len = self.chunks[chunk].len;
         let s = self.sources.get_mut(&peer)?;
         s.in_flight += 1;
+        s.in_flight_bytes += len;
         s.assigned += len;
         self.state[chunk] = State::InFlight;
         self.owner[chunk] = Some(peer.clone());
@@ -165,8 +183,10 @@ impl Planner {
         if !self.is_in_flight_from(chunk, peer) {
             return;
         }
+        let len = self.chunks[chunk].len;
         if let Some(s) = self.sources.get_mut(peer) {
             s.in_flight -= 1;
+            s.in_flight_bytes -= len;
         }
         self.state[chunk] = State::Done;
         self.done += 1;
@@ -181,6 +201,7 @@ impl Planner {
         let len = self.chunks[chunk].len;
         if let Some(s) = self.sources.get_mut(peer) {
             s.in_flight -= 1;
+            s.in_flight_bytes -= len;
             s.assigned -= len;
             if kind != FailKind::Transient {
                 s.dropped = true;

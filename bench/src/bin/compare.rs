@@ -1,5 +1,5 @@
 //! `cargo run --release -p lanspread-bench --bin compare -- [--bytes N] [--samples K]
-//! [--s34-files F] [--guard R]`: S37 through two real daemons (client on tmpfs and on the
+//! [--s34-files F] [--only s37|s34] [--guard R]`: S37 through two real daemons (client on tmpfs and on the
 //! disk) next to a raw quinn memory-to-memory transfer and a TCP sendfile copy of the same
 //! size, all in this run; then S34 (F small files vs one file of the same total). Prints a
 //! table and one JSON line with medians, ratios and the client's peak RSS. With `--guard R`
@@ -13,6 +13,8 @@ struct Args {
     samples: usize,
     s34_files: usize,
     guard: Option<f64>,
+    s37: bool,
+    s34: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -21,6 +23,8 @@ fn parse() -> anyhow::Result<Args> {
         samples: 3,
         s34_files: 2000,
         guard: None,
+        s37: true,
+        s34: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -30,6 +34,11 @@ fn parse() -> anyhow::Result<Args> {
             "--samples" => a.samples = value()?.parse().context("--samples")?,
             "--s34-files" => a.s34_files = value()?.parse().context("--s34-files")?,
             "--guard" => a.guard = Some(value()?.parse().context("--guard")?),
+            "--only" => match value()?.as_str() {
+                "s37" => a.s34 = false,
+                "s34" => a.s37 = false,
+                other => bail!("--only takes s37 or s34, not {other}"),
+            },
             other => bail!("unknown argument {other}; see the doc comment of compare.rs"),
         }
     }
@@ -52,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     let (mut app_t, mut app_d) = (Vec::new(), Vec::new());
     let mut rss = 0u64;
     // Interleaved, so drift in the machine's speed hits every case alike.
-    for i in 0..args.samples {
+    for i in (0..args.samples).filter(|_| args.s37) {
         let d = rt.block_on(raw_quinn(bytes))?;
         raw.push(mib_per_s(bytes, d.as_secs_f64()));
         for (fs, tcp, s37) in [
@@ -77,7 +86,7 @@ fn main() -> anyhow::Result<()> {
     // S34 at a size where per-file costs show: 2000 files of 32 KiB by default.
     let s34_bytes = (args.s34_files as u64 * (32 << 10)).min(bytes);
     let (mut many, mut one) = (Vec::new(), Vec::new());
-    for _ in 0..args.samples {
+    for _ in (0..args.samples).filter(|_| args.s34) {
         let (m, o) = app::s34(s34_bytes, args.s34_files, Fs::Tmpfs)?;
         many.push(m.secs);
         one.push(o.secs);

@@ -228,3 +228,29 @@ fn everything_present_is_finished_at_once() {
     assert_eq!(p.poll_assign(), None);
     assert_eq!(p.status(), PlannerStatus::Finished);
 }
+
+#[test]
+fn byte_window_keeps_few_big_chunks_but_many_small_files_in_flight() {
+    // Big chunks: the byte window (4 chunks' worth) binds before the 64-chunk cap.
+    let big = [file("big.eti", 10 * C)];
+    let mut p = Planner::new(&big, &[pid(1)], 64).limit_in_flight_bytes(4 * C);
+    let started: Vec<_> = std::iter::from_fn(|| p.poll_assign()).collect();
+    assert_eq!(started.len(), 4);
+    p.on_done(started[0].chunk, &pid(1));
+    assert!(p.poll_assign().is_some(), "room again after one finished");
+    assert!(p.poll_assign().is_none());
+
+    // Small files: the chunk cap binds.
+    let small: Vec<_> = (0..200).map(|i| file(&format!("f{i}"), 32 << 10)).collect();
+    let mut p = Planner::new(&small, &[pid(1)], 64).limit_in_flight_bytes(4 * C);
+    let started: Vec<_> = std::iter::from_fn(|| p.poll_assign()).collect();
+    assert_eq!(started.len(), 64);
+    // A failure gives its bytes back too.
+    p.on_failed(started[0].chunk, &pid(1), FailKind::Transient);
+    assert!(p.poll_assign().is_some());
+
+    // One chunk bigger than the window still goes out alone.
+    let mut p = Planner::new(&big, &[pid(1)], 64).limit_in_flight_bytes(C / 2);
+    assert!(p.poll_assign().is_some());
+    assert!(p.poll_assign().is_none());
+}
