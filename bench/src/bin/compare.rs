@@ -3,10 +3,14 @@
 //! disk) next to a raw quinn memory-to-memory transfer and a TCP sendfile copy of the same
 //! size, all in this run; then S34 (F small files vs one file of the same total). Prints a
 //! table and one JSON line with medians, ratios and the client's peak RSS. With `--guard R`
-//! it exits 1 when the tmpfs ratio app / raw quinn is below R (the CI guard).
+//! it exits 1 when the tmpfs ratio app / raw quinn is below R or the client's peak RSS
+//! is above 256 MiB (the CI guard).
 
 use anyhow::{bail, Context};
 use lanspread_bench::{app, median, mib_per_s, raw_quinn, tcp::tcp_copy, Fs};
+
+/// The client's peak RSS during S37 must stay below this (perf.md).
+const MAX_CLIENT_RSS_MIB: u64 = 256;
 
 struct Args {
     bytes: u64,
@@ -96,46 +100,68 @@ fn main() -> anyhow::Result<()> {
     let (many, one) = (median(many), median(one));
     let r_raw = app_t / raw;
     let mib = bytes >> 20;
-    println!("| case ({mib} MiB, median of {}) | MiB/s |", args.samples);
+    let rss_mib = rss / 1024;
+    println!("| case (median of {}) | figure |", args.samples);
     println!("|---|---|");
-    println!("| raw quinn memory→memory | {raw:.0} |");
-    println!("| TCP sendfile → tmpfs | {tcp_t:.0} |");
-    println!("| S37 lanspread → tmpfs | {app_t:.0} |");
-    println!("| TCP sendfile → disk | {tcp_d:.0} |");
-    println!("| S37 lanspread → disk | {app_d:.0} |");
-    println!("| ratio S37 / raw quinn (tmpfs) | {r_raw:.2} |");
-    println!(
-        "| ratio S37 / TCP (tmpfs, disk) | {:.2}, {:.2} |",
-        app_t / tcp_t,
-        app_d / tcp_d
-    );
-    println!(
-        "| S34 {} files vs 1 file, {} KiB (s) | {many:.3} vs {one:.3} = {:.2}× |",
-        args.s34_files,
-        s34_bytes >> 10,
-        many / one
-    );
-    println!("| client peak RSS during S37 | {} MiB |", rss / 1024);
-    println!(
-        "{}",
-        serde_json::json!({
-            "bytes": bytes, "samples": args.samples,
-            "raw_quinn_mib_s": raw,
-            "tcp_tmpfs_mib_s": tcp_t, "tcp_disk_mib_s": tcp_d,
-            "s37_tmpfs_mib_s": app_t, "s37_disk_mib_s": app_d,
-            "ratio_app_raw_quinn": r_raw,
-            "ratio_app_tcp_tmpfs": app_t / tcp_t, "ratio_app_tcp_disk": app_d / tcp_d,
-            "s34_files": args.s34_files, "s34_bytes": s34_bytes,
-            "s34_many_s": many, "s34_one_s": one, "s34_ratio": many / one,
-            "client_peak_rss_mib": rss / 1024,
-        })
-    );
+    if args.s37 {
+        println!("| raw quinn memory→memory, {mib} MiB | {raw:.0} MiB/s |");
+        println!("| TCP sendfile → tmpfs | {tcp_t:.0} MiB/s |");
+        println!("| S37 lanspread → tmpfs | {app_t:.0} MiB/s |");
+        println!("| TCP sendfile → disk | {tcp_d:.0} MiB/s |");
+        println!("| S37 lanspread → disk | {app_d:.0} MiB/s |");
+        println!("| ratio S37 / raw quinn (tmpfs) | {r_raw:.2} |");
+        println!(
+            "| ratio S37 / TCP (tmpfs, disk) | {:.2}, {:.2} |",
+            app_t / tcp_t,
+            app_d / tcp_d
+        );
+        println!("| client peak RSS during S37 | {rss_mib} MiB |");
+    }
+    if args.s34 {
+        println!(
+            "| S34 {} files vs 1 file, {} KiB | {many:.3} s vs {one:.3} s = {:.2}× |",
+            args.s34_files,
+            s34_bytes >> 10,
+            many / one
+        );
+    }
+    let mut doc = serde_json::json!({"bytes": bytes, "samples": args.samples});
+    if args.s37 {
+        doc["raw_quinn_mib_s"] = raw.into();
+        doc["tcp_tmpfs_mib_s"] = tcp_t.into();
+        doc["tcp_disk_mib_s"] = tcp_d.into();
+        doc["s37_tmpfs_mib_s"] = app_t.into();
+        doc["s37_disk_mib_s"] = app_d.into();
+        doc["ratio_app_raw_quinn"] = r_raw.into();
+        doc["ratio_app_tcp_tmpfs"] = (app_t / tcp_t).into();
+        doc["ratio_app_tcp_disk"] = (app_d / tcp_d).into();
+        doc["client_peak_rss_mib"] = rss_mib.into();
+    }
+    if args.s34 {
+        doc["s34_files"] = args.s34_files.into();
+        doc["s34_bytes"] = s34_bytes.into();
+        doc["s34_many_s"] = many.into();
+        doc["s34_one_s"] = one.into();
+        doc["s34_ratio"] = (many / one).into();
+    }
+    println!("{doc}");
     if let Some(min) = args.guard {
+        anyhow::ensure!(args.s37, "--guard needs the S37 case");
+        let mut failed = false;
         if r_raw < min {
             eprintln!("GUARD FAILED: S37 / raw quinn = {r_raw:.2} < {min}");
+            failed = true;
+        }
+        if rss_mib > MAX_CLIENT_RSS_MIB {
+            eprintln!("GUARD FAILED: client peak RSS {rss_mib} MiB > {MAX_CLIENT_RSS_MIB} MiB");
+            failed = true;
+        }
+        if failed {
             std::process::exit(1);
         }
-        eprintln!("guard ok: S37 / raw quinn = {r_raw:.2} ≥ {min}");
+        eprintln!(
+            "guard ok: S37 / raw quinn = {r_raw:.2} ≥ {min}, client peak RSS {rss_mib} MiB ≤ {MAX_CLIENT_RSS_MIB} MiB"
+        );
     }
     Ok(())
 }
