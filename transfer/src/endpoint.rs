@@ -26,6 +26,9 @@ pub struct TransportTuning {
     pub max_bidi_streams: u32,
     /// How long a dial may take before it is abandoned.
     pub connect_timeout: Duration,
+    /// UDP socket send and receive buffer sizes asked for (the kernel caps them at
+    /// `net.core.wmem_max` / `rmem_max`); 0 keeps the kernel's defaults.
+    pub udp_buffer: usize,
 }
 
 impl Default for TransportTuning {
@@ -37,6 +40,7 @@ impl Default for TransportTuning {
             conn_window: 256 << 20,
             max_bidi_streams: 256,
             connect_timeout: Duration::from_secs(5),
+            udp_buffer: 0,
         }
     }
 }
@@ -77,12 +81,45 @@ pub fn make_endpoint(
         .map_err(|e| TransferError::Tls(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
     client.transport_config(transport);
-    let mut endpoint = Endpoint::server(server, listen).map_err(|source| TransferError::Bind {
+    let bind_err = |source| TransferError::Bind {
         addr: listen,
         source,
-    })?;
+    };
+    let socket = udp_socket(listen, tuning.udp_buffer).map_err(bind_err)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| bind_err(std::io::Error::other("no async runtime")))?;
+    let mut endpoint = Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server),
+        socket,
+        runtime,
+    )
+    .map_err(bind_err)?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
+}
+
+/// A UDP socket bound to `listen` with large buffers: a burst of a fast sender must not
+/// overflow the default 208 KiB receive buffer (each drop costs a congestion backoff).
+/// `[::]` stays dual-stack, as with a plain bind.
+fn udp_socket(listen: SocketAddr, buffer: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(
+        Domain::for_address(listen),
+        Type::DGRAM,
+        Some(Protocol::UDP),
+    )?;
+    if listen.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    // Best effort: the kernel caps the sizes; smaller buffers still work. 0 keeps the
+    // kernel's defaults.
+    if buffer > 0 {
+        let _ = socket.set_recv_buffer_size(buffer);
+        let _ = socket.set_send_buffer_size(buffer);
+    }
+    socket.bind(&listen.into())?;
+    Ok(socket.into())
 }
 
 /// Dials `addr` and returns the connection with the peer id proven by its handshake.
