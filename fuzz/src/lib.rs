@@ -98,7 +98,7 @@ pub fn catalog_text(data: &[u8]) {
 pub fn rar5_roundtrip(data: &[u8]) {
     let entries = entries_of(data);
     let dir = scratch();
-    let path = dir.join("a.rar");
+    let path = dir.0.join("a.rar");
     let file = std::fs::File::create(&path).expect("scratch file");
     let mut w = lanspread_install::Rar5Writer::new(file).expect("writer");
     let mut written = Vec::new();
@@ -158,8 +158,17 @@ fn entries_of(data: &[u8]) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-/// A per-process scratch folder, on tmpfs when there is one.
-fn scratch() -> std::path::PathBuf {
+/// A per-thread scratch folder, removed when the guard drops (no leftovers in /dev/shm).
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A per-thread scratch folder, on tmpfs when there is one.
+fn scratch() -> Scratch {
     let base = if std::path::Path::new("/dev/shm").is_dir() {
         std::path::PathBuf::from("/dev/shm")
     } else {
@@ -171,5 +180,5 @@ fn scratch() -> std::path::PathBuf {
         std::thread::current().id()
     ));
     let _ = std::fs::create_dir_all(&dir);
-    dir
+    Scratch(dir)
 }
