@@ -59,7 +59,7 @@ async fn handle(shared: &Shared, mut send: SendStream, mut recv: RecvStream) -> 
     };
     match request {
         PeerRequest::Files { game, version } => {
-            let root = gated_root(shared, &game, version);
+            let root = gated(shared, &game, version, |r| Ok(r.clone()));
             let answer = match root {
                 Err(reason) => PeerResponse::Refused { reason },
                 Ok(root) => {
@@ -80,7 +80,10 @@ async fn handle(shared: &Shared, mut send: SendStream, mut recv: RecvStream) -> 
             offset,
             len,
         } => {
-            let file = gated_chunk(shared, &game, version, &path, offset, len);
+            let file = gated(shared, &game, version, |root| {
+                gate_chunk(root, &path, offset, len).map_err(|e| e.to_string())?;
+                Ok((root.dir.clone(), path.to_path(&root.dir)))
+            });
             let file = match file {
                 Ok(p) => p,
                 Err(reason) => {
@@ -93,15 +96,17 @@ async fn handle(shared: &Shared, mut send: SendStream, mut recv: RecvStream) -> 
             // leaves the root is refused) and reads it piece by piece, one piece ahead.
             let (root, file) = file;
             let mut pieces = read_range(root, file, offset, len);
-            let first = match pieces.rx.recv().await {
-                Some(Ok(first)) => first,
-                Some(Err(reason)) => {
+            // The reader always sends one message for a non-empty range; none means it
+            // died, a local failure the peer is not to blame for.
+            let first = pieces.rx.recv().await;
+            let first = match first.unwrap_or_else(|| Err("the file reader stopped".into())) {
+                Ok(first) => first,
+                Err(reason) => {
                     warn!("refused a chunk: {reason}");
                     let _ = write_frame(&mut send, &PeerResponse::Refused { reason }).await;
                     let _ = send.finish();
                     return Ok(());
                 }
-                None => return Err("the file reader stopped".into()),
             };
             let _ = write_frame(&mut send, &PeerResponse::Chunk { len }).await;
             let limit = shared.upload_limit.as_ref();
@@ -116,34 +121,14 @@ async fn handle(shared: &Shared, mut send: SendStream, mut recv: RecvStream) -> 
     Ok(())
 }
 
-fn gated_root(
+/// Runs `f` on the root behind the serve gates, under the lock (never a copy of the
+/// root's file list per request: that made S34 quadratic).
+fn gated<T>(
     shared: &Shared,
     game: &lanspread_catalog::GameId,
     version: lanspread_catalog::Version,
-) -> Result<GameRoot, String> {
-    let inner = shared.lock();
-    let active = inner.operations.get(game).is_some();
-    gate_files(
-        &shared.catalog,
-        game,
-        inner.library.get(game),
-        active,
-        version,
-    )
-    .cloned()
-    .map_err(|e| e.to_string())
-}
-
-/// Gates a chunk request under the lock and returns the root dir and the file's path,
-/// without copying the root's file list (a per-request clone of it made S34 quadratic).
-fn gated_chunk(
-    shared: &Shared,
-    game: &lanspread_catalog::GameId,
-    version: lanspread_catalog::Version,
-    path: &lanspread_catalog::RelPath,
-    offset: u64,
-    len: u64,
-) -> Result<(PathBuf, PathBuf), String> {
+    f: impl FnOnce(&GameRoot) -> Result<T, String>,
+) -> Result<T, String> {
     let inner = shared.lock();
     let active = inner.operations.get(game).is_some();
     let root = gate_files(
@@ -154,8 +139,7 @@ fn gated_chunk(
         version,
     )
     .map_err(|e| e.to_string())?;
-    gate_chunk(root, path, offset, len).map_err(|e| e.to_string())?;
-    Ok((root.dir.clone(), path.to_path(&root.dir)))
+    f(root)
 }
 
 async fn shared_hashes(
