@@ -8,7 +8,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use lanspread_catalog::GameRoot;
 use lanspread_peer::{gate_chunk, gate_files};
-use lanspread_transfer::{close_code, read_frame, write_frame, PeerId, PeerRequest, PeerResponse};
+use lanspread_transfer::{
+    close_code, read_frame, write_frame, ChunkRange, PeerId, PeerRequest, PeerResponse, MAX_RANGES,
+};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
@@ -73,52 +75,79 @@ async fn handle(shared: &Shared, mut send: SendStream, mut recv: RecvStream) -> 
             let _ = write_frame(&mut send, &answer).await;
             let _ = send.finish();
         }
-        PeerRequest::Chunk {
+        PeerRequest::Chunks {
             game,
             version,
-            path,
-            offset,
-            len,
+            ranges,
         } => {
-            let file = gated(shared, &game, version, |root| {
-                gate_chunk(root, &path, offset, len).map_err(|e| e.to_string())?;
-                Ok((root.dir.clone(), path.to_path(&root.dir)))
-            });
-            let file = match file {
-                Ok(p) => p,
-                Err(reason) => {
-                    let _ = write_frame(&mut send, &PeerResponse::Refused { reason }).await;
-                    let _ = send.finish();
-                    return Ok(());
-                }
-            };
-            // One blocking task opens the file (before we answer, so a file that now
-            // leaves the root is refused) and reads it piece by piece, one piece ahead.
-            let (root, file) = file;
-            let mut pieces = read_range(root, file, offset, len);
-            // The reader always sends one message for a non-empty range; none means it
-            // died, a local failure the peer is not to blame for.
-            let first = pieces.rx.recv().await;
-            let first = match first.unwrap_or_else(|| Err("the file reader stopped".into())) {
-                Ok(first) => first,
-                Err(reason) => {
-                    warn!("refused a chunk: {reason}");
-                    let _ = write_frame(&mut send, &PeerResponse::Refused { reason }).await;
-                    let _ = send.finish();
-                    return Ok(());
-                }
-            };
-            let _ = write_frame(&mut send, &PeerResponse::Chunk { len }).await;
-            let limit = shared.upload_limit.as_ref();
-            if let Err(e) = stream_pieces(&mut send, first, &mut pieces, limit).await {
-                debug!("chunk stream ended early: {e}");
-                let _ = send.reset(VarInt::from_u32(1));
-                return Ok(());
+            if ranges.is_empty() || ranges.len() > MAX_RANGES {
+                return Err(format!(
+                    "{} ranges in one request (1..={MAX_RANGES} allowed)",
+                    ranges.len()
+                ));
             }
-            let _ = send.finish();
+            serve_ranges(shared, &mut send, &game, version, &ranges).await;
         }
     }
     Ok(())
+}
+
+/// Answers a chunk request: the ranges the gates accept, in order, each as a `Chunk`
+/// header and its bytes; the first range refused (by a gate, or because its file cannot
+/// be opened or read) is answered `Refused` and ends the answer.
+async fn serve_ranges(
+    shared: &Shared,
+    send: &mut SendStream,
+    game: &lanspread_catalog::GameId,
+    version: lanspread_catalog::Version,
+    ranges: &[ChunkRange],
+) {
+    // Every range is gated under one lock; a refused one cuts the list there.
+    let gated = gated(shared, game, version, |root| {
+        let mut files = Vec::with_capacity(ranges.len());
+        for r in ranges {
+            if let Err(e) = gate_chunk(root, &r.path, r.offset, r.len) {
+                return Ok((root.dir.clone(), files, Some(e.to_string())));
+            }
+            files.push((r.path.to_path(&root.dir), r.offset, r.len));
+        }
+        Ok((root.dir.clone(), files, None))
+    });
+    let (dir, files, mut refusal) = match gated {
+        Ok(g) => g,
+        Err(reason) => (PathBuf::new(), Vec::new(), Some(reason)),
+    };
+    let lens: Vec<u64> = files.iter().map(|f| f.2).collect();
+    let limit = shared.upload_limit.as_ref();
+    // One blocking task opens each file (before its header is sent, so a file that now
+    // leaves the root is refused) and reads the ranges piece by piece, one piece ahead.
+    let mut pieces = read_ranges(dir, files);
+    for len in lens {
+        // The reader always sends at least one message per range; none means it died,
+        // a local failure the peer is not to blame for.
+        let first = pieces.rx.recv().await;
+        let first = match first.unwrap_or_else(|| Err("the file reader stopped".into())) {
+            Ok(first) => first,
+            Err(reason) => {
+                warn!("refused a chunk: {reason}");
+                refusal = Some(reason);
+                break;
+            }
+        };
+        let _ = write_frame(send, &PeerResponse::Chunk { len }).await;
+        if let Err(e) = stream_range(send, first, len, &mut pieces, limit).await {
+            debug!("chunk stream ended early: {e}");
+            let _ = send.reset(VarInt::from_u32(1));
+            pieces.rx.close();
+            return;
+        }
+    }
+    pieces.rx.close();
+    let _ = (&mut pieces.reader).await;
+    if let Some(reason) = refusal {
+        let _ = write_frame(send, &PeerResponse::Refused { reason }).await;
+    }
+    let _ = send.finish();
 }
 
 /// Runs `f` on the root behind the serve gates, under the lock (never a copy of the
@@ -192,55 +221,62 @@ fn read_piece(file: &std::fs::File, pos: u64, n: usize) -> std::io::Result<Bytes
     Ok(Bytes::from_owner(Pooled { buf, len: n }))
 }
 
-/// The pieces of one range, read ahead by a blocking task.
+/// The pieces of the ranges of one request, read ahead by a blocking task.
 struct Pieces {
     rx: mpsc::Receiver<Result<Bytes, String>>,
     reader: tokio::task::JoinHandle<()>,
 }
 
-/// Opens `file` inside `root` and reads `[offset, offset+len)` on one blocking thread in
-/// large pieces, one piece ahead of the sender. The first message is the first piece or
-/// why the file could not be opened or read.
-fn read_range(root: PathBuf, file: PathBuf, offset: u64, len: u64) -> Pieces {
+/// Opens each file inside `root` and reads its `(offset, len)` range on one blocking
+/// thread in large pieces, one piece ahead of the sender. Per range the first message is
+/// its first piece or why the file could not be opened or read; an error ends the reader.
+fn read_ranges(root: PathBuf, files: Vec<(PathBuf, u64, u64)>) -> Pieces {
     let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(2);
     let reader = tokio::task::spawn_blocking(move || {
-        let file = match lanspread_catalog::open_inside(&root, &file) {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = tx.blocking_send(Err(e.to_string()));
-                return;
+        for (file, offset, len) in files {
+            let file = match lanspread_catalog::open_inside(&root, &file) {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let mut pos = offset;
+            let end = offset + len;
+            while pos < end {
+                let n = READ_SIZE.min((end - pos) as usize);
+                let res = read_piece(&file, pos, n).map_err(|e| e.to_string());
+                let failed = res.is_err();
+                if tx.blocking_send(res).is_err() || failed {
+                    return;
+                }
+                pos += n as u64;
             }
-        };
-        let mut pos = offset;
-        let end = offset + len;
-        while pos < end {
-            let n = READ_SIZE.min((end - pos) as usize);
-            let res = read_piece(&file, pos, n).map_err(|e| e.to_string());
-            let failed = res.is_err();
-            if tx.blocking_send(res).is_err() || failed {
-                return;
-            }
-            pos += n as u64;
         }
     });
     Pieces { rx, reader }
 }
 
-/// Writes `first` and the rest of the pieces to the stream.
-async fn stream_pieces(
+/// Writes `first` and the following pieces of one `len`-byte range to the stream.
+async fn stream_range(
     send: &mut SendStream,
     first: Bytes,
+    len: u64,
     pieces: &mut Pieces,
     limit: Option<&crate::limit::RateLimit>,
 ) -> Result<(), String> {
-    let mut next = Some(Ok(first));
-    while let Some(piece) = next {
-        let piece = piece?;
+    let mut piece = first;
+    let mut sent = 0u64;
+    loop {
+        sent += piece.len() as u64;
         crate::limit::take(limit, piece.len() as u64).await;
         send.write_chunk(piece).await.map_err(|e| e.to_string())?;
-        next = pieces.rx.recv().await;
+        if sent >= len {
+            return Ok(());
+        }
+        piece = match pieces.rx.recv().await {
+            Some(p) => p?,
+            None => return Err("the file reader stopped".into()),
+        };
     }
-    pieces.rx.close();
-    let _ = (&mut pieces.reader).await;
-    Ok(())
 }

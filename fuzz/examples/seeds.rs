@@ -4,7 +4,9 @@
 use std::path::Path;
 
 use lanspread_catalog::{FileManifest, GameId, RelPath, Version};
-use lanspread_transfer::{encode_frame, GameAd, Hello, Message, PeerRequest, PeerResponse};
+use lanspread_transfer::{
+    encode_frame, ChunkRange, GameAd, Hello, Message, PeerRequest, PeerResponse,
+};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("libfuzzer/corpus");
@@ -44,12 +46,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         (
             "chunk-request",
-            encode_frame(&PeerRequest::Chunk {
+            encode_frame(&PeerRequest::Chunks {
                 game,
                 version,
-                path: path.clone(),
-                offset: 32 << 20,
-                len: 32 << 20,
+                ranges: vec![
+                    ChunkRange {
+                        path: path.clone(),
+                        offset: 32 << 20,
+                        len: 32 << 20,
+                    },
+                    ChunkRange {
+                        path: path.clone(),
+                        offset: 0,
+                        len: 9,
+                    },
+                ],
             })?,
         ),
         (

@@ -24,7 +24,7 @@ pub use gates::{gate_chunk, gate_files};
 pub use links::{check_not_self, prefer_new_link, Direction};
 pub use ops::{OpKind, Operation, Operations, Progress};
 pub use pace::{check_limit, Pacer};
-pub use planner::{Assignment, ChunkSpec, FailKind, Planner, PlannerStatus};
+pub use planner::{Assignment, Batch, ChunkSpec, FailKind, Planner, PlannerStatus};
 pub use resume::{journal_entry, journal_header, judge_journal, ResumeDecision};
 pub use table::{PeerEntry, PeerTable, RemoteGame, Upsert};
 pub use validate::{check_manifest, choose_manifest, Chosen, MAX_FILES_PER_GAME};

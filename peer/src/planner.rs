@@ -30,6 +30,24 @@ pub struct Assignment {
     pub peer: PeerId,
 }
 
+/// Chunks to fetch from one source in one request: a run of consecutive small chunks
+/// (whole small files, usually), or a single chunk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// Indices into [`Planner::chunks`], in order.
+    pub chunks: Vec<usize>,
+    /// The source.
+    pub peer: PeerId,
+}
+
+/// Which chunks may share a request (see [`Planner::batch_small_chunks`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Batching {
+    max_chunks: usize,
+    max_chunk_len: u64,
+    max_bytes: u64,
+}
+
 /// Why a chunk transfer failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailKind {
@@ -84,6 +102,7 @@ pub struct Planner {
     sources: BTreeMap<PeerId, Source>,
     max_in_flight: usize,
     max_in_flight_bytes: u64,
+    batching: Batching,
     done: usize,
     failed: Option<String>,
 }
@@ -119,6 +138,11 @@ impl Planner {
                 .collect(),
             max_in_flight: max_in_flight.max(1),
             max_in_flight_bytes: u64::MAX,
+            batching: Batching {
+                max_chunks: 1,
+                max_chunk_len: 0,
+                max_bytes: 0,
+            },
             done: 0,
             failed: None,
         }
@@ -130,6 +154,23 @@ impl Planner {
     /// once, whose cost is round trips rather than bytes.
     pub fn limit_in_flight_bytes(mut self, bytes: u64) -> Self {
         self.max_in_flight_bytes = bytes.max(1);
+        self
+    }
+
+    /// Lets [`Planner::poll_batch`] put up to `max_chunks` consecutive chunks of at most
+    /// `max_chunk_len` bytes each, `max_bytes` in all, into one request to one source:
+    /// small files then cost one round trip per batch, not per file.
+    pub fn batch_small_chunks(
+        mut self,
+        max_chunks: usize,
+        max_chunk_len: u64,
+        max_bytes: u64,
+    ) -> Self {
+        self.batching = Batching {
+            max_chunks: max_chunks.max(1),
+            max_chunk_len,
+            max_bytes,
+        };
         self
     }
 
@@ -145,25 +186,78 @@ impl Planner {
             return None;
         }
         let &chunk = self.pending.front()?;
-        let live = self.sources.iter().filter(|(_, s)| !s.dropped);
-        let floor = live.clone().map(|(_, s)| s.assigned).min()?;
-        let (peer, _) = live
-            .filter(|(_, s)| {
-                s.in_flight < self.max_in_flight
-                    && s.in_flight_bytes < self.max_in_flight_bytes
-                    && s.assigned < floor + CHUNK_SIZE
-            })
+        let floor = self.floor()?;
+        let (peer, _) = self
+            .sources
+            .iter()
+            .filter(|(_, s)| self.has_room(s, floor))
             .min_by_key(|(p, s)| (s.assigned, s.in_flight, (*p).clone()))?;
         let peer = peer.clone();
         self.pending.pop_front();
+        self.assign(chunk, &peer);
+        Some(Assignment { chunk, peer })
+    }
+
+    /// Like [`Planner::poll_assign`], then adds the following pending chunks to the same
+    /// request while they are small, the batch limits allow and the source still has room
+    /// under the same rules (in flight, bytes, balance). Call until `None` after every event.
+    pub fn poll_batch(&mut self) -> Option<Batch> {
+        let first = self.poll_assign()?;
+        let b = self.batching;
+        let mut chunks = vec![first.chunk];
+        let mut bytes = self.chunks[first.chunk].len;
+        let small = bytes <= b.max_chunk_len;
+        while small && chunks.len() < b.max_chunks {
+            let Some(&next) = self.pending.front() else {
+                break;
+            };
+            let len = self.chunks[next].len;
+            let room = self.floor().is_some_and(|floor| {
+                self.sources
+                    .get(&first.peer)
+                    .is_some_and(|s| self.has_room(s, floor))
+            });
+            if len > b.max_chunk_len || bytes + len > b.max_bytes || !room {
+                break;
+            }
+            self.pending.pop_front();
+            self.assign(next, &first.peer);
+            chunks.push(next);
+            bytes += len;
+        }
+        Some(Batch {
+            chunks,
+            peer: first.peer,
+        })
+    }
+
+    /// The least any live source was assigned (`None`: no live source).
+    fn floor(&self) -> Option<u64> {
+        self.sources
+            .values()
+            .filter(|s| !s.dropped)
+            .map(|s| s.assigned)
+            .min()
+    }
+
+    /// Whether a source may take another chunk: live, below both in-flight caps, and not
+    /// a chunk ahead of the least loaded source (S14).
+    fn has_room(&self, s: &Source, floor: u64) -> bool {
+        !s.dropped
+            && s.in_flight < self.max_in_flight
+            && s.in_flight_bytes < self.max_in_flight_bytes
+            && s.assigned < floor + CHUNK_SIZE
+    }
+
+    fn assign(&mut self, chunk: usize, peer: &PeerId) {
         let len = self.chunks[chunk].len;
-        let s = self.sources.get_mut(&peer)?;
-        s.in_flight += 1;
-        s.in_flight_bytes += len;
-        s.assigned += len;
+        if let Some(s) = self.sources.get_mut(peer) {
+            s.in_flight += 1;
+            s.in_flight_bytes += len;
+            s.assigned += len;
+        }
         self.state[chunk] = State::InFlight;
         self.owner[chunk] = Some(peer.clone());
-        Some(Assignment { chunk, peer })
     }
 
     /// Marks a chunk as already present and verified (resumed from an earlier attempt);

@@ -18,7 +18,7 @@ pub use error::TransferError;
 pub use frame::{decode_frame, encode_frame, read_frame, write_frame, FrameError, MAX_FRAME_LEN};
 pub use identity::{Identity, PeerId, KEY_FILE};
 pub use protocol::{
-    close_code, GameAd, Hello, Message, PeerRequest, PeerResponse, ALPN, PROTOCOL_VERSION,
-    SERVER_NAME,
+    close_code, ChunkRange, GameAd, Hello, Message, PeerRequest, PeerResponse, ALPN, MAX_RANGES,
+    PROTOCOL_VERSION, SERVER_NAME,
 };
 pub use secret::{secret_proof, LanSecret, SecretCheck, MIN_SECRET_LEN};

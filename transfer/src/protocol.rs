@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::PeerId;
 
 /// Wire protocol version; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// TLS ALPN identifier.
 pub const ALPN: &[u8] = b"lanspread/1";
 /// Server name used in certificates and SNI; identity comes from the key, not the name.
@@ -83,19 +83,31 @@ pub enum PeerRequest {
         /// The version the downloader selected.
         version: Version,
     },
-    /// A byte range of one file; answered by [`PeerResponse::Chunk`] and the raw bytes.
-    Chunk {
+    /// Byte ranges (at most [`MAX_RANGES`]), answered in order: per range a
+    /// [`PeerResponse::Chunk`] and its raw bytes, or a [`PeerResponse::Refused`] that ends
+    /// the answer. Many small files cost one stream and one round trip together.
+    Chunks {
         /// The game.
         game: GameId,
         /// The version the downloader selected.
         version: Version,
-        /// The file.
-        path: RelPath,
-        /// First byte.
-        offset: u64,
-        /// Number of bytes.
-        len: u64,
+        /// The ranges.
+        ranges: Vec<ChunkRange>,
     },
+}
+
+/// Most ranges in one [`PeerRequest::Chunks`]; a request with more breaks the protocol.
+pub const MAX_RANGES: usize = 256;
+
+/// A byte range of one file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRange {
+    /// The file.
+    pub path: RelPath,
+    /// First byte.
+    pub offset: u64,
+    /// Number of bytes.
+    pub len: u64,
 }
 
 /// The answer frame on a request stream.

@@ -1,11 +1,11 @@
-//! Fetching one chunk from one source: request it on a fresh bidirectional stream, hash
-//! the bytes as they arrive (no second pass) while handing them to the io_uring writer in
+//! Fetching chunks from one source: request them on a fresh bidirectional stream (one
+//! chunk, or a run of small files together), hash each range's bytes as they arrive (no second pass) while handing them to the io_uring writer in
 //! pool buffers, and check the hash at the end.
 
 use lanspread_catalog::{ChunkHash, GameId, RelPath, Version};
 use lanspread_peer::FailKind;
-use lanspread_transfer::{read_frame, write_frame, PeerRequest, PeerResponse};
-use quinn::Connection;
+use lanspread_transfer::{read_frame, write_frame, ChunkRange, PeerRequest, PeerResponse};
+use quinn::{Connection, RecvStream};
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::pin::Pin;
@@ -16,7 +16,7 @@ use super::writer::Writer;
 use crate::limit::RateLimit;
 
 /// How a chunk fetch failed.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum FetchError {
     /// The source failed (gone, refused, bad bytes): the planner decides.
     Source(FailKind, String),
@@ -104,28 +104,96 @@ fn gone(e: impl std::fmt::Display) -> FetchError {
     FetchError::Source(FailKind::SourceGone, e.to_string())
 }
 
-/// Fetches a chunk into its file.
+/// Fetches chunks from one source in one request into their files: one stream, the
+/// ranges answered in order. Returns one result per job, in order; when the stream fails
+/// at a job, that job and every later one fail the same way.
 pub async fn fetch(
     conn: &Connection,
     writer: &Writer,
     limit: Option<&RateLimit>,
-    job: &ChunkJob,
+    jobs: &[ChunkJob],
+) -> Vec<Result<(), FetchError>> {
+    let mut received = Vec::with_capacity(jobs.len());
+    let failure = receive_all(conn, writer, limit, jobs, &mut received)
+        .await
+        .err();
+    if failure.is_some() && received.len() == jobs.len() {
+        // Failed after the last range (bytes past the end): that range fails with it,
+        // so the source is still dropped and the range fetched again elsewhere.
+        if let Some((_, writes)) = received.pop() {
+            // Its bytes stay unverified; the refetch must not race these writes.
+            for rx in writes {
+                let _ = rx.await;
+            }
+        }
+    }
+    let mut results = Vec::with_capacity(jobs.len());
+    for (job, (digest, writes)) in jobs.iter().zip(received) {
+        results.push(finish(job, digest, writes).await);
+    }
+    if let Some(failure) = failure {
+        results.resize_with(jobs.len(), || Err(failure.clone()));
+    }
+    results
+}
+
+/// A received range: its SHA-256 and the writes of its bytes (not yet awaited).
+type Received = (
+    ChunkHash,
+    Vec<tokio::sync::oneshot::Receiver<std::io::Result<()>>>,
+);
+
+/// Sends the request and receives every range, hashing the bytes as they arrive and
+/// handing them to the writer; stops at the first failure.
+async fn receive_all(
+    conn: &Connection,
+    writer: &Writer,
+    limit: Option<&RateLimit>,
+    jobs: &[ChunkJob],
+    received: &mut Vec<Received>,
 ) -> Result<(), FetchError> {
+    let Some(first) = jobs.first() else {
+        return Ok(());
+    };
     let (mut send, mut recv) = conn.open_bi().await.map_err(gone)?;
-    let request = PeerRequest::Chunk {
-        game: job.game.clone(),
-        version: job.version,
-        path: job.path.clone(),
-        offset: job.offset,
-        len: job.len,
+    let request = PeerRequest::Chunks {
+        game: first.game.clone(),
+        version: first.version,
+        ranges: jobs
+            .iter()
+            .map(|j| ChunkRange {
+                path: j.path.clone(),
+                offset: j.offset,
+                len: j.len,
+            })
+            .collect(),
     };
     write_frame(&mut send, &request).await.map_err(gone)?;
     let _ = send.finish();
     let mut stall = Stall::new();
-    match stall
-        .guard(read_frame::<_, PeerResponse>(&mut recv))
-        .await?
-    {
+    for job in jobs {
+        received.push(receive_one(&mut recv, &mut stall, writer, limit, job).await?);
+    }
+    // A source that sends more than it announced is lying.
+    match stall.guard(recv.read_chunk(1, true)).await? {
+        Ok(None) => Ok(()),
+        Ok(Some(_)) => Err(FetchError::Source(
+            FailKind::BadData,
+            "more bytes than announced".into(),
+        )),
+        Err(e) => Err(gone(e)),
+    }
+}
+
+/// Receives one range: its `Chunk` header, then its bytes.
+async fn receive_one(
+    recv: &mut RecvStream,
+    stall: &mut Stall,
+    writer: &Writer,
+    limit: Option<&RateLimit>,
+    job: &ChunkJob,
+) -> Result<Received, FetchError> {
+    match stall.guard(read_frame::<_, PeerResponse>(recv)).await? {
         Ok(Some(PeerResponse::Chunk { len })) if len == job.len => {}
         Ok(Some(PeerResponse::Refused { reason })) => {
             return Err(gone(format!("refused: {reason}")))
@@ -179,18 +247,15 @@ pub async fn fetch(
             buf_start += len;
         }
     }
-    // A source that sends more than it announced is lying.
-    match stall.guard(recv.read_chunk(1, true)).await? {
-        Ok(None) => {}
-        Ok(Some(_)) => {
-            return Err(FetchError::Source(
-                FailKind::BadData,
-                "more bytes than announced".into(),
-            ))
-        }
-        Err(e) => return Err(gone(e)),
-    }
-    let digest: ChunkHash = hasher.finalize().into();
+    Ok((hasher.finalize().into(), writes))
+}
+
+/// A received range is done when its writes succeeded and its hash matches.
+async fn finish(
+    job: &ChunkJob,
+    digest: ChunkHash,
+    writes: Vec<tokio::sync::oneshot::Receiver<std::io::Result<()>>>,
+) -> Result<(), FetchError> {
     for rx in writes {
         match rx.await {
             Ok(Ok(())) => {}

@@ -34,6 +34,12 @@ const MAX_IN_FLIGHT: usize = 64;
 /// ... while big chunks are capped by bytes (4 × 32 MiB), within the 256 MiB connection
 /// window. Measured with the compare tool's S34 case (bench/README.md).
 const MAX_IN_FLIGHT_BYTES: u64 = 4 * lanspread_catalog::CHUNK_SIZE;
+/// A run of consecutive chunks of at most `BATCH_CHUNK_LEN` bytes each (small files)
+/// goes in one request of up to `BATCH_CHUNKS` ranges and `BATCH_BYTES` bytes: one
+/// stream, one request frame and one reader task on the source per batch, not per file.
+const BATCH_CHUNKS: usize = 32;
+const BATCH_CHUNK_LEN: u64 = 1 << 20;
+const BATCH_BYTES: u64 = 8 << 20;
 /// How long a source may take to send a manifest (it may hash a large game first).
 const MANIFEST_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -210,7 +216,8 @@ async fn download(
     }
     let bytes: u64 = chosen.files.iter().map(|f| f.size).sum();
     let mut planner = Planner::new(&chosen.files, &chosen.sources, MAX_IN_FLIGHT)
-        .limit_in_flight_bytes(MAX_IN_FLIGHT_BYTES);
+        .limit_in_flight_bytes(MAX_IN_FLIGHT_BYTES)
+        .batch_small_chunks(BATCH_CHUNKS, BATCH_CHUNK_LEN, BATCH_BYTES);
     let chunks = planner.chunks().len() as u64;
     // Chunks an interrupted attempt at this same version and manifest already verified.
     let digest = manifest_digest(&chosen.files);
@@ -292,33 +299,42 @@ async fn transfer(
     } = work;
     let mut running = JoinSet::new();
     loop {
-        while let Some(a) = planner.poll_assign() {
-            let spec = &planner.chunks()[a.chunk];
-            let file = &files[spec.file];
-            let job = ChunkJob {
-                game: id.clone(),
-                version: sources.version,
-                path: file.path.clone(),
-                file: file_ids[spec.file],
-                offset: spec.offset,
-                len: spec.len,
-                hash: spec.hash,
-            };
-            let link = link(shared, &a.peer);
+        while let Some(batch) = planner.poll_batch() {
+            let jobs: Vec<ChunkJob> = batch
+                .chunks
+                .iter()
+                .map(|&c| {
+                    let spec = &planner.chunks()[c];
+                    let file = &files[spec.file];
+                    ChunkJob {
+                        game: id.clone(),
+                        version: sources.version,
+                        path: file.path.clone(),
+                        file: file_ids[spec.file],
+                        offset: spec.offset,
+                        len: spec.len,
+                        hash: spec.hash,
+                    }
+                })
+                .collect();
+            let link = link(shared, &batch.peer);
             let shared = shared.clone();
             running.spawn(
                 async move {
-                    let res = match &link {
+                    let results = match &link {
                         Some((conn, _)) => {
                             let limit = shared.download_limit.as_ref();
-                            fetch::fetch(conn, &shared.writer, limit, &job).await
+                            fetch::fetch(conn, &shared.writer, limit, &jobs).await
                         }
-                        None => Err(FetchError::Source(
-                            lanspread_peer::FailKind::SourceGone,
-                            "peer disconnected".into(),
-                        )),
+                        None => {
+                            let gone = FetchError::Source(
+                                lanspread_peer::FailKind::SourceGone,
+                                "peer disconnected".into(),
+                            );
+                            vec![Err(gone); jobs.len()]
+                        }
                     };
-                    (a, job, link.map(|l| l.1).unwrap_or_default(), res)
+                    (batch, jobs, link.map(|l| l.1).unwrap_or_default(), results)
                 }
                 .in_current_span(),
             );
@@ -331,26 +347,34 @@ async fn transfer(
         let Some(joined) = running.join_next().await else {
             return Err("download stalled: nothing in flight and nothing assignable".into());
         };
-        let (a, job, addr, res) = joined.map_err(|e| format!("chunk task failed: {e}"))?;
-        match res {
-            Ok(()) => {
-                planner.on_done(a.chunk, &a.peer);
-                journal.record(a.chunk);
-                shared.lock().operations.advance(id, job.len);
-                shared.events.emit(EventKind::DownloadChunkFinished {
-                    game_id: id.clone(),
-                    path: job.path.to_string(),
-                    offset: job.offset,
-                    len: job.len,
-                    peer_id: a.peer.clone(),
-                    addr,
-                });
+        let (batch, jobs, addr, results) = joined.map_err(|e| format!("chunk task failed: {e}"))?;
+        let mut failed = Vec::new();
+        for ((&chunk, job), res) in batch.chunks.iter().zip(jobs).zip(results) {
+            match res {
+                Ok(()) => {
+                    planner.on_done(chunk, &batch.peer);
+                    journal.record(chunk);
+                    shared.lock().operations.advance(id, job.len);
+                    shared.events.emit(EventKind::DownloadChunkFinished {
+                        game_id: id.clone(),
+                        path: job.path.to_string(),
+                        offset: job.offset,
+                        len: job.len,
+                        peer_id: batch.peer.clone(),
+                        addr: addr.clone(),
+                    });
+                }
+                Err(FetchError::Source(kind, why)) => failed.push((chunk, kind, why)),
+                Err(FetchError::Local(why)) => return Err(why),
             }
-            Err(FetchError::Source(kind, why)) => {
-                warn!(peer = %a.peer.short(), chunk = a.chunk, "chunk failed ({kind:?}): {why}");
-                planner.on_failed(a.chunk, &a.peer, kind);
-            }
-            Err(FetchError::Local(why)) => return Err(why),
+        }
+        if let Some((chunk, kind, why)) = failed.first() {
+            warn!(peer = %batch.peer.short(), chunk, chunks = failed.len(), "chunk failed ({kind:?}): {why}");
+        }
+        // In reverse: each failed chunk goes to the front of the queue, so they keep
+        // their order.
+        for (chunk, kind, _) in failed.into_iter().rev() {
+            planner.on_failed(chunk, &batch.peer, kind);
         }
     }
 }

@@ -150,10 +150,13 @@ proptest! {
         n_sources in 1usize..5,
         max_in_flight in 1usize..4,
         script in proptest::collection::vec((0usize..8, 0u8..10), 0..200),
+        batch in 1usize..5,
     ) {
         let files: Vec<_> = sizes.iter().enumerate().map(|(i, s)| file(&format!("f{i}"), *s)).collect();
         let sources: Vec<_> = (0..n_sources).map(|i| pid(i as u8 + 1)).collect();
-        let mut p = Planner::new(&files, &sources, max_in_flight);
+        // Batches of up to `batch` chunks of any size (1 = no batching).
+        let mut p = Planner::new(&files, &sources, max_in_flight)
+            .batch_small_chunks(batch, C, 2 * C);
         for c in p.chunks() {
             prop_assert!(c.len > 0 && c.len <= C);
             prop_assert!(c.offset + c.len <= files[c.file].size);
@@ -162,8 +165,9 @@ proptest! {
         let mut covered: Vec<Vec<(u64, u64)>> = vec![Vec::new(); files.len()];
         let mut script = script.into_iter();
         loop {
-            while let Some(a) = p.poll_assign() {
-                in_flight.push(a);
+            while let Some(b) = p.poll_batch() {
+                prop_assert!(!b.chunks.is_empty() && b.chunks.len() <= batch);
+                in_flight.extend(b.chunks.into_iter().map(|chunk| Assignment { chunk, peer: b.peer.clone() }));
             }
             if in_flight.is_empty() {
                 break;
@@ -253,4 +257,76 @@ fn byte_window_keeps_few_big_chunks_but_many_small_files_in_flight() {
     let mut p = Planner::new(&big, &[pid(1)], 64).limit_in_flight_bytes(C / 2);
     assert!(p.poll_assign().is_some());
     assert!(p.poll_assign().is_none());
+}
+
+#[test]
+fn small_files_go_in_batches_big_chunks_alone() {
+    let mut files: Vec<_> = (0..10).map(|i| file(&format!("s{i}"), 32 << 10)).collect();
+    files.push(file("big.eti", 2 * C));
+    files.push(file("version.ini", 9));
+    let mut p = Planner::new(&files, &[pid(1)], 64)
+        .limit_in_flight_bytes(4 * C)
+        .batch_small_chunks(4, 1 << 20, 8 << 20);
+    let batches: Vec<_> = std::iter::from_fn(|| p.poll_batch()).collect();
+    let shapes: Vec<_> = batches.iter().map(|b| b.chunks.clone()).collect();
+    // Runs of small chunks in order, four at most; big chunks alone; the small file after
+    // a big chunk starts a new batch.
+    assert_eq!(
+        shapes,
+        [
+            vec![0, 1, 2, 3],
+            vec![4, 5, 6, 7],
+            vec![8, 9],
+            vec![10],
+            vec![11],
+            vec![12]
+        ]
+    );
+    assert!(batches.iter().all(|b| b.peer == pid(1)));
+    for b in &batches {
+        for &c in &b.chunks {
+            p.on_done(c, &pid(1));
+        }
+    }
+    assert_eq!(p.status(), PlannerStatus::Finished);
+}
+
+#[test]
+fn batches_respect_the_byte_cap_and_the_in_flight_caps() {
+    let files: Vec<_> = (0..10).map(|i| file(&format!("s{i}"), 300 << 10)).collect();
+    // 1 MiB per batch: three 300 KiB files fit, a fourth does not.
+    let mut p = Planner::new(&files, &[pid(1)], 64).batch_small_chunks(64, 1 << 20, 1 << 20);
+    assert_eq!(p.poll_batch().unwrap().chunks, [0, 1, 2]);
+    // Five chunks in flight at most: the second batch stops at two.
+    let mut p = Planner::new(&files, &[pid(1)], 5).batch_small_chunks(64, 1 << 20, 8 << 20);
+    assert_eq!(p.poll_batch().unwrap().chunks, [0, 1, 2, 3, 4]);
+    assert_eq!(p.poll_batch(), None);
+    p.on_done(0, &pid(1));
+    assert_eq!(p.poll_batch().unwrap().chunks, [5]);
+}
+
+#[test]
+fn batches_alternate_between_sources_and_failed_chunks_come_back() {
+    let files: Vec<_> = (0..400).map(|i| file(&format!("s{i}"), 1 << 20)).collect();
+    let mut p =
+        Planner::new(&files, &[pid(1), pid(2)], 256).batch_small_chunks(64, 1 << 20, 16 << 20);
+    let batches: Vec<_> = std::iter::from_fn(|| p.poll_batch()).collect();
+    // Balance (S14) holds inside a batch: no source gets a chunk's worth ahead.
+    let per = p.per_source();
+    assert!(per[&pid(1)].abs_diff(per[&pid(2)]) <= C, "{per:?}");
+    assert!(batches.iter().any(|b| b.peer == pid(1)));
+    assert!(batches.iter().any(|b| b.peer == pid(2)));
+    // A source dies with a batch in flight: its chunks go to the other one.
+    let lost = batches.iter().find(|b| b.peer == pid(2)).unwrap().clone();
+    for &c in lost.chunks.iter().rev() {
+        p.on_failed(c, &pid(2), FailKind::SourceGone);
+    }
+    for b in batches.iter().filter(|b| b.peer == pid(1)) {
+        for &c in &b.chunks {
+            p.on_done(c, &pid(1));
+        }
+    }
+    let again = p.poll_batch().unwrap();
+    assert_eq!(again.peer, pid(1));
+    assert_eq!(again.chunks[0], lost.chunks[0], "retried first, in order");
 }

@@ -259,16 +259,16 @@ fn s31_bootstrapped_source() {
     );
 }
 
-/// Makes the root in `dir` serve a flipped byte at `offset` of `cod5.eti` while its cached
+/// Makes the root in `dir` serve a flipped byte at `offset` of `file` while its cached
 /// chunk hashes still describe the good bytes (bit rot under an unchanged mtime).
-fn make_liar(dir: &Path, offset: u64) {
+fn make_liar(dir: &Path, file: &str, offset: u64) {
     use lanspread_catalog::{scan_root, GameId, HashCache};
     use std::io::{Seek, SeekFrom, Write};
     let root = dir.join("cod5");
     HashCache::new()
         .manifest(&scan_root(&root, GameId::new("cod5").unwrap()))
         .unwrap();
-    let path = root.join("cod5.eti");
+    let path = root.join(file);
     let mtime = fs::metadata(&path).unwrap().modified().unwrap();
     let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
     f.seek(SeekFrom::Start(offset)).unwrap();
@@ -295,7 +295,7 @@ fn s38_corrupted_source() {
     let (good, bad) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     random_game(good.path());
     random_game(bad.path());
-    make_liar(bad.path(), CHUNK + 5);
+    make_liar(bad.path(), "cod5.eti", CHUNK + 5);
     let g = source("good", good.path());
     let liar = source("liar", bad.path());
     let (c, games) = client();
@@ -328,5 +328,50 @@ fn s38_corrupted_source() {
         "{}",
         out.stdout
     );
+    assert_not_committed(&c2, games2.path(), "cod5");
+}
+
+/// S38 with small files, which travel in batches (many ranges per request): the corrupted
+/// file in the middle of the liar's batch is refetched from the good source, the liar is
+/// dropped, and the files around it that matched their hashes are kept.
+#[test]
+fn s38_corrupted_small_file_inside_a_batch() {
+    let (good, bad) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let spec = GameSpec::new("cod5", "20250101").with_small_files(3, 200, 3000);
+    spec.write(good.path()).unwrap();
+    spec.write(bad.path()).unwrap();
+    let corrupt = "files/000/f00005.bin";
+    make_liar(bad.path(), corrupt, 10);
+    let g = source("good", good.path());
+    let liar = source("liar", bad.path());
+    let (c, games) = client();
+    c.connect(&g);
+    c.connect(&liar);
+    c.download_ok("cod5", &["--no-install"]);
+    assert_same_tree(&good.path().join("cod5"), &games.path().join("cod5"));
+    let chunks: Vec<_> = c
+        .game_events("cod5")
+        .into_iter()
+        .filter(|e| e["event"] == "download-chunk-finished")
+        .collect();
+    assert_eq!(chunks.len(), 201, "one event per file and the sentinel");
+    let fixed = chunks.iter().find(|e| e["path"] == corrupt).unwrap();
+    assert_eq!(fixed["peer_id"], g.peer_id.as_str());
+    assert!(
+        c.log().contains("SHA-256 mismatch"),
+        "the corrupted file was detected"
+    );
+    // The liar was dropped after its first batch: the good source sent nearly everything.
+    let from_liar = chunks
+        .iter()
+        .filter(|e| e["peer_id"] == liar.peer_id.as_str())
+        .count();
+    assert!(from_liar < 100, "{from_liar} files from the liar");
+
+    // The liar alone: the download fails and nothing is committed.
+    let (c2, games2) = client();
+    c2.connect(&liar);
+    let out = c2.download("cod5", &["--no-install"]);
+    assert_eq!(out.code, 1, "{out:?}");
     assert_not_committed(&c2, games2.path(), "cod5");
 }

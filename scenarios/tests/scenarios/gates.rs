@@ -6,8 +6,8 @@ use lanspread_catalog::{GameId, RelPath, Version};
 use lanspread_fixtures::{Content, GameSpec};
 use lanspread_scenarios::Node;
 use lanspread_transfer::{
-    close_code, encode_frame, read_frame, write_frame, Hello, Message, PeerRequest, PeerResponse,
-    PROTOCOL_VERSION,
+    close_code, encode_frame, read_frame, write_frame, ChunkRange, Hello, Message, PeerRequest,
+    PeerResponse, MAX_RANGES, PROTOCOL_VERSION,
 };
 use quinn::{Connection, ConnectionError, VarInt};
 
@@ -37,6 +37,23 @@ async fn ask(conn: &Connection, req: &PeerRequest) -> PeerResponse {
     read_frame(&mut recv).await.unwrap().unwrap()
 }
 
+/// Every answer frame of a request, each `Chunk` with the bytes that followed it.
+async fn ask_all(conn: &Connection, req: &PeerRequest) -> Vec<(PeerResponse, Vec<u8>)> {
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    write_frame(&mut send, req).await.unwrap();
+    send.finish().unwrap();
+    let mut out = Vec::new();
+    while let Some(frame) = read_frame::<_, PeerResponse>(&mut recv).await.unwrap() {
+        let mut body = Vec::new();
+        if let PeerResponse::Chunk { len } = frame {
+            body = vec![0; len as usize];
+            recv.read_exact(&mut body).await.unwrap();
+        }
+        out.push((frame, body));
+    }
+    out
+}
+
 fn refused(r: &PeerResponse, needle: &str) -> bool {
     matches!(r, PeerResponse::Refused { reason } if reason.contains(needle))
 }
@@ -64,13 +81,9 @@ fn s12_serve_gates() {
         let g = |s: &str| GameId::new(s).unwrap();
         let v = |s: &str| Version::parse(s).unwrap();
         let files = |game: &str, version: &str| PeerRequest::Files { game: g(game), version: v(version) };
-        let chunk = |path: &str, offset: u64, len: u64| PeerRequest::Chunk {
-            game: g("ggoo"),
-            version: v("20250301"),
-            path: RelPath::new(path).unwrap(),
-            offset,
-            len,
-        };
+        let range = |path: &str, offset: u64, len: u64| ChunkRange { path: RelPath::new(path).unwrap(), offset, len };
+        let chunks = |ranges: Vec<ChunkRange>| PeerRequest::Chunks { game: g("ggoo"), version: v("20250301"), ranges };
+        let chunk = |path: &str, offset: u64, len: u64| chunks(vec![range(path, offset, len)]);
         // Allowed: the manifest of a ready root, and a chunk of it.
         let PeerResponse::Files(m) = ask(&conn, &files("ggoo", "20250301")).await else { panic!("ggoo refused") };
         assert!(m.iter().all(|f| !f.path.as_str().starts_with("local")), "local/ advertised");
@@ -84,18 +97,39 @@ fn s12_serve_gates() {
         assert!(refused(&ask(&conn, &files("bf1942", "20250101")).await, "not here"));
         assert!(refused(&ask(&conn, &chunk("nope.bin", 0, 1)).await, "no file"));
         assert!(refused(&ask(&conn, &chunk("ggoo.eti", eti - 1, 2)).await, "past the end"));
+        // Several ranges are answered in order; the first refused one ends the answer.
+        let batch = chunks(vec![range("ggoo.eti", 0, 3), range("version.ini", 0, 8), range("nope.bin", 0, 1), range("ggoo.eti", 3, 1)]);
+        let answer = ask_all(&conn, &batch).await;
+        assert_eq!(answer.len(), 3, "{answer:?}");
+        assert_eq!(answer[0].0, PeerResponse::Chunk { len: 3 });
+        assert_eq!(answer[1], (PeerResponse::Chunk { len: 8 }, b"20250301".to_vec()));
+        assert!(refused(&answer[2].0, "no file"), "{answer:?}");
+        // No ranges, or more than MAX_RANGES, break the protocol.
+        for count in [0, MAX_RANGES + 1] {
+            let (conn, _ep) = raw_peer(&n.addr).await;
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            write_frame(&mut send, &chunks(vec![range("ggoo.eti", 0, 1); count])).await.unwrap();
+            send.finish().unwrap();
+            let got: Result<Option<PeerResponse>, _> = read_frame(&mut recv).await;
+            assert!(!matches!(got, Ok(Some(PeerResponse::Chunk { .. }))), "{count} ranges served");
+            let closed = tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.unwrap();
+            assert!(
+                matches!(&closed, ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(close_code::PROTOCOL_ERROR)),
+                "{count} ranges: {closed:?}"
+            );
+        }
         // Paths under local/ or .lanspread*, or escaping the root, cannot even be decoded:
         // the request is malformed and the peer is disconnected.
         #[derive(serde::Serialize)]
         enum RawRequest {
             #[allow(dead_code)]
             Files(String, String),
-            Chunk(String, String, String, u64, u64),
+            Chunks(String, String, Vec<(String, u64, u64)>),
         }
         for bad in ["local/secret.txt", ".lanspread/chunks.json", "../ggoo/version.ini", "/etc/passwd"] {
             let (conn, _ep) = raw_peer(&n.addr).await;
             let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            let frame = encode_frame(&RawRequest::Chunk("ggoo".into(), "20250301".into(), bad.into(), 0, 1)).unwrap();
+            let frame = encode_frame(&RawRequest::Chunks("ggoo".into(), "20250301".into(), vec![(bad.into(), 0, 1)])).unwrap();
             send.write_all(&frame).await.unwrap();
             send.finish().unwrap();
             let got: Result<Option<PeerResponse>, _> = read_frame(&mut recv).await;
@@ -156,12 +190,14 @@ fn symlinks_in_a_served_root_never_export_outside_files() {
                 .all(|p| !p.starts_with("leak") && !p.starts_with("dirlink")),
             "{listed:?}"
         );
-        let chunk = |path: &str| PeerRequest::Chunk {
+        let chunk = |path: &str| PeerRequest::Chunks {
             game: game.clone(),
             version,
-            path: RelPath::new(path).unwrap(),
-            offset: 0,
-            len: 10,
+            ranges: vec![ChunkRange {
+                path: RelPath::new(path).unwrap(),
+                offset: 0,
+                len: 10,
+            }],
         };
         assert!(refused(&ask(&conn, &chunk("leak.txt")).await, "no file"));
         assert!(refused(

@@ -18,7 +18,9 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 const VERSION: &str = "20250101";
-const DATA_LEN: usize = 1 << 20;
+/// Above the client's batching threshold (1 MiB): the data file goes in a request of its
+/// own, so each lie fails the data chunk (the sentinel is answered honestly).
+const DATA_LEN: usize = 2 << 20;
 
 /// Same wire layout as `FileManifest`, but the path is any string.
 #[derive(Serialize, Clone)]
@@ -168,34 +170,44 @@ async fn serve_conn(
             let out: Vec<u8> = match (req, &lie) {
                 (PeerRequest::Files { .. }, Lie::Manifest(frame)) => frame.clone(),
                 (PeerRequest::Files { .. }, Lie::Chunk(_)) => manifest_frame(honest_files()),
-                (PeerRequest::Chunk { path, len, .. }, Lie::Chunk(how)) => {
-                    let sentinel = path.as_str() == "version.ini";
-                    if matches!(how, ChunkLie::Stall) && !sentinel {
-                        // The answer, then nothing: keep the stream open for a minute.
-                        let head = encode_frame(&RawResponse::Chunk { len }).unwrap();
-                        let _ = send.write_all(&head).await;
-                        tokio::time::sleep(Duration::from_secs(60)).await;
-                        return;
+                (PeerRequest::Chunks { ranges, .. }, Lie::Chunk(how)) => {
+                    // Ranges are answered in order (the client batches the small data
+                    // file with the sentinel); every data range carries the lie.
+                    let mut out = Vec::new();
+                    for r in ranges {
+                        let (len, sentinel) = (r.len, r.path.as_str() == "version.ini");
+                        if matches!(how, ChunkLie::Stall) && !sentinel {
+                            // The answer, then nothing: keep the stream open for a minute.
+                            out.extend(encode_frame(&RawResponse::Chunk { len }).unwrap());
+                            let _ = send.write_all(&out).await;
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                            return;
+                        }
+                        let mut body = if sentinel {
+                            VERSION.as_bytes().to_vec()
+                        } else {
+                            data()[r.offset as usize..(r.offset + len) as usize].to_vec()
+                        };
+                        let mut announced = len;
+                        match (how, sentinel) {
+                            (_, true) | (ChunkLie::Stall, _) => {}
+                            (ChunkLie::AnnounceMore, _) => announced += 1,
+                            (ChunkLie::AnnounceLess, _) => announced -= 1,
+                            (ChunkLie::SendShort, _) => body.truncate(body.len() / 2),
+                            // After the last range (inside the answer the extra bytes
+                            // would be read as the next range's header).
+                            (ChunkLie::SendLong, _) => {}
+                            (ChunkLie::WrongBytes, _) => body[0] ^= 1,
+                        }
+                        out.extend(encode_frame(&RawResponse::Chunk { len: announced }).unwrap());
+                        out.extend_from_slice(&body);
                     }
-                    let mut body = if sentinel {
-                        VERSION.as_bytes().to_vec()
-                    } else {
-                        data()[..len as usize].to_vec()
-                    };
-                    let mut announced = len;
-                    match how {
-                        ChunkLie::AnnounceMore => announced += 1,
-                        ChunkLie::AnnounceLess => announced -= 1,
-                        ChunkLie::SendShort => body.truncate(body.len() / 2),
-                        ChunkLie::SendLong => body.extend_from_slice(b"extra"),
-                        ChunkLie::WrongBytes => body[0] ^= 1,
-                        ChunkLie::Stall => {}
+                    if matches!(how, ChunkLie::SendLong) {
+                        out.extend_from_slice(b"extra");
                     }
-                    let mut out = encode_frame(&RawResponse::Chunk { len: announced }).unwrap();
-                    out.extend_from_slice(&body);
                     out
                 }
-                (PeerRequest::Chunk { .. }, Lie::Manifest(_)) => return,
+                (PeerRequest::Chunks { .. }, Lie::Manifest(_)) => return,
             };
             let _ = send.write_all(&out).await;
             let _ = send.finish();
