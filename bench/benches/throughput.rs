@@ -28,10 +28,6 @@ fn timed(iters: u64, mut one: impl FnMut() -> anyhow::Result<Duration>) -> Durat
 
 fn s37(c: &mut Criterion) {
     let bytes = s37_bytes();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
     let mut g = c.benchmark_group("s37");
     g.sampling_mode(SamplingMode::Flat)
         .sample_size(10)
@@ -39,7 +35,7 @@ fn s37(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(1))
         .throughput(Throughput::Bytes(bytes));
     g.bench_function("raw_quinn_memory", |b| {
-        b.iter_custom(|n| timed(n, || rt.block_on(raw_quinn(bytes))))
+        b.iter_custom(|n| timed(n, || raw_quinn(bytes)))
     });
     for fs in [Fs::Tmpfs, Fs::Disk] {
         g.bench_function(format!("tcp_sendfile_{}", fs.name()), |b| {

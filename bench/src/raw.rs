@@ -10,37 +10,74 @@ use lanspread_transfer::{connect, make_endpoint, Identity, TransportTuning};
 pub const STREAMS: usize = 4;
 
 /// Sends `bytes` from memory to memory over one quinn connection on loopback, split over
-/// [`STREAMS`] unidirectional streams, and returns the elapsed time at the receiver.
-pub async fn raw_quinn(bytes: u64) -> anyhow::Result<Duration> {
-    let tuning = TransportTuning::default();
-    let (a, b) = (Identity::ephemeral()?, Identity::ephemeral()?);
-    let server = make_endpoint(&b, "127.0.0.1:0".parse()?, &tuning)?;
-    let client = make_endpoint(&a, "127.0.0.1:0".parse()?, &tuning)?;
-    let addr = server.local_addr()?;
-    let receiver = tokio::spawn(async move {
-        let conn = server
-            .accept()
-            .await
-            .ok_or_else(|| anyhow::anyhow!("no connection"))?
-            .await?;
-        let start = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..STREAMS {
-            let mut recv = conn.accept_uni().await?;
-            tasks.push(tokio::spawn(async move {
-                let mut got = 0u64;
-                while let Some(c) = recv.read_chunk(1 << 20, false).await? {
-                    got += c.bytes.len() as u64;
-                }
-                anyhow::Ok(got)
-            }));
-        }
-        let mut total = 0;
-        for t in tasks {
-            total += t.await??;
-        }
-        anyhow::Ok((start.elapsed(), total))
+/// [`STREAMS`] unidirectional streams, and returns the elapsed time at the receiver. Each
+/// endpoint runs on a current-thread runtime of its own thread, like each daemon of S37
+/// (a shared work-stealing runtime made this reference swing ±20 % between runs).
+pub fn raw_quinn(bytes: u64) -> anyhow::Result<Duration> {
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let receiver = std::thread::spawn(move || {
+        current_thread()?.block_on(async move {
+            let tuning = TransportTuning::default();
+            let server = make_endpoint(&Identity::ephemeral()?, "127.0.0.1:0".parse()?, &tuning)?;
+            addr_tx.send(server.local_addr()?)?;
+            receive(server, bytes).await
+        })
     });
+    let sender = std::thread::spawn(move || {
+        let addr = addr_rx.recv()?;
+        current_thread()?.block_on(send(addr, bytes))
+    });
+    let sent = sender
+        .join()
+        .map_err(|_| anyhow::anyhow!("raw quinn sender panicked"))?;
+    let received = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("raw quinn receiver panicked"))?;
+    sent?;
+    received
+}
+
+fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn receive(server: quinn::Endpoint, bytes: u64) -> anyhow::Result<Duration> {
+    let conn = server
+        .accept()
+        .await
+        .ok_or_else(|| anyhow::anyhow!("no connection"))?
+        .await?;
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..STREAMS {
+        let mut recv = conn.accept_uni().await?;
+        tasks.push(tokio::spawn(async move {
+            let mut got = 0u64;
+            while let Some(c) = recv.read_chunk(1 << 20, false).await? {
+                got += c.bytes.len() as u64;
+            }
+            anyhow::Ok(got)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await??;
+    }
+    let elapsed = start.elapsed();
+    anyhow::ensure!(
+        total == bytes,
+        "raw quinn received {total} of {bytes} bytes"
+    );
+    // Wait for the sender's close so neither side drops the connection early.
+    let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    Ok(elapsed)
+}
+
+async fn send(addr: std::net::SocketAddr, bytes: u64) -> anyhow::Result<()> {
+    let tuning = TransportTuning::default();
+    let client = make_endpoint(&Identity::ephemeral()?, "127.0.0.1:0".parse()?, &tuning)?;
     let (conn, _) = connect(&client, addr, Duration::from_secs(5)).await?;
     let piece = Bytes::from(vec![0x5au8; 1 << 20]);
     let per_stream = bytes / STREAMS as u64;
@@ -68,11 +105,7 @@ pub async fn raw_quinn(bytes: u64) -> anyhow::Result<Duration> {
     for s in senders {
         s.await??;
     }
-    let (elapsed, total) = receiver.await??;
-    anyhow::ensure!(
-        total == bytes,
-        "raw quinn received {total} of {bytes} bytes"
-    );
     conn.close(0u32.into(), b"done");
-    Ok(elapsed)
+    client.wait_idle().await;
+    Ok(())
 }

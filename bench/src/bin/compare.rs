@@ -57,16 +57,13 @@ fn parse() -> anyhow::Result<Args> {
 fn main() -> anyhow::Result<()> {
     let args = parse()?;
     let bytes = args.bytes;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     let mut raw = Vec::new();
     let (mut tcp_t, mut tcp_d) = (Vec::new(), Vec::new());
     let (mut app_t, mut app_d) = (Vec::new(), Vec::new());
     let mut rss = 0u64;
     // Interleaved, so drift in the machine's speed hits every case alike.
     for i in (0..args.samples).filter(|_| args.s37) {
-        let d = rt.block_on(raw_quinn(bytes))?;
+        let d = raw_quinn(bytes)?;
         raw.push(mib_per_s(bytes, d.as_secs_f64()));
         for (fs, tcp, s37) in [
             (Fs::Tmpfs, &mut tcp_t, &mut app_t),
