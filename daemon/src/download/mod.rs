@@ -40,6 +40,7 @@ const MAX_IN_FLIGHT_BYTES: u64 = 4 * lanspread_catalog::CHUNK_SIZE;
 const BATCH_CHUNKS: usize = 32;
 const BATCH_CHUNK_LEN: u64 = 1 << 20;
 const BATCH_BYTES: u64 = 8 << 20;
+const _: () = assert!(BATCH_CHUNKS <= lanspread_transfer::MAX_RANGES);
 /// How long a source may take to send a manifest (it may hash a large game first).
 const MANIFEST_TIMEOUT: Duration = Duration::from_secs(300);
 

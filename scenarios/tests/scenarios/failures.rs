@@ -259,21 +259,36 @@ fn s31_bootstrapped_source() {
     );
 }
 
-/// Makes the root in `dir` serve a flipped byte at `offset` of `file` while its cached
-/// chunk hashes still describe the good bytes (bit rot under an unchanged mtime).
-fn make_liar(dir: &Path, file: &str, offset: u64) {
+/// Makes the root in `dir` serve a flipped byte at `offset` of each of `files` while its
+/// cached chunk hashes still describe the good bytes (bit rot under an unchanged mtime).
+fn make_liar(dir: &Path, files: &[&str], offset: u64) {
     use lanspread_catalog::{scan_root, GameId, HashCache};
     use std::io::{Seek, SeekFrom, Write};
     let root = dir.join("cod5");
     HashCache::new()
         .manifest(&scan_root(&root, GameId::new("cod5").unwrap()))
         .unwrap();
-    let path = root.join(file);
-    let mtime = fs::metadata(&path).unwrap().modified().unwrap();
-    let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
-    f.seek(SeekFrom::Start(offset)).unwrap();
-    f.write_all(&[0xff]).unwrap();
-    f.set_modified(mtime).unwrap();
+    for file in files {
+        let path = root.join(file);
+        let mtime = fs::metadata(&path).unwrap().modified().unwrap();
+        let mut f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(SeekFrom::Start(offset)).unwrap();
+        f.write_all(&[0xff]).unwrap();
+        f.set_modified(mtime).unwrap();
+    }
+}
+
+/// A client downloads cod5 from a good source and a liar and gets the good tree.
+/// Returns the client, the good source, the liar and the client's games dir.
+fn download_past_a_liar(good: &Path, bad: &Path) -> (Node, Node, Node, tempfile::TempDir) {
+    let g = source("good", good);
+    let liar = source("liar", bad);
+    let (c, games) = client();
+    c.connect(&g);
+    c.connect(&liar);
+    c.download_ok("cod5", &["--no-install"]);
+    assert_same_tree(&good.join("cod5"), &games.path().join("cod5"));
+    (c, g, liar, games)
 }
 
 fn random_game(dir: &Path) {
@@ -295,14 +310,8 @@ fn s38_corrupted_source() {
     let (good, bad) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     random_game(good.path());
     random_game(bad.path());
-    make_liar(bad.path(), "cod5.eti", CHUNK + 5);
-    let g = source("good", good.path());
-    let liar = source("liar", bad.path());
-    let (c, games) = client();
-    c.connect(&g);
-    c.connect(&liar);
-    c.download_ok("cod5", &["--no-install"]);
-    assert_same_tree(&good.path().join("cod5"), &games.path().join("cod5"));
+    make_liar(bad.path(), &["cod5.eti"], CHUNK + 5);
+    let (c, g, liar, _games) = download_past_a_liar(good.path(), bad.path());
     // The corrupted chunk came from the good source in the end.
     let second = c
         .game_events("cod5")
@@ -340,23 +349,28 @@ fn s38_corrupted_small_file_inside_a_batch() {
     let spec = GameSpec::new("cod5", "20250101").with_small_files(3, 200, 3000);
     spec.write(good.path()).unwrap();
     spec.write(bad.path()).unwrap();
-    let corrupt = "files/000/f00005.bin";
-    make_liar(bad.path(), corrupt, 10);
-    let g = source("good", good.path());
-    let liar = source("liar", bad.path());
-    let (c, games) = client();
-    c.connect(&g);
-    c.connect(&liar);
-    c.download_ok("cod5", &["--no-install"]);
-    assert_same_tree(&good.path().join("cod5"), &games.path().join("cod5"));
+    // Every 16th file is bit-rotten, so whichever run of files the liar is asked for
+    // first (batches hold up to 32), one in its middle is bad.
+    let corrupt: Vec<String> = (5..200)
+        .step_by(16)
+        .map(|i| format!("files/{:03}/f{i:05}.bin", i / 100))
+        .collect();
+    make_liar(
+        bad.path(),
+        &corrupt.iter().map(String::as_str).collect::<Vec<_>>(),
+        10,
+    );
+    let (c, g, liar, _games) = download_past_a_liar(good.path(), bad.path());
     let chunks: Vec<_> = c
         .game_events("cod5")
         .into_iter()
         .filter(|e| e["event"] == "download-chunk-finished")
         .collect();
     assert_eq!(chunks.len(), 201, "one event per file and the sentinel");
-    let fixed = chunks.iter().find(|e| e["path"] == corrupt).unwrap();
-    assert_eq!(fixed["peer_id"], g.peer_id.as_str());
+    for bad in &corrupt {
+        let fixed = chunks.iter().find(|e| e["path"] == bad.as_str()).unwrap();
+        assert_eq!(fixed["peer_id"], g.peer_id.as_str(), "{bad}");
+    }
     assert!(
         c.log().contains("SHA-256 mismatch"),
         "the corrupted file was detected"

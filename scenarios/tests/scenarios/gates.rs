@@ -54,6 +54,27 @@ async fn ask_all(conn: &Connection, req: &PeerRequest) -> Vec<(PeerResponse, Vec
     out
 }
 
+/// Sends `frame` as a request from a fresh raw peer: nothing may be served, and the
+/// source must close the connection as a protocol error.
+async fn disconnected_for(addr: &str, frame: &[u8], what: &str) {
+    let (conn, _ep) = raw_peer(addr).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(frame).await.unwrap();
+    send.finish().unwrap();
+    let got: Result<Option<PeerResponse>, _> = read_frame(&mut recv).await;
+    assert!(
+        !matches!(got, Ok(Some(PeerResponse::Chunk { .. }))),
+        "{what}: served"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(20), conn.closed())
+        .await
+        .unwrap();
+    assert!(
+        matches!(&closed, ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(close_code::PROTOCOL_ERROR)),
+        "{what}: {closed:?}"
+    );
+}
+
 fn refused(r: &PeerResponse, needle: &str) -> bool {
     matches!(r, PeerResponse::Refused { reason } if reason.contains(needle))
 }
@@ -80,43 +101,70 @@ fn s12_serve_gates() {
         let (conn, _ep) = raw_peer(&n.addr).await;
         let g = |s: &str| GameId::new(s).unwrap();
         let v = |s: &str| Version::parse(s).unwrap();
-        let files = |game: &str, version: &str| PeerRequest::Files { game: g(game), version: v(version) };
-        let range = |path: &str, offset: u64, len: u64| ChunkRange { path: RelPath::new(path).unwrap(), offset, len };
-        let chunks = |ranges: Vec<ChunkRange>| PeerRequest::Chunks { game: g("ggoo"), version: v("20250301"), ranges };
+        let files = |game: &str, version: &str| PeerRequest::Files {
+            game: g(game),
+            version: v(version),
+        };
+        let range = |path: &str, offset: u64, len: u64| ChunkRange {
+            path: RelPath::new(path).unwrap(),
+            offset,
+            len,
+        };
+        let chunks = |ranges: Vec<ChunkRange>| PeerRequest::Chunks {
+            game: g("ggoo"),
+            version: v("20250301"),
+            ranges,
+        };
         let chunk = |path: &str, offset: u64, len: u64| chunks(vec![range(path, offset, len)]);
         // Allowed: the manifest of a ready root, and a chunk of it.
-        let PeerResponse::Files(m) = ask(&conn, &files("ggoo", "20250301")).await else { panic!("ggoo refused") };
-        assert!(m.iter().all(|f| !f.path.as_str().starts_with("local")), "local/ advertised");
-        let eti = m.iter().find(|f| f.path.as_str() == "ggoo.eti").unwrap().size;
-        assert_eq!(ask(&conn, &chunk("ggoo.eti", 0, 10)).await, PeerResponse::Chunk { len: 10 });
+        let PeerResponse::Files(m) = ask(&conn, &files("ggoo", "20250301")).await else {
+            panic!("ggoo refused")
+        };
+        assert!(
+            m.iter().all(|f| !f.path.as_str().starts_with("local")),
+            "local/ advertised"
+        );
+        let eti = m
+            .iter()
+            .find(|f| f.path.as_str() == "ggoo.eti")
+            .unwrap()
+            .size;
+        assert_eq!(
+            ask(&conn, &chunk("ggoo.eti", 0, 10)).await,
+            PeerResponse::Chunk { len: 10 }
+        );
         // Refused: not in the catalog, no valid sentinel, wrong version, not a listed file,
         // past the end of the file.
-        assert!(refused(&ask(&conn, &files("mystery-game", "20250101")).await, "not in the catalog"));
-        assert!(refused(&ask(&conn, &files("cnc4", "20250101")).await, "not ready"));
-        assert!(refused(&ask(&conn, &files("ggoo", "20250101")).await, "version"));
-        assert!(refused(&ask(&conn, &files("bf1942", "20250101")).await, "not here"));
-        assert!(refused(&ask(&conn, &chunk("nope.bin", 0, 1)).await, "no file"));
-        assert!(refused(&ask(&conn, &chunk("ggoo.eti", eti - 1, 2)).await, "past the end"));
+        for (request, why) in [
+            (files("mystery-game", "20250101"), "not in the catalog"),
+            (files("cnc4", "20250101"), "not ready"),
+            (files("ggoo", "20250101"), "version"),
+            (files("bf1942", "20250101"), "not here"),
+            (chunk("nope.bin", 0, 1), "no file"),
+            (chunk("ggoo.eti", eti - 1, 2), "past the end"),
+        ] {
+            let got = ask(&conn, &request).await;
+            assert!(refused(&got, why), "{request:?}: {got:?}");
+        }
         // Several ranges are answered in order; the first refused one ends the answer.
-        let batch = chunks(vec![range("ggoo.eti", 0, 3), range("version.ini", 0, 8), range("nope.bin", 0, 1), range("ggoo.eti", 3, 1)]);
+        let batch = chunks(vec![
+            range("ggoo.eti", 0, 3),
+            range("version.ini", 0, 8),
+            range("nope.bin", 0, 1),
+            range("ggoo.eti", 3, 1),
+        ]);
         let answer = ask_all(&conn, &batch).await;
         assert_eq!(answer.len(), 3, "{answer:?}");
         assert_eq!(answer[0].0, PeerResponse::Chunk { len: 3 });
-        assert_eq!(answer[1], (PeerResponse::Chunk { len: 8 }, b"20250301".to_vec()));
+        assert_eq!(
+            answer[1],
+            (PeerResponse::Chunk { len: 8 }, b"20250301".to_vec())
+        );
         assert!(refused(&answer[2].0, "no file"), "{answer:?}");
         // No ranges, or more than MAX_RANGES, break the protocol.
         for count in [0, MAX_RANGES + 1] {
-            let (conn, _ep) = raw_peer(&n.addr).await;
-            let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            write_frame(&mut send, &chunks(vec![range("ggoo.eti", 0, 1); count])).await.unwrap();
-            send.finish().unwrap();
-            let got: Result<Option<PeerResponse>, _> = read_frame(&mut recv).await;
-            assert!(!matches!(got, Ok(Some(PeerResponse::Chunk { .. }))), "{count} ranges served");
-            let closed = tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.unwrap();
-            assert!(
-                matches!(&closed, ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(close_code::PROTOCOL_ERROR)),
-                "{count} ranges: {closed:?}"
-            );
+            let frame = encode_frame(&chunks(vec![range("ggoo.eti", 0, 1); count])).unwrap();
+            disconnected_for(&n.addr, &frame, &format!("{count} ranges")).await;
         }
         // Paths under local/ or .lanspread*, or escaping the root, cannot even be decoded:
         // the request is malformed and the peer is disconnected.
@@ -126,19 +174,19 @@ fn s12_serve_gates() {
             Files(String, String),
             Chunks(String, String, Vec<(String, u64, u64)>),
         }
-        for bad in ["local/secret.txt", ".lanspread/chunks.json", "../ggoo/version.ini", "/etc/passwd"] {
-            let (conn, _ep) = raw_peer(&n.addr).await;
-            let (mut send, mut recv) = conn.open_bi().await.unwrap();
-            let frame = encode_frame(&RawRequest::Chunks("ggoo".into(), "20250301".into(), vec![(bad.into(), 0, 1)])).unwrap();
-            send.write_all(&frame).await.unwrap();
-            send.finish().unwrap();
-            let got: Result<Option<PeerResponse>, _> = read_frame(&mut recv).await;
-            assert!(!matches!(got, Ok(Some(PeerResponse::Chunk { .. }))), "{bad}: served");
-            let closed = tokio::time::timeout(Duration::from_secs(20), conn.closed()).await.unwrap();
-            assert!(
-                matches!(&closed, ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(close_code::PROTOCOL_ERROR)),
-                "{bad}: {closed:?}"
-            );
+        for bad in [
+            "local/secret.txt",
+            ".lanspread/chunks.json",
+            "../ggoo/version.ini",
+            "/etc/passwd",
+        ] {
+            let frame = encode_frame(&RawRequest::Chunks(
+                "ggoo".into(),
+                "20250301".into(),
+                vec![(bad.into(), 0, 1)],
+            ))
+            .unwrap();
+            disconnected_for(&n.addr, &frame, bad).await;
         }
     });
     // The source is still healthy.
