@@ -114,15 +114,16 @@ async fn serve_ranges(
         Ok((root.dir.clone(), files, None))
     });
     let (dir, files, mut refusal) = match gated {
-        Ok(g) => g,
-        Err(reason) => (PathBuf::new(), Vec::new(), Some(reason)),
+        Ok(g) if !g.1.is_empty() => g,
+        Ok((_, _, refusal)) => return refuse(send, refusal.unwrap_or_default()).await,
+        Err(reason) => return refuse(send, reason).await,
     };
-    let lens: Vec<u64> = files.iter().map(|f| f.2).collect();
+    let served = &ranges[..files.len()];
     let limit = shared.upload_limit.as_ref();
     // One blocking task opens each file (before its header is sent, so a file that now
     // leaves the root is refused) and reads the ranges piece by piece, one piece ahead.
     let mut pieces = read_ranges(dir, files);
-    for len in lens {
+    for &ChunkRange { len, .. } in served {
         // The reader always sends at least one message per range; none means it died,
         // a local failure the peer is not to blame for.
         let first = pieces.rx.recv().await;
@@ -144,9 +145,17 @@ async fn serve_ranges(
     }
     pieces.rx.close();
     let _ = (&mut pieces.reader).await;
-    if let Some(reason) = refusal {
-        let _ = write_frame(send, &PeerResponse::Refused { reason }).await;
+    match refusal {
+        Some(reason) => refuse(send, reason).await,
+        None => {
+            let _ = send.finish();
+        }
     }
+}
+
+/// Answers `Refused` and ends the answer.
+async fn refuse(send: &mut SendStream, reason: String) {
+    let _ = write_frame(send, &PeerResponse::Refused { reason }).await;
     let _ = send.finish();
 }
 

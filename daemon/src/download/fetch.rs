@@ -1,6 +1,7 @@
 //! Fetching chunks from one source: request them on a fresh bidirectional stream (one
-//! chunk, or a run of small files together), hash each range's bytes as they arrive (no second pass) while handing them to the io_uring writer in
-//! pool buffers, and check the hash at the end.
+//! chunk, or a run of small files together), hash each range's bytes as they arrive (no
+//! second pass) while handing them to the io_uring writer in pool buffers, and check each
+//! range's hash at the end.
 
 use lanspread_catalog::{ChunkHash, GameId, RelPath, Version};
 use lanspread_peer::FailKind;
@@ -24,12 +25,8 @@ pub enum FetchError {
     Local(String),
 }
 
-/// What to fetch.
+/// One range to fetch (the game and version are the request's).
 pub struct ChunkJob {
-    /// Game.
-    pub game: GameId,
-    /// Version.
-    pub version: Version,
     /// File path in the source root.
     pub path: RelPath,
     /// Writer handle of the local file.
@@ -104,27 +101,25 @@ fn gone(e: impl std::fmt::Display) -> FetchError {
     FetchError::Source(FailKind::SourceGone, e.to_string())
 }
 
-/// Fetches chunks from one source in one request into their files: one stream, the
-/// ranges answered in order. Returns one result per job, in order; when the stream fails
-/// at a job, that job and every later one fail the same way.
+/// Fetches chunks of `game` at `version` from one source in one request into their
+/// files: one stream, the ranges answered in order. Returns one result per job, in order;
+/// when the stream fails at a job, that job and every later one fail the same way.
 pub async fn fetch(
     conn: &Connection,
     writer: &Writer,
     limit: Option<&RateLimit>,
+    (game, version): (&GameId, Version),
     jobs: &[ChunkJob],
 ) -> Vec<Result<(), FetchError>> {
     let mut received = Vec::with_capacity(jobs.len());
-    let failure = receive_all(conn, writer, limit, jobs, &mut received)
+    let failure = receive_all(conn, writer, limit, (game, version), jobs, &mut received)
         .await
         .err();
     if failure.is_some() && received.len() == jobs.len() {
         // Failed after the last range (bytes past the end): that range fails with it,
         // so the source is still dropped and the range fetched again elsewhere.
         if let Some((_, writes)) = received.pop() {
-            // Its bytes stay unverified; the refetch must not race these writes.
-            for rx in writes {
-                let _ = rx.await;
-            }
+            settle(writes).await;
         }
     }
     let mut results = Vec::with_capacity(jobs.len());
@@ -137,28 +132,35 @@ pub async fn fetch(
     results
 }
 
-/// A received range: its SHA-256 and the writes of its bytes (not yet awaited).
-type Received = (
-    ChunkHash,
-    Vec<tokio::sync::oneshot::Receiver<std::io::Result<()>>>,
-);
+/// Writes handed to the io_uring writer, not yet awaited.
+type Writes = Vec<tokio::sync::oneshot::Receiver<std::io::Result<()>>>;
+
+/// A received range: its SHA-256 and the writes of its bytes.
+type Received = (ChunkHash, Writes);
+
+/// Waits for the writes of a range that will not be kept: its refetch from another source
+/// must not race them.
+async fn settle(writes: Writes) {
+    for rx in writes {
+        let _ = rx.await;
+    }
+}
 
 /// Sends the request and receives every range, hashing the bytes as they arrive and
-/// handing them to the writer; stops at the first failure.
+/// handing them to the writer; stops at the first failure (a range cut short has its
+/// writes settled first).
 async fn receive_all(
     conn: &Connection,
     writer: &Writer,
     limit: Option<&RateLimit>,
+    (game, version): (&GameId, Version),
     jobs: &[ChunkJob],
     received: &mut Vec<Received>,
 ) -> Result<(), FetchError> {
-    let Some(first) = jobs.first() else {
-        return Ok(());
-    };
     let (mut send, mut recv) = conn.open_bi().await.map_err(gone)?;
     let request = PeerRequest::Chunks {
-        game: first.game.clone(),
-        version: first.version,
+        game: game.clone(),
+        version,
         ranges: jobs
             .iter()
             .map(|j| ChunkRange {
@@ -172,7 +174,14 @@ async fn receive_all(
     let _ = send.finish();
     let mut stall = Stall::new();
     for job in jobs {
-        received.push(receive_one(&mut recv, &mut stall, writer, limit, job).await?);
+        let mut writes = Vec::new();
+        match receive_one(&mut recv, &mut stall, writer, limit, job, &mut writes).await {
+            Ok(digest) => received.push((digest, writes)),
+            Err(e) => {
+                settle(writes).await;
+                return Err(e);
+            }
+        }
     }
     // A source that sends more than it announced is lying.
     match stall.guard(recv.read_chunk(1, true)).await? {
@@ -192,7 +201,8 @@ async fn receive_one(
     writer: &Writer,
     limit: Option<&RateLimit>,
     job: &ChunkJob,
-) -> Result<Received, FetchError> {
+    writes: &mut Writes,
+) -> Result<ChunkHash, FetchError> {
     match stall.guard(read_frame::<_, PeerResponse>(recv)).await? {
         Ok(Some(PeerResponse::Chunk { len })) if len == job.len => {}
         Ok(Some(PeerResponse::Refused { reason })) => {
@@ -209,7 +219,6 @@ async fn receive_one(
     }
     let mut hasher = Sha256::new();
     let mut got = 0u64;
-    let mut writes = Vec::new();
     let mut buf = None;
     let mut buf_start = job.offset;
     while got < job.len {
@@ -247,15 +256,11 @@ async fn receive_one(
             buf_start += len;
         }
     }
-    Ok((hasher.finalize().into(), writes))
+    Ok(hasher.finalize().into())
 }
 
 /// A received range is done when its writes succeeded and its hash matches.
-async fn finish(
-    job: &ChunkJob,
-    digest: ChunkHash,
-    writes: Vec<tokio::sync::oneshot::Receiver<std::io::Result<()>>>,
-) -> Result<(), FetchError> {
+async fn finish(job: &ChunkJob, digest: ChunkHash, writes: Writes) -> Result<(), FetchError> {
     for rx in writes {
         match rx.await {
             Ok(Ok(())) => {}

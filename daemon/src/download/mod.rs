@@ -308,8 +308,6 @@ async fn transfer(
                     let spec = &planner.chunks()[c];
                     let file = &files[spec.file];
                     ChunkJob {
-                        game: id.clone(),
-                        version: sources.version,
                         path: file.path.clone(),
                         file: file_ids[spec.file],
                         offset: spec.offset,
@@ -320,12 +318,14 @@ async fn transfer(
                 .collect();
             let link = link(shared, &batch.peer);
             let shared = shared.clone();
+            let (game, version) = (id.clone(), sources.version);
             running.spawn(
                 async move {
                     let results = match &link {
                         Some((conn, _)) => {
                             let limit = shared.download_limit.as_ref();
-                            fetch::fetch(conn, &shared.writer, limit, &jobs).await
+                            let what = (&game, version);
+                            fetch::fetch(conn, &shared.writer, limit, what, &jobs).await
                         }
                         None => {
                             let gone = FetchError::Source(
