@@ -63,6 +63,10 @@ pub struct DaemonArgs {
     /// Download limit in MiB/s.
     #[arg(long, value_name = "N")]
     pub max_download_mib_s: Option<f64>,
+    /// Threads that drive QUIC connections, 1..=64; a download opens one data connection
+    /// per thread to each source [default: half the cores, 1..=8].
+    #[arg(long, value_name = "N")]
+    pub transfer_threads: Option<usize>,
 }
 
 /// The config file: the flags' names with `_` for `-`, plus `peers`.
@@ -83,6 +87,7 @@ struct FileConfig {
     admin_group: Option<String>,
     max_upload_mib_s: Option<f64>,
     max_download_mib_s: Option<f64>,
+    transfer_threads: Option<usize>,
     #[serde(default)]
     peers: Vec<String>,
 }
@@ -118,6 +123,18 @@ pub struct DaemonConfig {
     pub max_upload_mib_s: Option<f64>,
     /// Download limit from LAN peers, MiB/s.
     pub max_download_mib_s: Option<f64>,
+    /// Threads driving QUIC connections (the main one included).
+    pub transfer_threads: usize,
+}
+
+/// Most transfer threads a daemon may be given.
+pub const MAX_TRANSFER_THREADS: usize = 64;
+
+/// Half the cores, 1..=8: one daemon per machine leaves the other half to its peers'
+/// traffic, the file reads and the writer (on a 2-core box: 1, everything on one thread).
+pub fn default_transfer_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).clamp(1, 8)
 }
 
 impl DaemonArgs {
@@ -152,6 +169,15 @@ impl DaemonArgs {
                 .parse()
                 .map_err(|e| DaemonError::Config(format!("default listen address: {e}")))?,
         };
+        let transfer_threads = match self.transfer_threads.or(file.transfer_threads) {
+            None => default_transfer_threads(),
+            Some(n @ 1..=MAX_TRANSFER_THREADS) => n,
+            Some(n) => {
+                return Err(DaemonError::Config(format!(
+                    "transfer_threads must be 1..={MAX_TRANSFER_THREADS}, got {n}"
+                )))
+            }
+        };
         let socket = self
             .socket
             .or(file.socket)
@@ -175,6 +201,7 @@ impl DaemonArgs {
             admin_group: self.admin_group.or(file.admin_group),
             max_upload_mib_s,
             max_download_mib_s,
+            transfer_threads,
         })
     }
 }
@@ -252,5 +279,22 @@ mod tests {
         .resolve()
         .unwrap();
         assert_eq!(c.max_download_mib_s, Some(12.5));
+    }
+
+    #[test]
+    fn transfer_threads_are_bounded() {
+        let base = ["--games", "/g", "--state", "/s"];
+        for bad in ["0", "65"] {
+            let err = args(&[&base[..], &["--transfer-threads", bad]].concat())
+                .resolve()
+                .unwrap_err();
+            assert!(err.to_string().contains("transfer_threads"), "{err}");
+        }
+        let c = args(&[&base[..], &["--transfer-threads", "4"]].concat())
+            .resolve()
+            .unwrap();
+        assert_eq!(c.transfer_threads, 4);
+        let auto = args(&base).resolve().unwrap().transfer_threads;
+        assert!((1..=8).contains(&auto), "{auto}");
     }
 }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanspread_catalog::{scan_games_dir, Catalog};
-use lanspread_transfer::{close_code, make_endpoint, Identity, LanSecret, PeerId, TransportTuning};
+use lanspread_transfer::{
+    close_code, data_client_config, make_endpoint, Identity, LanSecret, PeerId, TransportTuning,
+};
 use quinn::VarInt;
 use tracing::{info, warn};
 
@@ -17,6 +19,7 @@ use crate::config::DaemonConfig;
 use crate::events::EventBus;
 use crate::limit::RateLimit;
 use crate::state::{NetSetup, Shared};
+use crate::threads::TransferThreads;
 use crate::{control, links, mdns, watch, DaemonError};
 
 /// How often the games dir is rescanned as a whole without inotify.
@@ -83,7 +86,10 @@ impl Daemon {
             },
         };
         let listener = control::bind(&config.socket, group).await?;
-        let endpoint = make_endpoint(&identity, config.listen, &TransportTuning::default())?;
+        let tuning = TransportTuning::default();
+        let endpoint = make_endpoint(&identity, config.listen, &tuning)?;
+        let data_client = data_client_config(&identity, &tuning)?;
+        let threads = TransferThreads::start(config.transfer_threads)?;
         let listen = endpoint
             .local_addr()
             .map_err(|e| DaemonError::io("quic socket", e))?;
@@ -91,12 +97,14 @@ impl Daemon {
             local_id: identity.peer_id().clone(),
             listen,
             endpoint,
+            data_client,
+            threads,
             secret,
             upload_limit: config.max_upload_mib_s.map(RateLimit::new),
             download_limit: config.max_download_mib_s.map(RateLimit::new),
         };
         let shared = Shared::new(net, config.games.clone(), catalog, events, library);
-        info!(peer_id = %shared.local_id, %listen, games = %config.games.display(), socket = %config.socket.display(), "lanspreadd ready");
+        info!(peer_id = %shared.local_id, %listen, threads = config.transfer_threads, games = %config.games.display(), socket = %config.socket.display(), "lanspreadd ready");
         shared.events.emit(EventKind::LocalPeerReady {
             peer_id: shared.local_id.clone(),
             addr: listen.to_string(),
@@ -194,6 +202,8 @@ impl Daemon {
         for t in self.tasks {
             t.abort();
         }
+        let shared = self.shared.clone();
+        let _ = tokio::task::spawn_blocking(move || shared.threads.stop()).await;
         control::unlink(&self.socket);
         info!("lanspreadd stopped");
     }

@@ -22,6 +22,7 @@ pub mod paths;
 mod recover;
 mod serve;
 mod state;
+mod threads;
 mod watch;
 
 pub use config::{DaemonArgs, DaemonConfig};

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use lanspread_peer::{check_not_self, prefer_new_link, Direction, Upsert};
 use lanspread_transfer::{
-    close_code, connect, peer_id_of, read_frame, secret_proof, session_binding, write_frame, Hello,
-    Message, PeerId, SecretCheck, PROTOCOL_VERSION,
+    close_code, connect, connect_data, is_data_connection, peer_id_of, read_frame, secret_proof,
+    session_binding, write_frame, Hello, Message, PeerId, SecretCheck, PROTOCOL_VERSION,
 };
 use quinn::{Connection, SendStream, VarInt};
 use tokio::sync::oneshot;
@@ -24,21 +24,109 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why a link could not be set up, as told to a `connect` caller.
 pub type LinkResult = Result<PeerInfo, String>;
 
-/// Accepts incoming connections until the endpoint closes.
+/// Accepts incoming connections until the endpoint closes. Each is accepted on the next
+/// transfer thread in turn, which then drives it (quinn runs a connection where it is
+/// accepted): a data connection is served there; a link's announce task runs on the
+/// daemon's runtime and its requests are served on the connection's thread.
 pub async fn accept_loop(shared: Arc<Shared>) {
+    let main = tokio::runtime::Handle::current();
     while let Some(incoming) = shared.endpoint.accept().await {
-        let shared = shared.clone();
         let remote = incoming.remote_address();
-        tokio::spawn(
+        let span = link_span(remote, Direction::Inbound);
+        let here = shared.threads.next().clone();
+        let (shared, main) = (shared.clone(), main.clone());
+        here.clone().spawn(
             async move {
-                match incoming.await {
-                    Ok(conn) => run_link(shared, conn, Direction::Inbound, None, None).await,
-                    Err(e) => debug!("incoming handshake failed: {e}"),
+                let conn = match incoming.await {
+                    Ok(conn) => conn,
+                    Err(e) => return debug!("incoming handshake failed: {e}"),
+                };
+                if is_data_connection(&conn) {
+                    return run_data(shared, conn).await;
                 }
+                let link = run_link(shared, conn, Direction::Inbound, None, None, here);
+                main.spawn(link.in_current_span());
             }
-            .instrument(link_span(remote, Direction::Inbound)),
+            .instrument(span),
         );
     }
+}
+
+/// Runs one data connection: the peer's hello on a unidirectional stream (checked like a
+/// link's: id bound to the key, protocol version, the LAN secret proof bound to this
+/// connection), then its requests until it closes. Nothing is registered or announced:
+/// a data connection is not a link.
+async fn run_data(shared: Arc<Shared>, conn: Connection) {
+    let remote = match peer_id_of(&conn) {
+        Ok(id) => id,
+        Err(e) => {
+            conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"no identity");
+            return warn!("refused a data connection: {e}");
+        }
+    };
+    Span::current().record("id", tracing::field::display(remote.short()));
+    let first = tokio::time::timeout(HELLO_TIMEOUT, async {
+        let mut recv = conn.accept_uni().await.map_err(|e| e.to_string())?;
+        read_frame::<_, Message>(&mut recv)
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let hello = match first {
+        Ok(Ok(Some(Message::Hello(h)))) => h,
+        Ok(Ok(other)) => {
+            let why = format!("expected hello, got {other:?}");
+            return refuse_data(&conn, close_code::PROTOCOL_ERROR, why);
+        }
+        Ok(Err(e)) => return refuse_data(&conn, close_code::PROTOCOL_ERROR, e),
+        Err(_) => return refuse_data(&conn, close_code::PROTOCOL_ERROR, "no hello in time".into()),
+    };
+    let checked = session_binding(&conn)
+        .map_err(|e| (close_code::PROTOCOL_ERROR, e.to_string()))
+        .and_then(|b| check_peer_hello(&shared, &b, &hello, &remote, Direction::Inbound));
+    if let Err((code, why)) = checked {
+        return refuse_data(&conn, code, why);
+    }
+    info!("serving a data connection");
+    let requests = crate::serve::serve_requests(shared, conn, remote).await;
+    info!(requests, "data connection ended");
+}
+
+fn refuse_data(conn: &Connection, code: u32, why: String) {
+    warn!(addr = %conn.remote_address(), "refused a data connection: {why}");
+    conn.close(VarInt::from_u32(code), why.as_bytes());
+}
+
+/// Dials a data connection to the peer `expect` at `addr` and sends our hello on it.
+/// Quinn drives the connection on the runtime this runs on.
+pub async fn open_data(
+    shared: &Shared,
+    addr: SocketAddr,
+    expect: &PeerId,
+) -> Result<Connection, String> {
+    let timeout = lanspread_transfer::TransportTuning::default().connect_timeout;
+    let config = shared.data_client.clone();
+    let (conn, id) = connect_data(&shared.endpoint, config, addr, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    if &id != expect {
+        conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"wrong peer");
+        return Err(format!("{addr} is now peer {id}, not {expect}"));
+    }
+    let binding = session_binding(&conn).map_err(|e| e.to_string())?;
+    let proof = shared.secret.as_ref().map(|s| s.prove(&binding, true));
+    let sent = async {
+        let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
+        write_frame(&mut send, &our_hello(shared, proof))
+            .await
+            .map_err(|e| e.to_string())?;
+        send.finish().map_err(|e| e.to_string())
+    };
+    if let Err(e) = sent.await {
+        conn.close(VarInt::from_u32(close_code::GOODBYE), b"");
+        return Err(format!("data connection to {addr}: {e}"));
+    }
+    Ok(conn)
 }
 
 /// Dials `addr`, runs the link in the background and returns once the peer's hello and
@@ -64,6 +152,7 @@ pub async fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> LinkResult {
             Direction::Outbound,
             Some(addr),
             Some(tx),
+            tokio::runtime::Handle::current(),
         )
         .instrument(link_span(addr, Direction::Outbound)),
     );
@@ -109,13 +198,15 @@ fn link_span(addr: SocketAddr, direction: Direction) -> Span {
 }
 
 /// Runs one connection until it ends. `dialled` is the address we dialled (outbound),
-/// redialled with backoff if the link is lost; `ready` gets the outcome of the hello.
+/// redialled with backoff if the link is lost; `ready` gets the outcome of the hello;
+/// the peer's requests are served on `driver`, the runtime that drives `conn`.
 async fn run_link(
     shared: Arc<Shared>,
     conn: Connection,
     direction: Direction,
     dialled: Option<SocketAddr>,
     mut ready: Option<oneshot::Sender<LinkResult>>,
+    driver: tokio::runtime::Handle,
 ) {
     let mut tell = |r: LinkResult| {
         if let Some(tx) = ready.take() {
@@ -192,23 +283,8 @@ async fn run_link(
             )
         }
     };
-    if let Err(why) = check_hello(&hello, &remote) {
-        let code = if hello.protocol != PROTOCOL_VERSION {
-            close_code::VERSION_MISMATCH
-        } else {
-            close_code::PROTOCOL_ERROR
-        };
+    if let Err((code, why)) = check_peer_hello(&shared, &binding, &hello, &remote, direction) {
         return refuse(&conn, &mut tell, writer, code, why);
-    }
-    let their_role_client = direction == Direction::Inbound;
-    let check = secret_proof(
-        shared.secret.as_ref(),
-        &binding,
-        their_role_client,
-        hello.proof.as_ref(),
-    );
-    if let SecretCheck::Refused(why) = check {
-        return refuse(&conn, &mut tell, writer, close_code::SECRET_MISMATCH, why);
     }
     let _ = accepted.send(());
     // IPv4 peers of a dual-stack socket show up as IPv4-mapped IPv6; list them as IPv4.
@@ -256,7 +332,7 @@ async fn run_link(
         Upsert::Moved { from } => info!(%from, to = %addr, "peer moved"),
         Upsert::Unchanged => debug!("peer reconnected"),
     }
-    let server = tokio::spawn(
+    let server = driver.spawn(
         crate::serve::serve_requests(shared.clone(), conn.clone(), remote.clone())
             .in_current_span(),
     );
@@ -410,6 +486,37 @@ fn drop_link(
     removed
 }
 
+/// A peer's hello against its TLS identity, our protocol version and (with a LAN
+/// secret) the proof bound to this connection's session (`binding`) and the peer's role
+/// in it. `Err` holds the close code and the reason.
+fn check_peer_hello(
+    shared: &Shared,
+    binding: &[u8; 32],
+    hello: &Hello,
+    remote: &PeerId,
+    direction: Direction,
+) -> Result<(), (u32, String)> {
+    if let Err(why) = check_hello(hello, remote) {
+        let code = if hello.protocol != PROTOCOL_VERSION {
+            close_code::VERSION_MISMATCH
+        } else {
+            close_code::PROTOCOL_ERROR
+        };
+        return Err((code, why));
+    }
+    let their_role_client = direction == Direction::Inbound;
+    let check = secret_proof(
+        shared.secret.as_ref(),
+        binding,
+        their_role_client,
+        hello.proof.as_ref(),
+    );
+    match check {
+        SecretCheck::Refused(why) => Err((close_code::SECRET_MISMATCH, why)),
+        _ => Ok(()),
+    }
+}
+
 fn check_hello(hello: &Hello, proven: &PeerId) -> Result<(), String> {
     if hello.protocol != PROTOCOL_VERSION {
         return Err(format!(
@@ -454,6 +561,17 @@ fn refused_by_peer(conn: &Connection) -> Option<String> {
     }
 }
 
+/// Our hello, with the LAN secret proof for the connection it goes on.
+fn our_hello(shared: &Shared, proof: Option<[u8; 32]>) -> Message {
+    Message::Hello(Hello {
+        peer_id: shared.local_id.clone(),
+        listen: shared.listen,
+        protocol: PROTOCOL_VERSION,
+        agent: concat!("lanspread/", env!("CARGO_PKG_VERSION")).into(),
+        proof,
+    })
+}
+
 /// Writes our announce stream: hello, then (once `accepted` fires) the library on every
 /// change, goodbye on shutdown.
 async fn announce(
@@ -462,13 +580,7 @@ async fn announce(
     proof: Option<[u8; 32]>,
     accepted: oneshot::Receiver<()>,
 ) {
-    let hello = Message::Hello(Hello {
-        peer_id: shared.local_id.clone(),
-        listen: shared.listen,
-        protocol: PROTOCOL_VERSION,
-        agent: concat!("lanspread/", env!("CARGO_PKG_VERSION")).into(),
-        proof,
-    });
+    let hello = our_hello(&shared, proof);
     let mut advert = shared.advert.subscribe();
     let mut shutdown = shared.shutdown.subscribe();
     let result: Result<(), lanspread_transfer::FrameError> = async {

@@ -22,16 +22,18 @@ const READ_SIZE: usize = 2 << 20;
 /// How long a peer has to send its request after opening a stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepts request streams on a connection until it closes.
-pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerId) {
+/// Accepts request streams on a connection until it closes; returns how many came.
+pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerId) -> u64 {
+    let mut requests = 0;
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
             Err(e) => {
                 debug!(peer = %remote.short(), "request loop ended: {e}");
-                return;
+                return requests;
             }
         };
+        requests += 1;
         let (shared, conn, remote) = (shared.clone(), conn.clone(), remote.clone());
         tokio::spawn(
             async move {

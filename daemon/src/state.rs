@@ -16,6 +16,7 @@ use crate::api::{
 };
 use crate::events::EventBus;
 use crate::limit::RateLimit;
+use crate::threads::TransferThreads;
 
 /// The connection currently kept for a peer.
 pub struct Link {
@@ -52,6 +53,10 @@ pub struct NetSetup {
     pub listen: SocketAddr,
     /// The QUIC endpoint.
     pub endpoint: quinn::Endpoint,
+    /// How data connections are dialled (`DATA_ALPN`).
+    pub data_client: quinn::ClientConfig,
+    /// The runtimes connections are driven on.
+    pub threads: TransferThreads,
     /// The LAN secret, if configured.
     pub secret: Option<LanSecret>,
     /// Upload limit to LAN peers.
@@ -72,6 +77,10 @@ pub struct Shared {
     pub catalog: Catalog,
     /// The QUIC endpoint.
     pub endpoint: quinn::Endpoint,
+    /// How data connections are dialled (`DATA_ALPN`).
+    pub data_client: quinn::ClientConfig,
+    /// The runtimes connections are driven on (index 0: the daemon's).
+    pub threads: TransferThreads,
     /// The LAN secret, if configured: peers must prove the same one.
     pub secret: Option<LanSecret>,
     /// Upload limit to LAN peers, shared by every client served.
@@ -111,6 +120,8 @@ impl Shared {
             local_id,
             listen,
             endpoint,
+            data_client,
+            threads,
             secret,
             upload_limit,
             download_limit,
@@ -127,6 +138,8 @@ impl Shared {
             games_dir,
             catalog,
             endpoint,
+            data_client,
+            threads,
             secret,
             upload_limit,
             download_limit,

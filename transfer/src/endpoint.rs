@@ -9,7 +9,7 @@ use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use rustls_pki_types::CertificateDer;
 
 use crate::tls::{client_config, server_config};
-use crate::{Identity, PeerId, TransferError, SERVER_NAME};
+use crate::{Identity, PeerId, TransferError, ALPN, DATA_ALPN, SERVER_NAME};
 
 /// Transport settings for a LAN.
 #[derive(Debug, Clone)]
@@ -80,10 +80,7 @@ pub fn make_endpoint(
         .map_err(|e| TransferError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(transport.clone());
-    let client_crypto = QuicClientConfig::try_from(client_config(id)?)
-        .map_err(|e| TransferError::Tls(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-    client.transport_config(transport);
+    let client = quic_client_config(id, transport, ALPN)?;
     let bind_err = |source| TransferError::Bind {
         addr: listen,
         source,
@@ -100,6 +97,26 @@ pub fn make_endpoint(
     .map_err(bind_err)?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
+}
+
+/// The client side of a data connection (`DATA_ALPN`), dialled with [`connect_data`].
+pub fn data_client_config(
+    id: &Identity,
+    tuning: &TransportTuning,
+) -> Result<quinn::ClientConfig, TransferError> {
+    quic_client_config(id, Arc::new(tuning.transport()), DATA_ALPN)
+}
+
+fn quic_client_config(
+    id: &Identity,
+    transport: Arc<TransportConfig>,
+    alpn: &[u8],
+) -> Result<quinn::ClientConfig, TransferError> {
+    let crypto = QuicClientConfig::try_from(client_config(id, alpn)?)
+        .map_err(|e| TransferError::Tls(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(transport);
+    Ok(client)
 }
 
 /// A UDP socket bound to `listen` with large buffers: a burst of a fast sender must not
@@ -131,10 +148,41 @@ pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
 ) -> Result<(Connection, PeerId), TransferError> {
+    dial(endpoint.connect(addr, SERVER_NAME), addr, timeout).await
+}
+
+/// Dials a data connection to `addr` with `config` (from [`data_client_config`]). Quinn
+/// drives a connection on the runtime that dials it, so dialling from another thread's
+/// runtime puts this connection's packet work (crypto, acks) on that thread.
+pub async fn connect_data(
+    endpoint: &Endpoint,
+    config: quinn::ClientConfig,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(Connection, PeerId), TransferError> {
+    dial(
+        endpoint.connect_with(config, addr, SERVER_NAME),
+        addr,
+        timeout,
+    )
+    .await
+}
+
+/// Whether the peer dialled `conn` as a data connection (`DATA_ALPN`).
+pub fn is_data_connection(conn: &Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .is_some_and(|p| p == DATA_ALPN)
+}
+
+async fn dial(
+    connecting: Result<quinn::Connecting, quinn::ConnectError>,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(Connection, PeerId), TransferError> {
     let err = |why: String| TransferError::Connect { addr, why };
-    let connecting = endpoint
-        .connect(addr, SERVER_NAME)
-        .map_err(|e| err(e.to_string()))?;
+    let connecting = connecting.map_err(|e| err(e.to_string()))?;
     let conn = match tokio::time::timeout(timeout, connecting).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Err(err(e.to_string())),
@@ -196,6 +244,36 @@ mod tests {
         assert_eq!(session_binding(&conn).unwrap(), server_binding);
         assert_ne!(server_binding, [0u8; 32]);
         assert_eq!(msg, Message::Goodbye { reason: "x".into() });
+    }
+
+    #[tokio::test]
+    async fn data_connections_are_told_apart_by_alpn() {
+        let a = Identity::ephemeral().unwrap();
+        let b = Identity::ephemeral().unwrap();
+        let tuning = TransportTuning::default();
+        let ea = make_endpoint(&a, "127.0.0.1:0".parse().unwrap(), &tuning).unwrap();
+        let eb = make_endpoint(&b, "127.0.0.1:0".parse().unwrap(), &tuning).unwrap();
+        let b_addr = eb.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut kinds = Vec::new();
+            for _ in 0..2 {
+                let conn = eb.accept().await.unwrap().await.unwrap();
+                kinds.push((is_data_connection(&conn), peer_id_of(&conn).unwrap()));
+            }
+            kinds
+        });
+        let t = tuning.connect_timeout;
+        let (link, _) = connect(&ea, b_addr, t).await.unwrap();
+        let data_cfg = data_client_config(&a, &tuning).unwrap();
+        let (data, id) = connect_data(&ea, data_cfg, b_addr, t).await.unwrap();
+        assert_eq!(&id, b.peer_id());
+        assert!(!is_data_connection(&link));
+        assert!(is_data_connection(&data));
+        let kinds = server.await.unwrap();
+        assert_eq!(
+            kinds,
+            vec![(false, a.peer_id().clone()), (true, a.peer_id().clone())]
+        );
     }
 
     #[tokio::test]

@@ -13,12 +13,15 @@ mod protocol;
 mod secret;
 mod tls;
 
-pub use endpoint::{connect, make_endpoint, peer_id_of, session_binding, TransportTuning};
+pub use endpoint::{
+    connect, connect_data, data_client_config, is_data_connection, make_endpoint, peer_id_of,
+    session_binding, TransportTuning,
+};
 pub use error::TransferError;
 pub use frame::{decode_frame, encode_frame, read_frame, write_frame, FrameError, MAX_FRAME_LEN};
 pub use identity::{Identity, PeerId, KEY_FILE};
 pub use protocol::{
-    close_code, ChunkRange, GameAd, Hello, Message, PeerRequest, PeerResponse, ALPN, MAX_RANGES,
-    PROTOCOL_VERSION, SERVER_NAME,
+    close_code, ChunkRange, GameAd, Hello, Message, PeerRequest, PeerResponse, ALPN, DATA_ALPN,
+    MAX_RANGES, PROTOCOL_VERSION, SERVER_NAME,
 };
 pub use secret::{secret_proof, LanSecret, SecretCheck, MIN_SECRET_LEN};

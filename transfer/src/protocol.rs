@@ -11,8 +11,12 @@ use crate::PeerId;
 
 /// Wire protocol version; a peer with another version is refused.
 pub const PROTOCOL_VERSION: u32 = 3;
-/// TLS ALPN identifier.
+/// TLS ALPN identifier of a peer link (announce stream, requests).
 pub const ALPN: &[u8] = b"lanspread/1";
+/// TLS ALPN identifier of a data connection: a downloader's extra connection to a source,
+/// driven by another thread of each side, that carries only requests (after a `Hello`
+/// on one unidirectional stream, checked like a link's).
+pub const DATA_ALPN: &[u8] = b"lanspread-data/1";
 /// Server name used in certificates and SNI; identity comes from the key, not the name.
 pub const SERVER_NAME: &str = "lanspread";
 

@@ -12,7 +12,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::{Identity, PeerId, TransferError, ALPN};
+use crate::{Identity, PeerId, TransferError, ALPN, DATA_ALPN};
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -28,14 +28,17 @@ pub(crate) fn server_config(id: &Identity) -> Result<rustls::ServerConfig, Trans
         .with_client_cert_verifier(verifier)
         .with_single_cert(vec![id.cert()], id.private_key())
         .map_err(|e| TransferError::Tls(e.to_string()))?;
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.alpn_protocols = vec![ALPN.to_vec(), DATA_ALPN.to_vec()];
     cfg.max_early_data_size = 0;
     Ok(cfg)
 }
 
 /// Client-side rustls config: presents our certificate, accepts any well-formed peer
 /// certificate whose key signs the handshake.
-pub(crate) fn client_config(id: &Identity) -> Result<rustls::ClientConfig, TransferError> {
+pub(crate) fn client_config(
+    id: &Identity,
+    alpn: &[u8],
+) -> Result<rustls::ClientConfig, TransferError> {
     let provider = provider();
     let verifier = Arc::new(PeerVerifier::new(&provider));
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
@@ -45,7 +48,7 @@ pub(crate) fn client_config(id: &Identity) -> Result<rustls::ClientConfig, Trans
         .with_custom_certificate_verifier(verifier)
         .with_client_auth_cert(vec![id.cert()], id.private_key())
         .map_err(|e| TransferError::Tls(e.to_string()))?;
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     Ok(cfg)
 }
 

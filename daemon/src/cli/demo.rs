@@ -36,6 +36,7 @@ async fn start(dir: &Path, name: &str, games: &Path) -> Result<Daemon, CliError>
         admin_group: None,
         max_upload_mib_s: None,
         max_download_mib_s: None,
+        transfer_threads: crate::config::default_transfer_threads(),
     };
     Daemon::start(cfg).await.map_err(failed)
 }

@@ -5,6 +5,7 @@
 mod commit;
 mod fetch;
 mod journal;
+mod lanes;
 mod writer;
 
 use std::sync::Arc;
@@ -248,6 +249,7 @@ async fn download(
         files: &chosen.files,
         file_ids: files_open,
         journal: &mut journal,
+        lanes: lanes::Lanes::open(shared, &chosen.sources).await,
     };
     transfer(shared, id, sources, work, &mut planner).await?;
     let t_transfer = started.elapsed();
@@ -279,11 +281,12 @@ async fn download(
     })
 }
 
-/// What `transfer` writes into.
+/// What `transfer` writes into, and the connections it fetches over (closed when done).
 struct Work<'a> {
     files: &'a [FileManifest],
     file_ids: &'a [u64],
     journal: &'a mut journal::Journal,
+    lanes: lanes::Lanes,
 }
 
 async fn transfer(
@@ -297,6 +300,7 @@ async fn transfer(
         files,
         file_ids,
         journal,
+        mut lanes,
     } = work;
     let mut running = JoinSet::new();
     loop {
@@ -316,29 +320,36 @@ async fn transfer(
                     }
                 })
                 .collect();
-            let link = link(shared, &batch.peer);
-            let shared = shared.clone();
+            // A source whose link is gone is gone, whatever lanes it had.
+            let addr = link(shared, &batch.peer).map(|l| l.1);
+            let lane = addr.as_ref().and(lanes.next(&batch.peer));
+            let Some(lanes::Lane { conn, runtime }) = lane else {
+                let gone = FetchError::Source(
+                    lanspread_peer::FailKind::SourceGone,
+                    "peer disconnected".into(),
+                );
+                let results = vec![Err(gone); jobs.len()];
+                running.spawn(async move { Ok((batch, jobs, String::new(), results)) });
+                continue;
+            };
+            let (shared, conn) = (shared.clone(), conn.clone());
             let (game, version) = (id.clone(), sources.version);
-            running.spawn(
+            // The fetch runs on the thread that drives its connection; dropping `running`
+            // (a failed download) aborts it there too.
+            let fetch = runtime.spawn(
                 async move {
-                    let results = match &link {
-                        Some((conn, _)) => {
-                            let limit = shared.download_limit.as_ref();
-                            let what = (&game, version);
-                            fetch::fetch(conn, &shared.writer, limit, what, &jobs).await
-                        }
-                        None => {
-                            let gone = FetchError::Source(
-                                lanspread_peer::FailKind::SourceGone,
-                                "peer disconnected".into(),
-                            );
-                            vec![Err(gone); jobs.len()]
-                        }
-                    };
-                    (batch, jobs, link.map(|l| l.1).unwrap_or_default(), results)
+                    let limit = shared.download_limit.as_ref();
+                    let what = (&game, version);
+                    let results = fetch::fetch(&conn, &shared.writer, limit, what, &jobs).await;
+                    (batch, jobs, addr.unwrap_or_default(), results)
                 }
                 .in_current_span(),
             );
+            let abort = AbortOnDrop(fetch.abort_handle());
+            running.spawn(async move {
+                let _abort = abort;
+                fetch.await
+            });
         }
         match planner.status() {
             PlannerStatus::Finished => return Ok(()),
@@ -348,7 +359,9 @@ async fn transfer(
         let Some(joined) = running.join_next().await else {
             return Err("download stalled: nothing in flight and nothing assignable".into());
         };
-        let (batch, jobs, addr, results) = joined.map_err(|e| format!("chunk task failed: {e}"))?;
+        let (batch, jobs, addr, results) = joined
+            .and_then(|j| j)
+            .map_err(|e| format!("chunk task failed: {e}"))?;
         let mut failed = Vec::new();
         for ((&chunk, job), res) in batch.chunks.iter().zip(jobs).zip(results) {
             match res {
@@ -377,6 +390,15 @@ async fn transfer(
         for (chunk, kind, _) in failed.into_iter().rev() {
             planner.on_failed(chunk, &batch.peer, kind);
         }
+    }
+}
+
+/// Aborts a task (on whichever runtime it runs) when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -9,6 +9,7 @@ mod gates;
 mod hostile;
 mod hostile_source;
 mod install;
+mod lanes;
 mod library;
 mod limits;
 mod live;

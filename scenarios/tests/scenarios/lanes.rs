@@ -1,0 +1,176 @@
+//! Several transfer threads (`--transfer-threads N`): a download opens N data connections
+//! to each source, each driven by its own thread on both sides, and stripes the chunk
+//! requests over them. Data connections pass the same checks as links (LAN secret proof
+//! bound to the connection, id bound to the key) before any request is served.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lanspread_catalog::{GameId, Version};
+use lanspread_fixtures::{Content, GameSpec};
+use lanspread_scenarios::{assert_same_tree, Node, NodeOptions};
+use lanspread_transfer::{
+    close_code, connect_data, data_client_config, encode_frame, make_endpoint, read_frame,
+    session_binding, write_frame, Hello, Identity, LanSecret, Message, PeerRequest, PeerResponse,
+    TransportTuning, PROTOCOL_VERSION,
+};
+use quinn::{ConnectionError, VarInt};
+
+const CHUNK: u64 = 32 << 20;
+const THREADS: usize = 3;
+
+fn node(name: &str, games: &Path, secret: &Path) -> Node {
+    let args = [
+        "--transfer-threads",
+        &THREADS.to_string(),
+        "--secret-file",
+        &secret.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    Node::start_with(
+        name,
+        games,
+        NodeOptions {
+            args,
+            ..NodeOptions::default()
+        },
+    )
+}
+
+fn secret(dir: &Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("secret");
+    std::fs::write(&p, "the lanes lan party secret\n").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+/// The `requests=N` of every "data connection ended" line of a log.
+fn data_connection_requests(log: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("data connection ended"))
+        .filter_map(|l| {
+            let v = l.split("requests=").nth(1)?;
+            v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+        })
+        .collect()
+}
+
+/// Big chunks and batches of small files travel over three data connections, each of
+/// which served requests; the tree is identical and the connections close with the
+/// download.
+#[test]
+fn lanes_carry_a_download_over_data_connections() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = secret(keys.path());
+    let lab = tempfile::tempdir().unwrap();
+    GameSpec::new("cod5", "20250101")
+        .file(
+            "cod5.eti",
+            0o644,
+            Content::Random {
+                seed: 7,
+                size: 3 * CHUNK + 100,
+            },
+        )
+        .with_small_files(11, 200, 3000)
+        .write(lab.path())
+        .unwrap();
+    let games = tempfile::tempdir().unwrap();
+    let src = node("src", lab.path(), &key);
+    let c = node("client", games.path(), &key);
+    c.connect(&src);
+    c.download_ok("cod5", &["--no-install"]);
+    assert_same_tree(&lab.path().join("cod5"), &games.path().join("cod5"));
+    assert!(
+        c.log().contains(&format!("lanes={THREADS}")),
+        "{}",
+        c.log_tail()
+    );
+    // Every data connection carried requests (stripes), and all ended with the download.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut served = data_connection_requests(&src.log());
+    while served.len() < THREADS && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        served = data_connection_requests(&src.log());
+    }
+    assert_eq!(served.len(), THREADS, "{}", src.log_tail());
+    assert!(served.iter().all(|&n| n > 0), "{served:?}");
+    // The link stays up after its data connections closed.
+    assert_eq!(c.peer_ids(), vec![src.peer_id.clone()]);
+}
+
+/// A data connection is refused before any request is served when its hello lacks the
+/// LAN secret proof, or proves the secret but claims another peer's id.
+#[test]
+fn lanes_data_connections_are_checked_like_links() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = secret(keys.path());
+    let lab = tempfile::tempdir().unwrap();
+    GameSpec::new("cod5", "20250101")
+        .file(
+            "cod5.eti",
+            0o644,
+            Content::Random {
+                seed: 3,
+                size: 4096,
+            },
+        )
+        .write(lab.path())
+        .unwrap();
+    let src = node("src", lab.path(), &key);
+    let lan = LanSecret::load(&key).unwrap();
+    crate::util::rt().block_on(async {
+        let id = Identity::ephemeral().unwrap();
+        let other = Identity::ephemeral().unwrap();
+        let tuning = TransportTuning::default();
+        let ep = make_endpoint(&id, "127.0.0.1:0".parse().unwrap(), &tuning).unwrap();
+        for (claimed, with_proof, code) in [
+            (&id, false, close_code::SECRET_MISMATCH),
+            (&other, true, close_code::PROTOCOL_ERROR),
+        ] {
+            let cfg = data_client_config(&id, &tuning).unwrap();
+            let addr = src.addr.parse().unwrap();
+            let (conn, _) = connect_data(&ep, cfg, addr, Duration::from_secs(5))
+                .await
+                .unwrap();
+            let proof = with_proof.then(|| lan.prove(&session_binding(&conn).unwrap(), true));
+            let hello = Message::Hello(Hello {
+                peer_id: claimed.peer_id().clone(),
+                listen: "127.0.0.1:1".parse().unwrap(),
+                protocol: PROTOCOL_VERSION,
+                agent: "raw".into(),
+                proof,
+            });
+            let mut announce = conn.open_uni().await.unwrap();
+            announce
+                .write_all(&encode_frame(&hello).unwrap())
+                .await
+                .unwrap();
+            // A request right behind the hello gets no answer.
+            let (mut send, mut recv) = conn.open_bi().await.unwrap();
+            let ask = PeerRequest::Files {
+                game: GameId::new("cod5").unwrap(),
+                version: Version::parse("20250101").unwrap(),
+            };
+            let _ = write_frame(&mut send, &ask).await;
+            let _ = send.finish();
+            let answer = read_frame::<_, PeerResponse>(&mut recv).await;
+            assert!(answer.is_err(), "served before the checks: {answer:?}");
+            let err = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+                .await
+                .unwrap();
+            assert!(
+                matches!(&err, ConnectionError::ApplicationClosed(c)
+                    if c.error_code == VarInt::from_u32(code)),
+                "{err:?}"
+            );
+        }
+    });
+    // Nothing registered: a data connection is never a link.
+    assert!(src.peer_ids().is_empty());
+    let log = src.log();
+    assert_eq!(log.matches("refused a data connection").count(), 2, "{log}");
+    assert!(!log.contains("serving a data connection"), "{log}");
+}
