@@ -44,7 +44,7 @@ fn s37(c: &mut Criterion) {
         g.bench_function(format!("lanspread_{}", fs.name()), |b| {
             b.iter_custom(|n| {
                 timed(n, || {
-                    app::s37(bytes, fs).map(|d| Duration::from_secs_f64(d.secs))
+                    app::s37(bytes, fs, None).map(|d| Duration::from_secs_f64(d.secs))
                 })
             })
         });

@@ -44,11 +44,21 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts `lanspreadd` on `games` with its state, socket and events under `dir`.
-    pub fn start(dir: &Path, name: &str, games: &Path) -> anyhow::Result<Self> {
+    /// Starts `lanspreadd` on `games` with its state, socket and events under `dir`, with
+    /// `threads` transfer threads (`None`: the daemon's default).
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        games: &Path,
+        threads: Option<usize>,
+    ) -> anyhow::Result<Self> {
         let socket = dir.join(format!("{name}.sock"));
         let events = dir.join(format!("{name}.events"));
-        let child = Command::new(bin("lanspreadd")?)
+        let mut cmd = Command::new(bin("lanspreadd")?);
+        if let Some(n) = threads {
+            cmd.args(["--transfer-threads", &n.to_string()]);
+        }
+        let child = cmd
             .arg("--games")
             .arg(games)
             .arg("--state")
@@ -146,8 +156,9 @@ pub struct Pair {
 }
 
 impl Pair {
-    /// Writes the games, starts both daemons and connects the client to the source.
-    pub fn new(fs: Fs, specs: &[GameSpec]) -> anyhow::Result<Self> {
+    /// Writes the games, starts both daemons (with `threads` transfer threads each, `None`:
+    /// their default) and connects the client to the source.
+    pub fn new(fs: Fs, specs: &[GameSpec], threads: Option<usize>) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("lanspread-bench-")
             .tempdir_in(fs.dir())
@@ -157,8 +168,8 @@ impl Pair {
         for s in specs {
             s.write(&src)?;
         }
-        let source = Daemon::start(dir.path(), "source", &src)?;
-        let client = Daemon::start(dir.path(), "client", &dst)?;
+        let source = Daemon::start(dir.path(), "source", &src, threads)?;
+        let client = Daemon::start(dir.path(), "client", &dst, threads)?;
         client.cli(&["connect", &source.addr])?;
         Ok(Self {
             source,
@@ -179,14 +190,15 @@ impl Pair {
     }
 }
 
-/// S37: one sparse `.eti` of `bytes` from one source to one client writing into `fs`.
-pub fn s37(bytes: u64, fs: Fs) -> anyhow::Result<Download> {
+/// S37: one sparse `.eti` of `bytes` from one source to one client writing into `fs`,
+/// both daemons with `threads` transfer threads (`None`: their default).
+pub fn s37(bytes: u64, fs: Fs, threads: Option<usize>) -> anyhow::Result<Download> {
     let spec = GameSpec::new(S37_GAME, "20250101").file(
         &format!("{S37_GAME}.eti"),
         0o644,
         Content::Sparse { size: bytes },
     );
-    Pair::new(fs, &[spec])?.download(S37_GAME)
+    Pair::new(fs, &[spec], threads)?.download(S37_GAME)
 }
 
 /// S34: `files` small files totalling `bytes`, then one file of `bytes`, through the same
@@ -202,6 +214,6 @@ pub fn s34(bytes: u64, files: usize, fs: Fs) -> anyhow::Result<(Download, Downlo
             size: each * files as u64,
         },
     );
-    let pair = Pair::new(fs, &[many, one])?;
+    let pair = Pair::new(fs, &[many, one], None)?;
     Ok((pair.download(S34_MANY)?, pair.download(S34_ONE)?))
 }

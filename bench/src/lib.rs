@@ -8,7 +8,7 @@ pub mod app;
 pub mod raw;
 pub mod tcp;
 
-pub use raw::{raw_quinn, STREAMS};
+pub use raw::{raw_quinn, raw_quinn_pairs, STREAMS};
 
 /// MiB/s for `bytes` moved in `secs`.
 pub fn mib_per_s(bytes: u64, secs: f64) -> f64 {

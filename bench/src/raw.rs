@@ -37,6 +37,26 @@ pub fn raw_quinn(bytes: u64) -> anyhow::Result<Duration> {
     received
 }
 
+/// `pairs` raw transfers side by side, each between its own two endpoints on their own
+/// threads and moving `bytes / pairs`: the reference for `pairs` transfer threads per
+/// daemon (quinn-perf scaled this way on 16 cores, `../shared/perf.md`). Returns the wall
+/// time from the first handshake to the last byte.
+pub fn raw_quinn_pairs(bytes: u64, pairs: usize) -> anyhow::Result<Duration> {
+    let pairs = pairs.max(1) as u64;
+    let start = Instant::now();
+    let runs: Vec<_> = (0..pairs)
+        .map(|i| {
+            let share = bytes / pairs + if i == 0 { bytes % pairs } else { 0 };
+            std::thread::spawn(move || raw_quinn(share))
+        })
+        .collect();
+    for r in runs {
+        r.join()
+            .map_err(|_| anyhow::anyhow!("raw quinn pair panicked"))??;
+    }
+    Ok(start.elapsed())
+}
+
 fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -1,13 +1,16 @@
 //! `cargo run --release -p lanspread-bench --bin compare -- [--bytes N] [--samples K]
-//! [--s34-files F] [--only s37|s34] [--guard R]`: S37 through two real daemons (client on tmpfs and on the
-//! disk) next to a raw quinn memory-to-memory transfer and a TCP sendfile copy of the same
-//! size, all in this run; then S34 (F small files vs one file of the same total). Prints a
-//! table and one JSON line with medians, ratios and the client's peak RSS. With `--guard R`
-//! it exits 1 when the tmpfs ratio app / raw quinn is below R or the client's peak RSS
-//! is above 256 MiB (the CI guard).
+//! [--s34-files F] [--only s37|s34] [--guard R] [--threads T] [--scaling 1,2,4,8]`: S37
+//! through two real daemons (client on tmpfs and on the disk) next to a raw quinn
+//! memory-to-memory transfer and a TCP sendfile copy of the same size, all in this run;
+//! then S34 (F small files vs one file of the same total). Prints a table and one JSON
+//! line with medians, ratios and the client's peak RSS. With `--guard R` it exits 1 when
+//! the tmpfs ratio app / raw quinn is below R or the client's peak RSS is above 256 MiB
+//! (the CI guard). `--threads T` gives both daemons T transfer threads (default: theirs).
+//! `--scaling LIST` runs only the scaling table: per thread count N, S37 → tmpfs with N
+//! transfer threads per daemon next to N raw quinn pairs side by side.
 
 use anyhow::{bail, Context};
-use lanspread_bench::{app, median, mib_per_s, raw_quinn, tcp::tcp_copy, Fs};
+use lanspread_bench::{app, median, mib_per_s, raw_quinn, raw_quinn_pairs, tcp::tcp_copy, Fs};
 
 /// The client's peak RSS during S37 must stay below this (perf.md).
 const MAX_CLIENT_RSS_MIB: u64 = 256;
@@ -19,6 +22,8 @@ struct Args {
     guard: Option<f64>,
     s37: bool,
     s34: bool,
+    threads: Option<usize>,
+    scaling: Vec<usize>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -29,6 +34,8 @@ fn parse() -> anyhow::Result<Args> {
         guard: None,
         s37: true,
         s34: true,
+        threads: None,
+        scaling: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -38,6 +45,13 @@ fn parse() -> anyhow::Result<Args> {
             "--samples" => a.samples = value()?.parse().context("--samples")?,
             "--s34-files" => a.s34_files = value()?.parse().context("--s34-files")?,
             "--guard" => a.guard = Some(value()?.parse().context("--guard")?),
+            "--threads" => a.threads = Some(value()?.parse().context("--threads")?),
+            "--scaling" => {
+                a.scaling = value()?
+                    .split(',')
+                    .map(|n| n.trim().parse().context("--scaling takes e.g. 1,2,4,8"))
+                    .collect::<anyhow::Result<_>>()?
+            }
             "--only" => match value()?.as_str() {
                 "s37" => a.s34 = false,
                 "s34" => a.s37 = false,
@@ -51,11 +65,60 @@ fn parse() -> anyhow::Result<Args> {
         "need ≥1 sample and ≥1 MiB"
     );
     anyhow::ensure!(a.s34_files > 0, "--s34-files must be > 0");
+    anyhow::ensure!(
+        a.scaling
+            .iter()
+            .chain(&a.threads)
+            .all(|&n| (1..=64).contains(&n)),
+        "thread counts are 1..=64"
+    );
     Ok(a)
+}
+
+/// The scaling table: S37 → tmpfs with N transfer threads per daemon next to N raw quinn
+/// pairs, interleaved per sample.
+fn scaling(args: &Args) -> anyhow::Result<()> {
+    let bytes = args.bytes;
+    println!(
+        "| threads | raw quinn, N pairs (MiB/s) | S37 → tmpfs (MiB/s) | S37 / raw N pairs | S37 / S37 at {} |",
+        args.scaling[0]
+    );
+    println!("|---|---|---|---|---|");
+    let mut rows = Vec::new();
+    let mut base = None;
+    for &n in &args.scaling {
+        let (mut raw, mut app) = (Vec::new(), Vec::new());
+        for i in 0..args.samples {
+            raw.push(mib_per_s(bytes, raw_quinn_pairs(bytes, n)?.as_secs_f64()));
+            app.push(app::s37(bytes, Fs::Tmpfs, Some(n))?.mib_s);
+            eprintln!(
+                "threads {n} sample {}: raw {:.0}, S37 {:.0} MiB/s",
+                i + 1,
+                raw[i],
+                app[i]
+            );
+        }
+        let (raw, app) = (median(raw), median(app));
+        let first = *base.get_or_insert(app);
+        println!(
+            "| {n} | {raw:.0} | {app:.0} | {:.2} | {:.2} |",
+            app / raw,
+            app / first
+        );
+        rows.push(serde_json::json!({
+            "threads": n, "raw_quinn_pairs_mib_s": raw, "s37_tmpfs_mib_s": app,
+        }));
+    }
+    let doc = serde_json::json!({"bytes": bytes, "samples": args.samples, "scaling": rows});
+    println!("{doc}");
+    Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let args = parse()?;
+    if !args.scaling.is_empty() {
+        return scaling(&args);
+    }
     let bytes = args.bytes;
     let mut raw = Vec::new();
     let (mut tcp_t, mut tcp_d) = (Vec::new(), Vec::new());
@@ -70,7 +133,7 @@ fn main() -> anyhow::Result<()> {
             (Fs::Disk, &mut tcp_d, &mut app_d),
         ] {
             tcp.push(mib_per_s(bytes, tcp_copy(bytes, fs)?.as_secs_f64()));
-            let s = app::s37(bytes, fs)?;
+            let s = app::s37(bytes, fs, args.threads)?;
             s37.push(s.mib_s);
             rss = rss.max(s.client_peak_rss_kib);
         }

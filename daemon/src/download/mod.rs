@@ -32,9 +32,13 @@ use fetch::{ChunkJob, FetchError};
 /// Chunks in flight per source: many small files go out at once (their cost is round
 /// trips) ...
 const MAX_IN_FLIGHT: usize = 64;
-/// ... while big chunks are capped by bytes (4 × 32 MiB), within the 256 MiB connection
-/// window. Measured with the compare tool's S34 case (bench/README.md).
-const MAX_IN_FLIGHT_BYTES: u64 = 4 * lanspread_catalog::CHUNK_SIZE;
+/// ... while big chunks are capped by bytes: 4 × 32 MiB, or one chunk per lane when a
+/// source has more lanes (transfer threads), so every lane has work. What a source sends
+/// is what was asked, so this also bounds what the client holds unread per source.
+/// Measured with the compare tool's S34 case (bench/README.md).
+fn max_in_flight_bytes(lanes: usize) -> u64 {
+    lanes.max(4) as u64 * lanspread_catalog::CHUNK_SIZE
+}
 /// A run of consecutive chunks of at most `BATCH_CHUNK_LEN` bytes each (small files)
 /// goes in one request of up to `BATCH_CHUNKS` ranges and `BATCH_BYTES` bytes: one
 /// stream, one request frame and one reader task on the source per batch, not per file.
@@ -218,7 +222,7 @@ async fn download(
     }
     let bytes: u64 = chosen.files.iter().map(|f| f.size).sum();
     let mut planner = Planner::new(&chosen.files, &chosen.sources, MAX_IN_FLIGHT)
-        .limit_in_flight_bytes(MAX_IN_FLIGHT_BYTES)
+        .limit_in_flight_bytes(max_in_flight_bytes(shared.threads.len()))
         .batch_small_chunks(BATCH_CHUNKS, BATCH_CHUNK_LEN, BATCH_BYTES);
     let chunks = planner.chunks().len() as u64;
     // Chunks an interrupted attempt at this same version and manifest already verified.
