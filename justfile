@@ -48,3 +48,8 @@ install:
     /usr/local/bin/lanspread man --daemon > /usr/local/share/man/man1/lanspreadd.1
     systemctl daemon-reload
     @echo "now: systemctl enable --now lanspreadd"
+
+# The many-core scaling table on a lent device machine: pack here, then run there.
+device-pack:
+    cargo build --release --bins
+    bash bench/device.sh pack

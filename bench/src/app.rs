@@ -115,6 +115,11 @@ impl Daemon {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// CPU seconds this daemon used so far.
+    pub fn cpu_secs(&self) -> f64 {
+        crate::cpu_secs(Some(self.child.id()))
+    }
+
     /// Peak resident set size in KiB (VmHWM).
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
@@ -144,6 +149,8 @@ pub struct Download {
     pub mib_s: f64,
     /// Client peak RSS after the download, KiB.
     pub client_peak_rss_kib: u64,
+    /// CPU seconds both daemons used during the download.
+    pub cpu_s: f64,
 }
 
 /// A source with `specs` and an empty client, both in a fresh dir under `fs`, linked.
@@ -180,12 +187,16 @@ impl Pair {
 
     /// Downloads `game` (`--no-install`) and returns the client's figures.
     pub fn download(&self, game: &str) -> anyhow::Result<Download> {
+        let cpu = || self.client.cpu_secs() + self.source.cpu_secs();
+        let before = cpu();
         let done = self.client.cli(&["download", game, "--no-install"])?;
+        let cpu_s = cpu() - before;
         let ms = done["duration_ms"].as_f64().context("duration_ms")?;
         Ok(Download {
             secs: ms / 1000.0,
             mib_s: done["mib_per_s"].as_f64().context("mib_per_s")?,
             client_peak_rss_kib: self.client.peak_rss_kib(),
+            cpu_s,
         })
     }
 }

@@ -15,6 +15,28 @@ pub fn mib_per_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-9)
 }
 
+/// CPU time (user + system, all threads) a process used so far, in seconds: `pid`, or
+/// this process with `None`. 0 when it cannot be read (the process is gone).
+pub fn cpu_secs(pid: Option<u32>) -> f64 {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses: state is the
+    // 3rd field, utime and stime the 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let ticks: u64 = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1);
+    ticks as f64 / hz as f64
+}
+
 /// Median of a non-empty sample (the upper middle for an even count); 0 when empty.
 pub fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
@@ -65,5 +87,19 @@ mod tests {
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(vec![]), 0.0);
         assert_eq!(mib_per_s(4 << 20, 2.0), 2.0);
+    }
+
+    #[test]
+    fn cpu_time_of_this_process_grows_with_work() {
+        let before = cpu_secs(None);
+        let start = std::time::Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < std::time::Duration::from_millis(300) {
+            x = x.wrapping_mul(31).wrapping_add(7);
+        }
+        std::hint::black_box(x);
+        let used = cpu_secs(None) - before;
+        assert!(used >= 0.1, "{used}");
+        assert_eq!(cpu_secs(Some(u32::MAX)), 0.0);
     }
 }

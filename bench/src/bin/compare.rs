@@ -10,7 +10,9 @@
 //! transfer threads per daemon next to N raw quinn pairs side by side.
 
 use anyhow::{bail, Context};
-use lanspread_bench::{app, median, mib_per_s, raw_quinn, raw_quinn_pairs, tcp::tcp_copy, Fs};
+use lanspread_bench::{
+    app, cpu_secs, median, mib_per_s, raw_quinn, raw_quinn_pairs, tcp::tcp_copy, Fs,
+};
 
 /// The client's peak RSS during S37 must stay below this (perf.md).
 const MAX_CLIENT_RSS_MIB: u64 = 256;
@@ -77,36 +79,49 @@ fn parse() -> anyhow::Result<Args> {
 
 /// The scaling table: S37 → tmpfs with N transfer threads per daemon next to N raw quinn
 /// pairs, interleaved per sample.
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 30)
+}
+
 fn scaling(args: &Args) -> anyhow::Result<()> {
     let bytes = args.bytes;
     println!(
-        "| threads | raw quinn, N pairs (MiB/s) | S37 → tmpfs (MiB/s) | S37 / raw N pairs | S37 / S37 at {} |",
+        "| threads | raw quinn, N pairs (MiB/s) | S37 → tmpfs (MiB/s) | S37 / raw N pairs | S37 / S37 at {} | CPU s/GiB raw | CPU s/GiB S37 |",
         args.scaling[0]
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     let mut base = None;
     for &n in &args.scaling {
         let (mut raw, mut app) = (Vec::new(), Vec::new());
+        let (mut raw_cpu, mut app_cpu) = (Vec::new(), Vec::new());
         for i in 0..args.samples {
+            let cpu = cpu_secs(None);
             raw.push(mib_per_s(bytes, raw_quinn_pairs(bytes, n)?.as_secs_f64()));
-            app.push(app::s37(bytes, Fs::Tmpfs, Some(n))?.mib_s);
+            raw_cpu.push((cpu_secs(None) - cpu) / gib(bytes));
+            let s = app::s37(bytes, Fs::Tmpfs, Some(n))?;
+            app.push(s.mib_s);
+            app_cpu.push(s.cpu_s / gib(bytes));
             eprintln!(
-                "threads {n} sample {}: raw {:.0}, S37 {:.0} MiB/s",
+                "threads {n} sample {}: raw {:.0}, S37 {:.0} MiB/s; CPU s/GiB raw {:.2}, S37 {:.2}",
                 i + 1,
                 raw[i],
-                app[i]
+                app[i],
+                raw_cpu[i],
+                app_cpu[i]
             );
         }
         let (raw, app) = (median(raw), median(app));
+        let (raw_cpu, app_cpu) = (median(raw_cpu), median(app_cpu));
         let first = *base.get_or_insert(app);
         println!(
-            "| {n} | {raw:.0} | {app:.0} | {:.2} | {:.2} |",
+            "| {n} | {raw:.0} | {app:.0} | {:.2} | {:.2} | {raw_cpu:.2} | {app_cpu:.2} |",
             app / raw,
             app / first
         );
         rows.push(serde_json::json!({
             "threads": n, "raw_quinn_pairs_mib_s": raw, "s37_tmpfs_mib_s": app,
+            "raw_cpu_s_per_gib": raw_cpu, "s37_cpu_s_per_gib": app_cpu,
         }));
     }
     let doc = serde_json::json!({"bytes": bytes, "samples": args.samples, "scaling": rows});
@@ -124,10 +139,13 @@ fn main() -> anyhow::Result<()> {
     let (mut tcp_t, mut tcp_d) = (Vec::new(), Vec::new());
     let (mut app_t, mut app_d) = (Vec::new(), Vec::new());
     let mut rss = 0u64;
+    let (mut raw_cpu, mut app_cpu) = (Vec::new(), Vec::new());
     // Interleaved, so drift in the machine's speed hits every case alike.
     for i in (0..args.samples).filter(|_| args.s37) {
+        let cpu = cpu_secs(None);
         let d = raw_quinn(bytes)?;
         raw.push(mib_per_s(bytes, d.as_secs_f64()));
+        raw_cpu.push((cpu_secs(None) - cpu) / gib(bytes));
         for (fs, tcp, s37) in [
             (Fs::Tmpfs, &mut tcp_t, &mut app_t),
             (Fs::Disk, &mut tcp_d, &mut app_d),
@@ -135,6 +153,9 @@ fn main() -> anyhow::Result<()> {
             tcp.push(mib_per_s(bytes, tcp_copy(bytes, fs)?.as_secs_f64()));
             let s = app::s37(bytes, fs, args.threads)?;
             s37.push(s.mib_s);
+            if fs == Fs::Tmpfs {
+                app_cpu.push(s.cpu_s / gib(bytes));
+            }
             rss = rss.max(s.client_peak_rss_kib);
         }
         eprintln!(
@@ -159,6 +180,7 @@ fn main() -> anyhow::Result<()> {
     let (app_t, app_d) = (median(app_t), median(app_d));
     let (many, one) = (median(many), median(one));
     let r_raw = app_t / raw;
+    let (raw_cpu, app_cpu) = (median(raw_cpu), median(app_cpu));
     let mib = bytes >> 20;
     let rss_mib = rss / 1024;
     println!("| case (median of {}) | figure |", args.samples);
@@ -176,6 +198,9 @@ fn main() -> anyhow::Result<()> {
             app_d / tcp_d
         );
         println!("| client peak RSS during S37 | {rss_mib} MiB |");
+        println!(
+            "| CPU s per GiB: raw quinn, S37 → tmpfs (both daemons) | {raw_cpu:.2}, {app_cpu:.2} |"
+        );
     }
     if args.s34 {
         println!(
@@ -196,6 +221,8 @@ fn main() -> anyhow::Result<()> {
         doc["ratio_app_tcp_tmpfs"] = (app_t / tcp_t).into();
         doc["ratio_app_tcp_disk"] = (app_d / tcp_d).into();
         doc["client_peak_rss_mib"] = rss_mib.into();
+        doc["raw_quinn_cpu_s_per_gib"] = raw_cpu.into();
+        doc["s37_tmpfs_cpu_s_per_gib"] = app_cpu.into();
     }
     if args.s34 {
         doc["s34_files"] = args.s34_files.into();
