@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use lanspread_catalog::{scan_games_dir, Catalog};
 use lanspread_transfer::{
-    close_code, data_client_config, make_endpoint, Identity, LanSecret, PeerId, TransportTuning,
+    close_code, data_client_config, make_data_endpoint, make_endpoint, Identity, LanSecret, PeerId,
+    TransportTuning,
 };
 use quinn::VarInt;
 use tracing::{info, warn};
@@ -89,10 +90,14 @@ impl Daemon {
         let tuning = TransportTuning::default();
         let endpoint = make_endpoint(&identity, config.listen, &tuning)?;
         let data_client = data_client_config(&identity, &tuning)?;
-        let threads = TransferThreads::start(config.transfer_threads)?;
         let listen = endpoint
             .local_addr()
             .map_err(|e| DaemonError::io("quic socket", e))?;
+        // Data endpoints bind the listen address's IP on a free port (dial only).
+        let data_bind = SocketAddr::new(listen.ip(), 0);
+        let threads = TransferThreads::start(config.transfer_threads, || {
+            make_data_endpoint(&identity, data_bind, &tuning)
+        })?;
         let net = NetSetup {
             local_id: identity.peer_id().clone(),
             listen,

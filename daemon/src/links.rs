@@ -97,16 +97,19 @@ fn refuse_data(conn: &Connection, code: u32, why: String) {
     conn.close(VarInt::from_u32(code), why.as_bytes());
 }
 
-/// Dials a data connection to the peer `expect` at `addr` and sends our hello on it.
-/// Quinn drives the connection on the runtime this runs on.
+/// Dials a data connection to the peer `expect` at `addr` from transfer thread `lane`'s
+/// endpoint and sends our hello on it. Must run on that thread's runtime: quinn drives
+/// the connection where it is dialled.
 pub async fn open_data(
     shared: &Shared,
     addr: SocketAddr,
     expect: &PeerId,
+    lane: usize,
 ) -> Result<Connection, String> {
     let timeout = lanspread_transfer::TransportTuning::default().connect_timeout;
     let config = shared.data_client.clone();
-    let (conn, id) = connect_data(&shared.endpoint, config, addr, timeout)
+    let endpoint = shared.threads.endpoint(lane).unwrap_or(&shared.endpoint);
+    let (conn, id) = connect_data(endpoint, config, addr, timeout)
         .await
         .map_err(|e| e.to_string())?;
     if &id != expect {

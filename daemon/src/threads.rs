@@ -11,11 +11,17 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use lanspread_transfer::{close_code, TransferError};
+
 use crate::DaemonError;
 
-/// The runtimes connections are driven on; index 0 is the daemon's own.
+/// The runtimes connections are driven on; index 0 is the daemon's own. Each extra thread
+/// also owns a dial-only endpoint (its own UDP socket) for the data connections it
+/// dials, so their packets are received, decrypted and hashed on that thread without a
+/// hop through the daemon's socket.
 pub struct TransferThreads {
     handles: Vec<Handle>,
+    endpoints: Vec<quinn::Endpoint>,
     next: AtomicUsize,
     running: Mutex<Vec<Running>>,
 }
@@ -26,10 +32,15 @@ struct Running {
 }
 
 impl TransferThreads {
-    /// Starts `n - 1` threads next to the current runtime (`n` ≥ 1). Must be called
-    /// inside the daemon's runtime.
-    pub fn start(n: usize) -> Result<Self, DaemonError> {
+    /// Starts `n - 1` threads next to the current runtime (`n` ≥ 1), each with the
+    /// endpoint `data_endpoint` binds inside its runtime. Must be called inside the
+    /// daemon's runtime.
+    pub fn start(
+        n: usize,
+        data_endpoint: impl Fn() -> Result<quinn::Endpoint, TransferError>,
+    ) -> Result<Self, DaemonError> {
         let mut handles = vec![Handle::current()];
+        let mut endpoints = Vec::new();
         let mut running = Vec::new();
         for i in 1..n.max(1) {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -37,6 +48,11 @@ impl TransferThreads {
                 .build()
                 .map_err(|e| DaemonError::io("transfer thread runtime", e))?;
             handles.push(runtime.handle().clone());
+            {
+                // The socket registers with, and quinn spawns its driver on, this runtime.
+                let _inside = runtime.enter();
+                endpoints.push(data_endpoint()?);
+            }
             let (stop, stopped) = oneshot::channel::<()>();
             let thread = std::thread::Builder::new()
                 .name(format!("lanspread-xfer-{i}"))
@@ -50,6 +66,7 @@ impl TransferThreads {
         }
         Ok(Self {
             handles,
+            endpoints,
             next: AtomicUsize::new(0),
             running: Mutex::new(running),
         })
@@ -65,13 +82,26 @@ impl TransferThreads {
         &self.handles[i % self.handles.len()]
     }
 
+    /// The dial-only endpoint of thread `i` (modulo their number); `None` for the
+    /// daemon's own runtime, which dials from the daemon's endpoint.
+    pub fn endpoint(&self, i: usize) -> Option<&quinn::Endpoint> {
+        match i % self.handles.len() {
+            0 => None,
+            j => self.endpoints.get(j - 1),
+        }
+    }
+
     /// The next runtime in turn, for a connection being accepted.
     pub fn next(&self) -> &Handle {
         self.get(self.next.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Stops the extra threads (their tasks are dropped) and waits for them, boundedly.
+    /// Stops the extra threads (their endpoints close, their tasks are dropped) and waits
+    /// for them, boundedly.
     pub fn stop(&self) {
+        for e in &self.endpoints {
+            e.close(quinn::VarInt::from_u32(close_code::GOODBYE), b"goodbye");
+        }
         let running = std::mem::take(&mut *self.running.lock().unwrap_or_else(|p| p.into_inner()));
         for r in running {
             let _ = r.stop.send(());
@@ -92,8 +122,15 @@ mod tests {
 
     #[tokio::test]
     async fn tasks_run_on_their_own_threads_and_stop() {
-        let threads = TransferThreads::start(3).unwrap();
+        let id = lanspread_transfer::Identity::ephemeral().unwrap();
+        let tuning = lanspread_transfer::TransportTuning::default();
+        let bind = "127.0.0.1:0".parse().unwrap();
+        let make = || lanspread_transfer::make_data_endpoint(&id, bind, &tuning);
+        let threads = TransferThreads::start(3, make).unwrap();
         assert_eq!(threads.len(), 3);
+        assert!(threads.endpoint(0).is_none() && threads.endpoint(3).is_none());
+        let (a, b) = (threads.endpoint(1).unwrap(), threads.endpoint(2).unwrap());
+        assert_ne!(a.local_addr().unwrap(), b.local_addr().unwrap());
         let mut names = Vec::new();
         for i in 0..3 {
             let name = threads

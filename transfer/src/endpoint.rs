@@ -81,20 +81,32 @@ pub fn make_endpoint(
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(transport.clone());
     let client = quic_client_config(id, transport, ALPN)?;
-    let bind_err = |source| TransferError::Bind {
-        addr: listen,
-        source,
-    };
-    let socket = udp_socket(listen, tuning.udp_buffer).map_err(bind_err)?;
+    bind(listen, tuning, Some(server), client)
+}
+
+/// Binds a dial-only endpoint whose connections are data connections (`DATA_ALPN`): the
+/// socket of one transfer thread, so that a data connection's packets are received on
+/// the thread that drives it. Must be called inside the runtime that will drive it.
+pub fn make_data_endpoint(
+    id: &Identity,
+    bind_addr: SocketAddr,
+    tuning: &TransportTuning,
+) -> Result<Endpoint, TransferError> {
+    bind(bind_addr, tuning, None, data_client_config(id, tuning)?)
+}
+
+fn bind(
+    addr: SocketAddr,
+    tuning: &TransportTuning,
+    server: Option<quinn::ServerConfig>,
+    client: quinn::ClientConfig,
+) -> Result<Endpoint, TransferError> {
+    let bind_err = |source| TransferError::Bind { addr, source };
+    let socket = udp_socket(addr, tuning.udp_buffer).map_err(bind_err)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind_err(std::io::Error::other("no async runtime")))?;
-    let mut endpoint = Endpoint::new(
-        quinn::EndpointConfig::default(),
-        Some(server),
-        socket,
-        runtime,
-    )
-    .map_err(bind_err)?;
+    let mut endpoint = Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+        .map_err(bind_err)?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }

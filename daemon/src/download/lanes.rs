@@ -54,7 +54,7 @@ impl Lanes {
                 let runtime = shared.threads.get(j).clone();
                 let (shared, expect) = (shared.clone(), peer.clone());
                 let dial = runtime.spawn(
-                    async move { open_data(&shared, addr, &expect).await }.in_current_span(),
+                    async move { open_data(&shared, addr, &expect, j).await }.in_current_span(),
                 );
                 dials.push((peer.clone(), runtime, dial));
             }

@@ -20,9 +20,13 @@ const CHUNK: u64 = 32 << 20;
 const THREADS: usize = 3;
 
 fn node(name: &str, games: &Path, secret: &Path) -> Node {
+    node_with(name, games, secret, THREADS)
+}
+
+fn node_with(name: &str, games: &Path, secret: &Path, threads: usize) -> Node {
     let args = [
         "--transfer-threads",
-        &THREADS.to_string(),
+        &threads.to_string(),
         "--secret-file",
         &secret.display().to_string(),
     ]
@@ -57,13 +61,8 @@ fn data_connection_requests(log: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Big chunks and batches of small files travel over three data connections, each of
-/// which served requests; the tree is identical and the connections close with the
-/// download.
-#[test]
-fn lanes_carry_a_download_over_data_connections() {
-    let keys = tempfile::tempdir().unwrap();
-    let key = secret(keys.path());
+/// Three big chunks and batches of small files.
+fn mixed_game() -> tempfile::TempDir {
     let lab = tempfile::tempdir().unwrap();
     GameSpec::new("cod5", "20250101")
         .file(
@@ -77,6 +76,17 @@ fn lanes_carry_a_download_over_data_connections() {
         .with_small_files(11, 200, 3000)
         .write(lab.path())
         .unwrap();
+    lab
+}
+
+/// Big chunks and batches of small files travel over three data connections, each of
+/// which served requests; the tree is identical and the connections close with the
+/// download.
+#[test]
+fn lanes_carry_a_download_over_data_connections() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = secret(keys.path());
+    let lab = mixed_game();
     let games = tempfile::tempdir().unwrap();
     let src = node("src", lab.path(), &key);
     let c = node("client", games.path(), &key);
@@ -99,6 +109,27 @@ fn lanes_carry_a_download_over_data_connections() {
     assert!(served.iter().all(|&n| n > 0), "{served:?}");
     // The link stays up after its data connections closed.
     assert_eq!(c.peer_ids(), vec![src.peer_id.clone()]);
+}
+
+/// With one transfer thread on the client, chunks go over the link itself: no data
+/// connection is opened, and the download is the same.
+#[test]
+fn lanes_one_thread_uses_the_link() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = secret(keys.path());
+    let lab = mixed_game();
+    let games = tempfile::tempdir().unwrap();
+    let src = node_with("src", lab.path(), &key, THREADS);
+    let c = node_with("client", games.path(), &key, 1);
+    c.connect(&src);
+    c.download_ok("cod5", &["--no-install"]);
+    assert_same_tree(&lab.path().join("cod5"), &games.path().join("cod5"));
+    assert!(!c.log().contains("data connections open"), "{}", c.log());
+    assert!(
+        !src.log().contains("serving a data connection"),
+        "{}",
+        src.log()
+    );
 }
 
 /// A data connection is refused before any request is served when its hello lacks the
