@@ -39,6 +39,7 @@ pub fn bin(name: &str) -> anyhow::Result<PathBuf> {
 pub struct Daemon {
     child: Child,
     socket: PathBuf,
+    events: PathBuf,
     /// Its QUIC address.
     pub addr: String,
 }
@@ -94,18 +95,30 @@ impl Daemon {
         Ok(Self {
             child,
             socket,
+            events,
             addr,
         })
     }
 
     /// Runs `lanspread --json args...` against this daemon.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
-        let out = Command::new(bin("lanspread")?)
-            .arg("--socket")
+        self.cli_output(self.cli_command(args)?.output()?, args)
+    }
+
+    fn cli_command(&self, args: &[&str]) -> anyhow::Result<Command> {
+        let mut cmd = Command::new(bin("lanspread")?);
+        cmd.arg("--socket")
             .arg(&self.socket)
             .arg("--json")
-            .args(args)
-            .output()?;
+            .args(args);
+        Ok(cmd)
+    }
+
+    fn cli_output(
+        &self,
+        out: std::process::Output,
+        args: &[&str],
+    ) -> anyhow::Result<serde_json::Value> {
         if !out.status.success() {
             bail!(
                 "lanspread {args:?}: {}",
@@ -113,6 +126,29 @@ impl Daemon {
             );
         }
         Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    /// Polls this daemon's events file until `seen` holds (or the CLI process `cli` is
+    /// gone, or 60 s passed).
+    fn wait_events(&self, seen: impl Fn(&str) -> bool, cli: u32) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.events).unwrap_or_default();
+            if seen(&text) {
+                return Ok(());
+            }
+            // Running, not a zombie (it is reaped only after this wait).
+            let stat = std::fs::read_to_string(format!("/proc/{cli}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next());
+            let cli_alive = state.is_some_and(|c| c != 'Z');
+            anyhow::ensure!(
+                cli_alive && start.elapsed() < Duration::from_secs(60),
+                "the download did not begin"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 
     /// CPU seconds this daemon used so far.
@@ -187,10 +223,26 @@ impl Pair {
 
     /// Downloads `game` (`--no-install`) and returns the client's figures.
     pub fn download(&self, game: &str) -> anyhow::Result<Download> {
+        // CPU is counted over the same window as the rate: from `download-begin` (after
+        // the manifests, which a source hashes on first request) to the end.
         let cpu = || self.client.cpu_secs() + self.source.cpu_secs();
+        let args = ["download", game, "--no-install"];
+        let waiting = self
+            .client
+            .cli_command(&args)?
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let seen = |text: &str| {
+            text.lines()
+                .any(|l| l.contains("\"download-begin\"") && l.contains(game))
+        };
+        let begun = self.client.wait_events(seen, waiting.id());
         let before = cpu();
-        let done = self.client.cli(&["download", game, "--no-install"])?;
+        let out = waiting.wait_with_output()?;
         let cpu_s = cpu() - before;
+        begun?;
+        let done = self.client.cli_output(out, &args)?;
         let ms = done["duration_ms"].as_f64().context("duration_ms")?;
         Ok(Download {
             secs: ms / 1000.0,
