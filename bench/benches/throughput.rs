@@ -67,7 +67,7 @@ fn s34(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter_custom(|n| {
                 timed(n, || {
-                    let (m, o) = app::s34(files as u64 * each, files, Fs::Tmpfs)?;
+                    let (m, o) = app::s34(files as u64 * each, files, Fs::Tmpfs, None)?;
                     Ok(Duration::from_secs_f64(if many { m.secs } else { o.secs }))
                 })
             })

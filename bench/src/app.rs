@@ -265,8 +265,14 @@ pub fn s37(bytes: u64, fs: Fs, threads: Option<usize>) -> anyhow::Result<Downloa
 }
 
 /// S34: `files` small files totalling `bytes`, then one file of `bytes`, through the same
-/// pair of daemons; returns (many, one).
-pub fn s34(bytes: u64, files: usize, fs: Fs) -> anyhow::Result<(Download, Download)> {
+/// pair of daemons (`threads` transfer threads each, `None`: their default); returns
+/// (many, one).
+pub fn s34(
+    bytes: u64,
+    files: usize,
+    fs: Fs,
+    threads: Option<usize>,
+) -> anyhow::Result<(Download, Download)> {
     let each = bytes / files as u64;
     let many = GameSpec::new(S34_MANY, "20250101").with_small_files(7, files, each);
     let one = GameSpec::new(S34_ONE, "20250101").file(
@@ -277,6 +283,6 @@ pub fn s34(bytes: u64, files: usize, fs: Fs) -> anyhow::Result<(Download, Downlo
             size: each * files as u64,
         },
     );
-    let pair = Pair::new(fs, &[many, one], None)?;
+    let pair = Pair::new(fs, &[many, one], threads)?;
     Ok((pair.download(S34_MANY)?, pair.download(S34_ONE)?))
 }

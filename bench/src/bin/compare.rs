@@ -5,7 +5,8 @@
 //! then S34 (F small files vs one file of the same total). Prints a table and one JSON
 //! line with medians, ratios and the client's peak RSS. With `--guard R` it exits 1 when
 //! the tmpfs ratio app / raw quinn is below R or the client's peak RSS is above 256 MiB
-//! (the CI guard). `--threads T` gives both daemons T transfer threads (default: theirs).
+//! (the CI guard). `--threads T` gives both daemons T transfer threads in S37 and S34
+//! (default: theirs).
 //! `--scaling LIST` runs only the scaling table: per thread count N, S37 → tmpfs with N
 //! transfer threads per daemon next to N raw quinn pairs side by side.
 
@@ -172,7 +173,7 @@ fn main() -> anyhow::Result<()> {
     let s34_bytes = (args.s34_files as u64 * (32 << 10)).min(bytes);
     let (mut many, mut one) = (Vec::new(), Vec::new());
     for _ in (0..args.samples).filter(|_| args.s34) {
-        let (m, o) = app::s34(s34_bytes, args.s34_files, Fs::Tmpfs)?;
+        let (m, o) = app::s34(s34_bytes, args.s34_files, Fs::Tmpfs, args.threads)?;
         many.push(m.secs);
         one.push(o.secs);
     }
