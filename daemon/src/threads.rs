@@ -105,7 +105,11 @@ impl TransferThreads {
         let running = std::mem::take(&mut *self.running.lock().unwrap_or_else(|p| p.into_inner()));
         for r in running {
             let _ = r.stop.send(());
-            let _ = r.thread.join();
+            // The last handle may be dropped by a task of one of these threads: never
+            // join the current thread (it ends once its runtime returns).
+            if r.thread.thread().id() != std::thread::current().id() {
+                let _ = r.thread.join();
+            }
         }
     }
 }
