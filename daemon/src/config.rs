@@ -229,7 +229,7 @@ mod tests {
         let cfg = t.path().join("d.toml");
         std::fs::write(
             &cfg,
-            "games = \"/g\"\nstate = \"/s\"\nlisten = \"127.0.0.1:9\"\nmdns = false\npeers = [\"10.0.0.1:41741\"]\n",
+            "games = \"/g\"\nstate = \"/s\"\nlisten = \"127.0.0.1:9\"\nmdns = false\npeers = [\"10.0.0.1:41741\"]\ntransfer_threads = 2\n",
         )
         .unwrap();
         let c = args(&[
@@ -247,6 +247,7 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:9".parse().unwrap());
         assert!(!c.mdns);
         assert_eq!(c.peers, ["10.0.0.1:41741"]);
+        assert_eq!(c.transfer_threads, 2);
     }
 
     #[test]

@@ -228,14 +228,21 @@ mod tests {
     use super::*;
     use crate::{read_frame, write_frame, Message};
 
-    #[tokio::test]
-    async fn mutual_identity_over_loopback() {
+    /// Two identities with an endpoint each on loopback, and the second one's address.
+    fn pair() -> (Identity, Identity, Endpoint, Endpoint, SocketAddr) {
         let a = Identity::ephemeral().unwrap();
         let b = Identity::ephemeral().unwrap();
         let tuning = TransportTuning::default();
         let ea = make_endpoint(&a, "127.0.0.1:0".parse().unwrap(), &tuning).unwrap();
         let eb = make_endpoint(&b, "127.0.0.1:0".parse().unwrap(), &tuning).unwrap();
         let b_addr = eb.local_addr().unwrap();
+        (a, b, ea, eb, b_addr)
+    }
+
+    #[tokio::test]
+    async fn mutual_identity_over_loopback() {
+        let (a, b, ea, eb, b_addr) = pair();
+        let tuning = TransportTuning::default();
         let server = tokio::spawn(async move {
             let conn = eb.accept().await.unwrap().await.unwrap();
             let client_id = peer_id_of(&conn).unwrap();
@@ -260,12 +267,8 @@ mod tests {
 
     #[tokio::test]
     async fn data_connections_are_told_apart_by_alpn() {
-        let a = Identity::ephemeral().unwrap();
-        let b = Identity::ephemeral().unwrap();
+        let (a, b, ea, eb, b_addr) = pair();
         let tuning = TransportTuning::default();
-        let ea = make_endpoint(&a, "127.0.0.1:0".parse().unwrap(), &tuning).unwrap();
-        let eb = make_endpoint(&b, "127.0.0.1:0".parse().unwrap(), &tuning).unwrap();
-        let b_addr = eb.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let mut kinds = Vec::new();
             for _ in 0..2 {

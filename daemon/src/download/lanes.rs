@@ -37,7 +37,7 @@ impl Lanes {
         let mut lanes = Self::default();
         let n = shared.threads.len();
         let mut dials = Vec::new();
-        for peer in sources {
+        for (k, peer) in sources.iter().enumerate() {
             let Some(link) = shared.lock().links.get(peer).map(|l| l.conn.clone()) else {
                 continue;
             };
@@ -45,7 +45,10 @@ impl Lanes {
                 conn: link.clone(),
                 runtime: Handle::current(),
             };
-            lanes.by_peer.insert(peer.clone(), (vec![main], 0));
+            // Each source starts on another lane, so that with several sources (each
+            // with few chunks in flight) all transfer threads get work.
+            let first = k * n / sources.len();
+            lanes.by_peer.insert(peer.clone(), (vec![main], first));
             if n == 1 {
                 continue;
             }

@@ -32,12 +32,14 @@ use fetch::{ChunkJob, FetchError};
 /// Chunks in flight per source: many small files go out at once (their cost is round
 /// trips) ...
 const MAX_IN_FLIGHT: usize = 64;
-/// ... while big chunks are capped by bytes: 4 × 32 MiB, or one chunk per lane when a
-/// source has more lanes (transfer threads), so every lane has work. What a source sends
-/// is what was asked, so this also bounds what the client holds unread per source.
+/// ... while big chunks are capped by bytes: 4 × 32 MiB per source, or more when there
+/// are more transfer threads (`lanes`) than 4 chunks per source would keep busy: the
+/// lanes are shared out among the sources, one 32 MiB chunk each. What a source sends is
+/// what was asked, so this also bounds what the client holds unread per source; with
+/// many sources it stays at 4 chunks each, as with one thread.
 /// Measured with the compare tool's S34 case (bench/README.md).
-fn max_in_flight_bytes(lanes: usize) -> u64 {
-    lanes.max(4) as u64 * lanspread_catalog::CHUNK_SIZE
+fn max_in_flight_bytes(lanes: usize, sources: usize) -> u64 {
+    lanes.div_ceil(sources.max(1)).max(4) as u64 * lanspread_catalog::CHUNK_SIZE
 }
 /// A run of consecutive chunks of at most `BATCH_CHUNK_LEN` bytes each (small files)
 /// goes in one request of up to `BATCH_CHUNKS` ranges and `BATCH_BYTES` bytes: one
@@ -222,7 +224,10 @@ async fn download(
     }
     let bytes: u64 = chosen.files.iter().map(|f| f.size).sum();
     let mut planner = Planner::new(&chosen.files, &chosen.sources, MAX_IN_FLIGHT)
-        .limit_in_flight_bytes(max_in_flight_bytes(shared.threads.len()))
+        .limit_in_flight_bytes(max_in_flight_bytes(
+            shared.threads.len(),
+            chosen.sources.len(),
+        ))
         .batch_small_chunks(BATCH_CHUNKS, BATCH_CHUNK_LEN, BATCH_BYTES);
     let chunks = planner.chunks().len() as u64;
     // Chunks an interrupted attempt at this same version and manifest already verified.
@@ -458,4 +463,24 @@ async fn check_space(
 /// Whether a manifest path is the commit sentinel.
 fn is_sentinel(f: &FileManifest) -> bool {
     f.path.as_str() == VERSION_FILE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::max_in_flight_bytes;
+    use lanspread_catalog::CHUNK_SIZE;
+
+    #[test]
+    fn in_flight_bytes_share_the_lanes_among_sources() {
+        // Never below 4 chunks per source (one thread: as before transfer threads).
+        assert_eq!(max_in_flight_bytes(1, 1), 4 * CHUNK_SIZE);
+        assert_eq!(max_in_flight_bytes(2, 1), 4 * CHUNK_SIZE);
+        // One source gets a chunk per lane...
+        assert_eq!(max_in_flight_bytes(8, 1), 8 * CHUNK_SIZE);
+        // ... several share them out, so many sources do not multiply the memory bound.
+        assert_eq!(max_in_flight_bytes(8, 2), 4 * CHUNK_SIZE);
+        assert_eq!(max_in_flight_bytes(16, 3), 6 * CHUNK_SIZE);
+        assert_eq!(max_in_flight_bytes(8, 10), 4 * CHUNK_SIZE);
+        assert_eq!(max_in_flight_bytes(8, 0), 8 * CHUNK_SIZE);
+    }
 }

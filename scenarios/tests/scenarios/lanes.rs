@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use lanspread_catalog::{GameId, Version};
 use lanspread_fixtures::{Content, GameSpec};
-use lanspread_scenarios::{assert_same_tree, Node, NodeOptions};
+use lanspread_scenarios::{assert_same_tree, Node};
 use lanspread_transfer::{
     close_code, connect_data, data_client_config, encode_frame, make_endpoint, read_frame,
     session_binding, write_frame, Hello, Identity, LanSecret, Message, PeerRequest, PeerResponse,
@@ -29,17 +29,8 @@ fn node_with(name: &str, games: &Path, secret: &Path, threads: usize) -> Node {
         &threads.to_string(),
         "--secret-file",
         &secret.display().to_string(),
-    ]
-    .map(String::from)
-    .to_vec();
-    Node::start_with(
-        name,
-        games,
-        NodeOptions {
-            args,
-            ..NodeOptions::default()
-        },
-    )
+    ];
+    crate::util::node_with_args(name, games, &args)
 }
 
 fn secret(dir: &Path) -> std::path::PathBuf {
@@ -61,22 +52,20 @@ fn data_connection_requests(log: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Three big chunks and batches of small files.
-fn mixed_game() -> tempfile::TempDir {
+/// A lab with `cod5`: one `.eti` of `size` random bytes and `small` files of 3000 bytes.
+fn game(size: u64, small: usize) -> tempfile::TempDir {
     let lab = tempfile::tempdir().unwrap();
     GameSpec::new("cod5", "20250101")
-        .file(
-            "cod5.eti",
-            0o644,
-            Content::Random {
-                seed: 7,
-                size: 3 * CHUNK + 100,
-            },
-        )
-        .with_small_files(11, 200, 3000)
+        .file("cod5.eti", 0o644, Content::Random { seed: 7, size })
+        .with_small_files(11, small, 3000)
         .write(lab.path())
         .unwrap();
     lab
+}
+
+/// Three big chunks and batches of small files.
+fn mixed_game() -> tempfile::TempDir {
+    game(3 * CHUNK + 100, 200)
 }
 
 /// Big chunks and batches of small files travel over three data connections, each of
@@ -138,18 +127,7 @@ fn lanes_one_thread_uses_the_link() {
 fn lanes_data_connections_are_checked_like_links() {
     let keys = tempfile::tempdir().unwrap();
     let key = secret(keys.path());
-    let lab = tempfile::tempdir().unwrap();
-    GameSpec::new("cod5", "20250101")
-        .file(
-            "cod5.eti",
-            0o644,
-            Content::Random {
-                seed: 3,
-                size: 4096,
-            },
-        )
-        .write(lab.path())
-        .unwrap();
+    let lab = game(4096, 0);
     let src = node("src", lab.path(), &key);
     let lan = LanSecret::load(&key).unwrap();
     crate::util::rt().block_on(async {

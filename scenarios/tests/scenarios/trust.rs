@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lanspread_fixtures::BRAVO;
-use lanspread_scenarios::{assert_same_tree, lab, Node, NodeOptions};
+use lanspread_scenarios::{assert_same_tree, lab, Node};
 use lanspread_transfer::{
     close_code, encode_frame, read_frame, session_binding, Hello, LanSecret, Message,
     PROTOCOL_VERSION,
@@ -21,18 +21,13 @@ fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 fn with_secret(name: &str, games: &Path, secret: Option<&Path>) -> Node {
-    let args = match secret {
-        Some(p) => vec!["--secret-file".to_owned(), p.display().to_string()],
-        None => Vec::new(),
-    };
-    Node::start_with(
-        name,
-        games,
-        NodeOptions {
-            args,
-            ..NodeOptions::default()
-        },
-    )
+    match secret {
+        Some(p) => {
+            let args = ["--secret-file", &p.display().to_string()];
+            crate::util::node_with_args(name, games, &args)
+        }
+        None => Node::start(name, games),
+    }
 }
 
 /// Opens the announce stream of a raw peer and sends a hello with `peer_id` and `proof`.

@@ -69,6 +69,18 @@ pub async fn raw_client(
     (id, ep, conn)
 }
 
+/// Starts a daemon with extra flags.
+pub fn node_with_args(name: &str, games: &Path, args: &[&str]) -> lanspread_scenarios::Node {
+    lanspread_scenarios::Node::start_with(
+        name,
+        games,
+        lanspread_scenarios::NodeOptions {
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+}
+
 /// A current-thread tokio runtime for a test's raw protocol client.
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
