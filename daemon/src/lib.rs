@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 mod control;
 mod daemon;
+mod data_conn;
 mod download;
 mod error;
 mod events;

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use lanspread_peer::{check_not_self, prefer_new_link, Direction, Upsert};
 use lanspread_transfer::{
-    close_code, connect, connect_data, is_data_connection, peer_id_of, read_frame, secret_proof,
-    session_binding, write_frame, Hello, Message, PeerId, SecretCheck, PROTOCOL_VERSION,
+    close_code, connect, is_data_connection, peer_id_of, read_frame, secret_proof, session_binding,
+    write_frame, Hello, Message, PeerId, SecretCheck, PROTOCOL_VERSION,
 };
 use quinn::{Connection, SendStream, VarInt};
 use tokio::sync::oneshot;
@@ -19,7 +19,7 @@ use crate::api::{EventKind, PeerInfo};
 use crate::state::{peer_info, Link, Shared};
 
 /// How long a peer has to send its hello and first library.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a link could not be set up, as told to a `connect` caller.
 pub type LinkResult = Result<PeerInfo, String>;
@@ -42,7 +42,7 @@ pub async fn accept_loop(shared: Arc<Shared>) {
                     Err(e) => return debug!("incoming handshake failed: {e}"),
                 };
                 if is_data_connection(&conn) {
-                    return run_data(shared, conn).await;
+                    return crate::data_conn::serve(shared, conn).await;
                 }
                 let link = run_link(shared, conn, Direction::Inbound, None, None, here);
                 main.spawn(link.in_current_span());
@@ -50,86 +50,6 @@ pub async fn accept_loop(shared: Arc<Shared>) {
             .instrument(span),
         );
     }
-}
-
-/// Runs one data connection: the peer's hello on a unidirectional stream (checked like a
-/// link's: id bound to the key, protocol version, the LAN secret proof bound to this
-/// connection), then its requests until it closes. Nothing is registered or announced:
-/// a data connection is not a link.
-async fn run_data(shared: Arc<Shared>, conn: Connection) {
-    let remote = match peer_id_of(&conn) {
-        Ok(id) => id,
-        Err(e) => {
-            conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"no identity");
-            return warn!("refused a data connection: {e}");
-        }
-    };
-    Span::current().record("id", tracing::field::display(remote.short()));
-    let first = tokio::time::timeout(HELLO_TIMEOUT, async {
-        let mut recv = conn.accept_uni().await.map_err(|e| e.to_string())?;
-        read_frame::<_, Message>(&mut recv)
-            .await
-            .map_err(|e| e.to_string())
-    })
-    .await;
-    let hello = match first {
-        Ok(Ok(Some(Message::Hello(h)))) => h,
-        Ok(Ok(other)) => {
-            let why = format!("expected hello, got {other:?}");
-            return refuse_data(&conn, close_code::PROTOCOL_ERROR, why);
-        }
-        Ok(Err(e)) => return refuse_data(&conn, close_code::PROTOCOL_ERROR, e),
-        Err(_) => return refuse_data(&conn, close_code::PROTOCOL_ERROR, "no hello in time".into()),
-    };
-    let checked = session_binding(&conn)
-        .map_err(|e| (close_code::PROTOCOL_ERROR, e.to_string()))
-        .and_then(|b| check_peer_hello(&shared, &b, &hello, &remote, Direction::Inbound));
-    if let Err((code, why)) = checked {
-        return refuse_data(&conn, code, why);
-    }
-    info!("serving a data connection");
-    let requests = crate::serve::serve_requests(shared, conn, remote).await;
-    info!(requests, "data connection ended");
-}
-
-fn refuse_data(conn: &Connection, code: u32, why: String) {
-    warn!(addr = %conn.remote_address(), "refused a data connection: {why}");
-    conn.close(VarInt::from_u32(code), why.as_bytes());
-}
-
-/// Dials a data connection to the peer `expect` at `addr` from transfer thread `lane`'s
-/// endpoint and sends our hello on it. Must run on that thread's runtime: quinn drives
-/// the connection where it is dialled.
-pub async fn open_data(
-    shared: &Shared,
-    addr: SocketAddr,
-    expect: &PeerId,
-    lane: usize,
-) -> Result<Connection, String> {
-    let timeout = lanspread_transfer::TransportTuning::default().connect_timeout;
-    let config = shared.data_client.clone();
-    let endpoint = shared.threads.endpoint(lane).unwrap_or(&shared.endpoint);
-    let (conn, id) = connect_data(endpoint, config, addr, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    if &id != expect {
-        conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"wrong peer");
-        return Err(format!("{addr} is now peer {id}, not {expect}"));
-    }
-    let binding = session_binding(&conn).map_err(|e| e.to_string())?;
-    let proof = shared.secret.as_ref().map(|s| s.prove(&binding, true));
-    let sent = async {
-        let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
-        write_frame(&mut send, &our_hello(shared, proof))
-            .await
-            .map_err(|e| e.to_string())?;
-        send.finish().map_err(|e| e.to_string())
-    };
-    if let Err(e) = sent.await {
-        conn.close(VarInt::from_u32(close_code::GOODBYE), b"");
-        return Err(format!("data connection to {addr}: {e}"));
-    }
-    Ok(conn)
 }
 
 /// Dials `addr`, runs the link in the background and returns once the peer's hello and
@@ -492,7 +412,7 @@ fn drop_link(
 /// A peer's hello against its TLS identity, our protocol version and (with a LAN
 /// secret) the proof bound to this connection's session (`binding`) and the peer's role
 /// in it. `Err` holds the close code and the reason.
-fn check_peer_hello(
+pub(crate) fn check_peer_hello(
     shared: &Shared,
     binding: &[u8; 32],
     hello: &Hello,
@@ -565,7 +485,7 @@ fn refused_by_peer(conn: &Connection) -> Option<String> {
 }
 
 /// Our hello, with the LAN secret proof for the connection it goes on.
-fn our_hello(shared: &Shared, proof: Option<[u8; 32]>) -> Message {
+pub(crate) fn our_hello(shared: &Shared, proof: Option<[u8; 32]>) -> Message {
     Message::Hello(Hello {
         peer_id: shared.local_id.clone(),
         listen: shared.listen,

@@ -13,7 +13,6 @@ use quinn::{Connection, VarInt};
 use tokio::runtime::Handle;
 use tracing::{info, warn, Instrument};
 
-use crate::links::open_data;
 use crate::state::Shared;
 
 /// One connection to a source and the runtime that drives it.
@@ -57,7 +56,8 @@ impl Lanes {
                 let runtime = shared.threads.get(j).clone();
                 let (shared, expect) = (shared.clone(), peer.clone());
                 let dial = runtime.spawn(
-                    async move { open_data(&shared, addr, &expect, j).await }.in_current_span(),
+                    async move { crate::data_conn::open(&shared, addr, &expect, j).await }
+                        .in_current_span(),
                 );
                 dials.push((peer.clone(), runtime, dial));
             }
@@ -69,10 +69,13 @@ impl Lanes {
                     lanes.data.push(conn.clone());
                     opened.entry(peer).or_default().push(Lane { conn, runtime });
                 }
-                Ok(Err(e)) => {
-                    warn!(peer = %peer.short(), "no data connection, using the link: {e}")
-                }
-                Err(e) => warn!(peer = %peer.short(), "data connection task failed: {e}"),
+                Ok(Err(e)) => warn!(peer = %peer.short(), "a data connection failed: {e}"),
+                Err(e) => warn!(peer = %peer.short(), "a data connection task failed: {e}"),
+            }
+        }
+        if n > 1 {
+            for peer in lanes.by_peer.keys().filter(|p| !opened.contains_key(*p)) {
+                warn!(peer = %peer.short(), "no data connection: chunks go over the link");
             }
         }
         for (peer, data) in opened {

@@ -11,8 +11,8 @@ use lanspread_catalog::{GameId, Version};
 use lanspread_fixtures::BRAVO;
 use lanspread_scenarios::{lab, wait_for, Node, NodeOptions};
 use lanspread_transfer::{
-    encode_frame, make_endpoint, read_frame, GameAd, Hello, Identity, Message, PeerRequest,
-    TransportTuning, PROTOCOL_VERSION,
+    encode_frame, is_data_connection, make_endpoint, read_frame, GameAd, Hello, Identity, Message,
+    PeerRequest, TransportTuning, PROTOCOL_VERSION,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -54,6 +54,9 @@ enum ChunkLie {
     SendLong,
     Stall,
     WrongBytes,
+    /// No lie in the bytes; data connections (`DATA_ALPN`) are closed at once, like a
+    /// source that cannot take them.
+    HonestWithoutDataConnections,
 }
 
 fn data() -> Vec<u8> {
@@ -114,6 +117,11 @@ fn lying_source(lie: Lie) -> (String, std::sync::mpsc::Sender<()>) {
             let serve = async {
                 while let Some(inc) = ep.accept().await {
                     let Ok(conn) = inc.await else { continue };
+                    let honest = matches!(lie, Lie::Chunk(ChunkLie::HonestWithoutDataConnections));
+                    if honest && is_data_connection(&conn) {
+                        conn.close(1u32.into(), b"no data connections here");
+                        continue;
+                    }
                     tokio::spawn(serve_conn(conn, id.peer_id().clone(), addr, lie.clone()));
                 }
             };
@@ -190,7 +198,9 @@ async fn serve_conn(
                         };
                         let mut announced = len;
                         match (how, sentinel) {
-                            (_, true) | (ChunkLie::Stall, _) => {}
+                            (_, true)
+                            | (ChunkLie::Stall, _)
+                            | (ChunkLie::HonestWithoutDataConnections, _) => {}
                             (ChunkLie::AnnounceMore, _) => announced += 1,
                             (ChunkLie::AnnounceLess, _) => announced -= 1,
                             (ChunkLie::SendShort, _) => body.truncate(body.len() / 2),
@@ -348,4 +358,27 @@ fn s40_lying_sources_are_refused_and_contained() {
     let b = Node::start("bravo", &lab().join(BRAVO));
     c.connect(&b);
     c.download_ok("bfbc2", &["--no-install"]);
+}
+
+/// A source that closes every data connection: the client (3 transfer threads) says so
+/// and downloads over the link instead; the bytes are the source's.
+#[test]
+fn lanes_fall_back_to_the_link_when_data_connections_fail() {
+    let games = tempfile::tempdir().unwrap();
+    let c = crate::util::node_with_args("client", games.path(), &["--transfer-threads", "3"]);
+    let (addr, _stop) = lying_source(Lie::Chunk(ChunkLie::HonestWithoutDataConnections));
+    c.json(&["connect", &addr]);
+    c.download_ok("cod5", &["--no-install"]);
+    let root = games.path().join("cod5");
+    assert_eq!(std::fs::read(root.join("cod5.eti")).unwrap(), data());
+    assert_eq!(
+        std::fs::read_to_string(root.join("version.ini")).unwrap(),
+        VERSION
+    );
+    let log = c.log();
+    assert!(
+        log.contains("no data connection: chunks go over the link"),
+        "{log}"
+    );
+    assert!(!log.contains("data connections open"), "{log}");
 }
