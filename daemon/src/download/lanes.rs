@@ -2,8 +2,9 @@
 //! link connection. With `n`, a source gets `n` data connections, each dialled on (and
 //! so driven by) its own transfer thread, where the fetches of that lane run too: packet
 //! crypto and SHA-256 of a download spread over `n` cores, and the source spreads the
-//! accepted connections over its own threads. Batch `i` of a source goes to its lane
-//! `i mod n`. A source whose data connections cannot be opened keeps its link.
+//! accepted connections over its own threads. A source's batches go to its least busy
+//! lane, in turn among equals (batch `i` on lane `i mod n` while all keep pace). A source
+//! whose data connections cannot be opened keeps its link.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,8 +27,26 @@ pub struct Lane {
 /// The lanes of every source of one download; data connections close with it.
 #[derive(Default)]
 pub struct Lanes {
-    by_peer: HashMap<PeerId, (Vec<Lane>, usize)>,
+    by_peer: HashMap<PeerId, PeerLanes>,
     data: Vec<Connection>,
+}
+
+/// One source's lanes, the batches in flight on each, and where the next search starts.
+struct PeerLanes {
+    lanes: Vec<Lane>,
+    busy: Vec<usize>,
+    next: usize,
+}
+
+/// The lane for the next batch: the least busy one, the first such from `start` on (so
+/// equally busy lanes take turns). A lane whose batch finished early gets the next one
+/// instead of a busy lane whose turn it would be.
+fn least_busy(busy: &[usize], start: usize) -> usize {
+    let n = busy.len().max(1);
+    (0..busy.len())
+        .map(|k| (start + k) % n)
+        .min_by_key(|&i| busy[i])
+        .unwrap_or(0)
 }
 
 impl Lanes {
@@ -47,7 +66,12 @@ impl Lanes {
             // Each source starts on another lane, so that with several sources (each
             // with few chunks in flight) all transfer threads get work.
             let first = k * n / sources.len();
-            lanes.by_peer.insert(peer.clone(), (vec![main], first));
+            let one = PeerLanes {
+                lanes: vec![main],
+                busy: vec![0],
+                next: first,
+            };
+            lanes.by_peer.insert(peer.clone(), one);
             if n == 1 {
                 continue;
             }
@@ -81,18 +105,28 @@ impl Lanes {
         for (peer, data) in opened {
             info!(peer = %peer.short(), lanes = data.len(), "data connections open");
             if let Some(entry) = lanes.by_peer.get_mut(&peer) {
-                entry.0 = data;
+                entry.busy = vec![0; data.len()];
+                entry.lanes = data;
             }
         }
         lanes
     }
 
-    /// The next lane to `peer` in turn; `None` when it had no link at the start.
-    pub fn next(&mut self, peer: &PeerId) -> Option<&Lane> {
-        let (lanes, next) = self.by_peer.get_mut(peer)?;
-        let i = *next % lanes.len();
-        *next = next.wrapping_add(1);
-        lanes.get(i)
+    /// Takes the lane for `peer`'s next batch (the least busy, in turn among equals) and
+    /// its index for [`Lanes::done`]; `None` when `peer` had no link at the start.
+    pub fn take(&mut self, peer: &PeerId) -> Option<(usize, &Lane)> {
+        let p = self.by_peer.get_mut(peer)?;
+        let i = least_busy(&p.busy, p.next);
+        p.next = i + 1;
+        p.busy[i] += 1;
+        Some((i, &p.lanes[i]))
+    }
+
+    /// A batch taken on lane `i` of `peer` ended.
+    pub fn done(&mut self, peer: &PeerId, i: usize) {
+        if let Some(b) = self.by_peer.get_mut(peer).and_then(|p| p.busy.get_mut(i)) {
+            *b = b.saturating_sub(1);
+        }
     }
 }
 
@@ -101,5 +135,24 @@ impl Drop for Lanes {
         for conn in &self.data {
             conn.close(VarInt::from_u32(close_code::GOODBYE), b"done");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::least_busy;
+
+    #[test]
+    fn batches_go_to_the_least_busy_lane_in_turn() {
+        // All idle: the search start decides, so equal lanes take turns.
+        assert_eq!(least_busy(&[0, 0, 0], 0), 0);
+        assert_eq!(least_busy(&[0, 0, 0], 1), 1);
+        assert_eq!(least_busy(&[0, 0, 0], 5), 2);
+        // Lane 2 finished early: it gets the batch although lane 0 would be next.
+        assert_eq!(least_busy(&[1, 1, 0, 1], 0), 2);
+        // Equally busy from the start on: the first one found.
+        assert_eq!(least_busy(&[2, 1, 1, 1], 2), 2);
+        assert_eq!(least_busy(&[0], 7), 0);
+        assert_eq!(least_busy(&[], 3), 0);
     }
 }

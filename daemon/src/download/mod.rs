@@ -331,14 +331,15 @@ async fn transfer(
                 .collect();
             // A source whose link is gone is gone, whatever lanes it had.
             let addr = link(shared, &batch.peer).map(|l| l.1);
-            let lane = addr.as_ref().and(lanes.next(&batch.peer));
-            let Some(lanes::Lane { conn, runtime }) = lane else {
+            let lane = addr.as_ref().and(lanes.take(&batch.peer));
+            let Some((lane, lanes::Lane { conn, runtime })) = lane else {
                 let gone = FetchError::Source(
                     lanspread_peer::FailKind::SourceGone,
                     "peer disconnected".into(),
                 );
                 let results = vec![Err(gone); jobs.len()];
-                running.spawn(async move { Ok((batch, jobs, String::new(), results)) });
+                let done = (batch, jobs, String::new(), results, None);
+                running.spawn(async move { Ok(done) });
                 continue;
             };
             let (shared, conn) = (shared.clone(), conn.clone());
@@ -350,7 +351,7 @@ async fn transfer(
                     let limit = shared.download_limit.as_ref();
                     let what = (&game, version);
                     let results = fetch::fetch(&conn, &shared.writer, limit, what, &jobs).await;
-                    (batch, jobs, addr.unwrap_or_default(), results)
+                    (batch, jobs, addr.unwrap_or_default(), results, Some(lane))
                 }
                 .in_current_span(),
             );
@@ -368,9 +369,12 @@ async fn transfer(
         let Some(joined) = running.join_next().await else {
             return Err("download stalled: nothing in flight and nothing assignable".into());
         };
-        let (batch, jobs, addr, results) = joined
+        let (batch, jobs, addr, results, lane) = joined
             .and_then(|j| j)
             .map_err(|e| format!("chunk task failed: {e}"))?;
+        if let Some(lane) = lane {
+            lanes.done(&batch.peer, lane);
+        }
         let mut failed = Vec::new();
         for ((&chunk, job), res) in batch.chunks.iter().zip(jobs).zip(results) {
             match res {
