@@ -96,7 +96,7 @@ impl Daemon {
         // Data endpoints bind the listen address's IP on a free port (dial only).
         let data_bind = SocketAddr::new(listen.ip(), 0);
         let threads = TransferThreads::start(config.transfer_threads, || {
-            make_data_endpoint(&identity, data_bind, &tuning)
+            make_data_endpoint(data_bind, &tuning, data_client.clone())
         })?;
         let net = NetSetup {
             local_id: identity.peer_id().clone(),

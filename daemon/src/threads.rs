@@ -129,7 +129,8 @@ mod tests {
         let id = lanspread_transfer::Identity::ephemeral().unwrap();
         let tuning = lanspread_transfer::TransportTuning::default();
         let bind = "127.0.0.1:0".parse().unwrap();
-        let make = || lanspread_transfer::make_data_endpoint(&id, bind, &tuning);
+        let client = lanspread_transfer::data_client_config(&id, &tuning).unwrap();
+        let make = || lanspread_transfer::make_data_endpoint(bind, &tuning, client.clone());
         let threads = TransferThreads::start(3, make).unwrap();
         assert_eq!(threads.len(), 3);
         assert!(threads.endpoint(0).is_none() && threads.endpoint(3).is_none());

@@ -87,12 +87,13 @@ pub fn make_endpoint(
 /// Binds a dial-only endpoint whose connections are data connections (`DATA_ALPN`): the
 /// socket of one transfer thread, so that a data connection's packets are received on
 /// the thread that drives it. Must be called inside the runtime that will drive it.
+/// `client` is the [`data_client_config`] (built once, shared by all such endpoints).
 pub fn make_data_endpoint(
-    id: &Identity,
     bind_addr: SocketAddr,
     tuning: &TransportTuning,
+    client: quinn::ClientConfig,
 ) -> Result<Endpoint, TransferError> {
-    bind(bind_addr, tuning, None, data_client_config(id, tuning)?)
+    bind(bind_addr, tuning, None, client)
 }
 
 fn bind(

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use lanspread_transfer::{close_code, PeerId};
+use lanspread_transfer::{close_code, is_data_connection, PeerId};
 use quinn::{Connection, VarInt};
 use tokio::runtime::Handle;
 use tracing::{info, warn, Instrument};
@@ -28,7 +28,6 @@ pub struct Lane {
 #[derive(Default)]
 pub struct Lanes {
     by_peer: HashMap<PeerId, PeerLanes>,
-    data: Vec<Connection>,
 }
 
 /// One source's lanes, the batches in flight on each, and where the next search starts.
@@ -89,10 +88,7 @@ impl Lanes {
         let mut opened: HashMap<PeerId, Vec<Lane>> = HashMap::new();
         for (peer, runtime, dial) in dials {
             match dial.await {
-                Ok(Ok(conn)) => {
-                    lanes.data.push(conn.clone());
-                    opened.entry(peer).or_default().push(Lane { conn, runtime });
-                }
+                Ok(Ok(conn)) => opened.entry(peer).or_default().push(Lane { conn, runtime }),
                 Ok(Err(e)) => warn!(peer = %peer.short(), "a data connection failed: {e}"),
                 Err(e) => warn!(peer = %peer.short(), "a data connection task failed: {e}"),
             }
@@ -132,8 +128,11 @@ impl Lanes {
 
 impl Drop for Lanes {
     fn drop(&mut self) {
-        for conn in &self.data {
-            conn.close(VarInt::from_u32(close_code::GOODBYE), b"done");
+        // The data connections end with the download; a link lane is the peer's link.
+        let lanes = self.by_peer.values().flat_map(|p| &p.lanes);
+        for lane in lanes.filter(|l| is_data_connection(&l.conn)) {
+            lane.conn
+                .close(VarInt::from_u32(close_code::GOODBYE), b"done");
         }
     }
 }
