@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
-use lanspread_bench::{app, raw_quinn, tcp::tcp_copy, Fs};
+use lanspread_bench::{app, raw_quinn, tcp::tcp_copy, Fs, Net};
 
 fn s37_bytes() -> u64 {
     std::env::var("LANSPREAD_BENCH_BYTES")
@@ -28,6 +28,7 @@ fn timed(iters: u64, mut one: impl FnMut() -> anyhow::Result<Duration>) -> Durat
 
 fn s37(c: &mut Criterion) {
     let bytes = s37_bytes();
+    let net = Net::loopback();
     let mut g = c.benchmark_group("s37");
     g.sampling_mode(SamplingMode::Flat)
         .sample_size(10)
@@ -35,16 +36,16 @@ fn s37(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(1))
         .throughput(Throughput::Bytes(bytes));
     g.bench_function("raw_quinn_memory", |b| {
-        b.iter_custom(|n| timed(n, || raw_quinn(bytes)))
+        b.iter_custom(|n| timed(n, || raw_quinn(bytes, &net)))
     });
     for fs in [Fs::Tmpfs, Fs::Disk] {
         g.bench_function(format!("tcp_sendfile_{}", fs.name()), |b| {
-            b.iter_custom(|n| timed(n, || tcp_copy(bytes, fs)))
+            b.iter_custom(|n| timed(n, || tcp_copy(bytes, fs, &net)))
         });
         g.bench_function(format!("lanspread_{}", fs.name()), |b| {
             b.iter_custom(|n| {
                 timed(n, || {
-                    app::s37(bytes, fs, None).map(|d| Duration::from_secs_f64(d.secs))
+                    app::s37(bytes, fs, None, &net).map(|d| Duration::from_secs_f64(d.secs))
                 })
             })
         });
@@ -54,6 +55,7 @@ fn s37(c: &mut Criterion) {
 
 fn s34(c: &mut Criterion) {
     let (files, each) = (2000usize, 32u64 << 10);
+    let net = Net::loopback();
     let mut g = c.benchmark_group("s34");
     g.sampling_mode(SamplingMode::Flat)
         .sample_size(10)
@@ -67,7 +69,7 @@ fn s34(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter_custom(|n| {
                 timed(n, || {
-                    let (m, o) = app::s34(files as u64 * each, files, Fs::Tmpfs, None)?;
+                    let (m, o) = app::s34(files as u64 * each, files, Fs::Tmpfs, None, &net)?;
                     Ok(Duration::from_secs_f64(if many { m.secs } else { o.secs }))
                 })
             })

@@ -1,5 +1,5 @@
 //! The app side: two real `lanspreadd` processes (the release binaries next to the running
-//! one) on loopback, driven through `lanspread --json`; figures come from the client's
+//! one) on loopback or a veth pair (`Net`), driven through `lanspread --json`; figures come from the client's
 //! `download-finished` event (payload bytes / time from `download-begin` to commit).
 
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use lanspread_fixtures::{Content, GameSpec};
 
+use crate::net::Net;
 use crate::Fs;
 
 /// Game id of the S37 case (one sparse `.eti`).
@@ -46,16 +47,19 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `lanspreadd` on `games` with its state, socket and events under `dir`, with
-    /// `threads` transfer threads (`None`: the daemon's default).
+    /// `threads` transfer threads (`None`: the daemon's default), listening on `side` of
+    /// `net` (in its namespace when that is a veth pair).
     pub fn start(
         dir: &Path,
         name: &str,
         games: &Path,
         threads: Option<usize>,
+        (net, side): (&Net, usize),
     ) -> anyhow::Result<Self> {
         let socket = dir.join(format!("{name}.sock"));
         let events = dir.join(format!("{name}.events"));
         let mut cmd = Command::new(bin("lanspreadd")?);
+        net.command(side, &mut cmd);
         if let Some(n) = threads {
             cmd.args(["--transfer-threads", &n.to_string()]);
         }
@@ -68,7 +72,9 @@ impl Daemon {
             .arg(&socket)
             .arg("--events")
             .arg(&events)
-            .args(["--listen", "127.0.0.1:0", "--no-mdns"])
+            .arg("--listen")
+            .arg(net.bind_addr(side).to_string())
+            .arg("--no-mdns")
             .env(
                 "LANSPREAD_LOG",
                 std::env::var("LANSPREAD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
@@ -200,8 +206,14 @@ pub struct Pair {
 
 impl Pair {
     /// Writes the games, starts both daemons (with `threads` transfer threads each, `None`:
-    /// their default) and connects the client to the source.
-    pub fn new(fs: Fs, specs: &[GameSpec], threads: Option<usize>) -> anyhow::Result<Self> {
+    /// their default; the client on side 0 of `net`, the source on side 1) and connects
+    /// the client to the source.
+    pub fn new(
+        fs: Fs,
+        specs: &[GameSpec],
+        threads: Option<usize>,
+        net: &Net,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("lanspread-bench-")
             .tempdir_in(fs.dir())
@@ -211,8 +223,8 @@ impl Pair {
         for s in specs {
             s.write(&src)?;
         }
-        let source = Daemon::start(dir.path(), "source", &src, threads)?;
-        let client = Daemon::start(dir.path(), "client", &dst, threads)?;
+        let source = Daemon::start(dir.path(), "source", &src, threads, (net, 1))?;
+        let client = Daemon::start(dir.path(), "client", &dst, threads, (net, 0))?;
         client.cli(&["connect", &source.addr])?;
         Ok(Self {
             source,
@@ -254,14 +266,14 @@ impl Pair {
 }
 
 /// S37: one sparse `.eti` of `bytes` from one source to one client writing into `fs`,
-/// both daemons with `threads` transfer threads (`None`: their default).
-pub fn s37(bytes: u64, fs: Fs, threads: Option<usize>) -> anyhow::Result<Download> {
+/// both daemons with `threads` transfer threads (`None`: their default), over `net`.
+pub fn s37(bytes: u64, fs: Fs, threads: Option<usize>, net: &Net) -> anyhow::Result<Download> {
     let spec = GameSpec::new(S37_GAME, "20250101").file(
         &format!("{S37_GAME}.eti"),
         0o644,
         Content::Sparse { size: bytes },
     );
-    Pair::new(fs, &[spec], threads)?.download(S37_GAME)
+    Pair::new(fs, &[spec], threads, net)?.download(S37_GAME)
 }
 
 /// S34: `files` small files totalling `bytes`, then one file of `bytes`, through the same
@@ -272,6 +284,7 @@ pub fn s34(
     files: usize,
     fs: Fs,
     threads: Option<usize>,
+    net: &Net,
 ) -> anyhow::Result<(Download, Download)> {
     let each = bytes / files as u64;
     let many = GameSpec::new(S34_MANY, "20250101").with_small_files(7, files, each);
@@ -283,6 +296,6 @@ pub fn s34(
             size: each * files as u64,
         },
     );
-    let pair = Pair::new(fs, &[many, one], threads)?;
+    let pair = Pair::new(fs, &[many, one], threads, net)?;
     Ok((pair.download(S34_MANY)?, pair.download(S34_ONE)?))
 }

@@ -5,9 +5,11 @@
 //! the `compare` tool and the criterion benches.
 
 pub mod app;
+pub mod net;
 pub mod raw;
 pub mod tcp;
 
+pub use net::Net;
 pub use raw::{raw_quinn, raw_quinn_pairs, STREAMS};
 
 /// MiB/s for `bytes` moved in `secs`.

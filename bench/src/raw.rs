@@ -1,59 +1,69 @@
 //! The raw quinn reference: memory to memory over one connection with lanspread's own
 //! transport and TLS settings (`lanspread_transfer::make_endpoint`).
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lanspread_transfer::{connect, make_endpoint, Identity, TransportTuning};
 
+use crate::net::Net;
+
 /// Streams used in parallel by the raw reference, like the app's chunks in flight.
 pub const STREAMS: usize = 4;
 
-/// Sends `bytes` from memory to memory over one quinn connection on loopback, split over
+/// Sends `bytes` from memory to memory over one quinn connection on `net`, split over
 /// [`STREAMS`] unidirectional streams, and returns the elapsed time at the receiver. Each
 /// endpoint runs on a current-thread runtime of its own thread, like each daemon of S37
 /// (a shared work-stealing runtime made this reference swing ±20 % between runs).
-pub fn raw_quinn(bytes: u64) -> anyhow::Result<Duration> {
+pub fn raw_quinn(bytes: u64, net: &Net) -> anyhow::Result<Duration> {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let receiver = std::thread::spawn(move || {
-        current_thread()?.block_on(async move {
-            let tuning = TransportTuning::default();
-            let server = make_endpoint(&Identity::ephemeral()?, "127.0.0.1:0".parse()?, &tuning)?;
-            addr_tx.send(server.local_addr()?)?;
-            receive(server, bytes).await
-        })
-    });
-    let sender = std::thread::spawn(move || {
-        let addr = addr_rx.recv()?;
-        current_thread()?.block_on(send(addr, bytes))
-    });
-    let sent = sender
-        .join()
-        .map_err(|_| anyhow::anyhow!("raw quinn sender panicked"))?;
-    let received = receiver
-        .join()
-        .map_err(|_| anyhow::anyhow!("raw quinn receiver panicked"))?;
-    sent?;
-    received
+    std::thread::scope(|s| {
+        let receiver = s.spawn(move || {
+            net.enter(0)?;
+            current_thread()?.block_on(async move {
+                let tuning = TransportTuning::default();
+                let server = make_endpoint(&Identity::ephemeral()?, net.bind_addr(0), &tuning)?;
+                addr_tx.send(server.local_addr()?)?;
+                receive(server, bytes).await
+            })
+        });
+        let sender = s.spawn(move || {
+            let addr = addr_rx.recv()?;
+            net.enter(1)?;
+            current_thread()?.block_on(send(addr, net.bind_addr(1), bytes))
+        });
+        let sent = sender
+            .join()
+            .map_err(|_| anyhow::anyhow!("raw quinn sender panicked"))?;
+        let received = receiver
+            .join()
+            .map_err(|_| anyhow::anyhow!("raw quinn receiver panicked"))?;
+        sent?;
+        received
+    })
 }
 
 /// `pairs` raw transfers side by side, each between its own two endpoints on their own
 /// threads and moving `bytes / pairs`: the reference for `pairs` transfer threads per
 /// daemon (quinn-perf scaled this way on 16 cores, `../shared/perf.md`). Returns the wall
 /// time from the first handshake to the last byte.
-pub fn raw_quinn_pairs(bytes: u64, pairs: usize) -> anyhow::Result<Duration> {
+pub fn raw_quinn_pairs(bytes: u64, pairs: usize, net: &Net) -> anyhow::Result<Duration> {
     let pairs = pairs.max(1) as u64;
     let start = Instant::now();
-    let runs: Vec<_> = (0..pairs)
-        .map(|i| {
-            let share = bytes / pairs + if i == 0 { bytes % pairs } else { 0 };
-            std::thread::spawn(move || raw_quinn(share))
-        })
-        .collect();
-    for r in runs {
-        r.join()
-            .map_err(|_| anyhow::anyhow!("raw quinn pair panicked"))??;
-    }
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..pairs)
+            .map(|i| {
+                let share = bytes / pairs + if i == 0 { bytes % pairs } else { 0 };
+                s.spawn(move || raw_quinn(share, net))
+            })
+            .collect();
+        for r in runs {
+            r.join()
+                .map_err(|_| anyhow::anyhow!("raw quinn pair panicked"))??;
+        }
+        anyhow::Ok(())
+    })?;
     Ok(start.elapsed())
 }
 
@@ -95,9 +105,9 @@ async fn receive(server: quinn::Endpoint, bytes: u64) -> anyhow::Result<Duration
     Ok(elapsed)
 }
 
-async fn send(addr: std::net::SocketAddr, bytes: u64) -> anyhow::Result<()> {
+async fn send(addr: SocketAddr, bind: SocketAddr, bytes: u64) -> anyhow::Result<()> {
     let tuning = TransportTuning::default();
-    let client = make_endpoint(&Identity::ephemeral()?, "127.0.0.1:0".parse()?, &tuning)?;
+    let client = make_endpoint(&Identity::ephemeral()?, bind, &tuning)?;
     let (conn, _) = connect(&client, addr, Duration::from_secs(5)).await?;
     let piece = Bytes::from(vec![0x5au8; 1 << 20]);
     let per_stream = bytes / STREAMS as u64;
@@ -124,6 +134,14 @@ async fn send(addr: std::net::SocketAddr, bytes: u64) -> anyhow::Result<()> {
     }
     for s in senders {
         s.await??;
+    }
+    if std::env::var_os("LANSPREAD_BENCH_LOG").is_some() {
+        // What the path did: MTU reached, losses, quinn's black-hole resets.
+        let p = conn.stats().path;
+        eprintln!(
+            "raw quinn sender: mtu {}, lost {} packets, {} congestion events, {} black holes",
+            p.current_mtu, p.lost_packets, p.congestion_events, p.black_holes_detected
+        );
     }
     conn.close(0u32.into(), b"done");
     client.wait_idle().await;

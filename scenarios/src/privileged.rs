@@ -16,7 +16,7 @@ pub fn skip_privileged(test: &str) -> bool {
         eprintln!("{test}: SKIPPED (needs root; LANSPREAD_SKIP_PRIVILEGED=1)");
         return true;
     }
-    panic!("{test} needs root (it mounts a tmpfs); run as root or set LANSPREAD_SKIP_PRIVILEGED=1 to skip it on purpose");
+    panic!("{test} needs root (tmpfs mounts, network namespaces); run as root or set LANSPREAD_SKIP_PRIVILEGED=1 to skip it on purpose");
 }
 
 /// A tmpfs mounted for the life of this value.

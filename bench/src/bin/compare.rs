@@ -1,5 +1,6 @@
 //! `cargo run --release -p lanspread-bench --bin compare -- [--bytes N] [--samples K]
-//! [--s34-files F] [--only s37|s34] [--guard R] [--threads T] [--scaling 1,2,4,8]`: S37
+//! [--s34-files F] [--only s37|s34] [--guard R] [--threads T] [--scaling 1,2,4,8]
+//! [--veth MTU]`: S37
 //! through two real daemons (client on tmpfs and on the disk) next to a raw quinn
 //! memory-to-memory transfer and a TCP sendfile copy of the same size, all in this run;
 //! then S34 (F small files vs one file of the same total). Prints a table and one JSON
@@ -9,10 +10,12 @@
 //! (default: theirs).
 //! `--scaling LIST` runs only the scaling table: per thread count N, S37 → tmpfs with N
 //! transfer threads per daemon next to N raw quinn pairs side by side.
+//! `--veth MTU` runs every case between two network namespaces joined by a veth pair with
+//! that MTU instead of on loopback (root and iproute2; `../shared/perf.md`).
 
 use anyhow::{bail, Context};
 use lanspread_bench::{
-    app, cpu_secs, median, mib_per_s, raw_quinn, raw_quinn_pairs, tcp::tcp_copy, Fs,
+    app, cpu_secs, median, mib_per_s, raw_quinn, raw_quinn_pairs, tcp::tcp_copy, Fs, Net,
 };
 
 /// The client's peak RSS during S37 must stay below this (perf.md).
@@ -27,6 +30,7 @@ struct Args {
     s34: bool,
     threads: Option<usize>,
     scaling: Vec<usize>,
+    veth: Option<u32>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -39,6 +43,7 @@ fn parse() -> anyhow::Result<Args> {
         s34: true,
         threads: None,
         scaling: Vec::new(),
+        veth: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -49,6 +54,7 @@ fn parse() -> anyhow::Result<Args> {
             "--s34-files" => a.s34_files = value()?.parse().context("--s34-files")?,
             "--guard" => a.guard = Some(value()?.parse().context("--guard")?),
             "--threads" => a.threads = Some(value()?.parse().context("--threads")?),
+            "--veth" => a.veth = Some(value()?.parse().context("--veth takes an MTU")?),
             "--scaling" => {
                 a.scaling = value()?
                     .split(',')
@@ -84,8 +90,9 @@ fn gib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1u32 << 30)
 }
 
-fn scaling(args: &Args) -> anyhow::Result<()> {
+fn scaling(args: &Args, net: &Net) -> anyhow::Result<()> {
     let bytes = args.bytes;
+    println!("{}, {} MiB", net.name(), bytes >> 20);
     println!(
         "| threads | raw quinn, N pairs (MiB/s) | S37 → tmpfs (MiB/s) | S37 / raw N pairs | S37 / S37 at {} | CPU s/GiB raw | CPU s/GiB S37 |",
         args.scaling[0]
@@ -98,9 +105,12 @@ fn scaling(args: &Args) -> anyhow::Result<()> {
         let (mut raw_cpu, mut app_cpu) = (Vec::new(), Vec::new());
         for i in 0..args.samples {
             let cpu = cpu_secs(None);
-            raw.push(mib_per_s(bytes, raw_quinn_pairs(bytes, n)?.as_secs_f64()));
+            raw.push(mib_per_s(
+                bytes,
+                raw_quinn_pairs(bytes, n, net)?.as_secs_f64(),
+            ));
             raw_cpu.push((cpu_secs(None) - cpu) / gib(bytes));
-            let s = app::s37(bytes, Fs::Tmpfs, Some(n))?;
+            let s = app::s37(bytes, Fs::Tmpfs, Some(n), net)?;
             app.push(s.mib_s);
             app_cpu.push(s.cpu_s / gib(bytes));
             eprintln!(
@@ -125,15 +135,22 @@ fn scaling(args: &Args) -> anyhow::Result<()> {
             "raw_cpu_s_per_gib": raw_cpu, "s37_cpu_s_per_gib": app_cpu,
         }));
     }
-    let doc = serde_json::json!({"bytes": bytes, "samples": args.samples, "scaling": rows});
+    let doc = serde_json::json!({
+        "bytes": bytes, "samples": args.samples, "net": net.name(), "scaling": rows,
+    });
     println!("{doc}");
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let args = parse()?;
+    let net = match args.veth {
+        Some(mtu) => Net::veth(mtu)?,
+        None => Net::loopback(),
+    };
+    let net = &net;
     if !args.scaling.is_empty() {
-        return scaling(&args);
+        return scaling(&args, net);
     }
     let bytes = args.bytes;
     let mut raw = Vec::new();
@@ -144,15 +161,15 @@ fn main() -> anyhow::Result<()> {
     // Interleaved, so drift in the machine's speed hits every case alike.
     for i in (0..args.samples).filter(|_| args.s37) {
         let cpu = cpu_secs(None);
-        let d = raw_quinn(bytes)?;
+        let d = raw_quinn(bytes, net)?;
         raw.push(mib_per_s(bytes, d.as_secs_f64()));
         raw_cpu.push((cpu_secs(None) - cpu) / gib(bytes));
         for (fs, tcp, s37) in [
             (Fs::Tmpfs, &mut tcp_t, &mut app_t),
             (Fs::Disk, &mut tcp_d, &mut app_d),
         ] {
-            tcp.push(mib_per_s(bytes, tcp_copy(bytes, fs)?.as_secs_f64()));
-            let s = app::s37(bytes, fs, args.threads)?;
+            tcp.push(mib_per_s(bytes, tcp_copy(bytes, fs, net)?.as_secs_f64()));
+            let s = app::s37(bytes, fs, args.threads, net)?;
             s37.push(s.mib_s);
             if fs == Fs::Tmpfs {
                 app_cpu.push(s.cpu_s / gib(bytes));
@@ -173,7 +190,7 @@ fn main() -> anyhow::Result<()> {
     let s34_bytes = (args.s34_files as u64 * (32 << 10)).min(bytes);
     let (mut many, mut one) = (Vec::new(), Vec::new());
     for _ in (0..args.samples).filter(|_| args.s34) {
-        let (m, o) = app::s34(s34_bytes, args.s34_files, Fs::Tmpfs, args.threads)?;
+        let (m, o) = app::s34(s34_bytes, args.s34_files, Fs::Tmpfs, args.threads, net)?;
         many.push(m.secs);
         one.push(o.secs);
     }
@@ -184,7 +201,11 @@ fn main() -> anyhow::Result<()> {
     let (raw_cpu, app_cpu) = (median(raw_cpu), median(app_cpu));
     let mib = bytes >> 20;
     let rss_mib = rss / 1024;
-    println!("| case (median of {}) | figure |", args.samples);
+    println!(
+        "| case (median of {}, {}) | figure |",
+        args.samples,
+        net.name()
+    );
     println!("|---|---|");
     if args.s37 {
         println!("| raw quinn memory→memory, {mib} MiB | {raw:.0} MiB/s |");
@@ -211,7 +232,7 @@ fn main() -> anyhow::Result<()> {
             many / one
         );
     }
-    let mut doc = serde_json::json!({"bytes": bytes, "samples": args.samples});
+    let mut doc = serde_json::json!({"bytes": bytes, "samples": args.samples, "net": net.name()});
     if args.s37 {
         doc["raw_quinn_mib_s"] = raw.into();
         doc["tcp_tmpfs_mib_s"] = tcp_t.into();
