@@ -89,7 +89,8 @@ impl Daemon {
         let listener = control::bind(&config.socket, group).await?;
         let tuning = TransportTuning::default();
         let endpoint = make_endpoint(&identity, config.listen, &tuning)?;
-        let data_client = data_client_config(&identity, &tuning)?;
+        // A download's N data connections to one source share one connection window.
+        let data_client = data_client_config(&identity, &tuning.per_lane(config.transfer_threads))?;
         let listen = endpoint
             .local_addr()
             .map_err(|e| DaemonError::io("quic socket", e))?;

@@ -48,7 +48,26 @@ impl Default for TransportTuning {
     }
 }
 
+/// The smallest receive window a data connection gets, however many lanes share a source
+/// (far above a LAN's bandwidth-delay product: 2 MiB is 1 ms at 2 GiB/s).
+pub const MIN_LANE_WINDOW: u32 = 2 << 20;
+
 impl TransportTuning {
+    /// The tuning of each of `lanes` data connections to one source (one per transfer
+    /// thread): the connection window is shared out among them, at least
+    /// [`MIN_LANE_WINDOW`] each, and no stream's window is larger than its connection's. So
+    /// what a source's lanes can make the client hold unread together stays at one
+    /// connection window (128 MiB) up to 64 lanes, whatever the thread count.
+    pub fn per_lane(&self, lanes: usize) -> TransportTuning {
+        let lanes = u32::try_from(lanes.max(1)).unwrap_or(u32::MAX);
+        let conn_window = (self.conn_window / lanes).max(MIN_LANE_WINDOW);
+        TransportTuning {
+            conn_window,
+            stream_window: self.stream_window.min(conn_window),
+            ..self.clone()
+        }
+    }
+
     fn transport(&self) -> TransportConfig {
         let mut t = TransportConfig::default();
         t.keep_alive_interval(Some(self.keep_alive));
@@ -238,6 +257,28 @@ mod tests {
         let eb = make_endpoint(&b, "127.0.0.1:0".parse().unwrap(), &tuning).unwrap();
         let b_addr = eb.local_addr().unwrap();
         (a, b, ea, eb, b_addr)
+    }
+
+    #[test]
+    fn lanes_share_one_connection_window() {
+        let t = TransportTuning::default();
+        let one = t.per_lane(1);
+        assert_eq!((one.conn_window, one.stream_window), (128 << 20, 32 << 20));
+        assert_eq!(t.per_lane(0).conn_window, 128 << 20);
+        let four = t.per_lane(4);
+        assert_eq!((four.conn_window, four.stream_window), (32 << 20, 32 << 20));
+        let eight = t.per_lane(8);
+        assert_eq!(
+            (eight.conn_window, eight.stream_window),
+            (16 << 20, 16 << 20)
+        );
+        for lanes in 1..=64u64 {
+            let l = t.per_lane(lanes as usize);
+            assert!(lanes * u64::from(l.conn_window) <= 128 << 20, "{lanes}");
+            assert!(l.stream_window <= l.conn_window && l.conn_window >= MIN_LANE_WINDOW);
+            assert_eq!(l.idle_timeout, t.idle_timeout);
+        }
+        assert_eq!(t.per_lane(1000).conn_window, MIN_LANE_WINDOW);
     }
 
     #[tokio::test]

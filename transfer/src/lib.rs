@@ -15,7 +15,7 @@ mod tls;
 
 pub use endpoint::{
     connect, connect_data, data_client_config, is_data_connection, make_data_endpoint,
-    make_endpoint, peer_id_of, session_binding, TransportTuning,
+    make_endpoint, peer_id_of, session_binding, TransportTuning, MIN_LANE_WINDOW,
 };
 pub use error::TransferError;
 pub use frame::{decode_frame, encode_frame, read_frame, write_frame, FrameError, MAX_FRAME_LEN};

@@ -94,15 +94,16 @@ fn scaling(args: &Args, net: &Net) -> anyhow::Result<()> {
     let bytes = args.bytes;
     println!("{}, {} MiB", net.name(), bytes >> 20);
     println!(
-        "| threads | raw quinn, N pairs (MiB/s) | S37 → tmpfs (MiB/s) | S37 / raw N pairs | S37 / S37 at {} | CPU s/GiB raw | CPU s/GiB S37 |",
+        "| threads | raw quinn, N pairs (MiB/s) | S37 → tmpfs (MiB/s) | S37 / raw N pairs | S37 / S37 at {} | CPU s/GiB raw | CPU s/GiB S37 | client peak RSS |",
         args.scaling[0]
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut rows = Vec::new();
     let mut base = None;
     for &n in &args.scaling {
         let (mut raw, mut app) = (Vec::new(), Vec::new());
         let (mut raw_cpu, mut app_cpu) = (Vec::new(), Vec::new());
+        let mut rss_kib = 0;
         for i in 0..args.samples {
             let cpu = cpu_secs(None);
             raw.push(mib_per_s(
@@ -113,6 +114,7 @@ fn scaling(args: &Args, net: &Net) -> anyhow::Result<()> {
             let s = app::s37(bytes, Fs::Tmpfs, Some(n), net)?;
             app.push(s.mib_s);
             app_cpu.push(s.cpu_s / gib(bytes));
+            rss_kib = rss_kib.max(s.client_peak_rss_kib);
             eprintln!(
                 "threads {n} sample {}: raw {:.0}, S37 {:.0} MiB/s; CPU s/GiB raw {:.2}, S37 {:.2}",
                 i + 1,
@@ -126,13 +128,15 @@ fn scaling(args: &Args, net: &Net) -> anyhow::Result<()> {
         let (raw_cpu, app_cpu) = (median(raw_cpu), median(app_cpu));
         let first = *base.get_or_insert(app);
         println!(
-            "| {n} | {raw:.0} | {app:.0} | {:.2} | {:.2} | {raw_cpu:.2} | {app_cpu:.2} |",
+            "| {n} | {raw:.0} | {app:.0} | {:.2} | {:.2} | {raw_cpu:.2} | {app_cpu:.2} | {} MiB |",
             app / raw,
-            app / first
+            app / first,
+            rss_kib / 1024
         );
         rows.push(serde_json::json!({
             "threads": n, "raw_quinn_pairs_mib_s": raw, "s37_tmpfs_mib_s": app,
             "raw_cpu_s_per_gib": raw_cpu, "s37_cpu_s_per_gib": app_cpu,
+            "client_peak_rss_mib": rss_kib / 1024,
         }));
     }
     let doc = serde_json::json!({
