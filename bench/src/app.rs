@@ -193,6 +193,8 @@ pub struct Download {
     pub client_peak_rss_kib: u64,
     /// CPU seconds both daemons used during the download.
     pub cpu_s: f64,
+    /// The source's share of `cpu_s`.
+    pub source_cpu_s: f64,
 }
 
 /// A source with `specs` and an empty client, both in a fresh dir under `fs`, linked.
@@ -237,7 +239,7 @@ impl Pair {
     pub fn download(&self, game: &str) -> anyhow::Result<Download> {
         // CPU is counted over the same window as the rate: from `download-begin` (after
         // the manifests, which a source hashes on first request) to the end.
-        let cpu = || self.client.cpu_secs() + self.source.cpu_secs();
+        let cpu = || (self.client.cpu_secs(), self.source.cpu_secs());
         let args = ["download", game, "--no-install"];
         let waiting = self
             .client
@@ -252,7 +254,9 @@ impl Pair {
         let begun = self.client.wait_events(seen, waiting.id());
         let before = cpu();
         let out = waiting.wait_with_output()?;
-        let cpu_s = cpu() - before;
+        let after = cpu();
+        let source_cpu_s = after.1 - before.1;
+        let cpu_s = after.0 - before.0 + source_cpu_s;
         begun?;
         let done = self.client.cli_output(out, &args)?;
         let ms = done["duration_ms"].as_f64().context("duration_ms")?;
@@ -261,6 +265,7 @@ impl Pair {
             mib_s: done["mib_per_s"].as_f64().context("mib_per_s")?,
             client_peak_rss_kib: self.client.peak_rss_kib(),
             cpu_s,
+            source_cpu_s,
         })
     }
 }

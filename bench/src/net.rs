@@ -8,6 +8,7 @@ use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use anyhow::Context;
 
@@ -56,9 +57,12 @@ impl Net {
 
     /// Two fresh namespaces joined by a veth pair with `mtu` on both ends.
     pub fn veth(mtu: u32) -> anyhow::Result<Net> {
-        let tag = std::process::id();
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let pid = std::process::id();
+        let tag = format!("{pid}-{}", SEQ.fetch_add(1, Ordering::Relaxed));
         let ns = [format!("lsbench-c-{tag}"), format!("lsbench-s-{tag}")];
-        let subnet = tag % 200 + 20;
+        // Each pair is in namespaces of its own, so pairs never share a subnet anyway.
+        let subnet = pid % 200 + 20;
         let addrs = [
             Ipv4Addr::new(10, 232, subnet as u8, 1),
             Ipv4Addr::new(10, 232, subnet as u8, 2),

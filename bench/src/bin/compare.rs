@@ -84,11 +84,13 @@ fn parse() -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// The scaling table: S37 → tmpfs with N transfer threads per daemon next to N raw quinn
-/// pairs, interleaved per sample.
+/// `bytes` in GiB.
 fn gib(bytes: u64) -> f64 {
     bytes as f64 / f64::from(1u32 << 30)
 }
+
+/// The scaling table: S37 → tmpfs with N transfer threads per daemon next to N raw quinn
+/// pairs, interleaved per sample.
 
 fn scaling(args: &Args, net: &Net) -> anyhow::Result<()> {
     let bytes = args.bytes;
@@ -116,12 +118,13 @@ fn scaling(args: &Args, net: &Net) -> anyhow::Result<()> {
             app_cpu.push(s.cpu_s / gib(bytes));
             rss_kib = rss_kib.max(s.client_peak_rss_kib);
             eprintln!(
-                "threads {n} sample {}: raw {:.0}, S37 {:.0} MiB/s; CPU s/GiB raw {:.2}, S37 {:.2}",
+                "threads {n} sample {}: raw {:.0}, S37 {:.0} MiB/s; CPU s/GiB raw {:.2}, S37 {:.2} (source {:.2})",
                 i + 1,
                 raw[i],
                 app[i],
                 raw_cpu[i],
-                app_cpu[i]
+                app_cpu[i],
+                s.source_cpu_s / gib(bytes)
             );
         }
         let (raw, app) = (median(raw), median(app));
