@@ -91,7 +91,6 @@ fn gib(bytes: u64) -> f64 {
 
 /// The scaling table: S37 → tmpfs with N transfer threads per daemon next to N raw quinn
 /// pairs, interleaved per sample.
-
 fn scaling(args: &Args, net: &Net) -> anyhow::Result<()> {
     let bytes = args.bytes;
     println!("{}, {} MiB", net.name(), bytes >> 20);
