@@ -9,6 +9,9 @@ use lanspread_transfer::{connect, make_endpoint, Identity, TransportTuning};
 
 use crate::net::Net;
 
+/// How long a receiving side waits for its sender to connect.
+pub(crate) const ACCEPT_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Streams used in parallel by the raw reference, like the app's chunks in flight.
 pub const STREAMS: usize = 4;
 
@@ -74,9 +77,11 @@ fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn receive(server: quinn::Endpoint, bytes: u64) -> anyhow::Result<Duration> {
-    let conn = server
-        .accept()
+    // A sender that failed before dialling must not leave this side waiting forever.
+    let incoming = tokio::time::timeout(ACCEPT_TIMEOUT, server.accept())
         .await
+        .map_err(|_| anyhow::anyhow!("the raw quinn sender never connected"))?;
+    let conn = incoming
         .ok_or_else(|| anyhow::anyhow!("no connection"))?
         .await?;
     let start = Instant::now();

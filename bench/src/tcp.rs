@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::net::Net;
+use crate::raw::ACCEPT_TIMEOUT;
 use crate::Fs;
 
 /// Copies a sparse file of `bytes` over TCP on `net` into `fs`; returns the receiver's
@@ -28,7 +29,7 @@ pub fn tcp_copy(bytes: u64, fs: Fs, net: &Net) -> anyhow::Result<Duration> {
             net.enter(1)?;
             let listener = TcpListener::bind(net.bind_addr(1))?;
             addr_tx.send(listener.local_addr()?)?;
-            let (sock, _) = listener.accept()?;
+            let sock = accept(&listener)?;
             let file = File::open(&src)?;
             let mut off: libc::off_t = 0;
             let mut left = bytes;
@@ -70,4 +71,27 @@ pub fn tcp_copy(bytes: u64, fs: Fs, net: &Net) -> anyhow::Result<Duration> {
             .map_err(|_| anyhow::anyhow!("sender panicked"))??;
         elapsed
     })
+}
+
+/// Accepts one connection, or fails after [`ACCEPT_TIMEOUT`] (a receiver that failed
+/// before connecting must not leave the sender waiting forever).
+fn accept(listener: &TcpListener) -> anyhow::Result<TcpStream> {
+    listener.set_nonblocking(true)?;
+    let start = Instant::now();
+    loop {
+        match listener.accept() {
+            Ok((sock, _)) => {
+                sock.set_nonblocking(false)?;
+                return Ok(sock);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                anyhow::ensure!(
+                    start.elapsed() < ACCEPT_TIMEOUT,
+                    "the TCP receiver never connected"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
