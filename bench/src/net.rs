@@ -95,7 +95,8 @@ impl Net {
             File::open(format!("/run/netns/{n}")).with_context(|| format!("open netns {n}"))
         };
         let fds = [open(&ns[0])?, open(&ns[1])?];
-        std::mem::forget(guard);
+        // Built: from now on `Veth`'s drop deletes them.
+        guard.0.clear();
         Ok(Net {
             veth: Some(Veth {
                 mtu,
