@@ -1,6 +1,7 @@
 //! The app side: two real `lanspreadd` processes (the release binaries next to the running
-//! one) on loopback or a veth pair (`Net`), driven through `lanspread --json`; figures come from the client's
-//! `download-finished` event (payload bytes / time from `download-begin` to commit).
+//! one) on loopback or a veth pair (`Net`), driven through `lanspread --json`; figures
+//! come from the client's `download-finished` event (payload bytes / time from
+//! `download-begin` to commit).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

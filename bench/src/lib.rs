@@ -12,6 +12,20 @@ pub mod tcp;
 pub use net::Net;
 pub use raw::{raw_quinn, raw_quinn_pairs, STREAMS};
 
+/// How long a receiving side of a reference waits for its sender to connect (a side
+/// whose peer failed before connecting must not wait forever).
+pub(crate) const ACCEPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Joins a scoped thread of a reference; a panic becomes an error naming `what`.
+pub(crate) fn joined<T>(
+    thread: std::thread::ScopedJoinHandle<'_, anyhow::Result<T>>,
+    what: &str,
+) -> anyhow::Result<T> {
+    thread
+        .join()
+        .map_err(|_| anyhow::anyhow!("{what} panicked"))?
+}
+
 /// MiB/s for `bytes` moved in `secs`.
 pub fn mib_per_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-9)

@@ -8,9 +8,7 @@ use bytes::Bytes;
 use lanspread_transfer::{connect, make_endpoint, Identity, TransportTuning};
 
 use crate::net::Net;
-
-/// How long a receiving side waits for its sender to connect.
-pub(crate) const ACCEPT_TIMEOUT: Duration = Duration::from_secs(20);
+use crate::{joined, ACCEPT_TIMEOUT};
 
 /// Streams used in parallel by the raw reference, like the app's chunks in flight.
 pub const STREAMS: usize = 4;
@@ -36,12 +34,8 @@ pub fn raw_quinn(bytes: u64, net: &Net) -> anyhow::Result<Duration> {
             net.enter(1)?;
             current_thread()?.block_on(send(addr, net.bind_addr(1), bytes))
         });
-        let sent = sender
-            .join()
-            .map_err(|_| anyhow::anyhow!("raw quinn sender panicked"))?;
-        let received = receiver
-            .join()
-            .map_err(|_| anyhow::anyhow!("raw quinn receiver panicked"))?;
+        let sent = joined(sender, "raw quinn sender");
+        let received = joined(receiver, "raw quinn receiver");
         sent?;
         received
     })
@@ -62,8 +56,7 @@ pub fn raw_quinn_pairs(bytes: u64, pairs: usize, net: &Net) -> anyhow::Result<Du
             })
             .collect();
         for r in runs {
-            r.join()
-                .map_err(|_| anyhow::anyhow!("raw quinn pair panicked"))??;
+            joined(r, "raw quinn pair")?;
         }
         anyhow::Ok(())
     })?;

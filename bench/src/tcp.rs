@@ -1,6 +1,7 @@
-//! The TCP reference: what a plain file server does. The sender `sendfile`s the source file
-//! into a TCP socket (loopback or veth, `Net`); the receiver reads it in 1 MiB pieces, writes them into a
-//! file on the filesystem under test and ends with `fdatasync`, like the app's commit.
+//! The TCP reference: what a plain file server does. The sender `sendfile`s the source
+//! file into a TCP socket (loopback or veth, `Net`); the receiver reads it in 1 MiB
+//! pieces, writes them into a file on the filesystem under test and ends with
+//! `fdatasync`, like the app's commit.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -11,8 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::net::Net;
-use crate::raw::ACCEPT_TIMEOUT;
 use crate::Fs;
+use crate::{joined, ACCEPT_TIMEOUT};
 
 /// Copies a sparse file of `bytes` over TCP on `net` into `fs`; returns the receiver's
 /// time from connect to the end of `fdatasync`.
@@ -63,12 +64,8 @@ pub fn tcp_copy(bytes: u64, fs: Fs, net: &Net) -> anyhow::Result<Duration> {
             out.sync_data()?;
             Ok(start.elapsed())
         });
-        let elapsed = receiver
-            .join()
-            .map_err(|_| anyhow::anyhow!("receiver panicked"))?;
-        sender
-            .join()
-            .map_err(|_| anyhow::anyhow!("sender panicked"))??;
+        let elapsed = joined(receiver, "TCP receiver");
+        joined(sender, "TCP sender")?;
         elapsed
     })
 }
