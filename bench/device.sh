@@ -21,12 +21,19 @@ pack)
 run)
     out="${OUT:-/tmp/lanspread-device}"
     mkdir -p "$out"
-    { nproc; lscpu | sed -n '1,20p'; free -g; df -h /dev/shm; } > "$out/machine.txt" 2>&1 || true
+    { uname -r; nproc; lscpu | sed -n '1,20p'; free -g; df -h /dev/shm .; } > "$out/machine.txt" 2>&1 || true
+    head -2 "$out/machine.txt"
     export LANSPREAD_BENCH_TMPFS="${LANSPREAD_BENCH_TMPFS:-/dev/shm}"
     bytes="${LANSPREAD_DEVICE_BYTES:-2147483648}"
-    timeout 330 "$bin/compare" --bytes "$bytes" --samples 3 --scaling 1,2,4,8 \
+    # A 64 MiB probe first: a machine without io_uring (or UDP on loopback) fails here in
+    # seconds instead of spending the whole lease on timeouts.
+    if ! timeout 60 "$bin/compare" --bytes 67108864 --samples 1 --only s37 \
+        > "$out/probe.txt" 2> "$out/probe.log"; then
+        echo "probe failed:"; tail -30 "$out/probe.log"; exit 1
+    fi
+    timeout 300 "$bin/compare" --bytes "$bytes" --samples 3 --scaling 1,2,4,8 \
         > "$out/scaling.txt" 2> "$out/scaling.log" || echo "scaling: exit $?"
-    timeout 200 "$bin/compare" --bytes "$bytes" --samples 3 --only s37 \
+    timeout 170 "$bin/compare" --bytes "$bytes" --samples 3 --only s37 \
         > "$out/compare.txt" 2> "$out/compare.log" || echo "compare: exit $?"
     cat "$out/scaling.txt" "$out/compare.txt"
     ;;
