@@ -103,55 +103,90 @@ fn no_metadata(game: &GameId, rejected: &[(PeerId, String)]) -> PeerError {
     }
 }
 
-/// Picks the manifest with a strict plurality among the answers. Invalid manifests do not
-/// vote. A tie for the top spot fails the download.
+/// The manifest vote of one download: answers come in one by one; [`ManifestVote::settled`]
+/// says when the ones still missing can no longer change the outcome, and
+/// [`ManifestVote::choose`] picks the manifest with a strict plurality. Invalid manifests
+/// do not vote.
+#[derive(Debug, Default)]
+pub struct ManifestVote {
+    groups: BTreeMap<Vec<FileManifest>, Vec<PeerId>>,
+    rejected: Vec<(PeerId, String)>,
+}
+
+impl ManifestVote {
+    /// Counts one source's answer.
+    pub fn add(&mut self, peer: PeerId, mut files: Vec<FileManifest>) {
+        files.sort_by(|a, b| a.path.cmp(&b.path));
+        match check_manifest(&files) {
+            Ok(()) => self.groups.entry(files).or_default().push(peer),
+            Err(e) => self.rejected.push((peer, e.to_string())),
+        }
+    }
+
+    /// Whether the leading manifest keeps a strict plurality even if all `outstanding`
+    /// sources still to answer vote for the runner-up (so they cannot change the result).
+    pub fn settled(&self, outstanding: usize) -> bool {
+        let mut counts: Vec<usize> = self.groups.values().map(Vec::len).collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        let lead = counts.first().copied().unwrap_or(0);
+        let second = counts.get(1).copied().unwrap_or(0);
+        lead > second + outstanding
+    }
+
+    /// Picks the manifest with a strict plurality. A tie for the top spot fails.
+    pub fn choose(self, game: &GameId) -> Result<Chosen, PeerError> {
+        let ManifestVote {
+            groups,
+            mut rejected,
+        } = self;
+        let voters: usize = groups.values().map(Vec::len).sum();
+        let top = groups
+            .values()
+            .map(Vec::len)
+            .max()
+            .ok_or_else(|| no_metadata(game, &rejected))?;
+        let leaders = groups.values().filter(|v| v.len() == top).count();
+        if leaders > 1 {
+            return Err(PeerError::MetadataConflict {
+                game: game.clone(),
+                groups: groups.len(),
+                top,
+                voters,
+            });
+        }
+        let mut chosen = None;
+        for (files, mut peers) in groups {
+            peers.sort();
+            if peers.len() == top {
+                chosen = Some((files, peers));
+            } else {
+                rejected.extend(
+                    peers
+                        .into_iter()
+                        .map(|p| (p, "outvoted manifest".to_owned())),
+                );
+            }
+        }
+        let (files, sources) = chosen.ok_or_else(|| no_metadata(game, &[]))?;
+        Ok(Chosen {
+            files,
+            sources,
+            rejected,
+        })
+    }
+}
+
+/// Picks the manifest with a strict plurality among all the answers (see
+/// [`ManifestVote`]).
 pub fn choose_manifest(
     game: &GameId,
     answers: Vec<(PeerId, Vec<FileManifest>)>,
 ) -> Result<Chosen, PeerError> {
-    let mut rejected = Vec::new();
-    let mut groups: BTreeMap<Vec<FileManifest>, Vec<PeerId>> = BTreeMap::new();
-    for (peer, mut files) in answers {
-        files.sort_by(|a, b| a.path.cmp(&b.path));
-        match check_manifest(&files) {
-            Ok(()) => groups.entry(files).or_default().push(peer),
-            Err(e) => rejected.push((peer, e.to_string())),
-        }
+    let mut vote = ManifestVote::default();
+    for (peer, files) in answers {
+        vote.add(peer, files);
     }
-    let voters: usize = groups.values().map(Vec::len).sum();
-    let top = groups
-        .values()
-        .map(Vec::len)
-        .max()
-        .ok_or_else(|| no_metadata(game, &rejected))?;
-    let leaders = groups.values().filter(|v| v.len() == top).count();
-    if leaders > 1 {
-        return Err(PeerError::MetadataConflict {
-            game: game.clone(),
-            groups: groups.len(),
-            top,
-            voters,
-        });
-    }
-    let mut chosen = None;
-    for (files, mut peers) in groups {
-        peers.sort();
-        if peers.len() == top {
-            chosen = Some((files, peers));
-        } else {
-            rejected.extend(
-                peers
-                    .into_iter()
-                    .map(|p| (p, "outvoted manifest".to_owned())),
-            );
-        }
-    }
-    let (files, sources) = chosen.ok_or_else(|| no_metadata(game, &[]))?;
-    Ok(Chosen {
-        files,
-        sources,
-        rejected,
-    })
+    vote.choose(game)
 }
 
 #[cfg(test)]
@@ -196,6 +231,30 @@ mod tests {
         .unwrap();
         assert_eq!(c.sources, [pid(1), pid(2)]);
         assert_eq!(c.rejected, [(pid(3), "outvoted manifest".to_owned())]);
+    }
+
+    #[test]
+    fn a_vote_is_settled_once_the_missing_answers_cannot_change_it() {
+        let mut v = ManifestVote::default();
+        assert!(!v.settled(0), "no answer yet");
+        v.add(pid(1), game(100, 7));
+        assert!(v.settled(0), "everyone answered");
+        assert!(!v.settled(1), "one more could tie");
+        v.add(pid(2), game(100, 7));
+        assert!(v.settled(1), "2 against at most 1");
+        assert!(!v.settled(2), "2 against at most 2");
+        v.add(pid(3), game(200, 7));
+        assert!(!v.settled(1), "2 against at most 2");
+        assert!(v.settled(0));
+        // Invalid manifests do not count for the runner-up either.
+        let mut w = ManifestVote::default();
+        w.add(pid(1), game(100, 7));
+        w.add(pid(2), game(100, 7));
+        w.add(pid(3), vec![f("g.eti", 100, 7)]);
+        assert!(w.settled(1));
+        let c = w.choose(&id()).unwrap();
+        assert_eq!(c.sources, [pid(1), pid(2)]);
+        assert_eq!(c.rejected.len(), 1);
     }
 
     #[test]

@@ -8,11 +8,12 @@ mod journal;
 mod lanes;
 mod writer;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lanspread_catalog::{manifest_digest, FileManifest, GameId, VERSION_FILE};
-use lanspread_peer::{choose_manifest, latest_sources, OpKind, Planner, PlannerStatus, Sources};
+use lanspread_peer::{latest_sources, ManifestVote, OpKind, Planner, PlannerStatus, Sources};
 use lanspread_transfer::{read_frame, write_frame, PeerId, PeerRequest, PeerResponse};
 use quinn::Connection;
 use tokio::task::JoinSet;
@@ -50,6 +51,9 @@ const BATCH_BYTES: u64 = 8 << 20;
 const _: () = assert!(BATCH_CHUNKS <= lanspread_transfer::MAX_RANGES);
 /// How long a source may take to send a manifest (it may hash a large game first).
 const MANIFEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// How much longer the sources that have not answered get once the others' answers
+/// settle the vote (a strict plurality whatever the rest say).
+const MANIFEST_GRACE: Duration = Duration::from_secs(5);
 
 /// Checks a download request and registers the operation. Refusals leave nothing behind.
 pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), String> {
@@ -165,10 +169,12 @@ async fn download(
 ) -> Result<Done, String> {
     // Metadata from every newest source, validated by plurality.
     let mut asks = JoinSet::new();
+    let mut waiting = BTreeSet::new();
     for peer in &sources.peers {
         let Some((conn, _)) = link(shared, peer) else {
             continue;
         };
+        waiting.insert(peer.clone());
         let (peer, id, version) = (peer.clone(), id.clone(), sources.version);
         asks.spawn(
             async move {
@@ -182,15 +188,43 @@ async fn download(
             .in_current_span(),
         );
     }
-    let mut answers = Vec::new();
-    while let Some(joined) = asks.join_next().await {
+    let mut vote = ManifestVote::default();
+    // Set once the sources still to answer can no longer change the vote: they get
+    // MANIFEST_GRACE more, so one that never answers holds the download seconds, not
+    // MANIFEST_TIMEOUT.
+    let mut grace_ends = None;
+    loop {
+        let joined = match grace_ends {
+            None => asks.join_next().await,
+            Some(end) => tokio::time::timeout_at(end, asks.join_next())
+                .await
+                .unwrap_or(None),
+        };
+        let Some(joined) = joined else { break };
         match joined {
-            Ok((peer, Ok(files))) => answers.push((peer, files)),
-            Ok((peer, Err(e))) => warn!(peer = %peer.short(), "no manifest: {e}"),
+            Ok((peer, answer)) => {
+                waiting.remove(&peer);
+                match answer {
+                    Ok(files) => vote.add(peer, files),
+                    Err(e) => warn!(peer = %peer.short(), "no manifest: {e}"),
+                }
+            }
             Err(e) => warn!("manifest task failed: {e}"),
         }
+        if grace_ends.is_none() && !asks.is_empty() && vote.settled(asks.len()) {
+            grace_ends = Some(tokio::time::Instant::now() + MANIFEST_GRACE);
+        }
     }
-    let chosen = choose_manifest(id, answers).map_err(|e| e.to_string())?;
+    if !asks.is_empty() {
+        asks.abort_all();
+        for peer in &waiting {
+            warn!(
+                peer = %peer.short(),
+                "not a source for {id}: no manifest {MANIFEST_GRACE:?} after the others settled the vote"
+            );
+        }
+    }
+    let chosen = vote.choose(id).map_err(|e| e.to_string())?;
     for (peer, why) in &chosen.rejected {
         warn!(peer = %peer.short(), "not a source for {id}: {why}");
     }

@@ -44,6 +44,8 @@ enum Lie {
     Manifest(Vec<u8>),
     /// A valid manifest; chunk requests get this treatment.
     Chunk(ChunkLie),
+    /// Takes the manifest request and never answers it (the stream stays open).
+    SilentManifest,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -178,6 +180,10 @@ async fn serve_conn(
             let out: Vec<u8> = match (req, &lie) {
                 (PeerRequest::Files { .. }, Lie::Manifest(frame)) => frame.clone(),
                 (PeerRequest::Files { .. }, Lie::Chunk(_)) => manifest_frame(honest_files()),
+                (PeerRequest::Files { .. }, Lie::SilentManifest) => {
+                    tokio::time::sleep(Duration::from_secs(600)).await;
+                    return;
+                }
                 (PeerRequest::Chunks { ranges, .. }, Lie::Chunk(how)) => {
                     // Ranges are answered in order (the client batches the small data
                     // file with the sentinel); every data range carries the lie.
@@ -217,7 +223,7 @@ async fn serve_conn(
                     }
                     out
                 }
-                (PeerRequest::Chunks { .. }, Lie::Manifest(_)) => return,
+                (PeerRequest::Chunks { .. }, Lie::Manifest(_) | Lie::SilentManifest) => return,
             };
             let _ = send.write_all(&out).await;
             let _ = send.finish();
@@ -381,4 +387,42 @@ fn lanes_fall_back_to_the_link_when_data_connections_fail() {
         "{log}"
     );
     assert!(!log.contains("data connections open"), "{log}");
+}
+
+/// One of three sources takes the manifest request and never answers. The two that agree
+/// settle the vote whatever the third would say, so after a short grace the download goes
+/// on without it instead of waiting out the manifest timeout (minutes): it finishes within
+/// the harness's wait, from the two, and the log says why the third is not a source.
+#[test]
+fn a_source_that_never_sends_its_manifest_does_not_hold_the_download() {
+    let games = tempfile::tempdir().unwrap();
+    let c = crate::util::node_with_args("client", games.path(), &["--transfer-threads", "1"]);
+    let honest = [
+        lying_source(Lie::Chunk(ChunkLie::HonestWithoutDataConnections)),
+        lying_source(Lie::Chunk(ChunkLie::HonestWithoutDataConnections)),
+    ];
+    let (silent, _stop) = lying_source(Lie::SilentManifest);
+    for addr in honest.iter().map(|(a, _)| a).chain([&silent]) {
+        c.json(&["connect", addr]);
+    }
+    wait_for("all three advertise cod5", || {
+        let rows = crate::util::remote_rows(&c.json(&["list-games"]));
+        (rows.get("cod5").map(|r| r.1) == Some(3)).then_some(())
+    });
+    let out = std::thread::scope(|s| {
+        let download = s.spawn(|| c.download("cod5", &["--no-install"]));
+        c.wait_event("download-finished", |e| e["game_id"] == "cod5");
+        download.join().unwrap()
+    });
+    assert_eq!(out.code, 0, "{out:?}{}", c.log_tail());
+    let root = games.path().join("cod5");
+    assert_eq!(std::fs::read(root.join("cod5.eti")).unwrap(), data());
+    let got = c.events_named("got-game-files");
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["sources"].as_array().unwrap().len(), 2, "{got:?}");
+    let log = c.log();
+    assert!(
+        log.contains("no manifest 5s after the others settled the vote"),
+        "{log}"
+    );
 }
