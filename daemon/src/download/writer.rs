@@ -3,7 +3,7 @@
 //! Buffers come from a fixed pool, so a download never holds more than the pool in
 //! memory, whatever the chunk or file size.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::path::PathBuf;
@@ -195,7 +195,54 @@ impl Writer {
     }
 }
 
-type Files = Rc<RefCell<HashMap<u64, Rc<tokio_uring::fs::File>>>>;
+/// Bytes written to a file after which the writer asks the kernel to start writing the
+/// file back (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not wait for the disk):
+/// the disk works while the network still delivers, the final fdatasync finds little left,
+/// and a server's page cache never holds a whole game dirty.
+const WRITEBACK_EVERY: u64 = 32 << 20;
+
+/// An open file of the writer thread.
+struct OpenFile {
+    ring: tokio_uring::fs::File,
+    /// A second descriptor of the same file for the writeback kicks, which run on a
+    /// blocking thread (they may wait for the device's queue) and must not see the
+    /// ring's descriptor closed and reused under them.
+    kick: Arc<std::fs::File>,
+    /// Bytes written since the last kick.
+    unkicked: Cell<u64>,
+    /// A kick is running (at most one per file).
+    kicking: Cell<bool>,
+}
+
+impl OpenFile {
+    /// Counts written bytes and starts writeback once enough have piled up.
+    fn written(self: &Rc<Self>, bytes: u64) {
+        self.unkicked.set(self.unkicked.get() + bytes);
+        if self.unkicked.get() < WRITEBACK_EVERY || self.kicking.get() {
+            return;
+        }
+        self.unkicked.set(0);
+        self.kicking.set(true);
+        let (me, file) = (self.clone(), self.kick.clone());
+        tokio_uring::spawn(async move {
+            let _ = tokio::task::spawn_blocking(move || start_writeback(&file)).await;
+            me.kicking.set(false);
+        });
+    }
+}
+
+/// Starts writing back every dirty page of `file` (advisory: errors only cost speed,
+/// the final fdatasync reports any that matter).
+fn start_writeback(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: sync_file_range only reads the descriptor, which `file` keeps open.
+    let rc = unsafe { libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    if rc != 0 {
+        tracing::debug!("sync_file_range: {}", io::Error::last_os_error());
+    }
+}
+
+type Files = Rc<RefCell<HashMap<u64, Rc<OpenFile>>>>;
 
 async fn run(mut rx: mpsc::Receiver<Job>) {
     let files: Files = Rc::default();
@@ -224,8 +271,12 @@ async fn run(mut rx: mpsc::Receiver<Job>) {
                 tokio_uring::spawn(async move {
                     let res = match (f, buf.vec.take()) {
                         (Some(f), Some(v)) => {
-                            let (res, v) = f.write_all_at(v, offset).await;
+                            let len = v.len() as u64;
+                            let (res, v) = f.ring.write_all_at(v, offset).await;
                             buf.vec = Some(v);
+                            if res.is_ok() {
+                                f.written(len);
+                            }
                             res
                         }
                         _ => Err(io::Error::other("write to a closed file")),
@@ -238,7 +289,7 @@ async fn run(mut rx: mpsc::Receiver<Job>) {
                 let f = files.borrow().get(&file).cloned();
                 tokio_uring::spawn(async move {
                     let res = match f {
-                        Some(f) => f.sync_data().await,
+                        Some(f) => f.ring.sync_data().await,
                         None => Err(io::Error::other("sync of a closed file")),
                     };
                     let _ = reply.send(res);
@@ -254,7 +305,7 @@ async fn run(mut rx: mpsc::Receiver<Job>) {
 
 /// Creates the file and gives it its full size up front: `fallocate` reserves the blocks
 /// (so a full disk fails here, not half-way), `set_len` trims a longer leftover.
-async fn open(path: PathBuf, size: u64) -> io::Result<tokio_uring::fs::File> {
+async fn open(path: PathBuf, size: u64) -> io::Result<OpenFile> {
     let std_file = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
@@ -274,5 +325,10 @@ async fn open(path: PathBuf, size: u64) -> io::Result<tokio_uring::fs::File> {
         }
     }
     std_file.set_len(size)?;
-    Ok(f)
+    Ok(OpenFile {
+        ring: f,
+        kick: Arc::new(std_file),
+        unkicked: Cell::new(0),
+        kicking: Cell::new(false),
+    })
 }
