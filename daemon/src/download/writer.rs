@@ -1,5 +1,6 @@
 //! The io_uring writer: one thread running a tokio-uring runtime that creates and
-//! preallocates files, writes buffers at their offsets and syncs, fed by a bounded channel.
+//! preallocates files, writes buffers at their offsets (starting the kernel's writeback
+//! every `WRITEBACK_EVERY` bytes of a file) and syncs, fed by a bounded channel.
 //! Buffers come from a fixed pool, so a download never holds more than the pool in
 //! memory, whatever the chunk or file size.
 
