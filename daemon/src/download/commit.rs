@@ -82,8 +82,9 @@ fn create_parents(root: &Path, rel: &str) -> Result<PathBuf, String> {
     Ok(dir.join(comps.last().copied().unwrap_or_default()))
 }
 
-/// Applies modes, removes files the manifest does not list, checks the received
-/// `version.ini` and renames it into place, then fsyncs the root.
+/// Applies modes, removes files the manifest does not list, fsyncs the folders that hold
+/// files, checks the received `version.ini` and renames it into place, then fsyncs the
+/// root.
 pub async fn commit(
     root: &Path,
     files: &[FileManifest],
@@ -108,12 +109,19 @@ fn commit_blocking(
     }
     // Listed files and every folder that holds one, looked up once per entry.
     let mut keep: BTreeSet<&str> = BTreeSet::new();
+    let mut folders: BTreeSet<&str> = BTreeSet::new();
     for f in files {
         let p = f.path.as_str();
         keep.insert(p);
-        keep.extend(p.match_indices('/').map(|(i, _)| &p[..i]));
+        folders.extend(p.match_indices('/').map(|(i, _)| &p[..i]));
     }
+    keep.extend(&folders);
     remove_extra(root, "", &keep)?;
+    // The files' data is durable (fdatasync); their names in sub-folders must be too
+    // before the sentinel says the root is complete (the root itself is synced below).
+    for folder in &folders {
+        sync_dir(&root.join(folder))?;
+    }
     let incoming = root.join(INCOMING).join(VERSION_FILE);
     let text = fs::read_to_string(&incoming).map_err(|e| err(&incoming, e))?;
     match Version::parse(&text) {
