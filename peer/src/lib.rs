@@ -27,4 +27,4 @@ pub use pace::{check_limit, Pacer};
 pub use planner::{Assignment, Batch, ChunkSpec, FailKind, Planner, PlannerStatus};
 pub use resume::{journal_entry, journal_header, judge_journal, ResumeDecision};
 pub use table::{PeerEntry, PeerTable, RemoteGame, Upsert};
-pub use validate::{check_manifest, choose_manifest, Chosen, ManifestVote, MAX_FILES_PER_GAME};
+pub use validate::{check_manifest, Chosen, ManifestVote, MAX_FILES_PER_GAME};

@@ -176,19 +176,6 @@ impl ManifestVote {
     }
 }
 
-/// Picks the manifest with a strict plurality among all the answers (see
-/// [`ManifestVote`]).
-pub fn choose_manifest(
-    game: &GameId,
-    answers: Vec<(PeerId, Vec<FileManifest>)>,
-) -> Result<Chosen, PeerError> {
-    let mut vote = ManifestVote::default();
-    for (peer, files) in answers {
-        vote.add(peer, files);
-    }
-    vote.choose(game)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +195,18 @@ mod tests {
 
     fn game(eti: u64, seed: u8) -> Vec<FileManifest> {
         vec![f("version.ini", 9, 1), f("g.eti", eti, seed)]
+    }
+
+    /// Every answer at once.
+    fn choose_manifest(
+        game: &GameId,
+        answers: Vec<(PeerId, Vec<FileManifest>)>,
+    ) -> Result<Chosen, PeerError> {
+        let mut vote = ManifestVote::default();
+        for (peer, files) in answers {
+            vote.add(peer, files);
+        }
+        vote.choose(game)
     }
 
     fn id() -> GameId {
