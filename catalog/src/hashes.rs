@@ -1,5 +1,5 @@
 //! SHA-256 per 32 MiB chunk of every file of a root, and a cache of them keyed by file
-//! identity (size, mtime, inode) so that serving a file twice never hashes it twice.
+//! identity (size, mtime, ctime, inode, device) so that serving a file twice never hashes it twice.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -94,11 +94,17 @@ pub fn hash_chunks(path: &Path) -> Result<Vec<ChunkHash>, CatalogError> {
     Ok(out)
 }
 
-/// Identity of a file's content as far as the cache is concerned.
+/// Identity of a file's content as far as the cache is concerned. The change time is in
+/// it because the modification time is not enough: `rsync -t --inplace` and `cp -p`
+/// rewrite a file in place and then restore its old mtime, but no one can set the ctime
+/// (any write or utimes moves it). A persisted entry from before ctime was keyed (0) never
+/// matches, so it is re-hashed once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 struct FileKey {
     size: u64,
     mtime_ns: i128,
+    #[serde(default)]
+    ctime_ns: i128,
     ino: u64,
     dev: u64,
 }
@@ -108,6 +114,7 @@ impl FileKey {
         Self {
             size: meta.size(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
             ino: meta.ino(),
             dev: meta.dev(),
         }
@@ -314,5 +321,33 @@ mod tests {
             .unwrap();
         assert_ne!(m1[0].chunks, m2[0].chunks);
         assert_eq!(m2[0].chunks[0], <ChunkHash>::from(Sha256::digest(b"two")));
+    }
+
+    #[test]
+    fn content_changed_in_place_with_the_mtime_restored_is_rehashed() {
+        // What `rsync -t --inplace` and `cp -p` do: same inode, same size, old mtime.
+        let t = tempfile::tempdir().unwrap();
+        let root_dir = t.path().join("cnc4");
+        fs::create_dir_all(&root_dir).unwrap();
+        let file = root_dir.join("a.bin");
+        fs::write(&file, b"one").unwrap();
+        let old = fs::metadata(&file).unwrap().modified().unwrap();
+        let cache = HashCache::new();
+        let scan = || scan_root(&root_dir, GameId::new("cnc4").unwrap());
+        let m1 = cache.manifest(&scan()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let f = fs::OpenOptions::new().write(true).open(&file).unwrap();
+        std::io::Write::write_all(&mut &f, b"two").unwrap();
+        f.set_modified(old).unwrap();
+        drop(f);
+        assert_eq!(fs::metadata(&file).unwrap().modified().unwrap(), old);
+        let two = <ChunkHash>::from(Sha256::digest(b"two"));
+        // From the persisted cache after a restart (a fresh cache), and in memory.
+        assert_eq!(
+            HashCache::new().manifest(&scan()).unwrap()[0].chunks[0],
+            two
+        );
+        assert_eq!(cache.manifest(&scan()).unwrap()[0].chunks[0], two);
+        assert_ne!(m1[0].chunks[0], two);
     }
 }

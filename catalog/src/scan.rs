@@ -6,7 +6,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::{is_reserved_top_level, Catalog, CatalogError, GameId, RelPath, Version, VERSION_FILE};
 
@@ -47,6 +47,10 @@ pub struct GameRoot {
     pub files: Vec<FileDescriptor>,
     /// True when `local/` holds a completed install.
     pub installed: bool,
+    /// Why a root with a valid sentinel is still not offered: a file a peer could not get
+    /// (a name that cannot travel, an unreadable file or folder). A copy must never
+    /// silently differ from its source, so such a root is not Ready until it is fixed.
+    pub problem: Option<String>,
 }
 
 impl GameRoot {
@@ -57,7 +61,7 @@ impl GameRoot {
 
     /// Availability from the sentinel alone; the daemon overlays active operations.
     pub fn availability(&self) -> Availability {
-        if self.version.is_some() {
+        if self.version.is_some() && self.problem.is_none() {
             Availability::Ready
         } else {
             Availability::NotReady
@@ -84,9 +88,15 @@ pub fn scan_games_dir(games: &Path, catalog: &Catalog) -> Result<Library, Catalo
             continue;
         };
         let dir = entry.path();
-        // A catalog folder that is a symlink would let a root live outside the games dir.
         match entry.file_type() {
             Ok(t) if t.is_dir() => {}
+            // A root that is a symlink (a game kept on another disk) is not followed: the
+            // daemon writes into roots (downloads, installs, the start-up sweep) and must
+            // never do so outside the games dir. A bind mount serves the same purpose.
+            Ok(t) if t.is_symlink() => {
+                warn_once(&dir, "game root is a symlink, not followed (bind-mount the other disk's folder instead)");
+                continue;
+            }
             _ => continue,
         }
         lib.insert(id.clone(), scan_root(&dir, id));
@@ -94,28 +104,34 @@ pub fn scan_games_dir(games: &Path, catalog: &Catalog) -> Result<Library, Catalo
     Ok(lib)
 }
 
+/// Largest `version.ini` read (8 digits and whitespace fit many times over).
+const MAX_SENTINEL: u64 = 64;
+
 /// Scans one game root. Never fails: problems are logged and make the root not ready.
 pub fn scan_root(dir: &Path, id: GameId) -> GameRoot {
-    let version = match fs::read_to_string(dir.join(VERSION_FILE)) {
-        Ok(text) => match Version::parse(&text) {
+    let version = match read_sentinel(&dir.join(VERSION_FILE)) {
+        Ok(Some(text)) => match Version::parse(&text) {
             Ok(v) => Some(v),
             Err(e) => {
                 warn!(game = %id, "not ready: {e}");
                 None
             }
         },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Ok(None) => None,
         Err(e) => {
-            warn!(game = %id, "not ready: cannot read {VERSION_FILE}: {e}");
+            warn!(game = %id, "not ready: {VERSION_FILE}: {e}");
             None
         }
     };
-    let mut files = Vec::new();
+    let mut walk = Walk::default();
     let canonical_root = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    if let Err(e) = walk(dir, &canonical_root, "", &mut files) {
-        warn!(game = %id, "scan incomplete: {e}");
-    }
+    walk.dir(dir, &canonical_root, "");
+    let mut files = walk.files;
     files.sort_by(|a, b| a.path.cmp(&b.path));
+    let problem = walk.problem;
+    if let (Some(_), Some(p)) = (version, &problem) {
+        warn!(game = %id, "not offered: {p}");
+    }
     let installed = dir.join(crate::LOCAL_DIR).join(INSTALLED_MARKER).is_file();
     GameRoot {
         id,
@@ -123,62 +139,160 @@ pub fn scan_root(dir: &Path, id: GameId) -> GameRoot {
         version,
         files,
         installed,
+        problem,
     }
 }
 
-/// Walks `dir` (whose path relative to the root is `prefix`), appending regular files.
-/// Symlinks are followed only when they resolve to a regular file inside the root;
-/// symlinked directories are never followed (no loops, no escapes).
-fn walk(
-    dir: &Path,
-    root: &Path,
-    prefix: &str,
-    out: &mut Vec<FileDescriptor>,
-) -> Result<(), CatalogError> {
-    let entries = fs::read_dir(dir).map_err(|e| CatalogError::io(dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| CatalogError::io(dir, e))?;
-        let path = entry.path();
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            warn!(path = %path.display(), "skipped: name is not UTF-8");
-            continue;
-        };
-        if prefix.is_empty() && is_reserved_top_level(&name) {
-            continue;
+/// Reads `version.ini` if it is a regular file (not a symlink, FIFO or device) of at most
+/// [`MAX_SENTINEL`] bytes. Opened non-blocking, so a FIFO never hangs the scan.
+fn read_sentinel(path: &Path) -> Result<Option<String>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err("is a symlink (the sentinel must be a regular file)".into())
         }
-        let rel = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
+        Err(e) => return Err(e.to_string()),
+    };
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.len() > MAX_SENTINEL {
+        return Err(format!(
+            "is {} bytes, more than a version holds",
+            meta.len()
+        ));
+    }
+    let mut text = String::new();
+    file.take(MAX_SENTINEL)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    Ok(Some(text))
+}
+
+/// Logs `why` for `path` once per process (the rescan repeats every few seconds).
+fn warn_once(path: &Path, why: &str) {
+    static SEEN: std::sync::Mutex<Option<std::collections::HashSet<PathBuf>>> =
+        std::sync::Mutex::new(None);
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if seen
+        .get_or_insert_with(Default::default)
+        .insert(path.to_path_buf())
+    {
+        warn!(path = %path.display(), "{why}");
+    }
+}
+
+/// What a walk of a root found: its regular files, and the first reason a peer could not
+/// get all of them.
+#[derive(Default)]
+struct Walk {
+    files: Vec<FileDescriptor>,
+    problem: Option<String>,
+}
+
+impl Walk {
+    fn problem(&mut self, why: String) {
+        debug!("{why}");
+        self.problem.get_or_insert(why);
+    }
+
+    /// Walks `dir` (whose path relative to the root is `prefix`), appending regular
+    /// files. Symlinks are followed only when they resolve to a regular file inside the
+    /// root; symlinked directories are never followed (no loops, no escapes).
+    fn dir(&mut self, dir: &Path, root: &Path, prefix: &str) {
+        let entries = match fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => return self.problem(format!("cannot read folder {}: {e}", dir.display())),
         };
-        let meta = fs::symlink_metadata(&path).map_err(|e| CatalogError::io(&path, e))?;
-        let meta = if meta.file_type().is_symlink() {
-            match fs::canonicalize(&path) {
-                Ok(target) if target.starts_with(root) && target.is_file() => {
-                    fs::metadata(&target).map_err(|e| CatalogError::io(&target, e))?
+        for entry in entries {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) => {
+                    return self.problem(format!("cannot read folder {}: {e}", dir.display()))
                 }
-                _ => {
-                    warn!(path = %path.display(), "skipped: symlink leaves the root or is not a file");
+            };
+            let path = entry.path();
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                self.problem(format!(
+                    "file name is not UTF-8 and cannot be sent to peers: {}",
+                    path.display()
+                ));
+                continue;
+            };
+            if prefix.is_empty() && is_reserved_top_level(&name) {
+                continue;
+            }
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let meta = match fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                // Removed while we looked: the next scan sees the new state.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    self.problem(format!("cannot stat {}: {e}", path.display()));
                     continue;
                 }
-            }
-        } else {
-            meta
-        };
-        if meta.is_dir() {
-            walk(&path, root, &rel, out)?;
-        } else if meta.is_file() {
-            match RelPath::new(&rel) {
-                Ok(path) => out.push(FileDescriptor {
-                    path,
-                    size: meta.size(),
-                    mode: meta.permissions().mode() & 0o7777,
-                }),
-                Err(e) => warn!("skipped: {e}"),
+            };
+            let meta = if meta.file_type().is_symlink() {
+                match fs::canonicalize(&path) {
+                    Ok(target) if target.starts_with(root) && target.is_file() => {
+                        match fs::metadata(&target) {
+                            Ok(m) => m,
+                            Err(_) => continue,
+                        }
+                    }
+                    _ => {
+                        debug!(path = %path.display(), "skipped: symlink leaves the root or is not a file");
+                        continue;
+                    }
+                }
+            } else {
+                meta
+            };
+            if meta.is_dir() {
+                self.dir(&path, root, &rel);
+            } else if meta.is_file() {
+                match RelPath::new(&rel) {
+                    Ok(rel) => {
+                        if let Err(e) = readable(&path) {
+                            self.problem(format!("cannot read {}: {e}", path.display()));
+                        }
+                        self.files.push(FileDescriptor {
+                            path: rel,
+                            size: meta.size(),
+                            mode: meta.permissions().mode() & 0o7777,
+                        })
+                    }
+                    Err(e) => self.problem(format!("cannot be sent to peers: {e}")),
+                }
             }
         }
     }
-    Ok(())
+}
+
+/// Whether this process may read `path`: a `faccessat(2)` check with the effective ids
+/// (no open, no atime change).
+fn readable(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: c is a valid NUL-terminated path; no memory is written.
+    let rc = unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::R_OK, libc::AT_EACCESS) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Bytes an unprivileged writer may still allocate on the filesystem holding `path`.
@@ -257,6 +371,75 @@ mod tests {
         let r = scan_root(&root, GameId::new("cnc4").unwrap());
         let paths: Vec<_> = r.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["alias.bin", "data.bin", "version.ini"]);
+    }
+
+    #[test]
+    fn names_that_cannot_travel_keep_the_root_from_being_offered() {
+        use std::os::unix::ffi::OsStrExt;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("cnc4");
+        write(&root.join("version.ini"), b"20250101");
+        write(&root.join("data.bin"), b"x");
+        let ok = scan_root(&root, GameId::new("cnc4").unwrap());
+        assert_eq!(ok.availability(), Availability::Ready);
+        write(&root.join("sub/a\\b.txt"), b"backslash");
+        let r = scan_root(&root, GameId::new("cnc4").unwrap());
+        assert_eq!(r.availability(), Availability::NotReady);
+        assert!(r.version.is_some(), "the sentinel is still valid");
+        assert!(
+            r.problem.as_deref().unwrap().contains("backslash"),
+            "{:?}",
+            r.problem
+        );
+        fs::remove_file(root.join("sub/a\\b.txt")).unwrap();
+        let bad = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
+        write(&root.join("sub").join(bad), b"latin-1");
+        let r = scan_root(&root, GameId::new("cnc4").unwrap());
+        assert_eq!(r.availability(), Availability::NotReady);
+        assert!(
+            r.problem.as_deref().unwrap().contains("not UTF-8"),
+            "{:?}",
+            r.problem
+        );
+    }
+
+    #[test]
+    fn sentinel_must_be_a_small_regular_file() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("cnc4");
+        fs::create_dir_all(&root).unwrap();
+        let sentinel = root.join("version.ini");
+        // A FIFO: opened non-blocking, refused, never read (this would hang otherwise).
+        let c = std::ffi::CString::new(sentinel.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        assert_eq!(scan_root(&root, GameId::new("cnc4").unwrap()).version, None);
+        fs::remove_file(&sentinel).unwrap();
+        // A symlink, even to a valid version file or to /dev/zero.
+        let outside = t.path().join("v.ini");
+        fs::write(&outside, "20250101").unwrap();
+        symlink(&outside, &sentinel).unwrap();
+        assert_eq!(scan_root(&root, GameId::new("cnc4").unwrap()).version, None);
+        fs::remove_file(&sentinel).unwrap();
+        symlink("/dev/zero", &sentinel).unwrap();
+        assert_eq!(scan_root(&root, GameId::new("cnc4").unwrap()).version, None);
+        fs::remove_file(&sentinel).unwrap();
+        fs::write(&sentinel, format!("20250101{}", " ".repeat(100))).unwrap();
+        assert_eq!(scan_root(&root, GameId::new("cnc4").unwrap()).version, None);
+        fs::write(&sentinel, " 20250101\n").unwrap();
+        assert!(scan_root(&root, GameId::new("cnc4").unwrap())
+            .version
+            .is_some());
+    }
+
+    #[test]
+    fn symlinked_roots_are_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let elsewhere = t.path().join("disk2/cnc4");
+        write(&elsewhere.join("version.ini"), b"20250101");
+        fs::create_dir_all(t.path().join("games")).unwrap();
+        symlink(&elsewhere, t.path().join("games/cnc4")).unwrap();
+        let lib = scan_games_dir(&t.path().join("games"), &Catalog::builtin()).unwrap();
+        assert!(lib.is_empty());
     }
 
     #[test]

@@ -34,37 +34,45 @@ pub fn is_change(req: &Request) -> bool {
             | Request::Download { .. }
             | Request::Install { .. }
             | Request::Uninstall { .. }
-            | Request::Shutdown
+            | Request::Cancel { .. }
+            | Request::Remove { .. }
+            | Request::Shutdown {}
     )
 }
 
 /// The kebab-case name of a request, for messages.
 fn name(req: &Request) -> &'static str {
     match req {
-        Request::Status => "status",
+        Request::Status {} => "status",
         Request::Connect { .. } => "connect",
-        Request::ListGames => "list-games",
-        Request::ListPeers => "list-peers",
+        Request::ListGames {} => "list-games",
+        Request::ListPeers {} => "list-peers",
         Request::WaitPeers { .. } => "wait-peers",
-        Request::Events => "events",
+        Request::Events {} => "events",
         Request::Download { .. } => "download",
-        Request::Shutdown => "shutdown",
+        Request::Shutdown {} => "shutdown",
         Request::Install { .. } => "install",
         Request::Uninstall { .. } => "uninstall",
+        Request::Cancel { .. } => "cancel",
+        Request::Remove { .. } => "remove",
     }
 }
 
 impl Policy {
-    /// Allows or refuses a request, with a message saying who may.
-    pub fn check(&self, caller: &Caller, req: &Request) -> Result<(), String> {
-        if !is_change(req)
-            || caller.uid == 0
+    /// Whether `caller` may make changes: root, the daemon's user, members of the admin
+    /// group.
+    pub fn is_admin(&self, caller: &Caller) -> bool {
+        caller.uid == 0
             || caller.uid == self.daemon_uid
             || self
                 .admin
                 .as_ref()
                 .is_some_and(|(_, gid)| caller.gids.contains(gid))
-        {
+    }
+
+    /// Allows or refuses a request, with a message saying who may.
+    pub fn check(&self, caller: &Caller, req: &Request) -> Result<(), String> {
+        if !is_change(req) || self.is_admin(caller) {
             return Ok(());
         }
         let who = match &self.admin {
@@ -152,14 +160,14 @@ mod tests {
             gids: vec![1000, 50],
         };
         let p = policy(Some(50));
-        assert!(p.check(&stranger, &Request::Status).is_ok());
-        assert!(p.check(&stranger, &Request::Events).is_ok());
+        assert!(p.check(&stranger, &Request::Status {}).is_ok());
+        assert!(p.check(&stranger, &Request::Events {}).is_ok());
         assert!(p.check(&stranger, &download()).is_ok(), "admin by group");
         let p = policy(None);
         let err = p.check(&stranger, &download()).unwrap_err();
         assert!(err.contains("permission denied: `download`"), "{err}");
         for req in [
-            Request::Shutdown,
+            Request::Shutdown {},
             Request::Connect { addr: "x:1".into() },
             Request::Install { game: "g".into() },
             Request::Uninstall { game: "g".into() },

@@ -9,19 +9,22 @@ use serde::{Deserialize, Serialize};
 
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+// Commands without arguments are empty struct variants, not unit variants: serde ignores
+// unknown fields on unit variants of an internally tagged enum even with
+// `deny_unknown_fields`, and every command must refuse them alike.
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     /// Peer id, listen address, games dir, active operations.
-    Status,
+    Status {},
     /// Dial a peer directly.
     Connect {
         /// `host:port`.
         addr: String,
     },
     /// Local and aggregated remote games.
-    ListGames,
+    ListGames {},
     /// Known peers and their games.
-    ListPeers,
+    ListPeers {},
     /// Block until `count` peers are connected or `timeout_ms` passes.
     WaitPeers {
         /// Peers to wait for.
@@ -30,7 +33,7 @@ pub enum Request {
         timeout_ms: u64,
     },
     /// Stream every event from now on.
-    Events,
+    Events {},
     /// Download a game from the peers with its newest version.
     Download {
         /// Game id.
@@ -41,7 +44,7 @@ pub enum Request {
         detach: bool,
     },
     /// Say goodbye to peers and exit.
-    Shutdown,
+    Shutdown {},
     /// Extract a downloaded game's archives into `local/`.
     Install {
         /// Game id.
@@ -49,6 +52,16 @@ pub enum Request {
     },
     /// Remove a game's `local/`.
     Uninstall {
+        /// Game id.
+        game: String,
+    },
+    /// Stop a running download (resumable later).
+    Cancel {
+        /// Game id.
+        game: String,
+    },
+    /// Delete a game's folder from the games dir, partial or complete, `local/` included.
+    Remove {
         /// Game id.
         game: String,
     },
@@ -99,6 +112,12 @@ pub struct StatusInfo {
     pub version: String,
     /// Bandwidth limits.
     pub limits: Limits,
+    /// Event lines not written to the events sink because its reader did not keep up.
+    #[serde(default)]
+    pub events_dropped: u64,
+    /// Local games with a valid `version.ini` that are not offered, and why.
+    #[serde(default)]
+    pub problems: Vec<GameProblem>,
 }
 
 /// Bandwidth limits to and from LAN peers (`null`: unlimited).
@@ -149,6 +168,18 @@ pub struct LocalGame {
     pub availability: Availability,
     /// Payload bytes.
     pub size: u64,
+    /// Why a root with a valid `version.ini` is not offered to peers (NotReady).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A local game that is not offered to peers, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GameProblem {
+    /// Game id.
+    pub game_id: GameId,
+    /// Why.
+    pub reason: String,
 }
 
 /// A remote game row (one per id).
@@ -367,6 +398,24 @@ mod tests {
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"format-disk"}"#).is_err());
         assert_eq!(serde_json::to_string(&Reply::Ok).unwrap(), r#""ok""#);
+        // Unknown fields are refused on every command, with arguments or without.
+        assert_eq!(
+            serde_json::from_str::<Request>(r#"{"cmd":"status"}"#).unwrap(),
+            Request::Status {}
+        );
+        assert_eq!(
+            serde_json::to_string(&Request::Status {}).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+        for bad in [
+            r#"{"cmd":"status","force":true}"#,
+            r#"{"cmd":"shutdown","now":1}"#,
+            r#"{"cmd":"list-games","x":null}"#,
+            r#"{"cmd":"install","game":"ggoo","force":true}"#,
+        ] {
+            let err = serde_json::from_str::<Request>(bad).unwrap_err();
+            assert!(err.to_string().contains("unknown field"), "{bad}: {err}");
+        }
     }
 
     #[test]
@@ -378,6 +427,7 @@ mod tests {
             installed: false,
             availability: Availability::Ready,
             size: 123,
+            reason: None,
         };
         assert_eq!(
             serde_json::to_value(&g).unwrap(),

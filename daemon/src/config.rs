@@ -142,6 +142,26 @@ pub fn default_transfer_threads() -> usize {
     cores.clamp(1, DEFAULT_TRANSFER_THREADS_CAP)
 }
 
+/// Checks the shape of a peer address, `host:port` (a name, an IPv4 address or a
+/// bracketed IPv6 address), before any lookup: so a bad port is said as such, not as "does
+/// not resolve".
+pub fn check_host_port(addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("{addr:?} is not host:port"));
+    };
+    if host.is_empty() || (host.contains(':') && !(host.starts_with('[') && host.ends_with(']'))) {
+        return Err(format!(
+            "{addr:?} is not host:port (an IPv6 address goes in brackets: [::1]:41741)"
+        ));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!(
+            "{addr:?}: port {port:?} is not a number in 1..=65535"
+        )),
+    }
+}
+
 impl DaemonArgs {
     /// Merges flags over the config file (flags win) and checks the result.
     pub fn resolve(self) -> Result<DaemonConfig, DaemonError> {
@@ -200,7 +220,12 @@ impl DaemonArgs {
             } else {
                 self.mdns_interfaces
             },
-            peers: file.peers,
+            peers: {
+                for p in &file.peers {
+                    check_host_port(p).map_err(|e| DaemonError::Config(format!("peers: {e}")))?;
+                }
+                file.peers
+            },
             secret_file: self.secret_file.or(file.secret_file),
             group: self.group.or(file.group),
             admin_group: self.admin_group.or(file.admin_group),
@@ -224,6 +249,23 @@ mod tests {
         let mut v = vec!["lanspreadd"];
         v.extend_from_slice(extra);
         DaemonArgs::parse_from(v)
+    }
+
+    #[test]
+    fn peer_addresses_are_checked_before_any_lookup() {
+        for ok in ["10.0.0.1:41741", "server.lan:1", "[::1]:41741"] {
+            check_host_port(ok).unwrap();
+        }
+        for (bad, says) in [
+            ("10.0.0.1:99999", "not a number in 1..=65535"),
+            ("10.0.0.1:0", "not a number in 1..=65535"),
+            ("10.0.0.1", "not host:port"),
+            (":41741", "not host:port"),
+            ("::1:41741", "brackets"),
+        ] {
+            let err = check_host_port(bad).unwrap_err();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
     }
 
     #[test]

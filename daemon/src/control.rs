@@ -2,10 +2,11 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
@@ -44,17 +45,30 @@ pub async fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, Daemo
     Ok(listener)
 }
 
+/// Control connections served at once for anyone who may open the socket ...
+const MAX_CLIENTS: usize = 128;
+/// ... and this many more for root, the daemon's user and admins, so `status` and
+/// `shutdown` still work while the socket is flooded.
+const ADMIN_RESERVE: usize = 16;
+/// Once a request line has begun, the rest of it must arrive within this (a client that
+/// sends half a line and stops holds no connection for long).
+const LINE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves clients until shutdown.
 pub async fn serve(shared: Arc<Shared>, listener: UnixListener, policy: Policy) {
     let policy = Arc::new(policy);
+    let open = Arc::new(AtomicUsize::new(0));
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    tokio::spawn(client(shared.clone(), stream, policy.clone()));
+                    let slot = Slot::take(&open);
+                    tokio::spawn(client(shared.clone(), stream, policy.clone(), slot));
                 }
                 Err(e) => {
+                    // Out of descriptors (EMFILE): the connections open now hold them;
+                    // pause rather than spin.
                     warn!("control socket accept failed: {e}");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
@@ -64,12 +78,35 @@ pub async fn serve(shared: Arc<Shared>, listener: UnixListener, policy: Policy) 
     }
 }
 
+/// One open control connection, counted while it lives.
+struct Slot {
+    open: Arc<AtomicUsize>,
+    /// Connections open when this one came, itself included.
+    nth: usize,
+}
+
+impl Slot {
+    fn take(open: &Arc<AtomicUsize>) -> Self {
+        let nth = open.fetch_add(1, Ordering::Relaxed) + 1;
+        Self {
+            open: open.clone(),
+            nth,
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Removes the socket file if it is still ours.
 pub fn unlink(path: &PathBuf) {
     let _ = std::fs::remove_file(path);
 }
 
-async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>) {
+async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>, slot: Slot) {
     let caller = match stream.peer_cred() {
         Ok(c) => caller_of(c.uid(), c.gid(), c.pid()),
         Err(e) => {
@@ -78,21 +115,41 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>) {
         }
     };
     let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read.take(MAX_REQUEST as u64 * 64)).lines();
+    let limit = if policy.is_admin(&caller) {
+        MAX_CLIENTS + ADMIN_RESERVE
+    } else {
+        MAX_CLIENTS
+    };
+    if slot.nth > limit {
+        warn!(
+            uid = caller.uid,
+            "control socket: {} connections open; refused one",
+            slot.nth - 1
+        );
+        let why = format!(
+            "too many control connections ({} open); try again later",
+            slot.nth - 1
+        );
+        let _ = send(&mut write, &error(&why)).await;
+        return;
+    }
+    let mut read = BufReader::new(read);
+    let mut line = Vec::new();
     loop {
-        let line = match lines.next_line().await {
-            Ok(Some(l)) => l,
-            Ok(None) => return,
-            Err(e) => {
+        line.clear();
+        match read_request(&mut read, &mut line).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(LineError::TooLong) => {
+                let _ = send(&mut write, &error("request too long")).await;
+                return;
+            }
+            Err(LineError::Io(e)) => {
                 debug!("control client: {e}");
                 return;
             }
-        };
-        if line.len() > MAX_REQUEST {
-            let _ = send(&mut write, &error("request too long")).await;
-            return;
         }
-        let request: Request = match serde_json::from_str(&line) {
+        let request: Request = match serde_json::from_slice(&line) {
             Ok(r) => r,
             Err(e) => {
                 if send(&mut write, &error(&format!("bad request: {e}")))
@@ -111,7 +168,7 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>) {
             }
             continue;
         }
-        if matches!(request, Request::Events) {
+        if matches!(request, Request::Events {}) {
             stream_events(&shared, &mut write).await;
             return;
         }
@@ -131,6 +188,56 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>) {
     }
 }
 
+enum LineError {
+    TooLong,
+    Io(std::io::Error),
+}
+
+/// Reads one request line (without its newline) into `line`, never holding more than
+/// [`MAX_REQUEST`] bytes of it: a longer line is refused, whatever the connection sent
+/// before. `Ok(false)`: the client closed the connection between requests.
+async fn read_request(
+    read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    line: &mut Vec<u8>,
+) -> Result<bool, LineError> {
+    // Waiting for a request is unbounded (a client may keep its connection); once one has
+    // begun it must end within LINE_TIMEOUT.
+    let mut deadline = None;
+    loop {
+        let fill = read.fill_buf();
+        let avail = match deadline {
+            None => fill.await,
+            Some(d) => match tokio::time::timeout_at(d, fill).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(LineError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "request line not finished in time",
+                    )))
+                }
+            },
+        }
+        .map_err(LineError::Io)?;
+        if avail.is_empty() {
+            // End of stream: a last line without a newline still counts.
+            return Ok(!line.is_empty());
+        }
+        let (take, done) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (i, true),
+            None => (avail.len(), false),
+        };
+        if line.len() + take > MAX_REQUEST {
+            return Err(LineError::TooLong);
+        }
+        line.extend_from_slice(&avail[..take]);
+        read.consume(take + usize::from(done));
+        if done {
+            return Ok(true);
+        }
+        deadline.get_or_insert_with(|| tokio::time::Instant::now() + LINE_TIMEOUT);
+    }
+}
+
 fn error(message: &str) -> Reply {
     Reply::Error {
         message: message.to_owned(),
@@ -145,9 +252,9 @@ async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::i
 
 async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
     match request {
-        Request::Status => Reply::Status(shared.status()),
-        Request::ListGames => Reply::Games(shared.games()),
-        Request::ListPeers => Reply::Peers(shared.peers()),
+        Request::Status {} => Reply::Status(shared.status()),
+        Request::ListGames {} => Reply::Games(shared.games()),
+        Request::ListPeers {} => Reply::Peers(shared.peers()),
         Request::Connect { addr } => match resolve(&addr).await {
             Ok(sa) => match dial(shared, sa).await {
                 Ok(info) => Reply::Connected(info),
@@ -180,15 +287,55 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
             },
             None => error(&format!("game {game} is not in the local catalog")),
         },
-        Request::Shutdown => {
+        Request::Cancel { game } => match shared.catalog.get(&game) {
+            Some(id) => cancel(shared, &id).await,
+            None => error(&format!("game {game} is not in the local catalog")),
+        },
+        Request::Remove { game } => match shared.catalog.get(&game) {
+            Some(id) => match crate::install::remove(shared, &id).await {
+                Ok(()) => Reply::Ok,
+                Err(e) => error(&e),
+            },
+            None => error(&format!("game {game} is not in the local catalog")),
+        },
+        Request::Shutdown {} => {
             shared.shutdown.send_replace(true);
             Reply::Ok
         }
-        Request::Events | Request::Download { .. } => error("this request is a stream"),
+        Request::Events {} | Request::Download { .. } => error("this request is a stream"),
     }
 }
 
+/// Cancels the running download of `id` and answers once it has ended (its
+/// `download-failed` emitted), boundedly.
+async fn cancel(shared: &Arc<Shared>, id: &lanspread_catalog::GameId) -> Reply {
+    let running = shared.lock().operations.get(id);
+    match running {
+        Some(lanspread_peer::OpKind::Download) => {}
+        Some(kind) => {
+            return error(&format!(
+                "game {id} has a running {}, which cannot be cancelled; it ends by itself",
+                kind.as_str()
+            ))
+        }
+        None => return error(&format!("no download of game {id} is running")),
+    }
+    if !crate::download::cancel(shared, id) {
+        return error(&format!("no download of game {id} is running"));
+    }
+    // The download drops its registration after its terminal event.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while crate::download::cancellable(shared, id) {
+        if tokio::time::Instant::now() >= deadline {
+            return error(&format!("the download of {id} is still stopping"));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Reply::Ok
+}
+
 async fn resolve(addr: &str) -> Result<std::net::SocketAddr, String> {
+    crate::config::check_host_port(addr).map_err(|e| format!("invalid peer address: {e}"))?;
     let mut addrs = tokio::net::lookup_host(addr)
         .await
         .map_err(|e| format!("invalid peer address {addr:?}: {e} (expected host:port)"))?;

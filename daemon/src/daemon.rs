@@ -19,6 +19,7 @@ use crate::api::EventKind;
 use crate::config::DaemonConfig;
 use crate::events::EventBus;
 use crate::limit::RateLimit;
+use crate::lock::DaemonLocks;
 use crate::state::{NetSetup, Shared};
 use crate::threads::TransferThreads;
 use crate::{control, links, mdns, watch, DaemonError};
@@ -38,6 +39,26 @@ async fn periodic_rescan(shared: Arc<Shared>, every: Duration) {
     }
 }
 
+/// Dials a static peer (`peers = [...]`). A name that does not resolve yet (DNS not up at
+/// boot, the server not yet on the network) is looked up again with backoff (1 s doubling
+/// to 60 s) until it does; a dial that fails goes to the redial manager.
+async fn static_peer(shared: Arc<Shared>, peer: String) {
+    let mut wait = Duration::from_secs(1);
+    let addr = loop {
+        match tokio::net::lookup_host(&peer).await.map(|mut a| a.next()) {
+            Ok(Some(addr)) => break addr,
+            Ok(None) => warn!(%peer, "static peer resolves to no address; retrying in {wait:?}"),
+            Err(e) => warn!(%peer, "static peer does not resolve ({e}); retrying in {wait:?}"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(60));
+    };
+    if let Err(e) = links::dial(&shared, addr).await {
+        warn!(%peer, "static peer: {e}; retrying with backoff");
+        let _ = shared.redial.send((None, addr));
+    }
+}
+
 /// A running daemon.
 pub struct Daemon {
     shared: Arc<Shared>,
@@ -45,12 +66,16 @@ pub struct Daemon {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
     _mdns: Option<mdns::Mdns>,
+    _locks: DaemonLocks,
 }
 
 impl Daemon {
     /// Opens the events file, scans the games dir, loads the identity, binds the control
     /// socket and the QUIC endpoint, then starts serving.
     pub async fn start(config: DaemonConfig) -> Result<Self, DaemonError> {
+        // First of all: a second daemon on the same dirs must refuse before it touches
+        // anything (events file, sweep, identity, socket).
+        let locks = DaemonLocks::acquire(&config.state, &config.games)?;
         let events = EventBus::new(config.events.as_deref())?;
         events.emit(EventKind::DaemonStarted {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -149,18 +174,7 @@ impl Daemon {
         };
         tasks.push(tokio::spawn(periodic_rescan(shared.clone(), interval)));
         for peer in config.peers {
-            let shared = shared.clone();
-            tasks.push(tokio::spawn(async move {
-                match tokio::net::lookup_host(&peer).await.map(|mut a| a.next()) {
-                    Ok(Some(addr)) => {
-                        if let Err(e) = links::dial(&shared, addr).await {
-                            warn!(%peer, "static peer: {e}; retrying with backoff");
-                            let _ = shared.redial.send((None, addr));
-                        }
-                    }
-                    _ => warn!(%peer, "static peer address does not resolve"),
-                }
-            }));
+            tasks.push(tokio::spawn(static_peer(shared.clone(), peer)));
         }
         Ok(Self {
             shared,
@@ -168,6 +182,7 @@ impl Daemon {
             tasks,
             _watcher: watcher,
             _mdns: mdns,
+            _locks: locks,
         })
     }
 
@@ -192,12 +207,23 @@ impl Daemon {
         self.shared.shutdown.send_replace(true);
     }
 
+    /// Whether links or downloads are still ending after a shutdown request.
+    fn winding_down(&self) -> bool {
+        let inner = self.shared.lock();
+        !inner.links.is_empty()
+            || inner
+                .operations
+                .iter()
+                .any(|(_, op)| op.kind == lanspread_peer::OpKind::Download)
+    }
+
     /// Says goodbye to every peer, closes the endpoint and removes the control socket.
     pub async fn stop(self) {
         self.request_shutdown();
-        // Link tasks send goodbyes and remove themselves; wait for them, boundedly.
+        // Link tasks send goodbyes and remove themselves, downloads end with their terminal
+        // event; wait for them, boundedly (an install's extraction is not interrupted).
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while !self.shared.lock().links.is_empty() && tokio::time::Instant::now() < deadline {
+        while tokio::time::Instant::now() < deadline && self.winding_down() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.shared
@@ -212,5 +238,6 @@ impl Daemon {
         let _ = tokio::task::spawn_blocking(move || shared.threads.stop()).await;
         control::unlink(&self.socket);
         info!("lanspreadd stopped");
+        self.shared.events.close(Duration::from_secs(1));
     }
 }

@@ -18,6 +18,16 @@ pub enum DaemonError {
     /// Another daemon answers on the control socket.
     #[error("another lanspreadd is already listening on {0}")]
     SocketInUse(PathBuf),
+    /// Another daemon holds the state dir or the games dir.
+    #[error("{what} {} is in use by another lanspreadd{owner}; stop it first or use another {what}", dir.display())]
+    DirInUse {
+        /// "state dir" or "games dir".
+        what: String,
+        /// The directory.
+        dir: PathBuf,
+        /// " (pid N)" when known, else empty.
+        owner: String,
+    },
     /// The catalog could not be loaded or the games dir scanned.
     #[error(transparent)]
     Catalog(#[from] lanspread_catalog::CatalogError),

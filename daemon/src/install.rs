@@ -80,6 +80,58 @@ pub async fn uninstall(shared: &Arc<Shared>, id: &GameId) -> Result<Event, Strin
     }))
 }
 
+/// Prefix of a game folder being removed: it is renamed out of the way first (so no scan
+/// sees half of it), then deleted; the start-up sweep deletes what a crash left.
+pub const REMOVING_PREFIX: &str = ".lanspread-removing-";
+
+/// Deletes a game's folder, partial or complete (`local/`, journal and metadata
+/// included). Refused while an operation runs on it. Only what lies inside the folder is
+/// deleted: symlinks are removed, never followed.
+pub async fn remove(shared: &Arc<Shared>, id: &GameId) -> Result<(), String> {
+    let dir = shared.games_dir.join(id.as_str());
+    {
+        let mut inner = shared.lock();
+        match std::fs::symlink_metadata(&dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(format!(
+                    "{} is not a folder (a symlink?); remove it by hand",
+                    dir.display()
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(format!("game {id} is not in the games dir"))
+            }
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        }
+        inner
+            .operations
+            .begin(id, OpKind::Remove)
+            .map_err(|e| e.to_string())?;
+    }
+    shared.refresh_advert();
+    // Unique: a removal that failed half-way leaves its folder for the next start's sweep.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let aside = shared
+        .games_dir
+        .join(format!("{REMOVING_PREFIX}{id}-{nanos}"));
+    let res = tokio::task::spawn_blocking(move || {
+        std::fs::rename(&dir, &aside).map_err(|e| format!("{}: {e}", dir.display()))?;
+        lanspread_install::remove_tree(&aside).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    shared.lock().operations.end(id);
+    shared.rescan_root(id).await;
+    if res.is_ok() {
+        tracing::info!(game = %id, "removed");
+    }
+    res
+}
+
 fn begin(shared: &Arc<Shared>, id: &GameId, kind: OpKind) -> Result<std::path::PathBuf, String> {
     let mut inner = shared.lock();
     let Some(root) = inner.library.get(id) else {

@@ -17,6 +17,7 @@ mod events;
 mod install;
 mod limit;
 mod links;
+mod lock;
 pub mod logging;
 mod mdns;
 pub mod paths;

@@ -19,6 +19,16 @@ pub fn sweep(games: &Path) {
         if !e.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
+        // A game folder whose `remove` was interrupted: finish the job.
+        if e.file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(crate::install::REMOVING_PREFIX))
+        {
+            if lanspread_install::remove_tree(&e.path()).is_ok() {
+                info!(path = %e.path().display(), "removed what an interrupted `remove` left");
+            }
+            continue;
+        }
         for p in leftovers.clone().map(|l| e.path().join(l)) {
             let removed = match fs::symlink_metadata(&p) {
                 Ok(m) if m.is_dir() => fs::remove_dir_all(&p).is_ok(),

@@ -22,9 +22,18 @@ const READ_SIZE: usize = 2 << 20;
 /// How long a peer has to send its request after opening a stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Chunk requests served at once on one connection; more wait their turn. The client
+/// asks for a few chunks per lane, and without send fairness quinn drains them one after
+/// another anyway: reading ahead for all of them would only hold memory.
+const CHUNK_STREAMS_PER_CONNECTION: usize = 4;
+/// Chunk requests served at once by the whole daemon (each holds a reader one piece
+/// ahead: at most this × 2 × 2 MiB of read buffers).
+pub const CHUNK_STREAMS_TOTAL: usize = 256;
+
 /// Accepts request streams on a connection until it closes; returns how many came.
 pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerId) -> u64 {
     let mut requests = 0;
+    let slots = Arc::new(tokio::sync::Semaphore::new(CHUNK_STREAMS_PER_CONNECTION));
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -35,9 +44,10 @@ pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerI
         };
         requests += 1;
         let (shared, conn, remote) = (shared.clone(), conn.clone(), remote.clone());
+        let slots = slots.clone();
         tokio::spawn(
             async move {
-                if let Err(e) = handle(&shared, send, recv).await {
+                if let Err(e) = handle(&shared, &slots, send, recv).await {
                     warn!(peer = %remote.short(), "protocol error on a request stream, disconnecting: {e}");
                     conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"bad request");
                 }
@@ -49,7 +59,12 @@ pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerI
 
 /// Answers one request. An `Err` is a protocol violation that ends the connection; a
 /// refused or failed request is answered and the connection stays.
-async fn handle(shared: &Shared, mut send: SendStream, mut recv: RecvStream) -> Result<(), String> {
+async fn handle(
+    shared: &Shared,
+    slots: &tokio::sync::Semaphore,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), String> {
     let request = match tokio::time::timeout(
         REQUEST_TIMEOUT,
         read_frame::<_, PeerRequest>(&mut recv),
@@ -88,6 +103,18 @@ async fn handle(shared: &Shared, mut send: SendStream, mut recv: RecvStream) -> 
                     ranges.len()
                 ));
             }
+            // Fair (FIFO) turns: this connection's, then the daemon's. Neither semaphore
+            // is ever closed, so acquiring fails only if that changes; serve anyway. A
+            // connection's only stream skips the daemon's turn, so every client keeps
+            // receiving something however many wait (a client that hears nothing for
+            // long would count us as stalled).
+            let _mine = slots.acquire().await;
+            let alone = slots.available_permits() + 1 == CHUNK_STREAMS_PER_CONNECTION;
+            let _ours = if alone {
+                None
+            } else {
+                Some(shared.serve_slots.acquire().await)
+            };
             serve_ranges(shared, &mut send, &game, version, &ranges).await;
         }
     }

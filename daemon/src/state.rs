@@ -104,6 +104,10 @@ pub struct Shared {
     pub hashes: Arc<HashCache>,
     /// The io_uring writer for downloads.
     pub writer: crate::download::Writer,
+    /// Chunk requests served at once by this daemon (`serve::CHUNK_STREAMS_TOTAL`).
+    pub serve_slots: tokio::sync::Semaphore,
+    /// How `cancel` reaches a running download: one notifier per game downloading.
+    pub cancels: Mutex<HashMap<GameId, Arc<tokio::sync::Notify>>>,
     inner: Mutex<Inner>,
 }
 
@@ -151,6 +155,8 @@ impl Shared {
             redial_rx: Mutex::new(Some(redial_rx)),
             hashes: Arc::new(HashCache::new()),
             writer: crate::download::Writer::new(),
+            serve_slots: tokio::sync::Semaphore::new(crate::serve::CHUNK_STREAMS_TOTAL),
+            cancels: Mutex::default(),
             inner: Mutex::new(inner),
         })
     }
@@ -185,6 +191,17 @@ impl Shared {
                 max_upload_mib_s: self.upload_limit.as_ref().map(|l| l.mib_per_s),
                 max_download_mib_s: self.download_limit.as_ref().map(|l| l.mib_per_s),
             },
+            events_dropped: self.events.dropped(),
+            problems: inner
+                .library
+                .values()
+                .filter_map(|r| {
+                    Some(crate::api::GameProblem {
+                        game_id: r.id.clone(),
+                        reason: r.problem.clone()?,
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -201,6 +218,7 @@ impl Shared {
                 installed: root.installed,
                 availability: availability(&inner, &root.id, root.availability()),
                 size: root.size(),
+                reason: root.problem.clone(),
             })
             .collect();
         let remote = aggregate(&inner.peers)
@@ -333,6 +351,7 @@ fn availability(inner: &Inner, id: &GameId, base: Availability) -> Availability 
     match inner.operations.get(id) {
         Some(OpKind::Download) => Availability::Downloading,
         Some(OpKind::Install | OpKind::Uninstall) => Availability::Installing,
+        Some(OpKind::Remove) => Availability::NotReady,
         None => base,
     }
 }

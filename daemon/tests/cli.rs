@@ -192,3 +192,82 @@ fn completions_and_man_pages_come_from_the_clap_definitions() {
         assert!(page.contains(flag), "daemon page lacks {flag}");
     }
 }
+
+/// Runs `lanspreadd` with `args` (plus a socket and loopback listen of its own) and
+/// returns its exit code and stderr.
+fn daemon_fails(dir: &std::path::Path, args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lanspreadd"))
+        .args(args)
+        .arg("--socket")
+        .arg(dir.join("d.sock"))
+        .args(["--listen", "127.0.0.1:0", "--no-mdns"])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn start_up_errors_name_the_cause_once() {
+    let t = tempfile::tempdir().unwrap();
+    let p = |name: &str| t.path().join(name).into_os_string();
+    std::fs::create_dir_all(t.path().join("games")).unwrap();
+    std::fs::write(t.path().join("a-file"), "x").unwrap();
+    let cases: Vec<(Vec<std::ffi::OsString>, &str)> = vec![
+        (
+            vec!["--games".into(), p("missing"), "--state".into(), p("s1")],
+            "No such file or directory",
+        ),
+        (
+            vec!["--games".into(), p("games"), "--state".into(), p("a-file")],
+            "is not a directory",
+        ),
+        (
+            vec![
+                "--games".into(),
+                p("games"),
+                "--state".into(),
+                p("s2"),
+                "--events".into(),
+                p("missing/events.jsonl"),
+            ],
+            "No such file or directory",
+        ),
+        (
+            vec![
+                "--games".into(),
+                p("games"),
+                "--state".into(),
+                p("s3"),
+                "--config".into(),
+                p("bad-port.toml"),
+            ],
+            "port \"99999\" is not a number in 1..=65535",
+        ),
+        (
+            vec![
+                "--games".into(),
+                p("games"),
+                "--state".into(),
+                p("s4"),
+                "--secret-file".into(),
+                p("games"),
+            ],
+            "not a regular file",
+        ),
+    ];
+    std::fs::write(
+        t.path().join("bad-port.toml"),
+        "peers = [\"10.0.0.1:99999\"]\n",
+    )
+    .unwrap();
+    for (args, says) in cases {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let (code, err) = daemon_fails(t.path(), &args);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert_eq!(err.matches(says).count(), 1, "{args:?}: {err}");
+        assert!(!err.contains("os error 2): No such"), "said twice: {err}");
+    }
+}

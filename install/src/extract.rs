@@ -288,7 +288,41 @@ pub fn uninstall_root(root: &Path) -> Result<(), InstallError> {
     let _ = fs::remove_dir_all(&trash);
     fs::rename(&local, &trash).map_err(io(&local))?;
     sync_dir(root)?;
-    fs::remove_dir_all(&trash).map_err(io(&trash))
+    remove_tree(&trash)
+}
+
+/// Deletes `dir` and everything under it, never following symlinks. Folders their owner
+/// cannot write (an archive may create them 0555) are made writable first, so a daemon
+/// that is not root can delete what it extracted. A missing `dir` is not an error.
+pub fn remove_tree(dir: &Path) -> Result<(), InstallError> {
+    match fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            make_writable(dir);
+            fs::remove_dir_all(dir).map_err(io(dir))
+        }
+        Err(e) => Err(io(dir)(e)),
+    }
+}
+
+/// Gives the owner rwx on `dir` and every folder under it (not through symlinks).
+fn make_writable(dir: &Path) {
+    let Ok(meta) = fs::symlink_metadata(dir) else {
+        return;
+    };
+    if !meta.is_dir() {
+        return;
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o700 != 0o700 {
+        let _ = fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700));
+    }
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            make_writable(&entry.path());
+        }
+    }
 }
 
 /// Flushes every dirty file and folder of the filesystem that holds `dir`.

@@ -10,7 +10,7 @@ pub mod rar5;
 
 pub use error::InstallError;
 pub use extract::{
-    install_root, install_root_with, safe_entry_path, uninstall_root, InstallProgress,
+    install_root, install_root_with, remove_tree, safe_entry_path, uninstall_root, InstallProgress,
     InstallSummary, INSTALLED_MARKER, LEFTOVERS,
 };
 pub use rar5::{pack_dir, PackSummary, Rar5Writer, WriterOptions};

@@ -23,6 +23,9 @@ pub fn gate_files<'a>(
     let Some(have) = root.version else {
         return refuse(format!("game {id} is not ready (no valid version.ini)"));
     };
+    if let Some(problem) = &root.problem {
+        return refuse(format!("game {id} is not offered: {problem}"));
+    }
     if operation_active {
         return refuse(format!("game {id} is busy (an operation is in progress)"));
     }
@@ -84,6 +87,7 @@ mod tests {
                 },
             ],
             installed: false,
+            problem: None,
         }
     }
 

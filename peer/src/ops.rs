@@ -1,4 +1,4 @@
-//! Single-flight operations: at most one download, install or uninstall per game.
+//! Single-flight operations: at most one download, install, uninstall or removal per game.
 
 use std::collections::BTreeMap;
 
@@ -15,6 +15,8 @@ pub enum OpKind {
     Install,
     /// Uninstall in progress.
     Uninstall,
+    /// The game's files are being deleted (`remove`).
+    Remove,
 }
 
 impl OpKind {
@@ -24,6 +26,7 @@ impl OpKind {
             OpKind::Download => "download",
             OpKind::Install => "install",
             OpKind::Uninstall => "uninstall",
+            OpKind::Remove => "remove",
         }
     }
 }

@@ -57,7 +57,18 @@ pub enum FailKind {
     BadData,
     /// A local problem (the chunk is retried; the source is kept).
     Transient,
+    /// The source is linked but sent nothing for a while: busy, not dead. The chunk is
+    /// retried (there or elsewhere), the source is kept but asked for less at once
+    /// (its window halves, and grows back one step per verified chunk); it is dropped
+    /// only after [`MAX_STALLS`] stalls with no verified chunk in between.
+    Stalled,
 }
+
+/// Stalls in a row (no verified chunk in between) after which a source is dropped.
+pub const MAX_STALLS: u32 = 3;
+/// The deepest back-off: a source's window shrinks to 1/2^this of the caps (at least one
+/// chunk).
+const MAX_BACKOFF: u32 = 6;
 
 /// Where the download stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +97,13 @@ struct Source {
     /// Bytes done or in flight from this source.
     assigned: u64,
     dropped: bool,
+    /// Stalls since its last verified chunk.
+    stalls: u32,
+    /// Halvings of its window (0: the full caps).
+    backoff: u32,
+    /// Counted stalls so far: one silence of a source fails every chunk it had in flight,
+    /// and only the first of them (assigned in the current epoch) counts.
+    epoch: u32,
 }
 
 /// Most times one chunk is retried after transient failures.
@@ -97,6 +115,8 @@ pub struct Planner {
     chunks: Vec<ChunkSpec>,
     state: Vec<State>,
     owner: Vec<Option<PeerId>>,
+    /// The owner's stall epoch when each chunk was assigned.
+    epoch_at: Vec<u32>,
     retries: Vec<u32>,
     pending: VecDeque<usize>,
     sources: BTreeMap<PeerId, Source>,
@@ -130,6 +150,7 @@ impl Planner {
             chunks,
             state: vec![State::Pending; n],
             owner: vec![None; n],
+            epoch_at: vec![0; n],
             retries: vec![0; n],
             pending: (0..n).collect(),
             sources: sources
@@ -244,8 +265,8 @@ impl Planner {
     /// a chunk ahead of the least loaded source (S14).
     fn has_room(&self, s: &Source, floor: u64) -> bool {
         !s.dropped
-            && s.in_flight < self.max_in_flight
-            && s.in_flight_bytes < self.max_in_flight_bytes
+            && s.in_flight < (self.max_in_flight >> s.backoff).max(1)
+            && s.in_flight_bytes < (self.max_in_flight_bytes >> s.backoff).max(1)
             && s.assigned < floor + CHUNK_SIZE
     }
 
@@ -255,6 +276,7 @@ impl Planner {
             s.in_flight += 1;
             s.in_flight_bytes += len;
             s.assigned += len;
+            self.epoch_at[chunk] = s.epoch;
         }
         self.state[chunk] = State::InFlight;
         self.owner[chunk] = Some(peer.clone());
@@ -281,6 +303,8 @@ impl Planner {
         if let Some(s) = self.sources.get_mut(peer) {
             s.in_flight -= 1;
             s.in_flight_bytes -= len;
+            s.stalls = 0;
+            s.backoff = s.backoff.saturating_sub(1);
         }
         self.state[chunk] = State::Done;
         self.done += 1;
@@ -297,8 +321,20 @@ impl Planner {
             s.in_flight -= 1;
             s.in_flight_bytes -= len;
             s.assigned -= len;
-            if kind != FailKind::Transient {
-                s.dropped = true;
+            match kind {
+                FailKind::Transient => {}
+                // Every chunk in flight from a silent source fails at once; the silence
+                // counts once.
+                FailKind::Stalled if self.epoch_at[chunk] == s.epoch => {
+                    s.epoch += 1;
+                    s.stalls += 1;
+                    s.backoff = (s.backoff + 1).min(MAX_BACKOFF);
+                    if s.stalls >= MAX_STALLS {
+                        s.dropped = true;
+                    }
+                }
+                FailKind::Stalled => {}
+                FailKind::SourceGone | FailKind::BadData => s.dropped = true,
             }
         }
         self.state[chunk] = State::Pending;

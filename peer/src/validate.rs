@@ -123,6 +123,12 @@ impl ManifestVote {
         }
     }
 
+    /// Records a source that sent no manifest (refused, failed, timed out) and why, so a
+    /// download that ends with no usable metadata says each source's reason.
+    pub fn no_answer(&mut self, peer: PeerId, why: String) {
+        self.rejected.push((peer, why));
+    }
+
     /// Whether the leading manifest keeps a strict plurality even if all `outstanding`
     /// sources still to answer vote for the runner-up (so they cannot change the result).
     pub fn settled(&self, outstanding: usize) -> bool {

@@ -10,7 +10,7 @@ mod privileged;
 
 pub use manifest::{assert_same_tree, manifest, Manifest};
 pub use netns::NetLab;
-pub use node::{bin, lab, CliOutput, Node, NodeOptions};
+pub use node::{bin, lab, linked_copy, CliOutput, Node, NodeOptions};
 pub use privileged::{skip_privileged, Tmpfs};
 
 use std::time::{Duration, Instant};

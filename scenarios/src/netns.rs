@@ -79,6 +79,31 @@ impl NetLab {
         lab
     }
 
+    /// Limits host `i`'s link to `rate` (a `tc` rate such as `40mbit`) in both
+    /// directions: a token bucket on its `eth0` (what it sends) and on its bridge port
+    /// (what it receives). Needs `tc` (iproute2).
+    pub fn limit(&self, i: usize, rate: &str) {
+        let (ns, _) = &self.hosts[i];
+        let port = format!("p{i}");
+        for (ns, dev) in [
+            (ns.as_str(), "eth0"),
+            (self.bridge_ns.as_str(), port.as_str()),
+        ] {
+            let out = Command::new("tc")
+                .args([
+                    "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
+                ])
+                .args(["burst", "64kb", "latency", "50ms"])
+                .output()
+                .unwrap_or_else(|e| panic!("tc: {e} (is iproute2 installed?)"));
+            assert!(
+                out.status.success(),
+                "tc on {ns}/{dev}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+
     /// Namespace name and address of host `i`.
     pub fn host(&self, i: usize) -> (&str, &str) {
         let (ns, addr) = &self.hosts[i];

@@ -47,6 +47,36 @@ pub fn lab() -> &'static Path {
     })
 }
 
+/// A second games dir holding the same games as `games`, hard-linked (same bytes, nothing
+/// copied): for a second daemon serving the same files (each daemon owns its games dir).
+pub fn linked_copy(games: &Path) -> TempDir {
+    let copy = tempfile::Builder::new()
+        .prefix("ls-linked-")
+        .tempdir_in(games.parent().unwrap_or(games))
+        .expect("linked copy dir");
+    link_tree(games, copy.path());
+    copy
+}
+
+/// Recreates the tree `from` under `to`: folders made, files hard-linked. Daemon metadata
+/// (`.lanspread*`) is left out: each copy's daemon keeps its own.
+fn link_tree(from: &Path, to: &Path) {
+    for entry in fs::read_dir(from).expect("read lab dir").flatten() {
+        let name = entry.file_name();
+        if name.to_string_lossy().starts_with(".lanspread") {
+            continue;
+        }
+        let (src, dst) = (entry.path(), to.join(&name));
+        let kind = entry.file_type().expect("lab file type");
+        if kind.is_dir() {
+            fs::create_dir_all(&dst).expect("lab copy folder");
+            link_tree(&src, &dst);
+        } else if kind.is_file() {
+            fs::hard_link(&src, &dst).expect("lab copy link");
+        }
+    }
+}
+
 /// Extra settings for a node.
 #[derive(Debug, Clone, Default)]
 pub struct NodeOptions {
@@ -105,6 +135,7 @@ pub struct Node {
     events: PathBuf,
     opts: NodeOptions,
     child: Option<Child>,
+    _lab_copy: Option<TempDir>,
 }
 
 impl Node {
@@ -119,6 +150,18 @@ impl Node {
             .prefix(&format!("ls-{name}-"))
             .tempdir()
             .expect("tempdir");
+        // A daemon owns its games dir (it locks it), so scenarios running in parallel
+        // cannot all serve the shared lab itself: a node on the lab serves a copy of its
+        // own, hard-linked (same bytes, nothing copied; sources never write their files).
+        let lab_copy = games.starts_with(lab()).then(|| {
+            let copy = tempfile::Builder::new()
+                .prefix("lanspread-lab-copy-")
+                .tempdir_in(lab().parent().expect("target dir"))
+                .expect("lab copy dir");
+            link_tree(games, copy.path());
+            copy
+        });
+        let games = lab_copy.as_ref().map_or(games, |c| c.path());
         let state = opts
             .state
             .clone()
@@ -134,6 +177,7 @@ impl Node {
             dir,
             opts,
             child: None,
+            _lab_copy: lab_copy,
         };
         node.spawn();
         node
@@ -183,8 +227,17 @@ impl Node {
             fs::write(&path, catalog).expect("catalog");
             cmd.arg("--catalog").arg(path);
         }
-        self.child = Some(cmd.spawn().expect("spawn lanspreadd"));
-        let ready = self.wait_event("local-peer-ready", |_| true);
+        let mut child = cmd.spawn().expect("spawn lanspreadd");
+        // A daemon that refused to start says why at once (no 30 s wait for an event).
+        let ready = self.wait_until(
+            "local-peer-ready",
+            |_| true,
+            || {
+                let status = child.try_wait().ok().flatten()?;
+                Some(format!("lanspreadd exited at start ({status})"))
+            },
+        );
+        self.child = Some(child);
         self.peer_id = ready["peer_id"].as_str().expect("peer_id").to_owned();
         self.addr = ready["addr"].as_str().expect("addr").to_owned();
     }
@@ -305,6 +358,16 @@ impl Node {
 
     /// Waits for an event named `name` matching `pred`.
     pub fn wait_event(&self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_until(name, pred, || None)
+    }
+
+    /// Like [`Node::wait_event`], failing at once when `gone` says why it never will come.
+    fn wait_until(
+        &self,
+        name: &str,
+        pred: impl Fn(&Value) -> bool,
+        mut gone: impl FnMut() -> Option<String>,
+    ) -> Value {
         let start = Instant::now();
         loop {
             if let Some(e) = self
@@ -313,6 +376,9 @@ impl Node {
                 .find(|e| e["event"] == name && pred(e))
             {
                 return e;
+            }
+            if let Some(why) = gone() {
+                panic!("{}: {why}{}", self.name, self.log_tail());
             }
             assert!(
                 start.elapsed() < WAIT,

@@ -76,6 +76,47 @@ impl From<PeerId> for String {
     }
 }
 
+/// Writes `bytes` to `path` (mode 0600, synced) only if no file is there: through a
+/// temporary file of this process linked into place. `Ok(false)`: another file won.
+fn create_exclusive(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!("{KEY_FILE}.tmp.{}.{n}", std::process::id()));
+    let written = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()
+    })();
+    let linked = written.and_then(|()| match fs::hard_link(&tmp, path) {
+        // A filesystem without hard links: rename (the daemon's state-dir lock already
+        // keeps a second start away; only the no-replace guarantee is lost).
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::Unsupported
+            ) =>
+        {
+            fs::rename(&tmp, path)
+        }
+        other => other,
+    });
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            if let Ok(d) = fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The local identity: key, self-signed certificate and derived peer id.
 pub struct Identity {
     key_der: Vec<u8>,
@@ -101,38 +142,38 @@ impl Identity {
             source,
         };
         fs::create_dir_all(state).map_err(key_io)?;
-        let key = match fs::read_to_string(&path) {
-            Ok(pem) => {
-                let mode = fs::metadata(&path).map_err(key_io)?.permissions().mode();
-                if mode & 0o077 != 0 {
-                    tracing::warn!(path = %path.display(), "identity key is readable by others; fixing mode to 0600");
-                    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-                        .map_err(key_io)?;
+        // Two starts racing on a fresh state dir must end with one key, the saved one:
+        // each writes its own temporary file and links it into place, which fails if the
+        // other got there first; the loser then loads the winner's key.
+        for _ in 0..3 {
+            match fs::read_to_string(&path) {
+                Ok(pem) => {
+                    let mode = fs::metadata(&path).map_err(key_io)?.permissions().mode();
+                    if mode & 0o077 != 0 {
+                        tracing::warn!(path = %path.display(), "identity key is readable by others; fixing mode to 0600");
+                        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+                            .map_err(key_io)?;
+                    }
+                    let key = KeyPair::from_pem(&pem).map_err(|e| TransferError::BadKey {
+                        path: path.clone(),
+                        why: e.to_string(),
+                    })?;
+                    return Self::from_key(key);
                 }
-                KeyPair::from_pem(&pem).map_err(|e| TransferError::BadKey {
-                    path: path.clone(),
-                    why: e.to_string(),
-                })?
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    let key = KeyPair::generate().map_err(|e| TransferError::Tls(e.to_string()))?;
+                    if create_exclusive(state, &path, key.serialize_pem().as_bytes())
+                        .map_err(key_io)?
+                    {
+                        return Self::from_key(key);
+                    }
+                }
+                Err(e) => return Err(key_io(e)),
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = KeyPair::generate().map_err(|e| TransferError::Tls(e.to_string()))?;
-                let tmp = state.join(format!("{KEY_FILE}.tmp"));
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(key_io)?;
-                f.write_all(key.serialize_pem().as_bytes())
-                    .map_err(key_io)?;
-                f.sync_all().map_err(key_io)?;
-                fs::rename(&tmp, &path).map_err(key_io)?;
-                key
-            }
-            Err(e) => return Err(key_io(e)),
-        };
-        Self::from_key(key)
+        }
+        Err(key_io(std::io::Error::other(
+            "the key file keeps disappearing while it is created",
+        )))
     }
 
     /// An identity from a fresh in-memory key (tests and tools).
@@ -203,6 +244,25 @@ mod tests {
             PeerId::from_cert(&a.cert()).unwrap(),
             PeerId::from_cert(&b.cert()).unwrap()
         );
+    }
+
+    #[test]
+    fn racing_first_starts_end_with_the_saved_key() {
+        for _ in 0..5 {
+            let t = tempfile::tempdir().unwrap();
+            let ids: Vec<PeerId> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..8)
+                    .map(|_| s.spawn(|| Identity::load_or_create(t.path()).unwrap()))
+                    .collect();
+                hs.into_iter()
+                    .map(|h| h.join().unwrap().peer_id().clone())
+                    .collect()
+            });
+            let saved = Identity::load_or_create(t.path()).unwrap();
+            assert!(ids.iter().all(|id| id == saved.peer_id()), "{ids:?}");
+            let names: Vec<_> = fs::read_dir(t.path()).unwrap().flatten().collect();
+            assert_eq!(names.len(), 1, "temporary key files left: {names:?}");
+        }
     }
 
     #[test]

@@ -54,6 +54,11 @@ impl LanSecret {
             why,
         };
         let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(bad(
+                "is not a regular file (a file holding the secret is expected)".into(),
+            ));
+        }
         if meta.mode() & 0o007 != 0 {
             return Err(bad(format!(
                 "readable by others (mode {:o}); chmod o-rwx it",
@@ -175,6 +180,14 @@ mod tests {
         let b = s("0123456789abcdef");
         let ekm = [3u8; 32];
         assert!(b.verify(&ekm, false, &a.prove(&ekm, false)));
+    }
+
+    #[test]
+    fn a_folder_is_not_a_secret_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = LanSecret::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        assert!(!err.contains("others"), "{err}");
     }
 
     #[test]

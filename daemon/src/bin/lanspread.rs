@@ -26,7 +26,10 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("lanspread: {}", e.message());
             if json && !e.printed() {
-                println!("{}", serde_json::json!({ "error": e.message() }));
+                lanspread_daemon::cli::out_line(format_args!(
+                    "{}",
+                    serde_json::json!({ "error": e.message() })
+                ));
             }
             ExitCode::from(e.exit_code())
         }

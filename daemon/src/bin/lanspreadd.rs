@@ -1,10 +1,25 @@
 //! `lanspreadd`: the daemon.
 
+use std::time::Duration;
+
 use clap::Parser;
 use lanspread_daemon::{Daemon, DaemonArgs};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+
+/// How long a stop may take after SIGTERM/SIGINT before the process exits anyway.
+const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
 fn main() -> std::process::ExitCode {
+    // Before any other thread exists, so every thread inherits the blocked mask and only
+    // the signal thread receives SIGTERM/SIGINT: a stop request is seen even while the
+    // runtime's thread is stuck (a hung filesystem, say).
+    let signals = match signal_thread() {
+        Ok(rx) => rx,
+        Err(e) => {
+            eprintln!("lanspreadd: cannot set up signal handling: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let target = lanspread_daemon::logging::init("info,quinn=warn,notify=error", true);
     tracing::debug!(?target, "logging");
     let args = DaemonArgs::parse();
@@ -22,20 +37,30 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    let result = runtime.block_on(run(args, signals));
+    // Blocking tasks still running (a scan of a hung disk) must not hold the exit.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lanspreadd: {e:#}");
+            eprintln!("lanspreadd: {}", report(&e));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+async fn run(
+    args: DaemonArgs,
+    mut signals: watch::Receiver<Option<&'static str>>,
+) -> anyhow::Result<()> {
     let config = args.resolve()?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let daemon = Daemon::start(config).await?;
+    let daemon = tokio::select! {
+        d = Daemon::start(config) => d?,
+        _ = signals.changed() => {
+            tracing::info!("stop requested during start-up");
+            return Ok(());
+        }
+    };
     // systemd (Type=notify): ready only now that the control socket and QUIC are up. Without
     // NOTIFY_SOCKET this does nothing.
     let status = format!("peer {} listening on {}", daemon.peer_id(), daemon.addr());
@@ -49,11 +74,83 @@ async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         tracing::warn!("sd_notify: {e}");
     }
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
+        _ = signals.changed() => {
+            let name = signals.borrow().unwrap_or("signal");
+            tracing::info!("{name}");
+        }
         _ = daemon.shutdown_requested() => tracing::info!("shutdown requested"),
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     daemon.stop().await;
     Ok(())
+}
+
+/// Blocks SIGTERM and SIGINT in this thread (and so in every thread started later) and
+/// starts the one thread that waits for them. The first one asks the daemon to stop and
+/// arms a watchdog that ends the process after [`STOP_DEADLINE`]; a second one ends it
+/// at once.
+fn signal_thread() -> std::io::Result<watch::Receiver<Option<&'static str>>> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; the calls
+    // get valid pointers to it.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        set
+    };
+    let (tx, rx) = watch::channel(None);
+    std::thread::Builder::new()
+        .name("lanspread-signals".into())
+        .spawn(move || {
+            let mut stopping = false;
+            loop {
+                let mut sig = 0;
+                // SAFETY: set is a valid, initialised signal set; sig a valid out pointer.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    continue;
+                }
+                let name = if sig == libc::SIGTERM {
+                    "SIGTERM"
+                } else {
+                    "SIGINT"
+                };
+                if stopping {
+                    eprintln!("lanspreadd: {name} again: exiting now");
+                    std::process::exit(1);
+                }
+                stopping = true;
+                tx.send_replace(Some(name));
+                std::thread::spawn(|| {
+                    std::thread::sleep(STOP_DEADLINE);
+                    eprintln!(
+                        "lanspreadd: the stop did not finish within {} s: exiting",
+                        STOP_DEADLINE.as_secs()
+                    );
+                    std::process::exit(1);
+                });
+            }
+        })?;
+    Ok(rx)
+}
+
+/// The error and its causes, each said once: an IO error's text is often already part of
+/// the message that wraps it ("path: No such file or directory (os error 2)").
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }

@@ -67,7 +67,7 @@ pub async fn run() -> Result<(), CliError> {
     let dir = tmp.path().to_path_buf();
     let (source_games, client_games) = (dir.join("source-games"), dir.join("client-games"));
     std::fs::create_dir_all(&client_games).map_err(failed)?;
-    println!(
+    outln!(
         "generating a {} game in {} ...",
         output::bytes(bytes),
         dir.display()
@@ -88,8 +88,8 @@ pub async fn run() -> Result<(), CliError> {
 
     let source = start(&dir, "source", &source_games).await?;
     let client = start(&dir, "client", &client_games).await?;
-    println!("source {} on {}", source.peer_id(), source.addr());
-    println!("client {} on {}", client.peer_id(), client.addr());
+    outln!("source {} on {}", source.peer_id(), source.addr());
+    outln!("client {} on {}", client.peer_id(), client.addr());
     let result = async {
         let mut c = Client::connect(&dir.join("client.sock")).await?;
         c.request(&Request::Connect {
@@ -107,7 +107,7 @@ pub async fn run() -> Result<(), CliError> {
         if ha != hb {
             return Err(failed(format!("SHA-256 mismatch: source {ha}, copy {hb}")));
         }
-        println!("SHA-256 of the copy matches the source: {ha}");
+        outln!("SHA-256 of the copy matches the source: {ha}");
         Ok::<_, CliError>(())
     }
     .await;
@@ -115,6 +115,6 @@ pub async fn run() -> Result<(), CliError> {
     source.stop().await;
     drop(tmp);
     result?;
-    println!("done; the temp dir is removed");
+    outln!("done; the temp dir is removed");
     Ok(())
 }

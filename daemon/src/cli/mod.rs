@@ -1,6 +1,13 @@
 //! The `lanspread` command-line client: clap definitions, one function per command, and
 //! the mapping of outcomes to exit codes (0 ok, 1 refused/failed, 2 usage, 3 unreachable).
 
+/// `println!` for the CLI's output (see [`out_line`]).
+macro_rules! outln {
+    ($($t:tt)*) => {
+        $crate::cli::out_line(format_args!($($t)*))
+    };
+}
+
 mod client;
 mod demo;
 mod output;
@@ -52,9 +59,9 @@ pub enum Command {
     WaitPeers {
         /// Number of peers.
         n: usize,
-        /// Give up after this many seconds.
-        #[arg(long, default_value_t = 30.0)]
-        timeout: f64,
+        /// Give up after this many seconds (`inf`: never).
+        #[arg(long, default_value = "30", value_parser = parse_timeout)]
+        timeout: Duration,
     },
     /// Stream events as JSON lines until interrupted.
     Events,
@@ -80,6 +87,19 @@ pub enum Command {
     Uninstall {
         /// Game id.
         game: String,
+    },
+    /// Stop a running download; a later `download` resumes from what was verified.
+    Cancel {
+        /// Game id.
+        game: String,
+    },
+    /// Delete a game's folder (partial or complete download, and its install).
+    Remove {
+        /// Game id.
+        game: String,
+        /// Do not ask for confirmation (needed when not on a terminal).
+        #[arg(long, short)]
+        yes: bool,
     },
     /// Write a RAR5 store archive of a directory (no daemon needed).
     Pack {
@@ -198,7 +218,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Events => {
             let mut c = Client::connect(&socket).await?;
-            c.send(&Request::Events).await?;
+            c.send(&Request::Events {}).await?;
             loop {
                 match c.next().await? {
                     Some(Reply::Event(e)) => {
@@ -208,34 +228,36 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                         } else {
                             output::event_line(&e)
                         };
-                        println!("{line}");
+                        outln!("{line}");
                     }
                     Some(other) => return Err(unexpected(other)),
                     None => return Ok(()),
                 }
             }
         }
-        Command::Status => one_shot(&socket, json, Request::Status, None)
+        Command::Status => one_shot(&socket, json, Request::Status {}, None)
             .await
             .map(drop),
         Command::Connect { addr } => one_shot(&socket, json, Request::Connect { addr }, None)
             .await
             .map(drop),
-        Command::ListGames => one_shot(&socket, json, Request::ListGames, None)
+        Command::ListGames => one_shot(&socket, json, Request::ListGames {}, None)
             .await
             .map(drop),
-        Command::ListPeers => one_shot(&socket, json, Request::ListPeers, None)
+        Command::ListPeers => one_shot(&socket, json, Request::ListPeers {}, None)
             .await
             .map(drop),
         Command::WaitPeers { n, timeout } => {
-            let timeout_ms = Duration::try_from_secs_f64(timeout)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
             let request = Request::WaitPeers {
                 count: n,
                 timeout_ms,
             };
-            one_shot(&socket, json, request, None).await.map(drop)
+            // The daemon answers when the wait ends; give it a little more.
+            let reply_within = timeout.saturating_add(reply_timeout());
+            one_shot_within(&socket, json, request, None, Some(reply_within))
+                .await
+                .map(drop)
         }
         Command::Install { game } => {
             let msg = format!("installing {game}");
@@ -249,8 +271,22 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 .await
                 .map(drop)
         }
+        Command::Cancel { game } => {
+            one_shot(&socket, json, Request::Cancel { game: game.clone() }, None)
+                .await
+                .map(drop)
+        }
+        Command::Remove { game, yes } => {
+            if !yes {
+                confirm_remove(&game)?;
+            }
+            let msg = format!("removing {game}");
+            one_shot(&socket, json, Request::Remove { game }, Some(msg))
+                .await
+                .map(drop)
+        }
         Command::Shutdown => {
-            let mut c = one_shot(&socket, json, Request::Shutdown, None).await?;
+            let mut c = one_shot(&socket, json, Request::Shutdown {}, None).await?;
             // Wait until the daemon has said goodbye and closed the socket.
             c.wait_closed(Duration::from_secs(10)).await;
             Ok(())
@@ -258,16 +294,108 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// Asks on the terminal before `remove` deletes files; without a terminal, `--yes` is
+/// required.
+fn confirm_remove(game: &str) -> Result<(), CliError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::Failed(format!(
+            "remove deletes every file of {game}; pass --yes to confirm"
+        )));
+    }
+    eprint!("delete every file of {game} from the games dir? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(CliError::Failed(format!("{game} kept")))
+    }
+}
+
+/// How long a quick request (status, lists, connect, shutdown) may wait for its reply: a
+/// daemon that is stopped (SIGSTOP) or wedged still accepts connections, and the CLI must
+/// then say so (exit 3), not hang. `LANSPREAD_REPLY_TIMEOUT_MS` overrides it (tests).
+const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn reply_timeout() -> Duration {
+    std::env::var("LANSPREAD_REPLY_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(REPLY_TIMEOUT, Duration::from_millis)
+}
+
+/// Writes one line of output. When its reader has gone away (`lanspread status | head
+/// -1`), the process ends quietly with exit 0 instead of panicking like `println!` (SIGPIPE
+/// stays ignored, so a control socket the daemon closed is still an error with a message).
+pub fn out_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let res = out
+        .write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush());
+    if let Err(e) = res {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("lanspread: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `--timeout` of `wait-peers`: seconds, `inf` for no limit; not negative or NaN.
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if secs.is_nan() || secs < 0.0 {
+        return Err(format!("{s} is not a number of seconds >= 0"));
+    }
+    // `inf` and anything past a century mean "no limit" (what the daemon's timer holds).
+    Ok(Duration::try_from_secs_f64(secs)
+        .unwrap_or(Duration::MAX)
+        .min(Duration::from_secs(100 * 365 * 86_400)))
+}
+
 /// One request, one rendered reply; `spinner` shows a message on a terminal meanwhile.
+/// Quick requests get [`REPLY_TIMEOUT`]; installs and uninstalls take as long as they take.
 async fn one_shot(
     socket: &std::path::Path,
     json: bool,
     request: Request,
     spinner: Option<String>,
 ) -> Result<Client, CliError> {
+    let within = match request {
+        Request::Install { .. } | Request::Uninstall { .. } | Request::Remove { .. } => None,
+        // A dial may take a name lookup, the QUIC handshake and the hello exchange.
+        Request::Connect { .. } => Some(reply_timeout() * 3),
+        _ => Some(reply_timeout()),
+    };
+    one_shot_within(socket, json, request, spinner, within).await
+}
+
+async fn one_shot_within(
+    socket: &std::path::Path,
+    json: bool,
+    request: Request,
+    spinner: Option<String>,
+    within: Option<Duration>,
+) -> Result<Client, CliError> {
     let mut c = Client::connect(socket).await?;
     let spinner = spinner.and_then(|msg| progress::spinner(json, &msg));
-    let reply = c.request(&request).await;
+    let reply = match within {
+        None => c.request(&request).await,
+        Some(limit) => match tokio::time::timeout(limit, c.request(&request)).await {
+            Ok(reply) => reply,
+            Err(_) => Err(CliError::Unreachable(format!(
+                "lanspreadd at {} did not answer within {:.1} s (is it stopped or overloaded?)",
+                socket.display(),
+                limit.as_secs_f64()
+            ))),
+        },
+    };
     if let Some(s) = spinner {
         s.finish_and_clear();
     }
@@ -285,11 +413,11 @@ pub(crate) fn unexpected(reply: Reply) -> CliError {
 pub(crate) fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() -> String) {
     if json {
         match serde_json::to_string(value) {
-            Ok(s) => println!("{s}"),
+            Ok(s) => outln!("{s}"),
             Err(e) => eprintln!("lanspread: cannot encode output: {e}"),
         }
     } else {
-        println!("{}", human());
+        outln!("{}", human());
     }
 }
 

@@ -58,12 +58,66 @@ pub fn event_line(e: &crate::api::Event) -> String {
     for (k, v) in map.iter().filter(|(k, _)| *k != "event" && *k != "ts_ms") {
         let shown = match v {
             serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Array(a) => format!("[{} items]", a.len()),
+            // Floats (rates) to one decimal, not 15.
+            serde_json::Value::Number(n) if n.is_f64() => {
+                format!("{:.1}", n.as_f64().unwrap_or_default())
+            }
+            // Short lists of names in full; long ones by count.
+            serde_json::Value::Array(a) => list(a),
             other => other.to_string(),
         };
         line.push_str(&format!(" {k}={shown}"));
     }
     line
+}
+
+/// An event's list field: its items (a file's `path`, or the item itself), up to four,
+/// then how many more.
+fn list(items: &[serde_json::Value]) -> String {
+    const SHOWN: usize = 4;
+    let name = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(o) => match (o.get("path").or(o.get("id")), o.get("size")) {
+            (Some(serde_json::Value::String(p)), Some(size)) => {
+                format!("{p}({})", bytes(size.as_u64().unwrap_or(0)))
+            }
+            (Some(serde_json::Value::String(p)), None) => p.clone(),
+            _ => v.to_string(),
+        },
+        other => other.to_string(),
+    };
+    let mut shown: Vec<String> = items.iter().take(SHOWN).map(name).collect();
+    if items.len() > SHOWN {
+        shown.push(format!("+{} more", items.len() - SHOWN));
+    }
+    format!("[{}]", shown.join(","))
+}
+
+/// The line that ends a download: what was fetched, and what a resumed one reused.
+pub fn finished(total: u64, resumed: u64, duration_ms: u64, mib_per_s: f64) -> String {
+    let fetched = total.saturating_sub(resumed);
+    let took = if duration_ms >= 10_000 {
+        format!("{:.1} s", duration_ms as f64 / 1000.0)
+    } else {
+        format!("{duration_ms} ms")
+    };
+    if resumed == 0 {
+        format!(
+            "downloaded {} in {took} ({mib_per_s:.1} MiB/s)",
+            bytes(total)
+        )
+    } else if fetched == 0 {
+        format!(
+            "all {} were already verified by an earlier attempt; checked and committed in {took}",
+            bytes(total)
+        )
+    } else {
+        format!(
+            "fetched {} in {took} ({mib_per_s:.1} MiB/s); {} resumed from an earlier attempt",
+            bytes(fetched),
+            bytes(resumed)
+        )
+    }
 }
 
 /// `status`.
@@ -87,8 +141,18 @@ pub fn status(s: &StatusInfo) -> String {
             .join(", ")
     };
     let rate = |l: Option<f64>| l.map_or("unlimited".to_owned(), |v| format!("{v} MiB/s"));
+    let mut notes = String::new();
+    for p in &s.problems {
+        notes.push_str(&format!("\nnot offered: {} ({})", p.game_id, p.reason));
+    }
+    if s.events_dropped > 0 {
+        notes.push_str(&format!(
+            "\nevents:      {} lines dropped (the events reader did not keep up)",
+            s.events_dropped
+        ));
+    }
     format!(
-        "peer id:     {}\nlisten:      {}\ngames dir:   {}\npeers:       {}\noperations:  {}\nlimits:      upload {}, download {}\nversion:     {}",
+        "peer id:     {}\nlisten:      {}\ngames dir:   {}\npeers:       {}\noperations:  {}\nlimits:      upload {}, download {}\nversion:     {}{notes}",
         s.peer_id,
         s.addr,
         s.games_dir,
@@ -138,6 +202,11 @@ pub fn games(g: &GamesList) -> String {
             &local,
         ));
         out.push('\n');
+        for l in &g.local {
+            if let Some(why) = &l.reason {
+                out.push_str(&format!("{} is not offered to peers: {why}\n", l.id));
+            }
+        }
     }
     out.push_str("\nREMOTE\n");
     if remote.is_empty() {
@@ -198,6 +267,62 @@ mod tests {
         assert_eq!(
             event_line(&e),
             "01:02:03.004 download-failed game_id=cod5 reason=no peers"
+        );
+        let id = lanspread_catalog::GameId::new("cod5").unwrap();
+        let rate = crate::api::Event {
+            ts_ms: 0,
+            kind: crate::api::EventKind::DownloadFinished {
+                game_id: id.clone(),
+                version: lanspread_catalog::Version::parse("20250101").unwrap(),
+                bytes: 1 << 20,
+                chunks: 1,
+                duration_ms: 3,
+                resumed_bytes: 0,
+                mib_per_s: 333.33333333333337,
+                mbit_per_s: 2796.2026666666668,
+            },
+        };
+        let line = event_line(&rate);
+        assert!(
+            line.contains("mbit_per_s=2796.2 mib_per_s=333.3 "),
+            "{line}"
+        );
+        let files = crate::api::Event {
+            ts_ms: 0,
+            kind: crate::api::EventKind::GotGameFiles {
+                game_id: id,
+                version: lanspread_catalog::Version::parse("20250101").unwrap(),
+                files: (0..6)
+                    .map(|i| crate::api::FileSize {
+                        path: format!("f{i}.eti"),
+                        size: 2048,
+                    })
+                    .collect(),
+                sources: Vec::new(),
+            },
+        };
+        let line = event_line(&files);
+        assert!(
+            line.contains(
+                "files=[f0.eti(2.0 KiB),f1.eti(2.0 KiB),f2.eti(2.0 KiB),f3.eti(2.0 KiB),+2 more]"
+            ),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn a_resumed_download_says_what_it_fetched() {
+        assert_eq!(
+            finished(3 << 20, 0, 1500, 2.0),
+            "downloaded 3.0 MiB in 1500 ms (2.0 MiB/s)"
+        );
+        assert_eq!(
+            finished(406 << 20, 406 << 20, 13, 0.0),
+            "all 406.0 MiB were already verified by an earlier attempt; checked and committed in 13 ms"
+        );
+        assert_eq!(
+            finished(400 << 20, 300 << 20, 20_000, 5.0),
+            "fetched 100.0 MiB in 20.0 s (5.0 MiB/s); 300.0 MiB resumed from an earlier attempt"
         );
     }
 }

@@ -57,7 +57,7 @@ pub async fn download(
         let value = serde_json::to_value(&event).map_err(|e| CliError::Failed(e.to_string()))?;
         match &event.kind {
             EventKind::GotGameFiles { files, sources, .. } if bar.is_none() && !json => {
-                println!(
+                outln!(
                     "{game}: {} files from {} source(s)",
                     files.len(),
                     sources.len()
@@ -74,13 +74,13 @@ pub async fn download(
                     b.set_length(*bytes);
                     b.set_position(*resumed_bytes);
                 }
-                None if !json && *resumed_chunks > 0 => println!(
+                None if !json && *resumed_chunks > 0 => outln!(
                     "{game}: resuming, {} of {} already here, {} chunks to fetch",
                     output::bytes(*resumed_bytes),
                     output::bytes(*bytes),
                     chunks - resumed_chunks
                 ),
-                None if !json => println!(
+                None if !json => outln!(
                     "{game}: downloading {} in {chunks} chunks",
                     output::bytes(*bytes)
                 ),
@@ -93,6 +93,7 @@ pub async fn download(
             }
             EventKind::DownloadFinished {
                 bytes,
+                resumed_bytes,
                 mib_per_s,
                 duration_ms,
                 ..
@@ -101,14 +102,14 @@ pub async fn download(
                     b.finish_and_clear();
                 }
                 if !json {
-                    println!(
-                        "{game}: downloaded {} in {duration_ms} ms ({mib_per_s:.1} MiB/s)",
-                        output::bytes(*bytes)
+                    outln!(
+                        "{game}: {}",
+                        output::finished(*bytes, *resumed_bytes, *duration_ms, *mib_per_s)
                     );
                 }
                 if !install {
                     if json {
-                        println!("{value}");
+                        outln!("{value}");
                     }
                     return Ok(());
                 }
@@ -120,19 +121,19 @@ pub async fn download(
                 }
                 let msg = format!("download of {game} failed: {reason}");
                 if json {
-                    println!("{value}");
+                    outln!("{value}");
                     return Err(CliError::FailedPrinted(msg));
                 }
                 return Err(CliError::Failed(msg));
             }
-            EventKind::InstallBegin { .. } if !json => println!("{game}: installing"),
+            EventKind::InstallBegin { .. } if !json => outln!("{game}: installing"),
             EventKind::InstallFinished { .. } => {
                 let mut doc = finished.take().unwrap_or_else(|| serde_json::json!({}));
                 doc["install"] = value;
                 if json {
-                    println!("{doc}");
+                    outln!("{doc}");
                 } else {
-                    println!("{game}: installed");
+                    outln!("{game}: installed");
                 }
                 return Ok(());
             }
@@ -141,7 +142,7 @@ pub async fn download(
                 doc["install"] = value;
                 let msg = format!("install of {game} failed: {reason}");
                 if json {
-                    println!("{doc}");
+                    outln!("{doc}");
                     return Err(CliError::FailedPrinted(msg));
                 }
                 return Err(CliError::Failed(msg));

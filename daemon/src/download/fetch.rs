@@ -10,6 +10,7 @@ use quinn::{Connection, RecvStream};
 use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -39,9 +40,12 @@ pub struct ChunkJob {
     pub hash: ChunkHash,
 }
 
-/// Longest wait for the next bytes of a chunk (or its answer) before the source is
-/// treated as gone. Generous: with several chunks in flight on a slow link one stream may
-/// wait while others drain. `LANSPREAD_STALL_TIMEOUT_MS` overrides it (tests, tuning).
+/// Longest time a source may send nothing at all — on any of its streams and lanes —
+/// before a chunk waiting on it counts as stalled. Generous: a source shared by many
+/// clients on a slow link sends each client little, and one client's streams are drained
+/// one after another (no send fairness), so one stream may wait long while the others
+/// move; that is busy, not dead (the QUIC idle timeout catches dead peers).
+/// `LANSPREAD_STALL_TIMEOUT_MS` overrides it (tests, tuning).
 pub const CHUNK_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn stall_timeout() -> Duration {
@@ -54,20 +58,45 @@ fn stall_timeout() -> Duration {
     })
 }
 
-/// The stall watchdog of one chunk: a single timer, re-armed only when it fires (never
-/// per read), so the hot path pays an `Instant::now()` per read and no timer updates.
-struct Stall {
+/// When a source last delivered bytes to this download, on any stream or lane (shared by
+/// the fetches of every transfer thread; a relaxed store per read).
+#[derive(Debug, Default)]
+pub struct Activity(AtomicU64);
+
+impl Activity {
+    fn base() -> Instant {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        *BASE.get_or_init(Instant::now)
+    }
+
+    fn touch(&self, now: Instant) {
+        let ms = now.saturating_duration_since(Self::base()).as_millis() as u64;
+        self.0.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        Self::base() + Duration::from_millis(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// The stall watchdog of one request stream: a single timer, re-armed only when it fires
+/// (never per read), so the hot path pays an `Instant::now()` and a relaxed atomic store
+/// per read and no timer updates. It fires only when neither this stream nor any other
+/// of the same source moved for the stall timeout.
+struct Stall<'a> {
     limit: Duration,
     last: Instant,
+    source: &'a Activity,
     timer: Pin<Box<tokio::time::Sleep>>,
 }
 
-impl Stall {
-    fn new() -> Self {
+impl<'a> Stall<'a> {
+    fn new(source: &'a Activity) -> Self {
         let limit = stall_timeout();
         Self {
             limit,
             last: Instant::now(),
+            source,
             timer: Box::pin(tokio::time::sleep(limit)),
         }
     }
@@ -80,17 +109,18 @@ impl Stall {
             tokio::select! {
                 out = &mut f => {
                     self.last = Instant::now();
+                    self.source.touch(self.last);
                     return Ok(out);
                 }
                 () = &mut self.timer => {
-                    if self.last.elapsed() >= self.limit {
-                        return Err(gone(format!(
-                            "source stalled: nothing for {} ms",
+                    let last = self.last.max(self.source.last());
+                    if last.elapsed() >= self.limit {
+                        return Err(FetchError::Source(FailKind::Stalled, format!(
+                            "source stalled: nothing from it for {} ms",
                             self.limit.as_millis()
                         )));
                     }
-                    let due = self.last + self.limit;
-                    self.timer.as_mut().reset(due.into());
+                    self.timer.as_mut().reset((last + self.limit).into());
                 }
             }
         }
@@ -101,20 +131,43 @@ fn gone(e: impl std::fmt::Display) -> FetchError {
     FetchError::Source(FailKind::SourceGone, e.to_string())
 }
 
+/// A transport error with its cause ("connection lost: timed out", not "connection lost").
+fn lost(e: impl std::error::Error) -> FetchError {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    gone(text)
+}
+
 /// Fetches chunks of `game` at `version` from one source in one request into their
 /// files: one stream, the ranges answered in order. Returns one result per job, in order;
 /// when the stream fails at a job, that job and every later one fail the same way.
 pub async fn fetch(
     conn: &Connection,
+    source: &Activity,
     writer: &Writer,
     limit: Option<&RateLimit>,
     (game, version): (&GameId, Version),
     jobs: &[ChunkJob],
 ) -> Vec<Result<(), FetchError>> {
     let mut received = Vec::with_capacity(jobs.len());
-    let failure = receive_all(conn, writer, limit, (game, version), jobs, &mut received)
-        .await
-        .err();
+    let failure = receive_all(
+        conn,
+        source,
+        writer,
+        limit,
+        (game, version),
+        jobs,
+        &mut received,
+    )
+    .await
+    .err();
     if failure.is_some() && received.len() == jobs.len() {
         // Failed after the last range (bytes past the end): that range fails with it,
         // so the source is still dropped and the range fetched again elsewhere.
@@ -151,13 +204,14 @@ async fn settle(writes: Writes) {
 /// writes settled first).
 async fn receive_all(
     conn: &Connection,
+    source: &Activity,
     writer: &Writer,
     limit: Option<&RateLimit>,
     (game, version): (&GameId, Version),
     jobs: &[ChunkJob],
     received: &mut Vec<Received>,
 ) -> Result<(), FetchError> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(gone)?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
     let request = PeerRequest::Chunks {
         game: game.clone(),
         version,
@@ -170,9 +224,9 @@ async fn receive_all(
             })
             .collect(),
     };
-    write_frame(&mut send, &request).await.map_err(gone)?;
+    write_frame(&mut send, &request).await.map_err(lost)?;
     let _ = send.finish();
-    let mut stall = Stall::new();
+    let mut stall = Stall::new(source);
     for job in jobs {
         let mut writes = Vec::new();
         match receive_one(&mut recv, &mut stall, writer, limit, job, &mut writes).await {
@@ -190,14 +244,14 @@ async fn receive_all(
             FailKind::BadData,
             "more bytes than announced".into(),
         )),
-        Err(e) => Err(gone(e)),
+        Err(e) => Err(lost(e)),
     }
 }
 
 /// Receives one range: its `Chunk` header, then its bytes.
 async fn receive_one(
     recv: &mut RecvStream,
-    stall: &mut Stall,
+    stall: &mut Stall<'_>,
     writer: &Writer,
     limit: Option<&RateLimit>,
     job: &ChunkJob,
@@ -215,7 +269,7 @@ async fn receive_one(
             ));
         }
         Ok(None) => return Err(gone("stream ended before the answer")),
-        Err(e) => return Err(gone(e)),
+        Err(e) => return Err(lost(e)),
     }
     let mut hasher = Sha256::new();
     let mut got = 0u64;
@@ -240,7 +294,7 @@ async fn receive_one(
                     job.len
                 )))
             }
-            Err(e) => return Err(gone(e)),
+            Err(e) => return Err(lost(e)),
         };
         crate::limit::take(limit, piece.len() as u64).await;
         hasher.update(&piece);

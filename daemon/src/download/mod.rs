@@ -71,10 +71,15 @@ pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Stri
         });
         return Err(format!("no peers have game {id}"));
     };
-    if let Some(have) = inner.library.get(&id).and_then(|r| r.version) {
-        if have >= sources.version {
+    if let Some(root) = inner.library.get(&id) {
+        if let Some(have) = root.version.filter(|&v| v >= sources.version) {
+            let hint = if root.installed {
+                String::new()
+            } else {
+                format!("; `lanspread install {id}` extracts it")
+            };
             return Err(format!(
-                "game {id} is already downloaded at version {have} (newest on peers: {})",
+                "game {id} is already downloaded at version {have} (newest on peers: {}){hint}",
                 sources.version
             ));
         }
@@ -83,9 +88,37 @@ pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Stri
         .operations
         .begin(&id, OpKind::Download)
         .map_err(|e| e.to_string())?;
+    shared
+        .cancels
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.clone(), Arc::default());
     drop(inner);
     shared.refresh_advert();
     Ok((id, sources))
+}
+
+/// Asks the running download of `id` to stop (`cancel`); its `download-failed` follows.
+/// `false`: no download of it is running.
+pub fn cancel(shared: &Shared, id: &GameId) -> bool {
+    let cancels = shared.cancels.lock().unwrap_or_else(|p| p.into_inner());
+    match cancels.get(id) {
+        Some(n) => {
+            // A stored permit: the download sees it even if it is not waiting right now.
+            n.notify_one();
+            true
+        }
+        None => false,
+    }
+}
+
+/// Whether a download of `id` is registered (running, or not yet past its terminal event).
+pub fn cancellable(shared: &Shared, id: &GameId) -> bool {
+    shared
+        .cancels
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains_key(id)
 }
 
 /// Runs a registered download and, when asked and it succeeded, installs the game.
@@ -105,7 +138,15 @@ pub async fn run_with_install(shared: Arc<Shared>, id: GameId, sources: Sources,
 /// cleared before that event, so a retry right after a failure is accepted.
 pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
     let mut files = Vec::new();
-    let result = download(&shared, &id, &sources, &mut files).await;
+    // Registered by `begin`, so a `cancel` right after a detached start finds it.
+    let cancel = shared
+        .cancels
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&id)
+        .cloned()
+        .unwrap_or_default();
+    let result = download(&shared, &id, &sources, &mut files, &cancel).await;
     for f in files {
         shared.writer.close(f).await;
     }
@@ -114,14 +155,14 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
     }
     shared.lock().operations.end(&id);
     shared.rescan_root(&id).await;
-    match result {
+    let ok = match result {
         Ok(done) => {
             let secs = done.duration.as_secs_f64().max(1e-6);
             // The rate counts what crossed the network in this attempt.
             let moved = done.bytes - done.resumed_bytes;
             info!(game = %id, bytes = done.bytes, ms = done.duration.as_millis() as u64, "download finished");
             shared.events.emit(EventKind::DownloadFinished {
-                game_id: id,
+                game_id: id.clone(),
                 version: sources.version,
                 bytes: done.bytes,
                 chunks: done.chunks,
@@ -135,10 +176,34 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
         Err(reason) => {
             warn!(game = %id, "download failed: {reason}");
             shared.events.emit(EventKind::DownloadFailed {
-                game_id: id,
+                game_id: id.clone(),
                 reason,
             });
             false
+        }
+    };
+    // Last: `cancel` answers once this entry is gone, after the terminal event.
+    shared
+        .cancels
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&id);
+    ok
+}
+
+/// Resolves when the daemon shuts down or the download is cancelled, with the reason.
+/// Raced only against the phases that wait on peers (manifests, transfer): preparing the
+/// files and committing always run to their end, so a stop never races a commit.
+async fn stop_requested(
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    cancel: &tokio::sync::Notify,
+) -> String {
+    tokio::select! {
+        () = crate::state::until_shutdown(shutdown) => {
+            "the daemon is shutting down (a later download resumes from the verified chunks)".into()
+        }
+        () = cancel.notified() => {
+            "cancelled (a later download resumes from the verified chunks)".into()
         }
     }
 }
@@ -166,7 +231,9 @@ async fn download(
     id: &GameId,
     sources: &Sources,
     files_open: &mut Vec<u64>,
+    cancel: &tokio::sync::Notify,
 ) -> Result<Done, String> {
+    let mut shutdown = shared.shutdown.subscribe();
     // Metadata from every newest source, validated by plurality.
     let mut asks = JoinSet::new();
     let mut waiting = BTreeSet::new();
@@ -194,11 +261,17 @@ async fn download(
     // MANIFEST_TIMEOUT.
     let mut grace_ends = None;
     loop {
-        let joined = match grace_ends {
-            None => asks.join_next().await,
-            Some(end) => tokio::time::timeout_at(end, asks.join_next())
-                .await
-                .unwrap_or(None),
+        let next = async {
+            match grace_ends {
+                None => asks.join_next().await,
+                Some(end) => tokio::time::timeout_at(end, asks.join_next())
+                    .await
+                    .unwrap_or(None),
+            }
+        };
+        let joined = tokio::select! {
+            j = next => j,
+            why = stop_requested(&mut shutdown, cancel) => return Err(why),
         };
         let Some(joined) = joined else { break };
         match joined {
@@ -206,7 +279,10 @@ async fn download(
                 waiting.remove(&peer);
                 match answer {
                     Ok(files) => vote.add(peer, files),
-                    Err(e) => warn!(peer = %peer.short(), "no manifest: {e}"),
+                    Err(e) => {
+                        warn!(peer = %peer.short(), "no manifest: {e}");
+                        vote.no_answer(peer, e);
+                    }
                 }
             }
             Err(e) => warn!("manifest task failed: {e}"),
@@ -294,7 +370,10 @@ async fn download(
         journal: &mut journal,
         lanes: lanes::Lanes::open(shared, &chosen.sources).await,
     };
-    transfer(shared, id, sources, work, &mut planner).await?;
+    tokio::select! {
+        r = transfer(shared, id, sources, work, &mut planner) => r?,
+        why = stop_requested(&mut shutdown, cancel) => return Err(why),
+    }
     let t_transfer = started.elapsed();
     // Every file's fdatasync at once: the io_uring writer runs them concurrently, so many
     // small files cost one round of syncs, not one round trip each.
@@ -346,6 +425,14 @@ async fn transfer(
         mut lanes,
     } = work;
     let mut running = JoinSet::new();
+    // The last failure of each source, for the message when none is left.
+    let mut last_failure = std::collections::BTreeMap::<PeerId, String>::new();
+    // When each source last sent bytes, on any lane: its streams are judged together.
+    let activity: std::collections::HashMap<PeerId, Arc<fetch::Activity>> = sources
+        .peers
+        .iter()
+        .map(|p| (p.clone(), Arc::default()))
+        .collect();
     loop {
         while let Some(batch) = planner.poll_batch() {
             let jobs: Vec<ChunkJob> = batch
@@ -377,6 +464,7 @@ async fn transfer(
                 continue;
             };
             let (shared, conn) = (shared.clone(), conn.clone());
+            let source = activity.get(&batch.peer).cloned().unwrap_or_default();
             let (game, version) = (id.clone(), sources.version);
             // The fetch runs on the thread that drives its connection; dropping `running`
             // (a failed download) aborts it there too.
@@ -384,7 +472,8 @@ async fn transfer(
                 async move {
                     let limit = shared.download_limit.as_ref();
                     let what = (&game, version);
-                    let results = fetch::fetch(&conn, &shared.writer, limit, what, &jobs).await;
+                    let results =
+                        fetch::fetch(&conn, &source, &shared.writer, limit, what, &jobs).await;
                     (batch, jobs, addr.unwrap_or_default(), results, Some(lane))
                 }
                 .in_current_span(),
@@ -397,7 +486,15 @@ async fn transfer(
         }
         match planner.status() {
             PlannerStatus::Finished => return Ok(()),
-            PlannerStatus::Failed(reason) => return Err(reason),
+            PlannerStatus::Failed(reason) if last_failure.is_empty() => return Err(reason),
+            PlannerStatus::Failed(reason) => {
+                // Say why each source was given up, not only that none is left.
+                let each: Vec<String> = last_failure
+                    .iter()
+                    .map(|(p, why)| format!("{}: {why}", p.short()))
+                    .collect();
+                return Err(format!("{reason} ({})", each.join("; ")));
+            }
             PlannerStatus::Running => {}
         }
         let Some(joined) = running.join_next().await else {
@@ -431,6 +528,7 @@ async fn transfer(
         }
         if let Some((chunk, kind, why)) = failed.first() {
             warn!(peer = %batch.peer.short(), chunk, chunks = failed.len(), "chunk failed ({kind:?}): {why}");
+            last_failure.insert(batch.peer.clone(), why.clone());
         }
         // In reverse: each failed chunk goes to the front of the queue, so they keep
         // their order.

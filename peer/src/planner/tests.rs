@@ -122,6 +122,47 @@ fn transient_failures_retry_then_give_up() {
 }
 
 #[test]
+fn a_stalled_source_backs_off_and_is_kept_until_it_stalls_in_a_row() {
+    let files = [file("g.eti", 8 * C)];
+    let mut p = Planner::new(&files, &[pid(1)], 64).limit_in_flight_bytes(4 * C);
+    let start = |p: &mut Planner| std::iter::from_fn(|| p.poll_assign()).collect::<Vec<_>>();
+    let stall_all = |p: &mut Planner, a: &[Assignment]| {
+        for x in a {
+            p.on_failed(x.chunk, &pid(1), FailKind::Stalled);
+        }
+    };
+    // One silence fails all four chunks in flight: it counts once, halves the window,
+    // and the source stays.
+    let first = start(&mut p);
+    assert_eq!(first.len(), 4);
+    stall_all(&mut p, &first);
+    assert_eq!(p.status(), PlannerStatus::Running);
+    let second = start(&mut p);
+    assert_eq!(second.len(), 2, "window 4 -> 2 chunks");
+    // A verified chunk resets the count and widens the window again.
+    let mut q = p.clone();
+    q.on_done(second[0].chunk, &pid(1));
+    stall_all(&mut q, &second[1..]);
+    let again = start(&mut q);
+    stall_all(&mut q, &again);
+    assert_eq!(
+        q.status(),
+        PlannerStatus::Running,
+        "2 silences since the last chunk"
+    );
+    // Silences in a row with nothing verified: dropped after the third.
+    stall_all(&mut p, &second);
+    assert_eq!(p.status(), PlannerStatus::Running, "2 silences");
+    let third = start(&mut p);
+    assert_eq!(third.len(), 1, "window 2 -> 1 chunk");
+    stall_all(&mut p, &third);
+    assert_eq!(
+        p.status(),
+        PlannerStatus::Failed("no eligible source left".into())
+    );
+}
+
+#[test]
 fn empty_files_need_no_chunks() {
     let p = Planner::new(&[file("empty", 0)], &[pid(1)], 1);
     assert_eq!(p.status(), PlannerStatus::Finished);

@@ -12,11 +12,13 @@ fn socket_in_use_is_refused_and_stale_socket_is_replaced() {
     let sock = a.json(&["status"]);
     assert_eq!(sock["peers"], 0);
     let dir = tempfile::tempdir().unwrap();
-    // A second daemon on the live socket fails and leaves the first one working.
+    // A second daemon (on other dirs) on the live socket fails and leaves the first one
+    // working.
     let live = a.socket_path();
+    let other_games = tempfile::tempdir().unwrap();
     let out = Command::new(bin("lanspreadd"))
         .arg("--games")
-        .arg(games.path())
+        .arg(other_games.path())
         .arg("--state")
         .arg(dir.path().join("s"))
         .arg("--socket")
@@ -37,7 +39,7 @@ fn socket_in_use_is_refused_and_stale_socket_is_replaced() {
     assert!(stale.exists());
     let mut child = Command::new(bin("lanspreadd"))
         .arg("--games")
-        .arg(games.path())
+        .arg(other_games.path())
         .arg("--state")
         .arg(dir.path().join("s2"))
         .arg("--socket")
@@ -204,8 +206,10 @@ fn socket_access_reads_for_the_group_changes_for_admins() {
         "{out:?}"
     );
 
-    // In the socket's group: reads yes, changes no.
-    let n = node_with("grouped", games.path(), &["--group", "65534"]);
+    // In the socket's group: reads yes, changes no (a games dir of its own: one daemon
+    // per games dir).
+    let games2 = tempfile::tempdir().unwrap();
+    let n = node_with("grouped", games2.path(), &["--group", "65534"]);
     let meta = std::fs::metadata(n.socket_path()).unwrap();
     assert_eq!((meta.mode() & 0o777, meta.gid()), (0o660, 65534));
     let out = cli_as_nobody(&n.socket_path(), &["--json", "status"]);
@@ -230,9 +234,10 @@ fn socket_access_reads_for_the_group_changes_for_admins() {
     assert!(n.log().contains("permission denied: `shutdown`"));
 
     // Members of the admin group may make changes.
+    let games3 = tempfile::tempdir().unwrap();
     let a = node_with(
         "admin",
-        games.path(),
+        games3.path(),
         &["--group", "65534", "--admin-group", "65534"],
     );
     let out = cli_as_nobody(&a.socket_path(), &["download", "cod5"]);

@@ -39,7 +39,8 @@ fn s18_redundant_source_dies() {
     let d = tempfile::tempdir().unwrap();
     big_game(d.path(), 12);
     let a = source("a", d.path());
-    let mut b = source("b", d.path());
+    let same = lanspread_scenarios::linked_copy(d.path());
+    let mut b = source("b", same.path());
     let (c, games) = client();
     c.connect(&a);
     c.connect(&b);
@@ -268,6 +269,9 @@ fn make_liar(dir: &Path, files: &[&str], offset: u64) {
     HashCache::new()
         .manifest(&scan_root(&root, GameId::new("cod5").unwrap()))
         .unwrap();
+    let cache = root.join(".lanspread/chunks.json");
+    let mut persisted: serde_json::Value =
+        serde_json::from_slice(&fs::read(&cache).unwrap()).unwrap();
     for file in files {
         let path = root.join(file);
         let mtime = fs::metadata(&path).unwrap().modified().unwrap();
@@ -275,7 +279,15 @@ fn make_liar(dir: &Path, files: &[&str], offset: u64) {
         f.seek(SeekFrom::Start(offset)).unwrap();
         f.write_all(&[0xff]).unwrap();
         f.set_modified(mtime).unwrap();
+        drop(f);
+        // The cache notices the change (ctime); a liar's cache keeps the old hashes under
+        // the file's new identity.
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(&path).unwrap();
+        persisted["entries"][*file][0]["ctime_ns"] =
+            (m.ctime() * 1_000_000_000 + m.ctime_nsec()).into();
     }
+    fs::write(&cache, serde_json::to_vec(&persisted).unwrap()).unwrap();
 }
 
 /// A client downloads cod5 from a good source and a liar and gets the good tree.

@@ -145,7 +145,7 @@ fn liveness_killed_peer_is_lost_and_redialled() {
     a.connect(&b);
     let killed_at = now_ms();
     b.kill();
-    // No goodbye: the idle timeout (5 s with 1 s keep-alives) must drop it.
+    // No goodbye: the idle timeout (20 s with 1 s keep-alives) must drop it.
     let lost = a.wait_event("peer-lost", |e| e["peer_id"] == b.peer_id.as_str());
     eprintln!(
         "liveness: peer-lost {} ms after SIGKILL",

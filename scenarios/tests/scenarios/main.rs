@@ -1,7 +1,9 @@
 //! End-to-end scenarios (see `shared/scenarios.md`), one test binary split by topic.
 //! Run one with `cargo test -p lanspread-scenarios s03`.
 
+mod busy;
 mod control;
+mod control_limits;
 mod crash;
 mod downloads;
 mod failures;
@@ -13,8 +15,10 @@ mod lanes;
 mod library;
 mod limits;
 mod live;
+mod manage;
 mod mdns;
 mod progress;
 mod resume;
+mod robust;
 mod trust;
 mod util;

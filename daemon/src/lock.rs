@@ -1,0 +1,173 @@
+//! Exclusive ownership of the state dir and the games dir. A daemon takes both locks before
+//! it touches anything (events file, start-up sweep, identity, socket), so a second daemon
+//! on the same dirs refuses at once and leaves the running one's work alone.
+//!
+//! The lock is `flock(LOCK_EX | LOCK_NB)` on the directory itself (no lock file: a
+//! read-only games dir can be locked too). The kernel drops it when the process dies, so a
+//! crash never leaves a stale lock. The owner's pid is read back from `/proc/locks`.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+use crate::DaemonError;
+
+/// A held directory lock; released when dropped (or when the process ends).
+#[derive(Debug)]
+pub struct DirLock {
+    _dir: File,
+}
+
+impl DirLock {
+    /// Locks `dir` (what it is for is `what`, e.g. "games dir") exclusively, or says who
+    /// holds it.
+    pub fn acquire(dir: &Path, what: &str) -> Result<Self, DaemonError> {
+        let file = File::open(dir)
+            .map_err(|e| DaemonError::Config(format!("{what} {}: {e}", dir.display())))?;
+        let meta = file.metadata().map_err(|e| DaemonError::io(dir, e))?;
+        if !meta.is_dir() {
+            return Err(DaemonError::Config(format!(
+                "{what} {} is not a directory",
+                dir.display()
+            )));
+        }
+        // SAFETY: flock on a descriptor we own; no memory is passed.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            return Ok(Self { _dir: file });
+        }
+        let err = std::io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EWOULDBLOCK) => {
+                let owner = owner_pid(meta.dev(), meta.ino())
+                    .map(|pid| format!(" (pid {pid})"))
+                    .unwrap_or_default();
+                Err(DaemonError::DirInUse {
+                    what: what.into(),
+                    dir: dir.to_path_buf(),
+                    owner,
+                })
+            }
+            // A filesystem without flock (some network mounts): run unlocked, say so.
+            Some(libc::ENOLCK | libc::EOPNOTSUPP | libc::EINVAL) => {
+                tracing::warn!(dir = %dir.display(), "cannot lock the {what} ({err}); a second daemon on it would not be refused");
+                Ok(Self { _dir: file })
+            }
+            _ => Err(DaemonError::io(dir, err)),
+        }
+    }
+}
+
+/// The state dir and games dir locks of one daemon.
+#[derive(Debug)]
+pub struct DaemonLocks {
+    _state: DirLock,
+    _games: DirLock,
+}
+
+impl DaemonLocks {
+    /// Creates the state dir if missing, then locks it and the games dir.
+    pub fn acquire(state: &Path, games: &Path) -> Result<Self, DaemonError> {
+        if std::fs::symlink_metadata(state).is_err() {
+            std::fs::create_dir_all(state).map_err(|e| DaemonError::io(state, e))?;
+        }
+        if same_dir(state, games) {
+            return Err(DaemonError::Config(format!(
+                "--state and --games are the same directory ({}); keep the state apart",
+                games.display()
+            )));
+        }
+        Ok(Self {
+            _state: DirLock::acquire(state, "state dir")?,
+            _games: DirLock::acquire(games, "games dir")?,
+        })
+    }
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// The pid holding a flock on the inode `(dev, ino)`, from `/proc/locks`.
+fn owner_pid(dev: u64, ino: u64) -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/locks").ok()?;
+    parse_proc_locks(&text, Some((libc_major(dev), libc_minor(dev))), ino)
+        // Some filesystems (btrfs, overlayfs) report another device in /proc/locks than
+        // in stat: then the inode alone.
+        .or_else(|| parse_proc_locks(&text, None, ino))
+}
+
+fn libc_major(dev: u64) -> u64 {
+    ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)
+}
+
+fn libc_minor(dev: u64) -> u64 {
+    ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)
+}
+
+/// Finds the pid of an exclusive FLOCK line for `major:minor:ino` (hex major and minor,
+/// decimal inode, as the kernel prints them).
+fn parse_proc_locks(text: &str, dev: Option<(u64, u64)>, ino: u64) -> Option<u32> {
+    text.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // "1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF" (blocked waiters have "->").
+        let i = f.iter().position(|w| *w == "FLOCK")?;
+        if f.get(i + 2) != Some(&"WRITE") {
+            return None;
+        }
+        let pid = f.get(i + 3)?.parse().ok()?;
+        let mut id = f.get(i + 4)?.split(':');
+        let (ma, mi, inode) = (id.next()?, id.next()?, id.next()?);
+        let same_dev = match dev {
+            Some((major, minor)) => {
+                u64::from_str_radix(ma, 16).ok()? == major
+                    && u64::from_str_radix(mi, 16).ok()? == minor
+            }
+            None => true,
+        };
+        let matches = same_dev && inode.parse::<u64>().ok()? == ino;
+        matches.then_some(pid)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_locks_line_names_the_owner() {
+        let text = "1: POSIX  ADVISORY  WRITE 99 08:01:5678 0 EOF\n\
+                    2: FLOCK  ADVISORY  WRITE 4321 fd:01:5678 0 EOF\n\
+                    2: -> FLOCK  ADVISORY  WRITE 7 fd:01:5678 0 EOF\n";
+        assert_eq!(parse_proc_locks(text, Some((0xfd, 1)), 5678), Some(4321));
+        assert_eq!(parse_proc_locks(text, Some((8, 1)), 5678), None);
+        assert_eq!(parse_proc_locks(text, None, 5678), Some(4321));
+        assert_eq!(parse_proc_locks(text, Some((0xfd, 1)), 9), None);
+    }
+
+    #[test]
+    fn second_lock_on_a_dir_is_refused_with_the_owner() {
+        let d = tempfile::tempdir().unwrap();
+        let first = DirLock::acquire(d.path(), "games dir").unwrap();
+        let err = DirLock::acquire(d.path(), "games dir").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("in use by another lanspreadd"), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        drop(first);
+        DirLock::acquire(d.path(), "games dir").unwrap();
+    }
+
+    #[test]
+    fn state_and_games_must_differ() {
+        let d = tempfile::tempdir().unwrap();
+        let err = DaemonLocks::acquire(d.path(), d.path()).unwrap_err();
+        assert!(err.to_string().contains("same directory"), "{err}");
+    }
+}

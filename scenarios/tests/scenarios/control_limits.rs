@@ -1,0 +1,163 @@
+//! The control socket and the CLI under a careless or hostile client (issue 18): floods,
+//! endless lines, long-lived connections, stopped daemons, closed pipes, odd timeouts.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use lanspread_scenarios::{bin, Node};
+
+fn ask(stream: &mut UnixStream, line: &[u8]) -> String {
+    stream.write_all(line).unwrap();
+    stream.write_all(b"\n").unwrap();
+    let mut reply = String::new();
+    BufReader::new(stream.try_clone().unwrap())
+        .read_line(&mut reply)
+        .unwrap();
+    reply
+}
+
+#[test]
+fn unknown_fields_are_refused_on_every_command() {
+    let games = tempfile::tempdir().unwrap();
+    let n = Node::start("strict", games.path());
+    let mut s = UnixStream::connect(n.socket_path()).unwrap();
+    for bad in [
+        r#"{"cmd":"status","force":true}"#,
+        r#"{"cmd":"shutdown","now":1}"#,
+        r#"{"cmd":"install","game":"ggoo","force":true}"#,
+    ] {
+        let reply = ask(&mut s, bad.as_bytes());
+        assert!(reply.contains("unknown field"), "{bad}: {reply}");
+    }
+    assert!(ask(&mut s, br#"{"cmd":"status"}"#).contains("peer_id"));
+}
+
+#[test]
+fn long_lived_connections_are_bounded_per_line_not_in_total() {
+    let games = tempfile::tempdir().unwrap();
+    let n = Node::start("lines", games.path());
+    let mut s = UnixStream::connect(n.socket_path()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // 80 requests of 60 KiB each: 4.7 MiB on one connection, every one answered (a
+    // total cap of 4 MiB used to cut the connection silently).
+    let mut padded = br#"{"cmd":"status""#.to_vec();
+    padded.resize(60 << 10, b' ');
+    padded.push(b'}');
+    for i in 0..80 {
+        let reply = ask(&mut s, &padded);
+        assert!(reply.contains("peer_id"), "request {i}: {reply:?}");
+    }
+    // One line longer than 64 KiB is refused, whatever came before.
+    let mut long = vec![b' '; 70 << 10];
+    long.push(b'{');
+    assert!(ask(&mut s, &long).contains("request too long"));
+}
+
+#[test]
+fn a_flood_of_idle_connections_leaves_room_for_the_admin() {
+    let games = tempfile::tempdir().unwrap();
+    let n = Node::start("flood", games.path());
+    // Tests run as root, an admin: 128 connections for anyone plus 16 in reserve.
+    let idle: Vec<UnixStream> = (0..144)
+        .map(|_| UnixStream::connect(n.socket_path()).unwrap())
+        .collect();
+    // Every one of them still has its slot: the first answers.
+    let mut first = idle[0].try_clone().unwrap();
+    assert!(ask(&mut first, br#"{"cmd":"status"}"#).contains("peer_id"));
+    let over = UnixStream::connect(n.socket_path()).unwrap();
+    over.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reply = String::new();
+    BufReader::new(over.try_clone().unwrap())
+        .read_line(&mut reply)
+        .unwrap();
+    assert!(reply.contains("too many control connections"), "{reply}");
+    // Once they close, the socket serves again.
+    drop(idle);
+    drop(first);
+    lanspread_scenarios::wait_for("the slots to free", || {
+        (n.cli(&["status"]).code == 0).then_some(())
+    });
+}
+
+#[test]
+fn cli_never_hangs_on_a_stopped_daemon_nor_panics_on_a_closed_pipe() {
+    let games = tempfile::tempdir().unwrap();
+    let n = Node::start("cli", games.path());
+    // A stopped daemon still accepts connections; the CLI gives up (exit 3).
+    n.signal(libc::SIGSTOP);
+    let out = Command::new(bin("lanspread"))
+        .env("LANSPREAD_REPLY_TIMEOUT_MS", "1500")
+        .arg("--socket")
+        .arg(n.socket_path())
+        .arg("status")
+        .output()
+        .unwrap();
+    n.signal(libc::SIGCONT);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did not answer within 1.5 s"),
+        "{out:?}"
+    );
+
+    // The reader of `events` goes away: the CLI ends quietly (exit 0) on the next event,
+    // no panic (exit 101).
+    let mut events = Command::new(bin("lanspread"))
+        .arg("--socket")
+        .arg(n.socket_path())
+        .arg("events")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(events.stdout.take().unwrap()).lines();
+    let other_games = tempfile::tempdir().unwrap();
+    let other = Node::start("other", other_games.path());
+    n.connect(&other);
+    assert!(lines.next().is_some(), "no event line");
+    drop(lines);
+    let third_games = tempfile::tempdir().unwrap();
+    let third = Node::start("third", third_games.path());
+    n.connect(&third);
+    let out = lanspread_scenarios::wait_for("events to end", || events.try_wait().unwrap());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut events.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(out.code(), Some(0), "{out:?} {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn wait_peers_timeouts_mean_what_they_say() {
+    let games = tempfile::tempdir().unwrap();
+    let n = Node::start("wait", games.path());
+    for bad in ["nan", "-1", "soon"] {
+        let out = n.cli(&["wait-peers", "1", "--timeout", bad]);
+        assert_eq!(out.code, 2, "{bad}: {out:?}");
+    }
+    // `inf` and huge values wait for the peer instead of returning at once.
+    for forever in ["inf", "1e20"] {
+        let peer_games = tempfile::tempdir().unwrap();
+        let waiter = Command::new(bin("lanspread"))
+            .arg("--socket")
+            .arg(n.socket_path())
+            .args(["wait-peers", "1", "--timeout", forever])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        let mut waiter = waiter;
+        assert!(
+            waiter.try_wait().unwrap().is_none(),
+            "{forever}: returned at once"
+        );
+        let mut peer = Node::start("peer", peer_games.path());
+        n.connect(&peer);
+        let status =
+            lanspread_scenarios::wait_for("wait-peers to return", || waiter.try_wait().unwrap());
+        assert!(status.success(), "{forever}: {status:?}");
+        peer.shutdown();
+        lanspread_scenarios::wait_for("the peer gone", || n.peer_ids().is_empty().then_some(()));
+    }
+}

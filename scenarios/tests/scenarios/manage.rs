@@ -1,0 +1,94 @@
+//! `cancel` and `remove` (issue 18): stop a running download and keep what was verified;
+//! delete a game's files, partial or complete, only when confirmed.
+
+use lanspread_fixtures::GameSpec;
+use lanspread_scenarios::{assert_same_tree, Node, NodeOptions};
+
+#[test]
+fn cancel_stops_a_download_that_then_resumes_and_remove_deletes_it() {
+    let d = tempfile::tempdir().unwrap();
+    // 16 files of 4 MiB at 8 MiB/s: still running when the test acts on it.
+    GameSpec::new("cod5", "20250101")
+        .with_small_files(13, 16, 4 << 20)
+        .write(d.path())
+        .unwrap();
+    let s = Node::start("src", d.path());
+    let games = tempfile::tempdir().unwrap();
+    let c = Node::start_with(
+        "client",
+        games.path(),
+        NodeOptions {
+            args: vec!["--max-download-mib-s".into(), "8".into()],
+            ..Default::default()
+        },
+    );
+    c.connect(&s);
+    let out = c.cli(&["download", "cod5", "--no-install", "--detach"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    lanspread_scenarios::wait_for("a few chunks", || {
+        (c.events_named("download-chunk-finished").len() >= 3).then_some(())
+    });
+    // Busy: remove is refused while the download runs.
+    let out = c.cli(&["remove", "cod5", "--yes"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("operation already in progress"),
+        "{out:?}"
+    );
+
+    let out = c.cli(&["cancel", "cod5"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let failed = c.events_named("download-failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert!(failed[0]["reason"].as_str().unwrap().contains("cancelled"));
+    assert!(c.json(&["status"])["operations"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(!games.path().join("cod5/version.ini").exists());
+    let out = c.cli(&["cancel", "cod5"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("no download of game cod5 is running"),
+        "{out:?}"
+    );
+
+    // The next download resumes: it fetches only what was not verified.
+    c.download_ok("cod5", &["--no-install"]);
+    let begins = c.events_named("download-begin");
+    let again = begins.last().unwrap();
+    let resumed = again["resumed_chunks"].as_u64().unwrap();
+    assert!(resumed >= 1, "{begins:?}");
+    let fetched = c
+        .events_named("download-chunk-finished")
+        .iter()
+        .filter(|e| e["ts_ms"].as_u64() >= again["ts_ms"].as_u64())
+        .count() as u64;
+    assert_eq!(
+        fetched + resumed,
+        again["chunks"].as_u64().unwrap(),
+        "{begins:?}"
+    );
+    assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
+
+    // Remove asks first: without a terminal it needs --yes, and deletes nothing.
+    let out = c.cli(&["remove", "cod5"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("--yes"), "{out:?}");
+    assert!(games.path().join("cod5/version.ini").exists());
+    let out = c.cli(&["remove", "cod5", "--yes"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(!games.path().join("cod5").exists());
+    assert!(c.local_row("cod5").is_none());
+    assert_eq!(
+        std::fs::read_dir(games.path()).unwrap().count(),
+        0,
+        "nothing left behind"
+    );
+    let out = c.cli(&["remove", "cod5", "--yes"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("not in the games dir"), "{out:?}");
+    // And it can be downloaded again from scratch.
+    c.download_ok("cod5", &["--no-install"]);
+    assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
+}
