@@ -277,6 +277,15 @@ pub struct Event {
     pub kind: EventKind,
 }
 
+/// Why one source did not (fully) serve a download.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceFailure {
+    /// The source.
+    pub peer_id: PeerId,
+    /// Its last failure.
+    pub reason: String,
+}
+
 /// Every event of the contract; `"event"` holds the kebab-case name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "kebab-case")]
@@ -347,6 +356,9 @@ pub enum EventKind {
     DownloadFailed {
         game_id: GameId,
         reason: String,
+        /// Each source that failed or was left out, with its last reason.
+        #[serde(default)]
+        sources: Vec<SourceFailure>,
     },
     InstallBegin {
         game_id: GameId,

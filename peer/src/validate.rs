@@ -123,6 +123,11 @@ impl ManifestVote {
         }
     }
 
+    /// The sources whose answer was refused or unusable so far, with why.
+    pub fn rejected(&self) -> &[(PeerId, String)] {
+        &self.rejected
+    }
+
     /// Records a source that sent no manifest (refused, failed, timed out) and why, so a
     /// download that ends with no usable metadata says each source's reason.
     pub fn no_answer(&mut self, peer: PeerId, why: String) {

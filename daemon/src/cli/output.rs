@@ -262,11 +262,12 @@ mod tests {
             kind: crate::api::EventKind::DownloadFailed {
                 game_id: lanspread_catalog::GameId::new("cod5").unwrap(),
                 reason: "no peers".into(),
+                sources: Vec::new(),
             },
         };
         assert_eq!(
             event_line(&e),
-            "01:02:03.004 download-failed game_id=cod5 reason=no peers"
+            "01:02:03.004 download-failed game_id=cod5 reason=no peers sources=[]"
         );
         let id = lanspread_catalog::GameId::new("cod5").unwrap();
         let rate = crate::api::Event {

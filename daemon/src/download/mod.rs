@@ -146,7 +146,8 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
         .get(&id)
         .cloned()
         .unwrap_or_default();
-    let result = download(&shared, &id, &sources, &mut files, &cancel).await;
+    let mut why = std::collections::BTreeMap::new();
+    let result = download(&shared, &id, &sources, &mut files, &cancel, &mut why).await;
     for f in files {
         shared.writer.close(f).await;
     }
@@ -178,6 +179,10 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
             shared.events.emit(EventKind::DownloadFailed {
                 game_id: id.clone(),
                 reason,
+                sources: why
+                    .into_iter()
+                    .map(|(peer_id, reason)| crate::api::SourceFailure { peer_id, reason })
+                    .collect(),
             });
             false
         }
@@ -232,6 +237,7 @@ async fn download(
     sources: &Sources,
     files_open: &mut Vec<u64>,
     cancel: &tokio::sync::Notify,
+    why: &mut std::collections::BTreeMap<PeerId, String>,
 ) -> Result<Done, String> {
     let mut shutdown = shared.shutdown.subscribe();
     // Metadata from every newest source, validated by plurality.
@@ -281,7 +287,7 @@ async fn download(
                     Ok(files) => vote.add(peer, files),
                     Err(e) => {
                         warn!(peer = %peer.short(), "no manifest: {e}");
-                        vote.no_answer(peer, e);
+                        vote.no_answer(peer, format!("no manifest: {e}"));
                     }
                 }
             }
@@ -300,9 +306,11 @@ async fn download(
             );
         }
     }
+    why.extend(vote.rejected().iter().cloned());
     let chosen = vote.choose(id).map_err(|e| e.to_string())?;
-    for (peer, why) in &chosen.rejected {
-        warn!(peer = %peer.short(), "not a source for {id}: {why}");
+    for (peer, reason) in &chosen.rejected {
+        warn!(peer = %peer.short(), "not a source for {id}: {reason}");
+        why.insert(peer.clone(), reason.clone());
     }
     shared.events.emit(EventKind::GotGameFiles {
         game_id: id.clone(),
@@ -369,6 +377,7 @@ async fn download(
         file_ids: files_open,
         journal: &mut journal,
         lanes: lanes::Lanes::open(shared, &chosen.sources).await,
+        why,
     };
     tokio::select! {
         r = transfer(shared, id, sources, work, &mut planner) => r?,
@@ -409,6 +418,8 @@ struct Work<'a> {
     file_ids: &'a [u64],
     journal: &'a mut journal::Journal,
     lanes: lanes::Lanes,
+    /// Each source's last failure (for `download-failed`).
+    why: &'a mut std::collections::BTreeMap<PeerId, String>,
 }
 
 async fn transfer(
@@ -423,10 +434,10 @@ async fn transfer(
         file_ids,
         journal,
         mut lanes,
+        why: last_failure,
     } = work;
     let mut running = JoinSet::new();
     // The last failure of each source, for the message when none is left.
-    let mut last_failure = std::collections::BTreeMap::<PeerId, String>::new();
     // When each source last sent bytes, on any lane: its streams are judged together.
     let activity: std::collections::HashMap<PeerId, Arc<fetch::Activity>> = sources
         .peers

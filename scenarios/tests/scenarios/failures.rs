@@ -349,6 +349,27 @@ fn s38_corrupted_source() {
         "{}",
         out.stdout
     );
+    // The real cause is named, in the reason and per source.
+    let failed = out.json();
+    assert!(
+        failed["reason"]
+            .as_str()
+            .unwrap()
+            .contains("SHA-256 mismatch"),
+        "{failed}"
+    );
+    assert_eq!(
+        failed["sources"][0]["peer_id"],
+        liar.peer_id.as_str(),
+        "{failed}"
+    );
+    assert!(
+        failed["sources"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("SHA-256 mismatch"),
+        "{failed}"
+    );
     assert_not_committed(&c2, games2.path(), "cod5");
 }
 
