@@ -11,16 +11,21 @@ pub struct NetLab {
     hosts: Vec<(String, String)>,
 }
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
+/// Runs one of iproute2's tools (`ip`, `tc`), failing the test with its stderr.
+fn iproute(tool: &str, args: &[&str]) {
+    let out = Command::new(tool)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e} (is iproute2 installed?)"));
+        .unwrap_or_else(|e| panic!("{tool} {args:?}: {e} (is iproute2 installed?)"));
     assert!(
         out.status.success(),
-        "ip {args:?}: {}",
+        "{tool} {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+fn ip(args: &[&str]) {
+    iproute("ip", args);
 }
 
 impl NetLab {
@@ -89,17 +94,12 @@ impl NetLab {
             (ns.as_str(), "eth0"),
             (self.bridge_ns.as_str(), port.as_str()),
         ] {
-            let out = Command::new("tc")
-                .args([
-                    "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
-                ])
-                .args(["burst", "64kb", "latency", "50ms"])
-                .output()
-                .unwrap_or_else(|e| panic!("tc: {e} (is iproute2 installed?)"));
-            assert!(
-                out.status.success(),
-                "tc on {ns}/{dev}: {}",
-                String::from_utf8_lossy(&out.stderr)
+            iproute(
+                "tc",
+                &[
+                    "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst",
+                    "64kb", "latency", "50ms",
+                ],
             );
         }
     }
