@@ -6,6 +6,7 @@ mod commit;
 mod fetch;
 mod journal;
 mod lanes;
+mod stop;
 mod writer;
 
 use std::collections::BTreeSet;
@@ -19,6 +20,8 @@ use quinn::Connection;
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
+use stop::stop_requested;
+pub use stop::{cancel, cancellable};
 pub use writer::Writer;
 
 /// What a download killed midway leaves in a root besides its data files and journal
@@ -98,29 +101,6 @@ pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Stri
     Ok((id, sources))
 }
 
-/// Asks the running download of `id` to stop (`cancel`); its `download-failed` follows.
-/// `false`: no download of it is running.
-pub fn cancel(shared: &Shared, id: &GameId) -> bool {
-    let cancels = shared.cancels.lock().unwrap_or_else(|p| p.into_inner());
-    match cancels.get(id) {
-        Some(n) => {
-            // A stored permit: the download sees it even if it is not waiting right now.
-            n.notify_one();
-            true
-        }
-        None => false,
-    }
-}
-
-/// Whether a download of `id` is registered (running, or not yet past its terminal event).
-pub fn cancellable(shared: &Shared, id: &GameId) -> bool {
-    shared
-        .cancels
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains_key(id)
-}
-
 /// Runs a registered download and, when asked and it succeeded, installs the game.
 /// Every log line of it, chunk tasks included, carries a `download{game=..}` span.
 pub async fn run_with_install(shared: Arc<Shared>, id: GameId, sources: Sources, install: bool) {
@@ -194,23 +174,6 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
         .unwrap_or_else(|p| p.into_inner())
         .remove(&id);
     ok
-}
-
-/// Resolves when the daemon shuts down or the download is cancelled, with the reason.
-/// Raced only against the phases that wait on peers (manifests, transfer): preparing the
-/// files and committing always run to their end, so a stop never races a commit.
-async fn stop_requested(
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
-    cancel: &tokio::sync::Notify,
-) -> String {
-    tokio::select! {
-        () = crate::state::until_shutdown(shutdown) => {
-            "the daemon is shutting down (a later download resumes from the verified chunks)".into()
-        }
-        () = cancel.notified() => {
-            "cancelled (a later download resumes from the verified chunks)".into()
-        }
-    }
 }
 
 struct Done {
