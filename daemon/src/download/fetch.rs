@@ -59,7 +59,7 @@ fn stall_timeout() -> Duration {
 }
 
 /// When a source last delivered bytes to this download, on any stream or lane (shared by
-/// the fetches of every transfer thread; a relaxed store per read).
+/// the fetches of every transfer thread; a relaxed load per read, a store per millisecond).
 #[derive(Debug, Default)]
 pub struct Activity(AtomicU64);
 
@@ -71,7 +71,11 @@ impl Activity {
 
     fn touch(&self, now: Instant) {
         let ms = now.saturating_duration_since(Self::base()).as_millis() as u64;
-        self.0.fetch_max(ms, Ordering::Relaxed);
+        // Lanes of one source run on different threads: write the shared line at most
+        // once a millisecond per lane, not once per read.
+        if ms > self.0.load(Ordering::Relaxed) {
+            self.0.fetch_max(ms, Ordering::Relaxed);
+        }
     }
 
     fn last(&self) -> Instant {
@@ -80,7 +84,7 @@ impl Activity {
 }
 
 /// The stall watchdog of one request stream: a single timer, re-armed only when it fires
-/// (never per read), so the hot path pays an `Instant::now()` and a relaxed atomic store
+/// (never per read), so the hot path pays an `Instant::now()` and a relaxed atomic load
 /// per read and no timer updates. It fires only when neither this stream nor any other
 /// of the same source moved for the stall timeout.
 struct Stall<'a> {
