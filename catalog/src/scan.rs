@@ -130,7 +130,7 @@ pub fn scan_root(dir: &Path, id: GameId) -> GameRoot {
     files.sort_by(|a, b| a.path.cmp(&b.path));
     let problem = walk.problem;
     if let (Some(_), Some(p)) = (version, &problem) {
-        warn!(game = %id, "not offered: {p}");
+        warn_once(dir, &format!("game {id} not offered: {p}"));
     }
     let installed = dir.join(crate::LOCAL_DIR).join(INSTALLED_MARKER).is_file();
     GameRoot {
@@ -177,14 +177,15 @@ fn read_sentinel(path: &Path) -> Result<Option<String>, String> {
     Ok(Some(text))
 }
 
-/// Logs `why` for `path` once per process (the rescan repeats every few seconds).
+/// Logs `why` for `path` once per process (the rescan repeats every few seconds); a new
+/// `why` for the same path is logged again.
 fn warn_once(path: &Path, why: &str) {
-    static SEEN: std::sync::Mutex<Option<std::collections::HashSet<PathBuf>>> =
+    static SEEN: std::sync::Mutex<Option<std::collections::HashSet<(PathBuf, String)>>> =
         std::sync::Mutex::new(None);
     let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
     if seen
         .get_or_insert_with(Default::default)
-        .insert(path.to_path_buf())
+        .insert((path.to_path_buf(), why.to_owned()))
     {
         warn!(path = %path.display(), "{why}");
     }

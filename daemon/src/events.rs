@@ -125,15 +125,19 @@ impl EventBus {
     /// Closes the sink; a queued sink gets up to `within` to write what it holds (a
     /// stuck reader does not hold up the exit longer).
     pub fn close(&self, within: Duration) {
-        let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
-        if !matches!(*sink, Sink::Queue(..)) {
-            return;
-        }
-        if let Sink::Queue(tx, done) = std::mem::replace(&mut *sink, Sink::None) {
-            drop(sink);
-            drop(tx);
-            let _ = done.recv_timeout(within);
-        }
+        let done = {
+            let mut sink = self.sink.lock().unwrap_or_else(|p| p.into_inner());
+            match std::mem::replace(&mut *sink, Sink::None) {
+                // Dropping the sender ends the writer's loop once the queue is empty.
+                Sink::Queue(_tx, done) => done,
+                // A file (or nothing) stays: later events still reach it.
+                other => {
+                    *sink = other;
+                    return;
+                }
+            }
+        };
+        let _ = done.recv_timeout(within);
     }
 
     /// Event lines dropped because the events sink's reader did not keep up.
