@@ -34,9 +34,37 @@ pub enum InstallError {
         /// The second archive.
         second: String,
     },
-    /// An extracted symlink points outside the install folder.
-    #[error("symlink {0} points outside the install folder")]
-    SymlinkEscape(String),
+    /// A link entry was refused: a symlink whose target leaves the install folder, or a
+    /// hard link or file copy whose target is not a file extracted before it.
+    #[error("{kind} {entry} -> {target}: {why}")]
+    Link {
+        /// "symlink", "hard link" or "file copy".
+        kind: &'static str,
+        /// The link entry.
+        entry: String,
+        /// Its target as stored.
+        target: String,
+        /// Why it was refused.
+        why: String,
+    },
+    /// The archives are a volume set that cannot be put together (missing first or middle
+    /// volume, a last volume that says more follow, two volumes with one number).
+    #[error("{0}")]
+    VolumeSet(String),
+    /// An archive or one of its entries is encrypted.
+    #[error("archive {0}: encrypted (lanspread cannot install password-protected archives)")]
+    Encrypted(PathBuf),
+    /// What was extracted differs from the archive's listing: an entry missing, short, or
+    /// of another type.
+    #[error("archive {archive}: entry {entry}: {why}")]
+    Incomplete {
+        /// The archive (first volume).
+        archive: PathBuf,
+        /// The entry.
+        entry: String,
+        /// What differs.
+        why: String,
+    },
     /// The filesystem lacks room for the unpacked size.
     #[error("not enough free space: need {need} bytes, {free} available")]
     NoSpace {

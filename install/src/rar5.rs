@@ -19,8 +19,12 @@ pub const SIGNATURE: [u8; 8] = [0x52, 0x61, 0x72, 0x21, 0x1A, 0x07, 0x01, 0x00];
 const HEAD_MAIN: u64 = 1;
 const HEAD_FILE: u64 = 2;
 const HEAD_END: u64 = 5;
-/// Common header flag: a data area follows the header.
+/// Common header flags: an extra area follows the header; a data area follows it.
+const HFL_EXTRA: u64 = 0x0001;
 const HFL_DATA: u64 = 0x0002;
+/// Extra record type: file system redirection.
+const EXTRA_REDIR: u64 = 0x05;
+const S_IFLNK: u32 = 0o120000;
 /// File flags.
 const FHFL_DIRECTORY: u64 = 0x0001;
 const FHFL_UTIME: u64 = 0x0002;
@@ -31,6 +35,17 @@ const HOST_UNIX: u64 = 1;
 const COMPRESSION_STORE: u64 = 0;
 const S_IFREG: u32 = 0o100000;
 const S_IFDIR: u32 = 0o040000;
+
+/// Kinds of link entries (RAR 5 redirection types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A Unix symbolic link; the target is stored as written.
+    Symlink = 1,
+    /// A hard link to an earlier entry of the archive.
+    HardLink = 4,
+    /// A copy of an earlier entry of the archive.
+    FileCopy = 5,
+}
 
 /// Options of the writer.
 #[derive(Debug, Clone, Copy, Default)]
@@ -47,6 +62,8 @@ pub struct PackSummary {
     pub files: u64,
     /// Directories stored.
     pub dirs: u64,
+    /// Symlinks stored.
+    pub links: u64,
     /// Payload bytes stored.
     pub bytes: u64,
 }
@@ -92,7 +109,7 @@ impl<W: Write + Seek> Rar5Writer<W> {
     ) -> Result<(), InstallError> {
         self.check(name)?;
         let start = self.out.stream_position().map_err(io_err)?;
-        let header = file_header(name, S_IFREG | (mode & 0o7777), mtime, size, 0, false);
+        let header = file_header(name, S_IFREG | (mode & 0o7777), mtime, size, 0, Entry::File);
         self.out.write_all(&header).map_err(io_err)?;
         let mut hasher = crc32fast::Hasher::new();
         // Sized to the file (one byte more, to notice a reader that has more than it
@@ -127,7 +144,7 @@ impl<W: Write + Seek> Rar5Writer<W> {
             mtime,
             size,
             hasher.finalize(),
-            false,
+            Entry::File,
         );
         debug_assert_eq!(fixed.len(), header.len());
         self.out.seek(SeekFrom::Start(start)).map_err(io_err)?;
@@ -139,7 +156,26 @@ impl<W: Write + Seek> Rar5Writer<W> {
     /// Stores a directory entry.
     pub fn add_dir(&mut self, name: &str, mode: u32, mtime: u32) -> Result<(), InstallError> {
         self.check(name)?;
-        let header = file_header(name, S_IFDIR | (mode & 0o7777), mtime, 0, 0, true);
+        let header = file_header(name, S_IFDIR | (mode & 0o7777), mtime, 0, 0, Entry::Dir);
+        self.out.write_all(&header).map_err(io_err)
+    }
+
+    /// Stores a link entry: a symlink to `target` as written, or a hard link or file copy
+    /// of the earlier entry `target` (whose size is `size`).
+    pub fn add_link(
+        &mut self,
+        name: &str,
+        kind: LinkKind,
+        target: &str,
+        mtime: u32,
+        size: u64,
+    ) -> Result<(), InstallError> {
+        self.check(name)?;
+        let (attr, size) = match kind {
+            LinkKind::Symlink => (S_IFLNK | 0o777, 0),
+            LinkKind::HardLink | LinkKind::FileCopy => (S_IFREG | 0o644, size),
+        };
+        let header = file_header(name, attr, mtime, size, 0, Entry::Link(kind, target));
         self.out.write_all(&header).map_err(io_err)
     }
 
@@ -184,6 +220,7 @@ pub fn pack_dir(dir: &Path, out: &Path) -> Result<PackSummary, InstallError> {
         let mut summary = PackSummary {
             files: 0,
             dirs: 0,
+            links: 0,
             bytes: 0,
         };
         let out_canon = fs::canonicalize(out.parent().unwrap_or(Path::new("."))).ok();
@@ -249,6 +286,19 @@ fn pack_walk<W: Write + Seek>(
             w.add_file(&rel, mode, mtime, meta.len(), f)?;
             summary.files += 1;
             summary.bytes += meta.len();
+        } else if meta.file_type().is_symlink() {
+            let target = fs::read_link(&path).map_err(|e| InstallError::io(&path, e))?;
+            let Some(target) = target.to_str() else {
+                return Err(InstallError::UnsafeName(path.display().to_string()));
+            };
+            w.add_link(&rel, LinkKind::Symlink, target, mtime, 0)?;
+            summary.links += 1;
+        } else {
+            // A FIFO, socket or device: nothing a game ships, and nothing to leave out silently.
+            return Err(InstallError::io(
+                &path,
+                io::Error::new(io::ErrorKind::Unsupported, "not a file, folder or symlink"),
+            ));
         }
     }
     Ok(())
@@ -271,34 +321,66 @@ fn io_err(e: io::Error) -> InstallError {
     InstallError::io(PathBuf::new(), e)
 }
 
-/// Builds a complete file header (CRC, size, body) for one entry.
-fn file_header(name: &str, attr: u32, mtime: u32, size: u64, crc: u32, dir: bool) -> Vec<u8> {
-    let mut body = Vec::with_capacity(64 + name.len());
+/// Builds a complete file header (CRC, size, body) for one entry. Every entry declares a
+/// data area, empty for folders and links, as WinRAR writes them (libarchive refuses a
+/// folder header without one: "no data found in file/service block").
+fn file_header(name: &str, attr: u32, mtime: u32, size: u64, crc: u32, kind: Entry<'_>) -> Vec<u8> {
+    let dir = matches!(kind, Entry::Dir);
+    let extra = match kind {
+        Entry::Link(link, target) => redirect_record(link, target),
+        _ => Vec::new(),
+    };
+    let stored = if matches!(kind, Entry::File) { size } else { 0 };
+    let mut body = Vec::with_capacity(64 + name.len() + extra.len());
     put_vint(&mut body, HEAD_FILE);
-    if dir {
-        put_vint(&mut body, 0);
-    } else {
+    if extra.is_empty() {
         put_vint(&mut body, HFL_DATA);
-        put_vint(&mut body, size); // data size: stored, so packed == unpacked
+    } else {
+        put_vint(&mut body, HFL_DATA | HFL_EXTRA);
+        put_vint(&mut body, extra.len() as u64);
     }
+    put_vint(&mut body, stored); // data size: stored, so packed == unpacked
     let mut flags = FHFL_UTIME;
     if dir {
         flags |= FHFL_DIRECTORY;
-    } else {
+    } else if matches!(kind, Entry::File) {
         flags |= FHFL_CRC32;
     }
     put_vint(&mut body, flags);
     put_vint(&mut body, size); // unpacked size
     put_vint(&mut body, u64::from(attr));
     body.extend_from_slice(&mtime.to_le_bytes());
-    if !dir {
+    if matches!(kind, Entry::File) {
         body.extend_from_slice(&crc.to_le_bytes());
     }
     put_vint(&mut body, COMPRESSION_STORE);
     put_vint(&mut body, HOST_UNIX);
     put_vint(&mut body, name.len() as u64);
     body.extend_from_slice(name.as_bytes());
+    body.extend_from_slice(&extra);
     frame_header(&body)
+}
+
+/// What a file header describes.
+#[derive(Clone, Copy)]
+enum Entry<'a> {
+    File,
+    Dir,
+    Link(LinkKind, &'a str),
+}
+
+/// A file system redirection record (extra record type 5): link type, flags, target.
+fn redirect_record(kind: LinkKind, target: &str) -> Vec<u8> {
+    let mut rec = Vec::with_capacity(8 + target.len());
+    put_vint(&mut rec, EXTRA_REDIR);
+    put_vint(&mut rec, kind as u64);
+    put_vint(&mut rec, 0); // flags: target is not a directory
+    put_vint(&mut rec, target.len() as u64);
+    rec.extend_from_slice(target.as_bytes());
+    let mut out = Vec::with_capacity(rec.len() + 2);
+    put_vint(&mut out, rec.len() as u64);
+    out.extend_from_slice(&rec);
+    out
 }
 
 /// Prefixes a header body with its size (vint) and the CRC32 of size + body.

@@ -173,19 +173,22 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 archive: String,
                 files: u64,
                 dirs: u64,
+                links: u64,
                 bytes: u64,
             }
             let p = Packed {
                 archive: output.display().to_string(),
                 files: s.files,
                 dirs: s.dirs,
+                links: s.links,
                 bytes: s.bytes,
             };
             print(json, &p, || {
                 format!(
-                    "packed {} files, {} dirs, {} into {}",
+                    "packed {} files, {} dirs, {} symlinks, {} into {}",
                     p.files,
                     p.dirs,
+                    p.links,
                     output::bytes(p.bytes),
                     p.archive
                 )

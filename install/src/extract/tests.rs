@@ -3,6 +3,7 @@
 //! `local/` is left.
 
 use super::*;
+use crate::tree::uninstall_root;
 use crate::{Rar5Writer, WriterOptions};
 use std::io::Cursor;
 
