@@ -374,6 +374,13 @@ pub(crate) struct Archive {
 #[derive(Debug)]
 pub(crate) struct DllError(pub String);
 
+impl DllError {
+    /// The failure is a password UnRAR asked for or refused.
+    pub fn is_encrypted(&self) -> bool {
+        self.0 == describe(unrar_sys::ERAR_MISSING_PASSWORD)
+    }
+}
+
 impl Archive {
     /// Opens `volumes[0]`; the others are handed to UnRAR in order when it asks.
     pub fn open(volumes: &[PathBuf], mode: Mode) -> Result<Self, DllError> {

@@ -76,6 +76,9 @@ fn io(path: &Path) -> impl FnOnce(io::Error) -> InstallError + '_ {
 }
 
 fn archive_err(archive: &Path, e: dll::DllError) -> InstallError {
+    if e.is_encrypted() {
+        return InstallError::Encrypted(archive.to_path_buf());
+    }
     InstallError::Archive {
         archive: archive.to_path_buf(),
         why: e.0,
@@ -394,18 +397,24 @@ impl Run<'_> {
             Redirect::Symlink(None) => {
                 // RAR 4: the target is the entry's data, which UnRAR reads only when it
                 // creates the link itself — at exactly `dest`, checked right after.
-                arc.extract_link(&dest).map_err(|e| {
-                    link_err(
-                        "symlink",
-                        &h.name,
-                        "(stored in the entry)",
-                        &format!(
-                            "UnRAR refused it ({}): its target is absolute or leaves the archive",
-                            e.0
-                        ),
-                    )
-                })?;
-                let target = fs::read_link(&dest).map_err(io(&dest))?;
+                // UnRAR refuses (and reports success for) a target that is absolute or
+                // climbs out of the archive: no link is then made.
+                let made = arc.extract_link(&dest);
+                let target = match (made, fs::read_link(&dest)) {
+                    (Ok(()), Ok(target)) => target,
+                    (made, _) => {
+                        let detail = made
+                            .err()
+                            .map(|e| format!(" ({})", e.0))
+                            .unwrap_or_default();
+                        return Err(link_err(
+                            "symlink",
+                            &h.name,
+                            "(stored in the entry)",
+                            &format!("UnRAR did not create it{detail}: its target is absolute or leaves the archive"),
+                        ));
+                    }
+                };
                 let target = target.to_string_lossy().into_owned();
                 if let Some(why) = links::lexical_escape(&listed.rel, &target) {
                     return Err(link_err("symlink", &h.name, &target, why));

@@ -40,6 +40,8 @@ const MAX_BLOCKS: usize = 1 << 20;
 /// (UnRAR will say what it is); headers that cannot be walked (encrypted, damaged) leave
 /// `number`/`more` unknown rather than failing.
 pub(crate) fn probe<R: Read + Seek>(r: &mut R) -> io::Result<Option<VolumeInfo>> {
+    let len = r.seek(SeekFrom::End(0))?;
+    r.seek(SeekFrom::Start(0))?;
     let mut head = Vec::with_capacity(SFX_MAX.min(64 * 1024));
     r.by_ref().take(SFX_MAX as u64).read_to_end(&mut head)?;
     let find = |sig: &[u8]| head.windows(sig.len()).position(|w| w == sig);
@@ -51,10 +53,10 @@ pub(crate) fn probe<R: Read + Seek>(r: &mut R) -> io::Result<Option<VolumeInfo>>
     };
     if v5 {
         r.seek(SeekFrom::Start((pos + RAR5_SIG.len()) as u64))?;
-        Ok(Some(rar5(r).unwrap_or_default()))
+        Ok(Some(rar5(r, len).unwrap_or_default()))
     } else {
         r.seek(SeekFrom::Start((pos + RAR4_SIG.len()) as u64))?;
-        Ok(Some(rar4(r).unwrap_or_default()))
+        Ok(Some(rar4(r, len).unwrap_or_default()))
     }
 }
 
@@ -81,7 +83,7 @@ fn u32le(b: &[u8], at: usize) -> Option<u32> {
 }
 
 /// RAR 1.5–4.x: main header flags, then the block chain up to the end block.
-fn rar4<R: Read + Seek>(r: &mut R) -> Option<VolumeInfo> {
+fn rar4<R: Read + Seek>(r: &mut R, len: u64) -> Option<VolumeInfo> {
     const MAIN: u8 = 0x73;
     const ENDARC: u8 = 0x7b;
     const MHD_VOLUME: u16 = 0x0001;
@@ -147,8 +149,11 @@ fn rar4<R: Read + Seek>(r: &mut R) -> Option<VolumeInfo> {
                 data |= u64::from(u32le(&block, 32)?) << 32;
             }
         }
-        r.seek(SeekFrom::Start(start + u64::from(size) + data))
-            .ok()?;
+        let next = start + u64::from(size) + data;
+        if next > len {
+            return Some(info); // the data runs past the end: cut short
+        }
+        r.seek(SeekFrom::Start(next)).ok()?;
     }
     Some(info)
 }
@@ -168,7 +173,7 @@ fn vint(b: &[u8], at: &mut usize) -> Option<u64> {
 
 /// RAR 5: the main header (volume flags and number), then the header chain up to the end
 /// of archive header.
-fn rar5<R: Read + Seek>(r: &mut R) -> Option<VolumeInfo> {
+fn rar5<R: Read + Seek>(r: &mut R, len: u64) -> Option<VolumeInfo> {
     const MAIN: u64 = 1;
     const CRYPT: u64 = 4;
     const END: u64 = 5;
@@ -225,10 +230,11 @@ fn rar5<R: Read + Seek>(r: &mut R) -> Option<VolumeInfo> {
             }
             _ => {}
         }
-        r.seek(SeekFrom::Start(
-            body_start.checked_add(size)?.checked_add(data)?,
-        ))
-        .ok()?;
+        let next = body_start.checked_add(size)?.checked_add(data)?;
+        if next > len {
+            return Some(info); // the data runs past the end: cut short
+        }
+        r.seek(SeekFrom::Start(next)).ok()?;
     }
     Some(info)
 }

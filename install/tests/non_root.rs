@@ -1,0 +1,145 @@
+//! A daemon that is not root (the shipped unit runs as its own user) installs, uninstalls
+//! and reinstalls an archive whose folders are read-only (0555) and files 0444: every step
+//! works, and none leaves staging or trash behind. Needs root to become uid 65534; fails
+//! without it unless `LANSPREAD_SKIP_PRIVILEGED=1`.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs;
+use std::io::Cursor;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use lanspread_install::{install_root, uninstall_root, Rar5Writer};
+
+const NOBODY: u32 = 65534;
+
+fn archive(path: &Path) {
+    let mut w = Rar5Writer::new(fs::File::create(path).unwrap()).unwrap();
+    w.add_dir("ro", 0o555, 1_700_000_000).unwrap();
+    w.add_file(
+        "ro/file",
+        0o444,
+        1_700_000_000,
+        3,
+        Cursor::new(b"abc".to_vec()),
+    )
+    .unwrap();
+    w.add_dir("ro/sub", 0o555, 1_700_000_000).unwrap();
+    w.add_file(
+        "ro/sub/deep",
+        0o444,
+        1_700_000_000,
+        1,
+        Cursor::new(b"d".to_vec()),
+    )
+    .unwrap();
+    w.finish().unwrap();
+}
+
+/// The steps, run as uid 65534 in a forked child; the exit code names the failed step.
+fn steps(root: &Path) -> i32 {
+    let leftovers =
+        || root.join(".lanspread-staging").exists() || root.join(".lanspread-trash").exists();
+    let mode = |p: &str| {
+        fs::symlink_metadata(root.join("local").join(p)).map(|m| m.permissions().mode() & 0o777)
+    };
+    if let Err(e) = install_root(root) {
+        eprintln!("install: {e}");
+        return 10;
+    }
+    if mode("ro").ok() != Some(0o555) || mode("ro/sub/deep").ok() != Some(0o444) || leftovers() {
+        eprintln!("install: modes {:?} {:?}", mode("ro"), mode("ro/sub/deep"));
+        return 11;
+    }
+    // Reinstall over the read-only tree: the old one moves aside and is removed.
+    if let Err(e) = install_root(root) {
+        eprintln!("reinstall: {e}");
+        return 20;
+    }
+    if leftovers() {
+        return 21;
+    }
+    if let Err(e) = uninstall_root(root) {
+        eprintln!("uninstall: {e}");
+        return 30;
+    }
+    if root.join("local").exists() || leftovers() {
+        return 31;
+    }
+    if let Err(e) = install_root(root) {
+        eprintln!("install after uninstall: {e}");
+        return 40;
+    }
+    0
+}
+
+fn chown_tree(p: &Path) {
+    let c = CString::new(p.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid C path; lchown does not follow links.
+    assert_eq!(
+        unsafe { libc::lchown(c.as_ptr(), NOBODY, NOBODY) },
+        0,
+        "chown {}",
+        p.display()
+    );
+    if fs::symlink_metadata(p).unwrap().is_dir() {
+        for e in fs::read_dir(p).unwrap() {
+            chown_tree(&e.unwrap().path());
+        }
+    }
+}
+
+#[test]
+fn a_daemon_that_is_not_root_installs_uninstalls_and_reinstalls_read_only_folders() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        if std::env::var("LANSPREAD_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+            eprintln!("skipped: not root and LANSPREAD_SKIP_PRIVILEGED=1");
+            return;
+        }
+        panic!("this test needs root to run an install as uid {NOBODY}; run it as root or set LANSPREAD_SKIP_PRIVILEGED=1");
+    }
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("games/g");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("version.ini"), "20250101\n").unwrap();
+    archive(&root.join("game.eti"));
+    chown_tree(t.path());
+    // SAFETY: the child only runs the install steps and leaves with _exit; glibc keeps
+    // malloc usable after fork.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: dropping privileges in the child, then leaving without unwinding.
+        unsafe {
+            let code = if libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(NOBODY) == 0
+                && libc::setuid(NOBODY) == 0
+                && libc::geteuid() == NOBODY
+            {
+                steps(&root)
+            } else {
+                99
+            };
+            libc::_exit(code);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child died: {status}");
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        0,
+        "a step failed as uid {NOBODY} (see stderr)"
+    );
+    // What a restart would read from the disk: installed, nothing left over.
+    assert!(root
+        .join("local")
+        .join(lanspread_install::INSTALLED_MARKER)
+        .is_file());
+    assert_eq!(fs::read(root.join("local/ro/sub/deep")).unwrap(), b"d");
+    assert!(!root.join(".lanspread-staging").exists() && !root.join(".lanspread-trash").exists());
+}
