@@ -236,6 +236,28 @@ impl DaemonArgs {
     }
 }
 
+impl DaemonConfig {
+    /// Every path made absolute against the current directory, so the daemon can leave it
+    /// (`lanspreadd` runs from `/`: nothing it opens may depend on where it was started).
+    pub fn absolute(mut self) -> Result<Self, DaemonError> {
+        let abs = |p: &mut PathBuf| -> Result<(), DaemonError> {
+            *p = std::path::absolute(&*p).map_err(|e| DaemonError::io(&*p, e))?;
+            Ok(())
+        };
+        abs(&mut self.games)?;
+        abs(&mut self.state)?;
+        abs(&mut self.socket)?;
+        for p in [&mut self.catalog, &mut self.events, &mut self.secret_file]
+            .into_iter()
+            .flatten()
+            .filter(|p| p.as_path() != Path::new("-"))
+        {
+            abs(p)?;
+        }
+        Ok(self)
+    }
+}
+
 fn load_file(path: &Path) -> Result<FileConfig, DaemonError> {
     let text = std::fs::read_to_string(path).map_err(|e| DaemonError::io(path, e))?;
     toml::from_str(&text).map_err(|e| DaemonError::Config(format!("{}: {e}", path.display())))

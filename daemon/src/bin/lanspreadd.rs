@@ -53,7 +53,10 @@ async fn run(
     args: DaemonArgs,
     mut signals: watch::Receiver<Option<&'static str>>,
 ) -> anyhow::Result<()> {
-    let config = args.resolve()?;
+    let config = args.resolve()?.absolute()?;
+    // The working directory is never used: paths are absolute from here on, and a daemon
+    // must not keep the directory it was started from busy (or resolve anything against it).
+    std::env::set_current_dir("/").map_err(|e| anyhow::anyhow!("cannot change to /: {e}"))?;
     let daemon = tokio::select! {
         d = Daemon::start(config) => d?,
         _ = signals.changed() => {
