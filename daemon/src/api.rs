@@ -55,7 +55,7 @@ pub enum Request {
         /// Game id.
         game: String,
     },
-    /// Stop a running download (resumable later).
+    /// Stop a running download (resumable later) or install.
     Cancel {
         /// Game id.
         game: String,

@@ -306,28 +306,37 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
     }
 }
 
-/// Cancels the running download of `id` and answers once it has ended (its
-/// `download-failed` emitted), boundedly.
+/// Cancels the running download or install of `id` and answers once it has ended (its
+/// `download-failed` or `install-failed` emitted), boundedly.
 async fn cancel(shared: &Arc<Shared>, id: &lanspread_catalog::GameId) -> Reply {
+    use lanspread_peer::OpKind;
     let running = shared.lock().operations.get(id);
-    match running {
-        Some(lanspread_peer::OpKind::Download) => {}
+    let (asked, still): (bool, fn(&Shared, &lanspread_catalog::GameId) -> bool) = match running {
+        Some(OpKind::Download) => (
+            crate::download::cancel(shared, id),
+            crate::download::cancellable,
+        ),
+        Some(OpKind::Install) => (
+            crate::install::cancel(shared, id),
+            crate::install::cancellable,
+        ),
         Some(kind) => {
             return error(&format!(
                 "game {id} has a running {}, which cannot be cancelled; it ends by itself",
                 kind.as_str()
             ))
         }
-        None => return error(&format!("no download of game {id} is running")),
+        None => return error(&format!("no download or install of game {id} is running")),
+    };
+    let what = running.map_or("operation", |k| k.as_str());
+    if !asked {
+        return error(&format!("no {what} of game {id} is running"));
     }
-    if !crate::download::cancel(shared, id) {
-        return error(&format!("no download of game {id} is running"));
-    }
-    // The download drops its registration after its terminal event.
+    // The operation drops its registration after its terminal event.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while crate::download::cancellable(shared, id) {
+    while still(shared, id) {
         if tokio::time::Instant::now() >= deadline {
-            return error(&format!("the download of {id} is still stopping"));
+            return error(&format!("the {what} of {id} is still stopping"));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

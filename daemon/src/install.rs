@@ -1,6 +1,7 @@
 //! Install and uninstall operations: single-flight with downloads of the same game,
 //! extraction on a blocking thread, events, rescan.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use lanspread_catalog::GameId;
@@ -33,21 +34,33 @@ pub async fn install(
     shared.events.emit(EventKind::InstallBegin {
         game_id: id.clone(),
     });
+    // `cancel` and shutdown set the flag; the extraction stops within one output block.
+    let stop = Arc::new(AtomicBool::new(false));
+    stops(shared).insert(id.clone(), stop.clone());
+    let on_shutdown = {
+        let (stop, mut shutdown) = (stop.clone(), shared.shutdown.subscribe());
+        tokio::spawn(async move {
+            crate::state::until_shutdown(&mut shutdown).await;
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
     let progress = {
         let (shared, id) = (shared.clone(), id.clone());
         move |p: lanspread_install::InstallProgress| {
             shared.lock().operations.sized(&id, p.total, p.done)
         }
     };
-    let res = tokio::task::spawn_blocking(move || {
-        lanspread_install::install_root_with(&root, &mut { progress })
+    let res = tokio::task::spawn_blocking({
+        let stop = stop.clone();
+        move || lanspread_install::install_root_until(&root, &mut { progress }, &stop)
     })
     .await
     .map_err(|e| e.to_string())
     .and_then(|r| r.map_err(|e| e.to_string()));
+    on_shutdown.abort();
     shared.lock().operations.end(id);
     shared.rescan_root(id).await;
-    match res {
+    let res = match res {
         Ok(summary) => {
             tracing::info!(game = %id, files = summary.files, bytes = summary.bytes, "installed");
             Ok(shared.events.emit(EventKind::InstallFinished {
@@ -62,7 +75,36 @@ pub async fn install(
             });
             Err(reason)
         }
+    };
+    // After the terminal event: `cancel` waits for this.
+    stops(shared).remove(id);
+    res
+}
+
+fn stops(
+    shared: &Shared,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<GameId, Arc<AtomicBool>>> {
+    shared
+        .install_stops
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+}
+
+/// Asks the running install of `id` to stop; its `install-failed` ("cancelled") follows.
+/// `false`: no install of it is running.
+pub fn cancel(shared: &Shared, id: &GameId) -> bool {
+    match stops(shared).get(id) {
+        Some(stop) => {
+            stop.store(true, Ordering::Relaxed);
+            true
+        }
+        None => false,
     }
+}
+
+/// Whether an install of `id` is registered (running, or not yet past its terminal event).
+pub fn cancellable(shared: &Shared, id: &GameId) -> bool {
+    stops(shared).contains_key(id)
 }
 
 /// Removes a game's `local/`, keeping the downloaded root.

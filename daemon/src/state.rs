@@ -108,6 +108,9 @@ pub struct Shared {
     pub serve_slots: tokio::sync::Semaphore,
     /// How `cancel` reaches a running download: one notifier per game downloading.
     pub cancels: Mutex<HashMap<GameId, Arc<tokio::sync::Notify>>>,
+    /// How `cancel` and shutdown reach a running install: its stop flag, registered until
+    /// its terminal event.
+    pub install_stops: Mutex<HashMap<GameId, Arc<std::sync::atomic::AtomicBool>>>,
     inner: Mutex<Inner>,
 }
 
@@ -157,6 +160,7 @@ impl Shared {
             writer: crate::download::Writer::new(),
             serve_slots: tokio::sync::Semaphore::new(crate::serve::CHUNK_STREAMS_TOTAL),
             cancels: Mutex::default(),
+            install_stops: Mutex::default(),
             inner: Mutex::new(inner),
         })
     }

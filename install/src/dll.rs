@@ -18,6 +18,8 @@ use std::ffi::{c_char, c_int, c_long, c_uint};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use libc::wchar_t;
@@ -162,6 +164,8 @@ struct Ctx {
     /// Why the callback stopped UnRAR, when it did.
     failure: Option<String>,
     password_asked: bool,
+    /// Set from outside to stop UnRAR mid-entry.
+    stop: Option<Arc<AtomicBool>>,
 }
 
 impl Ctx {
@@ -178,6 +182,14 @@ impl Ctx {
                 };
                 // SAFETY: UnRAR passes a buffer of `len` bytes valid for this call.
                 let data = unsafe { std::slice::from_raw_parts(p1 as *const u8, len) };
+                if self
+                    .stop
+                    .as_ref()
+                    .is_some_and(|s| s.load(Ordering::Relaxed))
+                {
+                    self.failure = Some("cancelled".into());
+                    return -1;
+                }
                 let Some(sink) = self.sink.as_mut() else {
                     return 1;
                 };
@@ -401,6 +413,7 @@ impl Archive {
             written: 0,
             failure: None,
             password_asked: false,
+            stop: None,
         });
         // SAFETY: all-zero is a valid `OpenData` (null pointers, no callback, zero ints).
         let mut data: OpenData = unsafe { std::mem::zeroed() };
@@ -557,6 +570,11 @@ impl Archive {
             .ok_or_else(|| DllError("the destination path is not UTF-8".into()))?;
         self.ctx.sink = None;
         self.process(unrar_sys::RAR_EXTRACT, Some(&wide))
+    }
+
+    /// Makes UnRAR stop within one output block once `stop` is set.
+    pub fn stop_when(&mut self, stop: Arc<AtomicBool>) {
+        self.ctx.stop = Some(stop);
     }
 
     /// The archive (first volume) this was opened from.

@@ -73,6 +73,9 @@ pub enum InstallError {
         /// Free bytes.
         free: u64,
     },
+    /// The install was asked to stop; nothing was installed and an earlier install is kept.
+    #[error("cancelled (an earlier install, if any, is kept)")]
+    Cancelled,
     /// The writer was used after `finish`.
     #[error("archive already finished")]
     Finished,

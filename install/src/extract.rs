@@ -17,6 +17,8 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use crate::dll::{self, Archive, Header, Mode, Redirect};
 use crate::tree::{create_dirs, remove_tree, sync_dir, sync_fs, LOCAL, STAGING, TRASH};
@@ -217,6 +219,28 @@ pub fn install_root_with(
     root: &Path,
     progress: &mut dyn FnMut(InstallProgress),
 ) -> Result<InstallSummary, InstallError> {
+    install_root_until(root, progress, &Arc::new(AtomicBool::new(false)))
+}
+
+/// [`install_root_with`] that stops with [`InstallError::Cancelled`] soon after `stop` is
+/// set (within one UnRAR output block): staging is removed, an earlier `local/` is kept.
+pub fn install_root_until(
+    root: &Path,
+    progress: &mut dyn FnMut(InstallProgress),
+    stop: &Arc<AtomicBool>,
+) -> Result<InstallSummary, InstallError> {
+    let result = install(root, progress, stop);
+    match result {
+        Err(_) if stop.load(Ordering::Relaxed) => Err(InstallError::Cancelled),
+        other => other,
+    }
+}
+
+fn install(
+    root: &Path,
+    progress: &mut dyn FnMut(InstallProgress),
+    stop: &Arc<AtomicBool>,
+) -> Result<InstallSummary, InstallError> {
     let root = std::path::absolute(root).map_err(io(root))?;
     let root = root.as_path();
     let staging = root.join(STAGING);
@@ -235,6 +259,7 @@ pub fn install_root_with(
             modes: Vec::new(),
             symlinks: Vec::new(),
             files: HashSet::new(),
+            stop: stop.clone(),
         };
         progress(InstallProgress {
             done: 0,
@@ -251,6 +276,9 @@ pub fn install_root_with(
             run.summary.archives += 1;
         }
         run.finish(&sets)?;
+        if stop.load(Ordering::Relaxed) {
+            return Err(InstallError::Cancelled);
+        }
         // Our writes went through the page cache: make the files and folders durable before
         // the marker says they are complete. One syncfs of the staging folder's filesystem
         // instead of an fsync per file (thousands for some games).
@@ -298,6 +326,8 @@ struct Run<'a> {
     symlinks: Vec<(String, PathBuf)>,
     /// Regular files this install wrote: the only valid hard-link and copy targets.
     files: HashSet<PathBuf>,
+    /// Set from outside to stop.
+    stop: Arc<AtomicBool>,
 }
 
 impl Run<'_> {
@@ -309,8 +339,12 @@ impl Run<'_> {
         let first = &set.volumes[0];
         let mut arc =
             Archive::open(&set.volumes, Mode::Extract).map_err(|e| archive_err(first, e))?;
+        arc.stop_when(self.stop.clone());
         let mut seen = 0usize;
         while let Some(h) = arc.next_header().map_err(|e| archive_err(first, e))? {
+            if self.stop.load(Ordering::Relaxed) {
+                return Err(InstallError::Cancelled);
+            }
             let listed = set.entries.get(seen).filter(|l| l.name == h.name);
             let Some(listed) = listed else {
                 return Err(InstallError::Incomplete {

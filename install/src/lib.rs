@@ -14,8 +14,8 @@ mod volumes;
 
 pub use error::InstallError;
 pub use extract::{
-    install_root, install_root_with, safe_entry_path, InstallProgress, InstallSummary,
-    INSTALLED_MARKER,
+    install_root, install_root_until, install_root_with, safe_entry_path, InstallProgress,
+    InstallSummary, INSTALLED_MARKER,
 };
 pub use rar5::{pack_dir, LinkKind, PackSummary, Rar5Writer, WriterOptions};
 pub use tree::{remove_tree, uninstall_root, LEFTOVERS};

@@ -88,7 +88,8 @@ pub enum Command {
         /// Game id.
         game: String,
     },
-    /// Stop a running download; a later `download` resumes from what was verified.
+    /// Stop a running download (a later `download` resumes from what was verified) or
+    /// install (an earlier install is kept).
     Cancel {
         /// Game id.
         game: String,

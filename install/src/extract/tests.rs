@@ -179,3 +179,37 @@ fn entry_paths() {
         assert!(safe_entry_path(b, bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn a_cancelled_install_leaves_nothing_and_keeps_the_earlier_install() {
+    let (t, root) = root_with(&[("a.txt", 0o644, b"one")], false);
+    install_root(&root).unwrap();
+    archive(
+        &root.join("cnctw.eti"),
+        &[("a.txt", 0o644, b"new"), ("b.txt", 0o644, &[5u8; 300_000])],
+        false,
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    // Stop as soon as the first file is out: the rest must not be installed.
+    let mut seen = 0;
+    let err = install_root_until(
+        &root,
+        &mut |p| {
+            seen += 1;
+            if p.done > 0 {
+                stop.store(true, Ordering::Relaxed);
+            }
+        },
+        &stop,
+    )
+    .unwrap_err();
+    assert!(matches!(err, InstallError::Cancelled), "{err}");
+    assert!(seen >= 2);
+    assert_eq!(fs::read(root.join("local/a.txt")).unwrap(), b"one");
+    assert!(!root.join("local/b.txt").exists());
+    assert!(!root.join(STAGING).exists());
+    // Stopped before it starts: same.
+    let err = install_root_until(&root, &mut |_| {}, &stop).unwrap_err();
+    assert!(matches!(err, InstallError::Cancelled), "{err}");
+    let _ = t;
+}

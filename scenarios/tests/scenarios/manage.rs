@@ -49,7 +49,8 @@ fn cancel_stops_a_download_that_then_resumes_and_remove_deletes_it() {
     let out = c.cli(&["cancel", "cod5"]);
     assert_eq!(out.code, 1, "{out:?}");
     assert!(
-        out.stderr.contains("no download of game cod5 is running"),
+        out.stderr
+            .contains("no download or install of game cod5 is running"),
         "{out:?}"
     );
 
