@@ -108,6 +108,12 @@ fn a_volume_set_is_put_together_from_its_headers_not_its_names() {
         names[i - 1].to_owned()
     });
     installs_set(&files, "test_read_format_rar_multivolume");
+    // And under the old naming scheme, though its headers say `partNNNN` numbering.
+    let old = parts("test_read_format_rar_multivolume", 4, 4, |i| match i {
+        1 => "game.eti".to_owned(),
+        i => format!("game.r{:02}.eti", i - 2),
+    });
+    installs_set(&old, "test_read_format_rar_multivolume");
 }
 
 #[test]
