@@ -318,6 +318,30 @@ mod tests {
     }
 
     #[test]
+    fn relative_paths_become_absolute_before_the_daemon_leaves_its_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let cfg = t.path().join("d.toml");
+        std::fs::write(&cfg, "games = \"g\"\nstate = \"/s\"\nmdns = false\n").unwrap();
+        let c = args(&[
+            "--config",
+            cfg.to_str().unwrap(),
+            "--socket",
+            "run/x.sock",
+            "--events",
+            "-",
+        ])
+        .resolve()
+        .unwrap()
+        .absolute()
+        .unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(c.games, cwd.join("g"));
+        assert_eq!(c.state, PathBuf::from("/s"));
+        assert_eq!(c.socket, cwd.join("run/x.sock"));
+        assert_eq!(c.events, Some(PathBuf::from("-")), "stdout stays stdout");
+    }
+
+    #[test]
     fn unknown_keys_and_missing_dirs_are_errors() {
         let t = tempfile::tempdir().unwrap();
         let cfg = t.path().join("d.toml");

@@ -306,7 +306,7 @@ unsafe fn wide_cstr(p: *const wchar_t) -> String {
     }
     // SAFETY: `len` characters were just read.
     let units = unsafe { std::slice::from_raw_parts(p, len) };
-    from_wide(units).unwrap_or_else(|| String::from_utf16_lossy(&[0xFFFD]))
+    from_wide(units).unwrap_or_else(|| "\u{FFFD}".to_owned())
 }
 
 fn to_wide(s: &str) -> Vec<wchar_t> {
@@ -473,8 +473,10 @@ impl Archive {
         h.redir_name_size = NAME_MAX as c_uint;
         h.file_name_ex = self.name_buf.as_mut_ptr();
         h.file_name_ex_size = NAME_MAX as c_uint;
-        self.name_buf.fill(0);
-        self.redir_buf.fill(0);
+        // UnRAR writes NUL-terminated names; clearing the first unit is enough for an entry
+        // without a redirection name.
+        self.name_buf[0] = 0;
+        self.redir_buf[0] = 0;
         // SAFETY: the header struct is laid out as UnRAR declares it; its name buffers are
         // our vectors of the sizes given, alive across the call.
         let code = unsafe {
@@ -496,7 +498,6 @@ impl Archive {
         let name = from_wide(&self.name_buf)
             .ok_or_else(|| DllError("an entry name is not valid Unicode".into()))?;
         let redir_type = h.redir_type;
-        let dir_target = h.dir_target;
         let target = || from_wide(&self.redir_buf).filter(|t| !t.is_empty());
         let redirect = match redir_type {
             0 => Redirect::None,
@@ -508,7 +509,6 @@ impl Archive {
             FSREDIR_FILECOPY => Redirect::FileCopy(target().unwrap_or_default()),
             other => Redirect::Unknown(other),
         };
-        let _ = dir_target;
         let flags = h.flags;
         let attr = h.file_attr;
         let unix = h.host_os == 3;

@@ -42,8 +42,14 @@ const MAX_BLOCKS: usize = 1 << 20;
 pub(crate) fn probe<R: Read + Seek>(r: &mut R) -> io::Result<Option<VolumeInfo>> {
     let len = r.seek(SeekFrom::End(0))?;
     r.seek(SeekFrom::Start(0))?;
-    let mut head = Vec::with_capacity(SFX_MAX.min(64 * 1024));
-    r.by_ref().take(SFX_MAX as u64).read_to_end(&mut head)?;
+    // The signature is at the start of any archive but a self-extracting one: only then is
+    // the first MiB searched (a set of 100 volumes is not read 100 MiB deep to be grouped).
+    let mut head = vec![0u8; RAR5_SIG.len()];
+    let got = read_full(r, &mut head)?;
+    head.truncate(got);
+    if !head.starts_with(RAR5_SIG) && !head.starts_with(RAR4_SIG) {
+        r.by_ref().take(SFX_MAX as u64).read_to_end(&mut head)?;
+    }
     let find = |sig: &[u8]| head.windows(sig.len()).position(|w| w == sig);
     let (pos, v5) = match (find(RAR5_SIG), find(RAR4_SIG)) {
         (Some(a), Some(b)) if b < a => (b, false),
