@@ -1,13 +1,14 @@
 //! Serving peers: manifests and chunks on request streams, behind the serve gates (S12).
 
+use std::future::Future;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lanspread_catalog::GameRoot;
-use lanspread_peer::{gate_chunk, gate_files};
+use lanspread_peer::{gate_chunk, gate_files, Blocked, Stalled, Verdict};
 use lanspread_transfer::{
     close_code, read_frame, write_frame, ChunkRange, PeerId, PeerRequest, PeerResponse, MAX_RANGES,
 };
@@ -30,6 +31,22 @@ const CHUNK_STREAMS_PER_CONNECTION: usize = 4;
 /// ahead: at most this × 2 × 2 MiB of read buffers).
 pub const CHUNK_STREAMS_TOTAL: usize = 256;
 
+/// How long a write to a peer may stay blocked before the source starts judging whether
+/// the peer still takes anything (`lanspread_peer::Blocked`: the answer is reset after two
+/// such windows of a silent connection, or after twenty while the peer reads only its
+/// other streams). `LANSPREAD_SEND_STALL_MS` overrides it (tests, tuning).
+pub const SEND_STALL_WINDOW: Duration = Duration::from_secs(30);
+
+fn send_stall_window() -> Duration {
+    static T: OnceLock<Duration> = OnceLock::new();
+    *T.get_or_init(|| {
+        std::env::var("LANSPREAD_SEND_STALL_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(SEND_STALL_WINDOW, Duration::from_millis)
+    })
+}
+
 /// Accepts request streams on a connection until it closes; returns how many came.
 pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerId) -> u64 {
     let mut requests = 0;
@@ -47,7 +64,7 @@ pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerI
         let slots = slots.clone();
         tokio::spawn(
             async move {
-                if let Err(e) = handle(&shared, &slots, send, recv).await {
+                if let Err(e) = handle(&shared, &slots, &conn, &remote, send, recv).await {
                     warn!(peer = %remote.short(), "protocol error on a request stream, disconnecting: {e}");
                     conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"bad request");
                 }
@@ -62,9 +79,12 @@ pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerI
 async fn handle(
     shared: &Shared,
     slots: &tokio::sync::Semaphore,
-    mut send: SendStream,
+    conn: &Connection,
+    remote: &PeerId,
+    send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), String> {
+    let mut answer = Answer { send, conn };
     let request = match tokio::time::timeout(
         REQUEST_TIMEOUT,
         read_frame::<_, PeerRequest>(&mut recv),
@@ -79,7 +99,7 @@ async fn handle(
     match request {
         PeerRequest::Files { game, version } => {
             let root = gated(shared, &game, version, |r| Ok(r.clone()));
-            let answer = match root {
+            let files = match root {
                 Err(reason) => PeerResponse::Refused { reason },
                 Ok(root) => {
                     let hashes = shared_hashes(shared, root).await;
@@ -89,8 +109,11 @@ async fn handle(
                     }
                 }
             };
-            let _ = write_frame(&mut send, &answer).await;
-            let _ = send.finish();
+            let sent = match answer.frame(&files).await {
+                Ok(()) => answer.finish().await,
+                Err(e) => Err(e),
+            };
+            answer.ended(sent, remote);
         }
         PeerRequest::Chunks {
             game,
@@ -115,7 +138,8 @@ async fn handle(
             } else {
                 Some(shared.serve_slots.acquire().await)
             };
-            serve_ranges(shared, &mut send, &game, version, &ranges).await;
+            let sent = serve_ranges(shared, &mut answer, &game, version, &ranges).await;
+            answer.ended(sent, remote);
         }
     }
     Ok(())
@@ -126,11 +150,11 @@ async fn handle(
 /// be opened or read) is answered `Refused` and ends the answer.
 async fn serve_ranges(
     shared: &Shared,
-    send: &mut SendStream,
+    answer: &mut Answer<'_>,
     game: &lanspread_catalog::GameId,
     version: lanspread_catalog::Version,
     ranges: &[ChunkRange],
-) {
+) -> Result<(), SendFailed> {
     // Every range is gated under one lock; a refused one cuts the list there.
     let gated = gated(shared, game, version, |root| {
         let mut files = Vec::with_capacity(ranges.len());
@@ -144,8 +168,8 @@ async fn serve_ranges(
     });
     let (dir, files, mut refusal) = match gated {
         Ok(g) if !g.1.is_empty() => g,
-        Ok((_, _, refusal)) => return refuse(send, refusal.unwrap_or_default()).await,
-        Err(reason) => return refuse(send, reason).await,
+        Ok((_, _, refusal)) => return answer.refuse(refusal.unwrap_or_default()).await,
+        Err(reason) => return answer.refuse(reason).await,
     };
     let served = &ranges[..files.len()];
     let limit = shared.upload_limit.as_ref();
@@ -164,28 +188,106 @@ async fn serve_ranges(
                 break;
             }
         };
-        let _ = write_frame(send, &PeerResponse::Chunk { len }).await;
-        if let Err(e) = stream_range(send, first, len, &mut pieces, limit).await {
-            debug!("chunk stream ended early: {e}");
-            let _ = send.reset(VarInt::from_u32(1));
+        let streamed = match answer.frame(&PeerResponse::Chunk { len }).await {
+            Ok(()) => stream_range(answer, first, len, &mut pieces, limit).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = streamed {
             pieces.rx.close();
-            return;
+            return Err(e);
         }
     }
     pieces.rx.close();
     let _ = (&mut pieces.reader).await;
     match refusal {
-        Some(reason) => refuse(send, reason).await,
-        None => {
-            let _ = send.finish();
+        Some(reason) => answer.refuse(reason).await,
+        None => answer.finish().await,
+    }
+}
+
+/// Why an answer ended before the peer had all of it.
+enum SendFailed {
+    /// The peer stopped taking it (see [`Blocked`]); the stream was reset.
+    Stalled(Stalled),
+    /// The stream or connection failed (the peer stopped or reset it, or went away).
+    Stream(String),
+}
+
+/// The send half of a request stream, with every write watched: an answer the peer does
+/// not take is reset, freeing its serve slot and the data quinn holds for it.
+struct Answer<'a> {
+    send: SendStream,
+    conn: &'a Connection,
+}
+
+impl Answer<'_> {
+    async fn frame(&mut self, msg: &PeerResponse) -> Result<(), SendFailed> {
+        let conn = self.conn;
+        watched(conn, write_frame(&mut self.send, msg)).await?;
+        Ok(())
+    }
+
+    async fn chunk(&mut self, piece: Bytes) -> Result<(), SendFailed> {
+        let conn = self.conn;
+        watched(conn, self.send.write_chunk(piece)).await
+    }
+
+    /// Ends the answer and waits until the peer has acknowledged all of it (or stopped
+    /// the stream): the serve slot is held until then, and an answer the peer never
+    /// takes is reset rather than kept in quinn's send buffer.
+    async fn finish(&mut self) -> Result<(), SendFailed> {
+        self.send
+            .finish()
+            .map_err(|e| SendFailed::Stream(e.to_string()))?;
+        watched(self.conn, self.send.stopped()).await?;
+        Ok(())
+    }
+
+    /// Answers `Refused` and ends the answer.
+    async fn refuse(&mut self, reason: String) -> Result<(), SendFailed> {
+        self.frame(&PeerResponse::Refused { reason }).await?;
+        self.finish().await
+    }
+
+    /// Resets the stream of an answer that failed and says why.
+    fn ended(&mut self, sent: Result<(), SendFailed>, remote: &PeerId) {
+        match sent {
+            Ok(()) => {}
+            Err(SendFailed::Stalled(why)) => {
+                let _ = self.send.reset(VarInt::from_u32(1));
+                warn!(peer = %remote.short(), "stopped answering a request: {why}");
+            }
+            Err(SendFailed::Stream(e)) => {
+                let _ = self.send.reset(VarInt::from_u32(1));
+                debug!(peer = %remote.short(), "answer ended early: {e}");
+            }
         }
     }
 }
 
-/// Answers `Refused` and ends the answer.
-async fn refuse(send: &mut SendStream, reason: String) {
-    let _ = write_frame(send, &PeerResponse::Refused { reason }).await;
-    let _ = send.finish();
+/// Runs one write of an answer, giving up when [`Blocked`] says the peer does not take
+/// it. A write that finishes at its first poll costs no timer.
+async fn watched<T, E: std::fmt::Display>(
+    conn: &Connection,
+    write: impl Future<Output = Result<T, E>>,
+) -> Result<T, SendFailed> {
+    let window = send_stall_window();
+    let began = Instant::now();
+    tokio::pin!(write);
+    let done = |r: Result<T, E>| r.map_err(|e| SendFailed::Stream(e.to_string()));
+    if let Ok(r) = tokio::time::timeout(window, &mut write).await {
+        return done(r);
+    }
+    let sent = || conn.stats().udp_tx.bytes;
+    let mut blocked = Blocked::new(window, Duration::ZERO, sent());
+    loop {
+        if let Ok(r) = tokio::time::timeout(window, &mut write).await {
+            return done(r);
+        }
+        if let Verdict::Abandon(why) = blocked.check(began.elapsed(), sent()) {
+            return Err(SendFailed::Stalled(why));
+        }
+    }
 }
 
 /// Runs `f` on the root behind the serve gates, under the lock (never a copy of the
@@ -295,26 +397,28 @@ fn read_ranges(root: PathBuf, files: Vec<(PathBuf, u64, u64)>) -> Pieces {
     Pieces { rx, reader }
 }
 
-/// Writes `first` and the following pieces of one `len`-byte range to the stream.
+/// Writes `first` and the following pieces of one `len`-byte range to the answer.
 async fn stream_range(
-    send: &mut SendStream,
+    answer: &mut Answer<'_>,
     first: Bytes,
     len: u64,
     pieces: &mut Pieces,
     limit: Option<&crate::limit::RateLimit>,
-) -> Result<(), String> {
+) -> Result<(), SendFailed> {
     let mut piece = first;
     let mut sent = 0u64;
     loop {
         sent += piece.len() as u64;
         crate::limit::take(limit, piece.len() as u64).await;
-        send.write_chunk(piece).await.map_err(|e| e.to_string())?;
+        answer.chunk(piece).await?;
         if sent >= len {
             return Ok(());
         }
         piece = match pieces.rx.recv().await {
-            Some(p) => p?,
-            None => return Err("the file reader stopped".into()),
+            Some(Ok(p)) => p,
+            // A local failure mid-range: the peer sees the stream reset.
+            Some(Err(e)) => return Err(SendFailed::Stream(format!("reading: {e}"))),
+            None => return Err(SendFailed::Stream("the file reader stopped".into())),
         };
     }
 }

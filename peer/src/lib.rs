@@ -1,7 +1,8 @@
 //! Peers and what they offer: the peer table keyed by peer id, aggregation of remote
 //! libraries into one row per game, latest-version source selection and the rules for
 //! which connection to a peer is kept; serve gates, metadata validation, the chunk
-//! planner and single-flight operations.
+//! planner, single-flight operations and when a source abandons an answer its peer does
+//! not take.
 //!
 //! **Architecture invariant:** everything here is sans-IO: no sockets, files or clock.
 //! The daemon feeds events in and reads decisions out.
@@ -15,6 +16,7 @@ mod ops;
 mod pace;
 mod planner;
 mod resume;
+mod send_watch;
 mod table;
 mod validate;
 
@@ -26,5 +28,6 @@ pub use ops::{OpKind, Operation, Operations, Progress};
 pub use pace::{check_limit, Pacer};
 pub use planner::{Assignment, Batch, ChunkSpec, FailKind, Planner, PlannerStatus};
 pub use resume::{journal_entry, journal_header, judge_journal, ResumeDecision};
+pub use send_watch::{Blocked, Stalled, Verdict, MIN_PROGRESS, STUCK_WINDOWS};
 pub use table::{PeerEntry, PeerTable, RemoteGame, Upsert};
 pub use validate::{check_manifest, Chosen, ManifestVote, MAX_FILES_PER_GAME};

@@ -117,3 +117,125 @@ fn raw_udp_garbage_is_ignored() {
     m.connect(&n);
     assert_eq!(n.peer_ids().len(), 1);
 }
+
+/// A linked peer that asks for chunks and never reads them holds the source's serve slots
+/// (four per connection, 256 in all) and the data queued for it — forever, before the
+/// source watched its writes. Now each blocked answer is reset once the connection has
+/// taken nothing for two stall windows (1 s here against 30 s by default), and the
+/// peer's next request is served.
+#[test]
+fn a_peer_that_stops_reading_loses_its_answers_not_the_source() {
+    use lanspread_catalog::RelPath;
+    use lanspread_fixtures::{Content, GameSpec};
+    use lanspread_scenarios::NodeOptions;
+    use lanspread_transfer::{
+        connect, make_endpoint, read_frame, ChunkRange, PeerRequest, PeerResponse, TransportTuning,
+    };
+
+    const PART: u64 = 8 << 20;
+    let games = tempfile::tempdir().unwrap();
+    let mut spec = GameSpec::new("ggoo", "20250301");
+    for i in 0..4u64 {
+        spec = spec.file(
+            &format!("ggoo.part{i}.eti"),
+            0o644,
+            Content::Random {
+                seed: 1900 + i,
+                size: PART,
+            },
+        );
+    }
+    spec.write(games.path()).unwrap();
+    let n = Node::start_with(
+        "source",
+        games.path(),
+        NodeOptions {
+            env: vec![("LANSPREAD_SEND_STALL_MS".into(), "1000".into())],
+            ..Default::default()
+        },
+    );
+    n.wait_games("ggoo ready", |g| {
+        g["local"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|r| r["id"] == "ggoo" && r["availability"] == "Ready")
+        })
+    });
+    let game = GameId::new("ggoo").unwrap();
+    let version = Version::parse("20250301").unwrap();
+    let request = |path: &str, len: u64| {
+        encode_frame(&PeerRequest::Chunks {
+            game: game.clone(),
+            version,
+            ranges: vec![ChunkRange {
+                path: RelPath::new(path).unwrap(),
+                offset: 0,
+                len,
+            }],
+        })
+        .unwrap()
+    };
+    rt().block_on(async {
+        // A client with small stream windows: each answer blocks after 256 KiB.
+        let id = Identity::ephemeral().unwrap();
+        let tuning = TransportTuning {
+            stream_window: 256 << 10,
+            ..TransportTuning::default()
+        };
+        let ep = make_endpoint(&id, "127.0.0.1:0".parse().unwrap(), &tuning).unwrap();
+        let (conn, _) = connect(&ep, n.addr.parse().unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let mut announce = conn.open_uni().await.unwrap();
+        announce
+            .write_all(&hello(&id, PROTOCOL_VERSION))
+            .await
+            .unwrap();
+        // Four whole parts asked for, none read: every serve slot of this connection.
+        let mut unread = Vec::new();
+        for i in 0..4 {
+            let (mut send, recv) = conn.open_bi().await.unwrap();
+            send.write_all(&request(&format!("ggoo.part{i}.eti"), PART))
+                .await
+                .unwrap();
+            send.finish().unwrap();
+            unread.push((send, recv));
+        }
+        // A fifth request is answered once the stalled ones are given up.
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&request("version.ini", 8)).await.unwrap();
+        send.finish().unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(60), async {
+            let head: Option<PeerResponse> = read_frame(&mut recv).await.unwrap();
+            let mut body = [0u8; 8];
+            recv.read_exact(&mut body).await.unwrap();
+            (head, body)
+        })
+        .await
+        .expect("the fifth request is answered once the unread ones are reset");
+        assert_eq!(answer, (Some(PeerResponse::Chunk { len: 8 }), *b"20250301"));
+        // Every unread answer is given up (reading one earlier would have moved it).
+        lanspread_scenarios::wait_for("four answers given up", || {
+            (n.log().matches("stopped answering a request").count() >= 4).then_some(())
+        });
+        // They were reset by the source, not completed.
+        for (i, (_, mut recv)) in unread.into_iter().enumerate() {
+            let end = tokio::time::timeout(Duration::from_secs(30), recv.read_to_end(1 << 30))
+                .await
+                .expect("an unread answer ends");
+            assert!(
+                end.is_err(),
+                "unread answer {i} was completed, not reset ({} bytes)\n{}",
+                end.map_or(0, |b| b.len()),
+                n.log_tail()
+            );
+        }
+        conn.close(0u32.into(), b"done");
+    });
+    let log = n.log_tail();
+    assert!(
+        log.contains("stopped answering a request: the peer took nothing for 2 s"),
+        "{log}"
+    );
+    // The source carries on.
+    assert_eq!(n.json(&["status"])["peer_id"], n.peer_id.as_str());
+}
