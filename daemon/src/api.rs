@@ -7,6 +7,8 @@ use lanspread_peer::RemoteRow;
 use lanspread_transfer::PeerId;
 use serde::{Deserialize, Serialize};
 
+pub use crate::failure::ErrorKind;
+
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 // Commands without arguments are empty struct variants, not unit variants: serde ignores
@@ -92,6 +94,9 @@ pub enum Reply {
     Error {
         /// Human-readable reason.
         message: String,
+        /// What kind of failure it is (stable, for scripts).
+        #[serde(default)]
+        kind: ErrorKind,
     },
 }
 
@@ -356,6 +361,8 @@ pub enum EventKind {
     DownloadFailed {
         game_id: GameId,
         reason: String,
+        #[serde(default)]
+        kind: ErrorKind,
         /// Each source that failed or was left out, with its last reason.
         #[serde(default)]
         sources: Vec<SourceFailure>,
@@ -369,6 +376,8 @@ pub enum EventKind {
     InstallFailed {
         game_id: GameId,
         reason: String,
+        #[serde(default)]
+        kind: ErrorKind,
     },
     UninstallFinished {
         game_id: GameId,

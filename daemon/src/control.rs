@@ -11,7 +11,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
 use crate::access::{caller_of, Policy};
-use crate::api::{Reply, Request};
+use crate::api::{ErrorKind, Reply, Request};
+use crate::failure::Failure;
 use crate::links::dial;
 use crate::state::Shared;
 use crate::DaemonError;
@@ -130,7 +131,7 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>, sl
             "too many control connections ({} open); try again later",
             slot.nth - 1
         );
-        let _ = send(&mut write, &error(&why)).await;
+        let _ = send(&mut write, &error(ErrorKind::Busy, &why)).await;
         return;
     }
     let mut read = BufReader::new(read);
@@ -141,7 +142,11 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>, sl
             Ok(true) => {}
             Ok(false) => return,
             Err(LineError::TooLong) => {
-                let _ = send(&mut write, &error("request too long")).await;
+                let _ = send(
+                    &mut write,
+                    &error(ErrorKind::BadRequest, "request too long"),
+                )
+                .await;
                 return;
             }
             Err(LineError::Io(e)) => {
@@ -152,9 +157,12 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>, sl
         let request: Request = match serde_json::from_slice(&line) {
             Ok(r) => r,
             Err(e) => {
-                if send(&mut write, &error(&format!("bad request: {e}")))
-                    .await
-                    .is_err()
+                if send(
+                    &mut write,
+                    &error(ErrorKind::BadRequest, &format!("bad request: {e}")),
+                )
+                .await
+                .is_err()
                 {
                     return;
                 }
@@ -163,7 +171,10 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>, sl
         };
         if let Err(why) = policy.check(&caller, &request) {
             warn!(uid = caller.uid, "{why}");
-            if send(&mut write, &error(&why)).await.is_err() {
+            if send(&mut write, &error(ErrorKind::PermissionDenied, &why))
+                .await
+                .is_err()
+            {
                 return;
             }
             continue;
@@ -238,9 +249,17 @@ async fn read_request(
     }
 }
 
-fn error(message: &str) -> Reply {
+fn error(kind: ErrorKind, message: &str) -> Reply {
     Reply::Error {
         message: message.to_owned(),
+        kind,
+    }
+}
+
+fn failed(f: Failure) -> Reply {
+    Reply::Error {
+        message: f.message,
+        kind: f.kind,
     }
 }
 
@@ -258,51 +277,56 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
         Request::Connect { addr } => match resolve(&addr).await {
             Ok(sa) => match dial(shared, sa).await {
                 Ok(info) => Reply::Connected(info),
-                Err(e) => error(&e),
+                Err(e) => error(ErrorKind::ConnectFailed, &e),
             },
-            Err(e) => error(&e),
+            Err(e) => failed(e),
         },
         Request::WaitPeers { count, timeout_ms } => {
             let mut rx = shared.peer_count.subscribe();
             let wait = async move { rx.wait_for(|n| *n >= count).await.is_ok() };
             match tokio::time::timeout(Duration::from_millis(timeout_ms), wait).await {
                 Ok(true) => Reply::Peers(shared.peers()),
-                _ => error(&format!(
-                    "timed out after {timeout_ms} ms waiting for {count} peers ({} connected)",
-                    *shared.peer_count.borrow()
-                )),
+                _ => error(
+                    ErrorKind::Timeout,
+                    &format!(
+                        "timed out after {timeout_ms} ms waiting for {count} peers ({} connected)",
+                        *shared.peer_count.borrow()
+                    ),
+                ),
             }
         }
         Request::Install { game } => match shared.catalog.get(&game) {
             Some(id) => match crate::install::install(shared, &id, false).await {
                 Ok(event) => Reply::Event(event),
-                Err(e) => error(&e),
+                Err(e) => failed(e),
             },
-            None => error(&format!("game {game} is not in the local catalog")),
+            None => not_in_catalog(&game),
         },
         Request::Uninstall { game } => match shared.catalog.get(&game) {
             Some(id) => match crate::install::uninstall(shared, &id).await {
                 Ok(event) => Reply::Event(event),
-                Err(e) => error(&e),
+                Err(e) => failed(e),
             },
-            None => error(&format!("game {game} is not in the local catalog")),
+            None => not_in_catalog(&game),
         },
         Request::Cancel { game } => match shared.catalog.get(&game) {
             Some(id) => cancel(shared, &id).await,
-            None => error(&format!("game {game} is not in the local catalog")),
+            None => not_in_catalog(&game),
         },
         Request::Remove { game } => match shared.catalog.get(&game) {
             Some(id) => match crate::install::remove(shared, &id).await {
                 Ok(()) => Reply::Ok,
-                Err(e) => error(&e),
+                Err(e) => failed(e),
             },
-            None => error(&format!("game {game} is not in the local catalog")),
+            None => not_in_catalog(&game),
         },
         Request::Shutdown {} => {
             shared.shutdown.send_replace(true);
             Reply::Ok
         }
-        Request::Events {} | Request::Download { .. } => error("this request is a stream"),
+        Request::Events {} | Request::Download { .. } => {
+            error(ErrorKind::BadRequest, "this request is a stream")
+        }
     }
 }
 
@@ -321,36 +345,64 @@ async fn cancel(shared: &Arc<Shared>, id: &lanspread_catalog::GameId) -> Reply {
             crate::install::cancellable,
         ),
         Some(kind) => {
-            return error(&format!(
-                "game {id} has a running {}, which cannot be cancelled; it ends by itself",
-                kind.as_str()
-            ))
+            return error(
+                ErrorKind::Busy,
+                &format!(
+                    "game {id} has a running {}, which cannot be cancelled; it ends by itself",
+                    kind.as_str()
+                ),
+            )
         }
-        None => return error(&format!("no download or install of game {id} is running")),
+        None => {
+            return error(
+                ErrorKind::NotFound,
+                &format!("no download or install of game {id} is running"),
+            )
+        }
     };
     let what = running.map_or("operation", |k| k.as_str());
     if !asked {
-        return error(&format!("no {what} of game {id} is running"));
+        return error(
+            ErrorKind::NotFound,
+            &format!("no {what} of game {id} is running"),
+        );
     }
     // The operation drops its registration after its terminal event.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while still(shared, id) {
         if tokio::time::Instant::now() >= deadline {
-            return error(&format!("the {what} of {id} is still stopping"));
+            return error(
+                ErrorKind::Busy,
+                &format!("the {what} of {id} is still stopping"),
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Reply::Ok
 }
 
-async fn resolve(addr: &str) -> Result<std::net::SocketAddr, String> {
-    crate::config::check_host_port(addr).map_err(|e| format!("invalid peer address: {e}"))?;
-    let mut addrs = tokio::net::lookup_host(addr)
-        .await
-        .map_err(|e| format!("invalid peer address {addr:?}: {e} (expected host:port)"))?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("{addr} resolves to no address"))
+async fn resolve(addr: &str) -> Result<std::net::SocketAddr, Failure> {
+    crate::config::check_host_port(addr)
+        .map_err(|e| Failure::new(ErrorKind::BadRequest, format!("invalid peer address: {e}")))?;
+    let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| {
+        Failure::new(
+            ErrorKind::ConnectFailed,
+            format!("invalid peer address {addr:?}: {e} (expected host:port)"),
+        )
+    })?;
+    addrs.next().ok_or_else(|| {
+        Failure::new(
+            ErrorKind::ConnectFailed,
+            format!("{addr} resolves to no address"),
+        )
+    })
+}
+
+fn not_in_catalog(game: &str) -> Reply {
+    error(
+        ErrorKind::NotInCatalog,
+        &format!("game {game} is not in the local catalog"),
+    )
 }
 
 async fn stream_events(shared: &Shared, write: &mut tokio::net::unix::OwnedWriteHalf) {
@@ -388,7 +440,7 @@ async fn download(
     let (id, sources) = match crate::download::begin(shared, game) {
         Ok(x) => x,
         Err(e) => {
-            let _ = send(write, &error(&e)).await;
+            let _ = send(write, &failed(e)).await;
             return;
         }
     };

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use lanspread_catalog::GameId;
 use lanspread_peer::OpKind;
 
-use crate::api::{Event, EventKind};
+use crate::api::{ErrorKind, Event, EventKind};
+use crate::failure::Failure;
 use crate::state::Shared;
 
 /// Installs a downloaded game. Emits `install-begin` then `install-finished` or
@@ -18,14 +19,15 @@ pub async fn install(
     shared: &Arc<Shared>,
     id: &GameId,
     report_refusal: bool,
-) -> Result<Event, String> {
+) -> Result<Event, Failure> {
     let root = match begin(shared, id, OpKind::Install) {
         Ok(r) => r,
         Err(e) => {
             if report_refusal {
                 shared.events.emit(EventKind::InstallFailed {
                     game_id: id.clone(),
-                    reason: e.clone(),
+                    reason: e.message.clone(),
+                    kind: e.kind,
                 });
             }
             return Err(e);
@@ -55,8 +57,8 @@ pub async fn install(
         move || lanspread_install::install_root_until(&root, &mut { progress }, &stop)
     })
     .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r.map_err(|e| e.to_string()));
+    .map_err(Failure::internal)
+    .and_then(|r| r.map_err(Failure::from));
     on_shutdown.abort();
     shared.lock().operations.end(id);
     shared.rescan_root(id).await;
@@ -67,13 +69,14 @@ pub async fn install(
                 game_id: id.clone(),
             }))
         }
-        Err(reason) => {
-            tracing::warn!(game = %id, "install failed: {reason}");
+        Err(failure) => {
+            tracing::warn!(game = %id, "install failed: {failure}");
             shared.events.emit(EventKind::InstallFailed {
                 game_id: id.clone(),
-                reason: reason.clone(),
+                reason: failure.message.clone(),
+                kind: failure.kind,
             });
-            Err(reason)
+            Err(failure)
         }
     };
     // After the terminal event: `cancel` waits for this.
@@ -108,12 +111,12 @@ pub fn cancellable(shared: &Shared, id: &GameId) -> bool {
 }
 
 /// Removes a game's `local/`, keeping the downloaded root.
-pub async fn uninstall(shared: &Arc<Shared>, id: &GameId) -> Result<Event, String> {
+pub async fn uninstall(shared: &Arc<Shared>, id: &GameId) -> Result<Event, Failure> {
     let root = begin(shared, id, OpKind::Uninstall)?;
     let res = tokio::task::spawn_blocking(move || lanspread_install::uninstall_root(&root))
         .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        .map_err(Failure::internal)
+        .and_then(|r| r.map_err(Failure::from));
     shared.lock().operations.end(id);
     shared.rescan_root(id).await;
     res?;
@@ -129,27 +132,25 @@ pub const REMOVING_PREFIX: &str = ".lanspread-removing-";
 /// Deletes a game's folder, partial or complete (`local/`, journal and metadata
 /// included). Refused while an operation runs on it. Only what lies inside the folder is
 /// deleted: symlinks are removed, never followed.
-pub async fn remove(shared: &Arc<Shared>, id: &GameId) -> Result<(), String> {
+pub async fn remove(shared: &Arc<Shared>, id: &GameId) -> Result<(), Failure> {
     let dir = shared.games_dir.join(id.as_str());
     {
         let mut inner = shared.lock();
         match std::fs::symlink_metadata(&dir) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
-                return Err(format!(
-                    "{} is not a folder (a symlink?); remove it by hand",
-                    dir.display()
+                return Err(Failure::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{} is not a folder (a symlink?); remove it by hand",
+                        dir.display()
+                    ),
                 ))
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(format!("game {id} is not in the games dir"))
-            }
-            Err(e) => return Err(format!("{}: {e}", dir.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_here(id)),
+            Err(e) => return Err(Failure::io(dir.display(), &e)),
         }
-        inner
-            .operations
-            .begin(id, OpKind::Remove)
-            .map_err(|e| e.to_string())?;
+        inner.operations.begin(id, OpKind::Remove)?;
     }
     shared.refresh_advert();
     // Unique: a removal that failed half-way leaves its folder for the next start's sweep.
@@ -160,11 +161,11 @@ pub async fn remove(shared: &Arc<Shared>, id: &GameId) -> Result<(), String> {
         .games_dir
         .join(format!("{REMOVING_PREFIX}{id}-{nanos}"));
     let res = tokio::task::spawn_blocking(move || {
-        std::fs::rename(&dir, &aside).map_err(|e| format!("{}: {e}", dir.display()))?;
-        lanspread_install::remove_tree(&aside).map_err(|e| e.to_string())
+        std::fs::rename(&dir, &aside).map_err(|e| Failure::io(dir.display(), &e))?;
+        lanspread_install::remove_tree(&aside).map_err(Failure::from)
     })
     .await
-    .map_err(|e| e.to_string())
+    .map_err(Failure::internal)
     .and_then(|r| r);
     shared.lock().operations.end(id);
     shared.rescan_root(id).await;
@@ -174,21 +175,26 @@ pub async fn remove(shared: &Arc<Shared>, id: &GameId) -> Result<(), String> {
     res
 }
 
-fn begin(shared: &Arc<Shared>, id: &GameId, kind: OpKind) -> Result<std::path::PathBuf, String> {
+fn not_here(id: &GameId) -> Failure {
+    Failure::new(
+        ErrorKind::NotFound,
+        format!("game {id} is not in the games dir"),
+    )
+}
+
+fn begin(shared: &Arc<Shared>, id: &GameId, kind: OpKind) -> Result<std::path::PathBuf, Failure> {
     let mut inner = shared.lock();
     let Some(root) = inner.library.get(id) else {
-        return Err(format!("game {id} is not in the games dir"));
+        return Err(not_here(id));
     };
     if root.version.is_none() {
-        return Err(format!(
-            "game {id} is not downloaded (no valid version.ini)"
+        return Err(Failure::new(
+            ErrorKind::NotFound,
+            format!("game {id} is not downloaded (no valid version.ini)"),
         ));
     }
     let dir = root.dir.clone();
-    inner
-        .operations
-        .begin(id, kind)
-        .map_err(|e| e.to_string())?;
+    inner.operations.begin(id, kind)?;
     drop(inner);
     shared.refresh_advert();
     Ok(dir)

@@ -37,7 +37,11 @@ fn unreachable_daemon_exits_3_with_a_message() {
         .unwrap();
     assert_eq!(out.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v["error"].as_str().unwrap().contains("cannot reach"));
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("cannot reach"));
+    assert_eq!(v["error"]["kind"], "daemon-unreachable", "{v}");
 }
 
 #[test]

@@ -116,6 +116,22 @@ impl CliOutput {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {:?}", self.stdout))
     }
+
+    /// The stable error `kind` of a failed `--json` run: from `{"error":{"kind"}}`, a
+    /// `*-failed` event, or the `install` part of a download-and-install document.
+    pub fn error_kind(&self) -> String {
+        let v = self.json();
+        let kind = if v["error"].is_object() {
+            &v["error"]["kind"]
+        } else if v["install"].is_object() {
+            &v["install"]["kind"]
+        } else {
+            &v["kind"]
+        };
+        kind.as_str()
+            .unwrap_or_else(|| panic!("no error kind in {v}"))
+            .to_owned()
+    }
 }
 
 /// A running daemon with its own temp dir (state, socket, events).

@@ -26,10 +26,7 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("lanspread: {}", e.message());
             if json && !e.printed() {
-                lanspread_daemon::cli::out_line(format_args!(
-                    "{}",
-                    serde_json::json!({ "error": e.message() })
-                ));
+                lanspread_daemon::cli::out_line(format_args!("{}", e.json()));
             }
             ExitCode::from(e.exit_code())
         }

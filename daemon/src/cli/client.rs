@@ -8,7 +8,7 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
 use super::CliError;
-use crate::api::{Reply, Request};
+use crate::api::{ErrorKind, Reply, Request};
 
 /// A connection to the daemon's control socket.
 pub struct Client {
@@ -34,7 +34,8 @@ impl Client {
 
     /// Sends a request without waiting for the reply.
     pub async fn send(&mut self, request: &Request) -> Result<(), CliError> {
-        let mut line = serde_json::to_vec(request).map_err(|e| CliError::Failed(e.to_string()))?;
+        let mut line = serde_json::to_vec(request)
+            .map_err(|e| CliError::failed(ErrorKind::Internal, e.to_string()))?;
         line.push(b'\n');
         self.write
             .write_all(&line)
@@ -45,9 +46,12 @@ impl Client {
     /// The next reply; `None` when the daemon closed the connection.
     pub async fn next(&mut self) -> Result<Option<Reply>, CliError> {
         match self.lines.next_line().await {
-            Ok(Some(line)) => serde_json::from_str(&line)
-                .map(Some)
-                .map_err(|e| CliError::Failed(format!("malformed reply from the daemon: {e}"))),
+            Ok(Some(line)) => serde_json::from_str(&line).map(Some).map_err(|e| {
+                CliError::failed(
+                    ErrorKind::Internal,
+                    format!("malformed reply from the daemon: {e}"),
+                )
+            }),
             Ok(None) => Ok(None),
             Err(e) => Err(CliError::Unreachable(format!("control socket: {e}"))),
         }
@@ -57,7 +61,7 @@ impl Client {
     pub async fn request(&mut self, request: &Request) -> Result<Reply, CliError> {
         self.send(request).await?;
         match self.next().await? {
-            Some(Reply::Error { message }) => Err(CliError::Failed(message)),
+            Some(Reply::Error { message, kind }) => Err(CliError::failed(kind, message)),
             Some(reply) => Ok(reply),
             None => Err(CliError::Unreachable(
                 "the daemon closed the connection".into(),

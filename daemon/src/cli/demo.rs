@@ -17,7 +17,7 @@ const DEFAULT_BYTES: u64 = 1 << 30;
 const GAME: &str = "cod5";
 
 fn failed(e: impl std::fmt::Display) -> CliError {
-    CliError::Failed(format!("demo: {e}"))
+    CliError::failed(crate::ErrorKind::Internal, format!("demo: {e}"))
 }
 
 async fn start(dir: &Path, name: &str, games: &Path) -> Result<Daemon, CliError> {

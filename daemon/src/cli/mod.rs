@@ -19,7 +19,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::api::{Reply, Request};
+use crate::api::{ErrorKind, Reply, Request};
+use crate::failure::Failure;
 pub use client::Client;
 
 /// `lanspread` arguments.
@@ -129,14 +130,25 @@ pub enum Command {
 #[derive(Debug)]
 pub enum CliError {
     /// The daemon refused or the operation failed (exit 1).
-    Failed(String),
+    Failed(Failure),
     /// The operation failed and its terminal JSON document was already printed (exit 1).
-    FailedPrinted(String),
+    FailedPrinted(Failure),
     /// The daemon could not be reached (exit 3).
     Unreachable(String),
 }
 
+impl From<Failure> for CliError {
+    fn from(f: Failure) -> Self {
+        Self::Failed(f)
+    }
+}
+
 impl CliError {
+    /// A failure of `kind` (exit 1).
+    pub fn failed(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self::Failed(Failure::new(kind, message))
+    }
+
     /// The process exit code.
     pub fn exit_code(&self) -> u8 {
         match self {
@@ -153,8 +165,22 @@ impl CliError {
     /// The message for stderr.
     pub fn message(&self) -> &str {
         match self {
-            CliError::Failed(m) | CliError::FailedPrinted(m) | CliError::Unreachable(m) => m,
+            CliError::Failed(f) | CliError::FailedPrinted(f) => &f.message,
+            CliError::Unreachable(m) => m,
         }
+    }
+
+    /// The stable kind, as in `{"error":{"message","kind"}}`.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CliError::Failed(f) | CliError::FailedPrinted(f) => f.kind,
+            CliError::Unreachable(_) => ErrorKind::DaemonUnreachable,
+        }
+    }
+
+    /// The JSON document of this failure: `{"error":{"message","kind"}}`.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({"error": {"message": self.message(), "kind": self.kind()}})
     }
 }
 
@@ -167,8 +193,15 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     let json = cli.json;
     match cli.command {
         Command::Pack { dir, output } => {
-            let s = lanspread_install::pack_dir(&dir, &output)
-                .map_err(|e| CliError::Failed(format!("pack failed: {e}")))?;
+            let s = lanspread_install::pack_dir(&dir, &output).map_err(|e| {
+                let kind = match &e {
+                    lanspread_install::InstallError::Io { source, .. } => {
+                        crate::failure::io_kind(source)
+                    }
+                    _ => ErrorKind::BadRequest,
+                };
+                CliError::failed(kind, format!("pack failed: {e}"))
+            })?;
             #[derive(Serialize)]
             struct Packed {
                 archive: String,
@@ -210,7 +243,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             };
             clap_mangen::Man::new(cmd)
                 .render(&mut std::io::stdout())
-                .map_err(|e| CliError::Failed(format!("man page: {e}")))
+                .map_err(|e| Failure::io("man page", &e).into())
         }
         Command::Download {
             game,
@@ -228,7 +261,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                     Some(Reply::Event(e)) => {
                         let line = if json {
                             serde_json::to_string(&e)
-                                .map_err(|e| CliError::Failed(e.to_string()))?
+                                .map_err(|e| CliError::failed(ErrorKind::Internal, e.to_string()))?
                         } else {
                             output::event_line(&e)
                         };
@@ -303,9 +336,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
 fn confirm_remove(game: &str) -> Result<(), CliError> {
     use std::io::{BufRead, IsTerminal, Write};
     if !std::io::stdin().is_terminal() {
-        return Err(CliError::Failed(format!(
-            "remove deletes every file of {game}; pass --yes to confirm"
-        )));
+        return Err(CliError::failed(
+            ErrorKind::BadRequest,
+            format!("remove deletes every file of {game}; pass --yes to confirm"),
+        ));
     }
     eprint!("delete every file of {game} from the games dir? [y/N] ");
     let _ = std::io::stderr().flush();
@@ -314,7 +348,10 @@ fn confirm_remove(game: &str) -> Result<(), CliError> {
     if matches!(answer.trim(), "y" | "Y" | "yes") {
         Ok(())
     } else {
-        Err(CliError::Failed(format!("{game} kept")))
+        Err(CliError::failed(
+            ErrorKind::Cancelled,
+            format!("{game} kept"),
+        ))
     }
 }
 
@@ -409,8 +446,11 @@ async fn one_shot_within(
 
 pub(crate) fn unexpected(reply: Reply) -> CliError {
     match reply {
-        Reply::Error { message } => CliError::Failed(message),
-        other => CliError::Failed(format!("unexpected reply from the daemon: {other:?}")),
+        Reply::Error { message, kind } => CliError::failed(kind, message),
+        other => CliError::failed(
+            ErrorKind::Internal,
+            format!("unexpected reply from the daemon: {other:?}"),
+        ),
     }
 }
 

@@ -262,12 +262,13 @@ mod tests {
             kind: crate::api::EventKind::DownloadFailed {
                 game_id: lanspread_catalog::GameId::new("cod5").unwrap(),
                 reason: "no peers".into(),
+                kind: crate::api::ErrorKind::NoSources,
                 sources: Vec::new(),
             },
         };
         assert_eq!(
             event_line(&e),
-            "01:02:03.004 download-failed game_id=cod5 reason=no peers sources=[]"
+            "01:02:03.004 download-failed game_id=cod5 kind=no-sources reason=no peers sources=[]"
         );
         let id = lanspread_catalog::GameId::new("cod5").unwrap();
         let rate = crate::api::Event {

@@ -6,7 +6,8 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::{output, unexpected, CliError, Client};
-use crate::api::{EventKind, Reply, Request};
+use crate::api::{ErrorKind, EventKind, Reply, Request};
+use crate::failure::Failure;
 
 /// Runs a download request to its end.
 pub async fn download(
@@ -39,8 +40,9 @@ pub async fn download(
         let reply = match c.next().await? {
             Some(r) => r,
             None => {
-                return Err(CliError::Failed(
-                    "the daemon closed the connection before the download ended".into(),
+                return Err(CliError::failed(
+                    ErrorKind::Internal,
+                    "the daemon closed the connection before the download ended",
                 ))
             }
         };
@@ -54,7 +56,8 @@ pub async fn download(
             Reply::Event(e) => e,
             other => return Err(unexpected(other)),
         };
-        let value = serde_json::to_value(&event).map_err(|e| CliError::Failed(e.to_string()))?;
+        let value = serde_json::to_value(&event)
+            .map_err(|e| CliError::failed(ErrorKind::Internal, e.to_string()))?;
         match &event.kind {
             EventKind::GotGameFiles { files, sources, .. } if bar.is_none() && !json => {
                 outln!(
@@ -115,16 +118,16 @@ pub async fn download(
                 }
                 finished = Some(value);
             }
-            EventKind::DownloadFailed { reason, .. } => {
+            EventKind::DownloadFailed { reason, kind, .. } => {
                 if let Some(b) = &bar {
                     b.abandon();
                 }
-                let msg = format!("download of {game} failed: {reason}");
+                let f = Failure::new(*kind, format!("download of {game} failed: {reason}"));
                 if json {
                     outln!("{value}");
-                    return Err(CliError::FailedPrinted(msg));
+                    return Err(CliError::FailedPrinted(f));
                 }
-                return Err(CliError::Failed(msg));
+                return Err(CliError::Failed(f));
             }
             EventKind::InstallBegin { .. } if !json => outln!("{game}: installing"),
             EventKind::InstallFinished { .. } => {
@@ -137,15 +140,15 @@ pub async fn download(
                 }
                 return Ok(());
             }
-            EventKind::InstallFailed { reason, .. } => {
+            EventKind::InstallFailed { reason, kind, .. } => {
                 let mut doc = finished.take().unwrap_or_else(|| serde_json::json!({}));
                 doc["install"] = value;
-                let msg = format!("install of {game} failed: {reason}");
+                let f = Failure::new(*kind, format!("install of {game} failed: {reason}"));
                 if json {
                     outln!("{doc}");
-                    return Err(CliError::FailedPrinted(msg));
+                    return Err(CliError::FailedPrinted(f));
                 }
-                return Err(CliError::Failed(msg));
+                return Err(CliError::Failed(f));
             }
             _ => {}
         }

@@ -11,27 +11,31 @@ use std::path::{Path, PathBuf};
 use lanspread_catalog::{is_reserved_top_level, FileManifest, Version, VERSION_FILE};
 
 use super::is_sentinel;
+use crate::failure::{ErrorKind, Failure};
 
 pub const INCOMING: &str = ".lanspread/incoming";
 
-fn err(path: &Path, e: io::Error) -> String {
-    format!("{}: {e}", path.display())
+fn err(path: &Path, e: io::Error) -> Failure {
+    Failure::io(path.display(), &e)
 }
 
 /// Creates the root and parent folders without following symlinks, removes a committed
 /// `version.ini` (the root is not Ready from here on) and returns each file's destination.
-pub async fn prepare(root: &Path, files: &[FileManifest]) -> Result<Vec<PathBuf>, String> {
+pub async fn prepare(root: &Path, files: &[FileManifest]) -> Result<Vec<PathBuf>, Failure> {
     let root = root.to_path_buf();
     let files = files.to_vec();
     tokio::task::spawn_blocking(move || prepare_blocking(&root, &files))
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(Failure::internal)?
 }
 
-fn prepare_blocking(root: &Path, files: &[FileManifest]) -> Result<Vec<PathBuf>, String> {
+fn prepare_blocking(root: &Path, files: &[FileManifest]) -> Result<Vec<PathBuf>, Failure> {
     match fs::symlink_metadata(root) {
         Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
-            return Err(format!("{} exists and is not a folder", root.display()));
+            return Err(Failure::new(
+                ErrorKind::Io,
+                format!("{} exists and is not a folder", root.display()),
+            ));
         }
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -65,14 +69,19 @@ fn prepare_blocking(root: &Path, files: &[FileManifest]) -> Result<Vec<PathBuf>,
 
 /// Creates the folders of `rel` under `root` one by one, refusing symlinks and files in
 /// the way, and returns the destination path.
-fn create_parents(root: &Path, rel: &str) -> Result<PathBuf, String> {
+fn create_parents(root: &Path, rel: &str) -> Result<PathBuf, Failure> {
     let comps: Vec<&str> = rel.split('/').collect();
     let mut dir = root.to_path_buf();
     for comp in &comps[..comps.len().saturating_sub(1)] {
         dir.push(comp);
         match fs::symlink_metadata(&dir) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(format!("{} is in the way (not a folder)", dir.display())),
+            Ok(_) => {
+                return Err(Failure::new(
+                    ErrorKind::Io,
+                    format!("{} is in the way (not a folder)", dir.display()),
+                ))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir(&dir).map_err(|e| err(&dir, e))?
             }
@@ -90,11 +99,11 @@ pub async fn commit(
     files: &[FileManifest],
     dests: &[PathBuf],
     version: Version,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let (root, files, dests) = (root.to_path_buf(), files.to_vec(), dests.to_vec());
     tokio::task::spawn_blocking(move || commit_blocking(&root, &files, &dests, version))
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(Failure::internal)?
 }
 
 fn commit_blocking(
@@ -102,7 +111,7 @@ fn commit_blocking(
     files: &[FileManifest],
     dests: &[PathBuf],
     version: Version,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     for (f, dest) in files.iter().zip(dests) {
         fs::set_permissions(dest, fs::Permissions::from_mode(f.mode & 0o7777))
             .map_err(|e| err(dest, e))?;
@@ -126,8 +135,19 @@ fn commit_blocking(
     let text = fs::read_to_string(&incoming).map_err(|e| err(&incoming, e))?;
     match Version::parse(&text) {
         Ok(v) if v == version => {}
-        Ok(v) => return Err(format!("received version.ini says {v}, expected {version}")),
-        Err(e) => return Err(format!("received version.ini: {e}")),
+        // Its bytes were checked against the manifest: the sources sent a wrong one.
+        Ok(v) => {
+            return Err(Failure::new(
+                ErrorKind::SourceFailed,
+                format!("received version.ini says {v}, expected {version}"),
+            ))
+        }
+        Err(e) => {
+            return Err(Failure::new(
+                ErrorKind::SourceFailed,
+                format!("received version.ini: {e}"),
+            ))
+        }
     }
     fs::File::open(&incoming)
         .and_then(|f| f.sync_all())
@@ -140,7 +160,7 @@ fn commit_blocking(
 
 /// Removes regular files and symlinks under `root` that the manifest does not list (files
 /// of an older version), leaving `local/` and `.lanspread*` alone.
-fn remove_extra(dir: &Path, prefix: &str, keep: &BTreeSet<&str>) -> Result<(), String> {
+fn remove_extra(dir: &Path, prefix: &str, keep: &BTreeSet<&str>) -> Result<(), Failure> {
     for entry in fs::read_dir(dir).map_err(|e| err(dir, e))?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if prefix.is_empty() && (is_reserved_top_level(&name) || name == VERSION_FILE) {
@@ -173,7 +193,7 @@ pub async fn discard_incoming(root: &Path) {
     let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(incoming)).await;
 }
 
-fn sync_dir(dir: &Path) -> Result<(), String> {
+fn sync_dir(dir: &Path) -> Result<(), Failure> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| err(dir, e))

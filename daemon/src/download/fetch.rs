@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use super::writer::Writer;
+use crate::failure::Failure;
 use crate::limit::RateLimit;
 
 /// How a chunk fetch failed.
@@ -23,7 +24,7 @@ pub enum FetchError {
     /// The source failed (gone, refused, bad bytes): the planner decides.
     Source(FailKind, String),
     /// Writing locally failed (e.g. disk full): the download fails.
-    Local(String),
+    Local(Failure),
 }
 
 /// One range to fetch (the game and version are the request's).
@@ -286,7 +287,7 @@ async fn receive_one(
                 writer
                     .buffer()
                     .await
-                    .map_err(|e| FetchError::Local(e.to_string()))?,
+                    .map_err(|e| FetchError::Local(Failure::io("the write buffer pool", &e)))?,
             ),
         };
         let want = (job.len - got).min(b.room() as u64) as usize;
@@ -309,7 +310,7 @@ async fn receive_one(
             let rx = writer
                 .write(job.file, buf_start, full)
                 .await
-                .map_err(|e| FetchError::Local(e.to_string()))?;
+                .map_err(|e| FetchError::Local(Failure::io(format!("writing {}", job.path), &e)))?;
             writes.push(rx);
             buf_start += len;
         }
@@ -322,8 +323,17 @@ async fn finish(job: &ChunkJob, digest: ChunkHash, writes: Writes) -> Result<(),
     for rx in writes {
         match rx.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(FetchError::Local(format!("writing {}: {e}", job.path))),
-            Err(_) => return Err(FetchError::Local("the io_uring writer stopped".into())),
+            Ok(Err(e)) => {
+                return Err(FetchError::Local(Failure::io(
+                    format!("writing {}", job.path),
+                    &e,
+                )))
+            }
+            Err(_) => {
+                return Err(FetchError::Local(Failure::internal(
+                    "the io_uring writer stopped",
+                )))
+            }
         }
     }
     if digest != job.hash {

@@ -15,6 +15,8 @@ use lanspread_peer::{journal_entry, journal_header, judge_journal, ChunkSpec, Re
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
+use crate::failure::Failure;
+
 /// Journal path under a game root.
 pub const JOURNAL: &str = ".lanspread/partial";
 /// Where the journal is rewritten before it is renamed into place.
@@ -45,11 +47,11 @@ pub async fn open(
     chunks: &[ChunkSpec],
     version: Version,
     digest: ChunkHash,
-) -> Result<(Journal, Vec<usize>), String> {
+) -> Result<(Journal, Vec<usize>), Failure> {
     let (root, dests, chunks) = (root.to_path_buf(), dests.to_vec(), chunks.to_vec());
     tokio::task::spawn_blocking(move || open_blocking(&root, &dests, &chunks, version, &digest))
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(Failure::internal)?
 }
 
 fn open_blocking(
@@ -58,12 +60,12 @@ fn open_blocking(
     chunks: &[ChunkSpec],
     version: Version,
     digest: &ChunkHash,
-) -> Result<(Journal, Vec<usize>), String> {
+) -> Result<(Journal, Vec<usize>), Failure> {
     let path = root.join(JOURNAL);
     let text = match fs::read(&path) {
         Ok(b) => Some(String::from_utf8_lossy(&b).into_owned()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(Failure::io(path.display(), &e)),
     };
     let claimed = match judge_journal(text.as_deref(), version, digest, chunks.len()) {
         ResumeDecision::Fresh => Default::default(),
@@ -90,11 +92,11 @@ fn open_blocking(
     let tmp = root.join(JOURNAL_TMP);
     fs::write(&tmp, text)
         .and_then(|()| fs::rename(&tmp, &path))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| Failure::io(path.display(), &e))?;
     let file = fs::OpenOptions::new()
         .append(true)
         .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| Failure::io(path.display(), &e))?;
     Ok((Journal { file, path }, kept))
 }
 

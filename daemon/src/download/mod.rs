@@ -6,16 +6,16 @@ mod commit;
 mod fetch;
 mod journal;
 mod lanes;
+mod metadata;
 mod stop;
 mod writer;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lanspread_catalog::{manifest_digest, FileManifest, GameId, VERSION_FILE};
-use lanspread_peer::{latest_sources, ManifestVote, OpKind, Planner, PlannerStatus, Sources};
-use lanspread_transfer::{read_frame, write_frame, PeerId, PeerRequest, PeerResponse};
+use lanspread_peer::{latest_sources, OpKind, Planner, PlannerStatus, Sources};
+use lanspread_transfer::PeerId;
 use quinn::Connection;
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
@@ -30,6 +30,7 @@ pub use writer::Writer;
 pub const LEFTOVERS: [&str; 2] = [commit::INCOMING, journal::JOURNAL_TMP];
 
 use crate::api::{EventKind, FileSize};
+use crate::failure::{ErrorKind, Failure};
 use crate::state::Shared;
 use fetch::{ChunkJob, FetchError};
 
@@ -52,27 +53,28 @@ const BATCH_CHUNKS: usize = 32;
 const BATCH_CHUNK_LEN: u64 = 1 << 20;
 const BATCH_BYTES: u64 = 8 << 20;
 const _: () = assert!(BATCH_CHUNKS <= lanspread_transfer::MAX_RANGES);
-/// How long a source may take to send a manifest (it may hash a large game first).
-const MANIFEST_TIMEOUT: Duration = Duration::from_secs(300);
-/// How much longer the sources that have not answered get once the others' answers
-/// settle the vote (a strict plurality whatever the rest say).
-const MANIFEST_GRACE: Duration = Duration::from_secs(5);
 
 /// Checks a download request and registers the operation. Refusals leave nothing behind.
-pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), String> {
+pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Failure> {
     let Some(id) = shared.catalog.get(game) else {
-        return Err(format!("game {game} is not in the local catalog"));
+        return Err(Failure::new(
+            ErrorKind::NotInCatalog,
+            format!("game {game} is not in the local catalog"),
+        ));
     };
     let mut inner = shared.lock();
     if inner.operations.get(&id).is_some() {
-        return Err(lanspread_peer::PeerError::Busy(id).to_string());
+        return Err(lanspread_peer::PeerError::Busy(id).into());
     }
     let Some(sources) = latest_sources(&inner.peers, &id) else {
         drop(inner);
         shared.events.emit(EventKind::NoPeersHaveGame {
             game_id: id.clone(),
         });
-        return Err(format!("no peers have game {id}"));
+        return Err(Failure::new(
+            ErrorKind::NoSources,
+            format!("no peers have game {id}"),
+        ));
     };
     if let Some(root) = inner.library.get(&id) {
         if let Some(have) = root.version.filter(|&v| v >= sources.version) {
@@ -81,16 +83,16 @@ pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Stri
             } else {
                 format!("; `lanspread install {id}` extracts it")
             };
-            return Err(format!(
-                "game {id} is already downloaded at version {have} (newest on peers: {}){hint}",
-                sources.version
+            return Err(Failure::new(
+                ErrorKind::AlreadyDone,
+                format!(
+                    "game {id} is already downloaded at version {have} (newest on peers: {}){hint}",
+                    sources.version
+                ),
             ));
         }
     }
-    inner
-        .operations
-        .begin(&id, OpKind::Download)
-        .map_err(|e| e.to_string())?;
+    inner.operations.begin(&id, OpKind::Download)?;
     shared
         .cancels
         .lock()
@@ -154,11 +156,12 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
             });
             true
         }
-        Err(reason) => {
-            warn!(game = %id, "download failed: {reason}");
+        Err(failure) => {
+            warn!(game = %id, "download failed: {failure}");
             shared.events.emit(EventKind::DownloadFailed {
                 game_id: id.clone(),
-                reason,
+                reason: failure.message,
+                kind: failure.kind,
                 sources: why
                     .into_iter()
                     .map(|(peer_id, reason)| crate::api::SourceFailure { peer_id, reason })
@@ -201,76 +204,9 @@ async fn download(
     files_open: &mut Vec<u64>,
     cancel: &tokio::sync::Notify,
     why: &mut std::collections::BTreeMap<PeerId, String>,
-) -> Result<Done, String> {
+) -> Result<Done, Failure> {
     let mut shutdown = shared.shutdown.subscribe();
-    // Metadata from every newest source, validated by plurality.
-    let mut asks = JoinSet::new();
-    let mut waiting = BTreeSet::new();
-    for peer in &sources.peers {
-        let Some((conn, _)) = link(shared, peer) else {
-            continue;
-        };
-        waiting.insert(peer.clone());
-        let (peer, id, version) = (peer.clone(), id.clone(), sources.version);
-        asks.spawn(
-            async move {
-                let answer =
-                    tokio::time::timeout(MANIFEST_TIMEOUT, request_files(&conn, id, version)).await;
-                (
-                    peer,
-                    answer.unwrap_or_else(|_| Err("no manifest in time".into())),
-                )
-            }
-            .in_current_span(),
-        );
-    }
-    let mut vote = ManifestVote::default();
-    // Set once the sources still to answer can no longer change the vote: they get
-    // MANIFEST_GRACE more, so one that never answers holds the download seconds, not
-    // MANIFEST_TIMEOUT.
-    let mut grace_ends = None;
-    loop {
-        let next = async {
-            match grace_ends {
-                None => asks.join_next().await,
-                Some(end) => tokio::time::timeout_at(end, asks.join_next())
-                    .await
-                    .unwrap_or(None),
-            }
-        };
-        let joined = tokio::select! {
-            j = next => j,
-            why = stop_requested(&mut shutdown, cancel) => return Err(why),
-        };
-        let Some(joined) = joined else { break };
-        match joined {
-            Ok((peer, answer)) => {
-                waiting.remove(&peer);
-                match answer {
-                    Ok(files) => vote.add(peer, files),
-                    Err(e) => {
-                        warn!(peer = %peer.short(), "no manifest: {e}");
-                        vote.no_answer(peer, format!("no manifest: {e}"));
-                    }
-                }
-            }
-            Err(e) => warn!("manifest task failed: {e}"),
-        }
-        if grace_ends.is_none() && !asks.is_empty() && vote.settled(asks.len()) {
-            grace_ends = Some(tokio::time::Instant::now() + MANIFEST_GRACE);
-        }
-    }
-    if !asks.is_empty() {
-        asks.abort_all();
-        for peer in &waiting {
-            warn!(
-                peer = %peer.short(),
-                "not a source for {id}: no manifest {MANIFEST_GRACE:?} after the others settled the vote"
-            );
-        }
-    }
-    why.extend(vote.rejected().iter().cloned());
-    let chosen = vote.choose(id).map_err(|e| e.to_string())?;
+    let chosen = metadata::validated(shared, id, sources, &mut shutdown, cancel, why).await?;
     for (peer, reason) in &chosen.rejected {
         warn!(peer = %peer.short(), "not a source for {id}: {reason}");
         why.insert(peer.clone(), reason.clone());
@@ -300,7 +236,7 @@ async fn download(
             .writer
             .open(dest.clone(), f.size)
             .await
-            .map_err(|e| format!("cannot create {}: {e}", dest.display()))?;
+            .map_err(|e| Failure::io(format_args!("cannot create {}", dest.display()), &e))?;
         files_open.push(fid);
     }
     let bytes: u64 = chosen.files.iter().map(|f| f.size).sum();
@@ -355,8 +291,8 @@ async fn download(
         syncs.spawn(async move { shared.writer.sync(f).await });
     }
     while let Some(res) = syncs.join_next().await {
-        res.map_err(|e| format!("flushing files: {e}"))?
-            .map_err(|e| format!("flushing files: {e}"))?;
+        res.map_err(Failure::internal)?
+            .map_err(|e| Failure::io("flushing files", &e))?;
     }
     let t_sync = started.elapsed();
     commit::commit(&root, &chosen.files, &dests, sources.version).await?;
@@ -391,7 +327,7 @@ async fn transfer(
     sources: &Sources,
     work: Work<'_>,
     planner: &mut Planner,
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let Work {
         files,
         file_ids,
@@ -460,23 +396,30 @@ async fn transfer(
         }
         match planner.status() {
             PlannerStatus::Finished => return Ok(()),
-            PlannerStatus::Failed(reason) if last_failure.is_empty() => return Err(reason),
+            PlannerStatus::Failed(reason) if last_failure.is_empty() => {
+                return Err(Failure::new(ErrorKind::SourceFailed, reason))
+            }
             PlannerStatus::Failed(reason) => {
                 // Say why each source was given up, not only that none is left.
                 let each: Vec<String> = last_failure
                     .iter()
                     .map(|(p, why)| format!("{}: {why}", p.short()))
                     .collect();
-                return Err(format!("{reason} ({})", each.join("; ")));
+                return Err(Failure::new(
+                    ErrorKind::SourceFailed,
+                    format!("{reason} ({})", each.join("; ")),
+                ));
             }
             PlannerStatus::Running => {}
         }
         let Some(joined) = running.join_next().await else {
-            return Err("download stalled: nothing in flight and nothing assignable".into());
+            return Err(Failure::internal(
+                "download stalled: nothing in flight and nothing assignable",
+            ));
         };
         let (batch, jobs, addr, results, lane) = joined
             .and_then(|j| j)
-            .map_err(|e| format!("chunk task failed: {e}"))?;
+            .map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))?;
         if let Some(lane) = lane {
             lanes.done(&batch.peer, lane);
         }
@@ -521,31 +464,12 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn request_files(
-    conn: &Connection,
-    game: GameId,
-    version: lanspread_catalog::Version,
-) -> Result<Vec<FileManifest>, String> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    write_frame(&mut send, &PeerRequest::Files { game, version })
-        .await
-        .map_err(|e| e.to_string())?;
-    let _ = send.finish();
-    match read_frame::<_, PeerResponse>(&mut recv).await {
-        Ok(Some(PeerResponse::Files(files))) => Ok(files),
-        Ok(Some(PeerResponse::Refused { reason })) => Err(format!("refused: {reason}")),
-        Ok(Some(other)) => Err(format!("unexpected answer {other:?}")),
-        Ok(None) => Err("stream ended".into()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// Fails with the numbers when the games filesystem lacks room for the files.
 async fn check_space(
     games: &std::path::Path,
     root: &std::path::Path,
     files: &[FileManifest],
-) -> Result<(), String> {
+) -> Result<(), Failure> {
     let (games, root, files) = (games.to_path_buf(), root.to_path_buf(), files.to_vec());
     tokio::task::spawn_blocking(move || {
         let need: u64 = files
@@ -557,17 +481,21 @@ async fn check_space(
                 f.size.saturating_sub(have)
             })
             .sum();
-        let free = lanspread_catalog::free_space(&games).map_err(|e| e.to_string())?;
+        let free = lanspread_catalog::free_space(&games)
+            .map_err(|e| Failure::new(ErrorKind::Io, e.to_string()))?;
         if need > free {
-            return Err(format!(
-                "not enough free space in {}: need {need} bytes, {free} available",
-                games.display()
+            return Err(Failure::new(
+                ErrorKind::DiskFull,
+                format!(
+                    "not enough free space in {}: need {need} bytes, {free} available",
+                    games.display()
+                ),
             ));
         }
         Ok(())
     })
     .await
-    .map_err(|e| e.to_string())?
+    .map_err(Failure::internal)?
 }
 
 /// Whether a manifest path is the commit sentinel.

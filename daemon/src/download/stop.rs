@@ -4,6 +4,7 @@
 
 use lanspread_catalog::GameId;
 
+use crate::failure::{ErrorKind, Failure};
 use crate::state::Shared;
 
 /// Asks the running download of `id` to stop (`cancel`); its `download-failed` follows.
@@ -35,13 +36,15 @@ pub fn cancellable(shared: &Shared, id: &GameId) -> bool {
 pub(super) async fn stop_requested(
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
     cancel: &tokio::sync::Notify,
-) -> String {
+) -> Failure {
     tokio::select! {
-        () = crate::state::until_shutdown(shutdown) => {
-            "the daemon is shutting down (a later download resumes from the verified chunks)".into()
-        }
-        () = cancel.notified() => {
-            "cancelled (a later download resumes from the verified chunks)".into()
-        }
+        () = crate::state::until_shutdown(shutdown) => Failure::new(
+            ErrorKind::Shutdown,
+            "the daemon is shutting down (a later download resumes from the verified chunks)",
+        ),
+        () = cancel.notified() => Failure::new(
+            ErrorKind::Cancelled,
+            "cancelled (a later download resumes from the verified chunks)",
+        ),
     }
 }

@@ -221,10 +221,12 @@ fn socket_access_reads_for_the_group_changes_for_admins() {
         &["connect", "127.0.0.1:9"],
         &["shutdown"],
     ] {
-        let out = cli_as_nobody(&n.socket_path(), args);
+        let out = cli_as_nobody(&n.socket_path(), &[&["--json"][..], args].concat());
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains("permission denied"), "{args:?}: {err}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["error"]["kind"], "permission-denied", "{args:?}: {v}");
     }
     assert_eq!(
         n.json(&["status"])["peer_id"],

@@ -30,6 +30,8 @@ fn unknown_fields_are_refused_on_every_command() {
     ] {
         let reply = ask(&mut s, bad.as_bytes());
         assert!(reply.contains("unknown field"), "{bad}: {reply}");
+        let v: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(v["error"]["kind"], "bad-request", "{bad}: {reply}");
     }
     assert!(ask(&mut s, br#"{"cmd":"status"}"#).contains("peer_id"));
 }

@@ -168,6 +168,7 @@ fn s08_conflicting_metadata() {
     assert_eq!(out.code, 1, "{out:?}");
     let failed = out.json();
     assert_eq!(failed["event"], "download-failed");
+    assert_eq!(out.error_kind(), "metadata-conflict", "{failed}");
     assert!(
         failed["reason"]
             .as_str()
@@ -185,6 +186,7 @@ fn s09_missing_game() {
     c.connect(&a);
     let out = c.download("cod5", &[]);
     assert_eq!(out.code, 1);
+    assert_eq!(out.error_kind(), "no-sources", "{out:?}");
     assert!(
         out.stderr.contains("no peers have game cod5"),
         "{}",
@@ -424,6 +426,7 @@ fn s35_unknown_id() {
     assert!(remote_rows(&c.json(&["list-games"])).is_empty());
     let out = c.download("mystery-game", &[]);
     assert_eq!(out.code, 1);
+    assert_eq!(out.error_kind(), "not-in-catalog", "{out:?}");
     assert!(
         out.stderr.contains("not in the local catalog"),
         "{}",

@@ -80,9 +80,13 @@ fn s19_sole_source_dies() {
     let third = Node::start("third", g3.path());
     third.connect(&c);
     assert!(crate::util::remote_rows(&third.json(&["list-games"])).is_empty());
-    // The operation is cleared: a retry is accepted (and refused only for want of peers).
+    // The operation is cleared: a retry is accepted (and refused only for want of peers,
+    // once the link to the dead source is gone: the download may see the connection lost
+    // a moment before the link task does).
+    c.wait_event("peer-lost", |e| e["peer_id"] == a.peer_id.as_str());
     let retry = c.download("cod5", &["--no-install"]);
     assert_eq!(retry.code, 1);
+    assert_eq!(retry.error_kind(), "no-sources", "{retry:?}");
     assert!(
         retry.stderr.contains("no peers have game cod5"),
         "{}",
@@ -103,6 +107,7 @@ fn s20_disk_full() {
     assert_eq!(out.code, 1, "{out:?}");
     let failed = out.json();
     assert_eq!(failed["event"], "download-failed");
+    assert_eq!(out.error_kind(), "disk-full", "{failed}");
     // Refused up front, with the numbers, before anything is preallocated.
     let reason = failed["reason"].as_str().unwrap();
     assert!(
@@ -219,6 +224,7 @@ fn s26_single_flight() {
     c.download_ok("cod5", &["--no-install", "--detach"]);
     let second = c.download("cod5", &["--no-install"]);
     assert_eq!(second.code, 1, "{second:?}");
+    assert_eq!(second.error_kind(), "busy", "{second:?}");
     assert!(
         second
             .stderr
@@ -341,6 +347,7 @@ fn s38_corrupted_source() {
     c2.connect(&liar);
     let out = c2.download("cod5", &["--no-install"]);
     assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.error_kind(), "source-failed", "{out:?}");
     assert!(
         out.json()["reason"]
             .as_str()

@@ -124,15 +124,17 @@ fn s06_install_uninstall_and_s32_reinstall() {
         2
     );
     // Refusals: unknown id, not downloaded.
-    let out = c.cli(&["install", "mystery-game"]);
+    let out = c.cli(&["--json", "install", "mystery-game"]);
     assert_eq!(out.code, 1);
+    assert_eq!(out.error_kind(), "not-in-catalog", "{out:?}");
     assert!(
         out.stderr.contains("not in the local catalog"),
         "{}",
         out.stderr
     );
-    let out = c.cli(&["install", "cod5"]);
+    let out = c.cli(&["--json", "install", "cod5"]);
     assert_eq!(out.code, 1);
+    assert_eq!(out.error_kind(), "not-found", "{out:?}");
 }
 
 #[test]
@@ -152,4 +154,31 @@ fn s33_install_after_external_change() {
     .unwrap();
     c.json(&["install", "cnc4"]);
     assert_eq!(installed(&games.path().join("cnc4/local")), packed(&spec));
+}
+
+#[test]
+fn a_damaged_archive_fails_the_install_with_its_kind() {
+    let d = tempfile::tempdir().unwrap();
+    GameSpec::new("ggoo", "20250301")
+        .file(
+            "ggoo.eti",
+            0o644,
+            Content::Random {
+                seed: 77,
+                size: 4096,
+            },
+        )
+        .write(d.path())
+        .unwrap();
+    let n = lanspread_scenarios::Node::start("damaged", d.path());
+    let out = n.cli(&["--json", "install", "ggoo"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.error_kind(), "bad-archive", "{out:?}");
+    let failed = n.wait_event("install-failed", |e| e["game_id"] == "ggoo");
+    assert_eq!(failed["kind"], "bad-archive", "{failed}");
+    assert!(
+        failed["reason"].as_str().unwrap().contains("ggoo.eti"),
+        "{failed}"
+    );
+    assert!(!d.path().join("ggoo/local").exists());
 }

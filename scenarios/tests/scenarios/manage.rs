@@ -29,8 +29,9 @@ fn cancel_stops_a_download_that_then_resumes_and_remove_deletes_it() {
         (c.events_named("download-chunk-finished").len() >= 3).then_some(())
     });
     // Busy: remove is refused while the download runs.
-    let out = c.cli(&["remove", "cod5", "--yes"]);
+    let out = c.cli(&["--json", "remove", "cod5", "--yes"]);
     assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.error_kind(), "busy", "{out:?}");
     assert!(
         out.stderr.contains("operation already in progress"),
         "{out:?}"
@@ -41,13 +42,15 @@ fn cancel_stops_a_download_that_then_resumes_and_remove_deletes_it() {
     let failed = c.events_named("download-failed");
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(failed[0]["reason"].as_str().unwrap().contains("cancelled"));
+    assert_eq!(failed[0]["kind"], "cancelled", "{failed:?}");
     assert!(c.json(&["status"])["operations"]
         .as_array()
         .unwrap()
         .is_empty());
     assert!(!games.path().join("cod5/version.ini").exists());
-    let out = c.cli(&["cancel", "cod5"]);
+    let out = c.cli(&["--json", "cancel", "cod5"]);
     assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.error_kind(), "not-found", "{out:?}");
     assert!(
         out.stderr
             .contains("no download or install of game cod5 is running"),

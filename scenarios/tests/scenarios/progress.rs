@@ -115,8 +115,9 @@ fn download_draws_a_progress_bar_on_a_terminal_only() {
     assert!(screen.contains("cod5: downloaded"), "{screen:?}");
 
     // Piped: plain lines, no bar.
-    let out = c.cli(&["download", "cod5", "--no-install"]);
+    let out = c.cli(&["--json", "download", "cod5", "--no-install"]);
     assert_eq!(out.code, 1, "already downloaded: {}", out.stderr);
+    assert_eq!(out.error_kind(), "already-done", "{out:?}");
     std::fs::remove_file(games.path().join("cod5/version.ini")).unwrap();
     c.wait_games("cod5 no longer downloaded", |g| {
         g["local"]

@@ -358,6 +358,7 @@ fn a_download_running_at_shutdown_ends_with_download_failed() {
         "{}",
         failed[0]
     );
+    assert_eq!(failed[0]["kind"], "shutdown", "{}", failed[0]);
     assert!(!games.path().join("cod5/version.ini").exists());
 }
 
