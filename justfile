@@ -20,6 +20,11 @@ s NAME:
     cargo build --release --bins
     cargo test --release -p lanspread-scenarios {{NAME}}
 
+# Issue 18's full-size busy-server runs (as root; minutes each): SHAPE is CLIENTS:MIB:RATE.
+busy-full SHAPE="8:256:50mbit":
+    cargo build --release --bins
+    LANSPREAD_BUSY={{SHAPE}} cargo test --release -p lanspread-scenarios --test scenarios busy:: -- --nocapture
+
 lab DIR="/tmp/lanspread-lab":
     cargo run --release -p lanspread-fixtures -- lab {{DIR}}
 

@@ -201,6 +201,19 @@ impl HashCache {
     }
 }
 
+impl HashCache {
+    /// Whether the file at `full` (a root's file, named as [`HashCache::manifest`] names
+    /// it), now described by `meta`, still has the identity it had when its hashes were
+    /// computed. A source checks this before serving a range of it: a file changed since
+    /// (even with its mtime restored) would send bytes its manifest does not describe.
+    pub fn knows(&self, full: &Path, meta: &fs::Metadata) -> bool {
+        self.mem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&(full.to_path_buf(), FileKey::of(meta)))
+    }
+}
+
 fn hex_of(h: &ChunkHash) -> String {
     h.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -335,6 +348,8 @@ mod tests {
         let cache = HashCache::new();
         let scan = || scan_root(&root_dir, GameId::new("cnc4").unwrap());
         let m1 = cache.manifest(&scan()).unwrap();
+        assert!(cache.knows(&file, &fs::metadata(&file).unwrap()));
+        assert!(!HashCache::new().knows(&file, &fs::metadata(&file).unwrap()));
         std::thread::sleep(std::time::Duration::from_millis(20));
         let f = fs::OpenOptions::new().write(true).open(&file).unwrap();
         std::io::Write::write_all(&mut &f, b"two").unwrap();
@@ -342,6 +357,8 @@ mod tests {
         drop(f);
         assert_eq!(fs::metadata(&file).unwrap().modified().unwrap(), old);
         let two = <ChunkHash>::from(Sha256::digest(b"two"));
+        // A source asked for a range now sees the file is not the one it hashed.
+        assert!(!cache.knows(&file, &fs::metadata(&file).unwrap()));
         // From the persisted cache after a restart (a fresh cache), and in memory.
         assert_eq!(
             HashCache::new().manifest(&scan()).unwrap()[0].chunks[0],
@@ -349,5 +366,7 @@ mod tests {
         );
         assert_eq!(cache.manifest(&scan()).unwrap()[0].chunks[0], two);
         assert_ne!(m1[0].chunks[0], two);
+        // Hashed again: known again.
+        assert!(cache.knows(&file, &fs::metadata(&file).unwrap()));
     }
 }

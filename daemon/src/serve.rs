@@ -174,8 +174,9 @@ async fn serve_ranges(
     let served = &ranges[..files.len()];
     let limit = shared.upload_limit.as_ref();
     // One blocking task opens each file (before its header is sent, so a file that now
-    // leaves the root is refused) and reads the ranges piece by piece, one piece ahead.
-    let mut pieces = read_ranges(dir, files);
+    // leaves the root, or changed since it was hashed, is refused) and reads the ranges
+    // piece by piece, one piece ahead.
+    let mut pieces = read_ranges(dir, files, shared.hashes.clone());
     for &ChunkRange { len, .. } in served {
         // The reader always sends at least one message per range; none means it died,
         // a local failure the peer is not to blame for.
@@ -369,13 +370,30 @@ struct Pieces {
 
 /// Opens each file inside `root` and reads its `(offset, len)` range on one blocking
 /// thread in large pieces, one piece ahead of the sender. Per range the first message is
-/// its first piece or why the file could not be opened or read; an error ends the reader.
-fn read_ranges(root: PathBuf, files: Vec<(PathBuf, u64, u64)>) -> Pieces {
+/// its first piece or why the file could not be opened or read, or why it is no longer
+/// the file whose hashes the peer holds; an error ends the reader.
+fn read_ranges(
+    root: PathBuf,
+    files: Vec<(PathBuf, u64, u64)>,
+    hashes: Arc<lanspread_catalog::HashCache>,
+) -> Pieces {
     let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(2);
     let reader = tokio::task::spawn_blocking(move || {
-        for (file, offset, len) in files {
-            let file = match lanspread_catalog::open_inside(&root, &file) {
-                Ok(f) => f,
+        for (path, offset, len) in files {
+            let opened = lanspread_catalog::open_inside(&root, &path).and_then(|f| {
+                let meta = f.metadata()?;
+                Ok((f, meta))
+            });
+            let file = match opened {
+                Ok((f, meta)) if hashes.knows(&path, &meta) => f,
+                Ok(_) => {
+                    let name = path.strip_prefix(&root).unwrap_or(&path);
+                    let _ = tx.blocking_send(Err(format!(
+                        "{} changed since its hashes were given out; ask for the manifest again",
+                        name.display()
+                    )));
+                    return;
+                }
                 Err(e) => {
                     let _ = tx.blocking_send(Err(e.to_string()));
                     return;

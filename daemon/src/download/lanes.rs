@@ -4,7 +4,10 @@
 //! crypto and SHA-256 of a download spread over `n` cores, and the source spreads the
 //! accepted connections over its own threads. A source's batches go to its least busy
 //! lane, in turn among equals (batch `i` on lane `i mod n` while all keep pace). A source
-//! whose data connections cannot be opened keeps its link.
+//! whose data connections cannot be opened keeps its link. A data connection lost while
+//! the link lives (on a congested link QUIC can hear nothing for its idle timeout) is
+//! retired, its batches count as a stall of the source (not its loss), and the others
+//! carry on; when none is left, the link carries the chunks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,7 +37,12 @@ pub struct Lanes {
 struct PeerLanes {
     lanes: Vec<Lane>,
     busy: Vec<usize>,
+    /// Retired lanes (lost data connections) keep their index, so batches in flight on
+    /// other lanes keep theirs.
+    retired: Vec<bool>,
     next: usize,
+    /// The source's link connection.
+    link: Connection,
 }
 
 /// The lane for the next batch: the least busy one, the first such from `start` on (so
@@ -68,7 +76,9 @@ impl Lanes {
             let one = PeerLanes {
                 lanes: vec![main],
                 busy: vec![0],
+                retired: vec![false],
                 next: first,
+                link: link.clone(),
             };
             lanes.by_peer.insert(peer.clone(), one);
             if n == 1 {
@@ -102,6 +112,7 @@ impl Lanes {
             info!(peer = %peer.short(), lanes = data.len(), "data connections open");
             if let Some(entry) = lanes.by_peer.get_mut(&peer) {
                 entry.busy = vec![0; data.len()];
+                entry.retired = vec![false; data.len()];
                 entry.lanes = data;
             }
         }
@@ -112,10 +123,49 @@ impl Lanes {
     /// its index for [`Lanes::done`]; `None` when `peer` had no link at the start.
     pub fn take(&mut self, peer: &PeerId) -> Option<(usize, &Lane)> {
         let p = self.by_peer.get_mut(peer)?;
-        let i = least_busy(&p.busy, p.next);
+        let load: Vec<usize> = p
+            .busy
+            .iter()
+            .zip(&p.retired)
+            .map(|(&b, &r)| if r { usize::MAX } else { b })
+            .collect();
+        let i = least_busy(&load, p.next);
         p.next = i + 1;
         p.busy[i] += 1;
         Some((i, &p.lanes[i]))
+    }
+
+    /// After a batch on lane `i` of `peer` failed: when that lane is a data connection
+    /// that is now closed while the source's link lives, retires it (the link takes over
+    /// when no data connection is left) and returns `true`: the batch's failures are a
+    /// stall of the source, not its loss.
+    pub fn retire_if_lost(&mut self, peer: &PeerId, i: usize) -> bool {
+        let Some(p) = self.by_peer.get_mut(peer) else {
+            return false;
+        };
+        let Some(lane) = p.lanes.get(i) else {
+            return false;
+        };
+        if !is_data_connection(&lane.conn) || p.link.close_reason().is_some() {
+            return false;
+        }
+        let Some(why) = lane.conn.close_reason() else {
+            return false;
+        };
+        if !p.retired[i] {
+            p.retired[i] = true;
+            warn!(peer = %peer.short(), "a data connection was lost ({why}); its chunks are retried on the others");
+            if p.retired.iter().all(|&r| r) {
+                warn!(peer = %peer.short(), "no data connection left: chunks go over the link");
+                p.lanes.push(Lane {
+                    conn: p.link.clone(),
+                    runtime: Handle::current(),
+                });
+                p.busy.push(0);
+                p.retired.push(false);
+            }
+        }
+        true
     }
 
     /// A batch taken on lane `i` of `peer` ended.

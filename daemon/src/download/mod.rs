@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lanspread_catalog::{manifest_digest, FileManifest, GameId, VERSION_FILE};
-use lanspread_peer::{latest_sources, OpKind, Planner, PlannerStatus, Sources};
+use lanspread_peer::{latest_sources, FailKind, OpKind, Planner, PlannerStatus, Sources};
 use lanspread_transfer::PeerId;
 use quinn::Connection;
 use tokio::task::JoinSet;
@@ -423,6 +423,8 @@ async fn transfer(
         if let Some(lane) = lane {
             lanes.done(&batch.peer, lane);
         }
+        let any_failed = results.iter().any(Result::is_err);
+        let lane_lost = any_failed && lane.is_some_and(|i| lanes.retire_if_lost(&batch.peer, i));
         let mut failed = Vec::new();
         for ((&chunk, job), res) in batch.chunks.iter().zip(jobs).zip(results) {
             match res {
@@ -439,6 +441,12 @@ async fn transfer(
                         addr: addr.clone(),
                     });
                 }
+                // A lost data connection of a source still linked: busy, not gone.
+                Err(FetchError::Source(FailKind::SourceGone, why)) if lane_lost => failed.push((
+                    chunk,
+                    FailKind::Stalled,
+                    format!("data connection lost: {why}"),
+                )),
                 Err(FetchError::Source(kind, why)) => failed.push((chunk, kind, why)),
                 Err(FetchError::Local(why)) => return Err(why),
             }

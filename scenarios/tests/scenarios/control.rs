@@ -247,3 +247,116 @@ fn socket_access_reads_for_the_group_changes_for_admins() {
     assert!(!err.contains("permission denied"), "{err}");
     assert!(err.contains("no peers have game cod5"), "{err}");
 }
+
+/// Steps of the non-admin flood, run as uid 65534 in a forked child: 128 idle
+/// connections are accepted, the 129th is refused; then it tells the parent (one byte on
+/// `ready`) and holds them until `hold` closes. The exit code names the failed step.
+fn flood_as_nobody(socket: &std::path::Path, ready: i32, hold: i32) -> i32 {
+    use std::io::Read;
+    use std::os::unix::net::UnixStream;
+    let mut idle = Vec::with_capacity(128);
+    for _ in 0..128 {
+        match UnixStream::connect(socket) {
+            Ok(s) => idle.push(s),
+            Err(_) => return 2,
+        }
+    }
+    // The first one still has its slot.
+    let mut first = match idle[0].try_clone() {
+        Ok(s) => s,
+        Err(_) => return 3,
+    };
+    if std::io::Write::write_all(&mut first, b"{\"cmd\":\"status\"}\n").is_err() {
+        return 3;
+    }
+    let mut reply = String::new();
+    if BufReader::new(&first).read_line(&mut reply).is_err() || !reply.contains("peer_id") {
+        return 4;
+    }
+    let Ok(over) = UnixStream::connect(socket) else {
+        return 5;
+    };
+    let _ = over.set_read_timeout(Some(std::time::Duration::from_secs(10)));
+    let mut reply = String::new();
+    if BufReader::new(&over).read_line(&mut reply).is_err()
+        || !reply.contains("too many control connections")
+    {
+        return 6;
+    }
+    // SAFETY: plain writes and reads on pipe fds the parent made for this child.
+    unsafe {
+        if libc::write(ready, b"r".as_ptr().cast(), 1) != 1 {
+            return 7;
+        }
+    }
+    let mut hold = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(hold) };
+    let _ = hold.read(&mut [0u8; 1]);
+    drop(idle);
+    0
+}
+
+#[test]
+fn a_non_admin_flood_is_capped_and_the_admin_still_gets_in() {
+    const NOBODY: u32 = 65534;
+    if lanspread_scenarios::skip_privileged(
+        "a_non_admin_flood_is_capped_and_the_admin_still_gets_in",
+    ) {
+        return;
+    }
+    let games = tempfile::tempdir().unwrap();
+    let n = node_with("flooded", games.path(), &["--group", "65534"]);
+    let socket = n.socket_path();
+    let (mut ready, mut hold) = ([0i32; 2], [0i32; 2]);
+    // SAFETY: two pipes for the child's handshake.
+    unsafe {
+        assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
+        assert_eq!(libc::pipe(hold.as_mut_ptr()), 0);
+    }
+    // SAFETY: the child only runs the flood steps and leaves with _exit; glibc keeps
+    // malloc usable after fork.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: dropping privileges in the child, then leaving without unwinding.
+        unsafe {
+            libc::close(ready[0]);
+            libc::close(hold[1]);
+            let code = if libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(NOBODY) == 0
+                && libc::setuid(NOBODY) == 0
+                && libc::geteuid() == NOBODY
+            {
+                flood_as_nobody(&socket, ready[1], hold[0])
+            } else {
+                99
+            };
+            libc::_exit(code);
+        }
+    }
+    // SAFETY: the parent's ends of the pipes.
+    let mut byte = [0u8; 1];
+    let got = unsafe {
+        libc::close(ready[1]);
+        libc::close(hold[0]);
+        libc::read(ready[0], byte.as_mut_ptr().cast(), 1)
+    };
+    // While the non-admin holds every slot it may have, root (an admin) still gets in.
+    let status = (got == 1).then(|| n.cli(&["status"]));
+    // SAFETY: releasing the child, then reaping it.
+    let mut wait = 0;
+    unsafe {
+        libc::close(hold[1]);
+        libc::close(ready[0]);
+        assert_eq!(libc::waitpid(pid, &mut wait, 0), pid);
+    }
+    assert!(libc::WIFEXITED(wait), "child died: {wait}");
+    assert_eq!(
+        libc::WEXITSTATUS(wait),
+        0,
+        "flood step failed (2 connect, 4 first not served, 6 the 129th not refused)\n{}",
+        n.log_tail()
+    );
+    let status = status.expect("the child signalled");
+    assert_eq!(status.code, 0, "the admin was locked out: {status:?}");
+    assert!(n.log().contains("connections open; refused one"));
+}

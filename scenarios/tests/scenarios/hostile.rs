@@ -190,6 +190,21 @@ fn a_peer_that_stops_reading_loses_its_answers_not_the_source() {
             .write_all(&hello(&id, PROTOCOL_VERSION))
             .await
             .unwrap();
+        // The manifest first (a source serves ranges only of files it hashed).
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        let files = PeerRequest::Files {
+            game: game.clone(),
+            version,
+        };
+        send.write_all(&encode_frame(&files).unwrap())
+            .await
+            .unwrap();
+        send.finish().unwrap();
+        let manifest: Option<PeerResponse> = read_frame(&mut recv).await.unwrap();
+        assert!(
+            matches!(manifest, Some(PeerResponse::Files(_))),
+            "{manifest:?}"
+        );
         // Four whole parts asked for, none read: every serve slot of this connection.
         let mut unread = Vec::new();
         for i in 0..4 {
@@ -238,4 +253,110 @@ fn a_peer_that_stops_reading_loses_its_answers_not_the_source() {
     );
     // The source carries on.
     assert_eq!(n.json(&["status"])["peer_id"], n.peer_id.as_str());
+}
+
+/// A source whose file changed in place after it gave out its hashes (`rsync -t
+/// --inplace`, `cp -p`: same size, mtime restored) refuses ranges of it, saying so,
+/// instead of sending bytes the peer's manifest does not describe; a fresh manifest
+/// request re-hashes it and its ranges are served again (issue 18, item 8).
+#[test]
+fn a_file_changed_since_its_hashes_were_given_out_is_refused_until_rehashed() {
+    use lanspread_catalog::{FileManifest, RelPath};
+    use lanspread_fixtures::{Content, GameSpec};
+    use lanspread_transfer::{read_frame, ChunkRange, PeerRequest, PeerResponse};
+
+    const LEN: u64 = 1 << 20;
+    let games = tempfile::tempdir().unwrap();
+    GameSpec::new("ggoo", "20250301")
+        .file(
+            "ggoo.eti",
+            0o644,
+            Content::Random {
+                seed: 1950,
+                size: LEN,
+            },
+        )
+        .write(games.path())
+        .unwrap();
+    let n = Node::start("source", games.path());
+    n.wait_games("ggoo ready", |g| {
+        g["local"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|r| r["id"] == "ggoo" && r["availability"] == "Ready")
+        })
+    });
+    let game = GameId::new("ggoo").unwrap();
+    let version = Version::parse("20250301").unwrap();
+    let file = games.path().join("ggoo/ggoo.eti");
+    rt().block_on(async {
+        let (id, _ep, conn) = crate::util::raw_client(&n.addr).await;
+        let mut announce = conn.open_uni().await.unwrap();
+        announce
+            .write_all(&hello(&id, PROTOCOL_VERSION))
+            .await
+            .unwrap();
+        let ask = |req: PeerRequest| {
+            let conn = conn.clone();
+            async move {
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                send.write_all(&encode_frame(&req).unwrap()).await.unwrap();
+                send.finish().unwrap();
+                let head: Option<PeerResponse> = read_frame(&mut recv).await.unwrap();
+                (head, recv)
+            }
+        };
+        let manifest = || PeerRequest::Files {
+            game: game.clone(),
+            version,
+        };
+        let range = || PeerRequest::Chunks {
+            game: game.clone(),
+            version,
+            ranges: vec![ChunkRange {
+                path: RelPath::new("ggoo.eti").unwrap(),
+                offset: 0,
+                len: LEN,
+            }],
+        };
+        let hash_of = |files: Vec<FileManifest>| {
+            files
+                .into_iter()
+                .find(|f| f.path.as_str() == "ggoo.eti")
+                .unwrap()
+                .chunks[0]
+        };
+        let Some(PeerResponse::Files(files)) = ask(manifest()).await.0 else {
+            panic!("no manifest")
+        };
+        let before = hash_of(files);
+        assert!(matches!(
+            ask(range()).await.0,
+            Some(PeerResponse::Chunk { len: LEN })
+        ));
+
+        // Rewritten in place, mtime restored.
+        let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, b"changed in place", 4096).unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+
+        match ask(range()).await.0 {
+            Some(PeerResponse::Refused { reason }) => assert!(
+                reason.contains("ggoo.eti changed since its hashes were given out"),
+                "{reason}"
+            ),
+            other => panic!("a changed file was served: {other:?}"),
+        }
+        let Some(PeerResponse::Files(files)) = ask(manifest()).await.0 else {
+            panic!("no manifest")
+        };
+        assert_ne!(hash_of(files), before, "not re-hashed");
+        let (head, mut recv) = ask(range()).await;
+        assert_eq!(head, Some(PeerResponse::Chunk { len: LEN }));
+        let mut body = vec![0u8; LEN as usize];
+        recv.read_exact(&mut body).await.unwrap();
+        assert_eq!(body, std::fs::read(&file).unwrap());
+        conn.close(0u32.into(), b"done");
+    });
 }

@@ -182,3 +182,63 @@ fn a_damaged_archive_fails_the_install_with_its_kind() {
     );
     assert!(!d.path().join("ggoo/local").exists());
 }
+
+/// `cancel GAME` during an install stops it: `install-failed` with kind `cancelled`, no
+/// `local/` left behind (nothing was installed before), the game still downloaded, and
+/// the next install succeeds. An install can finish before the cancel lands (it is
+/// fast): then `cancel` says nothing runs, and the round is tried again.
+#[test]
+fn cancel_stops_a_running_install() {
+    let d = tempfile::tempdir().unwrap();
+    let spec = GameSpec::new("ggoo", "20250301").with_archive(4242, &[128 << 20, 128 << 20]);
+    spec.write(d.path()).unwrap();
+    let n = lanspread_scenarios::Node::start("installer", d.path());
+    let local = d.path().join("ggoo/local");
+    let mut cancelled = None;
+    for round in 0..8 {
+        let before = n.events_named("install-begin").len();
+        let out = std::thread::scope(|s| {
+            let install = s.spawn(|| n.cli(&["--json", "install", "ggoo"]));
+            lanspread_scenarios::wait_for("install-begin", || {
+                (n.events_named("install-begin").len() > before).then_some(())
+            });
+            let cancel = n.cli(&["--json", "cancel", "ggoo"]);
+            (install.join().unwrap(), cancel)
+        });
+        match out {
+            (install, cancel) if cancel.code == 0 => {
+                cancelled = Some((install, round));
+                break;
+            }
+            (install, cancel) => {
+                // Too late: the install had finished.
+                assert_eq!(install.code, 0, "{install:?}");
+                assert_eq!(cancel.error_kind(), "not-found", "{cancel:?}");
+                assert_eq!(n.cli(&["uninstall", "ggoo"]).code, 0);
+            }
+        }
+    }
+    let (install, round) = cancelled.expect("no cancel landed during an install in 8 rounds");
+    assert_eq!(install.code, 1, "round {round}: {install:?}");
+    assert_eq!(install.error_kind(), "cancelled", "{install:?}");
+    let failed = n.events_named("install-failed");
+    assert_eq!(failed.last().unwrap()["kind"], "cancelled", "{failed:?}");
+    assert!(!local.exists(), "a cancelled first install left local/");
+    let row = n.local_row("ggoo").unwrap();
+    assert_eq!(
+        (row["downloaded"].clone(), row["installed"].clone()),
+        (true.into(), false.into())
+    );
+    // No staging or trash left in the root.
+    let names: Vec<String> = fs::read_dir(d.path().join("ggoo"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.starts_with(".lanspread-")),
+        "{names:?}"
+    );
+    // And the next install succeeds.
+    assert_eq!(n.cli(&["install", "ggoo"]).code, 0);
+    assert_eq!(installed(&local), packed(&spec));
+}
