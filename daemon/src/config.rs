@@ -263,6 +263,15 @@ fn load_file(path: &Path) -> Result<FileConfig, DaemonError> {
     toml::from_str(&text).map_err(|e| DaemonError::Config(format!("{}: {e}", path.display())))
 }
 
+/// A duration knob for tests and tuning: `var` in milliseconds when set and valid, else
+/// `default`.
+pub(crate) fn env_ms(var: &str, default: std::time::Duration) -> std::time::Duration {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(default, std::time::Duration::from_millis)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,12 +39,7 @@ pub const SEND_STALL_WINDOW: Duration = Duration::from_secs(30);
 
 fn send_stall_window() -> Duration {
     static T: OnceLock<Duration> = OnceLock::new();
-    *T.get_or_init(|| {
-        std::env::var("LANSPREAD_SEND_STALL_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(SEND_STALL_WINDOW, Duration::from_millis)
-    })
+    *T.get_or_init(|| crate::config::env_ms("LANSPREAD_SEND_STALL_MS", SEND_STALL_WINDOW))
 }
 
 /// Accepts request streams on a connection until it closes; returns how many came.

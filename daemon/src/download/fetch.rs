@@ -51,12 +51,7 @@ pub const CHUNK_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn stall_timeout() -> Duration {
     static T: OnceLock<Duration> = OnceLock::new();
-    *T.get_or_init(|| {
-        std::env::var("LANSPREAD_STALL_TIMEOUT_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .map_or(CHUNK_STALL_TIMEOUT, Duration::from_millis)
-    })
+    *T.get_or_init(|| crate::config::env_ms("LANSPREAD_STALL_TIMEOUT_MS", CHUNK_STALL_TIMEOUT))
 }
 
 /// When a source last delivered bytes to this download, on any stream or lane (shared by

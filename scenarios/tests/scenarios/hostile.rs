@@ -154,12 +154,7 @@ fn a_peer_that_stops_reading_loses_its_answers_not_the_source() {
             ..Default::default()
         },
     );
-    n.wait_games("ggoo ready", |g| {
-        g["local"].as_array().is_some_and(|l| {
-            l.iter()
-                .any(|r| r["id"] == "ggoo" && r["availability"] == "Ready")
-        })
-    });
+    crate::util::wait_ready(&n, "ggoo");
     let game = GameId::new("ggoo").unwrap();
     let version = Version::parse("20250301").unwrap();
     let request = |path: &str, len: u64| {
@@ -279,12 +274,7 @@ fn a_file_changed_since_its_hashes_were_given_out_is_refused_until_rehashed() {
         .write(games.path())
         .unwrap();
     let n = Node::start("source", games.path());
-    n.wait_games("ggoo ready", |g| {
-        g["local"].as_array().is_some_and(|l| {
-            l.iter()
-                .any(|r| r["id"] == "ggoo" && r["availability"] == "Ready")
-        })
-    });
+    crate::util::wait_ready(&n, "ggoo");
     let game = GameId::new("ggoo").unwrap();
     let version = Version::parse("20250301").unwrap();
     let file = games.path().join("ggoo/ggoo.eti");

@@ -88,3 +88,13 @@ pub fn rt() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// Waits until `game` is listed Ready in `n`'s local library.
+pub fn wait_ready(n: &lanspread_scenarios::Node, game: &str) {
+    n.wait_games(&format!("{game} ready"), |g| {
+        g["local"].as_array().is_some_and(|l| {
+            l.iter()
+                .any(|r| r["id"] == game && r["availability"] == "Ready")
+        })
+    });
+}
