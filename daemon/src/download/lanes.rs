@@ -45,13 +45,14 @@ struct PeerLanes {
     link: Connection,
 }
 
-/// The lane for the next batch: the least busy one, the first such from `start` on (so
-/// equally busy lanes take turns). A lane whose batch finished early gets the next one
-/// instead of a busy lane whose turn it would be.
-fn least_busy(busy: &[usize], start: usize) -> usize {
+/// The lane for the next batch: the least busy one not retired, the first such from
+/// `start` on (so equally busy lanes take turns). A lane whose batch finished early gets
+/// the next one instead of a busy lane whose turn it would be.
+fn least_busy(busy: &[usize], retired: &[bool], start: usize) -> usize {
     let n = busy.len().max(1);
     (0..busy.len())
         .map(|k| (start + k) % n)
+        .filter(|&i| !retired.get(i).copied().unwrap_or(false))
         .min_by_key(|&i| busy[i])
         .unwrap_or(0)
 }
@@ -123,13 +124,7 @@ impl Lanes {
     /// its index for [`Lanes::done`]; `None` when `peer` had no link at the start.
     pub fn take(&mut self, peer: &PeerId) -> Option<(usize, &Lane)> {
         let p = self.by_peer.get_mut(peer)?;
-        let load: Vec<usize> = p
-            .busy
-            .iter()
-            .zip(&p.retired)
-            .map(|(&b, &r)| if r { usize::MAX } else { b })
-            .collect();
-        let i = least_busy(&load, p.next);
+        let i = least_busy(&p.busy, &p.retired, p.next);
         p.next = i + 1;
         p.busy[i] += 1;
         Some((i, &p.lanes[i]))
@@ -194,14 +189,18 @@ mod tests {
     #[test]
     fn batches_go_to_the_least_busy_lane_in_turn() {
         // All idle: the search start decides, so equal lanes take turns.
-        assert_eq!(least_busy(&[0, 0, 0], 0), 0);
-        assert_eq!(least_busy(&[0, 0, 0], 1), 1);
-        assert_eq!(least_busy(&[0, 0, 0], 5), 2);
+        let live = [false; 4];
+        assert_eq!(least_busy(&[0, 0, 0], &live, 0), 0);
+        assert_eq!(least_busy(&[0, 0, 0], &live, 1), 1);
+        assert_eq!(least_busy(&[0, 0, 0], &live, 5), 2);
         // Lane 2 finished early: it gets the batch although lane 0 would be next.
-        assert_eq!(least_busy(&[1, 1, 0, 1], 0), 2);
+        assert_eq!(least_busy(&[1, 1, 0, 1], &live, 0), 2);
         // Equally busy from the start on: the first one found.
-        assert_eq!(least_busy(&[2, 1, 1, 1], 2), 2);
-        assert_eq!(least_busy(&[0], 7), 0);
-        assert_eq!(least_busy(&[], 3), 0);
+        assert_eq!(least_busy(&[2, 1, 1, 1], &live, 2), 2);
+        assert_eq!(least_busy(&[0], &live, 7), 0);
+        assert_eq!(least_busy(&[], &live, 3), 0);
+        // A retired lane gets nothing, however idle.
+        assert_eq!(least_busy(&[3, 0, 2], &[false, true, false], 1), 2);
+        assert_eq!(least_busy(&[0, 5], &[true, false], 0), 1);
     }
 }
