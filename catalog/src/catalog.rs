@@ -57,7 +57,7 @@ impl Catalog {
             };
             let id = GameId::new(id).map_err(|e| CatalogError::CatalogLine {
                 line: n + 1,
-                source: Box::new(e),
+                source: Box::new(e.into()),
             })?;
             entries.insert(id, name.filter(|n| !n.is_empty()));
         }

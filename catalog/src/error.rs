@@ -3,22 +3,9 @@ use std::path::PathBuf;
 /// Errors of the catalog crate.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    /// A game id is empty, too long or holds characters outside `[A-Za-z0-9._-]`.
-    #[error(
-        "invalid game id {0:?}: use 1-64 characters of A-Z a-z 0-9 . _ - (not starting with '.')"
-    )]
-    InvalidGameId(String),
-    /// A version is not exactly eight ASCII digits.
-    #[error("invalid version {0:?}: expected 8 digits YYYYMMDD")]
-    InvalidVersion(String),
-    /// A relative game path is absolute, empty, escapes the root or names reserved entries.
-    #[error("invalid game path {path:?}: {why}")]
-    InvalidPath {
-        /// The offending path as received.
-        path: String,
-        /// Why it was refused.
-        why: &'static str,
-    },
+    /// A game id, version or path does not parse.
+    #[error(transparent)]
+    Invalid(#[from] lanspread_proto::ProtoError),
     /// A line of a catalog file could not be parsed.
     #[error("catalog line {line}: {source}")]
     CatalogLine {

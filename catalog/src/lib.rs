@@ -10,27 +10,18 @@ mod catalog;
 mod confine;
 mod error;
 mod hashes;
-mod ids;
-mod relpath;
 mod scan;
 
 pub use catalog::{Catalog, CatalogEntry, BUILTIN_IDS};
 pub use confine::open_inside;
 pub use error::CatalogError;
-pub use hashes::{
-    chunk_count, chunk_ranges, hash_chunks, manifest_digest, ChunkHash, FileManifest, HashCache,
-    CHUNK_SIZE,
+pub use hashes::{hash_chunks, HashCache};
+// The protocol's value types, re-exported: the catalog speaks in them.
+pub use lanspread_proto::{
+    chunk_count, chunk_ranges, is_reserved_top_level, manifest_digest, ChunkHash, FileManifest,
+    GameId, RelPath, Version, CHUNK_SIZE, LOCAL_DIR, METADATA_PREFIX, VERSION_FILE,
 };
-pub use ids::{GameId, Version};
-pub use relpath::{is_reserved_top_level, RelPath};
 pub use scan::{
     free_space, scan_games_dir, scan_root, Availability, FileDescriptor, GameRoot, Library,
     INSTALLED_MARKER,
 };
-
-/// Name of the commit sentinel inside a game root.
-pub const VERSION_FILE: &str = "version.ini";
-/// Name of the install target inside a game root.
-pub const LOCAL_DIR: &str = "local";
-/// Prefix of daemon metadata entries inside a game root.
-pub const METADATA_PREFIX: &str = ".lanspread";

@@ -7,6 +7,7 @@
 use std::ffi::CString;
 
 use crate::api::Request;
+use crate::failure::{ErrorKind, Failure};
 
 /// A connected client, from `SO_PEERCRED` and `/proc/<pid>/status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,7 +72,7 @@ impl Policy {
     }
 
     /// Allows or refuses a request, with a message saying who may.
-    pub fn check(&self, caller: &Caller, req: &Request) -> Result<(), String> {
+    pub fn check(&self, caller: &Caller, req: &Request) -> Result<(), Failure> {
         if !is_change(req) || self.is_admin(caller) {
             return Ok(());
         }
@@ -82,9 +83,12 @@ impl Policy {
                 self.daemon_uid
             ),
         };
-        Err(format!(
-            "permission denied: `{}` changes the daemon's state; allowed for {who}",
-            name(req)
+        Err(Failure::new(
+            ErrorKind::PermissionDenied,
+            format!(
+                "permission denied: `{}` changes the daemon's state; allowed for {who}",
+                name(req)
+            ),
         ))
     }
 }
@@ -92,19 +96,23 @@ impl Policy {
 /// The groups of a connected process: its primary group and the `Groups:` line of
 /// `/proc/<pid>/status` (empty if the process is already gone).
 pub fn caller_of(uid: u32, gid: u32, pid: Option<i32>) -> Caller {
+    let status = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok());
     let mut gids = vec![gid];
-    if let Some(status) =
-        pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
-    {
-        if let Some(line) = status.lines().find(|l| l.starts_with("Groups:")) {
-            gids.extend(
-                line["Groups:".len()..]
-                    .split_whitespace()
-                    .filter_map(|g| g.parse::<u32>().ok()),
-            );
-        }
-    }
+    gids.extend(supplementary_groups(status.as_deref().unwrap_or("")));
     Caller { uid, gids }
+}
+
+/// The gids of the `Groups:` line of a `/proc/<pid>/status` text.
+fn supplementary_groups(status: &str) -> Vec<u32> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|g| g.parse::<u32>().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A group name (or a numeric gid) to its gid, through the system's group database.
@@ -165,7 +173,11 @@ mod tests {
         assert!(p.check(&stranger, &download()).is_ok(), "admin by group");
         let p = policy(None);
         let err = p.check(&stranger, &download()).unwrap_err();
-        assert!(err.contains("permission denied: `download`"), "{err}");
+        assert_eq!(err.kind, ErrorKind::PermissionDenied);
+        assert!(
+            err.message.contains("permission denied: `download`"),
+            "{err}"
+        );
         for req in [
             Request::Shutdown {},
             Request::Connect { addr: "x:1".into() },
@@ -202,11 +214,37 @@ mod tests {
     }
 
     #[test]
-    fn own_process_groups_are_read() {
+    fn the_groups_line_of_proc_status_is_parsed() {
+        let status = "Name:\tlanspread\nUmask:\t0022\nGid:\t100\t100\t100\t100\n\
+                      Groups:\t4 24 27 1001 \nNSpid:\t42\n";
+        assert_eq!(supplementary_groups(status), [4, 24, 27, 1001]);
+        // No supplementary groups, no line, garbage: none.
+        assert!(supplementary_groups("Groups:\t\n").is_empty());
+        assert!(supplementary_groups("Name:\tx\n").is_empty());
+        assert_eq!(supplementary_groups("Groups:\t7 x 9\n"), [7, 9]);
+    }
+
+    #[test]
+    fn own_process_groups_are_read_from_proc() {
         // SAFETY: no preconditions.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        let c = caller_of(uid, gid, Some(std::process::id() as i32));
+        let uid = unsafe { libc::getuid() };
+        let mut own = vec![0 as libc::gid_t; 256];
+        // SAFETY: the buffer holds 256 entries, as told.
+        let n = unsafe { libc::getgroups(256, own.as_mut_ptr()) };
+        assert!(n >= 0);
+        own.truncate(n as usize);
+        // A primary gid no process here has, so only /proc can supply the others.
+        let c = caller_of(uid, u32::MAX - 1, Some(std::process::id() as i32));
         assert_eq!(c.uid, uid);
-        assert!(c.gids.contains(&gid));
+        assert_eq!(c.gids[0], u32::MAX - 1);
+        for g in own {
+            assert!(
+                c.gids.contains(&g),
+                "group {g} not read from /proc: {:?}",
+                c.gids
+            );
+        }
+        // A process that is gone: the primary group alone.
+        assert_eq!(caller_of(uid, 5, Some(i32::MAX)).gids, [5]);
     }
 }

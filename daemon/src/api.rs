@@ -4,7 +4,7 @@
 
 use lanspread_catalog::{Availability, GameId, Version};
 use lanspread_peer::RemoteRow;
-use lanspread_transfer::PeerId;
+use lanspread_proto::PeerId;
 use serde::{Deserialize, Serialize};
 
 pub use crate::failure::ErrorKind;
@@ -201,6 +201,18 @@ pub struct RemoteGameRow {
 }
 
 impl EventKind {
+    /// Whether this event ends a `download` request's stream (and the CLI's wait): a
+    /// failure, or the download's end without `install`, or the install's end with it.
+    pub fn ends_download(&self, install: bool) -> bool {
+        match self {
+            EventKind::DownloadFailed { .. }
+            | EventKind::InstallFinished { .. }
+            | EventKind::InstallFailed { .. } => true,
+            EventKind::DownloadFinished { .. } => !install,
+            _ => false,
+        }
+    }
+
     /// The game an event is about, if any.
     pub fn game_id(&self) -> Option<&GameId> {
         match self {

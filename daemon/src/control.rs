@@ -171,10 +171,7 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>, sl
         };
         if let Err(why) = policy.check(&caller, &request) {
             warn!(uid = caller.uid, "{why}");
-            if send(&mut write, &error(ErrorKind::PermissionDenied, &why))
-                .await
-                .is_err()
-            {
+            if send(&mut write, &failed(why)).await.is_err() {
                 return;
             }
             continue;
@@ -277,7 +274,7 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
         Request::Connect { addr } => match resolve(&addr).await {
             Ok(sa) => match dial(shared, sa).await {
                 Ok(info) => Reply::Connected(info),
-                Err(e) => error(ErrorKind::ConnectFailed, &e),
+                Err(e) => failed(e),
             },
             Err(e) => failed(e),
         },
@@ -466,7 +463,7 @@ async fn download(
         if event.kind.game_id() != Some(&id) {
             continue;
         }
-        let terminal = is_terminal(&event.kind, install);
+        let terminal = event.kind.ends_download(install);
         if send(write, &Reply::Event(event)).await.is_err() {
             // The client left; the download goes on.
             return;
@@ -476,14 +473,4 @@ async fn download(
         }
     }
     let _ = task.await;
-}
-
-/// The event that ends a `download` stream.
-fn is_terminal(kind: &crate::api::EventKind, install: bool) -> bool {
-    use crate::api::EventKind as K;
-    match kind {
-        K::DownloadFailed { .. } | K::InstallFinished { .. } | K::InstallFailed { .. } => true,
-        K::DownloadFinished { .. } => !install,
-        _ => false,
-    }
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanspread_catalog::{scan_games_dir, Catalog};
+use lanspread_proto::{close_code, PeerId};
 use lanspread_transfer::{
-    close_code, data_client_config, make_data_endpoint, make_endpoint, Identity, LanSecret, PeerId,
-    TransportTuning,
+    data_client_config, make_data_endpoint, make_endpoint, Identity, TransportTuning,
 };
 use quinn::VarInt;
 use tracing::{info, warn};
@@ -18,6 +18,7 @@ use crate::access::{resolve_group, Policy};
 use crate::api::EventKind;
 use crate::config::DaemonConfig;
 use crate::events::EventBus;
+use crate::handshake::LocalPeer;
 use crate::limit::RateLimit;
 use crate::lock::DaemonLocks;
 use crate::state::{NetSetup, Shared};
@@ -90,7 +91,7 @@ impl Daemon {
         let library = scan_games_dir(&config.games, &catalog)?;
         let identity = Identity::load_or_create(&config.state)?;
         let secret = match &config.secret_file {
-            Some(p) => Some(LanSecret::load(p)?),
+            Some(p) => Some(lanspread_transfer::load_secret(p)?),
             None => None,
         };
         let group = match &config.group {
@@ -125,19 +126,22 @@ impl Daemon {
             make_data_endpoint(data_bind, &tuning, data_client.clone())
         })?;
         let net = NetSetup {
-            local_id: identity.peer_id().clone(),
-            listen,
+            me: LocalPeer {
+                id: identity.peer_id().clone(),
+                listen,
+                secret,
+            },
             endpoint,
             data_client,
             threads,
-            secret,
+            tuning,
             upload_limit: config.max_upload_mib_s.map(RateLimit::new),
             download_limit: config.max_download_mib_s.map(RateLimit::new),
         };
         let shared = Shared::new(net, config.games.clone(), catalog, events, library);
-        info!(peer_id = %shared.local_id, %listen, threads = config.transfer_threads, games = %config.games.display(), socket = %config.socket.display(), "lanspreadd ready");
+        info!(peer_id = %shared.me.id, %listen, threads = config.transfer_threads, games = %config.games.display(), socket = %config.socket.display(), "lanspreadd ready");
         shared.events.emit(EventKind::LocalPeerReady {
-            peer_id: shared.local_id.clone(),
+            peer_id: shared.me.id.clone(),
             addr: listen.to_string(),
         });
         shared.events.emit(EventKind::LocalLibraryChanged {
@@ -188,12 +192,12 @@ impl Daemon {
 
     /// Our peer id.
     pub fn peer_id(&self) -> &PeerId {
-        &self.shared.local_id
+        &self.shared.me.id
     }
 
     /// Our bound QUIC address.
     pub fn addr(&self) -> SocketAddr {
-        self.shared.listen
+        self.shared.me.listen
     }
 
     /// Resolves when shutdown was requested (by `shutdown` or [`Daemon::request_shutdown`]).

@@ -15,6 +15,9 @@ pub enum DaemonError {
     /// The configuration is invalid.
     #[error("{0}")]
     Config(String),
+    /// mDNS discovery could not start (the daemon runs on without it).
+    #[error("{0}")]
+    Discovery(String),
     /// Another daemon answers on the control socket.
     #[error("another lanspreadd is already listening on {0}")]
     SocketInUse(PathBuf),

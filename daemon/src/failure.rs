@@ -142,6 +142,8 @@ impl From<lanspread_peer::PeerError> for Failure {
             P::Busy(_) => ErrorKind::Busy,
             P::NoMetadata { .. } | P::InvalidManifest(_) | P::Refused(_) => ErrorKind::SourceFailed,
             P::MetadataConflict { .. } => ErrorKind::MetadataConflict,
+            P::SourcesFailed(_) => ErrorKind::SourceFailed,
+            P::Stuck => ErrorKind::Internal,
         };
         Self::new(kind, e.to_string())
     }

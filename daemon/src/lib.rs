@@ -15,6 +15,7 @@ mod download;
 mod error;
 mod events;
 mod failure;
+mod handshake;
 mod install;
 mod limit;
 mod links;

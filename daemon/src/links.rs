@@ -7,22 +7,24 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanspread_peer::{check_not_self, prefer_new_link, Direction, Upsert};
-use lanspread_transfer::{
-    close_code, connect, is_data_connection, peer_id_of, read_frame, secret_proof, session_binding,
-    write_frame, Hello, Message, PeerId, SecretCheck, PROTOCOL_VERSION,
-};
+use lanspread_proto::{close_code, Message, PeerId};
+use lanspread_transfer::{connect, is_data_connection, peer_id_of, read_frame, write_frame};
 use quinn::{Connection, SendStream, VarInt};
 use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
 use crate::api::{EventKind, PeerInfo};
+use crate::failure::{ErrorKind, Failure};
+use crate::handshake::{self, Exchange};
 use crate::state::{peer_info, Link, Shared};
 
-/// How long a peer has to send its hello and first library.
-pub(crate) const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// The peer a link was set up with, or why not, as told to a `connect` caller (kind
+/// `connect-failed`).
+pub type LinkResult = Result<PeerInfo, Failure>;
 
-/// Why a link could not be set up, as told to a `connect` caller.
-pub type LinkResult = Result<PeerInfo, String>;
+fn refused(why: impl Into<String>) -> Failure {
+    Failure::new(ErrorKind::ConnectFailed, why)
+}
 
 /// Accepts incoming connections until the endpoint closes. Each is accepted on the next
 /// transfer thread in turn, which then drives it (quinn runs a connection where it is
@@ -55,17 +57,17 @@ pub async fn accept_loop(shared: Arc<Shared>) {
 /// Dials `addr`, runs the link in the background and returns once the peer's hello and
 /// first library arrived.
 pub async fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> LinkResult {
-    if is_own_address(shared.listen, addr) {
-        return Err(lanspread_peer::PeerError::SelfConnect.to_string());
+    if is_own_address(shared.me.listen, addr) {
+        return Err(lanspread_peer::PeerError::SelfConnect.into());
     }
-    let timeout = lanspread_transfer::TransportTuning::default().connect_timeout;
+    let timeout = shared.tuning.connect_timeout;
     let (conn, remote) = match connect(&shared.endpoint, addr, timeout).await {
         Ok(c) => c,
-        Err(e) => return Err(self_or(e.to_string())),
+        Err(e) => return Err(refused(self_or(e.to_string()))),
     };
-    if let Err(e) = check_not_self(&shared.local_id, &remote) {
+    if let Err(e) = check_not_self(&shared.me.id, &remote) {
         conn.close(VarInt::from_u32(close_code::SELF_CONNECT), b"self");
-        return Err(e.to_string());
+        return Err(e.into());
     }
     let (tx, rx) = oneshot::channel();
     tokio::spawn(
@@ -79,12 +81,14 @@ pub async fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> LinkResult {
         )
         .instrument(link_span(addr, Direction::Outbound)),
     );
-    match tokio::time::timeout(HELLO_TIMEOUT + Duration::from_secs(1), rx).await {
+    match tokio::time::timeout(handshake::HELLO_TIMEOUT + Duration::from_secs(1), rx).await {
         Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(format!(
+        Ok(Err(_)) => Err(refused(format!(
             "connection to {addr} closed during the hello exchange"
-        )),
-        Err(_) => Err(format!("{addr} did not complete the hello exchange")),
+        ))),
+        Err(_) => Err(refused(format!(
+            "{addr} did not complete the hello exchange"
+        ))),
     }
 }
 
@@ -141,74 +145,45 @@ async fn run_link(
         Err(e) => {
             warn!(addr = %conn.remote_address(), "refused: {e}");
             conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"no identity");
-            return tell(Err(e.to_string()));
+            return tell(Err(refused(e.to_string())));
         }
     };
     Span::current().record("id", tracing::field::display(remote.short()));
-    if check_not_self(&shared.local_id, &remote).is_err() {
+    if check_not_self(&shared.me.id, &remote).is_err() {
         debug!("refused a connection from ourselves");
         conn.close(VarInt::from_u32(close_code::SELF_CONNECT), b"self");
-        return tell(Err(lanspread_peer::PeerError::SelfConnect.to_string()));
+        return tell(Err(lanspread_peer::PeerError::SelfConnect.into()));
     }
 
-    // The LAN secret proof is bound to this TLS session and to our role in it.
-    let binding = match session_binding(&conn) {
-        Ok(b) => b,
-        Err(e) => {
-            conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"tls");
-            return tell(Err(e.to_string()));
+    // Our announce stream: hello now; the library only once the peer's hello passed our
+    // checks (so a peer without the secret learns nothing), then on every change. The
+    // LAN secret proof in it is bound to this TLS session and to our role in it.
+    let exchange = match Exchange::new(&shared.me, &conn, direction) {
+        Ok(x) => x,
+        Err(refusal) => {
+            handshake::close(&conn, &refusal);
+            return tell(Err(refused(refusal.why)));
         }
     };
-    let proof = shared
-        .secret
-        .as_ref()
-        .map(|s| s.prove(&binding, direction == Direction::Outbound));
-
-    // Our announce stream: hello now; the library only once the peer's hello passed our
-    // checks (so a peer without the secret learns nothing), then on every change.
     let send = match conn.open_uni().await {
         Ok(s) => s,
-        Err(e) => return tell(Err(format!("cannot open a stream: {e}"))),
+        Err(e) => return tell(Err(refused(format!("cannot open a stream: {e}")))),
     };
     let (accepted, go) = oneshot::channel();
-    let mut writer = tokio::spawn(announce(shared.clone(), send, proof, go).in_current_span());
+    let hello = exchange.hello();
+    let mut writer = tokio::spawn(announce(shared.clone(), send, hello, go).in_current_span());
     let mut shutdown = shared.shutdown.subscribe();
 
     // Their announce stream: hello first.
-    let first = tokio::time::timeout(HELLO_TIMEOUT, async {
-        let mut recv = conn.accept_uni().await.map_err(|e| e.to_string())?;
-        let hello: Option<Message> = read_frame(&mut recv).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((recv, hello))
-    })
-    .await;
-    let (mut recv, hello) = match first {
-        Ok(Ok((recv, Some(Message::Hello(h))))) => (recv, h),
-        Ok(Ok((_, other))) => {
-            return refuse(
-                &conn,
-                &mut tell,
-                writer,
-                close_code::PROTOCOL_ERROR,
-                format!("expected hello, got {other:?}"),
-            )
-        }
-        Ok(Err(e)) => {
-            let why = refused_by_peer(&conn).unwrap_or(e);
-            return refuse(&conn, &mut tell, writer, close_code::PROTOCOL_ERROR, why);
-        }
-        Err(_) => {
-            return refuse(
-                &conn,
-                &mut tell,
-                writer,
-                close_code::PROTOCOL_ERROR,
-                "no hello in time".into(),
-            )
+    let (mut recv, hello) = match exchange.receive_hello(&conn, &remote).await {
+        Ok(got) => got,
+        Err(refusal) => {
+            warn!(addr = %conn.remote_address(), "refused peer: {}", refusal.why);
+            writer.abort();
+            handshake::close(&conn, &refusal);
+            return tell(Err(refused(refusal.why)));
         }
     };
-    if let Err((code, why)) = check_peer_hello(&shared, &binding, &hello, &remote, direction) {
-        return refuse(&conn, &mut tell, writer, code, why);
-    }
     let _ = accepted.send(());
     // IPv4 peers of a dual-stack socket show up as IPv4-mapped IPv6; list them as IPv4.
     let addr = SocketAddr::new(
@@ -221,19 +196,13 @@ async fn run_link(
         let mut inner = shared.lock();
         if let Some(existing) = inner.links.get(&remote) {
             let alive = existing.conn.close_reason().is_none();
-            if !prefer_new_link(
-                &shared.local_id,
-                &remote,
-                alive,
-                existing.direction,
-                direction,
-            ) {
+            if !prefer_new_link(&shared.me.id, &remote, alive, existing.direction, direction) {
                 let info = inner.peers.get(&remote).map(|e| peer_info(&remote, e));
                 drop(inner);
                 debug!("keeping the existing connection");
                 conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
                 writer.abort();
-                return tell(info.ok_or_else(|| "duplicate connection".to_string()));
+                return tell(info.ok_or_else(|| refused("duplicate connection")));
             }
             existing
                 .conn
@@ -323,7 +292,7 @@ async fn run_link(
             }
         }
     };
-    tell(Err(end.clone()));
+    tell(Err(refused(end.clone())));
     writer.abort();
     server.abort();
     let lost = drop_link(&shared, &remote, &conn, addr, &end);
@@ -409,104 +378,17 @@ fn drop_link(
     removed
 }
 
-/// A peer's hello against its TLS identity, our protocol version and (with a LAN
-/// secret) the proof bound to this connection's session (`binding`) and the peer's role
-/// in it. `Err` holds the close code and the reason.
-pub(crate) fn check_peer_hello(
-    shared: &Shared,
-    binding: &[u8; 32],
-    hello: &Hello,
-    remote: &PeerId,
-    direction: Direction,
-) -> Result<(), (u32, String)> {
-    if let Err(why) = check_hello(hello, remote) {
-        let code = if hello.protocol != PROTOCOL_VERSION {
-            close_code::VERSION_MISMATCH
-        } else {
-            close_code::PROTOCOL_ERROR
-        };
-        return Err((code, why));
-    }
-    let their_role_client = direction == Direction::Inbound;
-    let check = secret_proof(
-        shared.secret.as_ref(),
-        binding,
-        their_role_client,
-        hello.proof.as_ref(),
-    );
-    match check {
-        SecretCheck::Refused(why) => Err((close_code::SECRET_MISMATCH, why)),
-        _ => Ok(()),
-    }
-}
-
-fn check_hello(hello: &Hello, proven: &PeerId) -> Result<(), String> {
-    if hello.protocol != PROTOCOL_VERSION {
-        return Err(format!(
-            "protocol version {} (we speak {PROTOCOL_VERSION})",
-            hello.protocol
-        ));
-    }
-    if &hello.peer_id != proven {
-        return Err(format!(
-            "hello claims peer id {} but the TLS key proves {proven}",
-            hello.peer_id
-        ));
-    }
-    Ok(())
-}
-
-fn refuse(
-    conn: &Connection,
-    tell: &mut impl FnMut(LinkResult),
-    writer: tokio::task::JoinHandle<()>,
-    code: u32,
-    why: String,
-) {
-    warn!(addr = %conn.remote_address(), "refused peer: {why}");
-    writer.abort();
-    conn.close(VarInt::from_u32(code), why.as_bytes());
-    tell(Err(why));
-}
-
-/// Why the peer closed the connection, when it refused us on purpose.
-fn refused_by_peer(conn: &Connection) -> Option<String> {
-    match conn.close_reason()? {
-        quinn::ConnectionError::ApplicationClosed(c)
-            if c.error_code != VarInt::from_u32(close_code::GOODBYE) =>
-        {
-            Some(format!(
-                "refused by the peer: {}",
-                String::from_utf8_lossy(&c.reason)
-            ))
-        }
-        _ => None,
-    }
-}
-
-/// Our hello, with the LAN secret proof for the connection it goes on.
-pub(crate) fn our_hello(shared: &Shared, proof: Option<[u8; 32]>) -> Message {
-    Message::Hello(Hello {
-        peer_id: shared.local_id.clone(),
-        listen: shared.listen,
-        protocol: PROTOCOL_VERSION,
-        agent: concat!("lanspread/", env!("CARGO_PKG_VERSION")).into(),
-        proof,
-    })
-}
-
 /// Writes our announce stream: hello, then (once `accepted` fires) the library on every
 /// change, goodbye on shutdown.
 async fn announce(
     shared: Arc<Shared>,
     mut send: SendStream,
-    proof: Option<[u8; 32]>,
+    hello: Message,
     accepted: oneshot::Receiver<()>,
 ) {
-    let hello = our_hello(&shared, proof);
     let mut advert = shared.advert.subscribe();
     let mut shutdown = shared.shutdown.subscribe();
-    let result: Result<(), lanspread_transfer::FrameError> = async {
+    let result: Result<(), lanspread_transfer::TransferError> = async {
         write_frame(&mut send, &hello).await?;
         if accepted.await.is_err() {
             return Ok(());

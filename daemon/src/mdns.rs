@@ -9,6 +9,7 @@ use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use tracing::{debug, info, warn};
 
 use crate::state::Shared;
+use crate::DaemonError;
 
 /// The DNS-SD service type.
 pub const SERVICE: &str = "_lanspread._udp.local.";
@@ -26,22 +27,22 @@ impl Drop for Mdns {
 
 /// Starts advertising and browsing. `interfaces`, when not empty, is the allow-list of
 /// interface names used for mDNS.
-pub fn start(shared: Arc<Shared>, interfaces: &[String]) -> Result<Mdns, String> {
-    let daemon = ServiceDaemon::new().map_err(|e| format!("mDNS: {e}"))?;
+pub fn start(shared: Arc<Shared>, interfaces: &[String]) -> Result<Mdns, DaemonError> {
+    let daemon = ServiceDaemon::new().map_err(|e| DaemonError::Discovery(format!("mDNS: {e}")))?;
     if !interfaces.is_empty() {
         daemon
             .disable_interface(IfKind::All)
-            .map_err(|e| format!("mDNS: {e}"))?;
+            .map_err(|e| DaemonError::Discovery(format!("mDNS: {e}")))?;
         let allowed: Vec<IfKind> = interfaces.iter().map(|n| IfKind::Name(n.clone())).collect();
         daemon
             .enable_interface(allowed)
-            .map_err(|e| format!("mDNS: {e}"))?;
+            .map_err(|e| DaemonError::Discovery(format!("mDNS: {e}")))?;
     }
-    let id = shared.local_id.as_str().to_owned();
+    let id = shared.me.id.as_str().to_owned();
     let host = format!("{id}.local.");
     let props = [("id", id.as_str())];
-    let port = shared.listen.port();
-    let ip = shared.listen.ip();
+    let port = shared.me.listen.port();
+    let ip = shared.me.listen.ip();
     let service = if ip.is_unspecified() {
         // Listening everywhere: advertise every address of the allowed interfaces.
         ServiceInfo::new(SERVICE, &id, &host, (), port, &props[..])
@@ -49,13 +50,13 @@ pub fn start(shared: Arc<Shared>, interfaces: &[String]) -> Result<Mdns, String>
     } else {
         ServiceInfo::new(SERVICE, &id, &host, ip, port, &props[..])
     }
-    .map_err(|e| format!("mDNS service: {e}"))?;
+    .map_err(|e| DaemonError::Discovery(format!("mDNS service: {e}")))?;
     daemon
         .register(service)
-        .map_err(|e| format!("mDNS register: {e}"))?;
+        .map_err(|e| DaemonError::Discovery(format!("mDNS register: {e}")))?;
     let events = daemon
         .browse(SERVICE)
-        .map_err(|e| format!("mDNS browse: {e}"))?;
+        .map_err(|e| DaemonError::Discovery(format!("mDNS browse: {e}")))?;
     tokio::spawn(async move {
         while let Ok(event) = events.recv_async().await {
             if let ServiceEvent::ServiceResolved(found) = event {
@@ -71,7 +72,7 @@ async fn found_peer(shared: &Arc<Shared>, found: &ServiceInfo) {
     let Some(id) = found.get_property_val_str("id") else {
         return;
     };
-    if id == shared.local_id.as_str() {
+    if id == shared.me.id.as_str() {
         return;
     }
     if shared.lock().links.keys().any(|p| p.as_str() == id) {

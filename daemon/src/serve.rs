@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lanspread_catalog::GameRoot;
-use lanspread_peer::{gate_chunk, gate_files, Blocked, Stalled, Verdict};
-use lanspread_transfer::{
-    close_code, read_frame, write_frame, ChunkRange, PeerId, PeerRequest, PeerResponse, MAX_RANGES,
-};
+use lanspread_peer::{gate_chunk, gate_files, Blocked, PeerError, Stalled, Verdict};
+use lanspread_proto::{ChunkRange, PeerId, PeerRequest, PeerResponse, Refusal};
+use lanspread_transfer::{read_frame, write_frame};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
@@ -60,8 +59,8 @@ pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerI
         tokio::spawn(
             async move {
                 if let Err(e) = handle(&shared, &slots, &conn, &remote, send, recv).await {
-                    warn!(peer = %remote.short(), "protocol error on a request stream, disconnecting: {e}");
-                    conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"bad request");
+                    warn!(peer = %remote.short(), "protocol error on a request stream, disconnecting: {}", e.why);
+                    conn.close(VarInt::from_u32(e.code), b"bad request");
                 }
             }
             .in_current_span(),
@@ -78,7 +77,7 @@ async fn handle(
     remote: &PeerId,
     send: SendStream,
     mut recv: RecvStream,
-) -> Result<(), String> {
+) -> Result<(), Refusal> {
     let mut answer = Answer { send, conn };
     let request = match tokio::time::timeout(
         REQUEST_TIMEOUT,
@@ -87,22 +86,24 @@ async fn handle(
     .await
     {
         Ok(Ok(Some(r))) => r,
-        Ok(Ok(None)) => return Err("empty request stream".into()),
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("no request in time".into()),
+        Ok(Ok(None)) => return Err(Refusal::protocol("empty request stream")),
+        Ok(Err(e)) => return Err(Refusal::protocol(e.to_string())),
+        Err(_) => return Err(Refusal::protocol("no request in time")),
     };
+    request.check().map_err(Refusal::protocol)?;
     match request {
         PeerRequest::Files { game, version } => {
             let root = gated(shared, &game, version, |r| Ok(r.clone()));
             let files = match root {
-                Err(reason) => PeerResponse::Refused { reason },
-                Ok(root) => {
-                    let hashes = shared_hashes(shared, root).await;
-                    match hashes {
-                        Ok(files) => PeerResponse::Files(files),
-                        Err(reason) => PeerResponse::Refused { reason },
-                    }
-                }
+                Err(e) => PeerResponse::Refused {
+                    reason: e.to_string(),
+                },
+                Ok(root) => match shared_hashes(shared, root).await {
+                    Ok(files) => PeerResponse::Files(files),
+                    Err(e) => PeerResponse::Refused {
+                        reason: e.to_string(),
+                    },
+                },
             };
             let sent = match answer.frame(&files).await {
                 Ok(()) => answer.finish().await,
@@ -115,12 +116,6 @@ async fn handle(
             version,
             ranges,
         } => {
-            if ranges.is_empty() || ranges.len() > MAX_RANGES {
-                return Err(format!(
-                    "{} ranges in one request (1..={MAX_RANGES} allowed)",
-                    ranges.len()
-                ));
-            }
             // Fair (FIFO) turns: this connection's, then the daemon's. Neither semaphore
             // is ever closed, so acquiring fails only if that changes; serve anyway. A
             // connection's only stream skips the daemon's turn, so every client keeps
@@ -164,7 +159,7 @@ async fn serve_ranges(
     let (dir, files, mut refusal) = match gated {
         Ok(g) if !g.1.is_empty() => g,
         Ok((_, _, refusal)) => return answer.refuse(refusal.unwrap_or_default()).await,
-        Err(reason) => return answer.refuse(reason).await,
+        Err(e) => return answer.refuse(e.to_string()).await,
     };
     let served = &ranges[..files.len()];
     let limit = shared.upload_limit.as_ref();
@@ -176,11 +171,12 @@ async fn serve_ranges(
         // The reader always sends at least one message per range; none means it died,
         // a local failure the peer is not to blame for.
         let first = pieces.rx.recv().await;
-        let first = match first.unwrap_or_else(|| Err("the file reader stopped".into())) {
+        let stopped = || Err(PeerError::Refused("the file reader stopped".into()));
+        let first = match first.unwrap_or_else(stopped) {
             Ok(first) => first,
-            Err(reason) => {
-                warn!("refused a chunk: {reason}");
-                refusal = Some(reason);
+            Err(e) => {
+                warn!("refused a chunk: {e}");
+                refusal = Some(e.to_string());
                 break;
             }
         };
@@ -292,8 +288,8 @@ fn gated<T>(
     shared: &Shared,
     game: &lanspread_catalog::GameId,
     version: lanspread_catalog::Version,
-    f: impl FnOnce(&GameRoot) -> Result<T, String>,
-) -> Result<T, String> {
+    f: impl FnOnce(&GameRoot) -> Result<T, PeerError>,
+) -> Result<T, PeerError> {
     let inner = shared.lock();
     let active = inner.operations.get(game).is_some();
     let root = gate_files(
@@ -302,20 +298,20 @@ fn gated<T>(
         inner.library.get(game),
         active,
         version,
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     f(root)
 }
 
 async fn shared_hashes(
     shared: &Shared,
     root: GameRoot,
-) -> Result<Vec<lanspread_catalog::FileManifest>, String> {
+) -> Result<Vec<lanspread_catalog::FileManifest>, PeerError> {
     let cache = shared.hashes.clone();
+    let refused = |e: &dyn std::fmt::Display| PeerError::Refused(e.to_string());
     tokio::task::spawn_blocking(move || cache.manifest(&root))
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())
+        .map_err(|e| refused(&e))?
+        .map_err(|e| refused(&e))
 }
 
 /// Most idle read buffers kept for reuse.
@@ -359,7 +355,7 @@ fn read_piece(file: &std::fs::File, pos: u64, n: usize) -> std::io::Result<Bytes
 
 /// The pieces of the ranges of one request, read ahead by a blocking task.
 struct Pieces {
-    rx: mpsc::Receiver<Result<Bytes, String>>,
+    rx: mpsc::Receiver<Result<Bytes, PeerError>>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -372,7 +368,8 @@ fn read_ranges(
     files: Vec<(PathBuf, u64, u64)>,
     hashes: Arc<lanspread_catalog::HashCache>,
 ) -> Pieces {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, String>>(2);
+    let (tx, rx) = mpsc::channel::<Result<Bytes, PeerError>>(2);
+    let refused = |why: String| PeerError::Refused(why);
     let reader = tokio::task::spawn_blocking(move || {
         for (path, offset, len) in files {
             let opened = lanspread_catalog::open_inside(&root, &path).and_then(|f| {
@@ -383,14 +380,14 @@ fn read_ranges(
                 Ok((f, meta)) if hashes.knows(&path, &meta) => f,
                 Ok(_) => {
                     let name = path.strip_prefix(&root).unwrap_or(&path);
-                    let _ = tx.blocking_send(Err(format!(
+                    let _ = tx.blocking_send(Err(refused(format!(
                         "{} changed since its hashes were given out; ask for the manifest again",
                         name.display()
-                    )));
+                    ))));
                     return;
                 }
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(e.to_string()));
+                    let _ = tx.blocking_send(Err(refused(e.to_string())));
                     return;
                 }
             };
@@ -398,7 +395,7 @@ fn read_ranges(
             let end = offset + len;
             while pos < end {
                 let n = READ_SIZE.min((end - pos) as usize);
-                let res = read_piece(&file, pos, n).map_err(|e| e.to_string());
+                let res = read_piece(&file, pos, n).map_err(|e| refused(e.to_string()));
                 let failed = res.is_err();
                 if tx.blocking_send(res).is_err() || failed {
                     return;

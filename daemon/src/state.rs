@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use lanspread_catalog::{Availability, Catalog, GameId, HashCache, Library};
 use lanspread_peer::{aggregate, Direction, OpKind, Operations, PeerTable};
-use lanspread_transfer::{GameAd, LanSecret, PeerId};
+use lanspread_proto::{GameAd, PeerId};
 use quinn::Connection;
 use tokio::sync::watch;
 
@@ -15,6 +15,7 @@ use crate::api::{
     GameVersion, GamesList, LocalGame, LocalGameState, OperationInfo, PeerInfo, StatusInfo,
 };
 use crate::events::EventBus;
+use crate::handshake::LocalPeer;
 use crate::limit::RateLimit;
 use crate::threads::TransferThreads;
 
@@ -47,18 +48,16 @@ pub struct Inner {
 
 /// The network side of a daemon, bound before the shared state is built.
 pub struct NetSetup {
-    /// Our peer id.
-    pub local_id: PeerId,
-    /// Our bound QUIC address.
-    pub listen: SocketAddr,
+    /// Who we are in every hello: id, bound QUIC address, LAN secret.
+    pub me: LocalPeer,
     /// The QUIC endpoint.
     pub endpoint: quinn::Endpoint,
     /// How data connections are dialled (`DATA_ALPN`).
     pub data_client: quinn::ClientConfig,
     /// The runtimes connections are driven on.
     pub threads: TransferThreads,
-    /// The LAN secret, if configured.
-    pub secret: Option<LanSecret>,
+    /// The QUIC settings the endpoints were made with (dial timeout, windows).
+    pub tuning: lanspread_transfer::TransportTuning,
     /// Upload limit to LAN peers.
     pub upload_limit: Option<RateLimit>,
     /// Download limit from LAN peers.
@@ -67,10 +66,9 @@ pub struct NetSetup {
 
 /// State shared by every task of the daemon.
 pub struct Shared {
-    /// Our peer id.
-    pub local_id: PeerId,
-    /// Our bound QUIC address.
-    pub listen: SocketAddr,
+    /// Who we are in every hello: id, bound QUIC address, LAN secret (peers must prove
+    /// the same one).
+    pub me: LocalPeer,
     /// The games directory.
     pub games_dir: PathBuf,
     /// Known game ids.
@@ -81,8 +79,8 @@ pub struct Shared {
     pub data_client: quinn::ClientConfig,
     /// The runtimes connections are driven on (index 0: the daemon's).
     pub threads: TransferThreads,
-    /// The LAN secret, if configured: peers must prove the same one.
-    pub secret: Option<LanSecret>,
+    /// The QUIC settings the endpoints were made with (dial timeout, windows).
+    pub tuning: lanspread_transfer::TransportTuning,
     /// Upload limit to LAN peers, shared by every client served.
     pub upload_limit: Option<RateLimit>,
     /// Download limit from LAN peers, shared by every chunk in flight.
@@ -124,12 +122,11 @@ impl Shared {
         library: Library,
     ) -> Arc<Self> {
         let NetSetup {
-            local_id,
-            listen,
+            me,
             endpoint,
             data_client,
             threads,
-            secret,
+            tuning,
             upload_limit,
             download_limit,
         } = net;
@@ -140,14 +137,13 @@ impl Shared {
         let advert = advert_of(&inner);
         let (redial, redial_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Self {
-            local_id,
-            listen,
+            me,
             games_dir,
             catalog,
             endpoint,
             data_client,
             threads,
-            secret,
+            tuning,
             upload_limit,
             download_limit,
             events,
@@ -175,8 +171,8 @@ impl Shared {
     pub fn status(&self) -> StatusInfo {
         let inner = self.lock();
         StatusInfo {
-            peer_id: self.local_id.clone(),
-            addr: self.listen.to_string(),
+            peer_id: self.me.id.clone(),
+            addr: self.me.listen.to_string(),
             games_dir: self.games_dir.display().to_string(),
             operations: inner
                 .operations

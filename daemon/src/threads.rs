@@ -11,7 +11,8 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
-use lanspread_transfer::{close_code, TransferError};
+use lanspread_proto::close_code;
+use lanspread_transfer::TransferError;
 
 use crate::DaemonError;
 

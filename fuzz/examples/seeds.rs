@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use lanspread_catalog::{FileManifest, GameId, RelPath, Version};
-use lanspread_transfer::{
+use lanspread_proto::{
     encode_frame, ChunkRange, GameAd, Hello, Message, PeerRequest, PeerResponse,
 };
 
@@ -22,9 +22,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (
             "hello",
             encode_frame(&Message::Hello(Hello {
-                peer_id: lanspread_transfer::Identity::ephemeral()?.peer_id().clone(),
+                peer_id: lanspread_proto::PeerId::from_spki(b"seed key"),
                 listen: "192.0.2.1:41741".parse()?,
-                protocol: lanspread_transfer::PROTOCOL_VERSION,
+                protocol: lanspread_proto::PROTOCOL_VERSION,
                 agent: "lanspread/0.1.0".into(),
                 proof: Some([7; 32]),
             }))?,

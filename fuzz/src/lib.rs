@@ -6,7 +6,7 @@
 
 use lanspread_catalog::{Catalog, RelPath, Version};
 use lanspread_daemon::api::{Event, Reply, Request};
-use lanspread_transfer::{decode_frame, encode_frame, Message, PeerRequest, PeerResponse};
+use lanspread_proto::{decode_frame, encode_frame, Message, PeerRequest, PeerResponse};
 
 /// A fuzz target body.
 pub type Target = fn(&[u8]);

@@ -1,7 +1,7 @@
 //! Aggregation of peer libraries into one row per game, and latest-version selection.
 
 use lanspread_catalog::{GameId, Version};
-use lanspread_transfer::PeerId;
+use lanspread_proto::PeerId;
 use serde::Serialize;
 
 use crate::PeerTable;

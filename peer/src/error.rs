@@ -32,6 +32,13 @@ pub enum PeerError {
     /// A manifest is internally inconsistent.
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),
+    /// The chunks could not all be fetched: every source was given up (the message
+    /// says why each), or one chunk kept failing locally.
+    #[error("{0}")]
+    SourcesFailed(String),
+    /// Nothing was in flight and nothing could be assigned (a bug, not a peer's doing).
+    #[error("download stalled: nothing in flight and nothing assignable")]
+    Stuck,
     /// A serve request was refused by a gate (S12).
     #[error("{0}")]
     Refused(String),

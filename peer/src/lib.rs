@@ -1,7 +1,7 @@
 //! Peers and what they offer: the peer table keyed by peer id, aggregation of remote
 //! libraries into one row per game, latest-version source selection and the rules for
 //! which connection to a peer is kept; serve gates, metadata validation, the chunk
-//! planner, single-flight operations and when a source abandons an answer its peer does
+//! planner and the download engine around it, single-flight operations and when a source abandons an answer its peer does
 //! not take.
 //!
 //! **Architecture invariant:** everything here is sans-IO: no sockets, files or clock.
@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod aggregate;
+mod engine;
 mod error;
 mod gates;
 mod links;
@@ -21,6 +22,11 @@ mod table;
 mod validate;
 
 pub use aggregate::{aggregate, latest_sources, RemoteRow, Sources};
+pub use engine::{
+    least_busy, max_in_flight_bytes, Action, BatchId, ChunkResult, Engine, EngineConfig, Fetch,
+    Lane, LaneBook, BATCH_BYTES, BATCH_CHUNKS, BATCH_CHUNK_LEN, MANIFEST_GRACE, MANIFEST_TIMEOUT,
+    MAX_IN_FLIGHT,
+};
 pub use error::PeerError;
 pub use gates::{gate_chunk, gate_files};
 pub use links::{check_not_self, prefer_new_link, Direction};

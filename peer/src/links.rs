@@ -1,7 +1,7 @@
 //! Rules for connections: refuse the node itself, and keep exactly one connection per
 //! peer when both sides dial at once.
 
-use lanspread_transfer::PeerId;
+use lanspread_proto::PeerId;
 
 use crate::PeerError;
 

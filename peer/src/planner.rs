@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use lanspread_catalog::{chunk_ranges, ChunkHash, FileManifest, CHUNK_SIZE};
-use lanspread_transfer::PeerId;
+use lanspread_proto::PeerId;
 
 /// One chunk: a byte range of one file with its expected hash.
 #[derive(Debug, Clone, PartialEq, Eq)]

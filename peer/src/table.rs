@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use lanspread_catalog::{Catalog, GameId, Version};
-use lanspread_transfer::{GameAd, PeerId};
+use lanspread_proto::{GameAd, PeerId};
 
 /// A game as a peer advertises it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

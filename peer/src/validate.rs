@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use lanspread_catalog::{chunk_count, FileManifest, GameId, VERSION_FILE};
-use lanspread_transfer::PeerId;
+use lanspread_proto::PeerId;
 
 use crate::PeerError;
 

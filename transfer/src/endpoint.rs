@@ -9,7 +9,9 @@ use quinn::{Connection, Endpoint, TransportConfig, VarInt};
 use rustls_pki_types::CertificateDer;
 
 use crate::tls::{client_config, server_config};
-use crate::{Identity, PeerId, TransferError, ALPN, DATA_ALPN, SERVER_NAME};
+use lanspread_proto::{PeerId, ALPN, DATA_ALPN, SERVER_NAME};
+
+use crate::{Identity, TransferError};
 
 /// Transport settings for a LAN.
 #[derive(Debug, Clone)]
@@ -42,11 +44,14 @@ impl Default for TransportTuning {
             // the busy-server scenario (4 clients behind a 40 Mbit/s tbf): 5 s lost
             // data connections mid-download.
             idle_timeout: Duration::from_secs(20),
-            stream_window: 32 << 20,
+            // One chunk: a range is answered on one stream.
+            stream_window: lanspread_proto::CHUNK_SIZE as u32,
             // Bounds what the client holds unread (quinn buffers at most this much per
             // connection): 128 MiB + the writer's 48 MiB pool keeps a download's peak RSS
-            // under the 256 MiB budget by construction. Four 32 MiB chunks still fit.
-            conn_window: 128 << 20,
+            // under the 256 MiB budget by construction. The planner's smallest per-source
+            // budget fits.
+            conn_window: (lanspread_proto::MIN_CHUNKS_IN_FLIGHT * lanspread_proto::CHUNK_SIZE)
+                as u32,
             max_bidi_streams: 256,
             connect_timeout: Duration::from_secs(5),
             udp_buffer: 0,
@@ -237,14 +242,14 @@ pub fn peer_id_of(conn: &Connection) -> Result<PeerId, TransferError> {
         .downcast::<Vec<CertificateDer<'static>>>()
         .map_err(|_| TransferError::NoPeerIdentity)?;
     let first = certs.first().ok_or(TransferError::NoPeerIdentity)?;
-    PeerId::from_cert(first)
+    crate::identity::peer_id_of_cert(first)
 }
 
 /// 32 bytes of TLS exported keying material for the LAN secret proof; both ends of one
 /// connection get the same bytes, other connections different ones.
 pub fn session_binding(conn: &Connection) -> Result<[u8; 32], TransferError> {
     let mut out = [0u8; 32];
-    conn.export_keying_material(&mut out, crate::secret::EXPORTER_LABEL, b"")
+    conn.export_keying_material(&mut out, lanspread_proto::EXPORTER_LABEL, b"")
         .map_err(|_| TransferError::Tls("cannot export keying material".into()))?;
     Ok(out)
 }
@@ -252,7 +257,8 @@ pub fn session_binding(conn: &Connection) -> Result<[u8; 32], TransferError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{read_frame, write_frame, Message};
+    use crate::{read_frame, write_frame};
+    use lanspread_proto::Message;
 
     /// Two identities with an endpoint each on loopback, and the second one's address.
     fn pair() -> (Identity, Identity, Endpoint, Endpoint, SocketAddr) {

@@ -1,7 +1,5 @@
 use std::path::PathBuf;
 
-use crate::FrameError;
-
 /// Errors of the transfer crate.
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -53,7 +51,13 @@ pub enum TransferError {
         /// What is wrong.
         why: String,
     },
-    /// A frame could not be read or written.
+    /// A frame breaks the protocol (too large, malformed).
     #[error(transparent)]
-    Frame(#[from] FrameError),
+    Proto(#[from] lanspread_proto::ProtoError),
+    /// A stream ended inside a frame.
+    #[error("stream ended inside a frame")]
+    Truncated,
+    /// A stream failed while a frame was read or written.
+    #[error("stream: {0}")]
+    Stream(#[from] std::io::Error),
 }

@@ -1,66 +1,16 @@
-//! Length-prefixed postcard frames: a little-endian `u32` length, then that many bytes of
-//! postcard. The length is checked against a hard maximum before anything is allocated.
+//! Frames (`lanspread_proto`'s length-prefixed postcard) read from and written to async
+//! streams. The length is checked against the protocol's maximum before anything is
+//! allocated.
 
+use lanspread_proto::{decode_body, encode_frame, frame_body_len, FRAME_HEAD_LEN};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Largest accepted frame body in bytes.
-pub const MAX_FRAME_LEN: usize = 16 << 20;
-
-/// Frame errors; every one of them ends the stream it happened on.
-#[derive(Debug, thiserror::Error)]
-pub enum FrameError {
-    /// The announced length exceeds [`MAX_FRAME_LEN`].
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME_LEN}-byte limit")]
-    TooLarge(usize),
-    /// The body is not a valid postcard message of the expected type.
-    #[error("malformed frame: {0}")]
-    Malformed(String),
-    /// The stream ended inside a frame.
-    #[error("stream ended inside a frame")]
-    Truncated,
-    /// The underlying stream failed.
-    #[error("stream: {0}")]
-    Io(#[from] std::io::Error),
-}
-
-/// Encodes a message as one frame (length prefix + body).
-pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
-    let mut out = vec![0u8; 4];
-    out = postcard::to_extend(msg, out).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    let len = out.len() - 4;
-    if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge(len));
-    }
-    out[..4].copy_from_slice(&(len as u32).to_le_bytes());
-    Ok(out)
-}
-
-/// Decodes one complete frame from a buffer, returning the message and the bytes used,
-/// or `Ok(None)` when the buffer does not hold a whole frame yet.
-pub fn decode_frame<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)>, FrameError> {
-    let Some(head) = buf.get(..4) else {
-        return Ok(None);
-    };
-    let len = body_len(head.try_into().unwrap_or([0; 4]))?;
-    let Some(body) = buf.get(4..4 + len) else {
-        return Ok(None);
-    };
-    let msg = postcard::from_bytes(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
-    Ok(Some((msg, 4 + len)))
-}
-
-fn body_len(head: [u8; 4]) -> Result<usize, FrameError> {
-    let len = u32::from_le_bytes(head) as usize;
-    if len > MAX_FRAME_LEN {
-        return Err(FrameError::TooLarge(len));
-    }
-    Ok(len)
-}
+use crate::TransferError;
 
 /// Writes one frame.
-pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), FrameError>
+pub async fn write_frame<W, T>(w: &mut W, msg: &T) -> Result<(), TransferError>
 where
     W: AsyncWrite + Unpin,
     T: Serialize,
@@ -71,40 +21,38 @@ where
 }
 
 /// Reads one frame; `Ok(None)` on a clean end of stream between frames.
-pub async fn read_frame<R, T>(r: &mut R) -> Result<Option<T>, FrameError>
+pub async fn read_frame<R, T>(r: &mut R) -> Result<Option<T>, TransferError>
 where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
-    let mut head = [0u8; 4];
+    let mut head = [0u8; FRAME_HEAD_LEN];
     let mut got = 0;
-    while got < 4 {
+    while got < FRAME_HEAD_LEN {
         let n = r.read(&mut head[got..]).await?;
         if n == 0 {
             return if got == 0 {
                 Ok(None)
             } else {
-                Err(FrameError::Truncated)
+                Err(TransferError::Truncated)
             };
         }
         got += n;
     }
-    let len = body_len(head)?;
+    let len = frame_body_len(head)?;
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
-        _ => FrameError::Io(e),
+        std::io::ErrorKind::UnexpectedEof => TransferError::Truncated,
+        _ => TransferError::Stream(e),
     })?;
-    postcard::from_bytes(&body)
-        .map(Some)
-        .map_err(|e| FrameError::Malformed(e.to_string()))
+    Ok(Some(decode_body(&body)?))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{GameAd, Hello, Message, PeerId, PROTOCOL_VERSION};
-    use lanspread_catalog::{GameId, Version};
+    use lanspread_proto::{GameAd, GameId, Hello, Message, PeerId, Version, MAX_FRAME_LEN};
+    use lanspread_proto::{ProtoError, PROTOCOL_VERSION};
 
     fn sample() -> Vec<Message> {
         vec![
@@ -126,25 +74,6 @@ mod tests {
         ]
     }
 
-    #[test]
-    fn roundtrip_in_memory() {
-        let mut buf = Vec::new();
-        for m in sample() {
-            buf.extend(encode_frame(&m).unwrap());
-        }
-        let mut pos = 0;
-        let mut got = Vec::new();
-        while let Some((m, used)) = decode_frame::<Message>(&buf[pos..]).unwrap() {
-            got.push(m);
-            pos += used;
-        }
-        assert_eq!(got, sample());
-        assert_eq!(pos, buf.len());
-        // A prefix of a frame is "not yet", not an error.
-        assert!(decode_frame::<Message>(&buf[..3]).unwrap().is_none());
-        assert!(decode_frame::<Message>(&buf[..10]).unwrap().is_none());
-    }
-
     #[tokio::test]
     async fn roundtrip_over_a_stream() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
@@ -163,12 +92,15 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
         let err = read_frame::<_, Message>(&mut b).await.unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge(_)), "{err}");
-        let big = ((MAX_FRAME_LEN + 1) as u32).to_le_bytes();
-        assert!(matches!(
-            decode_frame::<Message>(&big),
-            Err(FrameError::TooLarge(_))
-        ));
+        assert!(
+            matches!(err, TransferError::Proto(ProtoError::FrameTooLarge(_))),
+            "{err}"
+        );
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&((MAX_FRAME_LEN + 1) as u32).to_le_bytes())
+            .await
+            .unwrap();
+        assert!(read_frame::<_, Message>(&mut b).await.is_err());
     }
 
     #[tokio::test]
@@ -180,34 +112,11 @@ mod tests {
         drop(a);
         assert!(matches!(
             read_frame::<_, Message>(&mut b).await,
-            Err(FrameError::Malformed(_))
+            Err(TransferError::Proto(ProtoError::Malformed(_)))
         ));
         assert!(matches!(
             read_frame::<_, Message>(&mut b).await,
-            Err(FrameError::Truncated)
-        ));
-    }
-
-    #[test]
-    fn invalid_ids_inside_a_valid_frame_are_malformed() {
-        // A Library frame whose game id is "../x": postcard decodes the string, the GameId
-        // newtype refuses it.
-        #[derive(serde::Serialize)]
-        enum Raw {
-            #[allow(dead_code)]
-            Hello(u8),
-            Library(Vec<(String, String, u64)>),
-        }
-        let frame =
-            encode_frame(&Raw::Library(vec![("../x".into(), "20250101".into(), 1)])).unwrap();
-        assert!(matches!(
-            decode_frame::<Message>(&frame),
-            Err(FrameError::Malformed(_))
-        ));
-        let frame = encode_frame(&Raw::Library(vec![("ggoo".into(), "2025".into(), 1)])).unwrap();
-        assert!(matches!(
-            decode_frame::<Message>(&frame),
-            Err(FrameError::Malformed(_))
+            Err(TransferError::Truncated)
         ));
     }
 }

@@ -7,73 +7,19 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use lanspread_proto::{PeerId, SERVER_NAME};
 use rcgen::{CertificateParams, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-use crate::{TransferError, SERVER_NAME};
+use crate::TransferError;
 
 /// File name of the private key inside the state dir.
 pub const KEY_FILE: &str = "identity.key";
 
-/// Bytes of the SHA-256 of the public key that form the peer id (128 bits).
-const PEER_ID_BYTES: usize = 16;
-
-/// A peer id: lowercase hex of the first 16 bytes of SHA-256 over the DER
-/// `SubjectPublicKeyInfo` of the peer's key.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct PeerId(String);
-
-impl PeerId {
-    /// Derives the id of a public key given as DER `SubjectPublicKeyInfo`.
-    pub fn from_spki(spki_der: &[u8]) -> Self {
-        let digest = Sha256::digest(spki_der);
-        Self(hex::encode(&digest[..PEER_ID_BYTES]))
-    }
-
-    /// Derives the id of the key in a DER X.509 certificate.
-    pub fn from_cert(cert: &CertificateDer<'_>) -> Result<Self, TransferError> {
-        let ee =
-            webpki::EndEntityCert::try_from(cert).map_err(|_| TransferError::NoPeerIdentity)?;
-        Ok(Self::from_spki(ee.subject_public_key_info().as_ref()))
-    }
-
-    /// The id as text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// A short prefix for human tables and logs.
-    pub fn short(&self) -> &str {
-        &self.0[..12.min(self.0.len())]
-    }
-}
-
-impl fmt::Display for PeerId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl TryFrom<String> for PeerId {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        let ok = s.len() == PEER_ID_BYTES * 2
-            && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        if ok {
-            Ok(Self(s))
-        } else {
-            Err(format!("invalid peer id {s:?}"))
-        }
-    }
-}
-
-impl From<PeerId> for String {
-    fn from(p: PeerId) -> Self {
-        p.0
-    }
+/// The peer id of the key in a DER X.509 certificate.
+pub fn peer_id_of_cert(cert: &CertificateDer<'_>) -> Result<PeerId, TransferError> {
+    let ee = webpki::EndEntityCert::try_from(cert).map_err(|_| TransferError::NoPeerIdentity)?;
+    Ok(PeerId::from_spki(ee.subject_public_key_info().as_ref()))
 }
 
 /// Writes `bytes` to `path` (mode 0600, synced) only if no file is there: through a
@@ -188,7 +134,7 @@ impl Identity {
             .self_signed(&key)
             .map_err(|e| TransferError::Tls(e.to_string()))?;
         let cert = cert.der().clone();
-        let peer_id = PeerId::from_cert(&cert)?;
+        let peer_id = peer_id_of_cert(&cert)?;
         Ok(Self {
             key_der: key.serialize_der(),
             cert,
@@ -241,8 +187,8 @@ mod tests {
         // Certificates differ (fresh serial per start) but the id is the key's.
         assert_ne!(a.cert(), b.cert());
         assert_eq!(
-            PeerId::from_cert(&a.cert()).unwrap(),
-            PeerId::from_cert(&b.cert()).unwrap()
+            peer_id_of_cert(&a.cert()).unwrap(),
+            peer_id_of_cert(&b.cert()).unwrap()
         );
     }
 
@@ -274,10 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn peer_id_text_is_checked() {
-        assert!(PeerId::try_from("ab".repeat(16)).is_ok());
-        assert!(PeerId::try_from("AB".repeat(16)).is_err());
-        assert!(PeerId::try_from("ab".to_string()).is_err());
-        assert!(PeerId::from_cert(&CertificateDer::from(vec![1, 2, 3])).is_err());
+    fn a_certificate_without_a_key_has_no_peer_id() {
+        assert!(peer_id_of_cert(&CertificateDer::from(vec![1, 2, 3])).is_err());
     }
 }

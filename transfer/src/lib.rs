@@ -1,5 +1,5 @@
-//! The wire: peer identity (persistent key, peer id derived from the public key), TLS and
-//! QUIC endpoint setup, and the versioned postcard frame protocol spoken between daemons.
+//! The transport: the persistent identity key, TLS and QUIC endpoint setup, and frames
+//! (`lanspread_proto`'s messages) read from and written to QUIC streams.
 //!
 //! **Architecture invariant:** this crate knows nothing of the control socket or the
 //! peer table; it moves typed frames between two authenticated endpoints.
@@ -9,7 +9,6 @@ mod endpoint;
 mod error;
 mod frame;
 mod identity;
-mod protocol;
 mod secret;
 mod tls;
 
@@ -18,10 +17,6 @@ pub use endpoint::{
     make_endpoint, peer_id_of, session_binding, TransportTuning, MIN_LANE_WINDOW,
 };
 pub use error::TransferError;
-pub use frame::{decode_frame, encode_frame, read_frame, write_frame, FrameError, MAX_FRAME_LEN};
-pub use identity::{Identity, PeerId, KEY_FILE};
-pub use protocol::{
-    close_code, ChunkRange, GameAd, Hello, Message, PeerRequest, PeerResponse, ALPN, DATA_ALPN,
-    MAX_RANGES, PROTOCOL_VERSION, SERVER_NAME,
-};
-pub use secret::{secret_proof, LanSecret, SecretCheck, MIN_SECRET_LEN};
+pub use frame::{read_frame, write_frame};
+pub use identity::{peer_id_of_cert, Identity, KEY_FILE};
+pub use secret::load_secret;

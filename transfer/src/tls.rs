@@ -12,7 +12,9 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::{Identity, PeerId, TransferError, ALPN, DATA_ALPN};
+use lanspread_proto::{ALPN, DATA_ALPN};
+
+use crate::{Identity, TransferError};
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -65,7 +67,7 @@ impl PeerVerifier {
     }
 
     fn check(cert: &CertificateDer<'_>) -> Result<(), rustls::Error> {
-        PeerId::from_cert(cert)
+        crate::identity::peer_id_of_cert(cert)
             .map(|_| ())
             .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))
     }

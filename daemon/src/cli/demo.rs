@@ -3,10 +3,9 @@
 //! client connects and downloads it with the progress bar, the copy's SHA-256 is checked
 //! against the source, the throughput is printed, and everything is removed again.
 
-use std::io::Read;
-use std::path::Path;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 
-use lanspread_fixtures::{Content, GameSpec};
 use sha2::{Digest, Sha256};
 
 use super::{output, progress, CliError, Client};
@@ -54,17 +53,60 @@ fn sha256(path: &Path) -> std::io::Result<String> {
     }
 }
 
+/// The demo's working dir, removed with everything in it when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> std::io::Result<Self> {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!("lanspread-demo-{}-{nanos:09}", std::process::id());
+        let dir = std::env::temp_dir().join(name);
+        std::fs::create_dir(&dir)?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes the demo game: `version.ini` and one archive-sized file of pseudo-random
+/// (incompressible) bytes, from a xorshift64* stream — the demo needs bytes, not the
+/// fixture lab.
+fn write_game(games: &Path, bytes: u64) -> std::io::Result<()> {
+    let root = games.join(GAME);
+    std::fs::create_dir_all(&root)?;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(root.join(format!("{GAME}.eti")))?);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut buf = vec![0u8; 4 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        for word in buf.chunks_exact_mut(8) {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            word.copy_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        let n = left.min(buf.len() as u64) as usize;
+        out.write_all(&buf[..n])?;
+        left -= n as u64;
+    }
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::write(root.join("version.ini"), "20250101\n")
+}
+
 /// Runs the demo.
 pub async fn run() -> Result<(), CliError> {
     let bytes = std::env::var("LANSPREAD_DEMO_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_BYTES);
-    let tmp = tempfile::Builder::new()
-        .prefix("lanspread-demo-")
-        .tempdir()
-        .map_err(failed)?;
-    let dir = tmp.path().to_path_buf();
+    let tmp = TempDir::new().map_err(failed)?;
+    let dir = tmp.0.clone();
     let (source_games, client_games) = (dir.join("source-games"), dir.join("client-games"));
     std::fs::create_dir_all(&client_games).map_err(failed)?;
     outln!(
@@ -72,16 +114,8 @@ pub async fn run() -> Result<(), CliError> {
         output::bytes(bytes),
         dir.display()
     );
-    let spec = GameSpec::new(GAME, "20250101").file(
-        &format!("{GAME}.eti"),
-        0o644,
-        Content::Random {
-            seed: 1,
-            size: bytes,
-        },
-    );
     let sg = source_games.clone();
-    tokio::task::spawn_blocking(move || spec.write(&sg))
+    tokio::task::spawn_blocking(move || write_game(&sg, bytes))
         .await
         .map_err(failed)?
         .map_err(failed)?;

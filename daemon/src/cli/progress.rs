@@ -110,7 +110,7 @@ pub async fn download(
                         output::finished(*bytes, *resumed_bytes, *duration_ms, *mib_per_s)
                     );
                 }
-                if !install {
+                if event.kind.ends_download(install) {
                     if json {
                         outln!("{value}");
                     }

@@ -5,7 +5,8 @@
 
 use lanspread_catalog::{ChunkHash, GameId, RelPath, Version};
 use lanspread_peer::FailKind;
-use lanspread_transfer::{read_frame, write_frame, ChunkRange, PeerRequest, PeerResponse};
+use lanspread_proto::{chunk_head, AnswerFault, ChunkRange, PeerRequest, PeerResponse};
+use lanspread_transfer::{read_frame, write_frame};
 use quinn::{Connection, RecvStream};
 use sha2::{Digest, Sha256};
 use std::future::Future;
@@ -212,18 +213,15 @@ async fn receive_all(
     received: &mut Vec<Received>,
 ) -> Result<(), FetchError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
-    let request = PeerRequest::Chunks {
-        game: game.clone(),
-        version,
-        ranges: jobs
-            .iter()
-            .map(|j| ChunkRange {
-                path: j.path.clone(),
-                offset: j.offset,
-                len: j.len,
-            })
-            .collect(),
-    };
+    let ranges = jobs
+        .iter()
+        .map(|j| ChunkRange {
+            path: j.path.clone(),
+            offset: j.offset,
+            len: j.len,
+        })
+        .collect();
+    let request = PeerRequest::chunks(game.clone(), version, ranges);
     write_frame(&mut send, &request).await.map_err(lost)?;
     let _ = send.finish();
     let mut stall = Stall::new(source);
@@ -257,19 +255,13 @@ async fn receive_one(
     job: &ChunkJob,
     writes: &mut Writes,
 ) -> Result<ChunkHash, FetchError> {
-    match stall.guard(read_frame::<_, PeerResponse>(recv)).await? {
-        Ok(Some(PeerResponse::Chunk { len })) if len == job.len => {}
-        Ok(Some(PeerResponse::Refused { reason })) => {
-            return Err(gone(format!("refused: {reason}")))
+    let head = stall.guard(read_frame::<_, PeerResponse>(recv)).await?;
+    match chunk_head(head.map_err(lost)?, job.len) {
+        Ok(()) => {}
+        Err(e @ AnswerFault::Unexpected(_)) => {
+            return Err(FetchError::Source(FailKind::BadData, e.to_string()))
         }
-        Ok(Some(other)) => {
-            return Err(FetchError::Source(
-                FailKind::BadData,
-                format!("unexpected answer {other:?}"),
-            ));
-        }
-        Ok(None) => return Err(gone("stream ended before the answer")),
-        Err(e) => return Err(lost(e)),
+        Err(e) => return Err(gone(e.to_string())),
     }
     let mut hasher = Sha256::new();
     let mut got = 0u64;

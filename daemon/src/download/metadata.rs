@@ -1,122 +1,96 @@
-//! The metadata phase of a download: every newest source is asked for its manifest and
-//! the answers are validated by plurality (`ManifestVote`), with a grace period for the
-//! sources still silent once the vote is settled.
+//! The metadata phase of a download, driven for the engine (`lanspread_peer::Engine`):
+//! every source it names is asked for its manifest on a stream of its link, and the
+//! answers and the vote's deadlines (grace, timeout) are fed back until the engine asks
+//! to prepare the root or fails.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::time::Instant;
 
-use lanspread_catalog::{FileManifest, GameId};
-use lanspread_peer::{Chosen, ManifestVote, Sources};
-use lanspread_transfer::{read_frame, write_frame, PeerId, PeerRequest, PeerResponse};
+use lanspread_catalog::{FileManifest, GameId, Version};
+use lanspread_peer::{Action, Engine};
+use lanspread_proto::{manifest_answer, PeerId, PeerRequest, PeerResponse};
+use lanspread_transfer::{read_frame, write_frame};
 use quinn::Connection;
 use tokio::task::JoinSet;
-use tracing::{warn, Instrument};
+use tracing::Instrument;
 
 use super::{link, stop::stop_requested};
-use crate::failure::Failure;
+use crate::failure::{ErrorKind, Failure};
 use crate::state::Shared;
 
-/// How long a source may take to send a manifest (it may hash a large game first).
-const MANIFEST_TIMEOUT: Duration = Duration::from_secs(300);
-/// How much longer the sources that have not answered get once the others' answers
-/// settle the vote (a strict plurality whatever the rest say).
-const MANIFEST_GRACE: Duration = Duration::from_secs(5);
-
-/// Asks every newest source for its manifest and returns the chosen one; the sources left
-/// out, and why, are added to `why`.
+/// Runs the engine until it asks for [`Action::Prepare`] (the manifest is chosen).
 pub(super) async fn validated(
     shared: &Shared,
-    id: &GameId,
-    sources: &Sources,
+    engine: &mut Engine,
+    (id, version): (&GameId, Version),
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
     cancel: &tokio::sync::Notify,
-    why: &mut BTreeMap<PeerId, String>,
-) -> Result<Chosen, Failure> {
-    // Metadata from every newest source, validated by plurality.
+) -> Result<(), Failure> {
     let mut asks = JoinSet::new();
-    let mut waiting = BTreeSet::new();
-    for peer in &sources.peers {
-        let Some((conn, _)) = link(shared, peer) else {
-            continue;
-        };
-        waiting.insert(peer.clone());
-        let (peer, id, version) = (peer.clone(), id.clone(), sources.version);
-        asks.spawn(
-            async move {
-                let answer =
-                    tokio::time::timeout(MANIFEST_TIMEOUT, request_files(&conn, id, version)).await;
-                (
-                    peer,
-                    answer.unwrap_or_else(|_| Err("no manifest in time".into())),
-                )
-            }
-            .in_current_span(),
-        );
-    }
-    let mut vote = ManifestVote::default();
-    // Set once the sources still to answer can no longer change the vote: they get
-    // MANIFEST_GRACE more, so one that never answers holds the download seconds, not
-    // MANIFEST_TIMEOUT.
-    let mut grace_ends = None;
     loop {
-        let next = async {
-            match grace_ends {
-                None => asks.join_next().await,
-                Some(end) => tokio::time::timeout_at(end, asks.join_next())
-                    .await
-                    .unwrap_or(None),
-            }
-        };
-        let joined = tokio::select! {
-            j = next => j,
-            why = stop_requested(shutdown, cancel) => return Err(why),
-        };
-        let Some(joined) = joined else { break };
-        match joined {
-            Ok((peer, answer)) => {
-                waiting.remove(&peer);
-                match answer {
-                    Ok(files) => vote.add(peer, files),
-                    Err(e) => {
-                        warn!(peer = %peer.short(), "no manifest: {e}");
-                        vote.no_answer(peer, format!("no manifest: {e}"));
-                    }
+        while let Some(action) = engine.poll() {
+            match action {
+                Action::AskManifest(peer) => {
+                    let Some((conn, _)) = link(shared, &peer) else {
+                        engine.on_manifest(peer, Err("peer disconnected".into()), Instant::now());
+                        continue;
+                    };
+                    let id = id.clone();
+                    asks.spawn(
+                        async move {
+                            let answer = request_files(&conn, id, version).await;
+                            (peer, answer)
+                        }
+                        .in_current_span(),
+                    );
+                }
+                Action::Prepare => return Ok(()),
+                Action::Fail(e) => return Err(e.into()),
+                other => {
+                    return Err(Failure::internal(format_args!(
+                        "download engine asked {other:?} before the manifest was chosen"
+                    )))
                 }
             }
-            Err(e) => warn!("manifest task failed: {e}"),
         }
-        if grace_ends.is_none() && !asks.is_empty() && vote.settled(asks.len()) {
-            grace_ends = Some(tokio::time::Instant::now() + MANIFEST_GRACE);
+        let Some(deadline) = engine.poll_timeout() else {
+            return Err(Failure::internal("download engine waits for nothing"));
+        };
+        tokio::select! {
+            Some(joined) = asks.join_next(), if !asks.is_empty() => match joined {
+                Ok((peer, answer)) => {
+                    let answer = answer.map_err(|f| f.message);
+                    engine.on_manifest(peer, answer, Instant::now())
+                }
+                Err(e) => return Err(Failure::internal(format_args!("manifest task failed: {e}"))),
+            },
+            () = tokio::time::sleep_until(deadline.into()) => engine.handle_timeout(Instant::now()),
+            why = stop_requested(shutdown, cancel) => return Err(why),
         }
     }
-    if !asks.is_empty() {
-        asks.abort_all();
-        for peer in &waiting {
-            warn!(
-                peer = %peer.short(),
-                "not a source for {id}: no manifest {MANIFEST_GRACE:?} after the others settled the vote"
-            );
-        }
-    }
-    why.extend(vote.rejected().iter().cloned());
-    Ok(vote.choose(id)?)
 }
 
 async fn request_files(
     conn: &Connection,
     game: GameId,
-    version: lanspread_catalog::Version,
-) -> Result<Vec<FileManifest>, String> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    version: Version,
+) -> Result<Vec<FileManifest>, Failure> {
+    let failed = |e: &dyn std::fmt::Display| Failure::new(ErrorKind::SourceFailed, e.to_string());
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
     write_frame(&mut send, &PeerRequest::Files { game, version })
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| failed(&e))?;
     let _ = send.finish();
-    match read_frame::<_, PeerResponse>(&mut recv).await {
-        Ok(Some(PeerResponse::Files(files))) => Ok(files),
-        Ok(Some(PeerResponse::Refused { reason })) => Err(format!("refused: {reason}")),
-        Ok(Some(other)) => Err(format!("unexpected answer {other:?}")),
-        Ok(None) => Err("stream ended".into()),
-        Err(e) => Err(e.to_string()),
-    }
+    let answer = read_frame::<_, PeerResponse>(&mut recv)
+        .await
+        .map_err(|e| failed(&e))?;
+    manifest_answer(answer).map_err(|e| failed(&e))
+}
+
+/// The sources a download starts with: the newest-version peers still linked.
+pub(super) fn linked(shared: &Shared, peers: &[PeerId]) -> Vec<PeerId> {
+    peers
+        .iter()
+        .filter(|p| link(shared, p).is_some())
+        .cloned()
+        .collect()
 }

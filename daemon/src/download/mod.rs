@@ -13,9 +13,14 @@ mod writer;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lanspread_catalog::{manifest_digest, FileManifest, GameId, VERSION_FILE};
-use lanspread_peer::{latest_sources, FailKind, OpKind, Planner, PlannerStatus, Sources};
-use lanspread_transfer::PeerId;
+use std::collections::{BTreeMap, HashMap};
+
+use lanspread_catalog::{manifest_digest, FileManifest, GameId, Version, VERSION_FILE};
+use lanspread_peer::{
+    latest_sources, Action, BatchId, Chosen, ChunkResult, Engine, EngineConfig, FailKind, Fetch,
+    Lane, OpKind, Sources,
+};
+use lanspread_proto::PeerId;
 use quinn::Connection;
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
@@ -33,26 +38,6 @@ use crate::api::{EventKind, FileSize};
 use crate::failure::{ErrorKind, Failure};
 use crate::state::Shared;
 use fetch::{ChunkJob, FetchError};
-
-/// Chunks in flight per source: many small files go out at once (their cost is round
-/// trips) ...
-const MAX_IN_FLIGHT: usize = 64;
-/// ... while big chunks are capped by bytes: 4 × 32 MiB per source, or more when there
-/// are more transfer threads (`lanes`) than 4 chunks per source would keep busy: the
-/// lanes are shared out among the sources, one 32 MiB chunk each. What a source sends is
-/// what was asked, so this also bounds what the client holds unread per source; with
-/// many sources it stays at 4 chunks each, as with one thread.
-/// Measured with the compare tool's S34 case (bench/README.md).
-fn max_in_flight_bytes(lanes: usize, sources: usize) -> u64 {
-    lanes.div_ceil(sources.max(1)).max(4) as u64 * lanspread_catalog::CHUNK_SIZE
-}
-/// A run of consecutive chunks of at most `BATCH_CHUNK_LEN` bytes each (small files)
-/// goes in one request of up to `BATCH_CHUNKS` ranges and `BATCH_BYTES` bytes: one
-/// stream, one request frame and one reader task on the source per batch, not per file.
-const BATCH_CHUNKS: usize = 32;
-const BATCH_CHUNK_LEN: u64 = 1 << 20;
-const BATCH_BYTES: u64 = 8 << 20;
-const _: () = assert!(BATCH_CHUNKS <= lanspread_transfer::MAX_RANGES);
 
 /// Checks a download request and registers the operation. Refusals leave nothing behind.
 pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Failure> {
@@ -128,7 +113,7 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
         .get(&id)
         .cloned()
         .unwrap_or_default();
-    let mut why = std::collections::BTreeMap::new();
+    let mut why = BTreeMap::new();
     let result = download(&shared, &id, &sources, &mut files, &cancel, &mut why).await;
     for f in files {
         shared.writer.close(f).await;
@@ -203,62 +188,38 @@ async fn download(
     sources: &Sources,
     files_open: &mut Vec<u64>,
     cancel: &tokio::sync::Notify,
-    why: &mut std::collections::BTreeMap<PeerId, String>,
+    why: &mut BTreeMap<PeerId, String>,
 ) -> Result<Done, Failure> {
     let mut shutdown = shared.shutdown.subscribe();
-    let chosen = metadata::validated(shared, id, sources, &mut shutdown, cancel, why).await?;
-    for (peer, reason) in &chosen.rejected {
-        warn!(peer = %peer.short(), "not a source for {id}: {reason}");
-        why.insert(peer.clone(), reason.clone());
-    }
-    shared.events.emit(EventKind::GotGameFiles {
-        game_id: id.clone(),
-        version: sources.version,
-        files: chosen
-            .files
-            .iter()
-            .map(|f| FileSize {
-                path: f.path.to_string(),
-                size: f.size,
-            })
-            .collect(),
-        sources: chosen.sources.clone(),
-    });
-
-    // Refuse up front when the files cannot fit (bytes already there count as reusable).
+    let linked = metadata::linked(shared, &sources.peers);
+    let config = EngineConfig::new(shared.threads.len());
+    let mut engine = Engine::new(id.clone(), &linked, config, std::time::Instant::now());
+    let what = (id, sources.version);
+    let chosen = metadata::validated(shared, &mut engine, what, &mut shutdown, cancel).await;
+    why.extend(engine.why().clone());
+    chosen?;
+    let Some(chosen) = engine.chosen().cloned() else {
+        return Err(Failure::internal("the download engine chose no manifest"));
+    };
+    shared
+        .events
+        .emit(got_game_files(id, sources.version, &chosen));
     let root = shared.games_dir.join(id.as_str());
-    check_space(&shared.games_dir, &root, &chosen.files).await?;
-
-    // Prepare the root: no committed sentinel from here on, every file preallocated.
-    let dests = commit::prepare(&root, &chosen.files).await?;
-    for (f, dest) in chosen.files.iter().zip(&dests) {
-        let fid = shared
-            .writer
-            .open(dest.clone(), f.size)
-            .await
-            .map_err(|e| Failure::io(format_args!("cannot create {}", dest.display()), &e))?;
-        files_open.push(fid);
-    }
+    let (dests, mut journal, present) = prepare(
+        shared,
+        &root,
+        &chosen.files,
+        &engine,
+        sources.version,
+        files_open,
+    )
+    .await?;
     let bytes: u64 = chosen.files.iter().map(|f| f.size).sum();
-    let mut planner = Planner::new(&chosen.files, &chosen.sources, MAX_IN_FLIGHT)
-        .limit_in_flight_bytes(max_in_flight_bytes(
-            shared.threads.len(),
-            chosen.sources.len(),
-        ))
-        .batch_small_chunks(BATCH_CHUNKS, BATCH_CHUNK_LEN, BATCH_BYTES);
-    let chunks = planner.chunks().len() as u64;
-    // Chunks an interrupted attempt at this same version and manifest already verified.
-    let digest = manifest_digest(&chosen.files);
-    let (mut journal, present) =
-        journal::open(&root, &dests, planner.chunks(), sources.version, digest).await?;
-    let mut resumed_bytes = 0;
-    for &c in &present {
-        if planner.mark_present(c) {
-            resumed_bytes += planner.chunks()[c].len;
-        }
-    }
-    if !present.is_empty() {
-        info!(game = %id, chunks = present.len(), bytes = resumed_bytes, "resuming");
+    let chunks = engine.chunks().len() as u64;
+    let lanes = lanes::Lanes::open(shared, &chosen.sources).await;
+    let (resumed_chunks, resumed_bytes) = engine.on_prepared(&present, &lanes.opened());
+    if resumed_chunks > 0 {
+        info!(game = %id, chunks = resumed_chunks, bytes = resumed_bytes, "resuming");
     }
     shared.lock().operations.sized(id, bytes, resumed_bytes);
     shared.events.emit(EventKind::DownloadBegin {
@@ -267,7 +228,7 @@ async fn download(
         bytes,
         files: chosen.files.len() as u64,
         chunks,
-        resumed_chunks: present.len() as u64,
+        resumed_chunks,
         resumed_bytes,
     });
     let started = Instant::now();
@@ -275,31 +236,27 @@ async fn download(
         files: &chosen.files,
         file_ids: files_open,
         journal: &mut journal,
-        lanes: lanes::Lanes::open(shared, &chosen.sources).await,
-        why,
+        lanes,
     };
-    tokio::select! {
-        r = transfer(shared, id, sources, work, &mut planner) => r?,
-        why = stop_requested(&mut shutdown, cancel) => return Err(why),
-    }
+    let transferred = tokio::select! {
+        r = transfer(shared, what, work, &mut engine) => r,
+        why = stop_requested(&mut shutdown, cancel) => Err(why),
+    };
+    why.extend(engine.why().clone());
+    transferred?;
     let t_transfer = started.elapsed();
-    // Every file's fdatasync at once: the io_uring writer runs them concurrently, so many
-    // small files cost one round of syncs, not one round trip each.
-    let mut syncs = JoinSet::new();
-    for &f in files_open.iter() {
-        let shared = shared.clone();
-        syncs.spawn(async move { shared.writer.sync(f).await });
-    }
-    while let Some(res) = syncs.join_next().await {
-        res.map_err(Failure::internal)?
-            .map_err(|e| Failure::io("flushing files", &e))?;
-    }
-    let t_sync = started.elapsed();
-    commit::commit(&root, &chosen.files, &dests, sources.version).await?;
+    commit_files(
+        shared,
+        &root,
+        &chosen.files,
+        &dests,
+        sources.version,
+        files_open,
+    )
+    .await?;
     tracing::debug!(
         transfer_ms = t_transfer.as_millis() as u64,
-        sync_ms = (t_sync - t_transfer).as_millis() as u64,
-        commit_ms = (started.elapsed() - t_sync).as_millis() as u64,
+        commit_ms = (started.elapsed() - t_transfer).as_millis() as u64,
         "download phases"
     );
     journal::remove(&root).await;
@@ -311,155 +268,229 @@ async fn download(
     })
 }
 
+fn got_game_files(id: &GameId, version: Version, chosen: &Chosen) -> EventKind {
+    EventKind::GotGameFiles {
+        game_id: id.clone(),
+        version,
+        files: chosen
+            .files
+            .iter()
+            .map(|f| FileSize {
+                path: f.path.to_string(),
+                size: f.size,
+            })
+            .collect(),
+        sources: chosen.sources.clone(),
+    }
+}
+
+/// Makes every file durable and commits the sentinel.
+async fn commit_files(
+    shared: &Arc<Shared>,
+    root: &std::path::Path,
+    files: &[FileManifest],
+    dests: &[std::path::PathBuf],
+    version: Version,
+    files_open: &[u64],
+) -> Result<(), Failure> {
+    let started = Instant::now();
+    // Every file's fdatasync at once: the io_uring writer runs them concurrently, so many
+    // small files cost one round of syncs, not one round trip each.
+    let mut syncs = JoinSet::new();
+    for &f in files_open {
+        let shared = shared.clone();
+        syncs.spawn(async move { shared.writer.sync(f).await });
+    }
+    while let Some(res) = syncs.join_next().await {
+        res.map_err(Failure::internal)?
+            .map_err(|e| Failure::io("flushing files", &e))?;
+    }
+    let t_sync = started.elapsed();
+    commit::commit(root, files, dests, version).await?;
+    tracing::debug!(
+        sync_ms = t_sync.as_millis() as u64,
+        commit_ms = (started.elapsed() - t_sync).as_millis() as u64,
+        "commit phases"
+    );
+    Ok(())
+}
+
+/// Prepares the root for the chosen files: refuses up front when they cannot fit (bytes
+/// already there count as reusable), removes the committed sentinel, preallocates every
+/// file (their writer handles go to `files_open`) and opens the journal with the chunks
+/// an interrupted attempt at this same version and manifest already verified.
+async fn prepare(
+    shared: &Shared,
+    root: &std::path::Path,
+    files: &[FileManifest],
+    engine: &Engine,
+    version: Version,
+    files_open: &mut Vec<u64>,
+) -> Result<(Vec<std::path::PathBuf>, journal::Journal, Vec<usize>), Failure> {
+    check_space(&shared.games_dir, root, files).await?;
+    let dests = commit::prepare(root, files).await?;
+    for (f, dest) in files.iter().zip(&dests) {
+        let fid = shared
+            .writer
+            .open(dest.clone(), f.size)
+            .await
+            .map_err(|e| Failure::io(format_args!("cannot create {}", dest.display()), &e))?;
+        files_open.push(fid);
+    }
+    let digest = manifest_digest(files);
+    let (journal, present) = journal::open(root, &dests, engine.chunks(), version, digest).await?;
+    Ok((dests, journal, present))
+}
+
 /// What `transfer` writes into, and the connections it fetches over (closed when done).
 struct Work<'a> {
     files: &'a [FileManifest],
     file_ids: &'a [u64],
     journal: &'a mut journal::Journal,
     lanes: lanes::Lanes,
-    /// Each source's last failure (for `download-failed`).
-    why: &'a mut std::collections::BTreeMap<PeerId, String>,
 }
 
+/// A finished fetch: its batch, source and lane, and each chunk's result.
+type Fetched = (BatchId, PeerId, Lane, Vec<ChunkResult>);
+
+/// Performs the engine's transfer phase: starts each batch it asks for on its lane's
+/// thread, journals and reports each verified chunk, and feeds every result back, until
+/// it asks to commit or fails. A local failure (disk full) fails the download at once.
 async fn transfer(
     shared: &Arc<Shared>,
-    id: &GameId,
-    sources: &Sources,
+    game: (&GameId, Version),
     work: Work<'_>,
-    planner: &mut Planner,
+    engine: &mut Engine,
 ) -> Result<(), Failure> {
-    let Work {
-        files,
-        file_ids,
-        journal,
-        mut lanes,
-        why: last_failure,
-    } = work;
-    let mut running = JoinSet::new();
-    // The last failure of each source, for the message when none is left.
     // When each source last sent bytes, on any lane: its streams are judged together.
-    let activity: std::collections::HashMap<PeerId, Arc<fetch::Activity>> = sources
-        .peers
-        .iter()
-        .map(|p| (p.clone(), Arc::default()))
-        .collect();
+    let sources = engine
+        .chosen()
+        .map(|c| c.sources.clone())
+        .unwrap_or_default();
+    let mut t = Transfer {
+        shared,
+        game,
+        work,
+        running: JoinSet::new(),
+        activity: sources.into_iter().map(|p| (p, Arc::default())).collect(),
+        addrs: HashMap::new(),
+    };
     loop {
-        while let Some(batch) = planner.poll_batch() {
-            let jobs: Vec<ChunkJob> = batch
-                .chunks
-                .iter()
-                .map(|&c| {
-                    let spec = &planner.chunks()[c];
-                    let file = &files[spec.file];
-                    ChunkJob {
-                        path: file.path.clone(),
-                        file: file_ids[spec.file],
-                        offset: spec.offset,
-                        len: spec.len,
-                        hash: spec.hash,
-                    }
-                })
-                .collect();
-            // A source whose link is gone is gone, whatever lanes it had.
-            let addr = link(shared, &batch.peer).map(|l| l.1);
-            let lane = addr.as_ref().and(lanes.take(&batch.peer));
-            let Some((lane, lanes::Lane { conn, runtime })) = lane else {
-                let gone = FetchError::Source(
-                    lanspread_peer::FailKind::SourceGone,
-                    "peer disconnected".into(),
-                );
-                let results = vec![Err(gone); jobs.len()];
-                let done = (batch, jobs, String::new(), results, None);
-                running.spawn(async move { Ok(done) });
-                continue;
-            };
-            let (shared, conn) = (shared.clone(), conn.clone());
-            let source = activity.get(&batch.peer).cloned().unwrap_or_default();
-            let (game, version) = (id.clone(), sources.version);
-            // The fetch runs on the thread that drives its connection; dropping `running`
-            // (a failed download) aborts it there too.
-            let fetch = runtime.spawn(
-                async move {
-                    let limit = shared.download_limit.as_ref();
-                    let what = (&game, version);
-                    let results =
-                        fetch::fetch(&conn, &source, &shared.writer, limit, what, &jobs).await;
-                    (batch, jobs, addr.unwrap_or_default(), results, Some(lane))
+        while let Some(action) = engine.poll() {
+            match action {
+                Action::Fetch(f) => t.start(engine, f),
+                Action::Verified { chunk, peer } => t.verified(engine, chunk, peer),
+                Action::Commit => return Ok(()),
+                Action::Fail(e) => return Err(e.into()),
+                Action::AskManifest(_) | Action::Prepare => {
+                    return Err(Failure::internal(
+                        "download engine went back to its manifest phase",
+                    ))
                 }
-                .in_current_span(),
-            );
-            let abort = AbortOnDrop(fetch.abort_handle());
-            running.spawn(async move {
-                let _abort = abort;
-                fetch.await
-            });
-        }
-        match planner.status() {
-            PlannerStatus::Finished => return Ok(()),
-            PlannerStatus::Failed(reason) if last_failure.is_empty() => {
-                return Err(Failure::new(ErrorKind::SourceFailed, reason))
             }
-            PlannerStatus::Failed(reason) => {
-                // Say why each source was given up, not only that none is left.
-                let each: Vec<String> = last_failure
-                    .iter()
-                    .map(|(p, why)| format!("{}: {why}", p.short()))
-                    .collect();
-                return Err(Failure::new(
-                    ErrorKind::SourceFailed,
-                    format!("{reason} ({})", each.join("; ")),
-                ));
-            }
-            PlannerStatus::Running => {}
         }
-        let Some(joined) = running.join_next().await else {
+        let Some(joined) = t.running.join_next().await else {
             return Err(Failure::internal(
                 "download stalled: nothing in flight and nothing assignable",
             ));
         };
-        let (batch, jobs, addr, results, lane) = joined
-            .and_then(|j| j)
-            .map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))?;
-        if let Some(lane) = lane {
-            lanes.done(&batch.peer, lane);
-        }
-        let any_failed = results.iter().any(Result::is_err);
-        let lane_lost = any_failed && lane.is_some_and(|i| lanes.retire_if_lost(&batch.peer, i));
-        let mut failed = Vec::new();
-        for ((&chunk, job), res) in batch.chunks.iter().zip(jobs).zip(results) {
-            match res {
-                Ok(()) => {
-                    planner.on_done(chunk, &batch.peer);
-                    journal.record(chunk);
-                    shared.lock().operations.advance(id, job.len);
-                    shared.events.emit(EventKind::DownloadChunkFinished {
-                        game_id: id.clone(),
-                        path: job.path.to_string(),
-                        offset: job.offset,
-                        len: job.len,
-                        peer_id: batch.peer.clone(),
-                        addr: addr.clone(),
-                    });
+        let (batch, peer, lane, results) =
+            joined.map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))??;
+        let lane_lost = results.iter().any(Result::is_err) && t.work.lanes.lost(&peer, lane);
+        engine.on_fetched(batch, results, lane_lost);
+    }
+}
+
+/// The transfer phase's IO side.
+struct Transfer<'a, 'w> {
+    shared: &'a Arc<Shared>,
+    game: (&'a GameId, Version),
+    work: Work<'w>,
+    running: JoinSet<Result<Fetched, Failure>>,
+    activity: HashMap<PeerId, Arc<fetch::Activity>>,
+    /// Each source's address when its last batch started, for the events.
+    addrs: HashMap<PeerId, String>,
+}
+
+impl Transfer<'_, '_> {
+    /// Starts a batch on its lane's thread (the fetch runs where its connection is
+    /// driven; dropping `running`, a failed download, aborts it there too). A source
+    /// whose link is gone is gone, whatever lanes it had.
+    fn start(&mut self, engine: &mut Engine, f: Fetch) {
+        let Work {
+            files, file_ids, ..
+        } = self.work;
+        let jobs: Vec<ChunkJob> = f
+            .chunks
+            .iter()
+            .map(|&c| {
+                let spec = &engine.chunks()[c];
+                ChunkJob {
+                    path: files[spec.file].path.clone(),
+                    file: file_ids[spec.file],
+                    offset: spec.offset,
+                    len: spec.len,
+                    hash: spec.hash,
                 }
-                // A lost data connection of a source still linked: busy, not gone.
-                Err(FetchError::Source(FailKind::SourceGone, why)) if lane_lost => failed.push((
-                    chunk,
-                    FailKind::Stalled,
-                    format!("data connection lost: {why}"),
-                )),
-                Err(FetchError::Source(kind, why)) => failed.push((chunk, kind, why)),
-                Err(FetchError::Local(why)) => return Err(why),
+            })
+            .collect();
+        let conn = link(self.shared, &f.peer).and_then(|(_, addr)| {
+            self.addrs.insert(f.peer.clone(), addr);
+            self.work.lanes.get(&f.peer, f.lane)
+        });
+        let Some((conn, runtime)) = conn else {
+            let gone = Err((FailKind::SourceGone, "peer disconnected".to_owned()));
+            return engine.on_fetched(f.id, vec![gone; jobs.len()], false);
+        };
+        let source = self.activity.get(&f.peer).cloned().unwrap_or_default();
+        let (shared, game, version) = (self.shared.clone(), self.game.0.clone(), self.game.1);
+        let fetch = runtime.spawn(
+            async move {
+                let limit = shared.download_limit.as_ref();
+                fetch::fetch(
+                    &conn,
+                    &source,
+                    &shared.writer,
+                    limit,
+                    (&game, version),
+                    &jobs,
+                )
+                .await
             }
-        }
-        if let Some((chunk, kind, why)) = failed.first() {
-            warn!(peer = %batch.peer.short(), chunk, chunks = failed.len(), "chunk failed ({kind:?}): {why}");
-            last_failure.insert(batch.peer.clone(), why.clone());
-        }
-        // In reverse: each failed chunk goes to the front of the queue, so they keep
-        // their order.
-        for (chunk, kind, _) in failed.into_iter().rev() {
-            planner.on_failed(chunk, &batch.peer, kind);
-        }
+            .in_current_span(),
+        );
+        let abort = AbortOnDrop(fetch.abort_handle());
+        self.running.spawn(async move {
+            let _abort = abort;
+            let results = fetch
+                .await
+                .map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))?;
+            let results = results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(()) => Ok(Ok(())),
+                    Err(FetchError::Source(kind, why)) => Ok(Err((kind, why))),
+                    Err(FetchError::Local(failure)) => Err(failure),
+                })
+                .collect::<Result<Vec<ChunkResult>, Failure>>()?;
+            Ok((f.id, f.peer, f.lane, results))
+        });
+    }
+
+    /// Journals a verified chunk and reports it.
+    fn verified(&mut self, engine: &Engine, chunk: usize, peer: PeerId) {
+        self.work.journal.record(chunk);
+        let spec = &engine.chunks()[chunk];
+        let id = self.game.0;
+        self.shared.lock().operations.advance(id, spec.len);
+        self.shared.events.emit(EventKind::DownloadChunkFinished {
+            game_id: id.clone(),
+            path: self.work.files[spec.file].path.to_string(),
+            offset: spec.offset,
+            len: spec.len,
+            addr: self.addrs.get(&peer).cloned().unwrap_or_default(),
+            peer_id: peer,
+        });
     }
 }
 
@@ -509,24 +540,4 @@ async fn check_space(
 /// Whether a manifest path is the commit sentinel.
 fn is_sentinel(f: &FileManifest) -> bool {
     f.path.as_str() == VERSION_FILE
-}
-
-#[cfg(test)]
-mod tests {
-    use super::max_in_flight_bytes;
-    use lanspread_catalog::CHUNK_SIZE;
-
-    #[test]
-    fn in_flight_bytes_share_the_lanes_among_sources() {
-        // Never below 4 chunks per source (one thread: as before transfer threads).
-        assert_eq!(max_in_flight_bytes(1, 1), 4 * CHUNK_SIZE);
-        assert_eq!(max_in_flight_bytes(2, 1), 4 * CHUNK_SIZE);
-        // One source gets a chunk per lane...
-        assert_eq!(max_in_flight_bytes(8, 1), 8 * CHUNK_SIZE);
-        // ... several share them out, so many sources do not multiply the memory bound.
-        assert_eq!(max_in_flight_bytes(8, 2), 4 * CHUNK_SIZE);
-        assert_eq!(max_in_flight_bytes(16, 3), 6 * CHUNK_SIZE);
-        assert_eq!(max_in_flight_bytes(8, 10), 4 * CHUNK_SIZE);
-        assert_eq!(max_in_flight_bytes(8, 0), 8 * CHUNK_SIZE);
-    }
 }

@@ -200,7 +200,7 @@ impl Writer {
 /// file back (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not wait for the disk):
 /// the disk works while the network still delivers, the final fdatasync finds little left,
 /// and a server's page cache never holds a whole game dirty.
-const WRITEBACK_EVERY: u64 = 32 << 20;
+const WRITEBACK_EVERY: u64 = lanspread_proto::CHUNK_SIZE;
 
 /// An open file of the writer thread.
 struct OpenFile {

@@ -43,7 +43,7 @@ fn busy_server_on_a_slow_link_serves_every_client_to_the_end() {
     let gs = tempfile::tempdir().unwrap();
     let mut spec = GameSpec::new("ggoo", "20250301");
     // Parts of a quarter of the game, at most 32 MiB (one chunk each).
-    let part = (mib << 20).div_ceil(4).min(32 << 20);
+    let part = (mib << 20).div_ceil(4).min(lanspread_proto::CHUNK_SIZE);
     let mut left = mib << 20;
     for i in 0.. {
         if left == 0 {

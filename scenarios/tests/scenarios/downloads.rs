@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::util::remote_rows;
 
-const CHUNK: u64 = 32 << 20;
+const CHUNK: u64 = lanspread_proto::CHUNK_SIZE;
 
 pub fn source(name: &str, dir: &Path) -> Node {
     Node::start(name, dir)

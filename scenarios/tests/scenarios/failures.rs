@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::downloads::{assert_not_committed, client, source};
 
-const CHUNK: u64 = 32 << 20;
+const CHUNK: u64 = lanspread_proto::CHUNK_SIZE;
 
 /// A game big enough to still be in flight a moment after `download-begin`.
 fn big_game(dir: &Path, chunks: u64) {

@@ -4,11 +4,12 @@ use std::time::Duration;
 
 use lanspread_catalog::{GameId, RelPath, Version};
 use lanspread_fixtures::{Content, GameSpec};
-use lanspread_scenarios::Node;
-use lanspread_transfer::{
-    close_code, encode_frame, read_frame, write_frame, ChunkRange, Hello, Message, PeerRequest,
-    PeerResponse, MAX_RANGES, PROTOCOL_VERSION,
+use lanspread_proto::{
+    close_code, encode_frame, ChunkRange, Hello, Message, PeerRequest, PeerResponse, MAX_RANGES,
+    PROTOCOL_VERSION,
 };
+use lanspread_scenarios::Node;
+use lanspread_transfer::{read_frame, write_frame};
 use quinn::{Connection, ConnectionError, VarInt};
 
 async fn raw_peer(addr: &str) -> (Connection, quinn::Endpoint) {

@@ -4,10 +4,9 @@
 use std::time::Duration;
 
 use lanspread_catalog::{GameId, Version};
+use lanspread_proto::{close_code, encode_frame, GameAd, Hello, Message, PROTOCOL_VERSION};
 use lanspread_scenarios::Node;
-use lanspread_transfer::{
-    close_code, encode_frame, GameAd, Hello, Identity, Message, PROTOCOL_VERSION,
-};
+use lanspread_transfer::Identity;
 use quinn::{ConnectionError, VarInt};
 
 use crate::util::rt;
@@ -127,10 +126,9 @@ fn raw_udp_garbage_is_ignored() {
 fn a_peer_that_stops_reading_loses_its_answers_not_the_source() {
     use lanspread_catalog::RelPath;
     use lanspread_fixtures::{Content, GameSpec};
+    use lanspread_proto::{ChunkRange, PeerRequest, PeerResponse};
     use lanspread_scenarios::NodeOptions;
-    use lanspread_transfer::{
-        connect, make_endpoint, read_frame, ChunkRange, PeerRequest, PeerResponse, TransportTuning,
-    };
+    use lanspread_transfer::{connect, make_endpoint, read_frame, TransportTuning};
 
     const PART: u64 = 8 << 20;
     let games = tempfile::tempdir().unwrap();
@@ -258,7 +256,8 @@ fn a_peer_that_stops_reading_loses_its_answers_not_the_source() {
 fn a_file_changed_since_its_hashes_were_given_out_is_refused_until_rehashed() {
     use lanspread_catalog::{FileManifest, RelPath};
     use lanspread_fixtures::{Content, GameSpec};
-    use lanspread_transfer::{read_frame, ChunkRange, PeerRequest, PeerResponse};
+    use lanspread_proto::{ChunkRange, PeerRequest, PeerResponse};
+    use lanspread_transfer::read_frame;
 
     const LEN: u64 = 1 << 20;
     let games = tempfile::tempdir().unwrap();

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use lanspread_catalog::{GameId, Version};
 use lanspread_fixtures::BRAVO;
+use lanspread_proto::{encode_frame, GameAd, Hello, Message, PeerRequest, PROTOCOL_VERSION};
 use lanspread_scenarios::{lab, wait_for, Node, NodeOptions};
 use lanspread_transfer::{
-    encode_frame, is_data_connection, make_endpoint, read_frame, GameAd, Hello, Identity, Message,
-    PeerRequest, TransportTuning, PROTOCOL_VERSION,
+    is_data_connection, make_endpoint, read_frame, Identity, TransportTuning,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -154,7 +154,7 @@ fn lying_source(lie: Lie) -> (String, std::sync::mpsc::Sender<()>) {
 
 async fn serve_conn(
     conn: quinn::Connection,
-    id: lanspread_transfer::PeerId,
+    id: lanspread_proto::PeerId,
     addr: std::net::SocketAddr,
     lie: Lie,
     lost_one: std::sync::Arc<std::sync::atomic::AtomicBool>,

@@ -8,15 +8,17 @@ use std::time::{Duration, Instant};
 
 use lanspread_catalog::{GameId, Version};
 use lanspread_fixtures::{Content, GameSpec};
+use lanspread_proto::{
+    close_code, encode_frame, Hello, Message, PeerRequest, PeerResponse, PROTOCOL_VERSION,
+};
 use lanspread_scenarios::{assert_same_tree, Node};
 use lanspread_transfer::{
-    close_code, connect_data, data_client_config, encode_frame, make_endpoint, read_frame,
-    session_binding, write_frame, Hello, Identity, LanSecret, Message, PeerRequest, PeerResponse,
-    TransportTuning, PROTOCOL_VERSION,
+    connect_data, data_client_config, make_endpoint, read_frame, session_binding, write_frame,
+    Identity, TransportTuning,
 };
 use quinn::{ConnectionError, VarInt};
 
-const CHUNK: u64 = 32 << 20;
+const CHUNK: u64 = lanspread_proto::CHUNK_SIZE;
 const THREADS: usize = 3;
 
 fn node(name: &str, games: &Path, secret: &Path) -> Node {
@@ -129,7 +131,7 @@ fn lanes_data_connections_are_checked_like_links() {
     let key = secret(keys.path());
     let lab = game(4096, 0);
     let src = node("src", lab.path(), &key);
-    let lan = LanSecret::load(&key).unwrap();
+    let lan = lanspread_transfer::load_secret(&key).unwrap();
     crate::util::rt().block_on(async {
         let id = Identity::ephemeral().unwrap();
         let other = Identity::ephemeral().unwrap();

@@ -10,7 +10,8 @@ use lanspread_scenarios::{assert_same_tree, Node};
 use crate::downloads::{assert_not_committed, client, source};
 
 /// Size of the test game's data file: 10 chunks of 32 MiB (plus version.ini).
-const DATA: u64 = 10 * (32 << 20);
+const DATA: u64 = 10 * CHUNK_SIZE;
+use lanspread_proto::CHUNK_SIZE;
 
 fn game(dir: &Path, version: &str, seed: u64) {
     GameSpec::new("cod5", version)
@@ -70,7 +71,7 @@ fn s39_resume_fetches_only_unverified_chunks() {
     );
     assert_eq!(
         begin["resumed_bytes"].as_u64().unwrap(),
-        resumed * (32 << 20),
+        resumed * CHUNK_SIZE,
         "{begin}"
     );
     // Only the missing chunks crossed the network.

@@ -6,11 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lanspread_fixtures::BRAVO;
+use lanspread_proto::{close_code, encode_frame, Hello, Message, PROTOCOL_VERSION};
 use lanspread_scenarios::{assert_same_tree, lab, Node};
-use lanspread_transfer::{
-    close_code, encode_frame, read_frame, session_binding, Hello, LanSecret, Message,
-    PROTOCOL_VERSION,
-};
+use lanspread_transfer::{read_frame, session_binding};
 use quinn::{ConnectionError, VarInt};
 
 fn secret_file(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -33,7 +31,7 @@ fn with_secret(name: &str, games: &Path, secret: Option<&Path>) -> Node {
 /// Opens the announce stream of a raw peer and sends a hello with `peer_id` and `proof`.
 async fn send_hello(
     conn: &quinn::Connection,
-    peer_id: lanspread_transfer::PeerId,
+    peer_id: lanspread_proto::PeerId,
     proof: Option<[u8; 32]>,
 ) -> quinn::SendStream {
     let mut send = conn.open_uni().await.unwrap();
@@ -171,7 +169,7 @@ fn s41_raw_peer_without_the_secret_gets_no_library() {
 
         // The right secret, but a hello claiming another peer's id.
         let (_id, _ep2, conn) = crate::util::raw_client(&src.addr).await;
-        let secret = LanSecret::load(&file).unwrap();
+        let secret = lanspread_transfer::load_secret(&file).unwrap();
         let proof = secret.prove(&session_binding(&conn).unwrap(), true);
         let victim = lanspread_transfer::Identity::ephemeral().unwrap();
         let _send = send_hello(&conn, victim.peer_id().clone(), Some(proof)).await;
@@ -196,7 +194,7 @@ fn s41_raw_peer_with_the_secret_gets_the_library() {
     let src = with_secret("src", &lab().join(BRAVO), Some(&file));
     crate::util::rt().block_on(async {
         let (id, _ep, conn) = crate::util::raw_client(&src.addr).await;
-        let secret = LanSecret::load(&file).unwrap();
+        let secret = lanspread_transfer::load_secret(&file).unwrap();
         let proof = secret.prove(&session_binding(&conn).unwrap(), true);
         let _send = send_hello(&conn, id.peer_id().clone(), Some(proof)).await;
         let mut recv = conn.accept_uni().await.unwrap();

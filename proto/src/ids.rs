@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::CatalogError;
+use crate::ProtoError;
 
 /// A game id such as `bf1942`: 1-64 characters of `[A-Za-z0-9._-]`, not starting with `.`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -14,7 +14,7 @@ pub struct GameId(String);
 
 impl GameId {
     /// Checks and wraps an id.
-    pub fn new(id: &str) -> Result<Self, CatalogError> {
+    pub fn new(id: &str) -> Result<Self, ProtoError> {
         let ok = !id.is_empty()
             && id.len() <= 64
             && !id.starts_with('.')
@@ -24,7 +24,7 @@ impl GameId {
         if ok {
             Ok(Self(id.to_owned()))
         } else {
-            Err(CatalogError::InvalidGameId(id.to_owned()))
+            Err(ProtoError::InvalidGameId(id.to_owned()))
         }
     }
 
@@ -41,14 +41,14 @@ impl fmt::Display for GameId {
 }
 
 impl FromStr for GameId {
-    type Err = CatalogError;
+    type Err = ProtoError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::new(s)
     }
 }
 
 impl TryFrom<String> for GameId {
-    type Error = CatalogError;
+    type Error = ProtoError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         Self::new(&s)
     }
@@ -68,7 +68,7 @@ pub struct Version([u8; 8]);
 
 impl Version {
     /// Parses the content of a `version.ini`: surrounding whitespace is allowed, nothing else.
-    pub fn parse(text: &str) -> Result<Self, CatalogError> {
+    pub fn parse(text: &str) -> Result<Self, ProtoError> {
         let t = text.trim();
         let bytes = t.as_bytes();
         if bytes.len() == 8 && bytes.iter().all(u8::is_ascii_digit) {
@@ -77,7 +77,7 @@ impl Version {
             Ok(Self(v))
         } else {
             let shown: String = t.chars().take(32).collect();
-            Err(CatalogError::InvalidVersion(shown))
+            Err(ProtoError::InvalidVersion(shown))
         }
     }
 
@@ -95,18 +95,18 @@ impl fmt::Display for Version {
 }
 
 impl FromStr for Version {
-    type Err = CatalogError;
+    type Err = ProtoError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Self::parse(s)
     }
 }
 
 impl TryFrom<String> for Version {
-    type Error = CatalogError;
+    type Error = ProtoError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         // On the wire and in JSON a version carries no whitespace at all.
         if s.trim() != s {
-            return Err(CatalogError::InvalidVersion(s));
+            return Err(ProtoError::InvalidVersion(s));
         }
         Self::parse(&s)
     }

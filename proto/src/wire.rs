@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use lanspread_catalog::{FileManifest, GameId, RelPath, Version};
+use crate::{FileManifest, GameId, RelPath, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::PeerId;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{CatalogError, LOCAL_DIR, METADATA_PREFIX};
+use crate::{ProtoError, LOCAL_DIR, METADATA_PREFIX};
 
 /// Longest accepted relative path, in bytes.
 const MAX_PATH_LEN: usize = 4096;
@@ -24,9 +24,9 @@ pub fn is_reserved_top_level(name: &str) -> bool {
 
 impl RelPath {
     /// Checks and wraps a relative path.
-    pub fn new(path: &str) -> Result<Self, CatalogError> {
+    pub fn new(path: &str) -> Result<Self, ProtoError> {
         let refuse = |why| {
-            Err(CatalogError::InvalidPath {
+            Err(ProtoError::InvalidPath {
                 path: path.chars().take(256).collect(),
                 why,
             })
@@ -81,7 +81,7 @@ impl fmt::Display for RelPath {
 }
 
 impl TryFrom<String> for RelPath {
-    type Error = CatalogError;
+    type Error = ProtoError;
     fn try_from(s: String) -> Result<Self, Self::Error> {
         Self::new(&s)
     }

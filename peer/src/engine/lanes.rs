@@ -1,0 +1,195 @@
+//! Lane choice, without IO. A source is reached over its link or, with several transfer
+//! threads, over `n` data connections (lanes), each driven by its own thread. A source's
+//! next batch goes to its least busy live lane, in turn among equals (batch `i` on lane
+//! `i mod n` while all keep pace). A data connection lost while the link lives is
+//! retired: its batches count as a stall of the source, not its loss, and when no data
+//! connection is left the link carries the chunks.
+
+use std::collections::BTreeMap;
+
+use lanspread_proto::PeerId;
+
+/// Which connection of a source a batch goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lane {
+    /// The source's link connection.
+    Link,
+    /// The source's `i`-th data connection.
+    Data(usize),
+}
+
+/// One source's lanes, the batches in flight on each, and where the next search starts.
+#[derive(Debug, Clone)]
+struct SourceLanes {
+    lanes: Vec<Lane>,
+    busy: Vec<usize>,
+    /// Retired lanes keep their index, so batches in flight elsewhere keep theirs.
+    retired: Vec<bool>,
+    next: usize,
+}
+
+/// The lanes of every source of one download.
+#[derive(Debug, Clone, Default)]
+pub struct LaneBook {
+    by_peer: BTreeMap<PeerId, SourceLanes>,
+}
+
+/// The index of the lane for the next batch: the least busy one not retired, the first
+/// such from `start` on (so equally busy lanes take turns). A lane whose batch finished
+/// early gets the next one instead of a busy lane whose turn it would be.
+pub fn least_busy(busy: &[usize], retired: &[bool], start: usize) -> usize {
+    let n = busy.len().max(1);
+    (0..busy.len())
+        .map(|k| (start + k) % n)
+        .filter(|&i| !retired.get(i).copied().unwrap_or(false))
+        .min_by_key(|&i| busy[i])
+        .unwrap_or(0)
+}
+
+impl LaneBook {
+    /// The lanes of the sources in `opened` (source → data connections opened; 0: the
+    /// link alone). `threads` spreads the sources' first lanes over the transfer
+    /// threads, so that with several sources (each with few chunks in flight) all
+    /// threads get work.
+    pub fn new(opened: &[(PeerId, usize)], threads: usize) -> Self {
+        let count = opened.len().max(1);
+        let by_peer = opened
+            .iter()
+            .enumerate()
+            .map(|(k, (peer, data))| {
+                let lanes: Vec<Lane> = if *data == 0 {
+                    vec![Lane::Link]
+                } else {
+                    (0..*data).map(Lane::Data).collect()
+                };
+                let n = lanes.len();
+                let first = k * threads.max(1) / count;
+                let s = SourceLanes {
+                    busy: vec![0; n],
+                    retired: vec![false; n],
+                    next: first,
+                    lanes,
+                };
+                (peer.clone(), s)
+            })
+            .collect();
+        Self { by_peer }
+    }
+
+    /// Takes the lane for `peer`'s next batch; `None` when `peer` has no lanes (it had
+    /// no link when they were opened).
+    pub fn take(&mut self, peer: &PeerId) -> Option<Lane> {
+        let p = self.by_peer.get_mut(peer)?;
+        let i = least_busy(&p.busy, &p.retired, p.next);
+        p.next = i + 1;
+        p.busy[i] += 1;
+        Some(p.lanes[i])
+    }
+
+    /// A batch taken on `lane` of `peer` ended.
+    pub fn done(&mut self, peer: &PeerId, lane: Lane) {
+        if let Some(p) = self.by_peer.get_mut(peer) {
+            if let Some(i) = p.lanes.iter().position(|&l| l == lane) {
+                p.busy[i] = p.busy[i].saturating_sub(1);
+            }
+        }
+    }
+
+    /// `lane` of `peer`, a data connection, was lost while the link lives: retires it
+    /// (adding the link as a lane when no data connection is left). Returns whether the
+    /// lane was a data lane of `peer` (its batch's failures are then a stall).
+    pub fn retire(&mut self, peer: &PeerId, lane: Lane) -> bool {
+        let Some(p) = self.by_peer.get_mut(peer) else {
+            return false;
+        };
+        let Some(i) = p.lanes.iter().position(|&l| l == lane) else {
+            return false;
+        };
+        if lane == Lane::Link {
+            return false;
+        }
+        if !p.retired[i] {
+            p.retired[i] = true;
+            if p.retired.iter().all(|&r| r) {
+                p.lanes.push(Lane::Link);
+                p.busy.push(0);
+                p.retired.push(false);
+            }
+        }
+        true
+    }
+
+    /// Whether `peer` is down to its link after losing every data connection.
+    pub fn only_link_left(&self, peer: &PeerId) -> bool {
+        self.by_peer.get(peer).is_some_and(|p| {
+            p.lanes
+                .iter()
+                .zip(&p.retired)
+                .all(|(&l, &r)| r || l == Lane::Link)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pid(n: u8) -> PeerId {
+        PeerId::from_spki(&[n])
+    }
+
+    #[test]
+    fn batches_go_to_the_least_busy_lane_in_turn() {
+        // All idle: the search start decides, so equal lanes take turns.
+        let live = [false; 4];
+        assert_eq!(least_busy(&[0, 0, 0], &live, 0), 0);
+        assert_eq!(least_busy(&[0, 0, 0], &live, 1), 1);
+        assert_eq!(least_busy(&[0, 0, 0], &live, 5), 2);
+        // Lane 2 finished early: it gets the batch although lane 0 would be next.
+        assert_eq!(least_busy(&[1, 1, 0, 1], &live, 0), 2);
+        // Equally busy from the start on: the first one found.
+        assert_eq!(least_busy(&[2, 1, 1, 1], &live, 2), 2);
+        assert_eq!(least_busy(&[0], &live, 7), 0);
+        assert_eq!(least_busy(&[], &live, 3), 0);
+        // A retired lane gets nothing, however idle.
+        assert_eq!(least_busy(&[3, 0, 2], &[false, true, false], 1), 2);
+        assert_eq!(least_busy(&[0, 5], &[true, false], 0), 1);
+    }
+
+    #[test]
+    fn sources_start_on_different_lanes_and_take_turns() {
+        let mut book = LaneBook::new(&[(pid(1), 4), (pid(2), 4)], 4);
+        let a: Vec<Lane> = (0..4).filter_map(|_| book.take(&pid(1))).collect();
+        assert_eq!(
+            a,
+            [Lane::Data(0), Lane::Data(1), Lane::Data(2), Lane::Data(3)]
+        );
+        // The second source starts half way round.
+        assert_eq!(book.take(&pid(2)), Some(Lane::Data(2)));
+        book.done(&pid(1), Lane::Data(1));
+        assert_eq!(book.take(&pid(1)), Some(Lane::Data(1)));
+        assert_eq!(book.take(&pid(9)), None);
+        // One thread: the link is the only lane.
+        let mut one = LaneBook::new(&[(pid(1), 0)], 1);
+        assert_eq!(one.take(&pid(1)), Some(Lane::Link));
+        assert_eq!(one.take(&pid(1)), Some(Lane::Link));
+        assert!(!one.retire(&pid(1), Lane::Link));
+    }
+
+    #[test]
+    fn lost_data_lanes_are_retired_and_the_link_takes_over() {
+        let mut book = LaneBook::new(&[(pid(1), 2)], 2);
+        assert!(book.retire(&pid(1), Lane::Data(0)));
+        assert!(!book.only_link_left(&pid(1)));
+        for _ in 0..3 {
+            assert_eq!(book.take(&pid(1)), Some(Lane::Data(1)));
+        }
+        assert!(book.retire(&pid(1), Lane::Data(1)));
+        // Retiring twice adds no second link lane.
+        assert!(book.retire(&pid(1), Lane::Data(1)));
+        assert!(book.only_link_left(&pid(1)));
+        assert_eq!(book.take(&pid(1)), Some(Lane::Link));
+        assert_eq!(book.take(&pid(1)), Some(Lane::Link));
+        assert!(!book.retire(&pid(2), Lane::Data(0)));
+    }
+}

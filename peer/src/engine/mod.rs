@@ -1,0 +1,448 @@
+//! The download engine: one download's decisions as a state machine without IO, driven
+//! the way quinn-proto's `Connection` is. The driver (the daemon's `download/`) feeds it
+//! what happened — manifest answers, the root prepared, a batch's results, the time — and
+//! performs what it asks for, read with [`Engine::poll`]:
+//!
+//! 1. [`Action::AskManifest`] to every newest source; the answers are validated by
+//!    plurality ([`ManifestVote`]). Once the answers in settle the vote, the sources still
+//!    silent get [`EngineConfig::manifest_grace`] more; none gets more than
+//!    [`EngineConfig::manifest_timeout`] ([`Engine::poll_timeout`] says when to call
+//!    [`Engine::handle_timeout`]).
+//! 2. [`Action::Prepare`]: the driver prepares the root, re-verifies an interrupted
+//!    attempt's journal and opens the lanes, then calls [`Engine::on_prepared`].
+//! 3. [`Action::Fetch`] per batch, on the lane the engine chose; the per-source budget
+//!    ([`max_in_flight_bytes`]) and batching of small chunks are the planner's. Each
+//!    chunk's outcome comes back in [`Engine::on_fetched`]; a verified chunk is
+//!    [`Action::Verified`] (journal it, count it), a failed one is retried elsewhere or
+//!    there (see [`FailKind`]).
+//! 4. [`Action::Commit`] when every chunk is verified, or [`Action::Fail`] with a typed
+//!    reason ([`PeerError`]).
+
+mod lanes;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use lanspread_catalog::{FileManifest, GameId};
+use lanspread_proto::{PeerId, CHUNK_SIZE, MAX_RANGES, MIN_CHUNKS_IN_FLIGHT};
+use tracing::warn;
+
+pub use lanes::{least_busy, Lane, LaneBook};
+
+use crate::{Chosen, ChunkSpec, FailKind, ManifestVote, PeerError, Planner, PlannerStatus};
+
+/// Chunks in flight per source: many small files go out at once (their cost is round
+/// trips) ...
+pub const MAX_IN_FLIGHT: usize = 64;
+/// A run of consecutive chunks of at most `BATCH_CHUNK_LEN` bytes each (small files)
+/// goes in one request of up to `BATCH_CHUNKS` ranges and `BATCH_BYTES` bytes: one
+/// stream, one request frame and one reader task on the source per batch, not per file.
+pub const BATCH_CHUNKS: usize = 32;
+/// See [`BATCH_CHUNKS`].
+pub const BATCH_CHUNK_LEN: u64 = 1 << 20;
+/// See [`BATCH_CHUNKS`].
+pub const BATCH_BYTES: u64 = 8 << 20;
+const _: () = assert!(BATCH_CHUNKS <= MAX_RANGES);
+/// How long a source may take to send a manifest (it may hash a large game first).
+pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// How much longer the sources that have not answered get once the others' answers
+/// settle the vote (a strict plurality whatever the rest say).
+pub const MANIFEST_GRACE: Duration = Duration::from_secs(5);
+
+/// ... while big chunks are capped by bytes: [`MIN_CHUNKS_IN_FLIGHT`] × 32 MiB per
+/// source, or more when there are more transfer threads (`lanes`) than that would keep
+/// busy: the lanes are shared out among the sources, one 32 MiB chunk each. What a source
+/// sends is what was asked, so this also bounds what the client holds unread per source;
+/// with many sources it stays at the minimum, as with one thread. Measured with the
+/// compare tool's S34 case (bench/README.md).
+pub fn max_in_flight_bytes(lanes: usize, sources: usize) -> u64 {
+    (lanes.div_ceil(sources.max(1)) as u64).max(MIN_CHUNKS_IN_FLIGHT) * CHUNK_SIZE
+}
+
+/// How a download is run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Transfer threads: data connections opened per source (1: the link alone).
+    pub threads: usize,
+    /// See [`MANIFEST_TIMEOUT`].
+    pub manifest_timeout: Duration,
+    /// See [`MANIFEST_GRACE`].
+    pub manifest_grace: Duration,
+}
+
+impl EngineConfig {
+    /// The defaults with `threads` transfer threads.
+    pub fn new(threads: usize) -> Self {
+        Self {
+            threads: threads.max(1),
+            manifest_timeout: MANIFEST_TIMEOUT,
+            manifest_grace: MANIFEST_GRACE,
+        }
+    }
+}
+
+/// Names one batch in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BatchId(pub u64);
+
+/// Chunks to fetch from one source in one request, on one of its lanes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetch {
+    /// Name for [`Engine::on_fetched`].
+    pub id: BatchId,
+    /// The source.
+    pub peer: PeerId,
+    /// The connection to ask on.
+    pub lane: Lane,
+    /// Indices into [`Engine::chunks`], in order.
+    pub chunks: Vec<usize>,
+}
+
+/// The outcome of one chunk of a batch: verified and written, or why not.
+pub type ChunkResult = Result<(), (FailKind, String)>;
+
+/// What the engine asks the driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Ask this source for the manifest; answer with [`Engine::on_manifest`].
+    AskManifest(PeerId),
+    /// The manifest is validated ([`Engine::chosen`]): prepare the root, re-verify the
+    /// journal, open the lanes, then call [`Engine::on_prepared`].
+    Prepare,
+    /// Fetch a batch; answer with [`Engine::on_fetched`].
+    Fetch(Fetch),
+    /// A chunk is verified and written: journal it and count it.
+    Verified {
+        /// Index into [`Engine::chunks`].
+        chunk: usize,
+        /// The source that sent it.
+        peer: PeerId,
+    },
+    /// Every chunk is verified: sync and commit.
+    Commit,
+    /// The download cannot finish.
+    Fail(PeerError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Manifests,
+    Preparing,
+    Transfer,
+    Ended,
+}
+
+/// One download's decisions (see the module docs).
+#[derive(Debug)]
+pub struct Engine {
+    game: GameId,
+    config: EngineConfig,
+    phase: Phase,
+    actions: VecDeque<Action>,
+    /// Each source's last failure, for the message when the download fails.
+    why: BTreeMap<PeerId, String>,
+    vote: ManifestVote,
+    waiting: BTreeSet<PeerId>,
+    deadline: Instant,
+    grace_ends: Option<Instant>,
+    chosen: Option<Chosen>,
+    planner: Option<Planner>,
+    lanes: LaneBook,
+    in_flight: BTreeMap<BatchId, (PeerId, Lane, Vec<usize>)>,
+    next_batch: u64,
+}
+
+impl Engine {
+    /// A download of `game` from `sources` (the newest-version peers linked now): asks
+    /// each for its manifest.
+    pub fn new(game: GameId, sources: &[PeerId], config: EngineConfig, now: Instant) -> Self {
+        let deadline = now + config.manifest_timeout;
+        let mut engine = Self {
+            game,
+            config,
+            phase: Phase::Manifests,
+            actions: sources.iter().cloned().map(Action::AskManifest).collect(),
+            why: BTreeMap::new(),
+            vote: ManifestVote::default(),
+            waiting: sources.iter().cloned().collect(),
+            deadline,
+            grace_ends: None,
+            chosen: None,
+            planner: None,
+            lanes: LaneBook::default(),
+            in_flight: BTreeMap::new(),
+            next_batch: 0,
+        };
+        if engine.waiting.is_empty() {
+            engine.close_vote();
+        }
+        engine
+    }
+
+    /// The next thing to do; call until `None` after every input.
+    pub fn poll(&mut self) -> Option<Action> {
+        loop {
+            if let Some(a) = self.actions.pop_front() {
+                return Some(a);
+            }
+            if self.phase != Phase::Transfer {
+                return None;
+            }
+            let planner = self.planner.as_mut()?;
+            let Some(batch) = planner.poll_batch() else {
+                if self.in_flight.is_empty() && planner.status() == PlannerStatus::Running {
+                    self.fail(PeerError::Stuck);
+                    continue;
+                }
+                return None;
+            };
+            let id = BatchId(self.next_batch);
+            self.next_batch += 1;
+            match self.lanes.take(&batch.peer) {
+                Some(lane) => {
+                    self.in_flight
+                        .insert(id, (batch.peer.clone(), lane, batch.chunks.clone()));
+                    return Some(Action::Fetch(Fetch {
+                        id,
+                        peer: batch.peer,
+                        lane,
+                        chunks: batch.chunks,
+                    }));
+                }
+                None => {
+                    // No lane: the source was no longer linked when they were opened.
+                    let gone = Err((FailKind::SourceGone, "peer disconnected".to_owned()));
+                    let results = vec![gone; batch.chunks.len()];
+                    self.settle(&batch.peer, &batch.chunks, results, false);
+                    self.check_status();
+                }
+            }
+        }
+    }
+
+    /// When [`Engine::handle_timeout`] is due (the manifest phase's deadlines).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        (self.phase == Phase::Manifests).then(|| {
+            self.grace_ends
+                .map_or(self.deadline, |g| g.min(self.deadline))
+        })
+    }
+
+    /// The time passed `now`: closes the vote when the grace or the timeout ran out.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.phase != Phase::Manifests {
+            return;
+        }
+        if self.grace_ends.is_some_and(|g| now >= g) {
+            let grace = self.config.manifest_grace;
+            for peer in std::mem::take(&mut self.waiting) {
+                let why = format!("no manifest {grace:?} after the others settled the vote");
+                warn!(peer = %peer.short(), "not a source for {}: {why}", self.game);
+                self.why.insert(peer, why);
+            }
+            self.close_vote();
+        } else if now >= self.deadline {
+            for peer in std::mem::take(&mut self.waiting) {
+                warn!(peer = %peer.short(), "no manifest in time");
+                self.vote
+                    .no_answer(peer, "no manifest: no manifest in time".into());
+            }
+            self.close_vote();
+        }
+    }
+
+    /// A source's answer to [`Action::AskManifest`]: its manifest, or why there is none.
+    pub fn on_manifest(
+        &mut self,
+        peer: PeerId,
+        answer: Result<Vec<FileManifest>, String>,
+        now: Instant,
+    ) {
+        if self.phase != Phase::Manifests || !self.waiting.remove(&peer) {
+            return;
+        }
+        match answer {
+            Ok(files) => self.vote.add(peer, files),
+            Err(e) => {
+                warn!(peer = %peer.short(), "no manifest: {e}");
+                self.vote.no_answer(peer, format!("no manifest: {e}"));
+            }
+        }
+        if self.waiting.is_empty() {
+            self.close_vote();
+        } else if self.grace_ends.is_none() && self.vote.settled(self.waiting.len()) {
+            // The silent ones can no longer change the vote: they get the grace, so one
+            // that never answers holds the download seconds, not the timeout.
+            self.grace_ends = Some(now + self.config.manifest_grace);
+        }
+    }
+
+    fn close_vote(&mut self) {
+        let vote = std::mem::take(&mut self.vote);
+        self.why.extend(vote.rejected().iter().cloned());
+        match vote.choose(&self.game) {
+            Ok(chosen) => {
+                for (peer, reason) in &chosen.rejected {
+                    warn!(peer = %peer.short(), "not a source for {}: {reason}", self.game);
+                    self.why.insert(peer.clone(), reason.clone());
+                }
+                let budget = max_in_flight_bytes(self.config.threads, chosen.sources.len());
+                let planner = Planner::new(&chosen.files, &chosen.sources, MAX_IN_FLIGHT)
+                    .limit_in_flight_bytes(budget)
+                    .batch_small_chunks(BATCH_CHUNKS, BATCH_CHUNK_LEN, BATCH_BYTES);
+                self.planner = Some(planner);
+                self.chosen = Some(chosen);
+                self.phase = Phase::Preparing;
+                self.actions.push_back(Action::Prepare);
+            }
+            Err(e) => self.fail(e),
+        }
+    }
+
+    /// The validated manifest, its sources and the sources left out (after
+    /// [`Action::Prepare`]).
+    pub fn chosen(&self) -> Option<&Chosen> {
+        self.chosen.as_ref()
+    }
+
+    /// Every chunk of the validated manifest (empty before [`Action::Prepare`]).
+    pub fn chunks(&self) -> &[ChunkSpec] {
+        self.planner.as_ref().map_or(&[], |p| p.chunks())
+    }
+
+    /// The root is prepared: `present` lists the chunks an interrupted attempt at this
+    /// manifest already verified (they are not fetched), `opened` the sources still
+    /// linked with the data connections opened to each (0: the link alone). Returns the
+    /// chunks and bytes resumed.
+    pub fn on_prepared(&mut self, present: &[usize], opened: &[(PeerId, usize)]) -> (u64, u64) {
+        if self.phase != Phase::Preparing {
+            return (0, 0);
+        }
+        let Some(planner) = self.planner.as_mut() else {
+            return (0, 0);
+        };
+        let (mut chunks, mut bytes) = (0, 0);
+        for &c in present {
+            if planner.mark_present(c) {
+                chunks += 1;
+                bytes += planner.chunks()[c].len;
+            }
+        }
+        self.lanes = LaneBook::new(opened, self.config.threads);
+        self.phase = Phase::Transfer;
+        self.check_status();
+        (chunks, bytes)
+    }
+
+    /// The results of a [`Fetch`], one per chunk in its order (missing ones count as
+    /// the source gone). `lane_lost`: the batch's lane was a data connection that closed
+    /// while the source's link lives — its failures are then a stall of the source,
+    /// not its loss, and the lane is retired.
+    pub fn on_fetched(&mut self, id: BatchId, results: Vec<ChunkResult>, lane_lost: bool) {
+        let Some((peer, lane, chunks)) = self.in_flight.remove(&id) else {
+            return;
+        };
+        self.lanes.done(&peer, lane);
+        let failed = results.len() < chunks.len() || results.iter().any(Result::is_err);
+        let stall = failed && lane_lost && self.lanes.retire(&peer, lane);
+        if stall {
+            warn!(peer = %peer.short(), ?lane, "a data connection was lost; its chunks are retried on the others");
+            if self.lanes.only_link_left(&peer) {
+                warn!(peer = %peer.short(), "no data connection left: chunks go over the link");
+            }
+        }
+        if self.phase != Phase::Transfer {
+            return;
+        }
+        self.settle(&peer, &chunks, results, stall);
+        self.check_status();
+    }
+
+    fn settle(&mut self, peer: &PeerId, chunks: &[usize], results: Vec<ChunkResult>, stall: bool) {
+        let Some(planner) = self.planner.as_mut() else {
+            return;
+        };
+        let mut results = results.into_iter();
+        let mut failed = Vec::new();
+        for &chunk in chunks {
+            let res = results
+                .next()
+                .unwrap_or_else(|| Err((FailKind::SourceGone, "no answer".into())));
+            match res {
+                Ok(()) => {
+                    planner.on_done(chunk, peer);
+                    self.actions.push_back(Action::Verified {
+                        chunk,
+                        peer: peer.clone(),
+                    });
+                }
+                Err((FailKind::SourceGone, why)) if stall => failed.push((
+                    chunk,
+                    FailKind::Stalled,
+                    format!("data connection lost: {why}"),
+                )),
+                Err((kind, why)) => failed.push((chunk, kind, why)),
+            }
+        }
+        if let Some((chunk, kind, why)) = failed.first() {
+            warn!(peer = %peer.short(), chunk, chunks = failed.len(), "chunk failed ({kind:?}): {why}");
+            self.why.insert(peer.clone(), why.clone());
+        }
+        // In reverse: each failed chunk goes to the front of the queue, so they keep
+        // their order.
+        for (chunk, kind, _) in failed.into_iter().rev() {
+            planner.on_failed(chunk, peer, kind);
+        }
+    }
+
+    fn check_status(&mut self) {
+        if self.phase != Phase::Transfer {
+            return;
+        }
+        let Some(planner) = self.planner.as_ref() else {
+            return;
+        };
+        match planner.status() {
+            PlannerStatus::Running => {}
+            PlannerStatus::Finished => {
+                self.phase = Phase::Ended;
+                self.actions.push_back(Action::Commit);
+            }
+            PlannerStatus::Failed(reason) => {
+                // Say why each source was given up, not only that none is left.
+                let reason = if self.why.is_empty() {
+                    reason
+                } else {
+                    let each: Vec<String> = self
+                        .why
+                        .iter()
+                        .map(|(p, why)| format!("{}: {why}", p.short()))
+                        .collect();
+                    format!("{reason} ({})", each.join("; "))
+                };
+                self.fail(PeerError::SourcesFailed(reason));
+            }
+        }
+    }
+
+    fn fail(&mut self, e: PeerError) {
+        self.phase = Phase::Ended;
+        self.in_flight.clear();
+        self.actions.push_back(Action::Fail(e));
+    }
+
+    /// Why each source was left out or given up so far (its last reason).
+    pub fn why(&self) -> &BTreeMap<PeerId, String> {
+        &self.why
+    }
+
+    /// Bytes each chosen source was assigned (done or in flight).
+    pub fn per_source(&self) -> BTreeMap<PeerId, u64> {
+        self.planner
+            .as_ref()
+            .map(Planner::per_source)
+            .unwrap_or_default()
+    }
+}

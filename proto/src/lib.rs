@@ -1,0 +1,46 @@
+//! The lanspread peer protocol without IO: peer ids, game ids, versions and paths, the
+//! manifest and its chunk arithmetic, wire messages, frame encoding over byte buffers,
+//! hello checks (protocol version, identity, LAN secret) and the framing of answers.
+//!
+//! **Architecture invariant:** nothing in this crate or its dependency tree does IO — no
+//! tokio, quinn, rustls, socket2 or io-uring (`tests/dependency_rules.rs` checks it). The
+//! transport (`lanspread-transfer`) moves these frames; the sans-IO core
+//! (`lanspread-peer`) decides with these types.
+#![warn(missing_docs)]
+
+mod answer;
+mod error;
+mod frame;
+mod hello;
+mod ids;
+mod manifest;
+mod peer_id;
+mod relpath;
+mod secret;
+mod wire;
+
+pub use answer::{chunk_head, manifest_answer, AnswerFault};
+pub use error::ProtoError;
+pub use frame::{
+    decode_body, decode_frame, encode_frame, frame_body_len, FRAME_HEAD_LEN, MAX_FRAME_LEN,
+};
+pub use hello::{Handshake, Refusal, AGENT};
+pub use ids::{GameId, Version};
+pub use manifest::{
+    chunk_count, chunk_ranges, manifest_digest, ChunkHash, FileManifest, CHUNK_SIZE,
+    MIN_CHUNKS_IN_FLIGHT,
+};
+pub use peer_id::PeerId;
+pub use relpath::{is_reserved_top_level, RelPath};
+pub use secret::{secret_proof, LanSecret, SecretCheck, EXPORTER_LABEL, MIN_SECRET_LEN};
+pub use wire::{
+    close_code, ChunkRange, GameAd, Hello, Message, PeerRequest, PeerResponse, ALPN, DATA_ALPN,
+    MAX_RANGES, PROTOCOL_VERSION, SERVER_NAME,
+};
+
+/// Name of the commit sentinel inside a game root.
+pub const VERSION_FILE: &str = "version.ini";
+/// Name of the install target inside a game root; never transferred.
+pub const LOCAL_DIR: &str = "local";
+/// Prefix of daemon metadata entries inside a game root; never transferred.
+pub const METADATA_PREFIX: &str = ".lanspread";
