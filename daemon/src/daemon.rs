@@ -21,8 +21,10 @@ use crate::events::EventBus;
 use crate::handshake::LocalPeer;
 use crate::limit::RateLimit;
 use crate::lock::DaemonLocks;
-use crate::state::{NetSetup, Shared};
+use crate::resources::Transfers;
+use crate::state::Shared;
 use crate::threads::TransferThreads;
+use crate::writer::Writer;
 use crate::{control, links, mdns, watch, DaemonError};
 
 /// How often the games dir is rescanned as a whole without inotify.
@@ -125,20 +127,23 @@ impl Daemon {
         let threads = TransferThreads::start(config.transfer_threads, || {
             make_data_endpoint(data_bind, &tuning, data_client.clone())
         })?;
-        let net = NetSetup {
-            me: LocalPeer {
-                id: identity.peer_id().clone(),
-                listen,
-                secret,
-            },
+        let me = LocalPeer {
+            id: identity.peer_id().clone(),
+            listen,
+            secret,
+        };
+        let net = Transfers {
             endpoint,
             data_client,
             threads,
             tuning,
             upload_limit: config.max_upload_mib_s.map(RateLimit::new),
             download_limit: config.max_download_mib_s.map(RateLimit::new),
+            writer: Writer::new(),
+            serve_slots: tokio::sync::Semaphore::new(crate::serve::CHUNK_STREAMS_TOTAL),
+            hashes: Arc::new(lanspread_catalog::HashCache::new()),
         };
-        let shared = Shared::new(net, config.games.clone(), catalog, events, library);
+        let shared = Shared::new(me, net, config.games.clone(), catalog, events, library);
         info!(peer_id = %shared.me.id, %listen, threads = config.transfer_threads, games = %config.games.display(), socket = %config.socket.display(), "lanspreadd ready");
         shared.events.emit(EventKind::LocalPeerReady {
             peer_id: shared.me.id.clone(),
@@ -231,15 +236,16 @@ impl Daemon {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.shared
+            .net
             .endpoint
             .close(VarInt::from_u32(close_code::GOODBYE), b"goodbye");
-        let _ =
-            tokio::time::timeout(Duration::from_secs(1), self.shared.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.shared.net.endpoint.wait_idle())
+            .await;
         for t in self.tasks {
             t.abort();
         }
         let shared = self.shared.clone();
-        let _ = tokio::task::spawn_blocking(move || shared.threads.stop()).await;
+        let _ = tokio::task::spawn_blocking(move || shared.net.threads.stop()).await;
         control::unlink(&self.socket);
         info!("lanspreadd stopped");
         self.shared.events.close(Duration::from_secs(1));

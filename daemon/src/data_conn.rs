@@ -48,9 +48,13 @@ pub async fn open(
     expect: &PeerId,
     lane: usize,
 ) -> Result<Connection, Failure> {
-    let timeout = shared.tuning.connect_timeout;
-    let config = shared.data_client.clone();
-    let endpoint = shared.threads.endpoint(lane).unwrap_or(&shared.endpoint);
+    let timeout = shared.net.tuning.connect_timeout;
+    let config = shared.net.data_client.clone();
+    let endpoint = shared
+        .net
+        .threads
+        .endpoint(lane)
+        .unwrap_or(&shared.net.endpoint);
     let refused = |why: String| Failure::new(ErrorKind::ConnectFailed, why);
     let (conn, id) = connect_data(endpoint, config, addr, timeout)
         .await

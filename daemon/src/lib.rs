@@ -24,10 +24,12 @@ pub mod logging;
 mod mdns;
 pub mod paths;
 mod recover;
+mod resources;
 mod serve;
 mod state;
 mod threads;
 mod watch;
+mod writer;
 
 pub use config::{DaemonArgs, DaemonConfig};
 pub use daemon::Daemon;

@@ -32,10 +32,10 @@ fn refused(why: impl Into<String>) -> Failure {
 /// daemon's runtime and its requests are served on the connection's thread.
 pub async fn accept_loop(shared: Arc<Shared>) {
     let main = tokio::runtime::Handle::current();
-    while let Some(incoming) = shared.endpoint.accept().await {
+    while let Some(incoming) = shared.net.endpoint.accept().await {
         let remote = incoming.remote_address();
         let span = link_span(remote, Direction::Inbound);
-        let here = shared.threads.next().clone();
+        let here = shared.net.threads.next().clone();
         let (shared, main) = (shared.clone(), main.clone());
         here.clone().spawn(
             async move {
@@ -60,8 +60,8 @@ pub async fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> LinkResult {
     if is_own_address(shared.me.listen, addr) {
         return Err(lanspread_peer::PeerError::SelfConnect.into());
     }
-    let timeout = shared.tuning.connect_timeout;
-    let (conn, remote) = match connect(&shared.endpoint, addr, timeout).await {
+    let timeout = shared.net.tuning.connect_timeout;
+    let (conn, remote) = match connect(&shared.net.endpoint, addr, timeout).await {
         Ok(c) => c,
         Err(e) => return Err(refused(self_or(e.to_string()))),
     };

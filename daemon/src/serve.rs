@@ -126,7 +126,7 @@ async fn handle(
             let _ours = if alone {
                 None
             } else {
-                Some(shared.serve_slots.acquire().await)
+                Some(shared.net.serve_slots.acquire().await)
             };
             let sent = serve_ranges(shared, &mut answer, &game, version, &ranges).await;
             answer.ended(sent, remote);
@@ -162,11 +162,11 @@ async fn serve_ranges(
         Err(e) => return answer.refuse(e.to_string()).await,
     };
     let served = &ranges[..files.len()];
-    let limit = shared.upload_limit.as_ref();
+    let limit = shared.net.upload_limit.as_ref();
     // One blocking task opens each file (before its header is sent, so a file that now
     // leaves the root, or changed since it was hashed, is refused) and reads the ranges
     // piece by piece, one piece ahead.
-    let mut pieces = read_ranges(dir, files, shared.hashes.clone());
+    let mut pieces = read_ranges(dir, files, shared.net.hashes.clone());
     for &ChunkRange { len, .. } in served {
         // The reader always sends at least one message per range; none means it died,
         // a local failure the peer is not to blame for.
@@ -306,7 +306,7 @@ async fn shared_hashes(
     shared: &Shared,
     root: GameRoot,
 ) -> Result<Vec<lanspread_catalog::FileManifest>, PeerError> {
-    let cache = shared.hashes.clone();
+    let cache = shared.net.hashes.clone();
     let refused = |e: &dyn std::fmt::Display| PeerError::Refused(e.to_string());
     tokio::task::spawn_blocking(move || cache.manifest(&root))
         .await

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use lanspread_catalog::{Availability, Catalog, GameId, HashCache, Library};
+use lanspread_catalog::{Availability, Catalog, GameId, Library};
 use lanspread_peer::{aggregate, Direction, OpKind, Operations, PeerTable};
 use lanspread_proto::{GameAd, PeerId};
 use quinn::Connection;
@@ -16,8 +16,7 @@ use crate::api::{
 };
 use crate::events::EventBus;
 use crate::handshake::LocalPeer;
-use crate::limit::RateLimit;
-use crate::threads::TransferThreads;
+use crate::resources::Transfers;
 
 /// The connection currently kept for a peer.
 pub struct Link {
@@ -46,45 +45,17 @@ pub struct Inner {
     pub library_gen: u64,
 }
 
-/// The network side of a daemon, bound before the shared state is built.
-pub struct NetSetup {
-    /// Who we are in every hello: id, bound QUIC address, LAN secret.
-    pub me: LocalPeer,
-    /// The QUIC endpoint.
-    pub endpoint: quinn::Endpoint,
-    /// How data connections are dialled (`DATA_ALPN`).
-    pub data_client: quinn::ClientConfig,
-    /// The runtimes connections are driven on.
-    pub threads: TransferThreads,
-    /// The QUIC settings the endpoints were made with (dial timeout, windows).
-    pub tuning: lanspread_transfer::TransportTuning,
-    /// Upload limit to LAN peers.
-    pub upload_limit: Option<RateLimit>,
-    /// Download limit from LAN peers.
-    pub download_limit: Option<RateLimit>,
-}
-
 /// State shared by every task of the daemon.
 pub struct Shared {
     /// Who we are in every hello: id, bound QUIC address, LAN secret (peers must prove
     /// the same one).
     pub me: LocalPeer,
+    /// The transfer resources (endpoints, threads, limits, writer, serve slots, hashes).
+    pub net: Transfers,
     /// The games directory.
     pub games_dir: PathBuf,
     /// Known game ids.
     pub catalog: Catalog,
-    /// The QUIC endpoint.
-    pub endpoint: quinn::Endpoint,
-    /// How data connections are dialled (`DATA_ALPN`).
-    pub data_client: quinn::ClientConfig,
-    /// The runtimes connections are driven on (index 0: the daemon's).
-    pub threads: TransferThreads,
-    /// The QUIC settings the endpoints were made with (dial timeout, windows).
-    pub tuning: lanspread_transfer::TransportTuning,
-    /// Upload limit to LAN peers, shared by every client served.
-    pub upload_limit: Option<RateLimit>,
-    /// Download limit from LAN peers, shared by every chunk in flight.
-    pub download_limit: Option<RateLimit>,
     /// Event fan-out.
     pub events: EventBus,
     /// What we advertise; link writers watch it.
@@ -98,12 +69,6 @@ pub struct Shared {
     pub redial: tokio::sync::mpsc::UnboundedSender<Redial>,
     /// The receiving end, taken once by the redial manager.
     pub redial_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Redial>>>,
-    /// Chunk hashes of served files.
-    pub hashes: Arc<HashCache>,
-    /// The io_uring writer for downloads.
-    pub writer: crate::download::Writer,
-    /// Chunk requests served at once by this daemon (`serve::CHUNK_STREAMS_TOTAL`).
-    pub serve_slots: tokio::sync::Semaphore,
     /// How `cancel` reaches a running download: one notifier per game downloading.
     pub cancels: Mutex<HashMap<GameId, Arc<tokio::sync::Notify>>>,
     /// How `cancel` and shutdown reach a running install: its stop flag, registered until
@@ -115,21 +80,13 @@ pub struct Shared {
 impl Shared {
     /// Builds the shared state.
     pub fn new(
-        net: NetSetup,
+        me: LocalPeer,
+        net: Transfers,
         games_dir: PathBuf,
         catalog: Catalog,
         events: EventBus,
         library: Library,
     ) -> Arc<Self> {
-        let NetSetup {
-            me,
-            endpoint,
-            data_client,
-            threads,
-            tuning,
-            upload_limit,
-            download_limit,
-        } = net;
         let inner = Inner {
             library,
             ..Inner::default()
@@ -138,23 +95,15 @@ impl Shared {
         let (redial, redial_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Self {
             me,
+            net,
             games_dir,
             catalog,
-            endpoint,
-            data_client,
-            threads,
-            tuning,
-            upload_limit,
-            download_limit,
             events,
             advert: watch::channel(Arc::new(advert)).0,
             peer_count: watch::channel(0).0,
             shutdown: watch::channel(false).0,
             redial,
             redial_rx: Mutex::new(Some(redial_rx)),
-            hashes: Arc::new(HashCache::new()),
-            writer: crate::download::Writer::new(),
-            serve_slots: tokio::sync::Semaphore::new(crate::serve::CHUNK_STREAMS_TOTAL),
             cancels: Mutex::default(),
             install_stops: Mutex::default(),
             inner: Mutex::new(inner),
@@ -188,8 +137,8 @@ impl Shared {
             peers: inner.peers.len(),
             version: env!("CARGO_PKG_VERSION").into(),
             limits: crate::api::Limits {
-                max_upload_mib_s: self.upload_limit.as_ref().map(|l| l.mib_per_s),
-                max_download_mib_s: self.download_limit.as_ref().map(|l| l.mib_per_s),
+                max_upload_mib_s: self.net.upload_limit.as_ref().map(|l| l.mib_per_s),
+                max_download_mib_s: self.net.download_limit.as_ref().map(|l| l.mib_per_s),
             },
             events_dropped: self.events.dropped(),
             problems: inner

@@ -39,7 +39,7 @@ impl Lanes {
             by_peer: HashMap::new(),
             main: Handle::current(),
         };
-        let n = shared.threads.len();
+        let n = shared.net.threads.len();
         let mut dials = Vec::new();
         for peer in sources {
             let Some(link) = shared.lock().links.get(peer).map(|l| l.conn.clone()) else {
@@ -54,7 +54,7 @@ impl Lanes {
                 continue;
             }
             for j in 0..n {
-                let runtime = shared.threads.get(j).clone();
+                let runtime = shared.net.threads.get(j).clone();
                 let (shared, expect) = (shared.clone(), peer.clone());
                 let dial = runtime.spawn(
                     async move { crate::data_conn::open(&shared, addr, &expect, j).await }

@@ -8,7 +8,6 @@ mod journal;
 mod lanes;
 mod metadata;
 mod stop;
-mod writer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +26,6 @@ use tracing::{info, info_span, warn, Instrument};
 
 use stop::stop_requested;
 pub use stop::{cancel, cancellable};
-pub use writer::Writer;
 
 /// What a download killed midway leaves in a root besides its data files and journal
 /// (the received sentinel, a half-rewritten journal): safe to remove while no operation
@@ -116,7 +114,7 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
     let mut why = BTreeMap::new();
     let result = download(&shared, &id, &sources, &mut files, &cancel, &mut why).await;
     for f in files {
-        shared.writer.close(f).await;
+        shared.net.writer.close(f).await;
     }
     if result.is_err() {
         commit::discard_incoming(&shared.games_dir.join(id.as_str())).await;
@@ -192,7 +190,7 @@ async fn download(
 ) -> Result<Done, Failure> {
     let mut shutdown = shared.shutdown.subscribe();
     let linked = metadata::linked(shared, &sources.peers);
-    let config = EngineConfig::new(shared.threads.len());
+    let config = EngineConfig::new(shared.net.threads.len());
     let mut engine = Engine::new(id.clone(), &linked, config, std::time::Instant::now());
     let what = (id, sources.version);
     let chosen = metadata::validated(shared, &mut engine, what, &mut shutdown, cancel).await;
@@ -299,7 +297,7 @@ async fn commit_files(
     let mut syncs = JoinSet::new();
     for &f in files_open {
         let shared = shared.clone();
-        syncs.spawn(async move { shared.writer.sync(f).await });
+        syncs.spawn(async move { shared.net.writer.sync(f).await });
     }
     while let Some(res) = syncs.join_next().await {
         res.map_err(Failure::internal)?
@@ -331,6 +329,7 @@ async fn prepare(
     let dests = commit::prepare(root, files).await?;
     for (f, dest) in files.iter().zip(&dests) {
         let fid = shared
+            .net
             .writer
             .open(dest.clone(), f.size)
             .await
@@ -446,11 +445,11 @@ impl Transfer<'_, '_> {
         let (shared, game, version) = (self.shared.clone(), self.game.0.clone(), self.game.1);
         let fetch = runtime.spawn(
             async move {
-                let limit = shared.download_limit.as_ref();
+                let limit = shared.net.download_limit.as_ref();
                 fetch::fetch(
                     &conn,
                     &source,
-                    &shared.writer,
+                    &shared.net.writer,
                     limit,
                     (&game, version),
                     &jobs,

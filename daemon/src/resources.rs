@@ -1,0 +1,35 @@
+//! The transfer resources one daemon's links, serving and downloads share: the QUIC
+//! endpoints and their settings, the transfer threads, the bandwidth limits, the io_uring
+//! writer, the serve slots and the hash cache. Built once by `Daemon::start`, handed out
+//! as `Shared::net`; nothing here is behind the state lock.
+
+use std::sync::Arc;
+
+use lanspread_catalog::HashCache;
+use lanspread_transfer::TransportTuning;
+
+use crate::limit::RateLimit;
+use crate::threads::TransferThreads;
+use crate::writer::Writer;
+
+/// See the module docs.
+pub struct Transfers {
+    /// The QUIC endpoint links are accepted and dialled on.
+    pub endpoint: quinn::Endpoint,
+    /// How data connections are dialled (`DATA_ALPN`).
+    pub data_client: quinn::ClientConfig,
+    /// The runtimes connections are driven on (index 0: the daemon's).
+    pub threads: TransferThreads,
+    /// The QUIC settings the endpoints were made with (dial timeout, windows).
+    pub tuning: TransportTuning,
+    /// Upload limit to LAN peers, shared by every client served.
+    pub upload_limit: Option<RateLimit>,
+    /// Download limit from LAN peers, shared by every chunk in flight.
+    pub download_limit: Option<RateLimit>,
+    /// The io_uring writer for downloads.
+    pub writer: Writer,
+    /// Chunk requests served at once by this daemon (`serve::CHUNK_STREAMS_TOTAL`).
+    pub serve_slots: tokio::sync::Semaphore,
+    /// Chunk hashes of served files.
+    pub hashes: Arc<HashCache>,
+}
