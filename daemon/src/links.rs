@@ -9,7 +9,7 @@ use std::time::Duration;
 use lanspread_peer::{check_not_self, prefer_new_link, Direction, Upsert};
 use lanspread_proto::{close_code, Message, PeerId};
 use lanspread_transfer::{connect, is_data_connection, peer_id_of, read_frame, write_frame};
-use quinn::{Connection, SendStream, VarInt};
+use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
@@ -172,7 +172,6 @@ async fn run_link(
     let (accepted, go) = oneshot::channel();
     let hello = exchange.hello();
     let mut writer = tokio::spawn(announce(shared.clone(), send, hello, go).in_current_span());
-    let mut shutdown = shared.shutdown.subscribe();
 
     // Their announce stream: hello first.
     let (mut recv, hello) = match exchange.receive_hello(&conn, &remote).await {
@@ -192,32 +191,14 @@ async fn run_link(
     );
 
     // Register, keeping one connection per peer.
-    let upsert = {
-        let mut inner = shared.lock();
-        if let Some(existing) = inner.links.get(&remote) {
-            let alive = existing.conn.close_reason().is_none();
-            if !prefer_new_link(&shared.me.id, &remote, alive, existing.direction, direction) {
-                let info = inner.peers.get(&remote).map(|e| peer_info(&remote, e));
-                drop(inner);
-                debug!("keeping the existing connection");
-                conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
-                writer.abort();
-                return tell(info.ok_or_else(|| refused("duplicate connection")));
-            }
-            existing
-                .conn
-                .close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+    let upsert = match register(&shared, &conn, &remote, direction, addr) {
+        Ok(upsert) => upsert,
+        Err(kept) => {
+            debug!("keeping the existing connection");
+            conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+            writer.abort();
+            return tell(kept.ok_or_else(|| refused("duplicate connection")));
         }
-        inner.links.insert(
-            remote.clone(),
-            Link {
-                conn: conn.clone(),
-                direction,
-            },
-        );
-        let upsert = inner.peers.upsert(&remote, addr);
-        shared.peer_count.send_replace(inner.peers.len());
-        upsert
     };
     match upsert {
         Upsert::New => info!(%addr, "peer connected"),
@@ -236,14 +217,67 @@ async fn run_link(
     }
 
     // Announcements until goodbye, error or close.
+    let end = follow(&shared, &conn, &remote, &mut recv, &mut writer, &mut tell).await;
+    tell(Err(refused(end.clone())));
+    writer.abort();
+    server.abort();
+    let lost = drop_link(&shared, &remote, &conn, addr, &end);
+    if let (true, Some(addr)) = (lost, dialled) {
+        if !*shared.shutdown.borrow() {
+            let _ = shared.redial.send((Some(remote), addr));
+        }
+    }
+}
+
+/// Adds the link of `remote` unless the connection already kept for it is preferred
+/// (`Err` with that peer's info): one connection per peer.
+fn register(
+    shared: &Shared,
+    conn: &Connection,
+    remote: &PeerId,
+    direction: Direction,
+    addr: SocketAddr,
+) -> Result<Upsert, Option<PeerInfo>> {
+    let mut inner = shared.lock();
+    if let Some(existing) = inner.links.get(remote) {
+        let alive = existing.conn.close_reason().is_none();
+        if !prefer_new_link(&shared.me.id, remote, alive, existing.direction, direction) {
+            return Err(inner.peers.get(remote).map(|e| peer_info(remote, e)));
+        }
+        existing
+            .conn
+            .close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+    }
+    let link = Link {
+        conn: conn.clone(),
+        direction,
+    };
+    inner.links.insert(remote.clone(), link);
+    let upsert = inner.peers.upsert(remote, addr);
+    shared.peer_count.send_replace(inner.peers.len());
+    Ok(upsert)
+}
+
+/// Reads the peer's announcements (libraries) until goodbye, a protocol error, the
+/// connection's end or our shutdown; `tell` gets the peer once its first library is in.
+/// Returns why the link ended.
+async fn follow(
+    shared: &Shared,
+    conn: &Connection,
+    remote: &PeerId,
+    recv: &mut RecvStream,
+    writer: &mut tokio::task::JoinHandle<()>,
+    tell: &mut impl FnMut(LinkResult),
+) -> String {
+    let mut shutdown = shared.shutdown.subscribe();
     let mut first_library = true;
-    let end = loop {
+    loop {
         let msg = tokio::select! {
-            m = read_frame::<_, Message>(&mut recv) => m,
+            m = read_frame::<_, Message>(recv) => m,
             reason = conn.closed() => break format!("connection closed: {reason}"),
             _ = crate::state::until_shutdown(&mut shutdown) => {
                 // The writer sends the goodbye; close once it is out (or after a bound).
-                let _ = tokio::time::timeout(Duration::from_secs(1), &mut writer).await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut *writer).await;
                 conn.close(VarInt::from_u32(close_code::GOODBYE), b"goodbye");
                 break "local shutdown".into();
             }
@@ -252,10 +286,10 @@ async fn run_link(
             Ok(Some(Message::Library(ads))) => {
                 let (changed, info) = {
                     let mut inner = shared.lock();
-                    let changed = inner.peers.set_library(&remote, &ads, &shared.catalog);
+                    let changed = inner.peers.set_library(remote, &ads, &shared.catalog);
                     (
                         changed,
-                        inner.peers.get(&remote).map(|e| peer_info(&remote, e)),
+                        inner.peers.get(remote).map(|e| peer_info(remote, e)),
                     )
                 };
                 let Some(info) = info else {
@@ -290,15 +324,6 @@ async fn run_link(
                 );
                 break format!("protocol error: {e}");
             }
-        }
-    };
-    tell(Err(refused(end.clone())));
-    writer.abort();
-    server.abort();
-    let lost = drop_link(&shared, &remote, &conn, addr, &end);
-    if let (true, Some(addr)) = (lost, dialled) {
-        if !*shared.shutdown.borrow() {
-            let _ = shared.redial.send((Some(remote), addr));
         }
     }
 }
