@@ -220,15 +220,9 @@ async fn download(
         info!(game = %id, chunks = resumed_chunks, bytes = resumed_bytes, "resuming");
     }
     shared.lock().operations.sized(id, bytes, resumed_bytes);
-    shared.events.emit(EventKind::DownloadBegin {
-        game_id: id.clone(),
-        version: sources.version,
-        bytes,
-        files: chosen.files.len() as u64,
-        chunks,
-        resumed_chunks,
-        resumed_bytes,
-    });
+    let resumed = (resumed_chunks, resumed_bytes);
+    let begin = download_begin(id, sources.version, &chosen.files, chunks, resumed);
+    shared.events.emit(begin);
     let started = Instant::now();
     let work = Work {
         files: &chosen.files,
@@ -264,6 +258,24 @@ async fn download(
         chunks,
         duration: started.elapsed(),
     })
+}
+
+fn download_begin(
+    id: &GameId,
+    version: Version,
+    files: &[FileManifest],
+    chunks: u64,
+    (resumed_chunks, resumed_bytes): (u64, u64),
+) -> EventKind {
+    EventKind::DownloadBegin {
+        game_id: id.clone(),
+        version,
+        bytes: files.iter().map(|f| f.size).sum(),
+        files: files.len() as u64,
+        chunks,
+        resumed_chunks,
+        resumed_bytes,
+    }
 }
 
 fn got_game_files(id: &GameId, version: Version, chosen: &Chosen) -> EventKind {
