@@ -23,9 +23,8 @@ mod validate;
 
 pub use aggregate::{aggregate, latest_sources, RemoteRow, Sources};
 pub use engine::{
-    least_busy, max_in_flight_bytes, Action, BatchId, ChunkResult, Engine, EngineConfig, Fetch,
-    Lane, LaneBook, BATCH_BYTES, BATCH_CHUNKS, BATCH_CHUNK_LEN, MANIFEST_GRACE, MANIFEST_TIMEOUT,
-    MAX_IN_FLIGHT,
+    max_in_flight_bytes, Action, BatchId, ChunkResult, Engine, EngineConfig, Fetch, Lane, LaneBook,
+    BATCH_BYTES, BATCH_CHUNKS, BATCH_CHUNK_LEN, MANIFEST_GRACE, MANIFEST_TIMEOUT, MAX_IN_FLIGHT,
 };
 pub use error::PeerError;
 pub use gates::{gate_chunk, gate_files};

@@ -37,7 +37,7 @@ pub struct LaneBook {
 /// The index of the lane for the next batch: the least busy one not retired, the first
 /// such from `start` on (so equally busy lanes take turns). A lane whose batch finished
 /// early gets the next one instead of a busy lane whose turn it would be.
-pub fn least_busy(busy: &[usize], retired: &[bool], start: usize) -> usize {
+fn least_busy(busy: &[usize], retired: &[bool], start: usize) -> usize {
     let n = busy.len().max(1);
     (0..busy.len())
         .map(|k| (start + k) % n)

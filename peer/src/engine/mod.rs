@@ -29,7 +29,7 @@ use lanspread_catalog::{FileManifest, GameId};
 use lanspread_proto::{PeerId, CHUNK_SIZE, MAX_RANGES, MIN_CHUNKS_IN_FLIGHT};
 use tracing::warn;
 
-pub use lanes::{least_busy, Lane, LaneBook};
+pub use lanes::{Lane, LaneBook};
 
 use crate::{Chosen, ChunkSpec, FailKind, ManifestVote, PeerError, Planner, PlannerStatus};
 
@@ -436,13 +436,5 @@ impl Engine {
     /// Why each source was left out or given up so far (its last reason).
     pub fn why(&self) -> &BTreeMap<PeerId, String> {
         &self.why
-    }
-
-    /// Bytes each chosen source was assigned (done or in flight).
-    pub fn per_source(&self) -> BTreeMap<PeerId, u64> {
-        self.planner
-            .as_ref()
-            .map(Planner::per_source)
-            .unwrap_or_default()
     }
 }
