@@ -18,10 +18,9 @@ pub use error::CatalogError;
 pub use hashes::{hash_chunks, HashCache};
 // The protocol's value types, re-exported: the catalog speaks in them.
 pub use lanspread_proto::{
-    chunk_count, chunk_ranges, is_reserved_top_level, manifest_digest, ChunkHash, FileManifest,
-    GameId, RelPath, Version, CHUNK_SIZE, LOCAL_DIR, METADATA_PREFIX, VERSION_FILE,
+    chunk_count, chunk_ranges, is_reserved_top_level, manifest_digest, Availability, ChunkHash,
+    FileManifest, GameId, RelPath, Version, CHUNK_SIZE, LOCAL_DIR, METADATA_PREFIX, VERSION_FILE,
 };
 pub use scan::{
-    free_space, scan_games_dir, scan_root, Availability, FileDescriptor, GameRoot, Library,
-    INSTALLED_MARKER,
+    free_space, scan_games_dir, scan_root, FileDescriptor, GameRoot, Library, INSTALLED_MARKER,
 };

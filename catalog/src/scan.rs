@@ -8,7 +8,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
-use crate::{is_reserved_top_level, Catalog, CatalogError, GameId, RelPath, Version, VERSION_FILE};
+use crate::{
+    is_reserved_top_level, Availability, Catalog, CatalogError, GameId, RelPath, Version,
+    VERSION_FILE,
+};
 
 /// One regular file of a game root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,19 +22,6 @@ pub struct FileDescriptor {
     pub size: u64,
     /// Unix permission bits (`0o7777` mask).
     pub mode: u32,
-}
-
-/// Whether a root may be served and listed as downloaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Availability {
-    /// Valid sentinel, no operation active.
-    Ready,
-    /// A download is writing into the root.
-    Downloading,
-    /// An install is extracting the root's archives.
-    Installing,
-    /// No valid `version.ini`: incomplete or foreign data.
-    NotReady,
 }
 
 /// A scanned game root.

@@ -6,8 +6,8 @@
 
 use std::ffi::CString;
 
-use crate::api::Request;
-use crate::failure::{ErrorKind, Failure};
+use lanspread_control::api::Request;
+use lanspread_control::{ErrorKind, Failure};
 
 /// A connected client, from `SO_PEERCRED` and `/proc/<pid>/status`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -127,6 +127,30 @@ pub struct DaemonConfig {
     pub transfer_threads: usize,
 }
 
+impl DaemonConfig {
+    /// A daemon on loopback with an ephemeral port, no mDNS, no static peers, no limits,
+    /// no secret: the demo's.
+    pub fn loopback(games: PathBuf, state: PathBuf, socket: PathBuf) -> Self {
+        Self {
+            games,
+            state,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            socket,
+            catalog: None,
+            events: None,
+            mdns: false,
+            mdns_interfaces: Vec::new(),
+            peers: Vec::new(),
+            secret_file: None,
+            group: None,
+            admin_group: None,
+            max_upload_mib_s: None,
+            max_download_mib_s: None,
+            transfer_threads: default_transfer_threads(),
+        }
+    }
+}
+
 /// Most transfer threads a daemon may be given.
 pub const MAX_TRANSFER_THREADS: usize = 64;
 
@@ -206,7 +230,7 @@ impl DaemonArgs {
         let socket = self
             .socket
             .or(file.socket)
-            .unwrap_or_else(crate::paths::socket_path_from_env);
+            .unwrap_or_else(lanspread_control::socket_path_from_env);
         Ok(DaemonConfig {
             games,
             state,

@@ -11,11 +11,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
 use crate::access::{caller_of, Policy};
-use crate::api::{ErrorKind, Reply, Request};
-use crate::failure::Failure;
 use crate::links::dial;
 use crate::state::Shared;
 use crate::DaemonError;
+use lanspread_control::api::{ErrorKind, Reply, Request};
+use lanspread_control::Failure;
 
 /// Longest accepted request line.
 const MAX_REQUEST: usize = 64 * 1024;

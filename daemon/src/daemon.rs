@@ -15,7 +15,6 @@ use quinn::VarInt;
 use tracing::{info, warn};
 
 use crate::access::{resolve_group, Policy};
-use crate::api::EventKind;
 use crate::config::DaemonConfig;
 use crate::events::EventBus;
 use crate::handshake::LocalPeer;
@@ -26,6 +25,7 @@ use crate::state::Shared;
 use crate::threads::TransferThreads;
 use crate::writer::Writer;
 use crate::{control, links, mdns, watch, DaemonError};
+use lanspread_control::api::EventKind;
 
 /// How often the games dir is rescanned as a whole without inotify.
 const RESCAN_INTERVAL: Duration = Duration::from_secs(5);

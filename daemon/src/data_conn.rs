@@ -15,9 +15,9 @@ use lanspread_transfer::{connect_data, peer_id_of};
 use quinn::{Connection, VarInt};
 use tracing::{info, warn, Span};
 
-use crate::failure::{ErrorKind, Failure};
 use crate::handshake::{self, Exchange};
 use crate::state::Shared;
+use lanspread_control::{ErrorKind, Failure};
 
 /// Source side: checks the downloader's hello, answers with ours, then serves its
 /// requests until it closes.

@@ -19,8 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::broadcast;
 
-use crate::api::{Event, EventKind};
 use crate::DaemonError;
+use lanspread_control::api::{Event, EventKind};
 
 /// Lines a stuck reader may have queued before lines are dropped.
 const QUEUE_LINES: usize = 1024;

@@ -1,227 +1,57 @@
-//! Failures the daemon reports to its users: a stable [`ErrorKind`] (the contract's `kind`
-//! in error replies and in `download-failed` / `install-failed`) and a message naming the
-//! cause. Operations return [`Failure`]; the control server and the events carry both.
+//! The one place where the core's typed errors become control-protocol failures (the
+//! stable `kind` plus the message). `Failure` and `ErrorKind` live in `lanspread-control`;
+//! the mapping of `lanspread-peer` and `lanspread-install` errors lives here because the
+//! daemon is the crate that knows all three.
 
-use std::fmt::Display;
-use std::io;
+use lanspread_control::{io_kind, ErrorKind, Failure};
 
-use serde::{Deserialize, Serialize};
-
-/// The stable kind of a failure, in error replies (`{"error":{"message","kind"}}`) and in
-/// `download-failed` / `install-failed`. Scripts match on it; messages may change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ErrorKind {
-    /// A malformed or invalid request: bad JSON, unknown field, bad argument.
-    BadRequest,
-    /// The game id is not in the catalog.
-    NotInCatalog,
-    /// The game (or the operation to cancel) is not there: not in the games dir, not
-    /// downloaded, nothing running.
-    NotFound,
-    /// Nothing to do: the game is already downloaded at the newest version.
-    AlreadyDone,
-    /// Another operation runs on the game, or the daemon is at a limit; try again later.
-    Busy,
-    /// No connected peer has the game.
-    NoSources,
-    /// The newest sources disagree about the game's files and none has a majority.
-    MetadataConflict,
-    /// Every source failed: bad bytes, refusals, stalls, closed connections (see
-    /// `sources` in `download-failed`).
-    SourceFailed,
-    /// A peer could not be linked: no such host, no answer, refused (version, secret,
-    /// identity).
-    ConnectFailed,
-    /// The disk (or quota) is full.
-    DiskFull,
-    /// The OS refused access to a file, or the control policy refused the caller.
-    PermissionDenied,
-    /// Another local file error.
-    Io,
-    /// An archive is damaged, encrypted, incomplete or unsafe.
-    BadArchive,
-    /// Stopped by `cancel`.
-    Cancelled,
-    /// The daemon is shutting down.
-    Shutdown,
-    /// A wait ran out of time.
-    Timeout,
-    /// The CLI could not reach the daemon (exit 3).
-    DaemonUnreachable,
-    /// A bug or an internal task failure.
-    Internal,
-    /// A kind this build does not know (a newer daemon).
-    #[default]
-    #[serde(other)]
-    Other,
+/// The control reply for a failed download decision.
+pub fn peer_failure(e: lanspread_peer::PeerError) -> Failure {
+    use lanspread_peer::PeerError as P;
+    let kind = match &e {
+        P::SelfConnect => ErrorKind::ConnectFailed,
+        P::Busy(_) => ErrorKind::Busy,
+        P::NoMetadata { .. } | P::InvalidManifest(_) | P::Refused(_) => ErrorKind::SourceFailed,
+        P::MetadataConflict { .. } => ErrorKind::MetadataConflict,
+        P::SourcesFailed(_) => ErrorKind::SourceFailed,
+        P::Stuck => ErrorKind::Internal,
+    };
+    Failure::new(kind, e.to_string())
 }
 
-impl ErrorKind {
-    /// The kebab-case name, as in JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadRequest => "bad-request",
-            Self::NotInCatalog => "not-in-catalog",
-            Self::NotFound => "not-found",
-            Self::AlreadyDone => "already-done",
-            Self::Busy => "busy",
-            Self::NoSources => "no-sources",
-            Self::MetadataConflict => "metadata-conflict",
-            Self::SourceFailed => "source-failed",
-            Self::ConnectFailed => "connect-failed",
-            Self::DiskFull => "disk-full",
-            Self::PermissionDenied => "permission-denied",
-            Self::Io => "io",
-            Self::BadArchive => "bad-archive",
-            Self::Cancelled => "cancelled",
-            Self::Shutdown => "shutdown",
-            Self::Timeout => "timeout",
-            Self::DaemonUnreachable => "daemon-unreachable",
-            Self::Internal => "internal",
-            Self::Other => "other",
-        }
-    }
-}
-
-/// A failed request or operation: its kind and what happened.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct Failure {
-    /// The stable kind.
-    pub kind: ErrorKind,
-    /// The human-readable cause.
-    pub message: String,
-}
-
-impl Failure {
-    /// A failure of `kind`.
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self {
-            kind,
-            message: message.into(),
-        }
-    }
-
-    /// A local file error: `"{what}: {e}"`, its kind from the OS error.
-    pub fn io(what: impl Display, e: &io::Error) -> Self {
-        Self::new(io_kind(e), format!("{what}: {e}"))
-    }
-
-    /// A task that panicked or was aborted.
-    pub fn internal(e: impl Display) -> Self {
-        Self::new(ErrorKind::Internal, e.to_string())
-    }
-
-    /// The same failure, its message prefixed.
-    pub fn context(self, what: impl Display) -> Self {
-        Self::new(self.kind, format!("{what}: {}", self.message))
-    }
-}
-
-/// The kind of a local file error.
-pub fn io_kind(e: &io::Error) -> ErrorKind {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC | libc::EDQUOT) => ErrorKind::DiskFull,
-        Some(libc::EACCES | libc::EPERM | libc::EROFS) => ErrorKind::PermissionDenied,
-        _ => match e.kind() {
-            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorKind::DiskFull,
-            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
-                ErrorKind::PermissionDenied
-            }
-            _ => ErrorKind::Io,
-        },
-    }
-}
-
-impl From<lanspread_peer::PeerError> for Failure {
-    fn from(e: lanspread_peer::PeerError) -> Self {
-        use lanspread_peer::PeerError as P;
-        let kind = match &e {
-            P::SelfConnect => ErrorKind::ConnectFailed,
-            P::Busy(_) => ErrorKind::Busy,
-            P::NoMetadata { .. } | P::InvalidManifest(_) | P::Refused(_) => ErrorKind::SourceFailed,
-            P::MetadataConflict { .. } => ErrorKind::MetadataConflict,
-            P::SourcesFailed(_) => ErrorKind::SourceFailed,
-            P::Stuck => ErrorKind::Internal,
-        };
-        Self::new(kind, e.to_string())
-    }
-}
-
-impl From<lanspread_install::InstallError> for Failure {
-    fn from(e: lanspread_install::InstallError) -> Self {
-        use lanspread_install::InstallError as I;
-        let kind = match &e {
-            I::NoSpace { .. } => ErrorKind::DiskFull,
-            I::Cancelled => ErrorKind::Cancelled,
-            I::Io { source, .. } => io_kind(source),
-            _ => ErrorKind::BadArchive,
-        };
-        Self::new(kind, e.to_string())
-    }
+/// The control reply for a failed install, uninstall or pack.
+pub fn install_failure(e: lanspread_install::InstallError) -> Failure {
+    use lanspread_install::InstallError as I;
+    let kind = match &e {
+        I::NoSpace { .. } => ErrorKind::DiskFull,
+        I::Cancelled => ErrorKind::Cancelled,
+        I::Io { source, .. } => io_kind(source),
+        _ => ErrorKind::BadArchive,
+    };
+    Failure::new(kind, e.to_string())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const ALL: [ErrorKind; 19] = [
-        ErrorKind::BadRequest,
-        ErrorKind::NotInCatalog,
-        ErrorKind::NotFound,
-        ErrorKind::AlreadyDone,
-        ErrorKind::Busy,
-        ErrorKind::NoSources,
-        ErrorKind::MetadataConflict,
-        ErrorKind::SourceFailed,
-        ErrorKind::ConnectFailed,
-        ErrorKind::DiskFull,
-        ErrorKind::PermissionDenied,
-        ErrorKind::Io,
-        ErrorKind::BadArchive,
-        ErrorKind::Cancelled,
-        ErrorKind::Shutdown,
-        ErrorKind::Timeout,
-        ErrorKind::DaemonUnreachable,
-        ErrorKind::Internal,
-        ErrorKind::Other,
-    ];
+    use lanspread_install::InstallError;
+    use lanspread_peer::PeerError;
 
     #[test]
-    fn names_are_the_json_names_and_round_trip() {
-        for k in ALL {
-            let json = serde_json::to_value(k).unwrap();
-            assert_eq!(json, serde_json::json!(k.as_str()));
-            assert_eq!(serde_json::from_value::<ErrorKind>(json).unwrap(), k);
-        }
-        // A kind from a newer daemon is read, not refused.
-        let k: ErrorKind = serde_json::from_str(r#""quantum-flux""#).unwrap();
-        assert_eq!(k, ErrorKind::Other);
-    }
-
-    #[test]
-    fn error_reply_json_matches_the_contract() {
-        let reply = crate::api::Reply::Error {
-            message: "no peers have game ggoo".into(),
-            kind: ErrorKind::NoSources,
-        };
+    fn core_errors_map_to_their_kinds() {
         assert_eq!(
-            serde_json::to_value(&reply).unwrap(),
-            serde_json::json!({"error": {"message": "no peers have game ggoo", "kind": "no-sources"}})
+            peer_failure(PeerError::Busy("x".parse().unwrap())).kind,
+            ErrorKind::Busy
         );
-    }
-
-    #[test]
-    fn os_errors_map_to_kinds() {
-        let k = |code| io_kind(&io::Error::from_raw_os_error(code));
-        assert_eq!(k(libc::ENOSPC), ErrorKind::DiskFull);
-        assert_eq!(k(libc::EDQUOT), ErrorKind::DiskFull);
-        assert_eq!(k(libc::EACCES), ErrorKind::PermissionDenied);
-        assert_eq!(k(libc::EROFS), ErrorKind::PermissionDenied);
-        assert_eq!(k(libc::EIO), ErrorKind::Io);
-        let f = Failure::io("/g/x.eti", &io::Error::from_raw_os_error(libc::ENOSPC));
-        assert_eq!(f.kind, ErrorKind::DiskFull);
-        assert!(f.message.starts_with("/g/x.eti: "), "{}", f.message);
+        assert_eq!(peer_failure(PeerError::Stuck).kind, ErrorKind::Internal);
+        assert_eq!(
+            install_failure(InstallError::Cancelled).kind,
+            ErrorKind::Cancelled
+        );
+        let full = InstallError::Io {
+            path: "/g/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(install_failure(full).kind, ErrorKind::DiskFull);
     }
 }

@@ -7,9 +7,10 @@ use std::sync::Arc;
 use lanspread_catalog::GameId;
 use lanspread_peer::OpKind;
 
-use crate::api::{ErrorKind, Event, EventKind};
-use crate::failure::Failure;
+use crate::failure::{install_failure, peer_failure};
 use crate::state::Shared;
+use lanspread_control::api::{ErrorKind, Event, EventKind};
+use lanspread_control::Failure;
 
 /// Installs a downloaded game. Emits `install-begin` then `install-finished` or
 /// `install-failed`. A refusal before the start (unknown, not downloaded, busy) is returned
@@ -58,7 +59,7 @@ pub async fn install(
     })
     .await
     .map_err(Failure::internal)
-    .and_then(|r| r.map_err(Failure::from));
+    .and_then(|r| r.map_err(install_failure));
     on_shutdown.abort();
     shared.lock().operations.end(id);
     shared.rescan_root(id).await;
@@ -116,7 +117,7 @@ pub async fn uninstall(shared: &Arc<Shared>, id: &GameId) -> Result<Event, Failu
     let res = tokio::task::spawn_blocking(move || lanspread_install::uninstall_root(&root))
         .await
         .map_err(Failure::internal)
-        .and_then(|r| r.map_err(Failure::from));
+        .and_then(|r| r.map_err(install_failure));
     shared.lock().operations.end(id);
     shared.rescan_root(id).await;
     res?;
@@ -150,7 +151,10 @@ pub async fn remove(shared: &Arc<Shared>, id: &GameId) -> Result<(), Failure> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(not_here(id)),
             Err(e) => return Err(Failure::io(dir.display(), &e)),
         }
-        inner.operations.begin(id, OpKind::Remove)?;
+        inner
+            .operations
+            .begin(id, OpKind::Remove)
+            .map_err(peer_failure)?;
     }
     shared.refresh_advert();
     // Unique: a removal that failed half-way leaves its folder for the next start's sweep.
@@ -162,7 +166,7 @@ pub async fn remove(shared: &Arc<Shared>, id: &GameId) -> Result<(), Failure> {
         .join(format!("{REMOVING_PREFIX}{id}-{nanos}"));
     let res = tokio::task::spawn_blocking(move || {
         std::fs::rename(&dir, &aside).map_err(|e| Failure::io(dir.display(), &e))?;
-        lanspread_install::remove_tree(&aside).map_err(Failure::from)
+        lanspread_install::remove_tree(&aside).map_err(install_failure)
     })
     .await
     .map_err(Failure::internal)
@@ -194,7 +198,7 @@ fn begin(shared: &Arc<Shared>, id: &GameId, kind: OpKind) -> Result<std::path::P
         ));
     }
     let dir = root.dir.clone();
-    inner.operations.begin(id, kind)?;
+    inner.operations.begin(id, kind).map_err(peer_failure)?;
     drop(inner);
     shared.refresh_advert();
     Ok(dir)

@@ -1,12 +1,10 @@
-//! The lanspread daemon (`lanspreadd`) and its control protocol, plus the CLI client
-//! (`lanspread`). Both binaries are thin: `main` maps results to exit codes.
-//!
-//! **Architecture invariant:** only this crate knows the control protocol.
+//! The lanspread daemon (`lanspreadd`): peers, downloads, serving, installs, the control
+//! socket's server side. The package also holds the `lanspread` binary, which is the CLI
+//! (`lanspread-cli`) with this crate plugged in for `demo` and `man --daemon`. Both binaries
+//! are thin: `main` maps results to exit codes.
 #![warn(missing_docs)]
 
 mod access;
-pub mod api;
-pub mod cli;
 pub mod config;
 mod control;
 mod daemon;
@@ -22,7 +20,6 @@ mod links;
 mod lock;
 pub mod logging;
 mod mdns;
-pub mod paths;
 mod recover;
 mod resources;
 mod serve;
@@ -34,4 +31,3 @@ mod writer;
 pub use config::{DaemonArgs, DaemonConfig};
 pub use daemon::Daemon;
 pub use error::DaemonError;
-pub use failure::{ErrorKind, Failure};

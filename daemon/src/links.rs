@@ -13,10 +13,11 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
-use crate::api::{EventKind, PeerInfo};
-use crate::failure::{ErrorKind, Failure};
+use crate::failure::peer_failure;
 use crate::handshake::{self, Exchange};
 use crate::state::{peer_info, Link, Shared};
+use lanspread_control::api::{EventKind, PeerInfo};
+use lanspread_control::{ErrorKind, Failure};
 
 /// The peer a link was set up with, or why not, as told to a `connect` caller (kind
 /// `connect-failed`).
@@ -58,7 +59,7 @@ pub async fn accept_loop(shared: Arc<Shared>) {
 /// first library arrived.
 pub async fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> LinkResult {
     if is_own_address(shared.me.listen, addr) {
-        return Err(lanspread_peer::PeerError::SelfConnect.into());
+        return Err(peer_failure(lanspread_peer::PeerError::SelfConnect));
     }
     let timeout = shared.net.tuning.connect_timeout;
     let (conn, remote) = match connect(&shared.net.endpoint, addr, timeout).await {
@@ -67,7 +68,7 @@ pub async fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> LinkResult {
     };
     if let Err(e) = check_not_self(&shared.me.id, &remote) {
         conn.close(VarInt::from_u32(close_code::SELF_CONNECT), b"self");
-        return Err(e.into());
+        return Err(peer_failure(e));
     }
     let (tx, rx) = oneshot::channel();
     tokio::spawn(
@@ -152,7 +153,7 @@ async fn run_link(
     if check_not_self(&shared.me.id, &remote).is_err() {
         debug!("refused a connection from ourselves");
         conn.close(VarInt::from_u32(close_code::SELF_CONNECT), b"self");
-        return tell(Err(lanspread_peer::PeerError::SelfConnect.into()));
+        return tell(Err(peer_failure(lanspread_peer::PeerError::SelfConnect)));
     }
 
     // Our announce stream: hello now; the library only once the peer's hello passed our

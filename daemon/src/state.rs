@@ -11,12 +11,13 @@ use lanspread_proto::{GameAd, PeerId};
 use quinn::Connection;
 use tokio::sync::watch;
 
-use crate::api::{
-    GameVersion, GamesList, LocalGame, LocalGameState, OperationInfo, PeerInfo, StatusInfo,
-};
 use crate::events::EventBus;
 use crate::handshake::LocalPeer;
 use crate::resources::Transfers;
+use lanspread_control::api::{
+    GameVersion, GamesList, LocalGame, LocalGameState, OperationInfo, PeerInfo, RemoteGameRow,
+    StatusInfo,
+};
 
 /// The connection currently kept for a peer.
 pub struct Link {
@@ -136,7 +137,7 @@ impl Shared {
                 .collect(),
             peers: inner.peers.len(),
             version: env!("CARGO_PKG_VERSION").into(),
-            limits: crate::api::Limits {
+            limits: lanspread_control::api::Limits {
                 max_upload_mib_s: self.net.upload_limit.as_ref().map(|l| l.mib_per_s),
                 max_download_mib_s: self.net.download_limit.as_ref().map(|l| l.mib_per_s),
             },
@@ -145,7 +146,7 @@ impl Shared {
                 .library
                 .values()
                 .filter_map(|r| {
-                    Some(crate::api::GameProblem {
+                    Some(lanspread_control::api::GameProblem {
                         game_id: r.id.clone(),
                         reason: r.problem.clone()?,
                     })
@@ -172,7 +173,12 @@ impl Shared {
             .collect();
         let remote = aggregate(&inner.peers)
             .into_iter()
-            .map(Into::into)
+            .map(|r| RemoteGameRow {
+                id: r.id,
+                eti_game_version: r.eti_game_version,
+                peer_count: r.peer_count,
+                size: r.size,
+            })
             .collect();
         GamesList { local, remote }
     }
@@ -225,7 +231,7 @@ impl Shared {
         };
         if changed {
             self.events
-                .emit(crate::api::EventKind::LocalLibraryChanged {
+                .emit(lanspread_control::api::EventKind::LocalLibraryChanged {
                     games: self.local_states(),
                 });
         }
@@ -259,7 +265,7 @@ impl Shared {
         };
         if changed {
             self.events
-                .emit(crate::api::EventKind::LocalLibraryChanged {
+                .emit(lanspread_control::api::EventKind::LocalLibraryChanged {
                     games: self.local_states(),
                 });
             self.refresh_advert();

@@ -5,7 +5,7 @@
 #![allow(clippy::missing_panics_doc)]
 
 use lanspread_catalog::{Catalog, RelPath, Version};
-use lanspread_daemon::api::{Event, Reply, Request};
+use lanspread_control::{Event, Reply, Request};
 use lanspread_proto::{decode_frame, encode_frame, Message, PeerRequest, PeerResponse};
 
 /// A fuzz target body.

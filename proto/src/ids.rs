@@ -118,6 +118,19 @@ impl From<Version> for String {
     }
 }
 
+/// Whether a root may be served and listed as downloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Availability {
+    /// Valid sentinel, no operation active.
+    Ready,
+    /// A download is writing into the root.
+    Downloading,
+    /// An install is extracting the root's archives.
+    Installing,
+    /// No valid `version.ini`: incomplete or foreign data.
+    NotReady,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -25,7 +25,7 @@ pub use frame::{
     decode_body, decode_frame, encode_frame, frame_body_len, FRAME_HEAD_LEN, MAX_FRAME_LEN,
 };
 pub use hello::{Handshake, Refusal, AGENT};
-pub use ids::{GameId, Version};
+pub use ids::{Availability, GameId, Version};
 pub use manifest::{
     chunk_count, chunk_ranges, manifest_digest, ChunkHash, FileManifest, CHUNK_SIZE,
     MIN_CHUNKS_IN_FLIGHT,

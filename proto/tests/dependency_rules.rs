@@ -1,7 +1,8 @@
 //! Dependency rules, checked on the real dependency graph with `cargo tree`: neither
 //! `lanspread-proto` nor `lanspread-peer` may pull in an IO stack (async runtime, QUIC,
 //! TLS, sockets, io_uring) through any normal dependency, and the daemon that runs on file
-//! servers carries no fixture generator and no `tempfile`.
+//! servers carries no fixture generator and no `tempfile`; the CLI and the control protocol
+//! carry neither the daemon nor a transport.
 
 use std::process::Command;
 
@@ -96,4 +97,29 @@ fn the_daemon_carries_no_fixture_generator_or_tempfile() {
             "lanspread-daemon's normal dependencies include {unwanted}"
         );
     }
+}
+
+#[test]
+fn the_cli_speaks_the_control_protocol_without_the_daemon_or_a_transport() {
+    // The CLI crate reaches the daemon only through its Host trait (the `lanspread`
+    // binary plugs the daemon in for `demo`); the control crate knows neither side.
+    for package in ["lanspread-cli", "lanspread-control"] {
+        let deps = normal_deps(package);
+        for unwanted in [
+            "lanspread-daemon",
+            "lanspread-transfer",
+            "lanspread-peer",
+            "quinn",
+            "rustls",
+            "tokio-uring",
+        ] {
+            assert!(
+                !deps.iter().any(|d| d == unwanted),
+                "{package}'s normal dependencies include {unwanted}"
+            );
+        }
+    }
+    assert!(normal_deps("lanspread-cli")
+        .iter()
+        .any(|d| d == "lanspread-control"));
 }

@@ -1,9 +1,50 @@
-//! `lanspread`: the command-line client. Parses, runs, maps the result to an exit code.
+//! `lanspread`: the command-line client (`lanspread-cli`), with this package's daemon
+//! plugged in for `demo` (two daemons in this process) and `man --daemon`. Parses, runs,
+//! maps the result to an exit code.
 
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use clap::Parser;
-use lanspread_daemon::cli::{run, Cli};
+use lanspread_cli::{run, Cli, DemoPeer, Host, HostedDaemon};
+use lanspread_control::{ErrorKind, Failure};
+use lanspread_daemon::{Daemon, DaemonArgs, DaemonConfig};
+
+/// The daemon side of the CLI.
+struct InProcess;
+
+/// A daemon running in this process.
+struct Hosted(Daemon);
+
+impl HostedDaemon for Hosted {
+    fn peer_id(&self) -> String {
+        self.0.peer_id().to_string()
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.0.addr()
+    }
+
+    async fn stop(self) {
+        self.0.stop().await;
+    }
+}
+
+impl Host for InProcess {
+    type Daemon = Hosted;
+
+    fn daemon_command(&self) -> clap::Command {
+        <DaemonArgs as clap::CommandFactory>::command()
+    }
+
+    async fn start_daemon(&self, peer: DemoPeer) -> Result<Hosted, Failure> {
+        let config = DaemonConfig::loopback(peer.games, peer.state, peer.socket);
+        Daemon::start(config)
+            .await
+            .map(Hosted)
+            .map_err(|e| Failure::new(ErrorKind::Internal, e.to_string()))
+    }
+}
 
 fn main() -> ExitCode {
     // Usage errors exit 2 (clap's convention), --help/--version exit 0.
@@ -21,12 +62,12 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, &InProcess)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lanspread: {}", e.message());
             if json && !e.printed() {
-                lanspread_daemon::cli::out_line(format_args!("{}", e.json()));
+                lanspread_cli::out_line(format_args!("{}", e.json()));
             }
             ExitCode::from(e.exit_code())
         }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use lanspread_catalog::{is_reserved_top_level, FileManifest, Version, VERSION_FILE};
 
 use super::is_sentinel;
-use crate::failure::{ErrorKind, Failure};
+use lanspread_control::{ErrorKind, Failure};
 
 pub const INCOMING: &str = ".lanspread/incoming";
 

@@ -15,9 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::failure::Failure;
 use crate::limit::RateLimit;
 use crate::writer::Writer;
+use lanspread_control::Failure;
 
 /// How a chunk fetch failed.
 #[derive(Debug, Clone)]

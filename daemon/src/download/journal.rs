@@ -15,7 +15,7 @@ use lanspread_peer::{journal_entry, journal_header, judge_journal, ChunkSpec, Re
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
-use crate::failure::Failure;
+use lanspread_control::Failure;
 
 /// Journal path under a game root.
 pub const JOURNAL: &str = ".lanspread/partial";

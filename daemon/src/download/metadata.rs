@@ -14,8 +14,9 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::{link, stop::stop_requested};
-use crate::failure::{ErrorKind, Failure};
+use crate::failure::peer_failure;
 use crate::state::Shared;
+use lanspread_control::{ErrorKind, Failure};
 
 /// Runs the engine until it asks for [`Action::Prepare`] (the manifest is chosen).
 pub(super) async fn validated(
@@ -44,7 +45,7 @@ pub(super) async fn validated(
                     );
                 }
                 Action::Prepare => return Ok(()),
-                Action::Fail(e) => return Err(e.into()),
+                Action::Fail(e) => return Err(peer_failure(e)),
                 other => {
                     return Err(Failure::internal(format_args!(
                         "download engine asked {other:?} before the manifest was chosen"

@@ -32,10 +32,11 @@ pub use stop::{cancel, cancellable};
 /// runs on it.
 pub const LEFTOVERS: [&str; 2] = [commit::INCOMING, journal::JOURNAL_TMP];
 
-use crate::api::{EventKind, FileSize};
-use crate::failure::{ErrorKind, Failure};
+use crate::failure::peer_failure;
 use crate::state::Shared;
 use fetch::{ChunkJob, FetchError};
+use lanspread_control::api::{EventKind, FileSize};
+use lanspread_control::{ErrorKind, Failure};
 
 /// Checks a download request and registers the operation. Refusals leave nothing behind.
 pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Failure> {
@@ -47,7 +48,7 @@ pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Fail
     };
     let mut inner = shared.lock();
     if inner.operations.get(&id).is_some() {
-        return Err(lanspread_peer::PeerError::Busy(id).into());
+        return Err(peer_failure(lanspread_peer::PeerError::Busy(id)));
     }
     let Some(sources) = latest_sources(&inner.peers, &id) else {
         drop(inner);
@@ -75,7 +76,10 @@ pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Fail
             ));
         }
     }
-    inner.operations.begin(&id, OpKind::Download)?;
+    inner
+        .operations
+        .begin(&id, OpKind::Download)
+        .map_err(peer_failure)?;
     shared
         .cancels
         .lock()
@@ -147,7 +151,10 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
                 kind: failure.kind,
                 sources: why
                     .into_iter()
-                    .map(|(peer_id, reason)| crate::api::SourceFailure { peer_id, reason })
+                    .map(|(peer_id, reason)| lanspread_control::api::SourceFailure {
+                        peer_id,
+                        reason,
+                    })
                     .collect(),
             });
             false
@@ -392,7 +399,7 @@ async fn transfer(
                 Action::Fetch(f) => t.start(engine, f),
                 Action::Verified { chunk, peer } => t.verified(engine, chunk, peer),
                 Action::Commit => return Ok(()),
-                Action::Fail(e) => return Err(e.into()),
+                Action::Fail(e) => return Err(peer_failure(e)),
                 Action::AskManifest(_) | Action::Prepare => {
                     return Err(Failure::internal(
                         "download engine went back to its manifest phase",

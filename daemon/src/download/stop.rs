@@ -4,8 +4,8 @@
 
 use lanspread_catalog::GameId;
 
-use crate::failure::{ErrorKind, Failure};
 use crate::state::Shared;
+use lanspread_control::{ErrorKind, Failure};
 
 /// Asks the running download of `id` to stop (`cancel`); its `download-failed` follows.
 /// `false`: no download of it is running.

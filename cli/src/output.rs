@@ -1,6 +1,6 @@
 //! Human-readable renderings of replies.
 
-use crate::api::{GamesList, PeerInfo, StatusInfo};
+use lanspread_control::api::{GamesList, PeerInfo, StatusInfo};
 
 /// Bytes with a binary unit.
 pub fn bytes(n: u64) -> String {
@@ -39,7 +39,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// One event as a readable line: `HH:MM:SS.mmm name key=value ...` (UTC; lists are
 /// shown by their length).
-pub fn event_line(e: &crate::api::Event) -> String {
+pub fn event_line(e: &lanspread_control::api::Event) -> String {
     let ms = e.ts_ms % 86_400_000;
     let mut line = format!(
         "{:02}:{:02}:{:02}.{:03}",
@@ -257,12 +257,12 @@ mod tests {
 
     #[test]
     fn readable_event_lines() {
-        let e = crate::api::Event {
+        let e = lanspread_control::api::Event {
             ts_ms: 86_400_000 + 3_723_004,
-            kind: crate::api::EventKind::DownloadFailed {
-                game_id: lanspread_catalog::GameId::new("cod5").unwrap(),
+            kind: lanspread_control::api::EventKind::DownloadFailed {
+                game_id: lanspread_control::api::GameId::new("cod5").unwrap(),
                 reason: "no peers".into(),
-                kind: crate::api::ErrorKind::NoSources,
+                kind: lanspread_control::api::ErrorKind::NoSources,
                 sources: Vec::new(),
             },
         };
@@ -270,12 +270,12 @@ mod tests {
             event_line(&e),
             "01:02:03.004 download-failed game_id=cod5 kind=no-sources reason=no peers sources=[]"
         );
-        let id = lanspread_catalog::GameId::new("cod5").unwrap();
-        let rate = crate::api::Event {
+        let id = lanspread_control::api::GameId::new("cod5").unwrap();
+        let rate = lanspread_control::api::Event {
             ts_ms: 0,
-            kind: crate::api::EventKind::DownloadFinished {
+            kind: lanspread_control::api::EventKind::DownloadFinished {
                 game_id: id.clone(),
-                version: lanspread_catalog::Version::parse("20250101").unwrap(),
+                version: lanspread_control::api::Version::parse("20250101").unwrap(),
                 bytes: 1 << 20,
                 chunks: 1,
                 duration_ms: 3,
@@ -289,13 +289,13 @@ mod tests {
             line.contains("mbit_per_s=2796.2 mib_per_s=333.3 "),
             "{line}"
         );
-        let files = crate::api::Event {
+        let files = lanspread_control::api::Event {
             ts_ms: 0,
-            kind: crate::api::EventKind::GotGameFiles {
+            kind: lanspread_control::api::EventKind::GotGameFiles {
                 game_id: id,
-                version: lanspread_catalog::Version::parse("20250101").unwrap(),
+                version: lanspread_control::api::Version::parse("20250101").unwrap(),
                 files: (0..6)
-                    .map(|i| crate::api::FileSize {
+                    .map(|i| lanspread_control::api::FileSize {
                         path: format!("f{i}.eti"),
                         size: 2048,
                     })

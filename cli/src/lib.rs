@@ -1,15 +1,17 @@
 //! The `lanspread` command-line client: clap definitions, one function per command, and
 //! the mapping of outcomes to exit codes (0 ok, 1 refused/failed, 2 usage, 3 unreachable).
+//! It speaks the control protocol (`lanspread-control`) and does not depend on the daemon:
+//! `demo` and `man --daemon` get the daemon through [`Host`].
 
 /// `println!` for the CLI's output (see [`out_line`]).
 macro_rules! outln {
     ($($t:tt)*) => {
-        $crate::cli::out_line(format_args!($($t)*))
+        $crate::out_line(format_args!($($t)*))
     };
 }
 
-mod client;
 mod demo;
+mod host;
 mod output;
 mod progress;
 
@@ -19,9 +21,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 
-use crate::api::{ErrorKind, Reply, Request};
-use crate::failure::Failure;
-pub use client::Client;
+use lanspread_control::{Client, ControlError, ErrorKind, Failure, Reply, Request};
+
+pub use host::{DemoPeer, Host, HostedDaemon};
 
 /// `lanspread` arguments.
 #[derive(Debug, Parser)]
@@ -143,6 +145,15 @@ impl From<Failure> for CliError {
     }
 }
 
+impl From<ControlError> for CliError {
+    fn from(e: ControlError) -> Self {
+        match e {
+            ControlError::Unreachable(m) => Self::Unreachable(m),
+            ControlError::Failed(f) => Self::Failed(f),
+        }
+    }
+}
+
 impl CliError {
     /// A failure of `kind` (exit 1).
     pub fn failed(kind: ErrorKind, message: impl Into<String>) -> Self {
@@ -184,52 +195,17 @@ impl CliError {
     }
 }
 
-/// Runs a parsed command line.
-pub async fn run(cli: Cli) -> Result<(), CliError> {
+/// Runs a parsed command line; `host` supplies the daemon for `demo` and `man --daemon`.
+pub async fn run(cli: Cli, host: &impl Host) -> Result<(), CliError> {
     let socket = cli
         .socket
         .clone()
-        .unwrap_or_else(crate::paths::socket_path_from_env);
+        .unwrap_or_else(lanspread_control::socket_path_from_env);
     let json = cli.json;
+    let ask = |request: Request, spinner: Option<String>| one_shot(&socket, json, request, spinner);
     match cli.command {
-        Command::Pack { dir, output } => {
-            let s = lanspread_install::pack_dir(&dir, &output).map_err(|e| {
-                let kind = match &e {
-                    lanspread_install::InstallError::Io { source, .. } => {
-                        crate::failure::io_kind(source)
-                    }
-                    _ => ErrorKind::BadRequest,
-                };
-                CliError::failed(kind, format!("pack failed: {e}"))
-            })?;
-            #[derive(Serialize)]
-            struct Packed {
-                archive: String,
-                files: u64,
-                dirs: u64,
-                links: u64,
-                bytes: u64,
-            }
-            let p = Packed {
-                archive: output.display().to_string(),
-                files: s.files,
-                dirs: s.dirs,
-                links: s.links,
-                bytes: s.bytes,
-            };
-            print(json, &p, || {
-                format!(
-                    "packed {} files, {} dirs, {} symlinks, {} into {}",
-                    p.files,
-                    p.dirs,
-                    p.links,
-                    output::bytes(p.bytes),
-                    p.archive
-                )
-            });
-            Ok(())
-        }
-        Command::Demo => demo::run().await,
+        Command::Pack { dir, output } => pack(json, &dir, &output),
+        Command::Demo => demo::run(host).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "lanspread", &mut std::io::stdout());
@@ -237,7 +213,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Man { daemon } => {
             let cmd = if daemon {
-                <crate::config::DaemonArgs as clap::CommandFactory>::command()
+                host.daemon_command()
             } else {
                 <Cli as clap::CommandFactory>::command()
             };
@@ -253,37 +229,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let mut c = Client::connect(&socket).await?;
             progress::download(&mut c, &game, !no_install, detach, json).await
         }
-        Command::Events => {
-            let mut c = Client::connect(&socket).await?;
-            c.send(&Request::Events {}).await?;
-            loop {
-                match c.next().await? {
-                    Some(Reply::Event(e)) => {
-                        let line = if json {
-                            serde_json::to_string(&e)
-                                .map_err(|e| CliError::failed(ErrorKind::Internal, e.to_string()))?
-                        } else {
-                            output::event_line(&e)
-                        };
-                        outln!("{line}");
-                    }
-                    Some(other) => return Err(unexpected(other)),
-                    None => return Ok(()),
-                }
-            }
-        }
-        Command::Status => one_shot(&socket, json, Request::Status {}, None)
-            .await
-            .map(drop),
-        Command::Connect { addr } => one_shot(&socket, json, Request::Connect { addr }, None)
-            .await
-            .map(drop),
-        Command::ListGames => one_shot(&socket, json, Request::ListGames {}, None)
-            .await
-            .map(drop),
-        Command::ListPeers => one_shot(&socket, json, Request::ListPeers {}, None)
-            .await
-            .map(drop),
+        Command::Events => events(&socket, json).await,
+        Command::Status => ask(Request::Status {}, None).await.map(drop),
+        Command::Connect { addr } => ask(Request::Connect { addr }, None).await.map(drop),
+        Command::ListGames => ask(Request::ListGames {}, None).await.map(drop),
+        Command::ListPeers => ask(Request::ListPeers {}, None).await.map(drop),
         Command::WaitPeers { n, timeout } => {
             let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
             let request = Request::WaitPeers {
@@ -298,35 +248,85 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Install { game } => {
             let msg = format!("installing {game}");
-            one_shot(&socket, json, Request::Install { game }, Some(msg))
-                .await
-                .map(drop)
+            ask(Request::Install { game }, Some(msg)).await.map(drop)
         }
         Command::Uninstall { game } => {
             let msg = format!("uninstalling {game}");
-            one_shot(&socket, json, Request::Uninstall { game }, Some(msg))
-                .await
-                .map(drop)
+            ask(Request::Uninstall { game }, Some(msg)).await.map(drop)
         }
-        Command::Cancel { game } => {
-            one_shot(&socket, json, Request::Cancel { game: game.clone() }, None)
-                .await
-                .map(drop)
-        }
+        Command::Cancel { game } => ask(Request::Cancel { game }, None).await.map(drop),
         Command::Remove { game, yes } => {
             if !yes {
                 confirm_remove(&game)?;
             }
             let msg = format!("removing {game}");
-            one_shot(&socket, json, Request::Remove { game }, Some(msg))
-                .await
-                .map(drop)
+            ask(Request::Remove { game }, Some(msg)).await.map(drop)
         }
         Command::Shutdown => {
-            let mut c = one_shot(&socket, json, Request::Shutdown {}, None).await?;
+            let mut c = ask(Request::Shutdown {}, None).await?;
             // Wait until the daemon has said goodbye and closed the socket.
             c.wait_closed(Duration::from_secs(10)).await;
             Ok(())
+        }
+    }
+}
+
+/// `pack`: a RAR5 store archive of a directory, no daemon involved.
+fn pack(json: bool, dir: &std::path::Path, output: &std::path::Path) -> Result<(), CliError> {
+    let s = lanspread_install::pack_dir(dir, output).map_err(|e| {
+        let kind = match &e {
+            lanspread_install::InstallError::Io { source, .. } => {
+                lanspread_control::io_kind(source)
+            }
+            _ => ErrorKind::BadRequest,
+        };
+        CliError::failed(kind, format!("pack failed: {e}"))
+    })?;
+    #[derive(Serialize)]
+    struct Packed {
+        archive: String,
+        files: u64,
+        dirs: u64,
+        links: u64,
+        bytes: u64,
+    }
+    let p = Packed {
+        archive: output.display().to_string(),
+        files: s.files,
+        dirs: s.dirs,
+        links: s.links,
+        bytes: s.bytes,
+    };
+    print(json, &p, || {
+        format!(
+            "packed {} files, {} dirs, {} symlinks, {} into {}",
+            p.files,
+            p.dirs,
+            p.links,
+            output::bytes(p.bytes),
+            p.archive
+        )
+    });
+    Ok(())
+}
+
+/// `events`: every event as a line until the daemon closes the stream.
+async fn events(socket: &std::path::Path, json: bool) -> Result<(), CliError> {
+    let mut c = Client::connect(socket).await?;
+    c.send(&Request::Events {}).await?;
+    loop {
+        match c.next().await? {
+            Some(Reply::Event(e)) => {
+                let line = if json {
+                    serde_json::to_string(&e)
+                        .map_err(|e| CliError::failed(ErrorKind::Internal, e.to_string()))?
+                } else {
+                    output::event_line(&e)
+                };
+                outln!("{line}");
+            }
+            Some(other) => return Err(unexpected(other)),
+            None => return Ok(()),
         }
     }
 }
@@ -430,7 +430,7 @@ async fn one_shot_within(
         None => c.request(&request).await,
         Some(limit) => match tokio::time::timeout(limit, c.request(&request)).await {
             Ok(reply) => reply,
-            Err(_) => Err(CliError::Unreachable(format!(
+            Err(_) => Err(ControlError::Unreachable(format!(
                 "lanspreadd at {} did not answer within {:.1} s (is it stopped or overloaded?)",
                 socket.display(),
                 limit.as_secs_f64()
@@ -480,8 +480,10 @@ fn render(json: bool, reply: Reply) -> Result<(), CliError> {
         Reply::Peers(p) => print(json, &p, || output::peers(&p)),
         Reply::Ok => print(json, &serde_json::json!({"ok": true}), || "ok".into()),
         Reply::Event(e) => print(json, &e, || match &e.kind {
-            crate::api::EventKind::InstallFinished { game_id } => format!("installed {game_id}"),
-            crate::api::EventKind::UninstallFinished { game_id } => {
+            lanspread_control::EventKind::InstallFinished { game_id } => {
+                format!("installed {game_id}")
+            }
+            lanspread_control::EventKind::UninstallFinished { game_id } => {
                 format!("uninstalled {game_id}")
             }
             other => format!("{other:?}"),

@@ -2,12 +2,11 @@
 //! per line; the daemon answers with one [`Reply`] per line (`events` answers with a
 //! stream of [`Reply::Event`]). Events are data, also appended to the events file.
 
-use lanspread_catalog::{Availability, GameId, Version};
-use lanspread_peer::RemoteRow;
-use lanspread_proto::PeerId;
+// The value types the protocol carries, re-exported so its users need no other crate.
+pub use lanspread_proto::{Availability, GameId, PeerId, Version};
 use serde::{Deserialize, Serialize};
 
-pub use crate::failure::ErrorKind;
+pub use crate::ErrorKind;
 
 /// A request from a client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,17 +226,6 @@ impl EventKind {
             | EventKind::InstallFailed { game_id, .. }
             | EventKind::UninstallFinished { game_id } => Some(game_id),
             _ => None,
-        }
-    }
-}
-
-impl From<RemoteRow> for RemoteGameRow {
-    fn from(r: RemoteRow) -> Self {
-        Self {
-            id: r.id,
-            eti_game_version: r.eti_game_version,
-            peer_count: r.peer_count,
-            size: r.size,
         }
     }
 }

@@ -5,9 +5,9 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::{output, unexpected, CliError, Client};
-use crate::api::{ErrorKind, EventKind, Reply, Request};
-use crate::failure::Failure;
+use lanspread_control::{Client, ErrorKind, EventKind, Failure, Reply, Request};
+
+use crate::{output, unexpected, CliError};
 
 /// Runs a download request to its end.
 pub async fn download(

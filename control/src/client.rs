@@ -7,8 +7,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
-use super::CliError;
-use crate::api::{ErrorKind, Reply, Request};
+use crate::{ControlError, ErrorKind, Reply, Request};
 
 /// A connection to the daemon's control socket.
 pub struct Client {
@@ -18,9 +17,9 @@ pub struct Client {
 
 impl Client {
     /// Connects; failure means the daemon is unreachable (exit 3).
-    pub async fn connect(path: &Path) -> Result<Self, CliError> {
+    pub async fn connect(path: &Path) -> Result<Self, ControlError> {
         let stream = UnixStream::connect(path).await.map_err(|e| {
-            CliError::Unreachable(format!(
+            ControlError::Unreachable(format!(
                 "cannot reach lanspreadd at {}: {e} (is the daemon running? use --socket or $LANSPREAD_SOCKET)",
                 path.display()
             ))
@@ -33,37 +32,37 @@ impl Client {
     }
 
     /// Sends a request without waiting for the reply.
-    pub async fn send(&mut self, request: &Request) -> Result<(), CliError> {
+    pub async fn send(&mut self, request: &Request) -> Result<(), ControlError> {
         let mut line = serde_json::to_vec(request)
-            .map_err(|e| CliError::failed(ErrorKind::Internal, e.to_string()))?;
+            .map_err(|e| ControlError::failed(ErrorKind::Internal, e.to_string()))?;
         line.push(b'\n');
         self.write
             .write_all(&line)
             .await
-            .map_err(|e| CliError::Unreachable(format!("control socket: {e}")))
+            .map_err(|e| ControlError::Unreachable(format!("control socket: {e}")))
     }
 
     /// The next reply; `None` when the daemon closed the connection.
-    pub async fn next(&mut self) -> Result<Option<Reply>, CliError> {
+    pub async fn next(&mut self) -> Result<Option<Reply>, ControlError> {
         match self.lines.next_line().await {
             Ok(Some(line)) => serde_json::from_str(&line).map(Some).map_err(|e| {
-                CliError::failed(
+                ControlError::failed(
                     ErrorKind::Internal,
                     format!("malformed reply from the daemon: {e}"),
                 )
             }),
             Ok(None) => Ok(None),
-            Err(e) => Err(CliError::Unreachable(format!("control socket: {e}"))),
+            Err(e) => Err(ControlError::Unreachable(format!("control socket: {e}"))),
         }
     }
 
-    /// Sends a request and returns its reply; a daemon refusal becomes `CliError::Failed`.
-    pub async fn request(&mut self, request: &Request) -> Result<Reply, CliError> {
+    /// Sends a request and returns its reply; a daemon refusal becomes [`ControlError::Failed`].
+    pub async fn request(&mut self, request: &Request) -> Result<Reply, ControlError> {
         self.send(request).await?;
         match self.next().await? {
-            Some(Reply::Error { message, kind }) => Err(CliError::failed(kind, message)),
+            Some(Reply::Error { message, kind }) => Err(ControlError::failed(kind, message)),
             Some(reply) => Ok(reply),
-            None => Err(CliError::Unreachable(
+            None => Err(ControlError::Unreachable(
                 "the daemon closed the connection".into(),
             )),
         }

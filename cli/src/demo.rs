@@ -1,4 +1,5 @@
-//! `lanspread demo`: two daemons on loopback, in this process, in a temp dir. A source
+//! `lanspread demo`: two daemons on loopback, in this process (started by the [`Host`]), in
+//! a temp dir. A source
 //! holds a generated 1 GiB game (`LANSPREAD_DEMO_BYTES` overrides the size); an empty
 //! client connects and downloads it with the progress bar, the copy's SHA-256 is checked
 //! against the source, the throughput is printed, and everything is removed again.
@@ -8,36 +9,29 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use super::{output, progress, CliError, Client};
-use crate::api::Request;
-use crate::{Daemon, DaemonConfig};
+use lanspread_control::{Client, ErrorKind, Request};
+
+use crate::{output, progress, CliError, DemoPeer, Host, HostedDaemon};
 
 const DEFAULT_BYTES: u64 = 1 << 30;
 const GAME: &str = "cod5";
 
 fn failed(e: impl std::fmt::Display) -> CliError {
-    CliError::failed(crate::ErrorKind::Internal, format!("demo: {e}"))
+    CliError::failed(ErrorKind::Internal, format!("demo: {e}"))
 }
 
-async fn start(dir: &Path, name: &str, games: &Path) -> Result<Daemon, CliError> {
-    let cfg = DaemonConfig {
+async fn start<H: Host>(
+    host: &H,
+    dir: &Path,
+    name: &str,
+    games: &Path,
+) -> Result<H::Daemon, CliError> {
+    let peer = DemoPeer {
         games: games.to_path_buf(),
         state: dir.join(format!("{name}-state")),
-        listen: "127.0.0.1:0".parse().map_err(failed)?,
         socket: dir.join(format!("{name}.sock")),
-        catalog: None,
-        events: None,
-        mdns: false,
-        mdns_interfaces: Vec::new(),
-        peers: Vec::new(),
-        secret_file: None,
-        group: None,
-        admin_group: None,
-        max_upload_mib_s: None,
-        max_download_mib_s: None,
-        transfer_threads: crate::config::default_transfer_threads(),
     };
-    Daemon::start(cfg).await.map_err(failed)
+    host.start_daemon(peer).await.map_err(|f| failed(f.message))
 }
 
 fn sha256(path: &Path) -> std::io::Result<String> {
@@ -100,7 +94,7 @@ fn write_game(games: &Path, bytes: u64) -> std::io::Result<()> {
 }
 
 /// Runs the demo.
-pub async fn run() -> Result<(), CliError> {
+pub async fn run(host: &impl Host) -> Result<(), CliError> {
     let bytes = std::env::var("LANSPREAD_DEMO_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -120,8 +114,8 @@ pub async fn run() -> Result<(), CliError> {
         .map_err(failed)?
         .map_err(failed)?;
 
-    let source = start(&dir, "source", &source_games).await?;
-    let client = start(&dir, "client", &client_games).await?;
+    let source = start(host, &dir, "source", &source_games).await?;
+    let client = start(host, &dir, "client", &client_games).await?;
     outln!("source {} on {}", source.peer_id(), source.addr());
     outln!("client {} on {}", client.peer_id(), client.addr());
     let result = async {
