@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use lanspread_control::{Client, ErrorKind, EventKind, Failure, Reply, Request};
+use lanspread_control::{Client, ErrorKind, Event, EventKind, Failure, Reply, Request};
 
 use crate::{output, unexpected, CliError};
 
@@ -23,43 +23,69 @@ pub async fn download(
         detach,
     })
     .await?;
-    let bar = (!json && std::io::stdout().is_terminal()).then(|| {
-        let b = ProgressBar::new(0);
-        b.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.set_message(game.to_owned());
-        b
-    });
-    let mut finished: Option<serde_json::Value> = None;
+    let mut watch = Watch {
+        game,
+        install,
+        json,
+        bar: (!json && std::io::stdout().is_terminal()).then(|| bar(game)),
+        finished: None,
+    };
     loop {
-        let reply = match c.next().await? {
-            Some(r) => r,
-            None => {
-                return Err(CliError::failed(
-                    ErrorKind::Internal,
-                    "the daemon closed the connection before the download ended",
-                ))
-            }
+        let Some(reply) = c.next().await? else {
+            return Err(CliError::failed(
+                ErrorKind::Internal,
+                "the daemon closed the connection before the download ended",
+            ));
         };
-        let event = match reply {
+        match reply {
             Reply::Started { game_id } => {
-                super::print(json, &serde_json::json!({"started": game_id}), || {
+                crate::print(json, &serde_json::json!({"started": game_id}), || {
                     format!("download of {game_id} started")
                 });
                 return Ok(());
             }
-            Reply::Event(e) => e,
+            Reply::Event(e) => {
+                if watch.on_event(&e)? {
+                    return Ok(());
+                }
+            }
             other => return Err(unexpected(other)),
-        };
-        let value = serde_json::to_value(&event)
+        }
+    }
+}
+
+fn bar(game: &str) -> ProgressBar {
+    let b = ProgressBar::new(0);
+    b.set_style(
+        ProgressStyle::with_template(
+            "{msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    b.set_message(game.to_owned());
+    b
+}
+
+/// What `download` shows while the events of one download arrive.
+struct Watch<'a> {
+    game: &'a str,
+    install: bool,
+    json: bool,
+    /// The progress bar, on a terminal without --json.
+    bar: Option<ProgressBar>,
+    /// `download-finished` as JSON, kept until the install's event completes the document.
+    finished: Option<serde_json::Value>,
+}
+
+impl Watch<'_> {
+    /// Shows one event; true when it ends the command.
+    fn on_event(&mut self, event: &Event) -> Result<bool, CliError> {
+        let (game, json) = (self.game, self.json);
+        let value = serde_json::to_value(event)
             .map_err(|e| CliError::failed(ErrorKind::Internal, e.to_string()))?;
         match &event.kind {
-            EventKind::GotGameFiles { files, sources, .. } if bar.is_none() && !json => {
+            EventKind::GotGameFiles { files, sources, .. } if self.bar.is_none() && !json => {
                 outln!(
                     "{game}: {} files from {} source(s)",
                     files.len(),
@@ -72,25 +98,9 @@ pub async fn download(
                 resumed_chunks,
                 resumed_bytes,
                 ..
-            } => match &bar {
-                Some(b) => {
-                    b.set_length(*bytes);
-                    b.set_position(*resumed_bytes);
-                }
-                None if !json && *resumed_chunks > 0 => outln!(
-                    "{game}: resuming, {} of {} already here, {} chunks to fetch",
-                    output::bytes(*resumed_bytes),
-                    output::bytes(*bytes),
-                    chunks - resumed_chunks
-                ),
-                None if !json => outln!(
-                    "{game}: downloading {} in {chunks} chunks",
-                    output::bytes(*bytes)
-                ),
-                None => {}
-            },
+            } => self.begin(*bytes, *chunks, *resumed_chunks, *resumed_bytes),
             EventKind::DownloadChunkFinished { len, .. } => {
-                if let Some(b) = &bar {
+                if let Some(b) = &self.bar {
                     b.inc(*len);
                 }
             }
@@ -101,7 +111,7 @@ pub async fn download(
                 duration_ms,
                 ..
             } => {
-                if let Some(b) = &bar {
+                if let Some(b) = &self.bar {
                     b.finish_and_clear();
                 }
                 if !json {
@@ -110,48 +120,79 @@ pub async fn download(
                         output::finished(*bytes, *resumed_bytes, *duration_ms, *mib_per_s)
                     );
                 }
-                if event.kind.ends_download(install) {
+                if event.kind.ends_download(self.install) {
                     if json {
                         outln!("{value}");
                     }
-                    return Ok(());
+                    return Ok(true);
                 }
-                finished = Some(value);
+                self.finished = Some(value);
             }
             EventKind::DownloadFailed { reason, kind, .. } => {
-                if let Some(b) = &bar {
+                if let Some(b) = &self.bar {
                     b.abandon();
                 }
-                let f = Failure::new(*kind, format!("download of {game} failed: {reason}"));
-                if json {
-                    outln!("{value}");
-                    return Err(CliError::FailedPrinted(f));
-                }
-                return Err(CliError::Failed(f));
+                let message = format!("download of {game} failed: {reason}");
+                return Err(self.failed(Failure::new(*kind, message), &value));
             }
             EventKind::InstallBegin { .. } if !json => outln!("{game}: installing"),
             EventKind::InstallFinished { .. } => {
-                let mut doc = finished.take().unwrap_or_else(|| serde_json::json!({}));
-                doc["install"] = value;
+                let doc = self.with_install(value);
                 if json {
                     outln!("{doc}");
                 } else {
                     outln!("{game}: installed");
                 }
-                return Ok(());
+                return Ok(true);
             }
             EventKind::InstallFailed { reason, kind, .. } => {
-                let mut doc = finished.take().unwrap_or_else(|| serde_json::json!({}));
-                doc["install"] = value;
-                let f = Failure::new(*kind, format!("install of {game} failed: {reason}"));
-                if json {
-                    outln!("{doc}");
-                    return Err(CliError::FailedPrinted(f));
-                }
-                return Err(CliError::Failed(f));
+                let doc = self.with_install(value);
+                let message = format!("install of {game} failed: {reason}");
+                return Err(self.failed(Failure::new(*kind, message), &doc));
             }
             _ => {}
         }
+        Ok(false)
+    }
+
+    fn begin(&self, bytes: u64, chunks: u64, resumed_chunks: u64, resumed_bytes: u64) {
+        let game = self.game;
+        match &self.bar {
+            Some(b) => {
+                b.set_length(bytes);
+                b.set_position(resumed_bytes);
+            }
+            None if self.json => {}
+            None if resumed_chunks > 0 => outln!(
+                "{game}: resuming, {} of {} already here, {} chunks to fetch",
+                output::bytes(resumed_bytes),
+                output::bytes(bytes),
+                chunks - resumed_chunks
+            ),
+            None => outln!(
+                "{game}: downloading {} in {chunks} chunks",
+                output::bytes(bytes)
+            ),
+        }
+    }
+
+    /// The `download-finished` document with the install's event under `install`.
+    fn with_install(&mut self, install: serde_json::Value) -> serde_json::Value {
+        let mut doc = self
+            .finished
+            .take()
+            .unwrap_or_else(|| serde_json::json!({}));
+        doc["install"] = install;
+        doc
+    }
+
+    /// The command's failure; with --json its document is printed first.
+    fn failed(&self, f: Failure, doc: &serde_json::Value) -> CliError {
+        if self.json {
+            outln!("{doc}");
+            return CliError::FailedPrinted(f);
+        }
+        CliError::Failed(f)
     }
 }
 

@@ -9,6 +9,8 @@ use std::ffi::CString;
 use lanspread_control::api::Request;
 use lanspread_control::{ErrorKind, Failure};
 
+use crate::DaemonError;
+
 /// A connected client, from `SO_PEERCRED` and `/proc/<pid>/status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
@@ -115,12 +117,14 @@ fn supplementary_groups(status: &str) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// A group name (or a numeric gid) to its gid, through the system's group database.
-pub fn resolve_group(name: &str) -> Result<u32, String> {
+/// A group name (or a numeric gid) to its gid, through the system's group database;
+/// `key` names the setting in the error.
+pub fn resolve_group(key: &str, name: &str) -> Result<u32, DaemonError> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(gid);
     }
-    let cname = CString::new(name).map_err(|_| format!("group {name:?}: invalid name"))?;
+    let bad = |why: &str| DaemonError::Config(format!("{key}: group {name:?} {why}"));
+    let cname = CString::new(name).map_err(|_| bad("is not a valid name"))?;
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     // SAFETY: zeroed plain-data struct that getgrnam_r fills.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
@@ -137,7 +141,7 @@ pub fn resolve_group(name: &str) -> Result<u32, String> {
         )
     };
     if rc != 0 || found.is_null() {
-        return Err(format!("group {name:?} does not exist"));
+        return Err(bad("does not exist"));
     }
     Ok(grp.gr_gid)
 }
@@ -208,9 +212,13 @@ mod tests {
 
     #[test]
     fn groups_resolve() {
-        assert_eq!(resolve_group("0"), Ok(0));
-        assert_eq!(resolve_group("root"), Ok(0));
-        assert!(resolve_group("no-such-group-here").is_err());
+        assert_eq!(resolve_group("group", "0").ok(), Some(0));
+        assert_eq!(resolve_group("group", "root").ok(), Some(0));
+        let err = resolve_group("admin_group", "no-such-group-here").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            r#"admin_group: group "no-such-group-here" does not exist"#
+        );
     }
 
     #[test]

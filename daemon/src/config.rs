@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use clap::Parser;
 use serde::Deserialize;
 
+use lanspread_control::{ErrorKind, Failure};
+
 use crate::DaemonError;
 
 /// Config file read when `--config` is not given, if it exists.
@@ -169,18 +171,19 @@ pub fn default_transfer_threads() -> usize {
 /// Checks the shape of a peer address, `host:port` (a name, an IPv4 address or a
 /// bracketed IPv6 address), before any lookup: so a bad port is said as such, not as "does
 /// not resolve".
-pub fn check_host_port(addr: &str) -> Result<(), String> {
+pub fn check_host_port(addr: &str) -> Result<(), Failure> {
+    let bad = |why: String| Err(Failure::new(ErrorKind::BadRequest, why));
     let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(format!("{addr:?} is not host:port"));
+        return bad(format!("{addr:?} is not host:port"));
     };
     if host.is_empty() || (host.contains(':') && !(host.starts_with('[') && host.ends_with(']'))) {
-        return Err(format!(
+        return bad(format!(
             "{addr:?} is not host:port (an IPv6 address goes in brackets: [::1]:41741)"
         ));
     }
     match port.parse::<u16>() {
         Ok(p) if p > 0 => Ok(()),
-        _ => Err(format!(
+        _ => bad(format!(
             "{addr:?}: port {port:?} is not a number in 1..=65535"
         )),
     }
@@ -319,7 +322,8 @@ mod tests {
             ("::1:41741", "brackets"),
         ] {
             let err = check_host_port(bad).unwrap_err();
-            assert!(err.contains(says), "{bad}: {err}");
+            assert_eq!(err.kind, ErrorKind::BadRequest);
+            assert!(err.message.contains(says), "{bad}: {err}");
         }
     }
 

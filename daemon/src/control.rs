@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
-use crate::access::{caller_of, Policy};
+use crate::access::{caller_of, Caller, Policy};
 use crate::links::dial;
 use crate::state::Shared;
 use crate::DaemonError;
@@ -116,57 +116,26 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>, sl
         }
     };
     let (read, mut write) = stream.into_split();
-    let limit = if policy.is_admin(&caller) {
-        MAX_CLIENTS + ADMIN_RESERVE
-    } else {
-        MAX_CLIENTS
-    };
-    if slot.nth > limit {
-        warn!(
-            uid = caller.uid,
-            "control socket: {} connections open; refused one",
-            slot.nth - 1
-        );
-        let why = format!(
-            "too many control connections ({} open); try again later",
-            slot.nth - 1
-        );
-        let _ = send(&mut write, &error(ErrorKind::Busy, &why)).await;
+    if let Err(busy) = admit(&policy, &caller, &slot) {
+        let _ = send(&mut write, &failed(busy)).await;
         return;
     }
     let mut read = BufReader::new(read);
     let mut line = Vec::new();
     loop {
-        line.clear();
-        match read_request(&mut read, &mut line).await {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(LineError::TooLong) => {
-                let _ = send(
-                    &mut write,
-                    &error(ErrorKind::BadRequest, "request too long"),
-                )
-                .await;
-                return;
-            }
-            Err(LineError::Io(e)) => {
-                debug!("control client: {e}");
-                return;
-            }
-        }
-        let request: Request = match serde_json::from_slice(&line) {
-            Ok(r) => r,
-            Err(e) => {
-                if send(
-                    &mut write,
-                    &error(ErrorKind::BadRequest, &format!("bad request: {e}")),
-                )
-                .await
-                .is_err()
-                {
+        let request = match next_request(&mut read, &mut line).await {
+            Next::Request(r) => r,
+            Next::Bad(reply) => {
+                if send(&mut write, &reply).await.is_err() {
                     return;
                 }
                 continue;
+            }
+            Next::End(last) => {
+                if let Some(reply) = last {
+                    let _ = send(&mut write, &reply).await;
+                }
+                return;
             }
         };
         if let Err(why) = policy.check(&caller, &request) {
@@ -193,6 +162,62 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>, sl
         if send(&mut write, &reply).await.is_err() {
             return;
         }
+    }
+}
+
+/// Within the connection cap (an admin may use the reserve above it)? Else why not.
+fn admit(policy: &Policy, caller: &Caller, slot: &Slot) -> Result<(), Failure> {
+    let limit = if policy.is_admin(caller) {
+        MAX_CLIENTS + ADMIN_RESERVE
+    } else {
+        MAX_CLIENTS
+    };
+    if slot.nth <= limit {
+        return Ok(());
+    }
+    warn!(
+        uid = caller.uid,
+        "control socket: {} connections open; refused one",
+        slot.nth - 1
+    );
+    Err(Failure::new(
+        ErrorKind::Busy,
+        format!(
+            "too many control connections ({} open); try again later",
+            slot.nth - 1
+        ),
+    ))
+}
+
+/// What the next line of a control connection holds.
+enum Next {
+    /// A request.
+    Request(Request),
+    /// Not a request; answer this and read on.
+    Bad(Reply),
+    /// The connection ends, after this answer if there is one.
+    End(Option<Reply>),
+}
+
+async fn next_request(
+    read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    line: &mut Vec<u8>,
+) -> Next {
+    line.clear();
+    match read_request(read, line).await {
+        Ok(true) => {}
+        Ok(false) => return Next::End(None),
+        Err(LineError::TooLong) => {
+            return Next::End(Some(error(ErrorKind::BadRequest, "request too long")))
+        }
+        Err(LineError::Io(e)) => {
+            debug!("control client: {e}");
+            return Next::End(None);
+        }
+    }
+    match serde_json::from_slice(line) {
+        Ok(r) => Next::Request(r),
+        Err(e) => Next::Bad(error(ErrorKind::BadRequest, &format!("bad request: {e}"))),
     }
 }
 
@@ -379,8 +404,7 @@ async fn cancel(shared: &Arc<Shared>, id: &lanspread_catalog::GameId) -> Reply {
 }
 
 async fn resolve(addr: &str) -> Result<std::net::SocketAddr, Failure> {
-    crate::config::check_host_port(addr)
-        .map_err(|e| Failure::new(ErrorKind::BadRequest, format!("invalid peer address: {e}")))?;
+    crate::config::check_host_port(addr).map_err(|e| e.context("invalid peer address"))?;
     let mut addrs = tokio::net::lookup_host(addr).await.map_err(|e| {
         Failure::new(
             ErrorKind::ConnectFailed,

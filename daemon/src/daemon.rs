@@ -96,52 +96,17 @@ impl Daemon {
             Some(p) => Some(lanspread_transfer::load_secret(p)?),
             None => None,
         };
-        let group = match &config.group {
-            Some(g) => {
-                Some(resolve_group(g).map_err(|e| DaemonError::Config(format!("group: {e}")))?)
-            }
-            None => None,
-        };
-        let policy = Policy {
-            // SAFETY: geteuid has no preconditions.
-            daemon_uid: unsafe { libc::geteuid() },
-            admin: match &config.admin_group {
-                Some(g) => Some((
-                    g.clone(),
-                    resolve_group(g)
-                        .map_err(|e| DaemonError::Config(format!("admin_group: {e}")))?,
-                )),
-                None => None,
-            },
-        };
+        let (group, policy) = access_policy(&config)?;
         let listener = control::bind(&config.socket, group).await?;
-        let tuning = TransportTuning::default();
-        let endpoint = make_endpoint(&identity, config.listen, &tuning)?;
-        // A download's N data connections to one source share one connection window.
-        let data_client = data_client_config(&identity, &tuning.per_lane(config.transfer_threads))?;
-        let listen = endpoint
+        let net = transfers(&identity, &config)?;
+        let listen = net
+            .endpoint
             .local_addr()
             .map_err(|e| DaemonError::io("quic socket", e))?;
-        // Data endpoints bind the listen address's IP on a free port (dial only).
-        let data_bind = SocketAddr::new(listen.ip(), 0);
-        let threads = TransferThreads::start(config.transfer_threads, || {
-            make_data_endpoint(data_bind, &tuning, data_client.clone())
-        })?;
         let me = LocalPeer {
             id: identity.peer_id().clone(),
             listen,
             secret,
-        };
-        let net = Transfers {
-            endpoint,
-            data_client,
-            threads,
-            tuning,
-            upload_limit: config.max_upload_mib_s.map(RateLimit::new),
-            download_limit: config.max_download_mib_s.map(RateLimit::new),
-            writer: Writer::new(),
-            serve_slots: tokio::sync::Semaphore::new(crate::serve::CHUNK_STREAMS_TOTAL),
-            hashes: Arc::new(lanspread_catalog::HashCache::new()),
         };
         let shared = Shared::new(me, net, config.games.clone(), catalog, events, library);
         info!(peer_id = %shared.me.id, %listen, threads = config.transfer_threads, games = %config.games.display(), socket = %config.socket.display(), "lanspreadd ready");
@@ -152,42 +117,10 @@ impl Daemon {
         shared.events.emit(EventKind::LocalLibraryChanged {
             games: shared.local_states(),
         });
-        let mut tasks = vec![
-            tokio::spawn(links::accept_loop(shared.clone())),
-            tokio::spawn(control::serve(shared.clone(), listener, policy)),
-        ];
-        if let Some(rx) = shared
-            .redial_rx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            tasks.push(tokio::spawn(links::redial_manager(shared.clone(), rx)));
-        }
-        let mdns = if config.mdns {
-            match mdns::start(shared.clone(), &config.mdns_interfaces) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    warn!("{e}; discovery off (use `lanspread connect` or `peers = [...]`)");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let watcher = watch::start(shared.clone());
-        let interval = if watcher.is_some() {
-            RESCAN_BACKUP
-        } else {
-            RESCAN_INTERVAL
-        };
-        tasks.push(tokio::spawn(periodic_rescan(shared.clone(), interval)));
-        for peer in config.peers {
-            tasks.push(tokio::spawn(static_peer(shared.clone(), peer)));
-        }
+        let (tasks, watcher, mdns) = spawn_tasks(&shared, listener, policy, &config);
         Ok(Self {
             shared,
-            socket: config.socket,
+            socket: config.socket.clone(),
             tasks,
             _watcher: watcher,
             _mdns: mdns,
@@ -250,4 +183,98 @@ impl Daemon {
         info!("lanspreadd stopped");
         self.shared.events.close(Duration::from_secs(1));
     }
+}
+
+/// The control socket's group and the access policy, from the group names in the config.
+fn access_policy(config: &DaemonConfig) -> Result<(Option<libc::gid_t>, Policy), DaemonError> {
+    let group = match &config.group {
+        Some(g) => Some(resolve_group("group", g)?),
+        None => None,
+    };
+    let admin = match &config.admin_group {
+        Some(g) => Some((g.clone(), resolve_group("admin_group", g)?)),
+        None => None,
+    };
+    let policy = Policy {
+        // SAFETY: geteuid has no preconditions.
+        daemon_uid: unsafe { libc::geteuid() },
+        admin,
+    };
+    Ok((group, policy))
+}
+
+/// The QUIC listener, the transfer threads with their data endpoints, the limits, the
+/// writer, the serve slots and the hash cache.
+fn transfers(identity: &Identity, config: &DaemonConfig) -> Result<Transfers, DaemonError> {
+    let tuning = TransportTuning::default();
+    let endpoint = make_endpoint(identity, config.listen, &tuning)?;
+    // A download's N data connections to one source share one connection window.
+    let data_client = data_client_config(identity, &tuning.per_lane(config.transfer_threads))?;
+    let listen = endpoint
+        .local_addr()
+        .map_err(|e| DaemonError::io("quic socket", e))?;
+    // Data endpoints bind the listen address's IP on a free port (dial only).
+    let data_bind = SocketAddr::new(listen.ip(), 0);
+    let threads = TransferThreads::start(config.transfer_threads, || {
+        make_data_endpoint(data_bind, &tuning, data_client.clone())
+    })?;
+    Ok(Transfers {
+        endpoint,
+        data_client,
+        threads,
+        tuning,
+        upload_limit: config.max_upload_mib_s.map(RateLimit::new),
+        download_limit: config.max_download_mib_s.map(RateLimit::new),
+        writer: Writer::new(),
+        serve_slots: tokio::sync::Semaphore::new(crate::serve::CHUNK_STREAMS_TOTAL),
+        hashes: Arc::new(lanspread_catalog::HashCache::new()),
+    })
+}
+
+/// The daemon's tasks: accept loop, control server, redial manager, mDNS, the watcher
+/// with its backup rescan, the static peers.
+fn spawn_tasks(
+    shared: &Arc<Shared>,
+    listener: tokio::net::UnixListener,
+    policy: Policy,
+    config: &DaemonConfig,
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    Option<notify::RecommendedWatcher>,
+    Option<mdns::Mdns>,
+) {
+    let mut tasks = vec![
+        tokio::spawn(links::accept_loop(shared.clone())),
+        tokio::spawn(control::serve(shared.clone(), listener, policy)),
+    ];
+    if let Some(rx) = shared
+        .redial_rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        tasks.push(tokio::spawn(links::redial_manager(shared.clone(), rx)));
+    }
+    let mdns = if config.mdns {
+        match mdns::start(shared.clone(), &config.mdns_interfaces) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                warn!("{e}; discovery off (use `lanspread connect` or `peers = [...]`)");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let watcher = watch::start(shared.clone());
+    let interval = if watcher.is_some() {
+        RESCAN_BACKUP
+    } else {
+        RESCAN_INTERVAL
+    };
+    tasks.push(tokio::spawn(periodic_rescan(shared.clone(), interval)));
+    for peer in config.peers.iter().cloned() {
+        tasks.push(tokio::spawn(static_peer(shared.clone(), peer)));
+    }
+    (tasks, watcher, mdns)
 }

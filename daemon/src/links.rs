@@ -141,55 +141,15 @@ async fn run_link(
             let _ = tx.send(r);
         }
     };
-    let remote = match peer_id_of(&conn) {
-        Ok(id) => id,
-        Err(e) => {
-            warn!(addr = %conn.remote_address(), "refused: {e}");
-            conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"no identity");
-            return tell(Err(refused(e.to_string())));
-        }
+    let Greeted {
+        remote,
+        mut recv,
+        mut writer,
+        addr,
+    } = match greet(&shared, &conn, direction).await {
+        Ok(g) => g,
+        Err(e) => return tell(Err(e)),
     };
-    Span::current().record("id", tracing::field::display(remote.short()));
-    if check_not_self(&shared.me.id, &remote).is_err() {
-        debug!("refused a connection from ourselves");
-        conn.close(VarInt::from_u32(close_code::SELF_CONNECT), b"self");
-        return tell(Err(peer_failure(lanspread_peer::PeerError::SelfConnect)));
-    }
-
-    // Our announce stream: hello now; the library only once the peer's hello passed our
-    // checks (so a peer without the secret learns nothing), then on every change. The
-    // LAN secret proof in it is bound to this TLS session and to our role in it.
-    let exchange = match Exchange::new(&shared.me, &conn, direction) {
-        Ok(x) => x,
-        Err(refusal) => {
-            handshake::close(&conn, &refusal);
-            return tell(Err(refused(refusal.why)));
-        }
-    };
-    let send = match conn.open_uni().await {
-        Ok(s) => s,
-        Err(e) => return tell(Err(refused(format!("cannot open a stream: {e}")))),
-    };
-    let (accepted, go) = oneshot::channel();
-    let hello = exchange.hello();
-    let mut writer = tokio::spawn(announce(shared.clone(), send, hello, go).in_current_span());
-
-    // Their announce stream: hello first.
-    let (mut recv, hello) = match exchange.receive_hello(&conn, &remote).await {
-        Ok(got) => got,
-        Err(refusal) => {
-            warn!(addr = %conn.remote_address(), "refused peer: {}", refusal.why);
-            writer.abort();
-            handshake::close(&conn, &refusal);
-            return tell(Err(refused(refusal.why)));
-        }
-    };
-    let _ = accepted.send(());
-    // IPv4 peers of a dual-stack socket show up as IPv4-mapped IPv6; list them as IPv4.
-    let addr = SocketAddr::new(
-        conn.remote_address().ip().to_canonical(),
-        hello.listen.port(),
-    );
 
     // Register, keeping one connection per peer.
     let upsert = match register(&shared, &conn, &remote, direction, addr) {
@@ -228,6 +188,80 @@ async fn run_link(
             let _ = shared.redial.send((Some(remote), addr));
         }
     }
+}
+
+/// A link past the hello exchange: the peer's proven id, its announce stream, our
+/// announce writer (sending the library once told to), its canonical listen address.
+struct Greeted {
+    remote: PeerId,
+    recv: RecvStream,
+    writer: tokio::task::JoinHandle<()>,
+    addr: SocketAddr,
+}
+
+/// The hello exchange of a new link: the peer's id from its certificate, not ourselves,
+/// our hello out, theirs in and checked (version, identity, LAN secret).
+async fn greet(
+    shared: &Arc<Shared>,
+    conn: &Connection,
+    direction: Direction,
+) -> Result<Greeted, Failure> {
+    let remote = match peer_id_of(conn) {
+        Ok(id) => id,
+        Err(e) => {
+            warn!(addr = %conn.remote_address(), "refused: {e}");
+            conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"no identity");
+            return Err(refused(e.to_string()));
+        }
+    };
+    Span::current().record("id", tracing::field::display(remote.short()));
+    if check_not_self(&shared.me.id, &remote).is_err() {
+        debug!("refused a connection from ourselves");
+        conn.close(VarInt::from_u32(close_code::SELF_CONNECT), b"self");
+        return Err(peer_failure(lanspread_peer::PeerError::SelfConnect));
+    }
+
+    // Our announce stream: hello now; the library only once the peer's hello passed our
+    // checks (so a peer without the secret learns nothing), then on every change. The
+    // LAN secret proof in it is bound to this TLS session and to our role in it.
+    let exchange = match Exchange::new(&shared.me, conn, direction) {
+        Ok(x) => x,
+        Err(refusal) => {
+            handshake::close(conn, &refusal);
+            return Err(refused(refusal.why));
+        }
+    };
+    let send = match conn.open_uni().await {
+        Ok(s) => s,
+        Err(e) => return Err(refused(format!("cannot open a stream: {e}"))),
+    };
+    let (accepted, go) = oneshot::channel();
+    let hello = exchange.hello();
+    let writer = tokio::spawn(announce(shared.clone(), send, hello, go).in_current_span());
+
+    // Their announce stream: hello first.
+    let (recv, hello) = match exchange.receive_hello(conn, &remote).await {
+        Ok(got) => got,
+        Err(refusal) => {
+            warn!(addr = %conn.remote_address(), "refused peer: {}", refusal.why);
+            writer.abort();
+            handshake::close(conn, &refusal);
+            return Err(refused(refusal.why));
+        }
+    };
+    let _ = accepted.send(());
+    // IPv4 peers of a dual-stack socket show up as IPv4-mapped IPv6; list them as IPv4.
+    let addr = SocketAddr::new(
+        conn.remote_address().ip().to_canonical(),
+        hello.listen.port(),
+    );
+
+    Ok(Greeted {
+        remote,
+        recv,
+        writer,
+        addr,
+    })
 }
 
 /// Adds the link of `remote` unless the connection already kept for it is preferred
