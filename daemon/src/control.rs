@@ -295,7 +295,7 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
     match request {
         Request::Status {} => Reply::Status(shared.status()),
         Request::ListGames {} => Reply::Games(shared.games()),
-        Request::ListPeers {} => Reply::Peers(shared.peers()),
+        Request::ListPeers {} => Reply::Peers(shared.peers.infos()),
         Request::Connect { addr } => match resolve(&addr).await {
             Ok(sa) => match dial(shared, sa).await {
                 Ok(info) => Reply::Connected(info),
@@ -304,15 +304,15 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
             Err(e) => failed(e),
         },
         Request::WaitPeers { count, timeout_ms } => {
-            let mut rx = shared.peer_count.subscribe();
+            let mut rx = shared.peers.count.subscribe();
             let wait = async move { rx.wait_for(|n| *n >= count).await.is_ok() };
             match tokio::time::timeout(Duration::from_millis(timeout_ms), wait).await {
-                Ok(true) => Reply::Peers(shared.peers()),
+                Ok(true) => Reply::Peers(shared.peers.infos()),
                 _ => error(
                     ErrorKind::Timeout,
                     &format!(
                         "timed out after {timeout_ms} ms waiting for {count} peers ({} connected)",
-                        *shared.peer_count.borrow()
+                        *shared.peers.count.borrow()
                     ),
                 ),
             }

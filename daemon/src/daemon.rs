@@ -58,7 +58,7 @@ async fn static_peer(shared: Arc<Shared>, peer: String) {
     };
     if let Err(e) = links::dial(&shared, addr).await {
         warn!(%peer, "static peer: {e}; retrying with backoff");
-        let _ = shared.redial.send((None, addr));
+        let _ = shared.peers.redial.send((None, addr));
     }
 }
 
@@ -151,9 +151,10 @@ impl Daemon {
 
     /// Whether links or downloads are still ending after a shutdown request.
     fn winding_down(&self) -> bool {
-        let inner = self.shared.lock();
-        !inner.links.is_empty()
-            || inner
+        self.shared.peers.any_link()
+            || self
+                .shared
+                .lock()
                 .operations
                 .iter()
                 .any(|(_, op)| op.kind == lanspread_peer::OpKind::Download)
@@ -248,6 +249,7 @@ fn spawn_tasks(
         tokio::spawn(control::serve(shared.clone(), listener, policy)),
     ];
     if let Some(rx) = shared
+        .peers
         .redial_rx
         .lock()
         .unwrap_or_else(|p| p.into_inner())

@@ -15,7 +15,8 @@ use lanspread_transfer::{connect_data, peer_id_of};
 use quinn::{Connection, VarInt};
 use tracing::{info, warn, Span};
 
-use crate::handshake::{self, Exchange};
+use crate::handshake::{self, Exchange, LocalPeer};
+use crate::resources::Transfers;
 use crate::state::Shared;
 use lanspread_control::{ErrorKind, Failure};
 
@@ -30,7 +31,7 @@ pub async fn serve(shared: Arc<Shared>, conn: Connection) {
         }
     };
     Span::current().record("id", tracing::field::display(remote.short()));
-    if let Err(refusal) = hello_exchange(&shared, &conn, &remote, Direction::Inbound).await {
+    if let Err(refusal) = hello_exchange(&shared.me, &conn, &remote, Direction::Inbound).await {
         warn!(addr = %conn.remote_address(), "refused a data connection: {}", refusal.why);
         return handshake::close(&conn, &refusal);
     }
@@ -43,18 +44,15 @@ pub async fn serve(shared: Arc<Shared>, conn: Connection) {
 /// thread `lane`'s endpoint and exchanges hellos. Must run on that thread's runtime:
 /// quinn drives the connection where it is dialled.
 pub async fn open(
-    shared: &Shared,
+    me: &LocalPeer,
+    net: &Transfers,
     addr: SocketAddr,
     expect: &PeerId,
     lane: usize,
 ) -> Result<Connection, Failure> {
-    let timeout = shared.net.tuning.connect_timeout;
-    let config = shared.net.data_client.clone();
-    let endpoint = shared
-        .net
-        .threads
-        .endpoint(lane)
-        .unwrap_or(&shared.net.endpoint);
+    let timeout = net.tuning.connect_timeout;
+    let config = net.data_client.clone();
+    let endpoint = net.threads.endpoint(lane).unwrap_or(&net.endpoint);
     let refused = |why: String| Failure::new(ErrorKind::ConnectFailed, why);
     let (conn, id) = connect_data(endpoint, config, addr, timeout)
         .await
@@ -63,7 +61,7 @@ pub async fn open(
         conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"wrong peer");
         return Err(refused(format!("{addr} is now peer {id}, not {expect}")));
     }
-    if let Err(refusal) = hello_exchange(shared, &conn, &id, Direction::Outbound).await {
+    if let Err(refusal) = hello_exchange(me, &conn, &id, Direction::Outbound).await {
         handshake::close(&conn, &refusal);
         return Err(refused(format!(
             "data connection to {addr}: {}",
@@ -75,12 +73,12 @@ pub async fn open(
 
 /// The dialler sends its hello first; the acceptor answers only after checking it.
 async fn hello_exchange(
-    shared: &Shared,
+    me: &LocalPeer,
     conn: &Connection,
     remote: &PeerId,
     direction: Direction,
 ) -> Result<(), Refusal> {
-    let exchange = Exchange::new(&shared.me, conn, direction)?;
+    let exchange = Exchange::new(me, conn, direction)?;
     let dialled = direction == Direction::Outbound;
     if dialled {
         exchange.send_hello(conn).await?;

@@ -9,6 +9,7 @@ pub mod config;
 mod control;
 mod daemon;
 mod data_conn;
+mod directory;
 mod download;
 mod error;
 mod events;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lanspread_peer::{check_not_self, prefer_new_link, Direction, Upsert};
+use lanspread_peer::{check_not_self, Direction, Upsert};
 use lanspread_proto::{close_code, Message, PeerId};
 use lanspread_transfer::{connect, is_data_connection, peer_id_of, read_frame, write_frame};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
@@ -15,7 +15,7 @@ use tracing::{debug, info, info_span, warn, Instrument, Span};
 
 use crate::failure::peer_failure;
 use crate::handshake::{self, Exchange};
-use crate::state::{peer_info, Link, Shared};
+use crate::state::Shared;
 use lanspread_control::api::{EventKind, PeerInfo};
 use lanspread_control::{ErrorKind, Failure};
 
@@ -152,7 +152,10 @@ async fn run_link(
     };
 
     // Register, keeping one connection per peer.
-    let upsert = match register(&shared, &conn, &remote, direction, addr) {
+    let upsert = match shared
+        .peers
+        .register(&shared.me.id, &remote, &conn, direction, addr)
+    {
         Ok(upsert) => upsert,
         Err(kept) => {
             debug!("keeping the existing connection");
@@ -185,7 +188,7 @@ async fn run_link(
     let lost = drop_link(&shared, &remote, &conn, addr, &end);
     if let (true, Some(addr)) = (lost, dialled) {
         if !*shared.shutdown.borrow() {
-            let _ = shared.redial.send((Some(remote), addr));
+            let _ = shared.peers.redial.send((Some(remote), addr));
         }
     }
 }
@@ -264,35 +267,6 @@ async fn greet(
     })
 }
 
-/// Adds the link of `remote` unless the connection already kept for it is preferred
-/// (`Err` with that peer's info): one connection per peer.
-fn register(
-    shared: &Shared,
-    conn: &Connection,
-    remote: &PeerId,
-    direction: Direction,
-    addr: SocketAddr,
-) -> Result<Upsert, Option<PeerInfo>> {
-    let mut inner = shared.lock();
-    if let Some(existing) = inner.links.get(remote) {
-        let alive = existing.conn.close_reason().is_none();
-        if !prefer_new_link(&shared.me.id, remote, alive, existing.direction, direction) {
-            return Err(inner.peers.get(remote).map(|e| peer_info(remote, e)));
-        }
-        existing
-            .conn
-            .close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
-    }
-    let link = Link {
-        conn: conn.clone(),
-        direction,
-    };
-    inner.links.insert(remote.clone(), link);
-    let upsert = inner.peers.upsert(remote, addr);
-    shared.peer_count.send_replace(inner.peers.len());
-    Ok(upsert)
-}
-
 /// Reads the peer's announcements (libraries) until goodbye, a protocol error, the
 /// connection's end or our shutdown; `tell` gets the peer once its first library is in.
 /// Returns why the link ended.
@@ -319,14 +293,7 @@ async fn follow(
         };
         match msg {
             Ok(Some(Message::Library(ads))) => {
-                let (changed, info) = {
-                    let mut inner = shared.lock();
-                    let changed = inner.peers.set_library(remote, &ads, &shared.catalog);
-                    (
-                        changed,
-                        inner.peers.get(remote).map(|e| peer_info(remote, e)),
-                    )
-                };
+                let (changed, info) = shared.peers.set_library(remote, &ads, &shared.catalog);
                 let Some(info) = info else {
                     break "peer entry replaced".into();
                 };
@@ -371,7 +338,7 @@ const REDIAL_MAX: Duration = Duration::from_secs(60);
 /// task never has to name the dial future it came from) and runs one redial per peer.
 pub async fn redial_manager(
     shared: Arc<Shared>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::state::Redial>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::directory::Redial>,
 ) {
     while let Some((peer, addr)) = rx.recv().await {
         tokio::spawn(redial(shared.clone(), peer, addr));
@@ -390,7 +357,7 @@ async fn redial(shared: Arc<Shared>, peer: Option<PeerId>, addr: SocketAddr) {
         }
         if peer
             .as_ref()
-            .is_some_and(|p| shared.lock().links.contains_key(p))
+            .is_some_and(|p| shared.peers.link(p).is_some())
         {
             return;
         }
@@ -415,19 +382,7 @@ fn drop_link(
     addr: SocketAddr,
     why: &str,
 ) -> bool {
-    let removed = {
-        let mut inner = shared.lock();
-        let ours = inner
-            .links
-            .get(remote)
-            .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
-        if ours {
-            inner.links.remove(remote);
-            inner.peers.remove(remote);
-            shared.peer_count.send_replace(inner.peers.len());
-        }
-        ours
-    };
+    let removed = shared.peers.remove_if_current(remote, conn);
     if removed {
         info!(peer = %remote.short(), "peer lost: {why}");
         shared.events.emit(EventKind::PeerLost {

@@ -75,7 +75,7 @@ async fn found_peer(shared: &Arc<Shared>, found: &ServiceInfo) {
     if id == shared.me.id.as_str() {
         return;
     }
-    if shared.lock().links.keys().any(|p| p.as_str() == id) {
+    if shared.peers.is_linked(id) {
         return;
     }
     // IPv4 first (the common LAN case), then IPv6.

@@ -1,44 +1,26 @@
 //! Shared daemon state. The lock is a plain mutex that is never held across an await.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lanspread_catalog::{Availability, Catalog, GameId, Library};
-use lanspread_peer::{aggregate, Direction, OpKind, Operations, PeerTable};
-use lanspread_proto::{GameAd, PeerId};
-use quinn::Connection;
+use lanspread_peer::{OpKind, Operations};
+use lanspread_proto::GameAd;
 use tokio::sync::watch;
 
+use crate::directory::Directory;
 use crate::events::EventBus;
 use crate::handshake::LocalPeer;
 use crate::resources::Transfers;
-use lanspread_control::api::{
-    GameVersion, GamesList, LocalGame, LocalGameState, OperationInfo, PeerInfo, RemoteGameRow,
-    StatusInfo,
-};
+use lanspread_control::api::{GamesList, LocalGame, LocalGameState, OperationInfo, StatusInfo};
 
-/// The connection currently kept for a peer.
-pub struct Link {
-    /// The QUIC connection.
-    pub conn: Connection,
-    /// Who dialled it.
-    pub direction: Direction,
-}
-
-/// An address to redial, with the peer id expected there when known.
-pub type Redial = (Option<PeerId>, SocketAddr);
-
-/// Mutable state behind the lock.
+/// The library and the operations, behind one lock: an operation starts only on a root
+/// in a fitting state, and what is advertised and served is a root with no operation.
 #[derive(Default)]
 pub struct Inner {
     /// Local game roots.
     pub library: Library,
-    /// Connected peers and their libraries.
-    pub peers: PeerTable,
-    /// The kept connection per peer.
-    pub links: HashMap<PeerId, Link>,
     /// Active operations per game.
     pub operations: Operations,
     /// Bumped by every targeted root rescan, so a slower whole-dir scan that started
@@ -53,6 +35,8 @@ pub struct Shared {
     pub me: LocalPeer,
     /// The transfer resources (endpoints, threads, limits, writer, serve slots, hashes).
     pub net: Transfers,
+    /// The peer directory (links, peer libraries, redials), under its own lock.
+    pub peers: Directory,
     /// The games directory.
     pub games_dir: PathBuf,
     /// Known game ids.
@@ -61,15 +45,8 @@ pub struct Shared {
     pub events: EventBus,
     /// What we advertise; link writers watch it.
     pub advert: watch::Sender<Arc<Vec<GameAd>>>,
-    /// Number of connected peers; `wait-peers` watches it.
-    pub peer_count: watch::Sender<usize>,
     /// Flips to true once on shutdown.
     pub shutdown: watch::Sender<bool>,
-    /// Addresses to redial with backoff: lost outbound links (with their peer id) and
-    /// static peers that did not answer at start (without).
-    pub redial: tokio::sync::mpsc::UnboundedSender<Redial>,
-    /// The receiving end, taken once by the redial manager.
-    pub redial_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Redial>>>,
     /// How `cancel` reaches a running download: one notifier per game downloading.
     pub cancels: Mutex<HashMap<GameId, Arc<tokio::sync::Notify>>>,
     /// How `cancel` and shutdown reach a running install: its stop flag, registered until
@@ -93,18 +70,15 @@ impl Shared {
             ..Inner::default()
         };
         let advert = advert_of(&inner);
-        let (redial, redial_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new(Self {
             me,
             net,
+            peers: Directory::default(),
             games_dir,
             catalog,
             events,
             advert: watch::channel(Arc::new(advert)).0,
-            peer_count: watch::channel(0).0,
             shutdown: watch::channel(false).0,
-            redial,
-            redial_rx: Mutex::new(Some(redial_rx)),
             cancels: Mutex::default(),
             install_stops: Mutex::default(),
             inner: Mutex::new(inner),
@@ -135,7 +109,7 @@ impl Shared {
                     percent: op.progress.percent(),
                 })
                 .collect(),
-            peers: inner.peers.len(),
+            peers: self.peers.linked_count(),
             version: env!("CARGO_PKG_VERSION").into(),
             limits: lanspread_control::api::Limits {
                 max_upload_mib_s: self.net.upload_limit.as_ref().map(|l| l.mib_per_s),
@@ -171,22 +145,11 @@ impl Shared {
                 reason: root.problem.clone(),
             })
             .collect();
-        let remote = aggregate(&inner.peers)
-            .into_iter()
-            .map(|r| RemoteGameRow {
-                id: r.id,
-                eti_game_version: r.eti_game_version,
-                peer_count: r.peer_count,
-                size: r.size,
-            })
-            .collect();
-        GamesList { local, remote }
-    }
-
-    /// Answer to `list-peers`.
-    pub fn peers(&self) -> Vec<PeerInfo> {
-        let inner = self.lock();
-        inner.peers.iter().map(|(id, e)| peer_info(id, e)).collect()
+        drop(inner);
+        GamesList {
+            local,
+            remote: self.peers.remote_games(),
+        }
     }
 
     /// The local library as reported by `local-library-changed`.
@@ -283,22 +246,6 @@ impl Shared {
                 true
             }
         });
-    }
-}
-
-/// A peer table entry as a `list-peers` row.
-pub fn peer_info(id: &PeerId, e: &lanspread_peer::PeerEntry) -> PeerInfo {
-    PeerInfo {
-        peer_id: id.clone(),
-        addr: e.addr.to_string(),
-        games: e
-            .games
-            .iter()
-            .map(|(g, r)| GameVersion {
-                id: g.clone(),
-                version: r.version,
-            })
-            .collect(),
     }
 }
 

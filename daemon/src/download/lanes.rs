@@ -42,7 +42,7 @@ impl Lanes {
         let n = shared.net.threads.len();
         let mut dials = Vec::new();
         for peer in sources {
-            let Some(link) = shared.lock().links.get(peer).map(|l| l.conn.clone()) else {
+            let Some(link) = shared.peers.link(peer) else {
                 continue;
             };
             let addr = link.remote_address();
@@ -57,8 +57,10 @@ impl Lanes {
                 let runtime = shared.net.threads.get(j).clone();
                 let (shared, expect) = (shared.clone(), peer.clone());
                 let dial = runtime.spawn(
-                    async move { crate::data_conn::open(&shared, addr, &expect, j).await }
-                        .in_current_span(),
+                    async move {
+                        crate::data_conn::open(&shared.me, &shared.net, addr, &expect, j).await
+                    }
+                    .in_current_span(),
                 );
                 dials.push((peer.clone(), runtime, dial));
             }

@@ -7,20 +7,20 @@ use std::time::Instant;
 
 use lanspread_catalog::{FileManifest, GameId, Version};
 use lanspread_peer::{Action, Engine};
-use lanspread_proto::{manifest_answer, PeerId, PeerRequest, PeerResponse};
+use lanspread_proto::{manifest_answer, PeerRequest, PeerResponse};
 use lanspread_transfer::{read_frame, write_frame};
 use quinn::Connection;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::{link, stop::stop_requested};
+use super::stop::stop_requested;
+use crate::directory::Directory;
 use crate::failure::peer_failure;
-use crate::state::Shared;
 use lanspread_control::{ErrorKind, Failure};
 
 /// Runs the engine until it asks for [`Action::Prepare`] (the manifest is chosen).
 pub(super) async fn validated(
-    shared: &Shared,
+    peers: &Directory,
     engine: &mut Engine,
     (id, version): (&GameId, Version),
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
@@ -31,7 +31,7 @@ pub(super) async fn validated(
         while let Some(action) = engine.poll() {
             match action {
                 Action::AskManifest(peer) => {
-                    let Some((conn, _)) = link(shared, &peer) else {
+                    let Some(conn) = peers.link(&peer) else {
                         engine.on_manifest(peer, Err("peer disconnected".into()), Instant::now());
                         continue;
                     };
@@ -85,13 +85,4 @@ async fn request_files(
         .await
         .map_err(|e| failed(&e))?;
     manifest_answer(answer).map_err(|e| failed(&e))
-}
-
-/// The sources a download starts with: the newest-version peers still linked.
-pub(super) fn linked(shared: &Shared, peers: &[PeerId]) -> Vec<PeerId> {
-    peers
-        .iter()
-        .filter(|p| link(shared, p).is_some())
-        .cloned()
-        .collect()
 }

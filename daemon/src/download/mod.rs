@@ -16,11 +16,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use lanspread_catalog::{manifest_digest, FileManifest, GameId, Version, VERSION_FILE};
 use lanspread_peer::{
-    latest_sources, Action, BatchId, Chosen, ChunkResult, Engine, EngineConfig, FailKind, Fetch,
-    Lane, OpKind, Sources,
+    Action, BatchId, Chosen, ChunkResult, Engine, EngineConfig, FailKind, Fetch, Lane, OpKind,
+    Sources,
 };
 use lanspread_proto::PeerId;
-use quinn::Connection;
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -34,6 +33,7 @@ pub const LEFTOVERS: [&str; 2] = [commit::INCOMING, journal::JOURNAL_TMP];
 
 use crate::failure::peer_failure;
 use crate::state::Shared;
+use crate::writer::Writer;
 use fetch::{ChunkJob, FetchError};
 use lanspread_control::api::{EventKind, FileSize};
 use lanspread_control::{ErrorKind, Failure};
@@ -50,7 +50,7 @@ pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Fail
     if inner.operations.get(&id).is_some() {
         return Err(peer_failure(lanspread_peer::PeerError::Busy(id)));
     }
-    let Some(sources) = latest_sources(&inner.peers, &id) else {
+    let Some(sources) = shared.peers.sources(&id) else {
         drop(inner);
         shared.events.emit(EventKind::NoPeersHaveGame {
             game_id: id.clone(),
@@ -176,17 +176,6 @@ struct Done {
     duration: Duration,
 }
 
-fn link(shared: &Shared, peer: &PeerId) -> Option<(Connection, String)> {
-    let inner = shared.lock();
-    let conn = inner.links.get(peer)?.conn.clone();
-    let addr = inner
-        .peers
-        .get(peer)
-        .map(|e| e.addr.to_string())
-        .unwrap_or_default();
-    Some((conn, addr))
-}
-
 async fn download(
     shared: &Arc<Shared>,
     id: &GameId,
@@ -196,11 +185,11 @@ async fn download(
     why: &mut BTreeMap<PeerId, String>,
 ) -> Result<Done, Failure> {
     let mut shutdown = shared.shutdown.subscribe();
-    let linked = metadata::linked(shared, &sources.peers);
+    let linked = shared.peers.linked(&sources.peers);
     let config = EngineConfig::new(shared.net.threads.len());
     let mut engine = Engine::new(id.clone(), &linked, config, std::time::Instant::now());
     let what = (id, sources.version);
-    let chosen = metadata::validated(shared, &mut engine, what, &mut shutdown, cancel).await;
+    let chosen = metadata::validated(&shared.peers, &mut engine, what, &mut shutdown, cancel).await;
     why.extend(engine.why().clone());
     chosen?;
     let Some(chosen) = engine.chosen().cloned() else {
@@ -211,7 +200,7 @@ async fn download(
         .emit(got_game_files(id, sources.version, &chosen));
     let root = shared.games_dir.join(id.as_str());
     let (dests, mut journal, present) = prepare(
-        shared,
+        (&shared.games_dir, &shared.net.writer),
         &root,
         &chosen.files,
         &engine,
@@ -337,19 +326,17 @@ async fn commit_files(
 /// file (their writer handles go to `files_open`) and opens the journal with the chunks
 /// an interrupted attempt at this same version and manifest already verified.
 async fn prepare(
-    shared: &Shared,
+    (games_dir, writer): (&std::path::Path, &Writer),
     root: &std::path::Path,
     files: &[FileManifest],
     engine: &Engine,
     version: Version,
     files_open: &mut Vec<u64>,
 ) -> Result<(Vec<std::path::PathBuf>, journal::Journal, Vec<usize>), Failure> {
-    check_space(&shared.games_dir, root, files).await?;
+    check_space(games_dir, root, files).await?;
     let dests = commit::prepare(root, files).await?;
     for (f, dest) in files.iter().zip(&dests) {
-        let fid = shared
-            .net
-            .writer
+        let fid = writer
             .open(dest.clone(), f.size)
             .await
             .map_err(|e| Failure::io(format_args!("cannot create {}", dest.display()), &e))?;
@@ -452,10 +439,14 @@ impl Transfer<'_, '_> {
                 }
             })
             .collect();
-        let conn = link(self.shared, &f.peer).and_then(|(_, addr)| {
-            self.addrs.insert(f.peer.clone(), addr);
-            self.work.lanes.get(&f.peer, f.lane)
-        });
+        let conn = self
+            .shared
+            .peers
+            .link_and_addr(&f.peer)
+            .and_then(|(_, addr)| {
+                self.addrs.insert(f.peer.clone(), addr);
+                self.work.lanes.get(&f.peer, f.lane)
+            });
         let Some((conn, runtime)) = conn else {
             let gone = Err((FailKind::SourceGone, "peer disconnected".to_owned()));
             return engine.on_fetched(f.id, vec![gone; jobs.len()], false);

@@ -1,0 +1,210 @@
+//! The peer directory: who is linked, over which kept connection, with which library,
+//! and which addresses wait for a redial. It has its own lock, apart from the library and
+//! the operations; the link tasks, discovery, the download's source choice and the
+//! control answers about peers use it. Its lock is a leaf: never held across an `.await`,
+//! and nothing else is locked while it is held (so taking it under the state lock is
+//! safe).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Mutex, MutexGuard};
+
+use lanspread_catalog::{Catalog, GameId};
+use lanspread_control::api::{GameVersion, PeerInfo, RemoteGameRow};
+use lanspread_peer::{aggregate, latest_sources, prefer_new_link, Direction, PeerEntry, PeerTable};
+use lanspread_peer::{Sources, Upsert};
+use lanspread_proto::{close_code, GameAd, PeerId};
+use quinn::{Connection, VarInt};
+use tokio::sync::{mpsc, watch};
+
+/// The connection currently kept for a peer.
+pub struct Link {
+    /// The QUIC connection.
+    pub conn: Connection,
+    /// Who dialled it.
+    pub direction: Direction,
+}
+
+/// An address to redial, with the peer id expected there when known.
+pub type Redial = (Option<PeerId>, SocketAddr);
+
+/// What the directory's lock guards.
+#[derive(Default)]
+struct Peers {
+    /// Linked peers and their libraries.
+    table: PeerTable,
+    /// The kept connection per peer.
+    links: HashMap<PeerId, Link>,
+}
+
+/// The peer directory. `count` always equals the number of linked peers.
+pub struct Directory {
+    peers: Mutex<Peers>,
+    /// Number of linked peers; `wait-peers` watches it.
+    pub count: watch::Sender<usize>,
+    /// Addresses to redial with backoff: lost outbound links (with their peer id) and
+    /// static peers that did not answer at start (without).
+    pub redial: mpsc::UnboundedSender<Redial>,
+    /// The receiving end, taken once by the redial manager.
+    pub redial_rx: Mutex<Option<mpsc::UnboundedReceiver<Redial>>>,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        let (redial, redial_rx) = mpsc::unbounded_channel();
+        Self {
+            peers: Mutex::default(),
+            count: watch::channel(0).0,
+            redial,
+            redial_rx: Mutex::new(Some(redial_rx)),
+        }
+    }
+}
+
+impl Directory {
+    /// A poisoned lock is recovered: every mutation keeps the data consistent.
+    fn lock(&self) -> MutexGuard<'_, Peers> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Keeps `conn` as the link of `remote` unless the connection already kept for it is
+    /// preferred (`prefer_new_link`); then `Err` with that peer's row, if it has one. A
+    /// replaced connection is closed as a duplicate.
+    pub fn register(
+        &self,
+        me: &PeerId,
+        remote: &PeerId,
+        conn: &Connection,
+        direction: Direction,
+        addr: SocketAddr,
+    ) -> Result<Upsert, Option<PeerInfo>> {
+        let mut p = self.lock();
+        if let Some(existing) = p.links.get(remote) {
+            let alive = existing.conn.close_reason().is_none();
+            if !prefer_new_link(me, remote, alive, existing.direction, direction) {
+                return Err(p.table.get(remote).map(|e| peer_info(remote, e)));
+            }
+            existing
+                .conn
+                .close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+        }
+        let link = Link {
+            conn: conn.clone(),
+            direction,
+        };
+        p.links.insert(remote.clone(), link);
+        let upsert = p.table.upsert(remote, addr);
+        self.count.send_replace(p.table.len());
+        Ok(upsert)
+    }
+
+    /// Removes `remote` if `conn` is still the connection kept for it; true if it was.
+    pub fn remove_if_current(&self, remote: &PeerId, conn: &Connection) -> bool {
+        let mut p = self.lock();
+        let ours = p
+            .links
+            .get(remote)
+            .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
+        if ours {
+            p.links.remove(remote);
+            p.table.remove(remote);
+            self.count.send_replace(p.table.len());
+        }
+        ours
+    }
+
+    /// Takes a peer's announced library: whether it changed, and the peer's row (`None`
+    /// when the peer is no longer in the directory).
+    pub fn set_library(
+        &self,
+        remote: &PeerId,
+        ads: &[GameAd],
+        catalog: &Catalog,
+    ) -> (bool, Option<PeerInfo>) {
+        let mut p = self.lock();
+        let changed = p.table.set_library(remote, ads, catalog);
+        (changed, p.table.get(remote).map(|e| peer_info(remote, e)))
+    }
+
+    /// The kept connection of a peer.
+    pub fn link(&self, peer: &PeerId) -> Option<Connection> {
+        self.lock().links.get(peer).map(|l| l.conn.clone())
+    }
+
+    /// The kept connection of a peer and the listen address it announced.
+    pub fn link_and_addr(&self, peer: &PeerId) -> Option<(Connection, String)> {
+        let p = self.lock();
+        let conn = p.links.get(peer)?.conn.clone();
+        let addr = p
+            .table
+            .get(peer)
+            .map(|e| e.addr.to_string())
+            .unwrap_or_default();
+        Some((conn, addr))
+    }
+
+    /// Those of `peers` that are linked, in order.
+    pub fn linked(&self, peers: &[PeerId]) -> Vec<PeerId> {
+        let p = self.lock();
+        peers
+            .iter()
+            .filter(|id| p.links.contains_key(*id))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether a peer with this id (as text, from discovery) is linked.
+    pub fn is_linked(&self, id: &str) -> bool {
+        self.lock().links.keys().any(|p| p.as_str() == id)
+    }
+
+    /// Whether any link is still open (shutdown waits for their goodbyes).
+    pub fn any_link(&self) -> bool {
+        !self.lock().links.is_empty()
+    }
+
+    /// The peers with the newest version of `game`, or `None` when no peer has it.
+    pub fn sources(&self, game: &GameId) -> Option<Sources> {
+        latest_sources(&self.lock().table, game)
+    }
+
+    /// Number of linked peers.
+    pub fn linked_count(&self) -> usize {
+        self.lock().table.len()
+    }
+
+    /// `list-peers`.
+    pub fn infos(&self) -> Vec<PeerInfo> {
+        let p = self.lock();
+        p.table.iter().map(|(id, e)| peer_info(id, e)).collect()
+    }
+
+    /// The remote half of `list-games`: each game at its newest version.
+    pub fn remote_games(&self) -> Vec<RemoteGameRow> {
+        aggregate(&self.lock().table)
+            .into_iter()
+            .map(|r| RemoteGameRow {
+                id: r.id,
+                eti_game_version: r.eti_game_version,
+                peer_count: r.peer_count,
+                size: r.size,
+            })
+            .collect()
+    }
+}
+
+/// A peer table entry as a `list-peers` row.
+fn peer_info(id: &PeerId, e: &PeerEntry) -> PeerInfo {
+    PeerInfo {
+        peer_id: id.clone(),
+        addr: e.addr.to_string(),
+        games: e
+            .games
+            .iter()
+            .map(|(g, r)| GameVersion {
+                id: g.clone(),
+                version: r.version,
+            })
+            .collect(),
+    }
+}
