@@ -1,6 +1,6 @@
 //! What the CLI needs from a daemon it does not link: `demo` runs two daemons in this
 //! process, `man --daemon` prints the daemon's page. The `lanspread` binary implements
-//! [`Host`] with `lanspread-daemon`; tests may implement it with anything.
+//! [`Host`] with `lanspread-daemon`.
 
 use std::future::Future;
 use std::net::SocketAddr;

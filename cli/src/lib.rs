@@ -2,6 +2,7 @@
 //! the mapping of outcomes to exit codes (0 ok, 1 refused/failed, 2 usage, 3 unreachable).
 //! It speaks the control protocol (`lanspread-control`) and does not depend on the daemon:
 //! `demo` and `man --daemon` get the daemon through [`Host`].
+#![warn(missing_docs)]
 
 /// `println!` for the CLI's output (see [`out_line`]).
 macro_rules! outln {

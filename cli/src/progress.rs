@@ -167,7 +167,7 @@ impl Watch<'_> {
                 "{game}: resuming, {} of {} already here, {} chunks to fetch",
                 output::bytes(resumed_bytes),
                 output::bytes(bytes),
-                chunks - resumed_chunks
+                chunks.saturating_sub(resumed_chunks)
             ),
             None => outln!(
                 "{game}: downloading {} in {chunks} chunks",

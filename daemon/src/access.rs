@@ -123,8 +123,8 @@ pub fn resolve_group(key: &str, name: &str) -> Result<u32, DaemonError> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(gid);
     }
-    let bad = |why: &str| DaemonError::Config(format!("{key}: group {name:?} {why}"));
-    let cname = CString::new(name).map_err(|_| bad("is not a valid name"))?;
+    let bad = |why: &str| DaemonError::Config(format!("{key}: group {name:?}{why}"));
+    let cname = CString::new(name).map_err(|_| bad(": invalid name"))?;
     let mut buf = vec![0 as libc::c_char; 16 * 1024];
     // SAFETY: zeroed plain-data struct that getgrnam_r fills.
     let mut grp: libc::group = unsafe { std::mem::zeroed() };
@@ -141,7 +141,7 @@ pub fn resolve_group(key: &str, name: &str) -> Result<u32, DaemonError> {
         )
     };
     if rc != 0 || found.is_null() {
-        return Err(bad("does not exist"));
+        return Err(bad(" does not exist"));
     }
     Ok(grp.gr_gid)
 }

@@ -304,7 +304,7 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
             Err(e) => failed(e),
         },
         Request::WaitPeers { count, timeout_ms } => {
-            let mut rx = shared.peers.count.subscribe();
+            let mut rx = shared.peers.watch_count();
             let wait = async move { rx.wait_for(|n| *n >= count).await.is_ok() };
             match tokio::time::timeout(Duration::from_millis(timeout_ms), wait).await {
                 Ok(true) => Reply::Peers(shared.peers.infos()),
@@ -312,7 +312,7 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
                     ErrorKind::Timeout,
                     &format!(
                         "timed out after {timeout_ms} ms waiting for {count} peers ({} connected)",
-                        *shared.peers.count.borrow()
+                        shared.peers.linked_count()
                     ),
                 ),
             }

@@ -2,7 +2,7 @@
 //! and which addresses wait for a redial. It has its own lock, apart from the library and
 //! the operations; the link tasks, discovery, the download's source choice and the
 //! control answers about peers use it. Its lock is a leaf: never held across an `.await`,
-//! and nothing else is locked while it is held (so taking it under the state lock is
+//! and no daemon lock is taken while it is held (so taking it under the state lock is
 //! safe).
 
 use std::collections::HashMap;
@@ -37,11 +37,12 @@ struct Peers {
     links: HashMap<PeerId, Link>,
 }
 
-/// The peer directory. `count` always equals the number of linked peers.
+/// The peer directory. `count` always equals the number of linked peers: it is set only
+/// where the table changes, under the same guard.
 pub struct Directory {
     peers: Mutex<Peers>,
     /// Number of linked peers; `wait-peers` watches it.
-    pub count: watch::Sender<usize>,
+    count: watch::Sender<usize>,
     /// Addresses to redial with backoff: lost outbound links (with their peer id) and
     /// static peers that did not answer at start (without).
     pub redial: mpsc::UnboundedSender<Redial>,
@@ -170,7 +171,12 @@ impl Directory {
 
     /// Number of linked peers.
     pub fn linked_count(&self) -> usize {
-        self.lock().table.len()
+        *self.count.borrow()
+    }
+
+    /// Watches the number of linked peers.
+    pub fn watch_count(&self) -> watch::Receiver<usize> {
+        self.count.subscribe()
     }
 
     /// `list-peers`.

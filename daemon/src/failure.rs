@@ -5,7 +5,8 @@
 
 use lanspread_control::{io_kind, ErrorKind, Failure};
 
-/// The control reply for a failed download decision.
+/// The control failure for a `lanspread-peer` error (download decisions, busy games, a
+/// connection to ourselves).
 pub fn peer_failure(e: lanspread_peer::PeerError) -> Failure {
     use lanspread_peer::PeerError as P;
     let kind = match &e {
@@ -19,7 +20,7 @@ pub fn peer_failure(e: lanspread_peer::PeerError) -> Failure {
     Failure::new(kind, e.to_string())
 }
 
-/// The control reply for a failed install, uninstall or pack.
+/// The control failure for a failed install, uninstall or remove.
 pub fn install_failure(e: lanspread_install::InstallError) -> Failure {
     use lanspread_install::InstallError as I;
     let kind = match &e {
