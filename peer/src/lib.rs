@@ -18,6 +18,7 @@ mod pace;
 mod planner;
 mod resume;
 mod send_watch;
+mod swarm;
 mod table;
 mod validate;
 
@@ -34,5 +35,6 @@ pub use pace::{check_limit, Pacer};
 pub use planner::{Assignment, Batch, ChunkSpec, FailKind, Planner, PlannerStatus};
 pub use resume::{journal_entry, journal_header, judge_journal, ResumeDecision};
 pub use send_watch::{Blocked, Stalled, Verdict, MIN_PROGRESS, STUCK_WINDOWS};
+pub use swarm::{Pick, Picker, PickerConfig, SeedChooser, UploadSlots};
 pub use table::{PeerEntry, PeerTable, RemoteGame, Upsert};
 pub use validate::{check_manifest, Chosen, ManifestVote, MAX_FILES_PER_GAME};

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 mod answer;
+mod chunkset;
 mod error;
 mod frame;
 mod hello;
@@ -20,6 +21,7 @@ mod secret;
 mod wire;
 
 pub use answer::{chunk_head, manifest_answer, AnswerFault};
+pub use chunkset::ChunkSet;
 pub use error::ProtoError;
 pub use frame::{
     decode_body, decode_frame, encode_frame, frame_body_len, FRAME_HEAD_LEN, MAX_FRAME_LEN,

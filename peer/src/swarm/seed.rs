@@ -1,0 +1,72 @@
+//! The complete holder's side of piece selection. A downloader asking a complete holder
+//! (the file server) offers the chunks it needs that no partial holder it knows has
+//! ([`super::Picker::offer`]); the holder sends the one it has sent least often, and none
+//! that it is sending to someone else right now — that copy will be in the swarm soon,
+//! and the downloader can fetch it there. Downloaders cannot see each other's requests in
+//! flight, so without this many of them ask the server for the same rare chunk at once
+//! and its uplink carries it several times; with it, the server's first pass reaches each
+//! chunk once (one complete copy in the swarm after about F/U), and it sends a chunk again
+//! only to a downloader that cannot get it elsewhere.
+
+/// What one complete holder has sent of one game.
+#[derive(Debug, Clone, Default)]
+pub struct SeedChooser {
+    sent: Vec<u32>,
+    sending: Vec<u32>,
+}
+
+impl SeedChooser {
+    /// For a game of `chunks` chunks.
+    pub fn new(chunks: usize) -> Self {
+        Self {
+            sent: vec![0; chunks],
+            sending: vec![0; chunks],
+        }
+    }
+
+    /// Picks among `candidates` the chunk sent least often that is not being sent right
+    /// now (the requester's order breaks ties) and counts it as sending; `None` when every
+    /// candidate is on its way to someone else or none is a chunk of the game.
+    pub fn choose(&mut self, candidates: &[usize]) -> Option<usize> {
+        let best = candidates
+            .iter()
+            .copied()
+            .filter(|&c| c < self.sent.len() && self.sending[c] == 0)
+            .min_by_key(|&c| self.sent[c])?;
+        self.sent[best] += 1;
+        self.sending[best] += 1;
+        Some(best)
+    }
+
+    /// The send of `chunk` ended (delivered, failed or cancelled).
+    pub fn finished(&mut self, chunk: usize) {
+        if let Some(s) = self.sending.get_mut(chunk) {
+            *s = s.saturating_sub(1);
+        }
+    }
+
+    /// How often `chunk` was sent (or started).
+    pub fn sent(&self, chunk: usize) -> u32 {
+        self.sent.get(chunk).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_least_sent_candidate_not_on_its_way_then_the_requesters_order() {
+        let mut s = SeedChooser::new(4);
+        assert_eq!(s.choose(&[2, 1]), Some(2), "requester's order on a tie");
+        assert_eq!(s.choose(&[2, 1]), Some(1), "2 is being sent");
+        assert_eq!(s.choose(&[2, 1]), None, "both are on their way");
+        s.finished(2);
+        assert_eq!(s.choose(&[2, 1, 3]), Some(3), "never sent beats sent once");
+        assert_eq!(s.choose(&[2]), Some(2), "sent, but no longer on its way");
+        assert_eq!(s.choose(&[9]), None, "not a chunk of the game");
+        assert_eq!(s.choose(&[]), None);
+        assert_eq!((s.sent(2), s.sent(1), s.sent(0)), (2, 1, 0));
+        s.finished(9);
+    }
+}
