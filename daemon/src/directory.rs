@@ -13,7 +13,7 @@ use lanspread_catalog::{Catalog, GameId};
 use lanspread_control::api::{GameVersion, PeerInfo, RemoteGameRow};
 use lanspread_peer::{aggregate, latest_sources, prefer_new_link, Direction, PeerEntry, PeerTable};
 use lanspread_peer::{Sources, Upsert};
-use lanspread_proto::{close_code, GameAd, PeerId};
+use lanspread_proto::{close_code, ChunkHash, GameAd, Holding, PeerId};
 use quinn::{Connection, VarInt};
 use tokio::sync::{mpsc, watch};
 
@@ -23,6 +23,16 @@ pub struct Link {
     pub conn: Connection,
     /// Who dialled it.
     pub direction: Direction,
+}
+
+/// A change of a peer's partial holdings.
+pub enum Holdings {
+    /// Its whole holding of a game.
+    All(Holding),
+    /// More verified chunks of a game at a manifest digest.
+    More(GameId, ChunkHash, Vec<u32>),
+    /// It no longer holds the game in part.
+    Gone(GameId),
 }
 
 /// An address to redial, with the peer id expected there when known.
@@ -125,6 +135,20 @@ impl Directory {
         let mut p = self.lock();
         let changed = p.table.set_library(remote, ads, catalog);
         (changed, p.table.get(remote).map(|e| peer_info(remote, e)))
+    }
+
+    /// A peer's partial copy of a game it downloads (`Holding`, `HoldingMore`,
+    /// `HoldingGone` on its announce stream). Kept apart from its ready library: partial
+    /// holders are never counted or asked for manifests.
+    pub fn holding(&self, remote: &PeerId, msg: Holdings, catalog: &Catalog) {
+        let mut p = self.lock();
+        match msg {
+            Holdings::All(h) => p.table.set_holding(remote, h, catalog),
+            Holdings::More(game, digest, chunks) => {
+                p.table.holding_more(remote, &game, &digest, &chunks)
+            }
+            Holdings::Gone(game) => p.table.holding_gone(remote, &game),
+        };
     }
 
     /// The kept connection of a peer.

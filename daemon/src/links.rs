@@ -13,6 +13,7 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
+use crate::directory::Holdings;
 use crate::failure::peer_failure;
 use crate::handshake::{self, Exchange};
 use crate::state::Shared;
@@ -309,6 +310,25 @@ async fn follow(
                 }
             }
             Ok(Some(Message::Goodbye { reason })) => break format!("goodbye: {reason}"),
+            Ok(Some(Message::Holding(h))) => {
+                shared
+                    .peers
+                    .holding(remote, Holdings::All(h), &shared.catalog)
+            }
+            Ok(Some(Message::HoldingMore {
+                game,
+                digest,
+                chunks,
+            })) => shared.peers.holding(
+                remote,
+                Holdings::More(game, digest, chunks),
+                &shared.catalog,
+            ),
+            Ok(Some(Message::HoldingGone { game })) => {
+                shared
+                    .peers
+                    .holding(remote, Holdings::Gone(game), &shared.catalog)
+            }
             Ok(Some(Message::Hello(_))) => {
                 warn!("protocol error: second hello");
                 conn.close(

@@ -131,6 +131,18 @@ async fn handle(
             let sent = serve_ranges(shared, &mut answer, &game, version, &ranges).await;
             answer.ended(sent, remote);
         }
+        PeerRequest::PartialChunks { game, .. } => {
+            // Partial copies are announced and served from the next step of the swarm
+            // work on; until then this daemon holds none to serve.
+            let refused = PeerResponse::Refused {
+                reason: format!("no partial copy of {game} is served here"),
+            };
+            let sent = match answer.frame(&refused).await {
+                Ok(()) => answer.finish().await,
+                Err(e) => Err(e),
+            };
+            answer.ended(sent, remote);
+        }
     }
     Ok(())
 }

@@ -1,6 +1,10 @@
 //! Serve gates (S12): what a source agrees to send. Pure functions over the scanned root.
 
-use lanspread_catalog::{Catalog, FileDescriptor, GameId, GameRoot, RelPath, Version, CHUNK_SIZE};
+use lanspread_catalog::{
+    chunk_count, Catalog, ChunkHash, FileDescriptor, FileManifest, GameId, GameRoot, RelPath,
+    Version, CHUNK_SIZE,
+};
+use lanspread_proto::ChunkSet;
 
 use crate::PeerError;
 
@@ -62,6 +66,46 @@ pub fn gate_chunk<'a>(
             file.size
         ))),
     }
+}
+
+/// Checks a chunk request to a partial holder (`PeerRequest::PartialChunks`): the
+/// downloader's manifest must be ours (same digest), and the range must be exactly one
+/// chunk of the manifest that we verified. Returns the chunk's index. Nothing else of a
+/// partial root is ever served.
+pub fn gate_partial_chunk(
+    files: &[FileManifest],
+    verified: &ChunkSet,
+    (ours, asked): (&ChunkHash, &ChunkHash),
+    path: &RelPath,
+    (offset, len): (u64, u64),
+) -> Result<usize, PeerError> {
+    let refuse = |why: String| Err(PeerError::Refused(why));
+    if ours != asked {
+        return refuse("another manifest than the one this partial copy holds".into());
+    }
+    let mut first = 0usize;
+    for f in files {
+        let n = chunk_count(f.size) as usize;
+        if &f.path == path {
+            if offset % CHUNK_SIZE != 0 || offset >= f.size {
+                return refuse(format!("{path}: {offset} is not the start of a chunk"));
+            }
+            let chunk = first + (offset / CHUNK_SIZE) as usize;
+            if len != CHUNK_SIZE.min(f.size - offset) {
+                return refuse(format!(
+                    "{path}: {len} bytes at {offset} is not a whole chunk"
+                ));
+            }
+            if !verified.contains(chunk) {
+                return refuse(format!(
+                    "{path}: the chunk at {offset} is not verified here yet"
+                ));
+            }
+            return Ok(chunk);
+        }
+        first += n;
+    }
+    refuse(format!("no file {path} in this partial copy"))
 }
 
 #[cfg(test)]
@@ -142,5 +186,45 @@ mod tests {
         ] {
             assert!(RelPath::new(bad).is_err(), "{bad}");
         }
+    }
+
+    fn manifest(sizes: &[(&str, u64)]) -> Vec<FileManifest> {
+        sizes
+            .iter()
+            .map(|&(p, size)| FileManifest {
+                path: RelPath::new(p).unwrap(),
+                size,
+                mode: 0o644,
+                chunks: vec![[0; 32]; chunk_count(size) as usize],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_partial_copy_serves_exactly_its_verified_chunks_at_its_manifest() {
+        let files = manifest(&[("a.eti", CHUNK_SIZE + 10), ("b.eti", 5)]);
+        // Chunks: 0 = a@0, 1 = a@32Mi (10 bytes), 2 = b@0 (5 bytes).
+        let mut verified = ChunkSet::empty(3);
+        verified.insert(1);
+        verified.insert(2);
+        let d = [9u8; 32];
+        let a = RelPath::new("a.eti").unwrap();
+        let b = RelPath::new("b.eti").unwrap();
+        let gate = |path: &RelPath, off, len, asked: &ChunkHash| {
+            gate_partial_chunk(&files, &verified, (&d, asked), path, (off, len))
+        };
+        assert_eq!(gate(&a, CHUNK_SIZE, 10, &d).unwrap(), 1);
+        assert_eq!(gate(&b, 0, 5, &d).unwrap(), 2);
+        assert!(gate(&a, 0, CHUNK_SIZE, &d).is_err(), "not verified yet");
+        assert!(gate(&b, 0, 5, &[1; 32]).is_err(), "another manifest");
+        assert!(gate(&a, CHUNK_SIZE, 5, &d).is_err(), "part of a chunk");
+        assert!(
+            gate(&a, CHUNK_SIZE + 1, 9, &d).is_err(),
+            "not a chunk start"
+        );
+        assert!(gate(&a, 2 * CHUNK_SIZE, 1, &d).is_err(), "past the end");
+        assert!(gate(&b, 0, 6, &d).is_err(), "longer than the chunk");
+        let c = RelPath::new("c.eti").unwrap();
+        assert!(gate(&c, 0, 1, &d).is_err(), "no such file");
     }
 }

@@ -28,13 +28,16 @@ pub use engine::{
     BATCH_BYTES, BATCH_CHUNKS, BATCH_CHUNK_LEN, MANIFEST_GRACE, MANIFEST_TIMEOUT, MAX_IN_FLIGHT,
 };
 pub use error::PeerError;
-pub use gates::{gate_chunk, gate_files};
+pub use gates::{gate_chunk, gate_files, gate_partial_chunk};
 pub use links::{check_not_self, prefer_new_link, Direction};
 pub use ops::{OpKind, Operation, Operations, Progress};
 pub use pace::{check_limit, Pacer};
 pub use planner::{Assignment, Batch, ChunkSpec, FailKind, Planner, PlannerStatus};
 pub use resume::{journal_entry, journal_header, judge_journal, ResumeDecision};
 pub use send_watch::{Blocked, Stalled, Verdict, MIN_PROGRESS, STUCK_WINDOWS};
-pub use swarm::{Pick, Picker, PickerConfig, SeedChooser, UploadSlots};
-pub use table::{PeerEntry, PeerTable, RemoteGame, Upsert};
+pub use swarm::{
+    HoldingBatcher, Pick, Picker, PickerConfig, SeedChooser, UploadSlots, HOLDING_BATCH,
+    HOLDING_DELAY,
+};
+pub use table::{PartialGame, PeerEntry, PeerTable, RemoteGame, Upsert};
 pub use validate::{check_manifest, Chosen, ManifestVote, MAX_FILES_PER_GAME};

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use lanspread_catalog::{Catalog, GameId, Version};
-use lanspread_proto::{GameAd, PeerId};
+use lanspread_proto::{ChunkHash, ChunkSet, GameAd, Holding, PeerId, MAX_CHUNKS};
 
 /// A game as a peer advertises it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +22,21 @@ pub struct PeerEntry {
     pub addr: SocketAddr,
     /// Its ready games that are in our catalog.
     pub games: BTreeMap<GameId, RemoteGame>,
+    /// Games it is downloading, with the chunks it holds verified (partial holders are
+    /// not ready: they are not in `games`, never count as sources of a version or vote).
+    pub partial: BTreeMap<GameId, PartialGame>,
+}
+
+/// A game a peer holds in part.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartialGame {
+    /// The version it is downloading.
+    pub version: Version,
+    /// The manifest its chunks were verified against.
+    pub digest: ChunkHash,
+    /// Its verified chunks (unchecked length: [`PeerTable::partial_holders`] checks it
+    /// against the downloader's manifest).
+    pub chunks: ChunkSet,
 }
 
 /// What [`PeerTable::upsert`] did.
@@ -59,6 +74,7 @@ impl PeerTable {
                     PeerEntry {
                         addr,
                         games: BTreeMap::new(),
+                        partial: BTreeMap::new(),
                     },
                 );
                 Upsert::New
@@ -95,6 +111,81 @@ impl PeerTable {
         }
         entry.games = games;
         true
+    }
+
+    /// A peer's whole holding of a game it downloads (replaces the previous one). Ignored
+    /// for an unknown peer or a game outside our catalog; false then.
+    pub fn set_holding(&mut self, id: &PeerId, h: Holding, catalog: &Catalog) -> bool {
+        let Some(entry) = self.peers.get_mut(id) else {
+            return false;
+        };
+        if !catalog.contains(&h.game) || h.chunks.len() > MAX_CHUNKS {
+            return false;
+        }
+        // Words for exactly its length, no bit past it: a hostile set stores no more.
+        let Ok(chunks) = h.chunks.clone().check(h.chunks.len()) else {
+            return false;
+        };
+        let game = PartialGame {
+            version: h.version,
+            digest: h.digest,
+            chunks,
+        };
+        entry.partial.insert(h.game, game);
+        true
+    }
+
+    /// More verified chunks of a holding; ignored (false) unless the peer announced a
+    /// holding of that game at that digest. Indices past its set are ignored.
+    pub fn holding_more(
+        &mut self,
+        id: &PeerId,
+        game: &GameId,
+        digest: &ChunkHash,
+        chunks: &[u32],
+    ) -> bool {
+        let Some(p) = self
+            .peers
+            .get_mut(id)
+            .and_then(|e| e.partial.get_mut(game))
+            .filter(|p| &p.digest == digest)
+        else {
+            return false;
+        };
+        for &c in chunks {
+            p.chunks.insert(c as usize);
+        }
+        true
+    }
+
+    /// The peer no longer holds a partial copy of the game.
+    pub fn holding_gone(&mut self, id: &PeerId, game: &GameId) -> bool {
+        self.peers
+            .get_mut(id)
+            .is_some_and(|e| e.partial.remove(game).is_some())
+    }
+
+    /// The partial holders of `game` at `version` whose chunks were verified against the
+    /// manifest with `digest` of `chunks` chunks, with what they hold; a set of another
+    /// length is a lie and left out.
+    pub fn partial_holders(
+        &self,
+        game: &GameId,
+        version: Version,
+        digest: &ChunkHash,
+        chunks: usize,
+    ) -> Vec<(PeerId, ChunkSet)> {
+        self.peers
+            .iter()
+            .filter_map(|(id, e)| {
+                let p = e.partial.get(game)?;
+                if p.version != version || &p.digest != digest {
+                    return None;
+                }
+                let set = p.chunks.clone().check(chunks).ok()?;
+                Some((id.clone(), set))
+            })
+            .collect()
     }
 
     /// Removes a peer.
@@ -171,5 +262,53 @@ pub(crate) mod tests {
         );
         assert!(t.remove(&pid(1)).is_some());
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn holdings_are_kept_apart_from_the_ready_library_and_checked() {
+        let mut t = PeerTable::new();
+        let cat = Catalog::builtin();
+        t.upsert(&pid(1), "127.0.0.1:1".parse().unwrap());
+        t.upsert(&pid(2), "127.0.0.1:2".parse().unwrap());
+        let game: GameId = "bf1942".parse().unwrap();
+        let v = Version::parse("20250101").unwrap();
+        let digest = [7u8; 32];
+        let mut first = ChunkSet::empty(10);
+        first.insert(0);
+        let holding = |chunks: ChunkSet| Holding {
+            game: game.clone(),
+            version: v,
+            digest,
+            chunks,
+        };
+        assert!(t.set_holding(&pid(1), holding(first.clone()), &cat));
+        // A set for another chunk count is a lie: left out.
+        assert!(t.set_holding(&pid(2), holding(ChunkSet::full(11)), &cat));
+        assert!(t.get(&pid(1)).unwrap().games.is_empty(), "not a ready game");
+        assert!(t.holding_more(&pid(1), &game, &digest, &[3, 99]));
+        assert!(
+            !t.holding_more(&pid(1), &game, &[0; 32], &[4]),
+            "another manifest"
+        );
+        let holders = t.partial_holders(&game, v, &digest, 10);
+        assert_eq!(holders.len(), 1);
+        assert_eq!(holders[0].0, pid(1));
+        assert_eq!(holders[0].1.iter().collect::<Vec<_>>(), [0, 3]);
+        assert!(t.partial_holders(&game, v, &[1; 32], 10).is_empty());
+        let other = Version::parse("20250102").unwrap();
+        assert!(t.partial_holders(&game, other, &digest, 10).is_empty());
+        // Not in the catalog, unknown peer, gone.
+        let mut stranger = holding(first);
+        stranger.game = "mystery-game".parse().unwrap();
+        assert!(!t.set_holding(&pid(1), stranger, &cat));
+        assert!(!t.set_holding(&pid(9), holding(ChunkSet::empty(10)), &cat));
+        let huge = ChunkSet::empty(MAX_CHUNKS + 1);
+        assert!(
+            !t.set_holding(&pid(2), holding(huge), &cat),
+            "too many chunks"
+        );
+        assert!(t.holding_gone(&pid(1), &game));
+        assert!(!t.holding_gone(&pid(1), &game));
+        assert!(t.partial_holders(&game, v, &digest, 10).is_empty());
     }
 }

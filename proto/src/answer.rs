@@ -37,13 +37,15 @@ impl PeerRequest {
     pub fn check(&self) -> Result<(), String> {
         match self {
             Self::Files { .. } => Ok(()),
-            Self::Chunks { ranges, .. } if ranges.is_empty() || ranges.len() > MAX_RANGES => {
+            Self::Chunks { ranges, .. } | Self::PartialChunks { ranges, .. }
+                if ranges.is_empty() || ranges.len() > MAX_RANGES =>
+            {
                 Err(format!(
                     "{} ranges in one request (1..={MAX_RANGES} allowed)",
                     ranges.len()
                 ))
             }
-            Self::Chunks { .. } => Ok(()),
+            Self::Chunks { .. } | Self::PartialChunks { .. } => Ok(()),
         }
     }
 }

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::ProtoError;
 
+/// Most chunks a game may have (32 TiB in 32 MiB chunks; a 128 KiB bitmap): a peer's
+/// announced set beyond it is refused before it is stored.
+pub const MAX_CHUNKS: usize = 1 << 20;
+
 /// Chunk indices `0..len`, as a bitmap.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct ChunkSet {

@@ -21,7 +21,7 @@ mod secret;
 mod wire;
 
 pub use answer::{chunk_head, manifest_answer, AnswerFault};
-pub use chunkset::ChunkSet;
+pub use chunkset::{ChunkSet, MAX_CHUNKS};
 pub use error::ProtoError;
 pub use frame::{
     decode_body, decode_frame, encode_frame, frame_body_len, FRAME_HEAD_LEN, MAX_FRAME_LEN,
@@ -36,8 +36,8 @@ pub use peer_id::PeerId;
 pub use relpath::{is_reserved_top_level, RelPath};
 pub use secret::{secret_proof, LanSecret, SecretCheck, EXPORTER_LABEL, MIN_SECRET_LEN};
 pub use wire::{
-    close_code, ChunkRange, GameAd, Hello, Message, PeerRequest, PeerResponse, ALPN, DATA_ALPN,
-    MAX_RANGES, PROTOCOL_VERSION, SERVER_NAME,
+    close_code, ChunkRange, GameAd, Hello, Holding, Message, PeerRequest, PeerResponse, ALPN,
+    DATA_ALPN, MAX_RANGES, PROTOCOL_VERSION, SERVER_NAME,
 };
 
 /// Name of the commit sentinel inside a game root.

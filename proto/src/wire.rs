@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use crate::{FileManifest, GameId, RelPath, Version};
+use crate::{ChunkHash, ChunkSet, FileManifest, GameId, RelPath, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::PeerId;
@@ -75,6 +75,40 @@ pub enum Message {
         /// Why, for logs.
         reason: String,
     },
+    /// The sender is downloading a game and holds these chunks verified (the whole
+    /// state: at the start of a download, after a resume re-verified its journal).
+    /// A partial holder is not a ready peer: it never counts in `peer_count` nor votes on
+    /// manifests, and it serves only these chunks at exactly this manifest.
+    Holding(Holding),
+    /// More chunks of a [`Message::Holding`] verified since (batched).
+    HoldingMore {
+        /// The game.
+        game: GameId,
+        /// The manifest the chunks were checked against.
+        digest: ChunkHash,
+        /// The chunks, as indices into the manifest's chunks.
+        chunks: Vec<u32>,
+    },
+    /// The sender no longer serves its partial copy of the game (committed: it is in
+    /// the next `Library`; or failed, cancelled, removed).
+    HoldingGone {
+        /// The game.
+        game: GameId,
+    },
+}
+
+/// What a downloading peer holds of one game.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    /// The game.
+    pub game: GameId,
+    /// The version being downloaded.
+    pub version: Version,
+    /// The digest of the validated manifest (`manifest_digest`).
+    pub digest: ChunkHash,
+    /// The chunks verified against it, checked by the receiver against the manifest's
+    /// chunk count before use ([`ChunkSet::check`]).
+    pub chunks: ChunkSet,
 }
 
 /// A request on a bidirectional stream opened by a downloader. One request per stream.
@@ -95,6 +129,18 @@ pub enum PeerRequest {
         game: GameId,
         /// The version the downloader selected.
         version: Version,
+        /// The ranges.
+        ranges: Vec<ChunkRange>,
+    },
+    /// Ranges from a partial holder: like [`PeerRequest::Chunks`], but each range must be
+    /// one whole chunk of the manifest with this digest that the holder has verified.
+    PartialChunks {
+        /// The game.
+        game: GameId,
+        /// The version being downloaded.
+        version: Version,
+        /// The validated manifest's digest; the holder's must be the same.
+        digest: ChunkHash,
         /// The ranges.
         ranges: Vec<ChunkRange>,
     },

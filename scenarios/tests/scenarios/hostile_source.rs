@@ -253,6 +253,8 @@ async fn serve_conn(
                     out
                 }
                 (PeerRequest::Chunks { .. }, Lie::Manifest(_) | Lie::SilentManifest) => return,
+                // This source never announces a partial copy; nobody asks it for one.
+                (PeerRequest::PartialChunks { .. }, _) => return,
             };
             let _ = send.write_all(&out).await;
             let _ = send.finish();

@@ -1,0 +1,103 @@
+//! When a downloading peer tells its links about chunks it verified: batched, so a fast
+//! download does not send a frame per chunk, and bounded in delay, so the swarm learns of
+//! a chunk soon. Sans-IO: the caller feeds verified chunks and the time, and sends what
+//! [`HoldingBatcher::poll`] returns as one `HoldingMore`.
+
+use std::time::Duration;
+
+/// Verified chunks not yet announced.
+#[derive(Debug, Clone)]
+pub struct HoldingBatcher {
+    pending: Vec<u32>,
+    since: Option<Duration>,
+    max_chunks: usize,
+    max_delay: Duration,
+}
+
+/// Announce at the latest this long after a chunk verified.
+pub const HOLDING_DELAY: Duration = Duration::from_millis(250);
+/// Or as soon as this many chunks wait.
+pub const HOLDING_BATCH: usize = 8;
+
+impl Default for HoldingBatcher {
+    fn default() -> Self {
+        Self::new(HOLDING_BATCH, HOLDING_DELAY)
+    }
+}
+
+impl HoldingBatcher {
+    /// Announces every `max_chunks` chunks or `max_delay` after the oldest waiting one.
+    pub fn new(max_chunks: usize, max_delay: Duration) -> Self {
+        Self {
+            pending: Vec::new(),
+            since: None,
+            max_chunks: max_chunks.max(1),
+            max_delay,
+        }
+    }
+
+    /// Chunk `chunk` verified at `now`.
+    pub fn push(&mut self, chunk: u32, now: Duration) {
+        self.since.get_or_insert(now);
+        self.pending.push(chunk);
+    }
+
+    /// The chunks to announce now, if a batch is due.
+    pub fn poll(&mut self, now: Duration) -> Option<Vec<u32>> {
+        let due = self.pending.len() >= self.max_chunks
+            || self.since.is_some_and(|t| now >= t + self.max_delay);
+        if !due || self.pending.is_empty() {
+            return None;
+        }
+        self.since = None;
+        Some(std::mem::take(&mut self.pending))
+    }
+
+    /// When the waiting chunks are due (for the caller's timer), if any wait.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.since.map(|t| t + self.max_delay)
+    }
+
+    /// Everything still waiting (the download ends: announce it before `HoldingGone` or
+    /// the commit's `Library`).
+    pub fn flush(&mut self) -> Option<Vec<u32>> {
+        self.since = None;
+        (!self.pending.is_empty()).then(|| std::mem::take(&mut self.pending))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn batches_by_count_or_by_delay() {
+        let mut b = HoldingBatcher::new(3, 250 * MS);
+        assert_eq!(b.poll(Duration::ZERO), None);
+        assert_eq!(b.deadline(), None);
+        b.push(4, 10 * MS);
+        b.push(5, 20 * MS);
+        assert_eq!(b.deadline(), Some(260 * MS));
+        assert_eq!(b.poll(100 * MS), None, "neither full nor late");
+        assert_eq!(
+            b.poll(260 * MS),
+            Some(vec![4, 5]),
+            "the oldest waited 250 ms"
+        );
+        assert_eq!(b.deadline(), None);
+        for c in 0..3 {
+            b.push(c, 300 * MS);
+        }
+        assert_eq!(
+            b.poll(300 * MS),
+            Some(vec![0, 1, 2]),
+            "a full batch at once"
+        );
+        b.push(9, 400 * MS);
+        assert_eq!(b.flush(), Some(vec![9]));
+        assert_eq!(b.flush(), None);
+        assert_eq!(b.poll(Duration::from_secs(9)), None);
+    }
+}
