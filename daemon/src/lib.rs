@@ -21,6 +21,7 @@ mod links;
 mod lock;
 pub mod logging;
 mod mdns;
+mod partial;
 mod recover;
 mod resources;
 mod serve;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lanspread_peer::{check_not_self, Direction, Upsert};
+use lanspread_peer::{check_not_self, holding_frames, Direction, Upsert};
 use lanspread_proto::{close_code, Message, PeerId};
 use lanspread_transfer::{connect, is_data_connection, peer_id_of, read_frame, write_frame};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
@@ -422,17 +422,34 @@ async fn announce(
     accepted: oneshot::Receiver<()>,
 ) {
     let mut advert = shared.advert.subscribe();
+    let mut holdings = shared.partials.watch();
     let mut shutdown = shared.shutdown.subscribe();
     let result: Result<(), lanspread_transfer::TransferError> = async {
         write_frame(&mut send, &hello).await?;
         if accepted.await.is_err() {
             return Ok(());
         }
+        // The library whenever it changes; the partial copies as deltas from what this
+        // link was told.
+        let mut told: crate::partial::Announced = Default::default();
+        let mut library_changed = true;
         loop {
-            let lib = advert.borrow_and_update().clone();
-            write_frame(&mut send, &Message::Library(lib.to_vec())).await?;
+            if library_changed {
+                let lib = advert.borrow_and_update().clone();
+                write_frame(&mut send, &Message::Library(lib.to_vec())).await?;
+            }
+            let now = holdings.borrow_and_update().clone();
+            for frame in holding_frames(&told, &now) {
+                write_frame(&mut send, &frame).await?;
+            }
+            told = now;
+            library_changed = false;
             tokio::select! {
-                changed = advert.changed() => if changed.is_err() { break },
+                changed = advert.changed() => {
+                    if changed.is_err() { break }
+                    library_changed = true;
+                }
+                changed = holdings.changed() => if changed.is_err() { break },
                 _ = crate::state::until_shutdown(&mut shutdown) => break,
             }
         }

@@ -131,16 +131,22 @@ async fn handle(
             let sent = serve_ranges(shared, &mut answer, &game, version, &ranges).await;
             answer.ended(sent, remote);
         }
-        PeerRequest::PartialChunks { game, .. } => {
-            // Partial copies are announced and served from the next step of the swarm
-            // work on; until then this daemon holds none to serve.
-            let refused = PeerResponse::Refused {
-                reason: format!("no partial copy of {game} is served here"),
+        PeerRequest::PartialChunks {
+            game,
+            version,
+            digest,
+            ranges,
+        } => {
+            // The same turns as a ready copy's chunks.
+            let _mine = slots.acquire().await;
+            let alone = slots.available_permits() + 1 == CHUNK_STREAMS_PER_CONNECTION;
+            let _ours = if alone {
+                None
+            } else {
+                Some(shared.net.serve_slots.acquire().await)
             };
-            let sent = match answer.frame(&refused).await {
-                Ok(()) => answer.finish().await,
-                Err(e) => Err(e),
-            };
+            let game = (&game, version);
+            let sent = serve_partial(shared, &mut answer, game, &digest, &ranges).await;
             answer.ended(sent, remote);
         }
     }
@@ -168,6 +174,40 @@ async fn serve_ranges(
         }
         Ok((root.dir.clone(), files, None))
     });
+    send_ranges(
+        shared,
+        answer,
+        gated,
+        ranges,
+        Some(shared.net.hashes.clone()),
+    )
+    .await
+}
+
+/// Answers a chunk request to a partial copy: whole chunks verified against the same
+/// manifest only (`Partials::gate`), read from the files the download writes.
+async fn serve_partial(
+    shared: &Shared,
+    answer: &mut Answer<'_>,
+    game: (&lanspread_catalog::GameId, lanspread_catalog::Version),
+    digest: &lanspread_proto::ChunkHash,
+    ranges: &[ChunkRange],
+) -> Result<(), SendFailed> {
+    let gated = shared.partials.gate(game, digest, ranges);
+    // A verified chunk's bytes were written before it was verified; the file's identity
+    // changes while the download writes, so the hash cache's check does not apply.
+    send_ranges(shared, answer, gated, ranges, None).await
+}
+
+/// Sends the gated ranges, in order; a refusal (of the gates or of the file reader)
+/// ends the answer. `hashes`: the files must be unchanged since they were hashed.
+async fn send_ranges(
+    shared: &Shared,
+    answer: &mut Answer<'_>,
+    gated: Result<crate::partial::Gated, PeerError>,
+    ranges: &[ChunkRange],
+    hashes: Option<Arc<lanspread_catalog::HashCache>>,
+) -> Result<(), SendFailed> {
     let (dir, files, mut refusal) = match gated {
         Ok(g) if !g.1.is_empty() => g,
         Ok((_, _, refusal)) => return answer.refuse(refusal.unwrap_or_default()).await,
@@ -178,7 +218,7 @@ async fn serve_ranges(
     // One blocking task opens each file (before its header is sent, so a file that now
     // leaves the root, or changed since it was hashed, is refused) and reads the ranges
     // piece by piece, one piece ahead.
-    let mut pieces = read_ranges(dir, files, shared.net.hashes.clone());
+    let mut pieces = read_ranges(dir, files, hashes);
     for &ChunkRange { len, .. } in served {
         // The reader always sends at least one message per range; none means it died,
         // a local failure the peer is not to blame for.
@@ -378,7 +418,7 @@ struct Pieces {
 fn read_ranges(
     root: PathBuf,
     files: Vec<(PathBuf, u64, u64)>,
-    hashes: Arc<lanspread_catalog::HashCache>,
+    hashes: Option<Arc<lanspread_catalog::HashCache>>,
 ) -> Pieces {
     let (tx, rx) = mpsc::channel::<Result<Bytes, PeerError>>(2);
     let refused = |why: String| PeerError::Refused(why);
@@ -389,7 +429,7 @@ fn read_ranges(
                 Ok((f, meta))
             });
             let file = match opened {
-                Ok((f, meta)) if hashes.knows(&path, &meta) => f,
+                Ok((f, meta)) if hashes.as_ref().is_none_or(|h| h.knows(&path, &meta)) => f,
                 Ok(_) => {
                     let name = path.strip_prefix(&root).unwrap_or(&path);
                     let _ = tx.blocking_send(Err(refused(format!(

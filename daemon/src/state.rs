@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use crate::directory::Directory;
 use crate::events::EventBus;
 use crate::handshake::LocalPeer;
+use crate::partial::Partials;
 use crate::resources::Transfers;
 use lanspread_control::api::{GamesList, LocalGame, LocalGameState, OperationInfo, StatusInfo};
 
@@ -37,6 +38,8 @@ pub struct Shared {
     pub net: Transfers,
     /// The peer directory (links, peer libraries, redials), under its own lock.
     pub peers: Directory,
+    /// The partial copies of running downloads: announced, and served chunk by chunk.
+    pub partials: Partials,
     /// The games directory.
     pub games_dir: PathBuf,
     /// Known game ids.
@@ -74,6 +77,7 @@ impl Shared {
             me,
             net,
             peers: Directory::default(),
+            partials: Partials::default(),
             games_dir,
             catalog,
             events,

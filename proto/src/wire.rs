@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::PeerId;
 
 /// Wire protocol version; a peer with another version is refused.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// 4: partial holdings on the announce stream and `PartialChunks` requests (swarm).
+pub const PROTOCOL_VERSION: u32 = 4;
 /// TLS ALPN identifier of a peer link (announce stream, requests).
 pub const ALPN: &[u8] = b"lanspread/1";
 /// TLS ALPN identifier of a data connection: a downloader's extra connection to a source,

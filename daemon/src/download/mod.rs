@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use lanspread_catalog::{manifest_digest, FileManifest, GameId, Version, VERSION_FILE};
 use lanspread_peer::{
-    Action, BatchId, Chosen, ChunkResult, Engine, EngineConfig, FailKind, Fetch, Lane, OpKind,
-    Sources,
+    Action, BatchId, Chosen, ChunkResult, Engine, EngineConfig, FailKind, Fetch, HoldingBatcher,
+    Lane, OpKind, Sources,
 };
 use lanspread_proto::PeerId;
 use tokio::task::JoinSet;
@@ -123,6 +123,7 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
     if result.is_err() {
         commit::discard_incoming(&shared.games_dir.join(id.as_str())).await;
     }
+    shared.partials.end(&id);
     shared.lock().operations.end(&id);
     shared.rescan_root(&id).await;
     let ok = match result {
@@ -212,6 +213,11 @@ async fn download(
     let chunks = engine.chunks().len() as u64;
     let lanes = lanes::Lanes::open(shared, &chosen.sources).await;
     let (resumed_chunks, resumed_bytes) = engine.on_prepared(&present, &lanes.opened());
+    // From now on the verified chunks are served to peers downloading the same manifest.
+    let manifest = Arc::new(chosen.files.clone());
+    shared
+        .partials
+        .begin((id, sources.version), manifest, root.clone(), &present);
     if resumed_chunks > 0 {
         info!(game = %id, chunks = resumed_chunks, bytes = resumed_bytes, "resuming");
     }
@@ -379,6 +385,8 @@ async fn transfer(
         running: JoinSet::new(),
         activity: sources.into_iter().map(|p| (p, Arc::default())).collect(),
         addrs: HashMap::new(),
+        announce: HoldingBatcher::default(),
+        began: Instant::now(),
     };
     loop {
         while let Some(action) = engine.poll() {
@@ -394,7 +402,16 @@ async fn transfer(
                 }
             }
         }
-        let Some(joined) = t.running.join_next().await else {
+        // Verified chunks are announced in batches, at the latest HOLDING_DELAY after.
+        let due = t.announce.deadline().map(|d| t.began + d);
+        let joined = tokio::select! {
+            j = t.running.join_next() => j,
+            () = sleep_until(due) => {
+                t.announce_due();
+                continue;
+            }
+        };
+        let Some(joined) = joined else {
             return Err(Failure::internal(
                 "download stalled: nothing in flight and nothing assignable",
             ));
@@ -415,6 +432,10 @@ struct Transfer<'a, 'w> {
     activity: HashMap<PeerId, Arc<fetch::Activity>>,
     /// Each source's address when its last batch started, for the events.
     addrs: HashMap<PeerId, String>,
+    /// Verified chunks not yet announced to the links.
+    announce: HoldingBatcher,
+    /// The batcher's clock starts here.
+    began: Instant,
 }
 
 impl Transfer<'_, '_> {
@@ -486,9 +507,20 @@ impl Transfer<'_, '_> {
         });
     }
 
-    /// Journals a verified chunk and reports it.
+    /// Announces the verified chunks whose batch is due.
+    fn announce_due(&mut self) {
+        if let Some(chunks) = self.announce.poll(self.began.elapsed()) {
+            self.shared.partials.verified(self.game.0, &chunks);
+        }
+    }
+
+    /// Journals a verified chunk, reports it and queues it for the links.
     fn verified(&mut self, engine: &Engine, chunk: usize, peer: PeerId) {
         self.work.journal.record(chunk);
+        if let Ok(c) = u32::try_from(chunk) {
+            self.announce.push(c, self.began.elapsed());
+            self.announce_due();
+        }
         let spec = &engine.chunks()[chunk];
         let id = self.game.0;
         self.shared.lock().operations.advance(id, spec.len);
@@ -500,6 +532,14 @@ impl Transfer<'_, '_> {
             addr: self.addrs.get(&peer).cloned().unwrap_or_default(),
             peer_id: peer,
         });
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -3,7 +3,10 @@
 //! a chunk soon. Sans-IO: the caller feeds verified chunks and the time, and sends what
 //! [`HoldingBatcher::poll`] returns as one `HoldingMore`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
+
+use lanspread_proto::{GameId, Holding, Message};
 
 /// Verified chunks not yet announced.
 #[derive(Debug, Clone)]
@@ -66,6 +69,42 @@ impl HoldingBatcher {
     }
 }
 
+/// The frames that bring a link from the holdings it was told (`sent`) to the current
+/// ones (`now`): `Holding` for a game new to it (or at another manifest), `HoldingMore` with
+/// the chunks verified since, `HoldingGone` for a game no longer held in part. A link
+/// writer calls it whenever the holdings change, so a new link gets the whole state and
+/// an old one only deltas.
+pub fn holding_frames(
+    sent: &BTreeMap<GameId, Holding>,
+    now: &BTreeMap<GameId, Holding>,
+) -> Vec<Message> {
+    let mut out = Vec::new();
+    for (game, h) in now {
+        match sent.get(game) {
+            Some(old) if old.digest == h.digest && old.version == h.version => {
+                let more: Vec<u32> = h
+                    .chunks
+                    .iter()
+                    .filter(|&c| !old.chunks.contains(c))
+                    .filter_map(|c| u32::try_from(c).ok())
+                    .collect();
+                if !more.is_empty() {
+                    out.push(Message::HoldingMore {
+                        game: game.clone(),
+                        digest: h.digest,
+                        chunks: more,
+                    });
+                }
+            }
+            _ => out.push(Message::Holding(h.clone())),
+        }
+    }
+    for game in sent.keys().filter(|g| !now.contains_key(*g)) {
+        out.push(Message::HoldingGone { game: game.clone() });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,5 +138,50 @@ mod tests {
         assert_eq!(b.flush(), Some(vec![9]));
         assert_eq!(b.flush(), None);
         assert_eq!(b.poll(Duration::from_secs(9)), None);
+    }
+
+    #[test]
+    fn a_link_gets_the_whole_state_then_deltas_then_gone() {
+        use lanspread_proto::{ChunkSet, Version};
+        let game: GameId = "cod5".parse().unwrap();
+        let holding = |chunks: &[usize], digest: u8| {
+            let mut set = ChunkSet::empty(6);
+            for &c in chunks {
+                set.insert(c);
+            }
+            Holding {
+                game: game.clone(),
+                version: Version::parse("20250101").unwrap(),
+                digest: [digest; 32],
+                chunks: set,
+            }
+        };
+        let map = |h: Option<Holding>| h.map(|h| (h.game.clone(), h)).into_iter().collect();
+        let none = BTreeMap::new();
+        let a: BTreeMap<_, _> = map(Some(holding(&[0], 1)));
+        let b: BTreeMap<_, _> = map(Some(holding(&[0, 2, 5], 1)));
+        let c: BTreeMap<_, _> = map(Some(holding(&[1], 2)));
+        assert_eq!(
+            holding_frames(&none, &a),
+            [Message::Holding(holding(&[0], 1))]
+        );
+        assert_eq!(
+            holding_frames(&a, &b),
+            [Message::HoldingMore {
+                game: game.clone(),
+                digest: [1; 32],
+                chunks: vec![2, 5]
+            }]
+        );
+        assert!(holding_frames(&b, &b).is_empty(), "nothing new");
+        assert_eq!(
+            holding_frames(&b, &c),
+            [Message::Holding(holding(&[1], 2))],
+            "another manifest: the whole state again"
+        );
+        assert_eq!(
+            holding_frames(&c, &none),
+            [Message::HoldingGone { game: game.clone() }]
+        );
     }
 }

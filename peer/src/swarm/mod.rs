@@ -11,7 +11,7 @@ mod picker;
 mod seed;
 mod slots;
 
-pub use announce::{HoldingBatcher, HOLDING_BATCH, HOLDING_DELAY};
+pub use announce::{holding_frames, HoldingBatcher, HOLDING_BATCH, HOLDING_DELAY};
 pub use picker::{Pick, Picker, PickerConfig};
 pub use seed::SeedChooser;
 pub use slots::UploadSlots;

@@ -20,5 +20,6 @@ mod mdns;
 mod progress;
 mod resume;
 mod robust;
+mod swarm;
 mod trust;
 mod util;
