@@ -69,6 +69,11 @@ pub struct DaemonArgs {
     /// per thread to each source [default: one per core, at most 16].
     #[arg(long, value_name = "N")]
     pub transfer_threads: Option<usize>,
+    /// Peer exchange dials the peers linked peers tell of while this daemon has fewer
+    /// links than this; 0 turns it off (connect, static peers and mDNS still link)
+    /// [default: 64].
+    #[arg(long, value_name = "N")]
+    pub max_links: Option<usize>,
 }
 
 /// The config file: the flags' names with `_` for `-`, plus `peers`.
@@ -90,6 +95,7 @@ struct FileConfig {
     max_upload_mib_s: Option<f64>,
     max_download_mib_s: Option<f64>,
     transfer_threads: Option<usize>,
+    max_links: Option<usize>,
     #[serde(default)]
     peers: Vec<String>,
 }
@@ -127,6 +133,8 @@ pub struct DaemonConfig {
     pub max_download_mib_s: Option<f64>,
     /// Threads driving QUIC connections (the main one included).
     pub transfer_threads: usize,
+    /// Links up to which peer exchange dials learned peers (0: it dials none).
+    pub max_links: usize,
 }
 
 impl DaemonConfig {
@@ -149,6 +157,7 @@ impl DaemonConfig {
             max_upload_mib_s: None,
             max_download_mib_s: None,
             transfer_threads: default_transfer_threads(),
+            max_links: lanspread_peer::DEFAULT_MAX_LINKS,
         }
     }
 }
@@ -259,6 +268,10 @@ impl DaemonArgs {
             max_upload_mib_s,
             max_download_mib_s,
             transfer_threads,
+            max_links: self
+                .max_links
+                .or(file.max_links)
+                .unwrap_or(lanspread_peer::DEFAULT_MAX_LINKS),
         })
     }
 }
@@ -333,7 +346,7 @@ mod tests {
         let cfg = t.path().join("d.toml");
         std::fs::write(
             &cfg,
-            "games = \"/g\"\nstate = \"/s\"\nlisten = \"127.0.0.1:9\"\nmdns = false\npeers = [\"10.0.0.1:41741\"]\ntransfer_threads = 2\n",
+            "games = \"/g\"\nstate = \"/s\"\nlisten = \"127.0.0.1:9\"\nmdns = false\npeers = [\"10.0.0.1:41741\"]\ntransfer_threads = 2\nmax_links = 5\n",
         )
         .unwrap();
         let c = args(&[
@@ -352,6 +365,7 @@ mod tests {
         assert!(!c.mdns);
         assert_eq!(c.peers, ["10.0.0.1:41741"]);
         assert_eq!(c.transfer_threads, 2);
+        assert_eq!(c.max_links, 5);
     }
 
     #[test]

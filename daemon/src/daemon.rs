@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::access::{resolve_group, Policy};
 use crate::config::DaemonConfig;
+use crate::directory::Directory;
 use crate::events::EventBus;
 use crate::handshake::LocalPeer;
 use crate::limit::RateLimit;
@@ -108,7 +109,16 @@ impl Daemon {
             listen,
             secret,
         };
-        let shared = Shared::new(me, net, config.games.clone(), catalog, events, library);
+        let peers = Directory::new(config.max_links);
+        let shared = Shared::new(
+            me,
+            net,
+            peers,
+            config.games.clone(),
+            catalog,
+            events,
+            library,
+        );
         info!(peer_id = %shared.me.id, %listen, threads = config.transfer_threads, games = %config.games.display(), socket = %config.socket.display(), "lanspreadd ready");
         shared.events.emit(EventKind::LocalPeerReady {
             peer_id: shared.me.id.clone(),
@@ -256,6 +266,15 @@ fn spawn_tasks(
         .take()
     {
         tasks.push(tokio::spawn(links::redial_manager(shared.clone(), rx)));
+    }
+    if let Some(rx) = shared
+        .peers
+        .pex_dial_rx
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    {
+        tasks.push(tokio::spawn(links::pex_dialler(shared.clone(), rx)));
     }
     let mdns = if config.mdns {
         match mdns::start(shared.clone(), &config.mdns_interfaces) {

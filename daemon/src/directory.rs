@@ -5,15 +5,15 @@
 //! and no daemon lock is taken while it is held (so taking it under the state lock is
 //! safe).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use lanspread_catalog::{Catalog, GameId};
 use lanspread_control::api::{GameVersion, PeerInfo, RemoteGameRow};
 use lanspread_peer::{aggregate, latest_sources, prefer_new_link, Direction, PeerEntry, PeerTable};
 use lanspread_peer::{Sources, Upsert};
-use lanspread_proto::{close_code, ChunkHash, GameAd, Holding, PeerId};
+use lanspread_proto::{close_code, ChunkHash, GameAd, Holding, PeerAddr, PeerId};
 use quinn::{Connection, VarInt};
 use tokio::sync::{mpsc, watch};
 
@@ -58,16 +58,33 @@ pub struct Directory {
     pub redial: mpsc::UnboundedSender<Redial>,
     /// The receiving end, taken once by the redial manager.
     pub redial_rx: Mutex<Option<mpsc::UnboundedReceiver<Redial>>>,
+    /// The linked peers as peer exchange tells them (every link writer watches it).
+    pex: watch::Sender<Arc<Vec<PeerAddr>>>,
+    /// Learned peers being dialled now.
+    dialling: Mutex<BTreeSet<PeerId>>,
+    /// Learned peers to dial once (by the peer-exchange dialler task).
+    pub pex_dial: mpsc::UnboundedSender<PeerAddr>,
+    /// The receiving end, taken once by that task.
+    pub pex_dial_rx: Mutex<Option<mpsc::UnboundedReceiver<PeerAddr>>>,
+    /// Peer exchange dials while there are fewer links than this.
+    max_links: usize,
 }
 
-impl Default for Directory {
-    fn default() -> Self {
+impl Directory {
+    /// A directory whose peer exchange dials up to `max_links` links.
+    pub fn new(max_links: usize) -> Self {
         let (redial, redial_rx) = mpsc::unbounded_channel();
+        let (pex_dial, pex_dial_rx) = mpsc::unbounded_channel();
         Self {
+            max_links,
+            pex_dial,
+            pex_dial_rx: Mutex::new(Some(pex_dial_rx)),
             peers: Mutex::default(),
             count: watch::channel(0).0,
             redial,
             redial_rx: Mutex::new(Some(redial_rx)),
+            pex: watch::channel(Arc::default()).0,
+            dialling: Mutex::default(),
         }
     }
 }
@@ -106,6 +123,7 @@ impl Directory {
         p.links.insert(remote.clone(), link);
         let upsert = p.table.upsert(remote, addr);
         self.count.send_replace(p.table.len());
+        self.publish(&p);
         Ok(upsert)
     }
 
@@ -120,8 +138,43 @@ impl Directory {
             p.links.remove(remote);
             p.table.remove(remote);
             self.count.send_replace(p.table.len());
+            self.publish(&p);
         }
         ours
+    }
+
+    fn publish(&self, p: &Peers) {
+        let list: Vec<PeerAddr> = p
+            .table
+            .iter()
+            .map(|(id, e)| PeerAddr {
+                peer_id: id.clone(),
+                addr: e.addr,
+            })
+            .collect();
+        self.pex.send_replace(Arc::new(list));
+    }
+
+    /// What link writers tell their peers (each leaves out the peer it writes to).
+    pub fn watch_pex(&self) -> watch::Receiver<Arc<Vec<PeerAddr>>> {
+        self.pex.subscribe()
+    }
+
+    /// The peers of a received peer-exchange list to dial now (`pex_dials`), marked as
+    /// being dialled until [`Directory::dialled`].
+    pub fn pex_dials(&self, me: &PeerId, learned: &[PeerAddr]) -> Vec<PeerAddr> {
+        let max_links = self.max_links;
+        let linked: BTreeSet<PeerId> = self.lock().links.keys().cloned().collect();
+        let mut dialling = self.dialling.lock().unwrap_or_else(|p| p.into_inner());
+        let dials = lanspread_peer::pex_dials(me, &linked, &dialling, learned, max_links);
+        dialling.extend(dials.iter().map(|d| d.peer_id.clone()));
+        dials
+    }
+
+    /// A peer-exchange dial ended.
+    pub fn dialled(&self, peer: &PeerId) {
+        let mut dialling = self.dialling.lock().unwrap_or_else(|p| p.into_inner());
+        dialling.remove(peer);
     }
 
     /// Takes a peer's announced library: whether it changed, and the peer's row (`None`

@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanspread_peer::{check_not_self, holding_frames, Direction, Upsert};
-use lanspread_proto::{close_code, Message, PeerId};
+use lanspread_proto::{close_code, Message, PeerAddr, PeerId, MAX_PEX};
 use lanspread_transfer::{connect, is_data_connection, peer_id_of, read_frame, write_frame};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
 use crate::directory::Holdings;
@@ -241,7 +241,8 @@ async fn greet(
     };
     let (accepted, go) = oneshot::channel();
     let hello = exchange.hello();
-    let writer = tokio::spawn(announce(shared.clone(), send, hello, go).in_current_span());
+    let writer =
+        tokio::spawn(announce(shared.clone(), send, (hello, remote.clone()), go).in_current_span());
 
     // Their announce stream: hello first.
     let (recv, hello) = match exchange.receive_hello(conn, &remote).await {
@@ -268,11 +269,27 @@ async fn greet(
     })
 }
 
+/// Dials, once each, the peers that peer exchange chose (`Directory::pex_dials`).
+pub async fn pex_dialler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<PeerAddr>) {
+    while let Some(p) = rx.recv().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            match dial(&shared, p.addr).await {
+                Ok(info) => {
+                    info!(peer = %info.peer_id.short(), addr = %p.addr, "linked a peer learned by peer exchange")
+                }
+                Err(e) => debug!(addr = %p.addr, "peer exchange dial failed: {e}"),
+            }
+            shared.peers.dialled(&p.peer_id);
+        });
+    }
+}
+
 /// Reads the peer's announcements (libraries) until goodbye, a protocol error, the
 /// connection's end or our shutdown; `tell` gets the peer once its first library is in.
 /// Returns why the link ended.
 async fn follow(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     conn: &Connection,
     remote: &PeerId,
     recv: &mut RecvStream,
@@ -324,6 +341,11 @@ async fn follow(
                 Holdings::More(game, digest, chunks),
                 &shared.catalog,
             ),
+            Ok(Some(Message::Peers(learned))) => {
+                for p in shared.peers.pex_dials(&shared.me.id, &learned) {
+                    let _ = shared.peers.pex_dial.send(p);
+                }
+            }
             Ok(Some(Message::HoldingGone { game })) => {
                 shared
                     .peers
@@ -418,11 +440,12 @@ fn drop_link(
 async fn announce(
     shared: Arc<Shared>,
     mut send: SendStream,
-    hello: Message,
+    (hello, remote): (Message, PeerId),
     accepted: oneshot::Receiver<()>,
 ) {
     let mut advert = shared.advert.subscribe();
     let mut holdings = shared.partials.watch();
+    let mut pex = shared.peers.watch_pex();
     let mut shutdown = shared.shutdown.subscribe();
     let result: Result<(), lanspread_transfer::TransferError> = async {
         write_frame(&mut send, &hello).await?;
@@ -433,10 +456,24 @@ async fn announce(
         // link was told.
         let mut told: crate::partial::Announced = Default::default();
         let mut library_changed = true;
+        let mut peers_changed = true;
         loop {
             if library_changed {
                 let lib = advert.borrow_and_update().clone();
                 write_frame(&mut send, &Message::Library(lib.to_vec())).await?;
+            }
+            if peers_changed {
+                // The other linked peers (never the one this link goes to).
+                let all = pex.borrow_and_update().clone();
+                let others: Vec<PeerAddr> = all
+                    .iter()
+                    .filter(|p| p.peer_id != remote)
+                    .take(MAX_PEX)
+                    .cloned()
+                    .collect();
+                if !others.is_empty() {
+                    write_frame(&mut send, &Message::Peers(others)).await?;
+                }
             }
             let now = holdings.borrow_and_update().clone();
             for frame in holding_frames(&told, &now) {
@@ -444,10 +481,15 @@ async fn announce(
             }
             told = now;
             library_changed = false;
+            peers_changed = false;
             tokio::select! {
                 changed = advert.changed() => {
                     if changed.is_err() { break }
                     library_changed = true;
+                }
+                changed = pex.changed() => {
+                    if changed.is_err() { break }
+                    peers_changed = true;
                 }
                 changed = holdings.changed() => if changed.is_err() { break },
                 _ = crate::state::until_shutdown(&mut shutdown) => break,

@@ -63,6 +63,7 @@ impl Shared {
     pub fn new(
         me: LocalPeer,
         net: Transfers,
+        peers: Directory,
         games_dir: PathBuf,
         catalog: Catalog,
         events: EventBus,
@@ -76,7 +77,7 @@ impl Shared {
         Arc::new(Self {
             me,
             net,
-            peers: Directory::default(),
+            peers,
             partials: Partials::default(),
             games_dir,
             catalog,

@@ -96,6 +96,22 @@ pub enum Message {
         /// The game.
         game: GameId,
     },
+    /// Peer exchange: the other peers the sender is linked to (at most [`MAX_PEX`]; the
+    /// whole list, resent when it changes), so peers told only the server's address find
+    /// each other across VLANs without mDNS.
+    Peers(Vec<PeerAddr>),
+}
+
+/// Most peers in one [`Message::Peers`]; a receiver ignores the rest.
+pub const MAX_PEX: usize = 64;
+
+/// A linked peer as told to others: its id and the address it listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerAddr {
+    /// Its peer id (proven again by TLS when dialled).
+    pub peer_id: PeerId,
+    /// Its QUIC listen address, as the sender sees it.
+    pub addr: SocketAddr,
 }
 
 /// What a downloading peer holds of one game.

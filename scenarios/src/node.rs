@@ -236,6 +236,12 @@ impl Node {
             cmd.env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
         }
         cmd.stderr(Stdio::from(log));
+        // The scenarios describe who connects to whom; peer exchange (on by default for
+        // users) would link their nodes further. A test of peer exchange passes
+        // `--max-links` itself.
+        if !self.opts.args.iter().any(|a| a == "--max-links") {
+            cmd.args(["--max-links", "0"]);
+        }
         cmd.args(&self.opts.args);
         cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         if let Some(catalog) = &self.opts.catalog {

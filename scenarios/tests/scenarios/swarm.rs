@@ -232,3 +232,44 @@ fn a_downloading_peer_announces_and_serves_exactly_its_verified_chunks() {
         seen.refused
     );
 }
+
+/// Peer exchange: clients told only the server's address find each other (their links
+/// carry each other's listen addresses), and `--max-links` bounds what it dials.
+#[test]
+fn clients_told_only_the_server_link_to_each_other() {
+    let empty = |name: &str| {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = NodeOptions {
+            args: vec!["--max-links".into(), "64".into()],
+            ..NodeOptions::default()
+        };
+        (Node::start_with(name, dir.path(), opts), dir)
+    };
+    let (server, _s) = empty("server");
+    let (a, _a) = empty("a");
+    let (b, _b) = empty("b");
+    let cap_dir = tempfile::tempdir().unwrap();
+    // One link at most: the server's; it learns of a and b but dials neither.
+    let capped = Node::start_with(
+        "capped",
+        cap_dir.path(),
+        NodeOptions {
+            args: vec!["--max-links".into(), "1".into()],
+            ..NodeOptions::default()
+        },
+    );
+    a.connect(&server);
+    b.connect(&server);
+    capped.connect(&server);
+    let linked = |n: &Node, other: &Node| n.peer_ids().contains(&other.peer_id);
+    lanspread_scenarios::wait_for("a and b linked by peer exchange", || {
+        (linked(&a, &b) && linked(&b, &a)).then_some(())
+    });
+    // The capped node learned of a and b too but dialled neither (they may dial it: the
+    // cap bounds what peer exchange dials, not what others do).
+    std::thread::sleep(Duration::from_secs(2));
+    const PEX: &str = "linked a peer learned by peer exchange";
+    assert!(a.log().contains(PEX) || b.log().contains(PEX));
+    assert!(!capped.log().contains(PEX), "{}", capped.log_tail());
+    assert!(linked(&a, &server) && linked(&b, &server));
+}
