@@ -5,9 +5,10 @@
 //! and no daemon lock is taken while it is held (so taking it under the state lock is
 //! safe).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use lanspread_catalog::{Catalog, GameId};
 use lanspread_control::api::{GameVersion, PeerInfo, RemoteGameRow};
@@ -24,6 +25,9 @@ pub struct Link {
     /// Who dialled it.
     pub direction: Direction,
 }
+
+/// How long an address that failed a peer-exchange dial is not tried again.
+pub const PEX_RETRY: Duration = Duration::from_secs(60);
 
 /// A change of a peer's partial holdings.
 pub enum Holdings {
@@ -60,8 +64,8 @@ pub struct Directory {
     pub redial_rx: Mutex<Option<mpsc::UnboundedReceiver<Redial>>>,
     /// The linked peers as peer exchange tells them (every link writer watches it).
     pex: watch::Sender<Arc<Vec<PeerAddr>>>,
-    /// Learned peers being dialled now.
-    dialling: Mutex<BTreeSet<PeerId>>,
+    /// Learned peers being dialled now, and addresses that failed a dial lately.
+    dialling: Mutex<(BTreeSet<PeerId>, BTreeMap<SocketAddr, Instant>)>,
     /// Learned peers to dial once (by the peer-exchange dialler task).
     pub pex_dial: mpsc::UnboundedSender<PeerAddr>,
     /// The receiving end, taken once by that task.
@@ -165,16 +169,23 @@ impl Directory {
     pub fn pex_dials(&self, me: &PeerId, learned: &[PeerAddr]) -> Vec<PeerAddr> {
         let max_links = self.max_links;
         let linked: BTreeSet<PeerId> = self.lock().links.keys().cloned().collect();
-        let mut dialling = self.dialling.lock().unwrap_or_else(|p| p.into_inner());
-        let dials = lanspread_peer::pex_dials(me, &linked, &dialling, learned, max_links);
+        let mut guard = self.dialling.lock().unwrap_or_else(|p| p.into_inner());
+        let (dialling, failed) = &mut *guard;
+        failed.retain(|_, at| at.elapsed() < PEX_RETRY);
+        let recent: BTreeSet<SocketAddr> = failed.keys().copied().collect();
+        let dials = lanspread_peer::pex_dials(me, (&linked, dialling), &recent, learned, max_links);
         dialling.extend(dials.iter().map(|d| d.peer_id.clone()));
         dials
     }
 
-    /// A peer-exchange dial ended.
-    pub fn dialled(&self, peer: &PeerId) {
-        let mut dialling = self.dialling.lock().unwrap_or_else(|p| p.into_inner());
-        dialling.remove(peer);
+    /// A peer-exchange dial ended; a failed address is not tried again for
+    /// [`PEX_RETRY`].
+    pub fn dialled(&self, p: &PeerAddr, ok: bool) {
+        let mut guard = self.dialling.lock().unwrap_or_else(|p| p.into_inner());
+        guard.0.remove(&p.peer_id);
+        if !ok {
+            guard.1.insert(p.addr, Instant::now());
+        }
     }
 
     /// Takes a peer's announced library: whether it changed, and the peer's row (`None`

@@ -274,13 +274,18 @@ pub async fn pex_dialler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pe
     while let Some(p) = rx.recv().await {
         let shared = shared.clone();
         tokio::spawn(async move {
-            match dial(&shared, p.addr).await {
+            let ok = match dial(&shared, p.addr).await {
                 Ok(info) => {
-                    info!(peer = %info.peer_id.short(), addr = %p.addr, "linked a peer learned by peer exchange")
+                    let peer = info.peer_id.short();
+                    info!(%peer, addr = %p.addr, "linked a peer learned by peer exchange");
+                    true
                 }
-                Err(e) => debug!(addr = %p.addr, "peer exchange dial failed: {e}"),
-            }
-            shared.peers.dialled(&p.peer_id);
+                Err(e) => {
+                    debug!(addr = %p.addr, "peer exchange dial failed: {e}");
+                    false
+                }
+            };
+            shared.peers.dialled(&p, ok);
         });
     }
 }

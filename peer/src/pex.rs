@@ -1,6 +1,7 @@
 //! Peer exchange: which of the peers a linked peer told us about to dial. Sans-IO.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 
 use lanspread_proto::{PeerAddr, PeerId, MAX_PEX};
 
@@ -9,13 +10,14 @@ use lanspread_proto::{PeerAddr, PeerId, MAX_PEX};
 pub const DEFAULT_MAX_LINKS: usize = 64;
 
 /// The learned peers to dial now: not ourselves, not linked, not being dialled, each id
-/// once, with a usable address (no unspecified address, no port 0), only the first
-/// [`MAX_PEX`] of the list, and only as many as keep `linked + dialling` under
-/// `max_links`.
+/// once, with a usable address (no unspecified address, no port 0) that did not fail a
+/// dial lately (`failed`: a peer cannot keep us dialling addresses that do not answer),
+/// only the first [`MAX_PEX`] of the list, and only as many as keep `linked + dialling`
+/// under `max_links`.
 pub fn pex_dials(
     me: &PeerId,
-    linked: &BTreeSet<PeerId>,
-    dialling: &BTreeSet<PeerId>,
+    (linked, dialling): (&BTreeSet<PeerId>, &BTreeSet<PeerId>),
+    failed: &BTreeSet<SocketAddr>,
     learned: &[PeerAddr],
     max_links: usize,
 ) -> Vec<PeerAddr> {
@@ -27,6 +29,7 @@ pub fn pex_dials(
         .filter(|p| &p.peer_id != me && !linked.contains(&p.peer_id))
         .filter(|p| !dialling.contains(&p.peer_id))
         .filter(|p| !p.addr.ip().is_unspecified() && p.addr.port() != 0)
+        .filter(|p| !failed.contains(&p.addr))
         .filter(|p| seen.insert(p.peer_id.clone()))
         .take(room)
         .cloned()
@@ -63,7 +66,8 @@ mod tests {
             at(6, "[fd00::6]:41741"),
             at(7, "10.0.0.7:41741"),
         ];
-        let d = pex_dials(&pid(0), &linked, &dialling, &learned, 10);
+        let none = BTreeSet::new();
+        let d = pex_dials(&pid(0), (&linked, &dialling), &none, &learned, 10);
         assert_eq!(
             d,
             [
@@ -73,9 +77,19 @@ mod tests {
             ]
         );
         // The cap counts links and dials in progress.
-        let d = pex_dials(&pid(0), &linked, &dialling, &learned, 3);
+        let d = pex_dials(&pid(0), (&linked, &dialling), &none, &learned, 3);
         assert_eq!(d, [at(5, "10.0.0.5:41741")]);
-        assert!(pex_dials(&pid(0), &linked, &dialling, &learned, 2).is_empty());
+        assert!(pex_dials(&pid(0), (&linked, &dialling), &none, &learned, 2).is_empty());
+        // An address that failed lately is not tried again (the same id at another
+        // address still is).
+        let failed: BTreeSet<SocketAddr> = ["10.0.0.5:41741".parse().unwrap()].into();
+        let d = pex_dials(&pid(0), (&linked, &dialling), &failed, &learned, 10);
+        let want = [
+            at(5, "10.0.0.55:41741"),
+            at(6, "[fd00::6]:41741"),
+            at(7, "10.0.0.7:41741"),
+        ];
+        assert_eq!(d, want);
     }
 
     #[test]
@@ -84,7 +98,7 @@ mod tests {
             .map(|n| at(n, &format!("10.0.1.{n}:41741")))
             .collect();
         let none = BTreeSet::new();
-        let d = pex_dials(&pid(250), &none, &none, &learned, 1000);
+        let d = pex_dials(&pid(250), (&none, &none), &BTreeSet::new(), &learned, 1000);
         assert_eq!(d.len(), MAX_PEX);
     }
 }
