@@ -28,6 +28,8 @@ pub struct Link {
 
 /// How long an address that failed a peer-exchange dial is not tried again.
 pub const PEX_RETRY: Duration = Duration::from_secs(60);
+/// Most failed addresses remembered.
+const PEX_FAILED_MAX: usize = 1024;
 
 /// A change of a peer's partial holdings.
 pub enum Holdings {
@@ -119,6 +121,8 @@ impl Directory {
             existing
                 .conn
                 .close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+            // Holdings are told as deltas per connection: the new one starts afresh.
+            p.table.clear_holdings(remote);
         }
         let link = Link {
             conn: conn.clone(),
@@ -184,7 +188,14 @@ impl Directory {
         let mut guard = self.dialling.lock().unwrap_or_else(|p| p.into_inner());
         guard.0.remove(&p.peer_id);
         if !ok {
-            guard.1.insert(p.addr, Instant::now());
+            let failed = &mut guard.1;
+            if failed.len() >= PEX_FAILED_MAX {
+                // Forget the oldest: the map stays bounded whatever peers tell us.
+                if let Some(oldest) = failed.iter().min_by_key(|(_, t)| **t).map(|(a, _)| *a) {
+                    failed.remove(&oldest);
+                }
+            }
+            failed.insert(p.addr, Instant::now());
         }
     }
 
@@ -204,8 +215,20 @@ impl Directory {
     /// A peer's partial copy of a game it downloads (`Holding`, `HoldingMore`,
     /// `HoldingGone` on its announce stream). Kept apart from its ready library: partial
     /// holders are never counted or asked for manifests.
-    pub fn holding(&self, remote: &PeerId, msg: Holdings, catalog: &Catalog) {
+    pub fn holding(
+        &self,
+        (remote, conn): (&PeerId, &Connection),
+        msg: Holdings,
+        catalog: &Catalog,
+    ) {
         let mut p = self.lock();
+        let current = p
+            .links
+            .get(remote)
+            .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
+        if !current {
+            return; // a late frame of a replaced connection
+        }
         match msg {
             Holdings::All(h) => p.table.set_holding(remote, h, catalog),
             Holdings::More(game, digest, chunks) => {

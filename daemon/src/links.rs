@@ -59,6 +59,12 @@ pub async fn accept_loop(shared: Arc<Shared>) {
 /// Dials `addr`, runs the link in the background and returns once the peer's hello and
 /// first library arrived.
 pub async fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> LinkResult {
+    dial_peer(shared, addr, None).await
+}
+
+/// [`dial`], and when `expect` is given the peer there must prove that id and not be
+/// linked already: a learned address cannot be used to replace a link we keep.
+async fn dial_peer(shared: &Arc<Shared>, addr: SocketAddr, expect: Option<&PeerId>) -> LinkResult {
     if is_own_address(shared.me.listen, addr) {
         return Err(peer_failure(lanspread_peer::PeerError::SelfConnect));
     }
@@ -70,6 +76,17 @@ pub async fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> LinkResult {
     if let Err(e) = check_not_self(&shared.me.id, &remote) {
         conn.close(VarInt::from_u32(close_code::SELF_CONNECT), b"self");
         return Err(peer_failure(e));
+    }
+    if let Some(expect) = expect {
+        if &remote != expect || shared.peers.link(&remote).is_some() {
+            conn.close(
+                VarInt::from_u32(close_code::DUPLICATE),
+                b"not the peer told of",
+            );
+            return Err(refused(format!(
+                "{addr} is peer {remote}, not {expect}, or linked already"
+            )));
+        }
     }
     let (tx, rx) = oneshot::channel();
     tokio::spawn(
@@ -274,7 +291,7 @@ pub async fn pex_dialler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pe
     while let Some(p) = rx.recv().await {
         let shared = shared.clone();
         tokio::spawn(async move {
-            let ok = match dial(&shared, p.addr).await {
+            let ok = match dial_peer(&shared, p.addr, Some(&p.peer_id)).await {
                 Ok(info) => {
                     let peer = info.peer_id.short();
                     info!(%peer, addr = %p.addr, "linked a peer learned by peer exchange");
@@ -335,18 +352,25 @@ async fn follow(
             Ok(Some(Message::Holding(h))) => {
                 shared
                     .peers
-                    .holding(remote, Holdings::All(h), &shared.catalog)
+                    .holding((remote, conn), Holdings::All(h), &shared.catalog)
             }
             Ok(Some(Message::HoldingMore {
                 game,
                 digest,
                 chunks,
             })) => shared.peers.holding(
-                remote,
+                (remote, conn),
                 Holdings::More(game, digest, chunks),
                 &shared.catalog,
             ),
             Ok(Some(Message::Peers(learned))) => {
+                // A peer on the LAN cannot mean our loopback or a multicast group.
+                let from_loopback = conn.remote_address().ip().to_canonical().is_loopback();
+                let learned: Vec<PeerAddr> = learned
+                    .into_iter()
+                    .filter(|p| from_loopback || !p.addr.ip().to_canonical().is_loopback())
+                    .filter(|p| !p.addr.ip().is_multicast())
+                    .collect();
                 for p in shared.peers.pex_dials(&shared.me.id, &learned) {
                     let _ = shared.peers.pex_dial.send(p);
                 }
@@ -354,7 +378,7 @@ async fn follow(
             Ok(Some(Message::HoldingGone { game })) => {
                 shared
                     .peers
-                    .holding(remote, Holdings::Gone(game), &shared.catalog)
+                    .holding((remote, conn), Holdings::Gone(game), &shared.catalog)
             }
             Ok(Some(Message::Hello(_))) => {
                 warn!("protocol error: second hello");
@@ -460,13 +484,12 @@ async fn announce(
         // The library whenever it changes; the partial copies as deltas from what this
         // link was told.
         let mut told: crate::partial::Announced = Default::default();
-        let mut library_changed = true;
         let mut peers_changed = true;
+        // The first frame after the hello is the library, as it always was.
+        let lib = advert.borrow_and_update().clone();
+        write_frame(&mut send, &Message::Library(lib.to_vec())).await?;
+        let mut library_changed = false;
         loop {
-            if library_changed {
-                let lib = advert.borrow_and_update().clone();
-                write_frame(&mut send, &Message::Library(lib.to_vec())).await?;
-            }
             if peers_changed {
                 // The other linked peers (never the one this link goes to).
                 let all = pex.borrow_and_update().clone();
@@ -485,6 +508,12 @@ async fn announce(
                 write_frame(&mut send, &frame).await?;
             }
             told = now;
+            // After the holdings: a committed game's `HoldingGone` goes before the
+            // `Library` that lists it ready.
+            if library_changed {
+                let lib = advert.borrow_and_update().clone();
+                write_frame(&mut send, &Message::Library(lib.to_vec())).await?;
+            }
             library_changed = false;
             peers_changed = false;
             tokio::select! {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lanspread_catalog::{FileManifest, GameId, Version};
@@ -19,6 +20,10 @@ struct Copy {
     holding: Holding,
     files: Arc<Vec<FileManifest>>,
     root: PathBuf,
+    /// Where each file is written (the sentinel goes under `.lanspread/incoming/`).
+    dests: Vec<PathBuf>,
+    /// Cleared when the download ends: a read that was gated before stops there.
+    live: Arc<AtomicBool>,
 }
 
 /// The partial copies, under a leaf lock (never held across an `.await`).
@@ -59,7 +64,7 @@ impl Partials {
         &self,
         (game, version): (&GameId, Version),
         files: Arc<Vec<FileManifest>>,
-        root: PathBuf,
+        (root, dests): (PathBuf, Vec<PathBuf>),
         have: &[usize],
     ) {
         let n = files
@@ -77,14 +82,16 @@ impl Partials {
             chunks,
         };
         let mut copies = self.lock();
-        copies.insert(
-            game.clone(),
-            Copy {
-                holding,
-                files,
-                root,
-            },
-        );
+        let copy = Copy {
+            holding,
+            files,
+            root,
+            dests,
+            live: Arc::new(AtomicBool::new(true)),
+        };
+        if let Some(old) = copies.insert(game.clone(), copy) {
+            old.live.store(false, Ordering::SeqCst);
+        }
         self.publish(&copies);
     }
 
@@ -104,7 +111,8 @@ impl Partials {
     /// served as a partial copy any more.
     pub fn end(&self, game: &GameId) {
         let mut copies = self.lock();
-        if copies.remove(game).is_some() {
+        if let Some(c) = copies.remove(game) {
+            c.live.store(false, Ordering::SeqCst);
             self.publish(&copies);
         }
     }
@@ -122,7 +130,7 @@ impl Partials {
         (game, version): (&GameId, Version),
         digest: &ChunkHash,
         ranges: &[ChunkRange],
-    ) -> Result<Gated, PeerError> {
+    ) -> Result<(Gated, Arc<AtomicBool>), PeerError> {
         let copies = self.lock();
         let Some(c) = copies.get(game).filter(|c| c.holding.version == version) else {
             return Err(PeerError::Refused(format!(
@@ -138,11 +146,22 @@ impl Partials {
                 &r.path,
                 (r.offset, r.len),
             );
-            if let Err(e) = gated {
-                return Ok((c.root.clone(), files, Some(e.to_string())));
+            let dest = c
+                .files
+                .iter()
+                .position(|f| f.path == r.path)
+                .and_then(|i| c.dests.get(i));
+            match (gated, dest) {
+                (Ok(_), Some(dest)) => files.push((dest.clone(), r.offset, r.len)),
+                (Err(e), _) => {
+                    return Ok(((c.root.clone(), files, Some(e.to_string())), c.live.clone()))
+                }
+                (Ok(_), None) => {
+                    let why = format!("no destination for {}", r.path);
+                    return Ok(((c.root.clone(), files, Some(why)), c.live.clone()));
+                }
             }
-            files.push((r.path.to_path(&c.root), r.offset, r.len));
         }
-        Ok((c.root.clone(), files, None))
+        Ok(((c.root.clone(), files, None), c.live.clone()))
     }
 }

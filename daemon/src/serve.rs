@@ -174,14 +174,8 @@ async fn serve_ranges(
         }
         Ok((root.dir.clone(), files, None))
     });
-    send_ranges(
-        shared,
-        answer,
-        gated,
-        ranges,
-        Some(shared.net.hashes.clone()),
-    )
-    .await
+    let check = Check::Unchanged(shared.net.hashes.clone());
+    send_ranges(shared, answer, gated, ranges, check).await
 }
 
 /// Answers a chunk request to a partial copy: whole chunks verified against the same
@@ -193,10 +187,14 @@ async fn serve_partial(
     digest: &lanspread_proto::ChunkHash,
     ranges: &[ChunkRange],
 ) -> Result<(), SendFailed> {
-    let gated = shared.partials.gate(game, digest, ranges);
+    let (gated, live) = match shared.partials.gate(game, digest, ranges) {
+        Ok((gated, live)) => (Ok(gated), Some(live)),
+        Err(e) => (Err(e), None),
+    };
     // A verified chunk's bytes were written before it was verified; the file's identity
-    // changes while the download writes, so the hash cache's check does not apply.
-    send_ranges(shared, answer, gated, ranges, None).await
+    // changes while the download writes, so the hash cache's check does not apply; the
+    // reader stops if the download ends meanwhile.
+    send_ranges(shared, answer, gated, ranges, Check::Live(live)).await
 }
 
 /// Sends the gated ranges, in order; a refusal (of the gates or of the file reader)
@@ -206,7 +204,7 @@ async fn send_ranges(
     answer: &mut Answer<'_>,
     gated: Result<crate::partial::Gated, PeerError>,
     ranges: &[ChunkRange],
-    hashes: Option<Arc<lanspread_catalog::HashCache>>,
+    check: Check,
 ) -> Result<(), SendFailed> {
     let (dir, files, mut refusal) = match gated {
         Ok(g) if !g.1.is_empty() => g,
@@ -218,7 +216,7 @@ async fn send_ranges(
     // One blocking task opens each file (before its header is sent, so a file that now
     // leaves the root, or changed since it was hashed, is refused) and reads the ranges
     // piece by piece, one piece ahead.
-    let mut pieces = read_ranges(dir, files, hashes);
+    let mut pieces = read_ranges(dir, files, check);
     for &ChunkRange { len, .. } in served {
         // The reader always sends at least one message per range; none means it died,
         // a local failure the peer is not to blame for.
@@ -415,11 +413,31 @@ struct Pieces {
 /// thread in large pieces, one piece ahead of the sender. Per range the first message is
 /// its first piece or why the file could not be opened or read, or why it is no longer
 /// the file whose hashes the peer holds; an error ends the reader.
-fn read_ranges(
-    root: PathBuf,
-    files: Vec<(PathBuf, u64, u64)>,
-    hashes: Option<Arc<lanspread_catalog::HashCache>>,
-) -> Pieces {
+/// What a range's file must still be when it is read.
+enum Check {
+    /// A ready copy: unchanged since it was hashed (the manifest's hashes hold).
+    Unchanged(Arc<lanspread_catalog::HashCache>),
+    /// A partial copy: its download still running (`None`: refused already).
+    Live(Option<Arc<std::sync::atomic::AtomicBool>>),
+}
+
+impl Check {
+    fn holds(&self, path: &std::path::Path, meta: &std::fs::Metadata) -> bool {
+        match self {
+            Check::Unchanged(hashes) => hashes.knows(path, meta),
+            Check::Live(live) => live
+                .as_ref()
+                .is_some_and(|l| l.load(std::sync::atomic::Ordering::SeqCst)),
+        }
+    }
+
+    /// Whether a partial copy ended since its range was gated (ready copies: never).
+    fn ended(&self) -> bool {
+        matches!(self, Check::Live(l) if !l.as_ref().is_some_and(|l| l.load(std::sync::atomic::Ordering::SeqCst)))
+    }
+}
+
+fn read_ranges(root: PathBuf, files: Vec<(PathBuf, u64, u64)>, check: Check) -> Pieces {
     let (tx, rx) = mpsc::channel::<Result<Bytes, PeerError>>(2);
     let refused = |why: String| PeerError::Refused(why);
     let reader = tokio::task::spawn_blocking(move || {
@@ -429,7 +447,7 @@ fn read_ranges(
                 Ok((f, meta))
             });
             let file = match opened {
-                Ok((f, meta)) if hashes.as_ref().is_none_or(|h| h.knows(&path, &meta)) => f,
+                Ok((f, meta)) if check.holds(&path, &meta) => f,
                 Ok(_) => {
                     let name = path.strip_prefix(&root).unwrap_or(&path);
                     let _ = tx.blocking_send(Err(refused(format!(
@@ -446,6 +464,10 @@ fn read_ranges(
             let mut pos = offset;
             let end = offset + len;
             while pos < end {
+                if check.ended() {
+                    let _ = tx.blocking_send(Err(refused("the partial copy ended".into())));
+                    return;
+                }
                 let n = READ_SIZE.min((end - pos) as usize);
                 let res = read_piece(&file, pos, n).map_err(|e| refused(e.to_string()));
                 let failed = res.is_err();

@@ -148,7 +148,7 @@ impl PeerTable {
             .peers
             .get_mut(id)
             .and_then(|e| e.partial.get_mut(game))
-            .filter(|p| &p.digest == digest)
+            .filter(|p| &p.digest == digest && chunks.len() <= p.chunks.len())
         else {
             return false;
         };
@@ -156,6 +156,13 @@ impl PeerTable {
             p.chunks.insert(c as usize);
         }
         true
+    }
+
+    /// Forgets every holding of a peer (its link was replaced: the new one tells afresh).
+    pub fn clear_holdings(&mut self, id: &PeerId) {
+        if let Some(e) = self.peers.get_mut(id) {
+            e.partial.clear();
+        }
     }
 
     /// The peer no longer holds a partial copy of the game.
@@ -307,6 +314,13 @@ pub(crate) mod tests {
             !t.set_holding(&pid(2), holding(huge), &cat),
             "too many chunks"
         );
+        let too_many: Vec<u32> = (0..11).collect();
+        assert!(
+            !t.holding_more(&pid(1), &game, &digest, &too_many),
+            "more than the set"
+        );
+        t.clear_holdings(&pid(2));
+        assert!(t.get(&pid(2)).unwrap().partial.is_empty());
         assert!(t.holding_gone(&pid(1), &game));
         assert!(!t.holding_gone(&pid(1), &game));
         assert!(t.partial_holders(&game, v, &digest, 10).is_empty());

@@ -215,9 +215,12 @@ async fn download(
     let (resumed_chunks, resumed_bytes) = engine.on_prepared(&present, &lanes.opened());
     // From now on the verified chunks are served to peers downloading the same manifest.
     let manifest = Arc::new(chosen.files.clone());
-    shared
-        .partials
-        .begin((id, sources.version), manifest, root.clone(), &present);
+    shared.partials.begin(
+        (id, sources.version),
+        manifest,
+        (root.clone(), dests.clone()),
+        &present,
+    );
     if resumed_chunks > 0 {
         info!(game = %id, chunks = resumed_chunks, bytes = resumed_bytes, "resuming");
     }
@@ -393,7 +396,14 @@ async fn transfer(
             match action {
                 Action::Fetch(f) => t.start(engine, f),
                 Action::Verified { chunk, peer } => t.verified(engine, chunk, peer),
-                Action::Commit => return Ok(()),
+                Action::Commit => {
+                    // Every verified chunk announced: peers may fetch them during the
+                    // commit's syncs.
+                    if let Some(chunks) = t.announce.flush() {
+                        t.shared.partials.verified(t.game.0, &chunks);
+                    }
+                    return Ok(());
+                }
                 Action::Fail(e) => return Err(peer_failure(e)),
                 Action::AskManifest(_) | Action::Prepare => {
                     return Err(Failure::internal(
