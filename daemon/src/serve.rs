@@ -116,18 +116,7 @@ async fn handle(
             version,
             ranges,
         } => {
-            // Fair (FIFO) turns: this connection's, then the daemon's. Neither semaphore
-            // is ever closed, so acquiring fails only if that changes; serve anyway. A
-            // connection's only stream skips the daemon's turn, so every client keeps
-            // receiving something however many wait (a client that hears nothing for
-            // long would count us as stalled).
-            let _mine = slots.acquire().await;
-            let alone = slots.available_permits() + 1 == CHUNK_STREAMS_PER_CONNECTION;
-            let _ours = if alone {
-                None
-            } else {
-                Some(shared.net.serve_slots.acquire().await)
-            };
+            let _turn = turn(slots, shared).await;
             let sent = serve_ranges(shared, &mut answer, &game, version, &ranges).await;
             answer.ended(sent, remote);
         }
@@ -137,20 +126,35 @@ async fn handle(
             digest,
             ranges,
         } => {
-            // The same turns as a ready copy's chunks.
-            let _mine = slots.acquire().await;
-            let alone = slots.available_permits() + 1 == CHUNK_STREAMS_PER_CONNECTION;
-            let _ours = if alone {
-                None
-            } else {
-                Some(shared.net.serve_slots.acquire().await)
-            };
+            let _turn = turn(slots, shared).await;
             let game = (&game, version);
             let sent = serve_partial(shared, &mut answer, game, &digest, &ranges).await;
             answer.ended(sent, remote);
         }
     }
     Ok(())
+}
+
+/// Waits for a chunk answer's turn, held while the answer is sent: fair (FIFO) turns,
+/// this connection's, then the daemon's. Neither semaphore is ever closed, so acquiring
+/// fails only if that changes; serve anyway. A connection's only stream skips the
+/// daemon's turn, so every client keeps receiving something however many wait (a client
+/// that hears nothing for long would count us as stalled).
+async fn turn<'a>(
+    slots: &'a tokio::sync::Semaphore,
+    shared: &'a Shared,
+) -> (
+    Option<tokio::sync::SemaphorePermit<'a>>,
+    Option<tokio::sync::SemaphorePermit<'a>>,
+) {
+    let mine = slots.acquire().await.ok();
+    let alone = slots.available_permits() + 1 == CHUNK_STREAMS_PER_CONNECTION;
+    let ours = if alone {
+        None
+    } else {
+        shared.net.serve_slots.acquire().await.ok()
+    };
+    (mine, ours)
 }
 
 /// Answers a chunk request: the ranges the gates accept, in order, each as a `Chunk`
