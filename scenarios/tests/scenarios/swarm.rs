@@ -29,6 +29,8 @@ struct Seen {
     served: Option<(u64, [u8; 32])>,
     /// The answers to the requests that must be refused.
     refused: Vec<String>,
+    /// The answer to a request for a chunk after the copy was withdrawn.
+    after_gone: Option<Result<usize, String>>,
 }
 
 fn is_holding(m: &Message) -> Option<&Holding> {
@@ -106,6 +108,16 @@ fn observer() -> (String, mpsc::Receiver<Seen>) {
                     asked = ask_when_verified(&conn, &mut seen).await;
                 }
                 if done {
+                    // The partial copy is gone: nothing of it is served any more.
+                    if let Some(h) = seen.frames.iter().find_map(is_holding).cloned() {
+                        let range = ChunkRange {
+                            path: RelPath::new(FILE).unwrap(),
+                            offset: 0,
+                            len: CHUNK_SIZE,
+                        };
+                        let got = ask(&conn, h.digest, h.version, vec![range]).await;
+                        seen.after_gone = Some(got.map(|b| b.len()));
+                    }
                     break;
                 }
             }
@@ -231,6 +243,11 @@ fn a_downloading_peer_announces_and_serves_exactly_its_verified_chunks() {
         "{:?}",
         seen.refused
     );
+    // After HoldingGone the copy is not served as a partial one any more.
+    match &seen.after_gone {
+        Some(Err(why)) => assert!(why.contains("no partial copy"), "{why}"),
+        other => panic!("a chunk of a withdrawn copy: {other:?}"),
+    }
 }
 
 /// Peer exchange: clients told only the server's address find each other (their links
