@@ -94,7 +94,9 @@ async fn dial_peer(shared: &Arc<Shared>, addr: SocketAddr, expect: Option<&PeerI
             shared.clone(),
             conn,
             Direction::Outbound,
-            Some(addr),
+            // A link peer exchange made is not redialled: the peers' lists bring it back
+            // while it is worth having, and a departed client is not chased forever.
+            expect.is_none().then_some(addr),
             Some(tx),
             tokio::runtime::Handle::current(),
         )
@@ -493,12 +495,19 @@ async fn announce(
             if peers_changed {
                 // The other linked peers (never the one this link goes to).
                 let all = pex.borrow_and_update().clone();
-                let others: Vec<PeerAddr> = all
+                let mut others: Vec<PeerAddr> = all
                     .iter()
                     .filter(|p| p.peer_id != remote)
-                    .take(MAX_PEX)
                     .cloned()
                     .collect();
+                // Each peer hears another window of a long list, so in a party of
+                // hundreds the links spread instead of all going to the same 64.
+                if others.len() > MAX_PEX {
+                    let spread = remote.as_str().bytes().map(usize::from).sum::<usize>();
+                    let by = spread % others.len();
+                    others.rotate_left(by);
+                    others.truncate(MAX_PEX);
+                }
                 if !others.is_empty() {
                     write_frame(&mut send, &Message::Peers(others)).await?;
                 }
