@@ -153,6 +153,31 @@ impl HashCache {
 }
 
 impl HashCache {
+    /// Takes the chunk hashes of files this daemon just wrote and verified chunk by chunk
+    /// against them (a committed download), keyed by each file's identity now: the new
+    /// copy is served at once, without hashing it again. Blocking.
+    pub fn adopt(&self, root: &Path, files: &[FileManifest]) -> Result<(), CatalogError> {
+        let mut persisted = load_cache(root);
+        for f in files {
+            let full = f.path.to_path(root);
+            let meta = fs::metadata(&full).map_err(|e| CatalogError::io(&full, e))?;
+            if meta.size() != f.size {
+                continue;
+            }
+            let key = FileKey::of(&meta);
+            self.mem
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((full, key), f.chunks.clone());
+            persisted.entries.insert(
+                f.path.as_str().to_owned(),
+                (key, f.chunks.iter().map(hex_of).collect()),
+            );
+        }
+        store_cache(root, &persisted);
+        Ok(())
+    }
+
     /// Whether the file at `full` (a root's file, named as [`HashCache::manifest`] names
     /// it), now described by `meta`, still has the identity it had when its hashes were
     /// computed. A source checks this before serving a range of it: a file changed since

@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use lanspread_catalog::{Catalog, GameId};
+use lanspread_catalog::{Catalog, GameId, Version};
 use lanspread_control::api::{GameVersion, PeerInfo, RemoteGameRow};
 use lanspread_peer::{aggregate, latest_sources, prefer_new_link, Direction, PeerEntry, PeerTable};
 use lanspread_peer::{Sources, Upsert};
-use lanspread_proto::{close_code, ChunkHash, GameAd, Holding, PeerAddr, PeerId};
+use lanspread_proto::{close_code, ChunkHash, ChunkSet, GameAd, Holding, PeerAddr, PeerId};
 use quinn::{Connection, VarInt};
 use tokio::sync::{mpsc, watch};
 
@@ -74,6 +74,9 @@ pub struct Directory {
     pub pex_dial_rx: Mutex<Option<mpsc::UnboundedReceiver<PeerAddr>>>,
     /// Peer exchange dials while there are fewer links than this.
     max_links: usize,
+    /// Bumped whenever a peer's partial holdings or library change (running downloads
+    /// watch it for new sources).
+    holdings: watch::Sender<u64>,
 }
 
 impl Directory {
@@ -91,6 +94,7 @@ impl Directory {
             redial_rx: Mutex::new(Some(redial_rx)),
             pex: watch::channel(Arc::default()).0,
             dialling: Mutex::default(),
+            holdings: watch::channel(0).0,
         }
     }
 }
@@ -123,6 +127,7 @@ impl Directory {
                 .close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
             // Holdings are told as deltas per connection: the new one starts afresh.
             p.table.clear_holdings(remote);
+            self.holdings.send_modify(|v| *v += 1);
         }
         let link = Link {
             conn: conn.clone(),
@@ -146,6 +151,7 @@ impl Directory {
             p.links.remove(remote);
             p.table.remove(remote);
             self.count.send_replace(p.table.len());
+            self.holdings.send_modify(|v| *v += 1);
             self.publish(&p);
         }
         ours
@@ -209,6 +215,10 @@ impl Directory {
     ) -> (bool, Option<PeerInfo>) {
         let mut p = self.lock();
         let changed = p.table.set_library(remote, ads, catalog);
+        if changed {
+            // A peer that became ready may be a source of a running download.
+            self.holdings.send_modify(|v| *v += 1);
+        }
         (changed, p.table.get(remote).map(|e| peer_info(remote, e)))
     }
 
@@ -236,6 +246,25 @@ impl Directory {
             }
             Holdings::Gone(game) => p.table.holding_gone(remote, &game),
         };
+        self.holdings.send_modify(|v| *v += 1);
+    }
+
+    /// Changes whenever a linked peer's partial holdings or library change.
+    pub fn watch_holdings(&self) -> watch::Receiver<u64> {
+        self.holdings.subscribe()
+    }
+
+    /// The linked peers holding part of `game` at `version` with the manifest of this
+    /// digest and chunk count, with what each verified.
+    pub fn partial_holders(
+        &self,
+        (game, version): (&GameId, Version),
+        digest: &ChunkHash,
+        chunks: usize,
+    ) -> Vec<(PeerId, ChunkSet)> {
+        self.lock()
+            .table
+            .partial_holders(game, version, digest, chunks)
     }
 
     /// The kept connection of a peer.

@@ -2,11 +2,21 @@
 //! keeps per-source totals within one chunk of each other (S14), bounds chunks in flight
 //! per source, retries a failed chunk elsewhere (S18) and drops a source that sent bad
 //! bytes (S38). The caller drives it: `poll_assign` → transfer → `on_done`/`on_failed`.
+//!
+//! Sources are *complete* (a ready peer at the newest version: every chunk) or *partial*
+//! (a peer downloading the same manifest: the chunks it verified, see `holders.rs`).
+//! Chunks go out in a per-download shuffled order ([`Planner::shuffled`]), so downloaders
+//! that start together ask the server for different chunks; a partial source gets the
+//! rarest chunk it holds, and a complete source only chunks no partial source holds
+//! (those come from the swarm). Without partial sources and without a shuffle this is
+//! the plain in-order planner.
 
-use std::collections::{BTreeMap, VecDeque};
+mod holders;
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use lanspread_catalog::{chunk_ranges, ChunkHash, FileManifest, CHUNK_SIZE};
-use lanspread_proto::PeerId;
+use lanspread_proto::{ChunkSet, PeerId};
 
 /// One chunk: a byte range of one file with its expected hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +90,9 @@ pub enum PlannerStatus {
     /// Chunks remain but no source can send them (every source dropped and nothing in
     /// flight), or one chunk kept failing locally.
     Failed(String),
+    /// Only partial sources are left and none holds a missing chunk now: they may verify
+    /// more (the caller decides how long to wait).
+    Starved,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,6 +110,10 @@ struct Source {
     /// Bytes done or in flight from this source.
     assigned: u64,
     dropped: bool,
+    /// What a partial source holds (`None`: a complete source, every chunk).
+    has: Option<ChunkSet>,
+    /// Dropped for cause (bad bytes, gone while asked): never revived in this download.
+    banned: bool,
     /// Stalls since its last verified chunk.
     stalls: u32,
     /// Halvings of its window (0: the full caps).
@@ -118,7 +135,14 @@ pub struct Planner {
     /// The owner's stall epoch when each chunk was assigned.
     epoch_at: Vec<u32>,
     retries: Vec<u32>,
-    pending: VecDeque<usize>,
+    /// Pending chunks by (rank, index): the order they are started in.
+    queue: BTreeSet<(u32, usize)>,
+    /// Failed pending chunks, retried before the queue.
+    retry: VecDeque<usize>,
+    /// Each chunk's place in the order (its index unless shuffled).
+    rank: Vec<u32>,
+    /// Live partial sources holding each chunk.
+    rarity: Vec<u32>,
     sources: BTreeMap<PeerId, Source>,
     max_in_flight: usize,
     max_in_flight_bytes: u64,
@@ -152,7 +176,10 @@ impl Planner {
             owner: vec![None; n],
             epoch_at: vec![0; n],
             retries: vec![0; n],
-            pending: (0..n).collect(),
+            queue: (0..n).map(|c| (c as u32, c)).collect(),
+            retry: VecDeque::new(),
+            rank: (0..n as u32).collect(),
+            rarity: vec![0; n],
             sources: sources
                 .iter()
                 .map(|p| (p.clone(), Source::default()))
@@ -206,15 +233,18 @@ impl Planner {
         if self.failed.is_some() {
             return None;
         }
-        let &chunk = self.pending.front()?;
+        if let Some(a) = self.assign_partial() {
+            return Some(a);
+        }
+        let chunk = self.next_for_complete(|_| true)?;
         let floor = self.floor()?;
         let (peer, _) = self
             .sources
             .iter()
-            .filter(|(_, s)| self.has_room(s, floor))
+            .filter(|(_, s)| s.has.is_none() && self.has_room(s, floor))
             .min_by_key(|(p, s)| (s.assigned, s.in_flight, (*p).clone()))?;
         let peer = peer.clone();
-        self.pending.pop_front();
+        self.take_pending(chunk);
         self.assign(chunk, &peer);
         Some(Assignment { chunk, peer })
     }
@@ -229,22 +259,29 @@ impl Planner {
         let mut bytes = self.chunks[first.chunk].len;
         let small = bytes <= b.max_chunk_len;
         while small && chunks.len() < b.max_chunks {
-            let Some(&next) = self.pending.front() else {
-                break;
-            };
-            let len = self.chunks[next].len;
-            let room = self.floor().is_some_and(|floor| {
-                self.sources
-                    .get(&first.peer)
-                    .is_some_and(|s| self.has_room(s, floor))
-            });
-            if len > b.max_chunk_len || bytes + len > b.max_bytes || !room {
+            let fits = |len: u64| len <= b.max_chunk_len && bytes + len <= b.max_bytes;
+            if !self.sources.get(&first.peer).is_some_and(|s| self.room(s)) {
                 break;
             }
-            self.pending.pop_front();
+            // A complete source's batch takes the next chunks in order while they fit;
+            // a partial source's, the next it holds that fit.
+            let next = match self.is_partial(&first.peer) {
+                false => self
+                    .next_for_complete(|_| true)
+                    .filter(|&c| fits(self.chunks[c].len)),
+                true => self
+                    .sources
+                    .get(&first.peer)
+                    .and_then(|s| s.has.as_ref())
+                    .and_then(|has| self.rarest_held(has, fits)),
+            };
+            let Some(next) = next else {
+                break;
+            };
+            self.take_pending(next);
             self.assign(next, &first.peer);
             chunks.push(next);
-            bytes += len;
+            bytes += self.chunks[next].len;
         }
         Some(Batch {
             chunks,
@@ -252,22 +289,57 @@ impl Planner {
         })
     }
 
-    /// The least any live source was assigned (`None`: no live source).
+    /// The next pending chunk for a complete source that passes `ok`: failed ones first,
+    /// then in order, skipping chunks a live partial source holds.
+    fn next_for_complete(&self, ok: impl Fn(u64) -> bool) -> Option<usize> {
+        let free = |c: usize| self.rarity[c] == 0 && ok(self.chunks[c].len);
+        self.retry
+            .iter()
+            .copied()
+            .find(|&c| free(c))
+            .or_else(|| self.queue.iter().map(|&(_, c)| c).find(|&c| free(c)))
+    }
+
+    fn take_pending(&mut self, chunk: usize) {
+        if !self.queue.remove(&(self.rank[chunk], chunk)) {
+            self.retry.retain(|&c| c != chunk);
+        }
+    }
+
+    /// The least any live complete source was assigned (`None`: no live complete source).
+    /// Partial sources are not balanced: each has few chunks, one at a time.
     fn floor(&self) -> Option<u64> {
         self.sources
             .values()
-            .filter(|s| !s.dropped)
+            .filter(|s| !s.dropped && s.has.is_none())
             .map(|s| s.assigned)
             .min()
     }
 
     /// Whether a source may take another chunk: live, below both in-flight caps, and not
     /// a chunk ahead of the least loaded source (S14).
+    /// In a swarm (a live partial source is known) a complete source gets one chunk's
+    /// worth at a time too: downloaders cannot see each other's requests, and with more
+    /// each asks the server for chunks another is being sent (see `holders.rs`).
     fn has_room(&self, s: &Source, floor: u64) -> bool {
+        let bytes = match self.partial_sources().next() {
+            Some(_) => self
+                .max_in_flight_bytes
+                .min(holders::PARTIAL_IN_FLIGHT_BYTES),
+            None => self.max_in_flight_bytes,
+        };
         !s.dropped
             && s.in_flight < (self.max_in_flight >> s.backoff).max(1)
-            && s.in_flight_bytes < (self.max_in_flight_bytes >> s.backoff).max(1)
+            && s.in_flight_bytes < (bytes >> s.backoff).max(1)
             && s.assigned < floor + CHUNK_SIZE
+    }
+
+    /// Whether a source may take another chunk now, complete or partial.
+    fn room(&self, s: &Source) -> bool {
+        match s.has {
+            None => self.floor().is_some_and(|floor| self.has_room(s, floor)),
+            Some(_) => self.partial_room(s),
+        }
     }
 
     fn assign(&mut self, chunk: usize, peer: &PeerId) {
@@ -288,7 +360,7 @@ impl Planner {
         if self.state.get(chunk) != Some(&State::Pending) {
             return false;
         }
-        self.pending.retain(|&c| c != chunk);
+        self.take_pending(chunk);
         self.state[chunk] = State::Done;
         self.done += 1;
         true
@@ -334,8 +406,17 @@ impl Planner {
                     }
                 }
                 FailKind::Stalled => {}
-                FailKind::SourceGone | FailKind::BadData => s.dropped = true,
+                // A partial source is gone when its download ends (it may be a complete
+                // one a moment later); bad bytes ban any source.
+                FailKind::SourceGone if s.has.is_some() => s.dropped = true,
+                FailKind::SourceGone | FailKind::BadData => {
+                    s.dropped = true;
+                    s.banned = true;
+                }
             }
+        }
+        if kind != FailKind::Transient {
+            self.unhold_if_dropped(peer);
         }
         self.state[chunk] = State::Pending;
         self.owner[chunk] = None;
@@ -348,7 +429,7 @@ impl Planner {
             }
         }
         // Retry it before anything else.
-        self.pending.push_front(chunk);
+        self.retry.push_front(chunk);
     }
 
     /// Where the download stands.
@@ -357,12 +438,15 @@ impl Planner {
             PlannerStatus::Finished
         } else if let Some(f) = &self.failed {
             PlannerStatus::Failed(f.clone())
-        } else if self.sources.values().all(|s| s.dropped)
-            && self.sources.values().all(|s| s.in_flight == 0)
+        } else if self.sources.values().any(|s| !s.dropped && s.has.is_none())
+            || self.sources.values().any(|s| s.in_flight > 0)
+            || self.partial_can_send()
         {
-            PlannerStatus::Failed("no eligible source left".into())
-        } else {
             PlannerStatus::Running
+        } else if self.sources.values().any(|s| !s.dropped) {
+            PlannerStatus::Starved
+        } else {
+            PlannerStatus::Failed("no eligible source left".into())
         }
     }
 
@@ -372,6 +456,16 @@ impl Planner {
             .iter()
             .map(|(p, s)| (p.clone(), s.assigned))
             .collect()
+    }
+
+    /// Chunks verified (or present) so far.
+    pub fn done_count(&self) -> usize {
+        self.done
+    }
+
+    /// Whether `peer` is a partial source.
+    pub fn is_partial(&self, peer: &PeerId) -> bool {
+        self.sources.get(peer).is_some_and(|s| s.has.is_some())
     }
 
     fn is_in_flight_from(&self, chunk: usize, peer: &PeerId) -> bool {

@@ -146,6 +146,10 @@ fn lost(e: impl std::error::Error) -> FetchError {
     gone(text)
 }
 
+/// What a request asks for: the game, its version and, for a partial holder, the
+/// validated manifest's digest (the request is then `PartialChunks`).
+pub type Ask<'a> = (&'a GameId, Version, Option<&'a ChunkHash>);
+
 /// Fetches chunks of `game` at `version` from one source in one request into their
 /// files: one stream, the ranges answered in order. Returns one result per job, in order;
 /// when the stream fails at a job, that job and every later one fail the same way.
@@ -154,21 +158,13 @@ pub async fn fetch(
     source: &Activity,
     writer: &Writer,
     limit: Option<&RateLimit>,
-    (game, version): (&GameId, Version),
+    ask: Ask<'_>,
     jobs: &[ChunkJob],
 ) -> Vec<Result<(), FetchError>> {
     let mut received = Vec::with_capacity(jobs.len());
-    let failure = receive_all(
-        conn,
-        source,
-        writer,
-        limit,
-        (game, version),
-        jobs,
-        &mut received,
-    )
-    .await
-    .err();
+    let failure = receive_all(conn, source, writer, limit, ask, jobs, &mut received)
+        .await
+        .err();
     if failure.is_some() && received.len() == jobs.len() {
         // Failed after the last range (bytes past the end): that range fails with it,
         // so the source is still dropped and the range fetched again elsewhere.
@@ -208,7 +204,7 @@ async fn receive_all(
     source: &Activity,
     writer: &Writer,
     limit: Option<&RateLimit>,
-    (game, version): (&GameId, Version),
+    (game, version, digest): Ask<'_>,
     jobs: &[ChunkJob],
     received: &mut Vec<Received>,
 ) -> Result<(), FetchError> {
@@ -221,7 +217,15 @@ async fn receive_all(
             len: j.len,
         })
         .collect();
-    let request = PeerRequest::chunks(game.clone(), version, ranges);
+    let request = match digest {
+        None => PeerRequest::chunks(game.clone(), version, ranges),
+        Some(digest) => PeerRequest::PartialChunks {
+            game: game.clone(),
+            version,
+            digest: *digest,
+            ranges,
+        },
+    };
     write_frame(&mut send, &request).await.map_err(lost)?;
     let _ = send.finish();
     let mut stall = Stall::new(source);

@@ -8,17 +8,15 @@ mod journal;
 mod lanes;
 mod metadata;
 mod stop;
+mod transfer;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use lanspread_catalog::{manifest_digest, FileManifest, GameId, Version, VERSION_FILE};
-use lanspread_peer::{
-    Action, BatchId, Chosen, ChunkResult, Engine, EngineConfig, FailKind, Fetch, HoldingBatcher,
-    Lane, OpKind, Sources,
-};
+use lanspread_peer::{Chosen, Engine, EngineConfig, OpKind, Sources};
 use lanspread_proto::PeerId;
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
@@ -34,7 +32,6 @@ pub const LEFTOVERS: [&str; 2] = [commit::INCOMING, journal::JOURNAL_TMP];
 use crate::failure::peer_failure;
 use crate::state::Shared;
 use crate::writer::Writer;
-use fetch::{ChunkJob, FetchError};
 use lanspread_control::api::{EventKind, FileSize};
 use lanspread_control::{ErrorKind, Failure};
 
@@ -187,7 +184,7 @@ async fn download(
 ) -> Result<Done, Failure> {
     let mut shutdown = shared.shutdown.subscribe();
     let linked = shared.peers.linked(&sources.peers);
-    let config = EngineConfig::new(shared.net.threads.len());
+    let config = engine_config(shared.net.threads.len());
     let mut engine = Engine::new(id.clone(), &linked, config, std::time::Instant::now());
     let what = (id, sources.version);
     let chosen = metadata::validated(&shared.peers, &mut engine, what, &mut shutdown, cancel).await;
@@ -229,14 +226,14 @@ async fn download(
     let begin = download_begin(id, sources.version, &chosen.files, chunks, resumed);
     shared.events.emit(begin);
     let started = Instant::now();
-    let work = Work {
+    let work = transfer::Work {
         files: &chosen.files,
         file_ids: files_open,
         journal: &mut journal,
         lanes,
     };
     let transferred = tokio::select! {
-        r = transfer(shared, what, work, &mut engine) => r,
+        r = transfer::transfer(shared, what, work, &mut engine) => r,
         why = stop_requested(&mut shutdown, cancel) => Err(why),
     };
     why.extend(engine.why().clone());
@@ -251,6 +248,7 @@ async fn download(
         files_open,
     )
     .await?;
+    adopt_hashes(shared, &root, &chosen.files).await;
     tracing::debug!(
         transfer_ms = t_transfer.as_millis() as u64,
         commit_ms = (started.elapsed() - t_transfer).as_millis() as u64,
@@ -263,6 +261,36 @@ async fn download(
         chunks,
         duration: started.elapsed(),
     })
+}
+
+/// Gives the hash cache the verified chunk hashes of the committed files: the new copy
+/// serves at once (to downloads still running, which take it as a source), without a
+/// re-hash. A failure only costs that re-hash later.
+async fn adopt_hashes(shared: &Arc<Shared>, root: &std::path::Path, files: &[FileManifest]) {
+    let (hashes, root, files) = (
+        shared.net.hashes.clone(),
+        root.to_path_buf(),
+        files.to_vec(),
+    );
+    let adopted = tokio::task::spawn_blocking(move || hashes.adopt(&root, &files)).await;
+    if let Ok(Err(e)) = adopted {
+        warn!("the committed files' hashes are not cached: {e}");
+    }
+}
+
+/// The engine's settings: the daemon's transfer threads, a fetch order shuffled
+/// differently by every download (downloaders that start together ask the server for
+/// different chunks), and the swarm wait (`LANSPREAD_SWARM_WAIT_MS` for tests).
+fn engine_config(threads: usize) -> EngineConfig {
+    use std::hash::{BuildHasher, Hasher};
+    let mut config = EngineConfig::new(threads);
+    config.shuffle = Some(
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish(),
+    );
+    config.swarm_wait = crate::config::env_ms("LANSPREAD_SWARM_WAIT_MS", config.swarm_wait);
+    config
 }
 
 fn download_begin(
@@ -354,212 +382,6 @@ async fn prepare(
     let digest = manifest_digest(files);
     let (journal, present) = journal::open(root, &dests, engine.chunks(), version, digest).await?;
     Ok((dests, journal, present))
-}
-
-/// What `transfer` writes into, and the connections it fetches over (closed when done).
-struct Work<'a> {
-    files: &'a [FileManifest],
-    file_ids: &'a [u64],
-    journal: &'a mut journal::Journal,
-    lanes: lanes::Lanes,
-}
-
-/// A finished fetch: its batch, source and lane, and each chunk's result.
-type Fetched = (BatchId, PeerId, Lane, Vec<ChunkResult>);
-
-/// Performs the engine's transfer phase: starts each batch it asks for on its lane's
-/// thread, journals and reports each verified chunk, and feeds every result back, until
-/// it asks to commit or fails. A local failure (disk full) fails the download at once.
-async fn transfer(
-    shared: &Arc<Shared>,
-    game: (&GameId, Version),
-    work: Work<'_>,
-    engine: &mut Engine,
-) -> Result<(), Failure> {
-    // When each source last sent bytes, on any lane: its streams are judged together.
-    let sources = engine
-        .chosen()
-        .map(|c| c.sources.clone())
-        .unwrap_or_default();
-    let mut t = Transfer {
-        shared,
-        game,
-        work,
-        running: JoinSet::new(),
-        activity: sources.into_iter().map(|p| (p, Arc::default())).collect(),
-        addrs: HashMap::new(),
-        announce: HoldingBatcher::default(),
-        began: Instant::now(),
-    };
-    loop {
-        while let Some(action) = engine.poll() {
-            match action {
-                Action::Fetch(f) => t.start(engine, f),
-                Action::Verified { chunk, peer } => t.verified(engine, chunk, peer),
-                Action::Commit => {
-                    // Every verified chunk announced: peers may fetch them during the
-                    // commit's syncs.
-                    if let Some(chunks) = t.announce.flush() {
-                        t.shared.partials.verified(t.game.0, &chunks);
-                    }
-                    return Ok(());
-                }
-                Action::Fail(e) => return Err(peer_failure(e)),
-                Action::AskManifest(_) | Action::Prepare => {
-                    return Err(Failure::internal(
-                        "download engine went back to its manifest phase",
-                    ))
-                }
-            }
-        }
-        // Verified chunks are announced in batches, at the latest HOLDING_DELAY after.
-        let due = t.announce.deadline().map(|d| t.began + d);
-        let joined = tokio::select! {
-            j = t.running.join_next() => j,
-            () = sleep_until(due) => {
-                t.announce_due();
-                continue;
-            }
-        };
-        let Some(joined) = joined else {
-            return Err(Failure::internal(
-                "download stalled: nothing in flight and nothing assignable",
-            ));
-        };
-        let (batch, peer, lane, results) =
-            joined.map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))??;
-        let lane_lost = results.iter().any(Result::is_err) && t.work.lanes.lost(&peer, lane);
-        engine.on_fetched(batch, results, lane_lost);
-    }
-}
-
-/// The transfer phase's IO side.
-struct Transfer<'a, 'w> {
-    shared: &'a Arc<Shared>,
-    game: (&'a GameId, Version),
-    work: Work<'w>,
-    running: JoinSet<Result<Fetched, Failure>>,
-    activity: HashMap<PeerId, Arc<fetch::Activity>>,
-    /// Each source's address when its last batch started, for the events.
-    addrs: HashMap<PeerId, String>,
-    /// Verified chunks not yet announced to the links.
-    announce: HoldingBatcher,
-    /// The batcher's clock starts here.
-    began: Instant,
-}
-
-impl Transfer<'_, '_> {
-    /// Starts a batch on its lane's thread (the fetch runs where its connection is
-    /// driven; dropping `running`, a failed download, aborts it there too). A source
-    /// whose link is gone is gone, whatever lanes it had.
-    fn start(&mut self, engine: &mut Engine, f: Fetch) {
-        let Work {
-            files, file_ids, ..
-        } = self.work;
-        let jobs: Vec<ChunkJob> = f
-            .chunks
-            .iter()
-            .map(|&c| {
-                let spec = &engine.chunks()[c];
-                ChunkJob {
-                    path: files[spec.file].path.clone(),
-                    file: file_ids[spec.file],
-                    offset: spec.offset,
-                    len: spec.len,
-                    hash: spec.hash,
-                }
-            })
-            .collect();
-        let conn = self
-            .shared
-            .peers
-            .link_and_addr(&f.peer)
-            .and_then(|(_, addr)| {
-                self.addrs.insert(f.peer.clone(), addr);
-                self.work.lanes.get(&f.peer, f.lane)
-            });
-        let Some((conn, runtime)) = conn else {
-            let gone = Err((FailKind::SourceGone, "peer disconnected".to_owned()));
-            return engine.on_fetched(f.id, vec![gone; jobs.len()], false);
-        };
-        let source = self.activity.get(&f.peer).cloned().unwrap_or_default();
-        let (shared, game, version) = (self.shared.clone(), self.game.0.clone(), self.game.1);
-        let fetch = runtime.spawn(
-            async move {
-                let limit = shared.net.download_limit.as_ref();
-                fetch::fetch(
-                    &conn,
-                    &source,
-                    &shared.net.writer,
-                    limit,
-                    (&game, version),
-                    &jobs,
-                )
-                .await
-            }
-            .in_current_span(),
-        );
-        let abort = AbortOnDrop(fetch.abort_handle());
-        self.running.spawn(async move {
-            let _abort = abort;
-            let results = fetch
-                .await
-                .map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))?;
-            let results = results
-                .into_iter()
-                .map(|r| match r {
-                    Ok(()) => Ok(Ok(())),
-                    Err(FetchError::Source(kind, why)) => Ok(Err((kind, why))),
-                    Err(FetchError::Local(failure)) => Err(failure),
-                })
-                .collect::<Result<Vec<ChunkResult>, Failure>>()?;
-            Ok((f.id, f.peer, f.lane, results))
-        });
-    }
-
-    /// Announces the verified chunks whose batch is due.
-    fn announce_due(&mut self) {
-        if let Some(chunks) = self.announce.poll(self.began.elapsed()) {
-            self.shared.partials.verified(self.game.0, &chunks);
-        }
-    }
-
-    /// Journals a verified chunk, reports it and queues it for the links.
-    fn verified(&mut self, engine: &Engine, chunk: usize, peer: PeerId) {
-        self.work.journal.record(chunk);
-        if let Ok(c) = u32::try_from(chunk) {
-            self.announce.push(c, self.began.elapsed());
-            self.announce_due();
-        }
-        let spec = &engine.chunks()[chunk];
-        let id = self.game.0;
-        self.shared.lock().operations.advance(id, spec.len);
-        self.shared.events.emit(EventKind::DownloadChunkFinished {
-            game_id: id.clone(),
-            path: self.work.files[spec.file].path.to_string(),
-            offset: spec.offset,
-            len: spec.len,
-            addr: self.addrs.get(&peer).cloned().unwrap_or_default(),
-            peer_id: peer,
-        });
-    }
-}
-
-/// Sleeps until `at`, or forever when there is nothing to wait for.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Aborts a task (on whichever runtime it runs) when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// Fails with the numbers when the games filesystem lacks room for the files.

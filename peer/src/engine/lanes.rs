@@ -76,6 +76,19 @@ impl LaneBook {
         Self { by_peer }
     }
 
+    /// Gives `peer` its link as its one lane unless it has lanes (a partial source found
+    /// during the transfer: one chunk at a time needs no data connections).
+    pub fn add_link(&mut self, peer: &PeerId) {
+        self.by_peer
+            .entry(peer.clone())
+            .or_insert_with(|| SourceLanes {
+                lanes: vec![Lane::Link],
+                busy: vec![0],
+                retired: vec![false],
+                next: 0,
+            });
+    }
+
     /// Takes the lane for `peer`'s next batch; `None` when `peer` has no lanes (it had
     /// no link when they were opened).
     pub fn take(&mut self, peer: &PeerId) -> Option<Lane> {

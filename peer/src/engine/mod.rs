@@ -17,6 +17,12 @@
 //!    there (see [`FailKind`]).
 //! 4. [`Action::Commit`] when every chunk is verified, or [`Action::Fail`] with a typed
 //!    reason ([`PeerError`]).
+//!
+//! Swarm: from [`Action::Prepare`] on, the driver tells the engine which peers hold part of
+//! the same manifest ([`Engine::set_partials`]); they become partial sources of the
+//! planner (asked with `PartialChunks`, [`Fetch::partial`]). When only partial sources are
+//! left and none holds a missing chunk, the engine waits [`EngineConfig::swarm_wait`] for
+//! them to verify more, then fails.
 
 mod lanes;
 #[cfg(test)]
@@ -25,8 +31,8 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use lanspread_catalog::{FileManifest, GameId};
-use lanspread_proto::{PeerId, CHUNK_SIZE, MAX_RANGES, MIN_CHUNKS_IN_FLIGHT};
+use lanspread_catalog::{FileManifest, GameId, VERSION_FILE};
+use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE, MAX_RANGES, MIN_CHUNKS_IN_FLIGHT};
 use tracing::warn;
 
 pub use lanes::{Lane, LaneBook};
@@ -50,6 +56,10 @@ pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(300);
 /// How much longer the sources that have not answered get once the others' answers
 /// settle the vote (a strict plurality whatever the rest say).
 pub const MANIFEST_GRACE: Duration = Duration::from_secs(5);
+/// How long a download whose ready sources are all gone waits for its partial sources to
+/// verify a chunk it misses before it fails (a LAN party whose server died: the clients
+/// still finish every chunk that exists in the swarm, then stop).
+pub const SWARM_WAIT: Duration = Duration::from_secs(30);
 
 /// ... while big chunks are capped by bytes: [`MIN_CHUNKS_IN_FLIGHT`] × 32 MiB per
 /// source, or more when there are more transfer threads (`lanes`) than that would keep
@@ -70,6 +80,11 @@ pub struct EngineConfig {
     pub manifest_timeout: Duration,
     /// See [`MANIFEST_GRACE`].
     pub manifest_grace: Duration,
+    /// See [`SWARM_WAIT`].
+    pub swarm_wait: Duration,
+    /// Shuffles the order chunks are fetched in (see [`Planner::shuffled`]); `None`:
+    /// file order.
+    pub shuffle: Option<u64>,
 }
 
 impl EngineConfig {
@@ -79,6 +94,8 @@ impl EngineConfig {
             threads: threads.max(1),
             manifest_timeout: MANIFEST_TIMEOUT,
             manifest_grace: MANIFEST_GRACE,
+            swarm_wait: SWARM_WAIT,
+            shuffle: None,
         }
     }
 }
@@ -98,6 +115,8 @@ pub struct Fetch {
     pub lane: Lane,
     /// Indices into [`Engine::chunks`], in order.
     pub chunks: Vec<usize>,
+    /// The source is a partial holder: ask with `PartialChunks` at the manifest's digest.
+    pub partial: bool,
 }
 
 /// The outcome of one chunk of a batch: verified and written, or why not.
@@ -152,6 +171,14 @@ pub struct Engine {
     lanes: LaneBook,
     in_flight: BTreeMap<BatchId, (PeerId, Lane, Vec<usize>)>,
     next_batch: u64,
+    /// The latest time the driver told.
+    clock: Instant,
+    /// Since when only partial sources are left and none holds a missing chunk.
+    starved_at: Option<Instant>,
+    /// Complete sources added after the vote ([`Engine::add_ready`]).
+    late: BTreeSet<PeerId>,
+    /// Whether a partial source was ever known (failures then count the missing chunks).
+    swarm: bool,
 }
 
 impl Engine {
@@ -174,6 +201,10 @@ impl Engine {
             lanes: LaneBook::default(),
             in_flight: BTreeMap::new(),
             next_batch: 0,
+            clock: now,
+            starved_at: None,
+            late: BTreeSet::new(),
+            swarm: false,
         };
         if engine.waiting.is_empty() {
             engine.close_vote();
@@ -200,6 +231,7 @@ impl Engine {
             };
             let id = BatchId(self.next_batch);
             self.next_batch += 1;
+            let partial = planner.is_partial(&batch.peer);
             match self.lanes.take(&batch.peer) {
                 Some(lane) => {
                     self.in_flight
@@ -209,6 +241,7 @@ impl Engine {
                         peer: batch.peer,
                         lane,
                         chunks: batch.chunks,
+                        partial,
                     }));
                 }
                 None => {
@@ -222,16 +255,39 @@ impl Engine {
         }
     }
 
-    /// When [`Engine::handle_timeout`] is due (the manifest phase's deadlines).
+    /// When [`Engine::handle_timeout`] is due (the manifest phase's deadlines, the end of
+    /// the wait of a starved swarm download).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (self.phase == Phase::Manifests).then(|| {
-            self.grace_ends
-                .map_or(self.deadline, |g| g.min(self.deadline))
-        })
+        match self.phase {
+            Phase::Manifests => Some(
+                self.grace_ends
+                    .map_or(self.deadline, |g| g.min(self.deadline)),
+            ),
+            Phase::Transfer => self.starved_at.map(|t| t + self.config.swarm_wait),
+            _ => None,
+        }
     }
 
-    /// The time passed `now`: closes the vote when the grace or the timeout ran out.
+    /// The time passed `now`: closes the vote when the grace or the timeout ran out;
+    /// fails a starved download whose wait is over.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
+        if self.phase == Phase::Transfer {
+            self.check_status();
+            if self
+                .starved_at
+                .is_some_and(|t| now >= t + self.config.swarm_wait)
+            {
+                let missing = self.missing_chunks();
+                let why = self.reasons();
+                self.fail(PeerError::SourcesFailed(format!(
+                    "no linked peer holds {missing} missing chunk(s): the ready sources are gone \
+                     and the peers downloading the same files did not get them in {:?}{why}",
+                    self.config.swarm_wait
+                )));
+            }
+            return;
+        }
         if self.phase != Phase::Manifests {
             return;
         }
@@ -289,9 +345,19 @@ impl Engine {
                     self.why.insert(peer.clone(), reason.clone());
                 }
                 let budget = max_in_flight_bytes(self.config.threads, chosen.sources.len());
-                let planner = Planner::new(&chosen.files, &chosen.sources, MAX_IN_FLIGHT)
+                let mut planner = Planner::new(&chosen.files, &chosen.sources, MAX_IN_FLIGHT)
                     .limit_in_flight_bytes(budget)
                     .batch_small_chunks(BATCH_CHUNKS, BATCH_CHUNK_LEN, BATCH_BYTES);
+                if let Some(seed) = self.config.shuffle {
+                    planner = planner.shuffled(seed);
+                    let sentinel = chosen
+                        .files
+                        .iter()
+                        .position(|f| f.path.as_str() == VERSION_FILE);
+                    if let Some(file) = sentinel {
+                        planner = planner.fetch_last(file);
+                    }
+                }
                 self.planner = Some(planner);
                 self.chosen = Some(chosen);
                 self.phase = Phase::Preparing;
@@ -331,6 +397,12 @@ impl Engine {
             }
         }
         self.lanes = LaneBook::new(opened, self.config.threads);
+        for peer in planner.partial_sources() {
+            self.lanes.add_link(peer);
+        }
+        for peer in &self.late {
+            self.lanes.add_link(peer);
+        }
         self.phase = Phase::Transfer;
         self.check_status();
         (chunks, bytes)
@@ -404,27 +476,101 @@ impl Engine {
         let Some(planner) = self.planner.as_ref() else {
             return;
         };
-        match planner.status() {
-            PlannerStatus::Running => {}
+        let status = planner.status();
+        if status == PlannerStatus::Starved {
+            if self.starved_at.is_none() {
+                warn!(game = %self.game, "only partial sources are left and none holds a missing chunk: waiting for them");
+            }
+            self.starved_at.get_or_insert(self.clock);
+        } else {
+            self.starved_at = None;
+        }
+        match status {
+            PlannerStatus::Running | PlannerStatus::Starved => {}
             PlannerStatus::Finished => {
                 self.phase = Phase::Ended;
                 self.actions.push_back(Action::Commit);
             }
             PlannerStatus::Failed(reason) => {
                 // Say why each source was given up, not only that none is left.
-                let reason = if self.why.is_empty() {
-                    reason
+                let swarm = if self.swarm {
+                    format!(", {} missing chunk(s)", self.missing_chunks())
                 } else {
-                    let each: Vec<String> = self
-                        .why
-                        .iter()
-                        .map(|(p, why)| format!("{}: {why}", p.short()))
-                        .collect();
-                    format!("{reason} ({})", each.join("; "))
+                    String::new()
                 };
+                let reason = format!("{reason}{swarm}{}", self.reasons());
                 self.fail(PeerError::SourcesFailed(reason));
             }
         }
+    }
+
+    /// " (peer: why; ...)" for the sources given up so far, or nothing.
+    fn reasons(&self) -> String {
+        if self.why.is_empty() {
+            return String::new();
+        }
+        let each: Vec<String> = self
+            .why
+            .iter()
+            .map(|(p, why)| format!("{}: {why}", p.short()))
+            .collect();
+        format!(" ({})", each.join("; "))
+    }
+
+    fn missing_chunks(&self) -> usize {
+        self.planner
+            .as_ref()
+            .map_or(0, |p| p.chunks().len() - p.done_count())
+    }
+
+    /// Peers that became ready at the version being downloaded since the vote (often a
+    /// partial source whose own download just committed): complete sources from now on,
+    /// over their link. Their bytes are checked against the validated manifest like any
+    /// source's (a peer with other files at that version is dropped at its first chunk).
+    pub fn add_ready(&mut self, ready: &[PeerId]) {
+        if !matches!(self.phase, Phase::Preparing | Phase::Transfer) {
+            return;
+        }
+        let Some(planner) = self.planner.as_mut() else {
+            return;
+        };
+        for peer in ready {
+            if planner.add_complete(peer) {
+                self.lanes.add_link(peer);
+                self.late.insert(peer.clone());
+            }
+        }
+        self.check_status();
+    }
+
+    /// The peers that hold part of the validated manifest now, with what each verified
+    /// (from their announcements, checked against the manifest's digest and chunk count
+    /// by the caller). Peers not in the list are no longer partial sources; ready sources
+    /// in it are ignored. Call after [`Action::Prepare`], whenever the holdings change.
+    pub fn set_partials(&mut self, holders: Vec<(PeerId, ChunkSet)>, now: Instant) {
+        self.clock = self.clock.max(now);
+        if !matches!(self.phase, Phase::Preparing | Phase::Transfer) {
+            return;
+        }
+        let Some(planner) = self.planner.as_mut() else {
+            return;
+        };
+        let listed: BTreeSet<PeerId> = holders.iter().map(|(p, _)| p.clone()).collect();
+        let gone: Vec<PeerId> = planner
+            .partial_sources()
+            .filter(|p| !listed.contains(*p))
+            .cloned()
+            .collect();
+        for peer in gone {
+            planner.remove_partial(&peer);
+        }
+        for (peer, has) in holders {
+            if planner.set_partial(&peer, has) {
+                self.lanes.add_link(&peer);
+                self.swarm = true;
+            }
+        }
+        self.check_status();
     }
 
     fn fail(&mut self, e: PeerError) {

@@ -374,3 +374,91 @@ fn stalls_back_off_and_drop_the_source_after_three() {
         }
     }
 }
+
+fn holds(len: usize, chunks: &[usize]) -> ChunkSet {
+    let mut s = ChunkSet::empty(len);
+    for &c in chunks {
+        s.insert(c);
+    }
+    s
+}
+
+#[test]
+fn partial_holders_are_asked_over_their_link_for_what_they_hold() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(game(), &[pid(1)], EngineConfig::new(2), t0);
+    drain(&mut e);
+    e.on_manifest(pid(1), Ok(big(4)), t0);
+    assert_eq!(drain(&mut e), [Action::Prepare]);
+    // Known before the lanes open: it keeps its link lane.
+    e.set_partials(vec![(pid(2), holds(5, &[0, 1]))], t0);
+    e.set_partials(
+        vec![(pid(1), holds(5, &[2])), (pid(2), holds(5, &[0, 1]))],
+        t0,
+    );
+    e.on_prepared(&[], &[(pid(1), 2)]);
+    let f = fetches(&drain(&mut e));
+    let partial: Vec<_> = f.iter().filter(|f| f.partial).collect();
+    assert_eq!(partial.len(), 1, "{f:?}");
+    assert_eq!(
+        (partial[0].peer.clone(), partial[0].lane),
+        (pid(2), Lane::Link)
+    );
+    assert!(
+        f.iter().all(|f| f.partial == (f.peer == pid(2))),
+        "the server is not partial"
+    );
+    let server: Vec<usize> = f
+        .iter()
+        .filter(|f| !f.partial)
+        .flat_map(|f| f.chunks.clone())
+        .collect();
+    assert!(!server.contains(&0) && !server.contains(&1), "{server:?}");
+}
+
+#[test]
+fn a_starved_swarm_download_waits_for_its_partial_sources_then_fails() {
+    let mut e = transferring(big(2), &[pid(1)], 1);
+    let t0 = Instant::now();
+    e.set_partials(vec![(pid(2), holds(3, &[0]))], t0);
+    let f = fetches(&drain(&mut e));
+    for f in f {
+        let res = if f.peer == pid(1) {
+            Err((FailKind::SourceGone, "peer disconnected".into()))
+        } else {
+            Ok(())
+        };
+        e.on_fetched(f.id, vec![res; f.chunks.len()], false);
+    }
+    let after = drain(&mut e);
+    assert!(
+        after.iter().all(|a| matches!(a, Action::Verified { .. })),
+        "{after:?}"
+    );
+    let due = e.poll_timeout().expect("waiting for the swarm");
+    assert_eq!(due, t0 + SWARM_WAIT);
+    // The partial source verified a chunk we miss: no longer starved.
+    e.set_partials(
+        vec![(pid(2), holds(3, &[0, 2]))],
+        t0 + Duration::from_secs(10),
+    );
+    assert_eq!(e.poll_timeout(), None);
+    let f = fetches(&drain(&mut e));
+    assert_eq!(
+        (f.len(), f[0].chunks.clone(), f[0].partial),
+        (1, vec![2], true)
+    );
+    e.on_fetched(f[0].id, vec![Ok(())], false);
+    drain(&mut e);
+    let since = e.poll_timeout().expect("starved again");
+    e.handle_timeout(since - Duration::from_secs(1));
+    assert!(drain(&mut e).is_empty());
+    e.handle_timeout(since);
+    match drain(&mut e).as_slice() {
+        [Action::Fail(PeerError::SourcesFailed(why))] => {
+            assert!(why.contains("1 missing chunk"), "{why}");
+            assert!(why.contains("peer disconnected"), "{why}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -21,5 +21,6 @@ mod progress;
 mod resume;
 mod robust;
 mod swarm;
+mod swarm_download;
 mod trust;
 mod util;

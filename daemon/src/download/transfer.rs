@@ -1,0 +1,264 @@
+//! The transfer phase of a download: performs the engine's fetches on their lanes'
+//! threads, journals, reports and announces each verified chunk, and tells the engine
+//! which linked peers hold part of the same manifest (the swarm's partial sources).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use lanspread_catalog::{manifest_digest, ChunkHash, FileManifest, GameId, Version};
+use lanspread_control::api::EventKind;
+use lanspread_control::Failure;
+use lanspread_peer::{Action, BatchId, ChunkResult, Engine, FailKind, Fetch, HoldingBatcher, Lane};
+use lanspread_proto::PeerId;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use super::fetch::{self, ChunkJob, FetchError};
+use super::{journal, lanes};
+use crate::failure::peer_failure;
+use crate::state::Shared;
+
+/// What `transfer` writes into, and the connections it fetches over (closed when done).
+pub(super) struct Work<'a> {
+    pub files: &'a [FileManifest],
+    pub file_ids: &'a [u64],
+    pub journal: &'a mut journal::Journal,
+    pub lanes: lanes::Lanes,
+}
+
+/// A finished fetch: its batch, source and lane, and each chunk's result.
+type Fetched = (BatchId, PeerId, Lane, Vec<ChunkResult>);
+
+/// Performs the engine's transfer phase: starts each batch it asks for on its lane's
+/// thread, journals and reports each verified chunk, and feeds every result back, until
+/// it asks to commit or fails. A local failure (disk full) fails the download at once.
+/// Whenever a linked peer's partial holdings change, the engine learns the partial
+/// sources of this manifest.
+pub(super) async fn transfer(
+    shared: &Arc<Shared>,
+    game: (&GameId, Version),
+    work: Work<'_>,
+    engine: &mut Engine,
+) -> Result<(), Failure> {
+    let digest = manifest_digest(work.files);
+    let mut t = Transfer {
+        shared,
+        game,
+        digest,
+        work,
+        running: JoinSet::new(),
+        activity: HashMap::new(),
+        addrs: HashMap::new(),
+        announce: HoldingBatcher::default(),
+        began: Instant::now(),
+    };
+    let mut holdings = shared.peers.watch_holdings();
+    t.partial_sources(engine, &mut holdings);
+    loop {
+        while let Some(action) = engine.poll() {
+            match action {
+                Action::Fetch(f) => t.start(engine, f),
+                Action::Verified { chunk, peer } => t.verified(engine, chunk, peer),
+                Action::Commit => {
+                    // Every verified chunk announced: peers may fetch them during the
+                    // commit's syncs.
+                    if let Some(chunks) = t.announce.flush() {
+                        t.shared.partials.verified(t.game.0, &chunks);
+                    }
+                    return Ok(());
+                }
+                Action::Fail(e) => return Err(peer_failure(e)),
+                Action::AskManifest(_) | Action::Prepare => {
+                    return Err(Failure::internal(
+                        "download engine went back to its manifest phase",
+                    ))
+                }
+            }
+        }
+        // Verified chunks are announced in batches, at the latest HOLDING_DELAY after.
+        let due = t.announce.deadline().map(|d| t.began + d);
+        let wake = engine.poll_timeout();
+        if t.running.is_empty() && wake.is_none() {
+            return Err(Failure::internal(
+                "download stalled: nothing in flight and nothing assignable",
+            ));
+        }
+        let joined = tokio::select! {
+            Some(j) = t.running.join_next() => j,
+            () = sleep_until(due) => {
+                t.announce_due();
+                continue;
+            }
+            () = sleep_until(wake) => {
+                engine.handle_timeout(Instant::now());
+                continue;
+            }
+            Ok(()) = holdings.changed() => {
+                t.partial_sources(engine, &mut holdings);
+                continue;
+            }
+        };
+        let (batch, peer, lane, results) =
+            joined.map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))??;
+        let lane_lost = results.iter().any(Result::is_err) && t.work.lanes.lost(&peer, lane);
+        engine.on_fetched(batch, results, lane_lost);
+    }
+}
+
+/// The transfer phase's IO side.
+struct Transfer<'a, 'w> {
+    shared: &'a Arc<Shared>,
+    game: (&'a GameId, Version),
+    /// The validated manifest's digest: what partial holders must hold.
+    digest: ChunkHash,
+    work: Work<'w>,
+    running: JoinSet<Result<Fetched, Failure>>,
+    activity: HashMap<PeerId, Arc<fetch::Activity>>,
+    /// Each source's address when its last batch started, for the events.
+    addrs: HashMap<PeerId, String>,
+    /// Verified chunks not yet announced to the links.
+    announce: HoldingBatcher,
+    /// The batcher's clock starts here.
+    began: Instant,
+}
+
+impl Transfer<'_, '_> {
+    /// Tells the engine the linked peers that hold part of this manifest now, and those
+    /// that became ready at its version.
+    fn partial_sources(&self, engine: &mut Engine, holdings: &mut watch::Receiver<u64>) {
+        holdings.borrow_and_update();
+        let chunks = engine.chunks().len();
+        let holders = self
+            .shared
+            .peers
+            .partial_holders(self.game, &self.digest, chunks);
+        engine.set_partials(holders, Instant::now());
+        // Peers that became ready at this version meanwhile (a partial source whose
+        // download committed) stay sources.
+        if let Some(ready) = self.shared.peers.sources(self.game.0) {
+            if ready.version == self.game.1 {
+                engine.add_ready(&ready.peers);
+            }
+        }
+    }
+
+    /// Starts a batch on its lane's thread (the fetch runs where its connection is
+    /// driven; dropping `running`, a failed download, aborts it there too). A source
+    /// whose link is gone is gone, whatever lanes it had.
+    fn start(&mut self, engine: &mut Engine, f: Fetch) {
+        let Work {
+            files, file_ids, ..
+        } = self.work;
+        let jobs: Vec<ChunkJob> = f
+            .chunks
+            .iter()
+            .map(|&c| {
+                let spec = &engine.chunks()[c];
+                ChunkJob {
+                    path: files[spec.file].path.clone(),
+                    file: file_ids[spec.file],
+                    offset: spec.offset,
+                    len: spec.len,
+                    hash: spec.hash,
+                }
+            })
+            .collect();
+        // The link as it is now (a partial source has no other lane); a source whose
+        // link is gone is gone, whatever lanes it had.
+        let conn = self
+            .shared
+            .peers
+            .link_and_addr(&f.peer)
+            .and_then(|(link, addr)| {
+                self.addrs.insert(f.peer.clone(), addr);
+                match f.lane {
+                    Lane::Link => Some((link, tokio::runtime::Handle::current())),
+                    Lane::Data(_) => self.work.lanes.get(&f.peer, f.lane),
+                }
+            });
+        let Some((conn, runtime)) = conn else {
+            let gone = Err((FailKind::SourceGone, "peer disconnected".to_owned()));
+            return engine.on_fetched(f.id, vec![gone; jobs.len()], false);
+        };
+        let source = self.activity.entry(f.peer.clone()).or_default().clone();
+        let (shared, game, version) = (self.shared.clone(), self.game.0.clone(), self.game.1);
+        let digest = f.partial.then_some(self.digest);
+        let fetch = runtime.spawn(
+            async move {
+                let limit = shared.net.download_limit.as_ref();
+                fetch::fetch(
+                    &conn,
+                    &source,
+                    &shared.net.writer,
+                    limit,
+                    (&game, version, digest.as_ref()),
+                    &jobs,
+                )
+                .await
+            }
+            .in_current_span(),
+        );
+        let abort = AbortOnDrop(fetch.abort_handle());
+        self.running.spawn(async move {
+            let _abort = abort;
+            let results = fetch
+                .await
+                .map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))?;
+            let results = results
+                .into_iter()
+                .map(|r| match r {
+                    Ok(()) => Ok(Ok(())),
+                    Err(FetchError::Source(kind, why)) => Ok(Err((kind, why))),
+                    Err(FetchError::Local(failure)) => Err(failure),
+                })
+                .collect::<Result<Vec<ChunkResult>, Failure>>()?;
+            Ok((f.id, f.peer, f.lane, results))
+        });
+    }
+
+    /// Announces the verified chunks whose batch is due.
+    fn announce_due(&mut self) {
+        if let Some(chunks) = self.announce.poll(self.began.elapsed()) {
+            self.shared.partials.verified(self.game.0, &chunks);
+        }
+    }
+
+    /// Journals a verified chunk, reports it and queues it for the links.
+    fn verified(&mut self, engine: &Engine, chunk: usize, peer: PeerId) {
+        self.work.journal.record(chunk);
+        if let Ok(c) = u32::try_from(chunk) {
+            self.announce.push(c, self.began.elapsed());
+            self.announce_due();
+        }
+        let spec = &engine.chunks()[chunk];
+        let id = self.game.0;
+        self.shared.lock().operations.advance(id, spec.len);
+        self.shared.events.emit(EventKind::DownloadChunkFinished {
+            game_id: id.clone(),
+            path: self.work.files[spec.file].path.to_string(),
+            offset: spec.offset,
+            len: spec.len,
+            addr: self.addrs.get(&peer).cloned().unwrap_or_default(),
+            peer_id: peer,
+        });
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Aborts a task (on whichever runtime it runs) when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,445 @@
+//! The swarm side of the planner: the shuffled order, partial sources (peers that
+//! download the same manifest and serve the chunks they verified) and rarest-first
+//! choice among what they hold. The policy is the one `tests/swarm/` simulates: a partial
+//! source gets one chunk's worth at a time, the rarest it holds (the shuffled order breaks
+//! ties, differently on every downloader); a complete source (the file server) gets only
+//! chunks no partial source holds, so its uplink carries what the swarm lacks.
+
+use lanspread_catalog::CHUNK_SIZE;
+use lanspread_proto::{ChunkSet, PeerId};
+use rand_chacha::rand_core::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::{Assignment, Planner, Source, State};
+
+/// Bytes in flight from one partial source: one big chunk, or one batch of small ones.
+/// More parallel flows per uplink delay the first copies everyone else waits for (the
+/// swarm simulation: 1.53 × T_min with one chunk per holder, 2.07 × with two).
+pub const PARTIAL_IN_FLIGHT_BYTES: u64 = CHUNK_SIZE;
+
+impl Planner {
+    /// Starts chunks in an order shuffled with `seed` instead of file order: downloaders
+    /// that start together (a LAN party) then ask the server for different chunks, and
+    /// each soon holds something the others want. Runs of small chunks that would go in
+    /// one request stay together (set the batching first).
+    pub fn shuffled(mut self, seed: u64) -> Self {
+        let b = self.batching;
+        // Units: a big chunk, or a run of small chunks that fits one request.
+        let mut units: Vec<(usize, usize)> = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (c, spec) in self.chunks.iter().enumerate() {
+            let small = spec.len <= b.max_chunk_len;
+            let joins = small
+                && c > start
+                && self.chunks[c - 1].len <= b.max_chunk_len
+                && c - start < b.max_chunks
+                && bytes + spec.len <= b.max_bytes;
+            if !joins && c > 0 {
+                units.push((start, c));
+                (start, bytes) = (c, 0);
+            }
+            bytes += spec.len;
+        }
+        if !self.chunks.is_empty() {
+            units.push((start, self.chunks.len()));
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        for i in (1..units.len()).rev() {
+            let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+            units.swap(i, j);
+        }
+        for (rank, &(from, to)) in units.iter().enumerate() {
+            for c in from..to {
+                self.rank[c] = rank as u32;
+            }
+        }
+        self.queue = self.queue.iter().map(|&(_, c)| (self.rank[c], c)).collect();
+        self
+    }
+
+    /// Fetches the chunks of file `file` after every other (the commit sentinel: a
+    /// resume discards a received sentinel, so it is not worth having early).
+    pub fn fetch_last(mut self, file: usize) -> Self {
+        let last = self
+            .rank
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0)
+            .saturating_add(1);
+        for (c, spec) in self.chunks.iter().enumerate() {
+            if spec.file == file {
+                self.rank[c] = last;
+            }
+        }
+        self.queue = self.queue.iter().map(|&(_, c)| (self.rank[c], c)).collect();
+        self
+    }
+
+    /// Adds a partial source, or updates what it holds (`has`: every chunk it verified,
+    /// in this manifest's numbering). Ignored for a complete source, a source dropped for
+    /// cause, or a set of another length. A partial source that had vanished comes back.
+    pub fn set_partial(&mut self, peer: &PeerId, has: ChunkSet) -> bool {
+        if has.len() != self.chunks.len() {
+            return false;
+        }
+        let s = self.sources.entry(peer.clone()).or_insert_with(|| Source {
+            has: Some(ChunkSet::empty(has.len())),
+            ..Source::default()
+        });
+        if s.has.is_none() || s.banned {
+            return false;
+        }
+        let old = s
+            .has
+            .replace(has.clone())
+            .unwrap_or_else(|| ChunkSet::empty(0));
+        let was_live = !s.dropped;
+        s.dropped = false;
+        if was_live {
+            for c in old.iter() {
+                self.rarity[c] = self.rarity[c].saturating_sub(1);
+            }
+        }
+        for c in has.iter() {
+            self.rarity[c] += 1;
+        }
+        true
+    }
+
+    /// Adds a complete source found during the download (a peer that became ready at the
+    /// newest version: often a partial source whose download just committed). Its bytes
+    /// are checked like any source's. It starts level with the least loaded complete
+    /// source, so the balance rule does not hold the others back while it catches up.
+    /// Ignored for a source dropped for cause or a complete one already known.
+    pub fn add_complete(&mut self, peer: &PeerId) -> bool {
+        let floor = self.floor().unwrap_or(0);
+        let new = !self.sources.contains_key(peer);
+        let s = self.sources.entry(peer.clone()).or_default();
+        if s.banned || (!new && s.has.is_none()) {
+            return false;
+        }
+        if let Some(old) = s.has.take() {
+            if !s.dropped {
+                for c in old.iter() {
+                    self.rarity[c] = self.rarity[c].saturating_sub(1);
+                }
+            }
+        }
+        s.dropped = false;
+        s.assigned = s.assigned.max(floor);
+        true
+    }
+
+    /// A partial source vanished (its link or its copy is gone): its chunks in flight
+    /// will fail on their own; nothing more is asked of it unless it comes back.
+    pub fn remove_partial(&mut self, peer: &PeerId) {
+        if let Some(s) = self.sources.get_mut(peer) {
+            if s.has.is_some() {
+                s.dropped = true;
+            }
+        }
+        self.unhold_if_dropped(peer);
+    }
+
+    /// The partial sources this download knows, live ones only.
+    pub fn partial_sources(&self) -> impl Iterator<Item = &PeerId> {
+        self.sources
+            .iter()
+            .filter(|(_, s)| s.has.is_some() && !s.dropped)
+            .map(|(p, _)| p)
+    }
+
+    /// How many live partial sources hold `chunk`.
+    pub fn rarity(&self, chunk: usize) -> u32 {
+        self.rarity.get(chunk).copied().unwrap_or(0)
+    }
+
+    /// A dropped partial source no longer counts for the chunks it holds.
+    pub(super) fn unhold_if_dropped(&mut self, peer: &PeerId) {
+        let Some(s) = self.sources.get_mut(peer) else {
+            return;
+        };
+        if !s.dropped {
+            return;
+        }
+        if let Some(has) = s.has.as_mut() {
+            let n = has.len();
+            for c in std::mem::replace(has, ChunkSet::empty(n)).iter() {
+                self.rarity[c] = self.rarity[c].saturating_sub(1);
+            }
+        }
+    }
+
+    pub(super) fn partial_room(&self, s: &Source) -> bool {
+        !s.dropped
+            && s.in_flight < self.max_in_flight
+            && s.in_flight_bytes < (PARTIAL_IN_FLIGHT_BYTES >> s.backoff).max(1)
+    }
+
+    /// The first chunk a partial source with room can take, rarest first.
+    pub(super) fn assign_partial(&mut self) -> Option<Assignment> {
+        let (peer, chunk) = self.sources.iter().find_map(|(p, s)| {
+            let has = s.has.as_ref()?;
+            if !self.partial_room(s) {
+                return None;
+            }
+            Some((p.clone(), self.rarest_held(has, |_| true)?))
+        })?;
+        self.take_pending(chunk);
+        self.assign(chunk, &peer);
+        Some(Assignment { chunk, peer })
+    }
+
+    /// Among the pending chunks in `has` that pass `ok`: a failed one first, else the
+    /// rarest (then first in the order).
+    pub(super) fn rarest_held(&self, has: &ChunkSet, ok: impl Fn(u64) -> bool) -> Option<usize> {
+        let usable =
+            |c: usize| has.contains(c) && self.state[c] == State::Pending && ok(self.chunks[c].len);
+        if let Some(c) = self.retry.iter().copied().find(|&c| usable(c)) {
+            return Some(c);
+        }
+        has.iter()
+            .filter(|&c| self.state[c] == State::Pending && ok(self.chunks[c].len))
+            .min_by_key(|&c| (self.rarity[c], self.rank[c], c))
+    }
+
+    /// Whether a live partial source holds a pending chunk.
+    pub(super) fn partial_can_send(&self) -> bool {
+        self.sources.values().any(|s| {
+            !s.dropped
+                && s.has
+                    .as_ref()
+                    .is_some_and(|h| h.iter().any(|c| self.state[c] == State::Pending))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{FailKind, Planner, PlannerStatus};
+    use crate::table::tests::pid;
+    use lanspread_catalog::{FileManifest, RelPath, CHUNK_SIZE};
+    use lanspread_proto::ChunkSet;
+
+    const C: u64 = CHUNK_SIZE;
+
+    fn file(name: &str, size: u64) -> FileManifest {
+        FileManifest {
+            path: RelPath::new(name).unwrap(),
+            size,
+            mode: 0o644,
+            chunks: (0..lanspread_catalog::chunk_count(size))
+                .map(|i| [i as u8; 32])
+                .collect(),
+        }
+    }
+
+    fn set(len: usize, chunks: &[usize]) -> ChunkSet {
+        let mut s = ChunkSet::empty(len);
+        for &c in chunks {
+            s.insert(c);
+        }
+        s
+    }
+
+    fn order(p: &mut Planner) -> Vec<usize> {
+        let mut out = Vec::new();
+        while let Some(a) = p.poll_assign() {
+            out.push(a.chunk);
+            p.on_done(a.chunk, &a.peer);
+        }
+        out
+    }
+
+    #[test]
+    fn a_shuffle_is_repeatable_per_seed_different_between_seeds_and_keeps_small_runs() {
+        let mut files = vec![file("big.eti", 16 * C)];
+        files.extend((0..6).map(|i| file(&format!("s{i}"), 1000)));
+        let plan = |seed| {
+            Planner::new(&files, &[pid(1)], 64)
+                .batch_small_chunks(32, 1 << 20, 8 << 20)
+                .shuffled(seed)
+        };
+        let (a, b, c) = (
+            order(&mut plan(1)),
+            order(&mut plan(1)),
+            order(&mut plan(2)),
+        );
+        assert_eq!(a, b, "same seed, same order");
+        assert_ne!(a, c, "another seed, another order");
+        assert_ne!(a, (0..22).collect::<Vec<_>>(), "not file order");
+        let last = order(&mut plan(1).fetch_last(0));
+        assert_eq!(
+            &last[6..],
+            (0..16).collect::<Vec<_>>(),
+            "file 0 last, in order"
+        );
+        let mut sorted = a.clone();
+        sorted.sort();
+        assert_eq!(sorted, (0..22).collect::<Vec<_>>(), "every chunk once");
+        // The six small files are one unit: one batch.
+        let mut p = plan(3);
+        let batches: Vec<_> = std::iter::from_fn(|| {
+            let b = p.poll_batch()?;
+            for &c in &b.chunks {
+                p.on_done(c, &b.peer);
+            }
+            Some(b.chunks)
+        })
+        .collect();
+        assert!(batches.contains(&(16..22).collect()), "{batches:?}");
+    }
+
+    #[test]
+    fn a_partial_source_gets_its_rarest_chunk_one_at_a_time_and_the_server_the_rest() {
+        let files = [file("g.eti", 8 * C)];
+        let mut p = Planner::new(&files, &[pid(1)], 4);
+        assert!(p.set_partial(&pid(2), set(8, &[0, 1, 2])));
+        assert!(p.set_partial(&pid(3), set(8, &[1, 2, 5])));
+        assert!(
+            !p.set_partial(&pid(1), set(8, &[0])),
+            "a complete source stays one"
+        );
+        assert!(!p.set_partial(&pid(4), set(7, &[0])), "another chunk count");
+        assert_eq!(
+            (p.rarity(0), p.rarity(1), p.rarity(5), p.rarity(7)),
+            (1, 2, 1, 0)
+        );
+        let started: Vec<_> = std::iter::from_fn(|| p.poll_assign()).collect();
+        let of = |n| {
+            started
+                .iter()
+                .filter(|a| a.peer == pid(n))
+                .map(|a| a.chunk)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(of(2), [0], "rarest it holds; one chunk at a time");
+        assert_eq!(of(3), [5]);
+        // The server: only chunks no partial source holds, in order, one at a time in a
+        // swarm.
+        assert_eq!(of(1), [3]);
+        p.on_done(3, &pid(1));
+        assert_eq!(
+            p.poll_assign().map(|a| (a.chunk, a.peer)),
+            Some((4, pid(1)))
+        );
+        assert!(p.is_partial(&pid(2)) && !p.is_partial(&pid(1)));
+        p.on_done(0, &pid(2));
+        assert_eq!(
+            p.poll_assign().map(|a| (a.chunk, a.peer)),
+            Some((1, pid(2)))
+        );
+    }
+
+    #[test]
+    fn a_lying_partial_source_is_banned_and_its_chunks_go_to_the_server() {
+        let files = [file("g.eti", 2 * C)];
+        let mut p = Planner::new(&files, &[pid(1)], 4);
+        p.set_partial(&pid(2), set(2, &[0, 1]));
+        let a = p.poll_assign().unwrap();
+        assert_eq!(a.peer, pid(2));
+        assert_eq!(
+            p.poll_assign(),
+            None,
+            "the server has nothing the swarm lacks"
+        );
+        p.on_failed(a.chunk, &pid(2), FailKind::BadData);
+        assert_eq!(p.rarity(0) + p.rarity(1), 0);
+        assert!(
+            !p.set_partial(&pid(2), set(2, &[0, 1])),
+            "banned for this download"
+        );
+        let rest: Vec<_> = std::iter::from_fn(|| p.poll_assign()).collect();
+        assert!(rest.iter().all(|a| a.peer == pid(1)) && rest.len() == 2);
+    }
+
+    #[test]
+    fn a_vanished_partial_source_frees_its_chunks_and_may_come_back() {
+        let files = [file("g.eti", 3 * C)];
+        let mut p = Planner::new(&files, &[pid(1)], 1);
+        p.set_partial(&pid(2), set(3, &[0, 1]));
+        let a = p.poll_assign().unwrap();
+        let b = p.poll_assign().unwrap();
+        assert_eq!((a.peer.clone(), b.peer.clone()), (pid(2), pid(1)));
+        assert_eq!(b.chunk, 2);
+        p.remove_partial(&pid(2));
+        assert_eq!(p.partial_sources().count(), 0);
+        p.on_done(2, &pid(1));
+        assert_eq!(
+            p.poll_assign().map(|x| x.peer),
+            Some(pid(1)),
+            "chunk 1 is free now"
+        );
+        p.on_failed(a.chunk, &pid(2), FailKind::SourceGone);
+        assert_eq!(p.partial_sources().count(), 0);
+        p.set_partial(&pid(3), set(3, &[0]));
+        assert_eq!(p.partial_sources().count(), 1);
+    }
+
+    #[test]
+    fn without_the_server_a_swarm_download_starves_then_fails_when_nobody_is_left() {
+        let files = [file("g.eti", 3 * C)];
+        let mut p = Planner::new(&files, &[pid(1)], 4);
+        p.set_partial(&pid(2), set(3, &[0]));
+        let started: Vec<_> = std::iter::from_fn(|| p.poll_assign()).collect();
+        assert_eq!(started.len(), 2);
+        for a in &started {
+            if a.peer == pid(1) {
+                p.on_failed(a.chunk, &a.peer, FailKind::SourceGone);
+            } else {
+                p.on_done(a.chunk, &a.peer);
+            }
+        }
+        assert_eq!(
+            p.status(),
+            PlannerStatus::Starved,
+            "the partial source lacks 1 and 2"
+        );
+        assert_eq!(p.poll_assign(), None);
+        p.set_partial(&pid(2), set(3, &[0, 2]));
+        assert_eq!(p.status(), PlannerStatus::Running);
+        let a = p.poll_assign().unwrap();
+        assert_eq!((a.chunk, a.peer.clone()), (2, pid(2)));
+        p.on_done(2, &pid(2));
+        assert_eq!(p.status(), PlannerStatus::Starved);
+        p.remove_partial(&pid(2));
+        assert!(matches!(p.status(), PlannerStatus::Failed(_)));
+    }
+
+    #[test]
+    fn a_partial_source_that_committed_becomes_a_complete_one_level_with_the_others() {
+        let files = [file("g.eti", 6 * C)];
+        let mut p = Planner::new(&files, &[pid(1)], 8).limit_in_flight_bytes(4 * C);
+        // Alone, the server gets its whole window; with a partial source known, one chunk.
+        let a = p.poll_assign().unwrap();
+        p.on_done(a.chunk, &a.peer);
+        p.set_partial(&pid(2), set(6, &[]));
+        let b = p.poll_assign().unwrap();
+        assert_eq!(b.peer, pid(1));
+        assert_eq!(
+            p.poll_assign(),
+            None,
+            "one chunk at a time from the server in a swarm"
+        );
+        // Its download ended while asked: gone, not banned; then it is ready.
+        p.set_partial(&pid(2), set(6, &[0, 1, 2, 3, 4, 5]));
+        let c = p.poll_assign().unwrap();
+        assert_eq!(c.peer, pid(2));
+        p.on_failed(c.chunk, &pid(2), FailKind::SourceGone);
+        assert!(p.add_complete(&pid(2)));
+        assert!(!p.add_complete(&pid(2)), "known already");
+        assert!(!p.is_partial(&pid(2)));
+        assert_eq!((0..6).map(|c| p.rarity(c)).sum::<u32>(), 0);
+        let next = p.poll_assign().unwrap();
+        assert_eq!(
+            next.peer,
+            pid(2),
+            "level with the server, so it gets the next chunk"
+        );
+        // Bad bytes ban a late source too.
+        p.on_failed(next.chunk, &pid(2), FailKind::BadData);
+        assert!(!p.add_complete(&pid(2)));
+        assert!(!p.set_partial(&pid(2), set(6, &[0])));
+    }
+}

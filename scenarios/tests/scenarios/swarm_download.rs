@@ -1,0 +1,182 @@
+//! Swarm, the downloading side (issue 21): clients told only the server's address find
+//! each other (peer exchange), fetch from each other the chunks they verified, and the
+//! server, its upload limited, sends less than one copy per client. The server killed
+//! once one copy exists in the swarm: every client still finishes; killed before: every
+//! client gets what exists, then fails cleanly (no sentinel) and can resume later.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use lanspread_fixtures::{Content, GameSpec};
+use lanspread_proto::CHUNK_SIZE;
+use lanspread_scenarios::{assert_same_tree, wait_for, Node, NodeOptions};
+use serde_json::Value;
+
+const GAME: &str = "cod5";
+const CHUNKS: u64 = 8;
+
+/// A server holding an 8-chunk game, its upload limited to `mib_s`.
+fn server(dir: &Path, mib_s: &str) -> Node {
+    GameSpec::new(GAME, "20250101")
+        .file(
+            "cod5.eti",
+            0o644,
+            Content::Random {
+                seed: 77,
+                size: CHUNKS * CHUNK_SIZE,
+            },
+        )
+        .write(dir)
+        .unwrap();
+    let args = ["--max-upload-mib-s", mib_s, "--max-links", "64"];
+    let opts = NodeOptions {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..NodeOptions::default()
+    };
+    Node::start_with("server", dir, opts)
+}
+
+/// `n` empty clients told only the server's address, linked to each other by peer
+/// exchange before anything starts.
+fn clients(n: usize, server: &Node, env: &[(&str, &str)]) -> Vec<(Node, tempfile::TempDir)> {
+    let out: Vec<(Node, tempfile::TempDir)> = (0..n)
+        .map(|i| {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = NodeOptions {
+                args: vec!["--max-links".into(), "64".into()],
+                env: env
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..NodeOptions::default()
+            };
+            let node = Node::start_with(&format!("c{i}"), dir.path(), opts);
+            node.connect(server);
+            (node, dir)
+        })
+        .collect();
+    wait_for("clients linked to each other", || {
+        out.iter()
+            .all(|(c, _)| c.peer_ids().len() == n)
+            .then_some(())
+    });
+    out
+}
+
+fn start_all(clients: &[(Node, tempfile::TempDir)]) {
+    for (c, _) in clients {
+        c.download_ok(GAME, &["--no-install", "--detach"]);
+    }
+}
+
+/// The chunks of the archive each `download-chunk-finished` event of `c` names.
+fn chunks_of(c: &Node) -> BTreeSet<u64> {
+    c.events_named("download-chunk-finished")
+        .iter()
+        .filter(|e| e["path"] == "cod5.eti")
+        .filter_map(|e| e["offset"].as_u64())
+        .map(|o| o / CHUNK_SIZE)
+        .collect()
+}
+
+fn ended(c: &Node) -> Option<Value> {
+    c.events()
+        .into_iter()
+        .find(|e| e["event"] == "download-finished" || e["event"] == "download-failed")
+}
+
+#[test]
+fn clients_fetch_from_each_other_and_the_server_sends_less_than_a_copy_each() {
+    let sdir = tempfile::tempdir().unwrap();
+    let s = server(sdir.path(), "32");
+    let cs = clients(3, &s, &[]);
+    start_all(&cs);
+    let mut from_server = 0;
+    let mut from_peers = BTreeMap::new();
+    for (c, dir) in &cs {
+        let end = wait_for("the download's end", || ended(c));
+        assert_eq!(end["event"], "download-finished", "{end}{}", c.log_tail());
+        assert_same_tree(&sdir.path().join(GAME), &dir.path().join(GAME));
+        for (peer, bytes) in c.bytes_per_source(GAME) {
+            if peer == s.peer_id {
+                from_server += bytes;
+            } else {
+                *from_peers.entry(c.name.clone()).or_insert(0) += bytes;
+            }
+        }
+    }
+    let game_bytes = CHUNKS * CHUNK_SIZE + 9;
+    eprintln!("server sent {from_server} bytes (game {game_bytes}); from peers {from_peers:?}");
+    assert!(
+        from_peers.values().sum::<u64>() >= CHUNK_SIZE,
+        "no client fetched from another: {from_peers:?}"
+    );
+    assert!(
+        from_server < 3 * game_bytes,
+        "the server sent {from_server} bytes for 3 copies of {game_bytes}"
+    );
+    // Partial holders are not ready peers: the server lists the clients as peers
+    // without the game until they commit (they have now).
+    for (c, _) in &cs {
+        assert!(c.local_row(GAME).is_some(), "{} lists the game", c.name);
+    }
+}
+
+#[test]
+fn the_server_killed_once_a_copy_is_in_the_swarm_every_client_finishes() {
+    let sdir = tempfile::tempdir().unwrap();
+    let mut s = server(sdir.path(), "24");
+    let cs = clients(2, &s, &[]);
+    start_all(&cs);
+    // One whole copy among the clients (the sentinel is the server's last chunk: wait
+    // for the archive's chunks).
+    wait_for("one copy of the archive in the swarm", || {
+        let held: BTreeSet<u64> = cs.iter().flat_map(|(c, _)| chunks_of(c)).collect();
+        (held.len() as u64 == CHUNKS).then_some(())
+    });
+    let sentinel = |c: &Node| {
+        c.events_named("download-chunk-finished")
+            .iter()
+            .any(|e| e["path"] == "version.ini")
+    };
+    wait_for("the sentinel in the swarm", || {
+        cs.iter().any(|(c, _)| sentinel(c)).then_some(())
+    });
+    s.kill();
+    for (c, dir) in &cs {
+        let end = wait_for("the download's end", || ended(c));
+        assert_eq!(end["event"], "download-finished", "{end}{}", c.log_tail());
+        assert_same_tree(&sdir.path().join(GAME), &dir.path().join(GAME));
+    }
+}
+
+#[test]
+fn the_server_killed_early_clients_get_what_exists_then_fail_cleanly() {
+    let sdir = tempfile::tempdir().unwrap();
+    let mut s = server(sdir.path(), "16");
+    let cs = clients(2, &s, &[("LANSPREAD_SWARM_WAIT_MS", "2000")]);
+    start_all(&cs);
+    wait_for("a first chunk", || {
+        cs.iter()
+            .any(|(c, _)| !chunks_of(c).is_empty())
+            .then_some(())
+    });
+    s.kill();
+    let held: BTreeSet<u64> = cs.iter().flat_map(|(c, _)| chunks_of(c)).collect();
+    assert!((held.len() as u64) < CHUNKS);
+    for (c, dir) in &cs {
+        let end = wait_for("the download's end", || ended(c));
+        assert_eq!(end["event"], "download-failed", "{end}");
+        let reason = end["reason"].as_str().unwrap_or("");
+        assert!(reason.contains("missing chunk"), "{reason}");
+        assert!(
+            !dir.path().join(GAME).join("version.ini").exists(),
+            "no sentinel for an incomplete copy"
+        );
+    }
+    // Every chunk that existed on a living peer when the server died is on both now.
+    let union: BTreeSet<u64> = cs.iter().flat_map(|(c, _)| chunks_of(c)).collect();
+    for (c, _) in &cs {
+        assert_eq!(chunks_of(c), union, "{} got all the swarm had", c.name);
+    }
+}
