@@ -2,7 +2,8 @@
 //! each other (peer exchange), fetch from each other the chunks they verified, and the
 //! server, its upload limited, sends less than one copy per client. The server killed
 //! once one copy exists in the swarm: every client still finishes; killed before: every
-//! client gets what exists, then fails cleanly (no sentinel) and can resume later.
+//! client gets what exists, then fails cleanly (no sentinel). A partial holder that sends
+//! bad bytes is dropped after its first chunk.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -179,4 +180,96 @@ fn the_server_killed_early_clients_get_what_exists_then_fail_cleanly() {
     for (c, _) in &cs {
         assert_eq!(chunks_of(c), union, "{} got all the swarm had", c.name);
     }
+}
+
+/// A raw protocol peer that announces a partial copy of the server's game (every chunk, at
+/// the right manifest digest) and answers every `PartialChunks` range with zeros. Returns
+/// its address and the number of ranges it was asked for so far.
+fn liar(game_dir: &Path) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use lanspread_catalog::{chunk_count, manifest_digest, GameId, Version};
+    use lanspread_proto::{
+        encode_frame, ChunkSet, Hello, Holding, Message, PeerRequest, PeerResponse,
+        PROTOCOL_VERSION,
+    };
+    use lanspread_transfer::{make_endpoint, read_frame, Identity, TransportTuning};
+    use std::sync::atomic::Ordering;
+
+    let id = GameId::new(GAME).unwrap();
+    let root = lanspread_catalog::scan_root(game_dir, id.clone());
+    let files = lanspread_catalog::HashCache::new().manifest(&root).unwrap();
+    let total: u64 = files.iter().map(|f| chunk_count(f.size)).sum();
+    let holding = Holding {
+        game: id,
+        version: Version::parse("20250101").unwrap(),
+        digest: manifest_digest(&files),
+        chunks: ChunkSet::full(total as usize),
+    };
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = asked.clone();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        crate::util::rt().block_on(async move {
+            let ident = Identity::ephemeral().unwrap();
+            let ep = make_endpoint(
+                &ident,
+                "127.0.0.1:0".parse().unwrap(),
+                &TransportTuning::default(),
+            )
+            .unwrap();
+            let addr = ep.local_addr().unwrap();
+            addr_tx.send(addr.to_string()).unwrap();
+            let conn = ep.accept().await.unwrap().await.unwrap();
+            let _theirs = conn.accept_uni().await.unwrap();
+            let mut ours = conn.open_uni().await.unwrap();
+            let hello = Message::Hello(Hello {
+                peer_id: ident.peer_id().clone(),
+                listen: addr,
+                protocol: PROTOCOL_VERSION,
+                agent: "liar".into(),
+                proof: None,
+            });
+            for m in [
+                hello,
+                Message::Library(Vec::new()),
+                Message::Holding(holding),
+            ] {
+                ours.write_all(&encode_frame(&m).unwrap()).await.unwrap();
+            }
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let Ok(Some(PeerRequest::PartialChunks { ranges, .. })) =
+                    read_frame::<_, PeerRequest>(&mut recv).await
+                else {
+                    continue;
+                };
+                for r in ranges {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let head = encode_frame(&PeerResponse::Chunk { len: r.len }).unwrap();
+                    let _ = send.write_all(&head).await;
+                    let _ = send.write_all(&vec![0u8; r.len as usize]).await;
+                }
+                let _ = send.finish();
+            }
+        });
+    });
+    (addr_rx.recv().unwrap(), asked)
+}
+
+#[test]
+fn a_partial_holder_that_sends_bad_bytes_is_dropped_and_nothing_bad_is_committed() {
+    let sdir = tempfile::tempdir().unwrap();
+    let s = server(sdir.path(), "64");
+    let (addr, asked) = liar(&sdir.path().join(GAME));
+    let cdir = tempfile::tempdir().unwrap();
+    let c = Node::start("client", cdir.path());
+    c.connect(&s);
+    let out = c.cli(&["connect", &addr]);
+    assert_eq!(out.code, 0, "{out:?}");
+    // Its `Holding` follows its hello on the link `connect` made.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    c.download_ok(GAME, &["--no-install"]);
+    assert_same_tree(&sdir.path().join(GAME), &cdir.path().join(GAME));
+    let asked = asked.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(asked, 1, "the liar was asked once, then dropped");
+    let per = c.bytes_per_source(GAME);
+    assert_eq!(per.keys().collect::<Vec<_>>(), [&s.peer_id], "{per:?}");
 }
