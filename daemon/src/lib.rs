@@ -24,6 +24,7 @@ mod mdns;
 mod partial;
 mod recover;
 mod resources;
+mod seed;
 mod serve;
 mod state;
 mod threads;

@@ -32,4 +32,6 @@ pub struct Transfers {
     pub serve_slots: tokio::sync::Semaphore,
     /// Chunk hashes of served files.
     pub hashes: Arc<HashCache>,
+    /// What was sent of each game, for offers (swarm).
+    pub seeds: Arc<crate::seed::Seeds>,
 }

@@ -15,6 +15,7 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
 
+use crate::seed::Choice;
 use crate::state::Shared;
 
 /// Size of one read from disk while serving.
@@ -131,6 +132,15 @@ async fn handle(
             let sent = serve_partial(shared, &mut answer, game, &digest, &ranges).await;
             answer.ended(sent, remote);
         }
+        PeerRequest::Offer {
+            game,
+            version,
+            ranges,
+        } => {
+            let _turn = turn(slots, shared).await;
+            let sent = serve_offer(shared, &mut answer, (&game, version), &ranges).await;
+            answer.ended(sent, remote);
+        }
     }
     Ok(())
 }
@@ -180,6 +190,38 @@ async fn serve_ranges(
     });
     let check = Check::Unchanged(shared.net.hashes.clone());
     send_ranges(shared, answer, gated, ranges, check).await
+}
+
+/// Answers an offer (swarm): `Chosen` with the offered chunk this daemon sends (see
+/// `seed.rs`), then that chunk as a chunk request's answer.
+async fn serve_offer(
+    shared: &Shared,
+    answer: &mut Answer<'_>,
+    (game, version): (&lanspread_catalog::GameId, lanspread_catalog::Version),
+    ranges: &[ChunkRange],
+) -> Result<(), SendFailed> {
+    let offered = gated(shared, game, version, |root| {
+        Ok(lanspread_peer::offered_chunks(&root.files, ranges))
+    });
+    let (total, offered) = match offered {
+        Ok(o) => o,
+        Err(e) => return answer.refuse(e.to_string()).await,
+    };
+    let key = (game.clone(), version);
+    let (at, _sending) = match shared.net.seeds.choose(key, total, &offered) {
+        Choice::Send(at, sending) => (at, sending),
+        Choice::AllOnTheirWay => {
+            answer.frame(&PeerResponse::AllOnTheirWay).await?;
+            return answer.finish().await;
+        }
+        Choice::NotChunks => {
+            let why = "no offered range is a whole chunk of the game";
+            return answer.refuse(why.into()).await;
+        }
+    };
+    let index = u32::try_from(at).unwrap_or(u32::MAX);
+    answer.frame(&PeerResponse::Chosen { index }).await?;
+    serve_ranges(shared, answer, game, version, &ranges[at..=at]).await
 }
 
 /// Answers a chunk request to a partial copy: whole chunks verified against the same

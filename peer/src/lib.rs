@@ -27,6 +27,7 @@ pub use aggregate::{aggregate, latest_sources, RemoteRow, Sources};
 pub use engine::{
     max_in_flight_bytes, Action, BatchId, ChunkResult, Engine, EngineConfig, Fetch, Lane, LaneBook,
     BATCH_BYTES, BATCH_CHUNKS, BATCH_CHUNK_LEN, MANIFEST_GRACE, MANIFEST_TIMEOUT, MAX_IN_FLIGHT,
+    OFFER_CHUNKS, OFFER_REST, SWARM_WAIT,
 };
 pub use error::PeerError;
 pub use gates::{gate_chunk, gate_files, gate_partial_chunk};
@@ -38,8 +39,8 @@ pub use planner::{Assignment, Batch, ChunkSpec, FailKind, Planner, PlannerStatus
 pub use resume::{journal_entry, journal_header, judge_journal, ResumeDecision};
 pub use send_watch::{Blocked, Stalled, Verdict, MIN_PROGRESS, STUCK_WINDOWS};
 pub use swarm::{
-    holding_frames, HoldingBatcher, Pick, Picker, PickerConfig, SeedChooser, UploadSlots,
-    HOLDING_BATCH, HOLDING_DELAY,
+    holding_frames, offered_chunks, HoldingBatcher, Pick, Picker, PickerConfig, SeedChooser,
+    UploadSlots, HOLDING_BATCH, HOLDING_DELAY,
 };
 pub use table::{PartialGame, PeerEntry, PeerTable, RemoteGame, Upsert};
 pub use validate::{check_manifest, Chosen, ManifestVote, MAX_FILES_PER_GAME};

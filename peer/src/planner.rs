@@ -48,6 +48,10 @@ pub struct Batch {
     pub chunks: Vec<usize>,
     /// The source.
     pub peer: PeerId,
+    /// The chunks are an offer to a complete source, which sends the one it chooses
+    /// ([`Planner::offer_to_complete_sources`]); the others come back
+    /// [`FailKind::NotChosen`].
+    pub offer: bool,
 }
 
 /// Which chunks may share a request (see [`Planner::batch_small_chunks`]).
@@ -72,6 +76,8 @@ pub enum FailKind {
     /// (its window halves, and grows back one step per verified chunk); it is dropped
     /// only after [`MAX_STALLS`] stalls with no verified chunk in between.
     Stalled,
+    /// An offered chunk the source did not choose to send: pending again, nobody's fault.
+    NotChosen,
 }
 
 /// Stalls in a row (no verified chunk in between) after which a source is dropped.
@@ -114,6 +120,9 @@ struct Source {
     has: Option<ChunkSet>,
     /// Dropped for cause (bad bytes, gone while asked): never revived in this download.
     banned: bool,
+    /// A complete source that had none of the offered chunks free: not offered again
+    /// until [`Planner::wake`].
+    resting: bool,
     /// Stalls since its last verified chunk.
     stalls: u32,
     /// Halvings of its window (0: the full caps).
@@ -147,6 +156,8 @@ pub struct Planner {
     max_in_flight: usize,
     max_in_flight_bytes: u64,
     batching: Batching,
+    /// Most chunks offered to a complete source at once in a swarm (0: no offers).
+    offer: usize,
     done: usize,
     failed: Option<String>,
 }
@@ -191,6 +202,7 @@ impl Planner {
                 max_chunk_len: 0,
                 max_bytes: 0,
             },
+            offer: 0,
             done: 0,
             failed: None,
         }
@@ -254,6 +266,12 @@ impl Planner {
     /// under the same rules (in flight, bytes, balance). Call until `None` after every event.
     pub fn poll_batch(&mut self) -> Option<Batch> {
         let first = self.poll_assign()?;
+        if self.offer > 1
+            && !self.is_partial(&first.peer)
+            && self.partial_sources().next().is_some()
+        {
+            return Some(self.offer_more(first));
+        }
         let b = self.batching;
         let mut chunks = vec![first.chunk];
         let mut bytes = self.chunks[first.chunk].len;
@@ -286,7 +304,35 @@ impl Planner {
         Some(Batch {
             chunks,
             peer: first.peer,
+            offer: false,
         })
+    }
+
+    /// In a swarm, a complete source is offered up to [`Planner::offer_to_complete_sources`]
+    /// chunks no partial source holds and sends one of them: the one it has sent least
+    /// and is not sending to another downloader right now (`SeedChooser`). Downloaders
+    /// cannot see each other's requests; the server can, so its uplink carries each chunk
+    /// once before it carries any twice.
+    pub fn offer_to_complete_sources(mut self, chunks: usize) -> Self {
+        self.offer = chunks;
+        self
+    }
+
+    fn offer_more(&mut self, first: Assignment) -> Batch {
+        let mut chunks = vec![first.chunk];
+        while chunks.len() < self.offer {
+            let Some(next) = self.next_for_complete(|_| true) else {
+                break;
+            };
+            self.take_pending(next);
+            self.assign(next, &first.peer);
+            chunks.push(next);
+        }
+        Batch {
+            chunks,
+            peer: first.peer,
+            offer: true,
+        }
     }
 
     /// The next pending chunk for a complete source that passes `ok`: failed ones first,
@@ -329,6 +375,7 @@ impl Planner {
             None => self.max_in_flight_bytes,
         };
         !s.dropped
+            && !s.resting
             && s.in_flight < (self.max_in_flight >> s.backoff).max(1)
             && s.in_flight_bytes < (bytes >> s.backoff).max(1)
             && s.assigned < floor + CHUNK_SIZE
@@ -371,6 +418,8 @@ impl Planner {
         if !self.is_in_flight_from(chunk, peer) {
             return;
         }
+        // Something changed: resting sources may be offered again.
+        self.wake();
         let len = self.chunks[chunk].len;
         if let Some(s) = self.sources.get_mut(peer) {
             s.in_flight -= 1;
@@ -394,7 +443,7 @@ impl Planner {
             s.in_flight_bytes -= len;
             s.assigned -= len;
             match kind {
-                FailKind::Transient => {}
+                FailKind::Transient | FailKind::NotChosen => {}
                 // Every chunk in flight from a silent source fails at once; the silence
                 // counts once.
                 FailKind::Stalled if self.epoch_at[chunk] == s.epoch => {
@@ -415,7 +464,7 @@ impl Planner {
                 }
             }
         }
-        if kind != FailKind::Transient {
+        if !matches!(kind, FailKind::Transient | FailKind::NotChosen) {
             self.unhold_if_dropped(peer);
         }
         self.state[chunk] = State::Pending;
@@ -428,8 +477,13 @@ impl Planner {
                 ));
             }
         }
-        // Retry it before anything else.
-        self.retry.push_front(chunk);
+        if kind == FailKind::NotChosen {
+            // Back in its place in the order: someone else is being sent it.
+            self.queue.insert((self.rank[chunk], chunk));
+        } else {
+            // Retry it before anything else.
+            self.retry.push_front(chunk);
+        }
     }
 
     /// Where the download stands.
@@ -456,6 +510,27 @@ impl Planner {
             .iter()
             .map(|(p, s)| (p.clone(), s.assigned))
             .collect()
+    }
+
+    /// `peer` had none of the offered chunks free (all on their way to others): it is not
+    /// offered more until [`Planner::wake`].
+    pub fn rest(&mut self, peer: &PeerId) {
+        if let Some(s) = self.sources.get_mut(peer) {
+            s.resting = true;
+        }
+    }
+
+    /// Resting sources may be offered chunks again (a chunk verified, holdings changed,
+    /// or the caller's timer).
+    pub fn wake(&mut self) {
+        for s in self.sources.values_mut() {
+            s.resting = false;
+        }
+    }
+
+    /// Whether a source rests (see [`Planner::rest`]).
+    pub fn resting(&self) -> bool {
+        self.sources.values().any(|s| s.resting && !s.dropped)
     }
 
     /// Chunks verified (or present) so far.

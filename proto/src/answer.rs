@@ -37,7 +37,9 @@ impl PeerRequest {
     pub fn check(&self) -> Result<(), String> {
         match self {
             Self::Files { .. } => Ok(()),
-            Self::Chunks { ranges, .. } | Self::PartialChunks { ranges, .. }
+            Self::Chunks { ranges, .. }
+            | Self::PartialChunks { ranges, .. }
+            | Self::Offer { ranges, .. }
                 if ranges.is_empty() || ranges.len() > MAX_RANGES =>
             {
                 Err(format!(
@@ -45,7 +47,7 @@ impl PeerRequest {
                     ranges.len()
                 ))
             }
-            Self::Chunks { .. } | Self::PartialChunks { .. } => Ok(()),
+            Self::Chunks { .. } | Self::PartialChunks { .. } | Self::Offer { .. } => Ok(()),
         }
     }
 }

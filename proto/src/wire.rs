@@ -11,7 +11,9 @@ use crate::PeerId;
 
 /// Wire protocol version; a peer with another version is refused.
 /// 4: partial holdings on the announce stream and `PartialChunks` requests (swarm).
-pub const PROTOCOL_VERSION: u32 = 4;
+/// 5: `Offer` requests answered `Chosen` or `AllOnTheirWay` (a complete source picks the
+/// chunk it sends).
+pub const PROTOCOL_VERSION: u32 = 5;
 /// TLS ALPN identifier of a peer link (announce stream, requests).
 pub const ALPN: &[u8] = b"lanspread/1";
 /// TLS ALPN identifier of a data connection: a downloader's extra connection to a source,
@@ -161,6 +163,17 @@ pub enum PeerRequest {
         /// The ranges.
         ranges: Vec<ChunkRange>,
     },
+    /// Whole chunks a downloader needs, offered to a complete source (a ready peer at
+    /// `version`), which answers [`PeerResponse::Chosen`] with the one it sends, then that
+    /// chunk as a `Chunk` answer (or `Refused`).
+    Offer {
+        /// The game.
+        game: GameId,
+        /// The version being downloaded.
+        version: Version,
+        /// The chunks offered (1..=[`MAX_RANGES`]).
+        ranges: Vec<ChunkRange>,
+    },
 }
 
 /// Most ranges in one [`PeerRequest::Chunks`]; a request with more breaks the protocol.
@@ -192,4 +205,12 @@ pub enum PeerResponse {
         /// Why.
         reason: String,
     },
+    /// The offered range (an index into the `Offer`'s ranges) the source sends next.
+    Chosen {
+        /// Index into the offered ranges.
+        index: u32,
+    },
+    /// Every offered chunk is on its way to another downloader right now: the asker will
+    /// find it in the swarm soon, and offers again later. Ends the answer.
+    AllOnTheirWay,
 }

@@ -146,9 +146,28 @@ fn lost(e: impl std::error::Error) -> FetchError {
     gone(text)
 }
 
-/// What a request asks for: the game, its version and, for a partial holder, the
-/// validated manifest's digest (the request is then `PartialChunks`).
-pub type Ask<'a> = (&'a GameId, Version, Option<&'a ChunkHash>);
+/// What a request asks for: the game, its version, and how.
+pub type Ask<'a> = (&'a GameId, Version, How<'a>);
+
+/// How chunks are asked for.
+#[derive(Debug, Clone, Copy)]
+pub enum How<'a> {
+    /// `Chunks` from a ready peer.
+    Ready,
+    /// `PartialChunks` from a partial holder of the manifest with this digest.
+    Partial(&'a ChunkHash),
+    /// `Offer` to a ready peer, which sends the one it chooses.
+    Offer,
+}
+
+/// What one request got: each range received, and the range an offer's source chose.
+#[derive(Default)]
+struct Got {
+    ranges: Vec<Received>,
+    chosen: Option<usize>,
+    /// The offer's source sends none of them now.
+    none_chosen: bool,
+}
 
 /// Fetches chunks of `game` at `version` from one source in one request into their
 /// files: one stream, the ranges answered in order. Returns one result per job, in order;
@@ -161,11 +180,21 @@ pub async fn fetch(
     ask: Ask<'_>,
     jobs: &[ChunkJob],
 ) -> Vec<Result<(), FetchError>> {
-    let mut received = Vec::with_capacity(jobs.len());
-    let failure = receive_all(conn, source, writer, limit, ask, jobs, &mut received)
+    let mut got = Got::default();
+    let failure = receive_all(conn, source, writer, limit, ask, jobs, &mut got)
         .await
         .err();
-    if failure.is_some() && received.len() == jobs.len() {
+    let not_chosen = || Err(FetchError::Source(FailKind::NotChosen, String::new()));
+    if got.none_chosen {
+        return (0..jobs.len()).map(|_| not_chosen()).collect();
+    }
+    // An offer's answer is the one range its source chose.
+    let asked = match got.chosen {
+        Some(i) => &jobs[i..=i],
+        None => jobs,
+    };
+    let mut received = got.ranges;
+    if failure.is_some() && received.len() == asked.len() {
         // Failed after the last range (bytes past the end): that range fails with it,
         // so the source is still dropped and the range fetched again elsewhere.
         if let Some((_, writes)) = received.pop() {
@@ -173,11 +202,18 @@ pub async fn fetch(
         }
     }
     let mut results = Vec::with_capacity(jobs.len());
-    for (job, (digest, writes)) in jobs.iter().zip(received) {
+    for (job, (digest, writes)) in asked.iter().zip(received) {
         results.push(finish(job, digest, writes).await);
     }
     if let Some(failure) = failure {
-        results.resize_with(jobs.len(), || Err(failure.clone()));
+        results.resize_with(asked.len(), || Err(failure.clone()));
+    }
+    if let Some(i) = got.chosen {
+        let mut all: Vec<_> = (0..jobs.len()).map(|_| not_chosen()).collect();
+        if let Some(r) = results.pop() {
+            all[i] = r;
+        }
+        return all;
     }
     results
 }
@@ -204,9 +240,9 @@ async fn receive_all(
     source: &Activity,
     writer: &Writer,
     limit: Option<&RateLimit>,
-    (game, version, digest): Ask<'_>,
+    (game, version, how): Ask<'_>,
     jobs: &[ChunkJob],
-    received: &mut Vec<Received>,
+    got: &mut Got,
 ) -> Result<(), FetchError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
     let ranges = jobs
@@ -217,22 +253,41 @@ async fn receive_all(
             len: j.len,
         })
         .collect();
-    let request = match digest {
-        None => PeerRequest::chunks(game.clone(), version, ranges),
-        Some(digest) => PeerRequest::PartialChunks {
-            game: game.clone(),
+    let game = game.clone();
+    let request = match how {
+        How::Ready => PeerRequest::chunks(game, version, ranges),
+        How::Partial(digest) => PeerRequest::PartialChunks {
+            game,
             version,
             digest: *digest,
+            ranges,
+        },
+        How::Offer => PeerRequest::Offer {
+            game,
+            version,
             ranges,
         },
     };
     write_frame(&mut send, &request).await.map_err(lost)?;
     let _ = send.finish();
     let mut stall = Stall::new(source);
+    let jobs = match how {
+        How::Offer => match chosen(&mut recv, &mut stall, jobs.len()).await? {
+            Some(i) => {
+                got.chosen = Some(i);
+                &jobs[i..=i]
+            }
+            None => {
+                got.none_chosen = true;
+                return Ok(());
+            }
+        },
+        _ => jobs,
+    };
     for job in jobs {
         let mut writes = Vec::new();
         match receive_one(&mut recv, &mut stall, writer, limit, job, &mut writes).await {
-            Ok(digest) => received.push((digest, writes)),
+            Ok(digest) => got.ranges.push((digest, writes)),
             Err(e) => {
                 settle(writes).await;
                 return Err(e);
@@ -247,6 +302,28 @@ async fn receive_all(
             "more bytes than announced".into(),
         )),
         Err(e) => Err(lost(e)),
+    }
+}
+
+/// Reads which of `offered` ranges an offer's source chose.
+/// `None`: every one is on its way to another downloader.
+async fn chosen(
+    recv: &mut RecvStream,
+    stall: &mut Stall<'_>,
+    offered: usize,
+) -> Result<Option<usize>, FetchError> {
+    let head = stall.guard(read_frame::<_, PeerResponse>(recv)).await?;
+    match head.map_err(lost)? {
+        Some(PeerResponse::Chosen { index }) if (index as usize) < offered => {
+            Ok(Some(index as usize))
+        }
+        Some(PeerResponse::AllOnTheirWay) => Ok(None),
+        Some(PeerResponse::Refused { reason }) => Err(gone(format!("refused: {reason}"))),
+        None => Err(gone("the stream ended before the choice")),
+        Some(other) => Err(FetchError::Source(
+            FailKind::BadData,
+            format!("unexpected answer to an offer: {other:?}"),
+        )),
     }
 }
 

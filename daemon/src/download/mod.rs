@@ -290,6 +290,7 @@ fn engine_config(threads: usize) -> EngineConfig {
             .finish(),
     );
     config.swarm_wait = crate::config::env_ms("LANSPREAD_SWARM_WAIT_MS", config.swarm_wait);
+    config.offer = lanspread_peer::OFFER_CHUNKS;
     config
 }
 

@@ -184,16 +184,22 @@ impl Transfer<'_, '_> {
         };
         let source = self.activity.entry(f.peer.clone()).or_default().clone();
         let (shared, game, version) = (self.shared.clone(), self.game.0.clone(), self.game.1);
-        let digest = f.partial.then_some(self.digest);
+        let digest = self.digest;
+        let (partial, offer) = (f.partial, f.offer);
         let fetch = runtime.spawn(
             async move {
+                let how = match (partial, offer) {
+                    (true, _) => fetch::How::Partial(&digest),
+                    (false, true) => fetch::How::Offer,
+                    (false, false) => fetch::How::Ready,
+                };
                 let limit = shared.net.download_limit.as_ref();
                 fetch::fetch(
                     &conn,
                     &source,
                     &shared.net.writer,
                     limit,
-                    (&game, version, digest.as_ref()),
+                    (&game, version, how),
                     &jobs,
                 )
                 .await

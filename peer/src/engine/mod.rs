@@ -39,6 +39,8 @@ pub use lanes::{Lane, LaneBook};
 
 use crate::{Chosen, ChunkSpec, FailKind, ManifestVote, PeerError, Planner, PlannerStatus};
 
+/// Most chunks offered to a complete source at once in a swarm (`Planner::offer_to_complete_sources`).
+pub const OFFER_CHUNKS: usize = 64;
 /// Chunks in flight per source: many small files go out at once (their cost is round
 /// trips) ...
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -60,6 +62,9 @@ pub const MANIFEST_GRACE: Duration = Duration::from_secs(5);
 /// verify a chunk it misses before it fails (a LAN party whose server died: the clients
 /// still finish every chunk that exists in the swarm, then stop).
 pub const SWARM_WAIT: Duration = Duration::from_secs(30);
+/// How long a complete source that had none of the offered chunks free is left alone when
+/// nothing else changes (a verified chunk or new holdings end the rest earlier).
+pub const OFFER_REST: Duration = Duration::from_millis(500);
 
 /// ... while big chunks are capped by bytes: [`MIN_CHUNKS_IN_FLIGHT`] × 32 MiB per
 /// source, or more when there are more transfer threads (`lanes`) than that would keep
@@ -85,6 +90,9 @@ pub struct EngineConfig {
     /// Shuffles the order chunks are fetched in (see [`Planner::shuffled`]); `None`:
     /// file order.
     pub shuffle: Option<u64>,
+    /// In a swarm, offers complete sources up to this many chunks to choose from (0 or
+    /// 1: asks for one; see [`Planner::offer_to_complete_sources`]).
+    pub offer: usize,
 }
 
 impl EngineConfig {
@@ -96,6 +104,7 @@ impl EngineConfig {
             manifest_grace: MANIFEST_GRACE,
             swarm_wait: SWARM_WAIT,
             shuffle: None,
+            offer: 0,
         }
     }
 }
@@ -117,6 +126,9 @@ pub struct Fetch {
     pub chunks: Vec<usize>,
     /// The source is a partial holder: ask with `PartialChunks` at the manifest's digest.
     pub partial: bool,
+    /// The chunks are an offer (`Offer`): the source sends one of them; report the others
+    /// as [`FailKind::NotChosen`].
+    pub offer: bool,
 }
 
 /// The outcome of one chunk of a batch: verified and written, or why not.
@@ -179,6 +191,8 @@ pub struct Engine {
     late: BTreeSet<PeerId>,
     /// Whether a partial source was ever known (failures then count the missing chunks).
     swarm: bool,
+    /// Since when a complete source rests (see [`OFFER_REST`]).
+    rest_since: Option<Instant>,
 }
 
 impl Engine {
@@ -205,6 +219,7 @@ impl Engine {
             starved_at: None,
             late: BTreeSet::new(),
             swarm: false,
+            rest_since: None,
         };
         if engine.waiting.is_empty() {
             engine.close_vote();
@@ -223,7 +238,11 @@ impl Engine {
             }
             let planner = self.planner.as_mut()?;
             let Some(batch) = planner.poll_batch() else {
-                if self.in_flight.is_empty() && planner.status() == PlannerStatus::Running {
+                let resting = planner.resting();
+                if self.in_flight.is_empty()
+                    && planner.status() == PlannerStatus::Running
+                    && !resting
+                {
                     self.fail(PeerError::Stuck);
                     continue;
                 }
@@ -242,6 +261,7 @@ impl Engine {
                         lane,
                         chunks: batch.chunks,
                         partial,
+                        offer: batch.offer,
                     }));
                 }
                 None => {
@@ -263,7 +283,11 @@ impl Engine {
                 self.grace_ends
                     .map_or(self.deadline, |g| g.min(self.deadline)),
             ),
-            Phase::Transfer => self.starved_at.map(|t| t + self.config.swarm_wait),
+            Phase::Transfer => {
+                let starved = self.starved_at.map(|t| t + self.config.swarm_wait);
+                let rested = self.rest_since.map(|t| t + OFFER_REST);
+                starved.into_iter().chain(rested).min()
+            }
             _ => None,
         }
     }
@@ -273,6 +297,12 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.clock = self.clock.max(now);
         if self.phase == Phase::Transfer {
+            if self.rest_since.is_some_and(|t| now >= t + OFFER_REST) {
+                self.rest_since = None;
+                if let Some(p) = self.planner.as_mut() {
+                    p.wake();
+                }
+            }
             self.check_status();
             if self
                 .starved_at
@@ -347,7 +377,8 @@ impl Engine {
                 let budget = max_in_flight_bytes(self.config.threads, chosen.sources.len());
                 let mut planner = Planner::new(&chosen.files, &chosen.sources, MAX_IN_FLIGHT)
                     .limit_in_flight_bytes(budget)
-                    .batch_small_chunks(BATCH_CHUNKS, BATCH_CHUNK_LEN, BATCH_BYTES);
+                    .batch_small_chunks(BATCH_CHUNKS, BATCH_CHUNK_LEN, BATCH_BYTES)
+                    .offer_to_complete_sources(self.config.offer.min(MAX_RANGES));
                 if let Some(seed) = self.config.shuffle {
                     planner = planner.shuffled(seed);
                     let sentinel = chosen
@@ -436,6 +467,10 @@ impl Engine {
         let Some(planner) = self.planner.as_mut() else {
             return;
         };
+        let none_chosen = !results.is_empty()
+            && results
+                .iter()
+                .all(|r| matches!(r, Err((FailKind::NotChosen, _))));
         let mut results = results.into_iter();
         let mut failed = Vec::new();
         for &chunk in chunks {
@@ -455,12 +490,21 @@ impl Engine {
                     FailKind::Stalled,
                     format!("data connection lost: {why}"),
                 )),
+                Err((FailKind::NotChosen, _)) => {
+                    planner.on_failed(chunk, peer, FailKind::NotChosen)
+                }
                 Err((kind, why)) => failed.push((chunk, kind, why)),
             }
         }
         if let Some((chunk, kind, why)) = failed.first() {
             warn!(peer = %peer.short(), chunk, chunks = failed.len(), "chunk failed ({kind:?}): {why}");
             self.why.insert(peer.clone(), why.clone());
+        }
+        if none_chosen {
+            // Every offered chunk is on its way to someone else: ask again when that
+            // changes here, or after a while.
+            planner.rest(peer);
+            self.rest_since = Some(self.clock);
         }
         // In reverse: each failed chunk goes to the front of the queue, so they keep
         // their order.

@@ -462,3 +462,34 @@ fn a_starved_swarm_download_waits_for_its_partial_sources_then_fails() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_server_with_every_offered_chunk_on_its_way_rests_until_something_changes() {
+    let t0 = Instant::now();
+    let mut config = EngineConfig::new(1);
+    config.offer = 8;
+    let mut e = Engine::new(game(), &[pid(1)], config, t0);
+    drain(&mut e);
+    e.on_manifest(pid(1), Ok(big(4)), t0);
+    drain(&mut e);
+    e.set_partials(vec![(pid(2), holds(5, &[]))], t0);
+    e.on_prepared(&[], &[(pid(1), 0)]);
+    let f = fetches(&drain(&mut e));
+    assert_eq!(f.len(), 1);
+    assert!(f[0].offer && f[0].chunks.len() == 5, "{f:?}");
+    let busy = vec![Err((FailKind::NotChosen, String::new())); 5];
+    e.on_fetched(f[0].id, busy.clone(), false);
+    assert!(drain(&mut e).is_empty(), "resting: no new offer at once");
+    let due = e.poll_timeout().expect("a rest ends");
+    assert!(due <= Instant::now() + OFFER_REST);
+    e.handle_timeout(due);
+    let f = fetches(&drain(&mut e));
+    assert_eq!(f.len(), 1, "offered again after the rest");
+    e.on_fetched(f[0].id, busy, false);
+    assert!(drain(&mut e).is_empty());
+    // New holdings end the rest early.
+    e.set_partials(vec![(pid(2), holds(5, &[0]))], Instant::now());
+    let f = fetches(&drain(&mut e));
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert!(e.why().is_empty(), "not choosing is nobody's failure");
+}

@@ -104,6 +104,7 @@ impl Planner {
         for c in has.iter() {
             self.rarity[c] += 1;
         }
+        self.wake();
         true
     }
 
@@ -441,5 +442,40 @@ mod tests {
         p.on_failed(next.chunk, &pid(2), FailKind::BadData);
         assert!(!p.add_complete(&pid(2)));
         assert!(!p.set_partial(&pid(2), set(6, &[0])));
+    }
+
+    #[test]
+    fn in_a_swarm_the_server_is_offered_what_the_swarm_lacks_and_the_rest_comes_back() {
+        let files = [file("g.eti", 6 * C)];
+        let plan = || Planner::new(&files, &[pid(1)], 64).offer_to_complete_sources(4);
+        // Alone: plain batches, no offers.
+        let mut alone = plan();
+        assert!(!alone.poll_batch().unwrap().offer);
+        let mut p = plan();
+        p.set_partial(&pid(2), set(6, &[0]));
+        let mut batches: Vec<_> = std::iter::from_fn(|| p.poll_batch()).collect();
+        batches.sort_by_key(|b| b.offer);
+        assert_eq!(batches.len(), 2, "{batches:?}");
+        assert_eq!(
+            (batches[0].peer.clone(), batches[0].chunks.clone()),
+            (pid(2), vec![0])
+        );
+        let offer = &batches[1];
+        assert!(offer.offer && offer.peer == pid(1));
+        assert_eq!(
+            offer.chunks,
+            [1, 2, 3, 4],
+            "what no partial source holds, in order"
+        );
+        // The server sent chunk 3; the others are pending again, in their places.
+        for &c in &offer.chunks {
+            match c {
+                3 => p.on_done(c, &pid(1)),
+                _ => p.on_failed(c, &pid(1), FailKind::NotChosen),
+            }
+        }
+        let next = p.poll_batch().unwrap();
+        assert_eq!((next.offer, next.chunks), (true, vec![1, 2, 4, 5]));
+        assert_eq!(p.status(), PlannerStatus::Running);
     }
 }

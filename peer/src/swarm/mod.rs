@@ -13,7 +13,7 @@ mod slots;
 
 pub use announce::{holding_frames, HoldingBatcher, HOLDING_BATCH, HOLDING_DELAY};
 pub use picker::{Pick, Picker, PickerConfig};
-pub use seed::SeedChooser;
+pub use seed::{offered_chunks, SeedChooser};
 pub use slots::UploadSlots;
 
 #[cfg(test)]

@@ -8,6 +8,34 @@
 //! chunk once (one complete copy in the swarm after about F/U), and it sends a chunk again
 //! only to a downloader that cannot get it elsewhere.
 
+use std::collections::HashMap;
+
+use lanspread_catalog::{chunk_count, FileDescriptor};
+use lanspread_proto::{ChunkRange, CHUNK_SIZE};
+
+/// The chunk numbers (in the game's chunk order: files in order, chunks within) of the
+/// offered ranges that are whole chunks of `files`, `None` for any other range; and the
+/// game's chunk count.
+pub fn offered_chunks(
+    files: &[FileDescriptor],
+    ranges: &[ChunkRange],
+) -> (usize, Vec<Option<usize>>) {
+    let mut base = HashMap::with_capacity(files.len());
+    let mut total = 0u64;
+    for f in files {
+        base.insert(f.path.as_str(), (total, f.size));
+        total += chunk_count(f.size);
+    }
+    let index = |r: &ChunkRange| {
+        let &(first, size) = base.get(r.path.as_str())?;
+        let whole = r.offset.is_multiple_of(CHUNK_SIZE)
+            && r.offset < size
+            && r.len == CHUNK_SIZE.min(size - r.offset);
+        whole.then(|| (first + r.offset / CHUNK_SIZE) as usize)
+    };
+    (total as usize, ranges.iter().map(index).collect())
+}
+
 /// What one complete holder has sent of one game.
 #[derive(Debug, Clone, Default)]
 pub struct SeedChooser {
@@ -38,6 +66,16 @@ impl SeedChooser {
         Some(best)
     }
 
+    /// The game's chunk count.
+    pub fn len(&self) -> usize {
+        self.sent.len()
+    }
+
+    /// True for a game without chunks.
+    pub fn is_empty(&self) -> bool {
+        self.sent.is_empty()
+    }
+
     /// The send of `chunk` ended (delivered, failed or cancelled).
     pub fn finished(&mut self, chunk: usize) {
         if let Some(s) = self.sending.get_mut(chunk) {
@@ -54,6 +92,36 @@ impl SeedChooser {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lanspread_catalog::RelPath;
+
+    #[test]
+    fn offered_ranges_are_numbered_in_the_games_chunk_order_and_only_whole_chunks_count() {
+        let file = |p: &str, size| FileDescriptor {
+            path: RelPath::new(p).unwrap(),
+            size,
+            mode: 0o644,
+        };
+        let files = [file("a.eti", 2 * CHUNK_SIZE + 5), file("version.ini", 8)];
+        let range = |p: &str, offset, len| ChunkRange {
+            path: RelPath::new(p).unwrap(),
+            offset,
+            len,
+        };
+        let (total, idx) = offered_chunks(
+            &files,
+            &[
+                range("a.eti", CHUNK_SIZE, CHUNK_SIZE),
+                range("a.eti", 2 * CHUNK_SIZE, 5),
+                range("version.ini", 0, 8),
+                range("a.eti", 0, 7),
+                range("a.eti", 1, CHUNK_SIZE),
+                range("b.eti", 0, 8),
+                range("a.eti", 3 * CHUNK_SIZE, 5),
+            ],
+        );
+        assert_eq!(total, 4);
+        assert_eq!(idx, [Some(1), Some(2), Some(3), None, None, None, None]);
+    }
 
     #[test]
     fn the_least_sent_candidate_not_on_its_way_then_the_requesters_order() {
@@ -68,5 +136,6 @@ mod tests {
         assert_eq!(s.choose(&[]), None);
         assert_eq!((s.sent(2), s.sent(1), s.sent(0)), (2, 1, 0));
         s.finished(9);
+        assert_eq!(s.len(), 4);
     }
 }

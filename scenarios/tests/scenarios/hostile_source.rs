@@ -253,8 +253,9 @@ async fn serve_conn(
                     out
                 }
                 (PeerRequest::Chunks { .. }, Lie::Manifest(_) | Lie::SilentManifest) => return,
-                // This source never announces a partial copy; nobody asks it for one.
-                (PeerRequest::PartialChunks { .. }, _) => return,
+                // This source never announces a partial copy, and its client downloads
+                // alone (offers are made only in a swarm): nobody asks these.
+                (PeerRequest::PartialChunks { .. } | PeerRequest::Offer { .. }, _) => return,
             };
             let _ = send.write_all(&out).await;
             let _ = send.finish();
