@@ -32,6 +32,9 @@ pub struct Transfers {
     pub serve_slots: tokio::sync::Semaphore,
     /// Chunk hashes of served files.
     pub hashes: Arc<HashCache>,
+    /// Swarm requests answered at once (`lanspread_peer::SWARM_UPLOADS`); more are
+    /// answered `Later`.
+    pub swarm_uploads: tokio::sync::Semaphore,
     /// What was sent of each game, for offers (swarm).
     pub seeds: Arc<crate::seed::Seeds>,
 }

@@ -1,7 +1,7 @@
 //! The complete holder's side of offers (swarm): a downloader offers the chunks it needs
 //! that no partial holder it knows has, and this daemon sends the one it has sent least
 //! that it is not sending to another downloader right now (`lanspread_peer::SeedChooser`).
-//! When every offered chunk is on its way elsewhere, the answer is `AllOnTheirWay`: their
+//! When every offered chunk is on its way elsewhere, the answer is `Later`: their
 //! copies will be in the swarm soon, and the downloader offers again when its view changes
 //! (or after `lanspread_peer::OFFER_REST`).
 
@@ -58,7 +58,7 @@ impl Seeds {
             c.choose(&candidates)
         };
         let Some(chunk) = chosen else {
-            return Choice::AllOnTheirWay;
+            return Choice::OnTheirWay;
         };
         let Some(at) = offered.iter().position(|&o| o == Some(chunk)) else {
             return Choice::NotChunks;
@@ -77,7 +77,7 @@ pub enum Choice {
     /// Send the offered range at this position; the guard ends its send.
     Send(usize, Sending),
     /// Every offered chunk is being sent to someone else.
-    AllOnTheirWay,
+    OnTheirWay,
     /// No offered range is a whole chunk of the game.
     NotChunks,
 }

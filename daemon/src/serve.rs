@@ -127,6 +127,11 @@ async fn handle(
             digest,
             ranges,
         } => {
+            let Ok(_upload) = shared.net.swarm_uploads.try_acquire() else {
+                let sent = answer.later().await;
+                answer.ended(sent, remote);
+                return Ok(());
+            };
             let _turn = turn(slots, shared).await;
             let game = (&game, version);
             let sent = serve_partial(shared, &mut answer, game, &digest, &ranges).await;
@@ -137,6 +142,11 @@ async fn handle(
             version,
             ranges,
         } => {
+            let Ok(_upload) = shared.net.swarm_uploads.try_acquire() else {
+                let sent = answer.later().await;
+                answer.ended(sent, remote);
+                return Ok(());
+            };
             let _turn = turn(slots, shared).await;
             let sent = serve_offer(shared, &mut answer, (&game, version), &ranges).await;
             answer.ended(sent, remote);
@@ -210,10 +220,7 @@ async fn serve_offer(
     let key = (game.clone(), version);
     let (at, _sending) = match shared.net.seeds.choose(key, total, &offered) {
         Choice::Send(at, sending) => (at, sending),
-        Choice::AllOnTheirWay => {
-            answer.frame(&PeerResponse::AllOnTheirWay).await?;
-            return answer.finish().await;
-        }
+        Choice::OnTheirWay => return answer.later().await,
         Choice::NotChunks => {
             let why = "no offered range is a whole chunk of the game";
             return answer.refuse(why.into()).await;
@@ -329,6 +336,12 @@ impl Answer<'_> {
             .map_err(|e| SendFailed::Stream(e.to_string()))?;
         watched(self.conn, self.send.stopped()).await?;
         Ok(())
+    }
+
+    /// Answers `Later` (busy, or nothing free now) and ends the answer.
+    async fn later(&mut self) -> Result<(), SendFailed> {
+        self.frame(&PeerResponse::Later).await?;
+        self.finish().await
     }
 
     /// Answers `Refused` and ends the answer.

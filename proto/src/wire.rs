@@ -11,8 +11,8 @@ use crate::PeerId;
 
 /// Wire protocol version; a peer with another version is refused.
 /// 4: partial holdings on the announce stream and `PartialChunks` requests (swarm).
-/// 5: `Offer` requests answered `Chosen` or `AllOnTheirWay` (a complete source picks the
-/// chunk it sends).
+/// 5: `Offer` requests answered `Chosen` or `Later` (a complete source picks the chunk it
+/// sends); `Later` also when the swarm upload slots are taken.
 pub const PROTOCOL_VERSION: u32 = 5;
 /// TLS ALPN identifier of a peer link (announce stream, requests).
 pub const ALPN: &[u8] = b"lanspread/1";
@@ -210,7 +210,8 @@ pub enum PeerResponse {
         /// Index into the offered ranges.
         index: u32,
     },
-    /// Every offered chunk is on its way to another downloader right now: the asker will
-    /// find it in the swarm soon, and offers again later. Ends the answer.
-    AllOnTheirWay,
+    /// Nothing now: every offered chunk is on its way to another downloader (the asker
+    /// will find it in the swarm soon), or every swarm upload slot is taken. The asker
+    /// asks elsewhere, or again later. Ends the answer.
+    Later,
 }

@@ -165,7 +165,7 @@ pub enum How<'a> {
 struct Got {
     ranges: Vec<Received>,
     chosen: Option<usize>,
-    /// The offer's source sends none of them now.
+    /// The source sends none of them now (`Later`).
     none_chosen: bool,
 }
 
@@ -271,7 +271,24 @@ async fn receive_all(
     write_frame(&mut send, &request).await.map_err(lost)?;
     let _ = send.finish();
     let mut stall = Stall::new(source);
+    // A swarm request may be answered `Later` (its source is busy); an offer names the
+    // range chosen first.
+    let mut read = None;
     let jobs = match how {
+        How::Ready => jobs,
+        How::Partial(_) => {
+            let head = stall
+                .guard(read_frame::<_, PeerResponse>(&mut recv))
+                .await?;
+            match head.map_err(lost)? {
+                Some(PeerResponse::Later) => {
+                    got.none_chosen = true;
+                    return Ok(());
+                }
+                head => read = Some(head),
+            }
+            jobs
+        }
         How::Offer => match chosen(&mut recv, &mut stall, jobs.len()).await? {
             Some(i) => {
                 got.chosen = Some(i);
@@ -282,11 +299,19 @@ async fn receive_all(
                 return Ok(());
             }
         },
-        _ => jobs,
     };
     for job in jobs {
         let mut writes = Vec::new();
-        match receive_one(&mut recv, &mut stall, writer, limit, job, &mut writes).await {
+        let one = receive_one(
+            &mut recv,
+            &mut stall,
+            writer,
+            limit,
+            job,
+            &mut writes,
+            &mut read,
+        );
+        match one.await {
             Ok(digest) => got.ranges.push((digest, writes)),
             Err(e) => {
                 settle(writes).await;
@@ -317,7 +342,7 @@ async fn chosen(
         Some(PeerResponse::Chosen { index }) if (index as usize) < offered => {
             Ok(Some(index as usize))
         }
-        Some(PeerResponse::AllOnTheirWay) => Ok(None),
+        Some(PeerResponse::Later) => Ok(None),
         Some(PeerResponse::Refused { reason }) => Err(gone(format!("refused: {reason}"))),
         None => Err(gone("the stream ended before the choice")),
         Some(other) => Err(FetchError::Source(
@@ -335,9 +360,16 @@ async fn receive_one(
     limit: Option<&RateLimit>,
     job: &ChunkJob,
     writes: &mut Writes,
+    read: &mut Option<Option<PeerResponse>>,
 ) -> Result<ChunkHash, FetchError> {
-    let head = stall.guard(read_frame::<_, PeerResponse>(recv)).await?;
-    match chunk_head(head.map_err(lost)?, job.len) {
+    let head = match read.take() {
+        Some(head) => head,
+        None => stall
+            .guard(read_frame::<_, PeerResponse>(recv))
+            .await?
+            .map_err(lost)?,
+    };
+    match chunk_head(head, job.len) {
         Ok(()) => {}
         Err(e @ AnswerFault::Unexpected(_)) => {
             return Err(FetchError::Source(FailKind::BadData, e.to_string()))

@@ -174,6 +174,7 @@ impl Planner {
 
     pub(super) fn partial_room(&self, s: &Source) -> bool {
         !s.dropped
+            && !s.resting
             && s.in_flight < self.max_in_flight
             && s.in_flight_bytes < (PARTIAL_IN_FLIGHT_BYTES >> s.backoff).max(1)
     }

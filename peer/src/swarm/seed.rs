@@ -1,6 +1,6 @@
 //! The complete holder's side of piece selection. A downloader asking a complete holder
 //! (the file server) offers the chunks it needs that no partial holder it knows has
-//! ([`super::Picker::offer`]); the holder sends the one it has sent least often, and none
+//! (`Planner::offer_to_complete_sources`); the holder sends the one it has sent least often, and none
 //! that it is sending to someone else right now — that copy will be in the swarm soon,
 //! and the downloader can fetch it there. Downloaders cannot see each other's requests in
 //! flight, so without this many of them ask the server for the same rare chunk at once

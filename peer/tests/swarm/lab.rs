@@ -1,16 +1,21 @@
-//! The lab: nodes, links, flows (max-min fair), the event loop and its report.
+//! The lab: nodes, links, flows (max-min fair), the event loop and its report. Every
+//! client runs the daemon's download engine (`Engine`: the planner's shuffled order,
+//! partial sources with rarest first, offers to the server, rests, the swarm wait); the
+//! server answers offers with the daemon's `SeedChooser`.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap};
-use std::time::Duration;
+use std::collections::{BinaryHeap, HashMap};
+use std::time::{Duration, Instant};
 
-use lanspread_peer::{Picker, PickerConfig, SeedChooser, UploadSlots};
+use lanspread_catalog::{FileManifest, GameId, RelPath};
+use lanspread_peer::{
+    Action, BatchId, ChunkResult, Engine, EngineConfig, FailKind, Fetch, SeedChooser, OFFER_CHUNKS,
+    SWARM_UPLOADS,
+};
 use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE};
 
 const MBIT: f64 = 1e6 / 8.0;
 const EPS: f64 = 1e-6;
-/// Candidates a client offers the server.
-const OFFER: usize = 64;
 
 /// When a node leaves the party.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -26,21 +31,13 @@ pub enum Kill {
 #[derive(Debug, Clone)]
 pub struct Lab {
     pub clients: usize,
+    /// 32 MiB chunks in the game.
     pub chunks: usize,
-    /// Bytes per chunk (the unit that is verified, announced and served).
-    pub piece: f64,
     /// Server upload, bytes/s.
     pub server_up: f64,
     /// Every client's upload and download, bytes/s.
     pub client_up: f64,
     pub client_down: f64,
-    /// Upload slots per peer and their rotation period.
-    pub slots: usize,
-    /// The server's upload slots.
-    pub server_slots: usize,
-    /// The picker's settings (chunks in flight per holder, random first, end game).
-    pub picker: PickerConfig,
-    pub period: Duration,
     /// Links per client to other clients (the server is linked to everyone).
     pub max_links: usize,
     /// Client i starts at i × stagger seconds.
@@ -53,24 +50,14 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// A 1 GiB game (32 chunks), every link 100 Mbit/s, clients linked to 40 others.
     pub fn party(clients: usize) -> Self {
         Self {
             clients,
-            chunks: 32 * CHUNK_SIZE as usize / piece_bytes(),
-            piece: piece_bytes() as f64,
+            chunks: 32,
             server_up: 100.0 * MBIT,
             client_up: 100.0 * MBIT,
             client_down: 100.0 * MBIT,
-            slots: env_or("LANSPREAD_SWARM_SLOTS", 4),
-            server_slots: env_or("LANSPREAD_SWARM_SERVER_SLOTS", 4),
-            picker: PickerConfig {
-                per_holder: env_or(
-                    "LANSPREAD_SWARM_PER_HOLDER",
-                    PickerConfig::default().per_holder,
-                ),
-                ..PickerConfig::default()
-            },
-            period: Duration::from_secs(env_or("LANSPREAD_SWARM_PERIOD", 10) as u64),
             max_links: 40,
             stagger: 0.0,
             kill: Kill::Never,
@@ -80,7 +67,7 @@ impl Lab {
     }
 
     pub fn file_bytes(&self) -> f64 {
-        self.chunks as f64 * self.piece
+        self.chunks as f64 * CHUNK_SIZE as f64
     }
 
     pub fn t_min(&self) -> f64 {
@@ -99,6 +86,11 @@ struct Flow {
     chunk: usize,
     left: f64,
     rate: f64,
+    /// Its bytes.
+    len: f64,
+    /// The batch it answers, and its chunks (an offer's others come back not chosen).
+    batch: BatchId,
+    asked: Vec<usize>,
 }
 
 struct Node {
@@ -106,15 +98,17 @@ struct Node {
     up: f64,
     down: f64,
     /// `None` for the server (it holds everything).
-    picker: Option<Picker>,
-    /// The server's choice among the candidates it is offered.
+    engine: Option<Engine>,
+    /// What it verified (announced to its links at once).
+    have: ChunkSet,
+    /// The server's choice among offered chunks.
     chooser: SeedChooser,
-    slots: UploadSlots,
-    /// Peers it is linked to (downloads from, announces to).
+    /// Peers it is linked to.
     links: Vec<usize>,
     start: f64,
     started: bool,
     done_at: Option<f64>,
+    failed: bool,
     uploaded: f64,
     from_clients: f64,
     dead: bool,
@@ -128,8 +122,7 @@ pub struct Report {
     pub server_upload_f: f64,
     /// Share of all bytes the clients got from other clients.
     pub from_clients_share: f64,
-    pub duplicates: usize,
-    /// Clients that finished / that stopped with chunks no living peer holds.
+    /// Clients that finished / that stopped (download failed) with chunks missing.
     pub finished: usize,
     pub starved: usize,
     /// Chunks from the liar that failed their hash (and were fetched again elsewhere).
@@ -138,23 +131,11 @@ pub struct Report {
     pub one_copy_at: Option<f64>,
 }
 
-/// The verified unit: 32 MiB chunks (`LANSPREAD_SWARM_PIECE_MIB` tries others).
-fn piece_bytes() -> usize {
-    env_or("LANSPREAD_SWARM_PIECE_MIB", CHUNK_SIZE as usize >> 20) << 20
-}
-
-fn env_or(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 fn pid(i: usize) -> PeerId {
     PeerId::from_spki(&(i as u64).to_le_bytes())
 }
 
-/// xorshift64*: the lab's own link choice (the picker has its own seeded generator).
+/// xorshift64*: the lab's own link choice (the engines have their own seeded shuffles).
 fn next(x: &mut u64) -> u64 {
     *x ^= *x >> 12;
     *x ^= *x << 25;
@@ -169,22 +150,19 @@ fn build(lab: &Lab) -> Vec<Node> {
             id: pid(i),
             up: if i == 0 { lab.server_up } else { lab.client_up },
             down: if i == 0 { 0.0 } else { lab.client_down },
-            picker: (i > 0).then(|| {
-                Picker::new(
-                    ChunkSet::empty(lab.chunks),
-                    lab.picker,
-                    lab.seed ^ (i as u64) << 8,
-                )
-            }),
-            chooser: SeedChooser::new(lab.chunks),
-            slots: UploadSlots::new(
-                if i == 0 { lab.server_slots } else { lab.slots },
-                lab.period,
-            ),
+            engine: None,
+            // The archive's chunks and the sentinel's.
+            have: if i == 0 {
+                ChunkSet::full(lab.chunks + 1)
+            } else {
+                ChunkSet::empty(lab.chunks + 1)
+            },
+            chooser: SeedChooser::new(lab.chunks + 1),
             links: Vec::new(),
             start: (i.saturating_sub(1)) as f64 * lab.stagger,
             started: false,
             done_at: None,
+            failed: false,
             uploaded: 0.0,
             from_clients: 0.0,
             dead: false,
@@ -212,87 +190,7 @@ fn build(lab: &Lab) -> Vec<Node> {
             tries += 1;
         }
     }
-    // The server is asked last: partial holders first for what they have.
-    for node in &mut nodes {
-        node.links.sort_by_key(|&p| (p == 0, p));
-    }
     nodes
-}
-
-/// Starts what client `d` may start now: for each linked source that holds something it
-/// needs (for the server: something no partial holder has, and it is not sending that to
-/// someone else right now), a slot or a place in line, then requests up to the picker's
-/// per-holder cap. A slot it cannot use any more is given back.
-fn request(
-    nodes: &mut [Node],
-    flows: &mut Vec<Flow>,
-    (d, piece): (usize, f64),
-    now: f64,
-    dirty: &mut BTreeSet<usize>,
-) {
-    let t = Duration::from_secs_f64(now);
-    let me = nodes[d].id.clone();
-    for s in nodes[d].links.clone() {
-        if nodes[s].dead || (s != 0 && !nodes[s].started) {
-            continue;
-        }
-        let src = nodes[s].id.clone();
-        let picker = nodes[d].picker.as_mut().expect("a client");
-        let wants = if s == 0 {
-            !picker.offer(&src, 1).is_empty()
-        } else {
-            picker.wants_from(&src) || (picker.unrequested() == 0 && !picker.done())
-        };
-        if wants && nodes[s].slots.want(&me, t) {
-            start(nodes, flows, d, s, piece);
-        }
-        let picker = nodes[d].picker.as_ref().expect("a client");
-        if picker.in_flight(&src) == 0 && nodes[s].slots.holds(&me) {
-            for got in nodes[s].slots.done(&me, t) {
-                dirty.insert(index_of(nodes, &got));
-            }
-        }
-    }
-}
-
-/// Requests from `s` what `d`'s picker (and for the server, its chooser) gives.
-fn start(nodes: &mut [Node], flows: &mut Vec<Flow>, d: usize, s: usize, piece: f64) {
-    let src = nodes[s].id.clone();
-    loop {
-        let picker = nodes[d].picker.as_mut().expect("a client");
-        let chunk = if s == 0 {
-            let offer = picker.offer(&src, OFFER);
-            let Some(c) = nodes[0].chooser.choose(&offer) else {
-                return;
-            };
-            let picker = nodes[d].picker.as_mut().expect("a client");
-            picker.take(&src, c);
-            if picker.in_flight(&src) == 0 {
-                nodes[0].chooser.finished(c); // over the per-holder cap: not taken
-                return;
-            }
-            c
-        } else {
-            match picker.pick(&src) {
-                Some(p) => p.chunk,
-                None => return,
-            }
-        };
-        flows.push(Flow {
-            src: s,
-            dst: d,
-            chunk,
-            left: piece,
-            rate: 0.0,
-        });
-    }
-}
-
-fn index_of(nodes: &[Node], id: &PeerId) -> usize {
-    nodes
-        .iter()
-        .position(|n| &n.id == id)
-        .expect("a known peer")
 }
 
 /// Max-min fair rates (progressive filling): the most constrained uplink or downlink
@@ -347,37 +245,33 @@ fn rates(nodes: &[Node], flows: &mut [Flow]) {
 struct Party<'a> {
     lab: &'a Lab,
     nodes: Vec<Node>,
+    index: HashMap<PeerId, usize>,
     flows: Vec<Flow>,
-    dirty: BTreeSet<usize>,
+    /// Simulated time zero, as the engines' clock.
+    base: Instant,
     now: f64,
-    duplicates: usize,
     liar_rejected: usize,
     one_copy_at: Option<f64>,
 }
 
 pub fn run(lab: &Lab) -> Report {
+    let nodes = build(lab);
+    let index = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.id.clone(), i))
+        .collect();
     let mut p = Party {
         lab,
-        nodes: build(lab),
+        nodes,
+        index,
         flows: Vec::new(),
-        dirty: BTreeSet::new(),
+        base: Instant::now(),
         now: 0.0,
-        duplicates: 0,
         liar_rejected: 0,
         one_copy_at: None,
     };
-    let n = lab.clients;
-    for c in 1..=n {
-        // Every client knows what its links hold (empty until they start).
-        for s in p.nodes[c].links.clone() {
-            let has = (s != 0).then(|| ChunkSet::empty(lab.chunks));
-            let id = p.nodes[s].id.clone();
-            if let Some(picker) = p.nodes[c].picker.as_mut() {
-                picker.set_holder(id, has);
-            }
-        }
-    }
-    let limit = 1000.0 * lab.t_min() + lab.stagger * n as f64;
+    let limit = 1000.0 * lab.t_min() + lab.stagger * lab.clients as f64;
     while p.step() {
         assert!(p.now < limit, "no end in sight at {:.1} s", p.now);
     }
@@ -385,32 +279,33 @@ pub fn run(lab: &Lab) -> Report {
 }
 
 impl Party<'_> {
-    /// One event; false when the party is over (everyone done, or nothing can move).
+    fn at(&self) -> Instant {
+        self.base + Duration::from_secs_f64(self.now)
+    }
+
+    fn active(&self, c: usize) -> bool {
+        let n = &self.nodes[c];
+        c > 0 && n.started && !n.dead && n.done_at.is_none() && !n.failed
+    }
+
+    /// One event; false when the party is over (everyone done or failed, or nothing moves).
     fn step(&mut self) -> bool {
-        let n = self.lab.clients;
-        for c in 1..=n {
+        for c in 1..=self.lab.clients {
             if !self.nodes[c].started && self.nodes[c].start <= self.now + EPS {
-                self.nodes[c].started = true;
-                self.dirty.insert(c);
+                self.begin(c);
             }
         }
-        while let Some(d) = self.dirty.pop_first() {
-            let node = &self.nodes[d];
-            if d > 0 && node.started && node.done_at.is_none() && !node.dead {
-                let lab = (d, self.lab.piece);
-                request(
-                    &mut self.nodes,
-                    &mut self.flows,
-                    lab,
-                    self.now,
-                    &mut self.dirty,
-                );
+        for c in 1..=self.lab.clients {
+            let due = self.nodes[c].engine.as_ref().and_then(Engine::poll_timeout);
+            if self.active(c) && due.is_some_and(|t| t <= self.at()) {
+                let now = self.at();
+                if let Some(e) = self.nodes[c].engine.as_mut() {
+                    e.handle_timeout(now);
+                }
+                self.drive(c);
             }
         }
-        if self.nodes[1..]
-            .iter()
-            .all(|c| c.done_at.is_some() || c.dead)
-        {
+        if (1..=self.lab.clients).all(|c| !self.active(c) && self.nodes[c].started) {
             return false;
         }
         rates(&self.nodes, &mut self.flows);
@@ -418,14 +313,14 @@ impl Party<'_> {
         for f in &self.flows {
             dt = dt.min(f.left / f.rate);
         }
-        for c in &self.nodes[1..] {
-            if !c.started {
-                dt = dt.min(c.start - self.now);
+        for (c, node) in self.nodes.iter().enumerate().skip(1) {
+            if !node.started {
+                dt = dt.min(node.start - self.now);
             }
-        }
-        for node in self.nodes.iter().filter(|n| !n.dead) {
-            if let Some(t) = node.slots.next_tick() {
-                dt = dt.min((t.as_secs_f64() - self.now).max(0.0));
+            if let Some(t) = node.engine.as_ref().and_then(Engine::poll_timeout) {
+                if self.active(c) {
+                    dt = dt.min(t.saturating_duration_since(self.at()).as_secs_f64());
+                }
             }
         }
         if let Kill::At(_, t) = self.lab.kill {
@@ -434,96 +329,208 @@ impl Party<'_> {
             }
         }
         if !dt.is_finite() {
-            return false; // nothing moves: the report says who starved
+            return false; // nothing moves: the report says who is left
         }
-        self.now += dt.max(0.0);
+        // Engine timers have microsecond resolution: step at least that far.
+        self.now += dt.max(1e-6);
         for f in &mut self.flows {
             f.left -= f.rate * dt;
         }
-        let piece = self.lab.piece;
-        let (finished, running): (Vec<Flow>, Vec<Flow>) =
-            self.flows.drain(..).partition(|f| f.left <= EPS * piece);
+        let (finished, running): (Vec<Flow>, Vec<Flow>) = self
+            .flows
+            .drain(..)
+            .partition(|f| f.left <= EPS * CHUNK_SIZE as f64);
         self.flows = running;
         for f in finished {
             self.delivered(f);
         }
         self.kills();
-        let t = Duration::from_secs_f64(self.now);
-        for s in 0..self.nodes.len() {
-            for (lost, got) in self.nodes[s].slots.tick(t) {
-                self.dirty.insert(index_of(&self.nodes, &lost));
-                self.dirty.insert(index_of(&self.nodes, &got));
-            }
-        }
         true
     }
 
-    /// A chunk arrived: checked (the liar's fail), verified, announced.
+    /// Client `c` starts its download: the manifest from the server, then the engine runs.
+    fn begin(&mut self, c: usize) {
+        let lab = self.lab;
+        self.nodes[c].started = true;
+        let mut config = EngineConfig::new(1);
+        config.shuffle = Some(lab.seed ^ ((c as u64) << 8));
+        config.offer = OFFER_CHUNKS;
+        let game = GameId::new("game").expect("a game id");
+        let server = self.nodes[0].id.clone();
+        let now = self.at();
+        let mut engine = Engine::new(game, std::slice::from_ref(&server), config, now);
+        while engine.poll().is_some() {}
+        let file = |path: &str, size: u64, chunks: usize| FileManifest {
+            path: RelPath::new(path).expect("a path"),
+            size,
+            mode: 0o644,
+            chunks: (0..chunks).map(|i| [i as u8; 32]).collect(),
+        };
+        let files = vec![
+            file("game.eti", lab.file_bytes() as u64, lab.chunks),
+            file("version.ini", 8, 1),
+        ];
+        engine.on_manifest(server.clone(), Ok(files), now);
+        assert_eq!(engine.poll(), Some(Action::Prepare));
+        engine.set_partials(self.holders(c), now);
+        engine.on_prepared(&[], &[(server, 0)]);
+        self.nodes[c].engine = Some(engine);
+        self.drive(c);
+        // Its links learn it holds a (still empty) partial copy.
+        self.announce(c);
+    }
+
+    /// What client `c`'s links hold in part now (the daemon's `partial_holders`).
+    fn holders(&self, c: usize) -> Vec<(PeerId, ChunkSet)> {
+        self.nodes[c]
+            .links
+            .iter()
+            .filter(|&&l| self.active(l))
+            .map(|&l| (self.nodes[l].id.clone(), self.nodes[l].have.clone()))
+            .collect()
+    }
+
+    /// Client `c`'s holdings changed: every linked client's engine learns it.
+    fn announce(&mut self, c: usize) {
+        let now = self.at();
+        for e in self.nodes[c].links.clone() {
+            if !self.active(e) {
+                continue;
+            }
+            let holders = self.holders(e);
+            let ready: Vec<PeerId> = self.nodes[e]
+                .links
+                .iter()
+                .filter(|&&l| l > 0 && !self.nodes[l].dead && self.nodes[l].done_at.is_some())
+                .map(|&l| self.nodes[l].id.clone())
+                .collect();
+            if let Some(engine) = self.nodes[e].engine.as_mut() {
+                engine.set_partials(holders, now);
+                engine.add_ready(&ready);
+            }
+            self.drive(e);
+        }
+    }
+
+    /// Performs what client `c`'s engine asks.
+    fn drive(&mut self, c: usize) {
+        loop {
+            let Some(action) = self.nodes[c].engine.as_mut().and_then(Engine::poll) else {
+                return;
+            };
+            match action {
+                Action::Fetch(f) => self.fetch(c, f),
+                Action::Verified { chunk, peer } => {
+                    self.nodes[c].have.insert(chunk);
+                    if peer != self.nodes[0].id {
+                        let len = self.nodes[c]
+                            .engine
+                            .as_ref()
+                            .map_or(0, |e| e.chunks()[chunk].len);
+                        self.nodes[c].from_clients += len as f64;
+                    }
+                    if self.one_copy_at.is_none() && self.swarm_has_every_chunk() {
+                        self.one_copy_at = Some(self.now);
+                    }
+                    self.announce(c);
+                }
+                Action::Commit => {
+                    self.nodes[c].done_at = Some(self.now);
+                    self.announce(c);
+                }
+                Action::Fail(_) => {
+                    self.nodes[c].failed = true;
+                    self.announce(c);
+                }
+                Action::AskManifest(_) | Action::Prepare => {}
+            }
+        }
+    }
+
+    /// A fetch starts a flow, or is answered at once (an offer with every chunk on its way
+    /// elsewhere, a source that is gone).
+    fn fetch(&mut self, c: usize, f: Fetch) {
+        let s = self.index[&f.peer];
+        let answer = |kind: FailKind| vec![Err((kind, String::new())); f.chunks.len()];
+        // The daemon answers swarm requests beyond its upload slots `Later`.
+        let busy = self.flows.iter().filter(|g| g.src == s).count() >= SWARM_UPLOADS
+            && (f.offer || f.partial);
+        let results: Vec<ChunkResult> = if self.nodes[s].dead {
+            answer(FailKind::SourceGone)
+        } else if busy {
+            answer(FailKind::NotChosen)
+        } else if f.offer {
+            match self.nodes[s].chooser.choose(&f.chunks) {
+                Some(chunk) => return self.flow(s, c, chunk, f),
+                None => answer(FailKind::NotChosen),
+            }
+        } else if f.chunks.iter().all(|&k| self.nodes[s].have.contains(k)) {
+            assert_eq!(f.chunks.len(), 1, "big chunks go alone");
+            return self.flow(s, c, f.chunks[0], f);
+        } else {
+            answer(FailKind::SourceGone) // refused: not a verified chunk there
+        };
+        if let Some(e) = self.nodes[c].engine.as_mut() {
+            e.on_fetched(f.id, results, false);
+        }
+    }
+
+    fn flow(&mut self, src: usize, dst: usize, chunk: usize, f: Fetch) {
+        let len = self.nodes[dst]
+            .engine
+            .as_ref()
+            .map_or(CHUNK_SIZE, |e| e.chunks()[chunk].len);
+        self.flows.push(Flow {
+            src,
+            dst,
+            chunk,
+            left: len as f64,
+            len: len as f64,
+            rate: 0.0,
+            batch: f.id,
+            asked: f.chunks,
+        });
+    }
+
+    /// A chunk arrived: the liar's fail their hash, the others are verified.
     fn delivered(&mut self, f: Flow) {
         if f.src == 0 {
             self.nodes[0].chooser.finished(f.chunk);
         }
-        let src = self.nodes[f.src].id.clone();
-        self.nodes[f.src].uploaded += self.lab.piece;
-        self.dirty.insert(f.dst);
-        self.dirty.insert(f.src);
-        if self.lab.liar == Some(f.src) {
-            // Bad bytes: the chunk is asked for again, the liar dropped for this download.
+        self.nodes[f.src].uploaded += f.len;
+        let outcome = if self.lab.liar == Some(f.src) {
             self.liar_rejected += 1;
-            let picker = self.nodes[f.dst].picker.as_mut().expect("a client");
-            picker.released(f.chunk, &src);
-            picker.remove_holder(&src);
-            let me = self.nodes[f.dst].id.clone();
-            let t = Duration::from_secs_f64(self.now);
-            for got in self.nodes[f.src].slots.done(&me, t) {
-                self.dirty.insert(index_of(&self.nodes, &got));
-            }
-            return;
-        }
-        let picker = self.nodes[f.dst].picker.as_mut().expect("a client");
-        if picker.have().contains(f.chunk) {
-            return; // a late end-game copy
-        }
-        let losers = picker.verified(f.chunk, &src);
-        if f.src != 0 {
-            self.nodes[f.dst].from_clients += self.lab.piece;
-        }
-        for loser in losers {
-            let l = index_of(&self.nodes, &loser);
-            self.flows
-                .retain(|g| !(g.src == l && g.dst == f.dst && g.chunk == f.chunk));
-            if l == 0 {
-                self.nodes[0].chooser.finished(f.chunk);
-            }
-            self.duplicates += 1;
-        }
-        let done = self.nodes[f.dst].picker.as_ref().is_some_and(Picker::done);
-        let me = self.nodes[f.dst].id.clone();
-        let t = Duration::from_secs_f64(self.now);
-        if done {
-            self.nodes[f.dst].done_at = Some(self.now);
-            for s in self.nodes[f.dst].links.clone() {
-                for got in self.nodes[s].slots.done(&me, t) {
-                    self.dirty.insert(index_of(&self.nodes, &got));
+            Err((FailKind::BadData, "hash mismatch".to_owned()))
+        } else {
+            Ok(())
+        };
+        self.answer(&f, outcome);
+    }
+
+    /// Reports a flow's outcome to its downloader (an offer's other chunks: not chosen).
+    fn answer(&mut self, f: &Flow, outcome: ChunkResult) {
+        let results = f
+            .asked
+            .iter()
+            .map(|&k| {
+                if k == f.chunk {
+                    outcome.clone()
+                } else {
+                    Err((FailKind::NotChosen, String::new()))
                 }
-            }
+            })
+            .collect();
+        if let Some(e) = self.nodes[f.dst].engine.as_mut() {
+            e.on_fetched(f.batch, results, false);
         }
-        for e in self.nodes[f.dst].links.clone() {
-            if let Some(p) = self.nodes[e].picker.as_mut() {
-                p.holder_got(&me, f.chunk);
-            }
-            self.dirty.insert(e);
-        }
-        if self.one_copy_at.is_none() && self.swarm_has_every_chunk() {
-            self.one_copy_at = Some(self.now);
-        }
+        self.drive(f.dst);
     }
 
     fn swarm_has_every_chunk(&self) -> bool {
-        (0..self.lab.chunks).all(|c| {
+        (0..=self.lab.chunks).all(|c| {
             self.nodes[1..]
                 .iter()
-                .any(|n| !n.dead && n.picker.as_ref().is_some_and(|p| p.have().contains(c)))
+                .any(|n| !n.dead && n.have.contains(c))
         })
     }
 
@@ -541,8 +548,6 @@ impl Party<'_> {
     /// Node `k` is gone: its flows end unfinished, every peer forgets it.
     fn kill(&mut self, k: usize) {
         self.nodes[k].dead = true;
-        let gone = self.nodes[k].id.clone();
-        let t = Duration::from_secs_f64(self.now);
         let (cut, kept): (Vec<Flow>, Vec<Flow>) =
             self.flows.drain(..).partition(|f| f.src == k || f.dst == k);
         self.flows = kept;
@@ -550,21 +555,12 @@ impl Party<'_> {
             if f.src == 0 {
                 self.nodes[0].chooser.finished(f.chunk);
             }
-            if f.dst == k {
-                for got in self.nodes[f.src].slots.done(&gone, t) {
-                    self.dirty.insert(index_of(&self.nodes, &got));
-                }
+            if f.dst != k {
+                let gone = Err((FailKind::SourceGone, "peer disconnected".to_owned()));
+                self.answer(&f, gone);
             }
         }
-        for i in 0..self.nodes.len() {
-            if let Some(p) = self.nodes[i].picker.as_mut() {
-                p.remove_holder(&gone);
-            }
-            for got in self.nodes[i].slots.done(&gone, t) {
-                self.dirty.insert(index_of(&self.nodes, &got));
-            }
-            self.dirty.insert(i);
-        }
+        self.announce(k);
     }
 
     fn report(&self) -> Report {
@@ -580,17 +576,15 @@ impl Party<'_> {
         // Whoever did not finish must lack only chunks no living peer holds: a clean
         // failure, not a stall.
         for c in living.iter().filter(|c| c.done_at.is_none()) {
-            let have = c.picker.as_ref().expect("a client").have();
-            for chunk in (0..lab.chunks).filter(|&x| !have.contains(x)) {
-                let somewhere = self.nodes.iter().enumerate().any(|(i, o)| {
-                    !o.dead
-                        && (i == 0 || o.picker.as_ref().is_some_and(|p| p.have().contains(chunk)))
-                });
-                assert!(!somewhere, "a client stalled while chunk {chunk} exists");
+            assert!(c.failed, "a client neither finished nor failed");
+            for chunk in (0..=lab.chunks).filter(|&x| !c.have.contains(x)) {
+                let somewhere = self.nodes.iter().any(|o| !o.dead && o.have.contains(chunk));
+                assert!(!somewhere, "a client stopped while chunk {chunk} exists");
             }
         }
         let f = lab.file_bytes();
         let t = |x: Option<&f64>| x.map_or(f64::INFINITY, |t| t / lab.t_min());
+        let starved = living.iter().filter(|c| c.failed).count();
         Report {
             t_min: lab.t_min(),
             slowest: t(times.last()),
@@ -598,9 +592,8 @@ impl Party<'_> {
             server_upload_f: self.nodes[0].uploaded / f,
             from_clients_share: self.nodes[1..].iter().map(|c| c.from_clients).sum::<f64>()
                 / (f * n as f64),
-            duplicates: self.duplicates,
             finished,
-            starved: living.len() - finished,
+            starved,
             liar_rejected: self.liar_rejected,
             one_copy_at: self.one_copy_at,
         }

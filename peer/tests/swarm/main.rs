@@ -1,9 +1,10 @@
 //! A deterministic simulation of a LAN party: one file server and N clients that want
-//! the same game at once, every link with its own upload and download rate. It runs the
-//! real swarm decisions — the piece picker (`Picker`: random first, rarest first, end
-//! game) and rotated upload slots (`UploadSlots`) — with discrete events and a fluid model
-//! of the links (each flow gets the smaller of its sender's and its receiver's fair share),
-//! no sockets and no clock. It reports the slowest and median client's time against the
+//! the same game at once, every link with its own upload and download rate. Every client
+//! runs the daemon's download engine (`Engine`: shuffled order, partial sources with
+//! rarest first, offers to the server and rests, the swarm wait); the server answers
+//! offers with the daemon's `SeedChooser`. Discrete events and a fluid model of the links
+//! (each flow gets the smaller of its sender's and its receiver's fair share), no sockets;
+//! the engines' clock is the simulated one. It reports the slowest and median client's time against the
 //! lower bound of peer-assisted distribution (Kumar & Ross 2006),
 //!
 //!     T_min = max(F/U, N·F/(U + Σ u_i), F/d_min),
@@ -11,9 +12,7 @@
 //! and the server's upload as a multiple of F. The figures are simulated seconds, not
 //! wall time, so asserting them is deterministic.
 //!
-//! Knobs for exploring (not for CI): `LANSPREAD_SWARM_CLIENTS` (the size of the
-//! environment-sized party), `LANSPREAD_SWARM_SLOTS`, `_SERVER_SLOTS`, `_PER_HOLDER`,
-//! `_PERIOD` (s), `_PIECE_MIB` (the verified unit; 32 MiB is the protocol's chunk).
+//! `LANSPREAD_SWARM_CLIENTS` sizes the environment-sized party (not for CI).
 
 mod lab;
 
@@ -22,13 +21,12 @@ use lab::{run, Kill, Lab, Report};
 fn show(name: &str, r: &Report) {
     eprintln!(
         "{name}: T_min {:.1} s, slowest {:.2} × T_min, median {:.2} ×, server upload {:.2} F, \
-         {:.0} % from clients, {} end-game duplicates",
+         {:.0} % from clients",
         r.t_min,
         r.slowest,
         r.median,
         r.server_upload_f,
         100.0 * r.from_clients_share,
-        r.duplicates
     );
 }
 
@@ -43,14 +41,14 @@ fn sixteen_clients_at_a_lan_party() {
     let r = run(&lab);
     show("N=16", &r);
     assert_all_finish(&r, 16);
-    // The server sends each chunk once and one full copy is in the swarm after F/U.
-    assert!(r.server_upload_f <= 1.01, "{r:?}");
+    // The server sends each chunk about once and one full copy is in the swarm after F/U.
+    assert!(r.server_upload_f <= 1.05, "{r:?}");
     let copy = r.one_copy_at.expect("a copy") / (lab.file_bytes() / lab.server_up);
-    assert!(copy < 1.1, "one copy after {copy:.2} × F/U");
+    assert!(copy < 1.35, "one copy after {copy:.2} × F/U");
     assert!(r.from_clients_share > 0.9, "{r:?}");
-    // 32 MiB verified chunks: 1.53 × T_min (libtorrent with 4 MiB pieces, real lab:
+    // 32 MiB verified chunks: 1.68 × T_min (libtorrent with 4 MiB pieces, real lab:
     // 1.32-1.53 ×). The bound guards against a policy regression.
-    assert!(r.slowest < 1.6 && r.median < 1.6, "{r:?}");
+    assert!(r.slowest < 1.8 && r.median < 1.8, "{r:?}");
 }
 
 #[test]
@@ -60,8 +58,8 @@ fn late_joiners_are_served_too() {
     let r = run(&lab);
     show("N=16 staggered", &r);
     assert_all_finish(&r, 16);
-    assert!(r.server_upload_f <= 1.5, "{r:?}");
-    assert!(r.slowest < 2.0, "{r:?}");
+    assert!(r.server_upload_f <= 1.2, "{r:?}");
+    assert!(r.slowest < 1.5, "{r:?}");
 }
 
 #[test]
@@ -72,7 +70,7 @@ fn two_hundred_fifty_six_clients_with_a_link_cap() {
     show("N=256", &r);
     assert_all_finish(&r, 256);
     assert!(r.server_upload_f <= 2.0, "{r:?}");
-    assert!(r.slowest < 2.1, "{r:?}");
+    assert!(r.slowest < 2.7, "{r:?}");
 }
 
 #[test]
@@ -86,6 +84,7 @@ fn clients_from_the_environment() {
     show(&format!("N={n}"), &r);
     assert_all_finish(&r, n);
     assert!(r.slowest < 2.5, "{r:?}");
+    assert!(r.from_clients_share > 0.9, "{r:?}");
 }
 
 #[test]
