@@ -127,14 +127,11 @@ async fn handle(
             digest,
             ranges,
         } => {
-            let Ok(_upload) = shared.net.swarm_uploads.try_acquire() else {
-                let sent = answer.later().await;
-                answer.ended(sent, remote);
-                return Ok(());
-            };
-            let _turn = turn(slots, shared).await;
             let game = (&game, version);
-            let sent = serve_partial(shared, &mut answer, game, &digest, &ranges).await;
+            let sent = match swarm_turn(slots, shared).await {
+                Some(_turn) => serve_partial(shared, &mut answer, game, &digest, &ranges).await,
+                None => answer.later().await,
+            };
             answer.ended(sent, remote);
         }
         PeerRequest::Offer {
@@ -142,13 +139,10 @@ async fn handle(
             version,
             ranges,
         } => {
-            let Ok(_upload) = shared.net.swarm_uploads.try_acquire() else {
-                let sent = answer.later().await;
-                answer.ended(sent, remote);
-                return Ok(());
+            let sent = match swarm_turn(slots, shared).await {
+                Some(_turn) => serve_offer(shared, &mut answer, (&game, version), &ranges).await,
+                None => answer.later().await,
             };
-            let _turn = turn(slots, shared).await;
-            let sent = serve_offer(shared, &mut answer, (&game, version), &ranges).await;
             answer.ended(sent, remote);
         }
     }
@@ -175,6 +169,16 @@ async fn turn<'a>(
         shared.net.serve_slots.acquire().await.ok()
     };
     (mine, ours)
+}
+
+/// A swarm request's turn: one of the `SWARM_UPLOADS` slots at once (`None`: all taken,
+/// answer `Later`), then the chunk answer's turn.
+async fn swarm_turn<'a>(
+    slots: &'a tokio::sync::Semaphore,
+    shared: &'a Shared,
+) -> Option<(tokio::sync::SemaphorePermit<'a>, impl Sized + 'a)> {
+    let upload = shared.net.swarm_uploads.try_acquire().ok()?;
+    Some((upload, turn(slots, shared).await))
 }
 
 /// Answers a chunk request: the ranges the gates accept, in order, each as a `Chunk`

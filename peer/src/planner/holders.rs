@@ -219,23 +219,13 @@ impl Planner {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::file;
     use super::super::{FailKind, Planner, PlannerStatus};
     use crate::table::tests::pid;
-    use lanspread_catalog::{FileManifest, RelPath, CHUNK_SIZE};
+    use lanspread_catalog::CHUNK_SIZE;
     use lanspread_proto::ChunkSet;
 
     const C: u64 = CHUNK_SIZE;
-
-    fn file(name: &str, size: u64) -> FileManifest {
-        FileManifest {
-            path: RelPath::new(name).unwrap(),
-            size,
-            mode: 0o644,
-            chunks: (0..lanspread_catalog::chunk_count(size))
-                .map(|i| [i as u8; 32])
-                .collect(),
-        }
-    }
 
     fn set(len: usize, chunks: &[usize]) -> ChunkSet {
         let mut s = ChunkSet::empty(len);

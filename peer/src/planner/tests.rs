@@ -3,7 +3,7 @@ use crate::table::tests::pid;
 use lanspread_catalog::RelPath;
 use proptest::prelude::*;
 
-fn file(name: &str, size: u64) -> FileManifest {
+pub(super) fn file(name: &str, size: u64) -> FileManifest {
     FileManifest {
         path: RelPath::new(name).unwrap(),
         size,
