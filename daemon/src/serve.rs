@@ -45,7 +45,10 @@ fn send_stall_window() -> Duration {
 /// Accepts request streams on a connection until it closes; returns how many came.
 pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerId) -> u64 {
     let mut requests = 0;
-    let slots = Arc::new(tokio::sync::Semaphore::new(CHUNK_STREAMS_PER_CONNECTION));
+    let slots = Arc::new(ConnSlots {
+        chunks: tokio::sync::Semaphore::new(CHUNK_STREAMS_PER_CONNECTION),
+        swarm: tokio::sync::Semaphore::new(SWARM_UPLOADS_PER_CONNECTION),
+    });
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -73,7 +76,7 @@ pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerI
 /// refused or failed request is answered and the connection stays.
 async fn handle(
     shared: &Shared,
-    slots: &tokio::sync::Semaphore,
+    slots: &ConnSlots,
     conn: &Connection,
     remote: &PeerId,
     send: SendStream,
@@ -117,7 +120,7 @@ async fn handle(
             version,
             ranges,
         } => {
-            let _turn = turn(slots, shared).await;
+            let _turn = turn(&slots.chunks, shared).await;
             let sent = serve_ranges(shared, &mut answer, &game, version, &ranges).await;
             answer.ended(sent, remote);
         }
@@ -171,14 +174,22 @@ async fn turn<'a>(
     (mine, ours)
 }
 
-/// A swarm request's turn: one of the `SWARM_UPLOADS` slots at once (`None`: all taken,
-/// answer `Later`), then the chunk answer's turn.
-async fn swarm_turn<'a>(
-    slots: &'a tokio::sync::Semaphore,
-    shared: &'a Shared,
-) -> Option<(tokio::sync::SemaphorePermit<'a>, impl Sized + 'a)> {
+/// Swarm answers one connection gets at once (a downloader asks a source for one chunk at
+/// a time in a swarm): a peer cannot take every swarm upload slot with one connection.
+const SWARM_UPLOADS_PER_CONNECTION: usize = 1;
+
+/// A connection's answer turns: chunk answers, and swarm answers among them.
+struct ConnSlots {
+    chunks: tokio::sync::Semaphore,
+    swarm: tokio::sync::Semaphore,
+}
+
+/// A swarm request's turn: this connection's swarm slot and one of the daemon's
+/// `SWARM_UPLOADS` at once (`None`: taken, answer `Later`), then the chunk answer's turn.
+async fn swarm_turn<'a>(slots: &'a ConnSlots, shared: &'a Shared) -> Option<impl Sized + 'a> {
+    let mine = slots.swarm.try_acquire().ok()?;
     let upload = shared.net.swarm_uploads.try_acquire().ok()?;
-    Some((upload, turn(slots, shared).await))
+    Some((mine, upload, turn(&slots.chunks, shared).await))
 }
 
 /// Answers a chunk request: the ranges the gates accept, in order, each as a `Chunk`

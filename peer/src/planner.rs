@@ -82,6 +82,10 @@ pub enum FailKind {
 
 /// Stalls in a row (no verified chunk in between) after which a source is dropped.
 pub const MAX_STALLS: u32 = 3;
+/// `Later` answers in a row (no verified chunk in between) that count as one stall: with
+/// rests of `OFFER_REST` at least, a source that never sends anything is dropped after
+/// minutes, a busy one long before that sends something.
+pub const LATERS_PER_STALL: u32 = 120;
 /// The deepest back-off: a source's window shrinks to 1/2^this of the caps (at least one
 /// chunk).
 const MAX_BACKOFF: u32 = 6;
@@ -120,9 +124,14 @@ struct Source {
     has: Option<ChunkSet>,
     /// Dropped for cause (bad bytes, gone while asked): never revived in this download.
     banned: bool,
-    /// A complete source that had none of the offered chunks free: not offered again
-    /// until [`Planner::wake`].
+    /// A source that answered `Later`: not asked again until [`Planner::wake`].
     resting: bool,
+    /// `Later` answers since this download last verified a chunk from anyone.
+    quiet: u32,
+    /// Whether its holding counts in the rarity (see `holders.rs`).
+    counted: bool,
+    /// A complete source that was a partial one: its partial requests may still fail.
+    was_partial: bool,
     /// Stalls since its last verified chunk.
     stalls: u32,
     /// Halvings of its window (0: the full caps).
@@ -357,7 +366,7 @@ impl Planner {
     fn floor(&self) -> Option<u64> {
         self.sources
             .values()
-            .filter(|s| !s.dropped && s.has.is_none())
+            .filter(|s| !s.dropped && !s.resting && s.has.is_none())
             .map(|s| s.assigned)
             .min()
     }
@@ -418,7 +427,11 @@ impl Planner {
         if !self.is_in_flight_from(chunk, peer) {
             return;
         }
-        // Something changed: resting sources may be offered again.
+        // Something changed: resting sources may be offered again, and a source that
+        // says `Later` while others send is busy, not stalled.
+        for s in self.sources.values_mut() {
+            s.quiet = 0;
+        }
         self.wake();
         let len = self.chunks[chunk].len;
         if let Some(s) = self.sources.get_mut(peer) {
@@ -457,7 +470,7 @@ impl Planner {
                 FailKind::Stalled => {}
                 // A partial source is gone when its download ends (it may be a complete
                 // one a moment later); bad bytes ban any source.
-                FailKind::SourceGone if s.has.is_some() => s.dropped = true,
+                FailKind::SourceGone if s.has.is_some() || s.was_partial => s.dropped = true,
                 FailKind::SourceGone | FailKind::BadData => {
                     s.dropped = true;
                     s.banned = true;
@@ -465,7 +478,7 @@ impl Planner {
             }
         }
         if !matches!(kind, FailKind::Transient | FailKind::NotChosen) {
-            self.unhold_if_dropped(peer);
+            self.recount(peer);
         }
         self.state[chunk] = State::Pending;
         self.owner[chunk] = None;
@@ -514,17 +527,44 @@ impl Planner {
 
     /// `peer` had none of the offered chunks free (all on their way to others): it is not
     /// offered more until [`Planner::wake`].
+    /// Every [`LATERS_PER_STALL`] `Later`s while nothing verifies count as a stall
+    /// ([`MAX_STALLS`] drop it): a source that only ever says later cannot hold a
+    /// download forever. A partial source that said it `LATERS_UNCOUNTED` times while
+    /// nothing verified no longer counts as a holder while it rests (see `holders.rs`).
     pub fn rest(&mut self, peer: &PeerId) {
         if let Some(s) = self.sources.get_mut(peer) {
             s.resting = true;
+            s.quiet += 1;
+            if s.quiet.is_multiple_of(LATERS_PER_STALL) {
+                s.stalls += 1;
+                if s.stalls >= MAX_STALLS {
+                    s.dropped = true;
+                }
+            }
         }
+        self.recount(peer);
     }
 
     /// Resting sources may be offered chunks again (a chunk verified, holdings changed,
     /// or the caller's timer).
     pub fn wake(&mut self) {
-        for s in self.sources.values_mut() {
-            s.resting = false;
+        // A complete source that rested starts level with the others (S14's balance
+        // would otherwise hold them back while it catches up).
+        let floor = self.floor().unwrap_or(0);
+        let resting: Vec<PeerId> = self
+            .sources
+            .iter()
+            .filter(|(_, s)| s.resting)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for peer in resting {
+            if let Some(s) = self.sources.get_mut(&peer) {
+                s.resting = false;
+                if s.has.is_none() {
+                    s.assigned = s.assigned.max(floor);
+                }
+            }
+            self.recount(&peer);
         }
     }
 

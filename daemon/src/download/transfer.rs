@@ -103,6 +103,7 @@ pub(super) async fn transfer(
         let (batch, peer, lane, results) =
             joined.map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))??;
         let lane_lost = results.iter().any(Result::is_err) && t.work.lanes.lost(&peer, lane);
+        engine.tick(Instant::now());
         engine.on_fetched(batch, results, lane_lost);
     }
 }

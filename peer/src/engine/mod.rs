@@ -567,6 +567,12 @@ impl Engine {
             .map_or(0, |p| p.chunks().len() - p.done_count())
     }
 
+    /// The time is `now` (timers started from here on count from it; call before
+    /// [`Engine::on_fetched`]).
+    pub fn tick(&mut self, now: Instant) {
+        self.clock = self.clock.max(now);
+    }
+
     /// Peers that became ready at the version being downloaded since the vote (often a
     /// partial source whose own download just committed): complete sources from now on,
     /// over their link. Their bytes are checked against the validated manifest like any

@@ -16,6 +16,10 @@ use super::{Assignment, Planner, Source, State};
 /// More parallel flows per uplink delay the first copies everyone else waits for (the
 /// swarm simulation: 1.53 × T_min with one chunk per holder, 2.07 × with two).
 pub const PARTIAL_IN_FLIGHT_BYTES: u64 = CHUNK_SIZE;
+/// `Later` answers while the download verifies nothing from anyone, after which a resting
+/// partial source's chunks no longer count as held: a busy holder is fine while others
+/// send; one that never serves must not keep the chunks only it holds from the server.
+pub const LATERS_UNCOUNTED: u32 = 120;
 
 impl Planner {
     /// Starts chunks in an order shuffled with `seed` instead of file order: downloaders
@@ -78,32 +82,39 @@ impl Planner {
 
     /// Adds a partial source, or updates what it holds (`has`: every chunk it verified,
     /// in this manifest's numbering). Ignored for a complete source, a source dropped for
-    /// cause, or a set of another length. A partial source that had vanished comes back.
+    /// cause, or a set of another length. A partial source that was dropped (vanished, or
+    /// its download ended while asked) comes back only with a changed holding.
     pub fn set_partial(&mut self, peer: &PeerId, has: ChunkSet) -> bool {
         if has.len() != self.chunks.len() {
             return false;
         }
-        let s = self.sources.entry(peer.clone()).or_insert_with(|| Source {
-            has: Some(ChunkSet::empty(has.len())),
-            ..Source::default()
-        });
+        let new = !self.sources.contains_key(peer);
+        if new {
+            let empty = Source {
+                has: Some(ChunkSet::empty(has.len())),
+                ..Source::default()
+            };
+            self.sources.insert(peer.clone(), empty);
+        }
+        let Some(s) = self.sources.get(peer) else {
+            return false;
+        };
         if s.has.is_none() || s.banned {
             return false;
         }
-        let old = s
-            .has
-            .replace(has.clone())
-            .unwrap_or_else(|| ChunkSet::empty(0));
-        let was_live = !s.dropped;
-        s.dropped = false;
-        if was_live {
-            for c in old.iter() {
-                self.rarity[c] = self.rarity[c].saturating_sub(1);
-            }
+        let same = s.has.as_ref() == Some(&has);
+        if same && s.dropped {
+            return false; // dropped: it comes back with a changed holding only
         }
-        for c in has.iter() {
-            self.rarity[c] += 1;
+        if same && !new {
+            return true; // nothing new
         }
+        self.count(peer, false);
+        if let Some(s) = self.sources.get_mut(peer) {
+            s.dropped = false;
+            s.has = Some(has);
+        }
+        self.recount(peer);
         self.wake();
         true
     }
@@ -116,18 +127,23 @@ impl Planner {
     pub fn add_complete(&mut self, peer: &PeerId) -> bool {
         let floor = self.floor().unwrap_or(0);
         let new = !self.sources.contains_key(peer);
-        let s = self.sources.entry(peer.clone()).or_default();
+        if new {
+            self.sources.insert(peer.clone(), Source::default());
+        }
+        let Some(s) = self.sources.get(peer) else {
+            return false;
+        };
         if s.banned || (!new && s.has.is_none()) {
             return false;
         }
-        if let Some(old) = s.has.take() {
-            if !s.dropped {
-                for c in old.iter() {
-                    self.rarity[c] = self.rarity[c].saturating_sub(1);
-                }
-            }
-        }
+        self.count(peer, false);
+        let Some(s) = self.sources.get_mut(peer) else {
+            return false;
+        };
+        // Its requests as a partial source may still fail as gone: not a ban.
+        s.was_partial = s.has.take().is_some();
         s.dropped = false;
+        s.resting = false;
         s.assigned = s.assigned.max(floor);
         true
     }
@@ -140,7 +156,7 @@ impl Planner {
                 s.dropped = true;
             }
         }
-        self.unhold_if_dropped(peer);
+        self.recount(peer);
     }
 
     /// The partial sources this download knows, live ones only.
@@ -151,22 +167,34 @@ impl Planner {
             .map(|(p, _)| p)
     }
 
-    /// How many live partial sources hold `chunk`.
+    /// How many live partial sources hold `chunk` (one that said `Later`
+    /// [`LATERS_UNCOUNTED`] times while nothing verified and rests does not count: what
+    /// only it holds may go to a complete source).
     pub fn rarity(&self, chunk: usize) -> u32 {
         self.rarity.get(chunk).copied().unwrap_or(0)
     }
 
-    /// A dropped partial source no longer counts for the chunks it holds.
-    pub(super) fn unhold_if_dropped(&mut self, peer: &PeerId) {
+    /// Counts `peer`'s holding in the rarity (`on`) or not, as it should be: a partial
+    /// source counts while it is live and not resting.
+    pub(super) fn recount(&mut self, peer: &PeerId) {
+        let should = self.sources.get(peer).is_some_and(|s| {
+            s.has.is_some() && !s.dropped && !(s.resting && s.quiet >= LATERS_UNCOUNTED)
+        });
+        self.count(peer, should);
+    }
+
+    fn count(&mut self, peer: &PeerId, on: bool) {
         let Some(s) = self.sources.get_mut(peer) else {
             return;
         };
-        if !s.dropped {
+        if s.counted == on {
             return;
         }
-        if let Some(has) = s.has.as_mut() {
-            let n = has.len();
-            for c in std::mem::replace(has, ChunkSet::empty(n)).iter() {
+        s.counted = on;
+        for c in s.has.iter().flat_map(|h| h.iter()) {
+            if on {
+                self.rarity[c] += 1;
+            } else {
                 self.rarity[c] = self.rarity[c].saturating_sub(1);
             }
         }
@@ -221,6 +249,7 @@ impl Planner {
 mod tests {
     use super::super::tests::file;
     use super::super::{FailKind, Planner, PlannerStatus};
+    use super::LATERS_UNCOUNTED;
     use crate::table::tests::pid;
     use lanspread_catalog::CHUNK_SIZE;
     use lanspread_proto::ChunkSet;
@@ -468,5 +497,94 @@ mod tests {
         let next = p.poll_batch().unwrap();
         assert_eq!((next.offer, next.chunks), (true, vec![1, 2, 4, 5]));
         assert_eq!(p.status(), PlannerStatus::Running);
+    }
+
+    #[test]
+    fn a_partial_source_that_says_later_rests_and_the_server_gets_its_chunks() {
+        let files = [file("g.eti", 2 * C)];
+        let mut p = Planner::new(&files, &[pid(1)], 4);
+        p.set_partial(&pid(2), set(2, &[0, 1]));
+        let a = p.poll_assign().unwrap();
+        assert_eq!(a.peer, pid(2));
+        assert_eq!(p.poll_assign(), None);
+        p.on_failed(a.chunk, &pid(2), FailKind::NotChosen);
+        p.rest(&pid(2));
+        assert_eq!(p.rarity(0) + p.rarity(1), 2, "busy for now: still a holder");
+        for _ in 1..LATERS_UNCOUNTED {
+            p.wake();
+            p.rest(&pid(2));
+        }
+        assert_eq!(
+            p.rarity(0) + p.rarity(1),
+            0,
+            "it never serves: no longer counted"
+        );
+        assert_eq!(
+            p.rarity(0) + p.rarity(1),
+            0,
+            "a resting holder does not count"
+        );
+        let b = p.poll_assign().unwrap();
+        assert_eq!(b.peer, pid(1), "so the server may send what only it holds");
+        // Holdings that did not change do not wake it; a verified chunk does.
+        assert!(p.set_partial(&pid(2), set(2, &[0, 1])));
+        assert_eq!(p.rarity(0), 0);
+        p.on_done(b.chunk, &pid(1));
+        assert_eq!(p.rarity(0) + p.rarity(1), 2, "awake and counted again");
+    }
+
+    #[test]
+    fn a_source_that_only_ever_says_later_is_dropped_in_the_end() {
+        let files = [file("g.eti", 2 * C)];
+        let mut p = Planner::new(&files, &[pid(1)], 4);
+        for _ in 0..super::super::MAX_STALLS * super::super::LATERS_PER_STALL {
+            assert_eq!(p.status(), PlannerStatus::Running);
+            p.rest(&pid(1));
+            p.wake();
+        }
+        assert!(
+            matches!(p.status(), PlannerStatus::Failed(_)),
+            "{:?}",
+            p.status()
+        );
+    }
+
+    #[test]
+    fn a_resting_server_does_not_hold_the_other_back_and_comes_back_level() {
+        let files = [file("g.eti", 8 * C)];
+        let mut p = Planner::new(&files, &[pid(1), pid(2)], 1);
+        p.rest(&pid(1));
+        for _ in 0..3 {
+            let a = p.poll_assign().unwrap();
+            assert_eq!(a.peer, pid(2));
+            p.on_done(a.chunk, &a.peer);
+            p.rest(&pid(1)); // every verified chunk wakes it; it keeps saying later
+        }
+        p.wake();
+        let per = p.per_source();
+        assert!(per[&pid(1)] + C >= per[&pid(2)], "level on waking: {per:?}");
+    }
+
+    #[test]
+    fn a_dropped_partial_source_comes_back_only_with_a_changed_holding() {
+        let files = [file("g.eti", 3 * C)];
+        let mut p = Planner::new(&files, &[pid(1)], 1);
+        p.set_partial(&pid(2), set(3, &[0]));
+        let a = p.poll_assign().unwrap();
+        assert_eq!(a.peer, pid(2));
+        p.on_failed(a.chunk, &pid(2), FailKind::SourceGone);
+        assert!(
+            !p.set_partial(&pid(2), set(3, &[0])),
+            "same holding: stays dropped"
+        );
+        assert!(p.set_partial(&pid(2), set(3, &[0, 1])), "changed: back");
+        // Turned complete while a partial request was in flight: that request failing
+        // as gone is no ban.
+        let b = p.poll_assign().unwrap();
+        assert_eq!(b.peer, pid(2));
+        assert!(p.add_complete(&pid(2)));
+        p.on_failed(b.chunk, &pid(2), FailKind::SourceGone);
+        assert!(!p.add_complete(&pid(2)));
+        assert!(!p.sources[&pid(2)].banned);
     }
 }

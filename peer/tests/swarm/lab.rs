@@ -470,7 +470,9 @@ impl Party<'_> {
         } else {
             answer(FailKind::SourceGone) // refused: not a verified chunk there
         };
+        let now = self.at();
         if let Some(e) = self.nodes[c].engine.as_mut() {
+            e.tick(now);
             e.on_fetched(f.id, results, false);
         }
     }
@@ -520,7 +522,9 @@ impl Party<'_> {
                 }
             })
             .collect();
+        let now = self.at();
         if let Some(e) = self.nodes[f.dst].engine.as_mut() {
+            e.tick(now);
             e.on_fetched(f.batch, results, false);
         }
         self.drive(f.dst);

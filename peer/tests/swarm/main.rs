@@ -69,7 +69,7 @@ fn two_hundred_fifty_six_clients_with_a_link_cap() {
     let r = run(&Lab::party(256));
     show("N=256", &r);
     assert_all_finish(&r, 256);
-    assert!(r.server_upload_f <= 2.0, "{r:?}");
+    assert!(r.server_upload_f <= 2.1, "{r:?}");
     assert!(r.slowest < 2.7, "{r:?}");
 }
 
