@@ -82,10 +82,12 @@ pub enum FailKind {
 
 /// Stalls in a row (no verified chunk in between) after which a source is dropped.
 pub const MAX_STALLS: u32 = 3;
-/// `Later` answers in a row (no verified chunk in between) that count as one stall: with
-/// rests of `OFFER_REST` at least, a source that never sends anything is dropped after
-/// minutes, a busy one long before that sends something.
-pub const LATERS_PER_STALL: u32 = 120;
+/// A source that answers `Later` when the download has verified nothing from anyone for
+/// this long is dropped (not banned): a peer that only ever says later cannot hold a
+/// download forever, and a busy one in a busy swarm is never that long without anyone
+/// sending something. Time, not a count: rests end on every holdings change, so counts
+/// grow with the size of the party (the N = 1,000 simulation dropped its server).
+pub const LATER_DROP: std::time::Duration = std::time::Duration::from_secs(300);
 /// The deepest back-off: a source's window shrinks to 1/2^this of the caps (at least one
 /// chunk).
 const MAX_BACKOFF: u32 = 6;
@@ -126,8 +128,8 @@ struct Source {
     banned: bool,
     /// A source that answered `Later`: not asked again until [`Planner::wake`].
     resting: bool,
-    /// `Later` answers since this download last verified a chunk from anyone.
-    quiet: u32,
+    /// It said `Later` when nothing had verified for `holders::LATER_UNCOUNT`.
+    quiet: bool,
     /// Whether its holding counts in the rarity (see `holders.rs`).
     counted: bool,
     /// A complete source that was a partial one: its partial requests may still fail.
@@ -430,7 +432,7 @@ impl Planner {
         // Something changed: resting sources may be offered again, and a source that
         // says `Later` while others send is busy, not stalled.
         for s in self.sources.values_mut() {
-            s.quiet = 0;
+            s.quiet = false;
         }
         self.wake();
         let len = self.chunks[chunk].len;
@@ -527,19 +529,16 @@ impl Planner {
 
     /// `peer` had none of the offered chunks free (all on their way to others): it is not
     /// offered more until [`Planner::wake`].
-    /// Every [`LATERS_PER_STALL`] `Later`s while nothing verifies count as a stall
-    /// ([`MAX_STALLS`] drop it): a source that only ever says later cannot hold a
-    /// download forever. A partial source that said it `LATERS_UNCOUNTED` times while
-    /// nothing verified no longer counts as a holder while it rests (see `holders.rs`).
-    pub fn rest(&mut self, peer: &PeerId) {
+    /// `peer` answered `Later`: it rests until [`Planner::wake`]. `quiet`: how long the
+    /// download has verified nothing from anyone. After `holders::LATER_UNCOUNT` a resting
+    /// partial source no longer counts as a holder (the server may send what only it
+    /// holds); after [`LATER_DROP`] the source is dropped.
+    pub fn rest(&mut self, peer: &PeerId, quiet: std::time::Duration) {
         if let Some(s) = self.sources.get_mut(peer) {
             s.resting = true;
-            s.quiet += 1;
-            if s.quiet.is_multiple_of(LATERS_PER_STALL) {
-                s.stalls += 1;
-                if s.stalls >= MAX_STALLS {
-                    s.dropped = true;
-                }
+            s.quiet = quiet >= holders::LATER_UNCOUNT;
+            if quiet >= LATER_DROP {
+                s.dropped = true;
             }
         }
         self.recount(peer);

@@ -193,6 +193,8 @@ pub struct Engine {
     swarm: bool,
     /// Since when a complete source rests (see [`OFFER_REST`]).
     rest_since: Option<Instant>,
+    /// When a chunk last verified (or the transfer began).
+    progress_at: Instant,
 }
 
 impl Engine {
@@ -220,6 +222,7 @@ impl Engine {
             late: BTreeSet::new(),
             swarm: false,
             rest_since: None,
+            progress_at: now,
         };
         if engine.waiting.is_empty() {
             engine.close_vote();
@@ -428,6 +431,7 @@ impl Engine {
             }
         }
         self.lanes = LaneBook::new(opened, self.config.threads);
+        self.progress_at = self.clock;
         for peer in planner.partial_sources() {
             self.lanes.add_link(peer);
         }
@@ -480,6 +484,7 @@ impl Engine {
             match res {
                 Ok(()) => {
                     planner.on_done(chunk, peer);
+                    self.progress_at = self.clock;
                     self.actions.push_back(Action::Verified {
                         chunk,
                         peer: peer.clone(),
@@ -503,7 +508,7 @@ impl Engine {
         if none_chosen {
             // Every offered chunk is on its way to someone else: ask again when that
             // changes here, or after a while.
-            planner.rest(peer);
+            planner.rest(peer, self.clock.saturating_duration_since(self.progress_at));
             self.rest_since = Some(self.clock);
         }
         // In reverse: each failed chunk goes to the front of the queue, so they keep

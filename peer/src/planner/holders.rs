@@ -16,10 +16,10 @@ use super::{Assignment, Planner, Source, State};
 /// More parallel flows per uplink delay the first copies everyone else waits for (the
 /// swarm simulation: 1.53 × T_min with one chunk per holder, 2.07 × with two).
 pub const PARTIAL_IN_FLIGHT_BYTES: u64 = CHUNK_SIZE;
-/// `Later` answers while the download verifies nothing from anyone, after which a resting
-/// partial source's chunks no longer count as held: a busy holder is fine while others
-/// send; one that never serves must not keep the chunks only it holds from the server.
-pub const LATERS_UNCOUNTED: u32 = 120;
+/// How long the download may verify nothing from anyone before a resting partial source's
+/// chunks no longer count as held: a busy holder is fine while others send; one that
+/// never serves must not keep the chunks only it holds from the server.
+pub const LATER_UNCOUNT: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Planner {
     /// Starts chunks in an order shuffled with `seed` instead of file order: downloaders
@@ -167,9 +167,9 @@ impl Planner {
             .map(|(p, _)| p)
     }
 
-    /// How many live partial sources hold `chunk` (one that said `Later`
-    /// [`LATERS_UNCOUNTED`] times while nothing verified and rests does not count: what
-    /// only it holds may go to a complete source).
+    /// How many live partial sources hold `chunk` (one that said `Later` when nothing had
+    /// verified for [`LATER_UNCOUNT`] and rests does not count: what only it holds may go
+    /// to a complete source).
     pub fn rarity(&self, chunk: usize) -> u32 {
         self.rarity.get(chunk).copied().unwrap_or(0)
     }
@@ -177,9 +177,10 @@ impl Planner {
     /// Counts `peer`'s holding in the rarity (`on`) or not, as it should be: a partial
     /// source counts while it is live and not resting.
     pub(super) fn recount(&mut self, peer: &PeerId) {
-        let should = self.sources.get(peer).is_some_and(|s| {
-            s.has.is_some() && !s.dropped && !(s.resting && s.quiet >= LATERS_UNCOUNTED)
-        });
+        let should = self
+            .sources
+            .get(peer)
+            .is_some_and(|s| s.has.is_some() && !s.dropped && !(s.resting && s.quiet));
         self.count(peer, should);
     }
 
@@ -249,10 +250,11 @@ impl Planner {
 mod tests {
     use super::super::tests::file;
     use super::super::{FailKind, Planner, PlannerStatus};
-    use super::LATERS_UNCOUNTED;
+    use super::LATER_UNCOUNT;
     use crate::table::tests::pid;
     use lanspread_catalog::CHUNK_SIZE;
     use lanspread_proto::ChunkSet;
+    use std::time::Duration;
 
     const C: u64 = CHUNK_SIZE;
 
@@ -508,21 +510,17 @@ mod tests {
         assert_eq!(a.peer, pid(2));
         assert_eq!(p.poll_assign(), None);
         p.on_failed(a.chunk, &pid(2), FailKind::NotChosen);
-        p.rest(&pid(2));
+        p.rest(&pid(2), Duration::from_secs(1));
         assert_eq!(p.rarity(0) + p.rarity(1), 2, "busy for now: still a holder");
-        for _ in 1..LATERS_UNCOUNTED {
-            p.wake();
-            p.rest(&pid(2));
-        }
+        assert_eq!(p.poll_assign(), None);
+        p.wake();
+        let again = p.poll_assign().unwrap();
+        p.on_failed(again.chunk, &pid(2), FailKind::NotChosen);
+        p.rest(&pid(2), LATER_UNCOUNT);
         assert_eq!(
             p.rarity(0) + p.rarity(1),
             0,
             "it never serves: no longer counted"
-        );
-        assert_eq!(
-            p.rarity(0) + p.rarity(1),
-            0,
-            "a resting holder does not count"
         );
         let b = p.poll_assign().unwrap();
         assert_eq!(b.peer, pid(1), "so the server may send what only it holds");
@@ -537,11 +535,12 @@ mod tests {
     fn a_source_that_only_ever_says_later_is_dropped_in_the_end() {
         let files = [file("g.eti", 2 * C)];
         let mut p = Planner::new(&files, &[pid(1)], 4);
-        for _ in 0..super::super::MAX_STALLS * super::super::LATERS_PER_STALL {
-            assert_eq!(p.status(), PlannerStatus::Running);
-            p.rest(&pid(1));
+        for secs in [1, 100, 299] {
+            p.rest(&pid(1), Duration::from_secs(secs));
             p.wake();
+            assert_eq!(p.status(), PlannerStatus::Running);
         }
+        p.rest(&pid(1), super::super::LATER_DROP);
         assert!(
             matches!(p.status(), PlannerStatus::Failed(_)),
             "{:?}",
@@ -553,12 +552,12 @@ mod tests {
     fn a_resting_server_does_not_hold_the_other_back_and_comes_back_level() {
         let files = [file("g.eti", 8 * C)];
         let mut p = Planner::new(&files, &[pid(1), pid(2)], 1);
-        p.rest(&pid(1));
+        p.rest(&pid(1), Duration::ZERO);
         for _ in 0..3 {
             let a = p.poll_assign().unwrap();
             assert_eq!(a.peer, pid(2));
             p.on_done(a.chunk, &a.peer);
-            p.rest(&pid(1)); // every verified chunk wakes it; it keeps saying later
+            p.rest(&pid(1), Duration::ZERO); // woken by every chunk; it keeps saying later
         }
         p.wake();
         let per = p.per_source();

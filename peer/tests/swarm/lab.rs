@@ -109,6 +109,8 @@ struct Node {
     started: bool,
     done_at: Option<f64>,
     failed: bool,
+    /// Why its download failed.
+    why: String,
     uploaded: f64,
     from_clients: f64,
     dead: bool,
@@ -163,6 +165,7 @@ fn build(lab: &Lab) -> Vec<Node> {
             started: false,
             done_at: None,
             failed: false,
+            why: String::new(),
             uploaded: 0.0,
             from_clients: 0.0,
             dead: false,
@@ -438,7 +441,8 @@ impl Party<'_> {
                     self.nodes[c].done_at = Some(self.now);
                     self.announce(c);
                 }
-                Action::Fail(_) => {
+                Action::Fail(e) => {
+                    self.nodes[c].why = e.to_string();
                     self.nodes[c].failed = true;
                     self.announce(c);
                 }
@@ -583,7 +587,11 @@ impl Party<'_> {
             assert!(c.failed, "a client neither finished nor failed");
             for chunk in (0..=lab.chunks).filter(|&x| !c.have.contains(x)) {
                 let somewhere = self.nodes.iter().any(|o| !o.dead && o.have.contains(chunk));
-                assert!(!somewhere, "a client stopped while chunk {chunk} exists");
+                assert!(
+                    !somewhere,
+                    "a client stopped while chunk {chunk} exists: {}",
+                    c.why
+                );
             }
         }
         let f = lab.file_bytes();
