@@ -82,10 +82,9 @@ pub enum FailKind {
 
 /// Stalls in a row (no verified chunk in between) after which a source is dropped.
 pub const MAX_STALLS: u32 = 3;
-/// A source that answers `Later` when the download has verified nothing from anyone for
-/// this long is dropped (not banned): a peer that only ever says later cannot hold a
-/// download forever, and a busy one in a busy swarm is never that long without anyone
-/// sending something. Time, not a count: rests end on every holdings change, so counts
+/// A partial source that answers `Later` when the download has verified nothing from
+/// anyone for this long is dropped (not banned; it comes back when its holding changes):
+/// a peer that only ever says later cannot hold a download forever. Time, not a count: rests end on every holdings change, so counts
 /// grow with the size of the party (the N = 1,000 simulation dropped its server).
 pub const LATER_DROP: std::time::Duration = std::time::Duration::from_secs(300);
 /// The deepest back-off: a source's window shrinks to 1/2^this of the caps (at least one
@@ -532,12 +531,15 @@ impl Planner {
     /// `peer` answered `Later`: it rests until [`Planner::wake`]. `quiet`: how long the
     /// download has verified nothing from anyone. After `holders::LATER_UNCOUNT` a resting
     /// partial source no longer counts as a holder (the server may send what only it
-    /// holds); after [`LATER_DROP`] the source is dropped.
+    /// holds); after [`LATER_DROP`] a partial source is dropped.
     pub fn rest(&mut self, peer: &PeerId, quiet: std::time::Duration) {
         if let Some(s) = self.sources.get_mut(peer) {
             s.resting = true;
             s.quiet = quiet >= holders::LATER_UNCOUNT;
-            if quiet >= LATER_DROP {
+            // Only a partial source: it comes back when its holding changes. A complete
+            // source (the file server) that is busy for minutes in a party of hundreds is
+            // still the only holder of what the swarm lacks.
+            if quiet >= LATER_DROP && s.has.is_some() {
                 s.dropped = true;
             }
         }
