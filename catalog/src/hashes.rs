@@ -188,6 +188,48 @@ impl HashCache {
             .unwrap_or_else(|p| p.into_inner())
             .contains_key(&(full.to_path_buf(), FileKey::of(meta)))
     }
+
+    /// [`HashCache::knows`], or, when only the file's change time moved since it was
+    /// hashed (same size, mtime, inode and device: a hard link made or removed, a chmod or
+    /// chown), whether its content still hashes to what was given out; then the new
+    /// identity is remembered and `true` returned. Blocking: it may read the whole file.
+    pub fn still_holds(&self, full: &Path, meta: &fs::Metadata) -> bool {
+        if self.knows(full, meta) {
+            return true;
+        }
+        let now = FileKey::of(meta);
+        let same_but_ctime = |k: &FileKey| {
+            FileKey {
+                ctime_ns: now.ctime_ns,
+                ..*k
+            } == now
+        };
+        let given: Vec<Vec<ChunkHash>> = self
+            .mem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|((p, k), _)| p == full && same_but_ctime(k))
+            .map(|(_, c)| c.clone())
+            .collect();
+        if given.is_empty() {
+            return false;
+        }
+        let Ok(fresh) = hash_chunks(full) else {
+            return false;
+        };
+        // The file may have been rewritten while it was read: the identity must not
+        // have moved again.
+        let unmoved = fs::metadata(full).is_ok_and(|m| FileKey::of(&m) == now);
+        if !unmoved || !given.contains(&fresh) {
+            return false;
+        }
+        self.mem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((full.to_path_buf(), now), fresh);
+        true
+    }
 }
 
 fn hex_of(h: &ChunkHash) -> String {
@@ -319,6 +361,7 @@ mod tests {
         let two = <ChunkHash>::from(Sha256::digest(b"two"));
         // A source asked for a range now sees the file is not the one it hashed.
         assert!(!cache.knows(&file, &fs::metadata(&file).unwrap()));
+        assert!(!cache.still_holds(&file, &fs::metadata(&file).unwrap()));
         // From the persisted cache after a restart (a fresh cache), and in memory.
         assert_eq!(
             HashCache::new().manifest(&scan()).unwrap()[0].chunks[0],
@@ -328,5 +371,28 @@ mod tests {
         assert_ne!(m1[0].chunks[0], two);
         // Hashed again: known again.
         assert!(cache.knows(&file, &fs::metadata(&file).unwrap()));
+    }
+
+    #[test]
+    fn a_moved_change_time_alone_is_checked_by_content() {
+        // A hard link made to a served file (a second copy of a game by `cp -l`) moves its
+        // ctime only: the source re-reads it and serves it on, with nothing else moved.
+        let t = tempfile::tempdir().unwrap();
+        let root_dir = t.path().join("cnc4");
+        fs::create_dir_all(&root_dir).unwrap();
+        let file = root_dir.join("a.bin");
+        fs::write(&file, b"one").unwrap();
+        let cache = HashCache::new();
+        cache
+            .manifest(&scan_root(&root_dir, GameId::new("cnc4").unwrap()))
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs::hard_link(&file, t.path().join("link")).unwrap();
+        let meta = fs::metadata(&file).unwrap();
+        assert!(!cache.knows(&file, &meta), "the ctime moved");
+        assert!(cache.still_holds(&file, &meta));
+        assert!(cache.knows(&file, &meta), "the new identity is remembered");
+        // Never hashed by this cache: nothing to compare with.
+        assert!(!HashCache::new().still_holds(&file, &meta));
     }
 }

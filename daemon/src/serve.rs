@@ -498,7 +498,7 @@ enum Check {
 impl Check {
     fn holds(&self, path: &std::path::Path, meta: &std::fs::Metadata) -> bool {
         match self {
-            Check::Unchanged(hashes) => hashes.knows(path, meta),
+            Check::Unchanged(hashes) => hashes.still_holds(path, meta),
             Check::Live(live) => live
                 .as_ref()
                 .is_some_and(|l| l.load(std::sync::atomic::Ordering::SeqCst)),
