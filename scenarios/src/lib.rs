@@ -3,10 +3,12 @@
 //! commands, waits on events with timeouts and compares SHA-256 manifests with a
 //! readable diff. It kills only what it started (on drop as well).
 
+pub mod chart;
 mod manifest;
 mod netns;
 mod node;
 mod privileged;
+pub mod swarm_lab;
 
 pub use manifest::{assert_same_tree, manifest, Manifest};
 pub use netns::NetLab;

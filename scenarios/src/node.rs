@@ -13,9 +13,15 @@ use crate::{wait_for, WAIT};
 
 /// Path of a built binary (`lanspreadd`, `lanspread`) in the target dir of this test.
 pub fn bin(name: &str) -> PathBuf {
-    // The test executable lives in target/<profile>/deps/; binaries in target/<profile>/.
+    // A test executable lives in target/<profile>/deps/, the lab's bench binary beside the
+    // daemon in target/<profile>/.
     let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let parent = exe.parent().expect("target dir");
+    let dir = if parent.ends_with("deps") {
+        parent.parent().expect("target dir")
+    } else {
+        parent
+    };
     let path = dir.join(name);
     assert!(
         path.is_file(),

@@ -22,5 +22,6 @@ mod resume;
 mod robust;
 mod swarm;
 mod swarm_download;
+mod swarm_lab;
 mod trust;
 mod util;

@@ -1,0 +1,55 @@
+//! The swarm lab's small case (issue 21): a server and 4 clients in their own network
+//! namespaces, every link limited with `tc` both ways, the clients told only the server's
+//! address, all downloads started together. It proves correctness, not speed: every
+//! client finishes with the server's tree (checked inside the lab), clients fetched
+//! chunks from each other, the server uploaded less than one copy per client, and the
+//! run's chart is drawn. No duration is asserted; the figures are printed.
+//!
+//! `LANSPREAD_SWARM_LAB=CLIENTS:MIB:MBIT[:STAGGER_MS]` runs another shape; the bench
+//! (`swarm-lab`, `just swarm-lab`) runs the large ones and writes their charts.
+
+use lanspread_proto::CHUNK_SIZE;
+use lanspread_scenarios::swarm_lab::{self, LabShape};
+use lanspread_scenarios::{chart, skip_privileged};
+
+#[test]
+fn swarm_lab_clients_in_namespaces_fetch_from_each_other() {
+    if skip_privileged("swarm_lab_clients_in_namespaces_fetch_from_each_other") {
+        return;
+    }
+    let shape = match std::env::var("LANSPREAD_SWARM_LAB") {
+        Ok(v) => LabShape::parse(&v).unwrap_or_else(|e| panic!("LANSPREAD_SWARM_LAB={e}")),
+        // 8 chunks over 200 Mbit/s links: T_min is about 11 s.
+        Err(_) => LabShape::parse("4:256:200").unwrap(),
+    };
+    let report = swarm_lab::run(shape);
+    eprintln!(
+        "{}",
+        serde_json::to_string_pretty(&report.to_json()).unwrap()
+    );
+    eprintln!("{}", report.row());
+    let from_peers: u64 = report.clients.iter().map(|c| c.from_peers).sum();
+    assert!(
+        from_peers >= CHUNK_SIZE,
+        "no client fetched a chunk from another: {}",
+        report.to_json()
+    );
+    assert!(
+        report.server_copies() < shape.clients as f64,
+        "the server sent {:.2} copies to {} clients",
+        report.server_copies(),
+        shape.clients
+    );
+    // Every client received the whole game, and the curve says so.
+    for c in &report.clients {
+        assert_eq!(
+            c.from_server + c.from_peers,
+            report.game_bytes,
+            "{}",
+            c.name
+        );
+        assert_eq!(c.curve.last().map(|p| p.1), Some(report.game_bytes));
+    }
+    let svg = chart::swarm_svg(&report).unwrap();
+    assert!(svg.contains("<svg") && svg.matches("<polyline").count() > shape.clients);
+}
