@@ -312,6 +312,14 @@ pub(crate) fn env_ms(var: &str, default: std::time::Duration) -> std::time::Dura
         .map_or(default, std::time::Duration::from_millis)
 }
 
+/// A count from the environment (tuning and tests), `default` when unset or not a number.
+pub(crate) fn env_usize(var: &str, default: usize) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

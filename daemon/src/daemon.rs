@@ -239,7 +239,9 @@ fn transfers(identity: &Identity, config: &DaemonConfig) -> Result<Transfers, Da
         writer: Writer::new(),
         serve_slots: tokio::sync::Semaphore::new(crate::serve::CHUNK_STREAMS_TOTAL),
         hashes: Arc::new(lanspread_catalog::HashCache::new()),
-        swarm_uploads: tokio::sync::Semaphore::new(lanspread_peer::SWARM_UPLOADS),
+        upload_turns: std::sync::Mutex::new(lanspread_peer::UploadTurns::new(
+            crate::config::env_usize("LANSPREAD_SWARM_UPLOADS", lanspread_peer::SWARM_UPLOADS),
+        )),
         seeds: Arc::default(),
     })
 }

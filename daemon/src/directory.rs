@@ -267,6 +267,12 @@ impl Directory {
             .partial_holders(game, version, digest, chunks)
     }
 
+    /// How many linked peers download `game` at `version` now (they announce a partial
+    /// copy of it, maybe still empty).
+    pub fn downloaders(&self, game: &GameId, version: Version) -> usize {
+        self.lock().table.downloaders(game, version)
+    }
+
     /// The kept connection of a peer.
     pub fn link(&self, peer: &PeerId) -> Option<Connection> {
         self.lock().links.get(peer).map(|l| l.conn.clone())

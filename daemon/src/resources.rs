@@ -32,9 +32,9 @@ pub struct Transfers {
     pub serve_slots: tokio::sync::Semaphore,
     /// Chunk hashes of served files.
     pub hashes: Arc<HashCache>,
-    /// Swarm requests answered at once (`lanspread_peer::SWARM_UPLOADS`); more are
-    /// answered `Later`.
-    pub swarm_uploads: tokio::sync::Semaphore,
+    /// Swarm answers sent at once, one per downloader, freed turns to who waited
+    /// longest (`lanspread_peer::UploadTurns`); more are answered `Later`.
+    pub upload_turns: std::sync::Mutex<lanspread_peer::UploadTurns>,
     /// What was sent of each game, for offers (swarm).
     pub seeds: Arc<crate::seed::Seeds>,
 }

@@ -47,7 +47,6 @@ pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerI
     let mut requests = 0;
     let slots = Arc::new(ConnSlots {
         chunks: tokio::sync::Semaphore::new(CHUNK_STREAMS_PER_CONNECTION),
-        swarm: tokio::sync::Semaphore::new(SWARM_UPLOADS_PER_CONNECTION),
     });
     loop {
         let (send, recv) = match conn.accept_bi().await {
@@ -120,8 +119,18 @@ async fn handle(
             version,
             ranges,
         } => {
-            let _turn = turn(&slots.chunks, shared).await;
-            let sent = serve_ranges(shared, &mut answer, &game, version, &ranges).await;
+            // Several linked peers download this game: the server of a swarm, whose
+            // answers go out in turns (a downloader that does not know the others yet
+            // asks for many chunks at once; shared by all, none would finish one soon).
+            let sent = if shared.peers.downloaders(&game, version) > 1 {
+                match swarm_turn(slots, shared, remote).await {
+                    Some(_turn) => serve_ranges(shared, &mut answer, &game, version, &ranges).await,
+                    None => answer.later().await,
+                }
+            } else {
+                let _turn = turn(&slots.chunks, shared).await;
+                serve_ranges(shared, &mut answer, &game, version, &ranges).await
+            };
             answer.ended(sent, remote);
         }
         PeerRequest::PartialChunks {
@@ -131,7 +140,7 @@ async fn handle(
             ranges,
         } => {
             let game = (&game, version);
-            let sent = match swarm_turn(slots, shared).await {
+            let sent = match swarm_turn(slots, shared, remote).await {
                 Some(_turn) => serve_partial(shared, &mut answer, game, &digest, &ranges).await,
                 None => answer.later().await,
             };
@@ -142,7 +151,7 @@ async fn handle(
             version,
             ranges,
         } => {
-            let sent = match swarm_turn(slots, shared).await {
+            let sent = match swarm_turn(slots, shared, remote).await {
                 Some(_turn) => serve_offer(shared, &mut answer, (&game, version), &ranges).await,
                 None => answer.later().await,
             };
@@ -174,22 +183,44 @@ async fn turn<'a>(
     (mine, ours)
 }
 
-/// Swarm answers one connection gets at once (a downloader asks a source for one chunk at
-/// a time in a swarm): a peer cannot take every swarm upload slot with one connection.
-const SWARM_UPLOADS_PER_CONNECTION: usize = 1;
-
-/// A connection's answer turns: chunk answers, and swarm answers among them.
+/// A connection's answer turns.
 struct ConnSlots {
     chunks: tokio::sync::Semaphore,
-    swarm: tokio::sync::Semaphore,
 }
 
-/// A swarm request's turn: this connection's swarm slot and one of the daemon's
-/// `SWARM_UPLOADS` at once (`None`: taken, answer `Later`), then the chunk answer's turn.
-async fn swarm_turn<'a>(slots: &'a ConnSlots, shared: &'a Shared) -> Option<impl Sized + 'a> {
-    let mine = slots.swarm.try_acquire().ok()?;
-    let upload = shared.net.swarm_uploads.try_acquire().ok()?;
-    Some((mine, upload, turn(&slots.chunks, shared).await))
+/// An upload turn held while a swarm answer is sent; freed on drop.
+struct UploadTurn<'a> {
+    turns: &'a std::sync::Mutex<lanspread_peer::UploadTurns>,
+    peer: &'a PeerId,
+}
+
+impl Drop for UploadTurn<'_> {
+    fn drop(&mut self) {
+        self.turns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .release(self.peer);
+    }
+}
+
+/// A swarm answer's turn: one of the daemon's upload turns for `remote` (one per
+/// downloader, freed ones to who waited longest; `None`: answer `Later`), then the chunk
+/// answer's turn.
+async fn swarm_turn<'a>(
+    slots: &'a ConnSlots,
+    shared: &'a Shared,
+    remote: &'a PeerId,
+) -> Option<impl Sized + 'a> {
+    let turns = &shared.net.upload_turns;
+    let taken = turns
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take(remote, std::time::Instant::now());
+    let upload = taken.then_some(UploadTurn {
+        turns,
+        peer: remote,
+    })?;
+    Some((upload, turn(&slots.chunks, shared).await))
 }
 
 /// Answers a chunk request: the ranges the gates accept, in order, each as a `Chunk`

@@ -39,8 +39,8 @@ pub use planner::{Assignment, Batch, ChunkSpec, FailKind, Planner, PlannerStatus
 pub use resume::{journal_entry, journal_header, judge_journal, ResumeDecision};
 pub use send_watch::{Blocked, Stalled, Verdict, MIN_PROGRESS, STUCK_WINDOWS};
 pub use swarm::{
-    holding_frames, offered_chunks, HoldingBatcher, SeedChooser, HOLDING_BATCH, HOLDING_DELAY,
-    SWARM_UPLOADS,
+    holding_frames, offered_chunks, HoldingBatcher, SeedChooser, UploadTurns, HOLDING_BATCH,
+    HOLDING_DELAY, SWARM_UPLOADS, TURN_HOLD,
 };
 pub use table::{PartialGame, PeerEntry, PeerTable, RemoteGame, Upsert};
 pub use validate::{check_manifest, Chosen, ManifestVote, MAX_FILES_PER_GAME};

@@ -195,6 +195,15 @@ impl PeerTable {
             .collect()
     }
 
+    /// How many peers hold part of `game` at `version` (any manifest, any chunks: a
+    /// download that verified nothing yet counts).
+    pub fn downloaders(&self, game: &GameId, version: Version) -> usize {
+        self.peers
+            .values()
+            .filter(|e| e.partial.get(game).is_some_and(|p| p.version == version))
+            .count()
+    }
+
     /// Removes a peer.
     pub fn remove(&mut self, id: &PeerId) -> Option<PeerEntry> {
         self.peers.remove(id)

@@ -13,7 +13,8 @@ use crate::PeerId;
 /// 4: partial holdings on the announce stream and `PartialChunks` requests (swarm).
 /// 5: `Offer` requests answered `Chosen` or `Later` (a complete source picks the chunk it
 /// sends); `Later` also when the swarm upload slots are taken.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// 6: `Chunks` may be answered `Later` too (the server of a swarm serves in turns).
+pub const PROTOCOL_VERSION: u32 = 6;
 /// TLS ALPN identifier of a peer link (announce stream, requests).
 pub const ALPN: &[u8] = b"lanspread/1";
 /// TLS ALPN identifier of a data connection: a downloader's extra connection to a source,

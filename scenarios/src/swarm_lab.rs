@@ -145,7 +145,9 @@ impl LabReport {
                 "took_s": c.took.as_secs_f64(),
                 "from_server": c.from_server,
                 "from_peers": c.from_peers,
+                "curve": c.curve,
             })).collect::<Vec<_>>(),
+            "server_rate_mbit": self.server_rate,
         })
     }
 

@@ -271,12 +271,11 @@ async fn receive_all(
     write_frame(&mut send, &request).await.map_err(lost)?;
     let _ = send.finish();
     let mut stall = Stall::new(source);
-    // A swarm request may be answered `Later` (its source is busy); an offer names the
-    // range chosen first.
+    // Any request may be answered `Later` (its source is busy, a swarm's server serves in
+    // turns); an offer names the range chosen first.
     let mut read = None;
     let jobs = match how {
-        How::Ready => jobs,
-        How::Partial(_) => {
+        How::Ready | How::Partial(_) => {
             let head = stall
                 .guard(read_frame::<_, PeerResponse>(&mut recv))
                 .await?;

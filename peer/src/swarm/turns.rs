@@ -1,0 +1,186 @@
+//! Upload turns (sans-IO): a peer serves at most [`SWARM_UPLOADS`] swarm answers at once,
+//! one per downloader, and hands a freed turn to the downloader that has waited longest,
+//! so a late joiner is never beaten to every turn by peers that happen to ask again first.
+//!
+//! A downloader refused (`Later`) joins the queue and keeps its place while it asks again
+//! within [`TURN_HOLD`]; a freed turn is kept for the head of the queue, and others are
+//! refused while queued peers wait for it. A queued peer that does not come back within
+//! [`TURN_HOLD`] (its download ended, it found another source) loses its place.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use lanspread_proto::PeerId;
+
+use super::SWARM_UPLOADS;
+
+/// How long a refused downloader keeps its place in the queue without asking again
+/// (downloaders ask again after `OFFER_REST`, 500 ms).
+pub const TURN_HOLD: Duration = Duration::from_secs(2);
+
+/// Who holds the turns and who waits for one.
+#[derive(Debug)]
+pub struct UploadTurns {
+    slots: usize,
+    /// Holders and how many answers each has (one, or more with `per_peer` above 1).
+    holding: BTreeMap<PeerId, usize>,
+    /// Waiting downloaders, longest first, and when each last asked.
+    queue: VecDeque<(PeerId, Instant)>,
+}
+
+impl Default for UploadTurns {
+    fn default() -> Self {
+        Self::new(SWARM_UPLOADS)
+    }
+}
+
+impl UploadTurns {
+    /// Turns for `slots` answers at once (at least one).
+    pub fn new(slots: usize) -> Self {
+        Self {
+            slots: slots.max(1),
+            holding: BTreeMap::new(),
+            queue: VecDeque::new(),
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.holding.values().sum()
+    }
+
+    /// Asks for a turn for `peer` at `now`: `true` when it may send an answer now (then
+    /// call [`UploadTurns::release`] when the answer ends), `false` (answer `Later`) when
+    /// it holds a turn already, every turn is taken, or downloaders that waited longer
+    /// are owed the free ones; then it keeps or takes its place in the queue.
+    pub fn take(&mut self, peer: &PeerId, now: Instant) -> bool {
+        self.queue
+            .retain(|(_, at)| now.saturating_duration_since(*at) < TURN_HOLD);
+        let free = self.slots.saturating_sub(self.held());
+        let place = self.queue.iter().position(|(p, _)| p == peer);
+        // Free turns go to the queue's head first: `peer` gets one if it is among the
+        // first `free` waiting (or nobody waits and it holds none).
+        let owed = place.unwrap_or(self.queue.len());
+        let mine = self.holding.contains_key(peer);
+        if !mine && owed < free {
+            if let Some(i) = place {
+                self.queue.remove(i);
+            }
+            *self.holding.entry(peer.clone()).or_insert(0) += 1;
+            return true;
+        }
+        match place {
+            Some(i) => self.queue[i].1 = now,
+            None if !mine => self.queue.push_back((peer.clone(), now)),
+            None => {}
+        }
+        false
+    }
+
+    /// An answer `peer` was given a turn for ended.
+    pub fn release(&mut self, peer: &PeerId) {
+        if let Some(n) = self.holding.get_mut(peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.holding.remove(peer);
+            }
+        }
+    }
+
+    /// How many answers are being sent now.
+    pub fn busy(&self) -> usize {
+        self.held()
+    }
+
+    /// How many downloaders wait for a turn.
+    pub fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(n: u8) -> PeerId {
+        PeerId::from_spki(&[n])
+    }
+
+    #[test]
+    fn one_turn_per_downloader_and_no_more_than_the_slots() {
+        let t0 = Instant::now();
+        let mut t = UploadTurns::new(2);
+        assert!(t.take(&p(1), t0));
+        assert!(!t.take(&p(1), t0), "one turn per downloader");
+        assert!(t.take(&p(2), t0));
+        assert!(!t.take(&p(3), t0), "both turns taken");
+        assert_eq!((t.busy(), t.waiting()), (2, 1));
+        t.release(&p(1));
+        assert!(!t.take(&p(1), t0), "p3 waited first");
+        assert!(t.take(&p(3), t0));
+    }
+
+    #[test]
+    fn a_freed_turn_goes_to_who_waited_longest() {
+        let t0 = Instant::now();
+        let mut t = UploadTurns::new(1);
+        assert!(t.take(&p(1), t0));
+        assert!(!t.take(&p(2), t0)); // waits first
+        assert!(!t.take(&p(3), t0 + Duration::from_millis(10)));
+        t.release(&p(1));
+        // p1 and p3 ask again first: the turn is p2's.
+        let at = t0 + Duration::from_millis(400);
+        assert!(!t.take(&p(1), at));
+        assert!(!t.take(&p(3), at));
+        assert!(t.take(&p(2), at + Duration::from_millis(100)));
+        t.release(&p(2));
+        // Next: p3 (queued before p1 came back).
+        assert!(!t.take(&p(1), at + Duration::from_millis(200)));
+        assert!(t.take(&p(3), at + Duration::from_millis(300)));
+    }
+
+    #[test]
+    fn a_waiter_that_does_not_ask_again_loses_its_place() {
+        let t0 = Instant::now();
+        let mut t = UploadTurns::new(1);
+        assert!(t.take(&p(1), t0));
+        assert!(!t.take(&p(2), t0));
+        t.release(&p(1));
+        // p2 went away: after TURN_HOLD the turn is anyone's.
+        assert!(
+            !t.take(&p(3), t0 + Duration::from_millis(100)),
+            "owed to p2"
+        );
+        let later = t0 + TURN_HOLD + Duration::from_millis(1);
+        assert!(t.take(&p(3), later));
+        assert_eq!(t.waiting(), 0);
+    }
+
+    #[test]
+    fn nobody_starves_in_a_rotation() {
+        // 8 downloaders, 2 turns, each answer takes 3 ticks, everyone asks every tick.
+        let t0 = Instant::now();
+        let mut t = UploadTurns::new(2);
+        let mut served = [0u32; 8];
+        let mut ends: Vec<(u32, u8)> = Vec::new();
+        for tick in 0..400u32 {
+            let now = t0 + Duration::from_millis(u64::from(tick) * 100);
+            ends.retain(|&(end, peer)| {
+                if end == tick {
+                    t.release(&p(peer));
+                    false
+                } else {
+                    true
+                }
+            });
+            // Asking order favours low ids: without the queue they would win every time.
+            for peer in 0..8u8 {
+                if t.take(&p(peer), now) {
+                    served[peer as usize] += 1;
+                    ends.push((tick + 3, peer));
+                }
+            }
+        }
+        let (lo, hi) = (served.iter().min().unwrap(), served.iter().max().unwrap());
+        assert!(hi - lo <= 1, "{served:?}");
+    }
+}
