@@ -76,6 +76,9 @@ pub struct ClientRun {
     pub started: Duration,
     /// How long its download took.
     pub took: Duration,
+    /// When its transfer began (`download-begin`: the manifest validated), from the
+    /// run's start.
+    pub began_s: f64,
     /// Bytes it received from the server.
     pub from_server: u64,
     /// Bytes it received from other clients.
@@ -143,6 +146,7 @@ impl LabReport {
                 "name": c.name,
                 "started_s": c.started.as_secs_f64(),
                 "took_s": c.took.as_secs_f64(),
+                "began_s": c.began_s,
                 "from_server": c.from_server,
                 "from_peers": c.from_peers,
                 "curve": c.curve,
@@ -300,6 +304,10 @@ fn client_run(
         name: c.name.clone(),
         started,
         took,
+        began_s: c
+            .events_named("download-begin")
+            .first()
+            .map_or(f64::NAN, secs),
         from_server: 0,
         from_peers: 0,
         curve: vec![(started.as_secs_f64(), 0)],

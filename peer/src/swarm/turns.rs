@@ -16,7 +16,7 @@ use super::SWARM_UPLOADS;
 
 /// How long a refused downloader keeps its place in the queue without asking again
 /// (downloaders ask again after `OFFER_REST`, 500 ms).
-pub const TURN_HOLD: Duration = Duration::from_secs(2);
+pub const TURN_HOLD: Duration = Duration::from_millis(750);
 
 /// Who holds the turns and who waits for one.
 #[derive(Debug)]

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use lanspread_catalog::{FileManifest, GameId, RelPath};
 use lanspread_peer::{
-    Action, BatchId, ChunkResult, Engine, EngineConfig, FailKind, Fetch, SeedChooser, OFFER_CHUNKS,
-    SWARM_UPLOADS,
+    Action, BatchId, ChunkResult, Engine, EngineConfig, FailKind, Fetch, SeedChooser, UploadTurns,
+    OFFER_CHUNKS,
 };
 use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE};
 
@@ -103,6 +103,8 @@ struct Node {
     have: ChunkSet,
     /// The server's choice among offered chunks.
     chooser: SeedChooser,
+    /// Its upload turns (the daemon's: one per downloader, freed ones to who waited).
+    turns: UploadTurns,
     /// Peers it is linked to.
     links: Vec<usize>,
     start: f64,
@@ -160,6 +162,7 @@ fn build(lab: &Lab) -> Vec<Node> {
                 ChunkSet::empty(lab.chunks + 1)
             },
             chooser: SeedChooser::new(lab.chunks + 1),
+            turns: UploadTurns::default(),
             links: Vec::new(),
             start: (i.saturating_sub(1)) as f64 * lab.stagger,
             started: false,
@@ -345,6 +348,8 @@ impl Party<'_> {
             .partition(|f| f.left <= EPS * CHUNK_SIZE as f64);
         self.flows = running;
         for f in finished {
+            let dst = self.nodes[f.dst].id.clone();
+            self.nodes[f.src].turns.release(&dst);
             self.delivered(f);
         }
         self.kills();
@@ -456,9 +461,13 @@ impl Party<'_> {
     fn fetch(&mut self, c: usize, f: Fetch) {
         let s = self.index[&f.peer];
         let answer = |kind: FailKind| vec![Err((kind, String::new())); f.chunks.len()];
-        // The daemon answers swarm requests beyond its upload slots `Later`.
-        let busy = self.flows.iter().filter(|g| g.src == s).count() >= SWARM_UPLOADS
-            && (f.offer || f.partial);
+        // The daemon answers swarm requests (and plain ones to the server of a swarm:
+        // every client downloads here) in upload turns, `Later` when it has none free.
+        let now = self.at();
+        let downloading = (1..self.nodes.len()).filter(|&k| self.active(k)).count();
+        let swarm = f.offer || f.partial || downloading > 1;
+        let dst = self.nodes[c].id.clone();
+        let busy = swarm && !self.nodes[s].dead && !self.nodes[s].turns.take(&dst, now);
         let results: Vec<ChunkResult> = if self.nodes[s].dead {
             answer(FailKind::SourceGone)
         } else if busy {
@@ -474,7 +483,9 @@ impl Party<'_> {
         } else {
             answer(FailKind::SourceGone) // refused: not a verified chunk there
         };
-        let now = self.at();
+        if swarm && !busy {
+            self.nodes[s].turns.release(&dst); // answered at once: the turn ends
+        }
         if let Some(e) = self.nodes[c].engine.as_mut() {
             e.tick(now);
             e.on_fetched(f.id, results, false);
@@ -560,6 +571,8 @@ impl Party<'_> {
             self.flows.drain(..).partition(|f| f.src == k || f.dst == k);
         self.flows = kept;
         for f in cut {
+            let dst = self.nodes[f.dst].id.clone();
+            self.nodes[f.src].turns.release(&dst);
             if f.src == 0 {
                 self.nodes[0].chooser.finished(f.chunk);
             }

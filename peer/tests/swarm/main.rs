@@ -46,7 +46,7 @@ fn sixteen_clients_at_a_lan_party() {
     let copy = r.one_copy_at.expect("a copy") / (lab.file_bytes() / lab.server_up);
     assert!(copy < 1.35, "one copy after {copy:.2} × F/U");
     assert!(r.from_clients_share > 0.9, "{r:?}");
-    // 32 MiB verified chunks: 1.68 × T_min (libtorrent with 4 MiB pieces, real lab:
+    // 32 MiB verified chunks: 1.64 × T_min (libtorrent with 4 MiB pieces, real lab:
     // 1.32-1.53 ×). The bound guards against a policy regression.
     assert!(r.slowest < 1.8 && r.median < 1.8, "{r:?}");
 }
@@ -59,7 +59,10 @@ fn late_joiners_are_served_too() {
     show("N=16 staggered", &r);
     assert_all_finish(&r, 16);
     assert!(r.server_upload_f <= 1.2, "{r:?}");
-    assert!(r.slowest < 1.5, "{r:?}");
+    // 1.67 × (median 1.26 ×) since upload turns: the first client, ahead of the others,
+    // waits its turn at the server like everyone (1.31 × before turns, when N = 256 was
+    // 2.58 ×). The bound guards against a policy regression.
+    assert!(r.slowest < 1.8 && r.median < 1.4, "{r:?}");
 }
 
 #[test]
@@ -69,8 +72,9 @@ fn two_hundred_fifty_six_clients_with_a_link_cap() {
     let r = run(&Lab::party(256));
     show("N=256", &r);
     assert_all_finish(&r, 256);
-    assert!(r.server_upload_f <= 2.1, "{r:?}");
-    assert!(r.slowest < 2.7, "{r:?}");
+    // Upload turns: 1.90 × at 1.59 F (2.58 × at 1.91 F without them).
+    assert!(r.server_upload_f <= 1.8, "{r:?}");
+    assert!(r.slowest < 2.2, "{r:?}");
 }
 
 #[test]
