@@ -58,3 +58,10 @@ install:
 device-pack:
     cargo build --release --bins
     bash bench/device.sh pack
+
+# Issue 21's swarm lab table (as root; minutes per run): N = 4, 8, 16, together and staggered,
+# 1 GiB over 100 Mbit/s links; JSON and SVG charts in bench/results/swarm/. Or give shapes:
+# `just swarm-lab 16:1024:100 8:1024:100:5000`.
+swarm-lab *SHAPES:
+    cargo build --release --bins
+    ./target/release/swarm-lab --out bench/results/swarm {{SHAPES}}

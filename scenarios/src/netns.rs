@@ -2,8 +2,13 @@
 //! unique per process and call; everything is deleted on drop, also when a test fails.
 //! Needs root and iproute2's `ip`.
 
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+use tempfile::TempDir;
+
+use crate::{Node, NodeOptions};
 
 /// A small LAN: one namespace per host plus one holding the bridge.
 pub struct NetLab {
@@ -102,6 +107,32 @@ impl NetLab {
                 ],
             );
         }
+    }
+
+    /// Starts a daemon on host `i` (listening on its address) with `opts`.
+    pub fn node(&self, i: usize, name: &str, games: &Path, opts: &NodeOptions) -> Node {
+        let (ns, addr) = self.host(i);
+        let opts = NodeOptions {
+            listen: Some(format!("{addr}:0")),
+            netns: Some(ns.to_owned()),
+            ..opts.clone()
+        };
+        Node::start_with(name, games, opts)
+    }
+
+    /// A file server on host 0 serving `games` and `n` clients with empty games dirs on
+    /// hosts 1..=n, each told the server's address; every daemon gets `opts`.
+    pub fn star(&self, games: &Path, n: usize, opts: &NodeOptions) -> (Node, Vec<(Node, TempDir)>) {
+        let server = self.node(0, "server", games, opts);
+        let clients = (0..n)
+            .map(|i| {
+                let dir = tempfile::tempdir().expect("client dir");
+                let c = self.node(i + 1, &format!("c{i}"), dir.path(), opts);
+                c.connect(&server);
+                (c, dir)
+            })
+            .collect();
+        (server, clients)
     }
 
     /// Namespace name and address of host `i`.

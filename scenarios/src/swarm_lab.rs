@@ -213,31 +213,12 @@ pub fn run(shape: LabShape) -> LabReport {
     }
     let sdir = tempfile::tempdir().expect("server dir");
     write_game(sdir.path(), shape.mib);
-    let links = (shape.clients + 8).to_string();
-    let host = |i: usize, name: &str, games: &std::path::Path| {
-        Node::start_with(
-            name,
-            games,
-            NodeOptions {
-                listen: Some(format!("{}:0", net.host(i).1)),
-                netns: Some(net.host(i).0.to_owned()),
-                args: vec!["--max-links".into(), links.clone()],
-                ..Default::default()
-            },
-        )
+    let opts = NodeOptions {
+        args: vec!["--max-links".into(), (shape.clients + 8).to_string()],
+        ..Default::default()
     };
-    let server = host(0, "server", sdir.path());
-    let dirs: Vec<_> = (0..shape.clients)
-        .map(|_| tempfile::tempdir().expect("client dir"))
-        .collect();
-    let clients: Vec<Node> = dirs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| host(i + 1, &format!("c{i}"), d.path()))
-        .collect();
-    for c in &clients {
-        c.connect(&server);
-    }
+    let (server, clients) = net.star(sdir.path(), shape.clients, &opts);
+    let (clients, dirs): (Vec<Node>, Vec<_>) = clients.into_iter().unzip();
     // Told only the server's address, the clients link to each other by peer exchange.
     wait_for("clients linked to each other", || {
         clients

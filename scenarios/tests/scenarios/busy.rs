@@ -61,33 +61,15 @@ fn busy_server_on_a_slow_link_serves_every_client_to_the_end() {
         left -= size;
     }
     spec.write(gs.path()).unwrap();
-    let host = |i: usize, name: &str, games: &std::path::Path| {
-        Node::start_with(
-            name,
-            games,
-            NodeOptions {
-                listen: Some(format!("{}:0", net.host(i).1)),
-                netns: Some(net.host(i).0.to_owned()),
-                env: stall_ms
-                    .map(|ms| ("LANSPREAD_STALL_TIMEOUT_MS".into(), ms.to_string()))
-                    .into_iter()
-                    .collect(),
-                ..Default::default()
-            },
-        )
+    let opts = NodeOptions {
+        env: stall_ms
+            .map(|ms| ("LANSPREAD_STALL_TIMEOUT_MS".into(), ms.to_string()))
+            .into_iter()
+            .collect(),
+        ..Default::default()
     };
-    let server = host(0, "server", gs.path());
-    let dirs: Vec<_> = (0..clients_n)
-        .map(|_| tempfile::tempdir().unwrap())
-        .collect();
-    let clients: Vec<Node> = dirs
-        .iter()
-        .enumerate()
-        .map(|(i, d)| host(i + 1, &format!("client{i}"), d.path()))
-        .collect();
-    for c in &clients {
-        c.connect(&server);
-    }
+    let (server, clients) = net.star(gs.path(), clients_n, &opts);
+    let (clients, dirs): (Vec<Node>, Vec<_>) = clients.into_iter().unzip();
     let started = std::time::Instant::now();
     let outs: Vec<_> = std::thread::scope(|s| {
         let hs: Vec<_> = clients
