@@ -83,6 +83,9 @@ struct CacheFile {
 #[derive(Debug, Default)]
 pub struct HashCache {
     mem: Mutex<BTreeMap<(PathBuf, FileKey), Vec<ChunkHash>>>,
+    /// Identities [`HashCache::still_holds`] re-read and found changed: not read again
+    /// for every request (a rewritten 20 GB file is refused at once, not re-hashed).
+    changed: Mutex<std::collections::BTreeSet<(PathBuf, FileKey)>>,
 }
 
 /// Folder of daemon metadata inside a root.
@@ -198,6 +201,11 @@ impl HashCache {
             return true;
         }
         let now = FileKey::of(meta);
+        let key = (full.to_path_buf(), now);
+        let changed = || self.changed.lock().unwrap_or_else(|p| p.into_inner());
+        if changed().contains(&key) {
+            return false;
+        }
         let same_but_ctime = |k: &FileKey| {
             FileKey {
                 ctime_ns: now.ctime_ns,
@@ -222,6 +230,7 @@ impl HashCache {
         // have moved again.
         let unmoved = fs::metadata(full).is_ok_and(|m| FileKey::of(&m) == now);
         if !unmoved || !given.contains(&fresh) {
+            changed().insert(key);
             return false;
         }
         self.mem

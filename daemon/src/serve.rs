@@ -122,10 +122,15 @@ async fn handle(
             // Several linked peers download this game: the server of a swarm, whose
             // answers go out in turns (a downloader that does not know the others yet
             // asks for many chunks at once; shared by all, none would finish one soon).
+            // While nobody else wants a turn the answer is free (a lone downloader is
+            // never held back by peers that only announce a download).
             let sent = if shared.peers.downloaders(&game, version) > 1 {
-                match swarm_turn(slots, shared, remote).await {
-                    Some(_turn) => serve_ranges(shared, &mut answer, &game, version, &ranges).await,
-                    None => answer.later().await,
+                match swarm_turn(slots, shared, remote, Ask::Plain(&ranges)).await {
+                    Turn::Go(_turn) => {
+                        serve_ranges(shared, &mut answer, &game, version, &ranges).await
+                    }
+                    Turn::Later => answer.later().await,
+                    Turn::TooBig(why) => answer.refuse(why).await,
                 }
             } else {
                 let _turn = turn(&slots.chunks, shared).await;
@@ -140,9 +145,10 @@ async fn handle(
             ranges,
         } => {
             let game = (&game, version);
-            let sent = match swarm_turn(slots, shared, remote).await {
-                Some(_turn) => serve_partial(shared, &mut answer, game, &digest, &ranges).await,
-                None => answer.later().await,
+            let sent = match swarm_turn(slots, shared, remote, Ask::Partial(&ranges)).await {
+                Turn::Go(_turn) => serve_partial(shared, &mut answer, game, &digest, &ranges).await,
+                Turn::Later => answer.later().await,
+                Turn::TooBig(why) => answer.refuse(why).await,
             };
             answer.ended(sent, remote);
         }
@@ -151,9 +157,12 @@ async fn handle(
             version,
             ranges,
         } => {
-            let sent = match swarm_turn(slots, shared, remote).await {
-                Some(_turn) => serve_offer(shared, &mut answer, (&game, version), &ranges).await,
-                None => answer.later().await,
+            let sent = match swarm_turn(slots, shared, remote, Ask::Offer).await {
+                Turn::Go(_turn) => {
+                    serve_offer(shared, &mut answer, (&game, version), &ranges).await
+                }
+                Turn::Later => answer.later().await,
+                Turn::TooBig(why) => answer.refuse(why).await,
             };
             answer.ended(sent, remote);
         }
@@ -203,24 +212,64 @@ impl Drop for UploadTurn<'_> {
     }
 }
 
+/// What a swarm request's turn came to.
+enum Turn<T> {
+    /// Answer now, holding this (the upload turn and the chunk answer's turn).
+    Go(T),
+    /// Answer `Later`.
+    Later,
+    /// Refuse: the request asks for more than one chunk's bytes.
+    TooBig(String),
+}
+
+/// What a swarm request asks for.
+enum Ask<'r> {
+    /// `Chunks` at the server of a swarm: free while nobody else wants a turn.
+    Plain(&'r [ChunkRange]),
+    /// `PartialChunks`.
+    Partial(&'r [ChunkRange]),
+    /// `Offer`: many chunks offered, one sent.
+    Offer,
+}
+
 /// A swarm answer's turn: one of the daemon's upload turns for `remote` (one per
-/// downloader, freed ones to who waited longest; `None`: answer `Later`), then the chunk
-/// answer's turn.
+/// downloader, freed ones to who waited longest), then the chunk answer's turn. A turn
+/// sends at most one chunk's bytes: more would let one peer hold a turn for gigabytes.
 async fn swarm_turn<'a>(
     slots: &'a ConnSlots,
     shared: &'a Shared,
     remote: &'a PeerId,
-) -> Option<impl Sized + 'a> {
+    ask: Ask<'_>,
+) -> Turn<impl Sized + 'a> {
     let turns = &shared.net.upload_turns;
-    let taken = turns
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .take(remote, std::time::Instant::now());
-    let upload = taken.then_some(UploadTurn {
+    let now = Instant::now();
+    let (taken, ranges) = {
+        let mut t = turns.lock().unwrap_or_else(|p| p.into_inner());
+        match ask {
+            Ask::Plain(r) => match t.take_plain(remote, now) {
+                lanspread_peer::Plain::Free => (true, &[][..]),
+                lanspread_peer::Plain::Turn => (true, r),
+                lanspread_peer::Plain::Later => (false, r),
+            },
+            Ask::Partial(r) => (t.take(remote, now), r),
+            Ask::Offer => (t.take(remote, now), &[][..]),
+        }
+    };
+    if !taken {
+        return Turn::Later;
+    }
+    let upload = UploadTurn {
         turns,
         peer: remote,
-    })?;
-    Some((upload, turn(&slots.chunks, shared).await))
+    };
+    let bytes: u64 = ranges.iter().map(|r| r.len).sum();
+    if bytes > lanspread_proto::CHUNK_SIZE {
+        return Turn::TooBig(format!(
+            "a swarm request asks for at most one chunk ({} bytes), not {bytes}",
+            lanspread_proto::CHUNK_SIZE
+        ));
+    }
+    Turn::Go((upload, turn(&slots.chunks, shared).await))
 }
 
 /// Answers a chunk request: the ranges the gates accept, in order, each as a `Chunk`

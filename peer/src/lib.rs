@@ -39,7 +39,7 @@ pub use planner::{Assignment, Batch, ChunkSpec, FailKind, Planner, PlannerStatus
 pub use resume::{journal_entry, journal_header, judge_journal, ResumeDecision};
 pub use send_watch::{Blocked, Stalled, Verdict, MIN_PROGRESS, STUCK_WINDOWS};
 pub use swarm::{
-    holding_frames, offered_chunks, HoldingBatcher, SeedChooser, UploadTurns, HOLDING_BATCH,
+    holding_frames, offered_chunks, HoldingBatcher, Plain, SeedChooser, UploadTurns, HOLDING_BATCH,
     HOLDING_DELAY, SWARM_UPLOADS, TURN_HOLD,
 };
 pub use table::{PartialGame, PeerEntry, PeerTable, RemoteGame, Upsert};

@@ -121,7 +121,11 @@ impl LabReport {
     /// The median client's time over `T_min`.
     pub fn median_ratio(&self) -> f64 {
         let r = self.ratios();
-        r.get(r.len() / 2).copied().unwrap_or(0.0)
+        match r.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => r[n / 2],
+            n => (r[n / 2 - 1] + r[n / 2]) / 2.0,
+        }
     }
 
     /// What the server uploaded, in copies of the game.

@@ -12,7 +12,7 @@ mod turns;
 
 pub use announce::{holding_frames, HoldingBatcher, HOLDING_BATCH, HOLDING_DELAY};
 pub use seed::{offered_chunks, SeedChooser};
-pub use turns::{UploadTurns, TURN_HOLD};
+pub use turns::{Plain, UploadTurns, TURN_HOLD};
 
 /// Swarm requests (`PartialChunks`, `Offer`) a peer answers at once; more are answered
 /// `Later` and the downloader asks elsewhere, or again after a rest. Few uploads at a

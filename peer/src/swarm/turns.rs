@@ -18,6 +18,17 @@ use super::SWARM_UPLOADS;
 /// (downloaders ask again after `OFFER_REST`, 500 ms).
 pub const TURN_HOLD: Duration = Duration::from_millis(750);
 
+/// How a plain chunk request at the server of a swarm is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plain {
+    /// Nobody else wants a turn: served at once (release it like a turn).
+    Free,
+    /// Served in a turn (release it when the answer ends).
+    Turn,
+    /// `Later`: every turn taken or owed to who waited longer.
+    Later,
+}
+
 /// Who holds the turns and who waits for one.
 #[derive(Debug)]
 pub struct UploadTurns {
@@ -57,9 +68,14 @@ impl UploadTurns {
             .retain(|(_, at)| now.saturating_duration_since(*at) < TURN_HOLD);
         let free = self.slots.saturating_sub(self.held());
         let place = self.queue.iter().position(|(p, _)| p == peer);
-        // Free turns go to the queue's head first: `peer` gets one if it is among the
-        // first `free` waiting (or nobody waits and it holds none).
-        let owed = place.unwrap_or(self.queue.len());
+        // Free turns go to the queue's head first: `peer` gets one if fewer than `free`
+        // waiting peers that could take one (they hold none now) are ahead of it.
+        let owed = self
+            .queue
+            .iter()
+            .take(place.unwrap_or(self.queue.len()))
+            .filter(|(p, _)| !self.holding.contains_key(p))
+            .count();
         let mine = self.holding.contains_key(peer);
         if !mine && owed < free {
             if let Some(i) = place {
@@ -68,12 +84,38 @@ impl UploadTurns {
             *self.holding.entry(peer.clone()).or_insert(0) += 1;
             return true;
         }
+        // A peer asking while it still holds a turn (its next request raced the end of
+        // its last answer) queues too: it is served in order, not after a rest.
         match place {
             Some(i) => self.queue[i].1 = now,
-            None if !mine => self.queue.push_back((peer.clone(), now)),
-            None => {}
+            None => self.queue.push_back((peer.clone(), now)),
         }
         false
+    }
+
+    /// A plain chunk request's turn at the server of a swarm (several peers download the
+    /// game): while nobody else holds or waits for a turn it is served at once, up to as
+    /// many answers as there are turns (`Free`, counted as held, so a second downloader
+    /// sees the first one's answers as taken turns); otherwise as [`UploadTurns::take`].
+    /// A lone downloader is not held to one answer at a time by peers that only announce
+    /// a download.
+    pub fn take_plain(&mut self, peer: &PeerId, now: Instant) -> Plain {
+        self.queue
+            .retain(|(_, at)| now.saturating_duration_since(*at) < TURN_HOLD);
+        let others =
+            self.holding.keys().any(|p| p != peer) || self.queue.iter().any(|(p, _)| p != peer);
+        if !others && self.held() < self.slots {
+            *self.holding.entry(peer.clone()).or_insert(0) += 1;
+            return Plain::Free;
+        }
+        if !others {
+            return Plain::Later; // as many answers at once as there are turns
+        }
+        if self.take(peer, now) {
+            Plain::Turn
+        } else {
+            Plain::Later
+        }
     }
 
     /// An answer `peer` was given a turn for ended.
@@ -113,9 +155,12 @@ mod tests {
         assert!(!t.take(&p(1), t0), "one turn per downloader");
         assert!(t.take(&p(2), t0));
         assert!(!t.take(&p(3), t0), "both turns taken");
-        assert_eq!((t.busy(), t.waiting()), (2, 1));
+        // p1 asked again while it held its turn: it waits in line too, before p3.
+        assert_eq!((t.busy(), t.waiting()), (2, 2));
         t.release(&p(1));
-        assert!(!t.take(&p(1), t0), "p3 waited first");
+        assert!(!t.take(&p(3), t0), "p1 asked first");
+        assert!(t.take(&p(1), t0));
+        t.release(&p(2));
         assert!(t.take(&p(3), t0));
     }
 
@@ -136,6 +181,28 @@ mod tests {
         // Next: p3 (queued before p1 came back).
         assert!(!t.take(&p(1), at + Duration::from_millis(200)));
         assert!(t.take(&p(3), at + Duration::from_millis(300)));
+    }
+
+    #[test]
+    fn plain_requests_are_free_until_someone_else_wants_a_turn() {
+        let t0 = Instant::now();
+        let mut t = UploadTurns::new(2);
+        // A lone downloader: as many answers at once as there are turns, whoever else
+        // announces a download.
+        for _ in 0..2 {
+            assert_eq!(t.take_plain(&p(1), t0), Plain::Free);
+        }
+        assert_eq!(t.take_plain(&p(1), t0), Plain::Later);
+        assert_eq!((t.busy(), t.waiting()), (2, 0));
+        // A second downloader finds the turns taken by the first one's answers and
+        // waits; so do the first one's further requests.
+        assert_eq!(t.take_plain(&p(2), t0), Plain::Later);
+        assert_eq!(t.take_plain(&p(1), t0), Plain::Later);
+        t.release(&p(1));
+        assert_eq!(t.take_plain(&p(1), t0), Plain::Later, "p2 waited first");
+        assert_eq!(t.take_plain(&p(2), t0), Plain::Turn);
+        t.release(&p(1));
+        assert_eq!(t.take_plain(&p(1), t0), Plain::Turn);
     }
 
     #[test]

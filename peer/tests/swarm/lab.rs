@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use lanspread_catalog::{FileManifest, GameId, RelPath};
 use lanspread_peer::{
-    Action, BatchId, ChunkResult, Engine, EngineConfig, FailKind, Fetch, SeedChooser, UploadTurns,
-    OFFER_CHUNKS,
+    Action, BatchId, ChunkResult, Engine, EngineConfig, FailKind, Fetch, Plain, SeedChooser,
+    UploadTurns, OFFER_CHUNKS,
 };
 use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE};
 
@@ -91,6 +91,8 @@ struct Flow {
     /// The batch it answers, and its chunks (an offer's others come back not chosen).
     batch: BatchId,
     asked: Vec<usize>,
+    /// It holds an upload turn of its source (released when it ends).
+    turn: bool,
 }
 
 struct Node {
@@ -348,8 +350,10 @@ impl Party<'_> {
             .partition(|f| f.left <= EPS * CHUNK_SIZE as f64);
         self.flows = running;
         for f in finished {
-            let dst = self.nodes[f.dst].id.clone();
-            self.nodes[f.src].turns.release(&dst);
+            if f.turn {
+                let dst = self.nodes[f.dst].id.clone();
+                self.nodes[f.src].turns.release(&dst);
+            }
             self.delivered(f);
         }
         self.kills();
@@ -465,25 +469,36 @@ impl Party<'_> {
         // every client downloads here) in upload turns, `Later` when it has none free.
         let now = self.at();
         let downloading = (1..self.nodes.len()).filter(|&k| self.active(k)).count();
-        let swarm = f.offer || f.partial || downloading > 1;
         let dst = self.nodes[c].id.clone();
-        let busy = swarm && !self.nodes[s].dead && !self.nodes[s].turns.take(&dst, now);
-        let results: Vec<ChunkResult> = if self.nodes[s].dead {
-            answer(FailKind::SourceGone)
-        } else if busy {
-            answer(FailKind::NotChosen)
-        } else if f.offer {
-            match self.nodes[s].chooser.choose(&f.chunks) {
-                Some(chunk) => return self.flow(s, c, chunk, f),
-                None => answer(FailKind::NotChosen),
+        let dead = self.nodes[s].dead;
+        let turns = &mut self.nodes[s].turns;
+        // Some(true): a turn taken; None: `Later`.
+        let turn = if dead {
+            Some(false)
+        } else if f.offer || f.partial {
+            turns.take(&dst, now).then_some(true)
+        } else if downloading > 1 {
+            match turns.take_plain(&dst, now) {
+                Plain::Free | Plain::Turn => Some(true),
+                Plain::Later => None,
             }
-        } else if f.chunks.iter().all(|&k| self.nodes[s].have.contains(k)) {
-            assert_eq!(f.chunks.len(), 1, "big chunks go alone");
-            return self.flow(s, c, f.chunks[0], f);
         } else {
-            answer(FailKind::SourceGone) // refused: not a verified chunk there
+            Some(false)
         };
-        if swarm && !busy {
+        let results: Vec<ChunkResult> = match turn {
+            _ if self.nodes[s].dead => answer(FailKind::SourceGone),
+            None => answer(FailKind::NotChosen),
+            Some(turn) if f.offer => match self.nodes[s].chooser.choose(&f.chunks) {
+                Some(chunk) => return self.flow(s, c, chunk, f, turn),
+                None => answer(FailKind::NotChosen),
+            },
+            Some(turn) if f.chunks.iter().all(|&k| self.nodes[s].have.contains(k)) => {
+                assert_eq!(f.chunks.len(), 1, "big chunks go alone");
+                return self.flow(s, c, f.chunks[0], f, turn);
+            }
+            Some(_) => answer(FailKind::SourceGone), // refused: not a verified chunk there
+        };
+        if turn == Some(true) {
             self.nodes[s].turns.release(&dst); // answered at once: the turn ends
         }
         if let Some(e) = self.nodes[c].engine.as_mut() {
@@ -492,7 +507,7 @@ impl Party<'_> {
         }
     }
 
-    fn flow(&mut self, src: usize, dst: usize, chunk: usize, f: Fetch) {
+    fn flow(&mut self, src: usize, dst: usize, chunk: usize, f: Fetch, turn: bool) {
         let len = self.nodes[dst]
             .engine
             .as_ref()
@@ -506,6 +521,7 @@ impl Party<'_> {
             rate: 0.0,
             batch: f.id,
             asked: f.chunks,
+            turn,
         });
     }
 
@@ -571,8 +587,10 @@ impl Party<'_> {
             self.flows.drain(..).partition(|f| f.src == k || f.dst == k);
         self.flows = kept;
         for f in cut {
-            let dst = self.nodes[f.dst].id.clone();
-            self.nodes[f.src].turns.release(&dst);
+            if f.turn {
+                let dst = self.nodes[f.dst].id.clone();
+                self.nodes[f.src].turns.release(&dst);
+            }
             if f.src == 0 {
                 self.nodes[0].chooser.finished(f.chunk);
             }

@@ -59,7 +59,7 @@ fn late_joiners_are_served_too() {
     show("N=16 staggered", &r);
     assert_all_finish(&r, 16);
     assert!(r.server_upload_f <= 1.2, "{r:?}");
-    // 1.67 × (median 1.26 ×) since upload turns: the first client, ahead of the others,
+    // 1.64 × (median 1.27 ×) since upload turns: the first client, ahead of the others,
     // waits its turn at the server like everyone (1.31 × before turns, when N = 256 was
     // 2.58 ×). The bound guards against a policy regression.
     assert!(r.slowest < 1.8 && r.median < 1.4, "{r:?}");
@@ -72,7 +72,8 @@ fn two_hundred_fifty_six_clients_with_a_link_cap() {
     let r = run(&Lab::party(256));
     show("N=256", &r);
     assert_all_finish(&r, 256);
-    // Upload turns: 1.90 × at 1.59 F (2.58 × at 1.91 F without them).
+    // Upload turns: 2.13 × at 1.69 F (2.58 × at 1.91 F without them; 1.90 × at 1.59 F
+    // when a lone downloader was held to one answer at a time, see `take_plain`).
     assert!(r.server_upload_f <= 1.8, "{r:?}");
     assert!(r.slowest < 2.2, "{r:?}");
 }

@@ -34,8 +34,9 @@ fn swarm_lab_clients_in_namespaces_fetch_from_each_other() {
         "no client fetched a chunk from another: {}",
         report.to_json()
     );
+    // Without the swarm the server sends N copies; measured 1.4-1.6 for 4 clients.
     assert!(
-        report.server_copies() < shape.clients as f64,
+        report.server_copies() < 0.6 * shape.clients as f64,
         "the server sent {:.2} copies to {} clients",
         report.server_copies(),
         shape.clients
