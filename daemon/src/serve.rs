@@ -126,11 +126,8 @@ async fn handle(
             // never held back by peers that only announce a download).
             let sent = if shared.peers.downloaders(&game, version) > 1 {
                 match swarm_turn(slots, shared, remote, Ask::Plain(&ranges)).await {
-                    Turn::Go(_turn) => {
-                        serve_ranges(shared, &mut answer, &game, version, &ranges).await
-                    }
-                    Turn::Later => answer.later().await,
-                    Turn::TooBig(why) => answer.refuse(why).await,
+                    Ok(_turn) => serve_ranges(shared, &mut answer, &game, version, &ranges).await,
+                    Err(away) => answer.away(away).await,
                 }
             } else {
                 let _turn = turn(&slots.chunks, shared).await;
@@ -146,9 +143,8 @@ async fn handle(
         } => {
             let game = (&game, version);
             let sent = match swarm_turn(slots, shared, remote, Ask::Partial(&ranges)).await {
-                Turn::Go(_turn) => serve_partial(shared, &mut answer, game, &digest, &ranges).await,
-                Turn::Later => answer.later().await,
-                Turn::TooBig(why) => answer.refuse(why).await,
+                Ok(_turn) => serve_partial(shared, &mut answer, game, &digest, &ranges).await,
+                Err(away) => answer.away(away).await,
             };
             answer.ended(sent, remote);
         }
@@ -158,11 +154,8 @@ async fn handle(
             ranges,
         } => {
             let sent = match swarm_turn(slots, shared, remote, Ask::Offer).await {
-                Turn::Go(_turn) => {
-                    serve_offer(shared, &mut answer, (&game, version), &ranges).await
-                }
-                Turn::Later => answer.later().await,
-                Turn::TooBig(why) => answer.refuse(why).await,
+                Ok(_turn) => serve_offer(shared, &mut answer, (&game, version), &ranges).await,
+                Err(away) => answer.away(away).await,
             };
             answer.ended(sent, remote);
         }
@@ -212,13 +205,11 @@ impl Drop for UploadTurn<'_> {
     }
 }
 
-/// What a swarm request's turn came to.
-enum Turn<T> {
-    /// Answer now, holding this (the upload turn and the chunk answer's turn).
-    Go(T),
-    /// Answer `Later`.
+/// Why a swarm request gets no turn.
+enum Away {
+    /// Every turn taken or owed to who waited longer: answer `Later`.
     Later,
-    /// Refuse: the request asks for more than one chunk's bytes.
+    /// The request asks for more than one chunk's bytes: refuse it.
     TooBig(String),
 }
 
@@ -240,7 +231,7 @@ async fn swarm_turn<'a>(
     shared: &'a Shared,
     remote: &'a PeerId,
     ask: Ask<'_>,
-) -> Turn<impl Sized + 'a> {
+) -> Result<impl Sized + 'a, Away> {
     let turns = &shared.net.upload_turns;
     let now = Instant::now();
     let (taken, ranges) = {
@@ -256,7 +247,7 @@ async fn swarm_turn<'a>(
         }
     };
     if !taken {
-        return Turn::Later;
+        return Err(Away::Later);
     }
     let upload = UploadTurn {
         turns,
@@ -264,12 +255,12 @@ async fn swarm_turn<'a>(
     };
     let bytes: u64 = ranges.iter().map(|r| r.len).sum();
     if bytes > lanspread_proto::CHUNK_SIZE {
-        return Turn::TooBig(format!(
+        return Err(Away::TooBig(format!(
             "a swarm request asks for at most one chunk ({} bytes), not {bytes}",
             lanspread_proto::CHUNK_SIZE
-        ));
+        )));
     }
-    Turn::Go((upload, turn(&slots.chunks, shared).await))
+    Ok((upload, turn(&slots.chunks, shared).await))
 }
 
 /// Answers a chunk request: the ranges the gates accept, in order, each as a `Chunk`
@@ -437,6 +428,14 @@ impl Answer<'_> {
     async fn later(&mut self) -> Result<(), SendFailed> {
         self.frame(&PeerResponse::Later).await?;
         self.finish().await
+    }
+
+    /// Answers a swarm request that got no turn: `Later`, or `Refused` with why.
+    async fn away(&mut self, away: Away) -> Result<(), SendFailed> {
+        match away {
+            Away::Later => self.later().await,
+            Away::TooBig(why) => self.refuse(why).await,
+        }
     }
 
     /// Answers `Refused` and ends the answer.

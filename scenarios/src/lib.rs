@@ -10,7 +10,7 @@ mod node;
 mod privileged;
 pub mod swarm_lab;
 
-pub use manifest::{assert_same_tree, manifest, Manifest};
+pub use manifest::{assert_matches_manifest, assert_same_tree, manifest, Manifest};
 pub use netns::NetLab;
 pub use node::{bin, lab, linked_copy, CliOutput, Node, NodeOptions};
 pub use privileged::{skip_privileged, Tmpfs};

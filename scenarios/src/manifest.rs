@@ -61,12 +61,18 @@ fn sha256_file(path: &Path) -> String {
 
 /// Fails with a per-file diff when two roots differ.
 pub fn assert_same_tree(expected: &Path, actual: &Path) {
-    let (e, a) = (manifest(expected), manifest(actual));
-    if e == a {
+    assert_matches_manifest(&manifest(expected), expected, actual);
+}
+
+/// [`assert_same_tree`] against the already computed manifest `e` of `expected` (many
+/// copies checked against one root hash it once).
+pub fn assert_matches_manifest(e: &Manifest, expected: &Path, actual: &Path) {
+    let a = manifest(actual);
+    if *e == a {
         return;
     }
     let mut diff = String::new();
-    for (p, v) in &e {
+    for (p, v) in e {
         match a.get(p) {
             None => diff.push_str(&format!("  missing  {p}\n")),
             Some(w) if w != v => diff.push_str(&format!(

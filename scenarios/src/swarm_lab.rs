@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use lanspread_fixtures::{Content, GameSpec};
 use serde_json::{json, Value};
 
-use crate::{assert_same_tree, wait_for, NetLab, Node, NodeOptions};
+use crate::{assert_matches_manifest, wait_for, NetLab, Node, NodeOptions};
 
 /// The game every lab run distributes.
 pub const GAME: &str = "cod5";
@@ -250,8 +250,10 @@ pub fn run(shape: LabShape) -> LabReport {
             .map(|h| h.join().expect("a client's thread"))
             .collect()
     });
+    let root = sdir.path().join(GAME);
+    let want = crate::manifest(&root);
     for d in &dirs {
-        assert_same_tree(&sdir.path().join(GAME), &d.path().join(GAME));
+        assert_matches_manifest(&want, &root, &d.path().join(GAME));
     }
     let mut served: Vec<(f64, f64, u64)> = Vec::new();
     let runs = clients
@@ -263,10 +265,7 @@ pub fn run(shape: LabShape) -> LabReport {
             run
         })
         .collect();
-    let game_bytes = crate::manifest(&sdir.path().join(GAME))
-        .values()
-        .map(|f| f.0)
-        .sum();
+    let game_bytes = want.values().map(|f| f.0).sum();
     LabReport {
         shape,
         game_bytes,
