@@ -24,6 +24,9 @@ pub enum CatalogError {
         #[source]
         source: std::io::Error,
     },
+    /// Hashing was stopped by its caller (the daemon is shutting down).
+    #[error("hashing stopped")]
+    Stopped,
 }
 
 impl CatalogError {

@@ -13,10 +13,20 @@ use sha2::{Digest, Sha256};
 
 use lanspread_proto::{chunk_count, ChunkHash, FileManifest, CHUNK_SIZE};
 
+use crate::inflight::{Claims, HashProgress, RootProgress};
 use crate::{CatalogError, FileDescriptor, GameRoot, RelPath};
 
 /// Hashes every chunk of a file.
 pub fn hash_chunks(path: &Path) -> Result<Vec<ChunkHash>, CatalogError> {
+    hash_chunks_with(path, &mut |_| true)
+}
+
+/// [`hash_chunks`], telling `read` every piece's length as it is read; it returns `false`
+/// to stop ([`CatalogError::Stopped`]).
+pub fn hash_chunks_with(
+    path: &Path,
+    read: &mut dyn FnMut(u64) -> bool,
+) -> Result<Vec<ChunkHash>, CatalogError> {
     let mut f = File::open(path).map_err(|e| CatalogError::io(path, e))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut out = Vec::new();
@@ -37,6 +47,9 @@ pub fn hash_chunks(path: &Path) -> Result<Vec<ChunkHash>, CatalogError> {
         if in_chunk == CHUNK_SIZE {
             out.push(h.finalize_reset().into());
             in_chunk = 0;
+        }
+        if !read(n as u64) {
+            return Err(CatalogError::Stopped);
         }
     }
     if in_chunk > 0 {
@@ -86,6 +99,10 @@ pub struct HashCache {
     /// Identities [`HashCache::still_holds`] re-read and found changed: not read again
     /// for every request (a rewritten 20 GB file is refused at once, not re-hashed).
     changed: Mutex<std::collections::BTreeSet<(PathBuf, FileKey)>>,
+    /// Files being hashed now.
+    claims: Claims,
+    /// How far the roots being hashed now are.
+    progress: RootProgress,
 }
 
 /// Folder of daemon metadata inside a root.
@@ -101,47 +118,89 @@ impl HashCache {
     /// The manifest of a root: every file with its chunk hashes, hashing only files whose
     /// identity is not cached yet. Blocking; call from a blocking thread.
     pub fn manifest(&self, root: &GameRoot) -> Result<Vec<FileManifest>, CatalogError> {
+        Ok(self.manifest_with(root, &|| true)?.files)
+    }
+
+    /// [`HashCache::manifest`], stopping with [`CatalogError::Stopped`] once `go_on`
+    /// says no (checked every MiB read). A file someone else hashes now (the background
+    /// indexer and a request, two requests) is not hashed twice: it is left for last and
+    /// waited for. While it runs, [`HashCache::progress`] tells how far the root is.
+    pub fn manifest_with(
+        &self,
+        root: &GameRoot,
+        go_on: &dyn Fn() -> bool,
+    ) -> Result<Indexed, CatalogError> {
         let mut persisted = load_cache(&root.dir);
-        let mut dirty = false;
-        let mut out = Vec::with_capacity(root.files.len());
-        for FileDescriptor { path, size, mode } in &root.files {
+        let mut known = Vec::with_capacity(root.files.len());
+        let mut todo = 0u64;
+        for FileDescriptor { path, .. } in &root.files {
             let full = path.to_path(&root.dir);
             let meta = fs::metadata(&full).map_err(|e| CatalogError::io(&full, e))?;
             let key = FileKey::of(&meta);
-            let mem_key = (full.clone(), key);
-            let cached = self
-                .mem
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&mem_key)
-                .cloned();
-            let chunks = match cached.or_else(|| from_persisted(&persisted, path, key)) {
-                Some(c) => c,
-                None => {
-                    let c = hash_chunks(&full)?;
-                    persisted.entries.insert(
-                        path.as_str().to_owned(),
-                        (key, c.iter().map(hex_of).collect()),
-                    );
-                    dirty = true;
-                    c
+            let chunks = self.cached(&full, key, &persisted, path);
+            if chunks.is_none() {
+                todo += meta.size();
+            }
+            known.push((full, meta, key, chunks));
+        }
+        let _watching = self.progress.begin(&root.dir, root.size(), todo);
+        let mut hashed = 0u64;
+        let mut hash = |full: &Path| {
+            hash_chunks_with(full, &mut |n| {
+                self.progress.add(&root.dir, n);
+                hashed += n;
+                go_on()
+            })
+        };
+        // Files nobody hashes now first, then the ones someone else was hashing.
+        let mut later = Vec::new();
+        for (i, (full, _, key, chunks)) in known.iter_mut().enumerate() {
+            if chunks.is_some() {
+                continue;
+            }
+            match self.claims.try_claim(full) {
+                // Someone may have hashed it since the first look.
+                Some(_claim) => match self.in_memory(full, *key) {
+                    Some(c) => *chunks = Some(c),
+                    None => *chunks = Some(self.remember(full, *key, hash(full)?)),
+                },
+                None => later.push(i),
+            }
+        }
+        for i in later {
+            let (full, _, key, chunks) = &mut known[i];
+            while chunks.is_none() {
+                self.claims.wait_free(full);
+                if let Some(c) = self.in_memory(full, *key) {
+                    *chunks = Some(c);
+                } else if let Some(_claim) = self.claims.try_claim(full) {
+                    // The other one stopped or failed: hash it here.
+                    *chunks = Some(self.remember(full, *key, hash(full)?));
                 }
-            };
-            self.mem
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(mem_key, chunks.clone());
-            if chunks.len() as u64 != chunk_count(meta.size()) || meta.size() != *size {
+            }
+        }
+        let mut dirty = false;
+        let mut files = Vec::with_capacity(root.files.len());
+        for (f, (full, meta, key, chunks)) in root.files.iter().zip(known) {
+            let chunks = chunks.unwrap_or_default();
+            if chunks.len() as u64 != chunk_count(meta.size()) || meta.size() != f.size {
                 // The file changed between the scan and now; the caller rescans.
                 return Err(CatalogError::io(
                     &full,
                     std::io::Error::other("file changed while hashing"),
                 ));
             }
-            out.push(FileManifest {
-                path: path.clone(),
-                size: *size,
-                mode: *mode,
+            if from_persisted(&persisted, &f.path, key).is_none() {
+                persisted.entries.insert(
+                    f.path.as_str().to_owned(),
+                    (key, chunks.iter().map(hex_of).collect()),
+                );
+                dirty = true;
+            }
+            files.push(FileManifest {
+                path: f.path.clone(),
+                size: f.size,
+                mode: f.mode,
                 chunks,
             });
         }
@@ -151,8 +210,54 @@ impl HashCache {
                 .retain(|p, _| root.files.iter().any(|f| f.path.as_str() == p));
             store_cache(&root.dir, &persisted);
         }
-        Ok(out)
+        Ok(Indexed { files, hashed })
     }
+
+    /// How far the hashing of the root in `dir` is, while a manifest of it is being built.
+    pub fn progress(&self, dir: &Path) -> Option<HashProgress> {
+        self.progress.get(dir)
+    }
+
+    fn in_memory(&self, full: &Path, key: FileKey) -> Option<Vec<ChunkHash>> {
+        self.mem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(full.to_path_buf(), key))
+            .cloned()
+    }
+
+    /// The hashes of a file in memory or in the persisted cache (then kept in memory).
+    fn cached(
+        &self,
+        full: &Path,
+        key: FileKey,
+        persisted: &CacheFile,
+        path: &RelPath,
+    ) -> Option<Vec<ChunkHash>> {
+        if let Some(c) = self.in_memory(full, key) {
+            return Some(c);
+        }
+        let c = from_persisted(persisted, path, key)?;
+        Some(self.remember(full, key, c))
+    }
+
+    fn remember(&self, full: &Path, key: FileKey, chunks: Vec<ChunkHash>) -> Vec<ChunkHash> {
+        self.mem
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((full.to_path_buf(), key), chunks.clone());
+        chunks
+    }
+}
+
+/// A root's manifest and how many bytes had to be read for it (0: every file's hashes
+/// were known).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Indexed {
+    /// Every file with its chunk hashes.
+    pub files: Vec<FileManifest>,
+    /// Bytes read and hashed to build it.
+    pub hashed: u64,
 }
 
 impl HashCache {
@@ -403,5 +508,70 @@ mod tests {
         assert!(cache.knows(&file, &meta), "the new identity is remembered");
         // Never hashed by this cache: nothing to compare with.
         assert!(!HashCache::new().still_holds(&file, &meta));
+    }
+
+    #[test]
+    fn two_callers_at_once_hash_each_file_once_and_share_progress() {
+        let t = tempfile::tempdir().unwrap();
+        let root_dir = t.path().join("cnc4");
+        fs::create_dir_all(&root_dir).unwrap();
+        for (name, byte) in [("a.bin", 1u8), ("b.bin", 2), ("c.bin", 3)] {
+            fs::write(root_dir.join(name), vec![byte; 3 << 20]).unwrap();
+        }
+        let root = scan_root(&root_dir, GameId::new("cnc4").unwrap());
+        let cache = std::sync::Arc::new(HashCache::new());
+        let (second_ran, wait_second) = std::sync::mpsc::channel::<()>();
+        let first = {
+            let (cache, root) = (cache.clone(), root.clone());
+            let wait = std::sync::Mutex::new(Some(wait_second));
+            std::thread::spawn(move || {
+                // Holds its first file until the second caller hashed something.
+                cache.manifest_with(&root, &|| {
+                    if let Some(rx) = wait.lock().unwrap().take() {
+                        let _ = rx.recv(); // the sender is dropped: it ran
+                    }
+                    true
+                })
+            })
+        };
+        while cache.progress(&root_dir).is_none() {
+            std::thread::yield_now();
+        }
+        let told = std::sync::Mutex::new(Some(second_ran));
+        let second = cache
+            .manifest_with(&root, &|| {
+                told.lock().unwrap().take();
+                let p = cache.progress(&root_dir).unwrap();
+                assert_eq!(p.total, 9 << 20);
+                true
+            })
+            .unwrap();
+        let first = first.join().unwrap().unwrap();
+        assert_eq!(first.files, second.files);
+        assert_eq!(
+            first.hashed + second.hashed,
+            9 << 20,
+            "no file hashed twice"
+        );
+        assert!(second.hashed > 0 && first.hashed > 0, "both did a part");
+        assert_eq!(cache.progress(&root_dir), None, "no one hashes now");
+        assert_eq!(cache.manifest_with(&root, &|| true).unwrap().hashed, 0);
+    }
+
+    #[test]
+    fn a_stopped_caller_stops_and_leaves_nothing_half_known() {
+        let t = tempfile::tempdir().unwrap();
+        let root_dir = t.path().join("cnc4");
+        fs::create_dir_all(&root_dir).unwrap();
+        fs::write(root_dir.join("a.bin"), vec![7u8; 3 << 20]).unwrap();
+        let root = scan_root(&root_dir, GameId::new("cnc4").unwrap());
+        let cache = HashCache::new();
+        let stopped = cache.manifest_with(&root, &|| false).unwrap_err();
+        assert!(matches!(stopped, CatalogError::Stopped), "{stopped}");
+        assert_eq!(cache.progress(&root_dir), None);
+        assert_eq!(
+            cache.manifest_with(&root, &|| true).unwrap().hashed,
+            3 << 20
+        );
     }
 }

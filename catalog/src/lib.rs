@@ -10,12 +10,14 @@ mod catalog;
 mod confine;
 mod error;
 mod hashes;
+mod inflight;
 mod scan;
 
 pub use catalog::{Catalog, CatalogEntry, BUILTIN_IDS};
 pub use confine::open_inside;
 pub use error::CatalogError;
-pub use hashes::{hash_chunks, HashCache};
+pub use hashes::{hash_chunks, hash_chunks_with, HashCache, Indexed};
+pub use inflight::HashProgress;
 // The protocol's value types, re-exported: the catalog speaks in them.
 pub use lanspread_proto::{
     chunk_count, chunk_ranges, is_reserved_top_level, manifest_digest, Availability, ChunkHash,

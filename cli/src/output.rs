@@ -18,6 +18,12 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// `37.0% (1.2 GiB of 3.3 GiB)`: how far something measured in bytes is.
+pub fn share(done: u64, total: u64) -> String {
+    let p = lanspread_control::api::percent(done, total).unwrap_or(100.0);
+    format!("{p:.1}% ({} of {})", bytes(done), bytes(total))
+}
+
 /// Left-aligned columns separated by two spaces.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
@@ -127,15 +133,21 @@ pub fn status(s: &StatusInfo) -> String {
     } else {
         s.operations
             .iter()
-            .map(|o| match o.percent {
-                Some(p) => format!(
+            .map(|o| match (&o.hashing, o.percent) {
+                (Some(h), _) => format!(
+                    "{} {}: waiting for a source to hash it, {}",
+                    o.kind,
+                    o.game_id,
+                    share(h.done_bytes, h.total_bytes)
+                ),
+                (None, Some(p)) => format!(
                     "{} {} {p:.1}% ({} of {})",
                     o.kind,
                     o.game_id,
                     bytes(o.done_bytes),
                     bytes(o.total_bytes)
                 ),
-                None => format!("{} {}", o.kind, o.game_id),
+                (None, None) => format!("{} {}", o.kind, o.game_id),
             })
             .collect::<Vec<_>>()
             .join(", ")

@@ -29,6 +29,7 @@ pub async fn download(
         json,
         bar: (!json && std::io::stdout().is_terminal()).then(|| bar(game)),
         finished: None,
+        hashing_said: false,
     };
     loop {
         let Some(reply) = c.next().await? else {
@@ -76,6 +77,8 @@ struct Watch<'a> {
     bar: Option<ProgressBar>,
     /// `download-finished` as JSON, kept until the install's event completes the document.
     finished: Option<serde_json::Value>,
+    /// Whether a source's hashing was shown (plain lines: said once).
+    hashing_said: bool,
 }
 
 impl Watch<'_> {
@@ -92,6 +95,25 @@ impl Watch<'_> {
                     sources.len()
                 );
             }
+            EventKind::DownloadHashing {
+                done_bytes,
+                total_bytes,
+                ..
+            } => match &self.bar {
+                Some(b) => b.set_message(format!(
+                    "{game}: a source hashes the game {}",
+                    output::share(*done_bytes, *total_bytes)
+                )),
+                None if json || self.hashing_said => {}
+                None => {
+                    self.hashing_said = true;
+                    outln!(
+                        "{game}: waiting for a source to hash the game ({} of {} done)",
+                        output::bytes(*done_bytes),
+                        output::bytes(*total_bytes)
+                    );
+                }
+            },
             EventKind::DownloadBegin {
                 bytes,
                 chunks,
@@ -159,6 +181,7 @@ impl Watch<'_> {
         let game = self.game;
         match &self.bar {
             Some(b) => {
+                b.set_message(game.to_owned());
                 b.set_length(bytes);
                 b.set_position(resumed_bytes);
             }

@@ -146,6 +146,34 @@ pub struct OperationInfo {
     pub total_bytes: u64,
     /// Percent done, one decimal, rounded down; `null` while the size is not known.
     pub percent: Option<f64>,
+    /// `hashing` while a download waits for a source that hashes the game before it can
+    /// send the manifest; else `running`.
+    #[serde(default = "running")]
+    pub state: String,
+    /// While `hashing`: how far the source furthest along is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashing: Option<HashingInfo>,
+}
+
+fn running() -> String {
+    "running".into()
+}
+
+/// `done` of `total` in percent, one decimal, rounded down (unfinished never reads 100);
+/// `None` when `total` is 0.
+pub fn percent(done: u64, total: u64) -> Option<f64> {
+    (total > 0).then(|| (done.min(total) as f64 * 1000.0 / total as f64).floor() / 10.0)
+}
+
+/// How far a source's hashing of a game is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HashingInfo {
+    /// Bytes hashed (or known from its cache).
+    pub done_bytes: u64,
+    /// The game's bytes.
+    pub total_bytes: u64,
+    /// Percent done, one decimal, rounded down.
+    pub percent: Option<f64>,
 }
 
 /// Answer to `list-games`.
@@ -217,6 +245,7 @@ impl EventKind {
         match self {
             EventKind::NoPeersHaveGame { game_id }
             | EventKind::GotGameFiles { game_id, .. }
+            | EventKind::DownloadHashing { game_id, .. }
             | EventKind::DownloadBegin { game_id, .. }
             | EventKind::DownloadChunkFinished { game_id, .. }
             | EventKind::DownloadFinished { game_id, .. }
@@ -327,6 +356,23 @@ pub enum EventKind {
         version: Version,
         files: Vec<FileSize>,
         sources: Vec<PeerId>,
+    },
+    /// A source asked for the manifest hashes the game first (about once a second while
+    /// it does).
+    DownloadHashing {
+        game_id: GameId,
+        peer_id: PeerId,
+        done_bytes: u64,
+        total_bytes: u64,
+    },
+    /// This daemon hashed a ready game of its own in the background (only when something
+    /// had to be read: `hashed_bytes` > 0), so manifest requests are answered at once.
+    LocalGameIndexed {
+        game_id: GameId,
+        version: Version,
+        bytes: u64,
+        hashed_bytes: u64,
+        duration_ms: u64,
     },
     DownloadBegin {
         game_id: GameId,

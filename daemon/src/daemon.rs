@@ -298,6 +298,7 @@ fn spawn_tasks(
         RESCAN_INTERVAL
     };
     tasks.push(tokio::spawn(periodic_rescan(shared.clone(), interval)));
+    tasks.push(crate::index::spawn(shared));
     for peer in config.peers.iter().cloned() {
         tasks.push(tokio::spawn(static_peer(shared.clone(), peer)));
     }

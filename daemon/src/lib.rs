@@ -15,6 +15,7 @@ mod error;
 mod events;
 mod failure;
 mod handshake;
+mod index;
 mod install;
 mod limit;
 mod links;

@@ -15,6 +15,7 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
 
+use crate::index;
 use crate::seed::Choice;
 use crate::state::Shared;
 
@@ -74,7 +75,7 @@ pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerI
 /// Answers one request. An `Err` is a protocol violation that ends the connection; a
 /// refused or failed request is answered and the connection stays.
 async fn handle(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     slots: &ConnSlots,
     conn: &Connection,
     remote: &PeerId,
@@ -96,21 +97,9 @@ async fn handle(
     request.check().map_err(Refusal::protocol)?;
     match request {
         PeerRequest::Files { game, version } => {
-            let root = gated(shared, &game, version, |r| Ok(r.clone()));
-            let files = match root {
-                Err(e) => PeerResponse::Refused {
-                    reason: e.to_string(),
-                },
-                Ok(root) => match shared_hashes(shared, root).await {
-                    Ok(files) => PeerResponse::Files(files),
-                    Err(e) => PeerResponse::Refused {
-                        reason: e.to_string(),
-                    },
-                },
-            };
-            let sent = match answer.frame(&files).await {
-                Ok(()) => answer.finish().await,
-                Err(e) => Err(e),
+            let sent = match gated(shared, &game, version, |r| Ok(r.clone())) {
+                Err(e) => answer.refuse(e.to_string()).await,
+                Ok(root) => serve_manifest(shared, &mut answer, root).await,
             };
             answer.ended(sent, remote);
         }
@@ -505,16 +494,34 @@ fn gated<T>(
     f(root)
 }
 
-async fn shared_hashes(
-    shared: &Shared,
+/// Answers a manifest request: from the hash cache when the background indexer got there
+/// first, else hashed now, with a `Hashing` frame about every [`index::hash_report`] while
+/// that lasts (the asker counts us alive and shows it). The hashing stops when the asker
+/// goes away.
+async fn serve_manifest(
+    shared: &Arc<Shared>,
+    answer: &mut Answer<'_>,
     root: GameRoot,
-) -> Result<Vec<lanspread_catalog::FileManifest>, PeerError> {
-    let cache = shared.net.hashes.clone();
-    let refused = |e: &dyn std::fmt::Display| PeerError::Refused(e.to_string());
-    tokio::task::spawn_blocking(move || cache.manifest(&root))
-        .await
-        .map_err(|e| refused(&e))?
-        .map_err(|e| refused(&e))
+) -> Result<(), SendFailed> {
+    let mut hashing = index::Hashing::start(shared, root);
+    let files = loop {
+        match hashing.within(index::hash_report()).await {
+            Some(files) => break files,
+            None => {
+                if let Some(p) = hashing.progress() {
+                    let (done, total) = (p.done, p.total);
+                    answer.frame(&PeerResponse::Hashing { done, total }).await?;
+                }
+            }
+        }
+    };
+    match files {
+        Ok(indexed) => {
+            answer.frame(&PeerResponse::Files(indexed.files)).await?;
+            answer.finish().await
+        }
+        Err(reason) => answer.refuse(reason).await,
+    }
 }
 
 /// Most idle read buffers kept for reuse.

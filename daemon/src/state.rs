@@ -48,6 +48,8 @@ pub struct Shared {
     pub events: EventBus,
     /// What we advertise; link writers watch it.
     pub advert: watch::Sender<Arc<Vec<GameAd>>>,
+    /// Bumped whenever a rescan changed the library; the background indexer watches it.
+    pub library_changed: watch::Sender<u64>,
     /// Flips to true once on shutdown.
     pub shutdown: watch::Sender<bool>,
     /// How `cancel` reaches a running download: one notifier per game downloading.
@@ -83,6 +85,7 @@ impl Shared {
             catalog,
             events,
             advert: watch::channel(Arc::new(advert)).0,
+            library_changed: watch::channel(0).0,
             shutdown: watch::channel(false).0,
             cancels: Mutex::default(),
             install_stops: Mutex::default(),
@@ -112,6 +115,17 @@ impl Shared {
                     done_bytes: op.progress.done,
                     total_bytes: op.progress.total,
                     percent: op.progress.percent(),
+                    state: if op.hashing.is_some() {
+                        "hashing"
+                    } else {
+                        "running"
+                    }
+                    .into(),
+                    hashing: op.hashing.map(|h| lanspread_control::api::HashingInfo {
+                        done_bytes: h.done,
+                        total_bytes: h.total,
+                        percent: h.percent(),
+                    }),
                 })
                 .collect(),
             peers: self.peers.linked_count(),
@@ -198,6 +212,7 @@ impl Shared {
             }
         };
         if changed {
+            self.library_changed.send_modify(|g| *g += 1);
             self.events
                 .emit(lanspread_control::api::EventKind::LocalLibraryChanged {
                     games: self.local_states(),
@@ -232,6 +247,7 @@ impl Shared {
             changed
         };
         if changed {
+            self.library_changed.send_modify(|g| *g += 1);
             self.events
                 .emit(lanspread_control::api::EventKind::LocalLibraryChanged {
                     games: self.local_states(),

@@ -60,6 +60,9 @@ pub struct Operation {
     pub kind: OpKind,
     /// How far it is.
     pub progress: Progress,
+    /// A download waiting for its manifest while a source hashes the game: how far that
+    /// source is (the one furthest along); `None` once the size is known.
+    pub hashing: Option<Progress>,
 }
 
 /// The active operations.
@@ -79,6 +82,7 @@ impl Operations {
             Operation {
                 kind,
                 progress: Progress::default(),
+                hashing: None,
             },
         );
         Ok(())
@@ -98,6 +102,20 @@ impl Operations {
     pub fn sized(&mut self, id: &GameId, total: u64, done: u64) {
         if let Some(o) = self.active.get_mut(id) {
             o.progress = Progress { done, total };
+            o.hashing = None;
+        }
+    }
+
+    /// A source of a download that waits for its manifest reports how far its hashing
+    /// is; the furthest one is kept (no-op without an operation or once sized).
+    pub fn hashing(&mut self, id: &GameId, at: Progress) {
+        if let Some(o) = self.active.get_mut(id) {
+            if o.progress.total == 0 {
+                let best = o
+                    .hashing
+                    .map_or(at, |h| if at.percent() >= h.percent() { at } else { h });
+                o.hashing = Some(best);
+            }
         }
     }
 
@@ -163,6 +181,27 @@ mod tests {
         assert_eq!(ops.iter().count(), 0);
         ops.begin(&g, OpKind::Install).unwrap();
         assert_eq!(ops.iter().next().unwrap().1.progress, Progress::default());
+    }
+
+    #[test]
+    fn hashing_progress_keeps_the_furthest_source_until_the_size_is_known() {
+        let mut ops = Operations::default();
+        let g = GameId::new("ggoo").unwrap();
+        ops.begin(&g, OpKind::Download).unwrap();
+        let at = |done, total| Progress { done, total };
+        ops.hashing(&g, at(10, 100));
+        ops.hashing(&g, at(5, 100));
+        assert_eq!(ops.iter().next().unwrap().1.hashing, Some(at(10, 100)));
+        ops.hashing(&g, at(60, 100));
+        assert_eq!(ops.iter().next().unwrap().1.hashing, Some(at(60, 100)));
+        ops.sized(&g, 100, 0);
+        assert_eq!(ops.iter().next().unwrap().1.hashing, None);
+        ops.hashing(&g, at(70, 100));
+        assert_eq!(
+            ops.iter().next().unwrap().1.hashing,
+            None,
+            "sized: transferring"
+        );
     }
 
     #[test]

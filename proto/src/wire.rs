@@ -14,7 +14,8 @@ use crate::PeerId;
 /// 5: `Offer` requests answered `Chosen` or `Later` (a complete source picks the chunk it
 /// sends); `Later` also when the swarm upload slots are taken.
 /// 6: `Chunks` may be answered `Later` too (the server of a swarm serves in turns).
-pub const PROTOCOL_VERSION: u32 = 6;
+/// 7: a `Files` answer may be preceded by `Hashing` progress frames.
+pub const PROTOCOL_VERSION: u32 = 7;
 /// TLS ALPN identifier of a peer link (announce stream, requests).
 pub const ALPN: &[u8] = b"lanspread/1";
 /// TLS ALPN identifier of a data connection: a downloader's extra connection to a source,
@@ -215,4 +216,13 @@ pub enum PeerResponse {
     /// will find it in the swarm soon), or every swarm upload slot is taken. The asker
     /// asks elsewhere, or again later. Ends the answer.
     Later,
+    /// An answer to `Files` is on its way: the source is hashing the game (`done` of
+    /// `total` bytes hashed). Sent about every second until the manifest follows; the
+    /// downloader counts a source that reports progress as alive.
+    Hashing {
+        /// Bytes whose hashes are known.
+        done: u64,
+        /// The game's bytes.
+        total: u64,
+    },
 }

@@ -1,12 +1,16 @@
 //! The metadata phase of a download, driven for the engine (`lanspread_peer::Engine`):
 //! every source it names is asked for its manifest on a stream of its link, and the
 //! answers and the vote's deadlines (grace, timeout) are fed back until the engine asks
-//! to prepare the root or fails.
+//! to prepare the root or fails. A source that hashes the game first reports how far it
+//! is (`PeerResponse::Hashing`): that keeps it alive for the engine (its timeout is one of
+//! silence) and shows in `status` and `download-hashing` events.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use lanspread_catalog::{FileManifest, GameId, Version};
-use lanspread_peer::{Action, Engine};
+use lanspread_control::api::EventKind;
+use lanspread_peer::{Action, Engine, Progress};
 use lanspread_proto::{manifest_answer, PeerRequest, PeerResponse};
 use lanspread_transfer::{read_frame, write_frame};
 use quinn::Connection;
@@ -14,31 +18,36 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::stop::stop_requested;
-use crate::directory::Directory;
 use crate::failure::peer_failure;
+use crate::state::Shared;
 use lanspread_control::{ErrorKind, Failure};
 
 /// Runs the engine until it asks for [`Action::Prepare`] (the manifest is chosen).
 pub(super) async fn validated(
-    peers: &Directory,
+    shared: &Arc<Shared>,
     engine: &mut Engine,
     (id, version): (&GameId, Version),
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
     cancel: &tokio::sync::Notify,
 ) -> Result<(), Failure> {
     let mut asks = JoinSet::new();
+    let (progress, mut reports) = tokio::sync::mpsc::unbounded_channel();
     loop {
         while let Some(action) = engine.poll() {
             match action {
                 Action::AskManifest(peer) => {
-                    let Some(conn) = peers.link(&peer) else {
+                    let Some(conn) = shared.peers.link(&peer) else {
                         engine.on_manifest(peer, Err("peer disconnected".into()), Instant::now());
                         continue;
                     };
                     let id = id.clone();
+                    let progress = progress.clone();
                     asks.spawn(
                         async move {
-                            let answer = request_files(&conn, id, version).await;
+                            let report = |done, total| {
+                                let _ = progress.send((peer.clone(), done, total));
+                            };
+                            let answer = request_files(&conn, id, version, report).await;
                             (peer, answer)
                         }
                         .in_current_span(),
@@ -64,16 +73,29 @@ pub(super) async fn validated(
                 }
                 Err(e) => return Err(Failure::internal(format_args!("manifest task failed: {e}"))),
             },
+            Some((peer, done, total)) = reports.recv() => {
+                if engine.on_manifest_progress(&peer, done, total, Instant::now()) {
+                    shared.lock().operations.hashing(id, Progress { done, total });
+                    shared.events.emit(EventKind::DownloadHashing {
+                        game_id: id.clone(),
+                        peer_id: peer,
+                        done_bytes: done,
+                        total_bytes: total,
+                    });
+                }
+            }
             () = tokio::time::sleep_until(deadline.into()) => engine.handle_timeout(Instant::now()),
             why = stop_requested(shutdown, cancel) => return Err(why),
         }
     }
 }
 
+/// Asks a source for its manifest; `report` hears each `Hashing` frame that comes first.
 async fn request_files(
     conn: &Connection,
     game: GameId,
     version: Version,
+    report: impl Fn(u64, u64),
 ) -> Result<Vec<FileManifest>, Failure> {
     let failed = |e: &dyn std::fmt::Display| Failure::new(ErrorKind::SourceFailed, e.to_string());
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
@@ -81,8 +103,13 @@ async fn request_files(
         .await
         .map_err(|e| failed(&e))?;
     let _ = send.finish();
-    let answer = read_frame::<_, PeerResponse>(&mut recv)
-        .await
-        .map_err(|e| failed(&e))?;
-    manifest_answer(answer).map_err(|e| failed(&e))
+    loop {
+        let answer = read_frame::<_, PeerResponse>(&mut recv)
+            .await
+            .map_err(|e| failed(&e))?;
+        match answer {
+            Some(PeerResponse::Hashing { done, total }) => report(done, total),
+            other => return manifest_answer(other).map_err(|e| failed(&e)),
+        }
+    }
 }

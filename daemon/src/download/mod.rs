@@ -187,7 +187,7 @@ async fn download(
     let config = engine_config(shared.net.threads.len());
     let mut engine = Engine::new(id.clone(), &linked, config, std::time::Instant::now());
     let what = (id, sources.version);
-    let chosen = metadata::validated(&shared.peers, &mut engine, what, &mut shutdown, cancel).await;
+    let chosen = metadata::validated(shared, &mut engine, what, &mut shutdown, cancel).await;
     why.extend(engine.why().clone());
     chosen?;
     let Some(chosen) = engine.chosen().cloned() else {

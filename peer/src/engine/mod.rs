@@ -5,9 +5,10 @@
 //!
 //! 1. [`Action::AskManifest`] to every newest source; the answers are validated by
 //!    plurality ([`ManifestVote`]). Once the answers in settle the vote, the sources still
-//!    silent get [`EngineConfig::manifest_grace`] more; none gets more than
-//!    [`EngineConfig::manifest_timeout`] ([`Engine::poll_timeout`] says when to call
-//!    [`Engine::handle_timeout`]).
+//!    silent get [`EngineConfig::manifest_grace`] more; a source silent for
+//!    [`EngineConfig::manifest_timeout`] — neither its manifest nor progress of its
+//!    hashing ([`Engine::on_manifest_progress`]) — is left out ([`Engine::poll_timeout`]
+//!    says when to call [`Engine::handle_timeout`]).
 //! 2. [`Action::Prepare`]: the driver prepares the root, re-verifies an interrupted
 //!    attempt's journal and opens the lanes, then calls [`Engine::on_prepared`].
 //! 3. [`Action::Fetch`] per batch, on the lane the engine chose; the per-source budget
@@ -53,8 +54,10 @@ pub const BATCH_CHUNK_LEN: u64 = 1 << 20;
 /// See [`BATCH_CHUNKS`].
 pub const BATCH_BYTES: u64 = 8 << 20;
 const _: () = assert!(BATCH_CHUNKS <= MAX_RANGES);
-/// How long a source may take to send a manifest (it may hash a large game first).
-pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a source asked for its manifest may stay silent: no manifest and no progress
+/// of its hashing (a source that hashes a large game first reports progress about every
+/// second), so a slow disk is waited for and a dead source is not.
+pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How much longer the sources that have not answered get once the others' answers
 /// settle the vote (a strict plurality whatever the rest say).
 pub const MANIFEST_GRACE: Duration = Duration::from_secs(5);
@@ -107,6 +110,14 @@ impl EngineConfig {
             offer: 0,
         }
     }
+}
+
+/// A source asked for its manifest: when its silence ends it, and the progress it last
+/// reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Silence {
+    until: Instant,
+    done: Option<u64>,
 }
 
 /// Names one batch in flight.
@@ -175,8 +186,8 @@ pub struct Engine {
     /// Each source's last failure, for the message when the download fails.
     why: BTreeMap<PeerId, String>,
     vote: ManifestVote,
-    waiting: BTreeSet<PeerId>,
-    deadline: Instant,
+    /// Sources asked for their manifest that have not answered yet.
+    waiting: BTreeMap<PeerId, Silence>,
     grace_ends: Option<Instant>,
     chosen: Option<Chosen>,
     planner: Option<Planner>,
@@ -201,7 +212,10 @@ impl Engine {
     /// A download of `game` from `sources` (the newest-version peers linked now): asks
     /// each for its manifest.
     pub fn new(game: GameId, sources: &[PeerId], config: EngineConfig, now: Instant) -> Self {
-        let deadline = now + config.manifest_timeout;
+        let silence = Silence {
+            until: now + config.manifest_timeout,
+            done: None,
+        };
         let mut engine = Self {
             game,
             config,
@@ -209,8 +223,7 @@ impl Engine {
             actions: sources.iter().cloned().map(Action::AskManifest).collect(),
             why: BTreeMap::new(),
             vote: ManifestVote::default(),
-            waiting: sources.iter().cloned().collect(),
-            deadline,
+            waiting: sources.iter().map(|p| (p.clone(), silence)).collect(),
             grace_ends: None,
             chosen: None,
             planner: None,
@@ -282,10 +295,12 @@ impl Engine {
     /// the wait of a starved swarm download).
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Manifests => Some(
-                self.grace_ends
-                    .map_or(self.deadline, |g| g.min(self.deadline)),
-            ),
+            Phase::Manifests => self
+                .waiting
+                .values()
+                .map(|s| s.until)
+                .chain(self.grace_ends)
+                .min(),
             Phase::Transfer => {
                 let starved = self.starved_at.map(|t| t + self.config.swarm_wait);
                 let rested = self.rest_since.map(|t| t + OFFER_REST);
@@ -326,20 +341,57 @@ impl Engine {
         }
         if self.grace_ends.is_some_and(|g| now >= g) {
             let grace = self.config.manifest_grace;
-            for peer in std::mem::take(&mut self.waiting) {
+            for peer in std::mem::take(&mut self.waiting).into_keys() {
                 let why = format!("no manifest {grace:?} after the others settled the vote");
                 warn!(peer = %peer.short(), "not a source for {}: {why}", self.game);
                 self.why.insert(peer, why);
             }
             self.close_vote();
-        } else if now >= self.deadline {
-            for peer in std::mem::take(&mut self.waiting) {
-                warn!(peer = %peer.short(), "no manifest in time");
-                self.vote
-                    .no_answer(peer, "no manifest: no manifest in time".into());
-            }
-            self.close_vote();
+            return;
         }
+        let idle = self.config.manifest_timeout;
+        let silent: Vec<PeerId> = self
+            .waiting
+            .iter()
+            .filter(|(_, s)| now >= s.until)
+            .map(|(p, _)| p.clone())
+            .collect();
+        if silent.is_empty() {
+            return;
+        }
+        for peer in silent {
+            self.waiting.remove(&peer);
+            warn!(peer = %peer.short(), "no manifest in time: silent for {idle:?}");
+            self.vote.no_answer(
+                peer,
+                format!("no manifest: no manifest in time (silent for {idle:?})"),
+            );
+        }
+        self.after_answer(now);
+    }
+
+    /// The source asked for its manifest reports how far its hashing is: `done` of
+    /// `total` bytes. Counts as a sign of life (its silence starts again) only when it
+    /// moved forward since its last report; returns whether it did.
+    pub fn on_manifest_progress(
+        &mut self,
+        peer: &PeerId,
+        done: u64,
+        total: u64,
+        now: Instant,
+    ) -> bool {
+        if self.phase != Phase::Manifests || done > total {
+            return false;
+        }
+        let Some(s) = self.waiting.get_mut(peer) else {
+            return false;
+        };
+        if s.done.is_some_and(|d| done <= d) {
+            return false;
+        }
+        s.done = Some(done);
+        s.until = now + self.config.manifest_timeout;
+        true
     }
 
     /// A source's answer to [`Action::AskManifest`]: its manifest, or why there is none.
@@ -349,7 +401,7 @@ impl Engine {
         answer: Result<Vec<FileManifest>, String>,
         now: Instant,
     ) {
-        if self.phase != Phase::Manifests || !self.waiting.remove(&peer) {
+        if self.phase != Phase::Manifests || self.waiting.remove(&peer).is_none() {
             return;
         }
         match answer {
@@ -359,6 +411,12 @@ impl Engine {
                 self.vote.no_answer(peer, format!("no manifest: {e}"));
             }
         }
+        self.after_answer(now);
+    }
+
+    /// A source answered or was left out: closes the vote when none is left, else starts
+    /// the grace once the rest can no longer change it.
+    fn after_answer(&mut self, now: Instant) {
         if self.waiting.is_empty() {
             self.close_vote();
         } else if self.grace_ends.is_none() && self.vote.settled(self.waiting.len()) {

@@ -114,6 +114,53 @@ fn silent_sources_get_the_grace_once_the_vote_is_settled() {
 }
 
 #[test]
+fn a_source_that_reports_hashing_progress_is_waited_for_and_a_silent_one_is_not() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(game(), &[pid(1), pid(2)], EngineConfig::new(1), t0);
+    drain(&mut e);
+    let sec = |n: u64| t0 + Duration::from_secs(n);
+    // pid(1) hashes a large game and says so; pid(2) says nothing.
+    for n in 1..=10 {
+        assert!(e.on_manifest_progress(&pid(1), n << 30, 100 << 30, sec(n * 50)));
+        e.handle_timeout(sec(n * 50));
+    }
+    // pid(2) was left out after one silent timeout; pid(1) lives on.
+    assert!(!e.why().contains_key(&pid(1)));
+    assert_eq!(e.poll_timeout(), Some(sec(500) + MANIFEST_TIMEOUT));
+    // A report that does not move forward (or claims more than all) is not progress.
+    assert!(!e.on_manifest_progress(&pid(1), 10 << 30, 100 << 30, sec(510)));
+    assert!(!e.on_manifest_progress(&pid(1), 200 << 30, 100 << 30, sec(510)));
+    assert!(
+        !e.on_manifest_progress(&pid(9), 1, 2, sec(510)),
+        "not asked"
+    );
+    assert_eq!(e.poll_timeout(), Some(sec(500) + MANIFEST_TIMEOUT));
+    e.on_manifest(pid(1), Ok(manifest()), sec(520));
+    assert_eq!(drain(&mut e), [Action::Prepare]);
+    assert_eq!(e.chosen().unwrap().sources, [pid(1)]);
+}
+
+#[test]
+fn a_source_silent_for_the_timeout_is_left_out_while_the_others_answer() {
+    let t0 = Instant::now();
+    let mut e = Engine::new(game(), &[pid(1), pid(2)], EngineConfig::new(1), t0);
+    drain(&mut e);
+    e.on_manifest_progress(&pid(1), 1, 10, t0 + Duration::from_secs(30));
+    e.handle_timeout(t0 + MANIFEST_TIMEOUT);
+    // pid(2) is out; pid(1) still hashes, so nothing is decided yet.
+    assert!(drain(&mut e).is_empty());
+    assert_eq!(
+        e.poll_timeout(),
+        Some(t0 + Duration::from_secs(30) + MANIFEST_TIMEOUT)
+    );
+    e.handle_timeout(t0 + Duration::from_secs(30) + MANIFEST_TIMEOUT);
+    let [Action::Fail(PeerError::NoMetadata { why, .. })] = &drain(&mut e)[..] else {
+        panic!("no failure")
+    };
+    assert!(why.contains("silent for"), "{why}");
+}
+
+#[test]
 fn no_answer_in_time_fails_with_each_reason() {
     let t0 = Instant::now();
     let mut e = Engine::new(game(), &[pid(1), pid(2)], EngineConfig::new(1), t0);

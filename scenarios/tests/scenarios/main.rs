@@ -10,6 +10,7 @@ mod failures;
 mod gates;
 mod hostile;
 mod hostile_source;
+mod indexing;
 mod install;
 mod lanes;
 mod library;
