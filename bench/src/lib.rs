@@ -8,6 +8,7 @@ pub mod app;
 pub mod net;
 pub mod raw;
 pub mod tcp;
+pub mod upstream;
 
 pub use net::Net;
 pub use raw::{raw_quinn, raw_quinn_pairs, STREAMS};

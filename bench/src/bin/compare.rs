@@ -12,10 +12,14 @@
 //! transfer threads per daemon next to N raw quinn pairs side by side.
 //! `--veth MTU` runs every case between two network namespaces joined by a veth pair with
 //! that MTU instead of on loopback (root and iproute2; `../shared/perf.md`).
+//! `--quinn-perf BIN` also runs upstream quinn's perf tool (its defaults, loopback, the
+//! same byte count per request, 10 s) in every S37 sample and reports its MiB/s and CPU
+//! s/GiB (client + server) beside ours.
 
 use anyhow::{bail, Context};
 use lanspread_bench::{
-    app, cpu_secs, median, mib_per_s, raw_quinn, raw_quinn_pairs, tcp::tcp_copy, Fs, Net,
+    app, cpu_secs, median, mib_per_s, raw_quinn, raw_quinn_pairs, tcp::tcp_copy,
+    upstream::quinn_perf, Fs, Net,
 };
 
 /// The client's peak RSS during S37 must stay below this (perf.md).
@@ -31,6 +35,7 @@ struct Args {
     threads: Option<usize>,
     scaling: Vec<usize>,
     veth: Option<u32>,
+    quinn_perf: Option<std::path::PathBuf>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -44,6 +49,7 @@ fn parse() -> anyhow::Result<Args> {
         threads: None,
         scaling: Vec::new(),
         veth: None,
+        quinn_perf: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +61,7 @@ fn parse() -> anyhow::Result<Args> {
             "--guard" => a.guard = Some(value()?.parse().context("--guard")?),
             "--threads" => a.threads = Some(value()?.parse().context("--threads")?),
             "--veth" => a.veth = Some(value()?.parse().context("--veth takes an MTU")?),
+            "--quinn-perf" => a.quinn_perf = Some(value()?.into()),
             "--scaling" => {
                 a.scaling = value()?
                     .split(',')
@@ -164,12 +171,28 @@ fn main() -> anyhow::Result<()> {
     let (mut app_t, mut app_d) = (Vec::new(), Vec::new());
     let mut rss = 0u64;
     let (mut raw_cpu, mut app_cpu) = (Vec::new(), Vec::new());
+    let (mut up, mut up_cpu) = (Vec::new(), Vec::new());
+    anyhow::ensure!(
+        args.quinn_perf.is_none() || args.veth.is_none(),
+        "--quinn-perf runs on loopback only"
+    );
     // Interleaved, so drift in the machine's speed hits every case alike.
     for i in (0..args.samples).filter(|_| args.s37) {
         let cpu = cpu_secs(None);
         let d = raw_quinn(bytes, net)?;
         raw.push(mib_per_s(bytes, d.as_secs_f64()));
         raw_cpu.push((cpu_secs(None) - cpu) / gib(bytes));
+        if let Some(bin) = &args.quinn_perf {
+            let m = quinn_perf(bin, bytes, 10)?;
+            eprintln!(
+                "sample {}: quinn-perf {:.0} MiB/s at {:.2} CPU s/GiB",
+                i + 1,
+                m.mib_s,
+                m.cpu_s_per_gib
+            );
+            up.push(m.mib_s);
+            up_cpu.push(m.cpu_s_per_gib);
+        }
         for (fs, tcp, s37) in [
             (Fs::Tmpfs, &mut tcp_t, &mut app_t),
             (Fs::Disk, &mut tcp_d, &mut app_d),
@@ -229,6 +252,20 @@ fn main() -> anyhow::Result<()> {
         println!(
             "| CPU s per GiB: raw quinn, S37 → tmpfs (both daemons) | {raw_cpu:.2}, {app_cpu:.2} |"
         );
+        if args.quinn_perf.is_some() {
+            let (up, up_cpu) = (median(up.clone()), median(up_cpu.clone()));
+            println!("| upstream quinn-perf (defaults) | {up:.0} MiB/s, {up_cpu:.2} CPU s/GiB |");
+            println!(
+                "| S37 → tmpfs / quinn-perf: rate, CPU per GiB | {:.2}, {:.2} |",
+                app_t / up,
+                app_cpu / up_cpu
+            );
+            println!(
+                "| raw quinn / quinn-perf: rate, CPU per GiB | {:.2}, {:.2} |",
+                raw / up,
+                raw_cpu / up_cpu
+            );
+        }
     }
     if args.s34 {
         println!(
@@ -251,6 +288,10 @@ fn main() -> anyhow::Result<()> {
         doc["client_peak_rss_mib"] = rss_mib.into();
         doc["raw_quinn_cpu_s_per_gib"] = raw_cpu.into();
         doc["s37_tmpfs_cpu_s_per_gib"] = app_cpu.into();
+        if args.quinn_perf.is_some() {
+            doc["quinn_perf_mib_s"] = median(up).into();
+            doc["quinn_perf_cpu_s_per_gib"] = median(up_cpu).into();
+        }
     }
     if args.s34 {
         doc["s34_files"] = args.s34_files.into();
