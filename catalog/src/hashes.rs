@@ -145,12 +145,20 @@ impl HashCache {
         }
         let _watching = self.progress.begin(&root.dir, root.size(), todo);
         let mut hashed = 0u64;
+        // A file whose hashing stops or fails part-way takes back what it counted: whoever
+        // hashes it next counts it again.
         let mut hash = |full: &Path| {
-            hash_chunks_with(full, &mut |n| {
+            let mut counted = 0u64;
+            let res = hash_chunks_with(full, &mut |n| {
                 self.progress.add(&root.dir, n);
-                hashed += n;
+                counted += n;
                 go_on()
-            })
+            });
+            match &res {
+                Ok(_) => hashed += counted,
+                Err(_) => self.progress.take_back(&root.dir, counted),
+            }
+            res
         };
         // Files nobody hashes now first, then the ones someone else was hashing.
         let mut later = Vec::new();
@@ -170,7 +178,9 @@ impl HashCache {
         for i in later {
             let (full, _, key, chunks) = &mut known[i];
             while chunks.is_none() {
-                self.claims.wait_free(full);
+                if !self.claims.wait_free(full, go_on) {
+                    return Err(CatalogError::Stopped);
+                }
                 if let Some(c) = self.in_memory(full, *key) {
                     *chunks = Some(c);
                 } else if let Some(_claim) = self.claims.try_claim(full) {
@@ -377,10 +387,17 @@ fn load_cache(root: &Path) -> CacheFile {
 }
 
 fn store_cache(root: &Path, c: &CacheFile) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = root.join(META_DIR);
     let res = (|| {
-        fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!("{CACHE_FILE}.{}.tmp", std::process::id()));
+        // Only the metadata folder itself: a root removed meanwhile is not brought back.
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        // Unique per writer: the indexer and a request may finish the same root at once.
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!("{CACHE_FILE}.{}.{n}.tmp", std::process::id()));
         fs::write(&tmp, serde_json::to_vec(c).map_err(std::io::Error::other)?)?;
         fs::rename(&tmp, dir.join(CACHE_FILE))
     })();
@@ -521,22 +538,23 @@ mod tests {
         let root = scan_root(&root_dir, GameId::new("cnc4").unwrap());
         let cache = std::sync::Arc::new(HashCache::new());
         let (second_ran, wait_second) = std::sync::mpsc::channel::<()>();
+        let (first_started, wait_first) = std::sync::mpsc::channel::<()>();
         let first = {
             let (cache, root) = (cache.clone(), root.clone());
-            let wait = std::sync::Mutex::new(Some(wait_second));
+            let wait = std::sync::Mutex::new(Some((first_started, wait_second)));
             std::thread::spawn(move || {
-                // Holds its first file until the second caller hashed something.
+                // Holds its first file (claimed, one MiB read) until the second caller
+                // hashed something.
                 cache.manifest_with(&root, &|| {
-                    if let Some(rx) = wait.lock().unwrap().take() {
+                    if let Some((started, rx)) = wait.lock().unwrap().take() {
+                        drop(started);
                         let _ = rx.recv(); // the sender is dropped: it ran
                     }
                     true
                 })
             })
         };
-        while cache.progress(&root_dir).is_none() {
-            std::thread::yield_now();
-        }
+        let _ = wait_first.recv(); // dropped: the first caller holds a claim
         let told = std::sync::Mutex::new(Some(second_ran));
         let second = cache
             .manifest_with(&root, &|| {

@@ -46,12 +46,21 @@ impl Claims {
             })
     }
 
-    /// Blocks until nobody hashes `path`.
-    pub(crate) fn wait_free(&self, path: &Path) {
+    /// Blocks until nobody hashes `path` (then `true`) or `go_on` says no (`false`,
+    /// asked every 100 ms).
+    pub(crate) fn wait_free(&self, path: &Path, go_on: &dyn Fn() -> bool) -> bool {
         let mut busy = locked(&self.busy);
         while busy.contains(path) {
-            busy = self.freed.wait(busy).unwrap_or_else(|p| p.into_inner());
+            if !go_on() {
+                return false;
+            }
+            busy = self
+                .freed
+                .wait_timeout(busy, std::time::Duration::from_millis(100))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
+        true
     }
 }
 
@@ -109,6 +118,13 @@ impl RootProgress {
         }
     }
 
+    /// Takes back `bytes` of `root` counted by a hashing that stopped or failed.
+    pub(crate) fn take_back(&self, root: &Path, bytes: u64) {
+        if let Some(e) = locked(&self.roots).get_mut(root) {
+            e.progress.done = e.progress.done.saturating_sub(bytes);
+        }
+    }
+
     /// How far `root` is, while someone builds its manifest.
     pub(crate) fn get(&self, root: &Path) -> Option<HashProgress> {
         locked(&self.roots).get(root).map(|e| e.progress)
@@ -142,13 +158,16 @@ mod tests {
         let waiter = {
             let claims = claims.clone();
             std::thread::spawn(move || {
-                claims.wait_free(Path::new("/g/a.bin"));
+                assert!(claims.wait_free(Path::new("/g/a.bin"), &|| true));
                 claims.try_claim(Path::new("/g/a.bin")).is_some()
             })
         };
         std::thread::sleep(std::time::Duration::from_millis(20));
         drop(held);
         assert!(waiter.join().unwrap(), "freed, claimable again");
+        // A waiter told to stop gives up while the file is still claimed.
+        let _held = claims.try_claim(p).unwrap();
+        assert!(!claims.wait_free(p, &|| false));
     }
 
     #[test]

@@ -106,6 +106,16 @@ pub enum Command {
         #[arg(long, short)]
         yes: bool,
     },
+    /// Change the bandwidth limits at once, running transfers included (until the daemon
+    /// restarts); without options, show them.
+    Limit {
+        /// Upload limit in MiB/s, or `off` (also `0`).
+        #[arg(long, value_name = "N|off", value_parser = parse_limit)]
+        upload_mib_s: Option<f64>,
+        /// Download limit in MiB/s, or `off` (also `0`).
+        #[arg(long, value_name = "N|off", value_parser = parse_limit)]
+        download_mib_s: Option<f64>,
+    },
     /// Write a RAR5 store archive of a directory (no daemon needed).
     Pack {
         /// Directory to pack.
@@ -256,6 +266,16 @@ pub async fn run(cli: Cli, host: &impl Host) -> Result<(), CliError> {
             ask(Request::Uninstall { game }, Some(msg)).await.map(drop)
         }
         Command::Cancel { game } => ask(Request::Cancel { game }, None).await.map(drop),
+        Command::Limit {
+            upload_mib_s,
+            download_mib_s,
+        } => {
+            let request = Request::Limit {
+                upload_mib_s,
+                download_mib_s,
+            };
+            ask(request, None).await.map(drop)
+        }
         Command::Remove { game, yes } => {
             if !yes {
                 confirm_remove(&game)?;
@@ -479,6 +499,7 @@ fn render(json: bool, reply: Reply) -> Result<(), CliError> {
         }),
         Reply::Games(g) => print(json, &g, || output::games(&g)),
         Reply::Peers(p) => print(json, &p, || output::peers(&p)),
+        Reply::Limits(l) => print(json, &l, || format!("limits: {}", output::limits(&l))),
         Reply::Ok => print(json, &serde_json::json!({"ok": true}), || "ok".into()),
         Reply::Event(e) => print(json, &e, || match &e.kind {
             lanspread_control::EventKind::InstallFinished { game_id } => {
@@ -492,4 +513,15 @@ fn render(json: bool, reply: Reply) -> Result<(), CliError> {
         other => return Err(unexpected(other)),
     }
     Ok(())
+}
+
+/// A limit on the command line: MiB/s, or `off` (sent as 0, which lifts it).
+fn parse_limit(s: &str) -> Result<f64, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(0.0);
+    }
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number of MiB/s or `off`")),
+    }
 }

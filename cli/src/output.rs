@@ -18,6 +18,16 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// `upload 12 MiB/s, download unlimited`.
+pub fn limits(l: &lanspread_control::api::Limits) -> String {
+    let rate = |l: Option<f64>| l.map_or("unlimited".to_owned(), |v| format!("{v} MiB/s"));
+    format!(
+        "upload {}, download {}",
+        rate(l.max_upload_mib_s),
+        rate(l.max_download_mib_s)
+    )
+}
+
 /// `37.0% (1.2 GiB of 3.3 GiB)`: how far something measured in bytes is.
 pub fn share(done: u64, total: u64) -> String {
     let p = lanspread_control::api::percent(done, total).unwrap_or(100.0);
@@ -152,7 +162,6 @@ pub fn status(s: &StatusInfo) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let rate = |l: Option<f64>| l.map_or("unlimited".to_owned(), |v| format!("{v} MiB/s"));
     let mut notes = String::new();
     for p in &s.problems {
         notes.push_str(&format!("\nnot offered: {} ({})", p.game_id, p.reason));
@@ -164,14 +173,13 @@ pub fn status(s: &StatusInfo) -> String {
         ));
     }
     format!(
-        "peer id:     {}\nlisten:      {}\ngames dir:   {}\npeers:       {}\noperations:  {}\nlimits:      upload {}, download {}\nversion:     {}{notes}",
+        "peer id:     {}\nlisten:      {}\ngames dir:   {}\npeers:       {}\noperations:  {}\nlimits:      {}\nversion:     {}{notes}",
         s.peer_id,
         s.addr,
         s.games_dir,
         s.peers,
         ops,
-        rate(s.limits.max_upload_mib_s),
-        rate(s.limits.max_download_mib_s),
+        limits(&s.limits),
         s.version
     )
 }

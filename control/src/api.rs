@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub use crate::ErrorKind;
 
 /// A request from a client.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 // Commands without arguments are empty struct variants, not unit variants: serde ignores
 // unknown fields on unit variants of an internally tagged enum even with
 // `deny_unknown_fields`, and every command must refuse them alike.
@@ -66,6 +66,16 @@ pub enum Request {
         /// Game id.
         game: String,
     },
+    /// Change the bandwidth limits now, for the running transfers too (until the daemon
+    /// restarts or reloads its config). Absent: unchanged; `0`: unlimited.
+    Limit {
+        /// New upload limit, MiB/s.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        upload_mib_s: Option<f64>,
+        /// New download limit, MiB/s.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        download_mib_s: Option<f64>,
+    },
 }
 
 /// A reply from the daemon.
@@ -80,6 +90,8 @@ pub enum Reply {
     Games(GamesList),
     /// Answer to `list-peers` and `wait-peers`.
     Peers(Vec<PeerInfo>),
+    /// Answer to `limit`: the limits now.
+    Limits(Limits),
     /// One streamed event.
     Event(Event),
     /// An operation was started in the background (`--detach`).

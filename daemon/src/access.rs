@@ -39,6 +39,7 @@ pub fn is_change(req: &Request) -> bool {
             | Request::Uninstall { .. }
             | Request::Cancel { .. }
             | Request::Remove { .. }
+            | Request::Limit { .. }
             | Request::Shutdown {}
     )
 }
@@ -58,6 +59,7 @@ fn name(req: &Request) -> &'static str {
         Request::Uninstall { .. } => "uninstall",
         Request::Cancel { .. } => "cancel",
         Request::Remove { .. } => "remove",
+        Request::Limit { .. } => "limit",
     }
 }
 
@@ -187,6 +189,10 @@ mod tests {
             Request::Connect { addr: "x:1".into() },
             Request::Install { game: "g".into() },
             Request::Uninstall { game: "g".into() },
+            Request::Limit {
+                upload_mib_s: Some(1.0),
+                download_mib_s: None,
+            },
         ] {
             assert!(p.check(&stranger, &req).is_err(), "{req:?}");
         }

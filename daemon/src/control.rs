@@ -342,6 +342,16 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
             },
             None => not_in_catalog(&game),
         },
+        Request::Limit {
+            upload_mib_s,
+            download_mib_s,
+        } => match set_limits(shared, upload_mib_s, download_mib_s) {
+            Ok(limits) => Reply::Limits(limits),
+            Err(message) => Reply::Error {
+                message,
+                kind: ErrorKind::BadRequest,
+            },
+        },
         Request::Shutdown {} => {
             shared.shutdown.send_replace(true);
             Reply::Ok
@@ -497,4 +507,34 @@ async fn download(
         }
     }
     let _ = task.await;
+}
+
+/// `limit`: checks both new values first (nothing changes when one is bad), then applies
+/// them; `0` lifts a limit. Returns the limits now.
+fn set_limits(
+    shared: &Shared,
+    upload: Option<f64>,
+    download: Option<f64>,
+) -> Result<lanspread_control::api::Limits, String> {
+    let check = |name: &str, v: Option<f64>| -> Result<Option<Option<f64>>, String> {
+        match v {
+            None => Ok(None),
+            Some(0.0) => Ok(Some(None)),
+            Some(r) => lanspread_peer::check_limit(name, r).map(|r| Some(Some(r))),
+        }
+    };
+    let upload = check("upload limit", upload)?;
+    let download = check("download limit", download)?;
+    if let Some(rate) = upload {
+        shared.net.upload_limit.set(rate);
+    }
+    if let Some(rate) = download {
+        shared.net.download_limit.set(rate);
+    }
+    tracing::info!(
+        upload = ?shared.net.upload_limit.mib_per_s(),
+        download = ?shared.net.download_limit.mib_per_s(),
+        "bandwidth limits changed"
+    );
+    Ok(shared.status().limits)
 }

@@ -315,6 +315,11 @@ impl Directory {
         latest_sources(&self.lock().table, game)
     }
 
+    /// The size a peer advertises for a ready game of its library.
+    pub fn advertised_size(&self, peer: &PeerId, game: &GameId) -> Option<u64> {
+        Some(self.lock().table.get(peer)?.games.get(game)?.size)
+    }
+
     /// Number of linked peers.
     pub fn linked_count(&self) -> usize {
         *self.count.borrow()

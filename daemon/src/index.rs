@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lanspread_catalog::{Availability, CatalogError, GameRoot, HashProgress, Indexed};
+use lanspread_catalog::{Availability, CatalogError, GameId, GameRoot, HashProgress, Indexed};
 use lanspread_control::api::EventKind;
 use tracing::{debug, info, warn};
 
@@ -27,7 +27,10 @@ pub const HASH_REPORT: Duration = Duration::from_secs(1);
 /// See [`HASH_REPORT`].
 pub fn hash_report() -> Duration {
     static T: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
-    *T.get_or_init(|| crate::config::env_ms("LANSPREAD_HASH_REPORT_MS", HASH_REPORT))
+    *T.get_or_init(|| {
+        crate::config::env_ms("LANSPREAD_HASH_REPORT_MS", HASH_REPORT)
+            .max(Duration::from_millis(10))
+    })
 }
 
 /// A root's manifest being built on a blocking thread (hashing what is not cached). Dropped
@@ -123,15 +126,18 @@ fn index_thread(shared: &Shared, woken: &mpsc::Receiver<()>) {
     while woken.recv().is_ok() {
         // Several changes while it worked: one more look is enough.
         while woken.try_recv().is_ok() {}
-        for root in ready_roots(shared) {
+        for id in ready_roots(shared) {
             if stopping() {
                 return;
             }
-            if !still_ready(shared, &root) {
+            let Some(root) = still_ready(shared, &id) else {
                 continue;
-            }
+            };
             let began = Instant::now();
-            match shared.net.hashes.manifest_with(&root, &|| !stopping()) {
+            // An operation that starts on the root meanwhile (a download replacing it)
+            // stops it: its files are no longer the ones to hash.
+            let go_on = || !stopping() && shared.lock().operations.get(&root.id).is_none();
+            match shared.net.hashes.manifest_with(&root, &go_on) {
                 Ok(indexed) if indexed.hashed > 0 => {
                     let duration_ms = began.elapsed().as_millis() as u64;
                     info!(game = %root.id, hashed = indexed.hashed, duration_ms, "indexed");
@@ -146,7 +152,10 @@ fn index_thread(shared: &Shared, woken: &mpsc::Receiver<()>) {
                     }
                 }
                 Ok(_) => {}
-                Err(CatalogError::Stopped) => return,
+                Err(CatalogError::Stopped) if stopping() => return,
+                Err(CatalogError::Stopped) => {
+                    debug!(game = %root.id, "indexing stopped: an operation began")
+                }
                 // A file changed under it: the rescan that follows wakes the indexer again.
                 Err(e) => debug!(game = %root.id, "not indexed: {e}"),
             }
@@ -154,21 +163,25 @@ fn index_thread(shared: &Shared, woken: &mpsc::Receiver<()>) {
     }
 }
 
-/// The roots peers may ask for now: ready, no operation on them.
-fn ready_roots(shared: &Shared) -> Vec<GameRoot> {
+/// The games peers may ask for now: ready, no operation on them (ids only: the state
+/// lock is not held for copying every file list).
+fn ready_roots(shared: &Shared) -> Vec<GameId> {
     let inner = shared.lock();
     inner
         .library
         .values()
         .filter(|r| r.availability() == Availability::Ready)
         .filter(|r| inner.operations.get(&r.id).is_none())
-        .cloned()
+        .map(|r| r.id.clone())
         .collect()
 }
 
-fn still_ready(shared: &Shared, root: &GameRoot) -> bool {
+/// The root of `id` when it is still ready with no operation on it.
+fn still_ready(shared: &Shared, id: &GameId) -> Option<GameRoot> {
     let inner = shared.lock();
-    inner.operations.get(&root.id).is_none() && inner.library.get(&root.id) == Some(root)
+    let root = inner.library.get(id)?;
+    (root.availability() == Availability::Ready && inner.operations.get(id).is_none())
+        .then(|| root.clone())
 }
 
 /// Nice 10 and the lowest best-effort I/O priority for the calling thread: indexing

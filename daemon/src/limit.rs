@@ -1,46 +1,92 @@
 //! Bandwidth limits for LAN peers: one shared pacer per direction, so the upload limit
 //! is shared fairly by every client being served and the download limit by every chunk
-//! in flight (the decision math is `lanspread_peer::Pacer`).
+//! in flight (the decision math is `lanspread_peer::Pacer`). A limit can be changed or
+//! lifted while transfers run (`lanspread limit`): whoever waits under the old rate asks
+//! again under the new one at once.
 
 use std::sync::Mutex;
 use std::time::Instant;
 
 use lanspread_peer::Pacer;
+use tokio::sync::Notify;
 
-/// A shared rate limit.
+/// A shared rate limit, off (`None`) or a rate in MiB/s.
 pub struct RateLimit {
-    pacer: Mutex<Pacer>,
+    pacer: Mutex<Option<(f64, Pacer)>>,
+    changed: Notify,
     epoch: Instant,
-    /// The configured rate.
-    pub mib_per_s: f64,
 }
 
 impl RateLimit {
-    /// A limit of `mib_per_s` MiB/s (already checked positive).
-    pub fn new(mib_per_s: f64) -> Self {
+    /// A limit of `mib_per_s` MiB/s (already checked positive), or none.
+    pub fn new(mib_per_s: Option<f64>) -> Self {
         Self {
-            pacer: Mutex::new(Pacer::new(mib_per_s)),
+            pacer: Mutex::new(mib_per_s.map(|r| (r, Pacer::new(r)))),
+            changed: Notify::new(),
             epoch: Instant::now(),
-            mib_per_s,
         }
+    }
+
+    /// The rate now, MiB/s (`None`: unlimited).
+    pub fn mib_per_s(&self) -> Option<f64> {
+        self.locked().as_ref().map(|(r, _)| *r)
+    }
+
+    /// Sets a new rate (already checked positive) or lifts the limit; transfers waiting
+    /// under the old rate reserve again under the new one.
+    pub fn set(&self, mib_per_s: Option<f64>) {
+        *self.locked() = mib_per_s.map(|r| (r, Pacer::new(r)));
+        self.changed.notify_waiters();
     }
 
     /// Waits until `bytes` may move.
     pub async fn take(&self, bytes: u64) {
-        let wait = self
-            .pacer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .reserve(self.epoch.elapsed(), bytes);
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        loop {
+            let changed = self.changed.notified();
+            let wait = match self.locked().as_mut() {
+                None => return,
+                Some((_, pacer)) => pacer.reserve(self.epoch.elapsed(), bytes),
+            };
+            if wait.is_zero() {
+                return;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(wait) => return,
+                () = changed => {}
+            }
         }
+    }
+
+    fn locked(&self) -> std::sync::MutexGuard<'_, Option<(f64, Pacer)>> {
+        self.pacer.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Waits on an optional limit.
-pub async fn take(limit: Option<&RateLimit>, bytes: u64) {
-    if let Some(l) = limit {
-        l.take(bytes).await;
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_follows_a_change_of_the_limit() {
+        let limit = std::sync::Arc::new(RateLimit::new(Some(1.0)));
+        // 1 MiB/s: every MiB takes about a second.
+        limit.take(1 << 20).await;
+        let t0 = tokio::time::Instant::now();
+        let waiter = {
+            let limit = limit.clone();
+            tokio::spawn(async move { limit.take(8 << 20).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!waiter.is_finished(), "8 MiB at 1 MiB/s waits");
+        limit.set(None);
+        waiter.await.unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_secs(1),
+            "lifted: goes at once"
+        );
+        assert_eq!(limit.mib_per_s(), None);
+        limit.set(Some(4.0));
+        assert_eq!(limit.mib_per_s(), Some(4.0));
     }
 }

@@ -22,10 +22,10 @@ pub struct Transfers {
     pub threads: TransferThreads,
     /// The QUIC settings the endpoints were made with (dial timeout, windows).
     pub tuning: TransportTuning,
-    /// Upload limit to LAN peers, shared by every client served.
-    pub upload_limit: Option<RateLimit>,
-    /// Download limit from LAN peers, shared by every chunk in flight.
-    pub download_limit: Option<RateLimit>,
+    /// Upload limit to LAN peers, shared by every client served (changeable live).
+    pub upload_limit: RateLimit,
+    /// Download limit from LAN peers, shared by every chunk in flight (changeable live).
+    pub download_limit: RateLimit,
     /// The io_uring writer for downloads.
     pub writer: Writer,
     /// Chunk requests served at once by this daemon (`serve::CHUNK_STREAMS_TOTAL`).

@@ -340,7 +340,7 @@ async fn send_ranges(
         Err(e) => return answer.refuse(e.to_string()).await,
     };
     let served = &ranges[..files.len()];
-    let limit = shared.net.upload_limit.as_ref();
+    let limit = &shared.net.upload_limit;
     // One blocking task opens each file (before its header is sent, so a file that now
     // leaves the root, or changed since it was hashed, is refused) and reads the ranges
     // piece by piece, one piece ahead.
@@ -503,15 +503,16 @@ async fn serve_manifest(
     answer: &mut Answer<'_>,
     root: GameRoot,
 ) -> Result<(), SendFailed> {
+    let total = root.size();
     let mut hashing = index::Hashing::start(shared, root);
     let files = loop {
         match hashing.within(index::hash_report()).await {
             Some(files) => break files,
             None => {
-                if let Some(p) = hashing.progress() {
-                    let (done, total) = (p.done, p.total);
-                    answer.frame(&PeerResponse::Hashing { done, total }).await?;
-                }
+                // Before the hashing starts (the files are still being looked at) the
+                // report says 0: alive, nothing hashed yet.
+                let done = hashing.progress().map_or(0, |p| p.done);
+                answer.frame(&PeerResponse::Hashing { done, total }).await?;
             }
         }
     };
@@ -647,13 +648,13 @@ async fn stream_range(
     first: Bytes,
     len: u64,
     pieces: &mut Pieces,
-    limit: Option<&crate::limit::RateLimit>,
+    limit: &crate::limit::RateLimit,
 ) -> Result<(), SendFailed> {
     let mut piece = first;
     let mut sent = 0u64;
     loop {
         sent += piece.len() as u64;
-        crate::limit::take(limit, piece.len() as u64).await;
+        limit.take(piece.len() as u64).await;
         answer.chunk(piece).await?;
         if sent >= len {
             return Ok(());

@@ -131,8 +131,8 @@ impl Shared {
             peers: self.peers.linked_count(),
             version: env!("CARGO_PKG_VERSION").into(),
             limits: lanspread_control::api::Limits {
-                max_upload_mib_s: self.net.upload_limit.as_ref().map(|l| l.mib_per_s),
-                max_download_mib_s: self.net.download_limit.as_ref().map(|l| l.mib_per_s),
+                max_upload_mib_s: self.net.upload_limit.mib_per_s(),
+                max_download_mib_s: self.net.download_limit.mib_per_s(),
             },
             events_dropped: self.events.dropped(),
             problems: inner

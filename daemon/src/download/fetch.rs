@@ -176,7 +176,7 @@ pub async fn fetch(
     conn: &Connection,
     source: &Activity,
     writer: &Writer,
-    limit: Option<&RateLimit>,
+    limit: &RateLimit,
     ask: Ask<'_>,
     jobs: &[ChunkJob],
 ) -> Vec<Result<(), FetchError>> {
@@ -239,7 +239,7 @@ async fn receive_all(
     conn: &Connection,
     source: &Activity,
     writer: &Writer,
-    limit: Option<&RateLimit>,
+    limit: &RateLimit,
     (game, version, how): Ask<'_>,
     jobs: &[ChunkJob],
     got: &mut Got,
@@ -356,7 +356,7 @@ async fn receive_one(
     recv: &mut RecvStream,
     stall: &mut Stall<'_>,
     writer: &Writer,
-    limit: Option<&RateLimit>,
+    limit: &RateLimit,
     job: &ChunkJob,
     writes: &mut Writes,
     read: &mut Option<Option<PeerResponse>>,
@@ -400,7 +400,7 @@ async fn receive_one(
             }
             Err(e) => return Err(lost(e)),
         };
-        crate::limit::take(limit, piece.len() as u64).await;
+        limit.take(piece.len() as u64).await;
         hasher.update(&piece);
         b.extend(&piece);
         got += piece.len() as u64;

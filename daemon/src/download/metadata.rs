@@ -22,6 +22,9 @@ use crate::failure::peer_failure;
 use crate::state::Shared;
 use lanspread_control::{ErrorKind, Failure};
 
+/// How often a source's hashing progress is shown at most (`download-hashing`).
+const SHOW_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Runs the engine until it asks for [`Action::Prepare`] (the manifest is chosen).
 pub(super) async fn validated(
     shared: &Arc<Shared>,
@@ -31,7 +34,9 @@ pub(super) async fn validated(
     cancel: &tokio::sync::Notify,
 ) -> Result<(), Failure> {
     let mut asks = JoinSet::new();
-    let (progress, mut reports) = tokio::sync::mpsc::unbounded_channel();
+    // Bounded: a source that floods reports loses them, never our memory.
+    let (progress, mut reports) = tokio::sync::mpsc::channel(64);
+    let mut shown = std::collections::BTreeMap::new();
     loop {
         while let Some(action) = engine.poll() {
             match action {
@@ -45,7 +50,7 @@ pub(super) async fn validated(
                     asks.spawn(
                         async move {
                             let report = |done, total| {
-                                let _ = progress.send((peer.clone(), done, total));
+                                let _ = progress.try_send((peer.clone(), done, total));
                             };
                             let answer = request_files(&conn, id, version, report).await;
                             (peer, answer)
@@ -74,14 +79,22 @@ pub(super) async fn validated(
                 Err(e) => return Err(Failure::internal(format_args!("manifest task failed: {e}"))),
             },
             Some((peer, done, total)) = reports.recv() => {
-                if engine.on_manifest_progress(&peer, done, total, Instant::now()) {
+                // The total must be the size the source advertises for the game.
+                let size = shared.peers.advertised_size(&peer, id);
+                let now = Instant::now();
+                if size == Some(total) && engine.on_manifest_progress(&peer, done, total, now) {
                     shared.lock().operations.hashing(id, Progress { done, total });
-                    shared.events.emit(EventKind::DownloadHashing {
-                        game_id: id.clone(),
-                        peer_id: peer,
-                        done_bytes: done,
-                        total_bytes: total,
-                    });
+                    // Shown at most once a second per source (and its last report).
+                    let due = shown.get(&peer).is_none_or(|t: &Instant| now >= *t + SHOW_EVERY);
+                    if due || done == total {
+                        shown.insert(peer.clone(), now);
+                        shared.events.emit(EventKind::DownloadHashing {
+                            game_id: id.clone(),
+                            peer_id: peer,
+                            done_bytes: done,
+                            total_bytes: total,
+                        });
+                    }
                 }
             }
             () = tokio::time::sleep_until(deadline.into()) => engine.handle_timeout(Instant::now()),

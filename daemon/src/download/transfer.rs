@@ -194,7 +194,7 @@ impl Transfer<'_, '_> {
                     (false, true) => fetch::How::Offer,
                     (false, false) => fetch::How::Ready,
                 };
-                let limit = shared.net.download_limit.as_ref();
+                let limit = &shared.net.download_limit;
                 fetch::fetch(
                     &conn,
                     &source,

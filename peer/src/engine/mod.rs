@@ -26,6 +26,7 @@
 //! them to verify more, then fails.
 
 mod lanes;
+mod silence;
 #[cfg(test)]
 mod tests;
 
@@ -112,14 +113,6 @@ impl EngineConfig {
     }
 }
 
-/// A source asked for its manifest: when its silence ends it, and the progress it last
-/// reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Silence {
-    until: Instant,
-    done: Option<u64>,
-}
-
 /// Names one batch in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BatchId(pub u64);
@@ -187,7 +180,7 @@ pub struct Engine {
     why: BTreeMap<PeerId, String>,
     vote: ManifestVote,
     /// Sources asked for their manifest that have not answered yet.
-    waiting: BTreeMap<PeerId, Silence>,
+    waiting: silence::Waiting,
     grace_ends: Option<Instant>,
     chosen: Option<Chosen>,
     planner: Option<Planner>,
@@ -212,10 +205,7 @@ impl Engine {
     /// A download of `game` from `sources` (the newest-version peers linked now): asks
     /// each for its manifest.
     pub fn new(game: GameId, sources: &[PeerId], config: EngineConfig, now: Instant) -> Self {
-        let silence = Silence {
-            until: now + config.manifest_timeout,
-            done: None,
-        };
+        let waiting = silence::Waiting::new(sources, now, config.manifest_timeout);
         let mut engine = Self {
             game,
             config,
@@ -223,7 +213,7 @@ impl Engine {
             actions: sources.iter().cloned().map(Action::AskManifest).collect(),
             why: BTreeMap::new(),
             vote: ManifestVote::default(),
-            waiting: sources.iter().map(|p| (p.clone(), silence)).collect(),
+            waiting,
             grace_ends: None,
             chosen: None,
             planner: None,
@@ -295,12 +285,7 @@ impl Engine {
     /// the wait of a starved swarm download).
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Manifests => self
-                .waiting
-                .values()
-                .map(|s| s.until)
-                .chain(self.grace_ends)
-                .min(),
+            Phase::Manifests => self.waiting.next().into_iter().chain(self.grace_ends).min(),
             Phase::Transfer => {
                 let starved = self.starved_at.map(|t| t + self.config.swarm_wait);
                 let rested = self.rest_since.map(|t| t + OFFER_REST);
@@ -341,7 +326,7 @@ impl Engine {
         }
         if self.grace_ends.is_some_and(|g| now >= g) {
             let grace = self.config.manifest_grace;
-            for peer in std::mem::take(&mut self.waiting).into_keys() {
+            for peer in self.waiting.take_all() {
                 let why = format!("no manifest {grace:?} after the others settled the vote");
                 warn!(peer = %peer.short(), "not a source for {}: {why}", self.game);
                 self.why.insert(peer, why);
@@ -350,17 +335,11 @@ impl Engine {
             return;
         }
         let idle = self.config.manifest_timeout;
-        let silent: Vec<PeerId> = self
-            .waiting
-            .iter()
-            .filter(|(_, s)| now >= s.until)
-            .map(|(p, _)| p.clone())
-            .collect();
+        let silent = self.waiting.expired(now);
         if silent.is_empty() {
             return;
         }
         for peer in silent {
-            self.waiting.remove(&peer);
             warn!(peer = %peer.short(), "no manifest in time: silent for {idle:?}");
             self.vote.no_answer(
                 peer,
@@ -371,8 +350,9 @@ impl Engine {
     }
 
     /// The source asked for its manifest reports how far its hashing is: `done` of
-    /// `total` bytes. Counts as a sign of life (its silence starts again) only when it
-    /// moved forward since its last report; returns whether it did.
+    /// `total` bytes. Counts as a sign of life (its silence starts again) only when it is
+    /// real progress, and never past a cap set by `total` (see `silence.rs`); returns
+    /// whether it counted.
     pub fn on_manifest_progress(
         &mut self,
         peer: &PeerId,
@@ -380,18 +360,7 @@ impl Engine {
         total: u64,
         now: Instant,
     ) -> bool {
-        if self.phase != Phase::Manifests || done > total {
-            return false;
-        }
-        let Some(s) = self.waiting.get_mut(peer) else {
-            return false;
-        };
-        if s.done.is_some_and(|d| done <= d) {
-            return false;
-        }
-        s.done = Some(done);
-        s.until = now + self.config.manifest_timeout;
-        true
+        self.phase == Phase::Manifests && self.waiting.report(peer, done, total, now)
     }
 
     /// A source's answer to [`Action::AskManifest`]: its manifest, or why there is none.
@@ -401,7 +370,7 @@ impl Engine {
         answer: Result<Vec<FileManifest>, String>,
         now: Instant,
     ) {
-        if self.phase != Phase::Manifests || self.waiting.remove(&peer).is_none() {
+        if self.phase != Phase::Manifests || !self.waiting.remove(&peer) {
             return;
         }
         match answer {

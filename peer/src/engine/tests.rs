@@ -145,7 +145,7 @@ fn a_source_silent_for_the_timeout_is_left_out_while_the_others_answer() {
     let t0 = Instant::now();
     let mut e = Engine::new(game(), &[pid(1), pid(2)], EngineConfig::new(1), t0);
     drain(&mut e);
-    e.on_manifest_progress(&pid(1), 1, 10, t0 + Duration::from_secs(30));
+    e.on_manifest_progress(&pid(1), 1 << 20, 10 << 30, t0 + Duration::from_secs(30));
     e.handle_timeout(t0 + MANIFEST_TIMEOUT);
     // pid(2) is out; pid(1) still hashes, so nothing is decided yet.
     assert!(drain(&mut e).is_empty());

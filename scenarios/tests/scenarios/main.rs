@@ -14,6 +14,7 @@ mod indexing;
 mod install;
 mod lanes;
 mod library;
+mod limit_live;
 mod limits;
 mod live;
 mod manage;

@@ -1,0 +1,94 @@
+//! `lanspread limit` (issue 23): bandwidth limits change at run time, for the transfers
+//! already running, without restarting them; bad values change nothing.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lanspread_fixtures::{Content, GameSpec};
+use lanspread_scenarios::{Node, NodeOptions};
+use serde_json::json;
+
+use crate::downloads::source;
+
+const MIB: u64 = 1 << 20;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[test]
+fn a_limit_lifted_at_run_time_speeds_up_the_running_download() {
+    let src = tempfile::tempdir().unwrap();
+    let mut spec = GameSpec::new("cod5", "20250101");
+    for i in 0..8 {
+        spec = spec.file(
+            &format!("cod5.e{i:02}"),
+            0o644,
+            Content::Sparse { size: 8 * MIB },
+        );
+    }
+    spec.write(src.path()).unwrap();
+    let s = source("src", src.path());
+    let games = tempfile::tempdir().unwrap();
+    let c = Node::start_with(
+        "client",
+        games.path(),
+        NodeOptions {
+            args: vec!["--max-download-mib-s".into(), "4".into()],
+            ..NodeOptions::default()
+        },
+    );
+    c.connect(&s);
+    let limits = |n: &Node| n.json(&["status"])["limits"].clone();
+    assert_eq!(
+        limits(&c),
+        json!({"max_upload_mib_s": null, "max_download_mib_s": 4.0})
+    );
+    // Bad values are refused before anything changes.
+    assert_eq!(c.cli(&["limit", "--download-mib-s", "fast"]).code, 2);
+    assert_eq!(c.cli(&["limit", "--upload-mib-s", "-1"]).code, 2);
+    assert_eq!(limits(&c)["max_download_mib_s"], 4.0);
+    // Without options: the limits as they are.
+    assert_eq!(c.json(&["limit"]), limits(&c));
+
+    // 64 MiB at 4 MiB/s would take 16 s; lifted a second in.
+    let out = c.cli(&["download", "cod5", "--no-install", "--detach"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    c.wait_event("download-begin", |e| e["game_id"] == "cod5");
+    std::thread::sleep(Duration::from_secs(1));
+    let changed_ms = now_ms();
+    let now = c.json(&["limit", "--download-mib-s", "off", "--upload-mib-s", "2.5"]);
+    assert_eq!(
+        now,
+        json!({"max_upload_mib_s": 2.5, "max_download_mib_s": null})
+    );
+    assert_eq!(limits(&c), now);
+    let human = c.cli(&["status"]).stdout;
+    assert!(
+        human.contains("limits:      upload 2.5 MiB/s, download unlimited"),
+        "{human}"
+    );
+    let done = c.wait_event("download-finished", |e| e["game_id"] == "cod5");
+    // The same download went on: begun once, never failed.
+    assert_eq!(c.events_named("download-begin").len(), 1);
+    assert!(c.events_named("download-failed").is_empty());
+    // What finished after the change came far faster than the old limit allows.
+    let after: u64 = c
+        .events_named("download-chunk-finished")
+        .iter()
+        .filter(|e| e["ts_ms"].as_u64().unwrap_or(0) >= changed_ms)
+        .map(|e| e["len"].as_u64().unwrap_or(0))
+        .sum();
+    let span_s = (done["ts_ms"].as_u64().unwrap() - changed_ms).max(1) as f64 / 1000.0;
+    let rate = after as f64 / MIB as f64 / span_s;
+    assert!(
+        after >= 32 * MIB && rate > 3.0 * 4.0,
+        "{after} bytes in {span_s} s after the limit was lifted: {rate:.1} MiB/s"
+    );
+    // Back on: a limit set again shows; `off` and `0` both lift.
+    assert_eq!(
+        c.json(&["limit", "--download-mib-s", "16", "--upload-mib-s", "0"]),
+        json!({"max_upload_mib_s": null, "max_download_mib_s": 16.0})
+    );
+}
