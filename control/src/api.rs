@@ -67,7 +67,7 @@ pub enum Request {
         game: String,
     },
     /// Change the bandwidth limits now, for the running transfers too (until the daemon
-    /// restarts or reloads its config). Absent: unchanged; `0`: unlimited.
+    /// restarts). Absent: unchanged; `0`: unlimited; neither given: only show them.
     Limit {
         /// New upload limit, MiB/s.
         #[serde(default, skip_serializing_if = "Option::is_none")]

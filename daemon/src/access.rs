@@ -39,9 +39,9 @@ pub fn is_change(req: &Request) -> bool {
             | Request::Uninstall { .. }
             | Request::Cancel { .. }
             | Request::Remove { .. }
-            | Request::Limit { .. }
             | Request::Shutdown {}
-    )
+    ) || matches!(req, Request::Limit { upload_mib_s, download_mib_s }
+            if upload_mib_s.is_some() || download_mib_s.is_some())
 }
 
 /// The kebab-case name of a request, for messages.
@@ -176,6 +176,12 @@ mod tests {
         let p = policy(Some(50));
         assert!(p.check(&stranger, &Request::Status {}).is_ok());
         assert!(p.check(&stranger, &Request::Events {}).is_ok());
+        // `limit` without values only shows them.
+        let show = Request::Limit {
+            upload_mib_s: None,
+            download_mib_s: None,
+        };
+        assert!(p.check(&stranger, &show).is_ok());
         assert!(p.check(&stranger, &download()).is_ok(), "admin by group");
         let p = policy(None);
         let err = p.check(&stranger, &download()).unwrap_err();

@@ -531,10 +531,12 @@ fn set_limits(
     if let Some(rate) = download {
         shared.net.download_limit.set(rate);
     }
-    tracing::info!(
-        upload = ?shared.net.upload_limit.mib_per_s(),
-        download = ?shared.net.download_limit.mib_per_s(),
-        "bandwidth limits changed"
-    );
+    if upload.is_some() || download.is_some() {
+        tracing::info!(
+            upload = ?shared.net.upload_limit.mib_per_s(),
+            download = ?shared.net.download_limit.mib_per_s(),
+            "bandwidth limits changed"
+        );
+    }
     Ok(shared.status().limits)
 }

@@ -12,7 +12,8 @@ use tokio::sync::Notify;
 
 /// A shared rate limit, off (`None`) or a rate in MiB/s.
 pub struct RateLimit {
-    pacer: Mutex<Option<(f64, Pacer)>>,
+    /// The rate, its pacer and a generation bumped by every change.
+    pacer: Mutex<(Option<(f64, Pacer)>, u64)>,
     changed: Notify,
     epoch: Instant,
 }
@@ -21,7 +22,7 @@ impl RateLimit {
     /// A limit of `mib_per_s` MiB/s (already checked positive), or none.
     pub fn new(mib_per_s: Option<f64>) -> Self {
         Self {
-            pacer: Mutex::new(mib_per_s.map(|r| (r, Pacer::new(r)))),
+            pacer: Mutex::new((mib_per_s.map(|r| (r, Pacer::new(r))), 0)),
             changed: Notify::new(),
             epoch: Instant::now(),
         }
@@ -29,35 +30,50 @@ impl RateLimit {
 
     /// The rate now, MiB/s (`None`: unlimited).
     pub fn mib_per_s(&self) -> Option<f64> {
-        self.locked().as_ref().map(|(r, _)| *r)
+        self.locked().0.as_ref().map(|(r, _)| *r)
     }
 
     /// Sets a new rate (already checked positive) or lifts the limit; transfers waiting
     /// under the old rate reserve again under the new one.
     pub fn set(&self, mib_per_s: Option<f64>) {
-        *self.locked() = mib_per_s.map(|r| (r, Pacer::new(r)));
+        {
+            let mut p = self.locked();
+            *p = (mib_per_s.map(|r| (r, Pacer::new(r))), p.1 + 1);
+        }
         self.changed.notify_waiters();
     }
 
     /// Waits until `bytes` may move.
     pub async fn take(&self, bytes: u64) {
         loop {
-            let changed = self.changed.notified();
-            let wait = match self.locked().as_mut() {
-                None => return,
-                Some((_, pacer)) => pacer.reserve(self.epoch.elapsed(), bytes),
+            let mut changed = std::pin::pin!(self.changed.notified());
+            let (wait, gen) = {
+                let mut p = self.locked();
+                let gen = p.1;
+                match p.0.as_mut() {
+                    None => return,
+                    Some((_, pacer)) => (pacer.reserve(self.epoch.elapsed(), bytes), gen),
+                }
             };
             if wait.is_zero() {
                 return;
             }
-            tokio::select! {
-                () = tokio::time::sleep(wait) => return,
-                () = changed => {}
+            let until = tokio::time::Instant::now() + wait;
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep_until(until) => return,
+                    () = &mut changed => {}
+                }
+                if self.locked().1 != gen {
+                    break; // reserve again under the new rate
+                }
+                // A change from before this reservation: keep the place in line.
+                changed.set(self.changed.notified());
             }
         }
     }
 
-    fn locked(&self) -> std::sync::MutexGuard<'_, Option<(f64, Pacer)>> {
+    fn locked(&self) -> std::sync::MutexGuard<'_, (Option<(f64, Pacer)>, u64)> {
         self.pacer.lock().unwrap_or_else(|p| p.into_inner())
     }
 }

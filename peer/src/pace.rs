@@ -28,19 +28,28 @@ impl Pacer {
     /// sending them.
     pub fn reserve(&mut self, now: Duration, bytes: u64) -> Duration {
         let start = self.free_at.max(now.saturating_sub(BURST));
-        self.free_at = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_s);
+        let takes =
+            Duration::try_from_secs_f64(bytes as f64 / self.bytes_per_s).unwrap_or(Duration::MAX);
+        self.free_at = start.saturating_add(takes);
         // Wait until the reservation ends minus the burst allowance.
         self.free_at.saturating_sub(BURST).saturating_sub(now)
     }
 }
 
-/// Checks a configured limit: positive and finite.
+/// The lowest limit taken (10 KiB/s): below it a piece would wait for hours, or for
+/// longer than a `Duration` holds.
+pub const MIN_LIMIT_MIB_S: f64 = 0.01;
+/// The highest limit taken (about a TiB/s: no link is faster).
+pub const MAX_LIMIT_MIB_S: f64 = 1e6;
+
+/// Checks a configured limit: a number of MiB/s in
+/// [`MIN_LIMIT_MIB_S`]`..=`[`MAX_LIMIT_MIB_S`].
 pub fn check_limit(name: &str, mib_per_s: f64) -> Result<f64, String> {
-    if mib_per_s.is_finite() && mib_per_s > 0.0 {
+    if (MIN_LIMIT_MIB_S..=MAX_LIMIT_MIB_S).contains(&mib_per_s) {
         Ok(mib_per_s)
     } else {
         Err(format!(
-            "{name}: {mib_per_s} is not a positive number of MiB/s"
+            "{name}: {mib_per_s} is not a number of MiB/s in {MIN_LIMIT_MIB_S}..={MAX_LIMIT_MIB_S}"
         ))
     }
 }
@@ -105,6 +114,17 @@ mod tests {
         assert!(check_limit("max_upload_mib_s", 0.0).is_err());
         assert!(check_limit("max_upload_mib_s", -1.0).is_err());
         assert!(check_limit("max_upload_mib_s", f64::NAN).is_err());
+        assert!(
+            check_limit("max_upload_mib_s", 1e-30).is_err(),
+            "would wait for ever"
+        );
+        assert!(check_limit("max_upload_mib_s", f64::INFINITY).is_err());
+        // Even a rate no check lets through never panics the pacer.
+        let mut p = Pacer::new(1e-30);
+        assert_eq!(
+            p.reserve(Duration::ZERO, MIB),
+            Duration::MAX.saturating_sub(BURST)
+        );
         assert_eq!(check_limit("max_upload_mib_s", 12.5), Ok(12.5));
     }
 }

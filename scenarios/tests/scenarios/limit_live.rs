@@ -11,6 +11,16 @@ use crate::downloads::source;
 
 const MIB: u64 = 1 << 20;
 
+/// One request line on the control socket, as any client could send it.
+fn raw(n: &Node, line: &str) -> serde_json::Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(n.socket_path()).unwrap();
+    writeln!(s, "{line}").unwrap();
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).unwrap();
+    serde_json::from_str(&reply).unwrap()
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -47,8 +57,19 @@ fn a_limit_lifted_at_run_time_speeds_up_the_running_download() {
     );
     // Bad values are refused before anything changes.
     assert_eq!(c.cli(&["limit", "--download-mib-s", "fast"]).code, 2);
-    assert_eq!(c.cli(&["limit", "--upload-mib-s", "-1"]).code, 2);
-    assert_eq!(limits(&c)["max_download_mib_s"], 4.0);
+    assert_eq!(c.cli(&["limit", "--upload-mib-s=-1"]).code, 2);
+    // The daemon checks too (a client that is not our CLI), both values before either.
+    for bad in [
+        r#"{"cmd":"limit","download_mib_s":-5}"#,
+        r#"{"cmd":"limit","upload_mib_s":8,"download_mib_s":1e-30}"#,
+    ] {
+        let reply = raw(&c, bad);
+        assert_eq!(reply["error"]["kind"], "bad-request", "{reply}");
+    }
+    assert_eq!(
+        limits(&c),
+        json!({"max_upload_mib_s": null, "max_download_mib_s": 4.0})
+    );
     // Without options: the limits as they are.
     assert_eq!(c.json(&["limit"]), limits(&c));
 
