@@ -330,6 +330,13 @@ impl Directory {
         self.count.subscribe()
     }
 
+    /// The row of one linked peer.
+    pub fn info(&self, peer: &PeerId) -> Option<PeerInfo> {
+        let p = self.lock();
+        p.links.contains_key(peer).then_some(())?;
+        p.table.get(peer).map(|e| peer_info(peer, e))
+    }
+
     /// `list-peers`.
     pub fn infos(&self) -> Vec<PeerInfo> {
         let p = self.lock();

@@ -102,14 +102,22 @@ async fn dial_peer(shared: &Arc<Shared>, addr: SocketAddr, expect: Option<&PeerI
         )
         .instrument(link_span(addr, Direction::Outbound)),
     );
-    match tokio::time::timeout(handshake::HELLO_TIMEOUT + Duration::from_secs(1), rx).await {
-        Ok(Ok(result)) => result,
-        Ok(Err(_)) => Err(refused(format!(
-            "connection to {addr} closed during the hello exchange"
-        ))),
-        Err(_) => Err(refused(format!(
-            "{addr} did not complete the hello exchange"
-        ))),
+    let result =
+        match tokio::time::timeout(handshake::HELLO_TIMEOUT + Duration::from_secs(1), rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(refused(format!(
+                "connection to {addr} closed during the hello exchange"
+            ))),
+            Err(_) => Err(refused(format!(
+                "{addr} did not complete the hello exchange"
+            ))),
+        };
+    match result {
+        // Dialled at the moment another route linked the same peer (peer exchange, its
+        // own dial): one of the two connections is closed as a duplicate, and the peer
+        // asked for is linked all the same.
+        Err(e) if expect.is_none() => shared.peers.info(&remote).ok_or(e),
+        other => other,
     }
 }
 
