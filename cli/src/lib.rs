@@ -107,7 +107,7 @@ pub enum Command {
         yes: bool,
     },
     /// Change the bandwidth limits at once, running transfers included (until the daemon
-    /// restarts); without options, show them.
+    /// restarts or reloads its config); without options, show them.
     Limit {
         /// Upload limit in MiB/s, or `off` (also `0`).
         #[arg(long, value_name = "N|off", value_parser = parse_limit)]
@@ -116,6 +116,10 @@ pub enum Command {
         #[arg(long, value_name = "N|off", value_parser = parse_limit)]
         download_mib_s: Option<f64>,
     },
+    /// Re-read the daemon's config file and apply what can change live (bandwidth limits,
+    /// static peers, catalog, LAN secret, max_links), like SIGHUP; a bad config changes
+    /// nothing (exit 1).
+    Reload,
     /// Write a RAR5 store archive of a directory (no daemon needed).
     Pack {
         /// Directory to pack.
@@ -276,6 +280,7 @@ pub async fn run(cli: Cli, host: &impl Host) -> Result<(), CliError> {
             };
             ask(request, None).await.map(drop)
         }
+        Command::Reload => ask(Request::Reload {}, None).await.map(drop),
         Command::Remove { game, yes } => {
             if !yes {
                 confirm_remove(&game)?;
@@ -500,6 +505,7 @@ fn render(json: bool, reply: Reply) -> Result<(), CliError> {
         Reply::Games(g) => print(json, &g, || output::games(&g)),
         Reply::Peers(p) => print(json, &p, || output::peers(&p)),
         Reply::Limits(l) => print(json, &l, || format!("limits: {}", output::limits(&l))),
+        Reply::Reloaded(r) => print(json, &r, || output::reloaded(&r)),
         Reply::Ok => print(json, &serde_json::json!({"ok": true}), || "ok".into()),
         Reply::Event(e) => print(json, &e, || match &e.kind {
             lanspread_control::EventKind::InstallFinished { game_id } => {

@@ -28,6 +28,26 @@ pub fn limits(l: &lanspread_control::api::Limits) -> String {
     )
 }
 
+/// What `reload` did, in a line or two.
+pub fn reloaded(r: &lanspread_control::api::ReloadInfo) -> String {
+    let from = r
+        .config
+        .as_deref()
+        .map_or("flags only (no config file)".to_owned(), str::to_owned);
+    let mut out = if r.applied.is_empty() {
+        format!("reloaded {from}: nothing to change")
+    } else {
+        format!("reloaded {from}: applied {}", r.applied.join(", "))
+    };
+    if !r.needs_restart.is_empty() {
+        out.push_str(&format!(
+            "\nchanged but kept until the daemon restarts: {}",
+            r.needs_restart.join(", ")
+        ));
+    }
+    out
+}
+
 /// `37.0% (1.2 GiB of 3.3 GiB)`: how far something measured in bytes is.
 pub fn share(done: u64, total: u64) -> String {
     let p = lanspread_control::api::percent(done, total).unwrap_or(100.0);

@@ -76,6 +76,8 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         download_mib_s: Option<f64>,
     },
+    /// Read the config file again and apply what can change live (like `SIGHUP`).
+    Reload {},
 }
 
 /// A reply from the daemon.
@@ -92,6 +94,8 @@ pub enum Reply {
     Peers(Vec<PeerInfo>),
     /// Answer to `limit`: the limits now.
     Limits(Limits),
+    /// Answer to `reload`.
+    Reloaded(ReloadInfo),
     /// One streamed event.
     Event(Event),
     /// An operation was started in the background (`--detach`).
@@ -134,6 +138,18 @@ pub struct StatusInfo {
     /// Local games with a valid `version.ini` that are not offered, and why.
     #[serde(default)]
     pub problems: Vec<GameProblem>,
+}
+
+/// What a reload did (`reload --json`, and the `config-reloaded` event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReloadInfo {
+    /// The config file read, if any (none: flags and defaults only).
+    pub config: Option<String>,
+    /// Settings that changed and took effect now.
+    pub applied: Vec<String>,
+    /// Settings that changed but take effect only when the daemon restarts (the old
+    /// value stays in use until then).
+    pub needs_restart: Vec<String>,
 }
 
 /// Bandwidth limits to and from LAN peers (`null`: unlimited).
@@ -362,6 +378,16 @@ pub enum EventKind {
     },
     NoPeersHaveGame {
         game_id: GameId,
+    },
+    /// `SIGHUP` or `reload` read the config again and applied it.
+    ConfigReloaded {
+        config: Option<String>,
+        applied: Vec<String>,
+        needs_restart: Vec<String>,
+    },
+    /// `SIGHUP` or `reload` found a bad config; the daemon kept the settings it had.
+    ConfigReloadFailed {
+        reason: String,
     },
     GotGameFiles {
         game_id: GameId,

@@ -47,6 +47,9 @@ pub enum ErrorKind {
     Shutdown,
     /// A wait ran out of time.
     Timeout,
+    /// `reload`: the config file (or a file it names) cannot be read or is invalid; the
+    /// daemon keeps the settings it had.
+    BadConfig,
     /// The CLI could not reach the daemon (exit 3).
     DaemonUnreachable,
     /// A bug or an internal task failure.
@@ -77,6 +80,7 @@ impl ErrorKind {
             Self::Cancelled => "cancelled",
             Self::Shutdown => "shutdown",
             Self::Timeout => "timeout",
+            Self::BadConfig => "bad-config",
             Self::DaemonUnreachable => "daemon-unreachable",
             Self::Internal => "internal",
             Self::Other => "other",

@@ -40,6 +40,7 @@ pub fn is_change(req: &Request) -> bool {
             | Request::Cancel { .. }
             | Request::Remove { .. }
             | Request::Shutdown {}
+            | Request::Reload {}
     ) || matches!(req, Request::Limit { upload_mib_s, download_mib_s }
             if upload_mib_s.is_some() || download_mib_s.is_some())
 }
@@ -60,6 +61,7 @@ fn name(req: &Request) -> &'static str {
         Request::Cancel { .. } => "cancel",
         Request::Remove { .. } => "remove",
         Request::Limit { .. } => "limit",
+        Request::Reload {} => "reload",
     }
 }
 
@@ -192,6 +194,7 @@ mod tests {
         );
         for req in [
             Request::Shutdown {},
+            Request::Reload {},
             Request::Connect { addr: "x:1".into() },
             Request::Install { game: "g".into() },
             Request::Uninstall { game: "g".into() },

@@ -201,9 +201,8 @@ pub fn check_host_port(addr: &str) -> Result<(), Failure> {
 impl DaemonArgs {
     /// Merges flags over the config file (flags win) and checks the result.
     pub fn resolve(self) -> Result<DaemonConfig, DaemonError> {
-        let file = match &self.config {
-            Some(p) => load_file(p)?,
-            None if Path::new(DEFAULT_CONFIG).exists() => load_file(Path::new(DEFAULT_CONFIG))?,
+        let file = match DaemonConfig::file(&self) {
+            Some(p) => load_file(&p)?,
             None => FileConfig::default(),
         };
         let limit = |name: &str, v: Option<f64>| {
@@ -279,22 +278,87 @@ impl DaemonArgs {
 impl DaemonConfig {
     /// Every path made absolute against the current directory, so the daemon can leave it
     /// (`lanspreadd` runs from `/`: nothing it opens may depend on where it was started).
-    pub fn absolute(mut self) -> Result<Self, DaemonError> {
-        let abs = |p: &mut PathBuf| -> Result<(), DaemonError> {
-            *p = std::path::absolute(&*p).map_err(|e| DaemonError::io(&*p, e))?;
-            Ok(())
+    pub fn absolute(self) -> Result<Self, DaemonError> {
+        let cwd = std::env::current_dir().map_err(|e| DaemonError::io(".", e))?;
+        Ok(self.absolute_from(&cwd))
+    }
+
+    /// Every relative path joined to `base` (the directory the daemon was started from:
+    /// a reload resolves the same flags to the same paths).
+    pub fn absolute_from(mut self, base: &Path) -> Self {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
         };
-        abs(&mut self.games)?;
-        abs(&mut self.state)?;
-        abs(&mut self.socket)?;
+        abs(&mut self.games);
+        abs(&mut self.state);
+        abs(&mut self.socket);
         for p in [&mut self.catalog, &mut self.events, &mut self.secret_file]
             .into_iter()
             .flatten()
             .filter(|p| p.as_path() != Path::new("-"))
         {
-            abs(p)?;
+            abs(p);
         }
-        Ok(self)
+        self
+    }
+
+    /// The config file these settings were read from, if any.
+    pub fn file(args: &DaemonArgs) -> Option<PathBuf> {
+        match &args.config {
+            Some(p) => Some(p.clone()),
+            None if Path::new(DEFAULT_CONFIG).exists() => Some(DEFAULT_CONFIG.into()),
+            None => None,
+        }
+    }
+}
+
+/// Where the settings come from: the command line, and the directory it was given in
+/// (relative paths keep meaning the same files after the daemon moved to `/`).
+#[derive(Debug, Clone)]
+pub struct ConfigSource {
+    args: DaemonArgs,
+    base: PathBuf,
+}
+
+impl ConfigSource {
+    /// The command line, given in the current directory.
+    pub fn new(args: DaemonArgs) -> Result<Self, DaemonError> {
+        let base = std::env::current_dir().map_err(|e| DaemonError::io(".", e))?;
+        Ok(Self { args, base })
+    }
+
+    /// The command line, given in `base`.
+    pub fn with_base(args: DaemonArgs, base: PathBuf) -> Self {
+        Self { args, base }
+    }
+
+    /// The settings: flags over the config file, paths absolute.
+    pub fn load(&self) -> Result<DaemonConfig, DaemonError> {
+        Ok(self.args.clone().resolve()?.absolute_from(&self.base))
+    }
+
+    /// The config file read, if any, as the user named it.
+    pub(crate) fn file(&self) -> Option<String> {
+        DaemonConfig::file(&self.args).map(|p| self.base.join(p).display().to_string())
+    }
+}
+
+/// The source and the settings in force; kept by the daemon when it was started from a
+/// command line (the demo's daemons have none and cannot be reloaded).
+#[derive(Debug)]
+pub struct Reloadable {
+    /// What is read again.
+    pub(crate) source: ConfigSource,
+    /// The settings in force.
+    pub(crate) config: DaemonConfig,
+}
+
+impl Reloadable {
+    /// The settings `config` was loaded from `source`.
+    pub fn new(source: ConfigSource, config: DaemonConfig) -> Self {
+        Self { source, config }
     }
 }
 

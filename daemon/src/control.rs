@@ -317,25 +317,25 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
                 ),
             }
         }
-        Request::Install { game } => match shared.catalog.get(&game) {
+        Request::Install { game } => match shared.catalog().get(&game) {
             Some(id) => match crate::install::install(shared, &id, false).await {
                 Ok(event) => Reply::Event(event),
                 Err(e) => failed(e),
             },
             None => not_in_catalog(&game),
         },
-        Request::Uninstall { game } => match shared.catalog.get(&game) {
+        Request::Uninstall { game } => match shared.catalog().get(&game) {
             Some(id) => match crate::install::uninstall(shared, &id).await {
                 Ok(event) => Reply::Event(event),
                 Err(e) => failed(e),
             },
             None => not_in_catalog(&game),
         },
-        Request::Cancel { game } => match shared.catalog.get(&game) {
+        Request::Cancel { game } => match shared.catalog().get(&game) {
             Some(id) => cancel(shared, &id).await,
             None => not_in_catalog(&game),
         },
-        Request::Remove { game } => match shared.catalog.get(&game) {
+        Request::Remove { game } => match shared.catalog().get(&game) {
             Some(id) => match crate::install::remove(shared, &id).await {
                 Ok(()) => Reply::Ok,
                 Err(e) => failed(e),
@@ -350,6 +350,13 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
             Err(message) => Reply::Error {
                 message,
                 kind: ErrorKind::BadRequest,
+            },
+        },
+        Request::Reload {} => match crate::reload::reload(shared).await {
+            Ok(info) => Reply::Reloaded(info),
+            Err(f) => Reply::Error {
+                message: f.message,
+                kind: f.kind,
             },
         },
         Request::Shutdown {} => {

@@ -43,26 +43,6 @@ async fn periodic_rescan(shared: Arc<Shared>, every: Duration) {
     }
 }
 
-/// Dials a static peer (`peers = [...]`). A name that does not resolve yet (DNS not up at
-/// boot, the server not yet on the network) is looked up again with backoff (1 s doubling
-/// to 60 s) until it does; a dial that fails goes to the redial manager.
-async fn static_peer(shared: Arc<Shared>, peer: String) {
-    let mut wait = Duration::from_secs(1);
-    let addr = loop {
-        match tokio::net::lookup_host(&peer).await.map(|mut a| a.next()) {
-            Ok(Some(addr)) => break addr,
-            Ok(None) => warn!(%peer, "static peer resolves to no address; retrying in {wait:?}"),
-            Err(e) => warn!(%peer, "static peer does not resolve ({e}); retrying in {wait:?}"),
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(60));
-    };
-    if let Err(e) = links::dial(&shared, addr).await {
-        warn!(%peer, "static peer: {e}; retrying with backoff");
-        let _ = shared.peers.redial.send((None, addr));
-    }
-}
-
 /// A running daemon.
 pub struct Daemon {
     shared: Arc<Shared>,
@@ -104,11 +84,7 @@ impl Daemon {
             .endpoint
             .local_addr()
             .map_err(|e| DaemonError::io("quic socket", e))?;
-        let me = LocalPeer {
-            id: identity.peer_id().clone(),
-            listen,
-            secret,
-        };
+        let me = LocalPeer::new(identity.peer_id().clone(), listen, secret);
         let peers = Directory::new(config.max_links);
         let shared = Shared::new(
             me,
@@ -136,6 +112,22 @@ impl Daemon {
             _mdns: mdns,
             _locks: locks,
         })
+    }
+
+    /// Starts from a command line (and the config file it names), which `reload` and
+    /// [`Daemon::reload`] read again.
+    pub async fn start_from(source: crate::ConfigSource) -> Result<Self, DaemonError> {
+        let config = source.load()?;
+        let daemon = Self::start(config.clone()).await?;
+        *daemon.shared.reload.lock().await = Some(crate::config::Reloadable::new(source, config));
+        Ok(daemon)
+    }
+
+    /// Reads the config again and applies what can change live (`SIGHUP`).
+    pub async fn reload(
+        &self,
+    ) -> Result<lanspread_control::api::ReloadInfo, lanspread_control::Failure> {
+        crate::reload::reload(&self.shared).await
     }
 
     /// Our peer id.
@@ -300,7 +292,7 @@ fn spawn_tasks(
     tasks.push(tokio::spawn(periodic_rescan(shared.clone(), interval)));
     tasks.push(crate::index::spawn(shared));
     for peer in config.peers.iter().cloned() {
-        tasks.push(tokio::spawn(static_peer(shared.clone(), peer)));
+        tasks.push(tokio::spawn(links::static_peer(shared.clone(), peer)));
     }
     (tasks, watcher, mdns)
 }

@@ -72,8 +72,8 @@ pub struct Directory {
     pub pex_dial: mpsc::UnboundedSender<PeerAddr>,
     /// The receiving end, taken once by that task.
     pub pex_dial_rx: Mutex<Option<mpsc::UnboundedReceiver<PeerAddr>>>,
-    /// Peer exchange dials while there are fewer links than this.
-    max_links: usize,
+    /// Peer exchange dials while there are fewer links than this (changed by reload).
+    max_links: std::sync::atomic::AtomicUsize,
     /// Bumped whenever a peer's partial holdings or library change (running downloads
     /// watch it for new sources).
     holdings: watch::Sender<u64>,
@@ -85,7 +85,7 @@ impl Directory {
         let (redial, redial_rx) = mpsc::unbounded_channel();
         let (pex_dial, pex_dial_rx) = mpsc::unbounded_channel();
         Self {
-            max_links,
+            max_links: max_links.into(),
             pex_dial,
             pex_dial_rx: Mutex::new(Some(pex_dial_rx)),
             peers: Mutex::default(),
@@ -177,7 +177,7 @@ impl Directory {
     /// The peers of a received peer-exchange list to dial now (`pex_dials`), marked as
     /// being dialled until [`Directory::dialled`].
     pub fn pex_dials(&self, me: &PeerId, learned: &[PeerAddr]) -> Vec<PeerAddr> {
-        let max_links = self.max_links;
+        let max_links = self.max_links();
         let linked: BTreeSet<PeerId> = self.lock().links.keys().cloned().collect();
         let mut guard = self.dialling.lock().unwrap_or_else(|p| p.into_inner());
         let (dialling, failed) = &mut *guard;
@@ -186,6 +186,33 @@ impl Directory {
         let dials = lanspread_peer::pex_dials(me, (&linked, dialling), &recent, learned, max_links);
         dialling.extend(dials.iter().map(|d| d.peer_id.clone()));
         dials
+    }
+
+    /// Links up to which peer exchange dials.
+    pub fn max_links(&self) -> usize {
+        self.max_links.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Changes [`Directory::max_links`] (reload); links above it stay.
+    pub fn set_max_links(&self, n: usize) {
+        self.max_links
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Sorts every peer's library again by a reloaded catalog; the rows of the peers whose
+    /// catalog games changed, for their `remote-library-changed` events.
+    pub fn recatalog(&self, catalog: &Catalog) -> Vec<PeerInfo> {
+        let mut p = self.lock();
+        let before: Vec<PeerInfo> = p.table.iter().map(|(id, e)| peer_info(id, e)).collect();
+        if !p.table.recatalog(catalog) {
+            return Vec::new();
+        }
+        self.holdings.send_modify(|v| *v += 1);
+        p.table
+            .iter()
+            .map(|(id, e)| peer_info(id, e))
+            .filter(|now| !before.contains(now))
+            .collect()
     }
 
     /// A peer-exchange dial ended; a failed address is not tried again for

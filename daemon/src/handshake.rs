@@ -15,19 +15,45 @@ use quinn::{Connection, RecvStream, VarInt};
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who we are in every hello: our id, where we listen, our LAN secret.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LocalPeer {
     /// Our peer id.
     pub id: PeerId,
     /// Our QUIC listen address.
     pub listen: SocketAddr,
-    /// The LAN secret, if configured.
-    pub secret: Option<LanSecret>,
+    /// The LAN secret, if configured; reload may replace it (each hello exchange takes
+    /// the one current when it starts; links already made stay).
+    secret: std::sync::RwLock<Option<LanSecret>>,
+}
+
+impl LocalPeer {
+    /// Our id, address and LAN secret.
+    pub fn new(id: PeerId, listen: SocketAddr, secret: Option<LanSecret>) -> Self {
+        Self {
+            id,
+            listen,
+            secret: std::sync::RwLock::new(secret),
+        }
+    }
+
+    /// The LAN secret now.
+    pub fn secret(&self) -> Option<LanSecret> {
+        self.secret
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the LAN secret for the hello exchanges that start from now on.
+    pub fn set_secret(&self, secret: Option<LanSecret>) {
+        *self.secret.write().unwrap_or_else(|p| p.into_inner()) = secret;
+    }
 }
 
 /// One connection's hello exchange from our side.
 pub struct Exchange<'a> {
     local: &'a LocalPeer,
+    secret: Option<LanSecret>,
     binding: [u8; 32],
     direction: Direction,
 }
@@ -42,6 +68,7 @@ impl<'a> Exchange<'a> {
         let binding = session_binding(conn).map_err(|e| Refusal::protocol(e.to_string()))?;
         Ok(Self {
             local,
+            secret: local.secret(),
             binding,
             direction,
         })
@@ -49,7 +76,7 @@ impl<'a> Exchange<'a> {
 
     fn rules(&self) -> Handshake<'_> {
         Handshake {
-            secret: self.local.secret.as_ref(),
+            secret: self.secret.as_ref(),
             binding: &self.binding,
             we_dialled: self.direction == Direction::Outbound,
         }

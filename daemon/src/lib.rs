@@ -24,6 +24,7 @@ pub mod logging;
 mod mdns;
 mod partial;
 mod recover;
+mod reload;
 mod resources;
 mod seed;
 mod serve;
@@ -32,6 +33,7 @@ mod threads;
 mod watch;
 mod writer;
 
+pub use config::ConfigSource;
 pub use config::{DaemonArgs, DaemonConfig};
 pub use daemon::Daemon;
 pub use error::DaemonError;

@@ -343,7 +343,7 @@ async fn follow(
         };
         match msg {
             Ok(Some(Message::Library(ads))) => {
-                let (changed, info) = shared.peers.set_library(remote, &ads, &shared.catalog);
+                let (changed, info) = shared.peers.set_library(remote, &ads, &shared.catalog());
                 let Some(info) = info else {
                     break "peer entry replaced".into();
                 };
@@ -362,7 +362,7 @@ async fn follow(
             Ok(Some(Message::Holding(h))) => {
                 shared
                     .peers
-                    .holding((remote, conn), Holdings::All(h), &shared.catalog)
+                    .holding((remote, conn), Holdings::All(h), &shared.catalog())
             }
             Ok(Some(Message::HoldingMore {
                 game,
@@ -371,7 +371,7 @@ async fn follow(
             })) => shared.peers.holding(
                 (remote, conn),
                 Holdings::More(game, digest, chunks),
-                &shared.catalog,
+                &shared.catalog(),
             ),
             Ok(Some(Message::Peers(learned))) => {
                 // A peer on the LAN cannot mean our loopback or a multicast group.
@@ -388,7 +388,7 @@ async fn follow(
             Ok(Some(Message::HoldingGone { game })) => {
                 shared
                     .peers
-                    .holding((remote, conn), Holdings::Gone(game), &shared.catalog)
+                    .holding((remote, conn), Holdings::Gone(game), &shared.catalog())
             }
             Ok(Some(Message::Hello(_))) => {
                 warn!("protocol error: second hello");
@@ -408,6 +408,26 @@ async fn follow(
                 break format!("protocol error: {e}");
             }
         }
+    }
+}
+
+/// Dials a static peer (`peers = [...]`). A name that does not resolve yet (DNS not up at
+/// boot, the server not yet on the network) is looked up again with backoff (1 s doubling
+/// to 60 s) until it does; a dial that fails goes to the redial manager.
+pub(crate) async fn static_peer(shared: Arc<Shared>, peer: String) {
+    let mut wait = Duration::from_secs(1);
+    let addr = loop {
+        match tokio::net::lookup_host(&peer).await.map(|mut a| a.next()) {
+            Ok(Some(addr)) => break addr,
+            Ok(None) => warn!(%peer, "static peer resolves to no address; retrying in {wait:?}"),
+            Err(e) => warn!(%peer, "static peer does not resolve ({e}); retrying in {wait:?}"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(60));
+    };
+    if let Err(e) = dial(&shared, addr).await {
+        warn!(%peer, "static peer: {e}; retrying with backoff");
+        let _ = shared.peers.redial.send((None, addr));
     }
 }
 

@@ -485,7 +485,7 @@ fn gated<T>(
     let inner = shared.lock();
     let active = inner.operations.get(game).is_some();
     let root = gate_files(
-        &shared.catalog,
+        &shared.catalog(),
         game,
         inner.library.get(game),
         active,

@@ -42,8 +42,8 @@ pub struct Shared {
     pub partials: Partials,
     /// The games directory.
     pub games_dir: PathBuf,
-    /// Known game ids.
-    pub catalog: Catalog,
+    /// Known game ids (reload may replace them: see [`Shared::catalog`]).
+    catalog: std::sync::RwLock<Arc<Catalog>>,
     /// Event fan-out.
     pub events: EventBus,
     /// What we advertise; link writers watch it.
@@ -57,6 +57,8 @@ pub struct Shared {
     /// How `cancel` and shutdown reach a running install: its stop flag, registered until
     /// its terminal event.
     pub install_stops: Mutex<HashMap<GameId, Arc<std::sync::atomic::AtomicBool>>>,
+    /// What `reload` reads again and the settings in force (none for the demo's daemons).
+    pub reload: tokio::sync::Mutex<Option<crate::config::Reloadable>>,
     inner: Mutex<Inner>,
 }
 
@@ -82,13 +84,14 @@ impl Shared {
             peers,
             partials: Partials::default(),
             games_dir,
-            catalog,
+            catalog: std::sync::RwLock::new(Arc::new(catalog)),
             events,
             advert: watch::channel(Arc::new(advert)).0,
             library_changed: watch::channel(0).0,
             shutdown: watch::channel(false).0,
             cancels: Mutex::default(),
             install_stops: Mutex::default(),
+            reload: tokio::sync::Mutex::new(None),
             inner: Mutex::new(inner),
         })
     }
@@ -97,6 +100,19 @@ impl Shared {
     /// step by step, so a panic elsewhere leaves usable data.
     pub fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The catalog now.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Replaces the catalog (reload); the caller rescans.
+    pub fn set_catalog(&self, catalog: Catalog) {
+        *self.catalog.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(catalog);
     }
 
     /// Answer to `status`.
@@ -228,7 +244,7 @@ impl Shared {
         let this = self.clone();
         let gen = self.lock().library_gen;
         let scanned = tokio::task::spawn_blocking(move || {
-            lanspread_catalog::scan_games_dir(&this.games_dir, &this.catalog)
+            lanspread_catalog::scan_games_dir(&this.games_dir, &this.catalog())
         })
         .await;
         let library = match scanned {

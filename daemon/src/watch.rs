@@ -72,7 +72,7 @@ pub fn start(shared: Arc<Shared>) -> Option<RecommendedWatcher> {
                         found.push(Touched::All);
                     }
                     for p in &ev.paths {
-                        found.extend(touched(&shared.games_dir, &shared.catalog, p));
+                        found.extend(touched(&shared.games_dir, &shared.catalog(), p));
                     }
                 }
                 Err(_) => found.push(Touched::All),

@@ -22,10 +22,17 @@ pub struct PeerEntry {
     pub addr: SocketAddr,
     /// Its ready games that are in our catalog.
     pub games: BTreeMap<GameId, RemoteGame>,
+    /// Its ready games outside our catalog (at most [`MAX_UNLISTED`]), kept so that a
+    /// catalog reloaded with more ids sees them at once, not at the peer's next change.
+    pub unlisted: BTreeMap<GameId, RemoteGame>,
     /// Games it is downloading, with the chunks it holds verified (partial holders are
     /// not ready: they are not in `games`, never count as sources of a version or vote).
     pub partial: BTreeMap<GameId, PartialGame>,
 }
+
+/// Most games outside our catalog kept per peer: a catalog has hundreds of ids, and a
+/// hostile peer's announce (up to a 16 MiB frame) must not be stored whole.
+pub const MAX_UNLISTED: usize = 4096;
 
 /// A game a peer holds in part.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +60,23 @@ pub enum Upsert {
     Unchanged,
 }
 
+/// Games in the catalog, and at most [`MAX_UNLISTED`] of the others.
+fn split_by_catalog(
+    all: impl Iterator<Item = (GameId, RemoteGame)>,
+    catalog: &Catalog,
+) -> (BTreeMap<GameId, RemoteGame>, BTreeMap<GameId, RemoteGame>) {
+    let mut games = BTreeMap::new();
+    let mut unlisted = BTreeMap::new();
+    for (id, game) in all {
+        if catalog.contains(&id) {
+            games.insert(id, game);
+        } else if unlisted.len() < MAX_UNLISTED {
+            unlisted.insert(id, game);
+        }
+    }
+    (games, unlisted)
+}
+
 /// Peers keyed by peer id.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PeerTable {
@@ -74,6 +98,7 @@ impl PeerTable {
                     PeerEntry {
                         addr,
                         games: BTreeMap::new(),
+                        unlisted: BTreeMap::new(),
                         partial: BTreeMap::new(),
                     },
                 );
@@ -93,24 +118,42 @@ impl PeerTable {
         let Some(entry) = self.peers.get_mut(id) else {
             return false;
         };
-        let games: BTreeMap<GameId, RemoteGame> = ads
-            .iter()
-            .filter(|ad| catalog.contains(&ad.id))
-            .map(|ad| {
-                (
-                    ad.id.clone(),
-                    RemoteGame {
-                        version: ad.version,
-                        size: ad.size,
-                    },
-                )
-            })
-            .collect();
+        let all = ads.iter().map(|ad| {
+            (
+                ad.id.clone(),
+                RemoteGame {
+                    version: ad.version,
+                    size: ad.size,
+                },
+            )
+        });
+        let (games, unlisted) = split_by_catalog(all, catalog);
+        entry.unlisted = unlisted;
         if entry.games == games {
             return false;
         }
         entry.games = games;
         true
+    }
+
+    /// Sorts every peer's games again by a new catalog: ids it added become visible at
+    /// once, ids it dropped are hidden (their partial holdings too). Returns whether any
+    /// peer's catalog games changed.
+    pub fn recatalog(&mut self, catalog: &Catalog) -> bool {
+        let mut changed = false;
+        for entry in self.peers.values_mut() {
+            let before = std::mem::take(&mut entry.games);
+            let all = before
+                .clone()
+                .into_iter()
+                .chain(std::mem::take(&mut entry.unlisted));
+            let (games, unlisted) = split_by_catalog(all, catalog);
+            changed |= games != before;
+            entry.games = games;
+            entry.unlisted = unlisted;
+            entry.partial.retain(|id, _| catalog.contains(id));
+        }
+        changed
     }
 
     /// A peer's whole holding of a game it downloads (replaces the previous one). Ignored
@@ -278,6 +321,41 @@ pub(crate) mod tests {
         );
         assert!(t.remove(&pid(1)).is_some());
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_reloaded_catalog_shows_and_hides_peer_games_without_a_new_announce() {
+        let mut t = PeerTable::new();
+        t.upsert(&pid(1), "127.0.0.1:1".parse().unwrap());
+        let lib = [ad("mystery", "20250101", 1), ad("bf1942", "20250101", 2)];
+        let small = Catalog::parse("bf1942\n").unwrap();
+        assert!(t.set_library(&pid(1), &lib, &small));
+        let ids = |t: &PeerTable| {
+            t.get(&pid(1))
+                .unwrap()
+                .games
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&t), [GameId::new("bf1942").unwrap()]);
+        let both = Catalog::parse("bf1942\nmystery\n").unwrap();
+        assert!(t.recatalog(&both), "mystery appears");
+        assert_eq!(ids(&t).len(), 2);
+        assert!(!t.recatalog(&both), "nothing new");
+        assert!(t.recatalog(&Catalog::parse("mystery\n").unwrap()));
+        assert_eq!(ids(&t), [GameId::new("mystery").unwrap()]);
+        assert!(
+            t.recatalog(&small),
+            "bf1942 was kept aside, mystery goes aside"
+        );
+        assert_eq!(ids(&t), [GameId::new("bf1942").unwrap()]);
+        // A flood of ids outside the catalog is kept only up to the cap.
+        let flood: Vec<GameAd> = (0..MAX_UNLISTED + 10)
+            .map(|n| ad(&format!("g{n}"), "20250101", 1))
+            .collect();
+        t.set_library(&pid(1), &flood, &small);
+        assert_eq!(t.get(&pid(1)).unwrap().unlisted.len(), MAX_UNLISTED);
     }
 
     #[test]

@@ -53,6 +53,14 @@ impl LanSecret {
         out
     }
 
+    /// Whether two loaded secrets are the same (by a keyed digest of a fixed label, so
+    /// the secret itself is never compared or kept around): reload tells a changed
+    /// secret file from one rewritten with the same secret.
+    pub fn same_as(&self, other: &LanSecret) -> bool {
+        let label = b"lanspread-secret-fingerprint";
+        hmac::verify(&other.0, label, hmac::sign(&self.0, label).as_ref()).is_ok()
+    }
+
     /// Whether `proof` is the other side's valid proof (constant-time comparison).
     pub fn verify(&self, ekm: &[u8; 32], their_role_client: bool, proof: &[u8]) -> bool {
         hmac::verify(&self.0, &message(ekm, their_role_client), proof).is_ok()
@@ -105,6 +113,13 @@ mod tests {
 
     fn s(x: &str) -> LanSecret {
         LanSecret::from_bytes(x.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn same_as_tells_secrets_apart() {
+        let a = s("correct horse battery staple");
+        assert!(a.same_as(&s("correct horse battery staple\n")));
+        assert!(!a.same_as(&s("correct horse battery stapler")));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use clap::Parser;
-use lanspread_daemon::{Daemon, DaemonArgs};
+use lanspread_daemon::{ConfigSource, Daemon, DaemonArgs};
 use tokio::sync::watch;
 
 /// How long a stop may take after SIGTERM/SIGINT before the process exits anyway.
@@ -13,7 +13,7 @@ fn main() -> std::process::ExitCode {
     // Before any other thread exists, so every thread inherits the blocked mask and only
     // the signal thread receives SIGTERM/SIGINT: a stop request is seen even while the
     // runtime's thread is stuck (a hung filesystem, say).
-    let signals = match signal_thread() {
+    let (signals, hups) = match signal_thread() {
         Ok(rx) => rx,
         Err(e) => {
             eprintln!("lanspreadd: cannot set up signal handling: {e}");
@@ -37,7 +37,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(args, signals));
+    let result = runtime.block_on(run(args, signals, hups));
     // Blocking tasks still running (a scan of a hung disk) must not hold the exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
@@ -52,13 +52,16 @@ fn main() -> std::process::ExitCode {
 async fn run(
     args: DaemonArgs,
     mut signals: watch::Receiver<Option<&'static str>>,
+    mut hups: watch::Receiver<u64>,
 ) -> anyhow::Result<()> {
-    let config = args.resolve()?.absolute()?;
+    // Captures the directory the daemon was started from: relative paths (and a reload's)
+    // resolve against it.
+    let source = ConfigSource::new(args)?;
     // The working directory is never used: paths are absolute from here on, and a daemon
     // must not keep the directory it was started from busy (or resolve anything against it).
     std::env::set_current_dir("/").map_err(|e| anyhow::anyhow!("cannot change to /: {e}"))?;
     let daemon = tokio::select! {
-        d = Daemon::start(config) => d?,
+        d = Daemon::start_from(source) => d?,
         _ = signals.changed() => {
             tracing::info!("stop requested during start-up");
             return Ok(());
@@ -76,23 +79,43 @@ async fn run(
     ) {
         tracing::warn!("sd_notify: {e}");
     }
-    tokio::select! {
-        _ = signals.changed() => {
-            let name = signals.borrow().unwrap_or("signal");
-            tracing::info!("{name}");
+    // A SIGHUP that came during start-up is not lost: the loop below sees it at once.
+    loop {
+        tokio::select! {
+            _ = signals.changed() => {
+                let name = signals.borrow().unwrap_or("signal");
+                tracing::info!("{name}");
+                break;
+            }
+            _ = daemon.shutdown_requested() => {
+                tracing::info!("shutdown requested");
+                break;
+            }
+            _ = hups.changed() => {
+                tracing::info!("SIGHUP: reloading the config");
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                // The outcome is logged and emitted as an event by the reload itself.
+                let _ = daemon.reload().await;
+                let _ = sd_notify::notify(
+                    false,
+                    &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)],
+                );
+            }
         }
-        _ = daemon.shutdown_requested() => tracing::info!("shutdown requested"),
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     daemon.stop().await;
     Ok(())
 }
 
-/// Blocks SIGTERM and SIGINT in this thread (and so in every thread started later) and
-/// starts the one thread that waits for them. The first one asks the daemon to stop and
-/// arms a watchdog that ends the process after [`STOP_DEADLINE`]; a second one ends it
-/// at once.
-fn signal_thread() -> std::io::Result<watch::Receiver<Option<&'static str>>> {
+/// The stop signal's name once one came, and the count of SIGHUPs.
+type Signals = (watch::Receiver<Option<&'static str>>, watch::Receiver<u64>);
+
+/// Blocks SIGTERM, SIGINT and SIGHUP in this thread (and so in every thread started
+/// later) and starts the one thread that waits for them. The first SIGTERM/SIGINT asks the
+/// daemon to stop and arms a watchdog that ends the process after [`STOP_DEADLINE`]; a
+/// second one ends it at once. Each SIGHUP bumps the reload counter.
+fn signal_thread() -> std::io::Result<Signals> {
     // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; the calls
     // get valid pointers to it.
     let set = unsafe {
@@ -100,6 +123,7 @@ fn signal_thread() -> std::io::Result<watch::Receiver<Option<&'static str>>> {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         if rc != 0 {
             return Err(std::io::Error::from_raw_os_error(rc));
@@ -107,6 +131,7 @@ fn signal_thread() -> std::io::Result<watch::Receiver<Option<&'static str>>> {
         set
     };
     let (tx, rx) = watch::channel(None);
+    let (hup_tx, hup_rx) = watch::channel(0u64);
     std::thread::Builder::new()
         .name("lanspread-signals".into())
         .spawn(move || {
@@ -115,6 +140,10 @@ fn signal_thread() -> std::io::Result<watch::Receiver<Option<&'static str>>> {
                 let mut sig = 0;
                 // SAFETY: set is a valid, initialised signal set; sig a valid out pointer.
                 if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    continue;
+                }
+                if sig == libc::SIGHUP {
+                    hup_tx.send_modify(|n| *n += 1);
                     continue;
                 }
                 let name = if sig == libc::SIGTERM {
@@ -138,7 +167,7 @@ fn signal_thread() -> std::io::Result<watch::Receiver<Option<&'static str>>> {
                 });
             }
         })?;
-    Ok(rx)
+    Ok((rx, hup_rx))
 }
 
 /// The error and its causes, each said once: an IO error's text is often already part of

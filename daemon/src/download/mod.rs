@@ -37,7 +37,7 @@ use lanspread_control::{ErrorKind, Failure};
 
 /// Checks a download request and registers the operation. Refusals leave nothing behind.
 pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Failure> {
-    let Some(id) = shared.catalog.get(game) else {
+    let Some(id) = shared.catalog().get(game) else {
         return Err(Failure::new(
             ErrorKind::NotInCatalog,
             format!("game {game} is not in the local catalog"),

@@ -27,6 +27,7 @@ fn unknown_fields_are_refused_on_every_command() {
         r#"{"cmd":"status","force":true}"#,
         r#"{"cmd":"shutdown","now":1}"#,
         r#"{"cmd":"install","game":"ggoo","force":true}"#,
+        r#"{"cmd":"reload","now":1}"#,
     ] {
         let reply = ask(&mut s, bad.as_bytes());
         assert!(reply.contains("unknown field"), "{bad}: {reply}");

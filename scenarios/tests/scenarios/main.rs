@@ -20,6 +20,7 @@ mod live;
 mod manage;
 mod mdns;
 mod progress;
+mod reload;
 mod resume;
 mod robust;
 mod swarm;

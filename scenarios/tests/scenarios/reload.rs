@@ -1,0 +1,261 @@
+//! Live reload (issue 23): `lanspread reload` and `SIGHUP` read the config file again and
+//! apply limits, static peers, the catalog and the LAN secret without dropping a link or
+//! restarting a running download; what needs a restart is reported; a bad config changes
+//! nothing and says why.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lanspread_fixtures::{Content, GameSpec};
+use lanspread_scenarios::{Node, NodeOptions};
+use serde_json::json;
+
+const MIB: u64 = 1 << 20;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn with_config(name: &str, games: &Path, config: &Path) -> Node {
+    Node::start_with(
+        name,
+        games,
+        NodeOptions {
+            args: vec!["--config".into(), config.display().to_string()],
+            ..NodeOptions::default()
+        },
+    )
+}
+
+/// One root of `id` with 8 sparse files of 8 MiB.
+fn game(dir: &Path, id: &str) {
+    let mut spec = GameSpec::new(id, "20250101");
+    for i in 0..8 {
+        spec = spec.file(
+            &format!("{id}.e{i:02}"),
+            0o644,
+            Content::Sparse { size: 8 * MIB },
+        );
+    }
+    spec.write(dir).unwrap();
+}
+
+#[test]
+fn reload_applies_limits_peers_and_catalog_without_touching_the_running_download() {
+    let a_games = tempfile::tempdir().unwrap();
+    game(a_games.path(), "cod5");
+    game(a_games.path(), "mystery");
+    let a = Node::start_with(
+        "alpha",
+        a_games.path(),
+        NodeOptions {
+            catalog: Some("cod5\nmystery\n".into()),
+            ..NodeOptions::default()
+        },
+    );
+    let b_games = tempfile::tempdir().unwrap();
+    let b = Node::start("bravo", b_games.path());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("lanspreadd.toml");
+    let catalog = dir.path().join("catalog.txt");
+    std::fs::write(&catalog, "cod5\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "max_download_mib_s = 4\ncatalog = {:?}\n",
+            catalog.display().to_string()
+        ),
+    )
+    .unwrap();
+    let games = tempfile::tempdir().unwrap();
+    let c = with_config("client", games.path(), &cfg);
+    c.connect(&a);
+    let remote_ids = |n: &Node| -> Vec<String> {
+        let g = n.json(&["list-games"]);
+        g["remote"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        remote_ids(&c),
+        ["cod5"],
+        "mystery is not in the catalog yet"
+    );
+    // Nothing changed: nothing applied.
+    let same = c.json(&["reload"]);
+    assert_eq!(same["applied"], json!([]), "{same}");
+    assert_eq!(same["config"], json!(cfg.display().to_string()));
+
+    // 64 MiB at 4 MiB/s would take 16 s; the config lifts the limit a second in.
+    let out = c.cli(&["download", "cod5", "--no-install", "--detach"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    c.wait_event("download-begin", |e| e["game_id"] == "cod5");
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(&catalog, "cod5\nmystery\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "catalog = {:?}\npeers = [{:?}]\ntransfer_threads = 1\nmax_upload_mib_s = 7\n",
+            catalog.display().to_string(),
+            b.addr
+        ),
+    )
+    .unwrap();
+    let changed_ms = now_ms();
+    let r = c.json(&["reload"]);
+    assert_eq!(
+        r["applied"],
+        json!(["peers", "max_upload_mib_s", "max_download_mib_s", "catalog"]),
+        "{r}"
+    );
+    assert_eq!(r["needs_restart"], json!(["transfer_threads"]), "{r}");
+    assert_eq!(
+        c.json(&["status"])["limits"],
+        json!({"max_upload_mib_s": 7.0, "max_download_mib_s": null})
+    );
+    // The catalog's new id is listed from the peer's library at once (no new announce).
+    assert_eq!(remote_ids(&c), ["cod5", "mystery"]);
+    // The new static peer is dialled.
+    assert_eq!(c.cli(&["wait-peers", "2", "--timeout", "20"]).code, 0);
+    let done = c.wait_event("download-finished", |e| e["game_id"] == "cod5");
+    // The same download went on at the new rate: begun once, never failed, no link lost.
+    assert_eq!(c.events_named("download-begin").len(), 1);
+    assert!(c.events_named("download-failed").is_empty());
+    assert!(c.events_named("peer-lost").is_empty());
+    let after: u64 = c
+        .events_named("download-chunk-finished")
+        .iter()
+        .filter(|e| e["ts_ms"].as_u64().unwrap_or(0) >= changed_ms)
+        .map(|e| e["len"].as_u64().unwrap_or(0))
+        .sum();
+    let span_s = (done["ts_ms"].as_u64().unwrap() - changed_ms).max(1) as f64 / 1000.0;
+    let rate = after as f64 / MIB as f64 / span_s;
+    assert!(
+        after >= 32 * MIB && rate > 3.0 * 4.0,
+        "{after} bytes in {span_s} s after the reload: {rate:.1} MiB/s"
+    );
+    let ev = c.wait_event("config-reloaded", |e| e["applied"] != json!([]));
+    assert_eq!(ev["needs_restart"], json!(["transfer_threads"]));
+    // Still not applied, so still reported, and the human form says so.
+    let human = c.cli(&["reload"]);
+    assert_eq!(human.code, 0, "{}", human.stderr);
+    assert!(
+        human
+            .stdout
+            .contains("kept until the daemon restarts: transfer_threads"),
+        "{}",
+        human.stdout
+    );
+
+    // A bad config changes nothing: exit 1, kind bad-config, limits as they were.
+    std::fs::write(&cfg, "max_upload_mib_s = \"fast\"\n").unwrap();
+    let bad = c.cli(&["reload", "--json"]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert_eq!(bad.json()["error"]["kind"], "bad-config", "{}", bad.stdout);
+    assert!(
+        bad.json()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("max_upload_mib_s"),
+        "{}",
+        bad.stdout
+    );
+    let missing = dir.path().join("gone.txt");
+    std::fs::write(
+        &cfg,
+        format!("catalog = {:?}\n", missing.display().to_string()),
+    )
+    .unwrap();
+    let bad = c.cli(&["reload"]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(bad.stderr.contains("gone.txt"), "{}", bad.stderr);
+    assert!(bad.stderr.contains("keeps the settings"), "{}", bad.stderr);
+    c.wait_event("config-reload-failed", |e| {
+        e["reason"].as_str().unwrap_or("").contains("gone.txt")
+    });
+    assert_eq!(
+        c.json(&["status"])["limits"],
+        json!({"max_upload_mib_s": 7.0, "max_download_mib_s": null})
+    );
+    assert_eq!(remote_ids(&c), ["cod5", "mystery"]);
+
+    // SIGHUP does the same as `reload`.
+    std::fs::write(
+        &cfg,
+        format!(
+            "catalog = {:?}\nmax_upload_mib_s = 3\n",
+            catalog.display().to_string()
+        ),
+    )
+    .unwrap();
+    c.signal(libc::SIGHUP);
+    c.wait_event("config-reloaded", |e| {
+        e["applied"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!("max_upload_mib_s")))
+    });
+    assert_eq!(
+        c.json(&["status"])["limits"],
+        json!({"max_upload_mib_s": 3.0, "max_download_mib_s": null})
+    );
+    // Removed static peers stay linked (a reload drops no link).
+    assert_eq!(c.peer_ids().len(), 2);
+}
+
+#[test]
+fn a_secret_set_by_reload_guards_new_links_and_keeps_the_old_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    write_private(&secret, "a LAN party secret of some length\n");
+    let cfg = dir.path().join("lanspreadd.toml");
+    std::fs::write(&cfg, "").unwrap();
+    let games = tempfile::tempdir().unwrap();
+    let c = with_config("guarded", games.path(), &cfg);
+    let open = tempfile::tempdir().unwrap();
+    let before = Node::start("before", open.path());
+    c.connect(&before);
+
+    std::fs::write(
+        &cfg,
+        format!("secret_file = {:?}\n", secret.display().to_string()),
+    )
+    .unwrap();
+    let r = c.json(&["reload"]);
+    assert_eq!(r["applied"], json!(["secret_file"]), "{r}");
+    // A peer without the secret is refused now; the link made before stays.
+    let open2 = tempfile::tempdir().unwrap();
+    let stranger = Node::start("stranger", open2.path());
+    let out = stranger.cli(&["connect", &c.addr]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("LAN secret"), "{}", out.stderr);
+    assert_eq!(c.peer_ids(), std::slice::from_ref(&before.peer_id));
+    // A peer with it links.
+    let friend_games = tempfile::tempdir().unwrap();
+    let friend = crate::util::node_with_args(
+        "friend",
+        friend_games.path(),
+        &["--secret-file", &secret.display().to_string()],
+    );
+    friend.connect(&c);
+    assert_eq!(c.peer_ids().len(), 2);
+
+    // The same secret written again is no change; a different one is.
+    write_private(&secret, "a LAN party secret of some length");
+    assert_eq!(c.json(&["reload"])["applied"], json!([]));
+    write_private(&secret, "short");
+    let bad = c.cli(&["reload"]);
+    assert_eq!(bad.code, 1, "a secret too short is refused: {bad:?}");
+    assert!(bad.stderr.contains("too short"), "{}", bad.stderr);
+    assert!(c.events_named("peer-lost").is_empty(), "no link dropped");
+}
