@@ -186,6 +186,9 @@ pub fn status(s: &StatusInfo) -> String {
     for p in &s.problems {
         notes.push_str(&format!("\nnot offered: {} ({})", p.game_id, p.reason));
     }
+    if let Some(m) = &s.metrics {
+        notes.push_str(&format!("\nmetrics:     http://{m}/metrics"));
+    }
     if s.events_dropped > 0 {
         notes.push_str(&format!(
             "\nevents:      {} lines dropped (the events reader did not keep up)",

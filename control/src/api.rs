@@ -138,6 +138,9 @@ pub struct StatusInfo {
     /// Local games with a valid `version.ini` that are not offered, and why.
     #[serde(default)]
     pub problems: Vec<GameProblem>,
+    /// Where Prometheus metrics are served (`http://ADDR/metrics`), if anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 /// What a reload did (`reload --json`, and the `config-reloaded` event).

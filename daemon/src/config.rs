@@ -74,6 +74,14 @@ pub struct DaemonArgs {
     /// [default: 64].
     #[arg(long, value_name = "N")]
     pub max_links: Option<usize>,
+    /// Serve Prometheus metrics over HTTP at ADDR (`/metrics`); a loopback address unless
+    /// --metrics-allow-remote [default: off].
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Let --metrics-listen be an address other hosts can reach (the metrics name this
+    /// daemon's peers and games).
+    #[arg(long)]
+    pub metrics_allow_remote: bool,
 }
 
 /// The config file: the flags' names with `_` for `-`, plus `peers`.
@@ -96,6 +104,8 @@ struct FileConfig {
     max_download_mib_s: Option<f64>,
     transfer_threads: Option<usize>,
     max_links: Option<usize>,
+    metrics_listen: Option<SocketAddr>,
+    metrics_allow_remote: Option<bool>,
     #[serde(default)]
     peers: Vec<String>,
 }
@@ -135,6 +145,8 @@ pub struct DaemonConfig {
     pub transfer_threads: usize,
     /// Links up to which peer exchange dials learned peers (0: it dials none).
     pub max_links: usize,
+    /// Where Prometheus metrics are served over HTTP, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl DaemonConfig {
@@ -158,6 +170,7 @@ impl DaemonConfig {
             max_download_mib_s: None,
             transfer_threads: default_transfer_threads(),
             max_links: lanspread_peer::DEFAULT_MAX_LINKS,
+            metrics_listen: None,
         }
     }
 }
@@ -238,6 +251,13 @@ impl DaemonArgs {
                 )))
             }
         };
+        let metrics_listen = self.metrics_listen.or(file.metrics_listen);
+        let remote_ok = self.metrics_allow_remote || file.metrics_allow_remote.unwrap_or(false);
+        if let Some(addr) = metrics_listen.filter(|a| !a.ip().is_loopback() && !remote_ok) {
+            return Err(DaemonError::Config(format!(
+                "metrics_listen {addr} is not a loopback address: the metrics name this daemon's peers and games, so serving them to the network needs --metrics-allow-remote (metrics_allow_remote = true)"
+            )));
+        }
         let socket = self
             .socket
             .or(file.socket)
@@ -271,6 +291,7 @@ impl DaemonArgs {
                 .max_links
                 .or(file.max_links)
                 .unwrap_or(lanspread_peer::DEFAULT_MAX_LINKS),
+            metrics_listen,
         })
     }
 }
@@ -496,6 +517,34 @@ mod tests {
         .resolve()
         .unwrap();
         assert_eq!(c.max_download_mib_s, Some(12.5));
+    }
+
+    #[test]
+    fn metrics_stay_on_loopback_unless_allowed() {
+        let base = ["--games", "/g", "--state", "/s"];
+        let c = args(&[&base[..], &["--metrics-listen", "127.0.0.1:9101"]].concat())
+            .resolve()
+            .unwrap();
+        assert_eq!(c.metrics_listen, Some("127.0.0.1:9101".parse().unwrap()));
+        let err = args(&[&base[..], &["--metrics-listen", "0.0.0.0:9101"]].concat())
+            .resolve()
+            .unwrap_err();
+        assert!(err.to_string().contains("--metrics-allow-remote"), "{err}");
+        let c = args(
+            &[
+                &base[..],
+                &["--metrics-listen", "[::]:9101", "--metrics-allow-remote"],
+            ]
+            .concat(),
+        )
+        .resolve()
+        .unwrap();
+        assert!(c.metrics_listen.is_some());
+        assert_eq!(
+            args(&base).resolve().unwrap().metrics_listen,
+            None,
+            "off by default"
+        );
     }
 
     #[test]

@@ -78,6 +78,12 @@ impl Daemon {
             None => None,
         };
         let (group, policy) = access_policy(&config)?;
+        // Before the control socket, so a metrics address that cannot be bound leaves no
+        // socket file behind.
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(crate::metrics_http::bind(addr).await?),
+            None => None,
+        };
         let listener = control::bind(&config.socket, group).await?;
         let net = transfers(&identity, &config)?;
         let listen = net
@@ -85,6 +91,7 @@ impl Daemon {
             .local_addr()
             .map_err(|e| DaemonError::io("quic socket", e))?;
         let me = LocalPeer::new(identity.peer_id().clone(), listen, secret);
+        events.observe(net.metrics.clone());
         let peers = Directory::new(config.max_links);
         let shared = Shared::new(
             me,
@@ -103,7 +110,13 @@ impl Daemon {
         shared.events.emit(EventKind::LocalLibraryChanged {
             games: shared.local_states(),
         });
-        let (tasks, watcher, mdns) = spawn_tasks(&shared, listener, policy, &config);
+        let (mut tasks, watcher, mdns) = spawn_tasks(&shared, listener, policy, &config);
+        if let Some(m) = metrics {
+            if let Ok(addr) = m.local_addr() {
+                let _ = shared.metrics_addr.set(addr);
+            }
+            tasks.push(tokio::spawn(crate::metrics_http::serve(shared.clone(), m)));
+        }
         Ok(Self {
             shared,
             socket: config.socket.clone(),
@@ -235,6 +248,7 @@ fn transfers(identity: &Identity, config: &DaemonConfig) -> Result<Transfers, Da
             crate::config::env_usize("LANSPREAD_SWARM_UPLOADS", lanspread_peer::SWARM_UPLOADS),
         )),
         seeds: Arc::default(),
+        metrics: Arc::default(),
     })
 }
 

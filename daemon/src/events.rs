@@ -40,6 +40,8 @@ pub struct EventBus {
     sink: Arc<Mutex<Sink>>,
     dropped: Arc<AtomicU64>,
     tx: broadcast::Sender<Event>,
+    /// Counts what the events say happened (set once, by the daemon's start).
+    metrics: Arc<std::sync::OnceLock<Arc<crate::metrics::Metrics>>>,
 }
 
 impl EventBus {
@@ -75,11 +77,20 @@ impl EventBus {
             sink: Arc::new(Mutex::new(sink)),
             dropped,
             tx,
+            metrics: Arc::default(),
         })
+    }
+
+    /// Has `metrics` count every event from now on (once; later calls are ignored).
+    pub fn observe(&self, metrics: Arc<crate::metrics::Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// Records an event and returns it.
     pub fn emit(&self, kind: EventKind) -> Event {
+        if let Some(m) = self.metrics.get() {
+            m.observe(&kind);
+        }
         let event = Event {
             ts_ms: now_ms(),
             kind,

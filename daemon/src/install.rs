@@ -200,6 +200,7 @@ fn begin(shared: &Arc<Shared>, id: &GameId, kind: OpKind) -> Result<std::path::P
     let dir = root.dir.clone();
     inner.operations.begin(id, kind).map_err(peer_failure)?;
     drop(inner);
+    shared.net.metrics.started(kind.as_str());
     shared.refresh_advert();
     Ok(dir)
 }

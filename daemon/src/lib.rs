@@ -22,6 +22,8 @@ mod links;
 mod lock;
 pub mod logging;
 mod mdns;
+mod metrics;
+mod metrics_http;
 mod partial;
 mod recover;
 mod reload;

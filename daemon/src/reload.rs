@@ -50,6 +50,11 @@ pub fn changes(old: &DaemonConfig, new: &DaemonConfig) -> (Vec<&'static str>, Ve
         false,
     );
     check(old.group != new.group, "group", false);
+    check(
+        old.metrics_listen != new.metrics_listen,
+        "metrics_listen",
+        false,
+    );
     check(old.admin_group != new.admin_group, "admin_group", false);
     check(
         old.transfer_threads != new.transfer_threads,
@@ -197,6 +202,7 @@ fn keep_restart_only(new: &mut DaemonConfig, old: &DaemonConfig) {
     new.mdns = old.mdns;
     new.mdns_interfaces = old.mdns_interfaces.clone();
     new.group = old.group.clone();
+    new.metrics_listen = old.metrics_listen;
     new.admin_group = old.admin_group.clone();
     new.transfer_threads = old.transfer_threads;
 }

@@ -37,4 +37,6 @@ pub struct Transfers {
     pub upload_turns: std::sync::Mutex<lanspread_peer::UploadTurns>,
     /// What was sent of each game, for offers (swarm).
     pub seeds: Arc<crate::seed::Seeds>,
+    /// The metrics (`--metrics-listen`); counted whether or not they are served.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }

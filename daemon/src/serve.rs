@@ -82,7 +82,11 @@ async fn handle(
     send: SendStream,
     mut recv: RecvStream,
 ) -> Result<(), Refusal> {
-    let mut answer = Answer { send, conn };
+    let mut answer = Answer {
+        send,
+        conn,
+        bytes: 0,
+    };
     let request = match tokio::time::timeout(
         REQUEST_TIMEOUT,
         read_frame::<_, PeerRequest>(&mut recv),
@@ -95,6 +99,12 @@ async fn handle(
         Err(_) => return Err(Refusal::protocol("no request in time")),
     };
     request.check().map_err(Refusal::protocol)?;
+    let game_id = match &request {
+        PeerRequest::Files { game, .. }
+        | PeerRequest::Chunks { game, .. }
+        | PeerRequest::PartialChunks { game, .. }
+        | PeerRequest::Offer { game, .. } => game.to_string(),
+    };
     match request {
         PeerRequest::Files { game, version } => {
             let sent = match gated(shared, &game, version, |r| Ok(r.clone())) {
@@ -149,6 +159,10 @@ async fn handle(
             answer.ended(sent, remote);
         }
     }
+    shared
+        .net
+        .metrics
+        .sent(remote.as_str(), &game_id, answer.bytes);
     Ok(())
 }
 
@@ -388,6 +402,8 @@ enum SendFailed {
 struct Answer<'a> {
     send: SendStream,
     conn: &'a Connection,
+    /// Game bytes handed to the stream (for the metrics).
+    bytes: u64,
 }
 
 impl Answer<'_> {
@@ -398,6 +414,7 @@ impl Answer<'_> {
     }
 
     async fn chunk(&mut self, piece: Bytes) -> Result<(), SendFailed> {
+        self.bytes += piece.len() as u64;
         let conn = self.conn;
         watched(conn, self.send.write_chunk(piece)).await
     }
@@ -518,6 +535,7 @@ async fn serve_manifest(
     };
     match files {
         Ok(indexed) => {
+            shared.net.metrics.manifest(indexed.hashed == 0);
             answer.frame(&PeerResponse::Files(indexed.files)).await?;
             answer.finish().await
         }

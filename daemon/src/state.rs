@@ -57,6 +57,8 @@ pub struct Shared {
     /// How `cancel` and shutdown reach a running install: its stop flag, registered until
     /// its terminal event.
     pub install_stops: Mutex<HashMap<GameId, Arc<std::sync::atomic::AtomicBool>>>,
+    /// Where the metrics are served, once bound.
+    pub metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// What `reload` reads again and the settings in force (none for the demo's daemons).
     pub reload: tokio::sync::Mutex<Option<crate::config::Reloadable>>,
     inner: Mutex<Inner>,
@@ -92,6 +94,7 @@ impl Shared {
             cancels: Mutex::default(),
             install_stops: Mutex::default(),
             reload: tokio::sync::Mutex::new(None),
+            metrics_addr: std::sync::OnceLock::new(),
             inner: Mutex::new(inner),
         })
     }
@@ -161,6 +164,7 @@ impl Shared {
                     })
                 })
                 .collect(),
+            metrics: self.metrics_addr.get().map(|a| a.to_string()),
         }
     }
 

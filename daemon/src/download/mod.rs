@@ -77,6 +77,7 @@ pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Fail
         .operations
         .begin(&id, OpKind::Download)
         .map_err(peer_failure)?;
+    shared.net.metrics.started(OpKind::Download.as_str());
     shared
         .cancels
         .lock()

@@ -102,6 +102,11 @@ pub(super) async fn transfer(
         };
         let (batch, peer, lane, results) =
             joined.map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))??;
+        for (kind, _) in results.iter().filter_map(|r| r.as_ref().err()) {
+            if let Some(reason) = fail_reason(*kind) {
+                t.shared.net.metrics.chunk_failed(reason);
+            }
+        }
         let lane_lost = results.iter().any(Result::is_err) && t.work.lanes.lost(&peer, lane);
         engine.tick(Instant::now());
         engine.on_fetched(batch, results, lane_lost);
@@ -250,6 +255,18 @@ impl Transfer<'_, '_> {
             addr: self.addrs.get(&peer).cloned().unwrap_or_default(),
             peer_id: peer,
         });
+    }
+}
+
+/// A failed chunk fetch's reason as the metrics name it; none for an offer not taken.
+fn fail_reason(kind: lanspread_peer::FailKind) -> Option<&'static str> {
+    use lanspread_peer::FailKind;
+    match kind {
+        FailKind::SourceGone => Some("source-gone"),
+        FailKind::BadData => Some("bad-data"),
+        FailKind::Transient => Some("local"),
+        FailKind::Stalled => Some("stalled"),
+        FailKind::NotChosen => None,
     }
 }
 

@@ -19,6 +19,7 @@ mod limits;
 mod live;
 mod manage;
 mod mdns;
+mod metrics;
 mod progress;
 mod reload;
 mod resume;
