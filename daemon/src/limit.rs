@@ -4,7 +4,7 @@
 //! lifted while transfers run (`lanspread limit`): whoever waits under the old rate asks
 //! again under the new one at once.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -20,6 +20,8 @@ pub struct RateLimit {
     limited: AtomicBool,
     changed: Notify,
     epoch: Instant,
+    /// Pieces that had to wait, and the microseconds they were told to wait (metrics).
+    waits: (AtomicU64, AtomicU64),
 }
 
 impl RateLimit {
@@ -30,6 +32,7 @@ impl RateLimit {
             limited: AtomicBool::new(mib_per_s.is_some()),
             changed: Notify::new(),
             epoch: Instant::now(),
+            waits: (AtomicU64::new(0), AtomicU64::new(0)),
         }
     }
 
@@ -67,6 +70,9 @@ impl RateLimit {
             if wait.is_zero() {
                 return;
             }
+            self.waits.0.fetch_add(1, Ordering::Relaxed);
+            let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
+            self.waits.1.fetch_add(us, Ordering::Relaxed);
             let until = tokio::time::Instant::now() + wait;
             loop {
                 tokio::select! {
@@ -80,6 +86,12 @@ impl RateLimit {
                 changed.set(self.changed.notified());
             }
         }
+    }
+
+    /// Pieces that waited for the limit so far, and for how long in all (seconds).
+    pub fn waited(&self) -> (u64, f64) {
+        let us = self.waits.1.load(Ordering::Relaxed);
+        (self.waits.0.load(Ordering::Relaxed), us as f64 / 1e6)
     }
 
     fn locked(&self) -> std::sync::MutexGuard<'_, (Option<(f64, Pacer)>, u64)> {

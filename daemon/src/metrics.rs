@@ -69,6 +69,9 @@ pub struct Snapshot {
     pub games_ready: usize,
     /// The bandwidth limits, MiB/s (`None`: unlimited).
     pub limits: (Option<f64>, Option<f64>),
+    /// Pieces that waited for the upload and the download limit, and for how long in
+    /// all (seconds), since the start.
+    pub waited: [(u64, f64); 2],
 }
 
 /// Every metric of the daemon, registered once.
@@ -90,6 +93,8 @@ pub struct Metrics {
     games_ready: Gauge,
     rate: Family<Direction, FloatGauge>,
     limit: Family<Direction, FloatGauge>,
+    limit_waits: Family<Direction, Counter>,
+    limit_waited: Family<Direction, Counter<f64, AtomicU64>>,
     cpu: Counter<f64, AtomicU64>,
     rss: Gauge,
     fds: Gauge,
@@ -126,6 +131,8 @@ impl Metrics {
             games_ready: Gauge::default(),
             rate: Family::default(),
             limit: Family::default(),
+            limit_waits: Family::default(),
+            limit_waited: Family::default(),
             cpu: Counter::default(),
             rss: Gauge::default(),
             fds: Gauge::default(),
@@ -219,6 +226,17 @@ impl Metrics {
             m.limit.clone(),
         );
         // The process metrics under their usual names (node_exporter's dashboards know them).
+        r.register(
+            "limit_waits",
+            "Pieces that waited for a bandwidth limit, by direction",
+            m.limit_waits.clone(),
+        );
+        r.register_with_unit(
+            "limit_waited",
+            "Time pieces waited for a bandwidth limit, by direction",
+            Unit::Seconds,
+            m.limit_waited.clone(),
+        );
         let p = &mut registry;
         p.register_with_unit(
             "process_cpu",
@@ -412,6 +430,15 @@ impl Metrics {
                 }
             }
         }
+        for (name, (waits, secs)) in ["upload", "download"].into_iter().zip(snap.waited) {
+            let counter = self.limit_waits.get_or_create(&dir(name));
+            counter.inc_by(waits.saturating_sub(counter.get()));
+            let counter = self.limit_waited.get_or_create(&dir(name));
+            let before = counter.get();
+            if secs > before {
+                counter.inc_by(secs - before);
+            }
+        }
         for kind in ["download", "install", "uninstall"] {
             let n = snap
                 .operations
@@ -517,6 +544,7 @@ mod tests {
                 peers: 3,
                 games_ready: 4,
                 limits: (Some(2.0), None),
+                waited: [(3, 1.5), (0, 0.0)],
             })
             .unwrap();
         let peer_label = format!("{{peer=\"{peer}\"}}");
@@ -571,6 +599,17 @@ mod tests {
         );
         assert!(!text.contains("lanspread_limit_bytes_per_second{direction=\"download\"}"));
         assert!(value(&text, "process_resident_memory_bytes").unwrap_or(0.0) > 0.0);
+        assert_eq!(
+            value(&text, "lanspread_limit_waits_total{direction=\"upload\"}"),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                "lanspread_limit_waited_seconds_total{direction=\"upload\"}"
+            ),
+            Some(1.5)
+        );
         assert!(text.ends_with("# EOF\n"));
     }
 

@@ -123,5 +123,9 @@ fn snapshot(shared: &Shared) -> Snapshot {
             shared.net.upload_limit.mib_per_s(),
             shared.net.download_limit.mib_per_s(),
         ),
+        waited: [
+            shared.net.upload_limit.waited(),
+            shared.net.download_limit.waited(),
+        ],
     }
 }

@@ -183,6 +183,18 @@ fn a_scrape_during_and_after_a_download_matches_the_bytes_moved() {
         Some(0.0)
     );
     assert_eq!(after.value("lanspread_games_ready", &[]), Some(1.0));
+    // 64 MiB at 16 MiB/s: pieces waited for the limit, seconds of it in all.
+    let down = [("direction", "download")];
+    assert!(
+        after
+            .value("lanspread_limit_waits_total", &down)
+            .unwrap_or(0.0)
+            > 10.0
+    );
+    let waited = after
+        .value("lanspread_limit_waited_seconds_total", &down)
+        .unwrap_or(0.0);
+    assert!(waited > 1.0, "{waited}: {}", after.text);
     // The source counted the same bytes as sent, once its answers ended.
     let to_client = [("peer", c.peer_id.as_str())];
     let deadline = Instant::now() + Duration::from_secs(20);
