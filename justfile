@@ -43,6 +43,10 @@ fuzz-cmin TARGET:
     cargo +nightly fuzz cmin --fuzz-dir fuzz/libfuzzer -O {{TARGET}}
 
 # Install the binaries, the unit, completions and man pages (as root).
+# The Debian package in target/debian/ (needs `cargo install cargo-deb`).
+deb:
+    daemon/debian/build
+
 install:
     cargo install --path daemon --root /usr/local
     id lanspread >/dev/null 2>&1 || useradd --system --home-dir /var/lib/lanspread --shell /usr/sbin/nologin lanspread

@@ -519,6 +519,40 @@ mod tests {
         assert_eq!(c.max_download_mib_s, Some(12.5));
     }
 
+    /// The packaged config file documents every key: uncommented, it parses with
+    /// unknown keys refused, and it names every key the daemon reads.
+    #[test]
+    fn the_packaged_config_documents_every_key() {
+        let text = include_str!("../debian/lanspreadd.toml");
+        let mut keys = Vec::new();
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| {
+                let l = l.strip_prefix("# ")?;
+                let (key, _) = l.split_once(" = ")?;
+                if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    keys.push(key.to_owned());
+                    Some(format!("{l}\n"))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let parsed: FileConfig = toml::from_str(&uncommented).unwrap();
+        assert!(parsed.games.is_some() && parsed.metrics_allow_remote.is_some());
+        assert_eq!(parsed.peers, ["fileserver.lan:41741"]);
+        // Every field of FileConfig, by its debug name, is documented.
+        let debug = format!("{:?}", FileConfig::default());
+        let fields: Vec<&str> = debug
+            .split(['{', ','])
+            .filter_map(|part| part.split_once(": ").map(|(name, _)| name.trim()))
+            .collect();
+        assert!(fields.len() >= 18, "{fields:?}");
+        for f in fields {
+            assert!(keys.iter().any(|k| k == f), "{f} is not in debian/lanspreadd.toml");
+        }
+    }
+
     #[test]
     fn metrics_stay_on_loopback_unless_allowed() {
         let base = ["--games", "/g", "--state", "/s"];
