@@ -135,6 +135,35 @@ impl Daemon {
         Ok(serde_json::from_slice(&out.stdout)?)
     }
 
+    /// The verified chunks of `game`'s download as its events tell them: seconds since
+    /// `download-begin`, source, bytes.
+    fn curve(&self, game: &str) -> crate::chart::Curve {
+        let text = std::fs::read_to_string(&self.events).unwrap_or_default();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|e: &serde_json::Value| e["game_id"] == game)
+            .collect();
+        let Some(begin) = events
+            .iter()
+            .find(|e| e["event"] == "download-begin")
+            .and_then(|e| e["ts_ms"].as_f64())
+        else {
+            return Vec::new();
+        };
+        events
+            .iter()
+            .filter(|e| e["event"] == "download-chunk-finished")
+            .filter_map(|e| {
+                Some((
+                    (e["ts_ms"].as_f64()? - begin) / 1000.0,
+                    e["peer_id"].as_str()?.to_owned(),
+                    e["len"].as_u64()?,
+                ))
+            })
+            .collect()
+    }
+
     /// Polls this daemon's events file until `seen` holds (or the CLI process `cli` is
     /// gone, or 60 s passed).
     fn wait_events(&self, seen: impl Fn(&str) -> bool, cli: u32) -> anyhow::Result<()> {
@@ -184,7 +213,7 @@ impl Drop for Daemon {
 }
 
 /// One download's figures.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Download {
     /// Seconds from `download-begin` to commit.
     pub secs: f64,
@@ -196,6 +225,8 @@ pub struct Download {
     pub cpu_s: f64,
     /// The source's share of `cpu_s`.
     pub source_cpu_s: f64,
+    /// Verified bytes over time per source, from the client's events.
+    pub curve: crate::chart::Curve,
 }
 
 /// A source with `specs` and an empty client, both in a fresh dir under `fs`, linked.
@@ -267,6 +298,7 @@ impl Pair {
             client_peak_rss_kib: self.client.peak_rss_kib(),
             cpu_s,
             source_cpu_s,
+            curve: self.client.curve(game),
         })
     }
 }

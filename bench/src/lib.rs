@@ -5,6 +5,7 @@
 //! the `compare` tool and the criterion benches.
 
 pub mod app;
+pub mod chart;
 pub mod net;
 pub mod raw;
 pub mod tcp;

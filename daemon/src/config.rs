@@ -549,7 +549,10 @@ mod tests {
             .collect();
         assert!(fields.len() >= 18, "{fields:?}");
         for f in fields {
-            assert!(keys.iter().any(|k| k == f), "{f} is not in debian/lanspreadd.toml");
+            assert!(
+                keys.iter().any(|k| k == f),
+                "{f} is not in debian/lanspreadd.toml"
+            );
         }
     }
 

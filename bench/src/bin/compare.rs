@@ -15,6 +15,9 @@
 //! `--quinn-perf BIN` also runs upstream quinn's perf tool (its defaults, loopback, the
 //! same byte count per request, 10 s) in every S37 sample and reports its MiB/s and CPU
 //! s/GiB (client + server) beside ours.
+//! `--out DIR` also writes the JSON line to `DIR/compare.json` and SVG charts beside it:
+//! `throughput.svg` (every case's median MiB/s beside its references) and
+//! `download.svg` (the last S37 → tmpfs download's verified bytes over time per source).
 
 use anyhow::{bail, Context};
 use lanspread_bench::{
@@ -36,6 +39,7 @@ struct Args {
     scaling: Vec<usize>,
     veth: Option<u32>,
     quinn_perf: Option<std::path::PathBuf>,
+    out: Option<std::path::PathBuf>,
 }
 
 fn parse() -> anyhow::Result<Args> {
@@ -50,6 +54,7 @@ fn parse() -> anyhow::Result<Args> {
         scaling: Vec::new(),
         veth: None,
         quinn_perf: None,
+        out: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,6 +67,7 @@ fn parse() -> anyhow::Result<Args> {
             "--threads" => a.threads = Some(value()?.parse().context("--threads")?),
             "--veth" => a.veth = Some(value()?.parse().context("--veth takes an MTU")?),
             "--quinn-perf" => a.quinn_perf = Some(value()?.into()),
+            "--out" => a.out = Some(value()?.into()),
             "--scaling" => {
                 a.scaling = value()?
                     .split(',')
@@ -155,6 +161,37 @@ fn scaling(args: &Args, net: &Net) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `compare.json` and the charts in `dir`.
+fn write_out(
+    dir: &std::path::Path,
+    doc: &serde_json::Value,
+    cases: &[(String, f64)],
+    curve: &lanspread_bench::chart::Curve,
+    what: &str,
+) -> anyhow::Result<()> {
+    use lanspread_bench::chart;
+    std::fs::create_dir_all(dir).with_context(|| dir.display().to_string())?;
+    let write = |name: &str, text: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, text).with_context(|| p.display().to_string())
+    };
+    write("compare.json", format!("{doc}\n"))?;
+    let title = format!("throughput, median ({what})");
+    write(
+        "throughput.svg",
+        chart::throughput_svg(&title, cases).map_err(anyhow::Error::msg)?,
+    )?;
+    if !curve.is_empty() {
+        let title = format!("S37 → tmpfs: verified bytes per source ({what})");
+        write(
+            "download.svg",
+            chart::download_svg(&title, curve).map_err(anyhow::Error::msg)?,
+        )?;
+    }
+    eprintln!("wrote {}/compare.json and its charts", dir.display());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = parse()?;
     let net = match args.veth {
@@ -170,6 +207,7 @@ fn main() -> anyhow::Result<()> {
     let (mut tcp_t, mut tcp_d) = (Vec::new(), Vec::new());
     let (mut app_t, mut app_d) = (Vec::new(), Vec::new());
     let mut rss = 0u64;
+    let mut curve = Vec::new();
     let (mut raw_cpu, mut app_cpu) = (Vec::new(), Vec::new());
     let (mut up, mut up_cpu) = (Vec::new(), Vec::new());
     anyhow::ensure!(
@@ -202,6 +240,7 @@ fn main() -> anyhow::Result<()> {
             s37.push(s.mib_s);
             if fs == Fs::Tmpfs {
                 app_cpu.push(s.cpu_s / gib(bytes));
+                curve = s.curve;
             }
             rss = rss.max(s.client_peak_rss_kib);
         }
@@ -301,6 +340,27 @@ fn main() -> anyhow::Result<()> {
         doc["s34_ratio"] = (many / one).into();
     }
     println!("{doc}");
+    if let Some(dir) = &args.out {
+        let mut cases = Vec::new();
+        let mut case = |label: &str, key: &str| {
+            if let Some(v) = doc[key].as_f64() {
+                cases.push((label.to_owned(), v));
+            }
+        };
+        case("raw quinn memory→memory", "raw_quinn_mib_s");
+        case("upstream quinn-perf", "quinn_perf_mib_s");
+        case("TCP sendfile → tmpfs", "tcp_tmpfs_mib_s");
+        case("S37 lanspread → tmpfs", "s37_tmpfs_mib_s");
+        case("TCP sendfile → disk", "tcp_disk_mib_s");
+        case("S37 lanspread → disk", "s37_disk_mib_s");
+        write_out(
+            dir,
+            &doc,
+            &cases,
+            &curve,
+            &format!("{mib} MiB, {}", net.name()),
+        )?;
+    }
     if let Some(min) = args.guard {
         anyhow::ensure!(args.s37, "--guard needs the S37 case");
         let mut failed = false;
