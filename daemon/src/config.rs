@@ -347,11 +347,14 @@ impl ConfigSource {
     /// The command line, given in the current directory.
     pub fn new(args: DaemonArgs) -> Result<Self, DaemonError> {
         let base = std::env::current_dir().map_err(|e| DaemonError::io(".", e))?;
-        Ok(Self { args, base })
+        Ok(Self::with_base(args, base))
     }
 
-    /// The command line, given in `base`.
-    pub fn with_base(args: DaemonArgs, base: PathBuf) -> Self {
+    /// The command line, given in `base`. The config file is pinned now: a default file
+    /// read at start must still be there at a reload (moved aside, it is an error, not
+    /// "every setting back to its default", which would drop the LAN secret).
+    pub fn with_base(mut args: DaemonArgs, base: PathBuf) -> Self {
+        args.config = DaemonConfig::file(&args);
         Self { args, base }
     }
 

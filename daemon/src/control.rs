@@ -331,9 +331,14 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
             },
             None => not_in_catalog(&game),
         },
-        Request::Cancel { game } => match shared.catalog().get(&game) {
-            Some(id) => cancel(shared, &id).await,
-            None => not_in_catalog(&game),
+        // By id, not by catalog: a download of a game a reload dropped from the catalog
+        // can still be stopped.
+        Request::Cancel { game } => match lanspread_catalog::GameId::new(&game) {
+            Ok(id) if shared.lock().operations.get(&id).is_some() => cancel(shared, &id).await,
+            _ => match shared.catalog().get(&game) {
+                Some(id) => cancel(shared, &id).await,
+                None => not_in_catalog(&game),
+            },
         },
         Request::Remove { game } => match shared.catalog().get(&game) {
             Some(id) => match crate::install::remove(shared, &id).await {

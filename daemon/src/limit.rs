@@ -57,6 +57,13 @@ impl RateLimit {
         if !self.limited.load(Ordering::Relaxed) {
             return;
         }
+        // Counted once per piece that waits, for as long as it actually waited (a
+        // change of the limit makes it reserve again, not wait twice).
+        let mut waiting_since = None;
+        let count = WaitCount {
+            limit: self,
+            since: &mut waiting_since,
+        };
         loop {
             let mut changed = std::pin::pin!(self.changed.notified());
             let (wait, gen) = {
@@ -70,9 +77,9 @@ impl RateLimit {
             if wait.is_zero() {
                 return;
             }
-            self.waits.0.fetch_add(1, Ordering::Relaxed);
-            let us = u64::try_from(wait.as_micros()).unwrap_or(u64::MAX);
-            self.waits.1.fetch_add(us, Ordering::Relaxed);
+            if count.since.is_none() {
+                *count.since = Some(Instant::now());
+            }
             let until = tokio::time::Instant::now() + wait;
             loop {
                 tokio::select! {
@@ -96,6 +103,22 @@ impl RateLimit {
 
     fn locked(&self) -> std::sync::MutexGuard<'_, (Option<(f64, Pacer)>, u64)> {
         self.pacer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Adds a piece's wait to the counters when `take` returns (or is dropped).
+struct WaitCount<'a> {
+    limit: &'a RateLimit,
+    since: &'a mut Option<Instant>,
+}
+
+impl Drop for WaitCount<'_> {
+    fn drop(&mut self) {
+        if let Some(t) = self.since {
+            let us = u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.limit.waits.0.fetch_add(1, Ordering::Relaxed);
+            self.limit.waits.1.fetch_add(us, Ordering::Relaxed);
+        }
     }
 }
 

@@ -16,6 +16,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
+/// Peers with series of their own; bytes of further peers count under `peer="other"`
+/// (peer ids are keys peers make themselves: a hostile peer could mint series without end).
+pub const MAX_PEER_SERIES: usize = 256;
+
 /// How far back the transfer-rate gauges look.
 pub const RATE_WINDOW: Duration = Duration::from_secs(5);
 
@@ -101,6 +105,8 @@ pub struct Metrics {
     sent_total: AtomicU64,
     received_total: AtomicU64,
     samples: Mutex<VecDeque<(Instant, u64, u64)>>,
+    /// The peers that have series now (removed when a peer is lost).
+    peer_series: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Default for Metrics {
@@ -139,6 +145,7 @@ impl Metrics {
             sent_total: AtomicU64::new(0),
             received_total: AtomicU64::new(0),
             samples: Mutex::new(VecDeque::new()),
+            peer_series: Mutex::default(),
         };
         let b = Unit::Bytes;
         let r = registry.sub_registry_with_prefix("lanspread");
@@ -303,9 +310,7 @@ impl Metrics {
                 ..
             } => {
                 self.received_by_peer
-                    .get_or_create(&Peer {
-                        peer: peer_id.to_string(),
-                    })
+                    .get_or_create(&self.peer(peer_id.as_str()))
                     .inc_by(*len);
                 self.received_by_game
                     .get_or_create(&Game {
@@ -315,6 +320,7 @@ impl Metrics {
                 self.received_total.fetch_add(*len, Ordering::Relaxed);
                 self.chunks_verified.inc();
             }
+            EventKind::PeerLost { peer_id, .. } => self.forget(peer_id.as_str()),
             EventKind::DownloadFinished { .. } => self.ended("download", "finished", ""),
             EventKind::DownloadFailed { kind, .. } => {
                 self.ended("download", "failed", kind.as_str())
@@ -362,12 +368,40 @@ impl Metrics {
             return;
         }
         self.sent_by_peer
-            .get_or_create(&Peer { peer: peer.into() })
+            .get_or_create(&self.peer(peer))
             .inc_by(bytes);
         self.sent_by_game
             .get_or_create(&Game { game: game.into() })
             .inc_by(bytes);
         self.sent_total.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The label of `peer`'s series: its own while fewer than [`MAX_PEER_SERIES`] peers
+    /// have one, else `other`.
+    fn peer(&self, peer: &str) -> Peer {
+        let mut seen = self.peer_series.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(peer) || seen.len() < MAX_PEER_SERIES {
+            seen.insert(peer.to_owned());
+            Peer { peer: peer.into() }
+        } else {
+            Peer {
+                peer: "other".into(),
+            }
+        }
+    }
+
+    /// Drops a lost peer's series (its bytes stay in the per-game totals).
+    fn forget(&self, peer: &str) {
+        let removed = self
+            .peer_series
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(peer);
+        if removed {
+            let label = Peer { peer: peer.into() };
+            self.sent_by_peer.remove(&label);
+            self.received_by_peer.remove(&label);
+        }
     }
 
     /// A chunk fetch failed for `reason` (the planner's kind: bad data, gone, stalled…).
@@ -492,8 +526,9 @@ fn process() -> Process {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<i64>().ok())
         .map_or(0, |pages| pages.saturating_mul(page));
+    // Less the descriptor of the listing itself.
     let open_fds = std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count() as i64)
+        .map(|d| d.count().saturating_sub(1) as i64)
         .unwrap_or(0);
     Process {
         cpu_seconds,
@@ -503,128 +538,5 @@ fn process() -> Process {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use lanspread_control::api::{GameId, PeerId};
-    use lanspread_control::ErrorKind;
-
-    fn value(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
-
-    #[test]
-    fn events_and_answers_become_counters_and_the_snapshot_gauges() {
-        let m = Metrics::new();
-        let peer = PeerId::try_from("ab".repeat(16)).unwrap();
-        let game = GameId::new("cod5").unwrap();
-        for _ in 0..3 {
-            m.observe(&EventKind::DownloadChunkFinished {
-                game_id: game.clone(),
-                path: "a".into(),
-                offset: 0,
-                len: 1000,
-                peer_id: peer.clone(),
-                addr: String::new(),
-            });
-        }
-        m.observe(&EventKind::DownloadFailed {
-            game_id: game.clone(),
-            reason: "x".into(),
-            kind: ErrorKind::DiskFull,
-            sources: vec![],
-        });
-        m.started("download");
-        m.sent("p2", "cod5", 500);
-        m.chunk_failed("bad-data");
-        m.manifest(true);
-        let text = m
-            .render(&Snapshot {
-                operations: vec![("download", 2)],
-                peers: 3,
-                games_ready: 4,
-                limits: (Some(2.0), None),
-                waited: [(3, 1.5), (0, 0.0)],
-            })
-            .unwrap();
-        let peer_label = format!("{{peer=\"{peer}\"}}");
-        assert_eq!(
-            value(
-                &text,
-                &format!("lanspread_peer_received_bytes_total{peer_label}")
-            ),
-            Some(3000.0),
-            "{text}"
-        );
-        assert_eq!(
-            value(&text, "lanspread_game_received_bytes_total{game=\"cod5\"}"),
-            Some(3000.0)
-        );
-        assert_eq!(value(&text, "lanspread_chunks_verified_total"), Some(3.0));
-        assert_eq!(
-            value(&text, "lanspread_operations_ended_total{kind=\"download\",outcome=\"failed\",error=\"disk-full\"}"),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(
-                &text,
-                "lanspread_operations_started_total{kind=\"download\"}"
-            ),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(&text, "lanspread_game_sent_bytes_total{game=\"cod5\"}"),
-            Some(500.0)
-        );
-        assert_eq!(
-            value(&text, "lanspread_chunks_failed_total{reason=\"bad-data\"}"),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(&text, "lanspread_manifest_requests_total{cache=\"hit\"}"),
-            Some(1.0)
-        );
-        assert_eq!(
-            value(&text, "lanspread_operations_active{kind=\"download\"}"),
-            Some(2.0)
-        );
-        assert_eq!(value(&text, "lanspread_peers_linked"), Some(3.0));
-        assert_eq!(value(&text, "lanspread_games_ready"), Some(4.0));
-        assert_eq!(
-            value(
-                &text,
-                "lanspread_limit_bytes_per_second{direction=\"upload\"}"
-            ),
-            Some(2.0 * 1048576.0)
-        );
-        assert!(!text.contains("lanspread_limit_bytes_per_second{direction=\"download\"}"));
-        assert!(value(&text, "process_resident_memory_bytes").unwrap_or(0.0) > 0.0);
-        assert_eq!(
-            value(&text, "lanspread_limit_waits_total{direction=\"upload\"}"),
-            Some(3.0)
-        );
-        assert_eq!(
-            value(
-                &text,
-                "lanspread_limit_waited_seconds_total{direction=\"upload\"}"
-            ),
-            Some(1.5)
-        );
-        assert!(text.ends_with("# EOF\n"));
-    }
-
-    #[test]
-    fn the_rate_is_the_bytes_of_the_last_seconds() {
-        let m = Metrics::new();
-        let t0 = Instant::now();
-        m.sample(t0);
-        m.sent("p", "g", 4 << 20);
-        m.sample(t0 + Duration::from_secs(2));
-        let s = m.samples.lock().unwrap();
-        let (a, b) = (s.front().unwrap(), s.back().unwrap());
-        assert_eq!(
-            (b.1 - a.1) as f64 / (b.0 - a.0).as_secs_f64(),
-            2.0 * 1048576.0
-        );
-    }
-}
+#[path = "metrics_tests.rs"]
+mod tests;

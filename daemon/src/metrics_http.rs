@@ -1,8 +1,8 @@
 //! The metrics' HTTP side (`--metrics-listen`): `GET /metrics` answered with the
 //! registry's text (`metrics.rs`) by hyper's HTTP/1 server on the daemon's runtime. A
 //! scraper that opens many connections or sends nothing is bounded: at most
-//! [`MAX_CONNECTIONS`] at once (more are closed at once) and [`HEADER_TIMEOUT`] to send a
-//! request head.
+//! [`MAX_CONNECTIONS`] at once (more are closed at once), [`HEADER_TIMEOUT`] to send a
+//! request head, one request per connection and [`CONNECTION_TIMEOUT`] in all.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -24,6 +24,9 @@ use crate::DaemonError;
 pub const MAX_CONNECTIONS: usize = 16;
 /// Time a connection has to send a request head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a connection is served in all (one request: no keep-alive), so a client that
+/// never reads its answer frees its slot.
+pub const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// The OpenMetrics text format `prometheus-client` writes (Prometheus reads it).
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -72,10 +75,12 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                debug!(%peer, "metrics connection: {e}");
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, served).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%peer, "metrics connection: {e}"),
+                Err(_) => debug!(%peer, "metrics connection: timed out"),
             }
         });
     }

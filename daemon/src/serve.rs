@@ -414,9 +414,11 @@ impl Answer<'_> {
     }
 
     async fn chunk(&mut self, piece: Bytes) -> Result<(), SendFailed> {
-        self.bytes += piece.len() as u64;
+        let n = piece.len() as u64;
         let conn = self.conn;
-        watched(conn, self.send.write_chunk(piece)).await
+        watched(conn, self.send.write_chunk(piece)).await?;
+        self.bytes += n;
+        Ok(())
     }
 
     /// Ends the answer and waits until the peer has acknowledged all of it (or stopped

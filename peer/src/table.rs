@@ -32,7 +32,7 @@ pub struct PeerEntry {
 
 /// Most games outside our catalog kept per peer: a catalog has hundreds of ids, and a
 /// hostile peer's announce (up to a 16 MiB frame) must not be stored whole.
-pub const MAX_UNLISTED: usize = 4096;
+pub const MAX_UNLISTED: usize = 1024;
 
 /// A game a peer holds in part.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -94,8 +94,20 @@ async fn run(
             _ = hups.changed() => {
                 tracing::info!("SIGHUP: reloading the config");
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
-                // The outcome is logged and emitted as an event by the reload itself.
-                let _ = daemon.reload().await;
+                // The outcome is logged and emitted as an event by the reload itself. A
+                // stop request wins over a reload stuck on a hung filesystem.
+                tokio::select! {
+                    _ = daemon.reload() => {}
+                    _ = signals.changed() => {
+                        let name = signals.borrow().unwrap_or("signal");
+                        tracing::info!("{name} during a reload");
+                        break;
+                    }
+                    _ = daemon.shutdown_requested() => {
+                        tracing::info!("shutdown requested during a reload");
+                        break;
+                    }
+                }
                 let _ = sd_notify::notify(
                     false,
                     &[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)],

@@ -288,4 +288,35 @@ fn metrics_on_a_network_address_need_to_be_asked_for() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--metrics-allow-remote"), "{err}");
     assert!(!state.path().join("s.sock").exists(), "nothing left behind");
+
+    // A loopback port that is taken: the start fails at the bind, before the control
+    // socket exists, and says which address.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = std::process::Command::new(bin("lanspreadd"))
+        .args([
+            "--no-mdns",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            &addr,
+        ])
+        .arg("--games")
+        .arg(games.path())
+        .arg("--state")
+        .arg(state.path())
+        .arg("--socket")
+        .arg(state.path().join("s.sock"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("metrics listen address {addr}")),
+        "{err}"
+    );
+    assert!(
+        !state.path().join("s.sock").exists(),
+        "no control socket left behind"
+    );
 }

@@ -211,6 +211,17 @@ fn reload_applies_limits_peers_and_catalog_without_touching_the_running_download
     );
     // Removed static peers stay linked (a reload drops no link).
     assert_eq!(c.peer_ids().len(), 2);
+
+    // The config file moved aside is an error, not "every setting back to its default".
+    std::fs::rename(&cfg, dir.path().join("aside.toml")).unwrap();
+    let gone = c.cli(&["reload"]);
+    assert_eq!(gone.code, 1, "{gone:?}");
+    assert!(gone.stderr.contains("lanspreadd.toml"), "{}", gone.stderr);
+    assert_eq!(
+        c.json(&["status"])["limits"],
+        json!({"max_upload_mib_s": 3.0, "max_download_mib_s": null})
+    );
+    assert_eq!(remote_ids(&c), ["cod5", "mystery"]);
 }
 
 #[test]
