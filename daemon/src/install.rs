@@ -120,6 +120,10 @@ pub async fn uninstall(shared: &Arc<Shared>, id: &GameId) -> Result<Event, Failu
         .and_then(|r| r.map_err(install_failure));
     shared.lock().operations.end(id);
     shared.rescan_root(id).await;
+    if let Err(f) = &res {
+        // No event says so (the reply does): counted here.
+        shared.net.metrics.failed("uninstall", f.kind);
+    }
     res?;
     Ok(shared.events.emit(EventKind::UninstallFinished {
         game_id: id.clone(),

@@ -344,6 +344,11 @@ impl Metrics {
             .inc();
     }
 
+    /// An operation of `kind` failed with `error` where no event says so.
+    pub fn failed(&self, kind: &str, error: lanspread_control::ErrorKind) {
+        self.ended(kind, "failed", error.as_str());
+    }
+
     fn ended(&self, kind: &str, outcome: &str, error: &str) {
         self.ended
             .get_or_create(&Outcome {

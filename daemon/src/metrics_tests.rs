@@ -30,6 +30,7 @@ fn events_and_answers_become_counters_and_the_snapshot_gauges() {
         sources: vec![],
     });
     m.started("download");
+    m.failed("uninstall", ErrorKind::PermissionDenied);
     m.sent("p2", "cod5", 500);
     m.chunk_failed("bad-data");
     m.manifest(true);
@@ -104,6 +105,13 @@ fn events_and_answers_become_counters_and_the_snapshot_gauges() {
             "lanspread_limit_waited_seconds_total{direction=\"upload\"}"
         ),
         Some(1.5)
+    );
+    assert_eq!(
+        value(
+            &text,
+            "lanspread_operations_ended_total{kind=\"uninstall\",outcome=\"failed\",error=\"permission-denied\"}"
+        ),
+        Some(1.0)
     );
     assert!(text.ends_with("# EOF\n"));
 }

@@ -8,7 +8,6 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lanspread_fixtures::{Content, GameSpec};
 use lanspread_scenarios::{bin, Node, NodeOptions};
 
 const MIB: u64 = 1 << 20;
@@ -91,15 +90,7 @@ fn with_metrics(name: &str, games: &Path, more: &[&str]) -> Node {
 #[test]
 fn a_scrape_during_and_after_a_download_matches_the_bytes_moved() {
     let src = tempfile::tempdir().unwrap();
-    let mut spec = GameSpec::new("cod5", "20250101");
-    for i in 0..8 {
-        spec = spec.file(
-            &format!("cod5.e{i:02}"),
-            0o644,
-            Content::Sparse { size: 8 * MIB },
-        );
-    }
-    spec.write(src.path()).unwrap();
+    crate::util::sparse_game(src.path(), "cod5", 8, 8);
     let s = with_metrics("src", src.path(), &[]);
     let games = tempfile::tempdir().unwrap();
     // 64 MiB at 16 MiB/s: a few seconds to scrape in the middle.
@@ -268,22 +259,26 @@ fn a_scrape_during_and_after_a_download_matches_the_bytes_moved() {
 fn metrics_on_a_network_address_need_to_be_asked_for() {
     let games = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(bin("lanspreadd"))
-        .args([
-            "--no-mdns",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "0.0.0.0:0",
-        ])
-        .arg("--games")
-        .arg(games.path())
-        .arg("--state")
-        .arg(state.path())
-        .arg("--socket")
-        .arg(state.path().join("s.sock"))
-        .output()
-        .unwrap();
+    // A daemon started by hand with `--metrics-listen ADDR`; it must refuse to start.
+    let start = |addr: &str| {
+        std::process::Command::new(bin("lanspreadd"))
+            .args([
+                "--no-mdns",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                addr,
+            ])
+            .arg("--games")
+            .arg(games.path())
+            .arg("--state")
+            .arg(state.path())
+            .arg("--socket")
+            .arg(state.path().join("s.sock"))
+            .output()
+            .unwrap()
+    };
+    let out = start("0.0.0.0:0");
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--metrics-allow-remote"), "{err}");
@@ -293,22 +288,7 @@ fn metrics_on_a_network_address_need_to_be_asked_for() {
     // socket exists, and says which address.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = std::process::Command::new(bin("lanspreadd"))
-        .args([
-            "--no-mdns",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            &addr,
-        ])
-        .arg("--games")
-        .arg(games.path())
-        .arg("--state")
-        .arg(state.path())
-        .arg("--socket")
-        .arg(state.path().join("s.sock"))
-        .output()
-        .unwrap();
+    let out = start(&addr);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(

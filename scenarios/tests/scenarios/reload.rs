@@ -5,19 +5,12 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use lanspread_fixtures::{Content, GameSpec};
 use lanspread_scenarios::{Node, NodeOptions};
 use serde_json::json;
 
 const MIB: u64 = 1 << 20;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 fn write_private(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
@@ -35,24 +28,11 @@ fn with_config(name: &str, games: &Path, config: &Path) -> Node {
     )
 }
 
-/// One root of `id` with 8 sparse files of 8 MiB.
-fn game(dir: &Path, id: &str) {
-    let mut spec = GameSpec::new(id, "20250101");
-    for i in 0..8 {
-        spec = spec.file(
-            &format!("{id}.e{i:02}"),
-            0o644,
-            Content::Sparse { size: 8 * MIB },
-        );
-    }
-    spec.write(dir).unwrap();
-}
-
 #[test]
 fn reload_applies_limits_peers_and_catalog_without_touching_the_running_download() {
     let a_games = tempfile::tempdir().unwrap();
-    game(a_games.path(), "cod5");
-    game(a_games.path(), "mystery");
+    crate::util::sparse_game(a_games.path(), "cod5", 8, 8);
+    crate::util::sparse_game(a_games.path(), "mystery", 8, 8);
     let a = Node::start_with(
         "alpha",
         a_games.path(),
@@ -112,7 +92,7 @@ fn reload_applies_limits_peers_and_catalog_without_touching_the_running_download
         ),
     )
     .unwrap();
-    let changed_ms = now_ms();
+    let changed_ms = crate::util::now_ms();
     let r = c.json(&["reload"]);
     assert_eq!(
         r["applied"],
@@ -133,17 +113,10 @@ fn reload_applies_limits_peers_and_catalog_without_touching_the_running_download
     assert_eq!(c.events_named("download-begin").len(), 1);
     assert!(c.events_named("download-failed").is_empty());
     assert!(c.events_named("peer-lost").is_empty());
-    let after: u64 = c
-        .events_named("download-chunk-finished")
-        .iter()
-        .filter(|e| e["ts_ms"].as_u64().unwrap_or(0) >= changed_ms)
-        .map(|e| e["len"].as_u64().unwrap_or(0))
-        .sum();
-    let span_s = (done["ts_ms"].as_u64().unwrap() - changed_ms).max(1) as f64 / 1000.0;
-    let rate = after as f64 / MIB as f64 / span_s;
+    let (after, rate) = crate::util::rate_since(&c, changed_ms, &done);
     assert!(
         after >= 32 * MIB && rate > 3.0 * 4.0,
-        "{after} bytes in {span_s} s after the reload: {rate:.1} MiB/s"
+        "{after} bytes after the reload: {rate:.1} MiB/s"
     );
     let ev = c.wait_event("config-reloaded", |e| e["applied"] != json!([]));
     assert_eq!(ev["needs_restart"], json!(["transfer_threads"]));

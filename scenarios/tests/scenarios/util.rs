@@ -98,3 +98,39 @@ pub fn wait_ready(n: &lanspread_scenarios::Node, game: &str) {
         })
     });
 }
+
+/// Writes a root of `id` at version 20250101 with `files` sparse files of `mib` MiB each
+/// (`ID.e00`, `ID.e01`, …).
+pub fn sparse_game(dir: &Path, id: &str, files: usize, mib: u64) {
+    let mut spec = lanspread_fixtures::GameSpec::new(id, "20250101");
+    for i in 0..files {
+        spec = spec.file(
+            &format!("{id}.e{i:02}"),
+            0o644,
+            lanspread_fixtures::Content::Sparse { size: mib << 20 },
+        );
+    }
+    spec.write(dir).expect("write the game");
+}
+
+/// Milliseconds since the epoch, as events stamp them.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The bytes of `game` verified from `since_ms` on and their rate in MiB/s up to the
+/// download's end (`done`: its `download-finished` event).
+pub fn rate_since(n: &lanspread_scenarios::Node, since_ms: u64, done: &Value) -> (u64, f64) {
+    let game = &done["game_id"];
+    let after: u64 = n
+        .events_named("download-chunk-finished")
+        .iter()
+        .filter(|e| &e["game_id"] == game && e["ts_ms"].as_u64().unwrap_or(0) >= since_ms)
+        .map(|e| e["len"].as_u64().unwrap_or(0))
+        .sum();
+    let end = done["ts_ms"].as_u64().expect("ts_ms");
+    let span_s = end.saturating_sub(since_ms).max(1) as f64 / 1000.0;
+    (after, after as f64 / (1u64 << 20) as f64 / span_s)
+}
