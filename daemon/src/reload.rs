@@ -105,7 +105,7 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadInfo, Failure> {
         Err(e) => return Err(failed(shared, format!("reload task failed: {e}"))),
     };
     let (mut applied, needs_restart) = changes(&state.config, &loaded.config);
-    apply(shared, &state.config, loaded.config.clone(), &mut applied);
+    apply(shared, &state.config, &loaded.config, &mut applied);
     let secret_changed = match (shared.me.secret(), &loaded.secret) {
         (None, None) => false,
         (Some(a), Some(b)) => !a.same_as(b),
@@ -128,9 +128,7 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadInfo, Failure> {
     }
     // Settings that need a restart keep their old values, so the next reload reports
     // them again until the daemon restarts.
-    let mut in_force = loaded.config;
-    keep_restart_only(&mut in_force, &state.config);
-    state.config = in_force;
+    state.config = in_force(&state.config, loaded.config);
     let done = ReloadInfo {
         config: state.source.file(),
         applied: applied.iter().map(|s| s.to_string()).collect(),
@@ -149,7 +147,7 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadInfo, Failure> {
 fn apply(
     shared: &Arc<Shared>,
     old: &DaemonConfig,
-    new: DaemonConfig,
+    new: &DaemonConfig,
     applied: &mut Vec<&'static str>,
 ) {
     for (name, limit, want) in [
@@ -174,7 +172,7 @@ fn apply(
     shared.peers.set_max_links(new.max_links);
     // Static peers that are new are dialled now; removed ones stay linked while their
     // link lives (no link is dropped by a reload) and are not dialled at the next start.
-    for peer in new.peers.into_iter().filter(|p| !old.peers.contains(p)) {
+    for peer in new.peers.iter().filter(|p| !old.peers.contains(p)).cloned() {
         let shared = shared.clone();
         tokio::spawn(async move {
             let mut stop = shared.shutdown.subscribe();
@@ -192,19 +190,18 @@ fn add(applied: &mut Vec<&'static str>, name: &'static str) {
     }
 }
 
-/// Puts back the settings only a restart can change.
-fn keep_restart_only(new: &mut DaemonConfig, old: &DaemonConfig) {
-    new.games = old.games.clone();
-    new.state = old.state.clone();
-    new.listen = old.listen;
-    new.socket = old.socket.clone();
-    new.events = old.events.clone();
-    new.mdns = old.mdns;
-    new.mdns_interfaces = old.mdns_interfaces.clone();
-    new.group = old.group.clone();
-    new.metrics_listen = old.metrics_listen;
-    new.admin_group = old.admin_group.clone();
-    new.transfer_threads = old.transfer_threads;
+/// The settings in force after a reload: the live ones from `new`, every other one as
+/// it was (so a setting added later is restart-only unless it is made live here).
+fn in_force(old: &DaemonConfig, new: DaemonConfig) -> DaemonConfig {
+    DaemonConfig {
+        peers: new.peers,
+        max_links: new.max_links,
+        catalog: new.catalog,
+        secret_file: new.secret_file,
+        max_upload_mib_s: new.max_upload_mib_s,
+        max_download_mib_s: new.max_download_mib_s,
+        ..old.clone()
+    }
 }
 
 fn failed(shared: &Shared, reason: String) -> Failure {
@@ -263,20 +260,36 @@ mod tests {
     #[test]
     fn settings_that_need_a_restart_keep_their_old_values() {
         let old = config(&["--listen", "127.0.0.1:1", "--group", "a"]);
-        let mut new = config(&[
+        // Every restart-only setting changed, and one live one.
+        let new = config(&[
             "--listen",
             "127.0.0.1:2",
             "--group",
             "b",
+            "--admin-group",
+            "c",
+            "--socket",
+            "/x2.sock",
+            "--events",
+            "/e",
+            "--no-mdns",
+            "--mdns-interface",
+            "eth9",
+            "--transfer-threads",
+            "3",
+            "--metrics-listen",
+            "127.0.0.1:9",
             "--max-links",
             "3",
         ]);
-        keep_restart_only(&mut new, &old);
-        assert_eq!(new.listen, old.listen);
-        assert_eq!(new.group, old.group);
-        assert_eq!(new.max_links, 3, "live settings are taken");
         let (_, restart) = changes(&old, &new);
-        assert!(restart.is_empty());
+        assert_eq!(restart.len(), 9, "{restart:?}");
+        let kept = in_force(&old, new);
+        assert_eq!(kept.listen, old.listen);
+        assert_eq!(kept.group, old.group);
+        assert_eq!(kept.max_links, 3, "live settings are taken");
+        let (_, restart) = changes(&old, &kept);
+        assert!(restart.is_empty(), "{restart:?}");
     }
 
     #[test]
