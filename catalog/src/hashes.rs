@@ -1,5 +1,6 @@
-//! SHA-256 per 32 MiB chunk of every file of a root, and a cache of them keyed by file
-//! identity (size, mtime, ctime, inode, device) so that serving a file twice never hashes it twice.
+//! SHA-256 per 1 MiB piece of every file of a root (a chunk's hash follows from its
+//! pieces'), and a cache of them keyed by file identity (size, mtime, ctime, inode,
+//! device) so that serving a file twice never hashes it twice.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -11,29 +12,30 @@ use std::sync::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use lanspread_proto::{chunk_count, ChunkHash, FileManifest, CHUNK_SIZE};
+use lanspread_proto::{piece_count, ChunkHash, FileManifest, PIECE_SIZE};
 
+use crate::hash_store::{from_persisted, load_cache, store_cache, to_persisted, CacheFile};
 use crate::inflight::{Claims, HashProgress, RootProgress};
-use crate::{CatalogError, FileDescriptor, GameRoot, RelPath};
+use crate::{CatalogError, FileDescriptor, GameRoot};
 
-/// Hashes every chunk of a file.
-pub fn hash_chunks(path: &Path) -> Result<Vec<ChunkHash>, CatalogError> {
-    hash_chunks_with(path, &mut |_| true)
+/// Hashes every 1 MiB piece of a file.
+pub fn hash_pieces(path: &Path) -> Result<Vec<ChunkHash>, CatalogError> {
+    hash_pieces_with(path, &mut |_| true)
 }
 
-/// [`hash_chunks`], telling `read` every piece's length as it is read; it returns `false`
+/// [`hash_pieces`], telling `read` every piece's length as it is read; it returns `false`
 /// to stop ([`CatalogError::Stopped`]).
-pub fn hash_chunks_with(
+pub fn hash_pieces_with(
     path: &Path,
     read: &mut dyn FnMut(u64) -> bool,
 ) -> Result<Vec<ChunkHash>, CatalogError> {
     let mut f = File::open(path).map_err(|e| CatalogError::io(path, e))?;
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; PIECE_SIZE as usize];
     let mut out = Vec::new();
     let mut h = Sha256::new();
-    let mut in_chunk = 0u64;
+    let mut in_piece = 0u64;
     loop {
-        let want = (CHUNK_SIZE - in_chunk).min(buf.len() as u64) as usize;
+        let want = (PIECE_SIZE - in_piece) as usize;
         let n = match f.read(&mut buf[..want]) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -43,16 +45,16 @@ pub fn hash_chunks_with(
             break;
         }
         h.update(&buf[..n]);
-        in_chunk += n as u64;
-        if in_chunk == CHUNK_SIZE {
+        in_piece += n as u64;
+        if in_piece == PIECE_SIZE {
             out.push(h.finalize_reset().into());
-            in_chunk = 0;
+            in_piece = 0;
         }
         if !read(n as u64) {
             return Err(CatalogError::Stopped);
         }
     }
-    if in_chunk > 0 {
+    if in_piece > 0 {
         out.push(h.finalize().into());
     }
     Ok(out)
@@ -64,7 +66,7 @@ pub fn hash_chunks_with(
 /// (any write or utimes moves it). A persisted entry from before ctime was keyed (0) never
 /// matches, so it is re-hashed once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-struct FileKey {
+pub(crate) struct FileKey {
     size: u64,
     mtime_ns: i128,
     #[serde(default)]
@@ -74,7 +76,7 @@ struct FileKey {
 }
 
 impl FileKey {
-    fn of(meta: &fs::Metadata) -> Self {
+    pub(crate) fn of(meta: &fs::Metadata) -> Self {
         Self {
             size: meta.size(),
             mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
@@ -85,12 +87,7 @@ impl FileKey {
     }
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct CacheFile {
-    entries: BTreeMap<String, (FileKey, Vec<String>)>,
-}
-
-/// Chunk hashes of served files, in memory and persisted per root in
+/// Piece hashes of served files, in memory and persisted per root in
 /// `<root>/.lanspread/chunks.json`. A persisted cache that cannot be written (read-only
 /// games dir) only costs a re-hash after a restart.
 #[derive(Debug, Default)]
@@ -105,17 +102,13 @@ pub struct HashCache {
     progress: RootProgress,
 }
 
-/// Folder of daemon metadata inside a root.
-const META_DIR: &str = ".lanspread";
-const CACHE_FILE: &str = "chunks.json";
-
 impl HashCache {
     /// An empty cache.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// The manifest of a root: every file with its chunk hashes, hashing only files whose
+    /// The manifest of a root: every file with its piece and chunk hashes, hashing only files whose
     /// identity is not cached yet. Blocking; call from a blocking thread.
     pub fn manifest(&self, root: &GameRoot) -> Result<Vec<FileManifest>, CatalogError> {
         Ok(self.manifest_with(root, &|| true)?.files)
@@ -149,7 +142,7 @@ impl HashCache {
         // hashes it next counts it again.
         let mut hash = |full: &Path| {
             let mut counted = 0u64;
-            let res = hash_chunks_with(full, &mut |n| {
+            let res = hash_pieces_with(full, &mut |n| {
                 self.progress.add(&root.dir, n);
                 counted += n;
                 go_on()
@@ -191,9 +184,9 @@ impl HashCache {
         }
         let mut dirty = false;
         let mut files = Vec::with_capacity(root.files.len());
-        for (f, (full, meta, key, chunks)) in root.files.iter().zip(known) {
-            let chunks = chunks.unwrap_or_default();
-            if chunks.len() as u64 != chunk_count(meta.size()) || meta.size() != f.size {
+        for (f, (full, meta, key, pieces)) in root.files.iter().zip(known) {
+            let pieces = pieces.unwrap_or_default();
+            if pieces.len() as u64 != piece_count(meta.size()) || meta.size() != f.size {
                 // The file changed between the scan and now; the caller rescans.
                 return Err(CatalogError::io(
                     &full,
@@ -201,18 +194,17 @@ impl HashCache {
                 ));
             }
             if from_persisted(&persisted, &f.path, key).is_none() {
-                persisted.entries.insert(
-                    f.path.as_str().to_owned(),
-                    (key, chunks.iter().map(hex_of).collect()),
-                );
+                persisted
+                    .entries
+                    .insert(f.path.as_str().to_owned(), to_persisted(key, &pieces));
                 dirty = true;
             }
-            files.push(FileManifest {
-                path: f.path.clone(),
-                size: f.size,
-                mode: f.mode,
-                chunks,
-            });
+            files.push(FileManifest::from_pieces(
+                f.path.clone(),
+                f.size,
+                f.mode,
+                pieces,
+            ));
         }
         if dirty {
             persisted
@@ -242,7 +234,7 @@ impl HashCache {
         full: &Path,
         key: FileKey,
         persisted: &CacheFile,
-        path: &RelPath,
+        path: &crate::RelPath,
     ) -> Option<Vec<ChunkHash>> {
         if let Some(c) = self.in_memory(full, key) {
             return Some(c);
@@ -264,14 +256,14 @@ impl HashCache {
 /// were known).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Indexed {
-    /// Every file with its chunk hashes.
+    /// Every file with its piece and chunk hashes.
     pub files: Vec<FileManifest>,
     /// Bytes read and hashed to build it.
     pub hashed: u64,
 }
 
 impl HashCache {
-    /// Takes the chunk hashes of files this daemon just wrote and verified chunk by chunk
+    /// Takes the piece hashes of files this daemon just wrote and verified piece by piece
     /// against them (a committed download), keyed by each file's identity now: the new
     /// copy is served at once, without hashing it again. Blocking.
     pub fn adopt(&self, root: &Path, files: &[FileManifest]) -> Result<(), CatalogError> {
@@ -286,11 +278,10 @@ impl HashCache {
             self.mem
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert((full, key), f.chunks.clone());
-            persisted.entries.insert(
-                f.path.as_str().to_owned(),
-                (key, f.chunks.iter().map(hex_of).collect()),
-            );
+                .insert((full, key), f.pieces.clone());
+            persisted
+                .entries
+                .insert(f.path.as_str().to_owned(), to_persisted(key, &f.pieces));
         }
         store_cache(root, &persisted);
         Ok(())
@@ -338,7 +329,7 @@ impl HashCache {
         if given.is_empty() {
             return false;
         }
-        let Ok(fresh) = hash_chunks(full) else {
+        let Ok(fresh) = hash_pieces(full) else {
             return false;
         };
         // The file may have been rewritten while it was read: the identity must not
@@ -356,60 +347,11 @@ impl HashCache {
     }
 }
 
-fn hex_of(h: &ChunkHash) -> String {
-    h.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn parse_hex(s: &str) -> Option<ChunkHash> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-fn from_persisted(c: &CacheFile, path: &RelPath, key: FileKey) -> Option<Vec<ChunkHash>> {
-    let (k, hashes) = c.entries.get(path.as_str())?;
-    if *k != key {
-        return None;
-    }
-    hashes.iter().map(|h| parse_hex(h)).collect()
-}
-
-fn load_cache(root: &Path) -> CacheFile {
-    fs::read(root.join(META_DIR).join(CACHE_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-fn store_cache(root: &Path, c: &CacheFile) {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let dir = root.join(META_DIR);
-    let res = (|| {
-        // Only the metadata folder itself: a root removed meanwhile is not brought back.
-        match fs::create_dir(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
-        }
-        // Unique per writer: the indexer and a request may finish the same root at once.
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = dir.join(format!("{CACHE_FILE}.{}.{n}.tmp", std::process::id()));
-        fs::write(&tmp, serde_json::to_vec(c).map_err(std::io::Error::other)?)?;
-        fs::rename(&tmp, dir.join(CACHE_FILE))
-    })();
-    if let Err(e) = res {
-        tracing::debug!(root = %root.display(), "hash cache not persisted: {e}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{scan_root, GameId};
+    use lanspread_proto::CHUNK_SIZE;
 
     #[test]
     fn hashes_per_chunk_and_caches_by_identity() {
@@ -425,9 +367,15 @@ mod tests {
         let m = cache.manifest(&root).unwrap();
         let big = m.iter().find(|f| f.path.as_str() == "big.bin").unwrap();
         assert_eq!(big.chunks.len(), 2);
-        let first: ChunkHash = Sha256::digest(&data[..CHUNK_SIZE as usize]).into();
-        let second: ChunkHash = Sha256::digest(&data[CHUNK_SIZE as usize..]).into();
-        assert_eq!(big.chunks, [first, second]);
+        assert_eq!(big.pieces.len(), 33);
+        // Each piece's SHA-256, computed here over the bytes, and each chunk's over them.
+        let pieces: Vec<ChunkHash> = data
+            .chunks(PIECE_SIZE as usize)
+            .map(|p| Sha256::digest(p).into())
+            .collect();
+        assert_eq!(big.pieces, pieces);
+        let over = |ps: &[ChunkHash]| -> ChunkHash { Sha256::digest(ps.concat()).into() };
+        assert_eq!(big.chunks, [over(&pieces[..32]), over(&pieces[32..])]);
         assert!(m
             .iter()
             .find(|f| f.path.as_str() == "empty")
@@ -441,7 +389,7 @@ mod tests {
         let key = FileKey::of(&fs::metadata(root_dir.join("big.bin")).unwrap());
         assert_eq!(
             from_persisted(&persisted, &big.path, key).unwrap(),
-            big.chunks
+            big.pieces
         );
         assert_eq!(fresh.manifest(&root).unwrap(), m);
         // The metadata dir is never part of the root.
@@ -466,7 +414,7 @@ mod tests {
             .manifest(&scan_root(&root_dir, GameId::new("cnc4").unwrap()))
             .unwrap();
         assert_ne!(m1[0].chunks, m2[0].chunks);
-        assert_eq!(m2[0].chunks[0], <ChunkHash>::from(Sha256::digest(b"two")));
+        assert_eq!(m2[0].pieces[0], <ChunkHash>::from(Sha256::digest(b"two")));
     }
 
     #[test]
@@ -495,11 +443,11 @@ mod tests {
         assert!(!cache.still_holds(&file, &fs::metadata(&file).unwrap()));
         // From the persisted cache after a restart (a fresh cache), and in memory.
         assert_eq!(
-            HashCache::new().manifest(&scan()).unwrap()[0].chunks[0],
+            HashCache::new().manifest(&scan()).unwrap()[0].pieces[0],
             two
         );
-        assert_eq!(cache.manifest(&scan()).unwrap()[0].chunks[0], two);
-        assert_ne!(m1[0].chunks[0], two);
+        assert_eq!(cache.manifest(&scan()).unwrap()[0].pieces[0], two);
+        assert_ne!(m1[0].pieces[0], two);
         // Hashed again: known again.
         assert!(cache.knows(&file, &fs::metadata(&file).unwrap()));
     }

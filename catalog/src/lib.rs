@@ -2,13 +2,14 @@
 //! relative file descriptors.
 //!
 //! Everything here is either a pure function (parsing, path checks), a read-only walk of
-//! the local filesystem, or chunk hashing with its cache. This crate never does network IO;
+//! the local filesystem, or piece hashing with its cache. This crate never does network IO;
 //! the only thing it writes is its own hash cache under a root's `.lanspread/`.
 #![warn(missing_docs)]
 
 mod catalog;
 mod confine;
 mod error;
+mod hash_store;
 mod hashes;
 mod inflight;
 mod scan;
@@ -16,12 +17,13 @@ mod scan;
 pub use catalog::{Catalog, CatalogEntry, BUILTIN_IDS};
 pub use confine::open_inside;
 pub use error::CatalogError;
-pub use hashes::{hash_chunks, hash_chunks_with, HashCache, Indexed};
+pub use hashes::{hash_pieces, hash_pieces_with, HashCache, Indexed};
 pub use inflight::HashProgress;
 // The protocol's value types, re-exported: the catalog speaks in them.
 pub use lanspread_proto::{
-    chunk_count, chunk_ranges, is_reserved_top_level, manifest_digest, Availability, ChunkHash,
-    FileManifest, GameId, RelPath, Version, CHUNK_SIZE, LOCAL_DIR, METADATA_PREFIX, VERSION_FILE,
+    chunk_count, chunk_hash, chunk_ranges, is_reserved_top_level, manifest_digest, piece_count,
+    Availability, ChunkHash, FileManifest, GameId, RelPath, Version, CHUNK_SIZE, LOCAL_DIR,
+    METADATA_PREFIX, PIECES_PER_CHUNK, PIECE_SIZE, VERSION_FILE,
 };
 pub use scan::{
     free_space, scan_games_dir, scan_root, FileDescriptor, GameRoot, Library, INSTALLED_MARKER,

@@ -65,12 +65,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         (
             "files",
-            encode_frame(&PeerResponse::Files(vec![FileManifest {
+            encode_frame(&PeerResponse::Files(vec![FileManifest::from_pieces(
                 path,
-                size: 40 << 20,
-                mode: 0o644,
-                chunks: vec![[1; 32], [2; 32]],
-            }]))?,
+                40 << 20,
+                0o644,
+                vec![[1; 32]; 40],
+            )]))?,
         ),
         (
             "refused",

@@ -4,6 +4,7 @@ use lanspread_catalog::{
     chunk_count, Catalog, ChunkHash, FileDescriptor, FileManifest, GameId, GameRoot, RelPath,
     Version, CHUNK_SIZE,
 };
+use lanspread_proto::chunk_of_rest;
 use lanspread_proto::ChunkSet;
 
 use crate::PeerError;
@@ -70,7 +71,8 @@ pub fn gate_chunk<'a>(
 
 /// Checks a chunk request to a partial holder (`PeerRequest::PartialChunks`): the
 /// downloader's manifest must be ours (same digest), and the range must be exactly one
-/// chunk of the manifest that we verified. Returns the chunk's index. Nothing else of a
+/// chunk of the manifest that we verified, or its rest from a piece on (a downloader that
+/// kept the chunk's first pieces). Returns the chunk's index. Nothing else of a
 /// partial root is ever served.
 pub fn gate_partial_chunk(
     files: &[FileManifest],
@@ -87,15 +89,12 @@ pub fn gate_partial_chunk(
     for f in files {
         let n = chunk_count(f.size) as usize;
         if &f.path == path {
-            if offset % CHUNK_SIZE != 0 || offset >= f.size {
-                return refuse(format!("{path}: {offset} is not the start of a chunk"));
-            }
-            let chunk = first + (offset / CHUNK_SIZE) as usize;
-            if len != CHUNK_SIZE.min(f.size - offset) {
+            let Some(chunk) = chunk_of_rest(f.size, offset, len) else {
                 return refuse(format!(
-                    "{path}: {len} bytes at {offset} is not a whole chunk"
+                    "{path}: {len} bytes at {offset} is not a chunk or its rest from a piece"
                 ));
-            }
+            };
+            let chunk = first + chunk as usize;
             if !verified.contains(chunk) {
                 return refuse(format!(
                     "{path}: the chunk at {offset} is not verified here yet"
@@ -111,6 +110,7 @@ pub fn gate_partial_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lanspread_proto::PIECE_SIZE;
     use std::path::PathBuf;
 
     fn root(version: Option<&str>) -> GameRoot {
@@ -191,11 +191,9 @@ mod tests {
     fn manifest(sizes: &[(&str, u64)]) -> Vec<FileManifest> {
         sizes
             .iter()
-            .map(|&(p, size)| FileManifest {
-                path: RelPath::new(p).unwrap(),
-                size,
-                mode: 0o644,
-                chunks: vec![[0; 32]; chunk_count(size) as usize],
+            .map(|&(p, size)| {
+                let pieces = vec![[0; 32]; lanspread_proto::piece_count(size) as usize];
+                FileManifest::from_pieces(RelPath::new(p).unwrap(), size, 0o644, pieces)
             })
             .collect()
     }
@@ -226,5 +224,14 @@ mod tests {
         assert!(gate(&b, 0, 6, &d).is_err(), "longer than the chunk");
         let c = RelPath::new("c.eti").unwrap();
         assert!(gate(&c, 0, 1, &d).is_err(), "no such file");
+        // The rest of a verified chunk from a piece on (its first pieces kept elsewhere).
+        verified.insert(0);
+        let gate = |off, len| gate_partial_chunk(&files, &verified, (&d, &d), &a, (off, len));
+        assert_eq!(gate(PIECE_SIZE, CHUNK_SIZE - PIECE_SIZE).unwrap(), 0);
+        assert!(gate(PIECE_SIZE + 1, CHUNK_SIZE - PIECE_SIZE - 1).is_err());
+        assert!(
+            gate(PIECE_SIZE, PIECE_SIZE).is_err(),
+            "not to the chunk's end"
+        );
     }
 }

@@ -36,7 +36,9 @@ pub use ops::{OpKind, Operation, Operations, Progress};
 pub use pace::{check_limit, Pacer};
 pub use pex::{pex_dials, DEFAULT_MAX_LINKS};
 pub use planner::{Assignment, Batch, ChunkSpec, FailKind, Planner, PlannerStatus};
-pub use resume::{journal_entry, journal_header, judge_journal, ResumeDecision};
+pub use resume::{
+    journal_entry, journal_header, journal_kept, judge_journal, ResumeDecision, Verified,
+};
 pub use send_watch::{Blocked, Stalled, Verdict, MIN_PROGRESS, STUCK_WINDOWS};
 pub use swarm::{
     holding_frames, offered_chunks, HoldingBatcher, Plain, SeedChooser, UploadTurns, HOLDING_BATCH,

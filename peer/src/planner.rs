@@ -27,8 +27,10 @@ pub struct ChunkSpec {
     pub offset: u64,
     /// Length (1..=CHUNK_SIZE).
     pub len: u64,
-    /// Expected SHA-256.
+    /// Expected SHA-256 (over its pieces' hashes).
     pub hash: ChunkHash,
+    /// Expected SHA-256 of each of its 1 MiB pieces.
+    pub pieces: Vec<ChunkHash>,
 }
 
 /// A chunk to fetch from a source.
@@ -180,14 +182,15 @@ impl Planner {
             .iter()
             .enumerate()
             .flat_map(|(i, f)| {
-                chunk_ranges(f.size)
-                    .zip(f.chunks.iter())
-                    .map(move |((offset, len), hash)| ChunkSpec {
+                chunk_ranges(f.size).zip(f.chunks.iter()).enumerate().map(
+                    move |(c, ((offset, len), hash))| ChunkSpec {
                         file: i,
                         offset,
                         len,
                         hash: *hash,
-                    })
+                        pieces: f.pieces_of(c).to_vec(),
+                    },
+                )
             })
             .collect();
         let n = chunks.len();

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lanspread_catalog::{chunk_count, FileManifest, GameId, VERSION_FILE};
+use lanspread_catalog::{FileManifest, GameId, VERSION_FILE};
 use lanspread_proto::PeerId;
 
 use crate::PeerError;
@@ -25,7 +25,8 @@ pub struct Chosen {
 }
 
 /// Checks a manifest on its own: unique paths, no file where another needs a folder,
-/// chunk counts matching sizes, and a small `version.ini`.
+/// piece and chunk hashes matching sizes and each other (every chunk hash over its
+/// pieces'), and a small `version.ini`.
 pub fn check_manifest(files: &[FileManifest]) -> Result<(), PeerError> {
     let bad = |why: String| Err(PeerError::InvalidManifest(why));
     if files.len() > MAX_FILES_PER_GAME {
@@ -46,11 +47,12 @@ pub fn check_manifest(files: &[FileManifest]) -> Result<(), PeerError> {
         if !paths.insert(f.path.as_str()) {
             return bad(format!("{} listed twice", f.path));
         }
-        if f.chunks.len() as u64 != chunk_count(f.size) {
+        if !f.consistent() {
             return bad(format!(
-                "{}: {} chunk hashes for {} bytes",
+                "{}: {} chunk and {} piece hashes for {} bytes that do not fit together",
                 f.path,
                 f.chunks.len(),
+                f.pieces.len(),
                 f.size
             ));
         }
@@ -194,14 +196,10 @@ mod tests {
     use lanspread_catalog::RelPath;
 
     fn f(path: &str, size: u64, seed: u8) -> FileManifest {
-        FileManifest {
-            path: RelPath::new(path).unwrap(),
-            size,
-            mode: 0o644,
-            chunks: (0..chunk_count(size))
-                .map(|i| [seed.wrapping_add(i as u8); 32])
-                .collect(),
-        }
+        let pieces = (0..lanspread_catalog::piece_count(size))
+            .map(|i| [seed.wrapping_add(i as u8); 32])
+            .collect();
+        FileManifest::from_pieces(RelPath::new(path).unwrap(), size, 0o644, pieces)
     }
 
     fn game(eti: u64, seed: u8) -> Vec<FileManifest> {

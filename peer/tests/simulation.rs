@@ -69,18 +69,14 @@ fn pid(n: u8) -> PeerId {
 }
 
 fn file(name: &str, size: u64, seed: u8) -> FileManifest {
-    FileManifest {
-        path: RelPath::new(name).unwrap(),
-        size,
-        mode: 0o644,
-        chunks: (0..chunk_count(size))
-            .map(|i| {
-                let mut h = [seed; 32];
-                h[..8].copy_from_slice(&i.to_le_bytes());
-                h
-            })
-            .collect(),
-    }
+    let pieces = (0..lanspread_catalog::piece_count(size))
+        .map(|i| {
+            let mut h = [seed; 32];
+            h[..8].copy_from_slice(&i.to_le_bytes());
+            h
+        })
+        .collect();
+    FileManifest::from_pieces(RelPath::new(name).unwrap(), size, 0o644, pieces)
 }
 
 /// A game: `big` chunks of an archive, `small` 100 KiB files, the sentinel.
@@ -215,7 +211,10 @@ impl Sim {
             Behaviour::Silent => return,
             Behaviour::Different => {
                 let mut other = files.to_vec();
-                other[0].chunks[0][31] ^= 0xff;
+                let f = &other[0];
+                let mut pieces = f.pieces.clone();
+                pieces[0][31] ^= 0xff;
+                other[0] = FileManifest::from_pieces(f.path.clone(), f.size, f.mode, pieces);
                 Ok(other)
             }
             _ => Ok(files.to_vec()),

@@ -1,5 +1,10 @@
-//! What a manifest is: files with SHA-256 per 32 MiB chunk, and the chunk arithmetic
-//! both sides of a transfer share.
+//! What a manifest is: files with SHA-256 per 1 MiB piece and, over those, per 32 MiB
+//! chunk, and the chunk and piece arithmetic both sides of a transfer share.
+//!
+//! A chunk's hash is SHA-256 over the SHA-256 of each of its pieces, in order (a hash
+//! list of depth two): the bytes are hashed once, per piece, as they arrive, so a source
+//! that lies is caught after one piece, not one chunk, and the chunk hashes the rest of
+//! the protocol names (votes, journals, partial holdings) follow from the pieces.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -15,7 +20,14 @@ pub const CHUNK_SIZE: u64 = 32 << 20;
 /// window is sized to hold exactly that many.
 pub const MIN_CHUNKS_IN_FLIGHT: u64 = 4;
 
-/// SHA-256 of one chunk.
+/// Size of a verification piece: 1 MiB. Chunks start on piece boundaries
+/// (`CHUNK_SIZE` is a multiple of it); a chunk's last piece may be shorter.
+pub const PIECE_SIZE: u64 = 1 << 20;
+
+/// Pieces in a whole chunk.
+pub const PIECES_PER_CHUNK: u64 = CHUNK_SIZE / PIECE_SIZE;
+
+/// A SHA-256: of a piece, of a chunk (over its pieces' hashes), or of a manifest.
 pub type ChunkHash = [u8; 32];
 
 /// A file with its chunk hashes: what a source tells a downloader.
@@ -27,11 +39,63 @@ pub struct FileManifest {
     pub size: u64,
     /// Unix permission bits.
     pub mode: u32,
-    /// SHA-256 of each chunk, in order.
+    /// Each chunk's hash ([`chunk_hash`] of its pieces), in order.
     pub chunks: Vec<ChunkHash>,
+    /// SHA-256 of each 1 MiB piece, in order.
+    pub pieces: Vec<ChunkHash>,
 }
 
-/// SHA-256 over everything a manifest says (paths, sizes, modes, chunk hashes), in order:
+impl FileManifest {
+    /// A file described by its piece hashes; the chunk hashes follow from them.
+    pub fn from_pieces(path: RelPath, size: u64, mode: u32, pieces: Vec<ChunkHash>) -> Self {
+        Self {
+            path,
+            size,
+            mode,
+            chunks: chunk_hashes(&pieces),
+            pieces,
+        }
+    }
+
+    /// The hashes of the pieces of chunk `chunk` (empty past the end).
+    pub fn pieces_of(&self, chunk: usize) -> &[ChunkHash] {
+        let per = PIECES_PER_CHUNK as usize;
+        let start = chunk.saturating_mul(per).min(self.pieces.len());
+        let end = start.saturating_add(per).min(self.pieces.len());
+        &self.pieces[start..end]
+    }
+
+    /// Whether the piece and chunk hashes fit the size and each other: as many pieces as
+    /// the size has, and every chunk hash the one its pieces give.
+    pub fn consistent(&self) -> bool {
+        self.pieces.len() as u64 == piece_count(self.size)
+            && self.chunks.len() as u64 == chunk_count(self.size)
+            && self
+                .chunks
+                .iter()
+                .enumerate()
+                .all(|(i, c)| *c == chunk_hash(self.pieces_of(i)))
+    }
+}
+
+/// A chunk's hash: SHA-256 over its pieces' hashes, in order.
+pub fn chunk_hash(pieces: &[ChunkHash]) -> ChunkHash {
+    let mut h = Sha256::new();
+    for p in pieces {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// Every chunk's hash from a file's piece hashes.
+pub fn chunk_hashes(pieces: &[ChunkHash]) -> Vec<ChunkHash> {
+    pieces
+        .chunks(PIECES_PER_CHUNK as usize)
+        .map(chunk_hash)
+        .collect()
+}
+
+/// SHA-256 over everything a manifest says (paths, sizes, modes, chunk and piece hashes), in order:
 /// two manifests with the same digest describe the same bytes at the same places.
 pub fn manifest_digest(files: &[FileManifest]) -> ChunkHash {
     let mut h = Sha256::new();
@@ -45,8 +109,40 @@ pub fn manifest_digest(files: &[FileManifest]) -> ChunkHash {
         for c in &f.chunks {
             h.update(c);
         }
+        h.update((f.pieces.len() as u64).to_le_bytes());
+        for p in &f.pieces {
+            h.update(p);
+        }
     }
     h.finalize().into()
+}
+
+/// Number of pieces of a file of `size` bytes.
+pub fn piece_count(size: u64) -> u64 {
+    size.div_ceil(PIECE_SIZE)
+}
+
+/// The index within its file of the chunk that `[offset, offset + len)` completes: a whole
+/// chunk, or the rest of one from a piece boundary on (what a downloader that kept a
+/// chunk's first pieces asks for). `None` for any other range of a file of `size` bytes.
+pub fn chunk_of_rest(size: u64, offset: u64, len: u64) -> Option<u64> {
+    if !offset.is_multiple_of(PIECE_SIZE) || offset >= size {
+        return None;
+    }
+    let chunk = offset / CHUNK_SIZE;
+    let end = ((chunk + 1) * CHUNK_SIZE).min(size);
+    (offset.checked_add(len) == Some(end)).then_some(chunk)
+}
+
+/// The rest of a chunk from `kept` bytes on, when its first `kept` bytes are already
+/// verified: `(offset, len, first piece within the chunk)` of what is still to fetch.
+/// `kept` counts whole pieces only (rounded down), and never the whole chunk: at least
+/// its last piece is fetched again, so a range is never empty.
+pub fn chunk_rest(offset: u64, len: u64, kept: u64) -> (u64, u64, usize) {
+    let last_piece = len.saturating_sub(1) / PIECE_SIZE;
+    let pieces = (kept / PIECE_SIZE).min(last_piece);
+    let skip = pieces * PIECE_SIZE;
+    (offset + skip, len - skip, pieces as usize)
 }
 
 /// Number of chunks of a file of `size` bytes.
@@ -83,19 +179,99 @@ mod tests {
     }
 
     #[test]
+    fn chunk_hashes_are_over_their_pieces() {
+        let size = 2 * CHUNK_SIZE + PIECE_SIZE + 1;
+        assert_eq!(piece_count(size), 2 * PIECES_PER_CHUNK + 2);
+        let pieces: Vec<ChunkHash> = (0..piece_count(size)).map(|i| [i as u8; 32]).collect();
+        let f = FileManifest::from_pieces(RelPath::new("a.eti").unwrap(), size, 0o644, pieces);
+        assert_eq!(f.chunks.len(), 3);
+        assert_eq!(f.pieces_of(1)[0], [PIECES_PER_CHUNK as u8; 32]);
+        assert_eq!(f.pieces_of(2).len(), 2);
+        assert!(f.pieces_of(3).is_empty());
+        let mut flat = Vec::new();
+        for p in f.pieces_of(2) {
+            flat.extend_from_slice(p);
+        }
+        assert_eq!(f.chunks[2], <[u8; 32]>::from(Sha256::digest(&flat)));
+        assert!(f.consistent());
+        let mut bad = f.clone();
+        bad.pieces[5][0] ^= 1;
+        assert!(
+            !bad.consistent(),
+            "a piece that its chunk hash does not cover"
+        );
+        let mut bad = f.clone();
+        bad.pieces.pop();
+        assert!(!bad.consistent(), "a piece missing");
+        let mut bad = f;
+        bad.chunks.push([0; 32]);
+        assert!(!bad.consistent(), "a chunk too many");
+        let empty = FileManifest::from_pieces(RelPath::new("e").unwrap(), 0, 0o644, vec![]);
+        assert!(empty.consistent() && empty.chunks.is_empty());
+    }
+
+    #[test]
+    fn the_rest_of_a_chunk_starts_on_a_piece() {
+        assert_eq!(
+            chunk_rest(CHUNK_SIZE, CHUNK_SIZE, 0),
+            (CHUNK_SIZE, CHUNK_SIZE, 0)
+        );
+        assert_eq!(
+            chunk_rest(CHUNK_SIZE, CHUNK_SIZE, 3 * PIECE_SIZE + 7),
+            (CHUNK_SIZE + 3 * PIECE_SIZE, CHUNK_SIZE - 3 * PIECE_SIZE, 3)
+        );
+        // Never the whole chunk: its last piece is fetched again.
+        assert_eq!(
+            chunk_rest(0, CHUNK_SIZE, CHUNK_SIZE),
+            (CHUNK_SIZE - PIECE_SIZE, PIECE_SIZE, 31)
+        );
+        assert_eq!(chunk_rest(0, 5, PIECE_SIZE), (0, 5, 0));
+        assert_eq!(
+            chunk_rest(0, PIECE_SIZE + 5, 2 * PIECE_SIZE),
+            (PIECE_SIZE, 5, 1)
+        );
+    }
+
+    #[test]
+    fn a_chunk_or_its_rest_from_a_piece_is_a_chunk() {
+        let size = CHUNK_SIZE + 5;
+        assert_eq!(chunk_of_rest(size, 0, CHUNK_SIZE), Some(0));
+        assert_eq!(
+            chunk_of_rest(size, PIECE_SIZE, CHUNK_SIZE - PIECE_SIZE),
+            Some(0)
+        );
+        assert_eq!(chunk_of_rest(size, CHUNK_SIZE, 5), Some(1));
+        assert_eq!(
+            chunk_of_rest(size, 1, CHUNK_SIZE - 1),
+            None,
+            "not on a piece"
+        );
+        assert_eq!(
+            chunk_of_rest(size, 0, PIECE_SIZE),
+            None,
+            "not to the chunk's end"
+        );
+        assert_eq!(chunk_of_rest(size, 0, CHUNK_SIZE + 5), None, "two chunks");
+        assert_eq!(
+            chunk_of_rest(size, CHUNK_SIZE + PIECE_SIZE, 0),
+            None,
+            "past the end"
+        );
+        assert_eq!(chunk_of_rest(size, 0, u64::MAX), None);
+    }
+
+    #[test]
     fn the_digest_covers_every_field() {
-        let f = FileManifest {
-            path: RelPath::new("a.eti").unwrap(),
-            size: 1,
-            mode: 0o644,
-            chunks: vec![[1; 32]],
-        };
+        let f = FileManifest::from_pieces(RelPath::new("a.eti").unwrap(), 1, 0o644, vec![[1; 32]]);
         let base = manifest_digest(std::slice::from_ref(&f));
         let mut g = f.clone();
         g.mode = 0o755;
         assert_ne!(manifest_digest(&[g]), base);
         let mut g = f.clone();
         g.chunks[0][31] = 2;
+        assert_ne!(manifest_digest(&[g]), base);
+        let mut g = f.clone();
+        g.pieces[0][31] = 2;
         assert_ne!(manifest_digest(&[g]), base);
         assert_ne!(manifest_digest(&[f.clone(), f.clone()]), base);
         assert_eq!(manifest_digest(&[f]), base);

@@ -15,7 +15,9 @@ use crate::PeerId;
 /// sends); `Later` also when the swarm upload slots are taken.
 /// 6: `Chunks` may be answered `Later` too (the server of a swarm serves in turns).
 /// 7: a `Files` answer may be preceded by `Hashing` progress frames.
-pub const PROTOCOL_VERSION: u32 = 7;
+/// 8: manifests carry SHA-256 per 1 MiB piece, and a chunk's hash is over its pieces'
+/// hashes; `PartialChunks` and `Offer` ranges may be the rest of a chunk from a piece on.
+pub const PROTOCOL_VERSION: u32 = 8;
 /// TLS ALPN identifier of a peer link (announce stream, requests).
 pub const ALPN: &[u8] = b"lanspread/1";
 /// TLS ALPN identifier of a data connection: a downloader's extra connection to a source,

@@ -1,9 +1,10 @@
 //! Fetching chunks from one source: request them on a fresh bidirectional stream (one
-//! chunk, or a run of small files together), hash each range's bytes as they arrive (no
-//! second pass) while handing them to the io_uring writer in pool buffers, and check each
-//! range's hash at the end.
+//! chunk or the rest of one, or a run of small files together), hash each 1 MiB piece as
+//! it arrives (no second pass) and check it before its pool buffer goes to the io_uring
+//! writer: a source that lies is caught after one piece, no unverified byte is written,
+//! and the pieces verified before a failure are kept (the rest is fetched alone).
 
-use lanspread_catalog::{ChunkHash, GameId, RelPath, Version};
+use lanspread_catalog::{ChunkHash, GameId, RelPath, Version, PIECE_SIZE};
 use lanspread_peer::FailKind;
 use lanspread_proto::{chunk_head, AnswerFault, ChunkRange, PeerRequest, PeerResponse};
 use lanspread_transfer::{read_frame, write_frame};
@@ -16,7 +17,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::limit::RateLimit;
-use crate::writer::Writer;
+use crate::writer::{Writer, BUF_SIZE};
+
+// A pool buffer holds exactly one piece: it is checked whole before it is written.
+const _: () = assert!(BUF_SIZE as u64 == PIECE_SIZE);
 use lanspread_control::Failure;
 
 /// How a chunk fetch failed.
@@ -28,18 +32,37 @@ pub enum FetchError {
     Local(Failure),
 }
 
-/// One range to fetch (the game and version are the request's).
+/// One range to fetch (the game and version are the request's): a chunk, or its rest
+/// from a piece on.
 pub struct ChunkJob {
     /// File path in the source root.
     pub path: RelPath,
     /// Writer handle of the local file.
     pub file: u64,
-    /// First byte.
+    /// First byte (on a piece boundary).
     pub offset: u64,
     /// Bytes.
     pub len: u64,
-    /// Expected SHA-256.
-    pub hash: ChunkHash,
+    /// Expected SHA-256 of each piece of the range.
+    pub pieces: Vec<ChunkHash>,
+}
+
+/// What became of one range.
+pub struct Outcome {
+    /// Received, verified and written; or why not.
+    pub result: Result<(), FetchError>,
+    /// On failure: the range's first bytes (whole pieces) that were verified and written
+    /// before it, kept so the chunk's rest is all that is fetched again.
+    pub kept: u64,
+}
+
+impl Outcome {
+    fn failed(e: FetchError) -> Self {
+        Self {
+            result: Err(e),
+            kept: 0,
+        }
+    }
 }
 
 /// Longest time a source may send nothing at all — on any of its streams and lanes —
@@ -163,15 +186,19 @@ pub enum How<'a> {
 /// What one request got: each range received, and the range an offer's source chose.
 #[derive(Default)]
 struct Got {
-    ranges: Vec<Received>,
+    /// The writes of each range received whole (every piece verified).
+    ranges: Vec<Writes>,
+    /// The range a failure cut short: the writes of its verified pieces, and their bytes.
+    cut: Option<(Writes, u64)>,
     chosen: Option<usize>,
     /// The source sends none of them now (`Later`).
     none_chosen: bool,
 }
 
 /// Fetches chunks of `game` at `version` from one source in one request into their
-/// files: one stream, the ranges answered in order. Returns one result per job, in order;
-/// when the stream fails at a job, that job and every later one fail the same way.
+/// files: one stream, the ranges answered in order. Returns one outcome per job, in order;
+/// when the stream fails at a job, that job and every later one fail the same way (the
+/// failed job keeps the pieces it verified).
 pub async fn fetch(
     conn: &Connection,
     source: &Activity,
@@ -179,12 +206,12 @@ pub async fn fetch(
     limit: &RateLimit,
     ask: Ask<'_>,
     jobs: &[ChunkJob],
-) -> Vec<Result<(), FetchError>> {
+) -> Vec<Outcome> {
     let mut got = Got::default();
     let failure = receive_all(conn, source, writer, limit, ask, jobs, &mut got)
         .await
         .err();
-    let not_chosen = || Err(FetchError::Source(FailKind::NotChosen, String::new()));
+    let not_chosen = || Outcome::failed(FetchError::Source(FailKind::NotChosen, String::new()));
     if got.none_chosen {
         return (0..jobs.len()).map(|_| not_chosen()).collect();
     }
@@ -194,19 +221,32 @@ pub async fn fetch(
         None => jobs,
     };
     let mut received = got.ranges;
+    let mut cut = got.cut;
     if failure.is_some() && received.len() == asked.len() {
         // Failed after the last range (bytes past the end): that range fails with it,
-        // so the source is still dropped and the range fetched again elsewhere.
-        if let Some((_, writes)) = received.pop() {
-            settle(writes).await;
+        // so the source is still dropped; its verified pieces are kept.
+        if let (Some(writes), Some(job)) = (received.pop(), asked.last()) {
+            cut = Some((writes, job.len));
         }
     }
     let mut results = Vec::with_capacity(jobs.len());
-    for (job, (digest, writes)) in asked.iter().zip(received) {
-        results.push(finish(job, digest, writes).await);
+    for (job, writes) in asked.iter().zip(received) {
+        results.push(Outcome {
+            result: finish(job, writes).await,
+            kept: 0,
+        });
     }
     if let Some(failure) = failure {
-        results.resize_with(asked.len(), || Err(failure.clone()));
+        let at = results.len();
+        results.resize_with(asked.len(), || Outcome::failed(failure.clone()));
+        if let (Some((writes, bytes)), Some(first)) = (cut, results.get_mut(at)) {
+            // Kept only when every write of those pieces succeeded.
+            if settle(writes).await {
+                first.kept = bytes;
+            }
+        }
+    } else if let Some((writes, _)) = cut {
+        settle(writes).await;
     }
     if let Some(i) = got.chosen {
         let mut all: Vec<_> = (0..jobs.len()).map(|_| not_chosen()).collect();
@@ -221,15 +261,14 @@ pub async fn fetch(
 /// Writes handed to the io_uring writer, not yet awaited.
 type Writes = Vec<tokio::sync::oneshot::Receiver<std::io::Result<()>>>;
 
-/// A received range: its SHA-256 and the writes of its bytes.
-type Received = (ChunkHash, Writes);
-
-/// Waits for the writes of a range that will not be kept: its refetch from another source
-/// must not race them.
-async fn settle(writes: Writes) {
+/// Waits for the writes of a range cut short (its refetch must not race them); whether
+/// every one succeeded.
+async fn settle(writes: Writes) -> bool {
+    let mut ok = true;
     for rx in writes {
-        let _ = rx.await;
+        ok &= matches!(rx.await, Ok(Ok(())));
     }
+    ok
 }
 
 /// Sends the request and receives every range, hashing the bytes as they arrive and
@@ -311,9 +350,9 @@ async fn receive_all(
             &mut read,
         );
         match one.await {
-            Ok(digest) => got.ranges.push((digest, writes)),
-            Err(e) => {
-                settle(writes).await;
+            Ok(()) => got.ranges.push(writes),
+            Err((e, verified)) => {
+                got.cut = Some((writes, verified));
                 return Err(e);
             }
         }
@@ -351,7 +390,9 @@ async fn chosen(
     }
 }
 
-/// Receives one range: its `Chunk` header, then its bytes.
+/// Receives one range: its `Chunk` header, then its bytes, one piece per pool buffer,
+/// each checked against its hash before it is written. On failure, also how many of the
+/// range's first bytes were verified and handed to the writer (whole pieces).
 async fn receive_one(
     recv: &mut RecvStream,
     stall: &mut Stall<'_>,
@@ -360,65 +401,77 @@ async fn receive_one(
     job: &ChunkJob,
     writes: &mut Writes,
     read: &mut Option<Option<PeerResponse>>,
-) -> Result<ChunkHash, FetchError> {
+) -> Result<(), (FetchError, u64)> {
     let head = match read.take() {
         Some(head) => head,
         None => stall
             .guard(read_frame::<_, PeerResponse>(recv))
-            .await?
-            .map_err(lost)?,
+            .await
+            .map_err(|e| (e, 0))?
+            .map_err(|e| (lost(e), 0))?,
     };
     match chunk_head(head, job.len) {
         Ok(()) => {}
         Err(e @ AnswerFault::Unexpected(_)) => {
-            return Err(FetchError::Source(FailKind::BadData, e.to_string()))
+            return Err((FetchError::Source(FailKind::BadData, e.to_string()), 0))
         }
-        Err(e) => return Err(gone(e.to_string())),
+        Err(e) => return Err((gone(e.to_string()), 0)),
     }
     let mut hasher = Sha256::new();
     let mut got = 0u64;
     let mut buf = None;
-    let mut buf_start = job.offset;
+    // Where the piece being received starts; everything before it is verified.
+    let mut piece_start = job.offset;
+    let verified = |at: u64| at - job.offset;
     while got < job.len {
         let b = match &mut buf {
             Some(b) => b,
-            None => buf.insert(
-                writer
-                    .buffer()
-                    .await
-                    .map_err(|e| FetchError::Local(Failure::io("the write buffer pool", &e)))?,
-            ),
+            None => buf.insert(writer.buffer().await.map_err(|e| {
+                let e = FetchError::Local(Failure::io("the write buffer pool", &e));
+                (e, verified(piece_start))
+            })?),
         };
         let want = (job.len - got).min(b.room() as u64) as usize;
-        let piece = match stall.guard(recv.read_chunk(want, true)).await? {
-            Ok(Some(c)) => c.bytes,
-            Ok(None) => {
-                return Err(gone(format!(
-                    "stream ended after {got} of {} bytes",
-                    job.len
-                )))
+        let bytes = match stall.guard(recv.read_chunk(want, true)).await {
+            Ok(Ok(Some(c))) => c.bytes,
+            Ok(Ok(None)) => {
+                let e = gone(format!("stream ended after {got} of {} bytes", job.len));
+                return Err((e, verified(piece_start)));
             }
-            Err(e) => return Err(lost(e)),
+            Ok(Err(e)) => return Err((lost(e), verified(piece_start))),
+            Err(e) => return Err((e, verified(piece_start))),
         };
-        limit.take(piece.len() as u64).await;
-        hasher.update(&piece);
-        b.extend(&piece);
-        got += piece.len() as u64;
+        limit.take(bytes.len() as u64).await;
+        hasher.update(&bytes);
+        b.extend(&bytes);
+        got += bytes.len() as u64;
         if let Some(full) = buf.take_if(|b| b.room() == 0 || got == job.len) {
+            let index = (verified(piece_start) / PIECE_SIZE) as usize;
+            let digest: ChunkHash = hasher.finalize_reset().into();
+            if job.pieces.get(index) != Some(&digest) {
+                let e = FetchError::Source(
+                    FailKind::BadData,
+                    format!("{} at {piece_start}: SHA-256 mismatch", job.path),
+                );
+                return Err((e, verified(piece_start)));
+            }
             let len = full.filled() as u64;
             let rx = writer
-                .write(job.file, buf_start, full)
+                .write(job.file, piece_start, full)
                 .await
-                .map_err(|e| FetchError::Local(Failure::io(format!("writing {}", job.path), &e)))?;
+                .map_err(|e| {
+                    let e = FetchError::Local(Failure::io(format!("writing {}", job.path), &e));
+                    (e, verified(piece_start))
+                })?;
             writes.push(rx);
-            buf_start += len;
+            piece_start += len;
         }
     }
-    Ok(hasher.finalize().into())
+    Ok(())
 }
 
-/// A received range is done when its writes succeeded and its hash matches.
-async fn finish(job: &ChunkJob, digest: ChunkHash, writes: Writes) -> Result<(), FetchError> {
+/// A received range (every piece verified) is done when its writes succeeded.
+async fn finish(job: &ChunkJob, writes: Writes) -> Result<(), FetchError> {
     for rx in writes {
         match rx.await {
             Ok(Ok(())) => {}
@@ -434,12 +487,6 @@ async fn finish(job: &ChunkJob, digest: ChunkHash, writes: Writes) -> Result<(),
                 )))
             }
         }
-    }
-    if digest != job.hash {
-        return Err(FetchError::Source(
-            FailKind::BadData,
-            format!("{} at {}: SHA-256 mismatch", job.path, job.offset),
-        ));
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! The resume journal on disk, `<root>/.lanspread/partial`: one line per chunk verified
-//! by this download (see `lanspread_peer::judge_journal` for the format and decisions).
+//! by this download, and one per chunk whose first pieces were kept when its source went
+//! (see `lanspread_peer::judge_journal` for the format and decisions).
 //!
-//! A recorded chunk is re-hashed from the file before it is trusted again, so a journal
+//! A recorded chunk or piece is re-hashed from the file, piece by piece, before it is
+//! trusted again, so a journal
 //! line that reached the disk before its data (power loss) costs a refetch, never a
 //! wrong byte. Appends are not fsynced for the same reason: after SIGKILL the page cache
 //! still holds them; after a power loss a lost line is a chunk fetched again.
@@ -10,8 +12,10 @@ use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use lanspread_catalog::{ChunkHash, Version};
-use lanspread_peer::{journal_entry, journal_header, judge_journal, ChunkSpec, ResumeDecision};
+use lanspread_catalog::{ChunkHash, Version, PIECE_SIZE};
+use lanspread_peer::{
+    journal_entry, journal_header, journal_kept, judge_journal, ChunkSpec, ResumeDecision, Verified,
+};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
@@ -32,22 +36,32 @@ impl Journal {
     /// Records a verified chunk. A failure only costs a refetch after a crash, so it is
     /// logged, not fatal.
     pub fn record(&mut self, chunk: usize) {
-        if let Err(e) = self.file.write_all(journal_entry(chunk).as_bytes()) {
-            warn!(path = %self.path.display(), "cannot record chunk {chunk}: {e}");
+        self.append(&journal_entry(chunk));
+    }
+
+    /// Records that the first `bytes` of a chunk (whole pieces) are verified and written.
+    pub fn record_kept(&mut self, chunk: usize, bytes: u64) {
+        self.append(&journal_kept(chunk, bytes));
+    }
+
+    fn append(&mut self, line: &str) {
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            warn!(path = %self.path.display(), "cannot record {}: {e}", line.trim_end());
         }
     }
 }
 
-/// Opens the journal for a download: returns the chunks an earlier attempt of the same
-/// version and manifest verified whose bytes still match, and the journal (rewritten to
-/// hold exactly those). Another version's journal is discarded.
+/// Opens the journal for a download: returns the chunks (and first pieces of chunks) an
+/// earlier attempt of the same version and manifest verified whose bytes still match,
+/// and the journal (rewritten to hold exactly those). Another version's journal is
+/// discarded.
 pub async fn open(
     root: &Path,
     dests: &[PathBuf],
     chunks: &[ChunkSpec],
     version: Version,
     digest: ChunkHash,
-) -> Result<(Journal, Vec<usize>), Failure> {
+) -> Result<(Journal, Verified), Failure> {
     let (root, dests, chunks) = (root.to_path_buf(), dests.to_vec(), chunks.to_vec());
     tokio::task::spawn_blocking(move || open_blocking(&root, &dests, &chunks, version, &digest))
         .await
@@ -60,14 +74,15 @@ fn open_blocking(
     chunks: &[ChunkSpec],
     version: Version,
     digest: &ChunkHash,
-) -> Result<(Journal, Vec<usize>), Failure> {
+) -> Result<(Journal, Verified), Failure> {
     let path = root.join(JOURNAL);
     let text = match fs::read(&path) {
         Ok(b) => Some(String::from_utf8_lossy(&b).into_owned()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(Failure::io(path.display(), &e)),
     };
-    let claimed = match judge_journal(text.as_deref(), version, digest, chunks.len()) {
+    let ranges: Vec<(u64, u64)> = chunks.iter().map(|c| (c.offset, c.len)).collect();
+    let claimed = match judge_journal(text.as_deref(), version, digest, &ranges) {
         ResumeDecision::Fresh => Default::default(),
         ResumeDecision::Discard(why) => {
             info!(root = %root.display(), "starting over: {why}");
@@ -75,19 +90,35 @@ fn open_blocking(
         }
         ResumeDecision::Resume(set) => set,
     };
-    let kept: Vec<usize> = claimed
-        .into_iter()
-        .filter(|&c| {
-            let spec = &chunks[c];
-            dests
-                .get(spec.file)
-                .is_some_and(|d| matches_on_disk(d, spec).unwrap_or(false))
+    // How many of a chunk's first `pieces` pieces still hash as verified, in a row.
+    let good = |c: usize, pieces: usize| {
+        let spec = &chunks[c];
+        dests.get(spec.file).map_or(0, |d| {
+            good_pieces(d, spec, pieces.min(spec.pieces.len())).unwrap_or(0)
         })
-        .collect();
-    // Rewrite it whole (temp + rename): header and the chunks still good.
+    };
+    let mut kept = Verified::default();
+    for c in claimed.chunks {
+        let n = good(c, usize::MAX);
+        if n == chunks[c].pieces.len() {
+            kept.chunks.insert(c);
+        } else if n > 0 {
+            kept.kept.insert(c, n as u64 * PIECE_SIZE);
+        }
+    }
+    for (c, bytes) in claimed.kept {
+        let n = good(c, (bytes / PIECE_SIZE) as usize);
+        if n > 0 {
+            kept.kept.insert(c, n as u64 * PIECE_SIZE);
+        }
+    }
+    // Rewrite it whole (temp + rename): header and what is still good.
     let mut text = journal_header(version, digest);
-    for &c in &kept {
+    for &c in &kept.chunks {
         text.push_str(&journal_entry(c));
+    }
+    for (&c, &bytes) in &kept.kept {
+        text.push_str(&journal_kept(c, bytes));
     }
     let tmp = root.join(JOURNAL_TMP);
     fs::write(&tmp, text)
@@ -100,25 +131,23 @@ fn open_blocking(
     Ok((Journal { file, path }, kept))
 }
 
-/// Whether the bytes of `spec` in `file` hash to the expected value.
-fn matches_on_disk(file: &Path, spec: &ChunkSpec) -> io::Result<bool> {
+/// How many of the first `pieces` pieces of `spec` in `file` hash to their expected
+/// values, in a row from the chunk's start (reading no further than the first bad one).
+fn good_pieces(file: &Path, spec: &ChunkSpec, pieces: usize) -> io::Result<usize> {
     let mut f = fs::File::open(file)?;
     if f.metadata()?.len() < spec.offset + spec.len {
-        return Ok(false);
+        return Ok(0);
     }
     f.seek(SeekFrom::Start(spec.offset))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = spec.len;
-    while left > 0 {
-        let n = f.read(&mut buf[..left.min(1 << 20) as usize])?;
-        if n == 0 {
-            return Ok(false);
+    let mut buf = vec![0u8; PIECE_SIZE as usize];
+    for (i, want) in spec.pieces.iter().take(pieces).enumerate() {
+        let len = (spec.len - i as u64 * PIECE_SIZE).min(PIECE_SIZE) as usize;
+        f.read_exact(&mut buf[..len])?;
+        if <[u8; 32]>::from(Sha256::digest(&buf[..len])) != *want {
+            return Ok(i);
         }
-        h.update(&buf[..n]);
-        left -= n as u64;
     }
-    Ok(<[u8; 32]>::from(h.finalize()) == spec.hash)
+    Ok(pieces.min(spec.pieces.len()))
 }
 
 /// Removes the journal once the download is committed.

@@ -198,7 +198,7 @@ async fn download(
         .events
         .emit(got_game_files(id, sources.version, &chosen));
     let root = shared.games_dir.join(id.as_str());
-    let (dests, mut journal, present) = prepare(
+    let (dests, mut journal, verified) = prepare(
         (&shared.games_dir, &shared.net.writer),
         &root,
         &chosen.files,
@@ -210,6 +210,7 @@ async fn download(
     let bytes: u64 = chosen.files.iter().map(|f| f.size).sum();
     let chunks = engine.chunks().len() as u64;
     let lanes = lanes::Lanes::open(shared, &chosen.sources).await;
+    let present: Vec<usize> = verified.chunks.iter().copied().collect();
     let (resumed_chunks, resumed_bytes) = engine.on_prepared(&present, &lanes.opened());
     // From now on the verified chunks are served to peers downloading the same manifest.
     let manifest = Arc::new(chosen.files.clone());
@@ -231,6 +232,7 @@ async fn download(
         files: &chosen.files,
         file_ids: files_open,
         journal: &mut journal,
+        kept: verified.kept.into_iter().collect(),
         lanes,
     };
     let transferred = tokio::select! {
@@ -363,7 +365,8 @@ async fn commit_files(
 /// Prepares the root for the chosen files: refuses up front when they cannot fit (bytes
 /// already there count as reusable), removes the committed sentinel, preallocates every
 /// file (their writer handles go to `files_open`) and opens the journal with the chunks
-/// an interrupted attempt at this same version and manifest already verified.
+/// (and first pieces of chunks) an interrupted attempt at this same version and manifest
+/// already verified.
 async fn prepare(
     (games_dir, writer): (&std::path::Path, &Writer),
     root: &std::path::Path,
@@ -371,7 +374,14 @@ async fn prepare(
     engine: &Engine,
     version: Version,
     files_open: &mut Vec<u64>,
-) -> Result<(Vec<std::path::PathBuf>, journal::Journal, Vec<usize>), Failure> {
+) -> Result<
+    (
+        Vec<std::path::PathBuf>,
+        journal::Journal,
+        lanspread_peer::Verified,
+    ),
+    Failure,
+> {
     check_space(games_dir, root, files).await?;
     let dests = commit::prepare(root, files).await?;
     for (f, dest) in files.iter().zip(&dests) {
@@ -382,8 +392,8 @@ async fn prepare(
         files_open.push(fid);
     }
     let digest = manifest_digest(files);
-    let (journal, present) = journal::open(root, &dests, engine.chunks(), version, digest).await?;
-    Ok((dests, journal, present))
+    let (journal, verified) = journal::open(root, &dests, engine.chunks(), version, digest).await?;
+    Ok((dests, journal, verified))
 }
 
 /// Fails with the numbers when the games filesystem lacks room for the files.

@@ -6,10 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lanspread_catalog::{manifest_digest, ChunkHash, FileManifest, GameId, Version};
+use lanspread_catalog::{manifest_digest, ChunkHash, FileManifest, GameId, Version, PIECE_SIZE};
 use lanspread_control::api::EventKind;
 use lanspread_control::Failure;
 use lanspread_peer::{Action, BatchId, ChunkResult, Engine, FailKind, Fetch, HoldingBatcher, Lane};
+use lanspread_proto::chunk_rest;
 use lanspread_proto::PeerId;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -25,11 +26,15 @@ pub(super) struct Work<'a> {
     pub files: &'a [FileManifest],
     pub file_ids: &'a [u64],
     pub journal: &'a mut journal::Journal,
+    /// Chunk → its first bytes (whole pieces) already verified and written, by an earlier
+    /// attempt or a source that went mid-chunk: only the rest is fetched.
+    pub kept: HashMap<usize, u64>,
     pub lanes: lanes::Lanes,
 }
 
-/// A finished fetch: its batch, source and lane, and each chunk's result.
-type Fetched = (BatchId, PeerId, Lane, Vec<ChunkResult>);
+/// A finished fetch: its batch, source and lane, and each chunk's result with the bytes
+/// now kept of it from its start.
+type Fetched = (BatchId, PeerId, Lane, Vec<(usize, ChunkResult, u64)>);
 
 /// Performs the engine's transfer phase: starts each batch it asks for on its lane's
 /// thread, journals and reports each verified chunk, and feeds every result back, until
@@ -100,12 +105,17 @@ pub(super) async fn transfer(
                 continue;
             }
         };
-        let (batch, peer, lane, results) =
+        let (batch, peer, lane, outcomes) =
             joined.map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))??;
-        for (kind, _) in results.iter().filter_map(|r| r.as_ref().err()) {
-            if let Some(reason) = fail_reason(*kind) {
-                t.shared.net.metrics.chunk_failed(reason);
+        let mut results = Vec::with_capacity(outcomes.len());
+        for (chunk, result, kept) in outcomes {
+            if let Err((kind, _)) = &result {
+                if let Some(reason) = fail_reason(*kind) {
+                    t.shared.net.metrics.chunk_failed(reason);
+                }
             }
+            t.keep(engine, chunk, &result, kept);
+            results.push(result);
         }
         let lane_lost = results.iter().any(Result::is_err) && t.work.lanes.lost(&peer, lane);
         engine.tick(Instant::now());
@@ -150,26 +160,58 @@ impl Transfer<'_, '_> {
         }
     }
 
+    /// What is kept of a chunk after a fetch: nothing once it is verified (its own
+    /// journal line says so); after a failure, the bytes from the chunk's start verified
+    /// before it (whole pieces, never the last one), journalled so a resume keeps them too.
+    fn keep(&mut self, engine: &Engine, chunk: usize, result: &ChunkResult, kept: u64) {
+        if result.is_ok() {
+            self.work.kept.remove(&chunk);
+            return;
+        }
+        let Some(spec) = engine.chunks().get(chunk) else {
+            return;
+        };
+        let (_, _, pieces) = chunk_rest(0, spec.len, kept);
+        let kept = pieces as u64 * PIECE_SIZE;
+        if kept > self.work.kept.get(&chunk).copied().unwrap_or(0) {
+            self.work.kept.insert(chunk, kept);
+            self.work.journal.record_kept(chunk, kept);
+        }
+    }
+
     /// Starts a batch on its lane's thread (the fetch runs where its connection is
     /// driven; dropping `running`, a failed download, aborts it there too). A source
-    /// whose link is gone is gone, whatever lanes it had.
+    /// whose link is gone is gone, whatever lanes it had. A chunk whose first pieces are
+    /// kept is asked for from the first piece it lacks.
     fn start(&mut self, engine: &mut Engine, f: Fetch) {
         let Work {
-            files, file_ids, ..
-        } = self.work;
+            files,
+            file_ids,
+            kept,
+            ..
+        } = &self.work;
         let jobs: Vec<ChunkJob> = f
             .chunks
             .iter()
             .map(|&c| {
                 let spec = &engine.chunks()[c];
+                let kept = kept.get(&c).copied().unwrap_or(0);
+                let (offset, len, first) = chunk_rest(spec.offset, spec.len, kept);
                 ChunkJob {
                     path: files[spec.file].path.clone(),
                     file: file_ids[spec.file],
-                    offset: spec.offset,
-                    len: spec.len,
-                    hash: spec.hash,
+                    offset,
+                    len,
+                    pieces: spec.pieces[first..].to_vec(),
                 }
             })
+            .collect();
+        // Bytes of each chunk before its job's range: what a failure keeps adds to them.
+        let skipped: Vec<(usize, u64)> = f
+            .chunks
+            .iter()
+            .zip(&jobs)
+            .map(|(&c, j)| (c, j.offset - engine.chunks()[c].offset))
             .collect();
         // The link as it is now (a partial source has no other lane); a source whose
         // link is gone is gone, whatever lanes it had.
@@ -188,6 +230,7 @@ impl Transfer<'_, '_> {
             let gone = Err((FailKind::SourceGone, "peer disconnected".to_owned()));
             return engine.on_fetched(f.id, vec![gone; jobs.len()], false);
         };
+        debug_assert!(jobs.iter().all(|j| j.offset % PIECE_SIZE == 0));
         let source = self.activity.entry(f.peer.clone()).or_default().clone();
         let (shared, game, version) = (self.shared.clone(), self.game.0.clone(), self.game.1);
         let digest = self.digest;
@@ -220,12 +263,16 @@ impl Transfer<'_, '_> {
                 .map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))?;
             let results = results
                 .into_iter()
-                .map(|r| match r {
-                    Ok(()) => Ok(Ok(())),
-                    Err(FetchError::Source(kind, why)) => Ok(Err((kind, why))),
+                .zip(skipped)
+                .map(|(o, (chunk, skipped))| match o.result {
+                    Ok(()) => Ok((chunk, Ok(()), 0)),
+                    Err(FetchError::Source(kind, why)) => {
+                        let kept = if o.kept > 0 { skipped + o.kept } else { 0 };
+                        Ok((chunk, Err((kind, why)), kept))
+                    }
                     Err(FetchError::Local(failure)) => Err(failure),
                 })
-                .collect::<Result<Vec<ChunkResult>, Failure>>()?;
+                .collect::<Result<Vec<_>, Failure>>()?;
             Ok((f.id, f.peer, f.lane, results))
         });
     }

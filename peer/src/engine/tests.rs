@@ -1,5 +1,5 @@
 use super::*;
-use lanspread_catalog::{chunk_count, RelPath};
+use lanspread_catalog::RelPath;
 
 fn pid(n: u8) -> PeerId {
     PeerId::from_spki(&[n])
@@ -10,14 +10,10 @@ fn game() -> GameId {
 }
 
 fn file(name: &str, size: u64, seed: u8) -> FileManifest {
-    FileManifest {
-        path: RelPath::new(name).unwrap(),
-        size,
-        mode: 0o644,
-        chunks: (0..chunk_count(size))
-            .map(|i| [seed ^ i as u8; 32])
-            .collect(),
-    }
+    let pieces = (0..lanspread_catalog::piece_count(size))
+        .map(|i| [seed ^ i as u8; 32])
+        .collect();
+    FileManifest::from_pieces(RelPath::new(name).unwrap(), size, 0o644, pieces)
 }
 
 fn manifest() -> Vec<FileManifest> {

@@ -4,14 +4,10 @@ use lanspread_catalog::RelPath;
 use proptest::prelude::*;
 
 pub(super) fn file(name: &str, size: u64) -> FileManifest {
-    FileManifest {
-        path: RelPath::new(name).unwrap(),
-        size,
-        mode: 0o644,
-        chunks: (0..lanspread_catalog::chunk_count(size))
-            .map(|i| [i as u8; 32])
-            .collect(),
-    }
+    let pieces = (0..lanspread_catalog::piece_count(size))
+        .map(|i| [i as u8; 32])
+        .collect();
+    FileManifest::from_pieces(RelPath::new(name).unwrap(), size, 0o644, pieces)
 }
 
 const C: u64 = CHUNK_SIZE;

@@ -11,11 +11,11 @@
 use std::collections::HashMap;
 
 use lanspread_catalog::{chunk_count, FileDescriptor};
-use lanspread_proto::{ChunkRange, CHUNK_SIZE};
+use lanspread_proto::{chunk_of_rest, ChunkRange};
 
 /// The chunk numbers (in the game's chunk order: files in order, chunks within) of the
-/// offered ranges that are whole chunks of `files`, `None` for any other range; and the
-/// game's chunk count.
+/// offered ranges that are whole chunks of `files` or their rest from a piece on
+/// ([`chunk_of_rest`]), `None` for any other range; and the game's chunk count.
 pub fn offered_chunks(
     files: &[FileDescriptor],
     ranges: &[ChunkRange],
@@ -28,10 +28,7 @@ pub fn offered_chunks(
     }
     let index = |r: &ChunkRange| {
         let &(first, size) = base.get(r.path.as_str())?;
-        let whole = r.offset.is_multiple_of(CHUNK_SIZE)
-            && r.offset < size
-            && r.len == CHUNK_SIZE.min(size - r.offset);
-        whole.then(|| (first + r.offset / CHUNK_SIZE) as usize)
+        chunk_of_rest(size, r.offset, r.len).map(|c| (first + c) as usize)
     };
     (total as usize, ranges.iter().map(index).collect())
 }
@@ -96,6 +93,7 @@ mod tests {
 
     #[test]
     fn offered_ranges_are_numbered_in_the_games_chunk_order_and_only_whole_chunks_count() {
+        use lanspread_proto::{CHUNK_SIZE, PIECE_SIZE};
         let file = |p: &str, size| FileDescriptor {
             path: RelPath::new(p).unwrap(),
             size,
@@ -117,10 +115,26 @@ mod tests {
                 range("a.eti", 1, CHUNK_SIZE),
                 range("b.eti", 0, 8),
                 range("a.eti", 3 * CHUNK_SIZE, 5),
+                range("a.eti", CHUNK_SIZE + PIECE_SIZE, CHUNK_SIZE - PIECE_SIZE),
+                range("a.eti", CHUNK_SIZE + PIECE_SIZE, PIECE_SIZE),
             ],
         );
         assert_eq!(total, 4);
-        assert_eq!(idx, [Some(1), Some(2), Some(3), None, None, None, None]);
+        let rest_of_1 = Some(1);
+        assert_eq!(
+            idx,
+            [
+                Some(1),
+                Some(2),
+                Some(3),
+                None,
+                None,
+                None,
+                None,
+                rest_of_1,
+                None
+            ]
+        );
     }
 
     #[test]

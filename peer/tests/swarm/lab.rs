@@ -372,15 +372,15 @@ impl Party<'_> {
         let now = self.at();
         let mut engine = Engine::new(game, std::slice::from_ref(&server), config, now);
         while engine.poll().is_some() {}
-        let file = |path: &str, size: u64, chunks: usize| FileManifest {
-            path: RelPath::new(path).expect("a path"),
-            size,
-            mode: 0o644,
-            chunks: (0..chunks).map(|i| [i as u8; 32]).collect(),
+        let file = |path: &str, size: u64| {
+            let pieces = (0..lanspread_catalog::piece_count(size))
+                .map(|i| [i as u8; 32])
+                .collect();
+            FileManifest::from_pieces(RelPath::new(path).expect("a path"), size, 0o644, pieces)
         };
         let files = vec![
-            file("game.eti", lab.file_bytes() as u64, lab.chunks),
-            file("version.ini", 8, 1),
+            file("game.eti", lab.file_bytes() as u64),
+            file("version.ini", 8),
         ];
         engine.on_manifest(server.clone(), Ok(files), now);
         assert_eq!(engine.poll(), Some(Action::Prepare));

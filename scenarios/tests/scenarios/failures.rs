@@ -268,7 +268,7 @@ fn s31_bootstrapped_source() {
 
 /// Makes the root in `dir` serve a flipped byte at `offset` of each of `files` while its
 /// cached chunk hashes still describe the good bytes (bit rot under an unchanged mtime).
-fn make_liar(dir: &Path, files: &[&str], offset: u64) {
+pub fn make_liar(dir: &Path, files: &[&str], offset: u64) {
     use lanspread_catalog::{scan_root, GameId, HashCache};
     use std::io::{Seek, SeekFrom, Write};
     let root = dir.join("cod5");

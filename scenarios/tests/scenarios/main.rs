@@ -20,6 +20,7 @@ mod live;
 mod manage;
 mod mdns;
 mod metrics;
+mod pieces;
 mod progress;
 mod reload;
 mod resume;

@@ -32,12 +32,12 @@ fn http(addr: &str, method: &str, path: &str) -> (u16, String, String) {
     (code, head.to_owned(), body.to_owned())
 }
 
-struct Scrape {
+pub struct Scrape {
     text: String,
     parsed: prometheus_parse::Scrape,
 }
 
-fn scrape(n: &Node) -> Scrape {
+pub fn scrape(n: &Node) -> Scrape {
     let addr = n.json(&["status"])["metrics"]
         .as_str()
         .expect("status names the metrics address")
@@ -56,7 +56,7 @@ fn scrape(n: &Node) -> Scrape {
 
 impl Scrape {
     /// The value of `metric` whose labels include `labels`; the sum when several do.
-    fn value(&self, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub fn value(&self, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
         let mut found = None;
         for s in &self.parsed.samples {
             if s.metric != metric || labels.iter().any(|(k, v)| s.labels.get(k) != Some(*v)) {
@@ -74,7 +74,7 @@ impl Scrape {
     }
 }
 
-fn with_metrics(name: &str, games: &Path, more: &[&str]) -> Node {
+pub fn with_metrics(name: &str, games: &Path, more: &[&str]) -> Node {
     let mut args = vec!["--metrics-listen".to_owned(), "127.0.0.1:0".to_owned()];
     args.extend(more.iter().map(|s| s.to_string()));
     Node::start_with(

@@ -1,0 +1,135 @@
+//! The hash cache on disk: `<root>/.lanspread/chunks.json`, each file's identity with its
+//! piece hashes as one hex string. A file of another format (the chunk hashes of protocol
+//! 7 and before, another piece size) reads as empty, so its roots are hashed once again.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use lanspread_proto::{ChunkHash, PIECE_SIZE};
+
+use crate::hashes::FileKey;
+use crate::RelPath;
+
+/// Folder of daemon metadata inside a root.
+const META_DIR: &str = ".lanspread";
+const CACHE_FILE: &str = "chunks.json";
+
+/// The persisted cache of one root.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct CacheFile {
+    /// The piece size the hashes are of; a file without it (or with another) is ignored.
+    #[serde(default)]
+    piece_size: u64,
+    /// Path → identity and the piece hashes, concatenated, in hex.
+    pub(crate) entries: BTreeMap<String, (FileKey, String)>,
+}
+
+/// A cache entry for a file with identity `key` and these piece hashes.
+pub(crate) fn to_persisted(key: FileKey, pieces: &[ChunkHash]) -> (FileKey, String) {
+    let mut hex = String::with_capacity(pieces.len() * 64);
+    for p in pieces {
+        for b in p {
+            hex.push_str(&format!("{b:02x}"));
+        }
+    }
+    (key, hex)
+}
+
+/// The piece hashes of `path` if its persisted identity is `key`.
+pub(crate) fn from_persisted(
+    c: &CacheFile,
+    path: &RelPath,
+    key: FileKey,
+) -> Option<Vec<ChunkHash>> {
+    let (k, hex) = c.entries.get(path.as_str())?;
+    if *k != key || !hex.len().is_multiple_of(64) || !hex.is_ascii() {
+        return None;
+    }
+    hex.as_bytes()
+        .chunks(64)
+        .map(|h| {
+            let mut out = [0u8; 32];
+            for (i, byte) in out.iter_mut().enumerate() {
+                let two = std::str::from_utf8(&h[2 * i..2 * i + 2]).ok()?;
+                *byte = u8::from_str_radix(two, 16).ok()?;
+            }
+            Some(out)
+        })
+        .collect()
+}
+
+/// The persisted cache of the root at `root`, empty when there is none or it is of
+/// another format.
+pub(crate) fn load_cache(root: &Path) -> CacheFile {
+    fs::read(root.join(META_DIR).join(CACHE_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<CacheFile>(&b).ok())
+        .filter(|c| c.piece_size == PIECE_SIZE)
+        .unwrap_or_default()
+}
+
+/// Writes the cache of the root at `root` (temp file, rename); a failure only costs a
+/// re-hash after a restart.
+pub(crate) fn store_cache(root: &Path, c: &CacheFile) {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = root.join(META_DIR);
+    let c = CacheFile {
+        piece_size: PIECE_SIZE,
+        entries: c.entries.clone(),
+    };
+    let res = (|| {
+        // Only the metadata folder itself: a root removed meanwhile is not brought back.
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        // Unique per writer: the indexer and a request may finish the same root at once.
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!("{CACHE_FILE}.{}.{n}.tmp", std::process::id()));
+        fs::write(&tmp, serde_json::to_vec(&c).map_err(std::io::Error::other)?)?;
+        fs::rename(&tmp, dir.join(CACHE_FILE))
+    })();
+    if let Err(e) = res {
+        tracing::debug!(root = %root.display(), "hash cache not persisted: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> FileKey {
+        let t = tempfile::NamedTempFile::new().unwrap();
+        FileKey::of(&t.as_file().metadata().unwrap())
+    }
+
+    #[test]
+    fn pieces_round_trip_and_other_formats_read_as_empty() {
+        let t = tempfile::tempdir().unwrap();
+        let k = key();
+        let path = RelPath::new("a.eti").unwrap();
+        let pieces = vec![[0xab; 32], [0x01; 32]];
+        let mut c = CacheFile::default();
+        c.entries.insert("a.eti".into(), to_persisted(k, &pieces));
+        store_cache(t.path(), &c);
+        let back = load_cache(t.path());
+        assert_eq!(from_persisted(&back, &path, k), Some(pieces));
+        // The chunk hashes of protocol 7 (a list of hex strings, no piece size).
+        let old = serde_json::json!({"entries": {"a.eti": [k, ["00".repeat(32)]]}});
+        fs::write(t.path().join(".lanspread/chunks.json"), old.to_string()).unwrap();
+        assert!(load_cache(t.path()).entries.is_empty());
+        // Another piece size.
+        let other = serde_json::json!({"piece_size": 4096, "entries": {}});
+        fs::write(t.path().join(".lanspread/chunks.json"), other.to_string()).unwrap();
+        assert_eq!(load_cache(t.path()).piece_size, 0);
+        // A damaged entry is not trusted.
+        let mut c = CacheFile::default();
+        c.entries.insert("a.eti".into(), (k, "zz".repeat(32)));
+        assert_eq!(from_persisted(&c, &path, k), None);
+        c.entries.insert("a.eti".into(), (k, "0".repeat(63)));
+        assert_eq!(from_persisted(&c, &path, k), None);
+    }
+}
