@@ -29,6 +29,24 @@ struct RawFile {
     size: u64,
     mode: u32,
     chunks: Vec<[u8; 32]>,
+    pieces: Vec<[u8; 32]>,
+}
+
+impl RawFile {
+    /// A file with these bytes: its piece hashes, and the chunk hashes over them.
+    fn of(path: &str, bytes: &[u8]) -> Self {
+        let pieces: Vec<[u8; 32]> = bytes
+            .chunks(lanspread_proto::PIECE_SIZE as usize)
+            .map(sha)
+            .collect();
+        Self {
+            path: path.into(),
+            size: bytes.len() as u64,
+            mode: 0o644,
+            chunks: lanspread_proto::chunk_hashes(&pieces),
+            pieces,
+        }
+    }
 }
 
 /// Same wire layout as `PeerResponse`.
@@ -75,18 +93,8 @@ fn sha(b: &[u8]) -> [u8; 32] {
 
 fn honest_files() -> Vec<RawFile> {
     vec![
-        RawFile {
-            path: "version.ini".into(),
-            size: VERSION.len() as u64,
-            mode: 0o644,
-            chunks: vec![sha(VERSION.as_bytes())],
-        },
-        RawFile {
-            path: "cod5.eti".into(),
-            size: DATA_LEN as u64,
-            mode: 0o644,
-            chunks: vec![sha(&data())],
-        },
+        RawFile::of("version.ini", VERSION.as_bytes()),
+        RawFile::of("cod5.eti", &data()),
     ]
 }
 
@@ -96,12 +104,7 @@ fn manifest_frame(files: Vec<RawFile>) -> Vec<u8> {
 
 fn with_extra(path: &str) -> Lie {
     let mut files = honest_files();
-    files.push(RawFile {
-        path: path.into(),
-        size: 4,
-        mode: 0o644,
-        chunks: vec![sha(b"evil")],
-    });
+    files.push(RawFile::of(path, b"evil"));
     Lie::Manifest(manifest_frame(files))
 }
 
@@ -297,17 +300,14 @@ fn s40_lying_sources_are_refused_and_contained() {
         },
     );
     let mut many = honest_files();
-    many.extend((0..100_001).map(|i| RawFile {
-        path: format!("f{i}"),
-        size: 0,
-        mode: 0o644,
-        chunks: Vec::new(),
-    }));
+    many.extend((0..100_001).map(|i| RawFile::of(&format!("f{i}"), b"")));
     let mut dup = honest_files();
     dup.push(honest_files()[1].clone());
+    // 480 GiB: about the most a manifest frame (16 MiB) can describe with a hash per MiB.
     let mut huge = honest_files();
-    huge[1].size = 1 << 40;
-    huge[1].chunks = vec![[0u8; 32]; 1 << 15];
+    huge[1].size = 480 << 30;
+    huge[1].pieces = vec![[0u8; 32]; 480 << 10];
+    huge[1].chunks = lanspread_proto::chunk_hashes(&huge[1].pieces);
     let mut garbage = 40u32.to_le_bytes().to_vec();
     garbage.extend((0..40u8).map(|i| i.wrapping_mul(97) | 0x80));
     let cases: Vec<(&str, Lie, &str)> = vec![

@@ -27,6 +27,9 @@ struct Seen {
     frames: Vec<Message>,
     /// (chunk, SHA-256 of the bytes served) for a verified chunk asked at once.
     served: Option<(u64, [u8; 32])>,
+    /// SHA-256 of the same chunk's rest from its second piece on (a downloader that kept
+    /// the first piece asks for that).
+    served_rest: Option<[u8; 32]>,
     /// The answers to the requests that must be refused.
     refused: Vec<String>,
     /// The answer to a request for a chunk after the copy was withdrawn.
@@ -156,6 +159,15 @@ async fn ask_when_verified(conn: &quinn::Connection, seen: &mut Seen) -> bool {
         Ok(bytes) => seen.served = Some((chunk, Sha256::digest(&bytes).into())),
         Err(e) => seen.refused.push(format!("the verified chunk itself: {e}")),
     }
+    let piece = lanspread_proto::PIECE_SIZE;
+    let rest = ChunkRange {
+        offset: chunk * CHUNK_SIZE + piece,
+        ..range(CHUNK_SIZE - piece)
+    };
+    match ask(conn, h.digest, h.version, vec![rest]).await {
+        Ok(bytes) => seen.served_rest = Some(Sha256::digest(&bytes).into()),
+        Err(e) => seen.refused.push(format!("the verified chunk's rest: {e}")),
+    }
     for (digest, len) in [(h.digest, CHUNK_SIZE / 2), ([0xEE; 32], CHUNK_SIZE)] {
         match ask(conn, digest, h.version, vec![range(len)]).await {
             Ok(_) => seen.refused.push("SERVED".into()),
@@ -231,10 +243,17 @@ fn a_downloading_peer_announces_and_serves_exactly_its_verified_chunks() {
     let start = (chunk * CHUNK_SIZE) as usize;
     let want: [u8; 32] = Sha256::digest(&data[start..start + CHUNK_SIZE as usize]).into();
     assert_eq!(sha, want, "chunk {chunk}");
+    let rest = start + lanspread_proto::PIECE_SIZE as usize;
+    let want: [u8; 32] = Sha256::digest(&data[rest..start + CHUNK_SIZE as usize]).into();
+    assert_eq!(
+        seen.served_rest,
+        Some(want),
+        "chunk {chunk} from its second piece"
+    );
     // Half a chunk and another manifest: refused.
     assert_eq!(seen.refused.len(), 2, "{:?}", seen.refused);
     assert!(
-        seen.refused[0].contains("not a whole chunk"),
+        seen.refused[0].contains("not a chunk or its rest"),
         "{:?}",
         seen.refused
     );
