@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use lanspread_proto::{ChunkHash, PIECE_SIZE};
+use lanspread_proto::{piece_count, ChunkHash, PIECE_SIZE};
 
 use crate::hashes::FileKey;
 use crate::RelPath;
@@ -38,23 +38,33 @@ pub(crate) fn to_persisted(key: FileKey, pieces: &[ChunkHash]) -> (FileKey, Stri
     (key, hex)
 }
 
-/// The piece hashes of `path` if its persisted identity is `key`.
+/// Whether the persisted identity of `path` is `key` (its hashes are not decoded).
+pub(crate) fn persisted_as(c: &CacheFile, path: &RelPath, key: FileKey) -> bool {
+    c.entries.get(path.as_str()).is_some_and(|(k, _)| *k == key)
+}
+
+/// The piece hashes of `path` if its persisted identity is `key` and they are as many as
+/// its size has pieces (a damaged entry is hashed again, never trusted).
 pub(crate) fn from_persisted(
     c: &CacheFile,
     path: &RelPath,
     key: FileKey,
 ) -> Option<Vec<ChunkHash>> {
     let (k, hex) = c.entries.get(path.as_str())?;
-    if *k != key || !hex.len().is_multiple_of(64) || !hex.is_ascii() {
+    if *k != key || hex.len() as u64 != piece_count(key.size()).checked_mul(64)? {
         return None;
     }
+    let nibble = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
     hex.as_bytes()
         .chunks(64)
         .map(|h| {
             let mut out = [0u8; 32];
-            for (i, byte) in out.iter_mut().enumerate() {
-                let two = std::str::from_utf8(&h[2 * i..2 * i + 2]).ok()?;
-                *byte = u8::from_str_radix(two, 16).ok()?;
+            for (byte, two) in out.iter_mut().zip(h.chunks(2)) {
+                *byte = nibble(two[0])? << 4 | nibble(two[1])?;
             }
             Some(out)
         })
@@ -101,8 +111,10 @@ pub(crate) fn store_cache(root: &Path, c: &CacheFile) {
 mod tests {
     use super::*;
 
+    /// The identity of a file of two pieces.
     fn key() -> FileKey {
-        let t = tempfile::NamedTempFile::new().unwrap();
+        let mut t = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut t, &[1; 1 << 21]).unwrap();
         FileKey::of(&t.as_file().metadata().unwrap())
     }
 
@@ -112,11 +124,13 @@ mod tests {
         let k = key();
         let path = RelPath::new("a.eti").unwrap();
         let pieces = vec![[0xab; 32], [0x01; 32]];
+        assert!(!persisted_as(&CacheFile::default(), &path, k));
         let mut c = CacheFile::default();
         c.entries.insert("a.eti".into(), to_persisted(k, &pieces));
         store_cache(t.path(), &c);
         let back = load_cache(t.path());
         assert_eq!(from_persisted(&back, &path, k), Some(pieces));
+        assert!(persisted_as(&back, &path, k));
         // The chunk hashes of protocol 7 (a list of hex strings, no piece size).
         let old = serde_json::json!({"entries": {"a.eti": [k, ["00".repeat(32)]]}});
         fs::write(t.path().join(".lanspread/chunks.json"), old.to_string()).unwrap();
@@ -125,11 +139,21 @@ mod tests {
         let other = serde_json::json!({"piece_size": 4096, "entries": {}});
         fs::write(t.path().join(".lanspread/chunks.json"), other.to_string()).unwrap();
         assert_eq!(load_cache(t.path()).piece_size, 0);
-        // A damaged entry is not trusted.
+        // A damaged entry is not trusted: not hex, a sign, upper case, a length that is
+        // not the file's piece count (two pieces here).
         let mut c = CacheFile::default();
-        c.entries.insert("a.eti".into(), (k, "zz".repeat(32)));
-        assert_eq!(from_persisted(&c, &path, k), None);
-        c.entries.insert("a.eti".into(), (k, "0".repeat(63)));
-        assert_eq!(from_persisted(&c, &path, k), None);
+        for bad in [
+            "zz".repeat(64),
+            format!("+f{}", "0".repeat(126)),
+            "AB".repeat(64),
+            "0".repeat(127),
+            "0".repeat(64),
+            "0".repeat(192),
+        ] {
+            c.entries.insert("a.eti".into(), (k, bad));
+            assert_eq!(from_persisted(&c, &path, k), None);
+        }
+        c.entries.insert("a.eti".into(), (k, "0a".repeat(64)));
+        assert_eq!(from_persisted(&c, &path, k), Some(vec![[10; 32]; 2]));
     }
 }

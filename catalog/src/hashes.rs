@@ -14,7 +14,9 @@ use sha2::{Digest, Sha256};
 
 use lanspread_proto::{piece_count, ChunkHash, FileManifest, PIECE_SIZE};
 
-use crate::hash_store::{from_persisted, load_cache, store_cache, to_persisted, CacheFile};
+use crate::hash_store::{
+    from_persisted, load_cache, persisted_as, store_cache, to_persisted, CacheFile,
+};
 use crate::inflight::{Claims, HashProgress, RootProgress};
 use crate::{CatalogError, FileDescriptor, GameRoot};
 
@@ -76,6 +78,11 @@ pub(crate) struct FileKey {
 }
 
 impl FileKey {
+    /// The file's size.
+    pub(crate) fn size(&self) -> u64 {
+        self.size
+    }
+
     pub(crate) fn of(meta: &fs::Metadata) -> Self {
         Self {
             size: meta.size(),
@@ -123,14 +130,16 @@ impl HashCache {
         root: &GameRoot,
         go_on: &dyn Fn() -> bool,
     ) -> Result<Indexed, CatalogError> {
-        let mut persisted = load_cache(&root.dir);
+        // Read from disk only when something is not in memory (a big root's cache is
+        // megabytes of JSON).
+        let mut persisted = None;
         let mut known = Vec::with_capacity(root.files.len());
         let mut todo = 0u64;
         for FileDescriptor { path, .. } in &root.files {
             let full = path.to_path(&root.dir);
             let meta = fs::metadata(&full).map_err(|e| CatalogError::io(&full, e))?;
             let key = FileKey::of(&meta);
-            let chunks = self.cached(&full, key, &persisted, path);
+            let chunks = self.cached(&full, key, (&mut persisted, &root.dir), path);
             if chunks.is_none() {
                 todo += meta.size();
             }
@@ -183,6 +192,13 @@ impl HashCache {
             }
         }
         let mut dirty = false;
+        // What was just hashed (or only known in memory, after a restart it would be
+        // hashed again) is persisted; compared by identity, not by decoding every entry.
+        let mut persisted = match persisted {
+            Some(p) => Some(p),
+            None if hashed > 0 => Some(load_cache(&root.dir)),
+            None => None,
+        };
         let mut files = Vec::with_capacity(root.files.len());
         for (f, (full, meta, key, pieces)) in root.files.iter().zip(known) {
             let pieces = pieces.unwrap_or_default();
@@ -193,7 +209,10 @@ impl HashCache {
                     std::io::Error::other("file changed while hashing"),
                 ));
             }
-            if from_persisted(&persisted, &f.path, key).is_none() {
+            if let Some(persisted) = persisted
+                .as_mut()
+                .filter(|p| !persisted_as(p, &f.path, key))
+            {
                 persisted
                     .entries
                     .insert(f.path.as_str().to_owned(), to_persisted(key, &pieces));
@@ -206,11 +225,11 @@ impl HashCache {
                 pieces,
             ));
         }
-        if dirty {
+        if let Some(persisted) = persisted.as_mut().filter(|_| dirty) {
             persisted
                 .entries
                 .retain(|p, _| root.files.iter().any(|f| f.path.as_str() == p));
-            store_cache(&root.dir, &persisted);
+            store_cache(&root.dir, persisted);
         }
         Ok(Indexed { files, hashed })
     }
@@ -228,17 +247,19 @@ impl HashCache {
             .cloned()
     }
 
-    /// The hashes of a file in memory or in the persisted cache (then kept in memory).
+    /// The hashes of a file in memory or in the persisted cache of the root at `dir`
+    /// (read once, when first needed; then kept in memory).
     fn cached(
         &self,
         full: &Path,
         key: FileKey,
-        persisted: &CacheFile,
+        (persisted, dir): (&mut Option<CacheFile>, &Path),
         path: &crate::RelPath,
     ) -> Option<Vec<ChunkHash>> {
         if let Some(c) = self.in_memory(full, key) {
             return Some(c);
         }
+        let persisted = persisted.get_or_insert_with(|| load_cache(dir));
         let c = from_persisted(persisted, path, key)?;
         Some(self.remember(full, key, c))
     }

@@ -118,7 +118,17 @@ pub fn scan_root(dir: &Path, id: GameId) -> GameRoot {
     walk.dir(dir, &canonical_root, "");
     let mut files = walk.files;
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    let problem = walk.problem;
+    let mut problem = walk.problem;
+    let sizes = files.iter().map(|f| (f.path.as_str().len(), f.size));
+    if problem.is_none() && !lanspread_proto::manifest_fits_a_frame(sizes) {
+        let bytes: u64 = files.iter().map(|f| f.size).sum();
+        problem = Some(format!(
+            "too large to describe to peers: {} GiB in {} files (a manifest holds about \
+             490 GiB)",
+            bytes >> 30,
+            files.len()
+        ));
+    }
     if let (Some(_), Some(p)) = (version, &problem) {
         warn_once(dir, &format!("game {id} not offered: {p}"));
     }
@@ -392,6 +402,28 @@ mod tests {
             "{:?}",
             r.problem
         );
+    }
+
+    #[test]
+    fn a_game_too_large_for_one_manifest_is_not_offered() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("cnc4");
+        write(&root.join("version.ini"), b"20250101");
+        // Sparse: 2 × 260 GiB is more than a manifest frame can describe.
+        for name in ["a.eti", "b.eti"] {
+            let f = fs::File::create(root.join(name)).unwrap();
+            f.set_len(260 << 30).unwrap();
+        }
+        let r = scan_root(&root, GameId::new("cnc4").unwrap());
+        assert_eq!(r.availability(), Availability::NotReady);
+        assert!(
+            r.problem.as_deref().unwrap().contains("too large"),
+            "{:?}",
+            r.problem
+        );
+        fs::remove_file(root.join("b.eti")).unwrap();
+        let r = scan_root(&root, GameId::new("cnc4").unwrap());
+        assert_eq!(r.availability(), Availability::Ready, "{:?}", r.problem);
     }
 
     #[test]

@@ -122,7 +122,8 @@ impl Partials {
         self.announced.subscribe()
     }
 
-    /// Gates a `PartialChunks` request: every range must be one whole verified chunk of
+    /// Gates a `PartialChunks` request: every range must be one verified chunk (whole, or
+    /// its rest from a piece on) of
     /// the copy of `game` at `version` with manifest `digest`; the first refused range
     /// cuts the list.
     pub fn gate(

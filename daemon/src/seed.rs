@@ -39,8 +39,8 @@ impl Seeds {
         self.choosers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Chooses among `offered` (chunk numbers of a game of `total` chunks; `None`: not a
-    /// whole chunk) the one to send.
+    /// Chooses among `offered` (chunk numbers of a game of `total` chunks; `None`: neither
+    /// a whole chunk nor its rest from a piece) the one to send.
     pub fn choose(self: &Arc<Self>, key: Key, total: usize, offered: &[Option<usize>]) -> Choice {
         let candidates: Vec<usize> = offered.iter().flatten().copied().collect();
         if candidates.is_empty() {
@@ -78,6 +78,6 @@ pub enum Choice {
     Send(usize, Sending),
     /// Every offered chunk is being sent to someone else.
     OnTheirWay,
-    /// No offered range is a whole chunk of the game.
+    /// No offered range is a chunk of the game (or its rest from a piece).
     NotChunks,
 }

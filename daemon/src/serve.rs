@@ -311,7 +311,7 @@ async fn serve_offer(
         Choice::Send(at, sending) => (at, sending),
         Choice::OnTheirWay => return answer.later().await,
         Choice::NotChunks => {
-            let why = "no offered range is a whole chunk of the game";
+            let why = "no offered range is a chunk of the game or its rest from a piece";
             return answer.refuse(why.into()).await;
         }
     };
@@ -320,8 +320,8 @@ async fn serve_offer(
     serve_ranges(shared, answer, game, version, &ranges[at..=at]).await
 }
 
-/// Answers a chunk request to a partial copy: whole chunks verified against the same
-/// manifest only (`Partials::gate`), read from the files the download writes.
+/// Answers a chunk request to a partial copy: chunks (whole, or their rest from a piece)
+/// verified against the same manifest only (`Partials::gate`), read from the files the download writes.
 async fn serve_partial(
     shared: &Shared,
     answer: &mut Answer<'_>,

@@ -426,7 +426,7 @@ impl Planner {
         true
     }
 
-    /// A chunk arrived and matched its hash.
+    /// A chunk arrived and every piece of it matched its hash.
     pub fn on_done(&mut self, chunk: usize, peer: &PeerId) {
         if !self.is_in_flight_from(chunk, peer) {
             return;

@@ -74,17 +74,27 @@ pub fn judge_journal(
             "unreadable partial-download journal".into()
         });
     }
+    // Digits only (`parse` also takes a leading `+`).
+    let number = |s: &str| {
+        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u64>().ok())
+            .flatten()
+    };
     let mut done = Verified::default();
     // A line without its newline was torn by a crash.
     for line in lines.filter_map(|l| l.strip_suffix('\n')) {
         match line.split_once('+') {
             None => {
-                if let Some(c) = line.parse::<usize>().ok().filter(|&c| c < chunks.len()) {
+                let c = number(line).and_then(|c| usize::try_from(c).ok());
+                if let Some(c) = c.filter(|&c| c < chunks.len()) {
                     done.chunks.insert(c);
                 }
             }
             Some((c, bytes)) => {
-                let (Ok(c), Ok(bytes)) = (c.parse::<usize>(), bytes.parse::<u64>()) else {
+                let (Some(c), Some(bytes)) = (number(c), number(bytes)) else {
+                    continue;
+                };
+                let Ok(c) = usize::try_from(c) else {
                     continue;
                 };
                 let Some(&(_, len)) = chunks.get(c) else {
@@ -136,6 +146,8 @@ mod tests {
             journal_kept(0, 32 * m), // the whole chunk
             journal_kept(9, m),      // no such chunk
             "0+x\n".into(),
+            "+3\n".into(),
+            format!("1++{}\n", 9 * m),
             journal_kept(0, 0),
         ] {
             text.push_str(&line);

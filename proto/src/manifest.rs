@@ -30,7 +30,7 @@ pub const PIECES_PER_CHUNK: u64 = CHUNK_SIZE / PIECE_SIZE;
 /// A SHA-256: of a piece, of a chunk (over its pieces' hashes), or of a manifest.
 pub type ChunkHash = [u8; 32];
 
-/// A file with its chunk hashes: what a source tells a downloader.
+/// A file with its piece and chunk hashes: what a source tells a downloader.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct FileManifest {
     /// Path relative to the root.
@@ -117,6 +117,24 @@ pub fn manifest_digest(files: &[FileManifest]) -> ChunkHash {
     h.finalize().into()
 }
 
+/// At most how many bytes the `Files` frame describing files of these `(path length,
+/// size)` takes: each file's fields at their longest varints and 32 bytes per chunk and
+/// per piece. A game is served only when this fits in one frame
+/// ([`manifest_fits_a_frame`]); about 490 GiB in all, since a piece hash is 1/32768 of
+/// its bytes.
+pub fn manifest_len_bound(files: impl IntoIterator<Item = (usize, u64)>) -> u64 {
+    files.into_iter().fold(16, |sum: u64, (path, size)| {
+        let hashes = chunk_count(size).saturating_add(piece_count(size));
+        sum.saturating_add(path as u64 + 10 + 10 + 5 + 10 + 10)
+            .saturating_add(hashes.saturating_mul(32))
+    })
+}
+
+/// Whether a game of these `(path length, size)` files can be described in one frame.
+pub fn manifest_fits_a_frame(files: impl IntoIterator<Item = (usize, u64)>) -> bool {
+    manifest_len_bound(files) <= crate::MAX_FRAME_LEN as u64
+}
+
 /// Number of pieces of a file of `size` bytes.
 pub fn piece_count(size: u64) -> u64 {
     size.div_ceil(PIECE_SIZE)
@@ -130,7 +148,7 @@ pub fn chunk_of_rest(size: u64, offset: u64, len: u64) -> Option<u64> {
         return None;
     }
     let chunk = offset / CHUNK_SIZE;
-    let end = ((chunk + 1) * CHUNK_SIZE).min(size);
+    let end = (chunk + 1).saturating_mul(CHUNK_SIZE).min(size);
     (offset.checked_add(len) == Some(end)).then_some(chunk)
 }
 
@@ -258,6 +276,28 @@ mod tests {
             "past the end"
         );
         assert_eq!(chunk_of_rest(size, 0, u64::MAX), None);
+        let top = u64::MAX - u64::MAX % PIECE_SIZE;
+        assert_eq!(
+            chunk_of_rest(u64::MAX, top, u64::MAX - top),
+            Some(top / CHUNK_SIZE)
+        );
+    }
+
+    #[test]
+    fn the_frame_bound_holds_real_manifests_and_limits_game_size() {
+        let files: Vec<FileManifest> = [("a/b.eti", 3 * CHUNK_SIZE + 7), ("version.ini", 8)]
+            .iter()
+            .map(|&(p, size)| {
+                let pieces = vec![[0xff; 32]; piece_count(size) as usize];
+                FileManifest::from_pieces(RelPath::new(p).unwrap(), size, 0o100_755, pieces)
+            })
+            .collect();
+        let frame = crate::encode_frame(&crate::PeerResponse::Files(files.clone())).unwrap();
+        let bound = manifest_len_bound(files.iter().map(|f| (f.path.as_str().len(), f.size)));
+        assert!(frame.len() as u64 <= bound, "{} > {bound}", frame.len());
+        assert!(manifest_fits_a_frame([(9, 480 << 30)]));
+        assert!(!manifest_fits_a_frame([(9, 520 << 30)]));
+        assert!(!manifest_fits_a_frame([(9, u64::MAX)]));
     }
 
     #[test]

@@ -137,7 +137,7 @@ pub struct Holding {
 /// A request on a bidirectional stream opened by a downloader. One request per stream.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerRequest {
-    /// The manifest (files with chunk hashes) of a game at a version.
+    /// The manifest (files with piece and chunk hashes) of a game at a version.
     Files {
         /// The game.
         game: GameId,
@@ -156,7 +156,8 @@ pub enum PeerRequest {
         ranges: Vec<ChunkRange>,
     },
     /// Ranges from a partial holder: like [`PeerRequest::Chunks`], but each range must be
-    /// one whole chunk of the manifest with this digest that the holder has verified.
+    /// one chunk of the manifest with this digest that the holder has verified, whole or
+    /// its rest from a piece on ([`crate::chunk_of_rest`]).
     PartialChunks {
         /// The game.
         game: GameId,
@@ -167,7 +168,7 @@ pub enum PeerRequest {
         /// The ranges.
         ranges: Vec<ChunkRange>,
     },
-    /// Whole chunks a downloader needs, offered to a complete source (a ready peer at
+    /// Chunks a downloader needs (each whole or its rest from a piece on), offered to a complete source (a ready peer at
     /// `version`), which answers [`PeerResponse::Chosen`] with the one it sends, then that
     /// chunk as a `Chunk` answer (or `Refused`).
     Offer {

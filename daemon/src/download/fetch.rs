@@ -239,14 +239,15 @@ pub async fn fetch(
     if let Some(failure) = failure {
         let at = results.len();
         results.resize_with(asked.len(), || Outcome::failed(failure.clone()));
-        if let (Some((writes, bytes)), Some(first)) = (cut, results.get_mut(at)) {
+        if let (Some((writes, bytes)), Some(first), Some(job)) =
+            (cut, results.get_mut(at), asked.get(at))
+        {
             // Kept only when every write of those pieces succeeded.
-            if settle(writes).await {
-                first.kept = bytes;
+            match settle(job, writes).await {
+                Ok(()) => first.kept = bytes,
+                Err(local) => first.result = Err(local),
             }
         }
-    } else if let Some((writes, _)) = cut {
-        settle(writes).await;
     }
     if let Some(i) = got.chosen {
         let mut all: Vec<_> = (0..jobs.len()).map(|_| not_chosen()).collect();
@@ -261,14 +262,20 @@ pub async fn fetch(
 /// Writes handed to the io_uring writer, not yet awaited.
 type Writes = Vec<tokio::sync::oneshot::Receiver<std::io::Result<()>>>;
 
-/// Waits for the writes of a range cut short (its refetch must not race them); whether
-/// every one succeeded.
-async fn settle(writes: Writes) -> bool {
-    let mut ok = true;
+/// Waits for the writes of a range cut short (its refetch must not race them); the first
+/// that failed, as the local failure it is (a full disk fails the download whichever
+/// source was sending).
+async fn settle(job: &ChunkJob, writes: Writes) -> Result<(), FetchError> {
+    let mut failed = None;
     for rx in writes {
-        ok &= matches!(rx.await, Ok(Ok(())));
+        let e = match rx.await {
+            Ok(Ok(())) => continue,
+            Ok(Err(e)) => Failure::io(format!("writing {}", job.path), &e),
+            Err(_) => Failure::internal("the io_uring writer stopped"),
+        };
+        failed.get_or_insert(FetchError::Local(e));
     }
-    ok
+    failed.map_or(Ok(()), Err)
 }
 
 /// Sends the request and receives every range, hashing the bytes as they arrive and

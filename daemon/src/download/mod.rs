@@ -266,7 +266,7 @@ async fn download(
     })
 }
 
-/// Gives the hash cache the verified chunk hashes of the committed files: the new copy
+/// Gives the hash cache the verified piece hashes of the committed files: the new copy
 /// serves at once (to downloads still running, which take it as a source), without a
 /// re-hash. A failure only costs that re-hash later.
 async fn adopt_hashes(shared: &Arc<Shared>, root: &std::path::Path, files: &[FileManifest]) {

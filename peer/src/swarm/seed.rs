@@ -92,7 +92,7 @@ mod tests {
     use lanspread_catalog::RelPath;
 
     #[test]
-    fn offered_ranges_are_numbered_in_the_games_chunk_order_and_only_whole_chunks_count() {
+    fn offered_ranges_are_numbered_in_the_games_chunk_order_and_only_chunks_or_their_rests_count() {
         use lanspread_proto::{CHUNK_SIZE, PIECE_SIZE};
         let file = |p: &str, size| FileDescriptor {
             path: RelPath::new(p).unwrap(),
