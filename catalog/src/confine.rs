@@ -3,23 +3,45 @@
 //! the root's canonical path. A file swapped for a symlink to `/etc/shadow` after the
 //! scan is refused at open time, not trusted from the scan.
 
-use std::fs::File;
+use std::fs::{File, Metadata};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Opens `path` for reading if it resolves inside `root`.
 pub fn open_inside(root: &Path, path: &Path) -> io::Result<File> {
-    let file = File::open(path)?;
-    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
-    let root = root.canonicalize()?;
-    if !real.starts_with(&root) || !file.metadata()?.is_file() {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("{} leaves the game root", path.display()),
-        ));
+    Ok(Confined::new(root)?.open(path)?.0)
+}
+
+/// A root resolved once (its canonical path: a `realpath`, one `readlink` per component)
+/// for opening many of its files: a request for a run of small files pays it once.
+#[derive(Debug, Clone)]
+pub struct Confined {
+    root: PathBuf,
+}
+
+impl Confined {
+    /// Resolves `root` now.
+    pub fn new(root: &Path) -> io::Result<Self> {
+        Ok(Self {
+            root: root.canonicalize()?,
+        })
     }
-    Ok(file)
+
+    /// Opens `path` for reading if it is a regular file that resolves inside the root as
+    /// it was resolved (a root moved or swapped since fails closed); also its metadata.
+    pub fn open(&self, path: &Path) -> io::Result<(File, Metadata)> {
+        let file = File::open(path)?;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+        let meta = file.metadata()?;
+        if !real.starts_with(&self.root) || !meta.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} leaves the game root", path.display()),
+            ));
+        }
+        Ok((file, meta))
+    }
 }
 
 #[cfg(test)]
@@ -43,5 +65,16 @@ mod tests {
         // A root reached through a symlinked games dir still works.
         symlink(&root, t.path().join("via")).unwrap();
         assert!(open_inside(&t.path().join("via"), &t.path().join("via/inside")).is_ok());
+        // Resolved once: a root swapped for a symlink elsewhere afterwards fails closed.
+        let confined = Confined::new(&t.path().join("via")).unwrap();
+        let (_, meta) = confined.open(&root.join("inside")).unwrap();
+        assert!(meta.is_file());
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::fs::write(elsewhere.join("inside"), b"other").unwrap();
+        std::fs::remove_file(t.path().join("via")).unwrap();
+        symlink(&elsewhere, t.path().join("via")).unwrap();
+        let err = confined.open(&t.path().join("via/inside")).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
     }
 }

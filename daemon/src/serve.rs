@@ -622,11 +622,13 @@ fn read_ranges(root: PathBuf, files: Vec<(PathBuf, u64, u64)>, check: Check) -> 
     let (tx, rx) = mpsc::channel::<Result<Bytes, PeerError>>(2);
     let refused = |why: String| PeerError::Refused(why);
     let reader = tokio::task::spawn_blocking(move || {
+        // The root is resolved once per request, not per file.
+        let confined = lanspread_catalog::Confined::new(&root);
         for (path, offset, len) in files {
-            let opened = lanspread_catalog::open_inside(&root, &path).and_then(|f| {
-                let meta = f.metadata()?;
-                Ok((f, meta))
-            });
+            let opened = match &confined {
+                Ok(c) => c.open(&path),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
             let file = match opened {
                 Ok((f, meta)) if check.holds(&path, &meta) => f,
                 Ok(_) => {

@@ -198,7 +198,7 @@ async fn download(
         .events
         .emit(got_game_files(id, sources.version, &chosen));
     let root = shared.games_dir.join(id.as_str());
-    let (dests, mut journal, verified) = prepare(
+    let (dests, mut journal, verified, root_dir) = prepare(
         (&shared.games_dir, &shared.net.writer),
         &root,
         &chosen.files,
@@ -244,7 +244,7 @@ async fn download(
     let t_transfer = started.elapsed();
     commit_files(
         shared,
-        &root,
+        (&root, &root_dir),
         &chosen.files,
         &dests,
         sources.version,
@@ -332,28 +332,38 @@ fn got_game_files(id: &GameId, version: Version, chosen: &Chosen) -> EventKind {
 }
 
 /// Makes every file durable and commits the sentinel.
+/// From this many files on, a commit makes them durable with one `syncfs` instead of one
+/// `fdatasync` per file and one `fsync` per folder.
+const SYNCFS_FROM_FILES: usize = 64;
+
 async fn commit_files(
     shared: &Arc<Shared>,
-    root: &std::path::Path,
+    (root, root_dir): (&std::path::Path, &std::fs::File),
     files: &[FileManifest],
     dests: &[std::path::PathBuf],
     version: Version,
     files_open: &[u64],
 ) -> Result<(), Failure> {
     let started = Instant::now();
-    // Every file's fdatasync at once: the io_uring writer runs them concurrently, so many
-    // small files cost one round of syncs, not one round trip each.
-    let mut syncs = JoinSet::new();
-    for &f in files_open {
-        let shared = shared.clone();
-        syncs.spawn(async move { shared.net.writer.sync(f).await });
-    }
-    while let Some(res) = syncs.join_next().await {
-        res.map_err(Failure::internal)?
-            .map_err(|e| Failure::io("flushing files", &e))?;
+    // Many files: one syncfs of the games filesystem makes them and their folders
+    // durable at once. Otherwise every file's fdatasync at once: the io_uring writer runs
+    // them concurrently, so a few files cost one round of syncs.
+    let syncfs = files_open.len() > SYNCFS_FROM_FILES;
+    if syncfs {
+        commit::sync_filesystem(root, root_dir).await?;
+    } else {
+        let mut syncs = JoinSet::new();
+        for &f in files_open {
+            let shared = shared.clone();
+            syncs.spawn(async move { shared.net.writer.sync(f).await });
+        }
+        while let Some(res) = syncs.join_next().await {
+            res.map_err(Failure::internal)?
+                .map_err(|e| Failure::io("flushing files", &e))?;
+        }
     }
     let t_sync = started.elapsed();
-    commit::commit(root, files, dests, version).await?;
+    commit::commit(root, files, dests, version, syncfs).await?;
     tracing::debug!(
         sync_ms = t_sync.as_millis() as u64,
         commit_ms = (started.elapsed() - t_sync).as_millis() as u64,
@@ -379,11 +389,12 @@ async fn prepare(
         Vec<std::path::PathBuf>,
         journal::Journal,
         lanspread_peer::Verified,
+        std::fs::File,
     ),
     Failure,
 > {
     check_space(games_dir, root, files).await?;
-    let dests = commit::prepare(root, files).await?;
+    let (dests, root_dir) = commit::prepare(root, files).await?;
     for (f, dest) in files.iter().zip(&dests) {
         let fid = writer
             .open(dest.clone(), f.size)
@@ -393,7 +404,7 @@ async fn prepare(
     }
     let digest = manifest_digest(files);
     let (journal, verified) = journal::open(root, &dests, engine.chunks(), version, digest).await?;
-    Ok((dests, journal, verified))
+    Ok((dests, journal, verified, root_dir))
 }
 
 /// Fails with the numbers when the games filesystem lacks room for the files.

@@ -82,6 +82,7 @@ pub(super) async fn transfer(
                 }
             }
         }
+        t.work.journal.flush();
         // Verified chunks are announced in batches, at the latest HOLDING_DELAY after.
         let due = t.announce.deadline().map(|d| t.began + d);
         let wake = engine.poll_timeout();
