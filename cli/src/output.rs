@@ -272,6 +272,10 @@ pub fn peers(p: &[PeerInfo]) -> String {
                 .games
                 .iter()
                 .map(|g| format!("{}@{}", g.id, g.version))
+                .chain(p.partial.iter().map(|g| {
+                    let (n, of) = (g.chunks_verified, g.chunks);
+                    format!("{}@{} (partial {n}/{of} chunks)", g.id, g.version)
+                }))
                 .collect::<Vec<_>>()
                 .join(" ");
             vec![
@@ -288,6 +292,32 @@ pub fn peers(p: &[PeerInfo]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_show_their_partial_copies_after_their_games() {
+        use lanspread_control::api::{GameId, GameVersion, PartialRow, PeerId, Version};
+        let v = Version::parse("20250101").unwrap();
+        let id = |s: &str| GameId::new(s).unwrap();
+        let row = PeerInfo {
+            peer_id: PeerId::from_spki(b"k"),
+            addr: "10.0.0.2:4000".into(),
+            games: vec![GameVersion {
+                id: id("ggoo"),
+                version: v,
+            }],
+            partial: vec![PartialRow {
+                id: id("cod5"),
+                version: v,
+                chunks_verified: 3,
+                chunks: 9,
+            }],
+        };
+        let text = peers(&[row]);
+        assert!(
+            text.contains("ggoo@20250101 cod5@20250101 (partial 3/9 chunks)"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn units_and_tables() {

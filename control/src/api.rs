@@ -299,6 +299,23 @@ pub struct PeerInfo {
     pub addr: String,
     /// Its games.
     pub games: Vec<GameVersion>,
+    /// Games it is downloading now and serves in part: the chunks it has verified (a
+    /// swarm source, never counted as a copy in `list-games`).
+    #[serde(default)]
+    pub partial: Vec<PartialRow>,
+}
+
+/// A game a peer holds in part.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartialRow {
+    /// Game id.
+    pub id: GameId,
+    /// The version it is downloading.
+    pub version: Version,
+    /// Chunks it has verified.
+    pub chunks_verified: u64,
+    /// Chunks of the game.
+    pub chunks: u64,
 }
 
 /// A game id with a version.

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use lanspread_catalog::{Catalog, GameId, Version};
-use lanspread_control::api::{GameVersion, PeerInfo, RemoteGameRow};
+use lanspread_control::api::{GameVersion, PartialRow, PeerInfo, RemoteGameRow};
 use lanspread_peer::{aggregate, latest_sources, prefer_new_link, Direction, PeerEntry, PeerTable};
 use lanspread_peer::{Sources, Upsert};
 use lanspread_proto::{close_code, ChunkHash, ChunkSet, GameAd, Holding, PeerAddr, PeerId};
@@ -395,6 +395,16 @@ fn peer_info(id: &PeerId, e: &PeerEntry) -> PeerInfo {
             .map(|(g, r)| GameVersion {
                 id: g.clone(),
                 version: r.version,
+            })
+            .collect(),
+        partial: e
+            .partial
+            .iter()
+            .map(|(g, p)| PartialRow {
+                id: g.clone(),
+                version: p.version,
+                chunks_verified: p.chunks.count() as u64,
+                chunks: p.chunks.len() as u64,
             })
             .collect(),
     }

@@ -92,6 +92,19 @@ fn clients_fetch_from_each_other_and_the_server_sends_less_than_a_copy_each() {
     let s = server(sdir.path(), "32");
     let cs = clients(3, &s, &[]);
     start_all(&cs);
+    // While they download, `list-peers` shows the others' partial copies (not as games).
+    let (row, human) = wait_for("a client listed with a partial copy", || {
+        let peers = cs[0].0.json(&["list-peers"]);
+        let row = peers.as_array()?.iter().find_map(|p| {
+            let row = p["partial"].as_array()?.iter().find(|g| g["id"] == GAME)?;
+            let listed = p["games"].as_array()?.iter().any(|g| g["id"] == GAME);
+            (row["chunks_verified"].as_u64()? >= 1 && !listed).then(|| row.clone())
+        })?;
+        Some((row, cs[0].0.cli(&["list-peers"]).stdout))
+    });
+    assert_eq!(row["chunks"], CHUNKS + 1, "{row}");
+    assert_eq!(row["version"], "20250101", "{row}");
+    assert!(human.contains("cod5@20250101 (partial "), "{human}");
     let mut from_server = 0;
     let mut from_peers = BTreeMap::new();
     for (c, dir) in &cs {
