@@ -27,6 +27,8 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Claims {
     busy: Mutex<BTreeSet<PathBuf>>,
     freed: Condvar,
+    /// Callers blocked in [`Claims::wait_free`] now.
+    waiting: std::sync::atomic::AtomicUsize,
 }
 
 /// One claimed file: released (and its waiters woken) on drop.
@@ -49,6 +51,15 @@ impl Claims {
     /// Blocks until nobody hashes `path` (then `true`) or `go_on` says no (`false`,
     /// asked every 100 ms).
     pub(crate) fn wait_free(&self, path: &Path, go_on: &dyn Fn() -> bool) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, SeqCst);
+        let _waiting = Waiting(&self.waiting);
         let mut busy = locked(&self.busy);
         while busy.contains(path) {
             if !go_on() {
@@ -61,6 +72,13 @@ impl Claims {
                 .0;
         }
         true
+    }
+}
+
+impl Claims {
+    /// Whether some caller waits for a file another one hashes now.
+    pub(crate) fn someone_waits(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::SeqCst) > 0
     }
 }
 

@@ -45,6 +45,9 @@ pub struct ChunkJob {
     pub len: u64,
     /// Expected SHA-256 of each piece of the range.
     pub pieces: Vec<ChunkHash>,
+    /// Bytes of the range verified and handed to the writer so far (whole pieces), for
+    /// the journal of a transfer that stops half-way.
+    pub progress: std::sync::Arc<AtomicU64>,
 }
 
 /// What became of one range.
@@ -472,6 +475,7 @@ async fn receive_one(
                 })?;
             writes.push(rx);
             piece_start += len;
+            job.progress.store(verified(piece_start), Ordering::Relaxed);
         }
     }
     Ok(())

@@ -228,11 +228,13 @@ async fn download(
     let begin = download_begin(id, sources.version, &chosen.files, chunks, resumed);
     shared.events.emit(begin);
     let started = Instant::now();
+    let mut in_flight = transfer::InFlight::default();
     let work = transfer::Work {
         files: &chosen.files,
         file_ids: files_open,
         journal: &mut journal,
         kept: verified.kept.into_iter().collect(),
+        in_flight: &mut in_flight,
         lanes,
     };
     let transferred = tokio::select! {
@@ -240,6 +242,11 @@ async fn download(
         why = stop_requested(&mut shutdown, cancel) => Err(why),
     };
     why.extend(engine.why().clone());
+    if transferred.is_err() {
+        // Stopped half-way: every piece the running fetches verified is journalled.
+        in_flight.journal(&mut journal, engine.chunks(), 1);
+        journal.flush();
+    }
     transferred?;
     let t_transfer = started.elapsed();
     commit_files(

@@ -3,13 +3,16 @@
 //! which linked peers hold part of the same manifest (the swarm's partial sources).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use lanspread_catalog::{manifest_digest, ChunkHash, FileManifest, GameId, Version, PIECE_SIZE};
 use lanspread_control::api::EventKind;
 use lanspread_control::Failure;
-use lanspread_peer::{Action, BatchId, ChunkResult, Engine, FailKind, Fetch, HoldingBatcher, Lane};
+use lanspread_peer::{
+    Action, BatchId, ChunkResult, ChunkSpec, Engine, FailKind, Fetch, HoldingBatcher, Lane,
+};
 use lanspread_proto::chunk_rest;
 use lanspread_proto::PeerId;
 use tokio::sync::watch;
@@ -29,7 +32,61 @@ pub(super) struct Work<'a> {
     /// Chunk → its first bytes (whole pieces) already verified and written, by an earlier
     /// attempt or a source that went mid-chunk: only the rest is fetched.
     pub kept: HashMap<usize, u64>,
+    pub in_flight: &'a mut InFlight,
     pub lanes: lanes::Lanes,
+}
+
+/// Journal a fetch's progress each time it verified this much more of its chunk.
+const JOURNAL_STEP: u64 = 8 << 20;
+
+/// The chunks being fetched now: where in its chunk each fetch started and how much of
+/// it the fetch has verified and handed to the writer (`fetch` updates it piece by piece).
+/// The download owns it, so what the fetches got is journalled as they go and when the
+/// transfer stops half-way (cancel, shutdown, a failure): a resume re-checks those pieces
+/// on disk and keeps what is there.
+#[derive(Default)]
+pub(super) struct InFlight {
+    chunks: HashMap<usize, (u64, Arc<AtomicU64>)>,
+    /// What the journal last said of each, from the chunk's start.
+    journalled: HashMap<usize, u64>,
+}
+
+impl InFlight {
+    /// Journals the chunks whose fetch verified at least `step` more since their last line.
+    pub(super) fn journal(
+        &mut self,
+        journal: &mut journal::Journal,
+        specs: &[ChunkSpec],
+        step: u64,
+    ) {
+        for (&chunk, (skipped, progress)) in &self.chunks {
+            let Some(spec) = specs.get(chunk) else {
+                continue;
+            };
+            let got = skipped + progress.load(Ordering::Relaxed);
+            let (_, _, pieces) = chunk_rest(0, spec.len, got);
+            let kept = pieces as u64 * PIECE_SIZE;
+            let before = self.journalled.get(&chunk).copied().unwrap_or(0);
+            if kept >= before + step.max(1) {
+                journal.record_kept(chunk, kept);
+                self.journalled.insert(chunk, kept);
+            }
+        }
+    }
+
+    fn start(&mut self, chunk: usize, skipped: u64) -> Arc<AtomicU64> {
+        let progress = Arc::new(AtomicU64::new(0));
+        self.chunks.insert(chunk, (skipped, progress.clone()));
+        self.journalled.entry(chunk).or_insert(skipped);
+        progress
+    }
+
+    fn end(&mut self, chunk: usize, verified: bool) {
+        self.chunks.remove(&chunk);
+        if verified {
+            self.journalled.remove(&chunk);
+        }
+    }
 }
 
 /// A finished fetch: its batch, source and lane, and each chunk's result with the bytes
@@ -82,6 +139,9 @@ pub(super) async fn transfer(
                 }
             }
         }
+        t.work
+            .in_flight
+            .journal(t.work.journal, engine.chunks(), JOURNAL_STEP);
         t.work.journal.flush();
         // Verified chunks are announced in batches, at the latest HOLDING_DELAY after.
         let due = t.announce.deadline().map(|d| t.began + d);
@@ -110,6 +170,7 @@ pub(super) async fn transfer(
             joined.map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))??;
         let mut results = Vec::with_capacity(outcomes.len());
         for (chunk, result, kept) in outcomes {
+            t.work.in_flight.end(chunk, result.is_ok());
             if let Err((kind, _)) = &result {
                 if let Some(reason) = fail_reason(*kind) {
                     t.shared.net.metrics.chunk_failed(reason);
@@ -189,8 +250,9 @@ impl Transfer<'_, '_> {
             files,
             file_ids,
             kept,
+            in_flight,
             ..
-        } = &self.work;
+        } = &mut self.work;
         let jobs: Vec<ChunkJob> = f
             .chunks
             .iter()
@@ -204,6 +266,7 @@ impl Transfer<'_, '_> {
                     offset,
                     len,
                     pieces: spec.pieces[first..].to_vec(),
+                    progress: in_flight.start(c, offset - spec.offset),
                 }
             })
             .collect();

@@ -96,3 +96,66 @@ fn a_liar_is_caught_at_its_bad_piece_and_only_the_rest_is_fetched_again() {
         "the good source sent the chunk from piece 2 on and the sentinel"
     );
 }
+
+/// The source's count of bytes it sent of cod5, once it stopped moving.
+fn settled_sent(n: &lanspread_scenarios::Node) -> u64 {
+    let read = || {
+        scrape(n)
+            .value("lanspread_game_sent_bytes_total", &[("game", "cod5")])
+            .unwrap_or(0.0) as u64
+    };
+    let mut last = read();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let now = read();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+#[test]
+fn a_cancelled_download_keeps_the_pieces_its_running_fetch_verified() {
+    // One 32 MiB chunk at 4 MiB/s: its fetch is part-way when the download is cancelled.
+    let src = tempfile::tempdir().unwrap();
+    let size = lanspread_proto::CHUNK_SIZE;
+    GameSpec::new("cod5", "20250101")
+        .file("cod5.eti", 0o644, Content::Random { seed: 23, size })
+        .write(src.path())
+        .unwrap();
+    let s = with_metrics("src", src.path(), &[]);
+    let games = tempfile::tempdir().unwrap();
+    let c = crate::util::node_with_args("client", games.path(), &["--max-download-mib-s", "4"]);
+    c.connect(&s);
+    let out = c.cli(&["download", "cod5", "--no-install", "--detach"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    c.wait_event("download-begin", |_| true);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(c.cli(&["cancel", "cod5"]).code, 0);
+    c.wait_event("download-failed", |_| true);
+    let root = games.path().join("cod5");
+    let journal = fs::read_to_string(root.join(".lanspread/partial")).unwrap();
+    let kept = journal
+        .lines()
+        .filter_map(|l| l.strip_prefix("0+")?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        kept >= MIB && kept % MIB == 0 && kept < size,
+        "the running fetch's verified pieces are journalled: {journal}"
+    );
+    let before = settled_sent(&s);
+
+    // Resumed without the limit: only the rest of the chunk comes again.
+    assert_eq!(c.cli(&["limit", "--download-mib-s", "off"]).code, 0);
+    c.download_ok("cod5", &["--no-install"]);
+    assert_same_tree(&src.path().join("cod5"), &root);
+    // A failed attempt never leaves a received sentinel behind: it comes again.
+    let sentinel = fs::metadata(root.join("version.ini")).unwrap().len();
+    assert_eq!(
+        settled_sent(&s) - before,
+        size - kept + sentinel,
+        "kept {kept} of {size}: {journal}"
+    );
+}
