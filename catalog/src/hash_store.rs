@@ -38,9 +38,12 @@ pub(crate) fn to_persisted(key: FileKey, pieces: &[ChunkHash]) -> (FileKey, Stri
     (key, hex)
 }
 
-/// Whether the persisted identity of `path` is `key` (its hashes are not decoded).
+/// Whether `path` is persisted with identity `key` and as many piece hashes as its size
+/// has (not decoded: a damaged entry that passes this is hashed again after a restart).
 pub(crate) fn persisted_as(c: &CacheFile, path: &RelPath, key: FileKey) -> bool {
-    c.entries.get(path.as_str()).is_some_and(|(k, _)| *k == key)
+    c.entries.get(path.as_str()).is_some_and(|(k, hex)| {
+        *k == key && Some(hex.len() as u64) == piece_count(key.size()).checked_mul(64)
+    })
 }
 
 /// The piece hashes of `path` if its persisted identity is `key` and they are as many as

@@ -234,11 +234,12 @@ impl HashCache {
         Ok(Indexed { files, hashed })
     }
 
-    /// Whether a caller waits for a file someone else hashes now: the background indexer
-    /// stops then (its `go_on` says no) and leaves the file to the waiting request, which
-    /// hashes at the daemon's own priority, not the indexer's low one.
-    pub fn someone_waits(&self) -> bool {
-        self.claims.someone_waits()
+    /// Whether another caller waits for a file the calling thread hashes now: the
+    /// background indexer stops then (its `go_on` says no) and leaves the file to the
+    /// waiting request, which hashes at the daemon's own priority, not the indexer's low
+    /// one. Requests waiting for each other's files do not stop it.
+    pub fn waited_on_me(&self) -> bool {
+        self.claims.waited_on_me()
     }
 
     /// How far the hashing of the root in `dir` is, while a manifest of it is being built.
@@ -568,7 +569,7 @@ mod tests {
             std::thread::spawn(move || {
                 cache.manifest_with(&root, &|| {
                     started.lock().unwrap().take(); // dropped: it holds the claim
-                    while !cache.someone_waits() {
+                    while !cache.waited_on_me() {
                         std::thread::sleep(std::time::Duration::from_millis(1));
                     }
                     false
@@ -576,12 +577,16 @@ mod tests {
             })
         };
         let _ = wait_started.recv();
-        assert!(!cache.someone_waits());
-        let waiter = cache.manifest_with(&root, &|| true).unwrap();
+        assert!(!cache.waited_on_me(), "this thread holds nothing");
+        let waiter = cache.manifest_with(&root, &|| {
+            assert!(!cache.waited_on_me(), "nobody waits for the waiter's files");
+            true
+        });
+        let waiter = waiter.unwrap();
         let yielded = yielder.join().unwrap().unwrap_err();
         assert!(matches!(yielded, CatalogError::Stopped), "{yielded}");
         assert_eq!(waiter.hashed, 4 << 20, "the waiter hashed the file itself");
-        assert!(!cache.someone_waits());
+        assert!(!cache.waited_on_me());
     }
 
     #[test]

@@ -155,7 +155,7 @@ fn index_pass(shared: &Shared) -> bool {
         // at full priority (nice 10 cannot be undone without privileges), and the
         // indexer goes on with the next root.
         let go_on = || {
-            let waits = shared.net.hashes.someone_waits();
+            let waits = shared.net.hashes.waited_on_me();
             yielded.set(yielded.get() || waits);
             !stopping() && !waits && shared.lock().operations.get(&root.id).is_none()
         };

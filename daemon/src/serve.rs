@@ -625,22 +625,25 @@ fn read_ranges(root: PathBuf, files: Vec<(PathBuf, u64, u64)>, check: Check) -> 
         // The root is resolved once per request, not per file.
         let confined = lanspread_catalog::Confined::new(&root);
         for (path, offset, len) in files {
+            let name = path
+                .strip_prefix(&root)
+                .unwrap_or(&path)
+                .display()
+                .to_string();
             let opened = match &confined {
                 Ok(c) => c.open(&path),
-                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+                Err(e) => Err(std::io::Error::new(e.kind(), format!("the game root: {e}"))),
             };
             let file = match opened {
                 Ok((f, meta)) if check.holds(&path, &meta) => f,
                 Ok(_) => {
-                    let name = path.strip_prefix(&root).unwrap_or(&path);
                     let _ = tx.blocking_send(Err(refused(format!(
-                        "{} changed since its hashes were given out; ask for the manifest again",
-                        name.display()
+                        "{name} changed since its hashes were given out; ask for the manifest again"
                     ))));
                     return;
                 }
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(refused(e.to_string())));
+                    let _ = tx.blocking_send(Err(refused(format!("{name}: {e}"))));
                     return;
                 }
             };

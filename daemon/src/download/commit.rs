@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use lanspread_catalog::{is_reserved_top_level, FileManifest, Version, VERSION_FILE};
@@ -21,12 +21,31 @@ fn err(path: &Path, e: io::Error) -> Failure {
 
 /// Creates the root and parent folders without following symlinks, removes a committed
 /// `version.ini` (the root is not Ready from here on) and returns each file's destination.
-/// Also returns the root folder opened before anything is written: a `syncfs` through it
-/// reports every writeback error of its filesystem since ([`sync_filesystem`]).
+/// The root folder as opened before anything is written: a `syncfs` through it reports
+/// every writeback error of its filesystem since (see [`commit`]).
+pub struct RootDir {
+    dir: fs::File,
+    /// Every destination's folder is on the root's filesystem (no mount inside the root).
+    one_filesystem: bool,
+}
+
+impl RootDir {
+    /// Whether one `syncfs` covers every file of this download.
+    pub fn one_filesystem(&self) -> bool {
+        self.one_filesystem
+    }
+
+    /// The same open folder (a dup shares its writeback error cursor).
+    pub fn dup(&self, root: &Path) -> Result<fs::File, Failure> {
+        self.dir.try_clone().map_err(|e| err(root, e))
+    }
+}
+
+/// Also returns the root folder opened before anything is written ([`RootDir`]).
 pub async fn prepare(
     root: &Path,
     files: &[FileManifest],
-) -> Result<(Vec<PathBuf>, fs::File), Failure> {
+) -> Result<(Vec<PathBuf>, RootDir), Failure> {
     let root = root.to_path_buf();
     let files = files.to_vec();
     tokio::task::spawn_blocking(move || prepare_blocking(&root, &files))
@@ -37,7 +56,7 @@ pub async fn prepare(
 fn prepare_blocking(
     root: &Path,
     files: &[FileManifest],
-) -> Result<(Vec<PathBuf>, fs::File), Failure> {
+) -> Result<(Vec<PathBuf>, RootDir), Failure> {
     match fs::symlink_metadata(root) {
         Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
             return Err(Failure::new(
@@ -73,7 +92,17 @@ fn prepare_blocking(
         }
         dests.push(dest);
     }
-    Ok((dests, dir))
+    let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
+    let root_dev = dev(root);
+    let folders: BTreeSet<&Path> = dests.iter().filter_map(|d| d.parent()).collect();
+    let one_filesystem = root_dev.is_some() && folders.iter().all(|f| dev(f) == root_dev);
+    Ok((
+        dests,
+        RootDir {
+            dir,
+            one_filesystem,
+        },
+    ))
 }
 
 /// Creates the folders of `rel` under `root` one by one, refusing symlinks and files in
@@ -103,40 +132,23 @@ fn create_parents(root: &Path, rel: &str) -> Result<PathBuf, Failure> {
 /// Applies modes, removes files the manifest does not list, fsyncs the folders that hold
 /// files, checks the received `version.ini` and renames it into place, then fsyncs the
 /// root.
-/// `folders_synced`: a `syncfs` of the root's filesystem made every folder entry durable
-/// already (see [`sync_filesystem`]), so the folders are not fsynced one by one.
+/// `syncfs`: the files were not synced one by one; one `syncfs` through this folder (the
+/// root as [`prepare`] opened it, before the first write) makes them, their modes and
+/// every folder entry durable after the modes are set and stale files removed (Linux ≥
+/// 5.8 reports every writeback error of the filesystem since that open; the io_uring
+/// writer needs a newer kernel anyway). Cheaper than one `fdatasync` per file and one
+/// `fsync` per folder for a game of many small files; it also flushes what others wrote
+/// there, which a games filesystem busy with other downloads pays for.
 pub async fn commit(
     root: &Path,
     files: &[FileManifest],
     dests: &[PathBuf],
     version: Version,
-    folders_synced: bool,
+    syncfs: Option<fs::File>,
 ) -> Result<(), Failure> {
     let (root, files, dests) = (root.to_path_buf(), files.to_vec(), dests.to_vec());
     tokio::task::spawn_blocking(move || {
-        commit_blocking(&root, &files, &dests, version, folders_synced)
-    })
-    .await
-    .map_err(Failure::internal)?
-}
-
-/// Makes everything written to the filesystem holding the root durable — every received
-/// file's data and size, and every folder entry — with one `syncfs` through `dir`, the
-/// root folder as [`prepare`] opened it before the first write (Linux ≥ 5.8 reports
-/// every writeback error of the filesystem since that open, so an error of an earlier
-/// background writeback is not missed). Cheaper than one `fdatasync` per file for a game
-/// of many small files; it also flushes what others wrote there, which a games
-/// filesystem busy with other downloads pays for.
-pub async fn sync_filesystem(root: &Path, dir: &fs::File) -> Result<(), Failure> {
-    let root = root.to_path_buf();
-    // The same open file (a dup shares its error cursor).
-    let dir = dir.try_clone().map_err(|e| err(&root, e))?;
-    tokio::task::spawn_blocking(move || {
-        // SAFETY: syncfs only reads the descriptor, which `dir` keeps open.
-        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } != 0 {
-            return Err(err(&root, io::Error::last_os_error()));
-        }
-        Ok(())
+        commit_blocking(&root, &files, &dests, version, syncfs.as_ref())
     })
     .await
     .map_err(Failure::internal)?
@@ -147,7 +159,7 @@ fn commit_blocking(
     files: &[FileManifest],
     dests: &[PathBuf],
     version: Version,
-    folders_synced: bool,
+    syncfs: Option<&fs::File>,
 ) -> Result<(), Failure> {
     for (f, dest) in files.iter().zip(dests) {
         fs::set_permissions(dest, fs::Permissions::from_mode(f.mode & 0o7777))
@@ -162,12 +174,22 @@ fn commit_blocking(
         folders.extend(p.match_indices('/').map(|(i, _)| &p[..i]));
     }
     keep.extend(&folders);
-    let removed = remove_extra(root, "", &keep)?;
-    // The files' data is durable (fdatasync); their names in sub-folders must be too
-    // before the sentinel says the root is complete (the root itself is synced below).
-    // After a `syncfs` they are, unless a removal above changed a folder since.
-    for folder in folders.iter().filter(|_| !folders_synced || removed) {
-        sync_dir(&root.join(folder))?;
+    remove_extra(root, "", &keep)?;
+    match syncfs {
+        // Everything on the filesystem, folders included, is durable after this.
+        Some(dir) => {
+            // SAFETY: syncfs only reads the descriptor, which `dir` keeps open.
+            if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(dir)) } != 0 {
+                return Err(err(root, io::Error::last_os_error()));
+            }
+        }
+        // The files' data is durable (fdatasync); their names in sub-folders must be too
+        // before the sentinel says the root is complete (the root itself is synced below).
+        None => {
+            for folder in &folders {
+                sync_dir(&root.join(folder))?;
+            }
+        }
     }
     let incoming = root.join(INCOMING).join(VERSION_FILE);
     let text = fs::read_to_string(&incoming).map_err(|e| err(&incoming, e))?;
@@ -197,10 +219,8 @@ fn commit_blocking(
 }
 
 /// Removes regular files and symlinks under `root` that the manifest does not list (files
-/// of an older version), leaving `local/` and `.lanspread*` alone. Whether it removed
-/// anything.
-fn remove_extra(dir: &Path, prefix: &str, keep: &BTreeSet<&str>) -> Result<bool, Failure> {
-    let mut removed = false;
+/// of an older version), leaving `local/` and `.lanspread*` alone.
+fn remove_extra(dir: &Path, prefix: &str, keep: &BTreeSet<&str>) -> Result<(), Failure> {
     for entry in fs::read_dir(dir).map_err(|e| err(dir, e))?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if prefix.is_empty() && (is_reserved_top_level(&name) || name == VERSION_FILE) {
@@ -217,16 +237,15 @@ fn remove_extra(dir: &Path, prefix: &str, keep: &BTreeSet<&str>) -> Result<bool,
             continue;
         };
         if kind.is_dir() {
-            removed |= remove_extra(&path, &rel, keep)?;
+            remove_extra(&path, &rel, keep)?;
             if !keep.contains(rel.as_str()) {
-                removed |= fs::remove_dir(&path).is_ok();
+                let _ = fs::remove_dir(&path);
             }
         } else if !keep.contains(rel.as_str()) {
             fs::remove_file(&path).map_err(|e| err(&path, e))?;
-            removed = true;
         }
     }
-    Ok(removed)
+    Ok(())
 }
 
 /// After a failed download: no received sentinel may survive.

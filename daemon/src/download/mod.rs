@@ -211,6 +211,8 @@ async fn download(
     let chunks = engine.chunks().len() as u64;
     let lanes = lanes::Lanes::open(shared, &chosen.sources).await;
     let present: Vec<usize> = verified.chunks.iter().copied().collect();
+    // Nothing kept from an earlier attempt: every byte is written through this download.
+    let fresh = verified.chunks.is_empty() && verified.kept.is_empty();
     let (resumed_chunks, resumed_bytes) = engine.on_prepared(&present, &lanes.opened());
     // From now on the verified chunks are served to peers downloading the same manifest.
     let manifest = Arc::new(chosen.files.clone());
@@ -251,7 +253,7 @@ async fn download(
     let t_transfer = started.elapsed();
     commit_files(
         shared,
-        (&root, &root_dir),
+        (&root, &root_dir, fresh),
         &chosen.files,
         &dests,
         sources.version,
@@ -338,27 +340,30 @@ fn got_game_files(id: &GameId, version: Version, chosen: &Chosen) -> EventKind {
     }
 }
 
-/// Makes every file durable and commits the sentinel.
 /// From this many files on, a commit makes them durable with one `syncfs` instead of one
 /// `fdatasync` per file and one `fsync` per folder.
 const SYNCFS_FROM_FILES: usize = 64;
 
+/// Makes every file durable and commits the sentinel.
 async fn commit_files(
     shared: &Arc<Shared>,
-    (root, root_dir): (&std::path::Path, &std::fs::File),
+    (root, root_dir, fresh): (&std::path::Path, &commit::RootDir, bool),
     files: &[FileManifest],
     dests: &[std::path::PathBuf],
     version: Version,
     files_open: &[u64],
 ) -> Result<(), Failure> {
     let started = Instant::now();
-    // Many files: one syncfs of the games filesystem makes them and their folders
-    // durable at once. Otherwise every file's fdatasync at once: the io_uring writer runs
-    // them concurrently, so a few files cost one round of syncs.
-    let syncfs = files_open.len() > SYNCFS_FROM_FILES;
-    if syncfs {
-        commit::sync_filesystem(root, root_dir).await?;
-    } else {
+    // Many files, all written in this attempt, on the root's filesystem: one syncfs in
+    // the commit makes them and their folders durable at once (data kept from an earlier
+    // attempt was written before the root folder was opened: a writeback error of it
+    // that someone else saw would not be reported again, so then each file is synced).
+    // Otherwise every file's fdatasync at once: the io_uring writer runs them
+    // concurrently, so a few files cost one round of syncs.
+    let syncfs = (files_open.len() >= SYNCFS_FROM_FILES && fresh && root_dir.one_filesystem())
+        .then(|| root_dir.dup(root))
+        .transpose()?;
+    if syncfs.is_none() {
         let mut syncs = JoinSet::new();
         for &f in files_open {
             let shared = shared.clone();
@@ -396,7 +401,7 @@ async fn prepare(
         Vec<std::path::PathBuf>,
         journal::Journal,
         lanspread_peer::Verified,
-        std::fs::File,
+        commit::RootDir,
     ),
     Failure,
 > {

@@ -125,10 +125,11 @@ pub(super) async fn transfer(
                 Action::Verified { chunk, peer } => t.verified(engine, chunk, peer),
                 Action::Commit => {
                     // Every verified chunk announced: peers may fetch them during the
-                    // commit's syncs.
+                    // commit's syncs; and journalled, should the commit not end.
                     if let Some(chunks) = t.announce.flush() {
                         t.shared.partials.verified(t.game.0, &chunks);
                     }
+                    t.work.journal.flush();
                     return Ok(());
                 }
                 Action::Fail(e) => return Err(peer_failure(e)),
@@ -291,6 +292,9 @@ impl Transfer<'_, '_> {
                 }
             });
         let Some((conn, runtime)) = conn else {
+            for &c in &f.chunks {
+                self.work.in_flight.end(c, false);
+            }
             let gone = Err((FailKind::SourceGone, "peer disconnected".to_owned()));
             return engine.on_fetched(f.id, vec![gone; jobs.len()], false);
         };
