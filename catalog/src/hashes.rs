@@ -234,14 +234,6 @@ impl HashCache {
         Ok(Indexed { files, hashed })
     }
 
-    /// Whether another caller waits for a file the calling thread hashes now: the
-    /// background indexer stops then (its `go_on` says no) and leaves the file to the
-    /// waiting request, which hashes at the daemon's own priority, not the indexer's low
-    /// one. Requests waiting for each other's files do not stop it.
-    pub fn waited_on_me(&self) -> bool {
-        self.claims.waited_on_me()
-    }
-
     /// How far the hashing of the root in `dir` is, while a manifest of it is being built.
     pub fn progress(&self, dir: &Path) -> Option<HashProgress> {
         self.progress.get(dir)
@@ -551,42 +543,6 @@ mod tests {
         assert!(second.hashed > 0 && first.hashed > 0, "both did a part");
         assert_eq!(cache.progress(&root_dir), None, "no one hashes now");
         assert_eq!(cache.manifest_with(&root, &|| true).unwrap().hashed, 0);
-    }
-
-    #[test]
-    fn a_caller_that_yields_to_a_waiter_leaves_the_file_to_it() {
-        let t = tempfile::tempdir().unwrap();
-        let root_dir = t.path().join("cnc4");
-        fs::create_dir_all(&root_dir).unwrap();
-        fs::write(root_dir.join("a.bin"), vec![5u8; 4 << 20]).unwrap();
-        let root = scan_root(&root_dir, GameId::new("cnc4").unwrap());
-        let cache = std::sync::Arc::new(HashCache::new());
-        let (started, wait_started) = std::sync::mpsc::channel::<()>();
-        // The indexer's way: it goes on until someone waits for what it holds.
-        let yielder = {
-            let (cache, root) = (cache.clone(), root.clone());
-            let started = std::sync::Mutex::new(Some(started));
-            std::thread::spawn(move || {
-                cache.manifest_with(&root, &|| {
-                    started.lock().unwrap().take(); // dropped: it holds the claim
-                    while !cache.waited_on_me() {
-                        std::thread::sleep(std::time::Duration::from_millis(1));
-                    }
-                    false
-                })
-            })
-        };
-        let _ = wait_started.recv();
-        assert!(!cache.waited_on_me(), "this thread holds nothing");
-        let waiter = cache.manifest_with(&root, &|| {
-            assert!(!cache.waited_on_me(), "nobody waits for the waiter's files");
-            true
-        });
-        let waiter = waiter.unwrap();
-        let yielded = yielder.join().unwrap().unwrap_err();
-        assert!(matches!(yielded, CatalogError::Stopped), "{yielded}");
-        assert_eq!(waiter.hashed, 4 << 20, "the waiter hashed the file itself");
-        assert!(!cache.waited_on_me());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! and how far the hashing of each root is (what a source tells a downloader that waits
 //! for its manifest).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -25,16 +25,8 @@ fn locked<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Files being hashed now, by path.
 #[derive(Debug, Default)]
 pub(crate) struct Claims {
-    busy: Mutex<Busy>,
+    busy: Mutex<BTreeSet<PathBuf>>,
     freed: Condvar,
-}
-
-#[derive(Debug, Default)]
-struct Busy {
-    /// Each claimed file and the thread hashing it.
-    held: BTreeMap<PathBuf, std::thread::ThreadId>,
-    /// Callers blocked in [`Claims::wait_free`] now, per file.
-    waited: BTreeMap<PathBuf, usize>,
 }
 
 /// One claimed file: released (and its waiters woken) on drop.
@@ -46,35 +38,21 @@ pub(crate) struct Claim<'a> {
 impl Claims {
     /// Claims `path` unless someone hashes it now.
     pub(crate) fn try_claim(&self, path: &Path) -> Option<Claim<'_>> {
-        let mut busy = locked(&self.busy);
-        if busy.held.contains_key(path) {
-            return None;
-        }
-        busy.held
-            .insert(path.to_path_buf(), std::thread::current().id());
-        Some(Claim {
-            claims: self,
-            path: path.to_path_buf(),
-        })
+        locked(&self.busy)
+            .insert(path.to_path_buf())
+            .then(|| Claim {
+                claims: self,
+                path: path.to_path_buf(),
+            })
     }
 
     /// Blocks until nobody hashes `path` (then `true`) or `go_on` says no (`false`,
     /// asked every 100 ms).
     pub(crate) fn wait_free(&self, path: &Path, go_on: &dyn Fn() -> bool) -> bool {
         let mut busy = locked(&self.busy);
-        *busy.waited.entry(path.to_path_buf()).or_insert(0) += 1;
-        let mut free = true;
-        while busy.held.contains_key(path) {
-            // Asked without the lock: `go_on` may look at the claims itself.
-            drop(busy);
-            let going = go_on();
-            busy = locked(&self.busy);
-            if !going {
-                free = false;
-                break;
-            }
-            if !busy.held.contains_key(path) {
-                break;
+        while busy.contains(path) {
+            if !go_on() {
+                return false;
             }
             busy = self
                 .freed
@@ -82,26 +60,13 @@ impl Claims {
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
-        if let Some(n) = busy.waited.get_mut(path) {
-            *n -= 1;
-            if *n == 0 {
-                busy.waited.remove(path);
-            }
-        }
-        free
-    }
-
-    /// Whether some caller waits for a file the calling thread hashes now.
-    pub(crate) fn waited_on_me(&self) -> bool {
-        let me = std::thread::current().id();
-        let busy = locked(&self.busy);
-        busy.waited.keys().any(|p| busy.held.get(p) == Some(&me))
+        true
     }
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        locked(&self.claims.busy).held.remove(&self.path);
+        locked(&self.claims.busy).remove(&self.path);
         self.claims.freed.notify_all();
     }
 }

@@ -126,63 +126,41 @@ fn index_thread(shared: &Shared, woken: &mpsc::Receiver<()>) {
     while woken.recv().is_ok() {
         // Several changes while it worked: one more look is enough.
         while woken.try_recv().is_ok() {}
-        // Roots left to a waiting request are looked at again once no one waits (what
-        // the request hashed is cached by then; the rest is read here).
-        while index_pass(shared) {
-            std::thread::sleep(Duration::from_millis(500));
-        }
-        if stopping() {
-            return;
-        }
-    }
-}
-
-/// Indexes every ready root once; whether one was left to a waiting request.
-fn index_pass(shared: &Shared) -> bool {
-    let stopping = || *shared.shutdown.borrow();
-    let yielded = std::cell::Cell::new(false);
-    for id in ready_roots(shared) {
-        if stopping() {
-            return false;
-        }
-        let Some(root) = still_ready(shared, &id) else {
-            continue;
-        };
-        let began = Instant::now();
-        // An operation that starts on the root meanwhile (a download replacing it)
-        // stops it: its files are no longer the ones to hash. So does a manifest
-        // request waiting for a file it holds: the request hashes the rest of the root
-        // at full priority (nice 10 cannot be undone without privileges), and the
-        // indexer goes on with the next root.
-        let go_on = || {
-            let waits = shared.net.hashes.waited_on_me();
-            yielded.set(yielded.get() || waits);
-            !stopping() && !waits && shared.lock().operations.get(&root.id).is_none()
-        };
-        match shared.net.hashes.manifest_with(&root, &go_on) {
-            Ok(indexed) if indexed.hashed > 0 => {
-                let duration_ms = began.elapsed().as_millis() as u64;
-                info!(game = %root.id, hashed = indexed.hashed, duration_ms, "indexed");
-                if let Some(version) = root.version {
-                    shared.events.emit(EventKind::LocalGameIndexed {
-                        game_id: root.id.clone(),
-                        version,
-                        bytes: root.size(),
-                        hashed_bytes: indexed.hashed,
-                        duration_ms,
-                    });
+        for id in ready_roots(shared) {
+            if stopping() {
+                return;
+            }
+            let Some(root) = still_ready(shared, &id) else {
+                continue;
+            };
+            let began = Instant::now();
+            // An operation that starts on the root meanwhile (a download replacing it)
+            // stops it: its files are no longer the ones to hash.
+            let go_on = || !stopping() && shared.lock().operations.get(&root.id).is_none();
+            match shared.net.hashes.manifest_with(&root, &go_on) {
+                Ok(indexed) if indexed.hashed > 0 => {
+                    let duration_ms = began.elapsed().as_millis() as u64;
+                    info!(game = %root.id, hashed = indexed.hashed, duration_ms, "indexed");
+                    if let Some(version) = root.version {
+                        shared.events.emit(EventKind::LocalGameIndexed {
+                            game_id: root.id.clone(),
+                            version,
+                            bytes: root.size(),
+                            hashed_bytes: indexed.hashed,
+                            duration_ms,
+                        });
+                    }
                 }
+                Ok(_) => {}
+                Err(CatalogError::Stopped) if stopping() => return,
+                Err(CatalogError::Stopped) => {
+                    debug!(game = %root.id, "indexing stopped: an operation began")
+                }
+                // A file changed under it: the rescan that follows wakes the indexer again.
+                Err(e) => debug!(game = %root.id, "not indexed: {e}"),
             }
-            Ok(_) => {}
-            Err(CatalogError::Stopped) if stopping() => return false,
-            Err(CatalogError::Stopped) => {
-                debug!(game = %root.id, "indexing stopped: an operation began or a request took over")
-            }
-            // A file changed under it: the rescan that follows wakes the indexer again.
-            Err(e) => debug!(game = %root.id, "not indexed: {e}"),
         }
     }
-    yielded.get()
 }
 
 /// The games peers may ask for now: ready, no operation on them (ids only: the state
