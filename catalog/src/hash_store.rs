@@ -29,13 +29,7 @@ pub(crate) struct CacheFile {
 
 /// A cache entry for a file with identity `key` and these piece hashes.
 pub(crate) fn to_persisted(key: FileKey, pieces: &[ChunkHash]) -> (FileKey, String) {
-    let mut hex = String::with_capacity(pieces.len() * 64);
-    for p in pieces {
-        for b in p {
-            hex.push_str(&format!("{b:02x}"));
-        }
-    }
-    (key, hex)
+    (key, hex::encode(pieces.concat()))
 }
 
 /// Whether `path` is persisted with identity `key` and as many piece hashes as its size

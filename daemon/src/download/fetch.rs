@@ -191,8 +191,9 @@ pub enum How<'a> {
 struct Got {
     /// The writes of each range received whole (every piece verified).
     ranges: Vec<Writes>,
-    /// The range a failure cut short: the writes of its verified pieces, and their bytes.
-    cut: Option<(Writes, u64)>,
+    /// The writes of the verified pieces of the range a failure cut short (how many
+    /// bytes: its job's `progress`).
+    cut: Option<Writes>,
     chosen: Option<usize>,
     /// The source sends none of them now (`Later`).
     none_chosen: bool,
@@ -228,8 +229,8 @@ pub async fn fetch(
     if failure.is_some() && received.len() == asked.len() {
         // Failed after the last range (bytes past the end): that range fails with it,
         // so the source is still dropped; its verified pieces are kept.
-        if let (Some(writes), Some(job)) = (received.pop(), asked.last()) {
-            cut = Some((writes, job.len));
+        if let Some(writes) = received.pop() {
+            cut = Some(writes);
         }
     }
     let mut results = Vec::with_capacity(jobs.len());
@@ -242,12 +243,10 @@ pub async fn fetch(
     if let Some(failure) = failure {
         let at = results.len();
         results.resize_with(asked.len(), || Outcome::failed(failure.clone()));
-        if let (Some((writes, bytes)), Some(first), Some(job)) =
-            (cut, results.get_mut(at), asked.get(at))
-        {
+        if let (Some(writes), Some(first), Some(job)) = (cut, results.get_mut(at), asked.get(at)) {
             // Kept only when every write of those pieces succeeded.
             match settle(job, writes).await {
-                Ok(()) => first.kept = bytes,
+                Ok(()) => first.kept = job.progress.load(Ordering::Relaxed),
                 Err(local) => first.result = Err(local),
             }
         }
@@ -361,8 +360,8 @@ async fn receive_all(
         );
         match one.await {
             Ok(()) => got.ranges.push(writes),
-            Err((e, verified)) => {
-                got.cut = Some((writes, verified));
+            Err(e) => {
+                got.cut = Some(writes);
                 return Err(e);
             }
         }
@@ -401,8 +400,8 @@ async fn chosen(
 }
 
 /// Receives one range: its `Chunk` header, then its bytes, one piece per pool buffer,
-/// each checked against its hash before it is written. On failure, also how many of the
-/// range's first bytes were verified and handed to the writer (whole pieces).
+/// each checked against its hash before it is written; the job's `progress` says how many
+/// of the range's first bytes were verified and handed to the writer (whole pieces).
 async fn receive_one(
     recv: &mut RecvStream,
     stall: &mut Stall<'_>,
@@ -411,71 +410,69 @@ async fn receive_one(
     job: &ChunkJob,
     writes: &mut Writes,
     read: &mut Option<Option<PeerResponse>>,
-) -> Result<(), (FetchError, u64)> {
+) -> Result<(), FetchError> {
     let head = match read.take() {
         Some(head) => head,
         None => stall
             .guard(read_frame::<_, PeerResponse>(recv))
-            .await
-            .map_err(|e| (e, 0))?
-            .map_err(|e| (lost(e), 0))?,
+            .await?
+            .map_err(lost)?,
     };
     match chunk_head(head, job.len) {
         Ok(()) => {}
         Err(e @ AnswerFault::Unexpected(_)) => {
-            return Err((FetchError::Source(FailKind::BadData, e.to_string()), 0))
+            return Err(FetchError::Source(FailKind::BadData, e.to_string()))
         }
-        Err(e) => return Err((gone(e.to_string()), 0)),
+        Err(e) => return Err(gone(e.to_string())),
     }
     let mut hasher = Sha256::new();
     let mut got = 0u64;
     let mut buf = None;
     // Where the piece being received starts; everything before it is verified.
     let mut piece_start = job.offset;
-    let verified = |at: u64| at - job.offset;
     while got < job.len {
         let b = match &mut buf {
             Some(b) => b,
-            None => buf.insert(writer.buffer().await.map_err(|e| {
-                let e = FetchError::Local(Failure::io("the write buffer pool", &e));
-                (e, verified(piece_start))
-            })?),
+            None => buf.insert(
+                writer
+                    .buffer()
+                    .await
+                    .map_err(|e| FetchError::Local(Failure::io("the write buffer pool", &e)))?,
+            ),
         };
         let want = (job.len - got).min(b.room() as u64) as usize;
-        let bytes = match stall.guard(recv.read_chunk(want, true)).await {
-            Ok(Ok(Some(c))) => c.bytes,
-            Ok(Ok(None)) => {
-                let e = gone(format!("stream ended after {got} of {} bytes", job.len));
-                return Err((e, verified(piece_start)));
+        let bytes = match stall.guard(recv.read_chunk(want, true)).await? {
+            Ok(Some(c)) => c.bytes,
+            Ok(None) => {
+                return Err(gone(format!(
+                    "stream ended after {got} of {} bytes",
+                    job.len
+                )))
             }
-            Ok(Err(e)) => return Err((lost(e), verified(piece_start))),
-            Err(e) => return Err((e, verified(piece_start))),
+            Err(e) => return Err(lost(e)),
         };
         limit.take(bytes.len() as u64).await;
         hasher.update(&bytes);
         b.extend(&bytes);
         got += bytes.len() as u64;
         if let Some(full) = buf.take_if(|b| b.room() == 0 || got == job.len) {
-            let index = (verified(piece_start) / PIECE_SIZE) as usize;
+            let index = ((piece_start - job.offset) / PIECE_SIZE) as usize;
             let digest: ChunkHash = hasher.finalize_reset().into();
             if job.pieces.get(index) != Some(&digest) {
-                let e = FetchError::Source(
+                return Err(FetchError::Source(
                     FailKind::BadData,
                     format!("{} at {piece_start}: SHA-256 mismatch", job.path),
-                );
-                return Err((e, verified(piece_start)));
+                ));
             }
             let len = full.filled() as u64;
             let rx = writer
                 .write(job.file, piece_start, full)
                 .await
-                .map_err(|e| {
-                    let e = FetchError::Local(Failure::io(format!("writing {}", job.path), &e));
-                    (e, verified(piece_start))
-                })?;
+                .map_err(|e| FetchError::Local(Failure::io(format!("writing {}", job.path), &e)))?;
             writes.push(rx);
             piece_start += len;
-            job.progress.store(verified(piece_start), Ordering::Relaxed);
+            job.progress
+                .store(piece_start - job.offset, Ordering::Relaxed);
         }
     }
     Ok(())
