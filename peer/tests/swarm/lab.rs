@@ -14,6 +14,8 @@ use lanspread_peer::{
 };
 use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE};
 
+use crate::timeline::{Step, Timeline};
+
 const MBIT: f64 = 1e6 / 8.0;
 const EPS: f64 = 1e-6;
 
@@ -135,6 +137,8 @@ pub struct Report {
     pub liar_rejected: usize,
     /// When every chunk first existed on some client (s).
     pub one_copy_at: Option<f64>,
+    /// The links' use over time.
+    pub timeline: Timeline,
 }
 
 fn pid(i: usize) -> PeerId {
@@ -260,6 +264,7 @@ struct Party<'a> {
     now: f64,
     liar_rejected: usize,
     one_copy_at: Option<f64>,
+    timeline: Timeline,
 }
 
 pub fn run(lab: &Lab) -> Report {
@@ -278,6 +283,7 @@ pub fn run(lab: &Lab) -> Report {
         now: 0.0,
         liar_rejected: 0,
         one_copy_at: None,
+        timeline: Timeline::default(),
     };
     let limit = 1000.0 * lab.t_min() + lab.stagger * lab.clients as f64;
     while p.step() {
@@ -340,7 +346,9 @@ impl Party<'_> {
             return false; // nothing moves: the report says who is left
         }
         // Engine timers have microsecond resolution: step at least that far.
-        self.now += dt.max(1e-6);
+        let dt = dt.max(1e-6);
+        self.record(dt);
+        self.now += dt;
         for f in &mut self.flows {
             f.left -= f.rate * dt;
         }
@@ -561,6 +569,34 @@ impl Party<'_> {
         self.drive(f.dst);
     }
 
+    /// Adds the links' use over the next `dt` seconds to the timeline.
+    fn record(&mut self, dt: f64) {
+        let downloading: Vec<usize> = (1..=self.lab.clients).filter(|&c| self.active(c)).collect();
+        let from = |c: usize| self.flows.iter().filter(move |f| f.src == c);
+        let into = |c: usize| self.flows.iter().filter(move |f| f.dst == c);
+        let step = Step {
+            server_up: from(0).map(|f| f.rate).sum(),
+            clients_up: self
+                .flows
+                .iter()
+                .filter(|f| f.src > 0)
+                .map(|f| f.rate)
+                .sum(),
+            idle_down: downloading
+                .iter()
+                .filter(|&&c| into(c).next().is_none())
+                .count(),
+            idle_up: downloading
+                .iter()
+                .filter(|&&c| from(c).next().is_none())
+                .count(),
+            server_flows: from(0).count(),
+            flows_in: downloading.iter().map(|&c| into(c).count()).sum::<usize>() as f64
+                / downloading.len().max(1) as f64,
+        };
+        self.timeline.add(self.now, dt, &step);
+    }
+
     fn swarm_has_every_chunk(&self) -> bool {
         (0..=self.lab.chunks).all(|c| {
             self.nodes[1..]
@@ -639,6 +675,7 @@ impl Party<'_> {
             starved,
             liar_rejected: self.liar_rejected,
             one_copy_at: self.one_copy_at,
+            timeline: self.timeline.clone(),
         }
     }
 }

@@ -12,9 +12,11 @@
 //! and the server's upload as a multiple of F. The figures are simulated seconds, not
 //! wall time, so asserting them is deterministic.
 //!
-//! `LANSPREAD_SWARM_CLIENTS` sizes the environment-sized party (not for CI).
+//! `LANSPREAD_SWARM_CLIENTS` sizes the environment-sized party (not for CI);
+//! `LANSPREAD_SWARM_TIMELINE=1` prints each party's links' use over time (`timeline.rs`).
 
 mod lab;
+mod timeline;
 
 use lab::{run, Kill, Lab, Report};
 
@@ -28,6 +30,9 @@ fn show(name: &str, r: &Report) {
         r.server_upload_f,
         100.0 * r.from_clients_share,
     );
+    if std::env::var_os("LANSPREAD_SWARM_TIMELINE").is_some() {
+        eprintln!("{name}:\n{}", r.timeline);
+    }
 }
 
 fn assert_all_finish(r: &Report, clients: usize) {
@@ -46,9 +51,11 @@ fn sixteen_clients_at_a_lan_party() {
     let copy = r.one_copy_at.expect("a copy") / (lab.file_bytes() / lab.server_up);
     assert!(copy < 1.35, "one copy after {copy:.2} × F/U");
     assert!(r.from_clients_share > 0.9, "{r:?}");
-    // 32 MiB verified chunks: 1.64 × T_min (libtorrent with 4 MiB pieces, real lab:
-    // 1.32-1.53 ×). The bound guards against a policy regression.
-    assert!(r.slowest < 1.8 && r.median < 1.8, "{r:?}");
+    // 32 MiB verified chunks, at most four coming in at once (`SWARM_INBOUND_BYTES`):
+    // 1.40 × T_min (1.64 × without the cap; libtorrent with 4 MiB pieces, real lab:
+    // 1.32-1.53 ×). The first ≈ 20 s no client has a whole chunk to pass on (see the
+    // timeline). The bound guards against a policy regression.
+    assert!(r.slowest < 1.5 && r.median < 1.5, "{r:?}");
 }
 
 #[test]
@@ -59,10 +66,11 @@ fn late_joiners_are_served_too() {
     show("N=16 staggered", &r);
     assert_all_finish(&r, 16);
     assert!(r.server_upload_f <= 1.2, "{r:?}");
-    // 1.64 × (median 1.27 ×) since upload turns: the first client, ahead of the others,
-    // waits its turn at the server like everyone (1.31 × before turns, when N = 256 was
-    // 2.58 ×). The bound guards against a policy regression.
-    assert!(r.slowest < 1.8 && r.median < 1.4, "{r:?}");
+    // 1.29 × (median 1.12 ×) with the inbound cap; 1.64 × (median 1.27 ×) before it,
+    // since upload turns: the first client, ahead of the others, waits its turn at the
+    // server like everyone (1.31 × before turns, when N = 256 was 2.58 ×). The bound
+    // guards against a policy regression.
+    assert!(r.slowest < 1.4 && r.median < 1.25, "{r:?}");
 }
 
 #[test]
@@ -72,10 +80,11 @@ fn two_hundred_fifty_six_clients_with_a_link_cap() {
     let r = run(&Lab::party(256));
     show("N=256", &r);
     assert_all_finish(&r, 256);
-    // Upload turns: 2.13 × at 1.69 F (2.58 × at 1.91 F without them; 1.90 × at 1.59 F
-    // when a lone downloader was held to one answer at a time, see `take_plain`).
-    assert!(r.server_upload_f <= 1.8, "{r:?}");
-    assert!(r.slowest < 2.2, "{r:?}");
+    // With the inbound cap 1.87 × at 1.53 F; upload turns alone: 2.13 × at 1.69 F (2.58 ×
+    // at 1.91 F without them; 1.90 × at 1.59 F when a lone downloader was held to one
+    // answer at a time, see `take_plain`).
+    assert!(r.server_upload_f <= 1.65, "{r:?}");
+    assert!(r.slowest < 2.0, "{r:?}");
 }
 
 #[test]
