@@ -38,21 +38,26 @@ pub struct Step {
 pub struct Timeline(pub Vec<Window>);
 
 impl Timeline {
-    /// Adds a step that started at `now` and lasted `dt` (a step is counted in the window
-    /// it started in).
+    /// Adds a step that started at `now` and lasted `dt`, split over the windows it
+    /// spans.
     pub fn add(&mut self, now: f64, dt: f64, s: &Step) {
-        let i = (now / WINDOW) as usize;
-        if self.0.len() <= i {
-            self.0.resize(i + 1, Window::default());
+        let (mut at, end) = (now, now + dt);
+        while at < end {
+            let i = (at / WINDOW) as usize;
+            let upto = ((i + 1) as f64 * WINDOW).min(end);
+            if self.0.len() <= i {
+                self.0.resize(i + 1, Window::default());
+            }
+            let w = &mut self.0[i];
+            let k = (upto - at) / WINDOW;
+            w.server_up += s.server_up * k;
+            w.clients_up += s.clients_up * k;
+            w.idle_down += s.idle_down as f64 * k;
+            w.idle_up += s.idle_up as f64 * k;
+            w.server_flows += s.server_flows as f64 * k;
+            w.flows_in += s.flows_in * k;
+            at = upto.max(at + 1e-9);
         }
-        let w = &mut self.0[i];
-        let k = dt / WINDOW;
-        w.server_up += s.server_up * k;
-        w.clients_up += s.clients_up * k;
-        w.idle_down += s.idle_down as f64 * k;
-        w.idle_up += s.idle_up as f64 * k;
-        w.server_flows += s.server_flows as f64 * k;
-        w.flows_in += s.flows_in * k;
     }
 }
 
