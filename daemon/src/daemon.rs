@@ -48,7 +48,7 @@ pub struct Daemon {
     shared: Arc<Shared>,
     socket: PathBuf,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<watch::TreeWatch>,
     _mdns: Option<mdns::Mdns>,
     _locks: DaemonLocks,
 }
@@ -261,7 +261,7 @@ fn spawn_tasks(
     config: &DaemonConfig,
 ) -> (
     Vec<tokio::task::JoinHandle<()>>,
-    Option<notify::RecommendedWatcher>,
+    Option<watch::TreeWatch>,
     Option<mdns::Mdns>,
 ) {
     let mut tasks = vec![

@@ -20,7 +20,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    let target = lanspread_daemon::logging::init("info,quinn=warn,notify=error", true);
+    let target = lanspread_daemon::logging::init("info,quinn=warn", true);
     tracing::debug!(?target, "logging");
     let args = DaemonArgs::parse();
     // One thread drives QUIC, the control socket and the downloads; blocking work (scans,

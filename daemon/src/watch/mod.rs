@@ -1,6 +1,9 @@
-//! Live library: the games dir is watched with inotify (notify crate); events are
-//! debounced and only the roots they touch are rescanned. A periodic whole-dir rescan
-//! backs this up (inotify overflow, watch limits, filesystems without inotify).
+//! Live library: the games dir is watched with inotify (`tree.rs`, our own recursive
+//! watch with a narrow mask); events are debounced and only the roots they touch are
+//! rescanned. A periodic whole-dir rescan backs this up (inotify overflow, watch limits,
+//! filesystems without inotify).
+
+mod tree;
 
 use std::collections::BTreeSet;
 use std::path::{Component, Path};
@@ -8,9 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanspread_catalog::{is_reserved_top_level, Catalog, GameId};
-use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 use tracing::{debug, warn};
+
+use tree::Seen;
+pub use tree::TreeWatch;
 
 use crate::state::Shared;
 
@@ -52,31 +57,34 @@ struct Pending {
     events: u64,
 }
 
-/// Starts watching. Returns the watcher (dropping it stops the watch), or `None` when
+/// Folders (relative to the games dir) whose changes never matter: a root's `local/`
+/// (installed files: thousands of folders) and the daemon's own metadata.
+fn skipped(rel: &Path) -> bool {
+    rel.components()
+        .nth(1)
+        .and_then(|c| c.as_os_str().to_str())
+        .is_some_and(is_reserved_top_level)
+}
+
+/// Starts watching. Returns the watch (dropping it stops the watch), or `None` when
 /// inotify is unavailable (the periodic rescan then carries the load alone).
 ///
-/// The watcher thread maps each event to its root itself and drops events of roots with
+/// The watch's thread maps each event to its root itself and drops events of roots with
 /// an operation running (a download writes thousands of files; that operation rescans
 /// its root when it ends), so those never wake the runtime; the runtime is woken once
 /// per new root, not once per event.
-pub fn start(shared: Arc<Shared>) -> Option<RecommendedWatcher> {
+pub fn start(shared: Arc<Shared>) -> Option<TreeWatch> {
     let pending = Arc::new(std::sync::Mutex::new(Pending::default()));
     let wake = Arc::new(Notify::new());
     let handler = {
         let (shared, pending, wake) = (shared.clone(), pending.clone(), wake.clone());
-        move |res: notify::Result<notify::Event>| {
-            let mut found = Vec::new();
-            match res {
-                Ok(ev) => {
-                    if ev.need_rescan() {
-                        found.push(Touched::All);
-                    }
-                    for p in &ev.paths {
-                        found.extend(touched(&shared.games_dir, &shared.catalog(), p));
-                    }
-                }
-                Err(_) => found.push(Touched::All),
-            }
+        move |seen: Seen| {
+            let mut found: Vec<Touched> = match seen {
+                Seen::Path(p) => touched(&shared.games_dir, &shared.catalog(), &p)
+                    .into_iter()
+                    .collect(),
+                Seen::Lost => vec![Touched::All],
+            };
             if !found.is_empty() {
                 let busy = shared.lock();
                 found.retain(|t| match t {
@@ -99,19 +107,15 @@ pub fn start(shared: Arc<Shared>) -> Option<RecommendedWatcher> {
             }
         }
     };
-    let mut watcher = match notify::recommended_watcher(handler) {
+    let watch = match TreeWatch::start(&shared.games_dir, skipped, handler) {
         Ok(w) => w,
         Err(e) => {
-            warn!("no inotify watcher ({e}); relying on the periodic rescan");
+            warn!(dir = %shared.games_dir.display(), "cannot watch the games dir ({e}); relying on the periodic rescan");
             return None;
         }
     };
-    if let Err(e) = watcher.watch(&shared.games_dir, RecursiveMode::Recursive) {
-        warn!(dir = %shared.games_dir.display(), "cannot watch the games dir ({e}); relying on the periodic rescan");
-        return None;
-    }
     tokio::spawn(run(shared, pending, wake));
-    Some(watcher)
+    Some(watch)
 }
 
 async fn run(shared: Arc<Shared>, pending: Arc<std::sync::Mutex<Pending>>, wake: Arc<Notify>) {
@@ -150,6 +154,22 @@ async fn run(shared: Arc<Shared>, pending: Arc<std::sync::Mutex<Pending>>, wake:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_and_metadata_folders_are_not_watched() {
+        for (rel, skip) in [
+            ("ggoo", false),
+            ("ggoo/sub", false),
+            ("ggoo/sub/local", false),
+            ("ggoo/local", true),
+            ("ggoo/local/deep", true),
+            ("ggoo/.lanspread", true),
+            ("ggoo/.lanspread-staging/x", true),
+            ("local", false),
+        ] {
+            assert_eq!(skipped(Path::new(rel)), skip, "{rel}");
+        }
+    }
 
     #[test]
     fn maps_paths_to_roots() {

@@ -1,0 +1,357 @@
+//! A recursive inotify watch of one folder with the mask this daemon needs.
+//!
+//! The notify crate watches `IN_OPEN` and `IN_MODIFY` with no way to narrow its mask, so
+//! every file a peer is served and every write of a download woke its thread (≈ 5 % of two
+//! cores while 2 000 small files moved). A library changes when a file is created,
+//! written and closed, deleted, moved or has its attributes changed; that is all this
+//! watch asks for. It also leaves out what [`TreeWatch::start`]'s `skip` names (installed
+//! games under `local/`, the daemon's own metadata), which notify watched too.
+//!
+//! Folders created or moved in are watched as they appear, with their subfolders; an
+//! event queue overflow or a folder that cannot be watched is reported as [`Seen::Lost`]
+//! (the caller rescans everything; the periodic rescan backs this up as before).
+//! Symlinked folders are followed only directly under the watched folder (a game root
+//! may live on another disk), as the catalog's scan does.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
+use tracing::{debug, warn};
+
+/// What the watch saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// Something changed at this path (a file, or a folder itself).
+    Path(PathBuf),
+    /// Events were lost (queue overflow, a folder that could not be watched, the watch
+    /// failed): anything may have changed.
+    Lost,
+}
+
+/// Decides which folders are not watched, from their path relative to the watched one.
+pub type Skip = fn(&Path) -> bool;
+
+const MASK: WatchMask = WatchMask::CREATE
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::ATTRIB)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF)
+    .union(WatchMask::ONLYDIR);
+
+/// A running watch; dropping it ends its thread.
+pub struct TreeWatch {
+    watches: Watches,
+    top: WatchDescriptor,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for TreeWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Removing a watch queues `IN_IGNORED`, which ends the thread's blocking read;
+        // closing the descriptor (the thread's last reference) removes the others.
+        if let Err(e) = self.watches.remove(self.top.clone()) {
+            debug!("watch: removing the top watch: {e}");
+        }
+    }
+}
+
+/// The watched folders by descriptor (a folder moved keeps its descriptor).
+struct Tree {
+    top: PathBuf,
+    skip: Skip,
+    watches: Watches,
+    paths: HashMap<WatchDescriptor, PathBuf>,
+}
+
+impl Tree {
+    /// Watches `dir` and the folders under it; false if one could not be watched.
+    fn add(&mut self, dir: &Path) -> bool {
+        let mut ok = true;
+        let mut seen = HashSet::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let rel = dir.strip_prefix(&self.top).unwrap_or(Path::new(""));
+            if !rel.as_os_str().is_empty() && (self.skip)(rel) {
+                continue;
+            }
+            // A symlinked game root is followed; deeper symlinks are not (the mask has
+            // no `DONT_FOLLOW`, so descending is what decides).
+            let wd = match self.watches.add(&dir, MASK) {
+                Ok(wd) => wd,
+                // Gone already, or a file: its creation was reported, nothing to watch.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+                    continue
+                }
+                Err(e) => {
+                    warn!(dir = %dir.display(), "cannot watch ({e}); relying on rescans");
+                    ok = false;
+                    continue;
+                }
+            };
+            // The same folder reached twice (a symlink loop, a bind mount): once.
+            if !seen.insert(wd.clone()) {
+                continue;
+            }
+            self.paths.insert(wd, dir.clone());
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            let depth = rel.components().count();
+            for entry in entries.flatten() {
+                let Ok(kind) = entry.file_type() else {
+                    continue;
+                };
+                let follow = kind.is_symlink() && depth == 0 && entry.path().is_dir();
+                if kind.is_dir() || follow {
+                    stack.push(entry.path());
+                }
+            }
+        }
+        ok
+    }
+
+    /// A folder moved away: its watches go (moved back in, it is watched again).
+    fn forget(&mut self, dir: &Path) {
+        let gone: Vec<WatchDescriptor> = self
+            .paths
+            .iter()
+            .filter(|(_, p)| p.starts_with(dir))
+            .map(|(wd, _)| wd.clone())
+            .collect();
+        for wd in gone {
+            self.paths.remove(&wd);
+            let _ = self.watches.remove(wd);
+        }
+    }
+}
+
+impl TreeWatch {
+    /// Watches `dir` and every folder under it that `skip` does not name; `handler`
+    /// runs on the watch's own thread for every change.
+    pub fn start(
+        dir: &Path,
+        skip: Skip,
+        mut handler: impl FnMut(Seen) + Send + 'static,
+    ) -> io::Result<Self> {
+        let mut inotify = Inotify::init()?;
+        let watches = inotify.watches();
+        let mut tree = Tree {
+            top: dir.to_path_buf(),
+            skip,
+            watches: inotify.watches(),
+            paths: HashMap::new(),
+        };
+        let top = tree.watches.add(dir, MASK)?;
+        if !tree.add(dir) {
+            handler(Seen::Lost);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::Builder::new()
+            .name("lanspread-watch".into())
+            .spawn(move || {
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let events = match inotify.read_events_blocking(&mut buf) {
+                        Ok(events) => events,
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                        Err(e) => {
+                            warn!("watch ended ({e}); relying on rescans");
+                            handler(Seen::Lost);
+                            return;
+                        }
+                    };
+                    if stopped.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let mut lost = false;
+                    let mut seen = Vec::new();
+                    for ev in events {
+                        lost |= handle(&mut tree, ev.mask, &ev.wd, ev.name, &mut seen);
+                    }
+                    // A file written is created, then closed: one report.
+                    seen.dedup();
+                    if lost {
+                        handler(Seen::Lost);
+                    }
+                    for path in seen {
+                        handler(Seen::Path(path));
+                    }
+                }
+            })?;
+        Ok(Self { watches, top, stop })
+    }
+}
+
+/// One event: the path it names goes to `seen`, new folders are watched; true when
+/// events may have been lost.
+fn handle(
+    tree: &mut Tree,
+    mask: EventMask,
+    wd: &WatchDescriptor,
+    name: Option<&OsStr>,
+    seen: &mut Vec<PathBuf>,
+) -> bool {
+    if mask.contains(EventMask::Q_OVERFLOW) {
+        // Folders created meanwhile may be unwatched: watch the whole tree again.
+        let top = tree.top.clone();
+        tree.add(&top);
+        return true;
+    }
+    if mask.contains(EventMask::IGNORED) {
+        tree.paths.remove(wd);
+        return false;
+    }
+    let Some(dir) = tree.paths.get(wd) else {
+        return false;
+    };
+    let path = name.map_or_else(|| dir.clone(), |n| dir.join(n));
+    let mut lost = false;
+    let arrived = mask.intersects(EventMask::CREATE | EventMask::MOVED_TO);
+    // A symlink to a game root on another disk is a folder to watch too.
+    let linked_root = || *dir == tree.top && path.is_dir();
+    if mask.contains(EventMask::ISDIR) || (arrived && linked_root()) {
+        if arrived {
+            lost = !tree.add(&path);
+        } else if mask.contains(EventMask::MOVED_FROM) {
+            tree.forget(&path);
+        }
+    }
+    seen.push(path);
+    lost
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn skip_local(rel: &Path) -> bool {
+        rel.components()
+            .nth(1)
+            .is_some_and(|c| c.as_os_str() == "local")
+    }
+
+    fn watch(dir: &Path) -> (TreeWatch, mpsc::Receiver<Seen>) {
+        let (tx, rx) = mpsc::channel();
+        let w = TreeWatch::start(dir, skip_local, move |s| {
+            let _ = tx.send(s);
+        })
+        .unwrap();
+        (w, rx)
+    }
+
+    /// The next event, or a failure after a generous wait (not a timing assertion:
+    /// only a missing event takes this long).
+    fn next(rx: &mpsc::Receiver<Seen>) -> Seen {
+        rx.recv_timeout(Duration::from_secs(10)).expect("an event")
+    }
+
+    #[test]
+    fn new_folders_are_watched_with_what_is_in_them() {
+        let top = tempfile::tempdir().unwrap();
+        let (_w, rx) = watch(top.path());
+        let deep = top.path().join("g/a/b");
+        std::fs::create_dir_all(&deep).unwrap();
+        std::fs::write(deep.join("f.eti"), b"x").unwrap();
+        // The creation of g is seen; a and b may have been made before g was watched,
+        // so they may or may not be seen; f's write is seen once b is watched (or made
+        // before, and then covered by the rescan g's creation causes).
+        assert_eq!(next(&rx), Seen::Path(top.path().join("g")));
+        std::fs::write(deep.join("late.eti"), b"y").unwrap();
+        let want = Seen::Path(deep.join("late.eti"));
+        while next(&rx) != want {}
+    }
+
+    #[test]
+    fn reads_and_skipped_folders_are_not_events() {
+        let top = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(top.path().join("g/local/sub")).unwrap();
+        std::fs::write(top.path().join("g/served.eti"), b"bytes").unwrap();
+        let (_w, rx) = watch(top.path());
+        // Served (opened, read, closed), and written under local/: nothing to report.
+        assert_eq!(
+            std::fs::read(top.path().join("g/served.eti")).unwrap(),
+            b"bytes"
+        );
+        std::fs::write(top.path().join("g/local/sub/game.exe"), b"installed").unwrap();
+        // Events of one inotify descriptor come in order: the marker is the first.
+        std::fs::write(top.path().join("g/marker"), b"").unwrap();
+        assert_eq!(next(&rx), Seen::Path(top.path().join("g/marker")));
+    }
+
+    /// Every event up to and including `want` (a missing one fails after a long wait).
+    fn until(rx: &mpsc::Receiver<Seen>, want: &Path) -> Vec<Seen> {
+        let mut got = Vec::new();
+        loop {
+            let s = next(rx);
+            got.push(s.clone());
+            if s == Seen::Path(want.to_path_buf()) {
+                return got;
+            }
+        }
+    }
+
+    #[test]
+    fn a_folder_moved_in_is_watched_and_one_moved_out_is_forgotten() {
+        let top = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(outside.path().join("new/sub")).unwrap();
+        std::fs::create_dir(top.path().join("g")).unwrap();
+        let (_w, rx) = watch(top.path());
+        let moved = top.path().join("g/new");
+        std::fs::rename(outside.path().join("new"), &moved).unwrap();
+        assert_eq!(next(&rx), Seen::Path(moved.clone()));
+        std::fs::write(moved.join("sub/f"), b"x").unwrap();
+        assert_eq!(next(&rx), Seen::Path(moved.join("sub/f")));
+        // Moved out: the move is seen, what happens to it later is not.
+        let away = outside.path().join("away");
+        std::fs::rename(&moved, &away).unwrap();
+        std::fs::write(away.join("sub/g"), b"x").unwrap();
+        let marker = top.path().join("g/marker");
+        std::fs::write(&marker, b"").unwrap();
+        let got = until(&rx, &marker);
+        assert!(got.contains(&Seen::Path(moved.clone())), "{got:?}");
+        assert!(!got.contains(&Seen::Path(moved.join("sub/g"))), "{got:?}");
+        assert!(!got.contains(&Seen::Lost), "{got:?}");
+    }
+
+    #[test]
+    fn a_game_root_linked_in_from_another_disk_is_watched() {
+        let top = tempfile::tempdir().unwrap();
+        let disk = tempfile::tempdir().unwrap();
+        let (_w, rx) = watch(top.path());
+        let root = top.path().join("g");
+        std::os::unix::fs::symlink(disk.path(), &root).unwrap();
+        assert_eq!(next(&rx), Seen::Path(root.clone()));
+        std::fs::write(disk.path().join("f.eti"), b"x").unwrap();
+        assert_eq!(next(&rx), Seen::Path(root.join("f.eti")));
+    }
+
+    #[test]
+    fn dropping_the_watch_ends_its_thread() {
+        let top = tempfile::tempdir().unwrap();
+        let (w, rx) = watch(top.path());
+        drop(w);
+        // The handler (and its sender) goes with the thread.
+        loop {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(_) => continue,
+                Err(e) => {
+                    assert_eq!(e, mpsc::RecvTimeoutError::Disconnected);
+                    break;
+                }
+            }
+        }
+    }
+}
