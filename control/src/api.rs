@@ -440,7 +440,7 @@ pub enum EventKind {
         chunks: u64,
         /// Chunks verified by an interrupted earlier attempt and not fetched again.
         resumed_chunks: u64,
-        /// Their bytes.
+        /// Their bytes, and the pieces it verified of chunks it did not finish.
         resumed_bytes: u64,
     },
     DownloadChunkFinished {

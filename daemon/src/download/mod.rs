@@ -213,7 +213,10 @@ async fn download(
     let present: Vec<usize> = verified.chunks.iter().copied().collect();
     // Nothing kept from an earlier attempt: every byte is written through this download.
     let fresh = verified.chunks.is_empty() && verified.kept.is_empty();
-    let (resumed_chunks, resumed_bytes) = engine.on_prepared(&present, &lanes.opened());
+    let (resumed_chunks, whole) = engine.on_prepared(&present, &lanes.opened());
+    // The pieces an earlier attempt kept of chunks it did not finish are resumed too
+    // (the rate counts only what crosses the network in this attempt).
+    let resumed_bytes = whole + verified.kept.values().sum::<u64>();
     // From now on the verified chunks are served to peers downloading the same manifest.
     let manifest = Arc::new(chosen.files.clone());
     shared.partials.begin(

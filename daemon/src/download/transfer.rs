@@ -109,6 +109,7 @@ pub(super) async fn transfer(
         shared,
         game,
         digest,
+        resumed: work.kept.clone(),
         work,
         running: JoinSet::new(),
         activity: HashMap::new(),
@@ -197,6 +198,9 @@ struct Transfer<'a, 'w> {
     activity: HashMap<PeerId, Arc<fetch::Activity>>,
     /// Each source's address when its last batch started, for the events.
     addrs: HashMap<PeerId, String>,
+    /// What an earlier attempt kept of each chunk: counted as resumed, not as progress
+    /// when the chunk is verified.
+    resumed: HashMap<usize, u64>,
     /// Verified chunks not yet announced to the links.
     announce: HoldingBatcher,
     /// The batcher's clock starts here.
@@ -360,8 +364,12 @@ impl Transfer<'_, '_> {
             self.announce_due();
         }
         let spec = &engine.chunks()[chunk];
+        let resumed = self.resumed.remove(&chunk).unwrap_or(0);
         let id = self.game.0;
-        self.shared.lock().operations.advance(id, spec.len);
+        self.shared
+            .lock()
+            .operations
+            .advance(id, spec.len.saturating_sub(resumed));
         self.shared.events.emit(EventKind::DownloadChunkFinished {
             game_id: id.clone(),
             path: self.work.files[spec.file].path.to_string(),

@@ -78,6 +78,11 @@ fn a_liar_is_caught_at_its_bad_piece_and_only_the_rest_is_fetched_again() {
     c.connect(&g);
     c.download_ok("cod5", &["--no-install"]);
     assert_same_tree(&good.path().join("cod5"), &root);
+    // The two kept pieces count as resumed (not in the rate), at the start and the end.
+    for name in ["download-begin", "download-finished"] {
+        let last = c.events_named(name).pop().unwrap();
+        assert_eq!(last["resumed_bytes"], 2 * MIB, "{last}");
+    }
     // The source counts an answer's bytes once it ends: wait for the figure to settle.
     let sentinel = fs::metadata(root.join("version.ini")).unwrap().len();
     let expected = SIZE - 2 * MIB + sentinel;
@@ -151,6 +156,9 @@ fn a_cancelled_download_keeps_the_pieces_its_running_fetch_verified() {
     assert_eq!(c.cli(&["limit", "--download-mib-s", "off"]).code, 0);
     c.download_ok("cod5", &["--no-install"]);
     assert_same_tree(&src.path().join("cod5"), &root);
+    let begin = c.events_named("download-begin").pop().unwrap();
+    assert_eq!(begin["resumed_bytes"], kept, "{begin}");
+    assert_eq!(begin["resumed_chunks"], 0, "{begin}");
     // A failed attempt never leaves a received sentinel behind: it comes again.
     let sentinel = fs::metadata(root.join("version.ini")).unwrap().len();
     assert_eq!(
