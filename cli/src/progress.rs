@@ -121,9 +121,11 @@ impl Watch<'_> {
                 resumed_bytes,
                 ..
             } => self.begin(*bytes, *chunks, *resumed_chunks, *resumed_bytes),
-            EventKind::DownloadChunkFinished { len, .. } => {
+            EventKind::DownloadChunkFinished {
+                len, resumed_bytes, ..
+            } => {
                 if let Some(b) = &self.bar {
-                    b.inc(*len);
+                    b.inc(len.saturating_sub(*resumed_bytes));
                 }
             }
             EventKind::DownloadFinished {
@@ -186,7 +188,7 @@ impl Watch<'_> {
                 b.set_position(resumed_bytes);
             }
             None if self.json => {}
-            None if resumed_chunks > 0 => outln!(
+            None if resumed_bytes > 0 => outln!(
                 "{game}: resuming, {} of {} already here, {} chunks to fetch",
                 output::bytes(resumed_bytes),
                 output::bytes(bytes),

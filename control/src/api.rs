@@ -450,6 +450,10 @@ pub enum EventKind {
         len: u64,
         peer_id: PeerId,
         addr: String,
+        /// Bytes of this chunk an interrupted earlier attempt had verified (counted in
+        /// `download-begin`'s `resumed_bytes`, not received now).
+        #[serde(default)]
+        resumed_bytes: u64,
     },
     DownloadFinished {
         game_id: GameId,

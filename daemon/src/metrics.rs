@@ -307,8 +307,11 @@ impl Metrics {
                 game_id,
                 len,
                 peer_id,
+                resumed_bytes,
                 ..
             } => {
+                // What an earlier attempt kept of the chunk was not received now.
+                let len = &len.saturating_sub(*resumed_bytes);
                 self.received_by_peer
                     .get_or_create(&self.peer(peer_id.as_str()))
                     .inc_by(*len);

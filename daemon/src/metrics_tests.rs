@@ -21,8 +21,19 @@ fn events_and_answers_become_counters_and_the_snapshot_gauges() {
             len: 1000,
             peer_id: peer.clone(),
             addr: String::new(),
+            resumed_bytes: 0,
         });
     }
+    // A chunk an earlier attempt had kept 600 bytes of: 400 were received now.
+    m.observe(&EventKind::DownloadChunkFinished {
+        game_id: game.clone(),
+        path: "b".into(),
+        offset: 0,
+        len: 1000,
+        peer_id: peer.clone(),
+        addr: String::new(),
+        resumed_bytes: 600,
+    });
     m.observe(&EventKind::DownloadFailed {
         game_id: game.clone(),
         reason: "x".into(),
@@ -49,14 +60,14 @@ fn events_and_answers_become_counters_and_the_snapshot_gauges() {
             &text,
             &format!("lanspread_peer_received_bytes_total{peer_label}")
         ),
-        Some(3000.0),
+        Some(3400.0),
         "{text}"
     );
     assert_eq!(
         value(&text, "lanspread_game_received_bytes_total{game=\"cod5\"}"),
-        Some(3000.0)
+        Some(3400.0)
     );
-    assert_eq!(value(&text, "lanspread_chunks_verified_total"), Some(3.0));
+    assert_eq!(value(&text, "lanspread_chunks_verified_total"), Some(4.0));
     assert_eq!(
         value(&text, "lanspread_operations_ended_total{kind=\"download\",outcome=\"failed\",error=\"disk-full\"}"),
         Some(1.0)

@@ -128,7 +128,7 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
         Ok(done) => {
             let secs = done.duration.as_secs_f64().max(1e-6);
             // The rate counts what crossed the network in this attempt.
-            let moved = done.bytes - done.resumed_bytes;
+            let moved = done.bytes.saturating_sub(done.resumed_bytes);
             info!(game = %id, bytes = done.bytes, ms = done.duration.as_millis() as u64, "download finished");
             shared.events.emit(EventKind::DownloadFinished {
                 game_id: id.clone(),
@@ -225,7 +225,7 @@ async fn download(
         (root.clone(), dests.clone()),
         &present,
     );
-    if resumed_chunks > 0 {
+    if resumed_bytes > 0 {
         info!(game = %id, chunks = resumed_chunks, bytes = resumed_bytes, "resuming");
     }
     shared.lock().operations.sized(id, bytes, resumed_bytes);

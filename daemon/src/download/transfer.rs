@@ -377,6 +377,7 @@ impl Transfer<'_, '_> {
             len: spec.len,
             addr: self.addrs.get(&peer).cloned().unwrap_or_default(),
             peer_id: peer,
+            resumed_bytes: resumed.min(spec.len),
         });
     }
 }

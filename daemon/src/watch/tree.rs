@@ -7,11 +7,15 @@
 //! watch asks for. It also leaves out what [`TreeWatch::start`]'s `skip` names (installed
 //! games under `local/`, the daemon's own metadata), which notify watched too.
 //!
-//! Folders created or moved in are watched as they appear, with their subfolders; an
-//! event queue overflow or a folder that cannot be watched is reported as [`Seen::Lost`]
-//! (the caller rescans everything; the periodic rescan backs this up as before).
-//! Symlinked folders are followed only directly under the watched folder (a game root
-//! may live on another disk), as the catalog's scan does.
+//! Folders created or moved in are watched as they appear, with their subfolders; a
+//! folder moved out is forgotten. An event queue overflow, or the watched folder itself
+//! deleted or moved, is reported as [`Seen::Lost`] (the caller rescans everything); a
+//! folder that cannot be watched (the watch limit) is warned about once and left to the
+//! periodic rescan, as are changes inotify reports only as `IN_MODIFY` (`truncate`,
+//! `fallocate`, a writer that keeps its file open). Symlinked folders are followed only
+//! directly under the watched folder (a game root may live on another disk), and only
+//! when they neither contain the watched folder nor lie in it, as the catalog's scan
+//! allows.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -57,9 +61,17 @@ impl Drop for TreeWatch {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Removing a watch queues `IN_IGNORED`, which ends the thread's blocking read;
-        // closing the descriptor (the thread's last reference) removes the others.
+        // closing the descriptor (the thread's last reference) removes the others. The
+        // top watch is gone when its folder was deleted or unmounted: then a throwaway
+        // watch on `/` is added and removed for the same wake-up.
         if let Err(e) = self.watches.remove(self.top.clone()) {
             debug!("watch: removing the top watch: {e}");
+            match self.watches.add("/", WatchMask::DELETE_SELF) {
+                Ok(wd) => {
+                    let _ = self.watches.remove(wd);
+                }
+                Err(e) => warn!("watch: cannot wake its thread to end it: {e}"),
+            }
         }
     }
 }
@@ -67,15 +79,19 @@ impl Drop for TreeWatch {
 /// The watched folders by descriptor (a folder moved keeps its descriptor).
 struct Tree {
     top: PathBuf,
+    /// `top` with symlinks resolved: a symlinked root must not contain it or lie in it.
+    real_top: PathBuf,
     skip: Skip,
     watches: Watches,
     paths: HashMap<WatchDescriptor, PathBuf>,
+    /// A folder could not be watched (said once).
+    warned: bool,
 }
 
 impl Tree {
-    /// Watches `dir` and the folders under it; false if one could not be watched.
-    fn add(&mut self, dir: &Path) -> bool {
-        let mut ok = true;
+    /// Watches `dir` and the folders under it (again: a re-walk finds folders made while
+    /// events were lost).
+    fn add(&mut self, dir: &Path) {
         let mut seen = HashSet::new();
         let mut stack = vec![dir.to_path_buf()];
         while let Some(dir) = stack.pop() {
@@ -83,40 +99,62 @@ impl Tree {
             if !rel.as_os_str().is_empty() && (self.skip)(rel) {
                 continue;
             }
-            // A symlinked game root is followed; deeper symlinks are not (the mask has
-            // no `DONT_FOLLOW`, so descending is what decides).
-            let wd = match self.watches.add(&dir, MASK) {
+            let depth = rel.components().count();
+            // A game root may be a symlink (checked by `follows`); nothing deeper is
+            // followed.
+            let mask = match depth {
+                0 | 1 => MASK,
+                _ => MASK | WatchMask::DONT_FOLLOW,
+            };
+            let wd = match self.watches.add(&dir, mask) {
                 Ok(wd) => wd,
-                // Gone already, or a file: its creation was reported, nothing to watch.
+                // Gone already, a file or a symlink: its creation was reported.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
                     continue
                 }
                 Err(e) => {
-                    warn!(dir = %dir.display(), "cannot watch ({e}); relying on rescans");
-                    ok = false;
+                    if !self.warned {
+                        warn!(dir = %dir.display(), "cannot watch ({e}); changes there wait for the periodic rescan");
+                        self.warned = true;
+                    }
                     continue;
                 }
             };
-            // The same folder reached twice (a symlink loop, a bind mount): once.
+            // The same folder reached twice in one walk, or known under another path (a
+            // bind mount, two symlinks to one disk): watched once, under its first path.
             if !seen.insert(wd.clone()) {
                 continue;
             }
-            self.paths.insert(wd, dir.clone());
+            match self.paths.get(&wd) {
+                Some(known) if *known != dir => continue,
+                Some(_) => {}
+                None => {
+                    self.paths.insert(wd, dir.clone());
+                }
+            }
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
-            let depth = rel.components().count();
             for entry in entries.flatten() {
                 let Ok(kind) = entry.file_type() else {
                     continue;
                 };
-                let follow = kind.is_symlink() && depth == 0 && entry.path().is_dir();
-                if kind.is_dir() || follow {
+                if kind.is_dir() || (depth == 0 && kind.is_symlink() && self.follows(&entry.path()))
+                {
                     stack.push(entry.path());
                 }
             }
         }
-        ok
+    }
+
+    /// Whether a symlinked game root is watched: a folder that neither contains the
+    /// watched folder nor lies in it (`games/g -> ..` would walk the whole disk).
+    fn follows(&self, link: &Path) -> bool {
+        std::fs::canonicalize(link).is_ok_and(|target| {
+            target.is_dir()
+                && !self.real_top.starts_with(&target)
+                && !target.starts_with(&self.real_top)
+        })
     }
 
     /// A folder moved away: its watches go (moved back in, it is watched again).
@@ -146,14 +184,14 @@ impl TreeWatch {
         let watches = inotify.watches();
         let mut tree = Tree {
             top: dir.to_path_buf(),
+            real_top: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
             skip,
             watches: inotify.watches(),
             paths: HashMap::new(),
+            warned: false,
         };
         let top = tree.watches.add(dir, MASK)?;
-        if !tree.add(dir) {
-            handler(Seen::Lost);
-        }
+        tree.add(dir);
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         std::thread::Builder::new()
@@ -202,7 +240,7 @@ fn handle(
     seen: &mut Vec<PathBuf>,
 ) -> bool {
     if mask.contains(EventMask::Q_OVERFLOW) {
-        // Folders created meanwhile may be unwatched: watch the whole tree again.
+        // Folders created meanwhile may be unwatched: walk the whole tree again.
         let top = tree.top.clone();
         tree.add(&top);
         return true;
@@ -214,20 +252,26 @@ fn handle(
     let Some(dir) = tree.paths.get(wd) else {
         return false;
     };
+    if *dir == tree.top
+        && name.is_none()
+        && mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF)
+    {
+        warn!(dir = %dir.display(), "the watched folder was deleted or moved; changes wait for the periodic rescan");
+        return true;
+    }
     let path = name.map_or_else(|| dir.clone(), |n| dir.join(n));
-    let mut lost = false;
     let arrived = mask.intersects(EventMask::CREATE | EventMask::MOVED_TO);
-    // A symlink to a game root on another disk is a folder to watch too.
-    let linked_root = || *dir == tree.top && path.is_dir();
-    if mask.contains(EventMask::ISDIR) || (arrived && linked_root()) {
-        if arrived {
-            lost = !tree.add(&path);
-        } else if mask.contains(EventMask::MOVED_FROM) {
-            tree.forget(&path);
-        }
+    let left = mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM);
+    // A game root symlinked in from another disk is watched too, and forgotten when the
+    // link goes (its target's watches would otherwise stay).
+    let root_entry = *dir == tree.top;
+    if arrived && (mask.contains(EventMask::ISDIR) || (root_entry && tree.follows(&path))) {
+        tree.add(&path);
+    } else if left && (mask.contains(EventMask::ISDIR) || root_entry) {
+        tree.forget(&path);
     }
     seen.push(path);
-    lost
+    false
 }
 
 #[cfg(test)]
@@ -268,9 +312,25 @@ mod tests {
         // so they may or may not be seen; f's write is seen once b is watched (or made
         // before, and then covered by the rescan g's creation causes).
         assert_eq!(next(&rx), Seen::Path(top.path().join("g")));
-        std::fs::write(deep.join("late.eti"), b"y").unwrap();
-        let want = Seen::Path(deep.join("late.eti"));
-        while next(&rx) != want {}
+        // b is watched once the walk that g's creation started has reached it (the
+        // thread may have read g's event before a and b existed: then b's own creation
+        // event starts the walk): write until a write in b is reported.
+        for i in 0.. {
+            let late = deep.join(format!("late{i}.eti"));
+            std::fs::write(&late, b"y").unwrap();
+            let want = Seen::Path(late);
+            let mut got = next(&rx);
+            while let Ok(more) = rx.recv_timeout(Duration::from_millis(50)) {
+                if got == want {
+                    break;
+                }
+                got = more;
+            }
+            if got == want {
+                break;
+            }
+            assert!(i < 100, "no write in a new folder was ever reported");
+        }
     }
 
     #[test]
@@ -336,6 +396,42 @@ mod tests {
         assert_eq!(next(&rx), Seen::Path(root.clone()));
         std::fs::write(disk.path().join("f.eti"), b"x").unwrap();
         assert_eq!(next(&rx), Seen::Path(root.join("f.eti")));
+    }
+
+    #[test]
+    fn a_root_linked_to_a_folder_around_the_games_dir_is_not_walked() {
+        let outer = tempfile::tempdir().unwrap();
+        let top = outer.path().join("games");
+        std::fs::create_dir_all(top.join("real")).unwrap();
+        std::fs::create_dir_all(outer.path().join("elsewhere/sub")).unwrap();
+        // A root linked to the games dir's parent and one to the games dir itself.
+        std::os::unix::fs::symlink(outer.path(), top.join("up")).unwrap();
+        std::os::unix::fs::symlink(&top, top.join("self")).unwrap();
+        let (_w, rx) = watch(&top);
+        std::fs::write(outer.path().join("elsewhere/sub/f"), b"x").unwrap();
+        std::fs::write(top.join("real/marker"), b"").unwrap();
+        let got = until(&rx, &top.join("real/marker"));
+        assert_eq!(got, [Seen::Path(top.join("real/marker"))]);
+    }
+
+    #[test]
+    fn the_watched_folder_deleted_is_reported_and_the_watch_still_ends() {
+        let outer = tempfile::tempdir().unwrap();
+        let top = outer.path().join("games");
+        std::fs::create_dir(&top).unwrap();
+        let (w, rx) = watch(&top);
+        std::fs::remove_dir(&top).unwrap();
+        assert_eq!(next(&rx), Seen::Lost);
+        drop(w);
+        loop {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(_) => continue,
+                Err(e) => {
+                    assert_eq!(e, mpsc::RecvTimeoutError::Disconnected);
+                    break;
+                }
+            }
+        }
     }
 
     #[test]

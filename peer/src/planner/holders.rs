@@ -217,15 +217,18 @@ impl Planner {
     }
 
     /// Bytes coming in from all sources, a complete source's answer counted as at most
-    /// one chunk (an offer names many; the source sends one).
+    /// one chunk (an offer names many; the source sends one), and the complete sources'
+    /// together as at most one chunk less than the cap: several finished peers answering
+    /// at once never leave the partial holders without a chunk to send.
     fn inbound_bytes(&self) -> u64 {
-        self.sources
-            .values()
-            .map(|s| match s.has {
-                Some(_) => s.in_flight_bytes,
-                None => s.in_flight_bytes.min(CHUNK_SIZE),
-            })
-            .sum()
+        let (mut partial, mut complete) = (0, 0);
+        for s in self.sources.values() {
+            match s.has {
+                Some(_) => partial += s.in_flight_bytes,
+                None => complete += s.in_flight_bytes.min(CHUNK_SIZE),
+            }
+        }
+        partial + complete.min(SWARM_INBOUND_BYTES - CHUNK_SIZE)
     }
 
     /// The first chunk a partial source with room can take, rarest first, while less than
@@ -384,7 +387,7 @@ mod tests {
         let files = [file("g.eti", 10 * C)];
         let mut p = Planner::new(&files, &[pid(1)], 64).offer_to_complete_sources(4);
         for peer in 2..=8 {
-            p.set_partial(&pid(peer), set(10, &[0, 1, 2, 3, 4, 5, 6, 7]));
+            p.set_partial(&pid(peer), set(10, &[0, 1, 2, 3, 4, 5]));
         }
         let first: Vec<_> = std::iter::from_fn(|| p.poll_batch()).collect();
         let partial: Vec<_> = first.iter().filter(|b| !b.offer).collect();
@@ -397,17 +400,34 @@ mod tests {
         assert!(partial.iter().all(|b| b.chunks.len() == 1));
         // The server is never held back: what the swarm lacks comes from it.
         assert_eq!(offers.len(), 1);
-        assert_eq!(offers[0].chunks, [8, 9]);
-        // Its answer counts as one chunk, not the two offered: one partial chunk done
-        // leaves three and the server's, so nothing new starts ...
+        assert_eq!(offers[0].chunks, [6, 7, 8, 9]);
+        // Its answer counts as one chunk, not the four offered: one partial chunk done
+        // leaves three and the server's, so nothing new starts; two done leave room for
+        // exactly one.
         p.on_done(partial[0].chunks[0], &partial[0].peer);
         assert_eq!(p.poll_batch(), None, "four coming in");
-        // ... until the server's answer ends.
-        p.on_done(8, &pid(1));
-        p.on_failed(9, &pid(1), FailKind::NotChosen);
+        p.on_done(partial[1].chunks[0], &partial[1].peer);
         let next: Vec<_> = std::iter::from_fn(|| p.poll_batch()).collect();
-        assert_eq!(next.iter().filter(|b| !b.offer).count(), 1, "{next:?}");
-        assert_eq!(next.iter().filter(|b| b.offer).count(), 1, "{next:?}");
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert!(!next[0].offer);
+    }
+
+    #[test]
+    fn finished_peers_answering_at_once_leave_the_partial_holders_a_chunk() {
+        let files = [file("g.eti", 10 * C)];
+        let complete: Vec<_> = (1..=5).map(pid).collect();
+        let mut p = Planner::new(&files, &complete, 64).limit_in_flight_bytes(C);
+        // Five finished peers each send a chunk ...
+        let busy: Vec<_> = std::iter::from_fn(|| p.poll_batch()).collect();
+        assert_eq!(busy.len(), 5, "{busy:?}");
+        // ... and a partial holder still gets the chunk only it has.
+        p.set_partial(&pid(9), set(10, &[9]));
+        let next: Vec<_> = std::iter::from_fn(|| p.poll_batch()).collect();
+        assert_eq!(next.len(), 1, "{next:?}");
+        assert_eq!(
+            (next[0].peer.clone(), next[0].chunks.clone()),
+            (pid(9), vec![9])
+        );
     }
 
     #[test]

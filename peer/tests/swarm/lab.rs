@@ -264,7 +264,9 @@ struct Party<'a> {
     now: f64,
     liar_rejected: usize,
     one_copy_at: Option<f64>,
-    timeline: Timeline,
+    /// Recorded only when asked for (`LANSPREAD_SWARM_TIMELINE`): it costs a pass over
+    /// the flows per client and step.
+    timeline: Option<Timeline>,
 }
 
 pub fn run(lab: &Lab) -> Report {
@@ -283,7 +285,7 @@ pub fn run(lab: &Lab) -> Report {
         now: 0.0,
         liar_rejected: 0,
         one_copy_at: None,
-        timeline: Timeline::default(),
+        timeline: std::env::var_os("LANSPREAD_SWARM_TIMELINE").map(|_| Timeline::default()),
     };
     let limit = 1000.0 * lab.t_min() + lab.stagger * lab.clients as f64;
     while p.step() {
@@ -571,6 +573,9 @@ impl Party<'_> {
 
     /// Adds the links' use over the next `dt` seconds to the timeline.
     fn record(&mut self, dt: f64) {
+        if self.timeline.is_none() {
+            return;
+        }
         let downloading: Vec<usize> = (1..=self.lab.clients).filter(|&c| self.active(c)).collect();
         let from = |c: usize| self.flows.iter().filter(move |f| f.src == c);
         let into = |c: usize| self.flows.iter().filter(move |f| f.dst == c);
@@ -594,7 +599,9 @@ impl Party<'_> {
             flows_in: downloading.iter().map(|&c| into(c).count()).sum::<usize>() as f64
                 / downloading.len().max(1) as f64,
         };
-        self.timeline.add(self.now, dt, &step);
+        if let Some(t) = self.timeline.as_mut() {
+            t.add(self.now, dt, &step);
+        }
     }
 
     fn swarm_has_every_chunk(&self) -> bool {
@@ -675,7 +682,7 @@ impl Party<'_> {
             starved,
             liar_rejected: self.liar_rejected,
             one_copy_at: self.one_copy_at,
-            timeline: self.timeline.clone(),
+            timeline: self.timeline.clone().unwrap_or_default(),
         }
     }
 }

@@ -83,6 +83,15 @@ fn a_liar_is_caught_at_its_bad_piece_and_only_the_rest_is_fetched_again() {
         let last = c.events_named(name).pop().unwrap();
         assert_eq!(last["resumed_bytes"], 2 * MIB, "{last}");
     }
+    // ... and the chunk they belong to says so when it is verified (a progress bar and
+    // the received-bytes metrics count only the rest).
+    let chunk = c
+        .events_named("download-chunk-finished")
+        .into_iter()
+        .rfind(|e| e["path"] == "cod5.eti")
+        .unwrap();
+    assert_eq!(chunk["offset"], 0, "{chunk}");
+    assert_eq!(chunk["resumed_bytes"], 2 * MIB, "{chunk}");
     // The source counts an answer's bytes once it ends: wait for the figure to settle.
     let sentinel = fs::metadata(root.join("version.ini")).unwrap().len();
     let expected = SIZE - 2 * MIB + sentinel;
