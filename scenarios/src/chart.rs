@@ -27,7 +27,7 @@ fn draw(report: &LabReport, out: &mut String) -> Result<(), Box<dyn std::error::
     root.fill(&WHITE)?;
     let (top, bottom) = root.split_vertically(480);
     let title = format!(
-        "swarm lab: {} clients, {} MiB, {} Mbit/s links{} — slowest {:.2}, median {:.2} x T_min, server {:.2} F",
+        "swarm lab: {} clients, {} MiB, {} Mbit/s links{}{} — slowest {:.2}, median {:.2} x T_min, server {:.2} F",
         s.clients,
         s.mib,
         s.mbit,
@@ -36,6 +36,9 @@ fn draw(report: &LabReport, out: &mut String) -> Result<(), Box<dyn std::error::
         } else {
             format!(", start every {} ms", s.stagger_ms)
         },
+        report
+            .killed_s
+            .map_or(String::new(), |k| format!(", server killed at {k:.0} s")),
         report.slowest_ratio(),
         report.median_ratio(),
         report.server_copies(),

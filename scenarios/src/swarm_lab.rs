@@ -1,7 +1,9 @@
 //! The swarm lab (issue 21): one server and N clients, each a real `lanspreadd` in its own
 //! network namespace on one bridge, every link rate-limited with `tc` in both directions,
 //! the clients told only the server's address (peer exchange links them), every client
-//! downloading one game at once or one after another (staggered). What a run measured
+//! downloading one game at once or one after another (staggered), optionally with the
+//! server SIGKILLed as soon as one copy of every chunk is verified on some client (then
+//! every client must still finish from the others). What a run measured
 //! comes back as a [`LabReport`]: each client's time against the lower bound of
 //! peer-assisted distribution, the server's upload against one copy, the bytes clients
 //! got from each other, and the curves [`crate::chart`] draws.
@@ -31,12 +33,20 @@ pub struct LabShape {
     pub mbit: u64,
     /// Delay between one client's start and the next (0: all at once).
     pub stagger_ms: u64,
+    /// SIGKILL the server once every chunk is verified on some client.
+    pub kill: bool,
 }
 
 impl LabShape {
-    /// Parses `CLIENTS:MIB:MBIT[:STAGGER_MS]`, e.g. `16:1024:100` or `8:1024:100:5000`.
+    /// Parses `CLIENTS:MIB:MBIT[:STAGGER_MS][:kill]`, e.g. `16:1024:100`,
+    /// `8:1024:100:5000` or `16:1024:100:0:kill`.
     pub fn parse(s: &str) -> Result<LabShape, String> {
-        let bad = || format!("{s}: expected CLIENTS:MIB:MBIT[:STAGGER_MS], e.g. 16:1024:100");
+        let bad =
+            || format!("{s}: expected CLIENTS:MIB:MBIT[:STAGGER_MS][:kill], e.g. 16:1024:100");
+        let (s, kill) = match s.strip_suffix(":kill") {
+            Some(rest) => (rest, true),
+            None => (s, false),
+        };
         let n: Vec<u64> = s
             .split(':')
             .map(|p| p.parse().map_err(|_| bad()))
@@ -54,6 +64,7 @@ impl LabShape {
             mib,
             mbit,
             stagger_ms,
+            kill,
         })
     }
 
@@ -99,6 +110,9 @@ pub struct LabReport {
     /// The server's upload rate, `(seconds since the start, Mbit/s)`, from the chunks it
     /// served, each spread over the time since its client's previous chunk from it.
     pub server_rate: Vec<(f64, f64)>,
+    /// When the server was killed (one copy of every chunk in the swarm), seconds since
+    /// the start.
+    pub killed_s: Option<f64>,
 }
 
 impl LabReport {
@@ -142,6 +156,7 @@ impl LabReport {
             "mib": s.mib,
             "mbit": s.mbit,
             "stagger_ms": s.stagger_ms,
+            "server_killed_s": self.killed_s,
             "t_min_s": s.t_min().as_secs_f64(),
             "slowest_over_t_min": self.slowest_ratio(),
             "median_over_t_min": self.median_ratio(),
@@ -164,10 +179,14 @@ impl LabReport {
         format!(
             "| {} | {} | {:.2} | {:.2} | {:.2} | {:.0} |",
             self.shape.clients,
-            if self.shape.stagger_ms == 0 {
-                "together".to_owned()
-            } else {
-                format!("every {:.1} s", self.shape.stagger_ms as f64 / 1000.0)
+            match (self.shape.stagger_ms, self.killed_s) {
+                (0, None) => "together".to_owned(),
+                (0, Some(k)) => format!("together, server killed at {k:.0} s"),
+                (ms, None) => format!("every {:.1} s", ms as f64 / 1000.0),
+                (ms, Some(k)) => format!(
+                    "every {:.1} s, server killed at {k:.0} s",
+                    ms as f64 / 1000.0
+                ),
             },
             self.slowest_ratio(),
             self.median_ratio(),
@@ -232,7 +251,34 @@ pub fn run(shape: LabShape) -> LabReport {
     });
     let t0 = Instant::now();
     let t0_ms = unix_ms();
+    let chunks = chunk_count(&crate::manifest(&sdir.path().join(GAME)));
+    let mut killed_s = None;
     let timed: Vec<(Duration, Duration)> = std::thread::scope(|s| {
+        if shape.kill {
+            let (server, clients, killed_s) = (&server, &clients, &mut killed_s);
+            let limit = 20 * shape.t_min() + Duration::from_millis(shape.stagger_ms) * 20;
+            s.spawn(move || {
+                // One copy of every chunk verified somewhere: the server may go.
+                loop {
+                    let mut held = std::collections::BTreeSet::new();
+                    for c in clients {
+                        for e in c.events_named("download-chunk-finished") {
+                            held.insert((e["path"].to_string(), e["offset"].as_u64()));
+                        }
+                    }
+                    if held.len() >= chunks {
+                        break;
+                    }
+                    assert!(
+                        t0.elapsed() < limit,
+                        "no copy of every chunk after {limit:?}"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                server.signal(libc::SIGKILL);
+                *killed_s = Some(t0.elapsed().as_secs_f64());
+            });
+        }
         let hs: Vec<_> = clients
             .iter()
             .enumerate()
@@ -271,7 +317,16 @@ pub fn run(shape: LabShape) -> LabReport {
         game_bytes,
         clients: runs,
         server_rate: rate_curve(&served, shape.t_min().as_secs_f64() / 50.0),
+        killed_s,
     }
+}
+
+/// Chunks of a game: each file's 32 MiB ranges, an empty or small file one.
+fn chunk_count(files: &crate::Manifest) -> usize {
+    files
+        .values()
+        .map(|(size, _)| size.div_ceil(lanspread_proto::CHUNK_SIZE).max(1) as usize)
+        .sum()
 }
 
 /// A client's figures from its events, and the `(from, to, bytes)` spans of the chunks
@@ -352,6 +407,9 @@ mod tests {
         let t = s.t_min().as_secs_f64();
         assert!((t - 1024.0 * 1048576.0 * 8.0 / 1e8).abs() < 1e-6, "{t}");
         assert_eq!(LabShape::parse("4:64:40:500").unwrap().stagger_ms, 500);
+        let k = LabShape::parse("16:1024:100:0:kill").unwrap();
+        assert!(k.kill && !s.kill && k.stagger_ms == 0);
+        assert!(LabShape::parse("4:64:40:kill").unwrap().kill);
         for bad in [
             "",
             "4",
@@ -360,6 +418,8 @@ mod tests {
             "4:64:x",
             "4:64:40:1:2",
             "500:1:1",
+            "kill",
+            "4:64:40:1:kill:kill",
         ] {
             assert!(LabShape::parse(bad).is_err(), "{bad}");
         }

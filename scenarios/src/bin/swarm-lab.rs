@@ -3,7 +3,7 @@
 //! the table for `bench/README.md`. Minutes per run; not for CI.
 //!
 //! ```text
-//! swarm-lab [--out DIR] [SHAPE...]     SHAPE = CLIENTS:MIB:MBIT[:STAGGER_MS]
+//! swarm-lab [--out DIR] [SHAPE...]     SHAPE = CLIENTS:MIB:MBIT[:STAGGER_MS][:kill]
 //! ```
 //! Without shapes: N = 4, 8, 16 with a 1 GiB game over 100 Mbit/s links, all started
 //! together and one every 5 s.
@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
         match a.as_str() {
             "--out" => out = args.next().context("--out needs a directory")?.into(),
             "-h" | "--help" => {
-                println!("swarm-lab [--out DIR] [CLIENTS:MIB:MBIT[:STAGGER_MS]...]");
+                println!("swarm-lab [--out DIR] [CLIENTS:MIB:MBIT[:STAGGER_MS][:kill]...]");
                 return Ok(());
             }
             s => shapes.push(LabShape::parse(s).map_err(anyhow::Error::msg)?),
@@ -35,6 +35,7 @@ fn main() -> anyhow::Result<()> {
                     mib: 1024,
                     mbit: 100,
                     stagger_ms,
+                    kill: false,
                 });
             }
         }
@@ -52,8 +53,12 @@ fn main() -> anyhow::Result<()> {
         );
         let report = swarm_lab::run(shape);
         let stem = format!(
-            "swarm-{}x{}mib-{}mbit-{}",
-            shape.clients, shape.mib, shape.mbit, shape.stagger_ms
+            "swarm-{}x{}mib-{}mbit-{}{}",
+            shape.clients,
+            shape.mib,
+            shape.mbit,
+            shape.stagger_ms,
+            if shape.kill { "-kill" } else { "" }
         );
         let json = serde_json::to_string_pretty(&report.to_json())?;
         std::fs::write(out.join(format!("{stem}.json")), json)?;

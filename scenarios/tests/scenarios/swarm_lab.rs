@@ -5,7 +5,7 @@
 //! chunks from each other, the server uploaded less than one copy per client, and the
 //! run's chart is drawn. No duration is asserted; the figures are printed.
 //!
-//! `LANSPREAD_SWARM_LAB=CLIENTS:MIB:MBIT[:STAGGER_MS]` runs another shape; the bench
+//! `LANSPREAD_SWARM_LAB=CLIENTS:MIB:MBIT[:STAGGER_MS][:kill]` runs another shape; the bench
 //! (`swarm-lab`, `just swarm-lab`) runs the large ones and writes their charts.
 
 use lanspread_proto::CHUNK_SIZE;
@@ -53,4 +53,38 @@ fn swarm_lab_clients_in_namespaces_fetch_from_each_other() {
     }
     let svg = chart::swarm_svg(&report).unwrap();
     assert!(svg.contains("<svg") && svg.matches("<polyline").count() > shape.clients);
+}
+
+#[test]
+fn swarm_lab_server_killed_once_a_copy_is_in_the_swarm_every_client_finishes() {
+    if skip_privileged("swarm_lab_server_killed_once_a_copy_is_in_the_swarm_every_client_finishes")
+    {
+        return;
+    }
+    // The lab SIGKILLs the server once every chunk is verified on some client; it fails
+    // if a client's download fails or a tree differs from the server's.
+    let shape = LabShape::parse("4:256:200:0:kill").unwrap();
+    let report = swarm_lab::run(shape);
+    eprintln!("{}", report.row());
+    let killed = report.killed_s.expect("the server was killed");
+    // The server really left before the end: some client got chunks after it was gone,
+    // from the others only.
+    let last = report
+        .clients
+        .iter()
+        .filter_map(|c| c.curve.last().map(|p| p.0))
+        .fold(0.0, f64::max);
+    assert!(
+        last > killed,
+        "everyone had finished at {last:.1} s before the kill at {killed:.1} s"
+    );
+    assert!(report.server_copies() < shape.clients as f64);
+    for c in &report.clients {
+        assert_eq!(
+            c.from_server + c.from_peers,
+            report.game_bytes,
+            "{}",
+            c.name
+        );
+    }
 }
