@@ -41,16 +41,7 @@ fn swarm_lab_clients_in_namespaces_fetch_from_each_other() {
         report.server_copies(),
         shape.clients
     );
-    // Every client received the whole game, and the curve says so.
-    for c in &report.clients {
-        assert_eq!(
-            c.from_server + c.from_peers,
-            report.game_bytes,
-            "{}",
-            c.name
-        );
-        assert_eq!(c.curve.last().map(|p| p.1), Some(report.game_bytes));
-    }
+    every_client_got_the_game(&report);
     let svg = chart::swarm_svg(&report).unwrap();
     assert!(svg.contains("<svg") && svg.matches("<polyline").count() > shape.clients);
 }
@@ -79,6 +70,11 @@ fn swarm_lab_server_killed_once_a_copy_is_in_the_swarm_every_client_finishes() {
         "everyone had finished at {last:.1} s before the kill at {killed:.1} s"
     );
     assert!(report.server_copies() < shape.clients as f64);
+    every_client_got_the_game(&report);
+}
+
+/// Every client received the whole game, and its curve says so.
+fn every_client_got_the_game(report: &swarm_lab::LabReport) {
     for c in &report.clients {
         assert_eq!(
             c.from_server + c.from_peers,
@@ -86,5 +82,6 @@ fn swarm_lab_server_killed_once_a_copy_is_in_the_swarm_every_client_finishes() {
             "{}",
             c.name
         );
+        assert_eq!(c.curve.last().map(|p| p.1), Some(report.game_bytes));
     }
 }
