@@ -86,9 +86,17 @@ impl Daemon {
                 Stdio::null()
             })
             .spawn()?;
+        let mut daemon = Self {
+            child,
+            socket,
+            events,
+            addr: String::new(),
+        };
+        // From here on a failure drops `daemon`, which kills the process (a daemon that
+        // never said it is ready must not outlive the bench).
         let start = Instant::now();
-        let addr = loop {
-            let text = std::fs::read_to_string(&events).unwrap_or_default();
+        daemon.addr = loop {
+            let text = std::fs::read_to_string(&daemon.events).unwrap_or_default();
             if let Some(line) = text.lines().find(|l| l.contains("local-peer-ready")) {
                 let v: serde_json::Value = serde_json::from_str(line)?;
                 break v["addr"].as_str().unwrap_or_default().to_owned();
@@ -99,12 +107,7 @@ impl Daemon {
             );
             std::thread::sleep(Duration::from_millis(20));
         };
-        Ok(Self {
-            child,
-            socket,
-            events,
-            addr,
-        })
+        Ok(daemon)
     }
 
     /// Runs `lanspread --json args...` against this daemon.
