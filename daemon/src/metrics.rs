@@ -311,16 +311,16 @@ impl Metrics {
                 ..
             } => {
                 // What an earlier attempt kept of the chunk was not received now.
-                let len = &len.saturating_sub(*resumed_bytes);
+                let len = len.saturating_sub(*resumed_bytes);
                 self.received_by_peer
                     .get_or_create(&self.peer(peer_id.as_str()))
-                    .inc_by(*len);
+                    .inc_by(len);
                 self.received_by_game
                     .get_or_create(&Game {
                         game: game_id.to_string(),
                     })
-                    .inc_by(*len);
-                self.received_total.fetch_add(*len, Ordering::Relaxed);
+                    .inc_by(len);
+                self.received_total.fetch_add(len, Ordering::Relaxed);
                 self.chunks_verified.inc();
             }
             EventKind::PeerLost { peer_id, .. } => self.forget(peer_id.as_str()),

@@ -625,11 +625,8 @@ fn read_ranges(root: PathBuf, files: Vec<(PathBuf, u64, u64)>, check: Check) -> 
         // The root is resolved once per request, not per file.
         let confined = lanspread_catalog::Confined::new(&root);
         for (path, offset, len) in files {
-            let name = path
-                .strip_prefix(&root)
-                .unwrap_or(&path)
-                .display()
-                .to_string();
+            // Named in a refusal only: no string per file served.
+            let name = || path.strip_prefix(&root).unwrap_or(&path).display();
             let opened = match &confined {
                 Ok(c) => c.open(&path),
                 Err(e) => Err(std::io::Error::new(e.kind(), format!("the game root: {e}"))),
@@ -638,12 +635,13 @@ fn read_ranges(root: PathBuf, files: Vec<(PathBuf, u64, u64)>, check: Check) -> 
                 Ok((f, meta)) if check.holds(&path, &meta) => f,
                 Ok(_) => {
                     let _ = tx.blocking_send(Err(refused(format!(
-                        "{name} changed since its hashes were given out; ask for the manifest again"
+                        "{} changed since its hashes were given out; ask for the manifest again",
+                        name()
                     ))));
                     return;
                 }
                 Err(e) => {
-                    let _ = tx.blocking_send(Err(refused(format!("{name}: {e}"))));
+                    let _ = tx.blocking_send(Err(refused(format!("{}: {e}", name()))));
                     return;
                 }
             };

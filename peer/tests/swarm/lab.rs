@@ -14,7 +14,7 @@ use lanspread_peer::{
 };
 use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE};
 
-use crate::timeline::{Step, Timeline};
+use crate::timeline::{Timeline, Window};
 
 const MBIT: f64 = 1e6 / 8.0;
 const EPS: f64 = 1e-6;
@@ -579,7 +579,8 @@ impl Party<'_> {
         let downloading: Vec<usize> = (1..=self.lab.clients).filter(|&c| self.active(c)).collect();
         let from = |c: usize| self.flows.iter().filter(move |f| f.src == c);
         let into = |c: usize| self.flows.iter().filter(move |f| f.dst == c);
-        let step = Step {
+        let count = |n: usize| n as f64;
+        let step = Window {
             server_up: from(0).map(|f| f.rate).sum(),
             clients_up: self
                 .flows
@@ -587,16 +588,20 @@ impl Party<'_> {
                 .filter(|f| f.src > 0)
                 .map(|f| f.rate)
                 .sum(),
-            idle_down: downloading
-                .iter()
-                .filter(|&&c| into(c).next().is_none())
-                .count(),
-            idle_up: downloading
-                .iter()
-                .filter(|&&c| from(c).next().is_none())
-                .count(),
-            server_flows: from(0).count(),
-            flows_in: downloading.iter().map(|&c| into(c).count()).sum::<usize>() as f64
+            idle_down: count(
+                downloading
+                    .iter()
+                    .filter(|&&c| into(c).next().is_none())
+                    .count(),
+            ),
+            idle_up: count(
+                downloading
+                    .iter()
+                    .filter(|&&c| from(c).next().is_none())
+                    .count(),
+            ),
+            server_flows: count(from(0).count()),
+            flows_in: count(downloading.iter().map(|&c| into(c).count()).sum::<usize>())
                 / downloading.len().max(1) as f64,
         };
         if let Some(t) = self.timeline.as_mut() {

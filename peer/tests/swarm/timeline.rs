@@ -9,7 +9,8 @@ use std::fmt;
 pub const WINDOW: f64 = 5.0;
 const MBIT: f64 = 1e6 / 8.0;
 
-/// One window's link use, each a time average over the window.
+/// Link use: one step's (then as it was for the step's length) or one window's (a time
+/// average over the window).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Window {
     /// The server's upload, bytes/s.
@@ -24,23 +25,13 @@ pub struct Window {
     pub flows_in: f64,
 }
 
-/// What one step of the party looked like for `dt` seconds.
-pub struct Step {
-    pub server_up: f64,
-    pub clients_up: f64,
-    pub idle_down: usize,
-    pub idle_up: usize,
-    pub server_flows: usize,
-    pub flows_in: f64,
-}
-
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Timeline(pub Vec<Window>);
 
 impl Timeline {
     /// Adds a step that started at `now` and lasted `dt`, split over the windows it
     /// spans.
-    pub fn add(&mut self, now: f64, dt: f64, s: &Step) {
+    pub fn add(&mut self, now: f64, dt: f64, s: &Window) {
         let (mut at, end) = (now, now + dt);
         while at < end {
             let i = (at / WINDOW) as usize;
@@ -52,9 +43,9 @@ impl Timeline {
             let k = (upto - at) / WINDOW;
             w.server_up += s.server_up * k;
             w.clients_up += s.clients_up * k;
-            w.idle_down += s.idle_down as f64 * k;
-            w.idle_up += s.idle_up as f64 * k;
-            w.server_flows += s.server_flows as f64 * k;
+            w.idle_down += s.idle_down * k;
+            w.idle_up += s.idle_up * k;
+            w.server_flows += s.server_flows * k;
             w.flows_in += s.flows_in * k;
             at = upto.max(at + 1e-9);
         }
