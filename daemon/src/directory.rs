@@ -37,6 +37,8 @@ pub enum Holdings {
     All(Holding),
     /// More verified chunks of a game at a manifest digest.
     More(GameId, ChunkHash, Vec<u32>),
+    /// The chunks of a game it is fetching now (the whole list).
+    Growing(GameId, ChunkHash, Vec<u32>),
     /// It no longer holds the game in part.
     Gone(GameId),
 }
@@ -270,6 +272,9 @@ impl Directory {
             Holdings::All(h) => p.table.set_holding(remote, h, catalog),
             Holdings::More(game, digest, chunks) => {
                 p.table.holding_more(remote, &game, &digest, &chunks)
+            }
+            Holdings::Growing(game, digest, chunks) => {
+                p.table.holding_growing(remote, &game, &digest, &chunks)
             }
             Holdings::Gone(game) => p.table.holding_gone(remote, &game),
         };

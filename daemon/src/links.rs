@@ -385,6 +385,15 @@ async fn follow(
                     let _ = shared.peers.pex_dial.send(p);
                 }
             }
+            Ok(Some(Message::HoldingGrowing {
+                game,
+                digest,
+                chunks,
+            })) => shared.peers.holding(
+                (remote, conn),
+                Holdings::Growing(game, digest, chunks),
+                &shared.catalog(),
+            ),
             Ok(Some(Message::HoldingGone { game })) => {
                 shared
                     .peers

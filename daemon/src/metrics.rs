@@ -86,6 +86,7 @@ pub struct Metrics {
     received_by_peer: Family<Peer, Counter>,
     received_by_game: Family<Game, Counter>,
     chunks_verified: Counter,
+    chunks_relayed: Counter,
     chunks_failed: Family<Reason, Counter>,
     started: Family<Kind, Counter>,
     ended: Family<Outcome, Counter>,
@@ -126,6 +127,7 @@ impl Metrics {
             received_by_peer: Family::default(),
             received_by_game: Family::default(),
             chunks_verified: Counter::default(),
+            chunks_relayed: Counter::default(),
             chunks_failed: Family::default(),
             started: Family::default(),
             ended: Family::default(),
@@ -177,6 +179,11 @@ impl Metrics {
             "chunks_verified",
             "Chunks received and verified (SHA-256)",
             m.chunks_verified.clone(),
+        );
+        r.register(
+            "chunks_relayed",
+            "Chunk requests answered while the chunk was still arriving here (cut-through)",
+            m.chunks_relayed.clone(),
         );
         r.register(
             "chunks_failed",
@@ -419,6 +426,11 @@ impl Metrics {
                 reason: reason.into(),
             })
             .inc();
+    }
+
+    /// A partial copy's chunk was asked for while its fetch here still ran.
+    pub fn chunk_relayed(&self) {
+        self.chunks_relayed.inc();
     }
 
     /// A manifest request was answered from the cache (`hit`) or after hashing.

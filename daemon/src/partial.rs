@@ -1,23 +1,64 @@
 //! The partial copies this daemon holds while it downloads (swarm): what every link
-//! announces (`Holding`, then `HoldingMore`, `HoldingGone`, through a watch each link
-//! writer diffs with `holding_frames`), and what a `PartialChunks` request may read — only
-//! chunks verified against the manifest, from the files the download writes.
+//! announces (`Holding`, then `HoldingMore`, `HoldingGrowing`, `HoldingGone`, through a
+//! watch each link writer diffs with `holding_frames`), and what a `PartialChunks` request
+//! may read — only chunks verified against the manifest, from the files the download
+//! writes, and the chunks being fetched now, each piece once it is verified and written
+//! (`Growing`: cut-through).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lanspread_catalog::{FileManifest, GameId, Version};
-use lanspread_peer::{gate_partial_chunk, PeerError};
-use lanspread_proto::{ChunkHash, ChunkRange, ChunkSet, Holding};
+use lanspread_peer::{gate_partial_chunk, HeldCopy, PeerError};
+use lanspread_proto::{ChunkHash, ChunkRange, ChunkSet, Holding, MAX_GROWING};
 use tokio::sync::watch;
 
 /// What the links announce: one holding per game being downloaded.
-pub type Announced = Arc<BTreeMap<GameId, Holding>>;
+pub type Announced = Arc<BTreeMap<GameId, HeldCopy>>;
+
+/// A chunk being fetched: how far its bytes are verified and written, for the answers
+/// that relay it as it arrives.
+#[derive(Debug)]
+pub struct Growing {
+    /// The file offset up to which the chunk's bytes are verified and written.
+    written_to: AtomicU64,
+    /// The fetch failed: nothing more of it will be written by this fetch.
+    failed: AtomicBool,
+}
+
+impl Growing {
+    pub(crate) fn new(written_to: u64) -> Self {
+        Self {
+            written_to: AtomicU64::new(written_to),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    /// The bytes before file offset `to` are verified and written.
+    pub fn wrote(&self, to: u64) {
+        self.written_to.fetch_max(to, Ordering::Release);
+    }
+
+    /// The fetch failed: nothing more will be written.
+    pub(crate) fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// How far the bytes are verified and written, or `None` once the fetch failed.
+    pub fn written_to(&self) -> Option<u64> {
+        if self.failed.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(self.written_to.load(Ordering::Acquire))
+    }
+}
 
 struct Copy {
     holding: Holding,
+    /// The chunks being fetched now (announced, and served as they arrive).
+    growing: BTreeMap<u32, Arc<Growing>>,
     files: Arc<Vec<FileManifest>>,
     root: PathBuf,
     /// Where each file is written (the sentinel goes under `.lanspread/incoming/`).
@@ -45,15 +86,24 @@ impl Default for Partials {
 /// list (if a range was refused).
 pub type Gated = (PathBuf, Vec<(PathBuf, u64, u64)>, Option<String>);
 
+/// Per gated range: the progress of its chunk when it is still being fetched here.
+pub type Relayed = Vec<Option<Arc<Growing>>>;
+
 impl Partials {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<GameId, Copy>> {
         self.copies.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn publish(&self, copies: &BTreeMap<GameId, Copy>) {
-        let now: BTreeMap<GameId, Holding> = copies
+        let now: BTreeMap<GameId, HeldCopy> = copies
             .iter()
-            .map(|(g, c)| (g.clone(), c.holding.clone()))
+            .map(|(g, c)| {
+                let copy = HeldCopy {
+                    holding: c.holding.clone(),
+                    growing: c.growing.keys().copied().collect(),
+                };
+                (g.clone(), copy)
+            })
             .collect();
         self.announced.send_replace(Arc::new(now));
     }
@@ -84,6 +134,7 @@ impl Partials {
         let mut copies = self.lock();
         let copy = Copy {
             holding,
+            growing: BTreeMap::new(),
             files,
             root,
             dests,
@@ -103,8 +154,44 @@ impl Partials {
         };
         for &chunk in chunks {
             c.holding.chunks.insert(chunk as usize);
+            c.growing.remove(&chunk);
         }
         self.publish(&copies);
+    }
+
+    /// The download of `game` starts fetching `chunk`, whose bytes before file offset
+    /// `written_to` are verified and written already: it is served as it arrives, its
+    /// fetch reporting each piece written. `None` when there is no copy, or already
+    /// [`MAX_GROWING`] chunks grow (this one is then served once verified).
+    pub fn grow(&self, game: &GameId, chunk: u32, written_to: u64) -> Option<Arc<Growing>> {
+        let mut copies = self.lock();
+        let c = copies.get_mut(game)?;
+        if c.growing.len() >= MAX_GROWING && !c.growing.contains_key(&chunk) {
+            return None;
+        }
+        let g = Arc::new(Growing::new(written_to));
+        if let Some(old) = c.growing.insert(chunk, g.clone()) {
+            old.fail();
+        }
+        self.publish(&copies);
+        Some(g)
+    }
+
+    /// The fetch of a growing chunk failed: answers relaying it end, and it is no longer
+    /// announced (a verified chunk stays until [`Partials::verified`] announces it).
+    pub fn grow_failed(&self, game: &GameId, chunk: u32, growing: &Arc<Growing>) {
+        growing.fail();
+        let mut copies = self.lock();
+        let Some(c) = copies.get_mut(game) else {
+            return;
+        };
+        if c.growing
+            .get(&chunk)
+            .is_some_and(|g| Arc::ptr_eq(g, growing))
+        {
+            c.growing.remove(&chunk);
+            self.publish(&copies);
+        }
     }
 
     /// The download of `game` ended (committed, failed or cancelled): nothing of it is
@@ -122,16 +209,17 @@ impl Partials {
         self.announced.subscribe()
     }
 
-    /// Gates a `PartialChunks` request: every range must be one verified chunk (whole, or
-    /// its rest from a piece on) of
-    /// the copy of `game` at `version` with manifest `digest`; the first refused range
-    /// cuts the list.
+    /// Gates a `PartialChunks` request: every range must be one verified or growing
+    /// chunk (whole, or its rest from a piece on) of the copy of `game` at `version` with
+    /// manifest `digest`; the first refused range cuts the list. With the gated files:
+    /// the copy's liveness, and for each range of a growing chunk its progress (the
+    /// reader waits for each piece).
     pub fn gate(
         &self,
         (game, version): (&GameId, Version),
         digest: &ChunkHash,
         ranges: &[ChunkRange],
-    ) -> Result<(Gated, Arc<AtomicBool>), PeerError> {
+    ) -> Result<(Gated, Arc<AtomicBool>, Relayed), PeerError> {
         let copies = self.lock();
         let Some(c) = copies.get(game).filter(|c| c.holding.version == version) else {
             return Err(PeerError::Refused(format!(
@@ -139,14 +227,26 @@ impl Partials {
             )));
         };
         let mut files = Vec::with_capacity(ranges.len());
+        let mut growing = Vec::with_capacity(ranges.len());
+        let mut servable = c.holding.chunks.clone();
+        for &chunk in c.growing.keys() {
+            servable.insert(chunk as usize);
+        }
         for r in ranges {
             let gated = gate_partial_chunk(
                 &c.files,
-                &c.holding.chunks,
+                &servable,
                 (&c.holding.digest, digest),
                 &r.path,
                 (r.offset, r.len),
             );
+            if let Ok(chunk) = gated {
+                let grows = (!c.holding.chunks.contains(chunk))
+                    .then(|| u32::try_from(chunk).ok())
+                    .flatten()
+                    .and_then(|k| c.growing.get(&k).cloned());
+                growing.push(grows);
+            }
             let dest = c
                 .files
                 .iter()
@@ -155,14 +255,90 @@ impl Partials {
             match (gated, dest) {
                 (Ok(_), Some(dest)) => files.push((dest.clone(), r.offset, r.len)),
                 (Err(e), _) => {
-                    return Ok(((c.root.clone(), files, Some(e.to_string())), c.live.clone()))
+                    let gated = (c.root.clone(), files, Some(e.to_string()));
+                    return Ok((gated, c.live.clone(), growing));
                 }
                 (Ok(_), None) => {
                     let why = format!("no destination for {}", r.path);
-                    return Ok(((c.root.clone(), files, Some(why)), c.live.clone()));
+                    return Ok(((c.root.clone(), files, Some(why)), c.live.clone(), growing));
                 }
             }
         }
-        Ok(((c.root.clone(), files, None), c.live.clone()))
+        Ok(((c.root.clone(), files, None), c.live.clone(), growing))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lanspread_catalog::{piece_count, RelPath, CHUNK_SIZE};
+
+    #[test]
+    fn a_growing_chunk_is_announced_served_as_it_arrives_and_dropped_when_its_fetch_fails() {
+        let size = 3 * CHUNK_SIZE;
+        let pieces = (0..piece_count(size)).map(|i| [i as u8; 32]).collect();
+        let path = RelPath::new("g.eti").unwrap();
+        let files = Arc::new(vec![FileManifest::from_pieces(
+            path.clone(),
+            size,
+            0o644,
+            pieces,
+        )]);
+        let digest = lanspread_catalog::manifest_digest(&files);
+        let game = GameId::new("cod5").unwrap();
+        let version = Version::parse("20250101").unwrap();
+        let p = Partials::default();
+        let mut watch = p.watch();
+        let dest = (PathBuf::from("/r"), vec![PathBuf::from("/r/g.eti")]);
+        p.begin((&game, version), files, dest, &[0]);
+        let range = |chunk: u64| ChunkRange {
+            path: path.clone(),
+            offset: chunk * CHUNK_SIZE,
+            len: CHUNK_SIZE,
+        };
+        let gate = |chunk: u64| p.gate((&game, version), &digest, &[range(chunk)]).unwrap();
+        let growing_of =
+            |w: &mut watch::Receiver<Announced>| w.borrow_and_update()[&game].growing.clone();
+        // Not fetched yet: refused.
+        assert!(gate(1).0 .2.is_some());
+        let g = p.grow(&game, 1, CHUNK_SIZE).unwrap();
+        assert_eq!(growing_of(&mut watch), [1]);
+        let ((_, files, refused), _, growing) = gate(1);
+        assert!(refused.is_none() && files.len() == 1);
+        let relayed = growing[0].as_ref().expect("served as it arrives");
+        assert!(Arc::ptr_eq(relayed, &g));
+        assert_eq!(
+            relayed.written_to(),
+            Some(CHUNK_SIZE),
+            "nothing written yet"
+        );
+        g.wrote(CHUNK_SIZE + (1 << 20));
+        g.wrote(CHUNK_SIZE); // never backwards
+        assert_eq!(relayed.written_to(), Some(CHUNK_SIZE + (1 << 20)));
+        // A verified chunk is served whole: no progress to wait for.
+        let ((_, _, refused), _, growing) = gate(0);
+        assert!(refused.is_none() && growing[0].is_none());
+        // The fetch fails: answers relaying it stop, it is no longer announced or served.
+        p.grow_failed(&game, 1, &g);
+        assert_eq!(relayed.written_to(), None);
+        assert!(growing_of(&mut watch).is_empty());
+        assert!(gate(1).0 .2.is_some());
+        // Fetched again and verified: served whole once announced, no longer growing.
+        let again = p.grow(&game, 1, CHUNK_SIZE).unwrap();
+        again.wrote(2 * CHUNK_SIZE);
+        p.verified(&game, &[1]);
+        assert!(growing_of(&mut watch).is_empty());
+        let ((_, _, refused), _, growing) = gate(1);
+        assert!(refused.is_none() && growing[0].is_none());
+        // The download's end: nothing grows or is served any more (readers stop on the
+        // copy's liveness).
+        let g2 = p.grow(&game, 2, 2 * CHUNK_SIZE).unwrap();
+        p.end(&game);
+        assert!(
+            p.grow(&game, 2, 2 * CHUNK_SIZE).is_none(),
+            "no copy any more"
+        );
+        assert_eq!(g2.written_to(), Some(2 * CHUNK_SIZE));
+        assert!(p.gate((&game, version), &digest, &[range(2)]).is_err());
     }
 }

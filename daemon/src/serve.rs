@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use lanspread_catalog::GameRoot;
 use lanspread_peer::{gate_chunk, gate_files, Blocked, PeerError, Stalled, Verdict};
-use lanspread_proto::{ChunkRange, PeerId, PeerRequest, PeerResponse, Refusal};
+use lanspread_proto::{reset_code, ChunkRange, PeerId, PeerRequest, PeerResponse, Refusal};
 use lanspread_transfer::{read_frame, write_frame};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::mpsc;
 use tracing::{debug, warn, Instrument};
 
 use crate::index;
+use crate::partial::Growing;
 use crate::seed::Choice;
 use crate::state::Shared;
 
@@ -329,14 +330,18 @@ async fn serve_partial(
     digest: &lanspread_proto::ChunkHash,
     ranges: &[ChunkRange],
 ) -> Result<(), SendFailed> {
-    let (gated, live) = match shared.partials.gate(game, digest, ranges) {
-        Ok((gated, live)) => (Ok(gated), Some(live)),
-        Err(e) => (Err(e), None),
+    let (gated, live, growing) = match shared.partials.gate(game, digest, ranges) {
+        Ok((gated, live, growing)) => (Ok(gated), Some(live), growing),
+        Err(e) => (Err(e), None, Vec::new()),
     };
-    // A verified chunk's bytes were written before it was verified; the file's identity
-    // changes while the download writes, so the hash cache's check does not apply; the
-    // reader stops if the download ends meanwhile.
-    send_ranges(shared, answer, gated, ranges, Check::Live(live)).await
+    for _ in growing.iter().flatten() {
+        shared.net.metrics.chunk_relayed();
+    }
+    // A verified chunk's bytes were written before it was verified, a growing chunk's
+    // are read as its fetch writes them; the file's identity changes while the download
+    // writes, so the hash cache's check does not apply; the reader stops if the download
+    // ends meanwhile.
+    send_ranges(shared, answer, gated, ranges, Check::Live(live, growing)).await
 }
 
 /// Sends the gated ranges, in order; a refusal (of the gates or of the file reader)
@@ -359,13 +364,20 @@ async fn send_ranges(
     // leaves the root, or changed since it was hashed, is refused) and reads the ranges
     // piece by piece, one piece ahead.
     let mut pieces = read_ranges(dir, files, check);
-    for &ChunkRange { len, .. } in served {
+    for (i, &ChunkRange { len, .. }) in served.iter().enumerate() {
         // The reader always sends at least one message per range; none means it died,
         // a local failure the peer is not to blame for.
         let first = pieces.rx.recv().await;
-        let stopped = || Err(PeerError::Refused("the file reader stopped".into()));
+        let stopped = || Err(Stop::Refused("the file reader stopped".into()));
         let first = match first.unwrap_or_else(stopped) {
             Ok(first) => first,
+            Err(Stop::Cut(why)) if i == 0 => {
+                // A relayed chunk whose fetch here failed before any of it was sent:
+                // the asker rests and asks again, it does not drop us.
+                debug!("a relayed chunk stopped: {why}");
+                pieces.rx.close();
+                return answer.later().await;
+            }
             Err(e) => {
                 warn!("refused a chunk: {e}");
                 refusal = Some(e.to_string());
@@ -395,6 +407,25 @@ enum SendFailed {
     Stalled(Stalled),
     /// The stream or connection failed (the peer stopped or reset it, or went away).
     Stream(String),
+    /// A relayed chunk stopped arriving here: reset with `RELAY_CUT`.
+    Cut(String),
+}
+
+/// Why the file reader stopped a range.
+enum Stop {
+    /// The range is not served (its file is gone, changed or unreadable).
+    Refused(String),
+    /// Nothing wrong with the source nor the asker: a relayed chunk stopped arriving here
+    /// (its fetch failed, or no progress), or the partial copy ended (committed, stopped).
+    Cut(String),
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Refused(why) | Stop::Cut(why) => f.write_str(why),
+        }
+    }
 }
 
 /// The send half of a request stream, with every write watched: an answer the peer does
@@ -457,12 +488,16 @@ impl Answer<'_> {
         match sent {
             Ok(()) => {}
             Err(SendFailed::Stalled(why)) => {
-                let _ = self.send.reset(VarInt::from_u32(1));
+                let _ = self.send.reset(VarInt::from_u32(reset_code::FAILED));
                 warn!(peer = %remote.short(), "stopped answering a request: {why}");
             }
             Err(SendFailed::Stream(e)) => {
-                let _ = self.send.reset(VarInt::from_u32(1));
+                let _ = self.send.reset(VarInt::from_u32(reset_code::FAILED));
                 debug!(peer = %remote.short(), "answer ended early: {e}");
+            }
+            Err(SendFailed::Cut(e)) => {
+                let _ = self.send.reset(VarInt::from_u32(reset_code::RELAY_CUT));
+                debug!(peer = %remote.short(), "a relayed chunk stopped: {e}");
             }
         }
     }
@@ -586,7 +621,7 @@ fn read_piece(file: &std::fs::File, pos: u64, n: usize) -> std::io::Result<Bytes
 
 /// The pieces of the ranges of one request, read ahead by a blocking task.
 struct Pieces {
-    rx: mpsc::Receiver<Result<Bytes, PeerError>>,
+    rx: mpsc::Receiver<Result<Bytes, Stop>>,
     reader: tokio::task::JoinHandle<()>,
 }
 
@@ -598,15 +633,19 @@ struct Pieces {
 enum Check {
     /// A ready copy: unchanged since it was hashed (the manifest's hashes hold).
     Unchanged(Arc<lanspread_catalog::HashCache>),
-    /// A partial copy: its download still running (`None`: refused already).
-    Live(Option<Arc<std::sync::atomic::AtomicBool>>),
+    /// A partial copy: its download still running (`None`: refused already), and per
+    /// range the progress of a chunk still being fetched.
+    Live(
+        Option<Arc<std::sync::atomic::AtomicBool>>,
+        Vec<Option<Arc<Growing>>>,
+    ),
 }
 
 impl Check {
     fn holds(&self, path: &std::path::Path, meta: &std::fs::Metadata) -> bool {
         match self {
             Check::Unchanged(hashes) => hashes.still_holds(path, meta),
-            Check::Live(live) => live
+            Check::Live(live, _) => live
                 .as_ref()
                 .is_some_and(|l| l.load(std::sync::atomic::Ordering::SeqCst)),
         }
@@ -614,19 +653,73 @@ impl Check {
 
     /// Whether a partial copy ended since its range was gated (ready copies: never).
     fn ended(&self) -> bool {
-        matches!(self, Check::Live(l) if !l.as_ref().is_some_and(|l| l.load(std::sync::atomic::Ordering::SeqCst)))
+        matches!(self, Check::Live(l, _) if !l.as_ref().is_some_and(|l| l.load(std::sync::atomic::Ordering::SeqCst)))
+    }
+
+    /// The progress of range `i`'s chunk, if it is still being fetched here.
+    fn growing(&self, i: usize) -> Option<&Arc<Growing>> {
+        match self {
+            Check::Live(_, growing) => growing.get(i)?.as_ref(),
+            Check::Unchanged(_) => None,
+        }
+    }
+
+    /// How many bytes from `pos` (at most `want`) may be read now: for a chunk still being
+    /// fetched, waits until some are verified and written there; an error ends the
+    /// answer (the fetch failed, the copy ended, the asker left, or no progress for
+    /// [`RELAY_STALL`]).
+    fn readable(
+        &self,
+        i: usize,
+        pos: u64,
+        want: u64,
+        tx: &mpsc::Sender<Result<Bytes, Stop>>,
+    ) -> Result<u64, String> {
+        let Some(g) = self.growing(i) else {
+            return Ok(want);
+        };
+        let mut seen = (0, Instant::now());
+        loop {
+            let Some(to) = g.written_to() else {
+                return Err("the chunk's fetch here failed".into());
+            };
+            if to > pos {
+                return Ok(want.min(to - pos));
+            }
+            if self.ended() {
+                return Err("the partial copy ended".into());
+            }
+            if tx.is_closed() {
+                return Err("the asker left".into());
+            }
+            if to != seen.0 {
+                seen = (to, Instant::now());
+            } else if seen.1.elapsed() > RELAY_STALL {
+                return Err("the chunk stopped arriving here".into());
+            }
+            std::thread::sleep(RELAY_POLL);
+        }
     }
 }
 
+/// How often an answer relaying a chunk still arriving looks for more of it.
+const RELAY_POLL: Duration = Duration::from_millis(5);
+/// How long such an answer waits for its next piece before it ends.
+const RELAY_STALL: Duration = Duration::from_secs(20);
+
 fn read_ranges(root: PathBuf, files: Vec<(PathBuf, u64, u64)>, check: Check) -> Pieces {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, PeerError>>(2);
-    let refused = |why: String| PeerError::Refused(why);
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Stop>>(2);
+    let refused = Stop::Refused;
     let reader = tokio::task::spawn_blocking(move || {
         // The root is resolved once per request, not per file.
         let confined = lanspread_catalog::Confined::new(&root);
-        for (path, offset, len) in files {
+        for (i, (path, offset, len)) in files.into_iter().enumerate() {
             // Named in a refusal only: no string per file served.
             let name = || path.strip_prefix(&root).unwrap_or(&path).display();
+            if check.ended() {
+                let _ = tx.blocking_send(Err(Stop::Cut("the partial copy ended".into())));
+                return;
+            }
             let opened = match &confined {
                 Ok(c) => c.open(&path),
                 Err(e) => Err(std::io::Error::new(e.kind(), format!("the game root: {e}"))),
@@ -649,10 +742,19 @@ fn read_ranges(root: PathBuf, files: Vec<(PathBuf, u64, u64)>, check: Check) -> 
             let end = offset + len;
             while pos < end {
                 if check.ended() {
-                    let _ = tx.blocking_send(Err(refused("the partial copy ended".into())));
+                    // Committed (soon a ready copy) or stopped: the asker keeps what
+                    // it got and asks again later.
+                    let _ = tx.blocking_send(Err(Stop::Cut("the partial copy ended".into())));
                     return;
                 }
-                let n = READ_SIZE.min((end - pos) as usize);
+                let n =
+                    match check.readable(i, pos, READ_SIZE.min((end - pos) as usize) as u64, &tx) {
+                        Ok(n) => n as usize,
+                        Err(why) => {
+                            let _ = tx.blocking_send(Err(Stop::Cut(why)));
+                            return;
+                        }
+                    };
                 let res = read_piece(&file, pos, n).map_err(|e| refused(e.to_string()));
                 let failed = res.is_err();
                 if tx.blocking_send(res).is_err() || failed {
@@ -684,9 +786,59 @@ async fn stream_range(
         }
         piece = match pieces.rx.recv().await {
             Some(Ok(p)) => p,
+            // A relayed chunk's fetch here failed: the peer keeps what it got.
+            Some(Err(Stop::Cut(why))) => return Err(SendFailed::Cut(why)),
             // A local failure mid-range: the peer sees the stream reset.
             Some(Err(e)) => return Err(SendFailed::Stream(format!("reading: {e}"))),
             None => return Err(SendFailed::Stream("the file reader stopped".into())),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn a_relayed_range_is_read_as_its_pieces_are_written_and_ends_with_its_fetch() {
+        let live = Arc::new(AtomicBool::new(true));
+        let g = Arc::new(Growing::new(10 * MIB));
+        let check = Check::Live(Some(live.clone()), vec![None, Some(g.clone())]);
+        let (tx, _rx) = mpsc::channel(1);
+        // A verified chunk's range: all of it at once.
+        assert_eq!(check.readable(0, 0, 2 * MIB, &tx), Ok(2 * MIB));
+        // Written up to 10 MiB: what is there, at most what was asked.
+        assert_eq!(check.readable(1, 9 * MIB, 2 * MIB, &tx), Ok(MIB));
+        assert_eq!(check.readable(1, 4 * MIB, 2 * MIB, &tx), Ok(2 * MIB));
+        // Past it: waits for the next piece.
+        let writer = {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                g.wrote(11 * MIB);
+            })
+        };
+        assert_eq!(check.readable(1, 10 * MIB, 2 * MIB, &tx), Ok(MIB));
+        writer.join().unwrap();
+        // The fetch fails, the copy ends, the asker leaves: the wait ends in an error.
+        let failing = {
+            let g = g.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                g.fail();
+            })
+        };
+        assert!(check.readable(1, 11 * MIB, MIB, &tx).is_err());
+        failing.join().unwrap();
+        let g = Arc::new(Growing::new(0));
+        let check = Check::Live(Some(live.clone()), vec![Some(g)]);
+        live.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(check.readable(0, 0, MIB, &tx).is_err(), "the copy ended");
+        live.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(_rx);
+        assert!(check.readable(0, 0, MIB, &tx).is_err(), "nobody reads it");
     }
 }

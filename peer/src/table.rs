@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use lanspread_catalog::{Catalog, GameId, Version};
-use lanspread_proto::{ChunkHash, ChunkSet, GameAd, Holding, PeerId, MAX_CHUNKS};
+use lanspread_proto::{ChunkHash, ChunkSet, GameAd, Holding, PeerId, MAX_CHUNKS, MAX_GROWING};
 
 /// A game as a peer advertises it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +44,9 @@ pub struct PartialGame {
     /// Its verified chunks (unchecked length: [`PeerTable::partial_holders`] checks it
     /// against the downloader's manifest).
     pub chunks: ChunkSet,
+    /// The chunks it is fetching now, served as their pieces verify (at most
+    /// `MAX_GROWING`, each inside `chunks`' length).
+    pub growing: Vec<u32>,
 }
 
 /// What [`PeerTable::upsert`] did.
@@ -173,8 +176,37 @@ impl PeerTable {
             version: h.version,
             digest: h.digest,
             chunks,
+            growing: Vec::new(),
         };
         entry.partial.insert(h.game, game);
+        true
+    }
+
+    /// The chunks of a holding the peer is fetching now (the whole list); ignored (false)
+    /// unless it announced a holding of that game at that digest. Indices past its set
+    /// and past [`MAX_GROWING`] are ignored.
+    pub fn holding_growing(
+        &mut self,
+        id: &PeerId,
+        game: &GameId,
+        digest: &ChunkHash,
+        chunks: &[u32],
+    ) -> bool {
+        let Some(p) = self
+            .peers
+            .get_mut(id)
+            .and_then(|e| e.partial.get_mut(game))
+            .filter(|p| &p.digest == digest)
+        else {
+            return false;
+        };
+        let len = p.chunks.len();
+        p.growing = chunks
+            .iter()
+            .copied()
+            .filter(|&c| (c as usize) < len)
+            .take(MAX_GROWING)
+            .collect();
         true
     }
 
@@ -216,8 +248,9 @@ impl PeerTable {
     }
 
     /// The partial holders of `game` at `version` whose chunks were verified against the
-    /// manifest with `digest` of `chunks` chunks, with what they hold; a set of another
-    /// length is a lie and left out.
+    /// manifest with `digest` of `chunks` chunks, with what they serve: the chunks they
+    /// verified and those they are fetching; a set of another length is a lie and left
+    /// out.
     pub fn partial_holders(
         &self,
         game: &GameId,
@@ -232,7 +265,11 @@ impl PeerTable {
                 if p.version != version || &p.digest != digest {
                     return None;
                 }
-                let set = p.chunks.clone().check(chunks).ok()?;
+                let mut set = p.chunks.clone().check(chunks).ok()?;
+                // What it is fetching counts as held: it serves it as it arrives.
+                for &c in &p.growing {
+                    set.insert(c as usize);
+                }
                 Some((id.clone(), set))
             })
             .collect()
@@ -406,6 +443,26 @@ pub(crate) mod tests {
             !t.holding_more(&pid(1), &game, &digest, &too_many),
             "more than the set"
         );
+        // Chunks it is fetching count as held (served as they arrive); a new list
+        // replaces the old, indices past the set and past the cap are left out, another
+        // manifest's list is ignored, and a new holding starts with none.
+        assert!(t.holding_growing(&pid(1), &game, &digest, &[5, 6, 99]));
+        assert!(t.holding_growing(&pid(1), &game, &digest, &[6, 7, 12]));
+        assert!(!t.holding_growing(&pid(1), &game, &[0; 32], &[8]));
+        let served = |t: &PeerTable| {
+            t.partial_holders(&game, v, &digest, 10)[0]
+                .1
+                .iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(served(&t), [0, 3, 6, 7]);
+        let flood: Vec<u32> = (0..1000).map(|i| i % 10).collect();
+        assert!(t.holding_growing(&pid(1), &game, &digest, &flood));
+        let p = &t.get(&pid(1)).unwrap().partial[&game];
+        assert_eq!(p.growing.len(), lanspread_proto::MAX_GROWING);
+        assert!(t.set_holding(&pid(1), holding(ChunkSet::empty(10)), &cat));
+        assert!(served(&t).is_empty(), "a new holding: nothing growing");
+        assert!(t.holding_more(&pid(1), &game, &digest, &[0, 3]));
         t.clear_holdings(&pid(2));
         assert!(t.get(&pid(2)).unwrap().partial.is_empty());
         assert!(t.holding_gone(&pid(1), &game));

@@ -17,7 +17,9 @@ use crate::PeerId;
 /// 7: a `Files` answer may be preceded by `Hashing` progress frames.
 /// 8: manifests carry SHA-256 per 1 MiB piece, and a chunk's hash is over its pieces'
 /// hashes; `PartialChunks` and `Offer` ranges may be the rest of a chunk from a piece on.
-pub const PROTOCOL_VERSION: u32 = 8;
+/// 9: `HoldingGrowing` (the chunks a partial holder is fetching, served as their pieces
+/// verify: cut-through).
+pub const PROTOCOL_VERSION: u32 = 9;
 /// TLS ALPN identifier of a peer link (announce stream, requests).
 pub const ALPN: &[u8] = b"lanspread/1";
 /// TLS ALPN identifier of a data connection: a downloader's extra connection to a source,
@@ -41,6 +43,15 @@ pub mod close_code {
     pub const VERSION_MISMATCH: u32 = 4;
     /// The LAN secret check failed (one side has none, or they differ).
     pub const SECRET_MISMATCH: u32 = 5;
+}
+
+/// Codes an answer's stream is reset with.
+pub mod reset_code {
+    /// The answer failed (the asker stopped taking it, or a local failure).
+    pub const FAILED: u32 = 1;
+    /// A partial holder passing on a chunk as it arrives lost its own fetch of it: not
+    /// the asker's fault nor the holder's; the pieces sent are good, ask again later.
+    pub const RELAY_CUT: u32 = 2;
 }
 
 /// First frame on an announce stream.
@@ -102,6 +113,17 @@ pub enum Message {
         /// The game.
         game: GameId,
     },
+    /// The chunks of a [`Message::Holding`] the sender is fetching now (the whole list,
+    /// replacing the previous one; at most [`MAX_GROWING`]): it serves them as their
+    /// pieces verify (cut-through), a request waiting for pieces still on their way.
+    HoldingGrowing {
+        /// The game.
+        game: GameId,
+        /// The manifest the chunks are checked against.
+        digest: ChunkHash,
+        /// The chunks, as indices into the manifest's chunks.
+        chunks: Vec<u32>,
+    },
     /// Peer exchange: the other peers the sender is linked to (at most [`MAX_PEX`]; the
     /// whole list, resent when it changes), so peers told only the server's address find
     /// each other across VLANs without mDNS.
@@ -110,6 +132,8 @@ pub enum Message {
 
 /// Most peers in one [`Message::Peers`]; a receiver ignores the rest.
 pub const MAX_PEX: usize = 64;
+/// Most chunks in one [`Message::HoldingGrowing`]; a receiver ignores the rest.
+pub const MAX_GROWING: usize = 64;
 
 /// A linked peer as told to others: its id and the address it listens on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 
 use lanspread_catalog::{ChunkHash, GameId, RelPath, Version, PIECE_SIZE};
 use lanspread_peer::FailKind;
+use lanspread_proto::reset_code::RELAY_CUT;
 use lanspread_proto::{chunk_head, AnswerFault, ChunkRange, PeerRequest, PeerResponse};
 use lanspread_transfer::{read_frame, write_frame};
 use quinn::{Connection, RecvStream};
@@ -48,6 +49,9 @@ pub struct ChunkJob {
     /// Bytes of the range verified and handed to the writer so far (whole pieces), for
     /// the journal of a transfer that stops half-way.
     pub progress: std::sync::Arc<AtomicU64>,
+    /// The chunk as this daemon's partial copy serves it while it arrives: told how far
+    /// its bytes are verified and written (`None`: not relayed).
+    pub growing: Option<std::sync::Arc<crate::partial::Growing>>,
 }
 
 /// What became of one range.
@@ -428,6 +432,8 @@ async fn receive_one(
     let mut hasher = Sha256::new();
     let mut got = 0u64;
     let mut buf = None;
+    // Where each write not yet known complete ends (for a growing chunk).
+    let mut ends: Vec<u64> = Vec::new();
     // Where the piece being received starts; everything before it is verified.
     let mut piece_start = job.offset;
     while got < job.len {
@@ -448,6 +454,14 @@ async fn receive_one(
                     "stream ended after {got} of {} bytes",
                     job.len
                 )))
+            }
+            Err(quinn::ReadError::Reset(code)) if code.into_inner() == u64::from(RELAY_CUT) => {
+                // Its source lost its own fetch of the chunk: the pieces verified here
+                // are kept, and the source rests (as after `Later`), not dropped.
+                return Err(FetchError::Source(
+                    FailKind::NotChosen,
+                    "the chunk stopped arriving at the peer passing it on".into(),
+                ));
             }
             Err(e) => return Err(lost(e)),
         };
@@ -473,7 +487,38 @@ async fn receive_one(
             piece_start += len;
             job.progress
                 .store(piece_start - job.offset, Ordering::Relaxed);
+            if let Some(g) = &job.growing {
+                ends.push(piece_start);
+                written(job, writes, &mut ends, g)?;
+            }
         }
+    }
+    Ok(())
+}
+
+/// Takes the writes that completed, in order from the first, and tells the growing chunk
+/// how far its bytes are written (answers relaying it read up to there).
+fn written(
+    job: &ChunkJob,
+    writes: &mut Writes,
+    ends: &mut Vec<u64>,
+    growing: &crate::partial::Growing,
+) -> Result<(), FetchError> {
+    use tokio::sync::oneshot::error::TryRecvError;
+    while let Some(first) = writes.first_mut() {
+        let e = match first.try_recv() {
+            Ok(Ok(())) => {
+                writes.remove(0);
+                if !ends.is_empty() {
+                    growing.wrote(ends.remove(0));
+                }
+                continue;
+            }
+            Err(TryRecvError::Empty) => return Ok(()),
+            Ok(Err(e)) => Failure::io(format!("writing {}", job.path), &e),
+            Err(TryRecvError::Closed) => Failure::internal("the io_uring writer stopped"),
+        };
+        return Err(FetchError::Local(e));
     }
     Ok(())
 }
@@ -495,6 +540,9 @@ async fn finish(job: &ChunkJob, writes: Writes) -> Result<(), FetchError> {
                 )))
             }
         }
+    }
+    if let Some(g) = &job.growing {
+        g.wrote(job.offset + job.len);
     }
     Ok(())
 }

@@ -22,6 +22,7 @@ use tracing::Instrument;
 use super::fetch::{self, ChunkJob, FetchError};
 use super::{journal, lanes};
 use crate::failure::peer_failure;
+use crate::partial::Growing;
 use crate::state::Shared;
 
 /// What `transfer` writes into, and the connections it fetches over (closed when done).
@@ -116,6 +117,7 @@ pub(super) async fn transfer(
         addrs: HashMap::new(),
         announce: HoldingBatcher::default(),
         began: Instant::now(),
+        growing: HashMap::new(),
     };
     let mut holdings = shared.peers.watch_holdings();
     t.partial_sources(engine, &mut holdings);
@@ -173,6 +175,7 @@ pub(super) async fn transfer(
         let mut results = Vec::with_capacity(outcomes.len());
         for (chunk, result, kept) in outcomes {
             t.work.in_flight.end(chunk, result.is_ok());
+            t.grown(chunk, result.is_ok());
             if let Err((kind, _)) = &result {
                 if let Some(reason) = fail_reason(*kind) {
                     t.shared.net.metrics.chunk_failed(reason);
@@ -205,6 +208,8 @@ struct Transfer<'a, 'w> {
     announce: HoldingBatcher,
     /// The batcher's clock starts here.
     began: Instant,
+    /// The chunks being fetched that this copy serves as they arrive (cut-through).
+    growing: HashMap<usize, Arc<Growing>>,
 }
 
 impl Transfer<'_, '_> {
@@ -265,6 +270,14 @@ impl Transfer<'_, '_> {
                 let spec = &engine.chunks()[c];
                 let kept = kept.get(&c).copied().unwrap_or(0);
                 let (offset, len, first) = chunk_rest(spec.offset, spec.len, kept);
+                // A chunk of more than one piece is worth passing on as it arrives.
+                let growing = (spec.len > PIECE_SIZE)
+                    .then(|| u32::try_from(c).ok())
+                    .flatten()
+                    .and_then(|k| self.shared.partials.grow(self.game.0, k, offset));
+                if let Some(g) = &growing {
+                    self.growing.insert(c, g.clone());
+                }
                 ChunkJob {
                     path: files[spec.file].path.clone(),
                     file: file_ids[spec.file],
@@ -272,6 +285,7 @@ impl Transfer<'_, '_> {
                     len,
                     pieces: spec.pieces[first..].to_vec(),
                     progress: in_flight.start(c, offset - spec.offset),
+                    growing,
                 }
             })
             .collect();
@@ -298,6 +312,7 @@ impl Transfer<'_, '_> {
         let Some((conn, runtime)) = conn else {
             for &c in &f.chunks {
                 self.work.in_flight.end(c, false);
+                self.grown(c, false);
             }
             let gone = Err((FailKind::SourceGone, "peer disconnected".to_owned()));
             return engine.on_fetched(f.id, vec![gone; jobs.len()], false);
@@ -347,6 +362,18 @@ impl Transfer<'_, '_> {
                 .collect::<Result<Vec<_>, Failure>>()?;
             Ok((f.id, f.peer, f.lane, results))
         });
+    }
+
+    /// A growing chunk's fetch ended: verified, it stays served until it is announced;
+    /// failed, the answers relaying it end.
+    fn grown(&mut self, chunk: usize, ok: bool) {
+        if let Some(g) = self.growing.remove(&chunk) {
+            if !ok {
+                if let Ok(k) = u32::try_from(chunk) {
+                    self.shared.partials.grow_failed(self.game.0, k, &g);
+                }
+            }
+        }
     }
 
     /// Announces the verified chunks whose batch is due.

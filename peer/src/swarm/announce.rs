@@ -69,19 +69,33 @@ impl HoldingBatcher {
     }
 }
 
+/// What a downloading peer announces of one game: the chunks it verified and those it is
+/// fetching now (it serves them as their pieces verify).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldCopy {
+    /// The chunks verified.
+    pub holding: Holding,
+    /// The chunks being fetched now (at most `MAX_GROWING`).
+    pub growing: Vec<u32>,
+}
+
 /// The frames that bring a link from the holdings it was told (`sent`) to the current
 /// ones (`now`): `Holding` for a game new to it (or at another manifest), `HoldingMore` with
-/// the chunks verified since, `HoldingGone` for a game no longer held in part. A link
-/// writer calls it whenever the holdings change, so a new link gets the whole state and
-/// an old one only deltas.
+/// the chunks verified since, `HoldingGrowing` when the chunks being fetched changed,
+/// `HoldingGone` for a game no longer held in part. A link writer calls it whenever the
+/// holdings change, so a new link gets the whole state and an old one only deltas.
 pub fn holding_frames(
-    sent: &BTreeMap<GameId, Holding>,
-    now: &BTreeMap<GameId, Holding>,
+    sent: &BTreeMap<GameId, HeldCopy>,
+    now: &BTreeMap<GameId, HeldCopy>,
 ) -> Vec<Message> {
     let mut out = Vec::new();
-    for (game, h) in now {
-        match sent.get(game) {
-            Some(old) if old.digest == h.digest && old.version == h.version => {
+    for (game, copy) in now {
+        let h = &copy.holding;
+        let old = sent.get(game);
+        let same =
+            old.is_some_and(|o| o.holding.digest == h.digest && o.holding.version == h.version);
+        match old.map(|o| &o.holding) {
+            Some(old) if same => {
                 let more: Vec<u32> = h
                     .chunks
                     .iter()
@@ -97,6 +111,16 @@ pub fn holding_frames(
                 }
             }
             _ => out.push(Message::Holding(h.clone())),
+        }
+        // A new holding starts with nothing growing; after it (or the chunks verified
+        // since), what is being fetched now.
+        let told = old.filter(|_| same).map_or(&[][..], |o| &o.growing[..]);
+        if told != copy.growing {
+            out.push(Message::HoldingGrowing {
+                game: game.clone(),
+                digest: h.digest,
+                chunks: copy.growing.clone(),
+            });
         }
     }
     for game in sent.keys().filter(|g| !now.contains_key(*g)) {
@@ -156,7 +180,20 @@ mod tests {
                 chunks: set,
             }
         };
-        let map = |h: Option<Holding>| h.map(|h| (h.game.clone(), h)).into_iter().collect();
+        let map = |h: Option<Holding>| {
+            h.map(|h| {
+                let growing = Vec::new();
+                (
+                    h.game.clone(),
+                    HeldCopy {
+                        holding: h,
+                        growing,
+                    },
+                )
+            })
+            .into_iter()
+            .collect()
+        };
         let none = BTreeMap::new();
         let a: BTreeMap<_, _> = map(Some(holding(&[0], 1)));
         let b: BTreeMap<_, _> = map(Some(holding(&[0, 2, 5], 1)));
@@ -182,6 +219,41 @@ mod tests {
         assert_eq!(
             holding_frames(&c, &none),
             [Message::HoldingGone { game: game.clone() }]
+        );
+        // Chunks being fetched: the list after the holding, again when it changes, an
+        // empty list when the last one verified; another manifest starts afresh.
+        let growing = |copy: &BTreeMap<GameId, HeldCopy>, chunks: &[u32]| {
+            let mut copy = copy.clone();
+            copy.values_mut().for_each(|c| c.growing = chunks.to_vec());
+            copy
+        };
+        let frame = |digest: u8, chunks: &[u32]| Message::HoldingGrowing {
+            game: game.clone(),
+            digest: [digest; 32],
+            chunks: chunks.to_vec(),
+        };
+        let a3 = growing(&a, &[3]);
+        assert_eq!(
+            holding_frames(&none, &a3),
+            [Message::Holding(holding(&[0], 1)), frame(1, &[3])]
+        );
+        assert!(holding_frames(&a3, &a3).is_empty());
+        let b4 = growing(&b, &[4]);
+        assert_eq!(
+            holding_frames(&a3, &b4),
+            [
+                Message::HoldingMore {
+                    game: game.clone(),
+                    digest: [1; 32],
+                    chunks: vec![2, 5]
+                },
+                frame(1, &[4])
+            ]
+        );
+        assert_eq!(holding_frames(&b4, &b), [frame(1, &[])]);
+        assert_eq!(
+            holding_frames(&b4, &growing(&c, &[4])),
+            [Message::Holding(holding(&[1], 2)), frame(2, &[4])]
         );
     }
 }

@@ -10,7 +10,7 @@ mod announce;
 mod seed;
 mod turns;
 
-pub use announce::{holding_frames, HoldingBatcher, HOLDING_BATCH, HOLDING_DELAY};
+pub use announce::{holding_frames, HeldCopy, HoldingBatcher, HOLDING_BATCH, HOLDING_DELAY};
 pub use seed::{offered_chunks, SeedChooser};
 pub use turns::{Plain, UploadTurns, TURN_HOLD};
 

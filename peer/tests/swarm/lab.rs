@@ -16,6 +16,8 @@ use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE};
 
 use crate::timeline::{Timeline, Window};
 
+mod relay;
+
 const MBIT: f64 = 1e6 / 8.0;
 const EPS: f64 = 1e-6;
 
@@ -48,6 +50,9 @@ pub struct Lab {
     pub kill: Kill,
     /// A client whose every upload fails its hash.
     pub liar: Option<usize>,
+    /// Partial holders also serve the chunks they are fetching (cut-through: a relayed
+    /// flow never gets ahead of the flow it relays).
+    pub relay: bool,
     pub seed: u64,
 }
 
@@ -64,6 +69,7 @@ impl Lab {
             stagger: 0.0,
             kill: Kill::Never,
             liar: None,
+            relay: true,
             seed: 1,
         }
     }
@@ -83,6 +89,9 @@ impl Lab {
 
 #[derive(Debug, Clone)]
 struct Flow {
+    id: u64,
+    /// A relayed flow: the flow into its source that brings the same chunk.
+    up: Option<u64>,
     src: usize,
     dst: usize,
     chunk: usize,
@@ -267,6 +276,11 @@ struct Party<'a> {
     /// Recorded only when asked for (`LANSPREAD_SWARM_TIMELINE`): it costs a pass over
     /// the flows per client and step.
     timeline: Option<Timeline>,
+    next_flow: u64,
+    /// Clients whose holdings changed: their links learn it before time moves on.
+    dirty: Vec<usize>,
+    /// Flows that ended without their chunk (what relayed them must end too).
+    bad: std::collections::HashSet<u64>,
 }
 
 pub fn run(lab: &Lab) -> Report {
@@ -286,6 +300,9 @@ pub fn run(lab: &Lab) -> Report {
         liar_rejected: 0,
         one_copy_at: None,
         timeline: std::env::var_os("LANSPREAD_SWARM_TIMELINE").map(|_| Timeline::default()),
+        next_flow: 0,
+        dirty: Vec::new(),
+        bad: Default::default(),
     };
     let limit = 1000.0 * lab.t_min() + lab.stagger * lab.clients as f64;
     while p.step() {
@@ -321,11 +338,12 @@ impl Party<'_> {
                 self.drive(c);
             }
         }
+        self.flush();
         if (1..=self.lab.clients).all(|c| !self.active(c) && self.nodes[c].started) {
             return false;
         }
         rates(&self.nodes, &mut self.flows);
-        let mut dt = f64::INFINITY;
+        let mut dt = relay::cap(&mut self.flows);
         for f in &self.flows {
             dt = dt.min(f.left / f.rate);
         }
@@ -364,9 +382,17 @@ impl Party<'_> {
                 let dst = self.nodes[f.dst].id.clone();
                 self.nodes[f.src].turns.release(&dst);
             }
+            if f.up.is_some_and(|u| self.bad.contains(&u)) {
+                // It relayed what its source found bad at the same instant.
+                self.cut_relays(&[f.id]);
+                self.announce(f.dst);
+                self.answer(&f, Err((FailKind::SourceGone, "relay cut".to_owned())));
+                continue;
+            }
             self.delivered(f);
         }
         self.kills();
+        self.flush();
         true
     }
 
@@ -408,12 +434,27 @@ impl Party<'_> {
             .links
             .iter()
             .filter(|&&l| self.active(l))
-            .map(|&l| (self.nodes[l].id.clone(), self.nodes[l].have.clone()))
+            .map(|&l| (self.nodes[l].id.clone(), self.servable(l)))
             .collect()
     }
 
-    /// Client `c`'s holdings changed: every linked client's engine learns it.
+    /// Client `c`'s holdings changed: its links learn it before time moves on.
     fn announce(&mut self, c: usize) {
+        if !self.dirty.contains(&c) {
+            self.dirty.push(c);
+        }
+    }
+
+    /// Every linked client's engine learns the changed holdings (what they then start
+    /// may change more: until nothing is left).
+    fn flush(&mut self) {
+        while !self.dirty.is_empty() {
+            let c = self.dirty.remove(0);
+            self.tell_links(c);
+        }
+    }
+
+    fn tell_links(&mut self, c: usize) {
         let now = self.at();
         for e in self.nodes[c].links.clone() {
             if !self.active(e) {
@@ -502,7 +543,7 @@ impl Party<'_> {
                 Some(chunk) => return self.flow(s, c, chunk, f, turn),
                 None => answer(FailKind::NotChosen),
             },
-            Some(turn) if f.chunks.iter().all(|&k| self.nodes[s].have.contains(k)) => {
+            Some(turn) if f.chunks.iter().all(|&k| self.servable(s).contains(k)) => {
                 assert_eq!(f.chunks.len(), 1, "big chunks go alone");
                 return self.flow(s, c, f.chunks[0], f, turn);
             }
@@ -522,7 +563,15 @@ impl Party<'_> {
             .engine
             .as_ref()
             .map_or(CHUNK_SIZE, |e| e.chunks()[chunk].len);
+        // A chunk its source is still fetching: relayed as it arrives there.
+        let up = (!self.nodes[src].have.contains(chunk))
+            .then(|| self.flows.iter().find(|u| u.dst == src && u.chunk == chunk))
+            .flatten()
+            .map(|u| u.id);
+        self.next_flow += 1;
         self.flows.push(Flow {
+            id: self.next_flow,
+            up,
             src,
             dst,
             chunk,
@@ -533,6 +582,9 @@ impl Party<'_> {
             asked: f.chunks,
             turn,
         });
+        if self.lab.relay {
+            self.announce(dst); // it holds a growing chunk now
+        }
     }
 
     /// A chunk arrived: the liar's fail their hash, the others are verified.
@@ -543,6 +595,9 @@ impl Party<'_> {
         self.nodes[f.src].uploaded += f.len;
         let outcome = if self.lab.liar == Some(f.src) {
             self.liar_rejected += 1;
+            // Its downloader checks every piece: it relayed none of them.
+            self.cut_relays(&[f.id]);
+            self.announce(f.dst);
             Err((FailKind::BadData, "hash mismatch".to_owned()))
         } else {
             Ok(())
@@ -634,6 +689,7 @@ impl Party<'_> {
         let (cut, kept): (Vec<Flow>, Vec<Flow>) =
             self.flows.drain(..).partition(|f| f.src == k || f.dst == k);
         self.flows = kept;
+        self.cut_relays(&cut.iter().map(|f| f.id).collect::<Vec<_>>());
         for f in cut {
             if f.turn {
                 let dst = self.nodes[f.dst].id.clone();
@@ -643,6 +699,7 @@ impl Party<'_> {
                 self.nodes[0].chooser.finished(f.chunk);
             }
             if f.dst != k {
+                self.announce(f.dst);
                 let gone = Err((FailKind::SourceGone, "peer disconnected".to_owned()));
                 self.answer(&f, gone);
             }

@@ -286,3 +286,58 @@ fn a_partial_holder_that_sends_bad_bytes_is_dropped_and_nothing_bad_is_committed
     let per = c.bytes_per_source(GAME);
     assert_eq!(per.keys().collect::<Vec<_>>(), [&s.peer_id], "{per:?}");
 }
+
+#[test]
+fn a_chunk_still_arriving_is_passed_on_as_its_pieces_verify() {
+    // Cut-through (protocol 9): a partial holder announces the chunks it is fetching and
+    // serves them as they arrive. c0 starts first against a server limited to 32 MiB/s
+    // (8 chunks: about 8 s), c1 right after: every chunk c1 asks c0 for is still on its
+    // way to c0, which passes it on piece by piece.
+    let sdir = tempfile::tempdir().unwrap();
+    let s = server(sdir.path(), "32");
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cs: Vec<Node> = dirs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let c =
+                crate::metrics::with_metrics(&format!("c{i}"), d.path(), &["--max-links", "64"]);
+            c.connect(&s);
+            c
+        })
+        .collect();
+    wait_for("clients linked to each other", || {
+        cs.iter().all(|c| c.peer_ids().len() == 2).then_some(())
+    });
+    cs[0].download_ok(GAME, &["--no-install", "--detach"]);
+    let listed = |n: &Node| {
+        let peers = n.json(&["list-peers"]);
+        peers.as_array().is_some_and(|a| {
+            a.iter().any(|p| {
+                p["partial"]
+                    .as_array()
+                    .is_some_and(|g| g.iter().any(|g| g["id"] == GAME))
+            })
+        })
+    };
+    wait_for("c0's partial copy known to c1", || {
+        listed(&cs[1]).then_some(())
+    });
+    cs[1].download_ok(GAME, &["--no-install", "--detach"]);
+    for (c, dir) in cs.iter().zip(&dirs) {
+        let end = wait_for("the download's end", || ended(c));
+        assert_eq!(end["event"], "download-finished", "{end}{}", c.log_tail());
+        assert_same_tree(&sdir.path().join(GAME), &dir.path().join(GAME));
+    }
+    let relayed = crate::metrics::scrape(&cs[0])
+        .value("lanspread_chunks_relayed_total", &[])
+        .unwrap_or(0.0);
+    let from_c0 = cs[1]
+        .bytes_per_source(GAME)
+        .get(&cs[0].peer_id)
+        .copied()
+        .unwrap_or(0);
+    eprintln!("c0 relayed {relayed} chunks; c1 got {from_c0} bytes from c0");
+    assert!(relayed >= 1.0, "c0 passed on no chunk while it arrived");
+    assert!(from_c0 >= CHUNK_SIZE, "c1 got {from_c0} bytes from c0");
+}
