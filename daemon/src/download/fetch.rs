@@ -50,8 +50,9 @@ pub struct ChunkJob {
     /// the journal of a transfer that stops half-way.
     pub progress: std::sync::Arc<AtomicU64>,
     /// The chunk as this daemon's partial copy serves it while it arrives: told how far
-    /// its bytes are verified and written (`None`: not relayed).
-    pub growing: Option<std::sync::Arc<crate::partial::Growing>>,
+    /// its bytes are verified and written (unset: not relayed; an offered chunk's is set
+    /// once its source chose it).
+    pub growing: std::sync::OnceLock<std::sync::Arc<crate::partial::Growing>>,
 }
 
 /// What became of one range.
@@ -180,14 +181,15 @@ fn lost(e: impl std::error::Error) -> FetchError {
 pub type Ask<'a> = (&'a GameId, Version, How<'a>);
 
 /// How chunks are asked for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub enum How<'a> {
     /// `Chunks` from a ready peer.
     Ready,
     /// `PartialChunks` from a partial holder of the manifest with this digest.
     Partial(&'a ChunkHash),
-    /// `Offer` to a ready peer, which sends the one it chooses.
-    Offer,
+    /// `Offer` to a ready peer, which sends the one it chooses; the chosen job's chunk
+    /// is then announced as growing (what this returns for its index).
+    Offer(&'a (dyn Fn(usize) -> Option<std::sync::Arc<crate::partial::Growing>> + Sync)),
 }
 
 /// What one request got: each range received, and the range an offer's source chose.
@@ -314,7 +316,7 @@ async fn receive_all(
             digest: *digest,
             ranges,
         },
-        How::Offer => PeerRequest::Offer {
+        How::Offer(_) => PeerRequest::Offer {
             game,
             version,
             ranges,
@@ -340,9 +342,12 @@ async fn receive_all(
             }
             jobs
         }
-        How::Offer => match chosen(&mut recv, &mut stall, jobs.len()).await? {
+        How::Offer(grow) => match chosen(&mut recv, &mut stall, jobs.len()).await? {
             Some(i) => {
                 got.chosen = Some(i);
+                if let Some(g) = grow(i) {
+                    let _ = jobs[i].growing.set(g);
+                }
                 &jobs[i..=i]
             }
             None => {
@@ -487,7 +492,7 @@ async fn receive_one(
             piece_start += len;
             job.progress
                 .store(piece_start - job.offset, Ordering::Relaxed);
-            if let Some(g) = &job.growing {
+            if let Some(g) = job.growing.get() {
                 ends.push(piece_start);
                 written(job, writes, &mut ends, g)?;
             }
@@ -541,7 +546,7 @@ async fn finish(job: &ChunkJob, writes: Writes) -> Result<(), FetchError> {
             }
         }
     }
-    if let Some(g) = &job.growing {
+    if let Some(g) = job.growing.get() {
         g.wrote(job.offset + job.len);
     }
     Ok(())

@@ -117,7 +117,6 @@ pub(super) async fn transfer(
         addrs: HashMap::new(),
         announce: HoldingBatcher::default(),
         began: Instant::now(),
-        growing: HashMap::new(),
     };
     let mut holdings = shared.peers.watch_holdings();
     t.partial_sources(engine, &mut holdings);
@@ -208,8 +207,6 @@ struct Transfer<'a, 'w> {
     announce: HoldingBatcher,
     /// The batcher's clock starts here.
     began: Instant,
-    /// The chunks being fetched that this copy serves as they arrive (cut-through).
-    growing: HashMap<usize, Arc<Growing>>,
 }
 
 impl Transfer<'_, '_> {
@@ -270,13 +267,13 @@ impl Transfer<'_, '_> {
                 let spec = &engine.chunks()[c];
                 let kept = kept.get(&c).copied().unwrap_or(0);
                 let (offset, len, first) = chunk_rest(spec.offset, spec.len, kept);
-                // A chunk of more than one piece is worth passing on as it arrives.
-                let growing = (spec.len > PIECE_SIZE)
-                    .then(|| u32::try_from(c).ok())
-                    .flatten()
-                    .and_then(|k| self.shared.partials.grow(self.game.0, k, offset));
-                if let Some(g) = &growing {
-                    self.growing.insert(c, g.clone());
+                // A chunk of more than one piece is worth passing on as it arrives; an
+                // offered one once its source chose it.
+                let growing = std::sync::OnceLock::new();
+                if !f.offer {
+                    if let Some(g) = grow(self.shared, self.game.0, (c, spec.len), offset) {
+                        let _ = growing.set(g);
+                    }
                 }
                 ChunkJob {
                     path: files[spec.file].path.clone(),
@@ -322,11 +319,22 @@ impl Transfer<'_, '_> {
         let (shared, game, version) = (self.shared.clone(), self.game.0.clone(), self.game.1);
         let digest = self.digest;
         let (partial, offer) = (f.partial, f.offer);
+        // Each offered chunk's index, length and first byte: the chosen one grows.
+        let offered: Vec<(usize, u64, u64)> = f
+            .chunks
+            .iter()
+            .zip(&jobs)
+            .map(|(&c, j)| (c, engine.chunks()[c].len, j.offset))
+            .collect();
         let fetch = runtime.spawn(
             async move {
+                let chosen = |i: usize| {
+                    let &(c, len, offset) = offered.get(i)?;
+                    grow(&shared, &game, (c, len), offset)
+                };
                 let how = match (partial, offer) {
                     (true, _) => fetch::How::Partial(&digest),
-                    (false, true) => fetch::How::Offer,
+                    (false, true) => fetch::How::Offer(&chosen),
                     (false, false) => fetch::How::Ready,
                 };
                 let limit = &shared.net.download_limit;
@@ -364,14 +372,12 @@ impl Transfer<'_, '_> {
         });
     }
 
-    /// A growing chunk's fetch ended: verified, it stays served until it is announced;
-    /// failed, the answers relaying it end.
+    /// A chunk's fetch ended: verified, it stays served as growing until it is
+    /// announced; failed, the answers relaying it end.
     fn grown(&mut self, chunk: usize, ok: bool) {
-        if let Some(g) = self.growing.remove(&chunk) {
-            if !ok {
-                if let Ok(k) = u32::try_from(chunk) {
-                    self.shared.partials.grow_failed(self.game.0, k, &g);
-                }
+        if !ok {
+            if let Ok(k) = u32::try_from(chunk) {
+                self.shared.partials.grow_failed(self.game.0, k);
             }
         }
     }
@@ -407,6 +413,16 @@ impl Transfer<'_, '_> {
             resumed_bytes: resumed.min(spec.len),
         });
     }
+}
+
+/// Announces chunk `c` (of `len` bytes) of `game` as growing, its bytes before file
+/// offset `from` already written: a chunk of more than one piece is worth passing on as
+/// it arrives.
+fn grow(shared: &Shared, game: &GameId, (c, len): (usize, u64), from: u64) -> Option<Arc<Growing>> {
+    if len <= PIECE_SIZE {
+        return None;
+    }
+    shared.partials.grow(game, u32::try_from(c).ok()?, from)
 }
 
 /// A failed chunk fetch's reason as the metrics name it; none for an offer not taken.

@@ -51,7 +51,8 @@ pub struct Lab {
     /// A client whose every upload fails its hash.
     pub liar: Option<usize>,
     /// Partial holders also serve the chunks they are fetching (cut-through: a relayed
-    /// flow never gets ahead of the flow it relays).
+    /// flow never gets ahead of the flow it relays); the daemon does with
+    /// `LANSPREAD_CUT_THROUGH=1`.
     pub relay: bool,
     pub seed: u64,
 }
@@ -69,7 +70,7 @@ impl Lab {
             stagger: 0.0,
             kill: Kill::Never,
             liar: None,
-            relay: true,
+            relay: false,
             seed: 1,
         }
     }

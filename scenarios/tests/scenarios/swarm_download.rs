@@ -289,8 +289,8 @@ fn a_partial_holder_that_sends_bad_bytes_is_dropped_and_nothing_bad_is_committed
 
 #[test]
 fn a_chunk_still_arriving_is_passed_on_as_its_pieces_verify() {
-    // Cut-through (protocol 9): a partial holder announces the chunks it is fetching and
-    // serves them as they arrive. c0 starts first against a server limited to 32 MiB/s
+    // Cut-through (protocol 9, `LANSPREAD_CUT_THROUGH=1`): a partial holder announces the
+    // chunks it is fetching and serves them as they arrive. c0 starts first against a server limited to 32 MiB/s
     // (8 chunks: about 8 s), c1 right after: every chunk c1 asks c0 for is still on its
     // way to c0, which passes it on piece by piece.
     let sdir = tempfile::tempdir().unwrap();
@@ -300,8 +300,13 @@ fn a_chunk_still_arriving_is_passed_on_as_its_pieces_verify() {
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            let c =
-                crate::metrics::with_metrics(&format!("c{i}"), d.path(), &["--max-links", "64"]);
+            let args = ["--metrics-listen", "127.0.0.1:0", "--max-links", "64"];
+            let opts = NodeOptions {
+                args: args.iter().map(|a| a.to_string()).collect(),
+                env: vec![("LANSPREAD_CUT_THROUGH".into(), "1".into())],
+                ..NodeOptions::default()
+            };
+            let c = Node::start_with(&format!("c{i}"), d.path(), opts);
             c.connect(&s);
             c
         })
