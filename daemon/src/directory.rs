@@ -299,6 +299,18 @@ impl Directory {
             .partial_holders(game, version, digest, chunks)
     }
 
+    /// Of the partial holders, the chunks each is still fetching (served as they arrive).
+    pub fn partial_growing(
+        &self,
+        (game, version): (&GameId, Version),
+        digest: &ChunkHash,
+        chunks: usize,
+    ) -> Vec<(PeerId, Vec<usize>)> {
+        self.lock()
+            .table
+            .partial_growing(game, version, digest, chunks)
+    }
+
     /// How many linked peers download `game` at `version` now (they announce a partial
     /// copy of it, maybe still empty).
     pub fn downloaders(&self, game: &GameId, version: Version) -> usize {

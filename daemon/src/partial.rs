@@ -18,12 +18,12 @@ use tokio::sync::watch;
 /// What the links announce: one holding per game being downloaded.
 pub type Announced = Arc<BTreeMap<GameId, HeldCopy>>;
 
-/// Whether chunks being fetched are announced and served as they arrive: off unless
-/// `LANSPREAD_CUT_THROUGH=1`. The simulation gains much from it (N = 16: 1.45 → 1.18 ×
-/// T_min) but the real lab on a 2-core machine lost (N = 16: 1.64–1.70 → 2.05 ×), so it
-/// stays a knob until the lab says otherwise.
+/// Whether chunks being fetched are announced and served as they arrive: on unless
+/// `LANSPREAD_CUT_THROUGH=0` (for comparisons). The swarm simulation, N = 16: 1.45 →
+/// 1.18 × T_min; the real lab (2 cores, 1 GiB, 100 Mbit/s): N = 16 1.64–1.71 → 1.59 ×,
+/// the server's upload 1.12–1.22 → 1.00–1.03 F (`bench/README.md`).
 fn cut_through() -> bool {
-    std::env::var("LANSPREAD_CUT_THROUGH").is_ok_and(|v| v == "1")
+    std::env::var("LANSPREAD_CUT_THROUGH").map_or(true, |v| v != "0")
 }
 
 /// A chunk being fetched: how far its bytes are verified and written, for the answers

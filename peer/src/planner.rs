@@ -125,6 +125,9 @@ struct Source {
     dropped: bool,
     /// What a partial source holds (`None`: a complete source, every chunk).
     has: Option<ChunkSet>,
+    /// Of those, the chunks it is still fetching (cut-through): asked for only when it
+    /// holds no verified chunk we need, since a relay goes no faster than its upstream.
+    growing: Vec<usize>,
     /// Dropped for cause (bad bytes, gone while asked): never revived in this download.
     banned: bool,
     /// A source that answered `Later`: not asked again until [`Planner::wake`].
@@ -303,8 +306,8 @@ impl Planner {
                 true => self
                     .sources
                     .get(&first.peer)
-                    .and_then(|s| s.has.as_ref())
-                    .and_then(|has| self.rarest_held(has, fits)),
+                    .and_then(|s| Some((s.has.as_ref()?, &s.growing)))
+                    .and_then(|(has, growing)| self.rarest_held(has, growing, fits)),
             };
             let Some(next) = next else {
                 break;

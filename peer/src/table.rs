@@ -275,6 +275,32 @@ impl PeerTable {
             .collect()
     }
 
+    /// Of what [`PeerTable::partial_holders`] lists, the chunks each holder is still
+    /// fetching (indices below `chunks`).
+    pub fn partial_growing(
+        &self,
+        game: &GameId,
+        version: Version,
+        digest: &ChunkHash,
+        chunks: usize,
+    ) -> Vec<(PeerId, Vec<usize>)> {
+        self.peers
+            .iter()
+            .filter_map(|(id, e)| {
+                let p = e.partial.get(game)?;
+                if p.version != version || &p.digest != digest || p.growing.is_empty() {
+                    return None;
+                }
+                let list = p
+                    .growing
+                    .iter()
+                    .map(|&c| c as usize)
+                    .filter(|&c| c < chunks);
+                Some((id.clone(), list.collect()))
+            })
+            .collect()
+    }
+
     /// How many peers hold part of `game` at `version` (any manifest, any chunks: a
     /// download that verified nothing yet counts).
     pub fn downloaders(&self, game: &GameId, version: Version) -> usize {
@@ -456,6 +482,10 @@ pub(crate) mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(served(&t), [0, 3, 6, 7]);
+        assert_eq!(
+            t.partial_growing(&game, v, &digest, 10),
+            [(pid(1), vec![6, 7])]
+        );
         let flood: Vec<u32> = (0..1000).map(|i| i % 10).collect();
         assert!(t.holding_growing(&pid(1), &game, &digest, &flood));
         let p = &t.get(&pid(1)).unwrap().partial[&game];

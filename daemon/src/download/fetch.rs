@@ -14,10 +14,11 @@ use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::limit::RateLimit;
+use crate::partial::Growing;
 use crate::writer::{Writer, BUF_SIZE};
 
 // A pool buffer holds exactly one piece: it is checked whole before it is written.
@@ -49,10 +50,36 @@ pub struct ChunkJob {
     /// Bytes of the range verified and handed to the writer so far (whole pieces), for
     /// the journal of a transfer that stops half-way.
     pub progress: std::sync::Arc<AtomicU64>,
-    /// The chunk as this daemon's partial copy serves it while it arrives: told how far
-    /// its bytes are verified and written (unset: not relayed; an offered chunk's is set
-    /// once its source chose it).
-    pub growing: std::sync::OnceLock<std::sync::Arc<crate::partial::Growing>>,
+    /// The chunk as this daemon's partial copy serves it while it arrives (`None`: not
+    /// passed on).
+    pub relay: Option<Relay>,
+}
+
+/// Cut-through for one chunk: announced as growing once its first piece is verified (a
+/// fetch answered `Later`, or an offered chunk not chosen, never is), then told how far
+/// its bytes are verified and written.
+pub struct Relay {
+    grow: Box<dyn Fn() -> Option<Arc<Growing>> + Send + Sync>,
+    growing: OnceLock<Option<Arc<Growing>>>,
+}
+
+impl Relay {
+    /// `grow` registers the chunk as growing (`None`: it is not passed on).
+    pub fn new(grow: impl Fn() -> Option<Arc<Growing>> + Send + Sync + 'static) -> Self {
+        Self {
+            grow: Box::new(grow),
+            growing: OnceLock::new(),
+        }
+    }
+
+    /// Registers the chunk at the first call; its progress, if it is passed on.
+    fn started(&self) -> Option<&Arc<Growing>> {
+        self.growing.get_or_init(|| (self.grow)()).as_ref()
+    }
+
+    fn growing(&self) -> Option<&Arc<Growing>> {
+        self.growing.get().and_then(Option::as_ref)
+    }
 }
 
 /// What became of one range.
@@ -181,15 +208,14 @@ fn lost(e: impl std::error::Error) -> FetchError {
 pub type Ask<'a> = (&'a GameId, Version, How<'a>);
 
 /// How chunks are asked for.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub enum How<'a> {
     /// `Chunks` from a ready peer.
     Ready,
     /// `PartialChunks` from a partial holder of the manifest with this digest.
     Partial(&'a ChunkHash),
-    /// `Offer` to a ready peer, which sends the one it chooses; the chosen job's chunk
-    /// is then announced as growing (what this returns for its index).
-    Offer(&'a (dyn Fn(usize) -> Option<std::sync::Arc<crate::partial::Growing>> + Sync)),
+    /// `Offer` to a ready peer, which sends the one it chooses.
+    Offer,
 }
 
 /// What one request got: each range received, and the range an offer's source chose.
@@ -316,7 +342,7 @@ async fn receive_all(
             digest: *digest,
             ranges,
         },
-        How::Offer(_) => PeerRequest::Offer {
+        How::Offer => PeerRequest::Offer {
             game,
             version,
             ranges,
@@ -342,12 +368,9 @@ async fn receive_all(
             }
             jobs
         }
-        How::Offer(grow) => match chosen(&mut recv, &mut stall, jobs.len()).await? {
+        How::Offer => match chosen(&mut recv, &mut stall, jobs.len()).await? {
             Some(i) => {
                 got.chosen = Some(i);
-                if let Some(g) = grow(i) {
-                    let _ = jobs[i].growing.set(g);
-                }
                 &jobs[i..=i]
             }
             None => {
@@ -492,9 +515,11 @@ async fn receive_one(
             piece_start += len;
             job.progress
                 .store(piece_start - job.offset, Ordering::Relaxed);
-            if let Some(g) = job.growing.get() {
+            if let Some(relay) = &job.relay {
                 ends.push(piece_start);
-                written(job, writes, &mut ends, g)?;
+                if let Some(g) = relay.started() {
+                    written(job, writes, &mut ends, g)?;
+                }
             }
         }
     }
@@ -546,7 +571,7 @@ async fn finish(job: &ChunkJob, writes: Writes) -> Result<(), FetchError> {
             }
         }
     }
-    if let Some(g) = job.growing.get() {
+    if let Some(g) = job.relay.as_ref().and_then(Relay::growing) {
         g.wrote(job.offset + job.len);
     }
     Ok(())

@@ -22,7 +22,6 @@ use tracing::Instrument;
 use super::fetch::{self, ChunkJob, FetchError};
 use super::{journal, lanes};
 use crate::failure::peer_failure;
-use crate::partial::Growing;
 use crate::state::Shared;
 
 /// What `transfer` writes into, and the connections it fetches over (closed when done).
@@ -220,6 +219,11 @@ impl Transfer<'_, '_> {
             .peers
             .partial_holders(self.game, &self.digest, chunks);
         engine.set_partials(holders, Instant::now());
+        let growing = self
+            .shared
+            .peers
+            .partial_growing(self.game, &self.digest, chunks);
+        engine.set_growing(&growing);
         // Peers that became ready at this version meanwhile (a partial source whose
         // download committed) stay sources.
         if let Some(ready) = self.shared.peers.sources(self.game.0) {
@@ -267,14 +271,15 @@ impl Transfer<'_, '_> {
                 let spec = &engine.chunks()[c];
                 let kept = kept.get(&c).copied().unwrap_or(0);
                 let (offset, len, first) = chunk_rest(spec.offset, spec.len, kept);
-                // A chunk of more than one piece is worth passing on as it arrives; an
-                // offered one once its source chose it.
-                let growing = std::sync::OnceLock::new();
-                if !f.offer {
-                    if let Some(g) = grow(self.shared, self.game.0, (c, spec.len), offset) {
-                        let _ = growing.set(g);
-                    }
-                }
+                // A chunk of more than one piece is worth passing on as it arrives (it is
+                // announced once its first piece is verified).
+                let relay = (spec.len > PIECE_SIZE)
+                    .then(|| u32::try_from(c).ok())
+                    .flatten()
+                    .map(|k| {
+                        let (shared, game) = (self.shared.clone(), self.game.0.clone());
+                        fetch::Relay::new(move || shared.partials.grow(&game, k, offset))
+                    });
                 ChunkJob {
                     path: files[spec.file].path.clone(),
                     file: file_ids[spec.file],
@@ -282,7 +287,7 @@ impl Transfer<'_, '_> {
                     len,
                     pieces: spec.pieces[first..].to_vec(),
                     progress: in_flight.start(c, offset - spec.offset),
-                    growing,
+                    relay,
                 }
             })
             .collect();
@@ -319,22 +324,11 @@ impl Transfer<'_, '_> {
         let (shared, game, version) = (self.shared.clone(), self.game.0.clone(), self.game.1);
         let digest = self.digest;
         let (partial, offer) = (f.partial, f.offer);
-        // Each offered chunk's index, length and first byte: the chosen one grows.
-        let offered: Vec<(usize, u64, u64)> = f
-            .chunks
-            .iter()
-            .zip(&jobs)
-            .map(|(&c, j)| (c, engine.chunks()[c].len, j.offset))
-            .collect();
         let fetch = runtime.spawn(
             async move {
-                let chosen = |i: usize| {
-                    let &(c, len, offset) = offered.get(i)?;
-                    grow(&shared, &game, (c, len), offset)
-                };
                 let how = match (partial, offer) {
                     (true, _) => fetch::How::Partial(&digest),
-                    (false, true) => fetch::How::Offer(&chosen),
+                    (false, true) => fetch::How::Offer,
                     (false, false) => fetch::How::Ready,
                 };
                 let limit = &shared.net.download_limit;
@@ -413,16 +407,6 @@ impl Transfer<'_, '_> {
             resumed_bytes: resumed.min(spec.len),
         });
     }
-}
-
-/// Announces chunk `c` (of `len` bytes) of `game` as growing, its bytes before file
-/// offset `from` already written: a chunk of more than one piece is worth passing on as
-/// it arrives.
-fn grow(shared: &Shared, game: &GameId, (c, len): (usize, u64), from: u64) -> Option<Arc<Growing>> {
-    if len <= PIECE_SIZE {
-        return None;
-    }
-    shared.partials.grow(game, u32::try_from(c).ok()?, from)
 }
 
 /// A failed chunk fetch's reason as the metrics name it; none for an offer not taken.

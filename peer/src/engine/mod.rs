@@ -655,6 +655,24 @@ impl Engine {
         self.check_status();
     }
 
+    /// Of what the partial holders serve, the chunks each is still fetching (they pass
+    /// them on as they arrive, no faster than they get them): asked for only when a
+    /// holder has no verified chunk this download needs. Call after
+    /// [`Engine::set_partials`]; a holder not listed fetches nothing now.
+    pub fn set_growing(&mut self, growing: &[(PeerId, Vec<usize>)]) {
+        let Some(planner) = self.planner.as_mut() else {
+            return;
+        };
+        let partial: Vec<PeerId> = planner.partial_sources().cloned().collect();
+        for peer in partial {
+            let list = growing
+                .iter()
+                .find(|(p, _)| *p == peer)
+                .map_or(&[][..], |(_, g)| g);
+            planner.set_growing(&peer, list);
+        }
+    }
+
     fn fail(&mut self, e: PeerError) {
         self.phase = Phase::Ended;
         self.in_flight.clear();

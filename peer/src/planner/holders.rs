@@ -156,6 +156,14 @@ impl Planner {
         true
     }
 
+    /// What partial source `peer` is still fetching of what it holds (cut-through): asked
+    /// for only when it has no verified chunk we need.
+    pub fn set_growing(&mut self, peer: &PeerId, growing: &[usize]) {
+        if let Some(s) = self.sources.get_mut(peer).filter(|s| s.has.is_some()) {
+            s.growing = growing.to_vec();
+        }
+    }
+
     /// A partial source vanished (its link or its copy is gone): its chunks in flight
     /// will fail on their own; nothing more is asked of it unless it comes back.
     pub fn remove_partial(&mut self, peer: &PeerId) {
@@ -242,16 +250,22 @@ impl Planner {
             if !self.partial_room(s) {
                 return None;
             }
-            Some((p.clone(), self.rarest_held(has, |_| true)?))
+            Some((p.clone(), self.rarest_held(has, &s.growing, |_| true)?))
         })?;
         self.take_pending(chunk);
         self.assign(chunk, &peer);
         Some(Assignment { chunk, peer })
     }
 
-    /// Among the pending chunks in `has` that pass `ok`: a failed one first, else the
-    /// rarest (then first in the order).
-    pub(super) fn rarest_held(&self, has: &ChunkSet, ok: impl Fn(u64) -> bool) -> Option<usize> {
+    /// Among the pending chunks in `has` that pass `ok`: a failed one first, else a
+    /// verified one before one still `growing` there, the rarest (then first in the
+    /// order).
+    pub(super) fn rarest_held(
+        &self,
+        has: &ChunkSet,
+        growing: &[usize],
+        ok: impl Fn(u64) -> bool,
+    ) -> Option<usize> {
         let usable =
             |c: usize| has.contains(c) && self.state[c] == State::Pending && ok(self.chunks[c].len);
         if let Some(c) = self.retry.iter().copied().find(|&c| usable(c)) {
@@ -259,7 +273,7 @@ impl Planner {
         }
         has.iter()
             .filter(|&c| self.state[c] == State::Pending && ok(self.chunks[c].len))
-            .min_by_key(|&c| (self.rarity[c], self.rank[c], c))
+            .min_by_key(|&c| (growing.contains(&c), self.rarity[c], self.rank[c], c))
     }
 
     /// Whether a live partial source holds a pending chunk.
@@ -380,6 +394,32 @@ mod tests {
             p.poll_assign().map(|a| (a.chunk, a.peer)),
             Some((1, pid(2)))
         );
+    }
+
+    #[test]
+    fn a_chunk_a_holder_is_still_fetching_is_asked_for_only_when_it_has_no_verified_one() {
+        let files = [file("g.eti", 4 * C)];
+        let mut p = Planner::new(&files, &[pid(1)], 4);
+        // Holder 2 verified 1 and is fetching 0 (first in the order, as rare).
+        p.set_partial(&pid(2), set(4, &[0, 1]));
+        p.set_growing(&pid(2), &[0]);
+        let a = p.poll_assign().unwrap();
+        assert_eq!(
+            (a.peer.clone(), a.chunk),
+            (pid(2), 1),
+            "a verified chunk first: a relay is no faster than its upstream"
+        );
+        // Growing chunks count as held: the server is not offered chunk 0.
+        assert_eq!(p.rarity(0), 1);
+        let server: Vec<_> = std::iter::from_fn(|| p.poll_assign()).collect();
+        assert!(
+            server.iter().all(|x| x.peer == pid(1) && x.chunk != 0),
+            "{server:?}"
+        );
+        p.on_done(1, &pid(2));
+        // Nothing verified left there that we lack: the growing one.
+        let b = p.poll_assign().unwrap();
+        assert_eq!((b.peer, b.chunk), (pid(2), 0));
     }
 
     #[test]

@@ -51,8 +51,8 @@ pub struct Lab {
     /// A client whose every upload fails its hash.
     pub liar: Option<usize>,
     /// Partial holders also serve the chunks they are fetching (cut-through: a relayed
-    /// flow never gets ahead of the flow it relays); the daemon does with
-    /// `LANSPREAD_CUT_THROUGH=1`.
+    /// flow never gets ahead of the flow it relays), as the daemon does unless
+    /// `LANSPREAD_CUT_THROUGH=0`.
     pub relay: bool,
     pub seed: u64,
 }
@@ -70,7 +70,7 @@ impl Lab {
             stagger: 0.0,
             kill: Kill::Never,
             liar: None,
-            relay: false,
+            relay: true,
             seed: 1,
         }
     }
@@ -468,8 +468,15 @@ impl Party<'_> {
                 .filter(|&&l| l > 0 && !self.nodes[l].dead && self.nodes[l].done_at.is_some())
                 .map(|&l| self.nodes[l].id.clone())
                 .collect();
+            let growing: Vec<(PeerId, Vec<usize>)> = self.nodes[e]
+                .links
+                .iter()
+                .filter(|&&l| self.active(l))
+                .map(|&l| (self.nodes[l].id.clone(), self.growing(l)))
+                .collect();
             if let Some(engine) = self.nodes[e].engine.as_mut() {
                 engine.set_partials(holders, now);
+                engine.set_growing(&growing);
                 engine.add_ready(&ready);
             }
             self.drive(e);

@@ -289,8 +289,8 @@ fn a_partial_holder_that_sends_bad_bytes_is_dropped_and_nothing_bad_is_committed
 
 #[test]
 fn a_chunk_still_arriving_is_passed_on_as_its_pieces_verify() {
-    // Cut-through (protocol 9, `LANSPREAD_CUT_THROUGH=1`): a partial holder announces the
-    // chunks it is fetching and serves them as they arrive. c0 starts first against a server limited to 32 MiB/s
+    // Cut-through (protocol 9; on by default, set here explicitly): a partial holder
+    // announces the chunks it is fetching and serves them as they arrive. c0 starts first against a server limited to 32 MiB/s
     // (8 chunks: about 8 s), c1 right after: every chunk c1 asks c0 for is still on its
     // way to c0, which passes it on piece by piece.
     let sdir = tempfile::tempdir().unwrap();

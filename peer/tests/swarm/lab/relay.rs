@@ -46,6 +46,19 @@ impl Party<'_> {
         set
     }
 
+    /// The chunks client `c` is fetching and serves as they arrive (none without
+    /// cut-through).
+    pub(super) fn growing(&self, c: usize) -> Vec<usize> {
+        if !self.lab.relay || c == 0 {
+            return Vec::new();
+        }
+        self.flows
+            .iter()
+            .filter(|f| f.dst == c && !self.nodes[c].have.contains(f.chunk))
+            .map(|f| f.chunk)
+            .collect()
+    }
+
     /// The flows `ids` ended without their chunk: the flows that relay them end too, as
     /// gone (their downloaders fetch the chunk again), and so on down the chain.
     pub(super) fn cut_relays(&mut self, ids: &[u64]) {
