@@ -170,9 +170,9 @@ impl Partials {
         self.publish(&copies);
     }
 
-    /// The download of `game` starts fetching `chunk`, whose bytes before file offset
-    /// `written_to` are verified and written already: it is served as it arrives, its
-    /// fetch reporting each piece written. `None` when there is no copy, or already
+    /// The download of `game` is fetching `chunk` (called at its first verified piece),
+    /// whose bytes before file offset `written_to` are verified and written already: it
+    /// is served as it arrives, its fetch reporting each piece written. `None` when there is no copy, or already
     /// [`MAX_GROWING`] chunks grow (this one is then served once verified).
     pub fn grow(&self, game: &GameId, chunk: u32, written_to: u64) -> Option<Arc<Growing>> {
         if !self.cut_through {
@@ -223,13 +223,15 @@ impl Partials {
     /// chunk (whole, or its rest from a piece on) of the copy of `game` at `version` with
     /// manifest `digest`; the first refused range cuts the list. With the gated files:
     /// the copy's liveness, and for each range of a growing chunk its progress (the
-    /// reader waits for each piece).
+    /// reader waits for each piece). `None`: the first range is a chunk of this copy
+    /// that it does not hold now (announced growing, its fetch failed since) — `Later`,
+    /// not a refusal, so the asker does not drop this holder for a crossed message.
     pub fn gate(
         &self,
         (game, version): (&GameId, Version),
         digest: &ChunkHash,
         ranges: &[ChunkRange],
-    ) -> Result<(Gated, Arc<AtomicBool>, Relayed), PeerError> {
+    ) -> Result<Option<(Gated, Arc<AtomicBool>, Relayed)>, PeerError> {
         let copies = self.lock();
         let Some(c) = copies.get(game).filter(|c| c.holding.version == version) else {
             return Err(PeerError::Refused(format!(
@@ -265,16 +267,30 @@ impl Partials {
             match (gated, dest) {
                 (Ok(_), Some(dest)) => files.push((dest.clone(), r.offset, r.len)),
                 (Err(e), _) => {
+                    // A chunk of this very copy that it does not hold now (a growing
+                    // one whose fetch failed since it was announced): ask again later.
+                    let whole = ChunkSet::full(servable.len());
+                    let valid = (&c.holding.digest, digest);
+                    let ours =
+                        gate_partial_chunk(&c.files, &whole, valid, &r.path, (r.offset, r.len));
+                    if files.is_empty() && ours.is_ok() {
+                        return Ok(None);
+                    }
                     let gated = (c.root.clone(), files, Some(e.to_string()));
-                    return Ok((gated, c.live.clone(), growing));
+                    return Ok(Some((gated, c.live.clone(), growing)));
                 }
                 (Ok(_), None) => {
                     let why = format!("no destination for {}", r.path);
-                    return Ok(((c.root.clone(), files, Some(why)), c.live.clone(), growing));
+                    let gated = (c.root.clone(), files, Some(why));
+                    return Ok(Some((gated, c.live.clone(), growing)));
                 }
             }
         }
-        Ok(((c.root.clone(), files, None), c.live.clone(), growing))
+        Ok(Some((
+            (c.root.clone(), files, None),
+            c.live.clone(),
+            growing,
+        )))
     }
 }
 
@@ -318,11 +334,28 @@ mod tests {
             offset: chunk * CHUNK_SIZE,
             len: CHUNK_SIZE,
         };
-        let gate = |chunk: u64| p.gate((&game, version), &digest, &[range(chunk)]).unwrap();
+        let gate = |chunk: u64| {
+            p.gate((&game, version), &digest, &[range(chunk)])
+                .unwrap()
+                .expect("held or not a chunk of ours")
+        };
+        let later = |chunk: u64| {
+            p.gate((&game, version), &digest, &[range(chunk)])
+                .unwrap()
+                .is_none()
+        };
         let growing_of =
             |w: &mut watch::Receiver<Announced>| w.borrow_and_update()[&game].growing.clone();
-        // Not fetched yet: refused.
-        assert!(gate(1).0 .2.is_some());
+        // Not fetched yet (or a crossed message): later, not refused; a range that is
+        // no chunk of ours is refused.
+        assert!(later(1));
+        let odd = ChunkRange {
+            path: path.clone(),
+            offset: 5,
+            len: 7,
+        };
+        let refused = p.gate((&game, version), &digest, &[odd]).unwrap().unwrap();
+        assert!(refused.0 .2.is_some());
         let g = p.grow(&game, 1, CHUNK_SIZE).unwrap();
         assert_eq!(growing_of(&mut watch), [1]);
         let ((_, files, refused), _, growing) = gate(1);
@@ -344,7 +377,7 @@ mod tests {
         p.grow_failed(&game, 1);
         assert_eq!(relayed.written_to(), None);
         assert!(growing_of(&mut watch).is_empty());
-        assert!(gate(1).0 .2.is_some());
+        assert!(later(1));
         // Fetched again and verified: served whole once announced, no longer growing.
         let again = p.grow(&game, 1, CHUNK_SIZE).unwrap();
         again.wrote(2 * CHUNK_SIZE);

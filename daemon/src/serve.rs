@@ -331,7 +331,8 @@ async fn serve_partial(
     ranges: &[ChunkRange],
 ) -> Result<(), SendFailed> {
     let (gated, live, growing) = match shared.partials.gate(game, digest, ranges) {
-        Ok((gated, live, growing)) => (Ok(gated), Some(live), growing),
+        Ok(Some((gated, live, growing))) => (Ok(gated), Some(live), growing),
+        Ok(None) => return answer.later().await,
         Err(e) => (Err(e), None, Vec::new()),
     };
     for _ in growing.iter().flatten() {
@@ -371,12 +372,17 @@ async fn send_ranges(
         let stopped = || Err(Stop::Refused("the file reader stopped".into()));
         let first = match first.unwrap_or_else(stopped) {
             Ok(first) => first,
-            Err(Stop::Cut(why)) if i == 0 => {
-                // A relayed chunk whose fetch here failed before any of it was sent:
-                // the asker rests and asks again, it does not drop us.
+            Err(Stop::Cut(why)) => {
+                // A relayed chunk that stopped arriving here (or a copy that ended)
+                // before any of this range was sent: the asker rests and asks again,
+                // it does not drop us — `Later` as the answer's first word, else the
+                // stream reset with `RELAY_CUT` (the ranges before are whole).
                 debug!("a relayed chunk stopped: {why}");
                 pieces.rx.close();
-                return answer.later().await;
+                if i == 0 {
+                    return answer.later().await;
+                }
+                return Err(SendFailed::Cut(why));
             }
             Err(e) => {
                 warn!("refused a chunk: {e}");

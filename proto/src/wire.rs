@@ -49,8 +49,10 @@ pub mod close_code {
 pub mod reset_code {
     /// The answer failed (the asker stopped taking it, or a local failure).
     pub const FAILED: u32 = 1;
-    /// A partial holder passing on a chunk as it arrives lost its own fetch of it: not
-    /// the asker's fault nor the holder's; the pieces sent are good, ask again later.
+    /// A partial holder passing on a chunk as it arrives cannot go on (its own fetch of
+    /// it stopped, or its copy ended: committed or cancelled): the whole pieces sent are
+    /// good, ask again later. Honoured only from a partial holder after at least one
+    /// good piece of the range.
     pub const RELAY_CUT: u32 = 2;
 }
 

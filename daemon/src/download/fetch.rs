@@ -334,6 +334,8 @@ async fn receive_all(
         })
         .collect();
     let game = game.clone();
+    // Only a partial holder passes chunks on as they arrive (`RELAY_CUT`).
+    let relayed = matches!(how, How::Partial(_));
     let request = match how {
         How::Ready => PeerRequest::chunks(game, version, ranges),
         How::Partial(digest) => PeerRequest::PartialChunks {
@@ -386,7 +388,7 @@ async fn receive_all(
             &mut stall,
             writer,
             limit,
-            job,
+            (job, relayed),
             &mut writes,
             &mut read,
         );
@@ -439,7 +441,7 @@ async fn receive_one(
     stall: &mut Stall<'_>,
     writer: &Writer,
     limit: &RateLimit,
-    job: &ChunkJob,
+    (job, relayed): (&ChunkJob, bool),
     writes: &mut Writes,
     read: &mut Option<Option<PeerResponse>>,
 ) -> Result<(), FetchError> {
@@ -483,9 +485,15 @@ async fn receive_one(
                     job.len
                 )))
             }
-            Err(quinn::ReadError::Reset(code)) if code.into_inner() == u64::from(RELAY_CUT) => {
-                // Its source lost its own fetch of the chunk: the pieces verified here
-                // are kept, and the source rests (as after `Later`), not dropped.
+            Err(quinn::ReadError::Reset(code))
+                if code.into_inner() == u64::from(RELAY_CUT)
+                    && relayed
+                    && piece_start > job.offset =>
+            {
+                // A partial holder passing the chunk on could not go on (its own fetch
+                // stopped, or its copy ended) after at least one good piece: those are
+                // kept, and the holder rests (as after `Later`), not dropped. Without a
+                // good piece, or from a ready peer, it is a lost stream like any other.
                 return Err(FetchError::Source(
                     FailKind::NotChosen,
                     "the chunk stopped arriving at the peer passing it on".into(),
@@ -548,6 +556,8 @@ fn written(
             Ok(Err(e)) => Failure::io(format!("writing {}", job.path), &e),
             Err(TryRecvError::Closed) => Failure::internal("the io_uring writer stopped"),
         };
+        // Its result is taken: a later `settle` must not wait on it again.
+        writes.remove(0);
         return Err(FetchError::Local(e));
     }
     Ok(())
