@@ -182,6 +182,19 @@ impl PeerTable {
         true
     }
 
+    /// A peer's holding of `game` at the manifest `digest`, if it announced one.
+    fn holding_at(
+        &mut self,
+        id: &PeerId,
+        game: &GameId,
+        digest: &ChunkHash,
+    ) -> Option<&mut PartialGame> {
+        self.peers
+            .get_mut(id)
+            .and_then(|e| e.partial.get_mut(game))
+            .filter(|p| &p.digest == digest)
+    }
+
     /// The chunks of a holding the peer is fetching now (the whole list); ignored (false)
     /// unless it announced a holding of that game at that digest. Indices past its set
     /// and past [`MAX_GROWING`] are ignored.
@@ -192,12 +205,7 @@ impl PeerTable {
         digest: &ChunkHash,
         chunks: &[u32],
     ) -> bool {
-        let Some(p) = self
-            .peers
-            .get_mut(id)
-            .and_then(|e| e.partial.get_mut(game))
-            .filter(|p| &p.digest == digest)
-        else {
+        let Some(p) = self.holding_at(id, game, digest) else {
             return false;
         };
         let len = p.chunks.len();
@@ -220,10 +228,8 @@ impl PeerTable {
         chunks: &[u32],
     ) -> bool {
         let Some(p) = self
-            .peers
-            .get_mut(id)
-            .and_then(|e| e.partial.get_mut(game))
-            .filter(|p| &p.digest == digest && chunks.len() <= p.chunks.len())
+            .holding_at(id, game, digest)
+            .filter(|p| chunks.len() <= p.chunks.len())
         else {
             return false;
         };
