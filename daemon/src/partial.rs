@@ -204,6 +204,15 @@ impl Partials {
         }
     }
 
+    /// Every byte of growing `chunk`, up to file offset `end`, is verified and written
+    /// (another request for it was verified first: the end game's race): answers relaying
+    /// it read on to its end.
+    pub fn grown_whole(&self, game: &GameId, chunk: u32, end: u64) {
+        if let Some(g) = self.lock().get(game).and_then(|c| c.growing.get(&chunk)) {
+            g.wrote(end);
+        }
+    }
+
     /// The download of `game` ended (committed, failed or cancelled): nothing of it is
     /// served as a partial copy any more.
     pub fn end(&self, game: &GameId) {

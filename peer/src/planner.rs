@@ -12,6 +12,9 @@
 //! the plain in-order planner.
 
 mod holders;
+mod outcomes;
+mod race;
+pub use race::Settled;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -54,6 +57,9 @@ pub struct Batch {
     /// ([`Planner::offer_to_complete_sources`]); the others come back
     /// [`FailKind::NotChosen`].
     pub offer: bool,
+    /// A second request for a chunk on its way from another source (the end game, see
+    /// `race.rs`): the first verified copy wins.
+    pub race: bool,
 }
 
 /// Which chunks may share a request (see [`Planner::batch_small_chunks`]).
@@ -167,6 +173,18 @@ pub struct Planner {
     rank: Vec<u32>,
     /// Live partial sources holding each chunk.
     rarity: Vec<u32>,
+    /// The second source of a chunk raced in the end game (`race.rs`).
+    second: Vec<Option<PeerId>>,
+    /// A race's loser, still sending a chunk already verified.
+    late: Vec<Option<PeerId>>,
+    /// When each chunk was last started (a sequence number): the end game races the
+    /// oldest first.
+    started: Vec<u64>,
+    next_start: u64,
+    /// Whether the end game races the last chunks.
+    race: bool,
+    /// Chunks of an offer whose source has not said yet which it sends: not raced.
+    offered: Vec<bool>,
     sources: BTreeMap<PeerId, Source>,
     max_in_flight: usize,
     max_in_flight_bytes: u64,
@@ -207,6 +225,12 @@ impl Planner {
             retry: VecDeque::new(),
             rank: (0..n as u32).collect(),
             rarity: vec![0; n],
+            second: vec![None; n],
+            late: vec![None; n],
+            started: vec![0; n],
+            next_start: 0,
+            race: false,
+            offered: vec![false; n],
             sources: sources
                 .iter()
                 .map(|p| (p.clone(), Source::default()))
@@ -281,7 +305,15 @@ impl Planner {
     /// request while they are small, the batch limits allow and the source still has room
     /// under the same rules (in flight, bytes, balance). Call until `None` after every event.
     pub fn poll_batch(&mut self) -> Option<Batch> {
-        let first = self.poll_assign()?;
+        let Some(first) = self.poll_assign() else {
+            let a = self.assign_racer()?;
+            return Some(Batch {
+                chunks: vec![a.chunk],
+                peer: a.peer,
+                offer: false,
+                race: true,
+            });
+        };
         if self.offer > 1
             && !self.is_partial(&first.peer)
             && self.partial_sources().next().is_some()
@@ -321,6 +353,7 @@ impl Planner {
             chunks,
             peer: first.peer,
             offer: false,
+            race: false,
         })
     }
 
@@ -335,6 +368,7 @@ impl Planner {
     }
 
     fn offer_more(&mut self, first: Assignment) -> Batch {
+        self.offered[first.chunk] = true;
         let mut chunks = vec![first.chunk];
         while chunks.len() < self.offer {
             let Some(next) = self.next_for_complete(|_| true) else {
@@ -342,12 +376,14 @@ impl Planner {
             };
             self.take_pending(next);
             self.assign(next, &first.peer);
+            self.offered[next] = true;
             chunks.push(next);
         }
         Batch {
             chunks,
             peer: first.peer,
             offer: true,
+            race: false,
         }
     }
 
@@ -415,6 +451,9 @@ impl Planner {
         }
         self.state[chunk] = State::InFlight;
         self.owner[chunk] = Some(peer.clone());
+        self.started[chunk] = self.next_start;
+        self.next_start += 1;
+        self.offered[chunk] = false;
     }
 
     /// Marks a chunk as already present and verified (resumed from an earlier attempt);
@@ -427,83 +466,6 @@ impl Planner {
         self.state[chunk] = State::Done;
         self.done += 1;
         true
-    }
-
-    /// A chunk arrived and every piece of it matched its hash.
-    pub fn on_done(&mut self, chunk: usize, peer: &PeerId) {
-        if !self.is_in_flight_from(chunk, peer) {
-            return;
-        }
-        // Something changed: resting sources may be offered again, and a source that
-        // says `Later` while others send is busy, not stalled.
-        for s in self.sources.values_mut() {
-            s.quiet = false;
-        }
-        self.wake();
-        let len = self.chunks[chunk].len;
-        if let Some(s) = self.sources.get_mut(peer) {
-            s.in_flight -= 1;
-            s.in_flight_bytes -= len;
-            s.stalls = 0;
-            s.backoff = s.backoff.saturating_sub(1);
-        }
-        self.state[chunk] = State::Done;
-        self.done += 1;
-    }
-
-    /// A chunk failed; it goes back to the queue, and the source is dropped unless the
-    /// failure was local.
-    pub fn on_failed(&mut self, chunk: usize, peer: &PeerId, kind: FailKind) {
-        if !self.is_in_flight_from(chunk, peer) {
-            return;
-        }
-        let len = self.chunks[chunk].len;
-        if let Some(s) = self.sources.get_mut(peer) {
-            s.in_flight -= 1;
-            s.in_flight_bytes -= len;
-            s.assigned -= len;
-            match kind {
-                FailKind::Transient | FailKind::NotChosen => {}
-                // Every chunk in flight from a silent source fails at once; the silence
-                // counts once.
-                FailKind::Stalled if self.epoch_at[chunk] == s.epoch => {
-                    s.epoch += 1;
-                    s.stalls += 1;
-                    s.backoff = (s.backoff + 1).min(MAX_BACKOFF);
-                    if s.stalls >= MAX_STALLS {
-                        s.dropped = true;
-                    }
-                }
-                FailKind::Stalled => {}
-                // A partial source is gone when its download ends (it may be a complete
-                // one a moment later); bad bytes ban any source.
-                FailKind::SourceGone if s.has.is_some() || s.was_partial => s.dropped = true,
-                FailKind::SourceGone | FailKind::BadData => {
-                    s.dropped = true;
-                    s.banned = true;
-                }
-            }
-        }
-        if !matches!(kind, FailKind::Transient | FailKind::NotChosen) {
-            self.recount(peer);
-        }
-        self.state[chunk] = State::Pending;
-        self.owner[chunk] = None;
-        if kind == FailKind::Transient {
-            self.retries[chunk] += 1;
-            if self.retries[chunk] > MAX_TRANSIENT_RETRIES {
-                self.failed = Some(format!(
-                    "chunk {chunk} failed {MAX_TRANSIENT_RETRIES} times"
-                ));
-            }
-        }
-        if kind == FailKind::NotChosen {
-            // Back in its place in the order: someone else is being sent it.
-            self.queue.insert((self.rank[chunk], chunk));
-        } else {
-            // Retry it before anything else.
-            self.retry.push_front(chunk);
-        }
     }
 
     /// Where the download stands.
@@ -591,7 +553,9 @@ impl Planner {
     }
 
     fn is_in_flight_from(&self, chunk: usize, peer: &PeerId) -> bool {
-        self.state.get(chunk) == Some(&State::InFlight) && self.owner[chunk].as_ref() == Some(peer)
+        self.state.get(chunk) == Some(&State::InFlight)
+            && (self.owner[chunk].as_ref() == Some(peer)
+                || self.second[chunk].as_ref() == Some(peer))
     }
 }
 

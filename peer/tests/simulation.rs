@@ -159,6 +159,7 @@ impl Sim {
                         );
                         *out.bytes_from.entry(peer).or_default() += engine.chunks()[chunk].len;
                     }
+                    Action::Cancel(id) => panic!("a race ({id:?}) without partial sources"),
                     Action::Commit => {
                         out.finished_at = Some(self.now);
                         out.why = engine.why().clone();

@@ -236,8 +236,19 @@ pub fn run(shape: LabShape) -> LabReport {
     }
     let sdir = tempfile::tempdir().expect("server dir");
     write_game(sdir.path(), shape.mib);
+    // For a study of a run: `LANSPREAD_LAB_LOG` is every daemon's log filter,
+    // `LANSPREAD_LAB_ARGS` more daemon flags (split at spaces), and
+    // `LANSPREAD_LAB_KEEP=DIR` keeps every daemon's log and events there.
+    let env = std::env::var("LANSPREAD_LAB_LOG")
+        .map(|f| vec![("LANSPREAD_LOG".to_owned(), f)])
+        .unwrap_or_default();
+    let mut args = vec!["--max-links".into(), (shape.clients + 8).to_string()];
+    if let Ok(more) = std::env::var("LANSPREAD_LAB_ARGS") {
+        args.extend(more.split_whitespace().map(str::to_owned));
+    }
     let opts = NodeOptions {
-        args: vec!["--max-links".into(), (shape.clients + 8).to_string()],
+        args,
+        env,
         ..Default::default()
     };
     let (server, clients) = net.star(sdir.path(), shape.clients, &opts);
@@ -296,6 +307,9 @@ pub fn run(shape: LabShape) -> LabReport {
             .map(|h| h.join().expect("a client's thread"))
             .collect()
     });
+    if let Some(keep) = std::env::var_os("LANSPREAD_LAB_KEEP") {
+        keep_logs(std::path::Path::new(&keep), &server, &clients);
+    }
     let root = sdir.path().join(GAME);
     let want = crate::manifest(&root);
     for d in &dirs {
@@ -318,6 +332,16 @@ pub fn run(shape: LabShape) -> LabReport {
         clients: runs,
         server_rate: rate_curve(&served, shape.t_min().as_secs_f64() / 50.0),
         killed_s,
+    }
+}
+
+/// Copies every node's daemon log and events into `dir` (`<name>.log`, `<name>.jsonl`).
+fn keep_logs(dir: &std::path::Path, server: &Node, clients: &[Node]) {
+    let _ = std::fs::create_dir_all(dir);
+    for n in std::iter::once(server).chain(clients) {
+        let _ = std::fs::write(dir.join(format!("{}.log", n.name)), n.log());
+        let events: String = n.events().iter().map(|e| format!("{e}\n")).collect();
+        let _ = std::fs::write(dir.join(format!("{}.jsonl", n.name)), events);
     }
 }
 

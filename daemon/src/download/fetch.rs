@@ -92,7 +92,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn failed(e: FetchError) -> Self {
+    pub(crate) fn failed(e: FetchError) -> Self {
         Self {
             result: Err(e),
             kept: 0,
@@ -208,14 +208,15 @@ fn lost(e: impl std::error::Error) -> FetchError {
 pub type Ask<'a> = (&'a GameId, Version, How<'a>);
 
 /// How chunks are asked for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub enum How<'a> {
     /// `Chunks` from a ready peer.
     Ready,
     /// `PartialChunks` from a partial holder of the manifest with this digest.
     Partial(&'a ChunkHash),
-    /// `Offer` to a ready peer, which sends the one it chooses.
-    Offer,
+    /// `Offer` to a ready peer, which sends the one it chooses; told which (its index
+    /// among the jobs) as soon as the answer's head says so.
+    Offer(&'a (dyn Fn(usize) + Sync)),
 }
 
 /// What one request got: each range received, and the range an offer's source chose.
@@ -344,7 +345,7 @@ async fn receive_all(
             digest: *digest,
             ranges,
         },
-        How::Offer => PeerRequest::Offer {
+        How::Offer(_) => PeerRequest::Offer {
             game,
             version,
             ranges,
@@ -370,9 +371,10 @@ async fn receive_all(
             }
             jobs
         }
-        How::Offer => match chosen(&mut recv, &mut stall, jobs.len()).await? {
+        How::Offer(told) => match chosen(&mut recv, &mut stall, jobs.len()).await? {
             Some(i) => {
                 got.chosen = Some(i);
+                told(i);
                 &jobs[i..=i]
             }
             None => {

@@ -2,7 +2,7 @@
 //! threads, journals, reports and announces each verified chunk, and tells the engine
 //! which linked peers hold part of the same manifest (the swarm's partial sources).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +15,7 @@ use lanspread_peer::{
 };
 use lanspread_proto::chunk_rest;
 use lanspread_proto::PeerId;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -116,6 +116,10 @@ pub(super) async fn transfer(
         addrs: HashMap::new(),
         announce: HoldingBatcher::default(),
         began: Instant::now(),
+        offers: HashMap::new(),
+        choices: mpsc::unbounded_channel(),
+        races: HashSet::new(),
+        aborts: HashMap::new(),
     };
     let mut holdings = shared.peers.watch_holdings();
     t.partial_sources(engine, &mut holdings);
@@ -124,6 +128,11 @@ pub(super) async fn transfer(
             match action {
                 Action::Fetch(f) => t.start(engine, f),
                 Action::Verified { chunk, peer } => t.verified(engine, chunk, peer),
+                Action::Cancel(batch) => {
+                    if let Some(abort) = t.aborts.get(&batch) {
+                        abort.abort();
+                    }
+                }
                 Action::Commit => {
                     // Every verified chunk announced: peers may fetch them during the
                     // commit's syncs; and journalled, should the commit not end.
@@ -167,11 +176,31 @@ pub(super) async fn transfer(
                 t.partial_sources(engine, &mut holdings);
                 continue;
             }
+            Some((batch, index)) = t.choices.1.recv() => {
+                t.chosen(engine, batch, index);
+                continue;
+            }
         };
         let (batch, peer, lane, outcomes) =
             joined.map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))??;
         let mut results = Vec::with_capacity(outcomes.len());
-        for (chunk, result, kept) in outcomes {
+        // An offer whose choice was told: the others were settled then (and may be on
+        // their way from another source now).
+        let picked = t.offers.remove(&batch).and_then(|o| o.picked);
+        let raced = t.races.remove(&batch);
+        t.aborts.remove(&batch);
+        for (i, (chunk, result, kept)) in outcomes.into_iter().enumerate() {
+            // What the chunk's progress, relay and kept pieces are is the other
+            // request's: an offer's chunk not chosen, a race's second request that
+            // failed, any request for a chunk verified meanwhile (a race's loser).
+            let others = picked.is_some_and(|p| p != i)
+                || (result.is_err() && (raced || engine.is_verified(chunk)));
+            if others {
+                results.push(result);
+                continue;
+            }
+            tracing::debug!(peer = %peer.short(), chunk, ok = result.is_ok(),
+                fail = ?result.as_ref().err().map(|e| e.0), kept, "fetch ended");
             t.work.in_flight.end(chunk, result.is_ok());
             t.grown(chunk, result.is_ok());
             if let Err((kind, _)) = &result {
@@ -206,6 +235,26 @@ struct Transfer<'a, 'w> {
     announce: HoldingBatcher,
     /// The batcher's clock starts here.
     began: Instant,
+    /// Offers in flight: their chunks, and the one chosen once the source told.
+    offers: HashMap<BatchId, Offer>,
+    /// Offers' choices as their fetches learn them: (batch, index among its chunks).
+    choices: (
+        mpsc::UnboundedSender<Choice>,
+        mpsc::UnboundedReceiver<Choice>,
+    ),
+    /// The end game's second requests in flight (`Fetch::race`).
+    races: HashSet<BatchId>,
+    /// Every fetch in flight, to stop a race's loser (`Action::Cancel`).
+    aborts: HashMap<BatchId, tokio::task::AbortHandle>,
+}
+
+/// An offer's choice: its batch, and the chosen chunk's index among its chunks.
+type Choice = (BatchId, usize);
+
+/// An offer in flight.
+struct Offer {
+    chunks: Vec<usize>,
+    picked: Option<usize>,
 }
 
 impl Transfer<'_, '_> {
@@ -273,7 +322,8 @@ impl Transfer<'_, '_> {
                 let (offset, len, first) = chunk_rest(spec.offset, spec.len, kept);
                 // A chunk of more than one piece is worth passing on as it arrives (it is
                 // announced once its first piece is verified).
-                let relay = (spec.len > PIECE_SIZE)
+                // The end game's second request leaves that to the first.
+                let relay = (spec.len > PIECE_SIZE && !f.race)
                     .then(|| u32::try_from(c).ok())
                     .flatten()
                     .map(|k| {
@@ -286,7 +336,10 @@ impl Transfer<'_, '_> {
                     offset,
                     len,
                     pieces: spec.pieces[first..].to_vec(),
-                    progress: in_flight.start(c, offset - spec.offset),
+                    progress: match f.race {
+                        false => in_flight.start(c, offset - spec.offset),
+                        true => Arc::default(),
+                    },
                     relay,
                 }
             })
@@ -320,15 +373,31 @@ impl Transfer<'_, '_> {
             return engine.on_fetched(f.id, vec![gone; jobs.len()], false);
         };
         debug_assert!(jobs.iter().all(|j| j.offset % PIECE_SIZE == 0));
+        tracing::debug!(peer = %f.peer.short(), chunks = ?f.chunks, partial = f.partial,
+            offer = f.offer, race = f.race, "fetch started");
         let source = self.activity.entry(f.peer.clone()).or_default().clone();
         let (shared, game, version) = (self.shared.clone(), self.game.0.clone(), self.game.1);
         let digest = self.digest;
         let (partial, offer) = (f.partial, f.offer);
+        if offer {
+            let chunks = f.chunks.clone();
+            self.offers.insert(
+                f.id,
+                Offer {
+                    chunks,
+                    picked: None,
+                },
+            );
+        }
+        let (choices, id) = (self.choices.0.clone(), f.id);
         let fetch = runtime.spawn(
             async move {
+                let told = move |i: usize| {
+                    let _ = choices.send((id, i));
+                };
                 let how = match (partial, offer) {
                     (true, _) => fetch::How::Partial(&digest),
-                    (false, true) => fetch::How::Offer,
+                    (false, true) => fetch::How::Offer(&told),
                     (false, false) => fetch::How::Ready,
                 };
                 let limit = &shared.net.download_limit;
@@ -344,12 +413,26 @@ impl Transfer<'_, '_> {
             }
             .in_current_span(),
         );
+        if f.race {
+            self.races.insert(f.id);
+        }
+        self.aborts.insert(f.id, fetch.abort_handle());
         let abort = AbortOnDrop(fetch.abort_handle());
         self.running.spawn(async move {
             let _abort = abort;
-            let results = fetch
-                .await
-                .map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))?;
+            let results = match fetch.await {
+                Ok(results) => results,
+                // A race's loser (`Action::Cancel`): its chunk came from elsewhere.
+                Err(e) if e.is_cancelled() => (0..skipped.len())
+                    .map(|_| {
+                        fetch::Outcome::failed(FetchError::Source(
+                            FailKind::NotChosen,
+                            "another source sent it first".into(),
+                        ))
+                    })
+                    .collect(),
+                Err(e) => return Err(Failure::internal(format_args!("chunk task failed: {e}"))),
+            };
             let results = results
                 .into_iter()
                 .zip(skipped)
@@ -364,6 +447,24 @@ impl Transfer<'_, '_> {
                 .collect::<Result<Vec<_>, Failure>>()?;
             Ok((f.id, f.peer, f.lane, results))
         });
+    }
+
+    /// An offer's source told which chunk it sends: the others are not in flight any
+    /// more, and the engine may ask other sources for them at once.
+    fn chosen(&mut self, engine: &mut Engine, batch: BatchId, index: usize) {
+        let Some(offer) = self.offers.get_mut(&batch) else {
+            return; // it ended meanwhile
+        };
+        if offer.picked.is_some() || index >= offer.chunks.len() {
+            return;
+        }
+        offer.picked = Some(index);
+        for (i, &c) in offer.chunks.iter().enumerate() {
+            if i != index {
+                self.work.in_flight.end(c, false);
+            }
+        }
+        engine.on_chosen(batch, index);
     }
 
     /// A chunk's fetch ended: verified, it stays served as growing until it is
@@ -386,11 +487,15 @@ impl Transfer<'_, '_> {
     /// Journals a verified chunk, reports it and queues it for the links.
     fn verified(&mut self, engine: &Engine, chunk: usize, peer: PeerId) {
         self.work.journal.record(chunk);
+        let spec = &engine.chunks()[chunk];
         if let Ok(c) = u32::try_from(chunk) {
+            // Whichever request verified it, every byte is written: answers relaying
+            // it (a race's loser was passing it on) read on to its end.
+            let end = spec.offset + spec.len;
+            self.shared.partials.grown_whole(self.game.0, c, end);
             self.announce.push(c, self.began.elapsed());
             self.announce_due();
         }
-        let spec = &engine.chunks()[chunk];
         let resumed = self.resumed.remove(&chunk).unwrap_or(0);
         let id = self.game.0;
         self.shared

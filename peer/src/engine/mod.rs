@@ -26,6 +26,7 @@
 //! them to verify more, then fails.
 
 mod lanes;
+mod outcomes;
 mod silence;
 #[cfg(test)]
 mod tests;
@@ -133,6 +134,22 @@ pub struct Fetch {
     /// The chunks are an offer (`Offer`): the source sends one of them; report the others
     /// as [`FailKind::NotChosen`].
     pub offer: bool,
+    /// A second request for a chunk on its way from another source (the end game): not
+    /// to be passed on as it arrives (the first request is), and cancelled
+    /// ([`Action::Cancel`]) if the other copy is verified first.
+    pub race: bool,
+}
+
+/// A batch in flight: its source, lane and chunks (an offer's: the chosen one only, once
+/// the source said which; `picked` is its place in the batch as asked).
+#[derive(Debug)]
+struct Asked {
+    peer: PeerId,
+    lane: Lane,
+    chunks: Vec<usize>,
+    picked: Option<usize>,
+    /// Cancelled ([`Action::Cancel`]): its chunk came from elsewhere.
+    cancelled: bool,
 }
 
 /// The outcome of one chunk of a batch: verified and written, or why not.
@@ -155,6 +172,9 @@ pub enum Action {
         /// The source that sent it.
         peer: PeerId,
     },
+    /// Stop this batch (a race's loser: its chunk was verified from another source);
+    /// its results still come back through [`Engine::on_fetched`].
+    Cancel(BatchId),
     /// Every chunk is verified: sync and commit.
     Commit,
     /// The download cannot finish.
@@ -185,7 +205,7 @@ pub struct Engine {
     chosen: Option<Chosen>,
     planner: Option<Planner>,
     lanes: LaneBook,
-    in_flight: BTreeMap<BatchId, (PeerId, Lane, Vec<usize>)>,
+    in_flight: BTreeMap<BatchId, Asked>,
     next_batch: u64,
     /// The latest time the driver told.
     clock: Instant,
@@ -259,8 +279,14 @@ impl Engine {
             let partial = planner.is_partial(&batch.peer);
             match self.lanes.take(&batch.peer) {
                 Some(lane) => {
-                    self.in_flight
-                        .insert(id, (batch.peer.clone(), lane, batch.chunks.clone()));
+                    let held = Asked {
+                        peer: batch.peer.clone(),
+                        lane,
+                        chunks: batch.chunks.clone(),
+                        picked: None,
+                        cancelled: false,
+                    };
+                    self.in_flight.insert(id, held);
                     return Some(Action::Fetch(Fetch {
                         id,
                         peer: batch.peer,
@@ -268,13 +294,14 @@ impl Engine {
                         chunks: batch.chunks,
                         partial,
                         offer: batch.offer,
+                        race: batch.race,
                     }));
                 }
                 None => {
                     // No lane: the source was no longer linked when they were opened.
                     let gone = Err((FailKind::SourceGone, "peer disconnected".to_owned()));
                     let results = vec![gone; batch.chunks.len()];
-                    self.settle(&batch.peer, &batch.chunks, results, false);
+                    self.settle(&batch.peer, &batch.chunks, results, (false, false));
                     self.check_status();
                 }
             }
@@ -408,7 +435,8 @@ impl Engine {
                 let mut planner = Planner::new(&chosen.files, &chosen.sources, MAX_IN_FLIGHT)
                     .limit_in_flight_bytes(budget)
                     .batch_small_chunks(BATCH_CHUNKS, BATCH_CHUNK_LEN, BATCH_BYTES)
-                    .offer_to_complete_sources(self.config.offer.min(MAX_RANGES));
+                    .offer_to_complete_sources(self.config.offer.min(MAX_RANGES))
+                    .race_the_last_chunks(self.config.offer > 1);
                 if let Some(seed) = self.config.shuffle {
                     planner = planner.shuffled(seed);
                     let sentinel = chosen
@@ -468,135 +496,6 @@ impl Engine {
         self.phase = Phase::Transfer;
         self.check_status();
         (chunks, bytes)
-    }
-
-    /// The results of a [`Fetch`], one per chunk in its order (missing ones count as
-    /// the source gone). `lane_lost`: the batch's lane was a data connection that closed
-    /// while the source's link lives — its failures are then a stall of the source,
-    /// not its loss, and the lane is retired.
-    pub fn on_fetched(&mut self, id: BatchId, results: Vec<ChunkResult>, lane_lost: bool) {
-        let Some((peer, lane, chunks)) = self.in_flight.remove(&id) else {
-            return;
-        };
-        self.lanes.done(&peer, lane);
-        let failed = results.len() < chunks.len() || results.iter().any(Result::is_err);
-        let stall = failed && lane_lost && self.lanes.retire(&peer, lane);
-        if stall {
-            warn!(peer = %peer.short(), ?lane, "a data connection was lost; its chunks are retried on the others");
-            if self.lanes.only_link_left(&peer) {
-                warn!(peer = %peer.short(), "no data connection left: chunks go over the link");
-            }
-        }
-        if self.phase != Phase::Transfer {
-            return;
-        }
-        self.settle(&peer, &chunks, results, stall);
-        self.check_status();
-    }
-
-    fn settle(&mut self, peer: &PeerId, chunks: &[usize], results: Vec<ChunkResult>, stall: bool) {
-        let Some(planner) = self.planner.as_mut() else {
-            return;
-        };
-        let none_chosen = !results.is_empty()
-            && results
-                .iter()
-                .all(|r| matches!(r, Err((FailKind::NotChosen, _))));
-        let mut results = results.into_iter();
-        let mut failed = Vec::new();
-        for &chunk in chunks {
-            let res = results
-                .next()
-                .unwrap_or_else(|| Err((FailKind::SourceGone, "no answer".into())));
-            match res {
-                Ok(()) => {
-                    planner.on_done(chunk, peer);
-                    self.progress_at = self.clock;
-                    self.actions.push_back(Action::Verified {
-                        chunk,
-                        peer: peer.clone(),
-                    });
-                }
-                Err((FailKind::SourceGone, why)) if stall => failed.push((
-                    chunk,
-                    FailKind::Stalled,
-                    format!("data connection lost: {why}"),
-                )),
-                Err((FailKind::NotChosen, _)) => {
-                    planner.on_failed(chunk, peer, FailKind::NotChosen)
-                }
-                Err((kind, why)) => failed.push((chunk, kind, why)),
-            }
-        }
-        if let Some((chunk, kind, why)) = failed.first() {
-            warn!(peer = %peer.short(), chunk, chunks = failed.len(), "chunk failed ({kind:?}): {why}");
-            self.why.insert(peer.clone(), why.clone());
-        }
-        if none_chosen {
-            // Every offered chunk is on its way to someone else: ask again when that
-            // changes here, or after a while.
-            planner.rest(peer, self.clock.saturating_duration_since(self.progress_at));
-            self.rest_since = Some(self.clock);
-        }
-        // In reverse: each failed chunk goes to the front of the queue, so they keep
-        // their order.
-        for (chunk, kind, _) in failed.into_iter().rev() {
-            planner.on_failed(chunk, peer, kind);
-        }
-    }
-
-    fn check_status(&mut self) {
-        if self.phase != Phase::Transfer {
-            return;
-        }
-        let Some(planner) = self.planner.as_ref() else {
-            return;
-        };
-        let status = planner.status();
-        if status == PlannerStatus::Starved {
-            if self.starved_at.is_none() {
-                warn!(game = %self.game, "only partial sources are left and none holds a missing chunk: waiting for them");
-            }
-            self.starved_at.get_or_insert(self.clock);
-        } else {
-            self.starved_at = None;
-        }
-        match status {
-            PlannerStatus::Running | PlannerStatus::Starved => {}
-            PlannerStatus::Finished => {
-                self.phase = Phase::Ended;
-                self.actions.push_back(Action::Commit);
-            }
-            PlannerStatus::Failed(reason) => {
-                // Say why each source was given up, not only that none is left.
-                let swarm = if self.swarm {
-                    format!(", {} missing chunk(s)", self.missing_chunks())
-                } else {
-                    String::new()
-                };
-                let reason = format!("{reason}{swarm}{}", self.reasons());
-                self.fail(PeerError::SourcesFailed(reason));
-            }
-        }
-    }
-
-    /// " (peer: why; ...)" for the sources given up so far, or nothing.
-    fn reasons(&self) -> String {
-        if self.why.is_empty() {
-            return String::new();
-        }
-        let each: Vec<String> = self
-            .why
-            .iter()
-            .map(|(p, why)| format!("{}: {why}", p.short()))
-            .collect();
-        format!(" ({})", each.join("; "))
-    }
-
-    fn missing_chunks(&self) -> usize {
-        self.planner
-            .as_ref()
-            .map_or(0, |p| p.chunks().len() - p.done_count())
     }
 
     /// The time is `now` (timers started from here on count from it; call before

@@ -536,3 +536,102 @@ fn a_server_with_every_offered_chunk_on_its_way_rests_until_something_changes() 
     assert_eq!(f.len(), 2, "{f:?}");
     assert!(e.why().is_empty(), "not choosing is nobody's failure");
 }
+
+#[test]
+fn an_offers_other_chunks_are_free_as_soon_as_the_server_says_which_it_sends() {
+    let t0 = Instant::now();
+    let mut config = EngineConfig::new(1);
+    config.offer = 8;
+    let mut e = Engine::new(game(), &[pid(1)], config, t0);
+    drain(&mut e);
+    e.on_manifest(pid(1), Ok(big(4)), t0);
+    drain(&mut e);
+    e.set_partials(vec![(pid(2), holds(5, &[]))], t0);
+    e.on_prepared(&[], &[(pid(1), 0)]);
+    let offer = fetches(&drain(&mut e));
+    assert!(offer.len() == 1 && offer[0].offer && offer[0].chunks.len() == 5);
+    let (id, asked) = (offer[0].id, offer[0].chunks.clone());
+    // The partial holder gets a chunk while the offer is out: it is not asked, every
+    // pending chunk is in the offer.
+    e.set_partials(vec![(pid(2), holds(5, &[asked[3]]))], t0);
+    assert!(fetches(&drain(&mut e)).is_empty());
+    // The server chose the second: the holder is asked for its chunk at once (before,
+    // only when the chosen one had arrived), and the server for nothing more meanwhile.
+    e.on_chosen(id, 1);
+    let f = fetches(&drain(&mut e));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(
+        (f[0].peer.clone(), f[0].chunks.clone()),
+        (pid(2), vec![asked[3]])
+    );
+    e.on_chosen(id, 2); // told twice: the first choice stands
+    assert!(fetches(&drain(&mut e)).is_empty());
+    // The offer ends: one result per chunk as asked, the chosen one's counts.
+    let mut results = vec![Err((FailKind::NotChosen, String::new())); 5];
+    results[1] = Ok(());
+    e.on_fetched(id, results, false);
+    let after = drain(&mut e);
+    assert!(
+        after.contains(&Action::Verified {
+            chunk: asked[1],
+            peer: pid(1)
+        }),
+        "{after:?}"
+    );
+    let next = fetches(&after);
+    assert!(
+        next.iter()
+            .all(|f| f.peer == pid(1) && f.offer && !f.chunks.contains(&asked[1])),
+        "the rest offered again, the verified one not: {next:?}"
+    );
+    assert!(e.why().is_empty());
+}
+
+#[test]
+fn the_last_chunk_is_raced_from_a_second_holder_and_the_loser_cancelled() {
+    let t0 = Instant::now();
+    let mut config = EngineConfig::new(1);
+    config.offer = 8;
+    let mut e = Engine::new(game(), &[pid(1)], config, t0);
+    drain(&mut e);
+    e.on_manifest(pid(1), Ok(big(2)), t0);
+    drain(&mut e);
+    // Two holders of every chunk (the sentinel too); the server is not raced.
+    let all = holds(3, &[0, 1, 2]);
+    e.set_partials(vec![(pid(2), all.clone()), (pid(3), all)], t0);
+    e.on_prepared(&[], &[(pid(1), 0)]);
+    let first = fetches(&drain(&mut e));
+    assert!(first.iter().all(|f| f.partial && !f.race), "{first:?}");
+    assert_eq!(first.len(), 2, "one chunk per holder: {first:?}");
+    // Both holders send a chunk; one is verified, two are missing: no race yet.
+    let (a, b) = (&first[0], &first[1]);
+    e.on_fetched(a.id, vec![Ok(())], false);
+    let next = fetches(&drain(&mut e));
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert!(!next[0].race && next[0].peer == a.peer);
+    // The second-to-last verified: the last chunk, on its way from `b`'s holder, is
+    // also asked of the other one.
+    e.on_fetched(next[0].id, vec![Ok(())], false);
+    let actions = drain(&mut e);
+    let race = fetches(&actions);
+    assert_eq!(race.len(), 1, "{actions:?}");
+    assert!(race[0].race && race[0].partial, "{race:?}");
+    assert_eq!(
+        (race[0].peer.clone(), race[0].chunks.clone()),
+        (a.peer.clone(), b.chunks.clone())
+    );
+    // The racer wins: the first request is cancelled; its late answer changes nothing.
+    e.on_fetched(race[0].id, vec![Ok(())], false);
+    let actions = drain(&mut e);
+    assert!(actions.contains(&Action::Cancel(b.id)), "{actions:?}");
+    assert!(actions.contains(&Action::Commit), "{actions:?}");
+    let verified = actions
+        .iter()
+        .filter(|a| matches!(a, Action::Verified { .. }))
+        .count();
+    assert_eq!(verified, 1, "{actions:?}");
+    let cancelled = Err((FailKind::NotChosen, "another source sent it first".into()));
+    e.on_fetched(b.id, vec![cancelled], false);
+    assert!(drain(&mut e).is_empty());
+    assert!(e.why().is_empty(), "losing a race is nobody's failure");
+}

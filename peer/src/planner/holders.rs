@@ -228,7 +228,7 @@ impl Planner {
     /// one chunk (an offer names many; the source sends one), and the complete sources'
     /// together as at most one chunk less than the cap: several finished peers answering
     /// at once never leave the partial holders without a chunk to send.
-    fn inbound_bytes(&self) -> u64 {
+    pub(super) fn inbound_bytes(&self) -> u64 {
         let (mut partial, mut complete) = (0, 0);
         for s in self.sources.values() {
             match s.has {
@@ -607,7 +607,7 @@ mod tests {
         // The server sent chunk 3; the others are pending again, in their places.
         for &c in &offer.chunks {
             match c {
-                3 => p.on_done(c, &pid(1)),
+                3 => drop(p.on_done(c, &pid(1))),
                 _ => p.on_failed(c, &pid(1), FailKind::NotChosen),
             }
         }

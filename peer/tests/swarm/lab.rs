@@ -145,6 +145,8 @@ pub struct Report {
     pub starved: usize,
     /// Chunks from the liar that failed their hash (and were fetched again elsewhere).
     pub liar_rejected: usize,
+    /// End-game races whose loser was cancelled.
+    pub races_lost: usize,
     /// When every chunk first existed on some client (s).
     pub one_copy_at: Option<f64>,
     /// The links' use over time.
@@ -273,6 +275,7 @@ struct Party<'a> {
     base: Instant,
     now: f64,
     liar_rejected: usize,
+    races_lost: usize,
     one_copy_at: Option<f64>,
     /// Recorded only when asked for (`LANSPREAD_SWARM_TIMELINE`): it costs a pass over
     /// the flows per client and step.
@@ -299,6 +302,7 @@ pub fn run(lab: &Lab) -> Report {
         base: Instant::now(),
         now: 0.0,
         liar_rejected: 0,
+        races_lost: 0,
         one_copy_at: None,
         timeline: std::env::var_os("LANSPREAD_SWARM_TIMELINE").map(|_| Timeline::default()),
         next_flow: 0,
@@ -505,6 +509,7 @@ impl Party<'_> {
                     }
                     self.announce(c);
                 }
+                Action::Cancel(id) => self.cancel(c, id),
                 Action::Commit => {
                     self.nodes[c].done_at = Some(self.now);
                     self.announce(c);
@@ -548,7 +553,16 @@ impl Party<'_> {
             _ if self.nodes[s].dead => answer(FailKind::SourceGone),
             None => answer(FailKind::NotChosen),
             Some(turn) if f.offer => match self.nodes[s].chooser.choose(&f.chunks) {
-                Some(chunk) => return self.flow(s, c, chunk, f, turn),
+                Some(chunk) => {
+                    // The answer's head names it: the others are free at once.
+                    let (id, index) = (f.id, f.chunks.iter().position(|&k| k == chunk));
+                    self.flow(s, c, chunk, f, turn);
+                    if let (Some(e), Some(i)) = (self.nodes[c].engine.as_mut(), index) {
+                        e.tick(now);
+                        e.on_chosen(id, i); // the driving loop polls on
+                    }
+                    return;
+                }
                 None => answer(FailKind::NotChosen),
             },
             Some(turn) if f.chunks.iter().all(|&k| self.servable(s).contains(k)) => {
@@ -593,6 +607,28 @@ impl Party<'_> {
         if self.lab.relay {
             self.announce(dst); // it holds a growing chunk now
         }
+    }
+
+    /// Client `c` cancels its request `id` (a race's loser: the chunk came from the other
+    /// source). Flows relaying it from `c` go on: `c` holds the chunk now.
+    fn cancel(&mut self, c: usize, id: BatchId) {
+        let Some(i) = self.flows.iter().position(|f| f.dst == c && f.batch == id) else {
+            return;
+        };
+        let f = self.flows.remove(i);
+        self.races_lost += 1;
+        if f.turn {
+            let dst = self.nodes[c].id.clone();
+            self.nodes[f.src].turns.release(&dst);
+        }
+        if f.src == 0 {
+            self.nodes[0].chooser.finished(f.chunk);
+        }
+        self.nodes[f.src].uploaded += f.len - f.left;
+        for r in self.flows.iter_mut().filter(|r| r.up == Some(f.id)) {
+            r.up = None;
+        }
+        self.answer(&f, Err((FailKind::NotChosen, "cancelled".to_owned())));
     }
 
     /// A chunk arrived: the liar's fail their hash, the others are verified.
@@ -751,6 +787,7 @@ impl Party<'_> {
             finished,
             starved,
             liar_rejected: self.liar_rejected,
+            races_lost: self.races_lost,
             one_copy_at: self.one_copy_at,
             timeline: self.timeline.clone().unwrap_or_default(),
         }
