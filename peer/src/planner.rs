@@ -185,6 +185,8 @@ pub struct Planner {
     race: bool,
     /// Chunks of an offer whose source has not said yet which it sends: not raced.
     offered: Vec<bool>,
+    /// The shuffle's seed (0: not shuffled): also orders the holders (`spread`).
+    seed: u64,
     sources: BTreeMap<PeerId, Source>,
     max_in_flight: usize,
     max_in_flight_bytes: u64,
@@ -231,6 +233,7 @@ impl Planner {
             next_start: 0,
             race: false,
             offered: vec![false; n],
+            seed: 0,
             sources: sources
                 .iter()
                 .map(|p| (p.clone(), Source::default()))
