@@ -35,7 +35,9 @@ pub use links::{check_not_self, prefer_new_link, Direction};
 pub use ops::{OpKind, Operation, Operations, Progress};
 pub use pace::{check_limit, Pacer};
 pub use pex::{pex_dials, DEFAULT_MAX_LINKS};
-pub use planner::{Assignment, Batch, ChunkSpec, FailKind, Planner, PlannerStatus, Settled};
+pub use planner::{
+    Assignment, Batch, ChunkSpec, FailKind, Planner, PlannerStatus, Settled, RACE_LAST_CHUNKS,
+};
 pub use resume::{
     journal_entry, journal_header, journal_kept, judge_journal, ResumeDecision, Verified,
 };

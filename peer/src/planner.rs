@@ -14,7 +14,7 @@
 mod holders;
 mod outcomes;
 mod race;
-pub use race::Settled;
+pub use race::{Settled, RACE_LAST_CHUNKS};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -177,6 +177,9 @@ pub struct Planner {
     second: Vec<Option<PeerId>>,
     /// A race's loser, still sending a chunk already verified.
     late: Vec<Option<PeerId>>,
+    /// The epoch of the source of a race's second request when it was made (a loser's,
+    /// once the race is won).
+    race_epoch: Vec<u32>,
     /// When each chunk was last started (a sequence number): the end game races the
     /// oldest first.
     started: Vec<u64>,
@@ -229,6 +232,7 @@ impl Planner {
             rarity: vec![0; n],
             second: vec![None; n],
             late: vec![None; n],
+            race_epoch: vec![0; n],
             started: vec![0; n],
             next_start: 0,
             race: false,

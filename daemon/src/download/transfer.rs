@@ -3,7 +3,7 @@
 //! which linked peers hold part of the same manifest (the swarm's partial sources).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -129,7 +129,8 @@ pub(super) async fn transfer(
                 Action::Fetch(f) => t.start(engine, f),
                 Action::Verified { chunk, peer } => t.verified(engine, chunk, peer),
                 Action::Cancel(batch) => {
-                    if let Some(abort) = t.aborts.get(&batch) {
+                    if let Some((abort, cancelled)) = t.aborts.get(&batch) {
+                        cancelled.store(true, Ordering::SeqCst);
                         abort.abort();
                     }
                 }
@@ -190,19 +191,23 @@ pub(super) async fn transfer(
         let raced = t.races.remove(&batch);
         t.aborts.remove(&batch);
         for (i, (chunk, result, kept)) in outcomes.into_iter().enumerate() {
-            // What the chunk's progress, relay and kept pieces are is the other
-            // request's: an offer's chunk not chosen, a race's second request that
-            // failed, any request for a chunk verified meanwhile (a race's loser).
-            let others = picked.is_some_and(|p| p != i)
-                || (result.is_err() && (raced || engine.is_verified(chunk)));
+            // Another request's chunk: an offer's chunk not chosen, or one verified
+            // meanwhile (a race's loser failed or was cancelled).
+            let others =
+                picked.is_some_and(|p| p != i) || (result.is_err() && engine.is_verified(chunk));
             if others {
                 results.push(result);
                 continue;
             }
             tracing::debug!(peer = %peer.short(), chunk, ok = result.is_ok(),
                 fail = ?result.as_ref().err().map(|e| e.0), kept, "fetch ended");
-            t.work.in_flight.end(chunk, result.is_ok());
-            t.grown(chunk, result.is_ok());
+            // A race's second request that failed has no progress entry nor relay of its
+            // own (the first request's go on); the pieces it verified are kept all the
+            // same (the first request may have failed before it).
+            if !(raced && result.is_err()) {
+                t.work.in_flight.end(chunk, result.is_ok());
+                t.grown(chunk, result.is_ok());
+            }
             if let Err((kind, _)) = &result {
                 if let Some(reason) = fail_reason(*kind) {
                     t.shared.net.metrics.chunk_failed(reason);
@@ -244,8 +249,9 @@ struct Transfer<'a, 'w> {
     ),
     /// The end game's second requests in flight (`Fetch::race`).
     races: HashSet<BatchId>,
-    /// Every fetch in flight, to stop a race's loser (`Action::Cancel`).
-    aborts: HashMap<BatchId, tokio::task::AbortHandle>,
+    /// Every fetch in flight, to stop a race's loser (`Action::Cancel`), and whether it
+    /// was stopped so (only that abort is a `NotChosen`, not any other cancellation).
+    aborts: HashMap<BatchId, (tokio::task::AbortHandle, Arc<AtomicBool>)>,
 }
 
 /// An offer's choice: its batch, and the chosen chunk's index among its chunks.
@@ -365,7 +371,9 @@ impl Transfer<'_, '_> {
                 }
             });
         let Some((conn, runtime)) = conn else {
-            for &c in &f.chunks {
+            // (A race's second request has no progress entry nor relay of its own: those
+            // are the first request's, which goes on.)
+            for &c in f.chunks.iter().filter(|_| !f.race) {
                 self.work.in_flight.end(c, false);
                 self.grown(c, false);
             }
@@ -416,14 +424,17 @@ impl Transfer<'_, '_> {
         if f.race {
             self.races.insert(f.id);
         }
-        self.aborts.insert(f.id, fetch.abort_handle());
+        let cancelled = Arc::new(AtomicBool::new(false));
+        self.aborts
+            .insert(f.id, (fetch.abort_handle(), cancelled.clone()));
         let abort = AbortOnDrop(fetch.abort_handle());
         self.running.spawn(async move {
             let _abort = abort;
             let results = match fetch.await {
                 Ok(results) => results,
                 // A race's loser (`Action::Cancel`): its chunk came from elsewhere.
-                Err(e) if e.is_cancelled() => (0..skipped.len())
+                Err(e) if e.is_cancelled() && cancelled.load(Ordering::SeqCst) => (0..skipped
+                    .len())
                     .map(|_| {
                         fetch::Outcome::failed(FetchError::Source(
                             FailKind::NotChosen,

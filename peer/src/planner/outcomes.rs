@@ -38,15 +38,15 @@ impl Planner {
     /// A chunk failed; it goes back to the queue, and the source is dropped unless the
     /// failure was local.
     pub fn on_failed(&mut self, chunk: usize, peer: &PeerId, kind: FailKind) {
-        if self.end_of_race(chunk, peer).is_some() {
+        if let Some(epoch) = self.end_of_race(chunk, peer) {
             // The other copy goes on (or is verified): only the source answers for it.
-            return self.penalize(chunk, peer, kind);
+            return self.penalize(epoch, peer, kind);
         }
         if !self.is_in_flight_from(chunk, peer) {
             return;
         }
         self.release(chunk, peer, false);
-        self.penalize(chunk, peer, kind);
+        self.penalize(self.epoch_at[chunk], peer, kind);
         self.state[chunk] = State::Pending;
         self.owner[chunk] = None;
         if kind == FailKind::Transient {
@@ -67,13 +67,14 @@ impl Planner {
     }
 
     /// What a failure of `kind` costs the source (a chunk of it failed).
-    fn penalize(&mut self, chunk: usize, peer: &PeerId, kind: FailKind) {
+    /// `epoch`: the source's epoch when the failed request was made.
+    fn penalize(&mut self, epoch: u32, peer: &PeerId, kind: FailKind) {
         if let Some(s) = self.sources.get_mut(peer) {
             match kind {
                 FailKind::Transient | FailKind::NotChosen => {}
                 // Every chunk in flight from a silent source fails at once; the silence
                 // counts once.
-                FailKind::Stalled if self.epoch_at[chunk] == s.epoch => {
+                FailKind::Stalled if epoch == s.epoch => {
                     s.epoch += 1;
                     s.stalls += 1;
                     s.backoff = (s.backoff + 1).min(MAX_BACKOFF);

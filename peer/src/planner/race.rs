@@ -91,6 +91,7 @@ impl Planner {
             s.in_flight += 1;
             s.in_flight_bytes += len;
             s.assigned += len;
+            self.race_epoch[chunk] = s.epoch;
         }
         self.second[chunk] = Some(peer.clone());
         Some(Assignment { chunk, peer })
@@ -109,24 +110,29 @@ impl Planner {
     }
 
     /// The request of `peer` for `chunk` ended without its copy counting: a race's loser
-    /// (the chunk done), or one of two racers (the other goes on alone). `None`: not a
-    /// race; the caller settles it as usual.
-    pub(super) fn end_of_race(&mut self, chunk: usize, peer: &PeerId) -> Option<()> {
+    /// (the chunk done), or one of two racers (the other goes on alone). Returns the
+    /// source's epoch when that request was made (for its stall count); `None`: not a
+    /// race, the caller settles it as usual.
+    pub(super) fn end_of_race(&mut self, chunk: usize, peer: &PeerId) -> Option<u32> {
         let racer = |o: &Option<PeerId>| o.as_ref() == Some(peer);
-        match self.state.get(chunk)? {
+        let epoch = match self.state.get(chunk)? {
             State::Done if self.late[chunk].as_ref() == Some(peer) => {
                 self.late[chunk] = None;
+                self.race_epoch[chunk]
             }
             State::InFlight if self.second[chunk].is_some() && racer(&self.second[chunk]) => {
                 self.second[chunk] = None;
+                self.race_epoch[chunk]
             }
             State::InFlight if self.second[chunk].is_some() && racer(&self.owner[chunk]) => {
+                // The second request goes on alone: its epoch is the chunk's now.
                 self.owner[chunk] = self.second[chunk].take();
+                std::mem::replace(&mut self.epoch_at[chunk], self.race_epoch[chunk])
             }
             _ => return None,
-        }
+        };
         self.release(chunk, peer, false);
-        Some(())
+        Some(epoch)
     }
 
     /// The winner of `chunk` is `peer`: the other racer, if any, is the loser (its
@@ -137,6 +143,10 @@ impl Planner {
             (Some(o), Some(s)) if &s == peer => Some(o.clone()),
             _ => None,
         };
+        if loser.is_some() && self.owner[chunk].as_ref() != Some(peer) {
+            // The second request won: the loser's epoch is the chunk's.
+            std::mem::swap(&mut self.epoch_at[chunk], &mut self.race_epoch[chunk]);
+        }
         self.owner[chunk] = Some(peer.clone());
         self.late[chunk] = loser.clone();
         loser
