@@ -1,5 +1,20 @@
 use super::*;
 
+/// A swarm download from server `pid(1)` (offers of up to 8 chunks, one thread) of
+/// `files`, with `holders` known as partial sources before its lanes open; prepared.
+fn offering(files: Vec<FileManifest>, holders: Vec<(PeerId, ChunkSet)>) -> (Engine, Instant) {
+    let t0 = Instant::now();
+    let mut config = EngineConfig::new(1);
+    config.offer = 8;
+    let mut e = Engine::new(game(), &[pid(1)], config, t0);
+    drain(&mut e);
+    e.on_manifest(pid(1), Ok(files), t0);
+    drain(&mut e);
+    e.set_partials(holders, t0);
+    e.on_prepared(&[], &[(pid(1), 0)]);
+    (e, t0)
+}
+
 fn holds(len: usize, chunks: &[usize]) -> ChunkSet {
     let mut s = ChunkSet::empty(len);
     for &c in chunks {
@@ -90,15 +105,7 @@ fn a_starved_swarm_download_waits_for_its_partial_sources_then_fails() {
 
 #[test]
 fn a_server_with_every_offered_chunk_on_its_way_rests_until_something_changes() {
-    let t0 = Instant::now();
-    let mut config = EngineConfig::new(1);
-    config.offer = 8;
-    let mut e = Engine::new(game(), &[pid(1)], config, t0);
-    drain(&mut e);
-    e.on_manifest(pid(1), Ok(big(4)), t0);
-    drain(&mut e);
-    e.set_partials(vec![(pid(2), holds(5, &[]))], t0);
-    e.on_prepared(&[], &[(pid(1), 0)]);
+    let (mut e, _) = offering(big(4), vec![(pid(2), holds(5, &[]))]);
     let f = fetches(&drain(&mut e));
     assert_eq!(f.len(), 1);
     assert!(f[0].offer && f[0].chunks.len() == 5, "{f:?}");
@@ -121,15 +128,7 @@ fn a_server_with_every_offered_chunk_on_its_way_rests_until_something_changes() 
 
 #[test]
 fn an_offers_other_chunks_are_free_as_soon_as_the_server_says_which_it_sends() {
-    let t0 = Instant::now();
-    let mut config = EngineConfig::new(1);
-    config.offer = 8;
-    let mut e = Engine::new(game(), &[pid(1)], config, t0);
-    drain(&mut e);
-    e.on_manifest(pid(1), Ok(big(4)), t0);
-    drain(&mut e);
-    e.set_partials(vec![(pid(2), holds(5, &[]))], t0);
-    e.on_prepared(&[], &[(pid(1), 0)]);
+    let (mut e, t0) = offering(big(4), vec![(pid(2), holds(5, &[]))]);
     let offer = fetches(&drain(&mut e));
     assert!(offer.len() == 1 && offer[0].offer && offer[0].chunks.len() == 5);
     let (id, asked) = (offer[0].id, offer[0].chunks.clone());
@@ -171,17 +170,9 @@ fn an_offers_other_chunks_are_free_as_soon_as_the_server_says_which_it_sends() {
 
 #[test]
 fn the_last_chunk_is_raced_from_a_second_holder_and_the_loser_cancelled() {
-    let t0 = Instant::now();
-    let mut config = EngineConfig::new(1);
-    config.offer = 8;
-    let mut e = Engine::new(game(), &[pid(1)], config, t0);
-    drain(&mut e);
-    e.on_manifest(pid(1), Ok(big(2)), t0);
-    drain(&mut e);
     // Two holders of every chunk (the sentinel too); the server is not raced.
     let all = holds(3, &[0, 1, 2]);
-    e.set_partials(vec![(pid(2), all.clone()), (pid(3), all)], t0);
-    e.on_prepared(&[], &[(pid(1), 0)]);
+    let (mut e, _) = offering(big(2), vec![(pid(2), all.clone()), (pid(3), all)]);
     let first = fetches(&drain(&mut e));
     assert!(first.iter().all(|f| f.partial && !f.race), "{first:?}");
     assert_eq!(first.len(), 2, "one chunk per holder: {first:?}");
