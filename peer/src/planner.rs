@@ -425,17 +425,26 @@ impl Planner {
     /// a chunk ahead of the least loaded source (S14).
     /// In a swarm (a live partial source is known) a complete source gets one chunk's
     /// worth at a time too: downloaders cannot see each other's requests, and with more
-    /// each asks the server for chunks another is being sent (see `holders.rs`).
+    /// each asks the server for chunks another is being sent (see `holders.rs`). Offered
+    /// chunks go one offer at a time: the source sends one answer per downloader (its
+    /// upload turns), and a second offer while a small chosen chunk is on its way would
+    /// only be answered `Later`.
     fn has_room(&self, s: &Source, floor: u64) -> bool {
-        let bytes = match self.partial_sources().next() {
-            Some(_) => self
-                .max_in_flight_bytes
-                .min(holders::PARTIAL_IN_FLIGHT_BYTES),
-            None => self.max_in_flight_bytes,
+        let (bytes, one_offer) = match self.partial_sources().next() {
+            Some(_) => (
+                self.max_in_flight_bytes
+                    .min(holders::PARTIAL_IN_FLIGHT_BYTES),
+                self.offer > 1,
+            ),
+            None => (self.max_in_flight_bytes, false),
+        };
+        let requests = match one_offer {
+            true => 1,
+            false => (self.max_in_flight >> s.backoff).max(1),
         };
         !s.dropped
             && !s.resting
-            && s.in_flight < (self.max_in_flight >> s.backoff).max(1)
+            && s.in_flight < requests
             && s.in_flight_bytes < (bytes >> s.backoff).max(1)
             && s.assigned < floor + CHUNK_SIZE
     }

@@ -367,3 +367,24 @@ fn batches_alternate_between_sources_and_failed_chunks_come_back() {
     assert_eq!(again.peer, pid(1));
     assert_eq!(again.chunks[0], lost.chunks[0], "retried first, in order");
 }
+
+#[test]
+fn a_complete_source_in_a_swarm_gets_one_offer_at_a_time_even_when_it_chose_a_small_chunk() {
+    let files: Vec<_> = (0..6).map(|i| file(&format!("s{i}"), 1000)).collect();
+    let mut p = Planner::new(&files, &[pid(1)], 64)
+        .batch_small_chunks(32, 1 << 20, 8 << 20)
+        .offer_to_complete_sources(64);
+    p.set_partial(&pid(2), ChunkSet::empty(6));
+    let offer = p.poll_batch().unwrap();
+    assert!(offer.offer && offer.chunks.len() == 6, "{offer:?}");
+    // The server chose the first (a small file): the others are pending again, but the
+    // server is not offered them while it sends that one.
+    for &c in &offer.chunks[1..] {
+        p.on_failed(c, &pid(1), FailKind::NotChosen);
+    }
+    p.chosen(offer.chunks[0]);
+    assert_eq!(p.poll_batch(), None);
+    let _ = p.on_done(offer.chunks[0], &pid(1));
+    let next = p.poll_batch().unwrap();
+    assert!(next.offer && next.chunks.len() == 5, "{next:?}");
+}
