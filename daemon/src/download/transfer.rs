@@ -116,7 +116,6 @@ pub(super) async fn transfer(
         addrs: HashMap::new(),
         announce: HoldingBatcher::default(),
         began: Instant::now(),
-        offers: HashMap::new(),
         choices: mpsc::unbounded_channel(),
         races: HashSet::new(),
         aborts: HashMap::new(),
@@ -187,7 +186,7 @@ pub(super) async fn transfer(
         let mut results = Vec::with_capacity(outcomes.len());
         // An offer whose choice was told: the others were settled then (and may be on
         // their way from another source now).
-        let picked = t.offers.remove(&batch).and_then(|o| o.picked);
+        let picked = engine.picked(batch);
         let raced = t.races.remove(&batch);
         t.aborts.remove(&batch);
         for (i, (chunk, result, kept)) in outcomes.into_iter().enumerate() {
@@ -240,8 +239,6 @@ struct Transfer<'a, 'w> {
     announce: HoldingBatcher,
     /// The batcher's clock starts here.
     began: Instant,
-    /// Offers in flight: their chunks, and the one chosen once the source told.
-    offers: HashMap<BatchId, Offer>,
     /// Offers' choices as their fetches learn them: (batch, index among its chunks).
     choices: (
         mpsc::UnboundedSender<Choice>,
@@ -256,12 +253,6 @@ struct Transfer<'a, 'w> {
 
 /// An offer's choice: its batch, and the chosen chunk's index among its chunks.
 type Choice = (BatchId, usize);
-
-/// An offer in flight.
-struct Offer {
-    chunks: Vec<usize>,
-    picked: Option<usize>,
-}
 
 impl Transfer<'_, '_> {
     /// Tells the engine the linked peers that hold part of this manifest now, and those
@@ -387,16 +378,6 @@ impl Transfer<'_, '_> {
         let (shared, game, version) = (self.shared.clone(), self.game.0.clone(), self.game.1);
         let digest = self.digest;
         let (partial, offer) = (f.partial, f.offer);
-        if offer {
-            let chunks = f.chunks.clone();
-            self.offers.insert(
-                f.id,
-                Offer {
-                    chunks,
-                    picked: None,
-                },
-            );
-        }
         let (choices, id) = (self.choices.0.clone(), f.id);
         let fetch = runtime.spawn(
             async move {
@@ -463,19 +444,9 @@ impl Transfer<'_, '_> {
     /// An offer's source told which chunk it sends: the others are not in flight any
     /// more, and the engine may ask other sources for them at once.
     fn chosen(&mut self, engine: &mut Engine, batch: BatchId, index: usize) {
-        let Some(offer) = self.offers.get_mut(&batch) else {
-            return; // it ended meanwhile
-        };
-        if offer.picked.is_some() || index >= offer.chunks.len() {
-            return;
+        for c in engine.on_chosen(batch, index) {
+            self.work.in_flight.end(c, false);
         }
-        offer.picked = Some(index);
-        for (i, &c) in offer.chunks.iter().enumerate() {
-            if i != index {
-                self.work.in_flight.end(c, false);
-            }
-        }
-        engine.on_chosen(batch, index);
     }
 
     /// A chunk's fetch ended: verified, it stays served as growing until it is

@@ -53,16 +53,17 @@ impl Engine {
     /// The source of offer `id` chose the chunk at `index` of it (the head of its answer):
     /// the others are pending again at once, free for other sources, instead of when the
     /// chosen one ends (a 32 MiB chunk later). [`Engine::on_fetched`] still takes one
-    /// result per chunk as asked and keeps the chosen one's.
-    pub fn on_chosen(&mut self, id: BatchId, index: usize) {
+    /// result per chunk as asked and keeps the chosen one's. Returns the chunks put back
+    /// (none when the batch ended meanwhile or the choice was told already).
+    pub fn on_chosen(&mut self, id: BatchId, index: usize) -> Vec<usize> {
         if self.phase != Phase::Transfer {
-            return;
+            return Vec::new();
         }
         let Some(batch) = self.in_flight.get_mut(&id) else {
-            return;
+            return Vec::new();
         };
         if batch.picked.is_some() || index >= batch.chunks.len() {
-            return;
+            return Vec::new();
         }
         let chosen = batch.chunks[index];
         let others: Vec<usize> = batch.chunks.drain(..).filter(|&c| c != chosen).collect();
@@ -71,10 +72,17 @@ impl Engine {
         let peer = batch.peer.clone();
         if let Some(planner) = self.planner.as_mut() {
             planner.chosen(chosen);
-            for c in others {
+            for &c in &others {
                 planner.on_failed(c, &peer, FailKind::NotChosen);
             }
         }
+        others
+    }
+
+    /// Which chunk of batch `id` (its index as asked) its source chose, once told
+    /// ([`Engine::on_chosen`]); `None` for any other batch.
+    pub fn picked(&self, id: BatchId) -> Option<usize> {
+        self.in_flight.get(&id).and_then(|b| b.picked)
     }
 
     pub(super) fn settle(

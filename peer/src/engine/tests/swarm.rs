@@ -138,14 +138,19 @@ fn an_offers_other_chunks_are_free_as_soon_as_the_server_says_which_it_sends() {
     assert!(fetches(&drain(&mut e)).is_empty());
     // The server chose the second: the holder is asked for its chunk at once (before,
     // only when the chosen one had arrived), and the server for nothing more meanwhile.
-    e.on_chosen(id, 1);
+    let released = e.on_chosen(id, 1);
+    let others: Vec<usize> = asked.iter().copied().filter(|&c| c != asked[1]).collect();
+    assert_eq!(released, others);
+    assert_eq!(e.picked(id), Some(1));
     let f = fetches(&drain(&mut e));
     assert_eq!(f.len(), 1, "{f:?}");
     assert_eq!(
         (f[0].peer.clone(), f[0].chunks.clone()),
         (pid(2), vec![asked[3]])
     );
-    e.on_chosen(id, 2); // told twice: the first choice stands
+    // Told twice: the first choice stands.
+    assert!(e.on_chosen(id, 2).is_empty());
+    assert_eq!(e.picked(id), Some(1));
     assert!(fetches(&drain(&mut e)).is_empty());
     // The offer ends: one result per chunk as asked, the chosen one's counts.
     let mut results = vec![Err((FailKind::NotChosen, String::new())); 5];
