@@ -24,6 +24,8 @@ struct Veth {
     /// `/run/netns/<ns>` held open for `setns`.
     fds: [File; 2],
     addrs: [Ipv4Addr; 2],
+    /// The `tc` rate both directions are limited to, if any.
+    rate: Option<String>,
 }
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
@@ -103,15 +105,48 @@ impl Net {
                 ns,
                 fds,
                 addrs,
+                rate: None,
             }),
         })
+    }
+
+    /// Rate-limits both directions of the veth pair with `tc tbf` as the swarm lab limits
+    /// each host's link (`rate` such as `100mbit`; burst and queue from
+    /// `LANSPREAD_BENCH_TBF`, default `burst 64kb latency 50ms`, the lab's). Studies how
+    /// one transport's flows do through the lab's qdisc. Needs `tc` (iproute2).
+    pub fn limit(&mut self, rate: &str) -> anyhow::Result<()> {
+        let v = self.veth.as_mut().context("--rate needs --veth")?;
+        let tail = std::env::var("LANSPREAD_BENCH_TBF")
+            .unwrap_or_else(|_| "burst 64kb latency 50ms".into());
+        for (n, dev) in [(&v.ns[0], "veth0"), (&v.ns[1], "veth1")] {
+            let mut args = vec![
+                "-n", n, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
+            ];
+            args.extend(tail.split_whitespace());
+            let out = Command::new("tc")
+                .args(&args)
+                .output()
+                .context("tc (iproute2)")?;
+            anyhow::ensure!(
+                out.status.success(),
+                "tc {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        v.rate = Some(rate.to_owned());
+        Ok(())
     }
 
     /// `loopback` or `veth MTU n`.
     pub fn name(&self) -> String {
         match &self.veth {
             None => "loopback".into(),
-            Some(v) => format!("veth MTU {}", v.mtu),
+            Some(Veth {
+                mtu, rate: None, ..
+            }) => format!("veth MTU {mtu}"),
+            Some(Veth {
+                mtu, rate: Some(r), ..
+            }) => format!("veth MTU {mtu}, tbf {r}"),
         }
     }
 

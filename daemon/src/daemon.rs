@@ -247,6 +247,7 @@ fn transfers(identity: &Identity, config: &DaemonConfig) -> Result<Transfers, Da
         upload_turns: std::sync::Mutex::new(lanspread_peer::UploadTurns::new(
             crate::config::env_usize("LANSPREAD_SWARM_UPLOADS", lanspread_peer::SWARM_UPLOADS),
         )),
+        askers: Default::default(),
         seeds: Arc::default(),
         metrics: Arc::default(),
     })

@@ -35,6 +35,12 @@ pub struct Transfers {
     /// Swarm answers sent at once, one per downloader, freed turns to who waited
     /// longest (`lanspread_peer::UploadTurns`); more are answered `Later`.
     pub upload_turns: std::sync::Mutex<lanspread_peer::UploadTurns>,
+    /// Who asked for each game lately (manifest, chunks, offers): a plain request while
+    /// others ask too is served in turns from the first one
+    /// (`lanspread_peer::RecentAskers`).
+    pub askers: std::sync::Mutex<
+        lanspread_peer::RecentAskers<(lanspread_catalog::GameId, lanspread_catalog::Version)>,
+    >,
     /// What was sent of each game, for offers (swarm).
     pub seeds: Arc<crate::seed::Seeds>,
     /// The metrics (`--metrics-listen`); counted whether or not they are served.

@@ -46,17 +46,7 @@ impl Seeds {
         if candidates.is_empty() {
             return Choice::NotChunks;
         }
-        let chosen = {
-            let mut map = self.lock();
-            let c = map
-                .entry(key.clone())
-                .or_insert_with(|| SeedChooser::new(total));
-            if c.len() != total {
-                // The game's files changed: start counting afresh.
-                *c = SeedChooser::new(total);
-            }
-            c.choose(&candidates)
-        };
+        let chosen = chooser(&mut self.lock(), &key, total).choose(&candidates);
         let Some(chunk) = chosen else {
             return Choice::OnTheirWay;
         };
@@ -70,6 +60,47 @@ impl Seeds {
         };
         Choice::Send(at, sending)
     }
+
+    /// Chunks being sent without an offer (a plain request at the server of a swarm;
+    /// numbers from `lanspread_peer::offered_chunks`, `None` skipped): an offer's choice
+    /// leaves them alone until the returned guards are dropped.
+    pub fn sending(
+        self: &Arc<Self>,
+        key: Key,
+        total: usize,
+        chunks: &[Option<usize>],
+    ) -> Vec<Sending> {
+        let mut map = self.lock();
+        let c = chooser(&mut map, &key, total);
+        chunks
+            .iter()
+            .flatten()
+            .map(|&chunk| {
+                c.sending(chunk);
+                Sending {
+                    seeds: self.clone(),
+                    key: key.clone(),
+                    chunk,
+                }
+            })
+            .collect()
+    }
+}
+
+/// The chooser of `key`, a game of `total` chunks.
+fn chooser<'m>(
+    map: &'m mut HashMap<Key, SeedChooser>,
+    key: &Key,
+    total: usize,
+) -> &'m mut SeedChooser {
+    let c = map
+        .entry(key.clone())
+        .or_insert_with(|| SeedChooser::new(total));
+    if c.len() != total {
+        // The game's files changed: start counting afresh.
+        *c = SeedChooser::new(total);
+    }
+    c
 }
 
 /// What to answer an offer.

@@ -108,6 +108,7 @@ async fn handle(
     };
     match request {
         PeerRequest::Files { game, version } => {
+            asked(shared, remote, (&game, version));
             let sent = match gated(shared, &game, version, |r| Ok(r.clone())) {
                 Err(e) => answer.refuse(e.to_string()).await,
                 Ok(root) => serve_manifest(shared, &mut answer, root).await,
@@ -119,14 +120,27 @@ async fn handle(
             version,
             ranges,
         } => {
-            // Several linked peers download this game: the server of a swarm, whose
-            // answers go out in turns (a downloader that does not know the others yet
-            // asks for many chunks at once; shared by all, none would finish one soon).
-            // While nobody else wants a turn the answer is free (a lone downloader is
-            // never held back by peers that only announce a download).
-            let sent = if shared.peers.downloaders(&game, version) > 1 {
-                match swarm_turn(slots, shared, remote, Ask::Plain(&ranges)).await {
-                    Ok(_turn) => serve_ranges(shared, &mut answer, &game, version, &ranges).await,
+            // Several peers download this game (announced, or asked for it lately): the
+            // server of a swarm, whose answers go out in turns (a downloader that does not
+            // know the others yet asks for many chunks at once; shared by all, none would
+            // finish one soon). While nobody else wants a turn or asked for the game the
+            // answer is free (a lone downloader is never held back by peers that only
+            // announce a download).
+            let alone = !asked(shared, remote, (&game, version));
+            let sent = if !alone || shared.peers.downloaders(&game, version) > 1 {
+                match swarm_turn(slots, shared, remote, Ask::Plain(&ranges, alone)).await {
+                    Ok(_turn) => {
+                        // An offer's choice leaves these chunks alone while they go out.
+                        let _sending = gated(shared, &game, version, |root| {
+                            let (total, chunks) =
+                                lanspread_peer::offered_chunks(&root.files, &ranges);
+                            Ok(shared
+                                .net
+                                .seeds
+                                .sending((game.clone(), version), total, &chunks))
+                        });
+                        serve_ranges(shared, &mut answer, &game, version, &ranges).await
+                    }
                     Err(away) => answer.away(away).await,
                 }
             } else {
@@ -153,6 +167,7 @@ async fn handle(
             version,
             ranges,
         } => {
+            asked(shared, remote, (&game, version));
             let sent = match swarm_turn(slots, shared, remote, Ask::Offer).await {
                 Ok(_turn) => serve_offer(shared, &mut answer, (&game, version), &ranges).await,
                 Err(away) => answer.away(away).await,
@@ -165,6 +180,19 @@ async fn handle(
         .metrics
         .sent(remote.as_str(), &game_id, answer.bytes);
     Ok(())
+}
+
+/// `remote` asked for `game` now; whether another peer asked for it lately.
+fn asked(
+    shared: &Shared,
+    remote: &PeerId,
+    (game, version): (&lanspread_catalog::GameId, lanspread_catalog::Version),
+) -> bool {
+    let key = (game.clone(), version);
+    let mut askers = shared.net.askers.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
+    askers.note(&key, remote, now);
+    askers.others(&key, remote, now)
 }
 
 /// Waits for a chunk answer's turn, held while the answer is sent: fair (FIFO) turns,
@@ -219,8 +247,9 @@ enum Away {
 
 /// What a swarm request asks for.
 enum Ask<'r> {
-    /// `Chunks` at the server of a swarm: free while nobody else wants a turn.
-    Plain(&'r [ChunkRange]),
+    /// `Chunks` at the server of a swarm: free while nobody else wants a turn or asked
+    /// for the game lately (`true`: nobody did).
+    Plain(&'r [ChunkRange], bool),
     /// `PartialChunks`.
     Partial(&'r [ChunkRange]),
     /// `Offer`: many chunks offered, one sent.
@@ -241,7 +270,7 @@ async fn swarm_turn<'a>(
     let (taken, ranges) = {
         let mut t = turns.lock().unwrap_or_else(|p| p.into_inner());
         match ask {
-            Ask::Plain(r) => match t.take_plain(remote, now) {
+            Ask::Plain(r, alone) => match t.take_plain(remote, now, alone) {
                 lanspread_peer::Plain::Free => (true, &[][..]),
                 lanspread_peer::Plain::Turn => (true, r),
                 lanspread_peer::Plain::Later => (false, r),

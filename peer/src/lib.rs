@@ -43,8 +43,8 @@ pub use resume::{
 };
 pub use send_watch::{Blocked, Stalled, Verdict, MIN_PROGRESS, STUCK_WINDOWS};
 pub use swarm::{
-    holding_frames, offered_chunks, HeldCopy, HoldingBatcher, Plain, SeedChooser, UploadTurns,
-    HOLDING_BATCH, HOLDING_DELAY, SWARM_UPLOADS, TURN_HOLD,
+    holding_frames, offered_chunks, HeldCopy, HoldingBatcher, Plain, RecentAskers, SeedChooser,
+    UploadTurns, ASKED_LATELY, HOLDING_BATCH, HOLDING_DELAY, SWARM_UPLOADS, TURN_HOLD,
 };
 pub use table::{PartialGame, PeerEntry, PeerTable, RemoteGame, Upsert};
 pub use validate::{check_manifest, Chosen, ManifestVote, MAX_FILES_PER_GAME};

@@ -1,6 +1,6 @@
 //! `cargo run --release -p lanspread-bench --bin compare -- [--bytes N] [--samples K]
 //! [--s34-files F] [--only s37|s34] [--guard R] [--threads T] [--scaling 1,2,4,8]
-//! [--veth MTU]`: S37
+//! [--veth MTU [--rate R]]`: S37
 //! through two real daemons (client on tmpfs and on the disk) next to a raw quinn
 //! memory-to-memory transfer and a TCP sendfile copy of the same size, all in this run;
 //! then S34 (F small files vs one file of the same total). Prints a table and one JSON
@@ -11,7 +11,8 @@
 //! `--scaling LIST` runs only the scaling table: per thread count N, S37 → tmpfs with N
 //! transfer threads per daemon next to N raw quinn pairs side by side.
 //! `--veth MTU` runs every case between two network namespaces joined by a veth pair with
-//! that MTU instead of on loopback (root and iproute2; `../shared/perf.md`).
+//! that MTU instead of on loopback (root and iproute2; `../shared/perf.md`); `--rate R`
+//! limits both directions with the swarm lab's `tc tbf` (R such as `100mbit`).
 //! `--quinn-perf BIN` also runs upstream quinn's perf tool (its defaults, loopback, the
 //! same byte count per request, 10 s) in every S37 sample and reports its MiB/s and CPU
 //! s/GiB (client + server) beside ours.
@@ -38,6 +39,7 @@ struct Args {
     threads: Option<usize>,
     scaling: Vec<usize>,
     veth: Option<u32>,
+    rate: Option<String>,
     quinn_perf: Option<std::path::PathBuf>,
     out: Option<std::path::PathBuf>,
 }
@@ -53,6 +55,7 @@ fn parse() -> anyhow::Result<Args> {
         threads: None,
         scaling: Vec::new(),
         veth: None,
+        rate: None,
         quinn_perf: None,
         out: None,
     };
@@ -66,6 +69,7 @@ fn parse() -> anyhow::Result<Args> {
             "--guard" => a.guard = Some(value()?.parse().context("--guard")?),
             "--threads" => a.threads = Some(value()?.parse().context("--threads")?),
             "--veth" => a.veth = Some(value()?.parse().context("--veth takes an MTU")?),
+            "--rate" => a.rate = Some(value()?),
             "--quinn-perf" => a.quinn_perf = Some(value()?.into()),
             "--out" => a.out = Some(value()?.into()),
             "--scaling" => {
@@ -194,10 +198,13 @@ fn write_out(
 
 fn main() -> anyhow::Result<()> {
     let args = parse()?;
-    let net = match args.veth {
+    let mut net = match args.veth {
         Some(mtu) => Net::veth(mtu)?,
         None => Net::loopback(),
     };
+    if let Some(rate) = &args.rate {
+        net.limit(rate)?;
+    }
     let net = &net;
     if !args.scaling.is_empty() {
         return scaling(&args, net);

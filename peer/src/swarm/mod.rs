@@ -7,10 +7,12 @@
 //! slowest client's time against the lower bound of peer-assisted distribution.
 
 mod announce;
+mod askers;
 mod seed;
 mod turns;
 
 pub use announce::{holding_frames, HeldCopy, HoldingBatcher, HOLDING_BATCH, HOLDING_DELAY};
+pub use askers::{RecentAskers, ASKED_LATELY};
 pub use seed::{offered_chunks, SeedChooser};
 pub use turns::{Plain, UploadTurns, TURN_HOLD};
 

@@ -63,6 +63,16 @@ impl SeedChooser {
         Some(best)
     }
 
+    /// `chunk` is being sent without an offer (a plain request for it): counted as sent
+    /// and sending, so an offer's choice leaves it alone until [`SeedChooser::finished`].
+    /// Out of range: nothing.
+    pub fn sending(&mut self, chunk: usize) {
+        if let (Some(n), Some(s)) = (self.sent.get_mut(chunk), self.sending.get_mut(chunk)) {
+            *n += 1;
+            *s += 1;
+        }
+    }
+
     /// The game's chunk count.
     pub fn len(&self) -> usize {
         self.sent.len()
@@ -151,5 +161,17 @@ mod tests {
         assert_eq!((s.sent(2), s.sent(1), s.sent(0)), (2, 1, 0));
         s.finished(9);
         assert_eq!(s.len(), 4);
+    }
+
+    #[test]
+    fn a_chunk_sent_without_an_offer_is_not_chosen_while_it_is_on_its_way() {
+        let mut s = SeedChooser::new(3);
+        s.sending(0); // a plain request for chunk 0
+        s.sending(7); // not a chunk: nothing
+        assert_eq!(s.choose(&[0, 1]), Some(1));
+        assert_eq!(s.choose(&[0]), None, "0 is on its way");
+        s.finished(0);
+        assert_eq!(s.choose(&[0, 2]), Some(2), "sent once already");
+        assert_eq!(s.sent(0), 1);
     }
 }

@@ -94,16 +94,18 @@ impl UploadTurns {
     }
 
     /// A plain chunk request's turn at the server of a swarm (several peers download the
-    /// game): while nobody else holds or waits for a turn it is served at once, up to as
-    /// many answers as there are turns (`Free`, counted as held, so a second downloader
-    /// sees the first one's answers as taken turns); otherwise as [`UploadTurns::take`].
-    /// A lone downloader is not held to one answer at a time by peers that only announce
-    /// a download.
-    pub fn take_plain(&mut self, peer: &PeerId, now: Instant) -> Plain {
+    /// game): while nobody else holds or waits for a turn, and nobody else asked for the
+    /// game lately (`alone`, see [`RecentAskers`](super::RecentAskers)), it is served at
+    /// once, up to as many answers as there are turns (`Free`, counted as held, so a
+    /// second downloader sees the first one's answers as taken turns); otherwise as
+    /// [`UploadTurns::take`]. A lone downloader is not held to one answer at a time by
+    /// peers that only announce a download; peers that ask too get a turn each.
+    pub fn take_plain(&mut self, peer: &PeerId, now: Instant, alone: bool) -> Plain {
         self.queue
             .retain(|(_, at)| now.saturating_duration_since(*at) < TURN_HOLD);
-        let others =
-            self.holding.keys().any(|p| p != peer) || self.queue.iter().any(|(p, _)| p != peer);
+        let others = !alone
+            || self.holding.keys().any(|p| p != peer)
+            || self.queue.iter().any(|(p, _)| p != peer);
         if !others && self.held() < self.slots {
             *self.holding.entry(peer.clone()).or_insert(0) += 1;
             return Plain::Free;
@@ -190,19 +192,37 @@ mod tests {
         // A lone downloader: as many answers at once as there are turns, whoever else
         // announces a download.
         for _ in 0..2 {
-            assert_eq!(t.take_plain(&p(1), t0), Plain::Free);
+            assert_eq!(t.take_plain(&p(1), t0, true), Plain::Free);
         }
-        assert_eq!(t.take_plain(&p(1), t0), Plain::Later);
+        assert_eq!(t.take_plain(&p(1), t0, true), Plain::Later);
         assert_eq!((t.busy(), t.waiting()), (2, 0));
         // A second downloader finds the turns taken by the first one's answers and
         // waits; so do the first one's further requests.
-        assert_eq!(t.take_plain(&p(2), t0), Plain::Later);
-        assert_eq!(t.take_plain(&p(1), t0), Plain::Later);
+        assert_eq!(t.take_plain(&p(2), t0, true), Plain::Later);
+        assert_eq!(t.take_plain(&p(1), t0, true), Plain::Later);
         t.release(&p(1));
-        assert_eq!(t.take_plain(&p(1), t0), Plain::Later, "p2 waited first");
-        assert_eq!(t.take_plain(&p(2), t0), Plain::Turn);
+        assert_eq!(
+            t.take_plain(&p(1), t0, true),
+            Plain::Later,
+            "p2 waited first"
+        );
+        assert_eq!(t.take_plain(&p(2), t0, true), Plain::Turn);
         t.release(&p(1));
-        assert_eq!(t.take_plain(&p(1), t0), Plain::Turn);
+        assert_eq!(t.take_plain(&p(1), t0, true), Plain::Turn);
+    }
+
+    #[test]
+    fn plain_requests_get_one_turn_each_while_others_ask_for_the_game() {
+        let t0 = Instant::now();
+        let mut t = UploadTurns::new(4);
+        // Four clients asked for the manifest together; the first to ask for chunks gets
+        // one turn, not all four, and each of the others gets one too.
+        assert_eq!(t.take_plain(&p(1), t0, false), Plain::Turn);
+        assert_eq!(t.take_plain(&p(1), t0, false), Plain::Later);
+        for n in 2..=4 {
+            assert_eq!(t.take_plain(&p(n), t0, false), Plain::Turn);
+        }
+        assert_eq!(t.busy(), 4);
     }
 
     #[test]

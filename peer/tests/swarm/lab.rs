@@ -542,7 +542,8 @@ impl Party<'_> {
         } else if f.offer || f.partial {
             turns.take(&dst, now).then_some(true)
         } else if downloading > 1 {
-            match turns.take_plain(&dst, now) {
+            // Every client asked the server for the manifest together: none is alone.
+            match turns.take_plain(&dst, now, false) {
                 Plain::Free | Plain::Turn => Some(true),
                 Plain::Later => None,
             }
@@ -567,6 +568,10 @@ impl Party<'_> {
             },
             Some(turn) if f.chunks.iter().all(|&k| self.servable(s).contains(k)) => {
                 assert_eq!(f.chunks.len(), 1, "big chunks go alone");
+                if turn && !f.partial {
+                    // A plain request at the server of a swarm: offers leave it alone.
+                    self.nodes[s].chooser.sending(f.chunks[0]);
+                }
                 return self.flow(s, c, f.chunks[0], f, turn);
             }
             Some(_) => answer(FailKind::SourceGone), // refused: not a verified chunk there
