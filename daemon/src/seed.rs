@@ -61,29 +61,32 @@ impl Seeds {
         Choice::Send(at, sending)
     }
 
-    /// Chunks being sent without an offer (a plain request at the server of a swarm;
-    /// numbers from `lanspread_peer::offered_chunks`, `None` skipped): an offer's choice
-    /// leaves them alone until the returned guards are dropped.
-    pub fn sending(
+    /// A plain request at the server of a swarm for `chunks` (numbers from
+    /// `lanspread_peer::offered_chunks`, `None` skipped): `None` when one of them is on
+    /// its way to another downloader (answer `Later`), else guards that keep offers'
+    /// choices off them until dropped.
+    pub fn claim(
         self: &Arc<Self>,
         key: Key,
         total: usize,
         chunks: &[Option<usize>],
-    ) -> Vec<Sending> {
-        let mut map = self.lock();
-        let c = chooser(&mut map, &key, total);
-        chunks
-            .iter()
-            .flatten()
-            .map(|&chunk| {
-                c.sending(chunk);
-                Sending {
-                    seeds: self.clone(),
-                    key: key.clone(),
-                    chunk,
-                }
-            })
-            .collect()
+    ) -> Option<Vec<Sending>> {
+        let chunks: Vec<usize> = chunks.iter().flatten().copied().collect();
+        if !chooser(&mut self.lock(), &key, total).claim(&chunks) {
+            return None;
+        }
+        let sending = |chunk| Sending {
+            seeds: self.clone(),
+            key: key.clone(),
+            chunk,
+        };
+        Some(
+            chunks
+                .into_iter()
+                .filter(|&c| c < total)
+                .map(sending)
+                .collect(),
+        )
     }
 }
 

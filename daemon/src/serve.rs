@@ -130,16 +130,25 @@ async fn handle(
             let sent = if !alone || shared.peers.downloaders(&game, version) > 1 {
                 match swarm_turn(slots, shared, remote, Ask::Plain(&ranges, alone)).await {
                     Ok(_turn) => {
-                        // An offer's choice leaves these chunks alone while they go out.
-                        let _sending = gated(shared, &game, version, |root| {
+                        // A chunk on its way to another downloader is answered `Later`
+                        // (its copy will be in the swarm soon); an offer's choice leaves
+                        // the ones sent here alone while they go out.
+                        let seeds = &shared.net.seeds;
+                        let claimed = gated(shared, &game, version, |root| {
                             let (total, chunks) =
                                 lanspread_peer::offered_chunks(&root.files, &ranges);
-                            Ok(shared
-                                .net
-                                .seeds
-                                .sending((game.clone(), version), total, &chunks))
+                            Ok(seeds.claim((game.clone(), version), total, &chunks))
                         });
-                        serve_ranges(shared, &mut answer, &game, version, &ranges).await
+                        match claimed {
+                            Ok(None) => answer.later().await,
+                            Ok(Some(_sending)) => {
+                                serve_ranges(shared, &mut answer, &game, version, &ranges).await
+                            }
+                            // The gates refuse it: the answer says why.
+                            Err(_) => {
+                                serve_ranges(shared, &mut answer, &game, version, &ranges).await
+                            }
+                        }
                     }
                     Err(away) => answer.away(away).await,
                 }
@@ -520,6 +529,19 @@ impl Answer<'_> {
 
     /// Resets the stream of an answer that failed and says why.
     fn ended(&mut self, sent: Result<(), SendFailed>, remote: &PeerId) {
+        if self.bytes > 0 {
+            // For studies of a swarm's links (`LANSPREAD_LOG=lanspread_daemon=debug`).
+            let path = self.conn.stats().path;
+            debug!(
+                peer = %remote.short(),
+                bytes = self.bytes,
+                cwnd = path.cwnd,
+                rtt_us = path.rtt.as_micros() as u64,
+                lost = path.lost_packets,
+                congestion_events = path.congestion_events,
+                "answer ended"
+            );
+        }
         match sent {
             Ok(()) => {}
             Err(SendFailed::Stalled(why)) => {

@@ -91,21 +91,29 @@ impl NetLab {
 
     /// Limits host `i`'s link to `rate` (a `tc` rate such as `40mbit`) in both
     /// directions: a token bucket on its `eth0` (what it sends) and on its bridge port
-    /// (what it receives). Needs `tc` (iproute2).
+    /// (what it receives). Needs `tc` (iproute2). For studies of a link's queue,
+    /// `LANSPREAD_LAB_TBF` replaces the bucket's `burst 64kb latency 50ms` and
+    /// `LANSPREAD_LAB_CHILD` names a qdisc put under it (such as `fq_codel`).
     pub fn limit(&self, i: usize, rate: &str) {
         let (ns, _) = &self.hosts[i];
         let port = format!("p{i}");
+        let tail =
+            std::env::var("LANSPREAD_LAB_TBF").unwrap_or_else(|_| "burst 64kb latency 50ms".into());
+        let child = std::env::var("LANSPREAD_LAB_CHILD").ok();
         for (ns, dev) in [
             (ns.as_str(), "eth0"),
             (self.bridge_ns.as_str(), port.as_str()),
         ] {
-            iproute(
-                "tc",
-                &[
-                    "-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst",
-                    "64kb", "latency", "50ms",
-                ],
-            );
+            let mut args = vec![
+                "-n", ns, "qdisc", "add", "dev", dev, "root", "handle", "1:", "tbf", "rate", rate,
+            ];
+            args.extend(tail.split_whitespace());
+            iproute("tc", &args);
+            if let Some(child) = &child {
+                let mut args = vec!["-n", ns, "qdisc", "add", "dev", dev, "parent", "1:1"];
+                args.extend(child.split_whitespace());
+                iproute("tc", &args);
+            }
         }
     }
 
