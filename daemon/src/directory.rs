@@ -359,6 +359,15 @@ impl Directory {
         latest_sources(&self.lock().table, game)
     }
 
+    /// Whether `peer` is linked and does not have `game` ready at `version` or newer:
+    /// it may still be downloading it.
+    pub fn may_want(&self, peer: &PeerId, game: &GameId, version: Version) -> bool {
+        self.lock()
+            .table
+            .get(peer)
+            .is_some_and(|e| e.games.get(game).is_none_or(|g| g.version < version))
+    }
+
     /// The size a peer advertises for a ready game of its library.
     pub fn advertised_size(&self, peer: &PeerId, game: &GameId) -> Option<u64> {
         Some(self.lock().table.get(peer)?.games.get(game)?.size)

@@ -191,17 +191,24 @@ async fn handle(
     Ok(())
 }
 
-/// `remote` asked for `game` now; whether another peer asked for it lately.
+/// `remote` asked for `game` now; whether another peer asked for it lately and may still
+/// be downloading it (linked, not ready with it: a peer whose download just ended, now
+/// a second source, must not hold the next downloader to one answer at a time).
 fn asked(
     shared: &Shared,
     remote: &PeerId,
     (game, version): (&lanspread_catalog::GameId, lanspread_catalog::Version),
 ) -> bool {
     let key = (game.clone(), version);
-    let mut askers = shared.net.askers.lock().unwrap_or_else(|p| p.into_inner());
     let now = Instant::now();
-    askers.note(&key, remote, now);
-    askers.others(&key, remote, now)
+    let others = {
+        let mut askers = shared.net.askers.lock().unwrap_or_else(|p| p.into_inner());
+        askers.note(&key, remote, now);
+        askers.others(&key, remote, now)
+    };
+    others
+        .iter()
+        .any(|p| shared.peers.may_want(p, game, version))
 }
 
 /// Waits for a chunk answer's turn, held while the answer is sent: fair (FIFO) turns,

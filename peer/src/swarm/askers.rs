@@ -53,12 +53,16 @@ impl<K: Ord + Clone> RecentAskers<K> {
         }
     }
 
-    /// Whether a peer other than `peer` asked for `key` within [`ASKED_LATELY`] of `now`.
-    pub fn others(&self, key: &K, peer: &PeerId, now: Instant) -> bool {
-        self.asked.get(key).is_some_and(|askers| {
+    /// The peers other than `peer` that asked for `key` within [`ASKED_LATELY`] of
+    /// `now`. The caller drops those whose download ended (ready with the game now, or
+    /// gone): a finished peer is no downloader, however recently it asked.
+    pub fn others(&self, key: &K, peer: &PeerId, now: Instant) -> Vec<PeerId> {
+        self.asked.get(key).map_or_else(Vec::new, |askers| {
             askers
                 .iter()
-                .any(|(p, at)| p != peer && now.saturating_duration_since(*at) < ASKED_LATELY)
+                .filter(|(p, at)| *p != peer && now.saturating_duration_since(**at) < ASKED_LATELY)
+                .map(|(p, _)| p.clone())
+                .collect()
         })
     }
 
@@ -83,16 +87,19 @@ mod tests {
         let t0 = Instant::now();
         let mut a = RecentAskers::default();
         a.note(&"g", &p(1), t0);
-        assert!(!a.others(&"g", &p(1), t0), "alone");
+        assert!(a.others(&"g", &p(1), t0).is_empty(), "alone");
         a.note(&"g", &p(2), t0);
-        assert!(a.others(&"g", &p(1), t0));
-        assert!(a.others(&"g", &p(2), t0));
-        assert!(!a.others(&"h", &p(1), t0), "another game");
+        assert_eq!(a.others(&"g", &p(1), t0), [p(2)]);
+        assert_eq!(a.others(&"g", &p(2), t0), [p(1)]);
+        assert!(a.others(&"h", &p(1), t0).is_empty(), "another game");
         let later = t0 + ASKED_LATELY;
-        assert!(!a.others(&"g", &p(1), later), "p2 asked too long ago");
+        assert!(
+            a.others(&"g", &p(1), later).is_empty(),
+            "p2 asked too long ago"
+        );
         // Asking again renews the mark; old marks are forgotten.
         a.note(&"g", &p(2), later);
-        assert!(a.others(&"g", &p(1), later));
+        assert_eq!(a.others(&"g", &p(1), later), [p(2)]);
         a.note(&"h", &p(3), later + ASKED_LATELY);
         assert_eq!(a.asked.len(), 1, "g's askers forgotten");
     }
