@@ -61,32 +61,30 @@ impl Seeds {
         Choice::Send(at, sending)
     }
 
-    /// A plain request at the server of a swarm for `chunks` (numbers from
-    /// `lanspread_peer::offered_chunks`, `None` skipped): `None` when one of them is on
-    /// its way to another downloader (answer `Later`), else guards that keep offers'
-    /// choices off them until dropped.
-    pub fn claim(
+    /// Chunks being sent without an offer (a plain request at the server of a swarm;
+    /// numbers from `lanspread_peer::offered_chunks`, `None` skipped): offers' choices
+    /// leave them alone until the returned guards are dropped.
+    pub fn sending(
         self: &Arc<Self>,
         key: Key,
         total: usize,
         chunks: &[Option<usize>],
-    ) -> Option<Vec<Sending>> {
-        let chunks: Vec<usize> = chunks.iter().flatten().copied().collect();
-        if !chooser(&mut self.lock(), &key, total).claim(&chunks) {
-            return None;
-        }
-        let sending = |chunk| Sending {
-            seeds: self.clone(),
-            key: key.clone(),
-            chunk,
-        };
-        Some(
-            chunks
-                .into_iter()
-                .filter(|&c| c < total)
-                .map(sending)
-                .collect(),
-        )
+    ) -> Vec<Sending> {
+        let mut map = self.lock();
+        let c = chooser(&mut map, &key, total);
+        chunks
+            .iter()
+            .flatten()
+            .filter(|&&chunk| chunk < total)
+            .map(|&chunk| {
+                c.sending(chunk);
+                Sending {
+                    seeds: self.clone(),
+                    key: key.clone(),
+                    chunk,
+                }
+            })
+            .collect()
     }
 }
 

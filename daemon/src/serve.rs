@@ -130,25 +130,14 @@ async fn handle(
             let sent = if !alone || shared.peers.downloaders(&game, version) > 1 {
                 match swarm_turn(slots, shared, remote, Ask::Plain(&ranges, alone)).await {
                     Ok(_turn) => {
-                        // A chunk on its way to another downloader is answered `Later`
-                        // (its copy will be in the swarm soon); an offer's choice leaves
-                        // the ones sent here alone while they go out.
+                        // An offer's choice leaves these chunks alone while they go out.
                         let seeds = &shared.net.seeds;
-                        let claimed = gated(shared, &game, version, |root| {
+                        let _sending = gated(shared, &game, version, |root| {
                             let (total, chunks) =
                                 lanspread_peer::offered_chunks(&root.files, &ranges);
-                            Ok(seeds.claim((game.clone(), version), total, &chunks))
+                            Ok(seeds.sending((game.clone(), version), total, &chunks))
                         });
-                        match claimed {
-                            Ok(None) => answer.later().await,
-                            Ok(Some(_sending)) => {
-                                serve_ranges(shared, &mut answer, &game, version, &ranges).await
-                            }
-                            // The gates refuse it: the answer says why.
-                            Err(_) => {
-                                serve_ranges(shared, &mut answer, &game, version, &ranges).await
-                            }
-                        }
+                        serve_ranges(shared, &mut answer, &game, version, &ranges).await
                     }
                     Err(away) => answer.away(away).await,
                 }
@@ -193,12 +182,17 @@ async fn handle(
 
 /// `remote` asked for `game` now; whether another peer asked for it lately and may still
 /// be downloading it (linked, not ready with it: a peer whose download just ended, now
-/// a second source, must not hold the next downloader to one answer at a time).
+/// a second source, must not hold the next downloader to one answer at a time). Only
+/// games this daemon has ready at that version are noted (a peer naming made-up games
+/// or versions cannot grow the record).
 fn asked(
     shared: &Shared,
     remote: &PeerId,
     (game, version): (&lanspread_catalog::GameId, lanspread_catalog::Version),
 ) -> bool {
+    if gated(shared, game, version, |_| Ok(())).is_err() {
+        return false;
+    }
     let key = (game.clone(), version);
     let now = Instant::now();
     let others = {

@@ -63,21 +63,16 @@ impl SeedChooser {
         Some(best)
     }
 
-    /// A plain request (no offer) for `chunks` at the server of a swarm: `false` when one
-    /// of them is on its way to someone else (answer `Later`: its copy will be in the
-    /// swarm soon, as for an offer); else each is counted as sent and sending, so an
-    /// offer's choice leaves it alone until [`SeedChooser::finished`]. Numbers out of
-    /// range are skipped.
-    pub fn claim(&mut self, chunks: &[usize]) -> bool {
-        let chunks = || chunks.iter().copied().filter(|&c| c < self.sent.len());
-        if chunks().any(|c| self.sending[c] > 0) {
-            return false;
+    /// `chunk` is being sent without an offer (a plain request at the server of a swarm):
+    /// counted as sent and sending, so an offer's choice leaves it alone until
+    /// [`SeedChooser::finished`]. It is sent even when it is on its way elsewhere: a
+    /// downloader asks plainly only while it knows no other holder, so a `Later` would
+    /// only make it wait. Out of range: nothing.
+    pub fn sending(&mut self, chunk: usize) {
+        if let (Some(n), Some(s)) = (self.sent.get_mut(chunk), self.sending.get_mut(chunk)) {
+            *n += 1;
+            *s += 1;
         }
-        for c in chunks().collect::<Vec<_>>() {
-            self.sent[c] += 1;
-            self.sending[c] += 1;
-        }
-        true
     }
 
     /// The game's chunk count.
@@ -171,20 +166,14 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_sent_without_an_offer_is_neither_chosen_nor_claimed_again_on_its_way() {
+    fn a_chunk_sent_without_an_offer_is_not_chosen_while_it_is_on_its_way() {
         let mut s = SeedChooser::new(3);
-        assert!(
-            s.claim(&[0, 7]),
-            "a plain request for chunk 0 (7 is no chunk)"
-        );
+        s.sending(0); // a plain request for chunk 0
+        s.sending(7); // not a chunk: nothing
         assert_eq!(s.choose(&[0, 1]), Some(1));
         assert_eq!(s.choose(&[0]), None, "0 is on its way");
-        assert!(!s.claim(&[0]), "0 is on its way");
-        assert!(!s.claim(&[2, 1]), "1 is on its way: nothing claimed");
-        assert_eq!(s.sent(2), 0);
         s.finished(0);
         assert_eq!(s.choose(&[0, 2]), Some(2), "sent once already");
-        assert!(s.claim(&[0]));
-        assert_eq!(s.sent(0), 2);
+        assert_eq!(s.sent(0), 1);
     }
 }

@@ -77,12 +77,18 @@ fn upload_limit_is_shared_fairly_between_clients() {
     let s = game_source(src.path(), "cod5", size, &["--max-upload-mib-s", "64"]);
     assert_eq!(s.json(&["status"])["limits"]["max_upload_mib_s"], 64.0);
     let fs = Tmpfs::mount(2 * (size / MIB) + 32);
+    // Not linked to each other (no peer exchange): each gets every byte from the source,
+    // so what is measured is the source's limit, not a swarm's trading.
     let clients: Vec<Node> = ["one", "two"]
         .iter()
         .map(|n| {
             let dir = fs.path().join(n);
             std::fs::create_dir(&dir).unwrap();
-            let c = Node::start(n, &dir);
+            let opts = NodeOptions {
+                args: vec!["--max-links".into(), "0".into()],
+                ..NodeOptions::default()
+            };
+            let c = Node::start_with(n, &dir, opts);
             c.connect(&s);
             c
         })
@@ -114,6 +120,15 @@ fn upload_limit_is_shared_fairly_between_clients() {
     let skew = (spans[0].0 - spans[1].0).abs();
     let fair = mib / (last - first - skew);
     let rates: Vec<f64> = spans.iter().map(|s| mib / (s.1 - s.0)).collect();
+    for c in &clients {
+        let per = c.bytes_per_source("cod5");
+        assert_eq!(
+            per.keys().collect::<Vec<_>>(),
+            [&s.peer_id],
+            "{}: {per:?}",
+            c.name
+        );
+    }
     eprintln!(
         "upload limit 64 MiB/s, two clients: together {total:.1} MiB/s, each {rates:.1?} \
          MiB/s over its own span (start skew {skew:.2} s, fair share {fair:.1} MiB/s)"

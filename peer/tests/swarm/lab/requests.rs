@@ -53,13 +53,11 @@ impl Party<'_> {
             },
             Some(turn) if f.chunks.iter().all(|&k| self.servable(s).contains(k)) => {
                 assert_eq!(f.chunks.len(), 1, "big chunks go alone");
-                // A plain request at the server of a swarm: `Later` while the chunk is on
-                // its way to someone else, else offers leave it alone.
-                if turn && !f.partial && !self.nodes[s].chooser.claim(&f.chunks) {
-                    answer(FailKind::NotChosen)
-                } else {
-                    return self.flow(s, c, f.chunks[0], f, turn);
+                if turn && !f.partial {
+                    // A plain request at the server of a swarm: offers leave it alone.
+                    self.nodes[s].chooser.sending(f.chunks[0]);
                 }
+                return self.flow(s, c, f.chunks[0], f, turn);
             }
             Some(_) => answer(FailKind::SourceGone), // refused: not a verified chunk there
         };
