@@ -35,7 +35,7 @@ pub struct Transfers {
     /// Swarm answers sent at once, one per downloader, freed turns to who waited
     /// longest (`lanspread_peer::UploadTurns`); more are answered `Later`.
     pub upload_turns: std::sync::Mutex<lanspread_peer::UploadTurns>,
-    /// Who asked for each game lately (manifest, chunks, offers): a plain request while
+    /// Who asked for each game lately (manifest, offers): a plain request while
     /// others ask too is served in turns from the first one
     /// (`lanspread_peer::RecentAskers`).
     pub askers: std::sync::Mutex<

@@ -108,7 +108,7 @@ async fn handle(
     };
     match request {
         PeerRequest::Files { game, version } => {
-            asked(shared, remote, (&game, version));
+            note_asker(shared, remote, (&game, version));
             let sent = match gated(shared, &game, version, |r| Ok(r.clone())) {
                 Err(e) => answer.refuse(e.to_string()).await,
                 Ok(root) => serve_manifest(shared, &mut answer, root).await,
@@ -126,7 +126,7 @@ async fn handle(
             // finish one soon). While nobody else wants a turn or asked for the game the
             // answer is free (a lone downloader is never held back by peers that only
             // announce a download).
-            let alone = !asked(shared, remote, (&game, version));
+            let alone = !others_asking(shared, remote, (&game, version));
             let sent = if !alone || shared.peers.downloaders(&game, version) > 1 {
                 match swarm_turn(slots, shared, remote, Ask::Plain(&ranges, alone)).await {
                     Ok(_turn) => {
@@ -165,7 +165,7 @@ async fn handle(
             version,
             ranges,
         } => {
-            asked(shared, remote, (&game, version));
+            note_asker(shared, remote, (&game, version));
             let sent = match swarm_turn(slots, shared, remote, Ask::Offer).await {
                 Ok(_turn) => serve_offer(shared, &mut answer, (&game, version), &ranges).await,
                 Err(away) => answer.away(away).await,
@@ -180,25 +180,34 @@ async fn handle(
     Ok(())
 }
 
-/// `remote` asked for `game` now; whether another peer asked for it lately and may still
-/// be downloading it (linked, not ready with it: a peer whose download just ended, now
-/// a second source, must not hold the next downloader to one answer at a time). Only
-/// games this daemon has ready at that version are noted (a peer naming made-up games
-/// or versions cannot grow the record).
-fn asked(
+/// `remote` asked for `game`'s manifest or made an offer for it now: it counts as one of
+/// its downloaders for a while (`lanspread_peer::RecentAskers`). Only games this daemon
+/// has ready at that version are noted (a peer naming made-up games or versions cannot
+/// grow the record). Chunk requests are not noted: they come after the manifest, and the
+/// record matters at a download's start only (announcements tell the rest).
+fn note_asker(
+    shared: &Shared,
+    remote: &PeerId,
+    (game, version): (&lanspread_catalog::GameId, lanspread_catalog::Version),
+) {
+    if gated(shared, game, version, |_| Ok(())).is_err() {
+        return;
+    }
+    let mut askers = shared.net.askers.lock().unwrap_or_else(|p| p.into_inner());
+    askers.note(&(game.clone(), version), remote, Instant::now());
+}
+
+/// Whether a peer other than `remote` asked for `game` lately and may still be
+/// downloading it (linked, not ready with it: a peer whose download just ended, now a
+/// second source, must not hold the next downloader to one answer at a time).
+fn others_asking(
     shared: &Shared,
     remote: &PeerId,
     (game, version): (&lanspread_catalog::GameId, lanspread_catalog::Version),
 ) -> bool {
-    if gated(shared, game, version, |_| Ok(())).is_err() {
-        return false;
-    }
-    let key = (game.clone(), version);
-    let now = Instant::now();
     let others = {
-        let mut askers = shared.net.askers.lock().unwrap_or_else(|p| p.into_inner());
-        askers.note(&key, remote, now);
-        askers.others(&key, remote, now)
+        let askers = shared.net.askers.lock().unwrap_or_else(|p| p.into_inner());
+        askers.others(&(game.clone(), version), remote, Instant::now())
     };
     others
         .iter()
@@ -530,7 +539,7 @@ impl Answer<'_> {
 
     /// Resets the stream of an answer that failed and says why.
     fn ended(&mut self, sent: Result<(), SendFailed>, remote: &PeerId) {
-        if self.bytes > 0 {
+        if self.bytes > 0 && tracing::enabled!(tracing::Level::DEBUG) {
             // For studies of a swarm's links (`LANSPREAD_LOG=lanspread_daemon=debug`).
             let path = self.conn.stats().path;
             debug!(

@@ -438,9 +438,10 @@ impl Planner {
             ),
             None => (self.max_in_flight_bytes, false),
         };
-        let requests = match one_offer {
-            true => 1,
-            false => (self.max_in_flight >> s.backoff).max(1),
+        let requests = if one_offer {
+            1
+        } else {
+            (self.max_in_flight >> s.backoff).max(1)
         };
         !s.dropped
             && !s.resting

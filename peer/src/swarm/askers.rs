@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use lanspread_proto::PeerId;
 
-/// How long a peer that asked for a game (its manifest or its chunks) counts as one of
+/// How long a peer that asked for a game (its manifest, or an offer) counts as one of
 /// its downloaders. Longer than a manifest vote's grace and a download's preparation
 /// (the gap between the manifest and the first chunk request), short enough that a lone
 /// downloader is soon not held to one answer by someone who asked once and went away.
