@@ -2,7 +2,7 @@
 //! pieces'), and a cache of them keyed by file identity (size, mtime, ctime, inode,
 //! device) so that serving a file twice never hashes it twice.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -99,7 +99,10 @@ impl FileKey {
 /// games dir) only costs a re-hash after a restart.
 #[derive(Debug, Default)]
 pub struct HashCache {
-    mem: Mutex<BTreeMap<(PathBuf, FileKey), Vec<ChunkHash>>>,
+    /// Per file, its piece hashes under each identity they were computed or adopted for
+    /// (a path's own map: a lookup by `&Path` allocates nothing and compares bytes, not
+    /// path components — the source looks once per range it serves).
+    mem: Mutex<HashMap<PathBuf, HashMap<FileKey, Vec<ChunkHash>>>>,
     /// Identities [`HashCache::still_holds`] re-read and found changed: not read again
     /// for every request (a rewritten 20 GB file is refused at once, not re-hashed).
     changed: Mutex<std::collections::BTreeSet<(PathBuf, FileKey)>>,
@@ -243,8 +246,22 @@ impl HashCache {
         self.mem
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&(full.to_path_buf(), key))
+            .get(full)?
+            .get(&key)
             .cloned()
+    }
+
+    /// Remembers `chunks` as the piece hashes of `full` with identity `key`.
+    fn insert(&self, full: &Path, key: FileKey, chunks: Vec<ChunkHash>) {
+        let mut mem = self.mem.lock().unwrap_or_else(|p| p.into_inner());
+        match mem.get_mut(full) {
+            Some(ids) => {
+                ids.insert(key, chunks);
+            }
+            None => {
+                mem.insert(full.to_path_buf(), HashMap::from([(key, chunks)]));
+            }
+        }
     }
 
     /// The hashes of a file in memory or in the persisted cache of the root at `dir`
@@ -265,10 +282,7 @@ impl HashCache {
     }
 
     fn remember(&self, full: &Path, key: FileKey, chunks: Vec<ChunkHash>) -> Vec<ChunkHash> {
-        self.mem
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((full.to_path_buf(), key), chunks.clone());
+        self.insert(full, key, chunks.clone());
         chunks
     }
 }
@@ -296,10 +310,7 @@ impl HashCache {
                 continue;
             }
             let key = FileKey::of(&meta);
-            self.mem
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((full, key), f.pieces.clone());
+            self.insert(&full, key, f.pieces.clone());
             persisted
                 .entries
                 .insert(f.path.as_str().to_owned(), to_persisted(key, &f.pieces));
@@ -316,7 +327,8 @@ impl HashCache {
         self.mem
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains_key(&(full.to_path_buf(), FileKey::of(meta)))
+            .get(full)
+            .is_some_and(|ids| ids.contains_key(&FileKey::of(meta)))
     }
 
     /// [`HashCache::knows`], or, when only the file's change time moved since it was
@@ -343,8 +355,10 @@ impl HashCache {
             .mem
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|((p, k), _)| p == full && same_but_ctime(k))
+            .get(full)
+            .into_iter()
+            .flatten()
+            .filter(|(k, _)| same_but_ctime(k))
             .map(|(_, c)| c.clone())
             .collect();
         if given.is_empty() {
@@ -360,10 +374,7 @@ impl HashCache {
             changed().insert(key);
             return false;
         }
-        self.mem
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert((full.to_path_buf(), now), fresh);
+        self.insert(full, now, fresh);
         true
     }
 }

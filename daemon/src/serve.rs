@@ -769,13 +769,27 @@ impl Check {
     }
 }
 
+/// Bytes an answer's reader may read ahead of its sender.
+const READ_AHEAD: u64 = 4 << 20;
+
+/// How many pieces the reader of `files` may read ahead: [`READ_AHEAD`] bytes of its
+/// largest piece, at least two (small files are read many at a time instead of waking
+/// the reader per file).
+fn read_ahead(files: &[(PathBuf, u64, u64)]) -> usize {
+    let largest = files.iter().map(|f| f.2).max().unwrap_or(0);
+    let piece = largest.clamp(1, READ_SIZE as u64);
+    usize::try_from(READ_AHEAD / piece)
+        .unwrap_or(usize::MAX)
+        .clamp(2, 128)
+}
+
 /// How often an answer relaying a chunk still arriving looks for more of it.
 const RELAY_POLL: Duration = Duration::from_millis(5);
 /// How long such an answer waits for its next piece before it ends.
 const RELAY_STALL: Duration = Duration::from_secs(20);
 
 fn read_ranges(root: PathBuf, files: Vec<(PathBuf, u64, u64)>, check: Check) -> Pieces {
-    let (tx, rx) = mpsc::channel::<Result<Bytes, Stop>>(2);
+    let (tx, rx) = mpsc::channel::<Result<Bytes, Stop>>(read_ahead(&files));
     let refused = Stop::Refused;
     let reader = tokio::task::spawn_blocking(move || {
         // The root is resolved once per request, not per file.
@@ -868,6 +882,34 @@ mod tests {
     use std::sync::atomic::AtomicBool;
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn small_files_are_read_further_ahead_within_the_same_bytes() {
+        let files = |lens: &[u64]| -> Vec<(PathBuf, u64, u64)> {
+            lens.iter().map(|&l| (PathBuf::from("f"), 0, l)).collect()
+        };
+        let bytes = |f: &[(PathBuf, u64, u64)]| {
+            let piece = f
+                .iter()
+                .map(|f| f.2)
+                .max()
+                .unwrap_or(0)
+                .min(READ_SIZE as u64);
+            read_ahead(f) as u64 * piece
+        };
+        // 32 KiB files: 128 of them ahead (4 MiB), not two.
+        let small = files(&[32 << 10; 64]);
+        assert_eq!(read_ahead(&small), 128);
+        // A batch's largest file decides: 1 MiB pieces, four ahead.
+        let mixed = files(&[32 << 10, MIB, 4 << 10]);
+        assert_eq!(read_ahead(&mixed), 4);
+        // Big files: two 2 MiB pieces, as before.
+        assert_eq!(read_ahead(&files(&[32 * MIB])), 2);
+        for f in [small, mixed, files(&[32 * MIB]), files(&[1]), files(&[])] {
+            assert!(read_ahead(&f) >= 2);
+            assert!(bytes(&f) <= READ_AHEAD.max(2 * READ_SIZE as u64), "{f:?}");
+        }
+    }
 
     #[test]
     fn a_relayed_range_is_read_as_its_pieces_are_written_and_ends_with_its_fetch() {

@@ -1,5 +1,6 @@
 //! The io_uring writer: one thread running a tokio-uring runtime that creates and
-//! preallocates files, writes buffers at their offsets (starting the kernel's writeback
+//! preallocates files, writes buffers at their offsets (through the ring, or with `pwrite`
+//! on the thread itself when small: `INLINE_WRITE`; starting the kernel's writeback
 //! every `WRITEBACK_EVERY` bytes of a file) and syncs, fed by a bounded channel.
 //! Buffers come from a fixed pool, so a download never holds more than the pool in
 //! memory, whatever the chunk or file size.
@@ -207,7 +208,8 @@ struct OpenFile {
     ring: tokio_uring::fs::File,
     /// A second descriptor of the same file for the writeback kicks, which run on a
     /// blocking thread (they may wait for the device's queue) and must not see the
-    /// ring's descriptor closed and reused under them.
+    /// ring's descriptor closed and reused under them; small writes go through it too
+    /// ([`INLINE_WRITE`]).
     kick: Arc<std::fs::File>,
     /// Bytes written since the last kick.
     unkicked: Cell<u64>,
@@ -269,6 +271,15 @@ async fn run(mut rx: mpsc::Receiver<Job>) {
                 reply,
             } => {
                 let f = files.borrow().get(&file).cloned();
+                if buf.filled() <= INLINE_WRITE {
+                    let res = match &f {
+                        Some(f) => write_inline(f, &buf, offset),
+                        None => Err(io::Error::other("write to a closed file")),
+                    };
+                    drop(buf);
+                    let _ = reply.send(res);
+                    continue;
+                }
                 tokio_uring::spawn(async move {
                     let res = match (f, buf.vec.take()) {
                         (Some(f), Some(v)) => {
@@ -302,6 +313,23 @@ async fn run(mut rx: mpsc::Receiver<Job>) {
             }
         }
     }
+}
+
+/// Writes of at most this many bytes (a small file, the last piece of a file) are done
+/// by the writer thread itself with `pwrite`: tmpfs (and any filesystem at a moment it
+/// cannot write without blocking) sends an io_uring write to an io-wq worker, a thread
+/// hand-off and two context switches per write, which cost more than copying a small
+/// buffer into the page cache. Larger writes go through the ring, so copies run in
+/// parallel and a write that blocks on the device does not hold the others up.
+const INLINE_WRITE: usize = 64 << 10;
+
+/// A small write done on the writer thread ([`INLINE_WRITE`]).
+fn write_inline(f: &Rc<OpenFile>, buf: &PoolBuf, offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let bytes = buf.vec.as_deref().unwrap_or_default();
+    f.kick.write_all_at(bytes, offset)?;
+    f.written(bytes.len() as u64);
+    Ok(())
 }
 
 /// Creates the file and gives it its full size up front: `fallocate` reserves the blocks

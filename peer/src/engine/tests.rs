@@ -230,7 +230,7 @@ fn the_budget_shares_the_lanes_among_the_sources() {
 
 #[test]
 fn small_files_are_batched_into_one_request() {
-    let mut files: Vec<FileManifest> = (0..100)
+    let mut files: Vec<FileManifest> = (0..300)
         .map(|i| file(&format!("small/{i:03}.bin"), 100 << 10, i as u8))
         .collect();
     files.push(file("version.ini", 8, 0));
@@ -240,10 +240,11 @@ fn small_files_are_batched_into_one_request() {
     let bytes = |f: &Fetch| f.chunks.iter().map(|&c| e.chunks()[c].len).sum::<u64>();
     assert!(got.iter().all(|f| bytes(f) <= BATCH_BYTES));
     assert!(got[0].chunks.len() > 1, "{:?}", got[0]);
-    // The first MAX_IN_FLIGHT chunks go out in two requests, not 64.
+    // The first MAX_IN_FLIGHT chunks go out in four requests, not 256.
     let n: usize = got.iter().map(|f| f.chunks.len()).sum();
     assert_eq!(n, MAX_IN_FLIGHT);
-    assert_eq!(got.len(), 2);
+    assert_eq!(got.len(), MAX_IN_FLIGHT / BATCH_CHUNKS);
+    assert_eq!(got.len(), 4);
 }
 
 #[test]
