@@ -11,6 +11,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
 use crate::access::{caller_of, Caller, Policy};
+use crate::event_lines::{flush, next_now, push_line, stream_events};
 use crate::links::dial;
 use crate::state::Shared;
 use crate::DaemonError;
@@ -285,41 +286,6 @@ fn failed(f: Failure) -> Reply {
     }
 }
 
-/// Event lines gathered for a client are written at the latest once this many bytes.
-const EVENTS_WRITE_AT: usize = 64 << 10;
-
-/// Appends a reply's line to `lines`.
-fn push_line(lines: &mut Vec<u8>, reply: &Reply) -> std::io::Result<()> {
-    serde_json::to_writer(&mut *lines, reply).map_err(std::io::Error::other)?;
-    lines.push(b'\n');
-    Ok(())
-}
-
-/// The next event: one the channel holds already, or else — once the lines gathered so
-/// far are written — the next to come.
-async fn next_now(
-    rx: &mut tokio::sync::broadcast::Receiver<lanspread_control::api::Event>,
-    lines: &mut Vec<u8>,
-    write: &mut tokio::net::unix::OwnedWriteHalf,
-) -> Result<lanspread_control::api::Event, tokio::sync::broadcast::error::RecvError> {
-    use tokio::sync::broadcast::error::{RecvError, TryRecvError};
-    if lines.len() < EVENTS_WRITE_AT {
-        match rx.try_recv() {
-            Ok(e) => return Ok(e),
-            Err(TryRecvError::Lagged(n)) => return Err(RecvError::Lagged(n)),
-            Err(TryRecvError::Closed) => return Err(RecvError::Closed),
-            Err(TryRecvError::Empty) => {}
-        }
-    }
-    if !lines.is_empty() {
-        if write.write_all(lines).await.is_err() {
-            return Err(RecvError::Closed);
-        }
-        lines.clear();
-    }
-    rx.recv().await
-}
-
 async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
     line.push(b'\n');
@@ -483,29 +449,6 @@ fn not_in_catalog(game: &str) -> Reply {
     )
 }
 
-async fn stream_events(shared: &Shared, write: &mut tokio::net::unix::OwnedWriteHalf) {
-    let mut rx = shared.events.subscribe();
-    let mut shutdown = shared.shutdown.subscribe();
-    let mut lines = Vec::new();
-    loop {
-        let event = tokio::select! {
-            e = next_now(&mut rx, &mut lines, write) => e,
-            _ = crate::state::until_shutdown(&mut shutdown) => return,
-        };
-        match event {
-            Ok(e) => {
-                if push_line(&mut lines, &Reply::Event(e)).is_err() {
-                    return;
-                }
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                warn!("events client lagged; {n} events dropped");
-            }
-            Err(_) => return,
-        }
-    }
-}
-
 /// Starts a download; unless detached, streams the game's events until the terminal one.
 async fn download(
     shared: &Arc<Shared>,
@@ -534,31 +477,32 @@ async fn download(
         return;
     }
     // A burst of events (a chunk verified per small file) goes out in one write: what
-    // the channel holds now is sent with the event that woke us.
+    // the channel holds now is sent with the event that woke us. A write that fails:
+    // the client left; the download goes on.
     let mut lines = Vec::new();
-    let mut first = rx.recv().await;
+    let mut next = rx.recv().await;
     loop {
-        let event = match first {
+        let event = match next {
             Ok(e) => e,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 warn!("download client lagged; {n} events dropped");
-                first = next_now(&mut rx, &mut lines, write).await;
+                next = next_now(&mut rx, &mut lines, write).await;
                 continue;
             }
             Err(_) => return,
         };
-        let terminal = event.kind.game_id() == Some(&id) && event.kind.ends_download(install);
-        if event.kind.game_id() == Some(&id) && push_line(&mut lines, &Reply::Event(event)).is_err()
-        {
+        let ours = event.kind.game_id() == Some(&id);
+        let terminal = ours && event.kind.ends_download(install);
+        if ours && push_line(&mut lines, &Reply::Event(event)).is_err() {
             return;
         }
         if terminal {
-            if write.write_all(&lines).await.is_err() {
+            if flush(write, &mut lines).await.is_err() {
                 return;
             }
             break;
         }
-        first = next_now(&mut rx, &mut lines, write).await;
+        next = next_now(&mut rx, &mut lines, write).await;
     }
     let _ = task.await;
 }

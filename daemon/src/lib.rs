@@ -12,6 +12,7 @@ mod data_conn;
 mod directory;
 mod download;
 mod error;
+mod event_lines;
 mod events;
 mod failure;
 mod handshake;

@@ -29,8 +29,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// asks for a few chunks per lane, and without send fairness quinn drains them one after
 /// another anyway: reading ahead for all of them would only hold memory.
 const CHUNK_STREAMS_PER_CONNECTION: usize = 4;
-/// Chunk requests served at once by the whole daemon (each holds a reader one piece
-/// ahead: at most this × 2 × 2 MiB of read buffers).
+/// Chunk requests served at once by the whole daemon (each holds a reader at most
+/// `READ_AHEAD` ahead: at most this × 8 MiB of read buffers, four recycled 2 MiB
+/// buffers for pieces of 1–2 MiB).
 pub const CHUNK_STREAMS_TOTAL: usize = 256;
 
 /// How long a write to a peer may stay blocked before the source starts judging whether
@@ -411,7 +412,7 @@ async fn send_ranges(
     let limit = &shared.net.upload_limit;
     // One blocking task opens each file (before its header is sent, so a file that now
     // leaves the root, or changed since it was hashed, is refused) and reads the ranges
-    // piece by piece, one piece ahead.
+    // piece by piece, up to 4 MiB ahead.
     let mut pieces = read_ranges(dir, files, check);
     for (i, &ChunkRange { len, .. }) in served.iter().enumerate() {
         // The reader always sends at least one message per range; none means it died,
@@ -674,10 +675,18 @@ impl Drop for Pooled {
     }
 }
 
+/// Reads below this size get a buffer of their own size, never a recycled 2 MiB one: a
+/// reader ahead by many small files (`read_ahead`) must not hold a 2 MiB buffer for each.
+const POOLED_FROM: usize = READ_SIZE / 2;
+
 fn read_piece(file: &std::fs::File, pos: u64, n: usize) -> std::io::Result<Bytes> {
+    if n < POOLED_FROM {
+        let mut buf = vec![0; n];
+        file.read_exact_at(&mut buf, pos)?;
+        return Ok(Bytes::from(buf));
+    }
     let popped = READ_POOL.lock().unwrap_or_else(|p| p.into_inner()).pop();
-    // A fresh buffer is sized to the read (small files need no 2 MiB buffer); a
-    // recycled one grows to full size once and is kept.
+    // A recycled buffer is full size; a fresh one grows to it once and is kept.
     let mut buf = popped.unwrap_or_default();
     if buf.len() < n {
         buf.resize(n, 0);
@@ -693,7 +702,7 @@ struct Pieces {
 }
 
 /// Opens each file inside `root` and reads its `(offset, len)` range on one blocking
-/// thread in large pieces, one piece ahead of the sender. Per range the first message is
+/// thread in large pieces, up to `READ_AHEAD` ahead of the sender (`read_ahead`). Per range the first message is
 /// its first piece or why the file could not be opened or read, or why it is no longer
 /// the file whose hashes the peer holds; an error ends the reader.
 /// What a range's file must still be when it is read.

@@ -96,8 +96,9 @@ pub const MAX_STALLS: u32 = 3;
 /// grow with the size of the party (the N = 1,000 simulation dropped its server).
 pub const LATER_DROP: std::time::Duration = std::time::Duration::from_secs(300);
 /// The deepest back-off: a source's window shrinks to 1/2^this of the caps (at least one
-/// chunk).
-const MAX_BACKOFF: u32 = 6;
+/// chunk): one chunk at a time for a source that keeps stalling.
+const MAX_BACKOFF: u32 = 8;
+const _: () = assert!(crate::engine::MAX_IN_FLIGHT >> MAX_BACKOFF <= 1);
 
 /// Where the download stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
