@@ -60,6 +60,7 @@ impl Daemon {
         // First of all: a second daemon on the same dirs must refuse before it touches
         // anything (events file, sweep, identity, socket).
         let locks = DaemonLocks::acquire(&config.state, &config.games)?;
+        raise_open_files_limit();
         let events = EventBus::new(config.events.as_deref())?;
         events.emit(EventKind::DaemonStarted {
             version: env!("CARGO_PKG_VERSION").into(),
@@ -310,4 +311,31 @@ fn spawn_tasks(
         tasks.push(tokio::spawn(links::static_peer(shared.clone(), peer)));
     }
     (tasks, watcher, mdns)
+}
+
+/// Raises the soft limit on open files to the hard one (capped by the kernel's `nr_open`):
+/// a download keeps every file of its game open from its preparation to its commit — a
+/// game of thousands of small files — and the soft limit of a login shell, or of a unit
+/// without `LimitNOFILE`, is 1,024. Failing to raise it only leaves the limit as it was.
+fn raise_open_files_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
+        || lim.rlim_cur >= lim.rlim_max
+    {
+        return;
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|t| t.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20);
+    let was = lim.rlim_cur;
+    lim.rlim_cur = lim.rlim_max.min(nr_open).max(was);
+    // SAFETY: setrlimit reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+        tracing::debug!(from = was, to = lim.rlim_cur, "open files limit raised");
+    }
 }

@@ -103,6 +103,9 @@ pub struct NodeOptions {
     /// Tell the daemon its stderr is the journal, as systemd does (`JOURNAL_STREAM` set to
     /// the log file's device and inode).
     pub journal: bool,
+    /// Start the daemon with this soft limit on open files (the hard one unchanged), as a
+    /// login shell's 1,024 would.
+    pub open_files_soft: Option<u64>,
 }
 
 /// Output of one CLI run.
@@ -242,6 +245,27 @@ impl Node {
             cmd.env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
         }
         cmd.stderr(Stdio::from(log));
+        if let Some(soft) = self.opts.open_files_soft {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only getrlimit/setrlimit run, both
+            // async-signal-safe, on a struct on this stack.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         // The scenarios describe who connects to whom; peer exchange (on by default for
         // users) would link their nodes further. A test of peer exchange passes
         // `--max-links` itself.

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use lanspread_fixtures::GameSpec;
-use lanspread_scenarios::{bin, Node};
+use lanspread_scenarios::{bin, Node, NodeOptions};
 
 /// Runs `lanspreadd` on `games`/`state` with a socket of its own and waits for its exit.
 fn second_daemon(games: &Path, state: &Path, socket: &Path) -> Output {
@@ -384,4 +384,27 @@ fn a_static_peer_that_does_not_resolve_yet_is_looked_up_again() {
         (log.contains("lanspread-peer.invalid") && log.contains("retrying in 2s")).then_some(())
     });
     assert_eq!(n.json(&["status"])["peers"], 0);
+}
+
+#[test]
+fn a_game_of_more_files_than_the_soft_open_files_limit_downloads() {
+    // A download keeps every file of its game open until the commit; started from a shell
+    // with the usual soft limit, the daemon raises it to the hard one. Here the soft
+    // limit is 256 and the game has 600 files: without the raise, preparing it fails
+    // with "Too many open files".
+    let d = tempfile::tempdir().unwrap();
+    GameSpec::new("cod5", "20250101")
+        .with_small_files(5, 600, 1000)
+        .write(d.path())
+        .unwrap();
+    let low = || NodeOptions {
+        open_files_soft: Some(256),
+        ..NodeOptions::default()
+    };
+    let s = Node::start_with("src", d.path(), low());
+    let games = tempfile::tempdir().unwrap();
+    let c = Node::start_with("dst", games.path(), low());
+    c.connect(&s);
+    c.download_ok("cod5", &["--no-install"]);
+    lanspread_scenarios::assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
 }
