@@ -314,8 +314,9 @@ fn spawn_tasks(
 }
 
 /// Raises the soft limit on open files to the hard one (capped by the kernel's `nr_open`):
-/// a download keeps every file of its game open from its preparation to its commit — a
-/// game of thousands of small files — and the soft limit of a login shell, or of a unit
+/// a download keeps every file of its game open from its preparation to its commit — two
+/// descriptors each (the ring's and the writeback kick's), for a game of thousands of
+/// small files — and the soft limit of a login shell, or of a unit
 /// without `LimitNOFILE`, is 1,024. Failing to raise it only leaves the limit as it was.
 fn raise_open_files_limit() {
     let mut lim = libc::rlimit {
@@ -333,9 +334,18 @@ fn raise_open_files_limit() {
         .and_then(|t| t.trim().parse::<libc::rlim_t>().ok())
         .unwrap_or(1 << 20);
     let was = lim.rlim_cur;
-    lim.rlim_cur = lim.rlim_max.min(nr_open).max(was);
+    // The kernel refuses a hard limit above nr_open (lowered since it was set): both go
+    // no higher.
+    lim.rlim_max = lim.rlim_max.min(nr_open).max(was);
+    lim.rlim_cur = lim.rlim_max;
     // SAFETY: setrlimit reads the struct it is given.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
         tracing::debug!(from = was, to = lim.rlim_cur, "open files limit raised");
+    } else {
+        tracing::warn!(
+            limit = was,
+            "cannot raise the open files limit ({}): a download keeps two descriptors per file of its game open",
+            std::io::Error::last_os_error()
+        );
     }
 }

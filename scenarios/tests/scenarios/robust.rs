@@ -388,13 +388,24 @@ fn a_static_peer_that_does_not_resolve_yet_is_looked_up_again() {
 
 #[test]
 fn a_game_of_more_files_than_the_soft_open_files_limit_downloads() {
-    // A download keeps every file of its game open until the commit; started from a shell
-    // with the usual soft limit, the daemon raises it to the hard one. Here the soft
-    // limit is 256 and the game has 600 files: without the raise, preparing it fails
-    // with "Too many open files".
+    // A download keeps two descriptors per file of its game open until the commit;
+    // started from a shell with the usual soft limit, the daemon raises it to the hard
+    // one. Here the soft limit is 256 and the game has 300 files (600 descriptors): without
+    // the raise, preparing it fails with "Too many open files".
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    assert!(
+        lim.rlim_max >= 1024,
+        "the hard open-files limit is {}: this test needs 1,024 (ulimit -Hn)",
+        lim.rlim_max
+    );
     let d = tempfile::tempdir().unwrap();
     GameSpec::new("cod5", "20250101")
-        .with_small_files(5, 600, 1000)
+        .with_small_files(5, 300, 1000)
         .write(d.path())
         .unwrap();
     let low = || NodeOptions {
