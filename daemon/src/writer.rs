@@ -1,7 +1,7 @@
 //! The io_uring writer: one thread running a tokio-uring runtime that creates and
 //! preallocates files, writes buffers at their offsets (through the ring, or with `pwrite`
-//! on the thread itself when small and on tmpfs: `INLINE_WRITE`; starting the kernel's writeback
-//! every `WRITEBACK_EVERY` bytes of a file) and syncs, fed by a bounded channel.
+//! on the thread itself when small and on tmpfs: `INLINE_WRITE`; starting the kernel's
+//! writeback every `WRITEBACK_EVERY` bytes of a file) and syncs, fed by a bounded channel.
 //! Buffers come from a fixed pool, so a download never holds more than the pool in
 //! memory, whatever the chunk or file size.
 
@@ -321,11 +321,11 @@ async fn run(mut rx: mpsc::Receiver<Job>) {
 /// on tmpfs are done by the writer thread itself with `pwrite`: tmpfs cannot take an
 /// io_uring write without blocking, so each goes to an io-wq worker — a thread hand-off
 /// and two context switches per write, which cost more than copying a small buffer into
-/// memory (S34: 2,000 files of 32 KiB). A tmpfs write waits for no device (only for
-/// swap, under memory pressure). Other
-/// filesystems (ext4, xfs, btrfs) do buffered io_uring writes inline when they can and
-/// hand off only those that would block (dirty-page throttling, a journal, NFS or FUSE):
-/// those stay on the ring, where one blocked write does not hold up the others.
+/// memory (S34: 2,000 files of 32 KiB). A tmpfs write waits for no device (only for swap,
+/// under memory pressure). Other filesystems (ext4, xfs, btrfs) do buffered io_uring
+/// writes inline when they can and hand off only those that would block (dirty-page
+/// throttling, a journal, NFS or FUSE): those stay on the ring, where one blocked write
+/// does not hold up the others.
 const INLINE_WRITE: usize = 64 << 10;
 
 /// Whether `file` is on tmpfs.
