@@ -100,8 +100,9 @@ impl FileKey {
 #[derive(Debug, Default)]
 pub struct HashCache {
     /// Per file, its piece hashes under each identity they were computed or adopted for
-    /// (a path's own map: a lookup by `&Path` allocates nothing and compares bytes, not
-    /// path components — the source looks once per range it serves).
+    /// (a path's own map: a lookup by `&Path` allocates nothing and hashes the path once,
+    /// where the ordered map compared it component by component along the tree — the
+    /// source looks once per range it serves).
     mem: Mutex<HashMap<PathBuf, HashMap<FileKey, Vec<ChunkHash>>>>,
     /// Identities [`HashCache::still_holds`] re-read and found changed: not read again
     /// for every request (a rewritten 20 GB file is refused at once, not re-hashed).
