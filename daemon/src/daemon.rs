@@ -314,10 +314,10 @@ fn spawn_tasks(
 }
 
 /// Raises the soft limit on open files to the hard one (capped by the kernel's `nr_open`):
-/// a download keeps every file of its game open from its preparation to its commit — two
-/// descriptors each (the ring's and the writeback kick's), for a game of thousands of
-/// small files — and the soft limit of a login shell, or of a unit
-/// without `LimitNOFILE`, is 1,024. Failing to raise it only leaves the limit as it was.
+/// links, served files and the writer's descriptor cache (an eighth of the limit, see
+/// `writer::files`: a game of thousands of small files is written fastest when they all
+/// stay open) scale with it, and the soft limit of a login shell, or of a unit without
+/// `LimitNOFILE`, is 1,024. Failing to raise it only leaves the limit as it was.
 fn raise_open_files_limit() {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -344,7 +344,7 @@ fn raise_open_files_limit() {
     } else {
         tracing::warn!(
             limit = was,
-            "cannot raise the open files limit ({}): a download keeps two descriptors per file of its game open",
+            "cannot raise the open files limit ({}): a download of many files reopens them as it writes",
             std::io::Error::last_os_error()
         );
     }

@@ -106,6 +106,9 @@ pub struct NodeOptions {
     /// Start the daemon with this soft limit on open files (the hard one unchanged), as a
     /// login shell's 1,024 would.
     pub open_files_soft: Option<u64>,
+    /// Start the daemon with this hard limit on open files (it cannot raise its soft one
+    /// above it).
+    pub open_files_hard: Option<u64>,
 }
 
 /// Output of one CLI run.
@@ -245,8 +248,9 @@ impl Node {
             cmd.env("JOURNAL_STREAM", format!("{}:{}", m.dev(), m.ino()));
         }
         cmd.stderr(Stdio::from(log));
-        if let Some(soft) = self.opts.open_files_soft {
+        if self.opts.open_files_soft.is_some() || self.opts.open_files_hard.is_some() {
             use std::os::unix::process::CommandExt;
+            let (soft, hard) = (self.opts.open_files_soft, self.opts.open_files_hard);
             // SAFETY: between fork and exec only getrlimit/setrlimit run, both
             // async-signal-safe, on a struct on this stack.
             unsafe {
@@ -258,7 +262,10 @@ impl Node {
                     if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
-                    lim.rlim_cur = soft.min(lim.rlim_max);
+                    if let Some(hard) = hard {
+                        lim.rlim_max = lim.rlim_max.min(hard);
+                    }
+                    lim.rlim_cur = soft.unwrap_or(lim.rlim_cur).min(lim.rlim_max);
                     if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
@@ -476,6 +483,11 @@ impl Node {
             let _ = c.kill();
         }
         self.wait_exit();
+    }
+
+    /// The running daemon's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Sends a signal to the running daemon (SIGSTOP/SIGCONT to freeze a source).

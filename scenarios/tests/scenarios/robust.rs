@@ -388,10 +388,11 @@ fn a_static_peer_that_does_not_resolve_yet_is_looked_up_again() {
 
 #[test]
 fn a_game_of_more_files_than_the_soft_open_files_limit_downloads() {
-    // A download keeps two descriptors per file of its game open until the commit;
-    // started from a shell with the usual soft limit, the daemon raises it to the hard
-    // one. Here the soft limit is 256 and the game has 300 files (600 descriptors): without
-    // the raise, preparing it fails with "Too many open files".
+    // Started from a shell with the usual soft limit, the daemon raises it to the hard
+    // one (as /proc says, the kernel's word). Here the soft limit is 256 and the game has
+    // 300 files (600 descriptors if all were open): it downloads (a daemon that neither
+    // raised the limit nor bounded its open files failed to prepare it with "Too many
+    // open files").
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -410,6 +411,45 @@ fn a_game_of_more_files_than_the_soft_open_files_limit_downloads() {
         .unwrap();
     let low = || NodeOptions {
         open_files_soft: Some(256),
+        ..NodeOptions::default()
+    };
+    let s = Node::start_with("src", d.path(), low());
+    let games = tempfile::tempdir().unwrap();
+    let c = Node::start_with("dst", games.path(), low());
+    for node in [&s, &c] {
+        let pid = node.pid().expect("daemon running");
+        let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let row = limits
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .expect("a Max open files row");
+        let nums: Vec<&str> = row.split_whitespace().skip(3).take(2).collect();
+        assert_eq!(
+            nums,
+            [lim.rlim_max.to_string(), lim.rlim_max.to_string()],
+            "soft and hard limits of the daemon: {row}"
+        );
+    }
+    c.connect(&s);
+    c.download_ok("cod5", &["--no-install"]);
+    lanspread_scenarios::assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
+}
+
+#[test]
+fn a_game_of_more_files_than_the_hard_open_files_limit_downloads() {
+    // Where the hard limit is low too (a container, a unit with a small LimitNOFILE), the
+    // writer holds only so many files open (an eighth of the limit) and reopens the others
+    // as it writes them: 600 files (1,200 descriptors if all were open) download under a
+    // hard limit of 256 on both sides, and the source serves them all.
+    let d = tempfile::tempdir().unwrap();
+    GameSpec::new("cod5", "20250101")
+        .with_small_files(5, 600, 1000)
+        .with_archive(6, &[3 << 20])
+        .write(d.path())
+        .unwrap();
+    let low = || NodeOptions {
+        open_files_soft: Some(256),
+        open_files_hard: Some(256),
         ..NodeOptions::default()
     };
     let s = Node::start_with("src", d.path(), low());

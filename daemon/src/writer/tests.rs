@@ -1,0 +1,211 @@
+//! The writer against plain std reads: where small writes go, and the descriptor cache.
+
+use super::files::on_tmpfs;
+use super::*;
+
+/// Writes small (inline on tmpfs) and large (through the ring) buffers at their
+/// offsets, out of order, and reads the file back with plain std reads.
+fn write_and_read_back(dir: &std::path::Path) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let path = dir.join("f.bin");
+    let size = 3 * BUF_SIZE as u64 + 100;
+    let expected: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    rt.block_on(async {
+        let w = Writer::new();
+        let file = w.open(path.clone(), size).await.unwrap();
+        // (offset, len): a 1 MiB piece, small pieces, the short last piece.
+        let parts = [
+            (BUF_SIZE as u64, 32 << 10),
+            (0, BUF_SIZE),
+            (3 * BUF_SIZE as u64, 100),
+            (BUF_SIZE as u64 + (32 << 10), BUF_SIZE - (32 << 10)),
+            (2 * BUF_SIZE as u64, BUF_SIZE),
+        ];
+        let mut replies = Vec::new();
+        for (offset, len) in parts {
+            let mut buf = w.buffer().await.unwrap();
+            buf.extend(&expected[offset as usize..offset as usize + len]);
+            replies.push(w.write(file, offset, buf).await.unwrap());
+        }
+        for r in replies {
+            r.await.unwrap().unwrap();
+        }
+        w.sync(file).await.unwrap();
+        w.close(file).await;
+    });
+    assert_eq!(std::fs::read(&path).unwrap(), expected, "{}", dir.display());
+}
+
+#[test]
+fn small_and_large_writes_land_where_they_belong_on_tmpfs_and_elsewhere() {
+    // Where the file lies decides the path of small writes: inline on tmpfs (/dev/shm
+    // on Linux), through the ring elsewhere (the target dir, on the repository's
+    // filesystem). Each is checked where this machine has it; /proc/mounts is the
+    // independent word on which is which.
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let fs_type = |dir: &std::path::Path| {
+        let real = std::fs::canonicalize(dir).unwrap();
+        mounts
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let (_, at, kind) = (f.next()?, f.next()?, f.next()?);
+                real.starts_with(at).then(|| (at.len(), kind.to_owned()))
+            })
+            .max()
+            .map(|(_, kind)| kind)
+    };
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let dirs = [
+        tempfile::tempdir_in("/dev/shm").ok(),
+        tempfile::tempdir_in(&target).ok(),
+    ];
+    let mut kinds = Vec::new();
+    for dir in dirs.iter().flatten() {
+        let probe = std::fs::File::create(dir.path().join("probe")).unwrap();
+        let tmpfs = fs_type(dir.path()).as_deref() == Some("tmpfs");
+        assert_eq!(on_tmpfs(&probe), tmpfs, "{}", dir.path().display());
+        write_and_read_back(dir.path());
+        kinds.push(tmpfs);
+    }
+    assert!(
+        !kinds.is_empty(),
+        "neither /dev/shm nor the target dir is writable"
+    );
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Writes `bytes` at `offset` of `file` and waits for it.
+async fn put(w: &Writer, file: u64, offset: u64, bytes: &[u8]) -> io::Result<()> {
+    let mut buf = w.buffer().await?;
+    buf.extend(bytes);
+    w.write(file, offset, buf)
+        .await?
+        .await
+        .map_err(|_| gone())?
+}
+
+#[test]
+fn many_more_files_than_the_cache_holds_open_are_written_synced_and_read_back() {
+    // 40 files through a cache of 4, on tmpfs (inline writes) and on the target dir's
+    // filesystem (ring writes): every file is written in three pieces visited round-robin,
+    // so nearly every write finds its file closed; then each is synced (reopened again).
+    // Never more than 4 files are open at once, and every byte lands.
+    const CAP: usize = 4;
+    const FILES: usize = 40;
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let dirs = [
+        tempfile::tempdir_in("/dev/shm").ok(),
+        tempfile::tempdir_in(&target).ok(),
+    ];
+    let mut checked = 0;
+    for dir in dirs.iter().flatten() {
+        let content = |i: usize| -> Vec<u8> {
+            (0..3 * 1000 + i)
+                .map(|b| (b * 7 + i) as u8)
+                .collect::<Vec<u8>>()
+        };
+        let w = Writer::with_cap(Some(CAP));
+        runtime().block_on(async {
+            let mut ids = Vec::new();
+            for i in 0..FILES {
+                let path = dir.path().join(format!("f{i:02}.bin"));
+                ids.push(w.open(path, content(i).len() as u64).await.unwrap());
+            }
+            for piece in 0..3 {
+                for (i, &id) in ids.iter().enumerate() {
+                    let all = content(i);
+                    let (from, to) = (
+                        piece * 1000,
+                        if piece == 2 {
+                            all.len()
+                        } else {
+                            (piece + 1) * 1000
+                        },
+                    );
+                    put(&w, id, from as u64, &all[from..to]).await.unwrap();
+                }
+            }
+            for &id in &ids {
+                w.sync(id).await.unwrap();
+                w.close(id).await;
+            }
+        });
+        // The cap, and the one file being created past it.
+        assert!(
+            w.open.peak() <= CAP + 1,
+            "{} files open at once, the cap is {CAP}",
+            w.open.peak()
+        );
+        for i in 0..FILES {
+            let got = std::fs::read(dir.path().join(format!("f{i:02}.bin"))).unwrap();
+            assert!(got == content(i), "file {i} in {}", dir.path().display());
+        }
+        checked += 1;
+    }
+    assert!(
+        checked > 0,
+        "neither /dev/shm nor the target dir is writable"
+    );
+}
+
+#[test]
+fn a_closed_file_replaced_under_its_path_is_never_written_through() {
+    // With a cache of one, the second file is closed as soon as it is created; someone then
+    // puts a symlink to a file outside at its path, or another file, or replaces its
+    // folder by a symlink to a folder outside holding a file of that name. The writer
+    // refuses to write through any of them and leaves every target as it was.
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside.txt");
+    std::fs::write(&outside, b"keep me").unwrap();
+    let w = Writer::with_cap(Some(1));
+    runtime().block_on(async {
+        let a = w.open(dir.path().join("a.bin"), 10).await.unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let b_path = dir.path().join("sub/b.bin");
+        let b = w.open(b_path.clone(), 10).await.unwrap();
+        put(&w, a, 0, b"aaaaaaaaaa").await.unwrap();
+
+        std::fs::remove_file(&b_path).unwrap();
+        std::os::unix::fs::symlink(&outside, &b_path).unwrap();
+        let err = put(&w, b, 0, b"bbbbbbbbbb").await.unwrap_err();
+        assert!(err.to_string().contains("b.bin"), "{err}");
+        assert!(w.sync(b).await.is_err(), "sync through a symlink");
+
+        std::fs::remove_file(&b_path).unwrap();
+        std::fs::write(&b_path, b"another file").unwrap();
+        let err = put(&w, b, 0, b"bbbbbbbbbb").await.unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::fs::write(elsewhere.path().join("b.bin"), b"elsewhere!").unwrap();
+        std::fs::rename(dir.path().join("sub"), dir.path().join("sub.old")).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("sub")).unwrap();
+        let err = put(&w, b, 0, b"bbbbbbbbbb").await.unwrap_err();
+        assert!(err.to_string().contains("replaced"), "{err}");
+        assert_eq!(
+            std::fs::read(elsewhere.path().join("b.bin")).unwrap(),
+            b"elsewhere!"
+        );
+        // The file still open is written as before.
+        put(&w, a, 0, b"AAAAAAAAAA").await.unwrap();
+    });
+    assert_eq!(std::fs::read(&outside).unwrap(), b"keep me");
+    assert_eq!(
+        std::fs::read(dir.path().join("sub.old/b.bin")).unwrap(),
+        b"another file"
+    );
+    assert_eq!(
+        std::fs::read(dir.path().join("a.bin")).unwrap(),
+        b"AAAAAAAAAA"
+    );
+}
