@@ -3,6 +3,7 @@
 //! rescanned. A periodic whole-dir rescan backs this up (inotify overflow, watch limits,
 //! filesystems without inotify).
 
+mod rewalks;
 mod tree;
 
 use std::collections::BTreeSet;

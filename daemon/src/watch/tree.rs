@@ -9,7 +9,9 @@
 //!
 //! Folders created or moved in are watched as they appear, with their subfolders; a
 //! folder moved out is forgotten. An event queue overflow, or the watched folder itself
-//! deleted or moved, is reported as [`Seen::Lost`] (the caller rescans everything; a
+//! deleted or moved, is reported as [`Seen::Lost`] (the caller rescans everything; after
+//! an overflow the tree is walked again for folders made meanwhile, at once, then at most
+//! once every `REWALK_EVERY` while overflows go on, reported as lost again; a
 //! folder deleted while a process keeps it open, as the daemon's dir lock does, is
 //! reported by inotify only once it is closed: the periodic rescan sees it first); a
 //! folder that cannot be watched (the watch limit) is warned about once and left to the
@@ -25,9 +27,12 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask, Watches};
 use tracing::{debug, warn};
+
+use super::rewalks::{readable_within, Rewalks, REWALK_EVERY};
 
 /// What the watch saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +93,7 @@ struct Tree {
     paths: HashMap<WatchDescriptor, PathBuf>,
     /// A folder could not be watched (said once).
     warned: bool,
+    rewalks: Rewalks,
 }
 
 impl Tree {
@@ -180,6 +186,16 @@ impl TreeWatch {
     pub fn start(
         dir: &Path,
         skip: Skip,
+        handler: impl FnMut(Seen) + Send + 'static,
+    ) -> io::Result<Self> {
+        Self::start_rewalking(dir, skip, REWALK_EVERY, handler)
+    }
+
+    /// [`TreeWatch::start`] with another least time between walks after overflows.
+    fn start_rewalking(
+        dir: &Path,
+        skip: Skip,
+        rewalk_every: Duration,
         mut handler: impl FnMut(Seen) + Send + 'static,
     ) -> io::Result<Self> {
         let mut inotify = Inotify::init()?;
@@ -191,6 +207,7 @@ impl TreeWatch {
             watches: inotify.watches(),
             paths: HashMap::new(),
             warned: false,
+            rewalks: Rewalks::new(rewalk_every),
         };
         let top = tree.watches.add(dir, MASK)?;
         tree.add(dir);
@@ -201,6 +218,22 @@ impl TreeWatch {
             .spawn(move || {
                 let mut buf = vec![0u8; 64 << 10];
                 loop {
+                    if let Some(wait) = tree.rewalks.wait(Instant::now()) {
+                        use std::os::fd::AsRawFd;
+                        if !readable_within(inotify.as_raw_fd(), wait) {
+                            if stopped.load(Ordering::SeqCst) {
+                                return;
+                            }
+                            if tree.rewalks.take_due(Instant::now()) {
+                                // Folders made since the last walk may be unwatched, and
+                                // their events lost.
+                                let top = tree.top.clone();
+                                tree.add(&top);
+                                handler(Seen::Lost);
+                            }
+                            continue;
+                        }
+                    }
                     let events = match inotify.read_events_blocking(&mut buf) {
                         Ok(events) => events,
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -242,9 +275,12 @@ fn handle(
     seen: &mut Vec<PathBuf>,
 ) -> bool {
     if mask.contains(EventMask::Q_OVERFLOW) {
-        // Folders created meanwhile may be unwatched: walk the whole tree again.
-        let top = tree.top.clone();
-        tree.add(&top);
+        // Folders created meanwhile may be unwatched: walk the whole tree again, now or
+        // when the rate allows (`Rewalks`).
+        if tree.rewalks.overflow(Instant::now()) {
+            let top = tree.top.clone();
+            tree.add(&top);
+        }
         return true;
     }
     if mask.contains(EventMask::IGNORED) {
@@ -448,5 +484,75 @@ mod tests {
         let (w, rx) = watch(top.path());
         drop(w);
         assert_thread_ended(&rx);
+    }
+
+    /// Holds the watch thread inside its handler while `hold` is set.
+    type Hold = Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>;
+
+    fn set_hold(hold: &Hold, on: bool) {
+        *hold.0.lock().unwrap() = on;
+        hold.1.notify_all();
+    }
+
+    /// Overflows the event queue of a watch whose thread is held in its handler: a file
+    /// renamed back and forth (two events per rename) past `max_queued_events`; then
+    /// makes `late/`, whose creation is lost with the rest, and lets the thread go.
+    fn overflow_and_make(top: &Path, hold: &Hold, late: &str) {
+        set_hold(hold, true);
+        std::fs::write(top.join("poke"), b"x").unwrap();
+        let max: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_queued_events")
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .unwrap_or(16384);
+        let (a, b) = (top.join("flood-a"), top.join("flood-b"));
+        std::fs::write(&a, b"").unwrap();
+        for _ in 0..max / 2 + 1000 {
+            std::fs::rename(&a, &b).unwrap();
+            std::fs::rename(&b, &a).unwrap();
+        }
+        std::fs::create_dir(top.join(late)).unwrap();
+        set_hold(hold, false);
+    }
+
+    /// Waits for the next `Seen::Lost`, skipping path events.
+    fn next_lost(rx: &mpsc::Receiver<Seen>) {
+        while next(rx) != Seen::Lost {}
+    }
+
+    #[test]
+    fn after_queue_overflows_the_tree_is_walked_again_at_once_then_at_most_once_per_interval() {
+        // Two overflows in a row, within the interval between walks: the first walks at
+        // once, so a folder whose creation was lost is watched; the second waits for the
+        // interval's end, then walks (and says so again), so its lost folder is watched
+        // too. A watch that walked on every overflow would report the second only once;
+        // one that never walked again would never see a file written in `late2/`.
+        let top = tempfile::tempdir().unwrap();
+        let hold: Hold = Arc::default();
+        let (tx, rx) = mpsc::channel();
+        let held = hold.clone();
+        let _w =
+            TreeWatch::start_rewalking(top.path(), skip_local, Duration::from_secs(5), move |s| {
+                let mut on = held.0.lock().unwrap();
+                while *on {
+                    on = held.1.wait(on).unwrap();
+                }
+                drop(on);
+                let _ = tx.send(s);
+            })
+            .unwrap();
+
+        overflow_and_make(top.path(), &hold, "late1");
+        next_lost(&rx);
+        std::fs::write(top.path().join("late1/x"), b"x").unwrap();
+        let want = top.path().join("late1/x");
+        while next(&rx) != Seen::Path(want.clone()) {}
+
+        overflow_and_make(top.path(), &hold, "late2");
+        next_lost(&rx);
+        // The walk due at the interval's end.
+        next_lost(&rx);
+        std::fs::write(top.path().join("late2/x"), b"x").unwrap();
+        let want = top.path().join("late2/x");
+        while next(&rx) != Seen::Path(want.clone()) {}
     }
 }
