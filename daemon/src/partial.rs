@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use lanspread_catalog::{FileManifest, GameId, Version};
 use lanspread_peer::{gate_partial_chunk, HeldCopy, PeerError};
@@ -34,6 +35,8 @@ pub struct Growing {
     written_to: AtomicU64,
     /// The fetch failed: nothing more of it will be written by this fetch.
     failed: AtomicBool,
+    /// Wakes the answers waiting for more ([`Growing::wait_past`]).
+    moved: (Mutex<()>, Condvar),
 }
 
 impl Growing {
@@ -41,17 +44,48 @@ impl Growing {
         Self {
             written_to: AtomicU64::new(written_to),
             failed: AtomicBool::new(false),
+            moved: (Mutex::new(()), Condvar::new()),
         }
     }
 
     /// The bytes before file offset `to` are verified and written.
     pub fn wrote(&self, to: u64) {
         self.written_to.fetch_max(to, Ordering::Release);
+        self.wake();
     }
 
     /// The fetch failed: nothing more will be written.
     pub(crate) fn fail(&self) {
         self.failed.store(true, Ordering::Release);
+        self.wake();
+    }
+
+    /// Under the lock, so a waiter between its check and its wait is not missed.
+    fn wake(&self) {
+        let _seen = self.moved.0.lock().unwrap_or_else(|p| p.into_inner());
+        self.moved.1.notify_all();
+    }
+
+    /// Blocks (on a blocking thread) until the bytes are written past file offset `pos`,
+    /// the fetch failed, or `timeout` passed; then says how far they are written, as
+    /// [`Growing::written_to`].
+    pub fn wait_past(&self, pos: u64, timeout: Duration) -> Option<u64> {
+        let until = Instant::now() + timeout;
+        let mut seen = self.moved.0.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            match self.written_to() {
+                Some(to) if to <= pos => {}
+                done => return done,
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return self.written_to();
+            }
+            seen = match self.moved.1.wait_timeout(seen, left) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
     }
 
     /// How far the bytes are verified and written, or `None` once the fetch failed.
@@ -404,5 +438,33 @@ mod tests {
         );
         assert_eq!(g2.written_to(), Some(2 * CHUNK_SIZE));
         assert!(p.gate((&game, version), &digest, &[range(2)]).is_err());
+    }
+
+    #[test]
+    fn a_waiting_answer_wakes_when_more_is_written_or_the_fetch_fails() {
+        // An answer's reader blocks in `wait_past` on its own thread: a write past its
+        // position wakes it (long before the hour it would wait), a failure too, and a
+        // write that does not reach past it does not end the wait early.
+        let hour = Duration::from_secs(3600);
+        let g = Arc::new(Growing::new(100));
+        let waiter = {
+            let g = g.clone();
+            std::thread::spawn(move || g.wait_past(100, hour))
+        };
+        // Most likely waiting by then (if not, it finds 150 at once: the same answer).
+        std::thread::sleep(Duration::from_millis(50));
+        g.wrote(100); // not past 100
+        g.wrote(150);
+        assert_eq!(waiter.join().unwrap(), Some(150));
+        let waiter = {
+            let g = g.clone();
+            std::thread::spawn(move || g.wait_past(150, hour))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        g.fail();
+        assert_eq!(waiter.join().unwrap(), None);
+        // Nothing comes: the timeout ends the wait with where it stands.
+        let g = Growing::new(7);
+        assert_eq!(g.wait_past(7, Duration::from_millis(1)), Some(7));
     }
 }

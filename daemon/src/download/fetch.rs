@@ -108,7 +108,7 @@ impl Outcome {
 /// `LANSPREAD_STALL_TIMEOUT_MS` overrides it (tests, tuning).
 pub const CHUNK_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn stall_timeout() -> Duration {
+pub(crate) fn stall_timeout() -> Duration {
     static T: OnceLock<Duration> = OnceLock::new();
     *T.get_or_init(|| crate::config::env_ms("LANSPREAD_STALL_TIMEOUT_MS", CHUNK_STALL_TIMEOUT))
 }

@@ -3,7 +3,7 @@
 //! io_uring writer into preallocated files, and commit `version.ini` last.
 
 mod commit;
-mod fetch;
+pub(crate) mod fetch;
 mod journal;
 mod lanes;
 mod metadata;

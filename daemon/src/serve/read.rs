@@ -128,7 +128,7 @@ impl Check {
     /// How many bytes from `pos` (at most `want`) may be read now: for a chunk still being
     /// fetched, waits until some are verified and written there; an error ends the
     /// answer (the fetch failed, the copy ended, the asker left, or no progress for
-    /// [`RELAY_STALL`]).
+    /// [`relay_stall`]).
     fn readable(
         &self,
         i: usize,
@@ -141,7 +141,9 @@ impl Check {
         };
         let mut seen = (0, Instant::now());
         loop {
-            let Some(to) = g.written_to() else {
+            // Woken as soon as the fetch writes more; the rest (a copy ended, an asker
+            // gone) is looked at every `RELAY_CHECK`.
+            let Some(to) = g.wait_past(pos, RELAY_CHECK) else {
                 return Err("the chunk's fetch here failed".into());
             };
             if to > pos {
@@ -155,10 +157,9 @@ impl Check {
             }
             if to != seen.0 {
                 seen = (to, Instant::now());
-            } else if seen.1.elapsed() > RELAY_STALL {
+            } else if seen.1.elapsed() > relay_stall() {
                 return Err("the chunk stopped arriving here".into());
             }
-            std::thread::sleep(RELAY_POLL);
         }
     }
 }
@@ -177,10 +178,17 @@ fn read_ahead(files: &[(PathBuf, u64, u64)]) -> usize {
         .clamp(2, 128)
 }
 
-/// How often an answer relaying a chunk still arriving looks for more of it.
-const RELAY_POLL: Duration = Duration::from_millis(5);
-/// How long such an answer waits for its next piece before it ends.
-const RELAY_STALL: Duration = Duration::from_secs(20);
+/// How often an answer relaying a chunk still arriving, and waiting for more of it,
+/// looks whether its copy ended or its asker left (more of the chunk wakes it at once).
+const RELAY_CHECK: Duration = Duration::from_millis(100);
+
+/// How long such an answer waits for its next piece before it ends: two thirds of the
+/// stall timeout, which askers share by default (`LANSPREAD_STALL_TIMEOUT_MS` too), so
+/// the answer ends (`RELAY_CUT`: the asker rests this source and keeps its good pieces)
+/// before its asker would find it stalled and drop it.
+fn relay_stall() -> Duration {
+    crate::download::fetch::stall_timeout() * 2 / 3
+}
 
 pub(super) fn read_ranges(root: PathBuf, files: Vec<(PathBuf, u64, u64)>, check: Check) -> Pieces {
     let (tx, rx) = mpsc::channel::<Result<Bytes, Stop>>(read_ahead(&files));
