@@ -230,9 +230,7 @@ impl HashCache {
             ));
         }
         if let Some(persisted) = persisted.as_mut().filter(|_| dirty) {
-            persisted
-                .entries
-                .retain(|p, _| root.files.iter().any(|f| f.path.as_str() == p));
+            persisted.entries.retain(|p, _| root.file(p).is_some());
             store_cache(&root.dir, persisted);
         }
         Ok(Indexed { files, hashed })

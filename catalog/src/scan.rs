@@ -44,6 +44,16 @@ pub struct GameRoot {
 }
 
 impl GameRoot {
+    /// The file at `path` (relative, `/`-separated), found by binary search: `files` is
+    /// sorted by path (a chunk request names a file per range; a linear search made a
+    /// download of n small files cost the source O(n²)).
+    pub fn file(&self, path: &str) -> Option<&FileDescriptor> {
+        self.files
+            .binary_search_by(|f| f.path.as_str().cmp(path))
+            .ok()
+            .map(|i| &self.files[i])
+    }
+
     /// Total payload size in bytes.
     pub fn size(&self) -> u64 {
         self.files.iter().map(|f| f.size).sum()
@@ -345,6 +355,41 @@ mod tests {
         let ggoo = &lib[&GameId::new("ggoo").unwrap()];
         assert_eq!(ggoo.version, None);
         assert_eq!(ggoo.availability(), Availability::NotReady);
+    }
+
+    #[test]
+    fn every_scanned_file_is_found_by_its_path_and_nothing_else_is() {
+        // Names whose byte order differs from a folder-by-folder walk ('-' and '.' sort
+        // before '/'), so the lookup relies on the scan's sort, not on the walk's order.
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("bf1942");
+        let names = [
+            "a/b.bin",
+            "a-b.bin",
+            "a.b/c",
+            "a/b/c.bin",
+            "Z.eti",
+            "z.eti",
+            "é.txt",
+            "version.ini",
+        ];
+        for (i, n) in names.iter().enumerate() {
+            write(&root.join(n), &vec![7u8; i]);
+        }
+        for i in 0..300 {
+            write(&root.join(format!("many/f{i:03}.bin")), b"x");
+        }
+        let r = scan_root(&root, GameId::new("bf1942").unwrap());
+        assert_eq!(r.files.len(), names.len() + 300);
+        for f in &r.files {
+            assert_eq!(r.file(f.path.as_str()).map(|g| &g.path), Some(&f.path));
+        }
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(r.file(n).map(|f| f.size), Some(i as u64), "{n}");
+        }
+        for missing in ["a", "a/b", "many", "many/f300.bin", "", "zz", "local/x"] {
+            assert!(r.file(missing).is_none(), "{missing}");
+        }
     }
 
     #[test]

@@ -130,10 +130,10 @@ impl Daemon {
 
     /// Starts from a command line (and the config file it names), which `reload` and
     /// [`Daemon::reload`] read again.
-    pub async fn start_from(source: crate::ConfigSource) -> Result<Self, DaemonError> {
+    pub async fn start_from(source: crate::reload::ConfigSource) -> Result<Self, DaemonError> {
         let config = source.load()?;
         let daemon = Self::start(config.clone()).await?;
-        *daemon.shared.reload.lock().await = Some(crate::config::Reloadable::new(source, config));
+        *daemon.shared.reload.lock().await = Some(crate::reload::Reloadable::new(source, config));
         Ok(daemon)
     }
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use lanspread_catalog::{FileManifest, GameId, Version};
-use lanspread_peer::{gate_partial_chunk, HeldCopy, PeerError};
+use lanspread_peer::{gate_partial_chunk, ChunkIndex, HeldCopy, PeerError};
 use lanspread_proto::{ChunkHash, ChunkRange, ChunkSet, Holding, MAX_GROWING};
 use tokio::sync::watch;
 
@@ -102,6 +102,8 @@ struct Copy {
     /// The chunks being fetched now (announced, and served as they arrive).
     growing: BTreeMap<u32, Arc<Growing>>,
     files: Arc<Vec<FileManifest>>,
+    /// `files` by path, with each file's first chunk.
+    index: ChunkIndex,
     root: PathBuf,
     /// Where each file is written (the sentinel goes under `.lanspread/incoming/`).
     dests: Vec<PathBuf>,
@@ -180,6 +182,7 @@ impl Partials {
         let copy = Copy {
             holding,
             growing: BTreeMap::new(),
+            index: ChunkIndex::new(&files),
             files,
             root,
             dests,
@@ -289,7 +292,7 @@ impl Partials {
         }
         for r in ranges {
             let gated = gate_partial_chunk(
-                &c.files,
+                (&c.files, &c.index),
                 &servable,
                 (&c.holding.digest, digest),
                 &r.path,
@@ -303,10 +306,9 @@ impl Partials {
                 growing.push(grows);
             }
             let dest = c
-                .files
-                .iter()
-                .position(|f| f.path == r.path)
-                .and_then(|i| c.dests.get(i));
+                .index
+                .find(&c.files, &r.path)
+                .and_then(|(i, _)| c.dests.get(i));
             match (gated, dest) {
                 (Ok(_), Some(dest)) => files.push((dest.clone(), r.offset, r.len)),
                 (Err(e), _) => {
@@ -314,8 +316,13 @@ impl Partials {
                     // one whose fetch failed since it was announced): ask again later.
                     let whole = ChunkSet::full(servable.len());
                     let valid = (&c.holding.digest, digest);
-                    let ours =
-                        gate_partial_chunk(&c.files, &whole, valid, &r.path, (r.offset, r.len));
+                    let ours = gate_partial_chunk(
+                        (&c.files, &c.index),
+                        &whole,
+                        valid,
+                        &r.path,
+                        (r.offset, r.len),
+                    );
                     if files.is_empty() && ours.is_ok() {
                         return Ok(None);
                     }

@@ -49,7 +49,7 @@ pub fn gate_chunk<'a>(
     offset: u64,
     len: u64,
 ) -> Result<&'a FileDescriptor, PeerError> {
-    let Some(file) = root.files.iter().find(|f| &f.path == path) else {
+    let Some(file) = root.file(path.as_str()) else {
         return Err(PeerError::Refused(format!(
             "no file {path} in game {}",
             root.id
@@ -69,13 +69,54 @@ pub fn gate_chunk<'a>(
     }
 }
 
+/// A manifest's files by path, with where each file's chunks start in the game's chunk
+/// numbering: a request names a file per range, and a scan of the file list per range
+/// made serving a download of n small files cost O(n²). A validated manifest is sorted
+/// by path (binary search); any other list is searched in order.
+#[derive(Debug, Clone, Default)]
+pub struct ChunkIndex {
+    /// Index of each file's first chunk.
+    first: Vec<usize>,
+    sorted: bool,
+}
+
+impl ChunkIndex {
+    /// The index of `files`.
+    pub fn new(files: &[FileManifest]) -> Self {
+        let mut next = 0usize;
+        let first = files
+            .iter()
+            .map(|f| {
+                let at = next;
+                next = next.saturating_add(chunk_count(f.size) as usize);
+                at
+            })
+            .collect();
+        Self {
+            first,
+            sorted: files.windows(2).all(|w| w[0].path < w[1].path),
+        }
+    }
+
+    /// The position of the file at `path` in `files` (the list this index was made of),
+    /// and the index of its first chunk.
+    pub fn find(&self, files: &[FileManifest], path: &RelPath) -> Option<(usize, usize)> {
+        let i = if self.sorted {
+            files.binary_search_by(|f| f.path.cmp(path)).ok()?
+        } else {
+            files.iter().position(|f| &f.path == path)?
+        };
+        Some((i, *self.first.get(i)?))
+    }
+}
+
 /// Checks a chunk request to a partial holder (`PeerRequest::PartialChunks`): the
 /// downloader's manifest must be ours (same digest), and the range must be exactly one
 /// chunk of the manifest that we verified, or its rest from a piece on (a downloader that
 /// kept the chunk's first pieces). Returns the chunk's index. Nothing else of a
-/// partial root is ever served.
+/// partial root is ever served. `index` is [`ChunkIndex::new`] of `files`.
 pub fn gate_partial_chunk(
-    files: &[FileManifest],
+    (files, index): (&[FileManifest], &ChunkIndex),
     verified: &ChunkSet,
     (ours, asked): (&ChunkHash, &ChunkHash),
     path: &RelPath,
@@ -85,26 +126,21 @@ pub fn gate_partial_chunk(
     if ours != asked {
         return refuse("another manifest than the one this partial copy holds".into());
     }
-    let mut first = 0usize;
-    for f in files {
-        let n = chunk_count(f.size) as usize;
-        if &f.path == path {
-            let Some(chunk) = chunk_of_rest(f.size, offset, len) else {
-                return refuse(format!(
-                    "{path}: {len} bytes at {offset} is not a chunk or its rest from a piece"
-                ));
-            };
-            let chunk = first + chunk as usize;
-            if !verified.contains(chunk) {
-                return refuse(format!(
-                    "{path}: the chunk at {offset} is not verified here yet"
-                ));
-            }
-            return Ok(chunk);
-        }
-        first += n;
+    let Some((i, first)) = index.find(files, path) else {
+        return refuse(format!("no file {path} in this partial copy"));
+    };
+    let Some(chunk) = chunk_of_rest(files[i].size, offset, len) else {
+        return refuse(format!(
+            "{path}: {len} bytes at {offset} is not a chunk or its rest from a piece"
+        ));
+    };
+    let chunk = first + chunk as usize;
+    if !verified.contains(chunk) {
+        return refuse(format!(
+            "{path}: the chunk at {offset} is not verified here yet"
+        ));
     }
-    refuse(format!("no file {path} in this partial copy"))
+    Ok(chunk)
 }
 
 #[cfg(test)]
@@ -208,8 +244,9 @@ mod tests {
         let d = [9u8; 32];
         let a = RelPath::new("a.eti").unwrap();
         let b = RelPath::new("b.eti").unwrap();
+        let index = ChunkIndex::new(&files);
         let gate = |path: &RelPath, off, len, asked: &ChunkHash| {
-            gate_partial_chunk(&files, &verified, (&d, asked), path, (off, len))
+            gate_partial_chunk((&files, &index), &verified, (&d, asked), path, (off, len))
         };
         assert_eq!(gate(&a, CHUNK_SIZE, 10, &d).unwrap(), 1);
         assert_eq!(gate(&b, 0, 5, &d).unwrap(), 2);
@@ -226,12 +263,43 @@ mod tests {
         assert!(gate(&c, 0, 1, &d).is_err(), "no such file");
         // The rest of a verified chunk from a piece on (its first pieces kept elsewhere).
         verified.insert(0);
-        let gate = |off, len| gate_partial_chunk(&files, &verified, (&d, &d), &a, (off, len));
+        let index = ChunkIndex::new(&files);
+        let gate =
+            |off, len| gate_partial_chunk((&files, &index), &verified, (&d, &d), &a, (off, len));
         assert_eq!(gate(PIECE_SIZE, CHUNK_SIZE - PIECE_SIZE).unwrap(), 0);
         assert!(gate(PIECE_SIZE + 1, CHUNK_SIZE - PIECE_SIZE - 1).is_err());
         assert!(
             gate(PIECE_SIZE, PIECE_SIZE).is_err(),
             "not to the chunk's end"
         );
+    }
+
+    #[test]
+    fn the_chunk_index_finds_every_file_sorted_or_not() {
+        // A sorted manifest is searched by halves, any other list in order: both find
+        // every file with the number of its first chunk, and nothing else.
+        let sorted = manifest(&[
+            ("a-b.eti", 5),
+            ("a.eti", 2 * CHUNK_SIZE + 1),
+            ("a/b.eti", 0),
+            ("b.eti", CHUNK_SIZE),
+            ("version.ini", 9),
+        ]);
+        // Chunks in list order (an empty file has none): sorted a-b 0, a 1..=3, a/b -,
+        // b 4, version.ini 5; reversed version.ini 0, b 1, a/b -, a 2..=4, a-b 5.
+        let mut shuffled = sorted.clone();
+        shuffled.reverse();
+        let cases = [(&sorted, [0, 1, 4, 4, 5]), (&shuffled, [5, 2, 2, 1, 0])];
+        for (files, firsts) in cases {
+            let index = ChunkIndex::new(files);
+            for (f, want) in sorted.iter().zip(firsts) {
+                let (i, first) = index.find(files, &f.path).expect("found");
+                assert_eq!(files[i].path, f.path);
+                assert_eq!(first, want, "{}", f.path);
+            }
+            for missing in ["a", "a/b", "c.eti", "zzz"] {
+                assert!(index.find(files, &RelPath::new(missing).unwrap()).is_none());
+            }
+        }
     }
 }

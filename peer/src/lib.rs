@@ -30,7 +30,7 @@ pub use engine::{
     OFFER_CHUNKS, OFFER_REST, SWARM_WAIT,
 };
 pub use error::PeerError;
-pub use gates::{gate_chunk, gate_files, gate_partial_chunk};
+pub use gates::{gate_chunk, gate_files, gate_partial_chunk, ChunkIndex};
 pub use links::{check_not_self, prefer_new_link, Direction};
 pub use ops::{OpKind, Operation, Operations, Progress};
 pub use pace::{check_limit, Pacer};

@@ -3,8 +3,7 @@
 //! partial sources with rarest first, offers to the server, rests, the swarm wait); the
 //! server answers offers with the daemon's `SeedChooser`.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use lanspread_catalog::{FileManifest, GameId, RelPath};
@@ -15,8 +14,11 @@ use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE};
 
 use crate::timeline::{Timeline, Window};
 
+mod rates;
 mod relay;
 mod requests;
+
+use rates::rates;
 
 const MBIT: f64 = 1e6 / 8.0;
 const EPS: f64 = 1e-6;
@@ -215,54 +217,6 @@ fn build(lab: &Lab) -> Vec<Node> {
         }
     }
     nodes
-}
-
-/// Max-min fair rates (progressive filling): the most constrained uplink or downlink
-/// fixes the rate of its flows first, what they leave elsewhere goes to the others — what
-/// congestion control converges to on a LAN.
-fn rates(nodes: &[Node], flows: &mut [Flow]) {
-    // Resource 2i: node i's uplink, 2i + 1: its downlink.
-    let mut cap: Vec<f64> = nodes.iter().flat_map(|n| [n.up, n.down]).collect();
-    let mut count = vec![0usize; cap.len()];
-    let mut users: Vec<Vec<usize>> = vec![Vec::new(); cap.len()];
-    for (i, f) in flows.iter().enumerate() {
-        for r in [2 * f.src, 2 * f.dst + 1] {
-            count[r] += 1;
-            users[r].push(i);
-        }
-    }
-    let share = |cap: &[f64], count: &[usize], r: usize| (cap[r] / count[r] as f64).max(0.0);
-    let mut heap = BinaryHeap::new();
-    for r in 0..cap.len() {
-        if count[r] > 0 {
-            heap.push(Reverse((share(&cap, &count, r).to_bits(), r)));
-        }
-    }
-    let mut fixed = vec![false; flows.len()];
-    while let Some(Reverse((bits, r))) = heap.pop() {
-        if count[r] == 0 || share(&cap, &count, r).to_bits() != bits {
-            continue; // stale
-        }
-        let rate = f64::from_bits(bits);
-        for &i in &users[r] {
-            if fixed[i] {
-                continue;
-            }
-            fixed[i] = true;
-            flows[i].rate = rate;
-            let other = if r % 2 == 0 {
-                2 * flows[i].dst + 1
-            } else {
-                2 * flows[i].src
-            };
-            cap[other] -= rate;
-            count[other] -= 1;
-            if count[other] > 0 {
-                heap.push(Reverse((share(&cap, &count, other).to_bits(), other)));
-            }
-        }
-        count[r] = 0;
-    }
 }
 
 /// The party's state while it runs.

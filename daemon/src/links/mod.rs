@@ -10,7 +10,7 @@ use lanspread_peer::{check_not_self, holding_frames, Direction, Upsert};
 use lanspread_proto::{close_code, Message, PeerAddr, PeerId, MAX_PEX};
 use lanspread_transfer::{connect, is_data_connection, peer_id_of, read_frame, write_frame};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
 use crate::directory::Holdings;
@@ -19,6 +19,10 @@ use crate::handshake::{self, Exchange};
 use crate::state::Shared;
 use lanspread_control::api::{EventKind, PeerInfo};
 use lanspread_control::{ErrorKind, Failure};
+
+mod redial;
+
+pub use redial::{pex_dialler, redial_manager};
 
 /// The peer a link was set up with, or why not, as told to a `connect` caller (kind
 /// `connect-failed`).
@@ -296,27 +300,6 @@ async fn greet(
     })
 }
 
-/// Dials, once each, the peers that peer exchange chose (`Directory::pex_dials`).
-pub async fn pex_dialler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<PeerAddr>) {
-    while let Some(p) = rx.recv().await {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let ok = match dial_peer(&shared, p.addr, Some(&p.peer_id)).await {
-                Ok(info) => {
-                    let peer = info.peer_id.short();
-                    info!(%peer, addr = %p.addr, "linked a peer learned by peer exchange");
-                    true
-                }
-                Err(e) => {
-                    debug!(addr = %p.addr, "peer exchange dial failed: {e}");
-                    false
-                }
-            };
-            shared.peers.dialled(&p, ok);
-        });
-    }
-}
-
 /// Reads the peer's announcements (libraries) until goodbye, a protocol error, the
 /// connection's end or our shutdown; `tell` gets the peer once its first library is in.
 /// Returns why the link ended.
@@ -437,50 +420,6 @@ pub(crate) async fn static_peer(shared: Arc<Shared>, peer: String) {
     if let Err(e) = dial(&shared, addr).await {
         warn!(%peer, "static peer: {e}; retrying with backoff");
         let _ = shared.peers.redial.send((None, addr));
-    }
-}
-
-/// First wait before redialling a lost peer, doubled after each failure up to the max.
-const REDIAL_FIRST: Duration = Duration::from_secs(1);
-const REDIAL_MAX: Duration = Duration::from_secs(60);
-
-/// Takes redial requests from lost outbound links (through a channel, so that a link
-/// task never has to name the dial future it came from) and runs one redial per peer.
-pub async fn redial_manager(
-    shared: Arc<Shared>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::directory::Redial>,
-) {
-    while let Some((peer, addr)) = rx.recv().await {
-        tokio::spawn(redial(shared.clone(), peer, addr));
-    }
-}
-
-/// Redials a lost peer that we had dialled (`connect` or a static peer) until it is back,
-/// by this dial or any other route, or the daemon stops.
-async fn redial(shared: Arc<Shared>, peer: Option<PeerId>, addr: SocketAddr) {
-    let mut backoff = REDIAL_FIRST;
-    let mut shutdown = shared.shutdown.subscribe();
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = crate::state::until_shutdown(&mut shutdown) => return,
-        }
-        if peer
-            .as_ref()
-            .is_some_and(|p| shared.peers.link(p).is_some())
-        {
-            return;
-        }
-        match dial(&shared, addr).await {
-            Ok(info) => {
-                info!(peer = %info.peer_id.short(), %addr, "redialled");
-                return;
-            }
-            Err(e) => {
-                debug!(%addr, "redial failed: {e}");
-                backoff = (backoff * 2).min(REDIAL_MAX);
-            }
-        }
     }
 }
 

@@ -1,0 +1,78 @@
+//! Dialling again: the peers peer exchange chose (once each), and lost peers that we had
+//! dialled (until they are back, with a doubling backoff).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lanspread_proto::{PeerAddr, PeerId};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use super::{dial, dial_peer};
+use crate::state::Shared;
+
+/// Dials, once each, the peers that peer exchange chose (`Directory::pex_dials`).
+pub async fn pex_dialler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<PeerAddr>) {
+    while let Some(p) = rx.recv().await {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let ok = match dial_peer(&shared, p.addr, Some(&p.peer_id)).await {
+                Ok(info) => {
+                    let peer = info.peer_id.short();
+                    info!(%peer, addr = %p.addr, "linked a peer learned by peer exchange");
+                    true
+                }
+                Err(e) => {
+                    debug!(addr = %p.addr, "peer exchange dial failed: {e}");
+                    false
+                }
+            };
+            shared.peers.dialled(&p, ok);
+        });
+    }
+}
+
+/// First wait before redialling a lost peer, doubled after each failure up to the max.
+const REDIAL_FIRST: Duration = Duration::from_secs(1);
+const REDIAL_MAX: Duration = Duration::from_secs(60);
+
+/// Takes redial requests from lost outbound links (through a channel, so that a link
+/// task never has to name the dial future it came from) and runs one redial per peer.
+pub async fn redial_manager(
+    shared: Arc<Shared>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::directory::Redial>,
+) {
+    while let Some((peer, addr)) = rx.recv().await {
+        tokio::spawn(redial(shared.clone(), peer, addr));
+    }
+}
+
+/// Redials a lost peer that we had dialled (`connect` or a static peer) until it is back,
+/// by this dial or any other route, or the daemon stops.
+async fn redial(shared: Arc<Shared>, peer: Option<PeerId>, addr: SocketAddr) {
+    let mut backoff = REDIAL_FIRST;
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = crate::state::until_shutdown(&mut shutdown) => return,
+        }
+        if peer
+            .as_ref()
+            .is_some_and(|p| shared.peers.link(p).is_some())
+        {
+            return;
+        }
+        match dial(&shared, addr).await {
+            Ok(info) => {
+                info!(peer = %info.peer_id.short(), %addr, "redialled");
+                return;
+            }
+            Err(e) => {
+                debug!(%addr, "redial failed: {e}");
+                backoff = (backoff * 2).min(REDIAL_MAX);
+            }
+        }
+    }
+}
