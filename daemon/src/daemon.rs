@@ -130,10 +130,10 @@ impl Daemon {
 
     /// Starts from a command line (and the config file it names), which `reload` and
     /// [`Daemon::reload`] read again.
-    pub async fn start_from(source: crate::reload::ConfigSource) -> Result<Self, DaemonError> {
+    pub async fn start_from(source: crate::config::ConfigSource) -> Result<Self, DaemonError> {
         let config = source.load()?;
         let daemon = Self::start(config.clone()).await?;
-        *daemon.shared.reload.lock().await = Some(crate::reload::Reloadable::new(source, config));
+        *daemon.shared.reload.lock().await = Some(crate::config::Reloadable::new(source, config));
         Ok(daemon)
     }
 
@@ -314,7 +314,7 @@ fn spawn_tasks(
 }
 
 /// Raises the soft limit on open files to the hard one (capped by the kernel's `nr_open`):
-/// links, served files and the writer's descriptor cache (an eighth of the limit, see
+/// links, served files and the writer's descriptor cache (a quarter of the limit in files, see
 /// `writer::files`: a game of thousands of small files is written fastest when they all
 /// stay open) scale with it, and the soft limit of a login shell, or of a unit without
 /// `LimitNOFILE`, is 1,024. Failing to raise it only leaves the limit as it was.

@@ -36,7 +36,7 @@ mod threads;
 mod watch;
 mod writer;
 
+pub use config::ConfigSource;
 pub use config::{DaemonArgs, DaemonConfig};
 pub use daemon::Daemon;
 pub use error::DaemonError;
-pub use reload::ConfigSource;

@@ -461,6 +461,11 @@ mod tests {
         // Most likely waiting by then (if not, it finds 150 at once: the same answer).
         std::thread::sleep(Duration::from_millis(50));
         g.wrote(100); // not past 100
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(
+            !waiter.is_finished(),
+            "woken by a write not past its position"
+        );
         g.wrote(150);
         assert_eq!(waiter.join().unwrap(), Some(150));
         let waiter = {

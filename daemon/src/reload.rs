@@ -5,10 +5,7 @@
 //! threads, groups, mDNS, the events file) is reported as needing a restart and keeps its
 //! old value. A config that does not load (bad TOML, an unreadable catalog or secret)
 //! changes nothing and says why. Which settings changed is a pure function ([`changes`]).
-//! Where the settings come from ([`ConfigSource`]) and those in force ([`Reloadable`]) live
-//! here too.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use lanspread_catalog::Catalog;
@@ -17,60 +14,9 @@ use lanspread_control::{ErrorKind, Failure};
 use lanspread_proto::LanSecret;
 use tracing::{info, warn};
 
-use crate::config::{DaemonArgs, DaemonConfig};
+use crate::config::{ConfigSource, DaemonConfig};
 use crate::state::Shared;
 use crate::DaemonError;
-
-/// Where the settings come from: the command line, and the directory it was given in
-/// (relative paths keep meaning the same files after the daemon moved to `/`).
-#[derive(Debug, Clone)]
-pub struct ConfigSource {
-    args: DaemonArgs,
-    base: PathBuf,
-}
-
-impl ConfigSource {
-    /// The command line, given in the current directory.
-    pub fn new(args: DaemonArgs) -> Result<Self, DaemonError> {
-        let base = std::env::current_dir().map_err(|e| DaemonError::io(".", e))?;
-        Ok(Self::with_base(args, base))
-    }
-
-    /// The command line, given in `base`. The config file is pinned now: a default file
-    /// read at start must still be there at a reload (moved aside, it is an error, not
-    /// "every setting back to its default", which would drop the LAN secret).
-    pub fn with_base(mut args: DaemonArgs, base: PathBuf) -> Self {
-        args.config = DaemonConfig::file(&args);
-        Self { args, base }
-    }
-
-    /// The settings: flags over the config file, paths absolute.
-    pub fn load(&self) -> Result<DaemonConfig, DaemonError> {
-        Ok(self.args.clone().resolve()?.absolute_from(&self.base))
-    }
-
-    /// The config file read, if any, as the user named it.
-    pub(crate) fn file(&self) -> Option<String> {
-        DaemonConfig::file(&self.args).map(|p| self.base.join(p).display().to_string())
-    }
-}
-
-/// The source and the settings in force; kept by the daemon when it was started from a
-/// command line (the demo's daemons have none and cannot be reloaded).
-#[derive(Debug)]
-pub struct Reloadable {
-    /// What is read again.
-    pub(crate) source: ConfigSource,
-    /// The settings in force.
-    pub(crate) config: DaemonConfig,
-}
-
-impl Reloadable {
-    /// The settings `config` was loaded from `source`.
-    pub fn new(source: ConfigSource, config: DaemonConfig) -> Self {
-        Self { source, config }
-    }
-}
 
 /// The settings that differ between `old` and `new`, by name (the config file's keys):
 /// those applied live, and those that need a restart. Limits, the catalog and the secret
@@ -272,7 +218,6 @@ mod tests {
     use super::*;
     use crate::config::DaemonArgs;
     use clap::Parser;
-    use std::path::PathBuf;
 
     fn config(flags: &[&str]) -> DaemonConfig {
         let mut v = vec!["lanspreadd", "--games", "/g", "--state", "/s"];
@@ -361,7 +306,10 @@ mod tests {
             "/srv/start".into(),
         );
         let c = source.load().unwrap();
-        assert_eq!(c.games, PathBuf::from("/srv/start/g"));
-        assert_eq!(c.catalog, Some(PathBuf::from("/srv/start/c.txt")));
+        assert_eq!(c.games, std::path::PathBuf::from("/srv/start/g"));
+        assert_eq!(
+            c.catalog,
+            Some(std::path::PathBuf::from("/srv/start/c.txt"))
+        );
     }
 }

@@ -60,7 +60,7 @@ pub struct Shared {
     /// Where the metrics are served, once bound.
     pub metrics_addr: std::sync::OnceLock<std::net::SocketAddr>,
     /// What `reload` reads again and the settings in force (none for the demo's daemons).
-    pub reload: tokio::sync::Mutex<Option<crate::reload::Reloadable>>,
+    pub reload: tokio::sync::Mutex<Option<crate::config::Reloadable>>,
     inner: Mutex<Inner>,
 }
 

@@ -154,6 +154,36 @@ pub async fn commit(
     .map_err(Failure::internal)?
 }
 
+/// Sets the mode of the file at `path` itself: a symlink put there since the file was
+/// written (the daemon may run as root) makes it fail, never changes its target. Where
+/// the C library cannot chmod without following (glibc < 2.32 refuses every
+/// `AT_SYMLINK_NOFOLLOW`), a symlink is refused first, then the mode set by path.
+fn chmod_no_follow(path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::other("a NUL in the path"))?;
+    // SAFETY: fchmodat reads the NUL-terminated path it is given.
+    let rc = unsafe {
+        libc::fchmodat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            mode as libc::mode_t,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+        return Err(e);
+    }
+    if fs::symlink_metadata(path)?.file_type().is_symlink() {
+        return Err(e);
+    }
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+}
+
 fn commit_blocking(
     root: &Path,
     files: &[FileManifest],
@@ -162,8 +192,7 @@ fn commit_blocking(
     syncfs: Option<&fs::File>,
 ) -> Result<(), Failure> {
     for (f, dest) in files.iter().zip(dests) {
-        fs::set_permissions(dest, fs::Permissions::from_mode(f.mode & 0o7777))
-            .map_err(|e| err(dest, e))?;
+        chmod_no_follow(dest, f.mode & 0o7777).map_err(|e| err(dest, e))?;
     }
     // Listed files and every folder that holds one, looked up once per entry.
     let mut keep: BTreeSet<&str> = BTreeSet::new();
@@ -258,4 +287,25 @@ fn sync_dir(dir: &Path) -> Result<(), Failure> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| err(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_are_set_on_files_never_through_a_symlink() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("game.bin");
+        fs::write(&file, b"x").unwrap();
+        chmod_no_follow(&file, 0o751).unwrap();
+        assert_eq!(fs::metadata(&file).unwrap().mode() & 0o7777, 0o751);
+        let outside = d.path().join("outside");
+        fs::write(&outside, b"secret").unwrap();
+        fs::set_permissions(&outside, fs::Permissions::from_mode(0o600)).unwrap();
+        let link = d.path().join("link.bin");
+        std::os::unix::fs::symlink(&outside, &link).unwrap();
+        assert!(chmod_no_follow(&link, 0o777).is_err());
+        assert_eq!(fs::metadata(&outside).unwrap().mode() & 0o7777, 0o600);
+    }
 }

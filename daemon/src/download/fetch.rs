@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::config::stall_timeout;
 use crate::limit::RateLimit;
 use crate::partial::Growing;
 use crate::writer::{Writer, BUF_SIZE};
@@ -98,19 +99,6 @@ impl Outcome {
             kept: 0,
         }
     }
-}
-
-/// Longest time a source may send nothing at all — on any of its streams and lanes —
-/// before a chunk waiting on it counts as stalled. Generous: a source shared by many
-/// clients on a slow link sends each client little, and one client's streams are drained
-/// one after another (no send fairness), so one stream may wait long while the others
-/// move; that is busy, not dead (the QUIC idle timeout catches dead peers).
-/// `LANSPREAD_STALL_TIMEOUT_MS` overrides it (tests, tuning).
-pub const CHUNK_STALL_TIMEOUT: Duration = Duration::from_secs(30);
-
-pub(crate) fn stall_timeout() -> Duration {
-    static T: OnceLock<Duration> = OnceLock::new();
-    *T.get_or_init(|| crate::config::env_ms("LANSPREAD_STALL_TIMEOUT_MS", CHUNK_STALL_TIMEOUT))
 }
 
 /// When a source last delivered bytes to this download, on any stream or lane (shared by

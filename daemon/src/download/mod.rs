@@ -3,7 +3,7 @@
 //! io_uring writer into preallocated files, and commit `version.ini` last.
 
 mod commit;
-pub(crate) mod fetch;
+mod fetch;
 mod journal;
 mod lanes;
 mod metadata;
@@ -347,6 +347,34 @@ fn got_game_files(id: &GameId, version: Version, chosen: &Chosen) -> EventKind {
 /// `fdatasync` per file and one `fsync` per folder.
 const SYNCFS_FROM_FILES: usize = 64;
 
+/// How a commit makes its files durable.
+#[derive(Debug, PartialEq, Eq)]
+struct SyncPlan {
+    /// One `fdatasync` per file.
+    each_file: bool,
+    /// One `syncfs` through the root folder as opened before the first write (it
+    /// reports every writeback error of the filesystem since; it also replaces the
+    /// per-folder fsyncs).
+    syncfs: bool,
+}
+
+/// Many files, all written in this attempt, on the root's filesystem: one `syncfs` makes
+/// them and their folders durable at once (data kept from an earlier attempt was written
+/// before the root folder was opened: a writeback error of it that someone else saw
+/// would not be reported again, so then each file is synced). Otherwise every file's
+/// fdatasync at once: the io_uring writer runs them concurrently, so a few files cost
+/// one round of syncs. A file the descriptor cache closed before its sync
+/// (`closed_dirty`, see `Writer::closed_dirty`) needs the `syncfs` too: alone when all
+/// was written in this attempt, after the fdatasyncs otherwise (the files of a game that
+/// spans filesystems are pinned open, so this is on the root's).
+fn sync_plan(files: usize, fresh: bool, one_filesystem: bool, closed_dirty: bool) -> SyncPlan {
+    let alone = fresh && one_filesystem && (files >= SYNCFS_FROM_FILES || closed_dirty);
+    SyncPlan {
+        each_file: !alone,
+        syncfs: alone || (closed_dirty && one_filesystem),
+    }
+}
+
 /// Makes every file durable and commits the sentinel.
 async fn commit_files(
     shared: &Arc<Shared>,
@@ -357,16 +385,14 @@ async fn commit_files(
     files_open: &[u64],
 ) -> Result<(), Failure> {
     let started = Instant::now();
-    // Many files, all written in this attempt, on the root's filesystem: one syncfs in
-    // the commit makes them and their folders durable at once (data kept from an earlier
-    // attempt was written before the root folder was opened: a writeback error of it
-    // that someone else saw would not be reported again, so then each file is synced).
-    // Otherwise every file's fdatasync at once: the io_uring writer runs them
-    // concurrently, so a few files cost one round of syncs.
-    let syncfs = (files_open.len() >= SYNCFS_FROM_FILES && fresh && root_dir.one_filesystem())
-        .then(|| root_dir.dup(root))
-        .transpose()?;
-    if syncfs.is_none() {
+    let plan = sync_plan(
+        files_open.len(),
+        fresh,
+        root_dir.one_filesystem(),
+        shared.net.writer.closed_dirty(files_open),
+    );
+    let syncfs = plan.syncfs.then(|| root_dir.dup(root)).transpose()?;
+    if plan.each_file {
         let mut syncs = JoinSet::new();
         for &f in files_open {
             let shared = shared.clone();
@@ -410,9 +436,13 @@ async fn prepare(
 > {
     check_space(games_dir, root, files).await?;
     let (dests, root_dir) = commit::prepare(root, files).await?;
+    // A game whose folders span filesystems keeps its files open: the commit's `syncfs`
+    // through the root could not vouch for a file the descriptor cache closed elsewhere
+    // (`Writer::closed_dirty`).
+    let pinned = !root_dir.one_filesystem();
     for (f, dest) in files.iter().zip(&dests) {
         let fid = writer
-            .open(dest.clone(), f.size)
+            .open(dest.clone(), f.size, pinned)
             .await
             .map_err(|e| Failure::io(format_args!("cannot create {}", dest.display()), &e))?;
         files_open.push(fid);
@@ -459,4 +489,32 @@ async fn check_space(
 /// Whether a manifest path is the commit sentinel.
 fn is_sentinel(f: &FileManifest) -> bool {
     f.path.as_str() == VERSION_FILE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_syncs_each_file_or_the_filesystem_as_what_was_written_needs() {
+        let plan = |each_file, syncfs| SyncPlan { each_file, syncfs };
+        // (files, fresh, one filesystem, closed dirty) → plan
+        let cases = [
+            ((2000, true, true, false), plan(false, true)),
+            ((10, true, true, false), plan(true, false)),
+            ((2000, false, true, false), plan(true, false)),
+            ((2000, true, false, false), plan(true, false)),
+            // A file closed by the descriptor cache before its sync.
+            ((10, true, true, true), plan(false, true)),
+            ((2000, false, true, true), plan(true, true)),
+            ((10, false, true, true), plan(true, true)),
+        ];
+        for ((files, fresh, one_fs, closed), want) in cases {
+            assert_eq!(
+                sync_plan(files, fresh, one_fs, closed),
+                want,
+                "{files} files, fresh {fresh}, one filesystem {one_fs}, closed dirty {closed}"
+            );
+        }
+    }
 }

@@ -187,7 +187,7 @@ const RELAY_CHECK: Duration = Duration::from_millis(100);
 /// the answer ends (`RELAY_CUT`: the asker rests this source and keeps its good pieces)
 /// before its asker would find it stalled and drop it.
 fn relay_stall() -> Duration {
-    crate::download::fetch::stall_timeout() * 2 / 3
+    crate::config::stall_timeout() * 2 / 3
 }
 
 pub(super) fn read_ranges(root: PathBuf, files: Vec<(PathBuf, u64, u64)>, check: Check) -> Pieces {

@@ -29,15 +29,21 @@ impl Rewalks {
         }
     }
 
-    /// An overflow at `now`: whether to walk now (if not, a walk is due later).
+    /// An overflow at `now`: whether to walk now (if not, a walk is due later). The
+    /// caller tells [`Rewalks::walked`] when a walk ends.
     pub fn overflow(&mut self, now: Instant) -> bool {
         if self.last.is_some_and(|l| now < l + self.every) {
             self.due = true;
             return false;
         }
-        self.last = Some(now);
         self.due = false;
         true
+    }
+
+    /// A walk ended at `now`: the interval counts from there (a walk of a big tree on a
+    /// cold disk can take longer than the interval itself).
+    pub fn walked(&mut self, now: Instant) {
+        self.last = Some(now);
     }
 
     /// How long the thread may wait for events before a due walk (`None`: none is due).
@@ -47,10 +53,10 @@ impl Rewalks {
             .then(|| (last + self.every).saturating_duration_since(now))
     }
 
-    /// Whether the due walk's time has come (it then counts as done).
+    /// Whether the due walk's time has come (the caller walks, then tells
+    /// [`Rewalks::walked`]).
     pub fn take_due(&mut self, now: Instant) -> bool {
         if self.wait(now) == Some(Duration::ZERO) {
-            self.last = Some(now);
             self.due = false;
             return true;
         }
@@ -59,7 +65,7 @@ impl Rewalks {
 }
 
 /// Waits until `fd` is readable or `timeout` passes; true when readable (an interrupted
-/// wait counts as readable: the caller's read decides).
+/// wait is not: the caller looks at its clock again).
 pub fn readable_within(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
     let mut pfd = libc::pollfd {
         fd,
@@ -70,7 +76,7 @@ pub fn readable_within(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
     // SAFETY: poll reads and writes the one pollfd it is given, for one descriptor the
     // caller keeps open.
     let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
-    rc != 0
+    rc > 0
 }
 
 #[cfg(test)]
@@ -85,20 +91,24 @@ mod tests {
         let mut r = Rewalks::new(every);
         assert_eq!(r.wait(t0), None, "nothing due before any overflow");
         assert!(r.overflow(at(0)), "the first overflow walks at once");
-        assert_eq!(r.wait(at(10)), None);
-        // More overflows within the interval: no walk, one due when it ends.
-        assert!(!r.overflow(at(100)));
-        assert!(!r.overflow(at(1500)));
-        assert_eq!(r.wait(at(1500)), Some(Duration::from_millis(500)));
-        assert!(!r.take_due(at(1999)));
+        r.walked(at(300)); // a walk of 300 ms
+        assert_eq!(r.wait(at(310)), None);
+        // More overflows within the interval after the walk: no walk, one due when it
+        // ends.
+        assert!(!r.overflow(at(400)));
+        assert!(!r.overflow(at(1800)));
+        assert_eq!(r.wait(at(1800)), Some(Duration::from_millis(500)));
+        assert!(!r.take_due(at(2299)));
         assert!(
-            r.take_due(at(2000)),
+            r.take_due(at(2300)),
             "the due walk at the end of the interval"
         );
-        assert_eq!(r.wait(at(2001)), None, "and only one");
+        r.walked(at(2400));
+        assert_eq!(r.wait(at(2401)), None, "and only one");
         assert!(!r.take_due(at(5000)));
         // An overflow long after the last walk walks at once again.
         assert!(r.overflow(at(4500)));
+        r.walked(at(4500));
         assert!(!r.overflow(at(4600)));
         assert!(r.take_due(at(7000)), "late is still due");
     }

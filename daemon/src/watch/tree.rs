@@ -218,18 +218,21 @@ impl TreeWatch {
             .spawn(move || {
                 let mut buf = vec![0u8; 64 << 10];
                 loop {
+                    // A due walk first, whether or not events wait (a steady stream of
+                    // them would otherwise put it off for as long as it lasts).
+                    if tree.rewalks.take_due(Instant::now()) {
+                        // Folders made since the last walk may be unwatched, and their
+                        // events lost.
+                        let top = tree.top.clone();
+                        tree.add(&top);
+                        tree.rewalks.walked(Instant::now());
+                        handler(Seen::Lost);
+                    }
                     if let Some(wait) = tree.rewalks.wait(Instant::now()) {
                         use std::os::fd::AsRawFd;
                         if !readable_within(inotify.as_raw_fd(), wait) {
                             if stopped.load(Ordering::SeqCst) {
                                 return;
-                            }
-                            if tree.rewalks.take_due(Instant::now()) {
-                                // Folders made since the last walk may be unwatched, and
-                                // their events lost.
-                                let top = tree.top.clone();
-                                tree.add(&top);
-                                handler(Seen::Lost);
                             }
                             continue;
                         }
@@ -280,6 +283,7 @@ fn handle(
         if tree.rewalks.overflow(Instant::now()) {
             let top = tree.top.clone();
             tree.add(&top);
+            tree.rewalks.walked(Instant::now());
         }
         return true;
     }
@@ -529,17 +533,19 @@ mod tests {
         let top = tempfile::tempdir().unwrap();
         let hold: Hold = Arc::default();
         let (tx, rx) = mpsc::channel();
+        // Long enough for the second flood to come within it even on a loaded machine (a
+        // flood takes ≈ 0.1 s here); the due walk is waited for longer.
+        let every = Duration::from_secs(8);
         let held = hold.clone();
-        let _w =
-            TreeWatch::start_rewalking(top.path(), skip_local, Duration::from_secs(5), move |s| {
-                let mut on = held.0.lock().unwrap();
-                while *on {
-                    on = held.1.wait(on).unwrap();
-                }
-                drop(on);
-                let _ = tx.send(s);
-            })
-            .unwrap();
+        let _w = TreeWatch::start_rewalking(top.path(), skip_local, every, move |s| {
+            let mut on = held.0.lock().unwrap();
+            while *on {
+                on = held.1.wait(on).unwrap();
+            }
+            drop(on);
+            let _ = tx.send(s);
+        })
+        .unwrap();
 
         overflow_and_make(top.path(), &hold, "late1");
         next_lost(&rx);
@@ -550,7 +556,12 @@ mod tests {
         overflow_and_make(top.path(), &hold, "late2");
         next_lost(&rx);
         // The walk due at the interval's end.
-        next_lost(&rx);
+        loop {
+            let seen = rx.recv_timeout(every * 3).expect("the due walk");
+            if seen == Seen::Lost {
+                break;
+            }
+        }
         std::fs::write(top.path().join("late2/x"), b"x").unwrap();
         let want = top.path().join("late2/x");
         while next(&rx) != Seen::Path(want.clone()) {}

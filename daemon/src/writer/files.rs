@@ -2,12 +2,13 @@
 //! descriptor cache. A game may have up to `MAX_FILES_PER_GAME` files and a download keeps
 //! every one of them until its commit; holding them all open would tie a download's size
 //! to the process's open-files limit (two descriptors per file). So at most
-//! [`Files::cap`] files are open at once: a file created past the cap is closed right
-//! away, and a write or sync to a closed file reopens it (the same inode, checked, never
-//! through a symlink), closing the least recently used one.
+//! `cap` files are open at once: a file created past the cap is closed right away, and a
+//! write or sync to a closed file reopens it (the same file, checked, never through a
+//! symlink, never blocking on a FIFO), closing the least recently used one. A download
+//! whose folders span filesystems pins its files open (see [`Files::insert`]).
 
 use std::cell::Cell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
@@ -24,12 +25,16 @@ const WRITEBACK_EVERY: u64 = lanspread_proto::CHUNK_SIZE;
 /// The most files the cache holds open, whatever the limit allows.
 const CAP_MAX: usize = 4096;
 /// The fewest, whatever the limit.
-const CAP_MIN: usize = 16;
+const CAP_MIN: usize = 8;
+/// Writeback kicks running at once (each holds one descriptor of a file).
+pub const KICKS_MAX: usize = 16;
 
-/// How many files the cache may hold open: an eighth of the soft open-files limit (each
-/// takes two descriptors; the rest is left to links, served files, the indexer and the
-/// control socket), within [`CAP_MIN`]..=[`CAP_MAX`].
-pub fn cap_for_limit() -> usize {
+/// How many files the cache may hold open: the writer keeps to a quarter of the soft
+/// open-files limit in files (half its descriptors: two per file; the rest is left to
+/// links, served files, the indexer and the control socket), less the files that
+/// writes, syncs and kicks in flight may still hold after the cache let go of them
+/// (`in_flight`), within [`CAP_MIN`]..=[`CAP_MAX`].
+pub fn cap_for_limit(in_flight: usize) -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -40,13 +45,13 @@ pub fn cap_for_limit() -> usize {
     } else {
         1024
     };
-    (soft / 8).clamp(CAP_MIN, CAP_MAX)
+    (soft / 4).saturating_sub(in_flight).clamp(CAP_MIN, CAP_MAX)
 }
 
 /// Open files of the writer right now and at most so far (each holds two descriptors).
-/// Beyond the cache's cap: a file being created, and one the cache let go of while a
-/// write, sync or writeback kick still uses it (bounded by the pool, `SYNCS_IN_FLIGHT`
-/// and one kick per file).
+/// Beyond the cache's cap: a file being created, pinned files, and one the cache let go
+/// of while a write or sync still uses it (bounded by the pool and `syncs`); a writeback
+/// kick holds one descriptor, not counted here ([`KICKS_MAX`]).
 #[derive(Default)]
 pub struct OpenCount {
     now: AtomicUsize,
@@ -69,18 +74,26 @@ impl OpenCount {
 /// An open file of the writer thread.
 pub struct OpenFile {
     pub ring: tokio_uring::fs::File,
-    /// A second descriptor of the same file for the writeback kicks, which run on a
-    /// blocking thread (they may wait for the device's queue) and must not see the
-    /// ring's descriptor closed and reused under them; small writes go through it too
-    /// (`INLINE_WRITE`).
-    pub kick: Arc<std::fs::File>,
+    /// A second descriptor of the same file, for small writes (`INLINE_WRITE`) and the
+    /// writeback kicks, which run on a blocking thread (they may wait for the device's
+    /// queue) and must not see the ring's descriptor closed and reused under them.
+    pub plain: Arc<std::fs::File>,
+    /// The file's writeback state, kept by its cache entry across reopens.
+    kick: Rc<Kick>,
+    /// Small writes are done inline (`INLINE_WRITE`): the file is on tmpfs.
+    pub inline: bool,
+    count: Arc<OpenCount>,
+}
+
+/// A file's writeback kicks.
+#[derive(Default)]
+struct Kick {
     /// Bytes written since the last kick.
     unkicked: Cell<u64>,
     /// A kick is running (at most one per file).
     kicking: Cell<bool>,
-    /// Small writes are done inline (`INLINE_WRITE`): the file is on tmpfs.
-    pub inline: bool,
-    count: Arc<OpenCount>,
+    /// Written since it was created or last synced.
+    dirty: Cell<bool>,
 }
 
 impl Drop for OpenFile {
@@ -90,32 +103,41 @@ impl Drop for OpenFile {
 }
 
 impl OpenFile {
-    fn new(std_file: std::fs::File, count: &Arc<OpenCount>) -> io::Result<Self> {
+    fn new(std_file: std::fs::File, kick: Rc<Kick>, count: &Arc<OpenCount>) -> io::Result<Self> {
         let ring = tokio_uring::fs::File::from_std(std_file.try_clone()?);
         count.opened();
         Ok(Self {
             ring,
             inline: on_tmpfs(&std_file),
-            kick: Arc::new(std_file),
-            unkicked: Cell::new(0),
-            kicking: Cell::new(false),
+            plain: Arc::new(std_file),
+            kick,
             count: count.clone(),
         })
     }
 
-    /// Counts written bytes and starts writeback once enough have piled up.
-    pub fn written(self: &Rc<Self>, bytes: u64) {
-        self.unkicked.set(self.unkicked.get() + bytes);
-        if self.unkicked.get() < WRITEBACK_EVERY || self.kicking.get() {
+    /// Counts written bytes and starts writeback once enough have piled up (unless
+    /// [`KICKS_MAX`] kicks run already: they are advisory).
+    pub fn written(&self, bytes: u64, kicks: &Rc<Cell<usize>>) {
+        let k = &self.kick;
+        k.dirty.set(true);
+        k.unkicked.set(k.unkicked.get() + bytes);
+        if k.unkicked.get() < WRITEBACK_EVERY || k.kicking.get() || kicks.get() >= KICKS_MAX {
             return;
         }
-        self.unkicked.set(0);
-        self.kicking.set(true);
-        let (me, file) = (self.clone(), self.kick.clone());
+        k.unkicked.set(0);
+        k.kicking.set(true);
+        kicks.set(kicks.get() + 1);
+        let (k, kicks, file) = (k.clone(), kicks.clone(), self.plain.clone());
         tokio_uring::spawn(async move {
             let _ = tokio::task::spawn_blocking(move || start_writeback(&file)).await;
-            me.kicking.set(false);
+            k.kicking.set(false);
+            kicks.set(kicks.get() - 1);
         });
+    }
+
+    /// Synced: nothing written since.
+    pub fn synced(&self) {
+        self.kick.dirty.set(false);
     }
 }
 
@@ -140,16 +162,54 @@ pub fn on_tmpfs(file: &std::fs::File) -> bool {
     rc == 0 && st.f_type == libc::TMPFS_MAGIC
 }
 
+/// Opens `path` for writing without following a symlink or blocking (a FIFO put there
+/// would block an `open` for writing until a reader comes, and the writer thread with
+/// it), creating it when asked; only a regular file is kept, in blocking mode again (an
+/// io_uring write to a non-blocking file fails rather than wait).
+fn open_regular(
+    path: &std::path::Path,
+    create: bool,
+) -> io::Result<(std::fs::File, std::fs::Metadata)> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(create)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    // SAFETY: fcntl reads and sets the flags of a descriptor `file` keeps open.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0
+        || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((file, meta))
+}
+
+/// What identifies a created file: device, inode, size and birth time (where the
+/// filesystem keeps one). A file put in its place, or reached through a folder replaced
+/// by a symlink, is another inode; one created after ours was deleted may reuse its
+/// number and could be given its size, but not its birth time.
+type Identity = (u64, u64, u64, Option<std::time::SystemTime>);
+
+fn identity(meta: &std::fs::Metadata) -> Identity {
+    (meta.dev(), meta.ino(), meta.len(), meta.created().ok())
+}
+
 /// Creates the file and gives it its full size up front: `fallocate` reserves the blocks
 /// (so a full disk fails here, not half-way), `set_len` trims a longer leftover.
 pub async fn create(path: PathBuf, size: u64, count: Arc<OpenCount>) -> io::Result<Created> {
-    let std_file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(false)
-        .open(&path)?;
-    let meta = std_file.metadata()?;
-    let file = OpenFile::new(std_file, &count)?;
+    let (std_file, _) = open_regular(&path, true)?;
+    let kick = Rc::new(Kick::default());
+    let file = OpenFile::new(std_file, kick.clone(), &count)?;
     if size > 0 {
         match file.ring.fallocate(0, size, 0).await {
             Ok(()) => {}
@@ -162,10 +222,12 @@ pub async fn create(path: PathBuf, size: u64, count: Arc<OpenCount>) -> io::Resu
             }
         }
     }
-    file.kick.set_len(size)?;
+    file.plain.set_len(size)?;
+    let meta = file.plain.metadata()?;
     Ok(Created {
         path,
-        identity: (meta.dev(), meta.ino(), size),
+        identity: identity(&meta),
+        kick,
         file,
     })
 }
@@ -173,52 +235,69 @@ pub async fn create(path: PathBuf, size: u64, count: Arc<OpenCount>) -> io::Resu
 /// A file just created by [`create`].
 pub struct Created {
     path: PathBuf,
-    identity: (u64, u64, u64),
+    identity: Identity,
+    kick: Rc<Kick>,
     file: OpenFile,
 }
 
 /// A file of the cache.
 struct Entry {
     path: PathBuf,
-    /// Device, inode and size at creation: a reopen must find the same file (a file put
-    /// in its place, or reached through a folder replaced by a symlink, is another inode;
-    /// one created after ours was deleted could reuse its number, but not also have its
-    /// exact size by chance).
-    identity: (u64, u64, u64),
-    /// Open, with its last use (its key in [`Files::lru`]).
+    /// At creation: a reopen must find the same file.
+    identity: Identity,
+    kick: Rc<Kick>,
+    /// Never closed by the cache.
+    pinned: bool,
+    /// Open, with its last use (its key in [`Files::lru`]; `u64::MAX`-free: pinned
+    /// files are not in it).
     open: Option<(Rc<OpenFile>, u64)>,
 }
 
-/// The writer's files by handle, at most `cap` of them open.
+/// The writer's files by handle, at most `cap` of them open (pinned ones aside).
 pub struct Files {
     entries: HashMap<u64, Entry>,
-    /// Open files by last use, oldest first.
+    /// Open files by last use, oldest first (pinned ones are not in it).
     lru: BTreeMap<u64, u64>,
     tick: u64,
     cap: usize,
     count: Arc<OpenCount>,
+    /// Files closed by the cache with bytes written since their last sync: shared with
+    /// the writer's handle, so a commit knows its fdatasyncs may not be enough (see
+    /// `Writer::closed_dirty`).
+    closed_dirty: Arc<std::sync::Mutex<HashSet<u64>>>,
 }
 
 impl Files {
-    pub fn new(cap: usize, count: Arc<OpenCount>) -> Self {
+    pub fn new(
+        cap: usize,
+        count: Arc<OpenCount>,
+        closed_dirty: Arc<std::sync::Mutex<HashSet<u64>>>,
+    ) -> Self {
         Self {
             entries: HashMap::new(),
             lru: BTreeMap::new(),
             tick: 0,
             cap: cap.max(1),
             count,
+            closed_dirty,
         }
     }
 
-    /// Adds a created file as `id`; it stays open only while the cache has room (files
-    /// are created in order before any is written, and the first ones are written first).
-    pub fn insert(&mut self, id: u64, created: Created) {
+    /// Adds a created file as `id`; it stays open while the cache has room (those
+    /// created first, which a download of a game of few big files writes all at once),
+    /// or always when `pinned` (a download whose folders span filesystems: one `syncfs` cannot
+    /// vouch for a file the cache closed there, see `Writer::closed_dirty`).
+    pub fn insert(&mut self, id: u64, created: Created, pinned: bool) {
         let mut entry = Entry {
             path: created.path,
             identity: created.identity,
+            kick: created.kick,
+            pinned,
             open: None,
         };
-        if self.lru.len() < self.cap {
+        if pinned {
+            entry.open = Some((Rc::new(created.file), 0));
+        } else if self.lru.len() < self.cap {
             self.tick += 1;
             self.lru.insert(self.tick, id);
             entry.open = Some((Rc::new(created.file), self.tick));
@@ -233,6 +312,11 @@ impl Files {
             .entries
             .get_mut(&id)
             .ok_or_else(|| io::Error::other("use of a closed file"))?;
+        if entry.pinned {
+            if let Some((file, _)) = &entry.open {
+                return Ok(file.clone());
+            }
+        }
         self.tick += 1;
         if let Some((file, used)) = &mut entry.open {
             self.lru.remove(used);
@@ -250,6 +334,12 @@ impl Files {
             if let Some(e) = self.entries.get_mut(&old) {
                 // A write or sync still running keeps its own handle until it ends.
                 e.open = None;
+                if e.kick.dirty.get() {
+                    self.closed_dirty
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(old);
+                }
             }
         }
         Ok(file)
@@ -259,30 +349,31 @@ impl Files {
     pub fn remove(&mut self, id: u64) {
         if let Some(Entry {
             open: Some((_, used)),
+            pinned: false,
             ..
         }) = self.entries.remove(&id)
         {
             self.lru.remove(&used);
         }
+        self.closed_dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
     }
 }
 
-/// Opens a file the cache had closed: for writing, without following a symlink, and only
-/// if it is still the file created (someone may have replaced the path since).
+/// Opens a file the cache had closed: for writing, without following a symlink or
+/// blocking, and only if it is still the file created (someone may have replaced, moved
+/// or resized it since).
 fn reopen(entry: &Entry, count: &Arc<OpenCount>) -> io::Result<OpenFile> {
-    let std_file = std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&entry.path)
-        .map_err(|e| {
-            io::Error::new(e.kind(), format!("reopening {}: {e}", entry.path.display()))
-        })?;
-    let meta = std_file.metadata()?;
-    if (meta.dev(), meta.ino(), meta.len()) != entry.identity {
+    let (std_file, meta) = open_regular(&entry.path, false).map_err(|e| {
+        io::Error::new(e.kind(), format!("reopening {}: {e}", entry.path.display()))
+    })?;
+    if identity(&meta) != entry.identity {
         return Err(io::Error::other(format!(
-            "{} was replaced while being downloaded",
+            "{} changed while being downloaded (replaced, moved or resized)",
             entry.path.display()
         )));
     }
-    OpenFile::new(std_file, count)
+    OpenFile::new(std_file, entry.kick.clone(), count)
 }

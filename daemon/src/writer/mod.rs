@@ -9,7 +9,8 @@
 
 mod files;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::io;
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -72,6 +73,7 @@ enum Job {
     Open {
         path: PathBuf,
         size: u64,
+        pinned: bool,
         reply: oneshot::Sender<io::Result<u64>>,
     },
     Write {
@@ -82,6 +84,8 @@ enum Job {
     },
     Sync {
         file: u64,
+        /// Held until the fdatasync ends, even when its caller gave up.
+        turn: OwnedSemaphorePermit,
         reply: oneshot::Sender<io::Result<()>>,
     },
     Close {
@@ -93,16 +97,17 @@ enum Job {
 pub struct Writer {
     pool: Arc<Pool>,
     tx: OnceLock<mpsc::Sender<Job>>,
-    /// Files held open at most (`None`: from the open-files limit, see
-    /// [`files::cap_for_limit`]).
-    cap: Option<usize>,
+    /// Files held open at most (pinned ones aside).
+    cap: usize,
     open: Arc<OpenCount>,
     /// Syncs in flight: each holds its file open, so this bounds the files open beyond
     /// the cache's cap (with the pool, which bounds the writes).
-    syncs: Semaphore,
+    syncs: Arc<Semaphore>,
+    /// Files the cache closed with bytes written since their last sync ([`Writer::closed_dirty`]).
+    closed_dirty: Arc<Mutex<HashSet<u64>>>,
 }
 
-/// Syncs run at once (the io_uring writer runs them concurrently).
+/// Syncs run at once at most (the io_uring writer runs them concurrently).
 const SYNCS_IN_FLIGHT: usize = 64;
 
 impl Default for Writer {
@@ -121,8 +126,12 @@ impl Writer {
         Self::with_cap(None)
     }
 
-    /// A writer holding at most `cap` files open (`None`: from the open-files limit).
+    /// A writer holding at most `cap` files open (`None`: from the open-files limit,
+    /// see [`files::cap_for_limit`], read now: the daemon raised it at its start).
     fn with_cap(cap: Option<usize>) -> Self {
+        let cap = cap.unwrap_or_else(|| {
+            files::cap_for_limit(POOL_BUFFERS + SYNCS_IN_FLIGHT + files::KICKS_MAX / 2)
+        });
         Self {
             pool: Arc::new(Pool {
                 sem: Arc::new(Semaphore::new(POOL_BUFFERS)),
@@ -131,7 +140,8 @@ impl Writer {
             tx: OnceLock::new(),
             cap,
             open: Arc::default(),
-            syncs: Semaphore::new(SYNCS_IN_FLIGHT),
+            syncs: Arc::new(Semaphore::new(SYNCS_IN_FLIGHT.min(cap))),
+            closed_dirty: Arc::default(),
         }
     }
 
@@ -163,13 +173,13 @@ impl Writer {
             return Ok(tx);
         }
         let (tx, rx) = mpsc::channel(POOL_BUFFERS * 2);
-        // The limit as the daemon left it (raised at its start), read when the first
-        // file is opened.
-        let cap = self.cap.unwrap_or_else(files::cap_for_limit);
-        let count = self.open.clone();
+        let (cap, count, closed) = (self.cap, self.open.clone(), self.closed_dirty.clone());
         std::thread::Builder::new()
             .name("lanspread-uring".into())
-            .spawn(move || tokio_uring::start(run(rx, cap, count)))?;
+            .spawn(move || {
+                let files = Files::new(cap, count.clone(), closed);
+                tokio_uring::start(run(rx, files, count))
+            })?;
         // Another caller may have won the race; its thread serves everyone and ours ends
         // when its channel closes.
         let _ = self.tx.set(tx);
@@ -186,9 +196,27 @@ impl Writer {
     }
 
     /// Creates `path` (parents must exist), preallocates it to `size` bytes and returns a
-    /// file handle for writes.
-    pub async fn open(&self, path: PathBuf, size: u64) -> io::Result<u64> {
-        self.call(|reply| Job::Open { path, size, reply }).await
+    /// file handle for writes. A `pinned` file stays open until it is closed (the
+    /// descriptor cache may otherwise close and reopen it).
+    pub async fn open(&self, path: PathBuf, size: u64, pinned: bool) -> io::Result<u64> {
+        self.call(|reply| Job::Open {
+            path,
+            size,
+            pinned,
+            reply,
+        })
+        .await
+    }
+
+    /// Whether the cache closed any of `files` with bytes written since their last
+    /// sync. An `fdatasync` through a descriptor opened later reports a writeback error
+    /// no one has seen only while the kernel keeps the inode; once closed, a file whose
+    /// writeback failed can be dropped from memory with its error. A `syncfs` through a
+    /// folder opened before the writes reports it whatever became of the inode, so a
+    /// commit adds one when this is true.
+    pub fn closed_dirty(&self, files: &[u64]) -> bool {
+        let closed = self.closed_dirty.lock().unwrap_or_else(|p| p.into_inner());
+        !closed.is_empty() && files.iter().any(|f| closed.contains(f))
     }
 
     /// Queues a buffer for writing at `offset`; the receiver resolves when it is written.
@@ -213,8 +241,13 @@ impl Writer {
 
     /// Flushes a file's data to disk (fdatasync).
     pub async fn sync(&self, file: u64) -> io::Result<()> {
-        let _turn = self.syncs.acquire().await.map_err(|_| gone())?;
-        self.call(|reply| Job::Sync { file, reply }).await
+        let turn = self
+            .syncs
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| gone())?;
+        self.call(|reply| Job::Sync { file, turn, reply }).await
     }
 
     /// Closes a file handle.
@@ -225,18 +258,25 @@ impl Writer {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Job>, cap: usize, count: Arc<OpenCount>) {
-    let files = Rc::new(RefCell::new(Files::new(cap, count.clone())));
+async fn run(mut rx: mpsc::Receiver<Job>, files: Files, count: Arc<OpenCount>) {
+    let files = Rc::new(RefCell::new(files));
+    // Writeback kicks running (at most `files::KICKS_MAX`).
+    let kicks = Rc::new(Cell::new(0usize));
     let mut next_id = 0u64;
     while let Some(job) = rx.recv().await {
         match job {
-            Job::Open { path, size, reply } => {
+            Job::Open {
+                path,
+                size,
+                pinned,
+                reply,
+            } => {
                 next_id += 1;
                 let id = next_id;
                 let (files, count) = (files.clone(), count.clone());
                 tokio_uring::spawn(async move {
                     let res = files::create(path, size, count).await.map(|f| {
-                        files.borrow_mut().insert(id, f);
+                        files.borrow_mut().insert(id, f, pinned);
                         id
                     });
                     let _ = reply.send(res);
@@ -256,11 +296,12 @@ async fn run(mut rx: mpsc::Receiver<Job>, cap: usize, count: Arc<OpenCount>) {
                     }
                 };
                 if buf.filled() <= INLINE_WRITE && f.inline {
-                    let res = write_inline(&f, &buf, offset);
+                    let res = write_inline(&f, &buf, offset, &kicks);
                     drop((f, buf));
                     let _ = reply.send(res);
                     continue;
                 }
+                let kicks = kicks.clone();
                 tokio_uring::spawn(async move {
                     let res = match buf.vec.take() {
                         Some(v) => {
@@ -268,7 +309,7 @@ async fn run(mut rx: mpsc::Receiver<Job>, cap: usize, count: Arc<OpenCount>) {
                             let (res, v) = f.ring.write_all_at(v, offset).await;
                             buf.vec = Some(v);
                             if res.is_ok() {
-                                f.written(len);
+                                f.written(len, &kicks);
                             }
                             res
                         }
@@ -278,17 +319,23 @@ async fn run(mut rx: mpsc::Receiver<Job>, cap: usize, count: Arc<OpenCount>) {
                     let _ = reply.send(res);
                 });
             }
-            Job::Sync { file, reply } => {
+            Job::Sync { file, turn, reply } => {
                 // A file the cache closed and reopened is synced through its new
                 // descriptor: fdatasync flushes the inode's dirty pages whichever
-                // descriptor wrote them, and a writeback error no one has seen yet is
-                // reported to a descriptor opened after it (Linux ≥ 4.16).
+                // descriptor wrote them (its errors: see `Writer::closed_dirty`).
                 let f = files.borrow_mut().get(file);
                 tokio_uring::spawn(async move {
                     let res = match f {
-                        Ok(f) => f.ring.sync_data().await,
+                        Ok(f) => {
+                            let res = f.ring.sync_data().await;
+                            if res.is_ok() {
+                                f.synced();
+                            }
+                            res
+                        }
                         Err(e) => Err(e),
                     };
+                    drop(turn);
                     let _ = reply.send(res);
                 });
             }
@@ -312,11 +359,16 @@ async fn run(mut rx: mpsc::Receiver<Job>, cap: usize, count: Arc<OpenCount>) {
 const INLINE_WRITE: usize = 64 << 10;
 
 /// A small write done on the writer thread ([`INLINE_WRITE`]).
-fn write_inline(f: &Rc<OpenFile>, buf: &PoolBuf, offset: u64) -> io::Result<()> {
+fn write_inline(
+    f: &Rc<OpenFile>,
+    buf: &PoolBuf,
+    offset: u64,
+    kicks: &Rc<Cell<usize>>,
+) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let bytes = buf.vec.as_deref().unwrap_or_default();
-    f.kick.write_all_at(bytes, offset)?;
-    f.written(bytes.len() as u64);
+    f.plain.write_all_at(bytes, offset)?;
+    f.written(bytes.len() as u64, kicks);
     Ok(())
 }
 

@@ -15,7 +15,7 @@ fn write_and_read_back(dir: &std::path::Path) {
     let expected: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     rt.block_on(async {
         let w = Writer::new();
-        let file = w.open(path.clone(), size).await.unwrap();
+        let file = w.open(path.clone(), size, false).await.unwrap();
         // (offset, len): a 1 MiB piece, small pieces, the short last piece.
         let parts = [
             (BUF_SIZE as u64, 32 << 10),
@@ -119,7 +119,7 @@ fn many_more_files_than_the_cache_holds_open_are_written_synced_and_read_back() 
             let mut ids = Vec::new();
             for i in 0..FILES {
                 let path = dir.path().join(format!("f{i:02}.bin"));
-                ids.push(w.open(path, content(i).len() as u64).await.unwrap());
+                ids.push(w.open(path, content(i).len() as u64, false).await.unwrap());
             }
             for piece in 0..3 {
                 for (i, &id) in ids.iter().enumerate() {
@@ -162,17 +162,18 @@ fn many_more_files_than_the_cache_holds_open_are_written_synced_and_read_back() 
 fn a_closed_file_replaced_under_its_path_is_never_written_through() {
     // With a cache of one, the second file is closed as soon as it is created; someone then
     // puts a symlink to a file outside at its path, or another file, or replaces its
-    // folder by a symlink to a folder outside holding a file of that name. The writer
-    // refuses to write through any of them and leaves every target as it was.
+    // folder by a symlink to a folder outside holding a file of that name, or a FIFO.
+    // The writer refuses to write through any of them, without blocking, and leaves
+    // every target as it was.
     let dir = tempfile::tempdir().unwrap();
     let outside = dir.path().join("outside.txt");
     std::fs::write(&outside, b"keep me").unwrap();
     let w = Writer::with_cap(Some(1));
     runtime().block_on(async {
-        let a = w.open(dir.path().join("a.bin"), 10).await.unwrap();
+        let a = w.open(dir.path().join("a.bin"), 10, false).await.unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let b_path = dir.path().join("sub/b.bin");
-        let b = w.open(b_path.clone(), 10).await.unwrap();
+        let b = w.open(b_path.clone(), 10, false).await.unwrap();
         put(&w, a, 0, b"aaaaaaaaaa").await.unwrap();
 
         std::fs::remove_file(&b_path).unwrap();
@@ -184,17 +185,31 @@ fn a_closed_file_replaced_under_its_path_is_never_written_through() {
         std::fs::remove_file(&b_path).unwrap();
         std::fs::write(&b_path, b"another file").unwrap();
         let err = put(&w, b, 0, b"bbbbbbbbbb").await.unwrap_err();
-        assert!(err.to_string().contains("replaced"), "{err}");
+        assert!(err.to_string().contains("changed"), "{err}");
 
         let elsewhere = tempfile::tempdir().unwrap();
         std::fs::write(elsewhere.path().join("b.bin"), b"elsewhere!").unwrap();
         std::fs::rename(dir.path().join("sub"), dir.path().join("sub.old")).unwrap();
         std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("sub")).unwrap();
         let err = put(&w, b, 0, b"bbbbbbbbbb").await.unwrap_err();
-        assert!(err.to_string().contains("replaced"), "{err}");
+        assert!(err.to_string().contains("changed"), "{err}");
         assert_eq!(
             std::fs::read(elsewhere.path().join("b.bin")).unwrap(),
             b"elsewhere!"
+        );
+        // A FIFO in its place: refused, not waited on (an open for writing would block
+        // until a reader came, and the writer thread with it).
+        std::fs::remove_file(dir.path().join("sub")).unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let fifo = std::ffi::CString::new(b_path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads the path it is given.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        assert!(put(&w, b, 0, b"bbbbbbbbbb").await.is_err(), "FIFO reopened");
+        assert!(
+            w.open(dir.path().join("sub/b.bin"), 10, false)
+                .await
+                .is_err(),
+            "created over a FIFO"
         );
         // The file still open is written as before.
         put(&w, a, 0, b"AAAAAAAAAA").await.unwrap();
@@ -207,5 +222,85 @@ fn a_closed_file_replaced_under_its_path_is_never_written_through() {
     assert_eq!(
         std::fs::read(dir.path().join("a.bin")).unwrap(),
         b"AAAAAAAAAA"
+    );
+}
+
+#[test]
+fn writes_in_flight_to_more_files_than_the_cache_holds_keep_to_the_pool_and_the_cap() {
+    // Many ring writes (the target dir: no inline writes) to 60 files through a cache of
+    // 4, none awaited before the next is queued: files the cache closed stay open only
+    // while a write uses them, so never more than the cap, the pool's buffers and the
+    // one being created are open. Every byte lands.
+    const CAP: usize = 4;
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    let dir = tempfile::tempdir_in(&target).unwrap();
+    let w = Writer::with_cap(Some(CAP));
+    let content = |i: usize| vec![i as u8; 4096 + i];
+    runtime().block_on(async {
+        let mut ids = Vec::new();
+        for i in 0..60 {
+            let path = dir.path().join(format!("f{i:02}.bin"));
+            ids.push(w.open(path, content(i).len() as u64, false).await.unwrap());
+        }
+        let mut replies = Vec::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let mut buf = w.buffer().await.unwrap();
+            buf.extend(&content(i));
+            replies.push(w.write(id, 0, buf).await.unwrap());
+        }
+        for r in replies {
+            r.await.unwrap().unwrap();
+        }
+        for &id in &ids {
+            w.sync(id).await.unwrap();
+            w.close(id).await;
+        }
+    });
+    assert!(w.open.peak() <= CAP + POOL_BUFFERS + 1, "{}", w.open.peak());
+    for i in 0..60 {
+        let got = std::fs::read(dir.path().join(format!("f{i:02}.bin"))).unwrap();
+        assert!(got == content(i), "file {i}");
+    }
+}
+
+#[test]
+fn a_file_closed_before_its_sync_is_reported_and_a_pinned_one_never_closes() {
+    // With a cache of one: `a` written, then `b` written (closing `a` dirty) — the commit
+    // must add a syncfs for `a`. `c` synced before it was closed needs none. A pinned
+    // file stays open whatever else is used, and is not counted against the cap.
+    let dir = tempfile::tempdir().unwrap();
+    let w = Writer::with_cap(Some(1));
+    runtime().block_on(async {
+        let p = |n: &str| dir.path().join(n);
+        let pinned = w.open(p("pinned"), 4, true).await.unwrap();
+        let a = w.open(p("a"), 4, false).await.unwrap();
+        let b = w.open(p("b"), 4, false).await.unwrap();
+        let c = w.open(p("c"), 4, false).await.unwrap();
+        put(&w, a, 0, b"aaaa").await.unwrap();
+        put(&w, c, 0, b"cccc").await.unwrap(); // closes a, written, unsynced
+        w.sync(c).await.unwrap();
+        put(&w, b, 0, b"bbbb").await.unwrap(); // closes c, synced
+        put(&w, pinned, 0, b"pppp").await.unwrap();
+        assert!(w.closed_dirty(&[a]), "a was closed with unsynced bytes");
+        assert!(
+            !w.closed_dirty(&[b, c, pinned]),
+            "b open, c synced, pinned open"
+        );
+        // The pinned file is still the one created: replacing its path changes nothing
+        // for it (a closed one would be refused on its reopen).
+        std::fs::remove_file(p("pinned")).unwrap();
+        put(&w, pinned, 0, b"PPPP").await.unwrap();
+        for f in [a, b, c, pinned] {
+            w.close(f).await;
+        }
+        // Jobs are taken in order: once a later one is answered, the closes are done.
+        let z = w.open(p("z"), 1, false).await.unwrap();
+        assert!(!w.closed_dirty(&[a]), "forgotten once closed");
+        w.close(z).await;
+    });
+    assert_eq!(
+        w.open.peak(),
+        2 + 1,
+        "the cap, the pinned file and one being created"
     );
 }

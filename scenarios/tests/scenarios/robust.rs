@@ -438,7 +438,7 @@ fn a_game_of_more_files_than_the_soft_open_files_limit_downloads() {
 #[test]
 fn a_game_of_more_files_than_the_hard_open_files_limit_downloads() {
     // Where the hard limit is low too (a container, a unit with a small LimitNOFILE), the
-    // writer holds only so many files open (an eighth of the limit) and reopens the others
+    // writer holds only so many files open (8 at this limit) and reopens the others
     // as it writes them: 600 files (1,200 descriptors if all were open) download under a
     // hard limit of 256 on both sides, and the source serves them all.
     let d = tempfile::tempdir().unwrap();

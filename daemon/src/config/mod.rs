@@ -1,5 +1,9 @@
 //! Daemon settings: command-line flags over an optional TOML config file.
 
+mod source;
+
+pub use source::{ConfigSource, Reloadable};
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -349,6 +353,20 @@ pub(crate) fn env_ms(var: &str, default: std::time::Duration) -> std::time::Dura
         .map_or(default, std::time::Duration::from_millis)
 }
 
+/// Longest time a source may send nothing at all — on any of its streams and lanes —
+/// before a chunk waiting on it counts as stalled. Generous: a source shared by many
+/// clients on a slow link sends each client little, and one client's streams are drained
+/// one after another (no send fairness), so one stream may wait long while the others
+/// move; that is busy, not dead (the QUIC idle timeout catches dead peers).
+/// `LANSPREAD_STALL_TIMEOUT_MS` overrides it (tests, tuning).
+pub const CHUNK_STALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// [`CHUNK_STALL_TIMEOUT`], or the environment's.
+pub(crate) fn stall_timeout() -> std::time::Duration {
+    static T: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+    *T.get_or_init(|| env_ms("LANSPREAD_STALL_TIMEOUT_MS", CHUNK_STALL_TIMEOUT))
+}
+
 /// A count from the environment (tuning and tests), `default` when unset or not a number.
 pub(crate) fn env_usize(var: &str, default: usize) -> usize {
     std::env::var(var)
@@ -475,7 +493,7 @@ mod tests {
     /// unknown keys refused, and it names every key the daemon reads.
     #[test]
     fn the_packaged_config_documents_every_key() {
-        let text = include_str!("../debian/lanspreadd.toml");
+        let text = include_str!("../../debian/lanspreadd.toml");
         let mut keys = Vec::new();
         let uncommented: String = text
             .lines()
