@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use lanspread_catalog::{is_reserved_top_level, FileManifest, Version, VERSION_FILE};
@@ -21,27 +21,24 @@ fn err(path: &Path, e: io::Error) -> Failure {
 
 /// Creates the root and parent folders without following symlinks, removes a committed
 /// `version.ini` (the root is not Ready from here on) and returns each file's destination.
-/// The root folder as opened before anything is written: a `syncfs` through it reports
-/// every writeback error of its filesystem since (see [`commit`]).
+/// One folder per filesystem the download writes to (the root's first), as opened before
+/// anything is written: a `syncfs` through each reports every writeback error of its
+/// filesystem since (see [`commit`]).
 pub struct RootDir {
-    dir: fs::File,
-    /// Every destination's folder is on the root's filesystem (no mount inside the root).
-    one_filesystem: bool,
+    dirs: Vec<fs::File>,
 }
 
 impl RootDir {
-    /// Whether one `syncfs` covers every file of this download.
-    pub fn one_filesystem(&self) -> bool {
-        self.one_filesystem
-    }
-
-    /// The same open folder (a dup shares its writeback error cursor).
-    pub fn dup(&self, root: &Path) -> Result<fs::File, Failure> {
-        self.dir.try_clone().map_err(|e| err(root, e))
+    /// The same open folders (a dup shares its writeback error cursor).
+    pub fn dup(&self, root: &Path) -> Result<Vec<fs::File>, Failure> {
+        self.dirs
+            .iter()
+            .map(|d| d.try_clone().map_err(|e| err(root, e)))
+            .collect()
     }
 }
 
-/// Also returns the root folder opened before anything is written ([`RootDir`]).
+/// Also returns the folders opened before anything is written ([`RootDir`]).
 pub async fn prepare(
     root: &Path,
     files: &[FileManifest],
@@ -92,17 +89,20 @@ fn prepare_blocking(
         }
         dests.push(dest);
     }
-    let dev = |p: &Path| fs::metadata(p).map(|m| m.dev()).ok();
-    let root_dev = dev(root);
+    // The root first, then one folder of each other filesystem a file lands on (a
+    // mount inside the root).
+    let mut devs = vec![dir.metadata().map_err(|e| err(root, e))?.dev()];
+    let mut dirs = vec![dir];
     let folders: BTreeSet<&Path> = dests.iter().filter_map(|d| d.parent()).collect();
-    let one_filesystem = root_dev.is_some() && folders.iter().all(|f| dev(f) == root_dev);
-    Ok((
-        dests,
-        RootDir {
-            dir,
-            one_filesystem,
-        },
-    ))
+    for folder in folders {
+        let opened = fs::File::open(folder).map_err(|e| err(folder, e))?;
+        let dev = opened.metadata().map_err(|e| err(folder, e))?.dev();
+        if !devs.contains(&dev) {
+            devs.push(dev);
+            dirs.push(opened);
+        }
+    }
+    Ok((dests, RootDir { dirs }))
 }
 
 /// Creates the folders of `rel` under `root` one by one, refusing symlinks and files in
@@ -144,29 +144,76 @@ pub async fn commit(
     files: &[FileManifest],
     dests: &[PathBuf],
     version: Version,
-    syncfs: Option<fs::File>,
+    syncfs: Vec<fs::File>,
 ) -> Result<(), Failure> {
     let (root, files, dests) = (root.to_path_buf(), files.to_vec(), dests.to_vec());
-    tokio::task::spawn_blocking(move || {
-        commit_blocking(&root, &files, &dests, version, syncfs.as_ref())
-    })
-    .await
-    .map_err(Failure::internal)?
+    tokio::task::spawn_blocking(move || commit_blocking(&root, &files, &dests, version, &syncfs))
+        .await
+        .map_err(Failure::internal)?
 }
 
-/// Sets the mode of the file at `path` itself: a symlink put there since the file was
-/// written (the daemon may run as root) makes it fail, never changes its target. Where
-/// the C library cannot chmod without following (glibc < 2.32 refuses every
-/// `AT_SYMLINK_NOFOLLOW`), a symlink is refused first, then the mode set by path.
-fn chmod_no_follow(path: &Path, mode: u32) -> io::Result<()> {
+/// Sets the mode of each file itself, never through a symlink: each file's folder is
+/// opened once (`O_PATH|O_NOFOLLOW`) and must still resolve inside the root, and the mode
+/// is set relative to it without following the name (a folder or file replaced by a
+/// symlink since it was written — the daemon may run as root — fails the commit instead
+/// of changing a target elsewhere). Only permission bits travel: a peer's setuid or
+/// setgid bit is dropped.
+fn set_modes(root: &Path, files: &[FileManifest], dests: &[PathBuf]) -> Result<(), Failure> {
+    use std::collections::HashMap;
+    use std::os::fd::{AsRawFd, OwnedFd};
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::other("a NUL in the path"))?;
-    // SAFETY: fchmodat reads the NUL-terminated path it is given.
+    let real_root = fs::canonicalize(root).map_err(|e| err(root, e))?;
+    let mut folders: HashMap<&Path, OwnedFd> = HashMap::new();
+    for (f, dest) in files.iter().zip(dests) {
+        let (Some(folder), Some(name)) = (dest.parent(), dest.file_name()) else {
+            return Err(Failure::new(
+                ErrorKind::Io,
+                format!("{}: no folder", dest.display()),
+            ));
+        };
+        if !folders.contains_key(folder) {
+            let fd = open_folder_inside(folder, &real_root).map_err(|e| err(folder, e))?;
+            folders.insert(folder, fd);
+        }
+        let dir = folders[folder].as_raw_fd();
+        let name = std::ffi::CString::new(name.as_bytes())
+            .map_err(|_| Failure::new(ErrorKind::Io, format!("{}: a NUL", dest.display())))?;
+        chmod_at(dir, &name, f.mode & 0o777).map_err(|e| err(dest, e))?;
+    }
+    Ok(())
+}
+
+/// Opens `folder` as a path handle, not following a last symlink, and only if it still
+/// resolves inside `real_root`.
+fn open_folder_inside(folder: &Path, real_root: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(folder)?;
+    let real = fs::read_link(format!(
+        "/proc/self/fd/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&dir)
+    ))?;
+    if !real.starts_with(real_root) {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the folder leaves the game root",
+        ));
+    }
+    Ok(dir.into())
+}
+
+/// `fchmodat` of `name` in the folder `dir` without following a symlink. Where the C
+/// library cannot (glibc < 2.32, or no `/proc`: `EOPNOTSUPP` for every file), the name is
+/// checked first, then the mode set through the folder (a race left only there).
+fn chmod_at(dir: std::os::fd::RawFd, name: &std::ffi::CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: fchmodat reads the NUL-terminated name it is given, relative to a folder
+    // descriptor the caller keeps open.
     let rc = unsafe {
         libc::fchmodat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
+            dir,
+            name.as_ptr(),
             mode as libc::mode_t,
             libc::AT_SYMLINK_NOFOLLOW,
         )
@@ -178,10 +225,20 @@ fn chmod_no_follow(path: &Path, mode: u32) -> io::Result<()> {
     if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
         return Err(e);
     }
-    if fs::symlink_metadata(path)?.file_type().is_symlink() {
+    // SAFETY: fstatat writes into the zeroed struct it is given and reads the name.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return Err(e);
     }
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+    // SAFETY: as above, following the name (checked a moment ago).
+    if unsafe { libc::fchmodat(dir, name.as_ptr(), mode as libc::mode_t, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 fn commit_blocking(
@@ -189,11 +246,9 @@ fn commit_blocking(
     files: &[FileManifest],
     dests: &[PathBuf],
     version: Version,
-    syncfs: Option<&fs::File>,
+    syncfs: &[fs::File],
 ) -> Result<(), Failure> {
-    for (f, dest) in files.iter().zip(dests) {
-        chmod_no_follow(dest, f.mode & 0o7777).map_err(|e| err(dest, e))?;
-    }
+    set_modes(root, files, dests)?;
     // Listed files and every folder that holds one, looked up once per entry.
     let mut keep: BTreeSet<&str> = BTreeSet::new();
     let mut folders: BTreeSet<&str> = BTreeSet::new();
@@ -204,20 +259,18 @@ fn commit_blocking(
     }
     keep.extend(&folders);
     remove_extra(root, "", &keep)?;
-    match syncfs {
-        // Everything on the filesystem, folders included, is durable after this.
-        Some(dir) => {
-            // SAFETY: syncfs only reads the descriptor, which `dir` keeps open.
-            if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(dir)) } != 0 {
-                return Err(err(root, io::Error::last_os_error()));
-            }
-        }
+    if syncfs.is_empty() {
         // The files' data is durable (fdatasync); their names in sub-folders must be too
         // before the sentinel says the root is complete (the root itself is synced below).
-        None => {
-            for folder in &folders {
-                sync_dir(&root.join(folder))?;
-            }
+        for folder in &folders {
+            sync_dir(&root.join(folder))?;
+        }
+    }
+    // Everything on each filesystem, folders included, is durable after this.
+    for dir in syncfs {
+        // SAFETY: syncfs only reads the descriptor, which `dir` keeps open.
+        if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(dir)) } != 0 {
+            return Err(err(root, io::Error::last_os_error()));
         }
     }
     let incoming = root.join(INCOMING).join(VERSION_FILE);
@@ -292,20 +345,37 @@ fn sync_dir(dir: &Path) -> Result<(), Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn modes_are_set_on_files_never_through_a_symlink() {
         let d = tempfile::tempdir().unwrap();
-        let file = d.path().join("game.bin");
-        fs::write(&file, b"x").unwrap();
-        chmod_no_follow(&file, 0o751).unwrap();
-        assert_eq!(fs::metadata(&file).unwrap().mode() & 0o7777, 0o751);
+        let root = d.path().join("game");
+        fs::create_dir_all(root.join("sub")).unwrap();
         let outside = d.path().join("outside");
-        fs::write(&outside, b"secret").unwrap();
-        fs::set_permissions(&outside, fs::Permissions::from_mode(0o600)).unwrap();
-        let link = d.path().join("link.bin");
-        std::os::unix::fs::symlink(&outside, &link).unwrap();
-        assert!(chmod_no_follow(&link, 0o777).is_err());
-        assert_eq!(fs::metadata(&outside).unwrap().mode() & 0o7777, 0o600);
+        fs::create_dir(&outside).unwrap();
+        let secret = outside.join("x.bin");
+        fs::write(&secret, b"secret").unwrap();
+        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+        let manifest = |p: &str, mode| {
+            let path = lanspread_catalog::RelPath::new(p).unwrap();
+            FileManifest::from_pieces(path, 1, mode, vec![[0; 32]])
+        };
+        // A file: its mode, without a peer's setuid bit.
+        fs::write(root.join("sub/x.bin"), b"x").unwrap();
+        let files = [manifest("sub/x.bin", 0o4755)];
+        let dests = [root.join("sub/x.bin")];
+        set_modes(&root, &files, &dests).unwrap();
+        assert_eq!(fs::metadata(&dests[0]).unwrap().mode() & 0o7777, 0o755);
+        // The file replaced by a symlink to a file outside.
+        fs::remove_file(&dests[0]).unwrap();
+        std::os::unix::fs::symlink(&secret, &dests[0]).unwrap();
+        assert!(set_modes(&root, &files, &dests).is_err());
+        // Its folder replaced by a symlink to a folder outside holding a file of that name.
+        fs::remove_file(&dests[0]).unwrap();
+        fs::remove_dir(root.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("sub")).unwrap();
+        assert!(set_modes(&root, &files, &dests).is_err());
+        assert_eq!(fs::metadata(&secret).unwrap().mode() & 0o7777, 0o600);
     }
 }

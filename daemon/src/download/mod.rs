@@ -352,26 +352,25 @@ const SYNCFS_FROM_FILES: usize = 64;
 struct SyncPlan {
     /// One `fdatasync` per file.
     each_file: bool,
-    /// One `syncfs` through the root folder as opened before the first write (it
-    /// reports every writeback error of the filesystem since; it also replaces the
+    /// One `syncfs` through each filesystem's folder as opened before the first write
+    /// (it reports every writeback error of the filesystem since; it also replaces the
     /// per-folder fsyncs).
     syncfs: bool,
 }
 
-/// Many files, all written in this attempt, on the root's filesystem: one `syncfs` makes
-/// them and their folders durable at once (data kept from an earlier attempt was written
-/// before the root folder was opened: a writeback error of it that someone else saw
-/// would not be reported again, so then each file is synced). Otherwise every file's
-/// fdatasync at once: the io_uring writer runs them concurrently, so a few files cost
-/// one round of syncs. A file the descriptor cache closed before its sync
-/// (`closed_dirty`, see `Writer::closed_dirty`) needs the `syncfs` too: alone when all
-/// was written in this attempt, after the fdatasyncs otherwise (the files of a game that
-/// spans filesystems are pinned open, so this is on the root's).
-fn sync_plan(files: usize, fresh: bool, one_filesystem: bool, closed_dirty: bool) -> SyncPlan {
-    let alone = fresh && one_filesystem && (files >= SYNCFS_FROM_FILES || closed_dirty);
+/// Many files, all written in this attempt: one `syncfs` per filesystem makes them and
+/// their folders durable at once (data kept from an earlier attempt was written before
+/// the folders were opened: a writeback error of it that someone else saw would not be
+/// reported again, so then each file is synced). Otherwise every file's fdatasync at
+/// once: the io_uring writer runs them concurrently, so a few files cost one round of
+/// syncs. A file the descriptor cache closed with writes not known synced
+/// (`closed_dirty`, see `Writer::closed_dirty`) needs the `syncfs` too: alone when all was
+/// written in this attempt, after the fdatasyncs otherwise.
+fn sync_plan(files: usize, fresh: bool, closed_dirty: bool) -> SyncPlan {
+    let alone = fresh && (files >= SYNCFS_FROM_FILES || closed_dirty);
     SyncPlan {
         each_file: !alone,
-        syncfs: alone || (closed_dirty && one_filesystem),
+        syncfs: alone || closed_dirty,
     }
 }
 
@@ -388,10 +387,8 @@ async fn commit_files(
     let plan = sync_plan(
         files_open.len(),
         fresh,
-        root_dir.one_filesystem(),
         shared.net.writer.closed_dirty(files_open),
     );
-    let syncfs = plan.syncfs.then(|| root_dir.dup(root)).transpose()?;
     if plan.each_file {
         let mut syncs = JoinSet::new();
         for &f in files_open {
@@ -403,6 +400,14 @@ async fn commit_files(
                 .map_err(|e| Failure::io("flushing files", &e))?;
         }
     }
+    // The syncs themselves reopen files the cache had closed, closing others that may
+    // hold writes not yet synced: asked again once they are done.
+    let syncfs = plan.syncfs || shared.net.writer.closed_dirty(files_open);
+    let syncfs = if syncfs {
+        root_dir.dup(root)?
+    } else {
+        Vec::new()
+    };
     let t_sync = started.elapsed();
     commit::commit(root, files, dests, version, syncfs).await?;
     tracing::debug!(
@@ -436,13 +441,9 @@ async fn prepare(
 > {
     check_space(games_dir, root, files).await?;
     let (dests, root_dir) = commit::prepare(root, files).await?;
-    // A game whose folders span filesystems keeps its files open: the commit's `syncfs`
-    // through the root could not vouch for a file the descriptor cache closed elsewhere
-    // (`Writer::closed_dirty`).
-    let pinned = !root_dir.one_filesystem();
     for (f, dest) in files.iter().zip(&dests) {
         let fid = writer
-            .open(dest.clone(), f.size, pinned)
+            .open(dest.clone(), f.size)
             .await
             .map_err(|e| Failure::io(format_args!("cannot create {}", dest.display()), &e))?;
         files_open.push(fid);
@@ -498,22 +499,21 @@ mod tests {
     #[test]
     fn a_commit_syncs_each_file_or_the_filesystem_as_what_was_written_needs() {
         let plan = |each_file, syncfs| SyncPlan { each_file, syncfs };
-        // (files, fresh, one filesystem, closed dirty) → plan
+        // (files, fresh, closed dirty) → plan
         let cases = [
-            ((2000, true, true, false), plan(false, true)),
-            ((10, true, true, false), plan(true, false)),
-            ((2000, false, true, false), plan(true, false)),
-            ((2000, true, false, false), plan(true, false)),
+            ((2000, true, false), plan(false, true)),
+            ((10, true, false), plan(true, false)),
+            ((2000, false, false), plan(true, false)),
             // A file closed by the descriptor cache before its sync.
-            ((10, true, true, true), plan(false, true)),
-            ((2000, false, true, true), plan(true, true)),
-            ((10, false, true, true), plan(true, true)),
+            ((10, true, true), plan(false, true)),
+            ((2000, false, true), plan(true, true)),
+            ((10, false, true), plan(true, true)),
         ];
-        for ((files, fresh, one_fs, closed), want) in cases {
+        for ((files, fresh, closed), want) in cases {
             assert_eq!(
-                sync_plan(files, fresh, one_fs, closed),
+                sync_plan(files, fresh, closed),
                 want,
-                "{files} files, fresh {fresh}, one filesystem {one_fs}, closed dirty {closed}"
+                "{files} files, fresh {fresh}, closed dirty {closed}"
             );
         }
     }

@@ -72,7 +72,9 @@ pub fn readable_within(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
         events: libc::POLLIN,
         revents: 0,
     };
-    let ms = libc::c_int::try_from(timeout.as_millis().max(1)).unwrap_or(libc::c_int::MAX);
+    // Rounded up: waking a millisecond early would only wait again.
+    let ms = timeout.as_micros().div_ceil(1000).max(1);
+    let ms = libc::c_int::try_from(ms).unwrap_or(libc::c_int::MAX);
     // SAFETY: poll reads and writes the one pollfd it is given, for one descriptor the
     // caller keeps open.
     let rc = unsafe { libc::poll(&mut pfd, 1, ms) };

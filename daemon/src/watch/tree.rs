@@ -220,6 +220,9 @@ impl TreeWatch {
                 loop {
                     // A due walk first, whether or not events wait (a steady stream of
                     // them would otherwise put it off for as long as it lasts).
+                    if stopped.load(Ordering::SeqCst) {
+                        return;
+                    }
                     if tree.rewalks.take_due(Instant::now()) {
                         // Folders made since the last walk may be unwatched, and their
                         // events lost.

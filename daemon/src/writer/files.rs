@@ -4,8 +4,7 @@
 //! to the process's open-files limit (two descriptors per file). So at most
 //! `cap` files are open at once: a file created past the cap is closed right away, and a
 //! write or sync to a closed file reopens it (the same file, checked, never through a
-//! symlink, never blocking on a FIFO), closing the least recently used one. A download
-//! whose folders span filesystems pins its files open (see [`Files::insert`]).
+//! symlink, never blocking on a FIFO), closing the least recently used one.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -49,8 +48,8 @@ pub fn cap_for_limit(in_flight: usize) -> usize {
 }
 
 /// Open files of the writer right now and at most so far (each holds two descriptors).
-/// Beyond the cache's cap: a file being created, pinned files, and one the cache let go
-/// of while a write or sync still uses it (bounded by the pool and `syncs`); a writeback
+/// Beyond the cache's cap: a file being created, and one the cache let go of while a
+/// write or sync still uses it (bounded by the pool and `syncs`); a writeback
 /// kick holds one descriptor, not counted here ([`KICKS_MAX`]).
 #[derive(Default)]
 pub struct OpenCount {
@@ -85,15 +84,25 @@ pub struct OpenFile {
     count: Arc<OpenCount>,
 }
 
-/// A file's writeback kicks.
+/// A file's writeback kicks, and what of it is synced.
 #[derive(Default)]
 struct Kick {
     /// Bytes written since the last kick.
     unkicked: Cell<u64>,
     /// A kick is running (at most one per file).
     kicking: Cell<bool>,
-    /// Written since it was created or last synced.
-    dirty: Cell<bool>,
+    /// Writes sent to the file so far (counted when sent, so a file the cache closes
+    /// while its write still runs counts as written).
+    sent: Cell<u64>,
+    /// Of those, how many a successful sync covered (the writes sent before it was).
+    synced: Cell<u64>,
+}
+
+impl Kick {
+    /// Some write sent is not known synced.
+    fn dirty(&self) -> bool {
+        self.sent.get() > self.synced.get()
+    }
 }
 
 impl Drop for OpenFile {
@@ -115,11 +124,20 @@ impl OpenFile {
         })
     }
 
+    /// A write is sent to this file (before it runs).
+    pub fn will_write(&self) {
+        self.kick.sent.set(self.kick.sent.get() + 1);
+    }
+
+    /// The writes sent so far, for [`OpenFile::synced`] once a sync sent now succeeds.
+    pub fn writes_sent(&self) -> u64 {
+        self.kick.sent.get()
+    }
+
     /// Counts written bytes and starts writeback once enough have piled up (unless
     /// [`KICKS_MAX`] kicks run already: they are advisory).
     pub fn written(&self, bytes: u64, kicks: &Rc<Cell<usize>>) {
         let k = &self.kick;
-        k.dirty.set(true);
         k.unkicked.set(k.unkicked.get() + bytes);
         if k.unkicked.get() < WRITEBACK_EVERY || k.kicking.get() || kicks.get() >= KICKS_MAX {
             return;
@@ -135,9 +153,9 @@ impl OpenFile {
         });
     }
 
-    /// Synced: nothing written since.
-    pub fn synced(&self) {
-        self.kick.dirty.set(false);
+    /// A sync sent after `writes` writes succeeded: those are durable.
+    pub fn synced(&self, writes: u64) {
+        self.kick.synced.set(self.kick.synced.get().max(writes));
     }
 }
 
@@ -175,7 +193,7 @@ fn open_regular(
         .write(true)
         .create(create)
         .truncate(false)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
@@ -198,10 +216,33 @@ fn open_regular(
 /// filesystem keeps one). A file put in its place, or reached through a folder replaced
 /// by a symlink, is another inode; one created after ours was deleted may reuse its
 /// number and could be given its size, but not its birth time.
-type Identity = (u64, u64, u64, Option<std::time::SystemTime>);
+#[derive(Debug, Clone, Copy)]
+struct Identity {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    born: Option<std::time::SystemTime>,
+}
 
-fn identity(meta: &std::fs::Metadata) -> Identity {
-    (meta.dev(), meta.ino(), meta.len(), meta.created().ok())
+impl Identity {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            born: meta.created().ok(),
+        }
+    }
+
+    /// The same file: birth times are compared only where both are known (a network
+    /// filesystem may report one only some of the time).
+    fn same(&self, other: &Self) -> bool {
+        (self.dev, self.ino, self.len) == (other.dev, other.ino, other.len)
+            && match (self.born, other.born) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+    }
 }
 
 /// Creates the file and gives it its full size up front: `fallocate` reserves the blocks
@@ -226,7 +267,7 @@ pub async fn create(path: PathBuf, size: u64, count: Arc<OpenCount>) -> io::Resu
     let meta = file.plain.metadata()?;
     Ok(Created {
         path,
-        identity: identity(&meta),
+        identity: Identity::of(&meta),
         kick,
         file,
     })
@@ -246,23 +287,20 @@ struct Entry {
     /// At creation: a reopen must find the same file.
     identity: Identity,
     kick: Rc<Kick>,
-    /// Never closed by the cache.
-    pinned: bool,
-    /// Open, with its last use (its key in [`Files::lru`]; `u64::MAX`-free: pinned
-    /// files are not in it).
+    /// Open, with its last use (its key in [`Files::lru`]).
     open: Option<(Rc<OpenFile>, u64)>,
 }
 
-/// The writer's files by handle, at most `cap` of them open (pinned ones aside).
+/// The writer's files by handle, at most `cap` of them open.
 pub struct Files {
     entries: HashMap<u64, Entry>,
-    /// Open files by last use, oldest first (pinned ones are not in it).
+    /// Open files by last use, oldest first.
     lru: BTreeMap<u64, u64>,
     tick: u64,
     cap: usize,
     count: Arc<OpenCount>,
-    /// Files closed by the cache with bytes written since their last sync: shared with
-    /// the writer's handle, so a commit knows its fdatasyncs may not be enough (see
+    /// Files closed by the cache with writes not known synced: shared with the writer's
+    /// handle, so a commit knows its fdatasyncs may not be enough (see
     /// `Writer::closed_dirty`).
     closed_dirty: Arc<std::sync::Mutex<HashSet<u64>>>,
 }
@@ -284,20 +322,17 @@ impl Files {
     }
 
     /// Adds a created file as `id`; it stays open while the cache has room (those
-    /// created first, which a download of a game of few big files writes all at once),
-    /// or always when `pinned` (a download whose folders span filesystems: one `syncfs` cannot
-    /// vouch for a file the cache closed there, see `Writer::closed_dirty`).
-    pub fn insert(&mut self, id: u64, created: Created, pinned: bool) {
+    /// created first, which a download of a game of few big files writes all at once).
+    /// One closed here holds no written bytes (its preallocation is metadata, which the
+    /// filesystem's journal and the commit's syncs cover).
+    pub fn insert(&mut self, id: u64, created: Created) {
         let mut entry = Entry {
             path: created.path,
             identity: created.identity,
             kick: created.kick,
-            pinned,
             open: None,
         };
-        if pinned {
-            entry.open = Some((Rc::new(created.file), 0));
-        } else if self.lru.len() < self.cap {
+        if self.lru.len() < self.cap {
             self.tick += 1;
             self.lru.insert(self.tick, id);
             entry.open = Some((Rc::new(created.file), self.tick));
@@ -312,11 +347,6 @@ impl Files {
             .entries
             .get_mut(&id)
             .ok_or_else(|| io::Error::other("use of a closed file"))?;
-        if entry.pinned {
-            if let Some((file, _)) = &entry.open {
-                return Ok(file.clone());
-            }
-        }
         self.tick += 1;
         if let Some((file, used)) = &mut entry.open {
             self.lru.remove(used);
@@ -332,9 +362,10 @@ impl Files {
                 break;
             };
             if let Some(e) = self.entries.get_mut(&old) {
-                // A write or sync still running keeps its own handle until it ends.
+                // A write or sync still running keeps its own handle until it ends (a
+                // write counts as sent before it runs: see `Kick::sent`).
                 e.open = None;
-                if e.kick.dirty.get() {
+                if e.kick.dirty() {
                     self.closed_dirty
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
@@ -349,7 +380,6 @@ impl Files {
     pub fn remove(&mut self, id: u64) {
         if let Some(Entry {
             open: Some((_, used)),
-            pinned: false,
             ..
         }) = self.entries.remove(&id)
         {
@@ -369,7 +399,7 @@ fn reopen(entry: &Entry, count: &Arc<OpenCount>) -> io::Result<OpenFile> {
     let (std_file, meta) = open_regular(&entry.path, false).map_err(|e| {
         io::Error::new(e.kind(), format!("reopening {}: {e}", entry.path.display()))
     })?;
-    if identity(&meta) != entry.identity {
+    if !Identity::of(&meta).same(&entry.identity) {
         return Err(io::Error::other(format!(
             "{} changed while being downloaded (replaced, moved or resized)",
             entry.path.display()

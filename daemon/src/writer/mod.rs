@@ -73,7 +73,6 @@ enum Job {
     Open {
         path: PathBuf,
         size: u64,
-        pinned: bool,
         reply: oneshot::Sender<io::Result<u64>>,
     },
     Write {
@@ -97,7 +96,7 @@ enum Job {
 pub struct Writer {
     pool: Arc<Pool>,
     tx: OnceLock<mpsc::Sender<Job>>,
-    /// Files held open at most (pinned ones aside).
+    /// Files held open at most.
     cap: usize,
     open: Arc<OpenCount>,
     /// Syncs in flight: each holds its file open, so this bounds the files open beyond
@@ -196,16 +195,9 @@ impl Writer {
     }
 
     /// Creates `path` (parents must exist), preallocates it to `size` bytes and returns a
-    /// file handle for writes. A `pinned` file stays open until it is closed (the
-    /// descriptor cache may otherwise close and reopen it).
-    pub async fn open(&self, path: PathBuf, size: u64, pinned: bool) -> io::Result<u64> {
-        self.call(|reply| Job::Open {
-            path,
-            size,
-            pinned,
-            reply,
-        })
-        .await
+    /// file handle for writes.
+    pub async fn open(&self, path: PathBuf, size: u64) -> io::Result<u64> {
+        self.call(|reply| Job::Open { path, size, reply }).await
     }
 
     /// Whether the cache closed any of `files` with bytes written since their last
@@ -265,18 +257,13 @@ async fn run(mut rx: mpsc::Receiver<Job>, files: Files, count: Arc<OpenCount>) {
     let mut next_id = 0u64;
     while let Some(job) = rx.recv().await {
         match job {
-            Job::Open {
-                path,
-                size,
-                pinned,
-                reply,
-            } => {
+            Job::Open { path, size, reply } => {
                 next_id += 1;
                 let id = next_id;
                 let (files, count) = (files.clone(), count.clone());
                 tokio_uring::spawn(async move {
                     let res = files::create(path, size, count).await.map(|f| {
-                        files.borrow_mut().insert(id, f, pinned);
+                        files.borrow_mut().insert(id, f);
                         id
                     });
                     let _ = reply.send(res);
@@ -295,6 +282,7 @@ async fn run(mut rx: mpsc::Receiver<Job>, files: Files, count: Arc<OpenCount>) {
                         continue;
                     }
                 };
+                f.will_write();
                 if buf.filled() <= INLINE_WRITE && f.inline {
                     let res = write_inline(&f, &buf, offset, &kicks);
                     drop((f, buf));
@@ -327,9 +315,10 @@ async fn run(mut rx: mpsc::Receiver<Job>, files: Files, count: Arc<OpenCount>) {
                 tokio_uring::spawn(async move {
                     let res = match f {
                         Ok(f) => {
+                            let writes = f.writes_sent();
                             let res = f.ring.sync_data().await;
                             if res.is_ok() {
-                                f.synced();
+                                f.synced(writes);
                             }
                             res
                         }
