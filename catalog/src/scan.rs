@@ -20,7 +20,8 @@ pub struct FileDescriptor {
     pub path: RelPath,
     /// Size in bytes.
     pub size: u64,
-    /// Unix permission bits (`0o7777` mask).
+    /// Unix permission bits (`0o777`: setuid, setgid and sticky bits never travel, so
+    /// every copy describes its files as the source does).
     pub mode: u32,
 }
 
@@ -282,7 +283,7 @@ impl Walk {
                         self.files.push(FileDescriptor {
                             path: rel,
                             size: meta.size(),
-                            mode: meta.permissions().mode() & 0o7777,
+                            mode: meta.permissions().mode() & 0o777,
                         })
                     }
                     Err(e) => self.problem(format!("cannot be sent to peers: {e}")),
@@ -398,8 +399,12 @@ mod tests {
         let exe = t.path().join("cod5/run.sh");
         write(&exe, b"#!/bin/sh\n");
         fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+        let suid = t.path().join("cod5/suid");
+        write(&suid, b"x");
+        fs::set_permissions(&suid, fs::Permissions::from_mode(0o4750)).unwrap();
         let root = scan_root(&t.path().join("cod5"), GameId::new("cod5").unwrap());
         assert_eq!(root.files[0].mode, 0o755);
+        assert_eq!(root.files[1].mode, 0o750, "the setuid bit never travels");
         assert_eq!(root.version, None);
     }
 
