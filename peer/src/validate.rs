@@ -119,6 +119,11 @@ impl ManifestVote {
     /// Counts one source's answer.
     pub fn add(&mut self, peer: PeerId, mut files: Vec<FileManifest>) {
         files.sort_by(|a, b| a.path.cmp(&b.path));
+        // Only permission bits travel (a copy never gets setuid, setgid or sticky bits):
+        // a source that still advertises them votes with those that do not.
+        for f in &mut files {
+            f.mode &= 0o777;
+        }
         match check_manifest(&files) {
             Ok(()) => self.groups.entry(files).or_default().push(peer),
             Err(e) => self.rejected.push((peer, e.to_string())),
@@ -263,6 +268,19 @@ mod tests {
         let c = w.choose(&id()).unwrap();
         assert_eq!(c.sources, [pid(1), pid(2)]);
         assert_eq!(c.rejected.len(), 1);
+    }
+
+    #[test]
+    fn special_mode_bits_do_not_split_a_vote() {
+        // An older source advertising a setuid bit and a newer one without it describe the
+        // same files: one group, and the chosen manifest carries permission bits only.
+        let mut suid = game(100, 7);
+        for f in &mut suid {
+            f.mode |= 0o4000;
+        }
+        let c = choose_manifest(&id(), vec![(pid(1), suid), (pid(2), game(100, 7))]).unwrap();
+        assert_eq!(c.sources, [pid(1), pid(2)]);
+        assert!(c.files.iter().all(|f| f.mode & !0o777 == 0));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -26,9 +27,16 @@ fn err(path: &Path, e: io::Error) -> Failure {
 /// filesystem since (see [`commit`]).
 pub struct RootDir {
     dirs: Vec<fs::File>,
+    /// The root as the kernel resolved it when it was opened.
+    real: PathBuf,
 }
 
 impl RootDir {
+    /// The root as the kernel resolved it when [`prepare`] opened it.
+    pub fn real(&self) -> &Path {
+        &self.real
+    }
+
     /// The same open folders (a dup shares its writeback error cursor).
     pub fn dup(&self, root: &Path) -> Result<Vec<fs::File>, Failure> {
         self.dirs
@@ -75,7 +83,7 @@ fn prepare_blocking(
     }
     let incoming = root.join(INCOMING);
     fs::create_dir_all(&incoming).map_err(|e| err(&incoming, e))?;
-    let dir = fs::File::open(root).map_err(|e| err(root, e))?;
+    let dir = open_dir(root).map_err(|e| err(root, e))?;
     let mut dests = Vec::with_capacity(files.len());
     for f in files {
         let dest = if is_sentinel(f) {
@@ -89,20 +97,40 @@ fn prepare_blocking(
         }
         dests.push(dest);
     }
+    // Where the root really is, from the folder just opened: the commit's folders must
+    // resolve inside it (a root replaced by a symlink since is not followed there).
+    let real =
+        fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).map_err(|e| err(root, e))?;
     // The root first, then one folder of each other filesystem a file lands on (a
-    // mount inside the root).
+    // mount inside the root), found by `lstat` and opened only then.
     let mut devs = vec![dir.metadata().map_err(|e| err(root, e))?.dev()];
     let mut dirs = vec![dir];
     let folders: BTreeSet<&Path> = dests.iter().filter_map(|d| d.parent()).collect();
     for folder in folders {
-        let opened = fs::File::open(folder).map_err(|e| err(folder, e))?;
+        let dev = fs::symlink_metadata(folder)
+            .map_err(|e| err(folder, e))?
+            .dev();
+        if devs.contains(&dev) {
+            continue;
+        }
+        let opened = open_dir(folder).map_err(|e| err(folder, e))?;
         let dev = opened.metadata().map_err(|e| err(folder, e))?.dev();
         if !devs.contains(&dev) {
             devs.push(dev);
             dirs.push(opened);
         }
     }
-    Ok((dests, RootDir { dirs }))
+    Ok((dests, RootDir { dirs, real }))
+}
+
+/// Opens a folder for `syncfs`/`fsync`: a folder only, never through a last symlink, never
+/// a terminal (a FIFO or device swapped in fails instead of blocking or acting).
+fn open_dir(dir: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(dir)
 }
 
 /// Creates the folders of `rel` under `root` one by one, refusing symlinks and files in
@@ -132,50 +160,56 @@ fn create_parents(root: &Path, rel: &str) -> Result<PathBuf, Failure> {
 /// Applies modes, removes files the manifest does not list, fsyncs the folders that hold
 /// files, checks the received `version.ini` and renames it into place, then fsyncs the
 /// root.
-/// `syncfs`: the files were not synced one by one; one `syncfs` through this folder (the
-/// root as [`prepare`] opened it, before the first write) makes them, their modes and
+/// `syncfs`: one `syncfs` through each of these folders (one per filesystem, as
+/// [`prepare`] opened them before the first write) makes the files, their modes and
 /// every folder entry durable after the modes are set and stale files removed (Linux ≥
 /// 5.8 reports every writeback error of the filesystem since that open; the io_uring
-/// writer needs a newer kernel anyway). Cheaper than one `fdatasync` per file and one
+/// writer needs a newer kernel anyway); none: the folders are fsynced one by one. Cheaper than one `fdatasync` per file and one
 /// `fsync` per folder for a game of many small files; it also flushes what others wrote
 /// there, which a games filesystem busy with other downloads pays for.
 pub async fn commit(
-    root: &Path,
+    (root, real_root): (&Path, &Path),
     files: &[FileManifest],
     dests: &[PathBuf],
     version: Version,
     syncfs: Vec<fs::File>,
 ) -> Result<(), Failure> {
     let (root, files, dests) = (root.to_path_buf(), files.to_vec(), dests.to_vec());
-    tokio::task::spawn_blocking(move || commit_blocking(&root, &files, &dests, version, &syncfs))
-        .await
-        .map_err(Failure::internal)?
+    let real_root = real_root.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        commit_blocking((&root, &real_root), &files, &dests, version, &syncfs)
+    })
+    .await
+    .map_err(Failure::internal)?
 }
 
 /// Sets the mode of each file itself, never through a symlink: each file's folder is
-/// opened once (`O_PATH|O_NOFOLLOW`) and must still resolve inside the root, and the mode
-/// is set relative to it without following the name (a folder or file replaced by a
-/// symlink since it was written — the daemon may run as root — fails the commit instead
-/// of changing a target elsewhere). Only permission bits travel: a peer's setuid or
-/// setgid bit is dropped.
-fn set_modes(root: &Path, files: &[FileManifest], dests: &[PathBuf]) -> Result<(), Failure> {
-    use std::collections::HashMap;
-    use std::os::fd::{AsRawFd, OwnedFd};
+/// opened (`O_PATH|O_NOFOLLOW`, one at a time, files taken folder by folder) and must
+/// still resolve inside `real_root` (the root as it was opened before the first write),
+/// and the mode is set relative to it without following the name (a folder or file
+/// replaced by a symlink since it was written — the daemon may run as root — fails the
+/// commit instead of changing a target elsewhere). Only permission bits travel: a
+/// peer's setuid or setgid bit is dropped.
+fn set_modes(real_root: &Path, files: &[FileManifest], dests: &[PathBuf]) -> Result<(), Failure> {
+    use std::os::fd::OwnedFd;
     use std::os::unix::ffi::OsStrExt;
-    let real_root = fs::canonicalize(root).map_err(|e| err(root, e))?;
-    let mut folders: HashMap<&Path, OwnedFd> = HashMap::new();
-    for (f, dest) in files.iter().zip(dests) {
+    let mut order: Vec<usize> = (0..files.len().min(dests.len())).collect();
+    order.sort_by_key(|&i| dests[i].parent());
+    let mut open: Option<(&Path, OwnedFd)> = None;
+    for i in order {
+        let (f, dest) = (&files[i], &dests[i]);
         let (Some(folder), Some(name)) = (dest.parent(), dest.file_name()) else {
             return Err(Failure::new(
                 ErrorKind::Io,
                 format!("{}: no folder", dest.display()),
             ));
         };
-        if !folders.contains_key(folder) {
-            let fd = open_folder_inside(folder, &real_root).map_err(|e| err(folder, e))?;
-            folders.insert(folder, fd);
-        }
-        let dir = folders[folder].as_raw_fd();
+        let fd = match open.take() {
+            Some((at, fd)) if at == folder => fd,
+            _ => open_folder_inside(folder, real_root).map_err(|e| err(folder, e))?,
+        };
+        let dir = fd.as_raw_fd();
+        open = Some((folder, fd));
         let name = std::ffi::CString::new(name.as_bytes())
             .map_err(|_| Failure::new(ErrorKind::Io, format!("{}: a NUL", dest.display())))?;
         chmod_at(dir, &name, f.mode & 0o777).map_err(|e| err(dest, e))?;
@@ -242,13 +276,13 @@ fn chmod_at(dir: std::os::fd::RawFd, name: &std::ffi::CStr, mode: u32) -> io::Re
 }
 
 fn commit_blocking(
-    root: &Path,
+    (root, real_root): (&Path, &Path),
     files: &[FileManifest],
     dests: &[PathBuf],
     version: Version,
     syncfs: &[fs::File],
 ) -> Result<(), Failure> {
-    set_modes(root, files, dests)?;
+    set_modes(real_root, files, dests)?;
     // Listed files and every folder that holds one, looked up once per entry.
     let mut keep: BTreeSet<&str> = BTreeSet::new();
     let mut folders: BTreeSet<&str> = BTreeSet::new();
@@ -337,7 +371,7 @@ pub async fn discard_incoming(root: &Path) {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Failure> {
-    fs::File::open(dir)
+    open_dir(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| err(dir, e))
 }
@@ -361,21 +395,32 @@ mod tests {
             let path = lanspread_catalog::RelPath::new(p).unwrap();
             FileManifest::from_pieces(path, 1, mode, vec![[0; 32]])
         };
+        let real = fs::canonicalize(&root).unwrap();
         // A file: its mode, without a peer's setuid bit.
         fs::write(root.join("sub/x.bin"), b"x").unwrap();
         let files = [manifest("sub/x.bin", 0o4755)];
         let dests = [root.join("sub/x.bin")];
-        set_modes(&root, &files, &dests).unwrap();
+        set_modes(&real, &files, &dests).unwrap();
         assert_eq!(fs::metadata(&dests[0]).unwrap().mode() & 0o7777, 0o755);
         // The file replaced by a symlink to a file outside.
         fs::remove_file(&dests[0]).unwrap();
         std::os::unix::fs::symlink(&secret, &dests[0]).unwrap();
-        assert!(set_modes(&root, &files, &dests).is_err());
+        assert!(set_modes(&real, &files, &dests).is_err());
         // Its folder replaced by a symlink to a folder outside holding a file of that name.
         fs::remove_file(&dests[0]).unwrap();
         fs::remove_dir(root.join("sub")).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("sub")).unwrap();
-        assert!(set_modes(&root, &files, &dests).is_err());
+        assert!(set_modes(&real, &files, &dests).is_err());
+        // A folder higher up replaced: `a -> outside`, the file at `a/sub/x.bin`.
+        fs::create_dir_all(outside.join("sub")).unwrap();
+        let deep = outside.join("sub/x.bin");
+        fs::write(&deep, b"secret").unwrap();
+        fs::set_permissions(&deep, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("a")).unwrap();
+        let files = [manifest("a/sub/x.bin", 0o777)];
+        let dests = [root.join("a/sub/x.bin")];
+        assert!(set_modes(&real, &files, &dests).is_err());
         assert_eq!(fs::metadata(&secret).unwrap().mode() & 0o7777, 0o600);
+        assert_eq!(fs::metadata(&deep).unwrap().mode() & 0o7777, 0o600);
     }
 }

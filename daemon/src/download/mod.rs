@@ -409,7 +409,7 @@ async fn commit_files(
         Vec::new()
     };
     let t_sync = started.elapsed();
-    commit::commit(root, files, dests, version, syncfs).await?;
+    commit::commit((root, root_dir.real()), files, dests, version, syncfs).await?;
     tracing::debug!(
         sync_ms = t_sync.as_millis() as u64,
         commit_ms = (started.elapsed() - t_sync).as_millis() as u64,

@@ -94,7 +94,10 @@ struct Kick {
     /// Writes sent to the file so far (counted when sent, so a file the cache closes
     /// while its write still runs counts as written).
     sent: Cell<u64>,
-    /// Of those, how many a successful sync covered (the writes sent before it was).
+    /// Writes ended (written or failed): a sync covers those ended before it is sent
+    /// (the ring orders no fdatasync after a write still running).
+    done: Cell<u64>,
+    /// Of the writes sent, how many a successful sync covered.
     synced: Cell<u64>,
 }
 
@@ -129,9 +132,14 @@ impl OpenFile {
         self.kick.sent.set(self.kick.sent.get() + 1);
     }
 
-    /// The writes sent so far, for [`OpenFile::synced`] once a sync sent now succeeds.
-    pub fn writes_sent(&self) -> u64 {
-        self.kick.sent.get()
+    /// A write sent to this file ended (written or failed).
+    pub fn write_ended(&self) {
+        self.kick.done.set(self.kick.done.get() + 1);
+    }
+
+    /// The writes ended so far: what a sync sent now covers ([`OpenFile::synced`]).
+    pub fn writes_ended(&self) -> u64 {
+        self.kick.done.get()
     }
 
     /// Counts written bytes and starts writeback once enough have piled up (unless
@@ -153,7 +161,9 @@ impl OpenFile {
         });
     }
 
-    /// A sync sent after `writes` writes succeeded: those are durable.
+    /// A sync sent after `writes` writes ended succeeded: those are durable. (A sync
+    /// that fails leaves them dirty; nothing syncs a file again after a failure — the
+    /// download fails.)
     pub fn synced(&self, writes: u64) {
         self.kick.synced.set(self.kick.synced.get().max(writes));
     }

@@ -102,7 +102,7 @@ pub struct Writer {
     /// Syncs in flight: each holds its file open, so this bounds the files open beyond
     /// the cache's cap (with the pool, which bounds the writes).
     syncs: Arc<Semaphore>,
-    /// Files the cache closed with bytes written since their last sync ([`Writer::closed_dirty`]).
+    /// Files the cache closed with writes not known synced ([`Writer::closed_dirty`]).
     closed_dirty: Arc<Mutex<HashSet<u64>>>,
 }
 
@@ -200,8 +200,7 @@ impl Writer {
         self.call(|reply| Job::Open { path, size, reply }).await
     }
 
-    /// Whether the cache closed any of `files` with bytes written since their last
-    /// sync. An `fdatasync` through a descriptor opened later reports a writeback error
+    /// Whether the cache closed any of `files` with a write not known synced. An `fdatasync` through a descriptor opened later reports a writeback error
     /// no one has seen only while the kernel keeps the inode; once closed, a file whose
     /// writeback failed can be dropped from memory with its error. A `syncfs` through a
     /// folder opened before the writes reports it whatever became of the inode, so a
@@ -295,13 +294,17 @@ async fn run(mut rx: mpsc::Receiver<Job>, files: Files, count: Arc<OpenCount>) {
                         Some(v) => {
                             let len = v.len() as u64;
                             let (res, v) = f.ring.write_all_at(v, offset).await;
+                            f.write_ended();
                             buf.vec = Some(v);
                             if res.is_ok() {
                                 f.written(len, &kicks);
                             }
                             res
                         }
-                        None => Err(io::Error::other("a pool buffer without its memory")),
+                        None => {
+                            f.write_ended();
+                            Err(io::Error::other("a pool buffer without its memory"))
+                        }
                     };
                     drop((f, buf));
                     let _ = reply.send(res);
@@ -312,13 +315,15 @@ async fn run(mut rx: mpsc::Receiver<Job>, files: Files, count: Arc<OpenCount>) {
                 // descriptor: fdatasync flushes the inode's dirty pages whichever
                 // descriptor wrote them (its errors: see `Writer::closed_dirty`).
                 let f = files.borrow_mut().get(file);
+                // What it covers is taken now, in job order: writes queued after it, or
+                // still running, are not.
+                let covered = f.as_ref().map_or(0, |f| f.writes_ended());
                 tokio_uring::spawn(async move {
                     let res = match f {
                         Ok(f) => {
-                            let writes = f.writes_sent();
                             let res = f.ring.sync_data().await;
                             if res.is_ok() {
-                                f.synced(writes);
+                                f.synced(covered);
                             }
                             res
                         }
@@ -356,7 +361,9 @@ fn write_inline(
 ) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let bytes = buf.vec.as_deref().unwrap_or_default();
-    f.plain.write_all_at(bytes, offset)?;
+    let res = f.plain.write_all_at(bytes, offset);
+    f.write_ended();
+    res?;
     f.written(bytes.len() as u64, kicks);
     Ok(())
 }

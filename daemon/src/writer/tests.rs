@@ -301,3 +301,30 @@ fn a_file_closed_before_its_sync_is_reported_and_not_one_synced_first() {
     });
     assert_eq!(w.open.peak(), 1 + 1, "the cap and one being created");
 }
+
+#[test]
+fn a_write_queued_behind_a_sync_is_not_covered_by_it() {
+    // `a` written and awaited; then a sync of `a` and another write to it queued back to
+    // back (the sync first): the sync covers the first write only, so when the cache (of
+    // one) closes `a` for `b`, `a` is reported — a sync that counted the writes sent
+    // when it ran would have called it clean.
+    let dir = tempfile::tempdir().unwrap();
+    let w = Writer::with_cap(Some(1));
+    runtime().block_on(async {
+        let a = w.open(dir.path().join("a"), 8).await.unwrap();
+        let b = w.open(dir.path().join("b"), 4).await.unwrap();
+        put(&w, a, 0, b"aaaa").await.unwrap();
+        let mut buf = w.buffer().await.unwrap();
+        buf.extend(b"AAAA");
+        let (synced, written) = tokio::join!(w.sync(a), async {
+            w.write(a, 4, buf).await.unwrap().await.unwrap()
+        });
+        synced.unwrap();
+        written.unwrap();
+        put(&w, b, 0, b"bbbb").await.unwrap(); // closes a
+        assert!(w.closed_dirty(&[a]), "a's second write was never synced");
+        w.close(a).await;
+        w.close(b).await;
+    });
+    assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"aaaaAAAA");
+}

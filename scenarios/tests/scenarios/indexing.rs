@@ -46,8 +46,13 @@ fn a_source_indexes_its_games_in_the_background_and_answers_manifests_from_the_c
     let indexed = s.wait_event("local-game-indexed", |e| e["game_id"] == "cnc4");
     assert_eq!(indexed["hashed_bytes"], indexed["bytes"], "{indexed}");
     assert!(indexed["bytes"].as_u64().unwrap() > 256 * MIB, "{indexed}");
-    // A game copied in while it runs is hashed after the rescan that finds it.
-    spec("ggoo", 128 * MIB).write(src.path()).unwrap();
+    // A game copied in while it runs is hashed after the rescan that finds it. Written
+    // next to the games dir and moved in whole: written in place on a loaded machine, a
+    // pause longer than the watch's debounce lets a rescan index it half-written, and
+    // the rest of the copy makes it hash again (the manifest request then waits for it).
+    let staging = tempfile::tempdir_in(src.path().parent().unwrap()).unwrap();
+    spec("ggoo", 128 * MIB).write(staging.path()).unwrap();
+    std::fs::rename(staging.path().join("ggoo"), src.path().join("ggoo")).unwrap();
     let added = s.wait_event("local-game-indexed", |e| e["game_id"] == "ggoo");
     assert_eq!(added["hashed_bytes"], added["bytes"], "{added}");
     assert!(added["bytes"].as_u64().unwrap() > 128 * MIB, "{added}");
