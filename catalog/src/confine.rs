@@ -31,7 +31,14 @@ impl Confined {
     /// Opens `path` for reading if it is a regular file that resolves inside the root as
     /// it was resolved (a root moved or swapped since fails closed); also its metadata.
     pub fn open(&self, path: &Path) -> io::Result<(File, Metadata)> {
-        let file = File::open(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Never blocking, never a terminal: a FIFO swapped in after the scan opens at once
+        // (and is refused below) instead of holding the reading thread until a writer
+        // comes.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(path)?;
         let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
         let meta = file.metadata()?;
         // No absolute path in the error: a source sends it to the peer that asked.
@@ -40,6 +47,16 @@ impl Confined {
         } else if !meta.is_file() {
             "not a regular file"
         } else {
+            // Blocking reads again (a network or FUSE filesystem may honour the flag).
+            // SAFETY: fcntl reads and sets the flags of a descriptor `file` keeps open.
+            let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+            if flags < 0
+                || unsafe {
+                    libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK)
+                } < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
             return Ok((file, meta));
         };
         Err(io::Error::new(io::ErrorKind::PermissionDenied, why))
@@ -78,5 +95,24 @@ mod tests {
         symlink(&elsewhere, t.path().join("via")).unwrap();
         let err = confined.open(&t.path().join("via/inside")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+    }
+
+    #[test]
+    fn a_fifo_in_the_root_is_refused_without_waiting_for_a_writer() {
+        let t = tempfile::tempdir().unwrap();
+        let fifo = t.path().join("game.eti");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads the path it is given.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        // On a thread, so a regression fails after a bounded wait instead of hanging.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let root = t.path().to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(open_inside(&root, &fifo).map(|_| ()));
+        });
+        let got = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the open blocked on the FIFO");
+        assert_eq!(got.unwrap_err().kind(), io::ErrorKind::PermissionDenied);
     }
 }
