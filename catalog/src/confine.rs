@@ -8,6 +8,20 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
+/// Clears `O_NONBLOCK` on a file opened with it (to open a FIFO or device swapped in
+/// without blocking, then refuse it): regular files are read and written blocking (an
+/// io_uring write to a non-blocking file fails rather than wait).
+pub fn set_blocking(file: &File) -> io::Result<()> {
+    // SAFETY: fcntl reads and sets the flags of a descriptor `file` keeps open.
+    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
+    if flags < 0
+        || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Opens `path` for reading if it resolves inside `root`.
 pub fn open_inside(root: &Path, path: &Path) -> io::Result<File> {
     Ok(Confined::new(root)?.open(path)?.0)
@@ -48,15 +62,7 @@ impl Confined {
             "not a regular file"
         } else {
             // Blocking reads again (a network or FUSE filesystem may honour the flag).
-            // SAFETY: fcntl reads and sets the flags of a descriptor `file` keeps open.
-            let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-            if flags < 0
-                || unsafe {
-                    libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK)
-                } < 0
-            {
-                return Err(io::Error::last_os_error());
-            }
+            set_blocking(&file)?;
             return Ok((file, meta));
         };
         Err(io::Error::new(io::ErrorKind::PermissionDenied, why))

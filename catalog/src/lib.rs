@@ -15,7 +15,7 @@ mod inflight;
 mod scan;
 
 pub use catalog::{Catalog, CatalogEntry, BUILTIN_IDS};
-pub use confine::{open_inside, Confined};
+pub use confine::{open_inside, set_blocking, Confined};
 pub use error::CatalogError;
 pub use hashes::{hash_pieces, hash_pieces_with, HashCache, Indexed};
 pub use inflight::HashProgress;

@@ -198,7 +198,6 @@ fn open_regular(
     path: &std::path::Path,
     create: bool,
 ) -> io::Result<(std::fs::File, std::fs::Metadata)> {
-    use std::os::fd::AsRawFd;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .create(create)
@@ -212,13 +211,7 @@ fn open_regular(
             path.display()
         )));
     }
-    // SAFETY: fcntl reads and sets the flags of a descriptor `file` keeps open.
-    let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
-    if flags < 0
-        || unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0
-    {
-        return Err(io::Error::last_os_error());
-    }
+    lanspread_catalog::set_blocking(&file)?;
     Ok((file, meta))
 }
 
