@@ -3,13 +3,13 @@
 //! 7 and before, another piece size) reads as empty, so its roots are hashed once again.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use lanspread_proto::{piece_count, ChunkHash, PIECE_SIZE};
 
+use crate::game_dir::{Access, GameDir};
 use crate::hashes::FileKey;
 use crate::RelPath;
 
@@ -71,7 +71,14 @@ pub(crate) fn from_persisted(
 /// The persisted cache of the root at `root`, empty when there is none or it is of
 /// another format.
 pub(crate) fn load_cache(root: &Path) -> CacheFile {
-    fs::read(root.join(META_DIR).join(CACHE_FILE))
+    let read = || -> std::io::Result<Vec<u8>> {
+        let g = GameDir::open(root)?;
+        let (mut file, _) = g.open_file(&Path::new(META_DIR).join(CACHE_FILE), Access::Read)?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut file, &mut bytes)?;
+        Ok(bytes)
+    };
+    read()
         .ok()
         .and_then(|b| serde_json::from_slice::<CacheFile>(&b).ok())
         .filter(|c| c.piece_size == PIECE_SIZE)
@@ -82,22 +89,25 @@ pub(crate) fn load_cache(root: &Path) -> CacheFile {
 /// re-hash after a restart.
 pub(crate) fn store_cache(root: &Path, c: &CacheFile) {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let dir = root.join(META_DIR);
     let c = CacheFile {
         piece_size: PIECE_SIZE,
         entries: c.entries.clone(),
     };
     let res = (|| {
+        // Through the root's descriptor: a `.lanspread` or temporary file that is a
+        // symlink takes no write outside the root.
+        let g = GameDir::open(root)?;
         // Only the metadata folder itself: a root removed meanwhile is not brought back.
-        match fs::create_dir(&dir) {
+        match g.dir().create_dir(META_DIR) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
             _ => {}
         }
         // Unique per writer: the indexer and a request may finish the same root at once.
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = Path::new(META_DIR);
         let tmp = dir.join(format!("{CACHE_FILE}.{}.{n}.tmp", std::process::id()));
-        fs::write(&tmp, serde_json::to_vec(&c).map_err(std::io::Error::other)?)?;
-        fs::rename(&tmp, dir.join(CACHE_FILE))
+        let bytes = serde_json::to_vec(&c).map_err(std::io::Error::other)?;
+        g.replace(&dir.join(CACHE_FILE), &tmp, &bytes)
     })();
     if let Err(e) = res {
         tracing::debug!(root = %root.display(), "hash cache not persisted: {e}");
@@ -107,6 +117,7 @@ pub(crate) fn store_cache(root: &Path, c: &CacheFile) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     /// The identity of a file of two pieces.
     fn key() -> FileKey {

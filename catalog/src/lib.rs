@@ -3,12 +3,14 @@
 //!
 //! Everything here is either a pure function (parsing, path checks), a read-only walk of
 //! the local filesystem, or piece hashing with its cache. This crate never does network IO;
-//! the only thing it writes is its own hash cache under a root's `.lanspread/`.
+//! the only thing it writes is its own hash cache under a root's `.lanspread/`, through
+//! [`GameDir`], which the daemon also writes every downloaded file through.
 #![warn(missing_docs)]
 
 mod catalog;
 mod confine;
 mod error;
+mod game_dir;
 mod hash_store;
 mod hashes;
 mod inflight;
@@ -17,6 +19,7 @@ mod scan;
 pub use catalog::{Catalog, CatalogEntry, BUILTIN_IDS};
 pub use confine::{open_inside, set_blocking, Confined};
 pub use error::CatalogError;
+pub use game_dir::{dev_of, sync_dir, Access, GameDir, Inode};
 pub use hashes::{hash_pieces, hash_pieces_with, HashCache, Indexed};
 pub use inflight::HashProgress;
 // The protocol's value types, re-exported: the catalog speaks in them.

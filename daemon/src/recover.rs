@@ -29,14 +29,20 @@ pub fn sweep(games: &Path) {
             }
             continue;
         }
-        for p in leftovers.clone().map(|l| e.path().join(l)) {
-            let removed = match fs::symlink_metadata(&p) {
-                Ok(m) if m.is_dir() => fs::remove_dir_all(&p).is_ok(),
-                Ok(_) => fs::remove_file(&p).is_ok(),
+        // Beneath the root's descriptor: a `.lanspread` that is a symlink to a folder
+        // elsewhere loses nothing there.
+        let Ok(game) = lanspread_catalog::GameDir::open(&e.path()) else {
+            continue;
+        };
+        for l in leftovers.clone() {
+            let removed = match game.dir().symlink_metadata(l) {
+                Ok(m) if m.is_dir() => game.dir().remove_dir_all(l).is_ok(),
+                Ok(_) => game.dir().remove_file(l).is_ok(),
                 Err(_) => false,
             };
             if removed {
-                info!(path = %p.display(), "removed what an interrupted operation left");
+                let path = game.shown(Path::new(l));
+                info!(path = %path.display(), "removed what an interrupted operation left");
             }
         }
     }

@@ -2,14 +2,19 @@
 //! except `version.ini`, which is received under `.lanspread/incoming/` and renamed into
 //! place last, after every data file is synced, followed by a directory fsync.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use lanspread_catalog::{is_reserved_top_level, FileManifest, Version, VERSION_FILE};
+use cap_fs_ext::DirExt;
+use lanspread_catalog::{
+    dev_of, is_reserved_top_level, Access, FileManifest, GameDir, Inode, Version, VERSION_FILE,
+};
+
+use crate::writer::working_mode;
 
 use super::is_sentinel;
 use lanspread_control::{ErrorKind, Failure};
@@ -20,33 +25,41 @@ fn err(path: &Path, e: io::Error) -> Failure {
     Failure::io(path.display(), &e)
 }
 
-/// Creates the root and parent folders without following symlinks, removes a committed
-/// `version.ini` (the root is not Ready from here on) and returns each file's destination.
-/// One folder per filesystem the download writes to (the root's first), as opened before
-/// anything is written: a `syncfs` through each reports every writeback error of its
-/// filesystem since (see [`commit`]).
+/// The root opened before anything is written, and one folder per filesystem the
+/// download writes to (the root's first): a `syncfs` through each reports every
+/// writeback error of its filesystem since (see [`commit`]). Every file, folder, rename
+/// and removal of the download goes through [`RootDir::game`] (never through a symlink,
+/// never outside the root: see `lanspread_catalog::GameDir`).
 pub struct RootDir {
+    game: Arc<GameDir>,
     dirs: Vec<fs::File>,
-    /// The root as the kernel resolved it when it was opened.
-    real: PathBuf,
+    /// The file the writer created for each file of the manifest, in its order.
+    created: Vec<Inode>,
 }
 
 impl RootDir {
-    /// The root as the kernel resolved it when [`prepare`] opened it.
-    pub fn real(&self) -> &Path {
-        &self.real
+    /// The writer created the next file of the manifest as `inode`.
+    pub fn created(&mut self, inode: Inode) {
+        self.created.push(inode);
+    }
+
+    /// The open root.
+    pub fn game(&self) -> &Arc<GameDir> {
+        &self.game
     }
 
     /// The same open folders (a dup shares its writeback error cursor).
-    pub fn dup(&self, root: &Path) -> Result<Vec<fs::File>, Failure> {
+    pub fn dup(&self) -> Result<Vec<fs::File>, Failure> {
         self.dirs
             .iter()
-            .map(|d| d.try_clone().map_err(|e| err(root, e)))
+            .map(|d| d.try_clone().map_err(|e| err(self.game.path(), e)))
             .collect()
     }
 }
 
-/// Also returns the folders opened before anything is written ([`RootDir`]).
+/// Creates the root and the files' folders (never through a symlink), removes a
+/// committed `version.ini` (the root is not Ready from here on) and returns each file's
+/// destination relative to the root, with the open root ([`RootDir`]).
 pub async fn prepare(
     root: &Path,
     files: &[FileManifest],
@@ -62,227 +75,159 @@ fn prepare_blocking(
     root: &Path,
     files: &[FileManifest],
 ) -> Result<(Vec<PathBuf>, RootDir), Failure> {
-    match fs::symlink_metadata(root) {
-        Ok(m) if m.file_type().is_symlink() || !m.is_dir() => {
-            return Err(Failure::new(
-                ErrorKind::Io,
-                format!("{} exists and is not a folder", root.display()),
-            ));
-        }
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir(root).map_err(|e| err(root, e))?
-        }
-        Err(e) => return Err(err(root, e)),
+    match fs::create_dir(root) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(err(root, e)),
+        _ => {}
     }
-    let sentinel = root.join(VERSION_FILE);
-    match fs::remove_file(&sentinel) {
-        Ok(()) => sync_dir(root)?,
+    let game = GameDir::open(root).map_err(|e| match fs::symlink_metadata(root) {
+        Ok(m) if !m.is_dir() => Failure::new(
+            ErrorKind::Io,
+            format!("{} exists and is not a folder", root.display()),
+        ),
+        _ => err(root, e),
+    })?;
+    let incoming = Path::new(INCOMING);
+    // The journal's folder too, whatever the manifest holds; made first, so a root whose
+    // `.lanspread` is in the way keeps its committed version.
+    game.create_folders(incoming)
+        .map_err(|e| err(&game.shown(incoming), e))?;
+    match game.dir().remove_file(VERSION_FILE) {
+        Ok(()) => game.sync().map_err(|e| err(root, e))?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(&sentinel, e)),
+        Err(e) => return Err(err(&root.join(VERSION_FILE), e)),
     }
-    let incoming = root.join(INCOMING);
-    fs::create_dir_all(&incoming).map_err(|e| err(&incoming, e))?;
-    let dir = open_dir(root).map_err(|e| err(root, e))?;
+    // The root first, then one folder of each other filesystem a file lands on (a
+    // mount inside the root).
+    let root_file = game
+        .dir()
+        .try_clone()
+        .map_err(|e| err(root, e))?
+        .into_std_file();
+    let mut devs = vec![root_file.metadata().map_err(|e| err(root, e))?.dev()];
+    let mut dirs = vec![root_file];
     let mut dests = Vec::with_capacity(files.len());
+    // Files come folder by folder (a manifest is sorted by path): each folder is made
+    // and opened once per run of its files.
+    let mut open: Option<(PathBuf, cap_std::fs::Dir)> = None;
     for f in files {
         let dest = if is_sentinel(f) {
             incoming.join(VERSION_FILE)
         } else {
-            create_parents(root, f.path.as_str())?
+            f.path.to_path(Path::new(""))
+        };
+        let (Some(folder), Some(name)) = (dest.parent(), dest.file_name()) else {
+            return Err(Failure::new(ErrorKind::Io, "a file without a name"));
+        };
+        let at = match open.take() {
+            Some((at, dir)) if at == folder => dir,
+            _ => {
+                let dir = if folder.as_os_str().is_empty() {
+                    game.dir().try_clone()
+                } else {
+                    game.create_folders(folder)
+                }
+                .map_err(|e| err(&game.shown(folder), e))?;
+                let opened = dir.try_clone().map_err(|e| err(root, e))?.into_std_file();
+                let dev = opened.metadata().map_err(|e| err(root, e))?.dev();
+                if !devs.contains(&dev) {
+                    devs.push(dev);
+                    dirs.push(opened);
+                }
+                dir
+            }
         };
         // Never write through a symlink left at the destination.
-        if fs::symlink_metadata(&dest).is_ok_and(|m| m.file_type().is_symlink()) {
-            fs::remove_file(&dest).map_err(|e| err(&dest, e))?;
+        if at
+            .symlink_metadata(name)
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            at.remove_file(name)
+                .map_err(|e| err(&game.shown(&dest), e))?;
         }
+        open = Some((folder.to_path_buf(), at));
         dests.push(dest);
     }
-    // Where the root really is, from the folder just opened: the commit's folders must
-    // resolve inside it (a root replaced by a symlink since is not followed there).
-    let real =
-        fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).map_err(|e| err(root, e))?;
-    // The root first, then one folder of each other filesystem a file lands on (a
-    // mount inside the root), found by `lstat` and opened only then.
-    let mut devs = vec![dir.metadata().map_err(|e| err(root, e))?.dev()];
-    let mut dirs = vec![dir];
-    let folders: BTreeSet<&Path> = dests.iter().filter_map(|d| d.parent()).collect();
-    for folder in folders {
-        let dev = fs::symlink_metadata(folder)
-            .map_err(|e| err(folder, e))?
-            .dev();
-        if devs.contains(&dev) {
+    Ok((
+        dests,
+        RootDir {
+            game: Arc::new(game),
+            dirs,
+            created: Vec::with_capacity(files.len()),
+        },
+    ))
+}
+
+/// Sets the final mode of the files whose manifest mode a download cannot keep while it
+/// writes (the writer gives every file at least owner read and write: see
+/// `writer::working_mode`), through a descriptor of the file itself opened beneath the
+/// root, never through a symlink, and only on a file of one name (a hard link put in its
+/// place since would change a file elsewhere). Without a `syncfs` to follow, each such
+/// file is fsynced: the mode must be durable before the sentinel.
+fn final_modes(
+    game: &GameDir,
+    files: &[FileManifest],
+    dests: &[PathBuf],
+    fsync: bool,
+) -> Result<(), Failure> {
+    use std::os::unix::fs::PermissionsExt;
+    for (f, dest) in files.iter().zip(dests) {
+        let mode = f.mode & 0o777;
+        if working_mode(f.mode) == mode {
             continue;
         }
-        let opened = open_dir(folder).map_err(|e| err(folder, e))?;
-        let dev = opened.metadata().map_err(|e| err(folder, e))?.dev();
-        if !devs.contains(&dev) {
-            devs.push(dev);
-            dirs.push(opened);
+        let shown = game.shown(dest);
+        let (file, meta) = game
+            .open_file(dest, Access::Read)
+            .map_err(|e| err(&shown, e))?;
+        if meta.nlink() != 1 {
+            return Err(Failure::new(
+                ErrorKind::Io,
+                format!("{} has other names (hard links) now", shown.display()),
+            ));
         }
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .and_then(|()| if fsync { file.sync_all() } else { Ok(()) })
+            .map_err(|e| err(&shown, e))?;
     }
-    Ok((dests, RootDir { dirs, real }))
+    Ok(())
 }
 
-/// Opens a folder for `syncfs`/`fsync`: a folder only, never through a last symlink, never
-/// a terminal (a FIFO or device swapped in fails instead of blocking or acting).
-fn open_dir(dir: &Path) -> io::Result<fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NOCTTY)
-        .open(dir)
-}
-
-/// Creates the folders of `rel` under `root` one by one, refusing symlinks and files in
-/// the way, and returns the destination path.
-fn create_parents(root: &Path, rel: &str) -> Result<PathBuf, Failure> {
-    let comps: Vec<&str> = rel.split('/').collect();
-    let mut dir = root.to_path_buf();
-    for comp in &comps[..comps.len().saturating_sub(1)] {
-        dir.push(comp);
-        match fs::symlink_metadata(&dir) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(Failure::new(
-                    ErrorKind::Io,
-                    format!("{} is in the way (not a folder)", dir.display()),
-                ))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir(&dir).map_err(|e| err(&dir, e))?
-            }
-            Err(e) => return Err(err(&dir, e)),
-        }
-    }
-    Ok(dir.join(comps.last().copied().unwrap_or_default()))
-}
-
-/// Applies modes, removes files the manifest does not list, fsyncs the folders that hold
-/// files, checks the received `version.ini` and renames it into place, then fsyncs the
-/// root.
+/// Sets final modes, removes files the manifest does not list, fsyncs the folders that
+/// hold files, checks the received `version.ini` and renames it into place, then fsyncs
+/// the root — all through the open root.
 /// `syncfs`: one `syncfs` through each of these folders (one per filesystem, as
 /// [`prepare`] opened them before the first write) makes the files, their modes and
 /// every folder entry durable after the modes are set and stale files removed (Linux ≥
 /// 5.8 reports every writeback error of the filesystem since that open; the io_uring
-/// writer needs a newer kernel anyway); none: the folders are fsynced one by one. Cheaper than one `fdatasync` per file and one
-/// `fsync` per folder for a game of many small files; it also flushes what others wrote
-/// there, which a games filesystem busy with other downloads pays for.
+/// writer needs a newer kernel anyway); none: the folders are fsynced one by one. Cheaper
+/// than one `fdatasync` per file and one `fsync` per folder for a game of many small
+/// files; it also flushes what others wrote there, which a games filesystem busy with
+/// other downloads pays for.
 pub async fn commit(
-    (root, real_root): (&Path, &Path),
+    root: &RootDir,
     files: &[FileManifest],
     dests: &[PathBuf],
     version: Version,
     syncfs: Vec<fs::File>,
 ) -> Result<(), Failure> {
-    let (root, files, dests) = (root.to_path_buf(), files.to_vec(), dests.to_vec());
-    let real_root = real_root.to_path_buf();
+    let (game, created) = (root.game.clone(), root.created.clone());
+    let (files, dests) = (files.to_vec(), dests.to_vec());
     tokio::task::spawn_blocking(move || {
-        commit_blocking((&root, &real_root), &files, &dests, version, &syncfs)
+        commit_blocking((&game, &created), &files, &dests, version, &syncfs)
     })
     .await
     .map_err(Failure::internal)?
 }
 
-/// Sets the mode of each file itself, never through a symlink: each file's folder is
-/// opened (`O_PATH|O_NOFOLLOW`, one at a time, files taken folder by folder) and must
-/// still resolve inside `real_root` (the root as it was opened before the first write),
-/// and the mode is set relative to it without following the name (a folder or file
-/// replaced by a symlink since it was written — the daemon may run as root — fails the
-/// commit instead of changing a target elsewhere). Only permission bits travel: a
-/// peer's setuid or setgid bit is dropped.
-fn set_modes(real_root: &Path, files: &[FileManifest], dests: &[PathBuf]) -> Result<(), Failure> {
-    use std::os::fd::OwnedFd;
-    use std::os::unix::ffi::OsStrExt;
-    let mut order: Vec<usize> = (0..files.len().min(dests.len())).collect();
-    order.sort_by_key(|&i| dests[i].parent());
-    let mut open: Option<(&Path, OwnedFd)> = None;
-    for i in order {
-        let (f, dest) = (&files[i], &dests[i]);
-        let (Some(folder), Some(name)) = (dest.parent(), dest.file_name()) else {
-            return Err(Failure::new(
-                ErrorKind::Io,
-                format!("{}: no folder", dest.display()),
-            ));
-        };
-        let fd = match open.take() {
-            Some((at, fd)) if at == folder => fd,
-            _ => open_folder_inside(folder, real_root).map_err(|e| err(folder, e))?,
-        };
-        let dir = fd.as_raw_fd();
-        open = Some((folder, fd));
-        let name = std::ffi::CString::new(name.as_bytes())
-            .map_err(|_| Failure::new(ErrorKind::Io, format!("{}: a NUL", dest.display())))?;
-        chmod_at(dir, &name, f.mode & 0o777).map_err(|e| err(dest, e))?;
-    }
-    Ok(())
-}
-
-/// Opens `folder` as a path handle, not following a last symlink, and only if it still
-/// resolves inside `real_root`.
-fn open_folder_inside(folder: &Path, real_root: &Path) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(folder)?;
-    let real = fs::read_link(format!(
-        "/proc/self/fd/{}",
-        std::os::fd::AsRawFd::as_raw_fd(&dir)
-    ))?;
-    if !real.starts_with(real_root) {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "the folder leaves the game root",
-        ));
-    }
-    Ok(dir.into())
-}
-
-/// `fchmodat` of `name` in the folder `dir` without following a symlink. Where the C
-/// library cannot (glibc < 2.32, or no `/proc`: `EOPNOTSUPP` for every file), the name is
-/// checked first, then the mode set through the folder (a race left only there).
-fn chmod_at(dir: std::os::fd::RawFd, name: &std::ffi::CStr, mode: u32) -> io::Result<()> {
-    // SAFETY: fchmodat reads the NUL-terminated name it is given, relative to a folder
-    // descriptor the caller keeps open.
-    let rc = unsafe {
-        libc::fchmodat(
-            dir,
-            name.as_ptr(),
-            mode as libc::mode_t,
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
-        return Err(e);
-    }
-    // SAFETY: fstatat writes into the zeroed struct it is given and reads the name.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::fstatat(dir, name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if st.st_mode & libc::S_IFMT != libc::S_IFREG {
-        return Err(e);
-    }
-    // SAFETY: as above, following the name (checked a moment ago).
-    if unsafe { libc::fchmodat(dir, name.as_ptr(), mode as libc::mode_t, 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 fn commit_blocking(
-    (root, real_root): (&Path, &Path),
+    (game, created): (&GameDir, &[Inode]),
     files: &[FileManifest],
     dests: &[PathBuf],
     version: Version,
     syncfs: &[fs::File],
 ) -> Result<(), Failure> {
-    set_modes(real_root, files, dests)?;
+    let root = game.path();
+    final_modes(game, files, dests, syncfs.is_empty())?;
     // Listed files and every folder that holds one, looked up once per entry.
     let mut keep: BTreeSet<&str> = BTreeSet::new();
     let mut folders: BTreeSet<&str> = BTreeSet::new();
@@ -292,12 +237,35 @@ fn commit_blocking(
         folders.extend(p.match_indices('/').map(|(i, _)| &p[..i]));
     }
     keep.extend(&folders);
-    remove_extra(root, "", &keep)?;
+    // Each file must still be the one the writer created: a file put in its place, or a
+    // folder swapped for another, since (someone else's bytes, or none) is never
+    // committed as the game.
+    let mut expect: HashMap<&str, Inode> = files
+        .iter()
+        .zip(created)
+        .filter(|(f, _)| !is_sentinel(f))
+        .map(|(f, &inode)| (f.path.as_str(), inode))
+        .collect();
+    if created.len() != files.len() {
+        return Err(Failure::internal("the writer did not create every file"));
+    }
+    remove_extra(game, (game.dir(), ""), &keep, &mut expect)?;
+    if let Some(path) = expect.keys().next() {
+        return Err(Failure::new(
+            ErrorKind::Io,
+            format!(
+                "{} is gone (moved or removed during the download)",
+                game.shown(Path::new(path)).display()
+            ),
+        ));
+    }
     if syncfs.is_empty() {
         // The files' data is durable (fdatasync); their names in sub-folders must be too
         // before the sentinel says the root is complete (the root itself is synced below).
         for folder in &folders {
-            sync_dir(&root.join(folder))?;
+            game.open_folder(Path::new(folder))
+                .and_then(|d| lanspread_catalog::sync_dir(&d))
+                .map_err(|e| err(&game.shown(Path::new(folder)), e))?;
         }
     }
     // Everything on each filesystem, folders included, is durable after this.
@@ -307,8 +275,13 @@ fn commit_blocking(
             return Err(err(root, io::Error::last_os_error()));
         }
     }
-    let incoming = root.join(INCOMING).join(VERSION_FILE);
-    let text = fs::read_to_string(&incoming).map_err(|e| err(&incoming, e))?;
+    let incoming = Path::new(INCOMING).join(VERSION_FILE);
+    let shown = game.shown(&incoming);
+    let (mut file, _) = game
+        .open_file(&incoming, Access::Read)
+        .map_err(|e| err(&shown, e))?;
+    let mut text = String::new();
+    io::Read::read_to_string(&mut file, &mut text).map_err(|e| err(&shown, e))?;
     match Version::parse(&text) {
         Ok(v) if v == version => {}
         // Its bytes were checked against the manifest: the sources sent a wrong one.
@@ -325,40 +298,79 @@ fn commit_blocking(
             ))
         }
     }
-    fs::File::open(&incoming)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| err(&incoming, e))?;
-    fs::rename(&incoming, root.join(VERSION_FILE)).map_err(|e| err(root, e))?;
-    sync_dir(root)?;
-    let _ = fs::remove_dir(root.join(INCOMING));
+    file.sync_all().map_err(|e| err(&shown, e))?;
+    game.dir()
+        .rename(&incoming, game.dir(), VERSION_FILE)
+        .map_err(|e| err(root, e))?;
+    game.sync().map_err(|e| err(root, e))?;
+    let _ = game.dir().remove_dir(INCOMING);
     Ok(())
 }
 
-/// Removes regular files and symlinks under `root` that the manifest does not list (files
-/// of an older version), leaving `local/` and `.lanspread*` alone.
-fn remove_extra(dir: &Path, prefix: &str, keep: &BTreeSet<&str>) -> Result<(), Failure> {
-    for entry in fs::read_dir(dir).map_err(|e| err(dir, e))?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if prefix.is_empty() && (is_reserved_top_level(&name) || name == VERSION_FILE) {
+/// Removes regular files and symlinks under the folder `dir` (at `prefix` in the root)
+/// that the manifest does not list (files of an older version), leaving `local/` and
+/// `.lanspread*` alone; sub-folders are opened beneath `dir`, never through a symlink.
+/// Every listed file met is checked against the file the writer created (`expect`, from
+/// which it is taken): the inode readdir gives, on the folder's filesystem.
+fn remove_extra(
+    game: &GameDir,
+    (dir, prefix): (&cap_std::fs::Dir, &str),
+    keep: &BTreeSet<&str>,
+    expect: &mut HashMap<&str, Inode>,
+) -> Result<(), Failure> {
+    use std::os::unix::fs::DirEntryExt;
+    let shown = |rel: &str| game.shown(Path::new(rel));
+    let entries = dir.entries().map_err(|e| err(&shown(prefix), e))?;
+    let mut dev = None;
+    for entry in entries {
+        let entry = entry.map_err(|e| err(&shown(prefix), e))?;
+        let name = entry.file_name();
+        let Some(name_str) = name.to_str() else {
+            // Not UTF-8: no manifest path names it.
+            dir.remove_file(&name)
+                .or_else(|_| dir.remove_dir_all(&name))
+                .map_err(|e| err(&shown(prefix), e))?;
+            continue;
+        };
+        if prefix.is_empty() && (is_reserved_top_level(name_str) || name_str == VERSION_FILE) {
             continue;
         }
         let rel = if prefix.is_empty() {
-            name
+            name_str.to_owned()
         } else {
-            format!("{prefix}/{name}")
+            format!("{prefix}/{name_str}")
         };
-        let path = entry.path();
         // The type readdir gave (no stat per entry); a symlink is not followed.
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
+        let kind = entry.file_type().map_err(|e| err(&shown(&rel), e))?;
         if kind.is_dir() {
-            remove_extra(&path, &rel, keep)?;
+            let sub = dir
+                .open_dir_nofollow(&name)
+                .map_err(|e| err(&shown(&rel), e))?;
+            remove_extra(game, (&sub, &rel), keep, expect)?;
             if !keep.contains(rel.as_str()) {
-                let _ = fs::remove_dir(&path);
+                let _ = dir.remove_dir(&name);
             }
         } else if !keep.contains(rel.as_str()) {
-            fs::remove_file(&path).map_err(|e| err(&path, e))?;
+            dir.remove_file(&name).map_err(|e| err(&shown(&rel), e))?;
+        } else if let Some(want) = expect.remove(rel.as_str()) {
+            let dev = match dev {
+                Some(d) => d,
+                None => *dev.insert(dev_of(dir).map_err(|e| err(&shown(prefix), e))?),
+            };
+            if (Inode {
+                dev,
+                ino: entry.ino(),
+            }) != want
+            {
+                return Err(Failure::new(
+                    ErrorKind::Io,
+                    format!(
+                        "{} was replaced during the download (another file or link is \
+                         at its path now)",
+                        shown(&rel).display()
+                    ),
+                ));
+            }
         }
     }
     Ok(())
@@ -366,61 +378,132 @@ fn remove_extra(dir: &Path, prefix: &str, keep: &BTreeSet<&str>) -> Result<(), F
 
 /// After a failed download: no received sentinel may survive.
 pub async fn discard_incoming(root: &Path) {
-    let incoming = root.join(INCOMING);
-    let _ = tokio::task::spawn_blocking(move || fs::remove_dir_all(incoming)).await;
-}
-
-fn sync_dir(dir: &Path) -> Result<(), Failure> {
-    open_dir(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| err(dir, e))
+    let root = root.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || {
+        GameDir::open(&root).and_then(|g| g.dir().remove_dir_all(INCOMING))
+    })
+    .await;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{symlink, PermissionsExt};
 
-    #[test]
-    fn modes_are_set_on_files_never_through_a_symlink() {
+    fn manifest(p: &str, mode: u32) -> FileManifest {
+        let path = lanspread_catalog::RelPath::new(p).unwrap();
+        FileManifest::from_pieces(path, 1, mode, vec![[0; 32]])
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::symlink_metadata(p).unwrap().mode() & 0o7777
+    }
+
+    /// A games folder with an `outside` folder beside the root holding a private file.
+    fn lab() -> (tempfile::TempDir, PathBuf, PathBuf) {
         let d = tempfile::tempdir().unwrap();
         let root = d.path().join("game");
-        fs::create_dir_all(root.join("sub")).unwrap();
         let outside = d.path().join("outside");
-        fs::create_dir(&outside).unwrap();
-        let secret = outside.join("x.bin");
-        fs::write(&secret, b"secret").unwrap();
-        fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
-        let manifest = |p: &str, mode| {
-            let path = lanspread_catalog::RelPath::new(p).unwrap();
-            FileManifest::from_pieces(path, 1, mode, vec![[0; 32]])
-        };
-        let real = fs::canonicalize(&root).unwrap();
-        // A file: its mode, without a peer's setuid bit.
-        fs::write(root.join("sub/x.bin"), b"x").unwrap();
-        let files = [manifest("sub/x.bin", 0o4755)];
-        let dests = [root.join("sub/x.bin")];
-        set_modes(&real, &files, &dests).unwrap();
-        assert_eq!(fs::metadata(&dests[0]).unwrap().mode() & 0o7777, 0o755);
-        // The file replaced by a symlink to a file outside.
-        fs::remove_file(&dests[0]).unwrap();
-        std::os::unix::fs::symlink(&secret, &dests[0]).unwrap();
-        assert!(set_modes(&real, &files, &dests).is_err());
-        // Its folder replaced by a symlink to a folder outside holding a file of that name.
-        fs::remove_file(&dests[0]).unwrap();
-        fs::remove_dir(root.join("sub")).unwrap();
-        std::os::unix::fs::symlink(&outside, root.join("sub")).unwrap();
-        assert!(set_modes(&real, &files, &dests).is_err());
-        // A folder higher up replaced: `a -> outside`, the file at `a/sub/x.bin`.
         fs::create_dir_all(outside.join("sub")).unwrap();
-        let deep = outside.join("sub/x.bin");
-        fs::write(&deep, b"secret").unwrap();
-        fs::set_permissions(&deep, fs::Permissions::from_mode(0o600)).unwrap();
-        std::os::unix::fs::symlink(&outside, root.join("a")).unwrap();
-        let files = [manifest("a/sub/x.bin", 0o777)];
-        let dests = [root.join("a/sub/x.bin")];
-        assert!(set_modes(&real, &files, &dests).is_err());
-        assert_eq!(fs::metadata(&secret).unwrap().mode() & 0o7777, 0o600);
-        assert_eq!(fs::metadata(&deep).unwrap().mode() & 0o7777, 0o600);
+        for f in ["x.bin", "sub/x.bin"] {
+            fs::write(outside.join(f), b"secret").unwrap();
+            fs::set_permissions(outside.join(f), fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        (d, root, outside)
+    }
+
+    #[test]
+    fn final_modes_are_set_on_the_file_itself_never_through_a_link() {
+        let (_d, root, outside) = lab();
+        // Read-only with a peer's setuid bit: written as 0o644, committed as 0o444.
+        let files = [manifest("sub/x.bin", 0o4444)];
+        let (dests, dir) = prepare_blocking(&root, &files).unwrap();
+        let game = dir.game();
+        assert_eq!(dests, [PathBuf::from("sub/x.bin")]);
+        fs::write(root.join("sub/x.bin"), b"x").unwrap();
+        final_modes(game, &files, &dests, true).unwrap();
+        assert_eq!(mode_of(&root.join("sub/x.bin")), 0o444);
+        // A mode the writer keeps while writing needs nothing at the commit.
+        let plain = [manifest("sub/x.bin", 0o755)];
+        fs::set_permissions(root.join("sub/x.bin"), fs::Permissions::from_mode(0o600)).unwrap();
+        final_modes(game, &plain, &dests, true).unwrap();
+        assert_eq!(mode_of(&root.join("sub/x.bin")), 0o600);
+        // The file replaced by a symlink to a file outside, then by a hard link to it.
+        fs::remove_file(root.join("sub/x.bin")).unwrap();
+        symlink(outside.join("x.bin"), root.join("sub/x.bin")).unwrap();
+        assert!(final_modes(game, &files, &dests, true).is_err());
+        fs::remove_file(root.join("sub/x.bin")).unwrap();
+        fs::hard_link(outside.join("x.bin"), root.join("sub/x.bin")).unwrap();
+        let e = final_modes(game, &files, &dests, true).unwrap_err();
+        assert!(e.to_string().contains("hard links"), "{e}");
+        // Its folder replaced by a symlink to a folder outside holding a file of that name.
+        fs::remove_file(root.join("sub/x.bin")).unwrap();
+        fs::remove_dir(root.join("sub")).unwrap();
+        symlink(&outside, root.join("sub")).unwrap();
+        assert!(final_modes(game, &files, &dests, true).is_err());
+        assert_eq!(mode_of(&outside.join("x.bin")), 0o600);
+        assert_eq!(mode_of(&outside.join("sub/x.bin")), 0o600);
+    }
+
+    #[test]
+    fn prepare_makes_folders_beneath_the_root_and_refuses_links_in_the_way() {
+        let (_d, root, outside) = lab();
+        fs::create_dir(&root).unwrap();
+        // A folder of the manifest that is a symlink to a folder outside.
+        symlink(&outside, root.join("sub")).unwrap();
+        let files = [manifest("sub/deeper/x.bin", 0o644)];
+        let e = prepare_blocking(&root, &files).err().unwrap();
+        assert!(e.to_string().contains("in the way"), "{e}");
+        assert!(!outside.join("deeper").exists());
+        // `.lanspread` a symlink: the sentinel's folder is not made outside.
+        fs::remove_file(root.join("sub")).unwrap();
+        fs::remove_dir_all(root.join(".lanspread")).unwrap();
+        symlink(&outside, root.join(".lanspread")).unwrap();
+        assert!(prepare_blocking(&root, &[manifest(VERSION_FILE, 0o644)]).is_err());
+        assert!(!outside.join("incoming").exists());
+        // A symlink at a file's own place is removed, its target left alone.
+        fs::remove_file(root.join(".lanspread")).unwrap();
+        symlink(outside.join("x.bin"), root.join("x.bin")).unwrap();
+        let files = [manifest("x.bin", 0o644), manifest(VERSION_FILE, 0o644)];
+        let (dests, _) = prepare_blocking(&root, &files).unwrap();
+        assert_eq!(
+            dests,
+            [
+                PathBuf::from("x.bin"),
+                Path::new(INCOMING).join(VERSION_FILE)
+            ]
+        );
+        assert!(fs::symlink_metadata(root.join("x.bin")).is_err());
+        assert_eq!(fs::read(outside.join("x.bin")).unwrap(), b"secret");
+        // The root itself a symlink.
+        let other = root.with_file_name("other");
+        symlink(&outside, &other).unwrap();
+        let e = prepare_blocking(&other, &files).err().unwrap();
+        assert!(e.to_string().contains("not a folder"), "{e}");
+    }
+
+    #[test]
+    fn stale_entries_go_and_links_to_elsewhere_are_removed_not_followed() {
+        let (_d, root, outside) = lab();
+        let files = [manifest("keep/a.bin", 0o644)];
+        let (_, dir) = prepare_blocking(&root, &files).unwrap();
+        fs::write(root.join("keep/a.bin"), b"a").unwrap();
+        fs::write(root.join("keep/old.bin"), b"o").unwrap();
+        fs::create_dir_all(root.join("gone/deep")).unwrap();
+        fs::write(root.join("gone/deep/f"), b"f").unwrap();
+        symlink(&outside, root.join("link")).unwrap();
+        fs::create_dir_all(root.join("local/x")).unwrap();
+        let keep = BTreeSet::from(["keep", "keep/a.bin"]);
+        let mut expect = HashMap::new();
+        remove_extra(dir.game(), (dir.game().dir(), ""), &keep, &mut expect).unwrap();
+        let mut left: Vec<_> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".lanspread", "keep", "local"]);
+        assert!(!root.join("keep/old.bin").exists());
+        assert_eq!(fs::read(outside.join("x.bin")).unwrap(), b"secret");
+        assert!(outside.join("sub/x.bin").exists());
     }
 }

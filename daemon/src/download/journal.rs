@@ -11,8 +11,9 @@
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use lanspread_catalog::{ChunkHash, Version, PIECE_SIZE};
+use lanspread_catalog::{Access, ChunkHash, GameDir, Version, PIECE_SIZE};
 use lanspread_peer::{
     journal_entry, journal_header, journal_kept, judge_journal, ChunkSpec, ResumeDecision, Verified,
 };
@@ -66,28 +67,36 @@ impl Journal {
 /// and the journal (rewritten to hold exactly those). Another version's journal is
 /// discarded.
 pub async fn open(
-    root: &Path,
+    game: &Arc<GameDir>,
     dests: &[PathBuf],
     chunks: &[ChunkSpec],
     version: Version,
     digest: ChunkHash,
 ) -> Result<(Journal, Verified), Failure> {
-    let (root, dests, chunks) = (root.to_path_buf(), dests.to_vec(), chunks.to_vec());
-    tokio::task::spawn_blocking(move || open_blocking(&root, &dests, &chunks, version, &digest))
+    let (game, dests, chunks) = (game.clone(), dests.to_vec(), chunks.to_vec());
+    tokio::task::spawn_blocking(move || open_blocking(&game, &dests, &chunks, version, &digest))
         .await
         .map_err(Failure::internal)?
 }
 
+/// Everything through the open root: a `.lanspread` or journal that is a symlink takes
+/// no write outside it, a file swapped for a FIFO blocks no re-hash.
 fn open_blocking(
-    root: &Path,
+    game: &GameDir,
     dests: &[PathBuf],
     chunks: &[ChunkSpec],
     version: Version,
     digest: &ChunkHash,
 ) -> Result<(Journal, Verified), Failure> {
+    let root = game.path();
     let path = root.join(JOURNAL);
-    let text = match fs::read(&path) {
-        Ok(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+    let text = match game.open_file(Path::new(JOURNAL), Access::Read) {
+        Ok((mut f, _)) => {
+            let mut b = Vec::new();
+            f.read_to_end(&mut b)
+                .map_err(|e| Failure::io(path.display(), &e))?;
+            Some(String::from_utf8_lossy(&b).into_owned())
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(Failure::io(path.display(), &e)),
     };
@@ -104,7 +113,7 @@ fn open_blocking(
     let good = |c: usize, pieces: usize| {
         let spec = &chunks[c];
         dests.get(spec.file).map_or(0, |d| {
-            good_pieces(d, spec, pieces.min(spec.pieces.len())).unwrap_or(0)
+            good_pieces(game, d, spec, pieces.min(spec.pieces.len())).unwrap_or(0)
         })
     };
     let mut kept = Verified::default();
@@ -130,13 +139,13 @@ fn open_blocking(
     for (&c, &bytes) in &kept.kept {
         text.push_str(&journal_kept(c, bytes));
     }
-    let tmp = root.join(JOURNAL_TMP);
-    fs::write(&tmp, text)
-        .and_then(|()| fs::rename(&tmp, &path))
+    game.replace(Path::new(JOURNAL), Path::new(JOURNAL_TMP), text.as_bytes())
         .map_err(|e| Failure::io(path.display(), &e))?;
-    let file = fs::OpenOptions::new()
-        .append(true)
-        .open(&path)
+    let (mut file, _) = game
+        .open_file(Path::new(JOURNAL), Access::Write)
+        .map_err(|e| Failure::io(path.display(), &e))?;
+    // Appends go after what was just written.
+    file.seek(SeekFrom::End(0))
         .map_err(|e| Failure::io(path.display(), &e))?;
     let file = io::BufWriter::with_capacity(16 << 10, file);
     Ok((Journal { file, path }, kept))
@@ -144,9 +153,9 @@ fn open_blocking(
 
 /// How many of the first `pieces` pieces of `spec` in `file` hash to their expected
 /// values, in a row from the chunk's start (reading no further than the first bad one).
-fn good_pieces(file: &Path, spec: &ChunkSpec, pieces: usize) -> io::Result<usize> {
-    let mut f = fs::File::open(file)?;
-    if f.metadata()?.len() < spec.offset + spec.len {
+fn good_pieces(game: &GameDir, file: &Path, spec: &ChunkSpec, pieces: usize) -> io::Result<usize> {
+    let (mut f, meta) = game.open_file(file, Access::Read)?;
+    if meta.len() < spec.offset + spec.len {
         return Ok(0);
     }
     f.seek(SeekFrom::Start(spec.offset))?;
@@ -163,6 +172,9 @@ fn good_pieces(file: &Path, spec: &ChunkSpec, pieces: usize) -> io::Result<usize
 
 /// Removes the journal once the download is committed.
 pub async fn remove(root: &Path) {
-    let path = root.join(JOURNAL);
-    let _ = tokio::task::spawn_blocking(move || fs::remove_file(path)).await;
+    let root = root.to_path_buf();
+    let _ = tokio::task::spawn_blocking(move || {
+        GameDir::open(&root).and_then(|g| g.dir().remove_file(JOURNAL))
+    })
+    .await;
 }

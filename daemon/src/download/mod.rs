@@ -222,7 +222,7 @@ async fn download(
     shared.partials.begin(
         (id, sources.version),
         manifest,
-        (root.clone(), dests.clone()),
+        (root.clone(), dests.iter().map(|d| root.join(d)).collect()),
         &present,
     );
     if resumed_bytes > 0 {
@@ -256,7 +256,7 @@ async fn download(
     let t_transfer = started.elapsed();
     commit_files(
         shared,
-        (&root, &root_dir, fresh),
+        (&root_dir, fresh),
         &chosen.files,
         &dests,
         sources.version,
@@ -377,7 +377,7 @@ fn sync_plan(files: usize, fresh: bool, closed_dirty: bool) -> SyncPlan {
 /// Makes every file durable and commits the sentinel.
 async fn commit_files(
     shared: &Arc<Shared>,
-    (root, root_dir, fresh): (&std::path::Path, &commit::RootDir, bool),
+    (root_dir, fresh): (&commit::RootDir, bool),
     files: &[FileManifest],
     dests: &[std::path::PathBuf],
     version: Version,
@@ -403,13 +403,9 @@ async fn commit_files(
     // The syncs themselves reopen files the cache had closed, closing others that may
     // hold writes not yet synced: asked again once they are done.
     let syncfs = plan.syncfs || shared.net.writer.closed_dirty(files_open);
-    let syncfs = if syncfs {
-        root_dir.dup(root)?
-    } else {
-        Vec::new()
-    };
+    let syncfs = if syncfs { root_dir.dup()? } else { Vec::new() };
     let t_sync = started.elapsed();
-    commit::commit((root, root_dir.real()), files, dests, version, syncfs).await?;
+    commit::commit(root_dir, files, dests, version, syncfs).await?;
     tracing::debug!(
         sync_ms = t_sync.as_millis() as u64,
         commit_ms = (started.elapsed() - t_sync).as_millis() as u64,
@@ -440,16 +436,26 @@ async fn prepare(
     Failure,
 > {
     check_space(games_dir, root, files).await?;
-    let (dests, root_dir) = commit::prepare(root, files).await?;
+    let (dests, mut root_dir) = commit::prepare(root, files).await?;
+    let game = root_dir.game().clone();
+    let mut created = Vec::with_capacity(files.len());
     for (f, dest) in files.iter().zip(&dests) {
-        let fid = writer
-            .open(dest.clone(), f.size)
+        let (fid, inode) = writer
+            .open((game.clone(), dest.clone()), f.size, f.mode)
             .await
-            .map_err(|e| Failure::io(format_args!("cannot create {}", dest.display()), &e))?;
+            .map_err(|e| {
+                let shown = game.shown(dest);
+                Failure::io(format_args!("cannot create {}", shown.display()), &e)
+            })?;
         files_open.push(fid);
+        created.push(inode);
+    }
+    for inode in created {
+        root_dir.created(inode);
     }
     let digest = manifest_digest(files);
-    let (journal, verified) = journal::open(root, &dests, engine.chunks(), version, digest).await?;
+    let (journal, verified) =
+        journal::open(&game, &dests, engine.chunks(), version, digest).await?;
     Ok((dests, journal, verified, root_dir))
 }
 

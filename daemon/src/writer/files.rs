@@ -3,17 +3,20 @@
 //! every one of them until its commit; holding them all open would tie a download's size
 //! to the process's open-files limit (two descriptors per file). So at most
 //! `cap` files are open at once: a file created past the cap is closed right away, and a
-//! write or sync to a closed file reopens it (the same file, checked, never through a
-//! symlink, never blocking on a FIFO), closing the least recently used one.
+//! write or sync to a closed file reopens it (the same file, checked, beneath its root
+//! and never through a symlink, never blocking on a FIFO), closing the least recently
+//! used one.
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+
+use lanspread_catalog::{Access, GameDir, Inode};
 
 /// Bytes written to a file after which the writer asks the kernel to start writing the
 /// file back (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not wait for the disk):
@@ -99,6 +102,8 @@ struct Kick {
     done: Cell<u64>,
     /// Of the writes sent, how many a successful sync covered.
     synced: Cell<u64>,
+    /// The file's mode was changed at its creation: a sync must be a full `fsync`.
+    fsync: Cell<bool>,
 }
 
 impl Kick {
@@ -135,6 +140,11 @@ impl OpenFile {
     /// A write sent to this file ended (written or failed).
     pub fn write_ended(&self) {
         self.kick.done.set(self.kick.done.get() + 1);
+    }
+
+    /// A sync of this file must be a full `fsync` (its mode changed), not `fdatasync`.
+    pub fn needs_fsync(&self) -> bool {
+        self.kick.fsync.get()
     }
 
     /// The writes ended so far: what a sync sent now covers ([`OpenFile::synced`]).
@@ -190,29 +200,12 @@ pub fn on_tmpfs(file: &std::fs::File) -> bool {
     rc == 0 && st.f_type == libc::TMPFS_MAGIC
 }
 
-/// Opens `path` for writing without following a symlink or blocking (a FIFO put there
-/// would block an `open` for writing until a reader comes, and the writer thread with
-/// it), creating it when asked; only a regular file is kept, in blocking mode again (an
-/// io_uring write to a non-blocking file fails rather than wait).
-fn open_regular(
-    path: &std::path::Path,
-    create: bool,
-) -> io::Result<(std::fs::File, std::fs::Metadata)> {
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(create)
-        .truncate(false)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(io::Error::other(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
-    }
-    lanspread_catalog::set_blocking(&file)?;
-    Ok((file, meta))
+/// The mode a file has while it is downloaded: the manifest's permission bits (a peer's
+/// setuid, setgid or sticky bit is dropped) plus owner read and write, so the writer can
+/// reopen it and a resume re-read it whatever the manifest says; a mode without them is
+/// set at the commit.
+pub fn working_mode(manifest_mode: u32) -> u32 {
+    (manifest_mode & 0o777) | 0o600
 }
 
 /// What identifies a created file: device, inode, size and birth time (where the
@@ -248,11 +241,25 @@ impl Identity {
     }
 }
 
-/// Creates the file and gives it its full size up front: `fallocate` reserves the blocks
-/// (so a full disk fails here, not half-way), `set_len` trims a longer leftover.
-pub async fn create(path: PathBuf, size: u64, count: Arc<OpenCount>) -> io::Result<Created> {
-    let (std_file, _) = open_regular(&path, true)?;
+/// Creates the file `rel` beneath `root` (its folders exist: see `download::commit`;
+/// never through a symlink, never over another name of a file elsewhere: see
+/// `lanspread_catalog::GameDir`), gives it its [`working_mode`] and its full size up
+/// front: `fallocate` reserves the blocks (so a full disk fails here, not half-way),
+/// `set_len` trims a longer leftover.
+pub async fn create(
+    (root, rel): (Arc<GameDir>, PathBuf),
+    size: u64,
+    mode: u32,
+    count: Arc<OpenCount>,
+) -> io::Result<Created> {
+    let (std_file, meta) = root.open_file(&rel, Access::Create)?;
     let kick = Rc::new(Kick::default());
+    let mode = working_mode(mode);
+    if meta.mode() & 0o7777 != mode {
+        std_file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        // fdatasync would leave the new mode behind.
+        kick.fsync.set(true);
+    }
     let file = OpenFile::new(std_file, kick.clone(), &count)?;
     if size > 0 {
         match file.ring.fallocate(0, size, 0).await {
@@ -261,7 +268,10 @@ pub async fn create(path: PathBuf, size: u64, count: Arc<OpenCount>) -> io::Resu
             Err(e) => {
                 return Err(io::Error::new(
                     e.kind(),
-                    format!("{}: preallocating {size} bytes: {e}", path.display()),
+                    format!(
+                        "{}: preallocating {size} bytes: {e}",
+                        root.shown(&rel).display()
+                    ),
                 ))
             }
         }
@@ -269,7 +279,8 @@ pub async fn create(path: PathBuf, size: u64, count: Arc<OpenCount>) -> io::Resu
     file.plain.set_len(size)?;
     let meta = file.plain.metadata()?;
     Ok(Created {
-        path,
+        inode: Inode::of(&meta),
+        place: (root, rel),
         identity: Identity::of(&meta),
         kick,
         file,
@@ -278,7 +289,9 @@ pub async fn create(path: PathBuf, size: u64, count: Arc<OpenCount>) -> io::Resu
 
 /// A file just created by [`create`].
 pub struct Created {
-    path: PathBuf,
+    /// The file created, for a commit to find again at its path.
+    pub inode: Inode,
+    place: (Arc<GameDir>, PathBuf),
     identity: Identity,
     kick: Rc<Kick>,
     file: OpenFile,
@@ -286,7 +299,8 @@ pub struct Created {
 
 /// A file of the cache.
 struct Entry {
-    path: PathBuf,
+    /// The root and the file's path beneath it.
+    place: (Arc<GameDir>, PathBuf),
     /// At creation: a reopen must find the same file.
     identity: Identity,
     kick: Rc<Kick>,
@@ -330,7 +344,7 @@ impl Files {
     /// filesystem's journal and the commit's syncs cover).
     pub fn insert(&mut self, id: u64, created: Created) {
         let mut entry = Entry {
-            path: created.path,
+            place: created.place,
             identity: created.identity,
             kick: created.kick,
             open: None,
@@ -399,13 +413,15 @@ impl Files {
 /// blocking, and only if it is still the file created (someone may have replaced, moved
 /// or resized it since).
 fn reopen(entry: &Entry, count: &Arc<OpenCount>) -> io::Result<OpenFile> {
-    let (std_file, meta) = open_regular(&entry.path, false).map_err(|e| {
-        io::Error::new(e.kind(), format!("reopening {}: {e}", entry.path.display()))
-    })?;
+    let (root, rel) = &entry.place;
+    let shown = || root.shown(rel);
+    let (std_file, meta) = root
+        .open_file(rel, Access::Write)
+        .map_err(|e| io::Error::new(e.kind(), format!("reopening {}: {e}", shown().display())))?;
     if !Identity::of(&meta).same(&entry.identity) {
         return Err(io::Error::other(format!(
             "{} changed while being downloaded (replaced, moved or resized)",
-            entry.path.display()
+            shown().display()
         )));
     }
     OpenFile::new(std_file, entry.kick.clone(), count)

@@ -9,6 +9,8 @@
 
 mod files;
 
+pub use files::working_mode;
+
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
 use std::io;
@@ -16,6 +18,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use lanspread_catalog::{GameDir, Inode};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use files::{Files, OpenCount, OpenFile};
@@ -71,9 +74,10 @@ struct Pool {
 
 enum Job {
     Open {
-        path: PathBuf,
+        place: (Arc<GameDir>, PathBuf),
         size: u64,
-        reply: oneshot::Sender<io::Result<u64>>,
+        mode: u32,
+        reply: oneshot::Sender<io::Result<(u64, Inode)>>,
     },
     Write {
         file: u64,
@@ -194,10 +198,22 @@ impl Writer {
         rx.await.map_err(|_| gone())?
     }
 
-    /// Creates `path` (parents must exist), preallocates it to `size` bytes and returns a
-    /// file handle for writes.
-    pub async fn open(&self, path: PathBuf, size: u64) -> io::Result<u64> {
-        self.call(|reply| Job::Open { path, size, reply }).await
+    /// Creates `rel` beneath `root` (its folders must exist) with the [`working_mode`] of
+    /// `mode`, preallocates it to `size` bytes and returns a file handle for writes, with
+    /// the file created (a commit checks that its path still leads there).
+    pub async fn open(
+        &self,
+        (root, rel): (Arc<GameDir>, PathBuf),
+        size: u64,
+        mode: u32,
+    ) -> io::Result<(u64, Inode)> {
+        self.call(|reply| Job::Open {
+            place: (root, rel),
+            size,
+            mode,
+            reply,
+        })
+        .await
     }
 
     /// Whether the cache closed any of `files` with a write not known synced. An `fdatasync` through a descriptor opened later reports a writeback error
@@ -256,14 +272,20 @@ async fn run(mut rx: mpsc::Receiver<Job>, files: Files, count: Arc<OpenCount>) {
     let mut next_id = 0u64;
     while let Some(job) = rx.recv().await {
         match job {
-            Job::Open { path, size, reply } => {
+            Job::Open {
+                place,
+                size,
+                mode,
+                reply,
+            } => {
                 next_id += 1;
                 let id = next_id;
                 let (files, count) = (files.clone(), count.clone());
                 tokio_uring::spawn(async move {
-                    let res = files::create(path, size, count).await.map(|f| {
+                    let res = files::create(place, size, mode, count).await.map(|f| {
+                        let inode = f.inode;
                         files.borrow_mut().insert(id, f);
-                        id
+                        (id, inode)
                     });
                     let _ = reply.send(res);
                 });
@@ -321,7 +343,11 @@ async fn run(mut rx: mpsc::Receiver<Job>, files: Files, count: Arc<OpenCount>) {
                 tokio_uring::spawn(async move {
                     let res = match f {
                         Ok(f) => {
-                            let res = f.ring.sync_data().await;
+                            let res = if f.needs_fsync() {
+                                f.ring.sync_all().await
+                            } else {
+                                f.ring.sync_data().await
+                            };
                             if res.is_ok() {
                                 f.synced(covered);
                             }

@@ -2,6 +2,23 @@
 
 use super::files::on_tmpfs;
 use super::*;
+use std::path::Path;
+
+/// Creates `rel` beneath the root `root` with mode 0o644.
+async fn open_in(w: &Writer, root: &Path, rel: &str, size: u64) -> io::Result<u64> {
+    let game = Arc::new(GameDir::open(root)?);
+    w.open((game, rel.into()), size, 0o644)
+        .await
+        .map(|(id, _)| id)
+}
+
+/// Creates `path`, its folder taken as the root.
+async fn open(w: &Writer, path: PathBuf, size: u64) -> io::Result<u64> {
+    let (Some(root), Some(name)) = (path.parent(), path.file_name()) else {
+        return Err(io::Error::other("no folder"));
+    };
+    open_in(w, root, &name.to_string_lossy(), size).await
+}
 
 /// Writes small (inline on tmpfs) and large (through the ring) buffers at their
 /// offsets, out of order, and reads the file back with plain std reads.
@@ -15,7 +32,7 @@ fn write_and_read_back(dir: &std::path::Path) {
     let expected: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
     rt.block_on(async {
         let w = Writer::new();
-        let file = w.open(path.clone(), size).await.unwrap();
+        let file = open(&w, path.clone(), size).await.unwrap();
         // (offset, len): a 1 MiB piece, small pieces, the short last piece.
         let parts = [
             (BUF_SIZE as u64, 32 << 10),
@@ -119,7 +136,7 @@ fn many_more_files_than_the_cache_holds_open_are_written_synced_and_read_back() 
             let mut ids = Vec::new();
             for i in 0..FILES {
                 let path = dir.path().join(format!("f{i:02}.bin"));
-                ids.push(w.open(path, content(i).len() as u64).await.unwrap());
+                ids.push(open(&w, path, content(i).len() as u64).await.unwrap());
             }
             for piece in 0..3 {
                 for (i, &id) in ids.iter().enumerate() {
@@ -170,10 +187,10 @@ fn a_closed_file_replaced_under_its_path_is_never_written_through() {
     std::fs::write(&outside, b"keep me").unwrap();
     let w = Writer::with_cap(Some(1));
     runtime().block_on(async {
-        let a = w.open(dir.path().join("a.bin"), 10).await.unwrap();
+        let a = open(&w, dir.path().join("a.bin"), 10).await.unwrap();
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         let b_path = dir.path().join("sub/b.bin");
-        let b = w.open(b_path.clone(), 10).await.unwrap();
+        let b = open_in(&w, dir.path(), "sub/b.bin", 10).await.unwrap();
         put(&w, a, 0, b"aaaaaaaaaa").await.unwrap();
 
         std::fs::remove_file(&b_path).unwrap();
@@ -192,7 +209,7 @@ fn a_closed_file_replaced_under_its_path_is_never_written_through() {
         std::fs::rename(dir.path().join("sub"), dir.path().join("sub.old")).unwrap();
         std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("sub")).unwrap();
         let err = put(&w, b, 0, b"bbbbbbbbbb").await.unwrap_err();
-        assert!(err.to_string().contains("changed"), "{err}");
+        assert!(err.to_string().contains("reopening"), "{err}");
         assert_eq!(
             std::fs::read(elsewhere.path().join("b.bin")).unwrap(),
             b"elsewhere!"
@@ -211,7 +228,7 @@ fn a_closed_file_replaced_under_its_path_is_never_written_through() {
             reopened.expect("the writer blocked").is_err(),
             "FIFO reopened"
         );
-        let created = tokio::time::timeout(limit, w.open(dir.path().join("sub/b.bin"), 10));
+        let created = tokio::time::timeout(limit, open_in(&w, dir.path(), "sub/b.bin", 10));
         assert!(
             created.await.expect("the writer blocked").is_err(),
             "created over a FIFO"
@@ -247,7 +264,7 @@ fn writes_in_flight_to_more_files_than_the_cache_holds_keep_to_the_pool_and_the_
         let mut ids = Vec::new();
         for i in 0..60 {
             let path = dir.path().join(format!("f{i:02}.bin"));
-            ids.push(w.open(path, content(i).len() as u64).await.unwrap());
+            ids.push(open(&w, path, content(i).len() as u64).await.unwrap());
         }
         let mut replies = Vec::new();
         for (i, &id) in ids.iter().enumerate() {
@@ -282,9 +299,9 @@ fn a_file_closed_before_its_sync_is_reported_and_not_one_synced_first() {
     let w = Writer::with_cap(Some(1));
     runtime().block_on(async {
         let p = |n: &str| dir.path().join(n);
-        let a = w.open(p("a"), 4).await.unwrap();
-        let b = w.open(p("b"), 4).await.unwrap();
-        let c = w.open(p("c"), 4).await.unwrap();
+        let a = open(&w, p("a"), 4).await.unwrap();
+        let b = open(&w, p("b"), 4).await.unwrap();
+        let c = open(&w, p("c"), 4).await.unwrap();
         put(&w, a, 0, b"aaaa").await.unwrap();
         put(&w, c, 0, b"cccc").await.unwrap(); // closes a, written, unsynced
         w.sync(c).await.unwrap();
@@ -295,7 +312,7 @@ fn a_file_closed_before_its_sync_is_reported_and_not_one_synced_first() {
             w.close(f).await;
         }
         // Jobs are taken in order: once a later one is answered, the closes are done.
-        let z = w.open(p("z"), 1).await.unwrap();
+        let z = open(&w, p("z"), 1).await.unwrap();
         assert!(!w.closed_dirty(&[a]), "forgotten once closed");
         w.close(z).await;
     });
@@ -311,8 +328,8 @@ fn a_write_queued_behind_a_sync_is_not_covered_by_it() {
     let dir = tempfile::tempdir().unwrap();
     let w = Writer::with_cap(Some(1));
     runtime().block_on(async {
-        let a = w.open(dir.path().join("a"), 8).await.unwrap();
-        let b = w.open(dir.path().join("b"), 4).await.unwrap();
+        let a = open(&w, dir.path().join("a"), 8).await.unwrap();
+        let b = open(&w, dir.path().join("b"), 4).await.unwrap();
         put(&w, a, 0, b"aaaa").await.unwrap();
         let mut buf = w.buffer().await.unwrap();
         buf.extend(b"AAAA");
@@ -327,4 +344,65 @@ fn a_write_queued_behind_a_sync_is_not_covered_by_it() {
         w.close(b).await;
     });
     assert_eq!(std::fs::read(dir.path().join("a")).unwrap(), b"aaaaAAAA");
+}
+
+#[test]
+fn files_are_created_beneath_their_root_with_their_working_mode() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let (root, outside) = (dir.path().join("g"), dir.path().join("etc"));
+    std::fs::create_dir_all(root.join("data")).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("shadow"), b"secret").unwrap();
+    let game = Arc::new(GameDir::open(&root).unwrap());
+    let w = Writer::new();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+    runtime().block_on(async {
+        // A peer's setuid bit is dropped; a read-only mode keeps owner read and write
+        // until the commit.
+        let x = w
+            .open((game.clone(), "data/x".into()), 4, 0o4755)
+            .await
+            .unwrap()
+            .0;
+        let y = w
+            .open((game.clone(), "data/y".into()), 4, 0o444)
+            .await
+            .unwrap()
+            .0;
+        assert_eq!(mode(&root.join("data/x")), 0o755);
+        assert_eq!(mode(&root.join("data/y")), 0o644);
+        put(&w, x, 0, b"xxxx").await.unwrap();
+        put(&w, y, 0, b"yyyy").await.unwrap();
+        w.sync(x).await.unwrap();
+        w.sync(y).await.unwrap();
+        // The folder swapped for a symlink out of the root after it was made (between a
+        // download's preparation and its creates): nothing is created there.
+        std::fs::rename(root.join("data"), root.join("data.old")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("data")).unwrap();
+        let e = w.open((game.clone(), "data/shadow".into()), 4, 0o644);
+        assert!(e.await.is_err());
+        assert!(w
+            .open((game.clone(), "data/new".into()), 4, 0o644)
+            .await
+            .is_err());
+        // A hard link to a file elsewhere at a file's place: replaced, not written.
+        std::fs::hard_link(outside.join("shadow"), root.join("z")).unwrap();
+        std::fs::set_permissions(
+            outside.join("shadow"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let z = w
+            .open((game.clone(), "z".into()), 4, 0o644)
+            .await
+            .unwrap()
+            .0;
+        put(&w, z, 0, b"zzzz").await.unwrap();
+    });
+    assert_eq!(std::fs::read(outside.join("shadow")).unwrap(), b"secret");
+    assert_eq!(mode(&outside.join("shadow")), 0o600);
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    assert_eq!(std::fs::read(root.join("z")).unwrap(), b"zzzz");
+    assert_eq!(std::fs::read(root.join("data.old/y")).unwrap(), b"yyyy");
 }

@@ -17,6 +17,7 @@ mod library;
 mod limit_live;
 mod limits;
 mod live;
+mod local_user;
 mod manage;
 mod mdns;
 mod metrics;

@@ -1,0 +1,221 @@
+//! A game root opened once, and everything the daemon writes under it done through that
+//! descriptor: files created and opened, folders made, entries renamed and removed. A
+//! path under the root is resolved by the kernel beneath the open folder (cap-std's
+//! `Dir`: `openat2` with `RESOLVE_BENEATH` where the kernel has it, a checked walk one
+//! component at a time where not), so a folder swapped for a symlink to `/etc` between
+//! two steps of a download cannot take a write, a chmod or a removal outside the root —
+//! the daemon may run as root, and a games folder may be writable by others. The last
+//! component is never followed; a FIFO or device put in a file's place is refused
+//! without blocking; a file that has other names (a hard link to a file elsewhere) is
+//! replaced, never written through.
+
+use std::fs::{File, Metadata};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt as _};
+use std::path::{Component, Path, PathBuf};
+
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt, OpenOptionsMaybeDirExt};
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+
+use crate::set_blocking;
+
+/// How [`GameDir::open_file`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// For reading.
+    Read,
+    /// For writing; it must exist.
+    Write,
+    /// For writing, created when missing (an existing one is kept, as a resumed download
+    /// needs, unless it has other names: then it is replaced by a new, empty file).
+    Create,
+}
+
+/// Which file a name led to: its filesystem and inode number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inode {
+    /// The filesystem (`st_dev`).
+    pub dev: u64,
+    /// The inode number (`st_ino`).
+    pub ino: u64,
+}
+
+impl Inode {
+    /// The inode of `meta`.
+    pub fn of(meta: &Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        }
+    }
+}
+
+/// The filesystem an open folder is on.
+pub fn dev_of(dir: &Dir) -> io::Result<u64> {
+    // SAFETY: fstat writes into the zeroed struct it is given and only reads the
+    // descriptor, which `dir` keeps open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(dir.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.st_dev)
+}
+
+/// An open game root (see the module docs).
+#[derive(Debug)]
+pub struct GameDir {
+    dir: Dir,
+    path: PathBuf,
+}
+
+impl GameDir {
+    /// Opens the folder `path` itself: not through a symlink at its last component, never
+    /// a FIFO or a terminal.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_NOCTTY)
+            .open(path)?;
+        Ok(Self {
+            dir: Dir::from_std_file(file),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The path the root was opened at (for messages: the folder itself may have moved).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The open folder, for operations of its own (remove, rename, list).
+    pub fn dir(&self) -> &Dir {
+        &self.dir
+    }
+
+    /// `rel` under the root's path, for messages.
+    pub fn shown(&self, rel: &Path) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Opens the regular file `rel` (see [`Access`]) without following a symlink at its
+    /// last component or blocking on a FIFO; anything but a regular file is refused. The
+    /// file is returned in blocking mode (an io_uring write to a non-blocking file fails
+    /// rather than wait), with its metadata.
+    pub fn open_file(&self, rel: &Path, access: Access) -> io::Result<(File, Metadata)> {
+        let (file, meta) = self.open_once(rel, access)?;
+        if access == Access::Create && meta.nlink() > 1 {
+            // Another name shares this file (a hard link, perhaps to a file outside the
+            // root): a new file takes the name instead; the other keeps its bytes.
+            drop(file);
+            self.dir.remove_file(rel)?;
+            return self.open_once(rel, Access::Create);
+        }
+        Ok((file, meta))
+    }
+
+    fn open_once(&self, rel: &Path, access: Access) -> io::Result<(File, Metadata)> {
+        let mut opts = OpenOptions::new();
+        match access {
+            Access::Read => opts.read(true),
+            Access::Write => opts.write(true),
+            Access::Create => opts.write(true).create(true),
+        };
+        opts.follow(FollowSymlinks::No)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+        let file = self.dir.open_with(rel, &opts)?.into_std();
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(io::Error::other(format!(
+                "{} is not a regular file",
+                self.shown(rel).display()
+            )));
+        }
+        set_blocking(&file)?;
+        Ok((file, meta))
+    }
+
+    /// Creates the folders of the relative folder path `rel` one by one (those present
+    /// are kept) and opens the last; a symlink or anything but a folder in the way fails
+    /// with what it is.
+    pub fn create_folders(&self, rel: &Path) -> io::Result<Dir> {
+        let mut at = self.dir.try_clone()?;
+        let mut walked = PathBuf::new();
+        for comp in rel.components() {
+            let Component::Normal(name) = comp else {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{}: not a plain relative path", rel.display()),
+                ));
+            };
+            walked.push(name);
+            match at.create_dir(name) {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
+            at = open_folder_in(&at, Path::new(name)).map_err(|e| {
+                match at.symlink_metadata(name) {
+                    Ok(m) if !m.is_dir() => io::Error::other(format!(
+                        "{} is in the way (not a folder)",
+                        self.shown(&walked).display()
+                    )),
+                    _ => e,
+                }
+            })?;
+        }
+        Ok(at)
+    }
+
+    /// Opens the folder `rel` beneath the root, not through a symlink at its last
+    /// component, readable (to list, `fsync` or `syncfs` through it).
+    pub fn open_folder(&self, rel: &Path) -> io::Result<Dir> {
+        open_folder_in(&self.dir, rel)
+    }
+
+    /// Replaces `rel` with `bytes` whole: written to `tmp` (a sibling name; one left there
+    /// is removed, a symlink is never written through), then renamed over `rel`.
+    pub fn replace(&self, rel: &Path, tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        match self.dir.remove_file(tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut opts = OpenOptions::new();
+        opts.write(true)
+            .create_new(true)
+            .follow(FollowSymlinks::No)
+            .custom_flags(libc::O_NOCTTY);
+        let mut file = self.dir.open_with(tmp, &opts)?.into_std();
+        file.write_all(bytes)?;
+        drop(file);
+        self.dir.rename(tmp, &self.dir, rel)
+    }
+
+    /// Makes the root folder's entries durable (`fsync`).
+    pub fn sync(&self) -> io::Result<()> {
+        sync_dir(&self.dir)
+    }
+}
+
+/// Opens the folder `rel` beneath `at` for reading (cap-std's own `open_dir*` give a path
+/// handle, `O_PATH`, which `fsync` and `syncfs` refuse).
+fn open_folder_in(at: &Dir, rel: &Path) -> io::Result<Dir> {
+    let mut opts = OpenOptions::new();
+    opts.read(true)
+        .follow(FollowSymlinks::No)
+        .maybe_dir(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOCTTY);
+    Ok(Dir::from_std_file(at.open_with(rel, &opts)?.into_std()))
+}
+
+/// `fsync` of an open folder.
+pub fn sync_dir(dir: &Dir) -> io::Result<()> {
+    // SAFETY: fsync only reads the descriptor, which `dir` keeps open.
+    if unsafe { libc::fsync(dir.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

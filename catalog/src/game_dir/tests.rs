@@ -1,0 +1,112 @@
+use super::*;
+use std::fs;
+use std::os::unix::fs::symlink;
+
+/// A games folder with a root `g` and, beside it, a folder standing for `/etc`.
+fn lab() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("g");
+    let outside = t.path().join("etc");
+    fs::create_dir(&root).unwrap();
+    fs::create_dir(&outside).unwrap();
+    fs::write(outside.join("shadow"), b"secret").unwrap();
+    (t, root, outside)
+}
+
+#[test]
+fn a_folder_swapped_for_a_symlink_out_of_the_root_takes_no_write() {
+    let (_t, root, outside) = lab();
+    let g = GameDir::open(&root).unwrap();
+    g.create_folders(Path::new("data/maps")).unwrap();
+    // Between the download's preparation and its writes, `data` becomes a symlink.
+    fs::rename(root.join("data"), root.join("old")).unwrap();
+    symlink(&outside, root.join("data")).unwrap();
+    for access in [Access::Create, Access::Write, Access::Read] {
+        assert!(g.open_file(Path::new("data/shadow"), access).is_err());
+    }
+    assert!(g.create_folders(Path::new("data/maps")).is_err());
+    assert!(g
+        .replace(Path::new("data/x"), Path::new("data/x.tmp"), b"j")
+        .is_err());
+    // An absolute symlink, and `..`, are refused alike.
+    symlink("/", root.join("abs")).unwrap();
+    assert!(g.open_file(Path::new("abs/tmp/x"), Access::Create).is_err());
+    assert!(g
+        .open_file(Path::new("../etc/shadow"), Access::Create)
+        .is_err());
+    assert_eq!(fs::read(outside.join("shadow")).unwrap(), b"secret");
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+}
+
+#[test]
+fn a_symlink_or_fifo_at_the_file_itself_is_refused_without_blocking() {
+    let (_t, root, outside) = lab();
+    let g = GameDir::open(&root).unwrap();
+    symlink(outside.join("shadow"), root.join("a.eti")).unwrap();
+    for access in [Access::Create, Access::Write, Access::Read] {
+        assert!(g.open_file(Path::new("a.eti"), access).is_err());
+    }
+    let fifo = std::ffi::CString::new(root.join("b.eti").to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+    // Opened for reading without a writer, then refused; for writing without a reader,
+    // the kernel refuses it at once (ENXIO).
+    let e = g.open_file(Path::new("b.eti"), Access::Read).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    for access in [Access::Create, Access::Write] {
+        let e = g.open_file(Path::new("b.eti"), access).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENXIO), "{e}");
+    }
+    assert_eq!(fs::read(outside.join("shadow")).unwrap(), b"secret");
+}
+
+#[test]
+fn a_hard_link_at_the_destination_is_replaced_not_written_through() {
+    let (_t, root, outside) = lab();
+    fs::hard_link(outside.join("shadow"), root.join("a.eti")).unwrap();
+    let g = GameDir::open(&root).unwrap();
+    let (file, meta) = g.open_file(Path::new("a.eti"), Access::Create).unwrap();
+    assert_eq!((meta.nlink(), meta.len()), (1, 0));
+    std::os::unix::fs::FileExt::write_all_at(&file, b"game", 0).unwrap();
+    assert_eq!(fs::read(outside.join("shadow")).unwrap(), b"secret");
+    assert_eq!(fs::read(root.join("a.eti")).unwrap(), b"game");
+    // A file of one name is kept as it is (a resumed download's bytes).
+    let (_, meta) = g.open_file(Path::new("a.eti"), Access::Create).unwrap();
+    assert_eq!(meta.len(), 4);
+}
+
+#[test]
+fn the_root_moved_after_it_was_opened_keeps_taking_the_writes() {
+    let (t, root, outside) = lab();
+    let g = GameDir::open(&root).unwrap();
+    fs::rename(&root, t.path().join("moved")).unwrap();
+    symlink(&outside, &root).unwrap();
+    g.open_file(Path::new("a.eti"), Access::Create).unwrap();
+    assert!(t.path().join("moved/a.eti").is_file());
+    assert!(!outside.join("a.eti").exists());
+    // And a root that is itself a symlink is not opened.
+    assert!(GameDir::open(&root).is_err());
+}
+
+#[test]
+fn folders_are_made_one_by_one_and_what_is_in_the_way_is_named() {
+    let (_t, root, _outside) = lab();
+    let g = GameDir::open(&root).unwrap();
+    // Readable folders: fsync and syncfs refuse a path handle (O_PATH).
+    sync_dir(&g.create_folders(Path::new("a/b/c")).unwrap()).unwrap();
+    sync_dir(&g.open_folder(Path::new("a/b")).unwrap()).unwrap();
+    assert!(root.join("a/b/c").is_dir());
+    fs::write(root.join("a/f"), b"").unwrap();
+    let e = g.create_folders(Path::new("a/f/x")).unwrap_err();
+    assert!(e.to_string().contains("is in the way"), "{e}");
+    assert!(g.create_folders(Path::new("/abs")).is_err());
+    g.replace(Path::new("a/j"), Path::new("a/j.tmp"), b"one")
+        .unwrap();
+    // A symlink left at the temporary name is removed, not followed.
+    symlink(root.join("a/f"), root.join("a/j.tmp")).unwrap();
+    g.replace(Path::new("a/j"), Path::new("a/j.tmp"), b"two")
+        .unwrap();
+    assert_eq!(fs::read(root.join("a/j")).unwrap(), b"two");
+    assert_eq!(fs::read(root.join("a/f")).unwrap(), b"");
+    g.sync().unwrap();
+}
