@@ -28,8 +28,11 @@ pub enum Access {
     /// For writing; it must exist.
     Write,
     /// For writing, created when missing (an existing one is kept, as a resumed download
-    /// needs, unless it has other names: then it is replaced by a new, empty file).
+    /// needs, unless it has other names or another owner: then it is replaced by a new,
+    /// empty file).
     Create,
+    /// For writing, created here: an existing entry fails (`AlreadyExists`).
+    CreateNew,
 }
 
 /// Which file a name led to: its filesystem and inode number.
@@ -104,12 +107,16 @@ impl GameDir {
     /// rather than wait), with its metadata.
     pub fn open_file(&self, rel: &Path, access: Access) -> io::Result<(File, Metadata)> {
         let (file, meta) = self.open_once(rel, access)?;
-        if access == Access::Create && meta.nlink() > 1 {
+        // SAFETY: geteuid has no preconditions.
+        let ours = meta.uid() == unsafe { libc::geteuid() };
+        if access == Access::Create && (meta.nlink() > 1 || !ours) {
             // Another name shares this file (a hard link, perhaps to a file outside the
-            // root): a new file takes the name instead; the other keeps its bytes.
+            // root), or someone else put it there and could write it behind our back: a
+            // new file takes the name instead (one made here, or the open fails); the
+            // other keeps its bytes.
             drop(file);
             self.dir.remove_file(rel)?;
-            return self.open_once(rel, Access::Create);
+            return self.open_once(rel, Access::CreateNew);
         }
         Ok((file, meta))
     }
@@ -120,6 +127,7 @@ impl GameDir {
             Access::Read => opts.read(true),
             Access::Write => opts.write(true),
             Access::Create => opts.write(true).create(true),
+            Access::CreateNew => opts.write(true).create_new(true),
         };
         opts.follow(FollowSymlinks::No)
             .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
@@ -166,6 +174,34 @@ impl GameDir {
         Ok(at)
     }
 
+    /// The folder `rel` beneath the root, opened as a root of its own (an install's
+    /// staging folder), not through a symlink at its last component.
+    pub fn sub(&self, rel: &Path) -> io::Result<GameDir> {
+        Ok(Self {
+            dir: open_folder_in(&self.dir, rel)?,
+            path: self.path.join(rel),
+        })
+    }
+
+    /// Creates the regular file `rel` (mode 0o644 before the umask), which must not
+    /// exist: never over an existing entry, never through a symlink.
+    pub fn create_new(&self, rel: &Path) -> io::Result<File> {
+        let mut opts = OpenOptions::new();
+        opts.write(true)
+            .create_new(true)
+            .follow(FollowSymlinks::No)
+            .mode(0o644)
+            .custom_flags(libc::O_NOCTTY);
+        Ok(self.dir.open_with(rel, &opts)?.into_std())
+    }
+
+    /// Sets the permission bits of the file or folder `rel` itself, never through a
+    /// symlink at its last component: it is opened as a path handle beneath the root, and
+    /// the mode set through the kernel's link to that handle.
+    pub fn chmod(&self, rel: &Path, mode: u32) -> io::Result<()> {
+        chmod_in(&self.dir, rel, mode)
+    }
+
     /// Opens the folder `rel` beneath the root, not through a symlink at its last
     /// component, readable (to list, `fsync` or `syncfs` through it).
     pub fn open_folder(&self, rel: &Path) -> io::Result<Dir> {
@@ -173,8 +209,10 @@ impl GameDir {
     }
 
     /// Replaces `rel` with `bytes` whole: written to `tmp` (a sibling name; one left there
-    /// is removed, a symlink is never written through), then renamed over `rel`.
-    pub fn replace(&self, rel: &Path, tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+    /// is removed, a symlink is never written through), then renamed over `rel`; returns
+    /// the file, open for writing at its end (appends go to the file written, whatever is
+    /// at its name by then).
+    pub fn replace(&self, rel: &Path, tmp: &Path, bytes: &[u8]) -> io::Result<File> {
         use std::io::Write;
         match self.dir.remove_file(tmp) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -187,8 +225,8 @@ impl GameDir {
             .custom_flags(libc::O_NOCTTY);
         let mut file = self.dir.open_with(tmp, &opts)?.into_std();
         file.write_all(bytes)?;
-        drop(file);
-        self.dir.rename(tmp, &self.dir, rel)
+        self.dir.rename(tmp, &self.dir, rel)?;
+        Ok(file)
     }
 
     /// Makes the root folder's entries durable (`fsync`).
@@ -206,6 +244,86 @@ fn open_folder_in(at: &Dir, rel: &Path) -> io::Result<Dir> {
         .maybe_dir(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOCTTY);
     Ok(Dir::from_std_file(at.open_with(rel, &opts)?.into_std()))
+}
+
+/// `lstat` of the entry `name` of the open folder `at` (readdir may not give a type:
+/// `DT_UNKNOWN` on some NFS, XFS and FUSE filesystems; or its inode may not be what
+/// `stat` says: overlayfs, FUSE).
+pub fn lstat_in(at: &Dir, name: &std::ffi::OsStr) -> io::Result<libc::stat> {
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(name.as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a name"))?;
+    // SAFETY: fstatat writes into the zeroed struct it is given, reads the
+    // NUL-terminated name, relative to a folder `at` keeps open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let rc = unsafe {
+        libc::fstatat(
+            at.as_raw_fd(),
+            name.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// Whether the entry of `at` is a folder (not a symlink to one): readdir's type, or an
+/// `lstat` where readdir gives none.
+pub fn is_folder(at: &Dir, entry: &cap_std::fs::DirEntry) -> io::Result<bool> {
+    let t = entry.file_type()?;
+    if t.is_dir() || t.is_file() || t.is_symlink() {
+        return Ok(t.is_dir());
+    }
+    let st = lstat_in(at, &entry.file_name())?;
+    Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+}
+
+/// Removes `rel` beneath `at` and, if it is a folder, everything under it, never through
+/// a symlink (a symlink is removed, not followed); missing is not an error. (cap-std's
+/// `remove_dir_all` takes readdir's type as it is, and treats an unknown one as a file.)
+pub fn remove_all_in(at: &Dir, rel: &Path) -> io::Result<()> {
+    let meta = match at.symlink_metadata(rel) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.is_dir() {
+        return at.remove_file(rel);
+    }
+    let sub = open_folder_in(at, rel)?;
+    for entry in sub.entries()? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if is_folder(&sub, &entry)? {
+            remove_all_in(&sub, Path::new(&name))?;
+        } else {
+            sub.remove_file(&name)?;
+        }
+    }
+    at.remove_dir(rel)
+}
+
+/// [`GameDir::chmod`] beneath any open folder.
+pub fn chmod_in(at: &Dir, rel: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut opts = OpenOptions::new();
+    opts.read(true)
+        .follow(FollowSymlinks::No)
+        .maybe_dir(true)
+        .custom_flags(libc::O_PATH);
+    let handle = at.open_with(rel, &opts)?.into_std();
+    if handle.metadata()?.file_type().is_symlink() {
+        return Err(io::Error::other(format!("{}: a symlink", rel.display())));
+    }
+    // chmod of the magic link reaches the inode the handle holds (as glibc's
+    // fchmodat(AT_SYMLINK_NOFOLLOW) does), whatever is at `rel` by now.
+    std::fs::set_permissions(
+        format!("/proc/self/fd/{}", handle.as_raw_fd()),
+        std::fs::Permissions::from_mode(mode & 0o7777),
+    )
 }
 
 /// `fsync` of an open folder.

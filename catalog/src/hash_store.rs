@@ -107,7 +107,7 @@ pub(crate) fn store_cache(root: &Path, c: &CacheFile) {
         let dir = Path::new(META_DIR);
         let tmp = dir.join(format!("{CACHE_FILE}.{}.{n}.tmp", std::process::id()));
         let bytes = serde_json::to_vec(&c).map_err(std::io::Error::other)?;
-        g.replace(&dir.join(CACHE_FILE), &tmp, &bytes)
+        g.replace(&dir.join(CACHE_FILE), &tmp, &bytes).map(drop)
     })();
     if let Err(e) = res {
         tracing::debug!(root = %root.display(), "hash cache not persisted: {e}");

@@ -36,8 +36,7 @@ pub fn sweep(games: &Path) {
         };
         for l in leftovers.clone() {
             let removed = match game.dir().symlink_metadata(l) {
-                Ok(m) if m.is_dir() => game.dir().remove_dir_all(l).is_ok(),
-                Ok(_) => game.dir().remove_file(l).is_ok(),
+                Ok(_) => lanspread_catalog::remove_all_in(game.dir(), Path::new(l)).is_ok(),
                 Err(_) => false,
             };
             if removed {

@@ -15,15 +15,16 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::dll::{self, Archive, Header, Mode, Redirect};
-use crate::tree::{create_dirs, remove_tree, sync_dir, sync_fs, LOCAL, STAGING, TRASH};
+use crate::tree::{remove_tree_in, sync_fs, LOCAL, STAGING, TRASH};
 use crate::volumes::{self, Candidate};
 use crate::{links, InstallError};
+use lanspread_catalog::{Access, GameDir};
 
 pub use lanspread_catalog::INSTALLED_MARKER;
 
@@ -243,8 +244,12 @@ fn install(
 ) -> Result<InstallSummary, InstallError> {
     let root = std::path::absolute(root).map_err(io(root))?;
     let root = root.as_path();
-    let staging = root.join(STAGING);
-    remove_tree(&staging)?;
+    // Everything below goes through the root's descriptor: a folder of staging, or
+    // staging itself, swapped for a symlink meanwhile takes no file, link or mode
+    // outside the root (the daemon may run as root; a games folder may be writable by
+    // others).
+    let game = GameDir::open(root).map_err(io(root))?;
+    remove_tree_in(&game, STAGING)?;
     let result = (|| {
         let (sets, need) = plan(root)?;
         let free = lanspread_catalog::free_space(root)
@@ -252,7 +257,9 @@ fn install(
         if need > free {
             return Err(InstallError::NoSpace { need, free });
         }
-        fs::create_dir(&staging).map_err(io(&staging))?;
+        let staging_path = root.join(STAGING);
+        game.dir().create_dir(STAGING).map_err(io(&staging_path))?;
+        let staging = game.sub(Path::new(STAGING)).map_err(io(&staging_path))?;
         let mut run = Run {
             staging: &staging,
             summary: InstallSummary::default(),
@@ -283,45 +290,40 @@ fn install(
         // the marker says they are complete. One syncfs of the staging folder's filesystem
         // instead of an fsync per file (thousands for some games).
         sync_fs(&staging)?;
-        let marker = staging.join(INSTALLED_MARKER);
-        create_new(&marker)?;
-        sync_dir(&staging)?;
+        let marker = Path::new(INSTALLED_MARKER);
+        staging
+            .create_new(marker)
+            .map_err(io(&staging.shown(marker)))?;
+        staging.sync().map_err(io(&staging_path))?;
         // Swap in: an older install moves aside first and is removed after the rename.
         let local = root.join(LOCAL);
-        let trash = root.join(TRASH);
-        if fs::symlink_metadata(&local).is_ok() {
-            remove_tree(&trash)?;
-            fs::rename(&local, &trash).map_err(io(&local))?;
+        if game.dir().symlink_metadata(LOCAL).is_ok() {
+            remove_tree_in(&game, TRASH)?;
+            game.dir()
+                .rename(LOCAL, game.dir(), TRASH)
+                .map_err(io(&local))?;
         }
-        fs::rename(&staging, &local).map_err(io(&local))?;
-        sync_dir(root)?;
-        remove_tree(&trash)?;
+        game.dir()
+            .rename(STAGING, game.dir(), LOCAL)
+            .map_err(io(&local))?;
+        game.sync().map_err(io(root))?;
+        remove_tree_in(&game, TRASH)?;
         Ok(run.summary)
     })();
     if result.is_err() {
-        let _ = remove_tree(&staging);
+        let _ = remove_tree_in(&game, STAGING);
     }
     result
 }
 
-/// A new file inside staging: never through a link, never over an existing entry.
-fn create_new(path: &Path) -> Result<fs::File, InstallError> {
-    fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-        .map_err(io(path))
-}
-
 /// State of one install while it extracts.
 struct Run<'a> {
-    staging: &'a Path,
+    /// The staging folder, open: every entry is made beneath it.
+    staging: &'a GameDir,
     summary: InstallSummary,
     /// Unix modes to apply once everything is written (a 0555 folder would refuse its
-    /// own files; a 0444 file its copies).
-    modes: Vec<(PathBuf, u32)>,
+    /// own files; a 0444 file its copies), with whether the entry is a folder.
+    modes: Vec<(PathBuf, u32, bool)>,
     /// Symlinks made, checked again once the whole tree exists.
     symlinks: Vec<(String, PathBuf)>,
     /// Regular files this install wrote: the only valid hard-link and copy targets.
@@ -377,19 +379,21 @@ impl Run<'_> {
     ) -> Result<(), InstallError> {
         let first = arc.path().to_path_buf();
         let dll_err = |e| archive_err(&first, e);
-        let dest = self.staging.join(&listed.rel);
+        let rel = listed.rel.as_path();
+        let dest = self.staging.shown(rel);
         if h.is_dir && h.redirect == Redirect::None {
-            create_dirs(self.staging, &dest)?;
+            self.create_dirs(rel)?;
             arc.skip().map_err(dll_err)?;
             if let Some(mode) = h.unix_mode {
-                self.modes.push((dest, mode));
+                self.modes.push((rel.to_path_buf(), mode, true));
             }
             return Ok(());
         }
-        create_dirs(self.staging, dest.parent().unwrap_or(self.staging))?;
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        self.create_dirs(parent)?;
         match &h.redirect {
             Redirect::None => {
-                let out = create_new(&dest)?;
+                let out = self.staging.create_new(rel).map_err(io(&dest))?;
                 let (out, written) = arc.unpack_into(out).map_err(|e| {
                     archive_err(&first, dll::DllError(format!("{}: {}", h.name, e.0)))
                 })?;
@@ -400,7 +404,7 @@ impl Run<'_> {
                         why: format!("unpacked {written} bytes, its header says {}", h.unp_size),
                     });
                 }
-                self.finish_file(out, &dest, h)?;
+                self.finish_file(out, rel, h)?;
                 self.files.insert(listed.rel.clone());
                 self.summary.bytes += written;
             }
@@ -410,14 +414,19 @@ impl Run<'_> {
                 arc.test().map_err(dll_err)?;
                 let src = self.link_source(kind, &h.name, target)?;
                 if copy {
-                    let mut from = fs::File::open(&src).map_err(io(&src))?;
-                    let mut out = create_new(&dest)?;
+                    let shown = self.staging.shown(&src);
+                    let (mut from, _) = self
+                        .staging
+                        .open_file(&src, Access::Read)
+                        .map_err(io(&shown))?;
+                    let mut out = self.staging.create_new(rel).map_err(io(&dest))?;
                     let n = io::copy(&mut from, &mut out).map_err(io(&dest))?;
-                    self.finish_file(out, &dest, h)?;
+                    self.finish_file(out, rel, h)?;
                     self.files.insert(listed.rel.clone());
                     self.summary.bytes += n;
                 } else {
-                    fs::hard_link(&src, &dest).map_err(io(&dest))?;
+                    let dir = self.staging.dir();
+                    dir.hard_link(&src, dir, rel).map_err(io(&dest))?;
                 }
             }
             Redirect::Symlink(Some(target)) => {
@@ -425,7 +434,7 @@ impl Run<'_> {
                     return Err(link_err("symlink", &h.name, target, why));
                 }
                 arc.test().map_err(dll_err)?;
-                std::os::unix::fs::symlink(target, &dest).map_err(io(&dest))?;
+                self.staging.dir().symlink(target, rel).map_err(io(&dest))?;
                 self.symlinks.push((h.name.clone(), listed.rel.clone()));
             }
             Redirect::Symlink(None) => {
@@ -433,8 +442,19 @@ impl Run<'_> {
                 // creates the link itself — at exactly `dest`, checked right after.
                 // UnRAR refuses (and reports success for) a target that is absolute or
                 // climbs out of the archive: no link is then made.
-                let made = arc.extract_link(&dest);
-                let target = match (made, fs::read_link(&dest)) {
+                // UnRAR makes it by path: the path goes through the link to the folder
+                // we opened (`/proc/self/fd/N/name`), so only the name itself is looked
+                // up, in that folder.
+                let folder = if parent.as_os_str().is_empty() {
+                    self.staging.dir().try_clone()
+                } else {
+                    self.staging.open_folder(parent)
+                }
+                .map_err(io(&dest))?;
+                let name = rel.file_name().unwrap_or_default();
+                let at = Path::new(&format!("/proc/self/fd/{}", folder.as_raw_fd())).join(name);
+                let made = arc.extract_link(&at);
+                let target = match (made, fs::read_link(&at)) {
                     (Ok(()), Ok(target)) => target,
                     (made, _) => {
                         let detail = made
@@ -492,24 +512,39 @@ impl Run<'_> {
                 "target is not a file extracted before it",
             ));
         }
-        Ok(self.staging.join(rel))
+        Ok(rel)
     }
 
-    fn finish_file(&mut self, out: fs::File, dest: &Path, h: &Header) -> Result<(), InstallError> {
+    fn finish_file(&mut self, out: fs::File, rel: &Path, h: &Header) -> Result<(), InstallError> {
         if let Some(t) = h.mtime {
-            out.set_modified(t).map_err(io(dest))?;
+            out.set_modified(t).map_err(io(&self.staging.shown(rel)))?;
         }
         if let Some(mode) = h.unix_mode {
-            self.modes.push((dest.to_path_buf(), mode));
+            self.modes.push((rel.to_path_buf(), mode, false));
         }
         Ok(())
+    }
+
+    /// Creates the folder `rel` of staging, component by component, refusing symlinks
+    /// and anything else in the way.
+    fn create_dirs(&self, rel: &Path) -> Result<(), InstallError> {
+        if rel.as_os_str().is_empty() {
+            return Ok(());
+        }
+        self.staging.create_folders(rel).map(drop).map_err(|e| {
+            if e.to_string().contains("in the way") {
+                InstallError::UnsafeName(e.to_string())
+            } else {
+                InstallError::io(self.staging.shown(rel), e)
+            }
+        })
     }
 
     /// Checks the finished tree against every listing and applies the modes.
     fn finish(&mut self, sets: &[PlannedSet]) -> Result<(), InstallError> {
         for (name, rel) in &self.symlinks {
-            if links::escapes(self.staging, rel) {
-                let target = fs::read_link(self.staging.join(rel))
+            if links::escapes(self.staging.path(), rel) {
+                let target = fs::read_link(self.staging.shown(rel))
                     .map(|t| t.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 return Err(link_err(
@@ -522,8 +557,7 @@ impl Run<'_> {
         }
         for set in sets {
             for e in &set.entries {
-                let path = self.staging.join(&e.rel);
-                let meta = fs::symlink_metadata(&path);
+                let meta = self.staging.dir().symlink_metadata(&e.rel);
                 let why = match (e.kind, meta) {
                     (_, Err(_)) => Some("missing after extraction".to_owned()),
                     (Kind::Dir, Ok(m)) if !m.is_dir() => {
@@ -549,11 +583,13 @@ impl Run<'_> {
         }
         // Files first, then folders deepest first, so no mode locks out a later step.
         // Set-id and sticky bits are dropped: a game install never needs them.
+        // Each through a handle of the entry itself beneath staging, never a symlink.
         self.modes
-            .sort_by_key(|(p, _)| (p.is_dir(), std::cmp::Reverse(p.components().count())));
-        for (path, mode) in &self.modes {
-            fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o777))
-                .map_err(io(path))?;
+            .sort_by_key(|(p, _, dir)| (*dir, std::cmp::Reverse(p.components().count())));
+        for (rel, mode, _) in &self.modes {
+            self.staging
+                .chmod(rel, mode & 0o777)
+                .map_err(io(&self.staging.shown(rel)))?;
         }
         Ok(())
     }

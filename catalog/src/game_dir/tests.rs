@@ -110,3 +110,31 @@ fn folders_are_made_one_by_one_and_what_is_in_the_way_is_named() {
     assert_eq!(fs::read(root.join("a/f")).unwrap(), b"");
     g.sync().unwrap();
 }
+
+#[test]
+fn chmod_changes_the_entry_itself_never_a_symlink_target() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_t, root, outside) = lab();
+    let g = GameDir::open(&root).unwrap();
+    fs::create_dir(root.join("d")).unwrap();
+    fs::write(root.join("d/f"), b"").unwrap();
+    g.chmod(Path::new("d/f"), 0o4755).unwrap();
+    g.chmod(Path::new("d"), 0o500).unwrap();
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(
+        (mode(&root.join("d/f")), mode(&root.join("d"))),
+        (0o4755, 0o500)
+    );
+    g.chmod(Path::new("d"), 0o755).unwrap();
+    fs::set_permissions(outside.join("shadow"), fs::Permissions::from_mode(0o600)).unwrap();
+    symlink(outside.join("shadow"), root.join("l")).unwrap();
+    assert!(g.chmod(Path::new("l"), 0o644).is_err());
+    symlink(&outside, root.join("ld")).unwrap();
+    assert!(g.chmod(Path::new("ld/shadow"), 0o644).is_err());
+    assert_eq!(mode(&outside.join("shadow")), 0o600);
+    // A sub-folder opened as a root of its own.
+    let sub = g.sub(Path::new("d")).unwrap();
+    sub.create_new(Path::new("new")).unwrap();
+    assert!(sub.create_new(Path::new("new")).is_err());
+    assert!(root.join("d/new").is_file());
+}

@@ -11,7 +11,8 @@ use std::sync::Arc;
 
 use cap_fs_ext::DirExt;
 use lanspread_catalog::{
-    dev_of, is_reserved_top_level, Access, FileManifest, GameDir, Inode, Version, VERSION_FILE,
+    dev_of, is_folder, is_reserved_top_level, lstat_in, remove_all_in, Access, FileManifest,
+    GameDir, Inode, Version, VERSION_FILE,
 };
 
 use crate::writer::working_mode;
@@ -164,13 +165,13 @@ fn prepare_blocking(
 /// place since would change a file elsewhere). Without a `syncfs` to follow, each such
 /// file is fsynced: the mode must be durable before the sentinel.
 fn final_modes(
-    game: &GameDir,
+    (game, created): (&GameDir, &[Inode]),
     files: &[FileManifest],
     dests: &[PathBuf],
     fsync: bool,
 ) -> Result<(), Failure> {
     use std::os::unix::fs::PermissionsExt;
-    for (f, dest) in files.iter().zip(dests) {
+    for ((f, dest), &inode) in files.iter().zip(dests).zip(created) {
         let mode = f.mode & 0o777;
         if working_mode(f.mode) == mode {
             continue;
@@ -179,10 +180,13 @@ fn final_modes(
         let (file, meta) = game
             .open_file(dest, Access::Read)
             .map_err(|e| err(&shown, e))?;
-        if meta.nlink() != 1 {
+        if meta.nlink() != 1 || Inode::of(&meta) != inode {
             return Err(Failure::new(
                 ErrorKind::Io,
-                format!("{} has other names (hard links) now", shown.display()),
+                format!(
+                    "{} was replaced during the download, or has other names now",
+                    shown.display()
+                ),
             ));
         }
         file.set_permissions(fs::Permissions::from_mode(mode))
@@ -227,7 +231,6 @@ fn commit_blocking(
     syncfs: &[fs::File],
 ) -> Result<(), Failure> {
     let root = game.path();
-    final_modes(game, files, dests, syncfs.is_empty())?;
     // Listed files and every folder that holds one, looked up once per entry.
     let mut keep: BTreeSet<&str> = BTreeSet::new();
     let mut folders: BTreeSet<&str> = BTreeSet::new();
@@ -259,6 +262,7 @@ fn commit_blocking(
             ),
         ));
     }
+    final_modes((game, created), files, dests, syncfs.is_empty())?;
     if syncfs.is_empty() {
         // The files' data is durable (fdatasync); their names in sub-folders must be too
         // before the sentinel says the root is complete (the root itself is synced below).
@@ -277,9 +281,23 @@ fn commit_blocking(
     }
     let incoming = Path::new(INCOMING).join(VERSION_FILE);
     let shown = game.shown(&incoming);
-    let (mut file, _) = game
+    let sentinel = files
+        .iter()
+        .zip(created)
+        .find(|(f, _)| is_sentinel(f))
+        .map(|(_, &inode)| inode);
+    let (mut file, meta) = game
         .open_file(&incoming, Access::Read)
         .map_err(|e| err(&shown, e))?;
+    let replaced = || {
+        Failure::new(
+            ErrorKind::Io,
+            format!("{} was replaced during the download", shown.display()),
+        )
+    };
+    if sentinel.is_some_and(|s| s != Inode::of(&meta)) {
+        return Err(replaced());
+    }
     let mut text = String::new();
     io::Read::read_to_string(&mut file, &mut text).map_err(|e| err(&shown, e))?;
     match Version::parse(&text) {
@@ -302,6 +320,12 @@ fn commit_blocking(
     game.dir()
         .rename(&incoming, game.dir(), VERSION_FILE)
         .map_err(|e| err(root, e))?;
+    // The name renamed is the file read (nothing swapped in between), or it goes again.
+    let renamed = lstat_in(game.dir(), VERSION_FILE.as_ref()).map_err(|e| err(root, e))?;
+    if renamed.st_dev != meta.dev() || renamed.st_ino != meta.ino() {
+        let _ = game.dir().remove_file(VERSION_FILE);
+        return Err(replaced());
+    }
     game.sync().map_err(|e| err(root, e))?;
     let _ = game.dir().remove_dir(INCOMING);
     Ok(())
@@ -340,9 +364,10 @@ fn remove_extra(
         } else {
             format!("{prefix}/{name_str}")
         };
-        // The type readdir gave (no stat per entry); a symlink is not followed.
-        let kind = entry.file_type().map_err(|e| err(&shown(&rel), e))?;
-        if kind.is_dir() {
+        // The type readdir gave (no stat per entry, unless it gave none); a symlink is
+        // not followed.
+        let folder = is_folder(dir, &entry).map_err(|e| err(&shown(&rel), e))?;
+        if folder {
             let sub = dir
                 .open_dir_nofollow(&name)
                 .map_err(|e| err(&shown(&rel), e))?;
@@ -357,11 +382,18 @@ fn remove_extra(
                 Some(d) => d,
                 None => *dev.insert(dev_of(dir).map_err(|e| err(&shown(prefix), e))?),
             };
-            if (Inode {
+            // readdir's inode, or `lstat`'s where they differ (overlayfs, FUSE).
+            let same = (Inode {
                 dev,
                 ino: entry.ino(),
-            }) != want
-            {
+            }) == want
+                || lstat_in(dir, &name).is_ok_and(|st| {
+                    (Inode {
+                        dev: st.st_dev,
+                        ino: st.st_ino,
+                    }) == want
+                });
+            if !same {
                 return Err(Failure::new(
                     ErrorKind::Io,
                     format!(
@@ -380,7 +412,7 @@ fn remove_extra(
 pub async fn discard_incoming(root: &Path) {
     let root = root.to_path_buf();
     let _ = tokio::task::spawn_blocking(move || {
-        GameDir::open(&root).and_then(|g| g.dir().remove_dir_all(INCOMING))
+        GameDir::open(&root).and_then(|g| remove_all_in(g.dir(), Path::new(INCOMING)))
     })
     .await;
 }
@@ -412,8 +444,12 @@ mod tests {
         (d, root, outside)
     }
 
+    fn inode(p: &Path) -> Inode {
+        Inode::of(&fs::symlink_metadata(p).unwrap())
+    }
+
     #[test]
-    fn final_modes_are_set_on_the_file_itself_never_through_a_link() {
+    fn final_modes_are_set_on_the_file_created_never_through_a_link() {
         let (_d, root, outside) = lab();
         // Read-only with a peer's setuid bit: written as 0o644, committed as 0o444.
         let files = [manifest("sub/x.bin", 0o4444)];
@@ -421,28 +457,73 @@ mod tests {
         let game = dir.game();
         assert_eq!(dests, [PathBuf::from("sub/x.bin")]);
         fs::write(root.join("sub/x.bin"), b"x").unwrap();
-        final_modes(game, &files, &dests, true).unwrap();
+        let created = [inode(&root.join("sub/x.bin"))];
+        final_modes((game, &created), &files, &dests, true).unwrap();
         assert_eq!(mode_of(&root.join("sub/x.bin")), 0o444);
-        // A mode the writer keeps while writing needs nothing at the commit.
+        // A mode the writer keeps while writing needs nothing at the commit; one with
+        // group or other write is set only then.
         let plain = [manifest("sub/x.bin", 0o755)];
         fs::set_permissions(root.join("sub/x.bin"), fs::Permissions::from_mode(0o600)).unwrap();
-        final_modes(game, &plain, &dests, true).unwrap();
+        final_modes((game, &created), &plain, &dests, true).unwrap();
         assert_eq!(mode_of(&root.join("sub/x.bin")), 0o600);
+        let open = [manifest("sub/x.bin", 0o777)];
+        final_modes((game, &created), &open, &dests, true).unwrap();
+        assert_eq!(mode_of(&root.join("sub/x.bin")), 0o777);
+        // Another file of one name put in its place: not the file created.
+        fs::remove_file(root.join("sub/x.bin")).unwrap();
+        fs::write(root.join("sub/x.bin"), b"other").unwrap();
+        let e = final_modes((game, &created), &files, &dests, true).unwrap_err();
+        assert!(e.to_string().contains("was replaced"), "{e}");
         // The file replaced by a symlink to a file outside, then by a hard link to it.
         fs::remove_file(root.join("sub/x.bin")).unwrap();
         symlink(outside.join("x.bin"), root.join("sub/x.bin")).unwrap();
-        assert!(final_modes(game, &files, &dests, true).is_err());
+        assert!(final_modes((game, &created), &files, &dests, true).is_err());
         fs::remove_file(root.join("sub/x.bin")).unwrap();
         fs::hard_link(outside.join("x.bin"), root.join("sub/x.bin")).unwrap();
-        let e = final_modes(game, &files, &dests, true).unwrap_err();
-        assert!(e.to_string().contains("hard links"), "{e}");
+        let outside_inode = [inode(&outside.join("x.bin"))];
+        let e = final_modes((game, &outside_inode), &files, &dests, true).unwrap_err();
+        assert!(e.to_string().contains("other names"), "{e}");
         // Its folder replaced by a symlink to a folder outside holding a file of that name.
         fs::remove_file(root.join("sub/x.bin")).unwrap();
         fs::remove_dir(root.join("sub")).unwrap();
         symlink(&outside, root.join("sub")).unwrap();
-        assert!(final_modes(game, &files, &dests, true).is_err());
+        let deep = [inode(&outside.join("sub/x.bin"))];
+        assert!(final_modes((game, &deep), &files, &dests, true).is_err());
+        // A folder higher up replaced: `a -> outside`, the file at `a/sub/x.bin`.
+        symlink(&outside, root.join("a")).unwrap();
+        let files = [manifest("a/sub/x.bin", 0o444)];
+        let dests = [PathBuf::from("a/sub/x.bin")];
+        assert!(final_modes((game, &deep), &files, &dests, true).is_err());
         assert_eq!(mode_of(&outside.join("x.bin")), 0o600);
         assert_eq!(mode_of(&outside.join("sub/x.bin")), 0o600);
+    }
+
+    #[test]
+    fn a_file_replaced_at_its_path_fails_the_check_and_a_gone_one_stays_expected() {
+        let (_d, root, _outside) = lab();
+        let files = [manifest("d/a.bin", 0o644), manifest("d/b.bin", 0o644)];
+        let (_, dir) = prepare_blocking(&root, &files).unwrap();
+        fs::write(root.join("d/a.bin"), b"a").unwrap();
+        fs::write(root.join("d/b.bin"), b"b").unwrap();
+        let keep = BTreeSet::from(["d", "d/a.bin", "d/b.bin"]);
+        let check = |expect: &mut HashMap<&str, Inode>| {
+            remove_extra(dir.game(), (dir.game().dir(), ""), &keep, expect)
+        };
+        let (a, b) = (inode(&root.join("d/a.bin")), inode(&root.join("d/b.bin")));
+        let mut expect = HashMap::from([("d/a.bin", a), ("d/b.bin", b)]);
+        check(&mut expect).unwrap();
+        assert!(expect.is_empty());
+        // b.bin replaced by another file (the old one moved aside).
+        fs::rename(root.join("d/b.bin"), root.join("d/b.old")).unwrap();
+        fs::write(root.join("d/b.bin"), b"b").unwrap();
+        let mut expect = HashMap::from([("d/a.bin", a), ("d/b.bin", b)]);
+        let e = check(&mut expect).unwrap_err();
+        assert!(e.to_string().contains("d/b.bin was replaced"), "{e}");
+        // a.bin gone: left in `expect`, which the commit reports.
+        fs::remove_file(root.join("d/a.bin")).unwrap();
+        let mut expect = HashMap::from([("d/a.bin", a)]);
+        check(&mut expect).unwrap();
+        assert_eq!(expect.len(), 1);
     }
 
     #[test]

@@ -139,13 +139,10 @@ fn open_blocking(
     for (&c, &bytes) in &kept.kept {
         text.push_str(&journal_kept(c, bytes));
     }
-    game.replace(Path::new(JOURNAL), Path::new(JOURNAL_TMP), text.as_bytes())
-        .map_err(|e| Failure::io(path.display(), &e))?;
-    let (mut file, _) = game
-        .open_file(Path::new(JOURNAL), Access::Write)
-        .map_err(|e| Failure::io(path.display(), &e))?;
-    // Appends go after what was just written.
-    file.seek(SeekFrom::End(0))
+    // Appends go on through the descriptor written (at its end), whatever is at the
+    // name by then.
+    let file = game
+        .replace(Path::new(JOURNAL), Path::new(JOURNAL_TMP), text.as_bytes())
         .map_err(|e| Failure::io(path.display(), &e))?;
     let file = io::BufWriter::with_capacity(16 << 10, file);
     Ok((Journal { file, path }, kept))

@@ -201,11 +201,13 @@ pub fn on_tmpfs(file: &std::fs::File) -> bool {
 }
 
 /// The mode a file has while it is downloaded: the manifest's permission bits (a peer's
-/// setuid, setgid or sticky bit is dropped) plus owner read and write, so the writer can
-/// reopen it and a resume re-read it whatever the manifest says; a mode without them is
+/// setuid, setgid or sticky bit is dropped) without group or other write (no one else
+/// may change the bytes before they are committed: the commit checks which file is at a
+/// path, not what others wrote into it) plus owner read and write, so the writer can
+/// reopen it and a resume re-read it whatever the manifest says; a mode that differs is
 /// set at the commit.
 pub fn working_mode(manifest_mode: u32) -> u32 {
-    (manifest_mode & 0o777) | 0o600
+    (manifest_mode & 0o755) | 0o600
 }
 
 /// What identifies a created file: device, inode, size and birth time (where the

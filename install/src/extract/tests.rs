@@ -6,6 +6,7 @@ use super::*;
 use crate::tree::uninstall_root;
 use crate::{Rar5Writer, WriterOptions};
 use std::io::Cursor;
+use std::os::unix::fs::PermissionsExt;
 
 fn archive(path: &Path, entries: &[(&str, u32, &[u8])], unsafe_names: bool) {
     let f = fs::File::create(path).unwrap();
@@ -212,4 +213,86 @@ fn a_cancelled_install_leaves_nothing_and_keeps_the_earlier_install() {
     let err = install_root_until(&root, &mut |_| {}, &stop).unwrap_err();
     assert!(matches!(err, InstallError::Cancelled), "{err}");
     let _ = t;
+}
+
+/// A folder standing for `/etc` beside the games dir: a private file.
+fn outside(t: &tempfile::TempDir) -> PathBuf {
+    let o = t.path().join("etc");
+    fs::create_dir(&o).unwrap();
+    // Not named like an entry: a file created through a swapped folder would show.
+    fs::write(o.join("shadow"), b"secret").unwrap();
+    fs::set_permissions(o.join("shadow"), fs::Permissions::from_mode(0o600)).unwrap();
+    o
+}
+
+fn listing(dir: &Path) -> Vec<(String, Vec<u8>, u32)> {
+    let mut out: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let mode = fs::symlink_metadata(&p).unwrap().permissions().mode();
+            let bytes = fs::read(&p).unwrap_or_default();
+            (p.display().to_string(), bytes, mode)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn a_staging_folder_swapped_for_a_symlink_mid_install_takes_nothing_outside() {
+    // A local user who can write the root swaps `d` of staging for a symlink to a folder
+    // outside once the first file is out: the next file, and every mode, must not land
+    // there (the daemon may run as root).
+    let (t, root) = root_with(
+        &[
+            ("d/a.bin", 0o644, b"first"),
+            ("d/b.bin", 0o666, &[7u8; 200_000]),
+        ],
+        false,
+    );
+    let out = outside(&t);
+    let before = listing(&out);
+    let staging = root.join(STAGING);
+    let mut swapped = false;
+    let err = install_root_with(&root, &mut |p| {
+        if p.done > 0 && !swapped {
+            swapped = true;
+            fs::rename(staging.join("d"), staging.join("d.old")).unwrap();
+            std::os::unix::fs::symlink(&out, staging.join("d")).unwrap();
+        }
+    })
+    .unwrap_err();
+    assert!(swapped, "{err}");
+    assert_eq!(listing(&out), before, "{err}");
+    assert!(!root.join("local").exists(), "{err}");
+    assert!(!staging.exists(), "{err}");
+}
+
+#[test]
+fn links_left_where_staging_local_and_trash_go_are_removed_not_followed() {
+    let (t, root) = root_with(&[("a.txt", 0o444, b"one")], false);
+    let out = outside(&t);
+    fs::create_dir(out.join("sub")).unwrap();
+    fs::write(out.join("sub/keep"), b"keep").unwrap();
+    let before = listing(&out);
+    // Left by someone: staging and trash as symlinks to the outside folder, `local` too.
+    for name in [STAGING, TRASH, LOCAL] {
+        std::os::unix::fs::symlink(&out, root.join(name)).unwrap();
+    }
+    install_root(&root).unwrap();
+    assert_eq!(fs::read(root.join("local/a.txt")).unwrap(), b"one");
+    assert!(fs::symlink_metadata(root.join(TRASH)).is_err());
+    assert_eq!(listing(&out), before);
+    assert_eq!(fs::read(out.join("sub/keep")).unwrap(), b"keep");
+    // Uninstall with `local` a symlink again: the link goes, its target stays.
+    fs::remove_dir_all(root.join("local")).unwrap();
+    std::os::unix::fs::symlink(&out, root.join(LOCAL)).unwrap();
+    uninstall_root(&root).unwrap();
+    assert!(fs::symlink_metadata(root.join(LOCAL)).is_err());
+    assert_eq!(listing(&out), before);
+    // remove_tree of a symlink: the link only.
+    std::os::unix::fs::symlink(&out, root.join("gone")).unwrap();
+    crate::remove_tree(&root.join("gone")).unwrap();
+    assert_eq!(listing(&out), before);
 }

@@ -34,6 +34,7 @@ fn outside() -> tempfile::TempDir {
     let o = tempfile::tempdir().unwrap();
     fs::write(o.path().join("x.bin"), b"secret").unwrap();
     fs::create_dir(o.path().join("incoming")).unwrap();
+    fs::write(o.path().join("incoming/version.ini"), b"19990101").unwrap();
     o
 }
 
