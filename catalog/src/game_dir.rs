@@ -183,6 +183,30 @@ impl GameDir {
         })
     }
 
+    /// Creates the folder `name` (one component) in the root, mode 0o700, and opens it as
+    /// a root of its own; it must not exist, and must be ours once open (someone who made
+    /// it first, or swapped it in, fails the call).
+    pub fn private_folder(&self, name: &Path) -> io::Result<GameDir> {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(name.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in a name"))?;
+        // SAFETY: mkdirat reads the NUL-terminated name, relative to the root's descriptor.
+        if unsafe { libc::mkdirat(self.dir.as_raw_fd(), c.as_ptr(), 0o700) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let sub = self.sub(name)?;
+        let meta = sub.dir.dir_metadata()?;
+        // SAFETY: geteuid has no preconditions.
+        let ours = cap_std::fs::MetadataExt::uid(&meta) == unsafe { libc::geteuid() };
+        if !ours || cap_std::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} is not ours alone", sub.path.display()),
+            ));
+        }
+        Ok(sub)
+    }
+
     /// Creates the regular file `rel` (mode 0o644 before the umask), which must not
     /// exist: never over an existing entry, never through a symlink.
     pub fn create_new(&self, rel: &Path) -> io::Result<File> {
@@ -282,28 +306,68 @@ pub fn is_folder(at: &Dir, entry: &cap_std::fs::DirEntry) -> io::Result<bool> {
 }
 
 /// Removes `rel` beneath `at` and, if it is a folder, everything under it, never through
-/// a symlink (a symlink is removed, not followed); missing is not an error. (cap-std's
+/// a symlink (a symlink is removed, not followed); missing is not an error. With
+/// `writable`, each folder that lacks owner rwx gets it first (an archive may make them
+/// 0555; a daemon that is not root must still remove what it extracted). Iterative, one
+/// open folder per level, so a tree made thousands of folders deep by someone costs
+/// descriptors (an error when they run out), never the stack. (cap-std's
 /// `remove_dir_all` takes readdir's type as it is, and treats an unknown one as a file.)
-pub fn remove_all_in(at: &Dir, rel: &Path) -> io::Result<()> {
+pub fn remove_all_in(at: &Dir, rel: &Path, writable: bool) -> io::Result<()> {
+    let gone = |r: io::Result<()>| match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
     let meta = match at.symlink_metadata(rel) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     };
     if !meta.is_dir() {
-        return at.remove_file(rel);
+        return gone(at.remove_file(rel));
     }
-    let sub = open_folder_in(at, rel)?;
-    for entry in sub.entries()? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if is_folder(&sub, &entry)? {
-            remove_all_in(&sub, Path::new(&name))?;
-        } else {
-            sub.remove_file(&name)?;
+    /// An open folder, its name in its parent, and its sub-folders still to remove.
+    struct Level {
+        dir: Dir,
+        name: std::ffi::OsString,
+        subs: Vec<std::ffi::OsString>,
+    }
+    let open = |parent: &Dir, name: &Path| -> io::Result<Level> {
+        if writable {
+            let mode =
+                cap_std::fs::PermissionsExt::mode(&parent.symlink_metadata(name)?.permissions());
+            if mode & 0o700 != 0o700 {
+                chmod_in(parent, name, mode | 0o700)?;
+            }
         }
+        let dir = open_folder_in(parent, name)?;
+        let mut subs = Vec::new();
+        for entry in dir.entries()? {
+            let entry = entry?;
+            let n = entry.file_name();
+            if is_folder(&dir, &entry)? {
+                subs.push(n);
+            } else {
+                gone(dir.remove_file(&n))?;
+            }
+        }
+        Ok(Level {
+            dir,
+            name: name.as_os_str().to_owned(),
+            subs,
+        })
+    };
+    let mut levels = vec![open(at, rel)?];
+    while let Some(top) = levels.last_mut() {
+        if let Some(sub) = top.subs.pop() {
+            let next = open(&top.dir, Path::new(&sub))?;
+            levels.push(next);
+            continue;
+        }
+        let done = levels.pop().map(|l| l.name).unwrap_or_default();
+        let parent = levels.last().map_or(at, |l| &l.dir);
+        gone(parent.remove_dir(&done))?;
     }
-    at.remove_dir(rel)
+    Ok(())
 }
 
 /// [`GameDir::chmod`] beneath any open folder.

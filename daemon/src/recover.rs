@@ -36,7 +36,7 @@ pub fn sweep(games: &Path) {
         };
         for l in leftovers.clone() {
             let removed = match game.dir().symlink_metadata(l) {
-                Ok(_) => lanspread_catalog::remove_all_in(game.dir(), Path::new(l)).is_ok(),
+                Ok(_) => lanspread_catalog::remove_all_in(game.dir(), Path::new(l), true).is_ok(),
                 Err(_) => false,
             };
             if removed {

@@ -15,7 +15,6 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -257,9 +256,12 @@ fn install(
         if need > free {
             return Err(InstallError::NoSpace { need, free });
         }
+        // Staging is ours alone (0700) until it becomes `local/`: no one else can swap
+        // an entry in it between its creation and its mode or its check.
         let staging_path = root.join(STAGING);
-        game.dir().create_dir(STAGING).map_err(io(&staging_path))?;
-        let staging = game.sub(Path::new(STAGING)).map_err(io(&staging_path))?;
+        let staging = game
+            .private_folder(Path::new(STAGING))
+            .map_err(io(&staging_path))?;
         let mut run = Run {
             staging: &staging,
             summary: InstallSummary::default(),
@@ -294,7 +296,10 @@ fn install(
         staging
             .create_new(marker)
             .map_err(io(&staging.shown(marker)))?;
-        staging.sync().map_err(io(&staging_path))?;
+        staging
+            .chmod(Path::new("."), 0o755)
+            .and_then(|()| staging.sync())
+            .map_err(io(&staging_path))?;
         // Swap in: an older install moves aside first and is removed after the rename.
         let local = root.join(LOCAL);
         if game.dir().symlink_metadata(LOCAL).is_ok() {
@@ -439,20 +444,22 @@ impl Run<'_> {
             }
             Redirect::Symlink(None) => {
                 // RAR 4: the target is the entry's data, which UnRAR reads only when it
-                // creates the link itself — at exactly `dest`, checked right after.
-                // UnRAR refuses (and reports success for) a target that is absolute or
-                // climbs out of the archive: no link is then made.
-                // UnRAR makes it by path: the path goes through the link to the folder
-                // we opened (`/proc/self/fd/N/name`), so only the name itself is looked
-                // up, in that folder.
-                let folder = if parent.as_os_str().is_empty() {
-                    self.staging.dir().try_clone()
-                } else {
-                    self.staging.open_folder(parent)
+                // creates the link itself, by path. UnRAR refuses (and reports success
+                // for) a target that is absolute or climbs out of the archive, and one
+                // with `..` when any folder on the path it is given is a link. So it
+                // makes the link in a private folder of ours (0700, at its real path,
+                // with the entry's own sub-folders), where no one else can swap a
+                // folder; we read the target back, judge it, and make our own link
+                // beneath staging.
+                let private = tempfile::Builder::new()
+                    .prefix("lanspread-link")
+                    .tempdir()
+                    .and_then(|t| Ok((fs::canonicalize(t.path())?, t)))
+                    .map_err(io(&dest))?;
+                let at = private.0.join(rel);
+                if let Some(folder) = at.parent() {
+                    fs::create_dir_all(folder).map_err(io(&dest))?;
                 }
-                .map_err(io(&dest))?;
-                let name = rel.file_name().unwrap_or_default();
-                let at = Path::new(&format!("/proc/self/fd/{}", folder.as_raw_fd())).join(name);
                 let made = arc.extract_link(&at);
                 let target = match (made, fs::read_link(&at)) {
                     (Ok(()), Ok(target)) => target,
@@ -469,10 +476,15 @@ impl Run<'_> {
                         ));
                     }
                 };
+                drop(private);
                 let target = target.to_string_lossy().into_owned();
                 if let Some(why) = links::lexical_escape(&listed.rel, &target) {
                     return Err(link_err("symlink", &h.name, &target, why));
                 }
+                self.staging
+                    .dir()
+                    .symlink(&target, rel)
+                    .map_err(io(&dest))?;
                 self.symlinks.push((h.name.clone(), listed.rel.clone()));
             }
             Redirect::Unknown(t) => {

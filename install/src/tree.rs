@@ -6,9 +6,8 @@
 use std::io;
 use std::path::Path;
 
-use cap_fs_ext::DirExt;
 use cap_std::fs::Dir;
-use lanspread_catalog::{chmod_in, is_folder, remove_all_in, GameDir};
+use lanspread_catalog::{remove_all_in, GameDir};
 
 use crate::InstallError;
 
@@ -28,8 +27,10 @@ fn io_at(game: &GameDir, rel: &str) -> impl FnOnce(io::Error) -> InstallError {
 /// installed); the downloaded root stays.
 pub fn uninstall_root(root: &Path) -> Result<(), InstallError> {
     let game = GameDir::open(root).map_err(|e| InstallError::io(root, e))?;
-    if game.dir().symlink_metadata(LOCAL).is_err() {
-        return Ok(());
+    match game.dir().symlink_metadata(LOCAL) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_at(&game, LOCAL)(e)),
+        Ok(_) => {}
     }
     remove_tree_in(&game, TRASH)?;
     game.dir()
@@ -64,37 +65,9 @@ pub(crate) fn remove_tree_in(game: &GameDir, rel: &str) -> Result<(), InstallErr
     remove_in(game.dir(), Path::new(rel)).map_err(io_at(game, rel))
 }
 
+/// Folders without owner rwx get it first (see `remove_all_in`).
 fn remove_in(at: &Dir, rel: &Path) -> io::Result<()> {
-    match remove_all_in(at, rel) {
-        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
-            make_writable(at, rel);
-            remove_all_in(at, rel)
-        }
-        other => other,
-    }
-}
-
-/// Gives the owner rwx on the folder `rel` beneath `at` and every folder under it, never
-/// through a symlink.
-fn make_writable(at: &Dir, rel: &Path) {
-    let Ok(meta) = at.symlink_metadata(rel) else {
-        return;
-    };
-    if !meta.is_dir() {
-        return;
-    }
-    let mode = cap_std::fs::PermissionsExt::mode(&meta.permissions());
-    if mode & 0o700 != 0o700 && chmod_in(at, rel, mode | 0o700).is_err() {
-        return;
-    }
-    let Ok(sub) = at.open_dir_nofollow(rel) else {
-        return;
-    };
-    for entry in sub.entries().into_iter().flatten().flatten() {
-        if is_folder(&sub, &entry).unwrap_or(false) {
-            make_writable(&sub, Path::new(&entry.file_name()));
-        }
-    }
+    remove_all_in(at, rel, true)
 }
 
 /// Flushes every dirty file and folder of the filesystem that holds `dir`.

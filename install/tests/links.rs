@@ -199,10 +199,10 @@ fn link_targets_outside_the_install_or_not_yet_extracted_are_refused() {
     );
 }
 
-/// RAR 4 keeps a Unix symlink's target in the entry's data: `testlink -> test.txt` of
-/// libarchive's archive is patched to `../x.txt` (data CRC and header CRC redone).
-#[test]
-fn a_rar4_symlink_leaving_the_archive_is_refused() {
+/// libarchive's RAR 4 archive with its Unix symlink `testlink -> test.txt` given another
+/// name and target of 8 bytes each (RAR 4 keeps the target in the entry's data: data CRC
+/// and header CRC redone).
+fn rar4_with_link(name: &[u8; 8], target: &[u8; 8]) -> Vec<u8> {
     let mut bytes = fs::read(fixtures().join("test_read_format_rar.rar")).unwrap();
     let mut at = 7;
     let mut patched = false;
@@ -215,8 +215,8 @@ fn a_rar4_symlink_leaving_the_archive_is_refused() {
             data = u32::from_le_bytes(bytes[at + 7..at + 11].try_into().unwrap()) as usize;
             let name_len = usize::from(u16::from_le_bytes([bytes[at + 26], bytes[at + 27]]));
             if &bytes[at + 32..at + 32 + name_len] == b"testlink" {
-                let target = b"../x.txt";
                 assert_eq!(data, target.len());
+                bytes[at + 32..at + 40].copy_from_slice(name);
                 bytes[at + size..at + size + data].copy_from_slice(target);
                 bytes[at + 16..at + 20].copy_from_slice(&crc32fast::hash(target).to_le_bytes());
                 let head_crc = (crc32fast::hash(&bytes[at + 2..at + size]) & 0xffff) as u16;
@@ -229,6 +229,27 @@ fn a_rar4_symlink_leaving_the_archive_is_refused() {
         at += size + data;
     }
     assert!(patched, "the fixture's symlink entry was not found");
+    bytes
+}
+
+/// A RAR 4 symlink in a folder whose target climbs with `..` but stays inside installs
+/// (UnRAR makes it by path and refuses it when any folder on that path is a link).
+#[test]
+fn a_rar4_symlink_with_dot_dot_inside_the_archive_is_kept() {
+    let bytes = rar4_with_link(b"d/testlk", b"../t.txt");
+    let (_t, root) = root_of(&[]);
+    fs::write(root.join("game.eti"), &bytes).unwrap();
+    install_root(&root).unwrap();
+    assert_eq!(
+        fs::read_link(root.join("local/d/testlk")).unwrap(),
+        Path::new("../t.txt")
+    );
+}
+
+/// The same symlink pointing out of the archive is refused.
+#[test]
+fn a_rar4_symlink_leaving_the_archive_is_refused() {
+    let bytes = rar4_with_link(b"testlink", b"../x.txt");
     let (t, root) = root_of(&[]);
     fs::write(root.join("game.eti"), &bytes).unwrap();
     let err = install_root(&root).unwrap_err();

@@ -138,3 +138,77 @@ fn chmod_changes_the_entry_itself_never_a_symlink_target() {
     assert!(sub.create_new(Path::new("new")).is_err());
     assert!(root.join("d/new").is_file());
 }
+
+#[test]
+fn a_deep_tree_with_locked_folders_is_removed_without_recursion() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_t, root, outside) = lab();
+    let g = GameDir::open(&root).unwrap();
+    // 2,000 levels, every folder 0555 with a file in it, a symlink out at the bottom.
+    const DEPTH: usize = 2000;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct they are given.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    assert!(
+        lim.rlim_max as usize > DEPTH + 100,
+        "hard open-files limit too low"
+    );
+    lim.rlim_cur = lim.rlim_max;
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    let mut at = g.dir().try_clone().unwrap();
+    at.create_dir("t").unwrap();
+    let mut at_name = "t";
+    for _ in 0..DEPTH {
+        let next = at.open_dir(at_name).unwrap();
+        next.write("f", b"x").unwrap();
+        next.create_dir("d").unwrap();
+        at.set_permissions(
+            at_name,
+            cap_std::fs::Permissions::from_std(fs::Permissions::from_mode(0o555)),
+        )
+        .unwrap();
+        at = next;
+        at_name = "d";
+    }
+    symlink(&outside, root.join("link")).unwrap();
+    at.symlink("../../../../../etc", "up").ok();
+    // A small stack: a recursive walk 2,000 levels deep would overflow it.
+    let root2 = root.clone();
+    std::thread::Builder::new()
+        .stack_size(128 << 10)
+        .spawn(move || {
+            let g = GameDir::open(&root2).unwrap();
+            remove_all_in(g.dir(), Path::new("t"), true).unwrap();
+            remove_all_in(g.dir(), Path::new("link"), true).unwrap();
+            remove_all_in(g.dir(), Path::new("missing"), true).unwrap();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(!root.join("t").exists());
+    assert!(fs::symlink_metadata(root.join("link")).is_err());
+    assert_eq!(fs::read(outside.join("shadow")).unwrap(), b"secret");
+}
+
+#[test]
+fn a_private_folder_is_made_here_and_ours_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_t, root, outside) = lab();
+    let g = GameDir::open(&root).unwrap();
+    let p = g.private_folder(Path::new("staging")).unwrap();
+    let mode = fs::metadata(root.join("staging"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o700);
+    p.create_new(Path::new("f")).unwrap();
+    // Already there (made by someone first), or a symlink: refused.
+    assert!(g.private_folder(Path::new("staging")).is_err());
+    symlink(&outside, root.join("s2")).unwrap();
+    assert!(g.private_folder(Path::new("s2")).is_err());
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 1);
+}

@@ -320,13 +320,19 @@ fn commit_blocking(
     game.dir()
         .rename(&incoming, game.dir(), VERSION_FILE)
         .map_err(|e| err(root, e))?;
-    // The name renamed is the file read (nothing swapped in between), or it goes again.
-    let renamed = lstat_in(game.dir(), VERSION_FILE.as_ref()).map_err(|e| err(root, e))?;
-    if renamed.st_dev != meta.dev() || renamed.st_ino != meta.ino() {
-        let _ = game.dir().remove_file(VERSION_FILE);
-        return Err(replaced());
+    // The name renamed is the file read (nothing swapped in between) and durable, or the
+    // sentinel goes again: a failed commit leaves none.
+    let committed = match lstat_in(game.dir(), VERSION_FILE.as_ref()) {
+        Ok(st) if st.st_dev == meta.dev() && st.st_ino == meta.ino() => Ok(()),
+        Ok(_) => Err(replaced()),
+        Err(e) => Err(err(root, e)),
     }
-    game.sync().map_err(|e| err(root, e))?;
+    .and_then(|()| game.sync().map_err(|e| err(root, e)));
+    if let Err(why) = committed {
+        let _ = game.dir().remove_file(VERSION_FILE);
+        let _ = game.sync();
+        return Err(why);
+    }
     let _ = game.dir().remove_dir(INCOMING);
     Ok(())
 }
@@ -412,7 +418,7 @@ fn remove_extra(
 pub async fn discard_incoming(root: &Path) {
     let root = root.to_path_buf();
     let _ = tokio::task::spawn_blocking(move || {
-        GameDir::open(&root).and_then(|g| remove_all_in(g.dir(), Path::new(INCOMING)))
+        GameDir::open(&root).and_then(|g| remove_all_in(g.dir(), Path::new(INCOMING), false))
     })
     .await;
 }

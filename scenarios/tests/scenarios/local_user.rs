@@ -10,23 +10,9 @@ use std::path::Path;
 use lanspread_fixtures::{Content, GameSpec};
 use lanspread_scenarios::{Node, NodeOptions};
 
-/// Every file under `dir` with its bytes, sorted (what a folder outside the root holds).
-fn contents(dir: &Path) -> Vec<(String, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p.strip_prefix(dir).unwrap().display().to_string();
-                out.push((rel, fs::read(&p).unwrap()));
-            }
-        }
-    }
-    out.sort();
-    out
+/// Every file under `dir` with its size and hash (what a folder outside the root holds).
+fn contents(dir: &Path) -> lanspread_scenarios::Manifest {
+    lanspread_scenarios::manifest(dir)
 }
 
 /// A folder standing for `/etc`: a private file named like the game's.
