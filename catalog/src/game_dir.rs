@@ -185,7 +185,7 @@ impl GameDir {
 
     /// Creates the folder `name` (one component) in the root, mode 0o700, and opens it as
     /// a root of its own; it must not exist, and must be ours once open (someone who made
-    /// it first, or swapped it in, fails the call).
+    /// it first fails the call; one swapped in, owned by another user, too).
     pub fn private_folder(&self, name: &Path) -> io::Result<GameDir> {
         use std::os::unix::ffi::OsStrExt;
         let c = std::ffi::CString::new(name.as_os_str().as_bytes())
@@ -196,13 +196,22 @@ impl GameDir {
         }
         let sub = self.sub(name)?;
         let meta = sub.dir.dir_metadata()?;
+        let root = self.dir.dir_metadata()?;
+        // Ours, or owned as the root is (a filesystem that fixes owners: NFS with
+        // root_squash, vfat, exFAT, CIFS); a folder someone else put in its place is theirs.
         // SAFETY: geteuid has no preconditions.
-        let ours = cap_std::fs::MetadataExt::uid(&meta) == unsafe { libc::geteuid() };
-        if !ours || cap_std::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
+        let uid = cap_std::fs::MetadataExt::uid(&meta);
+        if uid != unsafe { libc::geteuid() } && uid != cap_std::fs::MetadataExt::uid(&root) {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
-                format!("{} is not ours alone", sub.path.display()),
+                format!("{} is not ours", sub.path.display()),
             ));
+        }
+        // Where modes are fixed by the mount (vfat, exFAT), 0700 cannot hold: no one's
+        // alone there anyway.
+        if cap_std::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
+            // SAFETY: fchmod acts on the descriptor `sub` keeps open.
+            let _ = unsafe { libc::fchmod(sub.dir.as_raw_fd(), 0o700) };
         }
         Ok(sub)
     }
@@ -331,15 +340,18 @@ pub fn remove_all_in(at: &Dir, rel: &Path, writable: bool) -> io::Result<()> {
         name: std::ffi::OsString,
         subs: Vec<std::ffi::OsString>,
     }
+    // SAFETY: geteuid has no preconditions.
+    let writable = writable && unsafe { libc::geteuid() } != 0;
     let open = |parent: &Dir, name: &Path| -> io::Result<Level> {
-        if writable {
-            let mode =
-                cap_std::fs::PermissionsExt::mode(&parent.symlink_metadata(name)?.permissions());
-            if mode & 0o700 != 0o700 {
-                chmod_in(parent, name, mode | 0o700)?;
+        let dir = match open_folder_in(parent, name) {
+            Err(e) if writable && e.kind() == io::ErrorKind::PermissionDenied => {
+                open_made_writable(parent, name)?
             }
+            other => other?,
+        };
+        if writable {
+            owner_rwx(&dir)?;
         }
-        let dir = open_folder_in(parent, name)?;
         let mut subs = Vec::new();
         for entry in dir.entries()? {
             let entry = entry?;
@@ -359,8 +371,12 @@ pub fn remove_all_in(at: &Dir, rel: &Path, writable: bool) -> io::Result<()> {
     let mut levels = vec![open(at, rel)?];
     while let Some(top) = levels.last_mut() {
         if let Some(sub) = top.subs.pop() {
-            let next = open(&top.dir, Path::new(&sub))?;
-            levels.push(next);
+            match open(&top.dir, Path::new(&sub)) {
+                Ok(next) => levels.push(next),
+                // Gone meanwhile: nothing left to remove there.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
             continue;
         }
         let done = levels.pop().map(|l| l.name).unwrap_or_default();
@@ -368,6 +384,61 @@ pub fn remove_all_in(at: &Dir, rel: &Path, writable: bool) -> io::Result<()> {
         gone(parent.remove_dir(&done))?;
     }
     Ok(())
+}
+
+/// Gives an open folder owner rwx (its other bits kept, never a set-id bit), through its
+/// own descriptor: the inode opened, whatever is at its name by now.
+fn owner_rwx(dir: &Dir) -> io::Result<()> {
+    // SAFETY: fstat writes into the zeroed struct; fchmod acts on the descriptor `dir`
+    // keeps open.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(dir.as_raw_fd(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if st.st_mode & 0o700 != 0o700
+        && unsafe { libc::fchmod(dir.as_raw_fd(), (st.st_mode & 0o777) | 0o700) } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Opens a folder its owner may not read (0o000, 0o300): a path handle of it, not
+/// through a symlink, must be a folder; owner rwx is given through that handle, and the
+/// folder opened through it — every step on the same inode.
+fn open_made_writable(parent: &Dir, name: &Path) -> io::Result<Dir> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::fs::PermissionsExt;
+    let mut opts = OpenOptions::new();
+    opts.read(true)
+        .follow(FollowSymlinks::No)
+        .maybe_dir(true)
+        .custom_flags(libc::O_PATH);
+    let handle = parent.open_with(name, &opts)?.into_std();
+    let meta = handle.metadata()?;
+    if !meta.is_dir() {
+        return Err(io::Error::other(format!(
+            "{}: not a folder",
+            name.display()
+        )));
+    }
+    std::fs::set_permissions(
+        format!("/proc/self/fd/{}", handle.as_raw_fd()),
+        std::fs::Permissions::from_mode((meta.mode() & 0o777) | 0o700),
+    )?;
+    // SAFETY: openat reads the NUL-terminated ".", relative to the handle `handle` keeps
+    // open; the descriptor it returns is owned by the File made of it.
+    let fd = unsafe {
+        libc::openat(
+            handle.as_raw_fd(),
+            c".".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Dir::from_std_file(unsafe { File::from_raw_fd(fd) }))
 }
 
 /// [`GameDir::chmod`] beneath any open folder.

@@ -296,10 +296,20 @@ fn install(
         staging
             .create_new(marker)
             .map_err(io(&staging.shown(marker)))?;
-        staging
-            .chmod(Path::new("."), 0o755)
-            .and_then(|()| staging.sync())
-            .map_err(io(&staging_path))?;
+        // local/ is 0755 (with the root's setgid bit, so its files keep a shared group),
+        // where the filesystem keeps modes at all.
+        let setgid = game
+            .dir()
+            .dir_metadata()
+            .map(|m| cap_std::fs::PermissionsExt::mode(&m.permissions()) & 0o2000)
+            .unwrap_or(0);
+        match staging.chmod(Path::new("."), 0o755 | setgid) {
+            Err(e) if e.raw_os_error() != Some(libc::EPERM) => {
+                return Err(io(&staging_path)(e));
+            }
+            _ => {}
+        }
+        staging.sync().map_err(io(&staging_path))?;
         // Swap in: an older install moves aside first and is removed after the rename.
         let local = root.join(LOCAL);
         if game.dir().symlink_metadata(LOCAL).is_ok() {
@@ -453,12 +463,18 @@ impl Run<'_> {
                 // beneath staging.
                 let private = tempfile::Builder::new()
                     .prefix("lanspread-link")
+                    .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
                     .tempdir()
                     .and_then(|t| Ok((fs::canonicalize(t.path())?, t)))
                     .map_err(io(&dest))?;
                 let at = private.0.join(rel);
                 if let Some(folder) = at.parent() {
-                    fs::create_dir_all(folder).map_err(io(&dest))?;
+                    std::os::unix::fs::DirBuilderExt::mode(
+                        fs::DirBuilder::new().recursive(true),
+                        0o700,
+                    )
+                    .create(folder)
+                    .map_err(io(&dest))?;
                 }
                 let made = arc.extract_link(&at);
                 let target = match (made, fs::read_link(&at)) {
