@@ -12,7 +12,7 @@
 //! follow the one policy of [`crate::links`]. Nothing outside the root is opened, linked
 //! or chmod-ed, whatever the process's working directory.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use crate::dll::{self, Archive, Header, Mode, Redirect};
 use crate::tree::{remove_tree_in, sync_fs, LOCAL, STAGING, TRASH};
-use crate::volumes::{self, Candidate};
 use crate::{links, InstallError};
 use lanspread_catalog::{Access, GameDir};
+use plan::{plan, Kind, Listed, PlannedSet};
 
 pub use lanspread_catalog::INSTALLED_MARKER;
 
@@ -84,127 +84,6 @@ fn archive_err(archive: &Path, e: dll::DllError) -> InstallError {
     InstallError::Archive {
         archive: archive.to_path_buf(),
         why: e.0,
-    }
-}
-
-/// An entry as the listing gave it.
-#[derive(Debug, Clone)]
-struct Listed {
-    name: String,
-    rel: PathBuf,
-    kind: Kind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Dir,
-    /// A regular file (plain, hard link or copy) of this size.
-    File(u64),
-    Symlink,
-}
-
-/// One archive or volume set, listed.
-struct PlannedSet {
-    volumes: Vec<PathBuf>,
-    entries: Vec<Listed>,
-}
-
-/// The regular-file `.eti` archives at the top of a root (links are not followed), by name.
-fn archives(root: &Path) -> Result<Vec<PathBuf>, InstallError> {
-    let mut out: Vec<PathBuf> = fs::read_dir(root)
-        .map_err(io(root))?
-        .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "eti"))
-        .collect();
-    out.sort();
-    Ok(out)
-}
-
-fn file_name(p: &Path) -> String {
-    p.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// Groups the archives into sets and lists every one — all before anything is written.
-fn plan(root: &Path) -> Result<(Vec<PlannedSet>, u64), InstallError> {
-    let files = archives(root)?;
-    let mut candidates = Vec::with_capacity(files.len());
-    for f in &files {
-        let mut file = fs::File::open(f).map_err(io(f))?;
-        let info = volumes::probe(&mut file).map_err(io(f))?;
-        candidates.push(Candidate {
-            name: file_name(f),
-            info,
-        });
-    }
-    let sets = volumes::plan_sets(&candidates).map_err(InstallError::VolumeSet)?;
-    let mut owners: BTreeMap<PathBuf, String> = BTreeMap::new();
-    let mut total = 0u64;
-    let mut planned = Vec::with_capacity(sets.len());
-    for set in sets {
-        let volumes: Vec<PathBuf> = set.members.iter().map(|&i| files[i].clone()).collect();
-        let first = &volumes[0];
-        let label = file_name(first);
-        let mut arc = Archive::open(&volumes, Mode::List).map_err(|e| archive_err(first, e))?;
-        if arc.flags.encrypted_headers {
-            return Err(InstallError::Encrypted(first.clone()));
-        }
-        let mut entries = Vec::new();
-        while let Some(h) = arc.next_header().map_err(|e| archive_err(first, e))? {
-            if h.encrypted {
-                return Err(InstallError::Encrypted(first.clone()));
-            }
-            let rel = safe_rel(&h.name)?;
-            let kind = kind_of(&h);
-            if kind != Kind::Dir {
-                if let Some(other) = owners.insert(rel.clone(), label.clone()) {
-                    return Err(InstallError::Clash {
-                        name: h.name,
-                        first: other,
-                        second: label,
-                    });
-                }
-            }
-            if let (Kind::File(size), false) = (kind, matches!(h.redirect, Redirect::HardLink(_))) {
-                total = total.saturating_add(size);
-            }
-            entries.push(Listed {
-                name: h.name,
-                rel,
-                kind,
-            });
-            arc.skip().map_err(|e| archive_err(first, e))?;
-        }
-        // A second reader's count: headers UnRAR skips as damaged would otherwise vanish.
-        let infos: Vec<_> = set
-            .members
-            .iter()
-            .filter_map(|&i| candidates[i].info)
-            .collect();
-        let counted: u32 = infos.iter().map(|v| v.entries).sum();
-        let exact = infos.len() == set.members.len() && infos.iter().all(|v| v.walked);
-        let listed = entries.len();
-        if (counted as usize) > listed || (exact && counted as usize != listed) {
-            return Err(InstallError::Archive {
-                archive: first.clone(),
-                why: format!(
-                    "its headers hold {counted} entries but UnRAR reads {listed} (damaged headers)"
-                ),
-            });
-        }
-        planned.push(PlannedSet { volumes, entries });
-    }
-    Ok((planned, total))
-}
-
-fn kind_of(h: &Header) -> Kind {
-    match h.redirect {
-        Redirect::Symlink(_) => Kind::Symlink,
-        Redirect::None if h.is_dir => Kind::Dir,
-        _ => Kind::File(h.unp_size),
     }
 }
 
@@ -461,12 +340,7 @@ impl Run<'_> {
                 // with the entry's own sub-folders), where no one else can swap a
                 // folder; we read the target back, judge it, and make our own link
                 // beneath staging.
-                let private = tempfile::Builder::new()
-                    .prefix("lanspread-link")
-                    .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
-                    .tempdir()
-                    .and_then(|t| Ok((fs::canonicalize(t.path())?, t)))
-                    .map_err(io(&dest))?;
+                let private = PrivateDir::new().map_err(io(&dest))?;
                 let at = private.0.join(rel);
                 if let Some(folder) = at.parent() {
                     std::os::unix::fs::DirBuilderExt::mode(
@@ -623,6 +497,40 @@ impl Run<'_> {
     }
 }
 
+/// A folder of ours alone under the temporary folder (`mkdtemp`: 0700, a fresh name), at
+/// its real path (no link in it: UnRAR refuses a `..` link where a folder on its path is
+/// one); removed with everything in it when dropped. (No `tempfile` in the daemon.)
+struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    fn new() -> io::Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        let template = std::env::temp_dir().join("lanspread-link-XXXXXX");
+        let mut bytes = std::ffi::CString::new(template.as_os_str().as_bytes())
+            .map_err(|_| io::Error::other("a NUL in the temporary folder's path"))?
+            .into_bytes_with_nul();
+        // SAFETY: mkdtemp rewrites the XXXXXX of the NUL-terminated template in place.
+        if unsafe { libc::mkdtemp(bytes.as_mut_ptr().cast()) }.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        bytes.pop();
+        let made = PathBuf::from(std::ffi::OsStr::from_bytes(&bytes));
+        match fs::canonicalize(&made) {
+            Ok(real) => Ok(Self(real)),
+            Err(e) => {
+                let _ = fs::remove_dir(&made);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 fn link_err(kind: &'static str, entry: &str, target: &str, why: &str) -> InstallError {
     InstallError::Link {
         kind,
@@ -632,5 +540,6 @@ fn link_err(kind: &'static str, entry: &str, target: &str, why: &str) -> Install
     }
 }
 
+mod plan;
 #[cfg(test)]
 mod tests;

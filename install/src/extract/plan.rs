@@ -1,0 +1,134 @@
+//! The listing phase of an install: the `.eti` archives at the top of a root grouped
+//! into volume sets from their RAR headers, and every set listed — names checked,
+//! clashes between sets found, unpacked size summed, encryption refused — all before
+//! anything is written.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::{archive_err, io, safe_rel};
+use crate::dll::{Archive, Header, Mode, Redirect};
+use crate::volumes::{self, Candidate};
+use crate::InstallError;
+
+/// An entry as the listing gave it.
+#[derive(Debug, Clone)]
+pub(super) struct Listed {
+    pub(super) name: String,
+    pub(super) rel: PathBuf,
+    pub(super) kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Dir,
+    /// A regular file (plain, hard link or copy) of this size.
+    File(u64),
+    Symlink,
+}
+
+/// One archive or volume set, listed.
+pub(super) struct PlannedSet {
+    pub(super) volumes: Vec<PathBuf>,
+    pub(super) entries: Vec<Listed>,
+}
+
+/// The regular-file `.eti` archives at the top of a root (links are not followed), by name.
+fn archives(root: &Path) -> Result<Vec<PathBuf>, InstallError> {
+    let mut out: Vec<PathBuf> = fs::read_dir(root)
+        .map_err(io(root))?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "eti"))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Groups the archives into sets and lists every one — all before anything is written.
+pub(super) fn plan(root: &Path) -> Result<(Vec<PlannedSet>, u64), InstallError> {
+    let files = archives(root)?;
+    let mut candidates = Vec::with_capacity(files.len());
+    for f in &files {
+        let mut file = fs::File::open(f).map_err(io(f))?;
+        let info = volumes::probe(&mut file).map_err(io(f))?;
+        candidates.push(Candidate {
+            name: file_name(f),
+            info,
+        });
+    }
+    let sets = volumes::plan_sets(&candidates).map_err(InstallError::VolumeSet)?;
+    let mut owners: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let mut total = 0u64;
+    let mut planned = Vec::with_capacity(sets.len());
+    for set in sets {
+        let volumes: Vec<PathBuf> = set.members.iter().map(|&i| files[i].clone()).collect();
+        let first = &volumes[0];
+        let label = file_name(first);
+        let mut arc = Archive::open(&volumes, Mode::List).map_err(|e| archive_err(first, e))?;
+        if arc.flags.encrypted_headers {
+            return Err(InstallError::Encrypted(first.clone()));
+        }
+        let mut entries = Vec::new();
+        while let Some(h) = arc.next_header().map_err(|e| archive_err(first, e))? {
+            if h.encrypted {
+                return Err(InstallError::Encrypted(first.clone()));
+            }
+            let rel = safe_rel(&h.name)?;
+            let kind = kind_of(&h);
+            if kind != Kind::Dir {
+                if let Some(other) = owners.insert(rel.clone(), label.clone()) {
+                    return Err(InstallError::Clash {
+                        name: h.name,
+                        first: other,
+                        second: label,
+                    });
+                }
+            }
+            if let (Kind::File(size), false) = (kind, matches!(h.redirect, Redirect::HardLink(_))) {
+                total = total.saturating_add(size);
+            }
+            entries.push(Listed {
+                name: h.name,
+                rel,
+                kind,
+            });
+            arc.skip().map_err(|e| archive_err(first, e))?;
+        }
+        // A second reader's count: headers UnRAR skips as damaged would otherwise vanish.
+        let infos: Vec<_> = set
+            .members
+            .iter()
+            .filter_map(|&i| candidates[i].info)
+            .collect();
+        let counted: u32 = infos.iter().map(|v| v.entries).sum();
+        let exact = infos.len() == set.members.len() && infos.iter().all(|v| v.walked);
+        let listed = entries.len();
+        if (counted as usize) > listed || (exact && counted as usize != listed) {
+            return Err(InstallError::Archive {
+                archive: first.clone(),
+                why: format!(
+                    "its headers hold {counted} entries but UnRAR reads {listed} (damaged headers)"
+                ),
+            });
+        }
+        planned.push(PlannedSet { volumes, entries });
+    }
+    Ok((planned, total))
+}
+
+fn kind_of(h: &Header) -> Kind {
+    match h.redirect {
+        Redirect::Symlink(_) => Kind::Symlink,
+        Redirect::None if h.is_dir => Kind::Dir,
+        _ => Kind::File(h.unp_size),
+    }
+}
