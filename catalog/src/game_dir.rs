@@ -232,7 +232,11 @@ impl GameDir {
     /// symlink at its last component: it is opened as a path handle beneath the root, and
     /// the mode set through the kernel's link to that handle.
     pub fn chmod(&self, rel: &Path, mode: u32) -> io::Result<()> {
-        chmod_in(&self.dir, rel, mode)
+        let (handle, meta) = path_handle(&self.dir, rel)?;
+        if meta.file_type().is_symlink() {
+            return Err(io::Error::other(format!("{}: a symlink", rel.display())));
+        }
+        chmod_handle(&handle, mode)
     }
 
     /// Opens the folder `rel` beneath the root, not through a symlink at its last
@@ -403,29 +407,42 @@ fn owner_rwx(dir: &Dir) -> io::Result<()> {
     Ok(())
 }
 
-/// Opens a folder its owner may not read (0o000, 0o300): a path handle of it, not
-/// through a symlink, must be a folder; owner rwx is given through that handle, and the
-/// folder opened through it — every step on the same inode.
-fn open_made_writable(parent: &Dir, name: &Path) -> io::Result<Dir> {
-    use std::os::fd::FromRawFd;
-    use std::os::unix::fs::PermissionsExt;
+/// A path handle (`O_PATH`) of `rel` beneath `at`, not through a symlink at its last
+/// component (a symlink there gives a handle of the link itself), with its metadata.
+fn path_handle(at: &Dir, rel: &Path) -> io::Result<(File, Metadata)> {
     let mut opts = OpenOptions::new();
     opts.read(true)
         .follow(FollowSymlinks::No)
         .maybe_dir(true)
         .custom_flags(libc::O_PATH);
-    let handle = parent.open_with(name, &opts)?.into_std();
+    let handle = at.open_with(rel, &opts)?.into_std();
     let meta = handle.metadata()?;
+    Ok((handle, meta))
+}
+
+/// chmod of the kernel's link to a path handle: it reaches the inode the handle holds
+/// (as glibc's fchmodat(AT_SYMLINK_NOFOLLOW) does), whatever is at its name by now.
+fn chmod_handle(handle: &File, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        format!("/proc/self/fd/{}", handle.as_raw_fd()),
+        std::fs::Permissions::from_mode(mode & 0o7777),
+    )
+}
+
+/// Opens a folder its owner may not read (0o000, 0o300): a path handle of it, not
+/// through a symlink, must be a folder; owner rwx is given through that handle, and the
+/// folder opened through it — every step on the same inode.
+fn open_made_writable(parent: &Dir, name: &Path) -> io::Result<Dir> {
+    use std::os::fd::FromRawFd;
+    let (handle, meta) = path_handle(parent, name)?;
     if !meta.is_dir() {
         return Err(io::Error::other(format!(
             "{}: not a folder",
             name.display()
         )));
     }
-    std::fs::set_permissions(
-        format!("/proc/self/fd/{}", handle.as_raw_fd()),
-        std::fs::Permissions::from_mode((meta.mode() & 0o777) | 0o700),
-    )?;
+    chmod_handle(&handle, (meta.mode() & 0o777) | 0o700)?;
     // SAFETY: openat reads the NUL-terminated ".", relative to the handle `handle` keeps
     // open; the descriptor it returns is owned by the File made of it.
     let fd = unsafe {
@@ -439,26 +456,6 @@ fn open_made_writable(parent: &Dir, name: &Path) -> io::Result<Dir> {
         return Err(io::Error::last_os_error());
     }
     Ok(Dir::from_std_file(unsafe { File::from_raw_fd(fd) }))
-}
-
-/// [`GameDir::chmod`] beneath any open folder.
-pub fn chmod_in(at: &Dir, rel: &Path, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut opts = OpenOptions::new();
-    opts.read(true)
-        .follow(FollowSymlinks::No)
-        .maybe_dir(true)
-        .custom_flags(libc::O_PATH);
-    let handle = at.open_with(rel, &opts)?.into_std();
-    if handle.metadata()?.file_type().is_symlink() {
-        return Err(io::Error::other(format!("{}: a symlink", rel.display())));
-    }
-    // chmod of the magic link reaches the inode the handle holds (as glibc's
-    // fchmodat(AT_SYMLINK_NOFOLLOW) does), whatever is at `rel` by now.
-    std::fs::set_permissions(
-        format!("/proc/self/fd/{}", handle.as_raw_fd()),
-        std::fs::Permissions::from_mode(mode & 0o7777),
-    )
 }
 
 /// `fsync` of an open folder.
