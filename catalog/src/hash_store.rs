@@ -1,13 +1,14 @@
 //! The hash cache on disk: `<root>/.lanspread/chunks.json`, each file's identity with its
 //! piece hashes as one hex string. A file of another format (the chunk hashes of protocol
-//! 7 and before, another piece size) reads as empty, so its roots are hashed once again.
+//! 7 and before, another piece size, the SHA-256 pieces of protocol 8 and 9) reads as
+//! empty, so its roots are hashed once again.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use lanspread_proto::{piece_count, ChunkHash, PIECE_SIZE};
+use lanspread_proto::{piece_count, ChunkHash, CONTENT_HASH, PIECE_SIZE};
 
 use crate::game_dir::{Access, GameDir};
 use crate::hashes::FileKey;
@@ -23,6 +24,9 @@ pub(crate) struct CacheFile {
     /// The piece size the hashes are of; a file without it (or with another) is ignored.
     #[serde(default)]
     piece_size: u64,
+    /// The hash function ([`CONTENT_HASH`]); a file without it (or with another) is ignored.
+    #[serde(default)]
+    hash: String,
     /// Path → identity and the piece hashes, concatenated, in hex.
     pub(crate) entries: BTreeMap<String, (FileKey, String)>,
 }
@@ -81,7 +85,7 @@ pub(crate) fn load_cache(root: &Path) -> CacheFile {
     read()
         .ok()
         .and_then(|b| serde_json::from_slice::<CacheFile>(&b).ok())
-        .filter(|c| c.piece_size == PIECE_SIZE)
+        .filter(|c| c.piece_size == PIECE_SIZE && c.hash == CONTENT_HASH)
         .unwrap_or_default()
 }
 
@@ -91,6 +95,7 @@ pub(crate) fn store_cache(root: &Path, c: &CacheFile) {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let c = CacheFile {
         piece_size: PIECE_SIZE,
+        hash: CONTENT_HASH.to_owned(),
         entries: c.entries.clone(),
     };
     let res = (|| {
@@ -147,6 +152,17 @@ mod tests {
         let other = serde_json::json!({"piece_size": 4096, "entries": {}});
         fs::write(t.path().join(".lanspread/chunks.json"), other.to_string()).unwrap();
         assert_eq!(load_cache(t.path()).piece_size, 0);
+        // The SHA-256 pieces of protocols 8 and 9: the right piece size, no hash name.
+        let sha = serde_json::json!({"piece_size": PIECE_SIZE, "entries": {"a.eti": [k, "ab".repeat(64)]}});
+        fs::write(t.path().join(".lanspread/chunks.json"), sha.to_string()).unwrap();
+        assert!(load_cache(t.path()).entries.is_empty());
+        let named = serde_json::json!({"piece_size": PIECE_SIZE, "hash": CONTENT_HASH, "entries": {"a.eti": [k, "ab".repeat(64)]}});
+        fs::write(t.path().join(".lanspread/chunks.json"), named.to_string()).unwrap();
+        assert_eq!(
+            load_cache(t.path()).entries.len(),
+            1,
+            "the same with the name reads"
+        );
         // A damaged entry is not trusted: not hex, a sign, upper case, a length that is
         // not the file's piece count (two pieces here).
         let mut c = CacheFile::default();

@@ -177,7 +177,7 @@ impl Metrics {
         );
         r.register(
             "chunks_verified",
-            "Chunks received and verified (SHA-256)",
+            "Chunks received and verified (BLAKE3 per piece)",
             m.chunks_verified.clone(),
         );
         r.register(

@@ -30,9 +30,9 @@ pub struct ChunkSpec {
     pub offset: u64,
     /// Length (1..=CHUNK_SIZE).
     pub len: u64,
-    /// Expected SHA-256 (over its pieces' hashes).
+    /// Expected hash (BLAKE3 over its pieces' hashes).
     pub hash: ChunkHash,
-    /// Expected SHA-256 of each of its 1 MiB pieces.
+    /// Expected hash (BLAKE3) of each of its 1 MiB pieces.
     pub pieces: Vec<ChunkHash>,
 }
 

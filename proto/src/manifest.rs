@@ -1,13 +1,19 @@
-//! What a manifest is: files with SHA-256 per 1 MiB piece and, over those, per 32 MiB
-//! chunk, and the chunk and piece arithmetic both sides of a transfer share.
+//! What a manifest is: files with a BLAKE3 hash per 1 MiB piece and, over those, per
+//! 32 MiB chunk, and the chunk and piece arithmetic both sides of a transfer share.
 //!
-//! A chunk's hash is SHA-256 over the SHA-256 of each of its pieces, in order (a hash
-//! list of depth two): the bytes are hashed once, per piece, as they arrive, so a source
-//! that lies is caught after one piece, not one chunk, and the chunk hashes the rest of
-//! the protocol names (votes, journals, partial holdings) follow from the pieces.
+//! A chunk's hash is BLAKE3 over the BLAKE3 of each of its pieces, in order (a hash list
+//! of depth two): the bytes are hashed once, per piece, as they arrive, so a source that
+//! lies is caught after one piece, not one chunk, and the chunk hashes the rest of the
+//! protocol names (votes, journals, partial holdings) follow from the pieces.
+//!
+//! BLAKE3, not SHA-256 (protocol 10): the downloader hashes every byte it receives and a
+//! source every byte it serves once, and on one core here BLAKE3 hashes a 1 MiB piece at
+//! 6.0 GiB/s against 1.67 GiB/s for SHA-256 with SHA-NI (sha2 and ring alike); on CPUs
+//! without SHA-NI (most Intel desktops before 2021) SHA-256 runs at a fraction of that.
+//! Both are 256-bit cryptographic hashes: a lying source cannot forge a piece either way.
+//! [`piece_hash`] is the one place content is hashed.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::RelPath;
 
@@ -27,7 +33,8 @@ pub const PIECE_SIZE: u64 = 1 << 20;
 /// Pieces in a whole chunk.
 pub const PIECES_PER_CHUNK: u64 = CHUNK_SIZE / PIECE_SIZE;
 
-/// A SHA-256: of a piece, of a chunk (over its pieces' hashes), or of a manifest.
+/// A BLAKE3 hash (256 bits): of a piece, of a chunk (over its pieces' hashes), or of a
+/// manifest.
 pub type ChunkHash = [u8; 32];
 
 /// A file with its piece and chunk hashes: what a source tells a downloader.
@@ -41,7 +48,7 @@ pub struct FileManifest {
     pub mode: u32,
     /// Each chunk's hash ([`chunk_hash`] of its pieces), in order.
     pub chunks: Vec<ChunkHash>,
-    /// SHA-256 of each 1 MiB piece, in order.
+    /// [`piece_hash`] of each 1 MiB piece, in order.
     pub pieces: Vec<ChunkHash>,
 }
 
@@ -78,9 +85,19 @@ impl FileManifest {
     }
 }
 
-/// A chunk's hash: SHA-256 over its pieces' hashes, in order.
+/// Name of the content hash, stored beside hashes kept on disk (a hash cache of another
+/// one is not read).
+pub const CONTENT_HASH: &str = "blake3";
+
+/// A piece's hash: BLAKE3 of its bytes (hand it the whole piece at once: BLAKE3 hashes
+/// a long slice on all SIMD lanes, small updates one 1 KiB block at a time).
+pub fn piece_hash(bytes: &[u8]) -> ChunkHash {
+    blake3::hash(bytes).into()
+}
+
+/// A chunk's hash: BLAKE3 over its pieces' hashes, in order.
 pub fn chunk_hash(pieces: &[ChunkHash]) -> ChunkHash {
-    let mut h = Sha256::new();
+    let mut h = blake3::Hasher::new();
     for p in pieces {
         h.update(p);
     }
@@ -95,21 +112,21 @@ pub fn chunk_hashes(pieces: &[ChunkHash]) -> Vec<ChunkHash> {
         .collect()
 }
 
-/// SHA-256 over everything a manifest says (paths, sizes, modes, chunk and piece hashes), in order:
+/// BLAKE3 over everything a manifest says (paths, sizes, modes, chunk and piece hashes), in order:
 /// two manifests with the same digest describe the same bytes at the same places.
 pub fn manifest_digest(files: &[FileManifest]) -> ChunkHash {
-    let mut h = Sha256::new();
-    h.update((files.len() as u64).to_le_bytes());
+    let mut h = blake3::Hasher::new();
+    h.update(&(files.len() as u64).to_le_bytes());
     for f in files {
-        h.update((f.path.as_str().len() as u64).to_le_bytes());
+        h.update(&(f.path.as_str().len() as u64).to_le_bytes());
         h.update(f.path.as_str().as_bytes());
-        h.update(f.size.to_le_bytes());
-        h.update(f.mode.to_le_bytes());
-        h.update((f.chunks.len() as u64).to_le_bytes());
+        h.update(&f.size.to_le_bytes());
+        h.update(&f.mode.to_le_bytes());
+        h.update(&(f.chunks.len() as u64).to_le_bytes());
         for c in &f.chunks {
             h.update(c);
         }
-        h.update((f.pieces.len() as u64).to_le_bytes());
+        h.update(&(f.pieces.len() as u64).to_le_bytes());
         for p in &f.pieces {
             h.update(p);
         }
@@ -197,6 +214,19 @@ mod tests {
     }
 
     #[test]
+    fn piece_hash_is_blake3() {
+        // Known answers of BLAKE3 (the empty input and "abc"), not from this crate.
+        assert_eq!(
+            hex::encode(piece_hash(b"")),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+        assert_eq!(
+            hex::encode(piece_hash(b"abc")),
+            "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
+        );
+    }
+
+    #[test]
     fn chunk_hashes_are_over_their_pieces() {
         let size = 2 * CHUNK_SIZE + PIECE_SIZE + 1;
         assert_eq!(piece_count(size), 2 * PIECES_PER_CHUNK + 2);
@@ -210,7 +240,7 @@ mod tests {
         for p in f.pieces_of(2) {
             flat.extend_from_slice(p);
         }
-        assert_eq!(f.chunks[2], <[u8; 32]>::from(Sha256::digest(&flat)));
+        assert_eq!(f.chunks[2], <[u8; 32]>::from(blake3::hash(&flat)));
         assert!(f.consistent());
         let mut bad = f.clone();
         bad.pieces[5][0] ^= 1;

@@ -15,11 +15,12 @@ use crate::PeerId;
 /// sends); `Later` also when the swarm upload slots are taken.
 /// 6: `Chunks` may be answered `Later` too (the server of a swarm serves in turns).
 /// 7: a `Files` answer may be preceded by `Hashing` progress frames.
-/// 8: manifests carry SHA-256 per 1 MiB piece, and a chunk's hash is over its pieces'
+/// 8: manifests carry a hash per 1 MiB piece, and a chunk's hash is over its pieces'
 /// hashes; `PartialChunks` and `Offer` ranges may be the rest of a chunk from a piece on.
 /// 9: `HoldingGrowing` (the chunks a partial holder is fetching, served as their pieces
 /// verify: cut-through).
-pub const PROTOCOL_VERSION: u32 = 9;
+/// 10: pieces, chunks and manifests hashed with BLAKE3 instead of SHA-256.
+pub const PROTOCOL_VERSION: u32 = 10;
 /// TLS ALPN identifier of a peer link (announce stream, requests).
 pub const ALPN: &[u8] = b"lanspread/1";
 /// TLS ALPN identifier of a data connection: a downloader's extra connection to a source,

@@ -1,16 +1,16 @@
 //! Fetching chunks from one source: request them on a fresh bidirectional stream (one
-//! chunk or the rest of one, or a run of small files together), hash each 1 MiB piece as
-//! it arrives (no second pass) and check it before its pool buffer goes to the io_uring
-//! writer: a source that lies is caught after one piece, no unverified byte is written,
-//! and the pieces verified before a failure are kept (the rest is fetched alone).
+//! chunk or the rest of one, or a run of small files together), gather each 1 MiB piece
+//! in a pool buffer, hash it whole once it is there (BLAKE3 on one long slice, while it
+//! is still in the cache) and check it before the buffer goes to the io_uring writer: a
+//! source that lies is caught after one piece, no unverified byte is written, and the
+//! pieces verified before a failure are kept (the rest is fetched alone).
 
-use lanspread_catalog::{ChunkHash, GameId, RelPath, Version, PIECE_SIZE};
+use lanspread_catalog::{piece_hash, ChunkHash, GameId, RelPath, Version, PIECE_SIZE};
 use lanspread_peer::FailKind;
 use lanspread_proto::reset_code::RELAY_CUT;
 use lanspread_proto::{chunk_head, AnswerFault, ChunkRange, PeerRequest, PeerResponse};
 use lanspread_transfer::{read_frame, write_frame};
 use quinn::{Connection, RecvStream};
-use sha2::{Digest, Sha256};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,7 +46,7 @@ pub struct ChunkJob {
     pub offset: u64,
     /// Bytes.
     pub len: u64,
-    /// Expected SHA-256 of each piece of the range.
+    /// Expected hash of each piece of the range.
     pub pieces: Vec<ChunkHash>,
     /// Bytes of the range verified and handed to the writer so far (whole pieces), for
     /// the journal of a transfer that stops half-way.
@@ -449,7 +449,6 @@ async fn receive_one(
         }
         Err(e) => return Err(gone(e.to_string())),
     }
-    let mut hasher = Sha256::new();
     let mut got = 0u64;
     let mut buf = None;
     // Where each write not yet known complete ends (for a growing chunk).
@@ -492,16 +491,14 @@ async fn receive_one(
             Err(e) => return Err(lost(e)),
         };
         limit.take(bytes.len() as u64).await;
-        hasher.update(&bytes);
         b.extend(&bytes);
         got += bytes.len() as u64;
         if let Some(full) = buf.take_if(|b| b.room() == 0 || got == job.len) {
             let index = ((piece_start - job.offset) / PIECE_SIZE) as usize;
-            let digest: ChunkHash = hasher.finalize_reset().into();
-            if job.pieces.get(index) != Some(&digest) {
+            if job.pieces.get(index) != Some(&piece_hash(full.bytes())) {
                 return Err(FetchError::Source(
                     FailKind::BadData,
-                    format!("{} at {piece_start}: SHA-256 mismatch", job.path),
+                    format!("{} at {piece_start}: hash mismatch", job.path),
                 ));
             }
             let len = full.filled() as u64;

@@ -13,11 +13,10 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use lanspread_catalog::{Access, ChunkHash, GameDir, Version, PIECE_SIZE};
+use lanspread_catalog::{piece_hash, Access, ChunkHash, GameDir, Version, PIECE_SIZE};
 use lanspread_peer::{
     journal_entry, journal_header, journal_kept, judge_journal, ChunkSpec, ResumeDecision, Verified,
 };
-use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
 use lanspread_control::Failure;
@@ -160,7 +159,7 @@ fn good_pieces(game: &GameDir, file: &Path, spec: &ChunkSpec, pieces: usize) -> 
     for (i, want) in spec.pieces.iter().take(pieces).enumerate() {
         let len = (spec.len - i as u64 * PIECE_SIZE).min(PIECE_SIZE) as usize;
         f.read_exact(&mut buf[..len])?;
-        if <[u8; 32]>::from(Sha256::digest(&buf[..len])) != *want {
+        if piece_hash(&buf[..len]) != *want {
             return Ok(i);
         }
     }

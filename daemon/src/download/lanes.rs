@@ -2,7 +2,7 @@
 //! (`lanspread_peer::LaneBook` decides which batch goes where). With one transfer thread
 //! a source has one lane, its link. With `n`, a source gets `n` data connections, each
 //! dialled on (and so driven by) its own transfer thread, where the fetches of that lane
-//! run too: packet crypto and SHA-256 of a download spread over `n` cores, and the source
+//! run too: packet crypto and piece hashing of a download spread over `n` cores, and the source
 //! spreads the accepted connections over its own threads. A source whose data
 //! connections cannot be opened keeps its link.
 

@@ -41,6 +41,11 @@ impl PoolBuf {
         self.vec.as_ref().map_or(0, Vec::len)
     }
 
+    /// The bytes filled so far.
+    pub fn bytes(&self) -> &[u8] {
+        self.vec.as_deref().unwrap_or_default()
+    }
+
     /// Room left.
     pub fn room(&self) -> usize {
         BUF_SIZE - self.filled()

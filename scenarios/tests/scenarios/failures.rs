@@ -359,10 +359,7 @@ fn s38_corrupted_source() {
     // The real cause is named, in the reason and per source.
     let failed = out.json();
     assert!(
-        failed["reason"]
-            .as_str()
-            .unwrap()
-            .contains("SHA-256 mismatch"),
+        failed["reason"].as_str().unwrap().contains("hash mismatch"),
         "{failed}"
     );
     assert_eq!(
@@ -374,7 +371,7 @@ fn s38_corrupted_source() {
         failed["sources"][0]["reason"]
             .as_str()
             .unwrap()
-            .contains("SHA-256 mismatch"),
+            .contains("hash mismatch"),
         "{failed}"
     );
     assert_not_committed(&c2, games2.path(), "cod5");
@@ -412,7 +409,7 @@ fn s38_corrupted_small_file_inside_a_batch() {
         assert_eq!(fixed["peer_id"], g.peer_id.as_str(), "{bad}");
     }
     assert!(
-        c.log().contains("SHA-256 mismatch"),
+        c.log().contains("hash mismatch"),
         "the corrupted file was detected"
     );
     // The liar was dropped after its first batch: the good source sent nearly everything.

@@ -48,7 +48,7 @@ fn a_liar_is_caught_at_its_bad_piece_and_only_the_rest_is_fetched_again() {
     assert_eq!(out.code, 1, "{out:?}");
     let reason = out.json()["reason"].as_str().unwrap_or_default().to_owned();
     assert!(
-        reason.contains(&format!("cod5.eti at {}: SHA-256 mismatch", 5 * MIB)),
+        reason.contains(&format!("cod5.eti at {}: hash mismatch", 5 * MIB)),
         "the bad piece is named: {reason}"
     );
     assert_not_committed(&c, games.path(), "cod5");
