@@ -1,7 +1,9 @@
-//! The hash cache on disk: `<root>/.lanspread/chunks.json`, each file's identity with its
-//! piece hashes as one hex string. A file of another format (the chunk hashes of protocol
-//! 7 and before, another piece size, the SHA-256 pieces of protocol 8 and 9) reads as
-//! empty, so its roots are hashed once again.
+//! The hash cache on disk: `<root>/.lanspread/pieces.json`, each file's identity with its
+//! piece hashes as one hex string. A file of another format (another piece size, another
+//! hash) reads as empty, so its roots are hashed once again. The SHA-256 caches of
+//! protocols 7 to 9 were `chunks.json`: a new name, so that an older daemon started on the
+//! same roots (a rollback) never reads BLAKE3 hashes as SHA-256 ones; the old file is
+//! removed when the new one is written.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -16,7 +18,9 @@ use crate::RelPath;
 
 /// Folder of daemon metadata inside a root.
 const META_DIR: &str = ".lanspread";
-const CACHE_FILE: &str = "chunks.json";
+const CACHE_FILE: &str = "pieces.json";
+/// The cache of protocols 7 to 9 (SHA-256), removed when [`CACHE_FILE`] is written.
+const OLD_CACHE_FILE: &str = "chunks.json";
 
 /// The persisted cache of one root.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -112,7 +116,10 @@ pub(crate) fn store_cache(root: &Path, c: &CacheFile) {
         let dir = Path::new(META_DIR);
         let tmp = dir.join(format!("{CACHE_FILE}.{}.{n}.tmp", std::process::id()));
         let bytes = serde_json::to_vec(&c).map_err(std::io::Error::other)?;
-        g.replace(&dir.join(CACHE_FILE), &tmp, &bytes).map(drop)
+        g.replace(&dir.join(CACHE_FILE), &tmp, &bytes)?;
+        // Best effort: an old cache left behind is only a few wasted bytes.
+        let _ = g.dir().remove_file(dir.join(OLD_CACHE_FILE));
+        Ok(())
     })();
     if let Err(e) = res {
         tracing::debug!(root = %root.display(), "hash cache not persisted: {e}");
@@ -142,22 +149,47 @@ mod tests {
         c.entries.insert("a.eti".into(), to_persisted(k, &pieces));
         store_cache(t.path(), &c);
         let back = load_cache(t.path());
-        assert_eq!(from_persisted(&back, &path, k), Some(pieces));
+        assert_eq!(from_persisted(&back, &path, k), Some(pieces.clone()));
         assert!(persisted_as(&back, &path, k));
+        // An old cache under the old name is removed when the new one is written.
+        let old_name = t.path().join(".lanspread").join(OLD_CACHE_FILE);
+        fs::write(&old_name, "{}").unwrap();
+        store_cache(t.path(), &back);
+        assert!(!old_name.exists());
+        assert_eq!(
+            from_persisted(&load_cache(t.path()), &path, k),
+            Some(pieces)
+        );
         // The chunk hashes of protocol 7 (a list of hex strings, no piece size).
         let old = serde_json::json!({"entries": {"a.eti": [k, ["00".repeat(32)]]}});
-        fs::write(t.path().join(".lanspread/chunks.json"), old.to_string()).unwrap();
+        fs::write(
+            t.path().join(".lanspread").join(CACHE_FILE),
+            old.to_string(),
+        )
+        .unwrap();
         assert!(load_cache(t.path()).entries.is_empty());
         // Another piece size.
         let other = serde_json::json!({"piece_size": 4096, "entries": {}});
-        fs::write(t.path().join(".lanspread/chunks.json"), other.to_string()).unwrap();
+        fs::write(
+            t.path().join(".lanspread").join(CACHE_FILE),
+            other.to_string(),
+        )
+        .unwrap();
         assert_eq!(load_cache(t.path()).piece_size, 0);
         // The SHA-256 pieces of protocols 8 and 9: the right piece size, no hash name.
         let sha = serde_json::json!({"piece_size": PIECE_SIZE, "entries": {"a.eti": [k, "ab".repeat(64)]}});
-        fs::write(t.path().join(".lanspread/chunks.json"), sha.to_string()).unwrap();
+        fs::write(
+            t.path().join(".lanspread").join(CACHE_FILE),
+            sha.to_string(),
+        )
+        .unwrap();
         assert!(load_cache(t.path()).entries.is_empty());
         let named = serde_json::json!({"piece_size": PIECE_SIZE, "hash": CONTENT_HASH, "entries": {"a.eti": [k, "ab".repeat(64)]}});
-        fs::write(t.path().join(".lanspread/chunks.json"), named.to_string()).unwrap();
+        fs::write(
+            t.path().join(".lanspread").join(CACHE_FILE),
+            named.to_string(),
+        )
+        .unwrap();
         assert_eq!(
             load_cache(t.path()).entries.len(),
             1,

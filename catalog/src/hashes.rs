@@ -24,8 +24,8 @@ pub fn hash_pieces(path: &Path) -> Result<Vec<ChunkHash>, CatalogError> {
     hash_pieces_with(path, &mut |_| true)
 }
 
-/// [`hash_pieces`], telling `read` every piece's length as it is read; it returns `false`
-/// to stop ([`CatalogError::Stopped`]).
+/// [`hash_pieces`], telling `read` the length of each read as it is done; it returns
+/// `false` to stop ([`CatalogError::Stopped`]).
 pub fn hash_pieces_with(
     path: &Path,
     read: &mut dyn FnMut(u64) -> bool,
@@ -93,7 +93,7 @@ impl FileKey {
 }
 
 /// Piece hashes of served files, in memory and persisted per root in
-/// `<root>/.lanspread/chunks.json`. A persisted cache that cannot be written (read-only
+/// `<root>/.lanspread/pieces.json`. A persisted cache that cannot be written (read-only
 /// games dir) only costs a re-hash after a restart.
 #[derive(Debug, Default)]
 pub struct HashCache {
@@ -413,7 +413,7 @@ mod tests {
             .chunks
             .is_empty());
         // Persisted: a fresh cache reads the hashes back without hashing.
-        assert!(root_dir.join(".lanspread/chunks.json").is_file());
+        assert!(root_dir.join(".lanspread/pieces.json").is_file());
         let fresh = HashCache::new();
         let persisted = load_cache(&root_dir);
         let key = FileKey::of(&fs::metadata(root_dir.join("big.bin")).unwrap());

@@ -239,7 +239,7 @@ impl Sim {
         let mut lost = false;
         match s.behaviour {
             Behaviour::Liar => {
-                results = vec![Err((FailKind::BadData, "SHA-256 mismatch".into())); n];
+                results = vec![Err((FailKind::BadData, "hash mismatch".into())); n];
             }
             Behaviour::VanishesAt(t) if at >= t => {
                 results = vec![Err((FailKind::SourceGone, "connection lost".into())); n];
@@ -332,7 +332,7 @@ fn a_liar_a_vanishing_source_and_a_silent_one_cannot_stop_the_download() {
     all_verified(&out, &files);
     // Nothing verified came from the liar; the vanished source's chunks were refetched.
     assert!(!out.verified.values().any(|p| *p == pid(2)));
-    assert_eq!(out.why[&pid(2)], "SHA-256 mismatch");
+    assert_eq!(out.why[&pid(2)], "hash mismatch");
     assert_eq!(out.why[&pid(3)], "connection lost");
     assert!(
         out.bytes_from.get(&pid(3)).is_some_and(|&b| b > 0),
@@ -417,7 +417,7 @@ fn every_source_lost_fails_with_each_reason() {
     let failed = out.failed.expect("fails");
     assert!(failed.starts_with("no eligible source left"), "{failed}");
     assert!(
-        failed.contains("SHA-256 mismatch") && failed.contains("connection lost"),
+        failed.contains("hash mismatch") && failed.contains("connection lost"),
         "{failed}"
     );
     assert!(out.finished_at.is_none());

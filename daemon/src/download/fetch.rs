@@ -301,8 +301,8 @@ async fn settle(job: &ChunkJob, writes: Writes) -> Result<(), FetchError> {
     failed.map_or(Ok(()), Err)
 }
 
-/// Sends the request and receives every range, hashing the bytes as they arrive and
-/// handing them to the writer; stops at the first failure (a range cut short has its
+/// Sends the request and receives every range, checking each piece once it is whole and
+/// handing it to the writer; stops at the first failure (a range cut short has its
 /// writes settled first).
 async fn receive_all(
     conn: &Connection,

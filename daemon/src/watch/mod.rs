@@ -192,7 +192,7 @@ mod tests {
             None
         );
         assert_eq!(
-            touched(g, &c, Path::new("/games/ggoo/.lanspread/chunks.json")),
+            touched(g, &c, Path::new("/games/ggoo/.lanspread/pieces.json")),
             None
         );
         assert_eq!(

@@ -36,7 +36,7 @@ pub struct PoolBuf {
 }
 
 impl PoolBuf {
-    /// The bytes filled so far.
+    /// How many bytes are filled so far.
     pub fn filled(&self) -> usize {
         self.vec.as_ref().map_or(0, Vec::len)
     }

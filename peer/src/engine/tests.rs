@@ -308,13 +308,13 @@ fn a_lying_source_is_dropped_and_its_chunk_refetched_elsewhere() {
     let lie = first.iter().find(|f| f.peer == pid(2)).unwrap().clone();
     e.on_fetched(
         lie.id,
-        vec![Err((FailKind::BadData, "SHA-256 mismatch".into()))],
+        vec![Err((FailKind::BadData, "hash mismatch".into()))],
         false,
     );
     let next = fetches(&drain(&mut e));
     assert!(next.iter().all(|f| f.peer == pid(1)), "{next:?}");
     assert!(next.iter().any(|f| f.chunks == lie.chunks));
-    assert_eq!(e.why()[&pid(2)], "SHA-256 mismatch");
+    assert_eq!(e.why()[&pid(2)], "hash mismatch");
 }
 
 #[test]
