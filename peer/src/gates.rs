@@ -216,7 +216,7 @@ mod tests {
         // Paths under local/ or .lanspread*, or escaping the root, are not even RelPaths.
         for bad in [
             "local/game.exe",
-            ".lanspread/chunks.json",
+            ".lanspread/pieces.json",
             "../ggoo.eti",
             "/etc/passwd",
         ] {

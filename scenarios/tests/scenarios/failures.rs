@@ -275,7 +275,7 @@ pub fn make_liar(dir: &Path, files: &[&str], offset: u64) {
     HashCache::new()
         .manifest(&scan_root(&root, GameId::new("cod5").unwrap()))
         .unwrap();
-    let cache = root.join(".lanspread/chunks.json");
+    let cache = root.join(".lanspread/pieces.json");
     let mut persisted: serde_json::Value =
         serde_json::from_slice(&fs::read(&cache).unwrap()).unwrap();
     for file in files {

@@ -177,7 +177,7 @@ fn s12_serve_gates() {
         }
         for bad in [
             "local/secret.txt",
-            ".lanspread/chunks.json",
+            ".lanspread/pieces.json",
             "../ggoo/version.ini",
             "/etc/passwd",
         ] {

@@ -317,7 +317,7 @@ fn s40_lying_sources_are_refused_and_contained() {
         ("local/", with_extra("local/x.exe"), "no manifest"),
         (
             ".lanspread",
-            with_extra(".lanspread/chunks.json"),
+            with_extra(".lanspread/pieces.json"),
             "no manifest",
         ),
         (
