@@ -475,11 +475,14 @@ mod tests {
         let open = [manifest("sub/x.bin", 0o777)];
         final_modes((game, &created), &open, &dests, true).unwrap();
         assert_eq!(mode_of(&root.join("sub/x.bin")), 0o777);
-        // Another file of one name put in its place: not the file created.
-        fs::remove_file(root.join("sub/x.bin")).unwrap();
+        // Another file of one name put in its place: not the file created. (The created
+        // one is moved aside, not removed: a removed inode's number may be given to the
+        // next file made, which then looks like it.)
+        fs::rename(root.join("sub/x.bin"), root.join("sub/x.old")).unwrap();
         fs::write(root.join("sub/x.bin"), b"other").unwrap();
         let e = final_modes((game, &created), &files, &dests, true).unwrap_err();
         assert!(e.to_string().contains("was replaced"), "{e}");
+        fs::remove_file(root.join("sub/x.old")).unwrap();
         // The file replaced by a symlink to a file outside, then by a hard link to it.
         fs::remove_file(root.join("sub/x.bin")).unwrap();
         symlink(outside.join("x.bin"), root.join("sub/x.bin")).unwrap();
