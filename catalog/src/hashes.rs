@@ -1,6 +1,6 @@
-//! A hash (BLAKE3, [`piece_hash`]) per 1 MiB piece of every file of a root (a chunk's hash follows from its
-//! pieces'), and a cache of them keyed by file identity (size, mtime, ctime, inode,
-//! device) so that serving a file twice never hashes it twice.
+//! A hash (BLAKE3, [`piece_hash`]) per 1 MiB piece of every file of a root (a chunk's
+//! hash follows from its pieces'), and a cache of them keyed by file identity (size,
+//! mtime, ctime, inode, device) so that serving a file twice never hashes it twice.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
