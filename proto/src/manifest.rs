@@ -2,9 +2,10 @@
 //! 32 MiB chunk, and the chunk and piece arithmetic both sides of a transfer share.
 //!
 //! A chunk's hash is BLAKE3 over the BLAKE3 of each of its pieces, in order (a hash list
-//! of depth two): the bytes are hashed once, per piece, as they arrive, so a source that
-//! lies is caught after one piece, not one chunk, and the chunk hashes the rest of the
-//! protocol names (votes, journals, partial holdings) follow from the pieces.
+//! of depth two): the bytes are hashed once, a piece at a time as each piece is complete,
+//! so a source that lies is caught after one piece, not one chunk, and the chunk hashes
+//! the rest of the protocol names (votes, journals, partial holdings) follow from the
+//! pieces.
 //!
 //! BLAKE3, not SHA-256 (protocol 10): the downloader hashes every byte it receives and a
 //! source every byte it serves once, and on one core here BLAKE3 hashes a 1 MiB piece at
