@@ -14,7 +14,7 @@ mod tls;
 
 pub use endpoint::{
     connect, connect_data, data_client_config, is_data_connection, make_data_endpoint,
-    make_endpoint, peer_id_of, session_binding, TransportTuning, MIN_LANE_WINDOW,
+    make_endpoint, peer_id_of, session_binding, TransportTuning, CONTROL_PRIORITY, MIN_LANE_WINDOW,
 };
 pub use error::TransferError;
 pub use frame::{read_frame, write_frame};

@@ -9,7 +9,7 @@ use lanspread_catalog::{piece_hash, ChunkHash, GameId, RelPath, Version, PIECE_S
 use lanspread_peer::FailKind;
 use lanspread_proto::reset_code::RELAY_CUT;
 use lanspread_proto::{chunk_head, AnswerFault, ChunkRange, PeerRequest, PeerResponse};
-use lanspread_transfer::{read_frame, write_frame};
+use lanspread_transfer::{read_frame, write_frame, CONTROL_PRIORITY};
 use quinn::{Connection, RecvStream};
 use std::future::Future;
 use std::pin::Pin;
@@ -314,6 +314,8 @@ async fn receive_all(
     got: &mut Got,
 ) -> Result<(), FetchError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(lost)?;
+    // Ahead of any answer we are sending the source on this connection (a swarm's link).
+    let _ = send.set_priority(CONTROL_PRIORITY);
     let ranges = jobs
         .iter()
         .map(|j| ChunkRange {

@@ -112,6 +112,7 @@ async fn request_files(
 ) -> Result<Vec<FileManifest>, Failure> {
     let failed = |e: &dyn std::fmt::Display| Failure::new(ErrorKind::SourceFailed, e.to_string());
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
+    let _ = send.set_priority(lanspread_transfer::CONTROL_PRIORITY);
     write_frame(&mut send, &PeerRequest::Files { game, version })
         .await
         .map_err(|e| failed(&e))?;

@@ -267,7 +267,11 @@ async fn greet(
         }
     };
     let send = match conn.open_uni().await {
-        Ok(s) => s,
+        // Holdings go out ahead of the answers we send this peer.
+        Ok(s) => {
+            let _ = s.set_priority(lanspread_transfer::CONTROL_PRIORITY);
+            s
+        }
         Err(e) => return Err(refused(format!("cannot open a stream: {e}"))),
     };
     let (accepted, go) = oneshot::channel();

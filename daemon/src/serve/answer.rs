@@ -27,6 +27,16 @@ fn send_stall_window() -> Duration {
     *T.get_or_init(|| crate::config::env_ms("LANSPREAD_SEND_STALL_MS", SEND_STALL_WINDOW))
 }
 
+/// The send priority of the `n`th chunk answer begun on a connection: each a step below
+/// the one before, all below the small streams (requests, announcements, `Later` and
+/// refusals: 0 and up). The connection schedules streams fairly, but a lower priority
+/// waits: so a connection's chunks go out one after the other (each completes, is
+/// hashed and written as soon as it can), while anything small overtakes them.
+/// Saturates after 2³¹ answers on one connection (ties then take turns).
+pub(super) fn bulk_priority(n: u32) -> i32 {
+    -1 - i32::try_from(n).unwrap_or(i32::MAX).min(i32::MAX - 1)
+}
+
 /// Why an answer ended before the peer had all of it.
 pub(super) enum SendFailed {
     /// The peer stopped taking it (see [`Blocked`]); the stream was reset.
@@ -44,6 +54,36 @@ pub(super) struct Answer<'a> {
     pub(super) conn: &'a Connection,
     /// Game bytes handed to the stream (for the metrics).
     pub(super) bytes: u64,
+    /// Chunk answers begun on this connection: this one's place among them.
+    pub(super) bulk: &'a std::sync::atomic::AtomicU32,
+    /// Where the time of an answer went, for the `answer ended` debug line.
+    pub(super) times: Times,
+}
+
+/// Where an answer's time went (studies of a swarm's links: `answer ended`).
+pub(super) struct Times {
+    /// When the request arrived.
+    pub(super) began: Instant,
+    /// When its first game byte was handed to the stream.
+    pub(super) first_byte: Option<Instant>,
+    /// Waiting for the file reader (for a relay: for the chunk to arrive here).
+    pub(super) reader: Duration,
+    /// Waiting for the stream to take bytes (congestion and flow control).
+    pub(super) send: Duration,
+    /// The first range's file offset.
+    pub(super) offset: u64,
+}
+
+impl Times {
+    pub(super) fn new() -> Self {
+        Self {
+            began: Instant::now(),
+            first_byte: None,
+            reader: Duration::ZERO,
+            send: Duration::ZERO,
+            offset: 0,
+        }
+    }
 }
 
 impl Answer<'_> {
@@ -56,7 +96,14 @@ impl Answer<'_> {
     pub(super) async fn chunk(&mut self, piece: Bytes) -> Result<(), SendFailed> {
         let n = piece.len() as u64;
         let conn = self.conn;
+        let at = Instant::now();
+        if self.times.first_byte.is_none() {
+            let n = self.bulk.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.send.set_priority(bulk_priority(n));
+        }
+        self.times.first_byte.get_or_insert(at);
         watched(conn, self.send.write_chunk(piece)).await?;
+        self.times.send += at.elapsed();
         self.bytes += n;
         Ok(())
     }
@@ -97,9 +144,16 @@ impl Answer<'_> {
         if self.bytes > 0 && tracing::enabled!(tracing::Level::DEBUG) {
             // For studies of a swarm's links (`LANSPREAD_LOG=lanspread_daemon=debug`).
             let path = self.conn.stats().path;
+            let t = &self.times;
+            let ms = |d: Duration| d.as_millis() as u64;
             debug!(
                 peer = %remote.short(),
                 bytes = self.bytes,
+                offset = t.offset,
+                total_ms = ms(t.began.elapsed()),
+                first_byte_ms = t.first_byte.map_or(0, |f| ms(f - t.began)),
+                reader_ms = ms(t.reader),
+                send_ms = ms(t.send),
                 cwnd = path.cwnd,
                 rtt_us = path.rtt.as_micros() as u64,
                 lost = path.lost_packets,
@@ -167,7 +221,10 @@ pub(super) async fn stream_range(
         if sent >= len {
             return Ok(());
         }
-        piece = match pieces.rx.recv().await {
+        let at = Instant::now();
+        let next = pieces.rx.recv().await;
+        answer.times.reader += at.elapsed();
+        piece = match next {
             Some(Ok(p)) => p,
             // A relayed chunk's fetch here failed: the peer keeps what it got.
             Some(Err(Stop::Cut(why))) => return Err(SendFailed::Cut(why)),
@@ -175,5 +232,19 @@ pub(super) async fn stream_range(
             Some(Err(e)) => return Err(SendFailed::Stream(format!("reading: {e}"))),
             None => return Err(SendFailed::Stream("the file reader stopped".into())),
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bulk_priority;
+
+    #[test]
+    fn chunk_answers_go_in_order_below_small_streams() {
+        assert_eq!(bulk_priority(0), -1);
+        assert!(bulk_priority(0) < 0 && 0 < lanspread_transfer::CONTROL_PRIORITY);
+        assert!((0..1000).all(|n| bulk_priority(n + 1) < bulk_priority(n)));
+        assert_eq!(bulk_priority(u32::MAX), i32::MIN + 1);
+        assert_eq!(bulk_priority(i32::MAX as u32), i32::MIN + 1);
     }
 }

@@ -37,6 +37,7 @@ pub async fn serve_requests(shared: Arc<Shared>, conn: Connection, remote: PeerI
     let mut requests = 0;
     let slots = Arc::new(ConnSlots {
         chunks: tokio::sync::Semaphore::new(CHUNK_STREAMS_PER_CONNECTION),
+        bulk: std::sync::atomic::AtomicU32::new(0),
     });
     loop {
         let (send, recv) = match conn.accept_bi().await {
@@ -75,6 +76,8 @@ async fn handle(
         send,
         conn,
         bytes: 0,
+        times: answer::Times::new(),
+        bulk: &slots.bulk,
     };
     let request = match tokio::time::timeout(
         REQUEST_TIMEOUT,
@@ -227,6 +230,8 @@ async fn turn<'a>(
 /// A connection's answer turns.
 struct ConnSlots {
     chunks: tokio::sync::Semaphore,
+    /// Chunk answers begun on this connection (their send order: `answer::bulk_priority`).
+    bulk: std::sync::atomic::AtomicU32,
 }
 
 /// An upload turn held while a swarm answer is sent; freed on drop.
@@ -401,6 +406,7 @@ async fn send_ranges(
     // leaves the root, or changed since it was hashed, is refused) and reads the ranges
     // piece by piece, up to 4 MiB ahead.
     let mut pieces = read_ranges(dir, files, check);
+    answer.times.offset = served.first().map_or(0, |r| r.offset);
     for (i, &ChunkRange { len, .. }) in served.iter().enumerate() {
         // The reader always sends at least one message per range; none means it died,
         // a local failure the peer is not to blame for.
