@@ -354,38 +354,44 @@ mod tests {
     /// behind a whole chunk already queued the same way on the connection.
     #[tokio::test]
     async fn a_small_stream_is_not_queued_behind_a_large_one() {
-        const BIG: usize = 48 << 20;
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        // One chunk: the stream window (32 MiB) takes it whole.
+        const BIG: usize = 32 << 20;
         let (_a, _b, ea, eb, b_addr) = pair();
         let tuning = TransportTuning::default();
+        let got = std::sync::Arc::new(AtomicUsize::new(0));
+        let (counted, at_small) = (got.clone(), got.clone());
         let server = tokio::spawn(async move {
             let conn = eb.accept().await.unwrap().await.unwrap();
             let mut big = conn.accept_uni().await.unwrap();
-            let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let counted = got.clone();
             let reader = tokio::spawn(async move {
                 while let Some(c) = big.read_chunk(1 << 20, true).await.unwrap() {
-                    counted.fetch_add(c.bytes.len(), std::sync::atomic::Ordering::SeqCst);
+                    counted.fetch_add(c.bytes.len(), SeqCst);
                 }
             });
             let mut small = conn.accept_uni().await.unwrap();
             let msg: Message = read_frame(&mut small).await.unwrap().unwrap();
-            let seen = got.load(std::sync::atomic::Ordering::SeqCst);
+            let seen = at_small.load(SeqCst);
             reader.await.unwrap();
-            (msg, seen, got.load(std::sync::atomic::Ordering::SeqCst))
+            (msg, seen)
         });
         let (conn, _) = connect(&ea, b_addr, tuning.connect_timeout).await.unwrap();
         let mut big = conn.open_uni().await.unwrap();
-        // The send window takes it all at once: the whole chunk is queued in quinn.
+        // The windows take it all at once: the whole chunk is queued in quinn.
         big.write_all(&vec![7u8; BIG]).await.unwrap();
         big.finish().unwrap();
+        // The answer is on its way (partly sent) when the request is queued behind it.
+        while got.load(SeqCst) < 1 << 20 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let mut small = conn.open_uni().await.unwrap();
         small.set_priority(CONTROL_PRIORITY).unwrap();
         let msg = Message::Goodbye { reason: "x".into() };
         write_frame(&mut small, &msg).await.unwrap();
         small.finish().unwrap();
-        let (got, seen, total) = server.await.unwrap();
-        assert_eq!(got, msg);
-        assert_eq!(total, BIG);
+        let (received, seen) = server.await.unwrap();
+        assert_eq!(received, msg);
+        assert_eq!(got.load(SeqCst), BIG);
         assert!(
             seen < BIG / 2,
             "the small stream arrived after {seen} of the large one's {BIG} bytes"

@@ -27,8 +27,8 @@ fn send_stall_window() -> Duration {
     *T.get_or_init(|| crate::config::env_ms("LANSPREAD_SEND_STALL_MS", SEND_STALL_WINDOW))
 }
 
-/// The send priority of the `n`th chunk answer begun on a connection: each a step below
-/// the one before, all below the small streams (requests, announcements, `Later` and
+/// The send priority of the `n`th chunk answer on a connection (counted when its first
+/// chunk byte is handed to quinn): each a step below the one before, all below the small streams (requests, announcements, `Later` and
 /// refusals: 0 and up). The connection schedules streams fairly, but a lower priority
 /// waits: so a connection's chunks go out one after the other (each completes, is
 /// hashed and written as soon as it can), while anything small overtakes them.
@@ -60,7 +60,9 @@ pub(super) struct Answer<'a> {
     pub(super) times: Times,
 }
 
-/// Where an answer's time went (studies of a swarm's links: `answer ended`).
+/// Where an answer's time went (studies of a swarm's links: `answer ended`). The total
+/// also holds what is not counted apart: upload pacing, the first piece of each range
+/// after the first, and the wait for the peer's acknowledgements at the end.
 pub(super) struct Times {
     /// When the request arrived.
     pub(super) began: Instant,
