@@ -28,10 +28,11 @@ fn send_stall_window() -> Duration {
 }
 
 /// The send priority of the `n`th chunk answer on a connection (counted when its first
-/// chunk byte is handed to quinn): each a step below the one before, all below the small streams (requests, announcements, `Later` and
-/// refusals: 0 and up). The connection schedules streams fairly, but a lower priority
-/// waits: so a connection's chunks go out one after the other (each completes, is
-/// hashed and written as soon as it can), while anything small overtakes them.
+/// chunk byte is handed to quinn): each a step below the one before, all below the small
+/// streams (requests, announcements, `Later` and refusals: 0 and up). The connection
+/// schedules streams fairly, but a lower priority waits: so a connection's chunks go out
+/// one after the other (each completes, is hashed and written as soon as it can), while
+/// anything small overtakes them.
 /// Saturates after 2³¹ answers on one connection (ties then take turns).
 pub(super) fn bulk_priority(n: u32) -> i32 {
     -1 - i32::try_from(n).unwrap_or(i32::MAX).min(i32::MAX - 1)
@@ -54,7 +55,7 @@ pub(super) struct Answer<'a> {
     pub(super) conn: &'a Connection,
     /// Game bytes handed to the stream (for the metrics).
     pub(super) bytes: u64,
-    /// Chunk answers begun on this connection: this one's place among them.
+    /// Chunk answers on this connection so far: this one takes the next place.
     pub(super) bulk: &'a std::sync::atomic::AtomicU32,
     /// Where the time of an answer went, for the `answer ended` debug line.
     pub(super) times: Times,
@@ -100,8 +101,8 @@ impl Answer<'_> {
         let conn = self.conn;
         let at = Instant::now();
         if self.times.first_byte.is_none() {
-            let n = self.bulk.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let _ = self.send.set_priority(bulk_priority(n));
+            let place = self.bulk.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = self.send.set_priority(bulk_priority(place));
         }
         self.times.first_byte.get_or_insert(at);
         watched(conn, self.send.write_chunk(piece)).await?;
