@@ -151,6 +151,8 @@ pub struct Report {
     pub races_lost: usize,
     /// When every chunk first existed on some client (s).
     pub one_copy_at: Option<f64>,
+    /// Most answers the server sent at once.
+    pub server_flows_max: usize,
     /// The links' use over time.
     pub timeline: Timeline,
 }
@@ -231,6 +233,7 @@ struct Party<'a> {
     liar_rejected: usize,
     races_lost: usize,
     one_copy_at: Option<f64>,
+    server_flows_max: usize,
     /// Recorded only when asked for (`LANSPREAD_SWARM_TIMELINE`): it costs a pass over
     /// the flows per client and step.
     timeline: Option<Timeline>,
@@ -258,6 +261,7 @@ pub fn run(lab: &Lab) -> Report {
         liar_rejected: 0,
         races_lost: 0,
         one_copy_at: None,
+        server_flows_max: 0,
         timeline: std::env::var_os("LANSPREAD_SWARM_TIMELINE").map(|_| Timeline::default()),
         next_flow: 0,
         dirty: Vec::new(),
@@ -280,10 +284,16 @@ impl Party<'_> {
         c > 0 && n.started && !n.dead && n.done_at.is_none() && !n.failed
     }
 
+    /// Whether client `c` has yet to start and starts now.
+    fn due(&self, c: usize) -> bool {
+        let n = &self.nodes[c];
+        c > 0 && !n.started && n.start <= self.now + EPS
+    }
+
     /// One event; false when the party is over (everyone done or failed, or nothing moves).
     fn step(&mut self) -> bool {
         for c in 1..=self.lab.clients {
-            if !self.nodes[c].started && self.nodes[c].start <= self.now + EPS {
+            if self.due(c) {
                 self.begin(c);
             }
         }
@@ -302,6 +312,8 @@ impl Party<'_> {
             return false;
         }
         rates(&self.nodes, &mut self.flows);
+        let serving = self.flows.iter().filter(|f| f.src == 0).count();
+        self.server_flows_max = self.server_flows_max.max(serving);
         let mut dt = relay::cap(&mut self.flows);
         for f in &self.flows {
             dt = dt.min(f.left / f.rate);
@@ -573,6 +585,7 @@ impl Party<'_> {
             liar_rejected: self.liar_rejected,
             races_lost: self.races_lost,
             one_copy_at: self.one_copy_at,
+            server_flows_max: self.server_flows_max,
             timeline: self.timeline.clone().unwrap_or_default(),
         }
     }

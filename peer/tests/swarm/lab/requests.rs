@@ -17,7 +17,11 @@ impl Party<'_> {
         // The daemon answers swarm requests (and plain ones to the server of a swarm:
         // every client downloads here) in upload turns, `Later` when it has none free.
         let now = self.at();
-        let downloading = (1..self.nodes.len()).filter(|&k| self.active(k)).count();
+        // Clients that start at this instant count too: in the daemon every one of them
+        // asks the server for the manifest before any asks for a chunk.
+        let downloading = (1..self.nodes.len())
+            .filter(|&k| self.active(k) || self.due(k))
+            .count();
         let dst = self.nodes[c].id.clone();
         let dead = self.nodes[s].dead;
         let turns = &mut self.nodes[s].turns;
