@@ -22,7 +22,9 @@ pub const PARTIAL_IN_FLIGHT_BYTES: u64 = CHUNK_SIZE;
 /// downlink finish each chunk sooner, so it can be passed on sooner, and leave the
 /// server's answer a larger share of the link, so the one complete copy reaches the
 /// swarm in about F/U (the swarm simulation, N = 16: 1.64 × T_min without a cap, 1.54 ×
-/// with 3 chunks, 1.40 × with 4, 1.45 × with 5).
+/// with 3 chunks, 1.40 × with 4, 1.45 × with 5; with cut-through and the simulation's
+/// start fixed, session 27: 1.20 ×, 1.07 × and 1.16 × — four answers from the server at a
+/// quarter of its link each, and four relays of them fill a downlink).
 pub const SWARM_INBOUND_BYTES: u64 = 4 * CHUNK_SIZE;
 /// How long the download may verify nothing from anyone before a resting partial source's
 /// chunks no longer count as held: a busy holder is fine while others send; one that
