@@ -64,6 +64,9 @@ impl Daemon {
         if let Some(n) = threads {
             cmd.args(["--transfer-threads", &n.to_string()]);
         }
+        if let Some(n) = crate::max_udp_payload() {
+            cmd.args(["--max-udp-payload", &n.to_string()]);
+        }
         let child = cmd
             .arg("--games")
             .arg(games)

@@ -28,6 +28,25 @@ pub(crate) fn joined<T>(
         .map_err(|_| anyhow::anyhow!("{what} panicked"))?
 }
 
+/// The transport settings of the raw references and, through `--max-udp-payload`, of the
+/// daemons: `LANSPREAD_BENCH_MAX_UDP_PAYLOAD` raises the bound of MTU discovery on both
+/// (8952 for a jumbo-frame link, `--veth 9000`).
+pub fn tuning() -> lanspread_transfer::TransportTuning {
+    let mut t = lanspread_transfer::TransportTuning::default();
+    if let Some(n) = max_udp_payload() {
+        t.max_udp_payload = n;
+    }
+    t
+}
+
+/// `LANSPREAD_BENCH_MAX_UDP_PAYLOAD`, if set to a number.
+pub fn max_udp_payload() -> Option<u16> {
+    std::env::var("LANSPREAD_BENCH_MAX_UDP_PAYLOAD")
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// MiB/s for `bytes` moved in `secs`.
 pub fn mib_per_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / secs.max(1e-9)

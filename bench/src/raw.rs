@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lanspread_transfer::{connect, make_endpoint, Identity, TransportTuning};
+use lanspread_transfer::{connect, make_endpoint, Identity};
 
 use crate::net::Net;
 use crate::{joined, ACCEPT_TIMEOUT};
@@ -23,7 +23,7 @@ pub fn raw_quinn(bytes: u64, net: &Net) -> anyhow::Result<Duration> {
         let receiver = s.spawn(move || {
             net.enter(0)?;
             current_thread()?.block_on(async move {
-                let tuning = TransportTuning::default();
+                let tuning = crate::tuning();
                 let server = make_endpoint(&Identity::ephemeral()?, net.bind_addr(0), &tuning)?;
                 addr_tx.send(server.local_addr()?)?;
                 receive(server, bytes).await
@@ -104,7 +104,7 @@ async fn receive(server: quinn::Endpoint, bytes: u64) -> anyhow::Result<Duration
 }
 
 async fn send(addr: SocketAddr, bind: SocketAddr, bytes: u64) -> anyhow::Result<()> {
-    let tuning = TransportTuning::default();
+    let tuning = crate::tuning();
     let client = make_endpoint(&Identity::ephemeral()?, bind, &tuning)?;
     let (conn, _) = connect(&client, addr, Duration::from_secs(5)).await?;
     let piece = Bytes::from(vec![0x5au8; 1 << 20]);

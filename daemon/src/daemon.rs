@@ -223,7 +223,10 @@ fn access_policy(config: &DaemonConfig) -> Result<(Option<libc::gid_t>, Policy),
 /// The QUIC listener, the transfer threads with their data endpoints, the limits, the
 /// writer, the serve slots and the hash cache.
 fn transfers(identity: &Identity, config: &DaemonConfig) -> Result<Transfers, DaemonError> {
-    let tuning = TransportTuning::default();
+    let tuning = TransportTuning {
+        max_udp_payload: config.max_udp_payload,
+        ..TransportTuning::default()
+    };
     let endpoint = make_endpoint(identity, config.listen, &tuning)?;
     // A download's N data connections to one source share one connection window.
     let data_client = data_client_config(identity, &tuning.per_lane(config.transfer_threads))?;

@@ -61,6 +61,11 @@ pub fn changes(old: &DaemonConfig, new: &DaemonConfig) -> (Vec<&'static str>, Ve
         "transfer_threads",
         false,
     );
+    check(
+        old.max_udp_payload != new.max_udp_payload,
+        "max_udp_payload",
+        false,
+    );
     (live, restart)
 }
 

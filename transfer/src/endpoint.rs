@@ -31,6 +31,9 @@ pub struct TransportTuning {
     /// UDP socket send and receive buffer sizes asked for (the kernel caps them at
     /// `net.core.wmem_max` / `rmem_max`); 0 keeps the kernel's defaults.
     pub udp_buffer: usize,
+    /// The largest UDP payload MTU discovery tries (quinn's default, 1452, fits a
+    /// 1500-byte Ethernet MTU; 8952 a 9000-byte jumbo-frame LAN).
+    pub max_udp_payload: u16,
 }
 
 impl Default for TransportTuning {
@@ -55,9 +58,14 @@ impl Default for TransportTuning {
             max_bidi_streams: 256,
             connect_timeout: Duration::from_secs(5),
             udp_buffer: 0,
+            max_udp_payload: DEFAULT_MAX_UDP_PAYLOAD,
         }
     }
 }
+
+/// quinn's default upper bound of MTU discovery: a 1500-byte MTU less the IPv6 and UDP
+/// headers.
+pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1452;
 
 /// The send priority of a connection's small control streams (requests, the announce
 /// stream): above answers' (0), so their bytes go out before any queued chunk's.
@@ -99,6 +107,9 @@ impl TransportTuning {
         // Without turns a stream partly sent is continued to its end before any other:
         // on a swarm's link a request or a holdings announcement queued behind a 32 MiB
         // answer going the same way waited for all of it (5–8 s at 100 Mbit/s).
+        let mut mtud = quinn::MtuDiscoveryConfig::default();
+        mtud.upper_bound(self.max_udp_payload);
+        t.mtu_discovery_config(Some(mtud));
         t
     }
 }
@@ -141,8 +152,18 @@ fn bind(
     let socket = udp_socket(addr, tuning.udp_buffer).map_err(bind_err)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| bind_err(std::io::Error::other("no async runtime")))?;
-    let mut endpoint = Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
-        .map_err(bind_err)?;
+    // What we accept from peers: at least the default, and our own largest.
+    let mut config = quinn::EndpointConfig::default();
+    let accept = tuning.max_udp_payload.max(1472);
+    config
+        .max_udp_payload_size(accept)
+        .map_err(|e| bind_err(std::io::Error::other(e.to_string())))?;
+    let socket = Arc::new(crate::FitBatches::new(
+        runtime.wrap_udp_socket(socket).map_err(bind_err)?,
+        tuning.max_udp_payload.max(1472),
+    ));
+    let mut endpoint =
+        Endpoint::new_with_abstract_socket(config, server, socket, runtime).map_err(bind_err)?;
     endpoint.set_default_client_config(client);
     Ok(endpoint)
 }
@@ -396,6 +417,44 @@ mod tests {
             seen < BIG / 2,
             "the small stream arrived after {seen} of the large one's {BIG} bytes"
         );
+    }
+
+    /// Jumbo datagrams: quinn batches up to 10 datagrams in one GSO send, and 10 of
+    /// 8,952 bytes are more than one UDP send carries: Linux refused every such batch
+    /// (`EMSGSIZE`, which quinn-udp drops without a word), and the losses made the
+    /// black-hole detector drop the MTU to 1200. Over loopback (MTU 65,536) MTU
+    /// discovery must reach the bound and keep it.
+    #[tokio::test]
+    async fn jumbo_datagrams_reach_their_bound_and_keep_it() {
+        const BYTES: usize = 32 << 20;
+        let tuning = TransportTuning {
+            max_udp_payload: 8952,
+            ..TransportTuning::default()
+        };
+        let (a, b) = (
+            Identity::ephemeral().unwrap(),
+            Identity::ephemeral().unwrap(),
+        );
+        let ea = make_endpoint(&a, "127.0.0.1:0".parse().unwrap(), &tuning).unwrap();
+        let eb = make_endpoint(&b, "127.0.0.1:0".parse().unwrap(), &tuning).unwrap();
+        let b_addr = eb.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let conn = eb.accept().await.unwrap().await.unwrap();
+            let mut recv = conn.accept_uni().await.unwrap();
+            let mut n = 0;
+            while let Some(c) = recv.read_chunk(1 << 20, true).await.unwrap() {
+                n += c.bytes.len();
+            }
+            n
+        });
+        let (conn, _) = connect(&ea, b_addr, tuning.connect_timeout).await.unwrap();
+        let mut send = conn.open_uni().await.unwrap();
+        send.write_all(&vec![7u8; BYTES]).await.unwrap();
+        send.finish().unwrap();
+        assert_eq!(server.await.unwrap(), BYTES);
+        let path = conn.stats().path;
+        assert_eq!(path.current_mtu, 8952, "{path:?}");
+        assert_eq!(path.black_holes_detected, 0, "{path:?}");
     }
 
     #[tokio::test]

@@ -78,6 +78,11 @@ pub struct DaemonArgs {
     /// [default: 64].
     #[arg(long, value_name = "N")]
     pub max_links: Option<usize>,
+    /// Largest UDP payload QUIC's path MTU discovery tries, 1200..=65527: 8952 on a LAN
+    /// whose hosts and switches all carry 9000-byte jumbo frames [default: 1452, a
+    /// 1500-byte MTU].
+    #[arg(long, value_name = "BYTES")]
+    pub max_udp_payload: Option<u16>,
     /// Serve Prometheus metrics over HTTP at ADDR (`/metrics`); a loopback address unless
     /// --metrics-allow-remote [default: off].
     #[arg(long, value_name = "ADDR")]
@@ -108,6 +113,7 @@ struct FileConfig {
     max_download_mib_s: Option<f64>,
     transfer_threads: Option<usize>,
     max_links: Option<usize>,
+    max_udp_payload: Option<u16>,
     metrics_listen: Option<SocketAddr>,
     metrics_allow_remote: Option<bool>,
     #[serde(default)]
@@ -149,6 +155,8 @@ pub struct DaemonConfig {
     pub transfer_threads: usize,
     /// Links up to which peer exchange dials learned peers (0: it dials none).
     pub max_links: usize,
+    /// Largest UDP payload MTU discovery tries.
+    pub max_udp_payload: u16,
     /// Where Prometheus metrics are served over HTTP, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -174,6 +182,7 @@ impl DaemonConfig {
             max_download_mib_s: None,
             transfer_threads: default_transfer_threads(),
             max_links: lanspread_peer::DEFAULT_MAX_LINKS,
+            max_udp_payload: lanspread_transfer::DEFAULT_MAX_UDP_PAYLOAD,
             metrics_listen: None,
         }
     }
@@ -255,6 +264,15 @@ impl DaemonArgs {
                 )))
             }
         };
+        let max_udp_payload = match self.max_udp_payload.or(file.max_udp_payload) {
+            None => lanspread_transfer::DEFAULT_MAX_UDP_PAYLOAD,
+            Some(n @ 1200..=65_527) => n,
+            Some(n) => {
+                return Err(DaemonError::Config(format!(
+                    "max_udp_payload must be 1200..=65527 bytes, got {n}"
+                )))
+            }
+        };
         let metrics_listen = self.metrics_listen.or(file.metrics_listen);
         let remote_ok = self.metrics_allow_remote || file.metrics_allow_remote.unwrap_or(false);
         if let Some(addr) = metrics_listen.filter(|a| !a.ip().is_loopback() && !remote_ok) {
@@ -295,6 +313,7 @@ impl DaemonArgs {
                 .max_links
                 .or(file.max_links)
                 .unwrap_or(lanspread_peer::DEFAULT_MAX_LINKS),
+            max_udp_payload,
             metrics_listen,
         })
     }
@@ -569,5 +588,22 @@ mod tests {
         assert_eq!(c.transfer_threads, 4);
         let auto = args(&base).resolve().unwrap().transfer_threads;
         assert!((1..=DEFAULT_TRANSFER_THREADS_CAP).contains(&auto), "{auto}");
+    }
+
+    #[test]
+    fn the_udp_payload_bound_is_checked_and_read_from_the_file() {
+        let base = ["--games", "/g", "--state", "/s"];
+        for bad in ["1199", "65528"] {
+            let err = args(&[&base[..], &["--max-udp-payload", bad]].concat())
+                .resolve()
+                .unwrap_err();
+            assert!(err.to_string().contains("max_udp_payload"), "{err}");
+        }
+        assert_eq!(args(&base).resolve().unwrap().max_udp_payload, 1452);
+        let t = tempfile::tempdir().unwrap();
+        let cfg = t.path().join("d.toml");
+        std::fs::write(&cfg, "max_udp_payload = 8952\n").unwrap();
+        let c = args(&[&base[..], &["--config", cfg.to_str().unwrap()]].concat());
+        assert_eq!(c.resolve().unwrap().max_udp_payload, 8952);
     }
 }
