@@ -41,10 +41,12 @@ pub fn tuning() -> lanspread_transfer::TransportTuning {
 
 /// `LANSPREAD_BENCH_MAX_UDP_PAYLOAD`, if set to a number.
 pub fn max_udp_payload() -> Option<u16> {
-    std::env::var("LANSPREAD_BENCH_MAX_UDP_PAYLOAD")
-        .ok()?
-        .parse()
-        .ok()
+    let v = std::env::var("LANSPREAD_BENCH_MAX_UDP_PAYLOAD").ok()?;
+    let n = v.parse().ok();
+    if n.is_none() {
+        eprintln!("LANSPREAD_BENCH_MAX_UDP_PAYLOAD={v:?} is not a number of bytes: ignored");
+    }
+    n
 }
 
 /// MiB/s for `bytes` moved in `secs`.

@@ -79,8 +79,8 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N")]
     pub max_links: Option<usize>,
     /// Largest UDP payload QUIC's path MTU discovery tries, 1200..=65527: 8952 on a LAN
-    /// whose hosts and switches all carry 9000-byte jumbo frames [default: 1452, a
-    /// 1500-byte MTU].
+    /// whose hosts and switches all carry 9000-byte jumbo frames, set on every daemon (a
+    /// peer accepts at most its own bound) [default: 1452, a 1500-byte MTU].
     #[arg(long, value_name = "BYTES")]
     pub max_udp_payload: Option<u16>,
     /// Serve Prometheus metrics over HTTP at ADDR (`/metrics`); a loopback address unless
