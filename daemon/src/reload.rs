@@ -2,9 +2,10 @@
 //! config file again, against the directory it was started from, and what can change
 //! without dropping a link or a transfer is applied at once: bandwidth limits, static
 //! peers, the catalog, the LAN secret, `max_links`. What cannot (addresses, directories,
-//! threads, groups, mDNS, the events file, the UDP payload bound) is reported as needing a restart and keeps its
-//! old value. A config that does not load (bad TOML, an unreadable catalog or secret)
-//! changes nothing and says why. Which settings changed is a pure function ([`changes`]).
+//! threads, groups, mDNS, the events file, the UDP payload bound) is reported as needing
+//! a restart and keeps its old value. A config that does not load (bad TOML, an
+//! unreadable catalog or secret) changes nothing and says why. Which settings changed is
+//! a pure function ([`changes`]).
 
 use std::sync::Arc;
 

@@ -459,8 +459,9 @@ mod tests {
         let (conn, _) = connect(&ea, b_addr, tuning.connect_timeout).await.unwrap();
         let mut send = conn.open_uni().await.unwrap();
         let piece = vec![7u8; PIECE];
-        // Send until 16 MiB have gone out after the MTU passed 6,550 bytes (MTU discovery
-        // probes step by step; a loaded machine may take longer to get there).
+        // Queue 4 MiB at a time until 16 MiB were queued after the MTU passed 6,550 bytes
+        // (MTU discovery probes step by step; a loaded machine takes longer to get there).
+        // The receiver checks that every byte arrived.
         let (mut sent, mut after) = (0, 0);
         while sent < MOST && after < 16 << 20 {
             send.write_all(&piece).await.unwrap();
