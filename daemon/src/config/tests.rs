@@ -8,6 +8,14 @@ fn args(extra: &[&str]) -> DaemonArgs {
     DaemonArgs::parse_from(v)
 }
 
+/// A config file holding `text` (`d.toml` in a temp dir kept alive by the first value).
+fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("d.toml");
+    std::fs::write(&cfg, text).unwrap();
+    (t, cfg)
+}
+
 #[test]
 fn peer_addresses_are_checked_before_any_lookup() {
     for ok in ["10.0.0.1:41741", "server.lan:1", "[::1]:41741"] {
@@ -28,13 +36,9 @@ fn peer_addresses_are_checked_before_any_lookup() {
 
 #[test]
 fn flags_win_over_the_file() {
-    let t = tempfile::tempdir().unwrap();
-    let cfg = t.path().join("d.toml");
-    std::fs::write(
-        &cfg,
+    let (_t, cfg) = config_file(
         "games = \"/g\"\nstate = \"/s\"\nlisten = \"127.0.0.1:9\"\nmdns = false\npeers = [\"10.0.0.1:41741\"]\ntransfer_threads = 2\nmax_links = 5\n",
-    )
-    .unwrap();
+    );
     let c = args(&[
         "--config",
         cfg.to_str().unwrap(),
@@ -56,9 +60,7 @@ fn flags_win_over_the_file() {
 
 #[test]
 fn relative_paths_become_absolute_before_the_daemon_leaves_its_directory() {
-    let t = tempfile::tempdir().unwrap();
-    let cfg = t.path().join("d.toml");
-    std::fs::write(&cfg, "games = \"g\"\nstate = \"/s\"\nmdns = false\n").unwrap();
+    let (_t, cfg) = config_file("games = \"g\"\nstate = \"/s\"\nmdns = false\n");
     let c = args(&[
         "--config",
         cfg.to_str().unwrap(),
@@ -80,9 +82,7 @@ fn relative_paths_become_absolute_before_the_daemon_leaves_its_directory() {
 
 #[test]
 fn unknown_keys_and_missing_dirs_are_errors() {
-    let t = tempfile::tempdir().unwrap();
-    let cfg = t.path().join("d.toml");
-    std::fs::write(&cfg, "games = \"/g\"\nstate = \"/s\"\ngamez = 1\n").unwrap();
+    let (_t, cfg) = config_file("games = \"/g\"\nstate = \"/s\"\ngamez = 1\n");
     let err = args(&["--config", cfg.to_str().unwrap()])
         .resolve()
         .unwrap_err();
@@ -205,9 +205,7 @@ fn the_udp_payload_bound_is_checked_and_read_from_the_file() {
     let base = ["--games", "/g", "--state", "/s"];
     refused("--max-udp-payload", &["1199", "65528"], "max_udp_payload");
     assert_eq!(args(&base).resolve().unwrap().max_udp_payload, 1452);
-    let t = tempfile::tempdir().unwrap();
-    let cfg = t.path().join("d.toml");
-    std::fs::write(&cfg, "max_udp_payload = 8952\n").unwrap();
+    let (_t, cfg) = config_file("max_udp_payload = 8952\n");
     let c = args(&[&base[..], &["--config", cfg.to_str().unwrap()]].concat());
     assert_eq!(c.resolve().unwrap().max_udp_payload, 8952);
 }
