@@ -14,7 +14,9 @@ use lanspread_catalog::{Catalog, GameId, Version};
 use lanspread_control::api::{GameVersion, PartialRow, PeerInfo, RemoteGameRow};
 use lanspread_peer::{aggregate, latest_sources, prefer_new_link, Direction, PeerEntry, PeerTable};
 use lanspread_peer::{Sources, Upsert};
-use lanspread_proto::{close_code, ChunkHash, ChunkSet, GameAd, Holding, PeerAddr, PeerId};
+use lanspread_proto::{
+    close_code, ChunkHash, ChunkSet, GameAd, Holding, PeerAddr, PeerId, MAX_PEX_GAMES,
+};
 use quinn::{Connection, VarInt};
 use tokio::sync::{mpsc, watch};
 
@@ -166,6 +168,7 @@ impl Directory {
             .map(|(id, e)| PeerAddr {
                 peer_id: id.clone(),
                 addr: e.addr,
+                holds: e.partial.keys().take(MAX_PEX_GAMES).cloned().collect(),
             })
             .collect();
         self.pex.send_replace(Arc::new(list));
@@ -176,16 +179,31 @@ impl Directory {
         self.pex.subscribe()
     }
 
-    /// The peers of a received peer-exchange list to dial now (`pex_dials`), marked as
-    /// being dialled until [`Directory::dialled`].
-    pub fn pex_dials(&self, me: &PeerId, learned: &[PeerAddr]) -> Vec<PeerAddr> {
+    /// The peers of a received peer-exchange list to dial now (`lanspread_peer::pex_dials`),
+    /// marked as being dialled until [`Directory::dialled`]; `wanted`: the games this
+    /// daemon downloads. A list is weighed when it comes: when this daemon starts a
+    /// download, its `Holding` changes its entry at every peer it is linked to, and each
+    /// sends its list again (a link's writer resends on every change of the list).
+    pub fn pex_dials(
+        &self,
+        me: &PeerId,
+        learned: &[PeerAddr],
+        wanted: &BTreeSet<GameId>,
+    ) -> Vec<PeerAddr> {
         let max_links = self.max_links();
         let linked: BTreeSet<PeerId> = self.lock().links.keys().cloned().collect();
         let mut guard = self.dialling.lock().unwrap_or_else(|p| p.into_inner());
         let (dialling, failed) = &mut *guard;
         failed.retain(|_, at| at.elapsed() < PEX_RETRY);
         let recent: BTreeSet<SocketAddr> = failed.keys().copied().collect();
-        let dials = lanspread_peer::pex_dials(me, (&linked, dialling), &recent, learned, max_links);
+        let room = lanspread_peer::PexRoom {
+            linked: &linked,
+            dialling,
+            failed: &recent,
+            max_links,
+            wanted,
+        };
+        let dials = lanspread_peer::pex_dials(me, room, learned);
         dialling.extend(dials.iter().map(|d| d.peer_id.clone()));
         dials
     }
@@ -268,6 +286,12 @@ impl Directory {
         if !current {
             return; // a late frame of a replaced connection
         }
+        let games = |p: &Peers| {
+            p.table
+                .get(remote)
+                .map(|e| e.partial.keys().cloned().collect::<Vec<_>>())
+        };
+        let before = games(&p);
         match msg {
             Holdings::All(h) => p.table.set_holding(remote, h, catalog),
             Holdings::More(game, digest, chunks) => {
@@ -278,6 +302,10 @@ impl Directory {
             }
             Holdings::Gone(game) => p.table.holding_gone(remote, &game),
         };
+        if games(&p) != before {
+            // Peer exchange names what each peer downloads.
+            self.publish(&p);
+        }
         self.holdings.send_modify(|v| *v += 1);
     }
 

@@ -5,7 +5,7 @@
 //! writes, and the chunks being fetched now, each piece once it is verified and written
 //! (`Growing`: cut-through).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -258,6 +258,11 @@ impl Partials {
             c.live.store(false, Ordering::SeqCst);
             self.publish(&copies);
         }
+    }
+
+    /// The games this daemon downloads now (a partial copy of each).
+    pub fn games(&self) -> BTreeSet<GameId> {
+        self.lock().keys().cloned().collect()
     }
 
     /// What link writers watch.

@@ -38,7 +38,8 @@ pub use relpath::{is_reserved_top_level, RelPath};
 pub use secret::{secret_proof, LanSecret, SecretCheck, EXPORTER_LABEL, MIN_SECRET_LEN};
 pub use wire::{
     close_code, reset_code, ChunkRange, GameAd, Hello, Holding, Message, PeerAddr, PeerRequest,
-    PeerResponse, ALPN, DATA_ALPN, MAX_GROWING, MAX_PEX, MAX_RANGES, PROTOCOL_VERSION, SERVER_NAME,
+    PeerResponse, ALPN, DATA_ALPN, MAX_GROWING, MAX_PEX, MAX_PEX_GAMES, MAX_RANGES,
+    PROTOCOL_VERSION, SERVER_NAME,
 };
 
 /// Name of the commit sentinel inside a game root.

@@ -20,7 +20,8 @@ use crate::PeerId;
 /// 9: `HoldingGrowing` (the chunks a partial holder is fetching, served as their pieces
 /// verify: cut-through).
 /// 10: pieces, chunks and manifests hashed with BLAKE3 instead of SHA-256.
-pub const PROTOCOL_VERSION: u32 = 10;
+/// 11: a `Peers` entry names the games the peer holds a partial copy of (`holds`).
+pub const PROTOCOL_VERSION: u32 = 11;
 /// TLS ALPN identifier of a peer link (announce stream, requests).
 pub const ALPN: &[u8] = b"lanspread/1";
 /// TLS ALPN identifier of a data connection: a downloader's extra connection to a source,
@@ -137,14 +138,20 @@ pub enum Message {
 pub const MAX_PEX: usize = 64;
 /// Most chunks in one [`Message::HoldingGrowing`]; a receiver ignores the rest.
 pub const MAX_GROWING: usize = 64;
+/// Most games in one [`PeerAddr::holds`]; a receiver ignores the rest.
+pub const MAX_PEX_GAMES: usize = 4;
 
-/// A linked peer as told to others: its id and the address it listens on.
+/// A linked peer as told to others: its id, the address it listens on and what it is
+/// downloading.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerAddr {
     /// Its peer id (proven again by TLS when dialled).
     pub peer_id: PeerId,
     /// Its QUIC listen address, as the sender sees it.
     pub addr: SocketAddr,
+    /// The games it holds a partial copy of (it announced `Holding` to the sender; at
+    /// most [`MAX_PEX_GAMES`]): a receiver downloading one of them prefers to link to it.
+    pub holds: Vec<GameId>,
 }
 
 /// What a downloading peer holds of one game.

@@ -74,8 +74,8 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "N")]
     pub transfer_threads: Option<usize>,
     /// Peer exchange dials the peers linked peers tell of while this daemon has fewer
-    /// links than this; 0 turns it off (connect, static peers and mDNS still link)
-    /// [default: 64].
+    /// links than this, and peers holding part of a game it downloads up to 16 more; 0
+    /// turns it off (connect, static peers and mDNS still link) [default: 64].
     #[arg(long, value_name = "N")]
     pub max_links: Option<usize>,
     /// Largest UDP payload QUIC's path MTU discovery tries, 1200..=65527: 8952 on a LAN

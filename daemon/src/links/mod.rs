@@ -368,7 +368,8 @@ async fn follow(
                     .filter(|p| from_loopback || !p.addr.ip().to_canonical().is_loopback())
                     .filter(|p| !p.addr.ip().is_multicast())
                     .collect();
-                for p in shared.peers.pex_dials(&shared.me.id, &learned) {
+                let wanted = shared.partials.games();
+                for p in shared.peers.pex_dials(&shared.me.id, &learned, &wanted) {
                     let _ = shared.peers.pex_dial.send(p);
                 }
             }

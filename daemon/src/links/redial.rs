@@ -15,22 +15,24 @@ use crate::state::Shared;
 /// Dials, once each, the peers that peer exchange chose (`Directory::pex_dials`).
 pub async fn pex_dialler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<PeerAddr>) {
     while let Some(p) = rx.recv().await {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let ok = match dial_peer(&shared, p.addr, Some(&p.peer_id)).await {
-                Ok(info) => {
-                    let peer = info.peer_id.short();
-                    info!(%peer, addr = %p.addr, "linked a peer learned by peer exchange");
-                    true
-                }
-                Err(e) => {
-                    debug!(addr = %p.addr, "peer exchange dial failed: {e}");
-                    false
-                }
-            };
-            shared.peers.dialled(&p, ok);
-        });
+        tokio::spawn(pex_dial(shared.clone(), p));
     }
+}
+
+async fn pex_dial(shared: Arc<Shared>, p: PeerAddr) {
+    let ok = match dial_peer(&shared, p.addr, Some(&p.peer_id)).await {
+        Ok(info) => {
+            let peer = info.peer_id.short();
+            let holds = p.holds.iter().map(|g| g.as_str()).collect::<Vec<_>>();
+            info!(%peer, addr = %p.addr, ?holds, "linked a peer learned by peer exchange");
+            true
+        }
+        Err(e) => {
+            debug!(addr = %p.addr, "peer exchange dial failed: {e}");
+            false
+        }
+    };
+    shared.peers.dialled(&p, ok);
 }
 
 /// First wait before redialling a lost peer, doubled after each failure up to the max.

@@ -37,24 +37,34 @@ fn server(dir: &Path, mib_s: &str) -> Node {
     Node::start_with("server", dir, opts)
 }
 
+/// An empty client with these flags and environment, told only the server's address.
+fn client(
+    i: usize,
+    server: &Node,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Node, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let owned = |kv: &[(&str, &str)]| {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let opts = NodeOptions {
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: owned(env),
+        ..NodeOptions::default()
+    };
+    let node = Node::start_with(&format!("c{i}"), dir.path(), opts);
+    node.connect(server);
+    (node, dir)
+}
+
 /// `n` empty clients told only the server's address, linked to each other by peer
 /// exchange before anything starts.
 fn clients(n: usize, server: &Node, env: &[(&str, &str)]) -> Vec<(Node, tempfile::TempDir)> {
     let out: Vec<(Node, tempfile::TempDir)> = (0..n)
-        .map(|i| {
-            let dir = tempfile::tempdir().unwrap();
-            let opts = NodeOptions {
-                args: vec!["--max-links".into(), "64".into()],
-                env: env
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-                ..NodeOptions::default()
-            };
-            let node = Node::start_with(&format!("c{i}"), dir.path(), opts);
-            node.connect(server);
-            (node, dir)
-        })
+        .map(|i| client(i, server, &["--max-links", "64"], env))
         .collect();
     wait_for("clients linked to each other", || {
         out.iter()
@@ -134,6 +144,85 @@ fn clients_fetch_from_each_other_and_the_server_sends_less_than_a_copy_each() {
     for (c, _) in &cs {
         assert!(c.local_row(GAME).is_some(), "{} lists the game", c.name);
     }
+}
+
+/// Peer exchange at the cap: a client allowed one link (the server's) does not link to
+/// another client while idle, and does once both download the same game (the server's
+/// lists name what each peer holds a partial copy of; such holders may take links over
+/// the cap), then they fetch from each other. The other client has peer exchange off,
+/// so only the capped one can make the link. `capped_first`: the capped client starts
+/// first and is told of the holder while it downloads; otherwise it was told before its
+/// download began, and is told again when it starts (its own holding changes the
+/// server's list, which the server then sends to every link).
+fn capped_client_links_to_a_holder(capped_first: bool) {
+    let sdir = tempfile::tempdir().unwrap();
+    let s = server(sdir.path(), "32");
+    let capped = client(0, &s, &["--max-links", "1"], &[]);
+    let other = client(1, &s, &["--max-links", "0"], &[]);
+    let linked = |a: &Node, b: &Node| a.peer_ids().contains(&b.peer_id);
+    wait_for("the server linked to both", || {
+        (s.peer_ids().len() == 2).then_some(())
+    });
+    let holds = |c: &Node| {
+        let peers = s.json(&["list-peers"]);
+        peers
+            .as_array()?
+            .iter()
+            .find(|p| p["peer_id"] == c.peer_id.as_str())?["partial"]
+            .as_array()?
+            .iter()
+            .any(|g| g["id"] == GAME)
+            .then_some(())
+    };
+    let (first, second) = if capped_first {
+        (&capped, &other)
+    } else {
+        (&other, &capped)
+    };
+    first.0.download_ok(GAME, &["--no-install", "--detach"]);
+    wait_for("the server told of the first download", || holds(&first.0));
+    // The capped client has heard of the other by now; give it time to (not) dial.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(
+        !linked(&capped.0, &other.0),
+        "linked over the cap before both downloaded"
+    );
+    second.0.download_ok(GAME, &["--no-install", "--detach"]);
+    wait_for("the clients linked to each other", || {
+        (linked(&capped.0, &other.0) && linked(&other.0, &capped.0)).then_some(())
+    });
+    let mut from_peers = 0;
+    for (c, dir) in [&capped, &other] {
+        let end = wait_for("the download's end", || ended(c));
+        assert_eq!(end["event"], "download-finished", "{end}{}", c.log_tail());
+        assert_same_tree(&sdir.path().join(GAME), &dir.path().join(GAME));
+        from_peers += c
+            .bytes_per_source(GAME)
+            .into_iter()
+            .filter(|(peer, _)| *peer != s.peer_id)
+            .map(|(_, bytes)| bytes)
+            .sum::<u64>();
+    }
+    assert!(
+        from_peers >= CHUNK_SIZE,
+        "the clients fetched {from_peers} bytes from each other"
+    );
+    let dialled = capped
+        .0
+        .log()
+        .lines()
+        .any(|l| l.contains("linked a peer learned by peer exchange") && l.contains(GAME));
+    assert!(dialled, "{}", capped.0.log_tail());
+}
+
+#[test]
+fn a_capped_client_links_to_a_holder_it_hears_of_while_downloading() {
+    capped_client_links_to_a_holder(true);
+}
+
+#[test]
+fn a_capped_client_links_to_a_holder_it_heard_of_when_its_download_starts() {
+    capped_client_links_to_a_holder(false);
 }
 
 #[test]
