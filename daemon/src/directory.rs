@@ -15,7 +15,7 @@ use lanspread_control::api::{GameVersion, PartialRow, PeerInfo, RemoteGameRow};
 use lanspread_peer::{aggregate, latest_sources, prefer_new_link, Direction, PeerEntry, PeerTable};
 use lanspread_peer::{Sources, Upsert};
 use lanspread_proto::{
-    close_code, ChunkHash, ChunkSet, GameAd, Holding, PeerAddr, PeerId, MAX_PEX_GAMES,
+    close_code, ChunkHash, ChunkSet, GameAd, Holding, PeerAddr, PeerId, MAX_PEX, MAX_PEX_GAMES,
 };
 use quinn::{Connection, VarInt};
 use tokio::sync::{mpsc, watch};
@@ -45,6 +45,11 @@ pub enum Holdings {
     Gone(GameId),
 }
 
+/// The games peer exchange says a peer holds a partial copy of.
+fn holds(e: &PeerEntry) -> Vec<GameId> {
+    e.partial.keys().take(MAX_PEX_GAMES).cloned().collect()
+}
+
 /// An address to redial, with the peer id expected there when known.
 pub type Redial = (Option<PeerId>, SocketAddr);
 
@@ -55,6 +60,10 @@ struct Peers {
     table: PeerTable,
     /// The kept connection per peer.
     links: HashMap<PeerId, Link>,
+    /// The last peer-exchange list each linked peer sent (its first [`MAX_PEX`]): weighed
+    /// again when this daemon starts downloading a game (`Directory::pex_again`), since
+    /// no peer sends the same list twice.
+    learned: HashMap<PeerId, Vec<PeerAddr>>,
 }
 
 /// The peer directory. `count` always equals the number of linked peers: it is set only
@@ -153,6 +162,7 @@ impl Directory {
             .is_some_and(|l| l.conn.stable_id() == conn.stable_id());
         if ours {
             p.links.remove(remote);
+            p.learned.remove(remote);
             p.table.remove(remote);
             self.count.send_replace(p.table.len());
             self.holdings.send_modify(|v| *v += 1);
@@ -168,7 +178,7 @@ impl Directory {
             .map(|(id, e)| PeerAddr {
                 peer_id: id.clone(),
                 addr: e.addr,
-                holds: e.partial.keys().take(MAX_PEX_GAMES).cloned().collect(),
+                holds: holds(e),
             })
             .collect();
         self.pex.send_replace(Arc::new(list));
@@ -179,20 +189,55 @@ impl Directory {
         self.pex.subscribe()
     }
 
-    /// The peers of a received peer-exchange list to dial now (`lanspread_peer::pex_dials`),
-    /// marked as being dialled until [`Directory::dialled`]; `wanted`: the games this
-    /// daemon downloads. A list is weighed when it comes: when this daemon starts a
-    /// download, its `Holding` changes its entry at every peer it is linked to, and each
-    /// sends its list again (a link's writer resends on every change of the list).
-    pub fn pex_dials(
+    /// Keeps the peer-exchange list `from` sent (its first [`MAX_PEX`] entries, while
+    /// `from` is linked) and returns the peers of it to dial now ([`Self::pex_dials`]);
+    /// `wanted`: the games this daemon downloads.
+    pub fn learned(
+        &self,
+        (me, from): (&PeerId, &PeerId),
+        mut list: Vec<PeerAddr>,
+        wanted: &BTreeSet<GameId>,
+    ) -> Vec<PeerAddr> {
+        list.truncate(MAX_PEX);
+        {
+            let mut p = self.lock();
+            if !p.links.contains_key(from) {
+                return Vec::new(); // a late frame of a link already gone
+            }
+            p.learned.insert(from.clone(), list.clone());
+        }
+        self.pex_dials(me, &list, wanted)
+    }
+
+    /// The holders of the games this daemon downloads now (`wanted`) among the kept
+    /// lists, to dial now: when it starts a download, holders it was told of before take
+    /// links over the cap.
+    pub fn pex_again(&self, me: &PeerId, wanted: &BTreeSet<GameId>) -> Vec<PeerAddr> {
+        let holders: Vec<PeerAddr> = self
+            .lock()
+            .learned
+            .values()
+            .flatten()
+            .filter(|p| lanspread_peer::holds_wanted(p, wanted))
+            .take(MAX_PEX)
+            .cloned()
+            .collect();
+        self.pex_dials(me, &holders, wanted)
+    }
+
+    /// The peers of a peer-exchange list to dial now (`lanspread_peer::pex_dials`),
+    /// marked as being dialled until [`Directory::dialled`].
+    fn pex_dials(
         &self,
         me: &PeerId,
         learned: &[PeerAddr],
         wanted: &BTreeSet<GameId>,
     ) -> Vec<PeerAddr> {
         let max_links = self.max_links();
-        let linked: BTreeSet<PeerId> = self.lock().links.keys().cloned().collect();
+        // `dialling` first, then the links: a dial that ends in between (registered,
+        // then no longer dialling) is counted once, not missed.
         let mut guard = self.dialling.lock().unwrap_or_else(|p| p.into_inner());
+        let linked: BTreeSet<PeerId> = self.lock().links.keys().cloned().collect();
         let (dialling, failed) = &mut *guard;
         failed.retain(|_, at| at.elapsed() < PEX_RETRY);
         let recent: BTreeSet<SocketAddr> = failed.keys().copied().collect();
@@ -286,12 +331,9 @@ impl Directory {
         if !current {
             return; // a late frame of a replaced connection
         }
-        let games = |p: &Peers| {
-            p.table
-                .get(remote)
-                .map(|e| e.partial.keys().cloned().collect::<Vec<_>>())
-        };
-        let before = games(&p);
+        // What peer exchange tells of it (`publish`), when the games may change.
+        let told = |p: &Peers| p.table.get(remote).map(holds);
+        let before = matches!(msg, Holdings::All(_) | Holdings::Gone(_)).then(|| told(&p));
         match msg {
             Holdings::All(h) => p.table.set_holding(remote, h, catalog),
             Holdings::More(game, digest, chunks) => {
@@ -302,8 +344,7 @@ impl Directory {
             }
             Holdings::Gone(game) => p.table.holding_gone(remote, &game),
         };
-        if games(&p) != before {
-            // Peer exchange names what each peer downloads.
+        if before.is_some_and(|b| b != told(&p)) {
             self.publish(&p);
         }
         self.holdings.send_modify(|v| *v += 1);

@@ -185,7 +185,8 @@ mod tests {
             holding(5, &["quake", "cod5"]),
             holding(6, &["cod5"]),
         ];
-        // Room for one: a holder of what we download, before the peers listed first.
+        // Room for one: holders of what we download take it before the peers listed
+        // first, and the second holder a link over the cap.
         let d = dials((&linked, &none), (2, &["cod5"]), &learned);
         assert_eq!(d, [learned[2].clone(), learned[3].clone()]);
         // At the cap, holders still get links, up to HOLDER_LINKS over it; others none.

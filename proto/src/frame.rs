@@ -97,6 +97,30 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_exchange_entry_names_at_most_four_games() {
+        let entry = |games: usize| {
+            Message::Peers(vec![crate::PeerAddr {
+                peer_id: PeerId::try_from("0123456789abcdef".repeat(2)).unwrap(),
+                addr: "10.0.0.1:41741".parse().unwrap(),
+                holds: (0..games)
+                    .map(|g| GameId::new(&format!("g{g}")).unwrap())
+                    .collect(),
+            }])
+        };
+        let four = entry(crate::MAX_PEX_GAMES);
+        let frame = encode_frame(&four).unwrap();
+        assert_eq!(
+            decode_frame::<Message>(&frame).unwrap(),
+            Some((four, frame.len()))
+        );
+        let five = encode_frame(&entry(crate::MAX_PEX_GAMES + 1)).unwrap();
+        match decode_frame::<Message>(&five) {
+            Err(ProtoError::Malformed(_)) => {}
+            other => panic!("five games decoded: {other:?}"),
+        }
+    }
+
+    #[test]
     fn oversized_frame_is_refused_before_allocation() {
         assert!(matches!(
             frame_body_len(u32::MAX.to_le_bytes()),

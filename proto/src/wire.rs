@@ -138,7 +138,7 @@ pub enum Message {
 pub const MAX_PEX: usize = 64;
 /// Most chunks in one [`Message::HoldingGrowing`]; a receiver ignores the rest.
 pub const MAX_GROWING: usize = 64;
-/// Most games in one [`PeerAddr::holds`]; a receiver ignores the rest.
+/// Most games in one [`PeerAddr::holds`]; a longer list does not decode.
 pub const MAX_PEX_GAMES: usize = 4;
 
 /// A linked peer as told to others: its id, the address it listens on and what it is
@@ -151,7 +151,34 @@ pub struct PeerAddr {
     pub addr: SocketAddr,
     /// The games it holds a partial copy of (it announced `Holding` to the sender; at
     /// most [`MAX_PEX_GAMES`]): a receiver downloading one of them prefers to link to it.
+    #[serde(deserialize_with = "at_most_pex_games")]
     pub holds: Vec<GameId>,
+}
+
+/// Decodes [`PeerAddr::holds`], refusing more than [`MAX_PEX_GAMES`] games before it
+/// holds more: a frame of tiny ids cannot make the receiver allocate millions of them.
+fn at_most_pex_games<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<GameId>, D::Error> {
+    struct Games;
+    impl<'de> serde::de::Visitor<'de> for Games {
+        type Value = Vec<GameId>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "at most {MAX_PEX_GAMES} game ids")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(game) = seq.next_element()? {
+                if out.len() == MAX_PEX_GAMES {
+                    return Err(serde::de::Error::invalid_length(out.len() + 1, &self));
+                }
+                out.push(game);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Games)
 }
 
 /// What a downloading peer holds of one game.

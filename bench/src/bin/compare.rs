@@ -26,6 +26,11 @@ use lanspread_bench::{
     upstream::quinn_perf, Fs, Net,
 };
 
+const USAGE: &str = "usage: compare [--bytes N] [--samples K] [--s34-files F] [--only s37|s34] \
+[--guard R] [--threads T] [--scaling 1,2,4,8] [--veth MTU [--rate R]] [--quinn-perf BIN] \
+[--out DIR]\n(each is described in the doc comment of bench/src/bin/compare.rs and in \
+bench/README.md)";
+
 /// The client's peak RSS during S37 must stay below this (perf.md).
 const MAX_CLIENT_RSS_MIB: u64 = 256;
 
@@ -83,7 +88,11 @@ fn parse() -> anyhow::Result<Args> {
                 "s34" => a.s37 = false,
                 other => bail!("--only takes s37 or s34, not {other}"),
             },
-            other => bail!("unknown argument {other}; see the doc comment of compare.rs"),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other}\n{USAGE}"),
         }
     }
     anyhow::ensure!(

@@ -369,7 +369,10 @@ async fn follow(
                     .filter(|p| !p.addr.ip().is_multicast())
                     .collect();
                 let wanted = shared.partials.games();
-                for p in shared.peers.pex_dials(&shared.me.id, &learned, &wanted) {
+                for p in shared
+                    .peers
+                    .learned((&shared.me.id, remote), learned, &wanted)
+                {
                     let _ = shared.peers.pex_dial.send(p);
                 }
             }
@@ -447,6 +450,29 @@ fn drop_link(
     removed
 }
 
+/// At most one peer-exchange list per link this often: the lists change with every
+/// link and every peer's downloads (`Directory::holding`), and a peer that starts and
+/// ends downloads quickly must not make us flood every link.
+const PEX_EVERY: Duration = Duration::from_secs(1);
+
+/// The peer-exchange list for the link to `remote`: the other linked peers (never
+/// `remote`), at most [`MAX_PEX`]. Each peer hears another window of a long list, so in
+/// a party of hundreds the links spread instead of all going to the same 64.
+fn pex_list(all: &[PeerAddr], remote: &PeerId) -> Vec<PeerAddr> {
+    let mut others: Vec<PeerAddr> = all
+        .iter()
+        .filter(|p| &p.peer_id != remote)
+        .cloned()
+        .collect();
+    if others.len() > MAX_PEX {
+        let spread = remote.as_str().bytes().map(usize::from).sum::<usize>();
+        let by = spread % others.len();
+        others.rotate_left(by);
+        others.truncate(MAX_PEX);
+    }
+    others
+}
+
 /// Writes our announce stream: hello, then (once `accepted` fires) the library on every
 /// change, goodbye on shutdown.
 async fn announce(
@@ -467,30 +493,22 @@ async fn announce(
         // The library whenever it changes; the partial copies as deltas from what this
         // link was told.
         let mut told: crate::partial::Announced = Default::default();
-        let mut peers_changed = true;
+        // Peer exchange: the list when it changed, at most once per `PEX_EVERY`, never
+        // the same list twice.
+        let mut peers_due = true;
+        let mut peers_sent: (Vec<PeerAddr>, Option<tokio::time::Instant>) = (Vec::new(), None);
         // The first frame after the hello is the library, as it always was.
         let lib = advert.borrow_and_update().clone();
         write_frame(&mut send, &Message::Library(lib.to_vec())).await?;
         let mut library_changed = false;
         loop {
-            if peers_changed {
-                // The other linked peers (never the one this link goes to).
-                let all = pex.borrow_and_update().clone();
-                let mut others: Vec<PeerAddr> = all
-                    .iter()
-                    .filter(|p| p.peer_id != remote)
-                    .cloned()
-                    .collect();
-                // Each peer hears another window of a long list, so in a party of
-                // hundreds the links spread instead of all going to the same 64.
-                if others.len() > MAX_PEX {
-                    let spread = remote.as_str().bytes().map(usize::from).sum::<usize>();
-                    let by = spread % others.len();
-                    others.rotate_left(by);
-                    others.truncate(MAX_PEX);
-                }
-                if !others.is_empty() {
-                    write_frame(&mut send, &Message::Peers(others)).await?;
+            let next_list = peers_sent.1.map(|at| at + PEX_EVERY);
+            if peers_due && next_list.is_none_or(|at| at <= tokio::time::Instant::now()) {
+                peers_due = false;
+                let others = pex_list(&pex.borrow_and_update(), &remote);
+                if !others.is_empty() && others != peers_sent.0 {
+                    write_frame(&mut send, &Message::Peers(others.clone())).await?;
+                    peers_sent = (others, Some(tokio::time::Instant::now()));
                 }
             }
             let now = holdings.borrow_and_update().clone();
@@ -505,7 +523,9 @@ async fn announce(
                 write_frame(&mut send, &Message::Library(lib.to_vec())).await?;
             }
             library_changed = false;
-            peers_changed = false;
+            let next_list = peers_sent
+                .1
+                .map_or_else(tokio::time::Instant::now, |at| at + PEX_EVERY);
             tokio::select! {
                 changed = advert.changed() => {
                     if changed.is_err() { break }
@@ -513,8 +533,10 @@ async fn announce(
                 }
                 changed = pex.changed() => {
                     if changed.is_err() { break }
-                    peers_changed = true;
+                    let _ = pex.borrow_and_update();
+                    peers_due = true;
                 }
+                _ = tokio::time::sleep_until(next_list), if peers_due => {}
                 changed = holdings.changed() => if changed.is_err() { break },
                 _ = crate::state::until_shutdown(&mut shutdown) => break,
             }

@@ -1,21 +1,46 @@
 //! Dialling again: the peers peer exchange chose (once each), and lost peers that we had
 //! dialled (until they are back, with a doubling backoff).
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lanspread_proto::{PeerAddr, PeerId};
+use lanspread_proto::{GameId, PeerAddr, PeerId};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use super::{dial, dial_peer};
 use crate::state::Shared;
 
-/// Dials, once each, the peers that peer exchange chose (`Directory::pex_dials`).
+/// Dials, once each, the peers that peer exchange chose (`Directory::learned`) and,
+/// when this daemon starts downloading a game, the holders of it it was told of before
+/// (`Directory::pex_again`).
 pub async fn pex_dialler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<PeerAddr>) {
-    while let Some(p) = rx.recv().await {
-        tokio::spawn(pex_dial(shared.clone(), p));
+    let mut copies = shared.partials.watch();
+    let mut wanted: BTreeSet<GameId> = BTreeSet::new();
+    loop {
+        tokio::select! {
+            p = rx.recv() => match p {
+                Some(p) => {
+                    tokio::spawn(pex_dial(shared.clone(), p));
+                }
+                None => return,
+            },
+            changed = copies.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now: BTreeSet<GameId> = copies.borrow_and_update().keys().cloned().collect();
+                let started = now.difference(&wanted).next().is_some();
+                wanted = now;
+                if started {
+                    for p in shared.peers.pex_again(&shared.me.id, &wanted) {
+                        tokio::spawn(pex_dial(shared.clone(), p));
+                    }
+                }
+            }
+        }
     }
 }
 
