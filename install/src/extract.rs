@@ -129,7 +129,8 @@ fn install(
     let game = GameDir::open(root).map_err(io(root))?;
     remove_tree_in(&game, STAGING)?;
     let result = (|| {
-        let (sets, need) = plan(root)?;
+        // The archives stay open until the install ends (`Pinned`).
+        let (sets, need, _pinned) = plan(root)?;
         let free = lanspread_catalog::free_space(root)
             .map_err(|e| InstallError::io(root, io::Error::other(e)))?;
         if need > free {
@@ -234,7 +235,7 @@ impl Run<'_> {
     ) -> Result<(), InstallError> {
         let first = &set.volumes[0];
         let mut arc =
-            Archive::open(&set.volumes, Mode::Extract).map_err(|e| archive_err(first, e))?;
+            Archive::open(&set.names, Mode::Extract).map_err(|e| archive_err(first, e))?;
         arc.stop_when(self.stop.clone());
         let mut seen = 0usize;
         while let Some(h) = arc.next_header().map_err(|e| archive_err(first, e))? {
@@ -540,6 +541,7 @@ fn link_err(kind: &'static str, entry: &str, target: &str, why: &str) -> Install
     }
 }
 
+mod pin;
 mod plan;
 #[cfg(test)]
 mod tests;

@@ -201,3 +201,82 @@ fn damaged_archives_are_refused_never_installed_short() {
         "archive",
     );
 }
+
+/// Every volume of a set replaced by a FIFO once the archives are listed (someone who
+/// can write the root, mid-install): UnRAR still reads the files that were listed (they
+/// stay open and it opens them through `/proc/self/fd`), and never blocks opening a FIFO.
+#[test]
+fn volumes_swapped_for_fifos_after_the_listing_are_not_opened() {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let fixture = "test_rar_multivolume_single_file";
+    let files = parts(fixture, 3, 1, |i| format!("game.part{i}.eti"));
+    let v: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let (_t, root) = root_of(&v);
+    let volume = |i: usize| root.join(format!("game.part{i}.eti"));
+    let swap = {
+        let root = root.clone();
+        move || {
+            for i in 1..=3 {
+                let path = root.join(format!("game.part{i}.eti"));
+                std::fs::rename(&path, root.join(format!("moved{i}"))).unwrap();
+                let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+                // SAFETY: a NUL-terminated path.
+                assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+            }
+        }
+    };
+    let (tx, rx) = mpsc::channel();
+    let at = root.clone();
+    std::thread::spawn(move || {
+        let mut swap = Some(swap);
+        let result = lanspread_install::install_root_with(&at, &mut |_| {
+            if let Some(swap) = swap.take() {
+                swap();
+            }
+        });
+        let _ = tx.send(result);
+    });
+    let result = rx
+        .recv_timeout(Duration::from_secs(120))
+        .unwrap_or_else(|_| {
+            // Let a reader blocked on a FIFO go (a writer that closes at once), then fail.
+            for i in 1..=3 {
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(volume(i));
+            }
+            panic!("the install blocked opening a FIFO put in place of a volume")
+        });
+    let summary = result.unwrap_or_else(|e| panic!("{fixture}: {e}"));
+    assert_eq!(manifest(&root.join("local")), expected(fixture));
+    assert_eq!(summary.archives, 1);
+    assert!(std::fs::symlink_metadata(volume(1))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
+
+/// A FIFO among the archives before the install: refused (never opened blocking), and
+/// nothing is left behind.
+#[test]
+fn a_fifo_named_like_an_archive_is_not_read() {
+    let (_t, root) = root_of(&[("test_read_format_rar.rar", "game.eti")]);
+    let path = root.join("other.eti");
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    // Only regular files are archives: the FIFO is passed over, the archive installs.
+    let summary = lanspread_install::install_root(&root).unwrap();
+    assert_eq!(summary.archives, 1);
+    assert_eq!(
+        manifest(&root.join("local")),
+        expected("test_read_format_rar")
+    );
+}

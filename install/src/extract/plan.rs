@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use super::pin::Pinned;
 use super::{archive_err, io, safe_rel};
 use crate::dll::{Archive, Header, Mode, Redirect};
 use crate::volumes::{self, Candidate};
@@ -30,7 +31,10 @@ pub(super) enum Kind {
 
 /// One archive or volume set, listed.
 pub(super) struct PlannedSet {
+    /// Its volumes in the root, in order (for messages).
     pub(super) volumes: Vec<PathBuf>,
+    /// The names UnRAR opens them by ([`Pinned`]).
+    pub(super) names: Vec<PathBuf>,
     pub(super) entries: Vec<Listed>,
 }
 
@@ -53,13 +57,14 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Groups the archives into sets and lists every one — all before anything is written.
-pub(super) fn plan(root: &Path) -> Result<(Vec<PlannedSet>, u64), InstallError> {
+/// Groups the archives into sets and lists every one — all before anything is written —
+/// with the archives opened for the rest of the install ([`Pinned`]).
+pub(super) fn plan(root: &Path) -> Result<(Vec<PlannedSet>, u64, Pinned), InstallError> {
     let files = archives(root)?;
+    let mut pinned = Pinned::open(&files)?;
     let mut candidates = Vec::with_capacity(files.len());
-    for f in &files {
-        let mut file = fs::File::open(f).map_err(io(f))?;
-        let info = volumes::probe(&mut file).map_err(io(f))?;
+    for (i, f) in files.iter().enumerate() {
+        let info = volumes::probe(pinned.file(i)).map_err(io(f))?;
         candidates.push(Candidate {
             name: file_name(f),
             info,
@@ -71,9 +76,14 @@ pub(super) fn plan(root: &Path) -> Result<(Vec<PlannedSet>, u64), InstallError> 
     let mut planned = Vec::with_capacity(sets.len());
     for set in sets {
         let volumes: Vec<PathBuf> = set.members.iter().map(|&i| files[i].clone()).collect();
+        let names: Vec<PathBuf> = set
+            .members
+            .iter()
+            .map(|&i| pinned.name(i).to_path_buf())
+            .collect();
         let first = &volumes[0];
         let label = file_name(first);
-        let mut arc = Archive::open(&volumes, Mode::List).map_err(|e| archive_err(first, e))?;
+        let mut arc = Archive::open(&names, Mode::List).map_err(|e| archive_err(first, e))?;
         if arc.flags.encrypted_headers {
             return Err(InstallError::Encrypted(first.clone()));
         }
@@ -120,9 +130,13 @@ pub(super) fn plan(root: &Path) -> Result<(Vec<PlannedSet>, u64), InstallError> 
                 ),
             });
         }
-        planned.push(PlannedSet { volumes, entries });
+        planned.push(PlannedSet {
+            volumes,
+            names,
+            entries,
+        });
     }
-    Ok((planned, total))
+    Ok((planned, total, pinned))
 }
 
 fn kind_of(h: &Header) -> Kind {
