@@ -1,6 +1,6 @@
 //! A daemon that is not root (the shipped unit runs as its own user) installs, uninstalls
-//! and reinstalls an archive whose folders are read-only (0555) and files 0444: every step
-//! works, and none leaves staging or trash behind. Needs root to become uid 65534; fails
+//! and reinstalls an archive whose folders are read-only (0555) or unreadable (0311) and
+//! files 0444: every step works, and none leaves staging or trash behind. Needs root to become uid 65534; fails
 //! without it unless `LANSPREAD_SKIP_PRIVILEGED=1`.
 
 mod common;
@@ -35,6 +35,17 @@ fn archive(path: &Path) {
         Cursor::new(b"d".to_vec()),
     )
     .unwrap();
+    // A folder its owner may enter and write but not read: removing it takes the
+    // make-writable step's handle (`O_PATH`, chmod, then open).
+    w.add_dir("ro/sub/unread", 0o311, 1_700_000_000).unwrap();
+    w.add_file(
+        "ro/sub/unread/x",
+        0o444,
+        1_700_000_000,
+        1,
+        Cursor::new(b"x".to_vec()),
+    )
+    .unwrap();
     w.finish().unwrap();
 }
 
@@ -49,8 +60,14 @@ fn steps(root: &Path) -> i32 {
         eprintln!("install: {e}");
         return 10;
     }
-    if mode("ro").ok() != Some(0o555) || mode("ro/sub/deep").ok() != Some(0o444) || leftovers() {
-        eprintln!("install: modes {:?} {:?}", mode("ro"), mode("ro/sub/deep"));
+    let modes = [mode("ro"), mode("ro/sub/deep"), mode("ro/sub/unread")];
+    if modes
+        .iter()
+        .map(|m| m.as_ref().ok())
+        .ne([Some(&0o555), Some(&0o444), Some(&0o311)])
+        || leftovers()
+    {
+        eprintln!("install: modes {modes:?}");
         return 11;
     }
     // Reinstall over the read-only tree: the old one moves aside and is removed.
