@@ -22,7 +22,8 @@ pub fn skip_privileged(test: &str) -> bool {
 /// A tmpfs mounted for the life of this value.
 pub struct Tmpfs {
     path: PathBuf,
-    _dir: tempfile::TempDir,
+    /// The temp dir it is mounted on, unless it was given a folder.
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl Tmpfs {
@@ -32,7 +33,14 @@ impl Tmpfs {
             .prefix("ls-tmpfs-")
             .tempdir()
             .expect("tempdir");
-        let path = dir.path().to_path_buf();
+        let mut fs = Self::mount_on(dir.path(), size_mib);
+        fs._dir = Some(dir);
+        fs
+    }
+
+    /// Mounts a tmpfs of `size_mib` MiB on the existing folder `path`.
+    pub fn mount_on(path: &Path, size_mib: u64) -> Tmpfs {
+        let path = path.to_path_buf();
         let target = CString::new(path.as_os_str().as_bytes()).expect("path");
         let opts = CString::new(format!("size={size_mib}m,mode=0755")).expect("opts");
         // SAFETY: valid NUL-terminated strings; the mount point exists.
@@ -52,7 +60,7 @@ impl Tmpfs {
             path.display(),
             std::io::Error::last_os_error()
         );
-        Tmpfs { path, _dir: dir }
+        Tmpfs { path, _dir: None }
     }
 
     /// The mount point.

@@ -459,33 +459,61 @@ async fn prepare(
     Ok((dests, journal, verified, root_dir))
 }
 
-/// Fails with the numbers when the games filesystem lacks room for the files.
+/// Fails with the numbers when a filesystem the files land on lacks room for them: each
+/// file counts against the filesystem of its nearest existing folder (a disk mounted at
+/// the root or at one of its folders has its own room; a folder not made yet is on its
+/// parent's), less what is already there.
 async fn check_space(
     games: &std::path::Path,
     root: &std::path::Path,
     files: &[FileManifest],
 ) -> Result<(), Failure> {
+    use std::collections::{BTreeMap, HashMap};
+    use std::os::unix::fs::MetadataExt;
+    use std::path::{Path, PathBuf};
     let (games, root, files) = (games.to_path_buf(), root.to_path_buf(), files.to_vec());
     tokio::task::spawn_blocking(move || {
-        let need: u64 = files
-            .iter()
-            .map(|f| {
-                let have = std::fs::symlink_metadata(f.path.to_path(&root))
-                    .map(|m| m.len())
-                    .unwrap_or(0);
-                f.size.saturating_sub(have)
-            })
-            .sum();
-        let free = lanspread_catalog::free_space(&games)
-            .map_err(|e| Failure::new(ErrorKind::Io, e.to_string()))?;
-        if need > free {
-            return Err(Failure::new(
-                ErrorKind::DiskFull,
-                format!(
-                    "not enough free space in {}: need {need} bytes, {free} available",
-                    games.display()
-                ),
-            ));
+        // The nearest existing real folder (no symlink followed) of `folder`, up to the
+        // games folder, with its filesystem.
+        let landing = |folder: &Path| -> (PathBuf, Option<u64>) {
+            let mut at = folder;
+            loop {
+                if let Ok(m) = std::fs::symlink_metadata(at) {
+                    if m.is_dir() {
+                        return (at.to_path_buf(), Some(m.dev()));
+                    }
+                }
+                match at.parent() {
+                    Some(up) if at != games && up.starts_with(&games) => at = up,
+                    _ => return (games.clone(), None),
+                }
+            }
+        };
+        let mut by_folder: HashMap<PathBuf, (PathBuf, Option<u64>)> = HashMap::new();
+        // Per filesystem: a folder on it (for the message and statvfs) and the bytes.
+        let mut need: BTreeMap<Option<u64>, (PathBuf, u64)> = BTreeMap::new();
+        for f in &files {
+            let path = f.path.to_path(&root);
+            let have = std::fs::symlink_metadata(&path).map_or(0, |m| m.len());
+            let folder = path.parent().unwrap_or(&root).to_path_buf();
+            let (at, dev) = by_folder
+                .entry(folder.clone())
+                .or_insert_with(|| landing(&folder))
+                .clone();
+            need.entry(dev).or_insert((at, 0)).1 += f.size.saturating_sub(have);
+        }
+        for (at, bytes) in need.into_values() {
+            let free = lanspread_catalog::free_space(&at)
+                .map_err(|e| Failure::new(ErrorKind::Io, e.to_string()))?;
+            if bytes > free {
+                return Err(Failure::new(
+                    ErrorKind::DiskFull,
+                    format!(
+                        "not enough free space in {}: need {bytes} bytes, {free} available",
+                        at.display()
+                    ),
+                ));
+            }
         }
         Ok(())
     })

@@ -94,6 +94,51 @@ fn s19_sole_source_dies() {
     );
 }
 
+/// A disk mounted at a game root has its own room: the download counts what lands on
+/// it against that disk, not the games filesystem (full here), and a root on a disk too
+/// small is refused up front naming it.
+#[test]
+fn a_root_on_its_own_disk_counts_that_disks_room() {
+    if skip_privileged("a_root_on_its_own_disk_counts_that_disks_room") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    for id in ["cod5", "cnc4"] {
+        GameSpec::new(id, "20250101")
+            .file(
+                &format!("{id}.eti"),
+                0o644,
+                Content::Random {
+                    seed: 5,
+                    size: 24 << 20,
+                },
+            )
+            .write(d.path())
+            .unwrap();
+    }
+    let s = source("src", d.path());
+    let games = Tmpfs::mount(8);
+    for id in ["cod5", "cnc4"] {
+        std::fs::create_dir(games.path().join(id)).unwrap();
+    }
+    let big = Tmpfs::mount_on(&games.path().join("cod5"), 64);
+    let small = Tmpfs::mount_on(&games.path().join("cnc4"), 4);
+    let c = Node::start("client", games.path());
+    c.connect(&s);
+    c.download_ok("cod5", &["--no-install"]);
+    assert_same_tree(&d.path().join("cod5"), big.path());
+    let out = c.download("cnc4", &["--no-install"]);
+    assert_eq!(out.error_kind(), "disk-full", "{out:?}");
+    let reason = out.json()["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("not enough free space in") && reason.contains("cnc4"),
+        "{reason}"
+    );
+    assert_not_committed(&c, games.path(), "cnc4");
+    drop(c);
+    drop((small, big));
+}
+
 #[test]
 fn s20_disk_full() {
     if skip_privileged("s20_disk_full") {
