@@ -16,36 +16,21 @@ use lanspread_install::{install_root, uninstall_root, Rar5Writer};
 const NOBODY: u32 = 65534;
 
 fn archive(path: &Path) {
+    const MTIME: u32 = 1_700_000_000;
     let mut w = Rar5Writer::new(fs::File::create(path).unwrap()).unwrap();
-    w.add_dir("ro", 0o555, 1_700_000_000).unwrap();
-    w.add_file(
-        "ro/file",
-        0o444,
-        1_700_000_000,
-        3,
-        Cursor::new(b"abc".to_vec()),
-    )
-    .unwrap();
-    w.add_dir("ro/sub", 0o555, 1_700_000_000).unwrap();
-    w.add_file(
-        "ro/sub/deep",
-        0o444,
-        1_700_000_000,
-        1,
-        Cursor::new(b"d".to_vec()),
-    )
-    .unwrap();
-    // A folder its owner may enter and write but not read: removing it takes the
-    // make-writable step's handle (`O_PATH`, chmod, then open).
-    w.add_dir("ro/sub/unread", 0o311, 1_700_000_000).unwrap();
-    w.add_file(
-        "ro/sub/unread/x",
-        0o444,
-        1_700_000_000,
-        1,
-        Cursor::new(b"x".to_vec()),
-    )
-    .unwrap();
+    // Folders their owner may read and enter but not write, and one it may enter and
+    // write but not read (removing it takes the make-writable step's handle: `O_PATH`,
+    // chmod, then open), each with a read-only file.
+    for (folder, mode, file, bytes) in [
+        ("ro", 0o555, "ro/file", &b"abc"[..]),
+        ("ro/sub", 0o555, "ro/sub/deep", b"d"),
+        ("ro/sub/unread", 0o311, "ro/sub/unread/x", b"x"),
+    ] {
+        w.add_dir(folder, mode, MTIME).unwrap();
+        let len = bytes.len() as u64;
+        w.add_file(file, 0o444, MTIME, len, Cursor::new(bytes.to_vec()))
+            .unwrap();
+    }
     w.finish().unwrap();
 }
 

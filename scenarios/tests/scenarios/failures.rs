@@ -94,6 +94,18 @@ fn s19_sole_source_dies() {
     );
 }
 
+/// A folder of games `cod5` and `cnc4`, each one `.eti` file of `content`.
+fn two_games(content: Content) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for id in ["cod5", "cnc4"] {
+        GameSpec::new(id, "20250101")
+            .file(&format!("{id}.eti"), 0o644, content.clone())
+            .write(d.path())
+            .unwrap();
+    }
+    d
+}
+
 /// A disk mounted at a game root has its own room: the download counts what lands on
 /// it against that disk, not the games filesystem (full here), and a root on a disk too
 /// small is refused up front naming it.
@@ -102,20 +114,10 @@ fn a_root_on_its_own_disk_counts_that_disks_room() {
     if skip_privileged("a_root_on_its_own_disk_counts_that_disks_room") {
         return;
     }
-    let d = tempfile::tempdir().unwrap();
-    for id in ["cod5", "cnc4"] {
-        GameSpec::new(id, "20250101")
-            .file(
-                &format!("{id}.eti"),
-                0o644,
-                Content::Random {
-                    seed: 5,
-                    size: 24 << 20,
-                },
-            )
-            .write(d.path())
-            .unwrap();
-    }
+    let d = two_games(Content::Random {
+        seed: 5,
+        size: 24 << 20,
+    });
     let s = source("src", d.path());
     let games = Tmpfs::mount(8);
     for id in ["cod5", "cnc4"] {
@@ -174,17 +176,7 @@ fn s20_disk_full() {
     // fail both), at least one fails, a failed one commits nothing, and a finished one is
     // exact.
     let fs32 = Tmpfs::mount(32);
-    let d = tempfile::tempdir().unwrap();
-    for id in ["cod5", "cnc4"] {
-        GameSpec::new(id, "20250101")
-            .file(
-                &format!("{id}.eti"),
-                0o644,
-                Content::Sparse { size: 20 << 20 },
-            )
-            .write(d.path())
-            .unwrap();
-    }
+    let d = two_games(Content::Sparse { size: 20 << 20 });
     let s = source("two", d.path());
     let c = Node::start("client", fs32.path());
     c.connect(&s);
