@@ -130,7 +130,7 @@ fn install(
     remove_tree_in(&game, STAGING)?;
     let result = (|| {
         // The archives stay open until the install ends (`Pinned`).
-        let (sets, need, _pinned) = plan(root)?;
+        let (sets, need, _pinned) = plan(&game)?;
         let free = lanspread_catalog::free_space(root)
             .map_err(|e| InstallError::io(root, io::Error::other(e)))?;
         if need > free {
@@ -251,7 +251,7 @@ impl Run<'_> {
                 });
             };
             seen += 1;
-            self.entry(&mut arc, &h, listed)?;
+            self.entry((&mut arc, first), &h, listed)?;
             if matches!(listed.kind, Kind::File(_)) {
                 on_file(&self.summary);
             }
@@ -266,13 +266,15 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Unpacks one entry; `first`: the set's first volume in the root (for messages:
+    /// UnRAR reads it by another name, see `pin.rs`).
     fn entry(
         &mut self,
-        arc: &mut Archive,
+        (arc, first): (&mut Archive, &Path),
         h: &Header,
         listed: &Listed,
     ) -> Result<(), InstallError> {
-        let first = arc.path().to_path_buf();
+        let first = first.to_path_buf();
         let dll_err = |e| archive_err(&first, e);
         let rel = listed.rel.as_path();
         let dest = self.staging.shown(rel);
@@ -341,7 +343,7 @@ impl Run<'_> {
                 // with the entry's own sub-folders), where no one else can swap a
                 // folder; we read the target back, judge it, and make our own link
                 // beneath staging.
-                let private = PrivateDir::new().map_err(io(&dest))?;
+                let private = PrivateDir::new("lanspread-link-").map_err(io(&dest))?;
                 let at = private.0.join(rel);
                 if let Some(folder) = at.parent() {
                     std::os::unix::fs::DirBuilderExt::mode(
@@ -498,15 +500,16 @@ impl Run<'_> {
     }
 }
 
-/// A folder of ours alone under the temporary folder (`mkdtemp`: 0700, a fresh name), at
-/// its real path (no link in it: UnRAR refuses a `..` link where a folder on its path is
-/// one); removed with everything in it when dropped. (No `tempfile` in the daemon.)
+/// A folder of ours alone under the temporary folder (`mkdtemp`: 0700, a fresh name,
+/// `prefix` then six characters), at its real path (no link in it: UnRAR refuses a `..`
+/// link where a folder on its path is one); removed with everything in it when dropped.
+/// (No `tempfile` in the daemon.)
 struct PrivateDir(PathBuf);
 
 impl PrivateDir {
-    fn new() -> io::Result<Self> {
+    fn new(prefix: &str) -> io::Result<Self> {
         use std::os::unix::ffi::OsStrExt;
-        let template = std::env::temp_dir().join("lanspread-link-XXXXXX");
+        let template = std::env::temp_dir().join(format!("{prefix}XXXXXX"));
         let mut bytes = std::ffi::CString::new(template.as_os_str().as_bytes())
             .map_err(|_| io::Error::other("a NUL in the temporary folder's path"))?
             .into_bytes_with_nul();

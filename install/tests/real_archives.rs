@@ -24,6 +24,11 @@ fn refused(files: &[(&str, &str)], needle: &str) -> InstallError {
         err.to_string().contains(needle),
         "expected {needle:?} in: {err}"
     );
+    // Named as in the root, never by the private links UnRAR reads through.
+    assert!(
+        !err.to_string().contains("lanspread-volumes-"),
+        "a private path in: {err}"
+    );
     assert_nothing_left(&t, &root, needle);
     err
 }

@@ -221,21 +221,28 @@ impl Ctx {
     fn change_volume(&mut self, buf: *mut wchar_t, mode: c_long) -> c_int {
         // SAFETY: UnRAR passes a NUL-terminated buffer of MAXPATHSIZE wide characters.
         let asked_for = unsafe { wide_cstr(buf) };
+        // Messages name volumes by file name: UnRAR may open them by other paths (the
+        // install's links to the open files), and the caller names the archive.
+        let name = |p: &Path| {
+            p.file_name().map_or_else(
+                || p.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        };
         let Some(expected) = self.volumes.get(self.next).cloned() else {
             self.failure = Some(format!(
-                "the set continues past its last volume {} (UnRAR looks for {asked_for})",
-                self.volumes
-                    .last()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
+                "the set continues past its last volume {} (UnRAR looks for {})",
+                self.volumes.last().map(|p| name(p)).unwrap_or_default(),
+                name(Path::new(&asked_for)),
             ));
             return -1;
         };
         if mode == unrar_sys::RAR_VOL_NOTIFY {
             if Path::new(&asked_for) != expected {
                 self.failure = Some(format!(
-                    "UnRAR opened {asked_for} as the next volume, but the set's next volume is {}",
-                    expected.display()
+                    "UnRAR opened {} as the next volume, but the set's next volume is {}",
+                    name(Path::new(&asked_for)),
+                    name(&expected)
                 ));
                 return -1;
             }
@@ -244,18 +251,18 @@ impl Ctx {
             return 1;
         }
         if self.asked {
-            self.failure = Some(format!("volume {} could not be opened", expected.display()));
+            self.failure = Some(format!("volume {} could not be opened", name(&expected)));
             return -1;
         }
         let Some(wide) = expected.to_str().map(to_wide) else {
             self.failure = Some(format!(
                 "volume {} has a name that is not UTF-8",
-                expected.display()
+                name(&expected)
             ));
             return -1;
         };
         if wide.len() > VOLUME_NAME_MAX {
-            self.failure = Some(format!("volume {} has too long a path", expected.display()));
+            self.failure = Some(format!("volume {} has too long a path", name(&expected)));
             return -1;
         }
         // SAFETY: `wide` (NUL included) fits the MAXPATHSIZE buffer, checked above.
@@ -302,7 +309,6 @@ pub(crate) struct Archive {
     header: Box<HeaderData>,
     name_buf: Vec<wchar_t>,
     redir_buf: Vec<wchar_t>,
-    path: PathBuf,
     /// Open archive-wide facts.
     pub flags: OpenFlags,
     _locale: Option<Utf8Locale>,
@@ -325,7 +331,6 @@ impl Archive {
         let locale = Utf8Locale::set();
         let path = volumes
             .first()
-            .cloned()
             .ok_or_else(|| DllError("no volume to open".into()))?;
         let name = path
             .to_str()
@@ -376,7 +381,6 @@ impl Archive {
             header,
             name_buf: vec![0; NAME_MAX],
             redir_buf: vec![0; NAME_MAX],
-            path,
             flags,
             _locale: locale,
         })
@@ -501,11 +505,6 @@ impl Archive {
     /// Makes UnRAR stop within one output block once `stop` is set.
     pub fn stop_when(&mut self, stop: Arc<AtomicBool>) {
         self.ctx.stop = Some(stop);
-    }
-
-    /// The archive (first volume) this was opened from.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

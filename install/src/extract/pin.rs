@@ -2,61 +2,65 @@
 //! files the install listed. UnRAR opens volumes by name; a FIFO put at a volume's path
 //! after the listing would block that open for good (no `cancel` reaches a blocked
 //! `open`), and another file there would be read unlisted. So each `.eti` file is opened
-//! once, without following a link and without blocking (a FIFO or device is refused),
-//! checked to be a regular file and kept open; UnRAR gets names in a private folder
-//! (0700, outside the root) that are links to `/proc/self/fd/N`: the kernel resolves
-//! each to the open file itself, whatever is at its path in the root by then. The names
-//! keep the files' own names, so UnRAR's guess of a next volume's name works as in the
-//! root. Without `/proc` the root's paths are given, as before.
+//! once beneath the root's descriptor, without following a link and without blocking (a
+//! FIFO or device is refused), checked to be a regular file and kept open; UnRAR gets
+//! names in a private folder (`PrivateDir`: 0700, outside the root) that are links to
+//! `/proc/self/fd/N`: the kernel resolves each to the open file itself, whatever is at
+//! its path in the root by then. The links keep the files' own names, so UnRAR's guess
+//! of a next volume's name works as in the root. Without `/proc`, or when no private
+//! folder can be made, UnRAR gets the root's paths (the files were still checked).
 
+use std::ffi::{CString, OsString};
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::PrivateDir;
 use crate::InstallError;
 
 /// The open archives and their names for UnRAR (kept for the whole install).
 pub(super) struct Pinned {
+    /// The private folder of links (removed when dropped, before the files close).
+    _links: Option<PrivateDir>,
     files: Vec<File>,
-    /// The private folder of links (removed when dropped), if `/proc` is there.
-    _links: Option<tempfile::TempDir>,
     names: Vec<PathBuf>,
 }
 
 impl Pinned {
-    /// Opens `paths` (files at the top of one root, so their names differ).
-    pub(super) fn open(paths: &[PathBuf]) -> Result<Self, InstallError> {
-        let files = paths
+    /// Opens the files `names` at the top of the root open as `root` (at `path`).
+    pub(super) fn open(
+        (root, path): (&cap_std::fs::Dir, &Path),
+        names: &[OsString],
+    ) -> Result<Self, InstallError> {
+        let files = names
             .iter()
-            .map(|p| open_regular(p).map_err(|e| InstallError::io(p, e)))
+            .map(|n| open_regular(root, n).map_err(|e| InstallError::io(path.join(n), e)))
             .collect::<Result<Vec<File>, _>>()?;
-        if !Path::new("/proc/self/fd").is_dir() {
+        let in_root: Vec<PathBuf> = names.iter().map(|n| path.join(n)).collect();
+        let links = Path::new("/proc/self/fd")
+            .is_dir()
+            .then(|| PrivateDir::new("lanspread-volumes-").ok())
+            .flatten();
+        let Some(links) = links else {
             return Ok(Self {
-                files,
                 _links: None,
-                names: paths.to_vec(),
+                files,
+                names: in_root,
             });
-        }
-        let temp = std::env::temp_dir();
-        let links = tempfile::Builder::new()
-            .prefix("lanspread-volumes-")
-            .tempdir()
-            .map_err(|e| InstallError::io(&temp, e))?;
-        let mut names = Vec::with_capacity(paths.len());
-        for (path, file) in paths.iter().zip(&files) {
-            let name = links
-                .path()
-                .join(path.file_name().unwrap_or(path.as_os_str()));
-            let fd = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-            std::os::unix::fs::symlink(fd, &name).map_err(|e| InstallError::io(&name, e))?;
-            names.push(name);
+        };
+        let mut linked = Vec::with_capacity(names.len());
+        for (name, file) in names.iter().zip(&files) {
+            let at = links.0.join(name);
+            let fd = format!("/proc/self/fd/{}", file.as_raw_fd());
+            std::os::unix::fs::symlink(fd, &at).map_err(|e| InstallError::io(&at, e))?;
+            linked.push(at);
         }
         Ok(Self {
-            files,
             _links: Some(links),
-            names,
+            files,
+            names: linked,
         })
     }
 
@@ -65,19 +69,28 @@ impl Pinned {
         &mut self.files[i]
     }
 
-    /// The name UnRAR opens for archive `i`.
+    /// The name UnRAR opens archive `i` by.
     pub(super) fn name(&self, i: usize) -> &Path {
         &self.names[i]
     }
 }
 
-/// Opens `path` for reading if it is a regular file: never through a symlink, never
-/// blocking on a FIFO.
-fn open_regular(path: &Path) -> io::Result<File> {
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-        .open(path)?;
+/// Opens `name` (one component) beneath `root` for reading if it is a regular file:
+/// never through a symlink, never blocking on a FIFO.
+fn open_regular(root: &cap_std::fs::Dir, name: &OsString) -> io::Result<File> {
+    let c = CString::new(name.as_bytes()).map_err(|_| io::Error::other("a NUL in a file name"))?;
+    if c.as_bytes().contains(&b'/') {
+        return Err(io::Error::other("not a name at the top of the root"));
+    }
+    let flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
+    // SAFETY: openat reads the NUL-terminated `c` relative to `root`'s descriptor, which
+    // `root` keeps open; the descriptor it returns is owned by the File made of it.
+    let fd = unsafe { libc::openat(root.as_raw_fd(), c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by openat and is owned by nothing else.
+    let file = unsafe { File::from_raw_fd(fd) };
     if !file.metadata()?.is_file() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -85,4 +98,40 @@ fn open_regular(path: &Path) -> io::Result<File> {
         ));
     }
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_or_a_link_is_refused_at_once_and_a_file_is_named_through_proc() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("a.eti"), b"rar").unwrap();
+        std::os::unix::fs::symlink("a.eti", t.path().join("l.eti")).unwrap();
+        let fifo = CString::new(t.path().join("f.eti").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let root =
+            cap_std::fs::Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
+        let at = (&root, t.path());
+        for bad in ["f.eti", "l.eti"] {
+            let err = Pinned::open(at, &[bad.into()]).err().unwrap();
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+        let mut pinned = Pinned::open(at, &["a.eti".into()]).unwrap();
+        let name = pinned.name(0).to_path_buf();
+        assert_eq!(name.file_name().unwrap(), "a.eti");
+        assert!(!name.starts_with(t.path()), "{}", name.display());
+        // The name leads to the open file, whatever is at its path in the root now.
+        std::fs::remove_file(t.path().join("a.eti")).unwrap();
+        std::fs::write(t.path().join("a.eti"), b"other").unwrap();
+        assert_eq!(std::fs::read(&name).unwrap(), b"rar");
+        let mut s = String::new();
+        io::Read::read_to_string(pinned.file(0), &mut s).unwrap();
+        assert_eq!(s, "rar");
+        let links = name.parent().unwrap().to_path_buf();
+        drop(pinned);
+        assert!(!links.exists(), "the private folder outlived the install");
+    }
 }

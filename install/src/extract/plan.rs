@@ -4,8 +4,10 @@
 //! anything is written.
 
 use std::collections::BTreeMap;
-use std::fs;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+
+use lanspread_catalog::GameDir;
 
 use super::pin::Pinned;
 use super::{archive_err, io, safe_rel};
@@ -38,14 +40,18 @@ pub(super) struct PlannedSet {
     pub(super) entries: Vec<Listed>,
 }
 
-/// The regular-file `.eti` archives at the top of a root (links are not followed), by name.
-fn archives(root: &Path) -> Result<Vec<PathBuf>, InstallError> {
-    let mut out: Vec<PathBuf> = fs::read_dir(root)
+/// The names of the regular-file `.eti` archives at the top of the root open as `game`
+/// (links are not followed), sorted.
+fn archives(game: &GameDir) -> Result<Vec<OsString>, InstallError> {
+    let root = game.path();
+    let mut out: Vec<OsString> = game
+        .dir()
+        .entries()
         .map_err(io(root))?
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "eti"))
+        .map(|e| e.file_name())
+        .filter(|n| Path::new(n).extension().is_some_and(|x| x == "eti"))
         .collect();
     out.sort();
     Ok(out)
@@ -59,9 +65,11 @@ fn file_name(p: &Path) -> String {
 
 /// Groups the archives into sets and lists every one — all before anything is written —
 /// with the archives opened for the rest of the install ([`Pinned`]).
-pub(super) fn plan(root: &Path) -> Result<(Vec<PlannedSet>, u64, Pinned), InstallError> {
-    let files = archives(root)?;
-    let mut pinned = Pinned::open(&files)?;
+pub(super) fn plan(game: &GameDir) -> Result<(Vec<PlannedSet>, u64, Pinned), InstallError> {
+    let root = game.path();
+    let names = archives(game)?;
+    let mut pinned = Pinned::open((game.dir(), root), &names)?;
+    let files: Vec<PathBuf> = names.iter().map(|n| root.join(n)).collect();
     let mut candidates = Vec::with_capacity(files.len());
     for (i, f) in files.iter().enumerate() {
         let info = volumes::probe(pinned.file(i)).map_err(io(f))?;
