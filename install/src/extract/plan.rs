@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use lanspread_catalog::GameDir;
+use lanspread_catalog::{lstat_in, GameDir};
 
 use super::pin::Pinned;
 use super::{archive_err, io, safe_rel};
@@ -41,15 +41,21 @@ pub(super) struct PlannedSet {
 }
 
 /// The names of the regular-file `.eti` archives at the top of the root open as `game`
-/// (links are not followed), sorted.
+/// (links are not followed), sorted: readdir's type, or an `lstat` where it gives none
+/// (cap-std passes an unknown type on as it is).
 fn archives(game: &GameDir) -> Result<Vec<OsString>, InstallError> {
     let root = game.path();
+    let regular = |e: &cap_std::fs::DirEntry| match e.file_type() {
+        Ok(t) if t.is_file() || t.is_dir() || t.is_symlink() => t.is_file(),
+        _ => lstat_in(game.dir(), &e.file_name())
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG),
+    };
     let mut out: Vec<OsString> = game
         .dir()
         .entries()
         .map_err(io(root))?
         .flatten()
-        .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+        .filter(regular)
         .map(|e| e.file_name())
         .filter(|n| Path::new(n).extension().is_some_and(|x| x == "eti"))
         .collect();
