@@ -38,7 +38,6 @@ impl Pinned {
             .iter()
             .map(|n| open_regular(root, n).map_err(|e| InstallError::io(path.join(n), e)))
             .collect::<Result<Vec<File>, _>>()?;
-        let in_root: Vec<PathBuf> = names.iter().map(|n| path.join(n)).collect();
         let links = Path::new("/proc/self/fd")
             .is_dir()
             .then(|| PrivateDir::new("lanspread-volumes-").ok())
@@ -47,7 +46,7 @@ impl Pinned {
             return Ok(Self {
                 _links: None,
                 files,
-                names: in_root,
+                names: names.iter().map(|n| path.join(n)).collect(),
             });
         };
         let mut linked = Vec::with_capacity(names.len());
