@@ -56,6 +56,15 @@ pub struct Lab {
     /// flow never gets ahead of the flow it relays), as the daemon does unless
     /// `LANSPREAD_CUT_THROUGH=0`.
     pub relay: bool,
+    /// Share of each link's rate that carries payload (1: all of it; QUIC through the
+    /// real lab's `tbf` carries ≈ 0.95). T_min stays that of the full rates.
+    pub payload: f64,
+    /// Real flows do not share a link equally at every instant: loss-driven congestion
+    /// control backs a flow off and lets it climb again. Every `.1` seconds each flow's
+    /// weight in the max-min sharing is drawn anew from 1 ± `.0` (0: the fluid model,
+    /// equal shares). A relay that caught up with its upstream keeps to the upstream's
+    /// rate, so what the sharing gives it above that is lost, as in the real lab.
+    pub jitter: (f64, f64),
     pub seed: u64,
 }
 
@@ -73,6 +82,8 @@ impl Lab {
             kill: Kill::Never,
             liar: None,
             relay: true,
+            payload: 1.0,
+            jitter: (0.0, 1.0),
             seed: 1,
         }
     }
@@ -107,6 +118,8 @@ struct Flow {
     asked: Vec<usize>,
     /// It holds an upload turn of its source (released when it ends).
     turn: bool,
+    /// Its weight in the links' sharing (`Lab::jitter`).
+    weight: f64,
 }
 
 struct Node {
@@ -174,8 +187,8 @@ fn build(lab: &Lab) -> Vec<Node> {
     let mut nodes: Vec<Node> = (0..=n)
         .map(|i| Node {
             id: pid(i),
-            up: if i == 0 { lab.server_up } else { lab.client_up },
-            down: if i == 0 { 0.0 } else { lab.client_down },
+            up: lab.payload * if i == 0 { lab.server_up } else { lab.client_up },
+            down: lab.payload * if i == 0 { 0.0 } else { lab.client_down },
             engine: None,
             // The archive's chunks and the sentinel's.
             have: if i == 0 {
@@ -311,6 +324,7 @@ impl Party<'_> {
         if (1..=self.lab.clients).all(|c| !self.active(c) && self.nodes[c].started) {
             return false;
         }
+        self.jitter();
         rates(&self.nodes, &mut self.flows);
         let serving = self.flows.iter().filter(|f| f.src == 0).count();
         self.server_flows_max = self.server_flows_max.max(serving);
@@ -332,6 +346,11 @@ impl Party<'_> {
             if t > self.now {
                 dt = dt.min(t - self.now);
             }
+        }
+        if self.lab.jitter.0 > 0.0 && dt.is_finite() {
+            let every = self.lab.jitter.1;
+            let next = ((self.now / every).floor() + 1.0) * every;
+            dt = dt.min(next - self.now);
         }
         if !dt.is_finite() {
             return false; // nothing moves: the report says who is left
@@ -487,6 +506,25 @@ impl Party<'_> {
                 }
                 Action::AskManifest(_) | Action::Prepare => {}
             }
+        }
+    }
+
+    /// Each flow's weight for the current period of `Lab::jitter`: drawn from the seed,
+    /// the flow and the period, so a run is deterministic.
+    fn jitter(&mut self) {
+        let (amp, every) = self.lab.jitter;
+        if amp <= 0.0 {
+            return;
+        }
+        let period = (self.now / every + EPS).floor() as u64;
+        for f in &mut self.flows {
+            let mut x = (self.lab.seed
+                ^ f.id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                ^ period.wrapping_mul(0xD1B5_4A32_D192_ED03))
+                | 1;
+            next(&mut x);
+            let u = (next(&mut x) >> 11) as f64 / (1u64 << 53) as f64; // [0, 1)
+            f.weight = 1.0 + amp * (2.0 * u - 1.0);
         }
     }
 

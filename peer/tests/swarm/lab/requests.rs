@@ -97,6 +97,7 @@ impl Party<'_> {
             batch: f.id,
             asked: f.chunks,
             turn,
+            weight: 1.0,
         });
         if self.lab.relay {
             self.announce(dst); // it holds a growing chunk now
