@@ -33,10 +33,12 @@ pub async fn download(
     };
     loop {
         let Some(reply) = c.next().await? else {
-            return Err(CliError::failed(
-                ErrorKind::Internal,
-                "the daemon closed the connection before the download ended",
-            ));
+            return Err(lanspread_control::ControlError::Unreachable(
+                "the daemon closed the connection before the download ended (stopped or \
+                 crashed? a later `download` resumes it)"
+                    .into(),
+            )
+            .into());
         };
         match reply {
             Reply::Started { game_id } => {

@@ -9,6 +9,9 @@ use tokio::net::UnixStream;
 
 use crate::{ControlError, ErrorKind, Reply, Request};
 
+/// How long a request that could not be sent waits for the daemon's refusal.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
 /// A connection to the daemon's control socket.
 pub struct Client {
     lines: Lines<BufReader<OwnedReadHalf>>,
@@ -36,10 +39,18 @@ impl Client {
         let mut line = serde_json::to_vec(request)
             .map_err(|e| ControlError::failed(ErrorKind::Internal, e.to_string()))?;
         line.push(b'\n');
-        self.write
-            .write_all(&line)
-            .await
-            .map_err(|e| ControlError::Unreachable(format!("control socket: {e}")))
+        let Err(e) = self.write.write_all(&line).await else {
+            return Ok(());
+        };
+        // A daemon that refused the connection at once (a full socket: `busy`) wrote
+        // why and closed it, perhaps before our request went out: its reply comes first.
+        let said = tokio::time::timeout(REFUSAL_WAIT, self.lines.next_line()).await;
+        if let Ok(Ok(Some(reply))) = said {
+            if let Ok(Reply::Error { message, kind }) = serde_json::from_str(&reply) {
+                return Err(ControlError::failed(kind, message));
+            }
+        }
+        Err(ControlError::Unreachable(format!("control socket: {e}")))
     }
 
     /// The next reply; `None` when the daemon closed the connection.

@@ -55,6 +55,9 @@ const ADMIN_RESERVE: usize = 16;
 /// Once a request line has begun, the rest of it must arrive within this (a client that
 /// sends half a line and stops holds no connection for long).
 const LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection that begins no request for this long is closed: idle connections would
+/// otherwise hold the socket's slots for good (the CLI sends its request at once).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Serves clients until shutdown.
 pub async fn serve(shared: Arc<Shared>, listener: UnixListener, policy: Policy) {
@@ -234,24 +237,24 @@ async fn read_request(
     read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
     line: &mut Vec<u8>,
 ) -> Result<bool, LineError> {
-    // Waiting for a request is unbounded (a client may keep its connection); once one has
-    // begun it must end within LINE_TIMEOUT.
+    // A request must begin within IDLE_TIMEOUT (a client may keep its connection between
+    // requests, not for good); once one has begun it must end within LINE_TIMEOUT.
+    let idle = tokio::time::Instant::now() + IDLE_TIMEOUT;
     let mut deadline = None;
     loop {
-        let fill = read.fill_buf();
-        let avail = match deadline {
-            None => fill.await,
-            Some(d) => match tokio::time::timeout_at(d, fill).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Err(LineError::Io(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "request line not finished in time",
-                    )))
-                }
-            },
-        }
-        .map_err(LineError::Io)?;
+        let (until, what) = match deadline {
+            None => (idle, "no request for 60 s"),
+            Some(d) => (d, "request line not finished in time"),
+        };
+        let avail = match tokio::time::timeout_at(until, read.fill_buf()).await {
+            Ok(r) => r.map_err(LineError::Io)?,
+            Err(_) => {
+                return Err(LineError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    what,
+                )))
+            }
+        };
         if avail.is_empty() {
             // End of stream: a last line without a newline still counts.
             return Ok(!line.is_empty());

@@ -192,6 +192,11 @@ fn not_here(id: &GameId) -> Failure {
 
 fn begin(shared: &Arc<Shared>, id: &GameId, kind: OpKind) -> Result<std::path::PathBuf, Failure> {
     let mut inner = shared.lock();
+    // A running operation first: a download under way has no ready root yet, and "not
+    // in the games dir" would send the user looking for the wrong thing.
+    if inner.operations.get(id).is_some() {
+        return Err(peer_failure(lanspread_peer::PeerError::Busy(id.clone())));
+    }
     let Some(root) = inner.library.get(id) else {
         return Err(not_here(id));
     };

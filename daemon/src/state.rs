@@ -131,9 +131,9 @@ impl Shared {
                 .map(|(id, op)| OperationInfo {
                     game_id: id.clone(),
                     kind: op.kind.as_str().into(),
-                    done_bytes: op.progress.done,
+                    done_bytes: op.shown().done,
                     total_bytes: op.progress.total,
-                    percent: op.progress.percent(),
+                    percent: op.shown().percent(),
                     state: if op.hashing.is_some() {
                         "hashing"
                     } else {

@@ -63,6 +63,19 @@ pub struct Operation {
     /// A download waiting for its manifest while a source hashes the game: how far that
     /// source is (the one furthest along); `None` once the size is known.
     pub hashing: Option<Progress>,
+    /// A download's bytes verified and written of chunks still on their way (not in
+    /// `progress.done` until their chunk is whole).
+    pub partial: u64,
+}
+
+impl Operation {
+    /// How far it is, a download's chunks on their way included.
+    pub fn shown(&self) -> Progress {
+        Progress {
+            done: self.progress.done.saturating_add(self.partial),
+            total: self.progress.total,
+        }
+    }
 }
 
 /// The active operations.
@@ -83,6 +96,7 @@ impl Operations {
                 kind,
                 progress: Progress::default(),
                 hashing: None,
+                partial: 0,
             },
         );
         Ok(())
@@ -123,6 +137,14 @@ impl Operations {
     pub fn advance(&mut self, id: &GameId, bytes: u64) {
         if let Some(o) = self.active.get_mut(id) {
             o.progress.done = o.progress.done.saturating_add(bytes);
+        }
+    }
+
+    /// Sets what a download verified of the chunks on their way (no-op without an
+    /// operation).
+    pub fn set_partial(&mut self, id: &GameId, bytes: u64) {
+        if let Some(o) = self.active.get_mut(id) {
+            o.partial = bytes;
         }
     }
 
@@ -172,8 +194,16 @@ mod tests {
             }
         );
         assert_eq!(p.percent(), Some(37.3));
+        // Chunks on their way count as shown, not as done.
+        ops.set_partial(&g, 100);
+        let op = ops.iter().next().unwrap().1;
+        assert_eq!(op.progress.done, 373);
+        assert_eq!(op.shown().percent(), Some(47.3));
+        ops.set_partial(&g, 0);
         ops.advance(&g, 10_000);
         assert_eq!(ops.iter().next().unwrap().1.progress.percent(), Some(100.0));
+        ops.set_partial(&g, 10_000);
+        assert_eq!(ops.iter().next().unwrap().1.shown().percent(), Some(100.0));
         // A new operation starts from zero; updates for a game without one do nothing.
         ops.end(&g);
         ops.advance(&g, 5);

@@ -48,7 +48,10 @@ impl Host for InProcess {
 
 fn main() -> ExitCode {
     // Usage errors exit 2 (clap's convention), --help/--version exit 0.
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     lanspread_daemon::logging::init("warn", false);
     let json = cli.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -72,4 +75,30 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Prints a usage error as clap does and, under `--json`, also the one JSON document the
+/// contract promises (`bad-request`); exits 2. `--help` and `--version` exit 0.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind as Clap;
+    let usage = !matches!(
+        e.kind(),
+        Clap::DisplayHelp | Clap::DisplayVersion | Clap::DisplayHelpOnMissingArgumentOrSubcommand
+    );
+    let json = std::env::args_os()
+        .skip(1)
+        .take_while(|a| a != "--")
+        .any(|a| a == "--json");
+    if usage && json {
+        let rendered = e.render().to_string();
+        // The error's paragraph (its first lines up to the usage), on one line.
+        let para = rendered.split("\n\n").next().unwrap_or("usage error");
+        let para: Vec<&str> = para.lines().map(str::trim).collect();
+        let para = para.join(" ");
+        let message = para.strip_prefix("error: ").unwrap_or(&para);
+        let error = lanspread_cli::CliError::failed(ErrorKind::BadRequest, message);
+        lanspread_cli::out_line(format_args!("{}", error.json()));
+    }
+    let _ = e.print();
+    ExitCode::from(if usage { 2 } else { 0 })
 }

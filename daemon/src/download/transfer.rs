@@ -38,6 +38,9 @@ pub(super) struct Work<'a> {
 
 /// Journal a fetch's progress each time it verified this much more of its chunk.
 const JOURNAL_STEP: u64 = 8 << 20;
+/// How often the transfer loop wakes while fetches run, to journal their progress and
+/// show it in `status` (a 32 MiB chunk from a slow source takes many seconds).
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The chunks being fetched now: where in its chunk each fetch started and how much of
 /// it the fetch has verified and handed to the writer (`fetch` updates it piece by piece).
@@ -72,6 +75,14 @@ impl InFlight {
                 self.journalled.insert(chunk, kept);
             }
         }
+    }
+
+    /// Bytes the fetches running now verified (beyond what earlier attempts kept).
+    pub(super) fn fetched(&self) -> u64 {
+        self.chunks
+            .values()
+            .map(|(_, progress)| progress.load(Ordering::Relaxed))
+            .sum()
     }
 
     fn start(&mut self, chunk: usize, skipped: u64) -> Arc<AtomicU64> {
@@ -122,6 +133,8 @@ pub(super) async fn transfer(
     };
     let mut holdings = shared.peers.watch_holdings();
     t.partial_sources(engine, &mut holdings);
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         while let Some(action) = engine.poll() {
             match action {
@@ -140,6 +153,7 @@ pub(super) async fn transfer(
                         t.shared.partials.verified(t.game.0, &chunks);
                     }
                     t.work.journal.flush();
+                    shared.lock().operations.set_partial(game.0, 0);
                     return Ok(());
                 }
                 Action::Fail(e) => return Err(peer_failure(e)),
@@ -154,6 +168,8 @@ pub(super) async fn transfer(
             .in_flight
             .journal(t.work.journal, engine.chunks(), JOURNAL_STEP);
         t.work.journal.flush();
+        let fetched = t.work.in_flight.fetched();
+        shared.lock().operations.set_partial(game.0, fetched);
         // Verified chunks are announced in batches, at the latest HOLDING_DELAY after.
         let due = t.announce.deadline().map(|d| t.began + d);
         let wake = engine.poll_timeout();
@@ -172,6 +188,9 @@ pub(super) async fn transfer(
                 engine.handle_timeout(Instant::now());
                 continue;
             }
+            // Long chunks from slow sources: their progress is journalled (a crash keeps
+            // it) and shown in `status` while they arrive, not only when one ends.
+            _ = progress.tick(), if !t.running.is_empty() => continue,
             Ok(()) = holdings.changed() => {
                 t.partial_sources(engine, &mut holdings);
                 continue;

@@ -77,12 +77,40 @@ fn a_flood_of_idle_connections_leaves_room_for_the_admin() {
         .read_line(&mut reply)
         .unwrap();
     assert!(reply.contains("too many control connections"), "{reply}");
+    // The CLI says so too: `busy`, exit 1, even when the refusal closed the connection
+    // before its request went out (it read EPIPE and said "unreachable", exit 3).
+    for _ in 0..10 {
+        let out = n.cli(&["--json", "status"]);
+        assert_eq!(out.code, 1, "{out:?}");
+        assert_eq!(out.error_kind(), "busy", "{out:?}");
+    }
     // Once they close, the socket serves again.
     drop(idle);
     drop(first);
     lanspread_scenarios::wait_for("the slots to free", || {
         (n.cli(&["status"]).code == 0).then_some(())
     });
+}
+
+#[test]
+fn a_connection_that_asks_nothing_is_closed() {
+    let games = tempfile::tempdir().unwrap();
+    let n = Node::start("idle", games.path());
+    let mut used = UnixStream::connect(n.socket_path()).unwrap();
+    assert!(ask(&mut used, br#"{"cmd":"status"}"#).contains("peer_id"));
+    let silent = UnixStream::connect(n.socket_path()).unwrap();
+    // A client may take its time (a script between two requests) ...
+    let mut late = UnixStream::connect(n.socket_path()).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(ask(&mut late, br#"{"cmd":"status"}"#).contains("peer_id"));
+    // ... but not for good: the daemon closes a connection idle for a minute (they held
+    // the socket's slots forever).
+    for mut s in [used, silent] {
+        s.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+        let mut rest = Vec::new();
+        let got = std::io::Read::read_to_end(&mut s, &mut rest);
+        assert!(matches!(got, Ok(0)), "closed, not timed out: {got:?}");
+    }
 }
 
 #[test]
@@ -129,6 +157,42 @@ fn cli_never_hangs_on_a_stopped_daemon_nor_panics_on_a_closed_pipe() {
     std::io::Read::read_to_string(&mut events.stderr.take().unwrap(), &mut err).unwrap();
     assert_eq!(out.code(), Some(0), "{out:?} {err}");
     assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn usage_errors_under_json_print_one_json_document() {
+    // No daemon needed: clap refuses these before any connection.
+    for args in [
+        &["--json", "--bogus", "status"][..],
+        &["--json", "download"],
+        &["status", "--json", "--frobnicate"],
+        &["--json", "limit", "--upload-mib-s", "nan"],
+        &["--json", "wait-peers", "abc"],
+    ] {
+        let out = Command::new(bin("lanspread")).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut docs = serde_json::Deserializer::from_str(&stdout).into_iter::<serde_json::Value>();
+        let doc = docs.next().and_then(Result::ok).unwrap_or_default();
+        assert!(docs.next().is_none(), "{args:?}: one document: {stdout}");
+        assert_eq!(doc["error"]["kind"], "bad-request", "{args:?}: {stdout}");
+        assert!(!doc["error"]["message"].as_str().unwrap_or("").is_empty());
+        // The human message still goes to stderr.
+        assert!(!out.stderr.is_empty(), "{args:?}");
+    }
+    // Without --json only stderr speaks; --help is no error.
+    let out = Command::new(bin("lanspread"))
+        .args(["--bogus"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty(), "{out:?}");
+    let out = Command::new(bin("lanspread"))
+        .args(["--json", "--help"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
 }
 
 #[test]

@@ -176,3 +176,77 @@ fn a_cancelled_download_keeps_the_pieces_its_running_fetch_verified() {
         "kept {kept} of {size}: {journal}"
     );
 }
+
+#[test]
+fn a_crashed_download_keeps_what_its_running_fetch_verified_and_status_showed_it() {
+    // One 32 MiB chunk at 4 MiB/s: no chunk ends for 8 s, so nothing but the fetch's own
+    // progress tells `status` or the journal what arrived.
+    let src = tempfile::tempdir().unwrap();
+    let size = lanspread_proto::CHUNK_SIZE;
+    GameSpec::new("cod5", "20250101")
+        .file("cod5.eti", 0o644, Content::Random { seed: 24, size })
+        .write(src.path())
+        .unwrap();
+    let s = source("src", src.path());
+    let games = tempfile::tempdir().unwrap();
+    let mut c = crate::util::node_with_args("client", games.path(), &["--max-download-mib-s", "4"]);
+    c.connect(&s);
+    // A CLI waits for the download to end.
+    let waiter = std::process::Command::new(lanspread_scenarios::bin("lanspread"))
+        .arg("--socket")
+        .arg(c.socket_path())
+        .args(["--json", "download", "cod5", "--no-install"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    c.wait_event("download-begin", |_| true);
+    // `status` counts the verified bytes of the chunk on its way.
+    let start = std::time::Instant::now();
+    let shown = loop {
+        let st = c.json(&["status"]);
+        let done = st["operations"][0]["done_bytes"].as_u64().unwrap_or(0);
+        if done >= 12 * MIB {
+            break done;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "status stayed at {done} bytes: {st}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(shown < size, "the chunk is still on its way: {shown}");
+    // The game is busy, not missing, for an install or uninstall meanwhile.
+    for op in ["install", "uninstall"] {
+        let out = c.cli(&["--json", op, "cod5"]);
+        assert_eq!(out.code, 1, "{op}: {out:?}");
+        assert_eq!(out.error_kind(), "busy", "{op}: {out:?}");
+    }
+    let whole = c.events_named("download-chunk-finished");
+    assert!(
+        whole.iter().all(|e| e["path"] != "cod5.eti"),
+        "the chunk ended already: {whole:?}"
+    );
+    // A crash: what the fetch verified was journalled as it went (every 8 MiB).
+    c.kill();
+    // The waiting CLI says the daemon is gone (exit 3), not that it has a bug.
+    let out = waiter.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains(r#""kind":"daemon-unreachable""#),
+        "{stdout}"
+    );
+    c.restart();
+    assert_not_committed(&c, games.path(), "cod5");
+    assert_eq!(c.cli(&["limit", "--download-mib-s", "off"]).code, 0);
+    c.connect(&s);
+    c.download_ok("cod5", &["--no-install"]);
+    let begin = c.events_named("download-begin").pop().unwrap();
+    let resumed = begin["resumed_bytes"].as_u64().unwrap();
+    assert!(
+        resumed >= 8 * MIB && resumed <= shown && resumed.is_multiple_of(MIB),
+        "resumed {resumed} after {shown} shown: {begin}"
+    );
+    assert_same_tree(&src.path().join("cod5"), &games.path().join("cod5"));
+}
