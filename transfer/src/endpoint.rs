@@ -132,7 +132,12 @@ pub fn make_endpoint(
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server.transport_config(transport.clone());
     let client = quic_client_config(id, transport, ALPN)?;
-    bind(listen, tuning, Some(server), client)
+    let mut config = quinn::EndpointConfig::new(Arc::new(id.reset_key()));
+    let cid_key = id.cid_key();
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+    });
+    bind(listen, tuning, config, Some(server), client)
 }
 
 /// Binds a dial-only endpoint whose connections are data connections (`DATA_ALPN`): the
@@ -144,12 +149,20 @@ pub fn make_data_endpoint(
     tuning: &TransportTuning,
     client: quinn::ClientConfig,
 ) -> Result<Endpoint, TransferError> {
-    bind(bind_addr, tuning, None, client)
+    // Dial-only, on a port of its own: no former self's connections to reset.
+    bind(
+        bind_addr,
+        tuning,
+        quinn::EndpointConfig::default(),
+        None,
+        client,
+    )
 }
 
 fn bind(
     addr: SocketAddr,
     tuning: &TransportTuning,
+    mut config: quinn::EndpointConfig,
     server: Option<quinn::ServerConfig>,
     client: quinn::ClientConfig,
 ) -> Result<Endpoint, TransferError> {
@@ -159,7 +172,6 @@ fn bind(
         .ok_or_else(|| bind_err(std::io::Error::other("no async runtime")))?;
     // What we accept from peers: at least the default, and our own largest. A peer
     // sends us datagrams up to what we accept, and we send it up to what it accepts.
-    let mut config = quinn::EndpointConfig::default();
     let accept = tuning.udp_payload_bound().max(1472);
     config
         .max_udp_payload_size(accept)

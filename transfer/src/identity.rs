@@ -122,6 +122,36 @@ impl Identity {
         )))
     }
 
+    /// The key of this peer's QUIC stateless resets, derived from its identity key: a
+    /// daemon restarted on the same state (after a crash, an upgrade) answers its
+    /// former self's connections with resets they accept, so its peers drop those links
+    /// at once and dial it again, instead of waiting out the idle timeout while every
+    /// request on them fails (RFC 9000 §10.3.2: the key must outlive the process, and
+    /// stay as secret as the identity key it comes from).
+    pub fn reset_key(&self) -> ring::hmac::Key {
+        ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.derive(b"stateless reset"))
+    }
+
+    /// The key our connection ids are signed with, derived like [`Identity::reset_key`]:
+    /// an endpoint answers only packets whose connection id it signed itself with a
+    /// reset, so a restarted daemon must recognise its former self's ids.
+    pub fn cid_key(&self) -> u64 {
+        let d = self.derive(b"connection ids");
+        u64::from_le_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+    }
+
+    /// A secret of its own for `purpose`, from the identity key.
+    fn derive(&self, purpose: &[u8]) -> [u8; 32] {
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+        ctx.update(b"lanspread QUIC key v1\0");
+        ctx.update(purpose);
+        ctx.update(b"\0");
+        ctx.update(&self.key_der);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
     /// An identity from a fresh in-memory key (tests and tools).
     pub fn ephemeral() -> Result<Self, TransferError> {
         Self::from_key(KeyPair::generate().map_err(|e| TransferError::Tls(e.to_string()))?)

@@ -399,6 +399,16 @@ async fn follow(
                 break "protocol error".into();
             }
             Ok(None) => break "announce stream ended".into(),
+            // The connection ended (timed out, reset by a restarted peer, closed by
+            // it): no protocol error, and its own reason says more than the stream's
+            // "connection lost".
+            Err(_) if conn.close_reason().is_some() => {
+                let gone = conn
+                    .close_reason()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default();
+                break format!("connection lost: {gone}");
+            }
             Err(e) => {
                 warn!("protocol error, disconnecting: {e}");
                 conn.close(

@@ -159,3 +159,49 @@ fn liveness_killed_peer_is_lost_and_redialled() {
     });
     assert_eq!(a.peer_ids(), vec![b.peer_id.clone()]);
 }
+
+#[test]
+fn a_peer_restarted_at_once_is_recognised_and_serves() {
+    // A source that crashes and is back on the same address and state within a second
+    // (systemd's Restart=) answers its former self's packets with stateless resets its
+    // peers accept (keys derived from its identity): they drop the dead link at once and
+    // dial the new one. Before, they kept the dead link for its 20 s idle timeout and a
+    // download in between failed ("no manifest: connection lost").
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (ga, gb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    GameSpec::new("cnc4", "20250101")
+        .with_archive(3, &[1000])
+        .write(gb.path())
+        .unwrap();
+    let a = Node::start("a", ga.path());
+    let mut b = Node::start_with(
+        "b",
+        gb.path(),
+        NodeOptions {
+            listen: Some(format!("127.0.0.1:{port}")),
+            ..Default::default()
+        },
+    );
+    a.connect(&b);
+    let first = a.wait_event("peer-connected", |e| e["peer_id"] == b.peer_id.as_str());
+    b.kill();
+    b.restart();
+    // The dead link ends by the new process's reset, not by the idle timeout ("timed
+    // out", which the wait here would outlast before the fix only by luck: 20 s of 30).
+    wait_for("the dead link to be reset", || {
+        a.log().contains("peer lost").then_some(())
+    });
+    let log = a.log();
+    let lost = log.lines().find(|l| l.contains("peer lost")).unwrap_or("");
+    assert!(lost.contains("connection lost: reset by peer"), "{lost}");
+    // Linked to the new process: a second `peer-connected` after the first.
+    a.wait_event("peer-connected", |e| {
+        e["peer_id"] == b.peer_id.as_str() && e["ts_ms"].as_u64() > first["ts_ms"].as_u64()
+    });
+    a.download_ok("cnc4", &["--no-install"]);
+    lanspread_scenarios::assert_same_tree(&gb.path().join("cnc4"), &ga.path().join("cnc4"));
+}
