@@ -38,9 +38,10 @@ pub struct GameRoot {
     pub files: Vec<FileDescriptor>,
     /// True when `local/` holds a completed install.
     pub installed: bool,
-    /// Why a root with a valid sentinel is still not offered: a file a peer could not get
-    /// (a name that cannot travel, an unreadable file or folder). A copy must never
-    /// silently differ from its source, so such a root is not Ready until it is fixed.
+    /// Why a root is not offered though it has a sentinel: a `version.ini` that is not a
+    /// version, or a file a peer could not get (a name that cannot travel, an unreadable
+    /// file or folder). A copy must never silently differ from its source, so such a root
+    /// is not Ready until it is fixed.
     pub problem: Option<String>,
 }
 
@@ -110,17 +111,23 @@ const MAX_SENTINEL: u64 = 64;
 
 /// Scans one game root. Never fails: problems are logged and make the root not ready.
 pub fn scan_root(dir: &Path, id: GameId) -> GameRoot {
+    // A bad sentinel is the reason the root is not ready, shown with it (`list-games`,
+    // `status`), not only logged. A missing one is no problem: a download not begun.
+    let mut bad_sentinel = None;
     let version = match read_sentinel(&dir.join(VERSION_FILE)) {
-        Ok(Some(text)) => match Version::parse(&text) {
+        // A byte-order mark (an editor on Windows) is no part of the version.
+        Ok(Some(text)) => match Version::parse(text.strip_prefix('\u{feff}').unwrap_or(&text)) {
             Ok(v) => Some(v),
             Err(e) => {
                 warn!(game = %id, "not ready: {e}");
+                bad_sentinel = Some(format!("{VERSION_FILE}: {e}"));
                 None
             }
         },
         Ok(None) => None,
         Err(e) => {
             warn!(game = %id, "not ready: {VERSION_FILE}: {e}");
+            bad_sentinel = Some(format!("{VERSION_FILE}: {e}"));
             None
         }
     };
@@ -129,7 +136,7 @@ pub fn scan_root(dir: &Path, id: GameId) -> GameRoot {
     walk.dir(dir, &canonical_root, "");
     let mut files = walk.files;
     files.sort_by(|a, b| a.path.cmp(&b.path));
-    let mut problem = walk.problem;
+    let mut problem = bad_sentinel.or(walk.problem);
     let sizes = files.iter().map(|f| (f.path.as_str().len(), f.size));
     if problem.is_none() && !lanspread_proto::manifest_fits_a_frame(sizes) {
         let bytes: u64 = files.iter().map(|f| f.size).sum();
@@ -499,9 +506,25 @@ mod tests {
         fs::write(&sentinel, format!("20250101{}", " ".repeat(100))).unwrap();
         assert_eq!(scan_root(&root, GameId::new("cnc4").unwrap()).version, None);
         fs::write(&sentinel, " 20250101\n").unwrap();
-        assert!(scan_root(&root, GameId::new("cnc4").unwrap())
-            .version
-            .is_some());
+        let r = scan_root(&root, GameId::new("cnc4").unwrap());
+        assert!(
+            r.version.is_some() && r.problem.is_none(),
+            "{:?}",
+            r.problem
+        );
+        // Saved by an editor that starts with a byte-order mark.
+        fs::write(&sentinel, "\u{feff}20250101\r\n").unwrap();
+        let r = scan_root(&root, GameId::new("cnc4").unwrap());
+        assert_eq!(r.availability(), Availability::Ready, "{:?}", r.problem);
+        // Not a version: not ready, and the root says why (not only the log).
+        fs::write(&sentinel, "2025-01-01").unwrap();
+        let r = scan_root(&root, GameId::new("cnc4").unwrap());
+        assert_eq!(r.availability(), Availability::NotReady);
+        let why = r.problem.unwrap_or_default();
+        assert!(why.starts_with("version.ini: invalid version"), "{why}");
+        // No sentinel at all is a download not begun, no problem.
+        fs::remove_file(&sentinel).unwrap();
+        assert_eq!(scan_root(&root, GameId::new("cnc4").unwrap()).problem, None);
     }
 
     #[test]
