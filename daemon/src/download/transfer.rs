@@ -130,6 +130,7 @@ pub(super) async fn transfer(
         choices: mpsc::unbounded_channel(),
         races: HashSet::new(),
         aborts: HashMap::new(),
+        finished: Vec::new(),
     };
     let mut holdings = shared.peers.watch_holdings();
     t.partial_sources(engine, &mut holdings);
@@ -152,7 +153,7 @@ pub(super) async fn transfer(
                     if let Some(chunks) = t.announce.flush() {
                         t.shared.partials.verified(t.game.0, &chunks);
                     }
-                    t.work.journal.flush();
+                    t.journalled();
                     shared.lock().operations.set_partial(game.0, 0);
                     return Ok(());
                 }
@@ -167,7 +168,7 @@ pub(super) async fn transfer(
         t.work
             .in_flight
             .journal(t.work.journal, engine.chunks(), JOURNAL_STEP);
-        t.work.journal.flush();
+        t.journalled();
         let fetched = t.work.in_flight.fetched();
         shared.lock().operations.set_partial(game.0, fetched);
         // Verified chunks are announced in batches, at the latest HOLDING_DELAY after.
@@ -268,6 +269,10 @@ struct Transfer<'a, 'w> {
     /// Every fetch in flight, to stop a race's loser (`Action::Cancel`), and whether it
     /// was stopped so (only that abort is a `NotChosen`, not any other cancellation).
     aborts: HashMap<BatchId, (tokio::task::AbortHandle, Arc<AtomicBool>)>,
+    /// `download-chunk-finished` events of chunks whose journal lines are not written
+    /// yet: emitted once they are ([`Transfer::journalled`]), so a chunk an event calls
+    /// finished is one a crash right after it does not forget.
+    finished: Vec<EventKind>,
 }
 
 /// An offer's choice: its batch, and the chosen chunk's index among its chunks.
@@ -503,7 +508,7 @@ impl Transfer<'_, '_> {
             .lock()
             .operations
             .advance(id, spec.len.saturating_sub(resumed));
-        self.shared.events.emit(EventKind::DownloadChunkFinished {
+        self.finished.push(EventKind::DownloadChunkFinished {
             game_id: id.clone(),
             path: self.work.files[spec.file].path.to_string(),
             offset: spec.offset,
@@ -512,6 +517,22 @@ impl Transfer<'_, '_> {
             peer_id: peer,
             resumed_bytes: resumed.min(spec.len),
         });
+    }
+
+    /// Writes the journal's buffered lines, then emits the events of the chunks they
+    /// record.
+    fn journalled(&mut self) {
+        self.work.journal.flush();
+        for e in self.finished.drain(..) {
+            self.shared.events.emit(e);
+        }
+    }
+}
+
+impl Drop for Transfer<'_, '_> {
+    /// A transfer that ends in a failure still reports the chunks it verified last.
+    fn drop(&mut self) {
+        self.journalled();
     }
 }
 
