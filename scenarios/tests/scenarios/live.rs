@@ -9,13 +9,19 @@ use lanspread_scenarios::{lab, wait_for, Node, NodeOptions};
 use crate::downloads::source;
 use crate::util::remote_rows;
 
-/// `a` (empty) connected to `b` (with cnc4); returns both games dirs too.
-fn pair() -> (Node, Node, tempfile::TempDir, tempfile::TempDir) {
+/// Two games dirs: an empty one and one with cnc4.
+fn dirs_with_cnc4() -> (tempfile::TempDir, tempfile::TempDir) {
     let (ga, gb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     GameSpec::new("cnc4", "20250101")
         .with_archive(3, &[1000])
         .write(gb.path())
         .unwrap();
+    (ga, gb)
+}
+
+/// `a` (empty) connected to `b` (with cnc4); returns both games dirs too.
+fn pair() -> (Node, Node, tempfile::TempDir, tempfile::TempDir) {
+    let (ga, gb) = dirs_with_cnc4();
     let a = Node::start("a", ga.path());
     let b = Node::start("b", gb.path());
     a.connect(&b);
@@ -172,11 +178,7 @@ fn a_peer_restarted_at_once_is_recognised_and_serves() {
     // peers accept (keys derived from its identity): they drop the dead link at once and
     // dial the new one. Before, they kept the dead link for its 20 s idle timeout and a
     // download in between failed ("no manifest: connection lost").
-    let (ga, gb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    GameSpec::new("cnc4", "20250101")
-        .with_archive(3, &[1000])
-        .write(gb.path())
-        .unwrap();
+    let (ga, gb) = dirs_with_cnc4();
     let a = Node::start("a", ga.path());
     let mut b = on_a_fixed_port("b", gb.path());
     a.connect(&b);
