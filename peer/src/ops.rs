@@ -69,10 +69,12 @@ pub struct Operation {
 }
 
 impl Operation {
-    /// How far it is, a download's chunks on their way included.
+    /// How far it is, a download's chunks on their way included: never past the total
+    /// (a chunk's bytes move from on their way to done within one pass of the transfer).
     pub fn shown(&self) -> Progress {
+        let done = self.progress.done.saturating_add(self.partial);
         Progress {
-            done: self.progress.done.saturating_add(self.partial),
+            done: done.min(self.progress.total.max(self.progress.done)),
             total: self.progress.total,
         }
     }
@@ -203,7 +205,12 @@ mod tests {
         ops.advance(&g, 10_000);
         assert_eq!(ops.iter().next().unwrap().1.progress.percent(), Some(100.0));
         ops.set_partial(&g, 10_000);
-        assert_eq!(ops.iter().next().unwrap().1.shown().percent(), Some(100.0));
+        let shown = ops.iter().next().unwrap().1.shown();
+        assert_eq!((shown.done, shown.percent()), (10_373, Some(100.0)));
+        // Chunks on their way never show more than the total.
+        ops.sized(&g, 1000, 900);
+        ops.set_partial(&g, 500);
+        assert_eq!(ops.iter().next().unwrap().1.shown().done, 1000);
         // A new operation starts from zero; updates for a game without one do nothing.
         ops.end(&g);
         ops.advance(&g, 5);
