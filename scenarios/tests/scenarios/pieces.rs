@@ -129,15 +129,21 @@ fn settled_sent(n: &lanspread_scenarios::Node) -> u64 {
     }
 }
 
-#[test]
-fn a_cancelled_download_keeps_the_pieces_its_running_fetch_verified() {
-    // One 32 MiB chunk at 4 MiB/s: its fetch is part-way when the download is cancelled.
+/// A source folder with `cod5`: one 32 MiB chunk of random bytes; and its size.
+fn one_chunk_game(seed: u64) -> (tempfile::TempDir, u64) {
     let src = tempfile::tempdir().unwrap();
     let size = lanspread_proto::CHUNK_SIZE;
     GameSpec::new("cod5", "20250101")
-        .file("cod5.eti", 0o644, Content::Random { seed: 23, size })
+        .file("cod5.eti", 0o644, Content::Random { seed, size })
         .write(src.path())
         .unwrap();
+    (src, size)
+}
+
+#[test]
+fn a_cancelled_download_keeps_the_pieces_its_running_fetch_verified() {
+    // One 32 MiB chunk at 4 MiB/s: its fetch is part-way when the download is cancelled.
+    let (src, size) = one_chunk_game(23);
     let s = with_metrics("src", src.path(), &[]);
     let games = tempfile::tempdir().unwrap();
     let c = crate::util::node_with_args("client", games.path(), &["--max-download-mib-s", "4"]);
@@ -181,12 +187,7 @@ fn a_cancelled_download_keeps_the_pieces_its_running_fetch_verified() {
 fn a_crashed_download_keeps_what_its_running_fetch_verified_and_status_showed_it() {
     // One 32 MiB chunk at 4 MiB/s: no chunk ends for 8 s, so nothing but the fetch's own
     // progress tells `status` or the journal what arrived.
-    let src = tempfile::tempdir().unwrap();
-    let size = lanspread_proto::CHUNK_SIZE;
-    GameSpec::new("cod5", "20250101")
-        .file("cod5.eti", 0o644, Content::Random { seed: 24, size })
-        .write(src.path())
-        .unwrap();
+    let (src, size) = one_chunk_game(24);
     let s = source("src", src.path());
     let games = tempfile::tempdir().unwrap();
     let mut c = crate::util::node_with_args("client", games.path(), &["--max-download-mib-s", "4"]);
