@@ -195,6 +195,14 @@ fn read_sentinel(path: &Path) -> Result<Option<String>, String> {
     Ok(Some(text))
 }
 
+/// Why a FIFO, socket or device in a game keeps it from being offered.
+fn not_a_file(path: &Path) -> String {
+    format!(
+        "{} is not a regular file or folder (a FIFO, socket or device)",
+        path.display()
+    )
+}
+
 /// Logs `why` for `path` once per process (the rescan repeats every few seconds); a new
 /// `why` for the same path is logged again.
 fn warn_once(path: &Path, why: &str) {
@@ -264,6 +272,9 @@ impl Walk {
                 }
             };
             let meta = if meta.file_type().is_symlink() {
+                // Followed only to a regular file inside the root. Any other link would
+                // leave the game incomplete on every downloader without a word, so it
+                // keeps the root from being offered, with the reason.
                 match fs::canonicalize(&path) {
                     Ok(target) if target.starts_with(root) && target.is_file() => {
                         match fs::metadata(&target) {
@@ -271,8 +282,28 @@ impl Walk {
                             Err(_) => continue,
                         }
                     }
-                    _ => {
-                        debug!(path = %path.display(), "skipped: symlink leaves the root or is not a file");
+                    Ok(target) if target.is_dir() => {
+                        self.problem(format!(
+                            "{} is a symlink to a folder, not followed (move the folder in \
+                             or bind-mount it)",
+                            path.display()
+                        ));
+                        continue;
+                    }
+                    Ok(target) if !target.starts_with(root) => {
+                        self.problem(format!(
+                            "{} is a symlink that leaves the game folder, not followed \
+                             (copy the file in)",
+                            path.display()
+                        ));
+                        continue;
+                    }
+                    Ok(_) => {
+                        self.problem(not_a_file(&path));
+                        continue;
+                    }
+                    Err(e) => {
+                        self.problem(format!("{} is a broken symlink: {e}", path.display()));
                         continue;
                     }
                 }
@@ -281,7 +312,9 @@ impl Walk {
             };
             if meta.is_dir() {
                 self.dir(&path, root, &rel);
-            } else if meta.is_file() {
+            } else if !meta.is_file() {
+                self.problem(not_a_file(&path));
+            } else {
                 match RelPath::new(&rel) {
                     Ok(rel) => {
                         if let Err(e) = readable(&path) {
@@ -423,12 +456,41 @@ mod tests {
         let root = t.path().join("games/cnc4");
         write(&root.join("version.ini"), b"20250101");
         write(&root.join("data.bin"), b"inside");
-        symlink(&outside, root.join("escape.txt")).unwrap();
         symlink(root.join("data.bin"), root.join("alias.bin")).unwrap();
-        symlink(t.path(), root.join("dirlink")).unwrap();
-        let r = scan_root(&root, GameId::new("cnc4").unwrap());
+        let id = GameId::new("cnc4").unwrap();
+        // A link to a file inside the root is followed.
+        let r = scan_root(&root, id.clone());
         let paths: Vec<_> = r.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["alias.bin", "data.bin", "version.ini"]);
+        assert_eq!(r.availability(), Availability::Ready, "{:?}", r.problem);
+        // Any other is never followed, and the root is not offered without it: every
+        // downloader would get the game without that file.
+        let not_offered = |why: &str| {
+            let r = scan_root(&root, id.clone());
+            assert!(r.files.iter().all(|f| f.path.as_str() != "link"), "{r:?}");
+            assert_eq!(r.availability(), Availability::NotReady, "{r:?}");
+            let problem = r.problem.unwrap_or_default();
+            assert!(
+                problem.contains("link") && problem.contains(why),
+                "{problem}"
+            );
+        };
+        let link = root.join("link");
+        symlink(&outside, &link).unwrap();
+        not_offered("leaves the game folder");
+        fs::remove_file(&link).unwrap();
+        symlink(t.path(), &link).unwrap();
+        not_offered("symlink to a folder");
+        fs::remove_file(&link).unwrap();
+        symlink(root.join("gone"), &link).unwrap();
+        not_offered("broken symlink");
+        fs::remove_file(&link).unwrap();
+        let fifo = std::ffi::CString::new(link.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `fifo` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        not_offered("not a regular file");
+        fs::remove_file(&link).unwrap();
+        assert_eq!(scan_root(&root, id).availability(), Availability::Ready);
     }
 
     #[test]
