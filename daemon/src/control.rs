@@ -21,12 +21,17 @@ use lanspread_control::Failure;
 /// Longest accepted request line.
 const MAX_REQUEST: usize = 64 * 1024;
 
-/// Binds the control socket. An existing socket file is replaced only when no daemon
-/// answers on it; the socket gets mode 0660.
+/// Binds the control socket. A missing folder is created (mode 0755) only when its
+/// parent exists, as the defaults' `lanspread/` under `/run` or `$XDG_RUNTIME_DIR`. An
+/// existing socket file is replaced only when no daemon answers on it; the socket gets
+/// mode 0660.
 pub async fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, DaemonError> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| DaemonError::io(dir, e))?;
+            std::fs::create_dir(dir).map_err(|source| DaemonError::SocketFolder {
+                dir: dir.to_path_buf(),
+                source,
+            })?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
                 .map_err(|e| DaemonError::io(dir, e))?;
         }

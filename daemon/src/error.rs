@@ -21,6 +21,15 @@ pub enum DaemonError {
     /// Another daemon answers on the control socket.
     #[error("another lanspreadd is already listening on {0}")]
     SocketInUse(PathBuf),
+    /// The control socket's folder is missing and its parent too: only one folder level
+    /// is created (the defaults' `lanspread/`), so a mistyped `--socket` makes no tree.
+    #[error("cannot create the control socket's folder {}: {source} (only its last folder is created; check --socket)", dir.display())]
+    SocketFolder {
+        /// The folder.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Another daemon holds the state dir or the games dir.
     #[error("{what} {} is in use by another lanspreadd{owner}; stop it first or use another {what}", dir.display())]
     DirInUse {

@@ -48,8 +48,14 @@ pub fn check_limit(name: &str, mib_per_s: f64) -> Result<f64, String> {
     if (MIN_LIMIT_MIB_S..=MAX_LIMIT_MIB_S).contains(&mib_per_s) {
         Ok(mib_per_s)
     } else {
+        // Not the number itself when it is huge: `1e300` would print 301 digits.
+        let shown = if mib_per_s.abs() < 1e9 {
+            format!("{mib_per_s}")
+        } else {
+            format!("{mib_per_s:e}")
+        };
         Err(format!(
-            "{name}: {mib_per_s} is not a number of MiB/s in {MIN_LIMIT_MIB_S}..={MAX_LIMIT_MIB_S}"
+            "{name}: {shown} is not a number of MiB/s in {MIN_LIMIT_MIB_S}..={MAX_LIMIT_MIB_S}"
         ))
     }
 }
@@ -59,6 +65,16 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn limits_out_of_range_are_refused_in_a_line() {
+        assert_eq!(check_limit("upload", 5.0), Ok(5.0));
+        for bad in [0.001, 2e6, 1e300, -1.0, f64::NAN] {
+            let e = check_limit("upload", bad).unwrap_err();
+            assert!(e.starts_with("upload: ") && e.len() < 80, "{e}");
+        }
+        assert!(check_limit("upload", 1e300).unwrap_err().contains("1e300"));
+    }
 
     /// Sends `total` bytes in `piece`-sized reservations, sleeping as told; returns the
     /// virtual time taken.

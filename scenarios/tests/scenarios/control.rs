@@ -33,6 +33,26 @@ fn socket_in_use_is_refused_and_stale_socket_is_replaced() {
     );
     assert_eq!(a.json(&["status"])["peer_id"], a.peer_id.as_str());
 
+    // A mistyped socket path makes no folders: only the socket's own folder is created,
+    // when its parent exists.
+    let deep = dir.path().join("no/such/x.sock");
+    let out = Command::new(bin("lanspreadd"))
+        .arg("--games")
+        .arg(other_games.path())
+        .arg("--state")
+        .arg(dir.path().join("s"))
+        .arg("--socket")
+        .arg(&deep)
+        .args(["--listen", "127.0.0.1:0", "--no-mdns"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot create the control socket's folder"),
+        "{out:?}"
+    );
+    assert!(!dir.path().join("no").exists());
+
     // A socket file nobody answers on is replaced.
     let stale = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
