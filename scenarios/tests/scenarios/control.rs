@@ -16,40 +16,32 @@ fn socket_in_use_is_refused_and_stale_socket_is_replaced() {
     // working.
     let live = a.socket_path();
     let other_games = tempfile::tempdir().unwrap();
-    let out = Command::new(bin("lanspreadd"))
-        .arg("--games")
-        .arg(other_games.path())
-        .arg("--state")
-        .arg(dir.path().join("s"))
-        .arg("--socket")
-        .arg(&live)
-        .args(["--listen", "127.0.0.1:0", "--no-mdns"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("already listening"),
-        "{out:?}"
-    );
+    // A daemon on other dirs and `socket` that must fail to start, saying `why`.
+    let refused = |socket: &std::path::Path, why: &str| {
+        let out = Command::new(bin("lanspreadd"))
+            .arg("--games")
+            .arg(other_games.path())
+            .arg("--state")
+            .arg(dir.path().join("s"))
+            .arg("--socket")
+            .arg(socket)
+            .args(["--listen", "127.0.0.1:0", "--no-mdns"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(why),
+            "{out:?}"
+        );
+    };
+    refused(&live, "already listening");
     assert_eq!(a.json(&["status"])["peer_id"], a.peer_id.as_str());
 
     // A mistyped socket path makes no folders: only the socket's own folder is created,
     // when its parent exists.
-    let deep = dir.path().join("no/such/x.sock");
-    let out = Command::new(bin("lanspreadd"))
-        .arg("--games")
-        .arg(other_games.path())
-        .arg("--state")
-        .arg(dir.path().join("s"))
-        .arg("--socket")
-        .arg(&deep)
-        .args(["--listen", "127.0.0.1:0", "--no-mdns"])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("cannot create the control socket's folder"),
-        "{out:?}"
+    refused(
+        &dir.path().join("no/such/x.sock"),
+        "cannot create the control socket's folder",
     );
     assert!(!dir.path().join("no").exists());
 
