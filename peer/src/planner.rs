@@ -18,17 +18,18 @@ pub use race::{Settled, RACE_LAST_CHUNKS};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use lanspread_catalog::{chunk_ranges, ChunkHash, FileManifest, CHUNK_SIZE};
-use lanspread_proto::{ChunkSet, PeerId};
+use lanspread_catalog::{chunk_ranges, ChunkHash, FileManifest, CHUNK_SIZE, PIECE_SIZE};
+use lanspread_proto::{chunk_hash, ChunkSet, PeerId};
 
-/// One chunk: a byte range of one file with its expected hash.
+/// One chunk (the planner's unit: see [`Planner::with_unit`]): a byte range of one file
+/// with its expected hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkSpec {
     /// Index into the manifest's files.
     pub file: usize,
     /// First byte.
     pub offset: u64,
-    /// Length (1..=CHUNK_SIZE).
+    /// Length (1..=the unit).
     pub len: u64,
     /// Expected hash (BLAKE3 over its pieces' hashes).
     pub hash: ChunkHash,
@@ -160,6 +161,8 @@ const MAX_TRANSIENT_RETRIES: u32 = 5;
 /// The planner.
 #[derive(Debug, Clone)]
 pub struct Planner {
+    /// Bytes of a unit (a whole chunk unless [`Planner::with_unit`] said less).
+    unit: u64,
     chunks: Vec<ChunkSpec>,
     state: Vec<State>,
     owner: Vec<Option<PeerId>>,
@@ -205,23 +208,58 @@ impl Planner {
     /// Plans every chunk of every file (empty files have none) over `sources`, with at
     /// most `max_in_flight` chunks per source at once.
     pub fn new(files: &[FileManifest], sources: &[PeerId], max_in_flight: usize) -> Self {
-        let chunks: Vec<ChunkSpec> = files
-            .iter()
-            .enumerate()
-            .flat_map(|(i, f)| {
-                chunk_ranges(f.size).zip(f.chunks.iter()).enumerate().map(
-                    move |(c, ((offset, len), hash))| ChunkSpec {
+        Self::with_unit(files, sources, max_in_flight, CHUNK_SIZE)
+    }
+
+    /// The same with chunks cut into units of `unit` bytes: a divisor of [`CHUNK_SIZE`]
+    /// that is a whole number of pieces (anything else is taken as [`CHUNK_SIZE`]). Each
+    /// unit is checked by its own pieces' hashes, and the swarm's in-flight caps count
+    /// units ([`holders::SWARM_INBOUND_UNITS`]). The protocol's unit is the chunk; the
+    /// swarm simulation judges smaller ones.
+    pub fn with_unit(
+        files: &[FileManifest],
+        sources: &[PeerId],
+        max_in_flight: usize,
+        unit: u64,
+    ) -> Self {
+        let unit = if unit >= PIECE_SIZE
+            && unit.is_multiple_of(PIECE_SIZE)
+            && CHUNK_SIZE.is_multiple_of(unit)
+        {
+            unit
+        } else {
+            CHUNK_SIZE
+        };
+        let per = (unit / PIECE_SIZE) as usize;
+        let mut chunks = Vec::new();
+        for (i, f) in files.iter().enumerate() {
+            for (c, ((offset, len), hash)) in chunk_ranges(f.size).zip(&f.chunks).enumerate() {
+                let pieces = f.pieces_of(c);
+                // A validated manifest has every chunk's pieces (`FileManifest::consistent`).
+                let parts: Vec<&[ChunkHash]> = if pieces.len() <= per {
+                    vec![pieces]
+                } else {
+                    pieces.chunks(per).collect()
+                };
+                for (k, part) in parts.into_iter().enumerate() {
+                    let at = k as u64 * unit;
+                    chunks.push(ChunkSpec {
                         file: i,
-                        offset,
-                        len,
-                        hash: *hash,
-                        pieces: f.pieces_of(c).to_vec(),
-                    },
-                )
-            })
-            .collect();
+                        offset: offset + at,
+                        len: unit.min(len - at),
+                        hash: if unit == CHUNK_SIZE {
+                            *hash
+                        } else {
+                            chunk_hash(part)
+                        },
+                        pieces: part.to_vec(),
+                    });
+                }
+            }
+        }
         let n = chunks.len();
         Self {
+            unit,
             chunks,
             state: vec![State::Pending; n],
             owner: vec![None; n],
@@ -433,8 +471,7 @@ impl Planner {
     fn has_room(&self, s: &Source, floor: u64) -> bool {
         let (bytes, one_offer) = match self.partial_sources().next() {
             Some(_) => (
-                self.max_in_flight_bytes
-                    .min(holders::PARTIAL_IN_FLIGHT_BYTES),
+                self.max_in_flight_bytes.min(self.partial_in_flight_bytes()),
                 self.offer > 1,
             ),
             None => (self.max_in_flight_bytes, false),
@@ -448,7 +485,7 @@ impl Planner {
             && !s.resting
             && s.in_flight < requests
             && s.in_flight_bytes < (bytes >> s.backoff).max(1)
-            && s.assigned < floor + CHUNK_SIZE
+            && s.assigned < floor + self.unit
     }
 
     /// Whether a source may take another chunk now, complete or partial.

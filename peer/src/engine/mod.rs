@@ -99,6 +99,12 @@ pub struct EngineConfig {
     /// In a swarm, offers complete sources up to this many chunks to choose from (0 or
     /// 1: asks for one; see [`Planner::offer_to_complete_sources`]).
     pub offer: usize,
+    /// See [`OFFER_REST`].
+    pub offer_rest: Duration,
+    /// Bytes of the planner's unit: [`CHUNK_SIZE`] (the protocol's), or a divisor of it
+    /// that is a whole number of pieces, which only the swarm simulation uses for now
+    /// (see [`Planner::with_unit`]).
+    pub unit: u64,
 }
 
 impl EngineConfig {
@@ -111,6 +117,8 @@ impl EngineConfig {
             swarm_wait: SWARM_WAIT,
             shuffle: None,
             offer: 0,
+            offer_rest: OFFER_REST,
+            unit: CHUNK_SIZE,
         }
     }
 }
@@ -316,7 +324,7 @@ impl Engine {
             Phase::Manifests => self.waiting.next().into_iter().chain(self.grace_ends).min(),
             Phase::Transfer => {
                 let starved = self.starved_at.map(|t| t + self.config.swarm_wait);
-                let rested = self.rest_since.map(|t| t + OFFER_REST);
+                let rested = self.rest_since.map(|t| t + self.config.offer_rest);
                 starved.into_iter().chain(rested).min()
             }
             _ => None,
@@ -328,7 +336,10 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.clock = self.clock.max(now);
         if self.phase == Phase::Transfer {
-            if self.rest_since.is_some_and(|t| now >= t + OFFER_REST) {
+            if self
+                .rest_since
+                .is_some_and(|t| now >= t + self.config.offer_rest)
+            {
                 self.rest_since = None;
                 if let Some(p) = self.planner.as_mut() {
                     p.wake();
@@ -433,11 +444,16 @@ impl Engine {
                     self.why.insert(peer.clone(), reason.clone());
                 }
                 let budget = max_in_flight_bytes(self.config.threads, chosen.sources.len());
-                let mut planner = Planner::new(&chosen.files, &chosen.sources, MAX_IN_FLIGHT)
-                    .limit_in_flight_bytes(budget)
-                    .batch_small_chunks(BATCH_CHUNKS, BATCH_CHUNK_LEN, BATCH_BYTES)
-                    .offer_to_complete_sources(self.config.offer.min(MAX_RANGES))
-                    .race_the_last_chunks(self.config.offer > 1);
+                let mut planner = Planner::with_unit(
+                    &chosen.files,
+                    &chosen.sources,
+                    MAX_IN_FLIGHT,
+                    self.config.unit,
+                )
+                .limit_in_flight_bytes(budget)
+                .batch_small_chunks(BATCH_CHUNKS, BATCH_CHUNK_LEN, BATCH_BYTES)
+                .offer_to_complete_sources(self.config.offer.min(MAX_RANGES))
+                .race_the_last_chunks(self.config.offer > 1);
                 if let Some(seed) = self.config.shuffle {
                     planner = planner.shuffled(seed);
                     let sentinel = chosen

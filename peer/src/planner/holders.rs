@@ -5,18 +5,18 @@
 //! ties, differently on every downloader); a complete source (the file server) gets only
 //! chunks no partial source holds, so its uplink carries what the swarm lacks.
 
-use lanspread_catalog::CHUNK_SIZE;
 use lanspread_proto::{ChunkSet, PeerId};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::{Assignment, Planner, Source, State};
 
-/// Bytes in flight from one partial source: one big chunk, or one batch of small ones.
-/// More parallel flows per uplink delay the first copies everyone else waits for (the
-/// swarm simulation: 1.53 × T_min with one chunk per holder, 2.07 × with two).
-pub const PARTIAL_IN_FLIGHT_BYTES: u64 = CHUNK_SIZE;
-/// Chunks' worth a downloader in a swarm has coming in at once, from all its sources
+/// Units ([`Planner::with_unit`]) in flight from one partial source: one big chunk, or
+/// one batch of small ones. More parallel flows per uplink delay the first copies
+/// everyone else waits for (the swarm simulation: 1.53 × T_min with one chunk per holder,
+/// 2.07 × with two).
+pub const PARTIAL_IN_FLIGHT_UNITS: u64 = 1;
+/// Units' worth (chunks') a downloader in a swarm has coming in at once, from all its sources
 /// together (a complete source's answer counts as one chunk, whatever it was offered):
 /// partial sources get no new chunk while that many are in flight. Fewer flows into one
 /// downlink finish each chunk sooner, so it can be passed on sooner, and leave the
@@ -25,7 +25,7 @@ pub const PARTIAL_IN_FLIGHT_BYTES: u64 = CHUNK_SIZE;
 /// with 3 chunks, 1.40 × with 4, 1.45 × with 5; with cut-through and the simulation's
 /// start fixed, session 27: 1.20 ×, 1.07 × and 1.16 × — four answers from the server at a
 /// quarter of its link each, and four relays of them fill a downlink).
-pub const SWARM_INBOUND_BYTES: u64 = 4 * CHUNK_SIZE;
+pub const SWARM_INBOUND_UNITS: u64 = 4;
 /// How long the download may verify nothing from anyone before a resting partial source's
 /// chunks no longer count as held: a busy holder is fine while others send; one that
 /// never serves must not keep the chunks only it holds from the server.
@@ -224,7 +224,17 @@ impl Planner {
         !s.dropped
             && !s.resting
             && s.in_flight < self.max_in_flight
-            && s.in_flight_bytes < (PARTIAL_IN_FLIGHT_BYTES >> s.backoff).max(1)
+            && s.in_flight_bytes < (self.partial_in_flight_bytes() >> s.backoff).max(1)
+    }
+
+    /// See [`PARTIAL_IN_FLIGHT_UNITS`].
+    pub(super) fn partial_in_flight_bytes(&self) -> u64 {
+        PARTIAL_IN_FLIGHT_UNITS * self.unit
+    }
+
+    /// See [`SWARM_INBOUND_UNITS`].
+    pub(super) fn swarm_inbound_bytes(&self) -> u64 {
+        SWARM_INBOUND_UNITS * self.unit
     }
 
     /// Bytes coming in from all sources, a complete source's answer counted as at most
@@ -236,21 +246,21 @@ impl Planner {
         for s in self.sources.values() {
             match s.has {
                 Some(_) => partial += s.in_flight_bytes,
-                None => complete += s.in_flight_bytes.min(CHUNK_SIZE),
+                None => complete += s.in_flight_bytes.min(self.unit),
             }
         }
-        partial + complete.min(SWARM_INBOUND_BYTES - CHUNK_SIZE)
+        partial + complete.min(self.swarm_inbound_bytes() - self.unit)
     }
 
     /// The rarest chunk a partial source with room can take (a verified one before one it
-    /// is still fetching), while less than [`SWARM_INBOUND_BYTES`] is coming in. Among
+    /// is still fetching), while less than [`SWARM_INBOUND_UNITS`] is coming in. Among
     /// holders of equally rare chunks each download has its own order of the holders
     /// ([`Planner::spread`]): in peer-id order, every downloader of a party that starts
     /// together asked the same holder first, which has four upload turns and answered
     /// the others `Later` (the lab's N = 16 log: 15 clients asked one peer for one chunk
     /// at the same instant, then the next).
     pub(super) fn assign_partial(&mut self) -> Option<Assignment> {
-        if self.inbound_bytes() >= SWARM_INBOUND_BYTES {
+        if self.inbound_bytes() >= self.swarm_inbound_bytes() {
             return None;
         }
         let (_, peer, chunk) = self

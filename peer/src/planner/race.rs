@@ -9,7 +9,6 @@
 
 use lanspread_proto::PeerId;
 
-use super::holders::SWARM_INBOUND_BYTES;
 use super::{Assignment, Planner, State};
 
 /// Missing chunks at most for a race: the last one. The simulation (N = 16, 32, 256)
@@ -64,7 +63,7 @@ impl Planner {
             || self.chunks.len() - self.done > RACE_LAST_CHUNKS
             || !self.queue.is_empty()
             || !self.retry.is_empty()
-            || self.inbound_bytes() >= SWARM_INBOUND_BYTES
+            || self.inbound_bytes() >= self.swarm_inbound_bytes()
         {
             return None;
         }

@@ -13,6 +13,43 @@ pub(super) fn file(name: &str, size: u64) -> FileManifest {
 const C: u64 = CHUNK_SIZE;
 
 #[test]
+fn smaller_units_cut_every_chunk_on_piece_boundaries() {
+    const MIB: u64 = 1 << 20;
+    let files = [file("a.eti", C + 9 * MIB + 5), file("version.ini", 9)];
+    let p = Planner::with_unit(&files, &[], 4, 8 * MIB);
+    let got: Vec<(usize, u64, u64, usize)> = p
+        .chunks()
+        .iter()
+        .map(|c| (c.file, c.offset, c.len, c.pieces.len()))
+        .collect();
+    let expected = [
+        (0, 0, 8 * MIB, 8),
+        (0, 8 * MIB, 8 * MIB, 8),
+        (0, 16 * MIB, 8 * MIB, 8),
+        (0, 24 * MIB, 8 * MIB, 8),
+        (0, C, 8 * MIB, 8),
+        (0, C + 8 * MIB, MIB + 5, 2),
+        (1, 0, 9, 1),
+    ];
+    assert_eq!(got, expected);
+    // Each unit carries its own pieces, and its hash is theirs.
+    let unit = &p.chunks()[5];
+    assert_eq!(unit.pieces, files[0].pieces[40..42]);
+    assert_eq!(unit.hash, chunk_hash(&unit.pieces));
+    // The whole chunk is the protocol's unit, and what any other size falls back to.
+    for odd in [0, MIB / 2, 3 * MIB, 2 * C] {
+        assert_eq!(
+            Planner::with_unit(&files, &[], 4, odd).chunks(),
+            Planner::new(&files, &[], 4).chunks()
+        );
+    }
+    assert_eq!(
+        Planner::new(&files, &[], 4).chunks()[0].hash,
+        files[0].chunks[0]
+    );
+}
+
+#[test]
 fn s14_two_sources_stay_within_one_chunk() {
     let files = [file("big.eti", 3 * C + C / 2 + 7), file("version.ini", 9)];
     let mut p = Planner::new(&files, &[pid(1), pid(2)], 2);

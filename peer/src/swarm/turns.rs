@@ -33,6 +33,8 @@ pub enum Plain {
 #[derive(Debug)]
 pub struct UploadTurns {
     slots: usize,
+    /// See [`TURN_HOLD`].
+    hold: Duration,
     /// Holders and how many answers each has (one, or more with `per_peer` above 1).
     holding: BTreeMap<PeerId, usize>,
     /// Waiting downloaders, longest first, and when each last asked.
@@ -50,9 +52,16 @@ impl UploadTurns {
     pub fn new(slots: usize) -> Self {
         Self {
             slots: slots.max(1),
+            hold: TURN_HOLD,
             holding: BTreeMap::new(),
             queue: VecDeque::new(),
         }
+    }
+
+    /// The same with `hold` instead of [`TURN_HOLD`] (the swarm simulation judges it).
+    pub fn holding_places_for(mut self, hold: Duration) -> Self {
+        self.hold = hold;
+        self
     }
 
     fn held(&self) -> usize {
@@ -65,7 +74,7 @@ impl UploadTurns {
     /// are owed the free ones; then it keeps or takes its place in the queue.
     pub fn take(&mut self, peer: &PeerId, now: Instant) -> bool {
         self.queue
-            .retain(|(_, at)| now.saturating_duration_since(*at) < TURN_HOLD);
+            .retain(|(_, at)| now.saturating_duration_since(*at) < self.hold);
         let free = self.slots.saturating_sub(self.held());
         let place = self.queue.iter().position(|(p, _)| p == peer);
         // Free turns go to the queue's head first: `peer` gets one if fewer than `free`
@@ -102,7 +111,7 @@ impl UploadTurns {
     /// peers that only announce a download; peers that ask too get a turn each.
     pub fn take_plain(&mut self, peer: &PeerId, now: Instant, alone: bool) -> Plain {
         self.queue
-            .retain(|(_, at)| now.saturating_duration_since(*at) < TURN_HOLD);
+            .retain(|(_, at)| now.saturating_duration_since(*at) < self.hold);
         let others = !alone
             || self.holding.keys().any(|p| p != peer)
             || self.queue.iter().any(|(p, _)| p != peer);

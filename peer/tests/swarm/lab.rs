@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use lanspread_catalog::{FileManifest, GameId, RelPath};
 use lanspread_peer::{
     Action, BatchId, Engine, EngineConfig, FailKind, SeedChooser, UploadTurns, OFFER_CHUNKS,
+    OFFER_REST, TURN_HOLD,
 };
 use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE};
 
@@ -68,6 +69,13 @@ pub struct Lab {
     /// equal shares). A relay that caught up with its upstream keeps to the upstream's
     /// rate, so what the sharing gives it above that is lost, as in the real lab.
     pub jitter: (f64, f64),
+    /// The engines' unit (`EngineConfig::unit`): 32 MiB chunks, or slices of them, which
+    /// holders announce and serve alone.
+    pub unit: u64,
+    /// `EngineConfig::offer_rest` of every client, and the hold of every node's upload
+    /// turns (`UploadTurns::holding_places_for`).
+    pub offer_rest: Duration,
+    pub turn_hold: Duration,
     pub seed: u64,
 }
 
@@ -87,8 +95,16 @@ impl Lab {
             relay: true,
             payload: 1.0,
             jitter: (0.0, 1.0),
+            unit: CHUNK_SIZE,
+            offer_rest: OFFER_REST,
+            turn_hold: TURN_HOLD,
             seed: 1,
         }
+    }
+
+    /// The game's units (the sentinel's not counted).
+    pub fn units(&self) -> usize {
+        self.chunks * (CHUNK_SIZE / self.unit) as usize
     }
 
     pub fn file_bytes(&self) -> f64 {
@@ -170,14 +186,14 @@ fn build(lab: &Lab) -> Vec<Node> {
             up: lab.payload * if i == 0 { lab.server_up } else { lab.client_up },
             down: lab.payload * if i == 0 { 0.0 } else { lab.client_down },
             engine: None,
-            // The archive's chunks and the sentinel's.
+            // The archive's units and the sentinel's.
             have: if i == 0 {
-                ChunkSet::full(lab.chunks + 1)
+                ChunkSet::full(lab.units() + 1)
             } else {
-                ChunkSet::empty(lab.chunks + 1)
+                ChunkSet::empty(lab.units() + 1)
             },
-            chooser: SeedChooser::new(lab.chunks + 1),
-            turns: UploadTurns::default(),
+            chooser: SeedChooser::new(lab.units() + 1),
+            turns: UploadTurns::default().holding_places_for(lab.turn_hold),
             links: Vec::new(),
             start: (i.saturating_sub(1)) as f64 * lab.stagger,
             started: false,
@@ -373,6 +389,8 @@ impl Party<'_> {
         let mut config = EngineConfig::new(1);
         config.shuffle = Some(lab.seed ^ ((c as u64) << 8));
         config.offer = OFFER_CHUNKS;
+        config.offer_rest = lab.offer_rest;
+        config.unit = lab.unit;
         let game = GameId::new("game").expect("a game id");
         let server = self.nodes[0].id.clone();
         let now = self.at();
@@ -509,7 +527,7 @@ impl Party<'_> {
     }
 
     fn swarm_has_every_chunk(&self) -> bool {
-        (0..=self.lab.chunks).all(|c| {
+        (0..=self.lab.units()).all(|c| {
             self.nodes[1..]
                 .iter()
                 .any(|n| !n.dead && n.have.contains(c))

@@ -1,7 +1,7 @@
 //! Where a simulated party's time goes: the links' use in fixed windows (the server's
 //! upload, the clients' uploads, downloaders with nothing coming in or going out, flows
 //! per downlink). `LANSPREAD_SWARM_TIMELINE=1` prints it with each test's report; it is
-//! how the inbound cap (`SWARM_INBOUND_BYTES`) and the start-up cost were found.
+//! how the inbound cap (`SWARM_INBOUND_UNITS`) and the start-up cost were found.
 
 use std::fmt;
 

@@ -146,7 +146,7 @@ fn in_a_swarm_at_most_four_chunks_come_in_at_once_the_servers_answer_counting_on
     let offers: Vec<_> = first.iter().filter(|b| b.offer).collect();
     assert_eq!(
         partial.len() as u64,
-        super::SWARM_INBOUND_BYTES / C,
+        super::SWARM_INBOUND_UNITS,
         "seven holders, four chunks: {first:?}"
     );
     assert!(partial.iter().all(|b| b.chunks.len() == 1));

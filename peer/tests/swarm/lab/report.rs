@@ -81,7 +81,7 @@ impl Party<'_> {
         // failure, not a stall.
         for c in living.iter().filter(|c| c.done_at.is_none()) {
             assert!(c.failed, "a client neither finished nor failed");
-            for chunk in (0..=lab.chunks).filter(|&x| !c.have.contains(x)) {
+            for chunk in (0..=lab.units()).filter(|&x| !c.have.contains(x)) {
                 let somewhere = self.nodes.iter().any(|o| !o.dead && o.have.contains(chunk));
                 assert!(
                     !somewhere,

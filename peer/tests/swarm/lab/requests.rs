@@ -4,7 +4,6 @@
 //! and each outcome handed to the asker's engine.
 
 use lanspread_peer::{BatchId, ChunkResult, FailKind, Fetch, Plain};
-use lanspread_proto::CHUNK_SIZE;
 
 use super::{Flow, Party};
 
@@ -78,7 +77,7 @@ impl Party<'_> {
         let len = self.nodes[dst]
             .engine
             .as_ref()
-            .map_or(CHUNK_SIZE, |e| e.chunks()[chunk].len);
+            .map_or(self.lab.unit, |e| e.chunks()[chunk].len);
         // A chunk its source is still fetching: relayed as it arrives there.
         let up = (!self.nodes[src].have.contains(chunk))
             .then(|| self.flows.iter().find(|u| u.dst == src && u.chunk == chunk))
