@@ -25,7 +25,8 @@ impl ConfigSource {
     /// read at start must still be there at a reload (moved aside, it is an error, not
     /// "every setting back to its default", which would drop the LAN secret).
     pub fn with_base(mut args: DaemonArgs, base: PathBuf) -> Self {
-        args.config = DaemonConfig::file(&args);
+        // Absolute now: the daemon changes to `/` before it reads the file.
+        args.config = DaemonConfig::file(&args).map(|p| base.join(p));
         Self { args, base }
     }
 

@@ -209,3 +209,16 @@ fn the_udp_payload_bound_is_checked_and_read_from_the_file() {
     let c = args(&[&base[..], &["--config", cfg.to_str().unwrap()]].concat());
     assert_eq!(c.resolve().unwrap().max_udp_payload, 8952);
 }
+
+#[test]
+fn a_relative_config_file_is_read_from_where_the_daemon_was_started() {
+    let (t, _) = config_file("games = \"/g\"\nstate = \"/s\"\nmax_links = 7\n");
+    let source = super::ConfigSource::with_base(args(&["--config", "d.toml"]), t.path().into());
+    // Not where the test runs: the daemon reads it after changing to `/`.
+    let c = source.load().unwrap();
+    assert_eq!(c.max_links, 7);
+    assert_eq!(
+        source.file().unwrap(),
+        t.path().join("d.toml").display().to_string()
+    );
+}
