@@ -291,9 +291,15 @@ impl Run<'_> {
         match &h.redirect {
             Redirect::None => {
                 let out = self.staging.create_new(rel).map_err(io(&dest))?;
-                let (out, written) = arc.unpack_into(out).map_err(|e| {
-                    archive_err(&first, dll::DllError(format!("{}: {}", h.name, e.0)))
-                })?;
+                let (out, written) =
+                    arc.unpack_into(out)
+                        .map_err(|e| match arc.take_write_error() {
+                            // The disk, not the archive (ENOSPC is `disk-full` to the user).
+                            Some(w) => InstallError::io(&dest, w),
+                            None => {
+                                archive_err(&first, dll::DllError(format!("{}: {}", h.name, e.0)))
+                            }
+                        })?;
                 if written != h.unp_size {
                     return Err(InstallError::Incomplete {
                         archive: first,

@@ -167,6 +167,8 @@ struct Ctx {
     written: u64,
     /// Why the callback stopped UnRAR, when it did.
     failure: Option<String>,
+    /// The output's error when writing it stopped UnRAR (a full disk is no bad archive).
+    write_error: Option<std::io::Error>,
     password_asked: bool,
     /// Set from outside to stop UnRAR mid-entry.
     stop: Option<Arc<AtomicBool>>,
@@ -204,6 +206,7 @@ impl Ctx {
                     }
                     Err(e) => {
                         self.failure = Some(format!("writing: {e}"));
+                        self.write_error = Some(e);
                         -1
                     }
                 }
@@ -343,6 +346,7 @@ impl Archive {
             sink: None,
             written: 0,
             failure: None,
+            write_error: None,
             password_asked: false,
             stop: None,
         });
@@ -475,15 +479,23 @@ impl Archive {
     }
 
     /// Unpacks the current entry into `out` (checking its checksum), returning the file
-    /// and how many bytes were written.
+    /// and how many bytes were written. When writing `out` failed, the error is
+    /// [`Archive::take_write_error`]'s.
     pub fn unpack_into(&mut self, out: fs::File) -> Result<(fs::File, u64), DllError> {
         self.ctx.sink = Some(out);
         self.ctx.written = 0;
+        self.ctx.write_error = None;
         let res = self.process(unrar_sys::RAR_TEST, None);
         let out = self.ctx.sink.take();
         res?;
         let out = out.ok_or_else(|| DllError("output lost".into()))?;
         Ok((out, self.ctx.written))
+    }
+
+    /// The error writing the output of the last [`Archive::unpack_into`] stopped at, if
+    /// that is what stopped it.
+    pub fn take_write_error(&mut self) -> Option<std::io::Error> {
+        self.ctx.write_error.take()
     }
 
     /// Verifies the current entry's data without writing it anywhere.
@@ -529,6 +541,29 @@ fn from_filetime(ft: u64) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_write_is_the_outputs_error_not_the_archives() {
+        // libarchive's test archive (RAR 4); /dev/full fails every write with ENOSPC.
+        let rar = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/rar/libarchive/test_read_format_rar_compress_best.rar");
+        let mut arc = Archive::open(&[rar], Mode::Extract).unwrap();
+        while let Some(h) = arc.next_header().unwrap() {
+            if h.is_dir || h.unp_size == 0 {
+                arc.skip().unwrap();
+                continue;
+            }
+            let full = fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/full")
+                .unwrap();
+            assert!(arc.unpack_into(full).is_err());
+            let e = arc.take_write_error().expect("the write's error");
+            assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+            return;
+        }
+        panic!("no file in the archive");
+    }
 
     #[test]
     fn filetime_converts_and_zero_means_unset() {
