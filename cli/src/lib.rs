@@ -223,7 +223,9 @@ pub async fn run(cli: Cli, host: &impl Host) -> Result<(), CliError> {
         Command::Demo => demo::run(host).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "lanspread", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "lanspread", &mut script);
+            out_bytes(&script);
             Ok(())
         }
         Command::Man { daemon } => {
@@ -232,9 +234,12 @@ pub async fn run(cli: Cli, host: &impl Host) -> Result<(), CliError> {
             } else {
                 <Cli as clap::CommandFactory>::command()
             };
+            let mut page = Vec::new();
             clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout())
-                .map_err(|e| Failure::io("man page", &e).into())
+                .render(&mut page)
+                .map_err(|e| Failure::io("man page", &e))?;
+            out_bytes(&page);
+            Ok(())
         }
         Command::Download {
             game,
@@ -397,12 +402,15 @@ fn reply_timeout() -> Duration {
 /// -1`), the process ends quietly with exit 0 instead of panicking like `println!` (SIGPIPE
 /// stays ignored, so a control socket the daemon closed is still an error with a message).
 pub fn out_line(args: std::fmt::Arguments<'_>) {
+    out_bytes(format!("{args}\n").as_bytes());
+}
+
+/// Writes `bytes` to stdout as [`out_line`] does: a reader gone away ends the process
+/// quietly (`lanspread man | head -1`).
+fn out_bytes(bytes: &[u8]) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    let res = out
-        .write_fmt(args)
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush());
+    let res = out.write_all(bytes).and_then(|()| out.flush());
     if let Err(e) = res {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);

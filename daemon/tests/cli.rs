@@ -197,6 +197,34 @@ fn completions_and_man_pages_come_from_the_clap_definitions() {
     }
 }
 
+#[test]
+fn output_into_a_pipe_nobody_reads_ends_quietly() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    for args in [&["man"][..], &["completions", "bash"], &["status"]] {
+        // A pipe whose reader is already gone: every write fails with EPIPE.
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe(2) returns.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: both descriptors are ours and open; each is owned once.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        drop(read);
+        let out = cli()
+            .args(args)
+            .env("LANSPREAD_SOCKET", "/nonexistent/lanspread.sock")
+            .stdout(std::process::Stdio::from(write))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        if args == ["status"] {
+            // No daemon: its error is on stderr, whatever stdout is.
+            assert_eq!(out.status.code(), Some(3), "{err}");
+        } else {
+            assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+            assert!(err.is_empty(), "{args:?}: {err}");
+        }
+    }
+}
+
 /// Runs `lanspreadd` with `args` (plus a socket and loopback listen of its own) and
 /// returns its exit code and stderr.
 fn daemon_fails(dir: &std::path::Path, args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
