@@ -15,7 +15,7 @@ use crate::event_lines::{flush, next_now, push_line, stream_events};
 use crate::links::dial;
 use crate::state::Shared;
 use crate::DaemonError;
-use lanspread_control::api::{ErrorKind, Reply, Request};
+use lanspread_control::api::{ErrorKind, EventKind, Reply, Request};
 use lanspread_control::Failure;
 
 /// Longest accepted request line.
@@ -414,6 +414,8 @@ async fn cancel(shared: &Arc<Shared>, id: &lanspread_catalog::GameId) -> Reply {
         }
     };
     let what = running.map_or("operation", |k| k.as_str());
+    // Subscribed before the stop is asked for: its terminal event says how it ended.
+    let mut events = shared.events.subscribe();
     if !asked {
         return error(
             ErrorKind::NotFound,
@@ -430,6 +432,23 @@ async fn cancel(shared: &Arc<Shared>, id: &lanspread_catalog::GameId) -> Reply {
             );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Asked too late (a download committing, an install renaming into place): it ended
+    // as it would have, and the user must not believe it was stopped.
+    let mut finished = false;
+    while let Ok(e) = events.try_recv() {
+        if e.kind.game_id() == Some(id) {
+            finished = matches!(
+                e.kind,
+                EventKind::DownloadFinished { .. } | EventKind::InstallFinished { .. }
+            );
+        }
+    }
+    if finished {
+        return error(
+            ErrorKind::NotFound,
+            &format!("too late: the {what} of {id} had finished; nothing was cancelled"),
+        );
     }
     Reply::Ok
 }

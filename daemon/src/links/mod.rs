@@ -218,7 +218,11 @@ async fn run_link(
     writer.abort();
     server.abort();
     let lost = drop_link(&shared, &remote, &conn, addr, &end);
-    if let (true, Some(addr)) = (lost, dialled) {
+    // A stateless reset comes from a new process of the peer on the same address and
+    // identity (restarted at once): it is listening, so the link is dialled again by
+    // whichever side made it, or else by us — a restarted peer may not know us at all.
+    let reset = matches!(conn.close_reason(), Some(quinn::ConnectionError::Reset));
+    if let (true, Some(addr)) = (lost, dialled.or(reset.then_some(addr))) {
         if !*shared.shutdown.borrow() {
             let _ = shared.peers.redial.send((Some(remote), addr));
         }

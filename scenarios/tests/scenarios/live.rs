@@ -178,10 +178,29 @@ fn a_peer_restarted_at_once_is_recognised_and_serves() {
     // peers accept (keys derived from its identity): they drop the dead link at once and
     // dial the new one. Before, they kept the dead link for its 20 s idle timeout and a
     // download in between failed ("no manifest: connection lost").
+    restarted_at_once(true);
+}
+
+#[test]
+fn a_peer_that_dialled_us_restarted_at_once_is_dialled_back() {
+    // The restarted peer had dialled us (`connect` at run time): it does not know us any
+    // more, so the reset is our cue to dial it. Before, only the side that dialled a
+    // link redialled it, and the restarted client stayed alone.
+    restarted_at_once(false);
+}
+
+/// `b` (with cnc4) is killed and restarted on the same address and state; `a` must be
+/// linked to the new process without `b` doing anything, and download from it. The
+/// link was dialled by `a` or, without `a_dials`, by `b`.
+fn restarted_at_once(a_dials: bool) {
     let (ga, gb) = dirs_with_cnc4();
     let a = Node::start("a", ga.path());
     let mut b = on_a_fixed_port("b", gb.path());
-    a.connect(&b);
+    if a_dials {
+        a.connect(&b);
+    } else {
+        b.connect(&a);
+    }
     let first = a.wait_event("peer-connected", |e| e["peer_id"] == b.peer_id.as_str());
     b.kill();
     b.restart();

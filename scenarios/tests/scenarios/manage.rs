@@ -96,3 +96,56 @@ fn cancel_stops_a_download_that_then_resumes_and_remove_deletes_it() {
     c.download_ok("cod5", &["--no-install"]);
     assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
 }
+
+#[test]
+fn a_cancel_that_comes_too_late_says_so() {
+    // A cancel asked while the download commits cannot stop it: it must not answer ok
+    // for a game that ends committed. Before, it did 4 times in 10 (a hostile run's
+    // count). Cancels are sent right after the last chunk's event, into the commit
+    // (fsyncs on the test's disk), and once a little later; whatever the timing, ok and
+    // a committed game never go together.
+    let d = tempfile::tempdir().unwrap();
+    GameSpec::new("cnctw", "20250101")
+        .with_small_files(13, 4, 8 << 20)
+        .write(d.path())
+        .unwrap();
+    let s = Node::start("src", d.path());
+    let (mut too_late, mut stopped) = (0, 0);
+    for round in 0..6 {
+        let games = tempfile::tempdir().unwrap();
+        let c = Node::start("client", games.path());
+        c.connect(&s);
+        let out = c.cli(&["download", "cnctw", "--no-install", "--detach"]);
+        assert_eq!(out.code, 0, "{out:?}");
+        let chunks = lanspread_scenarios::wait_for("the download's size", || {
+            c.events_named("download-begin")
+                .first()
+                .and_then(|b| b["chunks"].as_u64())
+        });
+        lanspread_scenarios::wait_for("the chunks before the last", || {
+            (c.events_named("download-chunk-finished").len() as u64 + 1 + round % 2 >= chunks)
+                .then_some(())
+        });
+        let out = c.cli(&["--json", "cancel", "cnctw"]);
+        lanspread_scenarios::wait_for("the download's end", || {
+            c.json(&["status"])["operations"]
+                .as_array()
+                .is_some_and(|o| o.is_empty())
+                .then_some(())
+        });
+        let committed = games.path().join("cnctw/version.ini").exists();
+        if out.code == 0 {
+            assert!(!committed, "cancel said ok, and the game was committed");
+            stopped += 1;
+        } else {
+            assert_eq!(out.error_kind(), "not-found", "{out:?}");
+            assert!(committed, "{out:?}");
+            assert!(
+                out.stderr.contains("too late") || out.stderr.contains("no download"),
+                "{out:?}"
+            );
+            too_late += 1;
+        }
+    }
+    eprintln!("{stopped} stopped, {too_late} too late");
+}
