@@ -261,8 +261,14 @@ impl GameDir {
             .follow(FollowSymlinks::No)
             .custom_flags(libc::O_NOCTTY);
         let mut file = self.dir.open_with(tmp, &opts)?.into_std();
-        file.write_all(bytes)?;
-        self.dir.rename(tmp, &self.dir, rel)?;
+        if let Err(e) = file
+            .write_all(bytes)
+            .and_then(|()| self.dir.rename(tmp, &self.dir, rel))
+        {
+            // A full disk leaves no empty temporary file behind.
+            let _ = self.dir.remove_file(tmp);
+            return Err(e);
+        }
         Ok(file)
     }
 

@@ -108,6 +108,12 @@ fn folders_are_made_one_by_one_and_what_is_in_the_way_is_named() {
         .unwrap();
     assert_eq!(fs::read(root.join("a/j")).unwrap(), b"two");
     assert_eq!(fs::read(root.join("a/f")).unwrap(), b"");
+    // A replacement that fails (here the rename, over a folder that is not empty; a
+    // full disk fails the write) leaves no temporary file.
+    g.replace(Path::new("a/b"), Path::new("a/b.tmp"), b"x")
+        .unwrap_err();
+    assert!(!root.join("a/b.tmp").exists());
+    assert!(root.join("a/b/c").is_dir());
     g.sync().unwrap();
 }
 
