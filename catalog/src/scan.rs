@@ -303,7 +303,10 @@ impl Walk {
                         continue;
                     }
                     Err(e) => {
-                        self.problem(format!("{} is a broken symlink: {e}", path.display()));
+                        self.problem(format!(
+                            "{} is a symlink that cannot be resolved: {e}",
+                            path.display()
+                        ));
                         continue;
                     }
                 }
@@ -483,7 +486,7 @@ mod tests {
         not_offered("symlink to a folder");
         fs::remove_file(&link).unwrap();
         symlink(root.join("gone"), &link).unwrap();
-        not_offered("broken symlink");
+        not_offered("cannot be resolved");
         fs::remove_file(&link).unwrap();
         let fifo = std::ffi::CString::new(link.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: `fifo` is a valid NUL-terminated path.

@@ -535,7 +535,9 @@ fn parse_limit(s: &str) -> Result<f64, String> {
         return Ok(0.0);
     }
     match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        Ok(0.0) => Ok(0.0),
+        // Out of range is a usage error here (exit 2), as a word is, not the daemon's.
+        Ok(v) => lanspread_control::check_limit("limit", v),
         _ => Err(format!("{s:?} is not a number of MiB/s or `off`")),
     }
 }

@@ -11,10 +11,12 @@ pub mod api;
 mod client;
 mod error;
 mod failure;
+mod limits;
 mod paths;
 
 pub use api::{Event, EventKind, Reply, Request};
 pub use client::Client;
 pub use error::ControlError;
 pub use failure::{io_kind, ErrorKind, Failure};
+pub use limits::{check_limit, MAX_LIMIT_MIB_S, MIN_LIMIT_MIB_S};
 pub use paths::{default_socket_path, socket_path_from_env};

@@ -28,10 +28,14 @@ const MAX_REQUEST: usize = 64 * 1024;
 pub async fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, DaemonError> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
-            std::fs::create_dir(dir).map_err(|source| DaemonError::SocketFolder {
-                dir: dir.to_path_buf(),
-                source,
-            })?;
+            match std::fs::create_dir(dir) {
+                // Made meanwhile (another daemon starting): fine.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                other => other.map_err(|source| DaemonError::SocketFolder {
+                    dir: dir.to_path_buf(),
+                    source,
+                })?,
+            }
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
                 .map_err(|e| DaemonError::io(dir, e))?;
         }
@@ -387,6 +391,9 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
 /// `download-failed` or `install-failed` emitted), boundedly.
 async fn cancel(shared: &Arc<Shared>, id: &lanspread_catalog::GameId) -> Reply {
     use lanspread_peer::OpKind;
+    // Subscribed before the stop is asked for: the operation's terminal event says how it
+    // ended.
+    let mut events = shared.events.subscribe();
     let running = shared.lock().operations.get(id);
     let (asked, still): (bool, fn(&Shared, &lanspread_catalog::GameId) -> bool) = match running {
         Some(OpKind::Download) => (
@@ -414,8 +421,6 @@ async fn cancel(shared: &Arc<Shared>, id: &lanspread_catalog::GameId) -> Reply {
         }
     };
     let what = running.map_or("operation", |k| k.as_str());
-    // Subscribed before the stop is asked for: its terminal event says how it ended.
-    let mut events = shared.events.subscribe();
     if !asked {
         return error(
             ErrorKind::NotFound,
@@ -434,16 +439,23 @@ async fn cancel(shared: &Arc<Shared>, id: &lanspread_catalog::GameId) -> Reply {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Asked too late (a download committing, an install renaming into place): it ended
-    // as it would have, and the user must not believe it was stopped.
-    let mut finished = false;
-    while let Ok(e) = events.try_recv() {
-        if e.kind.game_id() == Some(id) {
-            finished = matches!(
-                e.kind,
-                EventKind::DownloadFinished { .. } | EventKind::InstallFinished { .. }
-            );
+    // as it would have, and the user must not believe it was stopped. The first terminal
+    // event of the cancelled kind decides (a download's install may begin right after).
+    let download = running == Some(OpKind::Download);
+    let finished = loop {
+        match events.try_recv() {
+            Ok(e) if e.kind.game_id() == Some(id) => match e.kind {
+                EventKind::DownloadFinished { .. } if download => break true,
+                EventKind::DownloadFailed { .. } if download => break false,
+                EventKind::InstallFinished { .. } if !download => break true,
+                EventKind::InstallFailed { .. } if !download => break false,
+                _ => {}
+            },
+            Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {}
+            // Not seen (lost to a lag): it stopped, as far as we know.
+            Err(_) => break false,
         }
-    }
+    };
     if finished {
         return error(
             ErrorKind::NotFound,
@@ -545,7 +557,7 @@ fn set_limits(
         match v {
             None => Ok(None),
             Some(0.0) => Ok(Some(None)),
-            Some(r) => lanspread_peer::check_limit(name, r).map(|r| Some(Some(r))),
+            Some(r) => lanspread_control::check_limit(name, r).map(|r| Some(Some(r))),
         }
     };
     let upload = check("upload limit", upload)?;

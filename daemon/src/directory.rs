@@ -50,8 +50,16 @@ fn holds(e: &PeerEntry) -> Vec<GameId> {
     e.partial.keys().take(MAX_PEX_GAMES).cloned().collect()
 }
 
-/// An address to redial, with the peer id expected there when known.
-pub type Redial = (Option<PeerId>, SocketAddr);
+/// A link to dial again (sent to `links::redial_manager`).
+#[derive(Debug)]
+pub enum Redial {
+    /// A link we dialled (`connect`, a static peer), lost: redialled until it is back,
+    /// with the peer id expected there when known.
+    Lost(Option<PeerId>, SocketAddr),
+    /// A link ended by the peer's stateless reset (its new process): dialled back a few
+    /// times, whoever dialled it.
+    Reset(PeerId, SocketAddr),
+}
 
 /// What the directory's lock guards.
 #[derive(Default)]

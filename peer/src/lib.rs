@@ -33,7 +33,7 @@ pub use error::PeerError;
 pub use gates::{gate_chunk, gate_files, gate_partial_chunk, ChunkIndex};
 pub use links::{check_not_self, prefer_new_link, Direction};
 pub use ops::{OpKind, Operation, Operations, Progress};
-pub use pace::{check_limit, Pacer};
+pub use pace::Pacer;
 pub use pex::{holds_wanted, pex_dials, PexRoom, DEFAULT_MAX_LINKS, HOLDER_LINKS};
 pub use planner::{
     Assignment, Batch, ChunkSpec, FailKind, Planner, PlannerStatus, Settled, RACE_LAST_CHUNKS,

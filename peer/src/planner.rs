@@ -236,7 +236,7 @@ impl Planner {
             for (c, ((offset, len), hash)) in chunk_ranges(f.size).zip(&f.chunks).enumerate() {
                 let pieces = f.pieces_of(c);
                 // A validated manifest has every chunk's pieces (`FileManifest::consistent`).
-                let parts: Vec<&[ChunkHash]> = if pieces.len() <= per {
+                let parts: Vec<&[ChunkHash]> = if unit == CHUNK_SIZE || pieces.len() <= per {
                     vec![pieces]
                 } else {
                     pieces.chunks(per).collect()
@@ -246,7 +246,7 @@ impl Planner {
                     chunks.push(ChunkSpec {
                         file: i,
                         offset: offset + at,
-                        len: unit.min(len - at),
+                        len: unit.min(len.saturating_sub(at)),
                         hash: if unit == CHUNK_SIZE {
                             *hash
                         } else {

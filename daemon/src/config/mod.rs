@@ -232,7 +232,7 @@ impl DaemonArgs {
             None => FileConfig::default(),
         };
         let limit = |name: &str, v: Option<f64>| {
-            v.map(|v| lanspread_peer::check_limit(name, v).map_err(DaemonError::Config))
+            v.map(|v| lanspread_control::check_limit(name, v).map_err(DaemonError::Config))
                 .transpose()
         };
         let max_upload_mib_s = limit(

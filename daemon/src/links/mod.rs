@@ -13,7 +13,7 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
-use crate::directory::Holdings;
+use crate::directory::{Holdings, Redial};
 use crate::failure::peer_failure;
 use crate::handshake::{self, Exchange};
 use crate::state::Shared;
@@ -218,14 +218,16 @@ async fn run_link(
     writer.abort();
     server.abort();
     let lost = drop_link(&shared, &remote, &conn, addr, &end);
-    // A stateless reset comes from a new process of the peer on the same address and
-    // identity (restarted at once): it is listening, so the link is dialled again by
-    // whichever side made it, or else by us — a restarted peer may not know us at all.
-    let reset = matches!(conn.close_reason(), Some(quinn::ConnectionError::Reset));
-    if let (true, Some(addr)) = (lost, dialled.or(reset.then_some(addr))) {
-        if !*shared.shutdown.borrow() {
-            let _ = shared.peers.redial.send((Some(remote), addr));
-        }
+    if !lost || *shared.shutdown.borrow() {
+        return;
+    }
+    if let Some(addr) = dialled {
+        let _ = shared.peers.redial.send(Redial::Lost(Some(remote), addr));
+    } else if matches!(conn.close_reason(), Some(quinn::ConnectionError::Reset)) {
+        // A stateless reset comes from a new process of the peer on the same address and
+        // identity (restarted at once), which may not know us any more: dialled back a
+        // few times, as that peer, and never chased after (the link stays undialled).
+        let _ = shared.peers.redial.send(Redial::Reset(remote, addr));
     }
 }
 
@@ -441,7 +443,7 @@ pub(crate) async fn static_peer(shared: Arc<Shared>, peer: String) {
     };
     if let Err(e) = dial(&shared, addr).await {
         warn!(%peer, "static peer: {e}; retrying with backoff");
-        let _ = shared.peers.redial.send((None, addr));
+        let _ = shared.peers.redial.send(Redial::Lost(None, addr));
     }
 }
 

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use super::{dial, dial_peer};
+use crate::directory::Redial;
 use crate::state::Shared;
 
 /// Dials, once each, the peers that peer exchange chose (`Directory::learned`) and,
@@ -68,10 +69,13 @@ const REDIAL_MAX: Duration = Duration::from_secs(60);
 /// task never has to name the dial future it came from) and runs one redial per peer.
 pub async fn redial_manager(
     shared: Arc<Shared>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<crate::directory::Redial>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Redial>,
 ) {
-    while let Some((peer, addr)) = rx.recv().await {
-        tokio::spawn(redial(shared.clone(), peer, addr));
+    while let Some(r) = rx.recv().await {
+        match r {
+            Redial::Lost(peer, addr) => tokio::spawn(redial(shared.clone(), peer, addr)),
+            Redial::Reset(peer, addr) => tokio::spawn(after_reset(shared.clone(), peer, addr)),
+        };
     }
 }
 
@@ -101,5 +105,33 @@ async fn redial(shared: Arc<Shared>, peer: Option<PeerId>, addr: SocketAddr) {
                 backoff = (backoff * 2).min(REDIAL_MAX);
             }
         }
+    }
+}
+
+/// Dial attempts after a stateless reset (1 s apart, doubling: about 15 s in all).
+const AFTER_RESET_TRIES: u32 = 4;
+
+/// Dials back a peer whose link ended by a stateless reset from its new process, expecting
+/// its id, until it is linked by any route, the tries run out or the daemon stops. The
+/// link made is not redialled after a later loss (`dial_peer` with an expected id).
+async fn after_reset(shared: Arc<Shared>, peer: PeerId, addr: SocketAddr) {
+    let mut backoff = REDIAL_FIRST;
+    let mut shutdown = shared.shutdown.subscribe();
+    for _ in 0..AFTER_RESET_TRIES {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = crate::state::until_shutdown(&mut shutdown) => return,
+        }
+        if shared.peers.link(&peer).is_some() {
+            return;
+        }
+        match dial_peer(&shared, addr, Some(&peer)).await {
+            Ok(_) => {
+                info!(peer = %peer.short(), %addr, "dialled back after its restart");
+                return;
+            }
+            Err(e) => debug!(%addr, "dial after a reset failed: {e}"),
+        }
+        backoff *= 2;
     }
 }

@@ -103,7 +103,8 @@ pub struct EngineConfig {
     pub offer_rest: Duration,
     /// Bytes of the planner's unit: [`CHUNK_SIZE`] (the protocol's), or a divisor of it
     /// that is a whole number of pieces, which only the swarm simulation uses for now
-    /// (see [`Planner::with_unit`]).
+    /// (see [`Planner::with_unit`]). The daemon leaves it at [`CHUNK_SIZE`]: its journal,
+    /// holdings and chunk events count chunks.
     pub unit: u64,
 }
 

@@ -43,6 +43,13 @@ fn a_limit_lifted_at_run_time_speeds_up_the_running_download() {
     // Bad values are refused before anything changes.
     assert_eq!(c.cli(&["limit", "--download-mib-s", "fast"]).code, 2);
     assert_eq!(c.cli(&["limit", "--upload-mib-s=-1"]).code, 2);
+    // Out of range too, in one line (`1e300` printed 301 digits), as JSON under --json.
+    for bad in ["1e300", "0.001", "2000000"] {
+        let out = c.cli(&["--json", "limit", "--upload-mib-s", bad]);
+        assert_eq!(out.code, 2, "{out:?}");
+        assert_eq!(out.error_kind(), "bad-request", "{out:?}");
+        assert!(out.stdout.len() < 300, "{out:?}");
+    }
     // The daemon checks too (a client that is not our CLI), both values before either.
     for bad in [
         r#"{"cmd":"limit","download_mib_s":-5}"#,
