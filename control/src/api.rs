@@ -290,6 +290,15 @@ impl EventKind {
     }
 }
 
+/// Bytes of a chunk one source sent (`download-chunk-finished`'s `sources`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceBytes {
+    /// The source.
+    pub peer_id: PeerId,
+    /// Bytes it sent.
+    pub bytes: u64,
+}
+
 /// A peer row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerInfo {
@@ -454,6 +463,10 @@ pub enum EventKind {
         /// `download-begin`'s `resumed_bytes`, not received now).
         #[serde(default)]
         resumed_bytes: u64,
+        /// Every source that sent part of the chunk now, most bytes first (the first is
+        /// `peer_id`): a chunk is fetched in units that may come from several peers.
+        #[serde(default)]
+        sources: Vec<SourceBytes>,
     },
     DownloadFinished {
         game_id: GameId,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lanspread_control::api::EventKind;
+use lanspread_control::api::{EventKind, PeerId};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -315,13 +315,22 @@ impl Metrics {
                 len,
                 peer_id,
                 resumed_bytes,
+                sources,
                 ..
             } => {
                 // What an earlier attempt kept of the chunk was not received now.
                 let len = len.saturating_sub(*resumed_bytes);
-                self.received_by_peer
-                    .get_or_create(&self.peer(peer_id.as_str()))
-                    .inc_by(len);
+                let by_peer = |peer: &PeerId, bytes: u64| {
+                    self.received_by_peer
+                        .get_or_create(&self.peer(peer.as_str()))
+                        .inc_by(bytes);
+                };
+                if sources.is_empty() {
+                    by_peer(peer_id, len);
+                }
+                for s in sources {
+                    by_peer(&s.peer_id, s.bytes);
+                }
                 self.received_by_game
                     .get_or_create(&Game {
                         game: game_id.to_string(),

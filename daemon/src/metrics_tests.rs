@@ -22,6 +22,7 @@ fn events_and_answers_become_counters_and_the_snapshot_gauges() {
             peer_id: peer.clone(),
             addr: String::new(),
             resumed_bytes: 0,
+            sources: vec![],
         });
     }
     // A chunk an earlier attempt had kept 600 bytes of: 400 were received now.
@@ -33,6 +34,25 @@ fn events_and_answers_become_counters_and_the_snapshot_gauges() {
         peer_id: peer.clone(),
         addr: String::new(),
         resumed_bytes: 600,
+        sources: vec![],
+    });
+    // A chunk sent by two peers: each is counted what it sent.
+    let other = PeerId::try_from("cd".repeat(16)).unwrap();
+    m.observe(&EventKind::DownloadChunkFinished {
+        game_id: game.clone(),
+        path: "c".into(),
+        offset: 0,
+        len: 1000,
+        peer_id: other.clone(),
+        addr: String::new(),
+        resumed_bytes: 0,
+        sources: [(&other, 700), (&peer, 300)]
+            .into_iter()
+            .map(|(p, bytes)| lanspread_control::api::SourceBytes {
+                peer_id: p.clone(),
+                bytes,
+            })
+            .collect(),
     });
     m.observe(&EventKind::DownloadFailed {
         game_id: game.clone(),
@@ -60,14 +80,22 @@ fn events_and_answers_become_counters_and_the_snapshot_gauges() {
             &text,
             &format!("lanspread_peer_received_bytes_total{peer_label}")
         ),
-        Some(3400.0),
+        Some(3700.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!("lanspread_peer_received_bytes_total{{peer=\"{other}\"}}")
+        ),
+        Some(700.0),
         "{text}"
     );
     assert_eq!(
         value(&text, "lanspread_game_received_bytes_total{game=\"cod5\"}"),
-        Some(3400.0)
+        Some(4400.0)
     );
-    assert_eq!(value(&text, "lanspread_chunks_verified_total"), Some(4.0));
+    assert_eq!(value(&text, "lanspread_chunks_verified_total"), Some(5.0));
     assert_eq!(
         value(&text, "lanspread_operations_ended_total{kind=\"download\",outcome=\"failed\",error=\"disk-full\"}"),
         Some(1.0)

@@ -166,7 +166,7 @@ impl Partials {
     ) {
         let n = files
             .iter()
-            .map(|f| lanspread_catalog::chunk_count(f.size) as usize)
+            .map(|f| lanspread_proto::unit_count(f.size) as usize)
             .sum();
         let mut chunks = ChunkSet::empty(n);
         for &c in have {

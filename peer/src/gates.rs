@@ -1,11 +1,11 @@
 //! Serve gates (S12): what a source agrees to send. Pure functions over the scanned root.
 
 use lanspread_catalog::{
-    chunk_count, Catalog, ChunkHash, FileDescriptor, FileManifest, GameId, GameRoot, RelPath,
-    Version, CHUNK_SIZE,
+    Catalog, ChunkHash, FileDescriptor, FileManifest, GameId, GameRoot, RelPath, Version,
+    CHUNK_SIZE,
 };
-use lanspread_proto::chunk_of_rest;
 use lanspread_proto::ChunkSet;
+use lanspread_proto::{unit_count, unit_of_rest};
 
 use crate::PeerError;
 
@@ -88,7 +88,7 @@ impl ChunkIndex {
             .iter()
             .map(|f| {
                 let at = next;
-                next = next.saturating_add(chunk_count(f.size) as usize);
+                next = next.saturating_add(unit_count(f.size) as usize);
                 at
             })
             .collect();
@@ -129,7 +129,7 @@ pub fn gate_partial_chunk(
     let Some((i, first)) = index.find(files, path) else {
         return refuse(format!("no file {path} in this partial copy"));
     };
-    let Some(chunk) = chunk_of_rest(files[i].size, offset, len) else {
+    let Some(chunk) = unit_of_rest(files[i].size, offset, len) else {
         return refuse(format!(
             "{path}: {len} bytes at {offset} is not a chunk or its rest from a piece"
         ));

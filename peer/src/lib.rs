@@ -21,6 +21,7 @@ mod resume;
 mod send_watch;
 mod swarm;
 mod table;
+mod tally;
 mod validate;
 
 pub use aggregate::{aggregate, latest_sources, RemoteRow, Sources};
@@ -47,4 +48,5 @@ pub use swarm::{
     UploadTurns, ASKED_LATELY, HOLDING_BATCH, HOLDING_DELAY, SWARM_UPLOADS, TURN_HOLD,
 };
 pub use table::{PartialGame, PeerEntry, PeerTable, RemoteGame, Upsert};
+pub use tally::{ChunkDone, ChunkTally};
 pub use validate::{check_manifest, Chosen, ManifestVote, MAX_FILES_PER_GAME};

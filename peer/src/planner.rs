@@ -19,7 +19,7 @@ pub use race::{Settled, RACE_LAST_CHUNKS};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use lanspread_catalog::{chunk_ranges, ChunkHash, FileManifest, CHUNK_SIZE, PIECE_SIZE};
-use lanspread_proto::{chunk_hash, ChunkSet, PeerId};
+use lanspread_proto::{chunk_hash, ChunkSet, PeerId, UNIT_SIZE};
 
 /// One chunk (the planner's unit: see [`Planner::with_unit`]): a byte range of one file
 /// with its expected hash.
@@ -208,7 +208,7 @@ impl Planner {
     /// Plans every chunk of every file (empty files have none) over `sources`, with at
     /// most `max_in_flight` chunks per source at once.
     pub fn new(files: &[FileManifest], sources: &[PeerId], max_in_flight: usize) -> Self {
-        Self::with_unit(files, sources, max_in_flight, CHUNK_SIZE)
+        Self::with_unit(files, sources, max_in_flight, UNIT_SIZE)
     }
 
     /// The same with chunks cut into units of `unit` bytes: a divisor of [`CHUNK_SIZE`]

@@ -34,6 +34,14 @@ pub const PIECE_SIZE: u64 = 1 << 20;
 /// Pieces in a whole chunk.
 pub const PIECES_PER_CHUNK: u64 = CHUNK_SIZE / PIECE_SIZE;
 
+/// Size of a swarm unit: what a download plans, fetches, journals and verifies as one,
+/// and what partial holders announce and serve (`Holding*` count units): a chunk is cut
+/// into units from its start, the last one may be shorter, a file shorter than a unit
+/// is one. Smaller than a chunk so that a unit fetched from the server reaches the swarm
+/// sooner (the swarm simulation: bench/README.md); events still report whole chunks.
+pub const UNIT_SIZE: u64 = CHUNK_SIZE;
+const _: () = assert!(CHUNK_SIZE.is_multiple_of(UNIT_SIZE) && UNIT_SIZE.is_multiple_of(PIECE_SIZE));
+
 /// A BLAKE3 hash (256 bits): of a piece, of a chunk (over its pieces' hashes), or of a
 /// manifest.
 pub type ChunkHash = [u8; 32];
@@ -158,16 +166,22 @@ pub fn piece_count(size: u64) -> u64 {
     size.div_ceil(PIECE_SIZE)
 }
 
-/// The index within its file of the chunk that `[offset, offset + len)` completes: a whole
-/// chunk, or the rest of one from a piece boundary on (what a downloader that kept a
-/// chunk's first pieces asks for). `None` for any other range of a file of `size` bytes.
-pub fn chunk_of_rest(size: u64, offset: u64, len: u64) -> Option<u64> {
+/// The index within its file of the unit ([`UNIT_SIZE`]) that `[offset, offset + len)`
+/// completes: a whole unit, or the rest of one from a piece boundary on (what a
+/// downloader that kept a unit's first pieces asks for). `None` for any other range of a
+/// file of `size` bytes.
+pub fn unit_of_rest(size: u64, offset: u64, len: u64) -> Option<u64> {
     if !offset.is_multiple_of(PIECE_SIZE) || offset >= size {
         return None;
     }
-    let chunk = offset / CHUNK_SIZE;
-    let end = (chunk + 1).saturating_mul(CHUNK_SIZE).min(size);
-    (offset.checked_add(len) == Some(end)).then_some(chunk)
+    let unit = offset / UNIT_SIZE;
+    let end = (unit + 1).saturating_mul(UNIT_SIZE).min(size);
+    (offset.checked_add(len) == Some(end)).then_some(unit)
+}
+
+/// Number of units ([`UNIT_SIZE`]) of a file of `size` bytes.
+pub fn unit_count(size: u64) -> u64 {
+    size.div_ceil(UNIT_SIZE)
 }
 
 /// The rest of a chunk from `kept` bytes on, when its first `kept` bytes are already
@@ -282,35 +296,31 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_or_its_rest_from_a_piece_is_a_chunk() {
-        let size = CHUNK_SIZE + 5;
-        assert_eq!(chunk_of_rest(size, 0, CHUNK_SIZE), Some(0));
+    fn a_unit_or_its_rest_from_a_piece_is_a_unit() {
+        let size = UNIT_SIZE + 5;
+        assert_eq!(unit_of_rest(size, 0, UNIT_SIZE), Some(0));
         assert_eq!(
-            chunk_of_rest(size, PIECE_SIZE, CHUNK_SIZE - PIECE_SIZE),
+            unit_of_rest(size, PIECE_SIZE, UNIT_SIZE - PIECE_SIZE),
             Some(0)
         );
-        assert_eq!(chunk_of_rest(size, CHUNK_SIZE, 5), Some(1));
+        assert_eq!(unit_of_rest(size, UNIT_SIZE, 5), Some(1));
+        assert_eq!(unit_of_rest(size, 1, UNIT_SIZE - 1), None, "not on a piece");
         assert_eq!(
-            chunk_of_rest(size, 1, CHUNK_SIZE - 1),
+            unit_of_rest(size, 0, PIECE_SIZE),
             None,
-            "not on a piece"
+            "not to the unit's end"
         );
+        assert_eq!(unit_of_rest(size, 0, UNIT_SIZE + 5), None, "two units");
         assert_eq!(
-            chunk_of_rest(size, 0, PIECE_SIZE),
-            None,
-            "not to the chunk's end"
-        );
-        assert_eq!(chunk_of_rest(size, 0, CHUNK_SIZE + 5), None, "two chunks");
-        assert_eq!(
-            chunk_of_rest(size, CHUNK_SIZE + PIECE_SIZE, 0),
+            unit_of_rest(size, UNIT_SIZE + PIECE_SIZE, 0),
             None,
             "past the end"
         );
-        assert_eq!(chunk_of_rest(size, 0, u64::MAX), None);
+        assert_eq!(unit_of_rest(size, 0, u64::MAX), None);
         let top = u64::MAX - u64::MAX % PIECE_SIZE;
         assert_eq!(
-            chunk_of_rest(u64::MAX, top, u64::MAX - top),
-            Some(top / CHUNK_SIZE)
+            unit_of_rest(u64::MAX, top, u64::MAX - top),
+            Some(top / UNIT_SIZE)
         );
     }
 

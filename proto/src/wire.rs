@@ -218,7 +218,7 @@ pub enum PeerRequest {
     },
     /// Ranges from a partial holder: like [`PeerRequest::Chunks`], but each range must be
     /// one chunk of the manifest with this digest that the holder has verified, whole or
-    /// its rest from a piece on ([`crate::chunk_of_rest`]).
+    /// its rest from a piece on ([`crate::unit_of_rest`]).
     PartialChunks {
         /// The game.
         game: GameId,

@@ -383,12 +383,18 @@ fn client_run(
         let at = secs(&e);
         got += len;
         run.curve.push((at, got));
-        if e["peer_id"] == server {
-            run.from_server += len;
-            spans.push((last_from_server, at, len));
+        let (mut ours, mut theirs) = (0, 0);
+        for (peer, bytes) in crate::node::chunk_sources(&e) {
+            match peer == server {
+                true => ours += bytes,
+                false => theirs += bytes,
+            }
+        }
+        run.from_peers += theirs;
+        if ours > 0 {
+            run.from_server += ours;
+            spans.push((last_from_server, at, ours));
             last_from_server = at;
-        } else {
-            run.from_peers += len;
         }
     }
     (run, spans)

@@ -99,7 +99,7 @@ fn open_blocking(
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
         Err(e) => return Err(Failure::io(path.display(), &e)),
     };
-    let ranges: Vec<(u64, u64)> = chunks.iter().map(|c| (c.offset, c.len)).collect();
+    let ranges: Vec<_> = chunks.iter().map(|c| (c.file, c.offset, c.len)).collect();
     let claimed = match judge_journal(text.as_deref(), version, digest, &ranges) {
         ResumeDecision::Fresh => Default::default(),
         ResumeDecision::Discard(why) => {

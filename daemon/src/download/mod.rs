@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use std::collections::BTreeMap;
 
 use lanspread_catalog::{manifest_digest, FileManifest, GameId, Version, VERSION_FILE};
-use lanspread_peer::{Chosen, Engine, EngineConfig, OpKind, Sources};
+use lanspread_peer::{Chosen, ChunkTally, Engine, EngineConfig, OpKind, Sources};
 use lanspread_proto::PeerId;
 use tokio::task::JoinSet;
 use tracing::{info, info_span, warn, Instrument};
@@ -208,12 +208,17 @@ async fn download(
     )
     .await?;
     let bytes: u64 = chosen.files.iter().map(|f| f.size).sum();
-    let chunks = engine.chunks().len() as u64;
     let lanes = lanes::Lanes::open(shared, &chosen.sources).await;
     let present: Vec<usize> = verified.chunks.iter().copied().collect();
     // Nothing kept from an earlier attempt: every byte is written through this download.
     let fresh = verified.chunks.is_empty() && verified.kept.is_empty();
-    let (resumed_chunks, whole) = engine.on_prepared(&present, &lanes.opened());
+    let (_, whole) = engine.on_prepared(&present, &lanes.opened());
+    // Events count 32 MiB chunks, made of the engine's units.
+    let mut tally = ChunkTally::new(engine.chunks());
+    for &u in &present {
+        tally.present(u, engine.chunks()[u].len);
+    }
+    let (chunks, resumed_chunks) = (tally.chunk_count() as u64, tally.whole() as u64);
     // The pieces an earlier attempt kept of chunks it did not finish are resumed too
     // (the rate counts only what crosses the network in this attempt).
     let resumed_bytes = whole + verified.kept.values().sum::<u64>();
@@ -239,6 +244,7 @@ async fn download(
         file_ids: files_open,
         journal: &mut journal,
         kept: verified.kept.into_iter().collect(),
+        tally,
         in_flight: &mut in_flight,
         lanes,
     };

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use lanspread_catalog::{manifest_digest, ChunkHash, FileManifest, GameId, Version, PIECE_SIZE};
-use lanspread_control::api::EventKind;
+use lanspread_control::api::{EventKind, SourceBytes};
 use lanspread_control::Failure;
 use lanspread_peer::{
-    Action, BatchId, ChunkResult, ChunkSpec, Engine, FailKind, Fetch, HoldingBatcher, Lane,
+    Action, BatchId, ChunkResult, ChunkSpec, ChunkTally, Engine, FailKind, Fetch, HoldingBatcher,
+    Lane,
 };
 use lanspread_proto::chunk_rest;
 use lanspread_proto::PeerId;
@@ -32,12 +33,14 @@ pub(super) struct Work<'a> {
     /// Chunk → its first bytes (whole pieces) already verified and written, by an earlier
     /// attempt or a source that went mid-chunk: only the rest is fetched.
     pub kept: HashMap<usize, u64>,
+    /// The chunks the events report, out of the units verified.
+    pub tally: ChunkTally,
     pub in_flight: &'a mut InFlight,
     pub lanes: lanes::Lanes,
 }
 
 /// Journal a fetch's progress each time it verified this much more of its chunk.
-const JOURNAL_STEP: u64 = 8 << 20;
+const JOURNAL_STEP: u64 = 2 << 20;
 /// How often the transfer loop wakes while fetches run, to journal their progress and
 /// show it in `status` (a 32 MiB chunk from a slow source takes many seconds).
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -502,20 +505,27 @@ impl Transfer<'_, '_> {
             self.announce.push(c, self.began.elapsed());
             self.announce_due();
         }
-        let resumed = self.resumed.remove(&chunk).unwrap_or(0);
+        let resumed = self.resumed.remove(&chunk).unwrap_or(0).min(spec.len);
         let id = self.game.0;
-        self.shared
-            .lock()
-            .operations
-            .advance(id, spec.len.saturating_sub(resumed));
+        let fetched = spec.len - resumed;
+        self.shared.lock().operations.advance(id, fetched);
+        let Some(done) = self.work.tally.verified(chunk, &peer, fetched, resumed) else {
+            return;
+        };
+        let main = done.main_source().cloned().unwrap_or(peer);
         self.finished.push(EventKind::DownloadChunkFinished {
             game_id: id.clone(),
-            path: self.work.files[spec.file].path.to_string(),
-            offset: spec.offset,
-            len: spec.len,
-            addr: self.addrs.get(&peer).cloned().unwrap_or_default(),
-            peer_id: peer,
-            resumed_bytes: resumed.min(spec.len),
+            path: self.work.files[done.file].path.to_string(),
+            offset: done.offset,
+            len: done.len,
+            addr: self.addrs.get(&main).cloned().unwrap_or_default(),
+            peer_id: main,
+            resumed_bytes: done.resumed.min(done.len),
+            sources: done
+                .sources
+                .into_iter()
+                .map(|(peer_id, bytes)| SourceBytes { peer_id, bytes })
+                .collect(),
         });
     }
 

@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use lanspread_catalog::{FileManifest, GameId, VERSION_FILE};
-use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE, MAX_RANGES, MIN_CHUNKS_IN_FLIGHT};
+use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE, MAX_RANGES, MIN_CHUNKS_IN_FLIGHT, UNIT_SIZE};
 use tracing::warn;
 
 pub use lanes::{Lane, LaneBook};
@@ -119,7 +119,7 @@ impl EngineConfig {
             shuffle: None,
             offer: 0,
             offer_rest: OFFER_REST,
-            unit: CHUNK_SIZE,
+            unit: UNIT_SIZE,
         }
     }
 }

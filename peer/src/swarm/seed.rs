@@ -10,12 +10,12 @@
 
 use std::collections::HashMap;
 
-use lanspread_catalog::{chunk_count, FileDescriptor};
-use lanspread_proto::{chunk_of_rest, ChunkRange};
+use lanspread_catalog::FileDescriptor;
+use lanspread_proto::{unit_count, unit_of_rest, ChunkRange};
 
 /// The chunk numbers (in the game's chunk order: files in order, chunks within) of the
 /// offered ranges that are whole chunks of `files` or their rest from a piece on
-/// ([`chunk_of_rest`]), `None` for any other range; and the game's chunk count.
+/// ([`unit_of_rest`]), `None` for any other range; and the game's chunk count.
 pub fn offered_chunks(
     files: &[FileDescriptor],
     ranges: &[ChunkRange],
@@ -24,11 +24,11 @@ pub fn offered_chunks(
     let mut total = 0u64;
     for f in files {
         base.insert(f.path.as_str(), (total, f.size));
-        total += chunk_count(f.size);
+        total += unit_count(f.size);
     }
     let index = |r: &ChunkRange| {
         let &(first, size) = base.get(r.path.as_str())?;
-        chunk_of_rest(size, r.offset, r.len).map(|c| (first + c) as usize)
+        unit_of_rest(size, r.offset, r.len).map(|c| (first + c) as usize)
     };
     (total as usize, ranges.iter().map(index).collect())
 }
