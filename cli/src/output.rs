@@ -274,7 +274,7 @@ pub fn peers(p: &[PeerInfo]) -> String {
                 .map(|g| format!("{}@{}", g.id, g.version))
                 .chain(p.partial.iter().map(|g| {
                     let (n, of) = (g.chunks_verified, g.chunks);
-                    format!("{}@{} (partial {n}/{of} chunks)", g.id, g.version)
+                    format!("{}@{} (partial {n}/{of} units)", g.id, g.version)
                 }))
                 .collect::<Vec<_>>()
                 .join(" ");
@@ -314,7 +314,7 @@ mod tests {
         };
         let text = peers(&[row]);
         assert!(
-            text.contains("ggoo@20250101 cod5@20250101 (partial 3/9 chunks)"),
+            text.contains("ggoo@20250101 cod5@20250101 (partial 3/9 units)"),
             "{text}"
         );
     }

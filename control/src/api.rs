@@ -321,9 +321,9 @@ pub struct PartialRow {
     pub id: GameId,
     /// The version it is downloading.
     pub version: Version,
-    /// Chunks it has verified.
+    /// Units (8 MiB, four to a chunk) it has verified.
     pub chunks_verified: u64,
-    /// Chunks of the game.
+    /// Units of the game.
     pub chunks: u64,
 }
 

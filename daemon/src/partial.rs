@@ -352,11 +352,12 @@ impl Partials {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lanspread_catalog::{piece_count, RelPath, CHUNK_SIZE};
+    use lanspread_catalog::{piece_count, RelPath};
+    use lanspread_proto::UNIT_SIZE;
 
     #[test]
     fn a_growing_chunk_is_announced_served_as_it_arrives_and_dropped_when_its_fetch_fails() {
-        let size = 3 * CHUNK_SIZE;
+        let size = 3 * UNIT_SIZE;
         let pieces = (0..piece_count(size)).map(|i| [i as u8; 32]).collect();
         let path = RelPath::new("g.eti").unwrap();
         let files = Arc::new(vec![FileManifest::from_pieces(
@@ -380,14 +381,14 @@ mod tests {
         };
         off.begin((&game, version), files.clone(), dest.clone(), &[0]);
         assert!(
-            off.grow(&game, 1, CHUNK_SIZE).is_none(),
+            off.grow(&game, 1, UNIT_SIZE).is_none(),
             "cut-through is off"
         );
         p.begin((&game, version), files, dest, &[0]);
         let range = |chunk: u64| ChunkRange {
             path: path.clone(),
-            offset: chunk * CHUNK_SIZE,
-            len: CHUNK_SIZE,
+            offset: chunk * UNIT_SIZE,
+            len: UNIT_SIZE,
         };
         let gate = |chunk: u64| {
             p.gate((&game, version), &digest, &[range(chunk)])
@@ -411,20 +412,16 @@ mod tests {
         };
         let refused = p.gate((&game, version), &digest, &[odd]).unwrap().unwrap();
         assert!(refused.0 .2.is_some());
-        let g = p.grow(&game, 1, CHUNK_SIZE).unwrap();
+        let g = p.grow(&game, 1, UNIT_SIZE).unwrap();
         assert_eq!(growing_of(&mut watch), [1]);
         let ((_, files, refused), _, growing) = gate(1);
         assert!(refused.is_none() && files.len() == 1);
         let relayed = growing[0].as_ref().expect("served as it arrives");
         assert!(Arc::ptr_eq(relayed, &g));
-        assert_eq!(
-            relayed.written_to(),
-            Some(CHUNK_SIZE),
-            "nothing written yet"
-        );
-        g.wrote(CHUNK_SIZE + (1 << 20));
-        g.wrote(CHUNK_SIZE); // never backwards
-        assert_eq!(relayed.written_to(), Some(CHUNK_SIZE + (1 << 20)));
+        assert_eq!(relayed.written_to(), Some(UNIT_SIZE), "nothing written yet");
+        g.wrote(UNIT_SIZE + (1 << 20));
+        g.wrote(UNIT_SIZE); // never backwards
+        assert_eq!(relayed.written_to(), Some(UNIT_SIZE + (1 << 20)));
         // A verified chunk is served whole: no progress to wait for.
         let ((_, _, refused), _, growing) = gate(0);
         assert!(refused.is_none() && growing[0].is_none());
@@ -434,21 +431,21 @@ mod tests {
         assert!(growing_of(&mut watch).is_empty());
         assert!(later(1));
         // Fetched again and verified: served whole once announced, no longer growing.
-        let again = p.grow(&game, 1, CHUNK_SIZE).unwrap();
-        again.wrote(2 * CHUNK_SIZE);
+        let again = p.grow(&game, 1, UNIT_SIZE).unwrap();
+        again.wrote(2 * UNIT_SIZE);
         p.verified(&game, &[1]);
         assert!(growing_of(&mut watch).is_empty());
         let ((_, _, refused), _, growing) = gate(1);
         assert!(refused.is_none() && growing[0].is_none());
         // The download's end: nothing grows or is served any more (readers stop on the
         // copy's liveness).
-        let g2 = p.grow(&game, 2, 2 * CHUNK_SIZE).unwrap();
+        let g2 = p.grow(&game, 2, 2 * UNIT_SIZE).unwrap();
         p.end(&game);
         assert!(
-            p.grow(&game, 2, 2 * CHUNK_SIZE).is_none(),
+            p.grow(&game, 2, 2 * UNIT_SIZE).is_none(),
             "no copy any more"
         );
-        assert_eq!(g2.written_to(), Some(2 * CHUNK_SIZE));
+        assert_eq!(g2.written_to(), Some(2 * UNIT_SIZE));
         assert!(p.gate((&game, version), &digest, &[range(2)]).is_err());
     }
 

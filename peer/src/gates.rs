@@ -69,13 +69,13 @@ pub fn gate_chunk<'a>(
     }
 }
 
-/// A manifest's files by path, with where each file's chunks start in the game's chunk
-/// numbering: a request names a file per range, and a scan of the file list per range
+/// A manifest's files by path, with where each file's units start in the game's unit
+/// numbering (holdings count units): a request names a file per range, and a scan of the file list per range
 /// made serving a download of n small files cost O(n²). A validated manifest is sorted
 /// by path (binary search); any other list is searched in order.
 #[derive(Debug, Clone, Default)]
 pub struct ChunkIndex {
-    /// Index of each file's first chunk.
+    /// Index of each file's first unit.
     first: Vec<usize>,
     sorted: bool,
 }
@@ -110,11 +110,12 @@ impl ChunkIndex {
     }
 }
 
-/// Checks a chunk request to a partial holder (`PeerRequest::PartialChunks`): the
+/// Checks a request to a partial holder (`PeerRequest::PartialChunks`): the
 /// downloader's manifest must be ours (same digest), and the range must be exactly one
-/// chunk of the manifest that we verified, or its rest from a piece on (a downloader that
-/// kept the chunk's first pieces). Returns the chunk's index. Nothing else of a
-/// partial root is ever served. `index` is [`ChunkIndex::new`] of `files`.
+/// unit ([`lanspread_proto::UNIT_SIZE`]) of the manifest that we verified, or its rest
+/// from a piece on (a downloader that kept the unit's first pieces). Returns the unit's
+/// index. Nothing else of a partial root is ever served. `index` is [`ChunkIndex::new`]
+/// of `files`.
 pub fn gate_partial_chunk(
     (files, index): (&[FileManifest], &ChunkIndex),
     verified: &ChunkSet,
@@ -131,13 +132,13 @@ pub fn gate_partial_chunk(
     };
     let Some(chunk) = unit_of_rest(files[i].size, offset, len) else {
         return refuse(format!(
-            "{path}: {len} bytes at {offset} is not a chunk or its rest from a piece"
+            "{path}: {len} bytes at {offset} is not a unit or its rest from a piece"
         ));
     };
     let chunk = first + chunk as usize;
     if !verified.contains(chunk) {
         return refuse(format!(
-            "{path}: the chunk at {offset} is not verified here yet"
+            "{path}: the unit at {offset} is not verified here yet"
         ));
     }
     Ok(chunk)
@@ -146,7 +147,7 @@ pub fn gate_partial_chunk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lanspread_proto::PIECE_SIZE;
+    use lanspread_proto::{PIECE_SIZE, UNIT_SIZE};
     use std::path::PathBuf;
 
     fn root(version: Option<&str>) -> GameRoot {
@@ -236,8 +237,8 @@ mod tests {
 
     #[test]
     fn a_partial_copy_serves_exactly_its_verified_chunks_at_its_manifest() {
-        let files = manifest(&[("a.eti", CHUNK_SIZE + 10), ("b.eti", 5)]);
-        // Chunks: 0 = a@0, 1 = a@32Mi (10 bytes), 2 = b@0 (5 bytes).
+        let files = manifest(&[("a.eti", UNIT_SIZE + 10), ("b.eti", 5)]);
+        // Units: 0 = a@0, 1 = a@8Mi (10 bytes), 2 = b@0 (5 bytes).
         let mut verified = ChunkSet::empty(3);
         verified.insert(1);
         verified.insert(2);
@@ -248,16 +249,13 @@ mod tests {
         let gate = |path: &RelPath, off, len, asked: &ChunkHash| {
             gate_partial_chunk((&files, &index), &verified, (&d, asked), path, (off, len))
         };
-        assert_eq!(gate(&a, CHUNK_SIZE, 10, &d).unwrap(), 1);
+        assert_eq!(gate(&a, UNIT_SIZE, 10, &d).unwrap(), 1);
         assert_eq!(gate(&b, 0, 5, &d).unwrap(), 2);
-        assert!(gate(&a, 0, CHUNK_SIZE, &d).is_err(), "not verified yet");
+        assert!(gate(&a, 0, UNIT_SIZE, &d).is_err(), "not verified yet");
         assert!(gate(&b, 0, 5, &[1; 32]).is_err(), "another manifest");
-        assert!(gate(&a, CHUNK_SIZE, 5, &d).is_err(), "part of a chunk");
-        assert!(
-            gate(&a, CHUNK_SIZE + 1, 9, &d).is_err(),
-            "not a chunk start"
-        );
-        assert!(gate(&a, 2 * CHUNK_SIZE, 1, &d).is_err(), "past the end");
+        assert!(gate(&a, UNIT_SIZE, 5, &d).is_err(), "part of a chunk");
+        assert!(gate(&a, UNIT_SIZE + 1, 9, &d).is_err(), "not a chunk start");
+        assert!(gate(&a, 2 * UNIT_SIZE, 1, &d).is_err(), "past the end");
         assert!(gate(&b, 0, 6, &d).is_err(), "longer than the chunk");
         let c = RelPath::new("c.eti").unwrap();
         assert!(gate(&c, 0, 1, &d).is_err(), "no such file");
@@ -266,8 +264,8 @@ mod tests {
         let index = ChunkIndex::new(&files);
         let gate =
             |off, len| gate_partial_chunk((&files, &index), &verified, (&d, &d), &a, (off, len));
-        assert_eq!(gate(PIECE_SIZE, CHUNK_SIZE - PIECE_SIZE).unwrap(), 0);
-        assert!(gate(PIECE_SIZE + 1, CHUNK_SIZE - PIECE_SIZE - 1).is_err());
+        assert_eq!(gate(PIECE_SIZE, UNIT_SIZE - PIECE_SIZE).unwrap(), 0);
+        assert!(gate(PIECE_SIZE + 1, UNIT_SIZE - PIECE_SIZE - 1).is_err());
         assert!(
             gate(PIECE_SIZE, PIECE_SIZE).is_err(),
             "not to the chunk's end"
@@ -280,12 +278,12 @@ mod tests {
         // every file with the number of its first chunk, and nothing else.
         let sorted = manifest(&[
             ("a-b.eti", 5),
-            ("a.eti", 2 * CHUNK_SIZE + 1),
+            ("a.eti", 2 * UNIT_SIZE + 1),
             ("a/b.eti", 0),
-            ("b.eti", CHUNK_SIZE),
+            ("b.eti", UNIT_SIZE),
             ("version.ini", 9),
         ]);
-        // Chunks in list order (an empty file has none): sorted a-b 0, a 1..=3, a/b -,
+        // Units in list order (an empty file has none): sorted a-b 0, a 1..=3, a/b -,
         // b 4, version.ini 5; reversed version.ini 0, b 1, a/b -, a 2..=4, a-b 5.
         let mut shuffled = sorted.clone();
         shuffled.reverse();

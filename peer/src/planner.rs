@@ -205,8 +205,8 @@ pub struct Planner {
 }
 
 impl Planner {
-    /// Plans every chunk of every file (empty files have none) over `sources`, with at
-    /// most `max_in_flight` chunks per source at once.
+    /// Plans every unit ([`UNIT_SIZE`]) of every file (empty files have none) over
+    /// `sources`, with at most `max_in_flight` units per source at once.
     pub fn new(files: &[FileManifest], sources: &[PeerId], max_in_flight: usize) -> Self {
         Self::with_unit(files, sources, max_in_flight, UNIT_SIZE)
     }
@@ -214,8 +214,8 @@ impl Planner {
     /// The same with chunks cut into units of `unit` bytes: a divisor of [`CHUNK_SIZE`]
     /// that is a whole number of pieces (anything else is taken as [`CHUNK_SIZE`]). Each
     /// unit is checked by its own pieces' hashes, and the swarm's in-flight caps count
-    /// units ([`holders::SWARM_INBOUND_UNITS`]). The protocol's unit is the chunk; the
-    /// swarm simulation judges smaller ones.
+    /// units ([`holders::SWARM_INBOUND_UNITS`]). The protocol's unit is [`UNIT_SIZE`];
+    /// the swarm simulation judges others.
     pub fn with_unit(
         files: &[FileManifest],
         sources: &[PeerId],

@@ -34,12 +34,13 @@ pub const PIECE_SIZE: u64 = 1 << 20;
 /// Pieces in a whole chunk.
 pub const PIECES_PER_CHUNK: u64 = CHUNK_SIZE / PIECE_SIZE;
 
-/// Size of a swarm unit: what a download plans, fetches, journals and verifies as one,
+/// Size of a unit: 8 MiB, what a download plans, fetches, journals and verifies as one,
 /// and what partial holders announce and serve (`Holding*` count units): a chunk is cut
 /// into units from its start, the last one may be shorter, a file shorter than a unit
-/// is one. Smaller than a chunk so that a unit fetched from the server reaches the swarm
-/// sooner (the swarm simulation: bench/README.md); events still report whole chunks.
-pub const UNIT_SIZE: u64 = CHUNK_SIZE;
+/// is one. A quarter of a chunk so that what a client fetched from the server reaches
+/// the swarm four times sooner (the swarm simulation: N = 32, slowest 1.30 → 1.19 × the
+/// bound, bench/README.md); events still report whole chunks.
+pub const UNIT_SIZE: u64 = 8 << 20;
 const _: () = assert!(CHUNK_SIZE.is_multiple_of(UNIT_SIZE) && UNIT_SIZE.is_multiple_of(PIECE_SIZE));
 
 /// A BLAKE3 hash (256 bits): of a piece, of a chunk (over its pieces' hashes), or of a

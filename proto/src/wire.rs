@@ -21,7 +21,9 @@ use crate::PeerId;
 /// verify: cut-through).
 /// 10: pieces, chunks and manifests hashed with BLAKE3 instead of SHA-256.
 /// 11: a `Peers` entry names the games the peer holds a partial copy of (`holds`).
-pub const PROTOCOL_VERSION: u32 = 11;
+/// 12: holdings (`Holding*`), partial requests and offers count 8 MiB units
+/// ([`crate::UNIT_SIZE`]), not 32 MiB chunks.
+pub const PROTOCOL_VERSION: u32 = 12;
 /// TLS ALPN identifier of a peer link (announce stream, requests).
 pub const ALPN: &[u8] = b"lanspread/1";
 /// TLS ALPN identifier of a data connection: a downloader's extra connection to a source,
@@ -217,8 +219,8 @@ pub enum PeerRequest {
         ranges: Vec<ChunkRange>,
     },
     /// Ranges from a partial holder: like [`PeerRequest::Chunks`], but each range must be
-    /// one chunk of the manifest with this digest that the holder has verified, whole or
-    /// its rest from a piece on ([`crate::unit_of_rest`]).
+    /// one unit ([`crate::UNIT_SIZE`]) of the manifest with this digest that the holder
+    /// has verified, whole or its rest from a piece on ([`crate::unit_of_rest`]).
     PartialChunks {
         /// The game.
         game: GameId,
@@ -229,9 +231,10 @@ pub enum PeerRequest {
         /// The ranges.
         ranges: Vec<ChunkRange>,
     },
-    /// Chunks a downloader needs (each whole or its rest from a piece on), offered to a complete source (a ready peer at
-    /// `version`), which answers [`PeerResponse::Chosen`] with the one it sends, then that
-    /// chunk as a `Chunk` answer (or `Refused`).
+    /// Units a downloader needs (each whole or its rest from a piece on), offered to a
+    /// complete source (a ready peer at `version`), which answers
+    /// [`PeerResponse::Chosen`] with the one it sends, then that unit as a `Chunk` answer
+    /// (or `Refused`).
     Offer {
         /// The game.
         game: GameId,

@@ -69,8 +69,10 @@ pub const MANIFEST_GRACE: Duration = Duration::from_secs(5);
 /// still finish every chunk that exists in the swarm, then stop).
 pub const SWARM_WAIT: Duration = Duration::from_secs(30);
 /// How long a complete source that had none of the offered chunks free is left alone when
-/// nothing else changes (a verified chunk or new holdings end the rest earlier).
-pub const OFFER_REST: Duration = Duration::from_millis(500);
+/// nothing else changes (a verified chunk or new holdings end the rest earlier). Cut in
+/// proportion to the unit: 500 ms with 32 MiB units (the swarm simulation: 8 MiB units
+/// gain only with the rests and turn holds cut too, bench/README.md).
+pub const OFFER_REST: Duration = Duration::from_millis(125);
 
 /// ... while big chunks are capped by bytes: [`MIN_CHUNKS_IN_FLIGHT`] × 32 MiB per
 /// source, or more when there are more transfer threads (`lanes`) than that would keep
@@ -101,10 +103,10 @@ pub struct EngineConfig {
     pub offer: usize,
     /// See [`OFFER_REST`].
     pub offer_rest: Duration,
-    /// Bytes of the planner's unit: [`CHUNK_SIZE`] (the protocol's), or a divisor of it
-    /// that is a whole number of pieces, which only the swarm simulation uses for now
-    /// (see [`Planner::with_unit`]). The daemon leaves it at [`CHUNK_SIZE`]: its journal,
-    /// holdings and chunk events count chunks.
+    /// Bytes of the planner's unit: [`UNIT_SIZE`] (the protocol's), or another divisor
+    /// of [`CHUNK_SIZE`] that is a whole number of pieces, which only the swarm simulation
+    /// uses (see [`Planner::with_unit`]). The daemon leaves it at [`UNIT_SIZE`]: its
+    /// journal and the holdings it announces count units.
     pub unit: u64,
 }
 

@@ -16,14 +16,17 @@ fn file(name: &str, size: u64, seed: u8) -> FileManifest {
     FileManifest::from_pieces(RelPath::new(name).unwrap(), size, 0o644, pieces)
 }
 
+/// Units in a whole chunk: the per-source budget counts chunks' bytes.
+const PER: usize = (CHUNK_SIZE / UNIT_SIZE) as usize;
+
 fn manifest() -> Vec<FileManifest> {
     big(3)
 }
 
-/// A game of one archive of `chunks` chunks and its sentinel.
-fn big(chunks: u64) -> Vec<FileManifest> {
+/// A game of one archive of `units` units and its sentinel.
+fn big(units: u64) -> Vec<FileManifest> {
     vec![
-        file("big.eti", chunks * CHUNK_SIZE, 1),
+        file("big.eti", units * UNIT_SIZE, 1),
         file("version.ini", 8, 2),
     ]
 }
@@ -181,10 +184,7 @@ fn no_answer_in_time_fails_with_each_reason() {
 #[test]
 fn a_tie_is_a_metadata_conflict_and_a_minority_is_outvoted() {
     let t0 = Instant::now();
-    let other = vec![
-        file("big.eti", 3 * CHUNK_SIZE, 9),
-        file("version.ini", 8, 2),
-    ];
+    let other = vec![file("big.eti", 3 * UNIT_SIZE, 9), file("version.ini", 8, 2)];
     let mut e = Engine::new(game(), &[pid(1), pid(2)], EngineConfig::new(1), t0);
     drain(&mut e);
     e.on_manifest(pid(1), Ok(manifest()), t0);
@@ -215,15 +215,15 @@ fn the_budget_shares_the_lanes_among_the_sources() {
     assert_eq!(max_in_flight_bytes(16, 3), 6 * CHUNK_SIZE);
     assert_eq!(max_in_flight_bytes(8, 10), 4 * CHUNK_SIZE);
     assert_eq!(max_in_flight_bytes(8, 0), 8 * CHUNK_SIZE);
-    // One source, one thread: four big chunks in flight, no more.
-    let mut e = transferring(big(10), &[pid(1)], 1);
+    // One source, one thread: four big chunks' worth of units in flight, no more.
+    let mut e = transferring(big(10 * PER as u64), &[pid(1)], 1);
     let first = fetches(&drain(&mut e));
-    assert_eq!(first.len(), 4);
+    assert_eq!(first.len(), 4 * PER);
     assert!(first
         .iter()
         .all(|f| f.chunks.len() == 1 && f.lane == Lane::Link));
     // Eight threads: eight, one per lane.
-    let mut e = transferring(big(10), &[pid(1)], 8);
+    let mut e = transferring(big(10 * PER as u64), &[pid(1)], 8);
     let lanes: BTreeSet<Lane> = fetches(&drain(&mut e)).iter().map(|f| f.lane).collect();
     assert_eq!(lanes.len(), 8);
 }
@@ -286,7 +286,7 @@ fn resumed_chunks_are_not_fetched() {
     e.on_manifest(pid(1), Ok(manifest()), t0);
     drain(&mut e);
     let (chunks, bytes) = e.on_prepared(&[0, 2, 2, 99], &[(pid(1), 0)]);
-    assert_eq!((chunks, bytes), (2, 2 * CHUNK_SIZE));
+    assert_eq!((chunks, bytes), (2, 2 * UNIT_SIZE));
     let asked: Vec<usize> = fetches(&drain(&mut e))
         .into_iter()
         .flat_map(|f| f.chunks)
@@ -351,13 +351,11 @@ fn a_source_without_a_lane_is_gone_and_the_last_loss_fails_with_each_reason() {
 
 #[test]
 fn a_lost_data_connection_is_a_stall_and_the_link_takes_over_at_the_end() {
-    let mut e = transferring(big(6), &[pid(1)], 2);
+    let mut e = transferring(big(6 * PER as u64), &[pid(1)], 2);
     let first = fetches(&drain(&mut e));
     let lanes: Vec<Lane> = first.iter().map(|f| f.lane).collect();
-    assert_eq!(
-        lanes,
-        [Lane::Data(0), Lane::Data(1), Lane::Data(0), Lane::Data(1)]
-    );
+    let turns: Vec<Lane> = (0..4 * PER).map(|i| Lane::Data(i % 2)).collect();
+    assert_eq!(lanes, turns);
     let gone = Err((FailKind::SourceGone, "connection lost: timed out".into()));
     for f in &first {
         let lost = f.lane == Lane::Data(0);
@@ -381,7 +379,7 @@ fn a_lost_data_connection_is_a_stall_and_the_link_takes_over_at_the_end() {
         "{after:?}"
     );
     // A batch failing on a data connection that did not close is the source's loss.
-    let mut e = transferring(big(6), &[pid(1)], 2);
+    let mut e = transferring(big(6 * PER as u64), &[pid(1)], 2);
     let f = fetches(&drain(&mut e)).remove(0);
     e.on_fetched(f.id, vec![gone], false);
     let actions = drain(&mut e);
@@ -390,7 +388,7 @@ fn a_lost_data_connection_is_a_stall_and_the_link_takes_over_at_the_end() {
 
 #[test]
 fn stalls_back_off_and_drop_the_source_after_three() {
-    let mut e = transferring(big(8), &[pid(1)], 1);
+    let mut e = transferring(big(8 * PER as u64), &[pid(1)], 1);
     let mut out = fetches(&drain(&mut e));
     for round in 0..3 {
         assert!(!out.is_empty(), "round {round}");
@@ -406,7 +404,7 @@ fn stalls_back_off_and_drop_the_source_after_three() {
             out = fetches(&actions);
             // Each stall halves what it is asked at once.
             assert!(
-                out.len() <= 4 >> (round + 1),
+                out.len() <= (4 * PER) >> (round + 1),
                 "round {round}: {}",
                 out.len()
             );

@@ -161,12 +161,12 @@ mod tests {
     use super::super::{FailKind, Planner};
     use super::Settled;
     use crate::table::tests::pid;
-    use lanspread_catalog::CHUNK_SIZE;
     use lanspread_proto::ChunkSet;
+    use lanspread_proto::UNIT_SIZE;
 
     /// One big chunk, two partial holders of it, the end game on.
     fn one_chunk_two_holders() -> Planner {
-        let mut p = Planner::new(&[file("a.eti", CHUNK_SIZE)], &[], 64).race_the_last_chunks(true);
+        let mut p = Planner::new(&[file("a.eti", UNIT_SIZE)], &[], 64).race_the_last_chunks(true);
         let mut all = ChunkSet::empty(1);
         all.insert(0);
         p.set_partial(&pid(2), all.clone());

@@ -10,12 +10,15 @@ pub(super) fn file(name: &str, size: u64) -> FileManifest {
     FileManifest::from_pieces(RelPath::new(name).unwrap(), size, 0o644, pieces)
 }
 
-const C: u64 = CHUNK_SIZE;
+const C: u64 = UNIT_SIZE;
 
 #[test]
 fn smaller_units_cut_every_chunk_on_piece_boundaries() {
     const MIB: u64 = 1 << 20;
-    let files = [file("a.eti", C + 9 * MIB + 5), file("version.ini", 9)];
+    let files = [
+        file("a.eti", CHUNK_SIZE + 9 * MIB + 5),
+        file("version.ini", 9),
+    ];
     let p = Planner::with_unit(&files, &[], 4, 8 * MIB);
     let got: Vec<(usize, u64, u64, usize)> = p
         .chunks()
@@ -27,8 +30,8 @@ fn smaller_units_cut_every_chunk_on_piece_boundaries() {
         (0, 8 * MIB, 8 * MIB, 8),
         (0, 16 * MIB, 8 * MIB, 8),
         (0, 24 * MIB, 8 * MIB, 8),
-        (0, C, 8 * MIB, 8),
-        (0, C + 8 * MIB, MIB + 5, 2),
+        (0, CHUNK_SIZE, 8 * MIB, 8),
+        (0, CHUNK_SIZE + 8 * MIB, MIB + 5, 2),
         (1, 0, 9, 1),
     ];
     assert_eq!(got, expected);
@@ -36,17 +39,17 @@ fn smaller_units_cut_every_chunk_on_piece_boundaries() {
     let unit = &p.chunks()[5];
     assert_eq!(unit.pieces, files[0].pieces[40..42]);
     assert_eq!(unit.hash, chunk_hash(&unit.pieces));
-    // The whole chunk is the protocol's unit, and what any other size falls back to.
-    for odd in [0, MIB / 2, 3 * MIB, 2 * C] {
+    // The protocol's unit is 8 MiB; any size that is not a divisor of the chunk in whole
+    // pieces falls back to the whole chunk, whose hash is the manifest's.
+    assert_eq!(p.chunks(), Planner::new(&files, &[], 4).chunks());
+    let whole = Planner::with_unit(&files, &[], 4, CHUNK_SIZE);
+    for odd in [0, MIB / 2, 3 * MIB, 2 * CHUNK_SIZE] {
         assert_eq!(
             Planner::with_unit(&files, &[], 4, odd).chunks(),
-            Planner::new(&files, &[], 4).chunks()
+            whole.chunks()
         );
     }
-    assert_eq!(
-        Planner::new(&files, &[], 4).chunks()[0].hash,
-        files[0].chunks[0]
-    );
+    assert_eq!(whole.chunks()[0].hash, files[0].chunks[0]);
 }
 
 #[test]

@@ -105,13 +105,13 @@ mod tests {
 
     #[test]
     fn offered_ranges_are_numbered_in_the_games_chunk_order_and_only_chunks_or_their_rests_count() {
-        use lanspread_proto::{CHUNK_SIZE, PIECE_SIZE};
+        use lanspread_proto::{PIECE_SIZE, UNIT_SIZE};
         let file = |p: &str, size| FileDescriptor {
             path: RelPath::new(p).unwrap(),
             size,
             mode: 0o644,
         };
-        let files = [file("a.eti", 2 * CHUNK_SIZE + 5), file("version.ini", 8)];
+        let files = [file("a.eti", 2 * UNIT_SIZE + 5), file("version.ini", 8)];
         let range = |p: &str, offset, len| ChunkRange {
             path: RelPath::new(p).unwrap(),
             offset,
@@ -120,15 +120,15 @@ mod tests {
         let (total, idx) = offered_chunks(
             &files,
             &[
-                range("a.eti", CHUNK_SIZE, CHUNK_SIZE),
-                range("a.eti", 2 * CHUNK_SIZE, 5),
+                range("a.eti", UNIT_SIZE, UNIT_SIZE),
+                range("a.eti", 2 * UNIT_SIZE, 5),
                 range("version.ini", 0, 8),
                 range("a.eti", 0, 7),
-                range("a.eti", 1, CHUNK_SIZE),
+                range("a.eti", 1, UNIT_SIZE),
                 range("b.eti", 0, 8),
-                range("a.eti", 3 * CHUNK_SIZE, 5),
-                range("a.eti", CHUNK_SIZE + PIECE_SIZE, CHUNK_SIZE - PIECE_SIZE),
-                range("a.eti", CHUNK_SIZE + PIECE_SIZE, PIECE_SIZE),
+                range("a.eti", 3 * UNIT_SIZE, 5),
+                range("a.eti", UNIT_SIZE + PIECE_SIZE, UNIT_SIZE - PIECE_SIZE),
+                range("a.eti", UNIT_SIZE + PIECE_SIZE, PIECE_SIZE),
             ],
         );
         assert_eq!(total, 4);

@@ -15,8 +15,10 @@ use lanspread_proto::PeerId;
 use super::SWARM_UPLOADS;
 
 /// How long a refused downloader keeps its place in the queue without asking again
-/// (downloaders ask again after `OFFER_REST`, 500 ms).
-pub const TURN_HOLD: Duration = Duration::from_millis(750);
+/// (downloaders ask again after `OFFER_REST`, 125 ms): long enough for one rest and a
+/// round trip, short enough that a turn kept for a waiter that went idles for less than
+/// an 8 MiB unit's transfer (750 ms with 32 MiB units).
+pub const TURN_HOLD: Duration = Duration::from_millis(187);
 
 /// How a plain chunk request at the server of a swarm is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,20 +180,22 @@ mod tests {
     #[test]
     fn a_freed_turn_goes_to_who_waited_longest() {
         let t0 = Instant::now();
+        // Times as they were with a 750 ms hold, scaled to the hold.
+        let at_750 = |ms: u32| TURN_HOLD * ms / 750;
         let mut t = UploadTurns::new(1);
         assert!(t.take(&p(1), t0));
         assert!(!t.take(&p(2), t0)); // waits first
-        assert!(!t.take(&p(3), t0 + Duration::from_millis(10)));
+        assert!(!t.take(&p(3), t0 + at_750(10)));
         t.release(&p(1));
         // p1 and p3 ask again first: the turn is p2's.
-        let at = t0 + Duration::from_millis(400);
+        let at = t0 + at_750(400);
         assert!(!t.take(&p(1), at));
         assert!(!t.take(&p(3), at));
-        assert!(t.take(&p(2), at + Duration::from_millis(100)));
+        assert!(t.take(&p(2), at + at_750(100)));
         t.release(&p(2));
         // Next: p3 (queued before p1 came back).
-        assert!(!t.take(&p(1), at + Duration::from_millis(200)));
-        assert!(t.take(&p(3), at + Duration::from_millis(300)));
+        assert!(!t.take(&p(1), at + at_750(200)));
+        assert!(t.take(&p(3), at + at_750(300)));
     }
 
     #[test]

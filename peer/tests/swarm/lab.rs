@@ -11,7 +11,7 @@ use lanspread_peer::{
     Action, BatchId, Engine, EngineConfig, FailKind, SeedChooser, UploadTurns, OFFER_CHUNKS,
     OFFER_REST, TURN_HOLD,
 };
-use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE};
+use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE, UNIT_SIZE};
 
 use crate::timeline::Timeline;
 
@@ -69,8 +69,8 @@ pub struct Lab {
     /// equal shares). A relay that caught up with its upstream keeps to the upstream's
     /// rate, so what the sharing gives it above that is lost, as in the real lab.
     pub jitter: (f64, f64),
-    /// The engines' unit (`EngineConfig::unit`): 32 MiB chunks, or slices of them, which
-    /// holders announce and serve alone.
+    /// The engines' unit (`EngineConfig::unit`): the protocol's `UNIT_SIZE` (8 MiB), or
+    /// another slice of the 32 MiB chunks, which holders announce and serve alone.
     pub unit: u64,
     /// `EngineConfig::offer_rest` of every client, and the hold of every node's upload
     /// turns (`UploadTurns::holding_places_for`).
@@ -95,7 +95,7 @@ impl Lab {
             relay: true,
             payload: 1.0,
             jitter: (0.0, 1.0),
-            unit: CHUNK_SIZE,
+            unit: UNIT_SIZE,
             offer_rest: OFFER_REST,
             turn_hold: TURN_HOLD,
             seed: 1,

@@ -14,8 +14,9 @@ use crate::failures::make_liar;
 use crate::metrics::{scrape, with_metrics};
 
 const MIB: u64 = 1 << 20;
-/// One chunk of 12 pieces and a bit (a 13th, short piece).
-const SIZE: u64 = 12 * MIB + 100;
+/// One unit (and chunk) of 7 pieces and a bit (an 8th, short piece).
+const SIZE: u64 = 7 * MIB + 100;
+const _: () = assert!(SIZE <= lanspread_proto::UNIT_SIZE);
 /// The liar's flipped byte: in piece 5.
 const BAD_AT: u64 = 5 * MIB + 7;
 
@@ -140,9 +141,29 @@ fn one_chunk_game(seed: u64) -> (tempfile::TempDir, u64) {
     (src, size)
 }
 
+/// Bytes of the archive of [`one_chunk_game`] (four 8 MiB units, 0–3; the sentinel is
+/// unit 4, always fetched again) a journal records: whole units, and the latest first
+/// pieces of others.
+fn journalled(journal: &str) -> u64 {
+    let unit = lanspread_proto::UNIT_SIZE;
+    let mut units = std::collections::BTreeMap::new();
+    for line in journal.lines().skip(1) {
+        let (u, b) = match line.split_once('+') {
+            None => (line, unit),
+            Some((u, b)) => (u, b.parse().unwrap()),
+        };
+        let u: u64 = u.parse().unwrap();
+        if u < 4 && units.get(&u) != Some(&unit) {
+            units.insert(u, b);
+        }
+    }
+    units.values().sum()
+}
+
 #[test]
 fn a_cancelled_download_keeps_the_pieces_its_running_fetch_verified() {
-    // One 32 MiB chunk at 4 MiB/s: its fetch is part-way when the download is cancelled.
+    // One 32 MiB chunk (four units) at 4 MiB/s: its fetches are part-way when the
+    // download is cancelled.
     let (src, size) = one_chunk_game(23);
     let s = with_metrics("src", src.path(), &[]);
     let games = tempfile::tempdir().unwrap();
@@ -156,23 +177,19 @@ fn a_cancelled_download_keeps_the_pieces_its_running_fetch_verified() {
     c.wait_event("download-failed", |_| true);
     let root = games.path().join("cod5");
     let journal = fs::read_to_string(root.join(".lanspread/partial")).unwrap();
-    let kept = journal
-        .lines()
-        .filter_map(|l| l.strip_prefix("0+")?.parse::<u64>().ok())
-        .max()
-        .unwrap_or(0);
+    let kept = journalled(&journal);
     assert!(
-        kept >= MIB && kept % MIB == 0 && kept < size,
-        "the running fetch's verified pieces are journalled: {journal}"
+        kept >= MIB && kept.is_multiple_of(MIB) && kept < size,
+        "the running fetches' verified pieces are journalled: {journal}"
     );
     let before = settled_sent(&s);
 
-    // Resumed without the limit: only the rest of the chunk comes again.
+    // Resumed without the limit: only the rest of each unit comes again.
     assert_eq!(c.cli(&["limit", "--download-mib-s", "off"]).code, 0);
     c.download_ok("cod5", &["--no-install"]);
     assert_same_tree(&src.path().join("cod5"), &root);
     let begin = c.events_named("download-begin").pop().unwrap();
-    assert_eq!(begin["resumed_bytes"], kept, "{begin}");
+    assert_eq!(begin["resumed_bytes"], kept, "{begin} {journal}");
     assert_eq!(begin["resumed_chunks"], 0, "{begin}");
     // A failed attempt never leaves a received sentinel behind: it comes again.
     let sentinel = fs::metadata(root.join("version.ini")).unwrap().len();
@@ -228,7 +245,8 @@ fn a_crashed_download_keeps_what_its_running_fetch_verified_and_status_showed_it
         whole.iter().all(|e| e["path"] != "cod5.eti"),
         "the chunk ended already: {whole:?}"
     );
-    // A crash: what the fetch verified was journalled as it went (every 8 MiB).
+    // A crash: what the fetches verified was journalled as it went (every 2 MiB of a
+    // unit).
     c.kill();
     // The waiting CLI says the daemon is gone (exit 3), not that it has a bug.
     let out = waiter.wait_with_output().unwrap();

@@ -8,11 +8,11 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use lanspread_catalog::{chunk_count, manifest_digest, GameId, Version};
+use lanspread_catalog::{manifest_digest, GameId, Version};
 use lanspread_fixtures::{Content, GameSpec};
 use lanspread_proto::{
-    encode_frame, ChunkHash, ChunkRange, Hello, Holding, Message, PeerRequest, PeerResponse,
-    RelPath, CHUNK_SIZE, PROTOCOL_VERSION,
+    encode_frame, unit_count, ChunkHash, ChunkRange, Hello, Holding, Message, PeerRequest,
+    PeerResponse, RelPath, PROTOCOL_VERSION, UNIT_SIZE,
 };
 use lanspread_scenarios::{Node, NodeOptions};
 use lanspread_transfer::{make_endpoint, read_frame, Identity, TransportTuning};
@@ -116,7 +116,7 @@ fn observer() -> (String, mpsc::Receiver<Seen>) {
                         let range = ChunkRange {
                             path: RelPath::new(FILE).unwrap(),
                             offset: 0,
-                            len: CHUNK_SIZE,
+                            len: UNIT_SIZE,
                         };
                         let got = ask(&conn, h.digest, h.version, vec![range]).await;
                         seen.after_gone = Some(got.map(|b| b.len()));
@@ -152,23 +152,23 @@ async fn ask_when_verified(conn: &quinn::Connection, seen: &mut Seen) -> bool {
     let chunk = chunk as u64;
     let range = |len| ChunkRange {
         path: RelPath::new(FILE).unwrap(),
-        offset: chunk * CHUNK_SIZE,
+        offset: chunk * UNIT_SIZE,
         len,
     };
-    match ask(conn, h.digest, h.version, vec![range(CHUNK_SIZE)]).await {
+    match ask(conn, h.digest, h.version, vec![range(UNIT_SIZE)]).await {
         Ok(bytes) => seen.served = Some((chunk, Sha256::digest(&bytes).into())),
         Err(e) => seen.refused.push(format!("the verified chunk itself: {e}")),
     }
     let piece = lanspread_proto::PIECE_SIZE;
     let rest = ChunkRange {
-        offset: chunk * CHUNK_SIZE + piece,
-        ..range(CHUNK_SIZE - piece)
+        offset: chunk * UNIT_SIZE + piece,
+        ..range(UNIT_SIZE - piece)
     };
     match ask(conn, h.digest, h.version, vec![rest]).await {
         Ok(bytes) => seen.served_rest = Some(Sha256::digest(&bytes).into()),
         Err(e) => seen.refused.push(format!("the verified chunk's rest: {e}")),
     }
-    for (digest, len) in [(h.digest, CHUNK_SIZE / 2), ([0xEE; 32], CHUNK_SIZE)] {
+    for (digest, len) in [(h.digest, UNIT_SIZE / 2), ([0xEE; 32], UNIT_SIZE)] {
         match ask(conn, digest, h.version, vec![range(len)]).await {
             Ok(_) => seen.refused.push("SERVED".into()),
             Err(e) => seen.refused.push(e),
@@ -179,7 +179,7 @@ async fn ask_when_verified(conn: &quinn::Connection, seen: &mut Seen) -> bool {
 
 #[test]
 fn a_downloading_peer_announces_and_serves_exactly_its_verified_chunks() {
-    let size = CHUNKS * CHUNK_SIZE;
+    let size = CHUNKS * lanspread_proto::CHUNK_SIZE;
     let src_dir = tempfile::tempdir().unwrap();
     GameSpec::new("cod5", "20250101")
         .file(FILE, 0o644, Content::Random { seed: 21, size })
@@ -213,7 +213,7 @@ fn a_downloading_peer_announces_and_serves_exactly_its_verified_chunks() {
         lanspread_catalog::scan_root(&src_dir.path().join("cod5"), GameId::new("cod5").unwrap());
     let files = lanspread_catalog::HashCache::new().manifest(&root).unwrap();
     assert_eq!(h.digest, manifest_digest(&files), "{files:?}");
-    let total: u64 = files.iter().map(|f| chunk_count(f.size)).sum();
+    let total: u64 = files.iter().map(|f| unit_count(f.size)).sum();
     assert_eq!(h.chunks.len() as u64, total);
     let more: usize = seen
         .frames
@@ -240,11 +240,11 @@ fn a_downloading_peer_announces_and_serves_exactly_its_verified_chunks() {
     // The verified chunk it was asked for is the source's bytes.
     let (chunk, sha) = seen.served.expect("a verified chunk served");
     let data = std::fs::read(src_dir.path().join("cod5").join(FILE)).unwrap();
-    let start = (chunk * CHUNK_SIZE) as usize;
-    let want: [u8; 32] = Sha256::digest(&data[start..start + CHUNK_SIZE as usize]).into();
+    let start = (chunk * UNIT_SIZE) as usize;
+    let want: [u8; 32] = Sha256::digest(&data[start..start + UNIT_SIZE as usize]).into();
     assert_eq!(sha, want, "chunk {chunk}");
     let rest = start + lanspread_proto::PIECE_SIZE as usize;
-    let want: [u8; 32] = Sha256::digest(&data[rest..start + CHUNK_SIZE as usize]).into();
+    let want: [u8; 32] = Sha256::digest(&data[rest..start + UNIT_SIZE as usize]).into();
     assert_eq!(
         seen.served_rest,
         Some(want),
@@ -253,7 +253,7 @@ fn a_downloading_peer_announces_and_serves_exactly_its_verified_chunks() {
     // Half a chunk and another manifest: refused.
     assert_eq!(seen.refused.len(), 2, "{:?}", seen.refused);
     assert!(
-        seen.refused[0].contains("not a chunk or its rest"),
+        seen.refused[0].contains("not a unit or its rest"),
         "{:?}",
         seen.refused
     );

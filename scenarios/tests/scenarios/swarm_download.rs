@@ -112,7 +112,9 @@ fn clients_fetch_from_each_other_and_the_server_sends_less_than_a_copy_each() {
         })?;
         Some((row, cs[0].0.cli(&["list-peers"]).stdout))
     });
-    assert_eq!(row["chunks"], CHUNKS + 1, "{row}");
+    // Counted in units: four to a chunk, and the sentinel's.
+    let units = CHUNKS * (CHUNK_SIZE / lanspread_proto::UNIT_SIZE) + 1;
+    assert_eq!(row["chunks"], units, "{row}");
     assert_eq!(row["version"], "20250101", "{row}");
     assert!(human.contains("cod5@20250101 (partial "), "{human}");
     let mut from_server = 0;
@@ -289,9 +291,9 @@ fn the_server_killed_early_clients_get_what_exists_then_fail_cleanly() {
 /// the right manifest digest) and answers every `PartialChunks` range with zeros. Returns
 /// its address and the number of ranges it was asked for so far.
 fn liar(game_dir: &Path) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use lanspread_catalog::{chunk_count, manifest_digest, GameId, Version};
+    use lanspread_catalog::{manifest_digest, GameId, Version};
     use lanspread_proto::{
-        encode_frame, ChunkSet, Hello, Holding, Message, PeerRequest, PeerResponse,
+        encode_frame, unit_count, ChunkSet, Hello, Holding, Message, PeerRequest, PeerResponse,
         PROTOCOL_VERSION,
     };
     use lanspread_transfer::{make_endpoint, read_frame, Identity, TransportTuning};
@@ -300,7 +302,7 @@ fn liar(game_dir: &Path) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsi
     let id = GameId::new(GAME).unwrap();
     let root = lanspread_catalog::scan_root(game_dir, id.clone());
     let files = lanspread_catalog::HashCache::new().manifest(&root).unwrap();
-    let total: u64 = files.iter().map(|f| chunk_count(f.size)).sum();
+    let total: u64 = files.iter().map(|f| unit_count(f.size)).sum();
     let holding = Holding {
         game: id,
         version: Version::parse("20250101").unwrap(),

@@ -5,11 +5,11 @@ use super::super::tests::file;
 use super::super::{FailKind, Planner, PlannerStatus};
 use super::LATER_UNCOUNT;
 use crate::table::tests::pid;
-use lanspread_catalog::CHUNK_SIZE;
 use lanspread_proto::ChunkSet;
+use lanspread_proto::UNIT_SIZE;
 use std::time::Duration;
 
-const C: u64 = CHUNK_SIZE;
+const C: u64 = UNIT_SIZE;
 
 fn set(len: usize, chunks: &[usize]) -> ChunkSet {
     let mut s = ChunkSet::empty(len);
