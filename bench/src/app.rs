@@ -157,16 +157,15 @@ impl Daemon {
         else {
             return Vec::new();
         };
+        // A chunk's bytes per source that sent part of it.
         events
             .iter()
             .filter(|e| e["event"] == "download-chunk-finished")
             .filter_map(|e| {
-                Some((
-                    (e["ts_ms"].as_f64()? - begin) / 1000.0,
-                    e["peer_id"].as_str()?.to_owned(),
-                    e["len"].as_u64()?,
-                ))
+                let at = (e["ts_ms"].as_f64()? - begin) / 1000.0;
+                Some((at, lanspread_control::chunk_sources(e)))
             })
+            .flat_map(|(at, sources)| sources.into_iter().map(move |(p, b)| (at, p, b)))
             .collect()
     }
 

@@ -13,6 +13,7 @@ mod error;
 mod failure;
 mod limits;
 mod paths;
+mod sources;
 
 pub use api::{Event, EventKind, Reply, Request};
 pub use client::Client;
@@ -20,3 +21,4 @@ pub use error::ControlError;
 pub use failure::{io_kind, ErrorKind, Failure};
 pub use limits::{check_limit, MAX_LIMIT_MIB_S, MIN_LIMIT_MIB_S};
 pub use paths::{default_socket_path, socket_path_from_env};
+pub use sources::chunk_sources;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use lanspread_control::api::{EventKind, PeerId};
+use lanspread_control::api::EventKind;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -310,33 +310,9 @@ impl Metrics {
     /// Counts what an event says happened.
     pub fn observe(&self, event: &EventKind) {
         match event {
-            EventKind::DownloadChunkFinished {
-                game_id,
-                len,
-                peer_id,
-                resumed_bytes,
-                sources,
-                ..
-            } => {
-                // What an earlier attempt kept of the chunk was not received now.
-                let len = len.saturating_sub(*resumed_bytes);
-                let by_peer = |peer: &PeerId, bytes: u64| {
-                    self.received_by_peer
-                        .get_or_create(&self.peer(peer.as_str()))
-                        .inc_by(bytes);
-                };
-                if sources.is_empty() {
-                    by_peer(peer_id, len);
-                }
-                for s in sources {
-                    by_peer(&s.peer_id, s.bytes);
-                }
-                self.received_by_game
-                    .get_or_create(&Game {
-                        game: game_id.to_string(),
-                    })
-                    .inc_by(len);
-                self.received_total.fetch_add(len, Ordering::Relaxed);
+            // The bytes are counted per unit as each verifies (`received`): a chunk
+            // whose other units never verify in this attempt was still received in part.
+            EventKind::DownloadChunkFinished { .. } => {
                 self.chunks_verified.inc();
             }
             EventKind::PeerLost { peer_id, .. } => self.forget(peer_id.as_str()),
@@ -384,6 +360,21 @@ impl Metrics {
                 reason: result.into(),
             })
             .inc();
+    }
+
+    /// `bytes` of `game` received from `peer` and verified (a unit, less what an earlier
+    /// attempt had kept of it).
+    pub fn received(&self, peer: &str, game: &str, bytes: u64) {
+        if bytes == 0 {
+            return;
+        }
+        self.received_by_peer
+            .get_or_create(&self.peer(peer))
+            .inc_by(bytes);
+        self.received_by_game
+            .get_or_create(&Game { game: game.into() })
+            .inc_by(bytes);
+        self.received_total.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Bytes of `game` sent to `peer` in one answer.

@@ -13,7 +13,17 @@ fn events_and_answers_become_counters_and_the_snapshot_gauges() {
     let m = Metrics::new();
     let peer = PeerId::try_from("ab".repeat(16)).unwrap();
     let game = GameId::new("cod5").unwrap();
+    // Bytes count per verified unit, as they arrive; chunks as their events come.
     for _ in 0..3 {
+        m.received(peer.as_str(), "cod5", 1000);
+    }
+    // A unit an earlier attempt had kept 600 bytes of: 400 were received now.
+    m.received(peer.as_str(), "cod5", 400);
+    // Another peer sent part of the game.
+    let other = PeerId::try_from("cd".repeat(16)).unwrap();
+    m.received(other.as_str(), "cod5", 700);
+    m.received(peer.as_str(), "cod5", 300);
+    for _ in 0..5 {
         m.observe(&EventKind::DownloadChunkFinished {
             game_id: game.clone(),
             path: "a".into(),
@@ -25,35 +35,6 @@ fn events_and_answers_become_counters_and_the_snapshot_gauges() {
             sources: vec![],
         });
     }
-    // A chunk an earlier attempt had kept 600 bytes of: 400 were received now.
-    m.observe(&EventKind::DownloadChunkFinished {
-        game_id: game.clone(),
-        path: "b".into(),
-        offset: 0,
-        len: 1000,
-        peer_id: peer.clone(),
-        addr: String::new(),
-        resumed_bytes: 600,
-        sources: vec![],
-    });
-    // A chunk sent by two peers: each is counted what it sent.
-    let other = PeerId::try_from("cd".repeat(16)).unwrap();
-    m.observe(&EventKind::DownloadChunkFinished {
-        game_id: game.clone(),
-        path: "c".into(),
-        offset: 0,
-        len: 1000,
-        peer_id: other.clone(),
-        addr: String::new(),
-        resumed_bytes: 0,
-        sources: [(&other, 700), (&peer, 300)]
-            .into_iter()
-            .map(|(p, bytes)| lanspread_control::api::SourceBytes {
-                peer_id: p.clone(),
-                bytes,
-            })
-            .collect(),
-    });
     m.observe(&EventKind::DownloadFailed {
         game_id: game.clone(),
         reason: "x".into(),

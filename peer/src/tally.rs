@@ -103,21 +103,23 @@ impl ChunkTally {
         }
     }
 
-    /// A unit verified now: `peer` sent `bytes` of it, the rest (`resumed`) was kept
-    /// from an earlier attempt. Returns its chunk once every unit of it is verified.
+    /// A unit verified now: each of `sent` sent that many bytes of it (a source that
+    /// went mid-unit, then the one that finished it), the rest (`resumed`) was kept from
+    /// an earlier attempt. Returns its chunk once every unit of it is verified.
     pub fn verified(
         &mut self,
         unit: usize,
-        peer: &PeerId,
-        bytes: u64,
+        sent: &[(PeerId, u64)],
         resumed: u64,
     ) -> Option<ChunkDone> {
         let c = self.count(unit)?;
         let chunk = &mut self.chunks[c];
         chunk.resumed += resumed;
-        match chunk.sources.iter_mut().find(|(p, _)| p == peer) {
-            Some((_, b)) => *b += bytes,
-            None => chunk.sources.push((peer.clone(), bytes)),
+        for (peer, bytes) in sent {
+            match chunk.sources.iter_mut().find(|(p, _)| p == peer) {
+                Some((_, b)) => *b += bytes,
+                None => chunk.sources.push((peer.clone(), *bytes)),
+            }
         }
         if chunk.left > 0 {
             return None;
@@ -186,21 +188,35 @@ mod tests {
     fn a_chunk_is_reported_once_when_its_last_unit_verifies_with_every_source() {
         let mut t = ChunkTally::new(&units());
         assert_eq!(t.chunk_count(), 3);
-        assert_eq!(t.verified(1, &pid(1), 8 * MIB, 0), None);
-        assert_eq!(t.verified(0, &pid(2), 8 * MIB, 0), None);
-        assert_eq!(t.verified(0, &pid(2), 8 * MIB, 0), None, "counted once");
-        assert_eq!(t.verified(3, &pid(2), 6 * MIB, 2 * MIB), None);
+        assert_eq!(t.verified(1, &[(pid(1), 8 * MIB)], 0), None);
+        assert_eq!(t.verified(0, &[(pid(2), 8 * MIB)], 0), None);
+        assert_eq!(t.verified(0, &[(pid(2), 8 * MIB)], 0), None, "counted once");
+        assert_eq!(t.verified(3, &[(pid(2), 6 * MIB)], 2 * MIB), None);
+        // A unit begun by one source and finished by another: both are counted.
+        let mut split = ChunkTally::new(&units());
+        for u in 0..3 {
+            assert_eq!(split.verified(u, &[(pid(1), 8 * MIB)], 0), None);
+        }
+        let both = split.verified(3, &[(pid(3), 5 * MIB), (pid(1), 3 * MIB)], 0);
+        let both = both.expect("whole");
+        assert_eq!(both.sources, vec![(pid(1), 27 * MIB), (pid(3), 5 * MIB)]);
         let done = t
-            .verified(2, &pid(1), 8 * MIB, 0)
+            .verified(2, &[(pid(1), 8 * MIB)], 0)
             .expect("the chunk is whole");
         assert_eq!((done.file, done.offset, done.len), (0, 0, CHUNK_SIZE));
         assert_eq!(done.sources, vec![(pid(1), 16 * MIB), (pid(2), 14 * MIB)]);
         assert_eq!(done.main_source(), Some(&pid(1)));
         assert_eq!(done.resumed, 2 * MIB);
-        assert_eq!(t.verified(2, &pid(1), 8 * MIB, 0), None, "reported once");
-        let small = t.verified(6, &pid(3), 5, 0).expect("one unit, one chunk");
+        assert_eq!(
+            t.verified(2, &[(pid(1), 8 * MIB)], 0),
+            None,
+            "reported once"
+        );
+        let small = t
+            .verified(6, &[(pid(3), 5)], 0)
+            .expect("one unit, one chunk");
         assert_eq!((small.file, small.offset, small.len), (1, 0, 5));
-        assert_eq!(t.verified(99, &pid(3), 5, 0), None, "no such unit");
+        assert_eq!(t.verified(99, &[(pid(3), 5)], 0), None, "no such unit");
     }
 
     #[test]
@@ -210,13 +226,13 @@ mod tests {
         t.present(6, 5);
         assert_eq!(t.whole(), 1, "the small file's");
         let done = t
-            .verified(5, &pid(1), MIB, 0)
+            .verified(5, &[(pid(1), MIB)], 0)
             .expect("its other unit was there");
         assert_eq!((done.offset, done.len), (CHUNK_SIZE, 9 * MIB));
         assert_eq!(done.resumed, 8 * MIB);
         assert_eq!(done.sources, vec![(pid(1), MIB)]);
         assert_eq!(
-            t.verified(6, &pid(1), 5, 0),
+            t.verified(6, &[(pid(1), 5)], 0),
             None,
             "present before: not reported"
         );
@@ -227,7 +243,7 @@ mod tests {
         let whole = vec![spec(0, 0, CHUNK_SIZE), spec(0, CHUNK_SIZE, 3)];
         let mut t = ChunkTally::new(&whole);
         assert_eq!(t.chunk_count(), 2);
-        let d = t.verified(1, &pid(1), 3, 0).expect("whole");
+        let d = t.verified(1, &[(pid(1), 3)], 0).expect("whole");
         assert_eq!((d.offset, d.len), (CHUNK_SIZE, 3));
     }
 }

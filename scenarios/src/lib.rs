@@ -10,9 +10,10 @@ mod node;
 mod privileged;
 pub mod swarm_lab;
 
+pub use lanspread_control::chunk_sources;
 pub use manifest::{assert_matches_manifest, assert_same_tree, manifest, Manifest};
 pub use netns::NetLab;
-pub use node::{bin, chunk_sources, lab, linked_copy, CliOutput, Node, NodeOptions};
+pub use node::{bin, lab, linked_copy, CliOutput, Node, NodeOptions};
 pub use privileged::{skip_privileged, Tmpfs};
 
 use std::time::{Duration, Instant};

@@ -379,7 +379,7 @@ impl Node {
             .iter()
             .filter(|e| e["event"] == "download-chunk-finished")
         {
-            for (peer, bytes) in chunk_sources(e) {
+            for (peer, bytes) in lanspread_control::chunk_sources(e) {
                 *out.entry(peer).or_insert(0) += bytes;
             }
         }
@@ -564,25 +564,5 @@ impl Drop for Node {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-/// Who sent a `download-chunk-finished` event's chunk: its `sources` (peer id, bytes),
-/// or, from a daemon that does not list them, its `peer_id` with the chunk's length.
-pub fn chunk_sources(e: &Value) -> Vec<(String, u64)> {
-    let listed: Vec<(String, u64)> = e["sources"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|s| {
-            let peer = s["peer_id"].as_str().unwrap_or("").to_owned();
-            (peer, s["bytes"].as_u64().unwrap_or(0))
-        })
-        .collect();
-    if listed.is_empty() {
-        let peer = e["peer_id"].as_str().unwrap_or("").to_owned();
-        vec![(peer, e["len"].as_u64().unwrap_or(0))]
-    } else {
-        listed
     }
 }

@@ -384,7 +384,7 @@ fn client_run(
         got += len;
         run.curve.push((at, got));
         let (mut ours, mut theirs) = (0, 0);
-        for (peer, bytes) in crate::node::chunk_sources(&e) {
+        for (peer, bytes) in lanspread_control::chunk_sources(&e) {
             match peer == server {
                 true => ours += bytes,
                 false => theirs += bytes,

@@ -124,6 +124,7 @@ pub(super) async fn transfer(
         game,
         digest,
         resumed: work.kept.clone(),
+        kept_by: HashMap::new(),
         work,
         running: JoinSet::new(),
         activity: HashMap::new(),
@@ -235,7 +236,7 @@ pub(super) async fn transfer(
                     t.shared.net.metrics.chunk_failed(reason);
                 }
             }
-            t.keep(engine, chunk, &result, kept);
+            t.keep(engine, (chunk, &peer), &result, kept);
             results.push(result);
         }
         let lane_lost = results.iter().any(Result::is_err) && t.work.lanes.lost(&peer, lane);
@@ -258,6 +259,9 @@ struct Transfer<'a, 'w> {
     /// What an earlier attempt kept of each chunk: counted as resumed, not as progress
     /// when the chunk is verified.
     resumed: HashMap<usize, u64>,
+    /// First pieces of a unit kept in this attempt after a source went mid-unit: who
+    /// sent how many bytes of them (the unit's `sources` when it verifies).
+    kept_by: HashMap<usize, Vec<(PeerId, u64)>>,
     /// Verified chunks not yet announced to the links.
     announce: HoldingBatcher,
     /// The batcher's clock starts here.
@@ -309,7 +313,13 @@ impl Transfer<'_, '_> {
     /// What is kept of a chunk after a fetch: nothing once it is verified (its own
     /// journal line says so); after a failure, the bytes from the chunk's start verified
     /// before it (whole pieces, never the last one), journalled so a resume keeps them too.
-    fn keep(&mut self, engine: &Engine, chunk: usize, result: &ChunkResult, kept: u64) {
+    fn keep(
+        &mut self,
+        engine: &Engine,
+        (chunk, peer): (usize, &PeerId),
+        result: &ChunkResult,
+        kept: u64,
+    ) {
         if result.is_ok() {
             self.work.kept.remove(&chunk);
             return;
@@ -319,9 +329,12 @@ impl Transfer<'_, '_> {
         };
         let (_, _, pieces) = chunk_rest(0, spec.len, kept);
         let kept = pieces as u64 * PIECE_SIZE;
-        if kept > self.work.kept.get(&chunk).copied().unwrap_or(0) {
+        let before = self.work.kept.get(&chunk).copied().unwrap_or(0);
+        if kept > before {
             self.work.kept.insert(chunk, kept);
             self.work.journal.record_kept(chunk, kept);
+            let by = self.kept_by.entry(chunk).or_default();
+            by.push((peer.clone(), kept - before));
         }
     }
 
@@ -507,9 +520,21 @@ impl Transfer<'_, '_> {
         }
         let resumed = self.resumed.remove(&chunk).unwrap_or(0).min(spec.len);
         let id = self.game.0;
-        let fetched = spec.len - resumed;
-        self.shared.lock().operations.advance(id, fetched);
-        let Some(done) = self.work.tally.verified(chunk, &peer, fetched, resumed) else {
+        self.shared
+            .lock()
+            .operations
+            .advance(id, spec.len - resumed);
+        // Who sent it: sources that went mid-unit (their pieces kept), then `peer`.
+        let mut sent = self.kept_by.remove(&chunk).unwrap_or_default();
+        let before: u64 = sent.iter().map(|(_, b)| b).sum();
+        sent.push((peer.clone(), spec.len.saturating_sub(resumed + before)));
+        for (p, bytes) in &sent {
+            self.shared
+                .net
+                .metrics
+                .received(p.as_str(), id.as_str(), *bytes);
+        }
+        let Some(done) = self.work.tally.verified(chunk, &sent, resumed) else {
             return;
         };
         let main = done.main_source().cloned().unwrap_or(peer);

@@ -253,7 +253,7 @@ impl Drop for UploadTurn<'_> {
 enum Away {
     /// Every turn taken or owed to who waited longer: answer `Later`.
     Later,
-    /// The request asks for more than one chunk's bytes: refuse it.
+    /// The request asks for more than one unit's bytes (8 MiB): refuse it.
     TooBig(String),
 }
 
@@ -270,7 +270,7 @@ enum Ask<'r> {
 
 /// A swarm answer's turn: one of the daemon's upload turns for `remote` (one per
 /// downloader, freed ones to who waited longest), then the chunk answer's turn. A turn
-/// sends at most one chunk's bytes: more would let one peer hold a turn for gigabytes.
+/// sends at most one unit's bytes (8 MiB): more would let one peer hold a turn for gigabytes.
 async fn swarm_turn<'a>(
     slots: &'a ConnSlots,
     shared: &'a Shared,
@@ -299,10 +299,10 @@ async fn swarm_turn<'a>(
         peer: remote,
     };
     let bytes: u64 = ranges.iter().map(|r| r.len).sum();
-    if bytes > lanspread_proto::CHUNK_SIZE {
+    if bytes > lanspread_proto::UNIT_SIZE {
         return Err(Away::TooBig(format!(
-            "a swarm request asks for at most one chunk ({} bytes), not {bytes}",
-            lanspread_proto::CHUNK_SIZE
+            "a swarm request asks for at most one unit ({} bytes), not {bytes}",
+            lanspread_proto::UNIT_SIZE
         )));
     }
     Ok((upload, turn(&slots.chunks, shared).await))

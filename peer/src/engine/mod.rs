@@ -356,7 +356,7 @@ impl Engine {
                 let missing = self.missing_chunks();
                 let why = self.reasons();
                 self.fail(PeerError::SourcesFailed(format!(
-                    "no linked peer holds {missing} missing chunk(s): the ready sources are gone \
+                    "no linked peer holds {missing} missing unit(s) of 8 MiB: the ready sources are gone \
                      and the peers downloading the same files did not get them in {:?}{why}",
                     self.config.swarm_wait
                 )));

@@ -180,7 +180,7 @@ impl Engine {
             PlannerStatus::Failed(reason) => {
                 // Say why each source was given up, not only that none is left.
                 let swarm = if self.swarm {
-                    format!(", {} missing chunk(s)", self.missing_chunks())
+                    format!(", {} missing unit(s) of 8 MiB", self.missing_chunks())
                 } else {
                     String::new()
                 };

@@ -5,7 +5,7 @@
 //! ties, differently on every downloader); a complete source (the file server) gets only
 //! chunks no partial source holds, so its uplink carries what the swarm lacks.
 
-use lanspread_proto::{ChunkSet, PeerId};
+use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -35,19 +35,27 @@ impl Planner {
     /// Starts chunks in an order shuffled with `seed` instead of file order: downloaders
     /// that start together (a LAN party) then ask the server for different chunks, and
     /// each soon holds something the others want. Runs of small chunks that would go in
-    /// one request stay together (set the batching first).
+    /// one request stay together (set the batching first), and so do the units of one
+    /// 32 MiB chunk: a chunk is whole (and reported) soon after its first unit, not when
+    /// the last of its units scattered over the download comes in.
     pub fn shuffled(mut self, seed: u64) -> Self {
         let b = self.batching;
-        // Units: a big chunk, or a run of small chunks that fits one request.
+        // Runs: a big chunk's units, or small chunks that fit one request.
         let mut units: Vec<(usize, usize)> = Vec::new();
         let (mut start, mut bytes) = (0, 0);
         for (c, spec) in self.chunks.iter().enumerate() {
             let small = spec.len <= b.max_chunk_len;
-            let joins = small
-                && c > start
-                && self.chunks[c - 1].len <= b.max_chunk_len
-                && c - start < b.max_chunks
-                && bytes + spec.len <= b.max_bytes;
+            let prev = c.checked_sub(1).map(|p| &self.chunks[p]);
+            let same_chunk = c > start
+                && prev.is_some_and(|p| {
+                    p.file == spec.file && p.offset / CHUNK_SIZE == spec.offset / CHUNK_SIZE
+                });
+            let joins = same_chunk
+                || small
+                    && c > start
+                    && self.chunks[c - 1].len <= b.max_chunk_len
+                    && c - start < b.max_chunks
+                    && bytes + spec.len <= b.max_bytes;
             if !joins && c > 0 {
                 units.push((start, c));
                 (start, bytes) = (c, 0);

@@ -274,7 +274,7 @@ fn the_server_killed_early_clients_get_what_exists_then_fail_cleanly() {
         let end = wait_for("the download's end", || ended(c));
         assert_eq!(end["event"], "download-failed", "{end}");
         let reason = end["reason"].as_str().unwrap_or("");
-        assert!(reason.contains("missing chunk"), "{reason}");
+        assert!(reason.contains("missing unit"), "{reason}");
         assert!(
             !dir.path().join(GAME).join("version.ini").exists(),
             "no sentinel for an incomplete copy"

@@ -96,7 +96,7 @@ fn a_starved_swarm_download_waits_for_its_partial_sources_then_fails() {
     e.handle_timeout(since);
     match drain(&mut e).as_slice() {
         [Action::Fail(PeerError::SourcesFailed(why))] => {
-            assert!(why.contains("1 missing chunk"), "{why}");
+            assert!(why.contains("1 missing unit"), "{why}");
             assert!(why.contains("peer disconnected"), "{why}");
         }
         other => panic!("{other:?}"),

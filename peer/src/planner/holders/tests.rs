@@ -54,6 +54,14 @@ fn a_shuffle_is_repeatable_per_seed_different_between_seeds_and_keeps_small_runs
     let mut sorted = a.clone();
     sorted.sort();
     assert_eq!(sorted, (0..22).collect::<Vec<_>>(), "every chunk once");
+    // A 32 MiB chunk's units go one after another.
+    let per = (lanspread_proto::CHUNK_SIZE / C) as usize;
+    for chunk in 0..16 / per {
+        let at: Vec<usize> = (chunk * per..(chunk + 1) * per)
+            .map(|u| a.iter().position(|&x| x == u).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[1] == w[0] + 1), "{a:?}");
+    }
     // The six small files are one unit: one batch.
     let mut p = plan(3);
     let batches: Vec<_> = std::iter::from_fn(|| {
