@@ -365,30 +365,31 @@ impl Metrics {
     /// `bytes` of `game` received from `peer` and verified (a unit, less what an earlier
     /// attempt had kept of it).
     pub fn received(&self, peer: &str, game: &str, bytes: u64) {
-        if bytes == 0 {
-            return;
-        }
-        self.received_by_peer
-            .get_or_create(&self.peer(peer))
-            .inc_by(bytes);
-        self.received_by_game
-            .get_or_create(&Game { game: game.into() })
-            .inc_by(bytes);
-        self.received_total.fetch_add(bytes, Ordering::Relaxed);
+        let series = (&self.received_by_peer, &self.received_by_game);
+        self.count_bytes(series, &self.received_total, (peer, game, bytes));
     }
 
     /// Bytes of `game` sent to `peer` in one answer.
     pub fn sent(&self, peer: &str, game: &str, bytes: u64) {
+        let series = (&self.sent_by_peer, &self.sent_by_game);
+        self.count_bytes(series, &self.sent_total, (peer, game, bytes));
+    }
+
+    /// Adds `bytes` to a direction's per-peer and per-game series and its total.
+    fn count_bytes(
+        &self,
+        (by_peer, by_game): (&Family<Peer, Counter>, &Family<Game, Counter>),
+        total: &AtomicU64,
+        (peer, game, bytes): (&str, &str, u64),
+    ) {
         if bytes == 0 {
             return;
         }
-        self.sent_by_peer
-            .get_or_create(&self.peer(peer))
-            .inc_by(bytes);
-        self.sent_by_game
+        by_peer.get_or_create(&self.peer(peer)).inc_by(bytes);
+        by_game
             .get_or_create(&Game { game: game.into() })
             .inc_by(bytes);
-        self.sent_total.fetch_add(bytes, Ordering::Relaxed);
+        total.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// The label of `peer`'s series: its own while fewer than [`MAX_PEER_SERIES`] peers

@@ -37,6 +37,14 @@ pub struct ChunkSpec {
     pub pieces: Vec<ChunkHash>,
 }
 
+impl ChunkSpec {
+    /// The 32 MiB chunk this unit belongs to: its file and the chunk's index in it (what
+    /// events report, and what the shuffle keeps together).
+    pub fn chunk_key(&self) -> (usize, u64) {
+        (self.file, self.offset / CHUNK_SIZE)
+    }
+}
+
 /// A chunk to fetch from a source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Assignment {

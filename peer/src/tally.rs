@@ -33,6 +33,8 @@ impl ChunkDone {
 
 #[derive(Debug, Clone)]
 struct Tally {
+    /// [`ChunkSpec::chunk_key`] of its units.
+    key: (usize, u64),
     file: usize,
     offset: u64,
     len: u64,
@@ -62,12 +64,9 @@ impl ChunkTally {
         };
         for u in units {
             let start = u.offset - u.offset % CHUNK_SIZE;
-            let same = t
-                .chunks
-                .last()
-                .is_some_and(|c| c.file == u.file && c.offset == start);
-            if !same {
+            if t.chunks.last().map(|c| c.key) != Some(u.chunk_key()) {
                 t.chunks.push(Tally {
+                    key: u.chunk_key(),
                     file: u.file,
                     offset: start,
                     len: 0,

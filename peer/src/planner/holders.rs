@@ -5,7 +5,7 @@
 //! ties, differently on every downloader); a complete source (the file server) gets only
 //! chunks no partial source holds, so its uplink carries what the swarm lacks.
 
-use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE};
+use lanspread_proto::{ChunkSet, PeerId};
 use rand_chacha::rand_core::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -46,10 +46,7 @@ impl Planner {
         for (c, spec) in self.chunks.iter().enumerate() {
             let small = spec.len <= b.max_chunk_len;
             let prev = c.checked_sub(1).map(|p| &self.chunks[p]);
-            let same_chunk = c > start
-                && prev.is_some_and(|p| {
-                    p.file == spec.file && p.offset / CHUNK_SIZE == spec.offset / CHUNK_SIZE
-                });
+            let same_chunk = c > start && prev.is_some_and(|p| p.chunk_key() == spec.chunk_key());
             let joins = same_chunk
                 || small
                     && c > start

@@ -238,6 +238,24 @@ fn s14_multi_source_large_file() {
     c.download_ok("alienswarm", &["--no-install"]);
     let per = c.bytes_per_source("alienswarm");
     assert_eq!(per.len(), 2, "chunks from both sources: {per:?}");
+    // Each chunk event lists who sent its bytes (units may come from both sources): the
+    // bytes add up to the chunk, and `peer_id` is the one that sent most.
+    for e in c.events_named("download-chunk-finished") {
+        let sources = lanspread_scenarios::chunk_sources(&e);
+        let sum: u64 = sources.iter().map(|(_, b)| b).sum();
+        assert_eq!(Some(sum), e["len"].as_u64(), "{e}");
+        let most = sources.iter().map(|(_, b)| *b).max();
+        assert!(
+            sources
+                .iter()
+                .any(|(p, b)| e["peer_id"] == p.as_str() && Some(*b) == most),
+            "{e}"
+        );
+        assert!(
+            e["sources"].as_array().is_some_and(|s| !s.is_empty()),
+            "{e}"
+        );
+    }
     let (x, y) = (per[&a.peer_id], per[&b.peer_id]);
     assert!(
         x.abs_diff(y) < CHUNK,
