@@ -171,11 +171,16 @@ pub fn status(s: &StatusInfo) -> String {
                     share(h.done_bytes, h.total_bytes)
                 ),
                 (None, Some(p)) => format!(
-                    "{} {} {p:.1}% ({} of {})",
+                    "{} {} {p:.1}% ({} of {}){}",
                     o.kind,
                     o.game_id,
                     bytes(o.done_bytes),
-                    bytes(o.total_bytes)
+                    bytes(o.total_bytes),
+                    if o.state == "waiting" {
+                        ", waiting for its sources"
+                    } else {
+                        ""
+                    }
                 ),
                 (None, None) => format!("{} {}", o.kind, o.game_id),
             })

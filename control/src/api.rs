@@ -178,7 +178,9 @@ pub struct OperationInfo {
     /// Percent done, one decimal, rounded down; `null` while the size is not known.
     pub percent: Option<f64>,
     /// `hashing` while a download waits for a source that hashes the game before it can
-    /// send the manifest; else `running`.
+    /// send the manifest; `waiting` while none of its sources can send now and it waits
+    /// for them (up to 30 s: partial holders to verify more, sources whose link closed
+    /// to be back); else `running`.
     #[serde(default = "running")]
     pub state: String,
     /// While `hashing`: how far the source furthest along is.

@@ -134,12 +134,7 @@ impl Shared {
                     done_bytes: op.shown().done,
                     total_bytes: op.progress.total,
                     percent: op.shown().percent(),
-                    state: if op.hashing.is_some() {
-                        "hashing"
-                    } else {
-                        "running"
-                    }
-                    .into(),
+                    state: op.state().into(),
                     hashing: op.hashing.map(|h| lanspread_control::api::HashingInfo {
                         done_bytes: h.done,
                         total_bytes: h.total,

@@ -66,9 +66,24 @@ pub struct Operation {
     /// A download's bytes verified and written of chunks still on their way (not in
     /// `progress.done` until their chunk is whole).
     pub partial: u64,
+    /// A download none of whose sources can send now, waiting for them: partial sources
+    /// to verify more, or sources whose link closed to be back.
+    pub waiting: bool,
 }
 
 impl Operation {
+    /// What `status` calls its state: `hashing` (its manifest waits for a source that
+    /// hashes the game), `waiting` (for its sources) or `running`.
+    pub fn state(&self) -> &'static str {
+        if self.hashing.is_some() {
+            "hashing"
+        } else if self.waiting {
+            "waiting"
+        } else {
+            "running"
+        }
+    }
+
     /// How far it is, a download's chunks on their way included: never past the total
     /// (a chunk's bytes move from on their way to done within one pass of the transfer).
     pub fn shown(&self) -> Progress {
@@ -99,6 +114,7 @@ impl Operations {
                 progress: Progress::default(),
                 hashing: None,
                 partial: 0,
+                waiting: false,
             },
         );
         Ok(())
@@ -150,6 +166,13 @@ impl Operations {
         }
     }
 
+    /// Whether a download waits for its sources (no-op without an operation).
+    pub fn set_waiting(&mut self, id: &GameId, waiting: bool) {
+        if let Some(o) = self.active.get_mut(id) {
+            o.waiting = waiting;
+        }
+    }
+
     /// All operations, sorted by game.
     pub fn iter(&self) -> impl Iterator<Item = (&GameId, Operation)> {
         self.active.iter().map(|(g, o)| (g, *o))
@@ -159,6 +182,22 @@ impl Operations {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_download_is_hashing_waiting_or_running() {
+        let mut ops = Operations::default();
+        let g = GameId::new("ggoo").unwrap();
+        ops.begin(&g, OpKind::Download).unwrap();
+        let state = |ops: &Operations| ops.iter().next().unwrap().1.state();
+        assert_eq!(state(&ops), "running");
+        ops.hashing(&g, Progress { done: 1, total: 4 });
+        assert_eq!(state(&ops), "hashing");
+        ops.sized(&g, 100, 0);
+        ops.set_waiting(&g, true);
+        assert_eq!(state(&ops), "waiting");
+        ops.set_waiting(&g, false);
+        assert_eq!(state(&ops), "running");
+    }
 
     #[test]
     fn single_flight_per_game() {

@@ -95,6 +95,12 @@ pub enum FailKind {
     Stalled,
     /// An offered chunk the source did not choose to send: pending again, nobody's fault.
     NotChosen,
+    /// The connection the request went on closed with the source's link (the peer left,
+    /// or restarted): the source is dropped until it is back ([`Planner::add_complete`],
+    /// [`Planner::set_partial`]), and while nothing else can send, the download waits
+    /// for it ([`PlannerStatus::Starved`]). It counts as a stall: after [`MAX_STALLS`]
+    /// with no verified chunk in between, the source is not waited for any more.
+    Disconnected,
 }
 
 /// Stalls in a row (no verified chunk in between) after which a source is dropped.
@@ -119,8 +125,9 @@ pub enum PlannerStatus {
     /// Chunks remain but no source can send them (every source dropped and nothing in
     /// flight), or one chunk kept failing locally.
     Failed(String),
-    /// Only partial sources are left and none holds a missing chunk now: they may verify
-    /// more (the caller decides how long to wait).
+    /// No source can send a missing chunk now, but some may later: partial sources may
+    /// verify more, sources whose link closed may come back (the caller decides how long
+    /// to wait).
     Starved,
 }
 
@@ -146,6 +153,9 @@ struct Source {
     growing: Vec<usize>,
     /// Dropped for cause (bad bytes, gone while asked): never revived in this download.
     banned: bool,
+    /// Dropped because its link closed ([`FailKind::Disconnected`]) or, a partial source,
+    /// because it is no longer listed: revived when it is back.
+    lost: bool,
     /// A source that answered `Later`: not asked again until [`Planner::wake`].
     resting: bool,
     /// It said `Later` when nothing had verified for `holders::LATER_UNCOUNT`.
@@ -161,6 +171,20 @@ struct Source {
     /// Counted stalls so far: one silence of a source fails every chunk it had in flight,
     /// and only the first of them (assigned in the current epoch) counts.
     epoch: u32,
+}
+
+impl Source {
+    /// Back after it was dropped, not for cause. One whose link closed starts a new life:
+    /// its requests from before fail as the old connection's and cost it nothing
+    /// ([`FailKind::Disconnected`]), and its back-off starts again (not its stalls: a
+    /// loss counts as one, so a peer that keeps leaving without sending is given up).
+    fn revive(&mut self) {
+        self.dropped = false;
+        if std::mem::take(&mut self.lost) {
+            self.epoch += 1;
+            self.backoff = 0;
+        }
+    }
 }
 
 /// Most times one chunk is retried after transient failures.
@@ -542,7 +566,11 @@ impl Planner {
             || self.partial_can_send()
         {
             PlannerStatus::Running
-        } else if self.sources.values().any(|s| !s.dropped) {
+        } else if self
+            .sources
+            .values()
+            .any(|s| !s.banned && (!s.dropped || s.lost))
+        {
             PlannerStatus::Starved
         } else {
             PlannerStatus::Failed("no eligible source left".into())

@@ -536,6 +536,13 @@ impl Node {
         self.spawn();
     }
 
+    /// Starts the daemon again with the same games, state dir and address (a file server
+    /// restarted by its service manager: the peers that dialled it redial it).
+    pub fn restart_at_same_address(&mut self) {
+        self.opts.listen = Some(self.addr.clone());
+        self.restart();
+    }
+
     /// Waits until `list-games --json` satisfies `pred`, returning it.
     pub fn wait_games(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         wait_for(&format!("{}: {what}", self.name), || {

@@ -4,6 +4,7 @@
 
 mod commit;
 mod fetch;
+mod in_flight;
 mod journal;
 mod lanes;
 mod metadata;
@@ -238,7 +239,7 @@ async fn download(
     let begin = download_begin(id, sources.version, &chosen.files, chunks, resumed);
     shared.events.emit(begin);
     let started = Instant::now();
-    let mut in_flight = transfer::InFlight::default();
+    let mut in_flight = in_flight::InFlight::default();
     let work = transfer::Work {
         files: &chosen.files,
         file_ids: files_open,

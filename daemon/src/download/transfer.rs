@@ -3,7 +3,7 @@
 //! which linked peers hold part of the same manifest (the swarm's partial sources).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,8 +11,7 @@ use lanspread_catalog::{manifest_digest, ChunkHash, FileManifest, GameId, Versio
 use lanspread_control::api::{EventKind, SourceBytes};
 use lanspread_control::Failure;
 use lanspread_peer::{
-    Action, BatchId, ChunkResult, ChunkSpec, ChunkTally, Engine, FailKind, Fetch, HoldingBatcher,
-    Lane,
+    Action, BatchId, ChunkResult, ChunkTally, Engine, FailKind, Fetch, HoldingBatcher, Lane,
 };
 use lanspread_proto::chunk_rest;
 use lanspread_proto::PeerId;
@@ -21,6 +20,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::fetch::{self, ChunkJob, FetchError};
+use super::in_flight::InFlight;
 use super::{journal, lanes};
 use crate::failure::peer_failure;
 use crate::state::Shared;
@@ -45,67 +45,9 @@ const JOURNAL_STEP: u64 = 2 << 20;
 /// show it in `status` (a 32 MiB chunk from a slow source takes many seconds).
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The chunks being fetched now: where in its chunk each fetch started and how much of
-/// it the fetch has verified and handed to the writer (`fetch` updates it piece by piece).
-/// The download owns it, so what the fetches got is journalled as they go and when the
-/// transfer stops half-way (cancel, shutdown, a failure): a resume re-checks those pieces
-/// on disk and keeps what is there.
-#[derive(Default)]
-pub(super) struct InFlight {
-    chunks: HashMap<usize, (u64, Arc<AtomicU64>)>,
-    /// What the journal last said of each, from the chunk's start.
-    journalled: HashMap<usize, u64>,
-}
-
-impl InFlight {
-    /// Journals the chunks whose fetch verified at least `step` more since their last line.
-    pub(super) fn journal(
-        &mut self,
-        journal: &mut journal::Journal,
-        specs: &[ChunkSpec],
-        step: u64,
-    ) {
-        for (&chunk, (skipped, progress)) in &self.chunks {
-            let Some(spec) = specs.get(chunk) else {
-                continue;
-            };
-            let got = skipped + progress.load(Ordering::Relaxed);
-            let (_, _, pieces) = chunk_rest(0, spec.len, got);
-            let kept = pieces as u64 * PIECE_SIZE;
-            let before = self.journalled.get(&chunk).copied().unwrap_or(0);
-            if kept >= before + step.max(1) {
-                journal.record_kept(chunk, kept);
-                self.journalled.insert(chunk, kept);
-            }
-        }
-    }
-
-    /// Bytes the fetches running now verified (beyond what earlier attempts kept).
-    pub(super) fn fetched(&self) -> u64 {
-        self.chunks
-            .values()
-            .map(|(_, progress)| progress.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    fn start(&mut self, chunk: usize, skipped: u64) -> Arc<AtomicU64> {
-        let progress = Arc::new(AtomicU64::new(0));
-        self.chunks.insert(chunk, (skipped, progress.clone()));
-        self.journalled.entry(chunk).or_insert(skipped);
-        progress
-    }
-
-    fn end(&mut self, chunk: usize, verified: bool) {
-        self.chunks.remove(&chunk);
-        if verified {
-            self.journalled.remove(&chunk);
-        }
-    }
-}
-
-/// A finished fetch: its batch, source and lane, and each chunk's result with the bytes
-/// now kept of it from its start.
-type Fetched = (BatchId, PeerId, Lane, Vec<(usize, ChunkResult, u64)>);
+/// A finished fetch: its batch, source and lane, each chunk's result with the bytes now
+/// kept of it from its start, and whether the connection it went on closed.
+type Fetched = (BatchId, PeerId, Lane, Vec<(usize, ChunkResult, u64)>, bool);
 
 /// Performs the engine's transfer phase: starts each batch it asks for on its lane's
 /// thread, journals and reports each verified chunk, and feeds every result back, until
@@ -173,8 +115,12 @@ pub(super) async fn transfer(
             .in_flight
             .journal(t.work.journal, engine.chunks(), JOURNAL_STEP);
         t.journalled();
-        let fetched = t.work.in_flight.fetched();
-        shared.lock().operations.set_partial(game.0, fetched);
+        let fetched = t.work.in_flight.fetched() + t.kept_here();
+        {
+            let mut state = shared.lock();
+            state.operations.set_partial(game.0, fetched);
+            state.operations.set_waiting(game.0, engine.waiting());
+        }
         // Verified chunks are announced in batches, at the latest HOLDING_DELAY after.
         let due = t.announce.deadline().map(|d| t.began + d);
         let wake = engine.poll_timeout();
@@ -205,7 +151,7 @@ pub(super) async fn transfer(
                 continue;
             }
         };
-        let (batch, peer, lane, outcomes) =
+        let (batch, peer, lane, outcomes, closed) =
             joined.map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))??;
         let mut results = Vec::with_capacity(outcomes.len());
         // An offer whose choice was told: the others were settled then (and may be on
@@ -240,6 +186,16 @@ pub(super) async fn transfer(
             results.push(result);
         }
         let lane_lost = results.iter().any(Result::is_err) && t.work.lanes.lost(&peer, lane);
+        if closed && !lane_lost {
+            // Gone with its link: the engine waits for it to come back.
+            for r in &mut results {
+                if let Err((kind, _)) = r {
+                    if *kind == FailKind::SourceGone {
+                        *kind = FailKind::Disconnected;
+                    }
+                }
+            }
+        }
         engine.tick(Instant::now());
         engine.on_fetched(batch, results, lane_lost);
     }
@@ -303,11 +259,32 @@ impl Transfer<'_, '_> {
         engine.set_growing(&growing);
         // Peers that became ready at this version meanwhile (a partial source whose
         // download committed) stay sources.
+        // (Not one whose link closed and is not yet out of the table: it would be tried
+        // again at once. It is back once linked anew.)
         if let Some(ready) = self.shared.peers.sources(self.game.0) {
             if ready.version == self.game.1 {
-                engine.add_ready(&ready.peers);
+                let live: Vec<PeerId> = ready
+                    .peers
+                    .into_iter()
+                    .filter(|p| {
+                        let link = self.shared.peers.link(p);
+                        link.is_some_and(|l| l.close_reason().is_none())
+                    })
+                    .collect();
+                engine.add_ready(&live);
             }
         }
+    }
+
+    /// Bytes of chunks not yet verified that this attempt kept after their fetch failed
+    /// (a source that went mid-chunk): still shown as done while the rest is fetched
+    /// again, so `status` never goes back.
+    fn kept_here(&self) -> u64 {
+        self.work
+            .kept
+            .iter()
+            .map(|(c, k)| k.saturating_sub(self.resumed.get(c).copied().unwrap_or(0)))
+            .sum()
     }
 
     /// What is kept of a chunk after a fetch: nothing once it is verified (its own
@@ -408,7 +385,7 @@ impl Transfer<'_, '_> {
                 self.work.in_flight.end(c, false);
                 self.grown(c, false);
             }
-            let gone = Err((FailKind::SourceGone, "peer disconnected".to_owned()));
+            let gone = Err((FailKind::Disconnected, "peer disconnected".to_owned()));
             return engine.on_fetched(f.id, vec![gone; jobs.len()], false);
         };
         debug_assert!(jobs.iter().all(|j| j.offset % PIECE_SIZE == 0));
@@ -419,6 +396,7 @@ impl Transfer<'_, '_> {
         let digest = self.digest;
         let (partial, offer) = (f.partial, f.offer);
         let (choices, id) = (self.choices.0.clone(), f.id);
+        let conn_closed = conn.clone();
         let fetch = runtime.spawn(
             async move {
                 let told = move |i: usize| {
@@ -477,7 +455,9 @@ impl Transfer<'_, '_> {
                     Err(FetchError::Local(failure)) => Err(failure),
                 })
                 .collect::<Result<Vec<_>, Failure>>()?;
-            Ok((f.id, f.peer, f.lane, results))
+            // Whether the connection it went on closed (the source left, or restarted).
+            let closed = conn_closed.close_reason().is_some();
+            Ok((f.id, f.peer, f.lane, results, closed))
         });
     }
 
@@ -575,7 +555,7 @@ impl Drop for Transfer<'_, '_> {
 fn fail_reason(kind: lanspread_peer::FailKind) -> Option<&'static str> {
     use lanspread_peer::FailKind;
     match kind {
-        FailKind::SourceGone => Some("source-gone"),
+        FailKind::SourceGone | FailKind::Disconnected => Some("source-gone"),
         FailKind::BadData => Some("bad-data"),
         FailKind::Transient => Some("local"),
         FailKind::Stalled => Some("stalled"),

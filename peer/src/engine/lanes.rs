@@ -79,14 +79,23 @@ impl LaneBook {
     /// Gives `peer` its link as its one lane unless it has lanes (a partial source found
     /// during the transfer: one chunk at a time needs no data connections).
     pub fn add_link(&mut self, peer: &PeerId) {
-        self.by_peer
-            .entry(peer.clone())
-            .or_insert_with(|| SourceLanes {
+        if !self.by_peer.contains_key(peer) {
+            self.relink(peer);
+        }
+    }
+
+    /// Gives `peer` its link as its one lane, whatever lanes it had (a source back over a
+    /// new link: its data connections closed with the old one).
+    pub fn relink(&mut self, peer: &PeerId) {
+        self.by_peer.insert(
+            peer.clone(),
+            SourceLanes {
                 lanes: vec![Lane::Link],
                 busy: vec![0],
                 retired: vec![false],
                 next: 0,
-            });
+            },
+        );
     }
 
     /// Takes the lane for `peer`'s next batch; `None` when `peer` has no lanes (it had

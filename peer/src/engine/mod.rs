@@ -23,7 +23,9 @@
 //! the same manifest ([`Engine::set_partials`]); they become partial sources of the
 //! planner (asked with `PartialChunks`, [`Fetch::partial`]). When only partial sources are
 //! left and none holds a missing chunk, the engine waits [`EngineConfig::swarm_wait`] for
-//! them to verify more, then fails.
+//! them to verify more, then fails. It waits as long for sources whose link closed
+//! ([`FailKind::Disconnected`]: a file server restarting) to come back
+//! ([`Engine::add_ready`], [`Engine::set_partials`]).
 
 mod lanes;
 mod outcomes;
@@ -66,7 +68,8 @@ pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const MANIFEST_GRACE: Duration = Duration::from_secs(5);
 /// How long a download whose ready sources are all gone waits for its partial sources to
 /// verify a chunk it misses before it fails (a LAN party whose server died: the clients
-/// still finish every chunk that exists in the swarm, then stop).
+/// still finish every chunk that exists in the swarm, then stop), and for sources whose
+/// link closed to come back (a file server restarted).
 pub const SWARM_WAIT: Duration = Duration::from_secs(30);
 /// How long a complete source that had none of the offered chunks free is left alone when
 /// nothing else changes (a verified chunk or new holdings end the rest earlier). Cut in
@@ -311,7 +314,7 @@ impl Engine {
                 }
                 None => {
                     // No lane: the source was no longer linked when they were opened.
-                    let gone = Err((FailKind::SourceGone, "peer disconnected".to_owned()));
+                    let gone = Err((FailKind::Disconnected, "peer disconnected".to_owned()));
                     let results = vec![gone; batch.chunks.len()];
                     self.settle(&batch.peer, &batch.chunks, results, (false, false));
                     self.check_status();
@@ -355,11 +358,18 @@ impl Engine {
             {
                 let missing = self.missing_chunks();
                 let why = self.reasons();
-                self.fail(PeerError::SourcesFailed(format!(
-                    "no linked peer holds {missing} missing unit(s) of 8 MiB: the ready sources are gone \
-                     and the peers downloading the same files did not get them in {:?}{why}",
-                    self.config.swarm_wait
-                )));
+                let wait = self.config.swarm_wait;
+                self.fail(PeerError::SourcesFailed(if self.swarm {
+                    format!(
+                        "no linked peer holds {missing} missing unit(s) of 8 MiB: the ready sources are gone \
+                         and the peers downloading the same files did not get them in {wait:?}{why}"
+                    )
+                } else {
+                    format!(
+                        "the sources disconnected and none came back in {wait:?}: \
+                         {missing} missing unit(s) of 8 MiB{why}"
+                    )
+                }));
             }
             return;
         }
@@ -537,7 +547,8 @@ impl Engine {
         };
         for peer in ready {
             if planner.add_complete(peer) {
-                self.lanes.add_link(peer);
+                // A source back after its link closed has only its new link.
+                self.lanes.relink(peer);
                 self.late.insert(peer.clone());
             }
         }
@@ -596,6 +607,12 @@ impl Engine {
         self.phase = Phase::Ended;
         self.in_flight.clear();
         self.actions.push_back(Action::Fail(e));
+    }
+
+    /// Whether the download waits for its sources: none can send a missing chunk now,
+    /// and some may later (see [`EngineConfig::swarm_wait`]).
+    pub fn waiting(&self) -> bool {
+        self.phase == Phase::Transfer && self.starved_at.is_some()
     }
 
     /// Why each source was left out or given up so far (its last reason).

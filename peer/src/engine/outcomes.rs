@@ -165,7 +165,8 @@ impl Engine {
         let status = planner.status();
         if status == PlannerStatus::Starved {
             if self.starved_at.is_none() {
-                warn!(game = %self.game, "only partial sources are left and none holds a missing chunk: waiting for them");
+                warn!(game = %self.game, wait = ?self.config.swarm_wait,
+                    "no source can send a missing chunk now: waiting for partial sources to verify more, or for disconnected ones to come back");
             }
             self.starved_at.get_or_insert(self.clock);
         } else {

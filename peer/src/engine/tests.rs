@@ -334,7 +334,34 @@ fn a_source_without_a_lane_is_gone_and_the_last_loss_fails_with_each_reason() {
         let n = f.chunks.len();
         e.on_fetched(
             f.id,
-            vec![Err((FailKind::SourceGone, "connection lost".into())); n],
+            vec![Err((FailKind::SourceGone, "refused".into())); n],
+            false,
+        );
+    }
+    // pid(2) may come back over a new link: the download waits for it.
+    assert!(drain(&mut e).is_empty());
+    let wait = EngineConfig::new(1).swarm_wait;
+    assert_eq!(e.poll_timeout(), Some(t0 + wait));
+    e.handle_timeout(t0 + wait);
+    let actions = drain(&mut e);
+    let Some(Action::Fail(PeerError::SourcesFailed(why))) = actions.last() else {
+        panic!("{actions:?}")
+    };
+    assert!(
+        why.starts_with("the sources disconnected and none came back in 30s: 4 missing unit(s)"),
+        "{why}"
+    );
+    assert!(
+        why.contains("peer disconnected") && why.contains("refused"),
+        "{why}"
+    );
+    // Refused only: no wait.
+    let mut e = transferring(manifest(), &[pid(1)], 1);
+    for f in fetches(&drain(&mut e)) {
+        let n = f.chunks.len();
+        e.on_fetched(
+            f.id,
+            vec![Err((FailKind::SourceGone, "refused".into())); n],
             false,
         );
     }
@@ -343,10 +370,54 @@ fn a_source_without_a_lane_is_gone_and_the_last_loss_fails_with_each_reason() {
         panic!("{actions:?}")
     };
     assert!(why.starts_with("no eligible source left"), "{why}");
+}
+
+/// A file server restarted in the middle of a download: every request on its old link
+/// fails, the download waits, and once it is ready again over a new link the rest comes
+/// from it (over the link: its data connections closed with the old one).
+#[test]
+fn a_source_that_disconnected_and_came_back_finishes_the_download() {
+    let t0 = Instant::now();
+    let mut e = transferring(manifest(), &[pid(1)], 2);
+    let first = fetches(&drain(&mut e));
     assert!(
-        why.contains("peer disconnected") && why.contains("connection lost"),
-        "{why}"
+        first.iter().all(|f| matches!(f.lane, Lane::Data(_))),
+        "{first:?}"
     );
+    let (done, lost) = first.split_at(1);
+    e.on_fetched(done[0].id, vec![Ok(()); done[0].chunks.len()], false);
+    drain(&mut e);
+    for f in lost {
+        let n = f.chunks.len();
+        e.on_fetched(
+            f.id,
+            vec![Err((FailKind::Disconnected, "connection lost".into())); n],
+            false,
+        );
+    }
+    let waiting = drain(&mut e);
+    assert!(fetches(&waiting).is_empty(), "{waiting:?}");
+    assert!(e.poll_timeout().is_some(), "a wait, not a failure");
+    // Back 10 s later.
+    e.handle_timeout(t0 + Duration::from_secs(10));
+    assert!(drain(&mut e).is_empty());
+    e.add_ready(&[pid(1)]);
+    let mut queue = fetches(&drain(&mut e));
+    assert!(!queue.is_empty());
+    let mut commit = false;
+    while let Some(f) = queue.pop() {
+        assert_eq!((f.peer.clone(), f.lane), (pid(1), Lane::Link));
+        e.on_fetched(f.id, vec![Ok(()); f.chunks.len()], false);
+        for a in drain(&mut e) {
+            match a {
+                Action::Fetch(f) => queue.push(f),
+                Action::Commit => commit = true,
+                Action::Verified { .. } => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert!(commit);
 }
 
 #[test]

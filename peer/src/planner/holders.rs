@@ -98,8 +98,9 @@ impl Planner {
 
     /// Adds a partial source, or updates what it holds (`has`: every chunk it verified,
     /// in this manifest's numbering). Ignored for a complete source, a source dropped for
-    /// cause, or a set of another length. A partial source that was dropped (vanished, or
-    /// its download ended while asked) comes back only with a changed holding.
+    /// cause, or a set of another length. A partial source that was dropped (it said
+    /// `Later` too long, or its download ended while asked) comes back only with a changed
+    /// holding; one that was no longer listed or whose link closed, whenever it is listed.
     pub fn set_partial(&mut self, peer: &PeerId, has: ChunkSet) -> bool {
         if has.len() != self.chunks.len() {
             return false;
@@ -119,15 +120,17 @@ impl Planner {
             return false;
         }
         let same = s.has.as_ref() == Some(&has);
-        if same && s.dropped {
+        if same && s.dropped && !s.lost {
             return false; // dropped: it comes back with a changed holding only
         }
-        if same && !new {
+        if same && !new && !s.dropped {
             return true; // nothing new
         }
         self.count(peer, false);
         if let Some(s) = self.sources.get_mut(peer) {
-            s.dropped = false;
+            if s.dropped {
+                s.revive();
+            }
             s.has = Some(has);
         }
         self.recount(peer);
@@ -139,7 +142,8 @@ impl Planner {
     /// newest version: often a partial source whose download just committed). Its bytes
     /// are checked like any source's. It starts level with the least loaded complete
     /// source, so the balance rule does not hold the others back while it catches up.
-    /// Ignored for a source dropped for cause or a complete one already known.
+    /// Ignored for a source dropped for cause or a complete one already known, unless its
+    /// link had closed ([`FailKind::Disconnected`](super::FailKind::Disconnected)): it is back (a file server restarted).
     pub fn add_complete(&mut self, peer: &PeerId) -> bool {
         let floor = self.floor().unwrap_or(0);
         let new = !self.sources.contains_key(peer);
@@ -149,7 +153,7 @@ impl Planner {
         let Some(s) = self.sources.get(peer) else {
             return false;
         };
-        if s.banned || (!new && s.has.is_none()) {
+        if s.banned || (!new && s.has.is_none() && !s.lost) {
             return false;
         }
         self.count(peer, false);
@@ -157,8 +161,10 @@ impl Planner {
             return false;
         };
         // Its requests as a partial source may still fail as gone: not a ban.
-        s.was_partial = s.has.take().is_some();
-        s.dropped = false;
+        s.was_partial = s.has.take().is_some() || s.was_partial;
+        if s.dropped {
+            s.revive();
+        }
         s.resting = false;
         s.assigned = s.assigned.max(floor);
         true
@@ -178,6 +184,7 @@ impl Planner {
         if let Some(s) = self.sources.get_mut(peer) {
             if s.has.is_some() {
                 s.dropped = true;
+                s.lost = true;
             }
         }
         self.recount(peer);

@@ -83,6 +83,16 @@ impl Planner {
                     }
                 }
                 FailKind::Stalled => {}
+                // Every chunk in flight fails with the link; the loss counts once. A
+                // request made before it went and came back failed with the old
+                // connection and costs nothing.
+                FailKind::Disconnected if epoch == s.epoch => {
+                    s.epoch += 1;
+                    s.dropped = true;
+                    s.stalls += 1;
+                    s.lost = s.stalls < MAX_STALLS;
+                }
+                FailKind::Disconnected => {}
                 // A partial source is gone when its download ends (it may be a complete
                 // one a moment later); bad bytes ban any source.
                 FailKind::SourceGone if s.has.is_some() || s.was_partial => s.dropped = true,

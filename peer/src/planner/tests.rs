@@ -144,6 +144,87 @@ fn s19_sole_source_gone_fails() {
 }
 
 #[test]
+fn a_source_whose_link_closed_is_waited_for_and_comes_back() {
+    let files = [file("g.eti", 3 * C)];
+    let mut p = Planner::new(&files, &[pid(1)], 4);
+    let a = p.poll_assign().unwrap();
+    let b = p.poll_assign().unwrap();
+    let c = p.poll_assign().unwrap();
+    p.on_done(a.chunk, &a.peer);
+    p.on_failed(b.chunk, &b.peer, FailKind::Disconnected);
+    assert_eq!(p.status(), PlannerStatus::Running, "one chunk in flight");
+    assert!(p.poll_assign().is_none(), "nothing goes to a lost source");
+    // A partial source that is no longer listed may come back too; the download waits.
+    assert!(p.set_partial(&pid(2), ChunkSet::empty(3)));
+    p.remove_partial(&pid(2));
+    assert!(p.poll_assign().is_none());
+    // The old connection's last request fails after the source came back over a new link:
+    // it costs the source nothing.
+    assert!(p.add_complete(&pid(1)), "back over a new link");
+    assert!(!p.add_complete(&pid(1)), "already back");
+    p.on_failed(c.chunk, &c.peer, FailKind::Disconnected);
+    assert_eq!(p.status(), PlannerStatus::Running);
+    let mut got = Vec::new();
+    while let Some(x) = p.poll_assign() {
+        assert_eq!(x.peer, pid(1));
+        got.push(x.chunk);
+        p.on_done(x.chunk, &x.peer);
+    }
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        vec![b.chunk, c.chunk],
+        "both failed chunks fetched again"
+    );
+    assert_eq!(p.status(), PlannerStatus::Finished);
+}
+
+#[test]
+fn a_lost_source_leaves_the_download_starved_until_it_is_back() {
+    let files = [file("g.eti", 2 * C)];
+    let mut p = Planner::new(&files, &[pid(1)], 4);
+    let a = p.poll_assign().unwrap();
+    let b = p.poll_assign().unwrap();
+    p.on_failed(a.chunk, &a.peer, FailKind::Disconnected);
+    p.on_failed(b.chunk, &b.peer, FailKind::Disconnected);
+    assert_eq!(p.status(), PlannerStatus::Starved, "it may come back");
+    // One that refuses or sends bad bytes is not waited for, even if it was lost before.
+    let mut q = p.clone();
+    assert!(q.add_complete(&pid(1)));
+    let x = q.poll_assign().unwrap();
+    q.on_failed(x.chunk, &x.peer, FailKind::SourceGone);
+    assert_eq!(
+        q.status(),
+        PlannerStatus::Failed("no eligible source left".into())
+    );
+    assert!(!q.add_complete(&pid(1)), "banned: never back");
+    // Revived, it starts level with a fresh window.
+    assert!(p.add_complete(&pid(1)));
+    assert_eq!(p.status(), PlannerStatus::Running);
+    let mut asked: Vec<Assignment> = std::iter::from_fn(|| p.poll_assign()).collect();
+    assert_eq!(asked.len(), 2);
+    // A peer that keeps leaving without sending a chunk is given up after MAX_STALLS
+    // losses (the first one above).
+    let mut lives = 2;
+    loop {
+        for x in asked.drain(..) {
+            p.on_failed(x.chunk, &x.peer, FailKind::Disconnected);
+        }
+        if !p.add_complete(&pid(1)) {
+            break;
+        }
+        lives += 1;
+        asked = std::iter::from_fn(|| p.poll_assign()).collect();
+        assert_eq!(asked.len(), 2);
+    }
+    assert_eq!(lives, MAX_STALLS);
+    assert_eq!(
+        p.status(),
+        PlannerStatus::Failed("no eligible source left".into())
+    );
+}
+
+#[test]
 fn transient_failures_retry_then_give_up() {
     let files = [file("g.eti", 10)];
     let mut p = Planner::new(&files, &[pid(1)], 1);

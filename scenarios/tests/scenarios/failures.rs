@@ -67,7 +67,13 @@ fn s19_sole_source_dies() {
     let d = tempfile::tempdir().unwrap();
     big_game(d.path(), 12);
     let mut a = source("a", d.path());
-    let (c, games) = client();
+    // It waits for a source that may come back (see the next test): 2 s here.
+    let games = tempfile::tempdir().unwrap();
+    let opts = lanspread_scenarios::NodeOptions {
+        env: vec![("LANSPREAD_SWARM_WAIT_MS".into(), "2000".into())],
+        ..Default::default()
+    };
+    let c = Node::start_with("client", games.path(), opts);
     c.connect(&a);
     c.download_ok("cod5", &["--no-install", "--detach"]);
     c.wait_event("download-begin", |e| e["game_id"] == "cod5");
@@ -91,6 +97,87 @@ fn s19_sole_source_dies() {
         retry.stderr.contains("no peers have game cod5"),
         "{}",
         retry.stderr
+    );
+}
+
+/// S19's source restarted in the middle of the download (SIGKILL, then started again on
+/// its address, as a service manager does): the client redials it, the download waits
+/// for it and goes on from where it was — one download, no failure, every byte from it,
+/// the tree equal. (A source stopped with SIGTERM first ends the answers it is sending.)
+#[test]
+fn sole_source_restarted_mid_download_is_waited_for() {
+    let d = tempfile::tempdir().unwrap();
+    GameSpec::new("cod5", "20250101")
+        .file(
+            "cod5.eti",
+            0o644,
+            Content::Random {
+                seed: 19,
+                size: 6 * CHUNK,
+            },
+        )
+        .write(d.path())
+        .unwrap();
+    // Slow enough to be in the middle when it goes (192 MiB at 24 MiB/s; a limit on the
+    // sender, so that no bytes sent before wait in the client's receive windows).
+    let opts = lanspread_scenarios::NodeOptions {
+        args: vec!["--max-upload-mib-s".into(), "24".into()],
+        ..Default::default()
+    };
+    let mut a = Node::start_with("a", d.path(), opts);
+    let games = tempfile::tempdir().unwrap();
+    let c = Node::start("client", games.path());
+    c.connect(&a);
+    c.download_ok("cod5", &["--no-install", "--detach"]);
+    // `status`' bytes done, sampled all along: they never go back (the pieces verified
+    // of the chunks on their way when the source went stay counted).
+    let mut shown: Vec<u64> = Vec::new();
+    let mut sample = |c: &Node| {
+        let op = c.json(&["status"])["operations"].get(0).cloned();
+        if let Some(b) = op.as_ref().and_then(|o| o["done_bytes"].as_u64()) {
+            shown.push(b);
+        }
+        op
+    };
+    wait_for("client: a chunk verified", || {
+        sample(&c);
+        c.game_events("cod5")
+            .iter()
+            .any(|e| e["event"] == "download-chunk-finished")
+            .then_some(())
+    });
+    a.kill();
+    // The download waits for it, and says so.
+    wait_for("client: the download waits for its source", || {
+        sample(&c).filter(|op| op["state"] == "waiting")
+    });
+    let human = c.cli(&["status"]).stdout;
+    assert!(human.contains("waiting for its sources"), "{human}");
+    a.restart_at_same_address();
+    wait_for("client: the download ends", || {
+        sample(&c).is_none().then_some(())
+    });
+    assert!(
+        shown.windows(2).all(|w| w[0] <= w[1]),
+        "status went back: {shown:?}"
+    );
+    let end = terminal(&c, "cod5");
+    assert_eq!(end["event"], "download-finished", "{end}");
+    let events = c.game_events("cod5");
+    let count = |name: &str| events.iter().filter(|e| e["event"] == name).count();
+    assert_eq!(count("download-begin"), 1, "one download: {events:?}");
+    assert_eq!(count("download-failed"), 0);
+    let per = c.bytes_per_source("cod5");
+    assert_eq!(per.keys().collect::<Vec<_>>(), [&a.peer_id], "{per:?}");
+    assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
+    let log = c.log();
+    assert!(
+        log.contains("or for disconnected ones to come back"),
+        "the wait is logged:\n{}",
+        log.lines()
+            .filter(|l| !l.contains("DEBUG"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
