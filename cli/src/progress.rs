@@ -116,6 +116,24 @@ impl Watch<'_> {
                     );
                 }
             },
+            EventKind::DownloadWaiting {
+                waiting, wait_ms, ..
+            } => {
+                let said = if *waiting {
+                    format!(
+                        "{game}: no source can send now; waiting up to {} s for them",
+                        wait_ms / 1000
+                    )
+                } else {
+                    format!("{game}: a source can send again")
+                };
+                match &self.bar {
+                    Some(b) if *waiting => b.set_message(said),
+                    Some(b) => b.set_message(game.to_owned()),
+                    None if json => {}
+                    None => outln!("{said}"),
+                }
+            }
             EventKind::DownloadBegin {
                 bytes,
                 chunks,

@@ -279,6 +279,7 @@ impl EventKind {
             EventKind::NoPeersHaveGame { game_id }
             | EventKind::GotGameFiles { game_id, .. }
             | EventKind::DownloadHashing { game_id, .. }
+            | EventKind::DownloadWaiting { game_id, .. }
             | EventKind::DownloadBegin { game_id, .. }
             | EventKind::DownloadChunkFinished { game_id, .. }
             | EventKind::DownloadFinished { game_id, .. }
@@ -433,6 +434,15 @@ pub enum EventKind {
         peer_id: PeerId,
         done_bytes: u64,
         total_bytes: u64,
+    },
+    /// A download none of whose sources can send now waits for them (`waiting`: true), up
+    /// to `wait_ms` (partial holders to verify more, sources whose link closed — a file
+    /// server restarted — to be back), or a source can send again (`waiting`: false). It
+    /// fails if the wait runs out.
+    DownloadWaiting {
+        game_id: GameId,
+        waiting: bool,
+        wait_ms: u64,
     },
     /// This daemon hashed a ready game of its own in the background (only when something
     /// had to be read: `hashed_bytes` > 0), so manifest requests are answered at once.

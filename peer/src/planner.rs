@@ -14,12 +14,13 @@
 mod holders;
 mod outcomes;
 mod race;
+mod source;
 pub use race::{Settled, RACE_LAST_CHUNKS};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use lanspread_catalog::{chunk_ranges, ChunkHash, FileManifest, CHUNK_SIZE, PIECE_SIZE};
-use lanspread_proto::{chunk_hash, ChunkSet, PeerId, UNIT_SIZE};
+use lanspread_proto::{chunk_hash, PeerId, UNIT_SIZE};
 
 /// One chunk (the planner's unit: see [`Planner::with_unit`]): a byte range of one file
 /// with its expected hash.
@@ -138,54 +139,7 @@ enum State {
     Done,
 }
 
-#[derive(Debug, Clone, Default)]
-struct Source {
-    in_flight: usize,
-    /// Bytes of the chunks in flight from this source.
-    in_flight_bytes: u64,
-    /// Bytes done or in flight from this source.
-    assigned: u64,
-    dropped: bool,
-    /// What a partial source holds (`None`: a complete source, every chunk).
-    has: Option<ChunkSet>,
-    /// Of those, the chunks it is still fetching (cut-through): asked for only when it
-    /// holds no verified chunk we need, since a relay goes no faster than its upstream.
-    growing: Vec<usize>,
-    /// Dropped for cause (bad bytes, gone while asked): never revived in this download.
-    banned: bool,
-    /// Dropped because its link closed ([`FailKind::Disconnected`]) or, a partial source,
-    /// because it is no longer listed: revived when it is back.
-    lost: bool,
-    /// A source that answered `Later`: not asked again until [`Planner::wake`].
-    resting: bool,
-    /// It said `Later` when nothing had verified for `holders::LATER_UNCOUNT`.
-    quiet: bool,
-    /// Whether its holding counts in the rarity (see `holders.rs`).
-    counted: bool,
-    /// A complete source that was a partial one: its partial requests may still fail.
-    was_partial: bool,
-    /// Stalls since its last verified chunk.
-    stalls: u32,
-    /// Halvings of its window (0: the full caps).
-    backoff: u32,
-    /// Counted stalls so far: one silence of a source fails every chunk it had in flight,
-    /// and only the first of them (assigned in the current epoch) counts.
-    epoch: u32,
-}
-
-impl Source {
-    /// Back after it was dropped, not for cause. One whose link closed starts a new life:
-    /// its requests from before fail as the old connection's and cost it nothing
-    /// ([`FailKind::Disconnected`]), and its back-off starts again (not its stalls: a
-    /// loss counts as one, so a peer that keeps leaving without sending is given up).
-    fn revive(&mut self) {
-        self.dropped = false;
-        if std::mem::take(&mut self.lost) {
-            self.epoch += 1;
-            self.backoff = 0;
-        }
-    }
-}
+use source::Source;
 
 /// Most times one chunk is retried after transient failures.
 const MAX_TRANSIENT_RETRIES: u32 = 5;

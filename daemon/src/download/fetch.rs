@@ -33,6 +33,10 @@ pub enum FetchError {
     Source(FailKind, String),
     /// Writing locally failed (e.g. disk full): the download fails.
     Local(Failure),
+    /// The transport failed (the stream or its connection): [`fetch`] reports it as
+    /// [`FailKind::Disconnected`] when the connection closed (the source left or
+    /// restarted), else as [`FailKind::SourceGone`].
+    Lost(String),
 }
 
 /// One range to fetch (the game and version are the request's): a chunk, or its rest
@@ -189,7 +193,7 @@ fn lost(e: impl std::error::Error) -> FetchError {
         }
         cause = c.source();
     }
-    gone(text)
+    FetchError::Lost(text)
 }
 
 /// What a request asks for: the game, its version, and how.
@@ -235,7 +239,16 @@ pub async fn fetch(
     let mut got = Got::default();
     let failure = receive_all(conn, source, writer, limit, ask, jobs, &mut got)
         .await
-        .err();
+        .err()
+        .map(|f| match f {
+            // Only a transport failure with the connection closed is the source's
+            // leaving: a refusal, or a stream cut on a live connection, is not.
+            FetchError::Lost(why) if conn.close_reason().is_some() => {
+                FetchError::Source(FailKind::Disconnected, why)
+            }
+            FetchError::Lost(why) => FetchError::Source(FailKind::SourceGone, why),
+            other => other,
+        });
     let not_chosen = || Outcome::failed(FetchError::Source(FailKind::NotChosen, String::new()));
     if got.none_chosen {
         return (0..jobs.len()).map(|_| not_chosen()).collect();

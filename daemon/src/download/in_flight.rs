@@ -46,11 +46,25 @@ impl InFlight {
         }
     }
 
-    /// Bytes the fetches running now verified (beyond what earlier attempts kept).
-    pub(super) fn fetched(&self) -> u64 {
-        self.chunks
-            .values()
-            .map(|(_, progress)| progress.load(Ordering::Relaxed))
+    /// What `status` shows of the chunks not yet verified: for each, how far from its
+    /// start its pieces are verified — by the fetch running now, or kept (`kept`) of one
+    /// that failed (a source that went mid-chunk; a race's loser) — beyond what an
+    /// earlier attempt had kept (`resumed`, counted as done from the start). Kept pieces
+    /// stay counted while the rest is fetched again, so `status` never goes back, and a
+    /// chunk two fetches cover counts once.
+    pub(super) fn shown(&self, kept: &HashMap<usize, u64>, resumed: &HashMap<usize, u64>) -> u64 {
+        let running = self
+            .chunks
+            .iter()
+            .map(|(&c, (skipped, progress))| (c, skipped + progress.load(Ordering::Relaxed)));
+        let mut reach: HashMap<usize, u64> = kept.clone();
+        for (c, r) in running {
+            let e = reach.entry(c).or_default();
+            *e = (*e).max(r);
+        }
+        reach
+            .iter()
+            .map(|(c, r)| r.saturating_sub(resumed.get(c).copied().unwrap_or(0)))
             .sum()
     }
 
@@ -66,5 +80,37 @@ impl InFlight {
         if verified {
             self.journalled.remove(&chunk);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_counts_each_chunk_once_from_what_was_kept_or_is_arriving() {
+        let mut f = InFlight::default();
+        let resumed = HashMap::from([(1, 2 * PIECE_SIZE)]);
+        // Chunk 1: resumed with 2 pieces, fetched from there: 3 more pieces.
+        f.start(1, 2 * PIECE_SIZE)
+            .store(3 * PIECE_SIZE, Ordering::Relaxed);
+        assert_eq!(f.shown(&HashMap::new(), &resumed), 3 * PIECE_SIZE);
+        // Chunk 2: its fetch failed after 4 pieces (kept), then it starts again from
+        // there: the kept pieces still count, the new ones on top.
+        let mut kept = HashMap::from([(2, 4 * PIECE_SIZE)]);
+        assert_eq!(f.shown(&kept, &resumed), 7 * PIECE_SIZE);
+        let again = f.start(2, 4 * PIECE_SIZE);
+        assert_eq!(f.shown(&kept, &resumed), 7 * PIECE_SIZE);
+        again.store(PIECE_SIZE, Ordering::Relaxed);
+        assert_eq!(f.shown(&kept, &resumed), 8 * PIECE_SIZE);
+        // A race's loser kept 2 pieces of chunk 3 while its first request, from the
+        // start, has 5: counted once, as 5.
+        f.start(3, 0).store(5 * PIECE_SIZE, Ordering::Relaxed);
+        kept.insert(3, 2 * PIECE_SIZE);
+        assert_eq!(f.shown(&kept, &resumed), 13 * PIECE_SIZE);
+        // Verified chunks count in `done`, not here.
+        f.end(2, true);
+        kept.remove(&2);
+        assert_eq!(f.shown(&kept, &resumed), 8 * PIECE_SIZE);
     }
 }

@@ -45,9 +45,9 @@ const JOURNAL_STEP: u64 = 2 << 20;
 /// show it in `status` (a 32 MiB chunk from a slow source takes many seconds).
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A finished fetch: its batch, source and lane, each chunk's result with the bytes now
-/// kept of it from its start, and whether the connection it went on closed.
-type Fetched = (BatchId, PeerId, Lane, Vec<(usize, ChunkResult, u64)>, bool);
+/// A finished fetch: its batch, source and lane, and each chunk's result with the bytes
+/// now kept of it from its start.
+type Fetched = (BatchId, PeerId, Lane, Vec<(usize, ChunkResult, u64)>);
 
 /// Performs the engine's transfer phase: starts each batch it asks for on its lane's
 /// thread, journals and reports each verified chunk, and feeds every result back, until
@@ -77,6 +77,7 @@ pub(super) async fn transfer(
         races: HashSet::new(),
         aborts: HashMap::new(),
         finished: Vec::new(),
+        waiting: false,
     };
     let mut holdings = shared.peers.watch_holdings();
     t.partial_sources(engine, &mut holdings);
@@ -115,12 +116,13 @@ pub(super) async fn transfer(
             .in_flight
             .journal(t.work.journal, engine.chunks(), JOURNAL_STEP);
         t.journalled();
-        let fetched = t.work.in_flight.fetched() + t.kept_here();
+        let fetched = t.work.in_flight.shown(&t.work.kept, &t.resumed);
         {
             let mut state = shared.lock();
             state.operations.set_partial(game.0, fetched);
             state.operations.set_waiting(game.0, engine.waiting());
         }
+        t.waiting(engine);
         // Verified chunks are announced in batches, at the latest HOLDING_DELAY after.
         let due = t.announce.deadline().map(|d| t.began + d);
         let wake = engine.poll_timeout();
@@ -151,7 +153,7 @@ pub(super) async fn transfer(
                 continue;
             }
         };
-        let (batch, peer, lane, outcomes, closed) =
+        let (batch, peer, lane, outcomes) =
             joined.map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))??;
         let mut results = Vec::with_capacity(outcomes.len());
         // An offer whose choice was told: the others were settled then (and may be on
@@ -186,18 +188,16 @@ pub(super) async fn transfer(
             results.push(result);
         }
         let lane_lost = results.iter().any(Result::is_err) && t.work.lanes.lost(&peer, lane);
-        if closed && !lane_lost {
-            // Gone with its link: the engine waits for it to come back.
-            for r in &mut results {
-                if let Err((kind, _)) = r {
-                    if *kind == FailKind::SourceGone {
-                        *kind = FailKind::Disconnected;
-                    }
-                }
-            }
-        }
+        // A source lost with its link may be back already (a restart that fast is
+        // announced before the last of its old connections fails): look again.
+        let disconnected = results
+            .iter()
+            .any(|r| matches!(r, Err((FailKind::Disconnected, _))));
         engine.tick(Instant::now());
         engine.on_fetched(batch, results, lane_lost);
+        if disconnected {
+            t.partial_sources(engine, &mut holdings);
+        }
     }
 }
 
@@ -236,6 +236,8 @@ struct Transfer<'a, 'w> {
     /// yet: emitted once they are ([`Transfer::journalled`]), so a chunk an event calls
     /// finished is one a crash right after it does not forget.
     finished: Vec<EventKind>,
+    /// Whether the download waits for its sources (as last said).
+    waiting: bool,
 }
 
 /// An offer's choice: its batch, and the chosen chunk's index among its chunks.
@@ -247,10 +249,19 @@ impl Transfer<'_, '_> {
     fn partial_sources(&self, engine: &mut Engine, holdings: &mut watch::Receiver<u64>) {
         holdings.borrow_and_update();
         let chunks = engine.chunks().len();
+        // (Only peers whose link is open: one whose link closed and is not yet out of the
+        // table would be asked at once, and fail again. It is back once linked anew.)
+        let live = |p: &PeerId| {
+            let link = self.shared.peers.link(p);
+            link.is_some_and(|l| l.close_reason().is_none())
+        };
         let holders = self
             .shared
             .peers
-            .partial_holders(self.game, &self.digest, chunks);
+            .partial_holders(self.game, &self.digest, chunks)
+            .into_iter()
+            .filter(|(p, _)| live(p))
+            .collect();
         engine.set_partials(holders, Instant::now());
         let growing = self
             .shared
@@ -259,32 +270,26 @@ impl Transfer<'_, '_> {
         engine.set_growing(&growing);
         // Peers that became ready at this version meanwhile (a partial source whose
         // download committed) stay sources.
-        // (Not one whose link closed and is not yet out of the table: it would be tried
-        // again at once. It is back once linked anew.)
         if let Some(ready) = self.shared.peers.sources(self.game.0) {
             if ready.version == self.game.1 {
-                let live: Vec<PeerId> = ready
-                    .peers
-                    .into_iter()
-                    .filter(|p| {
-                        let link = self.shared.peers.link(p);
-                        link.is_some_and(|l| l.close_reason().is_none())
-                    })
-                    .collect();
-                engine.add_ready(&live);
+                let ready: Vec<PeerId> = ready.peers.into_iter().filter(live).collect();
+                engine.add_ready(&ready);
             }
         }
     }
 
-    /// Bytes of chunks not yet verified that this attempt kept after their fetch failed
-    /// (a source that went mid-chunk): still shown as done while the rest is fetched
-    /// again, so `status` never goes back.
-    fn kept_here(&self) -> u64 {
-        self.work
-            .kept
-            .iter()
-            .map(|(c, k)| k.saturating_sub(self.resumed.get(c).copied().unwrap_or(0)))
-            .sum()
+    /// Says when the download begins or ends waiting for its sources
+    /// (`download-waiting`).
+    fn waiting(&mut self, engine: &Engine) {
+        let waiting = engine.waiting();
+        if waiting != self.waiting {
+            self.waiting = waiting;
+            self.shared.events.emit(EventKind::DownloadWaiting {
+                game_id: self.game.0.clone(),
+                waiting,
+                wait_ms: u64::try_from(engine.wait().as_millis()).unwrap_or(u64::MAX),
+            });
+        }
     }
 
     /// What is kept of a chunk after a fetch: nothing once it is verified (its own
@@ -396,7 +401,6 @@ impl Transfer<'_, '_> {
         let digest = self.digest;
         let (partial, offer) = (f.partial, f.offer);
         let (choices, id) = (self.choices.0.clone(), f.id);
-        let conn_closed = conn.clone();
         let fetch = runtime.spawn(
             async move {
                 let told = move |i: usize| {
@@ -453,11 +457,11 @@ impl Transfer<'_, '_> {
                         Ok((chunk, Err((kind, why)), kept))
                     }
                     Err(FetchError::Local(failure)) => Err(failure),
+                    // (`fetch` reports every transport failure as the source's.)
+                    Err(FetchError::Lost(why)) => Ok((chunk, Err((FailKind::SourceGone, why)), 0)),
                 })
                 .collect::<Result<Vec<_>, Failure>>()?;
-            // Whether the connection it went on closed (the source left, or restarted).
-            let closed = conn_closed.close_reason().is_some();
-            Ok((f.id, f.peer, f.lane, results, closed))
+            Ok((f.id, f.peer, f.lane, results))
         });
     }
 

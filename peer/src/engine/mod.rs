@@ -224,7 +224,7 @@ pub struct Engine {
     next_batch: u64,
     /// The latest time the driver told.
     clock: Instant,
-    /// Since when only partial sources are left and none holds a missing chunk.
+    /// Since when no source can send a missing chunk ([`PlannerStatus::Starved`]).
     starved_at: Option<Instant>,
     /// Complete sources added after the vote ([`Engine::add_ready`]).
     late: BTreeSet<PeerId>,
@@ -324,7 +324,7 @@ impl Engine {
     }
 
     /// When [`Engine::handle_timeout`] is due (the manifest phase's deadlines, the end of
-    /// the wait of a starved swarm download).
+    /// the wait of a download none of whose sources can send now).
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
             Phase::Manifests => self.waiting.next().into_iter().chain(self.grace_ends).min(),
@@ -338,7 +338,7 @@ impl Engine {
     }
 
     /// The time passed `now`: closes the vote when the grace or the timeout ran out;
-    /// fails a starved download whose wait is over.
+    /// fails a download whose sources cannot send when its wait is over.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.clock = self.clock.max(now);
         if self.phase == Phase::Transfer {
@@ -613,6 +613,11 @@ impl Engine {
     /// and some may later (see [`EngineConfig::swarm_wait`]).
     pub fn waiting(&self) -> bool {
         self.phase == Phase::Transfer && self.starved_at.is_some()
+    }
+
+    /// How long a download waits for its sources at most ([`EngineConfig::swarm_wait`]).
+    pub fn wait(&self) -> Duration {
+        self.config.swarm_wait
     }
 
     /// Why each source was left out or given up so far (its last reason).

@@ -126,11 +126,13 @@ impl Engine {
                     }
                     Settled::Again | Settled::Unknown => {}
                 },
-                Err((FailKind::SourceGone, why)) if stall => failed.push((
-                    chunk,
-                    FailKind::Stalled,
-                    format!("data connection lost: {why}"),
-                )),
+                Err((FailKind::SourceGone | FailKind::Disconnected, why)) if stall => {
+                    failed.push((
+                        chunk,
+                        FailKind::Stalled,
+                        format!("data connection lost: {why}"),
+                    ))
+                }
                 Err((FailKind::NotChosen, _)) => {
                     planner.on_failed(chunk, peer, FailKind::NotChosen)
                 }

@@ -372,6 +372,37 @@ fn a_source_without_a_lane_is_gone_and_the_last_loss_fails_with_each_reason() {
     assert!(why.starts_with("no eligible source left"), "{why}");
 }
 
+/// A source that keeps coming back and leaving without sending a chunk does not hold
+/// the download: each loss counts as a stall, and after the third in a row it is not
+/// waited for any more.
+#[test]
+fn a_source_that_keeps_leaving_without_sending_is_given_up() {
+    let mut e = transferring(manifest(), &[pid(1)], 1);
+    let lose = |e: &mut Engine, fetches: Vec<Fetch>| {
+        for f in fetches {
+            let n = f.chunks.len();
+            let gone = Err((FailKind::Disconnected, "connection lost".into()));
+            e.on_fetched(f.id, vec![gone; n], false);
+        }
+    };
+    let mut asked = fetches(&drain(&mut e));
+    for back in 1..crate::planner::MAX_STALLS {
+        lose(&mut e, asked);
+        assert!(e.waiting(), "loss {back}: waited for");
+        e.add_ready(&[pid(1)]);
+        assert!(!e.waiting());
+        asked = fetches(&drain(&mut e));
+        assert!(!asked.is_empty());
+    }
+    lose(&mut e, asked);
+    assert!(!e.waiting());
+    let actions = drain(&mut e);
+    let Some(Action::Fail(PeerError::SourcesFailed(why))) = actions.last() else {
+        panic!("{actions:?}")
+    };
+    assert!(why.starts_with("no eligible source left"), "{why}");
+}
+
 /// A file server restarted in the middle of a download: every request on its old link
 /// fails, the download waits, and once it is ready again over a new link the rest comes
 /// from it (over the link: its data connections closed with the old one).

@@ -1,6 +1,7 @@
 use super::*;
 use crate::table::tests::pid;
 use lanspread_catalog::RelPath;
+use lanspread_proto::ChunkSet;
 use proptest::prelude::*;
 
 pub(super) fn file(name: &str, size: u64) -> FileManifest {

@@ -167,6 +167,23 @@ fn sole_source_restarted_mid_download_is_waited_for() {
     let count = |name: &str| events.iter().filter(|e| e["event"] == name).count();
     assert_eq!(count("download-begin"), 1, "one download: {events:?}");
     assert_eq!(count("download-failed"), 0);
+    // It said when it began and ended waiting, between its chunks.
+    let waits: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "download-waiting")
+        .collect();
+    assert_eq!(waits.len(), 2, "{waits:?}");
+    assert_eq!(
+        (&waits[0]["waiting"], &waits[1]["waiting"]),
+        (&true.into(), &false.into())
+    );
+    assert_eq!(waits[0]["wait_ms"], 30_000);
+    let at = |w: &Value| events.iter().position(|e| e == w).unwrap();
+    let last_chunk = events
+        .iter()
+        .rposition(|e| e["event"] == "download-chunk-finished")
+        .unwrap();
+    assert!(at(waits[1]) < last_chunk, "{events:?}");
     let per = c.bytes_per_source("cod5");
     assert_eq!(per.keys().collect::<Vec<_>>(), [&a.peer_id], "{per:?}");
     assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
