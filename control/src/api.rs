@@ -435,10 +435,10 @@ pub enum EventKind {
         done_bytes: u64,
         total_bytes: u64,
     },
-    /// A download none of whose sources can send now waits for them (`waiting`: true), up
-    /// to `wait_ms` (partial holders to verify more, sources whose link closed — a file
-    /// server restarted — to be back), or a source can send again (`waiting`: false). It
-    /// fails if the wait runs out.
+    /// A download none of whose sources can send now has waited for them 1 s (`waiting`:
+    /// true) and waits up to `wait_ms` in all (partial holders to verify more, sources
+    /// whose link closed — a file server restarted — to be back), or a source can send
+    /// again (`waiting`: false). If the wait runs out it ends with `download-failed`.
     DownloadWaiting {
         game_id: GameId,
         waiting: bool,

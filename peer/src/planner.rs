@@ -99,8 +99,8 @@ pub enum FailKind {
     /// The connection the request went on closed with the source's link (the peer left,
     /// or restarted): the source is dropped until it is back ([`Planner::add_complete`],
     /// [`Planner::set_partial`]), and while nothing else can send, the download waits
-    /// for it ([`PlannerStatus::Starved`]). It counts as a stall: after [`MAX_STALLS`]
-    /// with no verified chunk in between, the source is not waited for any more.
+    /// for it ([`PlannerStatus::Starved`]). After [`MAX_STALLS`] losses with no verified
+    /// chunk in between, the source is not waited for any more.
     Disconnected,
 }
 

@@ -21,6 +21,9 @@ pub(super) struct InFlight {
     chunks: HashMap<usize, (u64, Arc<AtomicU64>)>,
     /// What the journal last said of each, from the chunk's start.
     journalled: HashMap<usize, u64>,
+    /// The most `status` showed of each chunk not yet verified, from its start: what a
+    /// failed fetch keeps is whole pieces short of its last, and `status` never goes back.
+    shown: HashMap<usize, u64>,
 }
 
 impl InFlight {
@@ -52,17 +55,20 @@ impl InFlight {
     /// earlier attempt had kept (`resumed`, counted as done from the start). Kept pieces
     /// stay counted while the rest is fetched again, so `status` never goes back, and a
     /// chunk two fetches cover counts once.
-    pub(super) fn shown(&self, kept: &HashMap<usize, u64>, resumed: &HashMap<usize, u64>) -> u64 {
+    pub(super) fn shown(
+        &mut self,
+        kept: &HashMap<usize, u64>,
+        resumed: &HashMap<usize, u64>,
+    ) -> u64 {
         let running = self
             .chunks
             .iter()
             .map(|(&c, (skipped, progress))| (c, skipped + progress.load(Ordering::Relaxed)));
-        let mut reach: HashMap<usize, u64> = kept.clone();
-        for (c, r) in running {
-            let e = reach.entry(c).or_default();
+        for (c, r) in kept.iter().map(|(&c, &k)| (c, k)).chain(running) {
+            let e = self.shown.entry(c).or_default();
             *e = (*e).max(r);
         }
-        reach
+        self.shown
             .iter()
             .map(|(c, r)| r.saturating_sub(resumed.get(c).copied().unwrap_or(0)))
             .sum()
@@ -79,6 +85,7 @@ impl InFlight {
         self.chunks.remove(&chunk);
         if verified {
             self.journalled.remove(&chunk);
+            self.shown.remove(&chunk);
         }
     }
 }
@@ -108,9 +115,19 @@ mod tests {
         f.start(3, 0).store(5 * PIECE_SIZE, Ordering::Relaxed);
         kept.insert(3, 2 * PIECE_SIZE);
         assert_eq!(f.shown(&kept, &resumed), 13 * PIECE_SIZE);
+        // Chunk 4's fetch had 3 pieces and failed; what it keeps is 2 (never its last):
+        // `status` keeps showing 3.
+        let four = f.start(4, 0);
+        four.store(3 * PIECE_SIZE, Ordering::Relaxed);
+        assert_eq!(f.shown(&kept, &resumed), 16 * PIECE_SIZE);
+        f.end(4, false);
+        kept.insert(4, 2 * PIECE_SIZE);
+        assert_eq!(f.shown(&kept, &resumed), 16 * PIECE_SIZE);
         // Verified chunks count in `done`, not here.
         f.end(2, true);
         kept.remove(&2);
+        f.end(4, true);
+        kept.remove(&4);
         assert_eq!(f.shown(&kept, &resumed), 8 * PIECE_SIZE);
     }
 }

@@ -44,6 +44,10 @@ const JOURNAL_STEP: u64 = 2 << 20;
 /// How often the transfer loop wakes while fetches run, to journal their progress and
 /// show it in `status` (a 32 MiB chunk from a slow source takes many seconds).
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a download waits for its sources before it says so (`download-waiting`): in a
+/// swarm whose server is gone, the holders' announcements end short waits every few
+/// hundred milliseconds.
+const SAY_WAITING_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A finished fetch: its batch, source and lane, and each chunk's result with the bytes
 /// now kept of it from its start.
@@ -77,13 +81,16 @@ pub(super) async fn transfer(
         races: HashSet::new(),
         aborts: HashMap::new(),
         finished: Vec::new(),
-        waiting: false,
+        waiting: None,
+        said_waiting: false,
     };
     let mut holdings = shared.peers.watch_holdings();
     t.partial_sources(engine, &mut holdings);
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        // (A fetch refused at its start fails at once: the engine's clock must be now.)
+        engine.tick(Instant::now());
         while let Some(action) = engine.poll() {
             match action {
                 Action::Fetch(f) => t.start(engine, f),
@@ -122,7 +129,7 @@ pub(super) async fn transfer(
             state.operations.set_partial(game.0, fetched);
             state.operations.set_waiting(game.0, engine.waiting());
         }
-        t.waiting(engine);
+        let say_waiting = t.waiting(engine);
         // Verified chunks are announced in batches, at the latest HOLDING_DELAY after.
         let due = t.announce.deadline().map(|d| t.began + d);
         let wake = engine.poll_timeout();
@@ -141,6 +148,7 @@ pub(super) async fn transfer(
                 engine.handle_timeout(Instant::now());
                 continue;
             }
+            () = sleep_until(say_waiting) => continue,
             // Long chunks from slow sources: their progress is journalled (a crash keeps
             // it) and shown in `status` while they arrive, not only when one ends.
             _ = progress.tick(), if !t.running.is_empty() => continue,
@@ -236,8 +244,10 @@ struct Transfer<'a, 'w> {
     /// yet: emitted once they are ([`Transfer::journalled`]), so a chunk an event calls
     /// finished is one a crash right after it does not forget.
     finished: Vec<EventKind>,
-    /// Whether the download waits for its sources (as last said).
-    waiting: bool,
+    /// Since when the download waits for its sources.
+    waiting: Option<Instant>,
+    /// Whether `download-waiting` said so.
+    said_waiting: bool,
 }
 
 /// An offer's choice: its batch, and the chosen chunk's index among its chunks.
@@ -278,18 +288,33 @@ impl Transfer<'_, '_> {
         }
     }
 
-    /// Says when the download begins or ends waiting for its sources
-    /// (`download-waiting`).
-    fn waiting(&mut self, engine: &Engine) {
-        let waiting = engine.waiting();
-        if waiting != self.waiting {
-            self.waiting = waiting;
-            self.shared.events.emit(EventKind::DownloadWaiting {
-                game_id: self.game.0.clone(),
-                waiting,
-                wait_ms: u64::try_from(engine.wait().as_millis()).unwrap_or(u64::MAX),
-            });
+    /// Says when the download begins waiting for its sources, once it has waited
+    /// `SAY_WAITING_AFTER`, and when it ends (`download-waiting`); returns when to look
+    /// again if it waits and has not said so yet.
+    fn waiting(&mut self, engine: &Engine) -> Option<Instant> {
+        let now = Instant::now();
+        let said = |waiting: bool| EventKind::DownloadWaiting {
+            game_id: self.game.0.clone(),
+            waiting,
+            wait_ms: u64::try_from(engine.wait().as_millis()).unwrap_or(u64::MAX),
+        };
+        if !engine.waiting() {
+            self.waiting = None;
+            if std::mem::take(&mut self.said_waiting) {
+                self.shared.events.emit(said(false));
+            }
+            return None;
         }
+        let since = *self.waiting.get_or_insert(now);
+        if self.said_waiting {
+            return None;
+        }
+        if now < since + SAY_WAITING_AFTER {
+            return Some(since + SAY_WAITING_AFTER);
+        }
+        self.said_waiting = true;
+        self.shared.events.emit(said(true));
+        None
     }
 
     /// What is kept of a chunk after a fetch: nothing once it is verified (its own
@@ -457,7 +482,8 @@ impl Transfer<'_, '_> {
                         Ok((chunk, Err((kind, why)), kept))
                     }
                     Err(FetchError::Local(failure)) => Err(failure),
-                    // (`fetch` reports every transport failure as the source's.)
+                    // (Not after `fetch`, which reports every transport failure as the
+                    // source's.)
                     Err(FetchError::Lost(why)) => Ok((chunk, Err((FailKind::SourceGone, why)), 0)),
                 })
                 .collect::<Result<Vec<_>, Failure>>()?;
@@ -504,10 +530,14 @@ impl Transfer<'_, '_> {
         }
         let resumed = self.resumed.remove(&chunk).unwrap_or(0).min(spec.len);
         let id = self.game.0;
-        self.shared
-            .lock()
-            .operations
-            .advance(id, spec.len - resumed);
+        // Its bytes move from on their way to done in one step (a `status` between two
+        // would count them twice).
+        let on_their_way = self.work.in_flight.shown(&self.work.kept, &self.resumed);
+        {
+            let mut state = self.shared.lock();
+            state.operations.advance(id, spec.len - resumed);
+            state.operations.set_partial(id, on_their_way);
+        }
         // Who sent it: sources that went mid-unit (their pieces kept), then `peer`.
         let mut sent = self.kept_by.remove(&chunk).unwrap_or_default();
         let before: u64 = sent.iter().map(|(_, b)| b).sum();

@@ -183,11 +183,8 @@ impl Planner {
     pub fn remove_partial(&mut self, peer: &PeerId) {
         if let Some(s) = self.sources.get_mut(peer) {
             if s.has.is_some() && !s.dropped {
-                // Back when it is listed again, unless it keeps going without sending
-                // (a loss counts as a stall, as a closed link does).
-                s.dropped = true;
-                s.stalls += 1;
-                s.lost = s.stalls < super::MAX_STALLS;
+                // Back when it is listed again, unless it keeps going without sending.
+                s.lose();
             }
         }
         self.recount(peer);

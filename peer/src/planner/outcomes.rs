@@ -27,6 +27,7 @@ impl Planner {
             s.in_flight -= 1;
             s.in_flight_bytes -= len;
             s.stalls = 0;
+            s.losses = 0;
             s.backoff = s.backoff.saturating_sub(1);
         }
         let loser = self.win(chunk, peer);
@@ -86,12 +87,7 @@ impl Planner {
                 // Every chunk in flight fails with the link; the loss counts once. A
                 // request made before it went and came back failed with the old
                 // connection and costs nothing.
-                FailKind::Disconnected if epoch == s.epoch => {
-                    s.epoch += 1;
-                    s.dropped = true;
-                    s.stalls += 1;
-                    s.lost = s.stalls < MAX_STALLS;
-                }
+                FailKind::Disconnected if epoch == s.epoch => s.lose(),
                 FailKind::Disconnected => {}
                 // A partial source is gone when its download ends (it may be a complete
                 // one a moment later); bad bytes ban any source.

@@ -31,6 +31,9 @@ pub(super) struct Source {
     pub(super) was_partial: bool,
     /// Stalls since its last verified chunk.
     pub(super) stalls: u32,
+    /// Times it was lost (its link closed, or no longer listed) since its last verified
+    /// chunk: after [`MAX_STALLS`](super::MAX_STALLS) it is not waited for any more.
+    pub(super) losses: u32,
     /// Halvings of its window (0: the full caps).
     pub(super) backoff: u32,
     /// Counted stalls so far: one silence of a source fails every chunk it had in flight,
@@ -39,15 +42,26 @@ pub(super) struct Source {
 }
 
 impl Source {
-    /// Back after it was dropped, not for cause. One whose link closed starts a new life:
-    /// its requests from before fail as the old connection's and cost it nothing
-    /// ([`FailKind::Disconnected`]), and its back-off starts again (not its stalls: a
-    /// loss counts as one, so a peer that keeps leaving without sending is given up).
+    /// Back after it was dropped, not for cause. One that was lost starts a new life: its
+    /// requests from before fail as the old connection's and cost it nothing
+    /// ([`FailKind::Disconnected`](super::FailKind::Disconnected)), and its stalls and
+    /// back-off start again (not its losses: a peer that keeps leaving without sending is
+    /// given up).
     pub(super) fn revive(&mut self) {
         self.dropped = false;
         if std::mem::take(&mut self.lost) {
             self.epoch += 1;
+            self.stalls = 0;
             self.backoff = 0;
         }
+    }
+
+    /// It was lost (see [`Source::losses`]): dropped, and waited for unless it was lost
+    /// too often without sending. The loss is one whatever it had in flight (a new epoch).
+    pub(super) fn lose(&mut self) {
+        self.epoch += 1;
+        self.dropped = true;
+        self.losses += 1;
+        self.lost = self.losses < super::MAX_STALLS;
     }
 }

@@ -153,6 +153,8 @@ fn sole_source_restarted_mid_download_is_waited_for() {
     });
     let human = c.cli(&["status"]).stdout;
     assert!(human.contains("waiting for its sources"), "{human}");
+    // Back 2 s later (a download that waited 1 s says so in an event).
+    std::thread::sleep(std::time::Duration::from_secs(2));
     a.restart_at_same_address();
     wait_for("client: the download ends", || {
         sample(&c).is_none().then_some(())
