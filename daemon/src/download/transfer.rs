@@ -81,7 +81,6 @@ pub(super) async fn transfer(
         races: HashSet::new(),
         aborts: HashMap::new(),
         finished: Vec::new(),
-        waiting: None,
         said_waiting: false,
     };
     let mut holdings = shared.peers.watch_holdings();
@@ -244,8 +243,6 @@ struct Transfer<'a, 'w> {
     /// yet: emitted once they are ([`Transfer::journalled`]), so a chunk an event calls
     /// finished is one a crash right after it does not forget.
     finished: Vec<EventKind>,
-    /// Since when the download waits for its sources.
-    waiting: Option<Instant>,
     /// Whether `download-waiting` said so.
     said_waiting: bool,
 }
@@ -292,24 +289,21 @@ impl Transfer<'_, '_> {
     /// `SAY_WAITING_AFTER`, and when it ends (`download-waiting`); returns when to look
     /// again if it waits and has not said so yet.
     fn waiting(&mut self, engine: &Engine) -> Option<Instant> {
-        let now = Instant::now();
         let said = |waiting: bool| EventKind::DownloadWaiting {
             game_id: self.game.0.clone(),
             waiting,
             wait_ms: u64::try_from(engine.wait().as_millis()).unwrap_or(u64::MAX),
         };
-        if !engine.waiting() {
-            self.waiting = None;
+        let Some(since) = engine.waiting_since() else {
             if std::mem::take(&mut self.said_waiting) {
                 self.shared.events.emit(said(false));
             }
             return None;
-        }
-        let since = *self.waiting.get_or_insert(now);
+        };
         if self.said_waiting {
             return None;
         }
-        if now < since + SAY_WAITING_AFTER {
+        if Instant::now() < since + SAY_WAITING_AFTER {
             return Some(since + SAY_WAITING_AFTER);
         }
         self.said_waiting = true;

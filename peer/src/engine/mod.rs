@@ -612,7 +612,12 @@ impl Engine {
     /// Whether the download waits for its sources: none can send a missing chunk now,
     /// and some may later (see [`EngineConfig::swarm_wait`]).
     pub fn waiting(&self) -> bool {
-        self.phase == Phase::Transfer && self.starved_at.is_some()
+        self.waiting_since().is_some()
+    }
+
+    /// Since when it waits (see [`Engine::waiting`]), on the clock the driver told.
+    pub fn waiting_since(&self) -> Option<Instant> {
+        self.starved_at.filter(|_| self.phase == Phase::Transfer)
     }
 
     /// How long a download waits for its sources at most ([`EngineConfig::swarm_wait`]).
