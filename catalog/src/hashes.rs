@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use lanspread_proto::{piece_count, piece_hash, ChunkHash, FileManifest, PIECE_SIZE};
+use lanspread_proto::{piece_count, piece_hash, ChunkHash, FileManifest, Manifest, PIECE_SIZE};
 
 use crate::hash_store::{
     from_persisted, load_cache, persisted_as, store_cache, to_persisted, CacheFile,
@@ -118,9 +118,9 @@ impl HashCache {
     }
 
     /// The manifest of a root: every file with its piece and chunk hashes, hashing only files whose
-    /// identity is not cached yet. Blocking; call from a blocking thread.
-    pub fn manifest(&self, root: &GameRoot) -> Result<Vec<FileManifest>, CatalogError> {
-        Ok(self.manifest_with(root, &|| true)?.files)
+    /// identity is not cached yet, and its empty folders. Blocking; call from a blocking thread.
+    pub fn manifest(&self, root: &GameRoot) -> Result<Manifest, CatalogError> {
+        Ok(self.manifest_with(root, &|| true)?.manifest)
     }
 
     /// [`HashCache::manifest`], stopping with [`CatalogError::Stopped`] once `go_on`
@@ -231,7 +231,13 @@ impl HashCache {
             persisted.entries.retain(|p, _| root.file(p).is_some());
             store_cache(&root.dir, persisted);
         }
-        Ok(Indexed { files, hashed })
+        Ok(Indexed {
+            manifest: Manifest {
+                files,
+                folders: root.folders.clone(),
+            },
+            hashed,
+        })
     }
 
     /// How far the hashing of the root in `dir` is, while a manifest of it is being built.
@@ -288,8 +294,8 @@ impl HashCache {
 /// were known).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Indexed {
-    /// Every file with its piece and chunk hashes.
-    pub files: Vec<FileManifest>,
+    /// Every file with its piece and chunk hashes, and the empty folders.
+    pub manifest: Manifest,
     /// Bytes read and hashed to build it.
     pub hashed: u64,
 }
@@ -394,7 +400,11 @@ mod tests {
         let root = scan_root(&root_dir, GameId::new("cnc4").unwrap());
         let cache = HashCache::new();
         let m = cache.manifest(&root).unwrap();
-        let big = m.iter().find(|f| f.path.as_str() == "big.bin").unwrap();
+        let big = m
+            .files
+            .iter()
+            .find(|f| f.path.as_str() == "big.bin")
+            .unwrap();
         assert_eq!(big.chunks.len(), 2);
         assert_eq!(big.pieces.len(), 33);
         // Each piece's BLAKE3, computed here over the bytes by the blake3 crate itself, and
@@ -407,6 +417,7 @@ mod tests {
         let over = |ps: &[ChunkHash]| -> ChunkHash { blake3::hash(&ps.concat()).into() };
         assert_eq!(big.chunks, [over(&pieces[..32]), over(&pieces[32..])]);
         assert!(m
+            .files
             .iter()
             .find(|f| f.path.as_str() == "empty")
             .unwrap()
@@ -443,8 +454,11 @@ mod tests {
         let m2 = cache
             .manifest(&scan_root(&root_dir, GameId::new("cnc4").unwrap()))
             .unwrap();
-        assert_ne!(m1[0].chunks, m2[0].chunks);
-        assert_eq!(m2[0].pieces[0], <ChunkHash>::from(blake3::hash(b"two")));
+        assert_ne!(m1.files[0].chunks, m2.files[0].chunks);
+        assert_eq!(
+            m2.files[0].pieces[0],
+            <ChunkHash>::from(blake3::hash(b"two"))
+        );
     }
 
     #[test]
@@ -473,11 +487,11 @@ mod tests {
         assert!(!cache.still_holds(&file, &fs::metadata(&file).unwrap()));
         // From the persisted cache after a restart (a fresh cache), and in memory.
         assert_eq!(
-            HashCache::new().manifest(&scan()).unwrap()[0].pieces[0],
+            HashCache::new().manifest(&scan()).unwrap().files[0].pieces[0],
             two
         );
-        assert_eq!(cache.manifest(&scan()).unwrap()[0].pieces[0], two);
-        assert_ne!(m1[0].pieces[0], two);
+        assert_eq!(cache.manifest(&scan()).unwrap().files[0].pieces[0], two);
+        assert_ne!(m1.files[0].pieces[0], two);
         // Hashed again: known again.
         assert!(cache.knows(&file, &fs::metadata(&file).unwrap()));
     }
@@ -543,7 +557,7 @@ mod tests {
             })
             .unwrap();
         let first = first.join().unwrap().unwrap();
-        assert_eq!(first.files, second.files);
+        assert_eq!(first.manifest, second.manifest);
         assert_eq!(
             first.hashed + second.hashed,
             9 << 20,

@@ -36,6 +36,9 @@ pub struct GameRoot {
     pub version: Option<Version>,
     /// Every regular file, sorted by path, `version.ini` included, `local/` and `.lanspread*` not.
     pub files: Vec<FileDescriptor>,
+    /// The folders with nothing in them that travels (no file, no such folder), sorted:
+    /// a copy makes them too (a game may need a folder it ships empty).
+    pub folders: Vec<RelPath>,
     /// True when `local/` holds a completed install.
     pub installed: bool,
     /// Why a root is not offered though it has a sentinel: a `version.ini` that is not a
@@ -134,10 +137,14 @@ pub fn scan_root(dir: &Path, id: GameId) -> GameRoot {
     let mut walk = Walk::default();
     let canonical_root = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
     walk.dir(dir, &canonical_root, "");
-    let mut files = walk.files;
+    let (mut files, mut folders) = (walk.files, walk.folders);
     files.sort_by(|a, b| a.path.cmp(&b.path));
+    folders.sort();
     let mut problem = bad_sentinel.or(walk.problem);
-    let sizes = files.iter().map(|f| (f.path.as_str().len(), f.size));
+    let sizes = files
+        .iter()
+        .map(|f| (f.path.as_str().len(), f.size))
+        .chain(folders.iter().map(|d| (d.as_str().len(), 0)));
     if problem.is_none() && !lanspread_proto::manifest_fits_a_frame(sizes) {
         let bytes: u64 = files.iter().map(|f| f.size).sum();
         problem = Some(format!(
@@ -156,6 +163,7 @@ pub fn scan_root(dir: &Path, id: GameId) -> GameRoot {
         dir: dir.to_path_buf(),
         version,
         files,
+        folders,
         installed,
         problem,
     }
@@ -217,11 +225,12 @@ fn warn_once(path: &Path, why: &str) {
     }
 }
 
-/// What a walk of a root found: its regular files, and the first reason a peer could not
-/// get all of them.
+/// What a walk of a root found: its regular files, its empty folders, and the first
+/// reason a peer could not get all of them.
 #[derive(Default)]
 struct Walk {
     files: Vec<FileDescriptor>,
+    folders: Vec<RelPath>,
     problem: Option<String>,
 }
 
@@ -314,7 +323,16 @@ impl Walk {
                 meta
             };
             if meta.is_dir() {
+                let found = (self.files.len(), self.folders.len());
                 self.dir(&path, root, &rel);
+                // Nothing in it travels: the folder itself must (anything in it that
+                // cannot travel is the root's problem already).
+                if found == (self.files.len(), self.folders.len()) {
+                    match RelPath::new(&rel) {
+                        Ok(rel) => self.folders.push(rel),
+                        Err(e) => self.problem(format!("cannot be sent to peers: {e}")),
+                    }
+                }
             } else if !meta.is_file() {
                 self.problem(not_a_file(&path));
             } else {
@@ -399,6 +417,36 @@ mod tests {
         let ggoo = &lib[&GameId::new("ggoo").unwrap()];
         assert_eq!(ggoo.version, None);
         assert_eq!(ggoo.availability(), Availability::NotReady);
+    }
+
+    #[test]
+    fn empty_folders_are_part_of_the_root_and_only_the_deepest_is_named() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("bf1942");
+        write(&root.join("version.ini"), b"20250101");
+        write(&root.join("data/a.bin"), b"a");
+        for d in [
+            "saves",
+            "a/b/c",
+            "data/logs",
+            "local",
+            ".lanspread",
+            "mods/x y",
+        ] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let r = scan_root(&root, GameId::new("bf1942").unwrap());
+        let folders: Vec<_> = r.folders.iter().map(RelPath::as_str).collect();
+        // `a` and `a/b` hold `a/b/c`; `data` holds a file; local/ and metadata never travel.
+        assert_eq!(folders, ["a/b/c", "data/logs", "mods/x y", "saves"]);
+        assert_eq!(r.problem, None);
+        assert_eq!(r.availability(), Availability::Ready);
+        // A folder that gets a file is no longer listed; one emptied is.
+        write(&root.join("saves/slot1"), b"s");
+        fs::remove_file(root.join("data/a.bin")).unwrap();
+        let r = scan_root(&root, GameId::new("bf1942").unwrap());
+        let folders: Vec<_> = r.folders.iter().map(RelPath::as_str).collect();
+        assert_eq!(folders, ["a/b/c", "data/logs", "mods/x y"]);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use lanspread_catalog::{FileManifest, GameId, RelPath, Version};
+use lanspread_catalog::{FileManifest, GameId, Manifest, RelPath, Version};
 use lanspread_proto::{
     encode_frame, ChunkRange, GameAd, Hello, Message, PeerRequest, PeerResponse,
 };
@@ -65,12 +65,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         (
             "files",
-            encode_frame(&PeerResponse::Files(vec![FileManifest::from_pieces(
-                path,
-                40 << 20,
-                0o644,
-                vec![[1; 32]; 40],
-            )]))?,
+            encode_frame(&PeerResponse::Files(Manifest {
+                files: vec![FileManifest::from_pieces(
+                    path,
+                    40 << 20,
+                    0o644,
+                    vec![[1; 32]; 40],
+                )],
+                folders: vec![RelPath::new("saves")?],
+            }))?,
         ),
         (
             "refused",

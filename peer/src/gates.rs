@@ -167,6 +167,7 @@ mod tests {
                     mode: 0o644,
                 },
             ],
+            folders: vec![],
             installed: false,
             problem: None,
         }

@@ -3,36 +3,50 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use lanspread_catalog::{FileManifest, GameId, VERSION_FILE};
+use lanspread_catalog::{FileManifest, GameId, Manifest, RelPath, VERSION_FILE};
 use lanspread_proto::PeerId;
 
 use crate::PeerError;
 
 /// Largest accepted `version.ini`.
 const MAX_VERSION_FILE: u64 = 64;
-/// Most files a game's manifest may list (a real game has a few thousand).
-pub const MAX_FILES_PER_GAME: usize = 100_000;
+/// Most files and empty folders together a game's manifest may list (a real game has a
+/// few thousand; a longer list of either does not even decode).
+pub const MAX_FILES_PER_GAME: usize = lanspread_catalog::MAX_MANIFEST_ENTRIES;
 
 /// The validated manifest and the sources that vouched for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Chosen {
     /// Files sorted by path.
     pub files: Vec<FileManifest>,
+    /// Empty folders, sorted.
+    pub folders: Vec<RelPath>,
     /// The peers whose manifest is exactly this one, sorted.
     pub sources: Vec<PeerId>,
     /// Peers whose answer was unusable or outvoted, with why.
     pub rejected: Vec<(PeerId, String)>,
 }
 
+impl Chosen {
+    /// The chosen manifest's digest ([`lanspread_catalog::manifest_digest`]): what the
+    /// journal and the partial holders name it by.
+    pub fn digest(&self) -> lanspread_catalog::ChunkHash {
+        lanspread_catalog::manifest_digest(&self.files, &self.folders)
+    }
+}
+
 /// Checks a manifest on its own: unique paths, no file where another needs a folder,
 /// piece and chunk hashes matching sizes and each other (every chunk hash over its
-/// pieces'), and a small `version.ini`.
-pub fn check_manifest(files: &[FileManifest]) -> Result<(), PeerError> {
+/// pieces'), a small `version.ini`, and empty folders that are empty (nothing listed
+/// in or under them, no file on their path) and listed once.
+pub fn check_manifest(manifest: &Manifest) -> Result<(), PeerError> {
+    let Manifest { files, folders } = manifest;
     let bad = |why: String| Err(PeerError::InvalidManifest(why));
-    if files.len() > MAX_FILES_PER_GAME {
+    if files.len().saturating_add(folders.len()) > MAX_FILES_PER_GAME {
         return bad(format!(
-            "{} files (at most {MAX_FILES_PER_GAME})",
-            files.len()
+            "{} files and {} empty folders (at most {MAX_FILES_PER_GAME} in all)",
+            files.len(),
+            folders.len()
         ));
     }
     if files
@@ -59,24 +73,36 @@ pub fn check_manifest(files: &[FileManifest]) -> Result<(), PeerError> {
     }
     for f in files {
         // "a/b" needs "a" to be a folder, so a file named "a" cannot coexist.
-        let mut prefix = String::new();
-        for comp in f
-            .path
-            .as_str()
-            .split('/')
-            .collect::<Vec<_>>()
-            .iter()
-            .rev()
-            .skip(1)
-            .rev()
-        {
-            if !prefix.is_empty() {
-                prefix.push('/');
-            }
-            prefix.push_str(comp);
-            if paths.contains(prefix.as_str()) {
+        for prefix in ancestors(f.path.as_str()) {
+            if paths.contains(prefix) {
                 return bad(format!("{prefix} is both a file and a folder"));
             }
+        }
+    }
+    // Every folder that holds something: listed as empty, it would be a second name for
+    // what the files already make (and two sources of one tree could disagree).
+    let mut holding: BTreeSet<&str> = BTreeSet::new();
+    for path in files
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain(folders.iter().map(RelPath::as_str))
+    {
+        holding.extend(ancestors(path));
+    }
+    let mut empty = BTreeSet::new();
+    for d in folders {
+        let d = d.as_str();
+        if paths.contains(d) || ancestors(d).any(|up| paths.contains(up)) {
+            return bad(format!("{d} is both a file and a folder"));
+        }
+        if d == VERSION_FILE {
+            return bad(format!("{d} is a folder"));
+        }
+        if holding.contains(d) {
+            return bad(format!("{d} is listed as empty but holds something"));
+        }
+        if !empty.insert(d) {
+            return bad(format!("{d} listed twice"));
         }
     }
     match files.iter().find(|f| f.path.as_str() == VERSION_FILE) {
@@ -86,6 +112,11 @@ pub fn check_manifest(files: &[FileManifest]) -> Result<(), PeerError> {
         }
         Some(_) => Ok(()),
     }
+}
+
+/// The folders that hold `path`, outermost first ("a/b/c" → "a", "a/b").
+fn ancestors(path: &str) -> impl Iterator<Item = &str> {
+    path.match_indices('/').map(move |(i, _)| &path[..i])
 }
 
 /// "No usable metadata", with every refused answer's reason.
@@ -111,21 +142,22 @@ fn no_metadata(game: &GameId, rejected: &[(PeerId, String)]) -> PeerError {
 /// do not vote.
 #[derive(Debug, Default)]
 pub struct ManifestVote {
-    groups: BTreeMap<Vec<FileManifest>, Vec<PeerId>>,
+    groups: BTreeMap<Manifest, Vec<PeerId>>,
     rejected: Vec<(PeerId, String)>,
 }
 
 impl ManifestVote {
     /// Counts one source's answer.
-    pub fn add(&mut self, peer: PeerId, mut files: Vec<FileManifest>) {
-        files.sort_by(|a, b| a.path.cmp(&b.path));
+    pub fn add(&mut self, peer: PeerId, mut manifest: Manifest) {
+        manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
+        manifest.folders.sort();
         // Only permission bits travel (a copy never gets setuid, setgid or sticky bits):
         // a source that still advertises them votes with those that do not.
-        for f in &mut files {
+        for f in &mut manifest.files {
             f.mode &= 0o777;
         }
-        match check_manifest(&files) {
-            Ok(()) => self.groups.entry(files).or_default().push(peer),
+        match check_manifest(&manifest) {
+            Ok(()) => self.groups.entry(manifest).or_default().push(peer),
             Err(e) => self.rejected.push((peer, e.to_string())),
         }
     }
@@ -173,10 +205,10 @@ impl ManifestVote {
             });
         }
         let mut chosen = None;
-        for (files, mut peers) in groups {
+        for (manifest, mut peers) in groups {
             peers.sort();
             if peers.len() == top {
-                chosen = Some((files, peers));
+                chosen = Some((manifest, peers));
             } else {
                 rejected.extend(
                     peers
@@ -185,9 +217,11 @@ impl ManifestVote {
                 );
             }
         }
-        let (files, sources) = chosen.ok_or_else(|| no_metadata(game, &[]))?;
+        let (Manifest { files, folders }, sources) =
+            chosen.ok_or_else(|| no_metadata(game, &[]))?;
         Ok(Chosen {
             files,
+            folders,
             sources,
             rejected,
         })
@@ -211,6 +245,20 @@ mod tests {
         vec![f("version.ini", 9, 1), f("g.eti", eti, seed)]
     }
 
+    fn m(files: Vec<FileManifest>) -> Manifest {
+        Manifest {
+            files,
+            folders: vec![],
+        }
+    }
+
+    fn dirs(files: Vec<FileManifest>, folders: &[&str]) -> Manifest {
+        Manifest {
+            files,
+            folders: folders.iter().map(|d| RelPath::new(d).unwrap()).collect(),
+        }
+    }
+
     /// Every answer at once.
     fn choose_manifest(
         game: &GameId,
@@ -218,7 +266,7 @@ mod tests {
     ) -> Result<Chosen, PeerError> {
         let mut vote = ManifestVote::default();
         for (peer, files) in answers {
-            vote.add(peer, files);
+            vote.add(peer, m(files));
         }
         vote.choose(game)
     }
@@ -250,20 +298,20 @@ mod tests {
     fn a_vote_is_settled_once_the_missing_answers_cannot_change_it() {
         let mut v = ManifestVote::default();
         assert!(!v.settled(0), "no answer yet");
-        v.add(pid(1), game(100, 7));
+        v.add(pid(1), m(game(100, 7)));
         assert!(v.settled(0), "everyone answered");
         assert!(!v.settled(1), "one more could tie");
-        v.add(pid(2), game(100, 7));
+        v.add(pid(2), m(game(100, 7)));
         assert!(v.settled(1), "2 against at most 1");
         assert!(!v.settled(2), "2 against at most 2");
-        v.add(pid(3), game(200, 7));
+        v.add(pid(3), m(game(200, 7)));
         assert!(!v.settled(1), "2 against at most 2");
         assert!(v.settled(0));
         // Invalid manifests do not count for the runner-up either.
         let mut w = ManifestVote::default();
-        w.add(pid(1), game(100, 7));
-        w.add(pid(2), game(100, 7));
-        w.add(pid(3), vec![f("g.eti", 100, 7)]);
+        w.add(pid(1), m(game(100, 7)));
+        w.add(pid(2), m(game(100, 7)));
+        w.add(pid(3), m(vec![f("g.eti", 100, 7)]));
         assert!(w.settled(1));
         let c = w.choose(&id()).unwrap();
         assert_eq!(c.sources, [pid(1), pid(2)]);
@@ -309,14 +357,14 @@ mod tests {
     fn s40_too_many_files_and_overflowing_sizes_are_refused() {
         let mut many = game(1, 1);
         many.extend((0..MAX_FILES_PER_GAME).map(|i| f(&format!("f{i}"), 0, 0)));
-        let err = check_manifest(&many).unwrap_err();
+        let err = check_manifest(&m(many)).unwrap_err();
         assert!(err.to_string().contains("files"), "{err}");
         let mut huge = game(1, 1);
         let mut a = f("a", 1, 0);
         a.size = u64::MAX;
         a.chunks.clear();
         huge.push(a);
-        let err = check_manifest(&huge).unwrap_err();
+        let err = check_manifest(&m(huge)).unwrap_err();
         assert!(err.to_string().contains("2^64"), "{err}");
     }
 
@@ -334,7 +382,7 @@ mod tests {
             no_version.clone(),
             clash.clone(),
         ] {
-            assert!(check_manifest(&bad).is_err(), "{bad:?}");
+            assert!(check_manifest(&m(bad.clone())).is_err(), "{bad:?}");
         }
         let c = choose_manifest(
             &id(),
@@ -353,8 +401,46 @@ mod tests {
             "{err}"
         );
         assert!(
-            check_manifest(&game(0, 1)).is_ok(),
+            check_manifest(&m(game(0, 1))).is_ok(),
             "empty payload files are fine"
         );
+    }
+
+    #[test]
+    fn empty_folders_vote_and_must_be_empty() {
+        let ok = dirs(game(100, 7), &["saves", "a/b/c"]);
+        assert!(check_manifest(&ok).is_ok());
+        // Sources that differ only by a folder are two manifests; the order they list
+        // folders in is not a difference.
+        let mut vote = ManifestVote::default();
+        vote.add(pid(1), dirs(game(100, 7), &["saves", "a/b/c"]));
+        vote.add(pid(2), dirs(game(100, 7), &["a/b/c", "saves"]));
+        vote.add(pid(3), m(game(100, 7)));
+        let c = vote.choose(&id()).unwrap();
+        assert_eq!(c.sources, [pid(1), pid(2)]);
+        let folders: Vec<_> = c.folders.iter().map(RelPath::as_str).collect();
+        assert_eq!(folders, ["a/b/c", "saves"]);
+        assert_eq!(c.rejected, [(pid(3), "outvoted manifest".to_owned())]);
+        for (bad, why) in [
+            (dirs(game(100, 7), &["g.eti"]), "both a file and a folder"),
+            (dirs(game(100, 7), &["g.eti/x"]), "both a file and a folder"),
+            (
+                dirs(game(100, 7), &["version.ini"]),
+                "both a file and a folder",
+            ),
+            (dirs(game(100, 7), &["a", "a/b"]), "holds something"),
+            (dirs(game(100, 7), &["saves", "saves"]), "listed twice"),
+            (
+                dirs(vec![f("version.ini", 9, 1), f("d/g.eti", 1, 1)], &["d"]),
+                "holds something",
+            ),
+        ] {
+            let err = check_manifest(&bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+        let many: Vec<String> = (0..MAX_FILES_PER_GAME).map(|i| format!("d{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let err = check_manifest(&dirs(game(1, 1), &many)).unwrap_err();
+        assert!(err.to_string().contains("empty folders"), "{err}");
     }
 }

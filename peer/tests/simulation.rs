@@ -188,7 +188,9 @@ impl Sim {
                     };
                     self.now = t;
                     match self.events[i].take() {
-                        Some(Event::Manifest(p, m)) => engine.on_manifest(p, m, self.t0 + t),
+                        Some(Event::Manifest(p, m)) => {
+                            engine.on_manifest(p, m.map(Into::into), self.t0 + t)
+                        }
                         Some(Event::Fetched(id, res, lost)) => {
                             in_flight.remove(&id);
                             engine.on_fetched(id, res, lost)

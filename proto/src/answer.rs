@@ -5,7 +5,7 @@
 //! ([`PeerRequest::check`]); the downloader judges each frame it reads
 //! ([`manifest_answer`], [`chunk_head`]).
 
-use crate::{ChunkRange, FileManifest, GameId, PeerRequest, PeerResponse, Version, MAX_RANGES};
+use crate::{ChunkRange, GameId, Manifest, PeerRequest, PeerResponse, Version, MAX_RANGES};
 
 /// Why an answer frame is not the one a downloader waits for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,9 +53,9 @@ impl PeerRequest {
 }
 
 /// The answer to a `Files` request, as read (`None`: the stream ended).
-pub fn manifest_answer(frame: Option<PeerResponse>) -> Result<Vec<FileManifest>, AnswerFault> {
+pub fn manifest_answer(frame: Option<PeerResponse>) -> Result<Manifest, AnswerFault> {
     match frame {
-        Some(PeerResponse::Files(files)) => Ok(files),
+        Some(PeerResponse::Files(manifest)) => Ok(manifest),
         other => Err(fault(other)),
     }
 }
@@ -121,7 +121,7 @@ mod tests {
             Err(AnswerFault::Unexpected(_))
         ));
         assert!(matches!(
-            chunk_head(Some(PeerResponse::Files(Vec::new())), 8),
+            chunk_head(Some(PeerResponse::Files(Manifest::default())), 8),
             Err(AnswerFault::Unexpected(_))
         ));
         let refused = PeerResponse::Refused {
@@ -133,8 +133,8 @@ mod tests {
         );
         assert_eq!(chunk_head(None, 8), Err(AnswerFault::Ended));
         assert_eq!(
-            manifest_answer(Some(PeerResponse::Files(Vec::new()))),
-            Ok(Vec::new())
+            manifest_answer(Some(PeerResponse::Files(Manifest::default()))),
+            Ok(Manifest::default())
         );
         assert!(manifest_answer(Some(refused))
             .unwrap_err()

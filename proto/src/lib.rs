@@ -31,8 +31,8 @@ pub use ids::{Availability, GameId, Version};
 pub use manifest::{
     chunk_count, chunk_hash, chunk_hashes, chunk_ranges, chunk_rest, manifest_digest,
     manifest_fits_a_frame, manifest_len_bound, piece_count, piece_hash, unit_count, unit_of_rest,
-    ChunkHash, FileManifest, CHUNK_SIZE, CONTENT_HASH, MIN_CHUNKS_IN_FLIGHT, PIECES_PER_CHUNK,
-    PIECE_SIZE, UNIT_SIZE,
+    ChunkHash, FileManifest, Manifest, CHUNK_SIZE, CONTENT_HASH, MAX_MANIFEST_ENTRIES,
+    MIN_CHUNKS_IN_FLIGHT, PIECES_PER_CHUNK, PIECE_SIZE, UNIT_SIZE,
 };
 pub use peer_id::PeerId;
 pub use relpath::{is_reserved_top_level, RelPath};

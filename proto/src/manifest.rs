@@ -122,9 +122,54 @@ pub fn chunk_hashes(pieces: &[ChunkHash]) -> Vec<ChunkHash> {
         .collect()
 }
 
-/// BLAKE3 over everything a manifest says (paths, sizes, modes, chunk and piece hashes), in order:
-/// two manifests with the same digest describe the same bytes at the same places.
-pub fn manifest_digest(files: &[FileManifest]) -> ChunkHash {
+/// What a source tells a downloader of a game (the answer to `Files`): its files, and
+/// its empty folders (protocol 13; a folder that holds a file is implied by the file's
+/// path). A copy has both: a game may need a folder it ships empty (saves, logs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The files (at most [`MAX_MANIFEST_ENTRIES`]; more do not decode).
+    #[serde(deserialize_with = "at_most_files")]
+    pub files: Vec<FileManifest>,
+    /// The folders with nothing in them that travels, each without its own
+    /// sub-folders listed (`a/b` implies `a`; at most [`MAX_MANIFEST_ENTRIES`]).
+    #[serde(deserialize_with = "at_most_folders")]
+    pub folders: Vec<RelPath>,
+}
+
+/// Most files, and most empty folders, a manifest may list (a real game has a few
+/// thousand files): a longer list does not decode, so a frame of tiny entries cannot
+/// make a downloader allocate millions of them.
+pub const MAX_MANIFEST_ENTRIES: usize = 100_000;
+
+fn at_most_files<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<FileManifest>, D::Error> {
+    crate::wire::at_most(d, MAX_MANIFEST_ENTRIES, "files")
+}
+
+fn at_most_folders<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<RelPath>, D::Error> {
+    crate::wire::at_most(d, MAX_MANIFEST_ENTRIES, "empty folders")
+}
+
+/// A manifest of these files and no empty folder.
+impl From<Vec<FileManifest>> for Manifest {
+    fn from(files: Vec<FileManifest>) -> Self {
+        Self {
+            files,
+            folders: Vec::new(),
+        }
+    }
+}
+
+impl Manifest {
+    /// [`manifest_digest`] of this manifest.
+    pub fn digest(&self) -> ChunkHash {
+        manifest_digest(&self.files, &self.folders)
+    }
+}
+
+/// BLAKE3 over everything a manifest says (paths, sizes, modes, chunk and piece hashes,
+/// then the empty folders), in order: two manifests with the same digest describe the
+/// same bytes at the same places.
+pub fn manifest_digest(files: &[FileManifest], folders: &[RelPath]) -> ChunkHash {
     let mut h = blake3::Hasher::new();
     h.update(&(files.len() as u64).to_le_bytes());
     for f in files {
@@ -141,11 +186,16 @@ pub fn manifest_digest(files: &[FileManifest]) -> ChunkHash {
             h.update(p);
         }
     }
+    h.update(&(folders.len() as u64).to_le_bytes());
+    for d in folders {
+        h.update(&(d.as_str().len() as u64).to_le_bytes());
+        h.update(d.as_str().as_bytes());
+    }
     h.finalize().into()
 }
 
 /// At most how many bytes the `Files` frame describing files of these `(path length,
-/// size)` takes: each file's fields at their longest varints and 32 bytes per chunk and
+/// size)` takes (an empty folder counts as an empty file): each file's fields at their longest varints and 32 bytes per chunk and
 /// per piece. A game is served only when this fits in one frame
 /// ([`manifest_fits_a_frame`]); about 490 GiB in all, since a piece hash is 1/32768 of
 /// its bytes.
@@ -334,8 +384,15 @@ mod tests {
                 FileManifest::from_pieces(RelPath::new(p).unwrap(), size, 0o100_755, pieces)
             })
             .collect();
-        let frame = crate::encode_frame(&crate::PeerResponse::Files(files.clone())).unwrap();
-        let bound = manifest_len_bound(files.iter().map(|f| (f.path.as_str().len(), f.size)));
+        let folders = vec![RelPath::new("saves/slot one").unwrap()];
+        let bound = manifest_len_bound(
+            files
+                .iter()
+                .map(|f| (f.path.as_str().len(), f.size))
+                .chain(folders.iter().map(|d| (d.as_str().len(), 0))),
+        );
+        let frame =
+            crate::encode_frame(&crate::PeerResponse::Files(Manifest { files, folders })).unwrap();
         assert!(frame.len() as u64 <= bound, "{} > {bound}", frame.len());
         assert!(manifest_fits_a_frame([(9, 480 << 30)]));
         assert!(!manifest_fits_a_frame([(9, 520 << 30)]));
@@ -343,19 +400,60 @@ mod tests {
     }
 
     #[test]
+    fn a_manifest_lists_at_most_so_many_entries_of_each_kind() {
+        let folders = |n: usize| -> Vec<RelPath> {
+            (0..n)
+                .map(|i| RelPath::new(&format!("d{i}")).unwrap())
+                .collect()
+        };
+        let decode = |m: &Manifest| {
+            let frame = crate::encode_frame(&crate::PeerResponse::Files(m.clone())).unwrap();
+            crate::decode_frame::<crate::PeerResponse>(&frame)
+        };
+        let most = Manifest {
+            files: vec![],
+            folders: folders(MAX_MANIFEST_ENTRIES),
+        };
+        let (back, _) = decode(&most).unwrap().unwrap();
+        assert_eq!(back, crate::PeerResponse::Files(most));
+        let over = Manifest {
+            files: vec![],
+            folders: folders(MAX_MANIFEST_ENTRIES + 1),
+        };
+        assert!(decode(&over).is_err());
+        let empty = FileManifest::from_pieces(RelPath::new("e").unwrap(), 0, 0o644, vec![]);
+        let over = Manifest {
+            files: vec![empty; MAX_MANIFEST_ENTRIES + 1],
+            folders: vec![],
+        };
+        assert!(decode(&over).is_err());
+    }
+
+    #[test]
     fn the_digest_covers_every_field() {
         let f = FileManifest::from_pieces(RelPath::new("a.eti").unwrap(), 1, 0o644, vec![[1; 32]]);
-        let base = manifest_digest(std::slice::from_ref(&f));
+        let base = manifest_digest(std::slice::from_ref(&f), &[]);
         let mut g = f.clone();
         g.mode = 0o755;
-        assert_ne!(manifest_digest(&[g]), base);
+        assert_ne!(manifest_digest(&[g], &[]), base);
         let mut g = f.clone();
         g.chunks[0][31] = 2;
-        assert_ne!(manifest_digest(&[g]), base);
+        assert_ne!(manifest_digest(&[g], &[]), base);
         let mut g = f.clone();
         g.pieces[0][31] = 2;
-        assert_ne!(manifest_digest(&[g]), base);
-        assert_ne!(manifest_digest(&[f.clone(), f.clone()]), base);
-        assert_eq!(manifest_digest(&[f]), base);
+        assert_ne!(manifest_digest(&[g], &[]), base);
+        assert_ne!(manifest_digest(&[f.clone(), f.clone()], &[]), base);
+        // An empty folder is part of what a copy must hold; where the path ends counts.
+        let saves = RelPath::new("saves").unwrap();
+        let with_saves = manifest_digest(std::slice::from_ref(&f), std::slice::from_ref(&saves));
+        assert_ne!(with_saves, base);
+        let two = [RelPath::new("sa").unwrap(), RelPath::new("ves").unwrap()];
+        assert_ne!(manifest_digest(std::slice::from_ref(&f), &two), with_saves);
+        let m = Manifest {
+            files: vec![f.clone()],
+            folders: vec![saves],
+        };
+        assert_eq!(m.digest(), with_saves);
+        assert_eq!(manifest_digest(&[f], &[]), base);
     }
 }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use crate::{ChunkHash, ChunkSet, FileManifest, GameId, RelPath, Version};
+use crate::{ChunkHash, ChunkSet, GameId, Manifest, RelPath, Version};
 use serde::{Deserialize, Serialize};
 
 use crate::PeerId;
@@ -23,7 +23,8 @@ use crate::PeerId;
 /// 11: a `Peers` entry names the games the peer holds a partial copy of (`holds`).
 /// 12: holdings (`Holding*`), partial requests and offers count 8 MiB units
 /// ([`crate::UNIT_SIZE`]), not 32 MiB chunks.
-pub const PROTOCOL_VERSION: u32 = 12;
+/// 13: a `Files` answer is a [`Manifest`]: the files and the empty folders.
+pub const PROTOCOL_VERSION: u32 = 13;
 /// TLS ALPN identifier of a peer link (announce stream, requests).
 pub const ALPN: &[u8] = b"lanspread/1";
 /// TLS ALPN identifier of a data connection: a downloader's extra connection to a source,
@@ -160,27 +161,46 @@ pub struct PeerAddr {
 /// Decodes [`PeerAddr::holds`], refusing more than [`MAX_PEX_GAMES`] games before it
 /// holds more: a frame of tiny ids cannot make the receiver allocate millions of them.
 fn at_most_pex_games<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<GameId>, D::Error> {
-    struct Games;
-    impl<'de> serde::de::Visitor<'de> for Games {
-        type Value = Vec<GameId>;
+    at_most(d, MAX_PEX_GAMES, "game ids")
+}
+
+/// Decodes a sequence of at most `max` elements (`what` names them in the error),
+/// refusing the next one before it is held: a sender cannot make the receiver allocate
+/// far more than the frame's bytes.
+pub(crate) fn at_most<'de, D, T>(d: D, max: usize, what: &'static str) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct AtMost<T> {
+        max: usize,
+        what: &'static str,
+        of: std::marker::PhantomData<T>,
+    }
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for AtMost<T> {
+        type Value = Vec<T>;
         fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            write!(f, "at most {MAX_PEX_GAMES} game ids")
+            write!(f, "at most {} {}", self.max, self.what)
         }
         fn visit_seq<A: serde::de::SeqAccess<'de>>(
             self,
             mut seq: A,
         ) -> Result<Self::Value, A::Error> {
             let mut out = Vec::new();
-            while let Some(game) = seq.next_element()? {
-                if out.len() == MAX_PEX_GAMES {
+            while let Some(item) = seq.next_element()? {
+                if out.len() == self.max {
                     return Err(serde::de::Error::invalid_length(out.len() + 1, &self));
                 }
-                out.push(game);
+                out.push(item);
             }
             Ok(out)
         }
     }
-    d.deserialize_seq(Games)
+    d.deserialize_seq(AtMost {
+        max,
+        what,
+        of: std::marker::PhantomData,
+    })
 }
 
 /// What a downloading peer holds of one game.
@@ -263,7 +283,7 @@ pub struct ChunkRange {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
     /// The manifest.
-    Files(Vec<FileManifest>),
+    Files(Manifest),
     /// `len` raw bytes follow on the stream.
     Chunk {
         /// Bytes that follow.

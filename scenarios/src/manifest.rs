@@ -1,4 +1,5 @@
-//! SHA-256 manifests of game roots (`local/` and `.lanspread*` excluded).
+//! SHA-256 manifests of game roots (`local/` and `.lanspread*` excluded), with every
+//! folder (so an empty folder missing from a copy is a difference).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -7,10 +8,11 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-/// Relative path → (size, hex SHA-256).
+/// Relative path → (size, hex SHA-256); a folder is `path/` → (0, "folder").
 pub type Manifest = BTreeMap<String, (u64, String)>;
 
-/// Hashes every regular file under `root`, skipping top-level `local/` and `.lanspread*`.
+/// Hashes every regular file under `root` and names every folder, skipping top-level
+/// `local/` and `.lanspread*`.
 pub fn manifest(root: &Path) -> Manifest {
     let mut out = Manifest::new();
     walk(root, "", &mut out);
@@ -36,12 +38,16 @@ fn walk(dir: &Path, prefix: &str, out: &mut Manifest) {
             continue;
         };
         if meta.is_dir() {
+            out.insert(format!("{rel}/"), (0, FOLDER.to_owned()));
             walk(&path, &rel, out);
         } else if meta.is_file() {
             out.insert(rel, (meta.len(), sha256_file(&path)));
         }
     }
 }
+
+/// What a folder's entry holds instead of a hash.
+const FOLDER: &str = "folder";
 
 fn sha256_file(path: &Path) -> String {
     let mut h = Sha256::new();
@@ -78,9 +84,9 @@ pub fn assert_matches_manifest(e: &Manifest, expected: &Path, actual: &Path) {
             Some(w) if w != v => diff.push_str(&format!(
                 "  differs  {p}: expected {} B {}, got {} B {}\n",
                 v.0,
-                &v.1[..12],
+                &v.1[..v.1.len().min(12)],
                 w.0,
-                &w.1[..12]
+                &w.1[..w.1.len().min(12)]
             )),
             _ => {}
         }

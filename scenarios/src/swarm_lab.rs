@@ -348,8 +348,9 @@ fn keep_logs(dir: &std::path::Path, server: &Node, clients: &[Node]) {
 /// Chunks of a game: each file's 32 MiB ranges, an empty or small file one.
 fn chunk_count(files: &crate::Manifest) -> usize {
     files
-        .values()
-        .map(|(size, _)| size.div_ceil(lanspread_proto::CHUNK_SIZE).max(1) as usize)
+        .iter()
+        .filter(|(path, _)| !path.ends_with('/'))
+        .map(|(_, (size, _))| size.div_ceil(lanspread_proto::CHUNK_SIZE).max(1) as usize)
         .sum()
 }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use cap_fs_ext::DirExt;
 use lanspread_catalog::{
     dev_of, is_folder, is_reserved_top_level, lstat_in, remove_all_in, Access, FileManifest,
-    GameDir, Inode, Version, VERSION_FILE,
+    GameDir, Inode, RelPath, Version, VERSION_FILE,
 };
 
 use crate::writer::working_mode;
@@ -58,23 +58,24 @@ impl RootDir {
     }
 }
 
-/// Creates the root and the files' folders (never through a symlink), removes a
-/// committed `version.ini` (the root is not Ready from here on) and returns each file's
-/// destination relative to the root, with the open root ([`RootDir`]).
+/// Creates the root, the files' folders and the manifest's empty folders (never through
+/// a symlink), removes a committed `version.ini` (the root is not Ready from here on)
+/// and returns each file's destination relative to the root, with the open root
+/// ([`RootDir`]).
 pub async fn prepare(
     root: &Path,
-    files: &[FileManifest],
+    (files, folders): (&[FileManifest], &[RelPath]),
 ) -> Result<(Vec<PathBuf>, RootDir), Failure> {
     let root = root.to_path_buf();
-    let files = files.to_vec();
-    tokio::task::spawn_blocking(move || prepare_blocking(&root, &files))
+    let (files, folders) = (files.to_vec(), folders.to_vec());
+    tokio::task::spawn_blocking(move || prepare_blocking(&root, (&files, &folders)))
         .await
         .map_err(Failure::internal)?
 }
 
 fn prepare_blocking(
     root: &Path,
-    files: &[FileManifest],
+    (files, folders): (&[FileManifest], &[RelPath]),
 ) -> Result<(Vec<PathBuf>, RootDir), Failure> {
     match fs::create_dir(root) {
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(err(root, e)),
@@ -148,6 +149,26 @@ fn prepare_blocking(
         open = Some((folder.to_path_buf(), at));
         dests.push(dest);
     }
+    // Empty folders now, so one in the way fails the download before a byte moves; each
+    // one's entry is on its parent's filesystem (a `syncfs` there makes it durable).
+    for d in folders {
+        let d = d.to_path(Path::new(""));
+        game.create_folders(&d)
+            .map_err(|e| err(&game.shown(&d), e))?;
+        let parent = d.parent().unwrap_or(Path::new(""));
+        let opened = if parent.as_os_str().is_empty() {
+            game.dir().try_clone()
+        } else {
+            game.open_folder(parent)
+        }
+        .map_err(|e| err(&game.shown(parent), e))?
+        .into_std_file();
+        let dev = opened.metadata().map_err(|e| err(root, e))?.dev();
+        if !devs.contains(&dev) {
+            devs.push(dev);
+            dirs.push(opened);
+        }
+    }
     Ok((
         dests,
         RootDir {
@@ -209,15 +230,21 @@ fn final_modes(
 /// other downloads pays for.
 pub async fn commit(
     root: &RootDir,
-    files: &[FileManifest],
+    (files, folders): (&[FileManifest], &[RelPath]),
     dests: &[PathBuf],
     version: Version,
     syncfs: Vec<fs::File>,
 ) -> Result<(), Failure> {
     let (game, created) = (root.game.clone(), root.created.clone());
-    let (files, dests) = (files.to_vec(), dests.to_vec());
+    let (files, folders, dests) = (files.to_vec(), folders.to_vec(), dests.to_vec());
     tokio::task::spawn_blocking(move || {
-        commit_blocking((&game, &created), &files, &dests, version, &syncfs)
+        commit_blocking(
+            (&game, &created),
+            (&files, &folders),
+            &dests,
+            version,
+            &syncfs,
+        )
     })
     .await
     .map_err(Failure::internal)?
@@ -225,17 +252,21 @@ pub async fn commit(
 
 fn commit_blocking(
     (game, created): (&GameDir, &[Inode]),
-    files: &[FileManifest],
+    (files, empty): (&[FileManifest], &[RelPath]),
     dests: &[PathBuf],
     version: Version,
     syncfs: &[fs::File],
 ) -> Result<(), Failure> {
     let root = game.path();
-    // Listed files and every folder that holds one, looked up once per entry.
+    // Listed files and empty folders and every folder that holds one, looked up once
+    // per entry.
     let mut keep: BTreeSet<&str> = BTreeSet::new();
     let mut folders: BTreeSet<&str> = BTreeSet::new();
-    for f in files {
-        let p = f.path.as_str();
+    for p in files
+        .iter()
+        .map(|f| f.path.as_str())
+        .chain(empty.iter().map(RelPath::as_str))
+    {
         keep.insert(p);
         folders.extend(p.match_indices('/').map(|(i, _)| &p[..i]));
     }
@@ -261,6 +292,12 @@ fn commit_blocking(
                 game.shown(Path::new(path)).display()
             ),
         ));
+    }
+    // An empty folder removed during the download is made again (one in the way fails).
+    for d in empty {
+        let d = d.to_path(Path::new(""));
+        game.create_folders(&d)
+            .map_err(|e| err(&game.shown(&d), e))?;
     }
     final_modes((game, created), files, dests, syncfs.is_empty())?;
     if syncfs.is_empty() {
@@ -424,176 +461,4 @@ pub async fn discard_incoming(root: &Path) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::{symlink, PermissionsExt};
-
-    fn manifest(p: &str, mode: u32) -> FileManifest {
-        let path = lanspread_catalog::RelPath::new(p).unwrap();
-        FileManifest::from_pieces(path, 1, mode, vec![[0; 32]])
-    }
-
-    fn mode_of(p: &Path) -> u32 {
-        fs::symlink_metadata(p).unwrap().mode() & 0o7777
-    }
-
-    /// A games folder with an `outside` folder beside the root holding a private file.
-    fn lab() -> (tempfile::TempDir, PathBuf, PathBuf) {
-        let d = tempfile::tempdir().unwrap();
-        let root = d.path().join("game");
-        let outside = d.path().join("outside");
-        fs::create_dir_all(outside.join("sub")).unwrap();
-        for f in ["x.bin", "sub/x.bin"] {
-            fs::write(outside.join(f), b"secret").unwrap();
-            fs::set_permissions(outside.join(f), fs::Permissions::from_mode(0o600)).unwrap();
-        }
-        (d, root, outside)
-    }
-
-    fn inode(p: &Path) -> Inode {
-        Inode::of(&fs::symlink_metadata(p).unwrap())
-    }
-
-    #[test]
-    fn final_modes_are_set_on_the_file_created_never_through_a_link() {
-        let (_d, root, outside) = lab();
-        // Read-only with a peer's setuid bit: written as 0o644, committed as 0o444.
-        let files = [manifest("sub/x.bin", 0o4444)];
-        let (dests, dir) = prepare_blocking(&root, &files).unwrap();
-        let game = dir.game();
-        assert_eq!(dests, [PathBuf::from("sub/x.bin")]);
-        fs::write(root.join("sub/x.bin"), b"x").unwrap();
-        let created = [inode(&root.join("sub/x.bin"))];
-        final_modes((game, &created), &files, &dests, true).unwrap();
-        assert_eq!(mode_of(&root.join("sub/x.bin")), 0o444);
-        // A mode the writer keeps while writing needs nothing at the commit; one with
-        // group or other write is set only then.
-        let plain = [manifest("sub/x.bin", 0o755)];
-        fs::set_permissions(root.join("sub/x.bin"), fs::Permissions::from_mode(0o600)).unwrap();
-        final_modes((game, &created), &plain, &dests, true).unwrap();
-        assert_eq!(mode_of(&root.join("sub/x.bin")), 0o600);
-        let open = [manifest("sub/x.bin", 0o777)];
-        final_modes((game, &created), &open, &dests, true).unwrap();
-        assert_eq!(mode_of(&root.join("sub/x.bin")), 0o777);
-        // Another file of one name put in its place: not the file created. (The created
-        // one is moved aside, not removed: a removed inode's number may be given to the
-        // next file made, which then looks like it.)
-        fs::rename(root.join("sub/x.bin"), root.join("sub/x.old")).unwrap();
-        fs::write(root.join("sub/x.bin"), b"other").unwrap();
-        let e = final_modes((game, &created), &files, &dests, true).unwrap_err();
-        assert!(e.to_string().contains("was replaced"), "{e}");
-        fs::remove_file(root.join("sub/x.old")).unwrap();
-        // The file replaced by a symlink to a file outside, then by a hard link to it.
-        fs::remove_file(root.join("sub/x.bin")).unwrap();
-        symlink(outside.join("x.bin"), root.join("sub/x.bin")).unwrap();
-        assert!(final_modes((game, &created), &files, &dests, true).is_err());
-        fs::remove_file(root.join("sub/x.bin")).unwrap();
-        fs::hard_link(outside.join("x.bin"), root.join("sub/x.bin")).unwrap();
-        let outside_inode = [inode(&outside.join("x.bin"))];
-        let e = final_modes((game, &outside_inode), &files, &dests, true).unwrap_err();
-        assert!(e.to_string().contains("other names"), "{e}");
-        // Its folder replaced by a symlink to a folder outside holding a file of that name.
-        fs::remove_file(root.join("sub/x.bin")).unwrap();
-        fs::remove_dir(root.join("sub")).unwrap();
-        symlink(&outside, root.join("sub")).unwrap();
-        let deep = [inode(&outside.join("sub/x.bin"))];
-        assert!(final_modes((game, &deep), &files, &dests, true).is_err());
-        // A folder higher up replaced: `a -> outside`, the file at `a/sub/x.bin`.
-        symlink(&outside, root.join("a")).unwrap();
-        let files = [manifest("a/sub/x.bin", 0o444)];
-        let dests = [PathBuf::from("a/sub/x.bin")];
-        assert!(final_modes((game, &deep), &files, &dests, true).is_err());
-        assert_eq!(mode_of(&outside.join("x.bin")), 0o600);
-        assert_eq!(mode_of(&outside.join("sub/x.bin")), 0o600);
-    }
-
-    #[test]
-    fn a_file_replaced_at_its_path_fails_the_check_and_a_gone_one_stays_expected() {
-        let (_d, root, _outside) = lab();
-        let files = [manifest("d/a.bin", 0o644), manifest("d/b.bin", 0o644)];
-        let (_, dir) = prepare_blocking(&root, &files).unwrap();
-        fs::write(root.join("d/a.bin"), b"a").unwrap();
-        fs::write(root.join("d/b.bin"), b"b").unwrap();
-        let keep = BTreeSet::from(["d", "d/a.bin", "d/b.bin"]);
-        let check = |expect: &mut HashMap<&str, Inode>| {
-            remove_extra(dir.game(), (dir.game().dir(), ""), &keep, expect)
-        };
-        let (a, b) = (inode(&root.join("d/a.bin")), inode(&root.join("d/b.bin")));
-        let mut expect = HashMap::from([("d/a.bin", a), ("d/b.bin", b)]);
-        check(&mut expect).unwrap();
-        assert!(expect.is_empty());
-        // b.bin replaced by another file (the old one moved aside).
-        fs::rename(root.join("d/b.bin"), root.join("d/b.old")).unwrap();
-        fs::write(root.join("d/b.bin"), b"b").unwrap();
-        let mut expect = HashMap::from([("d/a.bin", a), ("d/b.bin", b)]);
-        let e = check(&mut expect).unwrap_err();
-        assert!(e.to_string().contains("d/b.bin was replaced"), "{e}");
-        // a.bin gone: left in `expect`, which the commit reports.
-        fs::remove_file(root.join("d/a.bin")).unwrap();
-        let mut expect = HashMap::from([("d/a.bin", a)]);
-        check(&mut expect).unwrap();
-        assert_eq!(expect.len(), 1);
-    }
-
-    #[test]
-    fn prepare_makes_folders_beneath_the_root_and_refuses_links_in_the_way() {
-        let (_d, root, outside) = lab();
-        fs::create_dir(&root).unwrap();
-        // A folder of the manifest that is a symlink to a folder outside.
-        symlink(&outside, root.join("sub")).unwrap();
-        let files = [manifest("sub/deeper/x.bin", 0o644)];
-        let e = prepare_blocking(&root, &files).err().unwrap();
-        assert!(e.to_string().contains("in the way"), "{e}");
-        assert!(!outside.join("deeper").exists());
-        // `.lanspread` a symlink: the sentinel's folder is not made outside.
-        fs::remove_file(root.join("sub")).unwrap();
-        fs::remove_dir_all(root.join(".lanspread")).unwrap();
-        symlink(&outside, root.join(".lanspread")).unwrap();
-        assert!(prepare_blocking(&root, &[manifest(VERSION_FILE, 0o644)]).is_err());
-        assert!(!outside.join("incoming").exists());
-        // A symlink at a file's own place is removed, its target left alone.
-        fs::remove_file(root.join(".lanspread")).unwrap();
-        symlink(outside.join("x.bin"), root.join("x.bin")).unwrap();
-        let files = [manifest("x.bin", 0o644), manifest(VERSION_FILE, 0o644)];
-        let (dests, _) = prepare_blocking(&root, &files).unwrap();
-        assert_eq!(
-            dests,
-            [
-                PathBuf::from("x.bin"),
-                Path::new(INCOMING).join(VERSION_FILE)
-            ]
-        );
-        assert!(fs::symlink_metadata(root.join("x.bin")).is_err());
-        assert_eq!(fs::read(outside.join("x.bin")).unwrap(), b"secret");
-        // The root itself a symlink.
-        let other = root.with_file_name("other");
-        symlink(&outside, &other).unwrap();
-        let e = prepare_blocking(&other, &files).err().unwrap();
-        assert!(e.to_string().contains("not a folder"), "{e}");
-    }
-
-    #[test]
-    fn stale_entries_go_and_links_to_elsewhere_are_removed_not_followed() {
-        let (_d, root, outside) = lab();
-        let files = [manifest("keep/a.bin", 0o644)];
-        let (_, dir) = prepare_blocking(&root, &files).unwrap();
-        fs::write(root.join("keep/a.bin"), b"a").unwrap();
-        fs::write(root.join("keep/old.bin"), b"o").unwrap();
-        fs::create_dir_all(root.join("gone/deep")).unwrap();
-        fs::write(root.join("gone/deep/f"), b"f").unwrap();
-        symlink(&outside, root.join("link")).unwrap();
-        fs::create_dir_all(root.join("local/x")).unwrap();
-        let keep = BTreeSet::from(["keep", "keep/a.bin"]);
-        let mut expect = HashMap::new();
-        remove_extra(dir.game(), (dir.game().dir(), ""), &keep, &mut expect).unwrap();
-        let mut left: Vec<_> = fs::read_dir(&root)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        left.sort();
-        assert_eq!(left, [".lanspread", "keep", "local"]);
-        assert!(!root.join("keep/old.bin").exists());
-        assert_eq!(fs::read(outside.join("x.bin")).unwrap(), b"secret");
-        assert!(outside.join("sub/x.bin").exists());
-    }
-}
+mod tests;

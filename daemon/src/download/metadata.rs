@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use lanspread_catalog::{FileManifest, GameId, Version};
+use lanspread_catalog::{GameId, Manifest, Version};
 use lanspread_control::api::EventKind;
 use lanspread_peer::{Action, Engine, Progress};
 use lanspread_proto::{manifest_answer, PeerRequest, PeerResponse};
@@ -109,7 +109,7 @@ async fn request_files(
     game: GameId,
     version: Version,
     report: impl Fn(u64, u64),
-) -> Result<Vec<FileManifest>, Failure> {
+) -> Result<Manifest, Failure> {
     let failed = |e: &dyn std::fmt::Display| Failure::new(ErrorKind::SourceFailed, e.to_string());
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| failed(&e))?;
     let _ = send.set_priority(lanspread_transfer::CONTROL_PRIORITY);

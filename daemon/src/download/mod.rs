@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
 
-use lanspread_catalog::{manifest_digest, FileManifest, GameId, Version, VERSION_FILE};
+use lanspread_catalog::{ChunkHash, FileManifest, GameId, RelPath, Version, VERSION_FILE};
 use lanspread_peer::{Chosen, ChunkTally, Engine, EngineConfig, OpKind, Sources};
 use lanspread_proto::PeerId;
 use tokio::task::JoinSet;
@@ -199,10 +199,11 @@ async fn download(
         .events
         .emit(got_game_files(id, sources.version, &chosen));
     let root = shared.games_dir.join(id.as_str());
+    let digest = chosen.digest();
     let (dests, mut journal, verified, root_dir) = prepare(
         (&shared.games_dir, &shared.net.writer),
         &root,
-        &chosen.files,
+        (&chosen.files, &chosen.folders, digest),
         &engine,
         sources.version,
         files_open,
@@ -227,7 +228,7 @@ async fn download(
     let manifest = Arc::new(chosen.files.clone());
     shared.partials.begin(
         (id, sources.version),
-        manifest,
+        (manifest, digest),
         (root.clone(), dests.iter().map(|d| root.join(d)).collect()),
         &present,
     );
@@ -242,6 +243,7 @@ async fn download(
     let mut in_flight = in_flight::InFlight::default();
     let work = transfer::Work {
         files: &chosen.files,
+        digest,
         file_ids: files_open,
         journal: &mut journal,
         kept: verified.kept.into_iter().collect(),
@@ -264,7 +266,7 @@ async fn download(
     commit_files(
         shared,
         (&root_dir, fresh),
-        &chosen.files,
+        (&chosen.files, &chosen.folders),
         &dests,
         sources.version,
         files_open,
@@ -385,7 +387,7 @@ fn sync_plan(files: usize, fresh: bool, closed_dirty: bool) -> SyncPlan {
 async fn commit_files(
     shared: &Arc<Shared>,
     (root_dir, fresh): (&commit::RootDir, bool),
-    files: &[FileManifest],
+    (files, folders): (&[FileManifest], &[RelPath]),
     dests: &[std::path::PathBuf],
     version: Version,
     files_open: &[u64],
@@ -412,7 +414,7 @@ async fn commit_files(
     let syncfs = plan.syncfs || shared.net.writer.closed_dirty(files_open);
     let syncfs = if syncfs { root_dir.dup()? } else { Vec::new() };
     let t_sync = started.elapsed();
-    commit::commit(root_dir, files, dests, version, syncfs).await?;
+    commit::commit(root_dir, (files, folders), dests, version, syncfs).await?;
     tracing::debug!(
         sync_ms = t_sync.as_millis() as u64,
         commit_ms = (started.elapsed() - t_sync).as_millis() as u64,
@@ -429,7 +431,7 @@ async fn commit_files(
 async fn prepare(
     (games_dir, writer): (&std::path::Path, &Writer),
     root: &std::path::Path,
-    files: &[FileManifest],
+    (files, folders, digest): (&[FileManifest], &[RelPath], ChunkHash),
     engine: &Engine,
     version: Version,
     files_open: &mut Vec<u64>,
@@ -443,7 +445,7 @@ async fn prepare(
     Failure,
 > {
     check_space(games_dir, root, files).await?;
-    let (dests, mut root_dir) = commit::prepare(root, files).await?;
+    let (dests, mut root_dir) = commit::prepare(root, (files, folders)).await?;
     let game = root_dir.game().clone();
     let mut created = Vec::with_capacity(files.len());
     for (f, dest) in files.iter().zip(&dests) {
@@ -460,7 +462,6 @@ async fn prepare(
     for inode in created {
         root_dir.created(inode);
     }
-    let digest = manifest_digest(files);
     let (journal, verified) =
         journal::open(&game, &dests, engine.chunks(), version, digest).await?;
     Ok((dests, journal, verified, root_dir))

@@ -494,7 +494,7 @@ async fn serve_manifest(
     match files {
         Ok(indexed) => {
             shared.net.metrics.manifest(indexed.hashed == 0);
-            answer.frame(&PeerResponse::Files(indexed.files)).await?;
+            answer.frame(&PeerResponse::Files(indexed.manifest)).await?;
             answer.finish().await
         }
         Err(reason) => answer.refuse(reason).await,

@@ -36,7 +36,7 @@ mod tests;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use lanspread_catalog::{FileManifest, GameId, VERSION_FILE};
+use lanspread_catalog::{GameId, Manifest, VERSION_FILE};
 use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE, MAX_RANGES, MIN_CHUNKS_IN_FLIGHT, UNIT_SIZE};
 use tracing::warn;
 
@@ -416,17 +416,12 @@ impl Engine {
     }
 
     /// A source's answer to [`Action::AskManifest`]: its manifest, or why there is none.
-    pub fn on_manifest(
-        &mut self,
-        peer: PeerId,
-        answer: Result<Vec<FileManifest>, String>,
-        now: Instant,
-    ) {
+    pub fn on_manifest(&mut self, peer: PeerId, answer: Result<Manifest, String>, now: Instant) {
         if self.phase != Phase::Manifests || !self.waiting.remove(&peer) {
             return;
         }
         match answer {
-            Ok(files) => self.vote.add(peer, files),
+            Ok(manifest) => self.vote.add(peer, manifest),
             Err(e) => {
                 warn!(peer = %peer.short(), "no manifest: {e}");
                 self.vote.no_answer(peer, format!("no manifest: {e}"));

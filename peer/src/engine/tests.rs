@@ -1,5 +1,5 @@
 use super::*;
-use lanspread_catalog::RelPath;
+use lanspread_catalog::{FileManifest, RelPath};
 
 fn pid(n: u8) -> PeerId {
     PeerId::from_spki(&[n])
@@ -51,7 +51,7 @@ fn transferring(files: Vec<FileManifest>, sources: &[PeerId], threads: usize) ->
     let mut e = Engine::new(game(), sources, EngineConfig::new(threads), t0);
     drain(&mut e);
     for p in sources {
-        e.on_manifest(p.clone(), Ok(files.clone()), t0);
+        e.on_manifest(p.clone(), Ok(files.clone().into()), t0);
     }
     assert_eq!(drain(&mut e), [Action::Prepare]);
     let data = if threads > 1 { threads } else { 0 };
@@ -69,11 +69,11 @@ fn every_source_is_asked_and_a_unanimous_vote_prepares_at_once() {
         [Action::AskManifest(pid(1)), Action::AskManifest(pid(2))]
     );
     assert_eq!(e.poll_timeout(), Some(t0 + MANIFEST_TIMEOUT));
-    e.on_manifest(pid(1), Ok(manifest()), t0);
+    e.on_manifest(pid(1), Ok(manifest().into()), t0);
     // Settled (1 vote, 1 outstanding, no lead): no grace yet.
     assert_eq!(e.poll_timeout(), Some(t0 + MANIFEST_TIMEOUT));
     assert!(drain(&mut e).is_empty());
-    e.on_manifest(pid(2), Ok(manifest()), t0);
+    e.on_manifest(pid(2), Ok(manifest().into()), t0);
     assert_eq!(drain(&mut e), [Action::Prepare]);
     let chosen = e.chosen().unwrap();
     assert!(chosen.sources.contains(&pid(1)) && chosen.sources.contains(&pid(2)));
@@ -88,11 +88,11 @@ fn silent_sources_get_the_grace_once_the_vote_is_settled() {
     let mut e = Engine::new(game(), &peers, EngineConfig::new(1), t0);
     drain(&mut e);
     let t1 = t0 + Duration::from_secs(2);
-    e.on_manifest(pid(1), Ok(manifest()), t1);
-    e.on_manifest(pid(2), Ok(manifest()), t1);
+    e.on_manifest(pid(1), Ok(manifest().into()), t1);
+    e.on_manifest(pid(2), Ok(manifest().into()), t1);
     // 2 votes, 2 silent: they could still tie it.
     assert_eq!(e.poll_timeout(), Some(t0 + MANIFEST_TIMEOUT));
-    e.on_manifest(pid(3), Ok(manifest()), t1);
+    e.on_manifest(pid(3), Ok(manifest().into()), t1);
     // 3 against at most 1: settled, the last one gets the grace.
     assert_eq!(e.poll_timeout(), Some(t1 + MANIFEST_GRACE));
     e.handle_timeout(t1 + MANIFEST_GRACE - Duration::from_millis(1));
@@ -108,7 +108,7 @@ fn silent_sources_get_the_grace_once_the_vote_is_settled() {
         e.why()
     );
     // Its late answer changes nothing.
-    e.on_manifest(pid(4), Ok(manifest()), t1 + MANIFEST_GRACE);
+    e.on_manifest(pid(4), Ok(manifest().into()), t1 + MANIFEST_GRACE);
     assert!(drain(&mut e).is_empty());
 }
 
@@ -134,7 +134,7 @@ fn a_source_that_reports_hashing_progress_is_waited_for_and_a_silent_one_is_not(
         "not asked"
     );
     assert_eq!(e.poll_timeout(), Some(sec(500) + MANIFEST_TIMEOUT));
-    e.on_manifest(pid(1), Ok(manifest()), sec(520));
+    e.on_manifest(pid(1), Ok(manifest().into()), sec(520));
     assert_eq!(drain(&mut e), [Action::Prepare]);
     assert_eq!(e.chosen().unwrap().sources, [pid(1)]);
 }
@@ -187,8 +187,8 @@ fn a_tie_is_a_metadata_conflict_and_a_minority_is_outvoted() {
     let other = vec![file("big.eti", 3 * UNIT_SIZE, 9), file("version.ini", 8, 2)];
     let mut e = Engine::new(game(), &[pid(1), pid(2)], EngineConfig::new(1), t0);
     drain(&mut e);
-    e.on_manifest(pid(1), Ok(manifest()), t0);
-    e.on_manifest(pid(2), Ok(other.clone()), t0);
+    e.on_manifest(pid(1), Ok(manifest().into()), t0);
+    e.on_manifest(pid(2), Ok(other.clone().into()), t0);
     assert!(matches!(
         drain(&mut e)[..],
         [Action::Fail(PeerError::MetadataConflict { .. })]
@@ -196,9 +196,9 @@ fn a_tie_is_a_metadata_conflict_and_a_minority_is_outvoted() {
 
     let mut e = Engine::new(game(), &[pid(1), pid(2), pid(3)], EngineConfig::new(1), t0);
     drain(&mut e);
-    e.on_manifest(pid(1), Ok(manifest()), t0);
-    e.on_manifest(pid(3), Ok(other), t0);
-    e.on_manifest(pid(2), Ok(manifest()), t0);
+    e.on_manifest(pid(1), Ok(manifest().into()), t0);
+    e.on_manifest(pid(3), Ok(other.into()), t0);
+    e.on_manifest(pid(2), Ok(manifest().into()), t0);
     assert_eq!(drain(&mut e), [Action::Prepare]);
     let mut two = vec![pid(1), pid(2)];
     two.sort();
@@ -283,7 +283,7 @@ fn resumed_chunks_are_not_fetched() {
     let t0 = Instant::now();
     let mut e = Engine::new(game(), &[pid(1)], EngineConfig::new(1), t0);
     drain(&mut e);
-    e.on_manifest(pid(1), Ok(manifest()), t0);
+    e.on_manifest(pid(1), Ok(manifest().into()), t0);
     drain(&mut e);
     let (chunks, bytes) = e.on_prepared(&[0, 2, 2, 99], &[(pid(1), 0)]);
     assert_eq!((chunks, bytes), (2, 2 * UNIT_SIZE));
@@ -295,7 +295,7 @@ fn resumed_chunks_are_not_fetched() {
     // Everything present: commit without a fetch.
     let mut e = Engine::new(game(), &[pid(1)], EngineConfig::new(1), t0);
     drain(&mut e);
-    e.on_manifest(pid(1), Ok(manifest()), t0);
+    e.on_manifest(pid(1), Ok(manifest().into()), t0);
     drain(&mut e);
     e.on_prepared(&[0, 1, 2, 3], &[(pid(1), 0)]);
     assert_eq!(drain(&mut e), [Action::Commit]);
@@ -322,8 +322,8 @@ fn a_source_without_a_lane_is_gone_and_the_last_loss_fails_with_each_reason() {
     let t0 = Instant::now();
     let mut e = Engine::new(game(), &[pid(1), pid(2)], EngineConfig::new(1), t0);
     drain(&mut e);
-    e.on_manifest(pid(1), Ok(manifest()), t0);
-    e.on_manifest(pid(2), Ok(manifest()), t0);
+    e.on_manifest(pid(1), Ok(manifest().into()), t0);
+    e.on_manifest(pid(2), Ok(manifest().into()), t0);
     drain(&mut e);
     // pid(2) lost its link before the lanes were opened.
     e.on_prepared(&[], &[(pid(1), 0)]);

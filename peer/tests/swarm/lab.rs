@@ -406,7 +406,7 @@ impl Party<'_> {
             file("game.eti", lab.file_bytes() as u64),
             file("version.ini", 8),
         ];
-        engine.on_manifest(server.clone(), Ok(files), now);
+        engine.on_manifest(server.clone(), Ok(files.into()), now);
         assert_eq!(engine.poll(), Some(Action::Prepare));
         engine.set_partials(self.holders(c), now);
         engine.on_prepared(&[], &[(server, 0)]);

@@ -409,12 +409,28 @@ fn s34_empty_files_and_folders() {
         .file("deep/er/still.txt", 0o600, Content::Bytes(b"x".to_vec()))
         .write(d.path())
         .unwrap();
+    // Folders the game ships empty (saves, logs): a copy has them too (protocol 13).
+    let empty = ["saves", "mods/maps/custom", "deep/er/logs", "with space"];
+    for f in empty {
+        fs::create_dir_all(d.path().join("cod5").join(f)).unwrap();
+    }
     let s = source("src", d.path());
     let (c, games) = client();
+    // An empty folder of an earlier attempt that the game does not have goes.
+    fs::create_dir_all(games.path().join("cod5/old/empty")).unwrap();
     c.connect(&s);
     let done = c.download_ok("cod5", &["--no-install"]);
     assert_eq!(done["chunks"], 2, "empty files need no chunk");
     assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
+    for f in empty {
+        assert!(games.path().join("cod5").join(f).is_dir(), "{f} not made");
+    }
+    assert!(!games.path().join("cod5/old").exists());
+    // The copy serves them on: a third peer that knows only the client gets them too.
+    let (third, games3) = client();
+    third.connect(&c);
+    third.download_ok("cod5", &["--no-install"]);
+    assert_same_tree(&d.path().join("cod5"), &games3.path().join("cod5"));
     assert_eq!(
         fs::metadata(games.path().join("cod5/empty.dat"))
             .unwrap()

@@ -122,10 +122,13 @@ fn s12_serve_gates() {
             panic!("ggoo refused")
         };
         assert!(
-            m.iter().all(|f| !f.path.as_str().starts_with("local")),
+            m.files
+                .iter()
+                .all(|f| !f.path.as_str().starts_with("local")),
             "local/ advertised"
         );
         let eti = m
+            .files
             .iter()
             .find(|f| f.path.as_str() == "ggoo.eti")
             .unwrap()
@@ -260,7 +263,7 @@ fn symlinks_in_a_served_root_never_export_outside_files() {
         let PeerResponse::Files(m) = ask(&conn, &files).await else {
             panic!("ggoo refused")
         };
-        let listed: Vec<&str> = m.iter().map(|f| f.path.as_str()).collect();
+        let listed: Vec<&str> = m.files.iter().map(|f| f.path.as_str()).collect();
         assert!(listed.contains(&"alias.txt"), "{listed:?}");
         // Swap a scanned file for a symlink out of the root: refused at open.
         std::fs::remove_file(root.join("notes.txt")).unwrap();

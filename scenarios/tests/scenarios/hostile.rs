@@ -254,7 +254,7 @@ fn a_peer_that_stops_reading_loses_its_answers_not_the_source() {
 /// request re-hashes it and its ranges are served again (issue 18, item 8).
 #[test]
 fn a_file_changed_since_its_hashes_were_given_out_is_refused_until_rehashed() {
-    use lanspread_catalog::{FileManifest, RelPath};
+    use lanspread_catalog::{Manifest, RelPath};
     use lanspread_fixtures::{Content, GameSpec};
     use lanspread_proto::{ChunkRange, PeerRequest, PeerResponse};
     use lanspread_transfer::read_frame;
@@ -307,8 +307,8 @@ fn a_file_changed_since_its_hashes_were_given_out_is_refused_until_rehashed() {
                 len: LEN,
             }],
         };
-        let hash_of = |files: Vec<FileManifest>| {
-            files
+        let hash_of = |m: Manifest| {
+            m.files
                 .into_iter()
                 .find(|f| f.path.as_str() == "ggoo.eti")
                 .unwrap()

@@ -48,10 +48,11 @@ impl RawFile {
     }
 }
 
-/// Same wire layout as `PeerResponse`.
+/// Same wire layout as `PeerResponse` (`Files`: a `Manifest`'s files, then its empty
+/// folders).
 #[derive(Serialize)]
 enum RawResponse {
-    Files(Vec<RawFile>),
+    Files(Vec<RawFile>, Vec<String>),
     Chunk { len: u64 },
 }
 
@@ -99,7 +100,12 @@ fn honest_files() -> Vec<RawFile> {
 }
 
 fn manifest_frame(files: Vec<RawFile>) -> Vec<u8> {
-    encode_frame(&RawResponse::Files(files)).unwrap()
+    with_folders(files, &[])
+}
+
+fn with_folders(files: Vec<RawFile>, folders: &[&str]) -> Vec<u8> {
+    let folders = folders.iter().map(|d| d.to_string()).collect();
+    encode_frame(&RawResponse::Files(files, folders)).unwrap()
 }
 
 fn with_extra(path: &str) -> Lie {
@@ -325,10 +331,26 @@ fn s40_lying_sources_are_refused_and_contained() {
             Lie::Manifest(manifest_frame(dup)),
             "listed twice",
         ),
+        // More than a manifest may list does not even decode.
         (
             "too many files",
             Lie::Manifest(manifest_frame(many)),
-            "100003 files (at most 100000)",
+            "no manifest",
+        ),
+        (
+            "folder escapes",
+            Lie::Manifest(with_folders(honest_files(), &["../up"])),
+            "no manifest",
+        ),
+        (
+            "folder in local/",
+            Lie::Manifest(with_folders(honest_files(), &["local/x"])),
+            "no manifest",
+        ),
+        (
+            "folder over a file",
+            Lie::Manifest(with_folders(honest_files(), &["version.ini/x"])),
+            "both a file and a folder",
         ),
         (
             "huge size",

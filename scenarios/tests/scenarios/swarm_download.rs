@@ -291,7 +291,7 @@ fn the_server_killed_early_clients_get_what_exists_then_fail_cleanly() {
 /// the right manifest digest) and answers every `PartialChunks` range with zeros. Returns
 /// its address and the number of ranges it was asked for so far.
 fn liar(game_dir: &Path) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use lanspread_catalog::{manifest_digest, GameId, Version};
+    use lanspread_catalog::{GameId, Version};
     use lanspread_proto::{
         encode_frame, unit_count, ChunkSet, Hello, Holding, Message, PeerRequest, PeerResponse,
         PROTOCOL_VERSION,
@@ -302,11 +302,11 @@ fn liar(game_dir: &Path) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsi
     let id = GameId::new(GAME).unwrap();
     let root = lanspread_catalog::scan_root(game_dir, id.clone());
     let files = lanspread_catalog::HashCache::new().manifest(&root).unwrap();
-    let total: u64 = files.iter().map(|f| unit_count(f.size)).sum();
+    let total: u64 = files.files.iter().map(|f| unit_count(f.size)).sum();
     let holding = Holding {
         game: id,
         version: Version::parse("20250101").unwrap(),
-        digest: manifest_digest(&files),
+        digest: files.digest(),
         chunks: ChunkSet::full(total as usize),
     };
     let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -8,7 +8,7 @@ fn offering(files: Vec<FileManifest>, holders: Vec<(PeerId, ChunkSet)>) -> (Engi
     config.offer = 8;
     let mut e = Engine::new(game(), &[pid(1)], config, t0);
     drain(&mut e);
-    e.on_manifest(pid(1), Ok(files), t0);
+    e.on_manifest(pid(1), Ok(files.into()), t0);
     drain(&mut e);
     e.set_partials(holders, t0);
     e.on_prepared(&[], &[(pid(1), 0)]);
@@ -28,7 +28,7 @@ fn partial_holders_are_asked_over_their_link_for_what_they_hold() {
     let t0 = Instant::now();
     let mut e = Engine::new(game(), &[pid(1)], EngineConfig::new(2), t0);
     drain(&mut e);
-    e.on_manifest(pid(1), Ok(big(4)), t0);
+    e.on_manifest(pid(1), Ok(big(4).into()), t0);
     assert_eq!(drain(&mut e), [Action::Prepare]);
     // Known before the lanes open: it keeps its link lane.
     e.set_partials(vec![(pid(2), holds(5, &[0, 1]))], t0);
