@@ -145,6 +145,16 @@ pub fn scan_root(dir: &Path, id: GameId) -> GameRoot {
         .iter()
         .map(|f| (f.path.as_str().len(), f.size))
         .chain(folders.iter().map(|d| (d.as_str().len(), 0)));
+    let entries = files.len() + folders.len();
+    if problem.is_none() && entries > lanspread_proto::MAX_MANIFEST_ENTRIES {
+        problem = Some(format!(
+            "too many entries to describe to peers: {} files and {} empty folders (at \
+             most {} in all)",
+            files.len(),
+            folders.len(),
+            lanspread_proto::MAX_MANIFEST_ENTRIES
+        ));
+    }
     if problem.is_none() && !lanspread_proto::manifest_fits_a_frame(sizes) {
         let bytes: u64 = files.iter().map(|f| f.size).sum();
         problem = Some(format!(
@@ -592,6 +602,24 @@ mod tests {
             r.problem
         );
         fs::remove_file(root.join("b.eti")).unwrap();
+        let r = scan_root(&root, GameId::new("cnc4").unwrap());
+        assert_eq!(r.availability(), Availability::Ready, "{:?}", r.problem);
+    }
+
+    #[test]
+    fn a_game_of_more_entries_than_a_manifest_lists_is_not_offered() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("cnc4");
+        write(&root.join("version.ini"), b"20250101");
+        // With version.ini, one entry more than a manifest may list.
+        for i in 0..lanspread_proto::MAX_MANIFEST_ENTRIES {
+            fs::create_dir_all(root.join(format!("d/{i}"))).unwrap();
+        }
+        let r = scan_root(&root, GameId::new("cnc4").unwrap());
+        assert_eq!(r.availability(), Availability::NotReady);
+        let why = r.problem.as_deref().unwrap();
+        assert!(why.contains("1 files and 100000 empty folders"), "{why}");
+        fs::remove_dir(root.join("d/0")).unwrap();
         let r = scan_root(&root, GameId::new("cnc4").unwrap());
         assert_eq!(r.availability(), Availability::Ready, "{:?}", r.problem);
     }

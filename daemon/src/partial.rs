@@ -156,12 +156,11 @@ impl Partials {
     }
 
     /// A download of `game` holds `have` verified (a resume's re-verified chunks, or
-    /// none) of the manifest `files` (whose digest is `digest`: it names the empty
-    /// folders too) in `root`.
+    /// none) of the manifest `files` in `root`.
     pub fn begin(
         &self,
         (game, version): (&GameId, Version),
-        (files, digest): (Arc<Vec<FileManifest>>, ChunkHash),
+        files: Arc<Vec<FileManifest>>,
         (root, dests): (PathBuf, Vec<PathBuf>),
         have: &[usize],
     ) {
@@ -176,7 +175,7 @@ impl Partials {
         let holding = Holding {
             game: game.clone(),
             version,
-            digest,
+            digest: lanspread_catalog::manifest_digest(&files),
             chunks,
         };
         let mut copies = self.lock();
@@ -367,7 +366,7 @@ mod tests {
             0o644,
             pieces,
         )]);
-        let digest = lanspread_catalog::manifest_digest(&files, &[]);
+        let digest = lanspread_catalog::manifest_digest(&files);
         let game = GameId::new("cod5").unwrap();
         let version = Version::parse("20250101").unwrap();
         let p = Partials {
@@ -380,17 +379,12 @@ mod tests {
             cut_through: false,
             ..Partials::default()
         };
-        off.begin(
-            (&game, version),
-            (files.clone(), digest),
-            dest.clone(),
-            &[0],
-        );
+        off.begin((&game, version), files.clone(), dest.clone(), &[0]);
         assert!(
             off.grow(&game, 1, UNIT_SIZE).is_none(),
             "cut-through is off"
         );
-        p.begin((&game, version), (files, digest), dest, &[0]);
+        p.begin((&game, version), files, dest, &[0]);
         let range = |chunk: u64| ChunkRange {
             path: path.clone(),
             offset: chunk * UNIT_SIZE,

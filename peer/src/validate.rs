@@ -27,14 +27,6 @@ pub struct Chosen {
     pub rejected: Vec<(PeerId, String)>,
 }
 
-impl Chosen {
-    /// The chosen manifest's digest ([`lanspread_catalog::manifest_digest`]): what the
-    /// journal and the partial holders name it by.
-    pub fn digest(&self) -> lanspread_catalog::ChunkHash {
-        lanspread_catalog::manifest_digest(&self.files, &self.folders)
-    }
-}
-
 /// Checks a manifest on its own: unique paths, no file where another needs a folder,
 /// piece and chunk hashes matching sizes and each other (every chunk hash over its
 /// pieces'), a small `version.ini`, and empty folders that are empty (nothing listed
@@ -79,30 +71,29 @@ pub fn check_manifest(manifest: &Manifest) -> Result<(), PeerError> {
             }
         }
     }
-    // Every folder that holds something: listed as empty, it would be a second name for
-    // what the files already make (and two sources of one tree could disagree).
-    let mut holding: BTreeSet<&str> = BTreeSet::new();
-    for path in files
+    // Every path, sorted: a folder listed as empty must have nothing under it (else it
+    // would be a second name for what the files already make, and two sources of one
+    // tree could differ). Found by a binary search per folder, not a set of every
+    // folder on every path (deep paths would make that large).
+    let mut all: Vec<&str> = files
         .iter()
         .map(|f| f.path.as_str())
         .chain(folders.iter().map(RelPath::as_str))
-    {
-        holding.extend(ancestors(path));
-    }
+        .collect();
+    all.sort_unstable();
     let mut empty = BTreeSet::new();
     for d in folders {
         let d = d.as_str();
         if paths.contains(d) || ancestors(d).any(|up| paths.contains(up)) {
             return bad(format!("{d} is both a file and a folder"));
         }
-        if d == VERSION_FILE {
-            return bad(format!("{d} is a folder"));
-        }
-        if holding.contains(d) {
-            return bad(format!("{d} is listed as empty but holds something"));
-        }
         if !empty.insert(d) {
             return bad(format!("{d} listed twice"));
+        }
+        let under = format!("{d}/");
+        let first = all.partition_point(|p| *p < under.as_str());
+        if all.get(first).is_some_and(|p| p.starts_with(&under)) {
+            return bad(format!("{d} is listed as empty but holds something"));
         }
     }
     match files.iter().find(|f| f.path.as_str() == VERSION_FILE) {
@@ -112,6 +103,20 @@ pub fn check_manifest(manifest: &Manifest) -> Result<(), PeerError> {
         }
         Some(_) => Ok(()),
     }
+}
+
+/// The folder list named most, on a tie the longest, then the first in order (every
+/// voter's choice is the same whatever order the answers came in).
+fn most_named<'a>(lists: impl Iterator<Item = &'a Vec<RelPath>>) -> Vec<RelPath> {
+    let mut count: BTreeMap<&Vec<RelPath>, usize> = BTreeMap::new();
+    for l in lists {
+        *count.entry(l).or_default() += 1;
+    }
+    count
+        .into_iter()
+        .max_by(|(a, n), (b, m)| n.cmp(m).then(a.len().cmp(&b.len())).then(b.cmp(a)))
+        .map(|(l, _)| l.clone())
+        .unwrap_or_default()
 }
 
 /// The folders that hold `path`, outermost first ("a/b/c" → "a", "a/b").
@@ -138,11 +143,18 @@ fn no_metadata(game: &GameId, rejected: &[(PeerId, String)]) -> PeerError {
 
 /// The manifest vote of one download: answers come in one by one; [`ManifestVote::settled`]
 /// says when the ones still missing can no longer change the outcome, and
-/// [`ManifestVote::choose`] picks the manifest with a strict plurality. Invalid manifests
+/// [`ManifestVote::choose`] picks the files with a strict plurality. Invalid manifests
 /// do not vote.
+///
+/// The files decide, not the empty folders: sources that send the same bytes are sources
+/// whatever folders they list (a copy made before protocol 13, or by a tool that drops
+/// empty folders, has none; a tie with the original would fail the download). Among the
+/// chosen files' voters, the folder list named most wins, on a tie the longer one (a
+/// missing folder may break a game, an extra empty one does not).
 #[derive(Debug, Default)]
 pub struct ManifestVote {
-    groups: BTreeMap<Manifest, Vec<PeerId>>,
+    /// Each list of files voted for, with its voters and the folders each listed.
+    groups: BTreeMap<Vec<FileManifest>, Vec<(PeerId, Vec<RelPath>)>>,
     rejected: Vec<(PeerId, String)>,
 }
 
@@ -157,7 +169,11 @@ impl ManifestVote {
             f.mode &= 0o777;
         }
         match check_manifest(&manifest) {
-            Ok(()) => self.groups.entry(manifest).or_default().push(peer),
+            Ok(()) => self
+                .groups
+                .entry(manifest.files)
+                .or_default()
+                .push((peer, manifest.folders)),
             Err(e) => self.rejected.push((peer, e.to_string())),
         }
     }
@@ -205,20 +221,21 @@ impl ManifestVote {
             });
         }
         let mut chosen = None;
-        for (manifest, mut peers) in groups {
-            peers.sort();
-            if peers.len() == top {
-                chosen = Some((manifest, peers));
+        for (files, voters) in groups {
+            if voters.len() == top {
+                chosen = Some((files, voters));
             } else {
                 rejected.extend(
-                    peers
+                    voters
                         .into_iter()
-                        .map(|p| (p, "outvoted manifest".to_owned())),
+                        .map(|(p, _)| (p, "outvoted manifest".to_owned())),
                 );
             }
         }
-        let (Manifest { files, folders }, sources) =
-            chosen.ok_or_else(|| no_metadata(game, &[]))?;
+        let (files, voters) = chosen.ok_or_else(|| no_metadata(game, &[]))?;
+        let folders = most_named(voters.iter().map(|(_, f)| f));
+        let mut sources: Vec<PeerId> = voters.into_iter().map(|(p, _)| p).collect();
+        sources.sort();
         Ok(Chosen {
             files,
             folders,
@@ -410,17 +427,48 @@ mod tests {
     fn empty_folders_vote_and_must_be_empty() {
         let ok = dirs(game(100, 7), &["saves", "a/b/c"]);
         assert!(check_manifest(&ok).is_ok());
-        // Sources that differ only by a folder are two manifests; the order they list
-        // folders in is not a difference.
+        // Names that sort between a folder and what would be under it ('-' and '.' come
+        // before '/') are no content of it.
+        let beside = dirs(
+            vec![f("version.ini", 9, 1), f("a-b.eti", 1, 1), f("a.c/d", 1, 1)],
+            &["a", "a-b2", "a.c/e"],
+        );
+        assert!(check_manifest(&beside).is_ok());
+        // The files decide who is a source: one without the folders (a copy made before
+        // protocol 13) sends the same bytes. The folders named most win; the order a
+        // source lists them in is no difference.
+        let folders_of = |c: &Chosen| -> Vec<String> {
+            c.folders.iter().map(|d| d.as_str().to_owned()).collect()
+        };
         let mut vote = ManifestVote::default();
         vote.add(pid(1), dirs(game(100, 7), &["saves", "a/b/c"]));
         vote.add(pid(2), dirs(game(100, 7), &["a/b/c", "saves"]));
         vote.add(pid(3), m(game(100, 7)));
+        assert!(vote.settled(0));
         let c = vote.choose(&id()).unwrap();
-        assert_eq!(c.sources, [pid(1), pid(2)]);
-        let folders: Vec<_> = c.folders.iter().map(RelPath::as_str).collect();
-        assert_eq!(folders, ["a/b/c", "saves"]);
-        assert_eq!(c.rejected, [(pid(3), "outvoted manifest".to_owned())]);
+        assert_eq!(c.sources, [pid(1), pid(2), pid(3)]);
+        assert_eq!(folders_of(&c), ["a/b/c", "saves"]);
+        assert!(c.rejected.is_empty());
+        // Outnumbered, the folders go (as every copy had it before protocol 13); on a
+        // tie the longer list wins, whatever order the answers came in.
+        let mut vote = ManifestVote::default();
+        vote.add(pid(1), dirs(game(100, 7), &["saves"]));
+        vote.add(pid(2), m(game(100, 7)));
+        vote.add(pid(3), m(game(100, 7)));
+        assert!(vote.choose(&id()).unwrap().folders.is_empty());
+        for order in [[1, 2], [2, 1]] {
+            let mut vote = ManifestVote::default();
+            for p in order {
+                let listed: &[&str] = if p == 1 { &["saves"] } else { &[] };
+                vote.add(pid(p), dirs(game(100, 7), listed));
+            }
+            let c = vote.choose(&id()).unwrap();
+            assert_eq!((c.sources.len(), folders_of(&c)), (2, vec!["saves".into()]));
+        }
+        let mut vote = ManifestVote::default();
+        vote.add(pid(1), dirs(game(100, 7), &["b"]));
+        vote.add(pid(2), dirs(game(100, 7), &["a"]));
+        assert_eq!(folders_of(&vote.choose(&id()).unwrap()), ["a"]);
         for (bad, why) in [
             (dirs(game(100, 7), &["g.eti"]), "both a file and a folder"),
             (dirs(game(100, 7), &["g.eti/x"]), "both a file and a folder"),
@@ -428,7 +476,14 @@ mod tests {
                 dirs(game(100, 7), &["version.ini"]),
                 "both a file and a folder",
             ),
-            (dirs(game(100, 7), &["a", "a/b"]), "holds something"),
+            (
+                dirs(game(100, 7), &["a", "a/b"]),
+                "a is listed as empty but holds",
+            ),
+            (
+                dirs(game(100, 7), &["a", "a-b", "a.c/d", "a/b"]),
+                "holds something",
+            ),
             (dirs(game(100, 7), &["saves", "saves"]), "listed twice"),
             (
                 dirs(vec![f("version.ini", 9, 1), f("d/g.eti", 1, 1)], &["d"]),

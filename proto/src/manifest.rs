@@ -159,17 +159,12 @@ impl From<Vec<FileManifest>> for Manifest {
     }
 }
 
-impl Manifest {
-    /// [`manifest_digest`] of this manifest.
-    pub fn digest(&self) -> ChunkHash {
-        manifest_digest(&self.files, &self.folders)
-    }
-}
-
-/// BLAKE3 over everything a manifest says (paths, sizes, modes, chunk and piece hashes,
-/// then the empty folders), in order: two manifests with the same digest describe the
-/// same bytes at the same places.
-pub fn manifest_digest(files: &[FileManifest], folders: &[RelPath]) -> ChunkHash {
+/// BLAKE3 over everything a manifest says of its files (paths, sizes, modes, chunk and
+/// piece hashes), in order: two manifests with the same digest describe the same bytes
+/// at the same places. The empty folders are no part of it: downloads of the same bytes
+/// swarm together, and resume each other's journals, whatever folders their sources
+/// listed (a copy made before protocol 13 has none).
+pub fn manifest_digest(files: &[FileManifest]) -> ChunkHash {
     let mut h = blake3::Hasher::new();
     h.update(&(files.len() as u64).to_le_bytes());
     for f in files {
@@ -185,11 +180,6 @@ pub fn manifest_digest(files: &[FileManifest], folders: &[RelPath]) -> ChunkHash
         for p in &f.pieces {
             h.update(p);
         }
-    }
-    h.update(&(folders.len() as u64).to_le_bytes());
-    for d in folders {
-        h.update(&(d.as_str().len() as u64).to_le_bytes());
-        h.update(d.as_str().as_bytes());
     }
     h.finalize().into()
 }
@@ -432,28 +422,17 @@ mod tests {
     #[test]
     fn the_digest_covers_every_field() {
         let f = FileManifest::from_pieces(RelPath::new("a.eti").unwrap(), 1, 0o644, vec![[1; 32]]);
-        let base = manifest_digest(std::slice::from_ref(&f), &[]);
+        let base = manifest_digest(std::slice::from_ref(&f));
         let mut g = f.clone();
         g.mode = 0o755;
-        assert_ne!(manifest_digest(&[g], &[]), base);
+        assert_ne!(manifest_digest(&[g]), base);
         let mut g = f.clone();
         g.chunks[0][31] = 2;
-        assert_ne!(manifest_digest(&[g], &[]), base);
+        assert_ne!(manifest_digest(&[g]), base);
         let mut g = f.clone();
         g.pieces[0][31] = 2;
-        assert_ne!(manifest_digest(&[g], &[]), base);
-        assert_ne!(manifest_digest(&[f.clone(), f.clone()], &[]), base);
-        // An empty folder is part of what a copy must hold; where the path ends counts.
-        let saves = RelPath::new("saves").unwrap();
-        let with_saves = manifest_digest(std::slice::from_ref(&f), std::slice::from_ref(&saves));
-        assert_ne!(with_saves, base);
-        let two = [RelPath::new("sa").unwrap(), RelPath::new("ves").unwrap()];
-        assert_ne!(manifest_digest(std::slice::from_ref(&f), &two), with_saves);
-        let m = Manifest {
-            files: vec![f.clone()],
-            folders: vec![saves],
-        };
-        assert_eq!(m.digest(), with_saves);
-        assert_eq!(manifest_digest(&[f], &[]), base);
+        assert_ne!(manifest_digest(&[g]), base);
+        assert_ne!(manifest_digest(&[f.clone(), f.clone()]), base);
+        assert_eq!(manifest_digest(&[f]), base);
     }
 }

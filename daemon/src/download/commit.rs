@@ -149,20 +149,28 @@ fn prepare_blocking(
         open = Some((folder.to_path_buf(), at));
         dests.push(dest);
     }
-    // Empty folders now, so one in the way fails the download before a byte moves; each
-    // one's entry is on its parent's filesystem (a `syncfs` there makes it durable).
+    // Empty folders now, so one that cannot be made fails the download before a byte
+    // moves; each one's entry is on its parent's filesystem (a `syncfs` there makes it
+    // durable).
     for d in folders {
         let d = d.to_path(Path::new(""));
-        game.create_folders(&d)
-            .map_err(|e| err(&game.shown(&d), e))?;
-        let parent = d.parent().unwrap_or(Path::new(""));
-        let opened = if parent.as_os_str().is_empty() {
+        let (parent, Some(name)) = (d.parent().unwrap_or(Path::new("")), d.file_name()) else {
+            return Err(Failure::new(ErrorKind::Io, "a folder without a name"));
+        };
+        let at = if parent.as_os_str().is_empty() {
             game.dir().try_clone()
         } else {
-            game.open_folder(parent)
+            game.create_folders(parent)
         }
-        .map_err(|e| err(&game.shown(parent), e))?
-        .into_std_file();
+        .map_err(|e| err(&game.shown(parent), e))?;
+        // A file or symlink where the manifest has a folder is an older copy's (the
+        // commit would remove it): removed, a link never followed.
+        if at.symlink_metadata(name).is_ok_and(|m| !m.is_dir()) {
+            at.remove_file(name).map_err(|e| err(&game.shown(&d), e))?;
+        }
+        game.create_folders(&d)
+            .map_err(|e| err(&game.shown(&d), e))?;
+        let opened = at.into_std_file();
         let dev = opened.metadata().map_err(|e| err(root, e))?.dev();
         if !devs.contains(&dev) {
             devs.push(dev);

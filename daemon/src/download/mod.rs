@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use std::collections::BTreeMap;
 
-use lanspread_catalog::{ChunkHash, FileManifest, GameId, RelPath, Version, VERSION_FILE};
+use lanspread_catalog::{manifest_digest, FileManifest, GameId, RelPath, Version, VERSION_FILE};
 use lanspread_peer::{Chosen, ChunkTally, Engine, EngineConfig, OpKind, Sources};
 use lanspread_proto::PeerId;
 use tokio::task::JoinSet;
@@ -199,11 +199,10 @@ async fn download(
         .events
         .emit(got_game_files(id, sources.version, &chosen));
     let root = shared.games_dir.join(id.as_str());
-    let digest = chosen.digest();
     let (dests, mut journal, verified, root_dir) = prepare(
         (&shared.games_dir, &shared.net.writer),
         &root,
-        (&chosen.files, &chosen.folders, digest),
+        (&chosen.files, &chosen.folders),
         &engine,
         sources.version,
         files_open,
@@ -228,7 +227,7 @@ async fn download(
     let manifest = Arc::new(chosen.files.clone());
     shared.partials.begin(
         (id, sources.version),
-        (manifest, digest),
+        manifest,
         (root.clone(), dests.iter().map(|d| root.join(d)).collect()),
         &present,
     );
@@ -243,7 +242,6 @@ async fn download(
     let mut in_flight = in_flight::InFlight::default();
     let work = transfer::Work {
         files: &chosen.files,
-        digest,
         file_ids: files_open,
         journal: &mut journal,
         kept: verified.kept.into_iter().collect(),
@@ -431,7 +429,7 @@ async fn commit_files(
 async fn prepare(
     (games_dir, writer): (&std::path::Path, &Writer),
     root: &std::path::Path,
-    (files, folders, digest): (&[FileManifest], &[RelPath], ChunkHash),
+    (files, folders): (&[FileManifest], &[RelPath]),
     engine: &Engine,
     version: Version,
     files_open: &mut Vec<u64>,
@@ -462,6 +460,7 @@ async fn prepare(
     for inode in created {
         root_dir.created(inode);
     }
+    let digest = manifest_digest(files);
     let (journal, verified) =
         journal::open(&game, &dests, engine.chunks(), version, digest).await?;
     Ok((dests, journal, verified, root_dir))

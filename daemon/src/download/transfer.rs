@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use lanspread_catalog::{ChunkHash, FileManifest, GameId, Version, PIECE_SIZE};
+use lanspread_catalog::{manifest_digest, ChunkHash, FileManifest, GameId, Version, PIECE_SIZE};
 use lanspread_control::api::{EventKind, SourceBytes};
 use lanspread_control::Failure;
 use lanspread_peer::{
@@ -28,8 +28,6 @@ use crate::state::Shared;
 /// What `transfer` writes into, and the connections it fetches over (closed when done).
 pub(super) struct Work<'a> {
     pub files: &'a [FileManifest],
-    /// The manifest's digest (files and empty folders): partial holders of it are sources.
-    pub digest: ChunkHash,
     pub file_ids: &'a [u64],
     pub journal: &'a mut journal::Journal,
     /// Chunk → its first bytes (whole pieces) already verified and written, by an earlier
@@ -66,7 +64,7 @@ pub(super) async fn transfer(
     work: Work<'_>,
     engine: &mut Engine,
 ) -> Result<(), Failure> {
-    let digest = work.digest;
+    let digest = manifest_digest(work.files);
     let mut t = Transfer {
         shared,
         game,

@@ -440,6 +440,34 @@ fn s34_empty_files_and_folders() {
 }
 
 #[test]
+fn a_copy_without_the_empty_folders_still_serves_and_the_folders_are_made() {
+    // Two sources of the same bytes: one lists an empty folder, the other (a copy made
+    // before protocol 13, which dropped empty folders) does not. Both serve; the copy
+    // gets the folder (on a tie the longer list wins).
+    let spec = GameSpec::new("cod5", "20250101").with_archive(3, &[3 << 20]);
+    let (with, without) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    spec.write(with.path()).unwrap();
+    spec.write(without.path()).unwrap();
+    fs::create_dir_all(with.path().join("cod5/saves")).unwrap();
+    let (a, b) = (
+        source("with", with.path()),
+        source("without", without.path()),
+    );
+    let (c, games) = client();
+    c.connect(&a);
+    c.connect(&b);
+    let done = c.download_ok("cod5", &["--no-install"]);
+    let events = c.game_events("cod5");
+    let got = events
+        .iter()
+        .find(|e| e["event"] == "got-game-files")
+        .unwrap();
+    assert_eq!(got["sources"].as_array().unwrap().len(), 2, "{got}");
+    assert_eq!(done["event"], "download-finished");
+    assert_same_tree(&with.path().join("cod5"), &games.path().join("cod5"));
+}
+
+#[test]
 fn s35_unknown_id() {
     let d = tempfile::tempdir().unwrap();
     GameSpec::new("mystery-game", "20250101")

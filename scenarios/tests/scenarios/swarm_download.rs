@@ -291,7 +291,7 @@ fn the_server_killed_early_clients_get_what_exists_then_fail_cleanly() {
 /// the right manifest digest) and answers every `PartialChunks` range with zeros. Returns
 /// its address and the number of ranges it was asked for so far.
 fn liar(game_dir: &Path) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    use lanspread_catalog::{GameId, Version};
+    use lanspread_catalog::{manifest_digest, GameId, Version};
     use lanspread_proto::{
         encode_frame, unit_count, ChunkSet, Hello, Holding, Message, PeerRequest, PeerResponse,
         PROTOCOL_VERSION,
@@ -306,7 +306,7 @@ fn liar(game_dir: &Path) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsi
     let holding = Holding {
         game: id,
         version: Version::parse("20250101").unwrap(),
-        digest: files.digest(),
+        digest: manifest_digest(&files.files),
         chunks: ChunkSet::full(total as usize),
     };
     let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

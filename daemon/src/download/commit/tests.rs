@@ -178,22 +178,24 @@ fn empty_folders_are_made_kept_and_made_again_never_through_a_link() {
         .iter()
         .map(|d| RelPath::new(d).unwrap())
         .collect();
-    // Something else at a listed folder's path: the download fails before a byte moves.
+    // A file where a folder on the way must be: the download fails before a byte moves.
     fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("a"), b"a file").unwrap();
+    let e = prepare_blocking(&root, (&files, &folders)).err().unwrap();
+    assert!(e.to_string().contains("in the way"), "{e}");
+    fs::remove_file(root.join("a")).unwrap();
+    // A symlink or an older copy's file at a listed folder's own place: removed (the
+    // link not followed), the folder made.
     symlink(&outside, root.join("saves")).unwrap();
-    let e = prepare_blocking(&root, (&files, &folders)).err().unwrap();
-    assert!(e.to_string().contains("in the way"), "{e}");
-    fs::remove_file(root.join("saves")).unwrap();
-    fs::write(root.join("saves"), b"a file").unwrap();
-    let e = prepare_blocking(&root, (&files, &folders)).err().unwrap();
-    assert!(e.to_string().contains("in the way"), "{e}");
+    prepare_blocking(&root, (&files, &folders)).unwrap();
+    assert!(fs::symlink_metadata(root.join("saves")).unwrap().is_dir());
     assert_eq!(
         fs::read_dir(&outside).unwrap().count(),
         2,
         "nothing made outside"
     );
-    fs::remove_file(root.join("saves")).unwrap();
-
+    fs::remove_dir(root.join("saves")).unwrap();
+    fs::write(root.join("saves"), b"an older copy's file").unwrap();
     let (dests, dir) = prepare_blocking(&root, (&files, &folders)).unwrap();
     assert!(root.join("a/b/c").is_dir() && root.join("saves").is_dir());
     fs::write(root.join(&dests[0]), b"20250101").unwrap();
