@@ -19,9 +19,10 @@ pub const MAX_FILES_PER_GAME: usize = lanspread_catalog::MAX_MANIFEST_ENTRIES;
 pub struct Chosen {
     /// Files sorted by path.
     pub files: Vec<FileManifest>,
-    /// Empty folders, sorted.
+    /// Empty folders, sorted: the list named most among the sources (see
+    /// [`ManifestVote`]).
     pub folders: Vec<RelPath>,
-    /// The peers whose manifest is exactly this one, sorted.
+    /// The peers whose files are exactly these, sorted (whatever folders they listed).
     pub sources: Vec<PeerId>,
     /// Peers whose answer was unusable or outvoted, with why.
     pub rejected: Vec<(PeerId, String)>,
@@ -199,7 +200,8 @@ impl ManifestVote {
         lead > second + outstanding
     }
 
-    /// Picks the manifest with a strict plurality. A tie for the top spot fails.
+    /// Picks the files with a strict plurality, and their voters' folder list named
+    /// most. A tie for the top spot fails.
     pub fn choose(self, game: &GameId) -> Result<Chosen, PeerError> {
         let ManifestVote {
             groups,

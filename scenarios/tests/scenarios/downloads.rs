@@ -468,6 +468,30 @@ fn a_copy_without_the_empty_folders_still_serves_and_the_folders_are_made() {
 }
 
 #[test]
+fn an_update_that_turns_files_into_folders_replaces_them() {
+    // The older copy has files named `saves` and `data`; the new version has folders
+    // there (one empty, one holding a file).
+    let d = tempfile::tempdir().unwrap();
+    GameSpec::new("cod5", "20250301")
+        .file("data/x.bin", 0o644, Content::Bytes(b"x".to_vec()))
+        .write(d.path())
+        .unwrap();
+    fs::create_dir_all(d.path().join("cod5/saves/slot1")).unwrap();
+    let games = tempfile::tempdir().unwrap();
+    GameSpec::new("cod5", "20250101")
+        .file("saves", 0o644, Content::Bytes(b"old".to_vec()))
+        .file("data", 0o644, Content::Bytes(b"old".to_vec()))
+        .write(games.path())
+        .unwrap();
+    let s = source("src", d.path());
+    let c = Node::start("client", games.path());
+    c.connect(&s);
+    c.download_ok("cod5", &["--no-install"]);
+    assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
+    assert_eq!(c.local_row("cod5").unwrap()["version"], "20250301");
+}
+
+#[test]
 fn s35_unknown_id() {
     let d = tempfile::tempdir().unwrap();
     GameSpec::new("mystery-game", "20250101")
