@@ -420,6 +420,29 @@ mod tests {
     }
 
     #[test]
+    fn the_digest_is_the_one_journals_were_written_with() {
+        // Resume journals and partial holders name a manifest by its digest: a change
+        // of the function (protocol 13 nearly added the empty folders to it) would void
+        // every journal of an upgraded daemon. This value was computed by protocol 12.
+        let f =
+            FileManifest::from_pieces(RelPath::new("a/b.eti").unwrap(), 9, 0o644, vec![[7; 32]]);
+        let v = FileManifest::from_pieces(
+            RelPath::new("version.ini").unwrap(),
+            8,
+            0o644,
+            vec![[1; 32]],
+        );
+        let hex: String = manifest_digest(&[f, v])
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "d87ab07dfb12409e1ff61af91a7c7065a72e6a76c764557ab9c95e5b40c7ef63"
+        );
+    }
+
+    #[test]
     fn the_digest_covers_every_field() {
         let f = FileManifest::from_pieces(RelPath::new("a.eti").unwrap(), 1, 0o644, vec![[1; 32]]);
         let base = manifest_digest(std::slice::from_ref(&f));
