@@ -147,6 +147,17 @@ impl GameDir {
     /// are kept) and opens the last; a symlink or anything but a folder in the way fails
     /// with what it is.
     pub fn create_folders(&self, rel: &Path) -> io::Result<Dir> {
+        self.folders(rel, false)
+    }
+
+    /// [`GameDir::create_folders`], removing a file or symlink (unlinked, never followed)
+    /// where one of the folders must be: for a writer whose folder list says what the
+    /// tree is (a download replacing an older copy that had a file there).
+    pub fn create_folders_replacing(&self, rel: &Path) -> io::Result<Dir> {
+        self.folders(rel, true)
+    }
+
+    fn folders(&self, rel: &Path, replace: bool) -> io::Result<Dir> {
         let mut at = self.dir.try_clone()?;
         let mut walked = PathBuf::new();
         for comp in rel.components() {
@@ -157,6 +168,9 @@ impl GameDir {
                 ));
             };
             walked.push(name);
+            if replace && at.symlink_metadata(name).is_ok_and(|m| !m.is_dir()) {
+                at.remove_file(name)?;
+            }
             match at.create_dir(name) {
                 Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
                 _ => {}

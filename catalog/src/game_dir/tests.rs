@@ -90,7 +90,7 @@ fn the_root_moved_after_it_was_opened_keeps_taking_the_writes() {
 
 #[test]
 fn folders_are_made_one_by_one_and_what_is_in_the_way_is_named() {
-    let (_t, root, _outside) = lab();
+    let (_t, root, outside) = lab();
     let g = GameDir::open(&root).unwrap();
     // Readable folders: fsync and syncfs refuse a path handle (O_PATH).
     sync_dir(&g.create_folders(Path::new("a/b/c")).unwrap()).unwrap();
@@ -100,6 +100,18 @@ fn folders_are_made_one_by_one_and_what_is_in_the_way_is_named() {
     let e = g.create_folders(Path::new("a/f/x")).unwrap_err();
     assert!(e.to_string().contains("is in the way"), "{e}");
     assert!(g.create_folders(Path::new("/abs")).is_err());
+    // Replacing: the file in the way goes; a symlink to a folder outside is unlinked,
+    // its target left alone.
+    g.create_folders_replacing(Path::new("a/f/x")).unwrap();
+    assert!(root.join("a/f/x").is_dir());
+    symlink(&outside, root.join("a/l")).unwrap();
+    let before = fs::read_dir(&outside).unwrap().count();
+    g.create_folders_replacing(Path::new("a/l/y")).unwrap();
+    assert!(fs::symlink_metadata(root.join("a/l")).unwrap().is_dir());
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), before);
+    assert!(g.create_folders_replacing(Path::new("../up")).is_err());
+    fs::remove_dir_all(root.join("a/f")).unwrap();
+    fs::write(root.join("a/f"), b"").unwrap();
     g.replace(Path::new("a/j"), Path::new("a/j.tmp"), b"one")
         .unwrap();
     // A symlink left at the temporary name is removed, not followed.

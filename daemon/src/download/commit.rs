@@ -123,7 +123,12 @@ fn prepare_blocking(
         let at = match open.take() {
             Some((at, dir)) if at == folder => dir,
             _ => {
-                let dir = make_folders(&game, folder).map_err(|e| err(&game.shown(folder), e))?;
+                // An older copy's file or symlink where the manifest has a folder is
+                // removed (else an update that turns a file into a folder failed every
+                // retry: the commit keeps whatever is at a listed folder's name).
+                let dir = game
+                    .create_folders_replacing(folder)
+                    .map_err(|e| err(&game.shown(folder), e))?;
                 let opened = dir.try_clone().map_err(|e| err(root, e))?.into_std_file();
                 let dev = opened.metadata().map_err(|e| err(root, e))?.dev();
                 if !devs.contains(&dev) {
@@ -149,11 +154,16 @@ fn prepare_blocking(
     // durable).
     for d in folders {
         let d = d.to_path(Path::new(""));
-        make_folders(&game, &d).map_err(|e| err(&game.shown(&d), e))?;
+        game.create_folders_replacing(&d)
+            .map_err(|e| err(&game.shown(&d), e))?;
         let parent = d.parent().unwrap_or(Path::new(""));
-        let opened = make_folders(&game, parent)
-            .map_err(|e| err(&game.shown(parent), e))?
-            .into_std_file();
+        let opened = if parent.as_os_str().is_empty() {
+            game.dir().try_clone()
+        } else {
+            game.open_folder(parent)
+        }
+        .map_err(|e| err(&game.shown(parent), e))?
+        .into_std_file();
         let dev = opened.metadata().map_err(|e| err(root, e))?.dev();
         if !devs.contains(&dev) {
             devs.push(dev);
@@ -168,32 +178,6 @@ fn prepare_blocking(
             created: Vec::with_capacity(files.len()),
         },
     ))
-}
-
-/// Makes the folders of `rel` (relative to the root; empty: the root) one by one beneath
-/// the root and opens the last. A file or symlink where one of them must be is an older
-/// copy's entry (the manifest has a folder there, and the commit keeps whatever is at a
-/// listed folder's name): it is removed, a symlink never followed, so an update that
-/// turns a file into a folder does not fail every retry.
-fn make_folders(game: &GameDir, rel: &Path) -> io::Result<cap_std::fs::Dir> {
-    let mut at = game.dir().try_clone()?;
-    for comp in rel.components() {
-        let std::path::Component::Normal(name) = comp else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{}: not a plain relative path", rel.display()),
-            ));
-        };
-        if at.symlink_metadata(name).is_ok_and(|m| !m.is_dir()) {
-            at.remove_file(name)?;
-        }
-        match at.create_dir(name) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
-        }
-        at = at.open_dir_nofollow(name)?;
-    }
-    Ok(at)
 }
 
 /// Sets the final mode of the files whose manifest mode a download cannot keep while it
@@ -313,7 +297,8 @@ fn commit_blocking(
     // An empty folder removed during the download is made again (one in the way fails).
     for d in empty {
         let d = d.to_path(Path::new(""));
-        make_folders(game, &d).map_err(|e| err(&game.shown(&d), e))?;
+        game.create_folders_replacing(&d)
+            .map_err(|e| err(&game.shown(&d), e))?;
     }
     final_modes((game, created), files, dests, syncfs.is_empty())?;
     if syncfs.is_empty() {
