@@ -6,6 +6,9 @@ use clap::Parser;
 use lanspread_daemon::{ConfigSource, Daemon, DaemonArgs};
 use tokio::sync::watch;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long a stop may take after SIGTERM/SIGINT before the process exits anyway.
 const STOP_DEADLINE: Duration = Duration::from_secs(10);
 
