@@ -4,8 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::Read;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -19,32 +18,39 @@ use crate::hash_store::{
 use crate::inflight::{Claims, HashProgress, RootProgress};
 use crate::{CatalogError, FileDescriptor, GameRoot};
 
-/// Hashes every 1 MiB piece of a file.
-pub fn hash_pieces(path: &Path) -> Result<Vec<ChunkHash>, CatalogError> {
-    hash_pieces_with(path, &mut |_| true)
-}
-
-/// [`hash_pieces`], telling `read` the length of each read as it is done; it returns
-/// `false` to stop ([`CatalogError::Stopped`]).
-pub fn hash_pieces_with(
-    path: &Path,
+/// Hashes every 1 MiB piece of the open regular file `file` (named `shown` in errors),
+/// reading it from its start with `pread` (its offset is left alone) and at most
+/// `size + 1` bytes: a file that grows while it is read is not read for ever, and the
+/// caller's check of the piece count against `size` sees that it changed. `read` is told
+/// the length of each read as it is done; it returns `false` to stop
+/// ([`CatalogError::Stopped`]).
+///
+/// The file is opened by the caller, never here by path: a path opened blocking would
+/// hang on a FIFO swapped in after the scan (see [`crate::Confined::open`]).
+pub fn hash_file(
+    file: &File,
+    shown: &Path,
+    size: u64,
     read: &mut dyn FnMut(u64) -> bool,
 ) -> Result<Vec<ChunkHash>, CatalogError> {
-    let mut f = File::open(path).map_err(|e| CatalogError::io(path, e))?;
     let mut buf = vec![0u8; PIECE_SIZE as usize];
     let mut out = Vec::new();
     // Bytes of the piece being read; it is hashed whole (BLAKE3 is fastest on one long
     // slice).
     let mut in_piece = 0usize;
-    loop {
-        let n = match f.read(&mut buf[in_piece..]) {
+    let mut pos = 0u64;
+    let limit = size.saturating_add(1);
+    while pos < limit {
+        let room = (buf.len() - in_piece).min(usize::try_from(limit - pos).unwrap_or(usize::MAX));
+        let n = match file.read_at(&mut buf[in_piece..in_piece + room], pos) {
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(CatalogError::io(path, e)),
+            Err(e) => return Err(CatalogError::io(shown, e)),
         };
         if n == 0 {
             break;
         }
+        pos += n as u64;
         in_piece += n;
         if in_piece == buf.len() {
             out.push(piece_hash(&buf));
@@ -151,12 +157,23 @@ impl HashCache {
         let mut hashed = 0u64;
         // A file whose hashing stops or fails part-way takes back what it counted: whoever
         // hashes it next counts it again.
-        let mut hash = |full: &Path| {
+        // Files are opened inside the root as it resolves now, never blocking (a FIFO
+        // swapped in after the scan is refused at once, a symlink re-pointed out of the
+        // root too), and must still be the file whose identity was looked up.
+        let mut confined = None;
+        let mut hash = |full: &Path, key: FileKey| {
             let mut counted = 0u64;
-            let res = hash_pieces_with(full, &mut |n| {
-                self.progress.add(&root.dir, n);
-                counted += n;
-                go_on()
+            let res = open_as(&mut confined, &root.dir, full, key).and_then(|file| {
+                let pieces = hash_file(&file, full, key.size, &mut |n| {
+                    self.progress.add(&root.dir, n);
+                    counted += n;
+                    go_on()
+                })?;
+                match file.metadata() {
+                    Ok(m) if FileKey::of(&m) == key => Ok(pieces),
+                    Ok(_) => Err(changed_while_hashing(full)),
+                    Err(e) => Err(CatalogError::io(full, e)),
+                }
             });
             match &res {
                 Ok(_) => hashed += counted,
@@ -174,7 +191,7 @@ impl HashCache {
                 // Someone may have hashed it since the first look.
                 Some(_claim) => match self.in_memory(full, *key) {
                     Some(c) => *chunks = Some(c),
-                    None => *chunks = Some(self.remember(full, *key, hash(full)?)),
+                    None => *chunks = Some(self.remember(full, *key, hash(full, *key)?)),
                 },
                 None => later.push(i),
             }
@@ -189,7 +206,7 @@ impl HashCache {
                     *chunks = Some(c);
                 } else if let Some(_claim) = self.claims.try_claim(full) {
                     // The other one stopped or failed: hash it here.
-                    *chunks = Some(self.remember(full, *key, hash(full)?));
+                    *chunks = Some(self.remember(full, *key, hash(full, *key)?));
                 }
             }
         }
@@ -206,10 +223,7 @@ impl HashCache {
             let pieces = pieces.unwrap_or_default();
             if pieces.len() as u64 != piece_count(meta.size()) || meta.size() != f.size {
                 // The file changed between the scan and now; the caller rescans.
-                return Err(CatalogError::io(
-                    &full,
-                    std::io::Error::other("file changed while hashing"),
-                ));
+                return Err(changed_while_hashing(&full));
             }
             if let Some(persisted) = persisted
                 .as_mut()
@@ -290,6 +304,31 @@ impl HashCache {
     }
 }
 
+/// The error of a file that is not what the scan or the cache lookup saw: the caller
+/// rescans.
+fn changed_while_hashing(full: &Path) -> CatalogError {
+    CatalogError::io(full, std::io::Error::other("file changed while hashing"))
+}
+
+/// Opens `full` for hashing through `confined` (the root `dir` resolved on first use):
+/// inside the root, a regular file, without blocking, with the identity `key`.
+fn open_as(
+    confined: &mut Option<crate::Confined>,
+    dir: &Path,
+    full: &Path,
+    key: FileKey,
+) -> Result<File, CatalogError> {
+    let confined = match confined {
+        Some(c) => c,
+        None => confined.insert(crate::Confined::new(dir).map_err(|e| CatalogError::io(dir, e))?),
+    };
+    let (file, meta) = confined.open(full).map_err(|e| CatalogError::io(full, e))?;
+    if FileKey::of(&meta) != key {
+        return Err(changed_while_hashing(full));
+    }
+    Ok(file)
+}
+
 /// A root's manifest and how many bytes had to be read for it (0: every file's hashes
 /// were known).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,7 +377,7 @@ impl HashCache {
     /// hashed (same size, mtime, inode and device: a hard link made or removed, a chmod or
     /// chown), whether its content still hashes to what was given out; then the new
     /// identity is remembered and `true` returned. Blocking: it may read the whole file.
-    pub fn still_holds(&self, full: &Path, meta: &fs::Metadata) -> bool {
+    pub fn still_holds(&self, full: &Path, file: &File, meta: &fs::Metadata) -> bool {
         if self.knows(full, meta) {
             return true;
         }
@@ -367,12 +406,14 @@ impl HashCache {
         if given.is_empty() {
             return false;
         }
-        let Ok(fresh) = hash_pieces(full) else {
+        // The open file itself (a path opened again could be another file by now, or a
+        // FIFO that blocks).
+        let Ok(fresh) = hash_file(file, full, now.size, &mut |_| true) else {
             return false;
         };
         // The file may have been rewritten while it was read: the identity must not
         // have moved again.
-        let unmoved = fs::metadata(full).is_ok_and(|m| FileKey::of(&m) == now);
+        let unmoved = file.metadata().is_ok_and(|m| FileKey::of(&m) == now);
         if !unmoved || !given.contains(&fresh) {
             changed().insert(key);
             return false;
@@ -383,205 +424,4 @@ impl HashCache {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::{scan_root, GameId};
-    use lanspread_proto::CHUNK_SIZE;
-
-    #[test]
-    fn hashes_per_chunk_and_caches_by_identity() {
-        let t = tempfile::tempdir().unwrap();
-        let root_dir = t.path().join("cnc4");
-        fs::create_dir_all(&root_dir).unwrap();
-        fs::write(root_dir.join("version.ini"), "20250101").unwrap();
-        let data: Vec<u8> = (0..(CHUNK_SIZE + 10)).map(|i| (i % 253) as u8).collect();
-        fs::write(root_dir.join("big.bin"), &data).unwrap();
-        fs::write(root_dir.join("empty"), b"").unwrap();
-        let root = scan_root(&root_dir, GameId::new("cnc4").unwrap());
-        let cache = HashCache::new();
-        let m = cache.manifest(&root).unwrap();
-        let big = m
-            .files
-            .iter()
-            .find(|f| f.path.as_str() == "big.bin")
-            .unwrap();
-        assert_eq!(big.chunks.len(), 2);
-        assert_eq!(big.pieces.len(), 33);
-        // Each piece's BLAKE3, computed here over the bytes by the blake3 crate itself, and
-        // each chunk's over them.
-        let pieces: Vec<ChunkHash> = data
-            .chunks(PIECE_SIZE as usize)
-            .map(|p| blake3::hash(p).into())
-            .collect();
-        assert_eq!(big.pieces, pieces);
-        let over = |ps: &[ChunkHash]| -> ChunkHash { blake3::hash(&ps.concat()).into() };
-        assert_eq!(big.chunks, [over(&pieces[..32]), over(&pieces[32..])]);
-        assert!(m
-            .files
-            .iter()
-            .find(|f| f.path.as_str() == "empty")
-            .unwrap()
-            .chunks
-            .is_empty());
-        // Persisted: a fresh cache reads the hashes back without hashing.
-        assert!(root_dir.join(".lanspread/pieces.json").is_file());
-        let fresh = HashCache::new();
-        let persisted = load_cache(&root_dir);
-        let key = FileKey::of(&fs::metadata(root_dir.join("big.bin")).unwrap());
-        assert_eq!(
-            from_persisted(&persisted, &big.path, key).unwrap(),
-            big.pieces
-        );
-        assert_eq!(fresh.manifest(&root).unwrap(), m);
-        // The metadata dir is never part of the root.
-        let rescanned = scan_root(&root_dir, GameId::new("cnc4").unwrap());
-        assert_eq!(rescanned.files, root.files);
-    }
-
-    #[test]
-    fn a_changed_file_is_rehashed() {
-        let t = tempfile::tempdir().unwrap();
-        let root_dir = t.path().join("cnc4");
-        fs::create_dir_all(&root_dir).unwrap();
-        fs::write(root_dir.join("a.bin"), b"one").unwrap();
-        let cache = HashCache::new();
-        let m1 = cache
-            .manifest(&scan_root(&root_dir, GameId::new("cnc4").unwrap()))
-            .unwrap();
-        // New content, new inode (rename over): the identity changes.
-        fs::write(root_dir.join("a.tmp"), b"two").unwrap();
-        fs::rename(root_dir.join("a.tmp"), root_dir.join("a.bin")).unwrap();
-        let m2 = cache
-            .manifest(&scan_root(&root_dir, GameId::new("cnc4").unwrap()))
-            .unwrap();
-        assert_ne!(m1.files[0].chunks, m2.files[0].chunks);
-        assert_eq!(
-            m2.files[0].pieces[0],
-            <ChunkHash>::from(blake3::hash(b"two"))
-        );
-    }
-
-    #[test]
-    fn content_changed_in_place_with_the_mtime_restored_is_rehashed() {
-        // What `rsync -t --inplace` and `cp -p` do: same inode, same size, old mtime.
-        let t = tempfile::tempdir().unwrap();
-        let root_dir = t.path().join("cnc4");
-        fs::create_dir_all(&root_dir).unwrap();
-        let file = root_dir.join("a.bin");
-        fs::write(&file, b"one").unwrap();
-        let old = fs::metadata(&file).unwrap().modified().unwrap();
-        let cache = HashCache::new();
-        let scan = || scan_root(&root_dir, GameId::new("cnc4").unwrap());
-        let m1 = cache.manifest(&scan()).unwrap();
-        assert!(cache.knows(&file, &fs::metadata(&file).unwrap()));
-        assert!(!HashCache::new().knows(&file, &fs::metadata(&file).unwrap()));
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        let f = fs::OpenOptions::new().write(true).open(&file).unwrap();
-        std::io::Write::write_all(&mut &f, b"two").unwrap();
-        f.set_modified(old).unwrap();
-        drop(f);
-        assert_eq!(fs::metadata(&file).unwrap().modified().unwrap(), old);
-        let two = <ChunkHash>::from(blake3::hash(b"two"));
-        // A source asked for a range now sees the file is not the one it hashed.
-        assert!(!cache.knows(&file, &fs::metadata(&file).unwrap()));
-        assert!(!cache.still_holds(&file, &fs::metadata(&file).unwrap()));
-        // From the persisted cache after a restart (a fresh cache), and in memory.
-        assert_eq!(
-            HashCache::new().manifest(&scan()).unwrap().files[0].pieces[0],
-            two
-        );
-        assert_eq!(cache.manifest(&scan()).unwrap().files[0].pieces[0], two);
-        assert_ne!(m1.files[0].pieces[0], two);
-        // Hashed again: known again.
-        assert!(cache.knows(&file, &fs::metadata(&file).unwrap()));
-    }
-
-    #[test]
-    fn a_moved_change_time_alone_is_checked_by_content() {
-        // A hard link made to a served file (a second copy of a game by `cp -l`) moves its
-        // ctime only: the source re-reads it and serves it on, with nothing else moved.
-        let t = tempfile::tempdir().unwrap();
-        let root_dir = t.path().join("cnc4");
-        fs::create_dir_all(&root_dir).unwrap();
-        let file = root_dir.join("a.bin");
-        fs::write(&file, b"one").unwrap();
-        let cache = HashCache::new();
-        cache
-            .manifest(&scan_root(&root_dir, GameId::new("cnc4").unwrap()))
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        fs::hard_link(&file, t.path().join("link")).unwrap();
-        let meta = fs::metadata(&file).unwrap();
-        assert!(!cache.knows(&file, &meta), "the ctime moved");
-        assert!(cache.still_holds(&file, &meta));
-        assert!(cache.knows(&file, &meta), "the new identity is remembered");
-        // Never hashed by this cache: nothing to compare with.
-        assert!(!HashCache::new().still_holds(&file, &meta));
-    }
-
-    #[test]
-    fn two_callers_at_once_hash_each_file_once_and_share_progress() {
-        let t = tempfile::tempdir().unwrap();
-        let root_dir = t.path().join("cnc4");
-        fs::create_dir_all(&root_dir).unwrap();
-        for (name, byte) in [("a.bin", 1u8), ("b.bin", 2), ("c.bin", 3)] {
-            fs::write(root_dir.join(name), vec![byte; 3 << 20]).unwrap();
-        }
-        let root = scan_root(&root_dir, GameId::new("cnc4").unwrap());
-        let cache = std::sync::Arc::new(HashCache::new());
-        let (second_ran, wait_second) = std::sync::mpsc::channel::<()>();
-        let (first_started, wait_first) = std::sync::mpsc::channel::<()>();
-        let first = {
-            let (cache, root) = (cache.clone(), root.clone());
-            let wait = std::sync::Mutex::new(Some((first_started, wait_second)));
-            std::thread::spawn(move || {
-                // Holds its first file (claimed, one MiB read) until the second caller
-                // hashed something.
-                cache.manifest_with(&root, &|| {
-                    if let Some((started, rx)) = wait.lock().unwrap().take() {
-                        drop(started);
-                        let _ = rx.recv(); // the sender is dropped: it ran
-                    }
-                    true
-                })
-            })
-        };
-        let _ = wait_first.recv(); // dropped: the first caller holds a claim
-        let told = std::sync::Mutex::new(Some(second_ran));
-        let second = cache
-            .manifest_with(&root, &|| {
-                told.lock().unwrap().take();
-                let p = cache.progress(&root_dir).unwrap();
-                assert_eq!(p.total, 9 << 20);
-                true
-            })
-            .unwrap();
-        let first = first.join().unwrap().unwrap();
-        assert_eq!(first.manifest, second.manifest);
-        assert_eq!(
-            first.hashed + second.hashed,
-            9 << 20,
-            "no file hashed twice"
-        );
-        assert!(second.hashed > 0 && first.hashed > 0, "both did a part");
-        assert_eq!(cache.progress(&root_dir), None, "no one hashes now");
-        assert_eq!(cache.manifest_with(&root, &|| true).unwrap().hashed, 0);
-    }
-
-    #[test]
-    fn a_stopped_caller_stops_and_leaves_nothing_half_known() {
-        let t = tempfile::tempdir().unwrap();
-        let root_dir = t.path().join("cnc4");
-        fs::create_dir_all(&root_dir).unwrap();
-        fs::write(root_dir.join("a.bin"), vec![7u8; 3 << 20]).unwrap();
-        let root = scan_root(&root_dir, GameId::new("cnc4").unwrap());
-        let cache = HashCache::new();
-        let stopped = cache.manifest_with(&root, &|| false).unwrap_err();
-        assert!(matches!(stopped, CatalogError::Stopped), "{stopped}");
-        assert_eq!(cache.progress(&root_dir), None);
-        assert_eq!(
-            cache.manifest_with(&root, &|| true).unwrap().hashed,
-            3 << 20
-        );
-    }
-}
+mod tests;

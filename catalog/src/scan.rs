@@ -136,7 +136,7 @@ pub fn scan_root(dir: &Path, id: GameId) -> GameRoot {
     };
     let mut walk = Walk::default();
     let canonical_root = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    walk.dir(dir, &canonical_root, "");
+    walk.tree(dir, &canonical_root);
     let (mut files, mut folders) = (walk.files, walk.folders);
     files.sort_by(|a, b| a.path.cmp(&b.path));
     folders.sort();
@@ -250,19 +250,61 @@ impl Walk {
         self.problem.get_or_insert(why);
     }
 
-    /// Walks `dir` (whose path relative to the root is `prefix`), appending regular
-    /// files. Symlinks are followed only when they resolve to a regular file inside the
-    /// root; symlinked directories are never followed (no loops, no escapes).
-    fn dir(&mut self, dir: &Path, root: &Path, prefix: &str) {
+    /// Walks the root folder `top` (canonically `root`) and every folder under it.
+    /// Iterative, with the folders still to walk on a list of its own: a tree thousands
+    /// of folders deep (made by someone, or by a peer's manifest) costs memory, never the
+    /// stack of the thread that scans.
+    fn tree(&mut self, top: &Path, root: &Path) {
+        /// A folder being walked: its path relative to the root, what had been found
+        /// before it, and its sub-folders not walked yet.
+        struct Open {
+            rel: String,
+            found: (usize, usize),
+            subs: Vec<(PathBuf, String)>,
+        }
+        let mut open = vec![Open {
+            rel: String::new(),
+            found: (0, 0),
+            subs: self.dir(top, root, ""),
+        }];
+        while let Some(here) = open.last_mut() {
+            if let Some((path, rel)) = here.subs.pop() {
+                let found = (self.files.len(), self.folders.len());
+                let subs = self.dir(&path, root, &rel);
+                open.push(Open { rel, found, subs });
+                continue;
+            }
+            let Some(done) = open.pop() else { break };
+            // Nothing in it travels: the folder itself must (anything in it that cannot
+            // travel is the root's problem already). The root itself is not listed.
+            if !open.is_empty() && done.found == (self.files.len(), self.folders.len()) {
+                match RelPath::new(&done.rel) {
+                    Ok(rel) => self.folders.push(rel),
+                    Err(e) => self.problem(format!("cannot be sent to peers: {e}")),
+                }
+            }
+        }
+    }
+
+    /// Walks the entries of `dir` (whose path relative to the root is `prefix`),
+    /// appending regular files, and returns its sub-folders (path, relative path).
+    /// Symlinks are followed only when they resolve to a regular file inside the root;
+    /// symlinked directories are never followed (no loops, no escapes).
+    fn dir(&mut self, dir: &Path, root: &Path, prefix: &str) -> Vec<(PathBuf, String)> {
+        let mut subs = Vec::new();
         let entries = match fs::read_dir(dir) {
             Ok(e) => e,
-            Err(e) => return self.problem(format!("cannot read folder {}: {e}", dir.display())),
+            Err(e) => {
+                self.problem(format!("cannot read folder {}: {e}", dir.display()));
+                return subs;
+            }
         };
         for entry in entries {
             let entry = match entry {
                 Ok(e) => e,
                 Err(e) => {
-                    return self.problem(format!("cannot read folder {}: {e}", dir.display()))
+                    self.problem(format!("cannot read folder {}: {e}", dir.display()));
+                    return subs;
                 }
             };
             let path = entry.path();
@@ -333,16 +375,7 @@ impl Walk {
                 meta
             };
             if meta.is_dir() {
-                let found = (self.files.len(), self.folders.len());
-                self.dir(&path, root, &rel);
-                // Nothing in it travels: the folder itself must (anything in it that
-                // cannot travel is the root's problem already).
-                if found == (self.files.len(), self.folders.len()) {
-                    match RelPath::new(&rel) {
-                        Ok(rel) => self.folders.push(rel),
-                        Err(e) => self.problem(format!("cannot be sent to peers: {e}")),
-                    }
-                }
+                subs.push((path, rel));
             } else if !meta.is_file() {
                 self.problem(not_a_file(&path));
             } else {
@@ -361,6 +394,7 @@ impl Walk {
                 }
             }
         }
+        subs
     }
 }
 
@@ -393,311 +427,4 @@ pub fn free_space(path: &Path) -> Result<u64, CatalogError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::os::unix::fs::symlink;
-
-    fn write(p: &Path, data: &[u8]) {
-        fs::create_dir_all(p.parent().unwrap()).unwrap();
-        fs::write(p, data).unwrap();
-    }
-
-    #[test]
-    fn scans_catalog_roots_and_skips_the_rest() {
-        let t = tempfile::tempdir().unwrap();
-        let g = t.path();
-        write(&g.join("bf1942/version.ini"), b"20250101\n");
-        write(&g.join("bf1942/bf1942.eti"), &[1u8; 100]);
-        write(&g.join("bf1942/sub/readme.txt"), b"hi");
-        write(&g.join("bf1942/local/game.exe"), b"installed");
-        write(&g.join("bf1942/.lanspread-meta/x"), b"meta");
-        write(&g.join("bf1942/.lanspread"), b"meta");
-        write(&g.join("not-a-game/version.ini"), b"20250101");
-        write(&g.join("ggoo/version.ini"), b"garbage");
-        write(&g.join("stray.txt"), b"x");
-        let lib = scan_games_dir(g, &Catalog::builtin()).unwrap();
-        assert_eq!(lib.len(), 2);
-        let bf = &lib[&GameId::new("bf1942").unwrap()];
-        assert_eq!(bf.version.unwrap().as_str(), "20250101");
-        assert_eq!(bf.availability(), Availability::Ready);
-        let paths: Vec<_> = bf.files.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(paths, ["bf1942.eti", "sub/readme.txt", "version.ini"]);
-        assert_eq!(bf.size(), 100 + 2 + 9);
-        assert!(!bf.installed, "local/ without the marker is not an install");
-        let ggoo = &lib[&GameId::new("ggoo").unwrap()];
-        assert_eq!(ggoo.version, None);
-        assert_eq!(ggoo.availability(), Availability::NotReady);
-    }
-
-    #[test]
-    fn empty_folders_are_part_of_the_root_and_only_the_deepest_is_named() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("bf1942");
-        write(&root.join("version.ini"), b"20250101");
-        write(&root.join("data/a.bin"), b"a");
-        for d in [
-            "saves",
-            "a/b/c",
-            "data/logs",
-            "local",
-            ".lanspread",
-            "mods/x y",
-        ] {
-            fs::create_dir_all(root.join(d)).unwrap();
-        }
-        let r = scan_root(&root, GameId::new("bf1942").unwrap());
-        let folders: Vec<_> = r.folders.iter().map(RelPath::as_str).collect();
-        // `a` and `a/b` hold `a/b/c`; `data` holds a file; local/ and metadata never travel.
-        assert_eq!(folders, ["a/b/c", "data/logs", "mods/x y", "saves"]);
-        assert_eq!(r.problem, None);
-        assert_eq!(r.availability(), Availability::Ready);
-        // A folder that gets a file is no longer listed; one emptied is.
-        write(&root.join("saves/slot1"), b"s");
-        fs::remove_file(root.join("data/a.bin")).unwrap();
-        let r = scan_root(&root, GameId::new("bf1942").unwrap());
-        let folders: Vec<_> = r.folders.iter().map(RelPath::as_str).collect();
-        assert_eq!(folders, ["a/b/c", "data/logs", "mods/x y"]);
-    }
-
-    #[test]
-    fn every_scanned_file_is_found_by_its_path_and_nothing_else_is() {
-        // Names whose byte order differs from a folder-by-folder walk ('-' and '.' sort
-        // before '/'), so the lookup relies on the scan's sort, not on the walk's order.
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("bf1942");
-        let names = [
-            "a/b.bin",
-            "a-b.bin",
-            "a.b/c",
-            "a/b/c.bin",
-            "Z.eti",
-            "z.eti",
-            "é.txt",
-            "version.ini",
-        ];
-        for (i, n) in names.iter().enumerate() {
-            write(&root.join(n), &vec![7u8; i]);
-        }
-        for i in 0..300 {
-            write(&root.join(format!("many/f{i:03}.bin")), b"x");
-        }
-        let r = scan_root(&root, GameId::new("bf1942").unwrap());
-        assert_eq!(r.files.len(), names.len() + 300);
-        for f in &r.files {
-            assert_eq!(r.file(f.path.as_str()).map(|g| &g.path), Some(&f.path));
-        }
-        for (i, n) in names.iter().enumerate() {
-            assert_eq!(r.file(n).map(|f| f.size), Some(i as u64), "{n}");
-        }
-        for missing in ["a", "a/b", "many", "many/f300.bin", "", "zz", "local/x"] {
-            assert!(r.file(missing).is_none(), "{missing}");
-        }
-    }
-
-    #[test]
-    fn keeps_unix_modes() {
-        let t = tempfile::tempdir().unwrap();
-        let exe = t.path().join("cod5/run.sh");
-        write(&exe, b"#!/bin/sh\n");
-        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
-        let suid = t.path().join("cod5/suid");
-        write(&suid, b"x");
-        fs::set_permissions(&suid, fs::Permissions::from_mode(0o4750)).unwrap();
-        let root = scan_root(&t.path().join("cod5"), GameId::new("cod5").unwrap());
-        assert_eq!(root.files[0].mode, 0o755);
-        assert_eq!(root.files[1].mode, 0o750, "the setuid bit never travels");
-        assert_eq!(root.version, None);
-    }
-
-    #[test]
-    fn symlinks_never_leave_the_root() {
-        let t = tempfile::tempdir().unwrap();
-        let outside = t.path().join("secret.txt");
-        write(&outside, b"secret");
-        let root = t.path().join("games/cnc4");
-        write(&root.join("version.ini"), b"20250101");
-        write(&root.join("data.bin"), b"inside");
-        symlink(root.join("data.bin"), root.join("alias.bin")).unwrap();
-        let id = GameId::new("cnc4").unwrap();
-        // A link to a file inside the root is followed.
-        let r = scan_root(&root, id.clone());
-        let paths: Vec<_> = r.files.iter().map(|f| f.path.as_str()).collect();
-        assert_eq!(paths, ["alias.bin", "data.bin", "version.ini"]);
-        assert_eq!(r.availability(), Availability::Ready, "{:?}", r.problem);
-        // Any other is never followed, and the root is not offered without it: every
-        // downloader would get the game without that file.
-        let not_offered = |why: &str| {
-            let r = scan_root(&root, id.clone());
-            assert!(r.files.iter().all(|f| f.path.as_str() != "link"), "{r:?}");
-            assert_eq!(r.availability(), Availability::NotReady, "{r:?}");
-            let problem = r.problem.unwrap_or_default();
-            assert!(
-                problem.contains("link") && problem.contains(why),
-                "{problem}"
-            );
-        };
-        let link = root.join("link");
-        symlink(&outside, &link).unwrap();
-        not_offered("leaves the game folder");
-        fs::remove_file(&link).unwrap();
-        symlink(t.path(), &link).unwrap();
-        not_offered("symlink to a folder");
-        fs::remove_file(&link).unwrap();
-        symlink(root.join("gone"), &link).unwrap();
-        not_offered("cannot be resolved");
-        fs::remove_file(&link).unwrap();
-        let fifo = std::ffi::CString::new(link.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `fifo` is a valid NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
-        not_offered("not a regular file");
-        fs::remove_file(&link).unwrap();
-        assert_eq!(scan_root(&root, id).availability(), Availability::Ready);
-    }
-
-    #[test]
-    fn names_that_cannot_travel_keep_the_root_from_being_offered() {
-        use std::os::unix::ffi::OsStrExt;
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("cnc4");
-        write(&root.join("version.ini"), b"20250101");
-        write(&root.join("data.bin"), b"x");
-        let ok = scan_root(&root, GameId::new("cnc4").unwrap());
-        assert_eq!(ok.availability(), Availability::Ready);
-        write(&root.join("sub/a\\b.txt"), b"backslash");
-        let r = scan_root(&root, GameId::new("cnc4").unwrap());
-        assert_eq!(r.availability(), Availability::NotReady);
-        assert!(r.version.is_some(), "the sentinel is still valid");
-        assert!(
-            r.problem.as_deref().unwrap().contains("backslash"),
-            "{:?}",
-            r.problem
-        );
-        fs::remove_file(root.join("sub/a\\b.txt")).unwrap();
-        let bad = std::ffi::OsStr::from_bytes(b"caf\xe9.txt");
-        write(&root.join("sub").join(bad), b"latin-1");
-        let r = scan_root(&root, GameId::new("cnc4").unwrap());
-        assert_eq!(r.availability(), Availability::NotReady);
-        assert!(
-            r.problem.as_deref().unwrap().contains("not UTF-8"),
-            "{:?}",
-            r.problem
-        );
-    }
-
-    #[test]
-    fn a_game_too_large_for_one_manifest_is_not_offered() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("cnc4");
-        write(&root.join("version.ini"), b"20250101");
-        // Sparse: 2 × 260 GiB is more than a manifest frame can describe.
-        for name in ["a.eti", "b.eti"] {
-            let f = fs::File::create(root.join(name)).unwrap();
-            f.set_len(260 << 30).unwrap();
-        }
-        let r = scan_root(&root, GameId::new("cnc4").unwrap());
-        assert_eq!(r.availability(), Availability::NotReady);
-        assert!(
-            r.problem.as_deref().unwrap().contains("too large"),
-            "{:?}",
-            r.problem
-        );
-        fs::remove_file(root.join("b.eti")).unwrap();
-        let r = scan_root(&root, GameId::new("cnc4").unwrap());
-        assert_eq!(r.availability(), Availability::Ready, "{:?}", r.problem);
-    }
-
-    #[test]
-    fn a_game_of_more_entries_than_a_manifest_lists_is_not_offered() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("cnc4");
-        write(&root.join("version.ini"), b"20250101");
-        // With version.ini, one entry more than a manifest may list.
-        for i in 0..lanspread_proto::MAX_MANIFEST_ENTRIES {
-            fs::create_dir_all(root.join(format!("d/{i}"))).unwrap();
-        }
-        let r = scan_root(&root, GameId::new("cnc4").unwrap());
-        assert_eq!(r.availability(), Availability::NotReady);
-        let why = r.problem.as_deref().unwrap();
-        assert!(why.contains("1 files and 100000 empty folders"), "{why}");
-        fs::remove_dir(root.join("d/0")).unwrap();
-        let r = scan_root(&root, GameId::new("cnc4").unwrap());
-        assert_eq!(r.availability(), Availability::Ready, "{:?}", r.problem);
-    }
-
-    #[test]
-    fn sentinel_must_be_a_small_regular_file() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("cnc4");
-        fs::create_dir_all(&root).unwrap();
-        let sentinel = root.join("version.ini");
-        // A FIFO: opened non-blocking, refused, never read (this would hang otherwise).
-        let c = std::ffi::CString::new(sentinel.to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-        assert_eq!(scan_root(&root, GameId::new("cnc4").unwrap()).version, None);
-        fs::remove_file(&sentinel).unwrap();
-        // A symlink, even to a valid version file or to /dev/zero.
-        let outside = t.path().join("v.ini");
-        fs::write(&outside, "20250101").unwrap();
-        symlink(&outside, &sentinel).unwrap();
-        assert_eq!(scan_root(&root, GameId::new("cnc4").unwrap()).version, None);
-        fs::remove_file(&sentinel).unwrap();
-        symlink("/dev/zero", &sentinel).unwrap();
-        assert_eq!(scan_root(&root, GameId::new("cnc4").unwrap()).version, None);
-        fs::remove_file(&sentinel).unwrap();
-        fs::write(&sentinel, format!("20250101{}", " ".repeat(100))).unwrap();
-        assert_eq!(scan_root(&root, GameId::new("cnc4").unwrap()).version, None);
-        fs::write(&sentinel, " 20250101\n").unwrap();
-        let r = scan_root(&root, GameId::new("cnc4").unwrap());
-        assert!(
-            r.version.is_some() && r.problem.is_none(),
-            "{:?}",
-            r.problem
-        );
-        // Saved by an editor that starts with a byte-order mark.
-        fs::write(&sentinel, "\u{feff}20250101\r\n").unwrap();
-        let r = scan_root(&root, GameId::new("cnc4").unwrap());
-        assert_eq!(r.availability(), Availability::Ready, "{:?}", r.problem);
-        // Not a version: not ready, and the root says why (not only the log).
-        fs::write(&sentinel, "2025-01-01").unwrap();
-        let r = scan_root(&root, GameId::new("cnc4").unwrap());
-        assert_eq!(r.availability(), Availability::NotReady);
-        let why = r.problem.unwrap_or_default();
-        assert!(why.starts_with("version.ini: invalid version"), "{why}");
-        // No sentinel at all is a download not begun, no problem.
-        fs::remove_file(&sentinel).unwrap();
-        assert_eq!(scan_root(&root, GameId::new("cnc4").unwrap()).problem, None);
-    }
-
-    #[test]
-    fn symlinked_roots_are_not_followed() {
-        let t = tempfile::tempdir().unwrap();
-        let elsewhere = t.path().join("disk2/cnc4");
-        write(&elsewhere.join("version.ini"), b"20250101");
-        fs::create_dir_all(t.path().join("games")).unwrap();
-        symlink(&elsewhere, t.path().join("games/cnc4")).unwrap();
-        let lib = scan_games_dir(&t.path().join("games"), &Catalog::builtin()).unwrap();
-        assert!(lib.is_empty());
-    }
-
-    #[test]
-    fn installed_needs_the_marker() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path().join("cnctw");
-        write(&root.join("version.ini"), b"20250101");
-        write(&root.join("local").join(INSTALLED_MARKER), b"");
-        assert!(scan_root(&root, GameId::new("cnctw").unwrap()).installed);
-    }
-
-    #[test]
-    fn free_space_of_a_real_filesystem() {
-        let t = tempfile::tempdir().unwrap();
-        assert!(free_space(t.path()).unwrap() > 0);
-        assert!(free_space(Path::new("/nonexistent/x")).is_err());
-    }
-
-    #[test]
-    fn unreadable_games_dir_is_an_error() {
-        let err = scan_games_dir(Path::new("/nonexistent/games"), &Catalog::builtin()).unwrap_err();
-        assert!(err.to_string().contains("/nonexistent/games"));
-    }
-}
+mod tests;

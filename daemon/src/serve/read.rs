@@ -103,9 +103,14 @@ pub(super) enum Check {
 }
 
 impl Check {
-    fn holds(&self, path: &std::path::Path, meta: &std::fs::Metadata) -> bool {
+    fn holds(
+        &self,
+        path: &std::path::Path,
+        file: &std::fs::File,
+        meta: &std::fs::Metadata,
+    ) -> bool {
         match self {
-            Check::Unchanged(hashes) => hashes.still_holds(path, meta),
+            Check::Unchanged(hashes) => hashes.still_holds(path, file, meta),
             Check::Live(live, _) => live
                 .as_ref()
                 .is_some_and(|l| l.load(std::sync::atomic::Ordering::SeqCst)),
@@ -208,7 +213,7 @@ pub(super) fn read_ranges(root: PathBuf, files: Vec<(PathBuf, u64, u64)>, check:
                 Err(e) => Err(std::io::Error::new(e.kind(), format!("the game root: {e}"))),
             };
             let file = match opened {
-                Ok((f, meta)) if check.holds(&path, &meta) => f,
+                Ok((f, meta)) if check.holds(&path, &f, &meta) => f,
                 Ok(_) => {
                     let _ = tx.blocking_send(Err(refused(format!(
                         "{} changed since its hashes were given out; ask for the manifest again",
