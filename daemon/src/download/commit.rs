@@ -376,28 +376,80 @@ fn commit_blocking(
 }
 
 /// Removes regular files and symlinks under the folder `dir` (at `prefix` in the root)
-/// that the manifest does not list (files of an older version), leaving `local/` and
-/// `.lanspread*` alone; sub-folders are opened beneath `dir`, never through a symlink.
-/// Every listed file met is checked against the file the writer created (`expect`, from
-/// which it is taken): the inode readdir gives, on the folder's filesystem.
+/// that the manifest does not list (files of an older version), and the folders it does
+/// not list once they are empty, leaving `local/` and `.lanspread*` alone; sub-folders
+/// are opened beneath their parent, never through a symlink. Every listed file met is
+/// checked against the file the writer created (`expect`, from which it is taken): the
+/// inode readdir gives, on the folder's filesystem. Iterative, one open folder per level
+/// (as `remove_all_in`): a tree thousands of folders deep costs descriptors, never the
+/// stack of the blocking thread the commit runs on.
 fn remove_extra(
     game: &GameDir,
     (dir, prefix): (&cap_std::fs::Dir, &str),
     keep: &BTreeSet<&str>,
     expect: &mut HashMap<&str, Inode>,
 ) -> Result<(), Failure> {
+    /// A folder being swept: its descriptor (`None`: `dir`), its name in its parent,
+    /// its path in the root, and its sub-folders not swept yet.
+    struct Level {
+        dir: Option<cap_std::fs::Dir>,
+        name: std::ffi::OsString,
+        rel: String,
+        subs: Vec<(std::ffi::OsString, String)>,
+    }
+    let mut levels = vec![Level {
+        dir: None,
+        name: std::ffi::OsString::new(),
+        rel: prefix.to_owned(),
+        subs: sweep(game, (dir, prefix), keep, expect)?,
+    }];
+    while let Some(Level {
+        dir: here, subs, ..
+    }) = levels.last_mut()
+    {
+        let here = here.as_ref().unwrap_or(dir);
+        if let Some((name, rel)) = subs.pop() {
+            let sub = here
+                .open_dir_nofollow(&name)
+                .map_err(|e| err(&game.shown(Path::new(&rel)), e))?;
+            let subs = sweep(game, (&sub, &rel), keep, expect)?;
+            levels.push(Level {
+                dir: Some(sub),
+                name,
+                rel,
+                subs,
+            });
+            continue;
+        }
+        let Some(done) = levels.pop() else { break };
+        if let Some(parent) = levels.last() {
+            if !keep.contains(done.rel.as_str()) {
+                let _ = parent.dir.as_ref().unwrap_or(dir).remove_dir(&done.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The entries of one folder for [`remove_extra`]: its extra files removed, its listed
+/// files checked, and its sub-folders returned (name, path in the root).
+fn sweep(
+    game: &GameDir,
+    (dir, prefix): (&cap_std::fs::Dir, &str),
+    keep: &BTreeSet<&str>,
+    expect: &mut HashMap<&str, Inode>,
+) -> Result<Vec<(std::ffi::OsString, String)>, Failure> {
     use std::os::unix::fs::DirEntryExt;
     let shown = |rel: &str| game.shown(Path::new(rel));
     let entries = dir.entries().map_err(|e| err(&shown(prefix), e))?;
     let mut dev = None;
+    let mut subs = Vec::new();
     for entry in entries {
         let entry = entry.map_err(|e| err(&shown(prefix), e))?;
         let name = entry.file_name();
         let Some(name_str) = name.to_str() else {
-            // Not UTF-8: no manifest path names it.
-            dir.remove_file(&name)
-                .or_else(|_| dir.remove_dir_all(&name))
-                .map_err(|e| err(&shown(prefix), e))?;
+            // Not UTF-8: no manifest path names it (a folder removed iteratively too).
+            remove_all_in(dir, Path::new(&name), false).map_err(|e| err(&shown(prefix), e))?;
             continue;
         };
         if prefix.is_empty() && (is_reserved_top_level(name_str) || name_str == VERSION_FILE) {
@@ -412,13 +464,7 @@ fn remove_extra(
         // not followed.
         let folder = is_folder(dir, &entry).map_err(|e| err(&shown(&rel), e))?;
         if folder {
-            let sub = dir
-                .open_dir_nofollow(&name)
-                .map_err(|e| err(&shown(&rel), e))?;
-            remove_extra(game, (&sub, &rel), keep, expect)?;
-            if !keep.contains(rel.as_str()) {
-                let _ = dir.remove_dir(&name);
-            }
+            subs.push((name, rel));
         } else if !keep.contains(rel.as_str()) {
             dir.remove_file(&name).map_err(|e| err(&shown(&rel), e))?;
         } else if let Some(want) = expect.remove(rel.as_str()) {
@@ -449,7 +495,7 @@ fn remove_extra(
             }
         }
     }
-    Ok(())
+    Ok(subs)
 }
 
 /// After a failed download: no received sentinel may survive.

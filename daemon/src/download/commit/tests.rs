@@ -222,3 +222,38 @@ fn empty_folders_are_made_kept_and_made_again_never_through_a_link() {
     assert!(!root.join("stale").exists());
     assert_eq!(fs::read(root.join(VERSION_FILE)).unwrap(), b"20250101");
 }
+
+#[test]
+fn a_stale_tree_thousands_of_folders_deep_is_removed_without_recursion() {
+    let (_d, root, _outside) = lab();
+    let files = [manifest("keep.bin", 0o644)];
+    let (_, dir) = prepare_blocking(&root, (&files, &[])).unwrap();
+    fs::write(root.join("keep.bin"), b"k").unwrap();
+    // 4,000 nested folders (past PATH_MAX by path, so made one beneath the other), a
+    // stale file at the bottom.
+    let mut at = dir.game().dir().try_clone().unwrap();
+    for _ in 0..4000 {
+        at.create_dir("a").unwrap();
+        at = at.open_dir("a").unwrap();
+    }
+    at.write("stale.bin", b"old").unwrap();
+    drop(at);
+    let keep = BTreeSet::from(["keep.bin"]);
+    let mut expect = HashMap::from([("keep.bin", inode(&root.join("keep.bin")))]);
+    // On a small stack: a walk that recursed per level (≈ 700 bytes a frame) overflowed
+    // it, and with it the whole daemon.
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn_scoped(s, || {
+                remove_extra(dir.game(), (dir.game().dir(), ""), &keep, &mut expect)
+            })
+            .unwrap()
+            .join()
+            .unwrap()
+            .unwrap();
+    });
+    assert!(expect.is_empty());
+    assert!(!root.join("a").exists(), "the stale tree is gone");
+    assert!(root.join("keep.bin").exists());
+}
