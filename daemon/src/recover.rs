@@ -34,7 +34,21 @@ pub fn sweep(games: &Path) {
         let Ok(game) = lanspread_catalog::GameDir::open(&e.path()) else {
             continue;
         };
-        for l in leftovers.clone() {
+        // Old installs an operation could not remove and moved aside: tried again.
+        let aside: Vec<String> = game
+            .dir()
+            .entries()
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.starts_with(lanspread_install::TRASH_ASIDE))
+            .collect();
+        for l in leftovers
+            .clone()
+            .copied()
+            .chain(aside.iter().map(String::as_str))
+        {
             let removed = match game.dir().symlink_metadata(l) {
                 Ok(_) => lanspread_catalog::remove_all_in(game.dir(), Path::new(l), true).is_ok(),
                 Err(_) => false,
@@ -59,6 +73,7 @@ mod tests {
             ".lanspread/incoming",
             ".lanspread-staging/x",
             ".lanspread-trash",
+            ".lanspread-trash-1700000000-0/old/deep",
         ] {
             fs::create_dir_all(root.join(d)).unwrap();
         }
@@ -69,6 +84,7 @@ mod tests {
         assert!(!root.join(".lanspread/incoming").exists());
         assert!(!root.join(".lanspread-staging").exists());
         assert!(!root.join(".lanspread-trash").exists());
+        assert!(!root.join(".lanspread-trash-1700000000-0").exists());
         assert!(root.join(".lanspread/partial").exists());
         assert!(root.join("cod5.eti").exists());
     }

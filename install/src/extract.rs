@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::dll::{self, Archive, Header, Mode, Redirect};
-use crate::tree::{remove_tree_in, sync_fs, LOCAL, STAGING, TRASH};
+use crate::tree::{clear_trash, remove_tree_in, sync_fs, LOCAL, STAGING, TRASH};
 use crate::{links, InstallError};
 use lanspread_catalog::{Access, GameDir};
 use plan::{plan, Kind, Listed, PlannedSet};
@@ -193,7 +193,7 @@ fn install(
         // Swap in: an older install moves aside first and is removed after the rename.
         let local = root.join(LOCAL);
         if game.dir().symlink_metadata(LOCAL).is_ok() {
-            remove_tree_in(&game, TRASH)?;
+            clear_trash(&game)?;
             game.dir()
                 .rename(LOCAL, game.dir(), TRASH)
                 .map_err(io(&local))?;
@@ -201,8 +201,16 @@ fn install(
         game.dir()
             .rename(STAGING, game.dir(), LOCAL)
             .map_err(io(&local))?;
-        game.sync().map_err(io(root))?;
-        remove_tree_in(&game, TRASH)?;
+        // Installed from here on (the new `local/` is in place, its marker durable):
+        // what follows cannot undo it, so it only warns. An install reported failed
+        // while it is complete would be a lie, and a trash that could not be removed
+        // would fail every later install and uninstall.
+        if let Err(e) = game.sync() {
+            tracing::warn!(path = %root.display(), "installed, but the swap was not synced: {e}");
+        }
+        if let Err(e) = clear_trash(&game) {
+            tracing::warn!("installed, but the old install stays: {e}");
+        }
         Ok(run.summary)
     })();
     if result.is_err() {

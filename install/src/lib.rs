@@ -18,4 +18,4 @@ pub use extract::{
     InstallSummary, INSTALLED_MARKER,
 };
 pub use rar5::{pack_dir, LinkKind, PackSummary, Rar5Writer, WriterOptions};
-pub use tree::{remove_tree, uninstall_root, LEFTOVERS};
+pub use tree::{remove_tree, uninstall_root, LEFTOVERS, TRASH_ASIDE};

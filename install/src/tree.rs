@@ -17,6 +17,39 @@ pub(crate) const LOCAL: &str = "local";
 /// What an install or uninstall killed midway leaves in a root (the staging folder and a
 /// moved-aside old `local/`): safe to remove while no operation runs on it.
 pub const LEFTOVERS: [&str; 2] = [STAGING, TRASH];
+/// The start of the names of old trees this process could not remove (a file someone
+/// else owns, an immutable one), moved aside so that they block no later install or
+/// uninstall: safe to remove while no operation runs (the start-up sweep tries again).
+pub const TRASH_ASIDE: &str = ".lanspread-trash-";
+
+/// Removes the trash folder; one that cannot be removed is moved aside
+/// ([`TRASH_ASIDE`]) instead, with a warning. Fails only when it can be neither.
+pub(crate) fn clear_trash(game: &GameDir) -> Result<(), InstallError> {
+    let Err(e) = remove_tree_in(game, TRASH) else {
+        return Ok(());
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    for i in 0..100 {
+        let aside = format!("{TRASH_ASIDE}{nanos}-{i}");
+        if game.dir().symlink_metadata(&aside).is_ok() {
+            continue;
+        }
+        return match game.dir().rename(TRASH, game.dir(), &aside) {
+            Ok(()) => {
+                tracing::warn!(
+                    path = %game.shown(Path::new(&aside)).display(),
+                    "an old install could not be removed ({e}); moved aside, removed at the \
+                     next start if it can be"
+                );
+                Ok(())
+            }
+            Err(_) => Err(e),
+        };
+    }
+    Err(e)
+}
 
 fn io_at(game: &GameDir, rel: &str) -> impl FnOnce(io::Error) -> InstallError {
     let path = game.shown(Path::new(rel));
@@ -32,12 +65,18 @@ pub fn uninstall_root(root: &Path) -> Result<(), InstallError> {
         Err(e) => return Err(io_at(&game, LOCAL)(e)),
         Ok(_) => {}
     }
-    remove_tree_in(&game, TRASH)?;
+    clear_trash(&game)?;
     game.dir()
         .rename(LOCAL, game.dir(), TRASH)
         .map_err(io_at(&game, LOCAL))?;
-    game.sync().map_err(|e| InstallError::io(root, e))?;
-    remove_tree_in(&game, TRASH)
+    // Uninstalled from here on: what follows cannot undo it, so it only warns.
+    if let Err(e) = game.sync() {
+        tracing::warn!(path = %root.display(), "uninstalled, but the rename was not synced: {e}");
+    }
+    if let Err(e) = clear_trash(&game) {
+        tracing::warn!("uninstalled, but the old files stay: {e}");
+    }
+    Ok(())
 }
 
 /// Deletes `dir` and everything under it, never following symlinks (`dir` itself is not

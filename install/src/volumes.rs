@@ -155,10 +155,13 @@ fn rar4<R: Read + Seek>(r: &mut R, len: u64) -> Option<VolumeInfo> {
                 data |= u64::from(u32le(&block, 32)?) << 32;
             }
         }
-        let next = start + u64::from(size) + data;
-        if next > len {
+        // Sizes from the file: checked, a wrapped sum would seek backwards.
+        let next = start
+            .checked_add(u64::from(size))
+            .and_then(|n| n.checked_add(data));
+        let Some(next) = next.filter(|&n| n <= len) else {
             return Some(info); // the data runs past the end: cut short
-        }
+        };
         r.seek(SeekFrom::Start(next)).ok()?;
     }
     Some(info)
@@ -346,7 +349,7 @@ fn order(c: &[Candidate], mut members: Vec<usize>) -> Result<Vec<usize>, String>
         return Err(format!(
             "volume set of {} has no first volume (it starts at volume {})",
             name(first),
-            key(first) + 1
+            u64::from(key(first)) + 1
         ));
     }
     for (pos, w) in members.windows(2).enumerate() {
@@ -356,10 +359,10 @@ fn order(c: &[Candidate], mut members: Vec<usize>) -> Result<Vec<usize>, String>
                 "{} and {} are both volume {} of one set",
                 name(w[0]),
                 name(w[1]),
-                a + 1
+                u64::from(a) + 1
             ));
         }
-        if b != a + 1 {
+        if Some(b) != a.checked_add(1) {
             return Err(format!(
                 "volume set {}: volume {} is missing (after {})",
                 name(first),
@@ -373,7 +376,7 @@ fn order(c: &[Candidate], mut members: Vec<usize>) -> Result<Vec<usize>, String>
         return Err(format!(
             "volume set {}: volume {} is missing (after {}, which says more follow)",
             name(first),
-            key(last) + 2,
+            u64::from(key(last)) + 2,
             name(last)
         ));
     }

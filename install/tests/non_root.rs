@@ -145,3 +145,101 @@ fn a_daemon_that_is_not_root_installs_uninstalls_and_reinstalls_read_only_folder
     assert_eq!(fs::read(root.join("local/ro/sub/deep")).unwrap(), b"d");
     assert!(!root.join(".lanspread-staging").exists() && !root.join(".lanspread-trash").exists());
 }
+
+/// Run as uid 65534 in a forked child: `steps` returns the exit code.
+fn as_nobody(steps: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: the child only runs the steps and leaves with _exit; glibc keeps malloc
+    // usable after fork.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: dropping privileges in the child, then leaving without unwinding.
+        unsafe {
+            let code = if libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(NOBODY) == 0
+                && libc::setuid(NOBODY) == 0
+                && libc::geteuid() == NOBODY
+            {
+                steps()
+            } else {
+                99
+            };
+            libc::_exit(code);
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFEXITED(status), "child died: {status}");
+    libc::WEXITSTATUS(status)
+}
+
+/// Old trees the daemon cannot remove (a player's folder in `local/` owned by another
+/// user; a crash's trash the same): a reinstall still succeeds — its new `local/` is in
+/// place, so a failure would be a lie — and neither blocks the next uninstall or
+/// install; both are moved aside for the start-up sweep.
+#[test]
+fn old_trees_the_daemon_cannot_remove_block_no_install_or_uninstall() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        if std::env::var("LANSPREAD_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+            eprintln!("skipped: not root and LANSPREAD_SKIP_PRIVILEGED=1");
+            return;
+        }
+        panic!("this test needs root to run an install as uid {NOBODY}; run it as root or set LANSPREAD_SKIP_PRIVILEGED=1");
+    }
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("games/g");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("version.ini"), "20250101\n").unwrap();
+    archive(&root.join("game.eti"));
+    install_root(&root).unwrap();
+    fs::create_dir(root.join(".lanspread-trash")).unwrap();
+    chown_tree(t.path());
+    // Made by root after the chown: uid 65534 cannot remove what is in them.
+    for stuck in ["local/stuck", ".lanspread-trash/stuck"] {
+        fs::create_dir(root.join(stuck)).unwrap();
+        fs::write(root.join(stuck).join("save.dat"), b"mine").unwrap();
+    }
+    let aside = |root: &Path| {
+        fs::read_dir(root)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(lanspread_install::TRASH_ASIDE)
+            })
+            .count()
+    };
+    let code = as_nobody(|| {
+        if let Err(e) = install_root(&root) {
+            eprintln!("reinstall: {e}");
+            return 10;
+        }
+        let fresh = root.join("local").join(lanspread_install::INSTALLED_MARKER);
+        if !fresh.is_file() || root.join("local/stuck").exists() {
+            return 11;
+        }
+        if root.join(".lanspread-trash").exists() || aside(&root) != 2 {
+            eprintln!("aside: {}", aside(&root));
+            return 12;
+        }
+        if let Err(e) = uninstall_root(&root) {
+            eprintln!("uninstall: {e}");
+            return 20;
+        }
+        if root.join("local").exists() {
+            return 21;
+        }
+        if let Err(e) = install_root(&root) {
+            eprintln!("install after uninstall: {e}");
+            return 30;
+        }
+        0
+    });
+    assert_eq!(code, 0, "a step failed as uid {NOBODY} (see stderr)");
+    assert_eq!(fs::read(root.join("local/ro/sub/deep")).unwrap(), b"d");
+    assert_eq!(aside(&root), 2, "what could not be removed is kept, aside");
+}

@@ -285,3 +285,37 @@ fn a_fifo_named_like_an_archive_is_not_read() {
         expected("test_read_format_rar")
     );
 }
+
+/// An archive that is a symlink to a file inside the root is served to peers as a
+/// file (the scan follows such links), so it is installed as one; a link out of the
+/// root is refused naming it — never passed over with an install called complete.
+#[test]
+fn an_archive_linked_inside_the_root_installs_and_one_linked_out_is_refused() {
+    let (_t, root) = root_of(&[]);
+    std::fs::create_dir(root.join("files")).unwrap();
+    std::fs::copy(
+        common::fixtures().join("test_read_format_rar.rar"),
+        root.join("files/game.rar"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("files/game.rar", root.join("game.eti")).unwrap();
+    let summary = install_root(&root).unwrap();
+    assert_eq!(summary.archives, 1);
+    assert_eq!(
+        manifest(&root.join("local")),
+        expected("test_read_format_rar")
+    );
+    let (t, root) = root_of(&[]);
+    let other = tempfile::tempdir().unwrap();
+    let elsewhere = other.path().join("elsewhere.rar");
+    std::fs::copy(
+        common::fixtures().join("test_read_format_rar.rar"),
+        &elsewhere,
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&elsewhere, root.join("game.eti")).unwrap();
+    let err = install_root(&root).unwrap_err();
+    assert!(err.to_string().contains("game.eti"), "{err}");
+    assert!(err.to_string().contains("leaves the game root"), "{err}");
+    assert_nothing_left(&t, &root, "a link out of the root");
+}

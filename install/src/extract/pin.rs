@@ -34,9 +34,28 @@ impl Pinned {
         (root, path): (&cap_std::fs::Dir, &Path),
         names: &[OsString],
     ) -> Result<Self, InstallError> {
+        // The root as it resolves now, for archives that are symlinks (resolved once).
+        let mut confined = None;
         let files = names
             .iter()
-            .map(|n| open_regular(root, n).map_err(|e| InstallError::io(path.join(n), e)))
+            .map(|n| {
+                open_regular(root, n)
+                    .or_else(|e| match e.raw_os_error() {
+                        // A symlink (`O_NOFOLLOW`): followed as the scan follows it,
+                        // to a regular file inside the root only.
+                        Some(libc::ELOOP) => {
+                            let c = match &mut confined {
+                                Some(c) => c,
+                                None => confined.insert(lanspread_catalog::Confined::new(path)?),
+                            };
+                            c.open(&path.join(n)).map(|(f, _)| f).map_err(|e| {
+                                io::Error::new(e.kind(), format!("a symlink to an archive: {e}"))
+                            })
+                        }
+                        _ => Err(e),
+                    })
+                    .map_err(|e| InstallError::io(path.join(n), e))
+            })
             .collect::<Result<Vec<File>, _>>()?;
         let links = Path::new("/proc/self/fd")
             .is_dir()
@@ -104,7 +123,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_fifo_or_a_link_is_refused_at_once_and_a_file_is_named_through_proc() {
+    fn a_fifo_or_a_link_out_is_refused_at_once_and_a_file_is_named_through_proc() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("a.eti"), b"rar").unwrap();
         std::os::unix::fs::symlink("a.eti", t.path().join("l.eti")).unwrap();
@@ -114,10 +133,23 @@ mod tests {
         let root =
             cap_std::fs::Dir::open_ambient_dir(t.path(), cap_std::ambient_authority()).unwrap();
         let at = (&root, t.path());
-        for bad in ["f.eti", "l.eti"] {
+        // A symlink out of the root, or to a FIFO: refused, naming the link.
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("x.rar"), b"secret").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("x.rar"), t.path().join("o.eti")).unwrap();
+        std::os::unix::fs::symlink("f.eti", t.path().join("lf.eti")).unwrap();
+        for bad in ["f.eti", "o.eti", "lf.eti"] {
             let err = Pinned::open(at, &[bad.into()]).err().unwrap();
             assert!(err.to_string().contains(bad), "{err}");
         }
+        // A symlink to a file inside the root: opened as that file (as the scan serves
+        // it), named by the link's own name.
+        let mut linked = Pinned::open(at, &["l.eti".into()]).unwrap();
+        assert_eq!(linked.name(0).file_name().unwrap(), "l.eti");
+        let mut s = String::new();
+        io::Read::read_to_string(linked.file(0), &mut s).unwrap();
+        assert_eq!(s, "rar");
+        drop(linked);
         let mut pinned = Pinned::open(at, &["a.eti".into()]).unwrap();
         let name = pinned.name(0).to_path_buf();
         assert_eq!(name.file_name().unwrap(), "a.eti");

@@ -40,15 +40,20 @@ pub(super) struct PlannedSet {
     pub(super) entries: Vec<Listed>,
 }
 
-/// The names of the regular-file `.eti` archives at the top of the root open as `game`
-/// (links are not followed), sorted: readdir's type, or an `lstat` where it gives none
-/// (cap-std passes an unknown type on as it is).
+/// The names of the `.eti` archives at the top of the root open as `game`, sorted:
+/// regular files and symlinks (readdir's type, or an `lstat` where it gives none:
+/// cap-std passes an unknown type on as it is). A symlink is an archive as the scan
+/// serves it: when it resolves to a regular file inside the root; any other link fails
+/// the install when it is opened ([`Pinned::open`]), never passed over, since peers get
+/// it as a file and an install without it would be incomplete.
 fn archives(game: &GameDir) -> Result<Vec<OsString>, InstallError> {
     let root = game.path();
     let regular = |e: &cap_std::fs::DirEntry| match e.file_type() {
-        Ok(t) if t.is_file() || t.is_dir() || t.is_symlink() => t.is_file(),
-        _ => lstat_in(game.dir(), &e.file_name())
-            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG),
+        Ok(t) if t.is_file() || t.is_dir() || t.is_symlink() => !t.is_dir(),
+        _ => lstat_in(game.dir(), &e.file_name()).is_ok_and(|st| {
+            let t = st.st_mode & libc::S_IFMT;
+            t == libc::S_IFREG || t == libc::S_IFLNK
+        }),
     };
     let mut out: Vec<OsString> = game
         .dir()

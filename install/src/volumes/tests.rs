@@ -147,3 +147,26 @@ fn probe_reads_rar4_and_rar5_volume_headers_made_by_rar() {
         (true, Some(false), Some(2), Some(true))
     );
 }
+
+#[test]
+fn header_sizes_that_wrap_are_cut_short_not_followed_back() {
+    // RAR 4: a main block, then a file block whose packed size (with its high 32 bits,
+    // LHD_LARGE) would wrap the next block's offset back to the main block.
+    let mut rar = b"Rar!\x1a\x07\x00".to_vec();
+    rar.extend([0, 0, 0x73, 0, 0, 13, 0, 0, 0, 0, 0, 0, 0]);
+    let mut file = vec![0u8; 40];
+    file[2] = 0x74;
+    file[3..5].copy_from_slice(&0x8100u16.to_le_bytes());
+    file[5..7].copy_from_slice(&40u16.to_le_bytes());
+    let data = u64::MAX - (20 + 40) + 1 + 7; // 20 + 40 + data wraps to 7
+    file[7..11].copy_from_slice(&(data as u32).to_le_bytes());
+    file[32..36].copy_from_slice(&((data >> 32) as u32).to_le_bytes());
+    rar.extend(&file);
+    let info = probe(&mut Cursor::new(rar)).unwrap().unwrap();
+    assert_eq!(info.entries, 1, "the chain was followed backwards");
+    assert!(!info.walked);
+    // A volume number at the top of its range: named, not wrapped.
+    let last = [vol("a.eti", Some(u32::MAX), Some(false), Some(false))];
+    let err = plan_sets(&last).unwrap_err();
+    assert!(err.contains("starts at volume 4294967296"), "{err}");
+}
