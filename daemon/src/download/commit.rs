@@ -138,13 +138,18 @@ fn prepare_blocking(
                 dir
             }
         };
-        // Never write through a symlink left at the destination.
-        if at
-            .symlink_metadata(name)
-            .is_ok_and(|m| m.file_type().is_symlink())
-        {
-            at.remove_file(name)
-                .map_err(|e| err(&game.shown(&dest), e))?;
+        // Never write through a symlink left at the destination; an older copy's folder
+        // where the manifest has a file goes, with what is in it (else an update that
+        // turns a folder into a file failed every retry with "Is a directory", the old
+        // version already uncommitted). Nothing under it is listed: a manifest never
+        // has a file and something under it.
+        match at.symlink_metadata(name) {
+            Ok(m) if m.file_type().is_symlink() => at
+                .remove_file(name)
+                .map_err(|e| err(&game.shown(&dest), e))?,
+            Ok(m) if m.is_dir() => remove_all_in(&at, Path::new(name), false)
+                .map_err(|e| err(&game.shown(&dest), e))?,
+            _ => {}
         }
         open = Some((folder.to_path_buf(), at));
         dests.push(dest);

@@ -492,6 +492,32 @@ fn an_update_that_turns_files_into_folders_replaces_them() {
 }
 
 #[test]
+fn an_update_that_turns_folders_into_files_replaces_them() {
+    // The older copy has a folder `data` holding files and an empty folder `saves`; the
+    // new version has files of those names. (Before: "Is a directory" on every retry,
+    // the old copy's sentinel already gone.)
+    let d = tempfile::tempdir().unwrap();
+    GameSpec::new("cod5", "20250301")
+        .file("data", 0o644, Content::Bytes(b"new".to_vec()))
+        .file("saves", 0o644, Content::Bytes(b"new".to_vec()))
+        .write(d.path())
+        .unwrap();
+    let games = tempfile::tempdir().unwrap();
+    GameSpec::new("cod5", "20250101")
+        .file("data/x.bin", 0o644, Content::Bytes(b"old".to_vec()))
+        .file("data/deep/y.bin", 0o644, Content::Bytes(b"old".to_vec()))
+        .write(games.path())
+        .unwrap();
+    fs::create_dir_all(games.path().join("cod5/saves/slot1")).unwrap();
+    let s = source("src", d.path());
+    let c = Node::start("client", games.path());
+    c.connect(&s);
+    c.download_ok("cod5", &["--no-install"]);
+    assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
+    assert_eq!(c.local_row("cod5").unwrap()["version"], "20250301");
+}
+
+#[test]
 fn s35_unknown_id() {
     let d = tempfile::tempdir().unwrap();
     GameSpec::new("mystery-game", "20250101")
