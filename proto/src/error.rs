@@ -20,9 +20,15 @@ pub enum ProtoError {
     /// A peer id is not 32 lowercase hex digits.
     #[error("invalid peer id {0:?}")]
     InvalidPeerId(String),
-    /// A frame's announced length exceeds [`crate::MAX_FRAME_LEN`].
-    #[error("frame of {0} bytes exceeds the {limit}-byte limit", limit = crate::MAX_FRAME_LEN)]
-    FrameTooLarge(usize),
+    /// A frame's announced length exceeds [`crate::MAX_FRAME_LEN`], or the smaller limit
+    /// of what the reader expects (such as [`crate::MAX_REQUEST_LEN`]).
+    #[error("frame of {len} bytes exceeds the {limit}-byte limit")]
+    FrameTooLarge {
+        /// The announced length.
+        len: usize,
+        /// The limit it exceeds.
+        limit: usize,
+    },
     /// A frame's body is not a valid postcard message of the expected type.
     #[error("malformed frame: {0}")]
     Malformed(String),

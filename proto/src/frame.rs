@@ -18,7 +18,10 @@ pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtoError> {
     out = postcard::to_extend(msg, out).map_err(|e| ProtoError::Malformed(e.to_string()))?;
     let len = out.len() - FRAME_HEAD_LEN;
     if len > MAX_FRAME_LEN {
-        return Err(ProtoError::FrameTooLarge(len));
+        return Err(ProtoError::FrameTooLarge {
+            len,
+            limit: MAX_FRAME_LEN,
+        });
     }
     out[..FRAME_HEAD_LEN].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(out)
@@ -40,9 +43,19 @@ pub fn decode_frame<T: DeserializeOwned>(buf: &[u8]) -> Result<Option<(T, usize)
 /// The body length a frame's prefix announces, refused above [`MAX_FRAME_LEN`] before
 /// a reader allocates anything.
 pub fn frame_body_len(head: [u8; FRAME_HEAD_LEN]) -> Result<usize, ProtoError> {
+    frame_body_len_within(head, MAX_FRAME_LEN)
+}
+
+/// [`frame_body_len`] with the reader's own limit (at most [`MAX_FRAME_LEN`]): a peer's
+/// request, say, is never larger than [`crate::MAX_REQUEST_LEN`].
+pub fn frame_body_len_within(
+    head: [u8; FRAME_HEAD_LEN],
+    limit: usize,
+) -> Result<usize, ProtoError> {
     let len = u32::from_le_bytes(head) as usize;
-    if len > MAX_FRAME_LEN {
-        return Err(ProtoError::FrameTooLarge(len));
+    let limit = limit.min(MAX_FRAME_LEN);
+    if len > limit {
+        return Err(ProtoError::FrameTooLarge { len, limit });
     }
     Ok(len)
 }
@@ -124,12 +137,12 @@ mod tests {
     fn oversized_frame_is_refused_before_allocation() {
         assert!(matches!(
             frame_body_len(u32::MAX.to_le_bytes()),
-            Err(ProtoError::FrameTooLarge(_))
+            Err(ProtoError::FrameTooLarge { .. })
         ));
         let big = ((MAX_FRAME_LEN + 1) as u32).to_le_bytes();
         assert!(matches!(
             decode_frame::<Message>(&big),
-            Err(ProtoError::FrameTooLarge(_))
+            Err(ProtoError::FrameTooLarge { .. })
         ));
         assert_eq!(
             frame_body_len((MAX_FRAME_LEN as u32).to_le_bytes()),

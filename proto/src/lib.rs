@@ -24,7 +24,8 @@ pub use answer::{chunk_head, manifest_answer, AnswerFault};
 pub use chunkset::{ChunkSet, MAX_CHUNKS};
 pub use error::ProtoError;
 pub use frame::{
-    decode_body, decode_frame, encode_frame, frame_body_len, FRAME_HEAD_LEN, MAX_FRAME_LEN,
+    decode_body, decode_frame, encode_frame, frame_body_len, frame_body_len_within, FRAME_HEAD_LEN,
+    MAX_FRAME_LEN,
 };
 pub use hello::{Handshake, Refusal, AGENT};
 pub use ids::{Availability, GameId, Version};
@@ -40,7 +41,7 @@ pub use secret::{secret_proof, LanSecret, SecretCheck, EXPORTER_LABEL, MIN_SECRE
 pub use wire::{
     close_code, reset_code, ChunkRange, GameAd, Hello, Holding, Message, PeerAddr, PeerRequest,
     PeerResponse, ALPN, DATA_ALPN, MAX_GROWING, MAX_PEX, MAX_PEX_GAMES, MAX_RANGES,
-    PROTOCOL_VERSION, SERVER_NAME,
+    MAX_REQUEST_LEN, PROTOCOL_VERSION, SERVER_NAME,
 };
 
 /// Name of the commit sentinel inside a game root.

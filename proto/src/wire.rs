@@ -268,6 +268,12 @@ pub enum PeerRequest {
 /// Most ranges in one [`PeerRequest::Chunks`]; a request with more breaks the protocol.
 pub const MAX_RANGES: usize = 256;
 
+/// Largest frame body of a [`PeerRequest`]: [`MAX_RANGES`] ranges of the longest path
+/// (4,096 bytes, its length and two `u64`s as varints) and room for the rest. A server
+/// reads requests within it, so a peer cannot make it hold 16 MiB per stream (256
+/// streams per connection) by announcing a frame it never sends.
+pub const MAX_REQUEST_LEN: usize = (64 << 10) + MAX_RANGES * (4096 + 32);
+
 /// A byte range of one file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkRange {
@@ -277,6 +283,16 @@ pub struct ChunkRange {
     pub offset: u64,
     /// Number of bytes.
     pub len: u64,
+}
+
+impl ChunkRange {
+    /// The bytes `ranges` ask for together; `None` when the peer's lengths overflow a
+    /// `u64` (a wrapped sum would pass any cap).
+    pub fn total(ranges: &[ChunkRange]) -> Option<u64> {
+        ranges
+            .iter()
+            .try_fold(0u64, |sum, r| sum.checked_add(r.len))
+    }
 }
 
 /// The answer frame on a request stream.
@@ -312,4 +328,47 @@ pub enum PeerResponse {
         /// The game's bytes.
         total: u64,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_total_that_overflows_is_none_not_wrapped() {
+        let r = |len| ChunkRange {
+            path: RelPath::new("a.bin").unwrap(),
+            offset: 0,
+            len,
+        };
+        assert_eq!(ChunkRange::total(&[]), Some(0));
+        assert_eq!(ChunkRange::total(&[r(8 << 20), r(1)]), Some((8 << 20) + 1));
+        // Two 8 MiB units and a length that brings a wrapping sum back to 8 MiB.
+        let wrap = u64::MAX - (8 << 20) + 1;
+        assert_eq!(ChunkRange::total(&[r(8 << 20), r(8 << 20), r(wrap)]), None);
+    }
+
+    #[test]
+    fn the_largest_request_fits_its_frame_limit() {
+        let path = RelPath::new(&"a".repeat(4096)).unwrap();
+        let ranges = vec![
+            ChunkRange {
+                path,
+                offset: u64::MAX,
+                len: u64::MAX,
+            };
+            MAX_RANGES
+        ];
+        let game = crate::GameId::new(&"g".repeat(64)).unwrap();
+        let version = crate::Version::parse("99991231").unwrap();
+        let request = PeerRequest::PartialChunks {
+            game,
+            version,
+            digest: [0xff; 32],
+            ranges,
+        };
+        let frame = crate::encode_frame(&request).unwrap();
+        assert!(frame.len() - crate::FRAME_HEAD_LEN <= MAX_REQUEST_LEN);
+        assert!(RelPath::new(&"a".repeat(4097)).is_err(), "paths are capped");
+    }
 }

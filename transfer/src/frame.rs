@@ -2,7 +2,10 @@
 //! streams. The length is checked against the protocol's maximum before anything is
 //! allocated.
 
-use lanspread_proto::{decode_body, encode_frame, frame_body_len, FRAME_HEAD_LEN};
+use lanspread_proto::{decode_body, encode_frame, frame_body_len_within, FRAME_HEAD_LEN};
+
+/// What a frame's body buffer starts at; it grows as its bytes arrive.
+const FIRST_ALLOCATION: usize = 64 << 10;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -26,6 +29,18 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    read_frame_within(r, lanspread_proto::MAX_FRAME_LEN).await
+}
+
+/// [`read_frame`] of a frame at most `limit` bytes long (a peer's request:
+/// [`lanspread_proto::MAX_REQUEST_LEN`]). The body's buffer grows with the bytes that
+/// arrive, never to the announced length up front: a peer that announces a large frame
+/// and sends nothing costs nothing.
+pub async fn read_frame_within<R, T>(r: &mut R, limit: usize) -> Result<Option<T>, TransferError>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
     let mut head = [0u8; FRAME_HEAD_LEN];
     let mut got = 0;
     while got < FRAME_HEAD_LEN {
@@ -39,12 +54,12 @@ where
         }
         got += n;
     }
-    let len = frame_body_len(head)?;
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => TransferError::Truncated,
-        _ => TransferError::Stream(e),
-    })?;
+    let len = frame_body_len_within(head, limit)?;
+    let mut body = Vec::with_capacity(len.min(FIRST_ALLOCATION));
+    (&mut *r).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(TransferError::Truncated);
+    }
     Ok(Some(decode_body(&body)?))
 }
 
@@ -93,7 +108,7 @@ mod tests {
         a.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
         let err = read_frame::<_, Message>(&mut b).await.unwrap_err();
         assert!(
-            matches!(err, TransferError::Proto(ProtoError::FrameTooLarge(_))),
+            matches!(err, TransferError::Proto(ProtoError::FrameTooLarge { .. })),
             "{err}"
         );
         let (mut a, mut b) = tokio::io::duplex(64);
@@ -101,6 +116,40 @@ mod tests {
             .await
             .unwrap();
         assert!(read_frame::<_, Message>(&mut b).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_frame_over_the_readers_own_limit_is_refused() {
+        let request = lanspread_proto::PeerRequest::Files {
+            game: GameId::new("ggoo").unwrap(),
+            version: Version::parse("20250301").unwrap(),
+        };
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        write_frame(&mut a, &request).await.unwrap();
+        // Within the limit: read as ever.
+        let got = read_frame_within::<_, lanspread_proto::PeerRequest>(&mut b, 1 << 10).await;
+        assert_eq!(got.unwrap(), Some(request));
+        // Announced above it: refused from the prefix alone, with both numbers.
+        let limit = lanspread_proto::MAX_REQUEST_LEN;
+        a.write_all(&((limit + 1) as u32).to_le_bytes())
+            .await
+            .unwrap();
+        let err = read_frame_within::<_, lanspread_proto::PeerRequest>(&mut b, limit)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, TransferError::Proto(ProtoError::FrameTooLarge { len, limit: l }) if len == limit + 1 && l == limit),
+            "{err}"
+        );
+        // Announced large and cut short: truncated.
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&(1_000_000u32).to_le_bytes()).await.unwrap();
+        a.write_all(&[1, 2, 3]).await.unwrap();
+        drop(a);
+        assert!(matches!(
+            read_frame::<_, Message>(&mut b).await,
+            Err(TransferError::Truncated)
+        ));
     }
 
     #[tokio::test]

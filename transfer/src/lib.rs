@@ -19,7 +19,7 @@ pub use endpoint::{
     DEFAULT_MAX_UDP_PAYLOAD, MIN_LANE_WINDOW,
 };
 pub use error::TransferError;
-pub use frame::{read_frame, write_frame};
+pub use frame::{read_frame, read_frame_within, write_frame};
 pub use gso::{batch_limit, FitBatches, MAX_UDP_SEND};
 pub use identity::{peer_id_of_cert, Identity, KEY_FILE};
 pub use secret::load_secret;

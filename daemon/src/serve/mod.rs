@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use lanspread_catalog::GameRoot;
 use lanspread_peer::{gate_chunk, gate_files, PeerError};
 use lanspread_proto::{ChunkRange, PeerId, PeerRequest, PeerResponse, Refusal};
-use lanspread_transfer::read_frame;
+use lanspread_transfer::read_frame_within;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tracing::{debug, warn, Instrument};
 
@@ -81,7 +81,7 @@ async fn handle(
     };
     let request = match tokio::time::timeout(
         REQUEST_TIMEOUT,
-        read_frame::<_, PeerRequest>(&mut recv),
+        read_frame_within::<_, PeerRequest>(&mut recv, lanspread_proto::MAX_REQUEST_LEN),
     )
     .await
     {
@@ -298,10 +298,12 @@ async fn swarm_turn<'a>(
         turns,
         peer: remote,
     };
-    let bytes: u64 = ranges.iter().map(|r| r.len).sum();
-    if bytes > lanspread_proto::UNIT_SIZE {
+    // The peer's lengths, summed without wrapping: a sum that wrapped passed the cap,
+    // and the gates then served every range before the huge one (one turn carrying
+    // up to 255 units).
+    if ChunkRange::total(ranges).is_none_or(|b| b > lanspread_proto::UNIT_SIZE) {
         return Err(Away::TooBig(format!(
-            "a swarm request asks for at most one unit ({} bytes), not {bytes}",
+            "a swarm request asks for at most one unit ({} bytes), more than that",
             lanspread_proto::UNIT_SIZE
         )));
     }
