@@ -6,7 +6,10 @@
 //!
 //! However it reports, a source is given at most the timeout plus `total` at
 //! [`MIN_HASH_RATE`] from when it was asked, so a source that inches forward cannot hold
-//! a download for ever.
+//! a download for ever. `total` is the source's own word (and the size it advertises,
+//! which it also chose): once another source has answered with a manifest, no more than
+//! that manifest's bytes count — a source that claims 2^50 bytes to hash is not waited
+//! for years while the game at hand is 50 GiB.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -35,6 +38,8 @@ struct Silence {
 pub(super) struct Waiting {
     peers: BTreeMap<PeerId, Silence>,
     idle: Duration,
+    /// The most bytes a manifest answered so far holds.
+    answered: Option<u64>,
 }
 
 impl Waiting {
@@ -48,6 +53,7 @@ impl Waiting {
         Self {
             peers: sources.iter().map(|p| (p.clone(), s)).collect(),
             idle,
+            answered: None,
         }
     }
 
@@ -69,9 +75,21 @@ impl Waiting {
             return false;
         }
         s.report = Some((done, total));
-        let cap = s.asked + self.idle + Duration::from_secs(total / MIN_HASH_RATE);
+        let cap = cap(s, self.idle, total, self.answered);
         s.until = (now + self.idle).min(cap).max(s.until);
         true
+    }
+
+    /// Another source answered with a manifest of `bytes`: no silence lasts past the cap
+    /// of that size any more.
+    pub(super) fn answered(&mut self, bytes: u64) {
+        let known = self.answered.map_or(bytes, |b| b.max(bytes));
+        self.answered = Some(known);
+        for s in self.peers.values_mut() {
+            if let Some((_, total)) = s.report {
+                s.until = s.until.min(cap(s, self.idle, total, Some(known)));
+            }
+        }
     }
 
     /// Takes out the sources whose silence has ended by `now`.
@@ -110,6 +128,13 @@ impl Waiting {
     pub(super) fn is_empty(&self) -> bool {
         self.peers.is_empty()
     }
+}
+
+/// The latest end of `s`'s silence: asked, plus the timeout, plus its `total` (at most
+/// what an answered manifest holds) at [`MIN_HASH_RATE`].
+fn cap(s: &Silence, idle: Duration, total: u64, answered: Option<u64>) -> Instant {
+    let total = answered.map_or(total, |a| total.min(a));
+    s.asked + idle + Duration::from_secs(total / MIN_HASH_RATE)
 }
 
 #[cfg(test)]
@@ -157,5 +182,32 @@ mod tests {
         assert!(!w.remove(&pid(1)));
         assert_eq!(w.len(), 1);
         assert_eq!(w.take_all(), [pid(2)]);
+    }
+
+    #[test]
+    fn a_total_past_what_another_source_answered_buys_no_more_time() {
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(60);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut w = Waiting::new(&[pid(1), pid(2)], t0, idle);
+        // A forged total of 2^50 bytes: its cap is years away.
+        let forged = 1u64 << 50;
+        for (i, t) in [(1u64, 10), (2, 65), (3, 120)] {
+            assert!(w.report(&pid(1), i << 20, forged, at(t)));
+        }
+        // Another source answers with a 400 MiB manifest: the cap is t0 + 60 + 100 s,
+        // whatever total it claims, and further reports extend no further.
+        assert!(w.remove(&pid(2)));
+        assert_eq!(w.next(), Some(at(180)));
+        w.answered(400 << 20);
+        assert_eq!(w.next(), Some(at(160)));
+        assert!(w.report(&pid(1), 4 << 20, forged, at(150)));
+        assert_eq!(w.next(), Some(at(160)));
+        assert_eq!(w.expired(at(160)), [pid(1)]);
+        // An honest source of the same game is capped as before.
+        let mut w = Waiting::new(&[pid(1)], t0, idle);
+        w.answered(400 << 20);
+        assert!(w.report(&pid(1), 0, 400 << 20, at(10)));
+        assert_eq!(w.next(), Some(at(70)));
     }
 }
