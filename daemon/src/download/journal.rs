@@ -89,18 +89,14 @@ fn open_blocking(
 ) -> Result<(Journal, Verified), Failure> {
     let root = game.path();
     let path = root.join(JOURNAL);
-    let text = match game.open_file(Path::new(JOURNAL), Access::Read) {
-        Ok((mut f, _)) => {
-            let mut b = Vec::new();
-            f.read_to_end(&mut b)
-                .map_err(|e| Failure::io(path.display(), &e))?;
-            Some(String::from_utf8_lossy(&b).into_owned())
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(Failure::io(path.display(), &e)),
-    };
     let ranges: Vec<_> = chunks.iter().map(|c| (c.file, c.offset, c.len)).collect();
-    let claimed = match judge_journal(text.as_deref(), version, digest, &ranges) {
+    let claimed = match read_journal(game, chunks.len()) {
+        Ok(text) => judge_journal(text.as_deref(), version, digest, &ranges),
+        // It only saves work: one that cannot be read is started over, never a download
+        // that fails on every retry.
+        Err(why) => ResumeDecision::Discard(why),
+    };
+    let claimed = match claimed {
         ResumeDecision::Fresh => Default::default(),
         ResumeDecision::Discard(why) => {
             info!(root = %root.display(), "starting over: {why}");
@@ -139,12 +135,45 @@ fn open_blocking(
         text.push_str(&journal_kept(c, bytes));
     }
     // Appends go on through the descriptor written (at its end), whatever is at the
-    // name by then.
-    let file = game
-        .replace(Path::new(JOURNAL), Path::new(JOURNAL_TMP), text.as_bytes())
-        .map_err(|e| Failure::io(path.display(), &e))?;
+    // name by then. A folder at the journal's name (no rename goes over it) is removed
+    // first, never followed.
+    let (at, tmp) = (Path::new(JOURNAL), Path::new(JOURNAL_TMP));
+    let file = match game.replace(at, tmp, text.as_bytes()) {
+        Err(_) if game.dir().symlink_metadata(at).is_ok_and(|m| m.is_dir()) => {
+            lanspread_catalog::remove_all_in(game.dir(), at, false)
+                .and_then(|()| game.replace(at, tmp, text.as_bytes()))
+        }
+        other => other,
+    }
+    .map_err(|e| Failure::io(path.display(), &e))?;
     let file = io::BufWriter::with_capacity(16 << 10, file);
     Ok((Journal { file, path }, kept))
+}
+
+/// The journal's text (`None`: there is none), or why it cannot be used: not a regular
+/// file, unreadable, or larger than a journal of `units` units can be (a corrupt one is
+/// not read whole into memory).
+fn read_journal(game: &GameDir, units: usize) -> Result<Option<String>, String> {
+    // A header, and per unit at most a line per piece kept as a fetch went on and its
+    // own line once whole (each under 48 bytes: index and kept bytes).
+    let lines = lanspread_proto::UNIT_SIZE / PIECE_SIZE + 1;
+    let limit = 4096 + 48 * lines * units as u64;
+    let (f, meta) = match game.open_file(Path::new(JOURNAL), Access::Read) {
+        Ok(opened) => opened,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("the journal cannot be opened: {e}")),
+    };
+    if meta.len() > limit {
+        return Err(format!(
+            "the journal is {} bytes, more than {limit} for {units} units",
+            meta.len()
+        ));
+    }
+    let mut b = Vec::new();
+    f.take(limit)
+        .read_to_end(&mut b)
+        .map_err(|e| format!("the journal cannot be read: {e}"))?;
+    Ok(Some(String::from_utf8_lossy(&b).into_owned()))
 }
 
 /// How many of the first `pieces` pieces of `spec` in `file` hash to their expected
@@ -173,4 +202,64 @@ pub async fn remove(root: &Path) {
         GameDir::open(&root).and_then(|g| g.dir().remove_file(JOURNAL))
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A root holding one verified 3-byte file, its unit, and the journal's folder.
+    fn root() -> (tempfile::TempDir, GameDir, Vec<PathBuf>, Vec<ChunkSpec>) {
+        let t = tempfile::tempdir().unwrap();
+        fs::create_dir_all(t.path().join(".lanspread")).unwrap();
+        fs::write(t.path().join("a.bin"), b"abc").unwrap();
+        let piece = piece_hash(b"abc");
+        let spec = ChunkSpec {
+            file: 0,
+            offset: 0,
+            len: 3,
+            hash: lanspread_catalog::chunk_hash(&[piece]),
+            pieces: vec![piece],
+        };
+        let game = GameDir::open(t.path()).unwrap();
+        (t, game, vec![PathBuf::from("a.bin")], vec![spec])
+    }
+
+    #[test]
+    fn a_journal_that_cannot_be_used_starts_over_instead_of_failing() {
+        let version = Version::parse("20250301").unwrap();
+        let digest = [7u8; 32];
+        let (t, game, dests, specs) = root();
+        let journal = t.path().join(JOURNAL);
+        let open = |game: &GameDir| open_blocking(game, &dests, &specs, version, &digest);
+        // A good one first: the unit is resumed.
+        fs::write(
+            &journal,
+            journal_header(version, &digest) + &journal_entry(0),
+        )
+        .unwrap();
+        let (_, kept) = open(&game).unwrap();
+        assert!(kept.chunks.contains(&0));
+        // A folder at its name (no rename goes over it): removed, a fresh journal made.
+        fs::remove_file(&journal).unwrap();
+        fs::create_dir_all(journal.join("sub")).unwrap();
+        let (_, kept) = open(&game).unwrap();
+        assert!(kept.chunks.is_empty());
+        assert!(fs::symlink_metadata(&journal).unwrap().is_file());
+        // A FIFO: refused without blocking, replaced.
+        fs::remove_file(&journal).unwrap();
+        let c = std::ffi::CString::new(journal.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let (_, kept) = open(&game).unwrap();
+        assert!(kept.chunks.is_empty());
+        assert!(fs::symlink_metadata(&journal).unwrap().is_file());
+        // Larger than any journal of one unit: not read, started over.
+        let mut big = journal_header(version, &digest) + &journal_entry(0);
+        big.push_str(&"x".repeat(1 << 20));
+        fs::write(&journal, big).unwrap();
+        let (_, kept) = open(&game).unwrap();
+        assert!(kept.chunks.is_empty());
+        assert!(fs::metadata(&journal).unwrap().len() < 1 << 10);
+    }
 }
