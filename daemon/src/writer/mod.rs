@@ -113,6 +113,8 @@ pub struct Writer {
     syncs: Arc<Semaphore>,
     /// Files the cache closed with writes not known synced ([`Writer::closed_dirty`]).
     closed_dirty: Arc<Mutex<HashSet<u64>>>,
+    /// Submission queue entries of the ring (tokio-uring's default).
+    ring_entries: u32,
 }
 
 /// Syncs run at once at most (the io_uring writer runs them concurrently).
@@ -150,6 +152,7 @@ impl Writer {
             open: Arc::default(),
             syncs: Arc::new(Semaphore::new(SYNCS_IN_FLIGHT.min(cap))),
             closed_dirty: Arc::default(),
+            ring_entries: 256,
         }
     }
 
@@ -182,12 +185,40 @@ impl Writer {
         }
         let (tx, rx) = mpsc::channel(POOL_BUFFERS * 2);
         let (cap, count, closed) = (self.cap, self.open.clone(), self.closed_dirty.clone());
+        let entries = self.ring_entries;
+        // The ring is made on the thread, which says whether it could be: where io_uring
+        // is off (`kernel.io_uring_disabled`, a container's seccomp profile) a download
+        // fails naming that, not with a writer "gone" after a panic.
+        let (started, start) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("lanspread-uring".into())
             .spawn(move || {
+                let rt = match tokio_uring::Runtime::new(tokio_uring::builder().entries(entries)) {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = started.send(Ok(()));
                 let files = Files::new(cap, count.clone(), closed);
-                tokio_uring::start(run(rx, files, count))
+                rt.block_on(run(rx, files, count));
             })?;
+        // A moment, once per daemon: the ring's set-up.
+        match start.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!(
+                        "io_uring is not available ({e}); lanspreadd writes downloads with \
+                         it (is kernel.io_uring_disabled set, or does a seccomp profile \
+                         block io_uring_setup?)"
+                    ),
+                ))
+            }
+            Err(_) => return Err(gone()),
+        }
         // Another caller may have won the race; its thread serves everyone and ours ends
         // when its channel closes.
         let _ = self.tx.set(tx);

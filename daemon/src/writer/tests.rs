@@ -406,3 +406,26 @@ fn files_are_created_beneath_their_root_with_their_working_mode() {
     assert_eq!(std::fs::read(root.join("z")).unwrap(), b"zzzz");
     assert_eq!(std::fs::read(root.join("data.old/y")).unwrap(), b"yyyy");
 }
+
+#[test]
+fn a_ring_that_cannot_be_made_fails_each_job_naming_io_uring() {
+    let t = tempfile::tempdir().unwrap();
+    // More entries than the kernel takes: set-up fails as it does where io_uring is
+    // off. (Before: the writer thread panicked, every job said "writer thread is gone".)
+    let mut w = Writer::new();
+    w.ring_entries = u32::MAX;
+    let rt = runtime();
+    for _ in 0..2 {
+        let err = rt
+            .block_on(open(&w, t.path().join("f.bin"), 10))
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("io_uring is not available"),
+            "{err}"
+        );
+    }
+    assert!(!t.path().join("f.bin").exists());
+    // The same writer with a ring it can have works.
+    w.ring_entries = 256;
+    rt.block_on(open(&w, t.path().join("f.bin"), 10)).unwrap();
+}
