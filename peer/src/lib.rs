@@ -26,9 +26,9 @@ mod validate;
 
 pub use aggregate::{aggregate, latest_sources, RemoteRow, Sources};
 pub use engine::{
-    max_in_flight_bytes, Action, BatchId, ChunkResult, Engine, EngineConfig, Fetch, Lane, LaneBook,
-    BATCH_BYTES, BATCH_CHUNKS, BATCH_CHUNK_LEN, MANIFEST_GRACE, MANIFEST_TIMEOUT, MAX_IN_FLIGHT,
-    OFFER_CHUNKS, OFFER_REST, SWARM_WAIT,
+    credible_total, max_in_flight_bytes, Action, BatchId, ChunkResult, Engine, EngineConfig, Fetch,
+    Lane, LaneBook, BATCH_BYTES, BATCH_CHUNKS, BATCH_CHUNK_LEN, MANIFEST_GRACE, MANIFEST_TIMEOUT,
+    MAX_IN_FLIGHT, OFFER_CHUNKS, OFFER_REST, SWARM_WAIT,
 };
 pub use error::PeerError;
 pub use gates::{gate_chunk, gate_files, gate_partial_chunk, ChunkIndex};

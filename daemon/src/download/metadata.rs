@@ -37,10 +37,13 @@ pub(super) async fn validated(
     // Bounded: a source that floods reports loses them, never our memory.
     let (progress, mut reports) = tokio::sync::mpsc::channel(64);
     let mut shown = std::collections::BTreeMap::new();
+    // The sources asked, for the sizes the others advertise (`credible_total`).
+    let mut asked: Vec<lanspread_proto::PeerId> = Vec::new();
     loop {
         while let Some(action) = engine.poll() {
             match action {
                 Action::AskManifest(peer) => {
+                    asked.push(peer.clone());
                     let Some(conn) = shared.peers.link(&peer) else {
                         engine.on_manifest(peer, Err("peer disconnected".into()), Instant::now());
                         continue;
@@ -79,10 +82,19 @@ pub(super) async fn validated(
                 Err(e) => return Err(Failure::internal(format_args!("manifest task failed: {e}"))),
             },
             Some((peer, done, total)) = reports.recv() => {
-                // The total must be the size the source advertises for the game.
+                // The total must be the size the source advertises for the game, and
+                // counts for no more than another source advertises.
                 let size = shared.peers.advertised_size(&peer, id);
+                let others = asked
+                    .iter()
+                    .filter(|p| **p != peer)
+                    .filter_map(|p| shared.peers.advertised_size(p, id));
+                let credible = lanspread_peer::credible_total(total, size, others);
                 let now = Instant::now();
-                if size == Some(total) && engine.on_manifest_progress(&peer, done, total, now) {
+                let counted = credible.is_some_and(|t| {
+                    engine.on_manifest_progress(&peer, done.min(t), t, now)
+                });
+                if counted {
                     shared.lock().operations.hashing(id, Progress { done, total });
                     // Shown at most once a second per source (and its last report).
                     let due = shown.get(&peer).is_none_or(|t: &Instant| now >= *t + SHOW_EVERY);

@@ -42,6 +42,7 @@ use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE, MAX_RANGES, MIN_CHUNKS_IN_FL
 use tracing::warn;
 
 pub use lanes::{Lane, LaneBook};
+pub use silence::credible_total;
 
 use crate::{Chosen, ChunkSpec, FailKind, ManifestVote, PeerError, Planner, PlannerStatus};
 

@@ -6,10 +6,9 @@
 //!
 //! However it reports, a source is given at most the timeout plus `total` at
 //! [`MIN_HASH_RATE`] from when it was asked, so a source that inches forward cannot hold
-//! a download for ever. `total` is the source's own word (and the size it advertises,
-//! which it also chose): once another source has answered with a manifest, no more than
-//! that manifest's bytes count — a source that claims 2^50 bytes to hash is not waited
-//! for years while the game at hand is 50 GiB.
+//! a download for ever. `total` is the source's own word, and so is the size it
+//! advertises: the driver counts no more than the largest size another source of the
+//! download advertises ([`credible_total`]), which no single peer can lower.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -38,8 +37,6 @@ struct Silence {
 pub(super) struct Waiting {
     peers: BTreeMap<PeerId, Silence>,
     idle: Duration,
-    /// The most bytes a manifest answered so far holds.
-    answered: Option<u64>,
 }
 
 impl Waiting {
@@ -53,7 +50,6 @@ impl Waiting {
         Self {
             peers: sources.iter().map(|p| (p.clone(), s)).collect(),
             idle,
-            answered: None,
         }
     }
 
@@ -75,21 +71,9 @@ impl Waiting {
             return false;
         }
         s.report = Some((done, total));
-        let cap = cap(s, self.idle, total, self.answered);
+        let cap = s.asked + self.idle + Duration::from_secs(total / MIN_HASH_RATE);
         s.until = (now + self.idle).min(cap).max(s.until);
         true
-    }
-
-    /// Another source answered with a manifest of `bytes`: no silence lasts past the cap
-    /// of that size any more.
-    pub(super) fn answered(&mut self, bytes: u64) {
-        let known = self.answered.map_or(bytes, |b| b.max(bytes));
-        self.answered = Some(known);
-        for s in self.peers.values_mut() {
-            if let Some((_, total)) = s.report {
-                s.until = s.until.min(cap(s, self.idle, total, Some(known)));
-            }
-        }
     }
 
     /// Takes out the sources whose silence has ended by `now`.
@@ -130,11 +114,25 @@ impl Waiting {
     }
 }
 
-/// The latest end of `s`'s silence: asked, plus the timeout, plus its `total` (at most
-/// what an answered manifest holds) at [`MIN_HASH_RATE`].
-fn cap(s: &Silence, idle: Duration, total: u64, answered: Option<u64>) -> Instant {
-    let total = answered.map_or(total, |a| total.min(a));
-    s.asked + idle + Duration::from_secs(total / MIN_HASH_RATE)
+/// The total a source's hashing report counts with: `None` when it is not the size the
+/// source advertises for the game; else at most the largest size another source of the
+/// download advertises (`others`). A source alone chooses both its total and its size
+/// (2^50 bytes held a vote for years at [`MIN_HASH_RATE`]), but it cannot lower the
+/// others' sizes, so it cannot cut an honest source's wait either.
+pub fn credible_total(
+    total: u64,
+    advertised: Option<u64>,
+    others: impl IntoIterator<Item = u64>,
+) -> Option<u64> {
+    if advertised != Some(total) {
+        return None;
+    }
+    Some(
+        others
+            .into_iter()
+            .max()
+            .map_or(total, |most| total.min(most)),
+    )
 }
 
 #[cfg(test)]
@@ -185,29 +183,26 @@ mod tests {
     }
 
     #[test]
-    fn a_total_past_what_another_source_answered_buys_no_more_time() {
-        let t0 = Instant::now();
-        let idle = Duration::from_secs(60);
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        let mut w = Waiting::new(&[pid(1), pid(2)], t0, idle);
-        // A forged total of 2^50 bytes: its cap is years away.
-        let forged = 1u64 << 50;
-        for (i, t) in [(1u64, 10), (2, 65), (3, 120)] {
-            assert!(w.report(&pid(1), i << 20, forged, at(t)));
-        }
-        // Another source answers with a 400 MiB manifest: the cap is t0 + 60 + 100 s,
-        // whatever total it claims, and further reports extend no further.
-        assert!(w.remove(&pid(2)));
-        assert_eq!(w.next(), Some(at(180)));
-        w.answered(400 << 20);
-        assert_eq!(w.next(), Some(at(160)));
-        assert!(w.report(&pid(1), 4 << 20, forged, at(150)));
-        assert_eq!(w.next(), Some(at(160)));
-        assert_eq!(w.expired(at(160)), [pid(1)]);
-        // An honest source of the same game is capped as before.
-        let mut w = Waiting::new(&[pid(1)], t0, idle);
-        w.answered(400 << 20);
-        assert!(w.report(&pid(1), 0, 400 << 20, at(10)));
-        assert_eq!(w.next(), Some(at(70)));
+    fn a_total_counts_for_no_more_than_another_source_advertises() {
+        let gib = 1u64 << 30;
+        // Not the size it advertises: no report counts.
+        assert_eq!(credible_total(50 * gib, Some(40 * gib), []), None);
+        assert_eq!(credible_total(50 * gib, None, []), None);
+        // Alone, or the largest: its own.
+        assert_eq!(credible_total(50 * gib, Some(50 * gib), []), Some(50 * gib));
+        assert_eq!(
+            credible_total(50 * gib, Some(50 * gib), [1, 50 * gib]),
+            Some(50 * gib)
+        );
+        // A forged 2^50 beside an honest 50 GiB: held to 50 GiB (3.5 h at the slowest
+        // rate, not 8.5 years); a peer that advertises less cuts no one's wait.
+        assert_eq!(
+            credible_total(1 << 50, Some(1 << 50), [50 * gib]),
+            Some(50 * gib)
+        );
+        assert_eq!(
+            credible_total(50 * gib, Some(50 * gib), [0, 1 << 50]),
+            Some(50 * gib)
+        );
     }
 }

@@ -34,14 +34,7 @@ impl Engine {
             return;
         }
         match answer {
-            Ok(manifest) => {
-                let bytes = manifest
-                    .files
-                    .iter()
-                    .fold(0u64, |sum, f| sum.saturating_add(f.size));
-                self.waiting.answered(bytes);
-                self.vote.add(peer, manifest);
-            }
+            Ok(manifest) => self.vote.add(peer, manifest),
             Err(e) => {
                 warn!(peer = %peer.short(), "no manifest: {e}");
                 self.vote.no_answer(peer, format!("no manifest: {e}"));
