@@ -95,13 +95,8 @@ fn chown_tree(p: &Path) {
 
 #[test]
 fn a_daemon_that_is_not_root_installs_uninstalls_and_reinstalls_read_only_folders() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        if std::env::var("LANSPREAD_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-            eprintln!("skipped: not root and LANSPREAD_SKIP_PRIVILEGED=1");
-            return;
-        }
-        panic!("this test needs root to run an install as uid {NOBODY}; run it as root or set LANSPREAD_SKIP_PRIVILEGED=1");
+    if !privileged() {
+        return;
     }
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("games/g");
@@ -109,31 +104,8 @@ fn a_daemon_that_is_not_root_installs_uninstalls_and_reinstalls_read_only_folder
     fs::write(root.join("version.ini"), "20250101\n").unwrap();
     archive(&root.join("game.eti"));
     chown_tree(t.path());
-    // SAFETY: the child only runs the install steps and leaves with _exit; glibc keeps
-    // malloc usable after fork.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        // SAFETY: dropping privileges in the child, then leaving without unwinding.
-        unsafe {
-            let code = if libc::setgroups(0, std::ptr::null()) == 0
-                && libc::setgid(NOBODY) == 0
-                && libc::setuid(NOBODY) == 0
-                && libc::geteuid() == NOBODY
-            {
-                steps(&root)
-            } else {
-                99
-            };
-            libc::_exit(code);
-        }
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child forked above.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "child died: {status}");
     assert_eq!(
-        libc::WEXITSTATUS(status),
+        as_nobody(|| steps(&root)),
         0,
         "a step failed as uid {NOBODY} (see stderr)"
     );
@@ -144,6 +116,20 @@ fn a_daemon_that_is_not_root_installs_uninstalls_and_reinstalls_read_only_folder
         .is_file());
     assert_eq!(fs::read(root.join("local/ro/sub/deep")).unwrap(), b"d");
     assert!(!root.join(".lanspread-staging").exists() && !root.join(".lanspread-trash").exists());
+}
+
+/// Whether the test can run: as root, or skipped on purpose (`LANSPREAD_SKIP_PRIVILEGED=1`);
+/// panics otherwise, saying so.
+fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    if std::env::var("LANSPREAD_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+        eprintln!("skipped: not root and LANSPREAD_SKIP_PRIVILEGED=1");
+        return false;
+    }
+    panic!("this test needs root to run an install as uid {NOBODY}; run it as root or set LANSPREAD_SKIP_PRIVILEGED=1");
 }
 
 /// Run as uid 65534 in a forked child: `steps` returns the exit code.
@@ -180,13 +166,8 @@ fn as_nobody(steps: impl FnOnce() -> i32) -> i32 {
 /// install; both are moved aside for the start-up sweep.
 #[test]
 fn old_trees_the_daemon_cannot_remove_block_no_install_or_uninstall() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        if std::env::var("LANSPREAD_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-            eprintln!("skipped: not root and LANSPREAD_SKIP_PRIVILEGED=1");
-            return;
-        }
-        panic!("this test needs root to run an install as uid {NOBODY}; run it as root or set LANSPREAD_SKIP_PRIVILEGED=1");
+    if !privileged() {
+        return;
     }
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("games/g");

@@ -305,6 +305,17 @@ fn an_archive_linked_inside_the_root_installs_and_one_linked_out_is_refused() {
         manifest(&root.join("local")),
         expected("test_read_format_rar")
     );
+    // A link to an archive listed already (`Game.eti -> game.eti`) is that archive, not a
+    // second one whose entries clash; its volume sets neither.
+    let (_t, root) = root_of(&[("test_read_format_rar.rar", "game.eti")]);
+    std::os::unix::fs::symlink("game.eti", root.join("Game.eti")).unwrap();
+    std::os::unix::fs::symlink("game.eti", root.join("zz.eti")).unwrap();
+    let summary = install_root(&root).unwrap();
+    assert_eq!(summary.archives, 1);
+    assert_eq!(
+        manifest(&root.join("local")),
+        expected("test_read_format_rar")
+    );
     let (t, root) = root_of(&[]);
     let other = tempfile::tempdir().unwrap();
     let elsewhere = other.path().join("elsewhere.rar");

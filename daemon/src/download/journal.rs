@@ -92,9 +92,10 @@ fn open_blocking(
     let ranges: Vec<_> = chunks.iter().map(|c| (c.file, c.offset, c.len)).collect();
     let claimed = match read_journal(game, chunks.len()) {
         Ok(text) => judge_journal(text.as_deref(), version, digest, &ranges),
-        // It only saves work: one that cannot be read is started over, never a download
-        // that fails on every retry.
-        Err(why) => ResumeDecision::Discard(why),
+        // It only saves work: one that can never be read is started over, never a
+        // download that fails on every retry.
+        Err(Ok(why)) => ResumeDecision::Discard(why),
+        Err(Err(e)) => return Err(Failure::io(path.display(), &e)),
     };
     let claimed = match claimed {
         ResumeDecision::Fresh => Default::default(),
@@ -150,30 +151,43 @@ fn open_blocking(
     Ok((Journal { file, path }, kept))
 }
 
-/// The journal's text (`None`: there is none), or why it cannot be used: not a regular
-/// file, unreadable, or larger than a journal of `units` units can be (a corrupt one is
-/// not read whole into memory).
-fn read_journal(game: &GameDir, units: usize) -> Result<Option<String>, String> {
-    // A header, and per unit at most a line per piece kept as a fetch went on and its
-    // own line once whole (each under 48 bytes: index and kept bytes).
-    let lines = lanspread_proto::UNIT_SIZE / PIECE_SIZE + 1;
+/// The journal's text (`None`: there is none); or why it can never be used (`Err(Ok)`:
+/// not a regular file, not ours to read, or larger than a journal of `units` units can
+/// be — a corrupt one is not read whole into memory); or an error that may pass
+/// (`Err(Err)`).
+fn read_journal(game: &GameDir, units: usize) -> Result<Option<String>, Result<String, io::Error>> {
+    // A header, and per unit at most a line per piece kept by the running fetches (the
+    // transfer's own record of a failed fetch's pieces counts apart: twice that) and its
+    // own line once whole; each under 48 bytes (index and kept bytes).
+    let lines = 2 * (lanspread_proto::UNIT_SIZE / PIECE_SIZE) + 1;
     let limit = 4096 + 48 * lines * units as u64;
     let (f, meta) = match game.open_file(Path::new(JOURNAL), Access::Read) {
         Ok(opened) => opened,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("the journal cannot be opened: {e}")),
+        // Something that can never be read as a journal (a folder, FIFO, device or link
+        // at its name; not ours to read): started over. A passing error (EIO, out of
+        // descriptors) fails this attempt and keeps the journal for the next.
+        Err(e) if !passing(&e) => return Err(Ok(format!("the journal cannot be opened: {e}"))),
+        Err(e) => return Err(Err(e)),
     };
     if meta.len() > limit {
-        return Err(format!(
+        return Err(Ok(format!(
             "the journal is {} bytes, more than {limit} for {units} units",
             meta.len()
-        ));
+        )));
     }
     let mut b = Vec::new();
-    f.take(limit)
-        .read_to_end(&mut b)
-        .map_err(|e| format!("the journal cannot be read: {e}"))?;
+    f.take(limit).read_to_end(&mut b).map_err(Err)?;
     Ok(Some(String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// Whether an error opening the journal may pass (the disk, the process's limits), as
+/// opposed to what is at its name.
+fn passing(e: &io::Error) -> bool {
+    !matches!(
+        e.raw_os_error(),
+        Some(libc::ELOOP | libc::EISDIR | libc::ENXIO | libc::ENODEV | libc::EACCES | libc::EPERM)
+    ) && e.kind() != io::ErrorKind::Other
 }
 
 /// How many of the first `pieces` pieces of `spec` in `file` hash to their expected

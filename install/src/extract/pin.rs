@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::PrivateDir;
@@ -26,6 +27,9 @@ pub(super) struct Pinned {
     _links: Option<PrivateDir>,
     files: Vec<File>,
     names: Vec<PathBuf>,
+    /// The archives' names in the root, one per archive (a link to a listed one left
+    /// out).
+    in_root: Vec<OsString>,
 }
 
 impl Pinned {
@@ -36,27 +40,48 @@ impl Pinned {
     ) -> Result<Self, InstallError> {
         // The root as it resolves now, for archives that are symlinks (resolved once).
         let mut confined = None;
-        let files = names
-            .iter()
-            .map(|n| {
-                open_regular(root, n)
-                    .or_else(|e| match e.raw_os_error() {
-                        // A symlink (`O_NOFOLLOW`): followed as the scan follows it,
-                        // to a regular file inside the root only.
-                        Some(libc::ELOOP) => {
-                            let c = match &mut confined {
-                                Some(c) => c,
-                                None => confined.insert(lanspread_catalog::Confined::new(path)?),
-                            };
-                            c.open(&path.join(n)).map(|(f, _)| f).map_err(|e| {
-                                io::Error::new(e.kind(), format!("a symlink to an archive: {e}"))
-                            })
-                        }
-                        _ => Err(e),
-                    })
-                    .map_err(|e| InstallError::io(path.join(n), e))
-            })
-            .collect::<Result<Vec<File>, _>>()?;
+        let mut opened = Vec::with_capacity(names.len());
+        for n in names {
+            let (file, linked) = match open_regular(root, n) {
+                Ok(f) => (f, false),
+                // A symlink (`O_NOFOLLOW`): followed as the scan follows it, to a
+                // regular file inside the root only.
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    let c = match &mut confined {
+                        Some(c) => c,
+                        None => confined.insert(
+                            lanspread_catalog::Confined::new(path)
+                                .map_err(|e| InstallError::io(path, e))?,
+                        ),
+                    };
+                    let (f, _) = c.open(&path.join(n)).map_err(|e| {
+                        InstallError::io(
+                            path.join(n),
+                            io::Error::new(e.kind(), format!("a symlink to an archive: {e}")),
+                        )
+                    })?;
+                    (f, true)
+                }
+                Err(e) => return Err(InstallError::io(path.join(n), e)),
+            };
+            let meta = file
+                .metadata()
+                .map_err(|e| InstallError::io(path.join(n), e))?;
+            opened.push((n.clone(), file, linked, (meta.dev(), meta.ino())));
+        }
+        // A link to an archive that is listed already (`Game.eti -> game.eti`) is that
+        // archive, not a second one whose entries would clash: the file itself is kept.
+        let mut kept: Vec<(OsString, File, bool, (u64, u64))> = Vec::with_capacity(opened.len());
+        for o in opened {
+            match kept.iter().position(|k| k.3 == o.3) {
+                Some(i) if kept[i].2 && !o.2 => kept[i] = o,
+                Some(_) => {}
+                None => kept.push(o),
+            }
+        }
+        kept.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<OsString> = kept.iter().map(|k| k.0.clone()).collect();
+        let files: Vec<File> = kept.into_iter().map(|k| k.1).collect();
         let links = Path::new("/proc/self/fd")
             .is_dir()
             .then(|| PrivateDir::new("lanspread-volumes-").ok())
@@ -66,6 +91,7 @@ impl Pinned {
                 _links: None,
                 files,
                 names: names.iter().map(|n| path.join(n)).collect(),
+                in_root: names,
             });
         };
         let mut linked = Vec::with_capacity(names.len());
@@ -79,7 +105,13 @@ impl Pinned {
             _links: Some(links),
             files,
             names: linked,
+            in_root: names,
         })
+    }
+
+    /// The archives' names in the root, in order (archive `i` is `in_root()[i]`).
+    pub(super) fn in_root(&self) -> &[OsString] {
+        &self.in_root
     }
 
     /// The open file of archive `i`.

@@ -80,7 +80,7 @@ pub(super) fn plan(game: &GameDir) -> Result<(Vec<PlannedSet>, u64, Pinned), Ins
     let root = game.path();
     let names = archives(game)?;
     let mut pinned = Pinned::open((game.dir(), root), &names)?;
-    let files: Vec<PathBuf> = names.iter().map(|n| root.join(n)).collect();
+    let files: Vec<PathBuf> = pinned.in_root().iter().map(|n| root.join(n)).collect();
     let mut candidates = Vec::with_capacity(files.len());
     for (i, f) in files.iter().enumerate() {
         let info = volumes::probe(pinned.file(i)).map_err(io(f))?;
