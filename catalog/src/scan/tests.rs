@@ -310,13 +310,13 @@ fn a_tree_a_thousand_folders_deep_is_walked_without_recursion() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("cnc4");
     write(&root.join("version.ini"), b"20250101");
-    // 1,500 levels: within PATH_MAX by path (3,000 bytes), far past a small stack for a
-    // walk that recursed per folder (≈ 1 KiB a frame).
-    let deep: PathBuf = std::iter::repeat_n("a", 1500).collect();
+    // 1,000 levels: within PATH_MAX by path, far past a small stack for a walk that
+    // recursed per folder (≈ 1 KiB a frame in the release build: ≈ 1 MB here).
+    let deep: PathBuf = std::iter::repeat_n("a", 1000).collect();
     write(&root.join(&deep).join("x.bin"), b"deep");
     fs::create_dir_all(root.join(&deep).join("empty")).unwrap();
     let scanned = std::thread::Builder::new()
-        .stack_size(256 << 10)
+        .stack_size(128 << 10)
         .spawn({
             let root = root.clone();
             move || scan_root(&root, GameId::new("cnc4").unwrap())
@@ -325,7 +325,7 @@ fn a_tree_a_thousand_folders_deep_is_walked_without_recursion() {
         .join()
         .unwrap();
     assert!(scanned.problem.is_none(), "{:?}", scanned.problem);
-    let rel = |tail: &str| format!("{}/{tail}", vec!["a"; 1500].join("/"));
+    let rel = |tail: &str| format!("{}/{tail}", vec!["a"; 1000].join("/"));
     let paths: Vec<&str> = scanned.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, [rel("x.bin").as_str(), "version.ini"]);
     assert_eq!(
@@ -336,7 +336,17 @@ fn a_tree_a_thousand_folders_deep_is_walked_without_recursion() {
             .collect::<Vec<_>>(),
         [rel("empty").as_str()]
     );
-    // Removed here: the temporary folder's own removal recurses per level.
+    // Removed here: the temporary folder's own removal recurses per level. (One
+    // descriptor per level: the soft open-files limit up to the hard one.)
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct they are given.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: as above.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     let game = crate::GameDir::open(&root).unwrap();
     crate::remove_all_in(game.dir(), Path::new("a"), false).unwrap();
 }

@@ -467,22 +467,13 @@ fn a_copy_without_the_empty_folders_still_serves_and_the_folders_are_made() {
     assert_same_tree(&with.path().join("cod5"), &games.path().join("cod5"));
 }
 
-#[test]
-fn an_update_that_turns_files_into_folders_replaces_them() {
-    // The older copy has files named `saves` and `data`; the new version has folders
-    // there (one empty, one holding a file).
+/// An update of `cod5` from the older copy `old` writes to the version 20250301 that
+/// `new` writes: the copy then equals the source.
+fn updates_over(new: impl FnOnce(&Path), old: impl FnOnce(&Path)) {
     let d = tempfile::tempdir().unwrap();
-    GameSpec::new("cod5", "20250301")
-        .file("data/x.bin", 0o644, Content::Bytes(b"x".to_vec()))
-        .write(d.path())
-        .unwrap();
-    fs::create_dir_all(d.path().join("cod5/saves/slot1")).unwrap();
+    new(d.path());
     let games = tempfile::tempdir().unwrap();
-    GameSpec::new("cod5", "20250101")
-        .file("saves", 0o644, Content::Bytes(b"old".to_vec()))
-        .file("data", 0o644, Content::Bytes(b"old".to_vec()))
-        .write(games.path())
-        .unwrap();
+    old(games.path());
     let s = source("src", d.path());
     let c = Node::start("client", games.path());
     c.connect(&s);
@@ -492,29 +483,49 @@ fn an_update_that_turns_files_into_folders_replaces_them() {
 }
 
 #[test]
+fn an_update_that_turns_files_into_folders_replaces_them() {
+    // The older copy has files named `saves` and `data`; the new version has folders
+    // there (one empty, one holding a file).
+    updates_over(
+        |d| {
+            GameSpec::new("cod5", "20250301")
+                .file("data/x.bin", 0o644, Content::Bytes(b"x".to_vec()))
+                .write(d)
+                .unwrap();
+            fs::create_dir_all(d.join("cod5/saves/slot1")).unwrap();
+        },
+        |games| {
+            GameSpec::new("cod5", "20250101")
+                .file("saves", 0o644, Content::Bytes(b"old".to_vec()))
+                .file("data", 0o644, Content::Bytes(b"old".to_vec()))
+                .write(games)
+                .unwrap();
+        },
+    );
+}
+
+#[test]
 fn an_update_that_turns_folders_into_files_replaces_them() {
     // The older copy has a folder `data` holding files and an empty folder `saves`; the
     // new version has files of those names. (Before: "Is a directory" on every retry,
     // the old copy's sentinel already gone.)
-    let d = tempfile::tempdir().unwrap();
-    GameSpec::new("cod5", "20250301")
-        .file("data", 0o644, Content::Bytes(b"new".to_vec()))
-        .file("saves", 0o644, Content::Bytes(b"new".to_vec()))
-        .write(d.path())
-        .unwrap();
-    let games = tempfile::tempdir().unwrap();
-    GameSpec::new("cod5", "20250101")
-        .file("data/x.bin", 0o644, Content::Bytes(b"old".to_vec()))
-        .file("data/deep/y.bin", 0o644, Content::Bytes(b"old".to_vec()))
-        .write(games.path())
-        .unwrap();
-    fs::create_dir_all(games.path().join("cod5/saves/slot1")).unwrap();
-    let s = source("src", d.path());
-    let c = Node::start("client", games.path());
-    c.connect(&s);
-    c.download_ok("cod5", &["--no-install"]);
-    assert_same_tree(&d.path().join("cod5"), &games.path().join("cod5"));
-    assert_eq!(c.local_row("cod5").unwrap()["version"], "20250301");
+    updates_over(
+        |d| {
+            GameSpec::new("cod5", "20250301")
+                .file("data", 0o644, Content::Bytes(b"new".to_vec()))
+                .file("saves", 0o644, Content::Bytes(b"new".to_vec()))
+                .write(d)
+                .unwrap();
+        },
+        |games| {
+            GameSpec::new("cod5", "20250101")
+                .file("data/x.bin", 0o644, Content::Bytes(b"old".to_vec()))
+                .file("data/deep/y.bin", 0o644, Content::Bytes(b"old".to_vec()))
+                .write(games)
+                .unwrap();
+            fs::create_dir_all(games.join("cod5/saves/slot1")).unwrap();
+        },
+    );
 }
 
 #[test]
