@@ -338,6 +338,38 @@ pub fn is_folder(at: &Dir, entry: &cap_std::fs::DirEntry) -> io::Result<bool> {
     Ok(st.st_mode & libc::S_IFMT == libc::S_IFDIR)
 }
 
+/// Raises the soft open-files limit to the hard one (no higher than the kernel's
+/// `nr_open`, which may have been lowered since the hard limit was set); returns the
+/// soft limit before and after. The walks that hold one open folder per level
+/// ([`remove_all_in`]), a daemon's links and served files, and its writer's descriptor
+/// cache all scale with it, and the soft limit of a login shell, or of a unit without
+/// `LimitNOFILE`, is 1,024.
+pub fn raise_open_files_limit() -> io::Result<(libc::rlim_t, libc::rlim_t)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let was = lim.rlim_cur;
+    if was >= lim.rlim_max {
+        return Ok((was, was));
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|t| t.trim().parse::<libc::rlim_t>().ok())
+        .unwrap_or(1 << 20);
+    lim.rlim_max = lim.rlim_max.min(nr_open).max(was);
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads the struct it is given.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((was, lim.rlim_cur))
+}
+
 /// Removes `rel` beneath `at` and, if it is a folder, everything under it, never through
 /// a symlink (a symlink is removed, not followed); missing is not an error. With
 /// `writable`, each folder that lacks owner rwx gets it first (an archive may make them

@@ -19,7 +19,10 @@ mod scan;
 pub use catalog::{Catalog, CatalogEntry, BUILTIN_IDS};
 pub use confine::{open_inside, set_blocking, Confined};
 pub use error::CatalogError;
-pub use game_dir::{dev_of, is_folder, lstat_in, remove_all_in, sync_dir, Access, GameDir, Inode};
+pub use game_dir::{
+    dev_of, is_folder, lstat_in, raise_open_files_limit, remove_all_in, sync_dir, Access, GameDir,
+    Inode,
+};
 pub use hashes::{hash_file, HashCache, Indexed};
 pub use inflight::HashProgress;
 // The protocol's value types, re-exported: the catalog speaks in them.

@@ -322,33 +322,13 @@ fn spawn_tasks(
 /// stay open) scale with it, and the soft limit of a login shell, or of a unit without
 /// `LimitNOFILE`, is 1,024. Failing to raise it only leaves the limit as it was.
 fn raise_open_files_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0
-        || lim.rlim_cur >= lim.rlim_max
-    {
-        return;
-    }
-    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
-        .ok()
-        .and_then(|t| t.trim().parse::<libc::rlim_t>().ok())
-        .unwrap_or(1 << 20);
-    let was = lim.rlim_cur;
-    // The kernel refuses a hard limit above nr_open (lowered since it was set): both go
-    // no higher.
-    lim.rlim_max = lim.rlim_max.min(nr_open).max(was);
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: setrlimit reads the struct it is given.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
-        tracing::debug!(from = was, to = lim.rlim_cur, "open files limit raised");
-    } else {
-        tracing::warn!(
-            limit = was,
-            "cannot raise the open files limit ({}): a download of many files reopens them as it writes",
-            std::io::Error::last_os_error()
-        );
+    match lanspread_catalog::raise_open_files_limit() {
+        Ok((was, now)) if now > was => {
+            tracing::debug!(from = was, to = now, "open files limit raised");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(
+            "cannot raise the open files limit ({e}): a download of many files reopens them as it writes"
+        ),
     }
 }

@@ -165,18 +165,8 @@ fn a_deep_tree_with_locked_folders_is_removed_without_recursion_or_chmod_by_name
     // 900 levels (within a soft open-files limit of 1,024), every folder 0555 with a
     // file in it, a symlink out at the bottom.
     const DEPTH: usize = 900;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct they are given.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    lim.rlim_cur = lim.rlim_max;
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-    assert!(
-        lim.rlim_cur as usize > DEPTH + 64,
-        "open-files limit too low"
-    );
+    let (_, limit) = crate::raise_open_files_limit().unwrap();
+    assert!(limit as usize > DEPTH + 64, "open-files limit too low");
     let mut at = g.dir().try_clone().unwrap();
     at.create_dir("t").unwrap();
     let mut at_name = "t";

@@ -338,15 +338,7 @@ fn a_tree_a_thousand_folders_deep_is_walked_without_recursion() {
     );
     // Removed here: the temporary folder's own removal recurses per level. (One
     // descriptor per level: the soft open-files limit up to the hard one.)
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct they are given.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: as above.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
+    crate::raise_open_files_limit().unwrap();
     let game = crate::GameDir::open(&root).unwrap();
     crate::remove_all_in(game.dir(), Path::new("a"), false).unwrap();
 }

@@ -232,16 +232,8 @@ fn a_stale_tree_a_thousand_folders_deep_is_removed_without_recursion() {
     // 1,000 nested folders made one beneath the other, a stale file at the bottom. The
     // sweep holds a descriptor per level: the soft open-files limit goes up to the hard
     // one, as the daemon's own does at its start.
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit read and write the struct they are given.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    lim.rlim_cur = lim.rlim_max;
-    // SAFETY: as above.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
-    assert!(lim.rlim_cur > 1100, "open-files limit too low");
+    let (_, limit) = lanspread_catalog::raise_open_files_limit().unwrap();
+    assert!(limit > 1100, "open-files limit too low");
     let mut at = dir.game().dir().try_clone().unwrap();
     for _ in 0..1000 {
         at.create_dir("a").unwrap();
