@@ -98,11 +98,7 @@ fn a_daemon_that_is_not_root_installs_uninstalls_and_reinstalls_read_only_folder
     if !privileged() {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("games/g");
-    fs::create_dir_all(&root).unwrap();
-    fs::write(root.join("version.ini"), "20250101\n").unwrap();
-    archive(&root.join("game.eti"));
+    let (t, root) = root_with_archive();
     chown_tree(t.path());
     assert_eq!(
         as_nobody(|| steps(&root)),
@@ -116,6 +112,16 @@ fn a_daemon_that_is_not_root_installs_uninstalls_and_reinstalls_read_only_folder
         .is_file());
     assert_eq!(fs::read(root.join("local/ro/sub/deep")).unwrap(), b"d");
     assert!(!root.join(".lanspread-staging").exists() && !root.join(".lanspread-trash").exists());
+}
+
+/// A root `games/g` in a fresh temporary folder with its sentinel and `game.eti`.
+fn root_with_archive() -> (tempfile::TempDir, std::path::PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("games/g");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("version.ini"), "20250101\n").unwrap();
+    archive(&root.join("game.eti"));
+    (t, root)
 }
 
 /// Whether the test can run: as root, or skipped on purpose (`LANSPREAD_SKIP_PRIVILEGED=1`);
@@ -169,11 +175,7 @@ fn old_trees_the_daemon_cannot_remove_block_no_install_or_uninstall() {
     if !privileged() {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("games/g");
-    fs::create_dir_all(&root).unwrap();
-    fs::write(root.join("version.ini"), "20250101\n").unwrap();
-    archive(&root.join("game.eti"));
+    let (t, root) = root_with_archive();
     install_root(&root).unwrap();
     fs::create_dir(root.join(".lanspread-trash")).unwrap();
     chown_tree(t.path());
