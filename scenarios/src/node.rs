@@ -421,6 +421,30 @@ impl Node {
         self.wait_until(name, pred, || None)
     }
 
+    /// Waits for an event named `name` matching `pred` among those after the first `seen`
+    /// of that name (take `seen` from [`Node::events_named`] before causing the event), so
+    /// that an earlier event that also matches is not taken for the awaited one.
+    pub fn wait_new_event(&self, seen: usize, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(e) = self
+                .events_named(name)
+                .into_iter()
+                .skip(seen)
+                .find(|e| pred(e))
+            {
+                return e;
+            }
+            assert!(
+                start.elapsed() < WAIT,
+                "{}: no new `{name}` event (after {seen}) within {WAIT:?}{}",
+                self.name,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Like [`Node::wait_event`], failing at once when `gone` says why it never will come.
     fn wait_until(
         &self,

@@ -172,8 +172,10 @@ fn reload_applies_limits_peers_and_catalog_without_touching_the_running_download
         ),
     )
     .unwrap();
+    // The first reload's event applied max_upload_mib_s too: wait for a new one.
+    let seen = c.events_named("config-reloaded").len();
     c.signal(libc::SIGHUP);
-    c.wait_event("config-reloaded", |e| {
+    c.wait_new_event(seen, "config-reloaded", |e| {
         e["applied"]
             .as_array()
             .is_some_and(|a| a.contains(&json!("max_upload_mib_s")))
