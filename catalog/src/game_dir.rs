@@ -36,7 +36,7 @@ pub enum Access {
 }
 
 /// Which file a name led to: its filesystem and inode number.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Inode {
     /// The filesystem (`st_dev`).
     pub dev: u64,
@@ -94,6 +94,20 @@ impl GameDir {
     /// The open folder, for operations of its own (remove, rename, list).
     pub fn dir(&self) -> &Dir {
         &self.dir
+    }
+
+    /// Whether the root's filesystem ignores case (vfat, exFAT, CIFS, ext4 or tmpfs with
+    /// casefold): its top-level `.lanspread` folder, which must exist, is found again as
+    /// `.LANSPREAD`. There, a name that only folds to a reserved one (see
+    /// `lanspread_proto::folds_to_reserved`) is that entry.
+    pub fn ignores_case(&self) -> io::Result<bool> {
+        let lower = lstat_in(&self.dir, crate::METADATA_PREFIX.as_ref())?;
+        let upper = crate::METADATA_PREFIX.to_ascii_uppercase();
+        Ok(match lstat_in(&self.dir, upper.as_ref()) {
+            Ok(st) => st.st_dev == lower.st_dev && st.st_ino == lower.st_ino,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+            Err(e) => return Err(e),
+        })
     }
 
     /// `rel` under the root's path, for messages.

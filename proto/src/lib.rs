@@ -36,7 +36,7 @@ pub use manifest::{
     MIN_CHUNKS_IN_FLIGHT, PIECES_PER_CHUNK, PIECE_SIZE, UNIT_SIZE,
 };
 pub use peer_id::PeerId;
-pub use relpath::{is_reserved_top_level, RelPath};
+pub use relpath::{folds_to_reserved, is_reserved_top_level, RelPath};
 pub use secret::{secret_proof, LanSecret, SecretCheck, EXPORTER_LABEL, MIN_SECRET_LEN};
 pub use wire::{
     close_code, reset_code, ChunkRange, GameAd, Hello, Holding, Message, PeerAddr, PeerRequest,

@@ -22,6 +22,22 @@ pub fn is_reserved_top_level(name: &str) -> bool {
     name == LOCAL_DIR || name.starts_with(METADATA_PREFIX)
 }
 
+/// True when the top-level entry `name` is not itself reserved (nor the sentinel
+/// `version.ini`), but a filesystem that ignores case would take it for one: `LOCAL`,
+/// `.LanSpread-x`, `Version.INI`, compared in Unicode upper case (so `ſ` counts as `s`
+/// and `ı` as `i`, as ext4's and exFAT's folding do), and with trailing dots and spaces
+/// dropped (vfat and exFAT drop them from names). Only such a filesystem makes these
+/// names a danger; on others they are ordinary names.
+pub fn folds_to_reserved(name: &str) -> bool {
+    if is_reserved_top_level(name) || name == crate::VERSION_FILE {
+        return false;
+    }
+    let up = name.trim_end_matches(['.', ' ']).to_uppercase();
+    up == LOCAL_DIR.to_ascii_uppercase()
+        || up == crate::VERSION_FILE.to_ascii_uppercase()
+        || up.starts_with(&METADATA_PREFIX.to_ascii_uppercase())
+}
+
 impl RelPath {
     /// Checks and wraps a relative path.
     pub fn new(path: &str) -> Result<Self, ProtoError> {
@@ -128,6 +144,39 @@ mod tests {
             "nul\0byte",
         ] {
             assert!(RelPath::new(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn names_a_case_blind_filesystem_takes_for_reserved_ones_are_told_apart() {
+        for folds in [
+            "LOCAL",
+            "Local",
+            "local.",
+            "local. .",
+            "Version.ini",
+            "VERSION.INI",
+            "versıon.ını",
+            ".LANSPREAD",
+            ".LanSpread-meta",
+            ".lanſpread",
+        ] {
+            assert!(folds_to_reserved(folds), "{folds:?}");
+        }
+        // The reserved names themselves are refused by `RelPath` (and `version.ini` is
+        // the sentinel); names that only look alike are ordinary.
+        for plain in [
+            "local",
+            ".lanspread",
+            ".lanspread-x",
+            "version.ini",
+            "locale",
+            "Locals",
+            "version.ini.bak",
+            "lanspread",
+            ".lan",
+        ] {
+            assert!(!folds_to_reserved(plain), "{plain:?}");
         }
     }
 

@@ -14,7 +14,7 @@ pub use lanspread_control::chunk_sources;
 pub use manifest::{assert_matches_manifest, assert_same_tree, manifest, Manifest};
 pub use netns::NetLab;
 pub use node::{bin, lab, linked_copy, CliOutput, Node, NodeOptions};
-pub use privileged::{skip_privileged, Tmpfs};
+pub use privileged::{skip_privileged, BindMount, Tmpfs};
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,5 @@
-//! Things that need root: a tmpfs mount for disk-full tests. Without root a test fails
+//! Things that need root: a tmpfs mount for disk-full tests, a bind mount that makes two
+//! names one folder. Without root a test fails
 //! with a message saying so, unless `LANSPREAD_SKIP_PRIVILEGED=1` was set on purpose.
 
 use std::ffi::CString;
@@ -72,6 +73,50 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         if let Ok(target) = CString::new(self.path.as_os_str().as_bytes()) {
+            // SAFETY: valid path; MNT_DETACH so a busy mount never blocks the test.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+/// A folder bind-mounted on another for the life of this value: both names are one
+/// folder (as names that differ only in case are on a filesystem that ignores case).
+pub struct BindMount {
+    target: PathBuf,
+}
+
+impl BindMount {
+    /// Mounts the folder `source` on the existing folder `target`.
+    pub fn new(source: &Path, target: &Path) -> BindMount {
+        let src = CString::new(source.as_os_str().as_bytes()).expect("path");
+        let dst = CString::new(target.as_os_str().as_bytes()).expect("path");
+        // SAFETY: valid NUL-terminated strings; both folders exist.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "bind {} on {}: {}",
+            source.display(),
+            target.display(),
+            std::io::Error::last_os_error()
+        );
+        BindMount {
+            target: target.to_path_buf(),
+        }
+    }
+}
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        if let Ok(target) = CString::new(self.target.as_os_str().as_bytes()) {
             // SAFETY: valid path; MNT_DETACH so a busy mount never blocks the test.
             unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
         }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use cap_fs_ext::DirExt;
 use lanspread_catalog::{
-    dev_of, is_folder, is_reserved_top_level, lstat_in, remove_all_in, Access, FileManifest,
-    GameDir, Inode, RelPath, Version, VERSION_FILE,
+    dev_of, folds_to_reserved, is_folder, is_reserved_top_level, lstat_in, remove_all_in, Access,
+    FileManifest, GameDir, Inode, RelPath, Version, VERSION_FILE,
 };
 
 use crate::writer::working_mode;
@@ -93,6 +93,29 @@ fn prepare_blocking(
     // `.lanspread` is in the way keeps its committed version.
     game.create_folders(incoming)
         .map_err(|e| err(&game.shown(incoming), e))?;
+    // Where the filesystem ignores case, `LOCAL/x` is the installer's `local/x` and a
+    // file `.LANSPREAD` would take the journal's folder away: such names are refused
+    // before the committed version goes (elsewhere they are ordinary names).
+    if game.ignores_case().map_err(|e| err(root, e))? {
+        let top = |p: &RelPath| p.as_str().split('/').next().unwrap_or("").to_owned();
+        if let Some(p) = files
+            .iter()
+            .map(|f| &f.path)
+            .chain(folders)
+            .find(|p| folds_to_reserved(&top(p)))
+        {
+            return Err(Failure::new(
+                ErrorKind::Io,
+                format!(
+                    "{}: this filesystem ignores case, so `{}` is a name lanspread keeps \
+                     for itself (local/, .lanspread*, version.ini); the game cannot be \
+                     stored in this games dir",
+                    game.shown(&p.to_path(Path::new(""))).display(),
+                    top(p)
+                ),
+            ));
+        }
+    }
     match game.dir().remove_file(VERSION_FILE) {
         Ok(()) => game.sync().map_err(|e| err(root, e))?,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -183,6 +206,27 @@ fn prepare_blocking(
             created: Vec::with_capacity(files.len()),
         },
     ))
+}
+
+/// Fails when two listed files are one file (`created[i]`, made at `dests[i]`): a
+/// filesystem that ignores case (`a.bin`, `A.bin`) or normalises names, or one folder
+/// mounted at two paths, would mix both files' bytes in one and commit it as each.
+pub fn one_file_each(game: &GameDir, dests: &[PathBuf], created: &[Inode]) -> Result<(), Failure> {
+    let mut seen = HashMap::with_capacity(created.len());
+    for (inode, dest) in created.iter().zip(dests) {
+        if let Some(first) = seen.insert(*inode, dest) {
+            return Err(Failure::new(
+                ErrorKind::Io,
+                format!(
+                    "{} and {} are one file on this filesystem (it ignores case, or a \
+                     folder is mounted twice); the game cannot be stored here",
+                    game.shown(first).display(),
+                    game.shown(dest).display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Sets the final mode of the files whose manifest mode a download cannot keep while it

@@ -457,6 +457,7 @@ async fn prepare(
         files_open.push(fid);
         created.push(inode);
     }
+    commit::one_file_each(&game, &dests, &created)?;
     for inode in created {
         root_dir.created(inode);
     }

@@ -1,6 +1,7 @@
 //! End-to-end scenarios (see `shared/scenarios.md`), one test binary split by topic.
 //! Run one with `cargo test -p lanspread-scenarios s03`.
 
+mod aliases;
 mod busy;
 mod control;
 mod control_limits;
