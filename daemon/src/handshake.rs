@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use lanspread_peer::Direction;
-use lanspread_proto::{close_code, Handshake, Hello, LanSecret, Message, PeerId, Refusal};
-use lanspread_transfer::{read_frame, session_binding, write_frame};
+use lanspread_proto::{
+    close_code, Handshake, Hello, LanSecret, Message, PeerId, Refusal, MAX_HELLO_LEN,
+};
+use lanspread_transfer::{read_frame_within, session_binding, write_frame};
 use quinn::{Connection, RecvStream, VarInt};
 
 /// How long a peer has to send its hello.
@@ -107,7 +109,9 @@ impl<'a> Exchange<'a> {
     ) -> Result<(RecvStream, Hello), Refusal> {
         let first = tokio::time::timeout(HELLO_TIMEOUT, async {
             let mut recv = conn.accept_uni().await.map_err(|e| e.to_string())?;
-            let first: Option<Message> = read_frame(&mut recv).await.map_err(|e| e.to_string())?;
+            let first: Option<Message> = read_frame_within(&mut recv, MAX_HELLO_LEN)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok::<_, String>((recv, first))
         })
         .await;

@@ -9,6 +9,15 @@ use crate::ProtoError;
 
 /// Largest accepted frame body in bytes.
 pub const MAX_FRAME_LEN: usize = 16 << 20;
+/// Largest frame body of a [`crate::Hello`], the first frame of every connection: read
+/// within it before the peer has proven anything (its id, the LAN secret), so a stranger
+/// cannot make a daemon buffer, decode and log 16 MiB per connection. A hello is a
+/// peer id, an address, a version, an agent name and a proof: well under 1 KiB.
+pub const MAX_HELLO_LEN: usize = 4 << 10;
+/// Largest frame body on an announce stream after the hello. The largest legal one is a
+/// `Library` of the sender's games (about 85 bytes per game at the longest id: some
+/// 49,000 games) or a `Holding` (a 128 KiB chunk set at most).
+pub const MAX_ANNOUNCE_LEN: usize = 4 << 20;
 /// Bytes of a frame's length prefix.
 pub const FRAME_HEAD_LEN: usize = 4;
 

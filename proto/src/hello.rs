@@ -59,7 +59,13 @@ impl Handshake<'_> {
     pub fn accept(&self, first: Option<Message>, proven: &PeerId) -> Result<Hello, Refusal> {
         let hello = match first {
             Some(Message::Hello(h)) => h,
-            other => return Err(Refusal::protocol(format!("expected hello, got {other:?}"))),
+            Some(other) => {
+                return Err(Refusal::protocol(format!(
+                    "expected hello, got {}",
+                    other.kind()
+                )))
+            }
+            None => return Err(Refusal::protocol("expected hello, the stream ended")),
         };
         if hello.protocol != PROTOCOL_VERSION {
             return Err(Refusal {

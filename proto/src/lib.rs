@@ -25,7 +25,7 @@ pub use chunkset::{ChunkSet, MAX_CHUNKS};
 pub use error::ProtoError;
 pub use frame::{
     decode_body, decode_frame, encode_frame, frame_body_len, frame_body_len_within, FRAME_HEAD_LEN,
-    MAX_FRAME_LEN,
+    MAX_ANNOUNCE_LEN, MAX_FRAME_LEN, MAX_HELLO_LEN,
 };
 pub use hello::{Handshake, Refusal, AGENT};
 pub use ids::{Availability, GameId, Version};

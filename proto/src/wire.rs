@@ -137,6 +137,23 @@ pub enum Message {
     Peers(Vec<PeerAddr>),
 }
 
+impl Message {
+    /// The message's name, for errors: never its content, which a peer chose (a refusal
+    /// that printed it could be megabytes long).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Hello(_) => "hello",
+            Message::Library(_) => "library",
+            Message::Goodbye { .. } => "goodbye",
+            Message::Holding(_) => "holding",
+            Message::HoldingMore { .. } => "holding-more",
+            Message::HoldingGone { .. } => "holding-gone",
+            Message::HoldingGrowing { .. } => "holding-growing",
+            Message::Peers(_) => "peers",
+        }
+    }
+}
+
 /// Most peers in one [`Message::Peers`]; a receiver ignores the rest.
 pub const MAX_PEX: usize = 64;
 /// Most chunks in one [`Message::HoldingGrowing`]; a receiver ignores the rest.
@@ -346,6 +363,40 @@ mod tests {
         // Two 8 MiB units and a length that brings a wrapping sum back to 8 MiB.
         let wrap = u64::MAX - (8 << 20) + 1;
         assert_eq!(ChunkRange::total(&[r(8 << 20), r(8 << 20), r(wrap)]), None);
+    }
+
+    #[test]
+    fn a_hello_and_a_large_library_fit_their_frame_limits() {
+        use crate::{GameId, Version, MAX_ANNOUNCE_LEN, MAX_HELLO_LEN};
+        let body = |m: &Message| crate::encode_frame(m).unwrap().len() - crate::FRAME_HEAD_LEN;
+        let hello = Message::Hello(Hello {
+            peer_id: PeerId::from_spki(&[0xff; 600]),
+            listen: "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff%4294967295]:65535"
+                .parse()
+                .unwrap(),
+            protocol: u32::MAX,
+            agent: crate::AGENT.into(),
+            proof: Some([0xff; 32]),
+        });
+        assert!(body(&hello) * 4 <= MAX_HELLO_LEN, "{}", body(&hello));
+        // 40,000 games at the longest id and size.
+        let ads = (0..40_000)
+            .map(|i| GameAd {
+                id: GameId::new(&format!("{i:0>64}")).unwrap(),
+                version: Version::parse("99991231").unwrap(),
+                size: u64::MAX,
+            })
+            .collect();
+        let library = Message::Library(ads);
+        assert!(body(&library) <= MAX_ANNOUNCE_LEN, "{}", body(&library));
+        // The largest chunk set a holding can carry.
+        let holding = Message::Holding(Holding {
+            game: GameId::new(&"g".repeat(64)).unwrap(),
+            version: Version::parse("99991231").unwrap(),
+            digest: [0xff; 32],
+            chunks: crate::ChunkSet::full(crate::MAX_CHUNKS),
+        });
+        assert!(body(&holding) <= MAX_ANNOUNCE_LEN, "{}", body(&holding));
     }
 
     #[test]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanspread_peer::{check_not_self, holding_frames, Direction, Upsert};
-use lanspread_proto::{close_code, Message, PeerAddr, PeerId, MAX_PEX};
-use lanspread_transfer::{connect, is_data_connection, peer_id_of, read_frame, write_frame};
+use lanspread_proto::{close_code, Message, PeerAddr, PeerId, MAX_ANNOUNCE_LEN, MAX_PEX};
+use lanspread_transfer::{connect, is_data_connection, peer_id_of, read_frame_within, write_frame};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn, Instrument, Span};
@@ -325,7 +325,7 @@ async fn follow(
     let mut first_library = true;
     loop {
         let msg = tokio::select! {
-            m = read_frame::<_, Message>(recv) => m,
+            m = read_frame_within::<_, Message>(recv, MAX_ANNOUNCE_LEN) => m,
             reason = conn.closed() => break format!("connection closed: {reason}"),
             _ = crate::state::until_shutdown(&mut shutdown) => {
                 // The writer sends the goodbye; close once it is out (or after a bound).

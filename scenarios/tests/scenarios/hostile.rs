@@ -38,6 +38,18 @@ fn hello(id: &Identity, protocol: u32) -> Vec<u8> {
     .unwrap()
 }
 
+/// A `Library` frame of `games` ads with the longest ids (about 85 bytes each).
+fn library_frame(games: usize) -> Vec<u8> {
+    let ads = (0..games)
+        .map(|i| GameAd {
+            id: GameId::new(&format!("{i:0>64}")).unwrap(),
+            version: Version::parse("20250101").unwrap(),
+            size: u64::MAX,
+        })
+        .collect();
+    encode_frame(&Message::Library(ads)).unwrap()
+}
+
 fn closed_with(err: &ConnectionError, code: u32) -> bool {
     matches!(err, ConnectionError::ApplicationClosed(c) if c.error_code == VarInt::from_u32(code))
 }
@@ -64,6 +76,15 @@ fn garbage_frames_disconnect_and_the_daemon_carries_on() {
     .unwrap();
     let err = rt.block_on(send_raw(&n.addr, |_| vec![lib]));
     assert!(closed_with(&err, close_code::PROTOCOL_ERROR), "{err:?}");
+    // A library of 2 MiB before the hello: refused after the hello's 4 KiB limit, and
+    // never printed (its debug form was about 7 times its size, logged whole).
+    let logged = n.log().len();
+    let big = library_frame(25_000);
+    assert!(big.len() > 2 << 20);
+    let err = rt.block_on(send_raw(&n.addr, |_| vec![big]));
+    assert!(closed_with(&err, close_code::PROTOCOL_ERROR), "{err:?}");
+    let grew = n.log().len() - logged;
+    assert!(grew < 16 << 10, "{grew} bytes logged for one refusal");
     // The daemon is fine and lists no peer.
     assert!(n.peer_ids().is_empty());
     assert!(n.events_named("peer-connected").is_empty());
@@ -72,6 +93,14 @@ fn garbage_frames_disconnect_and_the_daemon_carries_on() {
         "{}",
         n.log_tail()
     );
+    // After the hello, a frame over the announce stream's 4 MiB limit ends the link.
+    let err = rt.block_on(send_raw(&n.addr, |id| {
+        vec![hello(id, PROTOCOL_VERSION), library_frame(60_000)]
+    }));
+    assert!(closed_with(&err, close_code::PROTOCOL_ERROR), "{err:?}");
+    assert!(n.log_tail().contains("frame"), "{}", n.log_tail());
+    lanspread_scenarios::wait_for("the link to go", || n.peer_ids().is_empty().then_some(()));
+    assert!(n.events_named("remote-library-changed").is_empty());
 }
 
 #[test]
