@@ -1,15 +1,25 @@
 //! mDNS discovery (mdns-sd): advertise `_lanspread._udp.local.` with our peer id and QUIC
 //! port, browse for others and dial what is found — never ourselves, never a peer we are
-//! already linked to. IPv4 and IPv6 addresses are both tried; a missing family is fine.
+//! already linked to, and only the peer a record names (a record is anyone's to send). IPv4 and IPv6 addresses are both tried; a missing family is fine.
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use lanspread_proto::PeerId;
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
-use tracing::{debug, info, warn};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+use crate::links::{dial_peer, AfterLoss};
 
 use crate::state::Shared;
 use crate::DaemonError;
+
+/// Most addresses of one found service dialled, and most found peers dialled at once:
+/// records with dozens of dead addresses, or many records, cannot keep discovery busy.
+const MAX_ADDRS: usize = 4;
+const MAX_DIALS: usize = 16;
 
 /// The DNS-SD service type.
 pub const SERVICE: &str = "_lanspread._udp.local.";
@@ -58,41 +68,64 @@ pub fn start(shared: Arc<Shared>, interfaces: &[String]) -> Result<Mdns, DaemonE
         .browse(SERVICE)
         .map_err(|e| DaemonError::Discovery(format!("mDNS browse: {e}")))?;
     tokio::spawn(async move {
+        // Each found peer is dialled in a task of its own, one at a time per id: the
+        // browser never waits on a dial (mdns-sd's channel is bounded, and its thread
+        // blocks on a full one, which would silence our own answers too).
+        let mut dialling: HashSet<PeerId> = HashSet::new();
+        let mut dials = JoinSet::new();
         while let Ok(event) = events.recv_async().await {
-            if let ServiceEvent::ServiceResolved(found) = event {
-                found_peer(&shared, &found).await;
+            while let Some(done) = dials.try_join_next() {
+                if let Ok(id) = done {
+                    dialling.remove(&id);
+                }
             }
+            let ServiceEvent::ServiceResolved(found) = event else {
+                continue;
+            };
+            let Some(id) = wanted(&shared, &found) else {
+                continue;
+            };
+            if dialling.len() >= MAX_DIALS || !dialling.insert(id.clone()) {
+                continue;
+            }
+            let shared = shared.clone();
+            dials.spawn(async move {
+                found_peer(&shared, &id, &found).await;
+                id
+            });
         }
     });
     info!(service = SERVICE, "mDNS discovery on");
     Ok(Mdns { daemon })
 }
 
-async fn found_peer(shared: &Arc<Shared>, found: &ServiceInfo) {
-    let Some(id) = found.get_property_val_str("id") else {
-        return;
-    };
-    if id == shared.me.id.as_str() {
-        return;
-    }
-    if shared.peers.is_linked(id) {
-        return;
-    }
+/// The id a found service claims, when it is a peer to dial: not us, not linked.
+fn wanted(shared: &Shared, found: &ServiceInfo) -> Option<PeerId> {
+    let id: PeerId = found.get_property_val_str("id")?.parse().ok()?;
+    (id != shared.me.id && !shared.peers.is_linked(id.as_str())).then_some(id)
+}
+
+/// Dials the peer `id` a service claims to be at (at most [`MAX_ADDRS`] of its
+/// addresses). The peer there must prove that id and not be linked already: anyone can
+/// send mDNS records, and one naming a linked peer's address under another id would
+/// otherwise replace that link (a new link in the same direction wins), again and again.
+async fn found_peer(shared: &Arc<Shared>, id: &PeerId, found: &ServiceInfo) {
     // IPv4 first (the common LAN case), then IPv6.
     let mut addrs: Vec<IpAddr> = found.get_addresses().iter().copied().collect();
     addrs.sort_by_key(|a| (a.is_ipv6(), *a));
+    addrs.truncate(MAX_ADDRS);
     for ip in addrs {
         let addr = SocketAddr::new(ip, found.get_port());
-        match crate::links::dial(shared, addr).await {
+        match dial_peer(shared, addr, Some(id), AfterLoss::Redial).await {
             Ok(p) => {
                 info!(peer = %p.peer_id.short(), %addr, "connected to a peer found by mDNS");
                 return;
             }
-            Err(e) => debug!(%addr, "mDNS peer not reachable there: {e}"),
+            Err(e) => info!(%addr, "mDNS peer {} not reachable there: {e}", id.short()),
         }
     }
     warn!(
-        peer = id,
+        peer = %id.short(),
         "found by mDNS but reachable at none of its addresses"
     );
 }

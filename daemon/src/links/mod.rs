@@ -63,12 +63,24 @@ pub async fn accept_loop(shared: Arc<Shared>) {
 /// Dials `addr`, runs the link in the background and returns once the peer's hello and
 /// first library arrived.
 pub async fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> LinkResult {
-    dial_peer(shared, addr, None).await
+    dial_peer(shared, addr, None, AfterLoss::Redial).await
+}
+
+/// Whether a link a dial makes is dialled again after it is lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterLoss {
+    Redial,
+    Leave,
 }
 
 /// [`dial`], and when `expect` is given the peer there must prove that id and not be
 /// linked already: a learned address cannot be used to replace a link we keep.
-async fn dial_peer(shared: &Arc<Shared>, addr: SocketAddr, expect: Option<&PeerId>) -> LinkResult {
+pub(crate) async fn dial_peer(
+    shared: &Arc<Shared>,
+    addr: SocketAddr,
+    expect: Option<&PeerId>,
+    after_loss: AfterLoss,
+) -> LinkResult {
     if is_own_address(shared.me.listen, addr) {
         return Err(peer_failure(lanspread_peer::PeerError::SelfConnect));
     }
@@ -100,7 +112,7 @@ async fn dial_peer(shared: &Arc<Shared>, addr: SocketAddr, expect: Option<&PeerI
             Direction::Outbound,
             // A link peer exchange made is not redialled: the peers' lists bring it back
             // while it is worth having, and a departed client is not chased forever.
-            expect.is_none().then_some(addr),
+            (after_loss == AfterLoss::Redial).then_some(addr),
             Some(tx),
             tokio::runtime::Handle::current(),
         )
@@ -199,7 +211,7 @@ async fn run_link(
     match upsert {
         Upsert::New => info!(%addr, "peer connected"),
         Upsert::Moved { from } => info!(%from, to = %addr, "peer moved"),
-        Upsert::Unchanged => debug!("peer reconnected"),
+        Upsert::Unchanged => info!(%addr, "peer reconnected: this connection replaces its link"),
     }
     let server = driver.spawn(
         crate::serve::serve_requests(shared.clone(), conn.clone(), remote.clone())

@@ -10,7 +10,7 @@ use lanspread_proto::{GameId, PeerAddr, PeerId};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use super::{dial, dial_peer};
+use super::{dial, dial_peer, AfterLoss};
 use crate::directory::Redial;
 use crate::state::Shared;
 
@@ -46,7 +46,7 @@ pub async fn pex_dialler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pe
 }
 
 async fn pex_dial(shared: Arc<Shared>, p: PeerAddr) {
-    let ok = match dial_peer(&shared, p.addr, Some(&p.peer_id)).await {
+    let ok = match dial_peer(&shared, p.addr, Some(&p.peer_id), AfterLoss::Leave).await {
         Ok(info) => {
             let peer = info.peer_id.short();
             let holds = p.holds.iter().map(|g| g.as_str()).collect::<Vec<_>>();
@@ -125,7 +125,7 @@ async fn after_reset(shared: Arc<Shared>, peer: PeerId, addr: SocketAddr) {
         if shared.peers.link(&peer).is_some() {
             return;
         }
-        match dial_peer(&shared, addr, Some(&peer)).await {
+        match dial_peer(&shared, addr, Some(&peer), AfterLoss::Leave).await {
             Ok(_) => {
                 info!(peer = %peer.short(), %addr, "dialled back after its restart");
                 return;
