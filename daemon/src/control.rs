@@ -1,6 +1,6 @@
 //! The Unix control socket: JSON-line requests in, JSON-line replies out.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,7 +25,10 @@ const MAX_REQUEST: usize = 64 * 1024;
 /// parent exists, as the defaults' `lanspread/` under `/run` or `$XDG_RUNTIME_DIR`. An
 /// existing socket file is replaced only when no daemon answers on it; the socket gets
 /// mode 0660.
-pub async fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, DaemonError> {
+pub async fn bind(
+    path: &Path,
+    group: Option<u32>,
+) -> Result<(UnixListener, SocketFile), DaemonError> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
             match std::fs::create_dir(dir) {
@@ -40,12 +43,26 @@ pub async fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, Daemo
                 .map_err(|e| DaemonError::io(dir, e))?;
         }
     }
-    if path.exists() {
-        if UnixStream::connect(path).await.is_ok() {
-            return Err(DaemonError::SocketInUse(path.to_path_buf()));
+    let taken = |why: String| DaemonError::SocketPathTaken {
+        path: path.to_path_buf(),
+        why,
+    };
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(DaemonError::io(path, e)),
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(taken("it exists and is not a socket".into()))
         }
-        debug!(path = %path.display(), "removing stale control socket");
-        std::fs::remove_file(path).map_err(|e| DaemonError::io(path, e))?;
+        // Only a socket no one listens on is stale; one that answers EAGAIN (its backlog
+        // full) or EACCES may be a live daemon's.
+        Ok(_) => match UnixStream::connect(path).await {
+            Ok(_) => return Err(DaemonError::SocketInUse(path.to_path_buf())),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                debug!(path = %path.display(), "removing stale control socket");
+                std::fs::remove_file(path).map_err(|e| DaemonError::io(path, e))?;
+            }
+            Err(e) => return Err(taken(format!("a socket that cannot be told stale ({e})"))),
+        },
     }
     let listener = UnixListener::bind(path).map_err(|e| DaemonError::io(path, e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
@@ -53,7 +70,32 @@ pub async fn bind(path: &Path, group: Option<u32>) -> Result<UnixListener, Daemo
     if let Some(gid) = group {
         std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| DaemonError::io(path, e))?;
     }
-    Ok(listener)
+    let meta = std::fs::symlink_metadata(path).map_err(|e| DaemonError::io(path, e))?;
+    let file = SocketFile {
+        path: path.to_path_buf(),
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    Ok((listener, file))
+}
+
+/// The control socket's file, as bound: removed at stop only while it is still the one
+/// this daemon made (a daemon started since on the same path keeps its own).
+pub struct SocketFile {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl SocketFile {
+    /// Removes the socket file if it is still ours.
+    pub fn unlink(&self) {
+        if std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Control connections served at once for anyone who may open the socket ...
@@ -113,11 +155,6 @@ impl Drop for Slot {
     fn drop(&mut self) {
         self.open.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Removes the socket file if it is still ours.
-pub fn unlink(path: &PathBuf) {
-    let _ = std::fs::remove_file(path);
 }
 
 async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>, slot: Slot) {

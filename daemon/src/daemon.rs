@@ -2,7 +2,6 @@
 //! so the binary, the demo and tests run the same code in-process or as a process.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +45,7 @@ async fn periodic_rescan(shared: Arc<Shared>, every: Duration) {
 /// A running daemon.
 pub struct Daemon {
     shared: Arc<Shared>,
-    socket: PathBuf,
+    socket: control::SocketFile,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _watcher: Option<watch::TreeWatch>,
     _mdns: Option<mdns::Mdns>,
@@ -85,7 +84,7 @@ impl Daemon {
             Some(addr) => Some(crate::metrics_http::bind(addr).await?),
             None => None,
         };
-        let listener = control::bind(&config.socket, group).await?;
+        let (listener, socket) = control::bind(&config.socket, group).await?;
         let net = transfers(&identity, &config)?;
         let listen = net
             .endpoint
@@ -120,7 +119,7 @@ impl Daemon {
         }
         Ok(Self {
             shared,
-            socket: config.socket.clone(),
+            socket,
             tasks,
             _watcher: watcher,
             _mdns: mdns,
@@ -196,7 +195,7 @@ impl Daemon {
         }
         let shared = self.shared.clone();
         let _ = tokio::task::spawn_blocking(move || shared.net.threads.stop()).await;
-        control::unlink(&self.socket);
+        self.socket.unlink();
         info!("lanspreadd stopped");
         self.shared.events.close(Duration::from_secs(1));
     }

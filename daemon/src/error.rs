@@ -21,6 +21,15 @@ pub enum DaemonError {
     /// Another daemon answers on the control socket.
     #[error("another lanspreadd is already listening on {0}")]
     SocketInUse(PathBuf),
+    /// Something other than a stale socket is at the control socket's path: it is left
+    /// alone (`--socket /etc/lanspread/lanspreadd.toml` must not remove the config).
+    #[error("{}: {why}; it is left as it is (check --socket)", path.display())]
+    SocketPathTaken {
+        /// The path.
+        path: PathBuf,
+        /// What is there, or why it cannot be told.
+        why: String,
+    },
     /// The control socket's folder is missing and its parent too: only one folder level
     /// is created (the defaults' `lanspread/`), so a mistyped `--socket` makes no tree.
     #[error("cannot create the control socket's folder {}: {source} (only its last folder is created; check --socket)", dir.display())]

@@ -45,6 +45,13 @@ fn socket_in_use_is_refused_and_stale_socket_is_replaced() {
     );
     assert!(!dir.path().join("no").exists());
 
+    // A file that is not a socket is never taken for a stale one (it was removed: a
+    // `--socket` mistyped as the config's path deleted the config).
+    let config = dir.path().join("lanspreadd.toml");
+    std::fs::write(&config, "max_links = 8\n").unwrap();
+    refused(&config, "not a socket");
+    assert_eq!(std::fs::read(&config).unwrap(), b"max_links = 8\n");
+
     // A socket file nobody answers on is replaced.
     let stale = dir.path().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
@@ -75,6 +82,21 @@ fn socket_in_use_is_refused_and_stale_socket_is_replaced() {
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(child.wait().unwrap().code(), Some(0));
     assert!(!stale.exists(), "the socket file is removed on exit");
+
+    // A daemon whose socket file was replaced meanwhile (by a daemon started since on
+    // the same path) leaves the new file at its stop.
+    let (mut b, _b_games) = crate::downloads::client();
+    let path = b.socket_path();
+    std::fs::remove_file(&path).unwrap();
+    let newer_listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let newer = std::fs::symlink_metadata(&path).unwrap();
+    assert_eq!(b.terminate(), Some(0));
+    drop(newer_listener);
+    let now = std::fs::symlink_metadata(&path).expect("the newer socket file stays");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::ino(&now),
+        std::os::unix::fs::MetadataExt::ino(&newer)
+    );
 }
 
 #[test]
