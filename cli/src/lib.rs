@@ -402,7 +402,28 @@ fn reply_timeout() -> Duration {
 /// -1`), the process ends quietly with exit 0 instead of panicking like `println!` (SIGPIPE
 /// stays ignored, so a control socket the daemon closed is still an error with a message).
 pub fn out_line(args: std::fmt::Arguments<'_>) {
-    out_bytes(format!("{args}\n").as_bytes());
+    let line = args.to_string();
+    out_bytes(format!("{}\n", terminal_safe(&line)).as_bytes());
+}
+
+/// `text` with its control characters but newline and tab escaped (`\u{1b}`): what the
+/// CLI prints may hold names and reasons a peer chose (a file name, a refusal), and an
+/// escape sequence among them would drive the reader's terminal (colours, its title,
+/// the clipboard).
+pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Writes `bytes` to stdout as [`out_line`] does: a reader gone away ends the process

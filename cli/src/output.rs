@@ -299,6 +299,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn what_reaches_the_terminal_has_no_escape_sequences() {
+        assert!(matches!(
+            crate::terminal_safe("plain\ttext\n"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // A refusal that sets the window title, rings and rewrites the line.
+        let shown = crate::terminal_safe("x\u{1b}]0;owned\u{7}\ry\u{9b}31m");
+        assert_eq!(shown, "x\\u{1b}]0;owned\\u{7}\\ry\\u{9b}31m");
+        assert!(!shown.chars().any(char::is_control));
+    }
+
+    #[test]
     fn peers_show_their_partial_copies_after_their_games() {
         use lanspread_control::api::{GameId, GameVersion, PartialRow, PeerId, Version};
         let v = Version::parse("20250101").unwrap();

@@ -136,7 +136,7 @@ fn refused_by_peer(conn: &Connection) -> Option<String> {
         {
             Some(format!(
                 "refused by the peer: {}",
-                String::from_utf8_lossy(&c.reason)
+                lanspread_proto::peer_text(&String::from_utf8_lossy(&c.reason))
             ))
         }
         _ => None,

@@ -71,9 +71,12 @@ pub fn chunk_head(frame: Option<PeerResponse>, want: u64) -> Result<(), AnswerFa
 
 fn fault(frame: Option<PeerResponse>) -> AnswerFault {
     match frame {
-        Some(PeerResponse::Refused { reason }) => AnswerFault::Refused(reason),
+        Some(PeerResponse::Refused { reason }) => AnswerFault::Refused(crate::peer_text(&reason)),
         None => AnswerFault::Ended,
-        Some(other) => AnswerFault::Unexpected(format!("{other:?}")),
+        Some(PeerResponse::Chunk { len }) => {
+            AnswerFault::Unexpected(format!("chunk of {len} bytes"))
+        }
+        Some(other) => AnswerFault::Unexpected(other.kind().to_owned()),
     }
 }
 

@@ -154,6 +154,44 @@ impl Message {
     }
 }
 
+impl PeerResponse {
+    /// The answer's name, for errors: never its content (a manifest printed whole into
+    /// a failure reason could be megabytes long).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerResponse::Files(_) => "files",
+            PeerResponse::Chunk { .. } => "chunk",
+            PeerResponse::Refused { .. } => "refused",
+            PeerResponse::Chosen { .. } => "chosen",
+            PeerResponse::Later => "later",
+            PeerResponse::Hashing { .. } => "hashing",
+        }
+    }
+}
+
+/// Most characters of a peer's free text (a refusal's, goodbye's or close's reason) kept
+/// by [`peer_text`].
+pub const MAX_PEER_TEXT: usize = 200;
+
+/// A peer's free text made fit for our failure reasons, events, logs and a terminal: at
+/// most [`MAX_PEER_TEXT`] characters, control characters escaped (an ESC sequence in a
+/// refusal would otherwise reach the terminal of whoever reads the error).
+pub fn peer_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len().min(MAX_PEER_TEXT));
+    for (i, c) in s.chars().enumerate() {
+        if i == MAX_PEER_TEXT {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Most peers in one [`Message::Peers`]; a receiver ignores the rest.
 pub const MAX_PEX: usize = 64;
 /// Most chunks in one [`Message::HoldingGrowing`]; a receiver ignores the rest.
@@ -363,6 +401,18 @@ mod tests {
         // Two 8 MiB units and a length that brings a wrapping sum back to 8 MiB.
         let wrap = u64::MAX - (8 << 20) + 1;
         assert_eq!(ChunkRange::total(&[r(8 << 20), r(8 << 20), r(wrap)]), None);
+    }
+
+    #[test]
+    fn a_peers_text_is_cut_and_its_control_characters_escaped() {
+        assert_eq!(peer_text("no room"), "no room");
+        assert_eq!(
+            peer_text("a\u{1b}]52;c;x\u{7}\nb"),
+            "a\\u{1b}]52;c;x\\u{7}\\nb"
+        );
+        let long = peer_text(&"é".repeat(10_000));
+        assert_eq!(long.chars().count(), MAX_PEER_TEXT + 1);
+        assert!(long.ends_with('…'));
     }
 
     #[test]

@@ -68,7 +68,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli, &InProcess)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lanspread: {}", e.message());
+            eprintln!("lanspread: {}", lanspread_cli::terminal_safe(e.message()));
             if json && !e.printed() {
                 lanspread_cli::out_line(format_args!("{}", e.json()));
             }

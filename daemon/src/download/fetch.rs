@@ -429,11 +429,14 @@ async fn chosen(
             Ok(Some(index as usize))
         }
         Some(PeerResponse::Later) => Ok(None),
-        Some(PeerResponse::Refused { reason }) => Err(gone(format!("refused: {reason}"))),
+        Some(PeerResponse::Refused { reason }) => Err(gone(format!(
+            "refused: {}",
+            lanspread_proto::peer_text(&reason)
+        ))),
         None => Err(gone("the stream ended before the choice")),
         Some(other) => Err(FetchError::Source(
             FailKind::BadData,
-            format!("unexpected answer to an offer: {other:?}"),
+            format!("unexpected answer to an offer: {}", other.kind()),
         )),
     }
 }

@@ -363,7 +363,9 @@ async fn follow(
                     tell(Ok(info));
                 }
             }
-            Ok(Some(Message::Goodbye { reason })) => break format!("goodbye: {reason}"),
+            Ok(Some(Message::Goodbye { reason })) => {
+                break format!("goodbye: {}", lanspread_proto::peer_text(&reason))
+            }
             Ok(Some(Message::Holding(h))) => {
                 shared
                     .peers
