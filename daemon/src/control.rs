@@ -542,7 +542,7 @@ async fn download(
             return;
         }
     };
-    let task = tokio::spawn(crate::download::run_with_install(
+    let mut task = tokio::spawn(crate::download::run_with_install(
         shared.clone(),
         id.clone(),
         sources,
@@ -555,30 +555,53 @@ async fn download(
     // A burst of events (a chunk verified per small file) goes out in one write: what
     // the channel holds now is sent with the event that woke us. A write that fails:
     // the client left; the download goes on.
+    // Once events were dropped for this client, the one that ends the download may be
+    // among them: from then on the download's own outcome ends the wait too (else the
+    // client waited for good).
     let mut lines = Vec::new();
+    let mut lagged = false;
     let mut next = rx.recv().await;
     loop {
-        let event = match next {
-            Ok(e) => e,
+        match next {
+            Ok(event) => {
+                let ours = event.kind.game_id() == Some(&id);
+                let terminal = ours && event.kind.ends_download(install);
+                if ours && push_line(&mut lines, &Reply::Event(event)).is_err() {
+                    return;
+                }
+                if terminal {
+                    if flush(write, &mut lines).await.is_err() {
+                        return;
+                    }
+                    break;
+                }
+            }
             Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
                 warn!("download client lagged; {n} events dropped");
-                next = next_now(&mut rx, &mut lines, write).await;
-                continue;
+                lagged = true;
             }
             Err(_) => return,
-        };
-        let ours = event.kind.game_id() == Some(&id);
-        let terminal = ours && event.kind.ends_download(install);
-        if ours && push_line(&mut lines, &Reply::Event(event)).is_err() {
+        }
+        if !lagged {
+            next = next_now(&mut rx, &mut lines, write).await;
+            continue;
+        }
+        // Whole lines out first: the wait below may end either way.
+        if flush(write, &mut lines).await.is_err() {
             return;
         }
-        if terminal {
-            if flush(write, &mut lines).await.is_err() {
+        tokio::select! {
+            biased;
+            n = rx.recv() => next = n,
+            ended = &mut task => {
+                if let Ok(ended) = ended {
+                    if push_line(&mut lines, &Reply::Event(ended)).is_ok() {
+                        let _ = flush(write, &mut lines).await;
+                    }
+                }
                 return;
             }
-            break;
         }
-        next = next_now(&mut rx, &mut lines, write).await;
     }
     let _ = task.await;
 }

@@ -33,7 +33,7 @@ pub const LEFTOVERS: [&str; 2] = [commit::INCOMING, journal::JOURNAL_TMP];
 use crate::failure::peer_failure;
 use crate::state::Shared;
 use crate::writer::Writer;
-use lanspread_control::api::{EventKind, FileSize};
+use lanspread_control::api::{Event, EventKind, FileSize};
 use lanspread_control::{ErrorKind, Failure};
 
 /// Checks a download request and registers the operation. Refusals leave nothing behind.
@@ -91,20 +91,39 @@ pub fn begin(shared: &Arc<Shared>, game: &str) -> Result<(GameId, Sources), Fail
 
 /// Runs a registered download and, when asked and it succeeded, installs the game.
 /// Every log line of it, chunk tasks included, carries a `download{game=..}` span.
-pub async fn run_with_install(shared: Arc<Shared>, id: GameId, sources: Sources, install: bool) {
+/// Returns the event that ended it (as emitted; an install's failure as its event says).
+pub async fn run_with_install(
+    shared: Arc<Shared>,
+    id: GameId,
+    sources: Sources,
+    install: bool,
+) -> Event {
     let span = info_span!("download", game = %id, version = %sources.version);
     async move {
-        if run(shared.clone(), id.clone(), sources).await && install {
-            let _ = crate::install::install(&shared, &id, true).await;
+        let done = run(shared.clone(), id.clone(), sources).await;
+        if !install || !matches!(done.kind, EventKind::DownloadFinished { .. }) {
+            return done;
+        }
+        match crate::install::install(&shared, &id, true).await {
+            Ok(finished) => finished,
+            Err(failure) => Event {
+                ts_ms: done.ts_ms,
+                kind: EventKind::InstallFailed {
+                    game_id: id.clone(),
+                    reason: failure.message,
+                    kind: failure.kind,
+                },
+            },
         }
     }
     .instrument(span)
     .await
 }
 
-/// Runs a registered download to its end and emits the terminal event. The operation is
-/// cleared before that event, so a retry right after a failure is accepted.
-pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
+/// Runs a registered download to its end and emits the terminal event, which it
+/// returns. The operation is cleared before that event, so a retry right after a
+/// failure is accepted.
+pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> Event {
     let mut files = Vec::new();
     // Registered by `begin`, so a `cancel` right after a detached start finds it.
     let cancel = shared
@@ -125,7 +144,7 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
     shared.partials.end(&id);
     shared.lock().operations.end(&id);
     shared.rescan_root(&id).await;
-    let ok = match result {
+    let ended = match result {
         Ok(done) => {
             let secs = done.duration.as_secs_f64().max(1e-6);
             // The rate counts what crossed the network in this attempt.
@@ -140,8 +159,7 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
                 resumed_bytes: done.resumed_bytes,
                 mib_per_s: moved as f64 / (1024.0 * 1024.0) / secs,
                 mbit_per_s: moved as f64 * 8.0 / 1e6 / secs,
-            });
-            true
+            })
         }
         Err(failure) => {
             warn!(game = %id, "download failed: {failure}");
@@ -156,8 +174,7 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
                         reason,
                     })
                     .collect(),
-            });
-            false
+            })
         }
     };
     // Last: `cancel` answers once this entry is gone, after the terminal event.
@@ -166,7 +183,7 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> bool {
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&id);
-    ok
+    ended
 }
 
 struct Done {
