@@ -2,7 +2,7 @@
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
-use crate::access::{caller_of, Caller, Policy};
+use crate::access::{caller_of, Policy};
+use crate::control_slots::admit;
 use crate::event_lines::{flush, next_now, push_line, stream_events};
 use crate::links::dial;
 use crate::state::Shared;
@@ -98,11 +99,6 @@ impl SocketFile {
     }
 }
 
-/// Control connections served at once for anyone who may open the socket ...
-const MAX_CLIENTS: usize = 128;
-/// ... and this many more for root, the daemon's user and admins, so `status` and
-/// `shutdown` still work while the socket is flooded.
-const ADMIN_RESERVE: usize = 16;
 /// Once a request line has begun, the rest of it must arrive within this (a client that
 /// sends half a line and stops holds no connection for long).
 const LINE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -119,8 +115,7 @@ pub async fn serve(shared: Arc<Shared>, listener: UnixListener, policy: Policy) 
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    let slot = Slot::take(&open);
-                    tokio::spawn(client(shared.clone(), stream, policy.clone(), slot));
+                    tokio::spawn(client(shared.clone(), stream, policy.clone(), open.clone()));
                 }
                 Err(e) => {
                     // Out of descriptors (EMFILE): the connections open now hold them;
@@ -134,30 +129,12 @@ pub async fn serve(shared: Arc<Shared>, listener: UnixListener, policy: Policy) 
     }
 }
 
-/// One open control connection, counted while it lives.
-struct Slot {
+async fn client(
+    shared: Arc<Shared>,
+    stream: UnixStream,
+    policy: Arc<Policy>,
     open: Arc<AtomicUsize>,
-    /// Connections open when this one came, itself included.
-    nth: usize,
-}
-
-impl Slot {
-    fn take(open: &Arc<AtomicUsize>) -> Self {
-        let nth = open.fetch_add(1, Ordering::Relaxed) + 1;
-        Self {
-            open: open.clone(),
-            nth,
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>, slot: Slot) {
+) {
     let caller = match stream.peer_cred() {
         Ok(c) => caller_of(c.uid(), c.gid(), c.pid()),
         Err(e) => {
@@ -166,10 +143,13 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>, sl
         }
     };
     let (read, mut write) = stream.into_split();
-    if let Err(busy) = admit(&policy, &caller, &slot) {
-        let _ = send(&mut write, &failed(busy)).await;
-        return;
-    }
+    let _slot = match admit(&policy, &caller, &open) {
+        Ok(slot) => slot,
+        Err(busy) => {
+            let _ = send(&mut write, &failed(busy)).await;
+            return;
+        }
+    };
     let mut read = BufReader::new(read);
     let mut line = Vec::new();
     loop {
@@ -213,30 +193,6 @@ async fn client(shared: Arc<Shared>, stream: UnixStream, policy: Arc<Policy>, sl
             return;
         }
     }
-}
-
-/// Within the connection cap (an admin may use the reserve above it)? Else why not.
-fn admit(policy: &Policy, caller: &Caller, slot: &Slot) -> Result<(), Failure> {
-    let limit = if policy.is_admin(caller) {
-        MAX_CLIENTS + ADMIN_RESERVE
-    } else {
-        MAX_CLIENTS
-    };
-    if slot.nth <= limit {
-        return Ok(());
-    }
-    warn!(
-        uid = caller.uid,
-        "control socket: {} connections open; refused one",
-        slot.nth - 1
-    );
-    Err(Failure::new(
-        ErrorKind::Busy,
-        format!(
-            "too many control connections ({} open); try again later",
-            slot.nth - 1
-        ),
-    ))
 }
 
 /// What the next line of a control connection holds.

@@ -7,6 +7,7 @@
 mod access;
 pub mod config;
 mod control;
+mod control_slots;
 mod daemon;
 mod data_conn;
 mod directory;
