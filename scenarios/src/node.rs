@@ -425,6 +425,27 @@ impl Node {
     /// of that name (take `seen` from [`Node::events_named`] before causing the event), so
     /// that an earlier event that also matches is not taken for the awaited one.
     pub fn wait_new_event(&self, seen: usize, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_after(seen, name, pred, || None)
+    }
+
+    /// Like [`Node::wait_event`], failing at once when `gone` says why it never will come.
+    fn wait_until(
+        &self,
+        name: &str,
+        pred: impl Fn(&Value) -> bool,
+        gone: impl FnMut() -> Option<String>,
+    ) -> Value {
+        self.wait_after(0, name, pred, gone)
+    }
+
+    /// [`Node::wait_until`] among the events named `name` after the first `seen`.
+    fn wait_after(
+        &self,
+        seen: usize,
+        name: &str,
+        pred: impl Fn(&Value) -> bool,
+        mut gone: impl FnMut() -> Option<String>,
+    ) -> Value {
         let start = Instant::now();
         loop {
             if let Some(e) = self
@@ -435,38 +456,12 @@ impl Node {
             {
                 return e;
             }
-            assert!(
-                start.elapsed() < WAIT,
-                "{}: no new `{name}` event (after {seen}) within {WAIT:?}{}",
-                self.name,
-                self.log_tail()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Like [`Node::wait_event`], failing at once when `gone` says why it never will come.
-    fn wait_until(
-        &self,
-        name: &str,
-        pred: impl Fn(&Value) -> bool,
-        mut gone: impl FnMut() -> Option<String>,
-    ) -> Value {
-        let start = Instant::now();
-        loop {
-            if let Some(e) = self
-                .events()
-                .into_iter()
-                .find(|e| e["event"] == name && pred(e))
-            {
-                return e;
-            }
             if let Some(why) = gone() {
                 panic!("{}: {why}{}", self.name, self.log_tail());
             }
             assert!(
                 start.elapsed() < WAIT,
-                "{}: no `{name}` event within {WAIT:?}{}",
+                "{}: no `{name}` event (after the first {seen}) within {WAIT:?}{}",
                 self.name,
                 self.log_tail()
             );
