@@ -27,7 +27,7 @@ pub use hashes::{hash_file, HashCache, Indexed};
 pub use inflight::HashProgress;
 // The protocol's value types, re-exported: the catalog speaks in them.
 pub use lanspread_proto::{
-    chunk_count, chunk_hash, chunk_ranges, folds_to_reserved, is_reserved_top_level,
+    case_clash, chunk_count, chunk_hash, chunk_ranges, folds_to_reserved, is_reserved_top_level,
     manifest_digest, piece_count, piece_hash, Availability, ChunkHash, FileManifest, GameId,
     Manifest, RelPath, Version, CHUNK_SIZE, LOCAL_DIR, MAX_MANIFEST_ENTRIES, METADATA_PREFIX,
     PIECES_PER_CHUNK, PIECE_SIZE, VERSION_FILE,

@@ -406,10 +406,12 @@ pub fn out_line(args: std::fmt::Arguments<'_>) {
     out_bytes(format!("{}\n", terminal_safe(&line)).as_bytes());
 }
 
-/// `text` with its control characters but newline and tab escaped (`\u{1b}`): what the
+/// `text` with its control characters but newline and tab escaped as `\u001b`: what the
 /// CLI prints may hold names and reasons a peer chose (a file name, a refusal), and an
 /// escape sequence among them would drive the reader's terminal (colours, its title,
-/// the clipboard).
+/// the clipboard). The form is JSON's own escape, so `--json` output stays the same
+/// document (serde_json leaves DEL and U+0080–U+009F as they are; inside a string the
+/// escape decodes to the same character, and JSON has none outside strings).
 pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
     let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
     if !text.chars().any(unsafe_char) {
@@ -418,7 +420,7 @@ pub fn terminal_safe(text: &str) -> std::borrow::Cow<'_, str> {
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
         if unsafe_char(c) {
-            out.extend(c.escape_default());
+            out.push_str(&format!("\\u{:04x}", c as u32));
         } else {
             out.push(c);
         }

@@ -306,8 +306,16 @@ mod tests {
         ));
         // A refusal that sets the window title, rings and rewrites the line.
         let shown = crate::terminal_safe("x\u{1b}]0;owned\u{7}\ry\u{9b}31m");
-        assert_eq!(shown, "x\\u{1b}]0;owned\\u{7}\\ry\\u{9b}31m");
+        assert_eq!(shown, "x\\u001b]0;owned\\u0007\\u000dy\\u009b31m");
         assert!(!shown.chars().any(char::is_control));
+        // JSON output stays the same document: serde_json leaves DEL and C1 characters
+        // raw, and their escapes decode to them again.
+        let doc = serde_json::json!({"reason": "a\u{7f}b\u{85}c\u{1b}d"});
+        let text = doc.to_string();
+        let shown = crate::terminal_safe(&text);
+        assert!(!shown.chars().any(char::is_control), "{shown}");
+        let back: serde_json::Value = serde_json::from_str(&shown).unwrap();
+        assert_eq!(back, doc);
     }
 
     #[test]

@@ -60,8 +60,15 @@ pub async fn bind(
             Ok(_) => return Err(DaemonError::SocketInUse(path.to_path_buf())),
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 debug!(path = %path.display(), "removing stale control socket");
-                std::fs::remove_file(path).map_err(|e| DaemonError::io(path, e))?;
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(DaemonError::io(path, e))
+                    }
+                    _ => {}
+                }
             }
+            // Removed meanwhile: free.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(taken(format!("a socket that cannot be told stale ({e})"))),
         },
     }

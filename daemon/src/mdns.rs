@@ -1,8 +1,9 @@
 //! mDNS discovery (mdns-sd): advertise `_lanspread._udp.local.` with our peer id and QUIC
-//! port, browse for others and dial what is found — never ourselves, never a peer we are
-//! already linked to, and only the peer a record names (a record is anyone's to send). IPv4 and IPv6 addresses are both tried; a missing family is fine.
+//! port, browse for others and dial what is found: never ourselves, never a peer we are
+//! already linked to, and only the peer a record names (a record is anyone's to send).
+//! IPv4 and IPv6 addresses are both tried; a missing family is fine.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -20,6 +21,8 @@ use crate::DaemonError;
 /// records with dozens of dead addresses, or many records, cannot keep discovery busy.
 const MAX_ADDRS: usize = 4;
 const MAX_DIALS: usize = 16;
+/// Most found peers waiting for a dial slot.
+const MAX_WAITING: usize = 1024;
 
 /// The DNS-SD service type.
 pub const SERVICE: &str = "_lanspread._udp.local.";
@@ -67,36 +70,58 @@ pub fn start(shared: Arc<Shared>, interfaces: &[String]) -> Result<Mdns, DaemonE
     let events = daemon
         .browse(SERVICE)
         .map_err(|e| DaemonError::Discovery(format!("mDNS browse: {e}")))?;
-    tokio::spawn(async move {
-        // Each found peer is dialled in a task of its own, one at a time per id: the
-        // browser never waits on a dial (mdns-sd's channel is bounded, and its thread
-        // blocks on a full one, which would silence our own answers too).
-        let mut dialling: HashSet<PeerId> = HashSet::new();
-        let mut dials = JoinSet::new();
-        while let Ok(event) = events.recv_async().await {
-            while let Some(done) = dials.try_join_next() {
+    tokio::spawn(browse(shared, events));
+    info!(service = SERVICE, "mDNS discovery on");
+    Ok(Mdns { daemon })
+}
+
+/// Dials the peers found, each in a task of its own, one at a time per id and at most
+/// [`MAX_DIALS`] at once; the rest wait their turn (the latest record of each id, at most
+/// [`MAX_WAITING`] ids). The browser never waits on a dial: mdns-sd's channel is bounded,
+/// and its thread blocks on a full one, which would silence our own answers too.
+async fn browse(shared: Arc<Shared>, events: mdns_sd::Receiver<ServiceEvent>) {
+    let mut dialling: HashSet<PeerId> = HashSet::new();
+    let mut waiting: HashMap<PeerId, ServiceInfo> = HashMap::new();
+    let mut dials = JoinSet::new();
+    loop {
+        tokio::select! {
+            event = events.recv_async() => {
+                let Ok(event) = event else { break };
+                let ServiceEvent::ServiceResolved(found) = event else {
+                    continue;
+                };
+                let Some(id) = wanted(&shared, &found) else {
+                    continue;
+                };
+                if dialling.contains(&id) {
+                    continue;
+                }
+                if dialling.len() >= MAX_DIALS {
+                    if waiting.len() < MAX_WAITING || waiting.contains_key(&id) {
+                        waiting.insert(id, found);
+                    }
+                    continue;
+                }
+                dialling.insert(id.clone());
+                dials.spawn(found_peer(shared.clone(), id, found));
+            }
+            Some(done) = dials.join_next() => {
                 if let Ok(id) = done {
                     dialling.remove(&id);
                 }
+                // The next waiting peer still worth a dial.
+                while dialling.len() < MAX_DIALS {
+                    let Some(id) = waiting.keys().next().cloned() else { break };
+                    let Some(found) = waiting.remove(&id) else { break };
+                    if dialling.contains(&id) || wanted(&shared, &found).is_none() {
+                        continue;
+                    }
+                    dialling.insert(id.clone());
+                    dials.spawn(found_peer(shared.clone(), id, found));
+                }
             }
-            let ServiceEvent::ServiceResolved(found) = event else {
-                continue;
-            };
-            let Some(id) = wanted(&shared, &found) else {
-                continue;
-            };
-            if dialling.len() >= MAX_DIALS || !dialling.insert(id.clone()) {
-                continue;
-            }
-            let shared = shared.clone();
-            dials.spawn(async move {
-                found_peer(&shared, &id, &found).await;
-                id
-            });
         }
-    });
-    info!(service = SERVICE, "mDNS discovery on");
-    Ok(Mdns { daemon })
+    }
 }
 
 /// The id a found service claims, when it is a peer to dial: not us, not linked.
@@ -109,18 +134,20 @@ fn wanted(shared: &Shared, found: &ServiceInfo) -> Option<PeerId> {
 /// addresses). The peer there must prove that id and not be linked already: anyone can
 /// send mDNS records, and one naming a linked peer's address under another id would
 /// otherwise replace that link (a new link in the same direction wins), again and again.
-async fn found_peer(shared: &Arc<Shared>, id: &PeerId, found: &ServiceInfo) {
+async fn found_peer(shared: Arc<Shared>, id: PeerId, found: ServiceInfo) -> PeerId {
     // IPv4 first (the common LAN case), then IPv6.
     let mut addrs: Vec<IpAddr> = found.get_addresses().iter().copied().collect();
     addrs.sort_by_key(|a| (a.is_ipv6(), *a));
     addrs.truncate(MAX_ADDRS);
     for ip in addrs {
         let addr = SocketAddr::new(ip, found.get_port());
-        match dial_peer(shared, addr, Some(id), AfterLoss::Redial).await {
+        match dial_peer(&shared, addr, Some(&id), AfterLoss::Redial).await {
             Ok(p) => {
                 info!(peer = %p.peer_id.short(), %addr, "connected to a peer found by mDNS");
-                return;
+                return id;
             }
+            // It dialled us meanwhile (both found each other at once): linked all the same.
+            Err(_) if shared.peers.is_linked(id.as_str()) => return id,
             Err(e) => info!(%addr, "mDNS peer {} not reachable there: {e}", id.short()),
         }
     }
@@ -128,4 +155,5 @@ async fn found_peer(shared: &Arc<Shared>, id: &PeerId, found: &ServiceInfo) {
         peer = %id.short(),
         "found by mDNS but reachable at none of its addresses"
     );
+    id
 }

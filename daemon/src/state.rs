@@ -295,8 +295,10 @@ fn availability(inner: &Inner, id: &GameId, base: Availability) -> Availability 
 }
 
 /// Only ready roots with no active operation are advertised.
+/// The ready games peers are told of: at most [`lanspread_proto::MAX_LIBRARY`], which
+/// fit one announce frame (a longer library would end every link it is sent on).
 fn advert_of(inner: &Inner) -> Vec<GameAd> {
-    inner
+    let ads: Vec<GameAd> = inner
         .library
         .values()
         .filter(|r| availability(inner, &r.id, r.availability()) == Availability::Ready)
@@ -307,7 +309,16 @@ fn advert_of(inner: &Inner) -> Vec<GameAd> {
                 size: r.size(),
             })
         })
-        .collect()
+        .take(lanspread_proto::MAX_LIBRARY + 1)
+        .collect();
+    if ads.len() > lanspread_proto::MAX_LIBRARY {
+        tracing::warn!(
+            "more than {} ready games: peers are told of the first {0} only",
+            lanspread_proto::MAX_LIBRARY
+        );
+        return ads[..lanspread_proto::MAX_LIBRARY].to_vec();
+    }
+    ads
 }
 
 /// Resolves once shutdown was requested. The watch guard is dropped inside, so callers

@@ -14,9 +14,10 @@ pub const MAX_FRAME_LEN: usize = 16 << 20;
 /// cannot make a daemon buffer, decode and log 16 MiB per connection. A hello is a
 /// peer id, an address, a version, an agent name and a proof: well under 1 KiB.
 pub const MAX_HELLO_LEN: usize = 4 << 10;
-/// Largest frame body on an announce stream after the hello. The largest legal one is a
-/// `Library` of the sender's games (about 85 bytes per game at the longest id: some
-/// 49,000 games) or a `Holding` (a 128 KiB chunk set at most).
+/// Largest frame body on an announce stream after the hello. The largest legal ones: a
+/// `Library` of [`crate::MAX_LIBRARY`] games (about 85 bytes each at the longest id), a
+/// `Holding` (a 128 KiB chunk set at most) and a `HoldingMore` of every chunk (about
+/// 3 MiB); all are tested to fit.
 pub const MAX_ANNOUNCE_LEN: usize = 4 << 20;
 /// Bytes of a frame's length prefix.
 pub const FRAME_HEAD_LEN: usize = 4;

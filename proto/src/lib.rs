@@ -36,12 +36,12 @@ pub use manifest::{
     MIN_CHUNKS_IN_FLIGHT, PIECES_PER_CHUNK, PIECE_SIZE, UNIT_SIZE,
 };
 pub use peer_id::PeerId;
-pub use relpath::{folds_to_reserved, is_reserved_top_level, RelPath};
+pub use relpath::{case_clash, folds_to_reserved, is_reserved_top_level, RelPath};
 pub use secret::{secret_proof, LanSecret, SecretCheck, EXPORTER_LABEL, MIN_SECRET_LEN};
 pub use wire::{
     close_code, peer_text, reset_code, ChunkRange, GameAd, Hello, Holding, Message, PeerAddr,
-    PeerRequest, PeerResponse, ALPN, DATA_ALPN, MAX_GROWING, MAX_PEER_TEXT, MAX_PEX, MAX_PEX_GAMES,
-    MAX_RANGES, MAX_REQUEST_LEN, PROTOCOL_VERSION, SERVER_NAME,
+    PeerRequest, PeerResponse, ALPN, DATA_ALPN, MAX_GROWING, MAX_LIBRARY, MAX_PEER_TEXT, MAX_PEX,
+    MAX_PEX_GAMES, MAX_RANGES, MAX_REQUEST_LEN, PROTOCOL_VERSION, SERVER_NAME,
 };
 
 /// Name of the commit sentinel inside a game root.

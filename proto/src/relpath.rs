@@ -38,6 +38,20 @@ pub fn folds_to_reserved(name: &str) -> bool {
         || up.starts_with(&METADATA_PREFIX.to_ascii_uppercase())
 }
 
+/// Two of `paths` that a filesystem that ignores case takes for one (`a.bin`, `A.BIN`),
+/// compared in Unicode upper case: the first such pair.
+pub fn case_clash<'a>(
+    paths: impl IntoIterator<Item = &'a RelPath>,
+) -> Option<(&'a RelPath, &'a RelPath)> {
+    let mut seen = std::collections::HashMap::new();
+    for p in paths {
+        if let Some(first) = seen.insert(p.as_str().to_uppercase(), p) {
+            return Some((first, p));
+        }
+    }
+    None
+}
+
 impl RelPath {
     /// Checks and wraps a relative path.
     pub fn new(path: &str) -> Result<Self, ProtoError> {
@@ -178,6 +192,19 @@ mod tests {
         ] {
             assert!(!folds_to_reserved(plain), "{plain:?}");
         }
+    }
+
+    #[test]
+    fn paths_that_differ_only_in_case_clash() {
+        let paths: Vec<RelPath> = ["a/x.bin", "b/X.bin", "A/x.BIN", "c"]
+            .iter()
+            .map(|p| RelPath::new(p).unwrap())
+            .collect();
+        let (first, second) = case_clash(&paths).unwrap();
+        assert_eq!((first.as_str(), second.as_str()), ("a/x.bin", "A/x.BIN"));
+        assert!(case_clash(&paths[..2]).is_none());
+        let long_s = [RelPath::new("ſave").unwrap(), RelPath::new("save").unwrap()];
+        assert!(case_clash(&long_s).is_some());
     }
 
     #[test]

@@ -192,6 +192,9 @@ pub fn peer_text(s: &str) -> String {
     out
 }
 
+/// Most games a sender puts in one [`Message::Library`]: at the longest id and size it
+/// fits [`crate::MAX_ANNOUNCE_LEN`] (tested), which a receiver reads the frame within.
+pub const MAX_LIBRARY: usize = 40_000;
 /// Most peers in one [`Message::Peers`]; a receiver ignores the rest.
 pub const MAX_PEX: usize = 64;
 /// Most chunks in one [`Message::HoldingGrowing`]; a receiver ignores the rest.
@@ -429,8 +432,8 @@ mod tests {
             proof: Some([0xff; 32]),
         });
         assert!(body(&hello) * 4 <= MAX_HELLO_LEN, "{}", body(&hello));
-        // 40,000 games at the longest id and size.
-        let ads = (0..40_000)
+        // The most games a library carries, at the longest id and size.
+        let ads = (0..MAX_LIBRARY)
             .map(|i| GameAd {
                 id: GameId::new(&format!("{i:0>64}")).unwrap(),
                 version: Version::parse("99991231").unwrap(),
@@ -447,6 +450,13 @@ mod tests {
             chunks: crate::ChunkSet::full(crate::MAX_CHUNKS),
         });
         assert!(body(&holding) <= MAX_ANNOUNCE_LEN, "{}", body(&holding));
+        // Every chunk at once, one index each.
+        let more = Message::HoldingMore {
+            game: GameId::new(&"g".repeat(64)).unwrap(),
+            digest: [0xff; 32],
+            chunks: (0..crate::MAX_CHUNKS as u32).collect(),
+        };
+        assert!(body(&more) <= MAX_ANNOUNCE_LEN, "{}", body(&more));
     }
 
     #[test]

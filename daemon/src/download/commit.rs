@@ -11,8 +11,8 @@ use std::sync::Arc;
 
 use cap_fs_ext::DirExt;
 use lanspread_catalog::{
-    dev_of, folds_to_reserved, is_folder, is_reserved_top_level, lstat_in, remove_all_in, Access,
-    FileManifest, GameDir, Inode, RelPath, Version, VERSION_FILE,
+    case_clash, dev_of, folds_to_reserved, is_folder, is_reserved_top_level, lstat_in,
+    remove_all_in, Access, FileManifest, GameDir, Inode, RelPath, Version, VERSION_FILE,
 };
 
 use crate::writer::working_mode;
@@ -112,6 +112,19 @@ fn prepare_blocking(
                      stored in this games dir",
                     game.shown(&p.to_path(Path::new(""))).display(),
                     top(p)
+                ),
+            ));
+        }
+        // Two files that are one here would fail the download later anyway
+        // (`one_file_each`); refused now, the committed version stays.
+        if let Some((a, b)) = case_clash(files.iter().map(|f| &f.path).chain(folders)) {
+            return Err(Failure::new(
+                ErrorKind::Io,
+                format!(
+                    "{} and {} are one name on this filesystem, which ignores case; the \
+                     game cannot be stored in this games dir",
+                    game.shown(&a.to_path(Path::new(""))).display(),
+                    game.shown(&b.to_path(Path::new(""))).display()
                 ),
             ));
         }

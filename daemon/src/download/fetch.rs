@@ -182,7 +182,8 @@ fn gone(e: impl std::fmt::Display) -> FetchError {
     FetchError::Source(FailKind::SourceGone, e.to_string())
 }
 
-/// A transport error with its cause ("connection lost: timed out", not "connection lost").
+/// A transport error with its cause ("connection lost: timed out", not "connection lost"),
+/// as [`lanspread_proto::peer_text`].
 fn lost(e: impl std::error::Error) -> FetchError {
     let mut text = e.to_string();
     let mut cause = e.source();
@@ -193,7 +194,8 @@ fn lost(e: impl std::error::Error) -> FetchError {
         }
         cause = c.source();
     }
-    FetchError::Lost(text)
+    // A peer's close reason is part of it (quinn prints its bytes as sent).
+    FetchError::Lost(lanspread_proto::peer_text(&text))
 }
 
 /// What a request asks for: the game, its version, and how.

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lanspread_peer::{check_not_self, holding_frames, Direction, Upsert};
-use lanspread_proto::{close_code, Message, PeerAddr, PeerId, MAX_ANNOUNCE_LEN, MAX_PEX};
+use lanspread_proto::{
+    close_code, peer_text, Message, PeerAddr, PeerId, MAX_ANNOUNCE_LEN, MAX_PEX,
+};
 use lanspread_transfer::{connect, is_data_connection, peer_id_of, read_frame_within, write_frame};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::oneshot;
@@ -22,6 +24,7 @@ use lanspread_control::{ErrorKind, Failure};
 
 mod redial;
 
+pub(crate) use redial::static_peer;
 pub use redial::{pex_dialler, redial_manager};
 
 /// The peer a link was set up with, or why not, as told to a `connect` caller (kind
@@ -87,21 +90,23 @@ pub(crate) async fn dial_peer(
     let timeout = shared.net.tuning.connect_timeout;
     let (conn, remote) = match connect(&shared.net.endpoint, addr, timeout).await {
         Ok(c) => c,
-        Err(e) => return Err(refused(self_or(e.to_string()))),
+        Err(e) => return Err(refused(self_or(peer_text(&e.to_string())))),
     };
     if let Err(e) = check_not_self(&shared.me.id, &remote) {
         conn.close(VarInt::from_u32(close_code::SELF_CONNECT), b"self");
         return Err(peer_failure(e));
     }
     if let Some(expect) = expect {
-        if &remote != expect || shared.peers.link(&remote).is_some() {
+        if &remote != expect {
             conn.close(
                 VarInt::from_u32(close_code::DUPLICATE),
                 b"not the peer told of",
             );
-            return Err(refused(format!(
-                "{addr} is peer {remote}, not {expect}, or linked already"
-            )));
+            return Err(refused(format!("{addr} is peer {remote}, not {expect}")));
+        }
+        if shared.peers.link(&remote).is_some() {
+            conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+            return Err(refused(format!("peer {remote} is linked already")));
         }
     }
     let (tx, rx) = oneshot::channel();
@@ -290,7 +295,7 @@ async fn greet(
             let _ = s.set_priority(lanspread_transfer::CONTROL_PRIORITY);
             s
         }
-        Err(e) => return Err(refused(format!("cannot open a stream: {e}"))),
+        Err(e) => return Err(refused(peer_text(&format!("cannot open a stream: {e}")))),
     };
     let (accepted, go) = oneshot::channel();
     let hello = exchange.hello();
@@ -338,7 +343,8 @@ async fn follow(
     loop {
         let msg = tokio::select! {
             m = read_frame_within::<_, Message>(recv, MAX_ANNOUNCE_LEN) => m,
-            reason = conn.closed() => break format!("connection closed: {reason}"),
+            // A peer's close reason is part of these (quinn prints its bytes as sent).
+            reason = conn.closed() => break peer_text(&format!("connection closed: {reason}")),
             _ = crate::state::until_shutdown(&mut shutdown) => {
                 // The writer sends the goodbye; close once it is out (or after a bound).
                 let _ = tokio::time::timeout(Duration::from_secs(1), &mut *writer).await;
@@ -427,7 +433,7 @@ async fn follow(
                     .close_reason()
                     .map(|r| r.to_string())
                     .unwrap_or_default();
-                break format!("connection lost: {gone}");
+                break peer_text(&format!("connection lost: {gone}"));
             }
             Err(e) => {
                 warn!("protocol error, disconnecting: {e}");
@@ -438,26 +444,6 @@ async fn follow(
                 break format!("protocol error: {e}");
             }
         }
-    }
-}
-
-/// Dials a static peer (`peers = [...]`). A name that does not resolve yet (DNS not up at
-/// boot, the server not yet on the network) is looked up again with backoff (1 s doubling
-/// to 60 s) until it does; a dial that fails goes to the redial manager.
-pub(crate) async fn static_peer(shared: Arc<Shared>, peer: String) {
-    let mut wait = Duration::from_secs(1);
-    let addr = loop {
-        match tokio::net::lookup_host(&peer).await.map(|mut a| a.next()) {
-            Ok(Some(addr)) => break addr,
-            Ok(None) => warn!(%peer, "static peer resolves to no address; retrying in {wait:?}"),
-            Err(e) => warn!(%peer, "static peer does not resolve ({e}); retrying in {wait:?}"),
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(60));
-    };
-    if let Err(e) = dial(&shared, addr).await {
-        warn!(%peer, "static peer: {e}; retrying with backoff");
-        let _ = shared.peers.redial.send(Redial::Lost(None, addr));
     }
 }
 

@@ -1,5 +1,6 @@
-//! Dialling again: the peers peer exchange chose (once each), and lost peers that we had
-//! dialled (until they are back, with a doubling backoff).
+//! Dialling again: the peers peer exchange chose (once each), lost peers that we had
+//! dialled (until they are back, with a doubling backoff), and static peers whose names
+//! do not resolve yet.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::time::Duration;
 
 use lanspread_proto::{GameId, PeerAddr, PeerId};
 use tokio::sync::mpsc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use super::{dial, dial_peer, AfterLoss};
 use crate::directory::Redial;
@@ -133,5 +134,25 @@ async fn after_reset(shared: Arc<Shared>, peer: PeerId, addr: SocketAddr) {
             Err(e) => debug!(%addr, "dial after a reset failed: {e}"),
         }
         backoff *= 2;
+    }
+}
+
+/// Dials a static peer (`peers = [...]`). A name that does not resolve yet (DNS not up at
+/// boot, the server not yet on the network) is looked up again with backoff (1 s doubling
+/// to 60 s) until it does; a dial that fails goes to the redial manager.
+pub(crate) async fn static_peer(shared: Arc<Shared>, peer: String) {
+    let mut wait = Duration::from_secs(1);
+    let addr = loop {
+        match tokio::net::lookup_host(&peer).await.map(|mut a| a.next()) {
+            Ok(Some(addr)) => break addr,
+            Ok(None) => warn!(%peer, "static peer resolves to no address; retrying in {wait:?}"),
+            Err(e) => warn!(%peer, "static peer does not resolve ({e}); retrying in {wait:?}"),
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(60));
+    };
+    if let Err(e) = dial(&shared, addr).await {
+        warn!(%peer, "static peer: {e}; retrying with backoff");
+        let _ = shared.peers.redial.send(Redial::Lost(None, addr));
     }
 }

@@ -85,6 +85,11 @@ fn garbage_frames_disconnect_and_the_daemon_carries_on() {
     assert!(closed_with(&err, close_code::PROTOCOL_ERROR), "{err:?}");
     let grew = n.log().len() - logged;
     assert!(grew < 16 << 10, "{grew} bytes logged for one refusal");
+    assert!(
+        n.log()[logged..].contains("4096-byte limit"),
+        "{}",
+        n.log_tail()
+    );
     // The daemon is fine and lists no peer.
     assert!(n.peer_ids().is_empty());
     assert!(n.events_named("peer-connected").is_empty());
@@ -98,7 +103,11 @@ fn garbage_frames_disconnect_and_the_daemon_carries_on() {
         vec![hello(id, PROTOCOL_VERSION), library_frame(60_000)]
     }));
     assert!(closed_with(&err, close_code::PROTOCOL_ERROR), "{err:?}");
-    assert!(n.log_tail().contains("frame"), "{}", n.log_tail());
+    assert!(
+        n.log_tail().contains(&format!("{}-byte limit", 4 << 20)),
+        "{}",
+        n.log_tail()
+    );
     lanspread_scenarios::wait_for("the link to go", || n.peer_ids().is_empty().then_some(()));
     assert!(n.events_named("remote-library-changed").is_empty());
 }
