@@ -6,6 +6,7 @@
 pub mod chart;
 mod manifest;
 mod netns;
+mod nobody;
 mod node;
 mod privileged;
 pub mod swarm_lab;
@@ -13,6 +14,7 @@ pub mod swarm_lab;
 pub use lanspread_control::chunk_sources;
 pub use manifest::{assert_matches_manifest, assert_same_tree, manifest, Manifest};
 pub use netns::NetLab;
+pub use nobody::{nobody_part, spawn_copy, NobodyCopy, NOBODY};
 pub use node::{bin, lab, linked_copy, CliOutput, Node, NodeOptions};
 pub use privileged::{skip_privileged, BindMount, Tmpfs};
 

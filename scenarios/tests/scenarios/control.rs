@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use lanspread_scenarios::{bin, Node};
+use lanspread_scenarios::{bin, nobody_part, spawn_copy, NobodyCopy, Node};
 
 #[test]
 fn socket_in_use_is_refused_and_stale_socket_is_replaced() {
@@ -182,29 +182,14 @@ fn first_event_line(json: bool) -> (String, Vec<String>) {
 
 /// Runs `lanspread` as uid/gid 65534 (nobody/nogroup) from a copy it can execute.
 fn cli_as_nobody(socket: &std::path::Path, args: &[&str]) -> std::process::Output {
-    use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let exe = dir.path().join("lanspread");
-    std::fs::copy(bin("lanspread"), &exe).unwrap();
-    // Another test thread may fork while our copy's fd is open (ETXTBSY): retry.
-    for _ in 0..50 {
-        match Command::new(&exe)
-            .arg("--socket")
-            .arg(socket)
-            .args(args)
-            .uid(65534)
-            .gid(65534)
-            .output()
-        {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
-                std::thread::sleep(std::time::Duration::from_millis(20))
-            }
-            other => return other.unwrap(),
-        }
-    }
-    panic!("{} stayed busy", exe.display());
+    let copy = NobodyCopy::of(&bin("lanspread"));
+    let mut cmd = copy.command();
+    cmd.arg("--socket")
+        .arg(socket)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    spawn_copy(&mut cmd).wait_with_output().unwrap()
 }
 
 fn node_with(name: &str, games: &std::path::Path, args: &[&str]) -> Node {
@@ -282,10 +267,11 @@ fn socket_access_reads_for_the_group_changes_for_admins() {
     assert!(err.contains("no peers have game cod5"), "{err}");
 }
 
-/// Steps of the non-admin flood, run as uid 65534 in a forked child: 128 idle
-/// connections are accepted, the 129th is refused; then it tells the parent (one byte on
-/// `ready`) and holds them until `hold` closes. The exit code names the failed step.
-fn flood_as_nobody(socket: &std::path::Path, ready: i32, hold: i32) -> i32 {
+/// The test's unprivileged part, run as uid 65534 in a process of its own
+/// ([`NobodyCopy::rerun`]): 128 idle connections are accepted, the 129th is refused; then
+/// it tells the parent (a `flood-ready` line) and holds them until its stdin closes. The
+/// exit code names the failed step.
+fn flood_as_nobody(socket: &std::path::Path) -> i32 {
     use std::io::Read;
     use std::os::unix::net::UnixStream;
     let mut idle = Vec::with_capacity(128);
@@ -317,21 +303,21 @@ fn flood_as_nobody(socket: &std::path::Path, ready: i32, hold: i32) -> i32 {
     {
         return 6;
     }
-    // SAFETY: plain writes and reads on pipe fds the parent made for this child.
-    unsafe {
-        if libc::write(ready, b"r".as_ptr().cast(), 1) != 1 {
-            return 7;
-        }
+    println!("flood-ready");
+    // The parent waits for this line.
+    if std::io::Write::flush(&mut std::io::stdout()).is_err() {
+        return 7;
     }
-    let mut hold = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(hold) };
-    let _ = hold.read(&mut [0u8; 1]);
+    let _ = std::io::stdin().read(&mut [0u8; 1]);
     drop(idle);
     0
 }
 
 #[test]
 fn a_non_admin_flood_is_capped_and_the_admin_still_gets_in() {
-    const NOBODY: u32 = 65534;
+    if let Some(socket) = nobody_part() {
+        std::process::exit(flood_as_nobody(std::path::Path::new(&socket)));
+    }
     if lanspread_scenarios::skip_privileged(
         "a_non_admin_flood_is_capped_and_the_admin_still_gets_in",
     ) {
@@ -339,55 +325,39 @@ fn a_non_admin_flood_is_capped_and_the_admin_still_gets_in() {
     }
     let games = tempfile::tempdir().unwrap();
     let n = node_with("flooded", games.path(), &["--group", "65534"]);
-    let socket = n.socket_path();
-    let (mut ready, mut hold) = ([0i32; 2], [0i32; 2]);
-    // SAFETY: two pipes for the child's handshake.
-    unsafe {
-        assert_eq!(libc::pipe(ready.as_mut_ptr()), 0);
-        assert_eq!(libc::pipe(hold.as_mut_ptr()), 0);
-    }
-    // SAFETY: the child only runs the flood steps and leaves with _exit; glibc keeps
-    // malloc usable after fork.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        // SAFETY: dropping privileges in the child, then leaving without unwinding.
-        unsafe {
-            libc::close(ready[0]);
-            libc::close(hold[1]);
-            let code = if libc::setgroups(0, std::ptr::null()) == 0
-                && libc::setgid(NOBODY) == 0
-                && libc::setuid(NOBODY) == 0
-                && libc::geteuid() == NOBODY
-            {
-                flood_as_nobody(&socket, ready[1], hold[0])
-            } else {
-                99
-            };
-            libc::_exit(code);
+    let copy = NobodyCopy::of_this_test();
+    let mut cmd = copy.rerun(
+        "control::a_non_admin_flood_is_capped_and_the_admin_still_gets_in",
+        n.socket_path().as_os_str(),
+    );
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = spawn_copy(&mut cmd);
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    let ready = loop {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap_or(0) == 0 {
+            break false;
         }
-    }
-    // SAFETY: the parent's ends of the pipes.
-    let mut byte = [0u8; 1];
-    let got = unsafe {
-        libc::close(ready[1]);
-        libc::close(hold[0]);
-        libc::read(ready[0], byte.as_mut_ptr().cast(), 1)
+        seen.push_str(&line);
+        // libtest may have written "test <name> ... " on the same line.
+        if line.trim_end().ends_with("flood-ready") {
+            break true;
+        }
     };
     // While the non-admin holds every slot it may have, root (an admin) still gets in.
-    let status = (got == 1).then(|| n.cli(&["status"]));
-    // SAFETY: releasing the child, then reaping it.
-    let mut wait = 0;
-    unsafe {
-        libc::close(hold[1]);
-        libc::close(ready[0]);
-        assert_eq!(libc::waitpid(pid, &mut wait, 0), pid);
-    }
-    assert!(libc::WIFEXITED(wait), "child died: {wait}");
+    let status = ready.then(|| n.cli(&["status"]));
+    // Closing its stdin releases the child.
+    drop(child.stdin.take());
+    std::io::Read::read_to_string(&mut out, &mut seen).unwrap();
+    let done = child.wait_with_output().unwrap();
     assert_eq!(
-        libc::WEXITSTATUS(wait),
-        0,
-        "flood step failed (2 connect, 4 first not served, 6 the 129th not refused)\n{}",
+        done.status.code(),
+        Some(0),
+        "flood step failed (2 connect, 4 first not served, 6 the 129th not refused)\n{seen}{}\n{}",
+        String::from_utf8_lossy(&done.stderr),
         n.log_tail()
     );
     let status = status.expect("the child signalled");

@@ -22,6 +22,7 @@ mod local_user;
 mod manage;
 mod mdns;
 mod metrics;
+mod non_root;
 mod pieces;
 mod progress;
 mod reload;

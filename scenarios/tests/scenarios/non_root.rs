@@ -1,9 +1,8 @@
 //! A daemon that is not root (the shipped unit runs as its own user) installs, uninstalls
 //! and reinstalls an archive whose folders are read-only (0555) or unreadable (0311) and
-//! files 0444: every step works, and none leaves staging or trash behind. Needs root to become uid 65534; fails
-//! without it unless `LANSPREAD_SKIP_PRIVILEGED=1`.
-
-mod common;
+//! files 0444: every step works, and none leaves staging or trash behind. The steps run as
+//! uid 65534 in a process of their own (this test binary again: [`NobodyCopy::rerun`]).
+//! Needs root to become uid 65534; fails without it unless `LANSPREAD_SKIP_PRIVILEGED=1`.
 
 use std::ffi::CString;
 use std::fs;
@@ -12,8 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use lanspread_install::{install_root, uninstall_root, Rar5Writer};
-
-const NOBODY: u32 = 65534;
+use lanspread_scenarios::{nobody_part, skip_privileged, NobodyCopy, NOBODY};
 
 fn archive(path: &Path) {
     const MTIME: u32 = 1_700_000_000;
@@ -34,7 +32,7 @@ fn archive(path: &Path) {
     w.finish().unwrap();
 }
 
-/// The steps, run as uid 65534 in a forked child; the exit code names the failed step.
+/// The steps, run as uid 65534; the exit code names the failed step.
 fn steps(root: &Path) -> i32 {
     let leftovers =
         || root.join(".lanspread-staging").exists() || root.join(".lanspread-trash").exists();
@@ -95,15 +93,19 @@ fn chown_tree(p: &Path) {
 
 #[test]
 fn a_daemon_that_is_not_root_installs_uninstalls_and_reinstalls_read_only_folders() {
-    if !privileged() {
+    if let Some(root) = nobody_part() {
+        std::process::exit(steps(Path::new(&root)));
+    }
+    if skip_privileged(
+        "a_daemon_that_is_not_root_installs_uninstalls_and_reinstalls_read_only_folders",
+    ) {
         return;
     }
     let (t, root) = root_with_archive();
     chown_tree(t.path());
-    assert_eq!(
-        as_nobody(|| steps(&root)),
-        0,
-        "a step failed as uid {NOBODY} (see stderr)"
+    as_nobody(
+        "non_root::a_daemon_that_is_not_root_installs_uninstalls_and_reinstalls_read_only_folders",
+        &root,
     );
     // What a restart would read from the disk: installed, nothing left over.
     assert!(root
@@ -124,46 +126,28 @@ fn root_with_archive() -> (tempfile::TempDir, std::path::PathBuf) {
     (t, root)
 }
 
-/// Whether the test can run: as root, or skipped on purpose (`LANSPREAD_SKIP_PRIVILEGED=1`);
-/// panics otherwise, saying so.
-fn privileged() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("LANSPREAD_SKIP_PRIVILEGED").as_deref() == Ok("1") {
-        eprintln!("skipped: not root and LANSPREAD_SKIP_PRIVILEGED=1");
-        return false;
-    }
-    panic!("this test needs root to run an install as uid {NOBODY}; run it as root or set LANSPREAD_SKIP_PRIVILEGED=1");
-}
-
-/// Run as uid 65534 in a forked child: `steps` returns the exit code.
-fn as_nobody(steps: impl FnOnce() -> i32) -> i32 {
-    // SAFETY: the child only runs the steps and leaves with _exit; glibc keeps malloc
-    // usable after fork.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        // SAFETY: dropping privileges in the child, then leaving without unwinding.
-        unsafe {
-            let code = if libc::setgroups(0, std::ptr::null()) == 0
-                && libc::setgid(NOBODY) == 0
-                && libc::setuid(NOBODY) == 0
-                && libc::geteuid() == NOBODY
-            {
-                steps()
-            } else {
-                99
-            };
-            libc::_exit(code);
-        }
-    }
-    let mut status = 0;
-    // SAFETY: waits for the child forked above.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
-    assert!(libc::WIFEXITED(status), "child died: {status}");
-    libc::WEXITSTATUS(status)
+/// Runs test `test` again as uid 65534 with `root` for its steps; fails unless every
+/// step succeeds (the exit code names the one that failed).
+fn as_nobody(test: &str, root: &Path) {
+    let copy = NobodyCopy::of_this_test();
+    let mut cmd = copy.rerun(test, root.as_os_str());
+    cmd.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = lanspread_scenarios::spawn_copy(&mut cmd)
+        .wait_with_output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "a step failed as uid {NOBODY}:\n{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A name that selects no test would run nothing and succeed.
+    assert!(
+        stdout.contains("running 1 test"),
+        "{test} not run: {stdout}"
+    );
 }
 
 /// Old trees the daemon cannot remove (a player's folder in `local/` owned by another
@@ -172,7 +156,10 @@ fn as_nobody(steps: impl FnOnce() -> i32) -> i32 {
 /// install; both are moved aside for the start-up sweep.
 #[test]
 fn old_trees_the_daemon_cannot_remove_block_no_install_or_uninstall() {
-    if !privileged() {
+    if let Some(root) = nobody_part() {
+        std::process::exit(steps_beside_stuck_trees(Path::new(&root)));
+    }
+    if skip_privileged("old_trees_the_daemon_cannot_remove_block_no_install_or_uninstall") {
         return;
     }
     let (t, root) = root_with_archive();
@@ -184,45 +171,52 @@ fn old_trees_the_daemon_cannot_remove_block_no_install_or_uninstall() {
         fs::create_dir(root.join(stuck)).unwrap();
         fs::write(root.join(stuck).join("save.dat"), b"mine").unwrap();
     }
-    let aside = |root: &Path| {
-        fs::read_dir(root)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with(lanspread_install::TRASH_ASIDE)
-            })
-            .count()
-    };
-    let code = as_nobody(|| {
-        if let Err(e) = install_root(&root) {
-            eprintln!("reinstall: {e}");
-            return 10;
-        }
-        let fresh = root.join("local").join(lanspread_install::INSTALLED_MARKER);
-        if !fresh.is_file() || root.join("local/stuck").exists() {
-            return 11;
-        }
-        if root.join(".lanspread-trash").exists() || aside(&root) != 2 {
-            eprintln!("aside: {}", aside(&root));
-            return 12;
-        }
-        if let Err(e) = uninstall_root(&root) {
-            eprintln!("uninstall: {e}");
-            return 20;
-        }
-        if root.join("local").exists() {
-            return 21;
-        }
-        if let Err(e) = install_root(&root) {
-            eprintln!("install after uninstall: {e}");
-            return 30;
-        }
-        0
-    });
-    assert_eq!(code, 0, "a step failed as uid {NOBODY} (see stderr)");
+    as_nobody(
+        "non_root::old_trees_the_daemon_cannot_remove_block_no_install_or_uninstall",
+        &root,
+    );
     assert_eq!(fs::read(root.join("local/ro/sub/deep")).unwrap(), b"d");
     assert_eq!(aside(&root), 2, "what could not be removed is kept, aside");
+}
+
+/// How many trees were moved aside in `root`.
+fn aside(root: &Path) -> usize {
+    fs::read_dir(root)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with(lanspread_install::TRASH_ASIDE)
+        })
+        .count()
+}
+
+/// The steps beside trees uid 65534 cannot remove; the exit code names the failed step.
+fn steps_beside_stuck_trees(root: &Path) -> i32 {
+    if let Err(e) = install_root(root) {
+        eprintln!("reinstall: {e}");
+        return 10;
+    }
+    let fresh = root.join("local").join(lanspread_install::INSTALLED_MARKER);
+    if !fresh.is_file() || root.join("local/stuck").exists() {
+        return 11;
+    }
+    if root.join(".lanspread-trash").exists() || aside(root) != 2 {
+        eprintln!("aside: {}", aside(root));
+        return 12;
+    }
+    if let Err(e) = uninstall_root(root) {
+        eprintln!("uninstall: {e}");
+        return 20;
+    }
+    if root.join("local").exists() {
+        return 21;
+    }
+    if let Err(e) = install_root(root) {
+        eprintln!("install after uninstall: {e}");
+        return 30;
+    }
+    0
 }
