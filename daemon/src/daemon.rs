@@ -18,6 +18,7 @@ use crate::config::DaemonConfig;
 use crate::directory::Directory;
 use crate::events::EventBus;
 use crate::handshake::LocalPeer;
+use crate::handshake_slots::HandshakeSlots;
 use crate::limit::RateLimit;
 use crate::lock::DaemonLocks;
 use crate::resources::Transfers;
@@ -253,6 +254,13 @@ fn transfers(identity: &Identity, config: &DaemonConfig) -> Result<Transfers, Da
         askers: Default::default(),
         seeds: Arc::default(),
         metrics: Arc::default(),
+        handshakes: HandshakeSlots::new(lanspread_peer::Handshakes::new(
+            lanspread_peer::MAX_HANDSHAKES,
+            crate::config::env_usize(
+                "LANSPREAD_HANDSHAKES_PER_ADDRESS",
+                lanspread_peer::MAX_HANDSHAKES_PER_ADDRESS,
+            ),
+        )),
     })
 }
 

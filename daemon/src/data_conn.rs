@@ -16,13 +16,14 @@ use quinn::{Connection, VarInt};
 use tracing::{info, warn, Span};
 
 use crate::handshake::{self, Exchange, LocalPeer};
+use crate::handshake_slots::HandshakeSlot;
 use crate::resources::Transfers;
 use crate::state::Shared;
 use lanspread_control::{ErrorKind, Failure};
 
-/// Source side: checks the downloader's hello, answers with ours, then serves its
-/// requests until it closes.
-pub async fn serve(shared: Arc<Shared>, conn: Connection) {
+/// Source side: checks the downloader's hello, answers with ours (then gives back the
+/// handshake `slot`), then serves its requests until it closes.
+pub async fn serve(shared: Arc<Shared>, conn: Connection, slot: HandshakeSlot) {
     let remote = match peer_id_of(&conn) {
         Ok(id) => id,
         Err(e) => {
@@ -35,6 +36,7 @@ pub async fn serve(shared: Arc<Shared>, conn: Connection) {
         warn!(addr = %conn.remote_address(), "refused a data connection: {}", refusal.why);
         return handshake::close(&conn, &refusal);
     }
+    drop(slot);
     info!("serving a data connection");
     let requests = crate::serve::serve_requests(shared, conn, remote).await;
     info!(requests, "data connection ended");

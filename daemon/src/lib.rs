@@ -17,6 +17,7 @@ mod event_lines;
 mod events;
 mod failure;
 mod handshake;
+mod handshake_slots;
 mod index;
 mod install;
 mod limit;

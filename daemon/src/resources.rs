@@ -45,4 +45,6 @@ pub struct Transfers {
     pub seeds: Arc<crate::seed::Seeds>,
     /// The metrics (`--metrics-listen`); counted whether or not they are served.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Inbound connections still in their handshake, capped in all and per address.
+    pub handshakes: crate::handshake_slots::HandshakeSlots,
 }

@@ -8,6 +8,7 @@
 //! The daemon feeds events in and reads decisions out.
 #![warn(missing_docs)]
 
+mod admission;
 mod aggregate;
 mod engine;
 mod error;
@@ -24,6 +25,7 @@ mod table;
 mod tally;
 mod validate;
 
+pub use admission::{Crowded, Handshakes, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS};
 pub use aggregate::{aggregate, latest_sources, RemoteRow, Sources};
 pub use engine::{
     credible_total, max_in_flight_bytes, Action, BatchId, ChunkResult, Engine, EngineConfig, Fetch,

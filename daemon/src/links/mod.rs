@@ -18,6 +18,7 @@ use tracing::{debug, info, info_span, warn, Instrument, Span};
 use crate::directory::{Holdings, Redial};
 use crate::failure::peer_failure;
 use crate::handshake::{self, Exchange};
+use crate::handshake_slots::HandshakeSlot;
 use crate::state::Shared;
 use lanspread_control::api::{EventKind, PeerInfo};
 use lanspread_control::{ErrorKind, Failure};
@@ -35,14 +36,20 @@ fn refused(why: impl Into<String>) -> Failure {
     Failure::new(ErrorKind::ConnectFailed, why)
 }
 
-/// Accepts incoming connections until the endpoint closes. Each is accepted on the next
-/// transfer thread in turn, which then drives it (quinn runs a connection where it is
-/// accepted): a data connection is served there; a link's announce task runs on the
-/// daemon's runtime and its requests are served on the connection's thread.
+/// Accepts incoming connections until the endpoint closes. Each holds a handshake slot
+/// until its hello passed or failed (`HandshakeSlots`: refused at once past the caps) and
+/// is accepted on the next transfer thread in turn, which then drives it (quinn runs a
+/// connection where it is accepted): a data connection is served there; a link's
+/// announce task runs on the daemon's runtime and its requests are served on the
+/// connection's thread.
 pub async fn accept_loop(shared: Arc<Shared>) {
     let main = tokio::runtime::Handle::current();
     while let Some(incoming) = shared.net.endpoint.accept().await {
         let remote = incoming.remote_address();
+        let Some(slot) = shared.net.handshakes.admit(remote.ip()) else {
+            incoming.refuse();
+            continue;
+        };
         let span = link_span(remote, Direction::Inbound);
         let here = shared.net.threads.next().clone();
         let (shared, main) = (shared.clone(), main.clone());
@@ -53,9 +60,17 @@ pub async fn accept_loop(shared: Arc<Shared>) {
                     Err(e) => return debug!("incoming handshake failed: {e}"),
                 };
                 if is_data_connection(&conn) {
-                    return crate::data_conn::serve(shared, conn).await;
+                    return crate::data_conn::serve(shared, conn, slot).await;
                 }
-                let link = run_link(shared, conn, Direction::Inbound, None, None, here);
+                let link = run_link(
+                    shared,
+                    conn,
+                    Direction::Inbound,
+                    None,
+                    None,
+                    here,
+                    Some(slot),
+                );
                 main.spawn(link.in_current_span());
             }
             .instrument(span),
@@ -120,6 +135,7 @@ pub(crate) async fn dial_peer(
             (after_loss == AfterLoss::Redial).then_some(addr),
             Some(tx),
             tokio::runtime::Handle::current(),
+            None,
         )
         .instrument(link_span(addr, Direction::Outbound)),
     );
@@ -176,7 +192,8 @@ fn link_span(addr: SocketAddr, direction: Direction) -> Span {
 
 /// Runs one connection until it ends. `dialled` is the address we dialled (outbound),
 /// redialled with backoff if the link is lost; `ready` gets the outcome of the hello;
-/// the peer's requests are served on `driver`, the runtime that drives `conn`.
+/// the peer's requests are served on `driver`, the runtime that drives `conn`; an
+/// inbound connection's handshake `slot` is given back once the hello is judged.
 async fn run_link(
     shared: Arc<Shared>,
     conn: Connection,
@@ -184,6 +201,7 @@ async fn run_link(
     dialled: Option<SocketAddr>,
     mut ready: Option<oneshot::Sender<LinkResult>>,
     driver: tokio::runtime::Handle,
+    slot: Option<HandshakeSlot>,
 ) {
     let mut tell = |r: LinkResult| {
         if let Some(tx) = ready.take() {
@@ -199,6 +217,7 @@ async fn run_link(
         Ok(g) => g,
         Err(e) => return tell(Err(e)),
     };
+    drop(slot);
 
     // Register, keeping one connection per peer.
     let upsert = match shared

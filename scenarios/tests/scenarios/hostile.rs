@@ -387,3 +387,59 @@ fn a_file_changed_since_its_hashes_were_given_out_is_refused_until_rehashed() {
         conn.close(0u32.into(), b"done");
     });
 }
+
+/// Connections that never say hello hold at most their address's share of the handshake
+/// slots: past it, more from that address are refused at once, a peer from another
+/// address still links, and once they are gone the address gets in again.
+#[test]
+fn connections_that_never_say_hello_are_capped_per_address() {
+    use lanspread_transfer::{connect, make_endpoint, TransportTuning};
+    let games = tempfile::tempdir().unwrap();
+    let n = Node::start_with(
+        "crowded",
+        games.path(),
+        lanspread_scenarios::NodeOptions {
+            env: vec![("LANSPREAD_HANDSHAKES_PER_ADDRESS".into(), "4".into())],
+            ..Default::default()
+        },
+    );
+    let addr = n.addr.parse().unwrap();
+    let id = Identity::ephemeral().unwrap();
+    let rt = rt();
+    let _guard = rt.enter();
+    // Another loopback address than the daemon's peers use.
+    let ep = make_endpoint(
+        &id,
+        "127.0.0.2:0".parse().unwrap(),
+        &TransportTuning::default(),
+    )
+    .unwrap();
+    let dial = || rt.block_on(connect(&ep, addr, Duration::from_secs(5)));
+    let held: Vec<_> = (0..4)
+        .map(|i| {
+            dial()
+                .unwrap_or_else(|e| panic!("connection {i} within the cap: {e}"))
+                .0
+        })
+        .collect();
+    let over = dial().expect_err("a fifth connection from the address is refused");
+    assert!(
+        over.to_string().to_lowercase().contains("refused"),
+        "refused, not timed out: {over}"
+    );
+    // A peer at another address links meanwhile.
+    let games_b = tempfile::tempdir().unwrap();
+    let b = Node::start("neighbour", games_b.path());
+    assert_eq!(b.connect(&n)["peer_id"], n.peer_id.as_str());
+    // Closing them gives their slots back at once (not only at the hello's timeout).
+    for c in &held {
+        c.close(VarInt::from_u32(0), b"bye");
+    }
+    let again = lanspread_scenarios::wait_for("the address to get in again", || dial().ok());
+    again.0.close(VarInt::from_u32(0), b"bye");
+    assert!(
+        n.log().contains("refusing inbound connections"),
+        "{}",
+        n.log_tail()
+    );
+}
