@@ -203,8 +203,9 @@ fn output_into_a_pipe_nobody_reads_ends_quietly() {
     for args in [&["man"][..], &["completions", "bash"], &["status"]] {
         // A pipe whose reader is already gone: every write fails with EPIPE.
         let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe(2) returns.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: `fds` has room for the two descriptors pipe2(2) returns. Close-on-exec,
+        // so no process another test starts meanwhile keeps a reader open.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
         // SAFETY: both descriptors are ours and open; each is owned once.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
         drop(read);

@@ -9,6 +9,7 @@ mod netns;
 mod nobody;
 mod node;
 mod privileged;
+mod process;
 pub mod swarm_lab;
 
 pub use lanspread_control::chunk_sources;
@@ -17,6 +18,7 @@ pub use netns::NetLab;
 pub use nobody::{nobody_part, spawn_copy, NobodyCopy, NOBODY};
 pub use node::{bin, lab, linked_copy, CliOutput, Node, NodeOptions};
 pub use privileged::{skip_privileged, BindMount, Tmpfs};
+pub use process::{collect_within, output_within, wait_within, OutputWithin, CLI_LIMIT};
 
 use std::time::{Duration, Instant};
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::{wait_for, WAIT};
+use crate::{output_within, wait_for, CLI_LIMIT, WAIT};
 
 /// Path of a built binary (`lanspreadd`, `lanspread`) in the target dir of this test.
 pub fn bin(name: &str) -> PathBuf {
@@ -306,14 +306,15 @@ impl Node {
         self.socket.clone()
     }
 
-    /// Runs `lanspread --socket <ours> args...`.
+    /// Runs `lanspread --socket <ours> args...` (failing the test past [`CLI_LIMIT`]).
     pub fn cli(&self, args: &[&str]) -> CliOutput {
-        let out = Command::new(bin("lanspread"))
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(args)
-            .output()
-            .expect("run lanspread");
+        let out = output_within(
+            Command::new(bin("lanspread"))
+                .arg("--socket")
+                .arg(&self.socket)
+                .args(args),
+            CLI_LIMIT,
+        );
         CliOutput {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

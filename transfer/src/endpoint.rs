@@ -421,9 +421,14 @@ mod tests {
         big.write_all(&vec![7u8; BIG]).await.unwrap();
         big.finish().unwrap();
         // The answer is on its way (partly sent) when the request is queued behind it.
-        while got.load(SeqCst) < 1 << 20 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        let started = async {
+            while got.load(SeqCst) < 1 << 20 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), started)
+            .await
+            .expect("the server reads the first MiB");
         let mut small = conn.open_uni().await.unwrap();
         small.set_priority(CONTROL_PRIORITY).unwrap();
         let msg = Message::Goodbye { reason: "x".into() };

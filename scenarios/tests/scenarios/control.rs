@@ -3,7 +3,10 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use lanspread_scenarios::{bin, nobody_part, spawn_copy, NobodyCopy, Node};
+use lanspread_scenarios::{
+    bin, collect_within, nobody_part, output_within, spawn_copy, wait_within, NobodyCopy, Node,
+    CLI_LIMIT, WAIT,
+};
 
 #[test]
 fn socket_in_use_is_refused_and_stale_socket_is_replaced() {
@@ -18,16 +21,17 @@ fn socket_in_use_is_refused_and_stale_socket_is_replaced() {
     let other_games = tempfile::tempdir().unwrap();
     // A daemon on other dirs and `socket` that must fail to start, saying `why`.
     let refused = |socket: &std::path::Path, why: &str| {
-        let out = Command::new(bin("lanspreadd"))
-            .arg("--games")
-            .arg(other_games.path())
-            .arg("--state")
-            .arg(dir.path().join("s"))
-            .arg("--socket")
-            .arg(socket)
-            .args(["--listen", "127.0.0.1:0", "--no-mdns"])
-            .output()
-            .unwrap();
+        let out = output_within(
+            Command::new(bin("lanspreadd"))
+                .arg("--games")
+                .arg(other_games.path())
+                .arg("--state")
+                .arg(dir.path().join("s"))
+                .arg("--socket")
+                .arg(socket)
+                .args(["--listen", "127.0.0.1:0", "--no-mdns"]),
+            WAIT,
+        );
         assert_eq!(out.status.code(), Some(1));
         assert!(
             String::from_utf8_lossy(&out.stderr).contains(why),
@@ -73,14 +77,18 @@ fn socket_in_use_is_refused_and_stale_socket_is_replaced() {
     assert!(first.contains("daemon-started"), "{first}");
     let ready = lines.find(|l| l.as_ref().is_ok_and(|l| l.contains("local-peer-ready")));
     assert!(ready.is_some());
-    let out = Command::new(bin("lanspread"))
-        .arg("--socket")
-        .arg(&stale)
-        .arg("shutdown")
-        .output()
-        .unwrap();
+    let out = output_within(
+        Command::new(bin("lanspread"))
+            .arg("--socket")
+            .arg(&stale)
+            .arg("shutdown"),
+        WAIT,
+    );
     assert_eq!(out.status.code(), Some(0));
-    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert_eq!(
+        wait_within(&mut child, WAIT, "lanspreadd after shutdown").code(),
+        Some(0)
+    );
     assert!(!stale.exists(), "the socket file is removed on exit");
 
     // A daemon whose socket file was replaced meanwhile (by a daemon started since on
@@ -189,7 +197,7 @@ fn cli_as_nobody(socket: &std::path::Path, args: &[&str]) -> std::process::Outpu
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    spawn_copy(&mut cmd).wait_with_output().unwrap()
+    collect_within(spawn_copy(&mut cmd), CLI_LIMIT, "lanspread as nobody")
 }
 
 fn node_with(name: &str, games: &std::path::Path, args: &[&str]) -> Node {
@@ -352,7 +360,7 @@ fn a_non_admin_flood_is_capped_and_the_admin_still_gets_in() {
     // Closing its stdin releases the child.
     drop(child.stdin.take());
     std::io::Read::read_to_string(&mut out, &mut seen).unwrap();
-    let done = child.wait_with_output().unwrap();
+    let done = collect_within(child, WAIT, "the flood's child");
     assert_eq!(
         done.status.code(),
         Some(0),

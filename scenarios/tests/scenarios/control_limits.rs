@@ -6,9 +6,11 @@ use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use lanspread_scenarios::{bin, Node};
+use lanspread_scenarios::{bin, Node, OutputWithin, CLI_LIMIT, WAIT};
 
 fn ask(stream: &mut UnixStream, line: &[u8]) -> String {
+    // A daemon that never answers fails the test, not the run.
+    stream.set_read_timeout(Some(WAIT)).unwrap();
     stream.write_all(line).unwrap();
     stream.write_all(b"\n").unwrap();
     let mut reply = String::new();
@@ -124,8 +126,7 @@ fn cli_never_hangs_on_a_stopped_daemon_nor_panics_on_a_closed_pipe() {
         .arg("--socket")
         .arg(n.socket_path())
         .arg("status")
-        .output()
-        .unwrap();
+        .output_within(CLI_LIMIT);
     n.signal(libc::SIGCONT);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(
@@ -143,12 +144,26 @@ fn cli_never_hangs_on_a_stopped_daemon_nor_panics_on_a_closed_pipe() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(events.stdout.take().unwrap()).lines();
-    let other_games = tempfile::tempdir().unwrap();
-    let other = Node::start("other", other_games.path());
-    n.connect(&other);
-    assert!(lines.next().is_some(), "no event line");
-    drop(lines);
+    // The reader takes one line and goes away (its end of the pipe closes).
+    let stdout = events.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+    });
+    // Subscribing is asynchronous: make events until the stream shows one.
+    let mut others = Vec::new();
+    loop {
+        assert!(others.len() < 10, "the events stream stayed silent");
+        let games = tempfile::tempdir().unwrap();
+        let other = Node::start("other", games.path());
+        n.connect(&other);
+        others.push((other, games));
+        if let Ok(line) = rx.recv_timeout(Duration::from_secs(3)) {
+            assert!(matches!(line, Some(Ok(_))), "no event line: {line:?}");
+            break;
+        }
+    }
     let third_games = tempfile::tempdir().unwrap();
     let third = Node::start("third", third_games.path());
     n.connect(&third);
@@ -169,7 +184,9 @@ fn usage_errors_under_json_print_one_json_document() {
         &["--json", "limit", "--upload-mib-s", "nan"],
         &["--json", "wait-peers", "abc"],
     ] {
-        let out = Command::new(bin("lanspread")).args(args).output().unwrap();
+        let out = Command::new(bin("lanspread"))
+            .args(args)
+            .output_within(CLI_LIMIT);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let mut docs = serde_json::Deserializer::from_str(&stdout).into_iter::<serde_json::Value>();
@@ -183,14 +200,12 @@ fn usage_errors_under_json_print_one_json_document() {
     // Without --json only stderr speaks; --help is no error.
     let out = Command::new(bin("lanspread"))
         .args(["--bogus"])
-        .output()
-        .unwrap();
+        .output_within(CLI_LIMIT);
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty(), "{out:?}");
     let out = Command::new(bin("lanspread"))
         .args(["--json", "--help"])
-        .output()
-        .unwrap();
+        .output_within(CLI_LIMIT);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
 }

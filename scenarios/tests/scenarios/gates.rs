@@ -32,27 +32,37 @@ async fn raw_peer(addr: &str) -> (Connection, quinn::Endpoint) {
 }
 
 async fn ask(conn: &Connection, req: &PeerRequest) -> PeerResponse {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    write_frame(&mut send, req).await.unwrap();
-    send.finish().unwrap();
-    read_frame(&mut recv).await.unwrap().unwrap()
+    let answer = async {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        write_frame(&mut send, req).await.unwrap();
+        send.finish().unwrap();
+        read_frame(&mut recv).await.unwrap().unwrap()
+    };
+    tokio::time::timeout(lanspread_scenarios::WAIT, answer)
+        .await
+        .expect("an answer within WAIT")
 }
 
 /// Every answer frame of a request, each `Chunk` with the bytes that followed it.
 async fn ask_all(conn: &Connection, req: &PeerRequest) -> Vec<(PeerResponse, Vec<u8>)> {
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    write_frame(&mut send, req).await.unwrap();
-    send.finish().unwrap();
-    let mut out = Vec::new();
-    while let Some(frame) = read_frame::<_, PeerResponse>(&mut recv).await.unwrap() {
-        let mut body = Vec::new();
-        if let PeerResponse::Chunk { len } = frame {
-            body = vec![0; len as usize];
-            recv.read_exact(&mut body).await.unwrap();
+    let answers = async {
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        write_frame(&mut send, req).await.unwrap();
+        send.finish().unwrap();
+        let mut out = Vec::new();
+        while let Some(frame) = read_frame::<_, PeerResponse>(&mut recv).await.unwrap() {
+            let mut body = Vec::new();
+            if let PeerResponse::Chunk { len } = frame {
+                body = vec![0; len as usize];
+                recv.read_exact(&mut body).await.unwrap();
+            }
+            out.push((frame, body));
         }
-        out.push((frame, body));
-    }
-    out
+        out
+    };
+    tokio::time::timeout(lanspread_scenarios::WAIT, answers)
+        .await
+        .expect("every answer within WAIT")
 }
 
 /// Sends `frame` as a request from a fresh raw peer: nothing may be served, and the

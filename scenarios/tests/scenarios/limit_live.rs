@@ -14,6 +14,7 @@ const MIB: u64 = 1 << 20;
 fn raw(n: &Node, line: &str) -> serde_json::Value {
     use std::io::{BufRead, BufReader, Write};
     let mut s = std::os::unix::net::UnixStream::connect(n.socket_path()).unwrap();
+    s.set_read_timeout(Some(lanspread_scenarios::WAIT)).unwrap();
     writeln!(s, "{line}").unwrap();
     let mut reply = String::new();
     BufReader::new(s).read_line(&mut reply).unwrap();

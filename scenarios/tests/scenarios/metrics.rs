@@ -8,7 +8,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lanspread_scenarios::{bin, Node, NodeOptions};
+use lanspread_scenarios::{bin, Node, NodeOptions, OutputWithin, WAIT};
 
 const MIB: u64 = 1 << 20;
 
@@ -275,8 +275,7 @@ fn metrics_on_a_network_address_need_to_be_asked_for() {
             .arg(state.path())
             .arg("--socket")
             .arg(state.path().join("s.sock"))
-            .output()
-            .unwrap()
+            .output_within(WAIT)
     };
     let out = start("0.0.0.0:0");
     assert_eq!(out.status.code(), Some(1));

@@ -133,9 +133,11 @@ fn as_nobody(test: &str, root: &Path) {
     let mut cmd = copy.rerun(test, root.as_os_str());
     cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let out = lanspread_scenarios::spawn_copy(&mut cmd)
-        .wait_with_output()
-        .unwrap();
+    let out = lanspread_scenarios::collect_within(
+        lanspread_scenarios::spawn_copy(&mut cmd),
+        lanspread_scenarios::CLI_LIMIT,
+        test,
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(
         out.status.code(),

@@ -7,7 +7,7 @@
 use std::fs;
 
 use lanspread_fixtures::{Content, GameSpec};
-use lanspread_scenarios::assert_same_tree;
+use lanspread_scenarios::{assert_same_tree, WAIT};
 
 use crate::downloads::{assert_not_committed, client, source};
 use crate::failures::make_liar;
@@ -249,7 +249,7 @@ fn a_crashed_download_keeps_what_its_running_fetch_verified_and_status_showed_it
     // unit).
     c.kill();
     // The waiting CLI says the daemon is gone (exit 3), not that it has a bug.
-    let out = waiter.wait_with_output().unwrap();
+    let out = lanspread_scenarios::collect_within(waiter, WAIT, "the waiting CLI");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(3), "{stdout}");
     assert!(

@@ -5,11 +5,11 @@
 
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Command, Stdio};
 
 use lanspread_fixtures::{Content, GameSpec};
-use lanspread_scenarios::{bin, wait_for, Node, NodeOptions};
+use lanspread_scenarios::{bin, wait_for, Node, NodeOptions, CLI_LIMIT};
 
 use crate::downloads::source;
 
@@ -97,7 +97,7 @@ fn download_draws_a_progress_bar_on_a_terminal_only() {
         }
         String::from_utf8_lossy(&out).into_owned()
     });
-    let status = child.wait().unwrap();
+    let status = lanspread_scenarios::wait_within(&mut child, CLI_LIMIT, "download on a terminal");
     let screen = reader.join().unwrap();
     assert!(status.success(), "{screen}");
     // The bar: its template's brackets with '=' fill, byte counts and an ETA, redrawn in
@@ -133,26 +133,50 @@ fn download_draws_a_progress_bar_on_a_terminal_only() {
     assert!(out.stdout.contains("cod5: downloaded"), "{out:?}");
 }
 
-/// A pseudo-terminal pair, 120×40.
+/// A pseudo-terminal pair, 120×40, both ends close-on-exec: a process another test
+/// starts meanwhile must not keep the terminal open (the reader waits for its last user).
 fn pty() -> (OwnedFd, OwnedFd) {
-    let (mut master, mut slave) = (-1, -1);
+    let last = || std::io::Error::last_os_error();
+    // SAFETY: posix_openpt takes flags only and returns a new descriptor or -1.
+    let master = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    assert!(master >= 0, "posix_openpt: {}", last());
+    // SAFETY: a descriptor posix_openpt returned, owned from here on.
+    let master = unsafe { OwnedFd::from_raw_fd(master) };
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: the master's descriptor and a name buffer of the length given.
+    unsafe {
+        assert_eq!(libc::grantpt(master.as_raw_fd()), 0, "grantpt: {}", last());
+        assert_eq!(
+            libc::unlockpt(master.as_raw_fd()),
+            0,
+            "unlockpt: {}",
+            last()
+        );
+        assert_eq!(
+            libc::ptsname_r(master.as_raw_fd(), name.as_mut_ptr(), name.len()),
+            0,
+            "ptsname_r: {}",
+            last()
+        );
+    }
+    // SAFETY: ptsname_r wrote a NUL-terminated path into `name`.
+    let slave = unsafe {
+        libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    assert!(slave >= 0, "open the terminal's slave: {}", last());
+    // SAFETY: a descriptor open returned, owned from here on.
+    let slave = unsafe { OwnedFd::from_raw_fd(slave) };
     let size = libc::winsize {
         ws_row: 40,
         ws_col: 120,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    // SAFETY: out-pointers to two ints and a valid winsize; no name buffer or termios.
-    let rc = unsafe {
-        libc::openpty(
-            &mut master,
-            &mut slave,
-            std::ptr::null_mut(),
-            std::ptr::null(),
-            &size,
-        )
-    };
-    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
-    // SAFETY: openpty returned two fresh descriptors that nothing else owns.
-    unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) }
+    // SAFETY: TIOCSWINSZ reads a valid winsize.
+    let rc = unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    assert_eq!(rc, 0, "TIOCSWINSZ: {}", last());
+    (master, slave)
 }

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use lanspread_fixtures::GameSpec;
-use lanspread_scenarios::{bin, Node, NodeOptions};
+use lanspread_scenarios::{bin, collect_within, Node, NodeOptions, OutputWithin, CLI_LIMIT, WAIT};
 
 /// Runs `lanspreadd` on `games`/`state` with a socket of its own and waits for its exit.
 fn second_daemon(games: &Path, state: &Path, socket: &Path) -> Output {
@@ -17,8 +17,7 @@ fn second_daemon(games: &Path, state: &Path, socket: &Path) -> Output {
         .arg("--socket")
         .arg(socket)
         .args(["--listen", "127.0.0.1:0", "--no-mdns"])
-        .output()
-        .expect("run lanspreadd")
+        .output_within(WAIT)
 }
 
 #[test]
@@ -106,7 +105,7 @@ fn racing_first_starts_on_one_state_dir_leave_one_daemon_and_one_identity() {
         });
         match exited {
             Some(status) => {
-                let out = child.wait_with_output().unwrap();
+                let out = collect_within(child, WAIT, "a refused lanspreadd");
                 let err = String::from_utf8_lossy(&out.stderr);
                 assert_eq!(status.code(), Some(1), "{err}");
                 assert!(err.contains("is in use by another lanspreadd"), "{err}");
@@ -121,8 +120,7 @@ fn racing_first_starts_on_one_state_dir_leave_one_daemon_and_one_identity() {
         .arg("--socket")
         .arg(&sock)
         .args(["--json", "status"])
-        .output()
-        .unwrap();
+        .output_within(CLI_LIMIT);
     let running: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let ok = Command::new(bin("lanspread"))
         .arg("--socket")
@@ -131,7 +129,7 @@ fn racing_first_starts_on_one_state_dir_leave_one_daemon_and_one_identity() {
         .status()
         .unwrap();
     assert!(ok.success());
-    child.wait_with_output().unwrap();
+    collect_within(child, WAIT, "lanspreadd after shutdown");
     // The id it ran with is the saved one: a restart gets it again.
     let mut again = Node::start_with(
         "again",
@@ -182,8 +180,7 @@ impl Raw {
             .arg("--socket")
             .arg(&self.socket)
             .args(args)
-            .output()
-            .unwrap()
+            .output_within(CLI_LIMIT)
     }
 
     fn json(&self, args: &[&str]) -> serde_json::Value {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use lanspread_fixtures::BRAVO;
 use lanspread_proto::{close_code, encode_frame, Hello, Message, PROTOCOL_VERSION};
-use lanspread_scenarios::{assert_same_tree, lab, Node};
+use lanspread_scenarios::{assert_same_tree, lab, Node, OutputWithin, WAIT};
 use lanspread_transfer::{read_frame, session_binding};
 use quinn::{ConnectionError, VarInt};
 
@@ -138,8 +138,7 @@ fn s41_unusable_secret_files_stop_the_daemon_with_a_clear_error() {
             .arg(keys.path().join("s.sock"))
             .args(["--listen", "127.0.0.1:0", "--no-mdns", "--secret-file"])
             .arg(&file)
-            .output()
-            .unwrap();
+            .output_within(WAIT);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains("LAN secret") && err.contains(why), "{err}");
