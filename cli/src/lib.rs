@@ -372,8 +372,13 @@ fn confirm_remove(game: &str) -> Result<(), CliError> {
             format!("remove deletes every file of {game}; pass --yes to confirm"),
         ));
     }
-    eprint!("delete every file of {game} from the games dir? [y/N] ");
-    let _ = std::io::stderr().flush();
+    let mut err = std::io::stderr().lock();
+    let _ = write!(
+        err,
+        "delete every file of {game} from the games dir? [y/N] "
+    );
+    let _ = err.flush();
+    drop(err);
     let mut answer = String::new();
     let _ = std::io::stdin().lock().read_line(&mut answer);
     if matches!(answer.trim(), "y" | "Y" | "yes") {
@@ -404,6 +409,14 @@ fn reply_timeout() -> Duration {
 pub fn out_line(args: std::fmt::Arguments<'_>) {
     let line = args.to_string();
     out_bytes(format!("{}\n", terminal_safe(&line)).as_bytes());
+}
+
+/// Writes one line to stderr, ignoring a stderr that is closed or whose reader went away
+/// (`eprintln!` panics then: in a thread that was to end the process, the process would
+/// live on). The text is written as given: callers escape what a peer chose.
+pub fn err_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{args}");
 }
 
 /// `text` with its control characters but newline and tab escaped as `\u001b`: what the
@@ -438,7 +451,7 @@ fn out_bytes(bytes: &[u8]) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(0);
         }
-        eprintln!("lanspread: cannot write the output: {e}");
+        err_line(format_args!("lanspread: cannot write the output: {e}"));
         std::process::exit(1);
     }
 }
@@ -515,7 +528,7 @@ pub(crate) fn print<T: Serialize>(json: bool, value: &T, human: impl FnOnce() ->
     if json {
         match serde_json::to_string(value) {
             Ok(s) => outln!("{s}"),
-            Err(e) => eprintln!("lanspread: cannot encode output: {e}"),
+            Err(e) => err_line(format_args!("lanspread: cannot encode output: {e}")),
         }
     } else {
         outln!("{}", human());

@@ -259,7 +259,8 @@ fn transfers(identity: &Identity, config: &DaemonConfig) -> Result<Transfers, Da
             crate::config::env_usize(
                 "LANSPREAD_HANDSHAKES_PER_ADDRESS",
                 lanspread_peer::MAX_HANDSHAKES_PER_ADDRESS,
-            ),
+            )
+            .max(1),
         )),
     })
 }
@@ -318,7 +319,7 @@ fn spawn_tasks(
     tasks.push(tokio::spawn(periodic_rescan(shared.clone(), interval)));
     tasks.push(crate::index::spawn(shared));
     for peer in config.peers.iter().cloned() {
-        tasks.push(tokio::spawn(links::static_peer(shared.clone(), peer)));
+        links::static_peers::start(shared, peer);
     }
     (tasks, watcher, mdns)
 }

@@ -13,17 +13,17 @@ use lanspread_peer::Direction;
 use lanspread_proto::{close_code, PeerId, Refusal};
 use lanspread_transfer::{connect_data, peer_id_of};
 use quinn::{Connection, VarInt};
-use tracing::{info, warn, Span};
+use tracing::{debug, info, warn, Span};
 
 use crate::handshake::{self, Exchange, LocalPeer};
-use crate::handshake_slots::HandshakeSlot;
+use crate::handshake_slots::Admitted;
 use crate::resources::Transfers;
 use crate::state::Shared;
 use lanspread_control::{ErrorKind, Failure};
 
 /// Source side: checks the downloader's hello, answers with ours (then gives back the
 /// handshake `slot`), then serves its requests until it closes.
-pub async fn serve(shared: Arc<Shared>, conn: Connection, slot: HandshakeSlot) {
+pub async fn serve(shared: Arc<Shared>, conn: Connection, slot: Admitted) {
     let remote = match peer_id_of(&conn) {
         Ok(id) => id,
         Err(e) => {
@@ -32,9 +32,14 @@ pub async fn serve(shared: Arc<Shared>, conn: Connection, slot: HandshakeSlot) {
         }
     };
     Span::current().record("id", tracing::field::display(remote.short()));
-    if let Err(refusal) = hello_exchange(&shared.me, &conn, &remote, Direction::Inbound).await {
-        warn!(addr = %conn.remote_address(), "refused a data connection: {}", refusal.why);
-        return handshake::close(&conn, &refusal);
+    let hello = hello_exchange(&shared.me, &conn, &remote, Direction::Inbound);
+    match Admitted::within(Some(&slot), &conn, hello).await {
+        Some(Ok(())) => {}
+        Some(Err(refusal)) => {
+            warn!(addr = %conn.remote_address(), "refused a data connection: {}", refusal.why);
+            return handshake::close(&conn, &refusal);
+        }
+        None => return debug!("no hello in time on a data connection"),
     }
     drop(slot);
     info!("serving a data connection");

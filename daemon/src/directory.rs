@@ -53,9 +53,9 @@ fn holds(e: &PeerEntry) -> Vec<GameId> {
 /// A link to dial again (sent to `links::redial_manager`).
 #[derive(Debug)]
 pub enum Redial {
-    /// A link we dialled (`connect`, a static peer), lost: redialled until it is back,
-    /// with the peer id expected there when known.
-    Lost(Option<PeerId>, SocketAddr),
+    /// A link we dialled with `connect` or to a peer mDNS found, lost: redialled until
+    /// that peer is back.
+    Lost(PeerId, SocketAddr),
     /// A link ended by the peer's stateless reset (its new process): dialled back a few
     /// times, whoever dialled it.
     Reset(PeerId, SocketAddr),
@@ -80,9 +80,10 @@ pub struct Directory {
     peers: Mutex<Peers>,
     /// Number of linked peers; `wait-peers` watches it.
     count: watch::Sender<usize>,
-    /// Addresses to redial with backoff: lost outbound links (with their peer id) and
-    /// static peers that did not answer at start (without).
+    /// Links to redial with backoff: lost links of `connect` and mDNS, stateless resets.
     pub redial: mpsc::UnboundedSender<Redial>,
+    /// The tasks that keep the static peers linked (`links::static_peers`), by entry.
+    pub statics: StaticTasks,
     /// The receiving end, taken once by the redial manager.
     pub redial_rx: Mutex<Option<mpsc::UnboundedReceiver<Redial>>>,
     /// The linked peers as peer exchange tells them (every link writer watches it).
@@ -116,7 +117,33 @@ impl Directory {
             pex: watch::channel(Arc::default()).0,
             dialling: Mutex::default(),
             holdings: watch::channel(0).0,
+            statics: StaticTasks::default(),
         }
+    }
+}
+
+/// Running tasks by name, each aborted when replaced or stopped.
+#[derive(Default)]
+pub struct StaticTasks(Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>);
+
+impl StaticTasks {
+    fn tasks(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, tokio::task::AbortHandle>>
+    {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `task` as `name`'s, stopping the one it had.
+    pub fn replace(&self, name: String, task: tokio::task::AbortHandle) {
+        if let Some(old) = self.tasks().insert(name, task) {
+            old.abort();
+        }
+    }
+
+    /// Stops `name`'s task; whether it had one.
+    pub fn stop(&self, name: &str) -> bool {
+        self.tasks().remove(name).inspect(|t| t.abort()).is_some()
     }
 }
 

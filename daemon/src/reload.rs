@@ -177,16 +177,13 @@ fn apply(
     }
     shared.peers.set_max_links(new.max_links);
     // Static peers that are new are dialled now; removed ones stay linked while their
-    // link lives (no link is dropped by a reload) and are not dialled at the next start.
+    // link lives (no link is dropped by a reload) but are dialled no more, not after a
+    // loss either.
+    for peer in old.peers.iter().filter(|p| !new.peers.contains(p)) {
+        crate::links::static_peers::stop(shared, peer);
+    }
     for peer in new.peers.iter().filter(|p| !old.peers.contains(p)).cloned() {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let mut stop = shared.shutdown.subscribe();
-            tokio::select! {
-                _ = crate::links::static_peer(shared.clone(), peer) => {}
-                _ = crate::state::until_shutdown(&mut stop) => {}
-            }
-        });
+        crate::links::static_peers::start(shared, peer);
     }
 }
 

@@ -199,20 +199,11 @@ fn completions_and_man_pages_come_from_the_clap_definitions() {
 
 #[test]
 fn output_into_a_pipe_nobody_reads_ends_quietly() {
-    use std::os::fd::{FromRawFd, OwnedFd};
     for args in [&["man"][..], &["completions", "bash"], &["status"]] {
-        // A pipe whose reader is already gone: every write fails with EPIPE.
-        let mut fds = [0; 2];
-        // SAFETY: `fds` has room for the two descriptors pipe2(2) returns. Close-on-exec,
-        // so no process another test starts meanwhile keeps a reader open.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: both descriptors are ours and open; each is owned once.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        drop(read);
         let out = cli()
             .args(args)
             .env("LANSPREAD_SOCKET", "/nonexistent/lanspread.sock")
-            .stdout(std::process::Stdio::from(write))
+            .stdout(std::process::Stdio::from(pipe_nobody_reads()))
             .output()
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
@@ -224,6 +215,32 @@ fn output_into_a_pipe_nobody_reads_ends_quietly() {
             assert!(err.is_empty(), "{args:?}: {err}");
         }
     }
+}
+
+/// The writing end of a pipe whose reader is gone already: every write fails (EPIPE).
+/// Close-on-exec, so no process another test starts meanwhile keeps a reader open.
+fn pipe_nobody_reads() -> std::os::fd::OwnedFd {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe2(2) returns.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: both descriptors are ours and open; each is owned once (the reader dropped).
+    let (_read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    write
+}
+
+#[test]
+fn errors_into_a_stderr_nobody_reads_keep_their_exit_code() {
+    // No daemon: exit 3 with its message on a stderr that fails (EPIPE), not a panic (101).
+    let out = cli()
+        .args(["--json", "status"])
+        .env("LANSPREAD_SOCKET", "/nonexistent/lanspread.sock")
+        .stderr(std::process::Stdio::from(pipe_nobody_reads()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error"]["kind"], "daemon-unreachable", "{doc}");
 }
 
 /// Runs `lanspreadd` with `args` (plus a socket and loopback listen of its own) and

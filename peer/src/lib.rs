@@ -25,7 +25,7 @@ mod table;
 mod tally;
 mod validate;
 
-pub use admission::{Crowded, Handshakes, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS};
+pub use admission::{Admit, Crowded, Handshakes, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS};
 pub use aggregate::{aggregate, latest_sources, RemoteRow, Sources};
 pub use engine::{
     credible_total, max_in_flight_bytes, Action, BatchId, ChunkResult, Engine, EngineConfig, Fetch,
@@ -37,7 +37,7 @@ pub use gates::{gate_chunk, gate_files, gate_partial_chunk, ChunkIndex};
 pub use links::{check_not_self, prefer_new_link, Direction};
 pub use ops::{OpKind, Operation, Operations, Progress};
 pub use pace::Pacer;
-pub use pex::{holds_wanted, pex_dials, PexRoom, DEFAULT_MAX_LINKS, HOLDER_LINKS};
+pub use pex::{holds_wanted, pex_dials, pex_list, PexRoom, DEFAULT_MAX_LINKS, HOLDER_LINKS};
 pub use planner::{
     Assignment, Batch, ChunkSpec, FailKind, Planner, PlannerStatus, Settled, RACE_LAST_CHUNKS,
 };

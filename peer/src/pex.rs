@@ -72,9 +72,58 @@ pub fn pex_dials(me: &PeerId, room: PexRoom<'_>, learned: &[PeerAddr]) -> Vec<Pe
         .collect()
 }
 
+/// The peer-exchange list for the link to `remote`: the other linked peers of `all`
+/// (never `remote`), at most [`MAX_PEX`]. Each peer hears another window of a long list
+/// (from an offset its id gives), so in a party of hundreds the links spread instead of
+/// all going to the same 64. Only the window is copied: every link builds its list at
+/// each change, and a copy of the whole list each time would cost links² copies.
+pub fn pex_list(all: &[PeerAddr], remote: &PeerId) -> Vec<PeerAddr> {
+    let others = || all.iter().filter(|p| &p.peer_id != remote);
+    let n = others().count();
+    if n <= MAX_PEX {
+        return others().cloned().collect();
+    }
+    let spread = remote.as_str().bytes().map(usize::from).sum::<usize>();
+    others()
+        .cycle()
+        .skip(spread % n)
+        .take(MAX_PEX)
+        .cloned()
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_link_hears_a_window_of_the_others_never_itself() {
+        let all: Vec<PeerAddr> = (0..200u8)
+            .map(|n| at(n, &format!("10.0.{n}.1:41741")))
+            .collect();
+        let mut windows = BTreeSet::new();
+        for remote in [pid(0), pid(7), pid(199), pid(250)] {
+            let list = pex_list(&all, &remote);
+            // The window of the others from the remote's offset, wrapping around.
+            let mut others: Vec<PeerAddr> = all
+                .iter()
+                .filter(|p| p.peer_id != remote)
+                .cloned()
+                .collect();
+            let spread = remote.as_str().bytes().map(usize::from).sum::<usize>();
+            let len = others.len();
+            others.rotate_left(spread % len);
+            others.truncate(MAX_PEX);
+            assert_eq!(list, others);
+            assert!(list.iter().all(|p| p.peer_id != remote));
+            windows.insert(list[0].peer_id.clone());
+        }
+        assert!(windows.len() > 1, "the windows start at different peers");
+        // A short list is told whole, without the remote.
+        let few = &all[..5];
+        assert_eq!(pex_list(few, &pid(2)).len(), 4);
+        assert_eq!(pex_list(few, &pid(9)), few.to_vec());
+    }
 
     fn pid(n: u8) -> PeerId {
         PeerId::from_spki(&[n])

@@ -66,9 +66,19 @@ impl NobodyCopy {
     }
 }
 
-/// The argument of the unprivileged part, in a test rerun by [`NobodyCopy::rerun`].
+/// The argument of the unprivileged part, in a test rerun by [`NobodyCopy::rerun`]
+/// (which runs from a copy of the binary: `bin()` and `current_exe` there point to the
+/// copy's folder). Panics (the part fails) unless it really runs as uid 65534.
 pub fn nobody_part() -> Option<OsString> {
-    std::env::var_os(PART_VAR)
+    let part = std::env::var_os(PART_VAR)?;
+    // SAFETY: geteuid and getegid have no preconditions.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    assert_eq!(
+        (uid, gid),
+        (NOBODY, NOBODY),
+        "the unprivileged part runs as root"
+    );
+    Some(part)
 }
 
 /// Spawns `cmd`, retrying while the copy is busy: another test thread that forks to start

@@ -26,6 +26,9 @@ pub struct TransportTuning {
     pub conn_window: u32,
     /// Most concurrent bidirectional streams a peer may open.
     pub max_bidi_streams: u32,
+    /// Most concurrent unidirectional streams a peer may open (its announce stream, a
+    /// data connection's hello).
+    pub max_uni_streams: u32,
     /// How long a dial may take before it is abandoned.
     pub connect_timeout: Duration,
     /// UDP socket send and receive buffer sizes asked for (the kernel caps them at
@@ -56,6 +59,7 @@ impl Default for TransportTuning {
             conn_window: (lanspread_proto::MIN_CHUNKS_IN_FLIGHT * lanspread_proto::CHUNK_SIZE)
                 as u32,
             max_bidi_streams: 256,
+            max_uni_streams: 16,
             connect_timeout: Duration::from_secs(5),
             udp_buffer: 0,
             max_udp_payload: DEFAULT_MAX_UDP_PAYLOAD,
@@ -107,7 +111,7 @@ impl TransportTuning {
         t.receive_window(VarInt::from_u32(self.conn_window));
         t.send_window(u64::from(self.conn_window));
         t.max_concurrent_bidi_streams(VarInt::from_u32(self.max_bidi_streams));
-        t.max_concurrent_uni_streams(VarInt::from_u32(16));
+        t.max_concurrent_uni_streams(VarInt::from_u32(self.max_uni_streams));
         // Streams take turns packet by packet (quinn's default, `send_fairness(true)`).
         // Without turns a stream partly sent is continued to its end before any other:
         // on a swarm's link a request or a holdings announcement queued behind a 32 MiB

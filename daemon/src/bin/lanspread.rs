@@ -61,14 +61,17 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("lanspread: cannot start the runtime: {e}");
+            lanspread_cli::err_line(format_args!("lanspread: cannot start the runtime: {e}"));
             return ExitCode::from(1);
         }
     };
     match runtime.block_on(run(cli, &InProcess)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lanspread: {}", lanspread_cli::terminal_safe(e.message()));
+            lanspread_cli::err_line(format_args!(
+                "lanspread: {}",
+                lanspread_cli::terminal_safe(e.message())
+            ));
             if json && !e.printed() {
                 lanspread_cli::out_line(format_args!("{}", e.json()));
             }

@@ -19,7 +19,9 @@ fn main() -> std::process::ExitCode {
     let (signals, hups) = match signal_thread() {
         Ok(rx) => rx,
         Err(e) => {
-            eprintln!("lanspreadd: cannot set up signal handling: {e}");
+            lanspread_cli::err_line(format_args!(
+                "lanspreadd: cannot set up signal handling: {e}"
+            ));
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -36,7 +38,7 @@ fn main() -> std::process::ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("lanspreadd: cannot start the runtime: {e}");
+            lanspread_cli::err_line(format_args!("lanspreadd: cannot start the runtime: {e}"));
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -46,7 +48,7 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("lanspreadd: {}", report(&e));
+            lanspread_cli::err_line(format_args!("lanspreadd: {}", report(&e)));
             std::process::ExitCode::FAILURE
         }
     }
@@ -167,17 +169,17 @@ fn signal_thread() -> std::io::Result<Signals> {
                     "SIGINT"
                 };
                 if stopping {
-                    eprintln!("lanspreadd: {name} again: exiting now");
+                    lanspread_cli::err_line(format_args!("lanspreadd: {name} again: exiting now"));
                     std::process::exit(1);
                 }
                 stopping = true;
                 tx.send_replace(Some(name));
                 std::thread::spawn(|| {
                     std::thread::sleep(STOP_DEADLINE);
-                    eprintln!(
+                    lanspread_cli::err_line(format_args!(
                         "lanspreadd: the stop did not finish within {} s: exiting",
                         STOP_DEADLINE.as_secs()
-                    );
+                    ));
                     std::process::exit(1);
                 });
             }

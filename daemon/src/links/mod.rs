@@ -6,11 +6,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lanspread_peer::{check_not_self, holding_frames, Direction, Upsert};
-use lanspread_proto::{
-    close_code, peer_text, Message, PeerAddr, PeerId, MAX_ANNOUNCE_LEN, MAX_PEX,
-};
-use lanspread_transfer::{connect, is_data_connection, peer_id_of, read_frame_within, write_frame};
+use lanspread_peer::{check_not_self, holding_frames, pex_list, Direction, Upsert};
+use lanspread_proto::{close_code, peer_text, Message, PeerAddr, PeerId, MAX_ANNOUNCE_LEN};
+use lanspread_transfer::{connect, peer_id_of, read_frame_within, write_frame};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn, Instrument, Span};
@@ -18,15 +16,18 @@ use tracing::{debug, info, info_span, warn, Instrument, Span};
 use crate::directory::{Holdings, Redial};
 use crate::failure::peer_failure;
 use crate::handshake::{self, Exchange};
-use crate::handshake_slots::HandshakeSlot;
+use crate::handshake_slots::Admitted;
 use crate::state::Shared;
 use lanspread_control::api::{EventKind, PeerInfo};
 use lanspread_control::{ErrorKind, Failure};
 
+mod accept;
 mod redial;
+pub mod static_peers;
 
-pub(crate) use redial::static_peer;
+pub use accept::accept_loop;
 pub use redial::{pex_dialler, redial_manager};
+use redial::{REDIAL_FIRST, REDIAL_MAX};
 
 /// The peer a link was set up with, or why not, as told to a `connect` caller (kind
 /// `connect-failed`).
@@ -34,48 +35,6 @@ pub type LinkResult = Result<PeerInfo, Failure>;
 
 fn refused(why: impl Into<String>) -> Failure {
     Failure::new(ErrorKind::ConnectFailed, why)
-}
-
-/// Accepts incoming connections until the endpoint closes. Each holds a handshake slot
-/// until its hello passed or failed (`HandshakeSlots`: refused at once past the caps) and
-/// is accepted on the next transfer thread in turn, which then drives it (quinn runs a
-/// connection where it is accepted): a data connection is served there; a link's
-/// announce task runs on the daemon's runtime and its requests are served on the
-/// connection's thread.
-pub async fn accept_loop(shared: Arc<Shared>) {
-    let main = tokio::runtime::Handle::current();
-    while let Some(incoming) = shared.net.endpoint.accept().await {
-        let remote = incoming.remote_address();
-        let Some(slot) = shared.net.handshakes.admit(remote.ip()) else {
-            incoming.refuse();
-            continue;
-        };
-        let span = link_span(remote, Direction::Inbound);
-        let here = shared.net.threads.next().clone();
-        let (shared, main) = (shared.clone(), main.clone());
-        here.clone().spawn(
-            async move {
-                let conn = match incoming.await {
-                    Ok(conn) => conn,
-                    Err(e) => return debug!("incoming handshake failed: {e}"),
-                };
-                if is_data_connection(&conn) {
-                    return crate::data_conn::serve(shared, conn, slot).await;
-                }
-                let link = run_link(
-                    shared,
-                    conn,
-                    Direction::Inbound,
-                    None,
-                    None,
-                    here,
-                    Some(slot),
-                );
-                main.spawn(link.in_current_span());
-            }
-            .instrument(span),
-        );
-    }
 }
 
 /// Dials `addr`, runs the link in the background and returns once the peer's hello and
@@ -193,7 +152,8 @@ fn link_span(addr: SocketAddr, direction: Direction) -> Span {
 /// Runs one connection until it ends. `dialled` is the address we dialled (outbound),
 /// redialled with backoff if the link is lost; `ready` gets the outcome of the hello;
 /// the peer's requests are served on `driver`, the runtime that drives `conn`; an
-/// inbound connection's handshake `slot` is given back once the hello is judged.
+/// inbound connection's handshake slot is given back once the hello is judged, which
+/// must be by the slot's deadline.
 async fn run_link(
     shared: Arc<Shared>,
     conn: Connection,
@@ -201,7 +161,7 @@ async fn run_link(
     dialled: Option<SocketAddr>,
     mut ready: Option<oneshot::Sender<LinkResult>>,
     driver: tokio::runtime::Handle,
-    slot: Option<HandshakeSlot>,
+    slot: Option<Admitted>,
 ) {
     let mut tell = |r: LinkResult| {
         if let Some(tx) = ready.take() {
@@ -213,9 +173,10 @@ async fn run_link(
         mut recv,
         mut writer,
         addr,
-    } = match greet(&shared, &conn, direction).await {
-        Ok(g) => g,
-        Err(e) => return tell(Err(e)),
+    } = match Admitted::within(slot.as_ref(), &conn, greet(&shared, &conn, direction)).await {
+        Some(Ok(g)) => g,
+        Some(Err(e)) => return tell(Err(e)),
+        None => return debug!("no hello in time"),
     };
     drop(slot);
 
@@ -258,7 +219,7 @@ async fn run_link(
         return;
     }
     if let Some(addr) = dialled {
-        let _ = shared.peers.redial.send(Redial::Lost(Some(remote), addr));
+        let _ = shared.peers.redial.send(Redial::Lost(remote, addr));
     } else if matches!(conn.close_reason(), Some(quinn::ConnectionError::Reset)) {
         // A stateless reset comes from a new process of the peer on the same address and
         // identity (restarted at once), which may not know us any more: dialled back a
@@ -489,24 +450,6 @@ fn drop_link(
 /// link and every peer's downloads (`Directory::holding`), and a peer that starts and
 /// ends downloads quickly must not make us flood every link.
 const PEX_EVERY: Duration = Duration::from_secs(1);
-
-/// The peer-exchange list for the link to `remote`: the other linked peers (never
-/// `remote`), at most [`MAX_PEX`]. Each peer hears another window of a long list, so in
-/// a party of hundreds the links spread instead of all going to the same 64.
-fn pex_list(all: &[PeerAddr], remote: &PeerId) -> Vec<PeerAddr> {
-    let mut others: Vec<PeerAddr> = all
-        .iter()
-        .filter(|p| &p.peer_id != remote)
-        .cloned()
-        .collect();
-    if others.len() > MAX_PEX {
-        let spread = remote.as_str().bytes().map(usize::from).sum::<usize>();
-        let by = spread % others.len();
-        others.rotate_left(by);
-        others.truncate(MAX_PEX);
-    }
-    others
-}
 
 /// Writes our announce stream: hello, then (once `accepted` fires) the library on every
 /// change, goodbye on shutdown.

@@ -1,6 +1,6 @@
-//! Dialling again: the peers peer exchange chose (once each), lost peers that we had
-//! dialled (until they are back, with a doubling backoff), and static peers whose names
-//! do not resolve yet.
+//! Dialling again: the peers peer exchange chose (once each) and lost peers that we had
+//! dialled with `connect` or found by mDNS (until they are back, with a doubling
+//! backoff). Static peers keep themselves linked (`static_peers.rs`).
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lanspread_proto::{GameId, PeerAddr, PeerId};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use super::{dial, dial_peer, AfterLoss};
 use crate::directory::Redial;
@@ -63,8 +63,8 @@ async fn pex_dial(shared: Arc<Shared>, p: PeerAddr) {
 }
 
 /// First wait before redialling a lost peer, doubled after each failure up to the max.
-const REDIAL_FIRST: Duration = Duration::from_secs(1);
-const REDIAL_MAX: Duration = Duration::from_secs(60);
+pub(super) const REDIAL_FIRST: Duration = Duration::from_secs(1);
+pub(super) const REDIAL_MAX: Duration = Duration::from_secs(60);
 
 /// Takes redial requests from lost outbound links (through a channel, so that a link
 /// task never has to name the dial future it came from) and runs one redial per peer.
@@ -80,9 +80,9 @@ pub async fn redial_manager(
     }
 }
 
-/// Redials a lost peer that we had dialled (`connect` or a static peer) until it is back,
+/// Redials a lost peer that we had dialled (`connect`, mDNS) until it is back,
 /// by this dial or any other route, or the daemon stops.
-async fn redial(shared: Arc<Shared>, peer: Option<PeerId>, addr: SocketAddr) {
+async fn redial(shared: Arc<Shared>, peer: PeerId, addr: SocketAddr) {
     let mut backoff = REDIAL_FIRST;
     let mut shutdown = shared.shutdown.subscribe();
     loop {
@@ -90,10 +90,7 @@ async fn redial(shared: Arc<Shared>, peer: Option<PeerId>, addr: SocketAddr) {
             _ = tokio::time::sleep(backoff) => {}
             _ = crate::state::until_shutdown(&mut shutdown) => return,
         }
-        if peer
-            .as_ref()
-            .is_some_and(|p| shared.peers.link(p).is_some())
-        {
+        if shared.peers.link(&peer).is_some() {
             return;
         }
         match dial(&shared, addr).await {
@@ -134,25 +131,5 @@ async fn after_reset(shared: Arc<Shared>, peer: PeerId, addr: SocketAddr) {
             Err(e) => debug!(%addr, "dial after a reset failed: {e}"),
         }
         backoff *= 2;
-    }
-}
-
-/// Dials a static peer (`peers = [...]`). A name that does not resolve yet (DNS not up at
-/// boot, the server not yet on the network) is looked up again with backoff (1 s doubling
-/// to 60 s) until it does; a dial that fails goes to the redial manager.
-pub(crate) async fn static_peer(shared: Arc<Shared>, peer: String) {
-    let mut wait = Duration::from_secs(1);
-    let addr = loop {
-        match tokio::net::lookup_host(&peer).await.map(|mut a| a.next()) {
-            Ok(Some(addr)) => break addr,
-            Ok(None) => warn!(%peer, "static peer resolves to no address; retrying in {wait:?}"),
-            Err(e) => warn!(%peer, "static peer does not resolve ({e}); retrying in {wait:?}"),
-        }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(Duration::from_secs(60));
-    };
-    if let Err(e) = dial(&shared, addr).await {
-        warn!(%peer, "static peer: {e}; retrying with backoff");
-        let _ = shared.peers.redial.send(Redial::Lost(None, addr));
     }
 }

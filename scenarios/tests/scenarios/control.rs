@@ -195,6 +195,7 @@ fn cli_as_nobody(socket: &std::path::Path, args: &[&str]) -> std::process::Outpu
     cmd.arg("--socket")
         .arg(socket)
         .args(args)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     collect_within(spawn_copy(&mut cmd), CLI_LIMIT, "lanspread as nobody")
@@ -297,6 +298,7 @@ fn flood_as_nobody(socket: &std::path::Path) -> i32 {
     if std::io::Write::write_all(&mut first, b"{\"cmd\":\"status\"}\n").is_err() {
         return 3;
     }
+    let _ = first.set_read_timeout(Some(std::time::Duration::from_secs(10)));
     let mut reply = String::new();
     if BufReader::new(&first).read_line(&mut reply).is_err() || !reply.contains("peer_id") {
         return 4;
@@ -342,14 +344,23 @@ fn a_non_admin_flood_is_capped_and_the_admin_still_gets_in() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = spawn_copy(&mut cmd);
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut seen = String::new();
-    let ready = loop {
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap_or(0) == 0 {
-            break false;
+    // Its stdout read on a thread: a child stuck before its line fails the test at WAIT.
+    let out = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
         }
+    });
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + WAIT;
+    let ready = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = lines.recv_timeout(left) else {
+            break false;
+        };
         seen.push_str(&line);
+        seen.push('\n');
         // libtest may have written "test <name> ... " on the same line.
         if line.trim_end().ends_with("flood-ready") {
             break true;
@@ -357,10 +368,11 @@ fn a_non_admin_flood_is_capped_and_the_admin_still_gets_in() {
     };
     // While the non-admin holds every slot it may have, root (an admin) still gets in.
     let status = ready.then(|| n.cli(&["status"]));
-    // Closing its stdin releases the child.
+    // Closing its stdin releases the child (killed past WAIT).
     drop(child.stdin.take());
-    std::io::Read::read_to_string(&mut out, &mut seen).unwrap();
     let done = collect_within(child, WAIT, "the flood's child");
+    let _ = reader.join();
+    seen.extend(lines.try_iter().map(|l| l + "\n"));
     assert_eq!(
         done.status.code(),
         Some(0),

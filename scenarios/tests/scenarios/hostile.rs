@@ -431,15 +431,44 @@ fn connections_that_never_say_hello_are_capped_per_address() {
     let games_b = tempfile::tempdir().unwrap();
     let b = Node::start("neighbour", games_b.path());
     assert_eq!(b.connect(&n)["peer_id"], n.peer_id.as_str());
-    // Closing them gives their slots back at once (not only at the hello's timeout).
+    // Closed, they give their slots back.
     for c in &held {
         c.close(VarInt::from_u32(0), b"bye");
     }
     let again = lanspread_scenarios::wait_for("the address to get in again", || dial().ok());
     again.0.close(VarInt::from_u32(0), b"bye");
     assert!(
-        n.log().contains("refusing inbound connections"),
+        n.log().contains("turning inbound connections away"),
         "{}",
         n.log_tail()
     );
+}
+
+/// A peer that completes QUIC's handshake but grants no stream (so our hello can never
+/// be sent) holds its handshake slot only until the handshake's deadline: the daemon
+/// closes the connection, although keep-alives would keep it open for ever.
+#[test]
+fn a_peer_that_grants_no_stream_is_closed_at_the_handshake_deadline() {
+    use lanspread_transfer::{connect, make_endpoint, TransportTuning};
+    let games = tempfile::tempdir().unwrap();
+    let n = Node::start("target", games.path());
+    rt().block_on(async {
+        let id = Identity::ephemeral().unwrap();
+        let tuning = TransportTuning {
+            max_uni_streams: 0,
+            ..TransportTuning::default()
+        };
+        let ep = make_endpoint(&id, "127.0.0.1:0".parse().unwrap(), &tuning).unwrap();
+        let (conn, _) = connect(&ep, n.addr.parse().unwrap(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let closed = tokio::time::timeout(Duration::from_secs(60), conn.closed())
+            .await
+            .expect("the daemon closes the connection");
+        assert!(
+            closed_with(&closed, close_code::PROTOCOL_ERROR),
+            "{closed:?}"
+        );
+        assert!(closed.to_string().contains("no hello in time"), "{closed}");
+    });
 }

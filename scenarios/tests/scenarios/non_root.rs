@@ -131,7 +131,8 @@ fn root_with_archive() -> (tempfile::TempDir, std::path::PathBuf) {
 fn as_nobody(test: &str, root: &Path) {
     let copy = NobodyCopy::of_this_test();
     let mut cmd = copy.rerun(test, root.as_os_str());
-    cmd.stdout(std::process::Stdio::piped())
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let out = lanspread_scenarios::collect_within(
         lanspread_scenarios::spawn_copy(&mut cmd),

@@ -245,3 +245,47 @@ fn a_secret_set_by_reload_guards_new_links_and_keeps_the_old_ones() {
     assert!(bad.stderr.contains("too short"), "{}", bad.stderr);
     assert!(c.events_named("peer-lost").is_empty(), "no link dropped");
 }
+
+/// A static peer a reload removed keeps its link while it lives (a reload drops none) but
+/// is dialled no more: lost, it is not linked again when it comes back, while the peer
+/// still configured, lost and back at the same moment, is.
+#[test]
+fn a_static_peer_removed_by_reload_is_not_dialled_again() {
+    let (b_games, c_games) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut kept = Node::start("kept", b_games.path());
+    let mut removed = Node::start("removed", c_games.path());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("lanspreadd.toml");
+    std::fs::write(
+        &cfg,
+        format!("peers = [{:?}, {:?}]\n", kept.addr, removed.addr),
+    )
+    .unwrap();
+    let games = tempfile::tempdir().unwrap();
+    let a = with_config("client", games.path(), &cfg);
+    let linked = |n: &Node| a.peer_ids().contains(&n.peer_id);
+    lanspread_scenarios::wait_for("both static peers linked", || {
+        (linked(&kept) && linked(&removed)).then_some(())
+    });
+    std::fs::write(&cfg, format!("peers = [{:?}]\n", kept.addr)).unwrap();
+    let done = a.json(&["reload"]);
+    assert_eq!(done["applied"], json!(["peers"]), "{done}");
+    assert!(linked(&removed), "a reload drops no link");
+
+    kept.shutdown();
+    removed.shutdown();
+    lanspread_scenarios::wait_for("both links lost", || a.peer_ids().is_empty().then_some(()));
+    kept.restart_at_same_address();
+    removed.restart_at_same_address();
+    lanspread_scenarios::wait_for("the configured peer linked again", || {
+        linked(&kept).then_some(())
+    });
+    // Both came back together and are dialled on the same backoff: a few seconds more
+    // for the removed one, had it been dialled still.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !linked(&removed),
+        "the removed static peer was dialled again"
+    );
+    assert!(a.log().contains("static peer removed: no longer dialled"));
+}
