@@ -68,14 +68,20 @@ pub async fn open(
         conn.close(VarInt::from_u32(close_code::PROTOCOL_ERROR), b"wrong peer");
         return Err(refused(format!("{addr} is now peer {id}, not {expect}")));
     }
-    if let Err(refusal) = hello_exchange(me, &conn, &id, Direction::Outbound).await {
-        handshake::close(&conn, &refusal);
-        return Err(refused(format!(
-            "data connection to {addr}: {}",
-            refusal.why
-        )));
+    let hello = hello_exchange(me, &conn, &id, Direction::Outbound);
+    match Admitted::within(None, &conn, hello).await {
+        Some(Ok(())) => Ok(conn),
+        Some(Err(refusal)) => {
+            handshake::close(&conn, &refusal);
+            Err(refused(format!(
+                "data connection to {addr}: {}",
+                refusal.why
+            )))
+        }
+        None => Err(refused(format!(
+            "data connection to {addr}: no hello in time"
+        ))),
     }
-    Ok(conn)
 }
 
 /// The dialler sends its hello first; the acceptor answers only after checking it.

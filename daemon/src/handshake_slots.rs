@@ -55,18 +55,18 @@ impl Admitted {
         }
     }
 
-    /// Runs `phase` (a hello exchange on `conn`) by the deadline of `admitted`, or as it
-    /// is for a connection we dialled (`None`). `None` once the deadline passed: `conn`
-    /// is closed then, as a peer that sent no hello in time.
+    /// Runs `phase` (a hello exchange on `conn`) by the deadline of `admitted`, or within
+    /// `HELLO_TIMEOUT` for a connection we dialled (`None`: its QUIC handshake is done):
+    /// a peer that grants no stream or no window cannot hold either side. `None` once the
+    /// deadline passed: `conn` is closed then, as a peer that sent no hello in time.
     pub async fn within<R>(
         admitted: Option<&Admitted>,
         conn: &quinn::Connection,
         phase: impl std::future::Future<Output = R>,
     ) -> Option<R> {
-        let Some(admitted) = admitted else {
-            return Some(phase.await);
-        };
-        match tokio::time::timeout_at(admitted.until, phase).await {
+        let until =
+            admitted.map_or_else(|| tokio::time::Instant::now() + HELLO_TIMEOUT, |a| a.until);
+        match tokio::time::timeout_at(until, phase).await {
             Ok(r) => Some(r),
             Err(_) => {
                 crate::handshake::close(

@@ -176,7 +176,7 @@ async fn run_link(
     } = match Admitted::within(slot.as_ref(), &conn, greet(&shared, &conn, direction)).await {
         Some(Ok(g)) => g,
         Some(Err(e)) => return tell(Err(e)),
-        None => return debug!("no hello in time"),
+        None => return tell(Err(refused("no hello in time"))),
     };
     drop(slot);
 

@@ -42,9 +42,14 @@ async fn keep_linked(shared: Arc<Shared>, peer: String) {
     loop {
         match link(&shared, &peer).await {
             Ok(id) => {
-                (wait, warned) = (REDIAL_FIRST, false);
+                let linked = tokio::time::Instant::now();
                 until_unlinked(&shared, &id).await;
                 info!(%peer, "static peer lost; dialling it again");
+                // A link that lasted starts the backoff over; one dropped at once (a peer
+                // that accepts and leaves) keeps it growing.
+                if linked.elapsed() >= REDIAL_MAX {
+                    (wait, warned) = (REDIAL_FIRST, false);
+                }
             }
             // A name not resolving yet (DNS not up at boot) says so at every try.
             Err(Unlinked::Lookup(why)) => {
@@ -81,11 +86,21 @@ async fn link(shared: &Arc<Shared>, peer: &str) -> Result<PeerId, Unlinked> {
     }
 }
 
-/// Returns once `id` has no link, whichever connection links it meanwhile.
+/// Returns once `id` has no link, whichever connection links it meanwhile (a closed one
+/// still listed for a few polls counts as gone: its link task forgets it a moment after
+/// it closes).
 async fn until_unlinked(shared: &Shared, id: &PeerId) {
+    let mut closed_polls = 0;
     while let Some(conn) = shared.peers.link(id) {
-        conn.closed().await;
-        // The link task forgets a closed connection a moment after it closes.
+        if conn.close_reason().is_none() {
+            closed_polls = 0;
+            conn.closed().await;
+            continue;
+        }
+        closed_polls += 1;
+        if closed_polls > 20 {
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -472,3 +472,40 @@ fn a_peer_that_grants_no_stream_is_closed_at_the_handshake_deadline() {
         assert!(closed.to_string().contains("no hello in time"), "{closed}");
     });
 }
+
+/// A peer we dial that grants no stream cannot hold our side either: the daemon closes
+/// the connection at the hello's deadline and `connect` fails (before, the dial gave up
+/// but its connection stayed open for ever, its link task waiting for a stream).
+#[test]
+fn a_dialled_peer_that_grants_no_stream_is_closed_at_the_hello_deadline() {
+    use lanspread_transfer::{make_endpoint, TransportTuning};
+    let games = tempfile::tempdir().unwrap();
+    let n = Node::start("dialler", games.path());
+    // Driven in the background while the CLI runs.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (ep, addr) = rt.block_on(async {
+        let id = Identity::ephemeral().unwrap();
+        let tuning = TransportTuning {
+            max_uni_streams: 0,
+            ..TransportTuning::default()
+        };
+        let ep = make_endpoint(&id, "127.0.0.1:0".parse().unwrap(), &tuning).unwrap();
+        let addr = ep.local_addr().unwrap().to_string();
+        (ep, addr)
+    });
+    let server = rt.spawn(async move {
+        let conn = ep.accept().await.unwrap().await.unwrap();
+        tokio::time::timeout(Duration::from_secs(60), conn.closed()).await
+    });
+    let out = n.cli(&["connect", &addr]);
+    assert_ne!(out.code, 0, "{out:?}");
+    let closed = rt
+        .block_on(server)
+        .unwrap()
+        .expect("the daemon closes the connection");
+    assert!(closed.to_string().contains("no hello in time"), "{closed}");
+}
