@@ -13,11 +13,10 @@ use crate::state::Shared;
 
 /// Accepts incoming connections until the endpoint closes. Each holds a handshake slot
 /// until its hello passed or failed, within `HANDSHAKE_LIMIT` (`HandshakeSlots`: past the
-/// caps asked to prove its address, refused or ignored) and
-/// is accepted on the next transfer thread in turn, which then drives it (quinn runs a
-/// connection where it is accepted): a data connection is served there; a link's
-/// announce task runs on the daemon's runtime and its requests are served on the
-/// connection's thread.
+/// caps asked to prove its address, refused or ignored), and is accepted on the next
+/// transfer thread in turn, which then drives it (quinn runs a connection where it is
+/// accepted): a data connection is served there; a link's announce task runs on the
+/// daemon's runtime and its requests are served on the connection's thread.
 pub async fn accept_loop(shared: Arc<Shared>) {
     let main = tokio::runtime::Handle::current();
     while let Some(incoming) = shared.net.endpoint.accept().await {
