@@ -29,8 +29,9 @@ pub use admission::{Admit, Crowded, Handshakes, MAX_HANDSHAKES, MAX_HANDSHAKES_P
 pub use aggregate::{aggregate, latest_sources, RemoteRow, Sources};
 pub use engine::{
     credible_total, max_in_flight_bytes, Action, BatchId, ChunkResult, Engine, EngineConfig, Fetch,
-    Lane, LaneBook, BATCH_BYTES, BATCH_CHUNKS, BATCH_CHUNK_LEN, MANIFEST_GRACE, MANIFEST_TIMEOUT,
-    MAX_IN_FLIGHT, OFFER_CHUNKS, OFFER_REST, SWARM_WAIT,
+    Lane, LaneBook, LaneDials, BATCH_BYTES, BATCH_CHUNKS, BATCH_CHUNK_LEN, LANE_LASTED,
+    LANE_REDIAL_FIRST, LANE_REDIAL_MAX, MANIFEST_GRACE, MANIFEST_TIMEOUT, MAX_IN_FLIGHT,
+    OFFER_CHUNKS, OFFER_REST, SWARM_WAIT,
 };
 pub use error::PeerError;
 pub use gates::{gate_chunk, gate_files, gate_partial_chunk, ChunkIndex};

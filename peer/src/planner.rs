@@ -592,6 +592,14 @@ impl Planner {
         self.done
     }
 
+    /// Whether `peer` is a complete source still asked: not dropped (for cause, or lost
+    /// with its link until it is back).
+    pub fn is_live_complete(&self, peer: &PeerId) -> bool {
+        self.sources
+            .get(peer)
+            .is_some_and(|s| s.has.is_none() && !s.dropped)
+    }
+
     /// Whether `peer` is a partial source.
     pub fn is_partial(&self, peer: &PeerId) -> bool {
         self.sources.get(peer).is_some_and(|s| s.has.is_some())

@@ -135,9 +135,16 @@ impl Sim {
                     Action::Prepare => {
                         out.prepared_at = Some(self.now);
                         out.chosen = engine.chosen().unwrap().sources.clone();
-                        let data = if threads > 1 { threads } else { 0 };
-                        let opened: Vec<(PeerId, usize)> =
-                            out.chosen.iter().map(|p| (p.clone(), data)).collect();
+                        let data: Vec<usize> = if threads > 1 {
+                            (0..threads).collect()
+                        } else {
+                            vec![]
+                        };
+                        let opened: Vec<(PeerId, Vec<usize>)> = out
+                            .chosen
+                            .iter()
+                            .map(|p| (p.clone(), data.clone()))
+                            .collect();
                         engine.on_prepared(present, &opened);
                     }
                     Action::Fetch(f) => {

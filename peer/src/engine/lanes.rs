@@ -1,20 +1,28 @@
 //! Lane choice, without IO. A source is reached over its link or, with several transfer
-//! threads, over `n` data connections (lanes), each driven by its own thread. A source's
-//! next batch goes to its least busy live lane, in turn among equals (batch `i` on lane
-//! `i mod n` while all keep pace). A data connection lost while the link lives is
-//! retired: its batches count as a stall of the source, not its loss, and when no data
-//! connection is left the link carries the chunks.
+//! threads, over data connections (lanes), one per thread: `Lane::Data(j)` is driven by
+//! thread `j`. A source's next batch goes to its least busy live lane, in turn among
+//! equals (batch `i` on lane `i mod n` while all keep pace). A data connection lost while
+//! the link lives is retired: its batches count as a stall of the source, not its loss,
+//! and when no data connection is left the link carries the chunks. A data connection
+//! opened again ([`LaneBook::restore`], when to dial it: [`LaneDials`]) takes batches
+//! again, and the link stops taking new ones.
+
+mod dials;
 
 use std::collections::BTreeMap;
 
 use lanspread_proto::PeerId;
+
+pub use dials::{LaneDials, LANE_LASTED, LANE_REDIAL_FIRST, LANE_REDIAL_MAX};
+
+use super::{Engine, Phase};
 
 /// Which connection of a source a batch goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Lane {
     /// The source's link connection.
     Link,
-    /// The source's `i`-th data connection.
+    /// The source's data connection driven by transfer thread `j`.
     Data(usize),
 }
 
@@ -26,6 +34,38 @@ struct SourceLanes {
     /// Retired lanes keep their index, so batches in flight elsewhere keep theirs.
     retired: Vec<bool>,
     next: usize,
+}
+
+impl SourceLanes {
+    fn new(lanes: Vec<Lane>, next: usize) -> Self {
+        let n = lanes.len();
+        Self {
+            lanes,
+            busy: vec![0; n],
+            retired: vec![false; n],
+            next,
+        }
+    }
+
+    /// The index of `lane`, added (retired) when it is new.
+    fn index(&mut self, lane: Lane) -> usize {
+        match self.lanes.iter().position(|&l| l == lane) {
+            Some(i) => i,
+            None => {
+                self.lanes.push(lane);
+                self.busy.push(0);
+                self.retired.push(true);
+                self.lanes.len() - 1
+            }
+        }
+    }
+
+    fn has_live_data(&self) -> bool {
+        self.lanes
+            .iter()
+            .zip(&self.retired)
+            .any(|(&l, &r)| !r && l != Lane::Link)
+    }
 }
 
 /// The lanes of every source of one download.
@@ -47,30 +87,23 @@ fn least_busy(busy: &[usize], retired: &[bool], start: usize) -> usize {
 }
 
 impl LaneBook {
-    /// The lanes of the sources in `opened` (source → data connections opened; 0: the
-    /// link alone). `threads` spreads the sources' first lanes over the transfer
-    /// threads, so that with several sources (each with few chunks in flight) all
-    /// threads get work.
-    pub fn new(opened: &[(PeerId, usize)], threads: usize) -> Self {
+    /// The lanes of the sources in `opened` (source → the transfer threads whose data
+    /// connection to it opened; none: the link alone). `threads` spreads the sources'
+    /// first lanes over the transfer threads, so that with several sources (each with few
+    /// chunks in flight) all threads get work.
+    pub fn new(opened: &[(PeerId, Vec<usize>)], threads: usize) -> Self {
         let count = opened.len().max(1);
         let by_peer = opened
             .iter()
             .enumerate()
             .map(|(k, (peer, data))| {
-                let lanes: Vec<Lane> = if *data == 0 {
+                let lanes: Vec<Lane> = if data.is_empty() {
                     vec![Lane::Link]
                 } else {
-                    (0..*data).map(Lane::Data).collect()
+                    data.iter().map(|&j| Lane::Data(j)).collect()
                 };
-                let n = lanes.len();
                 let first = k * threads.max(1) / count;
-                let s = SourceLanes {
-                    busy: vec![0; n],
-                    retired: vec![false; n],
-                    next: first,
-                    lanes,
-                };
-                (peer.clone(), s)
+                (peer.clone(), SourceLanes::new(lanes, first))
             })
             .collect();
         Self { by_peer }
@@ -85,17 +118,11 @@ impl LaneBook {
     }
 
     /// Gives `peer` its link as its one lane, whatever lanes it had (a source back over a
-    /// new link: its data connections closed with the old one).
+    /// new link: its data connections closed with the old one, and come back through
+    /// [`LaneBook::restore`]).
     pub fn relink(&mut self, peer: &PeerId) {
-        self.by_peer.insert(
-            peer.clone(),
-            SourceLanes {
-                lanes: vec![Lane::Link],
-                busy: vec![0],
-                retired: vec![false],
-                next: 0,
-            },
-        );
+        self.by_peer
+            .insert(peer.clone(), SourceLanes::new(vec![Lane::Link], 0));
     }
 
     /// Takes the lane for `peer`'s next batch; `None` when `peer` has no lanes (it had
@@ -118,8 +145,8 @@ impl LaneBook {
     }
 
     /// `lane` of `peer`, a data connection, was lost while the link lives: retires it
-    /// (adding the link as a lane when no data connection is left). Returns whether the
-    /// lane was a data lane of `peer` (its batch's failures are then a stall).
+    /// (the link takes new batches again when no data connection is left). Returns
+    /// whether the lane was a data lane of `peer` (its batch's failures are then a stall).
     pub fn retire(&mut self, peer: &PeerId, lane: Lane) -> bool {
         let Some(p) = self.by_peer.get_mut(peer) else {
             return false;
@@ -130,25 +157,77 @@ impl LaneBook {
         if lane == Lane::Link {
             return false;
         }
-        if !p.retired[i] {
-            p.retired[i] = true;
-            if p.retired.iter().all(|&r| r) {
-                p.lanes.push(Lane::Link);
-                p.busy.push(0);
-                p.retired.push(false);
-            }
+        p.retired[i] = true;
+        if !p.has_live_data() {
+            let link = p.index(Lane::Link);
+            p.retired[link] = false;
         }
         true
     }
 
-    /// Whether `peer` is down to its link after losing every data connection.
-    pub fn only_link_left(&self, peer: &PeerId) -> bool {
+    /// A data connection of `peer` driven by thread `slot` is open (again): it takes
+    /// batches, and the link none while a data connection is live. Returns whether the
+    /// lane was not live before; false too for a peer without lanes.
+    pub fn restore(&mut self, peer: &PeerId, slot: usize) -> bool {
+        let Some(p) = self.by_peer.get_mut(peer) else {
+            return false;
+        };
+        let i = p.index(Lane::Data(slot));
+        if !p.retired[i] {
+            return false;
+        }
+        p.retired[i] = false;
+        if let Some(link) = p.lanes.iter().position(|&l| l == Lane::Link) {
+            p.retired[link] = true;
+        }
+        true
+    }
+
+    /// Whether `lane` of `peer` takes batches.
+    pub fn is_live(&self, peer: &PeerId, lane: Lane) -> bool {
         self.by_peer.get(peer).is_some_and(|p| {
             p.lanes
                 .iter()
                 .zip(&p.retired)
-                .all(|(&l, &r)| r || l == Lane::Link)
+                .any(|(&l, &r)| l == lane && !r)
         })
+    }
+
+    /// Whether `peer` is down to its link after losing every data connection.
+    pub fn only_link_left(&self, peer: &PeerId) -> bool {
+        self.by_peer.get(peer).is_some_and(|p| !p.has_live_data())
+    }
+}
+
+impl Engine {
+    /// Whether `peer` should have data connections now: a complete source still asked
+    /// (not dropped, nor lost with its link) of a download in its transfer phase, run
+    /// with several transfer threads. The driver dials the ones it misses (when:
+    /// [`LaneDials`]) and tells each that opens ([`Engine::lane_back`]).
+    pub fn wants_lanes(&self, peer: &PeerId) -> bool {
+        self.config.threads > 1
+            && self.phase == Phase::Transfer
+            && self
+                .planner
+                .as_ref()
+                .is_some_and(|p| p.is_live_complete(peer))
+    }
+
+    /// `peer`'s data connection driven by transfer thread `slot` is open: its lane takes
+    /// batches (again: a lane lost, a source back over a new link). Returns whether it
+    /// does; false when `peer` [wants no lanes](Engine::wants_lanes) (close it then).
+    pub fn lane_back(&mut self, peer: &PeerId, slot: usize) -> bool {
+        if !self.wants_lanes(peer) {
+            return false;
+        }
+        self.lanes.restore(peer, slot);
+        self.lanes.is_live(peer, Lane::Data(slot))
+    }
+
+    /// `peer`'s data connection driven by thread `slot` closed: its lane takes no new
+    /// batches (those on it fail as its loss: `on_fetched`'s `lane_lost`).
+    pub fn lane_closed(&mut self, peer: &PeerId, slot: usize) {
+        self.lanes.retire(peer, Lane::Data(slot));
     }
 }
 
@@ -180,7 +259,7 @@ mod tests {
 
     #[test]
     fn sources_start_on_different_lanes_and_take_turns() {
-        let mut book = LaneBook::new(&[(pid(1), 4), (pid(2), 4)], 4);
+        let mut book = LaneBook::new(&[(pid(1), vec![0, 1, 2, 3]), (pid(2), vec![0, 1, 2, 3])], 4);
         let a: Vec<Lane> = (0..4).filter_map(|_| book.take(&pid(1))).collect();
         assert_eq!(
             a,
@@ -192,7 +271,7 @@ mod tests {
         assert_eq!(book.take(&pid(1)), Some(Lane::Data(1)));
         assert_eq!(book.take(&pid(9)), None);
         // One thread: the link is the only lane.
-        let mut one = LaneBook::new(&[(pid(1), 0)], 1);
+        let mut one = LaneBook::new(&[(pid(1), vec![])], 1);
         assert_eq!(one.take(&pid(1)), Some(Lane::Link));
         assert_eq!(one.take(&pid(1)), Some(Lane::Link));
         assert!(!one.retire(&pid(1), Lane::Link));
@@ -200,7 +279,7 @@ mod tests {
 
     #[test]
     fn lost_data_lanes_are_retired_and_the_link_takes_over() {
-        let mut book = LaneBook::new(&[(pid(1), 2)], 2);
+        let mut book = LaneBook::new(&[(pid(1), vec![0, 1])], 2);
         assert!(book.retire(&pid(1), Lane::Data(0)));
         assert!(!book.only_link_left(&pid(1)));
         for _ in 0..3 {
@@ -213,5 +292,43 @@ mod tests {
         assert_eq!(book.take(&pid(1)), Some(Lane::Link));
         assert_eq!(book.take(&pid(1)), Some(Lane::Link));
         assert!(!book.retire(&pid(2), Lane::Data(0)));
+    }
+
+    #[test]
+    fn lanes_opened_again_take_batches_and_the_link_stops() {
+        // Thread 1's dial failed at the start: lanes 0 and 2.
+        let mut book = LaneBook::new(&[(pid(1), vec![0, 2])], 3);
+        let first: Vec<Lane> = (0..2).filter_map(|_| book.take(&pid(1))).collect();
+        assert_eq!(first, [Lane::Data(0), Lane::Data(2)]);
+        // Opened later: a lane of its own, the least busy one.
+        assert!(book.restore(&pid(1), 1));
+        assert!(!book.restore(&pid(1), 1), "already live");
+        assert_eq!(book.take(&pid(1)), Some(Lane::Data(1)));
+        // Every data lane lost: the link; one back: the link takes nothing new.
+        for j in 0..3 {
+            assert!(book.retire(&pid(1), Lane::Data(j)));
+        }
+        assert!(book.only_link_left(&pid(1)));
+        assert_eq!(book.take(&pid(1)), Some(Lane::Link));
+        assert!(book.restore(&pid(1), 2));
+        assert!(!book.only_link_left(&pid(1)));
+        for _ in 0..4 {
+            assert_eq!(book.take(&pid(1)), Some(Lane::Data(2)));
+        }
+        // The batch in flight on the link still ends there.
+        book.done(&pid(1), Lane::Link);
+        // Lost again: the same link lane comes back, not a second one.
+        assert!(book.retire(&pid(1), Lane::Data(2)));
+        assert_eq!(book.take(&pid(1)), Some(Lane::Link));
+        assert_eq!(book.by_peer[&pid(1)].lanes.len(), 4);
+        // A source back over a new link has its link, then its lanes as they open.
+        book.relink(&pid(1));
+        assert_eq!(book.take(&pid(1)), Some(Lane::Link));
+        assert!(book.restore(&pid(1), 0));
+        assert_eq!(book.take(&pid(1)), Some(Lane::Data(0)));
+        assert_eq!(book.take(&pid(1)), Some(Lane::Data(0)));
+        // No lanes at all: nothing to restore.
+        assert!(!book.restore(&pid(7), 0));
+        assert_eq!(book.take(&pid(7)), None);
     }
 }

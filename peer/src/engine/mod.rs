@@ -41,7 +41,7 @@ use lanspread_catalog::GameId;
 use lanspread_proto::{ChunkSet, PeerId, CHUNK_SIZE, MAX_RANGES, MIN_CHUNKS_IN_FLIGHT, UNIT_SIZE};
 use tracing::warn;
 
-pub use lanes::{Lane, LaneBook};
+pub use lanes::{Lane, LaneBook, LaneDials, LANE_LASTED, LANE_REDIAL_FIRST, LANE_REDIAL_MAX};
 pub use silence::credible_total;
 
 use crate::{Chosen, ChunkSpec, FailKind, ManifestVote, PeerError, Planner, PlannerStatus};
@@ -416,9 +416,14 @@ impl Engine {
 
     /// The root is prepared: `present` lists the chunks an interrupted attempt at this
     /// manifest already verified (they are not fetched), `opened` the sources still
-    /// linked with the data connections opened to each (0: the link alone). Returns the
+    /// linked with the transfer threads whose data connection to each opened (none: the
+    /// link alone). Returns the
     /// chunks and bytes resumed.
-    pub fn on_prepared(&mut self, present: &[usize], opened: &[(PeerId, usize)]) -> (u64, u64) {
+    pub fn on_prepared(
+        &mut self,
+        present: &[usize],
+        opened: &[(PeerId, Vec<usize>)],
+    ) -> (u64, u64) {
         if self.phase != Phase::Preparing {
             return (0, 0);
         }

@@ -54,8 +54,13 @@ fn transferring(files: Vec<FileManifest>, sources: &[PeerId], threads: usize) ->
         e.on_manifest(p.clone(), Ok(files.clone().into()), t0);
     }
     assert_eq!(drain(&mut e), [Action::Prepare]);
-    let data = if threads > 1 { threads } else { 0 };
-    let opened: Vec<(PeerId, usize)> = sources.iter().map(|p| (p.clone(), data)).collect();
+    let data: Vec<usize> = if threads > 1 {
+        (0..threads).collect()
+    } else {
+        vec![]
+    };
+    let opened: Vec<(PeerId, Vec<usize>)> =
+        sources.iter().map(|p| (p.clone(), data.clone())).collect();
     e.on_prepared(&[], &opened);
     e
 }
@@ -285,7 +290,7 @@ fn resumed_chunks_are_not_fetched() {
     drain(&mut e);
     e.on_manifest(pid(1), Ok(manifest().into()), t0);
     drain(&mut e);
-    let (chunks, bytes) = e.on_prepared(&[0, 2, 2, 99], &[(pid(1), 0)]);
+    let (chunks, bytes) = e.on_prepared(&[0, 2, 2, 99], &[(pid(1), vec![])]);
     assert_eq!((chunks, bytes), (2, 2 * UNIT_SIZE));
     let asked: Vec<usize> = fetches(&drain(&mut e))
         .into_iter()
@@ -297,7 +302,7 @@ fn resumed_chunks_are_not_fetched() {
     drain(&mut e);
     e.on_manifest(pid(1), Ok(manifest().into()), t0);
     drain(&mut e);
-    e.on_prepared(&[0, 1, 2, 3], &[(pid(1), 0)]);
+    e.on_prepared(&[0, 1, 2, 3], &[(pid(1), vec![])]);
     assert_eq!(drain(&mut e), [Action::Commit]);
 }
 
@@ -326,7 +331,7 @@ fn a_source_without_a_lane_is_gone_and_the_last_loss_fails_with_each_reason() {
     e.on_manifest(pid(2), Ok(manifest().into()), t0);
     drain(&mut e);
     // pid(2) lost its link before the lanes were opened.
-    e.on_prepared(&[], &[(pid(1), 0)]);
+    e.on_prepared(&[], &[(pid(1), vec![])]);
     let got = fetches(&drain(&mut e));
     assert!(got.iter().all(|f| f.peer == pid(1)));
     assert_eq!(e.why()[&pid(2)], "peer disconnected");
@@ -520,4 +525,5 @@ fn stalls_back_off_and_drop_the_source_after_three() {
 }
 
 /// The swarm side: partial holders, offers, the end game.
+mod lanes;
 mod swarm;

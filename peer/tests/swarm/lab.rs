@@ -409,7 +409,7 @@ impl Party<'_> {
         engine.on_manifest(server.clone(), Ok(files.into()), now);
         assert_eq!(engine.poll(), Some(Action::Prepare));
         engine.set_partials(self.holders(c), now);
-        engine.on_prepared(&[], &[(server, 0)]);
+        engine.on_prepared(&[], &[(server, vec![])]);
         self.nodes[c].engine = Some(engine);
         self.drive(c);
         // Its links learn it holds a (still empty) partial copy.

@@ -185,3 +185,78 @@ fn lanes_data_connections_are_checked_like_links() {
     assert_eq!(log.matches("refused a data connection").count(), 2, "{log}");
     assert!(!log.contains("serving a data connection"), "{log}");
 }
+
+/// The only source is restarted in the middle of a download (SIGKILL, then started again
+/// on its address, as a service manager does) while the client runs three transfer
+/// threads: once the source is back, the client opens its data connections to it again
+/// and the rest comes over them — not over the link alone to the end (one thread's worth
+/// of a 16-core file server), as before.
+#[test]
+fn lanes_are_opened_again_to_a_source_back_from_a_restart() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = secret(keys.path());
+    let lab = game(6 * CHUNK, 0);
+    // Slow enough to be in the middle when it goes (192 MiB at 24 MiB/s, a limit on the
+    // sender).
+    let args = [
+        "--transfer-threads",
+        "3",
+        "--secret-file",
+        &key.display().to_string(),
+        "--max-upload-mib-s",
+        "24",
+    ];
+    let mut src = crate::util::node_with_args("src", lab.path(), &args);
+    let games = tempfile::tempdir().unwrap();
+    let c = node("client", games.path(), &key);
+    c.connect(&src);
+    c.download_ok("cod5", &["--no-install", "--detach"]);
+    // Early: the sender's limit is shared by the 16 units in flight, so a whole chunk
+    // verifies only when most of those are nearly done; the source must go while more
+    // is left than the link alone may have in flight.
+    lanspread_scenarios::wait_for("client: 8 MiB received", || {
+        let op = c.json(&["status"])["operations"].get(0).cloned()?;
+        (op["done_bytes"].as_u64()? >= 8 << 20).then_some(())
+    });
+    assert!(
+        c.log().contains(&format!("lanes={THREADS}")),
+        "{}",
+        c.log_tail()
+    );
+    src.kill();
+    lanspread_scenarios::wait_for("client: the download waits for its source", || {
+        let op = c.json(&["status"])["operations"].get(0).cloned()?;
+        (op["state"] == "waiting").then_some(())
+    });
+    let before = src.log().len();
+    src.restart_at_same_address();
+    let end = lanspread_scenarios::wait_for("client: the download ends", || {
+        c.game_events("cod5")
+            .into_iter()
+            .find(|e| e["event"] == "download-finished" || e["event"] == "download-failed")
+    });
+    assert_eq!(end["event"], "download-finished", "{end}");
+    assert_same_tree(&lab.path().join("cod5"), &games.path().join("cod5"));
+    let events = c.game_events("cod5");
+    let count = |name: &str| events.iter().filter(|e| e["event"] == name).count();
+    assert_eq!(count("download-begin"), 1, "one download: {events:?}");
+    assert_eq!(count("download-failed"), 0, "{events:?}");
+    let log = c.log();
+    assert!(
+        log.contains("a data connection opened again"),
+        "{}",
+        c.log_tail()
+    );
+    // The restarted source served chunks over data connections of the same download.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut served = data_connection_requests(&src.log()[before..]);
+    while served.iter().all(|&n| n == 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        served = data_connection_requests(&src.log()[before..]);
+    }
+    assert!(
+        served.iter().any(|&n| n > 0),
+        "no data connection of the restarted source served: {served:?}{}",
+        src.log_tail()
+    );
+}

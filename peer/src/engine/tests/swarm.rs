@@ -11,7 +11,7 @@ fn offering(files: Vec<FileManifest>, holders: Vec<(PeerId, ChunkSet)>) -> (Engi
     e.on_manifest(pid(1), Ok(files.into()), t0);
     drain(&mut e);
     e.set_partials(holders, t0);
-    e.on_prepared(&[], &[(pid(1), 0)]);
+    e.on_prepared(&[], &[(pid(1), vec![])]);
     (e, t0)
 }
 
@@ -36,7 +36,7 @@ fn partial_holders_are_asked_over_their_link_for_what_they_hold() {
         vec![(pid(1), holds(5, &[2])), (pid(2), holds(5, &[0, 1]))],
         t0,
     );
-    e.on_prepared(&[], &[(pid(1), 2)]);
+    e.on_prepared(&[], &[(pid(1), vec![0, 1])]);
     let f = fetches(&drain(&mut e));
     let partial: Vec<_> = f.iter().filter(|f| f.partial).collect();
     assert_eq!(partial.len(), 1, "{f:?}");

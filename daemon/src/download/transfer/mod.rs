@@ -10,16 +10,15 @@ use std::time::Instant;
 use lanspread_catalog::{manifest_digest, ChunkHash, FileManifest, GameId, Version, PIECE_SIZE};
 use lanspread_control::api::{EventKind, SourceBytes};
 use lanspread_control::Failure;
-use lanspread_peer::{
-    Action, BatchId, ChunkResult, ChunkTally, Engine, FailKind, Fetch, HoldingBatcher, Lane,
-};
+use lanspread_peer::{Action, BatchId, ChunkResult, ChunkTally, Engine, FailKind, HoldingBatcher};
 use lanspread_proto::chunk_rest;
 use lanspread_proto::PeerId;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
-use tracing::Instrument;
 
-use super::fetch::{self, ChunkJob, FetchError};
+mod start;
+
+use super::fetch;
 use super::in_flight::InFlight;
 use super::{journal, lanes};
 use crate::failure::peer_failure;
@@ -44,14 +43,22 @@ const JOURNAL_STEP: u64 = 2 << 20;
 /// How often the transfer loop wakes while fetches run, to journal their progress and
 /// show it in `status` (a 32 MiB chunk from a slow source takes many seconds).
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often the data connections are looked after (`Lanes::keep`): closed ones retired
+/// and dialled again when their back-off allows.
+const KEEP_LANES_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 /// How long a download waits for its sources before it says so (`download-waiting`): in a
 /// swarm whose server is gone, the holders' announcements end short waits every few
 /// hundred milliseconds.
 const SAY_WAITING_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A finished fetch: its batch, source and lane, and each chunk's result with the bytes
-/// now kept of it from its start.
-type Fetched = (BatchId, PeerId, Lane, Vec<(usize, ChunkResult, u64)>);
+/// A finished fetch: its batch, source, and connection, and each chunk's result with the
+/// bytes now kept of it from its start.
+type Fetched = (
+    BatchId,
+    PeerId,
+    quinn::Connection,
+    Vec<(usize, ChunkResult, u64)>,
+);
 
 /// Performs the engine's transfer phase: starts each batch it asks for on its lane's
 /// thread, journals and reports each verified chunk, and feeds every result back, until
@@ -87,6 +94,9 @@ pub(super) async fn transfer(
     t.partial_sources(engine, &mut holdings);
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut keep_lanes = tokio::time::interval(KEEP_LANES_EVERY);
+    keep_lanes.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let keeping = t.work.lanes.keeping();
     loop {
         // (A fetch refused at its start fails at once: the engine's clock must be now.)
         engine.tick(Instant::now());
@@ -159,8 +169,16 @@ pub(super) async fn transfer(
                 t.chosen(engine, batch, index);
                 continue;
             }
+            _ = keep_lanes.tick(), if keeping => {
+                t.work.lanes.keep(engine);
+                continue;
+            }
+            Some(dialled) = t.work.lanes.next_dialled() => {
+                t.work.lanes.dialled(dialled, engine);
+                continue;
+            }
         };
-        let (batch, peer, lane, outcomes) =
+        let (batch, peer, conn, outcomes) =
             joined.map_err(|e| Failure::internal(format_args!("chunk task failed: {e}")))??;
         let mut results = Vec::with_capacity(outcomes.len());
         // An offer whose choice was told: the others were settled then (and may be on
@@ -194,7 +212,7 @@ pub(super) async fn transfer(
             t.keep(engine, (chunk, &peer), &result, kept);
             results.push(result);
         }
-        let lane_lost = results.iter().any(Result::is_err) && t.work.lanes.lost(&peer, lane);
+        let lane_lost = results.iter().any(Result::is_err) && t.work.lanes.lost(&peer, &conn);
         // A source lost with its link may be back already (a restart that fast is
         // announced before the last of its old connections fails): look again.
         let disconnected = results
@@ -202,6 +220,11 @@ pub(super) async fn transfer(
             .any(|r| matches!(r, Err((FailKind::Disconnected, _))));
         engine.tick(Instant::now());
         engine.on_fetched(batch, results, lane_lost);
+        if !engine.wants_lanes(&peer) {
+            // Lost with its link, or dropped: its data connections too (dialled again
+            // once it is back).
+            t.work.lanes.reset(&peer, engine);
+        }
         if disconnected {
             t.partial_sources(engine, &mut holdings);
         }
@@ -339,152 +362,6 @@ impl Transfer<'_, '_> {
         }
     }
 
-    /// Starts a batch on its lane's thread (the fetch runs where its connection is
-    /// driven; dropping `running`, a failed download, aborts it there too). A source
-    /// whose link is gone is gone, whatever lanes it had. A chunk whose first pieces are
-    /// kept is asked for from the first piece it lacks.
-    fn start(&mut self, engine: &mut Engine, f: Fetch) {
-        let Work {
-            files,
-            file_ids,
-            kept,
-            in_flight,
-            ..
-        } = &mut self.work;
-        let jobs: Vec<ChunkJob> = f
-            .chunks
-            .iter()
-            .map(|&c| {
-                let spec = &engine.chunks()[c];
-                let kept = kept.get(&c).copied().unwrap_or(0);
-                let (offset, len, first) = chunk_rest(spec.offset, spec.len, kept);
-                // A chunk of more than one piece is worth passing on as it arrives (it is
-                // announced once its first piece is verified).
-                // The end game's second request leaves that to the first.
-                let relay = (spec.len > PIECE_SIZE && !f.race)
-                    .then(|| u32::try_from(c).ok())
-                    .flatten()
-                    .map(|k| {
-                        let (shared, game) = (self.shared.clone(), self.game.0.clone());
-                        fetch::Relay::new(move || shared.partials.grow(&game, k, offset))
-                    });
-                ChunkJob {
-                    path: files[spec.file].path.clone(),
-                    file: file_ids[spec.file],
-                    offset,
-                    len,
-                    pieces: spec.pieces[first..].to_vec(),
-                    progress: match f.race {
-                        false => in_flight.start(c, offset - spec.offset),
-                        true => Arc::default(),
-                    },
-                    relay,
-                }
-            })
-            .collect();
-        // Bytes of each chunk before its job's range: what a failure keeps adds to them.
-        let skipped: Vec<(usize, u64)> = f
-            .chunks
-            .iter()
-            .zip(&jobs)
-            .map(|(&c, j)| (c, j.offset - engine.chunks()[c].offset))
-            .collect();
-        // The link as it is now (a partial source has no other lane); a source whose
-        // link is gone is gone, whatever lanes it had.
-        let conn = self
-            .shared
-            .peers
-            .link_and_addr(&f.peer)
-            .and_then(|(link, addr)| {
-                self.addrs.insert(f.peer.clone(), addr);
-                match f.lane {
-                    Lane::Link => Some((link, tokio::runtime::Handle::current())),
-                    Lane::Data(_) => self.work.lanes.get(&f.peer, f.lane),
-                }
-            });
-        let Some((conn, runtime)) = conn else {
-            // (A race's second request has no progress entry nor relay of its own: those
-            // are the first request's, which goes on.)
-            for &c in f.chunks.iter().filter(|_| !f.race) {
-                self.work.in_flight.end(c, false);
-                self.grown(c, false);
-            }
-            let gone = Err((FailKind::Disconnected, "peer disconnected".to_owned()));
-            return engine.on_fetched(f.id, vec![gone; jobs.len()], false);
-        };
-        debug_assert!(jobs.iter().all(|j| j.offset % PIECE_SIZE == 0));
-        tracing::debug!(peer = %f.peer.short(), chunks = ?f.chunks, partial = f.partial,
-            offer = f.offer, race = f.race, "fetch started");
-        let source = self.activity.entry(f.peer.clone()).or_default().clone();
-        let (shared, game, version) = (self.shared.clone(), self.game.0.clone(), self.game.1);
-        let digest = self.digest;
-        let (partial, offer) = (f.partial, f.offer);
-        let (choices, id) = (self.choices.0.clone(), f.id);
-        let fetch = runtime.spawn(
-            async move {
-                let told = move |i: usize| {
-                    let _ = choices.send((id, i));
-                };
-                let how = match (partial, offer) {
-                    (true, _) => fetch::How::Partial(&digest),
-                    (false, true) => fetch::How::Offer(&told),
-                    (false, false) => fetch::How::Ready,
-                };
-                let limit = &shared.net.download_limit;
-                fetch::fetch(
-                    &conn,
-                    &source,
-                    &shared.net.writer,
-                    limit,
-                    (&game, version, how),
-                    &jobs,
-                )
-                .await
-            }
-            .in_current_span(),
-        );
-        if f.race {
-            self.races.insert(f.id);
-        }
-        let cancelled = Arc::new(AtomicBool::new(false));
-        self.aborts
-            .insert(f.id, (fetch.abort_handle(), cancelled.clone()));
-        let abort = AbortOnDrop(fetch.abort_handle());
-        self.running.spawn(async move {
-            let _abort = abort;
-            let results = match fetch.await {
-                Ok(results) => results,
-                // A race's loser (`Action::Cancel`): its chunk came from elsewhere.
-                Err(e) if e.is_cancelled() && cancelled.load(Ordering::SeqCst) => (0..skipped
-                    .len())
-                    .map(|_| {
-                        fetch::Outcome::failed(FetchError::Source(
-                            FailKind::NotChosen,
-                            "another source sent it first".into(),
-                        ))
-                    })
-                    .collect(),
-                Err(e) => return Err(Failure::internal(format_args!("chunk task failed: {e}"))),
-            };
-            let results = results
-                .into_iter()
-                .zip(skipped)
-                .map(|(o, (chunk, skipped))| match o.result {
-                    Ok(()) => Ok((chunk, Ok(()), 0)),
-                    Err(FetchError::Source(kind, why)) => {
-                        let kept = if o.kept > 0 { skipped + o.kept } else { 0 };
-                        Ok((chunk, Err((kind, why)), kept))
-                    }
-                    Err(FetchError::Local(failure)) => Err(failure),
-                    // (Not after `fetch`, which reports every transport failure as the
-                    // source's.)
-                    Err(FetchError::Lost(why)) => Ok((chunk, Err((FailKind::SourceGone, why)), 0)),
-                })
-                .collect::<Result<Vec<_>, Failure>>()?;
-            Ok((f.id, f.peer, f.lane, results))
-        });
-    }
-
     /// An offer's source told which chunk it sends: the others are not in flight any
     /// more, and the engine may ask other sources for them at once.
     fn chosen(&mut self, engine: &mut Engine, batch: BatchId, index: usize) {
@@ -596,14 +473,5 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Aborts a task (on whichever runtime it runs) when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
