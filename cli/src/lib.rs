@@ -411,6 +411,16 @@ pub fn out_line(args: std::fmt::Arguments<'_>) {
     out_bytes(format!("{}\n", terminal_safe(&line)).as_bytes());
 }
 
+/// Writes a failure's JSON document (`--json`) to stdout as one line; a stdout whose
+/// reader went away is ignored, so the exit code stays the failure's (not [`out_line`]'s
+/// quiet 0: a script reading only the exit code must still see the failure).
+pub fn out_failure(error: &CliError) {
+    use std::io::Write;
+    let line = format!("{}\n", error.json());
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
+}
+
 /// Writes one line to stderr, ignoring a stderr that is closed or whose reader went away
 /// (`eprintln!` panics then: in a thread that was to end the process, the process would
 /// live on). The text is written as given: callers escape what a peer chose.

@@ -230,7 +230,7 @@ fn pipe_nobody_reads() -> std::os::fd::OwnedFd {
 }
 
 #[test]
-fn errors_into_a_stderr_nobody_reads_keep_their_exit_code() {
+fn errors_into_an_output_nobody_reads_keep_their_exit_code() {
     // No daemon: exit 3 with its message on a stderr that fails (EPIPE), not a panic (101).
     let out = cli()
         .args(["--json", "status"])
@@ -241,6 +241,21 @@ fn errors_into_a_stderr_nobody_reads_keep_their_exit_code() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["error"]["kind"], "daemon-unreachable", "{doc}");
+    // The same with the JSON document going into a stdout nobody reads: still the
+    // failure's exit code, not the quiet 0 of output cut short by `| head`.
+    let out = cli()
+        .args(["--json", "status"])
+        .env("LANSPREAD_SOCKET", "/nonexistent/lanspread.sock")
+        .stdout(std::process::Stdio::from(pipe_nobody_reads()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let usage = cli()
+        .args(["--json", "download"])
+        .stdout(std::process::Stdio::from(pipe_nobody_reads()))
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(2), "{usage:?}");
 }
 
 /// Runs `lanspreadd` with `args` (plus a socket and loopback listen of its own) and

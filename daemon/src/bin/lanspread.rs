@@ -73,7 +73,7 @@ fn main() -> ExitCode {
                 lanspread_cli::terminal_safe(e.message())
             ));
             if json && !e.printed() {
-                lanspread_cli::out_line(format_args!("{}", e.json()));
+                lanspread_cli::out_failure(&e);
             }
             ExitCode::from(e.exit_code())
         }
@@ -100,7 +100,7 @@ fn usage_error(e: clap::Error) -> ExitCode {
         let para = para.join(" ");
         let message = para.strip_prefix("error: ").unwrap_or(&para);
         let error = lanspread_cli::CliError::failed(ErrorKind::BadRequest, message);
-        lanspread_cli::out_line(format_args!("{}", error.json()));
+        lanspread_cli::out_failure(&error);
     }
     let _ = e.print();
     ExitCode::from(if usage { 2 } else { 0 })
