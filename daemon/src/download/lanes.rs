@@ -161,20 +161,15 @@ impl Lanes {
         self.by_peer.values().any(|slots| !slots.is_empty())
     }
 
-    /// Looks after the data connections (every second or so): a closed one is retired
-    /// (the engine stops giving it batches) and dialled again when its back-off allows,
-    /// like those that never opened, while the engine wants the source's lanes and its
-    /// link is open.
+    /// Looks after the data connections (every second or so): each source's slots agree
+    /// with the engine's lanes ([`Lanes::agree`]), and those without a connection are
+    /// dialled again when their back-off allows, while the engine wants the source's
+    /// lanes and its link is open.
     pub fn keep(&mut self, engine: &mut Engine) {
         let now = Instant::now();
-        for (peer, slots) in &mut self.by_peer {
-            for (j, slot) in slots.iter_mut().enumerate() {
-                if slot.as_ref().is_some_and(|c| c.close_reason().is_some()) {
-                    *slot = None;
-                    engine.lane_closed(peer, j);
-                    self.dials.closed(peer, j, now);
-                }
-            }
+        let peers: Vec<PeerId> = self.by_peer.keys().cloned().collect();
+        for peer in &peers {
+            self.agree(peer, engine);
         }
         let links = &self.shared.peers;
         let due = self.dials.due(now, |p| {
@@ -233,20 +228,28 @@ impl Lanes {
         }
     }
 
-    /// `peer` takes no lanes now (its link closed, or it was dropped): its data
-    /// connections are closed, and dialled again once it takes lanes (a source back
-    /// over a new link).
-    pub fn reset(&mut self, peer: &PeerId, engine: &mut Engine) {
+    /// Makes `peer`'s slots and the engine's lanes agree: a closed connection's lane is
+    /// retired and its slot dialled again later; an open one is a live lane (again: a
+    /// late failure of a batch on the connection it replaced retired it) — or, when the
+    /// engine wants no lanes of `peer` (lost with its link, dropped, the download over),
+    /// closed, and dialled again once it does (a source back over a new link). Called
+    /// after each batch of `peer` ends and on every [`Lanes::keep`].
+    pub fn agree(&mut self, peer: &PeerId, engine: &mut Engine) {
         let now = Instant::now();
         let Some(slots) = self.by_peer.get_mut(peer) else {
             return;
         };
         for (j, slot) in slots.iter_mut().enumerate() {
-            if let Some(conn) = slot.take() {
-                conn.close(VarInt::from_u32(close_code::GOODBYE), b"source lost");
-                engine.lane_closed(peer, j);
-                self.dials.closed(peer, j, now);
+            let Some(conn) = slot.as_ref() else {
+                continue;
+            };
+            if conn.close_reason().is_none() && engine.lane_back(peer, j) {
+                continue;
             }
+            conn.close(VarInt::from_u32(close_code::GOODBYE), b"not needed");
+            *slot = None;
+            engine.lane_closed(peer, j);
+            self.dials.closed(peer, j, now);
         }
     }
 }

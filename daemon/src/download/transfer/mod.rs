@@ -220,11 +220,9 @@ pub(super) async fn transfer(
             .any(|r| matches!(r, Err((FailKind::Disconnected, _))));
         engine.tick(Instant::now());
         engine.on_fetched(batch, results, lane_lost);
-        if !engine.wants_lanes(&peer) {
-            // Lost with its link, or dropped: its data connections too (dialled again
-            // once it is back).
-            t.work.lanes.reset(&peer, engine);
-        }
+        // Lost with its link, or dropped: its data connections too (dialled again once
+        // it is back); a lane retired by a late failure of a replaced connection is live.
+        t.work.lanes.agree(&peer, engine);
         if disconnected {
             t.partial_sources(engine, &mut holdings);
         }

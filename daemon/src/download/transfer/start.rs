@@ -78,8 +78,8 @@ impl Transfer<'_, '_> {
                 }
             });
         if let Some(None) = conn {
-            // A data lane whose connection closed before the engine heard (`keep`
-            // retires them): the lane's loss, retried on another.
+            // A data lane without a connection: not expected (a slot is emptied only as
+            // its lane is retired), but if so it is the lane's loss, not the source's.
             let lost = Err((FailKind::SourceGone, "data connection closed".to_owned()));
             self.not_started(&f);
             return engine.on_fetched(f.id, vec![lost; jobs.len()], true);
@@ -87,7 +87,10 @@ impl Transfer<'_, '_> {
         let Some((conn, runtime)) = conn.flatten() else {
             self.not_started(&f);
             let gone = Err((FailKind::Disconnected, "peer disconnected".to_owned()));
-            return engine.on_fetched(f.id, vec![gone; jobs.len()], false);
+            engine.on_fetched(f.id, vec![gone; jobs.len()], false);
+            // Its data connections go with it.
+            self.work.lanes.agree(&f.peer, engine);
+            return;
         };
         debug_assert!(jobs.iter().all(|j| j.offset % PIECE_SIZE == 0));
         tracing::debug!(peer = %f.peer.short(), chunks = ?f.chunks, partial = f.partial,
