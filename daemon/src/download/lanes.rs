@@ -231,11 +231,18 @@ impl Lanes {
     /// Makes `peer`'s slots and the engine's lanes agree: a closed connection's lane is
     /// retired and its slot dialled again later; an open one is a live lane (again: a
     /// late failure of a batch on the connection it replaced retired it) — or, when the
-    /// engine wants no lanes of `peer` (lost with its link, dropped, the download over),
-    /// closed, and dialled again once it does (a source back over a new link). Called
-    /// after each batch of `peer` ends and on every [`Lanes::keep`].
+    /// engine wants no lanes of `peer` because its link is gone, closed, and dialled
+    /// again once it is back over a new link. Those of a source dropped for cause, or of
+    /// a download over, stay until the download ends (closing them would cut answers in
+    /// flight, whose failures would then read as the reason it was dropped). Called after
+    /// each batch of `peer` ends and on every [`Lanes::keep`].
     pub fn agree(&mut self, peer: &PeerId, engine: &mut Engine) {
         let now = Instant::now();
+        let linked = self
+            .shared
+            .peers
+            .link(peer)
+            .is_some_and(|l| l.close_reason().is_none());
         let Some(slots) = self.by_peer.get_mut(peer) else {
             return;
         };
@@ -243,7 +250,8 @@ impl Lanes {
             let Some(conn) = slot.as_ref() else {
                 continue;
             };
-            if conn.close_reason().is_none() && engine.lane_back(peer, j) {
+            let open = conn.close_reason().is_none();
+            if open && (engine.lane_back(peer, j) || linked) {
                 continue;
             }
             conn.close(VarInt::from_u32(close_code::GOODBYE), b"not needed");
