@@ -22,6 +22,19 @@ pub fn set_blocking(file: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `real` (a resolved path) lies inside `root` (resolved too) and outside what a
+/// root keeps to itself: `local/` (the installed copy, never transferred) and
+/// `.lanspread*` (the daemon's own files). A game file that is a symlink is followed
+/// only to a file this says yes to.
+pub fn in_served_part(root: &Path, real: &Path) -> bool {
+    let Ok(rel) = real.strip_prefix(root) else {
+        return false;
+    };
+    let top = rel.components().next().map(|c| c.as_os_str());
+    !top.and_then(|t| t.to_str())
+        .is_some_and(lanspread_proto::is_reserved_top_level)
+}
+
 /// Opens `path` for reading if it resolves inside `root`.
 pub fn open_inside(root: &Path, path: &Path) -> io::Result<File> {
     Ok(Confined::new(root)?.open(path)?.0)
@@ -58,6 +71,8 @@ impl Confined {
         // No absolute path in the error: a source sends it to the peer that asked.
         let why = if !real.starts_with(&self.root) {
             "it leaves the game root"
+        } else if !in_served_part(&self.root, &real) {
+            "it lies under local/ or .lanspread*"
         } else if !meta.is_file() {
             "not a regular file"
         } else {
@@ -87,6 +102,21 @@ mod tests {
         assert!(open_inside(&root, &root.join("alias")).is_ok());
         let err = open_inside(&root, &root.join("out")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+        // Inside, but under what a root keeps to itself: the installed copy, the
+        // daemon's own files.
+        for (dir, link) in [("local", "settings.cfg"), (".lanspread", "cache.eti")] {
+            std::fs::create_dir_all(root.join(dir)).unwrap();
+            std::fs::write(root.join(dir).join("f"), b"private").unwrap();
+            symlink(root.join(dir).join("f"), root.join(link)).unwrap();
+            let err = open_inside(&root, &root.join(link)).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{link}");
+            assert!(err.to_string().contains("local/ or .lanspread"), "{err}");
+        }
+        // A folder merely named like them deeper down is an ordinary folder.
+        std::fs::create_dir_all(root.join("sub/local")).unwrap();
+        std::fs::write(root.join("sub/local/f"), b"game").unwrap();
+        symlink(root.join("sub/local/f"), root.join("deep")).unwrap();
+        assert!(open_inside(&root, &root.join("deep")).is_ok());
         // A root reached through a symlinked games dir still works.
         symlink(&root, t.path().join("via")).unwrap();
         assert!(open_inside(&t.path().join("via"), &t.path().join("via/inside")).is_ok());

@@ -76,19 +76,31 @@ pub(crate) fn from_persisted(
         .collect()
 }
 
-/// The persisted cache of the root at `root`, empty when there is none or it is of
-/// another format.
+/// The largest cache file read: the piece hashes of a 4 TiB root (64 hex digits per MiB)
+/// with room for its entries' names. A larger one (a file someone grew: `truncate -s 1T`)
+/// reads as empty without being read: the root is hashed again, and the daemon does not
+/// read it into memory at every start.
+const MAX_CACHE_FILE: u64 = 256 << 20;
+
+/// The persisted cache of the root at `root`, empty when there is none, it is of another
+/// format or larger than [`MAX_CACHE_FILE`].
 pub(crate) fn load_cache(root: &Path) -> CacheFile {
-    let read = || -> std::io::Result<Vec<u8>> {
+    load_capped(root, MAX_CACHE_FILE)
+}
+
+fn load_capped(root: &Path, cap: u64) -> CacheFile {
+    let read = || -> std::io::Result<CacheFile> {
         let g = GameDir::open(root)?;
-        let (mut file, _) = g.open_file(&Path::new(META_DIR).join(CACHE_FILE), Access::Read)?;
-        let mut bytes = Vec::new();
-        std::io::Read::read_to_end(&mut file, &mut bytes)?;
-        Ok(bytes)
+        let (file, meta) = g.open_file(&Path::new(META_DIR).join(CACHE_FILE), Access::Read)?;
+        if meta.len() > cap {
+            return Err(std::io::Error::other("larger than a cache can be"));
+        }
+        // Parsed as it is read, never past the cap (a file that grows meanwhile).
+        let reader = std::io::BufReader::new(std::io::Read::take(file, cap));
+        serde_json::from_reader(reader).map_err(std::io::Error::other)
     };
     read()
         .ok()
-        .and_then(|b| serde_json::from_slice::<CacheFile>(&b).ok())
         .filter(|c| c.piece_size == PIECE_SIZE && c.hash == CONTENT_HASH)
         .unwrap_or_default()
 }
@@ -211,5 +223,31 @@ mod tests {
         }
         c.entries.insert("a.eti".into(), (k, "0a".repeat(64)));
         assert_eq!(from_persisted(&c, &path, k), Some(vec![[10; 32]; 2]));
+    }
+
+    /// A cache file grown past any cache's size (sparse: `truncate -s 1T`) reads as empty
+    /// at once, never read into memory; one past the cap after a valid document too.
+    #[test]
+    fn a_cache_file_larger_than_a_cache_can_be_reads_as_empty() {
+        let t = tempfile::tempdir().unwrap();
+        let k = key();
+        let path = RelPath::new("a.eti").unwrap();
+        let mut c = CacheFile::default();
+        c.entries
+            .insert("a.eti".into(), to_persisted(k, &[[7; 32], [8; 32]]));
+        store_cache(t.path(), &c);
+        let file = t.path().join(".lanspread").join(CACHE_FILE);
+        let valid = fs::read(&file).unwrap();
+        assert!(from_persisted(&load_capped(t.path(), 4096), &path, k).is_some());
+        // Valid JSON followed by whitespace past the cap: not read to its end.
+        let mut padded = valid.clone();
+        padded.resize(5000, b' ');
+        fs::write(&file, &padded).unwrap();
+        assert!(load_capped(t.path(), 4096).entries.is_empty());
+        assert!(from_persisted(&load_capped(t.path(), 8192), &path, k).is_some());
+        // A terabyte, sparse.
+        let f = fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.set_len(1 << 40).unwrap();
+        assert!(load_cache(t.path()).entries.is_empty());
     }
 }

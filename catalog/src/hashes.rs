@@ -98,16 +98,27 @@ impl FileKey {
     }
 }
 
+/// Identities kept in memory per file: the newest (a file's hashes under its identity
+/// now) and a few before it, whose hashes a copy given out earlier may still be checked
+/// against ([`HashCache::still_holds`]). More would only grow with every change of a file
+/// over the daemon's life (≈ 1.6 MB per identity of a 50 GB file).
+const IDENTITIES_KEPT: usize = 4;
+/// A file's piece hashes under each identity kept, the newest last.
+type Identities = Vec<(FileKey, Vec<ChunkHash>)>;
+/// Changed identities remembered (see `HashCache::changed`) before the set starts over.
+const CHANGED_KEPT: usize = 4096;
+
 /// Piece hashes of served files, in memory and persisted per root in
 /// `<root>/.lanspread/pieces.json`. A persisted cache that cannot be written (read-only
 /// games dir) only costs a re-hash after a restart.
 #[derive(Debug, Default)]
 pub struct HashCache {
-    /// Per file, its piece hashes under each identity they were computed or adopted for
-    /// (a path's own map: a lookup by `&Path` allocates nothing and hashes the path once,
-    /// where the ordered map compared it component by component along the tree — the
-    /// source looks once per range it serves).
-    mem: Mutex<HashMap<PathBuf, HashMap<FileKey, Vec<ChunkHash>>>>,
+    /// Per file, its piece hashes under the last [`IDENTITIES_KEPT`] identities they were
+    /// computed or adopted for, the newest last (a path's own map: a lookup by `&Path`
+    /// allocates nothing and hashes the path once, where the ordered map compared it
+    /// component by component along the tree — the source looks once per range it
+    /// serves).
+    mem: Mutex<HashMap<PathBuf, Identities>>,
     /// Identities [`HashCache::still_holds`] re-read and found changed: not read again
     /// for every request (a rewritten 20 GB file is refused at once, not re-hashed).
     changed: Mutex<std::collections::BTreeSet<(PathBuf, FileKey)>>,
@@ -264,8 +275,10 @@ impl HashCache {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(full)?
-            .get(&key)
-            .cloned()
+            .iter()
+            .rev()
+            .find(|(k, _)| *k == key)
+            .map(|(_, c)| c.clone())
     }
 
     /// Remembers `chunks` as the piece hashes of `full` with identity `key`.
@@ -273,10 +286,14 @@ impl HashCache {
         let mut mem = self.mem.lock().unwrap_or_else(|p| p.into_inner());
         match mem.get_mut(full) {
             Some(ids) => {
-                ids.insert(key, chunks);
+                ids.retain(|(k, _)| *k != key);
+                ids.push((key, chunks));
+                if ids.len() > IDENTITIES_KEPT {
+                    ids.remove(0);
+                }
             }
             None => {
-                mem.insert(full.to_path_buf(), HashMap::from([(key, chunks)]));
+                mem.insert(full.to_path_buf(), vec![(key, chunks)]);
             }
         }
     }
@@ -370,14 +387,23 @@ impl HashCache {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(full)
-            .is_some_and(|ids| ids.contains_key(&FileKey::of(meta)))
+            .is_some_and(|ids| ids.iter().any(|(k, _)| *k == FileKey::of(meta)))
     }
 
     /// [`HashCache::knows`], or, when only the file's change time moved since it was
     /// hashed (same size, mtime, inode and device: a hard link made or removed, a chmod or
     /// chown), whether its content still hashes to what was given out; then the new
-    /// identity is remembered and `true` returned. Blocking: it may read the whole file.
-    pub fn still_holds(&self, full: &Path, file: &File, meta: &fs::Metadata) -> bool {
+    /// identity is remembered and `true` returned. Blocking: it may read the whole file,
+    /// once however many ask at once: while one caller (or the indexer) hashes the file
+    /// the others wait for its verdict, each as long as `go_on` says (asked every 100 ms;
+    /// `false` then).
+    pub fn still_holds(
+        &self,
+        full: &Path,
+        file: &File,
+        meta: &fs::Metadata,
+        go_on: &dyn Fn() -> bool,
+    ) -> bool {
         if self.knows(full, meta) {
             return true;
         }
@@ -386,6 +412,25 @@ impl HashCache {
         let changed = || self.changed.lock().unwrap_or_else(|p| p.into_inner());
         if changed().contains(&key) {
             return false;
+        }
+        let _claim = loop {
+            if let Some(claim) = self.claims.try_claim(full) {
+                break claim;
+            }
+            if !self.claims.wait_free(full, go_on) {
+                return false;
+            }
+            // The verdict of whoever hashed it meanwhile.
+            if self.knows(full, meta) {
+                return true;
+            }
+            if changed().contains(&key) {
+                return false;
+            }
+        };
+        // Known by now? (Hashed between the first look and the claim.)
+        if self.knows(full, meta) {
+            return true;
         }
         let same_but_ctime = |k: &FileKey| {
             FileKey {
@@ -415,7 +460,12 @@ impl HashCache {
         // have moved again.
         let unmoved = file.metadata().is_ok_and(|m| FileKey::of(&m) == now);
         if !unmoved || !given.contains(&fresh) {
-            changed().insert(key);
+            let mut changed = changed();
+            if changed.len() >= CHANGED_KEPT {
+                // Only a saving of re-reads: forgetting costs one more read each.
+                changed.clear();
+            }
+            changed.insert(key);
             return false;
         }
         self.insert(full, now, fresh);

@@ -17,7 +17,7 @@ mod inflight;
 mod scan;
 
 pub use catalog::{Catalog, CatalogEntry, BUILTIN_IDS};
-pub use confine::{open_inside, set_blocking, Confined};
+pub use confine::{in_served_part, open_inside, set_blocking, Confined};
 pub use error::CatalogError;
 pub use game_dir::{
     dev_of, is_folder, lstat_in, raise_open_files_limit, remove_all_in, sync_dir, Access, GameDir,

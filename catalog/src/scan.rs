@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, warn};
 
 use crate::{
-    is_reserved_top_level, Availability, Catalog, CatalogError, GameId, RelPath, Version,
-    VERSION_FILE,
+    in_served_part, is_reserved_top_level, Availability, Catalog, CatalogError, GameId, RelPath,
+    Version, VERSION_FILE,
 };
 
 /// One regular file of a game root.
@@ -337,6 +337,14 @@ impl Walk {
                 // leave the game incomplete on every downloader without a word, so it
                 // keeps the root from being offered, with the reason.
                 match fs::canonicalize(&path) {
+                    Ok(target) if target.starts_with(root) && !in_served_part(root, &target) => {
+                        self.problem(format!(
+                            "{} is a symlink into local/ or .lanspread*, not followed (the \
+                             installed copy and the daemon's files are never sent)",
+                            path.display()
+                        ));
+                        continue;
+                    }
                     Ok(target) if target.starts_with(root) && target.is_file() => {
                         match fs::metadata(&target) {
                             Ok(m) => m,

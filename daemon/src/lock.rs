@@ -7,7 +7,7 @@
 //! crash never leaves a stale lock. The owner's pid is read back from `/proc/locks`.
 
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
@@ -23,8 +23,17 @@ impl DirLock {
     /// Locks `dir` (what it is for is `what`, e.g. "games dir") exclusively, or says who
     /// holds it.
     pub fn acquire(dir: &Path, what: &str) -> Result<Self, DaemonError> {
-        let file = File::open(dir)
-            .map_err(|e| DaemonError::Config(format!("{what} {}: {e}", dir.display())))?;
+        // A directory or nothing: never waiting on a FIFO given as a directory.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(dir)
+            .map_err(|e| {
+                DaemonError::Config(match e.raw_os_error() {
+                    Some(libc::ENOTDIR) => format!("{what} {} is not a directory", dir.display()),
+                    _ => format!("{what} {}: {e}", dir.display()),
+                })
+            })?;
         let meta = file.metadata().map_err(|e| DaemonError::io(dir, e))?;
         if !meta.is_dir() {
             return Err(DaemonError::Config(format!(

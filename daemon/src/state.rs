@@ -248,6 +248,16 @@ impl Shared {
         .await;
         let library = match scanned {
             Ok(Ok(lib)) => lib,
+            // The games dir itself is gone (removed, a mount gone): it offers nothing
+            // until it is back, rather than games whose files are gone.
+            Ok(Err(lanspread_catalog::CatalogError::Io { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                if !self.lock().library.is_empty() {
+                    tracing::warn!(dir = %self.games_dir.display(), "the games dir is gone: no games offered until it is back");
+                }
+                lanspread_catalog::Library::new()
+            }
             Ok(Err(e)) => return tracing::warn!("rescan failed: {e}"),
             Err(e) => return tracing::warn!("rescan task failed: {e}"),
         };

@@ -274,6 +274,57 @@ fn daemon_fails(dir: &std::path::Path, args: &[&std::ffi::OsStr]) -> (Option<i32
     )
 }
 
+/// A FIFO given as the state or games dir is refused at once as not a directory, not
+/// waited on for a writer (the daemon opened it to lock it, and that open blocked).
+#[test]
+fn a_fifo_given_as_a_dir_is_refused_without_waiting() {
+    use std::io::Read;
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(t.path().join("games")).unwrap();
+    let fifo = t.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    for (games, state) in [
+        (fifo.clone(), t.path().join("s1")),
+        (t.path().join("games"), fifo.clone()),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lanspreadd"))
+            .arg("--games")
+            .arg(&games)
+            .arg("--state")
+            .arg(&state)
+            .arg("--socket")
+            .arg(t.path().join("d.sock"))
+            .args(["--listen", "127.0.0.1:0", "--no-mdns"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("lanspreadd waits on a FIFO given as a dir ({games:?}, {state:?})");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        assert!(!status.success(), "{err}");
+        assert!(err.contains("is not a directory"), "{err}");
+    }
+}
+
 #[test]
 fn start_up_errors_name_the_cause_once() {
     let t = tempfile::tempdir().unwrap();

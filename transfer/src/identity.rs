@@ -78,6 +78,41 @@ impl fmt::Debug for Identity {
     }
 }
 
+/// The largest key file read (a PEM key is a few hundred bytes).
+const MAX_KEY_FILE: u64 = 64 << 10;
+
+/// Reads the key file at `path`: the file itself, never a symlink (a link to another
+/// file would have that file's mode changed below), never blocking (a FIFO), a regular
+/// file of at most [`MAX_KEY_FILE`] bytes. One readable by others is made 0600 through
+/// its descriptor.
+fn read_key(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let refuse =
+        |why: &str| std::io::Error::other(format!("{why}; the key must be a regular file"));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => refuse("it is a symlink"),
+            _ => e,
+        })?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(refuse("it is not a regular file"));
+    }
+    if meta.len() > MAX_KEY_FILE {
+        return Err(refuse("it is larger than a key can be"));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), "identity key is readable by others; fixing mode to 0600");
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    }
+    let mut pem = String::new();
+    (&mut file).take(MAX_KEY_FILE).read_to_string(&mut pem)?;
+    Ok(pem)
+}
+
 impl Identity {
     /// Loads the key from `state/identity.key`, creating it (mode 0600) on first start.
     /// The certificate is regenerated from the key on every start; only the key persists.
@@ -92,14 +127,8 @@ impl Identity {
         // each writes its own temporary file and links it into place, which fails if the
         // other got there first; the loser then loads the winner's key.
         for _ in 0..3 {
-            match fs::read_to_string(&path) {
+            match read_key(&path) {
                 Ok(pem) => {
-                    let mode = fs::metadata(&path).map_err(key_io)?.permissions().mode();
-                    if mode & 0o077 != 0 {
-                        tracing::warn!(path = %path.display(), "identity key is readable by others; fixing mode to 0600");
-                        fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
-                            .map_err(key_io)?;
-                    }
                     let key = KeyPair::from_pem(&pem).map_err(|e| TransferError::BadKey {
                         path: path.clone(),
                         why: e.to_string(),
@@ -239,6 +268,33 @@ mod tests {
             let names: Vec<_> = fs::read_dir(t.path()).unwrap().flatten().collect();
             assert_eq!(names.len(), 1, "temporary key files left: {names:?}");
         }
+    }
+
+    /// A key file that is a symlink, a FIFO or huge is refused with a clear error, at
+    /// once: no wait for a FIFO's writer, no other file's mode changed, nothing huge read.
+    #[test]
+    fn a_key_file_that_is_not_a_plain_file_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let key = t.path().join(KEY_FILE);
+        let other = t.path().join("other");
+        fs::write(&other, "someone's file").unwrap();
+        fs::set_permissions(&other, fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink(&other, &key).unwrap();
+        let err = Identity::load_or_create(t.path()).unwrap_err();
+        assert!(err.to_string().contains("is a symlink"), "{err}");
+        let mode = fs::metadata(&other).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "the link's target was chmodded");
+        fs::remove_file(&key).unwrap();
+        let fifo = std::ffi::CString::new(key.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: `fifo` is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let err = Identity::load_or_create(t.path()).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        fs::remove_file(&key).unwrap();
+        let huge = fs::File::create(&key).unwrap();
+        huge.set_len(1 << 40).unwrap();
+        let err = Identity::load_or_create(t.path()).unwrap_err();
+        assert!(err.to_string().contains("larger than a key"), "{err}");
     }
 
     #[test]

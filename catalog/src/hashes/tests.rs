@@ -99,7 +99,7 @@ fn content_changed_in_place_with_the_mtime_restored_is_rehashed() {
     // A source asked for a range now sees the file is not the one it hashed.
     assert!(!cache.knows(&file, &fs::metadata(&file).unwrap()));
     let opened = fs::File::open(&file).unwrap();
-    assert!(!cache.still_holds(&file, &opened, &fs::metadata(&file).unwrap()));
+    assert!(!cache.still_holds(&file, &opened, &fs::metadata(&file).unwrap(), &|| true));
     // From the persisted cache after a restart (a fresh cache), and in memory.
     assert_eq!(
         HashCache::new().manifest(&scan()).unwrap().files[0].pieces[0],
@@ -129,10 +129,29 @@ fn a_moved_change_time_alone_is_checked_by_content() {
     let meta = fs::metadata(&file).unwrap();
     assert!(!cache.knows(&file, &meta), "the ctime moved");
     let opened = fs::File::open(&file).unwrap();
-    assert!(cache.still_holds(&file, &opened, &meta));
+    // While someone else hashes the file (another request, the indexer), a caller waits
+    // for its verdict instead of reading the whole file too; one whose asker left stops
+    // waiting.
+    let claim = cache.claims.try_claim(&file).unwrap();
+    let asked = std::sync::atomic::AtomicU32::new(0);
+    let gone = || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2;
+    assert!(!cache.still_holds(&file, &opened, &meta, &gone));
+    assert!(
+        asked.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        "it waited"
+    );
+    assert!(!cache.knows(&file, &meta), "not hashed while claimed");
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| cache.still_holds(&file, &opened, &meta, &|| true));
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        assert!(!waiter.is_finished(), "waits for the claim");
+        drop(claim);
+        assert!(waiter.join().unwrap());
+    });
+    assert!(cache.still_holds(&file, &opened, &meta, &|| true));
     assert!(cache.knows(&file, &meta), "the new identity is remembered");
     // Never hashed by this cache: nothing to compare with.
-    assert!(!HashCache::new().still_holds(&file, &opened, &meta));
+    assert!(!HashCache::new().still_holds(&file, &opened, &meta, &|| true));
 }
 
 #[test]
@@ -265,4 +284,30 @@ fn a_file_longer_than_its_size_is_read_one_byte_past_it() {
     let all = hash_file(&file, &path, 3 << 20, &mut |_| true).unwrap();
     assert_eq!(all.len(), 3);
     assert_eq!(all[0], <ChunkHash>::from(blake3::hash(&vec![1u8; 1 << 20])));
+}
+
+/// A file changed again and again keeps only its last few identities in memory, the
+/// newest among them.
+#[test]
+fn only_the_last_identities_of_a_file_are_kept() {
+    let cache = HashCache::new();
+    let full = Path::new("/games/cnc4/a.eti");
+    let key = |n: u64| FileKey {
+        size: 1,
+        mtime_ns: i128::from(n),
+        ctime_ns: i128::from(n),
+        ino: 1,
+        dev: 1,
+    };
+    for n in 0..10u8 {
+        cache.insert(full, key(u64::from(n)), vec![[n; 32]]);
+    }
+    // Again under one it has: moved to the newest, not kept twice.
+    cache.insert(full, key(7), vec![[7; 32]]);
+    let mem = cache.mem.lock().unwrap();
+    let kept: Vec<FileKey> = mem[full].iter().map(|(k, _)| *k).collect();
+    assert_eq!(kept, [key(6), key(8), key(9), key(7)]);
+    drop(mem);
+    assert_eq!(cache.in_memory(full, key(9)), Some(vec![[9; 32]]));
+    assert_eq!(cache.in_memory(full, key(2)), None);
 }

@@ -150,6 +150,14 @@ fn symlinks_never_leave_the_root() {
     symlink(root.join("gone"), &link).unwrap();
     not_offered("cannot be resolved");
     fs::remove_file(&link).unwrap();
+    // Inside, but into the installed copy or the daemon's own files (never sent).
+    write(&root.join("local/settings.cfg"), b"the player's");
+    write(&root.join(".lanspread/pieces.json"), b"{}");
+    for target in ["local/settings.cfg", ".lanspread/pieces.json"] {
+        symlink(root.join(target), &link).unwrap();
+        not_offered("into local/ or .lanspread");
+        fs::remove_file(&link).unwrap();
+    }
     let fifo = std::ffi::CString::new(link.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: `fifo` is a valid NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);

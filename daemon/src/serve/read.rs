@@ -103,14 +103,17 @@ pub(super) enum Check {
 }
 
 impl Check {
+    /// Whether the file opened still holds what was given out; `go_on` says whether
+    /// its asker still waits (a re-hash by another request is waited for meanwhile).
     fn holds(
         &self,
         path: &std::path::Path,
         file: &std::fs::File,
         meta: &std::fs::Metadata,
+        go_on: &dyn Fn() -> bool,
     ) -> bool {
         match self {
-            Check::Unchanged(hashes) => hashes.still_holds(path, file, meta),
+            Check::Unchanged(hashes) => hashes.still_holds(path, file, meta, go_on),
             Check::Live(live, _) => live
                 .as_ref()
                 .is_some_and(|l| l.load(std::sync::atomic::Ordering::SeqCst)),
@@ -213,7 +216,7 @@ pub(super) fn read_ranges(root: PathBuf, files: Vec<(PathBuf, u64, u64)>, check:
                 Err(e) => Err(std::io::Error::new(e.kind(), format!("the game root: {e}"))),
             };
             let file = match opened {
-                Ok((f, meta)) if check.holds(&path, &f, &meta) => f,
+                Ok((f, meta)) if check.holds(&path, &f, &meta, &|| !tx.is_closed()) => f,
                 Ok(_) => {
                     let _ = tx.blocking_send(Err(refused(format!(
                         "{} changed since its hashes were given out; ask for the manifest again",

@@ -16,10 +16,11 @@
 //! reported by inotify only once it is closed: the periodic rescan sees it first); a
 //! folder that cannot be watched (the watch limit) is warned about once and left to the
 //! periodic rescan, as are changes inotify reports only as `IN_MODIFY` (`truncate`,
-//! `fallocate`, a writer that keeps its file open). Symlinked folders are followed only
-//! directly under the watched folder (a game root may live on another disk), and only
-//! when they neither contain the watched folder nor lie in it, as the catalog's scan
-//! allows.
+//! `fallocate`, a writer that keeps its file open). Symlinked folders are never followed,
+//! as the catalog's scan never follows a symlinked game root (a bind mount brings
+//! another disk's folder in): `games/x -> /usr` would cost a watch per folder of the
+//! target, out of the user's inotify limit shared with every other service, and a walk
+//! of it after every overflow. The watched folder itself may be a symlink.
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
@@ -86,8 +87,6 @@ impl Drop for TreeWatch {
 /// The watched folders by descriptor (a folder moved keeps its descriptor).
 struct Tree {
     top: PathBuf,
-    /// `top` with symlinks resolved: a symlinked root must not contain it or lie in it.
-    real_top: PathBuf,
     skip: Skip,
     watches: Watches,
     paths: HashMap<WatchDescriptor, PathBuf>,
@@ -108,7 +107,8 @@ impl Tree {
                 continue;
             }
             let depth = rel.components().count();
-            // A game root may be a symlink (checked by `follows`); nothing deeper is
+            // The watched folder may be a symlink (`--games` naming another disk); nothing
+            // under it is followed (nor is a folder swapped for a symlink while walked).
             // followed.
             let mask = match depth {
                 0 | 1 => MASK,
@@ -147,22 +147,11 @@ impl Tree {
                 let Ok(kind) = entry.file_type() else {
                     continue;
                 };
-                if kind.is_dir() || (depth == 0 && kind.is_symlink() && self.follows(&entry.path()))
-                {
+                if kind.is_dir() {
                     stack.push(entry.path());
                 }
             }
         }
-    }
-
-    /// Whether a symlinked game root is watched: a folder that neither contains the
-    /// watched folder nor lies in it (`games/g -> ..` would walk the whole disk).
-    fn follows(&self, link: &Path) -> bool {
-        std::fs::canonicalize(link).is_ok_and(|target| {
-            target.is_dir()
-                && !self.real_top.starts_with(&target)
-                && !target.starts_with(&self.real_top)
-        })
     }
 
     /// A folder moved away: its watches go (moved back in, it is watched again).
@@ -202,7 +191,6 @@ impl TreeWatch {
         let watches = inotify.watches();
         let mut tree = Tree {
             top: dir.to_path_buf(),
-            real_top: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
             skip,
             watches: inotify.watches(),
             paths: HashMap::new(),
@@ -307,12 +295,9 @@ fn handle(
     let path = name.map_or_else(|| dir.clone(), |n| dir.join(n));
     let arrived = mask.intersects(EventMask::CREATE | EventMask::MOVED_TO);
     let left = mask.intersects(EventMask::DELETE | EventMask::MOVED_FROM);
-    // A game root symlinked in from another disk is watched too, and forgotten when the
-    // link goes (its target's watches would otherwise stay).
-    let root_entry = *dir == tree.top;
-    if arrived && (mask.contains(EventMask::ISDIR) || (root_entry && tree.follows(&path))) {
+    if arrived && mask.contains(EventMask::ISDIR) {
         tree.add(&path);
-    } else if left && (mask.contains(EventMask::ISDIR) || root_entry) {
+    } else if left && mask.contains(EventMask::ISDIR) {
         tree.forget(&path);
     }
     seen.push(path);
@@ -432,15 +417,19 @@ mod tests {
     }
 
     #[test]
-    fn a_game_root_linked_in_from_another_disk_is_watched() {
+    fn a_game_root_linked_in_from_another_disk_is_not_walked() {
         let top = tempfile::tempdir().unwrap();
         let disk = tempfile::tempdir().unwrap();
         let (_w, rx) = watch(top.path());
         let root = top.path().join("g");
         std::os::unix::fs::symlink(disk.path(), &root).unwrap();
+        // The link itself is seen (the scan says it is not followed) ...
         assert_eq!(next(&rx), Seen::Path(root.clone()));
+        // ... not what happens in its target, as the scan does not read it.
         std::fs::write(disk.path().join("f.eti"), b"x").unwrap();
-        assert_eq!(next(&rx), Seen::Path(root.join("f.eti")));
+        std::fs::write(top.path().join("marker"), b"").unwrap();
+        let got = until(&rx, &top.path().join("marker"));
+        assert_eq!(got, [Seen::Path(top.path().join("marker"))]);
     }
 
     #[test]

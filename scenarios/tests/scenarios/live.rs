@@ -95,6 +95,38 @@ fn s21_add_s22_remove_s23_version_bump() {
     assert!(a.events_named("peer-lost").is_empty());
 }
 
+/// The games dir gone as a whole while the daemon runs (moved away, a mount gone): its
+/// games are no longer offered — peers asking for them would fail — and they are again
+/// once it is back. (Moved, not deleted: a deletion removes the roots first, which a
+/// rescan of the games dir sees as roots gone.)
+#[test]
+fn a_games_dir_gone_as_a_whole_offers_nothing_until_it_is_back() {
+    let (a, b, _ga, gb) = pair();
+    wait_row(&a, &b, "cnc4", Some("20250101"));
+    let away = tempfile::tempdir().unwrap();
+    let moved = away.path().join("games");
+    fs::rename(gb.path(), &moved).unwrap();
+    wait_row(&a, &b, "cnc4", None);
+    assert!(
+        b.log().contains("the games dir is gone"),
+        "{}",
+        b.log_tail()
+    );
+    fs::rename(&moved, gb.path()).unwrap();
+    // (Back under its name, a folder the watch no longer follows: the backup rescan,
+    // every 30 s, finds it. Not a timing assertion: a bound for a hung test.)
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while remote_rows(&a.json(&["list-games"]))
+        .get("cnc4")
+        .map(|r| r.0.as_str())
+        != Some("20250101")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", b.log_tail());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(peer_connected_count(&a, &b), 1);
+}
+
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
