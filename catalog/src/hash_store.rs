@@ -76,10 +76,10 @@ pub(crate) fn from_persisted(
         .collect()
 }
 
-/// The largest cache file read: the piece hashes of a 4 TiB root (64 hex digits per MiB)
-/// with room for its entries' names. A larger one (a file someone grew: `truncate -s 1T`)
-/// reads as empty without being read: the root is hashed again, and the daemon does not
-/// read it into memory at every start.
+/// The largest cache file read: the piece hashes of a 4 TiB root (64 hex digits per MiB),
+/// far more than a manifest may describe. A larger one (a file someone grew: `truncate -s
+/// 1T`) reads as empty without being read: the root is hashed again, and the daemon does
+/// not read it into memory at every start.
 const MAX_CACHE_FILE: u64 = 256 << 20;
 
 /// The persisted cache of the root at `root`, empty when there is none, it is of another
@@ -95,9 +95,10 @@ fn load_capped(root: &Path, cap: u64) -> CacheFile {
         if meta.len() > cap {
             return Err(std::io::Error::other("larger than a cache can be"));
         }
-        // Parsed as it is read, never past the cap (a file that grows meanwhile).
-        let reader = std::io::BufReader::new(std::io::Read::take(file, cap));
-        serde_json::from_reader(reader).map_err(std::io::Error::other)
+        // Never past the cap (a file that grows meanwhile).
+        let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+        std::io::Read::read_to_end(&mut std::io::Read::take(file, cap), &mut bytes)?;
+        serde_json::from_slice(&bytes).map_err(std::io::Error::other)
     };
     read()
         .ok()

@@ -413,6 +413,32 @@ impl HashCache {
         if changed().contains(&key) {
             return false;
         }
+        let same_but_ctime = |k: &FileKey| {
+            FileKey {
+                ctime_ns: now.ctime_ns,
+                ..*k
+            } == now
+        };
+        let given = || -> Vec<Vec<ChunkHash>> {
+            self.mem
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(full)
+                .into_iter()
+                .flatten()
+                .filter(|(k, _)| same_but_ctime(k))
+                .map(|(_, c)| c.clone())
+                .collect()
+        };
+        // Nothing given out that the ctime alone tells from it (the file really changed):
+        // refused at once, not after waiting for whoever hashes it now (the indexer,
+        // after an update).
+        if given().is_empty() {
+            return false;
+        }
+        // One caller re-reads; the others wait for its verdict. The one that reads goes
+        // on to the end even when its asker left: a file that takes longer than an
+        // asker waits would otherwise never be found unchanged.
         let _claim = loop {
             if let Some(claim) = self.claims.try_claim(full) {
                 break claim;
@@ -432,22 +458,7 @@ impl HashCache {
         if self.knows(full, meta) {
             return true;
         }
-        let same_but_ctime = |k: &FileKey| {
-            FileKey {
-                ctime_ns: now.ctime_ns,
-                ..*k
-            } == now
-        };
-        let given: Vec<Vec<ChunkHash>> = self
-            .mem
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(full)
-            .into_iter()
-            .flatten()
-            .filter(|(k, _)| same_but_ctime(k))
-            .map(|(_, c)| c.clone())
-            .collect();
+        let given = given();
         if given.is_empty() {
             return false;
         }

@@ -292,7 +292,14 @@ impl Walk {
     /// symlinked directories are never followed (no loops, no escapes).
     fn dir(&mut self, dir: &Path, root: &Path, prefix: &str) -> Vec<(PathBuf, String)> {
         let mut subs = Vec::new();
-        let entries = match fs::read_dir(dir) {
+        let opened = match open_folder(dir, root, Path::new(prefix)) {
+            Ok(o) => o,
+            Err(e) => {
+                self.problem(format!("cannot read folder {}: {e}", dir.display()));
+                return subs;
+            }
+        };
+        let entries = match fs::read_dir(opened.via()) {
             Ok(e) => e,
             Err(e) => {
                 self.problem(format!("cannot read folder {}: {e}", dir.display()));
@@ -307,7 +314,9 @@ impl Walk {
                     return subs;
                 }
             };
-            let path = entry.path();
+            // Shown as `path`, reached through the folder opened (`at`).
+            let path = dir.join(entry.file_name());
+            let at = opened.via().join(entry.file_name());
             let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
                 self.problem(format!(
                     "file name is not UTF-8 and cannot be sent to peers: {}",
@@ -323,7 +332,7 @@ impl Walk {
             } else {
                 format!("{prefix}/{name}")
             };
-            let meta = match fs::symlink_metadata(&path) {
+            let meta = match fs::symlink_metadata(&at) {
                 Ok(m) => m,
                 // Removed while we looked: the next scan sees the new state.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -336,7 +345,7 @@ impl Walk {
                 // Followed only to a regular file inside the root. Any other link would
                 // leave the game incomplete on every downloader without a word, so it
                 // keeps the root from being offered, with the reason.
-                match fs::canonicalize(&path) {
+                match fs::canonicalize(&at) {
                     Ok(target) if target.starts_with(root) && !in_served_part(root, &target) => {
                         self.problem(format!(
                             "{} is a symlink into local/ or .lanspread*, not followed (the \
@@ -389,7 +398,7 @@ impl Walk {
             } else {
                 match RelPath::new(&rel) {
                     Ok(rel) => {
-                        if let Err(e) = readable(&path) {
+                        if let Err(e) = readable(&at) {
                             self.problem(format!("cannot read {}: {e}", path.display()));
                         }
                         self.files.push(FileDescriptor {
@@ -404,6 +413,44 @@ impl Walk {
         }
         subs
     }
+}
+
+/// A folder opened for listing (or watching), and the path that reaches exactly what was
+/// opened (`/proc/self/fd/N`), whatever is done to its name meanwhile.
+#[derive(Debug)]
+pub struct OpenFolder {
+    _file: fs::File,
+    via: PathBuf,
+}
+
+impl OpenFolder {
+    /// The path to the folder opened: list it, watch it, reach its entries through it.
+    pub fn via(&self) -> &Path {
+        &self.via
+    }
+}
+
+/// Opens the folder `dir` under `top` (`real_top`: `top` with its symlinks resolved;
+/// `rel`: the folder's path under it) for listing: not through a symlink, and only when
+/// the folder opened is the one at `real_top/rel` (no component of its path swapped for
+/// a symlink since its parent was listed): a folder replaced by a link to `/` while a
+/// root is scanned or the games dir watched is not walked, nor are the names out there
+/// listed as a game's. `top` itself (`rel` empty) may be reached through symlinks. Never
+/// blocking (a FIFO swapped in).
+pub fn open_folder(dir: &Path, real_top: &Path, rel: &Path) -> std::io::Result<OpenFolder> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let under = !rel.as_os_str().is_empty();
+    let nofollow = if under { libc::O_NOFOLLOW } else { 0 };
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK | libc::O_CLOEXEC | nofollow)
+        .open(dir)?;
+    let via = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+    if under && fs::read_link(&via)? != real_top.join(rel) {
+        return Err(std::io::Error::other("it moved while it was walked"));
+    }
+    Ok(OpenFolder { _file: file, via })
 }
 
 /// Whether this process may read `path`: a `faccessat(2)` check with the effective ids

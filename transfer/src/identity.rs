@@ -81,22 +81,18 @@ impl fmt::Debug for Identity {
 /// The largest key file read (a PEM key is a few hundred bytes).
 const MAX_KEY_FILE: u64 = 64 << 10;
 
-/// Reads the key file at `path`: the file itself, never a symlink (a link to another
-/// file would have that file's mode changed below), never blocking (a FIFO), a regular
-/// file of at most [`MAX_KEY_FILE`] bytes. One readable by others is made 0600 through
-/// its descriptor.
-fn read_key(path: &Path) -> std::io::Result<String> {
+/// Reads the key file at `path` (a link to it is followed: a key provisioned from a
+/// secrets store): never blocking (a FIFO), a regular file of at most [`MAX_KEY_FILE`]
+/// bytes. Returns the file with its text; its mode is fixed through that descriptor only
+/// once the text is a key (a file that is not one is never chmodded).
+fn read_key(path: &Path) -> std::io::Result<(fs::File, String)> {
     use std::io::Read;
     let refuse =
         |why: &str| std::io::Error::other(format!("{why}; the key must be a regular file"));
     let mut file = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ELOOP) => refuse("it is a symlink"),
-            _ => e,
-        })?;
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(refuse("it is not a regular file"));
@@ -104,13 +100,18 @@ fn read_key(path: &Path) -> std::io::Result<String> {
     if meta.len() > MAX_KEY_FILE {
         return Err(refuse("it is larger than a key can be"));
     }
-    if meta.permissions().mode() & 0o077 != 0 {
+    let mut pem = String::new();
+    (&mut file).take(MAX_KEY_FILE).read_to_string(&mut pem)?;
+    Ok((file, pem))
+}
+
+/// Makes the key `file` (at `path`) readable by its owner only, through its descriptor.
+fn keep_private(file: &fs::File, path: &Path) -> std::io::Result<()> {
+    if file.metadata()?.permissions().mode() & 0o077 != 0 {
         tracing::warn!(path = %path.display(), "identity key is readable by others; fixing mode to 0600");
         file.set_permissions(fs::Permissions::from_mode(0o600))?;
     }
-    let mut pem = String::new();
-    (&mut file).take(MAX_KEY_FILE).read_to_string(&mut pem)?;
-    Ok(pem)
+    Ok(())
 }
 
 impl Identity {
@@ -128,11 +129,12 @@ impl Identity {
         // other got there first; the loser then loads the winner's key.
         for _ in 0..3 {
             match read_key(&path) {
-                Ok(pem) => {
+                Ok((file, pem)) => {
                     let key = KeyPair::from_pem(&pem).map_err(|e| TransferError::BadKey {
                         path: path.clone(),
                         why: e.to_string(),
                     })?;
+                    keep_private(&file, &path).map_err(key_io)?;
                     return Self::from_key(key);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -270,10 +272,11 @@ mod tests {
         }
     }
 
-    /// A key file that is a symlink, a FIFO or huge is refused with a clear error, at
-    /// once: no wait for a FIFO's writer, no other file's mode changed, nothing huge read.
+    /// A key file that is a FIFO or huge is refused with a clear error, at once (no wait
+    /// for a FIFO's writer, nothing huge read); one that is a symlink to a key is read,
+    /// and a link to a file that is not a key never has that file's mode changed.
     #[test]
-    fn a_key_file_that_is_not_a_plain_file_is_refused() {
+    fn a_key_file_that_is_not_a_plain_key_is_refused_and_chmods_nothing() {
         let t = tempfile::tempdir().unwrap();
         let key = t.path().join(KEY_FILE);
         let other = t.path().join("other");
@@ -281,9 +284,20 @@ mod tests {
         fs::set_permissions(&other, fs::Permissions::from_mode(0o644)).unwrap();
         std::os::unix::fs::symlink(&other, &key).unwrap();
         let err = Identity::load_or_create(t.path()).unwrap_err();
-        assert!(err.to_string().contains("is a symlink"), "{err}");
+        assert!(err.to_string().contains("unusable"), "{err}");
         let mode = fs::metadata(&other).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644, "the link's target was chmodded");
+        fs::remove_file(&key).unwrap();
+        // A link to a real key (a secrets store): read, and that key made private.
+        let store = tempfile::tempdir().unwrap();
+        let a = Identity::load_or_create(store.path()).unwrap();
+        let stored = store.path().join(KEY_FILE);
+        fs::set_permissions(&stored, fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink(&stored, &key).unwrap();
+        let b = Identity::load_or_create(t.path()).unwrap();
+        assert_eq!(a.peer_id(), b.peer_id());
+        let mode = fs::metadata(&stored).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
         fs::remove_file(&key).unwrap();
         let fifo = std::ffi::CString::new(key.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: `fifo` is a valid NUL-terminated path.

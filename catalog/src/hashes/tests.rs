@@ -152,6 +152,14 @@ fn a_moved_change_time_alone_is_checked_by_content() {
     assert!(cache.knows(&file, &meta), "the new identity is remembered");
     // Never hashed by this cache: nothing to compare with.
     assert!(!HashCache::new().still_holds(&file, &opened, &meta, &|| true));
+    // Really changed (its mtime moved) while someone hashes it: refused at once, not
+    // after waiting for that hash.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(&file, b"new").unwrap();
+    let _busy = cache.claims.try_claim(&file).unwrap();
+    let meta = fs::metadata(&file).unwrap();
+    let opened = fs::File::open(&file).unwrap();
+    assert!(!cache.still_holds(&file, &opened, &meta, &|| panic!("waited")));
 }
 
 #[test]

@@ -87,6 +87,8 @@ impl Drop for TreeWatch {
 /// The watched folders by descriptor (a folder moved keeps its descriptor).
 struct Tree {
     top: PathBuf,
+    /// `top` with its symlinks resolved: where each folder under it must be when opened.
+    real_top: PathBuf,
     skip: Skip,
     watches: Watches,
     paths: HashMap<WatchDescriptor, PathBuf>,
@@ -106,15 +108,19 @@ impl Tree {
             if !rel.as_os_str().is_empty() && (self.skip)(rel) {
                 continue;
             }
-            let depth = rel.components().count();
             // The watched folder may be a symlink (`--games` naming another disk); nothing
-            // under it is followed (nor is a folder swapped for a symlink while walked).
-            // followed.
-            let mask = match depth {
-                0 | 1 => MASK,
-                _ => MASK | WatchMask::DONT_FOLLOW,
+            // under it is followed, nor a folder swapped for a symlink while it is walked:
+            // each is opened as the scan opens it, then watched and listed through that
+            // descriptor (the folder opened, whatever its name is now).
+            let opened = match lanspread_catalog::open_folder(&dir, &self.real_top, rel) {
+                Ok(o) => o,
+                // Gone already, a file, a symlink or moved: its creation was reported.
+                Err(e) => {
+                    debug!(dir = %dir.display(), "watch: not walked: {e}");
+                    continue;
+                }
             };
-            let wd = match self.watches.add(&dir, mask) {
+            let wd = match self.watches.add(opened.via(), MASK) {
                 Ok(wd) => wd,
                 // Gone already, a file or a symlink: its creation was reported.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
@@ -140,7 +146,7 @@ impl Tree {
                     self.paths.insert(wd, dir.clone());
                 }
             }
-            let Ok(entries) = std::fs::read_dir(&dir) else {
+            let Ok(entries) = std::fs::read_dir(opened.via()) else {
                 continue;
             };
             for entry in entries.flatten() {
@@ -148,7 +154,7 @@ impl Tree {
                     continue;
                 };
                 if kind.is_dir() {
-                    stack.push(entry.path());
+                    stack.push(dir.join(entry.file_name()));
                 }
             }
         }
@@ -191,6 +197,7 @@ impl TreeWatch {
         let watches = inotify.watches();
         let mut tree = Tree {
             top: dir.to_path_buf(),
+            real_top: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
             skip,
             watches: inotify.watches(),
             paths: HashMap::new(),
