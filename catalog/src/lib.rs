@@ -33,6 +33,6 @@ pub use lanspread_proto::{
     PIECES_PER_CHUNK, PIECE_SIZE, VERSION_FILE,
 };
 pub use scan::{
-    free_space, open_folder, scan_games_dir, scan_root, FileDescriptor, GameRoot, Library,
-    OpenFolder, INSTALLED_MARKER,
+    folder_id, free_space, open_folder, scan_games_dir, scan_root, FileDescriptor, FolderId,
+    GameRoot, Library, OpenFolder, INSTALLED_MARKER,
 };

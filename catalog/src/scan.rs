@@ -244,6 +244,10 @@ struct Walk {
     problem: Option<String>,
 }
 
+/// A sub-folder still to walk: its path, its path in the root, and what it was when
+/// listed.
+type Sub = (PathBuf, String, FolderId);
+
 impl Walk {
     fn problem(&mut self, why: String) {
         debug!("{why}");
@@ -260,17 +264,17 @@ impl Walk {
         struct Open {
             rel: String,
             found: (usize, usize),
-            subs: Vec<(PathBuf, String)>,
+            subs: Vec<Sub>,
         }
         let mut open = vec![Open {
             rel: String::new(),
             found: (0, 0),
-            subs: self.dir(top, root, ""),
+            subs: self.dir(top, root, "", None),
         }];
         while let Some(here) = open.last_mut() {
-            if let Some((path, rel)) = here.subs.pop() {
+            if let Some((path, rel, id)) = here.subs.pop() {
                 let found = (self.files.len(), self.folders.len());
-                let subs = self.dir(&path, root, &rel);
+                let subs = self.dir(&path, root, &rel, Some(id));
                 open.push(Open { rel, found, subs });
                 continue;
             }
@@ -286,13 +290,15 @@ impl Walk {
         }
     }
 
-    /// Walks the entries of `dir` (whose path relative to the root is `prefix`),
-    /// appending regular files, and returns its sub-folders (path, relative path).
-    /// Symlinks are followed only when they resolve to a regular file inside the root;
-    /// symlinked directories are never followed (no loops, no escapes).
-    fn dir(&mut self, dir: &Path, root: &Path, prefix: &str) -> Vec<(PathBuf, String)> {
+    /// Walks the entries of `dir` (whose path relative to the root is `prefix`; `was`:
+    /// the folder as its parent's listing saw it, none for the root), appending regular
+    /// files, and returns its sub-folders. Symlinks are followed only when they resolve
+    /// to a regular file inside the root; symlinked directories are never followed (no
+    /// loops, no escapes), the root itself neither (a root swapped for one since the
+    /// games dir was listed).
+    fn dir(&mut self, dir: &Path, root: &Path, prefix: &str, was: Option<FolderId>) -> Vec<Sub> {
         let mut subs = Vec::new();
-        let opened = match open_folder(dir, root, Path::new(prefix)) {
+        let opened = match open_folder(dir, false, was) {
             Ok(o) => o,
             Err(e) => {
                 self.problem(format!("cannot read folder {}: {e}", dir.display()));
@@ -345,7 +351,9 @@ impl Walk {
                 // Followed only to a regular file inside the root. Any other link would
                 // leave the game incomplete on every downloader without a word, so it
                 // keeps the root from being offered, with the reason.
-                match fs::canonicalize(&at) {
+                // (By its path: resolved the way the root was, whatever spelling a
+                // case-insensitive filesystem gives the descriptor's path.)
+                match fs::canonicalize(&path) {
                     Ok(target) if target.starts_with(root) && !in_served_part(root, &target) => {
                         self.problem(format!(
                             "{} is a symlink into local/ or .lanspread*, not followed (the \
@@ -392,7 +400,7 @@ impl Walk {
                 meta
             };
             if meta.is_dir() {
-                subs.push((path, rel));
+                subs.push((path, rel, folder_id(&meta)));
             } else if !meta.is_file() {
                 self.problem(not_a_file(&path));
             } else {
@@ -430,26 +438,41 @@ impl OpenFolder {
     }
 }
 
-/// Opens the folder `dir` under `top` (`real_top`: `top` with its symlinks resolved;
-/// `rel`: the folder's path under it) for listing: not through a symlink, and only when
-/// the folder opened is the one at `real_top/rel` (no component of its path swapped for
-/// a symlink since its parent was listed): a folder replaced by a link to `/` while a
-/// root is scanned or the games dir watched is not walked, nor are the names out there
-/// listed as a game's. `top` itself (`rel` empty) may be reached through symlinks. Never
-/// blocking (a FIFO swapped in).
-pub fn open_folder(dir: &Path, real_top: &Path, rel: &Path) -> std::io::Result<OpenFolder> {
+/// A folder's device and inode, as its parent's listing saw it.
+pub type FolderId = (u64, u64);
+
+/// The [`FolderId`] of an entry's metadata.
+pub fn folder_id(meta: &fs::Metadata) -> FolderId {
+    (meta.dev(), meta.ino())
+}
+
+/// Opens the folder `dir` for listing: never blocking (a FIFO swapped in), not through a
+/// symlink at its last component unless `follow_last` (the top of a walk may be reached
+/// through one: a games dir on another disk), and, given `was` (the folder as its
+/// parent's listing saw it), only if it is that folder still: one swapped for a symlink,
+/// or reached through a folder above it swapped for one, since its parent was listed is
+/// not walked (a link to `/` would have the names out there listed as a game's). An
+/// identity, not a name, is compared: a case-insensitive filesystem may spell a path
+/// otherwise than it was listed. The folder moved is `NotFound`.
+pub fn open_folder(
+    dir: &Path,
+    follow_last: bool,
+    was: Option<FolderId>,
+) -> std::io::Result<OpenFolder> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::OpenOptionsExt;
-    let under = !rel.as_os_str().is_empty();
-    let nofollow = if under { libc::O_NOFOLLOW } else { 0 };
+    let nofollow = if follow_last { 0 } else { libc::O_NOFOLLOW };
     let file = fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK | libc::O_CLOEXEC | nofollow)
         .open(dir)?;
-    let via = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-    if under && fs::read_link(&via)? != real_top.join(rel) {
-        return Err(std::io::Error::other("it moved while it was walked"));
+    if was.is_some_and(|was| file.metadata().map(|m| folder_id(&m)).ok() != Some(was)) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "it moved while it was walked",
+        ));
     }
+    let via = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
     Ok(OpenFolder { _file: file, via })
 }
 

@@ -105,13 +105,25 @@ fn read_key(path: &Path) -> std::io::Result<(fs::File, String)> {
     Ok((file, pem))
 }
 
-/// Makes the key `file` (at `path`) readable by its owner only, through its descriptor.
-fn keep_private(file: &fs::File, path: &Path) -> std::io::Result<()> {
-    if file.metadata()?.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(path = %path.display(), "identity key is readable by others; fixing mode to 0600");
-        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+/// Makes the key `file` (at `path`) readable by its owner only, through its descriptor;
+/// a key that is a link (into a secrets store, perhaps shared or read-only) or whose mode
+/// cannot be changed is only warned about.
+fn keep_private(file: &fs::File, path: &Path) {
+    let Ok(meta) = file.metadata() else {
+        return;
+    };
+    if meta.permissions().mode() & 0o077 == 0 {
+        return;
     }
-    Ok(())
+    let linked = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+    if linked {
+        tracing::warn!(path = %path.display(), "identity key is readable by others; it is a link, its target's mode is left alone");
+        return;
+    }
+    tracing::warn!(path = %path.display(), "identity key is readable by others; fixing mode to 0600");
+    if let Err(e) = file.set_permissions(fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(path = %path.display(), "cannot make the identity key private: {e}");
+    }
 }
 
 impl Identity {
@@ -134,8 +146,17 @@ impl Identity {
                         path: path.clone(),
                         why: e.to_string(),
                     })?;
-                    keep_private(&file, &path).map_err(key_io)?;
+                    keep_private(&file, &path);
                     return Self::from_key(key);
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::NotFound
+                        && fs::symlink_metadata(&path)
+                            .is_ok_and(|m| m.file_type().is_symlink()) =>
+                {
+                    return Err(key_io(std::io::Error::other(
+                        "it is a symlink to nothing; make it name the key, or remove it",
+                    )));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     let key = KeyPair::generate().map_err(|e| TransferError::Tls(e.to_string()))?;
@@ -274,7 +295,7 @@ mod tests {
 
     /// A key file that is a FIFO or huge is refused with a clear error, at once (no wait
     /// for a FIFO's writer, nothing huge read); one that is a symlink to a key is read,
-    /// and a link to a file that is not a key never has that file's mode changed.
+    /// and no linked file's mode is changed.
     #[test]
     fn a_key_file_that_is_not_a_plain_key_is_refused_and_chmods_nothing() {
         let t = tempfile::tempdir().unwrap();
@@ -288,7 +309,7 @@ mod tests {
         let mode = fs::metadata(&other).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644, "the link's target was chmodded");
         fs::remove_file(&key).unwrap();
-        // A link to a real key (a secrets store): read, and that key made private.
+        // A link to a real key (a secrets store, perhaps shared): read, its mode left.
         let store = tempfile::tempdir().unwrap();
         let a = Identity::load_or_create(store.path()).unwrap();
         let stored = store.path().join(KEY_FILE);
@@ -297,7 +318,13 @@ mod tests {
         let b = Identity::load_or_create(t.path()).unwrap();
         assert_eq!(a.peer_id(), b.peer_id());
         let mode = fs::metadata(&stored).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(mode & 0o777, 0o644);
+        fs::remove_file(&key).unwrap();
+        // A link to nothing: said so, no key made behind it.
+        std::os::unix::fs::symlink(t.path().join("nothing"), &key).unwrap();
+        let err = Identity::load_or_create(t.path()).unwrap_err();
+        assert!(err.to_string().contains("symlink to nothing"), "{err}");
+        assert!(!t.path().join("nothing").exists());
         fs::remove_file(&key).unwrap();
         let fifo = std::ffi::CString::new(key.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: `fifo` is a valid NUL-terminated path.

@@ -155,7 +155,7 @@ fn a_moved_change_time_alone_is_checked_by_content() {
     // Really changed (its mtime moved) while someone hashes it: refused at once, not
     // after waiting for that hash.
     std::thread::sleep(std::time::Duration::from_millis(20));
-    fs::write(&file, b"new").unwrap();
+    fs::write(&file, b"newer, and longer").unwrap();
     let _busy = cache.claims.try_claim(&file).unwrap();
     let meta = fs::metadata(&file).unwrap();
     let opened = fs::File::open(&file).unwrap();

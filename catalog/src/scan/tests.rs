@@ -351,31 +351,32 @@ fn a_tree_a_thousand_folders_deep_is_walked_without_recursion() {
     crate::remove_all_in(game.dir(), Path::new("a"), false).unwrap();
 }
 
-/// A folder of a root is listed only through a descriptor of the folder at its place in
-/// the root: swapped for a symlink (or a folder above it swapped) after its parent was
+/// A folder of a root is listed only through a descriptor of the folder its parent's
+/// listing saw: swapped for a symlink (or a folder above it swapped) after its parent was
 /// listed, it is not walked — the scan would have listed what is out there as the game's.
 #[test]
 fn a_folder_swapped_for_a_symlink_while_scanned_is_not_walked() {
     let t = tempfile::tempdir().unwrap();
-    let root = fs::canonicalize(t.path()).unwrap().join("cnc4");
-    let outside = fs::canonicalize(t.path()).unwrap().join("outside");
+    let root = t.path().join("cnc4");
+    let outside = t.path().join("outside");
     write(&root.join("a/b/f.eti"), b"game");
     write(&outside.join("b/secret"), b"not the game's");
-    assert!(open_folder(&root.join("a/b"), &root, Path::new("a/b")).is_ok());
-    assert!(open_folder(&root, &root, Path::new("")).is_ok());
+    let was = folder_id(&fs::symlink_metadata(root.join("a/b")).unwrap());
+    assert!(open_folder(&root.join("a/b"), false, Some(was)).is_ok());
     // `a/b` itself a symlink now: not opened.
     fs::rename(root.join("a/b"), t.path().join("kept")).unwrap();
     symlink(outside.join("b"), root.join("a/b")).unwrap();
-    assert!(open_folder(&root.join("a/b"), &root, Path::new("a/b")).is_err());
+    assert!(open_folder(&root.join("a/b"), false, Some(was)).is_err());
+    // Unless the walk's top, which may be reached through a link.
+    assert!(open_folder(&root.join("a/b"), true, None).is_ok());
     fs::remove_file(root.join("a/b")).unwrap();
-    // `a` a symlink to a folder that has a `b`: opened, but not where `a/b` should be.
+    // `a` a symlink to a folder that has a `b`: not the folder listed.
     fs::rename(root.join("a"), t.path().join("kept-a")).unwrap();
     symlink(&outside, root.join("a")).unwrap();
-    let err = open_folder(&root.join("a/b"), &root, Path::new("a/b"))
-        .err()
-        .unwrap();
+    let err = open_folder(&root.join("a/b"), false, Some(was)).unwrap_err();
     assert!(err.to_string().contains("moved while"), "{err}");
-    // And a scan lists what it reaches through the descriptor, under the root's names.
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    // A root swapped for a link is not walked either.
     fs::remove_file(root.join("a")).unwrap();
     fs::rename(t.path().join("kept-a"), root.join("a")).unwrap();
     fs::rename(t.path().join("kept"), root.join("a/b")).unwrap();
@@ -384,4 +385,9 @@ fn a_folder_swapped_for_a_symlink_while_scanned_is_not_walked() {
     let paths: Vec<_> = r.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, ["a/b/f.eti", "version.ini"], "{:?}", r.problem);
     assert_eq!(r.availability(), Availability::Ready, "{:?}", r.problem);
+    let linked = t.path().join("linked");
+    symlink(&root, &linked).unwrap();
+    let r = scan_root(&linked, GameId::new("cnc4").unwrap());
+    assert!(r.files.is_empty(), "{r:?}");
+    assert_eq!(r.availability(), Availability::NotReady, "{r:?}");
 }

@@ -87,8 +87,6 @@ impl Drop for TreeWatch {
 /// The watched folders by descriptor (a folder moved keeps its descriptor).
 struct Tree {
     top: PathBuf,
-    /// `top` with its symlinks resolved: where each folder under it must be when opened.
-    real_top: PathBuf,
     skip: Skip,
     watches: Watches,
     paths: HashMap<WatchDescriptor, PathBuf>,
@@ -102,8 +100,8 @@ impl Tree {
     /// events were lost).
     fn add(&mut self, dir: &Path) {
         let mut seen = HashSet::new();
-        let mut stack = vec![dir.to_path_buf()];
-        while let Some(dir) = stack.pop() {
+        let mut stack = vec![(dir.to_path_buf(), None)];
+        while let Some((dir, was)) = stack.pop() {
             let rel = dir.strip_prefix(&self.top).unwrap_or(Path::new(""));
             if !rel.as_os_str().is_empty() && (self.skip)(rel) {
                 continue;
@@ -112,11 +110,21 @@ impl Tree {
             // under it is followed, nor a folder swapped for a symlink while it is walked:
             // each is opened as the scan opens it, then watched and listed through that
             // descriptor (the folder opened, whatever its name is now).
-            let opened = match lanspread_catalog::open_folder(&dir, &self.real_top, rel) {
+            let opened = match lanspread_catalog::open_folder(&dir, dir == self.top, was) {
                 Ok(o) => o,
                 // Gone already, a file, a symlink or moved: its creation was reported.
-                Err(e) => {
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || matches!(e.raw_os_error(), Some(libc::ENOTDIR | libc::ELOOP)) =>
+                {
                     debug!(dir = %dir.display(), "watch: not walked: {e}");
+                    continue;
+                }
+                Err(e) => {
+                    if !self.warned {
+                        warn!(dir = %dir.display(), "cannot watch ({e}); changes there wait for the periodic rescan");
+                        self.warned = true;
+                    }
                     continue;
                 }
             };
@@ -150,11 +158,14 @@ impl Tree {
                 continue;
             };
             for entry in entries.flatten() {
-                let Ok(kind) = entry.file_type() else {
+                // (Stat relative to the folder listed: what it holds, not what a path
+                // reaches now.)
+                let Ok(meta) = entry.metadata() else {
                     continue;
                 };
-                if kind.is_dir() {
-                    stack.push(dir.join(entry.file_name()));
+                if meta.is_dir() {
+                    let was = Some(lanspread_catalog::folder_id(&meta));
+                    stack.push((dir.join(entry.file_name()), was));
                 }
             }
         }
@@ -197,7 +208,6 @@ impl TreeWatch {
         let watches = inotify.watches();
         let mut tree = Tree {
             top: dir.to_path_buf(),
-            real_top: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
             skip,
             watches: inotify.watches(),
             paths: HashMap::new(),
