@@ -86,8 +86,10 @@ impl LaneDials {
         due
     }
 
-    /// Whether a slot waits for its dial (the driver then looks again every so often).
-    pub fn waiting(&self) -> bool {
+    /// Whether a slot waits for its dial (the driver looks every second whatever this
+    /// says: only the tests ask).
+    #[cfg(test)]
+    fn waiting(&self) -> bool {
         self.slots
             .values()
             .any(|s| matches!(s.state, State::Wait(_)))
