@@ -155,6 +155,19 @@ pub fn scan_root(dir: &Path, id: GameId) -> GameRoot {
             lanspread_proto::MAX_MANIFEST_ENTRIES
         ));
     }
+    if problem.is_none() {
+        // The bounds a downloader holds a manifest to (`check_tree`): a tree past them is
+        // not offered, rather than offered and refused by everyone.
+        let mut entries: Vec<(&str, bool)> = files
+            .iter()
+            .map(|f| (f.path.as_str(), false))
+            .chain(folders.iter().map(|d| (d.as_str(), true)))
+            .collect();
+        entries.sort_unstable();
+        if let Err(why) = lanspread_proto::check_tree(entries) {
+            problem = Some(format!("a tree peers would refuse: {why}"));
+        }
+    }
     if problem.is_none() && !lanspread_proto::manifest_fits_a_frame(sizes) {
         let bytes: u64 = files.iter().map(|f| f.size).sum();
         problem = Some(format!(

@@ -93,8 +93,14 @@ fn write_game(games: &Path, bytes: u64) -> std::io::Result<()> {
     std::fs::write(root.join("version.ini"), "20250101\n")
 }
 
-/// Runs the demo.
-pub async fn run(host: &impl Host) -> Result<(), CliError> {
+/// Runs the demo. With `json`, its one document says what it did (the peers, the
+/// download's `download-finished` event, the copy's SHA-256) and nothing else is printed.
+pub async fn run(host: &impl Host, json: bool) -> Result<(), CliError> {
+    let say = |line: String| {
+        if !json {
+            outln!("{line}");
+        }
+    };
     let bytes = std::env::var("LANSPREAD_DEMO_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -103,11 +109,11 @@ pub async fn run(host: &impl Host) -> Result<(), CliError> {
     let dir = tmp.0.clone();
     let (source_games, client_games) = (dir.join("source-games"), dir.join("client-games"));
     std::fs::create_dir_all(&client_games).map_err(failed)?;
-    outln!(
+    say(format!(
         "generating a {} game in {} ...",
         output::bytes(bytes),
         dir.display()
-    );
+    ));
     let sg = source_games.clone();
     tokio::task::spawn_blocking(move || write_game(&sg, bytes))
         .await
@@ -116,8 +122,10 @@ pub async fn run(host: &impl Host) -> Result<(), CliError> {
 
     let source = start(host, &dir, "source", &source_games).await?;
     let client = start(host, &dir, "client", &client_games).await?;
-    outln!("source {} on {}", source.peer_id(), source.addr());
-    outln!("client {} on {}", client.peer_id(), client.addr());
+    let peers = [&source, &client]
+        .map(|p| serde_json::json!({"peer_id": p.peer_id(), "addr": p.addr().to_string()}));
+    say(format!("source {} on {}", source.peer_id(), source.addr()));
+    say(format!("client {} on {}", client.peer_id(), client.addr()));
     let result = async {
         let mut c = Client::connect(&dir.join("client.sock")).await?;
         c.request(&Request::Connect {
@@ -125,7 +133,12 @@ pub async fn run(host: &impl Host) -> Result<(), CliError> {
         })
         .await?;
         let mut c = Client::connect(&dir.join("client.sock")).await?;
-        progress::download(&mut c, GAME, false, false, false).await?;
+        let finished = if json {
+            progress::download_quietly(&mut c, GAME, false).await?
+        } else {
+            progress::download(&mut c, GAME, false, false, false).await?;
+            serde_json::Value::Null
+        };
         let rel = format!("{GAME}/{GAME}.eti");
         let (a, b) = (source_games.join(&rel), client_games.join(&rel));
         let (ha, hb) = tokio::task::spawn_blocking(move || (sha256(&a), sha256(&b)))
@@ -135,14 +148,30 @@ pub async fn run(host: &impl Host) -> Result<(), CliError> {
         if ha != hb {
             return Err(failed(format!("SHA-256 mismatch: source {ha}, copy {hb}")));
         }
-        outln!("SHA-256 of the copy matches the source: {ha}");
-        Ok::<_, CliError>(())
+        say(format!("SHA-256 of the copy matches the source: {ha}"));
+        Ok::<_, CliError>((finished, ha))
     }
     .await;
     client.stop().await;
     source.stop().await;
     drop(tmp);
-    result?;
-    outln!("done; the temp dir is removed");
+    let (finished, sha256) = result?;
+    if json {
+        crate::print(
+            true,
+            &serde_json::json!({
+                "game": GAME,
+                "bytes": bytes,
+                "source": peers[0],
+                "client": peers[1],
+                "download": finished,
+                "sha256": sha256,
+                "sha256_matches": true,
+            }),
+            String::new,
+        );
+    } else {
+        outln!("done; the temp dir is removed");
+    }
     Ok(())
 }

@@ -13,6 +13,7 @@ macro_rules! outln {
 
 mod demo;
 mod host;
+mod man;
 mod output;
 mod progress;
 
@@ -26,15 +27,21 @@ use lanspread_control::{Client, ControlError, ErrorKind, Failure, Reply, Request
 
 pub use host::{DemoPeer, Host, HostedDaemon};
 
+/// The exit codes, in `--help` and the man page.
+const EXIT_STATUS: &str = "Exit status: 0 ok; 1 the daemon refused or the operation failed (the message on stderr, \
+with --json also the error document); 2 usage error (a bad flag, argument or address); 3 the daemon \
+could not be reached.";
+
 /// `lanspread` arguments.
 #[derive(Debug, Parser)]
 #[command(
     name = "lanspread",
     version,
-    about = "Control a lanspreadd daemon and share games on the LAN"
+    about = "Control a lanspreadd daemon and share games on the LAN",
+    after_help = EXIT_STATUS
 )]
 pub struct Cli {
-    /// Control socket of the daemon [default: $LANSPREAD_SOCKET, $RUNTIME_DIRECTORY/lanspread.sock, /run/lanspread/lanspread.sock (root), $XDG_RUNTIME_DIR/lanspread/lanspread.sock].
+    /// Control socket of the daemon [default: $LANSPREAD_SOCKET, $RUNTIME_DIRECTORY/lanspread.sock, /run/lanspread/lanspread.sock (root), $XDG_RUNTIME_DIR/lanspread/lanspread.sock, /tmp/lanspread-UID/lanspread.sock].
     #[arg(long, global = true, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Print exactly one JSON document (events: one per line).
@@ -67,7 +74,7 @@ pub enum Command {
         #[arg(long, default_value = "30", value_parser = parse_timeout)]
         timeout: Duration,
     },
-    /// Stream events as JSON lines until interrupted.
+    /// Stream events until interrupted: a readable line each, JSON lines with --json.
     Events,
     /// Stop the daemon (goodbye to peers, clean exit).
     Shutdown,
@@ -128,7 +135,8 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         output: PathBuf,
     },
-    /// Two local peers on loopback exchanging their libraries; everything cleaned up.
+    /// Two local peers on loopback, one real download (checked), its throughput reported;
+    /// everything cleaned up.
     Demo,
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -175,9 +183,14 @@ impl CliError {
         Self::Failed(Failure::new(kind, message))
     }
 
-    /// The process exit code.
+    /// The process exit code: a bad request (a malformed address, `remove` without
+    /// `--yes` off a terminal: the daemon's or the CLI's own check) is a usage error, as
+    /// clap's are (exit 2).
     pub fn exit_code(&self) -> u8 {
         match self {
+            CliError::Failed(f) | CliError::FailedPrinted(f) if f.kind == ErrorKind::BadRequest => {
+                2
+            }
             CliError::Failed(_) | CliError::FailedPrinted(_) => 1,
             CliError::Unreachable(_) => 3,
         }
@@ -220,7 +233,7 @@ pub async fn run(cli: Cli, host: &impl Host) -> Result<(), CliError> {
     let ask = |request: Request, spinner: Option<String>| one_shot(&socket, json, request, spinner);
     match cli.command {
         Command::Pack { dir, output } => pack(json, &dir, &output),
-        Command::Demo => demo::run(host).await,
+        Command::Demo => demo::run(host, json).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();
@@ -234,10 +247,7 @@ pub async fn run(cli: Cli, host: &impl Host) -> Result<(), CliError> {
             } else {
                 <Cli as clap::CommandFactory>::command()
             };
-            let mut page = Vec::new();
-            clap_mangen::Man::new(cmd)
-                .render(&mut page)
-                .map_err(|e| Failure::io("man page", &e))?;
+            let page = man::man_page(cmd).map_err(|e| Failure::io("man page", &e))?;
             out_bytes(&page);
             Ok(())
         }

@@ -17,16 +17,54 @@ pub async fn download(
     detach: bool,
     json: bool,
 ) -> Result<(), CliError> {
+    let shown = if json { Shown::Json } else { Shown::Human };
+    watch(c, game, install, detach, shown).await.map(drop)
+}
+
+/// Runs a download without detaching or printing anything; returns its terminal
+/// document (`download-finished`, with `install` when it installs). For `demo --json`,
+/// whose one document holds it.
+pub async fn download_quietly(
+    c: &mut Client,
+    game: &str,
+    install: bool,
+) -> Result<serde_json::Value, CliError> {
+    watch(c, game, install, false, Shown::Quiet)
+        .await
+        .map(Option::unwrap_or_default)
+}
+
+/// What a download shows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shown {
+    /// Lines (or a bar on a terminal).
+    Human,
+    /// The terminal document (or the start's), as JSON.
+    Json,
+    /// Nothing.
+    Quiet,
+}
+
+/// Runs a download request to its end; its terminal document (`None`: detached).
+async fn watch(
+    c: &mut Client,
+    game: &str,
+    install: bool,
+    detach: bool,
+    shown: Shown,
+) -> Result<Option<serde_json::Value>, CliError> {
     c.send(&Request::Download {
         game: game.to_owned(),
         install,
         detach,
     })
     .await?;
+    let json = shown != Shown::Human;
     let mut watch = Watch {
         game,
         install,
         json,
+        print: shown != Shown::Quiet,
         bar: (!json && std::io::stdout().is_terminal()).then(|| bar(game)),
         finished: None,
         hashing_said: false,
@@ -42,14 +80,16 @@ pub async fn download(
         };
         match reply {
             Reply::Started { game_id } => {
-                crate::print(json, &serde_json::json!({"started": game_id}), || {
-                    format!("download of {game_id} started")
-                });
-                return Ok(());
+                if watch.print {
+                    crate::print(json, &serde_json::json!({"started": game_id}), || {
+                        format!("download of {game_id} started")
+                    });
+                }
+                return Ok(None);
             }
             Reply::Event(e) => {
-                if watch.on_event(&e)? {
-                    return Ok(());
+                if let Some(doc) = watch.on_event(&e)? {
+                    return Ok(Some(doc));
                 }
             }
             other => return Err(unexpected(other)),
@@ -75,6 +115,9 @@ struct Watch<'a> {
     game: &'a str,
     install: bool,
     json: bool,
+    /// Whether the JSON documents are printed (not for `demo --json`, which prints its
+    /// own).
+    print: bool,
     /// The progress bar, on a terminal without --json.
     bar: Option<ProgressBar>,
     /// `download-finished` as JSON, kept until the install's event completes the document.
@@ -84,8 +127,8 @@ struct Watch<'a> {
 }
 
 impl Watch<'_> {
-    /// Shows one event; true when it ends the command.
-    fn on_event(&mut self, event: &Event) -> Result<bool, CliError> {
+    /// Shows one event; the terminal document when it ends the command.
+    fn on_event(&mut self, event: &Event) -> Result<Option<serde_json::Value>, CliError> {
         let (game, json) = (self.game, self.json);
         let value = serde_json::to_value(event)
             .map_err(|e| CliError::failed(ErrorKind::Internal, e.to_string()))?;
@@ -165,10 +208,10 @@ impl Watch<'_> {
                     );
                 }
                 if event.kind.ends_download(self.install) {
-                    if json {
+                    if json && self.print {
                         outln!("{value}");
                     }
-                    return Ok(true);
+                    return Ok(Some(value));
                 }
                 self.finished = Some(value);
             }
@@ -182,12 +225,12 @@ impl Watch<'_> {
             EventKind::InstallBegin { .. } if !json => outln!("{game}: installing"),
             EventKind::InstallFinished { .. } => {
                 let doc = self.with_install(value);
-                if json {
-                    outln!("{doc}");
-                } else {
+                if !json {
                     outln!("{game}: installed");
+                } else if self.print {
+                    outln!("{doc}");
                 }
-                return Ok(true);
+                return Ok(Some(doc));
             }
             EventKind::InstallFailed { reason, kind, .. } => {
                 let doc = self.with_install(value);
@@ -196,7 +239,7 @@ impl Watch<'_> {
             }
             _ => {}
         }
-        Ok(false)
+        Ok(None)
     }
 
     fn begin(&self, bytes: u64, chunks: u64, resumed_chunks: u64, resumed_bytes: u64) {
@@ -233,7 +276,7 @@ impl Watch<'_> {
 
     /// The command's failure; with --json its document is printed first.
     fn failed(&self, f: Failure, doc: &serde_json::Value) -> CliError {
-        if self.json {
+        if self.json && self.print {
             outln!("{doc}");
             return CliError::FailedPrinted(f);
         }

@@ -82,12 +82,14 @@ impl Policy {
         if !is_change(req) || self.is_admin(caller) {
             return Ok(());
         }
+        // (The daemon's own uid named unless it is root's.)
+        let owner = match self.daemon_uid {
+            0 => "root".to_owned(),
+            uid => format!("root and uid {uid}"),
+        };
         let who = match &self.admin {
-            Some((g, _)) => format!("root, uid {} and members of group {g}", self.daemon_uid),
-            None => format!(
-                "root and uid {} (set admin_group to allow a group)",
-                self.daemon_uid
-            ),
+            Some((g, _)) => format!("{owner} and members of group {g}"),
+            None => format!("{owner} (set admin_group to allow a group)"),
         };
         Err(Failure::new(
             ErrorKind::PermissionDenied,

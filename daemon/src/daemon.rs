@@ -86,11 +86,16 @@ impl Daemon {
             None => None,
         };
         let (listener, socket) = control::bind(&config.socket, group).await?;
-        let net = transfers(&identity, &config)?;
-        let listen = net
-            .endpoint
-            .local_addr()
-            .map_err(|e| DaemonError::io("quic socket", e))?;
+        // A QUIC address that cannot be bound leaves no socket file behind either (a CLI
+        // would find it and be refused, as by a daemon that died).
+        let quic = transfers(&identity, &config).and_then(|net| {
+            let listen = net
+                .endpoint
+                .local_addr()
+                .map_err(|e| DaemonError::io("quic socket", e))?;
+            Ok((net, listen))
+        });
+        let (net, listen) = quic.inspect_err(|_| socket.unlink())?;
         let me = LocalPeer::new(identity.peer_id().clone(), listen, secret);
         events.observe(net.metrics.clone());
         let peers = Directory::new(config.max_links);

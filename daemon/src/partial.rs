@@ -452,14 +452,20 @@ mod tests {
     #[test]
     fn a_waiting_answer_wakes_when_more_is_written_or_the_fetch_fails() {
         // An answer's reader blocks in `wait_past` on its own thread: a write past its
-        // position wakes it (long before the hour it would wait), a failure too, and a
-        // write that does not reach past it does not end the wait early.
-        let hour = Duration::from_secs(3600);
-        let g = Arc::new(Growing::new(100));
-        let waiter = {
+        // position wakes it (it does not wait out its long timeout: a lost wake-up fails
+        // the test rather than passing an hour later), a failure too, and a write that
+        // does not reach past it does not end the wait early.
+        const LONG: Duration = Duration::from_secs(600);
+        let wait = |g: &Arc<Growing>, pos: u64| {
             let g = g.clone();
-            std::thread::spawn(move || g.wait_past(100, hour))
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let got = g.wait_past(pos, LONG);
+                (got, started.elapsed() < LONG)
+            })
         };
+        let g = Arc::new(Growing::new(100));
+        let waiter = wait(&g, 100);
         // Most likely waiting by then (if not, it finds 150 at once: the same answer).
         std::thread::sleep(Duration::from_millis(50));
         g.wrote(100); // not past 100
@@ -469,14 +475,11 @@ mod tests {
             "woken by a write not past its position"
         );
         g.wrote(150);
-        assert_eq!(waiter.join().unwrap(), Some(150));
-        let waiter = {
-            let g = g.clone();
-            std::thread::spawn(move || g.wait_past(150, hour))
-        };
+        assert_eq!(waiter.join().unwrap(), (Some(150), true));
+        let waiter = wait(&g, 150);
         std::thread::sleep(Duration::from_millis(50));
         g.fail();
-        assert_eq!(waiter.join().unwrap(), None);
+        assert_eq!(waiter.join().unwrap(), (None, true));
         // Nothing comes: the timeout ends the wait with where it stands.
         let g = Growing::new(7);
         assert_eq!(g.wait_past(7, Duration::from_millis(1)), Some(7));

@@ -166,20 +166,42 @@ impl Shared {
     /// Answer to `list-games`.
     pub fn games(&self) -> GamesList {
         let inner = self.lock();
-        let local = inner
+        let mut local: Vec<LocalGame> = inner
             .library
             .values()
             .map(|root| LocalGame {
                 id: root.id.clone(),
                 version: root.version,
-                downloaded: root.version.is_some(),
+                // (The contract's *downloaded*: a valid sentinel and no operation on it.)
+                downloaded: root.version.is_some() && inner.operations.get(&root.id).is_none(),
                 installed: root.installed,
                 availability: availability(&inner, &root.id, root.availability()),
                 size: root.size(),
                 reason: root.problem.clone(),
             })
             .collect();
+        // A game's first download: its root joins the library when the download ends (the
+        // watch leaves a root with an operation alone), and is listed as downloading
+        // meanwhile, with the game's size once known.
+        let first: Vec<LocalGame> = inner
+            .operations
+            .iter()
+            .filter(|(id, op)| op.kind == OpKind::Download && !inner.library.contains_key(*id))
+            .map(|(id, op)| LocalGame {
+                id: id.clone(),
+                version: None,
+                downloaded: false,
+                installed: false,
+                availability: Availability::Downloading,
+                size: op.progress.total,
+                reason: None,
+            })
+            .collect();
         drop(inner);
+        if !first.is_empty() {
+            local.extend(first);
+            local.sort_by(|a, b| a.id.cmp(&b.id));
+        }
         GamesList {
             local,
             remote: self.peers.remote_games(),
@@ -248,10 +270,13 @@ impl Shared {
         .await;
         let library = match scanned {
             Ok(Ok(lib)) => lib,
-            // The games dir itself is gone (removed, a mount gone): it offers nothing
-            // until it is back, rather than games whose files are gone.
+            // The games dir itself is gone (removed, a mount gone, a file in its place):
+            // it offers nothing until it is back, rather than games whose files are gone.
             Ok(Err(lanspread_catalog::CatalogError::Io { source, .. }))
-                if source.kind() == std::io::ErrorKind::NotFound =>
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
             {
                 if !self.lock().library.is_empty() {
                     tracing::warn!(dir = %self.games_dir.display(), "the games dir is gone: no games offered until it is back");

@@ -131,6 +131,24 @@ fn demo_downloads_and_cleans_up() {
     assert!(!std::path::Path::new(&dir).exists(), "{dir} left behind");
 }
 
+/// `demo --json`: one JSON document, nothing else on stdout.
+#[test]
+fn demo_with_json_prints_one_document() {
+    let out = cli()
+        .args(["--json", "demo"])
+        .env("LANSPREAD_DEMO_BYTES", (8u64 << 20).to_string())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).expect("one JSON document");
+    assert_eq!(doc["download"]["event"], "download-finished", "{doc}");
+    assert!(doc["download"]["mib_per_s"].as_f64().is_some(), "{doc}");
+    assert_eq!(doc["bytes"], 8u64 << 20, "{doc}");
+    assert_eq!(doc["sha256"].as_str().map(str::len), Some(64), "{doc}");
+    assert_ne!(doc["source"]["peer_id"], doc["client"]["peer_id"], "{doc}");
+}
+
 #[test]
 fn daemon_signals_readiness_to_systemd() {
     use std::os::unix::net::UnixDatagram;
@@ -189,9 +207,14 @@ fn completions_and_man_pages_come_from_the_clap_definitions() {
         page.contains(".TH lanspread 1") && page.contains("download"),
         "{page}"
     );
+    // Commands by name (no page per command is installed) and the exit codes.
+    assert!(page.contains(".SH COMMANDS\n"), "{page}");
+    assert!(!page.contains("lanspread-status(1)"), "{page}");
+    assert!(page.contains(".SH EXIT STATUS\n.PP\n0 ok;"), "{page}");
     let out = cli().args(["man", "--daemon"]).output().unwrap();
     let page = String::from_utf8_lossy(&out.stdout);
     assert!(page.contains(".TH lanspreadd 1"), "{page}");
+    assert!(page.contains(".SH CONFIG FILE\n.PP\nA TOML file"), "{page}");
     for flag in ["secret\\-file", "max\\-upload\\-mib\\-s", "admin\\-group"] {
         assert!(page.contains(flag), "daemon page lacks {flag}");
     }
@@ -274,11 +297,61 @@ fn daemon_fails(dir: &std::path::Path, args: &[&std::ffi::OsStr]) -> (Option<i32
     )
 }
 
+/// Runs a daemon that is expected to stop by itself: its exit status and stderr, or a
+/// panic saying `what` after 30 s (the daemon killed).
+fn ends_within_30s(daemon: &mut Command, what: &str) -> (std::process::ExitStatus, String) {
+    use std::io::Read;
+    let mut child = daemon
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+    (status, err)
+}
+
+/// A QUIC address already in use: the daemon exits 1 saying so and leaves no control
+/// socket file behind (a CLI would find it and be refused).
+#[test]
+fn a_listen_address_in_use_leaves_no_socket_behind() {
+    let t = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(t.path().join("games")).unwrap();
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sock = t.path().join("d.sock");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_lanspreadd"));
+    daemon
+        .arg("--games")
+        .arg(t.path().join("games"))
+        .arg("--state")
+        .arg(t.path().join("state"))
+        .arg("--socket")
+        .arg(&sock)
+        .arg("--listen")
+        .arg(taken.local_addr().unwrap().to_string())
+        .arg("--no-mdns");
+    let (status, err) = ends_within_30s(&mut daemon, "lanspreadd runs on an address in use");
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("in use"), "{err}");
+    assert!(!sock.exists(), "a socket file was left behind");
+}
+
 /// A FIFO given as the state or games dir is refused at once as not a directory, not
 /// waited on for a writer (the daemon opened it to lock it, and that open blocked).
 #[test]
 fn a_fifo_given_as_a_dir_is_refused_without_waiting() {
-    use std::io::Read;
     let t = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(t.path().join("games")).unwrap();
     let fifo = t.path().join("fifo");
@@ -289,37 +362,17 @@ fn a_fifo_given_as_a_dir_is_refused_without_waiting() {
         (fifo.clone(), t.path().join("s1")),
         (t.path().join("games"), fifo.clone()),
     ] {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lanspreadd"))
+        let mut daemon = Command::new(env!("CARGO_BIN_EXE_lanspreadd"));
+        daemon
             .arg("--games")
             .arg(&games)
             .arg("--state")
             .arg(&state)
             .arg("--socket")
             .arg(t.path().join("d.sock"))
-            .args(["--listen", "127.0.0.1:0", "--no-mdns"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("lanspreadd waits on a FIFO given as a dir ({games:?}, {state:?})");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
-        let mut err = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut err)
-            .unwrap();
+            .args(["--listen", "127.0.0.1:0", "--no-mdns"]);
+        let (status, err) =
+            ends_within_30s(&mut daemon, "lanspreadd waits on a FIFO given as a dir");
         assert!(!status.success(), "{err}");
         assert!(err.contains("is not a directory"), "{err}");
     }

@@ -600,6 +600,12 @@ impl Planner {
             .is_some_and(|s| s.has.is_none() && !s.dropped)
     }
 
+    /// Whether `peer` was dropped for cause (bad bytes, gone while asked): never asked
+    /// again in this download.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.sources.get(peer).is_some_and(|s| s.banned)
+    }
+
     /// Whether `peer` is a partial source.
     pub fn is_partial(&self, peer: &PeerId) -> bool {
         self.sources.get(peer).is_some_and(|s| s.has.is_some())

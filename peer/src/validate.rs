@@ -74,6 +74,14 @@ pub fn check_manifest(manifest: &Manifest) -> Result<(), PeerError> {
         .chain(folders.iter().map(RelPath::as_str))
         .collect();
     all.sort_unstable();
+    // (How deep, and how many folders it makes: `all` is sorted, and an empty folder
+    // is one that is no file's path.)
+    let mut file_paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+    file_paths.sort_unstable();
+    let is_folder = |p: &str| file_paths.binary_search(&p).is_err();
+    if let Err(why) = lanspread_proto::check_tree(all.iter().map(|&p| (p, is_folder(p)))) {
+        return bad(why);
+    }
     let holds_something = |path: &str| {
         let under = format!("{path}/");
         let first = all.partition_point(|p| *p < under.as_str());
@@ -494,21 +502,36 @@ mod tests {
             let err = check_manifest(&bad).unwrap_err().to_string();
             assert!(err.contains(why), "{bad:?}: {err}");
         }
-        // Deep paths (2,000 components, near the 4 KiB limit), thousands of them: each
-        // path is checked by one search, not one per ancestor (the old check compared
-        // ~10^11 bytes here, on the daemon's only runtime thread).
+        // Deep paths (2,000 components, near the 4 KiB limit), thousands of them: refused
+        // at once as deeper than any tree a source offers (each would be 2,000 folders
+        // made, opened and fsynced), before anything is compared per ancestor.
         let deep = vec!["a"; 2000].join("/");
+        let mut files = vec![f("version.ini", 9, 1)];
+        files.extend((0..2000).map(|i| f(&format!("{deep}/f{i}"), 1, 1)));
+        let err = check_manifest(&dirs(files, &[])).unwrap_err();
+        assert!(err.to_string().contains("2001 levels deep"), "{err}");
+        // As deep as allowed, thousands of them: each path is checked by one search, not
+        // one per ancestor.
+        let deep = vec!["a"; lanspread_proto::MAX_DEPTH - 1].join("/");
         let mut files = vec![f("version.ini", 9, 1)];
         files.extend((0..2000).map(|i| f(&format!("{deep}/f{i}"), 1, 1)));
         let folders: Vec<String> = (0..2000).map(|i| format!("{deep}/d{i}")).collect();
         let folders: Vec<&str> = folders.iter().map(String::as_str).collect();
         assert!(check_manifest(&dirs(files.clone(), &folders)).is_ok());
-        files.push(f(&vec!["a"; 1000].join("/"), 1, 1));
+        files.push(f(&vec!["a"; 30].join("/"), 1, 1));
         let err = check_manifest(&dirs(files, &folders)).unwrap_err();
         assert!(
             err.to_string().contains("both a file and a folder"),
             "{err}"
         );
+        // Many folders made by deep paths: refused.
+        let many: Vec<String> = (0..2000)
+            .map(|i| format!("{i:04}/{}/f", vec!["d"; 60].join("/")))
+            .collect();
+        let mut files = vec![f("version.ini", 9, 1)];
+        files.extend(many.iter().map(|p| f(p, 1, 1)));
+        let err = check_manifest(&dirs(files, &[])).unwrap_err();
+        assert!(err.to_string().contains("folders"), "{err}");
         let many: Vec<String> = (0..MAX_FILES_PER_GAME).map(|i| format!("d{i}")).collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         let err = check_manifest(&dirs(game(1, 1), &many)).unwrap_err();

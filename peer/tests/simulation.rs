@@ -128,8 +128,20 @@ impl Sim {
         let mut engine = Engine::new(game, &ids, EngineConfig::new(threads), self.t0);
         let mut out = Outcome::default();
         let mut in_flight: BTreeMap<BatchId, (PeerId, u64)> = BTreeMap::new();
+        // Bounds for a run that would not end (an engine that keeps asking, or waits on
+        // a timer that does not move): far past any case here.
+        let mut steps = 0u64;
+        let mut step = |now: Duration| {
+            steps += 1;
+            assert!(
+                steps < 10_000_000 && now < Duration::from_secs(24 * 3600),
+                "the simulation does not end: {steps} steps, {now:?} simulated"
+            );
+        };
         loop {
+            step(self.now);
             while let Some(action) = engine.poll() {
+                step(self.now);
                 match action {
                     Action::AskManifest(p) => self.ask_manifest(&p, files),
                     Action::Prepare => {

@@ -18,6 +18,7 @@ mod manifest;
 mod peer_id;
 mod relpath;
 mod secret;
+mod tree;
 mod wire;
 
 pub use answer::{chunk_head, manifest_answer, AnswerFault};
@@ -38,6 +39,7 @@ pub use manifest::{
 pub use peer_id::PeerId;
 pub use relpath::{case_clash, folds_to_reserved, is_reserved_top_level, RelPath};
 pub use secret::{secret_proof, LanSecret, SecretCheck, EXPORTER_LABEL, MIN_SECRET_LEN};
+pub use tree::{check_tree, MAX_DEPTH, MAX_FOLDERS};
 pub use wire::{
     close_code, peer_text, reset_code, ChunkRange, GameAd, Hello, Holding, Message, PeerAddr,
     PeerRequest, PeerResponse, ALPN, DATA_ALPN, MAX_GROWING, MAX_LIBRARY, MAX_PEER_TEXT, MAX_PEX,

@@ -332,7 +332,12 @@ fn a_tree_a_thousand_folders_deep_is_walked_without_recursion() {
         .unwrap()
         .join()
         .unwrap();
-    assert!(scanned.problem.is_none(), "{:?}", scanned.problem);
+    // Walked whole, and not offered: deeper than a peer would accept.
+    let why = scanned.problem.as_deref().unwrap_or_default();
+    assert!(
+        why.contains("a tree peers would refuse") && why.contains("1001 levels deep"),
+        "{why}"
+    );
     let rel = |tail: &str| format!("{}/{tail}", vec!["a"; 1000].join("/"));
     let paths: Vec<&str> = scanned.files.iter().map(|f| f.path.as_str()).collect();
     assert_eq!(paths, [rel("x.bin").as_str(), "version.ini"]);

@@ -19,12 +19,24 @@ pub const DEFAULT_CONFIG: &str = "/etc/lanspread/lanspreadd.toml";
 /// Default QUIC listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:41741";
 
+/// The config file, in `--help` and the man page.
+const CONFIG_FILE: &str = "Config file: a TOML file (--config; default /etc/lanspread/lanspreadd.toml \
+when present) holds the same settings under the flag names with _ for - (games, state, listen, socket, \
+catalog, events, mdns = false, mdns_interface, secret_file, max_upload_mib_s, max_links, ...) plus \
+peers = [\"host:port\", ...], static peers dialled at start and kept linked. Flags win over the file; \
+unknown keys are errors.
+
+SIGHUP, `systemctl reload` or `lanspread reload` reads it again: the bandwidth limits, static peers, \
+catalog, LAN secret and max_links change live; other settings wait for a restart (said in the log \
+and the reply). A bad file fails the reload and changes nothing.";
+
 /// `lanspreadd` flags.
 #[derive(Debug, Clone, Default, Parser)]
 #[command(
     name = "lanspreadd",
     version,
-    about = "lanspread daemon: shares a games directory with LAN peers over QUIC"
+    about = "lanspread daemon: shares a games directory with LAN peers over QUIC",
+    after_help = CONFIG_FILE
 )]
 pub struct DaemonArgs {
     /// Games directory (one folder per game id).
@@ -36,7 +48,7 @@ pub struct DaemonArgs {
     /// QUIC listen address (UDP); port 0 picks a free port [default: 0.0.0.0:41741].
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Control socket path.
+    /// Control socket path, mode 0660 [default: $LANSPREAD_SOCKET, $RUNTIME_DIRECTORY/lanspread.sock (systemd), /run/lanspread/lanspread.sock (root), $XDG_RUNTIME_DIR/lanspread/lanspread.sock, /tmp/lanspread-UID/lanspread.sock].
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// Catalog file replacing the built-in game ids.
@@ -104,7 +116,8 @@ struct FileConfig {
     catalog: Option<PathBuf>,
     events: Option<PathBuf>,
     mdns: Option<bool>,
-    #[serde(default)]
+    /// (Also under the flag's name, `--mdns-interface` with `_`: the contract's rule.)
+    #[serde(default, alias = "mdns_interface")]
     mdns_interfaces: Vec<String>,
     secret_file: Option<PathBuf>,
     group: Option<String>,

@@ -114,6 +114,31 @@ fn limits_must_be_positive() {
 
 /// The packaged config file documents every key: uncommented, it parses with
 /// unknown keys refused, and it names every key the daemon reads.
+/// The contract: config keys are the flag names with `_` for `-`. (A value of the wrong
+/// type is another error than an unknown key.)
+#[test]
+fn every_flag_is_a_config_key_under_its_name() {
+    use clap::CommandFactory;
+    let cmd = DaemonArgs::command();
+    let mut checked = 0;
+    for arg in cmd.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        // `--config` names the file; `--no-mdns` is `mdns = false`.
+        if matches!(long, "config" | "no-mdns" | "help" | "version") {
+            continue;
+        }
+        let key = long.replace('-', "_");
+        let text = format!("{key} = []\n");
+        if let Err(e) = toml::from_str::<FileConfig>(&text) {
+            assert!(!e.to_string().contains("unknown field"), "{key}: {e}");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 15, "{checked}");
+    let parsed: FileConfig = toml::from_str("mdns_interface = [\"lo\"]\n").unwrap();
+    assert_eq!(parsed.mdns_interfaces, ["lo"]);
+}
+
 #[test]
 fn the_packaged_config_documents_every_key() {
     let text = include_str!("../../debian/lanspreadd.toml");

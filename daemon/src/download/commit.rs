@@ -15,7 +15,7 @@ use lanspread_catalog::{
     remove_all_in, Access, FileManifest, GameDir, Inode, RelPath, Version, VERSION_FILE,
 };
 
-use crate::writer::working_mode;
+use crate::writer::{final_mode, working_mode};
 
 use super::is_sentinel;
 use lanspread_control::{ErrorKind, Failure};
@@ -256,7 +256,7 @@ fn final_modes(
 ) -> Result<(), Failure> {
     use std::os::unix::fs::PermissionsExt;
     for ((f, dest), &inode) in files.iter().zip(dests).zip(created) {
-        let mode = f.mode & 0o777;
+        let mode = final_mode(f.mode);
         if working_mode(f.mode) == mode {
             continue;
         }

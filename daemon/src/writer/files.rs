@@ -210,6 +210,15 @@ pub fn working_mode(manifest_mode: u32) -> u32 {
     (manifest_mode & 0o755) | 0o600
 }
 
+/// The mode a committed file keeps: the manifest's permission bits plus owner read. A
+/// daemon that is not root must read what it committed — to serve it, install it, hash
+/// it again — and the sentinel to commit it: a source's mode 0 would leave a committed
+/// game that can be neither served nor installed (and `download` says it is done), or
+/// a `version.ini` no commit can read.
+pub fn final_mode(manifest_mode: u32) -> u32 {
+    (manifest_mode & 0o777) | 0o400
+}
+
 /// What identifies a created file: device, inode, size and birth time (where the
 /// filesystem keeps one). A file put in its place, or reached through a folder replaced
 /// by a symlink, is another inode; one created after ours was deleted may reuse its

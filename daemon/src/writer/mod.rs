@@ -9,7 +9,7 @@
 
 mod files;
 
-pub use files::working_mode;
+pub use files::{final_mode, working_mode};
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;

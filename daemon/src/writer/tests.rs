@@ -347,6 +347,14 @@ fn a_write_queued_behind_a_sync_is_not_covered_by_it() {
 }
 
 #[test]
+fn a_committed_file_keeps_owner_read_whatever_its_manifest_mode() {
+    assert_eq!(final_mode(0o000), 0o400);
+    assert_eq!(final_mode(0o200), 0o600);
+    assert_eq!(final_mode(0o644), 0o644);
+    assert_eq!(final_mode(0o4311), 0o711, "no setuid bit from a peer");
+}
+
+#[test]
 fn files_are_created_beneath_their_root_with_their_working_mode() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let dir = tempfile::tempdir().unwrap();

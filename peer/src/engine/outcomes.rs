@@ -141,7 +141,11 @@ impl Engine {
         }
         if let Some((chunk, kind, why)) = failed.first() {
             warn!(peer = %peer.short(), chunk, chunks = failed.len(), "chunk failed ({kind:?}): {why}");
-            self.why.insert(peer.clone(), why.clone());
+            // A source banned for cause keeps that cause: its batches still under way end
+            // later, failed as its connections close, and say less.
+            if !(planner.is_banned(peer) && self.why.contains_key(peer)) {
+                self.why.insert(peer.clone(), why.clone());
+            }
         }
         // (A cancelled race's loser is not a busy source.)
         if none_chosen && !cancelled {

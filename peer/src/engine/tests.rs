@@ -323,6 +323,29 @@ fn a_lying_source_is_dropped_and_its_chunk_refetched_elsewhere() {
 }
 
 #[test]
+fn a_banned_source_keeps_the_reason_it_was_banned_for() {
+    let mut e = transferring(big(16), &[pid(1), pid(2)], 1);
+    let first = fetches(&drain(&mut e));
+    let liar: Vec<Fetch> = first.iter().filter(|f| f.peer == pid(2)).cloned().collect();
+    assert!(liar.len() >= 2, "{first:?}");
+    let n = liar[0].chunks.len();
+    e.on_fetched(
+        liar[0].id,
+        vec![Err((FailKind::BadData, "hash mismatch".into())); n],
+        false,
+    );
+    drain(&mut e);
+    // Its other batch ends later, failed as its connection is closed.
+    let n = liar[1].chunks.len();
+    e.on_fetched(
+        liar[1].id,
+        vec![Err((FailKind::SourceGone, "connection closed".into())); n],
+        false,
+    );
+    assert_eq!(e.why()[&pid(2)], "hash mismatch");
+}
+
+#[test]
 fn a_source_without_a_lane_is_gone_and_the_last_loss_fails_with_each_reason() {
     let t0 = Instant::now();
     let mut e = Engine::new(game(), &[pid(1), pid(2)], EngineConfig::new(1), t0);

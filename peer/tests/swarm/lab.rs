@@ -277,8 +277,14 @@ pub fn run(lab: &Lab) -> Report {
         bad: Default::default(),
     };
     let limit = 1000.0 * lab.t_min() + lab.stagger * lab.clients as f64;
+    // (Steps at one instant are bounded too: an engine that asks again at once forever
+    // would otherwise hold the run with its clock stopped.)
+    let (mut at, mut same) = (p.now, 0u64);
     while p.step() {
         assert!(p.now < limit, "no end in sight at {:.1} s", p.now);
+        same = if p.now == at { same + 1 } else { 0 };
+        at = p.now;
+        assert!(same < 10_000_000, "stuck at {:.1} s", p.now);
     }
     p.report()
 }

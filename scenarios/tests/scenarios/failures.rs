@@ -5,7 +5,7 @@ use std::path::Path;
 
 use lanspread_fixtures::{Content, GameSpec, ALPHA, BRAVO};
 use lanspread_scenarios::{assert_same_tree, lab, skip_privileged, wait_for, Node, Tmpfs};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::downloads::{assert_not_committed, client, source};
 
@@ -153,6 +153,14 @@ fn sole_source_restarted_mid_download_is_waited_for() {
     });
     let human = c.cli(&["status"]).stdout;
     assert!(human.contains("waiting for its sources"), "{human}");
+    // The game's first download is listed with the local games meanwhile.
+    let row = c.local_row("cod5").expect("a first download is listed");
+    let begin = c.wait_event("download-begin", |_| true);
+    assert_eq!(
+        (&row["availability"], &row["downloaded"], &row["size"]),
+        (&json!("Downloading"), &json!(false), &begin["bytes"]),
+        "{row}"
+    );
     // Back 2 s later (a download that waited 1 s says so in an event).
     std::thread::sleep(std::time::Duration::from_secs(2));
     a.restart_at_same_address();

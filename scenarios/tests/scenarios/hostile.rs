@@ -498,8 +498,11 @@ fn a_dialled_peer_that_grants_no_stream_is_closed_at_the_hello_deadline() {
         (ep, addr)
     });
     let server = rt.spawn(async move {
-        let conn = ep.accept().await.unwrap().await.unwrap();
-        tokio::time::timeout(Duration::from_secs(60), conn.closed()).await
+        tokio::time::timeout(Duration::from_secs(60), async {
+            let conn = ep.accept().await.unwrap().await.unwrap();
+            conn.closed().await
+        })
+        .await
     });
     let out = n.cli(&["connect", &addr]);
     assert_ne!(out.code, 0, "{out:?}");

@@ -95,23 +95,29 @@ fn s21_add_s22_remove_s23_version_bump() {
     assert!(a.events_named("peer-lost").is_empty());
 }
 
-/// The games dir gone as a whole while the daemon runs (moved away, a mount gone): its
-/// games are no longer offered — peers asking for them would fail — and they are again
-/// once it is back. (Moved, not deleted: a deletion removes the roots first, which a
-/// rescan of the games dir sees as roots gone.)
+/// The games dir gone as a whole while the daemon runs (moved away, a mount gone, a file
+/// put in its place): its games are no longer offered — peers asking for them would
+/// fail — and they are again once it is back. (Moved, not deleted: a deletion removes the
+/// roots first, which a rescan of the games dir sees as roots gone.)
 #[test]
 fn a_games_dir_gone_as_a_whole_offers_nothing_until_it_is_back() {
     let (a, b, _ga, gb) = pair();
     wait_row(&a, &b, "cnc4", Some("20250101"));
     let away = tempfile::tempdir().unwrap();
     let moved = away.path().join("games");
+    // A file takes its place at once (the rescan the move causes finds the file: not a
+    // folder, which must count as gone too).
+    let file = away.path().join("file");
+    fs::write(&file, b"not a games dir").unwrap();
     fs::rename(gb.path(), &moved).unwrap();
+    fs::rename(&file, gb.path()).unwrap();
     wait_row(&a, &b, "cnc4", None);
     assert!(
         b.log().contains("the games dir is gone"),
         "{}",
         b.log_tail()
     );
+    fs::remove_file(gb.path()).unwrap();
     fs::rename(&moved, gb.path()).unwrap();
     // (Back under its name, a folder the watch no longer follows: the backup rescan,
     // every 30 s, finds it. Not a timing assertion: a bound for a hung test.)

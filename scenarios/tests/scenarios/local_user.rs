@@ -70,6 +70,35 @@ fn a_folder_swapped_for_a_symlink_mid_download_takes_nothing_and_is_not_committe
     assert!(c.events_named("download-finished").is_empty());
 }
 
+/// A source's files of mode 0 (its `version.ini` too): the copy keeps owner read, so a
+/// daemon that is not root can still serve, install and commit it (the manifest's mode
+/// alone left a committed game no one could read, or a sentinel no commit could).
+#[test]
+fn a_copy_keeps_owner_read_whatever_mode_the_source_gives() {
+    use std::os::unix::fs::PermissionsExt;
+    let src = tempfile::tempdir().unwrap();
+    GameSpec::new("cod5", "20250101")
+        .file("data/x.bin", 0o000, Content::Bytes(b"game bytes".to_vec()))
+        .write(src.path())
+        .unwrap();
+    let sentinel = src.path().join("cod5/version.ini");
+    fs::set_permissions(&sentinel, fs::Permissions::from_mode(0o000)).unwrap();
+    let s = Node::start("src", src.path());
+    let games = tempfile::tempdir().unwrap();
+    let c = Node::start("client", games.path());
+    c.connect(&s);
+    c.download_ok("cod5", &["--no-install"]);
+    let mode = |p: &str| {
+        fs::metadata(games.path().join("cod5").join(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!((mode("data/x.bin"), mode("version.ini")), (0o400, 0o400));
+    assert_eq!(c.local_row("cod5").unwrap()["availability"], "Ready");
+}
+
 #[test]
 fn links_left_in_a_root_lead_nowhere_outside_on_either_side() {
     let src = tempfile::tempdir().unwrap();

@@ -77,8 +77,15 @@ fn cancel_stops_a_download_that_then_resumes_and_remove_deletes_it() {
 
     // Remove asks first: without a terminal it needs --yes, and deletes nothing.
     let out = c.cli(&["remove", "cod5"]);
-    assert_eq!(out.code, 1, "{out:?}");
+    assert_eq!(out.code, 2, "a usage error: {out:?}");
     assert!(out.stderr.contains("--yes"), "{out:?}");
+    // As is an address that is none (the daemon's check).
+    let out = c.cli(&["--json", "connect", "no port"]);
+    assert_eq!(
+        (out.code, out.error_kind()),
+        (2, "bad-request".into()),
+        "{out:?}"
+    );
     assert!(games.path().join("cod5/version.ini").exists());
     let out = c.cli(&["remove", "cod5", "--yes"]);
     assert_eq!(out.code, 0, "{out:?}");

@@ -82,11 +82,34 @@ pub fn node_with_args(name: &str, games: &Path, args: &[&str]) -> lanspread_scen
 }
 
 /// A current-thread tokio runtime for a test's raw protocol client.
-pub fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
+pub fn rt() -> Rt {
+    Rt(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap()
+        .unwrap())
+}
+
+/// The longest a test's raw protocol client runs: a daemon that never answers fails the
+/// test with where it stood instead of stalling the run.
+pub const RAW_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// A runtime whose every `block_on` ends within [`RAW_LIMIT`].
+pub struct Rt(tokio::runtime::Runtime);
+
+impl Rt {
+    /// Runs `f` to its end, or panics after [`RAW_LIMIT`].
+    #[track_caller]
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        let caller = std::panic::Location::caller();
+        self.0
+            .block_on(async { tokio::time::timeout(RAW_LIMIT, f).await })
+            .unwrap_or_else(|_| panic!("the raw client at {caller} did not end in {RAW_LIMIT:?}"))
+    }
+
+    /// Enters the runtime (for code that needs one around it, not in it).
+    pub fn enter(&self) -> tokio::runtime::EnterGuard<'_> {
+        self.0.enter()
+    }
 }
 
 /// Waits until `game` is listed Ready in `n`'s local library.
