@@ -11,6 +11,7 @@
 use std::fs;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use lanspread_catalog::{piece_hash, Access, ChunkHash, GameDir, Version, PIECE_SIZE};
@@ -71,11 +72,24 @@ pub async fn open(
     chunks: &[ChunkSpec],
     version: Version,
     digest: ChunkHash,
+    stop: &Arc<AtomicBool>,
 ) -> Result<(Journal, Verified), Failure> {
     let (game, dests, chunks) = (game.clone(), dests.to_vec(), chunks.to_vec());
-    tokio::task::spawn_blocking(move || open_blocking(&game, &dests, &chunks, version, &digest))
-        .await
-        .map_err(Failure::internal)?
+    let stop = stop.clone();
+    tokio::task::spawn_blocking(move || {
+        open_blocking(&game, &dests, &chunks, (version, &digest), &stop)
+    })
+    .await
+    .map_err(Failure::internal)?
+}
+
+/// What [`open`] returns when `stop` was set while it re-hashed what the journal claims
+/// (the journal is left as it was: a later attempt resumes from it).
+fn stopped() -> Failure {
+    Failure::new(
+        lanspread_control::ErrorKind::Cancelled,
+        "stopped while the journal's units were checked",
+    )
 }
 
 /// Everything through the open root: a `.lanspread` or journal that is a symlink takes
@@ -84,8 +98,8 @@ fn open_blocking(
     game: &GameDir,
     dests: &[PathBuf],
     chunks: &[ChunkSpec],
-    version: Version,
-    digest: &ChunkHash,
+    (version, digest): (Version, &ChunkHash),
+    stop: &AtomicBool,
 ) -> Result<(Journal, Verified), Failure> {
     let root = game.path();
     let path = root.join(JOURNAL);
@@ -112,8 +126,13 @@ fn open_blocking(
             good_pieces(game, d, spec, pieces.min(spec.pieces.len())).unwrap_or(0)
         })
     };
+    // (A resume of a large game re-reads gigabytes here: a cancel or shutdown stops it
+    // between units.)
     let mut kept = Verified::default();
     for c in claimed.chunks {
+        if stop.load(Ordering::Relaxed) {
+            return Err(stopped());
+        }
         let n = good(c, usize::MAX);
         if n == chunks[c].pieces.len() {
             kept.chunks.insert(c);
@@ -122,6 +141,9 @@ fn open_blocking(
         }
     }
     for (c, bytes) in claimed.kept {
+        if stop.load(Ordering::Relaxed) {
+            return Err(stopped());
+        }
         let n = good(c, (bytes / PIECE_SIZE) as usize);
         if n > 0 {
             kept.kept.insert(c, n as u64 * PIECE_SIZE);
@@ -245,13 +267,18 @@ mod tests {
         let digest = [7u8; 32];
         let (t, game, dests, specs) = root();
         let journal = t.path().join(JOURNAL);
-        let open = |game: &GameDir| open_blocking(game, &dests, &specs, version, &digest);
+        let go = AtomicBool::new(false);
+        let open = |game: &GameDir| open_blocking(game, &dests, &specs, (version, &digest), &go);
         // A good one first: the unit is resumed.
-        fs::write(
-            &journal,
-            journal_header(version, &digest) + &journal_entry(0),
-        )
-        .unwrap();
+        let good = journal_header(version, &digest) + &journal_entry(0);
+        fs::write(&journal, &good).unwrap();
+        // (Stopped meanwhile: it ends without a verdict, the journal left as it was.)
+        let stop = AtomicBool::new(true);
+        let Err(err) = open_blocking(&game, &dests, &specs, (version, &digest), &stop) else {
+            panic!("not stopped");
+        };
+        assert_eq!(err.kind, lanspread_control::ErrorKind::Cancelled);
+        assert_eq!(fs::read_to_string(&journal).unwrap(), good);
         let (_, kept) = open(&game).unwrap();
         assert!(kept.chunks.contains(&0));
         // A folder at its name (no rename goes over it): removed, a fresh journal made.

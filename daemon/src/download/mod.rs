@@ -216,15 +216,35 @@ async fn download(
         .events
         .emit(got_game_files(id, sources.version, &chosen));
     let root = shared.games_dir.join(id.as_str());
-    let (dests, mut journal, verified, root_dir) = prepare(
-        (&shared.games_dir, &shared.net.writer),
-        &root,
-        (&chosen.files, &chosen.folders),
-        &engine,
-        sources.version,
-        files_open,
-    )
-    .await?;
+    // A stop while the files are prepared (a resume re-reads what its journal claims:
+    // gigabytes) ends it between files and units, never in the middle of one.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (prepared, stopped) = {
+        let prepared = prepare(
+            (&shared.games_dir, &shared.net.writer),
+            &root,
+            (&chosen.files, &chosen.folders),
+            (&engine, &stop),
+            sources.version,
+            files_open,
+        );
+        tokio::pin!(prepared);
+        let mut stopped = None;
+        let prepared = loop {
+            tokio::select! {
+                r = &mut prepared => break r,
+                why = stop_requested(&mut shutdown, cancel), if stopped.is_none() => {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    stopped = Some(why);
+                }
+            }
+        };
+        (prepared, stopped)
+    };
+    if let Some(why) = stopped {
+        return Err(why);
+    }
+    let (dests, mut journal, verified, root_dir) = prepared?;
     let bytes: u64 = chosen.files.iter().map(|f| f.size).sum();
     let lanes = lanes::Lanes::open(shared, &chosen.sources).await;
     let present: Vec<usize> = verified.chunks.iter().copied().collect();
@@ -447,7 +467,7 @@ async fn prepare(
     (games_dir, writer): (&std::path::Path, &Writer),
     root: &std::path::Path,
     (files, folders): (&[FileManifest], &[RelPath]),
-    engine: &Engine,
+    (engine, stop): (&Engine, &Arc<std::sync::atomic::AtomicBool>),
     version: Version,
     files_open: &mut Vec<u64>,
 ) -> Result<
@@ -464,6 +484,12 @@ async fn prepare(
     let game = root_dir.game().clone();
     let mut created = Vec::with_capacity(files.len());
     for (f, dest) in files.iter().zip(&dests) {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Failure::new(
+                lanspread_control::ErrorKind::Cancelled,
+                "stopped while files were made",
+            ));
+        }
         let (fid, inode) = writer
             .open((game.clone(), dest.clone()), f.size, f.mode)
             .await
@@ -480,7 +506,7 @@ async fn prepare(
     }
     let digest = manifest_digest(files);
     let (journal, verified) =
-        journal::open(&game, &dests, engine.chunks(), version, digest).await?;
+        journal::open(&game, &dests, engine.chunks(), version, digest, stop).await?;
     Ok((dests, journal, verified, root_dir))
 }
 

@@ -31,8 +31,10 @@ pub fn cancellable(shared: &Shared, id: &GameId) -> bool {
 }
 
 /// Resolves when the daemon shuts down or the download is cancelled, with the reason.
-/// Raced only against the phases that wait on peers (manifests, transfer): preparing the
-/// files and committing always run to their end, so a stop never races a commit.
+/// Raced against the phases that wait on peers (manifests, transfer); preparing the
+/// files is told to stop between files and between the units its journal's check
+/// re-reads (and is then waited for); committing always runs to its end, so a stop never
+/// races a commit.
 pub(super) async fn stop_requested(
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
     cancel: &tokio::sync::Notify,

@@ -104,9 +104,19 @@ struct Kick {
     synced: Cell<u64>,
     /// The file's mode was changed at its creation: a sync must be a full `fsync`.
     fsync: Cell<bool>,
+    /// Woken when every write sent has ended ([`WritesEnded`]).
+    idle: tokio::sync::Notify,
 }
 
 impl Kick {
+    /// A write sent to the file ended: wakes those waiting for all to end.
+    fn ended(&self) {
+        self.done.set(self.done.get() + 1);
+        if self.done.get() >= self.sent.get() {
+            self.idle.notify_waiters();
+        }
+    }
+
     /// Some write sent is not known synced.
     fn dirty(&self) -> bool {
         self.sent.get() > self.synced.get()
@@ -139,7 +149,7 @@ impl OpenFile {
 
     /// A write sent to this file ended (written or failed).
     pub fn write_ended(&self) {
-        self.kick.done.set(self.kick.done.get() + 1);
+        self.kick.ended();
     }
 
     /// A sync of this file must be a full `fsync` (its mode changed), not `fdatasync`.
@@ -405,18 +415,35 @@ impl Files {
     }
 
     /// Forgets `id` (its descriptors close once no write or sync uses them).
-    pub fn remove(&mut self, id: u64) {
-        if let Some(Entry {
-            open: Some((_, used)),
-            ..
-        }) = self.entries.remove(&id)
-        {
-            self.lru.remove(&used);
-        }
+    pub fn remove(&mut self, id: u64) -> Option<WritesEnded> {
         self.closed_dirty
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+        let entry = self.entries.remove(&id)?;
+        if let Some((_, used)) = entry.open {
+            self.lru.remove(&used);
+        }
+        Some(WritesEnded(entry.kick))
+    }
+}
+
+/// The end of a closed file's writes still running: they hold its descriptor, and a
+/// download that ended (failed, cancelled) must not let one land after the next attempt
+/// wrote and verified the same bytes of the same file.
+pub struct WritesEnded(Rc<Kick>);
+
+impl WritesEnded {
+    /// Resolves once every write sent to the file has ended.
+    pub async fn wait(self) {
+        loop {
+            // (Created before the check: `notify_waiters` wakes it from then on.)
+            let woken = self.0.idle.notified();
+            if self.0.done.get() >= self.0.sent.get() {
+                return;
+            }
+            woken.await;
+        }
     }
 }
 
@@ -436,4 +463,33 @@ fn reopen(entry: &Entry, count: &Arc<OpenCount>) -> io::Result<OpenFile> {
         )));
     }
     OpenFile::new(std_file, entry.kick.clone(), count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    /// A closed file's writes still running (a failed or cancelled download's): waiting
+    /// for them ends only when the last one ends, not at the close.
+    #[test]
+    fn writes_ended_waits_for_the_last_write_sent() {
+        let kick = Rc::new(Kick::default());
+        kick.sent.set(2);
+        let mut wait = Box::pin(WritesEnded(kick.clone()).wait());
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        kick.ended();
+        assert!(
+            wait.as_mut().poll(&mut cx).is_pending(),
+            "one write still runs"
+        );
+        kick.ended();
+        assert_eq!(wait.as_mut().poll(&mut cx), Poll::Ready(()));
+        // None running: at once.
+        let idle = Rc::new(Kick::default());
+        let mut wait = Box::pin(WritesEnded(idle).wait());
+        assert_eq!(wait.as_mut().poll(&mut cx), Poll::Ready(()));
+    }
 }

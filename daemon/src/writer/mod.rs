@@ -98,6 +98,8 @@ enum Job {
     },
     Close {
         file: u64,
+        /// Answered once the file's writes still running have ended.
+        ended: oneshot::Sender<()>,
     },
 }
 
@@ -293,10 +295,15 @@ impl Writer {
         self.call(|reply| Job::Sync { file, turn, reply }).await
     }
 
-    /// Closes a file handle.
+    /// Closes a file handle; returns once the writes sent to it before have ended (a
+    /// write still on the ring would otherwise land whenever it does: after a next
+    /// attempt's write of the same bytes, say).
     pub async fn close(&self, file: u64) {
         if let Ok(tx) = self.sender() {
-            let _ = tx.send(Job::Close { file }).await;
+            let (ended, rx) = oneshot::channel();
+            if tx.send(Job::Close { file, ended }).await.is_ok() {
+                let _ = rx.await;
+            }
         }
     }
 }
@@ -395,9 +402,16 @@ async fn run(mut rx: mpsc::Receiver<Job>, files: Files, count: Arc<OpenCount>) {
                     let _ = reply.send(res);
                 });
             }
-            Job::Close { file } => {
-                // Dropping the last handle closes the descriptors.
-                files.borrow_mut().remove(file);
+            Job::Close { file, ended } => {
+                // Dropping the last handle closes the descriptors (the writes still
+                // running hold theirs until they end).
+                let running = files.borrow_mut().remove(file);
+                tokio_uring::spawn(async move {
+                    if let Some(running) = running {
+                        running.wait().await;
+                    }
+                    let _ = ended.send(());
+                });
             }
         }
     }
