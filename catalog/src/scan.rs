@@ -20,8 +20,9 @@ pub struct FileDescriptor {
     pub path: RelPath,
     /// Size in bytes.
     pub size: u64,
-    /// Unix permission bits (`0o777`: setuid, setgid and sticky bits never travel, so
-    /// every copy describes its files as the source does).
+    /// Unix permission bits as they travel (`lanspread_proto::file_mode`: no setuid,
+    /// setgid or sticky bit, owner read always, so every copy describes its files as the
+    /// source does).
     pub mode: u32,
 }
 
@@ -425,7 +426,7 @@ impl Walk {
                         self.files.push(FileDescriptor {
                             path: rel,
                             size: meta.size(),
-                            mode: meta.permissions().mode() & 0o777,
+                            mode: lanspread_proto::file_mode(meta.permissions().mode()),
                         })
                     }
                     Err(e) => self.problem(format!("cannot be sent to peers: {e}")),

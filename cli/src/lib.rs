@@ -319,7 +319,9 @@ fn pack(json: bool, dir: &std::path::Path, output: &std::path::Path) -> Result<(
             lanspread_install::InstallError::Io { source, .. } => {
                 lanspread_control::io_kind(source)
             }
-            _ => ErrorKind::BadRequest,
+            // What is in the folder (a name an archive cannot hold, a file that changed
+            // while it was read): the pack failed, the command line was fine (exit 1).
+            _ => ErrorKind::Io,
         };
         CliError::failed(kind, format!("pack failed: {e}"))
     })?;

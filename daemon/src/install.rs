@@ -61,8 +61,7 @@ pub async fn install(
     .map_err(Failure::internal)
     .and_then(|r| r.map_err(install_failure));
     on_shutdown.abort();
-    shared.lock().operations.end(id);
-    shared.rescan_root(id).await;
+    shared.rescan_root_ending(id).await;
     let res = match res {
         Ok(summary) => {
             tracing::info!(game = %id, files = summary.files, bytes = summary.bytes, "installed");
@@ -118,8 +117,7 @@ pub async fn uninstall(shared: &Arc<Shared>, id: &GameId) -> Result<Event, Failu
         .await
         .map_err(Failure::internal)
         .and_then(|r| r.map_err(install_failure));
-    shared.lock().operations.end(id);
-    shared.rescan_root(id).await;
+    shared.rescan_root_ending(id).await;
     if let Err(f) = &res {
         // No event says so (the reply does): counted here.
         shared.net.metrics.failed("uninstall", f.kind);
@@ -175,8 +173,7 @@ pub async fn remove(shared: &Arc<Shared>, id: &GameId) -> Result<(), Failure> {
     .await
     .map_err(Failure::internal)
     .and_then(|r| r);
-    shared.lock().operations.end(id);
-    shared.rescan_root(id).await;
+    shared.rescan_root_ending(id).await;
     if res.is_ok() {
         tracing::info!(game = %id, "removed");
     }

@@ -100,7 +100,7 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadInfo, Failure> {
     let mut guard = shared.reload.lock().await;
     let Some(state) = guard.as_mut() else {
         return Err(Failure::new(
-            ErrorKind::BadRequest,
+            ErrorKind::NotFound,
             "this daemon was not started from a command line and config file (the demo's): nothing to reload",
         ));
     };

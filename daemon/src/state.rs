@@ -217,7 +217,7 @@ impl Shared {
             .map(|r| LocalGameState {
                 id: r.id.clone(),
                 version: r.version,
-                downloaded: r.version.is_some(),
+                downloaded: r.version.is_some() && inner.operations.get(&r.id).is_none(),
                 installed: r.installed,
             })
             .collect()
@@ -225,6 +225,19 @@ impl Shared {
 
     /// Rescans one game root after a download or install and announces the change.
     pub async fn rescan_root(self: &Arc<Self>, id: &GameId) {
+        self.rescan_root_and(id, |_| {}).await;
+    }
+
+    /// Rescans one game root and, under the same lock as the library's update, ends the
+    /// operation on it: no one sees the operation gone and the root not yet as it is now
+    /// (a first download's row vanished from `list-games` between the two), and the
+    /// event that follows says what both say.
+    pub async fn rescan_root_ending(self: &Arc<Self>, id: &GameId) {
+        self.rescan_root_and(id, |inner| inner.operations.end(id))
+            .await;
+    }
+
+    async fn rescan_root_and(self: &Arc<Self>, id: &GameId, then: impl FnOnce(&mut Inner)) {
         let dir = self.games_dir.join(id.as_str());
         let gid = id.clone();
         // Like the whole-dir scan: a root is a real folder, never a symlink to elsewhere.
@@ -237,7 +250,7 @@ impl Shared {
         let changed = {
             let mut inner = self.lock();
             inner.library_gen += 1;
-            match scanned {
+            let changed = match scanned {
                 Ok(Some(root)) => {
                     inner.library.insert(id.clone(), root.clone()).as_ref() != Some(&root)
                 }
@@ -246,7 +259,9 @@ impl Shared {
                     tracing::warn!("rescan of {id} failed: {e}");
                     false
                 }
-            }
+            };
+            then(&mut inner);
+            changed
         };
         if changed {
             self.library_changed.send_modify(|g| *g += 1);

@@ -171,10 +171,11 @@ impl ManifestVote {
     pub fn add(&mut self, peer: PeerId, mut manifest: Manifest) {
         manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
         manifest.folders.sort();
-        // Only permission bits travel (a copy never gets setuid, setgid or sticky bits):
-        // a source that still advertises them votes with those that do not.
+        // Modes as they travel (`file_mode`: a copy never gets setuid, setgid or sticky
+        // bits, and always owner read): a source that advertises others (an older build)
+        // votes with those that do not.
         for f in &mut manifest.files {
-            f.mode &= 0o777;
+            f.mode = lanspread_proto::file_mode(f.mode);
         }
         match check_manifest(&manifest) {
             Ok(()) => self

@@ -136,6 +136,14 @@ pub struct Manifest {
     pub folders: Vec<RelPath>,
 }
 
+/// The mode a file is described with and a copy gets: its permission bits (setuid,
+/// setgid and sticky bits never travel) plus owner read — a daemon that is not root must
+/// read what it committed to serve, install or hash it again, and the sentinel to commit
+/// it. Sources describe their files so too, so a copy votes with its original.
+pub fn file_mode(mode: u32) -> u32 {
+    (mode & 0o777) | 0o400
+}
+
 /// Most files, and most empty folders, a manifest may list (a real game has a few
 /// thousand files): a longer list does not decode, so a frame of tiny entries cannot
 /// make a downloader allocate millions of them.

@@ -38,15 +38,27 @@ pub fn folds_to_reserved(name: &str) -> bool {
         || up.starts_with(&METADATA_PREFIX.to_ascii_uppercase())
 }
 
-/// Two of `paths` that a filesystem that ignores case takes for one (`a.bin`, `A.BIN`),
-/// compared in Unicode upper case: the first such pair.
-pub fn case_clash<'a>(
-    paths: impl IntoIterator<Item = &'a RelPath>,
-) -> Option<(&'a RelPath, &'a RelPath)> {
-    let mut seen = std::collections::HashMap::new();
+/// Two names among `paths` and their folders that a filesystem that ignores case takes
+/// for one (`a.bin` and `A.BIN`; the folders of `Data/a.bin` and `data/b.bin`; the file
+/// `A` and the folder of `a/x`), compared in Unicode upper case: the first such pair, as
+/// spelt. Each folder is compared once, however many paths lie under it.
+pub fn case_clash<'a>(paths: impl IntoIterator<Item = &'a RelPath>) -> Option<(&'a str, &'a str)> {
+    let mut seen: std::collections::HashMap<String, &'a str> = std::collections::HashMap::new();
+    let mut folders: std::collections::HashSet<&'a str> = std::collections::HashSet::new();
     for p in paths {
-        if let Some(first) = seen.insert(p.as_str().to_uppercase(), p) {
-            return Some((first, p));
+        let p = p.as_str();
+        // The path itself, then its folders from the deepest up to the first one seen
+        // as spelt (its own folders were compared with it).
+        let ends = std::iter::once(p.len()).chain(p.match_indices('/').map(|(i, _)| i).rev());
+        for (n, end) in ends.enumerate() {
+            let name = &p[..end];
+            if n > 0 && !folders.insert(name) {
+                break;
+            }
+            match seen.insert(name.to_uppercase(), name) {
+                Some(first) if first != name => return Some((first, name)),
+                _ => {}
+            }
         }
     }
     None
@@ -200,11 +212,29 @@ mod tests {
             .iter()
             .map(|p| RelPath::new(p).unwrap())
             .collect();
-        let (first, second) = case_clash(&paths).unwrap();
-        assert_eq!((first.as_str(), second.as_str()), ("a/x.bin", "A/x.BIN"));
+        assert_eq!(case_clash(&paths), Some(("a/x.bin", "A/x.BIN")));
         assert!(case_clash(&paths[..2]).is_none());
         let long_s = [RelPath::new("ſave").unwrap(), RelPath::new("save").unwrap()];
         assert!(case_clash(&long_s).is_some());
+        let clash = |ps: &[&str]| {
+            let ps: Vec<RelPath> = ps.iter().map(|p| RelPath::new(p).unwrap()).collect();
+            case_clash(&ps).map(|(a, b)| (a.to_owned(), b.to_owned()))
+        };
+        // Folders that are one, whatever the files in them are called.
+        assert_eq!(
+            clash(&["Data/a.bin", "data/b.bin"]),
+            Some(("Data".into(), "data".into()))
+        );
+        assert_eq!(
+            clash(&["x/Sub/a", "x/y", "x/sub/deeper/b"]),
+            Some(("x/Sub".into(), "x/sub".into()))
+        );
+        // A file and a folder that are one.
+        assert_eq!(clash(&["A", "a/x"]), Some(("A".into(), "a".into())));
+        // Files in one folder, spelt alike, clash with nothing; a path listed twice is
+        // no clash of case (refused elsewhere).
+        assert_eq!(clash(&["d/a", "d/b", "d/e/f", "d/e/g", "d/a"]), None);
+        assert_eq!(clash(&["x/Y/f.bin", "x/y.bin"]), None);
     }
 
     #[test]

@@ -112,8 +112,6 @@ fn limits_must_be_positive() {
     assert_eq!(c.max_download_mib_s, Some(12.5));
 }
 
-/// The packaged config file documents every key: uncommented, it parses with
-/// unknown keys refused, and it names every key the daemon reads.
 /// The contract: config keys are the flag names with `_` for `-`. (A value of the wrong
 /// type is another error than an unknown key.)
 #[test]
@@ -139,6 +137,8 @@ fn every_flag_is_a_config_key_under_its_name() {
     assert_eq!(parsed.mdns_interfaces, ["lo"]);
 }
 
+/// The packaged config file documents every key: uncommented, it parses with
+/// unknown keys refused, and it names every key the daemon reads.
 #[test]
 fn the_packaged_config_documents_every_key() {
     let text = include_str!("../../debian/lanspreadd.toml");

@@ -123,8 +123,8 @@ fn prepare_blocking(
                 format!(
                     "{} and {} are one name on this filesystem, which ignores case; the \
                      game cannot be stored in this games dir",
-                    game.shown(&a.to_path(Path::new(""))).display(),
-                    game.shown(&b.to_path(Path::new(""))).display()
+                    game.shown(Path::new(a)).display(),
+                    game.shown(Path::new(b)).display()
                 ),
             ));
         }
@@ -417,6 +417,21 @@ fn commit_blocking(
         }
     }
     file.sync_all().map_err(|e| err(&shown, e))?;
+    // The root is still where the games dir has it: one moved away during the download
+    // (out of the games dir perhaps) or replaced is not committed wherever it went.
+    let open = lstat_in(game.dir(), ".".as_ref()).map_err(|e| err(root, e))?;
+    match fs::symlink_metadata(root) {
+        Ok(m) if m.dev() == open.st_dev && m.ino() == open.st_ino => {}
+        _ => {
+            return Err(Failure::new(
+                ErrorKind::Io,
+                format!(
+                    "{} was moved or replaced during the download; nothing committed",
+                    root.display()
+                ),
+            ))
+        }
+    }
     game.dir()
         .rename(&incoming, game.dir(), VERSION_FILE)
         .map_err(|e| err(root, e))?;

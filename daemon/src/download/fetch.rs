@@ -152,6 +152,13 @@ impl<'a> Stall<'a> {
         }
     }
 
+    /// Time spent waiting on this side (for a write buffer of the pool, which other
+    /// streams and downloads share) is not the source's: its stall clock starts again.
+    fn waited_here(&mut self) {
+        self.last = Instant::now();
+        self.timer.as_mut().reset((self.last + self.limit).into());
+    }
+
     /// Runs `f` to its end, failing with "stalled" (and dropping `f`, whose stream is then
     /// abandoned) when the source sent nothing for the stall timeout.
     async fn guard<T>(&mut self, f: impl Future<Output = T>) -> Result<T, FetchError> {
@@ -478,12 +485,16 @@ async fn receive_one(
     while got < job.len {
         let b = match &mut buf {
             Some(b) => b,
-            None => buf.insert(
-                writer
+            None => {
+                let b = writer
                     .buffer()
                     .await
-                    .map_err(|e| FetchError::Local(Failure::io("the write buffer pool", &e)))?,
-            ),
+                    .map_err(|e| FetchError::Local(Failure::io("the write buffer pool", &e)))?;
+                // (A pool held by slow streams elsewhere made an honest source "stall"
+                // here, and lose its window, after the wait.)
+                stall.waited_here();
+                buf.insert(b)
+            }
         };
         let want = (job.len - got).min(b.room() as u64) as usize;
         let bytes = match stall.guard(recv.read_chunk(want, true)).await? {
@@ -592,4 +603,45 @@ async fn finish(job: &ChunkJob, writes: Writes) -> Result<(), FetchError> {
         g.wrote(job.offset + job.len);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stall guard started now, with a `limit` of its own.
+    fn stalled_for(source: &Activity, limit: Duration) -> Stall<'_> {
+        Stall {
+            limit,
+            last: Instant::now(),
+            source,
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    /// Waiting here (for a pool buffer) is not the source's silence: after such a wait
+    /// its next read is judged from the wait's end; without one it is a stall.
+    #[test]
+    fn a_wait_on_this_side_does_not_count_as_the_sources_silence() {
+        let _ = Activity::base();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let limit = Duration::from_millis(100);
+        let source = Activity(AtomicU64::new(0));
+        rt.block_on(async {
+            let mut stall = stalled_for(&source, limit);
+            tokio::time::sleep(limit * 2).await; // the pool wait
+            let quick = tokio::time::sleep(Duration::from_millis(10));
+            let err = stall.guard(quick).await.unwrap_err();
+            assert!(matches!(err, FetchError::Source(FailKind::Stalled, _)));
+
+            let mut stall = stalled_for(&source, limit);
+            tokio::time::sleep(limit * 2).await;
+            stall.waited_here();
+            let quick = tokio::time::sleep(Duration::from_millis(10));
+            assert!(stall.guard(quick).await.is_ok());
+        });
+    }
 }

@@ -135,15 +135,12 @@ pub async fn run(shared: Arc<Shared>, id: GameId, sources: Sources) -> Event {
         .unwrap_or_default();
     let mut why = BTreeMap::new();
     let result = download(&shared, &id, &sources, &mut files, &cancel, &mut why).await;
-    for f in files {
-        shared.net.writer.close(f).await;
-    }
+    shared.net.writer.close_all(&files).await;
     if result.is_err() {
         commit::discard_incoming(&shared.games_dir.join(id.as_str())).await;
     }
     shared.partials.end(&id);
-    shared.lock().operations.end(&id);
-    shared.rescan_root(&id).await;
+    shared.rescan_root_ending(&id).await;
     let ended = match result {
         Ok(done) => {
             let secs = done.duration.as_secs_f64().max(1e-6);

@@ -226,7 +226,7 @@ pub fn working_mode(manifest_mode: u32) -> u32 {
 /// game that can be neither served nor installed (and `download` says it is done), or
 /// a `version.ini` no commit can read.
 pub fn final_mode(manifest_mode: u32) -> u32 {
-    (manifest_mode & 0o777) | 0o400
+    lanspread_proto::file_mode(manifest_mode)
 }
 
 /// What identifies a created file: device, inode, size and birth time (where the

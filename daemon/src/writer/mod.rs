@@ -27,6 +27,8 @@ use files::{Files, OpenCount, OpenFile};
 pub const BUF_SIZE: usize = 1 << 20;
 /// Buffers in the pool (the most download data held in memory at once).
 pub const POOL_BUFFERS: usize = 48;
+/// The longest [`Writer::close_all`] waits for the writes still running.
+pub const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A pool buffer; returns to the pool when dropped.
 pub struct PoolBuf {
@@ -298,12 +300,36 @@ impl Writer {
     /// Closes a file handle; returns once the writes sent to it before have ended (a
     /// write still on the ring would otherwise land whenever it does: after a next
     /// attempt's write of the same bytes, say).
+    #[cfg(test)]
     pub async fn close(&self, file: u64) {
-        if let Ok(tx) = self.sender() {
+        self.close_all(&[file]).await;
+    }
+
+    /// Closes file handles, then waits for the writes sent to them before to end: all
+    /// the closes go out first (one wait for a download's files, not one per file), and
+    /// the wait gives up after [`CLOSE_WAIT`] (a filesystem that takes no write — a hard
+    /// NFS mount gone, `fsfreeze` — must not hold the operation for good; said in the
+    /// log).
+    pub async fn close_all(&self, files: &[u64]) {
+        let Ok(tx) = self.sender() else { return };
+        let mut ends = Vec::with_capacity(files.len());
+        for &file in files {
             let (ended, rx) = oneshot::channel();
-            if tx.send(Job::Close { file, ended }).await.is_ok() {
+            if tx.send(Job::Close { file, ended }).await.is_err() {
+                break;
+            }
+            ends.push(rx);
+        }
+        let all = async {
+            for rx in ends {
                 let _ = rx.await;
             }
+        };
+        if tokio::time::timeout(CLOSE_WAIT, all).await.is_err() {
+            tracing::warn!(
+                "writes of closed files still running after {} s; going on without them",
+                CLOSE_WAIT.as_secs()
+            );
         }
     }
 }

@@ -97,6 +97,15 @@ fn a_copy_keeps_owner_read_whatever_mode_the_source_gives() {
     };
     assert_eq!((mode("data/x.bin"), mode("version.ini")), (0o400, 0o400));
     assert_eq!(c.local_row("cod5").unwrap()["availability"], "Ready");
+    // The copy and its original describe the files alike: a third peer's download from
+    // both has two voters for one manifest, not a tie of two.
+    let third = tempfile::tempdir().unwrap();
+    let d = Node::start("third", third.path());
+    d.connect(&s);
+    d.connect(&c);
+    d.download_ok("cod5", &["--no-install"]);
+    let got = d.wait_event("got-game-files", |_| true);
+    assert_eq!(got["sources"].as_array().map(Vec::len), Some(2), "{got}");
 }
 
 #[test]

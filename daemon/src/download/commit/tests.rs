@@ -210,14 +210,24 @@ fn empty_folders_are_made_kept_and_made_again_never_through_a_link() {
     fs::remove_dir(root.join("saves")).unwrap();
     fs::create_dir_all(root.join("stale/empty")).unwrap();
     let version = Version::parse("20250101").unwrap();
-    commit_blocking(
-        (dir.game(), &created),
-        (&files, &folders),
-        &dests,
-        version,
-        &[],
-    )
-    .unwrap();
+    let commit = || {
+        commit_blocking(
+            (dir.game(), &created),
+            (&files, &folders),
+            &dests,
+            version,
+            &[],
+        )
+    };
+    // The root moved away meanwhile (the user's `mv`): nothing committed where it went,
+    // nor where it was.
+    let moved = root.with_extension("moved");
+    fs::rename(&root, &moved).unwrap();
+    let e = commit().unwrap_err();
+    assert!(e.to_string().contains("was moved or replaced"), "{e}");
+    assert!(!moved.join(VERSION_FILE).exists() && !root.exists());
+    fs::rename(&moved, &root).unwrap();
+    commit().unwrap();
     assert!(root.join("a/b/c").is_dir() && root.join("saves").is_dir());
     assert!(!root.join("stale").exists());
     assert_eq!(fs::read(root.join(VERSION_FILE)).unwrap(), b"20250101");
