@@ -8,6 +8,19 @@ fn cli() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lanspread"))
 }
 
+/// `lanspreadd` on `dir/games` and `dir/state`, its control socket at `socket`.
+fn daemon_in(dir: &std::path::Path, socket: &std::path::Path) -> Command {
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_lanspreadd"));
+    daemon
+        .arg("--games")
+        .arg(dir.join("games"))
+        .arg("--state")
+        .arg(dir.join("state"))
+        .arg("--socket")
+        .arg(socket);
+    daemon
+}
+
 #[test]
 fn usage_error_exits_2() {
     let out = cli().arg("no-such-command").output().unwrap();
@@ -160,13 +173,7 @@ fn daemon_signals_readiness_to_systemd() {
         .unwrap();
     std::fs::create_dir_all(t.path().join("games")).unwrap();
     let sock = t.path().join("d.sock");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_lanspreadd"))
-        .arg("--games")
-        .arg(t.path().join("games"))
-        .arg("--state")
-        .arg(t.path().join("state"))
-        .arg("--socket")
-        .arg(&sock)
+    let mut child = daemon_in(t.path(), &sock)
         .args(["--listen", "127.0.0.1:0", "--no-mdns"])
         .env("NOTIFY_SOCKET", &notify)
         .stderr(std::process::Stdio::null())
@@ -331,14 +338,8 @@ fn a_listen_address_in_use_leaves_no_socket_behind() {
     std::fs::create_dir_all(t.path().join("games")).unwrap();
     let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let sock = t.path().join("d.sock");
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_lanspreadd"));
+    let mut daemon = daemon_in(t.path(), &sock);
     daemon
-        .arg("--games")
-        .arg(t.path().join("games"))
-        .arg("--state")
-        .arg(t.path().join("state"))
-        .arg("--socket")
-        .arg(&sock)
         .arg("--listen")
         .arg(taken.local_addr().unwrap().to_string())
         .arg("--no-mdns");
