@@ -12,7 +12,10 @@
 //! the plain in-order planner.
 
 mod holders;
+mod lag;
 mod outcomes;
+
+pub use lag::LAG_RACE_AFTER;
 mod race;
 mod source;
 pub use race::{Settled, RACE_LAST_CHUNKS};
@@ -321,13 +324,20 @@ impl Planner {
             return Some(a);
         }
         let chunk = self.next_for_complete(|_| true)?;
-        let floor = self.floor()?;
-        let (peer, _) = self
-            .sources
-            .iter()
-            .filter(|(_, s)| s.has.is_none() && self.has_room(s, floor))
-            .min_by_key(|(p, s)| (s.assigned, s.in_flight, (*p).clone()))?;
-        let peer = peer.clone();
+        let pick = |this: &Self| {
+            let floor = this.floor()?;
+            this.sources
+                .iter()
+                .filter(|(_, s)| s.has.is_none() && this.has_room(s, floor))
+                .min_by_key(|(p, s)| (s.assigned, s.in_flight, (*p).clone()))
+                .map(|(p, _)| p.clone())
+        };
+        // A source idle only for the balance: those holding it back lag (`lag.rs`).
+        let peer = match pick(self) {
+            Some(p) => p,
+            None if self.find_laggards() => pick(self)?,
+            None => return None,
+        };
         self.take_pending(chunk);
         self.assign(chunk, &peer);
         Some(Assignment { chunk, peer })
@@ -338,7 +348,7 @@ impl Planner {
     /// under the same rules (in flight, bytes, balance). Call until `None` after every event.
     pub fn poll_batch(&mut self) -> Option<Batch> {
         let Some(first) = self.poll_assign() else {
-            let a = self.assign_racer()?;
+            let a = self.assign_racer().or_else(|| self.assign_lag_racer())?;
             return Some(Batch {
                 chunks: vec![a.chunk],
                 peer: a.peer,
@@ -439,11 +449,17 @@ impl Planner {
     /// The least any live complete source was assigned (`None`: no live complete source).
     /// Partial sources are not balanced: each has few chunks, one at a time.
     fn floor(&self) -> Option<u64> {
-        self.sources
-            .values()
-            .filter(|s| !s.dropped && !s.resting && s.has.is_none())
+        let live = || {
+            self.sources
+                .values()
+                .filter(|s| !s.dropped && !s.resting && s.has.is_none())
+        };
+        // Lagging sources are out of the balance (`lag.rs`), unless only they are left.
+        live()
+            .filter(|s| !s.lagging)
             .map(|s| s.assigned)
             .min()
+            .or_else(|| live().map(|s| s.assigned).min())
     }
 
     /// Whether a source may take another chunk: live, below both in-flight caps, and not

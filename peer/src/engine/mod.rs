@@ -236,6 +236,9 @@ pub struct Engine {
     rest_since: Option<Instant>,
     /// When a chunk last verified (or the transfer began).
     progress_at: Instant,
+    /// When the end game stops waiting on other sources' last units while a source sits
+    /// idle (`planner::LAG_RACE_AFTER`).
+    end_game_at: Option<Instant>,
 }
 
 impl Engine {
@@ -263,6 +266,7 @@ impl Engine {
             swarm: false,
             rest_since: None,
             progress_at: now,
+            end_game_at: None,
         };
         if engine.waiting.is_empty() {
             engine.close_vote();
@@ -281,6 +285,13 @@ impl Engine {
             }
             let planner = self.planner.as_mut()?;
             let Some(batch) = planner.poll_batch() else {
+                // The end game waits on other sources' last units: for a while.
+                if planner.end_game_waits() {
+                    let due = self.clock + crate::planner::LAG_RACE_AFTER;
+                    self.end_game_at.get_or_insert(due);
+                } else {
+                    self.end_game_at = None;
+                }
                 let resting = planner.resting();
                 if self.in_flight.is_empty()
                     && planner.status() == PlannerStatus::Running
@@ -333,7 +344,11 @@ impl Engine {
             Phase::Transfer => {
                 let starved = self.starved_at.map(|t| t + self.config.swarm_wait);
                 let rested = self.rest_since.map(|t| t + self.config.offer_rest);
-                starved.into_iter().chain(rested).min()
+                starved
+                    .into_iter()
+                    .chain(rested)
+                    .chain(self.end_game_at)
+                    .min()
             }
             _ => None,
         }
@@ -351,6 +366,12 @@ impl Engine {
                 self.rest_since = None;
                 if let Some(p) = self.planner.as_mut() {
                     p.wake();
+                }
+            }
+            if self.end_game_at.is_some_and(|t| now >= t) {
+                self.end_game_at = None;
+                if let Some(p) = self.planner.as_mut() {
+                    p.end_game_laggards();
                 }
             }
             self.check_status();

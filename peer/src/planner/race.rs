@@ -88,6 +88,11 @@ impl Planner {
                 .min_by_key(|(p, s)| (s.in_flight_bytes, (*p).clone()))
                 .map(|(p, _)| (c, p.clone()))
         })?;
+        Some(self.assign_second(chunk, peer))
+    }
+
+    /// Makes `peer` the second source of `chunk`, in flight from another (a race).
+    pub(super) fn assign_second(&mut self, chunk: usize, peer: PeerId) -> Assignment {
         let len = self.chunks[chunk].len;
         if let Some(s) = self.sources.get_mut(&peer) {
             s.in_flight += 1;
@@ -96,7 +101,7 @@ impl Planner {
             self.race_epoch[chunk] = s.epoch;
         }
         self.second[chunk] = Some(peer.clone());
-        Some(Assignment { chunk, peer })
+        Assignment { chunk, peer }
     }
 
     /// Frees what a request of `peer` for `chunk` held of its caps.

@@ -21,6 +21,9 @@ pub(super) struct Source {
     /// Dropped because its link closed ([`FailKind::Disconnected`]) or, a partial source,
     /// because it is no longer listed: revived when it is back.
     pub(super) lost: bool,
+    /// Found slower than the others (`lag.rs`): out of the balance for the rest of the
+    /// download.
+    pub(super) lagging: bool,
     /// A source that answered `Later`: not asked again until [`Planner::wake`].
     pub(super) resting: bool,
     /// It said `Later` when nothing had verified for `holders::LATER_UNCOUNT`.

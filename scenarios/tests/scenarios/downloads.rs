@@ -271,6 +271,55 @@ fn s14_multi_source_large_file() {
     );
 }
 
+/// Two sources of unlike speeds (a file server and a peer on a slow link, here one
+/// limited to 2 MiB/s): the slow one does not hold the download to its pace — the fast
+/// one sends nearly everything, and the slow one's units still on their way at the end
+/// are sent again by the fast one (with the balance alone each sent half: 96 MiB at
+/// 2 MiB/s). Counted in bytes per source, not timed.
+#[test]
+fn a_slow_source_does_not_hold_a_fast_one_to_its_pace() {
+    let spec = || {
+        GameSpec::new("cod5", "20250101").file(
+            "cod5.eti",
+            0o644,
+            Content::Random {
+                seed: 23,
+                size: 6 * CHUNK,
+            },
+        )
+    };
+    let (fast_dir, slow_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    spec().write(fast_dir.path()).unwrap();
+    spec().write(slow_dir.path()).unwrap();
+    let fast = source("fast", fast_dir.path());
+    let slow = Node::start_with(
+        "slow",
+        slow_dir.path(),
+        NodeOptions {
+            args: vec!["--max-upload-mib-s".into(), "2".into()],
+            ..Default::default()
+        },
+    );
+    let (c, games) = client();
+    c.connect(&fast);
+    c.connect(&slow);
+    c.download_ok("cod5", &["--no-install"]);
+    let begin = c.wait_event("got-game-files", |_| true);
+    assert_eq!(
+        begin["sources"].as_array().map(Vec::len),
+        Some(2),
+        "{begin}"
+    );
+    let per = c.bytes_per_source("cod5");
+    let from_slow = per.get(&slow.peer_id).copied().unwrap_or(0);
+    let total: u64 = per.values().sum();
+    assert!(
+        from_slow < total / 4,
+        "the slow source sent {from_slow} of {total} bytes: {per:?}"
+    );
+    assert_same_tree(&fast_dir.path().join("cod5"), &games.path().join("cod5"));
+}
+
 /// `cnc4` roots with archives: (version, seed, payload size).
 fn skewed(versions: &[(&str, u64, u64)]) -> (Vec<Node>, Vec<tempfile::TempDir>) {
     sources_of(
