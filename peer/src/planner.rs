@@ -329,7 +329,8 @@ impl Planner {
             this.sources
                 .iter()
                 .filter(|(_, s)| s.has.is_none() && this.has_room(s, floor))
-                .min_by_key(|(p, s)| (s.assigned, s.in_flight, (*p).clone()))
+                // (Lagging sources last: what they take may have to be sent again.)
+                .min_by_key(|(p, s)| (s.lagging, s.assigned, s.in_flight, (*p).clone()))
                 .map(|(p, _)| p.clone())
         };
         // A source idle only for the balance: those holding it back lag (`lag.rs`).
@@ -365,7 +366,8 @@ impl Planner {
         let b = self.batching;
         let mut chunks = vec![first.chunk];
         let mut bytes = self.chunks[first.chunk].len;
-        let small = bytes <= b.max_chunk_len;
+        // (A lagging source gets one unit per request: a race's loser is cancelled.)
+        let small = bytes <= b.max_chunk_len && !self.is_lagging(&first.peer);
         while small && chunks.len() < b.max_chunks {
             let fits = |len: u64| len <= b.max_chunk_len && bytes + len <= b.max_bytes;
             if !self.sources.get(&first.peer).is_some_and(|s| self.room(s)) {
@@ -480,6 +482,8 @@ impl Planner {
         };
         let requests = if one_offer {
             1
+        } else if s.lagging {
+            (self.max_in_flight >> s.backoff).clamp(1, lag::LAGGING_IN_FLIGHT)
         } else {
             (self.max_in_flight >> s.backoff).max(1)
         };

@@ -399,6 +399,8 @@ fn two_sources_of_unlike_speeds_end_sooner_than_the_fast_one_alone() {
     );
     let (fast, slow) = (out.bytes_from[&pid(1)], out.bytes_from[&pid(2)]);
     assert!(fast > 2 * slow && slow > 0, "{:?}", out.bytes_from);
+    // Its last units were sent again by the fast one, the slow one's requests cancelled.
+    assert!(out.cancelled > 0, "{out:?}");
 }
 
 #[test]

@@ -553,58 +553,67 @@ mod swarm;
 
 /// A source that never answers, in a download asked for whole at its start (each source
 /// its even share in flight): once the other has sent its share and sat idle for
-/// `LAG_RACE_AFTER`, it sends the silent one's units too, each copy it verifies first
-/// cancels the silent one's request, and the download commits.
+/// `LAG_RACE_AFTER`, it sends the silent one's units too — `version.ini` whichever had it
+/// — each copy it verifies first cancels the silent one's request, and the download
+/// commits. Either source silent (the tie between equal shares goes to one of them).
 #[test]
 fn a_silent_source_is_raced_once_the_other_sat_idle_a_while() {
-    let mut e = transferring(big(24), &[pid(1), pid(2)], 2);
-    let mut open = fetches(&drain(&mut e));
-    let (mut silent, mut cancelled, mut raced) = (Vec::new(), Vec::new(), 0);
-    let mut waited = false;
-    let committed = loop {
-        let mut acts = Vec::new();
-        while let Some(f) = open.pop() {
-            if f.peer == pid(2) {
-                assert!(!f.race);
-                silent.push(f.id);
-                continue;
+    for (quiet, loud) in [(pid(2), pid(1)), (pid(1), pid(2))] {
+        let mut e = transferring(big(23), &[pid(1), pid(2)], 2);
+        let mut open = fetches(&drain(&mut e));
+        let (mut silent, mut cancelled, mut raced) = (Vec::new(), Vec::new(), 0);
+        let (mut waited, mut cancels) = (false, 0);
+        let committed = loop {
+            let mut acts = Vec::new();
+            while let Some(f) = open.pop() {
+                if f.peer == quiet {
+                    assert!(!f.race);
+                    silent.push(f.id);
+                    continue;
+                }
+                assert_eq!(f.peer, loud);
+                raced += usize::from(f.race);
+                let n = f.chunks.len();
+                e.on_fetched(f.id, vec![Ok(()); n], false);
+                acts.extend(drain(&mut e));
             }
-            raced += usize::from(f.race);
-            let n = f.chunks.len();
-            e.on_fetched(f.id, vec![Ok(()); n], false);
-            acts.extend(drain(&mut e));
-        }
-        for id in cancelled.drain(..) {
-            let lost = Err((FailKind::NotChosen, "another source sent it first".into()));
-            e.on_fetched(id, vec![lost], false);
-            acts.extend(drain(&mut e));
-        }
-        if acts.is_empty() {
-            // Idle: the end game waits, then finds the silent source lagging.
-            let at = e.poll_timeout().expect("the end game's wait");
-            assert!(!waited, "waited twice");
-            waited = true;
-            e.handle_timeout(at);
-            acts.extend(drain(&mut e));
-        }
-        if acts.contains(&Action::Commit) {
-            break true;
-        }
-        for a in acts {
-            match a {
-                Action::Fetch(f) => open.push(f),
-                Action::Cancel(id) => cancelled.push(id),
-                _ => {}
+            for id in cancelled.drain(..) {
+                let lost = Err((FailKind::NotChosen, "another source sent it first".into()));
+                e.on_fetched(id, vec![lost], false);
+                acts.extend(drain(&mut e));
             }
-        }
-        if open.is_empty() && cancelled.is_empty() && e.poll_timeout().is_none() {
-            break false;
-        }
-    };
-    assert!(committed && waited);
-    assert_eq!(
-        raced,
-        silent.len(),
-        "each of the silent source's units raced once"
-    );
+            if acts.is_empty() {
+                // Idle: the end game waits, then finds the silent source lagging.
+                let at = e.poll_timeout().expect("the end game's wait");
+                assert!(!waited, "waited twice");
+                waited = true;
+                e.handle_timeout(at);
+                acts.extend(drain(&mut e));
+            }
+            let commit = acts.contains(&Action::Commit);
+            for a in acts {
+                match a {
+                    Action::Fetch(f) => open.push(f),
+                    Action::Cancel(id) => {
+                        cancels += 1;
+                        cancelled.push(id);
+                    }
+                    _ => {}
+                }
+            }
+            if commit {
+                break true;
+            }
+            if open.is_empty() && cancelled.is_empty() && e.poll_timeout().is_none() {
+                break false;
+            }
+        };
+        assert!(committed && waited, "{quiet:?} silent");
+        assert_eq!(
+            raced,
+            silent.len(),
+            "each of the silent source's units raced once"
+        );
+        assert_eq!(cancels, silent.len(), "and its request cancelled");
+    }
 }

@@ -9,8 +9,11 @@
 //! of like speeds never get there (the idle one would have to verify a whole window more
 //! than the other has done and in flight). Once nothing is left to start, a source idle
 //! with a unit more than another has done and in flight finds that one lagging too, and
-//! the sources that are not race the lagging ones' units still on their way, oldest
-//! first (the first verified copy wins; the engine cancels the other). Only without partial sources: a swarm's
+//! the sources that are not race the lagging ones' units still on their way, newest
+//! first (the first verified copy wins; the engine cancels the other). A lagging source
+//! is asked for one unit per request, at most [`LAGGING_IN_FLIGHT`] at once, and only
+//! when no other source has room; an idle one in the end game is no longer lagging
+//! (speeds change). Only without partial sources: a swarm's
 //! complete sources go a unit at a time anyway, and its end game races partial holders
 //! (`race.rs`).
 
@@ -23,21 +26,29 @@ use super::{Assignment, Planner, State};
 /// them (sources of like speeds end their last units within moments of each other).
 pub const LAG_RACE_AFTER: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// Most units in flight at once from a lagging source: what it holds is what the
+/// others may have to send again at the end.
+pub const LAGGING_IN_FLIGHT: usize = 2;
+
 impl Planner {
     /// Whether `peer` was found lagging (see the module).
     pub fn is_lagging(&self, peer: &PeerId) -> bool {
         self.sources.get(peer).is_some_and(|s| s.lagging)
     }
 
-    /// A live complete source with nothing in flight and room but for the balance.
-    fn idle_complete(&self) -> Option<PeerId> {
+    /// A live complete source with nothing in flight and room but for the balance (in
+    /// the end game a lagging one too: speeds change, and one idle now is not slow now).
+    fn idle_complete(&self, lagging_too: bool) -> Option<PeerId> {
         if self.partial_sources().next().is_some() {
             return None;
         }
         self.sources
             .iter()
             .filter(|(_, s)| {
-                s.has.is_none() && !s.lagging && s.in_flight == 0 && self.has_room(s, s.assigned)
+                s.has.is_none()
+                    && (lagging_too || !s.lagging)
+                    && s.in_flight == 0
+                    && self.has_room(s, s.assigned)
             })
             .map(|(p, _)| p.clone())
             .next()
@@ -46,7 +57,7 @@ impl Planner {
     /// Marks lagging the sources that hold an idle one back (see the module); whether
     /// any was.
     pub(super) fn find_laggards(&mut self) -> bool {
-        let Some(idle) = self.idle_complete() else {
+        let Some(idle) = self.idle_complete(false) else {
             return false;
         };
         let ahead = self.sources[&idle].assigned;
@@ -74,7 +85,7 @@ impl Planner {
     pub fn end_game_waits(&self) -> bool {
         self.queue.is_empty()
             && self.retry.is_empty()
-            && self.idle_complete().is_some()
+            && self.idle_complete(true).is_some()
             && self
                 .sources
                 .values()
@@ -89,9 +100,11 @@ impl Planner {
         if !self.end_game_waits() {
             return;
         }
+        // The idle ones are not slow now (a source found lagging earlier may have sped
+        // up since): they race the others.
         for s in self.sources.values_mut() {
-            if s.has.is_none() && !s.dropped && s.in_flight > 0 {
-                s.lagging = true;
+            if s.has.is_none() && !s.dropped {
+                s.lagging = s.in_flight > 0;
             }
         }
     }
@@ -100,7 +113,10 @@ impl Planner {
     /// from a lagging source, from a source that is not lagging and has room (see the
     /// module).
     pub(super) fn assign_lag_racer(&mut self) -> Option<Assignment> {
-        if !self.queue.is_empty() || !self.retry.is_empty() {
+        if !self.queue.is_empty()
+            || !self.retry.is_empty()
+            || self.partial_sources().next().is_some()
+        {
             return None;
         }
         let racer = self
@@ -109,16 +125,20 @@ impl Planner {
             .filter(|(_, s)| s.has.is_none() && !s.lagging && self.has_room(s, s.assigned))
             .min_by_key(|(p, s)| (s.in_flight_bytes, (*p).clone()))
             .map(|(p, _)| p.clone())?;
+        // Any unit, small ones too (a lagging source gets one unit per request, so the
+        // loser's request is cancelled; one batched before it was found lagging goes on
+        // and its late copy counts for nothing); the newest first: a source sends its
+        // requests in order, so its oldest is the one it has nearly sent.
         let chunk = (0..self.chunks.len())
             .filter(|&c| {
                 self.state[c] == State::InFlight
                     && self.second[c].is_none()
-                    && self.chunks[c].len > self.batching.max_chunk_len
+                    && !self.offered[c]
                     && self.owner[c]
                         .as_ref()
                         .is_some_and(|o| *o != racer && self.is_lagging(o))
             })
-            .min_by_key(|&c| self.started[c])?;
+            .max_by_key(|&c| self.started[c])?;
         Some(self.assign_second(chunk, racer))
     }
 }
@@ -146,8 +166,13 @@ mod tests {
                 continue;
             }
             for c in b.chunks {
-                if matches!(p.on_done(c, &pid(1)), Settled::First { .. }) {
-                    done += 1;
+                match p.on_done(c, &pid(1)) {
+                    Settled::First { loser } => {
+                        // A race's loser is the slow source.
+                        assert!(!b.race || loser == Some(pid(2)), "{loser:?}");
+                        done += 1;
+                    }
+                    other => panic!("{other:?}"),
                 }
             }
         }

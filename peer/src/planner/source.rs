@@ -56,6 +56,8 @@ impl Source {
             self.epoch += 1;
             self.stalls = 0;
             self.backoff = 0;
+            // Back over a new link: judged afresh.
+            self.lagging = false;
         }
     }
 

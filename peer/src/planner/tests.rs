@@ -338,9 +338,15 @@ proptest! {
                 0 if n_sources > 1 => p.on_failed(a.chunk, &a.peer, FailKind::BadData),
                 1 => p.on_failed(a.chunk, &a.peer, FailKind::Transient),
                 _ => {
-                    let c = &p.chunks()[a.chunk];
-                    covered[c.file].push((c.offset, c.len));
-                    p.on_done(a.chunk, &a.peer);
+                    // (A race's second copy — a lagging source's unit sent again —
+                    // counts once: the first verified.)
+                    let (file, range) = {
+                        let c = &p.chunks()[a.chunk];
+                        (c.file, (c.offset, c.len))
+                    };
+                    if matches!(p.on_done(a.chunk, &a.peer), Settled::First { .. }) {
+                        covered[file].push(range);
+                    }
                 }
             }
             if let PlannerStatus::Failed(_) = p.status() {
