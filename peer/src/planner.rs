@@ -14,10 +14,9 @@
 mod holders;
 mod lag;
 mod outcomes;
-
-pub use lag::LAG_RACE_AFTER;
 mod race;
 mod source;
+pub use lag::LAG_RACE_AFTER;
 pub use race::{Settled, RACE_LAST_CHUNKS};
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};

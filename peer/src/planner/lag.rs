@@ -7,15 +7,16 @@
 //! it back (units in flight, a unit behind it) are *lagging* for the rest of the
 //! download: out of the balance, each still taking units as its own caps allow. Sources
 //! of like speeds never get there (the idle one would have to verify a whole window more
-//! than the other has done and in flight). Once nothing is left to start, a source idle
-//! with a unit more than another has done and in flight finds that one lagging too, and
-//! the sources that are not race the lagging ones' units still on their way, newest
-//! first (the first verified copy wins; the engine cancels the other). A lagging source
-//! is asked for one unit per request, at most [`LAGGING_IN_FLIGHT`] at once, and only
-//! when no other source has room; an idle one in the end game is no longer lagging
-//! (speeds change). Only without partial sources: a swarm's
-//! complete sources go a unit at a time anyway, and its end game races partial holders
-//! (`race.rs`).
+//! than the other has done and in flight). Once nothing is left to start and a source
+//! sits idle, the engine waits [`LAG_RACE_AFTER`] for the others' units still on their
+//! way, then finds those senders lagging (a download asked for whole at its start split
+//! evenly, so none was ever held back by the balance); the sources that are not lagging
+//! race the lagging ones' units, newest first (the first verified copy wins; the engine
+//! cancels the other). A lagging source is asked for one unit per request, at most
+//! [`LAGGING_IN_FLIGHT`] at once, and only when no other source has room; an idle one in
+//! the end game, or one back over a new link, is judged afresh (speeds change). Only
+//! without partial sources: a swarm's complete sources go a unit at a time anyway, and
+//! its end game races partial holders (`race.rs`).
 
 use lanspread_proto::PeerId;
 
