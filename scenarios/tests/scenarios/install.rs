@@ -195,6 +195,9 @@ fn cancel_stops_a_running_install() {
     let n = lanspread_scenarios::Node::start("installer", d.path());
     let local = d.path().join("ggoo/local");
     let mut cancelled = None;
+    // `list-games` rows seen while an install ran: not *downloaded* (the contract: no
+    // operation on it), whatever its sentinel says.
+    let mut installing = Vec::new();
     for round in 0..8 {
         let before = n.events_named("install-begin").len();
         let out = std::thread::scope(|s| {
@@ -202,6 +205,10 @@ fn cancel_stops_a_running_install() {
             lanspread_scenarios::wait_for("install-begin", || {
                 (n.events_named("install-begin").len() > before).then_some(())
             });
+            installing.extend(
+                n.local_row("ggoo")
+                    .filter(|r| r["availability"] == "Installing"),
+            );
             let cancel = n.cli(&["--json", "cancel", "ggoo"]);
             (install.join().unwrap(), cancel)
         });
@@ -219,6 +226,10 @@ fn cancel_stops_a_running_install() {
         }
     }
     let (install, round) = cancelled.expect("no cancel landed during an install in 8 rounds");
+    assert!(!installing.is_empty(), "no row seen while an install ran");
+    for row in &installing {
+        assert_eq!(row["downloaded"], false, "{row}");
+    }
     assert_eq!(install.code, 1, "round {round}: {install:?}");
     assert_eq!(install.error_kind(), "cancelled", "{install:?}");
     let failed = n.events_named("install-failed");
