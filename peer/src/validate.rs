@@ -75,11 +75,8 @@ pub fn check_manifest(manifest: &Manifest) -> Result<(), PeerError> {
         .collect();
     all.sort_unstable();
     // (How deep, and how many folders it makes: `all` is sorted, and an empty folder
-    // is one that is no file's path.)
-    let mut file_paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
-    file_paths.sort_unstable();
-    let is_folder = |p: &str| file_paths.binary_search(&p).is_err();
-    if let Err(why) = lanspread_proto::check_tree(all.iter().map(|&p| (p, is_folder(p)))) {
+    // is one that is no file's path: `paths` holds the files'.)
+    if let Err(why) = lanspread_proto::check_tree(all.iter().map(|&p| (p, !paths.contains(p)))) {
         return bad(why);
     }
     let holds_something = |path: &str| {
