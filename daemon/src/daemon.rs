@@ -98,7 +98,7 @@ impl Daemon {
         let (net, listen) = quic.inspect_err(|_| socket.unlink())?;
         let me = LocalPeer::new(identity.peer_id().clone(), listen, secret);
         events.observe(net.metrics.clone());
-        let peers = Directory::new(config.max_links);
+        let peers = Directory::new(config.max_links, config.max_links_per_address);
         let shared = Shared::new(
             me,
             net,

@@ -61,6 +61,15 @@ pub enum Redial {
     Reset(PeerId, SocketAddr),
 }
 
+/// Why [`Directory::register`] did not keep a connection.
+#[derive(Debug)]
+pub enum NotKept {
+    /// The connection kept for the peer already is preferred; its row, if it has one.
+    Duplicate(Option<PeerInfo>),
+    /// The peer's address holds as many links as one address may: why.
+    AddressCap(String),
+}
+
 /// What the directory's lock guards.
 #[derive(Default)]
 struct Peers {
@@ -96,18 +105,22 @@ pub struct Directory {
     pub pex_dial_rx: Mutex<Option<mpsc::UnboundedReceiver<PeerAddr>>>,
     /// Peer exchange dials while there are fewer links than this (changed by reload).
     max_links: std::sync::atomic::AtomicUsize,
+    /// Links one address may hold (`0`: no cap; changed by reload).
+    max_per_address: std::sync::atomic::AtomicUsize,
     /// Bumped whenever a peer's partial holdings or library change (running downloads
     /// watch it for new sources).
     holdings: watch::Sender<u64>,
 }
 
 impl Directory {
-    /// A directory whose peer exchange dials up to `max_links` links.
-    pub fn new(max_links: usize) -> Self {
+    /// A directory whose peer exchange dials up to `max_links` links, and that keeps at
+    /// most `max_per_address` links from one address.
+    pub fn new(max_links: usize, max_per_address: usize) -> Self {
         let (redial, redial_rx) = mpsc::unbounded_channel();
         let (pex_dial, pex_dial_rx) = mpsc::unbounded_channel();
         Self {
             max_links: max_links.into(),
+            max_per_address: max_per_address.into(),
             pex_dial,
             pex_dial_rx: Mutex::new(Some(pex_dial_rx)),
             peers: Mutex::default(),
@@ -153,9 +166,48 @@ impl Directory {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Why an inbound link of `remote` over `conn` is refused: its address holds as many
+    /// links as one address may (`over_address_cap`). Asked before the hello exchange, so
+    /// the peer hears why; [`Directory::register`] asks again under the same lock as it
+    /// keeps the link (handshakes from one address run side by side).
+    pub fn address_cap(&self, remote: &PeerId, conn: &Connection) -> Option<String> {
+        Self::over_address_cap(&self.lock(), remote, conn, self.max_per_address())
+    }
+
+    fn over_address_cap(
+        p: &Peers,
+        remote: &PeerId,
+        conn: &Connection,
+        cap: usize,
+    ) -> Option<String> {
+        let ip = conn.remote_address().ip().to_canonical();
+        let from_address = p
+            .links
+            .values()
+            .filter(|l| l.conn.remote_address().ip().to_canonical() == ip)
+            .count();
+        let linked = p.links.contains_key(remote);
+        lanspread_peer::over_address_cap(from_address, linked, cap).then(|| {
+            format!("{ip} holds {from_address} links already, the most one address may (max_links_per_address)")
+        })
+    }
+
+    /// Links one address may hold (`0`: no cap).
+    pub fn max_per_address(&self) -> usize {
+        self.max_per_address
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Changes [`Directory::max_per_address`] (reload); links above it stay.
+    pub fn set_max_per_address(&self, n: usize) {
+        self.max_per_address
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Keeps `conn` as the link of `remote` unless the connection already kept for it is
-    /// preferred (`prefer_new_link`); then `Err` with that peer's row, if it has one. A
-    /// replaced connection is closed as a duplicate.
+    /// preferred (`prefer_new_link`: [`NotKept::Duplicate`] with that peer's row, if it
+    /// has one) or, inbound, its address holds as many links as one may
+    /// ([`NotKept::AddressCap`]). A replaced connection is closed as a duplicate.
     pub fn register(
         &self,
         me: &PeerId,
@@ -163,12 +215,18 @@ impl Directory {
         conn: &Connection,
         direction: Direction,
         addr: SocketAddr,
-    ) -> Result<Upsert, Option<PeerInfo>> {
+    ) -> Result<Upsert, NotKept> {
         let mut p = self.lock();
+        if direction == Direction::Inbound {
+            if let Some(why) = Self::over_address_cap(&p, remote, conn, self.max_per_address()) {
+                return Err(NotKept::AddressCap(why));
+            }
+        }
         if let Some(existing) = p.links.get(remote) {
             let alive = existing.conn.close_reason().is_none();
             if !prefer_new_link(me, remote, alive, existing.direction, direction) {
-                return Err(p.table.get(remote).map(|e| peer_info(remote, e)));
+                let row = p.table.get(remote).map(|e| peer_info(remote, e));
+                return Err(NotKept::Duplicate(row));
             }
             existing
                 .conn

@@ -1,7 +1,7 @@
 //! Live reload (`SIGHUP`, `lanspread reload`): the daemon's flags are resolved over the
 //! config file again, against the directory it was started from, and what can change
 //! without dropping a link or a transfer is applied at once: bandwidth limits, static
-//! peers, the catalog, the LAN secret, `max_links`. What cannot (addresses, directories,
+//! peers, the catalog, the LAN secret, `max_links`, `max_links_per_address`. What cannot (addresses, directories,
 //! threads, groups, mDNS, the events file, the UDP payload bound) is reported as needing
 //! a restart and keeps its old value. A config that does not load (bad TOML, an
 //! unreadable catalog or secret) changes nothing and says why. Which settings changed is
@@ -37,6 +37,11 @@ pub fn changes(old: &DaemonConfig, new: &DaemonConfig) -> (Vec<&'static str>, Ve
     };
     check(old.peers != new.peers, "peers", true);
     check(old.max_links != new.max_links, "max_links", true);
+    check(
+        old.max_links_per_address != new.max_links_per_address,
+        "max_links_per_address",
+        true,
+    );
     check(old.catalog != new.catalog, "catalog", true);
     check(old.secret_file != new.secret_file, "secret_file", true);
     check(old.games != new.games, "games", false);
@@ -149,7 +154,7 @@ pub async fn reload(shared: &Arc<Shared>) -> Result<ReloadInfo, Failure> {
     Ok(done)
 }
 
-/// Limits, `max_links` and new static peers, in place.
+/// Limits, the link caps and new static peers, in place.
 fn apply(
     shared: &Arc<Shared>,
     old: &DaemonConfig,
@@ -176,6 +181,7 @@ fn apply(
         }
     }
     shared.peers.set_max_links(new.max_links);
+    shared.peers.set_max_per_address(new.max_links_per_address);
     // Static peers that are new are dialled now; removed ones stay linked while their
     // link lives (no link is dropped by a reload) but are dialled no more, not after a
     // loss either.
@@ -199,6 +205,7 @@ fn in_force(old: &DaemonConfig, new: DaemonConfig) -> DaemonConfig {
     DaemonConfig {
         peers: new.peers,
         max_links: new.max_links,
+        max_links_per_address: new.max_links_per_address,
         catalog: new.catalog,
         secret_file: new.secret_file,
         max_upload_mib_s: new.max_upload_mib_s,
@@ -243,9 +250,19 @@ mod tests {
             "3",
             "--secret-file",
             "/k",
+            "--max-links-per-address",
+            "2",
         ]);
         let (live, restart) = changes(&old, &new);
-        assert_eq!(live, ["max_links", "catalog", "secret_file"]);
+        assert_eq!(
+            live,
+            [
+                "max_links",
+                "max_links_per_address",
+                "catalog",
+                "secret_file"
+            ]
+        );
         assert_eq!(restart, ["listen", "transfer_threads"]);
         // Limits are compared with what is in force when applied, not here.
         let limited = config(&[
@@ -283,6 +300,8 @@ mod tests {
             "127.0.0.1:9",
             "--max-links",
             "3",
+            "--max-links-per-address",
+            "5",
         ]);
         let (_, restart) = changes(&old, &new);
         assert_eq!(restart.len(), 9, "{restart:?}");
@@ -290,6 +309,7 @@ mod tests {
         assert_eq!(kept.listen, old.listen);
         assert_eq!(kept.group, old.group);
         assert_eq!(kept.max_links, 3, "live settings are taken");
+        assert_eq!(kept.max_links_per_address, 5, "live settings are taken");
         let (_, restart) = changes(&old, &kept);
         assert!(restart.is_empty(), "{restart:?}");
     }

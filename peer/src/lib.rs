@@ -35,7 +35,9 @@ pub use engine::{
 };
 pub use error::PeerError;
 pub use gates::{gate_chunk, gate_files, gate_partial_chunk, ChunkIndex};
-pub use links::{check_not_self, prefer_new_link, Direction};
+pub use links::{
+    check_not_self, over_address_cap, prefer_new_link, Direction, DEFAULT_MAX_LINKS_PER_ADDRESS,
+};
 pub use ops::{OpKind, Operation, Operations, Progress};
 pub use pace::Pacer;
 pub use pex::{holds_wanted, pex_dials, pex_list, PexRoom, DEFAULT_MAX_LINKS, HOLDER_LINKS};

@@ -1,5 +1,5 @@
-//! Rules for connections: refuse the node itself, and keep exactly one connection per
-//! peer when both sides dial at once.
+//! Rules for connections: refuse the node itself, keep exactly one connection per peer
+//! when both sides dial at once, and bound the links one address may hold.
 
 use lanspread_proto::PeerId;
 
@@ -50,6 +50,20 @@ pub fn prefer_new_link(
     dialled_by_smaller(new)
 }
 
+/// Links one address may hold by default (`max_links_per_address`). A LAN machine runs one
+/// daemon; a host behind NAT, or a test lab on loopback, may run more. Past the cap, new
+/// identities from that address are refused, so one machine cannot make itself hundreds
+/// of peers (each with its library, partial copies and manifest answers held here, and
+/// told to every other peer by peer exchange).
+pub const DEFAULT_MAX_LINKS_PER_ADDRESS: usize = 16;
+
+/// Whether an inbound link from an address that holds `from_address` links already is
+/// refused under `cap` (`0`: no cap). A peer that is linked already is never refused: its
+/// new connection replaces the old one (a restart, another route).
+pub fn over_address_cap(from_address: usize, already_linked: bool, cap: usize) -> bool {
+    cap != 0 && !already_linked && from_address >= cap
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -78,6 +92,18 @@ mod tests {
         // a (smaller) keeps its own dial X; b switches to X.
         assert!(!a_keeps_y);
         assert!(b_keeps_x);
+    }
+
+    #[test]
+    fn an_address_holds_at_most_its_cap_of_links() {
+        assert!(!over_address_cap(0, false, 2));
+        assert!(!over_address_cap(1, false, 2));
+        assert!(over_address_cap(2, false, 2), "a third identity");
+        assert!(
+            !over_address_cap(2, true, 2),
+            "a linked peer's new connection"
+        );
+        assert!(!over_address_cap(5_000, false, 0), "no cap");
     }
 
     #[test]

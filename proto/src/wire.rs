@@ -48,6 +48,9 @@ pub mod close_code {
     pub const VERSION_MISMATCH: u32 = 4;
     /// The LAN secret check failed (one side has none, or they differ).
     pub const SECRET_MISMATCH: u32 = 5;
+    /// The peer's address holds as many links as the daemon allows one address
+    /// (`max_links_per_address`); a new identity from it is refused.
+    pub const ADDRESS_CAP: u32 = 6;
 }
 
 /// Codes an answer's stream is reset with.

@@ -27,7 +27,7 @@ peers = [\"host:port\", ...], static peers dialled at start and kept linked. Fla
 unknown keys are errors.
 
 SIGHUP, `systemctl reload` or `lanspread reload` reads it again: the bandwidth limits, static peers, \
-catalog, LAN secret and max_links change live; other settings wait for a restart (said in the log \
+catalog, LAN secret, max_links and max_links_per_address change live; other settings wait for a restart (said in the log \
 and the reply). A bad file fails the reload and changes nothing.";
 
 /// `lanspreadd` flags.
@@ -90,6 +90,11 @@ pub struct DaemonArgs {
     /// turns it off (connect, static peers and mDNS still link) [default: 64].
     #[arg(long, value_name = "N")]
     pub max_links: Option<usize>,
+    /// Links one address may hold: a new peer identity from an address holding this many
+    /// is refused (a daemon behind NAT shares its address with its neighbours); 0: no cap
+    /// [default: 16].
+    #[arg(long, value_name = "N")]
+    pub max_links_per_address: Option<usize>,
     /// Largest UDP payload QUIC's path MTU discovery tries, 1200..=65527: 8952 on a LAN
     /// whose hosts and switches all carry 9000-byte jumbo frames, set on every daemon (a
     /// peer accepts at most its own bound) [default: 1452, a 1500-byte MTU].
@@ -126,6 +131,7 @@ struct FileConfig {
     max_download_mib_s: Option<f64>,
     transfer_threads: Option<usize>,
     max_links: Option<usize>,
+    max_links_per_address: Option<usize>,
     max_udp_payload: Option<u16>,
     metrics_listen: Option<SocketAddr>,
     metrics_allow_remote: Option<bool>,
@@ -168,6 +174,8 @@ pub struct DaemonConfig {
     pub transfer_threads: usize,
     /// Links up to which peer exchange dials learned peers (0: it dials none).
     pub max_links: usize,
+    /// Links one address may hold (0: no cap).
+    pub max_links_per_address: usize,
     /// Largest UDP payload MTU discovery tries.
     pub max_udp_payload: u16,
     /// Where Prometheus metrics are served over HTTP, if anywhere.
@@ -195,6 +203,7 @@ impl DaemonConfig {
             max_download_mib_s: None,
             transfer_threads: default_transfer_threads(),
             max_links: lanspread_peer::DEFAULT_MAX_LINKS,
+            max_links_per_address: lanspread_peer::DEFAULT_MAX_LINKS_PER_ADDRESS,
             max_udp_payload: lanspread_transfer::DEFAULT_MAX_UDP_PAYLOAD,
             metrics_listen: None,
         }
@@ -326,6 +335,10 @@ impl DaemonArgs {
                 .max_links
                 .or(file.max_links)
                 .unwrap_or(lanspread_peer::DEFAULT_MAX_LINKS),
+            max_links_per_address: self
+                .max_links_per_address
+                .or(file.max_links_per_address)
+                .unwrap_or(lanspread_peer::DEFAULT_MAX_LINKS_PER_ADDRESS),
             max_udp_payload,
             metrics_listen,
         })

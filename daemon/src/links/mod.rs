@@ -13,7 +13,7 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
-use crate::directory::{Holdings, Redial};
+use crate::directory::{Holdings, NotKept, Redial};
 use crate::failure::peer_failure;
 use crate::handshake::{self, Exchange};
 use crate::handshake_slots::Admitted;
@@ -117,6 +117,13 @@ pub(crate) async fn dial_peer(
     }
 }
 
+/// Closes an inbound link whose address holds as many links as one may, saying why.
+fn refuse_over_cap(conn: &Connection, why: String) -> Failure {
+    warn!(addr = %conn.remote_address(), "refused a link: {why}");
+    conn.close(VarInt::from_u32(close_code::ADDRESS_CAP), why.as_bytes());
+    refused(why)
+}
+
 /// A refused self-connection may surface as the remote (ourselves) closing the dial.
 fn self_or(msg: String) -> String {
     if msg.contains("self") {
@@ -186,11 +193,15 @@ async fn run_link(
         .register(&shared.me.id, &remote, &conn, direction, addr)
     {
         Ok(upsert) => upsert,
-        Err(kept) => {
+        Err(NotKept::Duplicate(kept)) => {
             debug!("keeping the existing connection");
             conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
             writer.abort();
             return tell(kept.ok_or_else(|| refused("duplicate connection")));
+        }
+        Err(NotKept::AddressCap(why)) => {
+            writer.abort();
+            return tell(Err(refuse_over_cap(&conn, why)));
         }
     };
     match upsert {
@@ -257,6 +268,13 @@ async fn greet(
         debug!("refused a connection from ourselves");
         conn.close(VarInt::from_u32(close_code::SELF_CONNECT), b"self");
         return Err(peer_failure(lanspread_peer::PeerError::SelfConnect));
+    }
+
+    // Past the address's cap, before any hello: the peer hears why, and learns nothing.
+    if direction == Direction::Inbound {
+        if let Some(why) = shared.peers.address_cap(&remote, conn) {
+            return Err(refuse_over_cap(conn, why));
+        }
     }
 
     // Our announce stream: hello now; the library only once the peer's hello passed our

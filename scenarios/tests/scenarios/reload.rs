@@ -289,3 +289,62 @@ fn a_static_peer_removed_by_reload_is_not_dialled_again() {
     );
     assert!(a.log().contains("static peer removed: no longer dialled"));
 }
+
+/// One address holds at most `max_links_per_address` links: a third identity from
+/// loopback is refused and told why; a linked peer killed and started again (same id) is
+/// let in at the cap, its new connection replacing the old; data connections do not
+/// count (a download over four lanes runs at the cap); a reload lifts the cap for new
+/// links.
+#[test]
+fn one_address_holds_at_most_its_cap_of_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("lanspreadd.toml");
+    std::fs::write(&cfg, "max_links_per_address = 2\n").unwrap();
+    let games = tempfile::tempdir().unwrap();
+    crate::util::sparse_game(games.path(), "cod5", 4, 8);
+    let server = with_config("capped", games.path(), &cfg);
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let lanes = ["--transfer-threads", "4"];
+    let mut b = crate::util::node_with_args("b", dirs[0].path(), &lanes);
+    let c = Node::start("c", dirs[1].path());
+    let d = Node::start("d", dirs[2].path());
+    b.connect(&server);
+    c.connect(&server);
+
+    let out = d.cli(&["connect", &server.addr]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr.contains("max_links_per_address"),
+        "the refused peer hears why: {}",
+        out.stderr
+    );
+    let mut linked = server.peer_ids();
+    linked.sort();
+    let mut want = vec![b.peer_id.clone(), c.peer_id.clone()];
+    want.sort();
+    assert_eq!(linked, want, "the third identity is not linked");
+
+    b.download_ok("cod5", &["--no-install"]);
+    let refusals = |n: &Node| n.log().matches("refused a link").count();
+    assert_eq!(
+        refusals(&server),
+        1,
+        "only d was refused, not b's data connections:\n{}",
+        server.log_tail()
+    );
+
+    b.kill();
+    b.restart();
+    b.connect(&server);
+    assert_eq!(
+        server.peer_ids().len(),
+        2,
+        "b's new connection replaced its link"
+    );
+
+    std::fs::write(&cfg, "max_links_per_address = 0\n").unwrap();
+    let r = server.json(&["reload"]);
+    assert_eq!(r["applied"], json!(["max_links_per_address"]), "{r}");
+    d.connect(&server);
+    assert_eq!(server.peer_ids().len(), 3);
+}
