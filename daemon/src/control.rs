@@ -11,7 +11,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
 use crate::access::{caller_of, Policy};
-use crate::control_slots::admit;
+use crate::control_slots::{admit, hung_up};
 use crate::event_lines::{flush, next_now, push_line, stream_events};
 use crate::links::dial;
 use crate::state::Shared;
@@ -182,8 +182,16 @@ async fn client(
             }
             continue;
         }
+        // The waits below end when the client hangs up (Ctrl-C): its slot is not held
+        // until the next event, the download's end or the wait's timeout. `biased`: a
+        // download begins even if its client is gone by then; a line is cut short only
+        // for a client no longer there to read it.
         if matches!(request, Request::Events {}) {
-            stream_events(&shared, &mut write).await;
+            tokio::select! {
+                biased;
+                () = stream_events(&shared, &mut write) => {}
+                () = hung_up(&mut read) => debug!("events client hung up"),
+            }
             return;
         }
         if let Request::Download {
@@ -192,10 +200,22 @@ async fn client(
             detach,
         } = request
         {
-            download(&shared, &mut write, &game, install, detach).await;
+            tokio::select! {
+                biased;
+                () = download(&shared, &mut write, &game, install, detach) => {}
+                () = hung_up(&mut read) => debug!("download client hung up; the download goes on"),
+            }
             return;
         }
-        let reply = handle(&shared, request).await;
+        let reply = if matches!(request, Request::WaitPeers { .. }) {
+            tokio::select! {
+                biased;
+                reply = handle(&shared, request) => reply,
+                () = hung_up(&mut read) => return debug!("wait-peers client hung up"),
+            }
+        } else {
+            handle(&shared, request).await
+        };
         if send(&mut write, &reply).await.is_err() {
             return;
         }
@@ -319,7 +339,14 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
         Request::WaitPeers { count, timeout_ms } => {
             let mut rx = shared.peers.watch_count();
             let wait = async move { rx.wait_for(|n| *n >= count).await.is_ok() };
-            match tokio::time::timeout(Duration::from_millis(timeout_ms), wait).await {
+            let mut shutdown = shared.shutdown.subscribe();
+            let waited = tokio::select! {
+                waited = tokio::time::timeout(Duration::from_millis(timeout_ms), wait) => waited,
+                () = crate::state::until_shutdown(&mut shutdown) => {
+                    return error(ErrorKind::Shutdown, "the daemon is shutting down")
+                }
+            };
+            match waited {
                 Ok(true) => Reply::Peers(shared.peers.infos()),
                 _ => error(
                     ErrorKind::Timeout,

@@ -246,3 +246,61 @@ fn wait_peers_timeouts_mean_what_they_say() {
         lanspread_scenarios::wait_for("the peer gone", || n.peer_ids().is_empty().then_some(()));
     }
 }
+
+/// Clients that wait (`events`, `wait-peers`; a waiting `download` alike) and hang up —
+/// a Ctrl-C — give their slots back at once: 150 of them (more than the cap and the admins'
+/// reserve together) on an idle daemon that emits no event left it refusing everyone,
+/// `shutdown` included, until its next event or their waits' end. A client that only
+/// ended its requests (shut its socket for writing) still gets its events.
+#[test]
+fn waiting_clients_that_hang_up_free_their_slots() {
+    let games = tempfile::tempdir().unwrap();
+    let n = Node::start("hangups", games.path());
+    let mut half = UnixStream::connect(n.socket_path()).unwrap();
+    half.write_all(b"{\"cmd\":\"events\"}\n").unwrap();
+    half.shutdown(std::net::Shutdown::Write).unwrap();
+    let requests: [&[u8]; 2] = [
+        b"{\"cmd\":\"events\"}\n",
+        b"{\"cmd\":\"wait-peers\",\"count\":5,\"timeout_ms\":100000000}\n",
+    ];
+    for i in 0..150 {
+        let mut s = UnixStream::connect(n.socket_path()).unwrap();
+        // Refused ones (while earlier slots are still being given back) close at once.
+        let _ = s.write_all(requests[i % 2]);
+    }
+    lanspread_scenarios::wait_for("the hung-up clients' slots to free", || {
+        (n.cli(&["status"]).code == 0).then_some(())
+    });
+    // The half-closed client is still there, and hears the next event.
+    let seen = n.events_named("peer-connected").len();
+    let other = tempfile::tempdir().unwrap();
+    let peer = Node::start("peer", other.path());
+    peer.connect(&n);
+    n.wait_new_event(seen, "peer-connected", |_| true);
+    half.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(half).read_line(&mut line).unwrap();
+    assert!(line.contains("peer-connected"), "{line}");
+}
+
+/// A `wait-peers` cut short by the daemon's shutdown says so (kind `shutdown`), not a
+/// connection closed without a word (the CLI said "unreachable", exit 3).
+#[test]
+fn a_wait_cut_by_shutdown_says_so() {
+    let games = tempfile::tempdir().unwrap();
+    let mut n = Node::start("stopping", games.path());
+    let mut s = UnixStream::connect(n.socket_path()).unwrap();
+    // The connection is served (a reply came) before the wait goes in on it.
+    assert!(ask(&mut s, br#"{"cmd":"status"}"#).contains("peer_id"));
+    s.write_all(b"{\"cmd\":\"wait-peers\",\"count\":5,\"timeout_ms\":100000000}\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    n.shutdown();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reply = String::new();
+    BufReader::new(s).read_line(&mut reply).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply:?}"));
+    assert_eq!(v["error"]["kind"], "shutdown", "{v}");
+}
