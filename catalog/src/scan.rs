@@ -181,7 +181,11 @@ pub fn scan_root(dir: &Path, id: GameId) -> GameRoot {
     if let (Some(_), Some(p)) = (version, &problem) {
         warn_once(dir, &format!("game {id} not offered: {p}"));
     }
-    let installed = dir.join(crate::LOCAL_DIR).join(INSTALLED_MARKER).is_file();
+    // Neither a `local` nor a marker that is a symlink counts (either may point at an
+    // install that is not this game's).
+    let local = dir.join(crate::LOCAL_DIR);
+    let installed = std::fs::symlink_metadata(&local).is_ok_and(|m| m.is_dir())
+        && std::fs::symlink_metadata(local.join(INSTALLED_MARKER)).is_ok_and(|m| m.is_file());
     GameRoot {
         id,
         dir: dir.to_path_buf(),

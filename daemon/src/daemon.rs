@@ -60,6 +60,9 @@ impl Daemon {
         // First of all: a second daemon on the same dirs must refuse before it touches
         // anything (events file, sweep, identity, socket).
         let locks = DaemonLocks::acquire(&config.state, &config.games)?;
+        if let Some(file) = &config.events {
+            crate::lock::not_in_a_game(file, &config.games, "--events")?;
+        }
         raise_open_files_limit();
         let events = EventBus::new(config.events.as_deref())?;
         events.emit(EventKind::DaemonStarted {

@@ -78,20 +78,59 @@ pub struct DaemonLocks {
 impl DaemonLocks {
     /// Creates the state dir if missing, then locks it and the games dir.
     pub fn acquire(state: &Path, games: &Path) -> Result<Self, DaemonError> {
-        if std::fs::symlink_metadata(state).is_err() {
-            std::fs::create_dir_all(state).map_err(|e| DaemonError::io(state, e))?;
-        }
         if same_dir(state, games) {
             return Err(DaemonError::Config(format!(
                 "--state and --games are the same directory ({}); keep the state apart",
                 games.display()
             )));
         }
+        if beneath(state, games) {
+            // A state dir in a game root is served to peers (the identity key with it)
+            // and deleted by `remove`.
+            return Err(DaemonError::Config(format!(
+                "--state {} is inside --games {}: peers could download it (the identity \
+                 key with it); keep the state apart",
+                state.display(),
+                games.display()
+            )));
+        }
+        if std::fs::symlink_metadata(state).is_err() {
+            std::fs::create_dir_all(state).map_err(|e| DaemonError::io(state, e))?;
+        }
         Ok(Self {
             _state: DirLock::acquire(state, "state dir")?,
             _games: DirLock::acquire(games, "games dir")?,
         })
     }
+}
+
+/// Refuses a file of the daemon's own (`what`: the flag naming it) in a game root, where
+/// peers could download it and `remove` would delete it.
+pub(crate) fn not_in_a_game(file: &Path, games: &Path, what: &str) -> Result<(), DaemonError> {
+    match file.parent() {
+        Some(folder) if beneath(folder, games) => Err(DaemonError::Config(format!(
+            "{what} {} is inside a game of --games {}: peers could download it; keep it apart",
+            file.display(),
+            games.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `inner` lies inside `outer`: a folder above it, symlinks resolved, is
+/// `outer` (by device and inode: a bind mount or a symlink of `outer` counts too). An
+/// `inner` not made yet is judged by the nearest folder of it that exists (checked
+/// before anything is made there).
+fn beneath(inner: &Path, outer: &Path) -> bool {
+    let Some(existing) = inner.ancestors().find(|p| p.exists()) else {
+        return false;
+    };
+    let Ok(real) = std::fs::canonicalize(existing) else {
+        return false;
+    };
+    // `inner` itself is not "inside" itself; a folder of it still to be made is.
+    let skip = usize::from(existing == inner);
+    real.ancestors().skip(skip).any(|up| same_dir(up, outer))
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -178,5 +217,34 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let err = DaemonLocks::acquire(d.path(), d.path()).unwrap_err();
         assert!(err.to_string().contains("same directory"), "{err}");
+    }
+
+    /// A state dir in a game root (or deeper, or through a symlink of the games dir) would
+    /// be served to peers, identity key and all, and deleted by `remove`.
+    #[test]
+    fn the_state_dir_is_not_inside_the_games_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let games = d.path().join("games");
+        std::fs::create_dir(&games).unwrap();
+        std::fs::create_dir(games.join("cod5")).unwrap();
+        for state in ["games/bf1942", "games/bf1942/deeper/state", "games/cod5"] {
+            let err = DaemonLocks::acquire(&d.path().join(state), &games).unwrap_err();
+            assert!(err.to_string().contains("inside --games"), "{state}: {err}");
+        }
+        assert!(
+            !games.join("bf1942").exists(),
+            "nothing made in the games dir"
+        );
+        std::os::unix::fs::symlink(&games, d.path().join("alias")).unwrap();
+        let err = DaemonLocks::acquire(&d.path().join("alias/st"), &games).unwrap_err();
+        assert!(err.to_string().contains("inside --games"), "{err}");
+        let events = games.join("cod5/events.jsonl");
+        assert!(not_in_a_game(&events, &games, "--events").is_err());
+        not_in_a_game(&games.join("events.jsonl"), &games, "--events").unwrap();
+        // Beside it, or the games dir inside the state dir, is fine.
+        DaemonLocks::acquire(&d.path().join("state"), &games).unwrap();
+        let games2 = d.path().join("state2/games");
+        std::fs::create_dir_all(&games2).unwrap();
+        DaemonLocks::acquire(&d.path().join("state2"), &games2).unwrap();
     }
 }

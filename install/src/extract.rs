@@ -300,7 +300,7 @@ impl Run<'_> {
             Redirect::None => {
                 let out = self.staging.create_new(rel).map_err(io(&dest))?;
                 let (out, written) =
-                    arc.unpack_into(out)
+                    arc.unpack_into(out, h.unp_size)
                         .map_err(|e| match arc.take_write_error() {
                             // The disk, not the archive (ENOSPC is `disk-full` to the user).
                             Some(w) => InstallError::io(&dest, w),
@@ -326,12 +326,23 @@ impl Run<'_> {
                 let src = self.link_source(kind, &h.name, target)?;
                 if copy {
                     let shown = self.staging.shown(&src);
-                    let (mut from, _) = self
+                    let (from, _) = self
                         .staging
                         .open_file(&src, Access::Read)
                         .map_err(io(&shown))?;
+                    // The copy is the size its header says (what the free-space check
+                    // counted), or refused before a byte is written.
+                    let size = from.metadata().map_err(io(&shown))?.len();
+                    if size != h.unp_size {
+                        let why = format!(
+                            "its source holds {size} bytes, its header says {}",
+                            h.unp_size
+                        );
+                        return Err(link_err(kind, &h.name, target, &why));
+                    }
                     let mut out = self.staging.create_new(rel).map_err(io(&dest))?;
-                    let n = io::copy(&mut from, &mut out).map_err(io(&dest))?;
+                    let n =
+                        io::copy(&mut io::Read::take(from, size), &mut out).map_err(io(&dest))?;
                     self.finish_file(out, rel, h)?;
                     self.files.insert(listed.rel.clone());
                     self.summary.bytes += n;

@@ -157,6 +157,19 @@ fn link_targets_outside_the_install_or_not_yet_extracted_are_refused() {
             &[("c", LinkKind::FileCopy, "/etc/passwd", 1)],
             "file copy c -> /etc/passwd",
         ),
+        // A copy is the size its header says (what the free-space check counted), or
+        // refused before a byte is written: thirty 1-byte copies of a 1 MiB file filled
+        // a disk the check had passed.
+        (
+            &[("big", &[7u8; 4096])],
+            &[("c", LinkKind::FileCopy, "big", 1)],
+            "file copy c -> big: its source holds 4096 bytes, its header says 1",
+        ),
+        (
+            &[("small", b"x")],
+            &[("c", LinkKind::FileCopy, "small", 1000)],
+            "file copy c -> small: its source holds 1 bytes, its header says 1000",
+        ),
         // A link to a folder is not a file to copy.
         (
             &[("dir/a", b"x")],

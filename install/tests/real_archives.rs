@@ -268,22 +268,20 @@ fn volumes_swapped_for_fifos_after_the_listing_are_not_opened() {
         .is_fifo());
 }
 
-/// A FIFO among the archives before the install: refused (never opened blocking), and
-/// nothing is left behind.
+/// A FIFO among the archives before the install: refused naming it (never opened, so
+/// never waited on), not passed over — the install would be incomplete and say it is
+/// done (the scan already offers no such root to peers) — and nothing is left behind.
 #[test]
-fn a_fifo_named_like_an_archive_is_not_read() {
-    let (_t, root) = root_of(&[("test_read_format_rar.rar", "game.eti")]);
+fn a_fifo_named_like_an_archive_is_refused_not_read() {
+    let (t, root) = root_of(&[("test_read_format_rar.rar", "game.eti")]);
     let path = root.join("other.eti");
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: a NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
-    // Only regular files are archives: the FIFO is passed over, the archive installs.
-    let summary = lanspread_install::install_root(&root).unwrap();
-    assert_eq!(summary.archives, 1);
-    assert_eq!(
-        manifest(&root.join("local")),
-        expected("test_read_format_rar")
-    );
+    let err = lanspread_install::install_root(&root).expect_err("a FIFO archive");
+    assert!(err.to_string().contains("other.eti"), "{err}");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    assert_nothing_left(&t, &root, "a FIFO archive");
 }
 
 /// An archive that is a symlink to a file inside the root is served to peers as a

@@ -300,6 +300,31 @@ fn installed_needs_the_marker() {
     assert!(scan_root(&root, GameId::new("cnctw").unwrap()).installed);
 }
 
+/// A `local` (or a marker) that is a symlink is no install of this game, whatever it
+/// points at.
+#[test]
+fn installed_follows_no_symlink() {
+    let t = tempfile::tempdir().unwrap();
+    let elsewhere = t.path().join("elsewhere");
+    write(&elsewhere.join(INSTALLED_MARKER), b"");
+    let root = t.path().join("cnctw");
+    write(&root.join("version.ini"), b"20250101");
+    std::os::unix::fs::symlink(&elsewhere, root.join("local")).unwrap();
+    let id = GameId::new("cnctw").unwrap();
+    assert!(
+        !scan_root(&root, id.clone()).installed,
+        "local/ is a symlink"
+    );
+    std::fs::remove_file(root.join("local")).unwrap();
+    std::fs::create_dir(root.join("local")).unwrap();
+    std::os::unix::fs::symlink(
+        elsewhere.join(INSTALLED_MARKER),
+        root.join("local").join(INSTALLED_MARKER),
+    )
+    .unwrap();
+    assert!(!scan_root(&root, id).installed, "the marker is a symlink");
+}
+
 #[test]
 fn free_space_of_a_real_filesystem() {
     let t = tempfile::tempdir().unwrap();

@@ -165,6 +165,9 @@ struct Ctx {
     /// Where `UCM_PROCESSDATA` bytes go, and how many went.
     sink: Option<fs::File>,
     written: u64,
+    /// The most bytes the entry may write (its header's size): a header that lies small
+    /// cannot get past the free-space check with more.
+    limit: u64,
     /// Why the callback stopped UnRAR, when it did.
     failure: Option<String>,
     /// The output's error when writing it stopped UnRAR (a full disk is no bad archive).
@@ -199,6 +202,13 @@ impl Ctx {
                 let Some(sink) = self.sink.as_mut() else {
                     return 1;
                 };
+                if self.written.saturating_add(len as u64) > self.limit {
+                    self.failure = Some(format!(
+                        "more data than the {} bytes its header says",
+                        self.limit
+                    ));
+                    return -1;
+                }
                 match sink.write_all(data) {
                     Ok(()) => {
                         self.written += len as u64;
@@ -345,6 +355,7 @@ impl Archive {
             asked: false,
             sink: None,
             written: 0,
+            limit: 0,
             failure: None,
             write_error: None,
             password_asked: false,
@@ -478,12 +489,13 @@ impl Archive {
         self.process(unrar_sys::RAR_SKIP, None)
     }
 
-    /// Unpacks the current entry into `out` (checking its checksum), returning the file
-    /// and how many bytes were written. When writing `out` failed, the error is
-    /// [`Archive::take_write_error`]'s.
-    pub fn unpack_into(&mut self, out: fs::File) -> Result<(fs::File, u64), DllError> {
+    /// Unpacks the current entry into `out` (checking its checksum), at most `limit`
+    /// bytes (its header's size: more fails), returning the file and how many bytes were
+    /// written. When writing `out` failed, the error is [`Archive::take_write_error`]'s.
+    pub fn unpack_into(&mut self, out: fs::File, limit: u64) -> Result<(fs::File, u64), DllError> {
         self.ctx.sink = Some(out);
         self.ctx.written = 0;
+        self.ctx.limit = limit;
         self.ctx.write_error = None;
         let res = self.process(unrar_sys::RAR_TEST, None);
         let out = self.ctx.sink.take();
@@ -557,9 +569,36 @@ mod tests {
                 .write(true)
                 .open("/dev/full")
                 .unwrap();
-            assert!(arc.unpack_into(full).is_err());
+            assert!(arc.unpack_into(full, h.unp_size).is_err());
             let e = arc.take_write_error().expect("the write's error");
             assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "{e}");
+            return;
+        }
+        panic!("no file in the archive");
+    }
+
+    /// An entry that unpacks to more than its header's size is stopped there: the
+    /// free-space check, made from the headers, holds.
+    #[test]
+    fn an_entry_writes_no_more_than_its_header_says() {
+        let rar = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/rar/libarchive/test_read_format_rar_compress_best.rar");
+        let mut arc = Archive::open(&[rar], Mode::Extract).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        while let Some(h) = arc.next_header().unwrap() {
+            if h.is_dir || h.unp_size < 2 {
+                arc.skip().unwrap();
+                continue;
+            }
+            let out = fs::File::create(dir.path().join("out")).unwrap();
+            let e = arc.unpack_into(out, h.unp_size / 2).unwrap_err();
+            assert!(e.0.contains("its header says"), "{}", e.0);
+            assert!(
+                arc.take_write_error().is_none(),
+                "the archive's fault, not the disk's"
+            );
+            let written = fs::metadata(dir.path().join("out")).unwrap().len();
+            assert!(written <= h.unp_size / 2, "{written} of {}", h.unp_size);
             return;
         }
         panic!("no file in the archive");

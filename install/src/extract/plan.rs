@@ -48,22 +48,40 @@ pub(super) struct PlannedSet {
 /// it as a file and an install without it would be incomplete.
 fn archives(game: &GameDir) -> Result<Vec<OsString>, InstallError> {
     let root = game.path();
-    let regular = |e: &cap_std::fs::DirEntry| match e.file_type() {
-        Ok(t) if t.is_file() || t.is_dir() || t.is_symlink() => !t.is_dir(),
-        _ => lstat_in(game.dir(), &e.file_name()).is_ok_and(|st| {
-            let t = st.st_mode & libc::S_IFMT;
-            t == libc::S_IFREG || t == libc::S_IFLNK
-        }),
+    // A file or a symlink (to be checked where it leads); a folder named `*.eti` is a
+    // folder of the game; anything else (a FIFO, a socket, a device) is refused: an
+    // install without that archive would be incomplete.
+    let kind = |e: &cap_std::fs::DirEntry| match e.file_type() {
+        Ok(t) if t.is_file() || t.is_symlink() => Some(true),
+        Ok(t) if t.is_dir() => Some(false),
+        _ => lstat_in(game.dir(), &e.file_name())
+            .ok()
+            .map(|st| st.st_mode & libc::S_IFMT)
+            .and_then(|t| match t {
+                libc::S_IFREG | libc::S_IFLNK => Some(true),
+                libc::S_IFDIR => Some(false),
+                _ => None,
+            }),
     };
-    let mut out: Vec<OsString> = game
-        .dir()
-        .entries()
-        .map_err(io(root))?
-        .flatten()
-        .filter(regular)
-        .map(|e| e.file_name())
-        .filter(|n| Path::new(n).extension().is_some_and(|x| x == "eti"))
-        .collect();
+    let mut out = Vec::new();
+    for e in game.dir().entries().map_err(io(root))?.flatten() {
+        let name = e.file_name();
+        if Path::new(&name).extension().is_none_or(|x| x != "eti") {
+            continue;
+        }
+        match kind(&e) {
+            Some(true) => out.push(name),
+            Some(false) => {}
+            None => {
+                let path = root.join(&name);
+                let why = std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "an archive that is not a regular file",
+                );
+                return Err(InstallError::io(path, why));
+            }
+        }
+    }
     out.sort();
     Ok(out)
 }
