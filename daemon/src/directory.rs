@@ -6,7 +6,7 @@
 //! safe).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,9 @@ pub struct Link {
     pub conn: Connection,
     /// Who dialled it.
     pub direction: Direction,
+    /// The peer's address when the link was kept (what `max_links_per_address` counts: a
+    /// connection that migrates still counts where it was made).
+    pub ip: IpAddr,
 }
 
 /// How long an address that failed a peer-exchange dial is not tried again.
@@ -107,6 +110,8 @@ pub struct Directory {
     max_links: std::sync::atomic::AtomicUsize,
     /// Links one address may hold (`0`: no cap; changed by reload).
     max_per_address: std::sync::atomic::AtomicUsize,
+    /// Links refused by that cap since the last report, and when that was.
+    cap_refusals: Mutex<(u64, Option<Instant>)>,
     /// Bumped whenever a peer's partial holdings or library change (running downloads
     /// watch it for new sources).
     holdings: watch::Sender<u64>,
@@ -121,6 +126,7 @@ impl Directory {
         Self {
             max_links: max_links.into(),
             max_per_address: max_per_address.into(),
+            cap_refusals: Mutex::default(),
             pex_dial,
             pex_dial_rx: Mutex::new(Some(pex_dial_rx)),
             peers: Mutex::default(),
@@ -166,29 +172,39 @@ impl Directory {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Why an inbound link of `remote` over `conn` is refused: its address holds as many
-    /// links as one address may (`over_address_cap`). Asked before the hello exchange, so
-    /// the peer hears why; [`Directory::register`] asks again under the same lock as it
-    /// keeps the link (handshakes from one address run side by side).
-    pub fn address_cap(&self, remote: &PeerId, conn: &Connection) -> Option<String> {
-        Self::over_address_cap(&self.lock(), remote, conn, self.max_per_address())
+    /// Why a link of `remote` at `ip` is refused: that address holds as many links as one
+    /// address may (`over_address_cap`). Asked before the hello exchange of an inbound
+    /// link (so the peer hears why) and before an automatic dial (mDNS, peer exchange);
+    /// [`Directory::register`] asks again under the same lock as it keeps an inbound
+    /// link (handshakes from one address run side by side).
+    pub fn address_cap(&self, remote: &PeerId, ip: IpAddr) -> Option<String> {
+        Self::over_address_cap(&self.lock(), remote, ip, self.max_per_address())
     }
 
-    fn over_address_cap(
-        p: &Peers,
-        remote: &PeerId,
-        conn: &Connection,
-        cap: usize,
-    ) -> Option<String> {
-        let ip = conn.remote_address().ip().to_canonical();
-        let from_address = p
-            .links
-            .values()
-            .filter(|l| l.conn.remote_address().ip().to_canonical() == ip)
-            .count();
+    fn over_address_cap(p: &Peers, remote: &PeerId, ip: IpAddr, cap: usize) -> Option<String> {
+        let ip = ip.to_canonical();
+        let from_address = p.links.values().filter(|l| l.ip == ip).count();
         let linked = p.links.contains_key(remote);
         lanspread_peer::over_address_cap(from_address, linked, cap).then(|| {
-            format!("{ip} holds {from_address} links already, the most one address may (max_links_per_address)")
+            format!(
+                "{ip} holds {from_address} links already, the most one address may \
+                 (max_links_per_address)"
+            )
+        })
+    }
+
+    /// Counts a link refused by the address cap; the count to report when one is due (at
+    /// most every 10 s: a host at its cap that handshakes again and again does not flood
+    /// the log).
+    pub fn cap_refused(&self) -> Option<u64> {
+        let mut r = self.cap_refusals.lock().unwrap_or_else(|p| p.into_inner());
+        r.0 += 1;
+        let now = Instant::now();
+        let due =
+            r.1.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10));
+        due.then(|| {
+            r.1 = Some(now);
+            std::mem::take(&mut r.0)
         })
     }
 
@@ -217,8 +233,9 @@ impl Directory {
         addr: SocketAddr,
     ) -> Result<Upsert, NotKept> {
         let mut p = self.lock();
+        let ip = conn.remote_address().ip().to_canonical();
         if direction == Direction::Inbound {
-            if let Some(why) = Self::over_address_cap(&p, remote, conn, self.max_per_address()) {
+            if let Some(why) = Self::over_address_cap(&p, remote, ip, self.max_per_address()) {
                 return Err(NotKept::AddressCap(why));
             }
         }
@@ -238,6 +255,7 @@ impl Directory {
         let link = Link {
             conn: conn.clone(),
             direction,
+            ip,
         };
         p.links.insert(remote.clone(), link);
         let upsert = p.table.upsert(remote, addr);

@@ -58,8 +58,9 @@ pub fn prefer_new_link(
 pub const DEFAULT_MAX_LINKS_PER_ADDRESS: usize = 16;
 
 /// Whether an inbound link from an address that holds `from_address` links already is
-/// refused under `cap` (`0`: no cap). A peer that is linked already is never refused: its
-/// new connection replaces the old one (a restart, another route).
+/// refused under `cap` (`0`: no cap). A peer that is linked already is not refused here:
+/// its new connection may replace the old one (a restart, another route; as
+/// [`prefer_new_link`] decides), which adds no link.
 pub fn over_address_cap(from_address: usize, already_linked: bool, cap: usize) -> bool {
     cap != 0 && !already_linked && from_address >= cap
 }

@@ -61,6 +61,13 @@ pub(crate) async fn dial_peer(
     if is_own_address(shared.me.listen, addr) {
         return Err(peer_failure(lanspread_peer::PeerError::SelfConnect));
     }
+    // A dial no one asked for (mDNS, peer exchange) keeps to the address cap too: a host
+    // announcing many ids on its address is linked no more than it could link in. (A
+    // few dials at once may pass together; `connect` and static peers are the user's.)
+    let over_cap = |remote: &PeerId| shared.peers.address_cap(remote, addr.ip());
+    if let Some(why) = expect.and_then(over_cap) {
+        return Err(refused(why));
+    }
     let timeout = shared.net.tuning.connect_timeout;
     let (conn, remote) = match connect(&shared.net.endpoint, addr, timeout).await {
         Ok(c) => c,
@@ -81,6 +88,10 @@ pub(crate) async fn dial_peer(
         if shared.peers.link(&remote).is_some() {
             conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
             return Err(refused(format!("peer {remote} is linked already")));
+        }
+        if let Some(why) = over_cap(&remote) {
+            conn.close(VarInt::from_u32(close_code::GOODBYE), b"");
+            return Err(refused(why));
         }
     }
     let (tx, rx) = oneshot::channel();
@@ -118,8 +129,11 @@ pub(crate) async fn dial_peer(
 }
 
 /// Closes an inbound link whose address holds as many links as one may, saying why.
-fn refuse_over_cap(conn: &Connection, why: String) -> Failure {
-    warn!(addr = %conn.remote_address(), "refused a link: {why}");
+fn refuse_over_cap(shared: &Shared, conn: &Connection, why: String) -> Failure {
+    match shared.peers.cap_refused() {
+        Some(n) => warn!(addr = %conn.remote_address(), "refused {n} link(s) lately: {why}"),
+        None => debug!(addr = %conn.remote_address(), "refused a link: {why}"),
+    }
     conn.close(VarInt::from_u32(close_code::ADDRESS_CAP), why.as_bytes());
     refused(why)
 }
@@ -201,7 +215,7 @@ async fn run_link(
         }
         Err(NotKept::AddressCap(why)) => {
             writer.abort();
-            return tell(Err(refuse_over_cap(&conn, why)));
+            return tell(Err(refuse_over_cap(&shared, &conn, why)));
         }
     };
     match upsert {
@@ -272,8 +286,9 @@ async fn greet(
 
     // Past the address's cap, before any hello: the peer hears why, and learns nothing.
     if direction == Direction::Inbound {
-        if let Some(why) = shared.peers.address_cap(&remote, conn) {
-            return Err(refuse_over_cap(conn, why));
+        let ip = conn.remote_address().ip();
+        if let Some(why) = shared.peers.address_cap(&remote, ip) {
+            return Err(refuse_over_cap(shared, conn, why));
         }
     }
 

@@ -270,7 +270,8 @@ fn a_downloading_peer_announces_and_serves_exactly_its_verified_chunks() {
 }
 
 /// Peer exchange: clients told only the server's address find each other (their links
-/// carry each other's listen addresses), and `--max-links` bounds what it dials.
+/// carry each other's listen addresses), `--max-links` bounds what it dials, and
+/// `--max-links-per-address` where it dials (every node here is on 127.0.0.1).
 #[test]
 fn clients_told_only_the_server_link_to_each_other() {
     let empty = |name: &str| {
@@ -294,9 +295,22 @@ fn clients_told_only_the_server_link_to_each_other() {
             ..NodeOptions::default()
         },
     );
+    // One link per address: the server's, on 127.0.0.1 like a and b.
+    let one_dir = tempfile::tempdir().unwrap();
+    let one_each = Node::start_with(
+        "one-each",
+        one_dir.path(),
+        NodeOptions {
+            args: ["--max-links", "64", "--max-links-per-address", "1"]
+                .map(String::from)
+                .to_vec(),
+            ..NodeOptions::default()
+        },
+    );
     a.connect(&server);
     b.connect(&server);
     capped.connect(&server);
+    one_each.connect(&server);
     let linked = |n: &Node, other: &Node| n.peer_ids().contains(&other.peer_id);
     lanspread_scenarios::wait_for("a and b linked by peer exchange", || {
         (linked(&a, &b) && linked(&b, &a)).then_some(())
@@ -307,5 +321,11 @@ fn clients_told_only_the_server_link_to_each_other() {
     const PEX: &str = "linked a peer learned by peer exchange";
     assert!(a.log().contains(PEX) || b.log().contains(PEX));
     assert!(!capped.log().contains(PEX), "{}", capped.log_tail());
+    assert!(!one_each.log().contains(PEX), "{}", one_each.log_tail());
+    assert_eq!(
+        one_each.peer_ids(),
+        std::slice::from_ref(&server.peer_id),
+        "nor were they let in"
+    );
     assert!(linked(&a, &server) && linked(&b, &server));
 }
