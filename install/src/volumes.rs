@@ -27,6 +27,9 @@ pub(crate) struct VolumeInfo {
     pub entries: u32,
     /// Every header up to the end block (or a clean end of file) was walked.
     pub walked: bool,
+    /// Whether a RAR 5 entry name is not UTF-8: UnRAR cuts such a name at its first bad
+    /// byte, so the entry would land under another name (two such names, under one).
+    pub bad_name: bool,
 }
 
 const RAR4_SIG: &[u8] = b"Rar!\x1a\x07\x00";
@@ -167,6 +170,26 @@ fn rar4<R: Read + Seek>(r: &mut R, len: u64) -> Option<VolumeInfo> {
     Some(info)
 }
 
+/// The name bytes of a RAR 5 file header, from its file flags on.
+fn rar5_name(b: &[u8]) -> Option<&[u8]> {
+    const HAS_MTIME: u64 = 0x0002;
+    const HAS_CRC: u64 = 0x0004;
+    let mut p = 0;
+    let file_flags = vint(b, &mut p)?;
+    vint(b, &mut p)?; // unpacked size
+    vint(b, &mut p)?; // attributes
+    if file_flags & HAS_MTIME != 0 {
+        p += 4;
+    }
+    if file_flags & HAS_CRC != 0 {
+        p += 4;
+    }
+    vint(b, &mut p)?; // compression
+    vint(b, &mut p)?; // host OS
+    let len = usize::try_from(vint(b, &mut p)?).ok()?;
+    b.get(p..p.checked_add(len)?)
+}
+
 fn vint(b: &[u8], at: &mut usize) -> Option<u64> {
     let mut v = 0u64;
     for shift in (0..70).step_by(7) {
@@ -230,7 +253,13 @@ fn rar5<R: Read + Seek>(r: &mut R, len: u64) -> Option<VolumeInfo> {
                 info.number = Some(u32::try_from(n).ok()?);
                 info.first = Some(n == 0);
             }
-            FILE if flags & HFL_SPLIT_BEFORE == 0 => info.entries += 1,
+            FILE => {
+                let name = rar5_name(&body[p..]);
+                info.bad_name |= name.is_some_and(|n| std::str::from_utf8(n).is_err());
+                if flags & HFL_SPLIT_BEFORE == 0 {
+                    info.entries += 1;
+                }
+            }
             END => {
                 info.walked = true;
                 let end = vint(&body, &mut p)?;

@@ -273,3 +273,50 @@ fn a_rar4_symlink_leaving_the_archive_is_refused() {
     assert!(err.to_string().contains("leaves the archive"), "{err}");
     assert_nothing_left(&t, &root, "rar4 symlink");
 }
+
+/// An entry whose name is not UTF-8 is refused before anything is written: UnRAR cut
+/// `bad\xff\xfename` to `bad` and the install said done (two such names would have
+/// become one file).
+#[test]
+fn an_entry_name_that_is_not_utf8_is_refused() {
+    let (t, root) = root_of(&[]);
+    crafted(&root, &[("bad@@name", b"x"), ("good", b"y")], &[]);
+    let path = root.join("game.eti");
+    let mut bytes = fs::read(&path).unwrap();
+    let at = bytes.windows(2).position(|w| w == b"@@").unwrap();
+    bytes[at..at + 2].copy_from_slice(&[0xff, 0xfe]);
+    // The header's CRC over again, so that only the name is wrong: headers start after
+    // the 8-byte signature, each a CRC32, a vint size and that many bytes.
+    let mut pos = 8;
+    loop {
+        let (mut size, mut len) = (0usize, 0);
+        while bytes[pos + 4 + len] & 0x80 != 0 {
+            size |= usize::from(bytes[pos + 4 + len] & 0x7f) << (7 * len);
+            len += 1;
+        }
+        size |= usize::from(bytes[pos + 4 + len]) << (7 * len);
+        let end = pos + 4 + len + 1 + size;
+        if (pos..end).contains(&at) {
+            let crc = crc32fast::hash(&bytes[pos + 4..end]);
+            bytes[pos..pos + 4].copy_from_slice(&crc.to_le_bytes());
+            break;
+        }
+        // The body's first vints: type, flags (bit 2: a data area), and the data size.
+        let body = pos + 4 + len + 1;
+        let flags = bytes[body + 1];
+        let mut p = body + 2;
+        if flags & 0x01 != 0 {
+            p += 1; // extra area size (one byte in our own headers)
+        }
+        let data = if flags & 0x02 != 0 {
+            usize::from(bytes[p])
+        } else {
+            0
+        };
+        pos = end + data;
+    }
+    fs::write(&path, &bytes).unwrap();
+    let err = install_root(&root).expect_err("a name that is not UTF-8");
+    assert!(err.to_string().contains("not UTF-8"), "{err}");
+    assert_nothing_left(&t, &root, "a name that is not UTF-8");
+}

@@ -42,10 +42,11 @@ pub(super) struct PlannedSet {
 
 /// The names of the `.eti` archives at the top of the root open as `game`, sorted:
 /// regular files and symlinks (readdir's type, or an `lstat` where it gives none:
-/// cap-std passes an unknown type on as it is). A symlink is an archive as the scan
-/// serves it: when it resolves to a regular file inside the root; any other link fails
-/// the install when it is opened ([`Pinned::open`]), never passed over, since peers get
-/// it as a file and an install without it would be incomplete.
+/// cap-std passes an unknown type on as it is); a folder so named is a folder of the
+/// game; a FIFO, socket or device fails the install (never opened). A symlink is an
+/// archive as the scan serves it: when it resolves to a regular file inside the root;
+/// any other link fails the install when it is opened ([`Pinned::open`]). None is passed
+/// over: peers get it as a file and an install without it would be incomplete.
 fn archives(game: &GameDir) -> Result<Vec<OsString>, InstallError> {
     let root = game.path();
     // A file or a symlink (to be checked where it leads); a folder named `*.eti` is a
@@ -73,12 +74,10 @@ fn archives(game: &GameDir) -> Result<Vec<OsString>, InstallError> {
             Some(true) => out.push(name),
             Some(false) => {}
             None => {
-                let path = root.join(&name);
-                let why = std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    "an archive that is not a regular file",
-                );
-                return Err(InstallError::io(path, why));
+                return Err(InstallError::Archive {
+                    archive: root.join(&name),
+                    why: "not a regular file (a FIFO, socket or device)".into(),
+                })
             }
         }
     }
@@ -102,6 +101,14 @@ pub(super) fn plan(game: &GameDir) -> Result<(Vec<PlannedSet>, u64, Pinned), Ins
     let mut candidates = Vec::with_capacity(files.len());
     for (i, f) in files.iter().enumerate() {
         let info = volumes::probe(pinned.file(i)).map_err(io(f))?;
+        if info.is_some_and(|v| v.bad_name) {
+            return Err(InstallError::Archive {
+                archive: f.clone(),
+                why: "an entry name is not UTF-8 (UnRAR would extract it under a name cut \
+                      short at its first bad byte)"
+                    .into(),
+            });
+        }
         candidates.push(Candidate {
             name: file_name(f),
             info,

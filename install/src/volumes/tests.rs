@@ -11,6 +11,7 @@ fn vol(name: &str, number: Option<u32>, first: Option<bool>, more: Option<bool>)
             more,
             entries: 0,
             walked: true,
+            bad_name: false,
         }),
     }
 }
@@ -100,6 +101,27 @@ fn gaps_missing_ends_and_duplicates_are_refused() {
         vol("copy.eti", Some(1), Some(false), Some(false)),
     ];
     assert!(plan_sets(&twice).unwrap_err().contains("both volume 2"));
+}
+
+/// A RAR 5 entry name that is not UTF-8 is seen (UnRAR would cut it short); names in
+/// any script are not.
+#[test]
+fn probe_finds_an_entry_name_that_is_not_utf8() {
+    let mut w = crate::Rar5Writer::new(Cursor::new(Vec::new())).unwrap();
+    w.add_file("👋/bad@@name", 0o644, 0, 1, Cursor::new(b"x".to_vec()))
+        .unwrap();
+    let mut bytes = w.finish().unwrap().into_inner();
+    assert!(
+        !probe(&mut Cursor::new(bytes.clone()))
+            .unwrap()
+            .unwrap()
+            .bad_name
+    );
+    let at = bytes.windows(2).position(|w| w == b"@@").unwrap();
+    bytes[at..at + 2].copy_from_slice(&[0xff, 0xfe]);
+    let info = probe(&mut Cursor::new(bytes)).unwrap().unwrap();
+    assert!(info.bad_name, "{info:?}");
+    assert_eq!(info.entries, 1);
 }
 
 #[test]
