@@ -59,10 +59,17 @@ impl Daemon {
     pub async fn start(config: DaemonConfig) -> Result<Self, DaemonError> {
         // First of all: a second daemon on the same dirs must refuse before it touches
         // anything (events file, sweep, identity, socket).
-        let locks = DaemonLocks::acquire(&config.state, &config.games)?;
-        if let Some(file) = &config.events {
-            crate::lock::not_in_a_game(file, &config.games, "--events")?;
+        // (Files of the daemon's own that peers could download: refused first, touching
+        // nothing.)
+        for (file, what) in [
+            (&config.events, "--events"),
+            (&config.secret_file, "--secret-file"),
+        ] {
+            if let Some(file) = file {
+                crate::lock::not_in_a_game(file, &config.games, what)?;
+            }
         }
+        let locks = DaemonLocks::acquire(&config.state, &config.games)?;
         raise_open_files_limit();
         let events = EventBus::new(config.events.as_deref())?;
         events.emit(EventKind::DaemonStarted {

@@ -9,7 +9,7 @@
 use std::fs::File;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use crate::DaemonError;
 
@@ -78,7 +78,8 @@ pub struct DaemonLocks {
 impl DaemonLocks {
     /// Creates the state dir if missing, then locks it and the games dir.
     pub fn acquire(state: &Path, games: &Path) -> Result<Self, DaemonError> {
-        if same_dir(state, games) {
+        let resolved_alike = resolved(state).is_some_and(|s| Some(s) == resolved(games));
+        if same_dir(state, games) || resolved_alike {
             return Err(DaemonError::Config(format!(
                 "--state and --games are the same directory ({}); keep the state apart",
                 games.display()
@@ -117,20 +118,32 @@ pub(crate) fn not_in_a_game(file: &Path, games: &Path, what: &str) -> Result<(),
     }
 }
 
-/// Whether `inner` lies inside `outer`: a folder above it, symlinks resolved, is
-/// `outer` (by device and inode: a bind mount or a symlink of `outer` counts too). An
-/// `inner` not made yet is judged by the nearest folder of it that exists (checked
-/// before anything is made there).
+/// Whether `inner` lies inside `outer`, either as far as it exists: its path resolved
+/// (`resolved`) is below `outer`'s, or a folder above it is `outer` by device and inode
+/// (a bind mount of `outer` counts too). Judged before anything is made.
 fn beneath(inner: &Path, outer: &Path) -> bool {
-    let Some(existing) = inner.ancestors().find(|p| p.exists()) else {
+    let (Some(i), Some(o)) = (resolved(inner), resolved(outer)) else {
         return false;
     };
-    let Ok(real) = std::fs::canonicalize(existing) else {
-        return false;
-    };
-    // `inner` itself is not "inside" itself; a folder of it still to be made is.
-    let skip = usize::from(existing == inner);
-    real.ancestors().skip(skip).any(|up| same_dir(up, outer))
+    (i != o && i.starts_with(&o)) || i.ancestors().skip(1).any(|up| same_dir(up, outer))
+}
+
+/// A path as the filesystem will resolve it: absolute, its nearest existing folder with
+/// symlinks resolved, then the rest of its components (`..` taken back).
+fn resolved(p: &Path) -> Option<PathBuf> {
+    let p = std::path::absolute(p).ok()?;
+    let existing = p.ancestors().find(|a| a.exists())?;
+    let mut out = std::fs::canonicalize(existing).ok()?;
+    for c in p.strip_prefix(existing).ok()?.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    Some(out)
 }
 
 fn same_dir(a: &Path, b: &Path) -> bool {
@@ -238,6 +251,16 @@ mod tests {
         std::os::unix::fs::symlink(&games, d.path().join("alias")).unwrap();
         let err = DaemonLocks::acquire(&d.path().join("alias/st"), &games).unwrap_err();
         assert!(err.to_string().contains("inside --games"), "{err}");
+        // A games dir not made yet (made by `create_dir_all` of the state dir, it was
+        // locked with the state inside it), and the same paths spelt otherwise.
+        let later = d.path().join("later/games");
+        let err = DaemonLocks::acquire(&later.join("bf1942/state"), &later).unwrap_err();
+        assert!(err.to_string().contains("inside --games"), "{err}");
+        assert!(!later.exists(), "nothing made");
+        let err = DaemonLocks::acquire(&d.path().join("later/x/../games/y"), &later).unwrap_err();
+        assert!(err.to_string().contains("inside --games"), "{err}");
+        let err = DaemonLocks::acquire(&d.path().join("later/games/."), &later).unwrap_err();
+        assert!(err.to_string().contains("same directory"), "{err}");
         let events = games.join("cod5/events.jsonl");
         assert!(not_in_a_game(&events, &games, "--events").is_err());
         not_in_a_game(&games.join("events.jsonl"), &games, "--events").unwrap();

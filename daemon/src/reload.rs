@@ -89,7 +89,10 @@ fn load(source: &ConfigSource) -> Result<Loaded, DaemonError> {
         None => Catalog::builtin(),
     };
     let secret = match &config.secret_file {
-        Some(p) => Some(lanspread_transfer::load_secret(p)?),
+        Some(p) => {
+            crate::lock::not_in_a_game(p, &config.games, "secret_file")?;
+            Some(lanspread_transfer::load_secret(p)?)
+        }
         None => None,
     };
     Ok(Loaded {
