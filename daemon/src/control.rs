@@ -6,13 +6,13 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{debug, warn};
 
 use crate::access::{caller_of, Policy};
 use crate::control_slots::{admit, hung_up};
-use crate::event_lines::{flush, next_now, push_line, stream_events};
+use crate::event_lines::{download, send, stream_events};
 use crate::links::dial;
 use crate::state::Shared;
 use crate::DaemonError;
@@ -207,11 +207,19 @@ async fn client(
             }
             return;
         }
-        let reply = if matches!(request, Request::WaitPeers { .. }) {
+        // (An operation runs as a task of its own: the wait ends, the operation does not.)
+        let waits = matches!(
+            request,
+            Request::WaitPeers { .. }
+                | Request::Install { .. }
+                | Request::Uninstall { .. }
+                | Request::Remove { .. }
+        );
+        let reply = if waits {
             tokio::select! {
                 biased;
                 reply = handle(&shared, request) => reply,
-                () = hung_up(&mut read) => return debug!("wait-peers client hung up"),
+                () = hung_up(&mut read) => return debug!("a waiting client hung up"),
             }
         } else {
             handle(&shared, request).await
@@ -318,10 +326,16 @@ fn failed(f: Failure) -> Reply {
     }
 }
 
-async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
-    line.push(b'\n');
-    w.write_all(&line).await
+/// Runs an operation (install, uninstall, remove) as a task of its own and waits for it:
+/// a client that hangs up ends the wait, never the operation half-way.
+async fn detached<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T, Failure>> + Send + 'static,
+) -> Result<T, Failure> {
+    tokio::spawn(op).await.unwrap_or_else(|e| {
+        Err(Failure::internal(format_args!(
+            "operation task failed: {e}"
+        )))
+    })
 }
 
 async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
@@ -358,17 +372,25 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
             }
         }
         Request::Install { game } => match shared.catalog().get(&game) {
-            Some(id) => match crate::install::install(shared, &id, false).await {
-                Ok(event) => Reply::Event(event),
-                Err(e) => failed(e),
-            },
+            Some(id) => {
+                let shared = shared.clone();
+                match detached(async move { crate::install::install(&shared, &id, false).await })
+                    .await
+                {
+                    Ok(event) => Reply::Event(event),
+                    Err(e) => failed(e),
+                }
+            }
             None => not_in_catalog(&game),
         },
         Request::Uninstall { game } => match shared.catalog().get(&game) {
-            Some(id) => match crate::install::uninstall(shared, &id).await {
-                Ok(event) => Reply::Event(event),
-                Err(e) => failed(e),
-            },
+            Some(id) => {
+                let shared = shared.clone();
+                match detached(async move { crate::install::uninstall(&shared, &id).await }).await {
+                    Ok(event) => Reply::Event(event),
+                    Err(e) => failed(e),
+                }
+            }
             None => not_in_catalog(&game),
         },
         // By id, not by catalog: a download of a game a reload dropped from the catalog
@@ -381,10 +403,13 @@ async fn handle(shared: &Arc<Shared>, request: Request) -> Reply {
             },
         },
         Request::Remove { game } => match shared.catalog().get(&game) {
-            Some(id) => match crate::install::remove(shared, &id).await {
-                Ok(()) => Reply::Ok,
-                Err(e) => failed(e),
-            },
+            Some(id) => {
+                let shared = shared.clone();
+                match detached(async move { crate::install::remove(&shared, &id).await }).await {
+                    Ok(()) => Reply::Ok,
+                    Err(e) => failed(e),
+                }
+            }
             None => not_in_catalog(&game),
         },
         Request::Limit {
@@ -513,87 +538,6 @@ fn not_in_catalog(game: &str) -> Reply {
         ErrorKind::NotInCatalog,
         &format!("game {game} is not in the local catalog"),
     )
-}
-
-/// Starts a download; unless detached, streams the game's events until the terminal one.
-async fn download(
-    shared: &Arc<Shared>,
-    write: &mut tokio::net::unix::OwnedWriteHalf,
-    game: &str,
-    install: bool,
-    detach: bool,
-) {
-    // Subscribe before starting, so no event of this download is missed.
-    let mut rx = shared.events.subscribe();
-    let (id, sources) = match crate::download::begin(shared, game) {
-        Ok(x) => x,
-        Err(e) => {
-            let _ = send(write, &failed(e)).await;
-            return;
-        }
-    };
-    let mut task = tokio::spawn(crate::download::run_with_install(
-        shared.clone(),
-        id.clone(),
-        sources,
-        install,
-    ));
-    if detach {
-        let _ = send(write, &Reply::Started { game_id: id }).await;
-        return;
-    }
-    // A burst of events (a chunk verified per small file) goes out in one write: what
-    // the channel holds now is sent with the event that woke us. A write that fails:
-    // the client left; the download goes on.
-    // Once events were dropped for this client, the one that ends the download may be
-    // among them: from then on the download's own outcome ends the wait too (else the
-    // client waited for good).
-    let mut lines = Vec::new();
-    let mut lagged = false;
-    let mut next = rx.recv().await;
-    loop {
-        match next {
-            Ok(event) => {
-                let ours = event.kind.game_id() == Some(&id);
-                let terminal = ours && event.kind.ends_download(install);
-                if ours && push_line(&mut lines, &Reply::Event(event)).is_err() {
-                    return;
-                }
-                if terminal {
-                    if flush(write, &mut lines).await.is_err() {
-                        return;
-                    }
-                    break;
-                }
-            }
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                warn!("download client lagged; {n} events dropped");
-                lagged = true;
-            }
-            Err(_) => return,
-        }
-        if !lagged {
-            next = next_now(&mut rx, &mut lines, write).await;
-            continue;
-        }
-        // Whole lines out first: the wait below may end either way.
-        if flush(write, &mut lines).await.is_err() {
-            return;
-        }
-        tokio::select! {
-            biased;
-            n = rx.recv() => next = n,
-            ended = &mut task => {
-                if let Ok(ended) = ended {
-                    if push_line(&mut lines, &Reply::Event(ended)).is_ok() {
-                        let _ = flush(write, &mut lines).await;
-                    }
-                }
-                return;
-            }
-        }
-    }
-    let _ = task.await;
 }
 
 /// `limit`: checks both new values first (nothing changes when one is bad), then applies

@@ -92,9 +92,17 @@ fn closed_both_ways(fd: std::os::fd::RawFd) -> bool {
         events: 0,
         revents: 0,
     };
-    // SAFETY: one valid pollfd, a zero timeout; `fd` is open while `read` is borrowed.
-    let n = unsafe { libc::poll(&mut p, 1, 0) };
-    n < 0 || p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+    loop {
+        // SAFETY: one valid pollfd, a zero timeout; `fd` is open while `read` is borrowed.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        if n >= 0 {
+            return p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0;
+        }
+        // A signal (a reload's SIGHUP) is no hang-up: ask again.
+        if std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return true;
+        }
+    }
 }
 
 #[cfg(test)]

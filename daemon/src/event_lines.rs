@@ -96,6 +96,101 @@ pub(crate) async fn stream_events(shared: &Shared, write: &mut OwnedWriteHalf) {
     }
 }
 
+/// Starts a download; unless detached, streams the game's events until the terminal one.
+pub(crate) async fn download(
+    shared: &std::sync::Arc<Shared>,
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    game: &str,
+    install: bool,
+    detach: bool,
+) {
+    // Subscribe before starting, so no event of this download is missed.
+    let mut rx = shared.events.subscribe();
+    let (id, sources) = match crate::download::begin(shared, game) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = send(
+                write,
+                &Reply::Error {
+                    message: e.message,
+                    kind: e.kind,
+                },
+            )
+            .await;
+            return;
+        }
+    };
+    let mut task = tokio::spawn(crate::download::run_with_install(
+        shared.clone(),
+        id.clone(),
+        sources,
+        install,
+    ));
+    if detach {
+        let _ = send(write, &Reply::Started { game_id: id }).await;
+        return;
+    }
+    // A burst of events (a chunk verified per small file) goes out in one write: what
+    // the channel holds now is sent with the event that woke us. A write that fails:
+    // the client left; the download goes on.
+    // Once events were dropped for this client, the one that ends the download may be
+    // among them: from then on the download's own outcome ends the wait too (else the
+    // client waited for good).
+    let mut lines = Vec::new();
+    let mut lagged = false;
+    let mut next = rx.recv().await;
+    loop {
+        match next {
+            Ok(event) => {
+                let ours = event.kind.game_id() == Some(&id);
+                let terminal = ours && event.kind.ends_download(install);
+                if ours && push_line(&mut lines, &Reply::Event(event)).is_err() {
+                    return;
+                }
+                if terminal {
+                    if flush(write, &mut lines).await.is_err() {
+                        return;
+                    }
+                    break;
+                }
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                warn!("download client lagged; {n} events dropped");
+                lagged = true;
+            }
+            Err(_) => return,
+        }
+        if !lagged {
+            next = next_now(&mut rx, &mut lines, write).await;
+            continue;
+        }
+        // Whole lines out first: the wait below may end either way.
+        if flush(write, &mut lines).await.is_err() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            n = rx.recv() => next = n,
+            ended = &mut task => {
+                if let Ok(ended) = ended {
+                    if push_line(&mut lines, &Reply::Event(ended)).is_ok() {
+                        let _ = flush(write, &mut lines).await;
+                    }
+                }
+                return;
+            }
+        }
+    }
+    let _ = task.await;
+}
+
+/// Writes one reply line.
+pub(crate) async fn send(write: &mut OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
+    let mut line = Vec::new();
+    push_line(&mut line, reply)?;
+    flush(write, &mut line).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

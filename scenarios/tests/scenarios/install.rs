@@ -183,6 +183,30 @@ fn a_damaged_archive_fails_the_install_with_its_kind() {
     assert!(!d.path().join("ggoo/local").exists());
 }
 
+/// An install whose client hangs up (a Ctrl-C) goes on to its end: the wait ends (its
+/// control slot is given back), the operation does not stop half-way.
+#[test]
+fn an_install_goes_on_when_its_client_hangs_up() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let spec = GameSpec::new("ggoo", "20250301").with_archive(4242, &[128 << 20, 128 << 20]);
+    spec.write(d.path()).unwrap();
+    let n = lanspread_scenarios::Node::start("hangs-up", d.path());
+    let mut s = std::os::unix::net::UnixStream::connect(n.socket_path()).unwrap();
+    s.write_all(b"{\"cmd\":\"install\",\"game\":\"ggoo\"}\n")
+        .unwrap();
+    n.wait_event("install-begin", |_| true);
+    drop(s);
+    n.wait_event("install-finished", |_| true);
+    assert!(
+        n.events_named("install-failed").is_empty(),
+        "{:?}",
+        n.events()
+    );
+    assert!(d.path().join("ggoo/local/.lanspread-installed").is_file());
+    assert_eq!(n.local_row("ggoo").unwrap()["installed"], true);
+}
+
 /// `cancel GAME` during an install stops it: `install-failed` with kind `cancelled`, no
 /// `local/` left behind (nothing was installed before), the game still downloaded, and
 /// the next install succeeds. An install can finish before the cancel lands (it is
