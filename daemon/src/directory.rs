@@ -175,8 +175,8 @@ impl Directory {
     /// Why a link of `remote` at `ip` is refused: that address holds as many links as one
     /// address may (`over_address_cap`). Asked before the hello exchange of an inbound
     /// link (so the peer hears why) and before an automatic dial (mDNS, peer exchange);
-    /// [`Directory::register`] asks again under the same lock as it keeps an inbound
-    /// link (handshakes from one address run side by side).
+    /// [`Directory::register`] asks again under the same lock as it keeps the link
+    /// (handshakes and dials to one address run side by side).
     pub fn address_cap(&self, remote: &PeerId, ip: IpAddr) -> Option<String> {
         Self::over_address_cap(&self.lock(), remote, ip, self.max_per_address())
     }
@@ -222,19 +222,19 @@ impl Directory {
 
     /// Keeps `conn` as the link of `remote` unless the connection already kept for it is
     /// preferred (`prefer_new_link`: [`NotKept::Duplicate`] with that peer's row, if it
-    /// has one) or, inbound, its address holds as many links as one may
+    /// has one) or, when `capped`, its address holds as many links as one may
     /// ([`NotKept::AddressCap`]). A replaced connection is closed as a duplicate.
     pub fn register(
         &self,
         me: &PeerId,
         remote: &PeerId,
         conn: &Connection,
-        direction: Direction,
+        (direction, capped): (Direction, bool),
         addr: SocketAddr,
     ) -> Result<Upsert, NotKept> {
         let mut p = self.lock();
         let ip = conn.remote_address().ip().to_canonical();
-        if direction == Direction::Inbound {
+        if capped {
             if let Some(why) = Self::over_address_cap(&p, remote, ip, self.max_per_address()) {
                 return Err(NotKept::AddressCap(why));
             }

@@ -139,6 +139,18 @@ async fn found_peer(shared: Arc<Shared>, id: PeerId, found: ServiceInfo) -> Peer
     let mut addrs: Vec<IpAddr> = found.get_addresses().iter().copied().collect();
     addrs.sort_by_key(|a| (a.is_ipv6(), *a));
     addrs.truncate(MAX_ADDRS);
+    // Addresses at their link cap are not dialled (a host announcing many ids).
+    let port = found.get_port();
+    addrs.retain(|ip| match shared.peers.address_cap(&id, *ip) {
+        Some(why) => {
+            crate::links::log_cap_refusal(&shared, SocketAddr::new(*ip, port), &why);
+            false
+        }
+        None => true,
+    });
+    if addrs.is_empty() {
+        return id;
+    }
     for ip in addrs {
         let addr = SocketAddr::new(ip, found.get_port());
         match dial_peer(&shared, addr, Some(&id), AfterLoss::Redial).await {

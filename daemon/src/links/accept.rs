@@ -7,7 +7,7 @@ use lanspread_peer::Direction;
 use lanspread_transfer::is_data_connection;
 use tracing::{debug, Instrument};
 
-use super::{link_span, run_link};
+use super::{link_span, run_link, Origin};
 use crate::handshake_slots::Turned;
 use crate::state::Shared;
 
@@ -55,7 +55,10 @@ pub async fn accept_loop(shared: Arc<Shared>) {
                 let link = run_link(
                     shared,
                     conn,
-                    Direction::Inbound,
+                    Origin {
+                        direction: Direction::Inbound,
+                        capped: true,
+                    },
                     None,
                     None,
                     here,

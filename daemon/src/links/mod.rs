@@ -62,8 +62,9 @@ pub(crate) async fn dial_peer(
         return Err(peer_failure(lanspread_peer::PeerError::SelfConnect));
     }
     // A dial no one asked for (mDNS, peer exchange) keeps to the address cap too: a host
-    // announcing many ids on its address is linked no more than it could link in. (A
-    // few dials at once may pass together; `connect` and static peers are the user's.)
+    // announcing many ids on its address is linked no more than it could link in
+    // (checked here, after the handshake, and exactly as the link is kept: dials run side
+    // by side). `connect` and static peers are the user's.
     let over_cap = |remote: &PeerId| shared.peers.address_cap(remote, addr.ip());
     if let Some(why) = expect.and_then(over_cap) {
         return Err(refused(why));
@@ -99,7 +100,10 @@ pub(crate) async fn dial_peer(
         run_link(
             shared.clone(),
             conn,
-            Direction::Outbound,
+            Origin {
+                direction: Direction::Outbound,
+                capped: expect.is_some(),
+            },
             // A link peer exchange made is not redialled: the peers' lists bring it back
             // while it is worth having, and a departed client is not chased forever.
             (after_loss == AfterLoss::Redial).then_some(addr),
@@ -130,12 +134,19 @@ pub(crate) async fn dial_peer(
 
 /// Closes an inbound link whose address holds as many links as one may, saying why.
 fn refuse_over_cap(shared: &Shared, conn: &Connection, why: String) -> Failure {
-    match shared.peers.cap_refused() {
-        Some(n) => warn!(addr = %conn.remote_address(), "refused {n} link(s) lately: {why}"),
-        None => debug!(addr = %conn.remote_address(), "refused a link: {why}"),
-    }
+    log_cap_refusal(shared, conn.remote_address(), &why);
     conn.close(VarInt::from_u32(close_code::ADDRESS_CAP), why.as_bytes());
     refused(why)
+}
+
+/// A link refused (or not dialled) for the address cap: a warning at most every 10 s
+/// with the count, else a debug line (a host at its cap that tries again and again, or
+/// announces many ids, does not flood the log).
+pub(crate) fn log_cap_refusal(shared: &Shared, addr: SocketAddr, why: &str) {
+    match shared.peers.cap_refused() {
+        Some(n) => warn!(%addr, "refused {n} link(s) lately: {why}"),
+        None => debug!(%addr, "refused a link: {why}"),
+    }
 }
 
 /// A refused self-connection may surface as the remote (ourselves) closing the dial.
@@ -170,6 +181,14 @@ fn link_span(addr: SocketAddr, direction: Direction) -> Span {
     info_span!("peer", %addr, dir, id = tracing::field::Empty)
 }
 
+/// How a link came about: who dialled, and whether it keeps to `max_links_per_address`
+/// (inbound links and dials no one asked for: mDNS, peer exchange, a reset's redial).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Origin {
+    pub direction: Direction,
+    pub capped: bool,
+}
+
 /// Runs one connection until it ends. `dialled` is the address we dialled (outbound),
 /// redialled with backoff if the link is lost; `ready` gets the outcome of the hello;
 /// the peer's requests are served on `driver`, the runtime that drives `conn`; an
@@ -178,7 +197,7 @@ fn link_span(addr: SocketAddr, direction: Direction) -> Span {
 async fn run_link(
     shared: Arc<Shared>,
     conn: Connection,
-    direction: Direction,
+    Origin { direction, capped }: Origin,
     dialled: Option<SocketAddr>,
     mut ready: Option<oneshot::Sender<LinkResult>>,
     driver: tokio::runtime::Handle,
@@ -202,22 +221,23 @@ async fn run_link(
     drop(slot);
 
     // Register, keeping one connection per peer.
-    let upsert = match shared
-        .peers
-        .register(&shared.me.id, &remote, &conn, direction, addr)
-    {
-        Ok(upsert) => upsert,
-        Err(NotKept::Duplicate(kept)) => {
-            debug!("keeping the existing connection");
-            conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
-            writer.abort();
-            return tell(kept.ok_or_else(|| refused("duplicate connection")));
-        }
-        Err(NotKept::AddressCap(why)) => {
-            writer.abort();
-            return tell(Err(refuse_over_cap(&shared, &conn, why)));
-        }
-    };
+    let upsert =
+        match shared
+            .peers
+            .register(&shared.me.id, &remote, &conn, (direction, capped), addr)
+        {
+            Ok(upsert) => upsert,
+            Err(NotKept::Duplicate(kept)) => {
+                debug!("keeping the existing connection");
+                conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
+                writer.abort();
+                return tell(kept.ok_or_else(|| refused("duplicate connection")));
+            }
+            Err(NotKept::AddressCap(why)) => {
+                writer.abort();
+                return tell(Err(refuse_over_cap(&shared, &conn, why)));
+            }
+        };
     match upsert {
         Upsert::New => info!(%addr, "peer connected"),
         Upsert::Moved { from } => info!(%from, to = %addr, "peer moved"),
