@@ -48,10 +48,14 @@ pub struct InstallProgress {
 }
 
 /// Checks an archive entry name and returns where it goes under `base`: relative, no `..`,
-/// no empty or `.` components, no NUL.
+/// no empty or `.` components, no NUL, no component longer than a file name may be
+/// ([`NAME_MAX`]: refused as the archive's fault, not failed on as a disk error).
 pub fn safe_entry_path(base: &Path, name: &str) -> Result<PathBuf, InstallError> {
     Ok(base.join(safe_rel(name)?))
 }
+
+/// The longest file name (one path component) Linux filesystems take, in bytes.
+const NAME_MAX: usize = 255;
 
 fn safe_rel(name: &str) -> Result<PathBuf, InstallError> {
     let unsafe_name = || InstallError::UnsafeName(name.to_owned());
@@ -62,7 +66,7 @@ fn safe_rel(name: &str) -> Result<PathBuf, InstallError> {
     let mut out = PathBuf::new();
     for c in Path::new(&cleaned).components() {
         match c {
-            Component::Normal(part) => out.push(part),
+            Component::Normal(part) if part.len() <= NAME_MAX => out.push(part),
             Component::CurDir => {}
             _ => return Err(unsafe_name()),
         }

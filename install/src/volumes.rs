@@ -62,7 +62,11 @@ pub(crate) fn probe<R: Read + Seek>(r: &mut R) -> io::Result<Option<VolumeInfo>>
     };
     if v5 {
         r.seek(SeekFrom::Start((pos + RAR5_SIG.len()) as u64))?;
-        Ok(Some(rar5(r, len).unwrap_or_default()))
+        // A name found bad stays found when a later header cannot be walked.
+        let mut bad_name = false;
+        let mut info = rar5(r, len, &mut bad_name).unwrap_or_default();
+        info.bad_name = bad_name;
+        Ok(Some(info))
     } else {
         r.seek(SeekFrom::Start((pos + RAR4_SIG.len()) as u64))?;
         Ok(Some(rar4(r, len).unwrap_or_default()))
@@ -205,7 +209,7 @@ fn vint(b: &[u8], at: &mut usize) -> Option<u64> {
 
 /// RAR 5: the main header (volume flags and number), then the header chain up to the end
 /// of archive header.
-fn rar5<R: Read + Seek>(r: &mut R, len: u64) -> Option<VolumeInfo> {
+fn rar5<R: Read + Seek>(r: &mut R, len: u64, bad_name: &mut bool) -> Option<VolumeInfo> {
     const MAIN: u64 = 1;
     const CRYPT: u64 = 4;
     const END: u64 = 5;
@@ -255,7 +259,7 @@ fn rar5<R: Read + Seek>(r: &mut R, len: u64) -> Option<VolumeInfo> {
             }
             FILE => {
                 let name = rar5_name(&body[p..]);
-                info.bad_name |= name.is_some_and(|n| std::str::from_utf8(n).is_err());
+                *bad_name |= name.is_some_and(|n| std::str::from_utf8(n).is_err());
                 if flags & HFL_SPLIT_BEFORE == 0 {
                     info.entries += 1;
                 }

@@ -76,7 +76,9 @@ fn archives(game: &GameDir) -> Result<Vec<OsString>, InstallError> {
             None => {
                 return Err(InstallError::Archive {
                     archive: root.join(&name),
-                    why: "not a regular file (a FIFO, socket or device)".into(),
+                    why: "not a regular file or a symlink to one (a FIFO, socket or device, \
+                          or gone)"
+                        .into(),
                 })
             }
         }

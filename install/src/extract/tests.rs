@@ -179,6 +179,13 @@ fn entry_paths() {
     for bad in ["", "..", "../a", "/a", "a/../../b", "."] {
         assert!(safe_entry_path(b, bad).is_err(), "{bad}");
     }
+    // One component past 255 bytes (what a filesystem takes) is the archive's fault.
+    let long = "é".repeat(128); // 256 bytes
+    assert!(safe_entry_path(b, &format!("a/{long}")).is_err());
+    assert!(
+        safe_entry_path(b, &format!("a/{}", &long[2..])).is_ok(),
+        "254 bytes"
+    );
 }
 
 #[test]

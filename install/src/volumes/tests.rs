@@ -119,9 +119,14 @@ fn probe_finds_an_entry_name_that_is_not_utf8() {
     );
     let at = bytes.windows(2).position(|w| w == b"@@").unwrap();
     bytes[at..at + 2].copy_from_slice(&[0xff, 0xfe]);
-    let info = probe(&mut Cursor::new(bytes)).unwrap().unwrap();
+    let info = probe(&mut Cursor::new(bytes.clone())).unwrap().unwrap();
     assert!(info.bad_name, "{info:?}");
     assert_eq!(info.entries, 1);
+    // A header after it that cannot be walked does not hide it.
+    let end = bytes.len() - 8; // the end-of-archive header
+    bytes[end + 4..].copy_from_slice(&[0xff; 4]); // its size vint never ends
+    let info = probe(&mut Cursor::new(bytes)).unwrap().unwrap();
+    assert!(info.bad_name && !info.walked, "{info:?}");
 }
 
 #[test]
