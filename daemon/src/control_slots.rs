@@ -1,7 +1,8 @@
 //! The control socket's connection slots: a cap for anyone who may open the socket, and
 //! a reserve above it for admins, counted over admitted connections only; and when a
-//! client that waits (`events`, a waiting `download`, `wait-peers`) has hung up, so its
-//! slot is given back at once rather than at the next event or the wait's end.
+//! client that waits (`events`, a waiting `download`, `wait-peers`, an operation) has
+//! hung up, so its slot is given back at once rather than at the next event or the
+//! wait's end.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
