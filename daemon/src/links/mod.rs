@@ -132,7 +132,8 @@ pub(crate) async fn dial_peer(
     }
 }
 
-/// Closes an inbound link whose address holds as many links as one may, saying why.
+/// Closes a link (inbound, or an automatic dial) whose address holds as many links as one
+/// may, saying why.
 fn refuse_over_cap(shared: &Shared, conn: &Connection, why: String) -> Failure {
     log_cap_refusal(shared, conn.remote_address(), &why);
     conn.close(VarInt::from_u32(close_code::ADDRESS_CAP), why.as_bytes());
