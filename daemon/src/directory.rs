@@ -54,11 +54,17 @@ fn holds(e: &PeerEntry) -> Vec<GameId> {
 }
 
 /// A link to dial again (sent to `links::redial_manager`).
+/// Whether a dial keeps to `max_links_per_address`: one no one asked for (mDNS, peer
+/// exchange, a reset's redial, the redial of a lost mDNS link) does; `connect` and
+/// static peers are the user's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capped(pub bool);
+
 #[derive(Debug)]
 pub enum Redial {
     /// A link we dialled with `connect` or to a peer mDNS found, lost: redialled until
-    /// that peer is back.
-    Lost(PeerId, SocketAddr),
+    /// that peer is back (keeping to the address cap when the link did: mDNS).
+    Lost(PeerId, SocketAddr, Capped),
     /// A link ended by the peer's stateless reset (its new process): dialled back a few
     /// times, whoever dialled it.
     Reset(PeerId, SocketAddr),

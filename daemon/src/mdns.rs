@@ -12,7 +12,7 @@ use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use tokio::task::JoinSet;
 use tracing::{info, warn};
 
-use crate::links::{dial_peer, AfterLoss};
+use crate::links::{dial_peer, AfterLoss, Capped};
 
 use crate::state::Shared;
 use crate::DaemonError;
@@ -153,7 +153,7 @@ async fn found_peer(shared: Arc<Shared>, id: PeerId, found: ServiceInfo) -> Peer
     }
     for ip in addrs {
         let addr = SocketAddr::new(ip, found.get_port());
-        match dial_peer(&shared, addr, Some(&id), AfterLoss::Redial).await {
+        match dial_peer(&shared, (addr, Capped(true)), Some(&id), AfterLoss::Redial).await {
             Ok(p) => {
                 info!(peer = %p.peer_id.short(), %addr, "connected to a peer found by mDNS");
                 return id;

@@ -13,6 +13,7 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tokio::sync::oneshot;
 use tracing::{debug, info, info_span, warn, Instrument, Span};
 
+pub(crate) use crate::directory::Capped;
 use crate::directory::{Holdings, NotKept, Redial};
 use crate::failure::peer_failure;
 use crate::handshake::{self, Exchange};
@@ -40,7 +41,7 @@ fn refused(why: impl Into<String>) -> Failure {
 /// Dials `addr`, runs the link in the background and returns once the peer's hello and
 /// first library arrived.
 pub async fn dial(shared: &Arc<Shared>, addr: SocketAddr) -> LinkResult {
-    dial_peer(shared, addr, None, AfterLoss::Redial).await
+    dial_peer(shared, (addr, Capped(false)), None, AfterLoss::Redial).await
 }
 
 /// Whether a link a dial makes is dialled again after it is lost.
@@ -54,18 +55,22 @@ pub(crate) enum AfterLoss {
 /// linked already: a learned address cannot be used to replace a link we keep.
 pub(crate) async fn dial_peer(
     shared: &Arc<Shared>,
-    addr: SocketAddr,
+    (addr, Capped(capped)): (SocketAddr, Capped),
     expect: Option<&PeerId>,
     after_loss: AfterLoss,
 ) -> LinkResult {
     if is_own_address(shared.me.listen, addr) {
         return Err(peer_failure(lanspread_peer::PeerError::SelfConnect));
     }
-    // A dial no one asked for (mDNS, peer exchange) keeps to the address cap too: a host
-    // announcing many ids on its address is linked no more than it could link in
-    // (checked here, after the handshake, and exactly as the link is kept: dials run side
-    // by side). `connect` and static peers are the user's.
-    let over_cap = |remote: &PeerId| shared.peers.address_cap(remote, addr.ip());
+    // A dial no one asked for (`Capped`) keeps to the address cap too: a host announcing
+    // many ids on its address is linked no more than it could link in (checked here
+    // when the id is known, after the handshake, and exactly as the link is kept: dials
+    // run side by side).
+    let over_cap = |remote: &PeerId| {
+        capped
+            .then(|| shared.peers.address_cap(remote, addr.ip()))
+            .flatten()
+    };
     if let Some(why) = expect.and_then(over_cap) {
         return Err(refused(why));
     }
@@ -90,10 +95,10 @@ pub(crate) async fn dial_peer(
             conn.close(VarInt::from_u32(close_code::DUPLICATE), b"duplicate");
             return Err(refused(format!("peer {remote} is linked already")));
         }
-        if let Some(why) = over_cap(&remote) {
-            conn.close(VarInt::from_u32(close_code::GOODBYE), b"");
-            return Err(refused(why));
-        }
+    }
+    if let Some(why) = over_cap(&remote) {
+        conn.close(VarInt::from_u32(close_code::GOODBYE), b"");
+        return Err(refused(why));
     }
     let (tx, rx) = oneshot::channel();
     tokio::spawn(
@@ -102,7 +107,7 @@ pub(crate) async fn dial_peer(
             conn,
             Origin {
                 direction: Direction::Outbound,
-                capped: expect.is_some(),
+                capped,
             },
             // A link peer exchange made is not redialled: the peers' lists bring it back
             // while it is worth having, and a departed client is not chased forever.
@@ -265,7 +270,10 @@ async fn run_link(
         return;
     }
     if let Some(addr) = dialled {
-        let _ = shared.peers.redial.send(Redial::Lost(remote, addr));
+        let _ = shared
+            .peers
+            .redial
+            .send(Redial::Lost(remote, addr, Capped(capped)));
     } else if matches!(conn.close_reason(), Some(quinn::ConnectionError::Reset)) {
         // A stateless reset comes from a new process of the peer on the same address and
         // identity (restarted at once), which may not know us any more: dialled back a

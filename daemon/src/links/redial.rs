@@ -11,7 +11,7 @@ use lanspread_proto::{GameId, PeerAddr, PeerId};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use super::{dial, dial_peer, AfterLoss};
+use super::{dial_peer, AfterLoss, Capped};
 use crate::directory::Redial;
 use crate::state::Shared;
 
@@ -47,7 +47,8 @@ pub async fn pex_dialler(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Pe
 }
 
 async fn pex_dial(shared: Arc<Shared>, p: PeerAddr) {
-    let ok = match dial_peer(&shared, p.addr, Some(&p.peer_id), AfterLoss::Leave).await {
+    let at = (p.addr, Capped(true));
+    let ok = match dial_peer(&shared, at, Some(&p.peer_id), AfterLoss::Leave).await {
         Ok(info) => {
             let peer = info.peer_id.short();
             let holds = p.holds.iter().map(|g| g.as_str()).collect::<Vec<_>>();
@@ -74,7 +75,9 @@ pub async fn redial_manager(
 ) {
     while let Some(r) = rx.recv().await {
         match r {
-            Redial::Lost(peer, addr) => tokio::spawn(redial(shared.clone(), peer, addr)),
+            Redial::Lost(peer, addr, capped) => {
+                tokio::spawn(redial(shared.clone(), peer, (addr, capped)))
+            }
             Redial::Reset(peer, addr) => tokio::spawn(after_reset(shared.clone(), peer, addr)),
         };
     }
@@ -82,7 +85,7 @@ pub async fn redial_manager(
 
 /// Redials a lost peer that we had dialled (`connect`, mDNS) until it is back,
 /// by this dial or any other route, or the daemon stops.
-async fn redial(shared: Arc<Shared>, peer: PeerId, addr: SocketAddr) {
+async fn redial(shared: Arc<Shared>, peer: PeerId, (addr, capped): (SocketAddr, Capped)) {
     let mut backoff = REDIAL_FIRST;
     let mut shutdown = shared.shutdown.subscribe();
     loop {
@@ -93,7 +96,7 @@ async fn redial(shared: Arc<Shared>, peer: PeerId, addr: SocketAddr) {
         if shared.peers.link(&peer).is_some() {
             return;
         }
-        match dial(&shared, addr).await {
+        match dial_peer(&shared, (addr, capped), None, AfterLoss::Redial).await {
             Ok(info) => {
                 info!(peer = %info.peer_id.short(), %addr, "redialled");
                 return;
@@ -123,7 +126,8 @@ async fn after_reset(shared: Arc<Shared>, peer: PeerId, addr: SocketAddr) {
         if shared.peers.link(&peer).is_some() {
             return;
         }
-        match dial_peer(&shared, addr, Some(&peer), AfterLoss::Leave).await {
+        let at = (addr, Capped(true));
+        match dial_peer(&shared, at, Some(&peer), AfterLoss::Leave).await {
             Ok(_) => {
                 info!(peer = %peer.short(), %addr, "dialled back after its restart");
                 return;

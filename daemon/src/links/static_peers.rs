@@ -10,7 +10,7 @@ use std::time::Duration;
 use lanspread_proto::PeerId;
 use tracing::{debug, info, warn};
 
-use super::{dial_peer, AfterLoss, REDIAL_FIRST, REDIAL_MAX};
+use super::{dial_peer, AfterLoss, Capped, REDIAL_FIRST, REDIAL_MAX};
 use crate::state::Shared;
 
 /// Keeps `peer` linked until [`stop`] or shutdown.
@@ -80,7 +80,7 @@ async fn link(shared: &Arc<Shared>, peer: &str) -> Result<PeerId, Unlinked> {
         Err(e) => return Err(Unlinked::Lookup(format!("does not resolve ({e})"))),
     };
     // Not redialled by the link itself: this task does it while the entry is configured.
-    match dial_peer(shared, addr, None, AfterLoss::Leave).await {
+    match dial_peer(shared, (addr, Capped(false)), None, AfterLoss::Leave).await {
         Ok(info) => Ok(info.peer_id),
         Err(e) => Err(Unlinked::Dial(e.to_string())),
     }
