@@ -183,15 +183,10 @@ async fn client(
             continue;
         }
         // The waits below end when the client hangs up (Ctrl-C): its slot is not held
-        // until the next event, the download's end or the wait's timeout. `biased`: a
-        // download begins even if its client is gone by then; a line is cut short only
-        // for a client no longer there to read it.
+        // until the next event, the download's end or the wait's timeout; a line is cut
+        // short only for a client no longer there to read it.
         if matches!(request, Request::Events {}) {
-            tokio::select! {
-                biased;
-                () = stream_events(&shared, &mut write) => {}
-                () = hung_up(&mut read) => debug!("events client hung up"),
-            }
+            let _ = unless_hung_up(&mut read, stream_events(&shared, &mut write)).await;
             return;
         }
         if let Request::Download {
@@ -200,11 +195,9 @@ async fn client(
             detach,
         } = request
         {
-            tokio::select! {
-                biased;
-                () = download(&shared, &mut write, &game, install, detach) => {}
-                () = hung_up(&mut read) => debug!("download client hung up; the download goes on"),
-            }
+            // A download goes on whether its client waits or not.
+            let waited = download(&shared, &mut write, &game, install, detach);
+            let _ = unless_hung_up(&mut read, waited).await;
             return;
         }
         // (An operation runs as a task of its own: the wait ends, the operation does not.)
@@ -216,10 +209,9 @@ async fn client(
                 | Request::Remove { .. }
         );
         let reply = if waits {
-            tokio::select! {
-                biased;
-                reply = handle(&shared, request) => reply,
-                () = hung_up(&mut read) => return debug!("a waiting client hung up"),
+            match unless_hung_up(&mut read, handle(&shared, request)).await {
+                Some(reply) => reply,
+                None => return,
             }
         } else {
             handle(&shared, request).await
@@ -323,6 +315,22 @@ fn failed(f: Failure) -> Reply {
     Reply::Error {
         message: f.message,
         kind: f.kind,
+    }
+}
+
+/// `wait`'s outcome, or `None` once the client hung up first (`biased`: `wait` is polled
+/// first, so a download is begun even for a client already gone).
+async fn unless_hung_up<T>(
+    read: &mut BufReader<tokio::net::unix::OwnedReadHalf>,
+    wait: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        done = wait => Some(done),
+        () = hung_up(read) => {
+            debug!("a waiting control client hung up");
+            None
+        }
     }
 }
 
