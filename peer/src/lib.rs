@@ -24,6 +24,7 @@ mod swarm;
 mod table;
 mod tally;
 mod validate;
+mod vote;
 
 pub use admission::{Admit, Crowded, Handshakes, MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS};
 pub use aggregate::{aggregate, latest_sources, RemoteRow, Sources};
@@ -54,4 +55,5 @@ pub use swarm::{
 };
 pub use table::{PartialGame, PeerEntry, PeerTable, RemoteGame, Upsert};
 pub use tally::{ChunkDone, ChunkTally};
-pub use validate::{check_manifest, Chosen, ManifestVote, MAX_FILES_PER_GAME};
+pub use validate::{check_manifest, MAX_FILES_PER_GAME};
+pub use vote::{Chosen, ManifestVote, VOTE_BUDGET};

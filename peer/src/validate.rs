@@ -1,10 +1,9 @@
-//! Metadata validation: among the sources of the newest version, the manifest with a
-//! strict plurality of votes wins and only its voters become sources (S7, S8, S17).
+//! Metadata validation: whether one source's manifest is usable at all (the vote
+//! among them is `vote.rs`).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use lanspread_catalog::{FileManifest, GameId, Manifest, RelPath, VERSION_FILE};
-use lanspread_proto::PeerId;
+use lanspread_catalog::{Manifest, RelPath, VERSION_FILE};
 
 use crate::PeerError;
 
@@ -13,20 +12,6 @@ const MAX_VERSION_FILE: u64 = 64;
 /// Most files and empty folders together a game's manifest may list (a real game has a
 /// few thousand; a longer list of either does not even decode).
 pub const MAX_FILES_PER_GAME: usize = lanspread_catalog::MAX_MANIFEST_ENTRIES;
-
-/// The validated manifest and the sources that vouched for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Chosen {
-    /// Files sorted by path.
-    pub files: Vec<FileManifest>,
-    /// Empty folders, sorted: the list named most among the sources (see
-    /// [`ManifestVote`]).
-    pub folders: Vec<RelPath>,
-    /// The peers whose files are exactly these, sorted (whatever folders they listed).
-    pub sources: Vec<PeerId>,
-    /// Peers whose answer was unusable or outvoted, with why.
-    pub rejected: Vec<(PeerId, String)>,
-}
 
 /// Checks a manifest on its own: unique paths, no file where another needs a folder,
 /// piece and chunk hashes matching sizes and each other (every chunk hash over its
@@ -115,168 +100,33 @@ pub fn check_manifest(manifest: &Manifest) -> Result<(), PeerError> {
     }
 }
 
-/// The folder list named most, on a tie the longest, then the first in order (every
-/// voter's choice is the same whatever order the answers came in).
-fn most_named<'a>(lists: impl Iterator<Item = &'a Vec<RelPath>>) -> Vec<RelPath> {
-    let mut count: BTreeMap<&Vec<RelPath>, usize> = BTreeMap::new();
-    for l in lists {
-        *count.entry(l).or_default() += 1;
-    }
-    count
-        .into_iter()
-        .max_by(|(a, n), (b, m)| n.cmp(m).then(a.len().cmp(&b.len())).then(b.cmp(a)))
-        .map(|(l, _)| l.clone())
-        .unwrap_or_default()
-}
-
-/// "No usable metadata", with every refused answer's reason.
-fn no_metadata(game: &GameId, rejected: &[(PeerId, String)]) -> PeerError {
-    let why = if rejected.is_empty() {
-        String::new()
-    } else {
-        let each: Vec<String> = rejected
-            .iter()
-            .map(|(p, why)| format!("{}: {why}", p.short()))
-            .collect();
-        format!(" ({})", each.join("; "))
-    };
-    PeerError::NoMetadata {
-        game: game.clone(),
-        why,
-    }
-}
-
-/// The manifest vote of one download: answers come in one by one; [`ManifestVote::settled`]
-/// says when the ones still missing can no longer change the outcome, and
-/// [`ManifestVote::choose`] picks the files with a strict plurality. Invalid manifests
-/// do not vote.
-///
-/// The files decide, not the empty folders: sources that send the same bytes are sources
-/// whatever folders they list (a copy made before protocol 13, or by a tool that drops
-/// empty folders, has none; a tie with the original would fail the download). Among the
-/// chosen files' voters, the folder list named most wins, on a tie the longer one (a
-/// missing folder may break a game, an extra empty one does not).
-#[derive(Debug, Default)]
-pub struct ManifestVote {
-    /// Each list of files voted for, with its voters and the folders each listed.
-    groups: BTreeMap<Vec<FileManifest>, Vec<(PeerId, Vec<RelPath>)>>,
-    rejected: Vec<(PeerId, String)>,
-}
-
-impl ManifestVote {
-    /// Counts one source's answer.
-    pub fn add(&mut self, peer: PeerId, mut manifest: Manifest) {
-        manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
-        manifest.folders.sort();
-        // Modes as they travel (`file_mode`: a copy never gets setuid, setgid or sticky
-        // bits, and always owner read): a source that advertises others (an older build)
-        // votes with those that do not.
-        for f in &mut manifest.files {
-            f.mode = lanspread_proto::file_mode(f.mode);
-        }
-        match check_manifest(&manifest) {
-            Ok(()) => self
-                .groups
-                .entry(manifest.files)
-                .or_default()
-                .push((peer, manifest.folders)),
-            Err(e) => self.rejected.push((peer, e.to_string())),
-        }
-    }
-
-    /// The sources whose answer was refused or unusable so far, with why.
-    pub fn rejected(&self) -> &[(PeerId, String)] {
-        &self.rejected
-    }
-
-    /// Records a source that sent no manifest (refused, failed, timed out) and why, so a
-    /// download that ends with no usable metadata says each source's reason.
-    pub fn no_answer(&mut self, peer: PeerId, why: String) {
-        self.rejected.push((peer, why));
-    }
-
-    /// Whether the leading manifest keeps a strict plurality even if all `outstanding`
-    /// sources still to answer vote for the runner-up (so they cannot change the result).
-    pub fn settled(&self, outstanding: usize) -> bool {
-        let mut counts: Vec<usize> = self.groups.values().map(Vec::len).collect();
-        counts.sort_unstable_by(|a, b| b.cmp(a));
-        let lead = counts.first().copied().unwrap_or(0);
-        let second = counts.get(1).copied().unwrap_or(0);
-        lead > second + outstanding
-    }
-
-    /// Picks the files with a strict plurality, and their voters' folder list named
-    /// most. A tie for the top spot fails.
-    pub fn choose(self, game: &GameId) -> Result<Chosen, PeerError> {
-        let ManifestVote {
-            groups,
-            mut rejected,
-        } = self;
-        let voters: usize = groups.values().map(Vec::len).sum();
-        let top = groups
-            .values()
-            .map(Vec::len)
-            .max()
-            .ok_or_else(|| no_metadata(game, &rejected))?;
-        let leaders = groups.values().filter(|v| v.len() == top).count();
-        if leaders > 1 {
-            return Err(PeerError::MetadataConflict {
-                game: game.clone(),
-                groups: groups.len(),
-                top,
-                voters,
-            });
-        }
-        let mut chosen = None;
-        for (files, voters) in groups {
-            if voters.len() == top {
-                chosen = Some((files, voters));
-            } else {
-                rejected.extend(
-                    voters
-                        .into_iter()
-                        .map(|(p, _)| (p, "outvoted manifest".to_owned())),
-                );
-            }
-        }
-        let (files, voters) = chosen.ok_or_else(|| no_metadata(game, &[]))?;
-        let folders = most_named(voters.iter().map(|(_, f)| f));
-        let mut sources: Vec<PeerId> = voters.into_iter().map(|(p, _)| p).collect();
-        sources.sort();
-        Ok(Chosen {
-            files,
-            folders,
-            sources,
-            rejected,
-        })
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::table::tests::pid;
-    use lanspread_catalog::RelPath;
+    use crate::{Chosen, ManifestVote};
+    use lanspread_catalog::{FileManifest, GameId, RelPath};
+    use lanspread_proto::PeerId;
 
-    fn f(path: &str, size: u64, seed: u8) -> FileManifest {
+    pub(crate) fn f(path: &str, size: u64, seed: u8) -> FileManifest {
         let pieces = (0..lanspread_catalog::piece_count(size))
             .map(|i| [seed.wrapping_add(i as u8); 32])
             .collect();
         FileManifest::from_pieces(RelPath::new(path).unwrap(), size, 0o644, pieces)
     }
 
-    fn game(eti: u64, seed: u8) -> Vec<FileManifest> {
+    pub(crate) fn game(eti: u64, seed: u8) -> Vec<FileManifest> {
         vec![f("version.ini", 9, 1), f("g.eti", eti, seed)]
     }
 
-    fn m(files: Vec<FileManifest>) -> Manifest {
+    pub(crate) fn m(files: Vec<FileManifest>) -> Manifest {
         Manifest {
             files,
             folders: vec![],
         }
     }
 
-    fn dirs(files: Vec<FileManifest>, folders: &[&str]) -> Manifest {
+    pub(crate) fn dirs(files: Vec<FileManifest>, folders: &[&str]) -> Manifest {
         Manifest {
             files,
             folders: folders.iter().map(|d| RelPath::new(d).unwrap()).collect(),
@@ -284,7 +134,7 @@ mod tests {
     }
 
     /// Every answer at once.
-    fn choose_manifest(
+    pub(crate) fn choose_manifest(
         game: &GameId,
         answers: Vec<(PeerId, Vec<FileManifest>)>,
     ) -> Result<Chosen, PeerError> {
@@ -295,86 +145,8 @@ mod tests {
         vote.choose(game)
     }
 
-    fn id() -> GameId {
+    pub(crate) fn id() -> GameId {
         GameId::new("ggoo").unwrap()
-    }
-
-    #[test]
-    fn agreement_and_majority() {
-        let c =
-            choose_manifest(&id(), vec![(pid(2), game(100, 7)), (pid(1), game(100, 7))]).unwrap();
-        assert_eq!(c.sources, [pid(1), pid(2)]);
-        assert_eq!(c.files[0].path.as_str(), "g.eti", "sorted by path");
-        let c = choose_manifest(
-            &id(),
-            vec![
-                (pid(1), game(100, 7)),
-                (pid(2), game(100, 7)),
-                (pid(3), game(101, 7)),
-            ],
-        )
-        .unwrap();
-        assert_eq!(c.sources, [pid(1), pid(2)]);
-        assert_eq!(c.rejected, [(pid(3), "outvoted manifest".to_owned())]);
-    }
-
-    #[test]
-    fn a_vote_is_settled_once_the_missing_answers_cannot_change_it() {
-        let mut v = ManifestVote::default();
-        assert!(!v.settled(0), "no answer yet");
-        v.add(pid(1), m(game(100, 7)));
-        assert!(v.settled(0), "everyone answered");
-        assert!(!v.settled(1), "one more could tie");
-        v.add(pid(2), m(game(100, 7)));
-        assert!(v.settled(1), "2 against at most 1");
-        assert!(!v.settled(2), "2 against at most 2");
-        v.add(pid(3), m(game(200, 7)));
-        assert!(!v.settled(1), "2 against at most 2");
-        assert!(v.settled(0));
-        // Invalid manifests do not count for the runner-up either.
-        let mut w = ManifestVote::default();
-        w.add(pid(1), m(game(100, 7)));
-        w.add(pid(2), m(game(100, 7)));
-        w.add(pid(3), m(vec![f("g.eti", 100, 7)]));
-        assert!(w.settled(1));
-        let c = w.choose(&id()).unwrap();
-        assert_eq!(c.sources, [pid(1), pid(2)]);
-        assert_eq!(c.rejected.len(), 1);
-    }
-
-    #[test]
-    fn special_mode_bits_do_not_split_a_vote() {
-        // An older source advertising a setuid bit and a newer one without it describe the
-        // same files: one group, and the chosen manifest carries permission bits only.
-        let mut suid = game(100, 7);
-        for f in &mut suid {
-            f.mode |= 0o4000;
-        }
-        let c = choose_manifest(&id(), vec![(pid(1), suid), (pid(2), game(100, 7))]).unwrap();
-        assert_eq!(c.sources, [pid(1), pid(2)]);
-        assert!(c.files.iter().all(|f| f.mode & !0o777 == 0));
-    }
-
-    #[test]
-    fn s8_s17_tie_fails() {
-        let err = choose_manifest(&id(), vec![(pid(1), game(100, 7)), (pid(2), game(200, 7))])
-            .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                PeerError::MetadataConflict {
-                    groups: 2,
-                    top: 1,
-                    voters: 2,
-                    ..
-                }
-            ),
-            "{err}"
-        );
-        // Same sizes, different bytes: still a conflict.
-        assert!(
-            choose_manifest(&id(), vec![(pid(1), game(100, 7)), (pid(2), game(100, 8))]).is_err()
-        );
     }
 
     #[test]
@@ -431,7 +203,7 @@ mod tests {
     }
 
     #[test]
-    fn empty_folders_vote_and_must_be_empty() {
+    fn empty_folders_must_be_empty() {
         let ok = dirs(game(100, 7), &["saves", "a/b/c"]);
         assert!(check_manifest(&ok).is_ok());
         // Names that sort between a folder and what would be under it ('-' and '.' come
@@ -441,41 +213,6 @@ mod tests {
             &["a", "a-b2", "a.c/e"],
         );
         assert!(check_manifest(&beside).is_ok());
-        // The files decide who is a source: one without the folders (a copy made before
-        // protocol 13) sends the same bytes. The folders named most win; the order a
-        // source lists them in is no difference.
-        let folders_of = |c: &Chosen| -> Vec<String> {
-            c.folders.iter().map(|d| d.as_str().to_owned()).collect()
-        };
-        let mut vote = ManifestVote::default();
-        vote.add(pid(1), dirs(game(100, 7), &["saves", "a/b/c"]));
-        vote.add(pid(2), dirs(game(100, 7), &["a/b/c", "saves"]));
-        vote.add(pid(3), m(game(100, 7)));
-        assert!(vote.settled(0));
-        let c = vote.choose(&id()).unwrap();
-        assert_eq!(c.sources, [pid(1), pid(2), pid(3)]);
-        assert_eq!(folders_of(&c), ["a/b/c", "saves"]);
-        assert!(c.rejected.is_empty());
-        // Outnumbered, the folders go (as every copy had it before protocol 13); on a
-        // tie the longer list wins, whatever order the answers came in.
-        let mut vote = ManifestVote::default();
-        vote.add(pid(1), dirs(game(100, 7), &["saves"]));
-        vote.add(pid(2), m(game(100, 7)));
-        vote.add(pid(3), m(game(100, 7)));
-        assert!(vote.choose(&id()).unwrap().folders.is_empty());
-        for order in [[1, 2], [2, 1]] {
-            let mut vote = ManifestVote::default();
-            for p in order {
-                let listed: &[&str] = if p == 1 { &["saves"] } else { &[] };
-                vote.add(pid(p), dirs(game(100, 7), listed));
-            }
-            let c = vote.choose(&id()).unwrap();
-            assert_eq!((c.sources.len(), folders_of(&c)), (2, vec!["saves".into()]));
-        }
-        let mut vote = ManifestVote::default();
-        vote.add(pid(1), dirs(game(100, 7), &["b"]));
-        vote.add(pid(2), dirs(game(100, 7), &["a"]));
-        assert_eq!(folders_of(&vote.choose(&id()).unwrap()), ["a"]);
         for (bad, why) in [
             (dirs(game(100, 7), &["g.eti"]), "both a file and a folder"),
             (dirs(game(100, 7), &["g.eti/x"]), "both a file and a folder"),

@@ -31,10 +31,10 @@ pub use frame::{
 pub use hello::{Handshake, Refusal, AGENT};
 pub use ids::{Availability, GameId, Version};
 pub use manifest::{
-    chunk_count, chunk_hash, chunk_hashes, chunk_ranges, chunk_rest, file_mode, manifest_digest,
-    manifest_fits_a_frame, manifest_len_bound, piece_count, piece_hash, unit_count, unit_of_rest,
-    ChunkHash, FileManifest, Manifest, CHUNK_SIZE, CONTENT_HASH, MAX_MANIFEST_ENTRIES,
-    MIN_CHUNKS_IN_FLIGHT, PIECES_PER_CHUNK, PIECE_SIZE, UNIT_SIZE,
+    chunk_count, chunk_hash, chunk_hashes, chunk_ranges, chunk_rest, file_mode, folders_digest,
+    manifest_digest, manifest_fits_a_frame, manifest_len_bound, piece_count, piece_hash,
+    unit_count, unit_of_rest, ChunkHash, FileManifest, Manifest, CHUNK_SIZE, CONTENT_HASH,
+    MAX_MANIFEST_ENTRIES, MIN_CHUNKS_IN_FLIGHT, PIECES_PER_CHUNK, PIECE_SIZE, UNIT_SIZE,
 };
 pub use peer_id::PeerId;
 pub use relpath::{case_clash, folds_to_reserved, is_reserved_top_level, RelPath};

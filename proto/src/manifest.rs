@@ -192,6 +192,18 @@ pub fn manifest_digest(files: &[FileManifest]) -> ChunkHash {
     h.finalize().into()
 }
 
+/// BLAKE3 over a list of empty folders, in order: two lists with the same digest name
+/// the same folders. How a manifest vote tells folder lists apart without keeping them.
+pub fn folders_digest(folders: &[RelPath]) -> ChunkHash {
+    let mut h = blake3::Hasher::new();
+    h.update(&(folders.len() as u64).to_le_bytes());
+    for d in folders {
+        h.update(&(d.as_str().len() as u64).to_le_bytes());
+        h.update(d.as_str().as_bytes());
+    }
+    h.finalize().into()
+}
+
 /// At most how many bytes the `Files` frame describing files of these `(path length,
 /// size)` takes (an empty folder counts as an empty file): each file's fields at their longest varints and 32 bytes per chunk and
 /// per piece. A game is served only when this fits in one frame
@@ -448,6 +460,18 @@ mod tests {
             hex,
             "d87ab07dfb12409e1ff61af91a7c7065a72e6a76c764557ab9c95e5b40c7ef63"
         );
+    }
+
+    #[test]
+    fn a_folder_list_digest_tells_lists_apart() {
+        let list = |names: &[&str]| -> Vec<RelPath> {
+            names.iter().map(|n| RelPath::new(n).unwrap()).collect()
+        };
+        let ab = folders_digest(&list(&["a", "b"]));
+        assert_eq!(ab, folders_digest(&list(&["a", "b"])));
+        for other in [&["a/b"][..], &["ab"], &["a"], &[], &["b", "a"]] {
+            assert_ne!(folders_digest(&list(other)), ab, "{other:?}");
+        }
     }
 
     #[test]
