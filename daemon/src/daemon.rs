@@ -277,6 +277,7 @@ fn transfers(identity: &Identity, config: &DaemonConfig) -> Result<Transfers, Da
             )
             .max(1),
         )),
+        manifest_frames: crate::serve::ManifestFrames::default(),
     })
 }
 

@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lanspread_catalog::{Availability, CatalogError, GameId, GameRoot, HashProgress, Indexed};
+use lanspread_catalog::{Availability, CatalogError, GameId, GameRoot, HashProgress};
 use lanspread_control::api::EventKind;
 use tracing::{debug, info, warn};
 
@@ -33,18 +33,27 @@ pub fn hash_report() -> Duration {
     })
 }
 
+/// A root's manifest, ready to send.
+pub struct Built {
+    /// The `Files` frame, shared with every answer of the same manifest
+    /// (`serve::ManifestFrames`).
+    pub frame: bytes::Bytes,
+    /// Bytes read and hashed to build it.
+    pub hashed: u64,
+}
+
 /// A root's manifest being built on a blocking thread (hashing what is not cached). Dropped
 /// before it ends, it stops within a MiB (the asker went away); so does a daemon that
 /// shuts down.
 pub struct Hashing {
-    job: tokio::task::JoinHandle<Result<Indexed, CatalogError>>,
+    job: tokio::task::JoinHandle<Result<Built, String>>,
     stop: Arc<AtomicBool>,
     dir: PathBuf,
     shared: Arc<Shared>,
 }
 
 impl Hashing {
-    /// Starts building the manifest of `root`.
+    /// Starts building the manifest of `root` and its `Files` frame.
     pub fn start(shared: &Arc<Shared>, root: GameRoot) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let dir = root.dir.clone();
@@ -52,7 +61,21 @@ impl Hashing {
             let (shared, stop) = (shared.clone(), stop.clone());
             tokio::task::spawn_blocking(move || {
                 let go_on = || !stop.load(Ordering::Relaxed) && !*shared.shutdown.borrow();
-                shared.net.hashes.manifest_with(&root, &go_on)
+                let indexed = shared
+                    .net
+                    .hashes
+                    .manifest_with(&root, &go_on)
+                    .map_err(|e| e.to_string())?;
+                // (Digest and encoding of megabytes: here, off the runtime's threads.)
+                let frame = shared
+                    .net
+                    .manifest_frames
+                    .frame(indexed.manifest)
+                    .map_err(|e| format!("manifest not sent: {e}"))?;
+                Ok(Built {
+                    frame,
+                    hashed: indexed.hashed,
+                })
             })
         };
         Self {
@@ -63,14 +86,10 @@ impl Hashing {
         }
     }
 
-    /// The manifest, or `None` after `wait` passed without it.
-    pub async fn within(&mut self, wait: Duration) -> Option<Result<Indexed, String>> {
+    /// The manifest's frame, or `None` after `wait` passed without it.
+    pub async fn within(&mut self, wait: Duration) -> Option<Result<Built, String>> {
         let joined = tokio::time::timeout(wait, &mut self.job).await.ok()?;
-        Some(match joined {
-            Ok(Ok(indexed)) => Ok(indexed),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(e) => Err(format!("hashing task failed: {e}")),
-        })
+        Some(joined.unwrap_or_else(|e| Err(format!("hashing task failed: {e}"))))
     }
 
     /// How far the hashing of the root is (`None`: nobody hashes it now).

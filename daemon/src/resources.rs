@@ -47,4 +47,6 @@ pub struct Transfers {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Inbound connections still in their handshake, capped in all and per address.
     pub handshakes: crate::handshake_slots::HandshakeSlots,
+    /// The manifest frames answers hold, shared between answers of the same manifest.
+    pub manifest_frames: crate::serve::ManifestFrames,
 }

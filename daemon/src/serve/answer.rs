@@ -96,6 +96,13 @@ impl Answer<'_> {
         Ok(())
     }
 
+    /// Sends a frame encoded already (length prefix included), without copying it.
+    pub(super) async fn encoded(&mut self, frame: Bytes) -> Result<(), SendFailed> {
+        let conn = self.conn;
+        watched(conn, self.send.write_chunk(frame)).await?;
+        Ok(())
+    }
+
     pub(super) async fn chunk(&mut self, piece: Bytes) -> Result<(), SendFailed> {
         let n = piece.len() as u64;
         let conn = self.conn;

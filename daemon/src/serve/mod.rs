@@ -11,7 +11,10 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tracing::{debug, warn, Instrument};
 
 mod answer;
+mod frames;
 mod read;
+
+pub use frames::ManifestFrames;
 
 use answer::{stream_range, Answer, SendFailed};
 use read::{read_ranges, Check, Stop};
@@ -494,9 +497,9 @@ async fn serve_manifest(
         }
     };
     match files {
-        Ok(indexed) => {
-            shared.net.metrics.manifest(indexed.hashed == 0);
-            answer.frame(&PeerResponse::Files(indexed.manifest)).await?;
+        Ok(built) => {
+            shared.net.metrics.manifest(built.hashed == 0);
+            answer.encoded(built.frame).await?;
             answer.finish().await
         }
         Err(reason) => answer.refuse(reason).await,
