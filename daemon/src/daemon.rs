@@ -278,6 +278,7 @@ fn transfers(identity: &Identity, config: &DaemonConfig) -> Result<Transfers, Da
             .max(1),
         )),
         manifest_frames: crate::serve::ManifestFrames::default(),
+        manifest_builds: crate::index::Builds::default(),
     })
 }
 

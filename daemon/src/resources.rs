@@ -49,4 +49,6 @@ pub struct Transfers {
     pub handshakes: crate::handshake_slots::HandshakeSlots,
     /// The manifest frames answers hold, shared between answers of the same manifest.
     pub manifest_frames: crate::serve::ManifestFrames,
+    /// The manifest builds running, joined by the requests for the same root.
+    pub manifest_builds: crate::index::Builds,
 }

@@ -484,7 +484,7 @@ async fn serve_manifest(
     root: GameRoot,
 ) -> Result<(), SendFailed> {
     let total = root.size();
-    let mut hashing = index::Hashing::start(shared, root);
+    let mut hashing = index::Hashing::start(shared, &root);
     let files = loop {
         match hashing.within(index::hash_report()).await {
             Some(files) => break files,
