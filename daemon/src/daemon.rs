@@ -277,8 +277,8 @@ fn transfers(identity: &Identity, config: &DaemonConfig) -> Result<Transfers, Da
             )
             .max(1),
         )),
-        manifest_frames: crate::serve::ManifestFrames::default(),
-        manifest_builds: crate::index::Builds::default(),
+        manifest_frames: crate::manifest_frames::ManifestFrames::default(),
+        manifest_builds: crate::builds::Builds::default(),
     })
 }
 

@@ -1,7 +1,8 @@
 //! Hashing the library: a background indexer that hashes every ready root after the
 //! start-up scan and after every library change, so manifest requests are answered from
-//! the hash cache, and the hashing a manifest request still has to do ([`Hashing`]), whose
-//! progress the source reports to the downloader.
+//! the hash cache, and the hashing a manifest request still has to do ([`Hashing`]: the
+//! build of the root, shared by the requests that come while it runs), whose progress the
+//! source reports to the downloader.
 //!
 //! The indexer is one thread at low CPU and I/O priority (nice 10, best-effort I/O class
 //! at its lowest level), one root at a time, one file at a time; it never hashes a file
@@ -9,16 +10,16 @@
 //! stops within a MiB when the daemon shuts down.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lanspread_catalog::{Availability, CatalogError, GameId, GameRoot, HashProgress};
 use lanspread_control::api::EventKind;
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::builds::{Build, Built, Outcome};
 use crate::state::{until_shutdown, Shared};
 
 /// How often a source that hashes a game for a manifest request tells the asker how far
@@ -34,81 +35,13 @@ pub fn hash_report() -> Duration {
     })
 }
 
-/// A root's manifest, ready to send.
-#[derive(Clone)]
-pub struct Built {
-    /// The `Files` frame, shared with every answer of the same manifest
-    /// (`serve::ManifestFrames`).
-    pub frame: bytes::Bytes,
-    /// Bytes read and hashed to build it.
-    pub hashed: u64,
-}
-
-/// What a build ends with.
-type Outcome = Option<Result<Built, String>>;
-
-/// One manifest build on a blocking thread, shared by the requests that wait for it;
-/// the last one gone stops it.
-pub struct Build {
-    outcome: watch::Receiver<Outcome>,
-    stop: Arc<AtomicBool>,
-}
-
-impl Drop for Build {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The manifest builds running, one per root: a request for a root that is being built
-/// (as scanned: the same files and folders) waits for that build instead of starting
-/// another. A party's clients ask a file server for one manifest within seconds: one
-/// build (one decoded manifest, one stat of every file) serves them all, where each used
-/// to build its own on a blocking thread of its own. A request that comes after a build
-/// ended builds again (from the hash cache: what changed since is seen).
-#[derive(Default)]
-pub struct Builds {
-    running: Mutex<Vec<(GameRoot, Weak<Build>)>>,
-}
-
-impl Builds {
-    /// The build of `root` running now, or a new one: `spawn` starts it with where to
-    /// send its outcome and the flag that asks it to stop.
-    pub fn join_or_start(
-        &self,
-        root: &GameRoot,
-        spawn: impl FnOnce(watch::Sender<Outcome>, Arc<AtomicBool>),
-    ) -> Arc<Build> {
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        running.retain(|(_, b)| b.strong_count() > 0);
-        let joined = running
-            .iter()
-            .filter(|(r, _)| r == root)
-            .filter_map(|(_, b)| b.upgrade())
-            .find(|b| b.outcome.borrow().is_none());
-        if let Some(build) = joined {
-            return build;
-        }
-        let (tx, outcome) = watch::channel(None);
-        let stop = Arc::new(AtomicBool::new(false));
-        let build = Arc::new(Build {
-            outcome,
-            stop: stop.clone(),
-        });
-        running.retain(|(r, _)| r != root);
-        running.push((root.clone(), Arc::downgrade(&build)));
-        spawn(tx, stop);
-        build
-    }
-}
-
 /// A root's manifest being built on a blocking thread (hashing what is not cached), or
-/// the build of it already running ([`Builds`]). Once every request waiting for it is
+/// the build of it already running (`crate::builds::Builds`). Once every request waiting for it is
 /// gone before it ends, it stops within a MiB; so does a daemon that shuts down.
 pub struct Hashing {
     /// Held: the last request gone stops the build.
     _build: Arc<Build>,
-    outcome: watch::Receiver<Outcome>,
+    outcome: tokio::sync::watch::Receiver<Outcome>,
     dir: PathBuf,
     shared: Arc<Shared>,
 }
@@ -116,18 +49,21 @@ pub struct Hashing {
 impl Hashing {
     /// Starts building the manifest of `root` and its `Files` frame, or joins the build
     /// running.
-    pub fn start(shared: &Arc<Shared>, root: &GameRoot) -> Self {
+    pub fn start(shared: &Arc<Shared>, root: GameRoot) -> Self {
         let dir = root.dir.clone();
-        let build = shared.net.manifest_builds.join_or_start(root, |tx, stop| {
-            let (shared, root) = (shared.clone(), root.clone());
-            tokio::task::spawn_blocking(move || {
-                let go_on = || !stop.load(Ordering::Relaxed) && !*shared.shutdown.borrow();
-                let built = build_manifest(&shared, &root, &go_on);
-                let _ = tx.send(Some(built));
+        let build = shared
+            .net
+            .manifest_builds
+            .join_or_start(root, |root, tx, stop| {
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || {
+                    let go_on = || !stop.load(Ordering::Relaxed) && !*shared.shutdown.borrow();
+                    let built = build_manifest(&shared, &root, &go_on);
+                    let _ = tx.send(Some(built));
+                });
             });
-        });
         Self {
-            outcome: build.outcome.clone(),
+            outcome: build.outcome(),
             _build: build,
             dir,
             shared: shared.clone(),
@@ -297,91 +233,5 @@ fn lower_priority() {
     };
     if nice != 0 || io != 0 {
         debug!("indexer priority not lowered (nice {nice}, ioprio {io})");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn root(name: &str) -> GameRoot {
-        GameRoot {
-            id: GameId::new("ggoo").unwrap(),
-            dir: PathBuf::from(format!("/games/{name}")),
-            version: None,
-            files: Vec::new(),
-            folders: Vec::new(),
-            installed: false,
-            problem: None,
-        }
-    }
-
-    /// Starts nothing: hands the test the build's outcome sender and stop flag.
-    fn start(
-        builds: &Builds,
-        root: &GameRoot,
-        started: &mut Vec<(watch::Sender<Outcome>, Arc<AtomicBool>)>,
-    ) -> Arc<Build> {
-        builds.join_or_start(root, |tx, stop| started.push((tx, stop)))
-    }
-
-    #[test]
-    fn requests_for_a_root_being_built_wait_for_that_build() {
-        let builds = Builds::default();
-        let mut started = Vec::new();
-        let a = start(&builds, &root("a"), &mut started);
-        let b = start(&builds, &root("a"), &mut started);
-        assert!(Arc::ptr_eq(&a, &b), "joined");
-        assert_eq!(started.len(), 1);
-        // Another root, or the same folder scanned otherwise: builds of their own.
-        let c = start(&builds, &root("c"), &mut started);
-        let mut changed = root("a");
-        changed
-            .folders
-            .push(lanspread_catalog::RelPath::new("saves").unwrap());
-        let d = start(&builds, &changed, &mut started);
-        assert!(!Arc::ptr_eq(&a, &c) && !Arc::ptr_eq(&a, &d));
-        assert_eq!(started.len(), 3);
-        // Ended: the next request builds again (what changed since is seen).
-        let frame = bytes::Bytes::from_static(b"frame");
-        let _ = started[0].0.send(Some(Ok(Built { frame, hashed: 0 })));
-        let e = start(&builds, &root("a"), &mut started);
-        assert!(!Arc::ptr_eq(&a, &e));
-        assert_eq!(started.len(), 4);
-    }
-
-    #[test]
-    fn a_build_stops_once_every_request_waiting_for_it_is_gone() {
-        let builds = Builds::default();
-        let mut started = Vec::new();
-        let a = start(&builds, &root("a"), &mut started);
-        let b = start(&builds, &root("a"), &mut started);
-        let stop = started[0].1.clone();
-        drop(a);
-        assert!(!stop.load(Ordering::Relaxed), "one still waits");
-        drop(b);
-        assert!(stop.load(Ordering::Relaxed));
-        // Gone: a new request starts a new build.
-        let _c = start(&builds, &root("a"), &mut started);
-        assert_eq!(started.len(), 2);
-    }
-
-    #[tokio::test]
-    async fn every_request_gets_the_outcome() {
-        let builds = Builds::default();
-        let mut started = Vec::new();
-        let a = start(&builds, &root("a"), &mut started);
-        let b = start(&builds, &root("a"), &mut started);
-        let (tx, _) = started.pop().unwrap();
-        let mut outcomes = [a.outcome.clone(), b.outcome.clone()];
-        let _ = tx.send(Some(Err("no such file".into())));
-        for o in &mut outcomes {
-            let got = o.wait_for(Option::is_some).await.unwrap().clone();
-            assert!(matches!(got, Some(Err(e)) if e == "no such file"));
-        }
-        // A build whose thread went without an outcome: the waiters hear it ended.
-        let c = start(&builds, &root("c"), &mut started);
-        drop(started.pop());
-        assert!(c.outcome.clone().wait_for(Option::is_some).await.is_err());
     }
 }

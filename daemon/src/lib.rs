@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 mod access;
+mod builds;
 pub mod config;
 mod control;
 mod control_slots;
@@ -24,6 +25,7 @@ mod limit;
 mod links;
 mod lock;
 pub mod logging;
+mod manifest_frames;
 mod mdns;
 mod metrics;
 mod metrics_http;

@@ -48,7 +48,7 @@ pub struct Transfers {
     /// Inbound connections still in their handshake, capped in all and per address.
     pub handshakes: crate::handshake_slots::HandshakeSlots,
     /// The manifest frames answers hold, shared between answers of the same manifest.
-    pub manifest_frames: crate::serve::ManifestFrames,
+    pub manifest_frames: crate::manifest_frames::ManifestFrames,
     /// The manifest builds running, joined by the requests for the same root.
-    pub manifest_builds: crate::index::Builds,
+    pub manifest_builds: crate::builds::Builds,
 }

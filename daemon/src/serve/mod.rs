@@ -11,10 +11,7 @@ use quinn::{Connection, RecvStream, SendStream, VarInt};
 use tracing::{debug, warn, Instrument};
 
 mod answer;
-mod frames;
 mod read;
-
-pub use frames::ManifestFrames;
 
 use answer::{stream_range, Answer, SendFailed};
 use read::{read_ranges, Check, Stop};
@@ -476,15 +473,15 @@ fn gated<T>(
 
 /// Answers a manifest request: from the hash cache when the background indexer got there
 /// first, else hashed now, with a `Hashing` frame about every [`index::hash_report`] while
-/// that lasts (the asker counts us alive and shows it). The hashing stops when the asker
-/// goes away.
+/// that lasts (the asker counts us alive and shows it). Requests for a root being built
+/// share the build (`crate::builds`); it stops when every asker waiting for it is gone.
 async fn serve_manifest(
     shared: &Arc<Shared>,
     answer: &mut Answer<'_>,
     root: GameRoot,
 ) -> Result<(), SendFailed> {
     let total = root.size();
-    let mut hashing = index::Hashing::start(shared, &root);
+    let mut hashing = index::Hashing::start(shared, root);
     let files = loop {
         match hashing.within(index::hash_report()).await {
             Some(files) => break files,

@@ -5,7 +5,7 @@
 //! taken it (a 100 GiB game's manifest is about 3.3 MiB: a thousand clients would hold
 //! 3.3 GB). Every answer of one manifest is the same bytes: they are encoded once and
 //! handed to quinn as one reference-counted buffer (`SendStream::write_chunk` keeps the
-//! `Bytes`, no copy), so a thousand answers hold one copy.
+//! `Bytes`, no copy: `serve::answer`'s `Answer::encoded`), so a thousand answers hold one copy.
 
 use std::sync::{Arc, Mutex, Weak};
 
